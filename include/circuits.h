@@ -287,6 +287,40 @@ CIRCUITS_API int circuits_context_forward(circuits_context *ctx, const int32_t *
                                           int64_t batch, int64_t pos, float *logits, float *loss,
                                           float *per_token_loss);
 
+/* Partial runs and chosen logit positions: TransformerLens's start_at_layer / stop_at_layer,
+ * and the unembedding at a few positions only (it is a third of GPT-2 small's FLOPs, and
+ * interpretability often needs only the last position). */
+/* start_at_layer / stop_at_layer not set (INT32_MIN) */
+#define CIRCUITS_LAYER_NONE (-2147483647 - 1)
+
+typedef struct circuits_run_options {
+    uint32_t size;              /* sizeof(circuits_run_options) */
+    /* CIRCUITS_LAYER_NONE: start from the tokens. Else k (negative counts from the end, as in
+     * TransformerLens; inclusive): the run starts at block k from `input`, the embeddings and
+     * the blocks before k are skipped (their hooks do not fire), and tokens may be NULL. */
+    int32_t start_at_layer;
+    /* CIRCUITS_LAYER_NONE: run to the logits. Else k (negative counts from the end; exclusive):
+     * blocks k.. do not run and out receives the residual stream before block k (what
+     * blocks.k.hook_resid_pre saw), [batch, pos, d_model]; k = 0 stops after the embeddings,
+     * k = n_layers after the last block (before ln_final), as in TransformerLens. */
+    int32_t stop_at_layer;
+    const float *input;         /* [batch, pos, d_model]: the residual stream before start_at_layer */
+    /* NULL: logits at every position. Else the logits at these n_logit_positions positions only
+     * (negative counts from the end: -1 is the last), out [batch, n_logit_positions,
+     * d_vocab_out]; unembed.hook_out then sees that shape too. */
+    const int64_t *logit_positions;
+    int64_t n_logit_positions;
+} circuits_run_options;
+
+/* Sets size and the defaults (a full run: no start or stop layer, every logit position). */
+CIRCUITS_API void circuits_run_options_init(circuits_run_options *opts);
+
+/* Runs the model as opts says (NULL: a full run, as circuits_context_forward). out may be NULL
+ * (a run for its hooks); else it receives the logits [batch, pos or n_logit_positions,
+ * d_vocab_out], or with stop_at_layer the residual stream [batch, pos, d_model]. */
+CIRCUITS_API int circuits_context_run(circuits_context *ctx, const circuits_run_options *opts,
+                                      const int32_t *tokens, int64_t batch, int64_t pos, float *out);
+
 /* ---------------------------------------------------------------------------------------- */
 /* Activation caches                                                                         */
 /* ---------------------------------------------------------------------------------------- */

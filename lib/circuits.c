@@ -4,6 +4,7 @@
  *   full OV = W_E W_V W_O W_U, full QK = W_E W_Q W_K^T W_E^T  [d_vocab, d_vocab]
  * Everything is returned as factored matrices through the small inner dimension. */
 #include "factored.h"
+#include "kernels.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -58,8 +59,7 @@ static void set_lead(circuits_factored *f, int32_t layer, int32_t head, int64_t 
 /* Dense [rows, D] @ [D, cols] helpers for the full circuits. */
 static void mm(float *C, const float *X, const float *Y, int64_t M, int64_t K, int64_t N)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)M, (blasint)N, (blasint)K, 1.0f, X, (blasint)K, Y,
-                (blasint)N, 0.0f, C, (blasint)N);
+    cx_sgemm(false, false, M, N, K, 1.0f, X, K, Y, N, 0.0f, C, N);
 }
 
 /* A strided 2-D weight (W_E [V, D], W_U [D, V], W_pos) times a contiguous [D, n] matrix. */
@@ -68,8 +68,7 @@ static void weight_times(float *C, const circuits_tensor *W, const float *X, int
     int64_t M = W->shape[0], K = W->shape[1];
     bool nt = W->strides[1] == 1 && W->strides[0] >= K, tr = W->strides[0] == 1 && W->strides[1] >= M;
     if (nt || tr)
-        cblas_sgemm(CblasRowMajor, nt ? CblasNoTrans : CblasTrans, CblasNoTrans, (blasint)M, (blasint)n, (blasint)K,
-                    1.0f, W->data, (blasint)(nt ? W->strides[0] : W->strides[1]), X, (blasint)n, 0.0f, C, (blasint)n);
+        cx_sgemm(!nt, false, M, n, K, 1.0f, W->data, nt ? W->strides[0] : W->strides[1], X, n, 0.0f, C, n);
     else
         for (int64_t i = 0; i < M; i++)
             for (int64_t j = 0; j < n; j++) {
@@ -85,8 +84,7 @@ static void times_weight(float *C, const float *X, const circuits_tensor *W, int
     int64_t K = W->shape[0], N = W->shape[1];
     bool nt = W->strides[1] == 1 && W->strides[0] >= N, tr = W->strides[0] == 1 && W->strides[1] >= K;
     if (nt || tr)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, nt ? CblasNoTrans : CblasTrans, (blasint)n, (blasint)N, (blasint)K,
-                    1.0f, X, (blasint)K, W->data, (blasint)(nt ? W->strides[0] : W->strides[1]), 0.0f, C, (blasint)N);
+        cx_sgemm(false, !nt, n, N, K, 1.0f, X, K, W->data, nt ? W->strides[0] : W->strides[1], 0.0f, C, N);
     else
         for (int64_t i = 0; i < n; i++)
             for (int64_t j = 0; j < N; j++) {

@@ -8,6 +8,7 @@
  * [d_head, d_model] block P_A, every reader a [d_model, d_head] block Q_B, the scores of all
  * pairs come from one stacked GEMM P·Q, and each score is ||P_A Q_B||_F / (||P_A|| ||Q_B||). */
 #include "factored.h"
+#include "kernels.h"
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -28,8 +29,7 @@ static void head_mat(float *dst, const circuits_tensor *W, int64_t h, bool trans
 
 static void mm(float *C, const float *X, bool tx, const float *Y, bool ty, int64_t M, int64_t K, int64_t N)
 {
-    cblas_sgemm(CblasRowMajor, tx ? CblasTrans : CblasNoTrans, ty ? CblasTrans : CblasNoTrans, (blasint)M, (blasint)N,
-                (blasint)K, 1.0f, X, (blasint)(tx ? M : K), Y, (blasint)(ty ? K : N), 0.0f, C, (blasint)N);
+    cx_sgemm(tx, ty, M, N, K, 1.0f, X, (tx ? M : K), Y, (ty ? K : N), 0.0f, C, N);
 }
 
 static double frob2(const float *x, size_t n)
@@ -83,8 +83,7 @@ static int block_scores(const float *P, const double *nP, int64_t na, int64_t wr
     if (!C) return OOM();
     for (int64_t b0 = 0; b0 < nb; b0 += chunk_heads) {
         int64_t cb = nb - b0 < chunk_heads ? nb - b0 : chunk_heads, N = cb * dh;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)(na * wr), (blasint)N, (blasint)D, 1.0f, P,
-                    (blasint)D, Q + b0 * dh, (blasint)(nb * dh), 0.0f, C, (blasint)N);
+        cx_sgemm(false, false, (na * wr), N, D, 1.0f, P, D, Q + b0 * dh, (nb * dh), 0.0f, C, N);
         for (int64_t a = 0; a < na; a++)
             for (int64_t b = 0; b < cb; b++) {
                 double s = 0;
@@ -317,9 +316,7 @@ int circuits_model_copying_scores(const circuits_model *m, int32_t full, float *
                 for (int64_t j = 0; j < D; j++) Ec[v * D + j] = E->data[v * E->strides[0] + j * E->strides[1]];
             bool nt = U->strides[1] == 1, tr = U->strides[0] == 1;
             if (nt || tr)
-                cblas_sgemm(CblasRowMajor, nt ? CblasNoTrans : CblasTrans, CblasNoTrans, (blasint)D, (blasint)D,
-                            (blasint)V, 1.0f, U->data, (blasint)(nt ? U->strides[0] : U->strides[1]), Ec, (blasint)D, 0.0f,
-                            G, (blasint)D);
+                cx_sgemm(!nt, false, D, D, V, 1.0f, U->data, nt ? U->strides[0] : U->strides[1], Ec, D, 0.0f, G, D);
             else
                 for (int64_t i = 0; i < D; i++)
                     for (int64_t j = 0; j < D; j++) {

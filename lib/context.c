@@ -190,3 +190,73 @@ int circuits_context_forward(circuits_context *ctx, const int32_t *tokens, int64
     ctx->running = false;
     return rc;
 }
+
+void circuits_run_options_init(circuits_run_options *opts)
+{
+    if (!opts) return;
+    memset(opts, 0, sizeof *opts);
+    opts->size = sizeof *opts;
+    opts->start_at_layer = CIRCUITS_LAYER_NONE;
+    opts->stop_at_layer = CIRCUITS_LAYER_NONE;
+}
+
+/* A layer index as TransformerLens takes it (negative from the end) into 0 .. n_layers. */
+static int resolve_layer(int32_t k, int32_t n_layers, const char *what, int32_t *out)
+{
+    int64_t r = k < 0 ? (int64_t)k + n_layers : k;
+    if (r < 0 || r > n_layers)
+        return cx_fail(CIRCUITS_E_RANGE, "circuits_context_run: %s %d is outside [-%d, %d]", what, k, n_layers,
+                       n_layers);
+    *out = (int32_t)r;
+    return CIRCUITS_OK;
+}
+
+int circuits_context_run(circuits_context *ctx, const circuits_run_options *opts, const int32_t *tokens,
+                         int64_t batch, int64_t pos, float *out)
+{
+    if (!ctx) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run: ctx is NULL");
+    circuits_run_options o;
+    circuits_run_options_init(&o);
+    if (opts) {
+        if (opts->size != sizeof o)
+            return cx_fail(CIRCUITS_E_VERSION, "circuits_context_run: options size %u is not one this library knows (%zu)",
+                           opts->size, sizeof o);
+        o = *opts;
+    }
+    int32_t L = ctx->model->cfg.n_layers;
+    cx_run_spec spec = {.start = 0, .stop = L};
+    int rc;
+    if (o.start_at_layer != CIRCUITS_LAYER_NONE) {
+        if ((rc = resolve_layer(o.start_at_layer, L, "start_at_layer", &spec.start))) return rc;
+        if (!o.input)
+            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                           "circuits_context_run: start_at_layer needs input, the residual stream [batch, pos, d_model]");
+        spec.input = o.input;
+    } else if (o.input) {
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run: input is set but start_at_layer is not");
+    }
+    if (o.stop_at_layer != CIRCUITS_LAYER_NONE) {
+        if ((rc = resolve_layer(o.stop_at_layer, L, "stop_at_layer", &spec.stop))) return rc;
+        spec.stop_at_layer = true;
+    }
+    if (spec.stop < spec.start)
+        return cx_fail(CIRCUITS_E_RANGE, "circuits_context_run: stop_at_layer (block %d) comes before start_at_layer (block %d)",
+                       spec.stop, spec.start);
+    if (o.logit_positions || o.n_logit_positions) {
+        if (!o.logit_positions || o.n_logit_positions < 1)
+            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                           "circuits_context_run: logit_positions needs a non-NULL array and n_logit_positions >= 1 "
+                           "(got %lld)", (long long)o.n_logit_positions);
+        if (spec.stop_at_layer)
+            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                           "circuits_context_run: logit_positions and stop_at_layer exclude each other (no logits)");
+        spec.positions = o.logit_positions;
+        spec.n_positions = o.n_logit_positions;
+    }
+    rc = refuse_running(ctx, "circuits_context_run");
+    if (rc) return rc;
+    ctx->running = true;
+    rc = cx_forward_spec(ctx, &spec, tokens, batch, pos, out);
+    ctx->running = false;
+    return rc;
+}

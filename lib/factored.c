@@ -1,6 +1,7 @@
 /* FactoredMatrix: products, norms, SVD and eigenvalues of M = A·B through the small inner
  * dimension, so that a 50257 x 50257 circuit is never formed unless asked for. */
 #include "factored.h"
+#include "kernels.h"
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -136,8 +137,7 @@ int circuits_factored_transpose(const circuits_factored *f, circuits_factored **
 /* C[M, N] = X[M, K] @ Y[K, N], contiguous. */
 static void gemm(float *C, const float *X, const float *Y, int64_t M, int64_t K, int64_t N)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)M, (blasint)N, (blasint)K, 1.0f, X, (blasint)K, Y,
-                (blasint)N, 0.0f, C, (blasint)N);
+    cx_sgemm(false, false, M, N, K, 1.0f, X, K, Y, N, 0.0f, C, N);
 }
 
 /* f · X with X [batch or 1, r, n]: TransformerLens keeps (A, B X) when r > m, else (AB, X). */
@@ -322,8 +322,7 @@ int cx_factored_svd1(const float *A, const float *B, int64_t l, int64_t m, int64
         gemm(U, Ua, Um, l, ka, k); /* U = Ua Um */
         memcpy(S, Sm, (size_t)k * sizeof *S);
         /* V = Vbt^T Vmt^T  [r, k] */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (blasint)r, (blasint)k, (blasint)kb, 1.0f, Vbt, (blasint)r,
-                    Vmt, (blasint)kb, 0.0f, V, (blasint)k);
+        cx_sgemm(true, true, r, k, kb, 1.0f, Vbt, r, Vmt, kb, 0.0f, V, k);
     }
     cx_free(buf);
     return rc;
@@ -411,9 +410,8 @@ int circuits_factored_corner(const circuits_factored *f, int64_t k, float *out)
         return cx_fail(CIRCUITS_E_RANGE, "corner size %lld must be in [1, min(%lld, %lld)]", (long long)k,
                        (long long)f->l, (long long)f->r);
     for (int64_t b = 0; b < f->batch; b++) /* A[:k, :] @ B[:, :k] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)k, (blasint)k, (blasint)f->m, 1.0f,
-                    f->A + b * f->l * f->m, (blasint)f->m, f->B + b * f->m * f->r, (blasint)f->r, 0.0f, out + b * k * k,
-                    (blasint)k);
+        cx_sgemm(false, false, k, k, f->m, 1.0f, f->A + b * f->l * f->m, f->m, f->B + b * f->m * f->r, f->r, 0.0f,
+                 out + b * k * k, k);
     return CIRCUITS_OK;
 }
 

@@ -10,9 +10,17 @@
  * covers the new positions only, attn_scores / pattern are [B, H, T, P + T] (query i sees keys
  * 0 .. P+i), and each layer's k and v (after their hooks, shortformer keys with their own
  * position added) are appended to the cache before the scores. Without a cache P = 0 and the
- * pass is exactly the plain one. */
+ * pass is exactly the plain one.
+ *
+ * Partial runs (cx_run_spec): start_at_layer / stop_at_layer as in TransformerLens, and logits
+ * at chosen positions only (the unembedding is a third of GPT-2 small's FLOPs).
+ *
+ * Parallelism: GEMMs, LayerNorm, activations and softmax split over the pool inside their
+ * kernels; attention splits over (batch, head) pairs here. Hooks fire on the calling thread,
+ * between parallel sections. */
 #include "hooks.h"
 #include "kernels.h"
+#include "pool.h"
 
 #include <math.h>
 #include <string.h>
@@ -33,7 +41,8 @@ typedef struct scratch {
 } scratch;
 
 /* Carves the scratch; returns CIRCUITS_E_OUT_OF_MEMORY (or RANGE on overflow) on failure. */
-static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t Tk, bool own_logits, scratch *s)
+static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t Tk, int64_t logit_rows, bool own_logits,
+                           scratch *s)
 {
     const circuits_config *c = &ctx->model->cfg;
     size_t N = (size_t)B * (size_t)T, D = (size_t)c->d_model, HD = (size_t)c->n_heads * (size_t)c->d_head;
@@ -52,7 +61,7 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     sizes[12] = sizes[0];                                      /* branch */
     ok &= cx_mul_size(N, (size_t)c->d_mlp, &sizes[13]);
     size_t logits_n = 0;
-    if (own_logits) ok &= cx_mul_size(N, (size_t)c->d_vocab_out, &logits_n);
+    if (own_logits) ok &= cx_mul_size((size_t)logit_rows, (size_t)c->d_vocab_out, &logits_n);
     for (int i = 0; i < 14 && ok; i++) ok = total + sizes[i] >= total && (total += sizes[i], true);
     ok = ok && total + logits_n >= total && (total += logits_n, true) && total < SIZE_MAX / sizeof(float);
     if (!ok) return cx_fail(CIRCUITS_E_RANGE, "a run of [%lld, %lld] tokens needs more memory than can be addressed",
@@ -92,6 +101,11 @@ static int layer_norm(circuits_context *ctx, int layer, cx_hook_kind scale_kind,
                       const circuits_tensor *b, int64_t B, int64_t T)
 {
     int64_t N = B * T;
+    if (!cx_hook_active(ctx, layer, scale_kind) && !cx_hook_active(ctx, layer, (cx_hook_kind)(scale_kind + 1))) {
+        cx_layer_norm(out, scale, x, N, width, ctx->model->cfg.eps, affine && w ? w->data : NULL,
+                      affine && b ? b->data : NULL);
+        return CIRCUITS_OK;
+    }
     cx_ln_center_scale(out, scale, x, N, width, ctx->model->cfg.eps);
     FIRE(layer, scale_kind, scale);
     cx_ln_divide(out, scale, N, width);
@@ -112,6 +126,56 @@ static void project_heads(float *y, const float *x, const circuits_tensor *W, co
     }
     for (int64_t h = 0; h < H; h++)
         cx_matmul(y + h * dh, H * dh, x, D, N, D, dh, W->data + h * st[0], st[1], st[2], b->data + h * dh, false);
+}
+
+/* Attention for (batch, head) pairs [begin, end): the steps `steps` of scores -> pattern -> z.
+ * The causal mask is exploited: query block [i0, i1) only meets keys [0, P + i1), so about half
+ * of QK^T and of pattern @ v is never computed. */
+enum { STEP_SCORES = 1, STEP_SOFTMAX = 2, STEP_MIX = 4 };
+
+typedef struct attn_job {
+    scratch *s;
+    int64_t B, T, P, H, dh;     /* P cached positions: keys 0 .. P + T - 1 */
+    const float *keys, *vals;   /* [B, *, H, dh], batch stride kv_bs */
+    int64_t kv_bs;
+    float scale;
+    int steps;
+    bool whole_rows;            /* STEP_MIX over whole rows of the pattern (a hook saw them) */
+} attn_job;
+
+static void attn_task(void *arg, int64_t begin, int64_t end)
+{
+    const attn_job *j = arg;
+    const int64_t T = j->T, P = j->P, Tk = P + T, H = j->H, dh = j->dh, HD = H * dh;
+    const int64_t QB = 64; /* query rows per block */
+    for (int64_t bh = begin; bh < end; bh++) {
+        int64_t b = bh / H, h = bh % H;
+        float *S = j->s->scores + bh * T * Tk;                    /* [T, Tk] */
+        const float *q = j->s->q + b * T * HD + h * dh;           /* [T, dh] with row stride HD */
+        const float *k = j->keys + b * j->kv_bs + h * dh;         /* [Tk, dh], row stride HD */
+        const float *v = j->vals + b * j->kv_bs + h * dh;         /* [Tk, dh], row stride HD */
+        float *z = j->s->z + b * T * HD + h * dh;                 /* [T, dh], row stride HD */
+        for (int64_t i0 = 0; i0 < T; i0 += QB) {
+            int64_t i1 = i0 + QB < T ? i0 + QB : T, keys = P + i1;
+            if (j->steps & STEP_SCORES) {
+                /* S[i0:i1, 0:keys] = q[i0:i1] @ k[0:keys]^T */
+                cx_matmul_serial(S + i0 * Tk, Tk, q + i0 * HD, HD, i1 - i0, dh, keys, k, 1, HD);
+                for (int64_t i = i0; i < i1; i++) {
+                    float *row = S + i * Tk;
+                    for (int64_t c = 0; c <= P + i; c++) row[c] /= j->scale;
+                    if (j->steps & STEP_SOFTMAX) { /* fused: only what pattern @ v reads below */
+                        cx_softmax_row(row, P + i + 1);
+                        for (int64_t c = P + i + 1; c < keys; c++) row[c] = 0.0f;
+                    } else {
+                        for (int64_t c = P + i + 1; c < Tk; c++) row[c] = -INFINITY;
+                    }
+                }
+            }
+            if ((j->steps & STEP_MIX) && !j->whole_rows) /* z[i0:i1] = pattern[i0:i1, 0:keys] @ v[0:keys] */
+                cx_matmul_serial(z + i0 * HD, HD, S + i0 * Tk, Tk, i1 - i0, keys, dh, v, HD, 1);
+        }
+        if ((j->steps & STEP_MIX) && j->whole_rows) cx_matmul_serial(z, HD, S, Tk, T, Tk, dh, v, HD, 1);
+    }
 }
 
 static int attention(circuits_context *ctx, int l, scratch *s, int64_t B, int64_t T, circuits_kv_cache *kv)
@@ -148,58 +212,30 @@ static int attention(circuits_context *ctx, int l, scratch *s, int64_t B, int64_
         vals = Vc;
     }
 
-    /* scores[b, h, i, j] = q[b, i, h] . k[b, j, h] / scale, then -inf where j > P + i. The causal
-     * mask is exploited: query block [i0, i1) only meets keys [0, P + i1), so about half of QK^T and
-     * of pattern @ v is never computed. (A hook at attn_scores or pattern may write anywhere in
-     * the row, so then softmax and pattern @ v take whole rows, as TransformerLens does.) */
+    /* scores[b, h, i, j] = q[b, i, h] . k[b, j, h] / scale, -inf where j > P + i; pattern =
+     * softmax(scores); z[b, i, h] = sum_j pattern[b, h, i, j] v[b, j, h]. One task per (b, h).
+     * With no hook at attn_scores or pattern the three steps run fused per block of queries. */
     float scale = c->attn_scale;
     if (c->scale_attn_by_inverse_layer_idx) scale = (float)((double)c->attn_scale * (l + 1));
-    const int64_t QB = 64; /* query rows per block */
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < H; h++) {
-            float *S = s->scores + (b * H + h) * T * Tk;
-            const float *qb = s->q + b * T * HD + h * dh, *kb = keys + b * kv_bs + h * dh;
-            for (int64_t i0 = 0; i0 < T; i0 += QB) {
-                int64_t i1 = i0 + QB < T ? i0 + QB : T;
-                /* k^T [dh, P + i1] */
-                cx_matmul(S + i0 * Tk, Tk, qb + i0 * HD, HD, i1 - i0, dh, P + i1, kb, 1, HD, NULL, false);
-                for (int64_t i = i0; i < i1; i++) {
-                    float *row = S + i * Tk;
-                    for (int64_t j = 0; j <= P + i; j++) row[j] /= scale;
-                    for (int64_t j = P + i + 1; j < Tk; j++) row[j] = -INFINITY;
-                }
-            }
-        }
-    FIRE(l, HK_ATTN_SCORES, s->scores);
-    bool whole_rows = cx_hook_active(ctx, l, HK_ATTN_SCORES) || cx_hook_active(ctx, l, HK_PATTERN);
-    if (cx_hook_active(ctx, l, HK_ATTN_SCORES)) {
-        cx_softmax_rows(s->scores, B * H * T, Tk);
-    } else if (P == 0) {
-        cx_softmax_causal(s->scores, B * H, T);
-    } else { /* row i over keys 0 .. P+i, the rest 0 */
-        for (int64_t r = 0; r < B * H * T; r++) {
-            float *row = s->scores + r * Tk;
-            int64_t valid = P + r % T + 1;
-            cx_softmax_rows(row, 1, valid);
-            memset(row + valid, 0, (size_t)(Tk - valid) * sizeof *row);
-        }
+    bool hook_scores = cx_hook_active(ctx, l, HK_ATTN_SCORES), hook_pattern = cx_hook_active(ctx, l, HK_PATTERN);
+    attn_job job = {.s = s, .B = B, .T = T, .P = P, .H = H, .dh = dh, .keys = keys, .vals = vals,
+                    .kv_bs = kv_bs, .scale = scale};
+    if (!hook_scores && !hook_pattern) {
+        job.steps = STEP_SCORES | STEP_SOFTMAX | STEP_MIX;
+        cx_parallel_for(B * H, 1, attn_task, &job);
+    } else {
+        job.steps = STEP_SCORES;
+        cx_parallel_for(B * H, 1, attn_task, &job);
+        FIRE(l, HK_ATTN_SCORES, s->scores);
+        /* a hook may write anywhere in a row: then softmax and pattern @ v take whole rows, as
+         * TransformerLens does */
+        if (hook_scores) cx_softmax_rows(s->scores, B * H * T, Tk);
+        else cx_softmax_causal_past(s->scores, B * H, T, P);
+        FIRE(l, HK_PATTERN, s->scores);
+        job.steps = STEP_MIX;
+        job.whole_rows = true;
+        cx_parallel_for(B * H, 1, attn_task, &job);
     }
-    FIRE(l, HK_PATTERN, s->scores);
-
-    /* z[b, i, h] = sum_j pattern[b, h, i, j] v[b, j, h] */
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < H; h++) {
-            const float *Pt = s->scores + (b * H + h) * T * Tk, *vb = vals + b * kv_bs + h * dh;
-            float *zb = s->z + b * T * HD + h * dh;
-            if (whole_rows) {
-                cx_matmul(zb, HD, Pt, Tk, T, Tk, dh, vb, HD, 1, NULL, false);
-                continue;
-            }
-            for (int64_t i0 = 0; i0 < T; i0 += QB) {
-                int64_t i1 = i0 + QB < T ? i0 + QB : T;
-                cx_matmul(zb + i0 * HD, HD, Pt + i0 * Tk, Tk, i1 - i0, P + i1, dh, vb, HD, 1, NULL, false);
-            }
-        }
     FIRE(l, HK_Z, s->z);
 
     const circuits_tensor *W_O = w->W_O;
@@ -258,8 +294,8 @@ static void add_into(float *dst, const float *src, size_t n)
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
-static int run(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T, scratch *s, float *logits,
-               circuits_kv_cache *kv)
+static int run(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T, scratch *s, float *out,
+               circuits_kv_cache *kv, const cx_run_spec *spec)
 {
     const circuits_model *m = ctx->model;
     const circuits_config *c = &m->cfg;
@@ -267,20 +303,25 @@ static int run(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t 
     bool norm = c->normalization_type != CIRCUITS_NORM_NONE, affine = c->normalization_type == CIRCUITS_NORM_LN;
     int rc;
 
-    /* embed[b, t] = W_E[tokens[b, t]]; pos[b, t] = W_pos[past + t] (past: cached positions) */
-    const circuits_tensor *E = m->W_E, *P = m->W_pos;
+    /* pos[b, t] = W_pos[past + t] (past: cached positions); shortformer needs it in every layer */
+    const circuits_tensor *E = m->W_E, *Wp = m->W_pos;
     int64_t past = kv ? kv->len : 0;
     for (int64_t n = 0; n < N; n++)
-        for (int64_t j = 0; j < D; j++) {
-            s->embed[n * D + j] = E->data[tokens[n] * E->strides[0] + j * E->strides[1]];
-            s->pos[n * D + j] = P->data[(past + n % T) * P->strides[0] + j * P->strides[1]];
-        }
-    FIRE(-1, HK_EMBED, s->embed);
-    FIRE(-1, HK_POS_EMBED, s->pos);
-    memcpy(s->resid, s->embed, (size_t)(N * D) * sizeof(float));
-    if (c->positional_embedding_type == CIRCUITS_POS_STANDARD) add_into(s->resid, s->pos, (size_t)(N * D));
+        for (int64_t j = 0; j < D; j++) s->pos[n * D + j] = Wp->data[(past + n % T) * Wp->strides[0] + j * Wp->strides[1]];
+    if (spec->input) {
+        /* start_at_layer: the caller's residual stream replaces the embeddings */
+        memcpy(s->resid, spec->input, (size_t)(N * D) * sizeof(float));
+    } else {
+        /* embed[b, t] = W_E[tokens[b, t]] */
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t j = 0; j < D; j++) s->embed[n * D + j] = E->data[tokens[n] * E->strides[0] + j * E->strides[1]];
+        FIRE(-1, HK_EMBED, s->embed);
+        FIRE(-1, HK_POS_EMBED, s->pos);
+        memcpy(s->resid, s->embed, (size_t)(N * D) * sizeof(float));
+        if (c->positional_embedding_type == CIRCUITS_POS_STANDARD) add_into(s->resid, s->pos, (size_t)(N * D));
+    }
 
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = spec->start; l < spec->stop; l++) {
         const cx_layer_weights *w = &m->layers[l];
         FIRE(l, HK_RESID_PRE, s->resid);
         if (norm) {
@@ -306,6 +347,10 @@ static int run(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t 
         }
         FIRE(l, HK_RESID_POST, s->resid);
     }
+    if (spec->stop_at_layer) { /* the residual stream before block `stop` (after the last, if stop = L) */
+        if (out) memcpy(out, s->resid, (size_t)(N * D) * sizeof(float));
+        return CIRCUITS_OK;
+    }
 
     const float *final = s->resid;
     if (norm) {
@@ -315,18 +360,29 @@ static int run(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t 
         final = s->normed;
     }
     FIRE(-1, HK_UNEMBED_IN, (float *)final);
+    /* logits [B, n, V] at the chosen positions (every position: n = T): their rows of `final`
+     * gathered into branch [B * n, D] first, so that the unembedding is one GEMM either way */
+    int64_t n = spec->positions ? spec->n_positions : T;
+    if (spec->positions) {
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < n; i++) {
+                int64_t t = spec->positions[i] < 0 ? spec->positions[i] + T : spec->positions[i];
+                memcpy(s->branch + (b * n + i) * D, final + (b * T + t) * D, (size_t)D * sizeof(float));
+            }
+        final = s->branch;
+    }
     const circuits_tensor *U = m->W_U;
-    cx_matmul(logits, c->d_vocab_out, final, D, N, D, c->d_vocab_out, U->data, U->strides[0], U->strides[1],
+    cx_matmul(out, c->d_vocab_out, final, D, B * n, D, c->d_vocab_out, U->data, U->strides[0], U->strides[1],
               m->b_U->data, false);
-    FIRE(-1, HK_UNEMBED_OUT, logits);
-    return CIRCUITS_OK;
+    /* unembed.hook_out sees [B, n, V] */
+    return cx_hook_active(ctx, -1, HK_UNEMBED_OUT) ? cx_hook_fire(ctx, -1, HK_UNEMBED_OUT, out, B, n) : CIRCUITS_OK;
 }
 
-static int forward(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T, circuits_kv_cache *kv,
-                   float *logits, float *loss, float *per_token_loss)
+/* Checks every argument before anything runs. */
+static int check_run(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T, circuits_kv_cache *kv,
+                     const cx_run_spec *spec, bool want_loss)
 {
     const circuits_config *c = &ctx->model->cfg;
-    if (!tokens) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "forward: tokens is NULL");
     if (B < 1 || T < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "forward: tokens shape [%lld, %lld]: batch and pos must be at least 1",
                        (long long)B, (long long)T);
@@ -349,20 +405,40 @@ static int forward(circuits_context *ctx, const int32_t *tokens, int64_t B, int6
             return cx_fail(CIRCUITS_E_RANGE, "forward: %lld cached + %lld new positions exceed the KV cache's %lld",
                            (long long)past, (long long)T, (long long)kv->cap);
     }
-    if ((loss || per_token_loss) && T < 2)
+    if (want_loss && T < 2)
         return cx_fail(CIRCUITS_E_SHAPE, "forward: the loss needs at least 2 positions (got %lld)", (long long)T);
     if (B > (int64_t)(SIZE_MAX / sizeof(int32_t)) / T)
         return cx_fail(CIRCUITS_E_RANGE, "forward: batch %lld is too large", (long long)B);
-    for (int64_t i = 0; i < B * T; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->d_vocab)
-            return cx_fail(CIRCUITS_E_RANGE, "forward: token id %d at [%lld, %lld] is outside the vocabulary [0, %d)",
-                           tokens[i], (long long)(i / T), (long long)(i % T), c->d_vocab);
-    scratch s = {0};
-    int rc = prepare_scratch(ctx, B, T, past + T, logits == NULL, &s);
+    if (!spec->input) {
+        if (!tokens) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "forward: tokens is NULL");
+        for (int64_t i = 0; i < B * T; i++)
+            if (tokens[i] < 0 || tokens[i] >= c->d_vocab)
+                return cx_fail(CIRCUITS_E_RANGE,
+                               "forward: token id %d at [%lld, %lld] is outside the vocabulary [0, %d)", tokens[i],
+                               (long long)(i / T), (long long)(i % T), c->d_vocab);
+    }
+    if (spec->positions)
+        for (int64_t i = 0; i < spec->n_positions; i++)
+            if (spec->positions[i] < -T || spec->positions[i] >= T)
+                return cx_fail(CIRCUITS_E_RANGE, "run: logit position %lld (index %lld) is outside [-%lld, %lld)",
+                               (long long)spec->positions[i], (long long)i, (long long)T, (long long)T);
+    return CIRCUITS_OK;
+}
+
+static int forward(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T, circuits_kv_cache *kv,
+                   const cx_run_spec *spec, float *out, float *loss, float *per_token_loss)
+{
+    const circuits_config *c = &ctx->model->cfg;
+    int rc = check_run(ctx, tokens, B, T, kv, spec, loss || per_token_loss);
     if (rc) return rc;
-    float *lg = logits ? logits : s.logits;
-    ctx->kv_past = past; /* the key axis of attn_scores / pattern hooks is past + T */
-    rc = run(ctx, tokens, B, T, &s, lg, kv);
+    bool to_logits = !spec->stop_at_layer;
+    int64_t logit_rows = B * (spec->positions ? spec->n_positions : T);
+    scratch s = {0};
+    rc = prepare_scratch(ctx, B, T, (kv ? kv->len : 0) + T, logit_rows, to_logits && out == NULL, &s);
+    if (rc) return rc;
+    float *lg = out ? out : s.logits;
+    ctx->kv_past = kv ? kv->len : 0; /* the key axis of attn_scores / pattern hooks is past + T */
+    rc = run(ctx, tokens, B, T, &s, lg, kv, spec);
     ctx->kv_past = 0;
     if (rc) return rc;
     if (kv) kv->len += T;
@@ -387,11 +463,19 @@ static int forward(circuits_context *ctx, const int32_t *tokens, int64_t B, int6
 int cx_forward(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T, float *logits, float *loss,
                float *per_token_loss)
 {
-    return forward(ctx, tokens, B, T, NULL, logits, loss, per_token_loss);
+    cx_run_spec spec = {.start = 0, .stop = ctx->model->cfg.n_layers};
+    return forward(ctx, tokens, B, T, NULL, &spec, logits, loss, per_token_loss);
 }
 
 int cx_forward_kv(circuits_context *ctx, circuits_kv_cache *kv, const int32_t *tokens, int64_t B, int64_t T,
                   float *logits)
 {
-    return forward(ctx, tokens, B, T, kv, logits, NULL, NULL);
+    cx_run_spec spec = {.start = 0, .stop = ctx->model->cfg.n_layers};
+    return forward(ctx, tokens, B, T, kv, &spec, logits, NULL, NULL);
+}
+
+int cx_forward_spec(circuits_context *ctx, const cx_run_spec *spec, const int32_t *tokens, int64_t B, int64_t T,
+                    float *out)
+{
+    return forward(ctx, tokens, B, T, NULL, spec, out, NULL, NULL);
 }

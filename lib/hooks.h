@@ -73,6 +73,22 @@ int cx_expand_act_name(const char *s, char *buf, size_t n);
 int cx_hook_fire(circuits_context *ctx, int layer, cx_hook_kind kind, float *data, int64_t batch,
                  int64_t pos);
 
+/* A partial run (circuits_run_options resolved by context.c). */
+typedef struct cx_run_spec {
+    int32_t start, stop;      /* blocks start .. stop - 1 run */
+    bool stop_at_layer;       /* stop after block stop - 1 with the residual stream (even if stop ==
+                               * n_layers, as TransformerLens); false: on to the logits */
+    const float *input;       /* [B, T, d_model]: the residual stream before block `start` (start_at_layer),
+                               * replacing the embeddings; NULL: from the tokens */
+    const int64_t *positions; /* logits only at these positions (negative: from the end); NULL: all */
+    int64_t n_positions;
+} cx_run_spec;
+
+/* A run as *spec says; out is [B, T, d_model] when it stops early, else the logits
+ * [B, n_positions or T, d_vocab_out] (out may be NULL). */
+int cx_forward_spec(circuits_context *ctx, const cx_run_spec *spec, const int32_t *tokens, int64_t batch, int64_t pos,
+                    float *out);
+
 /* The forward pass (forward.c); the public entry points wrap it. */
 int cx_forward(circuits_context *ctx, const int32_t *tokens, int64_t batch, int64_t pos, float *logits,
                float *loss, float *per_token_loss);

@@ -1,10 +1,58 @@
-/* Numerical kernels. Reductions accumulate in double: it costs nothing at these sizes and keeps
- * results within rounding of PyTorch's fp32 pairwise sums. */
+/* Numerical kernels. Each fast kernel has a plain one beside it or is checked against double
+ * precision in tests/test_kernels.c.
+ *
+ * Parallelism: the whole-array functions split their rows (or GEMM columns) over the library's
+ * pool (pool.h); per-row work is independent, so results do not depend on the split.
+ * Vectorisation: the hot loops keep 8 independent partial sums or maxima ("lanes") instead of
+ * one running value, which lets the compiler use SIMD without -ffast-math (which would allow
+ * it to reorder anything), and exp is a polynomial (exp_poly) instead of a libm call. */
 #include "kernels.h"
+#include "pool.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
+
+#define LANES 8
+
+/* Hot loops get an x86-64-v3 (AVX2, FMA) clone next to the baseline x86-64 one; the loader picks by CPU. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define CX_HOT __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("O3", "no-trapping-math")))
+#else
+#define CX_HOT
+#endif
+
+/* ---- exp ---- */
+
+/* e^x for x <= 88.3 (Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial for e^r,
+ * 2^n by exponent bits); max relative error about 2 ulp; 0 below -87.3 (where e^x underflows
+ * to denormals) and for -inf. Written with plain arithmetic so that loops over it vectorise. */
+static inline __attribute__((always_inline)) float exp_poly(float x)
+{
+    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float big = x < 88.3f ? x : 88.3f;
+    float xc = big > -87.3f ? big : -87.3f;
+    float t = xc * 1.44269504088896341f + shifter;
+    union { float f; int32_t i; } ts = {t}, scale;
+    float n = t - shifter;
+    int32_t ni = ts.i - 0x4B400000; /* the integer n */
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    scale.i = (ni + 127) << 23;
+    float y = p * scale.f;
+    return x > -87.3f ? y : 0.0f;
+}
+
+float cx_exp(float x) { return exp_poly(x); }
+
+/* ---- matrix products ---- */
 
 static void init_out(float *out, int64_t ldo, int64_t M, int64_t N, const float *bias, bool accumulate)
 {
@@ -27,6 +75,62 @@ void cx_matmul_ref(float *out, int64_t ldo, const float *in, int64_t ldi, int64_
         }
 }
 
+/* One sgemm split into column blocks (or row blocks when C is tall and narrow). */
+typedef struct gemm_job {
+    bool ta, tb;
+    int64_t M, N, K;
+    float alpha, beta;
+    const float *A, *B;
+    int64_t lda, ldb, ldc;
+    float *C;
+    bool by_rows;
+    const float *bias;  /* cx_matmul: C = bias first (beta 1) */
+    bool init;          /* cx_matmul without accumulate: write bias or zeros first */
+} gemm_job;
+
+/* Columns (or rows) at multiples of 64: tiles of OpenBLAS's kernels line up the same way in
+ * every split, and each slice is still wide enough to run its kernel at full speed. */
+#define GEMM_ALIGN 64
+
+static void gemm_task(void *arg, int64_t b, int64_t e)
+{
+    const gemm_job *g = arg;
+    const float *A = g->A, *B = g->B;
+    float *C = g->C;
+    int64_t M = g->M, N = g->N;
+    if (g->by_rows) {
+        A += g->ta ? b : b * g->lda;
+        C += b * g->ldc;
+        M = e - b;
+    } else {
+        B += g->tb ? b * g->ldb : b;
+        C += b;
+        N = e - b;
+    }
+    if (g->init) init_out(C, g->ldc, M, N, g->bias ? g->bias + (g->by_rows ? 0 : b) : NULL, false);
+    cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, (blasint)M,
+                (blasint)N, (blasint)g->K, g->alpha, A, (blasint)g->lda, B, (blasint)g->ldb, g->beta, C,
+                (blasint)g->ldc);
+}
+
+static void gemm_run(gemm_job *g)
+{
+    /* Split the longer side; a product too small to be worth a second thread runs as one. */
+    g->by_rows = g->M >= 2 * g->N || g->M >= 4096;
+    double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K;
+    int64_t n = g->by_rows ? g->M : g->N;
+    cx_parallel_for(n, flops < 4e6 ? n : GEMM_ALIGN, gemm_task, g);
+}
+
+void cx_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+              int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    gemm_job g = {.ta = trans_a, .tb = trans_b, .M = M, .N = N, .K = K, .alpha = alpha, .beta = beta, .A = A,
+                  .B = B, .lda = lda, .ldb = ldb, .ldc = ldc, .C = C};
+    gemm_run(&g);
+}
+
 void cx_matmul(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, int64_t K, int64_t N,
                const float *W, int64_t w_rs, int64_t w_cs, const float *bias, bool accumulate)
 {
@@ -38,27 +142,98 @@ void cx_matmul(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M,
         cx_matmul_ref(out, ldo, in, ldi, M, K, N, W, w_rs, w_cs, bias, accumulate);
         return;
     }
-    init_out(out, ldo, M, N, bias, accumulate);
+    int64_t ldw = no_trans ? (w_rs > N ? w_rs : N) : (w_cs > K ? w_cs : K);
+    gemm_job g = {.ta = false, .tb = !no_trans, .M = M, .N = N, .K = K, .alpha = 1.0f, .beta = 1.0f, .A = in,
+                  .B = W, .lda = ldi, .ldb = ldw, .ldc = ldo, .C = out, .bias = bias, .init = !accumulate};
+    gemm_run(&g);
+}
+
+void cx_matmul_serial(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, int64_t K, int64_t N,
+                      const float *W, int64_t w_rs, int64_t w_cs)
+{
+    if (M == 0 || N == 0) return;
+    bool no_trans = w_cs == 1 && (w_rs >= N || K == 1);
+    bool trans = !no_trans && w_rs == 1 && (w_cs >= K || N == 1);
+    if ((!no_trans && !trans) || ldi < K || ldo < N) {
+        cx_matmul_ref(out, ldo, in, ldi, M, K, N, W, w_rs, w_cs, NULL, false);
+        return;
+    }
     int64_t ldw = no_trans ? (w_rs > N ? w_rs : N) : (w_cs > K ? w_cs : K);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, no_trans ? CblasNoTrans : CblasTrans, (blasint)M, (blasint)N,
-                (blasint)K, 1.0f, in, (blasint)ldi, W, (blasint)ldw, 1.0f, out, (blasint)ldo);
+                (blasint)K, 1.0f, in, (blasint)ldi, W, (blasint)ldw, 0.0f, out, (blasint)ldo);
+}
+
+/* ---- row kernels ---- */
+
+/* Rows are cut into chunks of at least this many values' work before a loop goes parallel:
+ * below that, waking a thread costs more than it saves. */
+static int64_t rows_align(int64_t width)
+{
+    int64_t a = 16384 / (width > 0 ? width : 1);
+    return a > 0 ? a : 1;
+}
+
+CX_HOT static void ln_row(float *y, float *scale, const float *x, int64_t D, float eps, const float *w,
+                          const float *b, bool finish)
+{
+    double s[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= D; j += LANES)
+        for (int l = 0; l < LANES; l++) s[l] += x[j + l];
+    double sum = 0.0;
+    for (int l = 0; l < LANES; l++) sum += s[l];
+    for (; j < D; j++) sum += x[j];
+    float mean = (float)(sum / (double)D);
+    double q[LANES] = {0};
+    for (j = 0; j + LANES <= D; j += LANES)
+        for (int l = 0; l < LANES; l++) {
+            float c = x[j + l] - mean;
+            y[j + l] = c;
+            q[l] += (double)c * c;
+        }
+    double sq = 0.0;
+    for (int l = 0; l < LANES; l++) sq += q[l];
+    for (; j < D; j++) {
+        y[j] = x[j] - mean;
+        sq += (double)y[j] * y[j];
+    }
+    float sc = sqrtf((float)(sq / (double)D) + eps);
+    *scale = sc;
+    if (!finish) return;
+    for (j = 0; j < D; j++) {
+        float v = y[j] / sc;
+        if (w) v *= w[j];
+        if (b) v += b[j];
+        y[j] = v;
+    }
+}
+
+typedef struct ln_job {
+    float *y, *scale;
+    const float *x, *w, *b;
+    int64_t D;
+    float eps;
+    bool finish;
+} ln_job;
+
+static void ln_task(void *arg, int64_t b, int64_t e)
+{
+    const ln_job *j = arg;
+    for (int64_t i = b; i < e; i++)
+        ln_row(j->y + i * j->D, j->scale + i, j->x + i * j->D, j->D, j->eps, j->w, j->b, j->finish);
 }
 
 void cx_ln_center_scale(float *xc, float *scale, const float *x, int64_t N, int64_t D, float eps)
 {
-    for (int64_t i = 0; i < N; i++) {
-        const float *xi = x + i * D;
-        float *yi = xc + i * D;
-        double sum = 0.0;
-        for (int64_t j = 0; j < D; j++) sum += xi[j];
-        float mean = (float)(sum / (double)D);
-        double sq = 0.0;
-        for (int64_t j = 0; j < D; j++) {
-            yi[j] = xi[j] - mean;
-            sq += (double)yi[j] * yi[j];
-        }
-        scale[i] = sqrtf((float)(sq / (double)D) + eps);
-    }
+    ln_job j = {.y = xc, .scale = scale, .x = x, .D = D, .eps = eps, .finish = false};
+    cx_parallel_for(N, rows_align(D), ln_task, &j);
+}
+
+void cx_layer_norm(float *y, float *scale, const float *x, int64_t N, int64_t D, float eps, const float *w,
+                   const float *b)
+{
+    ln_job j = {.y = y, .scale = scale, .x = x, .w = w, .b = b, .D = D, .eps = eps, .finish = true};
+    cx_parallel_for(N, rows_align(D), ln_task, &j);
 }
 
 void cx_ln_divide(float *x, const float *scale, int64_t N, int64_t D)
@@ -78,33 +253,85 @@ void cx_affine(float *x, const float *w, const float *b, int64_t N, int64_t D)
         }
 }
 
-void cx_activation(float *x, size_t n, int act)
+/* ---- activations ---- */
+
+/* tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|): no overflow, absolute error ~1e-7. */
+static inline __attribute__((always_inline)) float tanh_poly(float u)
+{
+    float a = u < 0.0f ? -u : u;
+    float e = exp_poly(-2.0f * a);
+    float t = (1.0f - e) / (1.0f + e);
+    return u < 0.0f ? -t : t;
+}
+
+CX_HOT static void gelu_new_range(float *x, int64_t n)
 {
     const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        x[i] = 0.5f * v * (1.0f + tanh_poly(k * (v + 0.044715f * v * v * v)));
+    }
+}
+
+CX_HOT static void gelu_fast_range(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        x[i] = 0.5f * v * (1.0f + tanh_poly(0.7978845608f * v * (1.0f + 0.044715f * v * v)));
+    }
+}
+
+CX_HOT static void silu_range(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + exp_poly(-x[i]));
+}
+
+static void activation_range(float *x, int64_t n, int act)
+{
     switch (act) {
     case CIRCUITS_ACT_RELU:
-        for (size_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        for (int64_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
         break;
-    case CIRCUITS_ACT_GELU:
-        for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+    case CIRCUITS_ACT_GELU: /* exact GELU: erf has no cheap polynomial form here; libm it is */
+        for (int64_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
         break;
-    case CIRCUITS_ACT_GELU_NEW:
-        for (size_t i = 0; i < n; i++) {
-            float v = x[i];
-            x[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+    case CIRCUITS_ACT_GELU_NEW: gelu_new_range(x, n); break;
+    case CIRCUITS_ACT_GELU_FAST: gelu_fast_range(x, n); break;
+    case CIRCUITS_ACT_SILU: silu_range(x, n); break;
+    default: break;
+    }
+}
+
+typedef struct act_job {
+    float *x;
+    int act;
+} act_job;
+
+static void act_task(void *arg, int64_t b, int64_t e)
+{
+    const act_job *j = arg;
+    activation_range(j->x + b, e - b, j->act);
+}
+
+void cx_activation(float *x, size_t n, int act)
+{
+    act_job j = {x, act};
+    cx_parallel_for((int64_t)n, 16384, act_task, &j);
+}
+
+void cx_activation_ref(float *x, size_t n, int act)
+{
+    const float k = 0.7978845608028654f;
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        switch (act) {
+        case CIRCUITS_ACT_RELU: x[i] = v > 0.0f ? v : 0.0f; break;
+        case CIRCUITS_ACT_GELU: x[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); break;
+        case CIRCUITS_ACT_GELU_NEW: x[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v))); break;
+        case CIRCUITS_ACT_GELU_FAST: x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608f * v * (1.0f + 0.044715f * v * v))); break;
+        case CIRCUITS_ACT_SILU: x[i] = v / (1.0f + expf(-v)); break;
+        default: break;
         }
-        break;
-    case CIRCUITS_ACT_GELU_FAST:
-        for (size_t i = 0; i < n; i++) {
-            float v = x[i];
-            x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608f * v * (1.0f + 0.044715f * v * v)));
-        }
-        break;
-    case CIRCUITS_ACT_SILU:
-        for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
-        break;
-    default:
-        break;
     }
 }
 
@@ -120,38 +347,86 @@ void cx_solu(float *x, int64_t N, int64_t D)
     }
 }
 
-void cx_softmax_rows(float *x, int64_t N, int64_t D)
+/* ---- softmax ---- */
+
+CX_HOT void cx_softmax_row(float *r, int64_t D)
 {
-    for (int64_t i = 0; i < N; i++) {
-        float *r = x + i * D;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < D; j++) mx = r[j] > mx ? r[j] : mx;
-        if (mx == -INFINITY) { /* fully masked row */
-            memset(r, 0, (size_t)D * sizeof *r);
-            continue;
+    float m[LANES];
+    int bad[LANES] = {0}; /* NaN seen */
+    for (int l = 0; l < LANES; l++) m[l] = -INFINITY;
+    int64_t j = 0;
+    for (; j + LANES <= D; j += LANES)
+        for (int l = 0; l < LANES; l++) {
+            m[l] = r[j + l] > m[l] ? r[j + l] : m[l];
+            bad[l] |= r[j + l] != r[j + l];
         }
-        double sum = 0.0;
-        for (int64_t j = 0; j < D; j++) {
-            r[j] = expf(r[j] - mx);
-            sum += r[j];
+    float mx = -INFINITY;
+    int nan = 0;
+    for (int l = 0; l < LANES; l++) {
+        mx = m[l] > mx ? m[l] : mx;
+        nan |= bad[l];
+    }
+    for (; j < D; j++) {
+        mx = r[j] > mx ? r[j] : mx;
+        nan |= r[j] != r[j];
+    }
+    /* All -inf (fully masked), a NaN, or +inf: torch's softmax gives NaN (or, masked, NaN too)
+     * and TransformerLens's where(isnan) turns the row into zeros. */
+    if (nan || mx == -INFINITY || mx == INFINITY) {
+        memset(r, 0, (size_t)D * sizeof *r);
+        return;
+    }
+    float s[LANES] = {0};
+    for (j = 0; j + LANES <= D; j += LANES)
+        for (int l = 0; l < LANES; l++) {
+            float e = exp_poly(r[j + l] - mx);
+            r[j + l] = e;
+            s[l] += e;
         }
-        float inv = (float)sum;
-        for (int64_t j = 0; j < D; j++) {
-            r[j] /= inv;
-            if (isnan(r[j])) r[j] = 0.0f;
+    for (; j < D; j++) { /* the tail into its lanes too: trailing zeros (masked keys) then leave
+                            * the sum bit-identical, so a whole masked row = its causal part */
+        r[j] = exp_poly(r[j] - mx);
+        s[j % LANES] += r[j];
+    }
+    float sum = 0.0f;
+    for (int l = 0; l < LANES; l++) sum += s[l];
+    float inv = 1.0f / sum;
+    for (j = 0; j < D; j++) r[j] *= inv;
+}
+
+typedef struct softmax_job {
+    float *x;
+    int64_t D, T, P; /* T > 0: causal [T, P + T] blocks, row i over columns 0 .. P + i */
+} softmax_job;
+
+static void softmax_task(void *arg, int64_t b, int64_t e)
+{
+    const softmax_job *j = arg;
+    for (int64_t r = b; r < e; r++) {
+        float *row = j->x + r * j->D;
+        if (j->T > 0) {
+            int64_t valid = j->P + r % j->T + 1;
+            cx_softmax_row(row, valid);
+            memset(row + valid, 0, (size_t)(j->D - valid) * sizeof *row);
+        } else {
+            cx_softmax_row(row, j->D);
         }
     }
 }
 
-void cx_softmax_causal(float *x, int64_t n, int64_t T)
+void cx_softmax_rows(float *x, int64_t N, int64_t D)
 {
-    for (int64_t m = 0; m < n; m++)
-        for (int64_t i = 0; i < T; i++) {
-            float *r = x + (m * T + i) * T;
-            cx_softmax_rows(r, 1, i + 1);
-            memset(r + i + 1, 0, (size_t)(T - i - 1) * sizeof *r);
-        }
+    softmax_job j = {x, D, 0, 0};
+    cx_parallel_for(N, rows_align(D), softmax_task, &j);
 }
+
+void cx_softmax_causal_past(float *x, int64_t n, int64_t T, int64_t P)
+{
+    softmax_job j = {x, P + T, T, P};
+    cx_parallel_for(n * T, rows_align(P + T / 2 + 1), softmax_task, &j);
+}
+
+void cx_softmax_causal(float *x, int64_t n, int64_t T) { cx_softmax_causal_past(x, n, T, 0); }
 
 double cx_nll_row(const float *logits, int64_t V, int32_t target)
 {

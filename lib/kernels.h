@@ -7,14 +7,31 @@
 
 #include "internal.h"
 
+/* C[M, N] (ld ldc) = alpha op(A) @ op(B) + beta C, row-major, op = transpose if trans_*: CBLAS's
+ * sgemm with the work split over the library's pool (each slice a single-threaded sgemm). */
+void cx_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+              int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
 /* out[M, N] (ld ldo) = bias[N] (or 0, or out itself if accumulate) + in[M, K] (ld ldi) @ W[K, N].
- * Uses CBLAS when W has a unit stride, else the reference kernel. */
+ * Uses CBLAS (split over the pool) when W has a unit stride, else the reference kernel. */
 void cx_matmul(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, int64_t K, int64_t N,
                const float *W, int64_t w_rs, int64_t w_cs, const float *bias, bool accumulate);
 /* The same, as plain loops (the reference the tests check cx_matmul against). */
 void cx_matmul_ref(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, int64_t K, int64_t N,
                    const float *W, int64_t w_rs, int64_t w_cs, const float *bias, bool accumulate);
 
+/* out[M, N] = in[M, K] @ W[K, N] on the calling thread only (for use inside pool tasks). */
+void cx_matmul_serial(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, int64_t K, int64_t N,
+                      const float *W, int64_t w_rs, int64_t w_cs);
+
+/* e^x in fp32 by a polynomial (about 2 ulp; 0 below -87.3): the exp of softmax and activations. */
+float cx_exp(float x);
+
+/* LayerNorm in one pass per row: y[N, D] = (x - mean) / scale * w + b (w, b may be NULL),
+ * scale[N] = sqrt(var + eps). The same arithmetic as the three pieces below, which the forward
+ * uses instead when a hook must see the scale or the normalized value in between. */
+void cx_layer_norm(float *y, float *scale, const float *x, int64_t N, int64_t D, float eps, const float *w,
+                   const float *b);
 /* LayerNorm, first half: xc[N, D] = x - mean(x) per row, scale[N] = sqrt(mean(xc^2) + eps). */
 void cx_ln_center_scale(float *xc, float *scale, const float *x, int64_t N, int64_t D, float eps);
 /* Second half: x[N, D] /= scale[N] per row. */
@@ -24,9 +41,13 @@ void cx_affine(float *x, const float *w, const float *b, int64_t N, int64_t D);
 
 /* Elementwise activation in place over n values (not SOLU_LN: see cx_solu). */
 void cx_activation(float *x, size_t n, int act_fn);
+/* The same with libm's tanhf / expf / erff, one value at a time (the tests' reference). */
+void cx_activation_ref(float *x, size_t n, int act_fn);
 /* x[N, D] = x * softmax(x) per row. */
 void cx_solu(float *x, int64_t N, int64_t D);
 
+/* Softmax of one row r[D] in place (the kernel of the two below). */
+void cx_softmax_row(float *r, int64_t D);
 /* Softmax over each row of x[N, D] in place; a row that is all -inf becomes zeros, and NaNs
  * become 0 (TransformerLens's torch.where(isnan) after softmax). */
 void cx_softmax_rows(float *x, int64_t N, int64_t D);
@@ -34,6 +55,8 @@ void cx_softmax_rows(float *x, int64_t N, int64_t D);
 /* Softmax of n matrices [T, T] whose entries above the diagonal are -inf: each row i over
  * columns 0..i, the rest set to 0 without being looked at. */
 void cx_softmax_causal(float *x, int64_t n, int64_t T);
+/* The same after P cached positions: n matrices [T, P + T], row i over columns 0 .. P + i. */
+void cx_softmax_causal_past(float *x, int64_t n, int64_t T, int64_t P);
 
 /* -log_softmax(logits[t])[target] for one row of length V. */
 double cx_nll_row(const float *logits, int64_t V, int32_t target);

@@ -6,6 +6,9 @@
 #include <math.h>
 
 #include "../lib/kernels.h"
+#include "../lib/pool.h"
+
+#include <pthread.h>
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 
@@ -331,8 +334,109 @@ static void test_softmax_causal(void)
     CHECK(memcmp(a, b, sizeof a) == 0, "causal softmax differs from the whole-row softmax");
 }
 
+/* ---- the pool (lib/pool.c) ---- */
+
+typedef struct cover_arg { int *hits; int64_t align, n; int bad_bounds; } cover_arg;
+
+static void cover_task(void *p, int64_t b, int64_t e)
+{
+    cover_arg *a = p;
+    if (b % a->align != 0 || b < 0 || e > a->n || b >= e) __atomic_add_fetch(&a->bad_bounds, 1, __ATOMIC_RELAXED);
+    for (int64_t i = b; i < e; i++) __atomic_add_fetch(&a->hits[i], 1, __ATOMIC_RELAXED);
+}
+
+static void nested_task(void *p, int64_t b, int64_t e)
+{
+    cover_arg *a = p;
+    for (int64_t i = b; i < e; i++) { /* a loop inside a task runs inline on that thread */
+        cover_arg inner = {a->hits + i * 10, 1, 10, 0};
+        cx_parallel_for(10, 1, cover_task, &inner);
+        if (inner.bad_bounds) __atomic_add_fetch(&a->bad_bounds, 1, __ATOMIC_RELAXED);
+    }
+}
+
+static void *concurrent_loops(void *p)
+{
+    int *fails = p;
+    for (int r = 0; r < 200; r++) {
+        int hits[1000] = {0};
+        cover_arg a = {hits, 7, 1000, 0};
+        cx_parallel_for(1000, 7, cover_task, &a);
+        for (int i = 0; i < 1000; i++)
+            if (hits[i] != 1) (*fails)++;
+        *fails += a.bad_bounds;
+    }
+    return NULL;
+}
+
+typedef struct gemm_arg { float *out; const float *x, *w; int64_t M, K, N; } gemm_arg;
+
+static void gemm_inline_task(void *p, int64_t b, int64_t e)
+{
+    (void)b, (void)e;
+    gemm_arg *g = p;
+    cx_matmul(g->out, g->N, g->x, g->K, g->M, g->K, g->N, g->w, g->N, 1, NULL, false);
+}
+
+static void test_pool(void)
+{
+    int64_t sizes[] = {1, 2, 3, 63, 64, 65, 1000, 4097};
+    int64_t aligns[] = {1, 7, 64};
+    for (int threads = 1; threads <= 5; threads += 2) {
+        circuits_set_num_threads(threads);
+        CHECK(circuits_get_num_threads() == threads, "get_num_threads %d, set %d", circuits_get_num_threads(), threads);
+        for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
+            for (size_t ai = 0; ai < 3; ai++) {
+                int64_t n = sizes[si];
+                int *hits = calloc((size_t)n, sizeof *hits);
+                cover_arg a = {hits, aligns[ai], n, 0};
+                cx_parallel_for(n, aligns[ai], cover_task, &a);
+                int wrong = 0;
+                for (int64_t i = 0; i < n; i++) wrong += hits[i] != 1;
+                CHECK(wrong == 0 && a.bad_bounds == 0, "threads %d n %lld align %lld: %d items not run once, %d bad chunks",
+                      threads, (long long)n, (long long)aligns[ai], wrong, a.bad_bounds);
+                free(hits);
+            }
+        int hits[100 * 10] = {0};
+        cover_arg a = {hits, 1, 100, 0};
+        cx_parallel_for(100, 1, nested_task, &a);
+        int wrong = 0;
+        for (int i = 0; i < 1000; i++) wrong += hits[i] != 1;
+        CHECK(wrong == 0 && a.bad_bounds == 0, "nested loops: %d items wrong", wrong);
+    }
+    /* four threads share a 2-thread pool: one gets it, the others run their chunks inline */
+    circuits_set_num_threads(2);
+    pthread_t th[4];
+    int fails[4] = {0};
+    for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, concurrent_loops, &fails[i]);
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    CHECK(fails[0] + fails[1] + fails[2] + fails[3] == 0, "concurrent loops: %d failures",
+          fails[0] + fails[1] + fails[2] + fails[3]);
+
+    /* A split GEMM gives the same bits at a given thread count whether its chunks run in
+     * parallel or one after another on the caller (as when the pool is busy or the call is
+     * nested in a task) — what makes runs reproducible under any concurrency. */
+    int64_t M = 96, K = 200, N = 1000;
+    float *x = malloc((size_t)(M * K) * sizeof *x), *w = malloc((size_t)(K * N) * sizeof *w);
+    float *o1 = malloc((size_t)(M * N) * sizeof *o1), *o2 = malloc((size_t)(M * N) * sizeof *o2);
+    fill(x, (size_t)(M * K));
+    fill(w, (size_t)(K * N));
+    circuits_set_num_threads(2);
+    cx_matmul(o1, N, x, K, M, K, N, w, N, 1, NULL, false);
+    gemm_arg g = {o2, x, w, M, K, N};
+    cx_parallel_for(1, 1, gemm_inline_task, &g);
+    CHECK(memcmp(o1, o2, (size_t)(M * N) * sizeof *o1) == 0, "a split GEMM run inline differs from the parallel one");
+    circuits_set_num_threads(0);
+    CHECK(circuits_get_num_threads() >= 1, "default thread count");
+    free(x);
+    free(w);
+    free(o1);
+    free(o2);
+}
+
 int main(void)
 {
+    test_pool();
     test_softmax_causal();
     test_matmul();
     test_softmax();

@@ -104,6 +104,9 @@ CIRCUITS_PROCESSED_CENTER_UNEMBED = 0x4
 CIRCUITS_PROCESSED_FOLD_VALUE_BIASES = 0x8
 CIRCUITS_PROCESSED_REFACTOR_FACTORED_ATTN_MATRICES = 0x10
 
+# circuits_run_options: start_at_layer / stop_at_layer not set
+CIRCUITS_LAYER_NONE = -2147483648
+
 # hook callback return values
 CIRCUITS_HOOK_CONTINUE = 0
 CIRCUITS_HOOK_STOP = 1
@@ -210,6 +213,19 @@ class DetectOptions(Structure):
     ]
 
 
+class RunOptions(Structure):
+    """``circuits_run_options`` (pointers as addresses: the caller keeps the arrays alive)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("start_at_layer", c_int32),
+        ("stop_at_layer", c_int32),
+        ("input", c_void_p),  # const float *
+        ("logit_positions", c_void_p),  # const int64_t *
+        ("n_logit_positions", c_int64),
+    ]
+
+
 class EncodeOptions(Structure):
     """``circuits_encode_options``."""
 
@@ -283,6 +299,8 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
         [HANDLE, c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_size_t)],
     ),
     "circuits_context_forward": (c_int, [HANDLE, I32P, c_int64, c_int64, F32P, F32P, F32P]),
+    "circuits_run_options_init": (None, [POINTER(RunOptions)]),
+    "circuits_context_run": (c_int, [HANDLE, POINTER(RunOptions), I32P, c_int64, c_int64, F32P]),
     # caches
     "circuits_cache_create": (c_int, [VOIDPP]),
     "circuits_cache_free": (None, [HANDLE]),

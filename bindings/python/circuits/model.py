@@ -561,18 +561,73 @@ class Model:
             return Output(logits, lv)
         return None
 
-    def forward(self, tokens: Any, return_type: Optional[str] = "logits", loss_per_token: bool = False) -> Any:
+    def forward(self, tokens: Any = None, return_type: Optional[str] = "logits", loss_per_token: bool = False, *,
+                start_at_layer: Optional[int] = None, stop_at_layer: Optional[int] = None,
+                residual: Any = None, logit_positions: Any = None) -> Any:
         """Runs the model on ``tokens`` [batch, pos] (int; 1-D means batch 1), firing the
         registered hooks.
 
         return_type: ``"logits"`` → [batch, pos, d_vocab_out]; ``"loss"`` → the mean
         next-token loss (np.float32), or [batch, pos - 1] with ``loss_per_token=True``;
-        ``"both"`` → ``Output(logits, loss)``; ``None`` → None (run for the hooks' effects)."""
-        tok = self._tokens(tokens)
-        B, T = tok.shape
-        logits, loss, ptl = self._outputs(B, T, return_type, loss_per_token)
-        self._call(lib.circuits_context_forward, tok, B, T, logits, loss, ptl)
-        return self._result(return_type, logits, loss, ptl)
+        ``"both"`` → ``Output(logits, loss)``; ``None`` → None (run for the hooks' effects).
+
+        Partial runs, as TransformerLens: ``stop_at_layer=k`` (negative from the end, exclusive)
+        returns the residual stream before block k [batch, pos, d_model] (k = n_layers: after
+        the last block); ``start_at_layer=k`` (inclusive) starts at block k from ``residual``
+        [batch, pos, d_model] instead of the tokens (TransformerLens passes it as the input).
+        ``logit_positions`` (ints, negative from the end) returns the logits at those positions
+        only, [batch, len(logit_positions), d_vocab_out]: the unembedding of the others is
+        skipped. Neither combines with a loss."""
+        partial = start_at_layer is not None or stop_at_layer is not None or logit_positions is not None
+        if not partial:
+            if residual is not None:
+                raise ValueError("residual is the input of start_at_layer; pass start_at_layer too")
+            tok = self._tokens(tokens)
+            B, T = tok.shape
+            logits, loss, ptl = self._outputs(B, T, return_type, loss_per_token)
+            self._call(lib.circuits_context_forward, tok, B, T, logits, loss, ptl)
+            return self._result(return_type, logits, loss, ptl)
+        if return_type not in ("logits", None):
+            raise ValueError("start_at_layer / stop_at_layer / logit_positions give no loss: use return_type='logits' "
+                             "or None")
+        opts = N.RunOptions()
+        lib.circuits_run_options_init(ctypes.byref(opts))
+        keep = []  # arrays whose addresses the options hold
+        if start_at_layer is not None:
+            if residual is None:
+                raise ValueError("start_at_layer needs residual, the residual stream [batch, pos, d_model]")
+            res = np.ascontiguousarray(residual, dtype=np.float32)
+            if res.ndim == 2:
+                res = res[None]
+            if res.ndim != 3 or res.shape[2] != self.cfg.d_model:
+                raise ShapeError(f"residual must be [batch, pos, d_model={self.cfg.d_model}], not {list(res.shape)}")
+            opts.start_at_layer = int(start_at_layer)
+            opts.input = res.ctypes.data
+            keep.append(res)
+            B, T = res.shape[0], res.shape[1]
+            tok = None if tokens is None else self._tokens(tokens)
+            if tok is not None and tok.shape != (B, T):
+                raise ShapeError(f"tokens {list(tok.shape)} and residual {list(res.shape)} disagree")
+        else:
+            if residual is not None:
+                raise ValueError("residual is the input of start_at_layer; pass start_at_layer too")
+            tok = self._tokens(tokens)
+            B, T = tok.shape
+        if stop_at_layer is not None:
+            opts.stop_at_layer = int(stop_at_layer)
+            out = np.empty((B, T, self.cfg.d_model), np.float32)
+        if logit_positions is not None:
+            lp = np.ascontiguousarray(np.atleast_1d(np.asarray(logit_positions)), dtype=np.int64)
+            if lp.ndim != 1 or lp.size == 0:
+                raise ValueError("logit_positions must be a non-empty sequence of ints")
+            opts.logit_positions = lp.ctypes.data
+            opts.n_logit_positions = lp.size
+            keep.append(lp)
+        if stop_at_layer is None:
+            n = len(keep[-1]) if logit_positions is not None else T
+            out = np.empty((B, n, self.cfg.d_vocab_out), np.float32)
+        self._call(lib.circuits_context_run, ctypes.byref(opts), tok, B, T, None if return_type is None else out)
+        return None if return_type is None else out
 
     __call__ = forward
 

@@ -111,6 +111,7 @@ STRUCT_CLASSES = {
     "circuits_context_options": N.ContextOptions,
     "circuits_detect_options": N.DetectOptions,
     "circuits_encode_options": N.EncodeOptions,
+    "circuits_run_options": N.RunOptions,
 }
 SCALARS = {
     "int": c_int,

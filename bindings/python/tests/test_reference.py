@@ -119,3 +119,34 @@ def test_head_ablation_by_predicate_and_mean_ablation(case):
         hooks = [(f"blocks.{l}.attn.hook_z", ablate) for l in range(m.cfg.n_layers)]
         b = m.run_with_hooks(tokens, fwd_hooks=hooks)
         assert np.array_equal(a, b)
+
+
+def test_partial_runs_and_logit_positions(case):
+    """stop_at_layer / start_at_layer as TransformerLens has them, and logits at chosen positions,
+    against TransformerLens's hook values and the full run."""
+    exp = case.expected
+    tokens = exp["tokens"]
+    with load_raw(case) as m:
+        L = m.cfg.n_layers
+        logits, cache = m.run_with_cache(tokens)
+        for k in range(L + 1):
+            name = f"blocks.{k}.hook_resid_pre" if k < L else f"blocks.{L - 1}.hook_resid_post"
+            res = m(tokens, stop_at_layer=k)
+            assert np.array_equal(res, cache[name]), name
+            if k < L:
+                assert np.array_equal(m(tokens, stop_at_layer=k - L), res)
+            if f"hook:{name}" in exp:
+                assert max_diff(res, exp[f"hook:{name}"]) <= TOL_HOOK, name
+            # and starting there gives the full run's logits back, bit for bit
+            assert np.array_equal(m(start_at_layer=k, residual=res), logits)
+        last = m(tokens, logit_positions=[-1, 0])
+        assert last.shape == (tokens.shape[0], 2, m.cfg.d_vocab_out)
+        assert max_diff(last[:, 0], logits[:, -1]) <= 1e-5 and max_diff(last[:, 1], logits[:, 0]) <= 1e-5
+        with pytest.raises(ValueError):
+            m(tokens, stop_at_layer=1, return_type="loss")
+        with pytest.raises(ValueError):
+            m(start_at_layer=1)
+        with pytest.raises(circuits.RangeError):
+            m(tokens, stop_at_layer=L + 1)
+        with pytest.raises(circuits.RangeError):
+            m(tokens, logit_positions=[tokens.shape[1]])

@@ -1,0 +1,23 @@
+/* The library's one thread pool (pool.c): every parallel loop of libcircuits runs on it, and
+ * OpenBLAS is driven single-threaded from inside its tasks, so the process never holds two pools
+ * competing for the cores (docs/threading.md). */
+#ifndef CIRCUITS_POOL_H
+#define CIRCUITS_POOL_H
+
+#include "internal.h"
+
+/* A task: processes items [begin, end) of a loop. */
+typedef void (*cx_task_fn)(void *arg, int64_t begin, int64_t end);
+
+/* Runs fn over items [0, n): the range is cut into cx_pool_threads() contiguous chunks whose
+ * boundaries are multiples of `align` (so GEMM tiles line up), and the chunks run on the pool,
+ * the caller taking the first. The split depends only on n, align and the configured thread
+ * count — never on which threads happen to be free — so results are the same whether the
+ * chunks run in parallel or, when the pool is busy with another thread's work or the call is
+ * nested, one after another on the caller. Returns when every chunk is done. */
+void cx_parallel_for(int64_t n, int64_t align, cx_task_fn fn, void *arg);
+
+/* The configured number of threads (the caller included). */
+int cx_pool_threads(void);
+
+#endif
