@@ -13,9 +13,9 @@
  *     failure a message is available from circuits_last_error() on the same thread, and no
  *     output object is created (nothing half-done is left behind).
  *   - Structs the caller fills (options) or the library fills (config) start with a
- *     `uint32_t size` set to sizeof(struct) by the party that allocated them, so that the
- *     library can grow them without breaking the ABI. Initialise options with the matching
- *     `_init` function.
+ *     `uint32_t size` set to sizeof(struct) by the party that allocated them, which the
+ *     library checks (CIRCUITS_E_VERSION). Any change to a struct's layout is still an
+ *     incompatible change (docs/abi.md). Initialise options with the matching `_init` function.
  *   - Tensors are row-major fp32 with TransformerLens shapes; strides are given in elements.
  *
  * Threading: a loaded model is read-only and may be shared by any number of contexts used
@@ -98,8 +98,8 @@ CIRCUITS_API void circuits_clear_error(void);
 
 #define CIRCUITS_MAX_DIMS 4
 
-/* A strided fp32 tensor with a TransformerLens name. Filled by the library: the caller never
- * allocates one for the library to read, so fields may be appended in later versions. */
+/* A strided fp32 tensor with a TransformerLens name. Filled by the library, often into a
+ * struct the caller allocated; it has no `size`, its layout is fixed per ABI (docs/abi.md). */
 typedef struct circuits_tensor {
     const char *name;   /* e.g. "blocks.1.attn.hook_pattern" or "blocks.0.attn.W_Q" */
     int32_t layer;      /* block index, or -1 outside blocks (hook_embed, embed.W_E, ...) */

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# check.sh LIB BASELINE HEADERS_DIR: compares LIB's ABI with the release baseline (docs/abi.md).
+# BASELINE is an abidw dump or a directory holding exactly one (*.abi). Passes when nothing
+# changed or when the only changes are added functions, variables or enumerators; fails on
+# anything removed or changed (a function's signature, a public struct's layout, an
+# enumerator's value), unless LIB's SONAME differs from the baseline's, i.e. the soversion was
+# bumped for an incompatible release. Prints abidiff's report either way.
+set -uo pipefail
+if [ $# -ne 3 ]; then
+    echo "usage: $0 LIB BASELINE HEADERS_DIR" >&2
+    exit 2
+fi
+lib=$1 baseline=$2 headers=$3
+here=$(cd "$(dirname "$0")" && pwd)
+if [ -d "$baseline" ]; then
+    shopt -s nullglob
+    found=("$baseline"/*.abi)
+    if [ ${#found[@]} -ne 1 ]; then
+        echo "FAIL: expected exactly one *.abi baseline in $baseline, found ${#found[@]}"
+        exit 1
+    fi
+    baseline=${found[0]}
+fi
+[ -f "$baseline" ] || { echo "FAIL: no baseline $baseline"; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+bash "$here/dump.sh" "$lib" "$headers" "$tmp/current.abi" || { echo "FAIL: abidw could not read $lib"; exit 1; }
+soname_of() { sed -nE "s/^<abi-corpus [^>]*soname='([^']*)'.*/\1/p" "$1" | head -n1; }
+old_soname=$(soname_of "$baseline") new_soname=$(soname_of "$tmp/current.abi")
+
+# --non-reachable-types: also compare public types no function mentions (status codes)
+abidiff --non-reachable-types "$baseline" "$tmp/current.abi" >"$tmp/report" 2>&1
+rc=$?
+echo "abidiff $(basename "$baseline") $(basename "$lib"): exit $rc"
+sed 's/^/  /' "$tmp/report"
+
+# abidiff's exit status is a bit set: 1 error, 2 usage error, 4 ABI change, 8 incompatible
+# ABI change. Anything else (a crash) is an error too.
+if [ $rc -ge 16 ] || [ $((rc & 3)) -ne 0 ]; then
+    echo "FAIL: abidiff did not run properly (exit $rc)"
+    exit 1
+fi
+if [ "$old_soname" != "$new_soname" ]; then
+    echo "PASS: the soname changed ($old_soname -> $new_soname): an incompatible release may change anything."
+    echo "      Record the new baseline: bash tests/abi/update-baseline.sh"
+    exit 0
+fi
+if [ $rc -eq 0 ]; then
+    echo "PASS: no ABI change against $old_soname"
+    exit 0
+fi
+# Summary lines: "Functions changes summary: 0 Removed, 1 Changed (1 filtered out), 2 Added
+# functions", the same for variables, symbols and unreachable types.
+removed_or_changed=$(grep -E 'summary:' "$tmp/report" | grep -oE '\b[1-9][0-9]* ([Rr]emoved|[Cc]hanged)\b' || true)
+added=$(grep -E 'summary:' "$tmp/report" | grep -oE '\b[1-9][0-9]* Added\b' || true)
+if [ $((rc & 8)) -eq 0 ] && [ -z "$removed_or_changed" ] && [ -n "$added" ]; then
+    echo "PASS: compatible additions only ($(echo $added)); soname $new_soname stays"
+    exit 0
+fi
+echo "FAIL: incompatible ABI change against the $old_soname baseline${removed_or_changed:+ (}$(echo $removed_or_changed)${removed_or_changed:+)}."
+echo "      Either undo it, or make it an incompatible release: bump soversion in meson.build and"
+echo "      CIRCUITS_ABI_VERSION in circuits.h, then bash tests/abi/update-baseline.sh (docs/abi.md)."
+exit 1
