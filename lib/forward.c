@@ -140,8 +140,19 @@ typedef struct attn_job {
     int64_t kv_bs;
     float scale;
     int steps;
-    bool whole_rows;            /* STEP_MIX over whole rows of the pattern (a hook saw them) */
+    bool hooked;                /* a hook saw the scores or pattern: STEP_MIX checks the masked part */
 } attn_job;
+
+/* True if pattern S [T, P + T] is 0 above the causal diagonal (j > P + i): then pattern @ v may
+ * skip it. A hook may have written there; then whole rows it is, as TransformerLens computes. */
+static bool masked_part_is_zero(const float *S, int64_t T, int64_t P)
+{
+    int64_t Tk = P + T;
+    for (int64_t i = 0; i < T; i++)
+        for (int64_t c = P + i + 1; c < Tk; c++)
+            if (S[i * Tk + c] != 0.0f) return false;
+    return true;
+}
 
 static void attn_task(void *arg, int64_t begin, int64_t end)
 {
@@ -155,6 +166,7 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
         const float *k = j->keys + b * j->kv_bs + h * dh;         /* [Tk, dh], row stride HD */
         const float *v = j->vals + b * j->kv_bs + h * dh;         /* [Tk, dh], row stride HD */
         float *z = j->s->z + b * T * HD + h * dh;                 /* [T, dh], row stride HD */
+        bool whole_rows = (j->steps & STEP_MIX) && j->hooked && !masked_part_is_zero(S, T, P);
         for (int64_t i0 = 0; i0 < T; i0 += QB) {
             int64_t i1 = i0 + QB < T ? i0 + QB : T, keys = P + i1;
             if (j->steps & STEP_SCORES) {
@@ -171,10 +183,10 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
                     }
                 }
             }
-            if ((j->steps & STEP_MIX) && !j->whole_rows) /* z[i0:i1] = pattern[i0:i1, 0:keys] @ v[0:keys] */
+            if ((j->steps & STEP_MIX) && !whole_rows) /* z[i0:i1] = pattern[i0:i1, 0:keys] @ v[0:keys] */
                 cx_matmul_serial(z + i0 * HD, HD, S + i0 * Tk, Tk, i1 - i0, keys, dh, v, HD, 1);
         }
-        if ((j->steps & STEP_MIX) && j->whole_rows) cx_matmul_serial(z, HD, S, Tk, T, Tk, dh, v, HD, 1);
+        if (whole_rows) cx_matmul_serial(z, HD, S, Tk, T, Tk, dh, v, HD, 1);
     }
 }
 
@@ -227,13 +239,14 @@ static int attention(circuits_context *ctx, int l, scratch *s, int64_t B, int64_
         job.steps = STEP_SCORES;
         cx_parallel_for(B * H, 1, attn_task, &job);
         FIRE(l, HK_ATTN_SCORES, s->scores);
-        /* a hook may write anywhere in a row: then softmax and pattern @ v take whole rows, as
-         * TransformerLens does */
+        /* a hook may write anywhere in a row: then softmax takes whole rows, as TransformerLens
+         * does (on untouched rows that is bit-identical to the causal softmax: the masked -inf
+         * add exact zeros), and pattern @ v whole rows unless the masked part is still 0 */
         if (hook_scores) cx_softmax_rows(s->scores, B * H * T, Tk);
         else cx_softmax_causal_past(s->scores, B * H, T, P);
         FIRE(l, HK_PATTERN, s->scores);
         job.steps = STEP_MIX;
-        job.whole_rows = true;
+        job.hooked = true;
         cx_parallel_for(B * H, 1, attn_task, &job);
     }
     FIRE(l, HK_Z, s->z);

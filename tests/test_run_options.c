@@ -173,6 +173,23 @@ static void check_case(const char *dir)
         }
     CHECK(worst_pos <= 1e-5, "%s: logits at positions differ from the full run by %.3g", dir, worst_pos);
 
+    /* a no-op callback on every hook point changes nothing, bit for bit (the forward's fused
+     * attention and the hooked path compute the same thing when the hooks leave it alone) */
+    {
+        size_t np = circuits_context_hook_point_count(ctx);
+        int calls = 0;
+        for (size_t i = 0; i < np; i++) {
+            circuits_tensor pt;
+            CHECK_OK(circuits_context_hook_point(ctx, i, &pt));
+            CHECK_OK(circuits_context_add_hook(ctx, pt.name, count_calls, &calls, NULL));
+        }
+        CHECK_OK(circuits_context_forward(ctx, tokens, B, T, out, NULL, NULL));
+        CHECK(calls == (int)np, "%s: %d of %zu hooks fired", dir, calls, np);
+        CHECK(memcmp(out, logits, nlog * sizeof *out) == 0, "%s: no-op hooks on all %zu points change the logits", dir,
+              np);
+        circuits_context_clear_hooks(ctx);
+    }
+
     /* bad options */
     circuits_run_options bad;
     circuits_run_options_init(&bad);
