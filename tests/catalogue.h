@@ -13,16 +13,20 @@
 #include <stddef.h>
 
 static int cat_verbose;           /* -v: print rows */
-static const char *cat_tmp = ""; /* the test's temporary directory, printed as $TMP */
+static const char *cat_tmp = "";  /* the test's temporary directory, printed as $TMP */
+static const char *cat_data = ""; /* its data directory (tests/tokenizer), printed as $DATA */
 
-/* Prints s with cat_tmp replaced by $TMP and '|' escaped for a markdown table. */
+/* Prints s with cat_tmp, cat_data replaced by $TMP, $DATA and '|' escaped for a markdown table. */
 static void cat_print_text(const char *s)
 {
-    size_t rl = strlen(cat_tmp);
+    size_t rl = strlen(cat_tmp), dl = strlen(cat_data);
     while (*s) {
         if (rl && strncmp(s, cat_tmp, rl) == 0) {
             fputs("$TMP", stdout);
             s += rl;
+        } else if (dl && strncmp(s, cat_data, dl) == 0) {
+            fputs("$DATA", stdout);
+            s += dl;
         } else if (*s == '|') {
             fputs("\\|", stdout);
             s++;

@@ -705,6 +705,12 @@ static void model_checks(void)
     write_text(dir, "config.json", GPT2_CONFIG);
     LOAD_FAILS("model_no_safetensors", dir, NULL, CIRCUITS_E_IO, "no model.safetensors or model.safetensors.index.json");
 
+    /* a tokenizer beside the weights that is present but broken fails the load */
+    gpt2_tensors(&l);
+    gpt2_case(dir, "model_tokenizer_broken", GPT2_CONFIG, &l);
+    write_text(dir, "tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": [1, 2]");
+    LOAD_FAILS("model_tokenizer_broken", dir, NULL, CIRCUITS_E_FORMAT, "tokenizer.json: not valid JSON");
+
     {
         char longp[5000];
         memset(longp, 'a', sizeof longp - 1);
