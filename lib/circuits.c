@@ -100,7 +100,9 @@ typedef enum which { OV, QK, FULL_OV, FULL_QK, POS_QK } which;
 
 static int build(const circuits_model *m, int32_t layer, int32_t head, which w, circuits_factored **out)
 {
-    if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuit: model and out must not be NULL");
+    static const char *const fn[] = {"circuits_model_ov", "circuits_model_qk", "circuits_model_full_ov",
+                                     "circuits_model_full_qk", "circuits_model_pos_qk"};
+    if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: model and out must not be NULL", fn[w]);
     *out = NULL;
     int64_t l0 = 0, nl = 0, h0 = 0, nh = 0;
     int rc = select_heads(m, layer, head, &l0, &nl, &h0, &nh);

@@ -135,8 +135,10 @@ static void null_checks(circuits_model *m, circuits_context *ctx, const circuits
     circuits_factored_free(fm);
 
     /* the circuits of a model */
-    CALL_FAILS("null_model_ov", circuits_model_ov(NULL, 0, 0, &g), CIRCUITS_E_INVALID_ARGUMENT, "must not be NULL");
-    CALL_FAILS("null_model_qk_out", circuits_model_qk(m, 0, 0, NULL), CIRCUITS_E_INVALID_ARGUMENT, "must not be NULL");
+    CALL_FAILS("null_model_ov", circuits_model_ov(NULL, 0, 0, &g), CIRCUITS_E_INVALID_ARGUMENT,
+               "circuits_model_ov: model and out must not be NULL");
+    CALL_FAILS("null_model_qk_out", circuits_model_qk(m, 0, 0, NULL), CIRCUITS_E_INVALID_ARGUMENT,
+               "circuits_model_qk: model and out must not be NULL");
     CALL_FAILS("null_composition_circuit", circuits_model_composition_circuit(m, CIRCUITS_COMPOSITION_K, 0, 0, 1, 0, NULL),
                CIRCUITS_E_INVALID_ARGUMENT, "NULL argument");
     CALL_FAILS("null_virtual_ov", circuits_model_virtual_ov(NULL, 0, 0, 1, 0, &g), CIRCUITS_E_INVALID_ARGUMENT,
