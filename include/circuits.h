@@ -213,6 +213,18 @@ CIRCUITS_API int circuits_model_weight_at(const circuits_model *model, size_t in
 /* Run contexts and hooks                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
+/* Thread safety (docs/threading.md; tests/test_threads.c checks it under ThreadSanitizer):
+ *   - model, tokenizer: read-only once loaded; any number of threads may use one at once,
+ *     each with its own context (and the results are bit-identical to a serial run).
+ *   - context, cache, KV cache: one thread at a time (no locks inside: calls from two threads
+ *     at once are a data race); different objects on different threads need nothing.
+ *   - factored matrix: functions taking a const one may share it; freeing it may not.
+ *   - circuits_last_error(): per thread. circuits_set_num_threads(): process-wide; call it
+ *     while no run is in progress.
+ *   - hook and on_step callbacks run on the thread that called the run; they must not call
+ *     into the context running them (refused with CIRCUITS_E_INVALID_ARGUMENT).
+ *   - nothing detects use after free: a model must outlive its contexts, KV caches, weight
+ *     views and tokenizer; any object must outlive the calls that use it (docs/errors.md). */
 typedef struct circuits_context circuits_context;
 
 typedef struct circuits_context_options {
@@ -637,8 +649,9 @@ CIRCUITS_API int circuits_context_generate(circuits_context *ctx, const int32_t 
 /* Threads                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Sets the number of threads OpenBLAS uses for matrix products (process-wide; libcircuits
- * starts no threads of its own). n <= 0 restores the OpenBLAS default. */
+/* Sets the size of the library's thread pool, the caller included (process-wide; OpenBLAS
+ * runs single-threaded inside it). n <= 0 restores the default: CIRCUITS_NUM_THREADS, else the
+ * CPUs the process may use. Safe from any thread; waits for a parallel loop in flight. */
 CIRCUITS_API void circuits_set_num_threads(int n);
 CIRCUITS_API int circuits_get_num_threads(void);
 

@@ -98,7 +98,9 @@ typedef enum which { OV, QK, FULL_OV, FULL_QK, POS_QK } which;
 
 static int build(const circuits_model *m, int32_t layer, int32_t head, which w, circuits_factored **out)
 {
-    if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuit: model and out must not be NULL");
+    static const char *const fn[] = {"circuits_model_ov", "circuits_model_qk", "circuits_model_full_ov",
+                                     "circuits_model_full_qk", "circuits_model_pos_qk"};
+    if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: model and out must not be NULL", fn[w]);
     *out = NULL;
     int64_t l0 = 0, nl = 0, h0 = 0, nh = 0;
     int rc = select_heads(m, layer, head, &l0, &nl, &h0, &nh);
@@ -292,10 +294,11 @@ static int writer_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
     const circuits_config *c = &m->cfg;
     bool per_layer = kind == CIRCUITS_WRITER_HEAD || kind == CIRCUITS_WRITER_MLP;
     if (per_layer && (layer < 0 || layer >= c->n_layers))
-        return cx_fail(CIRCUITS_E_RANGE, "writer layer %d out of range", layer);
+        return cx_fail(CIRCUITS_E_RANGE, "writer layer %d out of range (model has %d)", layer, c->n_layers);
     if (kind == CIRCUITS_WRITER_HEAD && (head < 0 || head >= c->n_heads))
-        return cx_fail(CIRCUITS_E_RANGE, "writer head %d out of range", head);
-    if (kind == CIRCUITS_WRITER_MLP && c->attn_only) return cx_fail(CIRCUITS_E_UNSUPPORTED, "the model has no MLPs");
+        return cx_fail(CIRCUITS_E_RANGE, "writer head %d out of range (model has %d)", head, c->n_heads);
+    if (kind == CIRCUITS_WRITER_MLP && c->attn_only)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "CIRCUITS_WRITER_MLP: the model is attention-only, it has no MLPs");
     const circuits_tensor *W = kind == CIRCUITS_WRITER_EMBED ? m->W_E : kind == CIRCUITS_WRITER_POS_EMBED ? m->W_pos
                                : kind == CIRCUITS_WRITER_MLP ? m->layers[layer].W_out : NULL;
     if (kind == CIRCUITS_WRITER_HEAD) {
@@ -320,16 +323,18 @@ static int reader_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
         *cols = U->shape[1];
         return dense_weight(U, out);
     }
-    if (layer < 0 || layer >= c->n_layers) return cx_fail(CIRCUITS_E_RANGE, "reader layer %d out of range", layer);
+    if (layer < 0 || layer >= c->n_layers) return cx_fail(CIRCUITS_E_RANGE, "reader layer %d out of range (model has %d)", layer,
+                                                               c->n_layers);
     const cx_layer_weights *L = &m->layers[layer];
     if (kind == CIRCUITS_READER_MLP) {
-        if (c->attn_only) return cx_fail(CIRCUITS_E_UNSUPPORTED, "the model has no MLPs");
+        if (c->attn_only)
+            return cx_fail(CIRCUITS_E_UNSUPPORTED, "CIRCUITS_READER_MLP: the model is attention-only, it has no MLPs");
         *cols = c->d_mlp;
         return dense_weight(L->W_in, out);
     }
     if (kind != CIRCUITS_READER_Q && kind != CIRCUITS_READER_K && kind != CIRCUITS_READER_V)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "unknown reader kind %d", kind);
-    if (head < 0 || head >= c->n_heads) return cx_fail(CIRCUITS_E_RANGE, "reader head %d out of range", head);
+    if (head < 0 || head >= c->n_heads) return cx_fail(CIRCUITS_E_RANGE, "reader head %d out of range (model has %d)", head, c->n_heads);
     *cols = c->d_head;
     *out = cx_malloc((size_t)(D * c->d_head) * sizeof **out);
     if (!*out) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory");

@@ -240,7 +240,10 @@ int circuits_composition_baseline(int64_t d_model, int64_t d_head, int64_t d_mlp
     if (!mean) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_composition_baseline: mean is NULL");
     if (d_model < 1 || d_head < 1 || d_head > d_model || d_mlp < 0 || n_samples < 1 || d_model > (1 << 16) ||
         d_mlp > (1 << 18))
-        return cx_fail(CIRCUITS_E_RANGE, "circuits_composition_baseline: need 1 <= d_head <= d_model <= 65536, d_mlp >= 0, n_samples >= 1");
+        return cx_fail(CIRCUITS_E_RANGE,
+                       "circuits_composition_baseline: d_model %lld, d_head %lld, d_mlp %lld, n_samples %lld: need "
+                       "1 <= d_head <= d_model <= 65536, d_mlp >= 0 (at most 262144), n_samples >= 1",
+                       (long long)d_model, (long long)d_head, (long long)d_mlp, (long long)n_samples);
     int64_t D = d_model, dh = d_head, wr = d_mlp ? (d_mlp < D ? d_mlp : D) : dh, rows = d_mlp ? d_mlp : D;
     size_t big = (size_t)(rows > D ? rows : D) * (size_t)D;
     float *X = cx_malloc(big * sizeof *X), *Y = cx_malloc(big * sizeof *Y), *R = cx_malloc((size_t)(D * D) * sizeof *R);

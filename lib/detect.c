@@ -61,12 +61,22 @@ void circuits_detect_options_init(circuits_detect_options *o)
     o->error_measure = CIRCUITS_DETECT_MUL;
 }
 
+/* A detector runs the context: refused from a callback of that context, as a forward is. */
+static int refuse_running(const circuits_context *ctx, const char *fn)
+{
+    if (ctx->running)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: called from a hook callback of the same context", fn);
+    return CIRCUITS_OK;
+}
+
 int circuits_context_detect_heads(circuits_context *ctx, const int32_t *tokens, int64_t batch, int64_t pos,
                                   int32_t kind, const float *custom_pattern, const circuits_detect_options *opts,
                                   float *out)
 {
     if (!ctx || !tokens || !out)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_detect_heads: ctx, tokens and out must not be NULL");
+    int rc = refuse_running(ctx, "circuits_context_detect_heads");
+    if (rc) return rc;
     circuits_detect_options o;
     circuits_detect_options_init(&o);
     if (opts) {
@@ -82,6 +92,10 @@ int circuits_context_detect_heads(circuits_context *ctx, const int32_t *tokens, 
     if (o.error_measure != CIRCUITS_DETECT_MUL && o.error_measure != CIRCUITS_DETECT_ABS)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "error_measure must be CIRCUITS_DETECT_MUL or CIRCUITS_DETECT_ABS");
     if (pos < 2) return cx_fail(CIRCUITS_E_SHAPE, "head detection needs at least 2 positions");
+    /* before the [pos, pos] pattern is read: pos must be one the model can run */
+    if (pos > ctx->model->cfg.n_ctx)
+        return cx_fail(CIRCUITS_E_RANGE, "circuits_context_detect_heads: %lld positions exceed the model's n_ctx = %d",
+                       (long long)pos, ctx->model->cfg.n_ctx);
     if (custom_pattern)
         for (int64_t i = 0; i < pos; i++)
             for (int64_t j = i + 1; j < pos; j++)
@@ -94,7 +108,7 @@ int circuits_context_detect_heads(circuits_context *ctx, const int32_t *tokens, 
                     custom_pattern, cx_calloc(LH, sizeof(double))};
     if (!r.acc) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory detecting heads");
     circuits_hook_id id;
-    int rc = circuits_context_add_hook(ctx, "blocks.*.attn.hook_pattern", detect_hook, &r, &id);
+    rc = circuits_context_add_hook(ctx, "blocks.*.attn.hook_pattern", detect_hook, &r, &id);
     if (!rc) {
         rc = circuits_context_forward(ctx, tokens, batch, pos, NULL, NULL, NULL);
         circuits_context_remove_hook(ctx, id);
@@ -109,8 +123,15 @@ int circuits_context_detect_heads(circuits_context *ctx, const int32_t *tokens, 
 
 int circuits_repeated_tokens(int64_t batch, int64_t seq_len, int32_t d_vocab, uint64_t seed, int32_t bos, int32_t *out)
 {
-    if (!out || batch < 1 || seq_len < 1 || d_vocab < 1)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_repeated_tokens: need out, batch >= 1, seq_len >= 1, d_vocab >= 1");
+    const char *fn = "circuits_repeated_tokens";
+    if (!out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: out is NULL", fn);
+    if (batch < 1 || seq_len < 1 || d_vocab < 1)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: batch %lld, seq_len %lld and d_vocab %d must be at least 1", fn,
+                       (long long)batch, (long long)seq_len, d_vocab);
+    /* out [batch, 2 * seq_len + 1] must be addressable: no buffer that size can exist beyond that */
+    if (seq_len > INT32_MAX || batch > INT64_MAX / (2 * seq_len + 1) / (int64_t)sizeof *out)
+        return cx_fail(CIRCUITS_E_RANGE, "%s: batch %lld x seq_len %lld is too large", fn, (long long)batch,
+                       (long long)seq_len);
     int64_t T = 2 * seq_len + (bos >= 0);
     uint64_t s = seed;
     for (int64_t b = 0; b < batch; b++) {
@@ -152,14 +173,26 @@ int circuits_context_induction_scores(circuits_context *ctx, const int32_t *toke
 {
     if (!ctx || !tokens || !scores)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_induction_scores: ctx, tokens and scores must not be NULL");
-    if (seq_len < 2 || (pos != 2 * seq_len && pos != 2 * seq_len + 1))
+    int rc = refuse_running(ctx, "circuits_context_induction_scores");
+    if (rc) return rc;
+    /* seq_len is bounded first so that 2 * seq_len cannot overflow */
+    if (seq_len < 2 || seq_len > INT32_MAX || (pos != 2 * seq_len && pos != 2 * seq_len + 1))
         return cx_fail(CIRCUITS_E_SHAPE, "induction scores need tokens [batch, 2 * seq_len (+1 with a BOS)], seq_len >= 2; got pos %lld, seq_len %lld",
                        (long long)pos, (long long)seq_len);
     const circuits_config *c = &ctx->model->cfg;
+    if (batch < 1)
+        return cx_fail(CIRCUITS_E_SHAPE, "circuits_context_induction_scores: batch %lld must be at least 1",
+                       (long long)batch);
+    /* checked here, before per_token_loss [batch, pos - 1] is allocated */
+    if (pos > c->n_ctx)
+        return cx_fail(CIRCUITS_E_RANGE, "circuits_context_induction_scores: %lld positions exceed the model's n_ctx = %d",
+                       (long long)pos, c->n_ctx);
+    if (batch > INT64_MAX / pos / (int64_t)sizeof(float))
+        return cx_fail(CIRCUITS_E_RANGE, "circuits_context_induction_scores: batch %lld is too large", (long long)batch);
     size_t LH = (size_t)c->n_layers * (size_t)c->n_heads;
     induction_run r = {batch, pos, c->n_heads, seq_len, cx_calloc(LH, sizeof(double))};
     float *ptl = cx_malloc((size_t)(batch * (pos - 1)) * sizeof *ptl);
-    int rc = (!r.acc || !ptl) ? cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory scoring induction") : CIRCUITS_OK;
+    rc = (!r.acc || !ptl) ? cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory scoring induction") : CIRCUITS_OK;
     circuits_hook_id id;
     if (!rc && !(rc = circuits_context_add_hook(ctx, "blocks.*.attn.hook_pattern", induction_hook, &r, &id))) {
         rc = circuits_context_forward(ctx, tokens, batch, pos, NULL, NULL, ptl);

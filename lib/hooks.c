@@ -176,8 +176,15 @@ int cx_expand_act_name(const char *s, char *buf, size_t n)
     if (i >= sizeof nm) return circuits_act_name(s, -1, NULL, buf, n);
     memcpy(nm, s, i);
     nm[i] = '\0';
+    size_t digits = 0;
+    while (isdigit((unsigned char)s[i + digits])) digits++;
+    /* no model has a billion layers: such a "short name" is taken as written (and not found) */
+    if (digits > 9) {
+        if ((size_t)snprintf(buf, n, "%s", s) >= n) return cx_fail(CIRCUITS_E_RANGE, "name '%.64s...' is too long", s);
+        return CIRCUITS_OK;
+    }
     long layer = 0;
-    while (isdigit((unsigned char)s[i]) && layer < 1000000) layer = layer * 10 + (s[i++] - '0');
+    while (isdigit((unsigned char)s[i])) layer = layer * 10 + (s[i++] - '0');
     return circuits_act_name(nm, (int32_t)layer, s[i] ? s + i : NULL, buf, n);
 }
 

@@ -803,6 +803,9 @@ int circuits_tokenizer_token(const circuits_tokenizer *tok, int32_t id, char *bu
 {
     if (n_out) *n_out = 0;
     if (!tok || (!buf && cap)) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_tokenizer_token: NULL argument");
+    if (id < 0 || (size_t)id >= tok->n_ids)
+        return cx_fail(CIRCUITS_E_RANGE, "circuits_tokenizer_token: id %d is not a token (vocabulary size %zu)", id,
+                       tok->n_ids);
     return circuits_tokenizer_decode(tok, &id, 1, buf, cap, n_out ? n_out : &(size_t){0});
 }
 

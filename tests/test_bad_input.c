@@ -3,7 +3,7 @@
  * here, by hand, into a temporary directory (safetensors: 8-byte little-endian header length,
  * JSON header, data).
  * Usage: test_bad_input [-v]   (-v prints every check's status and message, for docs/errors.md) */
-#include "testutil.h"
+#include "catalogue.h"
 
 #include <errno.h>
 #include <ftw.h>
@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 static char g_root[256];
-static int g_verbose;
 
 /* ---------------------------------------------------------------------------------------- */
 /* Files                                                                                     */
@@ -314,33 +313,6 @@ static const char *tl_config_with(const char *drop, const char *field)
 static char sentinel_byte;
 #define SENTINEL ((circuits_model *)(void *)&sentinel_byte)
 
-/* Prints "| name | CODE | message |" with the temporary directory replaced by $TMP. */
-static void report(const char *name, int status)
-{
-    if (!g_verbose) return;
-    const char *code = circuits_status_string(status), *colon = strchr(code, ':');
-    const char *msg = circuits_last_error();
-    printf("| `%s` | `%.*s` | ", name, (int)(colon ? colon - code : (ptrdiff_t)strlen(code)), code);
-    size_t rl = strlen(g_root);
-    for (const char *p = msg; *p;) {
-        if (rl && strncmp(p, g_root, rl) == 0) {
-            fputs("$TMP", stdout);
-            p += rl;
-        } else if (*p == '|') {
-            fputs("\\|", stdout);
-            p++;
-        } else {
-            putchar(*p++);
-        }
-    }
-    printf(" |\n");
-}
-
-#define NOTE_FAIL(name, f0)                                                                \
-    do {                                                                                   \
-        if (tu_failures != (f0)) fprintf(stderr, "  ^ in check '%s'\n", (name));           \
-    } while (0)
-
 /* circuits_model_load(dir, opts) must fail with status and a message containing needle,
  * and leave *out NULL. */
 #define LOAD_FAILS(name, dir, opts, status, needle)                                        \
@@ -350,17 +322,8 @@ static void report(const char *name, int status)
         CHECK_FAILS(circuits_model_load(&m_, (dir), (opts)), (status), (needle));          \
         CHECK(m_ == NULL, "*out is %p, not NULL", (void *)m_);                             \
         if (m_ && m_ != SENTINEL) circuits_model_free(m_);                                 \
-        report((name), (status));                                                          \
-        NOTE_FAIL((name), f0_);                                                            \
-    } while (0)
-
-/* A call that must fail (not a load). */
-#define CALL_FAILS(name, call, status, needle)                                             \
-    do {                                                                                   \
-        int f0_ = tu_failures;                                                             \
-        CHECK_FAILS((call), (status), (needle));                                           \
-        report((name), (status));                                                          \
-        NOTE_FAIL((name), f0_);                                                            \
+        cat_row((name), NULL, (status));                                                   \
+        CAT_NOTE_FAIL((name), f0_);                                                        \
     } while (0)
 
 /* The directory must load; runs one forward to prove the model is usable. */
@@ -381,7 +344,7 @@ static void load_ok(const char *name, const char *dir, const circuits_load_optio
         circuits_context_free(ctx);
         circuits_model_free(m);
     }
-    NOTE_FAIL(name, f0);
+    CAT_NOTE_FAIL(name, f0);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -741,6 +704,12 @@ static void model_checks(void)
     new_case(dir, "model_no_safetensors");
     write_text(dir, "config.json", GPT2_CONFIG);
     LOAD_FAILS("model_no_safetensors", dir, NULL, CIRCUITS_E_IO, "no model.safetensors or model.safetensors.index.json");
+
+    /* a tokenizer beside the weights that is present but broken fails the load */
+    gpt2_tensors(&l);
+    gpt2_case(dir, "model_tokenizer_broken", GPT2_CONFIG, &l);
+    write_text(dir, "tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": [1, 2]");
+    LOAD_FAILS("model_tokenizer_broken", dir, NULL, CIRCUITS_E_FORMAT, "tokenizer.json: not valid JSON");
 
     {
         char longp[5000];
@@ -1184,9 +1153,10 @@ static void forward_checks(void)
 
 int main(int argc, char **argv)
 {
-    g_verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
+    cat_verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
     snprintf(g_root, sizeof g_root, "/tmp/circuits_bad_input_XXXXXX");
     if (!mkdtemp(g_root)) die("mkdtemp");
+    cat_tmp = g_root;
 
     positive_controls();
     safetensors_checks();

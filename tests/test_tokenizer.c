@@ -7,8 +7,9 @@
  *   - the published vectors of GPT-3-Encoder and of transformers' toy-vocabulary test;
  *   - the API contract (options, buffers, ids, errors);
  *   - hostile files: truncated or invalid JSON, merges with unknown tokens, duplicate entries,
- *     absurd GGUF counts and lengths, every truncation of a GGUF file, random corruption. */
-#include "testutil.h"
+ *     absurd GGUF counts and lengths, every truncation of a GGUF file, random corruption. The
+ *     named ones are rows of the catalogue in docs/errors.md (-v prints them). */
+#include "catalogue.h"
 #include "tokenizer.h"
 
 #include <jansson.h>
@@ -413,8 +414,10 @@ static void test_random_bytes(named *gpt2, size_t ngpt2, named *neox, size_t nne
 }
 
 /* ---- hostile files ---- */
-static void expect_load_fails(const char *path, int status, const char *needle)
+/* A load that must fail; name (NULL in loops) is its catalogue row. */
+static void expect_load_fails(const char *name, const char *path, int status, const char *needle)
 {
+    int f0 = tu_failures;
     circuits_tokenizer *t = (circuits_tokenizer *)(uintptr_t)1;
     circuits_clear_error();
     int rc = circuits_tokenizer_load(&t, path);
@@ -423,6 +426,10 @@ static void expect_load_fails(const char *path, int status, const char *needle)
     CHECK(strstr(circuits_last_error(), needle) != NULL, "load %s: message '%s' lacks '%s'", path,
           circuits_last_error(), needle);
     if (rc == CIRCUITS_OK) circuits_tokenizer_free(t);
+    if (name) {
+        cat_row(name, NULL, status);
+        CAT_NOTE_FAIL(name, f0);
+    }
 }
 
 static const char *small_json =
@@ -431,15 +438,18 @@ static const char *small_json =
     " \"added_tokens\": [{\"id\": 3, \"content\": \"<|endoftext|>\", \"special\": true, \"normalized\": false}],"
     " \"normalizer\": null, \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false}}";
 
-static void hf_variant(const char *name, const char *from, const char *to, int status, const char *needle)
+/* small_json with `from` replaced by `to`, written to $TMP/name.json, must fail to load. */
+static void hf_variant_fails(const char *name, const char *from, const char *to, int status, const char *needle)
 {
     const char *at = strstr(small_json, from);
     CHECK(at != NULL, "variant %s: '%s' not in the template", name, from);
     if (!at) return;
     char buf[4096];
     snprintf(buf, sizeof buf, "%.*s%s%s", (int)(at - small_json), small_json, to, at + strlen(from));
-    write_str(tmp(name), buf);
-    expect_load_fails(tmp(name), status, needle);
+    char file[128];
+    snprintf(file, sizeof file, "%s.json", name);
+    write_str(tmp(file), buf);
+    expect_load_fails(name, tmp(file), status, needle);
 }
 
 static void test_hostile_json(void)
@@ -463,35 +473,37 @@ static void test_hostile_json(void)
         CHECK(rc == CIRCUITS_E_FORMAT && !c, "truncated at %zu: %d (%s)", cut, rc, circuits_last_error());
     }
     write_str(tmp("array.json"), "[1, 2]");
-    expect_load_fails(tmp("array.json"), CIRCUITS_E_FORMAT, "not a JSON object");
-    hf_variant("v1.json", "\"vocab\": {", "\"vocab\": [], \"x\": {", CIRCUITS_E_FORMAT, "model.vocab is not an object");
-    hf_variant("v2.json", "[\"a b\"]", "[\"a c\"]", CIRCUITS_E_FORMAT, "'c', which is not in the vocabulary");
-    hf_variant("v3.json", "[\"a b\"]", "[\"b a\"]", CIRCUITS_E_FORMAT, "makes a token that is not in the vocabulary");
-    hf_variant("v4.json", "[\"a b\"]", "[\"a b ab\"]", CIRCUITS_E_FORMAT, "not two tokens");
-    hf_variant("v5.json", "[\"a b\"]", "[[\"a\", \"b\"], [\"a\"]]", CIRCUITS_E_FORMAT, "merges[1]");
-    hf_variant("v6.json", "\"b\": 1,", "\"b\": 1, \"a\": 5,", CIRCUITS_E_FORMAT, "duplicate object key");
-    hf_variant("v7.json", "\"b\": 1,", "\"b\": 0,", CIRCUITS_E_FORMAT, "token id 0 is given twice");
-    hf_variant("v8.json", "\"b\": 1,", "\"b\": -1,", CIRCUITS_E_FORMAT, "out of range");
-    hf_variant("v9.json", "\"b\": 1,", "\"b\": 99999999999,", CIRCUITS_E_FORMAT, "out of range");
-    hf_variant("v10.json", "\"b\": 1,", "\"b\": \"1\",", CIRCUITS_E_FORMAT, "not an integer id");
-    hf_variant("v11.json", "\"type\": \"BPE\"", "\"type\": \"WordPiece\"", CIRCUITS_E_UNSUPPORTED, "WordPiece");
-    hf_variant("v12.json", "\"normalizer\": null", "\"normalizer\": {\"type\": \"Lowercase\"}", CIRCUITS_E_UNSUPPORTED,
+    expect_load_fails("tok_json_not_object", tmp("array.json"), CIRCUITS_E_FORMAT, "not a JSON object");
+    hf_variant_fails("tok_json_vocab_not_object", "\"vocab\": {", "\"vocab\": [], \"x\": {", CIRCUITS_E_FORMAT, "model.vocab is not an object");
+    hf_variant_fails("tok_json_merge_unknown_token", "[\"a b\"]", "[\"a c\"]", CIRCUITS_E_FORMAT, "'c', which is not in the vocabulary");
+    hf_variant_fails("tok_json_merge_result_not_in_vocab", "[\"a b\"]", "[\"b a\"]", CIRCUITS_E_FORMAT, "makes a token that is not in the vocabulary");
+    hf_variant_fails("tok_json_merge_three_tokens", "[\"a b\"]", "[\"a b ab\"]", CIRCUITS_E_FORMAT, "not two tokens");
+    hf_variant_fails("tok_json_merge_array_of_one", "[\"a b\"]", "[[\"a\", \"b\"], [\"a\"]]", CIRCUITS_E_FORMAT, "merges[1]");
+    hf_variant_fails("tok_json_vocab_duplicate_key", "\"b\": 1,", "\"b\": 1, \"a\": 5,", CIRCUITS_E_FORMAT, "duplicate object key");
+    hf_variant_fails("tok_json_vocab_duplicate_id", "\"b\": 1,", "\"b\": 0,", CIRCUITS_E_FORMAT, "token id 0 is given twice");
+    hf_variant_fails("tok_json_vocab_id_negative", "\"b\": 1,", "\"b\": -1,", CIRCUITS_E_FORMAT, "out of range");
+    hf_variant_fails("tok_json_vocab_id_huge", "\"b\": 1,", "\"b\": 99999999999,", CIRCUITS_E_FORMAT, "out of range");
+    hf_variant_fails("tok_json_vocab_id_string", "\"b\": 1,", "\"b\": \"1\",", CIRCUITS_E_FORMAT, "not an integer id");
+    hf_variant_fails("tok_json_model_wordpiece", "\"type\": \"BPE\"", "\"type\": \"WordPiece\"", CIRCUITS_E_UNSUPPORTED, "WordPiece");
+    hf_variant_fails("tok_json_normalizer_lowercase", "\"normalizer\": null", "\"normalizer\": {\"type\": \"Lowercase\"}", CIRCUITS_E_UNSUPPORTED,
                "Lowercase");
-    hf_variant("v13.json", "{\"type\": \"ByteLevel\"", "{\"type\": \"Whitespace\"", CIRCUITS_E_UNSUPPORTED,
+    hf_variant_fails("tok_json_pretokenizer_whitespace", "{\"type\": \"ByteLevel\"", "{\"type\": \"Whitespace\"", CIRCUITS_E_UNSUPPORTED,
                "Whitespace");
-    hf_variant("v14.json", "\"id\": 3,", "\"id\": 7000000,", CIRCUITS_E_FORMAT, "out of range");
-    hf_variant("v15.json", "\"special\": true,", "\"special\": true, \"single_word\": true,", CIRCUITS_E_UNSUPPORTED,
+    hf_variant_fails("tok_json_added_id_out_of_range", "\"id\": 3,", "\"id\": 7000000,", CIRCUITS_E_FORMAT, "out of range");
+    hf_variant_fails("tok_json_added_single_word", "\"special\": true,", "\"special\": true, \"single_word\": true,", CIRCUITS_E_UNSUPPORTED,
                "single_word");
-    hf_variant("v16.json", "\"content\": \"<|endoftext|>\"", "\"content\": \"\"", CIRCUITS_E_FORMAT, "empty");
-    hf_variant("v17.json", "\"added_tokens\": [", "\"added_tokens\": [{\"id\": 0, \"content\": \"<|endoftext|>\"}, ",
+    hf_variant_fails("tok_json_added_content_empty", "\"content\": \"<|endoftext|>\"", "\"content\": \"\"", CIRCUITS_E_FORMAT, "empty");
+    hf_variant_fails("tok_json_added_id_twice", "\"added_tokens\": [", "\"added_tokens\": [{\"id\": 0, \"content\": \"<|endoftext|>\"}, ",
                CIRCUITS_E_FORMAT, "given twice");
-    hf_variant("v18.json", "\"vocab\": {", "\"vocab\": {\"\": 9, ", CIRCUITS_E_FORMAT, "empty string");
-    hf_variant("v19.json", "\"model\": {", "\"model\": {\"byte_fallback\": true, ", CIRCUITS_E_UNSUPPORTED,
+    hf_variant_fails("tok_json_vocab_empty_token", "\"vocab\": {", "\"vocab\": {\"\": 9, ", CIRCUITS_E_FORMAT, "empty string");
+    hf_variant_fails("tok_json_byte_fallback", "\"model\": {", "\"model\": {\"byte_fallback\": true, ", CIRCUITS_E_UNSUPPORTED,
                "byte_fallback");
-    hf_variant("v20.json", "\"model\": {", "\"model\": {\"unk_token\": \"<unk>\", ", CIRCUITS_E_FORMAT, "unk_token");
+    hf_variant_fails("tok_json_unk_token_missing", "\"model\": {", "\"model\": {\"unk_token\": \"<unk>\", ", CIRCUITS_E_FORMAT, "unk_token");
     write_str(tmp("empty.json"), "");
-    expect_load_fails(tmp("empty.json"), CIRCUITS_E_FORMAT, "not valid JSON");
-    expect_load_fails(tmp("does-not-exist.json"), CIRCUITS_E_IO, "does-not-exist");
+    expect_load_fails("tok_json_empty", tmp("empty.json"), CIRCUITS_E_FORMAT, "not valid JSON");
+    write_file(tmp("cut50.json"), small_json, 50);
+    expect_load_fails("tok_json_truncated", tmp("cut50.json"), CIRCUITS_E_FORMAT, "'}' expected near end of file");
+    expect_load_fails("tok_file_missing", tmp("does-not-exist.json"), CIRCUITS_E_IO, "No such file or directory");
 
     /* vocab.json + merges.txt */
     mkdir(tmp("vm"), 0700);
@@ -510,15 +522,15 @@ static void test_hostile_json(void)
         circuits_tokenizer_free(t);
     }
     write_str(tmp("vm/merges.txt"), "#version: 0.2\na b\nab\n");
-    expect_load_fails(tmp("vm"), CIRCUITS_E_FORMAT, "line 3");
+    expect_load_fails("tok_merges_txt_bad_line", tmp("vm"), CIRCUITS_E_FORMAT, "line 3");
     write_str(tmp("vm/merges.txt"), "a x\n");
-    expect_load_fails(tmp("vm"), CIRCUITS_E_FORMAT, "'x', which is not in the vocabulary");
+    expect_load_fails("tok_merges_txt_unknown_token", tmp("vm"), CIRCUITS_E_FORMAT, "'x', which is not in the vocabulary");
     write_str(tmp("vm/merges.txt"), "a b\n");
     write_str(tmp("vm/tokenizer_config.json"), "{\"bos_token\": ");
-    expect_load_fails(tmp("vm"), CIRCUITS_E_FORMAT, "tokenizer_config.json");
+    expect_load_fails("tok_config_json_invalid", tmp("vm"), CIRCUITS_E_FORMAT, "tokenizer_config.json");
     unlink(tmp("vm/tokenizer_config.json"));
     unlink(tmp("vm/merges.txt"));
-    expect_load_fails(tmp("vm"), CIRCUITS_E_NOT_FOUND, "no tokenizer");
+    expect_load_fails("tok_dir_no_tokenizer", tmp("vm"), CIRCUITS_E_NOT_FOUND, "no tokenizer");
     /* the helper for model directories: no tokenizer is not an error */
     circuits_tokenizer *opt = (circuits_tokenizer *)(uintptr_t)1;
     CHECK_OK(cx_tokenizer_load_optional(&opt, tmp("vm")));
@@ -526,8 +538,19 @@ static void test_hostile_json(void)
     CHECK_OK(cx_tokenizer_load_optional(&opt, data("gpt2-openai")));
     CHECK(opt != NULL && circuits_tokenizer_vocab_size(opt) == 50257, "optional load");
     circuits_tokenizer_free(opt);
-    expect_load_fails(tmp("vm/vocab.json"), CIRCUITS_E_NOT_FOUND, "without merges");
-    expect_load_fails(data("gguf"), CIRCUITS_E_UNSUPPORTED, "several GGUF files");
+    expect_load_fails("tok_vocab_json_without_merges", tmp("vm/vocab.json"), CIRCUITS_E_NOT_FOUND, "without merges");
+    expect_load_fails("tok_dir_several_gguf", data("gguf"), CIRCUITS_E_UNSUPPORTED, "several GGUF files");
+
+    /* encoder.json + vocab.bpe (OpenAI's names for the same two files) */
+    mkdir(tmp("eb"), 0700);
+    write_str(tmp("eb/encoder.json"), "[\"a\", \"b\"]");
+    write_str(tmp("eb/vocab.bpe"), "#version: 0.2\na b\n");
+    expect_load_fails("tok_encoder_json_not_object", tmp("eb"), CIRCUITS_E_FORMAT, "not a JSON object");
+    write_str(tmp("eb/encoder.json"), "{\"a\": 0, \"b\": 1, \"ab\": 2}");
+    write_str(tmp("eb/vocab.bpe"), "#version: 0.2\na q\n");
+    expect_load_fails("tok_vocab_bpe_unknown_token", tmp("eb"), CIRCUITS_E_FORMAT, "'q', which is not in the vocabulary");
+    write_str(tmp("eb/vocab.bpe"), "#version: 0.2\na  b\n");
+    expect_load_fails("tok_vocab_bpe_two_spaces", tmp("eb"), CIRCUITS_E_FORMAT, "not two tokens separated by one space");
 }
 
 /* A little GGUF writer for the hostile tests. */
@@ -600,6 +623,17 @@ static gbuf make_gguf(int variant)
     return b;
 }
 
+/* make_gguf(variant) must fail to load. */
+static void gguf_variant_fails(const char *name, int variant, int status, const char *needle)
+{
+    gbuf v = make_gguf(variant);
+    char file[128];
+    snprintf(file, sizeof file, "%s.gguf", name);
+    write_file(tmp(file), v.p, v.n);
+    expect_load_fails(name, tmp(file), status, needle);
+    free(v.p);
+}
+
 static void test_hostile_gguf(void)
 {
     gbuf ok = make_gguf(G_OK);
@@ -626,12 +660,12 @@ static void test_hostile_gguf(void)
     uint64_t big = (uint64_t)1 << 40;
     memcpy(b.p + 16, &big, 8); /* n_kv */
     write_file(tmp("nkv.gguf"), b.p, b.n);
-    expect_load_fails(tmp("nkv.gguf"), CIRCUITS_E_FORMAT, "key-value pairs");
+    expect_load_fails("tok_gguf_n_kv_huge", tmp("nkv.gguf"), CIRCUITS_E_FORMAT, "key-value pairs");
     memcpy(b.p + 16, ok.p + 16, 8);
     uint64_t huge = UINT64_MAX - 3;
     memcpy(b.p + 24, &huge, 8); /* the first key's length */
     write_file(tmp("klen.gguf"), b.p, b.n);
-    expect_load_fails(tmp("klen.gguf"), CIRCUITS_E_FORMAT, "truncated GGUF");
+    expect_load_fails("tok_gguf_key_length_huge", tmp("klen.gguf"), CIRCUITS_E_FORMAT, "truncated GGUF");
     memcpy(b.p + 24, ok.p + 24, 8);
     /* the tokens array's count: after its key, type (9), element type (8) */
     const char *key = "tokenizer.ggml.tokens";
@@ -642,7 +676,7 @@ static void test_hostile_gguf(void)
         uint64_t count = (uint64_t)1 << 60;
         memcpy(b.p + off, &count, 8);
         write_file(tmp("count.gguf"), b.p, b.n);
-        expect_load_fails(tmp("count.gguf"), CIRCUITS_E_FORMAT, "cannot fit");
+        expect_load_fails("tok_gguf_token_count_huge", tmp("count.gguf"), CIRCUITS_E_FORMAT, "cannot fit");
         count = 3; /* fewer tokens than the merges and types need */
         memcpy(b.p + off, &count, 8);
         write_file(tmp("count3.gguf"), b.p, b.n);
@@ -653,34 +687,26 @@ static void test_hostile_gguf(void)
         uint64_t slen = (uint64_t)1 << 62; /* the first token's length */
         memcpy(b.p + off + 8, &slen, 8);
         write_file(tmp("slen.gguf"), b.p, b.n);
-        expect_load_fails(tmp("slen.gguf"), CIRCUITS_E_FORMAT, "truncated GGUF");
+        expect_load_fails("tok_gguf_token_length_huge", tmp("slen.gguf"), CIRCUITS_E_FORMAT, "truncated GGUF");
     }
     free(b.p);
     b = make_gguf(G_OK);
     memcpy(b.p, "GGUX", 4);
     write_file(tmp("magic.gguf"), b.p, b.n);
-    expect_load_fails(tmp("magic.gguf"), CIRCUITS_E_FORMAT, "not valid JSON"); /* no magic: not GGUF, not JSON */
+    expect_load_fails("tok_gguf_bad_magic", tmp("magic.gguf"), CIRCUITS_E_FORMAT, "not valid JSON"); /* no magic: not GGUF, not JSON */
     free(b.p);
-    struct { int v; int status; const char *needle; } cases[] = {
-        {G_VERSION1, CIRCUITS_E_UNSUPPORTED, "version 1"},
-        {G_MODEL_LLAMA, CIRCUITS_E_UNSUPPORTED, "'llama'"},
-        {G_TYPES_SHORT, CIRCUITS_E_FORMAT, "4 token types for 5 tokens"},
-        {G_BOS_RANGE, CIRCUITS_E_FORMAT, "bos_token_id = 5"},
-        {G_DUP_KEY, CIRCUITS_E_FORMAT, "appears twice"},
-        {G_NESTED, CIRCUITS_E_UNSUPPORTED, "array of arrays"},
-        {G_DUP_TOKEN, CIRCUITS_E_FORMAT, "'a' appears twice"},
-        {G_BAD_MERGE, CIRCUITS_E_FORMAT, "has no space"},
-        {G_PRE_LLAMA3, CIRCUITS_E_UNSUPPORTED, "llama-bpe"},
-        {G_BAD_TYPE, CIRCUITS_E_FORMAT, "token_type[4] = 77"},
-        {G_NO_TOKENS, CIRCUITS_E_FORMAT, "no tokenizer"},
-        {G_TOKENS_NOT_STRINGS, CIRCUITS_E_FORMAT, "not an array of strings"},
-    };
-    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        gbuf v = make_gguf(cases[k].v);
-        write_file(tmp("v.gguf"), v.p, v.n);
-        expect_load_fails(tmp("v.gguf"), cases[k].status, cases[k].needle);
-        free(v.p);
-    }
+    gguf_variant_fails("tok_gguf_version_1", G_VERSION1, CIRCUITS_E_UNSUPPORTED, "version 1");
+    gguf_variant_fails("tok_gguf_model_llama", G_MODEL_LLAMA, CIRCUITS_E_UNSUPPORTED, "'llama'");
+    gguf_variant_fails("tok_gguf_token_types_short", G_TYPES_SHORT, CIRCUITS_E_FORMAT, "4 token types for 5 tokens");
+    gguf_variant_fails("tok_gguf_bos_out_of_range", G_BOS_RANGE, CIRCUITS_E_FORMAT, "bos_token_id = 5");
+    gguf_variant_fails("tok_gguf_duplicate_key", G_DUP_KEY, CIRCUITS_E_FORMAT, "appears twice");
+    gguf_variant_fails("tok_gguf_array_of_arrays", G_NESTED, CIRCUITS_E_UNSUPPORTED, "array of arrays");
+    gguf_variant_fails("tok_gguf_duplicate_token", G_DUP_TOKEN, CIRCUITS_E_FORMAT, "'a' appears twice");
+    gguf_variant_fails("tok_gguf_merge_no_space", G_BAD_MERGE, CIRCUITS_E_FORMAT, "has no space");
+    gguf_variant_fails("tok_gguf_pre_llama3", G_PRE_LLAMA3, CIRCUITS_E_UNSUPPORTED, "llama-bpe");
+    gguf_variant_fails("tok_gguf_bad_token_type", G_BAD_TYPE, CIRCUITS_E_FORMAT, "token_type[4] = 77");
+    gguf_variant_fails("tok_gguf_no_tokens", G_NO_TOKENS, CIRCUITS_E_FORMAT, "no tokenizer");
+    gguf_variant_fails("tok_gguf_tokens_not_strings", G_TOKENS_NOT_STRINGS, CIRCUITS_E_FORMAT, "not an array of strings");
     /* random corruption: any status, never a crash (the sanitizer builds watch) */
     uint64_t s = 12345;
     for (int iter = 0; iter < 400; iter++) {
@@ -726,11 +752,13 @@ static void test_hostile_gguf(void)
         uint8_t *p = malloc(n);
         CHECK(fread(p, 1, n, f) == n, "read");
         fclose(f);
-        for (int iter = 0; iter < 12; iter++) {
+        write_file(tmp("neox-cut-30.gguf"), p, 30);
+        expect_load_fails("tok_gguf_truncated", tmp("neox-cut-30.gguf"), CIRCUITS_E_FORMAT, "truncated GGUF");
+        for (int iter = 0; iter < 11; iter++) {
             s = s * 6364136223846793005ull + 1442695040888963407ull;
-            size_t cut = iter == 0 ? 30 : (size_t)((s >> 33) % n);
+            size_t cut = (size_t)((s >> 33) % n);
             write_file(tmp("neox-cut.gguf"), p, cut);
-            expect_load_fails(tmp("neox-cut.gguf"), CIRCUITS_E_FORMAT, "truncated GGUF");
+            expect_load_fails(NULL, tmp("neox-cut.gguf"), CIRCUITS_E_FORMAT, "truncated GGUF");
         }
         free(p);
     }
@@ -745,16 +773,19 @@ static void cleanup_tmp(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s TESTS_TOKENIZER_DIR\n", argv[0]);
+    if (argc != 2 && !(argc == 3 && strcmp(argv[2], "-v") == 0)) {
+        fprintf(stderr, "usage: %s TESTS_TOKENIZER_DIR [-v]\n", argv[0]);
         return 2;
     }
+    cat_verbose = argc == 3;
     snprintf(root, sizeof root, "%s", argv[1]);
     snprintf(tmpdir, sizeof tmpdir, "/tmp/circuits-tok-XXXXXX");
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
         return 2;
     }
+    cat_tmp = tmpdir;
+    cat_data = root;
 
     named gpt2[] = {
         {"gpt2 tokenizer.json", load_ok(data("gpt2-hf"))},
