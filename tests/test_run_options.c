@@ -180,7 +180,7 @@ static void check_case(const char *dir)
         int calls = 0;
         for (size_t i = 0; i < np; i++) {
             circuits_tensor pt;
-            CHECK_OK(circuits_context_hook_point(ctx, i, &pt));
+            CHECK_OK(circuits_context_hook_point(ctx, i, B, T, &pt));
             CHECK_OK(circuits_context_add_hook(ctx, pt.name, count_calls, &calls, NULL));
         }
         CHECK_OK(circuits_context_forward(ctx, tokens, B, T, out, NULL, NULL));
