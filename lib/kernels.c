@@ -16,7 +16,8 @@
 #define LANES 8
 
 /* Hot loops get an x86-64-v3 (AVX2, FMA) clone next to the baseline x86-64 one; the loader picks by CPU. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) \
+    && !defined(__SANITIZE_THREAD__) /* sanitizers instrument ifunc resolvers, which run before them */
 #define CX_HOT __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("O3", "no-trapping-math")))
 #else
 #define CX_HOT

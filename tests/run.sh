@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs build dependencies, builds, and runs the whole C suite twice: a
 # normal build (build/) and an AddressSanitizer + UndefinedBehaviorSanitizer build
-# (build-asan/); the threads and api suites a third time under ThreadSanitizer (build-tsan/);
+# (build-asan/); the threads, api and kernels (thread pool) suites a third time under ThreadSanitizer (build-tsan/);
 # then the Python binding's pytest suite. Prints "N passed, N failed" last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ setup build || { echo "build failed"; exit 1; }
 setup build-asan -Db_sanitize=address,undefined -Db_lundef=false || { echo "sanitizer build failed"; exit 1; }
 # ThreadSanitizer: only the programs of the suites it runs (threads, api) are built
 { configure build-tsan -Db_sanitize=thread -Db_lundef=false &&
-  ninja -C build-tsan tests/test_threads tests/test_api >/dev/null; } || { echo "thread sanitizer build failed"; exit 1; }
+  ninja -C build-tsan tests/test_threads tests/test_api tests/test_kernels >/dev/null; } || { echo "thread sanitizer build failed"; exit 1; }
 
 status=0
 meson test -C build --print-errorlogs || status=1
@@ -32,7 +32,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print
 no_aslr=()
 if setarch "$(uname -m)" -R true 2>/dev/null; then no_aslr=(setarch "$(uname -m)" -R); fi
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-  "${no_aslr[@]}" meson test -C build-tsan --no-rebuild --suite threads --suite api --print-errorlogs || status=1
+  "${no_aslr[@]}" meson test -C build-tsan --no-rebuild --suite threads --suite api --suite kernels --print-errorlogs || status=1
 
 # the Python binding (pytest), against the normal build; its summary line is folded into ours
 py_log=$(mktemp)
