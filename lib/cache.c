@@ -17,6 +17,7 @@ struct circuits_cache {
     size_t n, cap_entries;
     float *block;            /* [cap_floats]: all entries' data, the first `floats` in use */
     size_t floats, cap_floats;
+    bool filling;            /* a run is writing into it (a callback of that run must not refill it) */
 };
 
 int circuits_context_forward(circuits_context *ctx, const int32_t *tokens, int64_t batch, int64_t pos, float *logits,
@@ -128,14 +129,6 @@ static int run_with_cache(circuits_context *ctx, const int32_t *tokens, int64_t 
                           const char *const *names_filter, size_t n_filter, circuits_cache *cache, float *logits,
                           float *loss, float *per_token_loss)
 {
-    if (!ctx)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: ctx and cache must not be NULL");
-    if (ctx->running)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: called from a hook callback");
-    if (n_filter && !names_filter)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: names_filter is NULL");
-    if (B < 1 || T < 1)
-        return cx_fail(CIRCUITS_E_SHAPE, "run_with_cache: batch and pos must be at least 1");
     bool *sel = cx_calloc(ctx->n_points, sizeof *sel);
     if (!sel) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory selecting hook points");
     int rc = CIRCUITS_OK;
@@ -156,9 +149,22 @@ int circuits_context_run_with_cache(circuits_context *ctx, const int32_t *tokens
                                     const char *const *names_filter, size_t n_filter, circuits_cache *cache,
                                     float *logits, float *loss, float *per_token_loss)
 {
-    if (!cache)
+    /* Refused outright: the cache is not touched (from a hook callback it may be the one the
+     * running pass is filling). */
+    if (!ctx || !cache)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: ctx and cache must not be NULL");
+    if (ctx->running)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: called from a hook callback");
+    if (n_filter && !names_filter)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: names_filter is NULL");
+    if (B < 1 || T < 1)
+        return cx_fail(CIRCUITS_E_SHAPE, "run_with_cache: batch and pos must be at least 1");
+    if (cache->filling)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                       "circuits_context_run_with_cache: the cache is being filled by a run in progress");
+    cache->filling = true;
     int rc = run_with_cache(ctx, tokens, B, T, names_filter, n_filter, cache, logits, loss, per_token_loss);
+    cache->filling = false;
     /* A failed run leaves an empty cache holding no memory, as new, never a partial one: after an
      * allocation failure the memory goes back at once, and nothing outlives what failed. */
     if (rc) cache_release(cache);

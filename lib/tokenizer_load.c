@@ -102,10 +102,12 @@ typedef struct side_files {
     json_t *config, *map; /* NULL when absent */
 } side_files;
 
+/* Idempotent: side_load frees what it loaded when it fails, and its callers free again. */
 static void side_free(side_files *s)
 {
     json_decref(s->config);
     json_decref(s->map);
+    s->config = s->map = NULL;
 }
 
 static int side_load(side_files *s, const char *dir)

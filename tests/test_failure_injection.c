@@ -1001,6 +1001,79 @@ static void test_cache_reuse(fx *f)
     circuits_context_free(ctx);
 }
 
+/* A tokenizer whose tokenizer_config.json loads and whose special_tokens_map.json is broken:
+ * the load fails half-way through its side files (it once freed the first one twice). */
+static void test_broken_side_file(void)
+{
+    char dir[64] = "/tmp/circuits-side-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp failed");
+    const char *names[] = {"vocab.json", "merges.txt", "tokenizer_config.json"};
+    char src[1024], dst[1024], abs[4096];
+    for (int i = 0; i < 3; i++) {
+        snprintf(src, sizeof src, "%s/toy/%s", g_tokdata, names[i]);
+        snprintf(dst, sizeof dst, "%s/%s", dir, names[i]);
+        CHECK(realpath(src, abs) && symlink(abs, dst) == 0, "cannot link %s", src);
+    }
+    snprintf(dst, sizeof dst, "%s/special_tokens_map.json", dir);
+    FILE *f = fopen(dst, "w");
+    if (f) {
+        fputs("{\"bos_token\": ", f);
+        fclose(f);
+    }
+    long live = cx_live_allocations();
+    circuits_tokenizer *t = (circuits_tokenizer *)&SENTINEL;
+    CHECK_FAILS(circuits_tokenizer_load(&t, dir), CIRCUITS_E_FORMAT, "special_tokens_map.json");
+    CHECK(t == NULL && cx_live_allocations() == live, "a broken side file left %ld allocations",
+          cx_live_allocations() - live);
+    for (int i = 0; i < 3; i++) {
+        snprintf(dst, sizeof dst, "%s/%s", dir, names[i]);
+        unlink(dst);
+    }
+    snprintf(dst, sizeof dst, "%s/special_tokens_map.json", dir);
+    unlink(dst);
+    rmdir(dir);
+}
+
+/* A callback that refills the cache its own run is filling, through another context. */
+typedef struct refill {
+    circuits_context *other;
+    circuits_cache *cache;
+    const int32_t *tokens;
+    int rc;
+} refill;
+
+static int hook_refill(const circuits_tensor *t, void *u)
+{
+    (void)t;
+    refill *r = u;
+    r->rc = circuits_context_run_with_cache(r->other, r->tokens, 1, 3, NULL, 0, r->cache, NULL, NULL, NULL);
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
+static void test_cache_in_use(fx *f)
+{
+    circuits_context *ctx = new_ctx(f->model, 0), *other = new_ctx(f->model, 0);
+    circuits_cache *cache = NULL, *fresh = NULL;
+    CHECK_OK(circuits_cache_create(&cache));
+    CHECK_OK(circuits_cache_create(&fresh));
+    refill r = {other, cache, f->tokens, 0};
+    CHECK_OK(circuits_context_add_hook(ctx, "blocks.2.hook_resid_pre", hook_refill, &r, NULL));
+    CHECK_OK(circuits_context_run_with_cache(ctx, f->tokens, B, T, NULL, 0, cache, NULL, NULL, NULL));
+    CHECK(r.rc == CIRCUITS_E_INVALID_ARGUMENT, "refilling the cache in use -> %d", r.rc);
+    circuits_context_clear_hooks(ctx);
+    CHECK_OK(circuits_context_run_with_cache(ctx, f->tokens, B, T, NULL, 0, fresh, NULL, NULL, NULL));
+    bytes a = {0}, b = {0};
+    put_cache(cache, &a);
+    put_cache(fresh, &b);
+    CHECK(same(&a, &b), "the cache a callback tried to refill differs from a clean run's");
+    free(a.p);
+    free(b.p);
+    circuits_cache_free(cache);
+    circuits_cache_free(fresh);
+    circuits_context_free(other);
+    circuits_context_free(ctx);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 4) {
@@ -1010,6 +1083,7 @@ int main(int argc, char **argv)
     g_cases = argv[1];
     g_models = argv[2];
     g_tokdata = argv[3];
+    circuits_set_num_threads(1); /* tiny matrices: OpenBLAS's threads would only spin */
     fx f = {0};
     f.out = calloc(OUT_FLOATS, sizeof *f.out);
     char path[1024];
@@ -1024,7 +1098,9 @@ int main(int argc, char **argv)
     CHECK_OK(circuits_model_qk(f.model, -1, -1, &f.qk));
     for (int i = 0; i < B * T; i++) f.tokens[i] = (int32_t)((i * 7919 + 13) % VOCAB);
 
+    test_broken_side_file();
     test_cache_reuse(&f);
+    test_cache_in_use(&f);
     test_hook_failures(&f);
     test_generate_failures(&f);
     test_operations(&f);
