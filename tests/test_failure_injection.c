@@ -72,6 +72,7 @@ typedef struct fx {
     const op *op;
     circuits_model *model;     /* hf_tiny_random_gpt2, default processing: 5 layers, MLPs, LN */
     const circuits_tokenizer *tok;
+    circuits_tokenizer *tok_nfc;  /* GPT-NeoX's, from GGUF: an NFC normalizer */
     circuits_model *tok_model; /* examples/models/tiny-random-gpt2, which owns tok */
     circuits_factored *ov, *qk; /* the model's OV and QK, [5, 4] x [32, 32] */
     int32_t tokens[B * T];
@@ -210,11 +211,15 @@ static void digest_tokenizer(fx *f, bytes *b)
     circuits_tokenizer_free(f->made);
 }
 
+/* variant 1: GPT-NeoX's tokenizer on text that NFC changes (e + combining acute) */
 static int call_encode(fx *f)
 {
+    static const char nfc_text[] = "Cafe\xcc\x81 na\xc3\xafve \xe2\x84\xab 12345 <|endoftext|>";
     circuits_encode_options o;
     circuits_encode_options_init(&o);
-    o.prepend_bos = 1;
+    o.prepend_bos = f->op->variant == 0;
+    if (f->op->variant == 1)
+        return circuits_tokenizer_encode(f->tok_nfc, nfc_text, strlen(nfc_text), &o, f->ids, 256, &f->n_ids);
     return circuits_tokenizer_encode(f->tok, TEXT, strlen(TEXT), &o, f->ids, 256, &f->n_ids);
 }
 
@@ -691,7 +696,7 @@ static void remove_model_with_tokenizer(const char *dir)
 static void test_operations(fx *f)
 {
     char hf[1024], tl[1024], tl2[1024], sharded[1024], f16[1024], tokmodel[64], tok_json[1024], tok_vm[1024],
-            tok_toy[1024];
+            tok_toy[1024], gguf[1024];
     snprintf(hf, sizeof hf, "%s/hf_tiny_noprefix", g_cases);
     snprintf(tl, sizeof tl, "%s/tl_attn_only_1l_ln", g_cases);
     snprintf(tl2, sizeof tl2, "%s/tl_1l_solu_ln", g_cases);
@@ -701,6 +706,7 @@ static void test_operations(fx *f)
     snprintf(tok_json, sizeof tok_json, "%s/tiny-random/tokenizer.json", g_tokdata);
     snprintf(tok_vm, sizeof tok_vm, "%s/tiny-random/vocab.json", g_tokdata);
     snprintf(tok_toy, sizeof tok_toy, "%s/toy", g_tokdata);
+    snprintf(gguf, sizeof gguf, "%s/gguf/ggml-vocab-gpt-2.gguf", g_tokdata);
     const op ops[] = {
         {"model_load HF", NULL, call_load, digest_model, NULL, hf, LOAD_DEFAULT, false},
         {"model_load HF raw", NULL, call_load, digest_model, NULL, hf, LOAD_RAW, false},
@@ -713,7 +719,9 @@ static void test_operations(fx *f)
         {"tokenizer_load tokenizer.json", NULL, call_tokenizer_load, digest_tokenizer, NULL, tok_json, 0, false},
         {"tokenizer_load vocab.json+merges", NULL, call_tokenizer_load, digest_tokenizer, NULL, tok_vm, 0, false},
         {"tokenizer_load dir", NULL, call_tokenizer_load, digest_tokenizer, NULL, tok_toy, 0, false},
+        {"tokenizer_load GGUF", NULL, call_tokenizer_load, digest_tokenizer, NULL, gguf, 0, false},
         {"tokenizer_encode", NULL, call_encode, digest_ids, NULL, NULL, 0, false},
+        {"tokenizer_encode NFC", NULL, call_encode, digest_ids, NULL, NULL, 1, false},
         {"tokenizer_decode", NULL, call_decode, digest_text, NULL, NULL, 0, false},
         {"context_create", NULL, call_context_create, digest_context, NULL, NULL, 0, false},
         {"context_create attn_result", NULL, call_context_create, digest_context, NULL, NULL, 1, false},
@@ -1094,6 +1102,9 @@ int main(int argc, char **argv)
     if (!f.model || !f.tok_model) return tu_finish("failure_injection");
     f.tok = circuits_model_tokenizer(f.tok_model);
     CHECK(f.tok != NULL, "%s has no tokenizer", path);
+    snprintf(path, sizeof path, "%s/gguf/ggml-vocab-gpt-neox.gguf", g_tokdata);
+    CHECK_OK(circuits_tokenizer_load(&f.tok_nfc, path));
+    if (!f.tok || !f.tok_nfc) return tu_finish("failure_injection");
     CHECK_OK(circuits_model_ov(f.model, -1, -1, &f.ov));
     CHECK_OK(circuits_model_qk(f.model, -1, -1, &f.qk));
     for (int i = 0; i < B * T; i++) f.tokens[i] = (int32_t)((i * 7919 + 13) % VOCAB);
@@ -1108,6 +1119,7 @@ int main(int argc, char **argv)
     circuits_factored_free(f.ov);
     circuits_factored_free(f.qk);
     circuits_model_free(f.tok_model);
+    circuits_tokenizer_free(f.tok_nfc);
     circuits_model_free(f.model);
     free(f.out);
     CHECK(cx_live_allocations() == 0 && cx_live_bytes() == 0, "at exit the library still holds %ld allocations",
