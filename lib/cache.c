@@ -10,11 +10,14 @@ typedef struct cx_cache_entry {
     float *data; /* into cache->block */
 } cx_cache_entry;
 
+/* The entries and block outlive a run: the next run reuses them when they are large enough,
+ * so that refilling a cache does not page-fault a fresh block every time. */
 struct circuits_cache {
-    cx_cache_entry *entries;
-    size_t n;
-    float *block; /* all entries' data */
-    size_t floats;
+    cx_cache_entry *entries; /* [cap_entries]; the first n are the content, names kept past n for reuse */
+    size_t n, cap_entries;
+    float *block;            /* [cap_floats]: all entries' data, the first `floats` in use */
+    size_t floats, cap_floats;
+    bool filling;            /* a run is writing into it (a callback of that run must not refill it) */
 };
 
 int circuits_context_forward(circuits_context *ctx, const int32_t *tokens, int64_t batch, int64_t pos, float *logits,
@@ -28,22 +31,54 @@ int circuits_cache_create(circuits_cache **out)
     return CIRCUITS_OK;
 }
 
-static void cache_clear(circuits_cache *c)
+/* Empty and holding no memory: a new cache. */
+static void cache_release(circuits_cache *c)
 {
-    for (size_t i = 0; i < c->n; i++) cx_free(c->entries[i].name);
+    for (size_t i = 0; i < c->cap_entries; i++) cx_free(c->entries[i].name);
     cx_free(c->entries);
     cx_free(c->block);
-    c->entries = NULL;
-    c->block = NULL;
-    c->n = 0;
-    c->floats = 0;
+    memset(c, 0, sizeof *c);
 }
 
 void circuits_cache_free(circuits_cache *c)
 {
     if (!c) return;
-    cache_clear(c);
+    cache_release(c);
     cx_free(c);
+}
+
+/* Room for n entries and `floats` floats. The block is replaced only when it must grow (the old
+ * one is freed first: its contents are being discarded and the peak stays lower). */
+static int cache_reserve(circuits_cache *c, size_t n, size_t floats)
+{
+    if (n > c->cap_entries) {
+        cx_cache_entry *e = cx_realloc(c->entries, n * sizeof *e);
+        if (!e) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory: the cache needs %zu entry records", n);
+        memset(e + c->cap_entries, 0, (n - c->cap_entries) * sizeof *e);
+        c->entries = e;
+        c->cap_entries = n;
+    }
+    if (floats > c->cap_floats) {
+        cx_free(c->block);
+        c->block = NULL;
+        c->cap_floats = 0;
+        c->block = floats < SIZE_MAX / sizeof(float) ? cx_malloc(floats * sizeof(float)) : NULL;
+        if (!c->block)
+            return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory: the cache needs %zu MiB", floats * sizeof(float) >> 20);
+        c->cap_floats = floats;
+    }
+    return CIRCUITS_OK;
+}
+
+/* e->name = a copy of name, keeping the copy an earlier run left there when it is the same. */
+static int entry_name(cx_cache_entry *e, const char *name)
+{
+    if (e->name && strcmp(e->name, name) == 0) return CIRCUITS_OK;
+    char *copy = cx_strdup(name);
+    if (!copy) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory copying the cache entry name '%s'", name);
+    cx_free(e->name);
+    e->name = copy;
+    return CIRCUITS_OK;
 }
 
 static int visit_mark(const circuits_context *ctx, size_t i, void *arg)
@@ -53,19 +88,47 @@ static int visit_mark(const circuits_context *ctx, size_t i, void *arg)
     return CIRCUITS_OK;
 }
 
-int circuits_context_run_with_cache(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T,
-                                    const char *const *names_filter, size_t n_filter, circuits_cache *cache,
-                                    float *logits, float *loss, float *per_token_loss)
+/* Lays the selected points out in cache and points their cache_dst into its block. */
+static int cache_layout(circuits_context *ctx, const bool *sel, int64_t B, int64_t T, circuits_cache *cache)
 {
-    if (!ctx || !cache)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: ctx and cache must not be NULL");
-    if (ctx->running)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: called from a hook callback");
-    if (n_filter && !names_filter)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: names_filter is NULL");
-    if (B < 1 || T < 1)
-        return cx_fail(CIRCUITS_E_SHAPE, "run_with_cache: batch and pos must be at least 1");
-    cache_clear(cache);
+    size_t n = 0, floats = 0;
+    for (size_t i = 0; i < ctx->n_points; i++) {
+        if (!sel[i]) continue;
+        int64_t shape[CIRCUITS_MAX_DIMS];
+        int32_t ha;
+        int nd = cx_hook_shape(ctx, &ctx->points[i], B, T, shape, &ha);
+        size_t numel = 1;
+        for (int d = 0; d < nd; d++)
+            if (!cx_mul_size(numel, (size_t)shape[d], &numel)) return cx_fail(CIRCUITS_E_RANGE, "cache size overflows");
+        if (floats + numel < floats) return cx_fail(CIRCUITS_E_RANGE, "cache size overflows");
+        floats += numel;
+        n++;
+    }
+    int rc = cache_reserve(cache, n, floats);
+    if (rc) return rc;
+    float *p = cache->block;
+    size_t k = 0;
+    for (size_t i = 0; i < ctx->n_points; i++) {
+        if (!sel[i]) continue;
+        cx_cache_entry *e = &cache->entries[k++];
+        if ((rc = entry_name(e, ctx->points[i].name))) return rc;
+        e->ndim = cx_hook_shape(ctx, &ctx->points[i], B, T, e->shape, &e->head_axis);
+        e->layer = ctx->points[i].layer;
+        e->data = p;
+        ctx->points[i].cache_dst = p;
+        size_t numel = 1;
+        for (int d = 0; d < e->ndim; d++) numel *= (size_t)e->shape[d];
+        p += numel;
+    }
+    cache->n = n;
+    cache->floats = floats;
+    return CIRCUITS_OK;
+}
+
+static int run_with_cache(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T,
+                          const char *const *names_filter, size_t n_filter, circuits_cache *cache, float *logits,
+                          float *loss, float *per_token_loss)
+{
     bool *sel = cx_calloc(ctx->n_points, sizeof *sel);
     if (!sel) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory selecting hook points");
     int rc = CIRCUITS_OK;
@@ -75,47 +138,36 @@ int circuits_context_run_with_cache(circuits_context *ctx, const int32_t *tokens
     }
     if (!n_filter)
         for (size_t i = 0; i < ctx->n_points; i++) sel[i] = true;
-    size_t n = 0, floats = 0;
-    for (size_t i = 0; i < ctx->n_points && !rc; i++) {
-        if (!sel[i]) continue;
-        int64_t shape[CIRCUITS_MAX_DIMS];
-        int32_t ha;
-        int nd = cx_hook_shape(ctx, &ctx->points[i], B, T, shape, &ha);
-        size_t numel = 1;
-        for (int d = 0; d < nd && !rc; d++)
-            if (!cx_mul_size(numel, (size_t)shape[d], &numel)) rc = cx_fail(CIRCUITS_E_RANGE, "cache size overflows");
-        if (!rc && floats + numel < floats) rc = cx_fail(CIRCUITS_E_RANGE, "cache size overflows");
-        floats += numel;
-        n++;
-    }
-    if (!rc) {
-        cache->entries = cx_calloc(n, sizeof *cache->entries);
-        cache->block = floats < SIZE_MAX / sizeof(float) ? cx_malloc(floats * sizeof(float)) : NULL;
-        if (!cache->entries || !cache->block)
-            rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory: the cache needs %zu MiB", floats * sizeof(float) >> 20);
-    }
-    float *p = cache->block;
-    for (size_t i = 0; i < ctx->n_points && !rc; i++) {
-        if (!sel[i]) continue;
-        cx_cache_entry *e = &cache->entries[cache->n];
-        e->ndim = cx_hook_shape(ctx, &ctx->points[i], B, T, e->shape, &e->head_axis);
-        e->layer = ctx->points[i].layer;
-        e->data = p;
-        if (!(e->name = cx_strdup(ctx->points[i].name))) {
-            rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory filling the cache");
-            break;
-        }
-        cache->n++;
-        ctx->points[i].cache_dst = p;
-        size_t numel = 1;
-        for (int d = 0; d < e->ndim; d++) numel *= (size_t)e->shape[d];
-        p += numel;
-    }
-    cache->floats = floats;
+    if (!rc) rc = cache_layout(ctx, sel, B, T, cache);
     if (!rc) rc = circuits_context_forward(ctx, tokens, B, T, logits, loss, per_token_loss);
     for (size_t i = 0; i < ctx->n_points; i++) ctx->points[i].cache_dst = NULL;
     cx_free(sel);
-    if (rc) cache_clear(cache); /* a failed run leaves an empty cache, never a partial one */
+    return rc;
+}
+
+int circuits_context_run_with_cache(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T,
+                                    const char *const *names_filter, size_t n_filter, circuits_cache *cache,
+                                    float *logits, float *loss, float *per_token_loss)
+{
+    /* Refused outright: the cache is not touched (from a hook callback it may be the one the
+     * running pass is filling). */
+    if (!ctx || !cache)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: ctx and cache must not be NULL");
+    if (ctx->running)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: called from a hook callback");
+    if (n_filter && !names_filter)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: names_filter is NULL");
+    if (B < 1 || T < 1)
+        return cx_fail(CIRCUITS_E_SHAPE, "run_with_cache: batch and pos must be at least 1");
+    if (cache->filling)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                       "circuits_context_run_with_cache: the cache is being filled by a run in progress");
+    cache->filling = true;
+    int rc = run_with_cache(ctx, tokens, B, T, names_filter, n_filter, cache, logits, loss, per_token_loss);
+    cache->filling = false;
+    /* A failed run leaves an empty cache holding no memory, as new, never a partial one: after an
+     * allocation failure the memory goes back at once, and nothing outlives what failed. */
+    if (rc) cache_release(cache);
     return rc;
 }
 

@@ -304,7 +304,7 @@ static int writer_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
     if (kind == CIRCUITS_WRITER_HEAD) {
         *rows = c->d_head;
         *out = cx_malloc((size_t)(c->d_head * c->d_model) * sizeof **out);
-        if (!*out) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory");
+        if (!*out) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory copying the writer's W_O");
         head_mat(*out, m->layers[layer].W_O, head, false);
         return CIRCUITS_OK;
     }
@@ -337,7 +337,7 @@ static int reader_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
     if (head < 0 || head >= c->n_heads) return cx_fail(CIRCUITS_E_RANGE, "reader head %d out of range (model has %d)", head, c->n_heads);
     *cols = c->d_head;
     *out = cx_malloc((size_t)(D * c->d_head) * sizeof **out);
-    if (!*out) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory");
+    if (!*out) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory copying the reader's weight");
     head_mat(*out, kind == CIRCUITS_READER_Q ? L->W_Q : kind == CIRCUITS_READER_K ? L->W_K : L->W_V, head, false);
     return CIRCUITS_OK;
 }

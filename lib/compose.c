@@ -13,6 +13,7 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #define OOM() cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory computing composition scores")
@@ -343,8 +344,9 @@ int circuits_model_copying_scores(const circuits_model *m, int32_t full, float *
         lapack_int info = LAPACKE_sgeev(LAPACK_ROW_MAJOR, 'N', 'N', (lapack_int)dh, BA, (lapack_int)dh, re, im, NULL, 1,
                                         NULL, 1);
         if (info != 0) {
-            rc = cx_fail(CIRCUITS_E_RANGE, "eigenvalues did not converge for L%lldH%lld", (long long)(k / H),
-                         (long long)(k % H));
+            char what[64];
+            snprintf(what, sizeof what, "eigenvalues of L%lldH%lld", (long long)(k / H), (long long)(k % H));
+            rc = cx_lapack_fail((int)info, what);
             break;
         }
         double sre = 0, sabs = 0;

@@ -2,6 +2,7 @@
  * unknown fields are ignored, and fields that would change the computation in a way
  * libcircuits does not implement are refused (CIRCUITS_E_UNSUPPORTED) rather than ignored. */
 #include "config.h"
+#include "json_load.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -107,7 +108,10 @@ static int open_json(const char *path, const char *buf, size_t len, jcfg *c)
 {
     json_error_t err;
     c->path = path;
-    c->root = buf ? json_loadb(buf, len, JSON_REJECT_DUPLICATES, &err) : json_load_file(path, JSON_REJECT_DUPLICATES, &err);
+    bool oom;
+    c->root = buf ? cx_json_loadb(buf, len, JSON_REJECT_DUPLICATES, &err, &oom)
+                  : cx_json_load_file(path, JSON_REJECT_DUPLICATES, &err, &oom);
+    if (oom) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory parsing %s", path);
     if (!c->root) {
         /* jansson reports an unreadable file as a parse error at position 0 */
         if (err.position == 0 && err.line <= 0)

@@ -10,6 +10,13 @@
 
 #define FAIL_OOM() cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory in a factored-matrix operation")
 
+int cx_lapack_fail(int info, const char *what)
+{
+    if (info == LAPACK_WORK_MEMORY_ERROR || info == LAPACK_TRANSPOSE_MEMORY_ERROR)
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory: LAPACK could not allocate the workspace of %s", what);
+    return cx_fail(CIRCUITS_E_RANGE, "%s did not converge (LAPACK info %d)", what, info);
+}
+
 int cx_factored_alloc(circuits_factored **out, int64_t batch, int64_t l, int64_t m, int64_t r)
 {
     *out = NULL;
@@ -276,7 +283,7 @@ int cx_qr_r(const float *X, int64_t rows, int64_t n, int64_t ld, float *R)
     for (int64_t i = 0; i < rows; i++) memcpy(W + i * n, X + i * ld, (size_t)n * sizeof *W);
     lapack_int info = LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, (lapack_int)rows, (lapack_int)n, W, (lapack_int)n, tau);
     if (info != 0) {
-        rc = cx_fail(CIRCUITS_E_RANGE, "QR factorisation failed (LAPACK info %d)", (int)info);
+        rc = cx_lapack_fail((int)info, "QR factorisation");
         goto done;
     }
     for (int64_t i = 0; i < n; i++)
@@ -297,7 +304,7 @@ static int svd_thin(const float *X, int64_t rows, int64_t cols, float *U, float 
     lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)rows, (lapack_int)cols, W, (lapack_int)cols,
                                      S, U, (lapack_int)k, Vt, (lapack_int)cols);
     cx_free(W);
-    if (info != 0) return cx_fail(CIRCUITS_E_RANGE, "SVD did not converge (LAPACK info %d)", (int)info);
+    if (info != 0) return cx_lapack_fail((int)info, "SVD");
     return CIRCUITS_OK;
 }
 
@@ -397,7 +404,7 @@ int circuits_factored_eigenvalues(const circuits_factored *f, float *re, float *
         gemm(BA, f->B + b * m * f->r, f->A + b * f->l * m, m, f->r, m);
         lapack_int info = LAPACKE_sgeev(LAPACK_ROW_MAJOR, 'N', 'N', (lapack_int)m, BA, (lapack_int)m, re + b * m,
                                         im + b * m, NULL, 1, NULL, 1);
-        if (info != 0) rc = cx_fail(CIRCUITS_E_RANGE, "eigenvalue computation did not converge (LAPACK info %d)", (int)info);
+        if (info != 0) rc = cx_lapack_fail((int)info, "eigenvalue computation");
     }
     cx_free(BA);
     return rc;

@@ -25,4 +25,9 @@ int cx_factored_svd1(const float *A, const float *B, int64_t l, int64_t m, int64
  * (row stride ld), rows >= n. */
 int cx_qr_r(const float *X, int64_t rows, int64_t n, int64_t ld, float *R);
 
+/* The error for a non-zero LAPACKE info from `what`: CIRCUITS_E_OUT_OF_MEMORY when LAPACKE could
+ * not allocate its workspace (it uses plain malloc, which tests cannot fail), else
+ * CIRCUITS_E_RANGE (no convergence). */
+int cx_lapack_fail(int info, const char *what);
+
 #endif

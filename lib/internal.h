@@ -22,6 +22,13 @@ char *cx_strdup(const char *s);
 void cx_free(void *p);
 /* a * b with overflow detection; returns false on overflow. */
 bool cx_mul_size(size_t a, size_t b, size_t *out);
+/* A read-only private mapping of a whole file (MAP_FAILED with errno on failure) and its
+ * release: the one place files are mapped, so that tests can fail it too. */
+void *cx_mmap_read(size_t size, int fd);
+void cx_munmap(void *p, size_t size);
+/* Allocations that failed on this thread so far. */
+unsigned long cx_alloc_failures(void);
+
 
 /* ---- model internals (model.c, load_*.c) ---- */
 typedef struct cx_layer_weights {

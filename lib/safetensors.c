@@ -2,6 +2,7 @@
  * {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data.
  * Everything in the header is untrusted: each field is checked before it is used. */
 #include "safetensors.h"
+#include "json_load.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -49,7 +50,7 @@ void cx_st_close(cx_st_set *set)
     for (size_t i = 0; i < set->n_tensors; i++) cx_free(set->tensors[i].name);
     cx_free(set->tensors);
     for (size_t i = 0; i < set->n_maps; i++) {
-        if (set->maps[i].base) munmap(set->maps[i].base, set->maps[i].size);
+        if (set->maps[i].base) cx_munmap(set->maps[i].base, set->maps[i].size);
         cx_free(set->maps[i].path);
     }
     cx_free(set->maps);
@@ -142,7 +143,10 @@ int cx_st_parse_header(cx_st_set *set, const char *json, size_t json_len,
                        const unsigned char *data, size_t data_size, const char *path)
 {
     json_error_t jerr;
-    json_t *root = json_loadb(json, json_len, JSON_REJECT_DUPLICATES, &jerr);
+    bool oom;
+    json_t *root = cx_json_loadb(json, json_len, JSON_REJECT_DUPLICATES, &jerr, &oom);
+    if (oom)
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory parsing the header of %s", path);
     if (!root)
         return cx_fail(CIRCUITS_E_FORMAT, "%s: header is not valid JSON (line %d, column %d): %s",
                        path, jerr.line, jerr.column, jerr.text);
@@ -220,11 +224,14 @@ static int map_file(const char *path, cx_st_map *m)
         return cx_fail(CIRCUITS_E_FORMAT, "%s: truncated: %zu bytes, a safetensors file has at least 8",
                        path, m->size);
     }
-    m->base = mmap(NULL, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    m->base = cx_mmap_read(m->size, fd);
+    int map_errno = errno;
     close(fd);
     if (m->base == MAP_FAILED) {
         m->base = NULL;
-        return cx_fail(CIRCUITS_E_IO, "cannot map %s: %s", path, strerror(errno));
+        if (map_errno == ENOMEM)
+            return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory (address space) mapping %s", path);
+        return cx_fail(CIRCUITS_E_IO, "cannot map %s: %s", path, strerror(map_errno));
     }
     return CIRCUITS_OK;
 }
@@ -285,7 +292,10 @@ int cx_st_open_index(cx_st_set **out, const char *dir, const char *index_path)
 {
     *out = NULL;
     json_error_t jerr;
-    json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &jerr);
+    bool oom;
+    json_t *root = cx_json_load_file(index_path, JSON_REJECT_DUPLICATES, &jerr, &oom);
+    if (oom)
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory parsing %s", index_path);
     if (!root)
         return cx_fail(CIRCUITS_E_FORMAT, "%s: not valid JSON (line %d): %s", index_path, jerr.line,
                        jerr.text);

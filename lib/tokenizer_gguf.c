@@ -359,15 +359,18 @@ int cx_tok_load_gguf(circuits_tokenizer **out, const char *path)
         close(fd);
         return cx_fail(CIRCUITS_E_FORMAT, "%s: truncated GGUF: %zu bytes, the header alone is 24", path, size);
     }
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *map = cx_mmap_read(size, fd);
+    int map_errno = errno;
     close(fd);
-    if (map == MAP_FAILED) return cx_fail(CIRCUITS_E_IO, "%s: cannot map: %s", path, strerror(errno));
+    if (map == MAP_FAILED && map_errno == ENOMEM)
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory (address space) mapping %s", path);
+    if (map == MAP_FAILED) return cx_fail(CIRCUITS_E_IO, "%s: cannot map: %s", path, strerror(map_errno));
     cursor c = {map, 0, size, path};
     kv kvs[K_N];
     memset(kvs, 0, sizeof kvs);
     for (int k = 0; k < K_N; k++) kvs[k].key = wanted[k];
     int rc = parse_kvs(&c, kvs);
     if (!rc) rc = build(out, &c, kvs);
-    munmap(map, size);
+    cx_munmap(map, size);
     return rc;
 }

@@ -7,6 +7,7 @@
  * Beside the files, tokenizer_config.json and special_tokens_map.json (when present) give the
  * BOS/EOS/unknown tokens and, for the vocab + merges formats, the added tokens. */
 #include "tokenizer.h"
+#include "json_load.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -62,8 +63,11 @@ static int load_json_flags(const char *path, json_t **root, size_t flags)
     int rc = read_whole(path, &buf, &len);
     if (rc) return rc;
     json_error_t err;
-    *root = json_loadb(buf, len, flags, &err);
+    bool oom;
+    *root = cx_json_loadb(buf, len, flags, &err, &oom);
     cx_free(buf);
+    if (oom)
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory parsing %s", path);
     if (!*root)
         return cx_fail(CIRCUITS_E_FORMAT, "%s: not valid JSON (line %d, column %d): %s", path, err.line, err.column,
                        err.text);
@@ -98,10 +102,12 @@ typedef struct side_files {
     json_t *config, *map; /* NULL when absent */
 } side_files;
 
+/* Idempotent: side_load frees what it loaded when it fails, and its callers free again. */
 static void side_free(side_files *s)
 {
     json_decref(s->config);
     json_decref(s->map);
+    s->config = s->map = NULL;
 }
 
 static int side_load(side_files *s, const char *dir)
