@@ -5,7 +5,9 @@
  * doing the GEMMs, the elementwise work either runs on one core or needs a second pool — and
  * two pools on two cores steal from each other (OpenBLAS's idle workers spin in sched_yield).
  * One pool that runs everything, OpenBLAS included (each task calls it single-threaded on its
- * slice), cannot oversubscribe. Workers wait on a condition variable: idle, they use no CPU.
+ * slice), cannot oversubscribe. Idle workers spin for a few tens of microseconds (the gap
+ * between two loops of a forward pass is usually shorter: a futex wake-up costs more than the
+ * loop saves on small shapes), then sleep on a condition variable and use no CPU.
  *
  * Determinism: a loop's chunk boundaries depend only on its size and the configured thread
  * count; which thread runs a chunk (taken from an atomic counter) does not change any result. */
@@ -36,9 +38,9 @@ static struct {
     int threads;           /* configured, the caller included; 0 until first use */
     int workers;           /* worker threads running */
     pthread_t tid[CX_MAX_THREADS];
-    unsigned long generation;
-    int completed;         /* chunks finished in this generation */
-    int active;            /* workers inside the current job (it lives on the caller's stack) */
+    atomic_ulong generation; /* written under m; read without it by spinning workers */
+    atomic_int completed;  /* chunks finished in this generation (written under m) */
+    atomic_int active;     /* workers inside the current job (it lives on the caller's stack) */
     bool quit;
     job *current;
 } pool = {
@@ -48,7 +50,17 @@ static struct {
     .done = PTHREAD_COND_INITIALIZER,
 };
 
-static _Thread_local bool in_pool_task; /* a task that calls cx_parallel_for runs it inline */
+static _Thread_local bool in_pool_task;
+
+/* Busy-wait budget before sleeping: about 50 us of pause instructions. */
+#define SPIN_ITERATIONS 2000
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+} /* a task that calls cx_parallel_for runs it inline */
 
 static int default_threads(void)
 {
@@ -91,6 +103,10 @@ static void *worker_main(void *unused)
     pthread_mutex_lock(&pool.m);
     unsigned long seen = pool.generation;
     for (;;) {
+        pthread_mutex_unlock(&pool.m);
+        for (int i = 0; i < SPIN_ITERATIONS && atomic_load_explicit(&pool.generation, memory_order_acquire) == seen; i++)
+            cpu_relax();
+        pthread_mutex_lock(&pool.m);
         while (!pool.quit && pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.m);
         if (pool.quit) break;
         seen = pool.generation;
@@ -174,6 +190,8 @@ void cx_parallel_for(int64_t n, int64_t align, cx_task_fn fn, void *arg)
     in_pool_task = true;
     run_chunks(&j);
     in_pool_task = false;
+    for (int i = 0; i < SPIN_ITERATIONS && (atomic_load(&pool.completed) < chunks || atomic_load(&pool.active) > 0); i++)
+        cpu_relax();
     pthread_mutex_lock(&pool.m);
     while (pool.completed < chunks || pool.active > 0) pthread_cond_wait(&pool.done, &pool.m);
     pool.current = NULL;
