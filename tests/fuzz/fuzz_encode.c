@@ -40,12 +40,11 @@ static circuits_tokenizer *load_once(int neox)
     return tok[neox];
 }
 
-/* ids for text, through the given merge loop threshold; *n ids in a malloc'd array */
+/* ids for text (*n of them, malloc'd): measured with cap 0, then one id short (E_RANGE), then
+ * into exactly the capacity measured; all three must agree on the count. */
 static int32_t *encode(const circuits_tokenizer *t, const uint8_t *text, size_t len,
-                       const circuits_encode_options *o, size_t linear_max, size_t *n)
+                       const circuits_encode_options *o, size_t *n)
 {
-    size_t saved = cx_tok_bpe_linear_max;
-    cx_tok_bpe_linear_max = linear_max;
     size_t need = 0, got = 0;
     int rc = circuits_tokenizer_encode(t, (const char *)text, len, o, NULL, 0, &need);
     if (!(rc == CIRCUITS_E_RANGE && need > 0) && !(rc == CIRCUITS_OK && need == 0)) abort();
@@ -56,9 +55,24 @@ static int32_t *encode(const circuits_tokenizer *t, const uint8_t *text, size_t 
         abort();
     if (circuits_tokenizer_encode(t, (const char *)text, len, o, ids, need, &got) != CIRCUITS_OK || got != need)
         abort();
-    cx_tok_bpe_linear_max = saved;
     *n = need;
     return ids;
+}
+
+/* The ids again with pieces of more than linear_max bytes through the heap merge loop: they
+ * must equal want[0..n). */
+static void same_with_merge_loop(const circuits_tokenizer *t, const uint8_t *text, size_t len,
+                                 const circuits_encode_options *o, size_t linear_max, const int32_t *want, size_t n)
+{
+    size_t saved = cx_tok_bpe_linear_max, got = 0;
+    cx_tok_bpe_linear_max = linear_max;
+    int32_t *ids = malloc((n + 1) * sizeof *ids);
+    if (!ids) abort();
+    if (circuits_tokenizer_encode(t, (const char *)text, len, o, ids, n + 1, &got) != CIRCUITS_OK || got != n ||
+        memcmp(ids, want, n * sizeof *ids) != 0)
+        abort();
+    free(ids);
+    cx_tok_bpe_linear_max = saved;
 }
 
 /* What decode(encode(text)) must give for GPT-2: text, with "<|endoftext|>" before it for BOS
@@ -118,17 +132,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     o.prepend_bos = (mode >> 2) & 1;
     o.add_prefix_space = mode & 8 ? 1 : -1;
 
-    size_t n, n_heap;
-    int32_t *ids = encode(t, text, len, &o, 48, &n);
+    size_t n;
+    int32_t *ids = encode(t, text, len, &o, &n);
     if (o.add_prefix_space != 1 && n > len + 1) abort();
-    int32_t *heap = encode(t, text, len, &o, 0, &n_heap); /* every piece through the heap */
-    if (n_heap != n || memcmp(heap, ids, n * sizeof *ids) != 0) abort();
-    free(heap);
-    if (len <= 2048) { /* every piece through the quadratic loop (slow on long pieces) */
-        int32_t *lin = encode(t, text, len, &o, SIZE_MAX, &n_heap);
-        if (n_heap != n || memcmp(lin, ids, n * sizeof *ids) != 0) abort();
-        free(lin);
-    }
+    same_with_merge_loop(t, text, len, &o, 0, ids, n);                  /* every piece: the heap */
+    if (len <= 1024) same_with_merge_loop(t, text, len, &o, SIZE_MAX, ids, n); /* every piece: quadratic */
 
     size_t need = 0, got = 0;
     if (circuits_tokenizer_decode(t, ids, n, NULL, 0, &need) != CIRCUITS_E_RANGE) abort();
