@@ -152,6 +152,7 @@ int cx_tok_index(circuits_tokenizer *t, const char *src)
 
 static inline const cx_tok_merge_slot *merge_find(const circuits_tokenizer *t, int32_t a, int32_t b)
 {
+    if (!t->merges) return NULL; /* a tokenizer without merges: the table was never made */
     uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
     for (size_t h = hash_pair(key) & t->merge_mask;; h = (h + 1) & t->merge_mask) {
         const cx_tok_merge_slot *s = &t->merges[h];

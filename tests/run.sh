@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs build dependencies, builds, and runs the whole C suite twice: a
 # normal build (build/) and an AddressSanitizer + UndefinedBehaviorSanitizer build
-# (build-asan/); the threads, api and kernels (thread pool) suites a third time under ThreadSanitizer (build-tsan/);
-# then the Python binding's pytest suite. Prints "N passed, N failed" last.
+# (build-asan/); the threads, api and kernels (thread pool) suites a third time under
+# ThreadSanitizer (build-tsan/); then the C test programs under Valgrind memcheck (meson setup
+# "valgrind", tests/meson.build); then every fuzz harness for FUZZ_SECONDS (default 35) each
+# (clang, build-fuzz/); then the Python binding's pytest suite. Prints "N passed, N failed" last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/install-deps || exit 1
@@ -34,21 +36,35 @@ if setarch "$(uname -m)" -R true 2>/dev/null; then no_aslr=(setarch "$(uname -m)
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   "${no_aslr[@]}" meson test -C build-tsan --no-rebuild --suite threads --suite api --suite kernels --print-errorlogs || status=1
 
+# Valgrind memcheck over the C test programs of the normal build (not the shell-script suites)
+meson test -C build --setup valgrind --print-errorlogs || status=1
+
+# every fuzz harness for a bounded time; a crash or hang fails the run (tests/fuzz/run.sh)
+fuzz_results=$(mktemp)
+FUZZ_RESULTS=$fuzz_results bash tests/fuzz/run.sh "${FUZZ_SECONDS:-35}" || status=1
+
 # the Python binding (pytest), against the normal build; its summary line is folded into ours
 py_log=$(mktemp)
 bash bindings/python/run_tests.sh build 2>&1 | tee "$py_log" || status=1
 
 python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json build-tsan/meson-logs/testlog.json \
-  "$py_log" <<'PY'
-import json, re, sys
+  build/meson-logs/testlog-valgrind.json "$fuzz_results" "$py_log" <<'PY'
+import json, os, re, sys
 passed = failed = 0
-for path in sys.argv[1:4]:
+for path in sys.argv[1:5]:
+    if not os.path.exists(path): failed += 1; print("FAILED: no test log", path); continue
+    run = "valgrind" if "valgrind" in path else path.split("/")[0]
     for line in open(path):
         r = json.loads(line)
         if r["result"] == "OK": passed += 1
-        else: failed += 1; print("FAILED:", path.split("/")[0], r["name"])
+        else: failed += 1; print("FAILED:", run, r["name"])
+# fuzzing: one line per harness (tests/fuzz/corpus/<harness>/); a missing one did not run
+fuzz = dict(l.split() for l in open(sys.argv[5]) if l.strip())
+for h in sorted(d for d in os.listdir("tests/fuzz/corpus") if os.path.isdir("tests/fuzz/corpus/" + d)):
+    if fuzz.get(h) == "OK": passed += 1
+    else: failed += 1; print("FAILED: fuzz", h, "(see build-fuzz/fuzz-%s.log)" % h if h in fuzz else "did not run")
 # pytest's last line: "N passed, M skipped, K failed in Xs" (any order)
-tail = open(sys.argv[4]).read().strip().splitlines()[-1:] or [""]
+tail = open(sys.argv[6]).read().strip().splitlines()[-1:] or [""]
 counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|errors?|skipped)", tail[0])}
 if not counts: failed += 1; print("FAILED: python tests printed no summary")
 passed += counts.get("passed", 0)
@@ -56,5 +72,5 @@ failed += counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors"
 skipped = counts.get("skipped", 0)
 print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
 PY
-rm -f "$py_log"
+rm -f "$py_log" "$fuzz_results"
 exit $status
