@@ -160,6 +160,9 @@ def render(a, m, gemm, fwd, load, comp):
         out += ["", "### Composition scores (GPT-2-small-shaped attention-only model, d_vocab 1000; best of reps)", "",
                 "| mode | libcircuits s | GEMM GFLOP | GEMM-bound limit s | × limit | TL all_composition_scores s "
                 "| speed-up vs TL |", "|---|---:|---:|---:|---:|---:|---:|"] + rows
+        tl_rss = next((r["peak_rss_gb"] for r in comp if r["what"] == "tl_composition_rss"), None)
+        if tl_rss:
+            out += ["", f"TransformerLens's peak RSS while computing them: {tl_rss:.1f} GB."]
 
     # GEMM rates
     rows = [f"| {r['label']} | {r['m']}×{r['k']} · {r['k']}×{r['n']}{'ᵀ' if r['trans_b'] else ''} | {r['count']} | "
