@@ -16,7 +16,7 @@ for libcircuits, torch.set_num_threads / OMP_NUM_THREADS / MKL_NUM_THREADS for t
 The peers need torch, transformers and transformer_lens 3.x: /opt/refenv if present, else
 bench/.venv (bench/run.sh creates it), or --python.
 """
-import argparse, datetime, json, os, platform, subprocess, sys
+import argparse, ast, datetime, json, os, platform, subprocess, sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -48,10 +48,11 @@ def find_python(explicit):
 class Runner:
     """Runs one configuration per process and collects its JSON lines."""
 
-    def __init__(self, threads, verbose):
+    def __init__(self, threads, verbose, log_path):
         self.env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                         MKL_NUM_THREADS=str(threads), TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
         self.verbose = verbose
+        self.log = open(log_path, "w")  # every process's lines as they come: an interrupted run keeps its data
 
     def run(self, args, stdin=None):
         if self.verbose:
@@ -60,7 +61,10 @@ class Runner:
         if p.returncode:
             print(f"FAILED ({p.returncode}): {' '.join(args)}\n{p.stderr[-2000:]}", file=sys.stderr)
             return []
-        return [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+        rows = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+        self.log.write(json.dumps({"args": args, "rows": rows}) + "\n")
+        self.log.flush()
+        return rows
 
 
 def machine(bin_dir, runner, threads):
@@ -185,6 +189,13 @@ def jsonable(x):
     return [jsonable(v) for v in x] if isinstance(x, (list, tuple)) else x
 
 
+def unjsonable(x):
+    """jsonable's inverse for the dicts report.render reads."""
+    if isinstance(x, dict):
+        return {(ast.literal_eval(k) if k[:1] == "(" else k): unjsonable(v) for k, v in x.items()}
+    return x
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="check the suite end to end: T=128 only, 2 reps, no TL composition")
@@ -205,8 +216,14 @@ def main():
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build-bench"))
     ap.add_argument("--out", help="also write the Markdown to this file")
     ap.add_argument("--json", help="also write the raw measurements to this file")
+    ap.add_argument("--render", metavar="JSON", help="only print the report of a run saved with --json")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each command")
     a = ap.parse_args()
+    if a.render:
+        d = json.load(open(a.render))
+        print(report.render(argparse.Namespace(**d["args"]), d["machine"], unjsonable(d["gemm"]),
+                            unjsonable(d["forward"]), unjsonable(d["load"]), d["composition"]))
+        return 0
     if a.quick:
         a.reps, a.warmup, a.load_reps, a.compose_reps, a.gemm_reps = 2, 1, 3, 1, 3
         a.no_tl_composition = True
@@ -221,7 +238,9 @@ def main():
         if not py:
             sys.exit("the benchmark model is generated with torch + transformers: see bash bench/run.sh")
         subprocess.run([py, os.path.join(HERE, "make_model.py"), MODEL], check=True)
-    runner = Runner(a.threads, a.verbose)
+    log = os.path.join(a.build_dir, "bench-log.jsonl")
+    print(f"[bench] raw output of every process: {log}", file=sys.stderr)
+    runner = Runner(a.threads, a.verbose, log)
     step = lambda what: print(f"[bench] {what}", file=sys.stderr, flush=True)
 
     step("machine and sgemm")
@@ -241,8 +260,8 @@ def main():
     if a.out:
         open(a.out, "w").write(md)
     if a.json:
-        json.dump(jsonable(dict(machine=m, gemm=gemm, forward=fwd, load=load, composition=comp)), open(a.json, "w"),
-                  indent=1)
+        json.dump(jsonable(dict(args=vars(a), machine=m, gemm=gemm, forward=fwd, load=load, composition=comp)),
+                  open(a.json, "w"), indent=1)
     return 0
 
 
