@@ -14,7 +14,7 @@ libcircuits' GEMM work reaches, and the ratio to TransformerLens. Needs torch + 
 import argparse, json, os, resource, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EXE = os.path.join(os.path.dirname(HERE), "build", "bench", "bench_compose")
+EXE = os.path.join(os.path.dirname(HERE), "build", "bench", "bench_compose")  # --exe to change
 SHAPES = {  # name: (n_layers, n_heads, d_model, d_head, d_vocab)
     "gpt2-small": (12, 12, 768, 64, 1000),
     "7b": (32, 32, 4096, 128, 1000),
@@ -54,13 +54,34 @@ def run_tl(d, reps, modes):
     return res
 
 
+def emit_json(a):
+    """One JSON line per measurement (bench/run.py folds them into its table)."""
+    for name in a.shapes.split(","):
+        d = ensure(name)
+        for r in run_circuits(d, a.reps if name != "7b" else 1, a.modes):
+            print(json.dumps(dict(r, shape=name)), flush=True)
+        if not a.no_tl and name != "7b":
+            tl = run_tl(d, a.reps, a.modes)
+            for m in a.modes:
+                print(json.dumps({"what": "tl_composition", "shape": name, "mode": m, "seconds": tl[m]}), flush=True)
+            print(json.dumps({"what": "tl_composition_rss", "shape": name, "peak_rss_gb": tl["peak_rss_gb"]}), flush=True)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="gpt2-small", help="comma-separated: " + ", ".join(SHAPES))
     ap.add_argument("--modes", default="QKV")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-tl", action="store_true")
+    ap.add_argument("--exe", help="the bench_compose executable (default: build/bench/bench_compose)")
+    ap.add_argument("--json", action="store_true", help="JSON lines for bench/run.py instead of a table")
     a = ap.parse_args()
+    if a.exe:
+        global EXE
+        EXE = a.exe
+    if a.json:
+        return emit_json(a)
     print("| shape | mode | libcircuits s | GEMM GFLOP | % of sgemm peak | TransformerLens s | speed-up |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name in a.shapes.split(","):

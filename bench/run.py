@@ -1,89 +1,272 @@
 #!/usr/bin/env python3
-"""Forward latency and load time of libcircuits against PyTorch eager, same weights, same run.
+"""The benchmark suite, one command: libcircuits against PyTorch eager and TransformerLens on
+the same weights, side by side in one run. docs/performance.md explains every row.
 
-Makes a GPT-2-small-shaped model with random weights (transformers GPT2Config defaults:
-12 layers, d_model 768, 12 heads, vocab 50257, n_ctx 1024), saves it once under
-bench/.cache/ (not committed), then times:
-  - libcircuits (build/bench/bench_forward): load with a warm page cache, forward [B, T]
-  - PyTorch eager: Hugging Face GPT2LMHeadModel in eval mode under torch.inference_mode()
-    (a plain GPT-2 in torch), safetensors load for comparison
-Both use the same number of threads (--threads, default: all cores). Medians over --reps.
-Needs torch and transformers (the reference venv); prints a Markdown table.
+    python3 bench/run.py [--quick] [--reps N] [--threads N] [--out FILE] ...   (or bash bench/run.sh)
+
+Steps: build the C drivers (meson, release, build-bench/); make the GPT-2-small-shaped random
+model once (bench/.cache/, git-ignored); measure this machine's sgemm (peak and the rate of
+every GEMM shape of the forward, through the OpenBLAS libcircuits links); then, per shape and
+interleaved, each contender in its own process (so peak RSS is per configuration): forward,
+forward with a no-op hook at every hook point, run_with_cache of every hook point; load times
+warm and cold; composition scores. Prints a Markdown table (medians) with ratios and targets.
+
+Every contender gets the same thread count: circuits_set_num_threads / OPENBLAS_NUM_THREADS
+for libcircuits, torch.set_num_threads / OMP_NUM_THREADS / MKL_NUM_THREADS for the peers.
+The peers need torch, transformers and transformer_lens 3.x: /opt/refenv if present, else
+bench/.venv (bench/run.sh creates it), or --python.
 """
-import argparse, json, os, statistics, subprocess, sys, time
+import argparse, ast, datetime, json, os, platform, subprocess, sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import gemm_limit  # noqa: E402
+import report  # noqa: E402
+
+MODEL = os.path.join(HERE, ".cache", "gpt2-small-random")
+TARGETS = ["bench/bench_forward", "bench/bench_gemm", "bench/bench_compose", "bench/bench_pagecache"]
 
 
-def make_model(path):
-    if os.path.exists(os.path.join(path, "model.safetensors")):
-        return
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config()).eval()
-    model.save_pretrained(path, safe_serialization=True)
+def build(build_dir):
+    if not os.path.exists(os.path.join(build_dir, "build.ninja")):
+        subprocess.run(["meson", "setup", build_dir, "-Dbuildtype=release"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+    subprocess.run(["meson", "compile", "-C", build_dir] + TARGETS, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return os.path.join(build_dir, "bench")
 
 
-def torch_times(path, shapes, reps, threads):
-    import torch
-    from transformers import GPT2LMHeadModel
-    torch.set_num_threads(threads)
-    loads = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        model = GPT2LMHeadModel.from_pretrained(path).eval()
-        loads.append((time.perf_counter() - t0) * 1e3)
-    out = {"load": statistics.median(loads)}
-    g = torch.Generator().manual_seed(1)
-    with torch.inference_mode():
-        for b, t in shapes:
-            tok = torch.randint(0, model.config.vocab_size, (b, t), generator=g)
-            model(tok)  # warm-up
-            ts = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                model(tok)
-                ts.append((time.perf_counter() - t0) * 1e3)
-            out[(b, t)] = statistics.median(ts)
-    return out
+def find_python(explicit):
+    """An interpreter with torch, transformers and transformer_lens, or None."""
+    for py in [explicit, "/opt/refenv/bin/python", os.path.join(HERE, ".venv", "bin", "python"), sys.executable]:
+        if py and os.path.exists(py) and subprocess.run(
+                [py, "-c", "import torch, transformers, transformer_lens"], capture_output=True).returncode == 0:
+            return py
+    return None
 
 
-def circuits_times(path, shapes, reps, threads):
-    exe = os.path.join(ROOT, "build", "bench", "bench_forward")
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
+class Runner:
+    """Runs one configuration per process and collects its JSON lines."""
+
+    def __init__(self, threads, verbose, log_path):
+        self.env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+                        MKL_NUM_THREADS=str(threads), TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
+        self.verbose = verbose
+        self.log = open(log_path, "w")  # every process's lines as they come: an interrupted run keeps its data
+
+    def run(self, args, stdin=None):
+        if self.verbose:
+            print("+", " ".join(args), file=sys.stderr, flush=True)
+        p = subprocess.run(args, env=self.env, input=stdin, capture_output=True, text=True, cwd=ROOT)
+        if p.returncode:
+            print(f"FAILED ({p.returncode}): {' '.join(args)}\n{p.stderr[-2000:]}", file=sys.stderr)
+            return []
+        rows = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+        self.log.write(json.dumps({"args": args, "rows": rows}) + "\n")
+        self.log.flush()
+        return rows
+
+
+def machine(bin_dir, runner, threads):
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    blas = runner.run([os.path.join(bin_dir, "bench_gemm"), str(threads), "1"], stdin="")
+    return dict(cpu=cpu, cores=os.cpu_count(), threads=threads, kernel=platform.release(),
+                openblas=blas[0] if blas else {}, load=os.getloadavg(),
+                date=datetime.datetime.now().isoformat(timespec="minutes"))
+
+
+def gemm_rates(bin_dir, runner, threads, reps, lines):
+    """bench_gemm on spec lines: ({(m, n, k, trans_b, count): GFLOP/s}, its JSON rows)."""
+    rows = runner.run([os.path.join(bin_dir, "bench_gemm"), str(threads), str(reps)], stdin="\n".join(lines) + "\n")
+    rows = [r for r in rows if r["what"] == "gemm"]
+    return {(r["m"], r["n"], r["k"], r["trans_b"], r["count"]): r["gflops"] for r in rows}, rows
+
+
+def measure_peak(a, bin_dir, runner):
+    rates, rows = gemm_rates(bin_dir, runner, a.threads, a.gemm_reps, [f"peak {a.peak_n} {a.peak_n} {a.peak_n} 0 1"])
+    return {"peak_gflops": rows[0]["gflops"], "forward": {}, "composition": {}, "shapes": rows}
+
+
+def measure_composition_limit(a, bin_dir, runner, gemm):
+    """The GEMM-bound limit of one mode's composition scores, measured just before them."""
+    comp = gemm_limit.composition_gemms(12, 12, 768, 64)
+    rates, rows = gemm_rates(bin_dir, runner, a.threads, a.gemm_reps, gemm_limit.spec_lines(comp))
+    total = sum(gemm_limit.flops(x) for x in comp)
+    gemm["shapes"] += rows
+    gemm["composition"] = dict(gflop=total / 1e9, limit_s=gemm_limit.limit_seconds(comp, rates),
+                               peak_s=total / (gemm["peak_gflops"] * 1e9))
+
+
+def measure_forward_limit(a, bin_dir, runner, gemm, shape):
+    """The GEMM-bound limit of a forward at shape, measured just before its contenders run (the
+    load on a shared machine drifts; a rate measured minutes apart would not compare)."""
+    g = gemm_limit.forward_gemms(*shape, **gemm_limit.GPT2_SMALL)
+    rates, rows = gemm_rates(bin_dir, runner, a.threads, a.gemm_reps, gemm_limit.spec_lines(g))
+    total = sum(gemm_limit.flops(x) for x in g)
+    gemm["shapes"] += [dict(r, label=f"{r['label']} ({shape[0]}×{shape[1]})") for r in rows]
+    gemm["forward"][shape] = dict(gflop=total / 1e9, limit_ms=gemm_limit.limit_seconds(g, rates) * 1e3,
+                                  peak_ms=total / (gemm["peak_gflops"] * 1e9) * 1e3)
+
+
+def measure_forward(a, bin_dir, runner, py, gemm):
+    """Per shape, interleaved: libcircuits, PyTorch, TransformerLens; plain, hooks, cache."""
+    fwd = os.path.join(bin_dir, "bench_forward")
+    common = ["--threads", str(a.threads), "--reps", str(a.reps), "--warmup", str(a.warmup)]
+    peer = lambda who, mode, s: runner.run([py, os.path.join(HERE, "peers.py"), who, MODEL, "--mode", mode,
+                                            "--shape", s] + common) if py else []
+    res = {}
+    for key in shapes_of(a):
+        s = f"{key[0]}:{key[1]}"
+        measure_forward_limit(a, bin_dir, runner, gemm, key)
+        res[("circuits", "plain", key)] = runner.run([fwd, MODEL, s] + common)
+        if not a.no_torch:
+            res[("torch", "plain", key)] = peer("torch", "forward", s)
+        if not a.no_tl:
+            res[("tl", "plain", key)] = peer("tl", "forward", s)
+            if key == (1, 128):  # autograd keeps every activation: only the smallest shape
+                res[("tl", "autograd", key)] = peer("tl", "autograd", s)
+        res[("circuits", "hooks", key)] = runner.run([fwd, MODEL, s, "--hooks"] + common)
+        if not a.no_tl:
+            res[("tl", "hooks", key)] = peer("tl", "hooks", s)
+        res[("circuits", "cache", key)] = runner.run([fwd, MODEL, s, "--cache"] + common)
+        if not a.no_tl:
+            res[("tl", "cache", key)] = peer("tl", "cache", s)
+    # zero-copy weights: the memory target's "weights (mapped)" at the largest shape
+    big = max(shapes_of(a), key=lambda s: s[0] * s[1])
+    res[("circuits", "cache_raw", big)] = runner.run([fwd, MODEL, f"{big[0]}:{big[1]}", "--cache", "--raw"] + common)
+    return {k: forward_record(v) for k, v in res.items()}
+
+
+def forward_record(rows):
+    """The forward line of a run, with the hook count its driver printed (if any)."""
+    rec = next((r for r in rows if r["what"] == "forward"), None)
+    hooks = next((r for r in rows if r["what"] == "hooks"), None)
+    if rec and hooks:
+        rec.setdefault("registered", hooks["registered"])
+    return rec
+
+
+def shapes_of(a):
+    return [tuple(int(x) for x in s.split(":")) for s in a.shapes.split(",")]
+
+
+def measure_load(a, bin_dir, runner, py):
+    fwd = os.path.join(bin_dir, "bench_forward")
+    pc = os.path.join(bin_dir, "bench_pagecache")
+    thr = ["--threads", str(a.threads)]
     out = {}
-    # as stored (zero-copy), then with TransformerLens's default processing (copies + folds)
     for raw in (True, False):
-        args = [exe, path, str(reps)] + (["--raw"] if raw else []) + [f"{b}:{t}" for b, t in shapes]
-        res = subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
-        for line in res.splitlines():
-            r = json.loads(line)
-            if r["what"] == "load":
-                out["load_raw" if raw else "load_processed"] = r["median_ms"]
-            elif raw:
-                out[(r["batch"], r["pos"])] = r["median_ms"]
+        flag = ["--raw"] if raw else []
+        warm = runner.run([fwd, MODEL, "--load-reps", str(a.load_reps)] + flag + thr)
+        out[("circuits", raw, "warm")] = warm[0] if warm else None
+        if not a.no_cold:
+            cold = runner.run([fwd, MODEL, "--cold", "--reps", "1", "--warmup", "0", "1:128"] + flag + thr)
+            out[("circuits", raw, "cold")] = next((r for r in cold if r["what"] == "load"), None)
+            out[("circuits", raw, "first_forward")] = next((r for r in cold if r["what"] == "first_forward"), None)
+            out[("circuits", raw, "second_forward")] = next((r for r in cold if r["what"] == "forward"), None)
+    for who in ([] if a.no_torch else ["torch"]) + ([] if a.no_tl else ["tl"]):
+        if not py:
+            continue
+        base = [py, os.path.join(HERE, "peers.py"), who, MODEL, "--mode", "load", "--load-reps", str(a.load_reps),
+                "--pagecache", pc] + thr
+        for temp, extra in (("warm", []), ("cold", ["--cold"])):
+            if temp == "cold" and a.no_cold:
+                continue
+            for r in runner.run(base + extra):
+                out[(who, r["step"], temp)] = r
     return out
+
+
+def measure_composition(a, bin_dir, runner, py):
+    args = [py or sys.executable, os.path.join(HERE, "composition.py"), "--json", "--exe",
+            os.path.join(bin_dir, "bench_compose"), "--reps", str(a.compose_reps)]
+    if a.no_tl_composition or a.no_tl or not py:
+        args.append("--no-tl")
+    return runner.run(args)
+
+
+def jsonable(x):
+    """Tuple keys (shapes, configurations) as strings, for --json."""
+    if isinstance(x, dict):
+        return {k if isinstance(k, str) else repr(k): jsonable(v) for k, v in x.items()}
+    return [jsonable(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+def unjsonable(x):
+    """jsonable's inverse for the dicts report.render reads."""
+    if isinstance(x, dict):
+        return {(ast.literal_eval(k) if k[:1] == "(" else k): unjsonable(v) for k, v in x.items()}
+    return x
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="check the suite end to end: T=128 only, 2 reps, no TL composition")
+    ap.add_argument("--shapes", help="B:T,... (default: 1:128,1:512,1:1024,8:128; --quick: 1:128)")
+    ap.add_argument("--reps", type=int, default=10, help="timed forwards per configuration (median)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--load-reps", type=int, default=10)
+    ap.add_argument("--compose-reps", type=int, default=3)
+    ap.add_argument("--gemm-reps", type=int, default=7)
+    ap.add_argument("--peak-n", type=int, default=3072, help="size of the square sgemm measuring the peak")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--shapes", default="1:128,1:1024")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-tl", action="store_true", help="no TransformerLens at all")
+    ap.add_argument("--no-tl-composition", action="store_true", help="skip TL's (slow) all_composition_scores")
+    ap.add_argument("--no-composition", action="store_true")
+    ap.add_argument("--no-cold", action="store_true", help="skip cold-page-cache loads")
+    ap.add_argument("--python", help="interpreter with torch, transformers, transformer_lens")
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build-bench"))
+    ap.add_argument("--out", help="also write the Markdown to this file")
+    ap.add_argument("--json", help="also write the raw measurements to this file")
+    ap.add_argument("--render", metavar="JSON", help="only print the report of a run saved with --json")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print each command")
     a = ap.parse_args()
-    shapes = [tuple(int(x) for x in s.split(":")) for s in a.shapes.split(",")]
-    path = os.path.join(HERE, ".cache", "gpt2-small-random")
-    make_model(path)
-    c = circuits_times(path, shapes, a.reps, a.threads)
-    t = torch_times(path, shapes, a.reps, a.threads)
-    print(f"| measure (median of {a.reps}, {a.threads} threads) | libcircuits ms | PyTorch eager ms | speed-up |")
-    print("|---|---:|---:|---:|")
-    print(f"| load, warm page cache, weights as stored | {c['load_raw']:.2f} | {t['load']:.1f} | {t['load'] / c['load_raw']:.1f}x |")
-    print(f"| load + TransformerLens processing (fold_ln, centring) | {c['load_processed']:.1f} | | |")
-    for s in shapes:
-        print(f"| forward B={s[0]} T={s[1]} | {c[s]:.1f} | {t[s]:.1f} | {t[s] / c[s]:.2f}x |")
+    if a.render:
+        d = json.load(open(a.render))
+        print(report.render(argparse.Namespace(**d["args"]), d["machine"], unjsonable(d["gemm"]),
+                            unjsonable(d["forward"]), unjsonable(d["load"]), d["composition"]))
+        return 0
+    if a.quick:
+        a.reps, a.warmup, a.load_reps, a.compose_reps, a.gemm_reps = 2, 1, 3, 1, 3
+        a.no_tl_composition = True
+    a.shapes = a.shapes or ("1:128" if a.quick else "1:128,1:512,1:1024,8:128")
+
+    bin_dir = build(a.build_dir)
+    py = find_python(a.python)
+    if not py:
+        print("no interpreter with torch + transformers + transformer_lens: measuring libcircuits alone "
+              "(bash bench/run.sh makes bench/.venv)", file=sys.stderr)
+    if not os.path.exists(os.path.join(MODEL, "model.safetensors")):
+        if not py:
+            sys.exit("the benchmark model is generated with torch + transformers: see bash bench/run.sh")
+        subprocess.run([py, os.path.join(HERE, "make_model.py"), MODEL], check=True)
+    log = os.path.join(a.build_dir, "bench-log.jsonl")
+    print(f"[bench] raw output of every process: {log}", file=sys.stderr)
+    runner = Runner(a.threads, a.verbose, log)
+    step = lambda what: print(f"[bench] {what}", file=sys.stderr, flush=True)
+
+    step("machine and sgemm")
+    m = machine(bin_dir, runner, a.threads)
+    gemm = measure_peak(a, bin_dir, runner)
+    step("forward, hooks, cache")
+    fwd = measure_forward(a, bin_dir, runner, py, gemm)
+    step("load")
+    load = measure_load(a, bin_dir, runner, py)
+    comp = []
+    if not a.no_composition:
+        step("composition")
+        measure_composition_limit(a, bin_dir, runner, gemm)
+        comp = measure_composition(a, bin_dir, runner, py)
+
+    md = report.render(a, m, gemm, fwd, load, comp)
+    print(md)
+    if a.out:
+        open(a.out, "w").write(md)
+    if a.json:
+        json.dump(jsonable(dict(args=vars(a), machine=m, gemm=gemm, forward=fwd, load=load, composition=comp)),
+                  open(a.json, "w"), indent=1)
+    return 0
 
 
 if __name__ == "__main__":
