@@ -10,6 +10,7 @@
  *                    time one load and the first forward after it (which faults mapped pages in)
  *     --hooks        a no-op callback at every hook point of the context
  *     --cache        run_with_cache of every hook point, into one cache reused across reps
+ *     --last         logits at the last position only (circuits_context_run, logit_positions)
  *
  * Run one configuration per process: the peak RSS printed is the process's (ru_maxrss). */
 #include <circuits.h>
@@ -21,8 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { MODE_PLAIN, MODE_HOOKS, MODE_CACHE } run_mode;
-static const char *const MODE_NAMES[] = {"plain", "hooks", "cache"};
+typedef enum { MODE_PLAIN, MODE_HOOKS, MODE_CACHE, MODE_LAST } run_mode;
+static const char *const MODE_NAMES[] = {"plain", "hooks", "cache", "last"};
 
 typedef struct {
     const char *model_dir;
@@ -46,7 +47,7 @@ typedef struct {
 static int usage(const char *argv0)
 {
     fprintf(stderr, "usage: %s MODEL_DIR [--reps N] [--warmup N] [--threads N] [--raw] [--load-reps N] [--cold] "
-                    "[--hooks | --cache] B:T [B:T ...]\n", argv0);
+                    "[--hooks | --cache | --last] B:T [B:T ...]\n", argv0);
     return 2;
 }
 
@@ -65,6 +66,7 @@ static int parse_options(int argc, char **argv, bench_options *o)
         else if (!strcmp(a, "--cold")) o->cold = 1;
         else if (!strcmp(a, "--hooks")) o->mode = MODE_HOOKS;
         else if (!strcmp(a, "--cache")) o->mode = MODE_CACHE;
+        else if (!strcmp(a, "--last")) o->mode = MODE_LAST;
         else if (a[0] == '-') return -1;
         else if (!o->model_dir) o->model_dir = a;
         else o->shapes[o->n_shapes++] = argv[i];
@@ -150,6 +152,14 @@ static int run_forward(const forward_job *j)
     if (j->mode == MODE_CACHE)
         return circuits_context_run_with_cache(j->ctx, j->tokens, j->batch, j->pos, NULL, 0, j->cache, j->logits,
                                                NULL, NULL);
+    if (j->mode == MODE_LAST) {
+        static const int64_t last = -1;
+        circuits_run_options ro;
+        circuits_run_options_init(&ro);
+        ro.logit_positions = &last;
+        ro.n_logit_positions = 1;
+        return circuits_context_run(j->ctx, &ro, j->tokens, j->batch, j->pos, j->logits);
+    }
     return circuits_context_forward(j->ctx, j->tokens, j->batch, j->pos, j->logits, NULL, NULL);
 }
 
