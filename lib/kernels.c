@@ -132,19 +132,30 @@ void cx_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
     gemm_run(&g);
 }
 
+/* How W [K, N] (strides w_rs, w_cs) reaches CBLAS: as stored (*trans false) or transposed, with
+ * leading dimension *ldw; false when neither fits (CBLAS wants ld >= the stored row length) or
+ * in / out have short rows: then the reference kernel runs. */
+static bool cblas_layout(int64_t K, int64_t N, int64_t w_rs, int64_t w_cs, int64_t ldi, int64_t ldo, bool *trans,
+                         int64_t *ldw)
+{
+    bool no_trans = w_cs == 1 && (w_rs >= N || K == 1);
+    *trans = !no_trans && w_rs == 1 && (w_cs >= K || N == 1);
+    if ((!no_trans && !*trans) || ldi < K || ldo < N) return false;
+    *ldw = no_trans ? (w_rs > N ? w_rs : N) : (w_cs > K ? w_cs : K);
+    return true;
+}
+
 void cx_matmul(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, int64_t K, int64_t N,
                const float *W, int64_t w_rs, int64_t w_cs, const float *bias, bool accumulate)
 {
     if (M == 0 || N == 0) return;
-    /* CBLAS wants ld >= the row length of the stored matrix. */
-    bool no_trans = w_cs == 1 && (w_rs >= N || K == 1);
-    bool trans = !no_trans && w_rs == 1 && (w_cs >= K || N == 1);
-    if ((!no_trans && !trans) || ldi < K || ldo < N) {
+    bool trans;
+    int64_t ldw;
+    if (!cblas_layout(K, N, w_rs, w_cs, ldi, ldo, &trans, &ldw)) {
         cx_matmul_ref(out, ldo, in, ldi, M, K, N, W, w_rs, w_cs, bias, accumulate);
         return;
     }
-    int64_t ldw = no_trans ? (w_rs > N ? w_rs : N) : (w_cs > K ? w_cs : K);
-    gemm_job g = {.ta = false, .tb = !no_trans, .M = M, .N = N, .K = K, .alpha = 1.0f, .beta = 1.0f, .A = in,
+    gemm_job g = {.ta = false, .tb = trans, .M = M, .N = N, .K = K, .alpha = 1.0f, .beta = 1.0f, .A = in,
                   .B = W, .lda = ldi, .ldb = ldw, .ldc = ldo, .C = out, .bias = bias, .init = !accumulate};
     gemm_run(&g);
 }
@@ -153,15 +164,14 @@ void cx_matmul_serial(float *out, int64_t ldo, const float *in, int64_t ldi, int
                       const float *W, int64_t w_rs, int64_t w_cs)
 {
     if (M == 0 || N == 0) return;
-    bool no_trans = w_cs == 1 && (w_rs >= N || K == 1);
-    bool trans = !no_trans && w_rs == 1 && (w_cs >= K || N == 1);
-    if ((!no_trans && !trans) || ldi < K || ldo < N) {
+    bool trans;
+    int64_t ldw;
+    if (!cblas_layout(K, N, w_rs, w_cs, ldi, ldo, &trans, &ldw)) {
         cx_matmul_ref(out, ldo, in, ldi, M, K, N, W, w_rs, w_cs, NULL, false);
         return;
     }
-    int64_t ldw = no_trans ? (w_rs > N ? w_rs : N) : (w_cs > K ? w_cs : K);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, no_trans ? CblasNoTrans : CblasTrans, (blasint)M, (blasint)N,
-                (blasint)K, 1.0f, in, (blasint)ldi, W, (blasint)ldw, 0.0f, out, (blasint)ldo);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, trans ? CblasTrans : CblasNoTrans, (blasint)M, (blasint)N, (blasint)K,
+                1.0f, in, (blasint)ldi, W, (blasint)ldw, 0.0f, out, (blasint)ldo);
 }
 
 /* ---- row kernels ---- */

@@ -46,6 +46,13 @@ static int count_calls(const circuits_tensor *t, void *u)
     return CIRCUITS_HOOK_CONTINUE;
 }
 
+/* The hook holding the residual stream before block k: resid_pre k, or after the last block. */
+static void resid_before_block(char *buf, size_t n, int64_t k, int64_t L)
+{
+    if (k < L) snprintf(buf, n, "blocks.%lld.hook_resid_pre", (long long)k);
+    else snprintf(buf, n, "blocks.%lld.hook_resid_post", (long long)(L - 1));
+}
+
 static void check_case(const char *dir)
 {
     char path[4096];
@@ -93,8 +100,7 @@ static void check_case(const char *dir)
     double worst_tl = 0.0;
     for (int64_t k = 0; k <= L; k++) {
         char hook[64];
-        if (k < L) snprintf(hook, sizeof hook, "blocks.%lld.hook_resid_pre", (long long)k);
-        else snprintf(hook, sizeof hook, "blocks.%lld.hook_resid_post", (long long)(L - 1));
+        resid_before_block(hook, sizeof hook, k, L);
         circuits_tensor want;
         CHECK_OK(circuits_cache_get(cache, hook, &want));
         for (int neg = 0; neg < 2; neg++) {
@@ -126,8 +132,7 @@ static void check_case(const char *dir)
      * the embedding hooks do not fire. k = L runs ln_final and the unembedding only. */
     for (int64_t k = 0; k <= L; k++) {
         char hook[64];
-        if (k < L) snprintf(hook, sizeof hook, "blocks.%lld.hook_resid_pre", (long long)k);
-        else snprintf(hook, sizeof hook, "blocks.%lld.hook_resid_post", (long long)(L - 1));
+        resid_before_block(hook, sizeof hook, k, L);
         circuits_tensor in;
         CHECK_OK(circuits_cache_get(cache, hook, &in));
         o.start_at_layer = (int32_t)(k == L || k % 2 ? k : k - L); /* both signs */
