@@ -140,7 +140,7 @@ typedef struct attn_job {
     int64_t kv_bs;
     float scale;
     int steps;
-    bool hooked;                /* a hook saw the scores or pattern: STEP_MIX checks the masked part */
+    bool hooked;                /* a callback saw the scores or pattern: STEP_MIX checks the masked part */
 } attn_job;
 
 /* True if pattern S [T, P + T] is 0 above the causal diagonal (j > P + i): then pattern @ v may
@@ -242,11 +242,11 @@ static int attention(circuits_context *ctx, int l, scratch *s, int64_t B, int64_
         /* a hook may write anywhere in a row: then softmax takes whole rows, as TransformerLens
          * does (on untouched rows that is bit-identical to the causal softmax: the masked -inf
          * add exact zeros), and pattern @ v whole rows unless the masked part is still 0 */
-        if (hook_scores) cx_softmax_rows(s->scores, B * H * T, Tk);
-        else cx_softmax_causal_past(s->scores, B * H, T, P);
+        if (cx_hook_may_write(ctx, l, HK_ATTN_SCORES)) cx_softmax_rows(s->scores, B * H * T, Tk);
+        else cx_softmax_causal_past(s->scores, B * H, T, P); /* only cached: the mask is intact */
         FIRE(l, HK_PATTERN, s->scores);
         job.steps = STEP_MIX;
-        job.hooked = true;
+        job.hooked = cx_hook_may_write(ctx, l, HK_ATTN_SCORES) || cx_hook_may_write(ctx, l, HK_PATTERN);
         cx_parallel_for(B * H, 1, attn_task, &job);
     }
     FIRE(l, HK_Z, s->z);

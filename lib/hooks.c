@@ -1,5 +1,6 @@
 /* Hook point table, TransformerLens name resolution, and firing. */
 #include "hooks.h"
+#include "pool.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -239,6 +240,19 @@ int cx_hooks_select(const circuits_context *ctx, const char *name,
 
 /* ---- firing ---- */
 
+/* The cache copy, split over the pool: at long T one activation is hundreds of MB (attention
+ * scores and pattern), and one core does not saturate the memory bus. */
+typedef struct copy_job {
+    float *dst;
+    const float *src;
+} copy_job;
+
+static void copy_task(void *arg, int64_t begin, int64_t end)
+{
+    const copy_job *j = arg;
+    memcpy(j->dst + begin, j->src + begin, (size_t)(end - begin) * sizeof(float));
+}
+
 int cx_hook_fire(circuits_context *ctx, int layer, cx_hook_kind kind, float *data, int64_t B, int64_t T)
 {
     int32_t idx = ctx->point_of[(size_t)(layer + 1) * HK_COUNT + kind];
@@ -264,6 +278,9 @@ int cx_hook_fire(circuits_context *ctx, int layer, cx_hook_kind kind, float *dat
             return cx_fail(CIRCUITS_E_STOPPED, "run stopped by the hook callback at '%s'", p->name);
         return cx_fail(CIRCUITS_E_CALLBACK, "hook callback at '%s' failed (returned %d)", p->name, r);
     }
-    if (p->cache_dst) memcpy(p->cache_dst, data, (size_t)stride * sizeof(float));
+    if (p->cache_dst) {
+        copy_job job = {p->cache_dst, data};
+        cx_parallel_for(stride, (int64_t)1 << 16, copy_task, &job); /* under 64 Ki floats: one chunk, inline */
+    }
     return CIRCUITS_OK;
 }

@@ -98,6 +98,14 @@ int cx_forward(circuits_context *ctx, const int32_t *tokens, int64_t batch, int6
 int cx_forward_kv(circuits_context *ctx, circuits_kv_cache *kv, const int32_t *tokens, int64_t batch, int64_t pos,
                   float *logits);
 
+/* True if a callback is registered at (layer, kind): it may change the activation. A point
+ * that is only being cached (cache_dst) is copied, never changed. */
+static inline bool cx_hook_may_write(const circuits_context *ctx, int layer, cx_hook_kind kind)
+{
+    int32_t i = ctx->point_of[(size_t)(layer + 1) * HK_COUNT + kind];
+    return i >= 0 && ctx->points[i].n_regs > 0;
+}
+
 /* Fast check used by the forward pass to skip building a descriptor. */
 static inline bool cx_hook_active(const circuits_context *ctx, int layer, cx_hook_kind kind)
 {
