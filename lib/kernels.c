@@ -51,8 +51,6 @@ static inline __attribute__((always_inline)) float exp_poly(float x)
     return x > -87.3f ? y : 0.0f;
 }
 
-float cx_exp(float x) { return exp_poly(x); }
-
 /* ---- matrix products ---- */
 
 static void init_out(float *out, int64_t ldo, int64_t M, int64_t N, const float *bias, bool accumulate)
@@ -328,22 +326,6 @@ void cx_activation(float *x, size_t n, int act)
 {
     act_job j = {x, act};
     cx_parallel_for((int64_t)n, 16384, act_task, &j);
-}
-
-void cx_activation_ref(float *x, size_t n, int act)
-{
-    const float k = 0.7978845608028654f;
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        switch (act) {
-        case CIRCUITS_ACT_RELU: x[i] = v > 0.0f ? v : 0.0f; break;
-        case CIRCUITS_ACT_GELU: x[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); break;
-        case CIRCUITS_ACT_GELU_NEW: x[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v))); break;
-        case CIRCUITS_ACT_GELU_FAST: x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608f * v * (1.0f + 0.044715f * v * v))); break;
-        case CIRCUITS_ACT_SILU: x[i] = v / (1.0f + expf(-v)); break;
-        default: break;
-        }
-    }
 }
 
 void cx_solu(float *x, int64_t N, int64_t D)

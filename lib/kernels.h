@@ -24,9 +24,6 @@ void cx_matmul_ref(float *out, int64_t ldo, const float *in, int64_t ldi, int64_
 void cx_matmul_serial(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, int64_t K, int64_t N,
                       const float *W, int64_t w_rs, int64_t w_cs);
 
-/* e^x in fp32 by a polynomial (about 2 ulp; 0 below -87.3): the exp of softmax and activations. */
-float cx_exp(float x);
-
 /* LayerNorm in one pass per row: y[N, D] = (x - mean) / scale * w + b (w, b may be NULL),
  * scale[N] = sqrt(var + eps). The same arithmetic as the three pieces below, which the forward
  * uses instead when a hook must see the scale or the normalized value in between. */
@@ -41,8 +38,6 @@ void cx_affine(float *x, const float *w, const float *b, int64_t N, int64_t D);
 
 /* Elementwise activation in place over n values (not SOLU_LN: see cx_solu). */
 void cx_activation(float *x, size_t n, int act_fn);
-/* The same with libm's tanhf / expf / erff, one value at a time (the tests' reference). */
-void cx_activation_ref(float *x, size_t n, int act_fn);
 /* x[N, D] = x * softmax(x) per row. */
 void cx_solu(float *x, int64_t N, int64_t D);
 

@@ -82,14 +82,20 @@ static int default_threads(void)
 static void configure_openblas(void) { openblas_set_num_threads(1); }
 static pthread_once_t openblas_once = PTHREAD_ONCE_INIT;
 
+/* Runs chunk c of j: items [c * per, (c + 1) * per) clipped to n. */
+static void run_chunk(const job *j, int c)
+{
+    int64_t b = (int64_t)c * j->per, e = b + j->per;
+    if (b > j->n) b = j->n;
+    if (e > j->n) e = j->n;
+    if (b < e) j->fn(j->arg, b, e);
+}
+
 static void run_chunks(job *j)
 {
     int c;
     while ((c = atomic_fetch_add(&j->next, 1)) < j->chunks) {
-        int64_t b = (int64_t)c * j->per, e = b + j->per;
-        if (b > j->n) b = j->n;
-        if (e > j->n) e = j->n;
-        if (b < e) j->fn(j->arg, b, e);
+        run_chunk(j, c);
         pthread_mutex_lock(&pool.m);
         ++pool.completed;
         pthread_mutex_unlock(&pool.m);
@@ -149,7 +155,8 @@ static void stop_workers(void)
     for (int i = 0; i < n; i++) pthread_join(pool.tid[i], NULL);
 }
 
-int cx_pool_threads(void)
+/* The configured number of threads (the caller included); the default on first use. */
+static int pool_threads(void)
 {
     pthread_mutex_lock(&pool.m);
     if (pool.threads == 0) pool.threads = default_threads();
@@ -163,7 +170,7 @@ void cx_parallel_for(int64_t n, int64_t align, cx_task_fn fn, void *arg)
     if (n <= 0) return;
     pthread_once(&openblas_once, configure_openblas);
     if (align < 1) align = 1;
-    int chunks = cx_pool_threads();
+    int chunks = pool_threads();
     int64_t units = (n + align - 1) / align; /* chunks hold whole multiples of align */
     if (units < chunks) chunks = (int)units;
     job j = {.fn = fn, .arg = arg, .n = n, .per = (units + chunks - 1) / chunks * align, .chunks = chunks};
@@ -171,12 +178,7 @@ void cx_parallel_for(int64_t n, int64_t align, cx_task_fn fn, void *arg)
     if (chunks == 1 || in_pool_task || pthread_mutex_trylock(&pool.busy) != 0) {
         bool was = in_pool_task;
         in_pool_task = true; /* nested loops inside fn run inline too */
-        for (int c = 0; c < chunks; c++) {
-            int64_t b = c * j.per, e = b + j.per;
-            if (b > n) b = n;
-            if (e > n) e = n;
-            if (b < e) fn(arg, b, e);
-        }
+        for (int c = 0; c < chunks; c++) run_chunk(&j, c);
         in_pool_task = was;
         return;
     }
@@ -210,7 +212,7 @@ void circuits_set_num_threads(int n)
     pthread_mutex_unlock(&pool.busy); /* workers start with the next loop */
 }
 
-int circuits_get_num_threads(void) { return cx_pool_threads(); }
+int circuits_get_num_threads(void) { return pool_threads(); }
 
 /* When the library is unloaded (dlclose) its workers must not outlive its code. */
 __attribute__((destructor)) static void pool_shutdown(void)

@@ -9,15 +9,12 @@
 /* A task: processes items [begin, end) of a loop. */
 typedef void (*cx_task_fn)(void *arg, int64_t begin, int64_t end);
 
-/* Runs fn over items [0, n): the range is cut into cx_pool_threads() contiguous chunks whose
+/* Runs fn over items [0, n): the range is cut into circuits_get_num_threads() contiguous chunks whose
  * boundaries are multiples of `align` (so GEMM tiles line up), and the chunks run on the pool,
  * the caller taking the first. The split depends only on n, align and the configured thread
  * count — never on which threads happen to be free — so results are the same whether the
  * chunks run in parallel or, when the pool is busy with another thread's work or the call is
  * nested, one after another on the caller. Returns when every chunk is done. */
 void cx_parallel_for(int64_t n, int64_t align, cx_task_fn fn, void *arg);
-
-/* The configured number of threads (the caller included). */
-int cx_pool_threads(void);
 
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "circuits.h"
+#include "fuzz_files.h"
 
 static void fuzz_tok_use(const circuits_tokenizer *t)
 {
@@ -40,6 +41,20 @@ static void fuzz_tok_use(const circuits_tokenizer *t)
     size_t got;
     (void)circuits_tokenizer_token(t, (int32_t)(v ? v - 1 : 0), buf, sizeof buf, &got);
     (void)circuits_tokenizer_token(t, (int32_t)v, buf, sizeof buf, &got);
+}
+
+/* The single-file harnesses: the input as the file `name` in the scratch directory, loaded
+ * by circuits_tokenizer_load, used if it loads; a failed load must leave *out NULL. */
+static inline void fuzz_tokenizer_file(const char *name, const uint8_t *data, size_t size)
+{
+    char path[128];
+    fuzz_dir();
+    fuzz_put(name, data, size);
+    fuzz_dir_path_of(path, sizeof path, name);
+    circuits_tokenizer *t = NULL;
+    if (circuits_tokenizer_load(&t, path) == CIRCUITS_OK) fuzz_tok_use(t);
+    else if (t) abort();
+    circuits_tokenizer_free(t);
 }
 
 #endif
