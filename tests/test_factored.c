@@ -7,6 +7,7 @@
  * their dense formulas.
  * Usage: test_factored */
 #include "testutil.h"
+#include "rng.h"
 #include "st_write.h"
 
 #include <errno.h>
@@ -22,23 +23,7 @@
 /* Random numbers and dense double-precision matrices                                        */
 /* ---------------------------------------------------------------------------------------- */
 
-typedef struct rng { uint64_t s; } rng;
-
-static uint64_t rng_u64(rng *g) /* splitmix64 */
-{
-    uint64_t z = (g->s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static double rng_unif(rng *g) { return (double)(rng_u64(g) >> 11) * 0x1.0p-53; }
-
-static double rng_gauss(rng *g) /* Box-Muller, one value per call */
-{
-    double u1 = ((double)(rng_u64(g) >> 11) + 1.0) * 0x1.0p-53, u2 = rng_unif(g);
-    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
-}
+/* rng, rng_u64, rng_unif, rng_gauss: tests/rng.h */
 
 static void *xmalloc(size_t n)
 {
