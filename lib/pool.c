@@ -50,7 +50,7 @@ static struct {
     .done = PTHREAD_COND_INITIALIZER,
 };
 
-static _Thread_local bool in_pool_task;
+static _Thread_local bool in_pool_task; /* a task that calls cx_parallel_for runs it inline */
 
 /* Busy-wait budget before sleeping: about 50 us of pause instructions. */
 #define SPIN_ITERATIONS 2000
@@ -60,7 +60,7 @@ static inline void cpu_relax(void)
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
-} /* a task that calls cx_parallel_for runs it inline */
+}
 
 static int default_threads(void)
 {

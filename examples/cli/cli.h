@@ -11,7 +11,7 @@
 #define EXIT_USAGE 2 /* a bad command line: unknown option, missing or malformed value */
 #define EXIT_FAIL 1  /* a failure: a model that does not load, a library error, an unwritable file */
 
-/* ---- messages (cli.c) ---- */
+/* ---- messages (util.c) ---- */
 /* The subcommand being run, for messages ("circuits run: ..."). */
 extern const char *cli_cmd;
 /* Prints "circuits CMD: MESSAGE" and a hint to --help; returns EXIT_USAGE. */
@@ -22,7 +22,7 @@ int failure(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * returns EXIT_FAIL. */
 int lib_failure(const char *what);
 
-/* ---- argument parsing (cli.c) ---- */
+/* ---- argument parsing (util.c) ---- */
 typedef struct args {
     int argc;
     char **argv;
@@ -60,7 +60,7 @@ int common_positional(args *a, common *c);
 /* After parsing: MODEL given, and (when `input`) exactly one of --prompt / --tokens. 0 or EXIT_USAGE. */
 int common_check(const common *c, bool input);
 
-/* ---- models and tokens (cli.c) ---- */
+/* ---- models and tokens (util.c) ---- */
 /* Loads c->model (from_pretrained processing, or none with --no-processing); 0 or EXIT_FAIL. */
 int load_model(const common *c, circuits_model **m, circuits_config *cfg);
 /* The input tokens from --prompt (the model's tokenizer; BOS first unless --no-bos, as
@@ -71,14 +71,14 @@ void token_display(const circuits_tokenizer *tok, int32_t id, char *buf, size_t 
 /* The raw bytes of a token into buf (NUL-terminated, possibly part of a UTF-8 character). */
 size_t token_bytes(const circuits_tokenizer *tok, int32_t id, char *buf, size_t cap);
 
-/* ---- JSON output (cli.c) ---- */
+/* ---- JSON output (util.c) ---- */
 /* A JSON string: escapes, and invalid UTF-8 bytes as U+FFFD, so that any bytes give valid JSON. */
 void json_str(FILE *f, const char *s, size_t n);
 void json_cstr(FILE *f, const char *s);
 /* A number, or null when not finite. */
 void json_num(FILE *f, double x);
 
-/* ---- progress bar (cli.c) ---- */
+/* ---- progress bar (util.c) ---- */
 /* Drawn on stderr only when stderr is a terminal and the work has taken more than a second
  * (CIRCUITS_PROGRESS=always / never overrides); erased when done. */
 typedef struct progress {

@@ -63,12 +63,15 @@ def library_version() -> str:
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the number of OpenBLAS threads (process-wide); n <= 0 restores the default."""
+    """Sets the size of libcircuits's thread pool, the calling thread included (process-wide;
+    OpenBLAS runs single-threaded inside it). n <= 0 restores the default: CIRCUITS_NUM_THREADS,
+    else the CPUs the process may use."""
     _native.lib.circuits_set_num_threads(int(n))
 
 
 def get_num_threads() -> int:
-    """The number of threads OpenBLAS uses for matrix products."""
+    """The size of libcircuits's thread pool (``circuits_get_num_threads()``), the calling
+    thread included."""
     return int(_native.lib.circuits_get_num_threads())
 
 

@@ -57,8 +57,8 @@ NO_MODEL_TOKENIZER = (
     "circuits.Tokenizer.load(path)"
 )
 GENERATE_MESSAGE = (
-    "Model.generate is not bound yet: libcircuits's generation/KV-cache API is being added by a "
-    "parallel change (see circuits._native.SKIPPED)"
+    "Model.generate is not bound yet: the binding does not wrap libcircuits's generation/KV-cache "
+    "API (circuits_context_generate; see circuits._native.SKIPPED)"
 )
 
 ACT_FN_NAMES = {
