@@ -245,7 +245,10 @@ int main(int argc, char **argv)
     }
     snprintf(file, sizeof file, "%s/induction_scores.png", out);
     plot_lines(file, "Induction score of each head across training", is, LH, "training step", "induction score");
-    printf("Pictures: %s/loss_and_icl.png, %s/induction_scores.png, %s/pca_trajectory.png\n", out, out, out);
+    if (plot_available())
+        printf("Pictures: %s/loss_and_icl.png, %s/induction_scores.png, %s/pca_trajectory.png\n", out, out, out);
+    else
+        printf("Pictures: none (%s)\n", PLOT_NO_CAIRO);
     for (int k = 0; k < n; k++) free(names[k]);
     for (int h = 0; h < LH; h++) free(lab[h]);
     free(lab), free(is), free(col), free(tok), free(rep), free(ptl), free(bypos), free(loss_vec), free(xs), free(icl);

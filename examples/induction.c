@@ -273,7 +273,7 @@ int main(int argc, char **argv)
         snprintf(title, sizeof title, "%s attention (%s), repeated random tokens", label[key[q]], role[q]);
         snprintf(file, sizeof file, "%s/pattern_%s.png", out, label[key[q]]);
         if (plot_heatmap(file, title, pat.data + (size_t)key[q] * T * T, T, T, 0.0f, 1.0f, NULL, NULL, "key position",
-                         "query position"))
+                         "query position") && plot_available())
             fprintf(stderr, "circuits-induction: cannot write %s\n", file);
     }
     float vmax = 0;
@@ -302,8 +302,11 @@ int main(int argc, char **argv)
     snprintf(file, sizeof file, "%s/loss_by_position.png", out);
     plot_lines(file, "Loss per position on random tokens repeated twice", series, 2, "position of the predicted token",
                "loss (nats)");
-    printf("\nPictures: %s/pattern_%s.png, %s/pattern_%s.png, %s/k_composition.png, %s/loss_by_position.png\n", out,
-           label[pt], out, label[ih], out, out);
+    if (plot_available())
+        printf("\nPictures: %s/pattern_%s.png, %s/pattern_%s.png, %s/k_composition.png, %s/loss_by_position.png\n", out,
+               label[pt], out, label[ih], out, out);
+    else
+        printf("\nPictures: none (%s)\n", PLOT_NO_CAIRO);
 
     for (int k = 0; k < LH; k++) free(label[k]);
     free(label), free(tok), free(ind), free(prev), free(comp), free(copy), free(pqm), free(diag), free(row), free(x);

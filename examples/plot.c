@@ -1,9 +1,14 @@
-/* PNG plots with cairo (see plot.h). */
+/* PNG plots with cairo (see plot.h); without cairo, functions that say PNG output is unavailable. */
 #include "plot.h"
+
+#include <stdio.h>
+
+#ifdef CIRCUITS_HAVE_CAIRO
 
 #include <cairo.h>
 #include <math.h>
-#include <stdio.h>
+
+int plot_available(void) { return 1; }
 
 /* viridis-like sequential ramp, and blue-white-red for signed data */
 static void colour(float t, int diverging, double *r, double *g, double *b)
@@ -164,3 +169,33 @@ int plot_lines(const char *path, const char *title, const plot_series *series, i
     cairo_surface_destroy(s);
     return st == CAIRO_STATUS_SUCCESS ? 0 : -1;
 }
+
+#else /* built without cairo */
+
+int plot_available(void) { return 0; }
+
+static int unavailable(const char *path)
+{
+    static int said;
+    if (!said) fprintf(stderr, "%s (not written: %s)\n", PLOT_NO_CAIRO, path);
+    said = 1;
+    return -1;
+}
+
+int plot_heatmap(const char *path, const char *title, const float *data, int rows, int cols, float vmin, float vmax,
+                 const char *const *row_labels, const char *const *col_labels, const char *x_label,
+                 const char *y_label)
+{
+    (void)title, (void)data, (void)rows, (void)cols, (void)vmin, (void)vmax, (void)row_labels, (void)col_labels;
+    (void)x_label, (void)y_label;
+    return unavailable(path);
+}
+
+int plot_lines(const char *path, const char *title, const plot_series *series, int n_series, const char *x_label,
+               const char *y_label)
+{
+    (void)title, (void)series, (void)n_series, (void)x_label, (void)y_label;
+    return unavailable(path);
+}
+
+#endif /* CIRCUITS_HAVE_CAIRO */

@@ -3,7 +3,8 @@
 # normal build (build/) and an AddressSanitizer + UndefinedBehaviorSanitizer build
 # (build-asan/); the threads, api and kernels (thread pool) suites a third time under
 # ThreadSanitizer (build-tsan/); then the C test programs under Valgrind memcheck (meson setup
-# "valgrind", tests/meson.build); then every fuzz harness for FUZZ_SECONDS (default 35) each
+# "valgrind", tests/meson.build); then a build without cairo (build-nocairo/,
+# tests/check_nocairo.sh); then every fuzz harness for FUZZ_SECONDS (default 35) each
 # (clang, build-fuzz/); then the Python binding's pytest suite. Prints "N passed, N failed" last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,11 @@ TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 # Valgrind memcheck over the C test programs of the normal build (not the shell-script suites)
 meson test -C build --setup valgrind --print-errorlogs || status=1
 
+# the library, examples and tests build without cairo (-Dcairo=disabled) and PNG output says it
+# is unavailable: one counted check (tests/check_nocairo.sh)
+nocairo_result=$(mktemp)
+if bash tests/check_nocairo.sh . build-nocairo; then echo OK >"$nocairo_result"; else echo FAIL >"$nocairo_result"; status=1; fi
+
 # every fuzz harness for a bounded time; a crash or hang fails the run (tests/fuzz/run.sh)
 fuzz_results=$(mktemp)
 FUZZ_RESULTS=$fuzz_results bash tests/fuzz/run.sh "${FUZZ_SECONDS:-35}" || status=1
@@ -48,7 +54,7 @@ py_log=$(mktemp)
 bash bindings/python/run_tests.sh build 2>&1 | tee "$py_log" || status=1
 
 python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json build-tsan/meson-logs/testlog.json \
-  build/meson-logs/testlog-valgrind.json "$fuzz_results" "$py_log" <<'PY'
+  build/meson-logs/testlog-valgrind.json "$fuzz_results" "$py_log" "$nocairo_result" <<'PY'
 import json, os, re, sys
 passed = failed = 0
 for path in sys.argv[1:5]:
@@ -63,6 +69,9 @@ fuzz = dict(l.split() for l in open(sys.argv[5]) if l.strip())
 for h in sorted(d for d in os.listdir("tests/fuzz/corpus") if os.path.isdir("tests/fuzz/corpus/" + d)):
     if fuzz.get(h) == "OK": passed += 1
     else: failed += 1; print("FAILED: fuzz", h, "(see build-fuzz/fuzz-%s.log)" % h if h in fuzz else "did not run")
+# the build without cairo
+if open(sys.argv[7]).read().strip() == "OK": passed += 1
+else: failed += 1; print("FAILED: build without cairo (tests/check_nocairo.sh)")
 # pytest's last line: "N passed, M skipped, K failed in Xs" (any order)
 tail = open(sys.argv[6]).read().strip().splitlines()[-1:] or [""]
 counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|errors?|skipped)", tail[0])}
@@ -72,5 +81,5 @@ failed += counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors"
 skipped = counts.get("skipped", 0)
 print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
 PY
-rm -f "$py_log" "$fuzz_results"
+rm -f "$py_log" "$fuzz_results" "$nocairo_result"
 exit $status

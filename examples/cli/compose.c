@@ -148,7 +148,7 @@ int cmd_compose(int argc, char **argv)
     int rc = common_check(&c, false);
     if (rc) return rc;
 #ifndef CIRCUITS_CLI_CAIRO
-    if (png) return usage_error("--png: this build has no cairo, so it cannot draw PNGs");
+    if (png) return failure("--png: built without cairo: PNG output unavailable; install libcairo2-dev and rebuild");
 #endif
     circuits_model *m;
     circuits_config cfg;
