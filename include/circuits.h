@@ -183,6 +183,13 @@ typedef struct circuits_load_options {
     int32_t center_unembed;          /* zero-mean W_U over the vocabulary (logits shift per position) */
     int32_t fold_value_biases;       /* b_O += sum_h b_V[h] W_O[h]; b_V = 0 */
     int32_t refactor_factored_attn_matrices; /* W_Q, W_K and W_V, W_O as balanced SVD factors */
+    /* Appended after 0.2.0 (a 0.2.0 caller's struct, which ends before it, is still accepted: the
+     * field then reads 0).
+     * 0: map the safetensors files (the default; weights used as stored, e.g. F32 without
+     * processing, are read from the mapping, so truncating such a file while the model is loaded
+     * kills the process with SIGBUS at its next run: docs/loading.md). 1: read the files into
+     * memory (more memory and a slower load, but immune to the files changing afterwards). */
+    int32_t read_into_memory;
 } circuits_load_options;
 
 /* Fills *opts with the defaults (TransformerLens from_pretrained's processing). */

@@ -50,7 +50,8 @@ void cx_st_close(cx_st_set *set)
     for (size_t i = 0; i < set->n_tensors; i++) cx_free(set->tensors[i].name);
     cx_free(set->tensors);
     for (size_t i = 0; i < set->n_maps; i++) {
-        if (set->maps[i].base) cx_munmap(set->maps[i].base, set->maps[i].size);
+        if (set->maps[i].owned) cx_free(set->maps[i].base);
+        else if (set->maps[i].base) cx_munmap(set->maps[i].base, set->maps[i].size);
         cx_free(set->maps[i].path);
     }
     cx_free(set->maps);
@@ -208,7 +209,8 @@ done:
     return rc;
 }
 
-static int map_file(const char *path, cx_st_map *m)
+/* Opens a regular file of at least 8 bytes for reading; *fd and m->size on success. */
+static int open_regular(const char *path, cx_st_map *m, int *fd_out)
 {
     /* O_NONBLOCK: a FIFO (or device) in the model directory must be refused below, not block open() */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -224,6 +226,14 @@ static int map_file(const char *path, cx_st_map *m)
         return cx_fail(CIRCUITS_E_FORMAT, "%s: truncated: %zu bytes, a safetensors file has at least 8",
                        path, m->size);
     }
+    *fd_out = fd;
+    return CIRCUITS_OK;
+}
+
+static int map_file(const char *path, cx_st_map *m)
+{
+    int fd, rc = open_regular(path, m, &fd);
+    if (rc) return rc;
     m->base = cx_mmap_read(m->size, fd);
     int map_errno = errno;
     close(fd);
@@ -236,8 +246,45 @@ static int map_file(const char *path, cx_st_map *m)
     return CIRCUITS_OK;
 }
 
-/* Maps one more file into set and parses its header. */
-static int add_file(cx_st_set *set, const char *path)
+/* Reads the whole file into a buffer of the library's allocator (freed by cx_st_close, also on
+ * failure). The size is fstat's: a file that ends sooner (it shrank since, or a file system
+ * reporting a size it does not deliver) is refused rather than read as a shorter image. */
+static int read_file(const char *path, cx_st_map *m)
+{
+    int fd, rc = open_regular(path, m, &fd);
+    if (rc) return rc;
+    m->base = cx_malloc(m->size);
+    if (!m->base) {
+        close(fd);
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory reading %s into memory (%zu bytes)", path,
+                       m->size);
+    }
+    m->owned = true;
+    unsigned char *p = m->base;
+    size_t done = 0;
+    while (done < m->size) {
+        size_t want = m->size - done;
+        if (want > ((size_t)1 << 30)) want = (size_t)1 << 30; /* read() transfers at most ~2 GB at once */
+        ssize_t got = read(fd, p + done, want);
+        if (got < 0) {
+            if (errno == EINTR || errno == EAGAIN) continue;
+            int e = errno;
+            close(fd);
+            return cx_fail(CIRCUITS_E_IO, "cannot read %s: %s", path, strerror(e));
+        }
+        if (got == 0) {
+            close(fd);
+            return cx_fail(CIRCUITS_E_IO, "%s: the file ended after %zu of its %zu bytes while being read (did it change?)",
+                           path, done, m->size);
+        }
+        done += (size_t)got;
+    }
+    close(fd);
+    return CIRCUITS_OK;
+}
+
+/* Maps (or reads) one more file into set and parses its header. */
+static int add_file(cx_st_set *set, const char *path, cx_st_mode mode)
 {
     cx_st_map *maps = cx_realloc(set->maps, (set->n_maps + 1) * sizeof *maps);
     if (!maps) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory opening %s", path);
@@ -247,7 +294,7 @@ static int add_file(cx_st_set *set, const char *path)
     m->path = cx_strdup(path);
     if (!m->path) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory opening %s", path);
     set->n_maps++;
-    int rc = map_file(path, m);
+    int rc = mode == CX_ST_READ ? read_file(path, m) : map_file(path, m);
     if (rc) return rc;
     return cx_st_parse_buffer(set, m->base, m->size, m->path);
 }
@@ -267,12 +314,14 @@ int cx_st_parse_buffer(cx_st_set *set, const unsigned char *p, size_t size, cons
     return cx_st_parse_header(set, (const char *)p + 8, (size_t)hlen, p + 8 + hlen, size - 8 - (size_t)hlen, path);
 }
 
-int cx_st_open_file(cx_st_set **out, const char *path)
+int cx_st_open_file(cx_st_set **out, const char *path) { return cx_st_open(out, path, CX_ST_MAP); }
+
+int cx_st_open(cx_st_set **out, const char *path, cx_st_mode mode)
 {
     *out = NULL;
     cx_st_set *set = cx_calloc(1, sizeof *set);
     if (!set) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory opening %s", path);
-    int rc = add_file(set, path);
+    int rc = add_file(set, path, mode);
     if (rc) {
         cx_st_close(set);
         return rc;
@@ -288,7 +337,7 @@ static bool plain_file_name(const char *s)
     return n > 0 && n < 256 && !strchr(s, '/') && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
 }
 
-int cx_st_open_index(cx_st_set **out, const char *dir, const char *index_path)
+int cx_st_open_index(cx_st_set **out, const char *dir, const char *index_path, cx_st_mode mode)
 {
     *out = NULL;
     json_error_t jerr;
@@ -328,7 +377,7 @@ int cx_st_open_index(cx_st_set **out, const char *dir, const char *index_path)
         }
         bool seen = false;
         for (size_t i = 0; i < set->n_maps; i++) seen |= strcmp(set->maps[i].path, path) == 0;
-        if (!seen && (rc = add_file(set, path)) != CIRCUITS_OK) goto done;
+        if (!seen && (rc = add_file(set, path, mode)) != CIRCUITS_OK) goto done;
     }
     /* Every tensor the index names must be in the shard it names. */
     json_object_foreach(wm, name, file) {

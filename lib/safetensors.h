@@ -1,4 +1,4 @@
-/* Memory-mapped, fully validated safetensors files (single or sharded). */
+/* Fully validated safetensors files (single or sharded), memory-mapped or read into memory. */
 #ifndef CIRCUITS_SAFETENSORS_H
 #define CIRCUITS_SAFETENSORS_H
 
@@ -19,17 +19,25 @@ typedef struct cx_st_tensor {
     int ndim;
     int64_t shape[CX_ST_MAX_DIMS];
     size_t numel;
-    const unsigned char *data; /* into the file mapping; nbytes = numel * dtype size */
+    const unsigned char *data; /* into the file's image (mapping or buffer); nbytes = numel * dtype size */
     size_t nbytes;
     const char *file;          /* path of the file holding it (for messages) */
     bool used;                 /* consumed by the loader (to find unexpected tensors) */
 } cx_st_tensor;
 
+/* One file's image: a read-only mapping, or (CX_ST_READ) a buffer of the library's allocator. */
 typedef struct cx_st_map {
     char *path;
     void *base;
     size_t size;
+    bool owned; /* base is a cx_malloc'd copy of the file, not a mapping */
 } cx_st_map;
+
+/* How a file's bytes are held. A mapping costs no memory of its own and no time, but a file
+ * truncated while mapped makes the next access to the lost pages raise SIGBUS; a copy read into
+ * memory costs the file's size in memory and the read, but nothing done to the file afterwards
+ * can reach it. */
+typedef enum cx_st_mode { CX_ST_MAP, CX_ST_READ } cx_st_mode;
 
 typedef struct cx_st_set {
     cx_st_map *maps;
@@ -41,10 +49,11 @@ typedef struct cx_st_set {
 size_t cx_dtype_size(cx_dtype dt);
 const char *cx_dtype_name(cx_dtype dt);
 
-/* Opens one safetensors file and validates its header entirely. */
+/* Opens one safetensors file and validates its header entirely (mapped: cx_st_open with CX_ST_MAP). */
 int cx_st_open_file(cx_st_set **out, const char *path);
+int cx_st_open(cx_st_set **out, const char *path, cx_st_mode mode);
 /* Opens model.safetensors.index.json and all the shards it names (in `dir`). */
-int cx_st_open_index(cx_st_set **out, const char *dir, const char *index_path);
+int cx_st_open_index(cx_st_set **out, const char *dir, const char *index_path, cx_st_mode mode);
 void cx_st_close(cx_st_set *set);
 cx_st_tensor *cx_st_find(const cx_st_set *set, const char *name);
 

@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <stddef.h>
 #include <unistd.h>
 
 static char g_root[256];
@@ -347,6 +348,15 @@ static void load_ok(const char *name, const char *dir, const circuits_load_optio
     CAT_NOTE_FAIL(name, f0);
 }
 
+/* Default options, but the files read into memory instead of mapped. */
+static const circuits_load_options *read_opts(void)
+{
+    static circuits_load_options o;
+    circuits_load_options_init(&o);
+    o.read_into_memory = 1;
+    return &o;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* The checks                                                                                */
 /* ---------------------------------------------------------------------------------------- */
@@ -358,6 +368,7 @@ static void positive_controls(void)
     gpt2_tensors(&l);
     gpt2_case(dir, "ok_gpt2", GPT2_CONFIG, &l);
     load_ok("ok_gpt2", dir, NULL);
+    load_ok("ok_gpt2_read", dir, read_opts());
 
     tl_tensors(&l);
     tl_case(dir, "ok_tl", TL_CONFIG, &l);
@@ -392,6 +403,7 @@ static void positive_controls(void)
         free(odd);
         free(buf);
         load_ok("ok_gpt2_misaligned", dir, NULL);
+        load_ok("ok_gpt2_misaligned_read", dir, read_opts());
     }
 
     /* F16 and BF16 weights are converted */
@@ -612,6 +624,20 @@ static void safetensors_checks(void)
         write_bytes(dir, "model.safetensors", buf, n - 4);
         free(buf);
         LOAD_FAILS("st_data_truncated", dir, NULL, CIRCUITS_E_FORMAT, "outside the data section");
+        /* read into memory: the same checks on the same bytes */
+        LOAD_FAILS("st_data_truncated_read", dir, read_opts(), CIRCUITS_E_FORMAT, "outside the data section");
+    }
+
+    /* A file that ends before the size fstat reports (as a file truncated between the two
+     * would): a sysfs file reports 4096 bytes and delivers a few. Read mode must refuse it. */
+    {
+        const char *sysfs = "/sys/devices/system/cpu/online";
+        new_case(dir, "load_read_short");
+        write_text(dir, "config.json", GPT2_CONFIG);
+        char link[4096 + 32];
+        snprintf(link, sizeof link, "%s/model.safetensors", dir);
+        if (symlink(sysfs, link) != 0) die("symlink");
+        LOAD_FAILS("load_read_short", dir, read_opts(), CIRCUITS_E_IO, "while being read (did it change?)");
     }
 
     st_case(dir, "st_too_many_dims",
@@ -933,6 +959,7 @@ static void sharded_checks(void)
 
     sharded_case(dir, "ok_sharded", NULL, NULL);
     load_ok("ok_sharded", dir, NULL);
+    load_ok("ok_sharded_read", dir, read_opts());
 
     sharded_case(dir, "shard_index_not_json", NULL, NULL);
     write_text(dir, "model.safetensors.index.json", "{\"weight_map\": {");
@@ -1058,11 +1085,27 @@ static void api_checks(void)
     o.center_unembed = -1;
     LOAD_FAILS("api_options_bad_flag", dir, &o, CIRCUITS_E_INVALID_ARGUMENT, "processing flags must be 0 or 1");
 
-    /* An older caller's struct holding only `size`: the library must not read past it. */
-    uint32_t *old = malloc(sizeof *old);
+    circuits_load_options_init(&o);
+    o.read_into_memory = 2;
+    LOAD_FAILS("api_options_read_bad_flag", dir, &o, CIRCUITS_E_INVALID_ARGUMENT, "read_into_memory 2 must be 0 or 1");
+
+    /* A size must be the end of a published version of the struct: `size` alone is not one,
+     * nor is a size that cuts read_into_memory in two. */
+    circuits_load_options_init(&o);
+    o.size = sizeof(uint32_t);
+    LOAD_FAILS("api_options_size_4", dir, &o, CIRCUITS_E_VERSION, "options size 4 is not one this library knows");
+    o.size = (uint32_t)offsetof(circuits_load_options, read_into_memory) + 2;
+    LOAD_FAILS("api_options_size_cuts_field", dir, &o, CIRCUITS_E_VERSION, "is not one this library knows");
+
+    /* A 0.2.0 caller's struct, which ends before read_into_memory, in a block of exactly that
+     * size (ASan and valgrind see a read past it): accepted, and the files are mapped. */
+    size_t v020 = offsetof(circuits_load_options, read_into_memory);
+    unsigned char *old = malloc(v020);
     if (!old) die("malloc");
-    *old = sizeof *old;
-    load_ok("api_options_size_4", dir, (const circuits_load_options *)(void *)old);
+    circuits_load_options_init(&o);
+    o.size = (uint32_t)v020;
+    memcpy(old, &o, v020);
+    load_ok("api_options_size_v020", dir, (const circuits_load_options *)(void *)old);
     free(old);
 
     circuits_model_free(NULL); /* no-op */
