@@ -146,7 +146,7 @@ static void put_forward(const circuits_model *m, bytes *b, const int32_t *tokens
 }
 
 /* ---- model and tokenizer loading ---- */
-enum { LOAD_DEFAULT, LOAD_RAW, LOAD_REFACTOR };
+enum { LOAD_DEFAULT, LOAD_RAW, LOAD_REFACTOR, LOAD_READ, LOAD_RAW_READ }; /* *_READ: read_into_memory */
 
 static int call_load(fx *f)
 {
@@ -154,9 +154,10 @@ static int call_load(fx *f)
     snprintf(path, sizeof path, "%s", f->op->arg);
     circuits_load_options o;
     circuits_load_options_init(&o);
-    if (f->op->variant == LOAD_RAW)
+    if (f->op->variant == LOAD_RAW || f->op->variant == LOAD_RAW_READ)
         o.fold_ln = o.center_writing_weights = o.center_unembed = o.fold_value_biases = 0;
     if (f->op->variant == LOAD_REFACTOR) o.refactor_factored_attn_matrices = 1;
+    if (f->op->variant == LOAD_READ || f->op->variant == LOAD_RAW_READ) o.read_into_memory = 1;
     circuits_model *m = (circuits_model *)&SENTINEL;
     int rc = circuits_model_load(&m, path, &o);
     f->made = m;
@@ -714,6 +715,8 @@ static void test_operations(fx *f)
         {"model_load TL", NULL, call_load, digest_model, NULL, tl, LOAD_DEFAULT, false},
         {"model_load TL raw", NULL, call_load, digest_model, NULL, tl2, LOAD_RAW, false},
         {"model_load sharded", NULL, call_load, digest_model, NULL, sharded, LOAD_DEFAULT, false},
+        {"model_load HF raw read_into_memory", NULL, call_load, digest_model, NULL, hf, LOAD_RAW_READ, false},
+        {"model_load sharded read_into_memory", NULL, call_load, digest_model, NULL, sharded, LOAD_READ, false},
         {"model_load F16", NULL, call_load, digest_model, NULL, f16, LOAD_DEFAULT, false},
         {"model_load with tokenizer", NULL, call_load, digest_model, NULL, tokmodel, LOAD_DEFAULT, false},
         {"tokenizer_load tokenizer.json", NULL, call_tokenizer_load, digest_tokenizer, NULL, tok_json, 0, false},
