@@ -193,6 +193,7 @@ class LoadOptions(Structure):
         ("center_unembed", c_int32),
         ("fold_value_biases", c_int32),
         ("refactor_factored_attn_matrices", c_int32),
+        ("read_into_memory", c_int32),  # appended after 0.2.0: 0 map the files, 1 read them into memory
     ]
 
 

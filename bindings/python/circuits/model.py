@@ -357,6 +357,7 @@ class Model:
         fold_value_biases: bool = True,
         refactor_factored_attn_matrices: bool = False,
         *,
+        mmap: bool = True,
         use_attn_result: bool = False,
         device: Optional[str] = None,
         dtype: Any = None,
@@ -365,6 +366,10 @@ class Model:
         safetensors; or TransformerLens layout: ``tl_config.json`` + ``model.safetensors``) and
         processes the weights as TransformerLens's ``from_pretrained`` does with the same flags.
 
+        mmap: True (the default) maps the weight files: no copy, but truncating or rewriting a file in
+        place while the model is alive kills the process with SIGBUS at its next run (docs/loading.md).
+        False reads them into memory (``read_into_memory``): costs their size in memory, and the
+        model is immune to the files changing.
         use_attn_result: compute ``blocks.{l}.attn.hook_result`` (see :meth:`set_use_attn_result`).
         device/dtype: only ``"cpu"`` / float32 exist; anything else is refused.
         """
@@ -380,6 +385,11 @@ class Model:
         opts.center_unembed = int(bool(center_unembed))
         opts.fold_value_biases = int(bool(fold_value_biases))
         opts.refactor_factored_attn_matrices = int(bool(refactor_factored_attn_matrices))
+        opts.read_into_memory = int(not mmap)
+        if mmap:
+            # the default needs no field past 0.2.0's struct: pass that size, which a 0.2.0
+            # libcircuits.so.0 accepts too
+            opts.size = N.LoadOptions.read_into_memory.offset
         out = ctypes.c_void_p()
         N.check(lib.circuits_model_load(ctypes.byref(out), N.cstr(p), ctypes.byref(opts)))
         self = cls.__new__(cls)
