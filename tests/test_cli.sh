@@ -307,6 +307,28 @@ err 1 "has no tokenizer" generate "$R" --prompt hi
 err 1 "outside the vocabulary" generate "$R" --tokens 60
 err 1 "cannot load model" generate "$tmp/none" --prompt hi
 
+# ---- --no-mmap: the weight files read into memory; every command gives the same output ----
+same() { # ARGS...: stdout with --no-mmap equals stdout without it
+    ok "$@"
+    cp "$tmp/out" "$tmp/mapped"
+    ok "$@" --no-mmap
+    checks=$((checks + 1))
+    cmp -s "$tmp/out" "$tmp/mapped" || fail "circuits $* --no-mmap: output differs from the mapped load's"
+}
+same info "$M" --json
+same info "$R" --json --no-processing
+same run "$M" --tokens 0,40,73,5 --json
+same run "$M" --tokens 0,40,73,5 --json --no-processing
+same heads "$M" --json
+same compose "$R" --json --baseline-samples 2
+same generate "$M" --tokens 0,40 --max-new 4 --json
+ok cache "$M" --tokens 0,40,73 --names 'blocks.*.hook_resid_post' --out "$tmp/m.safetensors" --no-processing
+ok cache "$M" --tokens 0,40,73 --names 'blocks.*.hook_resid_post' --out "$tmp/r.safetensors" --no-processing --no-mmap
+checks=$((checks + 1))
+cmp -s "$tmp/m.safetensors" "$tmp/r.safetensors" || fail "cache --no-mmap: the file differs from the mapped load's"
+err 2 "option '--no-mmap' takes no value" run "$M" --tokens 1 --no-mmap=1
+err 1 "cannot load model '$tmp/none'" info "$tmp/none" --no-mmap
+
 # ---- progress bar: stderr only, and only when asked for (stderr is not a terminal here) ----
 ok generate "$M" --prompt hi --max-new 3 --json
 CIRCUITS_PROGRESS=always run generate "$M" --prompt hi --max-new 3 --json

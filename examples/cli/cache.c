@@ -7,7 +7,7 @@
 static void usage(void)
 {
     printf("usage: circuits cache MODEL (--prompt TEXT | --tokens IDS) --names PATTERN... --out FILE\n"
-           "                            [--no-bos] [--no-processing]\n"
+           "                            [--no-bos] [--no-processing] [--no-mmap]\n"
            "\n"
            "Runs the model on one sequence and saves the activations the patterns select (batch 1,\n"
            "TransformerLens shapes, fp32). FILE.npy holds exactly one tensor; FILE.safetensors any\n"
@@ -20,7 +20,8 @@ static void usage(void)
            "  --prompt TEXT       text, tokenized with the model's tokenizer (BOS first unless --no-bos)\n"
            "  --tokens IDS        token ids instead, e.g. 464,3290,318\n"
            "  --no-bos            do not prepend the BOS token to --prompt\n"
-           "  --no-processing     load the weights as stored (from_pretrained_no_processing)\n");
+           "  --no-processing     load the weights as stored (from_pretrained_no_processing)\n"
+           "  --no-mmap           read the weight files into memory instead of mapping them\n");
 }
 
 static bool ends_with(const char *s, const char *suffix)

@@ -47,12 +47,13 @@ typedef struct common {
     const char *model;   /* the MODEL positional */
     bool json;           /* --json */
     bool no_processing;  /* --no-processing */
+    bool no_mmap;        /* --no-mmap: read the weight files into memory (read_into_memory) */
     const char *prompt;  /* --prompt TEXT */
     const char *tokens;  /* --tokens IDS */
     bool no_bos;         /* --no-bos */
 } common;
 
-/* Handles --json, --no-processing, and (when `input`) --prompt, --tokens, --no-bos. Returns 1
+/* Handles --json, --no-processing, --no-mmap, and (when `input`) --prompt, --tokens, --no-bos. Returns 1
  * if argv[i] was one of them, 0 if not, EXIT_USAGE-style -1 on a missing value. */
 int common_opt(args *a, common *c, bool input);
 /* The MODEL positional (the first non-option); a second one is a usage error. 1 / 0 / -1. */
@@ -61,7 +62,8 @@ int common_positional(args *a, common *c);
 int common_check(const common *c, bool input);
 
 /* ---- models and tokens (util.c) ---- */
-/* Loads c->model (from_pretrained processing, or none with --no-processing); 0 or EXIT_FAIL. */
+/* Loads c->model (from_pretrained processing, or none with --no-processing; files mapped, or
+ * read into memory with --no-mmap); 0 or EXIT_FAIL. */
 int load_model(const common *c, circuits_model **m, circuits_config *cfg);
 /* The input tokens from --prompt (the model's tokenizer; BOS first unless --no-bos, as
  * TransformerLens's to_tokens) or --tokens; *ids malloc'ed. 0 or EXIT_FAIL. */

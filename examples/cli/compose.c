@@ -29,7 +29,7 @@ static void release_fonts(void)
 static void usage(void)
 {
     printf("usage: circuits compose MODEL [--mode q|k|v|all] [--top N] [--png FILE.png]\n"
-           "                              [--baseline-samples N] [--no-processing] [--json]\n"
+           "                              [--baseline-samples N] [--no-processing] [--no-mmap] [--json]\n"
            "\n"
            "Composition scores of every pair of heads (TransformerLens's all_composition_scores):\n"
            "||W_OV(A) R(B)||_F / (||W_OV(A)||_F ||R(B)||_F) for a writer head A in an earlier layer\n"
@@ -42,6 +42,7 @@ static void usage(void)
            "                         one file per mode: FILE-q.png, FILE-k.png, FILE-v.png\n"
            "  --baseline-samples N   random draws for the baseline (default 20; 0: none)\n"
            "  --no-processing        load the weights as stored (from_pretrained_no_processing)\n"
+           "  --no-mmap              read the weight files into memory instead of mapping them\n"
            "  --json                 one JSON object on stdout (with every score)\n");
 }
 

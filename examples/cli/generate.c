@@ -11,7 +11,7 @@ static void usage(void)
     printf("usage: circuits generate MODEL (--prompt TEXT | --tokens IDS) [--max-new N] [--greedy]\n"
            "                               [--temperature T] [--top-k K] [--top-p P] [--freq-penalty F]\n"
            "                               [--seed S] [--samples N] [--eos ID] [--no-eos] [--no-cache]\n"
-           "                               [--no-bos] [--no-processing] [--json]\n"
+           "                               [--no-bos] [--no-processing] [--no-mmap] [--json]\n"
            "\n"
            "Continues the prompt as TransformerLens's generate does: each step samples the next\n"
            "token from softmax(logits / T) after the frequency penalty, restricted to the top K\n"
@@ -33,6 +33,7 @@ static void usage(void)
            "  --no-cache          recompute the whole sequence at each step (no KV cache; slower)\n"
            "  --no-bos            do not prepend the BOS token to --prompt\n"
            "  --no-processing     load the weights as stored (from_pretrained_no_processing)\n"
+           "  --no-mmap           read the weight files into memory instead of mapping them\n"
            "  --json              one JSON object on stdout\n");
 }
 

@@ -10,7 +10,7 @@
 static void usage(void)
 {
     printf("usage: circuits heads MODEL [--seq-len N] [--batch B] [--seed S] [--sort COLUMN]\n"
-           "                            [--no-processing] [--json]\n"
+           "                            [--no-processing] [--no-mmap] [--json]\n"
            "\n"
            "Scores every head on B sequences of N random tokens repeated twice (after the\n"
            "tokenizer's BOS, if any), as TransformerLens's head detectors and Main Demo do:\n"
@@ -27,6 +27,7 @@ static void usage(void)
            "  --sort COLUMN    order rows by prev, induction, duplicate or copying (descending)\n"
            "                   instead of by layer and head\n"
            "  --no-processing  load the weights as stored (from_pretrained_no_processing)\n"
+           "  --no-mmap        read the weight files into memory instead of mapping them\n"
            "  --json           one JSON object on stdout\n");
 }
 

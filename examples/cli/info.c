@@ -6,7 +6,7 @@
 
 static void usage(void)
 {
-    printf("usage: circuits info MODEL [--pos N] [--batch B] [--attn-result] [--no-processing] [--json]\n"
+    printf("usage: circuits info MODEL [--pos N] [--batch B] [--attn-result] [--no-processing] [--no-mmap] [--json]\n"
            "\n"
            "Prints the model's config (TransformerLens names), its parameter count, the weight\n"
            "processing applied at load, its tokenizer, and every hook point with its shape for a\n"
@@ -16,6 +16,7 @@ static void usage(void)
            "  --batch B        batch for the hook shapes (default 1)\n"
            "  --attn-result    include blocks.*.attn.hook_result (context option use_attn_result)\n"
            "  --no-processing  load the weights as stored (from_pretrained_no_processing)\n"
+           "  --no-mmap        read the weight files into memory instead of mapping them\n"
            "  --json           one JSON object on stdout\n");
 }
 

@@ -8,7 +8,7 @@
 static void usage(void)
 {
     printf("usage: circuits run MODEL (--prompt TEXT | --tokens IDS) [--top-k K] [--no-bos]\n"
-           "                          [--no-processing] [--json]\n"
+           "                          [--no-processing] [--no-mmap] [--json]\n"
            "\n"
            "Runs the model on one sequence and prints each token with the loss of predicting it,\n"
            "the mean loss, and the K most likely next tokens after the last position.\n"
@@ -19,6 +19,7 @@ static void usage(void)
            "  --top-k K        next tokens to list (default 5)\n"
            "  --no-bos         do not prepend the BOS token to --prompt\n"
            "  --no-processing  load the weights as stored (from_pretrained_no_processing)\n"
+           "  --no-mmap        read the weight files into memory instead of mapping them\n"
            "  --json           one JSON object on stdout\n");
 }
 

@@ -152,6 +152,7 @@ int common_opt(args *a, common *c, bool input)
     int r;
     if ((r = opt_flag(a, "--json"))) return r < 0 ? -1 : (c->json = true, 1);
     if ((r = opt_flag(a, "--no-processing"))) return r < 0 ? -1 : (c->no_processing = true, 1);
+    if ((r = opt_flag(a, "--no-mmap"))) return r < 0 ? -1 : (c->no_mmap = true, 1);
     if (!input) return 0;
     if ((r = opt_flag(a, "--no-bos"))) return r < 0 ? -1 : (c->no_bos = true, 1);
     if ((r = opt_value(a, "--prompt", &c->prompt))) return r;
@@ -193,6 +194,7 @@ int load_model(const common *c, circuits_model **m, circuits_config *cfg)
     if (c->no_processing)
         o.fold_ln = o.center_writing_weights = o.center_unembed = o.fold_value_biases =
             o.refactor_factored_attn_matrices = 0;
+    o.read_into_memory = c->no_mmap;
     if (circuits_model_load(m, c->model, &o) != CIRCUITS_OK)
         return failure("cannot load model '%s': %s", c->model, circuits_last_error());
     cfg->size = sizeof *cfg;
