@@ -267,7 +267,7 @@ static int read_file(const char *path, cx_st_map *m)
         if (want > ((size_t)1 << 30)) want = (size_t)1 << 30; /* read() transfers at most ~2 GB at once */
         ssize_t got = read(fd, p + done, want);
         if (got < 0) {
-            if (errno == EINTR || errno == EAGAIN) continue;
+            if (errno == EINTR) continue; /* a signal before any byte: try again */
             int e = errno;
             close(fd);
             return cx_fail(CIRCUITS_E_IO, "cannot read %s: %s", path, strerror(e));
