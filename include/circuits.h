@@ -254,10 +254,11 @@ CIRCUITS_API int circuits_context_hook_point(const circuits_context *ctx, size_t
 
 /* A hook callback. `act` describes the live activation: it may be read and edited in place
  * (the edit flows downstream exactly as a TransformerLens hook's edit or returned tensor);
- * act->data is contiguous and valid only during the call. Return CIRCUITS_HOOK_CONTINUE,
- * CIRCUITS_HOOK_STOP to end the run early (the forward call returns CIRCUITS_E_STOPPED), or a
- * negative value to fail it (the forward call returns CIRCUITS_E_CALLBACK). A callback must
- * not call into the same context. */
+ * act->data is contiguous and lies in the context's run memory: it is valid during the call, and
+ * after the run only if the caller takes that memory (circuits_context_take_run_memory). Return
+ * CIRCUITS_HOOK_CONTINUE, CIRCUITS_HOOK_STOP to end the run early (the forward call returns
+ * CIRCUITS_E_STOPPED), or a negative value to fail it (the forward call returns
+ * CIRCUITS_E_CALLBACK). A callback must not call into the same context. */
 typedef int (*circuits_hook_fn)(const circuits_tensor *act, void *user_data);
 
 typedef int64_t circuits_hook_id;
@@ -332,6 +333,28 @@ CIRCUITS_API void circuits_run_options_init(circuits_run_options *opts);
  * d_vocab_out], or with stop_at_layer the residual stream [batch, pos, d_model]. */
 CIRCUITS_API int circuits_context_run(circuits_context *ctx, const circuits_run_options *opts,
                                       const int32_t *tokens, int64_t batch, int64_t pos, float *out);
+
+/* Memory lent to callbacks. Every activation a hook callback sees (act->data) lies in one block
+ * of memory the context owns, its run memory, reused by its next run (KV-cache runs and
+ * generation included; outputs the caller passed are written after the hooks have seen the
+ * context's copy). A callback that wants to keep the view past its call (a garbage-collected
+ * binding cannot stop its users from keeping one) takes the block once the run has returned:
+ * circuits_context_take_run_memory hands it over, so the context allocates a fresh block at its
+ * next run and never writes the taken one again, and the block lives until
+ * circuits_run_memory_free, independent of the context and the model. Buffers are reused across
+ * layers within a run, so a kept view reads what the run last wrote there (for
+ * blocks.0.hook_resid_pre: the final residual stream), never freed memory. */
+typedef struct circuits_run_memory circuits_run_memory;
+
+/* Hands the context's run memory over to the caller: *out receives it (NULL if the context has
+ * none yet), and the context no longer refers to it. Refused (CIRCUITS_E_INVALID_ARGUMENT) from
+ * a hook callback while a pass is computing; allowed between the runs of a generation (its
+ * on_step callback). */
+CIRCUITS_API int circuits_context_take_run_memory(circuits_context *ctx, circuits_run_memory **out);
+/* The block's first byte and its size in bytes (NULL and 0 for NULL). */
+CIRCUITS_API const void *circuits_run_memory_data(const circuits_run_memory *mem);
+CIRCUITS_API size_t circuits_run_memory_nbytes(const circuits_run_memory *mem);
+CIRCUITS_API void circuits_run_memory_free(circuits_run_memory *mem);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Activation caches                                                                         */
