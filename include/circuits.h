@@ -13,9 +13,10 @@
  *     failure a message is available from circuits_last_error() on the same thread, and no
  *     output object is created (nothing half-done is left behind).
  *   - Structs the caller fills (options) or the library fills (config) start with a
- *     `uint32_t size` set to sizeof(struct) by the party that allocated them, which the
- *     library checks (CIRCUITS_E_VERSION). Any change to a struct's layout is still an
- *     incompatible change (docs/abi.md). Initialise options with the matching `_init` function.
+ *     `uint32_t size` set to sizeof(struct) by the party that allocated them. A release may
+ *     append fields to them; the size must equal the end of a version some release published
+ *     (older ones read as such, the newer fields taking their defaults), anything else is
+ *     CIRCUITS_E_VERSION (docs/abi.md). Initialise options with the matching `_init` function.
  *   - Tensors are row-major fp32 with TransformerLens shapes; strides are given in elements.
  *
  * Threading: a loaded model is read-only and may be shared by any number of contexts used

@@ -94,11 +94,7 @@ static void view(circuits_tensor *t, const circuits_factored *f, float *data, in
     t->shape[n++] = rows;
     t->shape[n++] = cols;
     t->ndim = n;
-    int64_t s = 1;
-    for (int i = n - 1; i >= 0; i--) {
-        t->strides[i] = s;
-        s *= t->shape[i];
-    }
+    cx_contiguous_strides(n, t->shape, t->strides);
     t->data = data;
 }
 
