@@ -469,7 +469,7 @@ CIRCUITS_API int circuits_model_virtual_weights(const circuits_model *m, int32_t
 /* Composition scores of every head pair, out [n_layers, n_heads, n_layers, n_heads]
  * (writer, reader): ||W_OV^A R^B||_F / (||W_OV^A||_F ||R^B||_F) with R = W_Q W_K^T (Q),
  * W_K W_Q^T (K), W_V W_O (V); zero unless layer(A) < layer(B). TransformerLens's
- * all_composition_scores. */
+ * all_composition_scores. Any d_head, also d_head > d_model. */
 CIRCUITS_API int circuits_model_composition_scores(const circuits_model *m, int32_t mode, float *out);
 /* The same with each layer's MLP output (W_out) as the writer: out [n_layers, n_layers,
  * n_heads] (writer layer, reader layer, reader head), zero unless writer layer < reader layer. */
