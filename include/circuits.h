@@ -117,12 +117,16 @@ typedef struct circuits_tensor {
 
 typedef struct circuits_model circuits_model;
 
+/* The MLP activation. The names a config may give (TL act_fn, Hugging Face activation_function):
+ * relu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, silu, swish, solu_ln; any other is
+ * CIRCUITS_E_UNSUPPORTED at load. */
 typedef enum circuits_act_fn {
     CIRCUITS_ACT_RELU = 0,
     CIRCUITS_ACT_GELU = 1,      /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
-    CIRCUITS_ACT_GELU_NEW = 2,  /* GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+    CIRCUITS_ACT_GELU_NEW = 2,  /* GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); also
+                                 * loaded from "gelu_pytorch_tanh" (the same formula) */
     CIRCUITS_ACT_GELU_FAST = 3, /* 0.5 x (1 + tanh(0.7978845608 x (1 + 0.044715 x^2))) */
-    CIRCUITS_ACT_SILU = 4,      /* x sigmoid(x) */
+    CIRCUITS_ACT_SILU = 4,      /* x sigmoid(x); also loaded from "swish" */
     CIRCUITS_ACT_SOLU_LN = 5    /* x softmax(x), then a LayerNorm over d_mlp (hook_mid, mlp.ln) */
 } circuits_act_fn;
 
