@@ -118,12 +118,16 @@ typedef struct circuits_tensor {
 
 typedef struct circuits_model circuits_model;
 
+/* The MLP activation. The names a config may give (TL act_fn, Hugging Face activation_function):
+ * relu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, silu, swish, solu_ln; any other is
+ * CIRCUITS_E_UNSUPPORTED at load. */
 typedef enum circuits_act_fn {
     CIRCUITS_ACT_RELU = 0,
     CIRCUITS_ACT_GELU = 1,      /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
-    CIRCUITS_ACT_GELU_NEW = 2,  /* GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+    CIRCUITS_ACT_GELU_NEW = 2,  /* GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); also
+                                 * loaded from "gelu_pytorch_tanh" (the same formula) */
     CIRCUITS_ACT_GELU_FAST = 3, /* 0.5 x (1 + tanh(0.7978845608 x (1 + 0.044715 x^2))) */
-    CIRCUITS_ACT_SILU = 4,      /* x sigmoid(x) */
+    CIRCUITS_ACT_SILU = 4,      /* x sigmoid(x); also loaded from "swish" */
     CIRCUITS_ACT_SOLU_LN = 5    /* x softmax(x), then a LayerNorm over d_mlp (hook_mid, mlp.ln) */
 } circuits_act_fn;
 
@@ -493,7 +497,7 @@ CIRCUITS_API int circuits_model_virtual_weights(const circuits_model *m, int32_t
 /* Composition scores of every head pair, out [n_layers, n_heads, n_layers, n_heads]
  * (writer, reader): ||W_OV^A R^B||_F / (||W_OV^A||_F ||R^B||_F) with R = W_Q W_K^T (Q),
  * W_K W_Q^T (K), W_V W_O (V); zero unless layer(A) < layer(B). TransformerLens's
- * all_composition_scores. */
+ * all_composition_scores. Any d_head, also d_head > d_model. */
 CIRCUITS_API int circuits_model_composition_scores(const circuits_model *m, int32_t mode, float *out);
 /* The same with each layer's MLP output (W_out) as the writer: out [n_layers, n_layers,
  * n_heads] (writer layer, reader layer, reader head), zero unless writer layer < reader layer. */

@@ -564,8 +564,8 @@ static void range_checks(circuits_model *m, circuits_context *ctx, const circuit
     static float comp[5 * 4 * 5 * 4];
     CALL_FAILS("composition_scores_mode", circuits_model_composition_scores(m, -1, comp), CIRCUITS_E_INVALID_ARGUMENT,
                "composition mode must be");
-    CALL_FAILS("composition_baseline_d_head_over_d_model", circuits_composition_baseline(8, 16, 0, 4, 1, comp, NULL),
-               CIRCUITS_E_RANGE, "d_model 8, d_head 16, d_mlp 0, n_samples 4: need 1 <= d_head <= d_model");
+    CALL_FAILS("composition_baseline_d_head_too_large", circuits_composition_baseline(8, 70000, 0, 4, 1, comp, NULL),
+               CIRCUITS_E_RANGE, "d_model 8, d_head 70000, d_mlp 0, n_samples 4: need 1 <= d_model <= 65536, 1 <= d_head <= 65536");
     CALL_FAILS("composition_baseline_samples_0", circuits_composition_baseline(32, 8, 0, 0, 1, comp, NULL),
                CIRCUITS_E_RANGE, "n_samples 0: need");
 
