@@ -188,6 +188,12 @@ int cx_config_parse_hf(const char *path, const char *buf, size_t len, circuits_c
     TRY(get_str(&c, "activation_function", &s));
     cfg->act_fn = CIRCUITS_ACT_GELU_NEW;
     if (s) TRY(parse_act_fn(&c, "activation_function", s, &cfg->act_fn));
+    if (cfg->act_fn == CIRCUITS_ACT_SOLU_LN) { /* SoLU's LayerNorm has weights no GPT-2 file has */
+        rc = cx_fail(CIRCUITS_E_UNSUPPORTED,
+                     "%s: activation_function 'solu_ln' needs mlp.ln weights, which a GPT-2 model has no place for "
+                     "(save the model in the TransformerLens layout: tl_config.json)", path);
+        goto done;
+    }
     double eps;
     TRY(get_num(&c, "layer_norm_epsilon", 1e-5, &eps));
     if (eps < 0) {

@@ -443,7 +443,7 @@ static void activation_names(void)
 
     for (size_t i = 0; i < n; i++) {
         for (int hf = 0; hf < 2; hf++) {
-            if (hf && acts[i].act == CIRCUITS_ACT_SOLU_LN) continue; /* GPT-2 files have no mlp.ln: TL layout only */
+            if (hf && acts[i].act == CIRCUITS_ACT_SOLU_LN) continue; /* refused: cfg_activation_solu_ln */
             snprintf(field, sizeof field, "\"%s\":\"%s\"", hf ? "activation_function" : "act_fn", acts[i].name);
             snprintf(name, sizeof name, "ok_act_%s_%s", hf ? "hf" : "tl", acts[i].name);
             if (hf) {
@@ -868,6 +868,8 @@ static void config_checks(void)
                     "field 'model_type' must be a string");
     HF_CONFIG_FAILS("cfg_activation_unsupported", gpt2_config_with(NULL, "\"activation_function\":\"tanh\""),
                     CIRCUITS_E_UNSUPPORTED, "activation_function 'tanh' is not supported");
+    HF_CONFIG_FAILS("cfg_activation_solu_ln", gpt2_config_with(NULL, "\"activation_function\":\"solu_ln\""),
+                    CIRCUITS_E_UNSUPPORTED, "activation_function 'solu_ln' needs mlp.ln weights");
     HF_CONFIG_FAILS("cfg_eps_negative", gpt2_config_with(NULL, "\"layer_norm_epsilon\":-1e-5"), CIRCUITS_E_CONFIG,
                     "layer_norm_epsilon must not be negative");
     HF_CONFIG_FAILS("cfg_eps_string", gpt2_config_with(NULL, "\"layer_norm_epsilon\":\"1e-5\""), CIRCUITS_E_CONFIG,
