@@ -13,9 +13,10 @@
  *     failure a message is available from circuits_last_error() on the same thread, and no
  *     output object is created (nothing half-done is left behind).
  *   - Structs the caller fills (options) or the library fills (config) start with a
- *     `uint32_t size` set to sizeof(struct) by the party that allocated them, which the
- *     library checks (CIRCUITS_E_VERSION). Any change to a struct's layout is still an
- *     incompatible change (docs/abi.md). Initialise options with the matching `_init` function.
+ *     `uint32_t size` set to sizeof(struct) by the party that allocated them. A release may
+ *     append fields to them; the size must equal the end of a version some release published
+ *     (older ones read as such, the newer fields taking their defaults), anything else is
+ *     CIRCUITS_E_VERSION (docs/abi.md). Initialise options with the matching `_init` function.
  *   - Tensors are row-major fp32 with TransformerLens shapes; strides are given in elements.
  *
  * Threading: a loaded model is read-only and may be shared by any number of contexts used
@@ -117,12 +118,16 @@ typedef struct circuits_tensor {
 
 typedef struct circuits_model circuits_model;
 
+/* The MLP activation. The names a config may give (TL act_fn, Hugging Face activation_function):
+ * relu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, silu, swish, solu_ln; any other is
+ * CIRCUITS_E_UNSUPPORTED at load. */
 typedef enum circuits_act_fn {
     CIRCUITS_ACT_RELU = 0,
     CIRCUITS_ACT_GELU = 1,      /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
-    CIRCUITS_ACT_GELU_NEW = 2,  /* GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+    CIRCUITS_ACT_GELU_NEW = 2,  /* GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); also
+                                 * loaded from "gelu_pytorch_tanh" (the same formula) */
     CIRCUITS_ACT_GELU_FAST = 3, /* 0.5 x (1 + tanh(0.7978845608 x (1 + 0.044715 x^2))) */
-    CIRCUITS_ACT_SILU = 4,      /* x sigmoid(x) */
+    CIRCUITS_ACT_SILU = 4,      /* x sigmoid(x); also loaded from "swish" */
     CIRCUITS_ACT_SOLU_LN = 5    /* x softmax(x), then a LayerNorm over d_mlp (hook_mid, mlp.ln) */
 } circuits_act_fn;
 
@@ -261,10 +266,11 @@ CIRCUITS_API int circuits_context_hook_point(const circuits_context *ctx, size_t
 
 /* A hook callback. `act` describes the live activation: it may be read and edited in place
  * (the edit flows downstream exactly as a TransformerLens hook's edit or returned tensor);
- * act->data is contiguous and valid only during the call. Return CIRCUITS_HOOK_CONTINUE,
- * CIRCUITS_HOOK_STOP to end the run early (the forward call returns CIRCUITS_E_STOPPED), or a
- * negative value to fail it (the forward call returns CIRCUITS_E_CALLBACK). A callback must
- * not call into the same context. */
+ * act->data is contiguous and lies in the context's run memory: it is valid during the call, and
+ * after the run only if the caller takes that memory (circuits_context_take_run_memory). Return
+ * CIRCUITS_HOOK_CONTINUE, CIRCUITS_HOOK_STOP to end the run early (the forward call returns
+ * CIRCUITS_E_STOPPED), or a negative value to fail it (the forward call returns
+ * CIRCUITS_E_CALLBACK). A callback must not call into the same context. */
 typedef int (*circuits_hook_fn)(const circuits_tensor *act, void *user_data);
 
 typedef int64_t circuits_hook_id;
@@ -339,6 +345,28 @@ CIRCUITS_API void circuits_run_options_init(circuits_run_options *opts);
  * d_vocab_out], or with stop_at_layer the residual stream [batch, pos, d_model]. */
 CIRCUITS_API int circuits_context_run(circuits_context *ctx, const circuits_run_options *opts,
                                       const int32_t *tokens, int64_t batch, int64_t pos, float *out);
+
+/* Memory lent to callbacks. Every activation a hook callback sees (act->data) lies in one block
+ * of memory the context owns, its run memory, reused by its next run (KV-cache runs and
+ * generation included; outputs the caller passed are written after the hooks have seen the
+ * context's copy). A callback that wants to keep the view past its call (a garbage-collected
+ * binding cannot stop its users from keeping one) takes the block once the run has returned:
+ * circuits_context_take_run_memory hands it over, so the context allocates a fresh block at its
+ * next run and never writes the taken one again, and the block lives until
+ * circuits_run_memory_free, independent of the context and the model. Buffers are reused across
+ * layers within a run, so a kept view reads what the run last wrote there (for
+ * blocks.0.hook_resid_pre: the final residual stream), never freed memory. */
+typedef struct circuits_run_memory circuits_run_memory;
+
+/* Hands the context's run memory over to the caller: *out receives it (NULL if the context has
+ * none yet), and the context no longer refers to it. Refused (CIRCUITS_E_INVALID_ARGUMENT) from
+ * a hook callback while a pass is computing; allowed between the runs of a generation (its
+ * on_step callback). */
+CIRCUITS_API int circuits_context_take_run_memory(circuits_context *ctx, circuits_run_memory **out);
+/* The block's first byte and its size in bytes (NULL and 0 for NULL). */
+CIRCUITS_API const void *circuits_run_memory_data(const circuits_run_memory *mem);
+CIRCUITS_API size_t circuits_run_memory_nbytes(const circuits_run_memory *mem);
+CIRCUITS_API void circuits_run_memory_free(circuits_run_memory *mem);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Activation caches                                                                         */
@@ -476,7 +504,7 @@ CIRCUITS_API int circuits_model_virtual_weights(const circuits_model *m, int32_t
 /* Composition scores of every head pair, out [n_layers, n_heads, n_layers, n_heads]
  * (writer, reader): ||W_OV^A R^B||_F / (||W_OV^A||_F ||R^B||_F) with R = W_Q W_K^T (Q),
  * W_K W_Q^T (K), W_V W_O (V); zero unless layer(A) < layer(B). TransformerLens's
- * all_composition_scores. */
+ * all_composition_scores. Any d_head, also d_head > d_model. */
 CIRCUITS_API int circuits_model_composition_scores(const circuits_model *m, int32_t mode, float *out);
 /* The same with each layer's MLP output (W_out) as the writer: out [n_layers, n_layers,
  * n_heads] (writer layer, reader layer, reader head), zero unless writer layer < reader layer. */

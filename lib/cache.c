@@ -1,5 +1,5 @@
 /* Activation caches: run_with_cache stores copies of the selected activations. */
-#include "hooks.h"
+#include "context.h"
 
 #include <string.h>
 
@@ -19,9 +19,6 @@ struct circuits_cache {
     size_t floats, cap_floats;
     bool filling;            /* a run is writing into it (a callback of that run must not refill it) */
 };
-
-int circuits_context_forward(circuits_context *ctx, const int32_t *tokens, int64_t batch, int64_t pos, float *logits,
-                             float *loss, float *per_token_loss);
 
 int circuits_cache_create(circuits_cache **out)
 {
@@ -88,15 +85,15 @@ static int visit_mark(const circuits_context *ctx, size_t i, void *arg)
     return CIRCUITS_OK;
 }
 
-/* Lays the selected points out in cache and points their cache_dst into its block. */
-static int cache_layout(circuits_context *ctx, const bool *sel, int64_t B, int64_t T, circuits_cache *cache)
+/* Lays the selected points out in cache and points dst[i] of each into its block. */
+static int cache_layout(circuits_context *ctx, const bool *sel, int64_t B, int64_t T, circuits_cache *cache, float **dst)
 {
     size_t n = 0, floats = 0;
-    for (size_t i = 0; i < ctx->n_points; i++) {
+    for (size_t i = 0; i < ctx->hooks.n_points; i++) {
         if (!sel[i]) continue;
         int64_t shape[CIRCUITS_MAX_DIMS];
         int32_t ha;
-        int nd = cx_hook_shape(ctx, &ctx->points[i], B, T, shape, &ha);
+        int nd = cx_hook_shape(ctx, &ctx->hooks.points[i], B, T, 0, shape, &ha);
         size_t numel = 1;
         for (int d = 0; d < nd; d++)
             if (!cx_mul_size(numel, (size_t)shape[d], &numel)) return cx_fail(CIRCUITS_E_RANGE, "cache size overflows");
@@ -108,14 +105,14 @@ static int cache_layout(circuits_context *ctx, const bool *sel, int64_t B, int64
     if (rc) return rc;
     float *p = cache->block;
     size_t k = 0;
-    for (size_t i = 0; i < ctx->n_points; i++) {
+    for (size_t i = 0; i < ctx->hooks.n_points; i++) {
         if (!sel[i]) continue;
         cx_cache_entry *e = &cache->entries[k++];
-        if ((rc = entry_name(e, ctx->points[i].name))) return rc;
-        e->ndim = cx_hook_shape(ctx, &ctx->points[i], B, T, e->shape, &e->head_axis);
-        e->layer = ctx->points[i].layer;
+        if ((rc = entry_name(e, ctx->hooks.points[i].name))) return rc;
+        e->ndim = cx_hook_shape(ctx, &ctx->hooks.points[i], B, T, 0, e->shape, &e->head_axis);
+        e->layer = ctx->hooks.points[i].layer;
         e->data = p;
-        ctx->points[i].cache_dst = p;
+        dst[i] = p;
         size_t numel = 1;
         for (int d = 0; d < e->ndim; d++) numel *= (size_t)e->shape[d];
         p += numel;
@@ -129,19 +126,29 @@ static int run_with_cache(circuits_context *ctx, const int32_t *tokens, int64_t 
                           const char *const *names_filter, size_t n_filter, circuits_cache *cache, float *logits,
                           float *loss, float *per_token_loss)
 {
-    bool *sel = cx_calloc(ctx->n_points, sizeof *sel);
-    if (!sel) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory selecting hook points");
+    /* one allocation: dst [n_points] (where each cached point goes), then sel [n_points] */
+    size_t n_points = ctx->hooks.n_points;
+    float **dst = cx_calloc(n_points, sizeof *dst + sizeof(bool));
+    if (!dst) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory selecting hook points");
+    bool *sel = (bool *)(dst + n_points);
     int rc = CIRCUITS_OK;
     for (size_t f = 0; f < n_filter && !rc; f++) {
         if (!names_filter[f]) rc = cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "run_with_cache: names_filter[%zu] is NULL", f);
         else rc = cx_hooks_select(ctx, names_filter[f], visit_mark, sel);
     }
     if (!n_filter)
-        for (size_t i = 0; i < ctx->n_points; i++) sel[i] = true;
-    if (!rc) rc = cache_layout(ctx, sel, B, T, cache);
-    if (!rc) rc = circuits_context_forward(ctx, tokens, B, T, logits, loss, per_token_loss);
-    for (size_t i = 0; i < ctx->n_points; i++) ctx->points[i].cache_dst = NULL;
-    cx_free(sel);
+        for (size_t i = 0; i < ctx->hooks.n_points; i++) sel[i] = true;
+    if (!rc) rc = cache_layout(ctx, sel, B, T, cache, dst);
+    if (!rc) {
+        cx_run r = cx_run_init(ctx, "circuits_context_run_with_cache", tokens, B, T);
+        r.cache_dst = dst;
+        r.out = logits;
+        r.loss = loss;
+        r.per_token_loss = per_token_loss;
+        r.held = true; /* the guard was taken before the cache was touched */
+        rc = cx_context_run(ctx, &r);
+    }
+    cx_free(dst);
     return rc;
 }
 
@@ -153,18 +160,21 @@ int circuits_context_run_with_cache(circuits_context *ctx, const int32_t *tokens
      * running pass is filling). */
     if (!ctx || !cache)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: ctx and cache must not be NULL");
-    if (ctx->running)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: called from a hook callback");
     if (n_filter && !names_filter)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: names_filter is NULL");
     if (B < 1 || T < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "run_with_cache: batch and pos must be at least 1");
-    if (cache->filling)
+    int rc = cx_context_enter(ctx, "circuits_context_run_with_cache");
+    if (rc) return rc;
+    if (cache->filling) {
+        cx_context_leave(ctx);
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
                        "circuits_context_run_with_cache: the cache is being filled by a run in progress");
+    }
     cache->filling = true;
-    int rc = run_with_cache(ctx, tokens, B, T, names_filter, n_filter, cache, logits, loss, per_token_loss);
+    rc = run_with_cache(ctx, tokens, B, T, names_filter, n_filter, cache, logits, loss, per_token_loss);
     cache->filling = false;
+    cx_context_leave(ctx);
     /* A failed run leaves an empty cache holding no memory, as new, never a partial one: after an
      * allocation failure the memory goes back at once, and nothing outlives what failed. */
     if (rc) cache_release(cache);
@@ -183,12 +193,8 @@ static void fill(const cx_cache_entry *e, circuits_tensor *out)
     out->head = -1;
     out->head_axis = e->head_axis;
     out->ndim = e->ndim;
-    int64_t s = 1;
-    for (int i = e->ndim - 1; i >= 0; i--) {
-        out->shape[i] = e->shape[i];
-        out->strides[i] = s;
-        s *= e->shape[i];
-    }
+    memcpy(out->shape, e->shape, sizeof out->shape);
+    cx_contiguous_strides(e->ndim, out->shape, out->strides);
     out->data = e->data;
 }
 

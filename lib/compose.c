@@ -2,11 +2,17 @@
  *
  * Composition score of writer A into reader B (TransformerLens utils.composition_scores):
  *   ||W_OV^A R^B||_F / (||W_OV^A||_F ||R^B||_F),  R = W_Q W_K^T (Q), W_K W_Q^T (K), W_V W_O (V).
- * Computed without forming any d_model x d_model matrix: with thin QR factors
+ * Computed without forming any d_model x d_model matrix: with QR factors
  * W_V^A = Q_V R_V,  ||W_OV^A Y||_F = ||R_V W_O^A Y||_F, and likewise on the reader side
- * (W_K = Q_K R_K gives ||X W_Q W_K^T||_F = ||X W_Q R_K^T||_F). So every writer becomes a
- * [d_head, d_model] block P_A, every reader a [d_model, d_head] block Q_B, the scores of all
- * pairs come from one stacked GEMM P·Q, and each score is ||P_A Q_B||_F / (||P_A|| ||Q_B||). */
+ * (W_K = Q_K R_K gives ||X W_Q W_K^T||_F = ||X W_Q R_K^T||_F). Each factor [d_model, d_head]
+ * is reduced to its k = min(d_model, d_head) core: for d_head <= d_model the thin QR
+ * (Q_V [d_model, d_head] with orthonormal columns, R_V [d_head, d_head]); for d_head > d_model
+ * the QR of the wide factor (Q_V [d_model, d_model] orthogonal, R_V [d_model, d_head] upper
+ * trapezoidal). Either way Q_V^T Q_V = I, which is all the identities use: no pivoting and no
+ * rank assumption, so rank-deficient factors (rank < k, zero or tiny diagonal in R) are exact
+ * too. So every writer becomes a [k, d_model] block P_A, every reader a [d_model, k] block
+ * Q_B, the scores of all pairs come from one stacked GEMM P·Q, and each score is
+ * ||P_A Q_B||_F / (||P_A|| ||Q_B||). */
 #include "factored.h"
 #include "kernels.h"
 
@@ -40,42 +46,48 @@ static double frob2(const float *x, size_t n)
     return s;
 }
 
-/* The reader block Q_B [D, dh] of one head for a mode, and its norm. Scratch: 3 * D * dh. */
+/* k = min(d_model, d_head): the width of every reduced factor. */
+static int64_t core_dim(int64_t D, int64_t dh) { return dh < D ? dh : D; }
+
+/* The reader block Q_B [D, k] of one head for a mode (k = core_dim). Scratch: 3 * D * dh. */
 static int reader_block(const cx_layer_weights *L, int64_t h, int mode, int64_t D, int64_t dh, float *Q, float *tmp)
 {
-    float *X = tmp, *Y = tmp + D * dh, *R = tmp + 2 * D * dh;
+    float *X = tmp, *Y = tmp + D * dh, *R = tmp + 2 * D * dh; /* R [k, dh] */
+    int64_t k = core_dim(D, dh);
     int rc;
     if (mode == CIRCUITS_COMPOSITION_V) {
         /* R^B = W_V W_O: W_O = L Qo (LQ) with L = R(W_O^T)^T, so Q_B = W_V L */
         head_mat(X, L->W_V, h, false);
         head_mat(Y, L->W_O, h, true); /* W_O^T [D, dh] */
         if ((rc = cx_qr_r(Y, D, dh, dh, R))) return rc;
-        mm(Q, X, false, R, true, D, dh, dh);
+        mm(Q, X, false, R, true, D, dh, k);
     } else {
         /* Q: W_Q W_K^T -> W_Q R_K^T; K: W_K W_Q^T -> W_K R_Q^T */
         bool q = mode == CIRCUITS_COMPOSITION_Q;
         head_mat(X, q ? L->W_Q : L->W_K, h, false);
         head_mat(Y, q ? L->W_K : L->W_Q, h, false);
         if ((rc = cx_qr_r(Y, D, dh, dh, R))) return rc;
-        mm(Q, X, false, R, true, D, dh, dh);
+        mm(Q, X, false, R, true, D, dh, k);
     }
     return CIRCUITS_OK;
 }
 
-/* The writer block P_A = R(W_V) W_O [dh, D] of one head. Scratch: D * dh + dh * dh. */
+/* The writer block P_A = R(W_V) W_O [k, D] of one head (k = core_dim). Scratch: 2 * D * dh + k * dh. */
 static int writer_block(const cx_layer_weights *L, int64_t h, int64_t D, int64_t dh, float *P, float *tmp)
 {
-    float *X = tmp, *R = tmp + D * dh, *O = tmp + D * dh + dh * dh;
+    int64_t k = core_dim(D, dh);
+    float *X = tmp, *R = tmp + D * dh, *O = tmp + D * dh + k * dh; /* R [k, dh] */
     head_mat(X, L->W_V, h, false);
     int rc = cx_qr_r(X, D, dh, dh, R);
     if (rc) return rc;
     head_mat(O, L->W_O, h, false);
-    mm(P, R, false, O, false, dh, dh, D);
+    mm(P, R, false, O, false, k, dh, D);
     return CIRCUITS_OK;
 }
 
 /* out[a, b] (ld ldo) = ||P_a Q_b||_F / (nP[a] nQ[b]) for blocks of `wr` writer rows and dh
- * reader columns: C = P [na*wr, D] @ Q [D, nb*dh], in column chunks. */
+ * reader columns (dh = the reader core width k here): C = P [na*wr, D] @ Q [D, nb*dh], in
+ * column chunks. */
 static int block_scores(const float *P, const double *nP, int64_t na, int64_t wr, const float *Q, const double *nQ,
                         int64_t nb, int64_t dh, int64_t D, float *out, int64_t ldo)
 {
@@ -107,58 +119,52 @@ static int check_mode(int mode)
     return CIRCUITS_OK;
 }
 
-/* Reader blocks of every head: Q_all [D, L*H*dh] (head-major columns) and their norms. */
+/* Reader blocks of every head: Q_all [D, L*H*kc] (head-major columns, kc = core_dim) and
+ * their norms. */
 static int all_readers(const circuits_model *m, int mode, float *Qall, double *nQ)
 {
     const circuits_config *c = &m->cfg;
-    int64_t D = c->d_model, dh = c->d_head, LH = (int64_t)c->n_layers * c->n_heads;
-    float *Q = cx_malloc((size_t)(D * dh) * sizeof *Q), *tmp = cx_malloc((size_t)(3 * D * dh) * sizeof *tmp);
+    int64_t D = c->d_model, dh = c->d_head, LH = (int64_t)c->n_layers * c->n_heads, kc = core_dim(D, dh);
+    float *Q = cx_malloc((size_t)(D * kc) * sizeof *Q), *tmp = cx_malloc((size_t)(3 * D * dh) * sizeof *tmp);
     int rc = (!Q || !tmp) ? OOM() : CIRCUITS_OK;
     for (int64_t k = 0; k < LH && !rc; k++) {
         if ((rc = reader_block(&m->layers[k / c->n_heads], k % c->n_heads, mode, D, dh, Q, tmp))) break;
-        nQ[k] = sqrt(frob2(Q, (size_t)(D * dh)));
-        for (int64_t i = 0; i < D; i++) memcpy(Qall + i * LH * dh + k * dh, Q + i * dh, (size_t)dh * sizeof *Q);
+        nQ[k] = sqrt(frob2(Q, (size_t)(D * kc)));
+        for (int64_t i = 0; i < D; i++) memcpy(Qall + i * LH * kc + k * kc, Q + i * kc, (size_t)kc * sizeof *Q);
     }
     cx_free(Q);
     cx_free(tmp);
     return rc;
 }
 
-static int check_dims(const circuits_model *m)
-{
-    if (m->cfg.d_head > m->cfg.d_model)
-        return cx_fail(CIRCUITS_E_UNSUPPORTED, "composition scores need d_head <= d_model");
-    return CIRCUITS_OK;
-}
-
 int circuits_model_composition_scores(const circuits_model *m, int32_t mode, float *out)
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_composition_scores: NULL argument");
     int rc = check_mode(mode);
-    if (rc || (rc = check_dims(m))) return rc;
+    if (rc) return rc;
     const circuits_config *c = &m->cfg;
-    int64_t L = c->n_layers, H = c->n_heads, D = c->d_model, dh = c->d_head, LH = L * H;
+    int64_t L = c->n_layers, H = c->n_heads, D = c->d_model, dh = c->d_head, LH = L * H, kc = core_dim(D, dh);
     memset(out, 0, (size_t)(LH * LH) * sizeof *out);
-    float *P = cx_malloc((size_t)(LH * dh * D) * sizeof *P), *Q = cx_malloc((size_t)(D * LH * dh) * sizeof *Q);
-    float *tmp = cx_malloc((size_t)(2 * D * dh + dh * dh) * sizeof *tmp);
+    float *P = cx_malloc((size_t)(LH * kc * D) * sizeof *P), *Q = cx_malloc((size_t)(D * LH * kc) * sizeof *Q);
+    float *tmp = cx_malloc((size_t)(2 * D * dh + kc * dh) * sizeof *tmp);
     double *nP = cx_malloc((size_t)LH * sizeof *nP), *nQ = cx_malloc((size_t)LH * sizeof *nQ);
     if (!P || !Q || !tmp || !nP || !nQ) rc = OOM();
     for (int64_t k = 0; k < LH && !rc; k++) {
-        rc = writer_block(&m->layers[k / H], k % H, D, dh, P + k * dh * D, tmp);
-        nP[k] = sqrt(frob2(P + k * dh * D, (size_t)(dh * D)));
+        rc = writer_block(&m->layers[k / H], k % H, D, dh, P + k * kc * D, tmp);
+        nP[k] = sqrt(frob2(P + k * kc * D, (size_t)(kc * D)));
     }
     if (!rc) rc = all_readers(m, mode, Q, nQ);
     /* Only layer(A) < layer(B) is scored (TransformerLens's mask); one GEMM per writer layer
      * against the reader columns of all later layers. */
     for (int64_t la = 0; la + 1 < L && !rc; la++) {
         int64_t first = (la + 1) * H, nb = LH - first;
-        float *sub = cx_malloc((size_t)(D * nb * dh) * sizeof *sub);
+        float *sub = cx_malloc((size_t)(D * nb * kc) * sizeof *sub);
         if (!sub) {
             rc = OOM();
             break;
         }
-        for (int64_t i = 0; i < D; i++) memcpy(sub + i * nb * dh, Q + i * LH * dh + first * dh, (size_t)(nb * dh) * sizeof *sub);
-        rc = block_scores(P + la * H * dh * D, nP + la * H, H, dh, sub, nQ + first, nb, dh, D, out + la * H * LH + first, LH);
+        for (int64_t i = 0; i < D; i++) memcpy(sub + i * nb * kc, Q + i * LH * kc + first * kc, (size_t)(nb * kc) * sizeof *sub);
+        rc = block_scores(P + la * H * kc * D, nP + la * H, H, kc, sub, nQ + first, nb, kc, D, out + la * H * LH + first, LH);
         cx_free(sub);
     }
     cx_free(P);
@@ -174,14 +180,14 @@ int circuits_model_mlp_composition_scores(const circuits_model *m, int32_t mode,
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_mlp_composition_scores: NULL argument");
     int rc = check_mode(mode);
-    if (rc || (rc = check_dims(m))) return rc;
+    if (rc) return rc;
     const circuits_config *c = &m->cfg;
     if (c->attn_only) return cx_fail(CIRCUITS_E_UNSUPPORTED, "this model is attention-only: it has no MLPs");
-    int64_t L = c->n_layers, H = c->n_heads, D = c->d_model, dh = c->d_head, M = c->d_mlp, LH = L * H;
+    int64_t L = c->n_layers, H = c->n_heads, D = c->d_model, M = c->d_mlp, LH = L * H, kc = core_dim(D, c->d_head);
     int64_t wr = M < D ? M : D; /* W_out [M, D] = Q R: ||W_out Y|| = ||R Y||, R [min(M, D), D] */
     memset(out, 0, (size_t)(L * LH) * sizeof *out);
     float *P = cx_malloc((size_t)(wr * D) * sizeof *P), *W = cx_malloc((size_t)(M * D) * sizeof *W);
-    float *Q = cx_malloc((size_t)(D * LH * dh) * sizeof *Q);
+    float *Q = cx_malloc((size_t)(D * LH * kc) * sizeof *Q);
     double *nQ = cx_malloc((size_t)LH * sizeof *nQ);
     if (!P || !W || !Q || !nQ) rc = OOM();
     if (!rc) rc = all_readers(m, mode, Q, nQ);
@@ -196,13 +202,13 @@ int circuits_model_mlp_composition_scores(const circuits_model *m, int32_t mode,
         }
         double nP = sqrt(frob2(P, (size_t)(wr * D)));
         int64_t first = (la + 1) * H, nb = LH - first;
-        float *sub = cx_malloc((size_t)(D * nb * dh) * sizeof *sub);
+        float *sub = cx_malloc((size_t)(D * nb * kc) * sizeof *sub);
         if (!sub) {
             rc = OOM();
             break;
         }
-        for (int64_t i = 0; i < D; i++) memcpy(sub + i * nb * dh, Q + i * LH * dh + first * dh, (size_t)(nb * dh) * sizeof *sub);
-        rc = block_scores(P, &nP, 1, wr, sub, nQ + first, nb, dh, D, out + la * LH + first, LH);
+        for (int64_t i = 0; i < D; i++) memcpy(sub + i * nb * kc, Q + i * LH * kc + first * kc, (size_t)(nb * kc) * sizeof *sub);
+        rc = block_scores(P, &nP, 1, wr, sub, nQ + first, nb, kc, D, out + la * LH + first, LH);
         cx_free(sub);
     }
     cx_free(P);
@@ -239,17 +245,20 @@ int circuits_composition_baseline(int64_t d_model, int64_t d_head, int64_t d_mlp
                                   float *mean, float *std)
 {
     if (!mean) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_composition_baseline: mean is NULL");
-    if (d_model < 1 || d_head < 1 || d_head > d_model || d_mlp < 0 || n_samples < 1 || d_model > (1 << 16) ||
+    if (d_model < 1 || d_head < 1 || d_mlp < 0 || n_samples < 1 || d_model > (1 << 16) || d_head > (1 << 16) ||
         d_mlp > (1 << 18))
         return cx_fail(CIRCUITS_E_RANGE,
                        "circuits_composition_baseline: d_model %lld, d_head %lld, d_mlp %lld, n_samples %lld: need "
-                       "1 <= d_head <= d_model <= 65536, d_mlp >= 0 (at most 262144), n_samples >= 1",
+                       "1 <= d_model <= 65536, 1 <= d_head <= 65536, d_mlp >= 0 (at most 262144), n_samples >= 1",
                        (long long)d_model, (long long)d_head, (long long)d_mlp, (long long)n_samples);
-    int64_t D = d_model, dh = d_head, wr = d_mlp ? (d_mlp < D ? d_mlp : D) : dh, rows = d_mlp ? d_mlp : D;
+    int64_t D = d_model, dh = d_head, kc = core_dim(D, dh), wr = d_mlp ? (d_mlp < D ? d_mlp : D) : kc,
+            rows = d_mlp ? d_mlp : D;
     size_t big = (size_t)(rows > D ? rows : D) * (size_t)D;
-    float *X = cx_malloc(big * sizeof *X), *Y = cx_malloc(big * sizeof *Y), *R = cx_malloc((size_t)(D * D) * sizeof *R);
-    float *P = cx_malloc((size_t)(wr * D) * sizeof *P), *Q = cx_malloc((size_t)(D * dh) * sizeof *Q),
-          *C = cx_malloc((size_t)(wr * dh) * sizeof *C);
+    if ((size_t)(D * dh) > big) big = (size_t)(D * dh);
+    float *X = cx_malloc(big * sizeof *X), *Y = cx_malloc(big * sizeof *Y),
+          *R = cx_malloc((size_t)(D * (D > dh ? D : dh)) * sizeof *R);
+    float *P = cx_malloc((size_t)(wr * D) * sizeof *P), *Q = cx_malloc((size_t)(D * kc) * sizeof *Q),
+          *C = cx_malloc((size_t)(wr * kc) * sizeof *C);
     int rc = (!X || !Y || !R || !P || !Q || !C) ? cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory sampling the baseline") : 0;
     rng g = {seed};
     double s1 = 0, s2 = 0;
@@ -258,8 +267,8 @@ int circuits_composition_baseline(int64_t d_model, int64_t d_head, int64_t d_mlp
         if (!d_mlp) {
             gaussian(&g, X, (size_t)(D * dh));
             gaussian(&g, Y, (size_t)(dh * D));
-            if ((rc = cx_qr_r(X, D, dh, dh, R))) break;
-            mm(P, R, false, Y, false, dh, dh, D);
+            if ((rc = cx_qr_r(X, D, dh, dh, R))) break; /* R [kc, dh] */
+            mm(P, R, false, Y, false, kc, dh, D);
         } else {
             gaussian(&g, X, (size_t)(d_mlp * D));
             if (d_mlp >= D) {
@@ -272,9 +281,9 @@ int circuits_composition_baseline(int64_t d_model, int64_t d_head, int64_t d_mlp
         gaussian(&g, X, (size_t)(D * dh));
         gaussian(&g, Y, (size_t)(D * dh));
         if ((rc = cx_qr_r(Y, D, dh, dh, R))) break;
-        mm(Q, X, false, R, true, D, dh, dh);
-        mm(C, P, false, Q, false, wr, D, dh);
-        double s = sqrt(frob2(C, (size_t)(wr * dh)) / (frob2(P, (size_t)(wr * D)) * frob2(Q, (size_t)(D * dh))));
+        mm(Q, X, false, R, true, D, dh, kc);
+        mm(C, P, false, Q, false, wr, D, kc);
+        double s = sqrt(frob2(C, (size_t)(wr * kc)) / (frob2(P, (size_t)(wr * D)) * frob2(Q, (size_t)(D * kc))));
         s1 += s;
         s2 += s * s;
     }

@@ -84,23 +84,31 @@ static int get_str(const jcfg *c, const char *key, const char **out)
     return CIRCUITS_OK;
 }
 
+/* The activation names accepted in act_fn (TL) and activation_function (HF), in the order the
+ * error message and the docs list them. */
+static const struct { const char *name; circuits_act_fn act; } act_names[] = {
+    {"relu", CIRCUITS_ACT_RELU},
+    {"gelu", CIRCUITS_ACT_GELU},
+    {"gelu_new", CIRCUITS_ACT_GELU_NEW},
+    {"gelu_pytorch_tanh", CIRCUITS_ACT_GELU_NEW}, /* torch's tanh-approximate GELU is the gelu_new formula */
+    {"gelu_fast", CIRCUITS_ACT_GELU_FAST},
+    {"silu", CIRCUITS_ACT_SILU},
+    {"swish", CIRCUITS_ACT_SILU}, /* Hugging Face's name for silu */
+    {"solu_ln", CIRCUITS_ACT_SOLU_LN},
+};
+
 static int parse_act_fn(const jcfg *c, const char *key, const char *s, int32_t *out)
 {
-    static const struct { const char *name; circuits_act_fn act; } acts[] = {
-        {"relu", CIRCUITS_ACT_RELU},         {"gelu", CIRCUITS_ACT_GELU},
-        {"gelu_new", CIRCUITS_ACT_GELU_NEW}, {"gelu_fast", CIRCUITS_ACT_GELU_FAST},
-        {"silu", CIRCUITS_ACT_SILU},         {"swish", CIRCUITS_ACT_SILU},
-        {"solu_ln", CIRCUITS_ACT_SOLU_LN},
-        /* torch's tanh-approximate GELU is the gelu_new formula */
-        {"gelu_pytorch_tanh", CIRCUITS_ACT_GELU_NEW},
-    };
-    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
-        if (strcmp(s, acts[i].name) == 0) {
-            *out = acts[i].act;
+    char list[160];
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof act_names / sizeof act_names[0]; i++) {
+        if (strcmp(s, act_names[i].name) == 0) {
+            *out = act_names[i].act;
             return CIRCUITS_OK;
         }
-    return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: %s '%s' is not supported (relu, gelu, gelu_new, gelu_fast, silu, solu_ln)",
-                   c->path, key, s);
+        n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", act_names[i].name);
+    }
+    return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: %s '%s' is not supported (%s)", c->path, key, s, list);
 }
 
 /* Parses a config from a file (buf NULL) or from a buffer of len bytes (named path in messages). */
@@ -180,6 +188,12 @@ int cx_config_parse_hf(const char *path, const char *buf, size_t len, circuits_c
     TRY(get_str(&c, "activation_function", &s));
     cfg->act_fn = CIRCUITS_ACT_GELU_NEW;
     if (s) TRY(parse_act_fn(&c, "activation_function", s, &cfg->act_fn));
+    if (cfg->act_fn == CIRCUITS_ACT_SOLU_LN) { /* SoLU's LayerNorm has weights no GPT-2 file has */
+        rc = cx_fail(CIRCUITS_E_UNSUPPORTED,
+                     "%s: activation_function 'solu_ln' needs mlp.ln weights, which a GPT-2 model has no place for "
+                     "(save the model in the TransformerLens layout: tl_config.json)", path);
+        goto done;
+    }
     double eps;
     TRY(get_num(&c, "layer_norm_epsilon", 1e-5, &eps));
     if (eps < 0) {

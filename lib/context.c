@@ -1,5 +1,5 @@
-/* Run contexts: creation, hook registration, forward entry points. */
-#include "hooks.h"
+/* Run contexts: creation, hook registration, the run door and the plain runners. */
+#include "context.h"
 
 #include <string.h>
 
@@ -17,21 +17,17 @@ int circuits_context_create(circuits_context **out, const circuits_model *model,
     if (!model) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_create: model is NULL");
     circuits_context_options o;
     circuits_context_options_init(&o);
-    if (opts) {
-        if (opts->size < sizeof(uint32_t) || opts->size > sizeof o)
-            return cx_fail(CIRCUITS_E_VERSION, "circuits_context_create: options size %u is not one this library knows (%zu)",
-                           opts->size, sizeof o);
-        memcpy(&o, opts, opts->size);
-        o.size = sizeof o;
-    }
+    static const size_t versions[] = {sizeof(circuits_context_options)}; /* 0.1 */
+    int rc;
+    if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), "circuits_context_create"))) return rc;
     if (o.use_attn_result != 0 && o.use_attn_result != 1)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_create: use_attn_result must be 0 or 1");
     circuits_context *ctx = cx_calloc(1, sizeof *ctx);
     if (!ctx) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory creating a context");
     ctx->model = model;
     ctx->opts = o;
-    ctx->next_id = 1;
-    int rc = cx_hooks_build(ctx);
+    ctx->hooks.next_id = 1;
+    rc = cx_hooks_build(ctx);
     if (rc) {
         circuits_context_free(ctx);
         return rc;
@@ -48,36 +44,95 @@ void circuits_context_free(circuits_context *ctx)
     cx_free(ctx);
 }
 
-size_t circuits_context_hook_point_count(const circuits_context *ctx) { return ctx ? ctx->n_points : 0; }
+size_t circuits_context_hook_point_count(const circuits_context *ctx) { return ctx ? ctx->hooks.n_points : 0; }
 
 int circuits_context_hook_point(const circuits_context *ctx, size_t index, int64_t batch, int64_t pos,
                                 circuits_tensor *out)
 {
     if (!ctx || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_hook_point: NULL argument");
-    if (index >= ctx->n_points)
-        return cx_fail(CIRCUITS_E_RANGE, "hook point index %zu out of range (%zu points)", index, ctx->n_points);
+    if (index >= ctx->hooks.n_points)
+        return cx_fail(CIRCUITS_E_RANGE, "hook point index %zu out of range (%zu points)", index, ctx->hooks.n_points);
     if (batch < 1 || pos < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "circuits_context_hook_point: batch and pos must be at least 1");
-    const cx_hook_point *p = &ctx->points[index];
-    memset(out, 0, sizeof *out);
-    out->name = p->name;
-    out->layer = p->layer;
-    out->head = -1;
-    out->ndim = cx_hook_shape(ctx, p, batch, pos, out->shape, &out->head_axis);
-    int64_t s = 1;
-    for (int i = out->ndim - 1; i >= 0; i--) {
-        out->strides[i] = s;
-        s *= out->shape[i];
-    }
+    cx_hook_describe(ctx, &ctx->hooks.points[index], batch, pos, 0, NULL, out);
     return CIRCUITS_OK;
 }
 
+/* Hook registrations change the table a run reads: refused while one holds the context. */
 static int refuse_running(const circuits_context *ctx, const char *fn)
 {
     if (ctx->running)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: called from a hook callback of the same context", fn);
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: called from a callback of the same context", fn);
     return CIRCUITS_OK;
 }
+
+/* ---- the door ---- */
+
+cx_run cx_run_init(const circuits_context *ctx, const char *fn, const int32_t *tokens, int64_t batch, int64_t pos)
+{
+    return (cx_run){.fn = fn, .tokens = tokens, .batch = batch, .pos = pos, .start = 0,
+                    .stop = ctx->model->cfg.n_layers};
+}
+
+int cx_context_enter(circuits_context *ctx, const char *fn)
+{
+    int rc = refuse_running(ctx, fn);
+    if (!rc) ctx->running = true;
+    return rc;
+}
+
+void cx_context_leave(circuits_context *ctx) { ctx->running = false; }
+
+int cx_context_run(circuits_context *ctx, const cx_run *run)
+{
+    int rc;
+    if (!run->held && (rc = cx_context_enter(ctx, run->fn))) return rc;
+    ctx->in_pass = true;
+    rc = cx_forward(ctx, run);
+    ctx->in_pass = false;
+    if (!run->held) cx_context_leave(ctx);
+    return rc;
+}
+
+/* ---- run memory ---- */
+
+struct circuits_run_memory {
+    float *block;
+    size_t floats;
+};
+
+int circuits_context_take_run_memory(circuits_context *ctx, circuits_run_memory **out)
+{
+    if (!out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_take_run_memory: out is NULL");
+    *out = NULL;
+    if (!ctx) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_take_run_memory: ctx is NULL");
+    if (ctx->in_pass)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                       "circuits_context_take_run_memory: a pass is computing in this memory (called from a hook "
+                       "callback); take it after the run returns");
+    if (!ctx->scratch) return CIRCUITS_OK;
+    circuits_run_memory *m = cx_malloc(sizeof *m);
+    if (!m) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory taking the run memory");
+    m->block = ctx->scratch;
+    m->floats = ctx->scratch_floats;
+    ctx->scratch = NULL;
+    ctx->scratch_floats = 0;
+    *out = m;
+    return CIRCUITS_OK;
+}
+
+const void *circuits_run_memory_data(const circuits_run_memory *mem) { return mem ? mem->block : NULL; }
+
+size_t circuits_run_memory_nbytes(const circuits_run_memory *mem) { return mem ? mem->floats * sizeof(float) : 0; }
+
+void circuits_run_memory_free(circuits_run_memory *mem)
+{
+    if (!mem) return;
+    cx_free(mem->block);
+    cx_free(mem);
+}
+
+/* ---- hook registration ---- */
 
 /* Two passes over the selection: first check that every point can take one more
  * registration (so that a failure leaves nothing registered), then add. */
@@ -92,7 +147,7 @@ static int visit_add(const circuits_context *cctx, size_t i, void *arg)
 {
     circuits_context *ctx = (circuits_context *)cctx;
     add_arg *a = arg;
-    cx_hook_point *p = &ctx->points[i];
+    cx_hook_point *p = &ctx->hooks.points[i];
     if (!a->commit) {
         if (p->n_regs < p->cap_regs) return CIRCUITS_OK;
         size_t cap = p->cap_regs ? 2 * p->cap_regs : 4;
@@ -113,11 +168,11 @@ int circuits_context_add_hook(circuits_context *ctx, const char *name, circuits_
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_add_hook: ctx, name and fn must not be NULL");
     int rc = refuse_running(ctx, "circuits_context_add_hook");
     if (rc) return rc;
-    add_arg a = {fn, user_data, ctx->next_id, false};
+    add_arg a = {fn, user_data, ctx->hooks.next_id, false};
     if ((rc = cx_hooks_select(ctx, name, visit_add, &a))) return rc;
     a.commit = true;
     cx_hooks_select(ctx, name, visit_add, &a);
-    ctx->next_id++;
+    ctx->hooks.next_id++;
     if (out_id) *out_id = a.id;
     return CIRCUITS_OK;
 }
@@ -128,8 +183,8 @@ int circuits_context_remove_hook(circuits_context *ctx, circuits_hook_id id)
     int rc = refuse_running(ctx, "circuits_context_remove_hook");
     if (rc) return rc;
     size_t removed = 0;
-    for (size_t i = 0; i < ctx->n_points; i++) {
-        cx_hook_point *p = &ctx->points[i];
+    for (size_t i = 0; i < ctx->hooks.n_points; i++) {
+        cx_hook_point *p = &ctx->hooks.points[i];
         size_t k = 0;
         for (size_t j = 0; j < p->n_regs; j++) {
             if (p->regs[j].id == id) removed++;
@@ -144,7 +199,7 @@ int circuits_context_remove_hook(circuits_context *ctx, circuits_hook_id id)
 void circuits_context_clear_hooks(circuits_context *ctx)
 {
     if (!ctx || ctx->running) return;
-    for (size_t i = 0; i < ctx->n_points; i++) ctx->points[i].n_regs = 0;
+    for (size_t i = 0; i < ctx->hooks.n_points; i++) ctx->hooks.points[i].n_regs = 0;
 }
 
 typedef struct resolve_arg {
@@ -158,10 +213,10 @@ static int visit_resolve(const circuits_context *ctx, size_t i, void *arg)
 {
     resolve_arg *a = arg;
     if (a->seen++ == a->want) {
-        size_t n = strlen(ctx->points[i].name);
+        size_t n = strlen(ctx->hooks.points[i].name);
         if (!a->buf || n >= a->buf_size)
-            a->rc = cx_fail(CIRCUITS_E_RANGE, "buffer too small for hook name '%s'", ctx->points[i].name);
-        else memcpy(a->buf, ctx->points[i].name, n + 1);
+            a->rc = cx_fail(CIRCUITS_E_RANGE, "buffer too small for hook name '%s'", ctx->hooks.points[i].name);
+        else memcpy(a->buf, ctx->hooks.points[i].name, n + 1);
     }
     return CIRCUITS_OK;
 }
@@ -183,12 +238,11 @@ int circuits_context_forward(circuits_context *ctx, const int32_t *tokens, int64
                              float *loss, float *per_token_loss)
 {
     if (!ctx) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_forward: ctx is NULL");
-    int rc = refuse_running(ctx, "circuits_context_forward");
-    if (rc) return rc;
-    ctx->running = true;
-    rc = cx_forward(ctx, tokens, batch, pos, logits, loss, per_token_loss);
-    ctx->running = false;
-    return rc;
+    cx_run r = cx_run_init(ctx, "circuits_context_forward", tokens, batch, pos);
+    r.out = logits;
+    r.loss = loss;
+    r.per_token_loss = per_token_loss;
+    return cx_context_run(ctx, &r);
 }
 
 void circuits_run_options_init(circuits_run_options *opts)
@@ -217,15 +271,12 @@ int circuits_context_run(circuits_context *ctx, const circuits_run_options *opts
     if (!ctx) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run: ctx is NULL");
     circuits_run_options o;
     circuits_run_options_init(&o);
-    if (opts) {
-        if (opts->size != sizeof o)
-            return cx_fail(CIRCUITS_E_VERSION, "circuits_context_run: options size %u is not one this library knows (%zu)",
-                           opts->size, sizeof o);
-        o = *opts;
-    }
-    int32_t L = ctx->model->cfg.n_layers;
-    cx_run_spec spec = {.start = 0, .stop = L};
+    static const size_t versions[] = {sizeof(circuits_run_options)}; /* 0.2 */
     int rc;
+    if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), "circuits_context_run"))) return rc;
+    int32_t L = ctx->model->cfg.n_layers;
+    cx_run spec = cx_run_init(ctx, "circuits_context_run", tokens, batch, pos);
+    spec.out = out;
     if (o.start_at_layer != CIRCUITS_LAYER_NONE) {
         if ((rc = resolve_layer(o.start_at_layer, L, "start_at_layer", &spec.start))) return rc;
         if (!o.input)
@@ -253,10 +304,5 @@ int circuits_context_run(circuits_context *ctx, const circuits_run_options *opts
         spec.positions = o.logit_positions;
         spec.n_positions = o.n_logit_positions;
     }
-    rc = refuse_running(ctx, "circuits_context_run");
-    if (rc) return rc;
-    ctx->running = true;
-    rc = cx_forward_spec(ctx, &spec, tokens, batch, pos, out);
-    ctx->running = false;
-    return rc;
+    return cx_context_run(ctx, &spec);
 }

@@ -1,6 +1,7 @@
 /* Behavioural head detectors (TransformerLens head_detector.py) and the induction score on
  * repeated random tokens (TransformerLens Main_Demo), computed from hook_pattern during a run. */
-#include "hooks.h"
+#include "context.h"
+#include "rng.h"
 
 #include <math.h>
 #include <string.h>
@@ -61,30 +62,18 @@ void circuits_detect_options_init(circuits_detect_options *o)
     o->error_measure = CIRCUITS_DETECT_MUL;
 }
 
-/* A detector runs the context: refused from a callback of that context, as a forward is. */
-static int refuse_running(const circuits_context *ctx, const char *fn)
-{
-    if (ctx->running)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: called from a hook callback of the same context", fn);
-    return CIRCUITS_OK;
-}
-
 int circuits_context_detect_heads(circuits_context *ctx, const int32_t *tokens, int64_t batch, int64_t pos,
                                   int32_t kind, const float *custom_pattern, const circuits_detect_options *opts,
                                   float *out)
 {
     if (!ctx || !tokens || !out)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_detect_heads: ctx, tokens and out must not be NULL");
-    int rc = refuse_running(ctx, "circuits_context_detect_heads");
-    if (rc) return rc;
+    const char *fn = "circuits_context_detect_heads";
     circuits_detect_options o;
     circuits_detect_options_init(&o);
-    if (opts) {
-        if (opts->size < sizeof(uint32_t) || opts->size > sizeof o)
-            return cx_fail(CIRCUITS_E_VERSION, "circuits_context_detect_heads: options size %u is not one this library knows",
-                           opts->size);
-        memcpy(&o, opts, opts->size);
-    }
+    static const size_t versions[] = {sizeof(circuits_detect_options)}; /* 0.1 */
+    int rc;
+    if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), fn))) return rc;
     if (kind < CIRCUITS_HEAD_PREVIOUS_TOKEN || kind > CIRCUITS_HEAD_CUSTOM)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "unknown head kind %d", kind);
     if (kind == CIRCUITS_HEAD_CUSTOM && !custom_pattern)
@@ -107,12 +96,9 @@ int circuits_context_detect_heads(circuits_context *ctx, const int32_t *tokens, 
     detect_run r = {tokens, batch, pos, c->n_heads, kind, o.error_measure, o.exclude_bos != 0, o.exclude_current_token != 0,
                     custom_pattern, cx_calloc(LH, sizeof(double))};
     if (!r.acc) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory detecting heads");
-    circuits_hook_id id;
-    rc = circuits_context_add_hook(ctx, "blocks.*.attn.hook_pattern", detect_hook, &r, &id);
-    if (!rc) {
-        rc = circuits_context_forward(ctx, tokens, batch, pos, NULL, NULL, NULL);
-        circuits_context_remove_hook(ctx, id);
-    }
+    cx_run run = cx_run_init(ctx, fn, tokens, batch, pos);
+    run.observer = (cx_observer){detect_hook, HK_PATTERN, &r};
+    rc = cx_context_run(ctx, &run);
     if (!rc)
         for (size_t k = 0; k < LH; k++) out[k] = (float)(r.acc[k] / (double)batch);
     cx_free(r.acc);
@@ -137,14 +123,7 @@ int circuits_repeated_tokens(int64_t batch, int64_t seq_len, int32_t d_vocab, ui
     for (int64_t b = 0; b < batch; b++) {
         int32_t *row = out + b * T;
         if (bos >= 0) *row++ = bos;
-        for (int64_t i = 0; i < seq_len; i++) {
-            s += 0x9E3779B97F4A7C15ull; /* splitmix64 */
-            uint64_t z = s;
-            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-            z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-            z ^= z >> 31;
-            row[i] = row[seq_len + i] = (int32_t)(z % (uint64_t)d_vocab);
-        }
+        for (int64_t i = 0; i < seq_len; i++) row[i] = row[seq_len + i] = (int32_t)(cx_splitmix64(&s) % (uint64_t)d_vocab);
     }
     return CIRCUITS_OK;
 }
@@ -173,8 +152,8 @@ int circuits_context_induction_scores(circuits_context *ctx, const int32_t *toke
 {
     if (!ctx || !tokens || !scores)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_induction_scores: ctx, tokens and scores must not be NULL");
-    int rc = refuse_running(ctx, "circuits_context_induction_scores");
-    if (rc) return rc;
+    const char *fn = "circuits_context_induction_scores";
+    int rc;
     /* seq_len is bounded first so that 2 * seq_len cannot overflow */
     if (seq_len < 2 || seq_len > INT32_MAX || (pos != 2 * seq_len && pos != 2 * seq_len + 1))
         return cx_fail(CIRCUITS_E_SHAPE, "induction scores need tokens [batch, 2 * seq_len (+1 with a BOS)], seq_len >= 2; got pos %lld, seq_len %lld",
@@ -190,16 +169,21 @@ int circuits_context_induction_scores(circuits_context *ctx, const int32_t *toke
     if (batch > INT64_MAX / pos / (int64_t)sizeof(float))
         return cx_fail(CIRCUITS_E_RANGE, "circuits_context_induction_scores: batch %lld is too large", (long long)batch);
     size_t LH = (size_t)c->n_layers * (size_t)c->n_heads;
+    /* the losses need the logits; the scores need only the patterns (and so no target token
+     * has to be a row of the unembedding: TransformerLens scores such models too) */
+    bool want_loss = loss_first || loss_repeat;
     induction_run r = {batch, pos, c->n_heads, seq_len, cx_calloc(LH, sizeof(double))};
-    float *ptl = cx_malloc((size_t)(batch * (pos - 1)) * sizeof *ptl);
-    rc = (!r.acc || !ptl) ? cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory scoring induction") : CIRCUITS_OK;
-    circuits_hook_id id;
-    if (!rc && !(rc = circuits_context_add_hook(ctx, "blocks.*.attn.hook_pattern", induction_hook, &r, &id))) {
-        rc = circuits_context_forward(ctx, tokens, batch, pos, NULL, NULL, ptl);
-        circuits_context_remove_hook(ctx, id);
-    }
+    float *ptl = want_loss ? cx_malloc((size_t)(batch * (pos - 1)) * sizeof *ptl) : NULL;
+    rc = (!r.acc || (want_loss && !ptl)) ? cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory scoring induction")
+                                         : CIRCUITS_OK;
     if (!rc) {
-        for (size_t k = 0; k < LH; k++) scores[k] = (float)(r.acc[k] / (double)batch);
+        cx_run run = cx_run_init(ctx, fn, tokens, batch, pos);
+        run.observer = (cx_observer){induction_hook, HK_PATTERN, &r};
+        run.per_token_loss = ptl;
+        rc = cx_context_run(ctx, &run);
+    }
+    if (!rc) for (size_t k = 0; k < LH; k++) scores[k] = (float)(r.acc[k] / (double)batch);
+    if (!rc && want_loss) {
         /* per_token_loss[b, i] predicts token i + 1. First block: its tokens 2..L; repeat: its
          * tokens 2..L, which induction can predict (its first token cannot be). */
         int64_t off = pos - 2 * seq_len; /* 1 with a BOS */

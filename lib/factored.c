@@ -94,11 +94,7 @@ static void view(circuits_tensor *t, const circuits_factored *f, float *data, in
     t->shape[n++] = rows;
     t->shape[n++] = cols;
     t->ndim = n;
-    int64_t s = 1;
-    for (int i = n - 1; i >= 0; i--) {
-        t->strides[i] = s;
-        s *= t->shape[i];
-    }
+    cx_contiguous_strides(n, t->shape, t->strides);
     t->data = data;
 }
 
@@ -286,7 +282,8 @@ int cx_qr_r(const float *X, int64_t rows, int64_t n, int64_t ld, float *R)
         rc = cx_lapack_fail((int)info, "QR factorisation");
         goto done;
     }
-    for (int64_t i = 0; i < n; i++)
+    /* R [min(rows, n), n]: upper triangular, or upper trapezoidal when rows < n */
+    for (int64_t i = 0; i < (rows < n ? rows : n); i++)
         for (int64_t j = 0; j < n; j++) R[i * n + j] = j >= i ? W[i * n + j] : 0.0f;
 done:
     cx_free(W);

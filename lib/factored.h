@@ -21,8 +21,10 @@ int cx_factored_alloc(circuits_factored **out, int64_t batch, int64_t l, int64_t
 int cx_factored_svd1(const float *A, const float *B, int64_t l, int64_t m, int64_t r, float *U, float *S,
                      float *V);
 
-/* R factor (upper triangular [n, n], row-major, zeros below) of the thin QR of X [rows, n]
- * (row stride ld), rows >= n. */
+/* R factor of the QR of X [rows, n] (row stride ld), without pivoting: [k, n] row-major with
+ * k = min(rows, n), zeros below the diagonal. rows >= n: the thin QR, R upper triangular
+ * [n, n]; rows < n (a wide X): Q [rows, rows] orthogonal, R upper trapezoidal. Either way
+ * X = Q R with Q^T Q = I, whatever the rank of X. */
 int cx_qr_r(const float *X, int64_t rows, int64_t n, int64_t ld, float *R);
 
 /* The error for a non-zero LAPACKE info from `what`: CIRCUITS_E_OUT_OF_MEMORY when LAPACKE could

@@ -12,13 +12,13 @@
  * position added) are appended to the cache before the scores. Without a cache P = 0 and the
  * pass is exactly the plain one.
  *
- * Partial runs (cx_run_spec): start_at_layer / stop_at_layer as in TransformerLens, and logits
+ * Partial runs (cx_run): start_at_layer / stop_at_layer as in TransformerLens, and logits
  * at chosen positions only (the unembedding is a third of GPT-2 small's FLOPs).
  *
  * Parallelism: GEMMs, LayerNorm, activations and softmax split over the pool inside their
  * kernels; attention splits over (batch, head) pairs here. Hooks fire on the calling thread,
  * between parallel sections. */
-#include "hooks.h"
+#include "context.h"
 #include "kernels.h"
 #include "pool.h"
 
@@ -37,8 +37,17 @@ typedef struct scratch {
     float *result;   /* [B, T, H, D] use_attn_result only */
     float *branch;   /* [B, T, D] attn_out, then mlp_out */
     float *mlp;      /* [B, T, M] pre -> (mid -> ln) -> post in place */
-    float *logits;   /* [B, T, V] when the caller passed no logits buffer */
+    float *logits;   /* [B, n, V] (n: T or the chosen positions) when the caller passed no logits
+                      * buffer or a hook reads them: hooks see only the run memory */
 } scratch;
+
+/* One pass: the run it carries out, its scratch, and its sizes (P: cached positions). */
+typedef struct pass {
+    circuits_context *ctx;
+    const cx_run *run;
+    scratch s;
+    int64_t B, T, P;
+} pass;
 
 /* Carves the scratch; returns CIRCUITS_E_OUT_OF_MEMORY (or RANGE on overflow) on failure. */
 static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t Tk, int64_t logit_rows, bool own_logits,
@@ -86,22 +95,23 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     return CIRCUITS_OK;
 }
 
-#define FIRE(layer, kind, buf)                                              \
-    do {                                                                    \
-        if (cx_hook_active(ctx, layer, kind)) {                             \
-            int rc_ = cx_hook_fire(ctx, layer, kind, buf, B, T);            \
-            if (rc_) return rc_;                                            \
-        }                                                                   \
+#define FIRE(layer, kind, buf)                                                        \
+    do {                                                                              \
+        if (cx_hook_active(ps->ctx, ps->run, layer, kind)) {                          \
+            int rc_ = cx_hook_fire(ps->ctx, ps->run, layer, kind, buf, ps->B, ps->T); \
+            if (rc_) return rc_;                                                      \
+        }                                                                             \
     } while (0)
 
 /* LayerNorm of x [N, width] into out, firing its scale and normalized hooks; LN applies w, b
  * after hook_normalized (as TransformerLens 3 does), LNPre stops there. */
-static int layer_norm(circuits_context *ctx, int layer, cx_hook_kind scale_kind, float *out, float *scale,
-                      const float *x, int64_t width, bool affine, const circuits_tensor *w,
-                      const circuits_tensor *b, int64_t B, int64_t T)
+static int layer_norm(const pass *ps, int layer, cx_hook_kind scale_kind, float *out, float *scale, const float *x,
+                      int64_t width, bool affine, const circuits_tensor *w, const circuits_tensor *b)
 {
-    int64_t N = B * T;
-    if (!cx_hook_active(ctx, layer, scale_kind) && !cx_hook_active(ctx, layer, (cx_hook_kind)(scale_kind + 1))) {
+    const circuits_context *ctx = ps->ctx;
+    int64_t N = ps->B * ps->T;
+    if (!cx_hook_active(ctx, ps->run, layer, scale_kind) &&
+        !cx_hook_active(ctx, ps->run, layer, (cx_hook_kind)(scale_kind + 1))) {
         cx_layer_norm(out, scale, x, N, width, ctx->model->cfg.eps, affine && w ? w->data : NULL,
                       affine && b ? b->data : NULL);
         return CIRCUITS_OK;
@@ -190,12 +200,15 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
     }
 }
 
-static int attention(circuits_context *ctx, int l, scratch *s, int64_t B, int64_t T, circuits_kv_cache *kv)
+static int attention(pass *ps, int l)
 {
+    const circuits_context *ctx = ps->ctx;
     const circuits_config *c = &ctx->model->cfg;
     const cx_layer_weights *w = &ctx->model->layers[l];
-    int64_t N = B * T, D = c->d_model, H = c->n_heads, dh = c->d_head, HD = H * dh;
-    int64_t P = kv ? kv->len : 0, Tk = P + T; /* cached positions, key positions */
+    scratch *s = &ps->s;
+    circuits_kv_cache *kv = ps->run->kv;
+    int64_t B = ps->B, T = ps->T, N = B * T, D = c->d_model, H = c->n_heads, dh = c->d_head, HD = H * dh;
+    int64_t P = ps->P, Tk = P + T; /* cached positions, key positions */
     const float *qk_in = s->normed;
     if (c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER) {
         for (int64_t i = 0; i < N * D; i++) s->qk_in[i] = s->normed[i] + s->pos[i];
@@ -229,7 +242,8 @@ static int attention(circuits_context *ctx, int l, scratch *s, int64_t B, int64_
      * With no hook at attn_scores or pattern the three steps run fused per block of queries. */
     float scale = c->attn_scale;
     if (c->scale_attn_by_inverse_layer_idx) scale = (float)((double)c->attn_scale * (l + 1));
-    bool hook_scores = cx_hook_active(ctx, l, HK_ATTN_SCORES), hook_pattern = cx_hook_active(ctx, l, HK_PATTERN);
+    bool hook_scores = cx_hook_active(ctx, ps->run, l, HK_ATTN_SCORES),
+         hook_pattern = cx_hook_active(ctx, ps->run, l, HK_PATTERN);
     attn_job job = {.s = s, .B = B, .T = T, .P = P, .H = H, .dh = dh, .keys = keys, .vals = vals,
                     .kv_bs = kv_bs, .scale = scale};
     if (!hook_scores && !hook_pattern) {
@@ -277,11 +291,13 @@ static int attention(circuits_context *ctx, int l, scratch *s, int64_t B, int64_
     return CIRCUITS_OK;
 }
 
-static int mlp(circuits_context *ctx, int l, scratch *s, int64_t B, int64_t T)
+static int mlp(pass *ps, int l)
 {
+    const circuits_context *ctx = ps->ctx;
     const circuits_config *c = &ctx->model->cfg;
     const cx_layer_weights *w = &ctx->model->layers[l];
-    int64_t N = B * T, D = c->d_model, M = c->d_mlp;
+    scratch *s = &ps->s;
+    int64_t N = ps->B * ps->T, D = c->d_model, M = c->d_mlp;
     cx_matmul(s->mlp, M, s->normed, D, N, D, M, w->W_in->data, w->W_in->strides[0], w->W_in->strides[1],
               w->b_in->data, false);
     FIRE(l, HK_MLP_PRE, s->mlp);
@@ -289,8 +305,8 @@ static int mlp(circuits_context *ctx, int l, scratch *s, int64_t B, int64_t T)
         cx_solu(s->mlp, N, M);
         FIRE(l, HK_MLP_MID, s->mlp);
         /* mlp.ln: a LayerNorm over d_mlp (LN with weights when the model uses LN, else LNPre) */
-        int rc = layer_norm(ctx, l, HK_MLP_LN_SCALE, s->mlp, s->scale, s->mlp, M,
-                            c->normalization_type == CIRCUITS_NORM_LN, w->mlp_ln_w, w->mlp_ln_b, B, T);
+        int rc = layer_norm(ps, l, HK_MLP_LN_SCALE, s->mlp, s->scale, s->mlp, M,
+                            c->normalization_type == CIRCUITS_NORM_LN, w->mlp_ln_w, w->mlp_ln_b);
         if (rc) return rc;
     } else {
         cx_activation(s->mlp, (size_t)(N * M), c->act_fn);
@@ -307,79 +323,79 @@ static void add_into(float *dst, const float *src, size_t n)
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
-static int run(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T, scratch *s, float *out,
-               circuits_kv_cache *kv, const cx_run_spec *spec)
+static int run(pass *ps, float *out)
 {
+    const circuits_context *ctx = ps->ctx;
+    const cx_run *r = ps->run;
     const circuits_model *m = ctx->model;
     const circuits_config *c = &m->cfg;
-    int64_t N = B * T, D = c->d_model;
+    scratch *s = &ps->s;
+    int64_t B = ps->B, T = ps->T, N = B * T, D = c->d_model;
     bool norm = c->normalization_type != CIRCUITS_NORM_NONE, affine = c->normalization_type == CIRCUITS_NORM_LN;
     int rc;
 
-    /* pos[b, t] = W_pos[past + t] (past: cached positions); shortformer needs it in every layer */
+    /* pos[b, t] = W_pos[P + t] (P: cached positions); shortformer needs it in every layer */
     const circuits_tensor *E = m->W_E, *Wp = m->W_pos;
-    int64_t past = kv ? kv->len : 0;
     for (int64_t n = 0; n < N; n++)
-        for (int64_t j = 0; j < D; j++) s->pos[n * D + j] = Wp->data[(past + n % T) * Wp->strides[0] + j * Wp->strides[1]];
-    if (spec->input) {
+        for (int64_t j = 0; j < D; j++) s->pos[n * D + j] = Wp->data[(ps->P + n % T) * Wp->strides[0] + j * Wp->strides[1]];
+    if (r->input) {
         /* start_at_layer: the caller's residual stream replaces the embeddings */
-        memcpy(s->resid, spec->input, (size_t)(N * D) * sizeof(float));
+        memcpy(s->resid, r->input, (size_t)(N * D) * sizeof(float));
     } else {
         /* embed[b, t] = W_E[tokens[b, t]] */
         for (int64_t n = 0; n < N; n++)
-            for (int64_t j = 0; j < D; j++) s->embed[n * D + j] = E->data[tokens[n] * E->strides[0] + j * E->strides[1]];
+            for (int64_t j = 0; j < D; j++) s->embed[n * D + j] = E->data[r->tokens[n] * E->strides[0] + j * E->strides[1]];
         FIRE(-1, HK_EMBED, s->embed);
         FIRE(-1, HK_POS_EMBED, s->pos);
         memcpy(s->resid, s->embed, (size_t)(N * D) * sizeof(float));
         if (c->positional_embedding_type == CIRCUITS_POS_STANDARD) add_into(s->resid, s->pos, (size_t)(N * D));
     }
 
-    for (int l = spec->start; l < spec->stop; l++) {
+    for (int l = r->start; l < r->stop; l++) {
         const cx_layer_weights *w = &m->layers[l];
         FIRE(l, HK_RESID_PRE, s->resid);
         if (norm) {
-            if ((rc = layer_norm(ctx, l, HK_LN1_SCALE, s->normed, s->scale, s->resid, D, affine, w->ln1_w, w->ln1_b,
-                                 B, T)))
+            if ((rc = layer_norm(ps, l, HK_LN1_SCALE, s->normed, s->scale, s->resid, D, affine, w->ln1_w, w->ln1_b)))
                 return rc;
         } else {
             memcpy(s->normed, s->resid, (size_t)(N * D) * sizeof(float));
         }
-        if ((rc = attention(ctx, l, s, B, T, kv))) return rc;
+        if ((rc = attention(ps, l))) return rc;
         add_into(s->resid, s->branch, (size_t)(N * D));
         if (!c->attn_only) {
             FIRE(l, HK_RESID_MID, s->resid);
             if (norm) {
-                if ((rc = layer_norm(ctx, l, HK_LN2_SCALE, s->normed, s->scale, s->resid, D, affine, w->ln2_w,
-                                     w->ln2_b, B, T)))
+                if ((rc = layer_norm(ps, l, HK_LN2_SCALE, s->normed, s->scale, s->resid, D, affine, w->ln2_w,
+                                     w->ln2_b)))
                     return rc;
             } else {
                 memcpy(s->normed, s->resid, (size_t)(N * D) * sizeof(float));
             }
-            if ((rc = mlp(ctx, l, s, B, T))) return rc;
+            if ((rc = mlp(ps, l))) return rc;
             add_into(s->resid, s->branch, (size_t)(N * D));
         }
         FIRE(l, HK_RESID_POST, s->resid);
     }
-    if (spec->stop_at_layer) { /* the residual stream before block `stop` (after the last, if stop = L) */
+    if (r->stop_at_layer) { /* the residual stream before block `stop` (after the last, if stop = L) */
         if (out) memcpy(out, s->resid, (size_t)(N * D) * sizeof(float));
         return CIRCUITS_OK;
     }
 
     const float *final = s->resid;
     if (norm) {
-        if ((rc = layer_norm(ctx, -1, HK_LNF_SCALE, s->normed, s->scale, s->resid, D, affine, m->ln_final_w,
-                             m->ln_final_b, B, T)))
+        if ((rc = layer_norm(ps, -1, HK_LNF_SCALE, s->normed, s->scale, s->resid, D, affine, m->ln_final_w,
+                             m->ln_final_b)))
             return rc;
         final = s->normed;
     }
     FIRE(-1, HK_UNEMBED_IN, (float *)final);
     /* logits [B, n, V] at the chosen positions (every position: n = T): their rows of `final`
      * gathered into branch [B * n, D] first, so that the unembedding is one GEMM either way */
-    int64_t n = spec->positions ? spec->n_positions : T;
-    if (spec->positions) {
+    int64_t n = r->positions ? r->n_positions : T;
+    if (r->positions) {
         for (int64_t b = 0; b < B; b++)
             for (int64_t i = 0; i < n; i++) {
-                int64_t t = spec->positions[i] < 0 ? spec->positions[i] + T : spec->positions[i];
+                int64_t t = r->positions[i] < 0 ? r->positions[i] + T : r->positions[i];
                 memcpy(s->branch + (b * n + i) * D, final + (b * T + t) * D, (size_t)D * sizeof(float));
             }
         final = s->branch;
@@ -388,14 +404,16 @@ static int run(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t 
     cx_matmul(out, c->d_vocab_out, final, D, B * n, D, c->d_vocab_out, U->data, U->strides[0], U->strides[1],
               m->b_U->data, false);
     /* unembed.hook_out sees [B, n, V] */
-    return cx_hook_active(ctx, -1, HK_UNEMBED_OUT) ? cx_hook_fire(ctx, -1, HK_UNEMBED_OUT, out, B, n) : CIRCUITS_OK;
+    return cx_hook_active(ctx, r, -1, HK_UNEMBED_OUT) ? cx_hook_fire(ps->ctx, r, -1, HK_UNEMBED_OUT, out, B, n)
+                                                      : CIRCUITS_OK;
 }
 
 /* Checks every argument before anything runs. */
-static int check_run(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T, circuits_kv_cache *kv,
-                     const cx_run_spec *spec, bool want_loss)
+static int check_run(const circuits_context *ctx, const cx_run *r)
 {
     const circuits_config *c = &ctx->model->cfg;
+    const circuits_kv_cache *kv = r->kv;
+    int64_t B = r->batch, T = r->pos;
     if (B < 1 || T < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "forward: tokens shape [%lld, %lld]: batch and pos must be at least 1",
                        (long long)B, (long long)T);
@@ -418,77 +436,60 @@ static int check_run(circuits_context *ctx, const int32_t *tokens, int64_t B, in
             return cx_fail(CIRCUITS_E_RANGE, "forward: %lld cached + %lld new positions exceed the KV cache's %lld",
                            (long long)past, (long long)T, (long long)kv->cap);
     }
+    bool want_loss = r->loss || r->per_token_loss;
     if (want_loss && T < 2)
         return cx_fail(CIRCUITS_E_SHAPE, "forward: the loss needs at least 2 positions (got %lld)", (long long)T);
     if (B > (int64_t)(SIZE_MAX / sizeof(int32_t)) / T)
         return cx_fail(CIRCUITS_E_RANGE, "forward: batch %lld is too large", (long long)B);
-    if (!spec->input) {
-        if (!tokens) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "forward: tokens is NULL");
+    if (!r->input) {
+        if (!r->tokens) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "forward: tokens is NULL");
         for (int64_t i = 0; i < B * T; i++)
-            if (tokens[i] < 0 || tokens[i] >= c->d_vocab)
+            if (r->tokens[i] < 0 || r->tokens[i] >= c->d_vocab)
                 return cx_fail(CIRCUITS_E_RANGE,
-                               "forward: token id %d at [%lld, %lld] is outside the vocabulary [0, %d)", tokens[i],
+                               "forward: token id %d at [%lld, %lld] is outside the vocabulary [0, %d)", r->tokens[i],
                                (long long)(i / T), (long long)(i % T), c->d_vocab);
+        /* the loss reads the next token's logit: every target must be a row of the unembedding */
+        if (want_loss)
+            for (int64_t i = 0; i < B * T; i++)
+                if (i % T > 0 && r->tokens[i] >= c->d_vocab_out)
+                    return cx_fail(CIRCUITS_E_RANGE, "loss: target token %d is outside d_vocab_out = %d", r->tokens[i],
+                                   c->d_vocab_out);
     }
-    if (spec->positions)
-        for (int64_t i = 0; i < spec->n_positions; i++)
-            if (spec->positions[i] < -T || spec->positions[i] >= T)
+    if (r->positions)
+        for (int64_t i = 0; i < r->n_positions; i++)
+            if (r->positions[i] < -T || r->positions[i] >= T)
                 return cx_fail(CIRCUITS_E_RANGE, "run: logit position %lld (index %lld) is outside [-%lld, %lld)",
-                               (long long)spec->positions[i], (long long)i, (long long)T, (long long)T);
+                               (long long)r->positions[i], (long long)i, (long long)T, (long long)T);
     return CIRCUITS_OK;
 }
 
-static int forward(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T, circuits_kv_cache *kv,
-                   const cx_run_spec *spec, float *out, float *loss, float *per_token_loss)
+int cx_forward(circuits_context *ctx, const cx_run *r)
 {
     const circuits_config *c = &ctx->model->cfg;
-    int rc = check_run(ctx, tokens, B, T, kv, spec, loss || per_token_loss);
+    int rc = check_run(ctx, r);
     if (rc) return rc;
-    bool to_logits = !spec->stop_at_layer;
-    int64_t logit_rows = B * (spec->positions ? spec->n_positions : T);
-    scratch s = {0};
-    rc = prepare_scratch(ctx, B, T, (kv ? kv->len : 0) + T, logit_rows, to_logits && out == NULL, &s);
+    pass ps = {.ctx = ctx, .run = r, .B = r->batch, .T = r->pos, .P = r->kv ? r->kv->len : 0};
+    int64_t B = ps.B, T = ps.T;
+    bool to_logits = !r->stop_at_layer;
+    int64_t logit_rows = B * (r->positions ? r->n_positions : T);
+    /* hooks see only the run memory: logits a hook reads are made there and copied out after */
+    bool own_logits = to_logits && (r->out == NULL || cx_hook_active(ctx, r, -1, HK_UNEMBED_OUT));
+    rc = prepare_scratch(ctx, B, T, ps.P + T, logit_rows, own_logits, &ps.s);
     if (rc) return rc;
-    float *lg = out ? out : s.logits;
-    ctx->kv_past = kv ? kv->len : 0; /* the key axis of attn_scores / pattern hooks is past + T */
-    rc = run(ctx, tokens, B, T, &s, lg, kv, spec);
-    ctx->kv_past = 0;
-    if (rc) return rc;
-    if (kv) kv->len += T;
-    if (loss || per_token_loss) {
+    float *lg = own_logits ? ps.s.logits : r->out;
+    if ((rc = run(&ps, r->stop_at_layer ? r->out : lg))) return rc;
+    if (own_logits && r->out) memcpy(r->out, lg, (size_t)logit_rows * (size_t)c->d_vocab_out * sizeof(float));
+    if (r->kv) r->kv->len += T;
+    if (r->loss || r->per_token_loss) {
         int64_t V = c->d_vocab_out;
         double total = 0.0;
         for (int64_t b = 0; b < B; b++)
             for (int64_t i = 0; i + 1 < T; i++) {
-                int32_t target = tokens[b * T + i + 1];
-                if (target >= V)
-                    return cx_fail(CIRCUITS_E_RANGE, "loss: target token %d is outside d_vocab_out = %lld", target,
-                                   (long long)V);
-                double nll = cx_nll_row(lg + (b * T + i) * V, V, target);
-                if (per_token_loss) per_token_loss[b * (T - 1) + i] = (float)nll;
+                double nll = cx_nll_row(lg + (b * T + i) * V, V, r->tokens[b * T + i + 1]);
+                if (r->per_token_loss) r->per_token_loss[b * (T - 1) + i] = (float)nll;
                 total += nll;
             }
-        if (loss) *loss = (float)(total / (double)(B * (T - 1)));
+        if (r->loss) *r->loss = (float)(total / (double)(B * (T - 1)));
     }
     return CIRCUITS_OK;
-}
-
-int cx_forward(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T, float *logits, float *loss,
-               float *per_token_loss)
-{
-    cx_run_spec spec = {.start = 0, .stop = ctx->model->cfg.n_layers};
-    return forward(ctx, tokens, B, T, NULL, &spec, logits, loss, per_token_loss);
-}
-
-int cx_forward_kv(circuits_context *ctx, circuits_kv_cache *kv, const int32_t *tokens, int64_t B, int64_t T,
-                  float *logits)
-{
-    cx_run_spec spec = {.start = 0, .stop = ctx->model->cfg.n_layers};
-    return forward(ctx, tokens, B, T, kv, &spec, logits, NULL, NULL);
-}
-
-int cx_forward_spec(circuits_context *ctx, const cx_run_spec *spec, const int32_t *tokens, int64_t B, int64_t T,
-                    float *out)
-{
-    return forward(ctx, tokens, B, T, NULL, spec, out, NULL, NULL);
 }

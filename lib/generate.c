@@ -8,7 +8,8 @@
  *   probability of tokens 0 .. i-1 is <= p), then one draw from softmax(x) over the kept tokens.
  * Draws come from a splitmix64 stream seeded with opts->seed: one uniform per row per step, rows
  * in order, so a seed reproduces its tokens on every platform (not torch's). */
-#include "hooks.h"
+#include "context.h"
+#include "rng.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -107,13 +108,10 @@ int circuits_context_forward_kv(circuits_context *ctx, circuits_kv_cache *kv, co
 {
     if (!ctx || !kv)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_forward_kv: ctx and kv must not be NULL");
-    if (ctx->running)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
-                       "circuits_context_forward_kv: called from a callback of the same context");
-    ctx->running = true;
-    int rc = cx_forward_kv(ctx, kv, tokens, batch, pos, logits);
-    ctx->running = false;
-    return rc;
+    cx_run r = cx_run_init(ctx, "circuits_context_forward_kv", tokens, batch, pos);
+    r.kv = kv;
+    r.out = logits;
+    return cx_context_run(ctx, &r);
 }
 
 /* ---- sampling ---- */
@@ -129,14 +127,6 @@ void circuits_generate_options_init(circuits_generate_options *o)
     o->stop_at_eos = 1;
     o->eos_token_id = -1;
     o->use_kv_cache = 1;
-}
-
-static uint64_t splitmix64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
 }
 
 typedef struct ranked {
@@ -165,7 +155,7 @@ static int choose(sampler *s, const float *logits, const int32_t *counts, int64_
 {
     const circuits_generate_options *o = s->o;
     int64_t V = s->V, best = -1;
-    double u = (double)(splitmix64(&s->rng) >> 11) * 0x1.0p-53; /* drawn for every row and step */
+    double u = (double)(cx_splitmix64(&s->rng) >> 11) * 0x1.0p-53; /* drawn for every row and step */
     for (int64_t j = 0; j < V; j++) {
         if (isnan(logits[j]) || logits[j] == INFINITY)
             return cx_fail(CIRCUITS_E_RANGE, "generate: step %lld, row %lld: logit %lld is %s", (long long)step,
@@ -258,21 +248,15 @@ int circuits_context_generate(circuits_context *ctx, const int32_t *prompt, int6
     if (out_len) *out_len = 0;
     if (!ctx || !prompt || !out)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: ctx, prompt and out must not be NULL", fn);
-    if (ctx->running)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: called from a callback of the same context", fn);
     circuits_generate_options o;
     circuits_generate_options_init(&o);
-    if (opts) {
-        if (opts->size < sizeof(uint32_t) || opts->size > sizeof o)
-            return cx_fail(CIRCUITS_E_VERSION, "%s: options size %u is not one this library knows (%zu)", fn,
-                           opts->size, sizeof o);
-        memcpy(&o, opts, opts->size);
-        o.size = sizeof o;
-    }
+    static const size_t versions[] = {sizeof(circuits_generate_options)}; /* 0.1 */
+    int rc;
+    if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), fn))) return rc;
     const circuits_model *m = ctx->model;
     const circuits_config *c = &m->cfg;
     int32_t eos = -1;
-    int rc = check_options(&o, m, &eos);
+    rc = check_options(&o, m, &eos);
     if (rc) return rc;
     if (B < 1 || P < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: prompt shape [%lld, %lld]: batch and prompt_len must be at least 1", fn,
@@ -315,18 +299,26 @@ int circuits_context_generate(circuits_context *ctx, const int32_t *prompt, int6
             for (int64_t i = 0; i < P; i++)
                 if (prompt[b * P + i] < V) counts[b * V + prompt[b * P + i]]++;
 
-    ctx->running = true;
+    /* the steps run as one operation: the guard is held from the first to the last (an on_step
+     * callback may not run the context either) */
+    if (!rc) rc = cx_context_enter(ctx, fn);
+    bool entered = !rc;
     int64_t cur = P; /* columns written */
     for (int64_t step = 0; !rc && step < o.max_new_tokens; step++) {
         int64_t T; /* positions of this run; the last one predicts column cur */
+        cx_run run;
         if (kv) {
             T = step == 0 ? P : 1;
-            rc = cx_forward_kv(ctx, kv, step == 0 ? prompt : col, B, T, logits);
+            run = cx_run_init(ctx, fn, step == 0 ? prompt : col, B, T);
+            run.kv = kv;
         } else {
             T = cur;
             for (int64_t b = 0; b < B; b++) memcpy(seq + b * T, out + b * L, (size_t)T * sizeof *seq);
-            rc = cx_forward(ctx, seq, B, T, logits, NULL, NULL);
+            run = cx_run_init(ctx, fn, seq, B, T);
         }
+        run.out = logits;
+        run.held = true;
+        rc = cx_context_run(ctx, &run);
         if (rc) break;
         for (int64_t b = 0; b < B && !rc; b++) {
             memcpy(last + b * V, logits + (b * T + T - 1) * V, (size_t)V * sizeof(float));
@@ -355,7 +347,7 @@ int circuits_context_generate(circuits_context *ctx, const int32_t *prompt, int6
         for (int64_t b = 0; b < B && all; b++) all = finished[b];
         if (all) break;
     }
-    ctx->running = false;
+    if (entered) cx_context_leave(ctx);
     circuits_kv_cache_free(kv);
     cx_free(smp.x);
     cx_free(smp.order);

@@ -1,5 +1,5 @@
-/* Hook point table, TransformerLens name resolution, and firing. */
-#include "hooks.h"
+/* The hook table (hooks.h), TransformerLens name resolution, and firing (context.h). */
+#include "context.h"
 #include "pool.h"
 
 #include <ctype.h>
@@ -58,23 +58,23 @@ static int add_point(circuits_context *ctx, int layer, cx_hook_kind k)
     char name[96];
     if (layer >= 0) snprintf(name, sizeof name, "blocks.%d.%s", layer, kind_names[k]);
     else snprintf(name, sizeof name, "%s", kind_names[k]);
-    cx_hook_point *p = &ctx->points[ctx->n_points];
+    cx_hook_point *p = &ctx->hooks.points[ctx->hooks.n_points];
     memset(p, 0, sizeof *p);
     if (!(p->name = cx_strdup(name))) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory creating a context");
     p->layer = layer;
     p->kind = k;
-    ctx->point_of[(size_t)(layer + 1) * HK_COUNT + k] = (int32_t)ctx->n_points;
-    ctx->n_points++;
+    ctx->hooks.point_of[(size_t)(layer + 1) * HK_COUNT + k] = (int32_t)ctx->hooks.n_points;
+    ctx->hooks.n_points++;
     return CIRCUITS_OK;
 }
 
 int cx_hooks_build(circuits_context *ctx)
 {
     size_t L = (size_t)ctx->model->cfg.n_layers;
-    ctx->points = cx_calloc((L + 1) * HK_COUNT, sizeof *ctx->points);
-    ctx->point_of = cx_malloc((L + 1) * HK_COUNT * sizeof *ctx->point_of);
-    if (!ctx->points || !ctx->point_of) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory creating a context");
-    for (size_t i = 0; i < (L + 1) * HK_COUNT; i++) ctx->point_of[i] = -1;
+    ctx->hooks.points = cx_calloc((L + 1) * HK_COUNT, sizeof *ctx->hooks.points);
+    ctx->hooks.point_of = cx_malloc((L + 1) * HK_COUNT * sizeof *ctx->hooks.point_of);
+    if (!ctx->hooks.points || !ctx->hooks.point_of) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory creating a context");
+    for (size_t i = 0; i < (L + 1) * HK_COUNT; i++) ctx->hooks.point_of[i] = -1;
     int rc = CIRCUITS_OK;
     for (int k = HK_EMBED; k <= HK_POS_EMBED && !rc; k++) rc = add_point(ctx, -1, (cx_hook_kind)k);
     for (size_t l = 0; l < L && !rc; l++)
@@ -87,16 +87,16 @@ int cx_hooks_build(circuits_context *ctx)
 
 void cx_hooks_free(circuits_context *ctx)
 {
-    for (size_t i = 0; i < ctx->n_points; i++) {
-        cx_free(ctx->points[i].name);
-        cx_free(ctx->points[i].regs);
+    for (size_t i = 0; i < ctx->hooks.n_points; i++) {
+        cx_free(ctx->hooks.points[i].name);
+        cx_free(ctx->hooks.points[i].regs);
     }
-    cx_free(ctx->points);
-    cx_free(ctx->point_of);
+    cx_free(ctx->hooks.points);
+    cx_free(ctx->hooks.point_of);
 }
 
-int cx_hook_shape(const circuits_context *ctx, const cx_hook_point *p, int64_t B, int64_t T, int64_t *s,
-                  int32_t *head_axis)
+int cx_hook_shape(const circuits_context *ctx, const cx_hook_point *p, int64_t B, int64_t T, int64_t past,
+                  int64_t *s, int32_t *head_axis)
 {
     const circuits_config *c = &ctx->model->cfg;
     *head_axis = -1;
@@ -110,7 +110,7 @@ int cx_hook_shape(const circuits_context *ctx, const cx_hook_point *p, int64_t B
     case HK_RESULT:
         s[2] = c->n_heads; s[3] = c->d_model; *head_axis = 2; return 4;
     case HK_ATTN_SCORES: case HK_PATTERN: /* keys: the cached positions too (KV-cache runs) */
-        s[1] = c->n_heads; s[2] = T; s[3] = ctx->kv_past + T; *head_axis = 1; return 4;
+        s[1] = c->n_heads; s[2] = T; s[3] = past + T; *head_axis = 1; return 4;
     case HK_MLP_PRE: case HK_MLP_MID: case HK_MLP_LN_NORMALIZED: case HK_MLP_POST:
         s[2] = c->d_mlp; return 3;
     case HK_UNEMBED_OUT:
@@ -216,8 +216,8 @@ int cx_hooks_select(const circuits_context *ctx, const char *name,
     size_t matched = 0;
     int rc;
     if (strchr(name, '*')) {
-        for (size_t i = 0; i < ctx->n_points; i++)
-            if (glob_match(name, ctx->points[i].name)) {
+        for (size_t i = 0; i < ctx->hooks.n_points; i++)
+            if (glob_match(name, ctx->hooks.points[i].name)) {
                 if ((rc = visit(ctx, i, arg))) return rc;
                 matched++;
             }
@@ -227,8 +227,8 @@ int cx_hooks_select(const circuits_context *ctx, const char *name,
     char full[256];
     if (cx_expand_act_name(name, full, sizeof full) != CIRCUITS_OK)
         return cx_fail(CIRCUITS_E_NOT_FOUND, "no hook point named '%s'", name);
-    for (size_t i = 0; i < ctx->n_points; i++)
-        if (strcmp(full, ctx->points[i].name) == 0) return visit(ctx, i, arg);
+    for (size_t i = 0; i < ctx->hooks.n_points; i++)
+        if (strcmp(full, ctx->hooks.points[i].name) == 0) return visit(ctx, i, arg);
     const char *hint = "";
     if (strstr(full, "hook_result")) hint = " (set use_attn_result in circuits_context_options)";
     else if (strstr(full, "ln1.") || strstr(full, "ln2.") || strstr(full, "ln_final."))
@@ -253,34 +253,45 @@ static void copy_task(void *arg, int64_t begin, int64_t end)
     memcpy(j->dst + begin, j->src + begin, (size_t)(end - begin) * sizeof(float));
 }
 
-int cx_hook_fire(circuits_context *ctx, int layer, cx_hook_kind kind, float *data, int64_t B, int64_t T)
+void cx_hook_describe(const circuits_context *ctx, const cx_hook_point *p, int64_t B, int64_t T, int64_t past,
+                      float *data, circuits_tensor *t)
 {
-    int32_t idx = ctx->point_of[(size_t)(layer + 1) * HK_COUNT + kind];
+    memset(t, 0, sizeof *t);
+    t->name = p->name;
+    t->layer = p->layer;
+    t->head = -1;
+    t->ndim = cx_hook_shape(ctx, p, B, T, past, t->shape, &t->head_axis);
+    cx_contiguous_strides(t->ndim, t->shape, t->strides);
+    t->data = data;
+}
+
+static int callback_status(int r, const char *who, const char *name)
+{
+    if (r == CIRCUITS_HOOK_CONTINUE) return CIRCUITS_OK;
+    if (r == CIRCUITS_HOOK_STOP) return cx_fail(CIRCUITS_E_STOPPED, "run stopped by the %s at '%s'", who, name);
+    return cx_fail(CIRCUITS_E_CALLBACK, "%s at '%s' failed (returned %d)", who, name, r);
+}
+
+int cx_hook_fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data, int64_t B,
+                 int64_t T)
+{
+    int32_t idx = cx_hook_index(&ctx->hooks, layer, kind);
     if (idx < 0) return CIRCUITS_OK;
-    cx_hook_point *p = &ctx->points[idx];
-    if (p->n_regs == 0 && !p->cache_dst) return CIRCUITS_OK;
+    cx_hook_point *p = &ctx->hooks.points[idx];
+    float *dst = run->cache_dst ? run->cache_dst[idx] : NULL;
+    bool observed = run->observer.fn && run->observer.kind == kind;
+    if (p->n_regs == 0 && !dst && !observed) return CIRCUITS_OK;
     circuits_tensor t;
-    memset(&t, 0, sizeof t);
-    t.name = p->name;
-    t.layer = p->layer;
-    t.head = -1;
-    t.ndim = cx_hook_shape(ctx, p, B, T, t.shape, &t.head_axis);
-    int64_t stride = 1;
-    for (int i = t.ndim - 1; i >= 0; i--) {
-        t.strides[i] = stride;
-        stride *= t.shape[i];
-    }
-    t.data = data;
-    for (size_t i = 0; i < p->n_regs; i++) {
-        int r = p->regs[i].fn(&t, p->regs[i].user_data);
-        if (r == CIRCUITS_HOOK_CONTINUE) continue;
-        if (r == CIRCUITS_HOOK_STOP)
-            return cx_fail(CIRCUITS_E_STOPPED, "run stopped by the hook callback at '%s'", p->name);
-        return cx_fail(CIRCUITS_E_CALLBACK, "hook callback at '%s' failed (returned %d)", p->name, r);
-    }
-    if (p->cache_dst) {
-        copy_job job = {p->cache_dst, data};
-        cx_parallel_for(stride, (int64_t)1 << 16, copy_task, &job); /* under 64 Ki floats: one chunk, inline */
+    cx_hook_describe(ctx, p, B, T, run->kv ? run->kv->len : 0, data, &t);
+    int rc;
+    for (size_t i = 0; i < p->n_regs; i++)
+        if ((rc = callback_status(p->regs[i].fn(&t, p->regs[i].user_data), "hook callback", p->name))) return rc;
+    if (observed && (rc = callback_status(run->observer.fn(&t, run->observer.user_data), "observer", p->name)))
+        return rc;
+    if (dst) {
+        int64_t numel = t.shape[0] * t.strides[0];
+        copy_job job = {dst, data};
+        cx_parallel_for(numel, (int64_t)1 << 16, copy_task, &job); /* under 64 Ki floats: one chunk, inline */
     }
     return CIRCUITS_OK;
 }

@@ -14,6 +14,17 @@
 /* Records `status` and a formatted message as this thread's last error; returns status. */
 int cx_fail(int status, const char *fmt, ...) CX_PRINTF(2, 3);
 
+/* ---- size-versioned structs (struct_size.c) ---- */
+/* The one size rule (docs/abi.md): `size` must equal a published size of the struct, `versions`
+ * (oldest first, the last being this library's sizeof). A struct the library fills (`filled`)
+ * may also be larger than every version known here (a newer release's). Else
+ * CIRCUITS_E_VERSION naming fn. */
+int cx_struct_size_check(uint32_t size, const size_t *versions, size_t n_versions, const char *fn, bool filled);
+/* Options the caller passed (src, starting with its uint32_t size) over dst, which holds the
+ * defaults: checked by the rule above; dst->size becomes the newest version's. */
+int cx_options_copy(void *dst, const void *src, const size_t *versions, size_t n_versions, const char *fn);
+#define CX_COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
 /* ---- checked allocation (alloc.c): all library allocations go through these ---- */
 void *cx_malloc(size_t n);
 void *cx_calloc(size_t count, size_t size);
@@ -60,6 +71,9 @@ struct circuits_model {
     cx_layer_weights *layers;    /* [n_layers] */
     circuits_tokenizer *tokenizer; /* from the model directory, or NULL */
 };
+
+/* Row-major strides (in elements) of a contiguous tensor of this shape. */
+void cx_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
 
 const circuits_tensor *cx_model_find_weight(const circuits_model *m, const char *name);
 /* Points m->layers, m->W_E, ... at the entries of m->weights (after it changes). */

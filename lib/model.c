@@ -20,9 +20,10 @@ void circuits_model_free(circuits_model *m)
 int circuits_model_config(const circuits_model *m, circuits_config *out)
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_config: NULL argument");
+    static const size_t versions[] = {sizeof(circuits_config)}; /* 0.1 */
     uint32_t size = out->size;
-    if (size < sizeof(uint32_t))
-        return cx_fail(CIRCUITS_E_VERSION, "circuits_model_config: set out->size = sizeof(circuits_config)");
+    int rc = cx_struct_size_check(size, versions, CX_COUNT(versions), "circuits_model_config", true);
+    if (rc) return rc;
     if (size > sizeof *out) size = sizeof *out;
     memcpy((char *)out + sizeof(uint32_t), (const char *)&m->cfg + sizeof(uint32_t), size - sizeof(uint32_t));
     out->size = size;
@@ -59,3 +60,12 @@ int circuits_model_weight_at(const circuits_model *m, size_t index, circuits_ten
 }
 
 const circuits_tokenizer *circuits_model_tokenizer(const circuits_model *m) { return m ? m->tokenizer : NULL; }
+
+void cx_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides)
+{
+    int64_t s = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+        strides[i] = s;
+        s *= shape[i];
+    }
+}

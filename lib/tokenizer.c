@@ -726,13 +726,9 @@ int circuits_tokenizer_encode(const circuits_tokenizer *tok, const char *text, s
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_tokenizer_encode: NULL argument");
     circuits_encode_options o;
     circuits_encode_options_init(&o);
-    if (opts) {
-        if (opts->size < sizeof(uint32_t) || opts->size > sizeof o)
-            return cx_fail(CIRCUITS_E_VERSION, "circuits_tokenizer_encode: options size %u is not one this library knows (%zu)",
-                           opts->size, sizeof o);
-        memcpy(&o, opts, opts->size);
-        o.size = sizeof o;
-    }
+    static const size_t versions[] = {sizeof(circuits_encode_options)}; /* 0.1 */
+    int rc;
+    if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), "circuits_tokenizer_encode"))) return rc;
     if ((o.prepend_bos != 0 && o.prepend_bos != 1) || o.add_prefix_space < -1 || o.add_prefix_space > 1 ||
         (o.parse_special != 0 && o.parse_special != 1))
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
@@ -747,7 +743,7 @@ int circuits_tokenizer_encode(const circuits_tokenizer *tok, const char *text, s
     const uint8_t *s = (const uint8_t *)text;
     size_t pos = 0, st, en;
     int32_t id;
-    int rc = CIRCUITS_OK;
+    rc = CIRCUITS_OK;
     while (!rc && pos < len && find_added(tok, s, len, pos, 0, e.parse_special, &st, &en, &id)) {
         rc = encode_raw(&e, s + pos, st - pos);
         emit(&e, id);

@@ -419,6 +419,68 @@ static void positive_controls(void)
     load_ok("ok_gpt2_untied", dir, NULL);
 }
 
+/* Every activation name the loader accepts, and only those, is what its error message lists
+ * (docs/loading.md lists the same): each loads from a TL config (act_fn) and a GPT-2 config
+ * (activation_function), maps to its circuits_act_fn and runs a forward. */
+static void activation_names(void)
+{
+    static const struct { const char *name; int32_t act; } acts[] = {
+        {"relu", CIRCUITS_ACT_RELU},          {"gelu", CIRCUITS_ACT_GELU},
+        {"gelu_new", CIRCUITS_ACT_GELU_NEW},  {"gelu_pytorch_tanh", CIRCUITS_ACT_GELU_NEW},
+        {"gelu_fast", CIRCUITS_ACT_GELU_FAST}, {"silu", CIRCUITS_ACT_SILU},
+        {"swish", CIRCUITS_ACT_SILU},         {"solu_ln", CIRCUITS_ACT_SOLU_LN},
+    };
+    const size_t n = sizeof acts / sizeof acts[0];
+    char dir[4096], field[128], name[64];
+    tlist l;
+
+    /* the message's list, in order */
+    tl_tensors(&l);
+    tl_case(dir, "act_list", tl_config_with("act_fn", "\"act_fn\":\"tanh\""), &l);
+    circuits_model *m = NULL;
+    CHECK(circuits_model_load(&m, dir, NULL) == CIRCUITS_E_UNSUPPORTED, "act_fn 'tanh' loads");
+    circuits_model_free(m);
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", circuits_last_error());
+    char *open_ = strrchr(msg, '('), *close_ = strrchr(msg, ')');
+    CHECK(open_ && close_ && close_ > open_, "no (list) in '%s'", msg);
+    if (open_ && close_ && close_ > open_) {
+        *close_ = 0;
+        size_t k = 0;
+        for (char *tok = strtok(open_ + 1, ", "); tok; tok = strtok(NULL, ", "), k++)
+            CHECK(k < n && strcmp(tok, acts[k].name) == 0, "the message lists '%s' as activation %zu, want '%s'", tok, k,
+                  k < n ? acts[k].name : "(none)");
+        CHECK(k == n, "the message lists %zu activations, the loader accepts %zu", k, n);
+    }
+
+    for (size_t i = 0; i < n; i++) {
+        for (int hf = 0; hf < 2; hf++) {
+            if (hf && acts[i].act == CIRCUITS_ACT_SOLU_LN) continue; /* refused: cfg_activation_solu_ln */
+            snprintf(field, sizeof field, "\"%s\":\"%s\"", hf ? "activation_function" : "act_fn", acts[i].name);
+            snprintf(name, sizeof name, "ok_act_%s_%s", hf ? "hf" : "tl", acts[i].name);
+            if (hf) {
+                gpt2_tensors(&l);
+                gpt2_case(dir, name, gpt2_config_with(NULL, field), &l);
+            } else {
+                tl_tensors(&l);
+                if (acts[i].act == CIRCUITS_ACT_SOLU_LN) {
+                    TADD(&l, "blocks.0.mlp.ln.w", 16);
+                    TADD(&l, "blocks.0.mlp.ln.b", 16);
+                }
+                tl_case(dir, name, tl_config_with("act_fn", field), &l);
+            }
+            load_ok(name, dir, NULL);
+            m = NULL;
+            if (circuits_model_load(&m, dir, NULL) == CIRCUITS_OK) {
+                circuits_config c = {.size = sizeof c};
+                CHECK_OK(circuits_model_config(m, &c));
+                CHECK(c.act_fn == acts[i].act, "%s: act_fn %d, want %d", name, c.act_fn, acts[i].act);
+            }
+            circuits_model_free(m);
+        }
+    }
+}
+
 static void safetensors_checks(void)
 {
     char dir[4096], path[4096];
@@ -832,6 +894,8 @@ static void config_checks(void)
                     "field 'model_type' must be a string");
     HF_CONFIG_FAILS("cfg_activation_unsupported", gpt2_config_with(NULL, "\"activation_function\":\"tanh\""),
                     CIRCUITS_E_UNSUPPORTED, "activation_function 'tanh' is not supported");
+    HF_CONFIG_FAILS("cfg_activation_solu_ln", gpt2_config_with(NULL, "\"activation_function\":\"solu_ln\""),
+                    CIRCUITS_E_UNSUPPORTED, "activation_function 'solu_ln' needs mlp.ln weights");
     HF_CONFIG_FAILS("cfg_eps_negative", gpt2_config_with(NULL, "\"layer_norm_epsilon\":-1e-5"), CIRCUITS_E_CONFIG,
                     "layer_norm_epsilon must not be negative");
     HF_CONFIG_FAILS("cfg_eps_string", gpt2_config_with(NULL, "\"layer_norm_epsilon\":\"1e-5\""), CIRCUITS_E_CONFIG,
@@ -1202,6 +1266,7 @@ int main(int argc, char **argv)
     cat_tmp = g_root;
 
     positive_controls();
+    activation_names();
     safetensors_checks();
     model_checks();
     config_checks();

@@ -1347,8 +1347,38 @@ static void test_model_invariances(void)
     tlm_free(&base);
 }
 
-/* (d): MLP composition against ||W_out^A R^B||_F / (||W_out^A|| ||R^B||), for d_mlp above and
- * below d_model (the two factorisations of W_out). */
+/* (d): MLP composition scores of m (the model of w) against ||W_out^A R^B||_F / (||W_out^A|| ||R^B||). */
+static void check_brute_mlp_scores(const circuits_model *m, const tlm *w)
+{
+    int L = w->L, H = w->H, LH = L * H, M = w->M, D = w->D;
+    float *out = xmalloc((size_t)(L * LH) * sizeof *out);
+    for (int mode = 0; mode < 3; mode++) {
+        CHECK_OK(circuits_model_mlp_composition_scores(m, mode, out));
+        double worst = 0;
+        int nonzero_below = 0;
+        for (int la = 0; la < L; la++) {
+            dm wo = dm_from(w->Wout[la], M, D);
+            for (int b = 0; b < LH; b++) {
+                float got = out[la * LH + b];
+                if (la >= b / H) {
+                    nonzero_below += got != 0.0f;
+                    continue;
+                }
+                dm rb = reader_d(w, b / H, b % H, mode);
+                worst = fmax(worst, fabs(got - comp_score_d(wo, rb)));
+                dm_free(&rb);
+            }
+            dm_free(&wo);
+        }
+        CHECK(worst < 2e-5, "MLP composition (d_mlp %d, d_head %d, d_model %d) mode %d vs brute force: worst %.3g", M,
+              w->dh, D, mode, worst);
+        CHECK(nonzero_below == 0, "MLP composition (d_mlp %d) mode %d: %d non-zero where layer(A) >= layer(B)", M, mode,
+              nonzero_below);
+    }
+    free(out);
+}
+
+/* (d): MLP composition for d_mlp above and below d_model (the two factorisations of W_out). */
 static void test_mlp_composition(void)
 {
     const int mlps[] = {32, 8};
@@ -1361,28 +1391,7 @@ static void test_mlp_composition(void)
         circuits_model *m = tlm_load(&w, name);
         int L = w.L, H = w.H, LH = L * H, M = w.M, D = w.D;
         float *out = xmalloc((size_t)(L * LH) * sizeof *out);
-        for (int mode = 0; mode < 3; mode++) {
-            CHECK_OK(circuits_model_mlp_composition_scores(m, mode, out));
-            double worst = 0;
-            int nonzero_below = 0;
-            for (int la = 0; la < L; la++) {
-                dm wo = dm_from(w.Wout[la], M, D);
-                for (int b = 0; b < LH; b++) {
-                    float got = out[la * LH + b];
-                    if (la >= b / H) {
-                        nonzero_below += got != 0.0f;
-                        continue;
-                    }
-                    dm rb = reader_d(&w, b / H, b % H, mode);
-                    worst = fmax(worst, fabs(got - comp_score_d(wo, rb)));
-                    dm_free(&rb);
-                }
-                dm_free(&wo);
-            }
-            CHECK(worst < 2e-5, "MLP composition (d_mlp %d) mode %d vs brute force: worst %.3g", M, mode, worst);
-            CHECK(nonzero_below == 0, "MLP composition (d_mlp %d) mode %d: %d non-zero where layer(A) >= layer(B)", M, mode,
-                  nonzero_below);
-        }
+        check_brute_mlp_scores(m, &w);
         /* the attention scores of a model with MLPs, too */
         float *s = all_scores(m, LH);
         check_brute_scores(&w, s);
@@ -1404,6 +1413,66 @@ static void test_mlp_composition(void)
                     CIRCUITS_E_RANGE, "writer layer 3");
         CHECK_FAILS(circuits_model_mlp_composition_scores(m, 5, out), CIRCUITS_E_INVALID_ARGUMENT, "mode");
         free(out);
+        circuits_model_free(m);
+        tlm_free(&w);
+    }
+}
+
+/* W [H, a, b] head h <- X [a, r] Y [r, b] (Gaussian): a factor of rank <= r. */
+static void low_rank_head(rng *g, float *W, int h, int a, int b, int r)
+{
+    float *X = gauss_f(g, (size_t)(a * r), 1.0 / sqrt((double)a)), *Y = gauss_f(g, (size_t)(r * b), 1.0);
+    float *dst = W + (size_t)h * (size_t)(a * b);
+    for (int i = 0; i < a; i++)
+        for (int j = 0; j < b; j++) {
+            double s = 0;
+            for (int k = 0; k < r; k++) s += (double)X[i * r + k] * Y[k * b + j];
+            dst[i * b + j] = (float)s;
+        }
+    free(X);
+    free(Y);
+}
+
+/* (h): d_head > d_model, where every [d_model, d_head] factor is wide (rank <= d_model) and the
+ * QR reduction keeps d_model rows (as TransformerLens, which scores these models too). Brute
+ * force for head and MLP writers, with some factors of rank below d_model (1, 2, 3, 5) and
+ * some centred over d_model (rank d_model - 1, what fold_ln leaves). */
+static void test_wide_heads(void)
+{
+    const int mlps[] = {0, 16, 4};
+    for (int t = 0; t < 3; t++) {
+        rng g = {4242u + (uint64_t)t};
+        tlm w;
+        tlm_random(&w, &g, 3, 2, 8, 12, 10, 8, mlps[t]);
+        int D = w.D, dh = w.dh;
+        /* rank-deficient heads: W_V L0H1 rank 3, W_K L1H0 rank 2, W_O L1H1 rank 1, W_Q L2H0 rank 5 */
+        low_rank_head(&g, w.WV[0], 1, D, dh, 3);
+        low_rank_head(&g, w.WK[1], 0, D, dh, 2);
+        low_rank_head(&g, w.WO[1], 1, dh, D, 1);
+        low_rank_head(&g, w.WQ[2], 0, D, dh, 5);
+        /* centred over d_model (rank D - 1): W_V and W_K of L0H0 */
+        for (int which = 0; which < 2; which++) {
+            float *W = which ? w.WK[0] : w.WV[0];
+            for (int j = 0; j < dh; j++) {
+                double mean = 0;
+                for (int i = 0; i < D; i++) mean += W[i * dh + j];
+                for (int i = 0; i < D; i++) W[i * dh + j] -= (float)(mean / D);
+            }
+        }
+        char name[32];
+        snprintf(name, sizeof name, "wide_%d", mlps[t]);
+        circuits_model *m = tlm_load(&w, name);
+        int LH = w.L * w.H;
+        float *s = all_scores(m, LH);
+        check_brute_scores(&w, s);
+        for (int i = 0; i < 3 * LH * LH; i++)
+            CHECK(s[i] >= 0.0f && s[i] <= 1.0f + 1e-6f, "wide heads: score %d = %g outside [0, 1]", i, s[i]);
+        free(s);
+        if (w.M) check_brute_mlp_scores(m, &w);
+        else {
+            float none[3 * 3 * 2];
+            CHECK_FAILS(circuits_model_mlp_composition_scores(m, 0, none), CIRCUITS_E_UNSUPPORTED, "attention-only");
+        }
         circuits_model_free(m);
         tlm_free(&w);
     }
@@ -1445,7 +1514,7 @@ static void baseline_here(rng *g, int D, int dh, int M, int n, double *mean, dou
 static void test_baseline(void)
 {
     const int n = 400;
-    const struct { int D, dh, M; } small[] = {{16, 4, 0}, {12, 6, 0}, {16, 4, 32}, {16, 4, 8}};
+    const struct { int D, dh, M; } small[] = {{16, 4, 0}, {12, 6, 0}, {16, 4, 32}, {16, 4, 8}, {8, 12, 0}, {8, 12, 16}, {8, 12, 4}};
     for (size_t i = 0; i < sizeof small / sizeof small[0]; i++) {
         float mean = 0, std = 0, mean2 = 0;
         CHECK_OK(circuits_composition_baseline(small[i].D, small[i].dh, small[i].M, n, 12345 + i, &mean, &std));
@@ -1474,7 +1543,8 @@ static void test_baseline(void)
     }
     float mean;
     CHECK_FAILS(circuits_composition_baseline(16, 4, 0, 10, 1, NULL, NULL), CIRCUITS_E_INVALID_ARGUMENT, "mean is NULL");
-    CHECK_FAILS(circuits_composition_baseline(4, 16, 0, 10, 1, &mean, NULL), CIRCUITS_E_RANGE, "d_head <= d_model");
+    CHECK_FAILS(circuits_composition_baseline(4, 65537, 0, 10, 1, &mean, NULL), CIRCUITS_E_RANGE, "1 <= d_head <= 65536");
+    CHECK_FAILS(circuits_composition_baseline(0, 4, 0, 10, 1, &mean, NULL), CIRCUITS_E_RANGE, "1 <= d_model <= 65536");
     CHECK_FAILS(circuits_composition_baseline(16, 0, 0, 10, 1, &mean, NULL), CIRCUITS_E_RANGE, "1 <= d_head");
     CHECK_FAILS(circuits_composition_baseline(16, 4, -1, 10, 1, &mean, NULL), CIRCUITS_E_RANGE, "d_mlp >= 0");
     CHECK_FAILS(circuits_composition_baseline(16, 4, 0, 0, 1, &mean, NULL), CIRCUITS_E_RANGE, "n_samples >= 1");
@@ -1494,6 +1564,7 @@ int main(void)
     if (!mkdtemp(g_root)) die("mkdtemp");
     test_model_invariances();
     test_mlp_composition();
+    test_wide_heads();
     test_baseline();
     if (nftw(g_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) fprintf(stderr, "could not remove %s\n", g_root);
     return tu_finish("test_factored");

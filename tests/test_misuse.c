@@ -390,14 +390,14 @@ static int hook_reenters(const circuits_tensor *act, void *user_data)
     circuits_cache *cache = NULL;
     CHECK_OK(circuits_cache_create(&cache));
     CALL_FAILS("callback_forward_same_context", circuits_context_forward(ctx, TOK, 1, 4, logits, NULL, NULL),
-               CIRCUITS_E_INVALID_ARGUMENT, "called from a hook callback of the same context");
+               CIRCUITS_E_INVALID_ARGUMENT, "called from a callback of the same context");
     CALL_FAILS("callback_add_hook_same_context", circuits_context_add_hook(ctx, "embed", hook_continue, NULL, NULL),
-               CIRCUITS_E_INVALID_ARGUMENT, "called from a hook callback of the same context");
+               CIRCUITS_E_INVALID_ARGUMENT, "called from a callback of the same context");
     CALL_FAILS("callback_remove_hook_same_context", circuits_context_remove_hook(ctx, 1), CIRCUITS_E_INVALID_ARGUMENT,
-               "called from a hook callback of the same context");
+               "called from a callback of the same context");
     CALL_FAILS("callback_run_with_cache_same_context",
                circuits_context_run_with_cache(ctx, TOK, 1, 4, NULL, 0, cache, NULL, NULL, NULL),
-               CIRCUITS_E_INVALID_ARGUMENT, "called from a hook callback");
+               CIRCUITS_E_INVALID_ARGUMENT, "called from a callback of the same context");
     CALL_FAILS("callback_forward_kv_same_context", circuits_context_forward_kv(ctx, r->kv, TOK, 1, 4, NULL),
                CIRCUITS_E_INVALID_ARGUMENT, "called from a callback of the same context");
     CALL_FAILS("callback_generate_same_context", circuits_context_generate(ctx, TOK, 1, 4, NULL, out, NULL),
@@ -405,10 +405,10 @@ static int hook_reenters(const circuits_tensor *act, void *user_data)
     float scores[5 * 4];
     CALL_FAILS("callback_detect_heads_same_context",
                circuits_context_detect_heads(ctx, TOK, 1, 8, CIRCUITS_HEAD_PREVIOUS_TOKEN, NULL, NULL, scores),
-               CIRCUITS_E_INVALID_ARGUMENT, "called from a hook callback of the same context");
+               CIRCUITS_E_INVALID_ARGUMENT, "called from a callback of the same context");
     CALL_FAILS("callback_induction_scores_same_context",
                circuits_context_induction_scores(ctx, TOK, 1, 8, 4, scores, NULL, NULL), CIRCUITS_E_INVALID_ARGUMENT,
-               "called from a hook callback of the same context");
+               "called from a callback of the same context");
     circuits_context_clear_hooks(ctx); /* ignored while running: this hook keeps firing */
     circuits_cache_free(cache);
     return CIRCUITS_HOOK_CONTINUE;
@@ -564,8 +564,8 @@ static void range_checks(circuits_model *m, circuits_context *ctx, const circuit
     static float comp[5 * 4 * 5 * 4];
     CALL_FAILS("composition_scores_mode", circuits_model_composition_scores(m, -1, comp), CIRCUITS_E_INVALID_ARGUMENT,
                "composition mode must be");
-    CALL_FAILS("composition_baseline_d_head_over_d_model", circuits_composition_baseline(8, 16, 0, 4, 1, comp, NULL),
-               CIRCUITS_E_RANGE, "d_model 8, d_head 16, d_mlp 0, n_samples 4: need 1 <= d_head <= d_model");
+    CALL_FAILS("composition_baseline_d_head_too_large", circuits_composition_baseline(8, 70000, 0, 4, 1, comp, NULL),
+               CIRCUITS_E_RANGE, "d_model 8, d_head 70000, d_mlp 0, n_samples 4: need 1 <= d_model <= 65536, 1 <= d_head <= 65536");
     CALL_FAILS("composition_baseline_samples_0", circuits_composition_baseline(32, 8, 0, 0, 1, comp, NULL),
                CIRCUITS_E_RANGE, "n_samples 0: need");
 

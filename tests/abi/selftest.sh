@@ -51,22 +51,30 @@ expect pass function_added "toy_count"
 expect pass enumerator_added
 expect pass private_changed
 
-# incompatible: every layout or signature change, removal, renumbering
-toy field_retyped libtoy.so.0 -DTOY_FIELD_RETYPED
+# a field appended to a size-versioned struct: compatible (the size rule reads old sizes)
 toy field_appended libtoy.so.0 -DTOY_FIELD_APPENDED
+expect pass field_appended "size-versioned"
+
+# incompatible: every other layout or signature change, removal, renumbering
+toy field_retyped libtoy.so.0 -DTOY_FIELD_RETYPED
+toy field_inserted libtoy.so.0 -DTOY_FIELD_INSERTED
+toy appended_and_retyped libtoy.so.0 -DTOY_FIELD_APPENDED -DTOY_FIELD_RETYPED
+toy point_appended libtoy.so.0 -DTOY_POINT_APPENDED
 toy signature_changed libtoy.so.0 -DTOY_SIGNATURE_CHANGED
 toy function_removed libtoy.so.0 -DTOY_FUNCTION_REMOVED
 toy enumerator_renumbered libtoy.so.0 -DTOY_ENUMERATOR_RENUMBERED
-toy added_and_appended libtoy.so.0 -DTOY_FUNCTION_ADDED -DTOY_FIELD_APPENDED
+toy added_and_appended libtoy.so.0 -DTOY_FUNCTION_ADDED -DTOY_POINT_APPENDED
 expect fail field_retyped "struct toy_options"
-expect fail field_appended "struct toy_options"
+expect fail field_inserted "struct toy_options"
+expect fail appended_and_retyped "struct toy_options"
+expect fail point_appended "struct toy_point"
 expect fail signature_changed "toy_run"
 expect fail function_removed "toy_free"
 expect fail enumerator_renumbered "TOY_E_BAD"
-expect fail added_and_appended "struct toy_options"
+expect fail added_and_appended "struct toy_point"
 
 # the same break in a release with a new soname is allowed
-toy field_appended_new_soname libtoy.so.1 -DTOY_FIELD_APPENDED
+toy field_appended_new_soname libtoy.so.1 -DTOY_POINT_APPENDED
 expect pass field_appended_new_soname "libtoy.so.0 -> libtoy.so.1"
 
 # a library without DWARF cannot be checked: a failure, not a silent pass

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TOL_HOOK, TOL_LOGITS, TOL_LOSS, TOL_SCORE, TOL_WEIGHT, max_diff
+import safetensors_np
+from conftest import CASES_DIR, TOL_HOOK, TOL_LOGITS, TOL_LOSS, TOL_SCORE, TOL_WEIGHT, max_diff
 
 import circuits
 
@@ -213,3 +214,30 @@ def test_induction_scores(case, variant):
             f = p[:, 0 : L - 1].mean()
             s = p[:, L : 2 * L - 1].mean()
             assert abs(lf - f) < 4e-5 and abs(lr - s) < 4e-5
+
+
+COMPOSITION_DIR = CASES_DIR.parent / "composition"  # d_head 24 > d_model 16, generate_composition.py
+
+
+@pytest.mark.parametrize("processed", [True, False])
+def test_composition_scores_wide_heads(processed):
+    """d_head > d_model (wide, partly rank-deficient factors): TransformerLens's
+    all_composition_scores, as tests/test_composition_reference.c."""
+    ref = safetensors_np.load(str(COMPOSITION_DIR / "expected.safetensors"))
+    prefix = "" if processed else "unprocessed:"
+    load_fn = circuits.Model.from_pretrained if processed else circuits.Model.from_pretrained_no_processing
+    with load_fn(COMPOSITION_DIR) as m:
+        L, H = m.cfg.n_layers, m.cfg.n_heads
+        assert m.cfg.d_head > m.cfg.d_model
+        for mode in "QKV":
+            sc = m.all_composition_scores(mode)
+            want = ref[f"{prefix}comp_{mode}"]
+            assert sc.shape == want.shape == (L, H, L, H)
+            assert max_diff(sc, want) <= TOL_SCORE, mode
+            nz = want != 0
+            assert np.all(sc[~nz] == 0)
+            assert np.max(np.abs(sc[nz] - want[nz]) / np.abs(want[nz])) <= 1e-5, mode
+        mean, std = circuits.composition_baseline(m, n_samples=400, seed=5)
+        bs = ref["baseline_scores"].astype(np.float64)
+        se = np.sqrt(bs.var() / bs.size + std ** 2 / 400)
+        assert abs(mean - bs.mean()) < 4 * se

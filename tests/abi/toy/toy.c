@@ -17,6 +17,12 @@ void toy_options_init(toy_options *opts)
     opts->level = 1;
 }
 
+int toy_point_get(const toy_handle *h, toy_point *out)
+{
+    out->x = (float)h->level;
+    return TOY_OK;
+}
+
 int toy_create(toy_handle **out, const toy_options *opts)
 {
     *out = calloc(1, sizeof **out);

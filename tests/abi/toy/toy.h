@@ -23,6 +23,9 @@ typedef struct toy_handle toy_handle;
 
 typedef struct toy_options {
     uint32_t size;
+#ifdef TOY_FIELD_INSERTED
+    int32_t first;
+#endif
 #ifdef TOY_FIELD_RETYPED
     int64_t level;
 #else
@@ -33,9 +36,18 @@ typedef struct toy_options {
 #endif
 } toy_options;
 
+/* a struct without a size field, filled by the library (as circuits_tensor) */
+typedef struct toy_point {
+    float x;
+#ifdef TOY_POINT_APPENDED
+    float y;
+#endif
+} toy_point;
+
 typedef int (*toy_fn)(const float *x, void *user_data);
 
 void toy_options_init(toy_options *opts);
+int toy_point_get(const toy_handle *h, toy_point *out);
 int toy_create(toy_handle **out, const toy_options *opts);
 #ifdef TOY_SIGNATURE_CHANGED
 int toy_run(toy_handle *h, toy_fn fn, void *user_data, int64_t n);

@@ -1,0 +1,101 @@
+/* Run contexts and the one door every run goes through.
+ *
+ * A context is a model, its hook table (hooks.h) and the run memory its passes work in. A run
+ * is described whole by a cx_run — what goes in (tokens or a residual stream), where it starts
+ * and stops, which KV cache it continues, which activations it caches, which internal observer
+ * watches it, what comes out — and cx_context_run takes it through guard -> pass -> release.
+ * The public runners (forward, run, forward_kv, run_with_cache, detect_heads,
+ * induction_scores, generate) fill a cx_run and call the door; nothing about a run is kept in
+ * the context between or during runs except the run memory and the guard. */
+#ifndef CIRCUITS_CONTEXT_H
+#define CIRCUITS_CONTEXT_H
+
+#include "hooks.h"
+
+struct circuits_context {
+    const circuits_model *model;
+    circuits_context_options opts;
+    cx_hook_table hooks;
+    bool running;          /* the guard: a run (or a generation) holds the context */
+    bool in_pass;          /* a forward pass is computing: the run memory is in use */
+    float *scratch;        /* the run memory: activations of one pass, grown as needed; every hook
+                            * callback's data lies in it (circuits_context_take_run_memory) */
+    size_t scratch_floats;
+};
+
+/* A KV cache (generate.c): every layer's keys and values, as hook_k / hook_v left them, for
+ * positions 0 .. len-1 of `batch` sequences; a run continuing it appends its own. */
+struct circuits_kv_cache {
+    const circuits_model *model;
+    int64_t batch, cap, len; /* cap: positions allocated (<= n_ctx) */
+    float *k, *v;            /* [n_layers, batch, cap, n_heads * d_head] */
+};
+
+/* An internal reader of one hook kind (detectors): called at every point of that kind after
+ * the registered callbacks, with the same descriptor. It may not write. */
+typedef struct cx_observer {
+    circuits_hook_fn fn;   /* NULL: none */
+    cx_hook_kind kind;
+    void *user_data;
+} cx_observer;
+
+/* Everything about one run. Start from cx_run_init. */
+typedef struct cx_run {
+    const char *fn;            /* the public function's name, for messages */
+    const int32_t *tokens;     /* [batch, pos]; may be NULL when input is set */
+    int64_t batch, pos;
+    const float *input;        /* [batch, pos, d_model]: the residual stream before block `start`
+                                * (start_at_layer), replacing the embeddings; NULL: from the tokens */
+    int32_t start, stop;       /* blocks start .. stop - 1 run */
+    bool stop_at_layer;        /* stop after block stop - 1 with the residual stream (even if stop ==
+                                * n_layers, as TransformerLens); false: on to the logits */
+    const int64_t *positions;  /* logits only at these positions (negative: from the end); NULL: all */
+    int64_t n_positions;
+    circuits_kv_cache *kv;     /* continue this KV cache (new positions kv->len ..; appended on
+                                * success), or NULL */
+    float *const *cache_dst;   /* [n_points]: where to copy each point's activation (NULL entries:
+                                * not cached), or NULL (run_with_cache) */
+    cx_observer observer;
+    float *out;                /* logits [batch, n_positions or pos, d_vocab_out], or with
+                                * stop_at_layer the residual stream [batch, pos, d_model]; may be NULL */
+    float *loss;               /* mean next-token loss, or NULL */
+    float *per_token_loss;     /* [batch, pos - 1], or NULL */
+    bool held;                 /* the caller holds the guard already (a generation's steps) */
+} cx_run;
+
+/* A full run of tokens [batch, pos] to the logits, nothing else set. */
+cx_run cx_run_init(const circuits_context *ctx, const char *fn, const int32_t *tokens, int64_t batch, int64_t pos);
+
+/* The door: guard (refused from a callback of the same context) -> pass -> release. */
+int cx_context_run(circuits_context *ctx, const cx_run *run);
+
+/* The guard alone, for a caller that runs several passes as one operation (generation). */
+int cx_context_enter(circuits_context *ctx, const char *fn);
+void cx_context_leave(circuits_context *ctx);
+
+/* The pass (forward.c): only the door calls it. */
+int cx_forward(circuits_context *ctx, const cx_run *run);
+
+/* ---- firing (hooks.c) ---- */
+
+/* Runs the callbacks, the observer and the cache copy of hook (layer, kind) on data. */
+int cx_hook_fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data, int64_t batch,
+                 int64_t pos);
+
+/* True if a callback is registered at (layer, kind): it may change the activation. A point
+ * that is only cached or observed is read, never changed. */
+static inline bool cx_hook_may_write(const circuits_context *ctx, int layer, cx_hook_kind kind)
+{
+    int32_t i = cx_hook_index(&ctx->hooks, layer, kind);
+    return i >= 0 && ctx->hooks.points[i].n_regs > 0;
+}
+
+/* True if anything reads (layer, kind) in this run: the pass must materialise it and fire. */
+static inline bool cx_hook_active(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)
+{
+    int32_t i = cx_hook_index(&ctx->hooks, layer, kind);
+    return i >= 0 && (ctx->hooks.points[i].n_regs > 0 || (run->cache_dst && run->cache_dst[i]) ||
+                      (run->observer.fn && run->observer.kind == kind));
+}
+
+#endif
