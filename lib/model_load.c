@@ -466,20 +466,10 @@ int circuits_model_load(circuits_model **out, const char *path, const circuits_l
     if (!path) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_load: path is NULL");
     circuits_load_options o;
     circuits_load_options_init(&o);
-    if (opts) {
-        /* The size must be the end of a published version of the struct: 0.2.0's ends before
-         * read_into_memory, this one after it. Any other size (0, one that cuts a field, one
-         * larger than this library knows) is refused. (To be replaced by the library's common
-         * size check when there is one.) */
-        const size_t v020 = offsetof(circuits_load_options, read_into_memory);
-        if (opts->size != v020 && opts->size != sizeof *opts)
-            return cx_fail(CIRCUITS_E_VERSION,
-                           "circuits_model_load: options size %u is not one this library knows (%zu or %zu)",
-                           opts->size, v020, sizeof *opts);
-        /* an older caller's struct ends early: read only what it has, defaults for the rest */
-        memcpy(&o, opts, opts->size);
-        o.size = sizeof o;
-    }
+    /* the published sizes: 0.2.0's (before read_into_memory), then this one's */
+    static const size_t versions[] = {offsetof(circuits_load_options, read_into_memory), sizeof o};
+    int rc;
+    if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), "circuits_model_load"))) return rc;
     const int32_t flags[] = {o.fold_ln, o.center_writing_weights, o.center_unembed, o.fold_value_biases,
                              o.refactor_factored_attn_matrices};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
@@ -490,7 +480,7 @@ int circuits_model_load(circuits_model **out, const char *path, const circuits_l
                        (int)o.read_into_memory);
     circuits_model *m = cx_calloc(1, sizeof *m);
     if (!m) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading %s", path);
-    int rc = load_into(m, path, o.read_into_memory ? CX_ST_READ : CX_ST_MAP);
+    rc = load_into(m, path, o.read_into_memory ? CX_ST_READ : CX_ST_MAP);
     if (!rc) rc = cx_process_weights(m, &o);
     if (rc) {
         circuits_model_free(m);
