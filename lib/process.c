@@ -26,7 +26,7 @@ static int mutable(circuits_model *m, const circuits_tensor *ct)
     float *buf = cx_malloc(n * sizeof *buf);
     if (!buf || cx_model_own(m, buf))
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory processing weight '%s'", t->name);
-    int64_t st[4];
+    int64_t st[4] = {0, 0, 0, 0}; /* entries past ndim stay 0, as in every other view */
     if (cx_weight_kinds[m->kind[idx]].flags & CX_WF_QKV) {
         st[0] = t->shape[2];
         st[1] = t->shape[0] * t->shape[2];
