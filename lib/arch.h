@@ -113,6 +113,7 @@ size_t cx_weight_list(const circuits_config *c, cx_weight_entry *out);
 
 typedef enum cx_map {
     CX_MAP_ABSENT,    /* not stored: zeros (GPT-2's b_U) */
+    CX_MAP_NEVER,     /* no config of the architecture has it (its config loader refuses them) */
     CX_MAP_SAME,      /* stored in TransformerLens's shape, contiguous */
     CX_MAP_TRANSPOSE, /* a 2-D tensor stored transposed (W_U as lm_head.weight [d_vocab, d_model]) */
     CX_MAP_QKV,       /* one third of a fused [d_model, 3·d_model] weight or [3·d_model] bias, split
@@ -121,7 +122,7 @@ typedef enum cx_map {
 } cx_map;
 
 typedef struct cx_weight_source {
-    const char *name; /* stored name, "%d" for the layer; NULL with CX_MAP_ABSENT */
+    const char *name; /* stored name, "%d" for the layer; NULL with CX_MAP_ABSENT, CX_MAP_NEVER */
     cx_map map;
     int part;         /* CX_MAP_QKV: which third, 0 (Q), 1 (K) or 2 (V) */
     const char *tied; /* stored instead when `name` is absent and the embeddings are tied */

@@ -52,7 +52,7 @@ static bool arch_source(const cx_arch *a, const circuits_config *c, bool strip, 
                         const cx_weight_entry *w, source_view *v)
 {
     const cx_weight_source *s = &a->sources[w->kind];
-    if (s->map == CX_MAP_ABSENT) return false;
+    if (s->map == CX_MAP_ABSENT || s->map == CX_MAP_NEVER) return false;
     const char *fmt = s->tied && !untied ? s->tied : s->name;
     size_t np = strlen(a->prefix);
     if (strip && strncmp(fmt, a->prefix, np) == 0) fmt += np;

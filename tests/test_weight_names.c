@@ -39,8 +39,8 @@ static void source_text(char *buf, size_t n, const cx_arch *a, cx_weight_kind k)
     static const char *const third[] = {"first (Q)", "second (K)", "last (V)"};
     const cx_weight_source *s = &a->sources[k];
     char name[128], tied[128];
-    if (s->map == CX_MAP_ABSENT) {
-        snprintf(buf, n, "none (zeros)");
+    if (s->map == CX_MAP_ABSENT || s->map == CX_MAP_NEVER) {
+        snprintf(buf, n, s->map == CX_MAP_ABSENT ? "none (zeros)" : "— (no GPT-2 config has it)");
         return;
     }
     with_l(name, sizeof name, s->name);
