@@ -124,6 +124,17 @@ static int all_readers(const circuits_model *m, int mode, float *Qall, double *n
     return rc;
 }
 
+/* The reader columns of heads first .. LH-1 of Qall [D, LH*kc], as a contiguous
+ * [D, (LH-first)*kc] copy (NULL: out of memory). */
+static float *later_readers(const float *Qall, int64_t D, int64_t LH, int64_t kc, int64_t first)
+{
+    int64_t nb = LH - first;
+    float *sub = cx_malloc((size_t)(D * nb * kc) * sizeof *sub);
+    if (sub)
+        for (int64_t i = 0; i < D; i++) memcpy(sub + i * nb * kc, Qall + i * LH * kc + first * kc, (size_t)(nb * kc) * sizeof *sub);
+    return sub;
+}
+
 int circuits_model_composition_scores(const circuits_model *m, int32_t mode, float *out)
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_composition_scores: NULL argument");
@@ -145,12 +156,11 @@ int circuits_model_composition_scores(const circuits_model *m, int32_t mode, flo
      * against the reader columns of all later layers. */
     for (int64_t la = 0; la + 1 < L && !rc; la++) {
         int64_t first = (la + 1) * H, nb = LH - first;
-        float *sub = cx_malloc((size_t)(D * nb * kc) * sizeof *sub);
+        float *sub = later_readers(Q, D, LH, kc, first);
         if (!sub) {
             rc = OOM();
             break;
         }
-        for (int64_t i = 0; i < D; i++) memcpy(sub + i * nb * kc, Q + i * LH * kc + first * kc, (size_t)(nb * kc) * sizeof *sub);
         rc = block_scores(P + la * H * kc * D, nP + la * H, H, kc, sub, nQ + first, nb, kc, D, out + la * H * LH + first, LH);
         cx_free(sub);
     }
@@ -188,12 +198,11 @@ int circuits_model_mlp_composition_scores(const circuits_model *m, int32_t mode,
         }
         double nP = sqrt(frob2(P, (size_t)(wr * D)));
         int64_t first = (la + 1) * H, nb = LH - first;
-        float *sub = cx_malloc((size_t)(D * nb * kc) * sizeof *sub);
+        float *sub = later_readers(Q, D, LH, kc, first);
         if (!sub) {
             rc = OOM();
             break;
         }
-        for (int64_t i = 0; i < D; i++) memcpy(sub + i * nb * kc, Q + i * LH * kc + first * kc, (size_t)(nb * kc) * sizeof *sub);
         rc = block_scores(P, &nP, 1, wr, sub, nQ + first, nb, kc, D, out + la * LH + first, LH);
         cx_free(sub);
     }
