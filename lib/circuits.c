@@ -5,26 +5,11 @@
  * Everything is returned as factored matrices through the small inner dimension. */
 #include "factored.h"
 #include "kernels.h"
+#include "linalg.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
-
-/* Gathers a strided 2-D view (rows x cols of t, starting at element `offset`) into dst. */
-static void gather2(float *dst, const circuits_tensor *t, int64_t offset, int64_t rows, int64_t cols, int64_t rs,
-                    int64_t cs)
-{
-    for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = 0; j < cols; j++) dst[i * cols + j] = t->data[offset + i * rs + j * cs];
-}
-
-/* Head h of a [H, a, b] weight, as a contiguous [a, b] (or its transpose [b, a]). */
-static void head_mat(float *dst, const circuits_tensor *W, int64_t h, bool transpose)
-{
-    int64_t a = W->shape[1], b = W->shape[2];
-    if (!transpose) gather2(dst, W, h * W->strides[0], a, b, W->strides[1], W->strides[2]);
-    else gather2(dst, W, h * W->strides[0], b, a, W->strides[2], W->strides[1]);
-}
 
 /* Which heads a (layer, head) selection covers; -1 means all. */
 static int select_heads(const circuits_model *m, int32_t layer, int32_t head, int64_t *l0, int64_t *nl, int64_t *h0,
@@ -54,28 +39,6 @@ static void set_lead(circuits_factored *f, int32_t layer, int32_t head, int64_t 
     } else {
         f->n_lead = 0;
     }
-}
-
-/* Dense [rows, D] @ [D, cols] helpers for the full circuits. */
-static void mm(float *C, const float *X, const float *Y, int64_t M, int64_t K, int64_t N)
-{
-    cx_sgemm(false, false, M, N, K, 1.0f, X, K, Y, N, 0.0f, C, N);
-}
-
-/* A strided 2-D weight (W_E [V, D], W_U [D, V], W_pos) times a contiguous [D, n] matrix. */
-static void weight_times(float *C, const circuits_tensor *W, const float *X, int64_t n)
-{
-    int64_t M = W->shape[0], K = W->shape[1];
-    bool nt = W->strides[1] == 1 && W->strides[0] >= K, tr = W->strides[0] == 1 && W->strides[1] >= M;
-    if (nt || tr)
-        cx_sgemm(!nt, false, M, n, K, 1.0f, W->data, nt ? W->strides[0] : W->strides[1], X, n, 0.0f, C, n);
-    else
-        for (int64_t i = 0; i < M; i++)
-            for (int64_t j = 0; j < n; j++) {
-                double s = 0;
-                for (int64_t k = 0; k < K; k++) s += (double)W->data[i * W->strides[0] + k * W->strides[1]] * X[k * n + j];
-                C[i * n + j] = (float)s;
-            }
 }
 
 /* C [n, cols] = X [n, D] @ W where W is a strided [D, cols] weight (W_U) — via its transpose. */
@@ -125,17 +88,17 @@ static int build(const circuits_model *m, int32_t layer, int32_t head, which w, 
             int64_t h = h0 + j, k = i * nh + j;
             float *A = f->A + k * l * dh, *B = f->B + k * dh * r;
             bool ov = w == OV || w == FULL_OV;
-            head_mat(a, ov ? L->W_V : L->W_Q, h, false);  /* [D, dh] */
-            head_mat(b, ov ? L->W_O : L->W_K, h, !ov);    /* W_O [dh, D] or W_K^T [dh, D] */
+            cx_head_matrix(a, ov ? L->W_V : L->W_Q, h, false);  /* [D, dh] */
+            cx_head_matrix(b, ov ? L->W_O : L->W_K, h, !ov);    /* W_O [dh, D] or W_K^T [dh, D] */
             if (w == OV || w == QK) {
                 memcpy(A, a, (size_t)(D * dh) * sizeof *A);
                 memcpy(B, b, (size_t)(dh * D) * sizeof *B);
             } else if (w == FULL_OV) {
-                weight_times(A, m->W_E, a, dh);            /* W_E W_V      [V, dh] */
+                cx_weight_times(A, m->W_E, a, dh);            /* W_E W_V      [V, dh] */
                 times_weight(B, b, m->W_U, dh);            /* W_O W_U      [dh, V] */
             } else {
                 const circuits_tensor *E = w == POS_QK ? m->W_pos : m->W_E;
-                weight_times(A, E, a, dh);                 /* E W_Q        [V, dh] */
+                cx_weight_times(A, E, a, dh);                 /* E W_Q        [V, dh] */
                 /* W_K^T E^T = (E W_K)^T */
                 float *t = cx_malloc((size_t)(l * dh) * sizeof *t);
                 float *wk = cx_malloc((size_t)(D * dh) * sizeof *wk);
@@ -147,8 +110,8 @@ static int build(const circuits_model *m, int32_t layer, int32_t head, which w, 
                     circuits_factored_free(f);
                     return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
                 }
-                head_mat(wk, L->W_K, h, false);
-                weight_times(t, E, wk, dh);
+                cx_head_matrix(wk, L->W_K, h, false);
+                cx_weight_times(t, E, wk, dh);
                 for (int64_t p = 0; p < l; p++)
                     for (int64_t q = 0; q < dh; q++) B[q * l + p] = t[p * dh + q];
                 cx_free(t);
@@ -190,7 +153,7 @@ static int dense_weight(const circuits_tensor *W, float **out)
     int64_t R = W->shape[0], C = W->shape[1];
     float *d = cx_malloc((size_t)(R * C) * sizeof *d);
     if (!d) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
-    gather2(d, W, 0, R, C, W->strides[0], W->strides[1]);
+    cx_weight_dense(d, W);
     *out = d;
     return CIRCUITS_OK;
 }
@@ -217,31 +180,31 @@ int circuits_model_composition_circuit(const circuits_model *m, int32_t mode, in
     if (!rc) {
         float *VA = buf, *OA = VA + D * dh, *QB = OA + dh * D, *KB = QB + D * dh, *VB = KB + D * dh, *OB = VB + D * dh;
         float *C1 = OB + dh * D, *C2 = C1 + dh * dh, *T = C2 + dh * dh, *T2 = T + V * dh;
-        head_mat(VA, A->W_V, head_a, false);
-        head_mat(OA, A->W_O, head_a, false);
-        head_mat(QB, B->W_Q, head_b, false);
-        head_mat(KB, B->W_K, head_b, false);
-        head_mat(VB, B->W_V, head_b, false);
-        head_mat(OB, B->W_O, head_b, false);
-        mm(T, E, VA, V, D, dh); /* T = W_E W_V^A [V, dh] */
+        cx_head_matrix(VA, A->W_V, head_a, false);
+        cx_head_matrix(OA, A->W_O, head_a, false);
+        cx_head_matrix(QB, B->W_Q, head_b, false);
+        cx_head_matrix(KB, B->W_K, head_b, false);
+        cx_head_matrix(VB, B->W_V, head_b, false);
+        cx_head_matrix(OB, B->W_O, head_b, false);
+        cx_mm(T, E, false, VA, false, V, D, dh); /* T = W_E W_V^A [V, dh] */
         if (mode == CIRCUITS_COMPOSITION_K) {
             /* W_E W_Q^B . (W_E W_V^A W_O^A W_K^B)^T */
-            mm(f->A, E, QB, V, D, dh);
-            mm(C1, OA, KB, dh, D, dh);
-            mm(T2, T, C1, V, dh, dh);
+            cx_mm(f->A, E, false, QB, false, V, D, dh);
+            cx_mm(C1, OA, false, KB, false, dh, D, dh);
+            cx_mm(T2, T, false, C1, false, V, dh, dh);
             for (int64_t i = 0; i < V; i++)
                 for (int64_t j = 0; j < dh; j++) f->B[j * V + i] = T2[i * dh + j];
         } else if (mode == CIRCUITS_COMPOSITION_Q) {
             /* (W_E W_V^A W_O^A W_Q^B) . (W_E W_K^B)^T */
-            mm(C1, OA, QB, dh, D, dh);
-            mm(f->A, T, C1, V, dh, dh);
-            mm(T2, E, KB, V, D, dh);
+            cx_mm(C1, OA, false, QB, false, dh, D, dh);
+            cx_mm(f->A, T, false, C1, false, V, dh, dh);
+            cx_mm(T2, E, false, KB, false, V, D, dh);
             for (int64_t i = 0; i < V; i++)
                 for (int64_t j = 0; j < dh; j++) f->B[j * V + i] = T2[i * dh + j];
         } else {
             /* (W_E W_V^A W_O^A W_V^B) . (W_O^B W_U) */
-            mm(C1, OA, VB, dh, D, dh);
-            mm(f->A, T, C1, V, dh, dh);
+            cx_mm(C1, OA, false, VB, false, dh, D, dh);
+            cx_mm(f->A, T, false, C1, false, V, dh, dh);
             times_weight(f->B, OB, m->W_U, dh);
         }
         (void)C2;
@@ -277,12 +240,12 @@ int circuits_model_virtual_ov(const circuits_model *m, int32_t layer_a, int32_t 
     }
     float *OA = buf, *VB = OA + dh * D, *OB = VB + D * dh, *C = OB + dh * D;
     /* OV^A OV^B = W_V^A . (W_O^A W_V^B W_O^B) */
-    head_mat(f->A, m->layers[layer_a].W_V, head_a, false);
-    head_mat(OA, m->layers[layer_a].W_O, head_a, false);
-    head_mat(VB, m->layers[layer_b].W_V, head_b, false);
-    head_mat(OB, m->layers[layer_b].W_O, head_b, false);
-    mm(C, OA, VB, dh, D, dh);
-    mm(f->B, C, OB, dh, dh, D);
+    cx_head_matrix(f->A, m->layers[layer_a].W_V, head_a, false);
+    cx_head_matrix(OA, m->layers[layer_a].W_O, head_a, false);
+    cx_head_matrix(VB, m->layers[layer_b].W_V, head_b, false);
+    cx_head_matrix(OB, m->layers[layer_b].W_O, head_b, false);
+    cx_mm(C, OA, false, VB, false, dh, D, dh);
+    cx_mm(f->B, C, false, OB, false, dh, dh, D);
     cx_free(buf);
     *out = f;
     return CIRCUITS_OK;
@@ -305,7 +268,7 @@ static int writer_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
         *rows = c->d_head;
         *out = cx_malloc((size_t)(c->d_head * c->d_model) * sizeof **out);
         if (!*out) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory copying the writer's W_O");
-        head_mat(*out, m->layers[layer].W_O, head, false);
+        cx_head_matrix(*out, m->layers[layer].W_O, head, false);
         return CIRCUITS_OK;
     }
     if (!W) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "unknown writer kind %d", kind);
@@ -338,7 +301,7 @@ static int reader_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
     *cols = c->d_head;
     *out = cx_malloc((size_t)(D * c->d_head) * sizeof **out);
     if (!*out) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory copying the reader's weight");
-    head_mat(*out, kind == CIRCUITS_READER_Q ? L->W_Q : kind == CIRCUITS_READER_K ? L->W_K : L->W_V, head, false);
+    cx_head_matrix(*out, kind == CIRCUITS_READER_Q ? L->W_Q : kind == CIRCUITS_READER_K ? L->W_K : L->W_V, head, false);
     return CIRCUITS_OK;
 }
 

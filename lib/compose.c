@@ -15,6 +15,8 @@
  * ||P_A Q_B||_F / (||P_A|| ||Q_B||). */
 #include "factored.h"
 #include "kernels.h"
+#include "linalg.h"
+#include "rng.h"
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -23,21 +25,6 @@
 #include <string.h>
 
 #define OOM() cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory computing composition scores")
-
-static void head_mat(float *dst, const circuits_tensor *W, int64_t h, bool transpose)
-{
-    int64_t a = W->shape[1], b = W->shape[2];
-    const float *p = W->data + h * W->strides[0];
-    for (int64_t i = 0; i < (transpose ? b : a); i++)
-        for (int64_t j = 0; j < (transpose ? a : b); j++)
-            dst[i * (transpose ? a : b) + j] = transpose ? p[j * W->strides[1] + i * W->strides[2]]
-                                                         : p[i * W->strides[1] + j * W->strides[2]];
-}
-
-static void mm(float *C, const float *X, bool tx, const float *Y, bool ty, int64_t M, int64_t K, int64_t N)
-{
-    cx_sgemm(tx, ty, M, N, K, 1.0f, X, (tx ? M : K), Y, (ty ? K : N), 0.0f, C, N);
-}
 
 static double frob2(const float *x, size_t n)
 {
@@ -57,17 +44,17 @@ static int reader_block(const cx_layer_weights *L, int64_t h, int mode, int64_t 
     int rc;
     if (mode == CIRCUITS_COMPOSITION_V) {
         /* R^B = W_V W_O: W_O = L Qo (LQ) with L = R(W_O^T)^T, so Q_B = W_V L */
-        head_mat(X, L->W_V, h, false);
-        head_mat(Y, L->W_O, h, true); /* W_O^T [D, dh] */
+        cx_head_matrix(X, L->W_V, h, false);
+        cx_head_matrix(Y, L->W_O, h, true); /* W_O^T [D, dh] */
         if ((rc = cx_qr_r(Y, D, dh, dh, R))) return rc;
-        mm(Q, X, false, R, true, D, dh, k);
+        cx_mm(Q, X, false, R, true, D, dh, k);
     } else {
         /* Q: W_Q W_K^T -> W_Q R_K^T; K: W_K W_Q^T -> W_K R_Q^T */
         bool q = mode == CIRCUITS_COMPOSITION_Q;
-        head_mat(X, q ? L->W_Q : L->W_K, h, false);
-        head_mat(Y, q ? L->W_K : L->W_Q, h, false);
+        cx_head_matrix(X, q ? L->W_Q : L->W_K, h, false);
+        cx_head_matrix(Y, q ? L->W_K : L->W_Q, h, false);
         if ((rc = cx_qr_r(Y, D, dh, dh, R))) return rc;
-        mm(Q, X, false, R, true, D, dh, k);
+        cx_mm(Q, X, false, R, true, D, dh, k);
     }
     return CIRCUITS_OK;
 }
@@ -77,11 +64,11 @@ static int writer_block(const cx_layer_weights *L, int64_t h, int64_t D, int64_t
 {
     int64_t k = core_dim(D, dh);
     float *X = tmp, *R = tmp + D * dh, *O = tmp + D * dh + k * dh; /* R [k, dh] */
-    head_mat(X, L->W_V, h, false);
+    cx_head_matrix(X, L->W_V, h, false);
     int rc = cx_qr_r(X, D, dh, dh, R);
     if (rc) return rc;
-    head_mat(O, L->W_O, h, false);
-    mm(P, R, false, O, false, k, dh, D);
+    cx_head_matrix(O, L->W_O, h, false);
+    cx_mm(P, R, false, O, false, k, dh, D);
     return CIRCUITS_OK;
 }
 
@@ -137,6 +124,17 @@ static int all_readers(const circuits_model *m, int mode, float *Qall, double *n
     return rc;
 }
 
+/* The reader columns of heads first .. LH-1 of Qall [D, LH*kc], as a contiguous
+ * [D, (LH-first)*kc] copy (NULL: out of memory). */
+static float *later_readers(const float *Qall, int64_t D, int64_t LH, int64_t kc, int64_t first)
+{
+    int64_t nb = LH - first;
+    float *sub = cx_malloc((size_t)(D * nb * kc) * sizeof *sub);
+    if (sub)
+        for (int64_t i = 0; i < D; i++) memcpy(sub + i * nb * kc, Qall + i * LH * kc + first * kc, (size_t)(nb * kc) * sizeof *sub);
+    return sub;
+}
+
 int circuits_model_composition_scores(const circuits_model *m, int32_t mode, float *out)
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_composition_scores: NULL argument");
@@ -158,12 +156,11 @@ int circuits_model_composition_scores(const circuits_model *m, int32_t mode, flo
      * against the reader columns of all later layers. */
     for (int64_t la = 0; la + 1 < L && !rc; la++) {
         int64_t first = (la + 1) * H, nb = LH - first;
-        float *sub = cx_malloc((size_t)(D * nb * kc) * sizeof *sub);
+        float *sub = later_readers(Q, D, LH, kc, first);
         if (!sub) {
             rc = OOM();
             break;
         }
-        for (int64_t i = 0; i < D; i++) memcpy(sub + i * nb * kc, Q + i * LH * kc + first * kc, (size_t)(nb * kc) * sizeof *sub);
         rc = block_scores(P + la * H * kc * D, nP + la * H, H, kc, sub, nQ + first, nb, kc, D, out + la * H * LH + first, LH);
         cx_free(sub);
     }
@@ -193,8 +190,7 @@ int circuits_model_mlp_composition_scores(const circuits_model *m, int32_t mode,
     if (!rc) rc = all_readers(m, mode, Q, nQ);
     for (int64_t la = 0; la + 1 < L && !rc; la++) {
         const circuits_tensor *Wo = m->layers[la].W_out;
-        for (int64_t i = 0; i < M; i++)
-            for (int64_t j = 0; j < D; j++) W[i * D + j] = Wo->data[i * Wo->strides[0] + j * Wo->strides[1]];
+        cx_weight_dense(W, Wo);
         if (M >= D) {
             if ((rc = cx_qr_r(W, M, D, D, P))) break;
         } else {
@@ -202,12 +198,11 @@ int circuits_model_mlp_composition_scores(const circuits_model *m, int32_t mode,
         }
         double nP = sqrt(frob2(P, (size_t)(wr * D)));
         int64_t first = (la + 1) * H, nb = LH - first;
-        float *sub = cx_malloc((size_t)(D * nb * kc) * sizeof *sub);
+        float *sub = later_readers(Q, D, LH, kc, first);
         if (!sub) {
             rc = OOM();
             break;
         }
-        for (int64_t i = 0; i < D; i++) memcpy(sub + i * nb * kc, Q + i * LH * kc + first * kc, (size_t)(nb * kc) * sizeof *sub);
         rc = block_scores(P, &nP, 1, wr, sub, nQ + first, nb, kc, D, out + la * LH + first, LH);
         cx_free(sub);
     }
@@ -221,20 +216,11 @@ int circuits_model_mlp_composition_scores(const circuits_model *m, int32_t mode,
 
 /* ---- the random baseline ---- */
 
-typedef struct rng { uint64_t s; } rng;
-
-static uint64_t next_u64(rng *r) /* splitmix64 */
-{
-    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static void gaussian(rng *r, float *x, size_t n) /* Box-Muller */
+static void gaussian(uint64_t *rng, float *x, size_t n) /* Box-Muller */
 {
     for (size_t i = 0; i < n; i += 2) {
-        double u1 = ((next_u64(r) >> 11) + 1.0) / 9007199254740993.0, u2 = (next_u64(r) >> 11) / 9007199254740992.0;
+        double u1 = ((cx_splitmix64(rng) >> 11) + 1.0) / 9007199254740993.0,
+               u2 = (cx_splitmix64(rng) >> 11) / 9007199254740992.0;
         double rad = sqrt(-2.0 * log(u1));
         x[i] = (float)(rad * cos(2 * M_PI * u2));
         if (i + 1 < n) x[i + 1] = (float)(rad * sin(2 * M_PI * u2));
@@ -260,7 +246,7 @@ int circuits_composition_baseline(int64_t d_model, int64_t d_head, int64_t d_mlp
     float *P = cx_malloc((size_t)(wr * D) * sizeof *P), *Q = cx_malloc((size_t)(D * kc) * sizeof *Q),
           *C = cx_malloc((size_t)(wr * kc) * sizeof *C);
     int rc = (!X || !Y || !R || !P || !Q || !C) ? cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory sampling the baseline") : 0;
-    rng g = {seed};
+    uint64_t g = seed;
     double s1 = 0, s2 = 0;
     for (int64_t n = 0; n < n_samples && !rc; n++) {
         /* writer: OV = X Y (X [D, dh], Y [dh, D]) -> P = R(X) Y; or an MLP's W_out [d_mlp, D] */
@@ -268,7 +254,7 @@ int circuits_composition_baseline(int64_t d_model, int64_t d_head, int64_t d_mlp
             gaussian(&g, X, (size_t)(D * dh));
             gaussian(&g, Y, (size_t)(dh * D));
             if ((rc = cx_qr_r(X, D, dh, dh, R))) break; /* R [kc, dh] */
-            mm(P, R, false, Y, false, kc, dh, D);
+            cx_mm(P, R, false, Y, false, kc, dh, D);
         } else {
             gaussian(&g, X, (size_t)(d_mlp * D));
             if (d_mlp >= D) {
@@ -281,8 +267,8 @@ int circuits_composition_baseline(int64_t d_model, int64_t d_head, int64_t d_mlp
         gaussian(&g, X, (size_t)(D * dh));
         gaussian(&g, Y, (size_t)(D * dh));
         if ((rc = cx_qr_r(Y, D, dh, dh, R))) break;
-        mm(Q, X, false, R, true, D, dh, kc);
-        mm(C, P, false, Q, false, wr, D, kc);
+        cx_mm(Q, X, false, R, true, D, dh, kc);
+        cx_mm(C, P, false, Q, false, wr, D, kc);
         double s = sqrt(frob2(C, (size_t)(wr * kc)) / (frob2(P, (size_t)(wr * D)) * frob2(Q, (size_t)(D * kc))));
         s1 += s;
         s2 += s * s;
@@ -325,30 +311,20 @@ int circuits_model_copying_scores(const circuits_model *m, int32_t full, float *
         G = cx_malloc((size_t)(D * D) * sizeof *G);
         if (!Ec || !G) rc = OOM();
         else {
-            for (int64_t v = 0; v < V; v++)
-                for (int64_t j = 0; j < D; j++) Ec[v * D + j] = E->data[v * E->strides[0] + j * E->strides[1]];
-            bool nt = U->strides[1] == 1, tr = U->strides[0] == 1;
-            if (nt || tr)
-                cx_sgemm(!nt, false, D, D, V, 1.0f, U->data, nt ? U->strides[0] : U->strides[1], Ec, D, 0.0f, G, D);
-            else
-                for (int64_t i = 0; i < D; i++)
-                    for (int64_t j = 0; j < D; j++) {
-                        double s = 0;
-                        for (int64_t v = 0; v < V; v++) s += (double)U->data[i * U->strides[0] + v * U->strides[1]] * Ec[v * D + j];
-                        G[i * D + j] = (float)s;
-                    }
+            cx_weight_dense(Ec, E);
+            cx_weight_times(G, U, Ec, D);
         }
         cx_free(Ec);
     }
     for (int64_t k = 0; k < L * H && !rc; k++) {
         const cx_layer_weights *Lw = &m->layers[k / H];
-        head_mat(Wv, Lw->W_V, k % H, false);
-        head_mat(Wo, Lw->W_O, k % H, false);
+        cx_head_matrix(Wv, Lw->W_V, k % H, false);
+        cx_head_matrix(Wo, Lw->W_O, k % H, false);
         if (full) {
-            mm(T, Wo, false, G, false, dh, D, D);
-            mm(BA, T, false, Wv, false, dh, D, dh);
+            cx_mm(T, Wo, false, G, false, dh, D, D);
+            cx_mm(BA, T, false, Wv, false, dh, D, dh);
         } else {
-            mm(BA, Wo, false, Wv, false, dh, D, dh);
+            cx_mm(BA, Wo, false, Wv, false, dh, D, dh);
         }
         lapack_int info = LAPACKE_sgeev(LAPACK_ROW_MAJOR, 'N', 'N', (lapack_int)dh, BA, (lapack_int)dh, re, im, NULL, 1,
                                         NULL, 1);

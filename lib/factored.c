@@ -2,6 +2,7 @@
  * dimension, so that a 50257 x 50257 circuit is never formed unless asked for. */
 #include "factored.h"
 #include "kernels.h"
+#include "linalg.h"
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -137,12 +138,6 @@ int circuits_factored_transpose(const circuits_factored *f, circuits_factored **
     return CIRCUITS_OK;
 }
 
-/* C[M, N] = X[M, K] @ Y[K, N], contiguous. */
-static void gemm(float *C, const float *X, const float *Y, int64_t M, int64_t K, int64_t N)
-{
-    cx_sgemm(false, false, M, N, K, 1.0f, X, K, Y, N, 0.0f, C, N);
-}
-
 /* f · X with X [batch or 1, r, n]: TransformerLens keeps (A, B X) when r > m, else (AB, X). */
 static int times_dense(const circuits_factored *f, const float *X, int64_t x_batch, int64_t n, circuits_factored **out)
 {
@@ -155,9 +150,9 @@ static int times_dense(const circuits_factored *f, const float *X, int64_t x_bat
         const float *Xb = X + (x_batch > 1 ? b : 0) * f->r * n;
         if (keep) {
             memcpy(o->A + b * f->l * f->m, A, (size_t)(f->l * f->m) * sizeof(float));
-            gemm(o->B + b * f->m * n, B, Xb, f->m, f->r, n);
+            cx_mm(o->B + b * f->m * n, B, false, Xb, false, f->m, f->r, n);
         } else {
-            gemm(o->A + b * f->l * f->r, A, B, f->l, f->m, f->r);
+            cx_mm(o->A + b * f->l * f->r, A, false, B, false, f->l, f->m, f->r);
             memcpy(o->B + b * f->r * n, Xb, (size_t)(f->r * n) * sizeof(float));
         }
     }
@@ -176,11 +171,11 @@ static int dense_times(const float *X, int64_t x_batch, int64_t n, const circuit
         const float *A = f->A + b * f->l * f->m, *B = f->B + b * f->m * f->r;
         const float *Xb = X + (x_batch > 1 ? b : 0) * n * f->l;
         if (keep) {
-            gemm(o->A + b * n * f->m, Xb, A, n, f->l, f->m);
+            cx_mm(o->A + b * n * f->m, Xb, false, A, false, n, f->l, f->m);
             memcpy(o->B + b * f->m * f->r, B, (size_t)(f->m * f->r) * sizeof(float));
         } else {
             memcpy(o->A + b * n * f->l, Xb, (size_t)(n * f->l) * sizeof(float));
-            gemm(o->B + b * f->l * f->r, A, B, f->l, f->m, f->r);
+            cx_mm(o->B + b * f->l * f->r, A, false, B, false, f->l, f->m, f->r);
         }
     }
     *out = o;
@@ -317,13 +312,13 @@ int cx_factored_svd1(const float *A, const float *B, int64_t l, int64_t m, int64
     if (!rc) rc = svd_thin(B, m, r, Ub, Sb, Vbt);
     if (!rc) {
         /* middle = diag(Sa) Vat Ub diag(Sb)  [ka, kb] */
-        gemm(mid, Vat, Ub, ka, m, kb);
+        cx_mm(mid, Vat, false, Ub, false, ka, m, kb);
         for (int64_t i = 0; i < ka; i++)
             for (int64_t j = 0; j < kb; j++) mid[i * kb + j] *= Sa[i] * Sb[j];
         rc = svd_thin(mid, ka, kb, Um, Sm, Vmt);
     }
     if (!rc) {
-        gemm(U, Ua, Um, l, ka, k); /* U = Ua Um */
+        cx_mm(U, Ua, false, Um, false, l, ka, k); /* U = Ua Um */
         memcpy(S, Sm, (size_t)k * sizeof *S);
         /* V = Vbt^T Vmt^T  [r, k] */
         cx_sgemm(true, true, r, k, kb, 1.0f, Vbt, r, Vmt, kb, 0.0f, V, k);
@@ -398,7 +393,7 @@ int circuits_factored_eigenvalues(const circuits_factored *f, float *re, float *
     int rc = CIRCUITS_OK;
     for (int64_t b = 0; b < f->batch && !rc; b++) {
         /* the non-zero eigenvalues of AB [l, l] are those of BA [m, m] */
-        gemm(BA, f->B + b * m * f->r, f->A + b * f->l * m, m, f->r, m);
+        cx_mm(BA, f->B + b * m * f->r, false, f->A + b * f->l * m, false, m, f->r, m);
         lapack_int info = LAPACKE_sgeev(LAPACK_ROW_MAJOR, 'N', 'N', (lapack_int)m, BA, (lapack_int)m, re + b * m,
                                         im + b * m, NULL, 1, NULL, 1);
         if (info != 0) rc = cx_lapack_fail((int)info, "eigenvalue computation");
@@ -428,7 +423,7 @@ int circuits_factored_materialize(const circuits_factored *f, float *out, size_t
                        "materialising [%lld, %lld, %lld] exceeds the guard of %zu elements (raise max_elements to allow it)",
                        (long long)f->batch, (long long)f->l, (long long)f->r, max_elements);
     for (int64_t b = 0; b < f->batch; b++)
-        gemm(out + b * f->l * f->r, f->A + b * f->l * f->m, f->B + b * f->m * f->r, f->l, f->m, f->r);
+        cx_mm(out + b * f->l * f->r, f->A + b * f->l * f->m, false, f->B + b * f->m * f->r, false, f->l, f->m, f->r);
     return CIRCUITS_OK;
 }
 
@@ -492,7 +487,7 @@ int circuits_factored_topk(const circuits_factored *f, int64_t batch_index, int3
         if (!blk) return FAIL_OOM();
         for (int64_t r0 = 0; r0 < f->l; r0 += TOPK_BLOCK_ROWS) {
             int64_t nr = f->l - r0 < TOPK_BLOCK_ROWS ? f->l - r0 : TOPK_BLOCK_ROWS;
-            gemm(blk, A + r0 * f->m, B, nr, f->m, f->r);
+            cx_mm(blk, A + r0 * f->m, false, B, false, nr, f->m, f->r);
             for (int64_t i = 0; i < nr; i++)
                 for (int64_t j = 0; j < f->r; j++) topk_push(&t, blk[i * f->r + j], r0 + i, j);
         }

@@ -41,7 +41,7 @@ void cx_munmap(void *p, size_t size);
 unsigned long cx_alloc_failures(void);
 
 
-/* ---- model internals (model.c, load_*.c) ---- */
+/* ---- model internals (model.c, model_load.c, process.c; the weight tables: arch.h) ---- */
 typedef struct cx_layer_weights {
     /* Each points into model->weights; NULL where the architecture has no such weight. */
     const circuits_tensor *ln1_w, *ln1_b;     /* [d_model] */
@@ -66,6 +66,7 @@ struct circuits_model {
     size_t n_weights;
     void **owned;                /* buffers the model allocated (converted tensors, zeros) */
     uint8_t *exclusive;          /* [n_weights]: 1 if the view's buffer is the model's own and only its own */
+    uint8_t *kind;               /* [n_weights]: its cx_weight_kind (arch.h) */
     size_t n_owned, cap_owned;
     const circuits_tensor *W_E, *W_pos, *ln_final_w, *ln_final_b, *W_U, *b_U;
     cx_layer_weights *layers;    /* [n_layers] */
@@ -76,7 +77,7 @@ struct circuits_model {
 void cx_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
 
 const circuits_tensor *cx_model_find_weight(const circuits_model *m, const char *name);
-/* Points m->layers, m->W_E, ... at the entries of m->weights (after it changes). */
+/* Points m->layers, m->W_E, ... at the entries of m->weights by their kinds (after it changes). */
 void cx_model_link(circuits_model *m);
 /* Records p as owned by the model (freed with it); frees p and fails if that fails. */
 int cx_model_own(circuits_model *m, void *p);

@@ -1,4 +1,5 @@
 /* The public model object: config, weight views, lifetime. */
+#include "arch.h"
 #include "safetensors.h"
 
 #include <string.h>
@@ -9,6 +10,7 @@ void circuits_model_free(circuits_model *m)
     for (size_t i = 0; i < m->n_weights; i++) cx_free((char *)m->weights[i].name);
     cx_free(m->weights);
     cx_free(m->exclusive);
+    cx_free(m->kind);
     for (size_t i = 0; i < m->n_owned; i++) cx_free(m->owned[i]);
     cx_free(m->owned);
     cx_free(m->layers);
@@ -30,6 +32,36 @@ int circuits_model_config(const circuits_model *m, circuits_config *out)
     return CIRCUITS_OK;
 }
 
+int cx_model_own(circuits_model *m, void *p)
+{
+    if (m->n_owned == m->cap_owned) {
+        size_t cap = m->cap_owned ? 2 * m->cap_owned : 16;
+        void **o = cx_realloc(m->owned, cap * sizeof *o);
+        if (!o) {
+            cx_free(p);
+            return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading the model");
+        }
+        m->owned = o;
+        m->cap_owned = cap;
+    }
+    m->owned[m->n_owned++] = p;
+    return CIRCUITS_OK;
+}
+
+void cx_model_link(circuits_model *m)
+{
+    for (int k = 0; k < CX_W_COUNT; k++)
+        if (!(cx_weight_kinds[k].flags & CX_WF_LAYER))
+            *(const circuits_tensor **)((char *)m + cx_weight_kinds[k].slot) = NULL;
+    memset(m->layers, 0, (size_t)m->cfg.n_layers * sizeof *m->layers);
+    for (size_t i = 0; i < m->n_weights; i++) {
+        const circuits_tensor *t = &m->weights[i];
+        const cx_weight_info *w = &cx_weight_kinds[m->kind[i]];
+        char *base = w->flags & CX_WF_LAYER ? (char *)&m->layers[t->layer] : (char *)m;
+        *(const circuits_tensor **)(base + w->slot) = t;
+    }
+}
+
 const circuits_tensor *cx_model_find_weight(const circuits_model *m, const char *name)
 {
     for (size_t i = 0; i < m->n_weights; i++)
@@ -41,9 +73,12 @@ int circuits_model_weight(const circuits_model *m, const char *name, circuits_te
 {
     if (!m || !name || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_weight: NULL argument");
     const circuits_tensor *t = cx_model_find_weight(m, name);
-    if (!t)
-        return cx_fail(CIRCUITS_E_NOT_FOUND,
-                       "no weight named '%s' (TransformerLens names, e.g. 'blocks.0.attn.W_Q', 'embed.W_E')", name);
+    if (!t) {
+        char example[96];
+        cx_weight_format(example, sizeof example, cx_weight_kinds[CX_W_Q].name, 0);
+        return cx_fail(CIRCUITS_E_NOT_FOUND, "no weight named '%s' (TransformerLens names, e.g. '%s', '%s')", name,
+                       example, cx_weight_kinds[CX_W_EMBED].name);
+    }
     *out = *t;
     return CIRCUITS_OK;
 }

@@ -3,6 +3,7 @@
  *   fold_ln -> center_writing_weights -> center_unembed -> fold_value_biases -> refactor.
  * Processed tensors get their own fp32 buffers (the originals may be read-only mappings);
  * untouched ones stay zero-copy views. All sums over d_model accumulate in double. */
+#include "arch.h"
 #include "factored.h"
 
 #include <math.h>
@@ -25,19 +26,13 @@ static int mutable(circuits_model *m, const circuits_tensor *ct)
     float *buf = cx_malloc(n * sizeof *buf);
     if (!buf || cx_model_own(m, buf))
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory processing weight '%s'", t->name);
-    int64_t st[4];
-    const char *dot = strrchr(t->name, '.');
-    bool qkv = t->ndim == 3 && dot && (!strcmp(dot, ".W_Q") || !strcmp(dot, ".W_K") || !strcmp(dot, ".W_V"));
-    if (qkv) {
+    int64_t st[4] = {0, 0, 0, 0}; /* entries past ndim stay 0, as in every other view */
+    if (cx_weight_kinds[m->kind[idx]].flags & CX_WF_QKV) {
         st[0] = t->shape[2];
         st[1] = t->shape[0] * t->shape[2];
         st[2] = 1;
     } else {
-        int64_t s = 1;
-        for (int i = t->ndim - 1; i >= 0; i--) {
-            st[i] = s;
-            s *= t->shape[i];
-        }
+        cx_contiguous_strides(t->ndim, t->shape, st);
     }
     int64_t sh[3] = {1, 1, 1}, os[3] = {0, 0, 0}, ns[3] = {0, 0, 0};
     for (int i = 0; i < t->ndim; i++) {
@@ -110,16 +105,13 @@ static void drop_ln_weights(circuits_model *m)
 {
     size_t k = 0;
     for (size_t i = 0; i < m->n_weights; i++) {
-        const char *n = m->weights[i].name;
-        size_t len = strlen(n);
-        bool ln = len > 2 && (strcmp(n + len - 2, ".w") == 0 || strcmp(n + len - 2, ".b") == 0) &&
-                  (strstr(n, "ln1.") || strstr(n, "ln2.") || strstr(n, "ln_final.") || strstr(n, "mlp.ln."));
-        if (ln) {
+        if (cx_weight_kinds[m->kind[i]].flags & CX_WF_LN) {
             cx_free((char *)m->weights[i].name);
             continue;
         }
         m->weights[k] = m->weights[i];
         m->exclusive[k] = m->exclusive[i];
+        m->kind[k] = m->kind[i];
         k++;
     }
     m->n_weights = k;

@@ -6,15 +6,11 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "../lib/rng.h"
+
 typedef struct rng { uint64_t s; } rng;
 
-static inline uint64_t rng_u64(rng *g) /* splitmix64 */
-{
-    uint64_t z = (g->s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
+static inline uint64_t rng_u64(rng *g) { return cx_splitmix64(&g->s); }
 
 static inline double rng_unif(rng *g) { return (double)(rng_u64(g) >> 11) * 0x1.0p-53; }
 

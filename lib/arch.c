@@ -1,0 +1,174 @@
+/* The weight-name tables (arch.h). */
+#include "arch.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#define D_(x) CX_DIM_##x
+/* the slot of a per-layer kind in cx_layer_weights, of another in circuits_model */
+#define L_(field) offsetof(cx_layer_weights, field)
+#define M_(field) offsetof(circuits_model, field)
+
+const cx_weight_info cx_weight_kinds[CX_W_COUNT] = {
+    [CX_W_EMBED] = {"embed.W_E", 2, {D_(VOCAB), D_(MODEL)}, CX_WHEN_ALWAYS, 0, M_(W_E)},
+    [CX_W_POS_EMBED] = {"pos_embed.W_pos", 2, {D_(CTX), D_(MODEL)}, CX_WHEN_ALWAYS, 0, M_(W_pos)},
+    [CX_W_LN1_W] = {"blocks.%d.ln1.w", 1, {D_(MODEL)}, CX_WHEN_LN, CX_WF_LAYER | CX_WF_LN, L_(ln1_w)},
+    [CX_W_LN1_B] = {"blocks.%d.ln1.b", 1, {D_(MODEL)}, CX_WHEN_LN, CX_WF_LAYER | CX_WF_LN | CX_WF_BIAS, L_(ln1_b)},
+    [CX_W_LN2_W] = {"blocks.%d.ln2.w", 1, {D_(MODEL)}, CX_WHEN_LN_MLP, CX_WF_LAYER | CX_WF_LN, L_(ln2_w)},
+    [CX_W_LN2_B] = {"blocks.%d.ln2.b", 1, {D_(MODEL)}, CX_WHEN_LN_MLP, CX_WF_LAYER | CX_WF_LN | CX_WF_BIAS, L_(ln2_b)},
+    [CX_W_Q] = {"blocks.%d.attn.W_Q", 3, {D_(HEADS), D_(MODEL), D_(HEAD)}, CX_WHEN_ALWAYS,
+                CX_WF_LAYER | CX_WF_HEADS | CX_WF_QKV, L_(W_Q)},
+    [CX_W_O] = {"blocks.%d.attn.W_O", 3, {D_(HEADS), D_(HEAD), D_(MODEL)}, CX_WHEN_ALWAYS, CX_WF_LAYER | CX_WF_HEADS,
+                L_(W_O)},
+    [CX_B_Q] = {"blocks.%d.attn.b_Q", 2, {D_(HEADS), D_(HEAD)}, CX_WHEN_ALWAYS,
+                CX_WF_LAYER | CX_WF_HEADS | CX_WF_BIAS, L_(b_Q)},
+    [CX_B_O] = {"blocks.%d.attn.b_O", 1, {D_(MODEL)}, CX_WHEN_ALWAYS, CX_WF_LAYER | CX_WF_BIAS, L_(b_O)},
+    [CX_W_K] = {"blocks.%d.attn.W_K", 3, {D_(HEADS), D_(MODEL), D_(HEAD)}, CX_WHEN_ALWAYS,
+                CX_WF_LAYER | CX_WF_HEADS | CX_WF_QKV, L_(W_K)},
+    [CX_W_V] = {"blocks.%d.attn.W_V", 3, {D_(HEADS), D_(MODEL), D_(HEAD)}, CX_WHEN_ALWAYS,
+                CX_WF_LAYER | CX_WF_HEADS | CX_WF_QKV, L_(W_V)},
+    [CX_B_K] = {"blocks.%d.attn.b_K", 2, {D_(HEADS), D_(HEAD)}, CX_WHEN_ALWAYS,
+                CX_WF_LAYER | CX_WF_HEADS | CX_WF_BIAS, L_(b_K)},
+    [CX_B_V] = {"blocks.%d.attn.b_V", 2, {D_(HEADS), D_(HEAD)}, CX_WHEN_ALWAYS,
+                CX_WF_LAYER | CX_WF_HEADS | CX_WF_BIAS, L_(b_V)},
+    [CX_W_IN] = {"blocks.%d.mlp.W_in", 2, {D_(MODEL), D_(MLP)}, CX_WHEN_MLP, CX_WF_LAYER, L_(W_in)},
+    [CX_B_IN] = {"blocks.%d.mlp.b_in", 1, {D_(MLP)}, CX_WHEN_MLP, CX_WF_LAYER | CX_WF_BIAS, L_(b_in)},
+    [CX_W_OUT] = {"blocks.%d.mlp.W_out", 2, {D_(MLP), D_(MODEL)}, CX_WHEN_MLP, CX_WF_LAYER, L_(W_out)},
+    [CX_B_OUT] = {"blocks.%d.mlp.b_out", 1, {D_(MODEL)}, CX_WHEN_MLP, CX_WF_LAYER | CX_WF_BIAS, L_(b_out)},
+    [CX_MLP_LN_W] = {"blocks.%d.mlp.ln.w", 1, {D_(MLP)}, CX_WHEN_SOLU_LN, CX_WF_LAYER | CX_WF_LN, L_(mlp_ln_w)},
+    [CX_MLP_LN_B] = {"blocks.%d.mlp.ln.b", 1, {D_(MLP)}, CX_WHEN_SOLU_LN, CX_WF_LAYER | CX_WF_LN | CX_WF_BIAS,
+                     L_(mlp_ln_b)},
+    [CX_LN_FINAL_W] = {"ln_final.w", 1, {D_(MODEL)}, CX_WHEN_LN, CX_WF_LN, M_(ln_final_w)},
+    [CX_LN_FINAL_B] = {"ln_final.b", 1, {D_(MODEL)}, CX_WHEN_LN, CX_WF_LN | CX_WF_BIAS, M_(ln_final_b)},
+    [CX_W_U] = {"unembed.W_U", 2, {D_(MODEL), D_(VOCAB_OUT)}, CX_WHEN_ALWAYS, 0, M_(W_U)},
+    [CX_B_U] = {"unembed.b_U", 1, {D_(VOCAB_OUT)}, CX_WHEN_ALWAYS, CX_WF_BIAS, M_(b_U)},
+};
+
+const char *cx_dim_name(cx_dim d)
+{
+    static const char *const names[CX_DIM_COUNT] = {"d_vocab", "d_vocab_out", "n_ctx", "d_model",
+                                                    "n_heads", "d_head", "d_mlp"};
+    return (unsigned)d < CX_DIM_COUNT ? names[d] : "?";
+}
+
+int64_t cx_dim_size(const circuits_config *c, cx_dim d)
+{
+    switch (d) {
+    case CX_DIM_VOCAB: return c->d_vocab;
+    case CX_DIM_VOCAB_OUT: return c->d_vocab_out;
+    case CX_DIM_CTX: return c->n_ctx;
+    case CX_DIM_MODEL: return c->d_model;
+    case CX_DIM_HEADS: return c->n_heads;
+    case CX_DIM_HEAD: return c->d_head;
+    case CX_DIM_MLP: return c->d_mlp;
+    default: return 0;
+    }
+}
+
+const char *cx_when_text(cx_when w)
+{
+    static const char *const text[CX_WHEN_COUNT] = {"always", "normalization `LN`", "`LN` and not attn_only",
+                                                    "not attn_only", "act_fn `solu_ln` with `LN`"};
+    return (unsigned)w < CX_WHEN_COUNT ? text[w] : "?";
+}
+
+bool cx_has_weight(const circuits_config *c, cx_weight_kind k)
+{
+    bool ln = c->normalization_type == CIRCUITS_NORM_LN;
+    switch (cx_weight_kinds[k].when) {
+    case CX_WHEN_ALWAYS: return true;
+    case CX_WHEN_LN: return ln;
+    case CX_WHEN_LN_MLP: return ln && !c->attn_only;
+    case CX_WHEN_MLP: return !c->attn_only;
+    case CX_WHEN_SOLU_LN: return !c->attn_only && ln && c->act_fn == CIRCUITS_ACT_SOLU_LN;
+    default: return false;
+    }
+}
+
+int cx_weight_format(char *buf, size_t n, const char *fmt, int layer)
+{
+    if (!strstr(fmt, "%d")) return snprintf(buf, n, "%s", fmt);
+    return snprintf(buf, n, fmt, layer);
+}
+
+static size_t add(const circuits_config *c, cx_weight_entry *out, size_t n, cx_weight_kind k, int layer)
+{
+    if (!cx_has_weight(c, k)) return n;
+    if (out) {
+        const cx_weight_info *w = &cx_weight_kinds[k];
+        cx_weight_entry *e = &out[n];
+        memset(e, 0, sizeof *e);
+        e->kind = k;
+        e->layer = layer;
+        cx_weight_format(e->name, sizeof e->name, w->name, layer);
+        e->ndim = w->ndim;
+        for (int i = 0; i < w->ndim; i++) e->shape[i] = cx_dim_size(c, w->shape[i]);
+    }
+    return n + 1;
+}
+
+size_t cx_weight_list(const circuits_config *c, cx_weight_entry *out)
+{
+    size_t n = 0;
+    int k = 0, first, end;
+    for (; k < CX_W_COUNT && !(cx_weight_kinds[k].flags & CX_WF_LAYER); k++) n = add(c, out, n, k, -1);
+    for (first = k; k < CX_W_COUNT && (cx_weight_kinds[k].flags & CX_WF_LAYER); k++) {}
+    end = k;
+    for (int l = 0; l < c->n_layers; l++)
+        for (k = first; k < end; k++) n = add(c, out, n, k, l);
+    for (k = end; k < CX_W_COUNT; k++) n = add(c, out, n, k, -1);
+    return n;
+}
+
+/* ---- architectures ---- */
+
+/* Hugging Face GPT2LMHeadModel (Conv1D weights stored [in, out]), as TransformerLens's
+ * convert_gpt2_weights maps it. */
+static const cx_weight_source gpt2_sources[CX_W_COUNT] = {
+    [CX_W_EMBED] = {"transformer.wte.weight", CX_MAP_SAME, 0, NULL},
+    [CX_W_POS_EMBED] = {"transformer.wpe.weight", CX_MAP_SAME, 0, NULL},
+    [CX_W_LN1_W] = {"transformer.h.%d.ln_1.weight", CX_MAP_SAME, 0, NULL},
+    [CX_W_LN1_B] = {"transformer.h.%d.ln_1.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_LN2_W] = {"transformer.h.%d.ln_2.weight", CX_MAP_SAME, 0, NULL},
+    [CX_W_LN2_B] = {"transformer.h.%d.ln_2.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_Q] = {"transformer.h.%d.attn.c_attn.weight", CX_MAP_QKV, 0, NULL},
+    [CX_W_O] = {"transformer.h.%d.attn.c_proj.weight", CX_MAP_HEADS, 0, NULL},
+    [CX_B_Q] = {"transformer.h.%d.attn.c_attn.bias", CX_MAP_QKV, 0, NULL},
+    [CX_B_O] = {"transformer.h.%d.attn.c_proj.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_K] = {"transformer.h.%d.attn.c_attn.weight", CX_MAP_QKV, 1, NULL},
+    [CX_W_V] = {"transformer.h.%d.attn.c_attn.weight", CX_MAP_QKV, 2, NULL},
+    [CX_B_K] = {"transformer.h.%d.attn.c_attn.bias", CX_MAP_QKV, 1, NULL},
+    [CX_B_V] = {"transformer.h.%d.attn.c_attn.bias", CX_MAP_QKV, 2, NULL},
+    [CX_W_IN] = {"transformer.h.%d.mlp.c_fc.weight", CX_MAP_SAME, 0, NULL},
+    [CX_B_IN] = {"transformer.h.%d.mlp.c_fc.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_OUT] = {"transformer.h.%d.mlp.c_proj.weight", CX_MAP_SAME, 0, NULL},
+    [CX_B_OUT] = {"transformer.h.%d.mlp.c_proj.bias", CX_MAP_SAME, 0, NULL},
+    [CX_MLP_LN_W] = {NULL, CX_MAP_NEVER, 0, NULL}, /* solu_ln: refused in a GPT-2 config.json */
+    [CX_MLP_LN_B] = {NULL, CX_MAP_NEVER, 0, NULL},
+    [CX_LN_FINAL_W] = {"transformer.ln_f.weight", CX_MAP_SAME, 0, NULL},
+    [CX_LN_FINAL_B] = {"transformer.ln_f.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_U] = {"lm_head.weight", CX_MAP_TRANSPOSE, 0, "transformer.wte.weight"},
+    [CX_B_U] = {NULL, CX_MAP_ABSENT, 0, NULL},
+};
+
+/* The causal-mask buffers h.N.attn.bias / attn.masked_bias of older GPT-2 saves. */
+static bool gpt2_ignorable(const char *name)
+{
+    const char *p = strstr(name, ".attn.");
+    return p && (strcmp(p, ".attn.bias") == 0 || strcmp(p, ".attn.masked_bias") == 0);
+}
+
+/* Buffers of a TransformerLens state dict saved with them. */
+static bool tl_ignorable(const char *name)
+{
+    return strstr(name, ".IGNORE") || strstr(name, ".mask") || strstr(name, "rotary_");
+}
+
+static const cx_arch arch_gpt2 = {CIRCUITS_FORMAT_HF_GPT2, "GPT-2", "transformer.", gpt2_sources, gpt2_ignorable};
+static const cx_arch arch_tl = {CIRCUITS_FORMAT_TRANSFORMERLENS, "TransformerLens", "", NULL, tl_ignorable};
+
+const cx_arch *cx_arch_of(const circuits_config *c)
+{
+    return c->format == CIRCUITS_FORMAT_HF_GPT2 ? &arch_gpt2 : &arch_tl;
+}
