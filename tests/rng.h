@@ -6,7 +6,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "../lib/rng.h"
+#include "../lib/base/rng.h"
 
 typedef struct rng { uint64_t s; } rng;
 

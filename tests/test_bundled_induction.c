@@ -7,7 +7,7 @@
 
 #include <math.h>
 
-#include "../lib/safetensors.h"
+#include "../lib/io/safetensors.h"
 
 /* Margins, against the values measured on the committed model (printed by the test; quoted in
  * docs/induction.md): top pair 0.168 = 1.9x a baseline of 0.088 +- 0.003; induction score 0.63

@@ -8,7 +8,7 @@
 #include <jansson.h>
 #include <math.h>
 
-#include "../lib/safetensors.h"
+#include "../lib/io/safetensors.h"
 
 #define TOL_LOGITS 5e-5
 #define TOL_HOOK 1e-4

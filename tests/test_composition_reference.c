@@ -10,7 +10,7 @@
 
 #include <math.h>
 
-#include "../lib/safetensors.h"
+#include "../lib/io/safetensors.h"
 
 #define TOL_ABS 1e-5 /* as tests/test_circuits.c's TOL_SCORE */
 #define TOL_REL 1e-5 /* of each non-zero score */

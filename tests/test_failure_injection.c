@@ -1,6 +1,6 @@
 /* Failure in the middle (issue 7 §5): every allocation an operation makes is failed in turn.
  *
- * For each operation and k = 0, 1, 2, ... the k-th allocation (lib/fault.h counts the library's
+ * For each operation and k = 0, 1, 2, ... the k-th allocation (lib/base/fault.h counts the library's
  * own, jansson's and its file mappings) fails; then the call must return
  * CIRCUITS_E_OUT_OF_MEMORY with a message, create no object (*out NULL), hold exactly the
  * allocations it held before (nothing leaked, nothing half-built), and the same model, context
@@ -101,8 +101,8 @@ struct op {
     int variant;
     /* A failed call may keep capacity it grew (freed with its object, checked at teardown):
      * add_hook grows each selected point's registration array before adding anything
-     * (lib/context.c, visit_add), and a failure at a later point leaves the earlier ones grown;
-     * generation without a KV cache grows the context's scratch step by step (lib/forward.c,
+     * (lib/run/context.c, visit_add), and a failure at a later point leaves the earlier ones grown;
+     * generation without a KV cache grows the context's scratch step by step (lib/run/forward.c,
      * prepare_scratch), and a failure at a later step leaves it as the last step grew it. */
     bool keeps_capacity;
 };

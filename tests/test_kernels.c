@@ -1,12 +1,12 @@
-/* The numerical kernels (lib/kernels.h) against plain double-precision computations:
+/* The numerical kernels (lib/run/kernels.h) against plain double-precision computations:
  * cx_matmul (CBLAS paths and the strided fallback) against cx_matmul_ref and an independent
  * loop, softmax with masked and NaN rows, LayerNorm pieces, activations, SoLU, NLL. */
 #include "testutil.h"
 
 #include <math.h>
 
-#include "../lib/kernels.h"
-#include "../lib/pool.h"
+#include "../lib/run/kernels.h"
+#include "../lib/base/pool.h"
 
 #include <pthread.h>
 
@@ -334,7 +334,7 @@ static void test_softmax_causal(void)
     CHECK(memcmp(a, b, sizeof a) == 0, "causal softmax differs from the whole-row softmax");
 }
 
-/* ---- the pool (lib/pool.c) ---- */
+/* ---- the pool (lib/base/pool.c) ---- */
 
 typedef struct cover_arg { int *hits; int64_t align, n; int bad_bounds; } cover_arg;
 

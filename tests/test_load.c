@@ -7,7 +7,7 @@
 
 #include <stddef.h>
 
-#include "../lib/safetensors.h"
+#include "../lib/io/safetensors.h"
 
 static float at2(const circuits_tensor *t, int64_t i, int64_t j) { return t->data[i * t->strides[0] + j * t->strides[1]]; }
 

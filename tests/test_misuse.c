@@ -63,7 +63,7 @@ static void null_checks(circuits_model *m, circuits_context *ctx, const circuits
                CIRCUITS_E_INVALID_ARGUMENT, "NULL argument");
     CALL_FAILS("null_resolve_name", circuits_context_resolve_hook_name(ctx, NULL, 0, buf, sizeof buf, &n),
                CIRCUITS_E_INVALID_ARGUMENT, "NULL argument");
-    /* reported as a buffer too small (lib/context.c; NULL with a size would be clearer) */
+    /* reported as a buffer too small (lib/run/context.c; NULL with a size would be clearer) */
     CALL_FAILS("null_resolve_buf", circuits_context_resolve_hook_name(ctx, "embed", 0, NULL, 64, &n), CIRCUITS_E_RANGE,
                "buffer too small for hook name 'hook_embed'");
 

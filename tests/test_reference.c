@@ -7,7 +7,7 @@
 #include <jansson.h>
 #include <math.h>
 
-#include "../lib/safetensors.h"
+#include "../lib/io/safetensors.h"
 
 /* TransformerLens's own tolerances (tests and debugging guide). */
 #define TOL_LOGITS 5e-5

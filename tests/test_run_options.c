@@ -5,7 +5,7 @@
 
 #include <math.h>
 
-#include "../lib/safetensors.h"
+#include "../lib/io/safetensors.h"
 
 #define TOL 1e-4 /* TransformerLens's hook tolerance, as in test_reference.c */
 

@@ -4,7 +4,7 @@
  * edit, run_with_cache into one reused cache (with changing filters and shapes) and into fresh
  * caches, and hooks added and removed. After a warm-up of 100 runs (every shape and filter
  * seen once) the library's live allocations and bytes (counted by the fault-injection
- * allocator, lib/fault.h) must be exactly what they were after run 100, at every 100th run and
+ * allocator, lib/base/fault.h) must be exactly what they were after run 100, at every 100th run and
  * at the end; and the process's resident set after the last run must be within RSS_BOUND of
  * what it was after run 100. Under AddressSanitizer the resident set says nothing (freed memory
  * sits in ASan's quarantine), so there the RSS bound is not asserted (the output says so) and

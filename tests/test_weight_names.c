@@ -1,4 +1,4 @@
-/* The weight-name table (lib/arch.c) against the docs and against loaded models.
+/* The weight-name table (lib/model/arch.c) against the docs and against loaded models.
  *
  *   test_weight_names --markdown          prints the table as docs/loading.md holds it
  *   test_weight_names DOC CASE_DIR...     fails if
@@ -10,7 +10,7 @@
  *     - an unprocessed TransformerLens-layout case holds a tensor (case.json "model_tensors",
  *       written by TransformerLens's state_dict) that the table does not name, or the table
  *       names a weight (not a bias) that TransformerLens did not write. */
-#include "../lib/arch.h"
+#include "../lib/model/arch.h"
 #include "testutil.h"
 
 #include <jansson.h>
@@ -117,7 +117,7 @@ static void check_doc(const char *path)
     if (b && e) {
         b += strlen(GEN_BEGIN);
         bool same = (size_t)(e - b) == strlen(want) && memcmp(b, want, strlen(want)) == 0;
-        CHECK(same, "%s: the weight table differs from lib/arch.c; regenerate it with "
+        CHECK(same, "%s: the weight table differs from lib/model/arch.c; regenerate it with "
                     "build/tests/test_weight_names --markdown. It should read:\n%s", path, want);
     }
     free(doc);

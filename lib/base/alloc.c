@@ -2,7 +2,7 @@
  *
  * In the shipped library these are thin wrappers of malloc & co. Built with
  * -DCX_FAULT_INJECTION (lib/meson.build's test-only circuits_fault objects, never installed)
- * they also count every allocation and mapping, can make the n-th one fail (lib/fault.h), and
+ * they also count every allocation and mapping, can make the n-th one fail (lib/base/fault.h), and
  * jansson allocates through them too, so tests can fail every allocation site in turn. */
 #include "internal.h"
 
