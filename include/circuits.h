@@ -48,12 +48,12 @@ extern "C" {
 #endif
 
 #define CIRCUITS_VERSION_MAJOR 0
-#define CIRCUITS_VERSION_MINOR 2
+#define CIRCUITS_VERSION_MINOR 3
 #define CIRCUITS_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH, as zstd does. */
 #define CIRCUITS_VERSION_NUMBER \
     (CIRCUITS_VERSION_MAJOR * 10000 + CIRCUITS_VERSION_MINOR * 100 + CIRCUITS_VERSION_PATCH)
-#define CIRCUITS_VERSION_STRING "0.2.0"
+#define CIRCUITS_VERSION_STRING "0.3.0"
 /* The soname's number: libcircuits.so.CIRCUITS_ABI_VERSION. Bumped on any incompatible change. */
 #define CIRCUITS_ABI_VERSION 0
 
@@ -188,7 +188,7 @@ typedef struct circuits_load_options {
     int32_t center_unembed;          /* zero-mean W_U over the vocabulary (logits shift per position) */
     int32_t fold_value_biases;       /* b_O += sum_h b_V[h] W_O[h]; b_V = 0 */
     int32_t refactor_factored_attn_matrices; /* W_Q, W_K and W_V, W_O as balanced SVD factors */
-    /* Appended after 0.2.0 (a 0.2.0 caller's struct, which ends before it, is still accepted: the
+    /* Added in 0.3.0 (a 0.2.0 caller's struct, which ends before it, is still accepted: the
      * field then reads 0).
      * 0: map the safetensors files (the default; weights used as stored, e.g. F32 without
      * processing, are read from the mapping, so truncating such a file while the model is loaded
