@@ -237,8 +237,31 @@ class EncodeOptions(Structure):
     ]
 
 
+class GenerateOptions(Structure):
+    """``circuits_generate_options`` (``on_step`` as an address: cast a :data:`GENERATE_FN`)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("max_new_tokens", c_int32),
+        ("do_sample", c_int32),
+        ("temperature", c_float),
+        ("top_k", c_int32),
+        ("top_p", c_float),
+        ("freq_penalty", c_float),
+        ("seed", c_uint64),
+        ("stop_at_eos", c_int32),
+        ("eos_token_id", c_int32),
+        ("use_kv_cache", c_int32),
+        ("on_step", c_void_p),  # circuits_generate_fn
+        ("user_data", c_void_p),
+    ]
+
+
 #: ``circuits_hook_fn``: int (*)(const circuits_tensor *act, void *user_data)
 HOOK_FN = CFUNCTYPE(c_int, POINTER(Tensor), c_void_p)
+#: ``circuits_generate_fn``: int (*)(int64_t step, const int32_t *tokens, const float *logits,
+#: int64_t batch, void *user_data)
+GENERATE_FN = CFUNCTYPE(c_int, c_int64, c_void_p, c_void_p, c_int64, c_void_p)
 
 
 def _ndptr(dtype, name: str):
@@ -301,6 +324,11 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_context_forward": (c_int, [HANDLE, I32P, c_int64, c_int64, F32P, F32P, F32P]),
     "circuits_run_options_init": (None, [POINTER(RunOptions)]),
     "circuits_context_run": (c_int, [HANDLE, POINTER(RunOptions), I32P, c_int64, c_int64, F32P]),
+    # run memory (the block hook activations live in; the binding's leases own taken blocks)
+    "circuits_context_take_run_memory": (c_int, [HANDLE, VOIDPP]),
+    "circuits_run_memory_data": (c_void_p, [HANDLE]),
+    "circuits_run_memory_nbytes": (c_size_t, [HANDLE]),
+    "circuits_run_memory_free": (None, [HANDLE]),
     # caches
     "circuits_cache_create": (c_int, [VOIDPP]),
     "circuits_cache_free": (None, [HANDLE]),
@@ -380,15 +408,21 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_tokenizer_bos_id": (c_int32, [HANDLE]),
     "circuits_tokenizer_eos_id": (c_int32, [HANDLE]),
     "circuits_model_tokenizer": (c_void_p, [HANDLE]),
+    # generation (Model.generate; explicit KV caches are not bound, see SKIPPED)
+    "circuits_generate_options_init": (None, [POINTER(GenerateOptions)]),
+    "circuits_context_generate": (
+        c_int,
+        [HANDLE, I32P, c_int64, c_int64, POINTER(GenerateOptions), I32P, POINTER(c_int64)],
+    ),
     # threads
     "circuits_set_num_threads": (None, [c_int]),
     "circuits_get_num_threads": (c_int, []),
 }
 
 _KV_REASON = (
-    "the KV-cache and generation API (circuits_kv_cache_*, circuits_context_forward_kv, "
-    "circuits_context_generate) is not bound yet (Model.generate, past_kv_cache are a follow-up); "
-    "until then Model.generate raises NotImplementedError."
+    "explicit KV caches (circuits_kv_cache_*, circuits_context_forward_kv: TransformerLens's "
+    "past_kv_cache argument) are not bound yet; Model.generate(use_past_kv_cache=True) uses the "
+    "library's internal KV cache through circuits_context_generate."
 )
 
 #: Public C functions deliberately not bound, with the reason. Everything else in
@@ -400,11 +434,9 @@ SKIPPED: Dict[str, str] = {
     "circuits_kv_cache_truncate": _KV_REASON,
     "circuits_kv_cache_layer": _KV_REASON,
     "circuits_context_forward_kv": _KV_REASON,
-    "circuits_generate_options_init": _KV_REASON,
-    "circuits_context_generate": _KV_REASON,
 }
 #: Public structs deliberately not declared (they belong to skipped functions).
-SKIPPED_STRUCTS: Dict[str, str] = {"circuits_generate_options": _KV_REASON}
+SKIPPED_STRUCTS: Dict[str, str] = {}
 
 #: Bound functions that a libcircuits.so.0 built before they were added may lack (ABI 0 grows
 #: by addition). The binding loads without them; the features that need them (the tokenizer:
