@@ -385,13 +385,18 @@ for k, r in zip(kept, ref):
 ok()
 '''),
     "kept_generate_sampled_slices": ("kept", '''
+# each step's logits, kept as a transposed slice, still read that step's logits after the
+# later steps (which run in a fresh block once a step's memory was handed over)
 m = load()
-kept = []
-m.add_hook("blocks.0.hook_resid_post", lambda a, h: kept.append(a[..., :4].T))
+kept, ref = [], []
+def keep(a, h):
+    kept.append(a[..., :7].T)
+    ref.append(a[..., :7].T.copy())
+m.add_hook("unembed.hook_out", keep)
 m.generate(TOK_BIG[:2, :10], max_new_tokens=5, seed=3, stop_at_eos=False)
-ref = snap(kept)
 m.generate(TOK_BIG[:2, :30], max_new_tokens=5, seed=4, stop_at_eos=False, use_past_kv_cache=False)
 m.close(); churn()
+assert len(kept) == 10
 for k, r in zip(kept, ref):
     same(k, r); touch(k)
 ok(str(len(kept)))
