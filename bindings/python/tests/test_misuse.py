@@ -59,6 +59,37 @@ def test_probe(name):
     assert lines and lines[-1].startswith("PROBE OK"), report
 
 
+SANITIZED = os.environ.get("CIRCUITS_TEST_SANITIZER") == "1"  # run_tests.sh with a sanitizer build
+
+CANARY = PRELUDE + '''
+# a deliberate stale view, made with the binding's internals (no owner): the memory it views is
+# freed, then touched through libcircuits
+f = circuits.FactoredMatrix(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32))
+t = N.Tensor(); ta = N.Tensor()
+N.check(N.lib.circuits_factored_factors(f._ptr, t, ta))
+stale = circuits._arrays.view(t.data, (64 * 64,))
+f._h.close()
+touch(stale)
+ok("the sanitizer saw nothing")
+'''
+
+
+def _run(src: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MISUSE_BINDING=str(BINDING), MISUSE_REPO=str(REPO), PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run([sys.executable, "-c", src], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+@pytest.mark.skipif(not SANITIZED, reason="needs the sanitizer build (run_tests.sh build-asan)")
+def test_probes_run_under_the_sanitizer():
+    """The probes' interpreters have the ASan runtime, and a stale view touched the way the
+    probes touch kept arrays is reported (so a probe's pass under ASan means something)."""
+    r = _run("print('libasan' in open('/proc/self/maps').read())")
+    assert r.stdout.strip() == "True", (r.stdout, r.stderr[-2000:])
+    r = _run(CANARY)
+    assert r.returncode != 0 and "ERROR: AddressSanitizer: heap-use-after-free" in r.stderr, (r.returncode, r.stdout,
+                                                                                             r.stderr[-3000:])
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--list"]:
         for n in sorted(PROBES):
