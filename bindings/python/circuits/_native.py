@@ -42,7 +42,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ABIMismatchError, CircuitsError, LibraryNotFoundError, error_class
+from .errors import ABIMismatchError, CircuitsError, LibraryNotFoundError, RangeError, error_class
 
 # --------------------------------------------------------------------------------------------
 # Constants of include/circuits.h (C names; checked against the header by the tests)
@@ -283,6 +283,42 @@ I32P = _ndptr(np.int32, "I32P")
 #: ``int64_t *`` arrays
 I64P = _ndptr(np.int64, "I64P")
 
+def _checked_int(ctype, cname: str):
+    """``ctype`` for arguments, but refusing (RangeError, TypeError) a value it cannot hold:
+    plain ctypes integer arguments wrap silently (2**32 reaches C as 0)."""
+    bits = 8 * ctypes.sizeof(ctype)
+    signed = ctype(-1).value == -1
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+
+    def from_param(cls, obj):
+        try:
+            v = obj.__index__()
+        except (AttributeError, TypeError):
+            raise TypeError(f"expected an integer for a C {cname}, got {type(obj).__name__}") from None
+        if not lo <= v <= hi:
+            raise RangeError(f"{v} does not fit in a C {cname} [{lo}, {hi}]")
+        return ctype(v)
+
+    return type(f"checked_{cname}", (ctype,), {"from_param": classmethod(from_param)})
+
+
+#: Integer argument types as declared in FUNCTIONS -> the range-checked type actually used.
+CHECKED_INTS = {
+    c_int32: _checked_int(c_int32, "int32_t"),
+    c_int64: _checked_int(c_int64, "int64_t"),
+    c_uint64: _checked_int(c_uint64, "uint64_t"),
+    c_uint32: _checked_int(c_uint32, "uint32_t"),
+}
+for _t, _n in ((c_int, "int"), (c_size_t, "size_t"), (c_uint, "unsigned")):
+    if _t not in CHECKED_INTS:  # on LP64 these are aliases of the fixed-width types
+        CHECKED_INTS[_t] = _checked_int(_t, _n)
+
+
+def check_int(value, ctype, name: str) -> int:
+    """value as an int that ``ctype`` holds exactly (for struct fields, which wrap silently too)."""
+    return CHECKED_INTS[ctype].from_param(value).value if not isinstance(value, bool) else int(value)
+
+
 VOIDPP = POINTER(c_void_p)  # circuits_<object> **out
 HANDLE = c_void_p  # circuits_<object> *
 
@@ -418,6 +454,9 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_set_num_threads": (None, [c_int]),
     "circuits_get_num_threads": (c_int, []),
 }
+
+# every integer argument is range-checked (restypes are left alone)
+FUNCTIONS = {n: (r, [CHECKED_INTS.get(a, a) for a in args]) for n, (r, args) in FUNCTIONS.items()}
 
 _KV_REASON = (
     "explicit KV caches (circuits_kv_cache_*, circuits_context_forward_kv: TransformerLens's "

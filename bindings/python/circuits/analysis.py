@@ -82,6 +82,8 @@ def repeated_tokens(batch: int, seq_len: int, d_vocab: Union[int, Model], seed: 
     (``circuits_repeated_tokens``). ``d_vocab`` may be a Model (its cfg.d_vocab)."""
     if isinstance(d_vocab, Model):
         d_vocab = d_vocab._dims.d_vocab
+    if bos is not None and int(bos) < 0:  # C reads bos < 0 as "none": the rows would be one shorter
+        raise RangeError(f"bos must be a token id >= 0 (or None for no BOS), not {bos}")
     T = 2 * int(seq_len) + (bos is not None)
     if batch < 1 or seq_len < 1:
         raise RangeError("repeated_tokens needs batch >= 1 and seq_len >= 1")

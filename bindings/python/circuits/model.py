@@ -677,7 +677,7 @@ class Model:
                 res = res[None]
             if res.ndim != 3 or res.shape[2] != self._dims.d_model:
                 raise ShapeError(f"residual must be [batch, pos, d_model={self._dims.d_model}], not {list(res.shape)}")
-            opts.start_at_layer = int(start_at_layer)
+            opts.start_at_layer = N.check_int(start_at_layer, ctypes.c_int32, "start_at_layer")
             opts.input = res.ctypes.data
             keep.append(res)
             B, T = res.shape[0], res.shape[1]
@@ -690,7 +690,7 @@ class Model:
             tok = self._tokens(tokens)
             B, T = tok.shape
         if stop_at_layer is not None:
-            opts.stop_at_layer = int(stop_at_layer)
+            opts.stop_at_layer = N.check_int(stop_at_layer, ctypes.c_int32, "stop_at_layer")
             out = np.empty((B, T, self._dims.d_model), np.float32)
         if logit_positions is not None:
             lp = np.ascontiguousarray(np.atleast_1d(np.asarray(logit_positions)), dtype=np.int64)
@@ -1276,12 +1276,12 @@ class Model:
         opts.max_new_tokens = n_new
         opts.do_sample = int(bool(do_sample))
         opts.temperature = float(temperature)
-        opts.top_k = 0 if top_k is None else int(top_k)
+        opts.top_k = 0 if top_k is None else N.check_int(top_k, ctypes.c_int32, "top_k")
         opts.top_p = 0.0 if top_p is None else float(top_p)
         opts.freq_penalty = float(freq_penalty)
         opts.seed = int(seed) & 0xFFFFFFFFFFFFFFFF
         opts.stop_at_eos = int(bool(stop_at_eos))
-        opts.eos_token_id = -1 if eos_token_id is None else int(eos_token_id)
+        opts.eos_token_id = -1 if eos_token_id is None else N.check_int(eos_token_id, ctypes.c_int32, "eos_token_id")
         opts.use_kv_cache = int(bool(use_past_kv_cache))
         st = self._state
         ctx_box: List[Optional[int]] = [None]

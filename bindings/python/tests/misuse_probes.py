@@ -652,6 +652,15 @@ refused(lambda: m(TOK, logit_positions=[8]), CircuitsError)
 refused(lambda: m(TOK, logit_positions=[-9]), CircuitsError)
 refused(lambda: m(TOK, logit_positions=[]), ValueError)
 refused(lambda: m(TOK, stop_at_layer=99), CircuitsError)
+# ctypes wraps integers silently (2**32 would reach C as 0): every integer crossing is checked
+refused(lambda: m(TOK, stop_at_layer=2**32), circuits.RangeError)
+refused(lambda: m(TOK, start_at_layer=2**32 + 1, residual=m(TOK, stop_at_layer=1)), circuits.RangeError)
+refused(lambda: m(TOK, logit_positions=[2**64]), Exception)
+refused(lambda: m.circuit("OV", 2**32, 0), Exception)
+refused(lambda: m.virtual_OV(0, 2**32, 1, 0), Exception)
+refused(lambda: m.generate(TOK, max_new_tokens=2, top_k=2**32), circuits.RangeError)
+refused(lambda: m.generate(TOK, max_new_tokens=2, eos_token_id=2**32 + 7), circuits.RangeError)
+refused(lambda: m.tokenizer.token_bytes(2**32), Exception) if m.tokenizer is not None else None
 ok()
 '''),
     "size_hook_returns_wrong": ("size", '''
@@ -747,6 +756,7 @@ ok()
     "size_repeated_tokens_and_baseline": ("size", '''
 refused(lambda: circuits.repeated_tokens(0, 5, 10), circuits.RangeError)
 refused(lambda: circuits.repeated_tokens(2, 5, 0), CircuitsError)
+refused(lambda: circuits.repeated_tokens(2, 5, 10, bos=-5), circuits.RangeError)   # rows sized with a BOS
 t = circuits.repeated_tokens(2, 5, 10, bos=3)
 assert t.shape == (2, 11) and np.all(t[:, 0] == 3)
 refused(lambda: circuits.composition_baseline(0, 4, n_samples=2), CircuitsError)
@@ -787,3 +797,114 @@ assert m.generate(TOK, max_new_tokens=2, do_sample=False, stop_at_eos=False).sha
 assert m.W_Q.shape[0] == scores.shape[0]
 ok()
 ''')
+
+PROBES["size_set_num_threads"] = ("size", '''
+before = circuits.get_num_threads() if hasattr(circuits, "get_num_threads") else N.lib.circuits_get_num_threads()
+for n in (0, -3, 64, 1):
+    circuits.set_num_threads(n)
+    assert N.lib.circuits_get_num_threads() >= 1
+refused(lambda: circuits.set_num_threads(2**40), Exception)   # ctypes refuses what an int cannot hold
+m = load()
+m(TOK_BIG)
+ok()
+''')
+
+# ---------------------------------------------------------------------------------------------
+# The audit (issue 12): every bound C function, and where a size or a pointer crosses ctypes
+# through it, the probes that pin down the two classes of defect — a size the caller could
+# change after the library reported it (stale / rebindable sizes) and a pointer that could
+# outlive its owner. tests/test_misuse.py checks that every function of circuits._native's
+# table is listed here and that every probe named exists.
+# ---------------------------------------------------------------------------------------------
+
+_SCALAR = "scalars, or a string the library copies: nothing sized, nothing kept"
+AUDIT = {
+    "circuits_version_number": _SCALAR,
+    "circuits_version_string": "a static string, decoded at once",
+    "circuits_abi_version": _SCALAR,
+    "circuits_status_string": "a static string, decoded at once",
+    "circuits_last_error": "a thread-local string, decoded at once (N.last_error)",
+    "circuits_clear_error": _SCALAR,
+    "circuits_load_options_init": "a struct of the binding's, sized by ctypes",
+    "circuits_model_load": "the path is copied by the library; the model is owned by _ModelHandle",
+    "circuits_model_free": ["owner_weights_after_close", "owner_state_dict_after_close", "owner_tokenizer_after_close"],
+    "circuits_model_config": ["size_cfg_d_vocab_out_forced", "size_cfg_rebind_refused"],
+    "circuits_model_weight": ["owner_weights_after_close"],
+    "circuits_model_weight_count": ["owner_state_dict_after_close"],
+    "circuits_model_weight_at": ["owner_state_dict_after_close"],
+    "circuits_context_options_init": "a struct of the binding's, sized by ctypes",
+    "circuits_context_create": ["kept_across_set_use_attn_result"],
+    "circuits_context_free": ["kept_after_close", "kept_across_set_use_attn_result"],
+    "circuits_context_hook_point_count": "names copied into HookPoint objects at load",
+    "circuits_context_hook_point": "names copied into HookPoint objects at load",
+    "circuits_context_add_hook": ["size_names_filter_and_cache_keys", "kept_nested_model_in_hook"],
+    "circuits_context_remove_hook": ["kept_after_bigger_run"],
+    "circuits_context_clear_hooks": ["kept_across_set_use_attn_result"],
+    "circuits_act_name": "a 256-byte buffer passed with its length",
+    "circuits_context_resolve_hook_name": "not called by the binding (the library resolves names itself)",
+    "circuits_context_forward": ["kept_list_append", "size_tokens_wrong_dtype", "size_tokens_wrong_shape",
+                                 "size_tokens_noncontiguous", "size_cfg_d_vocab_out_forced"],
+    "circuits_run_options_init": "a struct of the binding's, sized by ctypes",
+    "circuits_context_run": ["kept_partial_runs", "size_residual_wrong", "size_logit_positions",
+                             "size_cfg_d_model_forced"],
+    "circuits_context_take_run_memory": ["kept_only_weakly_costs_nothing", "kept_many_runs_each_own_memory"],
+    "circuits_run_memory_data": "not needed by the binding (views are made from the activation's own pointer)",
+    "circuits_run_memory_nbytes": "not needed by the binding",
+    "circuits_run_memory_free": ["kept_only_weakly_costs_nothing"],
+    "circuits_cache_create": ["owner_cache_after_refill"],
+    "circuits_cache_free": ["owner_cache_after_close", "owner_cache_object_dropped"],
+    "circuits_context_run_with_cache": ["kept_from_run_with_cache_hooks", "owner_cache_after_refill",
+                                        "size_names_filter_and_cache_keys"],
+    "circuits_cache_count": ["owner_cache_dict_plain"],
+    "circuits_cache_at": ["owner_cache_dict_plain"],
+    "circuits_cache_get": ["size_names_filter_and_cache_keys"],
+    "circuits_cache_nbytes": ["owner_cache_after_close"],
+    "circuits_factored_create": ["size_factored_dims_read_only"],
+    "circuits_factored_free": ["owner_factors_after_drop"],
+    "circuits_factored_shape": ["size_factored_dims_read_only"],
+    "circuits_factored_factors": ["owner_factors_after_drop"],
+    "circuits_factored_transpose": ["size_factored_dims_read_only"],
+    "circuits_factored_matmul": ["size_factored_dims_read_only"],
+    "circuits_factored_matmul_dense": ["size_factored_dims_read_only"],
+    "circuits_factored_rmatmul_dense": ["size_factored_dims_read_only"],
+    "circuits_factored_matvec": ["size_factored_dims_read_only"],
+    "circuits_factored_vecmat": ["size_factored_dims_read_only"],
+    "circuits_factored_norm": ["owner_factors_after_drop"],
+    "circuits_factored_svd": ["size_factored_dims_read_only"],
+    "circuits_factored_eigenvalues": ["size_factored_dims_read_only"],
+    "circuits_factored_corner": ["size_factored_dims_read_only"],
+    "circuits_factored_diagonal": ["size_factored_dims_read_only"],
+    "circuits_factored_topk": ["size_topk_huge_k"],
+    "circuits_factored_materialize": ["size_factored_dims_read_only", "owner_factors_after_drop"],
+    "circuits_model_ov": ["owner_factors_after_drop"],
+    "circuits_model_qk": ["owner_factors_after_drop"],
+    "circuits_model_full_ov": ["size_topk_huge_k"],
+    "circuits_model_full_qk": "returns a FactoredMatrix: as circuits_model_full_ov",
+    "circuits_model_pos_qk": "returns a FactoredMatrix: as circuits_model_full_ov",
+    "circuits_model_composition_circuit": "returns a FactoredMatrix: as circuits_model_full_ov",
+    "circuits_model_virtual_ov": "returns a FactoredMatrix: as circuits_model_full_ov",
+    "circuits_model_virtual_weights": "returns a FactoredMatrix: as circuits_model_full_ov",
+    "circuits_model_composition_scores": ["size_cfg_n_layers_forced", "size_cfg_n_heads_forced"],
+    "circuits_model_mlp_composition_scores": ["size_cfg_n_layers_forced"],
+    "circuits_composition_baseline": ["size_repeated_tokens_and_baseline"],
+    "circuits_model_copying_scores": ["size_cfg_n_heads_forced"],
+    "circuits_detect_options_init": "a struct of the binding's, sized by ctypes",
+    "circuits_context_detect_heads": ["kept_from_detect_head", "size_detect_pattern_wrong", "size_cfg_n_heads_forced"],
+    "circuits_repeated_tokens": ["size_repeated_tokens_and_baseline"],
+    "circuits_context_induction_scores": ["kept_from_induction_scores", "size_detect_pattern_wrong"],
+    "circuits_tokenizer_load": ["size_tokenizer_inputs"],
+    "circuits_tokenizer_free": ["owner_tokenizer_after_close"],
+    "circuits_encode_options_init": "a struct of the binding's, sized by ctypes",
+    "circuits_tokenizer_encode": ["size_tokenizer_inputs"],
+    "circuits_tokenizer_decode": ["size_tokenizer_inputs"],
+    "circuits_tokenizer_token": ["size_tokenizer_inputs"],
+    "circuits_tokenizer_vocab_size": _SCALAR,
+    "circuits_tokenizer_bos_id": _SCALAR,
+    "circuits_tokenizer_eos_id": _SCALAR,
+    "circuits_model_tokenizer": ["owner_tokenizer_after_close"],
+    "circuits_generate_options_init": "a struct of the binding's, sized by ctypes",
+    "circuits_context_generate": ["kept_generate_kv_cache", "kept_generate_no_kv_cache", "kept_generate_sampled_slices",
+                                  "size_generate_bounds", "size_cfg_n_ctx_forced"],
+    "circuits_set_num_threads": ["size_set_num_threads"],
+    "circuits_get_num_threads": ["size_set_num_threads"],
+}

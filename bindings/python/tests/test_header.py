@@ -134,7 +134,7 @@ def allowed(ctype: str):
     if t == "void":
         return {None}
     if t in SCALARS:
-        return {SCALARS[t]}
+        return {SCALARS[t], N.CHECKED_INTS.get(SCALARS[t], SCALARS[t])}
     base = t.rstrip("* ").strip()
     stars = t.count("*")
     if stars == 1 and base in OPAQUE:
