@@ -50,11 +50,12 @@ bash bindings/python/run_tests.sh build 2>&1 | tee "$py_log" || status=1
 
 # the misuse suite (bindings/python/tests/test_misuse.py: each probe a Python program in its own
 # interpreter) against build-asan's libcircuits: the ASan and UBSan runtimes preloaded into the
-# uninstrumented python3, leak checking off (CPython leaks by design). A probe whose stderr holds
-# a sanitizer report, or that dies by a signal, fails.
+# uninstrumented python3, leak checking off (CPython leaks by design), freed memory filled (a
+# stale read outside instrumented code then sees garbage, not the old values). A probe whose
+# stderr holds a sanitizer report, or that dies by a signal, fails.
 misuse_log=$(mktemp)
 asan_rt="$(gcc -print-file-name=libasan.so)"; ubsan_rt="$(gcc -print-file-name=libubsan.so)"
-LD_PRELOAD="$asan_rt:$ubsan_rt" ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 \
+LD_PRELOAD="$asan_rt:$ubsan_rt" ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:max_free_fill_size=1073741824 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTEST_TESTS=tests/test_misuse.py \
   bash bindings/python/run_tests.sh build-asan 2>&1 | tee "$misuse_log" || status=1
 
