@@ -847,7 +847,8 @@ class Model:
         """``model(tokens, return_type=...)`` with ``fwd_hooks`` active for this run only.
 
         Each hook is ``fn(activation, hook)``: ``activation`` is a float32 NumPy array that is a
-        zero-copy view of the live activation (valid during the call only: copy what you keep);
+        zero-copy view of the live activation (copy what you keep: a kept array stays valid but
+        reads what the run last wrote into its buffer, see docs/python.md "Memory safety");
         edit it in place, or return a float32 array of the same shape to replace it. An
         exception raised in a hook stops the run and is re-raised here as itself."""
         with self._lock:  # atomic: another thread's run never sees these temporary hooks
