@@ -587,8 +587,12 @@ class Model:
             finally:
                 self._running -= 1
                 lease, st.lease = st.lease, prev
-                if _getrefcount(lease) > _LEASE_BASE_REFS:
-                    _take_run_memory(ctx, lease)  # an array of this run outlived its hook call
+                if _getrefcount(lease) > _LEASE_BASE_REFS:  # an array of this run outlived its hook call
+                    try:
+                        _take_run_memory(ctx, lease)
+                    except BaseException:
+                        self._abandon_context(ctx)
+                        raise
                 lease = None
             exc = st.pending
             if exc is not None:
@@ -601,6 +605,26 @@ class Model:
                 finally:
                     exc = None
             N.check(rc)
+
+    def _abandon_context(self, ctx: int) -> None:
+        """The run memory of ``ctx`` could not be handed over (out of memory for its handle)
+        while arrays still view it: the context is never run again nor freed (a deliberate
+        leak, so that those arrays stay valid), and the model continues on a fresh context with
+        its hooks re-registered (or is closed if that fails too)."""
+        h = self._handle
+        if h is None or ctx != self._ctx:
+            return
+        h.contexts.discard(ctx)  # _ModelHandle will not free it
+        self._ctx = None
+        try:
+            self._ctx = h.new_context(self._cfg.use_attn_result)
+            self._build_points()
+            self._rebuild_hooks()
+        except BaseException:
+            if self._ctx is not None:
+                h.free_context(self._ctx)
+            self._ctx = None
+            self._handle = None  # closed: later calls raise ClosedError
 
     def _tokens(self, tokens: Any) -> np.ndarray:
         if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)):

@@ -513,6 +513,24 @@ gc.collect()
 assert w() is None, "the lease (and its block) outlived its arrays"
 ok()
 '''),
+    "kept_take_fails": ("kept", '''
+# circuits_context_take_run_memory failing (out of memory for its handle) while an array views the
+# run memory: the run raises, the context is abandoned (never reused nor freed), the model goes on
+m = load()
+real = N.lib.circuits_context_take_run_memory
+N.lib.circuits_context_take_run_memory = lambda ctx, out: N.CIRCUITS_E_OUT_OF_MEMORY
+kept = []
+m.add_hook("unembed.hook_out", lambda a, h: kept.append(a))
+refused(lambda: m(TOK), MemoryError)
+N.lib.circuits_context_take_run_memory = real
+want = np.array(kept[0], copy=True)
+l2 = m(TOK_BIG)                      # a fresh context, hooks carried over
+same(kept[1], l2)
+churn(m); m.close(); churn()
+same(kept[0], want)
+touch(kept[0]); touch(kept[1])
+ok()
+'''),
     "kept_warning_tells_the_truth": ("kept", '''
 m = load()
 kept = []
@@ -867,7 +885,8 @@ AUDIT = {
     "circuits_run_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_context_run": ["kept_partial_runs", "size_residual_wrong", "size_logit_positions",
                              "size_cfg_d_model_forced"],
-    "circuits_context_take_run_memory": ["kept_only_weakly_costs_nothing", "kept_many_runs_each_own_memory"],
+    "circuits_context_take_run_memory": ["kept_only_weakly_costs_nothing", "kept_many_runs_each_own_memory",
+                                         "kept_take_fails"],
     "circuits_run_memory_data": "not needed by the binding (views are made from the activation's own pointer)",
     "circuits_run_memory_nbytes": "not needed by the binding",
     "circuits_run_memory_free": ["kept_only_weakly_costs_nothing"],
