@@ -305,7 +305,8 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
             _apply_return(act, ret, hp, reg.fn)
         ret = None
         # act: the local and the argument; holder: the local, act.base and the argument. More
-        # means the hook kept the array or a view of it (views of act have the holder as base).
+        # means the hook kept the array or a view of it (a slice, reshape, transpose or
+        # memoryview references act; act.base is the holder).
         if _getrefcount(act) > 2 or _getrefcount(holder) > 3:
             warnings.warn(
                 f"hook {_fn_name(reg.fn)} kept a reference to the activation at '{hp.name}' (or a view of it): it "
