@@ -5,7 +5,8 @@
 # ThreadSanitizer (build-tsan/); then the C test programs under Valgrind memcheck (meson setup
 # "valgrind", tests/meson.build); then a build without cairo (build-nocairo/,
 # tests/check_nocairo.sh); then every fuzz harness for FUZZ_SECONDS (default 35) each
-# (clang, build-fuzz/); then the Python binding's pytest suite. Prints "N passed, N failed" last.
+# (clang, build-fuzz/); then the Python binding's pytest suite, and its misuse suite again against
+# the sanitizer build. Prints "N passed, N failed" last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/install-deps || exit 1
@@ -62,8 +63,19 @@ FUZZ_RESULTS=$fuzz_results bash tests/fuzz/run.sh "${FUZZ_SECONDS:-35}" || statu
 py_log=$(mktemp)
 bash bindings/python/run_tests.sh build 2>&1 | tee "$py_log" || status=1
 
+# the misuse suite (bindings/python/tests/test_misuse.py: each probe a Python program in its own
+# interpreter) against build-asan's libcircuits: the ASan and UBSan runtimes preloaded into the
+# uninstrumented python3, leak checking off (CPython leaks by design), freed memory filled (a
+# stale read outside instrumented code then sees garbage, not the old values). A probe whose
+# stderr holds a sanitizer report, or that dies by a signal, fails.
+misuse_log=$(mktemp)
+asan_rt="$(gcc -print-file-name=libasan.so)"; ubsan_rt="$(gcc -print-file-name=libubsan.so)"
+LD_PRELOAD="$asan_rt:$ubsan_rt" ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:max_free_fill_size=1073741824 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTEST_TESTS=tests/test_misuse.py \
+  bash bindings/python/run_tests.sh build-asan 2>&1 | tee "$misuse_log" || status=1
+
 python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json build-tsan/meson-logs/testlog.json \
-  build/meson-logs/testlog-valgrind.json "$fuzz_results" "$py_log" "$nocairo_result" <<'PY'
+  build/meson-logs/testlog-valgrind.json "$fuzz_results" "$py_log" "$misuse_log" "$nocairo_result" <<'PY'
 import json, os, re, sys
 passed = failed = 0
 for path in sys.argv[1:5]:
@@ -79,16 +91,20 @@ for h in sorted(d for d in os.listdir("tests/fuzz/corpus") if os.path.isdir("tes
     if fuzz.get(h) == "OK": passed += 1
     else: failed += 1; print("FAILED: fuzz", h, "(see build-fuzz/fuzz-%s.log)" % h if h in fuzz else "did not run")
 # the build without cairo
-if open(sys.argv[7]).read().strip() == "OK": passed += 1
+if open(sys.argv[8]).read().strip() == "OK": passed += 1
 else: failed += 1; print("FAILED: build without cairo (tests/check_nocairo.sh)")
-# pytest's last line: "N passed, M skipped, K failed in Xs" (any order)
-tail = open(sys.argv[6]).read().strip().splitlines()[-1:] or [""]
-counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|errors?|skipped)", tail[0])}
-if not counts: failed += 1; print("FAILED: python tests printed no summary")
-passed += counts.get("passed", 0)
-failed += counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
-skipped = counts.get("skipped", 0)
+# pytest's last line: "N passed, M skipped, K failed in Xs" (any order); the python suite, then
+# the misuse suite under ASan+UBSan
+skipped = 0
+for what, path in (("python tests", sys.argv[6]), ("python misuse suite (build-asan)", sys.argv[7])):
+    tail = open(path).read().strip().splitlines()[-1:] or [""]
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|errors?|skipped)", tail[0])}
+    if not counts: failed += 1; print(f"FAILED: {what} printed no summary")
+    if counts.get("failed", 0) or counts.get("error", 0) or counts.get("errors", 0): print(f"FAILED: {what}: {tail[0]}")
+    passed += counts.get("passed", 0)
+    failed += counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
+    skipped += counts.get("skipped", 0)
 print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
 PY
-rm -f "$py_log" "$fuzz_results" "$nocairo_result"
+rm -f "$py_log" "$misuse_log" "$fuzz_results" "$nocairo_result"
 exit $status

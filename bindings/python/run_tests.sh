@@ -8,7 +8,8 @@
 # and pytest with pip if they are missing (no torch needed). A sanitizer build (build-asan/)
 # works too: its runtime is preloaded and leak checking is left to the C suites (CPython's
 # own allocations would be reported as leaks at exit). Prints pytest's summary line last and
-# exits with pytest's status.
+# exits with pytest's status. PYTEST_TESTS (default: tests) names the test files or directories
+# to run, e.g. PYTEST_TESTS=tests/test_misuse.py for the misuse suite alone.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -33,9 +34,12 @@ export PYTHONDONTWRITEBYTECODE=1
 # interpreter.
 preload=""
 for rt in asan ubsan; do
-  if ldd "$lib" 2>/dev/null | grep -q "lib$rt\.so"; then
+  # (not grep -q: it would close the pipe early, and under pipefail ldd's SIGPIPE would make the
+  # test fail at random, running a sanitizer build without its runtime)
+  if ldd "$lib" 2>/dev/null | grep "lib$rt\.so" >/dev/null; then
     p="$(ldd "$lib" | awk -v r="lib$rt.so" 'index($1, r) == 1 {print $3}')"
-    [ -n "$p" ] && preload="${preload:+$preload:}$p"
+    [ -z "$p" ] && p="$(gcc -print-file-name="lib$rt.so" 2>/dev/null)"
+    [ -n "$p" ] && [ -e "$p" ] && preload="${preload:+$preload:}$p"
   fi
 done
 if [ -n "$preload" ]; then
@@ -47,4 +51,5 @@ if [ -n "$preload" ]; then
 fi
 
 cd "$here"
-"$PY" -m pytest -q -p no:cacheprovider tests "$@"
+# shellcheck disable=SC2086 -- PYTEST_TESTS may name several paths
+"$PY" -m pytest -q -p no:cacheprovider ${PYTEST_TESTS:-tests} "$@"

@@ -3,8 +3,11 @@
 A view is made through ``__array_interface__`` on a tiny holder object that also references
 the *owner* (a :class:`Handle` of the C object the memory belongs to): the array's ``.base``
 is the holder, so the C object cannot be freed while any array (or view of it) that points
-into it is alive. Activation views passed to hooks have no owner: they are valid only during
-the hook call, as the C API documents.
+into it is alive (a slice, reshape or transpose of the array has the array as its base, so
+it references the holder too). Activation arrays passed to hooks have the run's lease
+(``circuits.model._Lease``) as their owner: if any of them outlives its hook call, the lease
+takes the context's run memory after the run (``circuits_context_take_run_memory``) and frees
+it when the last such array is gone.
 """
 
 from __future__ import annotations

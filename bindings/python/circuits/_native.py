@@ -42,7 +42,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ABIMismatchError, CircuitsError, LibraryNotFoundError, error_class
+from .errors import ABIMismatchError, CircuitsError, LibraryNotFoundError, RangeError, error_class
 
 # --------------------------------------------------------------------------------------------
 # Constants of include/circuits.h (C names; checked against the header by the tests)
@@ -238,8 +238,31 @@ class EncodeOptions(Structure):
     ]
 
 
+class GenerateOptions(Structure):
+    """``circuits_generate_options`` (``on_step`` as an address: cast a :data:`GENERATE_FN`)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("max_new_tokens", c_int32),
+        ("do_sample", c_int32),
+        ("temperature", c_float),
+        ("top_k", c_int32),
+        ("top_p", c_float),
+        ("freq_penalty", c_float),
+        ("seed", c_uint64),
+        ("stop_at_eos", c_int32),
+        ("eos_token_id", c_int32),
+        ("use_kv_cache", c_int32),
+        ("on_step", c_void_p),  # circuits_generate_fn
+        ("user_data", c_void_p),
+    ]
+
+
 #: ``circuits_hook_fn``: int (*)(const circuits_tensor *act, void *user_data)
 HOOK_FN = CFUNCTYPE(c_int, POINTER(Tensor), c_void_p)
+#: ``circuits_generate_fn``: int (*)(int64_t step, const int32_t *tokens, const float *logits,
+#: int64_t batch, void *user_data)
+GENERATE_FN = CFUNCTYPE(c_int, c_int64, c_void_p, c_void_p, c_int64, c_void_p)
 
 
 def _ndptr(dtype, name: str):
@@ -260,6 +283,42 @@ F32P = _ndptr(np.float32, "F32P")
 I32P = _ndptr(np.int32, "I32P")
 #: ``int64_t *`` arrays
 I64P = _ndptr(np.int64, "I64P")
+
+def _checked_int(ctype, cname: str):
+    """``ctype`` for arguments, but refusing (RangeError, TypeError) a value it cannot hold:
+    plain ctypes integer arguments wrap silently (2**32 reaches C as 0)."""
+    bits = 8 * ctypes.sizeof(ctype)
+    signed = ctype(-1).value == -1
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+
+    def from_param(cls, obj):
+        try:
+            v = obj.__index__()
+        except (AttributeError, TypeError):
+            raise TypeError(f"expected an integer for a C {cname}, got {type(obj).__name__}") from None
+        if not lo <= v <= hi:
+            raise RangeError(f"{v} does not fit in a C {cname} [{lo}, {hi}]")
+        return ctype(v)
+
+    return type(f"checked_{cname}", (ctype,), {"from_param": classmethod(from_param)})
+
+
+#: Integer argument types as declared in FUNCTIONS -> the range-checked type actually used.
+CHECKED_INTS = {
+    c_int32: _checked_int(c_int32, "int32_t"),
+    c_int64: _checked_int(c_int64, "int64_t"),
+    c_uint64: _checked_int(c_uint64, "uint64_t"),
+    c_uint32: _checked_int(c_uint32, "uint32_t"),
+}
+for _t, _n in ((c_int, "int"), (c_size_t, "size_t"), (c_uint, "unsigned")):
+    if _t not in CHECKED_INTS:  # on LP64 these are aliases of the fixed-width types
+        CHECKED_INTS[_t] = _checked_int(_t, _n)
+
+
+def check_int(value, ctype, name: str) -> int:
+    """value as an int that ``ctype`` holds exactly (for struct fields, which wrap silently too)."""
+    return CHECKED_INTS[ctype].from_param(value).value if not isinstance(value, bool) else int(value)
+
 
 VOIDPP = POINTER(c_void_p)  # circuits_<object> **out
 HANDLE = c_void_p  # circuits_<object> *
@@ -302,6 +361,11 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_context_forward": (c_int, [HANDLE, I32P, c_int64, c_int64, F32P, F32P, F32P]),
     "circuits_run_options_init": (None, [POINTER(RunOptions)]),
     "circuits_context_run": (c_int, [HANDLE, POINTER(RunOptions), I32P, c_int64, c_int64, F32P]),
+    # run memory (the block hook activations live in; the binding's leases own taken blocks)
+    "circuits_context_take_run_memory": (c_int, [HANDLE, VOIDPP]),
+    "circuits_run_memory_data": (c_void_p, [HANDLE]),
+    "circuits_run_memory_nbytes": (c_size_t, [HANDLE]),
+    "circuits_run_memory_free": (None, [HANDLE]),
     # caches
     "circuits_cache_create": (c_int, [VOIDPP]),
     "circuits_cache_free": (None, [HANDLE]),
@@ -381,15 +445,24 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_tokenizer_bos_id": (c_int32, [HANDLE]),
     "circuits_tokenizer_eos_id": (c_int32, [HANDLE]),
     "circuits_model_tokenizer": (c_void_p, [HANDLE]),
+    # generation (Model.generate; explicit KV caches are not bound, see SKIPPED)
+    "circuits_generate_options_init": (None, [POINTER(GenerateOptions)]),
+    "circuits_context_generate": (
+        c_int,
+        [HANDLE, I32P, c_int64, c_int64, POINTER(GenerateOptions), I32P, POINTER(c_int64)],
+    ),
     # threads
     "circuits_set_num_threads": (None, [c_int]),
     "circuits_get_num_threads": (c_int, []),
 }
 
+# every integer argument is range-checked (restypes are left alone)
+FUNCTIONS = {n: (r, [CHECKED_INTS.get(a, a) for a in args]) for n, (r, args) in FUNCTIONS.items()}
+
 _KV_REASON = (
-    "the KV-cache and generation API (circuits_kv_cache_*, circuits_context_forward_kv, "
-    "circuits_context_generate) is not bound yet (Model.generate, past_kv_cache are a follow-up); "
-    "until then Model.generate raises NotImplementedError."
+    "explicit KV caches (circuits_kv_cache_*, circuits_context_forward_kv: TransformerLens's "
+    "past_kv_cache argument) are not bound yet; Model.generate(use_past_kv_cache=True) uses the "
+    "library's internal KV cache through circuits_context_generate."
 )
 
 #: Public C functions deliberately not bound, with the reason. Everything else in
@@ -401,11 +474,9 @@ SKIPPED: Dict[str, str] = {
     "circuits_kv_cache_truncate": _KV_REASON,
     "circuits_kv_cache_layer": _KV_REASON,
     "circuits_context_forward_kv": _KV_REASON,
-    "circuits_generate_options_init": _KV_REASON,
-    "circuits_context_generate": _KV_REASON,
 }
 #: Public structs deliberately not declared (they belong to skipped functions).
-SKIPPED_STRUCTS: Dict[str, str] = {"circuits_generate_options": _KV_REASON}
+SKIPPED_STRUCTS: Dict[str, str] = {}
 
 #: Bound functions that a libcircuits.so.0 built before they were added may lack (ABI 0 grows
 #: by addition). The binding loads without them; the features that need them (the tokenizer:

@@ -81,7 +81,9 @@ def repeated_tokens(batch: int, seq_len: int, d_vocab: Union[int, Model], seed: 
     ``[bos?, r_1..r_L, r_1..r_L]`` with r uniform in [0, d_vocab) from a seeded generator
     (``circuits_repeated_tokens``). ``d_vocab`` may be a Model (its cfg.d_vocab)."""
     if isinstance(d_vocab, Model):
-        d_vocab = d_vocab.cfg.d_vocab
+        d_vocab = d_vocab._dims.d_vocab
+    if bos is not None and int(bos) < 0:  # C reads bos < 0 as "none": the rows would be one shorter
+        raise RangeError(f"bos must be a token id >= 0 (or None for no BOS), not {bos}")
     T = 2 * int(seq_len) + (bos is not None)
     if batch < 1 or seq_len < 1:
         raise RangeError("repeated_tokens needs batch >= 1 and seq_len >= 1")
@@ -98,8 +100,8 @@ def composition_baseline(d_model: Union[int, Model], d_head: Optional[int] = Non
     d_head; d_mlp stays as given: 0 scores head writers, d_mlp > 0 an MLP's W_out)."""
     if isinstance(d_model, Model):
         if d_head is None:
-            d_head = d_model.cfg.d_head
-        d_model = d_model.cfg.d_model
+            d_head = d_model._dims.d_head
+        d_model = d_model._dims.d_model
     if d_head is None:
         raise TypeError("composition_baseline needs d_head")
     mean = np.empty(1, np.float32)

@@ -51,7 +51,7 @@ class ActivationCache:
         self.model = model
         self.has_batch_dim = has_batch_dim
         self._handle = _handle
-        self._n_layers = _n_layers if _n_layers is not None else (model.cfg.n_layers if model is not None else None)
+        self._n_layers = _n_layers if _n_layers is not None else (model._dims.n_layers if model is not None else None)
 
     @classmethod
     def _from_c(cls, handle: Handle, model: "Model") -> "ActivationCache":
@@ -66,7 +66,7 @@ class ActivationCache:
             entries.append((N.decode(t.name), t.data, tuple(t.shape[: t.ndim])))
         d: Dict[str, np.ndarray] = {}
         if not entries:
-            return cls(d, model, True, handle, model.cfg.n_layers)
+            return cls(d, model, True, handle, model._dims.n_layers)
         # The entries are one contiguous block in firing order (circuits_context_run_with_cache
         # allocates them so): one array over the block, sliced per entry, is much cheaper than
         # a view per entry. Fall back to per-entry views if the layout ever differs.
@@ -86,7 +86,7 @@ class ActivationCache:
                 break
             d[name] = block[off : off + numel].reshape(shape)
             off += numel
-        return cls(d, model, True, handle, model.cfg.n_layers)
+        return cls(d, model, True, handle, model._dims.n_layers)
 
     # -- lookup -----------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ class FactoredMatrix:
     :attr:`A`/:attr:`B`, which are read-only zero-copy views of the factors.
     """
 
-    __slots__ = ("_h", "_lead", "ldim", "mdim", "rdim", "_svd", "__weakref__")
+    __slots__ = ("_h", "_lead", "_ldim", "_mdim", "_rdim", "_svd", "__weakref__")
     # NumPy operators (ndarray @ FactoredMatrix) defer to our reflected methods
     __array_ufunc__ = None
 
@@ -75,9 +75,27 @@ class FactoredMatrix:
         md = ctypes.c_int64()
         N.check(lib.circuits_factored_shape(ptr, shape, ctypes.byref(nd), ctypes.byref(md)))
         s = tuple(int(x) for x in shape[: nd.value])
-        self.ldim, self.rdim, self.mdim = s[-2], s[-1], int(md.value)
+        # sizes as the C object reports them; every output buffer is sized from these (read-only)
+        self._ldim, self._rdim, self._mdim = s[-2], s[-1], int(md.value)
         self._lead = tuple(lead) if lead is not None else s[:-2]
+        if math.prod(self._lead) != math.prod(s[:-2]):
+            raise ShapeError(f"FactoredMatrix: leading dims {self._lead} do not match the C object's {s[:-2]}")
         self._svd = None
+
+    @property
+    def ldim(self) -> int:
+        """Rows of M (read-only)."""
+        return self._ldim
+
+    @property
+    def mdim(self) -> int:
+        """The inner dimension of the factors (read-only)."""
+        return self._mdim
+
+    @property
+    def rdim(self) -> int:
+        """Columns of M (read-only)."""
+        return self._rdim
 
     @property
     def _ptr(self) -> int:
@@ -238,6 +256,9 @@ class FactoredMatrix:
         k = int(k)
         if k < 1:
             raise RangeError("topk needs k >= 1")
+        # n = min(k, entries): never allocate more than the axis has
+        entries = {"all": self.ldim * self.rdim, "row": self.rdim}.get(axis, self.ldim)
+        k = min(k, max(entries, 1))
         values = np.empty(k, np.float32)
         rows = np.empty(k, np.int64)
         cols = np.empty(k, np.int64)

@@ -56,10 +56,6 @@ NO_MODEL_TOKENIZER = (
     "encoder.json + vocab.bpe or *.gguf): pass token ids, or set model.tokenizer = "
     "circuits.Tokenizer.load(path)"
 )
-GENERATE_MESSAGE = (
-    "Model.generate is not bound yet: the binding does not wrap libcircuits's generation/KV-cache "
-    "API (circuits_context_generate; see circuits._native.SKIPPED)"
-)
 
 ACT_FN_NAMES = {
     N.CIRCUITS_ACT_RELU: "relu",
@@ -134,6 +130,21 @@ class Config:
         return asdict(self)
 
 
+class _Dims(NamedTuple):
+    """The sizes libcircuits reported at load (``circuits_model_config``): what output buffers
+    are sized from."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    d_vocab_out: int
+    n_ctx: int
+    attn_only: bool
+
+
 class HookPoint:
     """What a hook function receives as its second argument (TransformerLens's ``HookPoint``):
     ``hook.name`` (full hook name), ``hook.layer()`` (block index), ``hook.head_axis`` (the axis
@@ -159,8 +170,12 @@ class HookPoint:
 
 
 class HookViewWarning(RuntimeWarning):
-    """A hook kept a reference to its activation array after returning. The array is a view of
-    the live activation and is only valid during the call: keep ``act.copy()`` instead."""
+    """A hook kept a reference to its activation array (or a slice, reshape, transpose or
+    memoryview of it) after returning. That is memory-safe — the run's memory is handed over to
+    the kept arrays and stays alive while any of them does — but the array is a view of a buffer
+    the run reuses (one residual-stream buffer for every ``hook_resid_*``, one for every layer's
+    ``hook_q``, ...): after the hook returns it reads what the run last wrote there, not this
+    hook's values. Keep ``act.copy()`` to keep the values (TransformerLens's ``act.clone()``)."""
 
 
 class Output(NamedTuple):
@@ -175,15 +190,55 @@ class Output(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
+class _Lease:
+    """The run memory of one run (one generation step), once a hook's array outlived its call.
+
+    Every activation array a hook receives is a zero-copy view whose base (a
+    :class:`circuits._arrays._Holder`) references the lease of the run it came from. When the
+    run returns, the binding looks at the lease's reference count: if anything but the binding
+    still refers to it — a kept activation, any slice / reshape / transpose / memoryview of one,
+    a traceback holding a hook's frame — it takes the context's run memory
+    (``circuits_context_take_run_memory``) and the lease owns that block from then on: the
+    context allocates a fresh block at its next run and never writes the taken one again, and
+    the block is freed (``circuits_run_memory_free``) when the last array that views it is
+    gone. Runs whose arrays all died with their hook calls cost nothing: the context keeps its
+    block."""
+
+    __slots__ = ("mem", "__weakref__")
+
+    def __init__(self) -> None:
+        self.mem: Optional[int] = None
+
+    def __del__(self, _free=lib.circuits_run_memory_free) -> None:
+        m, self.mem = self.mem, None
+        if m:
+            _free(m)
+
+
+#: References to a lease the binding itself holds at the check after a run: ``_RunState.lease``
+#: (or the local in :meth:`Model._call`) and getrefcount's own argument.
+_LEASE_BASE_REFS = 2
+
+
+def _take_run_memory(ctx: int, lease: _Lease) -> None:
+    """Hands the context's run memory over to ``lease`` (see :class:`_Lease`)."""
+    out = ctypes.c_void_p()
+    N.check(lib.circuits_context_take_run_memory(ctx, ctypes.byref(out)), "taking the run memory a kept hook array "
+            "views")
+    if out.value:
+        lease.mem = out.value
+
+
 class _RunState:
     """State shared by a model and its registrations (no reference back to the model)."""
 
-    __slots__ = ("points", "pending", "pending_point")
+    __slots__ = ("points", "pending", "pending_point", "lease")
 
     def __init__(self) -> None:
         self.points: Dict[int, HookPoint] = {}  # name address -> HookPoint
         self.pending: Optional[BaseException] = None
         self.pending_point = ""
+        self.lease: Optional[_Lease] = None  # of the run in progress
 
 
 class _Registration:
@@ -203,8 +258,10 @@ _KEYS = itertools.count(1)
 _getrefcount = sys.getrefcount
 # Hook activations are zero-copy views made through __array_interface__ (circuits._arrays.view):
 # the same as np.ctypeslib.as_array(pointer, shape) but about 2.5x cheaper per call, which is
-# most of a no-op hook's cost (bench/python_hooks.py measures both).
-_view = _arrays.view
+# most of a no-op hook's cost (bench/python_hooks.py measures both). The holder references the
+# run's lease, so every array derived from the activation keeps the lease alive.
+_Holder = _arrays._Holder
+_asarray = np.asarray
 
 
 def _fn_name(fn: Any) -> str:
@@ -241,15 +298,20 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
         hp = st.points.get(t.name)
         if hp is None:
             hp = HookPoint(N.decode(t.name), t.layer, t.head_axis)
-        act = _view(t.data, tuple(t.shape[: t.ndim]))
+        holder = _Holder(t.data, tuple(t.shape[: t.ndim]), False, st.lease)
+        act = _asarray(holder)
         ret = reg.fn(act, hp)
         if ret is not None and ret is not act:
             _apply_return(act, ret, hp, reg.fn)
         ret = None
-        if _getrefcount(act) > 2:
+        # act: the local and the argument; holder: the local, act.base and the argument. More
+        # means the hook kept the array or a view of it (a slice, reshape, transpose or
+        # memoryview references act; act.base is the holder).
+        if _getrefcount(act) > 2 or _getrefcount(holder) > 3:
             warnings.warn(
-                f"hook {_fn_name(reg.fn)} kept a reference to the activation at '{hp.name}'; it is a view of "
-                "memory that is reused after the hook returns: store act.copy() instead",
+                f"hook {_fn_name(reg.fn)} kept a reference to the activation at '{hp.name}' (or a view of it): it "
+                "stays valid, but the run reuses that buffer, so after the hook returns it reads what the run last "
+                "wrote there, not this hook's values; store act.copy() to keep them",
                 HookViewWarning, stacklevel=2)
         return N.CIRCUITS_HOOK_CONTINUE
     except HookStopped as e:
@@ -340,10 +402,14 @@ class Model:
     raises :class:`ClosedError`.
     """
 
-    cfg: Config
-
     def __init__(self, *args: Any, **kwargs: Any):
         raise TypeError("create a Model with Model.from_pretrained(path)")
+
+    @property
+    def cfg(self) -> Config:
+        """The model's hyper-parameters (a frozen :class:`Config`; read-only: the binding sizes
+        every buffer from the numbers libcircuits reported at load, never from this object)."""
+        return self._cfg
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -413,7 +479,12 @@ class Model:
         c = N.ConfigStruct()
         c.size = ctypes.sizeof(c)
         N.check(lib.circuits_model_config(handle.ptr, ctypes.byref(c)))
-        self.cfg = Config(
+        # Every buffer handed to C is sized from these: the numbers the library reported, in an
+        # immutable tuple no public attribute reaches (``cfg`` is informational and read-only).
+        self._dims = _Dims(n_layers=c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_head=c.d_head,
+                           d_mlp=c.d_mlp, d_vocab=c.d_vocab, d_vocab_out=c.d_vocab_out, n_ctx=c.n_ctx,
+                           attn_only=bool(c.attn_only))
+        self._cfg = Config(
             n_layers=c.n_layers,
             d_model=c.d_model,
             n_heads=c.n_heads,
@@ -497,7 +568,7 @@ class Model:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"{self.cfg.n_layers} layers, d_model {self.cfg.d_model}"
+        state = "closed" if self.closed else f"{self._dims.n_layers} layers, d_model {self._dims.d_model}"
         return f"<circuits.Model {self.cfg.model_name!r}: {state}>"
 
     def _mptr(self) -> int:
@@ -519,11 +590,21 @@ class Model:
             self._check_open()
             st = self._state
             st.pending = None
+            ctx = self._ctx
+            prev, st.lease = st.lease, _Lease()
             self._running += 1
             try:
-                rc = fn(self._ctx, *args)
+                rc = fn(ctx, *args)
             finally:
                 self._running -= 1
+                lease, st.lease = st.lease, prev
+                if _getrefcount(lease) > _LEASE_BASE_REFS:  # an array of this run outlived its hook call
+                    try:
+                        _take_run_memory(ctx, lease)
+                    except BaseException:
+                        self._abandon_context(ctx)
+                        raise
+                lease = None
             exc = st.pending
             if exc is not None:
                 st.pending = None
@@ -536,6 +617,26 @@ class Model:
                     exc = None
             N.check(rc)
 
+    def _abandon_context(self, ctx: int) -> None:
+        """The run memory of ``ctx`` could not be handed over (out of memory for its handle)
+        while arrays still view it: the context is never run again nor freed (a deliberate
+        leak, so that those arrays stay valid), and the model continues on a fresh context with
+        its hooks re-registered (or is closed if that fails too)."""
+        h = self._handle
+        if h is None or ctx != self._ctx:
+            return
+        h.contexts.discard(ctx)  # _ModelHandle will not free it
+        self._ctx = None
+        try:
+            self._ctx = h.new_context(self._cfg.use_attn_result)
+            self._build_points()
+            self._rebuild_hooks()
+        except BaseException:
+            if self._ctx is not None:
+                h.free_context(self._ctx)
+            self._ctx = None
+            self._handle = None  # closed: later calls raise ClosedError
+
     def _tokens(self, tokens: Any) -> np.ndarray:
         if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)):
             tokens = self.to_tokens(tokens)  # TransformerLens: text is tokenized with prepend_bos
@@ -546,15 +647,15 @@ class Model:
             a = a[None, :]
         elif a.ndim != 2:
             raise ShapeError(f"tokens must be [batch, pos] (or 1-D [pos]); got shape {list(a.shape)}")
-        if a.size and (a.min() < 0 or a.max() >= self.cfg.d_vocab):
-            bad = np.argwhere((a < 0) | (a >= self.cfg.d_vocab))[0]
-            raise RangeError(f"token id {a[tuple(bad)]} at {list(bad)} is outside the vocabulary [0, {self.cfg.d_vocab})")
+        if a.size and (a.min() < 0 or a.max() >= self._dims.d_vocab):
+            bad = np.argwhere((a < 0) | (a >= self._dims.d_vocab))[0]
+            raise RangeError(f"token id {a[tuple(bad)]} at {list(bad)} is outside the vocabulary [0, {self._dims.d_vocab})")
         return np.ascontiguousarray(a, dtype=np.int32)
 
     def _outputs(self, B: int, T: int, return_type: Optional[str], loss_per_token: bool):
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
-        logits = np.empty((B, T, self.cfg.d_vocab_out), np.float32) if return_type in ("logits", "both") else None
+        logits = np.empty((B, T, self._dims.d_vocab_out), np.float32) if return_type in ("logits", "both") else None
         want_loss = return_type in ("loss", "both")
         loss = np.empty(1, np.float32) if want_loss and not loss_per_token else None
         ptl = np.empty((B, max(T - 1, 0)), np.float32) if want_loss and loss_per_token else None
@@ -609,9 +710,9 @@ class Model:
             res = np.ascontiguousarray(residual, dtype=np.float32)
             if res.ndim == 2:
                 res = res[None]
-            if res.ndim != 3 or res.shape[2] != self.cfg.d_model:
-                raise ShapeError(f"residual must be [batch, pos, d_model={self.cfg.d_model}], not {list(res.shape)}")
-            opts.start_at_layer = int(start_at_layer)
+            if res.ndim != 3 or res.shape[2] != self._dims.d_model:
+                raise ShapeError(f"residual must be [batch, pos, d_model={self._dims.d_model}], not {list(res.shape)}")
+            opts.start_at_layer = N.check_int(start_at_layer, ctypes.c_int32, "start_at_layer")
             opts.input = res.ctypes.data
             keep.append(res)
             B, T = res.shape[0], res.shape[1]
@@ -624,8 +725,8 @@ class Model:
             tok = self._tokens(tokens)
             B, T = tok.shape
         if stop_at_layer is not None:
-            opts.stop_at_layer = int(stop_at_layer)
-            out = np.empty((B, T, self.cfg.d_model), np.float32)
+            opts.stop_at_layer = N.check_int(stop_at_layer, ctypes.c_int32, "stop_at_layer")
+            out = np.empty((B, T, self._dims.d_model), np.float32)
         if logit_positions is not None:
             lp = np.ascontiguousarray(np.atleast_1d(np.asarray(logit_positions)), dtype=np.int64)
             if lp.ndim != 1 or lp.size == 0:
@@ -635,7 +736,7 @@ class Model:
             keep.append(lp)
         if stop_at_layer is None:
             n = len(keep[-1]) if logit_positions is not None else T
-            out = np.empty((B, n, self.cfg.d_vocab_out), np.float32)
+            out = np.empty((B, n, self._dims.d_vocab_out), np.float32)
         self._call(lib.circuits_context_run, ctypes.byref(opts), tok, B, T, None if return_type is None else out)
         return None if return_type is None else out
 
@@ -781,7 +882,8 @@ class Model:
         """``model(tokens, return_type=...)`` with ``fwd_hooks`` active for this run only.
 
         Each hook is ``fn(activation, hook)``: ``activation`` is a float32 NumPy array that is a
-        zero-copy view of the live activation (valid during the call only: copy what you keep);
+        zero-copy view of the live activation (copy what you keep: a kept array stays valid but
+        reads what the run last wrote into its buffer, see docs/python.md "Memory safety");
         edit it in place, or return a float32 array of the same shape to replace it. An
         exception raised in a hook stops the run and is re-raised here as itself."""
         with self._lock:  # atomic: another thread's run never sees these temporary hooks
@@ -813,7 +915,7 @@ class Model:
                 self._rebuild_hooks()
                 raise
             h.free_context(old_ctx)
-            self.cfg = replace(self.cfg, use_attn_result=bool(use_attn_result))
+            self._cfg = replace(self._cfg, use_attn_result=bool(use_attn_result))
 
     # -- caching ----------------------------------------------------------------------------
 
@@ -900,9 +1002,9 @@ class Model:
         self._check_open()
         a = self._stacked.get(leaf)
         if a is None:
-            if mlp and self.cfg.attn_only:
+            if mlp and self._dims.attn_only:
                 raise AttributeError(f"this model is attention-only: it has no {leaf}")
-            a = readonly(np.stack([self.get_weight(f"blocks.{l}.{leaf}") for l in range(self.cfg.n_layers)]))
+            a = readonly(np.stack([self.get_weight(f"blocks.{l}.{leaf}") for l in range(self._dims.n_layers)]))
             self._stacked[leaf] = a
         return a
 
@@ -1038,7 +1140,7 @@ class Model:
     def all_composition_scores(self, mode: str) -> np.ndarray:
         """TransformerLens's ``all_composition_scores``: [n_layers, n_heads, n_layers, n_heads]
         (writer, reader), zero unless layer(writer) < layer(reader). mode: "Q", "K" or "V"."""
-        L, H = self.cfg.n_layers, self.cfg.n_heads
+        L, H = self._dims.n_layers, self._dims.n_heads
         out = np.empty((L, H, L, H), np.float32)
         N.check(lib.circuits_model_composition_scores(self._mptr(), _mode(mode), out))
         return out
@@ -1046,7 +1148,7 @@ class Model:
     def mlp_composition_scores(self, mode: str) -> np.ndarray:
         """Composition of each layer's MLP output (W_out) into later heads: [n_layers (writer),
         n_layers (reader), n_heads]."""
-        L, H = self.cfg.n_layers, self.cfg.n_heads
+        L, H = self._dims.n_layers, self._dims.n_heads
         out = np.empty((L, L, H), np.float32)
         N.check(lib.circuits_model_mlp_composition_scores(self._mptr(), _mode(mode), out))
         return out
@@ -1054,7 +1156,7 @@ class Model:
     def copying_scores(self, full: bool = False) -> np.ndarray:
         """Re(sum lambda) / sum |lambda| over the eigenvalues of each head's OV (or, with
         ``full=True``, of W_E OV W_U): [n_layers, n_heads]."""
-        out = np.empty((self.cfg.n_layers, self.cfg.n_heads), np.float32)
+        out = np.empty((self._dims.n_layers, self._dims.n_heads), np.float32)
         N.check(lib.circuits_model_copying_scores(self._mptr(), int(bool(full)), out))
         return out
 
@@ -1068,7 +1170,7 @@ class Model:
         B, T = tok.shape
         if seq_len is None:
             seq_len = T // 2
-        scores = np.empty((self.cfg.n_layers, self.cfg.n_heads), np.float32)
+        scores = np.empty((self._dims.n_layers, self._dims.n_heads), np.float32)
         lf = np.empty(1, np.float32)
         lr = np.empty(1, np.float32)
         self._call(lib.circuits_context_induction_scores, tok, B, T, int(seq_len), scores, lf, lr)
@@ -1087,7 +1189,7 @@ class Model:
         opts.exclude_current_token = int(bool(exclude_current_token))
         if custom is not None and custom.shape != (T, T):
             raise ShapeError(f"the detection pattern must be [pos, pos] = [{T}, {T}], got {list(custom.shape)}")
-        out = np.empty((self.cfg.n_layers, self.cfg.n_heads), np.float32)
+        out = np.empty((self._dims.n_layers, self._dims.n_heads), np.float32)
         self._call(lib.circuits_context_detect_heads, tok, B, T, kind, custom, ctypes.byref(opts), out)
         return out
 
@@ -1131,7 +1233,7 @@ class Model:
         texts = [input] if isinstance(input, str) else list(input)
         rows = [tok.encode(t, prepend_bos=bool(prepend_bos)) for t in texts]
         if truncate:
-            rows = [r[: self.cfg.n_ctx] for r in rows]
+            rows = [r[: self._dims.n_ctx] for r in rows]
         T = max((len(r) for r in rows), default=0)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         out = np.full((len(rows), T), pad, np.int64)
@@ -1177,9 +1279,79 @@ class Model:
     def to_single_str_token(self, int_token: int) -> str:
         return self._tok().token_str(int(int_token))
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """Not bound yet (libcircuits's generation API is still being added)."""
-        raise NotImplementedError(GENERATE_MESSAGE)
+    def generate(self, input: Any = "", max_new_tokens: int = 10, stop_at_eos: bool = True,
+                 eos_token_id: Optional[int] = None, do_sample: bool = True, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, temperature: float = 1.0, freq_penalty: float = 0.0,
+                 use_past_kv_cache: bool = True, prepend_bos: Optional[bool] = None,
+                 padding_side: Optional[str] = None, return_type: Optional[str] = "input", verbose: bool = True,
+                 *, seed: int = 0) -> Any:
+        """TransformerLens's ``generate`` (``circuits_context_generate``): continues ``input``
+        (text, a list of texts, or token ids [batch, pos]) by up to ``max_new_tokens`` tokens,
+        firing the registered hooks at every step. ``return_type``: ``"input"`` (text for text
+        input, else tokens), ``"str"`` or ``"tokens"`` (int64 [batch, pos + new]). Sampling
+        (``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``freq_penalty``) is seeded by
+        ``seed``: the same seed gives the same tokens. ``use_past_kv_cache=True`` runs each step
+        on the new position only. ``verbose`` is accepted and ignored."""
+        if return_type not in ("input", "str", "tokens"):
+            raise ValueError(f"return_type must be 'input', 'str' or 'tokens', not {return_type!r}")
+        is_text = isinstance(input, str) or (isinstance(input, (list, tuple)) and bool(input)
+                                             and isinstance(input[0], str))
+        if is_text:
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side or "right")
+        else:
+            tokens = input
+        tok = self._tokens(tokens)
+        B, T = tok.shape
+        n_new = int(max_new_tokens)
+        if n_new < 0:
+            raise RangeError(f"max_new_tokens must be >= 0, not {n_new}")
+        if T + n_new > self._dims.n_ctx:
+            raise RangeError(f"prompt length {T} + max_new_tokens {n_new} exceeds n_ctx = {self._dims.n_ctx}")
+        opts = N.GenerateOptions()
+        lib.circuits_generate_options_init(ctypes.byref(opts))
+        opts.max_new_tokens = n_new
+        opts.do_sample = int(bool(do_sample))
+        opts.temperature = float(temperature)
+        opts.top_k = 0 if top_k is None else N.check_int(top_k, ctypes.c_int32, "top_k")
+        opts.top_p = 0.0 if top_p is None else float(top_p)
+        opts.freq_penalty = float(freq_penalty)
+        opts.seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+        opts.stop_at_eos = int(bool(stop_at_eos))
+        opts.eos_token_id = -1 if eos_token_id is None else N.check_int(eos_token_id, ctypes.c_int32, "eos_token_id")
+        opts.use_kv_cache = int(bool(use_past_kv_cache))
+        st = self._state
+        ctx_box: List[Optional[int]] = [None]
+
+        def on_step(step: int, tokens_p: Any, logits_p: Any, batch: int, user_data: Any) -> int:
+            # Between two steps: each step is a run, and the next may need a larger block. If an
+            # array from this step's hooks is still referenced, hand the block to its lease.
+            try:
+                lease = st.lease
+                if lease is not None and _getrefcount(lease) > _LEASE_BASE_REFS + 1:  # + this local
+                    _take_run_memory(ctx_box[0], lease)  # type: ignore[arg-type]
+                    st.lease = _Lease()
+                return 0
+            except BaseException as e:  # noqa: BLE001 -- must not escape into C
+                st.pending, st.pending_point = e, "generate (between steps)"
+                return -1
+
+        cb = N.GENERATE_FN(on_step)
+        opts.on_step = ctypes.cast(cb, ctypes.c_void_p).value
+        out = np.zeros((B, T + n_new), np.int32)
+        out_len = ctypes.c_int64(0)
+
+        def run(ctx: int, *args: Any) -> int:
+            ctx_box[0] = ctx
+            return lib.circuits_context_generate(ctx, *args)
+
+        self._call(run, tok, B, T, ctypes.byref(opts), out, ctypes.byref(out_len))
+        del cb
+        n = max(0, min(int(out_len.value), out.shape[1]))
+        res = out[:, :n].astype(np.int64)
+        if return_type == "tokens" or (return_type == "input" and not is_text):
+            return res
+        strs = [self._tok().decode(row) for row in res]
+        return strs[0] if isinstance(input, str) or (return_type == "str" and len(strs) == 1 and not is_text) else strs
 
 
 def _mode(mode: str) -> int:

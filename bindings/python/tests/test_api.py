@@ -258,9 +258,24 @@ def test_model_without_tokenizer():
             assert m.to_tokens("H", prepend_bos=False).tolist() == [[40]]
 
 
-def test_generate_is_not_faked(tiny):
-    with pytest.raises(NotImplementedError, match="generation"):
-        tiny.generate("Hello")
+@pytest.mark.parametrize("kv", [True, False])
+def test_generate_greedy_is_argmax_of_forward(tiny, kv):
+    prompt = np.array([[5, 17, 300, 42], [9, 9, 1, 2]])
+    out = tiny.generate(prompt, max_new_tokens=5, do_sample=False, stop_at_eos=False, use_past_kv_cache=kv)
+    assert out.shape == (2, 9) and out.dtype == np.int64 and np.array_equal(out[:, :4], prompt)
+    seq = prompt.copy()
+    for _ in range(5):
+        nxt = tiny(seq)[:, -1].argmax(-1)
+        seq = np.concatenate([seq, nxt[:, None]], axis=1)
+    assert np.array_equal(out, seq)
+    a = tiny.generate(prompt, max_new_tokens=3, seed=7, stop_at_eos=False, use_past_kv_cache=kv)
+    b = tiny.generate(prompt, max_new_tokens=3, seed=7, stop_at_eos=False, use_past_kv_cache=kv)
+    assert np.array_equal(a, b)
+    if tiny.tokenizer is not None:
+        s = tiny.generate("Hello", max_new_tokens=2, do_sample=False, stop_at_eos=False)
+        assert isinstance(s, str) and s.startswith(tiny.to_string(tiny.to_tokens("Hello")[0]))
+    with pytest.raises(circuits.RangeError):
+        tiny.generate(prompt, max_new_tokens=tiny.cfg.n_ctx)
 
 
 # ------------------------------------------------------------------------------ config

@@ -103,7 +103,7 @@ HF = header_functions()
 
 F32P, I32P, I64P = N.F32P, N.I32P, N.I64P
 OPAQUE = ("circuits_model", "circuits_context", "circuits_cache", "circuits_factored", "circuits_tokenizer",
-          "circuits_kv_cache")
+          "circuits_kv_cache", "circuits_run_memory")
 STRUCT_CLASSES = {
     "circuits_tensor": N.Tensor,
     "circuits_config": N.ConfigStruct,
@@ -112,6 +112,7 @@ STRUCT_CLASSES = {
     "circuits_detect_options": N.DetectOptions,
     "circuits_encode_options": N.EncodeOptions,
     "circuits_run_options": N.RunOptions,
+    "circuits_generate_options": N.GenerateOptions,
 }
 SCALARS = {
     "int": c_int,
@@ -133,7 +134,7 @@ def allowed(ctype: str):
     if t == "void":
         return {None}
     if t in SCALARS:
-        return {SCALARS[t]}
+        return {SCALARS[t], N.CHECKED_INTS.get(SCALARS[t], SCALARS[t])}
     base = t.rstrip("* ").strip()
     stars = t.count("*")
     if stars == 1 and base in OPAQUE:
@@ -235,7 +236,8 @@ def test_status_classes_cover_every_status():
     assert circuits.errors.error_class(-14) is circuits.HookStopped
 
 
-_CT = {"uint32_t": c_uint32, "int32_t": c_int32, "int64_t": c_int64, "float": c_float}
+_CT = {"uint32_t": c_uint32, "int32_t": c_int32, "int64_t": c_int64, "uint64_t": c_uint64, "float": c_float,
+       "circuits_generate_fn": c_void_p}  # function pointers as addresses
 
 
 def test_every_struct_declared_or_skipped():
