@@ -51,10 +51,10 @@ from .errors import ABIMismatchError, CircuitsError, LibraryNotFoundError, Range
 #: The ABI this binding was written for (CIRCUITS_ABI_VERSION of the header it follows).
 CIRCUITS_ABI_VERSION = 0
 CIRCUITS_VERSION_MAJOR = 0
-CIRCUITS_VERSION_MINOR = 2
+CIRCUITS_VERSION_MINOR = 3
 CIRCUITS_VERSION_PATCH = 0
 CIRCUITS_VERSION_NUMBER = CIRCUITS_VERSION_MAJOR * 10000 + CIRCUITS_VERSION_MINOR * 100 + CIRCUITS_VERSION_PATCH
-CIRCUITS_VERSION_STRING = "0.2.0"
+CIRCUITS_VERSION_STRING = "0.3.0"
 
 # circuits_status
 CIRCUITS_OK = 0
@@ -193,7 +193,7 @@ class LoadOptions(Structure):
         ("center_unembed", c_int32),
         ("fold_value_biases", c_int32),
         ("refactor_factored_attn_matrices", c_int32),
-        ("read_into_memory", c_int32),  # appended after 0.2.0: 0 map the files, 1 read them into memory
+        ("read_into_memory", c_int32),  # added in 0.3.0: 0 map the files, 1 read them into memory
     ]
 
 
