@@ -19,17 +19,7 @@
 #define MIN_COPYING 0.5                   /* full-OV copying score of the induction head */
 #define MIN_ABLATION_RISE 2.0             /* nats: repeated-half loss after zero-ablating it */
 
-static cx_st_set *ref;
-
-static const cx_st_tensor *get(const char *k)
-{
-    const cx_st_tensor *t = cx_st_find(ref, k);
-    if (!t) {
-        fprintf(stderr, "reference lacks %s\n", k);
-        exit(2);
-    }
-    return t;
-}
+#include "reference_get.h"
 
 static int zero_head(const circuits_tensor *z, void *u)
 {

@@ -15,17 +15,7 @@
 #define TOL_ABS 1e-5 /* as tests/test_circuits.c's TOL_SCORE */
 #define TOL_REL 1e-5 /* of each non-zero score */
 
-static cx_st_set *ref;
-
-static const cx_st_tensor *get(const char *k)
-{
-    const cx_st_tensor *t = cx_st_find(ref, k);
-    if (!t) {
-        fprintf(stderr, "reference lacks %s\n", k);
-        exit(2);
-    }
-    return t;
-}
+#include "reference_get.h"
 
 static circuits_model *load(const char *dir, int process)
 {
