@@ -1165,14 +1165,15 @@ class Model:
         """Induction score of every head on repeated tokens [batch, 2 * seq_len (+1 with a BOS)]
         (see :func:`circuits.repeated_tokens`): the mean attention on the offset-(1 - seq_len)
         diagonal, [n_layers, n_heads]. With ``return_losses``, also the mean loss on tokens
-        2..seq_len of the first block and of the repeat."""
+        2..seq_len of the first block and of the repeat. The scores need no loss: without
+        ``return_losses`` none is computed (a model whose d_vocab_out < d_vocab is scored too)."""
         tok = self._tokens(tokens)
         B, T = tok.shape
         if seq_len is None:
             seq_len = T // 2
         scores = np.empty((self._dims.n_layers, self._dims.n_heads), np.float32)
-        lf = np.empty(1, np.float32)
-        lr = np.empty(1, np.float32)
+        lf = np.empty(1, np.float32) if return_losses else None
+        lr = np.empty(1, np.float32) if return_losses else None
         self._call(lib.circuits_context_induction_scores, tok, B, T, int(seq_len), scores, lf, lr)
         if return_losses:
             return scores, float(lf[0]), float(lr[0])

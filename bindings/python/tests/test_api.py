@@ -588,3 +588,45 @@ def test_threads_setting():
     assert circuits.get_num_threads() == 1
     circuits.set_num_threads(0)
     assert circuits.get_num_threads() == n
+
+
+def _write_safetensors(path, tensors):
+    """A minimal F32 safetensors writer (8-byte header length, JSON header, data in order)."""
+    import json
+    import struct
+    header, off, blobs = {}, 0, []
+    for name, a in tensors.items():
+        b = np.ascontiguousarray(a, dtype=np.float32).tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def test_induction_scores_with_a_narrow_unembedding(tmp_path):
+    """TransformerLens scores induction on a model whose d_vocab_out < d_vocab: the scores read
+    only the patterns. Cutting the unembedding leaves them identical; the losses are refused
+    (a target beyond the unembedding) only when asked for."""
+    import json
+    from conftest import CASES_DIR
+    from safetensors_np import load as st_load
+
+    src = CASES_DIR / "tl_attn_only_2l_none"
+    full = circuits.Model.from_pretrained_no_processing(src)
+    w = st_load(str(src / "model.safetensors"))
+    w["unembed.W_U"] = w["unembed.W_U"][:, :7]
+    w["unembed.b_U"] = w["unembed.b_U"][:7]
+    _write_safetensors(tmp_path / "model.safetensors", w)
+    cfg = json.loads((src / "tl_config.json").read_text())
+    cfg["d_vocab_out"] = 7
+    (tmp_path / "tl_config.json").write_text(json.dumps(cfg))
+    cut = circuits.Model.from_pretrained_no_processing(tmp_path)
+    assert cut.cfg.d_vocab_out == 7 and cut.cfg.d_vocab == full.cfg.d_vocab
+    t = circuits.repeated_tokens(3, 8, full.cfg.d_vocab, seed=7)
+    assert t.max() >= 7
+    assert np.array_equal(cut.induction_scores(t), full.induction_scores(t))
+    with pytest.raises(circuits.RangeError, match="outside d_vocab_out = 7"):
+        cut.induction_scores(t, return_losses=True)
