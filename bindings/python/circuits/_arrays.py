@@ -23,7 +23,7 @@ from . import _native as N
 class _Holder:
     """Exposes float32 memory at an address to NumPy, keeping ``owner`` alive."""
 
-    __slots__ = ("__array_interface__", "owner")
+    __slots__ = ("__array_interface__", "owner", "__weakref__")
 
     def __init__(self, addr: int, shape: Tuple[int, ...], readonly: bool, owner: Any):
         self.__array_interface__ = {

@@ -195,29 +195,34 @@ class _Lease:
 
     Every activation array a hook receives is a zero-copy view whose base (a
     :class:`circuits._arrays._Holder`) references the lease of the run it came from. When the
-    run returns, the binding looks at the lease's reference count: if anything but the binding
-    still refers to it — a kept activation, any slice / reshape / transpose / memoryview of one,
-    a traceback holding a hook's frame — it takes the context's run memory
+    run returns, the binding asks whether any of those holders is still alive (the lease keeps a
+    weak reference to each): if anything refers to one — a kept activation, any slice / reshape /
+    transpose / memoryview of one, a traceback holding a hook's frame — it takes the context's
+    run memory
     (``circuits_context_take_run_memory``) and the lease owns that block from then on: the
     context allocates a fresh block at its next run and never writes the taken one again, and
     the block is freed (``circuits_run_memory_free``) when the last array that views it is
     gone. Runs whose arrays all died with their hook calls cost nothing: the context keeps its
     block."""
 
-    __slots__ = ("mem", "__weakref__")
+    __slots__ = ("mem", "holders", "__weakref__")
 
     def __init__(self) -> None:
         self.mem: Optional[int] = None
+        self.holders: List["weakref.ref[Any]"] = []  # one per hook array made in this run
+
+    def kept(self) -> bool:
+        """True if an array a hook of this run received (or a view of it) is still alive. Weak
+        references, not reference counts: how many references an interpreter's own frames hold
+        is not something to build on (CPython 3.14 borrows them)."""
+        alive = [r for r in self.holders if r() is not None]
+        self.holders = alive
+        return bool(alive)
 
     def __del__(self, _free=lib.circuits_run_memory_free) -> None:
         m, self.mem = self.mem, None
         if m:
             _free(m)
-
-
-#: References to a lease the binding itself holds at the check after a run: ``_RunState.lease``
-#: (or the local in :meth:`Model._call`) and getrefcount's own argument.
-_LEASE_BASE_REFS = 2
 
 
 def _take_run_memory(ctx: int, lease: _Lease) -> None:
@@ -255,7 +260,7 @@ class _Registration:
 
 _REGISTRY: "weakref.WeakValueDictionary[int, _Registration]" = weakref.WeakValueDictionary()
 _KEYS = itertools.count(1)
-_getrefcount = sys.getrefcount
+_weakref = weakref.ref
 # Hook activations are zero-copy views made through __array_interface__ (circuits._arrays.view):
 # the same as np.ctypeslib.as_array(pointer, shape) but about 2.5x cheaper per call, which is
 # most of a no-op hook's cost (bench/python_hooks.py measures both). The holder references the
@@ -299,15 +304,17 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
         if hp is None:
             hp = HookPoint(N.decode(t.name), t.layer, t.head_axis)
         holder = _Holder(t.data, tuple(t.shape[: t.ndim]), False, st.lease)
+        kept = _weakref(holder)
+        st.lease.holders.append(kept)
         act = _asarray(holder)
         ret = reg.fn(act, hp)
         if ret is not None and ret is not act:
             _apply_return(act, ret, hp, reg.fn)
-        ret = None
-        # act: the local and the argument; holder: the local, act.base and the argument. More
-        # means the hook kept the array or a view of it (a slice, reshape, transpose or
-        # memoryview references act; act.base is the holder).
-        if _getrefcount(act) > 2 or _getrefcount(holder) > 3:
+        # with this frame's references gone, a live holder means the hook kept the array or a
+        # view of it (a slice, reshape, transpose or memoryview references act; act.base is the
+        # holder)
+        ret = act = holder = None
+        if kept() is not None:
             warnings.warn(
                 f"hook {_fn_name(reg.fn)} kept a reference to the activation at '{hp.name}' (or a view of it): it "
                 "stays valid, but the run reuses that buffer, so after the hook returns it reads what the run last "
@@ -598,7 +605,7 @@ class Model:
             finally:
                 self._running -= 1
                 lease, st.lease = st.lease, prev
-                if _getrefcount(lease) > _LEASE_BASE_REFS:  # an array of this run outlived its hook call
+                if lease.kept():  # an array of this run outlived its hook call
                     try:
                         _take_run_memory(ctx, lease)
                     except BaseException:
@@ -1328,7 +1335,7 @@ class Model:
             # array from this step's hooks is still referenced, hand the block to its lease.
             try:
                 lease = st.lease
-                if lease is not None and _getrefcount(lease) > _LEASE_BASE_REFS + 1:  # + this local
+                if lease is not None and lease.kept():
                     _take_run_memory(ctx_box[0], lease)  # type: ignore[arg-type]
                     st.lease = _Lease()
                 return 0

@@ -419,3 +419,23 @@ def test_use_attn_result_toggle_keeps_hooks():
     assert cache["result", 0].shape == (1, 3, 4, 24)
     assert fired == ["hook_embed"]
     m.close()
+
+
+def test_lease_sees_kept_arrays_by_weak_reference():
+    """Whether a hook's array outlived its call is decided by weak references to the arrays'
+    holders, not by reference counts (which interpreters count differently: CPython 3.14
+    borrows references on its stack), so the decision is exact on any interpreter."""
+    import weakref
+
+    from circuits import _arrays
+    from circuits.model import _Lease
+
+    buf = np.zeros(6, np.float32)
+    lease = _Lease()
+    holder = _arrays._Holder(buf.ctypes.data, (2, 3), False, lease)
+    lease.holders.append(weakref.ref(holder))
+    view = np.asarray(holder)[1:].T  # a view of a view: references the holder through .base
+    del holder
+    assert lease.kept()
+    del view
+    assert not lease.kept() and lease.holders == []
