@@ -38,8 +38,9 @@ headers_list=$(cd "$headers" && ls *.h | paste -sd, -)
 printf '[suppress_type]\n  source_location_not_in = %s\n' "$headers_list" >"$tmp/private.supp"
 # Size-versioned structs (options, and the config the library fills) may grow at the end in a
 # compatible release: the library accepts every size it ever published (docs/abi.md). A struct
-# whose baseline members are all still there, first, with the same names, offsets and types,
-# only had fields appended: that is suppressed by name. Anything else done to it (abidiff's own
+# whose baseline members are all still there, first, with the same names, offsets and types
+# (each type spelled out whole: a pointer's target, a callback's signature), only had fields
+# appended: that is suppressed by name. Anything else done to it (abidiff's own
 # has_data_member_inserted_at = end also hides a retyped last field) is still a change.
 python3 - "$baseline" "$tmp/current.abi" >"$tmp/versioned.supp" <<'PY'
 import re, sys
@@ -47,12 +48,37 @@ import xml.etree.ElementTree as ET
 VERSIONED = re.compile(r"^(circuits|toy)_([a-z_]+_)?(options|config)$")
 def structs(path):
     root = ET.parse(path).getroot()
-    names = {e.get("id"): e.get("name") for e in root.iter() if e.get("id") and e.get("name")}
+    by_id = {e.get("id"): e for e in root.iter() if e.get("id")}
+    def canon(tid, depth=0):
+        # a type spelled out whole: pointers, qualifiers, typedefs (name and what they stand
+        # for), function types (return and parameters), arrays, enums (their values); structs
+        # and unions by name and size (their own changes are abidiff's to report)
+        e = by_id.get(tid)
+        if e is None or depth > 12: return "?" + str(tid)
+        t, sub = e.tag, lambda x: canon(x, depth + 1)
+        if t == "type-decl": return f"{e.get('name')}:{e.get('size-in-bits')}"
+        if t == "pointer-type-def": return sub(e.get("type-id")) + "*"
+        if t == "qualified-type-def":
+            q = "".join(k + " " for k in ("const", "volatile", "restrict") if e.get(k) == "yes")
+            return q + sub(e.get("type-id"))
+        if t == "typedef-decl": return f"{e.get('name')}={sub(e.get('type-id'))}"
+        if t == "function-type":
+            ps = [sub(p.get("type-id")) if p.get("type-id") else "..." for p in e.findall("parameter")]
+            r = [sub(x.get("type-id")) for x in e.findall("return")]
+            return f"fn({','.join(ps)})->{r[0] if r else 'void'}"
+        if t == "array-type-def":
+            dims = ",".join(x.get("length", "?") for x in e.findall("subrange"))
+            return f"{sub(e.get('type-id'))}[{dims}]"
+        if t == "enum-decl":
+            vals = ",".join(f"{x.get('name')}={x.get('value')}" for x in e.findall("enumerator"))
+            return f"enum {e.get('name')}{{{vals}}}"
+        if t in ("class-decl", "union-decl"): return f"{t} {e.get('name')}:{e.get('size-in-bits')}"
+        return f"{t}:{e.get('name')}"
     out = {}
     for c in root.iter("class-decl"):
         n = c.get("name")
         if n and VERSIONED.match(n) and c.get("is-declaration-only") != "yes":
-            out[n] = [(v.get("name"), m.get("layout-offset-in-bits"), names.get(v.get("type-id")))
+            out[n] = [(v.get("name"), m.get("layout-offset-in-bits"), canon(v.get("type-id")))
                       for m in c.findall("data-member") for v in m.findall("var-decl")]
     return out
 old, new = structs(sys.argv[1]), structs(sys.argv[2])

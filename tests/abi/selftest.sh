@@ -59,6 +59,8 @@ expect pass field_appended "size-versioned"
 toy field_retyped libtoy.so.0 -DTOY_FIELD_RETYPED
 toy field_inserted libtoy.so.0 -DTOY_FIELD_INSERTED
 toy appended_and_retyped libtoy.so.0 -DTOY_FIELD_APPENDED -DTOY_FIELD_RETYPED
+toy appended_and_pointer_retyped libtoy.so.0 -DTOY_FIELD_APPENDED -DTOY_POINTER_RETYPED
+toy appended_and_callback_changed libtoy.so.0 -DTOY_FIELD_APPENDED -DTOY_CALLBACK_CHANGED
 toy point_appended libtoy.so.0 -DTOY_POINT_APPENDED
 toy signature_changed libtoy.so.0 -DTOY_SIGNATURE_CHANGED
 toy function_removed libtoy.so.0 -DTOY_FUNCTION_REMOVED
@@ -67,6 +69,8 @@ toy added_and_appended libtoy.so.0 -DTOY_FUNCTION_ADDED -DTOY_POINT_APPENDED
 expect fail field_retyped "struct toy_options"
 expect fail field_inserted "struct toy_options"
 expect fail appended_and_retyped "struct toy_options"
+expect fail appended_and_pointer_retyped "toy_options"
+expect fail appended_and_callback_changed "toy_"
 expect fail point_appended "struct toy_point"
 expect fail signature_changed "toy_run"
 expect fail function_removed "toy_free"

@@ -21,6 +21,14 @@ typedef enum toy_status {
 
 typedef struct toy_handle toy_handle;
 
+typedef int (*toy_fn)(const float *x, void *user_data);
+/* a callback only an options struct names (as circuits_generate_fn) */
+#ifdef TOY_CALLBACK_CHANGED
+typedef int (*toy_step_fn)(int32_t step, void *user_data);
+#else
+typedef int (*toy_step_fn)(int64_t step, void *user_data);
+#endif
+
 typedef struct toy_options {
     uint32_t size;
 #ifdef TOY_FIELD_INSERTED
@@ -31,6 +39,12 @@ typedef struct toy_options {
 #else
     int32_t level;
 #endif
+#ifdef TOY_POINTER_RETYPED
+    const double *input;
+#else
+    const float *input;
+#endif
+    toy_step_fn on_step;
 #ifdef TOY_FIELD_APPENDED
     int32_t extra;
 #endif
@@ -44,7 +58,6 @@ typedef struct toy_point {
 #endif
 } toy_point;
 
-typedef int (*toy_fn)(const float *x, void *user_data);
 
 void toy_options_init(toy_options *opts);
 int toy_point_get(const toy_handle *h, toy_point *out);
