@@ -305,8 +305,10 @@ int circuits_model_load(circuits_model **out, const char *path, const circuits_l
     if (!path) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_load: path is NULL");
     circuits_load_options o;
     circuits_load_options_init(&o);
-    /* the published sizes: 0.2.0's (before read_into_memory), then this one's */
-    static const size_t versions[] = {offsetof(circuits_load_options, read_into_memory), sizeof o};
+    /* the published sizes (docs/abi.md): 0.1-0.2.0's, then 0.3.0's (read_into_memory). Literal
+     * sizes, as released: a later field's offset need not equal an older sizeof (tail padding). */
+    static const size_t versions[] = {24, 28};
+    _Static_assert(sizeof(circuits_load_options) == 28, "a new circuits_load_options version: list its size here");
     int rc;
     if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), "circuits_model_load"))) return rc;
     const int32_t flags[] = {o.fold_ln, o.center_writing_weights, o.center_unembed, o.fold_value_biases,

@@ -220,6 +220,10 @@ static int open_regular(const char *path, cx_st_map *m, int *fd_out)
         close(fd);
         return cx_fail(CIRCUITS_E_IO, "%s is not a regular file", path);
     }
+    if ((uintmax_t)st.st_size > (uintmax_t)SIZE_MAX) { /* a 32-bit build and a file of 4 GiB or more */
+        close(fd);
+        return cx_fail(CIRCUITS_E_IO, "%s: %jd bytes cannot be addressed on this system", path, (intmax_t)st.st_size);
+    }
     m->size = (size_t)st.st_size;
     if (m->size < 8) {
         close(fd);

@@ -437,6 +437,9 @@ static int check_run(const circuits_context *ctx, const cx_run *r)
                            (long long)past, (long long)T, (long long)kv->cap);
     }
     bool want_loss = r->loss || r->per_token_loss;
+    /* the loss reads every position's logits and the tokens: no runner asks for it otherwise */
+    if (want_loss && (r->positions || r->input || r->stop_at_layer))
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "forward: a loss needs the logits at every position of tokens");
     if (want_loss && T < 2)
         return cx_fail(CIRCUITS_E_SHAPE, "forward: the loss needs at least 2 positions (got %lld)", (long long)T);
     if (B > (int64_t)(SIZE_MAX / sizeof(int32_t)) / T)
