@@ -82,7 +82,11 @@ int main(int argc, char **argv)
     printf("model %s: %d layers, %d heads x d_head %d, d_model %d, d_mlp %d, vocab %d, n_ctx %d, %s, %s\n", path,
            c.n_layers, c.n_heads, c.d_head, c.d_model, c.d_mlp, c.d_vocab, c.n_ctx,
            c.attn_only ? "attention-only" : act_name(c.act_fn),
-           c.normalization_type == CIRCUITS_NORM_LN ? "LN" : c.normalization_type == CIRCUITS_NORM_LNPRE ? "LNPre" : "no norm");
+           c.normalization_type == CIRCUITS_NORM_LN       ? "LN"
+           : c.normalization_type == CIRCUITS_NORM_LNPRE  ? "LNPre"
+           : c.normalization_type == CIRCUITS_NORM_RMS    ? "RMS"
+           : c.normalization_type == CIRCUITS_NORM_RMSPRE ? "RMSPre"
+                                                          : "no norm");
     if (half <= 1) half = c.n_ctx / 2 < 50 ? c.n_ctx / 2 : 50;
     if (half < 2 || 2 * half > c.n_ctx) {
         fprintf(stderr, "circuits-inspect: --seq must be in [2, n_ctx/2 = %d]\n", c.n_ctx / 2);

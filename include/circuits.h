@@ -134,7 +134,9 @@ typedef enum circuits_act_fn {
 typedef enum circuits_norm_type {
     CIRCUITS_NORM_NONE = 0,  /* identity; no ln hooks fire */
     CIRCUITS_NORM_LN = 1,    /* (x - mean) / sqrt(var + eps) * w + b */
-    CIRCUITS_NORM_LNPRE = 2  /* (x - mean) / sqrt(var + eps) */
+    CIRCUITS_NORM_LNPRE = 2, /* (x - mean) / sqrt(var + eps) */
+    CIRCUITS_NORM_RMS = 3,   /* x / sqrt(mean(x^2) + eps) * w (RMSNorm: no centring, no bias) */
+    CIRCUITS_NORM_RMSPRE = 4 /* x / sqrt(mean(x^2) + eps) (RMS with w folded: fold_ln) */
 } circuits_norm_type;
 
 typedef enum circuits_pos_embed {

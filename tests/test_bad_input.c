@@ -830,6 +830,29 @@ static void model_checks(void)
     LOAD_FAILS("tl_unexpected_tensor", dir, NULL, CIRCUITS_E_TENSOR_UNEXPECTED,
                "'blocks.1.attn.W_Q' has no place in this TransformerLens model");
 
+    /* RMS: ln*.w and no bias; RMSPre: no ln weights at all */
+    tl_tensors(&l);
+    tl_remove(&l, "blocks.0.ln1.b");
+    tl_remove(&l, "blocks.0.ln2.b");
+    tl_remove(&l, "ln_final.b");
+    tl_case(dir, "ok_tl_rms", tl_config_with("normalization_type", "\"normalization_type\":\"RMS\""), &l);
+    load_ok("ok_tl_rms", dir, NULL);
+    TADD(&l, "blocks.0.ln1.b", 4);
+    tl_case(dir, "tl_rms_ln_bias", tl_config_with("normalization_type", "\"normalization_type\":\"RMS\""), &l);
+    LOAD_FAILS("tl_rms_ln_bias", dir, NULL, CIRCUITS_E_TENSOR_UNEXPECTED,
+               "'blocks.0.ln1.b' has no place in this TransformerLens model");
+    tl_remove(&l, "blocks.0.ln1.b");
+    tl_remove(&l, "blocks.0.ln1.w");
+    tl_remove(&l, "blocks.0.ln2.w");
+    tl_remove(&l, "ln_final.w");
+    tl_case(dir, "ok_tl_rmspre", tl_config_with("normalization_type", "\"normalization_type\":\"RMSPre\""), &l);
+    load_ok("ok_tl_rmspre", dir, NULL);
+    TADD(&l, "ln_final.w", 4);
+    tl_case(dir, "tl_rmspre_ln_weight", tl_config_with("normalization_type", "\"normalization_type\":\"RMSPre\""),
+            &l);
+    LOAD_FAILS("tl_rmspre_ln_weight", dir, NULL, CIRCUITS_E_TENSOR_UNEXPECTED,
+               "'ln_final.w' has no place in this TransformerLens model");
+
     /* an attention-only config with MLP weights present */
     tl_tensors(&l);
     tl_case(dir, "tl_attn_only_with_mlp", tl_config_with("act_fn", "\"attn_only\":true"), &l);
@@ -927,8 +950,19 @@ static void config_checks(void)
 
     TL_CONFIG_FAILS("tl_cfg_invalid_json", "{\"d_model\":4,,}", CIRCUITS_E_FORMAT, "not valid JSON");
     TL_CONFIG_FAILS("tl_cfg_not_object", "[]", CIRCUITS_E_FORMAT, "not a JSON object");
-    TL_CONFIG_FAILS("tl_cfg_norm_rms", tl_config_with("normalization_type", "\"normalization_type\":\"RMS\""),
-                    CIRCUITS_E_UNSUPPORTED, "normalization_type 'RMS' is not supported");
+    TL_CONFIG_FAILS("tl_cfg_norm_unknown",
+                    tl_config_with("normalization_type", "\"normalization_type\":\"BatchNorm\""),
+                    CIRCUITS_E_UNSUPPORTED, "normalization_type 'BatchNorm' is not supported");
+    /* SoLU's mlp.ln in an RMS model: TL builds it as LayerNormPre, and as RMSNormPre once folded */
+    TL_CONFIG_FAILS("tl_cfg_rms_solu_ln",
+                    tl_config_with("normalization_type act_fn", "\"normalization_type\":\"RMS\",\"act_fn\":\"solu_ln\""),
+                    CIRCUITS_E_UNSUPPORTED, "act_fn 'solu_ln' with normalization_type 'RMS' is not supported");
+    TL_CONFIG_FAILS("tl_cfg_rmspre_solu_ln",
+                    tl_config_with("normalization_type act_fn",
+                                   "\"normalization_type\":\"RMSPre\",\"act_fn\":\"solu_ln\""),
+                    CIRCUITS_E_UNSUPPORTED, "act_fn 'solu_ln' with normalization_type 'RMSPre' is not supported");
+    TL_CONFIG_FAILS("tl_cfg_final_rms", tl_config_with(NULL, "\"final_rms\":true"), CIRCUITS_E_UNSUPPORTED,
+                    "'final_rms' is not supported");
     TL_CONFIG_FAILS("tl_cfg_norm_number", tl_config_with("normalization_type", "\"normalization_type\":1"),
                     CIRCUITS_E_CONFIG, "normalization_type must be a string or null");
     TL_CONFIG_FAILS("tl_cfg_rotary", tl_config_with(NULL, "\"positional_embedding_type\":\"rotary\""),

@@ -110,7 +110,12 @@ static void check_weights_and_forward(const char *dir, json_t *cj)
     CHECK(cfg.processing == want, "processing flags 0x%x, TransformerLens applied 0x%x", cfg.processing, want);
     json_t *proc = json_object_get(cj, "processed");
     const char *nt = json_string_value(json_object_get(proc, "normalization_type"));
-    int want_nt = !nt ? CIRCUITS_NORM_NONE : !strcmp(nt, "LN") ? CIRCUITS_NORM_LN : CIRCUITS_NORM_LNPRE;
+    int want_nt = !nt                    ? CIRCUITS_NORM_NONE
+                  : !strcmp(nt, "LN")     ? CIRCUITS_NORM_LN
+                  : !strcmp(nt, "LNPre")  ? CIRCUITS_NORM_LNPRE
+                  : !strcmp(nt, "RMS")    ? CIRCUITS_NORM_RMS
+                  : !strcmp(nt, "RMSPre") ? CIRCUITS_NORM_RMSPRE
+                                          : -1;
     CHECK(cfg.normalization_type == want_nt, "normalization after processing %d, TL %s", cfg.normalization_type,
           nt ? nt : "None");
 

@@ -231,6 +231,57 @@ static void test_layernorm(void)
     CHECK(memcmp(z, y, sizeof z) == 0, "affine without w and b changed x");
 }
 
+/* ---- RMSNorm: the fused kernel and its pieces against plain loops in double ---- */
+
+static void test_rmsnorm(void)
+{
+    enum { N = 6, D = 37 }; /* D not a multiple of the lanes: the tail loop */
+    float x[N * D], w[D];
+    fill(x, N * D);
+    for (int j = 0; j < D; j++) {
+        x[0 * D + j] = x[0 * D + j] * 3.0f + 100.0f; /* large offset: not centred, scale ~ 100 */
+        x[1 * D + j] = 0.0f;                          /* zero row: scale = sqrt(eps), y = 0 */
+        x[2 * D + j] *= 1e-3f;                         /* tiny: eps matters */
+    }
+    fill(w, D);
+    const float eps = 1e-5f;
+    double ref[N * D], ref_scale[N];
+    for (int i = 0; i < N; i++) {
+        double ms = 0.0;
+        for (int j = 0; j < D; j++) ms += (double)x[i * D + j] * x[i * D + j];
+        ref_scale[i] = sqrt(ms / D + (double)eps);
+        for (int j = 0; j < D; j++) ref[i * D + j] = x[i * D + j] / ref_scale[i];
+    }
+    float y[N * D], scale[N];
+    for (int with_w = 0; with_w < 2; with_w++) {
+        cx_rms_norm(y, scale, x, N, D, eps, with_w ? w : NULL);
+        double worst = 0.0, worst_sc = 0.0;
+        for (int i = 0; i < N; i++) {
+            worst_sc = fmax(worst_sc, fabs(scale[i] - ref_scale[i]) / ref_scale[i]);
+            for (int j = 0; j < D; j++)
+                worst = fmax(worst, fabs(y[i * D + j] - ref[i * D + j] * (with_w ? w[j] : 1.0)));
+        }
+        CHECK(worst_sc <= 1e-6, "rms_norm (w %d): scale off by %g (relative)", with_w, worst_sc);
+        CHECK(worst <= 2e-6, "rms_norm (w %d): output off by %g", with_w, worst);
+    }
+    /* the pieces (the forward's path when a hook reads scale or normalized) give the same bits */
+    float p[N * D], pscale[N];
+    cx_rms_scale(p, pscale, x, N, D, eps);
+    CHECK(memcmp(p, x, sizeof p) == 0, "rms_scale changed the values it copies");
+    CHECK(memcmp(pscale, scale, sizeof pscale) == 0, "rms_scale and rms_norm disagree on the scale");
+    cx_ln_divide(p, pscale, N, D);
+    cx_affine(p, w, NULL, N, D);
+    CHECK(memcmp(p, y, sizeof p) == 0, "rms_scale + ln_divide + affine differ from rms_norm");
+    /* in place (mlp.ln normalizes its input buffer) */
+    memcpy(p, x, sizeof p);
+    cx_rms_norm(p, pscale, p, N, D, eps, w);
+    CHECK(memcmp(p, y, sizeof p) == 0, "rms_norm in place differs");
+    /* NaN propagates to its own row only */
+    x[3 * D + 4] = NAN;
+    cx_rms_norm(y, scale, x, N, D, eps, NULL);
+    CHECK(isnan(scale[3]) && isnan(y[3 * D]) && !isnan(y[4 * D]) && !isnan(scale[4]), "NaN row handling");
+}
+
 /* ---- activations ---- */
 
 static double act_ref(int act, double x)
@@ -441,6 +492,7 @@ int main(void)
     test_matmul();
     test_softmax();
     test_layernorm();
+    test_rmsnorm();
     test_activations();
     test_solu_nll();
     return tu_finish("test_kernels");

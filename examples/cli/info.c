@@ -28,8 +28,8 @@ static const char *act_name(int a)
 
 static const char *norm_name(int a)
 {
-    static const char *n[] = {"none", "LN", "LNPre"};
-    return a >= 0 && a < 3 ? n[a] : "?";
+    static const char *n[] = {"none", "LN", "LNPre", "RMS", "RMSPre"};
+    return a >= 0 && a < 5 ? n[a] : "?";
 }
 
 static const char *const processing_names[] = {"fold_ln", "center_writing_weights", "center_unembed",

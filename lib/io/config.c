@@ -330,10 +330,23 @@ int cx_config_parse_tl(const char *path, const char *buf, size_t len, circuits_c
         cfg->normalization_type = CIRCUITS_NORM_LN;
     } else if (strcmp(json_string_value(nt), "LNPre") == 0) {
         cfg->normalization_type = CIRCUITS_NORM_LNPRE;
+    } else if (strcmp(json_string_value(nt), "RMS") == 0) {
+        cfg->normalization_type = CIRCUITS_NORM_RMS;
+    } else if (strcmp(json_string_value(nt), "RMSPre") == 0) {
+        cfg->normalization_type = CIRCUITS_NORM_RMSPRE;
     } else if (strcmp(json_string_value(nt), "None") == 0) {
         cfg->normalization_type = CIRCUITS_NORM_NONE;
     } else {
-        rc = cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: normalization_type '%s' is not supported (LN, LNPre, null)",
+        rc = cx_fail(CIRCUITS_E_UNSUPPORTED,
+                     "%s: normalization_type '%s' is not supported (LN, LNPre, RMS, RMSPre, null)", path,
+                     json_string_value(nt));
+        goto done;
+    }
+    /* SoLU's mlp.ln in an RMS model: TransformerLens builds a LayerNormPre (not an RMSNorm) before
+     * folding and an RMSNormPre after it, so folding changes the function; not taken on */
+    if (!attn_only && cfg->act_fn == CIRCUITS_ACT_SOLU_LN &&
+        (cfg->normalization_type == CIRCUITS_NORM_RMS || cfg->normalization_type == CIRCUITS_NORM_RMSPRE)) {
+        rc = cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: act_fn 'solu_ln' with normalization_type '%s' is not supported",
                      path, json_string_value(nt));
         goto done;
     }

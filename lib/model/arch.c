@@ -13,9 +13,9 @@
 const cx_weight_info cx_weight_kinds[CX_W_COUNT] = {
     [CX_W_EMBED] = {"embed.W_E", 2, {D_(VOCAB), D_(MODEL)}, CX_WHEN_ALWAYS, 0, M_(W_E)},
     [CX_W_POS_EMBED] = {"pos_embed.W_pos", 2, {D_(CTX), D_(MODEL)}, CX_WHEN_ALWAYS, 0, M_(W_pos)},
-    [CX_W_LN1_W] = {"blocks.%d.ln1.w", 1, {D_(MODEL)}, CX_WHEN_LN, CX_WF_LAYER | CX_WF_LN, L_(ln1_w)},
+    [CX_W_LN1_W] = {"blocks.%d.ln1.w", 1, {D_(MODEL)}, CX_WHEN_NORM_W, CX_WF_LAYER | CX_WF_LN, L_(ln1_w)},
     [CX_W_LN1_B] = {"blocks.%d.ln1.b", 1, {D_(MODEL)}, CX_WHEN_LN, CX_WF_LAYER | CX_WF_LN | CX_WF_BIAS, L_(ln1_b)},
-    [CX_W_LN2_W] = {"blocks.%d.ln2.w", 1, {D_(MODEL)}, CX_WHEN_LN_MLP, CX_WF_LAYER | CX_WF_LN, L_(ln2_w)},
+    [CX_W_LN2_W] = {"blocks.%d.ln2.w", 1, {D_(MODEL)}, CX_WHEN_NORM_W_MLP, CX_WF_LAYER | CX_WF_LN, L_(ln2_w)},
     [CX_W_LN2_B] = {"blocks.%d.ln2.b", 1, {D_(MODEL)}, CX_WHEN_LN_MLP, CX_WF_LAYER | CX_WF_LN | CX_WF_BIAS, L_(ln2_b)},
     [CX_W_Q] = {"blocks.%d.attn.W_Q", 3, {D_(HEADS), D_(MODEL), D_(HEAD)}, CX_WHEN_ALWAYS,
                 CX_WF_LAYER | CX_WF_HEADS | CX_WF_QKV, L_(W_Q)},
@@ -39,7 +39,7 @@ const cx_weight_info cx_weight_kinds[CX_W_COUNT] = {
     [CX_MLP_LN_W] = {"blocks.%d.mlp.ln.w", 1, {D_(MLP)}, CX_WHEN_SOLU_LN, CX_WF_LAYER | CX_WF_LN, L_(mlp_ln_w)},
     [CX_MLP_LN_B] = {"blocks.%d.mlp.ln.b", 1, {D_(MLP)}, CX_WHEN_SOLU_LN, CX_WF_LAYER | CX_WF_LN | CX_WF_BIAS,
                      L_(mlp_ln_b)},
-    [CX_LN_FINAL_W] = {"ln_final.w", 1, {D_(MODEL)}, CX_WHEN_LN, CX_WF_LN, M_(ln_final_w)},
+    [CX_LN_FINAL_W] = {"ln_final.w", 1, {D_(MODEL)}, CX_WHEN_NORM_W, CX_WF_LN, M_(ln_final_w)},
     [CX_LN_FINAL_B] = {"ln_final.b", 1, {D_(MODEL)}, CX_WHEN_LN, CX_WF_LN | CX_WF_BIAS, M_(ln_final_b)},
     [CX_W_U] = {"unembed.W_U", 2, {D_(MODEL), D_(VOCAB_OUT)}, CX_WHEN_ALWAYS, 0, M_(W_U)},
     [CX_B_U] = {"unembed.b_U", 1, {D_(VOCAB_OUT)}, CX_WHEN_ALWAYS, CX_WF_BIAS, M_(b_U)},
@@ -69,19 +69,23 @@ int64_t cx_dim_size(const circuits_config *c, cx_dim d)
 const char *cx_when_text(cx_when w)
 {
     static const char *const text[CX_WHEN_COUNT] = {"always", "normalization `LN`", "`LN` and not attn_only",
-                                                    "not attn_only", "act_fn `solu_ln` with `LN`"};
+                                                    "not attn_only", "act_fn `solu_ln` with `LN`",
+                                                    "normalization `LN` or `RMS`",
+                                                    "`LN` or `RMS`, and not attn_only"};
     return (unsigned)w < CX_WHEN_COUNT ? text[w] : "?";
 }
 
 bool cx_has_weight(const circuits_config *c, cx_weight_kind k)
 {
-    bool ln = c->normalization_type == CIRCUITS_NORM_LN;
+    bool ln = c->normalization_type == CIRCUITS_NORM_LN, rms = c->normalization_type == CIRCUITS_NORM_RMS;
     switch (cx_weight_kinds[k].when) {
     case CX_WHEN_ALWAYS: return true;
     case CX_WHEN_LN: return ln;
     case CX_WHEN_LN_MLP: return ln && !c->attn_only;
     case CX_WHEN_MLP: return !c->attn_only;
     case CX_WHEN_SOLU_LN: return !c->attn_only && ln && c->act_fn == CIRCUITS_ACT_SOLU_LN;
+    case CX_WHEN_NORM_W: return ln || rms;
+    case CX_WHEN_NORM_W_MLP: return (ln || rms) && !c->attn_only;
     default: return false;
     }
 }

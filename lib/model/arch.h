@@ -63,6 +63,8 @@ typedef enum cx_when {
     CX_WHEN_LN_MLP,   /* LN and not attn_only */
     CX_WHEN_MLP,      /* not attn_only */
     CX_WHEN_SOLU_LN,  /* act_fn solu_ln with LN */
+    CX_WHEN_NORM_W,   /* normalization_type LN or RMS (a norm with a weight) */
+    CX_WHEN_NORM_W_MLP, /* LN or RMS, and not attn_only */
     CX_WHEN_COUNT
 } cx_when;
 

@@ -52,24 +52,28 @@ static int mutable(circuits_model *m, const circuits_tensor *ct)
 
 #define MUT(t) do { if ((rc = mutable(m, (t)))) return rc; } while (0)
 
-/* W [H, D, dh] read after a LayerNorm (w, b [D]): b_W += b . W, W *= w, then centre over D. */
+/* W [H, D, dh] read after a LayerNorm (w, b [D]): b_W += b . W, W *= w, then centre over D.
+ * After an RMSNorm (b NULL, !center): W *= w only (TL: fold_biases and center_weights off). */
 static int fold_heads(circuits_model *m, const circuits_tensor *W, const circuits_tensor *bW, const circuits_tensor *w,
-                      const circuits_tensor *b)
+                      const circuits_tensor *b, bool center)
 {
     int rc;
     MUT(W);
-    MUT(bW);
+    if (b) MUT(bW);
     int64_t H = W->shape[0], D = W->shape[1], dh = W->shape[2];
     for (int64_t h = 0; h < H; h++)
         for (int64_t j = 0; j < dh; j++) {
-            double acc = 0;
-            for (int64_t i = 0; i < D; i++) acc += (double)E1(b, i) * E3(W, h, i, j);
-            E2(bW, h, j) += (float)acc;
+            if (b) {
+                double acc = 0;
+                for (int64_t i = 0; i < D; i++) acc += (double)E1(b, i) * E3(W, h, i, j);
+                E2(bW, h, j) += (float)acc;
+            }
             double mean = 0;
             for (int64_t i = 0; i < D; i++) {
                 E3(W, h, i, j) *= E1(w, i);
                 mean += E3(W, h, i, j);
             }
+            if (!center) continue;
             mean /= (double)D;
             for (int64_t i = 0; i < D; i++) E3(W, h, i, j) -= (float)mean;
         }
@@ -77,30 +81,33 @@ static int fold_heads(circuits_model *m, const circuits_tensor *W, const circuit
 }
 
 /* W [K, N] reading a LayerNorm over K (W_in, W_out after mlp.ln, W_U): b_W += b . W, W *= w,
- * centre over K. */
+ * centre over K. After an RMSNorm (b NULL, !center): W *= w only. */
 static int fold_matrix(circuits_model *m, const circuits_tensor *W, const circuits_tensor *bW, const circuits_tensor *w,
-                       const circuits_tensor *b)
+                       const circuits_tensor *b, bool center)
 {
     int rc;
     MUT(W);
-    MUT(bW);
+    if (b) MUT(bW);
     int64_t K = W->shape[0], N = W->shape[1];
     for (int64_t j = 0; j < N; j++) {
-        double acc = 0;
-        for (int64_t i = 0; i < K; i++) acc += (double)E1(b, i) * E2(W, i, j);
-        E1(bW, j) += (float)acc;
+        if (b) {
+            double acc = 0;
+            for (int64_t i = 0; i < K; i++) acc += (double)E1(b, i) * E2(W, i, j);
+            E1(bW, j) += (float)acc;
+        }
         double mean = 0;
         for (int64_t i = 0; i < K; i++) {
             E2(W, i, j) *= E1(w, i);
             mean += E2(W, i, j);
         }
+        if (!center) continue;
         mean /= (double)K;
         for (int64_t i = 0; i < K; i++) E2(W, i, j) -= (float)mean;
     }
     return CIRCUITS_OK;
 }
 
-/* Drops the LayerNorm parameters from the weight list (the norms become LNPre). */
+/* Drops the norm parameters from the weight list (the norms become LNPre or RMSPre). */
 static void drop_ln_weights(circuits_model *m)
 {
     size_t k = 0;
@@ -117,24 +124,30 @@ static void drop_ln_weights(circuits_model *m)
     m->n_weights = k;
 }
 
+/* LN: weights and biases folded, the readers centred, LN -> LNPre. RMS: only the weights
+ * (TL's fold_layer_norm with fold_biases and center_weights off), RMS -> RMSPre. */
 static int fold_ln(circuits_model *m)
 {
     const circuits_config *c = &m->cfg;
+    bool ln = c->normalization_type == CIRCUITS_NORM_LN;
     int rc;
     for (int l = 0; l < c->n_layers; l++) {
         const cx_layer_weights *L = &m->layers[l];
-        if ((rc = fold_heads(m, L->W_Q, L->b_Q, L->ln1_w, L->ln1_b)) || (rc = fold_heads(m, L->W_K, L->b_K, L->ln1_w, L->ln1_b)) ||
-            (rc = fold_heads(m, L->W_V, L->b_V, L->ln1_w, L->ln1_b)))
+        const circuits_tensor *b1 = ln ? L->ln1_b : NULL, *b2 = ln ? L->ln2_b : NULL;
+        if ((rc = fold_heads(m, L->W_Q, L->b_Q, L->ln1_w, b1, ln)) || (rc = fold_heads(m, L->W_K, L->b_K, L->ln1_w, b1, ln)) ||
+            (rc = fold_heads(m, L->W_V, L->b_V, L->ln1_w, b1, ln)))
             return rc;
         if (c->attn_only) continue;
-        if ((rc = fold_matrix(m, L->W_in, L->b_in, L->ln2_w, L->ln2_b))) return rc;
-        if (c->act_fn == CIRCUITS_ACT_SOLU_LN && (rc = fold_matrix(m, L->W_out, L->b_out, L->mlp_ln_w, L->mlp_ln_b)))
+        if ((rc = fold_matrix(m, L->W_in, L->b_in, L->ln2_w, b2, ln))) return rc;
+        /* solu_ln with RMS is refused at load (config.c) */
+        if (ln && c->act_fn == CIRCUITS_ACT_SOLU_LN &&
+            (rc = fold_matrix(m, L->W_out, L->b_out, L->mlp_ln_w, L->mlp_ln_b, true)))
             return rc;
     }
-    if ((rc = fold_matrix(m, m->W_U, m->b_U, m->ln_final_w, m->ln_final_b))) return rc;
+    if ((rc = fold_matrix(m, m->W_U, m->b_U, m->ln_final_w, ln ? m->ln_final_b : NULL, ln))) return rc;
     drop_ln_weights(m);
     cx_model_link(m);
-    m->cfg.normalization_type = CIRCUITS_NORM_LNPRE;
+    m->cfg.normalization_type = ln ? CIRCUITS_NORM_LNPRE : CIRCUITS_NORM_RMSPRE;
     return CIRCUITS_OK;
 }
 
@@ -272,14 +285,17 @@ int cx_process_weights(circuits_model *m, const circuits_load_options *o)
          ref = o->refactor_factored_attn_matrices;
     /* from_pretrained's automatic exceptions */
     if (c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER) fold = cw = cu = false;
-    if (c->normalization_type != CIRCUITS_NORM_LN) fold = false; /* nothing to fold (LNPre, none) */
+    if (c->normalization_type != CIRCUITS_NORM_LN && c->normalization_type != CIRCUITS_NORM_RMS)
+        fold = false; /* nothing to fold (LNPre, RMSPre, none) */
     int rc;
     uint32_t done = 0;
     if (fold) {
         if ((rc = fold_ln(m))) return rc;
         done |= CIRCUITS_PROCESSED_FOLD_LN;
     }
-    if (c->normalization_type == CIRCUITS_NORM_NONE) cw = false; /* centring relies on a LayerNorm reading */
+    /* centring relies on a LayerNorm reading (it removes the mean the LN removes anyway): TL
+     * centres only LN / LNPre models, not RMS / RMSPre (which see the mean) nor none */
+    if (c->normalization_type != CIRCUITS_NORM_LN && c->normalization_type != CIRCUITS_NORM_LNPRE) cw = false;
     if (cw) {
         if ((rc = center_writing_weights(m))) return rc;
         done |= CIRCUITS_PROCESSED_CENTER_WRITING_WEIGHTS;

@@ -182,17 +182,21 @@ static int64_t rows_align(int64_t width)
     return a > 0 ? a : 1;
 }
 
+/* One row of LayerNorm, or of RMSNorm (rms: no centring, mean taken as 0; y = x exactly). */
 CX_HOT static void ln_row(float *y, float *scale, const float *x, int64_t D, float eps, const float *w,
-                          const float *b, bool finish)
+                          const float *b, bool finish, bool rms)
 {
-    double s[LANES] = {0};
     int64_t j = 0;
-    for (; j + LANES <= D; j += LANES)
-        for (int l = 0; l < LANES; l++) s[l] += x[j + l];
-    double sum = 0.0;
-    for (int l = 0; l < LANES; l++) sum += s[l];
-    for (; j < D; j++) sum += x[j];
-    float mean = (float)(sum / (double)D);
+    float mean = 0.0f;
+    if (!rms) {
+        double s[LANES] = {0};
+        for (; j + LANES <= D; j += LANES)
+            for (int l = 0; l < LANES; l++) s[l] += x[j + l];
+        double sum = 0.0;
+        for (int l = 0; l < LANES; l++) sum += s[l];
+        for (; j < D; j++) sum += x[j];
+        mean = (float)(sum / (double)D);
+    }
     double q[LANES] = {0};
     for (j = 0; j + LANES <= D; j += LANES)
         for (int l = 0; l < LANES; l++) {
@@ -222,14 +226,14 @@ typedef struct ln_job {
     const float *x, *w, *b;
     int64_t D;
     float eps;
-    bool finish;
+    bool finish, rms;
 } ln_job;
 
 static void ln_task(void *arg, int64_t b, int64_t e)
 {
     const ln_job *j = arg;
     for (int64_t i = b; i < e; i++)
-        ln_row(j->y + i * j->D, j->scale + i, j->x + i * j->D, j->D, j->eps, j->w, j->b, j->finish);
+        ln_row(j->y + i * j->D, j->scale + i, j->x + i * j->D, j->D, j->eps, j->w, j->b, j->finish, j->rms);
 }
 
 void cx_ln_center_scale(float *xc, float *scale, const float *x, int64_t N, int64_t D, float eps)
@@ -242,6 +246,18 @@ void cx_layer_norm(float *y, float *scale, const float *x, int64_t N, int64_t D,
                    const float *b)
 {
     ln_job j = {.y = y, .scale = scale, .x = x, .w = w, .b = b, .D = D, .eps = eps, .finish = true};
+    cx_parallel_for(N, rows_align(D), ln_task, &j);
+}
+
+void cx_rms_scale(float *y, float *scale, const float *x, int64_t N, int64_t D, float eps)
+{
+    ln_job j = {.y = y, .scale = scale, .x = x, .D = D, .eps = eps, .finish = false, .rms = true};
+    cx_parallel_for(N, rows_align(D), ln_task, &j);
+}
+
+void cx_rms_norm(float *y, float *scale, const float *x, int64_t N, int64_t D, float eps, const float *w)
+{
+    ln_job j = {.y = y, .scale = scale, .x = x, .w = w, .D = D, .eps = eps, .finish = true, .rms = true};
     cx_parallel_for(N, rows_align(D), ln_task, &j);
 }
 

@@ -31,7 +31,13 @@ void cx_layer_norm(float *y, float *scale, const float *x, int64_t N, int64_t D,
                    const float *b);
 /* LayerNorm, first half: xc[N, D] = x - mean(x) per row, scale[N] = sqrt(mean(xc^2) + eps). */
 void cx_ln_center_scale(float *xc, float *scale, const float *x, int64_t N, int64_t D, float eps);
-/* Second half: x[N, D] /= scale[N] per row. */
+/* RMSNorm in one pass per row (TransformerLens's RMSNorm / RMSNormPre): y[N, D] = x / scale * w
+ * (w may be NULL: RMSPre), scale[N] = sqrt(mean(x^2) + eps). The LayerNorm row kernel without
+ * the centring; cx_rms_scale + cx_ln_divide + cx_affine are the same arithmetic in pieces. */
+void cx_rms_norm(float *y, float *scale, const float *x, int64_t N, int64_t D, float eps, const float *w);
+/* RMSNorm, first half: y[N, D] = x (a copy; y may be x), scale[N] = sqrt(mean(x^2) + eps). */
+void cx_rms_scale(float *y, float *scale, const float *x, int64_t N, int64_t D, float eps);
+/* Second half (LayerNorm and RMSNorm): x[N, D] /= scale[N] per row. */
 void cx_ln_divide(float *x, const float *scale, int64_t N, int64_t D);
 /* x[N, D] = x * w[D] + b[D] (either may be NULL). */
 void cx_affine(float *x, const float *w, const float *b, int64_t N, int64_t D);

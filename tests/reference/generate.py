@@ -599,6 +599,21 @@ def all_cases() -> Dict[str, Callable[[], None]]:
         seed=20, save_dtype=torch.float16, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
         normalization_type="LN", act_fn="gelu_new",
     )
+    C["tl_2l_rms_gelu"] = lambda: case_tl(
+        "tl_2l_rms_gelu",
+        "HookedTransformer, 2 layers with MLP (d_mlp 32), normalization_type=RMS (RMSNorm: "
+        "x / sqrt(mean(x^2) + eps) * w, no centring, no bias), act_fn=gelu, d_model 16, "
+        "2 heads x d_head 8, n_ctx 32.",
+        seed=21, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
+        normalization_type="RMS", act_fn="gelu",
+    )
+    C["tl_attn_only_2l_rmspre"] = lambda: case_tl(
+        "tl_attn_only_2l_rmspre",
+        "HookedTransformer, attn_only, 2 layers, normalization_type=RMSPre (RMSNorm without w), "
+        "d_model 16, 2 heads x d_head 8, n_ctx 32.",
+        seed=22, attn_only=True, n_layers=2, d_model=16, n_heads=2, d_head=8,
+        normalization_type="RMSPre",
+    )
     return C
 
 

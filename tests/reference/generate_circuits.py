@@ -191,13 +191,15 @@ def check_applied(model: HookedTransformer, applied: dict) -> None:
     # reading weights are centred (over d_model) only by fold_ln.  (The refactor
     # re-factorises W_Q/W_K/W_V/W_O by SVD; singular vectors of zero singular values
     # are arbitrary there, so these checks are skipped for it.)
+    # Folding an RMSNorm (-> RMSPre) multiplies by w only: no bias, no centring.
+    centred = applied["fold_ln"] and m.cfg.normalization_type == "LNPre"
     refactor = applied["refactor_factored_attn_matrices"]
     if not refactor:
-        assert _zero_mean(m.W_Q, -2) == applied["fold_ln"], "W_Q centring vs fold_ln"
-        assert _zero_mean(m.W_V, -2) == applied["fold_ln"]
+        assert _zero_mean(m.W_Q, -2) == centred, "W_Q centring vs fold_ln"
+        assert _zero_mean(m.W_V, -2) == centred
         assert _zero_mean(m.W_O, -1) == applied["center_writing_weights"]
     if not m.cfg.attn_only:
-        assert _zero_mean(m.W_in, -2) == applied["fold_ln"]
+        assert _zero_mean(m.W_in, -2) == centred
     assert _zero_mean(m.W_E, -1) == applied["center_writing_weights"], "W_E centring"
     assert _zero_mean(m.W_U, -1) == applied["center_unembed"], "W_U centring"
     if applied["fold_value_biases"] or applied["refactor_factored_attn_matrices"]:
