@@ -1,6 +1,6 @@
 /* Generation and the KV cache (docs/generation.md):
  *   - greedy (and seeded sampled) generation with the KV cache equals generation without it,
- *     token for token, with close logits, on every reference architecture (standard, LNPre,
+ *     token for token, with close logits, on every reference architecture (standard, LNPre, RMS, RMSPre,
  *     no LN, SoLU, shortformer, attn-only, no biases, use_attn_result, HF GPT-2 variants);
  *   - forward_kv in chunks equals one full forward: logits, patterns, cached keys and values;
  *   - hooks during cached generation fire with TransformerLens's KV-cache shapes, hook_pos_embed
@@ -827,11 +827,12 @@ int main(int argc, char **argv)
     const char *cases[] = {"tl_1l_solu_ln",       "tl_shortformer_relu", "tl_2l_lnpre_gelu",  "tl_attn_only_2l_none",
                            "tl_attn_only_1l_ln",  "tl_gelu_fast",        "tl_silu",           "tl_no_biases",
                            "tl_f16",              "hf_tiny_random_gpt2", "hf_tiny_noprefix",  "hf_random_untied",
-                           "hf_random_f16"};
+                           "hf_random_f16",       "tl_2l_rms_gelu",      "tl_attn_only_2l_rmspre"};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_cache_equivalence(cases[i], false);
     test_cache_equivalence("tl_gelu_new_attn_result", true);
     test_forward_kv_chunks("tl_shortformer_relu");
     test_forward_kv_chunks("tl_2l_lnpre_gelu");
+    test_forward_kv_chunks("tl_2l_rms_gelu");
     test_forward_kv_chunks("hf_tiny_random_gpt2");
     test_hook_shapes("tl_shortformer_relu");
     test_hook_shapes("hf_tiny_random_gpt2");
