@@ -73,17 +73,17 @@ static int writer_block(const cx_layer_weights *L, int64_t h, int64_t D, int64_t
 }
 
 /* out[a, b] (ld ldo) = ||P_a Q_b||_F / (nP[a] nQ[b]) for blocks of `wr` writer rows and dh
- * reader columns (dh = the reader core width k here): C = P [na*wr, D] @ Q [D, nb*dh], in
- * column chunks. */
-static int block_scores(const float *P, const double *nP, int64_t na, int64_t wr, const float *Q, const double *nQ,
-                        int64_t nb, int64_t dh, int64_t D, float *out, int64_t ldo)
+ * reader columns (dh = the reader core width k here): C = P [na*wr, D] @ Q [D, nb*dh] (row
+ * stride ldq: Q may be the later columns of a wider matrix), in column chunks. */
+static int block_scores(const float *P, const double *nP, int64_t na, int64_t wr, const float *Q, int64_t ldq,
+                        const double *nQ, int64_t nb, int64_t dh, int64_t D, float *out, int64_t ldo)
 {
     const int64_t chunk_heads = nb < 64 ? nb : 64;
     float *C = cx_malloc((size_t)(na * wr * chunk_heads * dh) * sizeof *C);
     if (!C) return OOM();
     for (int64_t b0 = 0; b0 < nb; b0 += chunk_heads) {
         int64_t cb = nb - b0 < chunk_heads ? nb - b0 : chunk_heads, N = cb * dh;
-        cx_sgemm(false, false, (na * wr), N, D, 1.0f, P, D, Q + b0 * dh, (nb * dh), 0.0f, C, N);
+        cx_sgemm(false, false, (na * wr), N, D, 1.0f, P, D, Q + b0 * dh, ldq, 0.0f, C, N);
         for (int64_t a = 0; a < na; a++)
             for (int64_t b = 0; b < cb; b++) {
                 double s = 0;
@@ -124,17 +124,6 @@ static int all_readers(const circuits_model *m, int mode, float *Qall, double *n
     return rc;
 }
 
-/* The reader columns of heads first .. LH-1 of Qall [D, LH*kc], as a contiguous
- * [D, (LH-first)*kc] copy (NULL: out of memory). */
-static float *later_readers(const float *Qall, int64_t D, int64_t LH, int64_t kc, int64_t first)
-{
-    int64_t nb = LH - first;
-    float *sub = cx_malloc((size_t)(D * nb * kc) * sizeof *sub);
-    if (sub)
-        for (int64_t i = 0; i < D; i++) memcpy(sub + i * nb * kc, Qall + i * LH * kc + first * kc, (size_t)(nb * kc) * sizeof *sub);
-    return sub;
-}
-
 int circuits_model_composition_scores(const circuits_model *m, int32_t mode, float *out)
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_composition_scores: NULL argument");
@@ -156,13 +145,8 @@ int circuits_model_composition_scores(const circuits_model *m, int32_t mode, flo
      * against the reader columns of all later layers. */
     for (int64_t la = 0; la + 1 < L && !rc; la++) {
         int64_t first = (la + 1) * H, nb = LH - first;
-        float *sub = later_readers(Q, D, LH, kc, first);
-        if (!sub) {
-            rc = OOM();
-            break;
-        }
-        rc = block_scores(P + la * H * kc * D, nP + la * H, H, kc, sub, nQ + first, nb, kc, D, out + la * H * LH + first, LH);
-        cx_free(sub);
+        rc = block_scores(P + la * H * kc * D, nP + la * H, H, kc, Q + first * kc, LH * kc, nQ + first, nb, kc, D,
+                          out + la * H * LH + first, LH);
     }
     cx_free(P);
     cx_free(Q);
@@ -198,13 +182,7 @@ int circuits_model_mlp_composition_scores(const circuits_model *m, int32_t mode,
         }
         double nP = sqrt(frob2(P, (size_t)(wr * D)));
         int64_t first = (la + 1) * H, nb = LH - first;
-        float *sub = later_readers(Q, D, LH, kc, first);
-        if (!sub) {
-            rc = OOM();
-            break;
-        }
-        rc = block_scores(P, &nP, 1, wr, sub, nQ + first, nb, kc, D, out + la * LH + first, LH);
-        cx_free(sub);
+        rc = block_scores(P, &nP, 1, wr, Q + first * kc, LH * kc, nQ + first, nb, kc, D, out + la * LH + first, LH);
     }
     cx_free(P);
     cx_free(W);

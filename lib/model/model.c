@@ -95,12 +95,3 @@ int circuits_model_weight_at(const circuits_model *m, size_t index, circuits_ten
 }
 
 const circuits_tokenizer *circuits_model_tokenizer(const circuits_model *m) { return m ? m->tokenizer : NULL; }
-
-void cx_contiguous_strides(int ndim, const int64_t *shape, int64_t *strides)
-{
-    int64_t s = 1;
-    for (int i = ndim - 1; i >= 0; i--) {
-        strides[i] = s;
-        s *= shape[i];
-    }
-}

@@ -104,19 +104,18 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     } while (0)
 
 /* LayerNorm (or RMSNorm: rms) of x [N, width] into out, firing its scale and normalized hooks;
- * LN applies w, b after hook_normalized (as TransformerLens 3 does), RMS applies w (it has no b),
- * LNPre and RMSPre stop there. */
+ * then w, b (as TransformerLens 3 does, after hook_normalized). The weight table decides which
+ * exist: LN has w and b, RMS only w, LNPre and RMSPre (and folded models) neither. */
 static int layer_norm(const pass *ps, int layer, cx_hook_kind scale_kind, float *out, float *scale, const float *x,
-                      int64_t width, bool rms, bool affine, const circuits_tensor *w, const circuits_tensor *b)
+                      int64_t width, bool rms, const circuits_tensor *w, const circuits_tensor *b)
 {
     const circuits_context *ctx = ps->ctx;
     int64_t N = ps->B * ps->T;
-    if (rms) b = NULL;
+    const float *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
     if (!cx_hook_active(ctx, ps->run, layer, scale_kind) &&
         !cx_hook_active(ctx, ps->run, layer, (cx_hook_kind)(scale_kind + 1))) {
-        if (rms) cx_rms_norm(out, scale, x, N, width, ctx->model->cfg.eps, affine && w ? w->data : NULL);
-        else cx_layer_norm(out, scale, x, N, width, ctx->model->cfg.eps, affine && w ? w->data : NULL,
-                           affine && b ? b->data : NULL);
+        if (rms) cx_rms_norm(out, scale, x, N, width, ctx->model->cfg.eps, wd);
+        else cx_layer_norm(out, scale, x, N, width, ctx->model->cfg.eps, wd, bd);
         return CIRCUITS_OK;
     }
     if (rms) cx_rms_scale(out, scale, x, N, width, ctx->model->cfg.eps);
@@ -124,7 +123,7 @@ static int layer_norm(const pass *ps, int layer, cx_hook_kind scale_kind, float 
     FIRE(layer, scale_kind, scale);
     cx_ln_divide(out, scale, N, width);
     FIRE(layer, (cx_hook_kind)(scale_kind + 1), out); /* the *_NORMALIZED kind follows *_SCALE */
-    if (affine) cx_affine(out, w ? w->data : NULL, b ? b->data : NULL, N, width);
+    if (wd || bd) cx_affine(out, wd, bd, N, width);
     return CIRCUITS_OK;
 }
 
@@ -308,9 +307,8 @@ static int mlp(pass *ps, int l)
     if (c->act_fn == CIRCUITS_ACT_SOLU_LN) {
         cx_solu(s->mlp, N, M);
         FIRE(l, HK_MLP_MID, s->mlp);
-        /* mlp.ln: a LayerNorm over d_mlp (LN with weights when the model uses LN, else LNPre) */
-        int rc = layer_norm(ps, l, HK_MLP_LN_SCALE, s->mlp, s->scale, s->mlp, M, false,
-                            c->normalization_type == CIRCUITS_NORM_LN, w->mlp_ln_w, w->mlp_ln_b);
+        /* mlp.ln: a LayerNorm over d_mlp (with weights when the model uses LN, else LNPre) */
+        int rc = layer_norm(ps, l, HK_MLP_LN_SCALE, s->mlp, s->scale, s->mlp, M, false, w->mlp_ln_w, w->mlp_ln_b);
         if (rc) return rc;
     } else {
         cx_activation(s->mlp, (size_t)(N * M), c->act_fn);
@@ -336,8 +334,7 @@ static int run(pass *ps, float *out)
     scratch *s = &ps->s;
     int64_t B = ps->B, T = ps->T, N = B * T, D = c->d_model;
     int nt = c->normalization_type;
-    bool norm = nt != CIRCUITS_NORM_NONE, affine = nt == CIRCUITS_NORM_LN || nt == CIRCUITS_NORM_RMS,
-         rms = nt == CIRCUITS_NORM_RMS || nt == CIRCUITS_NORM_RMSPRE;
+    bool norm = nt != CIRCUITS_NORM_NONE, rms = nt == CIRCUITS_NORM_RMS || nt == CIRCUITS_NORM_RMSPRE;
     int rc;
 
     /* pos[b, t] = W_pos[P + t] (P: cached positions); shortformer needs it in every layer */
@@ -361,7 +358,7 @@ static int run(pass *ps, float *out)
         const cx_layer_weights *w = &m->layers[l];
         FIRE(l, HK_RESID_PRE, s->resid);
         if (norm) {
-            if ((rc = layer_norm(ps, l, HK_LN1_SCALE, s->normed, s->scale, s->resid, D, rms, affine, w->ln1_w, w->ln1_b)))
+            if ((rc = layer_norm(ps, l, HK_LN1_SCALE, s->normed, s->scale, s->resid, D, rms, w->ln1_w, w->ln1_b)))
                 return rc;
         } else {
             memcpy(s->normed, s->resid, (size_t)(N * D) * sizeof(float));
@@ -371,7 +368,7 @@ static int run(pass *ps, float *out)
         if (!c->attn_only) {
             FIRE(l, HK_RESID_MID, s->resid);
             if (norm) {
-                if ((rc = layer_norm(ps, l, HK_LN2_SCALE, s->normed, s->scale, s->resid, D, rms, affine, w->ln2_w,
+                if ((rc = layer_norm(ps, l, HK_LN2_SCALE, s->normed, s->scale, s->resid, D, rms, w->ln2_w,
                                      w->ln2_b)))
                     return rc;
             } else {
@@ -389,7 +386,7 @@ static int run(pass *ps, float *out)
 
     const float *final = s->resid;
     if (norm) {
-        if ((rc = layer_norm(ps, -1, HK_LNF_SCALE, s->normed, s->scale, s->resid, D, rms, affine, m->ln_final_w,
+        if ((rc = layer_norm(ps, -1, HK_LNF_SCALE, s->normed, s->scale, s->resid, D, rms, m->ln_final_w,
                              m->ln_final_b)))
             return rc;
         final = s->normed;

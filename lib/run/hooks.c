@@ -275,12 +275,11 @@ static int callback_status(int r, const char *who, const char *name)
 int cx_hook_fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data, int64_t B,
                  int64_t T)
 {
+    if (!cx_hook_active(ctx, run, layer, kind)) return CIRCUITS_OK;
     int32_t idx = cx_hook_index(&ctx->hooks, layer, kind);
-    if (idx < 0) return CIRCUITS_OK;
     cx_hook_point *p = &ctx->hooks.points[idx];
     float *dst = run->cache_dst ? run->cache_dst[idx] : NULL;
     bool observed = run->observer.fn && run->observer.kind == kind;
-    if (p->n_regs == 0 && !dst && !observed) return CIRCUITS_OK;
     circuits_tensor t;
     cx_hook_describe(ctx, p, B, T, run->kv ? run->kv->len : 0, data, &t);
     int rc;

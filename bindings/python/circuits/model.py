@@ -199,8 +199,7 @@ class _Lease:
     run returns, the binding asks whether any of those holders is still alive (the lease keeps a
     weak reference to each): if anything refers to one — a kept activation, any slice / reshape /
     transpose / memoryview of one, a traceback holding a hook's frame — it takes the context's
-    run memory
-    (``circuits_context_take_run_memory``) and the lease owns that block from then on: the
+    run memory (``circuits_context_take_run_memory``) and the lease owns that block from then on: the
     context allocates a fresh block at its next run and never writes the taken one again, and
     the block is freed (``circuits_run_memory_free``) when the last array that views it is
     gone. Runs whose arrays all died with their hook calls cost nothing: the context keeps its
