@@ -48,12 +48,12 @@ extern "C" {
 #endif
 
 #define CIRCUITS_VERSION_MAJOR 0
-#define CIRCUITS_VERSION_MINOR 3
+#define CIRCUITS_VERSION_MINOR 4
 #define CIRCUITS_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH, as zstd does. */
 #define CIRCUITS_VERSION_NUMBER \
     (CIRCUITS_VERSION_MAJOR * 10000 + CIRCUITS_VERSION_MINOR * 100 + CIRCUITS_VERSION_PATCH)
-#define CIRCUITS_VERSION_STRING "0.3.0"
+#define CIRCUITS_VERSION_STRING "0.4.0"
 /* The soname's number: libcircuits.so.CIRCUITS_ABI_VERSION. Bumped on any incompatible change. */
 #define CIRCUITS_ABI_VERSION 0
 
@@ -140,13 +140,40 @@ typedef enum circuits_norm_type {
 } circuits_norm_type;
 
 typedef enum circuits_pos_embed {
-    CIRCUITS_POS_STANDARD = 0,   /* W_pos added to the residual stream */
-    CIRCUITS_POS_SHORTFORMER = 1 /* W_pos added only to the query and key inputs of every layer */
+    CIRCUITS_POS_STANDARD = 0,    /* W_pos added to the residual stream */
+    CIRCUITS_POS_SHORTFORMER = 1, /* W_pos added only to the query and key inputs of every layer */
+    CIRCUITS_POS_ROTARY = 2       /* no W_pos: q and k rotated by position (rotary_* fields) */
 } circuits_pos_embed;
+
+/* How rotary frequencies are rescaled for long contexts (Hugging Face rope_scaling). */
+typedef enum circuits_rope_scaling {
+    CIRCUITS_ROPE_NONE = 0,
+    CIRCUITS_ROPE_LINEAR = 1, /* every frequency divided by rope_factor */
+    CIRCUITS_ROPE_LLAMA3 = 2  /* Llama 3.x: low frequencies divided by rope_factor, high ones kept,
+                               * the band between interpolated (TL's use_NTK_by_parts_rope) */
+} circuits_rope_scaling;
+
+/* Which layers attend only within the sliding window (window_size keys, the query's own
+ * included). */
+typedef enum circuits_local_attn {
+    CIRCUITS_LOCAL_ATTN_NONE = 0, /* every layer global */
+    CIRCUITS_LOCAL_ATTN_ALL = 1,  /* every layer local (Mistral) */
+    CIRCUITS_LOCAL_ATTN_EVEN = 2, /* layers 0, 2, 4, ... local (Hugging Face Gemma 2) */
+    CIRCUITS_LOCAL_ATTN_ODD = 3   /* layers 1, 3, 5, ... local (TransformerLens's Gemma 2
+                                   * attn_types ["global", "local"]) */
+} circuits_local_attn;
 
 typedef enum circuits_model_format {
     CIRCUITS_FORMAT_HF_GPT2 = 0,     /* config.json + model.safetensors (or sharded) */
-    CIRCUITS_FORMAT_TRANSFORMERLENS = 1 /* tl_config.json + model.safetensors with TL keys */
+    CIRCUITS_FORMAT_TRANSFORMERLENS = 1, /* tl_config.json + model.safetensors with TL keys */
+    /* Hugging Face directories by config.json model_type (0.4.0) */
+    CIRCUITS_FORMAT_HF_GPT_NEOX = 2, /* gpt_neox (Pythia) */
+    CIRCUITS_FORMAT_HF_GPTJ = 3,     /* gptj */
+    CIRCUITS_FORMAT_HF_LLAMA = 4,    /* llama */
+    CIRCUITS_FORMAT_HF_MISTRAL = 5,  /* mistral */
+    CIRCUITS_FORMAT_HF_QWEN2 = 6,    /* qwen2 */
+    CIRCUITS_FORMAT_HF_GEMMA = 7,    /* gemma */
+    CIRCUITS_FORMAT_HF_GEMMA2 = 8    /* gemma2 */
 } circuits_model_format;
 
 /* Model hyper-parameters in TransformerLens's HookedTransformerConfig names. The caller sets
@@ -170,6 +197,25 @@ typedef struct circuits_config {
     float eps;              /* LayerNorm epsilon */
     float attn_scale;       /* scores = q.k / attn_scale; sqrt(d_head) unless configured */
     uint32_t processing;    /* CIRCUITS_PROCESSED_* bits: the weight processing applied at load */
+    /* Added in 0.4.0 (modern families, docs/loading.md). A 0.3.0 caller's struct ends above and
+     * gets the fields that fit. */
+    int32_t n_key_value_heads;  /* K and V heads: n_heads unless grouped-query attention; query
+                                 * head h reads K/V head h / (n_heads / n_key_value_heads) */
+    int32_t rotary_dim;         /* rotary: leading dims of each head rotated (<= d_head); else 0 */
+    int32_t rotary_adjacent_pairs; /* 1: rotate (x0,x1), (x2,x3).. (GPT-J); 0: rotate halves (NeoX) */
+    float rotary_base;          /* rotary theta */
+    int32_t rope_scaling;       /* circuits_rope_scaling */
+    float rope_factor;          /* linear, llama3 */
+    float rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
+    int32_t rope_original_n_ctx; /* llama3: original_max_position_embeddings */
+    int32_t gated_mlp;          /* 1: hook_post = act(x W_gate) * (x W_in + b_in) (SwiGLU, GeGLU) */
+    int32_t parallel_attn_mlp;  /* 1: the MLP reads resid_pre; resid_post = pre + attn_out + mlp_out */
+    int32_t final_rms;          /* 1: ln_final is RMSNorm (RMSPre once folded) whatever the blocks use */
+    int32_t norm_before_and_after; /* 1: ln1_post / ln2_post normalize each sublayer's output (Gemma 2) */
+    float attn_scores_soft_cap; /* > 0: scores = cap * tanh(scores / cap) before the mask; 0: none */
+    float output_logits_soft_cap; /* > 0: logits = cap * tanh(logits / cap); 0: none */
+    int32_t window_size;        /* sliding window: keys per query, its own included (0: none) */
+    int32_t local_attn;         /* circuits_local_attn: the layers that use window_size */
 } circuits_config;
 
 /* Bits of circuits_config.processing: which of TransformerLens's weight-processing steps were

@@ -45,16 +45,18 @@ unsigned long cx_alloc_failures(void);
 typedef struct cx_layer_weights {
     /* Each points into model->weights; NULL where the architecture has no such weight. */
     const circuits_tensor *ln1_w, *ln1_b;     /* [d_model] */
-    const circuits_tensor *W_Q, *W_K, *W_V;   /* [n_heads, d_model, d_head] */
-    const circuits_tensor *b_Q, *b_K, *b_V;   /* [n_heads, d_head] */
+    const circuits_tensor *W_Q, *W_K, *W_V;   /* [n_heads, d_model, d_head]; K, V: n_key_value_heads */
+    const circuits_tensor *b_Q, *b_K, *b_V;   /* [n_heads, d_head]; K, V: n_key_value_heads */
     const circuits_tensor *W_O;               /* [n_heads, d_head, d_model] */
     const circuits_tensor *b_O;               /* [d_model] */
     const circuits_tensor *ln2_w, *ln2_b;     /* [d_model] */
     const circuits_tensor *W_in;              /* [d_model, d_mlp] */
+    const circuits_tensor *W_gate;            /* [d_model, d_mlp], gated_mlp only */
     const circuits_tensor *b_in;              /* [d_mlp] */
     const circuits_tensor *W_out;             /* [d_mlp, d_model] */
     const circuits_tensor *b_out;             /* [d_model] */
     const circuits_tensor *mlp_ln_w, *mlp_ln_b; /* [d_mlp], solu_ln with LN only */
+    const circuits_tensor *ln1_post_w, *ln2_post_w; /* [d_model], norm_before_and_after with RMS */
 } cx_layer_weights;
 
 struct cx_st_set; /* safetensors files (safetensors.h) */

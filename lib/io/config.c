@@ -215,6 +215,7 @@ int cx_config_parse_hf(const char *path, const char *buf, size_t len, circuits_c
     cfg->attn_scale = scale ? (float)sqrt((double)cfg->d_head) : 1.0f;
     cfg->scale_attn_by_inverse_layer_idx = inv;
     extra->tie_word_embeddings = tied;
+    cfg->n_key_value_heads = cfg->n_heads;
     TRY(check_sizes(&c, cfg));
 done:
     json_decref(c.root);
@@ -373,6 +374,7 @@ int cx_config_parse_tl(const char *path, const char *buf, size_t len, circuits_c
     }
     cfg->attn_scale = (float)scale;
     cfg->scale_attn_by_inverse_layer_idx = inv;
+    cfg->n_key_value_heads = cfg->n_heads;
     if (!absent(&c, "n_key_value_heads")) {
         TRY(get_int(&c, "n_key_value_heads", true, 0, 1, CX_MAX_DIM, &v));
         if (v != cfg->n_heads) {

@@ -24,21 +24,25 @@ const cx_weight_info cx_weight_kinds[CX_W_COUNT] = {
     [CX_B_Q] = {"blocks.%d.attn.b_Q", 2, {D_(HEADS), D_(HEAD)}, CX_WHEN_ALWAYS,
                 CX_WF_LAYER | CX_WF_HEADS | CX_WF_BIAS, L_(b_Q)},
     [CX_B_O] = {"blocks.%d.attn.b_O", 1, {D_(MODEL)}, CX_WHEN_ALWAYS, CX_WF_LAYER | CX_WF_BIAS, L_(b_O)},
-    [CX_W_K] = {"blocks.%d.attn.W_K", 3, {D_(HEADS), D_(MODEL), D_(HEAD)}, CX_WHEN_ALWAYS,
-                CX_WF_LAYER | CX_WF_HEADS | CX_WF_QKV, L_(W_K)},
-    [CX_W_V] = {"blocks.%d.attn.W_V", 3, {D_(HEADS), D_(MODEL), D_(HEAD)}, CX_WHEN_ALWAYS,
-                CX_WF_LAYER | CX_WF_HEADS | CX_WF_QKV, L_(W_V)},
-    [CX_B_K] = {"blocks.%d.attn.b_K", 2, {D_(HEADS), D_(HEAD)}, CX_WHEN_ALWAYS,
-                CX_WF_LAYER | CX_WF_HEADS | CX_WF_BIAS, L_(b_K)},
-    [CX_B_V] = {"blocks.%d.attn.b_V", 2, {D_(HEADS), D_(HEAD)}, CX_WHEN_ALWAYS,
-                CX_WF_LAYER | CX_WF_HEADS | CX_WF_BIAS, L_(b_V)},
+    [CX_W_K] = {"blocks.%d.attn.W_K", 3, {D_(KV_HEADS), D_(MODEL), D_(HEAD)}, CX_WHEN_ALWAYS,
+                CX_WF_LAYER | CX_WF_HEADS | CX_WF_QKV | CX_WF_KV, L_(W_K)},
+    [CX_W_V] = {"blocks.%d.attn.W_V", 3, {D_(KV_HEADS), D_(MODEL), D_(HEAD)}, CX_WHEN_ALWAYS,
+                CX_WF_LAYER | CX_WF_HEADS | CX_WF_QKV | CX_WF_KV, L_(W_V)},
+    [CX_B_K] = {"blocks.%d.attn.b_K", 2, {D_(KV_HEADS), D_(HEAD)}, CX_WHEN_ALWAYS,
+                CX_WF_LAYER | CX_WF_HEADS | CX_WF_BIAS | CX_WF_KV, L_(b_K)},
+    [CX_B_V] = {"blocks.%d.attn.b_V", 2, {D_(KV_HEADS), D_(HEAD)}, CX_WHEN_ALWAYS,
+                CX_WF_LAYER | CX_WF_HEADS | CX_WF_BIAS | CX_WF_KV, L_(b_V)},
     [CX_W_IN] = {"blocks.%d.mlp.W_in", 2, {D_(MODEL), D_(MLP)}, CX_WHEN_MLP, CX_WF_LAYER, L_(W_in)},
+    [CX_W_GATE] = {"blocks.%d.mlp.W_gate", 2, {D_(MODEL), D_(MLP)}, CX_WHEN_GATED, CX_WF_LAYER, L_(W_gate)},
     [CX_B_IN] = {"blocks.%d.mlp.b_in", 1, {D_(MLP)}, CX_WHEN_MLP, CX_WF_LAYER | CX_WF_BIAS, L_(b_in)},
     [CX_W_OUT] = {"blocks.%d.mlp.W_out", 2, {D_(MLP), D_(MODEL)}, CX_WHEN_MLP, CX_WF_LAYER, L_(W_out)},
     [CX_B_OUT] = {"blocks.%d.mlp.b_out", 1, {D_(MODEL)}, CX_WHEN_MLP, CX_WF_LAYER | CX_WF_BIAS, L_(b_out)},
     [CX_MLP_LN_W] = {"blocks.%d.mlp.ln.w", 1, {D_(MLP)}, CX_WHEN_SOLU_LN, CX_WF_LAYER | CX_WF_LN, L_(mlp_ln_w)},
     [CX_MLP_LN_B] = {"blocks.%d.mlp.ln.b", 1, {D_(MLP)}, CX_WHEN_SOLU_LN, CX_WF_LAYER | CX_WF_LN | CX_WF_BIAS,
                      L_(mlp_ln_b)},
+    [CX_LN1_POST_W] = {"blocks.%d.ln1_post.w", 1, {D_(MODEL)}, CX_WHEN_POST_NORM_W, CX_WF_LAYER, L_(ln1_post_w)},
+    [CX_LN2_POST_W] = {"blocks.%d.ln2_post.w", 1, {D_(MODEL)}, CX_WHEN_POST_NORM_W_MLP, CX_WF_LAYER,
+                       L_(ln2_post_w)},
     [CX_LN_FINAL_W] = {"ln_final.w", 1, {D_(MODEL)}, CX_WHEN_NORM_W, CX_WF_LN, M_(ln_final_w)},
     [CX_LN_FINAL_B] = {"ln_final.b", 1, {D_(MODEL)}, CX_WHEN_LN, CX_WF_LN | CX_WF_BIAS, M_(ln_final_b)},
     [CX_W_U] = {"unembed.W_U", 2, {D_(MODEL), D_(VOCAB_OUT)}, CX_WHEN_ALWAYS, 0, M_(W_U)},
@@ -48,7 +52,7 @@ const cx_weight_info cx_weight_kinds[CX_W_COUNT] = {
 const char *cx_dim_name(cx_dim d)
 {
     static const char *const names[CX_DIM_COUNT] = {"d_vocab", "d_vocab_out", "n_ctx", "d_model",
-                                                    "n_heads", "d_head", "d_mlp"};
+                                                    "n_heads", "n_key_value_heads", "d_head", "d_mlp"};
     return (unsigned)d < CX_DIM_COUNT ? names[d] : "?";
 }
 
@@ -60,6 +64,7 @@ int64_t cx_dim_size(const circuits_config *c, cx_dim d)
     case CX_DIM_CTX: return c->n_ctx;
     case CX_DIM_MODEL: return c->d_model;
     case CX_DIM_HEADS: return c->n_heads;
+    case CX_DIM_KV_HEADS: return c->n_key_value_heads;
     case CX_DIM_HEAD: return c->d_head;
     case CX_DIM_MLP: return c->d_mlp;
     default: return 0;
@@ -71,7 +76,10 @@ const char *cx_when_text(cx_when w)
     static const char *const text[CX_WHEN_COUNT] = {"always", "normalization `LN`", "`LN` and not attn_only",
                                                     "not attn_only", "act_fn `solu_ln` with `LN`",
                                                     "normalization `LN` or `RMS`",
-                                                    "`LN` or `RMS`, and not attn_only"};
+                                                    "`LN` or `RMS`, and not attn_only",
+                                                    "gated_mlp and not attn_only",
+                                                    "use_normalization_before_and_after",
+                                                    "use_normalization_before_and_after, not attn_only"};
     return (unsigned)w < CX_WHEN_COUNT ? text[w] : "?";
 }
 
@@ -86,6 +94,9 @@ bool cx_has_weight(const circuits_config *c, cx_weight_kind k)
     case CX_WHEN_SOLU_LN: return !c->attn_only && ln && c->act_fn == CIRCUITS_ACT_SOLU_LN;
     case CX_WHEN_NORM_W: return ln || rms;
     case CX_WHEN_NORM_W_MLP: return (ln || rms) && !c->attn_only;
+    case CX_WHEN_GATED: return c->gated_mlp && !c->attn_only;
+    case CX_WHEN_POST_NORM_W: return c->norm_before_and_after && (ln || rms);
+    case CX_WHEN_POST_NORM_W_MLP: return c->norm_before_and_after && (ln || rms) && !c->attn_only;
     default: return false;
     }
 }
@@ -106,6 +117,11 @@ static size_t add(const circuits_config *c, cx_weight_entry *out, size_t n, cx_w
         e->kind = k;
         e->layer = layer;
         cx_weight_format(e->name, sizeof e->name, w->name, layer);
+        if ((w->flags & CX_WF_KV) && c->n_key_value_heads != c->n_heads) { /* attn.W_K -> attn._W_K */
+            char *dot = strrchr(e->name, '.');
+            memmove(dot + 2, dot + 1, strlen(dot + 1) + 1);
+            dot[1] = '_';
+        }
         e->ndim = w->ndim;
         for (int i = 0; i < w->ndim; i++) e->shape[i] = cx_dim_size(c, w->shape[i]);
     }
@@ -150,6 +166,9 @@ static const cx_weight_source gpt2_sources[CX_W_COUNT] = {
     [CX_B_OUT] = {"transformer.h.%d.mlp.c_proj.bias", CX_MAP_SAME, 0, NULL},
     [CX_MLP_LN_W] = {NULL, CX_MAP_NEVER, 0, NULL}, /* solu_ln: refused in a GPT-2 config.json */
     [CX_MLP_LN_B] = {NULL, CX_MAP_NEVER, 0, NULL},
+    [CX_W_GATE] = {NULL, CX_MAP_NEVER, 0, NULL},
+    [CX_LN1_POST_W] = {NULL, CX_MAP_NEVER, 0, NULL},
+    [CX_LN2_POST_W] = {NULL, CX_MAP_NEVER, 0, NULL},
     [CX_LN_FINAL_W] = {"transformer.ln_f.weight", CX_MAP_SAME, 0, NULL},
     [CX_LN_FINAL_B] = {"transformer.ln_f.bias", CX_MAP_SAME, 0, NULL},
     [CX_W_U] = {"lm_head.weight", CX_MAP_TRANSPOSE, 0, "transformer.wte.weight"},

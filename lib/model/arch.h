@@ -32,11 +32,14 @@ typedef enum cx_weight_kind {
     CX_B_K,
     CX_B_V,
     CX_W_IN,         /* blocks.%d.mlp.W_in */
+    CX_W_GATE,       /* blocks.%d.mlp.W_gate (gated_mlp) */
     CX_B_IN,
     CX_W_OUT,
     CX_B_OUT,
     CX_MLP_LN_W,     /* blocks.%d.mlp.ln.w (solu_ln) */
     CX_MLP_LN_B,
+    CX_LN1_POST_W,   /* blocks.%d.ln1_post.w (norm_before_and_after) */
+    CX_LN2_POST_W,   /* blocks.%d.ln2_post.w */
     CX_LN_FINAL_W,   /* ln_final.w */
     CX_LN_FINAL_B,
     CX_W_U,          /* unembed.W_U */
@@ -51,6 +54,7 @@ typedef enum cx_dim {
     CX_DIM_CTX,       /* n_ctx */
     CX_DIM_MODEL,     /* d_model */
     CX_DIM_HEADS,     /* n_heads */
+    CX_DIM_KV_HEADS,  /* n_key_value_heads */
     CX_DIM_HEAD,      /* d_head */
     CX_DIM_MLP,       /* d_mlp */
     CX_DIM_COUNT
@@ -65,6 +69,9 @@ typedef enum cx_when {
     CX_WHEN_SOLU_LN,  /* act_fn solu_ln with LN */
     CX_WHEN_NORM_W,   /* normalization_type LN or RMS (a norm with a weight) */
     CX_WHEN_NORM_W_MLP, /* LN or RMS, and not attn_only */
+    CX_WHEN_GATED,    /* gated_mlp and not attn_only */
+    CX_WHEN_POST_NORM_W, /* norm_before_and_after with RMS (or LN) */
+    CX_WHEN_POST_NORM_W_MLP, /* the same, and not attn_only */
     CX_WHEN_COUNT
 } cx_when;
 
@@ -74,6 +81,8 @@ enum {
     CX_WF_HEADS = 1 << 2, /* axis 0 indexes heads (circuits_tensor.head_axis = 0) */
     CX_WF_LN = 1 << 3,    /* a LayerNorm parameter: fold_ln folds it into the weights after it */
     CX_WF_QKV = 1 << 4,   /* a head projection the forward pass applies to all heads in one GEMM */
+    CX_WF_KV = 1 << 5,    /* K or V: n_key_value_heads heads; under grouped-query attention
+                             TransformerLens names it with a leading underscore (attn._W_K) */
 };
 
 typedef struct cx_weight_info {

@@ -22,7 +22,7 @@ void circuits_model_free(circuits_model *m)
 int circuits_model_config(const circuits_model *m, circuits_config *out)
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_config: NULL argument");
-    static const size_t versions[] = {sizeof(circuits_config)}; /* 0.1 */
+    static const size_t versions[] = {72, sizeof(circuits_config)}; /* 0.1, 0.4 */
     uint32_t size = out->size;
     int rc = cx_struct_size_check(size, versions, CX_COUNT(versions), "circuits_model_config", true);
     if (rc) return rc;

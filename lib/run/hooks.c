@@ -16,19 +16,26 @@ static const char *const kind_names[HK_COUNT] = {
     [HK_Q] = "attn.hook_q",
     [HK_K] = "attn.hook_k",
     [HK_V] = "attn.hook_v",
+    [HK_ROT_Q] = "attn.hook_rot_q",
+    [HK_ROT_K] = "attn.hook_rot_k",
     [HK_ATTN_SCORES] = "attn.hook_attn_scores",
     [HK_PATTERN] = "attn.hook_pattern",
     [HK_Z] = "attn.hook_z",
     [HK_RESULT] = "attn.hook_result",
+    [HK_LN1_POST_SCALE] = "ln1_post.hook_scale",
+    [HK_LN1_POST_NORMALIZED] = "ln1_post.hook_normalized",
     [HK_ATTN_OUT] = "hook_attn_out",
     [HK_RESID_MID] = "hook_resid_mid",
     [HK_LN2_SCALE] = "ln2.hook_scale",
     [HK_LN2_NORMALIZED] = "ln2.hook_normalized",
     [HK_MLP_PRE] = "mlp.hook_pre",
+    [HK_MLP_PRE_LINEAR] = "mlp.hook_pre_linear",
     [HK_MLP_MID] = "mlp.hook_mid",
     [HK_MLP_LN_SCALE] = "mlp.ln.hook_scale",
     [HK_MLP_LN_NORMALIZED] = "mlp.ln.hook_normalized",
     [HK_MLP_POST] = "mlp.hook_post",
+    [HK_LN2_POST_SCALE] = "ln2_post.hook_scale",
+    [HK_LN2_POST_NORMALIZED] = "ln2_post.hook_normalized",
     [HK_MLP_OUT] = "hook_mlp_out",
     [HK_RESID_POST] = "hook_resid_post",
     [HK_LNF_SCALE] = "ln_final.hook_scale",
@@ -45,8 +52,13 @@ static bool kind_exists(const circuits_context *ctx, cx_hook_kind k)
     switch (k) {
     case HK_LN1_SCALE: case HK_LN1_NORMALIZED: case HK_LNF_SCALE: case HK_LNF_NORMALIZED: return norm;
     case HK_RESULT: return ctx->opts.use_attn_result != 0;
-    case HK_RESID_MID: case HK_MLP_PRE: case HK_MLP_POST: case HK_MLP_OUT: return mlp;
+    case HK_ROT_Q: case HK_ROT_K: return c->positional_embedding_type == CIRCUITS_POS_ROTARY;
+    case HK_LN1_POST_SCALE: case HK_LN1_POST_NORMALIZED: return c->norm_before_and_after != 0;
+    case HK_RESID_MID: return mlp && !c->parallel_attn_mlp;
+    case HK_MLP_PRE: case HK_MLP_POST: case HK_MLP_OUT: return mlp;
+    case HK_MLP_PRE_LINEAR: return mlp && c->gated_mlp;
     case HK_LN2_SCALE: case HK_LN2_NORMALIZED: return mlp && norm;
+    case HK_LN2_POST_SCALE: case HK_LN2_POST_NORMALIZED: return mlp && c->norm_before_and_after;
     case HK_MLP_MID: case HK_MLP_LN_SCALE: case HK_MLP_LN_NORMALIZED:
         return mlp && c->act_fn == CIRCUITS_ACT_SOLU_LN;
     default: return true;
@@ -104,14 +116,17 @@ int cx_hook_shape(const circuits_context *ctx, const cx_hook_point *p, int64_t B
     s[1] = T;
     switch (p->kind) {
     case HK_LN1_SCALE: case HK_LN2_SCALE: case HK_LNF_SCALE: case HK_MLP_LN_SCALE:
+    case HK_LN1_POST_SCALE: case HK_LN2_POST_SCALE:
         s[2] = 1; return 3;
-    case HK_Q: case HK_K: case HK_V: case HK_Z:
+    case HK_Q: case HK_ROT_Q: case HK_Z:
         s[2] = c->n_heads; s[3] = c->d_head; *head_axis = 2; return 4;
+    case HK_K: case HK_V: case HK_ROT_K: /* grouped-query attention: the K/V heads (TransformerLens) */
+        s[2] = c->n_key_value_heads; s[3] = c->d_head; *head_axis = 2; return 4;
     case HK_RESULT:
         s[2] = c->n_heads; s[3] = c->d_model; *head_axis = 2; return 4;
     case HK_ATTN_SCORES: case HK_PATTERN: /* keys: the cached positions too (KV-cache runs) */
         s[1] = c->n_heads; s[2] = T; s[3] = past + T; *head_axis = 1; return 4;
-    case HK_MLP_PRE: case HK_MLP_MID: case HK_MLP_LN_NORMALIZED: case HK_MLP_POST:
+    case HK_MLP_PRE: case HK_MLP_PRE_LINEAR: case HK_MLP_MID: case HK_MLP_LN_NORMALIZED: case HK_MLP_POST:
         s[2] = c->d_mlp; return 3;
     case HK_UNEMBED_OUT:
         s[2] = c->d_vocab_out; return 3;

@@ -6,12 +6,14 @@
 
 #include "internal.h"
 
-/* In firing order within the model, block-level kinds in firing order within a block. */
+/* In firing order within the model, block-level kinds in firing order within a block. Every
+ * *_SCALE kind is followed by its *_NORMALIZED kind (forward.c's layer_norm relies on it). */
 typedef enum cx_hook_kind {
     HK_EMBED, HK_POS_EMBED,
-    HK_RESID_PRE, HK_LN1_SCALE, HK_LN1_NORMALIZED, HK_Q, HK_K, HK_V, HK_ATTN_SCORES, HK_PATTERN, HK_Z,
-    HK_RESULT, HK_ATTN_OUT, HK_RESID_MID, HK_LN2_SCALE, HK_LN2_NORMALIZED, HK_MLP_PRE, HK_MLP_MID,
-    HK_MLP_LN_SCALE, HK_MLP_LN_NORMALIZED, HK_MLP_POST, HK_MLP_OUT, HK_RESID_POST,
+    HK_RESID_PRE, HK_LN1_SCALE, HK_LN1_NORMALIZED, HK_Q, HK_K, HK_V, HK_ROT_Q, HK_ROT_K, HK_ATTN_SCORES,
+    HK_PATTERN, HK_Z, HK_RESULT, HK_LN1_POST_SCALE, HK_LN1_POST_NORMALIZED, HK_ATTN_OUT, HK_RESID_MID,
+    HK_LN2_SCALE, HK_LN2_NORMALIZED, HK_MLP_PRE, HK_MLP_PRE_LINEAR, HK_MLP_MID, HK_MLP_LN_SCALE,
+    HK_MLP_LN_NORMALIZED, HK_MLP_POST, HK_LN2_POST_SCALE, HK_LN2_POST_NORMALIZED, HK_MLP_OUT, HK_RESID_POST,
     HK_LNF_SCALE, HK_LNF_NORMALIZED, HK_UNEMBED_IN, HK_UNEMBED_OUT,
     HK_COUNT
 } cx_hook_kind;

@@ -54,7 +54,7 @@ CIRCUITS_VERSION_MAJOR = 0
 CIRCUITS_VERSION_MINOR = 3
 CIRCUITS_VERSION_PATCH = 0
 CIRCUITS_VERSION_NUMBER = CIRCUITS_VERSION_MAJOR * 10000 + CIRCUITS_VERSION_MINOR * 100 + CIRCUITS_VERSION_PATCH
-CIRCUITS_VERSION_STRING = "0.3.0"
+CIRCUITS_VERSION_STRING = "0.4.0"
 
 # circuits_status
 CIRCUITS_OK = 0
@@ -94,10 +94,29 @@ CIRCUITS_NORM_RMSPRE = 4
 # circuits_pos_embed
 CIRCUITS_POS_STANDARD = 0
 CIRCUITS_POS_SHORTFORMER = 1
+CIRCUITS_POS_ROTARY = 2
+
+# circuits_rope_scaling
+CIRCUITS_ROPE_NONE = 0
+CIRCUITS_ROPE_LINEAR = 1
+CIRCUITS_ROPE_LLAMA3 = 2
+
+# circuits_local_attn
+CIRCUITS_LOCAL_ATTN_NONE = 0
+CIRCUITS_LOCAL_ATTN_ALL = 1
+CIRCUITS_LOCAL_ATTN_EVEN = 2
+CIRCUITS_LOCAL_ATTN_ODD = 3
 
 # circuits_model_format
 CIRCUITS_FORMAT_HF_GPT2 = 0
 CIRCUITS_FORMAT_TRANSFORMERLENS = 1
+CIRCUITS_FORMAT_HF_GPT_NEOX = 2
+CIRCUITS_FORMAT_HF_GPTJ = 3
+CIRCUITS_FORMAT_HF_LLAMA = 4
+CIRCUITS_FORMAT_HF_MISTRAL = 5
+CIRCUITS_FORMAT_HF_QWEN2 = 6
+CIRCUITS_FORMAT_HF_GEMMA = 7
+CIRCUITS_FORMAT_HF_GEMMA2 = 8
 
 # circuits_config.processing bits
 CIRCUITS_PROCESSED_FOLD_LN = 0x1
@@ -182,6 +201,24 @@ class ConfigStruct(Structure):
         ("eps", c_float),
         ("attn_scale", c_float),
         ("processing", c_uint32),
+        # added in 0.4.0
+        ("n_key_value_heads", c_int32),
+        ("rotary_dim", c_int32),
+        ("rotary_adjacent_pairs", c_int32),
+        ("rotary_base", c_float),
+        ("rope_scaling", c_int32),
+        ("rope_factor", c_float),
+        ("rope_low_freq_factor", c_float),
+        ("rope_high_freq_factor", c_float),
+        ("rope_original_n_ctx", c_int32),
+        ("gated_mlp", c_int32),
+        ("parallel_attn_mlp", c_int32),
+        ("final_rms", c_int32),
+        ("norm_before_and_after", c_int32),
+        ("attn_scores_soft_cap", c_float),
+        ("output_logits_soft_cap", c_float),
+        ("window_size", c_int32),
+        ("local_attn", c_int32),
     ]
 
 
