@@ -961,22 +961,30 @@ static void config_checks(void)
                     tl_config_with("normalization_type act_fn",
                                    "\"normalization_type\":\"RMSPre\",\"act_fn\":\"solu_ln\""),
                     CIRCUITS_E_UNSUPPORTED, "act_fn 'solu_ln' with normalization_type 'RMSPre' is not supported");
-    TL_CONFIG_FAILS("tl_cfg_final_rms", tl_config_with(NULL, "\"final_rms\":true"), CIRCUITS_E_UNSUPPORTED,
-                    "'final_rms' is not supported");
+    TL_CONFIG_FAILS("tl_cfg_rotary_alibi", tl_config_with(NULL, "\"positional_embedding_type\":\"alibi\""),
+                    CIRCUITS_E_UNSUPPORTED, "positional_embedding_type 'alibi' is not supported");
     TL_CONFIG_FAILS("tl_cfg_norm_number", tl_config_with("normalization_type", "\"normalization_type\":1"),
                     CIRCUITS_E_CONFIG, "normalization_type must be a string or null");
-    TL_CONFIG_FAILS("tl_cfg_rotary", tl_config_with(NULL, "\"positional_embedding_type\":\"rotary\""),
-                    CIRCUITS_E_UNSUPPORTED, "positional_embedding_type 'rotary' is not supported");
-    TL_CONFIG_FAILS("tl_cfg_gated_mlp", tl_config_with(NULL, "\"gated_mlp\":true"), CIRCUITS_E_UNSUPPORTED,
-                    "'gated_mlp' is not supported");
-    TL_CONFIG_FAILS("tl_cfg_parallel_attn_mlp", tl_config_with(NULL, "\"parallel_attn_mlp\":1"),
-                    CIRCUITS_E_UNSUPPORTED, "'parallel_attn_mlp' is not supported");
+    TL_CONFIG_FAILS("tl_cfg_qk_norm", tl_config_with(NULL, "\"use_qk_norm\":true"), CIRCUITS_E_UNSUPPORTED,
+                    "'use_qk_norm' is not supported");
+    TL_CONFIG_FAILS("tl_cfg_parallel_attn_mlp_type", tl_config_with(NULL, "\"parallel_attn_mlp\":1"),
+                    CIRCUITS_E_CONFIG, "field 'parallel_attn_mlp' must be true or false");
+    TL_CONFIG_FAILS("tl_cfg_yarn", tl_config_with(NULL, "\"use_yarn_rope\":true"), CIRCUITS_E_UNSUPPORTED,
+                    "'use_yarn_rope' is not supported");
+    TL_CONFIG_FAILS("tl_cfg_rotary_base_local", tl_config_with(NULL, "\"rotary_base_local\":10000"),
+                    CIRCUITS_E_UNSUPPORTED, "'rotary_base_local' is not supported");
     TL_CONFIG_FAILS("tl_cfg_num_experts", tl_config_with(NULL, "\"num_experts\":8"), CIRCUITS_E_UNSUPPORTED,
                     "'num_experts' is not supported");
-    TL_CONFIG_FAILS("tl_cfg_logit_soft_cap", tl_config_with(NULL, "\"output_logits_soft_cap\":30.0"),
-                    CIRCUITS_E_UNSUPPORTED, "'output_logits_soft_cap' is not supported");
-    TL_CONFIG_FAILS("tl_cfg_gqa", tl_config_with(NULL, "\"n_key_value_heads\":1"), CIRCUITS_E_UNSUPPORTED,
-                    "grouped-query attention (n_key_value_heads) is not supported");
+    TL_CONFIG_FAILS("tl_cfg_ungroup_gqa", tl_config_with(NULL, "\"ungroup_grouped_query_attention\":true"),
+                    CIRCUITS_E_UNSUPPORTED, "'ungroup_grouped_query_attention' is not supported");
+    TL_CONFIG_FAILS("tl_cfg_gqa_indivisible", tl_config_with(NULL, "\"n_key_value_heads\":3"), CIRCUITS_E_CONFIG,
+                    "is not a multiple of n_key_value_heads = 3");
+    TL_CONFIG_FAILS("tl_cfg_attn_types_pattern",
+                    tl_config_with("n_layers", "\"n_layers\":4,\"use_local_attn\":true,\"window_size\":2,"
+                                         "\"attn_types\":[\"local\",\"local\",\"global\",\"local\"]"),
+                    CIRCUITS_E_UNSUPPORTED, "'attn_types' mixes global and local layers");
+    TL_CONFIG_FAILS("tl_cfg_local_no_window", tl_config_with(NULL, "\"use_local_attn\":true"), CIRCUITS_E_CONFIG,
+                    "missing required field 'window_size'");
     TL_CONFIG_FAILS("tl_cfg_bidirectional", tl_config_with(NULL, "\"attention_dir\":\"bidirectional\""),
                     CIRCUITS_E_UNSUPPORTED, "attention_dir 'bidirectional' is not supported");
     TL_CONFIG_FAILS("tl_cfg_missing_act_fn", tl_config_with("act_fn", NULL), CIRCUITS_E_CONFIG,

@@ -227,30 +227,128 @@ done:
 static int refuse_unsupported_tl(const jcfg *c)
 {
     static const char *const must_be_false[] = {
-        "gated_mlp", "parallel_attn_mlp", "final_rms", "use_local_attn", "post_embedding_ln",
-        "use_qk_norm", "use_normalization_before_and_after",
+        "post_embedding_ln", "use_qk_norm", "use_logn_attn", "use_dynamic_ntk_rope", "use_yarn_rope",
+        "use_attention_sinks", "ungroup_grouped_query_attention",
     };
     for (size_t i = 0; i < sizeof must_be_false / sizeof must_be_false[0]; i++) {
         json_t *v = json_object_get(c->root, must_be_false[i]);
         if (v && !json_is_null(v) && !json_is_false(v))
             return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: '%s' is not supported", c->path, must_be_false[i]);
     }
-    static const char *const must_be_null[] = {"num_experts"};
+    static const char *const must_be_null[] = {"num_experts", "clip_qkv", "rotary_base_local"};
     for (size_t i = 0; i < sizeof must_be_null / sizeof must_be_null[0]; i++)
         if (!absent(c, must_be_null[i]))
             return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: '%s' is not supported", c->path, must_be_null[i]);
-    static const char *const caps[] = {"attn_scores_soft_cap", "output_logits_soft_cap"};
-    for (size_t i = 0; i < 2; i++) {
-        double v;
-        int rc = get_num(c, caps[i], -1.0, &v);
-        if (rc) return rc;
-        if (v > 0) return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: '%s' is not supported", c->path, caps[i]);
-    }
     const char *dir;
     int rc = get_str(c, "attention_dir", &dir);
     if (rc) return rc;
     if (dir && strcmp(dir, "causal") != 0)
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: attention_dir '%s' is not supported", c->path, dir);
+    return CIRCUITS_OK;
+}
+
+/* Rotary fields of a TL config (HookedTransformerConfig names; only read for rotary models, where
+ * TransformerLens uses them). */
+static int parse_tl_rotary(const jcfg *c, circuits_config *cfg)
+{
+    int rc;
+    if (cfg->positional_embedding_type != CIRCUITS_POS_ROTARY) return CIRCUITS_OK;
+    /* rotary_dim: null means d_head, as HookedTransformerConfig.__post_init__ sets it */
+    if ((rc = get_int(c, "rotary_dim", false, cfg->d_head, 2, cfg->d_head, &cfg->rotary_dim))) return rc;
+    if (cfg->rotary_dim % 2)
+        return cx_fail(CIRCUITS_E_CONFIG, "%s: rotary_dim = %d must be even", c->path, cfg->rotary_dim);
+    bool adjacent, ntk;
+    double base, f;
+    if ((rc = get_bool(c, "rotary_adjacent_pairs", false, &adjacent))) return rc;
+    cfg->rotary_adjacent_pairs = adjacent;
+    if ((rc = get_num(c, "rotary_base", 10000.0, &base))) return rc;
+    if (!(base > 1.0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: rotary_base must be greater than 1", c->path);
+    cfg->rotary_base = (float)base;
+    if ((rc = get_bool(c, "use_NTK_by_parts_rope", false, &ntk))) return rc;
+    if ((rc = get_num(c, "rotary_scaling_factor", 1.0, &f))) return rc;
+    if (ntk && f != 1.0)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: 'rotary_scaling_factor' with 'use_NTK_by_parts_rope' is not supported",
+                       c->path);
+    if (ntk) {
+        double lo, hi;
+        int32_t orig;
+        cfg->rope_scaling = CIRCUITS_ROPE_LLAMA3;
+        if ((rc = get_num(c, "NTK_by_parts_factor", 8.0, &f)) || (rc = get_num(c, "NTK_by_parts_low_freq_factor", 1.0, &lo)) ||
+            (rc = get_num(c, "NTK_by_parts_high_freq_factor", 4.0, &hi)) ||
+            (rc = get_int(c, "NTK_original_ctx_len", false, 8192, 1, CX_MAX_DIM, &orig)))
+            return rc;
+        if (!(f > 0) || !(lo > 0) || !(hi > lo))
+            return cx_fail(CIRCUITS_E_CONFIG,
+                           "%s: NTK_by_parts factors must be positive with high_freq_factor > low_freq_factor", c->path);
+        cfg->rope_factor = (float)f;
+        cfg->rope_low_freq_factor = (float)lo;
+        cfg->rope_high_freq_factor = (float)hi;
+        cfg->rope_original_n_ctx = orig;
+    } else if (f != 1.0) {
+        if (!(f > 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: rotary_scaling_factor must be positive", c->path);
+        cfg->rope_scaling = CIRCUITS_ROPE_LINEAR;
+        cfg->rope_factor = (float)f;
+    }
+    return CIRCUITS_OK;
+}
+
+/* The block-structure fields of a TL config: gated MLP, parallel attention + MLP, final_rms,
+ * norms after each sublayer, soft-caps, local attention. */
+static int parse_tl_block(const jcfg *c, circuits_config *cfg)
+{
+    int rc;
+    bool gated, parallel, final_rms, before_after, local;
+    if ((rc = get_bool(c, "gated_mlp", false, &gated)) || (rc = get_bool(c, "parallel_attn_mlp", false, &parallel)) ||
+        (rc = get_bool(c, "final_rms", false, &final_rms)) ||
+        (rc = get_bool(c, "use_normalization_before_and_after", false, &before_after)) ||
+        (rc = get_bool(c, "use_local_attn", false, &local)))
+        return rc;
+    cfg->gated_mlp = gated && !cfg->attn_only;
+    cfg->parallel_attn_mlp = parallel && !cfg->attn_only;
+    cfg->final_rms = final_rms;
+    cfg->norm_before_and_after = before_after;
+    if (gated && cfg->act_fn == CIRCUITS_ACT_SOLU_LN && !cfg->attn_only)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: 'gated_mlp' with act_fn 'solu_ln' is not supported", c->path);
+    /* soft-caps: TransformerLens's SOFTCAP_DISABLED is -1; any value <= 0 means none */
+    static const char *const caps[] = {"attn_scores_soft_cap", "output_logits_soft_cap"};
+    float *dst[] = {&cfg->attn_scores_soft_cap, &cfg->output_logits_soft_cap};
+    for (int i = 0; i < 2; i++) {
+        double v;
+        if ((rc = get_num(c, caps[i], -1.0, &v))) return rc;
+        *dst[i] = v > 0 ? (float)v : 0.0f;
+    }
+    if (!local) return CIRCUITS_OK;
+    if ((rc = get_int(c, "window_size", true, 0, 1, CX_MAX_DIM, &cfg->window_size))) return rc;
+    /* attn_types: per layer "global" or "local"; libcircuits takes the patterns models use */
+    json_t *types = json_object_get(c->root, "attn_types");
+    if (!types || json_is_null(types)) {
+        cfg->local_attn = CIRCUITS_LOCAL_ATTN_ALL; /* TransformerLens: every attention layer local */
+        return CIRCUITS_OK;
+    }
+    if (!json_is_array(types))
+        return cx_fail(CIRCUITS_E_CONFIG, "%s: 'attn_types' must be a list of \"global\" / \"local\"", c->path);
+    /* TransformerLens gives layer l the type attn_types[l] (the list may be longer than n_layers) */
+    if (json_array_size(types) < (size_t)cfg->n_layers)
+        return cx_fail(CIRCUITS_E_CONFIG, "%s: 'attn_types' has %zu entries for %d layers", c->path,
+                       json_array_size(types), cfg->n_layers);
+    unsigned seen[2][2] = {{0}}; /* [layer parity][local] */
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const char *t = json_string_value(json_array_get(types, (size_t)l));
+        if (!t || (strcmp(t, "global") != 0 && strcmp(t, "local") != 0))
+            return cx_fail(CIRCUITS_E_CONFIG, "%s: 'attn_types'[%d] must be \"global\" or \"local\"", c->path, l);
+        seen[l % 2][strcmp(t, "local") == 0]++;
+    }
+    bool even_local = seen[0][1] && !seen[0][0], even_global = !seen[0][1];
+    bool odd_local = seen[1][1] && !seen[1][0], odd_global = !seen[1][1];
+    if (even_local && (odd_local || cfg->n_layers == 1)) cfg->local_attn = CIRCUITS_LOCAL_ATTN_ALL;
+    else if (even_global && odd_global) cfg->local_attn = CIRCUITS_LOCAL_ATTN_NONE;
+    else if (even_local && odd_global) cfg->local_attn = CIRCUITS_LOCAL_ATTN_EVEN;
+    else if (even_global && odd_local) cfg->local_attn = CIRCUITS_LOCAL_ATTN_ODD;
+    else
+        return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                       "%s: 'attn_types' mixes global and local layers in a pattern other than all, even or odd layers",
+                       c->path);
+    if (cfg->local_attn == CIRCUITS_LOCAL_ATTN_NONE) cfg->window_size = 0;
     return CIRCUITS_OK;
 }
 
@@ -356,11 +454,14 @@ int cx_config_parse_tl(const char *path, const char *buf, size_t len, circuits_c
         cfg->positional_embedding_type = CIRCUITS_POS_STANDARD;
     } else if (strcmp(s, "shortformer") == 0) {
         cfg->positional_embedding_type = CIRCUITS_POS_SHORTFORMER;
+    } else if (strcmp(s, "rotary") == 0) {
+        cfg->positional_embedding_type = CIRCUITS_POS_ROTARY;
     } else {
         rc = cx_fail(CIRCUITS_E_UNSUPPORTED,
-                     "%s: positional_embedding_type '%s' is not supported (standard, shortformer)", path, s);
+                     "%s: positional_embedding_type '%s' is not supported (standard, shortformer, rotary)", path, s);
         goto done;
     }
+    TRY(parse_tl_rotary(&c, cfg));
     bool use_scale, inv;
     double scale;
     TRY(get_bool(&c, "use_attn_scale", true, &use_scale));
@@ -374,15 +475,14 @@ int cx_config_parse_tl(const char *path, const char *buf, size_t len, circuits_c
     }
     cfg->attn_scale = (float)scale;
     cfg->scale_attn_by_inverse_layer_idx = inv;
-    cfg->n_key_value_heads = cfg->n_heads;
-    if (!absent(&c, "n_key_value_heads")) {
-        TRY(get_int(&c, "n_key_value_heads", true, 0, 1, CX_MAX_DIM, &v));
-        if (v != cfg->n_heads) {
-            rc = cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: grouped-query attention (n_key_value_heads) is not supported",
-                         path);
-            goto done;
-        }
+    /* n_key_value_heads: null means n_heads (no grouping) */
+    TRY(get_int(&c, "n_key_value_heads", false, cfg->n_heads, 1, CX_MAX_DIM, &cfg->n_key_value_heads));
+    if (cfg->n_heads % cfg->n_key_value_heads != 0) {
+        rc = cx_fail(CIRCUITS_E_CONFIG, "%s: n_heads = %d is not a multiple of n_key_value_heads = %d", path,
+                     cfg->n_heads, cfg->n_key_value_heads);
+        goto done;
     }
+    TRY(parse_tl_block(&c, cfg));
     TRY(check_sizes(&c, cfg));
 done:
     json_decref(c.root);

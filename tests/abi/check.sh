@@ -119,7 +119,7 @@ fi
 # Summary lines: "Functions changes summary: 0 Removed, 1 Changed (1 filtered out), 2 Added
 # functions", the same for variables, symbols and unreachable types.
 removed_or_changed=$(grep -E 'summary:' "$tmp/report" | grep -oE '\b[1-9][0-9]* ([Rr]emoved|[Cc]hanged)\b' || true)
-added=$(grep -E 'summary:' "$tmp/report" | grep -oE '\b[1-9][0-9]* Added\b' || true)
+added=$(grep -E 'summary:' "$tmp/report" | grep -oE '\b[1-9][0-9]* [Aa]dded\b' || true)
 if [ $((rc & 8)) -eq 0 ] && [ -z "$removed_or_changed" ] && [ -n "$added" ]; then
     echo "PASS: compatible additions only ($(echo $added)); soname $new_soname stays"
     exit 0
