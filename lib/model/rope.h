@@ -1,0 +1,27 @@
+/* Rotary position embedding frequencies: the one place they are computed (the forward pass
+ * rotates q and k with them, the positional QK circuit of analysis/ scores with them). */
+#ifndef CIRCUITS_ROPE_H
+#define CIRCUITS_ROPE_H
+
+#include "internal.h"
+
+/* inv_freq[i] for the rotary_dim / 2 rotated pairs of a rotary config: pair i of a head at
+ * position p turns by the angle p * inv_freq[i]. base^(-2i / rotary_dim), then rescaled as
+ * rope_scaling says (linear: / rope_factor; llama3: Hugging Face's _compute_llama3_parameters,
+ * which is TransformerLens's use_NTK_by_parts_rope). Computed in double. */
+void cx_rope_inv_freq(const circuits_config *c, double *inv_freq);
+
+/* Which two dims of a head pair i rotates: (2i, 2i + 1) with rotary_adjacent_pairs (GPT-J),
+ * else (i, i + rotary_dim / 2) (GPT-NeoX, LLaMA: "rotate half"). */
+static inline void cx_rope_pair(const circuits_config *c, int i, int *a, int *b)
+{
+    if (c->rotary_adjacent_pairs) {
+        *a = 2 * i;
+        *b = 2 * i + 1;
+    } else {
+        *a = i;
+        *b = i + c->rotary_dim / 2;
+    }
+}
+
+#endif
