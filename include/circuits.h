@@ -206,7 +206,8 @@ typedef struct circuits_config {
     float rotary_base;          /* rotary theta */
     int32_t rope_scaling;       /* circuits_rope_scaling */
     float rope_factor;          /* linear, llama3 */
-    float rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
+    float rope_low_freq_factor; /* llama3 */
+    float rope_high_freq_factor; /* llama3 */
     int32_t rope_original_n_ctx; /* llama3: original_max_position_embeddings */
     int32_t gated_mlp;          /* 1: hook_post = act(x W_gate) * (x W_in + b_in) (SwiGLU, GeGLU) */
     int32_t parallel_attn_mlp;  /* 1: the MLP reads resid_pre; resid_post = pre + attn_out + mlp_out */

@@ -67,8 +67,20 @@ ACT_FN_NAMES = {
 }
 NORM_NAMES = {N.CIRCUITS_NORM_NONE: None, N.CIRCUITS_NORM_LN: "LN", N.CIRCUITS_NORM_LNPRE: "LNPre",
               N.CIRCUITS_NORM_RMS: "RMS", N.CIRCUITS_NORM_RMSPRE: "RMSPre"}
-POS_NAMES = {N.CIRCUITS_POS_STANDARD: "standard", N.CIRCUITS_POS_SHORTFORMER: "shortformer"}
-FORMAT_NAMES = {N.CIRCUITS_FORMAT_HF_GPT2: "hf_gpt2", N.CIRCUITS_FORMAT_TRANSFORMERLENS: "transformerlens"}
+POS_NAMES = {N.CIRCUITS_POS_STANDARD: "standard", N.CIRCUITS_POS_SHORTFORMER: "shortformer",
+             N.CIRCUITS_POS_ROTARY: "rotary"}
+FORMAT_NAMES = {N.CIRCUITS_FORMAT_HF_GPT2: "hf_gpt2", N.CIRCUITS_FORMAT_TRANSFORMERLENS: "transformerlens",
+                N.CIRCUITS_FORMAT_HF_GPT_NEOX: "hf_gpt_neox", N.CIRCUITS_FORMAT_HF_GPTJ: "hf_gptj",
+                N.CIRCUITS_FORMAT_HF_LLAMA: "hf_llama", N.CIRCUITS_FORMAT_HF_MISTRAL: "hf_mistral",
+                N.CIRCUITS_FORMAT_HF_QWEN2: "hf_qwen2", N.CIRCUITS_FORMAT_HF_GEMMA: "hf_gemma",
+                N.CIRCUITS_FORMAT_HF_GEMMA2: "hf_gemma2"}
+
+
+def _attn_types(local_attn: int, n_layers: int) -> Optional[List[str]]:
+    """TransformerLens's per-layer attn_types list for circuits_config.local_attn."""
+    local = {N.CIRCUITS_LOCAL_ATTN_ALL: lambda l: True, N.CIRCUITS_LOCAL_ATTN_EVEN: lambda l: l % 2 == 0,
+             N.CIRCUITS_LOCAL_ATTN_ODD: lambda l: l % 2 == 1}.get(local_attn)
+    return None if local is None else ["local" if local(l) else "global" for l in range(n_layers)]
 PROCESSING_BITS = {
     "fold_ln": N.CIRCUITS_PROCESSED_FOLD_LN,
     "center_writing_weights": N.CIRCUITS_PROCESSED_CENTER_WRITING_WEIGHTS,
@@ -122,6 +134,26 @@ class Config:
     model_name: str
     format: str
     processing: Dict[str, bool] = field(default_factory=dict)
+    # the modern families' fields (TransformerLens's names and "off" values)
+    n_key_value_heads: Optional[int] = None
+    rotary_dim: Optional[int] = None
+    rotary_base: float = 10000.0
+    rotary_adjacent_pairs: bool = False
+    use_NTK_by_parts_rope: bool = False
+    NTK_by_parts_factor: float = 8.0
+    NTK_by_parts_low_freq_factor: float = 1.0
+    NTK_by_parts_high_freq_factor: float = 4.0
+    NTK_original_ctx_len: int = 8192
+    rotary_scaling_factor: float = 1.0
+    gated_mlp: bool = False
+    parallel_attn_mlp: bool = False
+    final_rms: bool = False
+    use_normalization_before_and_after: bool = False
+    attn_scores_soft_cap: float = -1.0
+    output_logits_soft_cap: float = -1.0
+    use_local_attn: bool = False
+    window_size: Optional[int] = None
+    attn_types: Optional[List[str]] = None
     device: str = "cpu"
     dtype: str = "float32"
     tokenizer_name: Optional[str] = None
@@ -144,6 +176,7 @@ class _Dims(NamedTuple):
     d_vocab_out: int
     n_ctx: int
     attn_only: bool
+    n_key_value_heads: int
 
 
 class HookPoint:
@@ -490,7 +523,9 @@ class Model:
         # immutable tuple no public attribute reaches (``cfg`` is informational and read-only).
         self._dims = _Dims(n_layers=c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_head=c.d_head,
                            d_mlp=c.d_mlp, d_vocab=c.d_vocab, d_vocab_out=c.d_vocab_out, n_ctx=c.n_ctx,
-                           attn_only=bool(c.attn_only))
+                           attn_only=bool(c.attn_only), n_key_value_heads=c.n_key_value_heads)
+        rotary = c.positional_embedding_type == N.CIRCUITS_POS_ROTARY
+        llama3 = c.rope_scaling == N.CIRCUITS_ROPE_LLAMA3
         self._cfg = Config(
             n_layers=c.n_layers,
             d_model=c.d_model,
@@ -512,6 +547,25 @@ class Model:
             model_name=os.path.basename(os.path.normpath(path)),
             format=FORMAT_NAMES.get(c.format, str(c.format)),
             processing={k: bool(c.processing & bit) for k, bit in PROCESSING_BITS.items()},
+            n_key_value_heads=c.n_key_value_heads if c.n_key_value_heads != c.n_heads else None,
+            rotary_dim=c.rotary_dim if rotary else None,
+            rotary_base=_f32_repr(c.rotary_base) if rotary else 10000.0,
+            rotary_adjacent_pairs=bool(c.rotary_adjacent_pairs),
+            use_NTK_by_parts_rope=llama3,
+            NTK_by_parts_factor=_f32_repr(c.rope_factor) if llama3 else 8.0,
+            NTK_by_parts_low_freq_factor=_f32_repr(c.rope_low_freq_factor) if llama3 else 1.0,
+            NTK_by_parts_high_freq_factor=_f32_repr(c.rope_high_freq_factor) if llama3 else 4.0,
+            NTK_original_ctx_len=c.rope_original_n_ctx if llama3 else 8192,
+            rotary_scaling_factor=_f32_repr(c.rope_factor) if c.rope_scaling == N.CIRCUITS_ROPE_LINEAR else 1.0,
+            gated_mlp=bool(c.gated_mlp),
+            parallel_attn_mlp=bool(c.parallel_attn_mlp),
+            final_rms=bool(c.final_rms),
+            use_normalization_before_and_after=bool(c.norm_before_and_after),
+            attn_scores_soft_cap=_f32_repr(c.attn_scores_soft_cap) if c.attn_scores_soft_cap > 0 else -1.0,
+            output_logits_soft_cap=_f32_repr(c.output_logits_soft_cap) if c.output_logits_soft_cap > 0 else -1.0,
+            use_local_attn=c.local_attn != N.CIRCUITS_LOCAL_ATTN_NONE,
+            window_size=c.window_size if c.local_attn != N.CIRCUITS_LOCAL_ATTN_NONE else None,
+            attn_types=_attn_types(c.local_attn, c.n_layers),
         )
         self._ctx = handle.new_context(use_attn_result)
         self._build_points()
@@ -1045,15 +1099,29 @@ class Model:
         """[n_layers, n_heads, d_model, d_head] (stacked: a read-only copy, cached)."""
         return self._stack("attn.W_Q")
 
+    def _stack_kv(self, leaf: str) -> np.ndarray:
+        """K/V weights per query head: under grouped-query attention the n_key_value_heads
+        stored heads (``attn._W_K``) repeated as TransformerLens's ``W_K`` property repeats them
+        (repeat_interleave over n_heads / n_key_value_heads)."""
+        d = self._dims
+        if d.n_key_value_heads == d.n_heads:
+            return self._stack("attn." + leaf)
+        key = "attn." + leaf + ":repeated"
+        a = self._stacked.get(key)
+        if a is None:
+            a = readonly(np.repeat(self._stack("attn._" + leaf), d.n_heads // d.n_key_value_heads, axis=1))
+            self._stacked[key] = a
+        return a
+
     @property
     def W_K(self) -> np.ndarray:
-        """[n_layers, n_heads, d_model, d_head]."""
-        return self._stack("attn.W_K")
+        """[n_layers, n_heads, d_model, d_head] (GQA: each K/V head repeated for its query heads)."""
+        return self._stack_kv("W_K")
 
     @property
     def W_V(self) -> np.ndarray:
-        """[n_layers, n_heads, d_model, d_head]."""
-        return self._stack("attn.W_V")
+        """[n_layers, n_heads, d_model, d_head] (GQA: repeated as W_K)."""
+        return self._stack_kv("W_V")
 
     @property
     def W_O(self) -> np.ndarray:
@@ -1067,11 +1135,11 @@ class Model:
 
     @property
     def b_K(self) -> np.ndarray:
-        return self._stack("attn.b_K")
+        return self._stack_kv("b_K")
 
     @property
     def b_V(self) -> np.ndarray:
-        return self._stack("attn.b_V")
+        return self._stack_kv("b_V")
 
     @property
     def b_O(self) -> np.ndarray:
@@ -1082,6 +1150,11 @@ class Model:
     def W_in(self) -> np.ndarray:
         """[n_layers, d_model, d_mlp] (AttributeError for attention-only models)."""
         return self._stack("mlp.W_in", mlp=True)
+
+    @property
+    def W_gate(self) -> Optional[np.ndarray]:
+        """[n_layers, d_model, d_mlp] for gated MLPs; None otherwise (as TransformerLens)."""
+        return self._stack("mlp.W_gate", mlp=True) if self._cfg.gated_mlp else None
 
     @property
     def W_out(self) -> np.ndarray:
