@@ -33,8 +33,9 @@ static void help(FILE *f)
             "usage: circuits COMMAND MODEL [OPTIONS]\n"
             "\n"
             "Mechanistic interpretability of transformer language models (libcircuits %s).\n"
-            "MODEL is a model directory: Hugging Face GPT-2 (config.json + model.safetensors) or\n"
-            "TransformerLens layout (tl_config.json + model.safetensors).\n"
+            "MODEL is a model directory: Hugging Face (config.json + model.safetensors or shards; model_type\n"
+            "gpt2, gpt_neox, gptj, llama, mistral, qwen2, gemma, gemma2) or TransformerLens layout\n"
+            "(tl_config.json + model.safetensors).\n"
             "\n"
             "commands:\n",
             circuits_version_string());

@@ -82,8 +82,14 @@ int cmd_info(int argc, char **argv)
     }
     const circuits_tokenizer *tok = circuits_model_tokenizer(m);
     size_t np = circuits_context_hook_point_count(ctx);
-    const char *format = cfg.format == CIRCUITS_FORMAT_HF_GPT2 ? "hf_gpt2" : "transformerlens";
-    const char *pe = cfg.positional_embedding_type == CIRCUITS_POS_SHORTFORMER ? "shortformer" : "standard";
+    static const char *const formats[] = {"hf_gpt2", "transformerlens", "hf_gpt_neox", "hf_gptj", "hf_llama",
+                                           "hf_mistral", "hf_qwen2", "hf_gemma", "hf_gemma2"};
+    static const char *const pes[] = {"standard", "shortformer", "rotary"};
+    static const char *const locals[] = {"none", "all", "even", "odd"};
+    const char *format = (unsigned)cfg.format < 9 ? formats[cfg.format] : "?";
+    const char *pe = (unsigned)cfg.positional_embedding_type < 3 ? pes[cfg.positional_embedding_type] : "?";
+    const char *local = (unsigned)cfg.local_attn < 4 ? locals[cfg.local_attn] : "?";
+    bool rotary = cfg.positional_embedding_type == CIRCUITS_POS_ROTARY;
 
     if (c.json) {
         printf("{\"model\":");
@@ -98,6 +104,18 @@ int cmd_info(int argc, char **argv)
         json_num(stdout, cfg.eps);
         printf(",\"attn_scale\":");
         json_num(stdout, cfg.attn_scale);
+        printf(",\"n_key_value_heads\":%d,\"rotary_dim\":%d,\"rotary_adjacent_pairs\":%s,\"rotary_base\":",
+               cfg.n_key_value_heads, cfg.rotary_dim, cfg.rotary_adjacent_pairs ? "true" : "false");
+        json_num(stdout, cfg.rotary_base);
+        printf(",\"rope_scaling\":\"%s\",\"gated_mlp\":%s,\"parallel_attn_mlp\":%s,\"final_rms\":%s,"
+               "\"use_normalization_before_and_after\":%s,\"attn_scores_soft_cap\":",
+               cfg.rope_scaling == CIRCUITS_ROPE_LLAMA3 ? "llama3" : cfg.rope_scaling == CIRCUITS_ROPE_LINEAR ? "linear" : "none",
+               cfg.gated_mlp ? "true" : "false", cfg.parallel_attn_mlp ? "true" : "false",
+               cfg.final_rms ? "true" : "false", cfg.norm_before_and_after ? "true" : "false");
+        json_num(stdout, cfg.attn_scores_soft_cap);
+        printf(",\"output_logits_soft_cap\":");
+        json_num(stdout, cfg.output_logits_soft_cap);
+        printf(",\"window_size\":%d,\"local_attn\":\"%s\"", cfg.window_size, local);
         printf("},\"n_params\":%lld,\"n_weights\":%zu,\"processing\":[", params, nw);
         bool first = true;
         for (int b = 0; b < 5; b++)
@@ -119,8 +137,23 @@ int cmd_info(int argc, char **argv)
         printf("vocab      %d (out %d)   n_ctx %d\n", cfg.d_vocab, cfg.d_vocab_out, cfg.n_ctx);
         printf("act_fn     %s   normalization %s (eps %g)   positions %s\n", act_name(cfg.act_fn),
                norm_name(cfg.normalization_type), (double)cfg.eps, pe);
-        printf("attention  scale %g%s\n", (double)cfg.attn_scale,
+        printf("attention  scale %g%s", (double)cfg.attn_scale,
                cfg.scale_attn_by_inverse_layer_idx ? ", also divided by layer + 1" : "");
+        if (cfg.n_key_value_heads != cfg.n_heads) printf("   %d key/value heads (grouped)", cfg.n_key_value_heads);
+        if (cfg.attn_scores_soft_cap > 0) printf("   scores soft-capped at %g", (double)cfg.attn_scores_soft_cap);
+        if (cfg.local_attn) printf("   window %d on %s layers", cfg.window_size, local);
+        printf("\n");
+        if (rotary)
+            printf("rotary     %d of %d dims, base %g, %s%s\n", cfg.rotary_dim, cfg.d_head, (double)cfg.rotary_base,
+                   cfg.rotary_adjacent_pairs ? "adjacent pairs" : "rotate half",
+                   cfg.rope_scaling == CIRCUITS_ROPE_LLAMA3 ? ", llama3 scaling"
+                   : cfg.rope_scaling == CIRCUITS_ROPE_LINEAR ? ", linear scaling" : "");
+        if (cfg.gated_mlp || cfg.parallel_attn_mlp || cfg.final_rms || cfg.norm_before_and_after ||
+            cfg.output_logits_soft_cap > 0)
+            printf("block     %s%s%s%s%s\n", cfg.gated_mlp ? " gated MLP" : "",
+                   cfg.parallel_attn_mlp ? " parallel attention+MLP" : "", cfg.final_rms ? " final RMSNorm" : "",
+                   cfg.norm_before_and_after ? " norms after each sublayer" : "",
+                   cfg.output_logits_soft_cap > 0 ? " logits soft-capped" : "");
         printf("parameters %lld in %zu weight tensors\n", params, nw);
         printf("processing");
         if (!cfg.processing) printf(" none (weights as stored)");
