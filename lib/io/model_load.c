@@ -253,7 +253,8 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
         memset(&v, 0, sizeof v);
         bool has_src = a->sources ? arch_source(a, c, strip, untied, w, &v) : (tl_source(w, &v), true);
         cx_st_tensor *t = has_src ? cx_st_find(m->files, v.src) : NULL;
-        if (!t && !a->sources && (flags & CX_WF_KV)) t = tl_grouped_name(m, &v);
+        bool grouped_name = false; /* named as the file names it: TL's state-dict name */
+        if (!t && !a->sources && (flags & CX_WF_KV)) grouped_name = (t = tl_grouped_name(m, &v)) != NULL;
         if (t) {
             rc = make_view(m, w, &v, t, out);
         } else if (!has_src || (!a->sources && (flags & CX_WF_BIAS))) {
@@ -279,7 +280,7 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
             rc = cx_fail(CIRCUITS_E_TENSOR_MISSING, "%s: required tensor '%s' (for %s) is missing", dir, v.src,
                          w->name);
         }
-        if (!rc && !(out->name = cx_strdup(w->name)))
+        if (!rc && !(out->name = cx_strdup(grouped_name ? v.src : w->name)))
             rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading %s", dir);
         if (rc) break;
         m->n_weights++;

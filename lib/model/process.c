@@ -203,21 +203,22 @@ static int center_unembed(circuits_model *m)
     return center_vector(m, m->b_U);
 }
 
-/* b_O += sum_h b_V[h] W_O[h]; b_V = 0 (attention patterns sum to 1). */
+/* b_O += sum_h b_V[h / group] W_O[h]; b_V = 0 (attention patterns sum to 1). Grouped-query
+ * attention: query head h reads K/V head h / group (TL's repeat_interleave). */
 static int fold_value_bias(circuits_model *m, const cx_layer_weights *L)
 {
     int rc;
     MUT(L->b_O);
     MUT(L->b_V);
     const circuits_tensor *W = L->W_O, *bV = L->b_V;
-    int64_t H = W->shape[0], dh = W->shape[1], D = W->shape[2];
+    int64_t H = W->shape[0], dh = W->shape[1], D = W->shape[2], KV = bV->shape[0], group = H / KV;
     for (int64_t j = 0; j < D; j++) {
         double acc = 0;
         for (int64_t h = 0; h < H; h++)
-            for (int64_t d = 0; d < dh; d++) acc += (double)E2(bV, h, d) * E3(W, h, d, j);
+            for (int64_t d = 0; d < dh; d++) acc += (double)E2(bV, h / group, d) * E3(W, h, d, j);
         E1(L->b_O, j) += (float)acc;
     }
-    for (int64_t h = 0; h < H; h++)
+    for (int64_t h = 0; h < KV; h++)
         for (int64_t d = 0; d < dh; d++) E2(bV, h, d) = 0.0f;
     return CIRCUITS_OK;
 }
