@@ -47,7 +47,8 @@ static void tl_source(const cx_weight_entry *w, source_view *v)
 
 /* TransformerLens builds GroupedQueryAttention, whose state dict names K and V attn._W_K,
  * _W_V, _b_K, _b_V, whenever n_key_value_heads is set, also when it equals n_heads (then the
- * table in arch.c says attn.W_K): the other spelling, stored into v->src if found. */
+ * table in arch.c says attn.W_K, and the weight keeps that name: nothing is grouped): the
+ * other spelling, stored into v->src if found. */
 static cx_st_tensor *tl_grouped_name(circuits_model *m, source_view *v)
 {
     char alt[sizeof v->src];
@@ -253,8 +254,7 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
         memset(&v, 0, sizeof v);
         bool has_src = a->sources ? arch_source(a, c, strip, untied, w, &v) : (tl_source(w, &v), true);
         cx_st_tensor *t = has_src ? cx_st_find(m->files, v.src) : NULL;
-        bool grouped_name = false; /* named as the file names it: TL's state-dict name */
-        if (!t && !a->sources && (flags & CX_WF_KV)) grouped_name = (t = tl_grouped_name(m, &v)) != NULL;
+        if (!t && !a->sources && (flags & CX_WF_KV)) t = tl_grouped_name(m, &v);
         if (t) {
             rc = make_view(m, w, &v, t, out);
         } else if (!has_src || (!a->sources && (flags & CX_WF_BIAS))) {
@@ -280,7 +280,7 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
             rc = cx_fail(CIRCUITS_E_TENSOR_MISSING, "%s: required tensor '%s' (for %s) is missing", dir, v.src,
                          w->name);
         }
-        if (!rc && !(out->name = cx_strdup(grouped_name ? v.src : w->name)))
+        if (!rc && !(out->name = cx_strdup(w->name)))
             rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading %s", dir);
         if (rc) break;
         m->n_weights++;

@@ -230,6 +230,16 @@ static int refactor(circuits_model *m)
     const circuits_config *c = &m->cfg;
     int64_t H = c->n_heads, D = c->d_model, dh = c->d_head, Dp = D + 1, k = dh < Dp ? dh : Dp;
     if (dh > D) return cx_fail(CIRCUITS_E_UNSUPPORTED, "refactor_factored_attn_matrices needs d_head <= d_model");
+    /* TransformerLens refuses it too: rotated q . k is not q W_Q W_K^T k, it depends on the positions */
+    if (c->positional_embedding_type == CIRCUITS_POS_ROTARY)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                       "refactor_factored_attn_matrices is not defined for rotary embeddings (the QK circuit depends "
+                       "on the positions)");
+    if (c->n_key_value_heads != c->n_heads)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                       "refactor_factored_attn_matrices with grouped-query attention (n_key_value_heads %d < n_heads "
+                       "%d) is not supported",
+                       c->n_key_value_heads, c->n_heads);
     size_t need = (size_t)(2 * Dp * dh + Dp * k + k + Dp * k);
     float *buf = cx_malloc(need * sizeof *buf);
     if (!buf) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory refactoring attention matrices");

@@ -207,8 +207,15 @@ def check_applied(model: HookedTransformer, applied: dict) -> None:
 
 
 def param_dict(model: HookedTransformer) -> Dict[str, torch.Tensor]:
+    """Parameters by libcircuits' weight names: TL's, except that K/V are W_K / W_V / b_K / b_V
+    (not GroupedQueryAttention's _W_K ...) when n_key_value_heads == n_heads (nothing grouped)."""
     names = {n for n, _ in model.named_parameters()}
-    return {k: v for k, v in model.state_dict().items() if k in names}
+    ungrouped = model.cfg.n_key_value_heads == model.cfg.n_heads
+
+    def ours(k: str) -> str:
+        return k.replace(".attn._", ".attn.") if ungrouped else k
+
+    return {ours(k): v for k, v in model.state_dict().items() if k in names}
 
 
 # ----------------------------------------------------------------------------- circuits
