@@ -679,8 +679,9 @@ CIRCUITS_API int64_t circuits_kv_cache_length(const circuits_kv_cache *kv);
 /* Forgets every position from `length` on (0 empties it), e.g. to run several continuations of
  * one cached prefix. length must not exceed the current length. */
 CIRCUITS_API int circuits_kv_cache_truncate(circuits_kv_cache *kv, int64_t length);
-/* Views of layer `layer`'s cached keys and values, [batch, length, n_heads, d_head] (either
- * may be NULL); valid until the cache is changed or freed. */
+/* Views of layer `layer`'s cached keys and values, [batch, length, n_key_value_heads, d_head]
+ * (either may be NULL; rotary keys are stored rotated, as hook_rot_k left them); valid until the
+ * cache is changed or freed. */
 CIRCUITS_API int circuits_kv_cache_layer(const circuits_kv_cache *kv, int32_t layer, circuits_tensor *keys,
                                          circuits_tensor *values);
 

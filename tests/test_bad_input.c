@@ -853,6 +853,30 @@ static void model_checks(void)
     LOAD_FAILS("tl_rmspre_ln_weight", dir, NULL, CIRCUITS_E_TENSOR_UNEXPECTED,
                "'ln_final.w' has no place in this TransformerLens model");
 
+    /* rotary and grouped-query attention load; refactor_factored_attn_matrices is refused */
+    circuits_load_options refactor_opts;
+    circuits_load_options_init(&refactor_opts);
+    refactor_opts.refactor_factored_attn_matrices = 1;
+    tl_tensors(&l);
+    tl_remove(&l, "pos_embed.W_pos"); /* rotary models have no W_pos */
+    tl_case(dir, "tl_refactor_rotary", tl_config_with(NULL, "\"positional_embedding_type\":\"rotary\""), &l);
+    load_ok("ok_tl_rotary", dir, NULL);
+    LOAD_FAILS("tl_refactor_rotary", dir, &refactor_opts, CIRCUITS_E_UNSUPPORTED,
+               "refactor_factored_attn_matrices is not defined for rotary embeddings");
+    tl_tensors(&l);
+    tl_remove(&l, "blocks.0.attn.W_K");
+    tl_remove(&l, "blocks.0.attn.W_V");
+    tl_remove(&l, "blocks.0.attn.b_K");
+    tl_remove(&l, "blocks.0.attn.b_V");
+    TADD(&l, "blocks.0.attn._W_K", 1, 4, 2); /* TransformerLens's GroupedQueryAttention names */
+    TADD(&l, "blocks.0.attn._W_V", 1, 4, 2);
+    TADD(&l, "blocks.0.attn._b_K", 1, 2);
+    TADD(&l, "blocks.0.attn._b_V", 1, 2);
+    tl_case(dir, "tl_refactor_gqa", tl_config_with(NULL, "\"n_key_value_heads\":1"), &l);
+    load_ok("ok_tl_gqa", dir, NULL);
+    LOAD_FAILS("tl_refactor_gqa", dir, &refactor_opts, CIRCUITS_E_UNSUPPORTED,
+               "refactor_factored_attn_matrices with grouped-query attention");
+
     /* an attention-only config with MLP weights present */
     tl_tensors(&l);
     tl_case(dir, "tl_attn_only_with_mlp", tl_config_with("act_fn", "\"attn_only\":true"), &l);

@@ -170,14 +170,16 @@ static void test_forward_kv_chunks(const char *name)
     circuits_config c = config(m);
     circuits_context *ctx;
     CHECK_OK(circuits_context_create(&ctx, m, NULL));
-    const int64_t B = 2, T = 11, H = c.n_heads, HD = (int64_t)c.n_heads * c.d_head, V = c.d_vocab_out;
+    /* K/V heads: n_key_value_heads (grouped-query attention) */
+    const int64_t B = 2, T = 11, H = c.n_heads, KV = c.n_key_value_heads, HD = KV * c.d_head, V = c.d_vocab_out;
     int32_t tok[2 * 11];
     random_tokens(tok, (size_t)(B * T), c.d_vocab, 9);
     float *full = malloc(sizeof(float) * (size_t)(B * T * V));
     circuits_cache *cache;
     CHECK_OK(circuits_cache_create(&cache));
-    const char *names[] = {"blocks.*.attn.hook_k", "blocks.*.attn.hook_v", "pattern0"};
-    CHECK_OK(circuits_context_run_with_cache(ctx, tok, B, T, names, 3, cache, full, NULL, NULL));
+    bool rotary = c.positional_embedding_type == CIRCUITS_POS_ROTARY;
+    const char *names[] = {"blocks.*.attn.hook_k", "blocks.*.attn.hook_v", "pattern0", "blocks.*.attn.hook_rot_k"};
+    CHECK_OK(circuits_context_run_with_cache(ctx, tok, B, T, names, rotary ? 4 : 3, cache, full, NULL, NULL));
     circuits_tensor pat;
     CHECK_OK(circuits_cache_get(cache, "pattern0", &pat));
 
@@ -210,17 +212,18 @@ static void test_forward_kv_chunks(const char *name)
           pl.bad_shape);
     CHECK(pl.worst < 1e-5, "%s: chunked patterns differ by %g", name, pl.worst);
 
-    /* cached keys / values == hook_k / hook_v of the full run */
+    /* cached keys / values == hook_k (rotary: hook_rot_k, the cache keeps rotated keys) / hook_v
+     * of the full run */
     double kw = 0;
     for (int32_t l = 0; l < c.n_layers; l++) {
         circuits_tensor K, Vt, hk, hv;
         char nk[64], nv[64];
-        snprintf(nk, sizeof nk, "blocks.%d.attn.hook_k", l);
+        snprintf(nk, sizeof nk, "blocks.%d.attn.%s", l, rotary ? "hook_rot_k" : "hook_k");
         snprintf(nv, sizeof nv, "blocks.%d.attn.hook_v", l);
         CHECK_OK(circuits_kv_cache_layer(kv, l, &K, &Vt));
         CHECK_OK(circuits_cache_get(cache, nk, &hk));
         CHECK_OK(circuits_cache_get(cache, nv, &hv));
-        CHECK(K.ndim == 4 && K.shape[0] == B && K.shape[1] == T && K.shape[2] == H && K.shape[3] == c.d_head &&
+        CHECK(K.ndim == 4 && K.shape[0] == B && K.shape[1] == T && K.shape[2] == KV && K.shape[3] == c.d_head &&
                   K.head_axis == 2,
               "kv view shape");
         for (int64_t b = 0; b < B; b++)
@@ -827,17 +830,26 @@ int main(int argc, char **argv)
     const char *cases[] = {"tl_1l_solu_ln",       "tl_shortformer_relu", "tl_2l_lnpre_gelu",  "tl_attn_only_2l_none",
                            "tl_attn_only_1l_ln",  "tl_gelu_fast",        "tl_silu",           "tl_no_biases",
                            "tl_f16",              "hf_tiny_random_gpt2", "hf_tiny_noprefix",  "hf_random_untied",
-                           "hf_random_f16",       "tl_2l_rms_gelu",      "tl_attn_only_2l_rmspre"};
+                           "hf_random_f16",       "tl_2l_rms_gelu",      "tl_attn_only_2l_rmspre",
+                           /* rotary, grouped-query, local and soft-capped attention */
+                           "tl_rotary_neox_quarter", "tl_rotary_gptj", "tl_gqa_rotary_rms", "tl_rope_llama3",
+                           "tl_rope_linear_mqa", "tl_local_all", "tl_local_alternating_rotary", "tl_attn_softcap"};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_cache_equivalence(cases[i], false);
     test_cache_equivalence("tl_gelu_new_attn_result", true);
     test_forward_kv_chunks("tl_shortformer_relu");
     test_forward_kv_chunks("tl_2l_lnpre_gelu");
     test_forward_kv_chunks("tl_2l_rms_gelu");
     test_forward_kv_chunks("hf_tiny_random_gpt2");
+    test_forward_kv_chunks("tl_gqa_rotary_rms");           /* keys rotated at the cache offset */
+    test_forward_kv_chunks("tl_rotary_gptj");
+    test_forward_kv_chunks("tl_local_alternating_rotary"); /* the window counted in absolute positions */
+    test_forward_kv_chunks("tl_local_all");
+    test_forward_kv_chunks("tl_attn_softcap");
     test_hook_shapes("tl_shortformer_relu");
     test_hook_shapes("hf_tiny_random_gpt2");
     test_hook_edits("tl_shortformer_relu");
     test_hook_edits("tl_gelu_fast");
+    test_hook_edits("tl_gqa_rotary_rms"); /* an edit at hook_k flows through the rotation into the cache */
     test_sampler();
     test_eos_and_errors(argv[2]);
     return tu_finish("test_generate");

@@ -160,6 +160,18 @@ static void check_model(const char *dir, const circuits_model *m, const char *la
     free(want);
 }
 
+/* Whether TransformerLens's saved name s is table entry w: also GroupedQueryAttention's
+ * attn._W_K ... spelling of a K/V weight, which TL uses whenever n_key_value_heads is set, even
+ * to n_heads (the loader reads either; the weight keeps the table's name). */
+static bool tl_name_is(const char *s, const cx_weight_entry *w)
+{
+    if (strcmp(s, w->name) == 0) return true;
+    const char *dot = strrchr(w->name, '.');
+    if (!(cx_weight_kinds[w->kind].flags & CX_WF_KV) || !dot) return false;
+    size_t n = (size_t)(dot - w->name) + 1;
+    return strncmp(s, w->name, n) == 0 && s[n] == '_' && strcmp(s + n + 1, dot + 1) == 0;
+}
+
 /* TransformerLens's own list of the tensors it saved (case.json) against the table. */
 static void check_tl_names(const char *dir, const circuits_model *m)
 {
@@ -180,14 +192,14 @@ static void check_tl_names(const char *dir, const circuits_model *m)
     for (size_t i = 0; i < json_array_size(names); i++) {
         const char *s = json_string_value(json_array_get(names, i));
         bool listed = false;
-        for (size_t j = 0; j < n && !listed; j++) listed = strcmp(want[j].name, s) == 0;
+        for (size_t j = 0; j < n && !listed; j++) listed = tl_name_is(s, &want[j]);
         CHECK(listed, "%s: TransformerLens saved '%s', which the table does not list", dir, s);
     }
     for (size_t j = 0; j < n; j++) {
         if (cx_weight_kinds[want[j].kind].flags & CX_WF_BIAS) continue; /* may be omitted (zeros) */
         bool saved = false;
         for (size_t i = 0; i < json_array_size(names) && !saved; i++)
-            saved = strcmp(json_string_value(json_array_get(names, i)), want[j].name) == 0;
+            saved = tl_name_is(json_string_value(json_array_get(names, i)), &want[j]);
         CHECK(saved, "%s: the table lists '%s', which TransformerLens did not save", dir, want[j].name);
     }
     free(want);

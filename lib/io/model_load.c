@@ -45,6 +45,21 @@ static void tl_source(const cx_weight_entry *w, source_view *v)
     cx_contiguous_strides(w->ndim, w->shape, v->strides);
 }
 
+/* TransformerLens builds GroupedQueryAttention, whose state dict names K and V attn._W_K,
+ * _W_V, _b_K, _b_V, whenever n_key_value_heads is set, also when it equals n_heads (then the
+ * table in arch.c says attn.W_K, and the weight keeps that name: nothing is grouped): the
+ * other spelling, stored into v->src if found. */
+static cx_st_tensor *tl_grouped_name(circuits_model *m, source_view *v)
+{
+    char alt[sizeof v->src];
+    const char *dot = strrchr(v->src, '.');
+    if (!dot || dot[1] == '_' || strlen(v->src) + 2 > sizeof alt) return NULL;
+    snprintf(alt, sizeof alt, "%.*s._%s", (int)(dot - v->src), v->src, dot + 1);
+    cx_st_tensor *t = cx_st_find(m->files, alt);
+    if (t) memcpy(v->src, alt, sizeof alt);
+    return t;
+}
+
 /* Where architecture a stores w (its table in arch.c) and the TL-shaped view into it; `strip`:
  * the file stores names without a->prefix; `untied`: a tied kind's own tensor is present.
  * Returns false for a kind the architecture does not store (zeros: GPT-2's b_U). */
@@ -239,6 +254,7 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
         memset(&v, 0, sizeof v);
         bool has_src = a->sources ? arch_source(a, c, strip, untied, w, &v) : (tl_source(w, &v), true);
         cx_st_tensor *t = has_src ? cx_st_find(m->files, v.src) : NULL;
+        if (!t && !a->sources && (flags & CX_WF_KV)) t = tl_grouped_name(m, &v);
         if (t) {
             rc = make_view(m, w, &v, t, out);
         } else if (!has_src || (!a->sources && (flags & CX_WF_BIAS))) {

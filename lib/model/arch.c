@@ -12,7 +12,7 @@
 
 const cx_weight_info cx_weight_kinds[CX_W_COUNT] = {
     [CX_W_EMBED] = {"embed.W_E", 2, {D_(VOCAB), D_(MODEL)}, CX_WHEN_ALWAYS, 0, M_(W_E)},
-    [CX_W_POS_EMBED] = {"pos_embed.W_pos", 2, {D_(CTX), D_(MODEL)}, CX_WHEN_ALWAYS, 0, M_(W_pos)},
+    [CX_W_POS_EMBED] = {"pos_embed.W_pos", 2, {D_(CTX), D_(MODEL)}, CX_WHEN_NOT_ROTARY, 0, M_(W_pos)},
     [CX_W_LN1_W] = {"blocks.%d.ln1.w", 1, {D_(MODEL)}, CX_WHEN_NORM_W, CX_WF_LAYER | CX_WF_LN, L_(ln1_w)},
     [CX_W_LN1_B] = {"blocks.%d.ln1.b", 1, {D_(MODEL)}, CX_WHEN_LN, CX_WF_LAYER | CX_WF_LN | CX_WF_BIAS, L_(ln1_b)},
     [CX_W_LN2_W] = {"blocks.%d.ln2.w", 1, {D_(MODEL)}, CX_WHEN_NORM_W_MLP, CX_WF_LAYER | CX_WF_LN, L_(ln2_w)},
@@ -79,7 +79,8 @@ const char *cx_when_text(cx_when w)
                                                     "`LN` or `RMS`, and not attn_only",
                                                     "gated_mlp and not attn_only",
                                                     "use_normalization_before_and_after",
-                                                    "use_normalization_before_and_after, not attn_only"};
+                                                    "use_normalization_before_and_after, not attn_only",
+                                                    "positional_embedding_type not `rotary`"};
     return (unsigned)w < CX_WHEN_COUNT ? text[w] : "?";
 }
 
@@ -97,6 +98,7 @@ bool cx_has_weight(const circuits_config *c, cx_weight_kind k)
     case CX_WHEN_GATED: return c->gated_mlp && !c->attn_only;
     case CX_WHEN_POST_NORM_W: return c->norm_before_and_after && (ln || rms);
     case CX_WHEN_POST_NORM_W_MLP: return c->norm_before_and_after && (ln || rms) && !c->attn_only;
+    case CX_WHEN_NOT_ROTARY: return c->positional_embedding_type != CIRCUITS_POS_ROTARY;
     default: return false;
     }
 }

@@ -72,6 +72,7 @@ typedef enum cx_when {
     CX_WHEN_GATED,    /* gated_mlp and not attn_only */
     CX_WHEN_POST_NORM_W, /* norm_before_and_after with RMS (or LN) */
     CX_WHEN_POST_NORM_W_MLP, /* the same, and not attn_only */
+    CX_WHEN_NOT_ROTARY, /* positional_embedding_type not rotary (TL's pos_embed) */
     CX_WHEN_COUNT
 } cx_when;
 

@@ -203,21 +203,22 @@ static int center_unembed(circuits_model *m)
     return center_vector(m, m->b_U);
 }
 
-/* b_O += sum_h b_V[h] W_O[h]; b_V = 0 (attention patterns sum to 1). */
+/* b_O += sum_h b_V[h / group] W_O[h]; b_V = 0 (attention patterns sum to 1). Grouped-query
+ * attention: query head h reads K/V head h / group (TL's repeat_interleave). */
 static int fold_value_bias(circuits_model *m, const cx_layer_weights *L)
 {
     int rc;
     MUT(L->b_O);
     MUT(L->b_V);
     const circuits_tensor *W = L->W_O, *bV = L->b_V;
-    int64_t H = W->shape[0], dh = W->shape[1], D = W->shape[2];
+    int64_t H = W->shape[0], dh = W->shape[1], D = W->shape[2], KV = bV->shape[0], group = H / KV;
     for (int64_t j = 0; j < D; j++) {
         double acc = 0;
         for (int64_t h = 0; h < H; h++)
-            for (int64_t d = 0; d < dh; d++) acc += (double)E2(bV, h, d) * E3(W, h, d, j);
+            for (int64_t d = 0; d < dh; d++) acc += (double)E2(bV, h / group, d) * E3(W, h, d, j);
         E1(L->b_O, j) += (float)acc;
     }
-    for (int64_t h = 0; h < H; h++)
+    for (int64_t h = 0; h < KV; h++)
         for (int64_t d = 0; d < dh; d++) E2(bV, h, d) = 0.0f;
     return CIRCUITS_OK;
 }
@@ -229,6 +230,16 @@ static int refactor(circuits_model *m)
     const circuits_config *c = &m->cfg;
     int64_t H = c->n_heads, D = c->d_model, dh = c->d_head, Dp = D + 1, k = dh < Dp ? dh : Dp;
     if (dh > D) return cx_fail(CIRCUITS_E_UNSUPPORTED, "refactor_factored_attn_matrices needs d_head <= d_model");
+    /* TransformerLens refuses it too: rotated q . k is not q W_Q W_K^T k, it depends on the positions */
+    if (c->positional_embedding_type == CIRCUITS_POS_ROTARY)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                       "refactor_factored_attn_matrices is not defined for rotary embeddings (the QK circuit depends "
+                       "on the positions)");
+    if (c->n_key_value_heads != c->n_heads)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                       "refactor_factored_attn_matrices with grouped-query attention (n_key_value_heads %d < n_heads "
+                       "%d) is not supported",
+                       c->n_key_value_heads, c->n_heads);
     size_t need = (size_t)(2 * Dp * dh + Dp * k + k + Dp * k);
     float *buf = cx_malloc(need * sizeof *buf);
     if (!buf) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory refactoring attention matrices");

@@ -7,7 +7,11 @@ void cx_rope_inv_freq(const circuits_config *c, double *inv_freq)
 {
     int half = c->rotary_dim / 2;
     for (int i = 0; i < half; i++) {
-        double f = pow((double)c->rotary_base, -(double)(2 * i) / (double)c->rotary_dim);
+        /* the exponent 2i / rotary_dim rounded to float32 first, as TransformerLens and Hugging
+         * Face compute it (arange(...).float() / rotary_dim in float32): at position p the angle
+         * error of an exact exponent would grow as p * 1e-7 * ln(base) */
+        float e = (float)(2 * i) / (float)c->rotary_dim;
+        double f = 1.0 / pow((double)c->rotary_base, (double)e);
         if (c->rope_scaling == CIRCUITS_ROPE_LINEAR) {
             f /= c->rope_factor;
         } else if (c->rope_scaling == CIRCUITS_ROPE_LLAMA3) {
@@ -24,4 +28,18 @@ void cx_rope_inv_freq(const circuits_config *c, double *inv_freq)
         }
         inv_freq[i] = f;
     }
+}
+
+void cx_rope_cos_sin(const circuits_config *c, const double *inv_freq, int64_t p0, int64_t n, float *cos_t,
+                     float *sin_t)
+{
+    int half = c->rotary_dim / 2;
+    for (int64_t t = 0; t < n; t++)
+        for (int i = 0; i < half; i++) {
+            /* TransformerLens: angles = pos / freq in float32 (freq = 1 / inv_freq in float32),
+             * then sin and cos of the float32 angle */
+            float freq = (float)(1.0 / inv_freq[i]), angle = (float)(p0 + t) / freq;
+            cos_t[t * half + i] = (float)cos((double)angle);
+            sin_t[t * half + i] = (float)sin((double)angle);
+        }
 }

@@ -11,6 +11,11 @@
  * which is TransformerLens's use_NTK_by_parts_rope). Computed in double. */
 void cx_rope_inv_freq(const circuits_config *c, double *inv_freq);
 
+/* cos_t, sin_t [n, rotary_dim / 2]: the rotation of pair i at positions p0 .. p0 + n - 1, with the
+ * angle rounded to float32 as TransformerLens computes it (pos / freq in float32). */
+void cx_rope_cos_sin(const circuits_config *c, const double *inv_freq, int64_t p0, int64_t n, float *cos_t,
+                     float *sin_t);
+
 /* Which two dims of a head pair i rotates: (2i, 2i + 1) with rotary_adjacent_pairs (GPT-J),
  * else (i, i + rotary_dim / 2) (GPT-NeoX, LLaMA: "rotate half"). */
 static inline void cx_rope_pair(const circuits_config *c, int i, int *a, int *b)

@@ -21,6 +21,7 @@
 #include "context.h"
 #include "kernels.h"
 #include "pool.h"
+#include "rope.h"
 
 #include <math.h>
 #include <string.h>
@@ -32,11 +33,14 @@ typedef struct scratch {
     float *normed;   /* [B, T, D] LayerNorm output (ln1, ln2, ln_final) */
     float *qk_in;    /* [B, T, D] shortformer only: ln1 output + pos */
     float *scale;    /* [B, T] LayerNorm scale (hook shape [B, T, 1]) */
-    float *q, *k, *v, *z; /* [B, T, H, dh] */
+    float *q, *z;    /* [B, T, H, dh] */
+    float *k, *v;    /* [B, T, KV, dh] (KV = n_key_value_heads; sized as q) */
     float *scores;   /* [B, H, T, P + T] attn_scores, then pattern in place (P = cached positions) */
     float *result;   /* [B, T, H, D] use_attn_result only */
     float *branch;   /* [B, T, D] attn_out, then mlp_out */
     float *mlp;      /* [B, T, M] pre -> (mid -> ln) -> post in place */
+    float *rope;     /* rotary only: cos [T, rd / 2], then sin [T, rd / 2] at positions P .. P+T-1;
+                      * a second pair for local layers when linear scaling skips them */
     float *logits;   /* [B, n, V] (n: T or the chosen positions) when the caller passed no logits
                       * buffer or a hook reads them: hooks see only the run memory */
 } scratch;
@@ -47,7 +51,17 @@ typedef struct pass {
     const cx_run *run;
     scratch s;
     int64_t B, T, P;
+    bool rope_ready[2]; /* s.rope holds this pass's angles [global, local] (made when first needed) */
 } pass;
+
+static bool layer_is_local(const circuits_config *c, int l);
+
+/* 1 if local layers rotate by other angles than global ones: TransformerLens applies linear
+ * rope scaling (rotary_scaling_factor) on global layers only (calculate_sin_cos_rotary). */
+static int rope_tables(const circuits_config *c)
+{
+    return c->rope_scaling == CIRCUITS_ROPE_LINEAR && c->local_attn != CIRCUITS_LOCAL_ATTN_NONE;
+}
 
 /* Carves the scratch; returns CIRCUITS_E_OUT_OF_MEMORY (or RANGE on overflow) on failure. */
 static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t Tk, int64_t logit_rows, bool own_logits,
@@ -55,7 +69,7 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
 {
     const circuits_config *c = &ctx->model->cfg;
     size_t N = (size_t)B * (size_t)T, D = (size_t)c->d_model, HD = (size_t)c->n_heads * (size_t)c->d_head;
-    size_t sizes[14], total = 0;
+    size_t sizes[15], total = 0;
     bool ok = true;
     size_t tt;
     ok &= cx_mul_size(N, D, &sizes[0]);                        /* embed */
@@ -69,9 +83,12 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     if (ctx->opts.use_attn_result) ok &= cx_mul_size(sizes[0], (size_t)c->n_heads, &sizes[11]);
     sizes[12] = sizes[0];                                      /* branch */
     ok &= cx_mul_size(N, (size_t)c->d_mlp, &sizes[13]);
+    sizes[14] = 0;
+    if (c->positional_embedding_type == CIRCUITS_POS_ROTARY)
+        ok &= cx_mul_size((size_t)T, (size_t)c->rotary_dim * (rope_tables(c) + 1), &sizes[14]);
     size_t logits_n = 0;
     if (own_logits) ok &= cx_mul_size((size_t)logit_rows, (size_t)c->d_vocab_out, &logits_n);
-    for (int i = 0; i < 14 && ok; i++) ok = total + sizes[i] >= total && (total += sizes[i], true);
+    for (int i = 0; i < 15 && ok; i++) ok = total + sizes[i] >= total && (total += sizes[i], true);
     ok = ok && total + logits_n >= total && (total += logits_n, true) && total < SIZE_MAX / sizeof(float);
     if (!ok) return cx_fail(CIRCUITS_E_RANGE, "a run of [%lld, %lld] tokens needs more memory than can be addressed",
                             (long long)B, (long long)T);
@@ -85,9 +102,10 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
         ctx->scratch_floats = total;
     }
     float *p = ctx->scratch;
-    float **slots[14] = {&s->embed, &s->pos, &s->resid, &s->normed, &s->qk_in, &s->scale, &s->q,
-                         &s->k,     &s->v,   &s->z,     &s->scores, &s->result, &s->branch, &s->mlp};
-    for (int i = 0; i < 14; i++) {
+    float **slots[15] = {&s->embed, &s->pos,    &s->resid,  &s->normed, &s->qk_in,
+                         &s->scale, &s->q,      &s->k,      &s->v,      &s->z,
+                         &s->scores, &s->result, &s->branch, &s->mlp,   &s->rope};
+    for (int i = 0; i < 15; i++) {
         *slots[i] = sizes[i] ? p : NULL;
         p += sizes[i];
     }
@@ -142,65 +160,126 @@ static void project_heads(float *y, const float *x, const circuits_tensor *W, co
 }
 
 /* Attention for (batch, head) pairs [begin, end): the steps `steps` of scores -> pattern -> z.
- * The causal mask is exploited: query block [i0, i1) only meets keys [0, P + i1), so about half
- * of QK^T and of pattern @ v is never computed. */
+ * Query i (absolute position P + i) sees keys [lo(i), P + i]: lo = 0, or with a sliding window w
+ * lo = P + i - w + 1 (TransformerLens: key > query - window_size). Both bounds are exploited:
+ * query block [i0, i1) only meets keys [lo(i0), P + i1), so what the mask removes (about half of
+ * QK^T and of pattern @ v causally, more with a window) is never computed. */
 enum { STEP_SCORES = 1, STEP_SOFTMAX = 2, STEP_MIX = 4 };
 
 typedef struct attn_job {
     scratch *s;
     int64_t B, T, P, H, dh;     /* P cached positions: keys 0 .. P + T - 1 */
-    const float *keys, *vals;   /* [B, *, H, dh], batch stride kv_bs */
-    int64_t kv_bs;
+    int64_t group;              /* query heads per K/V head (n_heads / n_key_value_heads) */
+    const float *keys, *vals;   /* [B, *, KV, dh], row stride kv_rs, batch stride kv_bs */
+    int64_t kv_rs, kv_bs;
     float scale;
+    float cap;                  /* attention-score soft-cap (0: none) */
+    int64_t window;             /* local attention window (0: global) */
     int steps;
     bool hooked;                /* a callback saw the scores or pattern: STEP_MIX checks the masked part */
 } attn_job;
 
-/* True if pattern S [T, P + T] is 0 above the causal diagonal (j > P + i): then pattern @ v may
- * skip it. A hook may have written there; then whole rows it is, as TransformerLens computes. */
-static bool masked_part_is_zero(const float *S, int64_t T, int64_t P)
+/* The first key query i sees. */
+static inline int64_t first_key(const attn_job *j, int64_t i)
 {
-    int64_t Tk = P + T;
-    for (int64_t i = 0; i < T; i++)
+    int64_t lo = j->window ? j->P + i - j->window + 1 : 0;
+    return lo > 0 ? lo : 0;
+}
+
+/* True if pattern S [T, P + T] is 0 wherever the mask removes a key (j > P + i, j < lo(i)): then
+ * pattern @ v may skip it. A hook may have written there; then whole rows it is, as
+ * TransformerLens computes. */
+static bool masked_part_is_zero(const attn_job *j, const float *S)
+{
+    int64_t T = j->T, P = j->P, Tk = P + T;
+    for (int64_t i = 0; i < T; i++) {
+        int64_t lo = first_key(j, i);
+        for (int64_t c = 0; c < lo; c++)
+            if (S[i * Tk + c] != 0.0f) return false;
         for (int64_t c = P + i + 1; c < Tk; c++)
             if (S[i * Tk + c] != 0.0f) return false;
+    }
     return true;
 }
 
 static void attn_task(void *arg, int64_t begin, int64_t end)
 {
     const attn_job *j = arg;
-    const int64_t T = j->T, P = j->P, Tk = P + T, H = j->H, dh = j->dh, HD = H * dh;
+    const int64_t T = j->T, P = j->P, Tk = P + T, H = j->H, dh = j->dh, HD = H * dh, rs = j->kv_rs;
     const int64_t QB = 64; /* query rows per block */
     for (int64_t bh = begin; bh < end; bh++) {
-        int64_t b = bh / H, h = bh % H;
+        int64_t b = bh / H, h = bh % H, kvh = h / j->group; /* TL's repeat_interleave of K and V */
         float *S = j->s->scores + bh * T * Tk;                    /* [T, Tk] */
         const float *q = j->s->q + b * T * HD + h * dh;           /* [T, dh] with row stride HD */
-        const float *k = j->keys + b * j->kv_bs + h * dh;         /* [Tk, dh], row stride HD */
-        const float *v = j->vals + b * j->kv_bs + h * dh;         /* [Tk, dh], row stride HD */
+        const float *k = j->keys + b * j->kv_bs + kvh * dh;       /* [Tk, dh], row stride rs */
+        const float *v = j->vals + b * j->kv_bs + kvh * dh;       /* [Tk, dh], row stride rs */
         float *z = j->s->z + b * T * HD + h * dh;                 /* [T, dh], row stride HD */
-        bool whole_rows = (j->steps & STEP_MIX) && j->hooked && !masked_part_is_zero(S, T, P);
+        bool whole_rows = (j->steps & STEP_MIX) && j->hooked && !masked_part_is_zero(j, S);
         for (int64_t i0 = 0; i0 < T; i0 += QB) {
-            int64_t i1 = i0 + QB < T ? i0 + QB : T, keys = P + i1;
+            int64_t i1 = i0 + QB < T ? i0 + QB : T, k0 = first_key(j, i0), k1 = P + i1; /* keys [k0, k1) */
             if (j->steps & STEP_SCORES) {
-                /* S[i0:i1, 0:keys] = q[i0:i1] @ k[0:keys]^T */
-                cx_matmul_serial(S + i0 * Tk, Tk, q + i0 * HD, HD, i1 - i0, dh, keys, k, 1, HD);
+                /* S[i0:i1, k0:k1] = q[i0:i1] @ k[k0:k1]^T */
+                cx_matmul_serial(S + i0 * Tk + k0, Tk, q + i0 * HD, HD, i1 - i0, dh, k1 - k0, k + k0 * rs, 1, rs);
                 for (int64_t i = i0; i < i1; i++) {
                     float *row = S + i * Tk;
-                    for (int64_t c = 0; c <= P + i; c++) row[c] /= j->scale;
+                    int64_t lo = first_key(j, i), hi = P + i + 1; /* the keys query i sees: [lo, hi) */
+                    for (int64_t c = lo; c < hi; c++) row[c] /= j->scale;
+                    if (j->cap > 0.0f) /* TL: cap * tanh(scores / cap) after the scale, before the mask */
+                        for (int64_t c = lo; c < hi; c++) row[c] = j->cap * tanhf(row[c] / j->cap);
                     if (j->steps & STEP_SOFTMAX) { /* fused: only what pattern @ v reads below */
-                        cx_softmax_row(row, P + i + 1);
-                        for (int64_t c = P + i + 1; c < keys; c++) row[c] = 0.0f;
+                        cx_softmax_row(row + lo, hi - lo);
+                        for (int64_t c = k0; c < lo; c++) row[c] = 0.0f;
+                        for (int64_t c = hi; c < k1; c++) row[c] = 0.0f;
                     } else {
-                        for (int64_t c = P + i + 1; c < Tk; c++) row[c] = -INFINITY;
+                        for (int64_t c = 0; c < lo; c++) row[c] = -INFINITY;
+                        for (int64_t c = hi; c < Tk; c++) row[c] = -INFINITY;
                     }
                 }
             }
-            if ((j->steps & STEP_MIX) && !whole_rows) /* z[i0:i1] = pattern[i0:i1, 0:keys] @ v[0:keys] */
-                cx_matmul_serial(z + i0 * HD, HD, S + i0 * Tk, Tk, i1 - i0, keys, dh, v, HD, 1);
+            if ((j->steps & STEP_MIX) && !whole_rows) /* z[i0:i1] = pattern[i0:i1, k0:k1] @ v[k0:k1] */
+                cx_matmul_serial(z + i0 * HD, HD, S + i0 * Tk + k0, Tk, i1 - i0, k1 - k0, dh, v + k0 * rs, rs, 1);
         }
-        if (whole_rows) cx_matmul_serial(z, HD, S, Tk, T, Tk, dh, v, HD, 1);
+        if (whole_rows) cx_matmul_serial(z, HD, S, Tk, T, Tk, dh, v, rs, 1);
     }
+}
+
+/* Whether layer l attends locally (a sliding window of cfg.window_size keys). */
+static bool layer_is_local(const circuits_config *c, int l)
+{
+    switch (c->local_attn) {
+    case CIRCUITS_LOCAL_ATTN_ALL: return true;
+    case CIRCUITS_LOCAL_ATTN_EVEN: return l % 2 == 0;
+    case CIRCUITS_LOCAL_ATTN_ODD: return l % 2 == 1;
+    default: return false;
+    }
+}
+
+/* Rotary: q and k rotated in place at positions P .. P+T-1 (hook_q / hook_k have fired on the
+ * unrotated values), then hook_rot_q and hook_rot_k fire on the rotated ones. The angles are
+ * the same in every layer (local and global ones apart, see rope_tables): made once per pass. */
+static int rotate_qk(pass *ps, int l)
+{
+    const circuits_config *c = &ps->ctx->model->cfg;
+    scratch *s = &ps->s;
+    int64_t half = c->rotary_dim / 2;
+    int which = rope_tables(c) && layer_is_local(c, l);
+    float *cos_t = s->rope + which * 2 * ps->T * half, *sin_t = cos_t + ps->T * half;
+    if (!ps->rope_ready[which]) {
+        /* the frequencies on the stack for every usual head size (rotary_dim <= 128) */
+        double inv_small[64], *inv = half <= 64 ? inv_small : cx_malloc((size_t)half * sizeof(double));
+        if (!inv) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory: rotary frequencies of %d dims", c->rotary_dim);
+        circuits_config unscaled = *c;
+        unscaled.rope_scaling = CIRCUITS_ROPE_NONE;
+        cx_rope_inv_freq(which ? &unscaled : c, inv);
+        cx_rope_cos_sin(c, inv, ps->P, ps->T, cos_t, sin_t);
+        if (inv != inv_small) cx_free(inv);
+        ps->rope_ready[which] = true;
+    }
+    cx_rope_rotate(s->q, ps->B, ps->T, c->n_heads, c->d_head, c, cos_t, sin_t);
+    cx_rope_rotate(s->k, ps->B, ps->T, c->n_key_value_heads, c->d_head, c, cos_t, sin_t);
+    FIRE(l, HK_ROT_Q, s->q);
+    FIRE(l, HK_ROT_K, s->k);
+    return CIRCUITS_OK;
 }
 
 static int attention(pass *ps, int l)
@@ -211,6 +290,7 @@ static int attention(pass *ps, int l)
     scratch *s = &ps->s;
     circuits_kv_cache *kv = ps->run->kv;
     int64_t B = ps->B, T = ps->T, N = B * T, D = c->d_model, H = c->n_heads, dh = c->d_head, HD = H * dh;
+    int64_t KV = c->n_key_value_heads, KD = KV * dh; /* grouped-query attention: K/V heads */
     int64_t P = ps->P, Tk = P + T; /* cached positions, key positions */
     const float *qk_in = s->normed;
     if (c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER) {
@@ -218,37 +298,44 @@ static int attention(pass *ps, int l)
         qk_in = s->qk_in;
     }
     project_heads(s->q, qk_in, w->W_Q, w->b_Q, N, D, H, dh);
-    project_heads(s->k, qk_in, w->W_K, w->b_K, N, D, H, dh);
-    project_heads(s->v, s->normed, w->W_V, w->b_V, N, D, H, dh);
+    project_heads(s->k, qk_in, w->W_K, w->b_K, N, D, KV, dh);
+    project_heads(s->v, s->normed, w->W_V, w->b_V, N, D, KV, dh);
     FIRE(l, HK_Q, s->q);
     FIRE(l, HK_K, s->k);
     FIRE(l, HK_V, s->v);
+    if (c->positional_embedding_type == CIRCUITS_POS_ROTARY) {
+        int rc = rotate_qk(ps, l);
+        if (rc) return rc;
+    }
 
-    /* Keys and values: this run's own, or the cache's with this run's (as edited by the hooks)
-     * appended at P .. P+T-1. keys/vals [B, *, H, dh] with batch stride kv_bs. */
+    /* Keys and values: this run's own, or the cache's with this run's (as edited by the hooks;
+     * rotary keys rotated, after hook_rot_k) appended at P .. P+T-1. keys/vals [B, *, KV, dh]
+     * with batch stride kv_bs. */
     const float *keys = s->k, *vals = s->v;
-    int64_t kv_bs = T * HD;
+    int64_t kv_bs = T * KD;
     if (kv) {
-        size_t layer_off = (size_t)l * (size_t)kv->batch * (size_t)kv->cap * (size_t)HD;
+        size_t layer_off = (size_t)l * (size_t)kv->batch * (size_t)kv->cap * (size_t)KD;
         float *K = kv->k + layer_off, *Vc = kv->v + layer_off;
-        kv_bs = kv->cap * HD;
+        kv_bs = kv->cap * KD;
         for (int64_t b = 0; b < B; b++) {
-            memcpy(K + b * kv_bs + P * HD, s->k + b * T * HD, (size_t)(T * HD) * sizeof(float));
-            memcpy(Vc + b * kv_bs + P * HD, s->v + b * T * HD, (size_t)(T * HD) * sizeof(float));
+            memcpy(K + b * kv_bs + P * KD, s->k + b * T * KD, (size_t)(T * KD) * sizeof(float));
+            memcpy(Vc + b * kv_bs + P * KD, s->v + b * T * KD, (size_t)(T * KD) * sizeof(float));
         }
         keys = K;
         vals = Vc;
     }
 
-    /* scores[b, h, i, j] = q[b, i, h] . k[b, j, h] / scale, -inf where j > P + i; pattern =
-     * softmax(scores); z[b, i, h] = sum_j pattern[b, h, i, j] v[b, j, h]. One task per (b, h).
-     * With no hook at attn_scores or pattern the three steps run fused per block of queries. */
+    /* scores[b, h, i, j] = q[b, i, h] . k[b, j, h / group] / scale (soft-capped), -inf where
+     * j > P + i or outside the window; pattern = softmax(scores); z[b, i, h] = sum_j
+     * pattern[b, h, i, j] v[b, j, h / group]. One task per (b, h). With no hook at attn_scores
+     * or pattern the three steps run fused per block of queries. */
     float scale = c->attn_scale;
     if (c->scale_attn_by_inverse_layer_idx) scale = (float)((double)c->attn_scale * (l + 1));
     bool hook_scores = cx_hook_active(ctx, ps->run, l, HK_ATTN_SCORES),
          hook_pattern = cx_hook_active(ctx, ps->run, l, HK_PATTERN);
-    attn_job job = {.s = s, .B = B, .T = T, .P = P, .H = H, .dh = dh, .keys = keys, .vals = vals,
-                    .kv_bs = kv_bs, .scale = scale};
+    attn_job job = {.s = s, .B = B, .T = T, .P = P, .H = H, .dh = dh, .group = H / KV, .keys = keys,
+                    .vals = vals, .kv_rs = KD, .kv_bs = kv_bs, .scale = scale, .cap = c->attn_scores_soft_cap,
+                    .window = layer_is_local(c, l) ? c->window_size : 0};
     if (!hook_scores && !hook_pattern) {
         job.steps = STEP_SCORES | STEP_SOFTMAX | STEP_MIX;
         cx_parallel_for(B * H, 1, attn_task, &job);
@@ -258,7 +345,8 @@ static int attention(pass *ps, int l)
         FIRE(l, HK_ATTN_SCORES, s->scores);
         /* a hook may write anywhere in a row: then softmax takes whole rows, as TransformerLens
          * does (on untouched rows that is bit-identical to the causal softmax: the masked -inf
-         * add exact zeros), and pattern @ v whole rows unless the masked part is still 0 */
+         * add exact zeros), and pattern @ v whole rows unless the masked part is still 0. The
+         * causal softmax over keys 0 .. P + i also serves a window: the -inf left of it give 0. */
         if (cx_hook_may_write(ctx, l, HK_ATTN_SCORES)) cx_softmax_rows(s->scores, B * H * T, Tk);
         else cx_softmax_causal_past(s->scores, B * H, T, P); /* only cached: the mask is intact */
         FIRE(l, HK_PATTERN, s->scores);
@@ -339,7 +427,7 @@ static int run(pass *ps, float *out)
 
     /* pos[b, t] = W_pos[P + t] (P: cached positions); shortformer needs it in every layer */
     const circuits_tensor *E = m->W_E, *Wp = m->W_pos;
-    for (int64_t n = 0; n < N; n++)
+    for (int64_t n = 0; n < N && Wp; n++) /* rotary models have no W_pos (nor hook_pos_embed) */
         for (int64_t j = 0; j < D; j++) s->pos[n * D + j] = Wp->data[(ps->P + n % T) * Wp->strides[0] + j * Wp->strides[1]];
     if (r->input) {
         /* start_at_layer: the caller's residual stream replaces the embeddings */

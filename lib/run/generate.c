@@ -30,7 +30,7 @@ int circuits_kv_cache_create(circuits_kv_cache **out, const circuits_model *mode
                        (long long)max_pos, c->n_ctx);
     size_t n = 1;
     bool ok = cx_mul_size((size_t)c->n_layers, (size_t)batch, &n) && cx_mul_size(n, (size_t)max_pos, &n) &&
-              cx_mul_size(n, (size_t)c->n_heads * (size_t)c->d_head, &n) && n < SIZE_MAX / sizeof(float);
+              cx_mul_size(n, (size_t)c->n_key_value_heads * (size_t)c->d_head, &n) && n < SIZE_MAX / sizeof(float);
     if (!ok)
         return cx_fail(CIRCUITS_E_RANGE, "circuits_kv_cache_create: a cache of [%lld, %lld] positions is too large",
                        (long long)batch, (long long)max_pos);
@@ -74,7 +74,7 @@ int circuits_kv_cache_truncate(circuits_kv_cache *kv, int64_t length)
 static void kv_view(const circuits_kv_cache *kv, int32_t layer, float *base, const char *name, circuits_tensor *t)
 {
     const circuits_config *c = &kv->model->cfg;
-    int64_t HD = (int64_t)c->n_heads * c->d_head;
+    int64_t HD = (int64_t)c->n_key_value_heads * c->d_head; /* K/V heads (grouped-query attention) */
     memset(t, 0, sizeof *t);
     t->name = name;
     t->layer = layer;
@@ -83,7 +83,7 @@ static void kv_view(const circuits_kv_cache *kv, int32_t layer, float *base, con
     t->ndim = 4;
     t->shape[0] = kv->batch;
     t->shape[1] = kv->len;
-    t->shape[2] = c->n_heads;
+    t->shape[2] = c->n_key_value_heads;
     t->shape[3] = c->d_head;
     t->strides[0] = kv->cap * HD;
     t->strides[1] = HD;

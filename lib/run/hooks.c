@@ -53,6 +53,7 @@ static bool kind_exists(const circuits_context *ctx, cx_hook_kind k)
     case HK_LN1_SCALE: case HK_LN1_NORMALIZED: case HK_LNF_SCALE: case HK_LNF_NORMALIZED: return norm;
     case HK_RESULT: return ctx->opts.use_attn_result != 0;
     case HK_ROT_Q: case HK_ROT_K: return c->positional_embedding_type == CIRCUITS_POS_ROTARY;
+    case HK_POS_EMBED: return c->positional_embedding_type != CIRCUITS_POS_ROTARY; /* TL has no pos_embed */
     case HK_LN1_POST_SCALE: case HK_LN1_POST_NORMALIZED: return c->norm_before_and_after != 0;
     case HK_RESID_MID: return mlp && !c->parallel_attn_mlp;
     case HK_MLP_PRE: case HK_MLP_POST: case HK_MLP_OUT: return mlp;
@@ -88,7 +89,8 @@ int cx_hooks_build(circuits_context *ctx)
     if (!ctx->hooks.points || !ctx->hooks.point_of) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory creating a context");
     for (size_t i = 0; i < (L + 1) * HK_COUNT; i++) ctx->hooks.point_of[i] = -1;
     int rc = CIRCUITS_OK;
-    for (int k = HK_EMBED; k <= HK_POS_EMBED && !rc; k++) rc = add_point(ctx, -1, (cx_hook_kind)k);
+    for (int k = HK_EMBED; k <= HK_POS_EMBED && !rc; k++)
+        if (kind_exists(ctx, (cx_hook_kind)k)) rc = add_point(ctx, -1, (cx_hook_kind)k);
     for (size_t l = 0; l < L && !rc; l++)
         for (int k = HK_RESID_PRE; k <= HK_RESID_POST && !rc; k++)
             if (kind_exists(ctx, (cx_hook_kind)k)) rc = add_point(ctx, (int)l, (cx_hook_kind)k);

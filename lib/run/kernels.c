@@ -7,6 +7,7 @@
  * one running value, which lets the compiler use SIMD without -ffast-math (which would allow
  * it to reorder anything), and exp is a polynomial (exp_poly) instead of a libm call. */
 #include "kernels.h"
+#include "rope.h"
 #include "pool.h"
 
 #include <cblas.h>
@@ -436,6 +437,27 @@ void cx_softmax_causal_past(float *x, int64_t n, int64_t T, int64_t P)
 }
 
 void cx_softmax_causal(float *x, int64_t n, int64_t T) { cx_softmax_causal_past(x, n, T, 0); }
+
+void cx_rope_rotate(float *x, int64_t B, int64_t T, int64_t nh, int64_t dh, const circuits_config *c,
+                    const float *cos_t, const float *sin_t)
+{
+    int half = c->rotary_dim / 2;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            const float *cs = cos_t + t * half, *sn = sin_t + t * half;
+            for (int64_t h = 0; h < nh; h++) {
+                float *r = x + ((b * T + t) * nh + h) * dh;
+                for (int i = 0; i < half; i++) {
+                    int ia, ib;
+                    cx_rope_pair(c, i, &ia, &ib);
+                    /* TL: x * cos + rotate(x) * sin, each product rounded before the sum */
+                    float a = r[ia], bb = r[ib], as = a * sn[i], bs = bb * sn[i], ac = a * cs[i], bc = bb * cs[i];
+                    r[ia] = ac - bs;
+                    r[ib] = bc + as;
+                }
+            }
+        }
+}
 
 double cx_nll_row(const float *logits, int64_t V, int32_t target)
 {

@@ -59,6 +59,13 @@ void cx_softmax_causal(float *x, int64_t n, int64_t T);
 /* The same after P cached positions: n matrices [T, P + T], row i over columns 0 .. P + i. */
 void cx_softmax_causal_past(float *x, int64_t n, int64_t T, int64_t P);
 
+/* Rotary position embedding in place, as TransformerLens's apply_rotary: x [B, T, nh, dh]; pair i
+ * of the first rotary_dim dims of every head (cx_rope_pair: (i, i + rd/2) or (2i, 2i + 1)) at
+ * position t turns by cos[t, i], sin[t, i] ([T, rd/2]): (a, b) -> (a cos - b sin, b cos + a sin);
+ * dims rotary_dim .. dh pass through. */
+void cx_rope_rotate(float *x, int64_t B, int64_t T, int64_t nh, int64_t dh, const circuits_config *c,
+                    const float *cos_t, const float *sin_t);
+
 /* -log_softmax(logits[t])[target] for one row of length V. */
 double cx_nll_row(const float *logits, int64_t V, int32_t target);
 

@@ -614,6 +614,81 @@ def all_cases() -> Dict[str, Callable[[], None]]:
         seed=22, attn_only=True, n_layers=2, d_model=16, n_heads=2, d_head=8,
         normalization_type="RMSPre",
     )
+    # ---- the attention side of the modern families (rotary, GQA, local attention, soft-cap)
+    # d_mlp != d_model throughout: TransformerLens 3.9's fold_ln picks W_in's axis by comparing
+    # shapes, and folds ln2 along the wrong axis of a square W_in (processed references).
+    rot = dict(positional_embedding_type="rotary")
+    C["tl_rotary_neox_quarter"] = lambda: case_tl(
+        "tl_rotary_neox_quarter",
+        "HookedTransformer, 2 layers, LN, gelu, rotary 'rotate half' (GPT-NeoX / Pythia layout) on "
+        "rotary_dim 4 of d_head 16 (Pythia's 25%; the other 12 dims pass through), rotary_base "
+        "10000, d_model 32, 2 heads, d_mlp 48. No pos_embed (no W_pos, no hook_pos_embed).",
+        seed=31, n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=48, normalization_type="LN",
+        act_fn="gelu", rotary_dim=4, rotary_adjacent_pairs=False, **rot,
+    )
+    C["tl_rotary_gptj"] = lambda: case_tl(
+        "tl_rotary_gptj",
+        "HookedTransformer, 2 layers, LN, gelu_new, rotary on ADJACENT pairs (GPT-J layout) on "
+        "rotary_dim 8 of d_head 16, rotary_base 1000, d_model 32, 2 heads; n_key_value_heads = "
+        "n_heads = 2 given explicitly, so TL builds GroupedQueryAttention and saves attn._W_K / "
+        "_W_V / _b_K / _b_V although nothing is grouped.",
+        seed=32, n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=48, normalization_type="LN",
+        act_fn="gelu_new", rotary_dim=8, rotary_adjacent_pairs=True, rotary_base=1000,
+        n_key_value_heads=2, **rot,
+    )
+    C["tl_gqa_rotary_rms"] = lambda: case_tl(
+        "tl_gqa_rotary_rms",
+        "HookedTransformer, 2 layers, RMS, silu, grouped-query attention: 4 query heads, 2 K/V "
+        "heads (query head h reads K/V head h // 2; hook_k/hook_v/hook_rot_k [B, T, 2, 8]), "
+        "rotary rotate-half on the whole head (rotary_dim = d_head = 8), d_model 32, d_mlp 48.",
+        seed=33, n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=48, normalization_type="RMS",
+        act_fn="silu", rotary_dim=8, n_key_value_heads=2, **rot,
+    )
+    C["tl_rope_llama3"] = lambda: case_tl(
+        "tl_rope_llama3",
+        "HookedTransformer, 1 layer, RMS, silu, rotary with use_NTK_by_parts_rope (Llama 3.1 "
+        "scaling): rotary_dim 16, base 10000, factor 8, low/high freq factors 1/4, original ctx "
+        "256, so the 8 wavelengths (6.3 .. 19869) fall in all three bands (kept < 64 <= blended "
+        "<= 256 < divided by 8). 4 heads, 2 K/V heads, d_head 16, d_model 32.",
+        seed=34, n_layers=1, d_model=32, n_heads=4, d_head=16, d_mlp=48, normalization_type="RMS",
+        act_fn="silu", rotary_dim=16, n_key_value_heads=2, use_NTK_by_parts_rope=True,
+        NTK_by_parts_factor=8.0, NTK_by_parts_low_freq_factor=1.0,
+        NTK_by_parts_high_freq_factor=4.0, NTK_original_ctx_len=256, **rot,
+    )
+    C["tl_rope_linear_mqa"] = lambda: case_tl(
+        "tl_rope_linear_mqa",
+        "HookedTransformer, 1 layer, LN, gelu, rotary rotate-half rotary_dim 8 of d_head 8 with "
+        "linear scaling rotary_scaling_factor 4 (angles / 4), multi-query attention: 4 query "
+        "heads share 1 K/V head. d_model 32.",
+        seed=35, n_layers=1, d_model=32, n_heads=4, d_head=8, d_mlp=48, normalization_type="LN",
+        act_fn="gelu", rotary_dim=8, n_key_value_heads=1, rotary_scaling_factor=4.0, **rot,
+    )
+    C["tl_local_all"] = lambda: case_tl(
+        "tl_local_all",
+        "HookedTransformer, 2 layers, LN, gelu_new, standard positions, every layer local "
+        "(use_local_attn, attn_types ['local', 'local']) with window_size 3 < T = 7: query i "
+        "sees keys i-2 .. i. d_model 16, 2 heads.",
+        seed=36, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, normalization_type="LN",
+        act_fn="gelu_new", use_local_attn=True, window_size=3, attn_types=["local", "local"],
+    )
+    C["tl_local_alternating_rotary"] = lambda: case_tl(
+        "tl_local_alternating_rotary",
+        "HookedTransformer, 3 layers, RMS, gelu, attn_types ['global', 'local', 'global'] (Gemma 2's "
+        "alternation) with window_size 2; rotary rotate-half (rotary_dim 8 = d_head) with "
+        "rotary_scaling_factor 2, which TransformerLens applies on the global layers only. "
+        "4 heads, 2 K/V heads, d_model 32.",
+        seed=37, n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=48, normalization_type="RMS",
+        act_fn="gelu", use_local_attn=True, window_size=2, attn_types=["global", "local", "global"],
+        rotary_dim=8, n_key_value_heads=2, rotary_scaling_factor=2.0, **rot,
+    )
+    C["tl_attn_softcap"] = lambda: case_tl(
+        "tl_attn_softcap",
+        "HookedTransformer, 2 layers, LN, gelu_new, standard positions, attn_scores_soft_cap 1.5: "
+        "scores = 1.5 tanh((q.k / sqrt(d_head)) / 1.5) before the mask (hook_attn_scores shows the "
+        "capped values). Parameters ~ 0.5 N(0,1) so that the cap bites. d_model 16, 2 heads.",
+        seed=38, std=0.5, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
+        normalization_type="LN", act_fn="gelu_new", attn_scores_soft_cap=1.5,
+    )
     return C
 
 

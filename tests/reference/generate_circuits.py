@@ -207,8 +207,15 @@ def check_applied(model: HookedTransformer, applied: dict) -> None:
 
 
 def param_dict(model: HookedTransformer) -> Dict[str, torch.Tensor]:
+    """Parameters by libcircuits' weight names: TL's, except that K/V are W_K / W_V / b_K / b_V
+    (not GroupedQueryAttention's _W_K ...) when n_key_value_heads == n_heads (nothing grouped)."""
     names = {n for n, _ in model.named_parameters()}
-    return {k: v for k, v in model.state_dict().items() if k in names}
+    ungrouped = model.cfg.n_key_value_heads == model.cfg.n_heads
+
+    def ours(k: str) -> str:
+        return k.replace(".attn._", ".attn.") if ungrouped else k
+
+    return {ours(k): v for k, v in model.state_dict().items() if k in names}
 
 
 # ----------------------------------------------------------------------------- circuits
@@ -423,18 +430,21 @@ def process_case(name: str) -> dict:
     _, cache_un = un.run_with_cache(tokens)
     hdiff = hook_diffs(cache_un, cache)
 
-    # refactor_factored_attn_matrices=True, other flags default
-    rflags = dict(DEFAULT_FLAGS, refactor_factored_attn_matrices=True)
-    model_r, _, applied_r = load_processed(cm, rflags)
-    assert applied_r["refactor_factored_attn_matrices"]
-    for k, v in param_dict(model_r).items():
-        if k.startswith("blocks.") and ".attn." in k:
-            out[f"refactor:weight:{k}"] = v.float()
-    logits_r = model_r(tokens).float()
-    dlp_r = (torch.log_softmax(logits_r, -1) - lp_un).abs().max().item()
-    assert dlp_r < LOGPROB_TOL, f"{name}: refactored log_probs differ by {dlp_r}"
-    if not big_vocab:
-        out["refactor:logits"] = logits_r
+    # refactor_factored_attn_matrices=True, other flags default. TransformerLens refuses it
+    # for rotary models (the QK matrix depends on the positions): no refactor:* tensors then.
+    dlp_r = None
+    if cm.make_cfg().positional_embedding_type != "rotary":
+        rflags = dict(DEFAULT_FLAGS, refactor_factored_attn_matrices=True)
+        model_r, _, applied_r = load_processed(cm, rflags)
+        assert applied_r["refactor_factored_attn_matrices"]
+        for k, v in param_dict(model_r).items():
+            if k.startswith("blocks.") and ".attn." in k:
+                out[f"refactor:weight:{k}"] = v.float()
+        logits_r = model_r(tokens).float()
+        dlp_r = (torch.log_softmax(logits_r, -1) - lp_un).abs().max().item()
+        assert dlp_r < LOGPROB_TOL, f"{name}: refactored log_probs differ by {dlp_r}"
+        if not big_vocab:
+            out["refactor:logits"] = logits_r
 
     info = circuits(model, out, tokens)
 
@@ -495,7 +505,7 @@ def main(argv: List[str]) -> None:
         diff = sorted(k for k, v in r["hook_diffs"].items() if not (v <= 1e-4))
         short = sorted({k.split(".", 2)[-1] if k.startswith("blocks.") else k for k in diff})
         print(f"{r['name']:26s} {str(r['flags']):19s} {r['norm']:12s} {r['n']:4d} {r['bytes']:9d} "
-              f"{r['dlp']:9.2g} {r['dlp_r']:9.2g}  {', '.join(short)}")
+              f"{r['dlp']:9.2g} {r['dlp_r'] if r['dlp_r'] is not None else float('nan'):9.2g}  {', '.join(short)}")
         if verbose:
             for k, v in r["hook_diffs"].items():
                 print(f"    {k:40s} {v:.3g}")
