@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The peers of bench_forward, one configuration per process, same JSON lines.
 
-    python peers.py torch|tl MODEL_DIR --mode MODE [--shape B:T] [--reps N] [--warmup N]
-                    [--threads N] [--load-reps N] [--cold] [--pagecache EXE]
+    python peers.py torch|tl MODEL_DIR --mode MODE [--family gpt2|llama|pythia] [--shape B:T]
+                    [--reps N] [--warmup N] [--threads N] [--load-reps N] [--cold] [--pagecache EXE]
 
 torch: PyTorch eager, a plain GPT-2 in torch: Hugging Face GPT2LMHeadModel in eval mode under
     torch.inference_mode(). Modes: forward, load (safetensors.torch.load_file of the weight
@@ -15,6 +15,14 @@ tl: TransformerLens HookedTransformer built from the same checkpoint without a h
     forward; autograd (a plain forward with autograd on, TransformerLens's default);
     hooks (run_with_hooks, a no-op hook at every name of model.hook_dict); cache
     (run_with_cache of every hook point); load.
+
+--family llama / pythia (bench/families.py): MODEL_DIR holds a LlamaForCausalLM /
+GPTNeoXForCausalLM checkpoint. torch: AutoModelForCausalLM.from_pretrained (transformers'
+default attention). tl: HookedTransformer.from_pretrained's own steps for a local directory,
+without the hub: loading_from_pretrained.get_pretrained_model_config(MODEL_DIR) (the
+config.json branch for the architecture), get_pretrained_state_dict(MODEL_DIR, cfg, hf_model)
+(TL's convert_llama_weights / convert_neox_weights), then load_and_process_state_dict with
+from_pretrained's default processing, as for GPT-2.
 
 Needs the reference venv (torch, transformers, transformer_lens 3.x).
 """
@@ -59,9 +67,12 @@ def emit(**kw):
     print(json.dumps(kw), flush=True)
 
 
-def load_hf(path):
-    from transformers import GPT2LMHeadModel
-    return GPT2LMHeadModel.from_pretrained(path).eval()
+def load_hf(path, family="gpt2"):
+    if family == "gpt2":
+        from transformers import GPT2LMHeadModel
+        return GPT2LMHeadModel.from_pretrained(path).eval()
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(path).eval()
 
 
 def tl_config(hf_cfg):
@@ -73,15 +84,25 @@ def tl_config(hf_cfg):
         normalization_type="LN", original_architecture="GPT2LMHeadModel", device="cpu")
 
 
-def load_tl(path):
-    """HookedTransformer.from_pretrained's steps for a local GPT-2 checkpoint."""
+def load_tl(path, family="gpt2"):
+    """HookedTransformer.from_pretrained's steps for a local checkpoint (no hub)."""
+    import gc
     from transformer_lens import HookedTransformer
-    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
-    hf = load_hf(path)
-    cfg = tl_config(hf.config)
-    model = HookedTransformer(cfg)
-    model.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), fold_ln=True, center_writing_weights=True,
-                                      center_unembed=True, fold_value_biases=True)
+    hf = load_hf(path, family)
+    if family == "gpt2":
+        from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+        cfg = tl_config(hf.config)
+        sd = convert_gpt2_weights(hf, cfg)
+    else:
+        from transformer_lens import loading_from_pretrained as loading
+        cfg = loading.get_pretrained_model_config(path, device="cpu")
+        cfg.tokenizer_name = None  # the directory has none (token ids are fed); TL would try to load one
+        sd = loading.get_pretrained_state_dict(path, cfg, hf_model=hf)
+    model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    model.load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True, center_unembed=True,
+                                      fold_value_biases=True)
+    del hf, sd  # what a from_pretrained caller keeps: the HookedTransformer alone
+    gc.collect()
     return model.eval()
 
 
@@ -91,9 +112,10 @@ def bench_load(a):
     from safetensors.torch import load_file
     files = weight_files(a.model)
     if a.peer == "torch":
-        steps = {"safetensors": lambda: [load_file(f) for f in files], "from_pretrained": lambda: load_hf(a.model)}
+        steps = {"safetensors": lambda: [load_file(f) for f in files],
+                 "from_pretrained": lambda: load_hf(a.model, a.family)}
     else:
-        steps = {"tl_load": lambda: load_tl(a.model)}
+        steps = {"tl_load": lambda: load_tl(a.model, a.family)}
     for name, fn in steps.items():
         reps = 1 if a.cold else a.load_reps
         ts, resident = [], 1.0
@@ -110,7 +132,7 @@ def bench_load(a):
 def bench_run(a):
     import torch
     b, t = (int(x) for x in a.shape.split(":"))
-    model = load_hf(a.model) if a.peer == "torch" else load_tl(a.model)
+    model = load_hf(a.model, a.family) if a.peer == "torch" else load_tl(a.model, a.family)
     vocab = model.config.vocab_size if a.peer == "torch" else model.cfg.d_vocab
     tok = tokens(torch, b, t, vocab)
     calls = [0]
@@ -159,6 +181,7 @@ def main():
     ap.add_argument("peer", choices=["torch", "tl"])
     ap.add_argument("model")
     ap.add_argument("--mode", default="forward", choices=["forward", "autograd", "hooks", "cache", "load"])
+    ap.add_argument("--family", default="gpt2", choices=["gpt2", "llama", "pythia"])
     ap.add_argument("--shape", default="1:128")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)

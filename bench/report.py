@@ -183,3 +183,67 @@ def render(a, m, gemm, fwd, load, comp):
             f"own process.", "",
             "### Targets", "", "| target | measured | goal | |", "|---|---:|---:|---|"]
     return "\n".join(head + targets + [""] + out) + "\n"
+
+
+FAMILY_NAMES = {"llama": "Llama-shaped", "pythia": "Pythia-shaped (GPT-NeoX)"}
+
+
+def probe_diff(x, y):
+    """Largest difference of two runs' first logits at the last position (same-weights check)."""
+    if not x or not y or not x.get("logits_probe") or not y.get("logits_probe"):
+        return None
+    return max(abs(p - q) for p, q in zip(x["logits_probe"], y["logits_probe"]))
+
+
+def render_family(a, m, gemm, fwd, lc_load):
+    """The report of bench/run.py --family llama|pythia: issue 13's goals, the forward table,
+    the sgemm rates."""
+    md = m["model"]
+    shapes = sorted({k[2] for k in fwd}, key=lambda s: (s[0] * s[1], s))
+    get = lambda who, s: fwd.get((who, "plain", s))
+    targets, rows = [], []
+    for s in shapes:
+        c, t, tl = get("circuits", s), get("torch", s), get("tl", s)
+        g = gemm["forward"].get(s, {})
+        vs_torch = ratio(ms(t), ms(c))
+        of_limit = ratio(g.get("limit_ms"), ms(c))
+        of_peak = ratio(g.get("peak_ms"), ms(c))
+        rows.append(f"| {s[0]}×{s[1]} | {f(ms(c))} | {f(c and c['tokens_per_s'], '.0f')} | {f(ms(t))} | {f(ms(tl))} | "
+                    f"{f(vs_torch, '.2f', '×')} | {f(ratio(ms(tl), ms(c)), '.2f', '×')} | {f(g.get('gflop'), '.1f')} | "
+                    f"{f(g.get('peak_ms'), '.0f')} | {f(of_peak and 100 * of_peak, '.0f', '%')} | "
+                    f"{f(g.get('limit_ms'), '.0f')} | {f(of_limit and 100 * of_limit, '.0f', '%')} | "
+                    f"{f(rss_mb(c), '.0f')} / {f(rss_mb(t), '.0f')} / {f(rss_mb(tl), '.0f')} | "
+                    f"{f(probe_diff(c, tl), '.1e')} |")
+        if s == (1, 128):
+            targets.append(f"| forward vs PyTorch eager, B=1 T=128 | {f(vs_torch, '.2f', '×')} | ≥ 1.4× | "
+                           f"{met(vs_torch and vs_torch >= 1.4)} |")
+        if s in ((1, 1024), (8, 128)):
+            targets.append(f"| forward, fraction of the GFLOP-at-sgemm-peak bound, B={s[0]} T={s[1]} | "
+                           f"{f(of_peak and 100 * of_peak, '.0f', '%')} | ≥ 90% | "
+                           f"{met(of_peak and of_peak >= 0.9, not of_peak or of_peak <= 1.0)} |")
+    ob = m.get("openblas", {})
+    lc_what = ("the Hugging Face directory" if lc_load == "hf" else
+               "the TL-layout export of the same weights (TransformerLens's own conversion, unprocessed; "
+               "libcircuits' default load applies TL's processing)")
+    load_ms = [get("circuits", s)["load_ms"] for s in shapes if get("circuits", s) and "load_ms" in get("circuits", s)]
+    head = [f"{FAMILY_NAMES.get(md['family'], md['family'])}{' (tiny)' if md.get('tiny') else ''} model: "
+            f"d_model {md['d_model']}, {md['n_layers']} layers, {md['n_heads']} query heads, {md['n_kv_heads']} K/V "
+            f"heads, d_head {md['d_head']}, d_mlp {md['d_mlp']}, vocab {md['d_vocab']}, random weights, "
+            f"{md['weight_bytes'] / 1e9:.2f} GB of F32 safetensors (`{md['hf_dir']}`). libcircuits loads {lc_what} "
+            f"(`{md['lc_dir']}`) with the default options"
+            + (f", {min(load_ms) / 1e3:.2f}–{max(load_ms) / 1e3:.2f} s per load" if load_ms else "") + ".", "",
+            f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), {m['threads']} threads for every contender; "
+            f"OpenBLAS core {ob.get('corename', '?')} ({ob.get('config', '?')}); sgemm peak "
+            f"{gemm['peak_gflops']:.0f} GFLOP/s ({a.peak_n}² square); load average at start {m['load'][0]:.1f}. "
+            f"Medians of {a.reps} runs after {a.warmup} warm-up(s); each configuration in its own process.", "",
+            "#### Goals (issue 13)", "", "| goal | measured | target | |", "|---|---:|---:|---|"]
+    out = ["", "#### Forward (logits for every position)", "",
+           "| B×T | libcircuits ms | tokens/s | PyTorch eager ms | TL ms | speed-up vs PyTorch | vs TL | GEMM GFLOP "
+           "| GFLOP at sgemm peak, ms | % of that bound | GEMM-bound limit ms | % of limit | peak RSS MB (lc / torch / TL) "
+           "| lc − TL logits |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] + rows
+    rates = [f"| {r['label']} | {r['m']}×{r['k']} · {r['k']}×{r['n']}{'ᵀ' if r['trans_b'] else ''} | {r['count']} | "
+             f"{r['gflops']:.1f} |" for r in gemm["shapes"] if r["what"] == "gemm"]
+    out += ["", "#### sgemm rates measured in this run (OpenBLAS, same threads; median)", "",
+            "| GEMM | shape (M×K · K×N) | products per timing | GFLOP/s |", "|---|---|---:|---:|"] + rates
+    return "\n".join(head + targets + out) + "\n"

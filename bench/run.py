@@ -11,6 +11,14 @@ interleaved, each contender in its own process (so peak RSS is per configuration
 forward with a no-op hook at every hook point, run_with_cache of every hook point; load times
 warm and cold; composition scores. Prints a Markdown table (medians) with ratios and targets.
 
+--family llama | pythia (issue 13; shapes in bench/families.py) measures a modern family instead:
+forward only, at [1,128], [1,1024] and [8,128] by default, against PyTorch eager
+(AutoModelForCausalLM) and TransformerLens (its own conversion of the same checkpoint), with
+the GEMM-bound limit and the GFLOP-at-sgemm-peak bound of that family's products; the models
+are made once into bench/.cache/ (--tiny: small models of the same families, to check the
+suite in seconds). libcircuits loads the Hugging Face directory when it can, else the same
+weights exported in the TL layout by TransformerLens's own conversion (--circuits-load).
+
 Every contender gets the same thread count: circuits_set_num_threads / OPENBLAS_NUM_THREADS
 for libcircuits, torch.set_num_threads / OMP_NUM_THREADS / MKL_NUM_THREADS for the peers.
 The peers need torch, transformers and transformer_lens 3.x: /opt/refenv if present, else
@@ -21,6 +29,7 @@ import argparse, ast, datetime, json, os, platform, subprocess, sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import families  # noqa: E402
 import gemm_limit  # noqa: E402
 import report  # noqa: E402
 
@@ -54,10 +63,12 @@ class Runner:
         self.verbose = verbose
         self.log = open(log_path, "w")  # every process's lines as they come: an interrupted run keeps its data
 
-    def run(self, args, stdin=None):
+    def run(self, args, stdin=None, quiet=False):
         if self.verbose:
             print("+", " ".join(args), file=sys.stderr, flush=True)
         p = subprocess.run(args, env=self.env, input=stdin, capture_output=True, text=True, cwd=ROOT)
+        if p.returncode and quiet:
+            return []
         if p.returncode:
             print(f"FAILED ({p.returncode}): {' '.join(args)}\n{p.stderr[-2000:]}", file=sys.stderr)
             return []
@@ -106,6 +117,54 @@ def measure_forward_limit(a, bin_dir, runner, gemm, shape):
     gemm["shapes"] += [dict(r, label=f"{r['label']} ({shape[0]}×{shape[1]})") for r in rows]
     gemm["forward"][shape] = dict(gflop=total / 1e9, limit_ms=gemm_limit.limit_seconds(g, rates) * 1e3,
                                   peak_ms=total / (gemm["peak_gflops"] * 1e9) * 1e3)
+
+
+def measure_family_limit(a, bin_dir, runner, gemm, shape, fam):
+    """measure_forward_limit for a family's products (gemm_limit.family_gemms)."""
+    g = gemm_limit.family_gemms(*shape, **fam["gemm"])
+    rates, rows = gemm_rates(bin_dir, runner, a.threads, a.gemm_reps, gemm_limit.spec_lines(g))
+    total = sum(gemm_limit.flops(x) for x in g)
+    gemm["shapes"] += [dict(r, label=f"{r['label']} ({shape[0]}×{shape[1]})") for r in rows]
+    gemm["forward"][shape] = dict(gflop=total / 1e9, causal_gflop=gemm_limit.causal_flops(g) / 1e9,
+                                  limit_ms=gemm_limit.limit_seconds(g, rates) * 1e3,
+                                  peak_ms=total / (gemm["peak_gflops"] * 1e9) * 1e3)
+
+
+def circuits_model_dir(a, bin_dir, runner, fam):
+    """(directory, "hf" | "tl") libcircuits loads: the Hugging Face checkpoint if this build
+    reads it (a zero-copy load is tried), else TransformerLens's conversion in the TL layout."""
+    hf, tl = families.hf_dir(fam), families.tl_dir(fam)
+    if a.circuits_load in ("auto", "hf"):
+        ok = runner.run([os.path.join(bin_dir, "bench_forward"), hf, "--raw"], quiet=a.circuits_load == "auto")
+        if ok or a.circuits_load == "hf":
+            return hf, "hf"
+        print("[bench] this libcircuits does not load the Hugging Face directory: measuring the TL-layout "
+              "export of the same weights", file=sys.stderr)
+    return tl, "tl"
+
+
+def measure_family_forward(a, bin_dir, runner, py, gemm, fam, lc_dir):
+    """Per shape, interleaved: the limits, then libcircuits, PyTorch, TransformerLens (plain
+    forward, each in its own process)."""
+    fwd = os.path.join(bin_dir, "bench_forward")
+    common = ["--threads", str(a.threads), "--reps", str(a.reps), "--warmup", str(a.warmup)]
+    peer = lambda who, s: runner.run([py, os.path.join(HERE, "peers.py"), who, families.hf_dir(fam), "--family",
+                                      a.family, "--mode", "forward", "--shape", s] + common) if py else []
+    res = {}
+    for key in shapes_of(a):
+        s = f"{key[0]}:{key[1]}"
+        measure_family_limit(a, bin_dir, runner, gemm, key, fam)
+        rows = runner.run([fwd, lc_dir, s] + common)
+        rec = forward_record(rows)
+        load = next((r for r in rows if r["what"] == "load"), None)
+        if rec and load:
+            rec["load_ms"] = load["median_ms"]
+        res[("circuits", "plain", key)] = rec
+        if not a.no_torch:
+            res[("torch", "plain", key)] = forward_record(peer("torch", s))
+        if not a.no_tl:
+            res[("tl", "plain", key)] = forward_record(peer("tl", s))
+    return res
 
 
 def measure_forward(a, bin_dir, runner, py, gemm):
@@ -201,8 +260,14 @@ def unjsonable(x):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", default="gpt2", choices=list(families.FAMILIES),
+                    help="gpt2 (the full suite) or a modern family, forward only (bench/families.py)")
+    ap.add_argument("--tiny", action="store_true", help="with --family llama|pythia: a small model of the family")
+    ap.add_argument("--circuits-load", default="auto", choices=["auto", "hf", "tl"],
+                    help="what libcircuits loads for a family: the HF directory (auto: if it can) or the TL export")
     ap.add_argument("--quick", action="store_true", help="check the suite end to end: T=128 only, 2 reps, no TL composition")
-    ap.add_argument("--shapes", help="B:T,... (default: 1:128,1:512,1:1024,8:128; --quick: 1:128)")
+    ap.add_argument("--shapes", help="B:T,... (default: 1:128,1:512,1:1024,8:128; a family: 1:128,1:1024,8:128; "
+                                     "--quick: 1:128)")
     ap.add_argument("--reps", type=int, default=10, help="timed forwards per configuration (median)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--load-reps", type=int, default=10)
@@ -224,19 +289,26 @@ def main():
     a = ap.parse_args()
     if a.render:
         d = json.load(open(a.render))
+        if d["args"].get("family", "gpt2") != "gpt2":
+            print(report.render_family(argparse.Namespace(**d["args"]), d["machine"], unjsonable(d["gemm"]),
+                                       unjsonable(d["forward"]), d["lc_load"]))
+            return 0
         print(report.render(argparse.Namespace(**d["args"]), d["machine"], unjsonable(d["gemm"]),
                             unjsonable(d["forward"]), unjsonable(d["load"]), d["composition"]))
         return 0
     if a.quick:
         a.reps, a.warmup, a.load_reps, a.compose_reps, a.gemm_reps = 2, 1, 3, 1, 3
         a.no_tl_composition = True
-    a.shapes = a.shapes or ("1:128" if a.quick else "1:128,1:512,1:1024,8:128")
+    default_shapes = "1:128,1:512,1:1024,8:128" if a.family == "gpt2" else "1:128,1:1024,8:128"
+    a.shapes = a.shapes or ("1:128" if a.quick else default_shapes)
 
     bin_dir = build(a.build_dir)
     py = find_python(a.python)
     if not py:
         print("no interpreter with torch + transformers + transformer_lens: measuring libcircuits alone "
               "(bash bench/run.sh makes bench/.venv)", file=sys.stderr)
+    if a.family != "gpt2":
+        return main_family(a, bin_dir, py)
     if not os.path.exists(os.path.join(MODEL, "model.safetensors")):
         if not py:
             sys.exit("the benchmark model is generated with torch + transformers: see bash bench/run.sh")
@@ -265,6 +337,37 @@ def main():
         open(a.out, "w").write(md)
     if a.json:
         json.dump(jsonable(dict(args=vars(a), machine=m, gemm=gemm, forward=fwd, load=load, composition=comp)),
+                  open(a.json, "w"), indent=1)
+    return 0
+
+
+def main_family(a, bin_dir, py):
+    """--family llama | pythia: make the models once, then the forward table."""
+    fam = families.get(a.family, a.tiny)
+    if not all(os.path.exists(os.path.join(d, "model.safetensors")) for d in (families.hf_dir(fam), families.tl_dir(fam))):
+        if not py:
+            sys.exit("the family models are generated with torch + transformers + transformer_lens: see bash bench/run.sh")
+        subprocess.run([py, os.path.join(HERE, "make_model.py"), "--family", a.family] + (["--tiny"] if a.tiny else []),
+                       check=True)
+    log = os.path.join(a.build_dir, f"bench-log-{a.family}.jsonl")
+    print(f"[bench] raw output of every process: {log}", file=sys.stderr)
+    runner = Runner(a.threads, a.verbose, log)
+    step = lambda what: print(f"[bench] {what}", file=sys.stderr, flush=True)
+    step("machine and sgemm")
+    m = machine(bin_dir, runner, a.threads)
+    gemm = measure_peak(a, bin_dir, runner)
+    lc_dir, lc_load = circuits_model_dir(a, bin_dir, runner, fam)
+    m["model"] = dict(family=a.family, tiny=a.tiny, hf_dir=os.path.relpath(families.hf_dir(fam), ROOT),
+                      lc_dir=os.path.relpath(lc_dir, ROOT), weight_bytes=os.path.getsize(
+                          os.path.join(families.hf_dir(fam), "model.safetensors")), **fam["gemm"])
+    step(f"forward ({a.family}; libcircuits loads the {lc_load} directory)")
+    fwd = measure_family_forward(a, bin_dir, runner, py, gemm, fam, lc_dir)
+    md = report.render_family(a, m, gemm, fwd, lc_load)
+    print(md)
+    if a.out:
+        open(a.out, "w").write(md)
+    if a.json:
+        json.dump(jsonable(dict(args=vars(a), machine=m, gemm=gemm, forward=fwd, lc_load=lc_load)),
                   open(a.json, "w"), indent=1)
     return 0
 
