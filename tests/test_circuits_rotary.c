@@ -7,7 +7,8 @@
  *      llama3 scaling, local layers without linear scaling): for every head and every causal
  *      (i, j), hook_attn_scores * attn_scale = x_i M[i-j] x_j^T + x_i A[i-j] b_K^T
  *      + rot(b_Q, i-j) . k_j, with x = ln1.hook_normalized, k = hook_k (unrotated, with b_K)
- *      and A = W_Q R(delta) the factor the library returns.
+ *      and A = W_Q R(delta) the factor the library returns; once with our forward's
+ *      activations, once with TransformerLens's own (processed.safetensors).
  * Usage: test_circuits_rotary CASES_DIR TMP_DIR */
 #include "testutil.h"
 
@@ -15,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "internal.h"
+#include "../lib/io/safetensors.h"
 #include "rope.h"
 #include "st_write.h"
 
@@ -137,7 +139,59 @@ static float at(const circuits_tensor *t, int64_t i, int64_t j)
     return t ? t->data[i * t->strides[0] + j * t->strides[1]] : 0.0f;
 }
 
-static void test_case(const char *cases, const char *name)
+/* Per layer: x = ln1.hook_normalized [B, T, D], k = attn.hook_k [B, T, KV, dh] (unrotated) and
+ * s = attn.hook_attn_scores [B, H, T, T] from one source (our forward, or TransformerLens's). */
+typedef struct layer_acts {
+    const float *x, *k, *s;
+} layer_acts;
+
+/* max over heads and causal (i, j) of |s * attn_scale - (x_i M x_j^T + x_i A b_K^T + rot(b_Q) . k_j)| */
+static double identity_error(const circuits_model *m, int32_t l, const layer_acts *a, int64_t B, int64_t T)
+{
+    const circuits_config *c = &m->cfg;
+    int64_t D = c->d_model, dh = c->d_head, H = c->n_heads, KV = c->n_key_value_heads;
+    const cx_layer_weights *L = &m->layers[l];
+    float *M = malloc(sizeof(float) * (size_t)(T * D * D));
+    double worst = 0, rb[512];
+    for (int32_t h = 0; h < H && M; h++) {
+        circuits_factored *f = NULL;
+        CHECK_OK(circuits_model_rotary_qk(m, l, h, T, &f));
+        if (!f) continue;
+        circuits_tensor A, Bt;
+        CHECK_OK(circuits_factored_factors(f, &A, &Bt));
+        CHECK_OK(circuits_factored_materialize(f, M, (size_t)(T * D * D)));
+        int64_t g = h / (H / KV);
+        float bq[512];
+        for (int64_t e = 0; e < dh; e++) bq[e] = at(L->b_Q, h, e);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < T; i++)
+                for (int64_t j = 0; j <= i; j++) {
+                    float got = a->s[((b * H + h) * T + i) * T + j];
+                    if (isinf(got)) continue; /* outside a local window */
+                    int64_t d = i - j;
+                    const float *xi = a->x + (b * T + i) * D, *xj = a->x + (b * T + j) * D;
+                    const float *kj = a->k + ((b * T + j) * KV + g) * dh;
+                    const float *Ad = A.data + d * D * dh, *Md = M + d * D * D;
+                    double want = 0;
+                    for (int64_t r = 0; r < D; r++)
+                        for (int64_t q = 0; q < D; q++) want += (double)xi[r] * Md[r * D + q] * xj[q];
+                    for (int64_t e = 0; e < dh; e++) { /* x_i A b_K^T */
+                        double xa = 0;
+                        for (int64_t r = 0; r < D; r++) xa += (double)xi[r] * Ad[r * dh + e];
+                        want += xa * at(L->b_K, g, e);
+                    }
+                    rotate(c, l, d, bq, rb);
+                    for (int64_t e = 0; e < dh; e++) want += rb[e] * kj[e];
+                    worst = fmax(worst, fabs((double)got * c->attn_scale - want));
+                }
+        circuits_factored_free(f);
+    }
+    free(M);
+    return worst;
+}
+
+/* Against our forward pass, on the model as loaded by default (processed). */
+static void test_case_forward(const char *cases, const char *name)
 {
     char p[1024];
     snprintf(p, sizeof p, "%s/%s", cases, name);
@@ -147,7 +201,6 @@ static void test_case(const char *cases, const char *name)
     const circuits_config *c = &m->cfg;
     CHECK(c->positional_embedding_type == CIRCUITS_POS_ROTARY, "%s is not rotary", name);
     enum { B = 2, T = 9 };
-    int64_t D = c->d_model, dh = c->d_head, H = c->n_heads, KV = c->n_key_value_heads;
     int32_t tok[B * T];
     for (int i = 0; i < B * T; i++) tok[i] = (int32_t)((i * 13 + 5) % c->d_vocab);
     circuits_context *ctx = NULL;
@@ -156,8 +209,6 @@ static void test_case(const char *cases, const char *name)
     CHECK_OK(circuits_cache_create(&cache));
     if (ctx && cache) CHECK_OK(circuits_context_run_with_cache(ctx, tok, B, T, NULL, 0, cache, NULL, NULL, NULL));
     double worst = 0;
-    float *M = malloc(sizeof(float) * (size_t)(T * D * D));
-    double rb[512];
     for (int32_t l = 0; l < c->n_layers && ctx && cache; l++) {
         char nx[128], nk[128], ns[128];
         snprintf(nx, sizeof nx, "blocks.%d.ln1.hook_normalized", l);
@@ -171,47 +222,76 @@ static void test_case(const char *cases, const char *name)
         CHECK_OK(circuits_cache_get(cache, nk, &k));
         CHECK_OK(circuits_cache_get(cache, ns, &s));
         if (!x.data || !k.data || !s.data) break;
-        const cx_layer_weights *L = &m->layers[l];
-        for (int32_t h = 0; h < H; h++) {
-            circuits_factored *f = NULL;
-            CHECK_OK(circuits_model_rotary_qk(m, l, h, T, &f));
-            if (!f) continue;
-            circuits_tensor A, Bt;
-            CHECK_OK(circuits_factored_factors(f, &A, &Bt));
-            CHECK_OK(circuits_factored_materialize(f, M, (size_t)(T * D * D)));
-            int64_t g = h / (H / KV);
-            float bq[512];
-            for (int64_t e = 0; e < dh; e++) bq[e] = at(L->b_Q, h, e);
-            for (int64_t b = 0; b < B; b++)
-                for (int64_t i = 0; i < T; i++)
-                    for (int64_t j = 0; j <= i; j++) {
-                        float got = s.data[((b * H + h) * T + i) * T + j];
-                        if (isinf(got)) continue; /* outside a local window */
-                        int64_t d = i - j;
-                        const float *xi = x.data + (b * T + i) * D, *xj = x.data + (b * T + j) * D;
-                        const float *kj = k.data + ((b * T + j) * KV + g) * dh;
-                        const float *Ad = A.data + d * D * dh, *Md = M + d * D * D;
-                        double want = 0;
-                        for (int64_t r = 0; r < D; r++)
-                            for (int64_t q = 0; q < D; q++) want += (double)xi[r] * Md[r * D + q] * xj[q];
-                        for (int64_t e = 0; e < dh; e++) { /* x_i A b_K^T */
-                            double xa = 0;
-                            for (int64_t r = 0; r < D; r++) xa += (double)xi[r] * Ad[r * dh + e];
-                            want += xa * at(L->b_K, g, e);
-                        }
-                        rotate(c, l, d, bq, rb);
-                        for (int64_t e = 0; e < dh; e++) want += rb[e] * kj[e];
-                        worst = fmax(worst, fabs((double)got * c->attn_scale - want));
-                    }
-            circuits_factored_free(f);
-        }
+        layer_acts a = {x.data, k.data, s.data};
+        worst = fmax(worst, identity_error(m, l, &a, B, T));
     }
-    free(M);
     circuits_cache_free(cache);
     circuits_context_free(ctx);
     circuits_model_free(m);
-    printf("%s: rotary QK vs the forward's scores: max error %.3g\n", name, worst);
-    CHECK(worst < TOL, "%s: rotary QK identity off by %g", name, worst);
+    printf("%s: rotary QK vs our forward's scores: max error %.3g\n", name, worst);
+    CHECK(worst < TOL, "%s: rotary QK identity (our forward) off by %g", name, worst);
+    worst_case = fmax(worst_case, worst);
+}
+
+static float *read_all(const cx_st_set *st, const char *name, size_t *n)
+{
+    const cx_st_tensor *t = cx_st_find(st, name);
+    CHECK(t != NULL, "reference tensor %s missing", name);
+    if (!t) return NULL;
+    float *v = malloc(sizeof(float) * t->numel);
+    for (size_t i = 0; i < t->numel; i++) v[i] = cx_st_read_f32(t, i);
+    if (n) *n = t->numel;
+    return v;
+}
+
+/* Against TransformerLens's own activations (processed.safetensors, from generate_circuits.py:
+ * its ln1.hook_normalized, hook_k and hook_attn_scores on expected.safetensors' tokens), with
+ * the weights processed as from_pretrained processes them (our default load, as TL's; the
+ * unprocessed hook_normalized would still lack RMSNorm's w, applied after the hook). */
+static void test_case_tl(const char *cases, const char *name)
+{
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s", cases, name);
+    circuits_model *m = NULL;
+    CHECK_OK(circuits_model_load(&m, p, NULL));
+    snprintf(p, sizeof p, "%s/%s/processed.safetensors", cases, name);
+    cx_st_set *st = NULL, *ex = NULL;
+    CHECK_OK(cx_st_open_file(&st, p));
+    snprintf(p, sizeof p, "%s/%s/expected.safetensors", cases, name);
+    CHECK_OK(cx_st_open_file(&ex, p));
+    if (!m || !st || !ex) {
+        circuits_model_free(m);
+        cx_st_close(st);
+        cx_st_close(ex);
+        return;
+    }
+    const circuits_config *c = &m->cfg;
+    const cx_st_tensor *tok = cx_st_find(ex, "tokens");
+    CHECK(tok && tok->shape[0] > 0, "%s: no tokens", name);
+    int64_t B = tok ? tok->shape[0] : 0, T = tok ? tok->shape[1] : 0;
+    double worst = 0;
+    for (int32_t l = 0; l < c->n_layers && tok; l++) {
+        char nx[128], nk[128], ns[128];
+        snprintf(nx, sizeof nx, "hook:blocks.%d.ln1.hook_normalized", l);
+        snprintf(nk, sizeof nk, "hook:blocks.%d.attn.hook_k", l);
+        snprintf(ns, sizeof ns, "hook:blocks.%d.attn.hook_attn_scores", l);
+        size_t ns_n = 0;
+        float *x = read_all(st, nx, NULL), *k = read_all(st, nk, NULL), *s = read_all(st, ns, &ns_n);
+        if (x && k && s && ns_n == (size_t)(B * c->n_heads * T * T)) {
+            layer_acts a = {x, k, s};
+            worst = fmax(worst, identity_error(m, l, &a, B, T));
+        } else {
+            CHECK(0, "%s layer %d: reference activations missing or mis-shaped", name, l);
+        }
+        free(x);
+        free(k);
+        free(s);
+    }
+    cx_st_close(st);
+    cx_st_close(ex);
+    circuits_model_free(m);
+    printf("%s: rotary QK vs TransformerLens's scores: max error %.3g\n", name, worst);
+    CHECK(worst < TOL, "%s: rotary QK identity (TransformerLens) off by %g", name, worst);
     worst_case = fmax(worst_case, worst);
 }
 
@@ -225,6 +305,9 @@ int main(int argc, char **argv)
     printf("hand-built offset-3 head: max error %.3g\n", worst_hand);
     static const char *const cases[] = {"tl_gqa_rotary_rms",  "tl_local_alternating_rotary", "tl_rope_linear_mqa",
                                         "tl_rope_llama3",     "tl_rotary_gptj",              "tl_rotary_neox_quarter"};
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_case(argv[1], cases[i]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        test_case_forward(argv[1], cases[i]);
+        test_case_tl(argv[1], cases[i]);
+    }
     return tu_finish("circuits_rotary");
 }
