@@ -871,6 +871,12 @@ static void model_checks(void)
             CALL_FAILS("rotary_writer_pos_embed",
                        circuits_model_virtual_weights(rm, CIRCUITS_WRITER_POS_EMBED, 0, 0, CIRCUITS_READER_Q, 0, 0, &f),
                        CIRCUITS_E_UNSUPPORTED, "CIRCUITS_WRITER_POS_EMBED: a rotary model has no W_pos");
+            CALL_FAILS("rotary_qk_no_offsets", circuits_model_rotary_qk(rm, 0, 0, 0, &f), CIRCUITS_E_RANGE,
+                       "n_offsets 0 outside [1, n_ctx = 8]");
+            CALL_FAILS("rotary_qk_offsets_past_ctx", circuits_model_rotary_qk(rm, 0, 0, 9, &f), CIRCUITS_E_RANGE,
+                       "n_offsets 9 outside [1, n_ctx = 8]");
+            CALL_FAILS("rotary_qk_head_out_of_range", circuits_model_rotary_qk(rm, 0, -1, 4, &f), CIRCUITS_E_RANGE,
+                       "head L0H-1 out of range for 1 layers x 2 heads");
             CHECK(f == NULL, "no circuit made");
             circuits_model_free(rm);
         }

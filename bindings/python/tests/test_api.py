@@ -630,3 +630,26 @@ def test_induction_scores_with_a_narrow_unembedding(tmp_path):
     assert np.array_equal(cut.induction_scores(t), full.induction_scores(t))
     with pytest.raises(circuits.RangeError, match="outside d_vocab_out = 7"):
         cut.induction_scores(t, return_losses=True)
+
+
+@pytest.mark.parametrize("name,layer,head", [("tl_rotary_gptj", 1, 1), ("tl_gqa_rotary_rms", 1, 3)])
+def test_rotary_qk_matches_numpy(circuits_mod, name, layer, head):
+    """rotary_QK = W_Q R(delta) W_K^T, the rotation written out here: GPT-J adjacent pairs with a
+    partial rotary_dim, and rotate-half under GQA (W_K the repeated property)."""
+    m = circuits_mod.Model.from_pretrained_no_processing(CASES_DIR / name)
+    cfg = m.cfg
+    n = 5
+    f = m.rotary_QK(layer, head, n)
+    assert f.shape == (n, cfg.d_model, cfg.d_model)
+    half = cfg.rotary_dim // 2
+    inv = 1.0 / cfg.rotary_base ** (np.arange(half, dtype=np.float32) * 2 / np.float32(cfg.rotary_dim))
+    Wq, Wk = m.W_Q[layer, head], m.W_K[layer, head]
+    for d in range(n):
+        R = np.eye(cfg.d_head)
+        for i in range(half):
+            a, b = (2 * i, 2 * i + 1) if cfg.rotary_adjacent_pairs else (i, i + half)
+            c, s = np.cos(d * inv[i]), np.sin(d * inv[i])
+            R[a, a], R[a, b], R[b, a], R[b, b] = c, s, -s, c  # row vectors: x R
+        assert np.allclose(f.AB[d], Wq @ R @ Wk.T, atol=1e-5)
+    with pytest.raises(circuits_mod.UnsupportedError, match="not rotary"):
+        circuits_mod.Model.from_pretrained_no_processing(CASES_DIR / "tl_2l_lnpre_gelu").rotary_QK(0, 0, 2)
