@@ -1016,6 +1016,8 @@ static void config_checks(void)
                     tl_config_with("normalization_type act_fn",
                                    "\"normalization_type\":\"RMSPre\",\"act_fn\":\"solu_ln\""),
                     CIRCUITS_E_UNSUPPORTED, "act_fn 'solu_ln' with normalization_type 'RMSPre' is not supported");
+    TL_CONFIG_FAILS("tl_cfg_post_norm_arch", tl_config_with(NULL, "\"original_architecture\":\"Olmo2ForCausalLM\""),
+                    CIRCUITS_E_UNSUPPORTED, "original_architecture 'Olmo2ForCausalLM' (norms after each sublayer");
     /* TL builds ln1_post / ln2_post for RMS and RMSPre only */
     TL_CONFIG_FAILS("tl_cfg_norm_before_after_ln", tl_config_with(NULL, "\"use_normalization_before_and_after\":true"),
                     CIRCUITS_E_UNSUPPORTED,

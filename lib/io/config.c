@@ -307,6 +307,15 @@ static int parse_tl_block(const jcfg *c, circuits_config *cfg)
     cfg->parallel_attn_mlp = parallel && !cfg->attn_only;
     cfg->final_rms = final_rms;
     cfg->norm_before_and_after = before_after;
+    /* post-norm decoders (TL's POST_NORM_ARCHITECTURES): ln1 / ln2 normalise each sublayer's
+     * output instead of its input, a block libcircuits does not build */
+    const char *arch;
+    if ((rc = get_str(c, "original_architecture", &arch))) return rc;
+    if (arch && (strcmp(arch, "Olmo2ForCausalLM") == 0 || strcmp(arch, "Olmo3ForCausalLM") == 0))
+        return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                       "%s: original_architecture '%s' (norms after each sublayer, TransformerLens's post-norm "
+                       "block) is not supported",
+                       c->path, arch);
     /* TransformerLens builds ln1_post / ln2_post only for RMS and RMSPre (an RMSNorm either way);
      * with LN or LNPre its TransformerBlock fails, with no normalization they are identities */
     if (before_after && cfg->normalization_type != CIRCUITS_NORM_RMS && cfg->normalization_type != CIRCUITS_NORM_RMSPRE)
