@@ -205,7 +205,8 @@ def tl_reference(
         if name in skip_hooks:
             continue
         out[f"hook:{name}"] = cache[name].detach().float().contiguous()
-    if "unembed.hook_out" in cache.cache_dict:
+    # the logits are unembed.hook_out, soft-capped after it when output_logits_soft_cap is set
+    if "unembed.hook_out" in cache.cache_dict and not (cfg.output_logits_soft_cap or 0) > 0:
         assert torch.equal(cache["unembed.hook_out"], logits)
 
     edits: Dict[str, dict] = {}
