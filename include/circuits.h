@@ -209,7 +209,7 @@ typedef struct circuits_config {
     float rope_low_freq_factor; /* llama3 */
     float rope_high_freq_factor; /* llama3 */
     int32_t rope_original_n_ctx; /* llama3: original_max_position_embeddings */
-    int32_t gated_mlp;          /* 1: hook_post = act(x W_gate) * (x W_in + b_in) (SwiGLU, GeGLU) */
+    int32_t gated_mlp;          /* 1: hook_post = act(x W_gate) * (x W_in) + b_in (SwiGLU, GeGLU) */
     int32_t parallel_attn_mlp;  /* 1: the MLP reads resid_pre; resid_post = pre + attn_out + mlp_out */
     int32_t final_rms;          /* 1: ln_final is RMSNorm (RMSPre once folded) whatever the blocks use */
     int32_t norm_before_and_after; /* 1: ln1_post / ln2_post normalize each sublayer's output (Gemma 2) */

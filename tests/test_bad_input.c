@@ -889,6 +889,17 @@ static void model_checks(void)
     LOAD_FAILS("tl_refactor_gqa", dir, &refactor_opts, CIRCUITS_E_UNSUPPORTED,
                "refactor_factored_attn_matrices with grouped-query attention");
 
+    /* a gated MLP after LN: fold_ln is refused (ln2.b has no bias to fold into, TL's GatedMLP adds
+     * b_in after the product); the model loads unfolded */
+    tl_tensors(&l);
+    TADD(&l, "blocks.0.mlp.W_gate", 4, 16);
+    tl_case(dir, "tl_fold_gated_ln", tl_config_with(NULL, "\"gated_mlp\":true"), &l);
+    LOAD_FAILS("tl_fold_gated_ln", dir, NULL, CIRCUITS_E_UNSUPPORTED, "fold_ln of a gated MLP after a LayerNorm");
+    circuits_load_options no_fold;
+    circuits_load_options_init(&no_fold);
+    no_fold.fold_ln = 0;
+    load_ok("ok_tl_gated_ln_unfolded", dir, &no_fold);
+
     /* an attention-only config with MLP weights present */
     tl_tensors(&l);
     tl_case(dir, "tl_attn_only_with_mlp", tl_config_with("act_fn", "\"attn_only\":true"), &l);
@@ -1037,6 +1048,10 @@ static void config_checks(void)
                     tl_config_with("normalization_type act_fn",
                                    "\"normalization_type\":\"RMSPre\",\"act_fn\":\"solu_ln\""),
                     CIRCUITS_E_UNSUPPORTED, "act_fn 'solu_ln' with normalization_type 'RMSPre' is not supported");
+    /* TL builds ln1_post / ln2_post for RMS and RMSPre only */
+    TL_CONFIG_FAILS("tl_cfg_norm_before_after_ln", tl_config_with(NULL, "\"use_normalization_before_and_after\":true"),
+                    CIRCUITS_E_UNSUPPORTED,
+                    "'use_normalization_before_and_after' is supported with normalization_type RMS or RMSPre only");
     TL_CONFIG_FAILS("tl_cfg_rotary_alibi", tl_config_with(NULL, "\"positional_embedding_type\":\"alibi\""),
                     CIRCUITS_E_UNSUPPORTED, "positional_embedding_type 'alibi' is not supported");
     TL_CONFIG_FAILS("tl_cfg_norm_number", tl_config_with("normalization_type", "\"normalization_type\":1"),

@@ -321,6 +321,8 @@ int main(int argc, char **argv)
             check_model(argv[i], m, "unprocessed");
             check_tl_names(argv[i], m);
             check_tl_state(argv[i], m);
+            /* fold_ln of a gated MLP after LN is refused (test_bad_input): the rest still applies */
+            if (m->cfg.gated_mlp && m->cfg.normalization_type == CIRCUITS_NORM_LN) processed.fold_ln = 0;
         }
         circuits_model_free(m);
         m = NULL;

@@ -296,6 +296,12 @@ static int parse_tl_block(const cx_jcfg *c, circuits_config *cfg)
     cfg->parallel_attn_mlp = parallel && !cfg->attn_only;
     cfg->final_rms = final_rms;
     cfg->norm_before_and_after = before_after;
+    /* TransformerLens builds ln1_post / ln2_post only for RMS and RMSPre (an RMSNorm either way);
+     * with LN or LNPre its TransformerBlock fails, with no normalization they are identities */
+    if (before_after && cfg->normalization_type != CIRCUITS_NORM_RMS && cfg->normalization_type != CIRCUITS_NORM_RMSPRE)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                       "%s: 'use_normalization_before_and_after' is supported with normalization_type RMS or RMSPre only",
+                       c->path);
     if (gated && cfg->act_fn == CIRCUITS_ACT_SOLU_LN && !cfg->attn_only)
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: 'gated_mlp' with act_fn 'solu_ln' is not supported", c->path);
     /* soft-caps: TransformerLens's SOFTCAP_DISABLED is -1; any value <= 0 means none */

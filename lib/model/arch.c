@@ -44,7 +44,7 @@ const cx_weight_info cx_weight_kinds[CX_W_COUNT] = {
     [CX_LN2_POST_W] = {"blocks.%d.ln2_post.w", 1, {D_(MODEL)}, CX_WHEN_POST_NORM_W_MLP, CX_WF_LAYER,
                        L_(ln2_post_w)},
     [CX_LN_FINAL_W] = {"ln_final.w", 1, {D_(MODEL)}, CX_WHEN_NORM_W, CX_WF_LN, M_(ln_final_w)},
-    [CX_LN_FINAL_B] = {"ln_final.b", 1, {D_(MODEL)}, CX_WHEN_LN, CX_WF_LN | CX_WF_BIAS, M_(ln_final_b)},
+    [CX_LN_FINAL_B] = {"ln_final.b", 1, {D_(MODEL)}, CX_WHEN_LN_FINAL_B, CX_WF_LN | CX_WF_BIAS, M_(ln_final_b)},
     [CX_W_U] = {"unembed.W_U", 2, {D_(MODEL), D_(VOCAB_OUT)}, CX_WHEN_ALWAYS, 0, M_(W_U)},
     [CX_B_U] = {"unembed.b_U", 1, {D_(VOCAB_OUT)}, CX_WHEN_ALWAYS, CX_WF_BIAS, M_(b_U)},
 };
@@ -80,7 +80,8 @@ const char *cx_when_text(cx_when w)
                                                     "gated_mlp and not attn_only",
                                                     "use_normalization_before_and_after",
                                                     "use_normalization_before_and_after, not attn_only",
-                                                    "positional_embedding_type not `rotary`"};
+                                                    "positional_embedding_type not `rotary`",
+                                                    "normalization `LN` and not final_rms"};
     return (unsigned)w < CX_WHEN_COUNT ? text[w] : "?";
 }
 
@@ -96,8 +97,11 @@ bool cx_has_weight(const circuits_config *c, cx_weight_kind k)
     case CX_WHEN_NORM_W: return ln || rms;
     case CX_WHEN_NORM_W_MLP: return (ln || rms) && !c->attn_only;
     case CX_WHEN_GATED: return c->gated_mlp && !c->attn_only;
-    case CX_WHEN_POST_NORM_W: return c->norm_before_and_after && (ln || rms);
-    case CX_WHEN_POST_NORM_W_MLP: return c->norm_before_and_after && (ln || rms) && !c->attn_only;
+    /* TransformerLens's ln1_post / ln2_post are RMSNorms with a weight under RMS and RMSPre alike
+     * (fold_ln keeps them); config.c refuses the flag with other normalizations */
+    case CX_WHEN_POST_NORM_W: return c->norm_before_and_after != 0;
+    case CX_WHEN_POST_NORM_W_MLP: return c->norm_before_and_after && !c->attn_only;
+    case CX_WHEN_LN_FINAL_B: return ln && !c->final_rms;
     case CX_WHEN_NOT_ROTARY: return c->positional_embedding_type != CIRCUITS_POS_ROTARY;
     default: return false;
     }

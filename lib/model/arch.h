@@ -70,9 +70,10 @@ typedef enum cx_when {
     CX_WHEN_NORM_W,   /* normalization_type LN or RMS (a norm with a weight) */
     CX_WHEN_NORM_W_MLP, /* LN or RMS, and not attn_only */
     CX_WHEN_GATED,    /* gated_mlp and not attn_only */
-    CX_WHEN_POST_NORM_W, /* norm_before_and_after with RMS (or LN) */
+    CX_WHEN_POST_NORM_W, /* norm_before_and_after (an RMSNorm with a weight, also once folded) */
     CX_WHEN_POST_NORM_W_MLP, /* the same, and not attn_only */
     CX_WHEN_NOT_ROTARY, /* positional_embedding_type not rotary (TL's pos_embed) */
+    CX_WHEN_LN_FINAL_B, /* LN without final_rms (ln_final is then an RMSNorm) */
     CX_WHEN_COUNT
 } cx_when;
 

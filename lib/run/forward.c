@@ -39,6 +39,7 @@ typedef struct scratch {
     float *result;   /* [B, T, H, D] use_attn_result only */
     float *branch;   /* [B, T, D] attn_out, then mlp_out */
     float *mlp;      /* [B, T, M] pre -> (mid -> ln) -> post in place */
+    float *mlp_lin;  /* [B, T, M] gated MLP only: hook_pre_linear */
     float *rope;     /* rotary only: cos [T, rd / 2], then sin [T, rd / 2] at positions P .. P+T-1;
                       * a second pair for local layers when linear scaling skips them */
     float *logits;   /* [B, n, V] (n: T or the chosen positions) when the caller passed no logits
@@ -69,7 +70,7 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
 {
     const circuits_config *c = &ctx->model->cfg;
     size_t N = (size_t)B * (size_t)T, D = (size_t)c->d_model, HD = (size_t)c->n_heads * (size_t)c->d_head;
-    size_t sizes[15], total = 0;
+    size_t sizes[16], total = 0;
     bool ok = true;
     size_t tt;
     ok &= cx_mul_size(N, D, &sizes[0]);                        /* embed */
@@ -86,9 +87,10 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     sizes[14] = 0;
     if (c->positional_embedding_type == CIRCUITS_POS_ROTARY)
         ok &= cx_mul_size((size_t)T, (size_t)c->rotary_dim * (rope_tables(c) + 1), &sizes[14]);
+    sizes[15] = c->gated_mlp ? sizes[13] : 0;                  /* mlp_lin */
     size_t logits_n = 0;
     if (own_logits) ok &= cx_mul_size((size_t)logit_rows, (size_t)c->d_vocab_out, &logits_n);
-    for (int i = 0; i < 15 && ok; i++) ok = total + sizes[i] >= total && (total += sizes[i], true);
+    for (int i = 0; i < 16 && ok; i++) ok = total + sizes[i] >= total && (total += sizes[i], true);
     ok = ok && total + logits_n >= total && (total += logits_n, true) && total < SIZE_MAX / sizeof(float);
     if (!ok) return cx_fail(CIRCUITS_E_RANGE, "a run of [%lld, %lld] tokens needs more memory than can be addressed",
                             (long long)B, (long long)T);
@@ -102,10 +104,10 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
         ctx->scratch_floats = total;
     }
     float *p = ctx->scratch;
-    float **slots[15] = {&s->embed, &s->pos,    &s->resid,  &s->normed, &s->qk_in,
-                         &s->scale, &s->q,      &s->k,      &s->v,      &s->z,
-                         &s->scores, &s->result, &s->branch, &s->mlp,   &s->rope};
-    for (int i = 0; i < 15; i++) {
+    float **slots[16] = {&s->embed,  &s->pos,    &s->resid,  &s->normed, &s->qk_in, &s->scale,
+                         &s->q,      &s->k,      &s->v,      &s->z,      &s->scores, &s->result,
+                         &s->branch, &s->mlp,    &s->rope,   &s->mlp_lin};
+    for (int i = 0; i < 16; i++) {
         *slots[i] = sizes[i] ? p : NULL;
         p += sizes[i];
     }
@@ -378,10 +380,20 @@ static int attention(pass *ps, int l)
             cx_matmul(s->branch, D, s->z + h * dh, HD, N, dh, D, W_O->data + h * st[0], st[1], st[2],
                       h == 0 ? w->b_O->data : NULL, h > 0);
     }
+    /* use_normalization_before_and_after (Gemma 2): ln1_post (an RMSNorm with its own weight) on
+     * the attention output, before hook_attn_out */
+    if (c->norm_before_and_after) {
+        int rc = layer_norm(ps, l, HK_LN1_POST_SCALE, s->branch, s->scale, s->branch, D, true, w->ln1_post_w, NULL);
+        if (rc) return rc;
+    }
     FIRE(l, HK_ATTN_OUT, s->branch);
     return CIRCUITS_OK;
 }
 
+/* The MLP of normed into branch, firing its hooks. A gated MLP (TransformerLens's GatedMLP):
+ * hook_pre = x W_gate, hook_pre_linear = x W_in (neither with a bias), hook_post =
+ * act(pre) * pre_linear + b_in (b_in after the product, as TL adds it). Then W_out + b_out,
+ * and under use_normalization_before_and_after ln2_post before hook_mlp_out. */
 static int mlp(pass *ps, int l)
 {
     const circuits_context *ctx = ps->ctx;
@@ -389,21 +401,37 @@ static int mlp(pass *ps, int l)
     const cx_layer_weights *w = &ctx->model->layers[l];
     scratch *s = &ps->s;
     int64_t N = ps->B * ps->T, D = c->d_model, M = c->d_mlp;
-    cx_matmul(s->mlp, M, s->normed, D, N, D, M, w->W_in->data, w->W_in->strides[0], w->W_in->strides[1],
-              w->b_in->data, false);
-    FIRE(l, HK_MLP_PRE, s->mlp);
-    if (c->act_fn == CIRCUITS_ACT_SOLU_LN) {
-        cx_solu(s->mlp, N, M);
-        FIRE(l, HK_MLP_MID, s->mlp);
-        /* mlp.ln: a LayerNorm over d_mlp (with weights when the model uses LN, else LNPre) */
-        int rc = layer_norm(ps, l, HK_MLP_LN_SCALE, s->mlp, s->scale, s->mlp, M, false, w->mlp_ln_w, w->mlp_ln_b);
-        if (rc) return rc;
-    } else {
+    if (c->gated_mlp) {
+        const circuits_tensor *G = w->W_gate, *I = w->W_in;
+        cx_matmul(s->mlp, M, s->normed, D, N, D, M, G->data, G->strides[0], G->strides[1], NULL, false);
+        FIRE(l, HK_MLP_PRE, s->mlp);
+        cx_matmul(s->mlp_lin, M, s->normed, D, N, D, M, I->data, I->strides[0], I->strides[1], NULL, false);
+        FIRE(l, HK_MLP_PRE_LINEAR, s->mlp_lin);
         cx_activation(s->mlp, (size_t)(N * M), c->act_fn);
+        const float *b_in = w->b_in->data;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t j = 0; j < M; j++) s->mlp[n * M + j] = s->mlp[n * M + j] * s->mlp_lin[n * M + j] + b_in[j];
+    } else {
+        cx_matmul(s->mlp, M, s->normed, D, N, D, M, w->W_in->data, w->W_in->strides[0], w->W_in->strides[1],
+                  w->b_in->data, false);
+        FIRE(l, HK_MLP_PRE, s->mlp);
+        if (c->act_fn == CIRCUITS_ACT_SOLU_LN) {
+            cx_solu(s->mlp, N, M);
+            FIRE(l, HK_MLP_MID, s->mlp);
+            /* mlp.ln: a LayerNorm over d_mlp (with weights when the model uses LN, else LNPre) */
+            int rc = layer_norm(ps, l, HK_MLP_LN_SCALE, s->mlp, s->scale, s->mlp, M, false, w->mlp_ln_w, w->mlp_ln_b);
+            if (rc) return rc;
+        } else {
+            cx_activation(s->mlp, (size_t)(N * M), c->act_fn);
+        }
     }
     FIRE(l, HK_MLP_POST, s->mlp);
     cx_matmul(s->branch, D, s->mlp, M, N, M, D, w->W_out->data, w->W_out->strides[0], w->W_out->strides[1],
               w->b_out->data, false);
+    if (c->norm_before_and_after) {
+        int rc = layer_norm(ps, l, HK_LN2_POST_SCALE, s->branch, s->scale, s->branch, D, true, w->ln2_post_w, NULL);
+        if (rc) return rc;
+    }
     FIRE(l, HK_MLP_OUT, s->branch);
     return CIRCUITS_OK;
 }
@@ -452,18 +480,29 @@ static int run(pass *ps, float *out)
             memcpy(s->normed, s->resid, (size_t)(N * D) * sizeof(float));
         }
         if ((rc = attention(ps, l))) return rc;
-        add_into(s->resid, s->branch, (size_t)(N * D));
-        if (!c->attn_only) {
-            FIRE(l, HK_RESID_MID, s->resid);
-            if (norm) {
-                if ((rc = layer_norm(ps, l, HK_LN2_SCALE, s->normed, s->scale, s->resid, D, rms, w->ln2_w,
-                                     w->ln2_b)))
-                    return rc;
-            } else {
-                memcpy(s->normed, s->resid, (size_t)(N * D) * sizeof(float));
-            }
+        if (c->parallel_attn_mlp) {
+            /* NeoX / GPT-J: the MLP reads ln2(resid_pre); resid_post = (resid_pre + attn_out) +
+             * mlp_out, in TL's order of additions; no hook_resid_mid */
+            if (!norm) memcpy(s->normed, s->resid, (size_t)(N * D) * sizeof(float));
+            else if ((rc = layer_norm(ps, l, HK_LN2_SCALE, s->normed, s->scale, s->resid, D, rms, w->ln2_w, w->ln2_b)))
+                return rc;
+            add_into(s->resid, s->branch, (size_t)(N * D));
             if ((rc = mlp(ps, l))) return rc;
             add_into(s->resid, s->branch, (size_t)(N * D));
+        } else {
+            add_into(s->resid, s->branch, (size_t)(N * D));
+            if (!c->attn_only) {
+                FIRE(l, HK_RESID_MID, s->resid);
+                if (norm) {
+                    if ((rc = layer_norm(ps, l, HK_LN2_SCALE, s->normed, s->scale, s->resid, D, rms, w->ln2_w,
+                                         w->ln2_b)))
+                        return rc;
+                } else {
+                    memcpy(s->normed, s->resid, (size_t)(N * D) * sizeof(float));
+                }
+                if ((rc = mlp(ps, l))) return rc;
+                add_into(s->resid, s->branch, (size_t)(N * D));
+            }
         }
         FIRE(l, HK_RESID_POST, s->resid);
     }
@@ -474,7 +513,8 @@ static int run(pass *ps, float *out)
 
     const float *final = s->resid;
     if (norm) {
-        if ((rc = layer_norm(ps, -1, HK_LNF_SCALE, s->normed, s->scale, s->resid, D, rms, m->ln_final_w,
+        /* final_rms: ln_final is RMSNorm (RMSPre once folded) also in an LN model, as TL builds it */
+        if ((rc = layer_norm(ps, -1, HK_LNF_SCALE, s->normed, s->scale, s->resid, D, rms || c->final_rms, m->ln_final_w,
                              m->ln_final_b)))
             return rc;
         final = s->normed;
@@ -494,9 +534,14 @@ static int run(pass *ps, float *out)
     const circuits_tensor *U = m->W_U;
     cx_matmul(out, c->d_vocab_out, final, D, B * n, D, c->d_vocab_out, U->data, U->strides[0], U->strides[1],
               m->b_U->data, false);
-    /* unembed.hook_out sees [B, n, V] */
-    return cx_hook_active(ctx, r, -1, HK_UNEMBED_OUT) ? cx_hook_fire(ps->ctx, r, -1, HK_UNEMBED_OUT, out, B, n)
-                                                      : CIRCUITS_OK;
+    /* unembed.hook_out sees [B, n, V], before the soft-cap: TransformerLens caps the logits
+     * unembed returns (apply_softcap in HookedTransformer.forward); the loss reads capped ones */
+    if (cx_hook_active(ctx, r, -1, HK_UNEMBED_OUT) && (rc = cx_hook_fire(ps->ctx, r, -1, HK_UNEMBED_OUT, out, B, n)))
+        return rc;
+    float cap = c->output_logits_soft_cap;
+    if (cap > 0.0f)
+        for (int64_t i = 0; i < B * n * c->d_vocab_out; i++) out[i] = cap * tanhf(out[i] / cap);
+    return CIRCUITS_OK;
 }
 
 /* Checks every argument before anything runs. */

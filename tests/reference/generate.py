@@ -205,9 +205,15 @@ def tl_reference(
         if name in skip_hooks:
             continue
         out[f"hook:{name}"] = cache[name].detach().float().contiguous()
-    # the logits are unembed.hook_out, soft-capped after it when output_logits_soft_cap is set
-    if "unembed.hook_out" in cache.cache_dict and not (cfg.output_logits_soft_cap or 0) > 0:
-        assert torch.equal(cache["unembed.hook_out"], logits)
+    if "unembed.hook_out" in cache.cache_dict:
+        # output_logits_soft_cap: TL caps what unembed returns, after unembed.hook_out
+        cap = cfg.output_logits_soft_cap
+        hook_out = cache["unembed.hook_out"]
+        if cap is not None and cap > 0:
+            assert torch.equal(cap * torch.tanh(hook_out / cap), logits)
+            assert not torch.allclose(hook_out, logits, atol=1e-2), "the soft-cap does not bite"
+        else:
+            assert torch.equal(hook_out, logits)
 
     edits: Dict[str, dict] = {}
     if do_edits:
@@ -449,7 +455,7 @@ def case_tl(
     randomize_tl(model, seed, std)
     if omit_biases:
         for n, p in model.named_parameters():
-            if n.rsplit(".", 1)[-1] in ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U"):
+            if n.rsplit(".", 1)[-1] in ("b_Q", "b_K", "b_V", "_b_K", "_b_V", "b_O", "b_in", "b_out", "b_U"):
                 p.zero_()
     if save_dtype != torch.float32:
         # reference = fp32 computation on the rounded weights
@@ -689,6 +695,66 @@ def all_cases() -> Dict[str, Callable[[], None]]:
         "capped values). Parameters ~ 0.5 N(0,1) so that the cap bites. d_model 16, 2 heads.",
         seed=38, std=0.5, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
         normalization_type="LN", act_fn="gelu_new", attn_scores_soft_cap=1.5,
+    )
+    # ---- the block structure of the modern families (gated MLP, parallel attention + MLP,
+    # final_rms, norms after each sublayer, logit soft-cap); d_mlp != d_model as above
+    C["tl_gated_swiglu_rms"] = lambda: case_tl(
+        "tl_gated_swiglu_rms",
+        "HookedTransformer, 2 layers, RMS, gated MLP (SwiGLU): hook_pre = x W_gate, "
+        "hook_pre_linear = x W_in, hook_post = silu(pre) * pre_linear + b_in, then W_out + b_out. "
+        "Standard positions, d_model 16, 2 heads x d_head 8, d_mlp 40.",
+        seed=41, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=40, normalization_type="RMS",
+        act_fn="silu", gated_mlp=True,
+    )
+    C["tl_gated_geglu_ln"] = lambda: case_tl(
+        "tl_gated_geglu_ln",
+        "HookedTransformer, 2 layers, LN, gated MLP with act_fn gelu_pytorch_tanh (GeGLU, torch's "
+        "tanh-approximate GELU). d_model 16, 2 heads x d_head 8, d_mlp 40.",
+        seed=42, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=40, normalization_type="LN",
+        act_fn="gelu_pytorch_tanh", gated_mlp=True,
+    )
+    C["tl_parallel_ln"] = lambda: case_tl(
+        "tl_parallel_ln",
+        "HookedTransformer, 2 layers, LN, gelu, parallel_attn_mlp (GPT-NeoX / GPT-J block): the MLP "
+        "reads ln2(resid_pre), resid_post = resid_pre + attn_out + mlp_out, no hook_resid_mid. "
+        "Standard positions, d_model 16, 2 heads x d_head 8, d_mlp 40.",
+        seed=43, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=40, normalization_type="LN",
+        act_fn="gelu", parallel_attn_mlp=True,
+    )
+    C["tl_final_rms_ln"] = lambda: case_tl(
+        "tl_final_rms_ln",
+        "HookedTransformer, 2 layers, LN blocks with final_rms: ln_final is an RMSNorm (ln_final.w, "
+        "no ln_final.b). gelu_new, d_model 16, 2 heads x d_head 8, d_mlp 40.",
+        seed=44, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=40, normalization_type="LN",
+        act_fn="gelu_new", final_rms=True,
+    )
+    C["tl_gemma2_block"] = lambda: case_tl(
+        "tl_gemma2_block",
+        "HookedTransformer, 2 layers, a Gemma-2-like block: RMS, use_normalization_before_and_after "
+        "(ln1_post on attn_out and ln2_post on mlp_out, RMSNorms with their own weights, before "
+        "hook_attn_out / hook_mlp_out), gated MLP with gelu_pytorch_tanh, rotary rotate-half "
+        "(rotary_dim 8 = d_head), 4 heads with 2 K/V heads, attn_scores_soft_cap 3, "
+        "output_logits_soft_cap 2 (logits = 2 tanh(logits / 2) after unembed.hook_out; the loss "
+        "reads capped logits). d_model 32, d_mlp 48.",
+        seed=45, n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=48, normalization_type="RMS",
+        act_fn="gelu_pytorch_tanh", gated_mlp=True, use_normalization_before_and_after=True,
+        rotary_dim=8, n_key_value_heads=2, attn_scores_soft_cap=3.0, output_logits_soft_cap=2.0,
+        **rot,
+    )
+    C["tl_pythia_like"] = lambda: case_tl(
+        "tl_pythia_like",
+        "HookedTransformer, 2 layers, a Pythia-like block: LN, gelu, parallel_attn_mlp, rotary "
+        "rotate-half on rotary_dim 4 of d_head 16. d_model 32, 2 heads, d_mlp 48.",
+        seed=46, n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=48, normalization_type="LN",
+        act_fn="gelu", parallel_attn_mlp=True, rotary_dim=4, **rot,
+    )
+    C["tl_llama_like"] = lambda: case_tl(
+        "tl_llama_like",
+        "HookedTransformer, 2 layers, a Llama-like block: RMS, gated SwiGLU MLP, grouped-query "
+        "attention (4 query heads, 2 K/V heads), rotary rotate-half rotary_dim 8 = d_head, no "
+        "biases saved (zeros, as Llama has none). d_model 32, d_mlp 48.",
+        seed=47, n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=48, normalization_type="RMS",
+        act_fn="silu", gated_mlp=True, rotary_dim=8, n_key_value_heads=2, omit_biases=True, **rot,
     )
     return C
 
