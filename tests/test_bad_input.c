@@ -873,6 +873,20 @@ static void model_checks(void)
     tl_remove(&l, "pos_embed.W_pos"); /* rotary models have no W_pos */
     tl_case(dir, "tl_refactor_rotary", tl_config_with(NULL, "\"positional_embedding_type\":\"rotary\""), &l);
     load_ok("ok_tl_rotary", dir, NULL);
+    {
+        circuits_model *rm = NULL;
+        circuits_factored *f = NULL;
+        CHECK_OK(circuits_model_load(&rm, dir, NULL));
+        if (rm) {
+            CALL_FAILS("rotary_pos_qk", circuits_model_pos_qk(rm, 0, 0, &f), CIRCUITS_E_UNSUPPORTED,
+                       "a rotary model has no W_pos");
+            CALL_FAILS("rotary_writer_pos_embed",
+                       circuits_model_virtual_weights(rm, CIRCUITS_WRITER_POS_EMBED, 0, 0, CIRCUITS_READER_Q, 0, 0, &f),
+                       CIRCUITS_E_UNSUPPORTED, "CIRCUITS_WRITER_POS_EMBED: a rotary model has no W_pos");
+            CHECK(f == NULL, "no circuit made");
+            circuits_model_free(rm);
+        }
+    }
     LOAD_FAILS("tl_refactor_rotary", dir, &refactor_opts, CIRCUITS_E_UNSUPPORTED,
                "refactor_factored_attn_matrices is not defined for rotary embeddings");
     tl_tensors(&l);

@@ -69,6 +69,9 @@ static int build(const circuits_model *m, int32_t layer, int32_t head, which w, 
     int rc = select_heads(m, layer, head, &l0, &nl, &h0, &nh);
     if (rc) return rc;
     const circuits_config *c = &m->cfg;
+    if (w == POS_QK && !m->W_pos) /* TransformerLens has no pos_embed either */
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: a rotary model has no W_pos (its positions enter as rotations)",
+                       fn[w]);
     int64_t D = c->d_model, dh = c->d_head, V = c->d_vocab, Vo = c->d_vocab_out, P = c->n_ctx;
     int64_t l = (w == OV || w == QK) ? D : w == POS_QK ? P : V;
     int64_t r = (w == OV || w == QK) ? D : w == POS_QK ? P : w == FULL_OV ? Vo : V;
@@ -88,8 +91,8 @@ static int build(const circuits_model *m, int32_t layer, int32_t head, which w, 
             int64_t h = h0 + j, k = i * nh + j;
             float *A = f->A + k * l * dh, *B = f->B + k * dh * r;
             bool ov = w == OV || w == FULL_OV;
-            cx_head_matrix(a, ov ? L->W_V : L->W_Q, h, false);  /* [D, dh] */
-            cx_head_matrix(b, ov ? L->W_O : L->W_K, h, !ov);    /* W_O [dh, D] or W_K^T [dh, D] */
+            cx_head_matrix(a, ov ? L->W_V : L->W_Q, ov ? cx_kv_head(L, h) : h, false); /* [D, dh] */
+            cx_head_matrix(b, ov ? L->W_O : L->W_K, ov ? h : cx_kv_head(L, h), !ov); /* W_O [dh, D] or W_K^T */
             if (w == OV || w == QK) {
                 memcpy(A, a, (size_t)(D * dh) * sizeof *A);
                 memcpy(B, b, (size_t)(dh * D) * sizeof *B);
@@ -110,7 +113,7 @@ static int build(const circuits_model *m, int32_t layer, int32_t head, which w, 
                     circuits_factored_free(f);
                     return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
                 }
-                cx_head_matrix(wk, L->W_K, h, false);
+                cx_head_matrix(wk, L->W_K, cx_kv_head(L, h), false);
                 cx_weight_times(t, E, wk, dh);
                 for (int64_t p = 0; p < l; p++)
                     for (int64_t q = 0; q < dh; q++) B[q * l + p] = t[p * dh + q];
@@ -180,11 +183,11 @@ int circuits_model_composition_circuit(const circuits_model *m, int32_t mode, in
     if (!rc) {
         float *VA = buf, *OA = VA + D * dh, *QB = OA + dh * D, *KB = QB + D * dh, *VB = KB + D * dh, *OB = VB + D * dh;
         float *C1 = OB + dh * D, *C2 = C1 + dh * dh, *T = C2 + dh * dh, *T2 = T + V * dh;
-        cx_head_matrix(VA, A->W_V, head_a, false);
+        cx_head_matrix(VA, A->W_V, cx_kv_head(A, head_a), false);
         cx_head_matrix(OA, A->W_O, head_a, false);
         cx_head_matrix(QB, B->W_Q, head_b, false);
-        cx_head_matrix(KB, B->W_K, head_b, false);
-        cx_head_matrix(VB, B->W_V, head_b, false);
+        cx_head_matrix(KB, B->W_K, cx_kv_head(B, head_b), false);
+        cx_head_matrix(VB, B->W_V, cx_kv_head(B, head_b), false);
         cx_head_matrix(OB, B->W_O, head_b, false);
         cx_mm(T, E, false, VA, false, V, D, dh); /* T = W_E W_V^A [V, dh] */
         if (mode == CIRCUITS_COMPOSITION_K) {
@@ -240,9 +243,9 @@ int circuits_model_virtual_ov(const circuits_model *m, int32_t layer_a, int32_t 
     }
     float *OA = buf, *VB = OA + dh * D, *OB = VB + D * dh, *C = OB + dh * D;
     /* OV^A OV^B = W_V^A . (W_O^A W_V^B W_O^B) */
-    cx_head_matrix(f->A, m->layers[layer_a].W_V, head_a, false);
+    cx_head_matrix(f->A, m->layers[layer_a].W_V, cx_kv_head(&m->layers[layer_a], head_a), false);
     cx_head_matrix(OA, m->layers[layer_a].W_O, head_a, false);
-    cx_head_matrix(VB, m->layers[layer_b].W_V, head_b, false);
+    cx_head_matrix(VB, m->layers[layer_b].W_V, cx_kv_head(&m->layers[layer_b], head_b), false);
     cx_head_matrix(OB, m->layers[layer_b].W_O, head_b, false);
     cx_mm(C, OA, false, VB, false, dh, D, dh);
     cx_mm(f->B, C, false, OB, false, dh, dh, D);
@@ -262,6 +265,8 @@ static int writer_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
         return cx_fail(CIRCUITS_E_RANGE, "writer head %d out of range (model has %d)", head, c->n_heads);
     if (kind == CIRCUITS_WRITER_MLP && c->attn_only)
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "CIRCUITS_WRITER_MLP: the model is attention-only, it has no MLPs");
+    if (kind == CIRCUITS_WRITER_POS_EMBED && !m->W_pos)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "CIRCUITS_WRITER_POS_EMBED: a rotary model has no W_pos");
     const circuits_tensor *W = kind == CIRCUITS_WRITER_EMBED ? m->W_E : kind == CIRCUITS_WRITER_POS_EMBED ? m->W_pos
                                : kind == CIRCUITS_WRITER_MLP ? m->layers[layer].W_out : NULL;
     if (kind == CIRCUITS_WRITER_HEAD) {
@@ -301,7 +306,8 @@ static int reader_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
     *cols = c->d_head;
     *out = cx_malloc((size_t)(D * c->d_head) * sizeof **out);
     if (!*out) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory copying the reader's weight");
-    cx_head_matrix(*out, kind == CIRCUITS_READER_Q ? L->W_Q : kind == CIRCUITS_READER_K ? L->W_K : L->W_V, head, false);
+    cx_head_matrix(*out, kind == CIRCUITS_READER_Q ? L->W_Q : kind == CIRCUITS_READER_K ? L->W_K : L->W_V,
+                   kind == CIRCUITS_READER_Q ? head : cx_kv_head(L, head), false);
     return CIRCUITS_OK;
 }
 

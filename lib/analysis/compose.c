@@ -44,15 +44,15 @@ static int reader_block(const cx_layer_weights *L, int64_t h, int mode, int64_t 
     int rc;
     if (mode == CIRCUITS_COMPOSITION_V) {
         /* R^B = W_V W_O: W_O = L Qo (LQ) with L = R(W_O^T)^T, so Q_B = W_V L */
-        cx_head_matrix(X, L->W_V, h, false);
+        cx_head_matrix(X, L->W_V, cx_kv_head(L, h), false);
         cx_head_matrix(Y, L->W_O, h, true); /* W_O^T [D, dh] */
         if ((rc = cx_qr_r(Y, D, dh, dh, R))) return rc;
         cx_mm(Q, X, false, R, true, D, dh, k);
     } else {
         /* Q: W_Q W_K^T -> W_Q R_K^T; K: W_K W_Q^T -> W_K R_Q^T */
         bool q = mode == CIRCUITS_COMPOSITION_Q;
-        cx_head_matrix(X, q ? L->W_Q : L->W_K, h, false);
-        cx_head_matrix(Y, q ? L->W_K : L->W_Q, h, false);
+        cx_head_matrix(X, q ? L->W_Q : L->W_K, q ? h : cx_kv_head(L, h), false);
+        cx_head_matrix(Y, q ? L->W_K : L->W_Q, q ? cx_kv_head(L, h) : h, false);
         if ((rc = cx_qr_r(Y, D, dh, dh, R))) return rc;
         cx_mm(Q, X, false, R, true, D, dh, k);
     }
@@ -64,7 +64,7 @@ static int writer_block(const cx_layer_weights *L, int64_t h, int64_t D, int64_t
 {
     int64_t k = core_dim(D, dh);
     float *X = tmp, *R = tmp + D * dh, *O = tmp + D * dh + k * dh; /* R [k, dh] */
-    cx_head_matrix(X, L->W_V, h, false);
+    cx_head_matrix(X, L->W_V, cx_kv_head(L, h), false);
     int rc = cx_qr_r(X, D, dh, dh, R);
     if (rc) return rc;
     cx_head_matrix(O, L->W_O, h, false);
@@ -296,7 +296,7 @@ int circuits_model_copying_scores(const circuits_model *m, int32_t full, float *
     }
     for (int64_t k = 0; k < L * H && !rc; k++) {
         const cx_layer_weights *Lw = &m->layers[k / H];
-        cx_head_matrix(Wv, Lw->W_V, k % H, false);
+        cx_head_matrix(Wv, Lw->W_V, cx_kv_head(Lw, k % H), false);
         cx_head_matrix(Wo, Lw->W_O, k % H, false);
         if (full) {
             cx_mm(T, Wo, false, G, false, dh, D, D);

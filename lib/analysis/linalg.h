@@ -17,6 +17,14 @@ void cx_weight_dense(float *dst, const circuits_tensor *W);
  * transpose [b, a]. */
 void cx_head_matrix(float *dst, const circuits_tensor *W, int64_t h, bool transpose);
 
+/* The K/V head query head h reads in layer L: h / (n_heads / n_key_value_heads) under
+ * grouped-query attention (TransformerLens's W_K / W_V properties repeat_interleave the K/V
+ * heads), else h. For the head index of W_K, W_V (whose first dim is n_key_value_heads). */
+static inline int64_t cx_kv_head(const cx_layer_weights *L, int64_t h)
+{
+    return h / (L->W_Q->shape[0] / L->W_K->shape[0]);
+}
+
 /* C [M, n] = W @ X for a 2-D weight view W [M, K] (W_E, W_pos, W_U: row-major or transposed,
  * else plain loops with double sums) and a contiguous X [K, n]. */
 void cx_weight_times(float *C, const circuits_tensor *W, const float *X, int64_t n);
