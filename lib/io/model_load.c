@@ -6,7 +6,9 @@
  * F32, 4-byte aligned and the view is just a re-striding of it (HF GPT-2's fused c_attn split
  * into heads, the tied W_U = wte transposed, TL-layout tensors), the view points into the
  * read-only file mapping and nothing is copied. F16/BF16 (or misaligned) tensors are
- * converted once into an owned, contiguous fp32 buffer. */
+ * converted once into an owned, contiguous fp32 buffer, as are views computed from the stored
+ * values (Gemma's norm weights + 1, its scaled embedding) and GPT-NeoX's interleaved q/k/v
+ * biases (biases are read contiguous). */
 #include "arch.h"
 #include "config.h"
 #include "safetensors.h"
@@ -29,7 +31,9 @@ typedef struct source_view {
     int transform;          /* XF_*: computed from the stored values (then always a copy) */
 } source_view;
 
-enum { XF_NONE, XF_PLUS_ONE, XF_SCALE_SQRT_D_MODEL };
+/* XF_CONTIGUOUS: a plain copy, for views the rest of the library must see contiguous (biases are
+ * read as [n, d_head] rows back to back: NeoX's interleaved q/k/v bias is gathered) */
+enum { XF_NONE, XF_PLUS_ONE, XF_SCALE_SQRT_D_MODEL, XF_CONTIGUOUS };
 
 static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
 {
@@ -122,6 +126,7 @@ static bool arch_source(const cx_arch *a, const circuits_config *c, bool strip, 
             v->src_shape[0] = 3 * n * dh;
             v->strides[0] = 3 * dh;
             v->strides[1] = 1;
+            v->transform = XF_CONTIGUOUS;
         }
         break;
     case CX_MAP_SAME:

@@ -234,10 +234,11 @@ def all_cases() -> Dict[str, Callable[[], None]]:
         "hf_llama3_rope", "llama",
         "Random LlamaForCausalLM with Llama 3 rope scaling (rope_type llama3, factor 8, low/high "
         "freq factors 1/4, original_max_position_embeddings 256): d_head 16, so the 8 wavelengths "
-        "(6.3 .. 19869) span all three bands. 2 layers, d_model 64, 4 heads / 1 K/V head (MQA), "
-        "d_mlp 48, tied embeddings.",
-        seed=44, vocab_size=64, max_position_embeddings=64, num_hidden_layers=2, hidden_size=64,
-        intermediate_size=48, tie_word_embeddings=True, num_attention_heads=4, num_key_value_heads=1,
+        "(6.3 .. 19869) span all three bands. 2 layers, d_model 32, 2 heads / 1 K/V head (MQA), "
+        "d_mlp 48, vocab 48 (not d_model: TL 3.9's fold_ln scales a square W_U along the wrong axis), "
+        "tied embeddings.",
+        seed=44, vocab_size=48, max_position_embeddings=64, num_hidden_layers=2, hidden_size=32,
+        intermediate_size=48, tie_word_embeddings=True, num_attention_heads=2, num_key_value_heads=1,
         hidden_act="silu",
         rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
                              high_freq_factor=4.0, original_max_position_embeddings=256),
@@ -271,11 +272,11 @@ def all_cases() -> Dict[str, Callable[[], None]]:
         "Random Gemma2ForCausalLM: 3 layers alternating sliding (layers 0, 2: window 4 < T) and "
         "global (layer 1) attention, no layer_types in config.json, attn_logit_softcapping 2, "
         "final_logit_softcapping 3, query_pre_attn_scalar 24 (scale sqrt(24), not sqrt(head_dim)), "
-        "norms before and after each sublayer, head_dim 16, 4 heads / 2 K/V heads, d_model 32, "
+        "norms before and after each sublayer, head_dim 16 given, 2 heads / 1 K/V head, d_model 32, "
         "d_mlp 48, tied, vocab 64.",
         seed=48, edit_config=no_layer_types, vocab_size=64, max_position_embeddings=64,
-        num_hidden_layers=3, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, sliding_window=4, attn_logit_softcapping=2.0,
+        num_hidden_layers=3, hidden_size=32, intermediate_size=48, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=4, attn_logit_softcapping=2.0,
         final_logit_softcapping=3.0, query_pre_attn_scalar=24, hidden_activation="gelu_pytorch_tanh",
         tie_word_embeddings=True,
     )
