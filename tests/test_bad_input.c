@@ -920,6 +920,54 @@ static void model_checks(void)
     LOAD_FAILS("tl_attn_only_with_mlp", dir, NULL, CIRCUITS_E_TENSOR_UNEXPECTED, "attention-only");
 }
 
+/* A 1-layer Llama's tensors (hidden 4, 2 heads of 2, intermediate 8, vocab 8), untied. */
+static void llama_tensors(tlist *l)
+{
+    l->n = 0;
+    TADD(l, "model.embed_tokens.weight", 8, 4);
+    TADD(l, "model.layers.0.input_layernorm.weight", 4);
+    TADD(l, "model.layers.0.self_attn.q_proj.weight", 4, 4);
+    TADD(l, "model.layers.0.self_attn.k_proj.weight", 4, 4);
+    TADD(l, "model.layers.0.self_attn.v_proj.weight", 4, 4);
+    TADD(l, "model.layers.0.self_attn.o_proj.weight", 4, 4);
+    TADD(l, "model.layers.0.post_attention_layernorm.weight", 4);
+    TADD(l, "model.layers.0.mlp.gate_proj.weight", 8, 4);
+    TADD(l, "model.layers.0.mlp.up_proj.weight", 8, 4);
+    TADD(l, "model.layers.0.mlp.down_proj.weight", 4, 8);
+    TADD(l, "model.norm.weight", 4);
+    TADD(l, "lm_head.weight", 8, 4);
+}
+
+/* The stored tensors of a family against what its config says (biases on or off, tied or not). */
+static void family_weight_checks(char *dir)
+{
+    tlist l;
+    char cfg1[512]; /* family_config_with's buffer is reused below */
+    snprintf(cfg1, sizeof cfg1, "%s", family_config_with("llama", "num_hidden_layers", "\"num_hidden_layers\":1"));
+    llama_tensors(&l);
+    gpt2_case(dir, "hf_llama_valid", cfg1, &l);
+    circuits_model *m = NULL;
+    CHECK_OK(circuits_model_load(&m, dir, NULL)); /* the baseline the failures below depart from */
+    circuits_model_free(m);
+    TADD(&l, "model.layers.0.self_attn.q_proj.bias", 4);
+    gpt2_case(dir, "hf_llama_bias_unexpected", cfg1, &l);
+    LOAD_FAILS("hf_llama_bias_unexpected", dir, NULL, CIRCUITS_E_TENSOR_UNEXPECTED, "has no place in this Llama model");
+    llama_tensors(&l);
+    gpt2_case(dir, "hf_llama_bias_missing",
+              family_config_with("llama", "num_hidden_layers", "\"num_hidden_layers\":1,\"attention_bias\":true"), &l);
+    LOAD_FAILS("hf_llama_bias_missing", dir, NULL, CIRCUITS_E_TENSOR_MISSING,
+               "required tensor 'model.layers.0.self_attn.q_proj.bias' (for blocks.0.attn.b_Q) is missing");
+    l.n--; /* no lm_head.weight */
+    gpt2_case(dir, "hf_llama_untied_no_lm_head", cfg1, &l);
+    LOAD_FAILS("hf_llama_untied_no_lm_head", dir, NULL, CIRCUITS_E_TENSOR_MISSING,
+               "tie_word_embeddings is false but there is no lm_head.weight");
+    llama_tensors(&l);
+    l.t[2].shape[0] = 6; /* q_proj [6, 4]: 3 heads' rows for 2 heads */
+    gpt2_case(dir, "hf_llama_q_proj_shape", cfg1, &l);
+    LOAD_FAILS("hf_llama_q_proj_shape", dir, NULL, CIRCUITS_E_SHAPE,
+               "tensor 'model.layers.0.self_attn.q_proj.weight' has shape [6, 4], but the config implies [4, 4]");
+}
+
 static void config_checks(void)
 {
     char dir[4096];
@@ -1014,6 +1062,7 @@ static void config_checks(void)
                     CIRCUITS_E_UNSUPPORTED, "GPT-J rotary_dim null (rotary over n_embd) is not supported");
     HF_CONFIG_FAILS("hf_kv_heads_not_divisor", family_config_with("llama", NULL, "\"num_key_value_heads\":3"),
                     CIRCUITS_E_CONFIG, "num_attention_heads = 2 is not a multiple of num_key_value_heads = 3");
+    family_weight_checks(dir);
     HF_CONFIG_FAILS("cfg_model_type_number", gpt2_config_with("model_type", "\"model_type\":2"), CIRCUITS_E_CONFIG,
                     "field 'model_type' must be a string");
     HF_CONFIG_FAILS("cfg_activation_unsupported", gpt2_config_with(NULL, "\"activation_function\":\"tanh\""),

@@ -147,6 +147,7 @@ int cx_config_parse_hf(const char *path, const char *buf, size_t len, circuits_c
     memset(cfg, 0, sizeof *cfg);
     cfg->size = sizeof *cfg;
     cfg->format = CIRCUITS_FORMAT_HF_GPT2;
+    memset(extra, 0, sizeof *extra);
     const char *s;
     TRY(cx_jcfg_str(&c, "model_type", &s));
     if (s && strcmp(s, "gpt2") != 0) { /* the other families: config_hf.c */
