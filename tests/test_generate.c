@@ -844,7 +844,10 @@ int main(int argc, char **argv)
                            "tl_rope_linear_mqa", "tl_local_all", "tl_local_alternating_rotary", "tl_attn_softcap",
                            /* gated MLP, parallel block, final_rms, post-sublayer norms, logit soft-cap */
                            "tl_gated_swiglu_rms", "tl_gated_geglu_ln", "tl_parallel_ln", "tl_final_rms_ln",
-                           "tl_gemma2_block", "tl_pythia_like", "tl_llama_like"};
+                           "tl_gemma2_block", "tl_pythia_like", "tl_llama_like",
+                           /* the Hugging Face families (generate_families.py) */
+                           "hf_neox", "hf_gptj", "hf_llama_gqa", "hf_llama3_rope", "hf_mistral_window",
+                           "hf_qwen2_bias", "hf_gemma", "hf_gemma2", "hf_qwen2_bf16", "hf_mistral_sharded"};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_cache_equivalence(cases[i], false);
     test_cache_equivalence("tl_gelu_new_attn_result", true);
     test_forward_kv_chunks("tl_shortformer_relu");
@@ -858,6 +861,9 @@ int main(int argc, char **argv)
     test_forward_kv_chunks("tl_attn_softcap");
     test_forward_kv_chunks("tl_gemma2_block"); /* post-sublayer norms, gated MLP, logit soft-cap */
     test_forward_kv_chunks("tl_pythia_like");  /* parallel attention + MLP */
+    test_forward_kv_chunks("hf_mistral_window"); /* window 4 < T = 12 across chunks */
+    test_forward_kv_chunks("hf_gemma2");         /* alternating windows, both soft-caps */
+    test_forward_kv_chunks("hf_neox");           /* NeoX's gathered q/k/v biases, partial rotary */
     test_hook_shapes("tl_shortformer_relu");
     test_hook_shapes("hf_tiny_random_gpt2");
     test_hook_edits("tl_shortformer_relu");

@@ -86,7 +86,14 @@ class CaseModel:
             self.case = json.load(f)
         self.expected = load_file(os.path.join(self.dir, "expected.safetensors"))
         self.format = self.case["format"]
-        if self.format == "hf":
+        self.family = self.case.get("family")  # generate_families.py: a transformers model type
+        if self.family:
+            import generate_families as F
+
+            self.lm = F.load_hf(self.dir, self.family)
+            self.convert = F.FAMILIES[self.family][2]
+            assert tl_config_dict(self.make_cfg()) == self.case["tl_config"], name
+        elif self.format == "hf":
             arch = self.case["tl_config"]["original_architecture"]
             if arch == "GPT2Model":  # hf_tiny_noprefix: base model, tied head = wte
                 base = GPT2Model.from_pretrained(
@@ -107,7 +114,12 @@ class CaseModel:
             }
 
     def make_cfg(self, **changes) -> HookedTransformerConfig:
-        if self.format == "hf":
+        if self.family:  # the config the generator built (TL's, or by hand for Gemma)
+            d = dict(self.case["tl_config"])
+            d["dtype"] = torch.float32
+            d["device"] = "cpu"
+            cfg = HookedTransformerConfig.from_dict(d)
+        elif self.format == "hf":
             cfg = G.hf_to_tl_config(self.hf_cfg, self.arch)
         else:
             cfg = HookedTransformerConfig.from_dict(load_tl_config(self.dir))
@@ -119,6 +131,8 @@ class CaseModel:
 
     def make_state_dict(self, cfg) -> Dict[str, torch.Tensor]:
         """What from_pretrained would hand to load_and_process_state_dict."""
+        if self.family:
+            return {k: v.detach().clone().float() for k, v in self.convert(self.lm, cfg).items()}
         if self.format == "hf":
             return {k: v.detach().clone().float() for k, v in convert_gpt2_weights(self.lm, cfg).items()}
         return {k: v.clone() for k, v in self.tl_sd.items()}
