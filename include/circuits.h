@@ -209,7 +209,7 @@ typedef struct circuits_config {
     float rope_low_freq_factor; /* llama3 */
     float rope_high_freq_factor; /* llama3 */
     int32_t rope_original_n_ctx; /* llama3: original_max_position_embeddings */
-    int32_t gated_mlp;          /* 1: hook_post = act(x W_gate) * (x W_in + b_in) (SwiGLU, GeGLU) */
+    int32_t gated_mlp;          /* 1: hook_post = act(x W_gate) * (x W_in) + b_in (SwiGLU, GeGLU) */
     int32_t parallel_attn_mlp;  /* 1: the MLP reads resid_pre; resid_post = pre + attn_out + mlp_out */
     int32_t final_rms;          /* 1: ln_final is RMSNorm (RMSPre once folded) whatever the blocks use */
     int32_t norm_before_and_after; /* 1: ln1_post / ln2_post normalize each sublayer's output (Gemma 2) */
@@ -520,6 +520,14 @@ CIRCUITS_API int circuits_model_qk(const circuits_model *m, int32_t layer, int32
 CIRCUITS_API int circuits_model_full_ov(const circuits_model *m, int32_t layer, int32_t head, circuits_factored **out);
 CIRCUITS_API int circuits_model_full_qk(const circuits_model *m, int32_t layer, int32_t head, circuits_factored **out);
 CIRCUITS_API int circuits_model_pos_qk(const circuits_model *m, int32_t layer, int32_t head, circuits_factored **out);
+/* Rotary models: the QK circuit of head (layer, head) WITH the rotation (model.QK and
+ * circuits_model_qk leave it out), for relative offsets delta = 0 .. n_offsets - 1 (query
+ * position minus key position): M[delta] = W_Q R(delta) W_K^T [d_model, d_model], leading dim
+ * [n_offsets], factors A = W_Q R(delta) and B = W_K^T. The score of a query residual x_i for a
+ * key residual x_j = x_{i - delta} is x_i M[delta] x_j^T plus bias terms, times 1 / attn_scale.
+ * n_offsets in [1, n_ctx]. CIRCUITS_E_UNSUPPORTED if the model is not rotary. */
+CIRCUITS_API int circuits_model_rotary_qk(const circuits_model *m, int32_t layer, int32_t head, int64_t n_offsets,
+                                          circuits_factored **out);
 
 #define CIRCUITS_COMPOSITION_Q 0 /* the writer's output feeds the reader's queries */
 #define CIRCUITS_COMPOSITION_K 1 /* ... its keys */

@@ -13,6 +13,7 @@
 #include "internal.h"
 #include "kernels.h"
 #include "rope.h"
+#include "kv_expand.h"
 
 static const char *g_cases;
 
@@ -119,33 +120,6 @@ static void test_relative_position(void)
     CHECK(fabs(dots[0] - dots[1]) < 1e-5, "rotary score depends on absolute position: %g vs %g", dots[0], dots[1]);
 }
 
-/* A copy of K/V weights [KV, ...] repeated to [H, ...] (repeat_interleave over heads). */
-static circuits_tensor *expand(const circuits_tensor *w, int64_t group)
-{
-    circuits_tensor *t = calloc(1, sizeof *t);
-    *t = *w;
-    t->shape[0] = w->shape[0] * group;
-    size_t per = 1;
-    for (int d = 1; d < w->ndim; d++) per *= (size_t)w->shape[d];
-    float *data = malloc(sizeof(float) * per * (size_t)t->shape[0]);
-    for (int64_t h = 0; h < t->shape[0]; h++) {
-        size_t i = 0;
-        /* gathers head h / group through the strides (a view may be strided) */
-        if (w->ndim == 3) {
-            for (int64_t a = 0; a < w->shape[1]; a++)
-                for (int64_t b = 0; b < w->shape[2]; b++)
-                    data[(size_t)h * per + i++] =
-                        w->data[(h / group) * w->strides[0] + a * w->strides[1] + b * w->strides[2]];
-        } else {
-            for (int64_t a = 0; a < w->shape[1]; a++)
-                data[(size_t)h * per + i++] = w->data[(h / group) * w->strides[0] + a * w->strides[1]];
-        }
-    }
-    t->data = data;
-    cx_contiguous_strides(t->ndim, t->shape, t->strides);
-    return t;
-}
-
 static void test_gqa_equals_repeated_heads(const char *name)
 {
     circuits_model *m = load_case(name);
@@ -154,31 +128,11 @@ static void test_gqa_equals_repeated_heads(const char *name)
     CHECK(KV < H, "%s is not grouped", name);
     float *a = malloc(sizeof(float) * (size_t)(14 * V)), *b = malloc(sizeof(float) * (size_t)(14 * V));
     logits_of(m, a);
-    int L = m->cfg.n_layers;
-    const circuits_tensor **saved = malloc(sizeof *saved * (size_t)(4 * L));
-    for (int l = 0; l < L; l++) {
-        cx_layer_weights *w = &m->layers[l];
-        const circuits_tensor **slots[4] = {&w->W_K, &w->W_V, &w->b_K, &w->b_V};
-        for (int s = 0; s < 4; s++) {
-            saved[4 * l + s] = *slots[s];
-            *slots[s] = expand(*slots[s], H / KV);
-        }
-    }
-    m->cfg.n_key_value_heads = (int32_t)H;
+    const circuits_tensor **saved = kv_expand_model(m);
     logits_of(m, b);
     double d = max_abs_diff(a, b, (size_t)(14 * V));
     CHECK(d < 1e-5, "%s: grouped K/V vs the same heads repeated: logits differ by %g", name, d);
-    m->cfg.n_key_value_heads = (int32_t)KV;
-    for (int l = 0; l < L; l++) {
-        cx_layer_weights *w = &m->layers[l];
-        const circuits_tensor **slots[4] = {&w->W_K, &w->W_V, &w->b_K, &w->b_V};
-        for (int s = 0; s < 4; s++) {
-            free((*slots[s])->data);
-            free((circuits_tensor *)*slots[s]);
-            *slots[s] = saved[4 * l + s];
-        }
-    }
-    free(saved);
+    kv_restore_model(m, saved, (int32_t)KV);
     free(a);
     free(b);
     circuits_model_free(m);

@@ -298,6 +298,18 @@ static const char *gpt2_config_with(const char *drop, const char *field)
     return config_with(keys, vals, 6, drop, field);
 }
 
+/* A config.json of the family model_type (llama-like fields; gpt_neox reads the same names)
+ * without `drop`, plus `field`: 2 layers, hidden 4, 2 heads of 2. */
+static const char *family_config_with(const char *model_type, const char *drop, const char *field)
+{
+    static char mt[64];
+    snprintf(mt, sizeof mt, "\"%s\"", model_type);
+    static const char *const keys[] = {"model_type", "hidden_size", "num_attention_heads", "num_hidden_layers",
+                                       "intermediate_size", "max_position_embeddings", "vocab_size"};
+    const char *vals[] = {mt, "4", "2", "2", "8", "8", "8"};
+    return config_with(keys, vals, 7, drop, field);
+}
+
 /* The TL config without `drop`, plus `field`. */
 static const char *tl_config_with(const char *drop, const char *field)
 {
@@ -871,6 +883,12 @@ static void model_checks(void)
             CALL_FAILS("rotary_writer_pos_embed",
                        circuits_model_virtual_weights(rm, CIRCUITS_WRITER_POS_EMBED, 0, 0, CIRCUITS_READER_Q, 0, 0, &f),
                        CIRCUITS_E_UNSUPPORTED, "CIRCUITS_WRITER_POS_EMBED: a rotary model has no W_pos");
+            CALL_FAILS("rotary_qk_no_offsets", circuits_model_rotary_qk(rm, 0, 0, 0, &f), CIRCUITS_E_RANGE,
+                       "n_offsets 0 outside [1, n_ctx = 8]");
+            CALL_FAILS("rotary_qk_offsets_past_ctx", circuits_model_rotary_qk(rm, 0, 0, 9, &f), CIRCUITS_E_RANGE,
+                       "n_offsets 9 outside [1, n_ctx = 8]");
+            CALL_FAILS("rotary_qk_head_out_of_range", circuits_model_rotary_qk(rm, 0, -1, 4, &f), CIRCUITS_E_RANGE,
+                       "head L0H-1 out of range for 1 layers x 2 heads");
             CHECK(f == NULL, "no circuit made");
             circuits_model_free(rm);
         }
@@ -891,10 +909,69 @@ static void model_checks(void)
     LOAD_FAILS("tl_refactor_gqa", dir, &refactor_opts, CIRCUITS_E_UNSUPPORTED,
                "refactor_factored_attn_matrices with grouped-query attention");
 
+    /* a gated MLP after LN: fold_ln is refused (ln2.b has no bias to fold into, TL's GatedMLP adds
+     * b_in after the product); the model loads unfolded */
+    tl_tensors(&l);
+    TADD(&l, "blocks.0.mlp.W_gate", 4, 16);
+    tl_case(dir, "tl_fold_gated_ln", tl_config_with(NULL, "\"gated_mlp\":true"), &l);
+    LOAD_FAILS("tl_fold_gated_ln", dir, NULL, CIRCUITS_E_UNSUPPORTED, "fold_ln of a gated MLP after a LayerNorm");
+    circuits_load_options no_fold;
+    circuits_load_options_init(&no_fold);
+    no_fold.fold_ln = 0;
+    load_ok("ok_tl_gated_ln_unfolded", dir, &no_fold);
+
     /* an attention-only config with MLP weights present */
     tl_tensors(&l);
     tl_case(dir, "tl_attn_only_with_mlp", tl_config_with("act_fn", "\"attn_only\":true"), &l);
     LOAD_FAILS("tl_attn_only_with_mlp", dir, NULL, CIRCUITS_E_TENSOR_UNEXPECTED, "attention-only");
+}
+
+/* A 1-layer Llama's tensors (hidden 4, 2 heads of 2, intermediate 8, vocab 8), untied. */
+static void llama_tensors(tlist *l)
+{
+    l->n = 0;
+    TADD(l, "model.embed_tokens.weight", 8, 4);
+    TADD(l, "model.layers.0.input_layernorm.weight", 4);
+    TADD(l, "model.layers.0.self_attn.q_proj.weight", 4, 4);
+    TADD(l, "model.layers.0.self_attn.k_proj.weight", 4, 4);
+    TADD(l, "model.layers.0.self_attn.v_proj.weight", 4, 4);
+    TADD(l, "model.layers.0.self_attn.o_proj.weight", 4, 4);
+    TADD(l, "model.layers.0.post_attention_layernorm.weight", 4);
+    TADD(l, "model.layers.0.mlp.gate_proj.weight", 8, 4);
+    TADD(l, "model.layers.0.mlp.up_proj.weight", 8, 4);
+    TADD(l, "model.layers.0.mlp.down_proj.weight", 4, 8);
+    TADD(l, "model.norm.weight", 4);
+    TADD(l, "lm_head.weight", 8, 4);
+}
+
+/* The stored tensors of a family against what its config says (biases on or off, tied or not). */
+static void family_weight_checks(char *dir)
+{
+    tlist l;
+    char cfg1[512]; /* family_config_with's buffer is reused below */
+    snprintf(cfg1, sizeof cfg1, "%s", family_config_with("llama", "num_hidden_layers", "\"num_hidden_layers\":1"));
+    llama_tensors(&l);
+    gpt2_case(dir, "hf_llama_valid", cfg1, &l);
+    circuits_model *m = NULL;
+    CHECK_OK(circuits_model_load(&m, dir, NULL)); /* the baseline the failures below depart from */
+    circuits_model_free(m);
+    TADD(&l, "model.layers.0.self_attn.q_proj.bias", 4);
+    gpt2_case(dir, "hf_llama_bias_unexpected", cfg1, &l);
+    LOAD_FAILS("hf_llama_bias_unexpected", dir, NULL, CIRCUITS_E_TENSOR_UNEXPECTED, "has no place in this Llama model");
+    llama_tensors(&l);
+    gpt2_case(dir, "hf_llama_bias_missing",
+              family_config_with("llama", "num_hidden_layers", "\"num_hidden_layers\":1,\"attention_bias\":true"), &l);
+    LOAD_FAILS("hf_llama_bias_missing", dir, NULL, CIRCUITS_E_TENSOR_MISSING,
+               "required tensor 'model.layers.0.self_attn.q_proj.bias' (for blocks.0.attn.b_Q) is missing");
+    l.n--; /* no lm_head.weight */
+    gpt2_case(dir, "hf_llama_untied_no_lm_head", cfg1, &l);
+    LOAD_FAILS("hf_llama_untied_no_lm_head", dir, NULL, CIRCUITS_E_TENSOR_MISSING,
+               "tie_word_embeddings is false but there is no lm_head.weight");
+    llama_tensors(&l);
+    l.t[2].shape[0] = 6; /* q_proj [6, 4]: 3 heads' rows for 2 heads */
+    gpt2_case(dir, "hf_llama_q_proj_shape", cfg1, &l);
+    LOAD_FAILS("hf_llama_q_proj_shape", dir, NULL, CIRCUITS_E_SHAPE,
+               "tensor 'model.layers.0.self_attn.q_proj.weight' has shape [6, 4], but the config implies [4, 4]");
 }
 
 static void config_checks(void)
@@ -949,8 +1026,49 @@ static void config_checks(void)
                     "field 'n_inner' = 0 is outside");
     HF_CONFIG_FAILS("cfg_n_embd_not_multiple", gpt2_config_with("n_head", "\"n_head\":3"), CIRCUITS_E_CONFIG,
                     "n_embd = 4 is not a multiple of n_head = 3");
-    HF_CONFIG_FAILS("cfg_model_type_llama", gpt2_config_with("model_type", "\"model_type\":\"llama\""),
-                    CIRCUITS_E_UNSUPPORTED, "model_type 'llama' is not supported");
+    HF_CONFIG_FAILS("cfg_model_type_unknown", gpt2_config_with("model_type", "\"model_type\":\"bloom\""),
+                    CIRCUITS_E_UNSUPPORTED, "model_type 'bloom' is not supported");
+    /* the modern families (lib/io/config_hf.c): what changes the computation and is not
+     * implemented is refused by name; the config is read before any tensor */
+    HF_CONFIG_FAILS("hf_rope_type_yarn",
+                    family_config_with("llama", NULL, "\"rope_parameters\":{\"rope_type\":\"yarn\",\"factor\":4}"),
+                    CIRCUITS_E_UNSUPPORTED, "rope_type 'yarn' is not supported (default, linear, llama3)");
+    HF_CONFIG_FAILS("hf_rope_scaling_dynamic",
+                    family_config_with("mistral", NULL, "\"rope_scaling\":{\"type\":\"dynamic\",\"factor\":2}"),
+                    CIRCUITS_E_UNSUPPORTED, "rope_type 'dynamic' is not supported");
+    HF_CONFIG_FAILS("hf_rope_llama3_no_original",
+                    family_config_with("llama", NULL, "\"rope_parameters\":{\"rope_type\":\"llama3\",\"factor\":8}"),
+                    CIRCUITS_E_CONFIG, "missing required field 'original_max_position_embeddings'");
+    HF_CONFIG_FAILS("hf_layer_types_chunked",
+                    family_config_with("gemma2", NULL,
+                                       "\"sliding_window\":4,\"layer_types\":[\"chunked_attention\",\"full_attention\"]"),
+                    CIRCUITS_E_UNSUPPORTED, "layer_types entry 'chunked_attention' is not supported");
+    HF_CONFIG_FAILS("hf_layer_types_pattern",
+                    family_config_with("gemma2", "num_hidden_layers",
+                                       "\"num_hidden_layers\":3,\"sliding_window\":4,\"layer_types\":"
+                                       "[\"sliding_attention\",\"sliding_attention\",\"full_attention\"]"),
+                    CIRCUITS_E_UNSUPPORTED, "mixes full and sliding layers in a pattern other than");
+    HF_CONFIG_FAILS("hf_qwen2_max_window_layers",
+                    family_config_with("qwen2", NULL,
+                                       "\"use_sliding_window\":true,\"sliding_window\":4,\"max_window_layers\":1"),
+                    CIRCUITS_E_UNSUPPORTED, "use_sliding_window with max_window_layers = 1 of 2 layers");
+    HF_CONFIG_FAILS("hf_llama_mlp_bias", family_config_with("llama", NULL, "\"mlp_bias\":true"),
+                    CIRCUITS_E_UNSUPPORTED, "'mlp_bias' true is not supported");
+    HF_CONFIG_FAILS("hf_gemma_bidirectional", family_config_with("gemma", NULL, "\"use_bidirectional_attention\":true"),
+                    CIRCUITS_E_UNSUPPORTED, "'use_bidirectional_attention' true is not supported");
+    HF_CONFIG_FAILS("hf_gemma2_rope_linear",
+                    family_config_with("gemma2", NULL,
+                                       "\"sliding_window\":4,\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":2}"),
+                    CIRCUITS_E_UNSUPPORTED, "rope scaling with alternating sliding-window layers is not supported");
+    HF_CONFIG_FAILS("hf_partial_rotary_odd", family_config_with("gpt_neox", NULL, "\"rotary_pct\":0.5"),
+                    CIRCUITS_E_UNSUPPORTED, "a rotary dimension of 1");
+    HF_CONFIG_FAILS("hf_gptj_rotary_dim_null",
+                    "{\"model_type\":\"gptj\",\"n_embd\":4,\"n_head\":2,\"n_layer\":1,\"n_positions\":8,"
+                    "\"vocab_size\":8,\"rotary_dim\":null}",
+                    CIRCUITS_E_UNSUPPORTED, "GPT-J rotary_dim null (rotary over n_embd) is not supported");
+    HF_CONFIG_FAILS("hf_kv_heads_not_divisor", family_config_with("llama", NULL, "\"num_key_value_heads\":3"),
+                    CIRCUITS_E_CONFIG, "num_attention_heads = 2 is not a multiple of num_key_value_heads = 3");
+    family_weight_checks(dir);
     HF_CONFIG_FAILS("cfg_model_type_number", gpt2_config_with("model_type", "\"model_type\":2"), CIRCUITS_E_CONFIG,
                     "field 'model_type' must be a string");
     HF_CONFIG_FAILS("cfg_activation_unsupported", gpt2_config_with(NULL, "\"activation_function\":\"tanh\""),
@@ -999,6 +1117,12 @@ static void config_checks(void)
                     tl_config_with("normalization_type act_fn",
                                    "\"normalization_type\":\"RMSPre\",\"act_fn\":\"solu_ln\""),
                     CIRCUITS_E_UNSUPPORTED, "act_fn 'solu_ln' with normalization_type 'RMSPre' is not supported");
+    TL_CONFIG_FAILS("tl_cfg_post_norm_arch", tl_config_with(NULL, "\"original_architecture\":\"Olmo2ForCausalLM\""),
+                    CIRCUITS_E_UNSUPPORTED, "original_architecture 'Olmo2ForCausalLM' (norms after each sublayer");
+    /* TL builds ln1_post / ln2_post for RMS and RMSPre only */
+    TL_CONFIG_FAILS("tl_cfg_norm_before_after_ln", tl_config_with(NULL, "\"use_normalization_before_and_after\":true"),
+                    CIRCUITS_E_UNSUPPORTED,
+                    "'use_normalization_before_and_after' is supported with normalization_type RMS or RMSPre only");
     TL_CONFIG_FAILS("tl_cfg_rotary_alibi", tl_config_with(NULL, "\"positional_embedding_type\":\"alibi\""),
                     CIRCUITS_E_UNSUPPORTED, "positional_embedding_type 'alibi' is not supported");
     TL_CONFIG_FAILS("tl_cfg_norm_number", tl_config_with("normalization_type", "\"normalization_type\":1"),

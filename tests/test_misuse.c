@@ -543,6 +543,8 @@ static void range_checks(circuits_model *m, circuits_context *ctx, const circuit
     CALL_FAILS("circuit_head_out_of_range", circuits_model_full_qk(m, 0, 4, &f), CIRCUITS_E_RANGE,
                "head 4 out of range (model has 4; -1 for all)");
     CALL_FAILS("circuit_layer_minus_2", circuits_model_pos_qk(m, -2, 0, &f), CIRCUITS_E_RANGE, "layer -2 out of range");
+    CALL_FAILS("rotary_qk_not_rotary", circuits_model_rotary_qk(m, 0, 0, 4, &f), CIRCUITS_E_UNSUPPORTED,
+               "circuits_model_rotary_qk: the model is not rotary");
     CALL_FAILS("composition_circuit_head_out_of_range",
                circuits_model_composition_circuit(m, CIRCUITS_COMPOSITION_K, 0, 0, 1, 9, &f), CIRCUITS_E_RANGE,
                "heads L0H0, L1H9: out of range for 5 layers x 4 heads");

@@ -76,6 +76,22 @@ static int patch_pos(const circuits_tensor *r, void *u)
     return CIRCUITS_HOOK_CONTINUE;
 }
 
+/* every element times 0.5 (any hook; strides honoured, up to 4 dims) */
+static int halve(const circuits_tensor *t, void *u)
+{
+    (void)u;
+    int64_t sh[4] = {1, 1, 1, 1}, st[4] = {0, 0, 0, 0};
+    for (int i = 0; i < t->ndim; i++) {
+        sh[4 - t->ndim + i] = t->shape[i];
+        st[4 - t->ndim + i] = t->strides[i];
+    }
+    for (int64_t a = 0; a < sh[0]; a++)
+        for (int64_t b = 0; b < sh[1]; b++)
+            for (int64_t c = 0; c < sh[2]; c++)
+                for (int64_t d = 0; d < sh[3]; d++) t->data[a * st[0] + b * st[1] + c * st[2] + d * st[3]] *= 0.5f;
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
 static int uniform_pattern(const circuits_tensor *p, void *u)
 {
     (void)u; /* pattern [batch, head, q, k] */
@@ -217,6 +233,20 @@ int main(int argc, char **argv)
         circuits_context_clear_hooks(ctx);
         double d = max_diff(logits, want("edit:replace_pattern"));
         CHECK(d <= TOL_LOGITS, "replaced pattern: logits max-abs diff %.3g", d);
+        d_edit = fmax(d_edit, d);
+    }
+    /* the block structure's own hook points (gated pre_linear, post-norms, ln2 of a parallel
+     * block, unembed.hook_out before the logit soft-cap): each halved, alone */
+    json_t *scaled = json_object_get(edits, "halve");
+    for (size_t i = 0; i < json_array_size(scaled); i++) {
+        const char *name = json_string_value(json_array_get(scaled, i));
+        char key[160];
+        snprintf(key, sizeof key, "edit:halve:%s", name ? name : "?");
+        CHECK_OK(circuits_context_add_hook(ctx, name, halve, NULL, NULL));
+        CHECK_OK(circuits_context_forward(ctx, tokens, B, T, logits, NULL, NULL));
+        circuits_context_clear_hooks(ctx);
+        double d = max_diff(logits, want(key));
+        CHECK(d <= TOL_LOGITS, "%s halved: logits max-abs diff %.3g", name, d);
         d_edit = fmax(d_edit, d);
     }
     printf("  edits %.2e\n", d_edit);

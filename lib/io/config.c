@@ -4,28 +4,17 @@
 #include "config.h"
 #include "json_load.h"
 
-#include <jansson.h>
 #include <math.h>
 #include <string.h>
 
-/* Largest accepted dimension: generous for real models, small enough that products of a few
- * of them cannot overflow 64 bits. */
-#define CX_MAX_DIM (1 << 24)
-#define CX_MAX_LAYERS 4096
-
-typedef struct {
-    json_t *root;
-    const char *path;
-} jcfg;
-
 /* A field that is absent or JSON null. */
-static bool absent(const jcfg *c, const char *key)
+bool cx_jcfg_absent(const cx_jcfg *c, const char *key)
 {
     json_t *v = json_object_get(c->root, key);
     return !v || json_is_null(v);
 }
 
-static int get_int(const jcfg *c, const char *key, bool required, int64_t dflt, int64_t lo, int64_t hi,
+int cx_jcfg_int(const cx_jcfg *c, const char *key, bool required, int64_t dflt, int64_t lo, int64_t hi,
                    int32_t *out)
 {
     json_t *v = json_object_get(c->root, key);
@@ -44,7 +33,7 @@ static int get_int(const jcfg *c, const char *key, bool required, int64_t dflt, 
     return CIRCUITS_OK;
 }
 
-static int get_bool(const jcfg *c, const char *key, bool dflt, bool *out)
+int cx_jcfg_bool(const cx_jcfg *c, const char *key, bool dflt, bool *out)
 {
     json_t *v = json_object_get(c->root, key);
     if (!v || json_is_null(v)) {
@@ -57,7 +46,7 @@ static int get_bool(const jcfg *c, const char *key, bool dflt, bool *out)
     return CIRCUITS_OK;
 }
 
-static int get_num(const jcfg *c, const char *key, double dflt, double *out)
+int cx_jcfg_num(const cx_jcfg *c, const char *key, double dflt, double *out)
 {
     json_t *v = json_object_get(c->root, key);
     if (!v || json_is_null(v)) {
@@ -73,7 +62,7 @@ static int get_num(const jcfg *c, const char *key, double dflt, double *out)
 }
 
 /* A string field; *out is NULL when absent or null. */
-static int get_str(const jcfg *c, const char *key, const char **out)
+int cx_jcfg_str(const cx_jcfg *c, const char *key, const char **out)
 {
     json_t *v = json_object_get(c->root, key);
     *out = NULL;
@@ -97,7 +86,7 @@ static const struct { const char *name; circuits_act_fn act; } act_names[] = {
     {"solu_ln", CIRCUITS_ACT_SOLU_LN},
 };
 
-static int parse_act_fn(const jcfg *c, const char *key, const char *s, int32_t *out)
+int cx_jcfg_act_fn(const cx_jcfg *c, const char *key, const char *s, int32_t *out)
 {
     char list[160];
     size_t n = 0;
@@ -112,7 +101,7 @@ static int parse_act_fn(const jcfg *c, const char *key, const char *s, int32_t *
 }
 
 /* Parses a config from a file (buf NULL) or from a buffer of len bytes (named path in messages). */
-static int open_json(const char *path, const char *buf, size_t len, jcfg *c)
+int cx_jcfg_open(const char *path, const char *buf, size_t len, cx_jcfg *c)
 {
     json_error_t err;
     c->path = path;
@@ -135,7 +124,7 @@ static int open_json(const char *path, const char *buf, size_t len, jcfg *c)
 }
 
 /* Checks shared by both formats once the fields are read. */
-static int check_sizes(const jcfg *c, const circuits_config *cfg)
+int cx_jcfg_check_sizes(const cx_jcfg *c, const circuits_config *cfg)
 {
     int64_t hd = (int64_t)cfg->n_heads * cfg->d_head;
     if (hd > CX_MAX_DIM)
@@ -152,26 +141,27 @@ int cx_config_load_hf(const char *path, circuits_config *cfg, cx_hf_extra *extra
 
 int cx_config_parse_hf(const char *path, const char *buf, size_t len, circuits_config *cfg, cx_hf_extra *extra)
 {
-    jcfg c;
-    int rc = open_json(path, buf, len, &c);
+    cx_jcfg c;
+    int rc = cx_jcfg_open(path, buf, len, &c);
     if (rc) return rc;
     memset(cfg, 0, sizeof *cfg);
     cfg->size = sizeof *cfg;
     cfg->format = CIRCUITS_FORMAT_HF_GPT2;
+    memset(extra, 0, sizeof *extra);
     const char *s;
-    TRY(get_str(&c, "model_type", &s));
-    if (s && strcmp(s, "gpt2") != 0) {
-        rc = cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: model_type '%s' is not supported (only gpt2)", path, s);
+    TRY(cx_jcfg_str(&c, "model_type", &s));
+    if (s && strcmp(s, "gpt2") != 0) { /* the other families: config_hf.c */
+        rc = cx_config_parse_hf_family(&c, s, cfg, extra);
         goto done;
     }
-    TRY(get_int(&c, "n_embd", true, 0, 1, CX_MAX_DIM, &cfg->d_model));
-    TRY(get_int(&c, "n_head", true, 0, 1, CX_MAX_DIM, &cfg->n_heads));
-    TRY(get_int(&c, "n_layer", true, 0, 1, CX_MAX_LAYERS, &cfg->n_layers));
-    TRY(get_int(&c, "vocab_size", true, 0, 1, CX_MAX_DIM, &cfg->d_vocab));
-    if (!absent(&c, "n_positions"))
-        TRY(get_int(&c, "n_positions", true, 0, 1, CX_MAX_DIM, &cfg->n_ctx));
+    TRY(cx_jcfg_int(&c, "n_embd", true, 0, 1, CX_MAX_DIM, &cfg->d_model));
+    TRY(cx_jcfg_int(&c, "n_head", true, 0, 1, CX_MAX_DIM, &cfg->n_heads));
+    TRY(cx_jcfg_int(&c, "n_layer", true, 0, 1, CX_MAX_LAYERS, &cfg->n_layers));
+    TRY(cx_jcfg_int(&c, "vocab_size", true, 0, 1, CX_MAX_DIM, &cfg->d_vocab));
+    if (!cx_jcfg_absent(&c, "n_positions"))
+        TRY(cx_jcfg_int(&c, "n_positions", true, 0, 1, CX_MAX_DIM, &cfg->n_ctx));
     else
-        TRY(get_int(&c, "n_ctx", true, 0, 1, CX_MAX_DIM, &cfg->n_ctx));
+        TRY(cx_jcfg_int(&c, "n_ctx", true, 0, 1, CX_MAX_DIM, &cfg->n_ctx));
     if (cfg->d_model % cfg->n_heads != 0) {
         rc = cx_fail(CIRCUITS_E_CONFIG, "%s: n_embd = %d is not a multiple of n_head = %d", path,
                      cfg->d_model, cfg->n_heads);
@@ -179,15 +169,15 @@ int cx_config_parse_hf(const char *path, const char *buf, size_t len, circuits_c
     }
     cfg->d_head = cfg->d_model / cfg->n_heads;
     /* n_inner: null means 4 * n_embd */
-    TRY(get_int(&c, "n_inner", false, 4 * (int64_t)cfg->d_model, 1, CX_MAX_DIM, &cfg->d_mlp));
+    TRY(cx_jcfg_int(&c, "n_inner", false, 4 * (int64_t)cfg->d_model, 1, CX_MAX_DIM, &cfg->d_mlp));
     if (cfg->d_mlp > CX_MAX_DIM) { /* the 4 * n_embd default */
         rc = cx_fail(CIRCUITS_E_CONFIG, "%s: n_inner (4 * n_embd = %d) is too large", path, cfg->d_mlp);
         goto done;
     }
     cfg->d_vocab_out = cfg->d_vocab;
-    TRY(get_str(&c, "activation_function", &s));
+    TRY(cx_jcfg_str(&c, "activation_function", &s));
     cfg->act_fn = CIRCUITS_ACT_GELU_NEW;
-    if (s) TRY(parse_act_fn(&c, "activation_function", s, &cfg->act_fn));
+    if (s) TRY(cx_jcfg_act_fn(&c, "activation_function", s, &cfg->act_fn));
     if (cfg->act_fn == CIRCUITS_ACT_SOLU_LN) { /* SoLU's LayerNorm has weights no GPT-2 file has */
         rc = cx_fail(CIRCUITS_E_UNSUPPORTED,
                      "%s: activation_function 'solu_ln' needs mlp.ln weights, which a GPT-2 model has no place for "
@@ -195,7 +185,7 @@ int cx_config_parse_hf(const char *path, const char *buf, size_t len, circuits_c
         goto done;
     }
     double eps;
-    TRY(get_num(&c, "layer_norm_epsilon", 1e-5, &eps));
+    TRY(cx_jcfg_num(&c, "layer_norm_epsilon", 1e-5, &eps));
     if (eps < 0) {
         rc = cx_fail(CIRCUITS_E_CONFIG, "%s: layer_norm_epsilon must not be negative", path);
         goto done;
@@ -204,10 +194,10 @@ int cx_config_parse_hf(const char *path, const char *buf, size_t len, circuits_c
     cfg->normalization_type = CIRCUITS_NORM_LN;
     cfg->positional_embedding_type = CIRCUITS_POS_STANDARD;
     bool scale, inv, tied, cross;
-    TRY(get_bool(&c, "scale_attn_weights", true, &scale));
-    TRY(get_bool(&c, "scale_attn_by_inverse_layer_idx", false, &inv));
-    TRY(get_bool(&c, "tie_word_embeddings", true, &tied));
-    TRY(get_bool(&c, "add_cross_attention", false, &cross));
+    TRY(cx_jcfg_bool(&c, "scale_attn_weights", true, &scale));
+    TRY(cx_jcfg_bool(&c, "scale_attn_by_inverse_layer_idx", false, &inv));
+    TRY(cx_jcfg_bool(&c, "tie_word_embeddings", true, &tied));
+    TRY(cx_jcfg_bool(&c, "add_cross_attention", false, &cross));
     if (cross) {
         rc = cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: add_cross_attention is not supported", path);
         goto done;
@@ -216,7 +206,7 @@ int cx_config_parse_hf(const char *path, const char *buf, size_t len, circuits_c
     cfg->scale_attn_by_inverse_layer_idx = inv;
     extra->tie_word_embeddings = tied;
     cfg->n_key_value_heads = cfg->n_heads;
-    TRY(check_sizes(&c, cfg));
+    TRY(cx_jcfg_check_sizes(&c, cfg));
 done:
     json_decref(c.root);
     return rc;
@@ -224,7 +214,7 @@ done:
 
 /* TL config fields that, set to anything but their default, change the forward pass in ways
  * libcircuits does not implement. Each is checked to be absent, null, false, or the default. */
-static int refuse_unsupported_tl(const jcfg *c)
+static int refuse_unsupported_tl(const cx_jcfg *c)
 {
     static const char *const must_be_false[] = {
         "post_embedding_ln", "use_qk_norm", "use_logn_attn", "use_dynamic_ntk_rope", "use_yarn_rope",
@@ -237,10 +227,10 @@ static int refuse_unsupported_tl(const jcfg *c)
     }
     static const char *const must_be_null[] = {"num_experts", "clip_qkv", "rotary_base_local"};
     for (size_t i = 0; i < sizeof must_be_null / sizeof must_be_null[0]; i++)
-        if (!absent(c, must_be_null[i]))
+        if (!cx_jcfg_absent(c, must_be_null[i]))
             return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: '%s' is not supported", c->path, must_be_null[i]);
     const char *dir;
-    int rc = get_str(c, "attention_dir", &dir);
+    int rc = cx_jcfg_str(c, "attention_dir", &dir);
     if (rc) return rc;
     if (dir && strcmp(dir, "causal") != 0)
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: attention_dir '%s' is not supported", c->path, dir);
@@ -249,23 +239,23 @@ static int refuse_unsupported_tl(const jcfg *c)
 
 /* Rotary fields of a TL config (HookedTransformerConfig names; only read for rotary models, where
  * TransformerLens uses them). */
-static int parse_tl_rotary(const jcfg *c, circuits_config *cfg)
+static int parse_tl_rotary(const cx_jcfg *c, circuits_config *cfg)
 {
     int rc;
     if (cfg->positional_embedding_type != CIRCUITS_POS_ROTARY) return CIRCUITS_OK;
     /* rotary_dim: null means d_head, as HookedTransformerConfig.__post_init__ sets it */
-    if ((rc = get_int(c, "rotary_dim", false, cfg->d_head, 2, cfg->d_head, &cfg->rotary_dim))) return rc;
+    if ((rc = cx_jcfg_int(c, "rotary_dim", false, cfg->d_head, 2, cfg->d_head, &cfg->rotary_dim))) return rc;
     if (cfg->rotary_dim % 2)
         return cx_fail(CIRCUITS_E_CONFIG, "%s: rotary_dim = %d must be even", c->path, cfg->rotary_dim);
     bool adjacent, ntk;
     double base, f;
-    if ((rc = get_bool(c, "rotary_adjacent_pairs", false, &adjacent))) return rc;
+    if ((rc = cx_jcfg_bool(c, "rotary_adjacent_pairs", false, &adjacent))) return rc;
     cfg->rotary_adjacent_pairs = adjacent;
-    if ((rc = get_num(c, "rotary_base", 10000.0, &base))) return rc;
+    if ((rc = cx_jcfg_num(c, "rotary_base", 10000.0, &base))) return rc;
     if (!(base > 1.0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: rotary_base must be greater than 1", c->path);
     cfg->rotary_base = (float)base;
-    if ((rc = get_bool(c, "use_NTK_by_parts_rope", false, &ntk))) return rc;
-    if ((rc = get_num(c, "rotary_scaling_factor", 1.0, &f))) return rc;
+    if ((rc = cx_jcfg_bool(c, "use_NTK_by_parts_rope", false, &ntk))) return rc;
+    if ((rc = cx_jcfg_num(c, "rotary_scaling_factor", 1.0, &f))) return rc;
     if (ntk && f != 1.0)
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: 'rotary_scaling_factor' with 'use_NTK_by_parts_rope' is not supported",
                        c->path);
@@ -273,9 +263,9 @@ static int parse_tl_rotary(const jcfg *c, circuits_config *cfg)
         double lo, hi;
         int32_t orig;
         cfg->rope_scaling = CIRCUITS_ROPE_LLAMA3;
-        if ((rc = get_num(c, "NTK_by_parts_factor", 8.0, &f)) || (rc = get_num(c, "NTK_by_parts_low_freq_factor", 1.0, &lo)) ||
-            (rc = get_num(c, "NTK_by_parts_high_freq_factor", 4.0, &hi)) ||
-            (rc = get_int(c, "NTK_original_ctx_len", false, 8192, 1, CX_MAX_DIM, &orig)))
+        if ((rc = cx_jcfg_num(c, "NTK_by_parts_factor", 8.0, &f)) || (rc = cx_jcfg_num(c, "NTK_by_parts_low_freq_factor", 1.0, &lo)) ||
+            (rc = cx_jcfg_num(c, "NTK_by_parts_high_freq_factor", 4.0, &hi)) ||
+            (rc = cx_jcfg_int(c, "NTK_original_ctx_len", false, 8192, 1, CX_MAX_DIM, &orig)))
             return rc;
         if (!(f > 0) || !(lo > 0) || !(hi > lo))
             return cx_fail(CIRCUITS_E_CONFIG,
@@ -294,19 +284,28 @@ static int parse_tl_rotary(const jcfg *c, circuits_config *cfg)
 
 /* The block-structure fields of a TL config: gated MLP, parallel attention + MLP, final_rms,
  * norms after each sublayer, soft-caps, local attention. */
-static int parse_tl_block(const jcfg *c, circuits_config *cfg)
+static int parse_tl_block(const cx_jcfg *c, circuits_config *cfg)
 {
     int rc;
     bool gated, parallel, final_rms, before_after, local;
-    if ((rc = get_bool(c, "gated_mlp", false, &gated)) || (rc = get_bool(c, "parallel_attn_mlp", false, &parallel)) ||
-        (rc = get_bool(c, "final_rms", false, &final_rms)) ||
-        (rc = get_bool(c, "use_normalization_before_and_after", false, &before_after)) ||
-        (rc = get_bool(c, "use_local_attn", false, &local)))
+    if ((rc = cx_jcfg_bool(c, "gated_mlp", false, &gated)) || (rc = cx_jcfg_bool(c, "parallel_attn_mlp", false, &parallel)) ||
+        (rc = cx_jcfg_bool(c, "final_rms", false, &final_rms)) ||
+        (rc = cx_jcfg_bool(c, "use_normalization_before_and_after", false, &before_after)) ||
+        (rc = cx_jcfg_bool(c, "use_local_attn", false, &local)))
         return rc;
     cfg->gated_mlp = gated && !cfg->attn_only;
     cfg->parallel_attn_mlp = parallel && !cfg->attn_only;
     cfg->final_rms = final_rms;
     cfg->norm_before_and_after = before_after;
+    /* post-norm decoders (TL's POST_NORM_ARCHITECTURES): ln1 / ln2 normalise each sublayer's
+     * output instead of its input, a block libcircuits does not build */
+    const char *arch;
+    if ((rc = cx_jcfg_str(c, "original_architecture", &arch))) return rc;
+    if (arch && (strcmp(arch, "Olmo2ForCausalLM") == 0 || strcmp(arch, "Olmo3ForCausalLM") == 0))
+        return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                       "%s: original_architecture '%s' (norms after each sublayer, TransformerLens's post-norm "
+                       "block) is not supported",
+                       c->path, arch);
     /* TransformerLens builds ln1_post / ln2_post only for RMS and RMSPre (an RMSNorm either way);
      * with LN or LNPre its TransformerBlock fails, with no normalization they are identities */
     if (before_after && cfg->normalization_type != CIRCUITS_NORM_RMS && cfg->normalization_type != CIRCUITS_NORM_RMSPRE)
@@ -320,11 +319,11 @@ static int parse_tl_block(const jcfg *c, circuits_config *cfg)
     float *dst[] = {&cfg->attn_scores_soft_cap, &cfg->output_logits_soft_cap};
     for (int i = 0; i < 2; i++) {
         double v;
-        if ((rc = get_num(c, caps[i], -1.0, &v))) return rc;
+        if ((rc = cx_jcfg_num(c, caps[i], -1.0, &v))) return rc;
         *dst[i] = v > 0 ? (float)v : 0.0f;
     }
     if (!local) return CIRCUITS_OK;
-    if ((rc = get_int(c, "window_size", true, 0, 1, CX_MAX_DIM, &cfg->window_size))) return rc;
+    if ((rc = cx_jcfg_int(c, "window_size", true, 0, 1, CX_MAX_DIM, &cfg->window_size))) return rc;
     /* attn_types: per layer "global" or "local"; libcircuits takes the patterns models use */
     json_t *types = json_object_get(c->root, "attn_types");
     if (!types || json_is_null(types)) {
@@ -365,21 +364,21 @@ int cx_config_load_tl(const char *path, circuits_config *cfg)
 
 int cx_config_parse_tl(const char *path, const char *buf, size_t len, circuits_config *cfg)
 {
-    jcfg c;
-    int rc = open_json(path, buf, len, &c);
+    cx_jcfg c;
+    int rc = cx_jcfg_open(path, buf, len, &c);
     if (rc) return rc;
     memset(cfg, 0, sizeof *cfg);
     cfg->size = sizeof *cfg;
     cfg->format = CIRCUITS_FORMAT_TRANSFORMERLENS;
     TRY(refuse_unsupported_tl(&c));
-    TRY(get_int(&c, "d_model", true, 0, 1, CX_MAX_DIM, &cfg->d_model));
-    TRY(get_int(&c, "d_head", true, 0, 1, CX_MAX_DIM, &cfg->d_head));
-    TRY(get_int(&c, "n_layers", true, 0, 1, CX_MAX_LAYERS, &cfg->n_layers));
-    TRY(get_int(&c, "n_ctx", true, 0, 1, CX_MAX_DIM, &cfg->n_ctx));
-    TRY(get_int(&c, "d_vocab", true, 0, 1, CX_MAX_DIM, &cfg->d_vocab));
+    TRY(cx_jcfg_int(&c, "d_model", true, 0, 1, CX_MAX_DIM, &cfg->d_model));
+    TRY(cx_jcfg_int(&c, "d_head", true, 0, 1, CX_MAX_DIM, &cfg->d_head));
+    TRY(cx_jcfg_int(&c, "n_layers", true, 0, 1, CX_MAX_LAYERS, &cfg->n_layers));
+    TRY(cx_jcfg_int(&c, "n_ctx", true, 0, 1, CX_MAX_DIM, &cfg->n_ctx));
+    TRY(cx_jcfg_int(&c, "d_vocab", true, 0, 1, CX_MAX_DIM, &cfg->d_vocab));
     int32_t v;
     /* n_heads -1 means d_model / d_head, as in HookedTransformerConfig */
-    TRY(get_int(&c, "n_heads", false, -1, -1, CX_MAX_DIM, &v));
+    TRY(cx_jcfg_int(&c, "n_heads", false, -1, -1, CX_MAX_DIM, &v));
     if (v == 0) {
         rc = cx_fail(CIRCUITS_E_CONFIG, "%s: n_heads must be positive", path);
         goto done;
@@ -389,34 +388,34 @@ int cx_config_parse_tl(const char *path, const char *buf, size_t len, circuits_c
         rc = cx_fail(CIRCUITS_E_CONFIG, "%s: n_heads cannot be derived: d_model < d_head", path);
         goto done;
     }
-    TRY(get_int(&c, "d_vocab_out", false, -1, -1, CX_MAX_DIM, &v));
+    TRY(cx_jcfg_int(&c, "d_vocab_out", false, -1, -1, CX_MAX_DIM, &v));
     if (v == 0) {
         rc = cx_fail(CIRCUITS_E_CONFIG, "%s: d_vocab_out must be positive", path);
         goto done;
     }
     cfg->d_vocab_out = v > 0 ? v : cfg->d_vocab;
     bool attn_only;
-    TRY(get_bool(&c, "attn_only", false, &attn_only));
+    TRY(cx_jcfg_bool(&c, "attn_only", false, &attn_only));
     cfg->attn_only = attn_only;
     const char *s;
     if (!attn_only) {
-        TRY(get_int(&c, "d_mlp", false, 4 * (int64_t)cfg->d_model, 1, CX_MAX_DIM, &cfg->d_mlp));
+        TRY(cx_jcfg_int(&c, "d_mlp", false, 4 * (int64_t)cfg->d_model, 1, CX_MAX_DIM, &cfg->d_mlp));
         if (cfg->d_mlp > CX_MAX_DIM) {
             rc = cx_fail(CIRCUITS_E_CONFIG, "%s: d_mlp (4 * d_model = %d) is too large", path, cfg->d_mlp);
             goto done;
         }
-        TRY(get_str(&c, "act_fn", &s));
+        TRY(cx_jcfg_str(&c, "act_fn", &s));
         if (!s) {
             rc = cx_fail(CIRCUITS_E_CONFIG, "%s: missing 'act_fn' (required unless attn_only)", path);
             goto done;
         }
-        TRY(parse_act_fn(&c, "act_fn", s, &cfg->act_fn));
+        TRY(cx_jcfg_act_fn(&c, "act_fn", s, &cfg->act_fn));
     } else {
         cfg->d_mlp = 0;
         cfg->act_fn = CIRCUITS_ACT_RELU;
     }
     double eps;
-    TRY(get_num(&c, "eps", 1e-5, &eps));
+    TRY(cx_jcfg_num(&c, "eps", 1e-5, &eps));
     if (eps < 0) {
         rc = cx_fail(CIRCUITS_E_CONFIG, "%s: eps must not be negative", path);
         goto done;
@@ -455,7 +454,7 @@ int cx_config_parse_tl(const char *path, const char *buf, size_t len, circuits_c
                      path, json_string_value(nt));
         goto done;
     }
-    TRY(get_str(&c, "positional_embedding_type", &s));
+    TRY(cx_jcfg_str(&c, "positional_embedding_type", &s));
     if (!s || strcmp(s, "standard") == 0) {
         cfg->positional_embedding_type = CIRCUITS_POS_STANDARD;
     } else if (strcmp(s, "shortformer") == 0) {
@@ -470,9 +469,9 @@ int cx_config_parse_tl(const char *path, const char *buf, size_t len, circuits_c
     TRY(parse_tl_rotary(&c, cfg));
     bool use_scale, inv;
     double scale;
-    TRY(get_bool(&c, "use_attn_scale", true, &use_scale));
-    TRY(get_num(&c, "attn_scale", -1.0, &scale));
-    TRY(get_bool(&c, "scale_attn_by_inverse_layer_idx", false, &inv));
+    TRY(cx_jcfg_bool(&c, "use_attn_scale", true, &use_scale));
+    TRY(cx_jcfg_num(&c, "attn_scale", -1.0, &scale));
+    TRY(cx_jcfg_bool(&c, "scale_attn_by_inverse_layer_idx", false, &inv));
     if (!use_scale) scale = 1.0;
     else if (scale == -1.0) scale = sqrt((double)cfg->d_head);
     if (!(scale > 0)) {
@@ -482,14 +481,14 @@ int cx_config_parse_tl(const char *path, const char *buf, size_t len, circuits_c
     cfg->attn_scale = (float)scale;
     cfg->scale_attn_by_inverse_layer_idx = inv;
     /* n_key_value_heads: null means n_heads (no grouping) */
-    TRY(get_int(&c, "n_key_value_heads", false, cfg->n_heads, 1, CX_MAX_DIM, &cfg->n_key_value_heads));
+    TRY(cx_jcfg_int(&c, "n_key_value_heads", false, cfg->n_heads, 1, CX_MAX_DIM, &cfg->n_key_value_heads));
     if (cfg->n_heads % cfg->n_key_value_heads != 0) {
         rc = cx_fail(CIRCUITS_E_CONFIG, "%s: n_heads = %d is not a multiple of n_key_value_heads = %d", path,
                      cfg->n_heads, cfg->n_key_value_heads);
         goto done;
     }
     TRY(parse_tl_block(&c, cfg));
-    TRY(check_sizes(&c, cfg));
+    TRY(cx_jcfg_check_sizes(&c, cfg));
 done:
     json_decref(c.root);
     return rc;

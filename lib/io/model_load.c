@@ -6,12 +6,15 @@
  * F32, 4-byte aligned and the view is just a re-striding of it (HF GPT-2's fused c_attn split
  * into heads, the tied W_U = wte transposed, TL-layout tensors), the view points into the
  * read-only file mapping and nothing is copied. F16/BF16 (or misaligned) tensors are
- * converted once into an owned, contiguous fp32 buffer. */
+ * converted once into an owned, contiguous fp32 buffer, as are views computed from the stored
+ * values (Gemma's norm weights + 1, its scaled embedding) and GPT-NeoX's interleaved q/k/v
+ * biases (biases are read contiguous). */
 #include "arch.h"
 #include "config.h"
 #include "safetensors.h"
 #include "tokenizer.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -24,7 +27,13 @@ typedef struct source_view {
     int64_t src_shape[2];   /* the stored shape the config implies */
     int64_t offset;         /* in elements */
     int64_t strides[4];     /* of the TL-shaped view, in elements of the stored tensor */
+    char alt[256];          /* another stored name of the tensor ("" if none) */
+    int transform;          /* XF_*: computed from the stored values (then always a copy) */
 } source_view;
+
+/* XF_CONTIGUOUS: a plain copy, for views the rest of the library must see contiguous (biases are
+ * read as [n, d_head] rows back to back: NeoX's interleaved q/k/v bias is gathered) */
+enum { XF_NONE, XF_PLUS_ONE, XF_SCALE_SQRT_D_MODEL, XF_CONTIGUOUS };
 
 static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
 {
@@ -72,10 +81,57 @@ static bool arch_source(const cx_arch *a, const circuits_config *c, bool strip, 
     size_t np = strlen(a->prefix);
     if (strip && strncmp(fmt, a->prefix, np) == 0) fmt += np;
     cx_weight_format(v->src, sizeof v->src, fmt, w->layer);
-    int64_t D = c->d_model, dh = c->d_head;
+    v->alt[0] = '\0';
+    if (s->alt && fmt == s->name) cx_weight_format(v->alt, sizeof v->alt, s->alt, w->layer);
+    int64_t D = c->d_model, dh = c->d_head, n = w->shape[0];
     v->offset = 0;
+    v->transform = s->map == CX_MAP_NORM_PLUS1 ? XF_PLUS_ONE : s->map == CX_MAP_EMBED_SCALED ? XF_SCALE_SQRT_D_MODEL : XF_NONE;
     switch (s->map) {
+    case CX_MAP_PROJ_HEADS:
+        /* nn.Linear [(n h), m] -> [n, m, h]: element (i, m, h) at (i·dh + h)·D + m */
+        v->src_ndim = 2;
+        v->src_shape[0] = n * dh;
+        v->src_shape[1] = D;
+        v->strides[0] = dh * D;
+        v->strides[1] = 1;
+        v->strides[2] = D;
+        break;
+    case CX_MAP_BIAS_HEADS:
+        v->src_ndim = 1;
+        v->src_shape[0] = n * dh;
+        v->strides[0] = dh;
+        v->strides[1] = 1;
+        break;
+    case CX_MAP_OUT_HEADS:
+        /* o_proj [m, (n h)] -> [n, h, m]: element (i, h, m) at m·n·dh + i·dh + h */
+        v->src_ndim = 2;
+        v->src_shape[0] = D;
+        v->src_shape[1] = n * dh;
+        v->strides[0] = dh;
+        v->strides[1] = 1;
+        v->strides[2] = n * dh;
+        break;
+    case CX_MAP_NEOX_QKV:
+        /* query_key_value [(i qkv h), m]: head i's part p starts at row (3i + p)·dh */
+        v->offset = s->part * dh * (w->ndim == 3 ? D : 1);
+        if (w->ndim == 3) {
+            v->src_ndim = 2;
+            v->src_shape[0] = 3 * n * dh;
+            v->src_shape[1] = D;
+            v->strides[0] = 3 * dh * D;
+            v->strides[1] = 1;
+            v->strides[2] = D;
+        } else {
+            v->src_ndim = 1;
+            v->src_shape[0] = 3 * n * dh;
+            v->strides[0] = 3 * dh;
+            v->strides[1] = 1;
+            v->transform = XF_CONTIGUOUS;
+        }
+        break;
     case CX_MAP_SAME:
+    case CX_MAP_NORM_PLUS1:
+    case CX_MAP_EMBED_SCALED:
         v->src_ndim = w->ndim;
         memcpy(v->src_shape, w->shape, sizeof v->src_shape);
         cx_contiguous_strides(w->ndim, w->shape, v->strides);
@@ -146,7 +202,7 @@ static int make_view(circuits_model *m, const cx_weight_entry *w, const source_v
     memcpy(out->shape, w->shape, sizeof out->shape);
     out->head = -1;
     out->head_axis = -1;
-    if (t->dtype == CX_DT_F32 && ((uintptr_t)t->data % sizeof(float)) == 0) {
+    if (t->dtype == CX_DT_F32 && ((uintptr_t)t->data % sizeof(float)) == 0 && v->transform == XF_NONE) {
         out->data = (float *)(uintptr_t)t->data + v->offset; /* in place, read-only mapping */
         memcpy(out->strides, v->strides, sizeof out->strides);
         return CIRCUITS_OK;
@@ -169,6 +225,12 @@ static int make_view(circuits_model *m, const cx_weight_entry *w, const source_v
             for (int64_t c = 0; c < sh[2]; c++)
                 for (int64_t d = 0; d < sh[3]; d++)
                     buf[k++] = cx_st_read_f32(t, (size_t)(v->offset + a * st[0] + b * st[1] + c * st[2] + d * st[3]));
+    /* as convert_gemma_weights computes them: w.float() + 1, and W_E * torch.tensor(d_model**0.5,
+     * dtype=float32), both in fp32 */
+    if (v->transform == XF_PLUS_ONE)
+        for (size_t i = 0; i < numel; i++) buf[i] += 1.0f;
+    else if (v->transform == XF_SCALE_SQRT_D_MODEL)
+        for (size_t i = 0; i < numel; i++) buf[i] *= (float)sqrt((double)m->cfg.d_model);
     out->data = buf;
     cx_contiguous_strides(w->ndim, w->shape, out->strides);
     return CIRCUITS_OK;
@@ -224,7 +286,7 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
     if (a->sources) {
         strip = !cx_st_find(m->files, a->sources[CX_W_EMBED].name);
         const cx_weight_source *u = &a->sources[CX_W_U];
-        untied = cx_st_find(m->files, u->name) != NULL;
+        untied = cx_st_find(m->files, u->name) || (u->alt && cx_st_find(m->files, u->alt));
         if (!untied && !hf.tie_word_embeddings)
             return cx_fail(CIRCUITS_E_TENSOR_MISSING, "%s: tie_word_embeddings is false but there is no %s", dir,
                            u->name);
@@ -253,7 +315,9 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
         source_view v;
         memset(&v, 0, sizeof v);
         bool has_src = a->sources ? arch_source(a, c, strip, untied, w, &v) : (tl_source(w, &v), true);
+        if (hf.absent & (1u << w->kind)) has_src = false; /* the config says it is not stored */
         cx_st_tensor *t = has_src ? cx_st_find(m->files, v.src) : NULL;
+        if (!t && has_src && v.alt[0]) t = cx_st_find(m->files, v.alt);
         if (!t && !a->sources && (flags & CX_WF_KV)) t = tl_grouped_name(m, &v);
         if (t) {
             rc = make_view(m, w, &v, t, out);

@@ -194,10 +194,180 @@ static bool tl_ignorable(const char *name)
     return strstr(name, ".IGNORE") || strstr(name, ".mask") || strstr(name, "rotary_");
 }
 
+#define NEVER_ {NULL, CX_MAP_NEVER, 0, NULL}
+#define ABSENT_ {NULL, CX_MAP_ABSENT, 0, NULL}
+
+/* GPTNeoXForCausalLM (Pythia), as TransformerLens's convert_neox_weights maps it: the fused
+ * query_key_value [(head qkv d_head), d_model] is split "(i qkv h) m -> qkv i m h"; every
+ * nn.Linear is stored [out, in]. Biases of attention_bias false: the config's absent bits. */
+static const cx_weight_source neox_sources[CX_W_COUNT] = {
+    [CX_W_EMBED] = {"gpt_neox.embed_in.weight", CX_MAP_SAME, 0, NULL},
+    [CX_W_POS_EMBED] = NEVER_,
+    [CX_W_LN1_W] = {"gpt_neox.layers.%d.input_layernorm.weight", CX_MAP_SAME, 0, NULL},
+    [CX_W_LN1_B] = {"gpt_neox.layers.%d.input_layernorm.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_LN2_W] = {"gpt_neox.layers.%d.post_attention_layernorm.weight", CX_MAP_SAME, 0, NULL},
+    [CX_W_LN2_B] = {"gpt_neox.layers.%d.post_attention_layernorm.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_Q] = {"gpt_neox.layers.%d.attention.query_key_value.weight", CX_MAP_NEOX_QKV, 0, NULL},
+    [CX_W_K] = {"gpt_neox.layers.%d.attention.query_key_value.weight", CX_MAP_NEOX_QKV, 1, NULL},
+    [CX_W_V] = {"gpt_neox.layers.%d.attention.query_key_value.weight", CX_MAP_NEOX_QKV, 2, NULL},
+    [CX_B_Q] = {"gpt_neox.layers.%d.attention.query_key_value.bias", CX_MAP_NEOX_QKV, 0, NULL},
+    [CX_B_K] = {"gpt_neox.layers.%d.attention.query_key_value.bias", CX_MAP_NEOX_QKV, 1, NULL},
+    [CX_B_V] = {"gpt_neox.layers.%d.attention.query_key_value.bias", CX_MAP_NEOX_QKV, 2, NULL},
+    [CX_W_O] = {"gpt_neox.layers.%d.attention.dense.weight", CX_MAP_OUT_HEADS, 0, NULL},
+    [CX_B_O] = {"gpt_neox.layers.%d.attention.dense.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_IN] = {"gpt_neox.layers.%d.mlp.dense_h_to_4h.weight", CX_MAP_TRANSPOSE, 0, NULL},
+    [CX_B_IN] = {"gpt_neox.layers.%d.mlp.dense_h_to_4h.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_OUT] = {"gpt_neox.layers.%d.mlp.dense_4h_to_h.weight", CX_MAP_TRANSPOSE, 0, NULL},
+    [CX_B_OUT] = {"gpt_neox.layers.%d.mlp.dense_4h_to_h.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_GATE] = NEVER_, [CX_MLP_LN_W] = NEVER_, [CX_MLP_LN_B] = NEVER_,
+    [CX_LN1_POST_W] = NEVER_, [CX_LN2_POST_W] = NEVER_,
+    [CX_LN_FINAL_W] = {"gpt_neox.final_layer_norm.weight", CX_MAP_SAME, 0, NULL},
+    [CX_LN_FINAL_B] = {"gpt_neox.final_layer_norm.bias", CX_MAP_SAME, 0, NULL},
+    /* Pythia's files say embed_out; transformers >= 5.14 names the module lm_head */
+    [CX_W_U] = {"embed_out.weight", CX_MAP_TRANSPOSE, 0, "gpt_neox.embed_in.weight", "lm_head.weight"},
+    [CX_B_U] = ABSENT_,
+};
+
+/* GPTJForCausalLM (convert_gptj_weights): no attention biases; one ln_1 per block, which
+ * TransformerLens's parallel block reads as both ln1 and ln2 (ln2 = a copy of ln1); lm_head has a
+ * bias. */
+static const cx_weight_source gptj_sources[CX_W_COUNT] = {
+    [CX_W_EMBED] = {"transformer.wte.weight", CX_MAP_SAME, 0, NULL},
+    [CX_W_POS_EMBED] = NEVER_,
+    [CX_W_LN1_W] = {"transformer.h.%d.ln_1.weight", CX_MAP_SAME, 0, NULL},
+    [CX_W_LN1_B] = {"transformer.h.%d.ln_1.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_LN2_W] = {"transformer.h.%d.ln_1.weight", CX_MAP_SAME, 0, NULL},
+    [CX_W_LN2_B] = {"transformer.h.%d.ln_1.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_Q] = {"transformer.h.%d.attn.q_proj.weight", CX_MAP_PROJ_HEADS, 0, NULL},
+    [CX_W_K] = {"transformer.h.%d.attn.k_proj.weight", CX_MAP_PROJ_HEADS, 0, NULL},
+    [CX_W_V] = {"transformer.h.%d.attn.v_proj.weight", CX_MAP_PROJ_HEADS, 0, NULL},
+    [CX_B_Q] = ABSENT_, [CX_B_K] = ABSENT_, [CX_B_V] = ABSENT_,
+    [CX_W_O] = {"transformer.h.%d.attn.out_proj.weight", CX_MAP_OUT_HEADS, 0, NULL},
+    [CX_B_O] = ABSENT_,
+    [CX_W_IN] = {"transformer.h.%d.mlp.fc_in.weight", CX_MAP_TRANSPOSE, 0, NULL},
+    [CX_B_IN] = {"transformer.h.%d.mlp.fc_in.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_OUT] = {"transformer.h.%d.mlp.fc_out.weight", CX_MAP_TRANSPOSE, 0, NULL},
+    [CX_B_OUT] = {"transformer.h.%d.mlp.fc_out.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_GATE] = NEVER_, [CX_MLP_LN_W] = NEVER_, [CX_MLP_LN_B] = NEVER_,
+    [CX_LN1_POST_W] = NEVER_, [CX_LN2_POST_W] = NEVER_,
+    [CX_LN_FINAL_W] = {"transformer.ln_f.weight", CX_MAP_SAME, 0, NULL},
+    [CX_LN_FINAL_B] = {"transformer.ln_f.bias", CX_MAP_SAME, 0, NULL},
+    [CX_W_U] = {"lm_head.weight", CX_MAP_TRANSPOSE, 0, "transformer.wte.weight"},
+    [CX_B_U] = {"lm_head.bias", CX_MAP_SAME, 0, NULL},
+};
+
+/* The q/k/v/o_proj + gate/up/down_proj families (convert_llama_weights, _mistral_, _qwen2_):
+ * q_proj [(n h), m] -> [n, m, h] (K/V with n_key_value_heads), o_proj [m, (n h)] -> [n, h, m],
+ * the MLP transposed. Which biases exist: Llama's attention_bias (the config's absent bits),
+ * Qwen2 q/k/v only, Mistral none. */
+#define LLAMA_COMMON_                                                                                  \
+    [CX_W_EMBED] = {"model.embed_tokens.weight", CX_MAP_SAME, 0, NULL},                               \
+    [CX_W_POS_EMBED] = NEVER_,                                                                         \
+    [CX_W_LN1_W] = {"model.layers.%d.input_layernorm.weight", CX_MAP_SAME, 0, NULL},                  \
+    [CX_W_LN1_B] = NEVER_, [CX_W_LN2_B] = NEVER_,                                                      \
+    [CX_W_LN2_W] = {"model.layers.%d.post_attention_layernorm.weight", CX_MAP_SAME, 0, NULL},         \
+    [CX_W_Q] = {"model.layers.%d.self_attn.q_proj.weight", CX_MAP_PROJ_HEADS, 0, NULL},               \
+    [CX_W_K] = {"model.layers.%d.self_attn.k_proj.weight", CX_MAP_PROJ_HEADS, 0, NULL},               \
+    [CX_W_V] = {"model.layers.%d.self_attn.v_proj.weight", CX_MAP_PROJ_HEADS, 0, NULL},               \
+    [CX_W_O] = {"model.layers.%d.self_attn.o_proj.weight", CX_MAP_OUT_HEADS, 0, NULL},                \
+    [CX_W_IN] = {"model.layers.%d.mlp.up_proj.weight", CX_MAP_TRANSPOSE, 0, NULL},                    \
+    [CX_W_GATE] = {"model.layers.%d.mlp.gate_proj.weight", CX_MAP_TRANSPOSE, 0, NULL},                \
+    [CX_W_OUT] = {"model.layers.%d.mlp.down_proj.weight", CX_MAP_TRANSPOSE, 0, NULL},                 \
+    [CX_B_IN] = ABSENT_, [CX_B_OUT] = ABSENT_, [CX_MLP_LN_W] = NEVER_, [CX_MLP_LN_B] = NEVER_,        \
+    [CX_LN1_POST_W] = NEVER_, [CX_LN2_POST_W] = NEVER_,                                                \
+    [CX_LN_FINAL_W] = {"model.norm.weight", CX_MAP_SAME, 0, NULL},                                    \
+    [CX_LN_FINAL_B] = NEVER_,                                                                          \
+    [CX_W_U] = {"lm_head.weight", CX_MAP_TRANSPOSE, 0, "model.embed_tokens.weight"},                  \
+    [CX_B_U] = ABSENT_
+
+static const cx_weight_source llama_sources[CX_W_COUNT] = {
+    LLAMA_COMMON_,
+    [CX_B_Q] = {"model.layers.%d.self_attn.q_proj.bias", CX_MAP_BIAS_HEADS, 0, NULL},
+    [CX_B_K] = {"model.layers.%d.self_attn.k_proj.bias", CX_MAP_BIAS_HEADS, 0, NULL},
+    [CX_B_V] = {"model.layers.%d.self_attn.v_proj.bias", CX_MAP_BIAS_HEADS, 0, NULL},
+    [CX_B_O] = {"model.layers.%d.self_attn.o_proj.bias", CX_MAP_SAME, 0, NULL},
+};
+
+static const cx_weight_source mistral_sources[CX_W_COUNT] = {
+    LLAMA_COMMON_, [CX_B_Q] = ABSENT_, [CX_B_K] = ABSENT_, [CX_B_V] = ABSENT_, [CX_B_O] = ABSENT_,
+};
+
+static const cx_weight_source qwen2_sources[CX_W_COUNT] = {
+    LLAMA_COMMON_,
+    [CX_B_Q] = {"model.layers.%d.self_attn.q_proj.bias", CX_MAP_BIAS_HEADS, 0, NULL},
+    [CX_B_K] = {"model.layers.%d.self_attn.k_proj.bias", CX_MAP_BIAS_HEADS, 0, NULL},
+    [CX_B_V] = {"model.layers.%d.self_attn.v_proj.bias", CX_MAP_BIAS_HEADS, 0, NULL},
+    [CX_B_O] = ABSENT_,
+};
+
+/* Gemma and Gemma 2 (convert_gemma_weights): RMSNorm weights stored as offsets from 1 (w + 1,
+ * in fp32), the embedding scaled by sqrt(d_model) (W_U, tied to the unscaled embedding, is not);
+ * no biases. Gemma 2's post_attention_layernorm normalizes the attention output (ln1_post) and
+ * pre/post_feedforward_layernorm wrap the MLP; Gemma's post_attention_layernorm is ln2. */
+#define GEMMA_COMMON_                                                                                  \
+    [CX_W_EMBED] = {"model.embed_tokens.weight", CX_MAP_EMBED_SCALED, 0, NULL},                       \
+    [CX_W_POS_EMBED] = NEVER_,                                                                         \
+    [CX_W_LN1_W] = {"model.layers.%d.input_layernorm.weight", CX_MAP_NORM_PLUS1, 0, NULL},            \
+    [CX_W_LN1_B] = NEVER_, [CX_W_LN2_B] = NEVER_,                                                      \
+    [CX_W_Q] = {"model.layers.%d.self_attn.q_proj.weight", CX_MAP_PROJ_HEADS, 0, NULL},               \
+    [CX_W_K] = {"model.layers.%d.self_attn.k_proj.weight", CX_MAP_PROJ_HEADS, 0, NULL},               \
+    [CX_W_V] = {"model.layers.%d.self_attn.v_proj.weight", CX_MAP_PROJ_HEADS, 0, NULL},               \
+    [CX_W_O] = {"model.layers.%d.self_attn.o_proj.weight", CX_MAP_OUT_HEADS, 0, NULL},                \
+    [CX_B_Q] = ABSENT_, [CX_B_K] = ABSENT_, [CX_B_V] = ABSENT_, [CX_B_O] = ABSENT_,                    \
+    [CX_W_IN] = {"model.layers.%d.mlp.up_proj.weight", CX_MAP_TRANSPOSE, 0, NULL},                    \
+    [CX_W_GATE] = {"model.layers.%d.mlp.gate_proj.weight", CX_MAP_TRANSPOSE, 0, NULL},                \
+    [CX_W_OUT] = {"model.layers.%d.mlp.down_proj.weight", CX_MAP_TRANSPOSE, 0, NULL},                 \
+    [CX_B_IN] = ABSENT_, [CX_B_OUT] = ABSENT_, [CX_MLP_LN_W] = NEVER_, [CX_MLP_LN_B] = NEVER_,        \
+    [CX_LN_FINAL_W] = {"model.norm.weight", CX_MAP_NORM_PLUS1, 0, NULL},                              \
+    [CX_LN_FINAL_B] = NEVER_,                                                                          \
+    [CX_W_U] = {"lm_head.weight", CX_MAP_TRANSPOSE, 0, "model.embed_tokens.weight"},                  \
+    [CX_B_U] = ABSENT_
+
+static const cx_weight_source gemma_sources[CX_W_COUNT] = {
+    GEMMA_COMMON_,
+    [CX_W_LN2_W] = {"model.layers.%d.post_attention_layernorm.weight", CX_MAP_NORM_PLUS1, 0, NULL},
+    [CX_LN1_POST_W] = NEVER_, [CX_LN2_POST_W] = NEVER_,
+};
+
+static const cx_weight_source gemma2_sources[CX_W_COUNT] = {
+    GEMMA_COMMON_,
+    [CX_W_LN2_W] = {"model.layers.%d.pre_feedforward_layernorm.weight", CX_MAP_NORM_PLUS1, 0, NULL},
+    [CX_LN1_POST_W] = {"model.layers.%d.post_attention_layernorm.weight", CX_MAP_NORM_PLUS1, 0, NULL},
+    [CX_LN2_POST_W] = {"model.layers.%d.post_feedforward_layernorm.weight", CX_MAP_NORM_PLUS1, 0, NULL},
+};
+
+/* The rotary inverse-frequency buffers some saves carry (rotary_emb.inv_freq), and GPT-2-style
+ * causal-mask buffers (attn.bias / masked_bias) of older GPT-NeoX / GPT-J saves. */
+static bool hf_ignorable(const char *name)
+{
+    const char *dot = strrchr(name, '.');
+    return strstr(name, "rotary_emb.") || (dot && strcmp(dot, ".masked_bias") == 0) ||
+           (dot && strcmp(dot, ".bias") == 0 && dot - name >= 5 &&
+            (strncmp(dot - 5, ".attn", 5) == 0 || (dot - name >= 10 && strncmp(dot - 10, ".attention", 10) == 0)));
+}
+
 static const cx_arch arch_gpt2 = {CIRCUITS_FORMAT_HF_GPT2, "GPT-2", "transformer.", gpt2_sources, gpt2_ignorable};
 static const cx_arch arch_tl = {CIRCUITS_FORMAT_TRANSFORMERLENS, "TransformerLens", "", NULL, tl_ignorable};
+static const cx_arch hf_archs[] = {
+    {CIRCUITS_FORMAT_HF_GPT_NEOX, "GPT-NeoX", "gpt_neox.", neox_sources, hf_ignorable},
+    {CIRCUITS_FORMAT_HF_GPTJ, "GPT-J", "transformer.", gptj_sources, hf_ignorable},
+    {CIRCUITS_FORMAT_HF_LLAMA, "Llama", "model.", llama_sources, hf_ignorable},
+    {CIRCUITS_FORMAT_HF_MISTRAL, "Mistral", "model.", mistral_sources, hf_ignorable},
+    {CIRCUITS_FORMAT_HF_QWEN2, "Qwen2", "model.", qwen2_sources, hf_ignorable},
+    {CIRCUITS_FORMAT_HF_GEMMA, "Gemma", "model.", gemma_sources, hf_ignorable},
+    {CIRCUITS_FORMAT_HF_GEMMA2, "Gemma 2", "model.", gemma2_sources, hf_ignorable},
+};
 
 const cx_arch *cx_arch_of(const circuits_config *c)
 {
-    return c->format == CIRCUITS_FORMAT_HF_GPT2 ? &arch_gpt2 : &arch_tl;
+    if (c->format == CIRCUITS_FORMAT_HF_GPT2) return &arch_gpt2;
+    for (size_t i = 0; i < sizeof hf_archs / sizeof hf_archs[0]; i++)
+        if (hf_archs[i].format == c->format) return &hf_archs[i];
+    return &arch_tl;
+}
+
+const cx_arch *cx_arch_at(size_t i)
+{
+    if (i == 0) return &arch_gpt2;
+    return i - 1 < sizeof hf_archs / sizeof hf_archs[0] ? &hf_archs[i - 1] : NULL;
 }

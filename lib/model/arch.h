@@ -132,6 +132,14 @@ typedef enum cx_map {
     CX_MAP_QKV,       /* one third of a fused [d_model, 3·d_model] weight or [3·d_model] bias, split
                          into heads: head i owns columns i·d_head .. of the third */
     CX_MAP_HEADS,     /* [n_heads·d_head, d_model] read as [n_heads, d_head, d_model] */
+    /* nn.Linear weights ([out, in]) of the other families: */
+    CX_MAP_PROJ_HEADS, /* q/k/v_proj [n·d_head, d_model] -> [n, d_model, d_head] ("(n h) m -> n m h") */
+    CX_MAP_BIAS_HEADS, /* q/k/v_proj bias [n·d_head] -> [n, d_head] */
+    CX_MAP_OUT_HEADS,  /* o_proj [d_model, n_heads·d_head] -> [n_heads, d_head, d_model] */
+    CX_MAP_NEOX_QKV,   /* part of GPT-NeoX's fused query_key_value [(i qkv h), m] -> [i, m, h] (bias
+                          [(i qkv h)] -> [i, h]), as convert_neox_weights splits it */
+    CX_MAP_NORM_PLUS1, /* Gemma's RMSNorm weight: stored w, the norm multiplies by 1 + w (in fp32) */
+    CX_MAP_EMBED_SCALED, /* Gemma's embedding: stored W_E times (float)sqrt(d_model), in fp32 */
 } cx_map;
 
 typedef struct cx_weight_source {
@@ -139,6 +147,7 @@ typedef struct cx_weight_source {
     cx_map map;
     int part;         /* CX_MAP_QKV: which third, 0 (Q), 1 (K) or 2 (V) */
     const char *tied; /* stored instead when `name` is absent and the embeddings are tied */
+    const char *alt;  /* another name the same tensor is stored under (NULL: none) */
 } cx_weight_source;
 
 typedef struct cx_arch {
@@ -155,5 +164,7 @@ typedef struct cx_arch {
 
 /* The architecture of a config's format. */
 const cx_arch *cx_arch_of(const circuits_config *c);
+/* The Hugging Face architectures in turn (i = 0: GPT-2), NULL past the last (docs, tests). */
+const cx_arch *cx_arch_at(size_t i);
 
 #endif

@@ -1,6 +1,8 @@
 /* TransformerLens's weight processing (HookedTransformer.from_pretrained; TL 3.x
  * weight_processing.py), in the same order with the same automatic exceptions:
  *   fold_ln -> center_writing_weights -> center_unembed -> fold_value_biases -> refactor.
+ * Exceptions of our own where TL's result computes another function: fold_ln of a gated MLP
+ * after LN is refused, and an LN model's final_rms ln_final is folded as an RMSNorm.
  * Processed tensors get their own fp32 buffers (the originals may be read-only mappings);
  * untouched ones stay zero-copy views. All sums over d_model accumulate in double. */
 #include "arch.h"
@@ -139,12 +141,18 @@ static int fold_ln(circuits_model *m)
             return rc;
         if (c->attn_only) continue;
         if ((rc = fold_matrix(m, L->W_in, L->b_in, L->ln2_w, b2, ln))) return rc;
+        /* gated MLP: W_gate reads ln2 too (only under RMS: LN is refused in cx_process_weights) */
+        if (c->gated_mlp && (rc = fold_matrix(m, L->W_gate, NULL, L->ln2_w, NULL, false))) return rc;
         /* solu_ln with RMS is refused at load (config.c) */
         if (ln && c->act_fn == CIRCUITS_ACT_SOLU_LN &&
             (rc = fold_matrix(m, L->W_out, L->b_out, L->mlp_ln_w, L->mlp_ln_b, true)))
             return rc;
     }
-    if ((rc = fold_matrix(m, m->W_U, m->b_U, m->ln_final_w, ln ? m->ln_final_b : NULL, ln))) return rc;
+    /* final_rms: ln_final is an RMSNorm also in an LN model; folded as one (w only, no
+     * centring: an RMSNorm sees the mean). TransformerLens 3.9 folds it as a LayerNorm
+     * (centres W_U), which changes the log-probs (docs/differences.md). */
+    bool final_ln = ln && !c->final_rms;
+    if ((rc = fold_matrix(m, m->W_U, m->b_U, m->ln_final_w, final_ln ? m->ln_final_b : NULL, final_ln))) return rc;
     drop_ln_weights(m);
     cx_model_link(m);
     m->cfg.normalization_type = ln ? CIRCUITS_NORM_LNPRE : CIRCUITS_NORM_RMSPRE;
@@ -296,8 +304,17 @@ int cx_process_weights(circuits_model *m, const circuits_load_options *o)
          ref = o->refactor_factored_attn_matrices;
     /* from_pretrained's automatic exceptions */
     if (c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER) fold = cw = cu = false;
+    /* softcap(logits + c) is not softcap(logits) + c: a soft-capped model keeps W_U's mean */
+    if (c->output_logits_soft_cap > 0.0f) cu = false;
     if (c->normalization_type != CIRCUITS_NORM_LN && c->normalization_type != CIRCUITS_NORM_RMS)
         fold = false; /* nothing to fold (LNPre, RMSPre, none) */
+    /* TransformerLens's GatedMLP adds b_in after act(pre) * pre_linear: ln2.b (a bias before
+     * both products) has no parameter to fold into. TL 3.9 adds it to b_in and drops the
+     * gate's share, which changes the function; refused instead */
+    if (fold && c->gated_mlp && c->normalization_type == CIRCUITS_NORM_LN)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                       "fold_ln of a gated MLP after a LayerNorm is not supported (ln2.b has no bias to fold into: "
+                       "b_in is added after the gate); load with fold_ln = 0");
     int rc;
     uint32_t done = 0;
     if (fold) {
@@ -307,6 +324,8 @@ int cx_process_weights(circuits_model *m, const circuits_load_options *o)
     /* centring relies on a LayerNorm reading (it removes the mean the LN removes anyway): TL
      * centres only LN / LNPre models, not RMS / RMSPre (which see the mean) nor none */
     if (c->normalization_type != CIRCUITS_NORM_LN && c->normalization_type != CIRCUITS_NORM_LNPRE) cw = false;
+    /* nor with final_rms (TL's process_weights): ln_final, an RMSNorm, sees the mean */
+    if (c->final_rms) cw = false;
     if (cw) {
         if ((rc = center_writing_weights(m))) return rc;
         done |= CIRCUITS_PROCESSED_CENTER_WRITING_WEIGHTS;

@@ -182,8 +182,10 @@ def tl_reference(
     tokens_patch: Optional[torch.Tensor],
     do_edits: bool,
     skip_hooks: tuple = (),
+    halve: tuple = (),
 ):
-    """Run TL on ``tokens``; return (tensors for expected.safetensors, case.json extras)."""
+    """Run TL on ``tokens``; return (tensors for expected.safetensors, case.json extras).
+    ``halve``: hook names each multiplied by 0.5 in a run of its own (edit:halve:<name>)."""
     cfg = model.cfg
     out: Dict[str, torch.Tensor] = {}
     logits, cache = model.run_with_cache(tokens)  # names_filter=None: every hook
@@ -253,7 +255,16 @@ def tl_reference(
             tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", replace_pattern)]
         ).float()
         edits["replace_pattern"] = {"layer": 0, "hook": "blocks.0.attn.hook_pattern"}
-        for k in ("edit:zero_head_z", "edit:patch_resid_pre", "edit:replace_pattern"):
+        for name in halve:
+            assert name in cache.cache_dict, name
+            out[f"edit:halve:{name}"] = model.run_with_hooks(
+                tokens, fwd_hooks=[(name, lambda x, hook: x * 0.5)]
+            ).float()
+        if halve:
+            edits["halve"] = list(halve)
+        for k in ["edit:zero_head_z", "edit:patch_resid_pre", "edit:replace_pattern"] + [
+            f"edit:halve:{n}" for n in halve
+        ]:
             assert not torch.equal(out[k], logits), f"{k} had no effect"
 
     extras = {
@@ -443,6 +454,7 @@ def case_tl(
     save_dtype=torch.float32,
     omit_biases: bool = False,
     std: float = 0.3,
+    halve: tuple = (),
     **cfg_kw,
 ):
     d = os.path.join(CASES_DIR, name)
@@ -474,7 +486,7 @@ def case_tl(
 
     tokens = random_tokens(seed + 100, 2, 7, cfg.d_vocab)
     tokens_patch = random_tokens(seed + 101, 2, 7, cfg.d_vocab)
-    tensors, extras = tl_reference(model, tokens, tokens_patch, True)
+    tensors, extras = tl_reference(model, tokens, tokens_patch, True, halve=halve)
     assert torch.equal(model2(tokens), tensors["logits"])
     more = {
         "weights_dtype": str(save_dtype).replace("torch.", ""),
@@ -705,6 +717,7 @@ def all_cases() -> Dict[str, Callable[[], None]]:
         "Standard positions, d_model 16, 2 heads x d_head 8, d_mlp 40.",
         seed=41, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=40, normalization_type="RMS",
         act_fn="silu", gated_mlp=True,
+        halve=("blocks.1.mlp.hook_pre_linear", "blocks.0.mlp.hook_pre"),
     )
     C["tl_gated_geglu_ln"] = lambda: case_tl(
         "tl_gated_geglu_ln",
@@ -712,6 +725,7 @@ def all_cases() -> Dict[str, Callable[[], None]]:
         "tanh-approximate GELU). d_model 16, 2 heads x d_head 8, d_mlp 40.",
         seed=42, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=40, normalization_type="LN",
         act_fn="gelu_pytorch_tanh", gated_mlp=True,
+        halve=("blocks.1.mlp.hook_pre_linear",),
     )
     C["tl_parallel_ln"] = lambda: case_tl(
         "tl_parallel_ln",
@@ -720,6 +734,7 @@ def all_cases() -> Dict[str, Callable[[], None]]:
         "Standard positions, d_model 16, 2 heads x d_head 8, d_mlp 40.",
         seed=43, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=40, normalization_type="LN",
         act_fn="gelu", parallel_attn_mlp=True,
+        halve=("blocks.0.ln2.hook_normalized", "blocks.1.hook_attn_out"),
     )
     C["tl_final_rms_ln"] = lambda: case_tl(
         "tl_final_rms_ln",
@@ -727,6 +742,7 @@ def all_cases() -> Dict[str, Callable[[], None]]:
         "no ln_final.b). gelu_new, d_model 16, 2 heads x d_head 8, d_mlp 40.",
         seed=44, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=40, normalization_type="LN",
         act_fn="gelu_new", final_rms=True,
+        halve=("ln_final.hook_scale",),
     )
     C["tl_gemma2_block"] = lambda: case_tl(
         "tl_gemma2_block",
@@ -739,6 +755,8 @@ def all_cases() -> Dict[str, Callable[[], None]]:
         seed=45, n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=48, normalization_type="RMS",
         act_fn="gelu_pytorch_tanh", gated_mlp=True, use_normalization_before_and_after=True,
         rotary_dim=8, n_key_value_heads=2, attn_scores_soft_cap=3.0, output_logits_soft_cap=2.0,
+        halve=("blocks.0.ln1_post.hook_normalized", "blocks.1.ln2_post.hook_scale",
+               "blocks.1.mlp.hook_pre_linear", "unembed.hook_out"),
         **rot,
     )
     C["tl_pythia_like"] = lambda: case_tl(
@@ -747,6 +765,7 @@ def all_cases() -> Dict[str, Callable[[], None]]:
         "rotate-half on rotary_dim 4 of d_head 16. d_model 32, 2 heads, d_mlp 48.",
         seed=46, n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=48, normalization_type="LN",
         act_fn="gelu", parallel_attn_mlp=True, rotary_dim=4, **rot,
+        halve=("blocks.1.ln2.hook_normalized",),
     )
     C["tl_llama_like"] = lambda: case_tl(
         "tl_llama_like",
@@ -755,6 +774,7 @@ def all_cases() -> Dict[str, Callable[[], None]]:
         "biases saved (zeros, as Llama has none). d_model 32, d_mlp 48.",
         seed=47, n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=48, normalization_type="RMS",
         act_fn="silu", gated_mlp=True, rotary_dim=8, n_key_value_heads=2, omit_biases=True, **rot,
+        halve=("blocks.0.mlp.hook_pre_linear",),
     )
     return C
 

@@ -443,6 +443,7 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_model_full_ov": (c_int, [HANDLE, c_int32, c_int32, VOIDPP]),
     "circuits_model_full_qk": (c_int, [HANDLE, c_int32, c_int32, VOIDPP]),
     "circuits_model_pos_qk": (c_int, [HANDLE, c_int32, c_int32, VOIDPP]),
+    "circuits_model_rotary_qk": (c_int, [HANDLE, c_int32, c_int32, c_int64, VOIDPP]),
     "circuits_model_composition_circuit": (
         c_int,
         [HANDLE, c_int32, c_int32, c_int32, c_int32, c_int32, VOIDPP],

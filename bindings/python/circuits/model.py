@@ -1199,6 +1199,12 @@ class Model:
             raise ValueError(f"kind must be one of {sorted(fns)}, not {kind!r}")
         return self._factored(fns[kind], -1 if layer is None else int(layer), -1 if head is None else int(head))
 
+    def rotary_QK(self, layer: int, head: int, n_offsets: int) -> FactoredMatrix:
+        """Rotary models: the QK circuit of one head WITH the rotation (``QK`` leaves it out),
+        W_Q R(delta) W_K^T for offsets delta = query position - key position = 0 .. n_offsets - 1:
+        FactoredMatrix [n_offsets, d_model, d_model]. Not in TransformerLens."""
+        return self._factored(lib.circuits_model_rotary_qk, int(layer), int(head), int(n_offsets))
+
     def composition_circuit(self, mode: str, layer_a: int, head_a: int, layer_b: int, head_b: int) -> FactoredMatrix:
         """The full Q-, K- or V-composition circuit of head A (earlier) into head B over tokens."""
         return self._factored(lib.circuits_model_composition_circuit, _mode(mode), layer_a, head_a, layer_b, head_b)

@@ -24,6 +24,11 @@ HEADER = REPO / "include" / "circuits.h"
 TINY_GPT2 = REPO / "examples" / "models" / "tiny-random-gpt2"
 
 CASES = sorted(p.name for p in CASES_DIR.iterdir() if (p / "case.json").is_file())
+# Cases without processed.safetensors: TransformerLens 3.9's from_pretrained processing computes
+# another function for them (tests/reference/generate_circuits.py TL_MISPROCESSES); their own
+# test is test_circuits_reference.py::test_processing_without_tl_reference
+NO_PROCESSED_REFERENCE = ("tl_final_rms_ln", "tl_gated_geglu_ln")
+PROCESSED_CASES = [c for c in CASES if c not in NO_PROCESSED_REFERENCE]
 
 # Tolerances: TransformerLens's own (as tests/test_reference.c and tests/test_circuits.c).
 TOL_LOGITS = 5e-5
@@ -71,6 +76,13 @@ def get_case(name: str) -> Case:
 @pytest.fixture(params=CASES)
 def case(request) -> Case:
     return get_case(request.param)
+
+
+@pytest.fixture(params=PROCESSED_CASES)
+def processed_case(request) -> Case:
+    c = get_case(request.param)
+    assert (c.dir / "processed.safetensors").is_file(), f"{c.name}: processed.safetensors missing"
+    return c
 
 
 @pytest.fixture(scope="session")

@@ -920,6 +920,7 @@ AUDIT = {
     "circuits_model_full_ov": ["size_topk_huge_k"],
     "circuits_model_full_qk": "returns a FactoredMatrix: as circuits_model_full_ov",
     "circuits_model_pos_qk": "returns a FactoredMatrix: as circuits_model_full_ov",
+    "circuits_model_rotary_qk": "returns a FactoredMatrix: as circuits_model_full_ov",
     "circuits_model_composition_circuit": "returns a FactoredMatrix: as circuits_model_full_ov",
     "circuits_model_virtual_ov": "returns a FactoredMatrix: as circuits_model_full_ov",
     "circuits_model_virtual_weights": "returns a FactoredMatrix: as circuits_model_full_ov",

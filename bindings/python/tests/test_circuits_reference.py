@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import safetensors_np
-from conftest import CASES_DIR, TOL_HOOK, TOL_LOGITS, TOL_LOSS, TOL_SCORE, TOL_WEIGHT, max_diff
+from conftest import CASES_DIR, NO_PROCESSED_REFERENCE, TOL_HOOK, TOL_LOGITS, TOL_LOSS, TOL_SCORE, TOL_WEIGHT, max_diff
 
 import circuits
 
@@ -39,7 +39,8 @@ def eig_diff(got, want):
     return worst
 
 
-def test_processed_weights_and_forward(case):
+def test_processed_weights_and_forward(processed_case):
+    case = processed_case
     ref, unproc = case.processed, case.expected
     with load(case) as m:
         want = {f: bool(v) for f, v in zip(FLAG_ORDER, ref["flags"])}
@@ -80,7 +81,8 @@ def test_processed_weights_and_forward(case):
             assert max_diff(mr(tokens), ref["refactor:logits"]) <= TOL_LOGITS
 
 
-def test_ov_qk_circuits(case):
+def test_ov_qk_circuits(processed_case):
+    case = processed_case
     ref = case.processed
     with load(case) as m:
         c = m.cfg
@@ -120,7 +122,8 @@ def test_ov_qk_circuits(case):
                         assert abs(abs(du) - 1) < 1e-3 and abs(abs(dv) - 1) < 1e-3 and du * dv > 0
 
 
-def test_composition_and_copying_scores(case):
+def test_composition_and_copying_scores(processed_case):
+    case = processed_case
     ref = case.processed
     with load(case) as m:
         L, H = m.cfg.n_layers, m.cfg.n_heads
@@ -145,7 +148,8 @@ def test_composition_and_copying_scores(case):
 HEADS = ("previous_token_head", "duplicate_token_head", "induction_head")
 
 
-def test_head_detectors(case):
+def test_head_detectors(processed_case):
+    case = processed_case
     ref = case.processed
     if "tokens_det" not in ref:
         pytest.skip("no detector references")
@@ -189,7 +193,8 @@ def induction_score_tl_recipe(model, rep_tokens, seq_len):
 
 
 @pytest.mark.parametrize("variant", ["", "_bos"])
-def test_induction_scores(case, variant):
+def test_induction_scores(processed_case, variant):
+    case = processed_case
     ref = case.processed
     if f"rep_tokens{variant}" not in ref:
         pytest.skip("no induction references")
@@ -241,3 +246,27 @@ def test_composition_scores_wide_heads(processed):
         bs = ref["baseline_scores"].astype(np.float64)
         se = np.sqrt(bs.var() / bs.size + std ** 2 / 400)
         assert abs(mean - bs.mean()) < 4 * se
+
+
+@pytest.mark.parametrize("name", NO_PROCESSED_REFERENCE)
+def test_processing_without_tl_reference(name):
+    """TransformerLens misprocesses these two; the library's processing keeps the log-probs of
+    TransformerLens's unprocessed run (expected.safetensors): final_rms folded as an RMSNorm, and
+    fold_ln of a gated MLP after LN refused (the other steps still apply)."""
+    from conftest import get_case
+
+    case = get_case(name)
+    unproc = case.expected
+    kw = {}
+    if name == "tl_gated_geglu_ln":
+        with pytest.raises(circuits.UnsupportedError, match="fold_ln of a gated MLP"):
+            load(case)
+        kw["fold_ln"] = False
+    with load(case, **kw) as m:
+        final_rms = name == "tl_final_rms_ln"
+        assert m.cfg.processing == {"fold_ln": final_rms, "center_writing_weights": not final_rms,
+                                    "center_unembed": True, "fold_value_biases": True,
+                                    "refactor_factored_attn_matrices": False}
+        logits = m(unproc["tokens"])
+        d = np.abs(log_softmax(logits) - log_softmax(unproc["logits"])).max()
+        assert d <= 1e-4, d
