@@ -130,9 +130,17 @@ def bench_load(a):
 
 
 def bench_run(a):
+    """Loads once, then each shape of --shape (B:T[,B:T...]) in turn; a line per shape (its
+    peak RSS is the process's so far: give the shapes smallest first)."""
     import torch
-    b, t = (int(x) for x in a.shape.split(":"))
+    t0 = time.perf_counter()
     model = load_hf(a.model, a.family) if a.peer == "torch" else load_tl(a.model, a.family)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    for shape in a.shape.split(","):
+        bench_shape(a, torch, model, *(int(x) for x in shape.split(":")), load_ms=load_ms)
+
+
+def bench_shape(a, torch, model, b, t, load_ms):
     vocab = model.config.vocab_size if a.peer == "torch" else model.cfg.d_vocab
     tok = tokens(torch, b, t, vocab)
     calls = [0]
@@ -161,18 +169,23 @@ def bench_run(a):
     else:
         fn = lambda: model(tok)
 
+    last = []  # the last timed run's output (no extra forward: on the large models one costs seconds)
+
+    def run():
+        last.clear()  # the previous output freed first, as when the caller drops it
+        last.append(fn())
+
     if a.mode == "autograd":
-        ts = timed(fn, a.reps, a.warmup)
-        out = fn()
+        ts = timed(run, a.reps, a.warmup)
     else:
         with torch.inference_mode():
-            ts = timed(fn, a.reps, a.warmup)
-            out = fn()
+            ts = timed(run, a.reps, a.warmup)
+    out = last[-1]
     logits = out.logits if hasattr(out, "logits") else out
     med = statistics.median(ts)
     emit(what="forward", peer=a.peer, mode=a.mode, threads=torch.get_num_threads(), batch=b, pos=t, reps=a.reps,
          median_ms=med, min_ms=min(ts), max_ms=max(ts), tokens_per_s=b * t / (med / 1e3), hook_calls=calls[0],
-         peak_rss_kb=peak_rss_kb(), logits_probe=[float(x) for x in logits[0, -1, :4]],
+         peak_rss_kb=peak_rss_kb(), load_ms=load_ms, logits_probe=[float(x) for x in logits[0, -1, :4]],
          attn_implementation=getattr(getattr(model, "config", None), "_attn_implementation", None), **extra)
 
 

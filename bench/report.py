@@ -225,17 +225,23 @@ def render_family(a, m, gemm, fwd, lc_load):
     lc_what = ("the Hugging Face directory" if lc_load == "hf" else
                "the TL-layout export of the same weights (TransformerLens's own conversion, unprocessed; "
                "libcircuits' default load applies TL's processing)")
-    load_ms = [get("circuits", s)["load_ms"] for s in shapes if get("circuits", s) and "load_ms" in get("circuits", s)]
+    loads = {who: next((get(who, s)["load_ms"] for s in shapes if get(who, s) and "load_ms" in get(who, s)), None)
+             for who in ("circuits", "torch", "tl")}
+    procs = ("a process per shape and contender, interleaved per shape" if getattr(a, "process_per_shape", False) else
+             "each contender in one process that loads once and runs the shapes smallest first (the peak RSS of a "
+             "shape is that process's so far)")
     head = [f"{FAMILY_NAMES.get(md['family'], md['family'])}{' (tiny)' if md.get('tiny') else ''} model: "
             f"d_model {md['d_model']}, {md['n_layers']} layers, {md['n_heads']} query heads, {md['n_kv_heads']} K/V "
             f"heads, d_head {md['d_head']}, d_mlp {md['d_mlp']}, vocab {md['d_vocab']}, random weights, "
             f"{md['weight_bytes'] / 1e9:.2f} GB of F32 safetensors (`{md['hf_dir']}`). libcircuits loads {lc_what} "
-            f"(`{md['lc_dir']}`) with the default options"
-            + (f", {min(load_ms) / 1e3:.2f}–{max(load_ms) / 1e3:.2f} s per load" if load_ms else "") + ".", "",
+            f"(`{md['lc_dir']}`) with the default options. Load times (warm page cache, one load each): libcircuits "
+            f"{f(loads['circuits'] and loads['circuits'] / 1e3, '.1f')} s, PyTorch from_pretrained "
+            f"{f(loads['torch'] and loads['torch'] / 1e3, '.1f')} s, TransformerLens's steps "
+            f"{f(loads['tl'] and loads['tl'] / 1e3, '.1f')} s.", "",
             f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), {m['threads']} threads for every contender; "
             f"OpenBLAS core {ob.get('corename', '?')} ({ob.get('config', '?')}); sgemm peak "
             f"{gemm['peak_gflops']:.0f} GFLOP/s ({a.peak_n}² square); load average at start {m['load'][0]:.1f}. "
-            f"Medians of {a.reps} runs after {a.warmup} warm-up(s); each configuration in its own process.", "",
+            f"Medians of {a.reps} runs after {a.warmup} warm-up(s); {procs}.", "",
             "#### Goals (issue 13)", "", "| goal | measured | target | |", "|---|---:|---:|---|"]
     out = ["", "#### Forward (logits for every position)", "",
            "| B×T | libcircuits ms | tokens/s | PyTorch eager ms | TL ms | speed-up vs PyTorch | vs TL | GEMM GFLOP "

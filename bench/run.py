@@ -144,26 +144,35 @@ def circuits_model_dir(a, bin_dir, runner, fam):
 
 
 def measure_family_forward(a, bin_dir, runner, py, gemm, fam, lc_dir):
-    """Per shape, interleaved: the limits, then libcircuits, PyTorch, TransformerLens (plain
-    forward, each in its own process)."""
+    """The limits of every shape, then libcircuits, PyTorch, TransformerLens (plain forward).
+    By default each contender loads once and runs every shape, smallest first, in one process
+    (a Llama-shaped load costs 25 s in libcircuits and two minutes in TransformerLens); the peak
+    RSS of a shape is then that process's so far. --process-per-shape: a process per shape and
+    contender, interleaved per shape, as the GPT-2 suite runs."""
     fwd = os.path.join(bin_dir, "bench_forward")
     common = ["--threads", str(a.threads), "--reps", str(a.reps), "--warmup", str(a.warmup)]
     peer = lambda who, s: runner.run([py, os.path.join(HERE, "peers.py"), who, families.hf_dir(fam), "--family",
                                       a.family, "--mode", "forward", "--shape", s] + common) if py else []
-    res = {}
-    for key in shapes_of(a):
-        s = f"{key[0]}:{key[1]}"
-        measure_family_limit(a, bin_dir, runner, gemm, key, fam)
-        rows = runner.run([fwd, lc_dir, s] + common)
-        rec = forward_record(rows)
+
+    def circuits(shapes):
+        rows = runner.run([fwd, lc_dir] + shapes + common)
         load = next((r for r in rows if r["what"] == "load"), None)
-        if rec and load:
-            rec["load_ms"] = load["median_ms"]
-        res[("circuits", "plain", key)] = rec
-        if not a.no_torch:
-            res[("torch", "plain", key)] = forward_record(peer("torch", s))
-        if not a.no_tl:
-            res[("tl", "plain", key)] = forward_record(peer("tl", s))
+        return [dict(r, load_ms=load["median_ms"]) if load else r for r in rows]
+
+    contenders = [("circuits", circuits)]
+    contenders += [] if a.no_torch else [("torch", lambda shapes: peer("torch", ",".join(shapes)))]
+    contenders += [] if a.no_tl else [("tl", lambda shapes: peer("tl", ",".join(shapes)))]
+    keys = sorted(shapes_of(a), key=lambda k: (k[0] * k[1], k))
+    groups = [[k] for k in keys] if a.process_per_shape else [keys]
+    res = {}
+    for group in groups:
+        for key in group:
+            measure_family_limit(a, bin_dir, runner, gemm, key, fam)
+        for who, run in contenders:
+            rows = run([f"{k[0]}:{k[1]}" for k in group])
+            for key in group:
+                res[(who, "plain", key)] = next((r for r in rows if r["what"] == "forward" and
+                                                 (r["batch"], r["pos"]) == key), None)
     return res
 
 
@@ -265,6 +274,8 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="with --family llama|pythia: a small model of the family")
     ap.add_argument("--circuits-load", default="auto", choices=["auto", "hf", "tl"],
                     help="what libcircuits loads for a family: the HF directory (auto: if it can) or the TL export")
+    ap.add_argument("--process-per-shape", action="store_true",
+                    help="with --family: a process per shape and contender (default: one per contender)")
     ap.add_argument("--quick", action="store_true", help="check the suite end to end: T=128 only, 2 reps, no TL composition")
     ap.add_argument("--shapes", help="B:T,... (default: 1:128,1:512,1:1024,8:128; a family: 1:128,1:1024,8:128; "
                                      "--quick: 1:128)")
