@@ -347,10 +347,11 @@ static int attention(pass *ps, int l)
         FIRE(l, HK_ATTN_SCORES, s->scores);
         /* a hook may write anywhere in a row: then softmax takes whole rows, as TransformerLens
          * does (on untouched rows that is bit-identical to the causal softmax: the masked -inf
-         * add exact zeros), and pattern @ v whole rows unless the masked part is still 0. The
-         * causal softmax over keys 0 .. P + i also serves a window: the -inf left of it give 0. */
+         * add exact zeros), and pattern @ v whole rows unless the masked part is still 0. Read-only
+         * hooks: the mask is intact, and the softmax runs over each row's own keys (window too),
+         * exactly as the fused path does. */
         if (cx_hook_may_write(ctx, l, HK_ATTN_SCORES)) cx_softmax_rows(s->scores, B * H * T, Tk);
-        else cx_softmax_causal_past(s->scores, B * H, T, P); /* only cached: the mask is intact */
+        else cx_softmax_causal_window(s->scores, B * H, T, P, job.window);
         FIRE(l, HK_PATTERN, s->scores);
         job.steps = STEP_MIX;
         job.hooked = cx_hook_may_write(ctx, l, HK_ATTN_SCORES) || cx_hook_may_write(ctx, l, HK_PATTERN);
