@@ -625,7 +625,9 @@ CIRCUITS_API void circuits_tokenizer_free(circuits_tokenizer *tok);
 
 typedef struct circuits_encode_options {
     uint32_t size;            /* sizeof(circuits_encode_options) */
-    int32_t prepend_bos;      /* 1: the BOS token first (TransformerLens's prepend_bos); default 0 */
+    int32_t prepend_bos;      /* 1: the BOS token first (TransformerLens's prepend_bos); default 0;
+                               * -1: the special tokens the tokenizer's post-processor adds (BOS
+                               * and/or EOS, as Hugging Face's encode(text) by default) */
     int32_t add_prefix_space; /* -1 (default): the tokenizer's setting; 0: no; 1: a space before
                                * every text segment that does not start with one */
     int32_t parse_special;    /* 1 (default): the text of special tokens ("<|endoftext|>") becomes

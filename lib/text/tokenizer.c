@@ -96,6 +96,8 @@ static int arena_add(circuits_tokenizer *t, const void *s, size_t n, uint32_t *o
     return CIRCUITS_OK;
 }
 
+int cx_tok_arena_add(circuits_tokenizer *t, const void *s, size_t n, uint32_t *off) { return arena_add(t, s, n, off); }
+
 int cx_tok_set_token(circuits_tokenizer *t, int64_t id, const char *str, size_t len, const char *src)
 {
     if (id < 0 || (uint64_t)id >= t->cap_ids)
@@ -358,9 +360,10 @@ static int decode_string(circuits_tokenizer *t, size_t id)
 
 int cx_tok_finish(circuits_tokenizer *t, const char *src)
 {
+    if (t->char_level) cx_sp_index_bytes(t);
     for (size_t id = 0; id < t->n_ids; id++) {
         if (t->str_len[id] == UINT32_MAX) continue;
-        int rc = decode_string(t, id);
+        int rc = t->char_level ? cx_sp_decode_string(t, id) : decode_string(t, id);
         if (rc) return rc;
     }
     for (size_t i = 0; i < t->n_added; i++) { /* added tokens decode to their content */
@@ -414,6 +417,8 @@ typedef struct enc_state {
     int32_t *ids;
     size_t cap, n;
     int add_prefix_space, parse_special;
+    int first;     /* the segment starts the text (Metaspace prepend_scheme "first") */
+    int aps_opt;   /* the add_prefix_space option as given: -1, 0, 1 */
     /* scratch, grown as needed */
     int32_t *sym, *mid, *prev, *next;
     uint32_t *rank;
@@ -505,11 +510,26 @@ static heap_item heap_pop(heap_item *h, size_t *n)
     return top;
 }
 
+static int merge_symbols(enc_state *e, size_t n);
+
 /* BPE of one piece (its bytes); emits the ids. */
 static int bpe_piece(enc_state *e, const uint8_t *p, size_t n)
 {
     const circuits_tokenizer *t = e->t;
     bool prev_unk = false;
+    if (t->char_level) {
+        if (t->ignore_merges) { /* the piece as one token, if it is one */
+            int32_t id = cx_tok_lookup(t, (const char *)p, n);
+            if (id >= 0) {
+                emit(e, id);
+                return CIRCUITS_OK;
+            }
+        }
+        int rc = scratch_reserve(e, n);
+        if (rc) return rc;
+        cx_sp_symbols(t, p, n, e->sym, &n);
+        return merge_symbols(e, n);
+    }
     if (n == 1 && (t->byte_tok[p[0]] != CX_TOK_UNKNOWN || t->unk >= 0)) {
         emit_symbol(e, t->byte_tok[p[0]], &prev_unk);
         return CIRCUITS_OK;
@@ -535,8 +555,7 @@ static int bpe_piece(enc_state *e, const uint8_t *p, size_t n)
     }
     int rc = scratch_reserve(e, n);
     if (rc) return rc;
-    int32_t *sym = e->sym, *mid = e->mid;
-    uint32_t *rank = e->rank;
+    int32_t *sym = e->sym;
     if (t->unk >= 0) {
         for (size_t i = 0; i < n; i++) sym[i] = t->byte_tok[p[i]];
     } else { /* bytes without a token are dropped, as Hugging Face tokenizers does */
@@ -544,8 +563,18 @@ static int bpe_piece(enc_state *e, const uint8_t *p, size_t n)
         for (size_t i = 0; i < n; i++)
             if (t->byte_tok[p[i]] != CX_TOK_UNKNOWN) sym[m++] = t->byte_tok[p[i]];
         n = m;
-        if (n == 0) return CIRCUITS_OK;
     }
+    return merge_symbols(e, n);
+}
+
+/* BPE of the symbols e->sym[0..n); emits the ids. */
+static int merge_symbols(enc_state *e, size_t n)
+{
+    const circuits_tokenizer *t = e->t;
+    bool prev_unk = false;
+    if (n == 0) return CIRCUITS_OK;
+    int32_t *sym = e->sym, *mid = e->mid;
+    uint32_t *rank = e->rank;
     if (n <= cx_tok_bpe_linear_max) {
         /* the quadratic loop: ranks of adjacent pairs, merge the leftmost smallest */
         size_t m = n;
@@ -611,25 +640,17 @@ static int bpe_piece(enc_state *e, const uint8_t *p, size_t n)
     return CIRCUITS_OK;
 }
 
-/* Pre-tokenizes a segment (no added tokens in it) and encodes each piece. */
-static int encode_plain(enc_state *e, const uint8_t *s, size_t n)
+/* Splits a pre-tokenized segment into pieces (the tokenizer's pre-tokenizer) and encodes each. */
+static int encode_pieces(enc_state *e, const uint8_t *s, size_t n)
 {
-    if (n == 0) return CIRCUITS_OK;
-    if (e->add_prefix_space && s[0] != ' ') {
-        if (e->pbuf_cap < n + 1) {
-            uint8_t *b = cx_realloc(e->pbuf, n + 1);
-            if (!b) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory encoding text");
-            e->pbuf = b;
-            e->pbuf_cap = n + 1;
-        }
-        e->pbuf[0] = ' ';
-        memcpy(e->pbuf + 1, s, n);
-        s = e->pbuf;
-        n++;
-    }
-    if (!e->t->use_regex) return bpe_piece(e, s, n);
+    const circuits_tokenizer *t = e->t;
     for (size_t i = 0; i < n;) {
-        size_t j = cx_pretok_next(s, n, i), l = j - i;
+        size_t j;
+        if (t->char_level) j = cx_sp_piece_next(t, s, n, i);
+        else if (t->split_regex) j = cx_split_next(s, n, i, t->split_regex == CX_SPLIT_LLAMA3 ? 3 : 1);
+        else if (t->use_regex) j = cx_pretok_next(s, n, i);
+        else j = n;
+        size_t l = j - i;
         cache_slot *c = NULL;
         if (e->cache && l <= CACHE_BYTES) {
             uint32_t h = (uint32_t)hash_bytes((const char *)s + i, l);
@@ -652,6 +673,39 @@ static int encode_plain(enc_state *e, const uint8_t *s, size_t n)
         i = j;
     }
     return CIRCUITS_OK;
+}
+
+/* Pre-tokenizes a segment (no added tokens in it) and encodes each piece. */
+static int encode_plain(enc_state *e, const uint8_t *s, size_t n)
+{
+    if (n == 0) return CIRCUITS_OK;
+    const circuits_tokenizer *t = e->t;
+    if (t->char_level) {
+        if (t->pre != CX_PRE_METASPACE) return encode_pieces(e, s, n);
+        /* Metaspace: ' ' -> "▁", and a "▁" first if missing: always, or ("first") only on the
+         * segment that starts the text; the add_prefix_space option overrides */
+        int prepend = e->aps_opt >= 0 ? e->aps_opt
+                                      : t->ms_prepend == CX_MS_ALWAYS || (t->ms_prepend == CX_MS_FIRST && e->first);
+        uint8_t *b;
+        size_t bn;
+        int rc = cx_sp_escape(s, n, prepend, 1, &b, &bn);
+        if (!rc) rc = encode_pieces(e, b, bn);
+        cx_free(b);
+        return rc;
+    }
+    if (e->add_prefix_space && s[0] != ' ') {
+        if (e->pbuf_cap < n + 1) {
+            uint8_t *b = cx_realloc(e->pbuf, n + 1);
+            if (!b) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory encoding text");
+            e->pbuf = b;
+            e->pbuf_cap = n + 1;
+        }
+        e->pbuf[0] = ' ';
+        memcpy(e->pbuf + 1, s, n);
+        s = e->pbuf;
+        n++;
+    }
+    return encode_pieces(e, s, n);
 }
 
 static inline bool ascii_space(uint8_t c) { return c == ' ' || (c >= 9 && c <= 13); }
@@ -690,6 +744,7 @@ static int encode_normalized(enc_state *e, const uint8_t *s, size_t n)
         if (rc) return rc;
         emit(e, id);
         pos = en;
+        e->first = 0;
     }
     return encode_plain(e, s + pos, n - pos);
 }
@@ -698,13 +753,21 @@ static int encode_normalized(enc_state *e, const uint8_t *s, size_t n)
 static int encode_raw(enc_state *e, const uint8_t *s, size_t n)
 {
     if (n == 0) return CIRCUITS_OK;
-    if (!e->t->nfc) return encode_normalized(e, s, n);
-    uint8_t *norm;
-    size_t nn;
-    int rc = cx_nfc(s, n, &norm, &nn);
-    if (rc) return rc;
-    rc = encode_normalized(e, norm ? norm : s, nn);
+    const circuits_tokenizer *t = e->t;
+    uint8_t *norm = NULL, *esc = NULL;
+    size_t nn = n;
+    int rc = t->nfc ? cx_nfc(s, n, &norm, &nn) : CIRCUITS_OK;
+    if (norm) s = norm;
+    /* the "▁" normalizers of a character-level model: Replace(" ", "▁") and Prepend("▁"), which
+     * the add_prefix_space option overrides (unless Metaspace does the prepending) */
+    int prepend = e->aps_opt >= 0 && t->pre != CX_PRE_METASPACE ? e->aps_opt : t->norm_prepend;
+    if (!rc && t->char_level && (t->norm_replace || prepend)) {
+        rc = cx_sp_escape(s, nn, prepend, 0, &esc, &nn);
+        if (esc) s = esc;
+    }
+    if (!rc) rc = encode_normalized(e, s, nn);
     cx_free(norm);
+    cx_free(esc);
     return rc;
 }
 
@@ -713,7 +776,7 @@ void circuits_encode_options_init(circuits_encode_options *opts)
     if (!opts) return;
     memset(opts, 0, sizeof *opts);
     opts->size = sizeof *opts;
-    opts->prepend_bos = 0;
+    opts->prepend_bos = 0; /* -1: as the tokenizer's post-processor (BOS and/or EOS) */
     opts->add_prefix_space = -1;
     opts->parse_special = 1;
 }
@@ -729,27 +792,31 @@ int circuits_tokenizer_encode(const circuits_tokenizer *tok, const char *text, s
     static const size_t versions[] = {sizeof(circuits_encode_options)}; /* 0.1 */
     int rc;
     if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), "circuits_tokenizer_encode"))) return rc;
-    if ((o.prepend_bos != 0 && o.prepend_bos != 1) || o.add_prefix_space < -1 || o.add_prefix_space > 1 ||
+    if (o.prepend_bos < -1 || o.prepend_bos > 1 || o.add_prefix_space < -1 || o.add_prefix_space > 1 ||
         (o.parse_special != 0 && o.parse_special != 1))
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
-                       "circuits_tokenizer_encode: prepend_bos and parse_special must be 0 or 1, add_prefix_space -1, 0 or 1");
-    if (o.prepend_bos && tok->bos < 0)
+                       "circuits_tokenizer_encode: parse_special must be 0 or 1, prepend_bos and add_prefix_space -1, 0 or 1");
+    if (o.prepend_bos == 1 && tok->bos < 0)
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "circuits_tokenizer_encode: prepend_bos, but the tokenizer has no BOS token");
     enc_state e = {.t = tok, .ids = ids, .cap = cap};
     e.add_prefix_space = o.add_prefix_space < 0 ? tok->add_prefix_space : o.add_prefix_space;
     e.parse_special = o.parse_special;
-    if (o.prepend_bos) emit(&e, tok->bos);
+    e.aps_opt = o.add_prefix_space;
+    if (o.prepend_bos == 1 || (o.prepend_bos < 0 && tok->add_bos)) emit(&e, tok->bos);
     if (len >= CACHE_MIN_TEXT && cap > 0) e.cache = cx_calloc(CACHE_SLOTS, sizeof *e.cache); /* NULL: no cache */
     const uint8_t *s = (const uint8_t *)text;
     size_t pos = 0, st, en;
     int32_t id;
     rc = CIRCUITS_OK;
     while (!rc && pos < len && find_added(tok, s, len, pos, 0, e.parse_special, &st, &en, &id)) {
+        e.first = pos == 0;
         rc = encode_raw(&e, s + pos, st - pos);
         emit(&e, id);
         pos = en;
     }
+    e.first = pos == 0;
     if (!rc) rc = encode_raw(&e, s + pos, len - pos);
+    if (o.prepend_bos < 0 && tok->add_eos) emit(&e, tok->eos);
     cx_free(e.sym);
     cx_free(e.mid);
     cx_free(e.prev);
@@ -776,14 +843,17 @@ int circuits_tokenizer_decode(const circuits_tokenizer *tok, const int32_t *ids,
     if (n_out) *n_out = 0;
     if (!tok || !n_out || (!ids && n) || (!buf && cap))
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_tokenizer_decode: NULL argument");
-    size_t total = 0;
+    size_t total = 0, strip = tok->dec_strip;
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || (size_t)id >= tok->n_ids || tok->dec_len[id] == UINT32_MAX)
             return cx_fail(CIRCUITS_E_RANGE, "circuits_tokenizer_decode: ids[%zu] = %d is not a token (vocabulary size %zu)",
                            i, id, tok->n_ids);
         size_t l = tok->dec_len[id];
-        if (total + l < cap) memcpy(buf + total, tok->arena + tok->dec_off[id], l);
+        const char *p = tok->arena + tok->dec_off[id];
+        /* decoder Strip(" ", k, 0) after Fuse: up to k spaces off the start of the text */
+        while (strip && total == 0 && l && *p == ' ') { p++; l--; strip--; }
+        if (total + l < cap) memcpy(buf + total, p, l);
         total += l;
     }
     if (total + 1 > cap) {

@@ -35,7 +35,7 @@ size_t cx_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp)
 }
 
 /* Classes of the regex 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
-enum { C_L, C_N, C_WS, C_O };
+enum { C_L = CX_CLS_L, C_N = CX_CLS_N, C_WS = CX_CLS_WS, C_O = CX_CLS_O };
 
 static inline int ascii_class(uint8_t c)
 {
@@ -73,6 +73,8 @@ static inline int unit_at(const uint8_t *s, size_t n, size_t i, size_t *len)
     *len = l;
     return class_of(cp);
 }
+
+int cx_pretok_unit(const uint8_t *s, size_t n, size_t i, size_t *len) { return unit_at(s, n, i, len); }
 
 static inline size_t run_end(const uint8_t *s, size_t n, size_t i, int cls)
 {
