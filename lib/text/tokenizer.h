@@ -156,6 +156,9 @@ void cx_sp_symbols(const circuits_tokenizer *t, const uint8_t *p, size_t n, int3
 /* The decoded bytes of vocabulary string `id` of a character-level model ("▁" -> ' ',
  * "<0xNN>" -> the byte), at the arena's end. */
 int cx_sp_decode_string(circuits_tokenizer *t, size_t id);
+/* Merges from the pieces' scores, as transformers converts a SentencePiece BPE model
+ * (scores[id] for every id). */
+int cx_sp_merges_from_scores(circuits_tokenizer *t, const float *scores, const char *src);
 /* Fills byte_fb from the vocabulary. */
 void cx_sp_index_bytes(circuits_tokenizer *t);
 

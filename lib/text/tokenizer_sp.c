@@ -7,6 +7,7 @@
  *   - decoding turns "▁" back into ' ' and "<0xNN>" into the byte. */
 #include "tokenizer.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static const uint8_t META[3] = {0xE2, 0x96, 0x81}; /* "▁" */
@@ -120,4 +121,84 @@ int cx_sp_decode_string(circuits_tokenizer *t, size_t id)
     t->dec_off[id] = dst;
     t->dec_len[id] = (uint32_t)k;
     return CIRCUITS_OK;
+}
+
+/* ---- merges of a SentencePiece vocabulary with scores (GGUF "llama") ---- */
+typedef struct sp_merge {
+    float score;         /* of the merged piece */
+    uint32_t llen, rlen; /* in characters */
+    uint32_t seq;        /* order of generation: ties keep it */
+    int32_t l, r;
+} sp_merge;
+
+static int cmp_local(const void *x, const void *y)
+{
+    const sp_merge *a = x, *b = y;
+    if (a->l != b->l) return (a->l > b->l) - (a->l < b->l);
+    return (a->r > b->r) - (a->r < b->r);
+}
+
+static int cmp_rank(const void *x, const void *y)
+{
+    const sp_merge *a = x, *b = y;
+    if (a->score != b->score) return a->score < b->score ? 1 : -1; /* higher score first */
+    if (a->llen != b->llen) return a->llen < b->llen ? 1 : -1;     /* then the longer left part */
+    if (a->rlen != b->rlen) return a->rlen < b->rlen ? 1 : -1;
+    return (a->seq > b->seq) - (a->seq < b->seq);
+}
+
+static size_t n_chars(const uint8_t *s, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; k++) {
+        uint32_t cp;
+        size_t l = cx_utf8_decode(s + i, n - i, &cp);
+        i += l ? l : 1;
+    }
+    return k;
+}
+
+/* transformers' generate_merges(vocab, vocab_scores), which its Llama converter uses to turn a
+ * SentencePiece model into tokenizer.json: every split of every piece into two pieces is a
+ * merge; merges are ranked by the merged piece's score (higher first), then the longer left
+ * part, the longer right part, then pieces in id order and, within a piece, by (left id, right
+ * id). BPE with these merges gives SentencePiece's own result. */
+int cx_sp_merges_from_scores(circuits_tokenizer *t, const float *scores, const char *src)
+{
+    size_t cap = 0, n = 0;
+    sp_merge *m = NULL;
+    int rc = CIRCUITS_OK;
+    for (size_t id = 0; id < t->n_ids && !rc; id++) {
+        if (t->str_len[id] == UINT32_MAX) continue;
+        const uint8_t *s = (const uint8_t *)t->arena + t->str_off[id];
+        size_t len = t->str_len[id], first = n, left_chars = 0;
+        for (size_t i = 0; i < len;) {
+            uint32_t cp;
+            size_t l = cx_utf8_decode(s + i, len - i, &cp);
+            i += l ? l : 1;
+            left_chars++;
+            if (i >= len) break;
+            int32_t a = cx_tok_lookup(t, (const char *)s, i), b = cx_tok_lookup(t, (const char *)s + i, len - i);
+            if (a < 0 || b < 0) continue;
+            if (n == cap) {
+                size_t nc = cap ? 2 * cap : 1024;
+                sp_merge *g = nc <= CX_TOK_MAX_MERGES ? cx_realloc(m, nc * sizeof *m) : NULL;
+                if (!g) {
+                    rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory making merges", src);
+                    break;
+                }
+                m = g;
+                cap = nc;
+            }
+            m[n++] = (sp_merge){scores[id], (uint32_t)left_chars, (uint32_t)n_chars(s + i, len - i), 0, a, b};
+        }
+        qsort(m + first, n - first, sizeof *m, cmp_local);
+        for (size_t k = first; k < n; k++) m[k].seq = (uint32_t)k;
+    }
+    if (!rc && n) qsort(m, n, sizeof *m, cmp_rank);
+    for (size_t k = 0; k < n && !rc; k++)
+        rc = cx_tok_add_merge(t, t->arena + t->str_off[m[k].l], t->str_len[m[k].l], t->arena + t->str_off[m[k].r],
+                              t->str_len[m[k].r], (uint32_t)k, src);
+    cx_free(m);
+    return rc;
 }

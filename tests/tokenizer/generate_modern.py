@@ -117,9 +117,14 @@ def sp_tokenizers(train_path):
     llama = Llama(SlowStandIn(prefix + ".model", True)).converted()
     llama.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                          special_tokens=[("<s>", 1)])
+    # the hub's Llama 2 / Mistral files list <unk> among the special added tokens (transformers'
+    # slow-to-fast conversion added it from special_tokens_map); 5.25's converter adds only the
+    # control pieces <s> and </s>
+    llama.add_special_tokens(["<unk>"])
     out["llama2"] = llama
     ms = Llama(SlowStandIn(prefix + ".model", False)).converted()
     ms.post_processor = llama.post_processor
+    ms.add_special_tokens(["<unk>"])
     out["llama_ms"] = ms
     gem = Gemma(SlowStandIn(os.path.join(OUT, "sp_gemma.model"), True)).converted()
     gem.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
