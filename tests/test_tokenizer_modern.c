@@ -7,7 +7,8 @@
  *     byte-level ones with the Llama 3 and Qwen2 Split regexes; libcircuits must give them with
  *     prepend_bos -1, exactly, with both BPE merge loops; the same ids without the BOS with
  *     prepend_bos 0; decode as tokenizers' decode(skip_special_tokens=False);
- *   - the GGUF "llama" file of the same sentencepiece model against the Llama 2 ids;
+ *   - the GGUF "llama" file of the same sentencepiece model against the Llama 2 ids, and the
+ *     Llama 3 / Qwen2 files as GGUF "gpt2" with pre-tokenizers llama-bpe / qwen2;
  *   - refusals by name of tokenizer.json components that are not implemented (catalogued). */
 #include "catalogue.h"
 #include "tokenizer.h"
@@ -35,6 +36,8 @@ static kind kinds[] = {
     {"llama3", "llama3", "llama3", NULL, 0, 0, 0},
     {"qwen2", "qwen2", "qwen2", NULL, 0, 0, 0},
     {"gguf_llama", "llama2.gguf", "llama2", NULL, 0, 0, 0},
+    {"gguf_llama3", "llama3.gguf", "llama3", NULL, 0, 0, 0},
+    {"gguf_qwen2", "qwen2.gguf", "qwen2", NULL, 0, 0, 0},
 };
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 
@@ -90,7 +93,7 @@ static void check_text(kind *k, json_t *c)
     /* without the post-processor: the same ids less the BOS */
     int32_t bos = circuits_tokenizer_bos_id(k->t);
     size_t skip = json_array_size(want) && json_integer_value(json_array_get(want, 0)) == bos ? 1 : 0;
-    if (strcmp(k->key, "qwen2") == 0) skip = 0; /* no post-processor token */
+    if (strcmp(k->ref, "qwen2") == 0) skip = 0; /* no post-processor token */
     got = encode(k->t, text, n, 0, &ids);
     CHECK(same_ids(ids, got, want, skip), "%s: ids without the BOS differ", k->key);
     /* decode, as tokenizers' decode(encode(text, add_special_tokens=False)) */

@@ -275,6 +275,7 @@ static int build(circuits_tokenizer **out, cursor *c, kv *kvs)
                 kvs[K_SCORES].count != kvs[K_TOKENS].count))
         return cx_fail(CIRCUITS_E_FORMAT, "%s: GGUF llama tokenizer needs tokenizer.ggml.scores, one float32 per token", path);
     bool neox = false;
+    int split = CX_SPLIT_NONE;
     if (kvs[K_ARCH].present) {
         if ((rc = kv_string(c, &kvs[K_ARCH], &s, &n))) return rc;
         neox = eq(s, n, "gptneox");
@@ -282,10 +283,15 @@ static int build(circuits_tokenizer **out, cursor *c, kv *kvs)
     if (kvs[K_PRE].present) {
         if ((rc = kv_string(c, &kvs[K_PRE], &s, &n))) return rc;
         if (eq(s, n, "gpt-neox")) neox = true;
-        else if (!eq(s, n, "gpt-2"))
+        else if (eq(s, n, "llama-bpe")) split = CX_SPLIT_LLAMA3;
+        else if (eq(s, n, "qwen2")) split = CX_SPLIT_QWEN2;
+        else if (!eq(s, n, "gpt-2") && !(spm && eq(s, n, "default")))
             return cx_fail(CIRCUITS_E_UNSUPPORTED,
-                           "%s: GGUF pre-tokenizer '%.*s' is not supported (gpt-2 or gpt-neox: GPT-2's regex)", path,
+                           "%s: GGUF pre-tokenizer '%.*s' is not supported (gpt-2, gpt-neox, llama-bpe, qwen2)", path,
                            (int)(n > 64 ? 64 : n), s);
+        if (spm && split)
+            return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: GGUF pre-tokenizer '%.*s' with a llama tokenizer is not supported",
+                           path, (int)(n > 64 ? 64 : n), s);
     }
     if ((rc = kv_string_array(c, &kvs[K_TOKENS])) || (kvs[K_MERGES].present && (rc = kv_string_array(c, &kvs[K_MERGES]))))
         return rc;
@@ -309,7 +315,13 @@ static int build(circuits_tokenizer **out, cursor *c, kv *kvs)
     }
     circuits_tokenizer *t;
     if ((rc = cx_tok_new(&t, (size_t)n_tok, "gguf"))) return rc;
-    t->nfc = neox;
+    /* Llama 3 and Qwen2 (llama.cpp's pre-tokenizers llama-bpe, qwen2): their Split regex, then
+     * byte-level without GPT-2's; Llama 3 with ignore_merges, Qwen2 with NFC as their
+     * tokenizer.json files say (GGUF does not record either) */
+    t->nfc = neox || split == CX_SPLIT_QWEN2;
+    t->split_regex = (uint8_t)split;
+    if (split) t->use_regex = 0;
+    t->ignore_merges = split == CX_SPLIT_LLAMA3;
     cursor tc = *c;
     tc.pos = kvs[K_TOKENS].at; /* already bounds-checked by parse_kvs */
     for (uint64_t i = 0; i < n_tok && !rc; i++) {

@@ -18,6 +18,8 @@ Tokenizers (trained here on text from generate.py's random corpus, vocabularies 
                       false), ignore_merges, special tokens <|begin_of_text|> ..., "<|begin_of_text|> $A"
   qwen2/              the same with Qwen2's regex and NFC normalizer, no BOS
   llama2.gguf         the sentencepiece model as GGUF tokenizer.ggml.model "llama" (gguf package)
+  llama3.gguf,        llama3/ and qwen2/ as GGUF tokenizer.ggml.model "gpt2" with tokenizer.ggml.pre
+  qwen2.gguf          "llama-bpe" / "qwen2" (as llama.cpp's convert_hf_to_gguf.py names them)
 
 Each line: {"t": text, kind: ids of tokenizer.encode(text) (add_special_tokens: the default, so
 with the post-processor's BOS), "d": {kind: decode}} where "d" lists the decodes
@@ -152,6 +154,34 @@ def byte_level(train_path, pat, nfc, specials, bos, ignore_merges):
     return tok
 
 
+def write_gguf_bpe(path, tok_json, pre, bos, eos, add_bos):
+    """A byte-level tokenizer.json as GGUF tokenizer.ggml.model "gpt2" with llama.cpp's
+    pre-tokenizer name (llama-bpe, qwen2), as convert_hf_to_gguf.py writes it."""
+    import gguf
+
+    j = json.load(open(tok_json, encoding="utf-8"))
+    vocab = dict(j["model"]["vocab"])
+    special = {a["content"]: a["id"] for a in j["added_tokens"] if a["special"]}
+    vocab.update(special)
+    toks = [None] * (max(vocab.values()) + 1)
+    for k, v in vocab.items():
+        toks[v] = k
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(toks)
+    w.add_token_types([int(gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL) for t in toks])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in j["model"]["merges"]])
+    if bos is not None:
+        w.add_bos_token_id(vocab[bos])
+    w.add_eos_token_id(vocab[eos])
+    w.add_add_bos_token(add_bos)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def write_gguf(path):
     import gguf
 
@@ -244,6 +274,10 @@ def main():
                 json.dump(j, f, ensure_ascii=False, indent=1)
         toks[name] = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))  # as the files say
     write_gguf(os.path.join(OUT, "llama2.gguf"))
+    write_gguf_bpe(os.path.join(OUT, "llama3.gguf"), os.path.join(OUT, "llama3", "tokenizer.json"), "llama-bpe",
+                   "<|begin_of_text|>", "<|end_of_text|>", True)
+    write_gguf_bpe(os.path.join(OUT, "qwen2.gguf"), os.path.join(OUT, "qwen2", "tokenizer.json"), "qwen2",
+                   None, "<|endoftext|>", False)
 
     texts = corpus(rng)
     counts = {k: 0 for k in toks}
