@@ -490,8 +490,6 @@ static void test_hostile_json(void)
     hf_variant_fails("tok_json_pretokenizer_whitespace", "{\"type\": \"ByteLevel\"", "{\"type\": \"Whitespace\"", CIRCUITS_E_UNSUPPORTED,
                "Whitespace");
     hf_variant_fails("tok_json_added_id_out_of_range", "\"id\": 3,", "\"id\": 7000000,", CIRCUITS_E_FORMAT, "out of range");
-    hf_variant_fails("tok_json_added_single_word", "\"special\": true,", "\"special\": true, \"single_word\": true,", CIRCUITS_E_UNSUPPORTED,
-               "single_word");
     hf_variant_fails("tok_json_added_content_empty", "\"content\": \"<|endoftext|>\"", "\"content\": \"\"", CIRCUITS_E_FORMAT, "empty");
     hf_variant_fails("tok_json_added_id_twice", "\"added_tokens\": [", "\"added_tokens\": [{\"id\": 0, \"content\": \"<|endoftext|>\"}, ",
                CIRCUITS_E_FORMAT, "given twice");

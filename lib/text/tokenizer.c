@@ -247,6 +247,7 @@ int cx_tok_add_added(circuits_tokenizer *t, int64_t id, const char *content, siz
     a->normalized = (uint8_t)!!normalized;
     a->lstrip = (uint8_t)!!lstrip;
     a->rstrip = (uint8_t)!!rstrip;
+    a->single_word = 0;
     t->n_added++;
     if (t->str_len[id] == UINT32_MAX) { /* not in the vocabulary: its string is its content */
         t->str_off[id] = a->off;
@@ -254,6 +255,11 @@ int cx_tok_add_added(circuits_tokenizer *t, int64_t id, const char *content, siz
         if ((size_t)id + 1 > t->n_ids) t->n_ids = (size_t)id + 1;
     }
     return CIRCUITS_OK;
+}
+
+void cx_tok_last_added_single_word(circuits_tokenizer *t)
+{
+    if (t->n_added) t->added[t->n_added - 1].single_word = 1;
 }
 
 int32_t cx_tok_find_added(const circuits_tokenizer *t, const char *content, size_t len)
@@ -708,10 +714,27 @@ static int encode_plain(enc_state *e, const uint8_t *s, size_t n)
     return encode_pieces(e, s, n);
 }
 
-static inline bool ascii_space(uint8_t c) { return c == ' ' || (c >= 9 && c <= 13); }
+/* Start of the character that ends at s[end] (end > from); an invalid byte is one. */
+static size_t char_before(const uint8_t *s, size_t from, size_t end)
+{
+    size_t p = end - 1;
+    while (p > from && end - p < 4 && (s[p] & 0xC0) == 0x80) p--;
+    uint32_t cp;
+    return cx_utf8_decode(s + p, end - p, &cp) == end - p ? p : end - 1;
+}
+
+/* Whether the character at s[i] (i < n) is of class cls; its length in *len. */
+static bool unit_is(const uint8_t *s, size_t n, size_t i, int cls, size_t *len)
+{
+    return cx_pretok_unit(s, n, i, len) == cls;
+}
+
+static bool word_at(const uint8_t *s, size_t n, size_t i) { return cx_word_unit(s, n, i) != 0; }
 
 /* Finds the leftmost-longest added token (of the given kind) in s[from..n): its id, and the
- * span it takes (with lstrip/rstrip whitespace). Returns false if none. */
+ * span it takes (with lstrip/rstrip whitespace: Unicode White_Space, as tokenizers' trim).
+ * A single_word match with a word character beside it is dropped and its span skipped, as
+ * tokenizers does with its matches. Returns false if none. */
 static bool find_added(const circuits_tokenizer *t, const uint8_t *s, size_t n, size_t from, int normalized,
                        int parse_special, size_t *mstart, size_t *mend, int32_t *id)
 {
@@ -722,9 +745,15 @@ static bool find_added(const circuits_tokenizer *t, const uint8_t *s, size_t n, 
             if (x->normalized != normalized || (x->special && !parse_special)) continue;
             const uint8_t *c = (const uint8_t *)t->arena + x->off;
             if (x->len > n - i || (x->len > 1 && c[1] != s[i + 1]) || memcmp(c, s + i, x->len) != 0) continue;
-            size_t st = i, en = i + x->len;
-            if (x->lstrip) while (st > from && ascii_space(s[st - 1])) st--;
-            if (x->rstrip) while (en < n && ascii_space(s[en])) en++;
+            size_t st = i, en = i + x->len, l;
+            if (x->single_word && ((st > 0 && word_at(s, n, char_before(s, 0, st))) || (en < n && word_at(s, n, en)))) {
+                i = en - 1; /* the match is consumed */
+                break;
+            }
+            if (x->lstrip)
+                while (st > from && unit_is(s, n, char_before(s, from, st), CX_CLS_WS, &l)) st = char_before(s, from, st);
+            if (x->rstrip)
+                while (en < n && unit_is(s, n, en, CX_CLS_WS, &l)) en += l;
             *mstart = st;
             *mend = en;
             *id = x->id;

@@ -41,6 +41,7 @@ typedef struct cx_tok_added {
     uint8_t special;     /* 1: not matched when parse_special is 0 */
     uint8_t normalized;  /* 1: matched in the normalized text (after NFC), else in the raw text */
     uint8_t lstrip, rstrip; /* 1: the match swallows whitespace on that side */
+    uint8_t single_word;    /* 1: only matched with no word character (regex \w) beside it */
 } cx_tok_added;
 
 typedef struct cx_tok_merge_slot {
@@ -110,6 +111,8 @@ int cx_tok_add_merge(circuits_tokenizer *t, const char *a, size_t alen, const ch
  * The token decodes to content. */
 int cx_tok_add_added(circuits_tokenizer *t, int64_t id, const char *content, size_t len, int special,
                      int normalized, int lstrip, int rstrip, const char *src);
+/* Marks the added token added last as single_word. */
+void cx_tok_last_added_single_word(circuits_tokenizer *t);
 /* The id of the added token with this content, or -1. */
 int32_t cx_tok_find_added(const circuits_tokenizer *t, const char *content, size_t len);
 /* Decoded bytes, byte table, added-token index; checks bos/eos/unk. */
@@ -137,6 +140,10 @@ int cx_nfc(const uint8_t *s, size_t n, uint8_t **out, size_t *out_len);
  * (a valid UTF-8 character, or one invalid byte, of class "other"). */
 enum { CX_CLS_L, CX_CLS_N, CX_CLS_WS, CX_CLS_O };
 int cx_pretok_unit(const uint8_t *s, size_t n, size_t i, size_t *len);
+
+/* Whether the character at s[i] is a word character for single_word added tokens: regex \w as
+ * tokenizers matches it (letters, marks, Nd, Nl, connector punctuation, ZWNJ/ZWJ; not No). */
+int cx_word_unit(const uint8_t *s, size_t n, size_t i);
 
 /* ---- tokenizer_split.c ---- */
 /* End of the Llama 3 (max_digits 3) or Qwen2 (max_digits 1) pre-tokenizer match at s[i]. */

@@ -268,9 +268,6 @@ static int hf_added(circuits_tokenizer *t, json_t *list, const char *src)
         if (!rc) rc = cx_tj_flag(a, "rstrip", 0, &rstrip, src, "added token");
         if (!rc) rc = cx_tj_flag(a, "single_word", 0, &single, src, "added token");
         if (rc) return rc;
-        if (single)
-            return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: added token '%.64s' is single_word, which is not supported", src,
-                           json_string_value(content));
         const uint8_t *c = (const uint8_t *)json_string_value(content);
         size_t n = json_string_length(content);
         uint8_t *norm = NULL;
@@ -279,6 +276,7 @@ static int hf_added(circuits_tokenizer *t, json_t *list, const char *src)
                               normalized, lstrip, rstrip, src);
         cx_free(norm);
         if (rc) return rc;
+        if (single) cx_tok_last_added_single_word(t);
     }
     return CIRCUITS_OK;
 }

@@ -232,3 +232,21 @@ int cx_nfc(const uint8_t *s, size_t n, uint8_t **out, size_t *out_len)
     *out_len = len;
     return CIRCUITS_OK;
 }
+
+/* ---- single_word added tokens ---- */
+int cx_word_unit(const uint8_t *s, size_t n, size_t i)
+{
+    uint32_t cp;
+    size_t l = cx_utf8_decode(s + i, n - i, &cp);
+    if (!l) return 0;
+    if (cp == 0x200C || cp == 0x200D) return 1; /* Join_Control */
+    switch (utf8proc_category((utf8proc_int32_t)cp)) {
+    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO:
+    case UTF8PROC_CATEGORY_MN: case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_PC:
+        return 1;
+    default:
+        return 0;
+    }
+}

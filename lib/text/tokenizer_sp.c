@@ -192,7 +192,7 @@ int cx_sp_merges_from_scores(circuits_tokenizer *t, const float *scores, const c
             }
             m[n++] = (sp_merge){scores[id], (uint32_t)left_chars, (uint32_t)n_chars(s + i, len - i), 0, a, b};
         }
-        qsort(m + first, n - first, sizeof *m, cmp_local);
+        if (n > first) qsort(m + first, n - first, sizeof *m, cmp_local); /* (m may still be NULL) */
         for (size_t k = first; k < n; k++) m[k].seq = (uint32_t)k;
     }
     if (!rc && n) qsort(m, n, sizeof *m, cmp_rank);

@@ -17,6 +17,7 @@ Tokenizers (trained here on text from generate.py's random corpus, vocabularies 
   llama3/             tokenizers byte-level BPE with Llama 3's Split regex, ByteLevel(use_regex
                       false), ignore_merges, special tokens <|begin_of_text|> ..., "<|begin_of_text|> $A"
   qwen2/              the same with Qwen2's regex and NFC normalizer, no BOS
+  added/              qwen2/ with added tokens: single_word, lstrip/rstrip, normalized (NFC), special
   llama2.gguf         the sentencepiece model as GGUF tokenizer.ggml.model "llama" (gguf package)
   llama3.gguf,        llama3/ and qwen2/ as GGUF tokenizer.ggml.model "gpt2" with tokenizer.ggml.pre
   qwen2.gguf          "llama-bpe" / "qwen2" (as llama.cpp's convert_hf_to_gguf.py names them)
@@ -32,7 +33,7 @@ import shutil
 import sys
 
 import sentencepiece as spm
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -214,6 +215,7 @@ def write_gguf(path):
     w.close()
 
 
+ADDED_TEXT = ["ab", " ab ", "<X>", " <X> ", "<|sep|>", "café", "cafe\u0301", "<tool>", " <tool> "]
 SPECIAL_TEXT = ["<s>", "</s>", "<unk>", "<bos>", "<eos>", "<pad>", "<|begin_of_text|>", "<|end_of_text|>",
                 "<|eot_id|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s", "<|im_start", "<0x41>", "▁"]
 
@@ -225,12 +227,17 @@ def corpus(rng):
         "x<|endoftext|>y", "\u00e9\u0301 e\u0301", "ｶﾀｶﾅ ㍍", "I'M YOU'RE we'LL", "123456789 1234",
         "def f(x):\n    return x  # ok\n\n\tpass", "foo\r\n\r\n  bar", "  \n  \n", "a \n\n b", "!!!\n\n",
         "\u017fs 's", "x   \n", "😀" * 5, "\U0010fffd", "\u0300abc", "<0x41>", "\t\tindent",
+        # the added tokens of "added": single_word "ab" and "<tool>", lstrip/rstrip "<X>", "<|sep|>"
+        "ab", "xab", "ab x", " ab ", "_ab", "1ab", "-ab", "éab", "ab-", "abé", "ab_", "\u00a0ab", "中ab",
+        "½ab", "Ⅻab", "‿ab", "\u200dab", "\u0903ab", "²ab", "٣ab", "ab½", "ab\u0301", "\u00adab",
+        "e\u0301ab", "xab ab", "a\u00a0 <X> \u3000b", "a\t<X>\nb", "<X><X>", " <X>", "<X> ", "x <|sep|> y",
+        "café cafe\u0301 caf\u00e9s", "<tool>x", "a <tool> b", "a<tool>", "  <tool>  ", "ab<X>ab",
     ]
     texts = fixed
-    for _ in range(400):
+    for _ in range(340):
         t = g.random_text(rng, rng.randint(1, 25))
         if rng.random() < 0.2:
-            t = t + rng.choice(SPECIAL_TEXT) + g.random_text(rng, rng.randint(0, 4))
+            t = t + rng.choice(SPECIAL_TEXT + ADDED_TEXT) + g.random_text(rng, rng.randint(0, 4))
         texts.append(t)
     texts += [("the quick brown fox " * 150).strip(), g.from_ranges(rng, g.SCRIPTS["cjk"], 800),
               " " * 700 + "x", "".join(rng.choice(g.EMOJI) for _ in range(200))]
@@ -250,6 +257,14 @@ def main():
                                 ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"], "<|begin_of_text|>", True)
     toks["qwen2"] = byte_level(train_path, QWEN2_PAT, True, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                None, False)
+    # added tokens with every flag, on Qwen2's (NFC: "normalized" tokens match the normalized text)
+    added = byte_level(train_path, QWEN2_PAT, True, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, False)
+    added.add_tokens([AddedToken("ab", single_word=True, normalized=False),
+                      AddedToken("<X>", lstrip=True, rstrip=True, normalized=False),
+                      AddedToken("cafe\u0301", normalized=True),
+                      AddedToken("<tool>", single_word=True, lstrip=True, normalized=False)])
+    added.add_special_tokens([AddedToken("<|sep|>", lstrip=True, normalized=False)])
+    toks["added"] = added
     cfg = {
         "llama2": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
                    "add_eos_token": False, "legacy": True},
@@ -260,6 +275,7 @@ def main():
                   "add_eos_token": False},
         "llama3": {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
         "qwen2": {"bos_token": None, "eos_token": "<|endoftext|>"},
+        "added": {"bos_token": None, "eos_token": "<|endoftext|>"},
     }
     for name, tok in toks.items():
         d = os.path.join(OUT, name)
