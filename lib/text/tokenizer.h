@@ -2,6 +2,7 @@
  *
  *   tokenizer.c          tables (vocabulary, merges, added tokens), BPE, encode/decode, the API
  *   tokenizer_pretok.c   UTF-8 decoding, Unicode classes, GPT-2's pre-tokenizer scanner, NFC
+ *   tokenizer_added.c    added tokens in text (leftmost-longest, lstrip/rstrip, single_word)
  *   tokenizer_split.c    the Llama 3 / Qwen2 Split regexes as a scanner
  *   tokenizer_sp.c       SentencePiece-style pieces: the "▁" normalizers and Metaspace, characters
  *                        to symbols with byte fallback, "<0xNN>" / "▁" decoding
@@ -117,6 +118,12 @@ void cx_tok_last_added_single_word(circuits_tokenizer *t);
 int32_t cx_tok_find_added(const circuits_tokenizer *t, const char *content, size_t len);
 /* Decoded bytes, byte table, added-token index; checks bos/eos/unk. */
 int cx_tok_finish(circuits_tokenizer *t, const char *src);
+
+/* ---- tokenizer_added.c ---- */
+/* The leftmost-longest added token (normalized or not, special only if parse_special) in
+ * s[from..n): its id and the span it takes (with lstrip/rstrip whitespace); false if none. */
+bool cx_tok_find_match(const circuits_tokenizer *t, const uint8_t *s, size_t n, size_t from, int normalized,
+                       int parse_special, size_t *mstart, size_t *mend, int32_t *id);
 
 /* ---- loaders (tokenizer_load.c, tokenizer_gguf.c); each fills *out or leaves it NULL ---- */
 int cx_tok_load_hf_json(circuits_tokenizer **out, const char *path, const char *dir);
