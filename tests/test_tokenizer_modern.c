@@ -206,6 +206,52 @@ static void variant_fails(const char *name, const char *file, const char *from, 
     free(v);
 }
 
+/* tokenizer_config.json's add_bos_token / add_eos_token decide what prepend_bos -1 adds (over
+ * the post-processor), as transformers rewrites the template from them. */
+static void test_config_flags(void)
+{
+    char dir[600], path[1200], cmd[2600];
+    snprintf(dir, sizeof dir, "%s/flags", tmpdir);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s/data/modern/llama2/tokenizer.json' '%s/'", dir, root, dir);
+    CHECK(system(cmd) == 0, "%s", cmd);
+    static const struct { const char *config; int bos, eos; } cases[] = {
+        {"{\"add_bos_token\": true, \"add_eos_token\": true, \"eos_token\": {\"content\": \"</s>\"}}", 1, 1},
+        {"{\"add_bos_token\": false}", 0, 0},
+        {"{\"bos_token\": \"<s>\"}", 1, 0}, /* the post-processor's */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+        FILE *f = fopen(path, "wb");
+        CHECK(f != NULL, "open %s", path);
+        if (!f) return;
+        fputs(cases[c].config, f);
+        fclose(f);
+        circuits_tokenizer *t = NULL;
+        CHECK(circuits_tokenizer_load(&t, dir) == CIRCUITS_OK, "load %s: %s", dir, circuits_last_error());
+        if (!t) continue;
+        int32_t *ids;
+        size_t n = encode(t, "Hello", 5, -1, &ids), plain;
+        int32_t *p;
+        plain = encode(t, "Hello", 5, 0, &p);
+        CHECK(n == plain + (size_t)cases[c].bos + (size_t)cases[c].eos, "config %zu: %zu ids, %zu without", c, n, plain);
+        if (n == plain + (size_t)cases[c].bos + (size_t)cases[c].eos && plain != (size_t)-1) {
+            CHECK(!cases[c].bos || ids[0] == circuits_tokenizer_bos_id(t), "config %zu: BOS first", c);
+            CHECK(!cases[c].eos || ids[n - 1] == circuits_tokenizer_eos_id(t), "config %zu: EOS last", c);
+            CHECK(memcmp(ids + cases[c].bos, p, plain * sizeof *p) == 0, "config %zu: the text's ids", c);
+        }
+        /* BOS from the template; EOS only where tokenizer_config.json names it */
+        CHECK(circuits_tokenizer_bos_id(t) == 1 && circuits_tokenizer_eos_id(t) == (c == 0 ? 2 : -1),
+              "config %zu: bos %d eos %d", c, circuits_tokenizer_bos_id(t), circuits_tokenizer_eos_id(t));
+        free(ids);
+        free(p);
+        circuits_tokenizer_free(t);
+    }
+    remove(path);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    remove(path);
+    rmdir(dir);
+}
+
 static void test_refusals(void)
 {
     variant_fails("tok_json_normalizer_replace_other", "gemma", "\"content\": \"\xe2\x96\x81\"", "\"content\": \"_\"",
@@ -258,6 +304,7 @@ int main(int argc, char **argv)
         circuits_tokenizer_free(kinds[k].t);
     }
     test_refusals();
+    test_config_flags();
     rmdir(tmpdir);
     return tu_finish("tokenizer_modern");
 }
