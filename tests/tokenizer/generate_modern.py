@@ -49,6 +49,16 @@ LLAMA3_PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}
               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SOURCE = """Written by tests/tokenizer/generate_modern.py (deterministic, offline; run it with
+/opt/refenv/bin/python): sentencepiece 0.2.3 BPE models trained on text from
+tests/tokenizer/generate.py's corpus (sp.model; sp_gemma.model with Gemma's id layout), converted
+to tokenizer.json by transformers 5.25's LlamaConverter (llama2: legacy, llama_ms: Metaspace) and
+GemmaConverter (gemma); tokenizers 0.23.3 byte-level BPE with Llama 3's and Qwen2's Split regexes
+(llama3, qwen2, added); GGUF files by the gguf 0.19.0 package (llama2.gguf: model "llama" with
+scores; llama3.gguf, qwen2.gguf: model "gpt2" with pre llama-bpe / qwen2). No file comes from a
+model hub.
+"""
+
 PROSE = ("The quick brown fox jumps over the lazy dog. Hello world! def main(): return 42 "
          "café naïve résumé 東京 こんにちは Привет мир 12345 don't I'm we'll they've")
 
@@ -248,6 +258,8 @@ def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     os.makedirs(OUT)
+    with open(os.path.join(OUT, "SOURCE.txt"), "w") as f:
+        f.write(SOURCE)
     rng = random.Random(20261204)
     train_path = os.path.join("/tmp", "circuits_modern_train.txt")
     with open(train_path, "w", encoding="utf-8") as f:
