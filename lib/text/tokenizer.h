@@ -87,7 +87,7 @@ struct circuits_tokenizer {
     uint8_t ms_prepend;    /* Metaspace prepend_scheme: CX_MS_NEVER / FIRST / ALWAYS */
     uint8_t ms_split;      /* Metaspace split: pieces start at each "▁" */
     uint8_t split_regex;   /* CX_SPLIT_*: a Split regex before the ByteLevel pre-tokenizer */
-    uint8_t dec_sp;        /* decoder Replace("▁", " ") (+ ByteFallback): char-level decoding */
+    uint8_t dec_byte_fallback; /* decoder ByteFallback: "<0xNN>" decodes to the byte */
     uint8_t dec_strip;     /* decoder Strip(" ", n, 0) / Metaspace: leading spaces removed */
     uint8_t add_bos, add_eos; /* the post-processor's (encode's prepend_bos -1) */
     int32_t byte_fb[256];  /* "<0xNN>" token of each byte, -1 if none */
@@ -167,8 +167,8 @@ size_t cx_sp_piece_next(const circuits_tokenizer *t, const uint8_t *s, size_t n,
  * else its bytes' "<0xNN>" tokens (byte_fallback), else CX_TOK_UNKNOWN (or nothing without an
  * unknown token). *m receives the count. */
 void cx_sp_symbols(const circuits_tokenizer *t, const uint8_t *p, size_t n, int32_t *sym, size_t *m);
-/* The decoded bytes of vocabulary string `id` of a character-level model ("▁" -> ' ',
- * "<0xNN>" -> the byte), at the arena's end. */
+/* The decoded bytes of vocabulary string `id` of a character-level model ("▁" -> ' ', and with the
+ * ByteFallback decoder "<0xNN>" -> the byte), at the arena's end. */
 int cx_sp_decode_string(circuits_tokenizer *t, size_t id);
 /* Merges from the pieces' scores, as transformers converts a SentencePiece BPE model
  * (scores[id] for every id). */

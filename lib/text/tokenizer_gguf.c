@@ -239,6 +239,7 @@ static int spm_setup(circuits_tokenizer *t, const cursor *c, const kv *kvs)
 {
     t->char_level = 1;
     t->byte_fallback = 1;
+    t->dec_byte_fallback = 1;
     t->fuse_unk = 1;
     t->norm_replace = 1;
     t->pre = CX_PRE_NONE;

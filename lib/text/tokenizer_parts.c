@@ -219,7 +219,11 @@ static int sp_decoder_part(circuits_tokenizer *t, json_t *d, const char *src, bo
         }
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: decoder Replace other than (\"▁\", \" \") is not supported", src);
     }
-    if (cx_tj_is_type(d, "ByteFallback") || cx_tj_is_type(d, "Fuse")) return CIRCUITS_OK;
+    if (cx_tj_is_type(d, "ByteFallback")) {
+        t->dec_byte_fallback = 1;
+        return CIRCUITS_OK;
+    }
+    if (cx_tj_is_type(d, "Fuse")) return CIRCUITS_OK;
     if (cx_tj_is_type(d, "Strip")) {
         json_t *start = json_object_get(d, "start"), *stop = json_object_get(d, "stop");
         if (!str_is(json_object_get(d, "content"), " ") || !json_is_integer(start) || json_integer_value(start) < 0 ||

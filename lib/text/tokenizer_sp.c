@@ -107,7 +107,7 @@ int cx_sp_decode_string(circuits_tokenizer *t, size_t id)
     if (rc) return rc;
     const uint8_t *s = (const uint8_t *)t->arena + off;
     uint8_t *d = (uint8_t *)t->arena + dst;
-    int b = byte_token(s, len); /* the ByteFallback decoder */
+    int b = t->dec_byte_fallback ? byte_token(s, len) : -1; /* the ByteFallback decoder */
     size_t k = 0;
     if (b >= 0) {
         d[k++] = (uint8_t)b;

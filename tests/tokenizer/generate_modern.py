@@ -12,6 +12,8 @@ Tokenizers (trained here on text from generate.py's random corpus, vocabularies 
                       pre-tokenizer, decoder Replace/ByteFallback/Fuse/Strip), with Llama 2's
                       post-processor ("<s> $A")
   llama_ms/           the same model, non-legacy (pre_tokenizer Metaspace prepend_scheme "first")
+  llama_split/        the same with the older files' Metaspace (prepend_scheme always, split) and
+                      Metaspace decoder (which has no ByteFallback: "<0xNN>" decodes as itself)
   gemma/              GemmaConverter (normalizer Replace only, Split(" ", merged_with_previous),
                       decoder without Strip), post-processor "<bos> $A", Gemma's special ids
   llama3/             tokenizers byte-level BPE with Llama 3's Split regex, ByteLevel(use_regex
@@ -139,6 +141,13 @@ def sp_tokenizers(train_path):
     ms.post_processor = llama.post_processor
     ms.add_special_tokens(["<unk>"])
     out["llama_ms"] = ms
+    # the older files' form: Metaspace with split (and prepend_scheme always), Metaspace decoder
+    old = Llama(SlowStandIn(prefix + ".model", False)).converted()
+    old.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    old.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    old.post_processor = llama.post_processor
+    old.add_special_tokens(["<unk>"])
+    out["llama_split"] = old
     gem = Gemma(SlowStandIn(os.path.join(OUT, "sp_gemma.model"), True)).converted()
     gem.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
                                                        special_tokens=[("<bos>", 2)])
@@ -244,7 +253,7 @@ def corpus(rng):
         "café cafe\u0301 caf\u00e9s", "<tool>x", "a <tool> b", "a<tool>", "  <tool>  ", "ab<X>ab",
     ]
     texts = fixed
-    for _ in range(340):
+    for _ in range(270):
         t = g.random_text(rng, rng.randint(1, 25))
         if rng.random() < 0.2:
             t = t + rng.choice(SPECIAL_TEXT + ADDED_TEXT) + g.random_text(rng, rng.randint(0, 4))
@@ -280,6 +289,7 @@ def main():
     cfg = {
         "llama2": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
                    "add_eos_token": False, "legacy": True},
+        "llama_split": {"bos_token": "<s>", "eos_token": "</s>"},
         "llama_ms": {"bos_token": {"content": "<s>", "lstrip": False, "normalized": False, "rstrip": False,
                                    "single_word": False, "__type": "AddedToken"},
                      "eos_token": "</s>", "add_bos_token": True, "add_eos_token": False, "legacy": False},
