@@ -186,6 +186,6 @@ put("encode", "modern_qwen2_nfc", bytes([4 << 4]) + "e\u0301 caf\u00e9 123 <|im_
 
 # ---- the modern tokenizer.json files and GGUF ----
 MODERN = os.path.join(DATA, "modern")
-for name in ("llama2", "llama_ms", "gemma", "llama3", "qwen2"):
+for name in ("llama2", "llama_ms", "llama_split", "gemma", "llama3", "qwen2", "added"):
     put("tokenizer_json", "modern_" + name, small(cut(json.loads(read(MODERN, name, "tokenizer.json")), 400)))
 put("gguf", "llama2_spm", read(MODERN, "llama2.gguf", mode="rb"))
