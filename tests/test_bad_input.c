@@ -1060,6 +1060,12 @@ static void config_checks(void)
                     family_config_with("gemma2", NULL,
                                        "\"sliding_window\":4,\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":2}"),
                     CIRCUITS_E_UNSUPPORTED, "rope scaling with alternating sliding-window layers is not supported");
+    /* every layer sliding: TransformerLens (the forward) leaves linear scaling off local layers,
+     * Mistral's one rotary embedding scales them all */
+    HF_CONFIG_FAILS("hf_mistral_rope_linear_window",
+                    family_config_with("mistral", NULL,
+                                       "\"sliding_window\":4,\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":2}"),
+                    CIRCUITS_E_UNSUPPORTED, "linear rope scaling with sliding-window layers is not supported");
     HF_CONFIG_FAILS("hf_partial_rotary_odd", family_config_with("gpt_neox", NULL, "\"rotary_pct\":0.5"),
                     CIRCUITS_E_UNSUPPORTED, "a rotary dimension of 1");
     HF_CONFIG_FAILS("hf_gptj_rotary_dim_null",

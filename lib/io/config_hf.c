@@ -167,8 +167,12 @@ static int parse_window(const cx_jcfg *c, const char *mt, circuits_config *cfg)
     int rc;
     bool qwen2 = strcmp(mt, "qwen2") == 0, gemma2 = strcmp(mt, "gemma2") == 0;
     if (strcmp(mt, "mistral") && !qwen2 && !gemma2) return CIRCUITS_OK; /* the others have none */
-    int32_t window = 0;
-    if (!cx_jcfg_absent(c, "sliding_window")) TRY(cx_jcfg_int(c, "sliding_window", true, 0, 1, CX_MAX_DIM, &window));
+    /* absent is not null: MistralConfig, Qwen2Config and Gemma2Config default sliding_window to
+     * 4096, and only null means none */
+    int32_t window = 4096;
+    json_t *sw = json_object_get(c->root, "sliding_window");
+    if (sw && json_is_null(sw)) window = 0;
+    else if (sw) TRY(cx_jcfg_int(c, "sliding_window", true, 0, 1, CX_MAX_DIM, &window));
     bool use = true;
     /* Qwen2Config: sliding_window = sliding_window if use_sliding_window else None (checkpoints
      * ship it set with use_sliding_window false) */
@@ -262,6 +266,19 @@ static int parse_gptj(const cx_jcfg *c, circuits_config *cfg)
     return CIRCUITS_OK;
 }
 
+/* A soft-cap: dflt when absent, none (0) when null or not positive. */
+static int soft_cap(const cx_jcfg *c, const char *key, double dflt, float *out)
+{
+    json_t *v = json_object_get(c->root, key);
+    double cap = 0.0;
+    if (!v || !json_is_null(v)) {
+        int rc = cx_jcfg_num(c, key, dflt, &cap);
+        if (rc) return rc;
+    }
+    *out = cap > 0 ? (float)cap : 0.0f;
+    return CIRCUITS_OK;
+}
+
 /* Llama, Mistral, Qwen2, Gemma, Gemma 2: q/k/v/o_proj, gated MLP, RMSNorm. */
 static int parse_llama_like(const cx_jcfg *c, const char *mt, circuits_config *cfg, cx_hf_extra *x)
 {
@@ -311,15 +328,14 @@ static int parse_llama_like(const cx_jcfg *c, const char *mt, circuits_config *c
     }
     cfg->attn_scale = (float)sqrt((double)cfg->d_head);
     if (gemma2) {
-        double q, cap;
+        double q;
         /* Gemma2Attention: scaling = query_pre_attn_scalar ** -0.5 */
         TRY(cx_jcfg_num(c, "query_pre_attn_scalar", 256.0, &q));
         if (!(q > 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: query_pre_attn_scalar must be positive", c->path);
         cfg->attn_scale = (float)sqrt(q);
-        TRY(cx_jcfg_num(c, "attn_logit_softcapping", 0.0, &cap));
-        cfg->attn_scores_soft_cap = cap > 0 ? (float)cap : 0.0f;
-        TRY(cx_jcfg_num(c, "final_logit_softcapping", 0.0, &cap));
-        cfg->output_logits_soft_cap = cap > 0 ? (float)cap : 0.0f;
+        /* Gemma2Config's defaults when absent (50 and 30); null means none */
+        TRY(soft_cap(c, "attn_logit_softcapping", 50.0, &cfg->attn_scores_soft_cap));
+        TRY(soft_cap(c, "final_logit_softcapping", 30.0, &cfg->output_logits_soft_cap));
         cfg->norm_before_and_after = 1;
     }
     return CIRCUITS_OK;
@@ -354,6 +370,10 @@ int cx_config_parse_hf_family(const cx_jcfg *c, const char *mt, circuits_config 
     if (cfg->rope_scaling != CIRCUITS_ROPE_NONE && cfg->local_attn != CIRCUITS_LOCAL_ATTN_NONE &&
         cfg->local_attn != CIRCUITS_LOCAL_ATTN_ALL)
         return unsupported(c, "rope scaling with alternating sliding-window layers");
+    /* every layer sliding (Mistral, Qwen2): the forward follows TransformerLens and leaves linear
+     * scaling off local layers, while Hugging Face's one rotary embedding scales them all */
+    if (cfg->rope_scaling == CIRCUITS_ROPE_LINEAR && cfg->local_attn != CIRCUITS_LOCAL_ATTN_NONE)
+        return unsupported(c, "linear rope scaling with sliding-window layers");
     bool tied;
     TRY(cx_jcfg_bool(c, "tie_word_embeddings", f->tied, &tied));
     x->tie_word_embeddings = tied;
