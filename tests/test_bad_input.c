@@ -1066,6 +1066,21 @@ static void config_checks(void)
                     family_config_with("mistral", NULL,
                                        "\"sliding_window\":4,\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":2}"),
                     CIRCUITS_E_UNSUPPORTED, "linear rope scaling with sliding-window layers is not supported");
+    /* the messages name the field that is wrong, as each family spells it */
+    HF_CONFIG_FAILS("hf_rms_norm_eps_negative", family_config_with("llama", NULL, "\"rms_norm_eps\":-1e-6"),
+                    CIRCUITS_E_CONFIG, "rms_norm_eps must not be negative");
+    HF_CONFIG_FAILS("hf_rope_linear_factor_zero",
+                    family_config_with("llama", NULL, "\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":0}"),
+                    CIRCUITS_E_CONFIG, "'rope_parameters.factor' = 0 must be positive");
+    HF_CONFIG_FAILS("hf_rope_llama3_factors_inverted",
+                    family_config_with("llama", NULL,
+                                       "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":4,"
+                                       "\"high_freq_factor\":1,\"original_max_position_embeddings\":8}"),
+                    CIRCUITS_E_CONFIG,
+                    "'rope_scaling' llama3: factor, low_freq_factor and high_freq_factor must be positive with "
+                    "high_freq_factor > low_freq_factor");
+    HF_CONFIG_FAILS("hf_gemma2_query_scalar_zero", family_config_with("gemma2", NULL, "\"query_pre_attn_scalar\":0"),
+                    CIRCUITS_E_CONFIG, "query_pre_attn_scalar must be positive");
     HF_CONFIG_FAILS("hf_partial_rotary_odd", family_config_with("gpt_neox", NULL, "\"rotary_pct\":0.5"),
                     CIRCUITS_E_UNSUPPORTED, "a rotary dimension of 1");
     HF_CONFIG_FAILS("hf_gptj_rotary_dim_null",

@@ -44,8 +44,9 @@ static int must_be_false(const cx_jcfg *c, const char *key)
 /* ---- rotary: rope_parameters (transformers 5) or rope_theta / rope_scaling (earlier), NeoX's
  * rotary_pct / rotary_emb_base ---- */
 
-/* The rope settings object: rope_parameters, else the legacy rope_scaling (NULL: none). */
-static int rope_object(const cx_jcfg *c, cx_jcfg *out)
+/* The rope settings object: rope_parameters, else the legacy rope_scaling (NULL: none); *key
+ * names the one read, for messages. */
+static int rope_object(const cx_jcfg *c, cx_jcfg *out, const char **key)
 {
     static const char *const keys[] = {"rope_parameters", "rope_scaling"};
     out->path = c->path;
@@ -56,6 +57,7 @@ static int rope_object(const cx_jcfg *c, cx_jcfg *out)
         if (!json_is_object(v))
             return cx_fail(CIRCUITS_E_CONFIG, "%s: '%s' must be an object or null", c->path, keys[i]);
         out->root = v;
+        *key = keys[i];
         return CIRCUITS_OK;
     }
     return CIRCUITS_OK;
@@ -76,7 +78,8 @@ static int parse_rope(const cx_jcfg *c, const char *mt, circuits_config *cfg)
 {
     int rc;
     cx_jcfg r;
-    TRY(rope_object(c, &r));
+    const char *rkey = NULL;
+    TRY(rope_object(c, &r, &rkey));
     bool neox = strcmp(mt, "gpt_neox") == 0;
     static const char *const theta_names[] = {"rope_theta", NULL};
     static const char *const neox_theta[] = {"rope_theta", "rotary_emb_base", NULL};
@@ -104,7 +107,7 @@ static int parse_rope(const cx_jcfg *c, const char *mt, circuits_config *cfg)
     double f;
     if (strcmp(type, "linear") == 0) {
         TRY(cx_jcfg_num(&r, "factor", 1.0, &f));
-        if (!(f > 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: rope factor must be positive", c->path);
+        if (!(f > 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: '%s.factor' = %g must be positive", c->path, rkey, f);
         cfg->rope_scaling = CIRCUITS_ROPE_LINEAR;
         cfg->rope_factor = (float)f;
         return CIRCUITS_OK;
@@ -118,7 +121,8 @@ static int parse_rope(const cx_jcfg *c, const char *mt, circuits_config *cfg)
         TRY(cx_jcfg_int(&r, "original_max_position_embeddings", true, 0, 1, CX_MAX_DIM, &orig));
         if (!(f > 0) || !(lo > 0) || !(hi > lo))
             return cx_fail(CIRCUITS_E_CONFIG,
-                           "%s: llama3 rope factors must be positive with high_freq_factor > low_freq_factor", c->path);
+                           "%s: '%s' llama3: factor, low_freq_factor and high_freq_factor must be positive with "
+                           "high_freq_factor > low_freq_factor", c->path, rkey);
         cfg->rope_scaling = CIRCUITS_ROPE_LLAMA3;
         cfg->rope_factor = (float)f;
         cfg->rope_low_freq_factor = (float)lo;
@@ -202,12 +206,22 @@ static int parse_window(const cx_jcfg *c, const char *mt, circuits_config *cfg)
 
 /* ---- the families ---- */
 
+/* The norm epsilon, under the family's name for it. */
+static int read_eps(const cx_jcfg *c, const char *key, double dflt, circuits_config *cfg)
+{
+    double eps;
+    int rc = cx_jcfg_num(c, key, dflt, &eps);
+    if (rc) return rc;
+    if (!(eps >= 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: %s must not be negative", c->path, key);
+    cfg->eps = (float)eps;
+    return CIRCUITS_OK;
+}
+
 /* GPT-NeoX (Pythia): fused query_key_value, LayerNorm, parallel residual by default. */
 static int parse_neox(const cx_jcfg *c, circuits_config *cfg, cx_hf_extra *x)
 {
     int rc;
     const char *act;
-    double eps;
     bool parallel, bias;
     TRY(cx_jcfg_int(c, "hidden_size", true, 0, 1, CX_MAX_DIM, &cfg->d_model));
     TRY(cx_jcfg_int(c, "num_attention_heads", true, 0, 1, CX_MAX_DIM, &cfg->n_heads));
@@ -216,8 +230,7 @@ static int parse_neox(const cx_jcfg *c, circuits_config *cfg, cx_hf_extra *x)
     TRY(cx_jcfg_int(c, "max_position_embeddings", true, 0, 1, CX_MAX_DIM, &cfg->n_ctx));
     TRY(cx_jcfg_str(c, "hidden_act", &act));
     TRY(cx_jcfg_act_fn(c, "hidden_act", act ? act : "gelu", &cfg->act_fn));
-    TRY(cx_jcfg_num(c, "layer_norm_eps", 1e-5, &eps));
-    cfg->eps = (float)eps;
+    TRY(read_eps(c, "layer_norm_eps", 1e-5, cfg));
     TRY(cx_jcfg_bool(c, "use_parallel_residual", true, &parallel));
     cfg->parallel_attn_mlp = parallel;
     TRY(cx_jcfg_bool(c, "attention_bias", true, &bias));
@@ -237,7 +250,6 @@ static int parse_gptj(const cx_jcfg *c, circuits_config *cfg)
 {
     int rc;
     const char *act;
-    double eps;
     TRY(cx_jcfg_int(c, "n_embd", true, 0, 1, CX_MAX_DIM, &cfg->d_model));
     TRY(cx_jcfg_int(c, "n_head", true, 0, 1, CX_MAX_DIM, &cfg->n_heads));
     TRY(cx_jcfg_int(c, "n_layer", true, 0, 1, CX_MAX_LAYERS, &cfg->n_layers));
@@ -251,8 +263,7 @@ static int parse_gptj(const cx_jcfg *c, circuits_config *cfg)
     if (cfg->d_mlp > CX_MAX_DIM) return cx_fail(CIRCUITS_E_CONFIG, "%s: n_inner (4 * n_embd) is too large", c->path);
     TRY(cx_jcfg_str(c, "activation_function", &act));
     TRY(cx_jcfg_act_fn(c, "activation_function", act ? act : "gelu_new", &cfg->act_fn));
-    TRY(cx_jcfg_num(c, "layer_norm_epsilon", 1e-5, &eps));
-    cfg->eps = (float)eps;
+    TRY(read_eps(c, "layer_norm_epsilon", 1e-5, cfg));
     /* GPTJAttention with rotary_dim null sizes its sin/cos by n_embd, not by the head */
     json_t *rd = json_object_get(c->root, "rotary_dim");
     if (rd && json_is_null(rd)) return unsupported(c, "GPT-J rotary_dim null (rotary over n_embd)");
@@ -309,9 +320,7 @@ static int parse_llama_like(const cx_jcfg *c, const char *mt, circuits_config *c
     if (!act) act = gemma || gemma2 ? "gelu_pytorch_tanh" : "silu";
     if (gemma && strcmp(act, "gelu") == 0) act = "gelu_pytorch_tanh";
     TRY(cx_jcfg_act_fn(c, key, act, &cfg->act_fn));
-    double eps;
-    TRY(cx_jcfg_num(c, "rms_norm_eps", 1e-6, &eps));
-    cfg->eps = (float)eps;
+    TRY(read_eps(c, "rms_norm_eps", 1e-6, cfg));
     cfg->normalization_type = CIRCUITS_NORM_RMS;
     cfg->gated_mlp = 1;
     cfg->final_rms = strcmp(mt, "mistral") != 0; /* as TransformerLens's configs say */
@@ -360,7 +369,6 @@ int cx_config_parse_hf_family(const cx_jcfg *c, const char *mt, circuits_config 
     if (rc) return rc;
     TRY(cx_jcfg_int(c, "vocab_size", true, 0, 1, CX_MAX_DIM, &cfg->d_vocab));
     cfg->d_vocab_out = cfg->d_vocab;
-    if (!(cfg->eps >= 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: the norm epsilon must not be negative", c->path);
     if (cfg->act_fn == CIRCUITS_ACT_SOLU_LN) return unsupported(c, "activation 'solu_ln'");
     if (!cfg->attn_scale) cfg->attn_scale = (float)sqrt((double)cfg->d_head);
     if (strcmp(mt, "gptj") != 0) TRY(parse_rope(c, mt, cfg));
