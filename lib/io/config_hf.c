@@ -92,7 +92,7 @@ static int parse_rope(const cx_jcfg *c, const char *mt, circuits_config *cfg)
     if (!(theta > 1.0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: rope_theta must be greater than 1", c->path);
     if (!(pct > 0.0 && pct <= 1.0))
         return cx_fail(CIRCUITS_E_CONFIG, "%s: partial_rotary_factor must be in (0, 1]", c->path);
-    cfg->rotary_base = (float)theta;
+    TRY(cx_jcfg_float(c, "rope_theta", theta, &cfg->rotary_base));
     /* transformers: int(head_dim * partial_rotary_factor) */
     cfg->rotary_dim = (int32_t)((double)cfg->d_head * pct);
     if (cfg->rotary_dim < 2 || cfg->rotary_dim % 2)
@@ -109,7 +109,7 @@ static int parse_rope(const cx_jcfg *c, const char *mt, circuits_config *cfg)
         TRY(cx_jcfg_num(&r, "factor", 1.0, &f));
         if (!(f > 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: '%s.factor' = %g must be positive", c->path, rkey, f);
         cfg->rope_scaling = CIRCUITS_ROPE_LINEAR;
-        cfg->rope_factor = (float)f;
+        TRY(cx_jcfg_float(c, "factor", f, &cfg->rope_factor));
         return CIRCUITS_OK;
     }
     if (strcmp(type, "llama3") == 0) {
@@ -124,9 +124,9 @@ static int parse_rope(const cx_jcfg *c, const char *mt, circuits_config *cfg)
                            "%s: '%s' llama3: factor, low_freq_factor and high_freq_factor must be positive with "
                            "high_freq_factor > low_freq_factor", c->path, rkey);
         cfg->rope_scaling = CIRCUITS_ROPE_LLAMA3;
-        cfg->rope_factor = (float)f;
-        cfg->rope_low_freq_factor = (float)lo;
-        cfg->rope_high_freq_factor = (float)hi;
+        TRY(cx_jcfg_float(c, "factor", f, &cfg->rope_factor));
+        TRY(cx_jcfg_float(c, "low_freq_factor", lo, &cfg->rope_low_freq_factor));
+        TRY(cx_jcfg_float(c, "high_freq_factor", hi, &cfg->rope_high_freq_factor));
         cfg->rope_original_n_ctx = orig;
         return CIRCUITS_OK;
     }
@@ -286,8 +286,8 @@ static int soft_cap(const cx_jcfg *c, const char *key, double dflt, float *out)
         int rc = cx_jcfg_num(c, key, dflt, &cap);
         if (rc) return rc;
     }
-    *out = cap > 0 ? (float)cap : 0.0f;
-    return CIRCUITS_OK;
+    *out = 0.0f;
+    return cap > 0 ? cx_jcfg_float(c, key, cap, out) : CIRCUITS_OK;
 }
 
 /* Llama, Mistral, Qwen2, Gemma, Gemma 2: q/k/v/o_proj, gated MLP, RMSNorm. */
