@@ -618,7 +618,8 @@ CIRCUITS_API int circuits_context_induction_scores(circuits_context *ctx, const 
 /* Tokenizers                                                                                 */
 /* ---------------------------------------------------------------------------------------- */
 
-/* A byte-level BPE tokenizer (GPT-2, GPT-NeoX/Pythia, ...); docs/tokenizer.md. Read-only once
+/* A BPE tokenizer: byte-level (GPT-2, GPT-NeoX/Pythia, Llama 3, Qwen2) or SentencePiece-style
+ * (Llama 1/2, Mistral, Gemma); docs/tokenizer.md. Read-only once
  * loaded: one tokenizer may be used from any number of threads at once. */
 typedef struct circuits_tokenizer circuits_tokenizer;
 
@@ -633,7 +634,9 @@ CIRCUITS_API void circuits_tokenizer_free(circuits_tokenizer *tok);
 
 typedef struct circuits_encode_options {
     uint32_t size;            /* sizeof(circuits_encode_options) */
-    int32_t prepend_bos;      /* 1: the BOS token first (TransformerLens's prepend_bos); default 0 */
+    int32_t prepend_bos;      /* 1: the BOS token first (TransformerLens's prepend_bos); default 0;
+                               * -1: the special tokens the tokenizer's post-processor adds (BOS
+                               * and/or EOS, as Hugging Face's encode(text) by default) */
     int32_t add_prefix_space; /* -1 (default): the tokenizer's setting; 0: no; 1: a space before
                                * every text segment that does not start with one */
     int32_t parse_special;    /* 1 (default): the text of special tokens ("<|endoftext|>") becomes
@@ -649,11 +652,13 @@ CIRCUITS_API void circuits_encode_options_init(circuits_encode_options *opts);
 CIRCUITS_API int circuits_tokenizer_encode(const circuits_tokenizer *tok, const char *text, size_t len,
                                            const circuits_encode_options *opts, int32_t *ids, size_t cap,
                                            size_t *n_out);
-/* Decodes n ids into buf: the bytes of the tokens, concatenated, then a NUL. *n_out receives
- * the number of bytes (without the NUL); if buf is too small the call fails with
+/* Decodes n ids into buf: the bytes of the tokens, concatenated (SentencePiece-style tokens with
+ * "▁" as a space, <0xNN> as the byte, less the leading space the decoder strips), then a NUL.
+ * *n_out receives the number of bytes (without the NUL); if buf is too small the call fails with
  * CIRCUITS_E_RANGE and *n_out is the capacity needed (bytes + 1). An id that is not a token is
  * CIRCUITS_E_RANGE. decode(encode(text)) == text for any bytes, except that a tokenizer with an
- * NFC normalizer (GPT-NeoX) gives back NFC(text) (docs/tokenizer.md). */
+ * NFC normalizer (GPT-NeoX, Qwen2) gives back NFC(text), and a SentencePiece-style one a "▁" of
+ * the text as a space (docs/tokenizer.md). */
 CIRCUITS_API int circuits_tokenizer_decode(const circuits_tokenizer *tok, const int32_t *ids, size_t n, char *buf,
                                            size_t cap, size_t *n_out);
 /* The bytes of one token (for to_str_tokens; possibly part of a UTF-8 character), as decode. */

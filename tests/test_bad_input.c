@@ -1060,6 +1060,34 @@ static void config_checks(void)
                     family_config_with("gemma2", NULL,
                                        "\"sliding_window\":4,\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":2}"),
                     CIRCUITS_E_UNSUPPORTED, "rope scaling with alternating sliding-window layers is not supported");
+    /* every layer sliding: TransformerLens (the forward) leaves linear scaling off local layers,
+     * Mistral's one rotary embedding scales them all */
+    HF_CONFIG_FAILS("hf_mistral_rope_linear_window",
+                    family_config_with("mistral", NULL,
+                                       "\"sliding_window\":4,\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":2}"),
+                    CIRCUITS_E_UNSUPPORTED, "linear rope scaling with sliding-window layers is not supported");
+    /* the messages name the field that is wrong, as each family spells it */
+    HF_CONFIG_FAILS("hf_rms_norm_eps_negative", family_config_with("llama", NULL, "\"rms_norm_eps\":-1e-6"),
+                    CIRCUITS_E_CONFIG, "rms_norm_eps must not be negative");
+    HF_CONFIG_FAILS("hf_rope_linear_factor_zero",
+                    family_config_with("llama", NULL, "\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":0}"),
+                    CIRCUITS_E_CONFIG, "'rope_parameters.factor' = 0 must be positive");
+    HF_CONFIG_FAILS("hf_rope_llama3_factors_inverted",
+                    family_config_with("llama", NULL,
+                                       "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":4,"
+                                       "\"high_freq_factor\":1,\"original_max_position_embeddings\":8}"),
+                    CIRCUITS_E_CONFIG,
+                    "'rope_scaling' llama3: factor, low_freq_factor and high_freq_factor must be positive with "
+                    "high_freq_factor > low_freq_factor");
+    HF_CONFIG_FAILS("hf_gemma2_query_scalar_zero", family_config_with("gemma2", NULL, "\"query_pre_attn_scalar\":0"),
+                    CIRCUITS_E_CONFIG, "query_pre_attn_scalar must be positive");
+    /* a value JSON holds as a double but fp32 cannot (a cap of inf gives inf * tanh(0) = NaN
+     * scores; a factor of 0 turns every rotary angle into NaN): refused by name */
+    HF_CONFIG_FAILS("hf_gemma2_softcap_huge", family_config_with("gemma2", NULL, "\"attn_logit_softcapping\":1e300"),
+                    CIRCUITS_E_CONFIG, "'attn_logit_softcapping' = 1e+300 is outside the range of a float");
+    HF_CONFIG_FAILS("hf_rope_factor_tiny",
+                    family_config_with("llama", NULL, "\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":1e-300}"),
+                    CIRCUITS_E_CONFIG, "'factor' = 1e-300 is outside the range of a float");
     HF_CONFIG_FAILS("hf_partial_rotary_odd", family_config_with("gpt_neox", NULL, "\"rotary_pct\":0.5"),
                     CIRCUITS_E_UNSUPPORTED, "a rotary dimension of 1");
     HF_CONFIG_FAILS("hf_gptj_rotary_dim_null",
@@ -1133,6 +1161,8 @@ static void config_checks(void)
                     CIRCUITS_E_CONFIG, "field 'parallel_attn_mlp' must be true or false");
     TL_CONFIG_FAILS("tl_cfg_yarn", tl_config_with(NULL, "\"use_yarn_rope\":true"), CIRCUITS_E_UNSUPPORTED,
                     "'use_yarn_rope' is not supported");
+    TL_CONFIG_FAILS("tl_cfg_softcap_huge", tl_config_with(NULL, "\"output_logits_soft_cap\":1e40"), CIRCUITS_E_CONFIG,
+                    "'output_logits_soft_cap' = 1e+40 is outside the range of a float");
     TL_CONFIG_FAILS("tl_cfg_rotary_base_local", tl_config_with(NULL, "\"rotary_base_local\":10000"),
                     CIRCUITS_E_UNSUPPORTED, "'rotary_base_local' is not supported");
     TL_CONFIG_FAILS("tl_cfg_num_experts", tl_config_with(NULL, "\"num_experts\":8"), CIRCUITS_E_UNSUPPORTED,

@@ -339,5 +339,18 @@ CIRCUITS_PROGRESS=always run run "$M" --prompt hi
 checks=$((checks + 1))
 [ $code -eq 0 ] && grep -q "run \[" "$tmp/err" || fail "run: progress bar"
 
+# ---- the modern families: text in, text out (tests/reference/text/, ids from Hugging Face) ----
+# Llama's SentencePiece tokenizer adds BOS itself (as --prompt does); Qwen2's adds none: --no-bos
+ok generate "$src/tests/reference/text/llama_sp" --prompt "Hello, world! 123" --greedy --max-new 8 --no-eos --json
+grep -q '"prompt_tokens":\[1,342,1044,297,999,959,984,977,985\]' "$tmp/out" || fail "generate llama: prompt ids"
+grep -q '"tokens":\[792,657,1098,1007,1404,456,657,711\]' "$tmp/out" || fail "generate llama: greedy ids"
+ok generate "$src/tests/reference/text/qwen2_bytes" --prompt "Hello, world! 123" --greedy --max-new 8 --no-eos --no-bos --json
+grep -q '"prompt_tokens":\[325,306,14,310,3,223,19,20,21\]' "$tmp/out" || fail "generate qwen2: prompt ids"
+grep -q '"tokens":\[940,738,609,493,270,609,493,680\]' "$tmp/out" || fail "generate qwen2: greedy ids"
+ok generate "$src/tests/reference/text/gemma_sp" --prompt "The quick brown fox" --greedy --max-new 8 --no-eos
+ok info "$src/tests/reference/text/gemma_sp"
+grep -q "key/value heads" "$tmp/out" || fail "info gemma: GQA"
+grep -q "rotary     8 of 8 dims" "$tmp/out" || fail "info gemma: rotary"
+
 echo "test_cli: $checks checks, $fails failed"
 [ $fails -eq 0 ]

@@ -36,7 +36,7 @@ static void rope(void)
           c.rope_factor, c.rope_original_n_ctx);
     CHECK(c.rotary_dim == 8 && !c.rotary_adjacent_pairs, "llama rotates the whole head of 8 (got %d)", c.rotary_dim);
     /* older still: "type" instead of "rope_type" */
-    CHECK_OK(parse("mistral", "\"rope_scaling\":{\"type\":\"linear\",\"factor\":2.5}", &c, &x));
+    CHECK_OK(parse("mistral", "\"sliding_window\":null,\"rope_scaling\":{\"type\":\"linear\",\"factor\":2.5}", &c, &x));
     CHECK(c.rope_scaling == CIRCUITS_ROPE_LINEAR && c.rope_factor == 2.5f && c.rotary_base == 10000.0f,
           "legacy linear rope_scaling: %d %g %g", c.rope_scaling, c.rope_factor, c.rotary_base);
     /* rope_parameters wins over a stale top-level rope_theta */
@@ -68,6 +68,17 @@ static void windows(void)
     CHECK(c.local_attn == CIRCUITS_LOCAL_ATTN_ODD, "gemma2 explicit layer_types full, sliding: odd layers");
     CHECK_OK(parse("gemma2", "\"sliding_window\":null", &c, &x));
     CHECK(c.local_attn == CIRCUITS_LOCAL_ATTN_NONE && c.window_size == 0, "gemma2 sliding_window null: none");
+    /* absent is not null: MistralConfig's and Gemma2Config's sliding_window default is 4096 (a
+     * config.json without the key gets a window in transformers) */
+    CHECK_OK(parse("mistral", "", &c, &x));
+    CHECK(c.local_attn == CIRCUITS_LOCAL_ATTN_ALL && c.window_size == 4096, "mistral sliding_window absent: 4096 (got %d)",
+          c.window_size);
+    CHECK_OK(parse("gemma2", "", &c, &x));
+    CHECK(c.local_attn == CIRCUITS_LOCAL_ATTN_EVEN && c.window_size == 4096, "gemma2 sliding_window absent: 4096 (got %d)",
+          c.window_size);
+    CHECK_OK(parse("qwen2", "\"use_sliding_window\":true,\"max_window_layers\":0", &c, &x));
+    CHECK(c.local_attn == CIRCUITS_LOCAL_ATTN_ALL && c.window_size == 4096, "qwen2 sliding_window absent: 4096 (got %d)",
+          c.window_size);
     CHECK_OK(parse("llama", "\"sliding_window\":5", &c, &x));
     CHECK(c.local_attn == CIRCUITS_LOCAL_ATTN_NONE, "llama has no sliding window whatever the config says");
 }
@@ -95,6 +106,10 @@ static void families(void)
     CHECK(c.attn_scale == 12.0f && c.attn_scores_soft_cap == 50.0f && c.output_logits_soft_cap == 0.0f &&
               c.norm_before_and_after && c.act_fn == CIRCUITS_ACT_GELU_NEW,
           "gemma2: scale sqrt(144), score cap 50, no logit cap, post norms");
+    /* absent soft-caps are Gemma2Config's defaults (50 on the scores, 30 on the logits), not none */
+    CHECK_OK(parse("gemma2", "", &c, &x));
+    CHECK(c.attn_scores_soft_cap == 50.0f && c.output_logits_soft_cap == 30.0f,
+          "gemma2 soft-caps absent: 50 and 30 (got %g and %g)", c.attn_scores_soft_cap, c.output_logits_soft_cap);
     /* GPT-NeoX: rotary_pct default 0.25, parallel by default, attention_bias false */
     CHECK_OK(parse("gpt_neox", "\"attention_bias\":false,\"layer_norm_eps\":1e-3", &c, &x));
     CHECK(c.rotary_dim == 2 && c.parallel_attn_mlp && x.absent == qkvo && c.normalization_type == CIRCUITS_NORM_LN &&

@@ -490,8 +490,6 @@ static void test_hostile_json(void)
     hf_variant_fails("tok_json_pretokenizer_whitespace", "{\"type\": \"ByteLevel\"", "{\"type\": \"Whitespace\"", CIRCUITS_E_UNSUPPORTED,
                "Whitespace");
     hf_variant_fails("tok_json_added_id_out_of_range", "\"id\": 3,", "\"id\": 7000000,", CIRCUITS_E_FORMAT, "out of range");
-    hf_variant_fails("tok_json_added_single_word", "\"special\": true,", "\"special\": true, \"single_word\": true,", CIRCUITS_E_UNSUPPORTED,
-               "single_word");
     hf_variant_fails("tok_json_added_content_empty", "\"content\": \"<|endoftext|>\"", "\"content\": \"\"", CIRCUITS_E_FORMAT, "empty");
     hf_variant_fails("tok_json_added_id_twice", "\"added_tokens\": [", "\"added_tokens\": [{\"id\": 0, \"content\": \"<|endoftext|>\"}, ",
                CIRCUITS_E_FORMAT, "given twice");
@@ -587,8 +585,8 @@ static void gkv_i32s(gbuf *b, const char *k, const int32_t *v, size_t n)
     for (size_t i = 0; i < n; i++) g32(b, (uint32_t)v[i]);
 }
 
-enum { G_OK, G_VERSION1, G_MODEL_LLAMA, G_TYPES_SHORT, G_BOS_RANGE, G_DUP_KEY, G_NESTED, G_DUP_TOKEN, G_BAD_MERGE,
-       G_PRE_LLAMA3, G_BAD_TYPE, G_NO_TOKENS, G_TOKENS_NOT_STRINGS };
+enum { G_OK, G_VERSION1, G_MODEL_BERT, G_TYPES_SHORT, G_BOS_RANGE, G_DUP_KEY, G_NESTED, G_DUP_TOKEN, G_BAD_MERGE,
+       G_PRE_OTHER, G_BAD_TYPE, G_NO_TOKENS, G_TOKENS_NOT_STRINGS };
 
 static gbuf make_gguf(int variant)
 {
@@ -601,11 +599,11 @@ static gbuf make_gguf(int variant)
     static const char *const merges[] = {"a b"};
     static const char *const bad_merges[] = {"ab"};
     const int32_t types[] = {1, 1, 1, 3, 1};
-    size_t n_kv = 6 + (variant == G_DUP_KEY) + (variant == G_NESTED) + (variant == G_PRE_LLAMA3) -
+    size_t n_kv = 6 + (variant == G_DUP_KEY) + (variant == G_NESTED) + (variant == G_PRE_OTHER) -
                   (variant == G_NO_TOKENS);
     g64(&b, n_kv);
     gkv_str(&b, "general.architecture", "gpt2");
-    gkv_str(&b, "tokenizer.ggml.model", variant == G_MODEL_LLAMA ? "llama" : "gpt2");
+    gkv_str(&b, "tokenizer.ggml.model", variant == G_MODEL_BERT ? "bert" : "gpt2");
     if (variant == G_TOKENS_NOT_STRINGS) gkv_i32s(&b, "tokenizer.ggml.tokens", types, 5);
     else if (variant != G_NO_TOKENS) gkv_strs(&b, "tokenizer.ggml.tokens", variant == G_DUP_TOKEN ? dup : tokens, 5);
     const int32_t bad_types[] = {1, 1, 1, 3, 77};
@@ -619,7 +617,7 @@ static gbuf make_gguf(int variant)
         g32(&b, 9);
         g64(&b, 1);
     }
-    if (variant == G_PRE_LLAMA3) gkv_str(&b, "tokenizer.ggml.pre", "llama-bpe");
+    if (variant == G_PRE_OTHER) gkv_str(&b, "tokenizer.ggml.pre", "deepseek-coder");
     return b;
 }
 
@@ -696,14 +694,14 @@ static void test_hostile_gguf(void)
     expect_load_fails("tok_gguf_bad_magic", tmp("magic.gguf"), CIRCUITS_E_FORMAT, "not valid JSON"); /* no magic: not GGUF, not JSON */
     free(b.p);
     gguf_variant_fails("tok_gguf_version_1", G_VERSION1, CIRCUITS_E_UNSUPPORTED, "version 1");
-    gguf_variant_fails("tok_gguf_model_llama", G_MODEL_LLAMA, CIRCUITS_E_UNSUPPORTED, "'llama'");
+    gguf_variant_fails("tok_gguf_model_bert", G_MODEL_BERT, CIRCUITS_E_UNSUPPORTED, "'bert'");
     gguf_variant_fails("tok_gguf_token_types_short", G_TYPES_SHORT, CIRCUITS_E_FORMAT, "4 token types for 5 tokens");
     gguf_variant_fails("tok_gguf_bos_out_of_range", G_BOS_RANGE, CIRCUITS_E_FORMAT, "bos_token_id = 5");
     gguf_variant_fails("tok_gguf_duplicate_key", G_DUP_KEY, CIRCUITS_E_FORMAT, "appears twice");
     gguf_variant_fails("tok_gguf_array_of_arrays", G_NESTED, CIRCUITS_E_UNSUPPORTED, "array of arrays");
     gguf_variant_fails("tok_gguf_duplicate_token", G_DUP_TOKEN, CIRCUITS_E_FORMAT, "'a' appears twice");
     gguf_variant_fails("tok_gguf_merge_no_space", G_BAD_MERGE, CIRCUITS_E_FORMAT, "has no space");
-    gguf_variant_fails("tok_gguf_pre_llama3", G_PRE_LLAMA3, CIRCUITS_E_UNSUPPORTED, "llama-bpe");
+    gguf_variant_fails("tok_gguf_pre_other", G_PRE_OTHER, CIRCUITS_E_UNSUPPORTED, "deepseek-coder");
     gguf_variant_fails("tok_gguf_bad_token_type", G_BAD_TYPE, CIRCUITS_E_FORMAT, "token_type[4] = 77");
     gguf_variant_fails("tok_gguf_no_tokens", G_NO_TOKENS, CIRCUITS_E_FORMAT, "no tokenizer");
     gguf_variant_fails("tok_gguf_tokens_not_strings", G_TOKENS_NOT_STRINGS, CIRCUITS_E_FORMAT, "not an array of strings");

@@ -12,19 +12,6 @@
 #include <math.h>
 #include <string.h>
 
-/* TransformerLens skips linear rope scaling on local layers (calculate_sin_cos_rotary is called
- * unscaled for them), as the forward pass does (lib/run/forward.c rope_tables). */
-static bool layer_unscaled(const circuits_config *c, int32_t layer)
-{
-    if (c->rope_scaling != CIRCUITS_ROPE_LINEAR) return false;
-    switch (c->local_attn) {
-    case CIRCUITS_LOCAL_ATTN_ALL: return true;
-    case CIRCUITS_LOCAL_ATTN_EVEN: return layer % 2 == 0;
-    case CIRCUITS_LOCAL_ATTN_ODD: return layer % 2 == 1;
-    default: return false;
-    }
-}
-
 int circuits_model_rotary_qk(const circuits_model *m, int32_t layer, int32_t head, int64_t n_offsets,
                              circuits_factored **out)
 {
@@ -54,7 +41,7 @@ int circuits_model_rotary_qk(const circuits_model *m, int32_t layer, int32_t hea
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a rotary QK circuit");
     }
     circuits_config unscaled = *c;
-    if (layer_unscaled(c, layer)) unscaled.rope_scaling = CIRCUITS_ROPE_NONE;
+    if (cx_rope_layer_unscaled(c, layer)) unscaled.rope_scaling = CIRCUITS_ROPE_NONE;
     cx_rope_inv_freq(&unscaled, inv);
     /* offset 0 holds W_Q unrotated and W_K^T; every other offset starts from those copies */
     cx_head_matrix(f->A, L->W_Q, head, false);                /* [D, dh] */

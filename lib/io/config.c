@@ -61,6 +61,15 @@ int cx_jcfg_num(const cx_jcfg *c, const char *key, double dflt, double *out)
     return CIRCUITS_OK;
 }
 
+int cx_jcfg_float(const cx_jcfg *c, const char *key, double v, float *out)
+{
+    float f = (float)v;
+    if (isinf(f) || (v != 0.0 && f == 0.0f))
+        return cx_fail(CIRCUITS_E_CONFIG, "%s: '%s' = %g is outside the range of a float", c->path, key, v);
+    *out = f;
+    return CIRCUITS_OK;
+}
+
 /* A string field; *out is NULL when absent or null. */
 int cx_jcfg_str(const cx_jcfg *c, const char *key, const char **out)
 {
@@ -253,7 +262,7 @@ static int parse_tl_rotary(const cx_jcfg *c, circuits_config *cfg)
     cfg->rotary_adjacent_pairs = adjacent;
     if ((rc = cx_jcfg_num(c, "rotary_base", 10000.0, &base))) return rc;
     if (!(base > 1.0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: rotary_base must be greater than 1", c->path);
-    cfg->rotary_base = (float)base;
+    if ((rc = cx_jcfg_float(c, "rotary_base", base, &cfg->rotary_base))) return rc;
     if ((rc = cx_jcfg_bool(c, "use_NTK_by_parts_rope", false, &ntk))) return rc;
     if ((rc = cx_jcfg_num(c, "rotary_scaling_factor", 1.0, &f))) return rc;
     if (ntk && f != 1.0)
@@ -270,14 +279,15 @@ static int parse_tl_rotary(const cx_jcfg *c, circuits_config *cfg)
         if (!(f > 0) || !(lo > 0) || !(hi > lo))
             return cx_fail(CIRCUITS_E_CONFIG,
                            "%s: NTK_by_parts factors must be positive with high_freq_factor > low_freq_factor", c->path);
-        cfg->rope_factor = (float)f;
-        cfg->rope_low_freq_factor = (float)lo;
-        cfg->rope_high_freq_factor = (float)hi;
+        if ((rc = cx_jcfg_float(c, "NTK_by_parts_factor", f, &cfg->rope_factor)) ||
+            (rc = cx_jcfg_float(c, "NTK_by_parts_low_freq_factor", lo, &cfg->rope_low_freq_factor)) ||
+            (rc = cx_jcfg_float(c, "NTK_by_parts_high_freq_factor", hi, &cfg->rope_high_freq_factor)))
+            return rc;
         cfg->rope_original_n_ctx = orig;
     } else if (f != 1.0) {
         if (!(f > 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: rotary_scaling_factor must be positive", c->path);
         cfg->rope_scaling = CIRCUITS_ROPE_LINEAR;
-        cfg->rope_factor = (float)f;
+        if ((rc = cx_jcfg_float(c, "rotary_scaling_factor", f, &cfg->rope_factor))) return rc;
     }
     return CIRCUITS_OK;
 }
@@ -320,7 +330,8 @@ static int parse_tl_block(const cx_jcfg *c, circuits_config *cfg)
     for (int i = 0; i < 2; i++) {
         double v;
         if ((rc = cx_jcfg_num(c, caps[i], -1.0, &v))) return rc;
-        *dst[i] = v > 0 ? (float)v : 0.0f;
+        *dst[i] = 0.0f;
+        if (v > 0 && (rc = cx_jcfg_float(c, caps[i], v, dst[i]))) return rc;
     }
     if (!local) return CIRCUITS_OK;
     if ((rc = cx_jcfg_int(c, "window_size", true, 0, 1, CX_MAX_DIM, &cfg->window_size))) return rc;

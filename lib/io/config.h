@@ -41,6 +41,9 @@ int cx_jcfg_int(const cx_jcfg *c, const char *key, bool required, int64_t dflt, 
                 int32_t *out);
 int cx_jcfg_bool(const cx_jcfg *c, const char *key, bool dflt, bool *out);
 int cx_jcfg_num(const cx_jcfg *c, const char *key, double dflt, double *out);
+/* v (read from field key) as the float the config stores: refused by name when fp32 cannot hold
+ * it (overflows to inf, or a nonzero value underflows to 0), which would make NaN of the forward. */
+int cx_jcfg_float(const cx_jcfg *c, const char *key, double v, float *out);
 int cx_jcfg_str(const cx_jcfg *c, const char *key, const char **out); /* NULL when absent */
 /* An activation name (TL act_fn, HF activation_function / hidden_act) into *out. */
 int cx_jcfg_act_fn(const cx_jcfg *c, const char *key, const char *s, int32_t *out);

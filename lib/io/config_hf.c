@@ -44,8 +44,9 @@ static int must_be_false(const cx_jcfg *c, const char *key)
 /* ---- rotary: rope_parameters (transformers 5) or rope_theta / rope_scaling (earlier), NeoX's
  * rotary_pct / rotary_emb_base ---- */
 
-/* The rope settings object: rope_parameters, else the legacy rope_scaling (NULL: none). */
-static int rope_object(const cx_jcfg *c, cx_jcfg *out)
+/* The rope settings object: rope_parameters, else the legacy rope_scaling (NULL: none); *key
+ * names the one read, for messages. */
+static int rope_object(const cx_jcfg *c, cx_jcfg *out, const char **key)
 {
     static const char *const keys[] = {"rope_parameters", "rope_scaling"};
     out->path = c->path;
@@ -56,6 +57,7 @@ static int rope_object(const cx_jcfg *c, cx_jcfg *out)
         if (!json_is_object(v))
             return cx_fail(CIRCUITS_E_CONFIG, "%s: '%s' must be an object or null", c->path, keys[i]);
         out->root = v;
+        *key = keys[i];
         return CIRCUITS_OK;
     }
     return CIRCUITS_OK;
@@ -76,7 +78,8 @@ static int parse_rope(const cx_jcfg *c, const char *mt, circuits_config *cfg)
 {
     int rc;
     cx_jcfg r;
-    TRY(rope_object(c, &r));
+    const char *rkey = NULL;
+    TRY(rope_object(c, &r, &rkey));
     bool neox = strcmp(mt, "gpt_neox") == 0;
     static const char *const theta_names[] = {"rope_theta", NULL};
     static const char *const neox_theta[] = {"rope_theta", "rotary_emb_base", NULL};
@@ -89,7 +92,7 @@ static int parse_rope(const cx_jcfg *c, const char *mt, circuits_config *cfg)
     if (!(theta > 1.0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: rope_theta must be greater than 1", c->path);
     if (!(pct > 0.0 && pct <= 1.0))
         return cx_fail(CIRCUITS_E_CONFIG, "%s: partial_rotary_factor must be in (0, 1]", c->path);
-    cfg->rotary_base = (float)theta;
+    TRY(cx_jcfg_float(c, "rope_theta", theta, &cfg->rotary_base));
     /* transformers: int(head_dim * partial_rotary_factor) */
     cfg->rotary_dim = (int32_t)((double)cfg->d_head * pct);
     if (cfg->rotary_dim < 2 || cfg->rotary_dim % 2)
@@ -104,9 +107,9 @@ static int parse_rope(const cx_jcfg *c, const char *mt, circuits_config *cfg)
     double f;
     if (strcmp(type, "linear") == 0) {
         TRY(cx_jcfg_num(&r, "factor", 1.0, &f));
-        if (!(f > 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: rope factor must be positive", c->path);
+        if (!(f > 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: '%s.factor' = %g must be positive", c->path, rkey, f);
         cfg->rope_scaling = CIRCUITS_ROPE_LINEAR;
-        cfg->rope_factor = (float)f;
+        TRY(cx_jcfg_float(c, "factor", f, &cfg->rope_factor));
         return CIRCUITS_OK;
     }
     if (strcmp(type, "llama3") == 0) {
@@ -118,11 +121,12 @@ static int parse_rope(const cx_jcfg *c, const char *mt, circuits_config *cfg)
         TRY(cx_jcfg_int(&r, "original_max_position_embeddings", true, 0, 1, CX_MAX_DIM, &orig));
         if (!(f > 0) || !(lo > 0) || !(hi > lo))
             return cx_fail(CIRCUITS_E_CONFIG,
-                           "%s: llama3 rope factors must be positive with high_freq_factor > low_freq_factor", c->path);
+                           "%s: '%s' llama3: factor, low_freq_factor and high_freq_factor must be positive with "
+                           "high_freq_factor > low_freq_factor", c->path, rkey);
         cfg->rope_scaling = CIRCUITS_ROPE_LLAMA3;
-        cfg->rope_factor = (float)f;
-        cfg->rope_low_freq_factor = (float)lo;
-        cfg->rope_high_freq_factor = (float)hi;
+        TRY(cx_jcfg_float(c, "factor", f, &cfg->rope_factor));
+        TRY(cx_jcfg_float(c, "low_freq_factor", lo, &cfg->rope_low_freq_factor));
+        TRY(cx_jcfg_float(c, "high_freq_factor", hi, &cfg->rope_high_freq_factor));
         cfg->rope_original_n_ctx = orig;
         return CIRCUITS_OK;
     }
@@ -167,8 +171,12 @@ static int parse_window(const cx_jcfg *c, const char *mt, circuits_config *cfg)
     int rc;
     bool qwen2 = strcmp(mt, "qwen2") == 0, gemma2 = strcmp(mt, "gemma2") == 0;
     if (strcmp(mt, "mistral") && !qwen2 && !gemma2) return CIRCUITS_OK; /* the others have none */
-    int32_t window = 0;
-    if (!cx_jcfg_absent(c, "sliding_window")) TRY(cx_jcfg_int(c, "sliding_window", true, 0, 1, CX_MAX_DIM, &window));
+    /* absent is not null: MistralConfig, Qwen2Config and Gemma2Config default sliding_window to
+     * 4096, and only null means none */
+    int32_t window = 4096;
+    json_t *sw = json_object_get(c->root, "sliding_window");
+    if (sw && json_is_null(sw)) window = 0;
+    else if (sw) TRY(cx_jcfg_int(c, "sliding_window", true, 0, 1, CX_MAX_DIM, &window));
     bool use = true;
     /* Qwen2Config: sliding_window = sliding_window if use_sliding_window else None (checkpoints
      * ship it set with use_sliding_window false) */
@@ -198,12 +206,22 @@ static int parse_window(const cx_jcfg *c, const char *mt, circuits_config *cfg)
 
 /* ---- the families ---- */
 
+/* The norm epsilon, under the family's name for it. */
+static int read_eps(const cx_jcfg *c, const char *key, double dflt, circuits_config *cfg)
+{
+    double eps;
+    int rc = cx_jcfg_num(c, key, dflt, &eps);
+    if (rc) return rc;
+    if (!(eps >= 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: %s must not be negative", c->path, key);
+    cfg->eps = (float)eps;
+    return CIRCUITS_OK;
+}
+
 /* GPT-NeoX (Pythia): fused query_key_value, LayerNorm, parallel residual by default. */
 static int parse_neox(const cx_jcfg *c, circuits_config *cfg, cx_hf_extra *x)
 {
     int rc;
     const char *act;
-    double eps;
     bool parallel, bias;
     TRY(cx_jcfg_int(c, "hidden_size", true, 0, 1, CX_MAX_DIM, &cfg->d_model));
     TRY(cx_jcfg_int(c, "num_attention_heads", true, 0, 1, CX_MAX_DIM, &cfg->n_heads));
@@ -212,8 +230,7 @@ static int parse_neox(const cx_jcfg *c, circuits_config *cfg, cx_hf_extra *x)
     TRY(cx_jcfg_int(c, "max_position_embeddings", true, 0, 1, CX_MAX_DIM, &cfg->n_ctx));
     TRY(cx_jcfg_str(c, "hidden_act", &act));
     TRY(cx_jcfg_act_fn(c, "hidden_act", act ? act : "gelu", &cfg->act_fn));
-    TRY(cx_jcfg_num(c, "layer_norm_eps", 1e-5, &eps));
-    cfg->eps = (float)eps;
+    TRY(read_eps(c, "layer_norm_eps", 1e-5, cfg));
     TRY(cx_jcfg_bool(c, "use_parallel_residual", true, &parallel));
     cfg->parallel_attn_mlp = parallel;
     TRY(cx_jcfg_bool(c, "attention_bias", true, &bias));
@@ -233,7 +250,6 @@ static int parse_gptj(const cx_jcfg *c, circuits_config *cfg)
 {
     int rc;
     const char *act;
-    double eps;
     TRY(cx_jcfg_int(c, "n_embd", true, 0, 1, CX_MAX_DIM, &cfg->d_model));
     TRY(cx_jcfg_int(c, "n_head", true, 0, 1, CX_MAX_DIM, &cfg->n_heads));
     TRY(cx_jcfg_int(c, "n_layer", true, 0, 1, CX_MAX_LAYERS, &cfg->n_layers));
@@ -247,8 +263,7 @@ static int parse_gptj(const cx_jcfg *c, circuits_config *cfg)
     if (cfg->d_mlp > CX_MAX_DIM) return cx_fail(CIRCUITS_E_CONFIG, "%s: n_inner (4 * n_embd) is too large", c->path);
     TRY(cx_jcfg_str(c, "activation_function", &act));
     TRY(cx_jcfg_act_fn(c, "activation_function", act ? act : "gelu_new", &cfg->act_fn));
-    TRY(cx_jcfg_num(c, "layer_norm_epsilon", 1e-5, &eps));
-    cfg->eps = (float)eps;
+    TRY(read_eps(c, "layer_norm_epsilon", 1e-5, cfg));
     /* GPTJAttention with rotary_dim null sizes its sin/cos by n_embd, not by the head */
     json_t *rd = json_object_get(c->root, "rotary_dim");
     if (rd && json_is_null(rd)) return unsupported(c, "GPT-J rotary_dim null (rotary over n_embd)");
@@ -260,6 +275,19 @@ static int parse_gptj(const cx_jcfg *c, circuits_config *cfg)
     cfg->parallel_attn_mlp = 1;
     cfg->normalization_type = CIRCUITS_NORM_LN;
     return CIRCUITS_OK;
+}
+
+/* A soft-cap: dflt when absent, none (0) when null or not positive. */
+static int soft_cap(const cx_jcfg *c, const char *key, double dflt, float *out)
+{
+    json_t *v = json_object_get(c->root, key);
+    double cap = 0.0;
+    if (!v || !json_is_null(v)) {
+        int rc = cx_jcfg_num(c, key, dflt, &cap);
+        if (rc) return rc;
+    }
+    *out = 0.0f;
+    return cap > 0 ? cx_jcfg_float(c, key, cap, out) : CIRCUITS_OK;
 }
 
 /* Llama, Mistral, Qwen2, Gemma, Gemma 2: q/k/v/o_proj, gated MLP, RMSNorm. */
@@ -292,9 +320,7 @@ static int parse_llama_like(const cx_jcfg *c, const char *mt, circuits_config *c
     if (!act) act = gemma || gemma2 ? "gelu_pytorch_tanh" : "silu";
     if (gemma && strcmp(act, "gelu") == 0) act = "gelu_pytorch_tanh";
     TRY(cx_jcfg_act_fn(c, key, act, &cfg->act_fn));
-    double eps;
-    TRY(cx_jcfg_num(c, "rms_norm_eps", 1e-6, &eps));
-    cfg->eps = (float)eps;
+    TRY(read_eps(c, "rms_norm_eps", 1e-6, cfg));
     cfg->normalization_type = CIRCUITS_NORM_RMS;
     cfg->gated_mlp = 1;
     cfg->final_rms = strcmp(mt, "mistral") != 0; /* as TransformerLens's configs say */
@@ -311,15 +337,14 @@ static int parse_llama_like(const cx_jcfg *c, const char *mt, circuits_config *c
     }
     cfg->attn_scale = (float)sqrt((double)cfg->d_head);
     if (gemma2) {
-        double q, cap;
+        double q;
         /* Gemma2Attention: scaling = query_pre_attn_scalar ** -0.5 */
         TRY(cx_jcfg_num(c, "query_pre_attn_scalar", 256.0, &q));
         if (!(q > 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: query_pre_attn_scalar must be positive", c->path);
         cfg->attn_scale = (float)sqrt(q);
-        TRY(cx_jcfg_num(c, "attn_logit_softcapping", 0.0, &cap));
-        cfg->attn_scores_soft_cap = cap > 0 ? (float)cap : 0.0f;
-        TRY(cx_jcfg_num(c, "final_logit_softcapping", 0.0, &cap));
-        cfg->output_logits_soft_cap = cap > 0 ? (float)cap : 0.0f;
+        /* Gemma2Config's defaults when absent (50 and 30); null means none */
+        TRY(soft_cap(c, "attn_logit_softcapping", 50.0, &cfg->attn_scores_soft_cap));
+        TRY(soft_cap(c, "final_logit_softcapping", 30.0, &cfg->output_logits_soft_cap));
         cfg->norm_before_and_after = 1;
     }
     return CIRCUITS_OK;
@@ -344,7 +369,6 @@ int cx_config_parse_hf_family(const cx_jcfg *c, const char *mt, circuits_config 
     if (rc) return rc;
     TRY(cx_jcfg_int(c, "vocab_size", true, 0, 1, CX_MAX_DIM, &cfg->d_vocab));
     cfg->d_vocab_out = cfg->d_vocab;
-    if (!(cfg->eps >= 0)) return cx_fail(CIRCUITS_E_CONFIG, "%s: the norm epsilon must not be negative", c->path);
     if (cfg->act_fn == CIRCUITS_ACT_SOLU_LN) return unsupported(c, "activation 'solu_ln'");
     if (!cfg->attn_scale) cfg->attn_scale = (float)sqrt((double)cfg->d_head);
     if (strcmp(mt, "gptj") != 0) TRY(parse_rope(c, mt, cfg));
@@ -354,6 +378,10 @@ int cx_config_parse_hf_family(const cx_jcfg *c, const char *mt, circuits_config 
     if (cfg->rope_scaling != CIRCUITS_ROPE_NONE && cfg->local_attn != CIRCUITS_LOCAL_ATTN_NONE &&
         cfg->local_attn != CIRCUITS_LOCAL_ATTN_ALL)
         return unsupported(c, "rope scaling with alternating sliding-window layers");
+    /* every layer sliding (Mistral, Qwen2): the forward follows TransformerLens and leaves linear
+     * scaling off local layers, while Hugging Face's one rotary embedding scales them all */
+    if (cfg->rope_scaling == CIRCUITS_ROPE_LINEAR && cfg->local_attn != CIRCUITS_LOCAL_ATTN_NONE)
+        return unsupported(c, "linear rope scaling with sliding-window layers");
     bool tied;
     TRY(cx_jcfg_bool(c, "tie_word_embeddings", f->tied, &tied));
     x->tie_word_embeddings = tied;

@@ -29,4 +29,23 @@ static inline void cx_rope_pair(const circuits_config *c, int i, int *a, int *b)
     }
 }
 
+/* Whether layer l attends locally (a sliding window of cfg.window_size keys). */
+static inline bool cx_layer_is_local(const circuits_config *c, int l)
+{
+    switch (c->local_attn) {
+    case CIRCUITS_LOCAL_ATTN_ALL: return true;
+    case CIRCUITS_LOCAL_ATTN_EVEN: return l % 2 == 0;
+    case CIRCUITS_LOCAL_ATTN_ODD: return l % 2 == 1;
+    default: return false;
+    }
+}
+
+/* Whether layer l rotates by unscaled frequencies: TransformerLens applies linear rope scaling
+ * (rotary_scaling_factor) on global layers only (calculate_sin_cos_rotary); the forward pass and
+ * the rotary QK circuit both follow it. */
+static inline bool cx_rope_layer_unscaled(const circuits_config *c, int l)
+{
+    return c->rope_scaling == CIRCUITS_ROPE_LINEAR && cx_layer_is_local(c, l);
+}
+
 #endif

@@ -55,8 +55,6 @@ typedef struct pass {
     bool rope_ready[2]; /* s.rope holds this pass's angles [global, local] (made when first needed) */
 } pass;
 
-static bool layer_is_local(const circuits_config *c, int l);
-
 /* 1 if local layers rotate by other angles than global ones: TransformerLens applies linear
  * rope scaling (rotary_scaling_factor) on global layers only (calculate_sin_cos_rotary). */
 static int rope_tables(const circuits_config *c)
@@ -245,17 +243,6 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
     }
 }
 
-/* Whether layer l attends locally (a sliding window of cfg.window_size keys). */
-static bool layer_is_local(const circuits_config *c, int l)
-{
-    switch (c->local_attn) {
-    case CIRCUITS_LOCAL_ATTN_ALL: return true;
-    case CIRCUITS_LOCAL_ATTN_EVEN: return l % 2 == 0;
-    case CIRCUITS_LOCAL_ATTN_ODD: return l % 2 == 1;
-    default: return false;
-    }
-}
-
 /* Rotary: q and k rotated in place at positions P .. P+T-1 (hook_q / hook_k have fired on the
  * unrotated values), then hook_rot_q and hook_rot_k fire on the rotated ones. The angles are
  * the same in every layer (local and global ones apart, see rope_tables): made once per pass. */
@@ -264,7 +251,7 @@ static int rotate_qk(pass *ps, int l)
     const circuits_config *c = &ps->ctx->model->cfg;
     scratch *s = &ps->s;
     int64_t half = c->rotary_dim / 2;
-    int which = rope_tables(c) && layer_is_local(c, l);
+    int which = cx_rope_layer_unscaled(c, l);
     float *cos_t = s->rope + which * 2 * ps->T * half, *sin_t = cos_t + ps->T * half;
     if (!ps->rope_ready[which]) {
         /* the frequencies on the stack for every usual head size (rotary_dim <= 128) */
@@ -337,7 +324,7 @@ static int attention(pass *ps, int l)
          hook_pattern = cx_hook_active(ctx, ps->run, l, HK_PATTERN);
     attn_job job = {.s = s, .B = B, .T = T, .P = P, .H = H, .dh = dh, .group = H / KV, .keys = keys,
                     .vals = vals, .kv_rs = KD, .kv_bs = kv_bs, .scale = scale, .cap = c->attn_scores_soft_cap,
-                    .window = layer_is_local(c, l) ? c->window_size : 0};
+                    .window = cx_layer_is_local(c, l) ? c->window_size : 0};
     if (!hook_scores && !hook_pattern) {
         job.steps = STEP_SCORES | STEP_SOFTMAX | STEP_MIX;
         cx_parallel_for(B * H, 1, attn_task, &job);
@@ -347,10 +334,11 @@ static int attention(pass *ps, int l)
         FIRE(l, HK_ATTN_SCORES, s->scores);
         /* a hook may write anywhere in a row: then softmax takes whole rows, as TransformerLens
          * does (on untouched rows that is bit-identical to the causal softmax: the masked -inf
-         * add exact zeros), and pattern @ v whole rows unless the masked part is still 0. The
-         * causal softmax over keys 0 .. P + i also serves a window: the -inf left of it give 0. */
+         * add exact zeros), and pattern @ v whole rows unless the masked part is still 0. Read-only
+         * hooks: the mask is intact, and the softmax runs over each row's own keys (window too),
+         * exactly as the fused path does. */
         if (cx_hook_may_write(ctx, l, HK_ATTN_SCORES)) cx_softmax_rows(s->scores, B * H * T, Tk);
-        else cx_softmax_causal_past(s->scores, B * H, T, P); /* only cached: the mask is intact */
+        else cx_softmax_causal_window(s->scores, B * H, T, P, job.window);
         FIRE(l, HK_PATTERN, s->scores);
         job.steps = STEP_MIX;
         job.hooked = cx_hook_may_write(ctx, l, HK_ATTN_SCORES) || cx_hook_may_write(ctx, l, HK_PATTERN);

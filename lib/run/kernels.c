@@ -407,6 +407,7 @@ CX_HOT void cx_softmax_row(float *r, int64_t D)
 typedef struct softmax_job {
     float *x;
     int64_t D, T, P; /* T > 0: causal [T, P + T] blocks, row i over columns 0 .. P + i */
+    int64_t W;       /* > 0: a sliding window, row i over columns P + i - W + 1 .. P + i */
 } softmax_job;
 
 static void softmax_task(void *arg, int64_t b, int64_t e)
@@ -415,8 +416,11 @@ static void softmax_task(void *arg, int64_t b, int64_t e)
     for (int64_t r = b; r < e; r++) {
         float *row = j->x + r * j->D;
         if (j->T > 0) {
-            int64_t valid = j->P + r % j->T + 1;
-            cx_softmax_row(row, valid);
+            /* over exactly the keys the row sees, as the fused attention does: the same sums in
+             * the same order, so a run with read-only hooks is bit-identical to a plain one */
+            int64_t valid = j->P + r % j->T + 1, lo = j->W > 0 && valid > j->W ? valid - j->W : 0;
+            cx_softmax_row(row + lo, valid - lo);
+            memset(row, 0, (size_t)lo * sizeof *row);
             memset(row + valid, 0, (size_t)(j->D - valid) * sizeof *row);
         } else {
             cx_softmax_row(row, j->D);
@@ -426,15 +430,17 @@ static void softmax_task(void *arg, int64_t b, int64_t e)
 
 void cx_softmax_rows(float *x, int64_t N, int64_t D)
 {
-    softmax_job j = {x, D, 0, 0};
+    softmax_job j = {x, D, 0, 0, 0};
     cx_parallel_for(N, rows_align(D), softmax_task, &j);
 }
 
-void cx_softmax_causal_past(float *x, int64_t n, int64_t T, int64_t P)
+void cx_softmax_causal_window(float *x, int64_t n, int64_t T, int64_t P, int64_t window)
 {
-    softmax_job j = {x, P + T, T, P};
+    softmax_job j = {x, P + T, T, P, window};
     cx_parallel_for(n * T, rows_align(P + T / 2 + 1), softmax_task, &j);
 }
+
+void cx_softmax_causal_past(float *x, int64_t n, int64_t T, int64_t P) { cx_softmax_causal_window(x, n, T, P, 0); }
 
 void cx_softmax_causal(float *x, int64_t n, int64_t T) { cx_softmax_causal_past(x, n, T, 0); }
 

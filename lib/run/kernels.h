@@ -58,6 +58,9 @@ void cx_softmax_rows(float *x, int64_t N, int64_t D);
 void cx_softmax_causal(float *x, int64_t n, int64_t T);
 /* The same after P cached positions: n matrices [T, P + T], row i over columns 0 .. P + i. */
 void cx_softmax_causal_past(float *x, int64_t n, int64_t T, int64_t P);
+/* The same with a sliding window of `window` keys (0: none): row i over keys
+ * max(0, P + i - window + 1) .. P + i, the rest 0. */
+void cx_softmax_causal_window(float *x, int64_t n, int64_t T, int64_t P, int64_t window);
 
 /* Rotary position embedding in place, as TransformerLens's apply_rotary: x [B, T, nh, dh]; pair i
  * of the first rotary_dim dims of every head (cx_rope_pair: (i, i + rd/2) or (2i, 2i + 1)) at

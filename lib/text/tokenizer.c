@@ -96,6 +96,8 @@ static int arena_add(circuits_tokenizer *t, const void *s, size_t n, uint32_t *o
     return CIRCUITS_OK;
 }
 
+int cx_tok_arena_add(circuits_tokenizer *t, const void *s, size_t n, uint32_t *off) { return arena_add(t, s, n, off); }
+
 int cx_tok_set_token(circuits_tokenizer *t, int64_t id, const char *str, size_t len, const char *src)
 {
     if (id < 0 || (uint64_t)id >= t->cap_ids)
@@ -245,6 +247,7 @@ int cx_tok_add_added(circuits_tokenizer *t, int64_t id, const char *content, siz
     a->normalized = (uint8_t)!!normalized;
     a->lstrip = (uint8_t)!!lstrip;
     a->rstrip = (uint8_t)!!rstrip;
+    a->single_word = 0;
     t->n_added++;
     if (t->str_len[id] == UINT32_MAX) { /* not in the vocabulary: its string is its content */
         t->str_off[id] = a->off;
@@ -252,6 +255,11 @@ int cx_tok_add_added(circuits_tokenizer *t, int64_t id, const char *content, siz
         if ((size_t)id + 1 > t->n_ids) t->n_ids = (size_t)id + 1;
     }
     return CIRCUITS_OK;
+}
+
+void cx_tok_last_added_single_word(circuits_tokenizer *t)
+{
+    if (t->n_added) t->added[t->n_added - 1].single_word = 1;
 }
 
 int32_t cx_tok_find_added(const circuits_tokenizer *t, const char *content, size_t len)
@@ -358,9 +366,10 @@ static int decode_string(circuits_tokenizer *t, size_t id)
 
 int cx_tok_finish(circuits_tokenizer *t, const char *src)
 {
+    if (t->char_level) cx_sp_index_bytes(t);
     for (size_t id = 0; id < t->n_ids; id++) {
         if (t->str_len[id] == UINT32_MAX) continue;
-        int rc = decode_string(t, id);
+        int rc = t->char_level ? cx_sp_decode_string(t, id) : decode_string(t, id);
         if (rc) return rc;
     }
     for (size_t i = 0; i < t->n_added; i++) { /* added tokens decode to their content */
@@ -414,6 +423,8 @@ typedef struct enc_state {
     int32_t *ids;
     size_t cap, n;
     int add_prefix_space, parse_special;
+    int first;     /* the segment starts the text (Metaspace prepend_scheme "first") */
+    int aps_opt;   /* the add_prefix_space option as given: -1, 0, 1 */
     /* scratch, grown as needed */
     int32_t *sym, *mid, *prev, *next;
     uint32_t *rank;
@@ -505,11 +516,26 @@ static heap_item heap_pop(heap_item *h, size_t *n)
     return top;
 }
 
+static int merge_symbols(enc_state *e, size_t n);
+
 /* BPE of one piece (its bytes); emits the ids. */
 static int bpe_piece(enc_state *e, const uint8_t *p, size_t n)
 {
     const circuits_tokenizer *t = e->t;
     bool prev_unk = false;
+    if (t->char_level) {
+        if (t->ignore_merges) { /* the piece as one token, if it is one */
+            int32_t id = cx_tok_lookup(t, (const char *)p, n);
+            if (id >= 0) {
+                emit(e, id);
+                return CIRCUITS_OK;
+            }
+        }
+        int rc = scratch_reserve(e, n);
+        if (rc) return rc;
+        cx_sp_symbols(t, p, n, e->sym, &n);
+        return merge_symbols(e, n);
+    }
     if (n == 1 && (t->byte_tok[p[0]] != CX_TOK_UNKNOWN || t->unk >= 0)) {
         emit_symbol(e, t->byte_tok[p[0]], &prev_unk);
         return CIRCUITS_OK;
@@ -535,8 +561,7 @@ static int bpe_piece(enc_state *e, const uint8_t *p, size_t n)
     }
     int rc = scratch_reserve(e, n);
     if (rc) return rc;
-    int32_t *sym = e->sym, *mid = e->mid;
-    uint32_t *rank = e->rank;
+    int32_t *sym = e->sym;
     if (t->unk >= 0) {
         for (size_t i = 0; i < n; i++) sym[i] = t->byte_tok[p[i]];
     } else { /* bytes without a token are dropped, as Hugging Face tokenizers does */
@@ -544,8 +569,18 @@ static int bpe_piece(enc_state *e, const uint8_t *p, size_t n)
         for (size_t i = 0; i < n; i++)
             if (t->byte_tok[p[i]] != CX_TOK_UNKNOWN) sym[m++] = t->byte_tok[p[i]];
         n = m;
-        if (n == 0) return CIRCUITS_OK;
     }
+    return merge_symbols(e, n);
+}
+
+/* BPE of the symbols e->sym[0..n); emits the ids. */
+static int merge_symbols(enc_state *e, size_t n)
+{
+    const circuits_tokenizer *t = e->t;
+    bool prev_unk = false;
+    if (n == 0) return CIRCUITS_OK;
+    int32_t *sym = e->sym, *mid = e->mid;
+    uint32_t *rank = e->rank;
     if (n <= cx_tok_bpe_linear_max) {
         /* the quadratic loop: ranks of adjacent pairs, merge the leftmost smallest */
         size_t m = n;
@@ -611,25 +646,17 @@ static int bpe_piece(enc_state *e, const uint8_t *p, size_t n)
     return CIRCUITS_OK;
 }
 
-/* Pre-tokenizes a segment (no added tokens in it) and encodes each piece. */
-static int encode_plain(enc_state *e, const uint8_t *s, size_t n)
+/* Splits a pre-tokenized segment into pieces (the tokenizer's pre-tokenizer) and encodes each. */
+static int encode_pieces(enc_state *e, const uint8_t *s, size_t n)
 {
-    if (n == 0) return CIRCUITS_OK;
-    if (e->add_prefix_space && s[0] != ' ') {
-        if (e->pbuf_cap < n + 1) {
-            uint8_t *b = cx_realloc(e->pbuf, n + 1);
-            if (!b) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory encoding text");
-            e->pbuf = b;
-            e->pbuf_cap = n + 1;
-        }
-        e->pbuf[0] = ' ';
-        memcpy(e->pbuf + 1, s, n);
-        s = e->pbuf;
-        n++;
-    }
-    if (!e->t->use_regex) return bpe_piece(e, s, n);
+    const circuits_tokenizer *t = e->t;
     for (size_t i = 0; i < n;) {
-        size_t j = cx_pretok_next(s, n, i), l = j - i;
+        size_t j;
+        if (t->char_level) j = cx_sp_piece_next(t, s, n, i);
+        else if (t->split_regex) j = cx_split_next(s, n, i, t->split_regex == CX_SPLIT_LLAMA3 ? 3 : 1);
+        else if (t->use_regex) j = cx_pretok_next(s, n, i);
+        else j = n;
+        size_t l = j - i;
         cache_slot *c = NULL;
         if (e->cache && l <= CACHE_BYTES) {
             uint32_t h = (uint32_t)hash_bytes((const char *)s + i, l);
@@ -654,30 +681,37 @@ static int encode_plain(enc_state *e, const uint8_t *s, size_t n)
     return CIRCUITS_OK;
 }
 
-static inline bool ascii_space(uint8_t c) { return c == ' ' || (c >= 9 && c <= 13); }
-
-/* Finds the leftmost-longest added token (of the given kind) in s[from..n): its id, and the
- * span it takes (with lstrip/rstrip whitespace). Returns false if none. */
-static bool find_added(const circuits_tokenizer *t, const uint8_t *s, size_t n, size_t from, int normalized,
-                       int parse_special, size_t *mstart, size_t *mend, int32_t *id)
+/* Pre-tokenizes a segment (no added tokens in it) and encodes each piece. */
+static int encode_plain(enc_state *e, const uint8_t *s, size_t n)
 {
-    for (size_t i = from; i < n; i++) {
-        uint32_t a = t->added_first[s[i]], b = t->added_first[s[i] + 1];
-        for (uint32_t k = a; k < b; k++) { /* longest first */
-            const cx_tok_added *x = &t->added[k];
-            if (x->normalized != normalized || (x->special && !parse_special)) continue;
-            const uint8_t *c = (const uint8_t *)t->arena + x->off;
-            if (x->len > n - i || (x->len > 1 && c[1] != s[i + 1]) || memcmp(c, s + i, x->len) != 0) continue;
-            size_t st = i, en = i + x->len;
-            if (x->lstrip) while (st > from && ascii_space(s[st - 1])) st--;
-            if (x->rstrip) while (en < n && ascii_space(s[en])) en++;
-            *mstart = st;
-            *mend = en;
-            *id = x->id;
-            return true;
-        }
+    if (n == 0) return CIRCUITS_OK;
+    const circuits_tokenizer *t = e->t;
+    if (t->char_level) {
+        if (t->pre != CX_PRE_METASPACE) return encode_pieces(e, s, n);
+        /* Metaspace: ' ' -> "▁", and a "▁" first if missing: always, or ("first") only on the
+         * segment that starts the text; the add_prefix_space option overrides */
+        int prepend = e->aps_opt >= 0 ? e->aps_opt
+                                      : t->ms_prepend == CX_MS_ALWAYS || (t->ms_prepend == CX_MS_FIRST && e->first);
+        uint8_t *b;
+        size_t bn;
+        int rc = cx_sp_escape(s, n, prepend, 1, &b, &bn);
+        if (!rc) rc = encode_pieces(e, b, bn);
+        cx_free(b);
+        return rc;
     }
-    return false;
+    if (e->add_prefix_space && s[0] != ' ') {
+        if (e->pbuf_cap < n + 1) {
+            uint8_t *b = cx_realloc(e->pbuf, n + 1);
+            if (!b) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory encoding text");
+            e->pbuf = b;
+            e->pbuf_cap = n + 1;
+        }
+        e->pbuf[0] = ' ';
+        memcpy(e->pbuf + 1, s, n);
+        s = e->pbuf;
+        n++;
+    }
+    return encode_pieces(e, s, n);
 }
 
 /* A segment of normalized text: normalized added tokens, then plain text. */
@@ -685,11 +719,12 @@ static int encode_normalized(enc_state *e, const uint8_t *s, size_t n)
 {
     size_t pos = 0, st, en;
     int32_t id;
-    while (pos < n && find_added(e->t, s, n, pos, 1, e->parse_special, &st, &en, &id)) {
+    while (pos < n && cx_tok_find_match(e->t, s, n, pos, 1, e->parse_special, &st, &en, &id)) {
         int rc = encode_plain(e, s + pos, st - pos);
         if (rc) return rc;
         emit(e, id);
         pos = en;
+        e->first = 0;
     }
     return encode_plain(e, s + pos, n - pos);
 }
@@ -698,13 +733,21 @@ static int encode_normalized(enc_state *e, const uint8_t *s, size_t n)
 static int encode_raw(enc_state *e, const uint8_t *s, size_t n)
 {
     if (n == 0) return CIRCUITS_OK;
-    if (!e->t->nfc) return encode_normalized(e, s, n);
-    uint8_t *norm;
-    size_t nn;
-    int rc = cx_nfc(s, n, &norm, &nn);
-    if (rc) return rc;
-    rc = encode_normalized(e, norm ? norm : s, nn);
+    const circuits_tokenizer *t = e->t;
+    uint8_t *norm = NULL, *esc = NULL;
+    size_t nn = n;
+    int rc = t->nfc ? cx_nfc(s, n, &norm, &nn) : CIRCUITS_OK;
+    if (norm) s = norm;
+    /* the "▁" normalizers of a character-level model: Replace(" ", "▁") and Prepend("▁"), which
+     * the add_prefix_space option overrides (unless Metaspace does the prepending) */
+    int prepend = e->aps_opt >= 0 && t->pre != CX_PRE_METASPACE ? e->aps_opt : t->norm_prepend;
+    if (!rc && t->char_level && (t->norm_replace || prepend)) {
+        rc = cx_sp_escape(s, nn, prepend, 0, &esc, &nn);
+        if (esc) s = esc;
+    }
+    if (!rc) rc = encode_normalized(e, s, nn);
     cx_free(norm);
+    cx_free(esc);
     return rc;
 }
 
@@ -713,7 +756,7 @@ void circuits_encode_options_init(circuits_encode_options *opts)
     if (!opts) return;
     memset(opts, 0, sizeof *opts);
     opts->size = sizeof *opts;
-    opts->prepend_bos = 0;
+    opts->prepend_bos = 0; /* -1: as the tokenizer's post-processor (BOS and/or EOS) */
     opts->add_prefix_space = -1;
     opts->parse_special = 1;
 }
@@ -729,27 +772,31 @@ int circuits_tokenizer_encode(const circuits_tokenizer *tok, const char *text, s
     static const size_t versions[] = {sizeof(circuits_encode_options)}; /* 0.1 */
     int rc;
     if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), "circuits_tokenizer_encode"))) return rc;
-    if ((o.prepend_bos != 0 && o.prepend_bos != 1) || o.add_prefix_space < -1 || o.add_prefix_space > 1 ||
+    if (o.prepend_bos < -1 || o.prepend_bos > 1 || o.add_prefix_space < -1 || o.add_prefix_space > 1 ||
         (o.parse_special != 0 && o.parse_special != 1))
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
-                       "circuits_tokenizer_encode: prepend_bos and parse_special must be 0 or 1, add_prefix_space -1, 0 or 1");
-    if (o.prepend_bos && tok->bos < 0)
+                       "circuits_tokenizer_encode: parse_special must be 0 or 1, prepend_bos and add_prefix_space -1, 0 or 1");
+    if (o.prepend_bos == 1 && tok->bos < 0)
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "circuits_tokenizer_encode: prepend_bos, but the tokenizer has no BOS token");
     enc_state e = {.t = tok, .ids = ids, .cap = cap};
     e.add_prefix_space = o.add_prefix_space < 0 ? tok->add_prefix_space : o.add_prefix_space;
     e.parse_special = o.parse_special;
-    if (o.prepend_bos) emit(&e, tok->bos);
+    e.aps_opt = o.add_prefix_space;
+    if (o.prepend_bos == 1 || (o.prepend_bos < 0 && tok->add_bos)) emit(&e, tok->bos);
     if (len >= CACHE_MIN_TEXT && cap > 0) e.cache = cx_calloc(CACHE_SLOTS, sizeof *e.cache); /* NULL: no cache */
     const uint8_t *s = (const uint8_t *)text;
     size_t pos = 0, st, en;
     int32_t id;
     rc = CIRCUITS_OK;
-    while (!rc && pos < len && find_added(tok, s, len, pos, 0, e.parse_special, &st, &en, &id)) {
+    while (!rc && pos < len && cx_tok_find_match(tok, s, len, pos, 0, e.parse_special, &st, &en, &id)) {
+        e.first = pos == 0;
         rc = encode_raw(&e, s + pos, st - pos);
         emit(&e, id);
         pos = en;
     }
+    e.first = pos == 0;
     if (!rc) rc = encode_raw(&e, s + pos, len - pos);
+    if (o.prepend_bos < 0 && tok->add_eos) emit(&e, tok->eos);
     cx_free(e.sym);
     cx_free(e.mid);
     cx_free(e.prev);
@@ -776,14 +823,17 @@ int circuits_tokenizer_decode(const circuits_tokenizer *tok, const int32_t *ids,
     if (n_out) *n_out = 0;
     if (!tok || !n_out || (!ids && n) || (!buf && cap))
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_tokenizer_decode: NULL argument");
-    size_t total = 0;
+    size_t total = 0, strip = tok->dec_strip;
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || (size_t)id >= tok->n_ids || tok->dec_len[id] == UINT32_MAX)
             return cx_fail(CIRCUITS_E_RANGE, "circuits_tokenizer_decode: ids[%zu] = %d is not a token (vocabulary size %zu)",
                            i, id, tok->n_ids);
         size_t l = tok->dec_len[id];
-        if (total + l < cap) memcpy(buf + total, tok->arena + tok->dec_off[id], l);
+        const char *p = tok->arena + tok->dec_off[id];
+        /* decoder Strip(" ", k, 0) after Fuse: up to k spaces off the start of the text */
+        while (strip && total == 0 && l && *p == ' ') { p++; l--; strip--; }
+        if (total + l < cap) memcpy(buf + total, p, l);
         total += l;
     }
     if (total + 1 > cap) {

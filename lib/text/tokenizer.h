@@ -1,9 +1,18 @@
-/* Byte-level BPE tokenizer internals shared by lib/tokenizer*.c. Nothing here is public API.
+/* BPE tokenizer internals shared by lib/text/tokenizer*.c. Nothing here is public API.
  *
- *   tokenizer.c         tables (vocabulary, merges, added tokens), BPE, encode/decode, the API
- *   tokenizer_pretok.c  UTF-8 decoding, Unicode classes, GPT-2's pre-tokenizer scanner, NFC
- *   tokenizer_load.c    tokenizer.json, vocab.json + merges.txt, encoder.json + vocab.bpe, side files
- *   tokenizer_gguf.c    GGUF metadata (tokenizer.ggml.*)
+ *   tokenizer.c          tables (vocabulary, merges, added tokens), BPE, encode/decode, the API
+ *   tokenizer_pretok.c   UTF-8 decoding, Unicode classes, GPT-2's pre-tokenizer scanner, NFC
+ *   tokenizer_added.c    added tokens in text (leftmost-longest, lstrip/rstrip, single_word)
+ *   tokenizer_split.c    the Llama 3 / Qwen2 Split regexes as a scanner
+ *   tokenizer_sp.c       SentencePiece-style pieces: the "▁" normalizers and Metaspace, characters
+ *                        to symbols with byte fallback, "<0xNN>" / "▁" decoding
+ *   tokenizer_parts.c    tokenizer.json's normalizer, pre_tokenizer, decoder, post_processor
+ *   tokenizer_load.c     tokenizer.json, vocab.json + merges.txt, encoder.json + vocab.bpe, side files
+ *   tokenizer_gguf.c     GGUF metadata (tokenizer.ggml.*), models "gpt2" and "llama"
+ *
+ * Two kinds of model: byte-level (GPT-2's ByteLevel pre-tokenizer: pieces are bytes mapped to
+ * characters) and character-level (no ByteLevel: SentencePiece-style, the vocabulary holds raw
+ * UTF-8 with "▁" for the space, unknown characters fall back to "<0xNN>" byte tokens).
  *
  * A loader fills a tokenizer in this order: cx_tok_new, cx_tok_set_token for every vocabulary
  * entry, cx_tok_index (the string -> id table; rejects duplicate strings), cx_tok_add_merge in
@@ -19,6 +28,11 @@
 #define CX_TOK_MAX_MERGES (1u << 24)
 #define CX_TOK_MAX_ADDED (1u << 20)
 
+/* Pre-tokenizers (besides ByteLevel, which is CX_PRE_BYTELEVEL with use_regex / split_regex). */
+enum { CX_PRE_BYTELEVEL, CX_PRE_NONE, CX_PRE_METASPACE, CX_PRE_SPLIT_SPACE };
+enum { CX_MS_NEVER, CX_MS_FIRST, CX_MS_ALWAYS };
+enum { CX_SPLIT_NONE, CX_SPLIT_LLAMA3, CX_SPLIT_QWEN2 };
+
 /* Symbol id of a byte that has no token (never part of a merge). */
 #define CX_TOK_UNKNOWN (-2)
 
@@ -28,6 +42,7 @@ typedef struct cx_tok_added {
     uint8_t special;     /* 1: not matched when parse_special is 0 */
     uint8_t normalized;  /* 1: matched in the normalized text (after NFC), else in the raw text */
     uint8_t lstrip, rstrip; /* 1: the match swallows whitespace on that side */
+    uint8_t single_word;    /* 1: only matched with no word character (regex \w) beside it */
 } cx_tok_added;
 
 typedef struct cx_tok_merge_slot {
@@ -63,6 +78,19 @@ struct circuits_tokenizer {
     uint8_t use_regex;     /* 0: each segment is one piece (ByteLevel use_regex false) */
     uint8_t ignore_merges; /* a piece that is itself a token is used whole */
     uint8_t fuse_unk;      /* consecutive unknown bytes give one unk */
+    /* character-level (SentencePiece-style) models: tokenizer_sp.c */
+    uint8_t char_level;    /* BPE over UTF-8 characters, not over byte-level characters */
+    uint8_t byte_fallback; /* a character without a token becomes its "<0xNN>" tokens */
+    uint8_t norm_prepend;  /* normalizer Prepend("▁") */
+    uint8_t norm_replace;  /* normalizer Replace(" ", "▁") */
+    uint8_t pre;           /* CX_PRE_* */
+    uint8_t ms_prepend;    /* Metaspace prepend_scheme: CX_MS_NEVER / FIRST / ALWAYS */
+    uint8_t ms_split;      /* Metaspace split: pieces start at each "▁" */
+    uint8_t split_regex;   /* CX_SPLIT_*: a Split regex before the ByteLevel pre-tokenizer */
+    uint8_t dec_byte_fallback; /* decoder ByteFallback: "<0xNN>" decodes to the byte */
+    uint8_t dec_strip;     /* decoder Strip(" ", n, 0) / Metaspace: leading spaces removed */
+    uint8_t add_bos, add_eos; /* the post-processor's (encode's prepend_bos -1) */
+    int32_t byte_fb[256];  /* "<0xNN>" token of each byte, -1 if none */
     char format[24];       /* "tokenizer.json", "vocab.json", "gguf", ... (messages) */
 };
 
@@ -84,10 +112,18 @@ int cx_tok_add_merge(circuits_tokenizer *t, const char *a, size_t alen, const ch
  * The token decodes to content. */
 int cx_tok_add_added(circuits_tokenizer *t, int64_t id, const char *content, size_t len, int special,
                      int normalized, int lstrip, int rstrip, const char *src);
+/* Marks the added token added last as single_word. */
+void cx_tok_last_added_single_word(circuits_tokenizer *t);
 /* The id of the added token with this content, or -1. */
 int32_t cx_tok_find_added(const circuits_tokenizer *t, const char *content, size_t len);
 /* Decoded bytes, byte table, added-token index; checks bos/eos/unk. */
 int cx_tok_finish(circuits_tokenizer *t, const char *src);
+
+/* ---- tokenizer_added.c ---- */
+/* The leftmost-longest added token (normalized or not, special only if parse_special) in
+ * s[from..n): its id and the span it takes (with lstrip/rstrip whitespace); false if none. */
+bool cx_tok_find_match(const circuits_tokenizer *t, const uint8_t *s, size_t n, size_t from, int normalized,
+                       int parse_special, size_t *mstart, size_t *mend, int32_t *id);
 
 /* ---- loaders (tokenizer_load.c, tokenizer_gguf.c); each fills *out or leaves it NULL ---- */
 int cx_tok_load_hf_json(circuits_tokenizer **out, const char *path, const char *dir);
@@ -106,6 +142,42 @@ size_t cx_pretok_next(const uint8_t *s, size_t n, size_t i);
 /* NFC of s[0..n): valid UTF-8 runs are normalized, other bytes pass through. *out is a new
  * cx_malloc'd buffer (NULL when s is already NFC-stable ASCII: then use s). */
 int cx_nfc(const uint8_t *s, size_t n, uint8_t **out, size_t *out_len);
+
+/* Unicode classes of the pre-tokenizer regexes, and the class and length of the unit at s[i]
+ * (a valid UTF-8 character, or one invalid byte, of class "other"). */
+enum { CX_CLS_L, CX_CLS_N, CX_CLS_WS, CX_CLS_O };
+int cx_pretok_unit(const uint8_t *s, size_t n, size_t i, size_t *len);
+
+/* Whether the character at s[i] is a word character for single_word added tokens: regex \w as
+ * tokenizers matches it (letters, marks, Nd, Nl, connector punctuation, ZWNJ/ZWJ; not No). */
+int cx_word_unit(const uint8_t *s, size_t n, size_t i);
+
+/* ---- tokenizer_split.c ---- */
+/* End of the Llama 3 (max_digits 3) or Qwen2 (max_digits 1) pre-tokenizer match at s[i]. */
+size_t cx_split_next(const uint8_t *s, size_t n, size_t i, int max_digits);
+
+/* ---- tokenizer_sp.c ---- */
+/* s with every ' ' as "▁", and "▁" put first if `prepend` (and, when `only_if_missing`, s does
+ * not already start with it). *out is cx_malloc'd. */
+int cx_sp_escape(const uint8_t *s, size_t n, int prepend, int only_if_missing, uint8_t **out, size_t *out_len);
+/* End of the piece at s[i] for the character-level pre-tokenizers (CX_PRE_METASPACE with
+ * split: a piece starts at each "▁"; CX_PRE_SPLIT_SPACE: a piece ends after each ' '). */
+size_t cx_sp_piece_next(const circuits_tokenizer *t, const uint8_t *s, size_t n, size_t i);
+/* The initial symbols of a character-level piece into sym (room for n): each character's token,
+ * else its bytes' "<0xNN>" tokens (byte_fallback), else CX_TOK_UNKNOWN (or nothing without an
+ * unknown token). *m receives the count. */
+void cx_sp_symbols(const circuits_tokenizer *t, const uint8_t *p, size_t n, int32_t *sym, size_t *m);
+/* The decoded bytes of vocabulary string `id` of a character-level model ("▁" -> ' ', and with the
+ * ByteFallback decoder "<0xNN>" -> the byte), at the arena's end. */
+int cx_sp_decode_string(circuits_tokenizer *t, size_t id);
+/* Merges from the pieces' scores, as transformers converts a SentencePiece BPE model
+ * (scores[id] for every id). */
+int cx_sp_merges_from_scores(circuits_tokenizer *t, const float *scores, const char *src);
+/* Fills byte_fb from the vocabulary. */
+void cx_sp_index_bytes(circuits_tokenizer *t);
+
+/* Arena access for tokenizer_sp.c: n bytes appended, *off their offset. */
+int cx_tok_arena_add(circuits_tokenizer *t, const void *s, size_t n, uint32_t *off);
 
 /* The byte <-> character map of GPT-2's bytes_to_unicode. */
 uint32_t cx_byte_to_char(uint8_t b);

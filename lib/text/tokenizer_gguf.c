@@ -98,12 +98,14 @@ typedef struct kv {
     bool present;
 } kv;
 
-enum { K_MODEL, K_PRE, K_ARCH, K_TOKENS, K_TYPES, K_MERGES, K_BOS, K_EOS, K_UNK, K_SPACE_PREFIX, K_N };
+enum { K_MODEL, K_PRE, K_ARCH, K_TOKENS, K_TYPES, K_MERGES, K_BOS, K_EOS, K_UNK, K_SPACE_PREFIX, K_SCORES, K_ADD_BOS,
+       K_ADD_EOS, K_N };
 static const char *const wanted[K_N] = {
     "tokenizer.ggml.model",        "tokenizer.ggml.pre",        "general.architecture",
     "tokenizer.ggml.tokens",       "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
     "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id",
-    "tokenizer.ggml.add_space_prefix",
+    "tokenizer.ggml.add_space_prefix", "tokenizer.ggml.scores", "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_eos_token",
 };
 
 /* Skips (and bounds-checks) one value of `type`; arrays record elem/count in *k if non-NULL. */
@@ -229,19 +231,52 @@ static int kv_string_array(const cursor *c, const kv *k)
 
 static bool eq(const char *s, size_t n, const char *lit) { return strlen(lit) == n && memcmp(s, lit, n) == 0; }
 
+/* The model "llama" (llama.cpp's SentencePiece BPE), as transformers converts the same
+ * SentencePiece model to tokenizer.json (LlamaConverter, legacy): characters with byte
+ * fallback, normalizer Replace(" ", "▁") + Prepend("▁") (add_space_prefix, default true),
+ * merges from the scores, fuse_unk, and add_bos_token true by default (llama.cpp's). */
+static int spm_setup(circuits_tokenizer *t, const cursor *c, const kv *kvs)
+{
+    t->char_level = 1;
+    t->byte_fallback = 1;
+    t->dec_byte_fallback = 1;
+    t->fuse_unk = 1;
+    t->norm_replace = 1;
+    t->pre = CX_PRE_NONE;
+    t->add_prefix_space = 1; /* add_space_prefix's default; read below */
+    t->add_bos = 1;
+    size_t nt = (size_t)kvs[K_SCORES].count;
+    float *scores = cx_malloc((nt ? nt : 1) * sizeof *scores);
+    if (!scores) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading %s", c->path);
+    for (size_t i = 0; i < nt; i++) {
+        uint32_t u = rd32(c->p + kvs[K_SCORES].at + 4 * i);
+        memcpy(&scores[i], &u, 4);
+    }
+    int rc = cx_sp_merges_from_scores(t, scores, c->path);
+    cx_free(scores);
+    return rc;
+}
+
 static int build(circuits_tokenizer **out, cursor *c, kv *kvs)
 {
     const char *path = c->path, *s;
     size_t n;
     int rc;
-    if (!kvs[K_MODEL].present || !kvs[K_TOKENS].present || !kvs[K_MERGES].present)
-        return cx_fail(CIRCUITS_E_FORMAT, "%s: GGUF file has no tokenizer (needs tokenizer.ggml.model, .tokens, .merges)",
-                       path);
+    if (!kvs[K_MODEL].present || !kvs[K_TOKENS].present)
+        return cx_fail(CIRCUITS_E_FORMAT, "%s: GGUF file has no tokenizer (needs tokenizer.ggml.model, .tokens)", path);
     if ((rc = kv_string(c, &kvs[K_MODEL], &s, &n))) return rc;
-    if (!eq(s, n, "gpt2"))
-        return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: GGUF tokenizer model '%.*s' is not supported (only gpt2: byte-level BPE)",
+    bool spm = eq(s, n, "llama"); /* SentencePiece BPE with scores */
+    if (!spm && !eq(s, n, "gpt2"))
+        return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                       "%s: GGUF tokenizer model '%.*s' is not supported (only gpt2: byte-level BPE, llama: SentencePiece BPE)",
                        path, (int)(n > 64 ? 64 : n), s);
+    if (!spm && !kvs[K_MERGES].present)
+        return cx_fail(CIRCUITS_E_FORMAT, "%s: GGUF gpt2 tokenizer without tokenizer.ggml.merges", path);
+    if (spm && (!kvs[K_SCORES].present || kvs[K_SCORES].type != GT_ARRAY || kvs[K_SCORES].elem != GT_F32 ||
+                kvs[K_SCORES].count != kvs[K_TOKENS].count))
+        return cx_fail(CIRCUITS_E_FORMAT, "%s: GGUF llama tokenizer needs tokenizer.ggml.scores, one float32 per token", path);
     bool neox = false;
+    int split = CX_SPLIT_NONE;
     if (kvs[K_ARCH].present) {
         if ((rc = kv_string(c, &kvs[K_ARCH], &s, &n))) return rc;
         neox = eq(s, n, "gptneox");
@@ -249,12 +284,18 @@ static int build(circuits_tokenizer **out, cursor *c, kv *kvs)
     if (kvs[K_PRE].present) {
         if ((rc = kv_string(c, &kvs[K_PRE], &s, &n))) return rc;
         if (eq(s, n, "gpt-neox")) neox = true;
-        else if (!eq(s, n, "gpt-2"))
+        else if (eq(s, n, "llama-bpe")) split = CX_SPLIT_LLAMA3;
+        else if (eq(s, n, "qwen2")) split = CX_SPLIT_QWEN2;
+        else if (!eq(s, n, "gpt-2") && !(spm && eq(s, n, "default")))
             return cx_fail(CIRCUITS_E_UNSUPPORTED,
-                           "%s: GGUF pre-tokenizer '%.*s' is not supported (gpt-2 or gpt-neox: GPT-2's regex)", path,
+                           "%s: GGUF pre-tokenizer '%.*s' is not supported (gpt-2, gpt-neox, llama-bpe, qwen2)", path,
                            (int)(n > 64 ? 64 : n), s);
+        if (spm && split)
+            return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: GGUF pre-tokenizer '%.*s' with a llama tokenizer is not supported",
+                           path, (int)(n > 64 ? 64 : n), s);
     }
-    if ((rc = kv_string_array(c, &kvs[K_TOKENS])) || (rc = kv_string_array(c, &kvs[K_MERGES]))) return rc;
+    if ((rc = kv_string_array(c, &kvs[K_TOKENS])) || (kvs[K_MERGES].present && (rc = kv_string_array(c, &kvs[K_MERGES]))))
+        return rc;
     uint64_t n_tok = kvs[K_TOKENS].count;
     if (n_tok == 0 || n_tok > CX_TOK_MAX_VOCAB)
         return cx_fail(CIRCUITS_E_FORMAT, "%s: %llu tokens (1 to %u)", path, (unsigned long long)n_tok, CX_TOK_MAX_VOCAB);
@@ -275,7 +316,13 @@ static int build(circuits_tokenizer **out, cursor *c, kv *kvs)
     }
     circuits_tokenizer *t;
     if ((rc = cx_tok_new(&t, (size_t)n_tok, "gguf"))) return rc;
-    t->nfc = neox;
+    /* Llama 3 and Qwen2 (llama.cpp's pre-tokenizers llama-bpe, qwen2): their Split regex, then
+     * byte-level without GPT-2's; Llama 3 with ignore_merges, Qwen2 with NFC as their
+     * tokenizer.json files say (GGUF does not record either) */
+    t->nfc = neox || split == CX_SPLIT_QWEN2;
+    t->split_regex = (uint8_t)split;
+    if (split) t->use_regex = 0;
+    t->ignore_merges = split == CX_SPLIT_LLAMA3;
     cursor tc = *c;
     tc.pos = kvs[K_TOKENS].at; /* already bounds-checked by parse_kvs */
     for (uint64_t i = 0; i < n_tok && !rc; i++) {
@@ -285,8 +332,9 @@ static int build(circuits_tokenizer **out, cursor *c, kv *kvs)
         if (!rc && tn) rc = cx_tok_set_token(t, (int64_t)i, (const char *)ts, tn, path);
     }
     if (!rc) rc = cx_tok_index(t, path);
+    if (!rc && spm) rc = spm_setup(t, c, kvs);
     tc.pos = kvs[K_MERGES].at;
-    for (uint64_t i = 0; i < kvs[K_MERGES].count && !rc; i++) {
+    for (uint64_t i = 0; !spm && i < kvs[K_MERGES].count && !rc; i++) {
         const uint8_t *ms;
         size_t mn;
         rc = get_string(&tc, &ms, &mn, "a merge");
@@ -313,7 +361,7 @@ static int build(circuits_tokenizer **out, cursor *c, kv *kvs)
      * GPT-NeoX's unknown id is <|endoftext|>) */
     int32_t unk = -1;
     const int keys[3] = {K_BOS, K_EOS, K_UNK};
-    int32_t *dst[3] = {&t->bos, &t->eos, &unk};
+    int32_t *dst[3] = {&t->bos, &t->eos, spm ? &t->unk : &unk};
     for (int k = 0; k < 3 && !rc; k++) {
         if (!kvs[keys[k]].present) continue;
         int64_t v = -1;
@@ -329,7 +377,23 @@ static int build(circuits_tokenizer **out, cursor *c, kv *kvs)
         else
             t->add_prefix_space = c->p[kvs[K_SPACE_PREFIX].at] != 0;
     }
-    if (!rc) {
+    if (!rc && spm) { /* llama.cpp's SentencePiece: a "▁" first unless add_space_prefix is false */
+        t->norm_prepend = t->add_prefix_space;
+        t->dec_strip = t->add_prefix_space;
+        t->add_prefix_space = 0;
+    }
+    const int flags[2] = {K_ADD_BOS, K_ADD_EOS};
+    uint8_t *fdst[2] = {&t->add_bos, &t->add_eos};
+    for (int k = 0; k < 2 && !rc; k++) {
+        if (!kvs[flags[k]].present) continue;
+        if (kvs[flags[k]].type != GT_BOOL)
+            rc = cx_fail(CIRCUITS_E_FORMAT, "%s: %s is not a bool", path, wanted[flags[k]]);
+        else
+            *fdst[k] = c->p[kvs[flags[k]].at] != 0;
+    }
+    if (!rc && ((t->add_bos && t->bos < 0) || (t->add_eos && t->eos < 0)))
+        rc = cx_fail(CIRCUITS_E_FORMAT, "%s: add_bos_token / add_eos_token without the token's id", path);
+    if (!rc && !spm) {
         static const char eot[] = "<|endoftext|>";
         int32_t def = cx_tok_lookup(t, eot, sizeof eot - 1);
         if (t->bos < 0) t->bos = def;

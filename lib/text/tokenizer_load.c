@@ -8,6 +8,7 @@
  * BOS/EOS/unknown tokens and, for the vocab + merges formats, the added tokens. */
 #include "tokenizer.h"
 #include "json_load.h"
+#include "tokenizer_parts.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -161,6 +162,23 @@ static void side_ids(circuits_tokenizer *t, const side_files *s, bool unk)
     if (unk && t->unk < 0) t->unk = text_id(t, side_token(s, "unk_token"));
 }
 
+/* tokenizer_config.json's add_bos_token / add_eos_token, when given, decide what encode adds
+ * by default (transformers rewrites the post-processor from them). */
+static int side_add_flags(circuits_tokenizer *t, const side_files *s, const char *src)
+{
+    if (!s->config) return CIRCUITS_OK;
+    int v, rc;
+    if ((rc = cx_tj_flag(s->config, "add_bos_token", t->add_bos, &v, src, "tokenizer_config.json"))) return rc;
+    if (v && t->bos < 0)
+        return cx_fail(CIRCUITS_E_FORMAT, "%s: tokenizer_config.json: add_bos_token, but there is no BOS token", src);
+    t->add_bos = (uint8_t)v;
+    if ((rc = cx_tj_flag(s->config, "add_eos_token", t->add_eos, &v, src, "tokenizer_config.json"))) return rc;
+    if (v && t->eos < 0)
+        return cx_fail(CIRCUITS_E_FORMAT, "%s: tokenizer_config.json: add_eos_token, but there is no EOS token", src);
+    t->add_eos = (uint8_t)v;
+    return CIRCUITS_OK;
+}
+
 static int add_if_new(circuits_tokenizer *t, int64_t id, const char *content, size_t len, int special, int normalized,
                       int lstrip, int rstrip, const char *src)
 {
@@ -168,15 +186,6 @@ static int add_if_new(circuits_tokenizer *t, int64_t id, const char *content, si
     for (size_t i = 0; i < t->n_added; i++)
         if (t->added[i].id == id) return CIRCUITS_OK;
     return cx_tok_add_added(t, id, content, len, special, normalized, lstrip, rstrip, src);
-}
-
-static int json_flag(json_t *obj, const char *key, int def, int *out, const char *src, const char *what)
-{
-    json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) { *out = def; return CIRCUITS_OK; }
-    if (!json_is_boolean(v)) return cx_fail(CIRCUITS_E_FORMAT, "%s: %s: '%s' is not a boolean", src, what, key);
-    *out = json_is_true(v);
-    return CIRCUITS_OK;
 }
 
 /* ---- vocabulary (shared by both JSON formats) ---- */
@@ -211,58 +220,6 @@ static int merge_from_line(circuits_tokenizer *t, const char *s, size_t n, uint3
 }
 
 /* ---- tokenizer.json ---- */
-static bool is_type(json_t *obj, const char *type)
-{
-    json_t *v = json_object_get(obj, "type");
-    return json_is_string(v) && strcmp(json_string_value(v), type) == 0;
-}
-
-static const char *type_of(json_t *obj)
-{
-    json_t *v = json_is_object(obj) ? json_object_get(obj, "type") : NULL;
-    return json_is_string(v) ? json_string_value(v) : "?";
-}
-
-static int hf_normalizer(circuits_tokenizer *t, json_t *n, const char *src)
-{
-    if (!n || json_is_null(n)) return CIRCUITS_OK;
-    if (!json_is_object(n)) return cx_fail(CIRCUITS_E_FORMAT, "%s: normalizer is not an object", src);
-    if (is_type(n, "NFC")) {
-        t->nfc = 1;
-        return CIRCUITS_OK;
-    }
-    if (is_type(n, "Sequence")) {
-        json_t *list = json_object_get(n, "normalizers");
-        if (!json_is_array(list)) return cx_fail(CIRCUITS_E_FORMAT, "%s: normalizer Sequence without a list", src);
-        size_t i;
-        json_t *x;
-        json_array_foreach(list, i, x) {
-            int rc = hf_normalizer(t, x, src);
-            if (rc) return rc;
-        }
-        return CIRCUITS_OK;
-    }
-    return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: normalizer '%s' is not supported (only NFC)", src, type_of(n));
-}
-
-static int hf_pretokenizer(circuits_tokenizer *t, json_t *p, const char *src)
-{
-    if (json_is_object(p) && is_type(p, "Sequence")) {
-        json_t *list = json_object_get(p, "pretokenizers");
-        if (json_is_array(list) && json_array_size(list) == 1) return hf_pretokenizer(t, json_array_get(list, 0), src);
-    }
-    if (!json_is_object(p) || !is_type(p, "ByteLevel"))
-        return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: pre-tokenizer '%s' is not supported (only ByteLevel)", src,
-                       json_is_object(p) ? type_of(p) : "null");
-    int aps = 1, regex = 1;
-    int rc = json_flag(p, "add_prefix_space", 1, &aps, src, "pre_tokenizer");
-    if (!rc) rc = json_flag(p, "use_regex", 1, &regex, src, "pre_tokenizer");
-    if (rc) return rc;
-    t->add_prefix_space = (uint8_t)aps;
-    t->use_regex = (uint8_t)regex;
-    return CIRCUITS_OK;
-}
-
 static int hf_model_options(circuits_tokenizer *t, json_t *model, const char *src)
 {
     static const char *const empty_ok[] = {"continuing_subword_prefix", "end_of_word_suffix"};
@@ -275,11 +232,13 @@ static int hf_model_options(circuits_tokenizer *t, json_t *model, const char *sr
     if (d && !json_is_null(d) && !(json_is_number(d) && json_number_value(d) == 0.0))
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: BPE dropout is not supported", src);
     int bf = 0, fuse = 0, ign = 0;
-    int rc = json_flag(model, "byte_fallback", 0, &bf, src, "model");
-    if (!rc) rc = json_flag(model, "fuse_unk", 0, &fuse, src, "model");
-    if (!rc) rc = json_flag(model, "ignore_merges", 0, &ign, src, "model");
+    int rc = cx_tj_flag(model, "byte_fallback", 0, &bf, src, "model");
+    if (!rc) rc = cx_tj_flag(model, "fuse_unk", 0, &fuse, src, "model");
+    if (!rc) rc = cx_tj_flag(model, "ignore_merges", 0, &ign, src, "model");
     if (rc) return rc;
-    if (bf) return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: BPE byte_fallback is not supported", src);
+    if (bf && !t->char_level)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: BPE byte_fallback with a ByteLevel pre-tokenizer is not supported", src);
+    t->byte_fallback = (uint8_t)bf;
     t->fuse_unk = (uint8_t)fuse;
     t->ignore_merges = (uint8_t)ign;
     json_t *unk = json_object_get(model, "unk_token");
@@ -303,15 +262,12 @@ static int hf_added(circuits_tokenizer *t, json_t *list, const char *src)
             return cx_fail(CIRCUITS_E_FORMAT, "%s: added_tokens[%zu] needs an integer 'id' and a string 'content'", src,
                            i);
         int special = 0, normalized = 0, lstrip = 0, rstrip = 0, single = 0;
-        int rc = json_flag(a, "special", 0, &special, src, "added token");
-        if (!rc) rc = json_flag(a, "normalized", !special, &normalized, src, "added token");
-        if (!rc) rc = json_flag(a, "lstrip", 0, &lstrip, src, "added token");
-        if (!rc) rc = json_flag(a, "rstrip", 0, &rstrip, src, "added token");
-        if (!rc) rc = json_flag(a, "single_word", 0, &single, src, "added token");
+        int rc = cx_tj_flag(a, "special", 0, &special, src, "added token");
+        if (!rc) rc = cx_tj_flag(a, "normalized", !special, &normalized, src, "added token");
+        if (!rc) rc = cx_tj_flag(a, "lstrip", 0, &lstrip, src, "added token");
+        if (!rc) rc = cx_tj_flag(a, "rstrip", 0, &rstrip, src, "added token");
+        if (!rc) rc = cx_tj_flag(a, "single_word", 0, &single, src, "added token");
         if (rc) return rc;
-        if (single)
-            return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: added token '%.64s' is single_word, which is not supported", src,
-                           json_string_value(content));
         const uint8_t *c = (const uint8_t *)json_string_value(content);
         size_t n = json_string_length(content);
         uint8_t *norm = NULL;
@@ -320,6 +276,7 @@ static int hf_added(circuits_tokenizer *t, json_t *list, const char *src)
                               normalized, lstrip, rstrip, src);
         cx_free(norm);
         if (rc) return rc;
+        if (single) cx_tok_last_added_single_word(t);
     }
     return CIRCUITS_OK;
 }
@@ -330,7 +287,7 @@ static int from_hf_root(circuits_tokenizer **out, json_t *root, const char *src,
     if (!json_is_object(model)) return cx_fail(CIRCUITS_E_FORMAT, "%s: 'model' is not an object", src);
     json_t *type = json_object_get(model, "type");
     if (type && !(json_is_string(type) && strcmp(json_string_value(type), "BPE") == 0))
-        return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: model type '%s' is not supported (only BPE)", src, type_of(model));
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: model type '%s' is not supported (only BPE)", src, cx_tj_type_of(model));
     json_t *vocab = json_object_get(model, "vocab"), *merges = json_object_get(model, "merges");
     json_t *added = json_object_get(root, "added_tokens");
     if (!json_is_object(vocab)) return cx_fail(CIRCUITS_E_FORMAT, "%s: model.vocab is not an object", src);
@@ -342,8 +299,9 @@ static int from_hf_root(circuits_tokenizer **out, json_t *root, const char *src,
     int rc = cx_tok_new(&t, id_capacity(json_object_size(vocab) + n_added), "tokenizer.json");
     if (rc) return rc;
     side_files side = {0};
-    if (!rc) rc = hf_normalizer(t, json_object_get(root, "normalizer"), src);
-    if (!rc) rc = hf_pretokenizer(t, json_object_get(root, "pre_tokenizer"), src);
+    if (!rc) rc = cx_tj_pre_tokenizer(t, json_object_get(root, "pre_tokenizer"), src);
+    if (!rc) rc = cx_tj_normalizer(t, json_object_get(root, "normalizer"), src);
+    if (!rc) rc = cx_tj_decoder(t, json_object_get(root, "decoder"), src);
     if (!rc) rc = set_vocab(t, vocab, src);
     if (!rc) rc = cx_tok_index(t, src);
     if (!rc) rc = hf_model_options(t, model, src);
@@ -365,6 +323,8 @@ static int from_hf_root(circuits_tokenizer **out, json_t *root, const char *src,
     if (!rc && n_added) rc = hf_added(t, added, src);
     if (!rc) rc = side_load(&side, dir);
     if (!rc) side_ids(t, &side, false);
+    if (!rc) rc = cx_tj_post_processor(t, json_object_get(root, "post_processor"), src);
+    if (!rc) rc = side_add_flags(t, &side, src);
     if (!rc) rc = cx_tok_finish(t, src);
     side_free(&side);
     if (rc) {
@@ -423,11 +383,11 @@ static int side_added(circuits_tokenizer *t, const side_files *s, const char *sr
             if (!*key || *end || errno || !c)
                 return cx_fail(CIRCUITS_E_FORMAT, "%s: added_tokens_decoder entry '%.64s' is not id: {content}", src, key);
             int special = 0, normalized = 0, lstrip = 0, rstrip = 0, single = 0;
-            int rc = json_flag(v, "special", 1, &special, src, "added token");
-            if (!rc) rc = json_flag(v, "normalized", !special, &normalized, src, "added token");
-            if (!rc) rc = json_flag(v, "lstrip", 0, &lstrip, src, "added token");
-            if (!rc) rc = json_flag(v, "rstrip", 0, &rstrip, src, "added token");
-            if (!rc) rc = json_flag(v, "single_word", 0, &single, src, "added token");
+            int rc = cx_tj_flag(v, "special", 1, &special, src, "added token");
+            if (!rc) rc = cx_tj_flag(v, "normalized", !special, &normalized, src, "added token");
+            if (!rc) rc = cx_tj_flag(v, "lstrip", 0, &lstrip, src, "added token");
+            if (!rc) rc = cx_tj_flag(v, "rstrip", 0, &rstrip, src, "added token");
+            if (!rc) rc = cx_tj_flag(v, "single_word", 0, &single, src, "added token");
             if (rc) return rc;
             if (single)
                 return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: added token '%.64s' is single_word, which is not supported",

@@ -35,7 +35,7 @@ size_t cx_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp)
 }
 
 /* Classes of the regex 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
-enum { C_L, C_N, C_WS, C_O };
+enum { C_L = CX_CLS_L, C_N = CX_CLS_N, C_WS = CX_CLS_WS, C_O = CX_CLS_O };
 
 static inline int ascii_class(uint8_t c)
 {
@@ -73,6 +73,8 @@ static inline int unit_at(const uint8_t *s, size_t n, size_t i, size_t *len)
     *len = l;
     return class_of(cp);
 }
+
+int cx_pretok_unit(const uint8_t *s, size_t n, size_t i, size_t *len) { return unit_at(s, n, i, len); }
 
 static inline size_t run_end(const uint8_t *s, size_t n, size_t i, int cls)
 {
@@ -229,4 +231,22 @@ int cx_nfc(const uint8_t *s, size_t n, uint8_t **out, size_t *out_len)
     *out = buf;
     *out_len = len;
     return CIRCUITS_OK;
+}
+
+/* ---- single_word added tokens ---- */
+int cx_word_unit(const uint8_t *s, size_t n, size_t i)
+{
+    uint32_t cp;
+    size_t l = cx_utf8_decode(s + i, n - i, &cp);
+    if (!l) return 0;
+    if (cp == 0x200C || cp == 0x200D) return 1; /* Join_Control */
+    switch (utf8proc_category((utf8proc_int32_t)cp)) {
+    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO:
+    case UTF8PROC_CATEGORY_MN: case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_PC:
+        return 1;
+    default:
+        return 0;
+    }
 }

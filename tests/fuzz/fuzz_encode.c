@@ -1,8 +1,13 @@
 /* libFuzzer property harness: encode and decode arbitrary bytes with real tokenizers, loaded
- * once (GPT-2's and GPT-NeoX's tokenizer.json from tests/tokenizer/data). The input is
+ * once (GPT-2's and GPT-NeoX's tokenizer.json from tests/tokenizer/data, and the modern ones of
+ * tests/tokenizer/data/modern). The input is
  *   [1 byte mode] [rest: text]
- * mode bit 0: GPT-NeoX instead of GPT-2; bit 1: parse_special; bit 2: prepend_bos; bit 3:
- * add_prefix_space 1 (else the tokenizer's setting, off for both).
+ * mode bit 0: GPT-NeoX instead of GPT-2; bit 1: parse_special; bit 2: prepend_bos (the modern
+ * tokenizers: -1, their post-processor's); bit 3: add_prefix_space 1 (else the tokenizer's
+ * setting); bits 4-6: 1..5 for a modern tokenizer instead (Llama 2, Gemma, Llama 3, Qwen2
+ * tokenizer.json, Llama 2 GGUF), whose decode(encode(x)) must be x (NFC(x) for Qwen2; "▁"
+ * as ' ' for the character-level ones, as Hugging Face decodes it) without special tokens,
+ * prefix-space option or BOS.
  * Properties (docs/tokenizer.md), any violation aborts:
  *   - measuring (cap 0) and encoding into exactly that capacity agree; one id less is E_RANGE;
  *   - without a prefix space, at most len + 1 ids;
@@ -25,6 +30,19 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char eot[] = "<|endoftext|>";
+
+static circuits_tokenizer *load_modern(int k)
+{
+    static const char *const path[6] = {NULL, FUZZ_TOKENIZER_DATA "/modern/llama2",
+                                        FUZZ_TOKENIZER_DATA "/modern/gemma", FUZZ_TOKENIZER_DATA "/modern/llama3",
+                                        FUZZ_TOKENIZER_DATA "/modern/qwen2", FUZZ_TOKENIZER_DATA "/modern/llama2.gguf"};
+    static circuits_tokenizer *tok[6];
+    if (!tok[k] && circuits_tokenizer_load(&tok[k], path[k]) != CIRCUITS_OK) {
+        fprintf(stderr, "fuzz_encode: %s\n", circuits_last_error());
+        abort(); /* harness setup: the test data must load */
+    }
+    return tok[k];
+}
 
 static circuits_tokenizer *load_once(int neox)
 {
@@ -124,17 +142,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1) return 0;
     const uint8_t mode = data[0], *text = data + 1;
     const size_t len = size - 1;
-    const int neox = mode & 1;
-    const circuits_tokenizer *t = load_once(neox);
+    const int neox = mode & 1, modern = (mode >> 4) & 7;
+    if (modern > 5) return 0;
+    const circuits_tokenizer *t = modern ? load_modern(modern) : load_once(neox);
     circuits_encode_options o;
     circuits_encode_options_init(&o);
     o.parse_special = (mode >> 1) & 1;
-    o.prepend_bos = (mode >> 2) & 1;
+    o.prepend_bos = (mode >> 2) & 1 ? (modern ? -1 : 1) : 0;
     o.add_prefix_space = mode & 8 ? 1 : -1;
 
     size_t n;
     int32_t *ids = encode(t, text, len, &o, &n);
-    if (o.add_prefix_space != 1 && n > len + 1) abort();
+    if (!modern && o.add_prefix_space != 1 && n > len + 1) abort();
+    /* a "▁" is one character of three bytes: at most one id per byte of the escaped text */
+    if (modern && n > 3 * len + 5) abort();
     same_with_merge_loop(t, text, len, &o, 0, ids, n);                  /* every piece: the heap */
     if (len <= 1024) same_with_merge_loop(t, text, len, &o, SIZE_MAX, ids, n); /* every piece: quadratic */
 
@@ -144,7 +165,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!dec || circuits_tokenizer_decode(t, ids, n, dec, need, &got) != CIRCUITS_OK || got + 1 != need) abort();
     char *want = NULL;
     size_t want_len = 0;
-    if (!neox) want = gpt2_expected(text, len, &o, &want_len);
+    bool plain = !o.parse_special && o.add_prefix_space != 1 && !o.prepend_bos;
+    if (modern == 4) { /* Qwen2: NFC */
+        if (plain) want = neox_expected(t, text, len, &o, &want_len);
+    } else if (modern) {
+        if (plain) { /* x, with the character-level models' "▁" in the text decoded as ' ' */
+            want = malloc(len + 1);
+            if (!want) abort();
+            for (size_t i = 0; i < len;) {
+                if (modern != 3 && i + 3 <= len && memcmp(text + i, "\xE2\x96\x81", 3) == 0) {
+                    want[want_len++] = ' ';
+                    i += 3;
+                } else {
+                    want[want_len++] = (char)text[i++];
+                }
+            }
+        }
+    } else if (!neox) want = gpt2_expected(text, len, &o, &want_len);
     else if (!o.parse_special && o.add_prefix_space != 1) want = neox_expected(t, text, len, &o, &want_len);
     if (want && (want_len != got || memcmp(want, dec, got) != 0)) {
         fprintf(stderr, "decode(encode(x)) != expected: %zu bytes vs %zu\n", got, want_len);

@@ -175,3 +175,17 @@ put("encode", "special_near_miss", bytes([2 | 4]) + b"<|endoftext|>x<|endoftext|
 put("encode", "neox_spaces", bytes([1]) + b"a     b\t\t  \n\n  c" + "e\u0301 \u1100\u1161".encode())
 put("encode", "long_word", bytes([0]) + b"x" * 5000)
 put("encode", "long_text_cache", bytes([8]) + (("The cat's hat (1984) \u00e9t\u00e9 \u4f60\u597d\n" * 300).encode()))
+# the modern tokenizers (mode bits 4-6: Llama 2, Gemma, Llama 3, Qwen2, Llama 2 GGUF)
+modern = [json.loads(l)["t"] for l in read(ROOT, "tests", "tokenizer", "expected_modern.jsonl").split("\n") if l]
+picked = [c for c in modern if 0 < len(c.encode("utf-8")) < 200][::41][:10]
+for i, t in enumerate(picked):
+    put("encode", "modern_%02d" % i, bytes([((i % 5) + 1) << 4 | (i % 4) << 1]) + t.encode("utf-8"))
+put("encode", "modern_llama2_invalid", bytes([1 << 4]) + b"  \xff\xc3 <s>x\xe2\x96\x81 \xf0\x9f")
+put("encode", "modern_llama3_splits", bytes([3 << 4]) + b"I'M  12345\r\n\n  (hello)\t\tworld \xff!")
+put("encode", "modern_qwen2_nfc", bytes([4 << 4]) + "e\u0301 caf\u00e9 123 <|im_start|>".encode())
+
+# ---- the modern tokenizer.json files and GGUF ----
+MODERN = os.path.join(DATA, "modern")
+for name in ("llama2", "llama_ms", "llama_split", "gemma", "llama3", "qwen2", "added"):
+    put("tokenizer_json", "modern_" + name, small(cut(json.loads(read(MODERN, name, "tokenizer.json")), 400)))
+put("gguf", "llama2_spm", read(MODERN, "llama2.gguf", mode="rb"))
