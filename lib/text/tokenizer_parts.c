@@ -255,7 +255,7 @@ int cx_tj_decoder(circuits_tokenizer *t, json_t *d, const char *src)
         circuits_tokenizer probe = {0};
         int rc = metaspace(&probe, d, src);
         if (rc) return rc;
-        t->dec_strip = probe.ms_prepend != CX_MS_NEVER; /* the first token's leading space */
+        t->dec_ms_first = probe.ms_prepend != CX_MS_NEVER; /* every "▁" of the first token, as tokenizers */
         return CIRCUITS_OK;
     }
     if (cx_tj_is_type(d, "Sequence")) {
