@@ -293,6 +293,9 @@ static void test_refusals(void)
     variant_fails("tok_json_post_processor_roberta", "llama3", "\"post_processor\": {",
                   "\"post_processor\": {\"type\": \"RobertaProcessing\"}, \"old_post_processor\": {", CIRCUITS_E_UNSUPPORTED,
                   "post-processor 'RobertaProcessing'");
+    /* without Fuse before it, tokenizers strips each token's leading space, not the text's */
+    variant_fails("tok_json_decoder_strip_unfused", "llama2", "\"type\": \"Fuse\"", "\"type\": \"ByteFallback\"",
+                  CIRCUITS_E_UNSUPPORTED, "decoder Strip without a Fuse before it");
     variant_fails("tok_json_model_unigram", "llama2", "\"type\": \"BPE\"", "\"type\": \"Unigram\"", CIRCUITS_E_UNSUPPORTED,
                   "model type 'Unigram'");
 }
