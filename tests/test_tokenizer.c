@@ -13,6 +13,7 @@
 #include "tokenizer.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -621,6 +622,56 @@ static gbuf make_gguf(int variant)
     return b;
 }
 
+/* A GGUF "llama" (SentencePiece) tokenizer: tokens, one float32 score each, BOS 1, EOS 2;
+ * `longs` more tokens of 65000 'a' less 0..longs-1 bytes (each split of each would be a hash
+ * lookup of the whole piece: quadratic in the token's length). */
+static gbuf make_spm_gguf(float score, size_t longs)
+{
+    gbuf b = {0};
+    gput(&b, "GGUF", 4);
+    g32(&b, 3);
+    g64(&b, 0);
+    g64(&b, 5);
+    gkv_str(&b, "tokenizer.ggml.model", "llama");
+    static const char *const base[] = {"<unk>", "<s>", "</s>", "a", "b", "ab"};
+    size_t n = 6 + longs;
+    gstr(&b, "tokenizer.ggml.tokens");
+    g32(&b, 9);
+    g32(&b, 8);
+    g64(&b, n);
+    for (size_t i = 0; i < 6; i++) gstr(&b, base[i]);
+    char *big = malloc(65001);
+    memset(big, 'a', 65000);
+    for (size_t i = 0; i < longs; i++) {
+        big[65000 - i] = 0;
+        gstr(&b, big);
+    }
+    free(big);
+    gstr(&b, "tokenizer.ggml.scores");
+    g32(&b, 9);
+    g32(&b, 6);
+    g64(&b, n);
+    for (size_t i = 0; i < n; i++) {
+        float f = i == 5 ? score : -(float)i;
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        g32(&b, u);
+    }
+    gkv_u32(&b, "tokenizer.ggml.bos_token_id", 1);
+    gkv_u32(&b, "tokenizer.ggml.eos_token_id", 2);
+    return b;
+}
+
+static void spm_gguf_fails(const char *name, float score, size_t longs, int status, const char *needle)
+{
+    gbuf v = make_spm_gguf(score, longs);
+    char file[128];
+    snprintf(file, sizeof file, "%s.gguf", name);
+    write_file(tmp(file), v.p, v.n);
+    expect_load_fails(name, tmp(file), status, needle);
+    free(v.p);
+}
+
 /* make_gguf(variant) must fail to load. */
 static void gguf_variant_fails(const char *name, int variant, int status, const char *needle)
 {
@@ -705,6 +756,19 @@ static void test_hostile_gguf(void)
     gguf_variant_fails("tok_gguf_bad_token_type", G_BAD_TYPE, CIRCUITS_E_FORMAT, "token_type[4] = 77");
     gguf_variant_fails("tok_gguf_no_tokens", G_NO_TOKENS, CIRCUITS_E_FORMAT, "no tokenizer");
     gguf_variant_fails("tok_gguf_tokens_not_strings", G_TOKENS_NOT_STRINGS, CIRCUITS_E_FORMAT, "not an array of strings");
+    /* GGUF "llama": the merges come from the scores */
+    gbuf spm = make_spm_gguf(-1.0f, 0);
+    write_file(tmp("spm.gguf"), spm.p, spm.n);
+    free(spm.p);
+    t = load_ok(tmp("spm.gguf"));
+    if (t) {
+        expect_ids(t, "gguf llama", "abab", NULL, IDS(5, 5)); /* "a b" merged; "▁" (no token) dropped */
+        circuits_tokenizer_free(t);
+    }
+    /* a NaN score would make the merge order's comparison inconsistent (undefined for qsort) */
+    spm_gguf_fails("tok_gguf_score_nan", NAN, 0, CIRCUITS_E_FORMAT, "tokenizer.ggml.scores[5] is not a number");
+    /* long tokens: deriving the merges would take minutes (quadratic in each token's length) */
+    spm_gguf_fails("tok_gguf_spm_tokens_too_long", -1.0f, 5, CIRCUITS_E_UNSUPPORTED, "too long to derive");
     /* random corruption: any status, never a crash (the sanitizer builds watch) */
     uint64_t s = 12345;
     for (int iter = 0; iter < 400; iter++) {

@@ -253,6 +253,33 @@ static void test_config_flags(void)
     rmdir(dir);
 }
 
+/* Decoding ids that did not come from encode (a generation's): Hugging Face's Metaspace
+ * decoder drops every "▁" of the first token (not only a leading one), and turns the others'
+ * into ' '; the Sequence decoder [Replace, ByteFallback, Fuse, Strip(" ", 1, 0)] strips one
+ * space off the text. Expected strings from tokenizers 0.23's Tokenizer.decode. */
+static void test_decode_first_token(void)
+{
+    static const struct { size_t kind; const char *a, *b, *want; } cases[] = {
+        {2, "\xe2\x96\x81\xe2\x96\x81", "a", "a"},   /* llama_split: Metaspace decoder */
+        {2, "a", "\xe2\x96\x81\xe2\x96\x81", "a  "},
+        {0, "\xe2\x96\x81\xe2\x96\x81", "a", " a"},  /* llama2: Strip one */
+        {3, "\xe2\x96\x81\xe2\x96\x81", "a", "  a"}, /* gemma: no Strip */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const circuits_tokenizer *t = kinds[cases[c].kind].t;
+        if (!t) continue;
+        int32_t ids[2] = {cx_tok_lookup(t, cases[c].a, strlen(cases[c].a)), cx_tok_lookup(t, cases[c].b, strlen(cases[c].b))};
+        CHECK(ids[0] >= 0 && ids[1] >= 0, "decode case %zu: tokens in %s", c, kinds[cases[c].kind].key);
+        char buf[64];
+        size_t n = 0, need = 0;
+        CHECK(circuits_tokenizer_decode(t, ids, 2, NULL, 0, &need) == CIRCUITS_E_RANGE, "decode case %zu: measure", c);
+        CHECK(circuits_tokenizer_decode(t, ids, 2, buf, sizeof buf, &n) == CIRCUITS_OK && n + 1 == need,
+              "decode case %zu: %zu bytes, measured %zu", c, n, need);
+        CHECK(strcmp(buf, cases[c].want) == 0, "decode case %zu (%s): '%s', want '%s'", c, kinds[cases[c].kind].key, buf,
+              cases[c].want);
+    }
+}
+
 static void test_refusals(void)
 {
     variant_fails("tok_json_normalizer_replace_other", "gemma", "\"content\": \"\xe2\x96\x81\"", "\"content\": \"_\"",
@@ -266,6 +293,9 @@ static void test_refusals(void)
     variant_fails("tok_json_post_processor_roberta", "llama3", "\"post_processor\": {",
                   "\"post_processor\": {\"type\": \"RobertaProcessing\"}, \"old_post_processor\": {", CIRCUITS_E_UNSUPPORTED,
                   "post-processor 'RobertaProcessing'");
+    /* without Fuse before it, tokenizers strips each token's leading space, not the text's */
+    variant_fails("tok_json_decoder_strip_unfused", "llama2", "\"type\": \"Fuse\"", "\"type\": \"ByteFallback\"",
+                  CIRCUITS_E_UNSUPPORTED, "decoder Strip without a Fuse before it");
     variant_fails("tok_json_model_unigram", "llama2", "\"type\": \"BPE\"", "\"type\": \"Unigram\"", CIRCUITS_E_UNSUPPORTED,
                   "model type 'Unigram'");
 }
@@ -296,6 +326,7 @@ int main(int argc, char **argv)
     for (size_t k = 0; k < N_KINDS; k++) kinds[k].texts = kinds[k].same = kinds[k].dec_same = kinds[k].dec_fixed = 0;
     test_corpus();
     cx_tok_bpe_linear_max = 48;
+    test_decode_first_token();
     for (size_t k = 0; k < N_KINDS; k++) {
         if (!cat_verbose)
             printf("%-11s ids identical on %zu/%zu texts, decode on %zu/%zu (%zu with the added-token decode "

@@ -354,18 +354,24 @@ static int parse_tl_block(const cx_jcfg *c, circuits_config *cfg)
             return cx_fail(CIRCUITS_E_CONFIG, "%s: 'attn_types'[%d] must be \"global\" or \"local\"", c->path, l);
         seen[l % 2][strcmp(t, "local") == 0]++;
     }
-    bool even_local = seen[0][1] && !seen[0][0], even_global = !seen[0][1];
-    bool odd_local = seen[1][1] && !seen[1][0], odd_global = !seen[1][1];
-    if (even_local && (odd_local || cfg->n_layers == 1)) cfg->local_attn = CIRCUITS_LOCAL_ATTN_ALL;
-    else if (even_global && odd_global) cfg->local_attn = CIRCUITS_LOCAL_ATTN_NONE;
-    else if (even_local && odd_global) cfg->local_attn = CIRCUITS_LOCAL_ATTN_EVEN;
-    else if (even_global && odd_local) cfg->local_attn = CIRCUITS_LOCAL_ATTN_ODD;
+    int pattern = cx_local_attn_pattern((const unsigned(*)[2])seen);
+    if (pattern >= 0) cfg->local_attn = pattern;
     else
         return cx_fail(CIRCUITS_E_UNSUPPORTED,
                        "%s: 'attn_types' mixes global and local layers in a pattern other than all, even or odd layers",
                        c->path);
     if (cfg->local_attn == CIRCUITS_LOCAL_ATTN_NONE) cfg->window_size = 0;
     return CIRCUITS_OK;
+}
+
+int cx_local_attn_pattern(const unsigned seen[2][2])
+{
+    bool even_all = !seen[0][0], even_none = !seen[0][1], odd_all = !seen[1][0], odd_none = !seen[1][1];
+    if (even_all && odd_all) return CIRCUITS_LOCAL_ATTN_ALL; /* (one layer: no odd ones) */
+    if (even_none && odd_none) return CIRCUITS_LOCAL_ATTN_NONE;
+    if (even_all && odd_none) return CIRCUITS_LOCAL_ATTN_EVEN;
+    if (even_none && odd_all) return CIRCUITS_LOCAL_ATTN_ODD;
+    return -1;
 }
 
 int cx_config_load_tl(const char *path, circuits_config *cfg)

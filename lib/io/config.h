@@ -44,6 +44,9 @@ int cx_jcfg_num(const cx_jcfg *c, const char *key, double dflt, double *out);
 /* v (read from field key) as the float the config stores: refused by name when fp32 cannot hold
  * it (overflows to inf, or a nonzero value underflows to 0), which would make NaN of the forward. */
 int cx_jcfg_float(const cx_jcfg *c, const char *key, double v, float *out);
+/* The circuits_local_attn pattern of per-layer local flags counted as seen[layer parity][local],
+ * or -1 when local and global layers mix in another pattern. */
+int cx_local_attn_pattern(const unsigned seen[2][2]);
 int cx_jcfg_str(const cx_jcfg *c, const char *key, const char **out); /* NULL when absent */
 /* An activation name (TL act_fn, HF activation_function / hidden_act) into *out. */
 int cx_jcfg_act_fn(const cx_jcfg *c, const char *key, const char *s, int32_t *out);

@@ -154,11 +154,8 @@ static int parse_layer_types(const cx_jcfg *c, json_t *types, circuits_config *c
                            "%s: layer_types entry '%s' is not supported (full_attention, sliding_attention)", c->path, t);
         seen[l % 2][sliding]++;
     }
-    bool even_all = !seen[0][0], even_none = !seen[0][1], odd_all = !seen[1][0], odd_none = !seen[1][1];
-    if (even_all && odd_all) cfg->local_attn = CIRCUITS_LOCAL_ATTN_ALL;
-    else if (even_none && odd_none) cfg->local_attn = CIRCUITS_LOCAL_ATTN_NONE;
-    else if (even_all && odd_none) cfg->local_attn = CIRCUITS_LOCAL_ATTN_EVEN;
-    else if (even_none && odd_all) cfg->local_attn = CIRCUITS_LOCAL_ATTN_ODD;
+    int pattern = cx_local_attn_pattern((const unsigned(*)[2])seen);
+    if (pattern >= 0) cfg->local_attn = pattern;
     else
         return cx_fail(CIRCUITS_E_UNSUPPORTED,
                        "%s: 'layer_types' mixes full and sliding layers in a pattern other than all, even or odd layers",

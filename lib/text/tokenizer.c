@@ -817,6 +817,19 @@ int circuits_tokenizer_encode(const circuits_tokenizer *tok, const char *text, s
 /* Decoding and queries                                                                      */
 /* ---------------------------------------------------------------------------------------- */
 
+/* The first token's string less its "▁"s into buf (what fits of cap); its length. */
+static size_t ms_first_token(const char *s, size_t n, char *buf, size_t cap)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        if (i + 3 <= n && memcmp(s + i, "\xE2\x96\x81", 3) == 0) { i += 3; continue; }
+        if (k < cap) buf[k] = s[i];
+        k++;
+        i++;
+    }
+    return k;
+}
+
 int circuits_tokenizer_decode(const circuits_tokenizer *tok, const int32_t *ids, size_t n, char *buf, size_t cap,
                               size_t *n_out)
 {
@@ -831,6 +844,10 @@ int circuits_tokenizer_decode(const circuits_tokenizer *tok, const int32_t *ids,
                            i, id, tok->n_ids);
         size_t l = tok->dec_len[id];
         const char *p = tok->arena + tok->dec_off[id];
+        if (i == 0 && tok->dec_ms_first) { /* Metaspace's decoder drops the first token's "▁" (all of them) */
+            total = ms_first_token(tok->arena + tok->str_off[id], tok->str_len[id], buf, cap);
+            continue;
+        }
         /* decoder Strip(" ", k, 0) after Fuse: up to k spaces off the start of the text */
         while (strip && total == 0 && l && *p == ' ') { p++; l--; strip--; }
         if (total + l < cap) memcpy(buf + total, p, l);

@@ -88,7 +88,8 @@ struct circuits_tokenizer {
     uint8_t ms_split;      /* Metaspace split: pieces start at each "▁" */
     uint8_t split_regex;   /* CX_SPLIT_*: a Split regex before the ByteLevel pre-tokenizer */
     uint8_t dec_byte_fallback; /* decoder ByteFallback: "<0xNN>" decodes to the byte */
-    uint8_t dec_strip;     /* decoder Strip(" ", n, 0) / Metaspace: leading spaces removed */
+    uint8_t dec_strip;     /* decoder Strip(" ", n, 0): leading spaces removed */
+    uint8_t dec_ms_first;  /* decoder Metaspace (prepend_scheme not never): the first token's "▁" dropped */
     uint8_t add_bos, add_eos; /* the post-processor's (encode's prepend_bos -1) */
     int32_t byte_fb[256];  /* "<0xNN>" token of each byte, -1 if none */
     char format[24];       /* "tokenizer.json", "vocab.json", "gguf", ... (messages) */

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -251,6 +252,10 @@ static int spm_setup(circuits_tokenizer *t, const cursor *c, const kv *kvs)
     for (size_t i = 0; i < nt; i++) {
         uint32_t u = rd32(c->p + kvs[K_SCORES].at + 4 * i);
         memcpy(&scores[i], &u, 4);
+        if (isnan(scores[i])) { /* it would make the merges' order (qsort's comparison) inconsistent */
+            cx_free(scores);
+            return cx_fail(CIRCUITS_E_FORMAT, "%s: tokenizer.ggml.scores[%zu] is not a number", c->path, i);
+        }
     }
     int rc = cx_sp_merges_from_scores(t, scores, c->path);
     cx_free(scores);

@@ -208,7 +208,7 @@ int cx_tj_pre_tokenizer(circuits_tokenizer *t, json_t *p, const char *src)
 }
 
 /* ---- decoder ---- */
-static int sp_decoder_part(circuits_tokenizer *t, json_t *d, const char *src, bool *replace)
+static int sp_decoder_part(circuits_tokenizer *t, json_t *d, const char *src, bool *replace, bool *fused)
 {
     bool regex;
     if (cx_tj_is_type(d, "Replace")) {
@@ -223,8 +223,14 @@ static int sp_decoder_part(circuits_tokenizer *t, json_t *d, const char *src, bo
         t->dec_byte_fallback = 1;
         return CIRCUITS_OK;
     }
-    if (cx_tj_is_type(d, "Fuse")) return CIRCUITS_OK;
+    if (cx_tj_is_type(d, "Fuse")) {
+        *fused = true;
+        return CIRCUITS_OK;
+    }
     if (cx_tj_is_type(d, "Strip")) {
+        /* decode strips the text's start: that is Strip after Fuse; before it, every token's */
+        if (!*fused)
+            return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: decoder Strip without a Fuse before it is not supported", src);
         json_t *start = json_object_get(d, "start"), *stop = json_object_get(d, "stop");
         if (!str_is(json_object_get(d, "content"), " ") || !json_is_integer(start) || json_integer_value(start) < 0 ||
             json_integer_value(start) > 255 || !json_is_integer(stop) || json_integer_value(stop) != 0)
@@ -255,17 +261,17 @@ int cx_tj_decoder(circuits_tokenizer *t, json_t *d, const char *src)
         circuits_tokenizer probe = {0};
         int rc = metaspace(&probe, d, src);
         if (rc) return rc;
-        t->dec_strip = probe.ms_prepend != CX_MS_NEVER; /* the first token's leading space */
+        t->dec_ms_first = probe.ms_prepend != CX_MS_NEVER; /* every "▁" of the first token, as tokenizers */
         return CIRCUITS_OK;
     }
     if (cx_tj_is_type(d, "Sequence")) {
         json_t *list = json_object_get(d, "decoders");
         if (!json_is_array(list)) return cx_fail(CIRCUITS_E_FORMAT, "%s: decoder Sequence without a list", src);
-        bool replace = false;
+        bool replace = false, fused = false;
         size_t i;
         json_t *x;
         json_array_foreach(list, i, x) {
-            int rc = sp_decoder_part(t, x, src, &replace);
+            int rc = sp_decoder_part(t, x, src, &replace, &fused);
             if (rc) return rc;
         }
         if (!replace)

@@ -12,6 +12,8 @@
 
 static const uint8_t META[3] = {0xE2, 0x96, 0x81}; /* "▁" */
 
+#define CX_SP_MERGE_WORK ((uint64_t)1 << 30) /* about a second of hashing */
+
 int cx_sp_escape(const uint8_t *s, size_t n, int prepend, int only_if_missing, uint8_t **out, size_t *out_len)
 {
     *out = NULL;
@@ -168,6 +170,16 @@ int cx_sp_merges_from_scores(circuits_tokenizer *t, const float *scores, const c
     size_t cap = 0, n = 0;
     sp_merge *m = NULL;
     int rc = CIRCUITS_OK;
+    /* Each split of a piece hashes both parts: the work is the sum of the pieces' squared
+     * lengths. Real vocabularies (Gemma's 256k pieces) stay far below the bound; a hostile file
+     * of a few 64 KB tokens would take minutes. */
+    uint64_t work = 0;
+    for (size_t id = 0; id < t->n_ids; id++)
+        if (t->str_len[id] != UINT32_MAX) work += (uint64_t)t->str_len[id] * t->str_len[id];
+    if (work > CX_SP_MERGE_WORK)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                       "%s: tokens too long to derive SentencePiece merges from (sum of squared lengths %llu, at most %llu)",
+                       src, (unsigned long long)work, (unsigned long long)CX_SP_MERGE_WORK);
     for (size_t id = 0; id < t->n_ids && !rc; id++) {
         if (t->str_len[id] == UINT32_MAX) continue;
         const uint8_t *s = (const uint8_t *)t->arena + t->str_off[id];
