@@ -42,8 +42,7 @@ static void check_grid(circuits_context *ctx, const circuits_model *m, const cha
 {
     const cx_st_tensor *want = cx_st_find(ref, key);
     if (!want) return; /* not a grid of this model (resid_mid of attn-only) */
-    circuits_config c;
-    circuits_model_config(m, &c);
+    circuits_config c = config_of(m);
     const float *clean[8];
     for (int l = 0; l < c.n_layers; l++) {
         char name[96];
