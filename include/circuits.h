@@ -810,7 +810,8 @@ typedef enum circuits_ablation_kind {
     CIRCUITS_ABLATE_RESAMPLE = 2
 } circuits_ablation_kind;
 
-#define CIRCUITS_ALL_POSITIONS INT64_MIN
+/* circuits_ablation.position: every position (INT64_MIN) */
+#define CIRCUITS_ALL_POSITIONS (-9223372036854775807LL - 1)
 
 typedef struct circuits_ablation {
     uint32_t size;          /* sizeof(circuits_ablation) */
@@ -880,8 +881,8 @@ typedef struct circuits_patch_options {
 
 CIRCUITS_API void circuits_patch_options_init(circuits_patch_options *opts);
 
-/* The grid's shape for tokens of `pos` positions into shape (ndim entries). */
-CIRCUITS_API int circuits_patch_grid_shape(const circuits_model *model, int32_t kind, int64_t pos, int64_t shape[4],
+/* The grid's shape for tokens of `pos` positions into shape[0 .. *ndim) (room for 4). */
+CIRCUITS_API int circuits_patch_grid_shape(const circuits_model *model, int32_t kind, int64_t pos, int64_t *shape,
                                            int32_t *ndim);
 
 /* The patching grid of `kind` into out (circuits_patch_grid_shape). corrupted_tokens [batch,

@@ -60,7 +60,7 @@ static int64_t grid_heads(const circuits_config *c, int32_t kind)
     return h == HK_K || h == HK_V ? c->n_key_value_heads : c->n_heads;
 }
 
-int circuits_patch_grid_shape(const circuits_model *model, int32_t kind, int64_t pos, int64_t shape[4],
+int circuits_patch_grid_shape(const circuits_model *model, int32_t kind, int64_t pos, int64_t *shape,
                               int32_t *ndim)
 {
     if (!model || !shape || !ndim)
