@@ -877,6 +877,9 @@ typedef struct circuits_patch_options {
                           * corrupted run's residual stream and runs only the positions from the
                           * first patched one, the earlier ones' keys and values reused (same
                           * results; docs/patching.md); 0: whole re-runs, as TransformerLens */
+    int32_t cells_per_run; /* 0 (default): several cells per run, as many as fill about 2048 token
+                            * rows (at most 256), each cell its own batch rows; 1: one cell per
+                            * run, as TransformerLens */
 } circuits_patch_options;
 
 CIRCUITS_API void circuits_patch_options_init(circuits_patch_options *opts);

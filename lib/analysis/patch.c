@@ -86,12 +86,15 @@ typedef struct cell {
     bool pattern;       /* the point is hook_pattern [B, H, dest, src]; else [B, pos, ...] */
     const float *clean; /* the clean activation [B, T, ...] (pattern: [B, H, T, T]) */
     int64_t T, pos, head, src, P;
+    int32_t layer;      /* the patched block */
+    int64_t first;      /* the first position the patch changes */
+    float *out;         /* the grid's cell */
 } cell;
 
-/* TransformerLens's patch setters on the run's activation a (its new positions P .. P+T'-1). */
-static int patch_edit(const circuits_tensor *a, void *user)
+/* TransformerLens's patch setters on the run's activation a [B, ...] (its new positions P ..
+ * P+T'-1). */
+static void patch_cell(const cell *c, const circuits_tensor *a)
 {
-    const cell *c = user;
     int64_t B = a->shape[0], T = c->T, P = c->P;
     float *d = a->data;
     for (int64_t b = 0; b < B; b++) {
@@ -121,6 +124,23 @@ static int patch_edit(const circuits_tensor *a, void *user)
                 dst[(c->pos - P) * T + c->src] = src[c->pos * T + c->src];
         }
     }
+}
+
+/* A run of several cells at once: cell k patches batch rows [k * B, (k + 1) * B) of the run. */
+typedef struct group {
+    cell *cells;
+    int64_t n, B;
+} group;
+
+static int patch_edit(const circuits_tensor *a, void *user)
+{
+    const group *g = user;
+    circuits_tensor sub = *a;
+    sub.shape[0] = g->B;
+    for (int64_t k = 0; k < g->n; k++) {
+        sub.data = a->data + k * g->B * a->strides[0];
+        patch_cell(&g->cells[k], &sub);
+    }
     return CIRCUITS_HOOK_CONTINUE;
 }
 
@@ -132,22 +152,22 @@ typedef struct sweep {
     int64_t B, T, D, KD, V;
     int32_t L;
     cx_hook_kind hook;
+    bool incremental;
+    int64_t max_cells;        /* cells per run */
     const circuits_metric *metric;
     circuits_metric pm;       /* the caller's, checked */
     bool all;                 /* it reads every position */
     int64_t *u;               /* [n]: the distinct positions the metric reads (ascending) */
     int64_t n;                /* n == T and u == 0 .. T-1 for metrics reading every position */
     int64_t *local;           /* [n]: run-relative logit positions */
-    float *logits;            /* [B, n, V]: what the metric reads */
-    float *run_logits;        /* [B, n, V]: what an incremental run computes (its positions >= p) */
-    /* incremental only */
-    bool incremental;
-    float *base_resid;        /* [L, B, T, D] */
-    float *base_k, *base_v;   /* [L, B, T, KD] */
+    float *logits;            /* [B, n, V]: what the metric reads of one cell */
+    float *run_logits;        /* [cells * B, n, V]: what a run computes (its positions >= P) */
+    float *base_resid;        /* [L, B, T, D] the corrupted run's resid_pre (incremental) */
+    float *base_k, *base_v;   /* [L, B, T, KD] its keys (rotated) and values (incremental) */
     float *base_logits;       /* [B, n, V] */
-    float *input;             /* [B, T, D]: rows >= p of resid_pre */
-    circuits_kv_cache *kv;    /* cap T */
-    int64_t *dirty;           /* [L]: first position of the cache a run overwrote, T if none */
+    int32_t *run_tokens;      /* [cells * B, T] whole re-runs: the tokens once per cell */
+    float *input;             /* [cells * B, T, D] incremental: resid_pre rows >= P once per cell */
+    circuits_kv_cache *kv;    /* [cells * B, T] incremental: positions < P */
 } sweep;
 
 static void sweep_free(sweep *s)
@@ -160,8 +180,8 @@ static void sweep_free(sweep *s)
     cx_free(s->base_k);
     cx_free(s->base_v);
     cx_free(s->base_logits);
+    cx_free(s->run_tokens);
     cx_free(s->input);
-    cx_free(s->dirty);
     circuits_kv_cache_free(s->kv);
 }
 
@@ -184,33 +204,46 @@ static int metric_positions(sweep *s)
     return CIRCUITS_OK;
 }
 
-/* The metric of logits [B, n, V] at positions u. */
+/* The metric of one cell's logits [B, n, V] at positions u. */
 static int metric_of(const sweep *s, const float *logits, float *value)
 {
     return cx_metric_value(&s->pm, logits, s->B, s->T, s->V, s->all ? NULL : s->u, s->all ? 0 : s->n, value, s->fn);
 }
 
-static int sweep_alloc(sweep *s)
+/* Cells per run: as many as keep a run within about ROWS_PER_RUN token rows (the weights are
+ * then read once for all of them: small runs are bound by reading the weights, not by
+ * arithmetic), at most MAX_CELLS. */
+enum { ROWS_PER_RUN = 2048, MAX_CELLS = 256 };
+
+static int sweep_alloc(sweep *s, int64_t cells_per_run)
 {
-    size_t lg = (size_t)(s->B * s->n * s->V) * sizeof(float);
+    int64_t per = cells_per_run > 0 ? cells_per_run : ROWS_PER_RUN / (s->B * s->T);
+    if (per > MAX_CELLS) per = MAX_CELLS;
+    s->max_cells = per < 1 ? 1 : per;
+    size_t lg = (size_t)(s->B * s->n * s->V) * sizeof(float), R = (size_t)(s->max_cells * s->B);
     s->logits = cx_malloc(lg);
-    if (!s->logits) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", s->fn);
-    if (!s->incremental) return CIRCUITS_OK;
-    size_t LBT = (size_t)s->L * (size_t)(s->B * s->T);
-    s->run_logits = cx_malloc(lg);
+    s->run_logits = cx_malloc(lg * (size_t)s->max_cells);
     s->base_logits = cx_malloc(lg);
+    if (!s->logits || !s->run_logits || !s->base_logits) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", s->fn);
+    if (!s->incremental) {
+        s->run_tokens = cx_malloc(R * (size_t)s->T * sizeof(int32_t));
+        if (!s->run_tokens) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", s->fn);
+        for (size_t k = 0; k < (size_t)s->max_cells; k++)
+            memcpy(s->run_tokens + k * (size_t)(s->B * s->T), s->tokens, (size_t)(s->B * s->T) * sizeof(int32_t));
+        return CIRCUITS_OK;
+    }
+    size_t LBT = (size_t)s->L * (size_t)(s->B * s->T);
     s->base_resid = cx_malloc(LBT * (size_t)s->D * sizeof(float));
     s->base_k = cx_malloc(LBT * (size_t)s->KD * sizeof(float));
     s->base_v = cx_malloc(LBT * (size_t)s->KD * sizeof(float));
-    s->input = cx_malloc((size_t)(s->B * s->T * s->D) * sizeof(float));
-    s->dirty = cx_malloc((size_t)s->L * sizeof(int64_t));
-    if (!s->run_logits || !s->base_logits || !s->base_resid || !s->base_k || !s->base_v || !s->input || !s->dirty)
+    s->input = cx_malloc(R * (size_t)(s->T * s->D) * sizeof(float));
+    if (!s->base_resid || !s->base_k || !s->base_v || !s->input)
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory for the incremental patching state", s->fn);
-    return circuits_kv_cache_create(&s->kv, s->ctx->model, s->B, s->T);
+    return circuits_kv_cache_create(&s->kv, s->ctx->model, (int64_t)R, s->T);
 }
 
-/* The corrupted run, caching resid_pre, keys (rotated) and values of every block, and the
- * logits the metric reads; then the KV cache holds all of it (nothing dirty). */
+/* The corrupted run: the logits the metric reads (a cell whose patch cannot reach them has the
+ * base metric), and for incremental runs resid_pre, keys (rotated) and values of every block. */
 static int base_run(sweep *s)
 {
     circuits_context *ctx = s->ctx;
@@ -219,142 +252,141 @@ static int base_run(sweep *s)
     if (!dst) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", s->fn);
     bool rotary = ctx->model->cfg.positional_embedding_type == CIRCUITS_POS_ROTARY;
     size_t LR = (size_t)(s->B * s->T * s->D), LK = (size_t)(s->B * s->T * s->KD);
-    for (int32_t l = 0; l < s->L; l++) {
+    for (int32_t l = 0; l < s->L && s->incremental; l++) {
         dst[cx_hook_index(t, l, HK_RESID_PRE)] = s->base_resid + l * LR;
         dst[cx_hook_index(t, l, rotary ? HK_ROT_K : HK_K)] = s->base_k + l * LK;
         dst[cx_hook_index(t, l, HK_V)] = s->base_v + l * LK;
     }
     cx_run r = cx_run_init(ctx, s->fn, s->tokens, s->B, s->T);
-    r.cache_dst = dst;
+    r.cache_dst = s->incremental ? dst : NULL;
     r.positions = s->u;
     r.n_positions = s->n;
     r.out = s->base_logits;
     int rc = cx_context_run(ctx, &r);
     cx_free(dst);
-    if (rc) return rc;
-    /* kv->k [L, B, cap = T, KD] has the layout of the cached keys */
-    memcpy(s->kv->k, s->base_k, s->L * LK * sizeof(float));
-    memcpy(s->kv->v, s->base_v, s->L * LK * sizeof(float));
-    for (int32_t l = 0; l < s->L; l++) s->dirty[l] = s->T;
-    return CIRCUITS_OK;
+    return rc;
 }
 
-/* Puts the base run's keys and values back at positions [dirty, p) of blocks >= l. */
-static void restore_kv(sweep *s, int32_t l, int64_t p)
-{
-    size_t LK = (size_t)(s->B * s->T * s->KD);
-    for (int32_t j = l; j < s->L; j++) {
-        if (s->dirty[j] >= p) continue;
-        for (int64_t b = 0; b < s->B; b++) {
-            size_t off = j * LK + (size_t)((b * s->T + s->dirty[j]) * s->KD), n = (size_t)((p - s->dirty[j]) * s->KD);
-            memcpy(s->kv->k + off, s->base_k + off, n * sizeof(float));
-            memcpy(s->kv->v + off, s->base_v + off, n * sizeof(float));
-        }
-        s->dirty[j] = p;
-    }
-}
-
-/* One cell: the patched run from block l, position p (0 and a full run when not incremental),
- * and its metric. */
-static int run_cell(sweep *s, int32_t l, int64_t p, cell *c, float *value)
+/* One run of cells[0 .. n) (same block, first positions >= P), and their metrics. Incremental:
+ * from block l at positions P .. T-1, the earlier ones' keys and values in the KV cache; else
+ * whole re-runs of the tokens. */
+static int run_group(sweep *s, cell *cells, int64_t n, int64_t P)
 {
     circuits_context *ctx = s->ctx;
-    cx_edit e = {l, s->hook, patch_edit, c};
-    cx_run r = cx_run_init(ctx, s->fn, s->tokens, s->B, s->T);
+    int32_t l = cells[0].layer;
+    int64_t B = s->B, T = s->T, R = n * B, Tn = T - P, D = s->D, KD = s->KD;
+    for (int64_t k = 0; k < n; k++) cells[k].P = P;
+    group g = {cells, n, B};
+    cx_edit e = {l, s->hook, patch_edit, &g};
+    int64_t first = 0; /* logit rows at positions >= P are computed; those before are the base run's */
+    while (first < s->n && s->u[first] < P) first++;
+    int64_t m = s->n - first;
+    for (int64_t i = 0; i < m; i++) s->local[i] = s->u[first + i] - P;
+    cx_run r = cx_run_init(ctx, s->fn, s->run_tokens, R, T);
     r.edits = &e;
     r.n_edits = 1;
-    if (!s->incremental) {
-        c->P = 0;
-        r.positions = s->u;
-        r.n_positions = s->n;
-        r.out = s->logits;
-        int rc = cx_context_run(ctx, &r);
-        return rc ? rc : metric_of(s, s->logits, value);
-    }
-    /* logit rows at positions >= p are computed; those before are the base run's */
-    int64_t first = 0;
-    while (first < s->n && s->u[first] < p) first++;
-    int64_t m = s->n - first, Tn = s->T - p;
-    if (m == 0) /* the patch changes no position the metric reads (causality): the base logits */
-        return metric_of(s, s->base_logits, value);
-    for (int64_t i = 0; i < m; i++) s->local[i] = s->u[first + i] - p;
-    restore_kv(s, l, p);
-    for (int64_t b = 0; b < s->B; b++)
-        memcpy(s->input + b * Tn * s->D, s->base_resid + ((size_t)l * s->B * s->T + b * s->T + p) * s->D,
-               (size_t)(Tn * s->D) * sizeof(float));
-    s->kv->len = p;
-    c->P = p;
-    r.tokens = NULL;
-    r.pos = Tn;
-    r.input = s->input;
-    r.start = l;
-    r.kv = p > 0 ? s->kv : NULL;
     r.positions = s->local;
     r.n_positions = m;
     r.out = s->run_logits;
+    if (s->incremental) {
+        for (int64_t k = 0; k < n; k++)
+            for (int64_t b = 0; b < B; b++)
+                memcpy(s->input + ((k * B + b) * Tn) * D, s->base_resid + (((size_t)l * B + b) * T + P) * D,
+                       (size_t)(Tn * D) * sizeof(float));
+        if (P > 0) {
+            /* the cache laid out for R rows: [L, R, T, KD]; blocks >= l, positions < P */
+            circuits_kv_cache *kv = s->kv;
+            kv->batch = R;
+            kv->len = P;
+            for (int32_t j = l; j < s->L; j++)
+                for (int64_t k = 0; k < n; k++)
+                    for (int64_t b = 0; b < B; b++) {
+                        size_t src = (((size_t)j * B + b) * T) * KD, dst = (((size_t)j * R + k * B + b) * T) * KD;
+                        memcpy(kv->k + dst, s->base_k + src, (size_t)(P * KD) * sizeof(float));
+                        memcpy(kv->v + dst, s->base_v + src, (size_t)(P * KD) * sizeof(float));
+                    }
+            r.kv = kv;
+        }
+        r.tokens = NULL;
+        r.pos = Tn;
+        r.input = s->input;
+        r.start = l;
+    }
     int rc = cx_context_run(ctx, &r);
-    for (int32_t j = l; j < s->L; j++)
-        if (s->dirty[j] > p) s->dirty[j] = p;
     if (rc) return rc;
     size_t row = (size_t)s->V * sizeof(float);
-    for (int64_t b = 0; b < s->B; b++) {
-        memcpy(s->logits + b * s->n * s->V, s->base_logits + b * s->n * s->V, (size_t)first * row);
-        memcpy(s->logits + (b * s->n + first) * s->V, s->run_logits + b * m * s->V, (size_t)m * row);
-    }
-    return metric_of(s, s->logits, value);
-}
-
-/* Every cell of the grid into out, in its row-major order. */
-static int sweep_grid(sweep *s, int32_t kind, const float *const *clean, float *out)
-{
-    enum grid g = KINDS[kind].grid;
-    int64_t T = s->T, H = grid_heads(&s->ctx->model->cfg, kind);
-    int rc;
-    cell c = {.grid = g, .pattern = KINDS[kind].hook == HK_PATTERN, .T = T};
-    for (int32_t l = 0; l < s->L; l++) {
-        c.clean = clean[l];
-        switch (g) {
-        case G_LAYER_POS:
-            for (int64_t p = 0; p < T; p++) {
-                c.pos = p;
-                if ((rc = run_cell(s, l, p, &c, &out[l * T + p]))) return rc;
-            }
-            break;
-        case G_LAYER_POS_HEAD:
-            for (int64_t p = 0; p < T; p++)
-                for (int64_t h = 0; h < H; h++) {
-                    c.pos = p;
-                    c.head = h;
-                    if ((rc = run_cell(s, l, p, &c, &out[(l * T + p) * H + h]))) return rc;
-                }
-            break;
-        case G_LAYER_HEAD:
-            for (int64_t h = 0; h < H; h++) {
-                c.head = h;
-                if ((rc = run_cell(s, l, 0, &c, &out[l * H + h]))) return rc;
-            }
-            break;
-        case G_LAYER_HEAD_DEST:
-            for (int64_t h = 0; h < H; h++)
-                for (int64_t d = 0; d < T; d++) {
-                    c.head = h;
-                    c.pos = d;
-                    if ((rc = run_cell(s, l, d, &c, &out[(l * H + h) * T + d]))) return rc;
-                }
-            break;
-        case G_LAYER_HEAD_DEST_SRC:
-            for (int64_t h = 0; h < H; h++)
-                for (int64_t d = 0; d < T; d++)
-                    for (int64_t src = 0; src < T; src++) {
-                        c.head = h;
-                        c.pos = d;
-                        c.src = src;
-                        if ((rc = run_cell(s, l, d, &c, &out[((l * H + h) * T + d) * T + src]))) return rc;
-                    }
-            break;
+    for (int64_t k = 0; k < n; k++) {
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(s->logits + b * s->n * s->V, s->base_logits + b * s->n * s->V, (size_t)first * row);
+            memcpy(s->logits + (b * s->n + first) * s->V, s->run_logits + (k * B + b) * m * s->V, (size_t)m * row);
         }
+        if ((rc = metric_of(s, s->logits, cells[k].out))) return rc;
     }
     return CIRCUITS_OK;
+}
+
+/* Every cell of the grid, in its row-major order. */
+static int64_t grid_cells(const sweep *s, int32_t kind, const float *const *clean, float *out, cell *cells)
+{
+    enum grid g = KINDS[kind].grid;
+    int64_t T = s->T, H = grid_heads(&s->ctx->model->cfg, kind), n = 0;
+    cell c = {.grid = g, .pattern = KINDS[kind].hook == HK_PATTERN, .T = T};
+    int64_t np = g == G_LAYER_HEAD ? 1 : T, nh = g == G_LAYER_POS ? 1 : H, ns = g == G_LAYER_HEAD_DEST_SRC ? T : 1;
+    bool head_major = g == G_LAYER_HEAD_DEST || g == G_LAYER_HEAD_DEST_SRC;
+    for (int32_t l = 0; l < s->L; l++)
+        for (int64_t i = 0; i < (head_major ? nh : np); i++)
+            for (int64_t j = 0; j < (head_major ? np : nh); j++)
+                for (int64_t k = 0; k < ns; k++) {
+                    c.layer = l;
+                    c.clean = clean[l];
+                    c.head = head_major ? i : j;
+                    c.pos = g == G_LAYER_HEAD ? 0 : head_major ? j : i;
+                    c.src = k;
+                    c.first = c.pos;
+                    c.out = out + n;
+                    cells[n++] = c;
+                }
+    return n;
+}
+
+/* The grid: cells that cannot reach a position the metric reads get the base metric; the others
+ * run in groups of the same block whose first patched positions lie in one window [P, P + w)
+ * (w: enough cells per run to fill it; 1 when a position alone has that many, T for whole
+ * re-runs, whose runs all start at position 0). */
+static int sweep_grid(sweep *s, int32_t kind, const float *const *clean, float *out)
+{
+    int64_t shape[4];
+    int32_t nd;
+    circuits_patch_grid_shape(s->ctx->model, kind, s->T, shape, &nd);
+    int64_t total = 1;
+    for (int32_t i = 0; i < nd; i++) total *= shape[i];
+    cell *cells = cx_malloc((size_t)total * sizeof *cells), *todo = cx_malloc((size_t)total * sizeof *cells);
+    if (!cells || !todo) {
+        cx_free(cells);
+        cx_free(todo);
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory for %lld cells", s->fn, (long long)total);
+    }
+    int64_t n = grid_cells(s, kind, clean, out, cells), per_pos = n / (s->L * s->T), last = s->u[s->n - 1];
+    if (per_pos < 1) per_pos = 1;
+    int64_t w = !s->incremental ? s->T : (s->max_cells / 2 + per_pos - 1) / per_pos;
+    if (w < 1) w = 1;
+    int rc = CIRCUITS_OK;
+    for (int32_t l = 0; l < s->L && !rc; l++)
+        for (int64_t P = 0; P < s->T && !rc; P += w) {
+            int64_t m = 0;
+            for (int64_t i = 0; i < n && !rc; i++) {
+                cell *c = &cells[i];
+                if (c->layer != l || c->first < P || c->first >= P + w) continue;
+                if (c->first > last) rc = metric_of(s, s->base_logits, c->out);
+                else todo[m++] = *c;
+            }
+            for (int64_t i = 0; i < m && !rc; i += s->max_cells)
+                rc = run_group(s, todo + i, m - i < s->max_cells ? m - i : s->max_cells,
+                               s->incremental ? P : 0);
+        }
+    cx_free(cells);
+    cx_free(todo);
+    return rc;
 }
 
 int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const int32_t *corrupted_tokens,
@@ -372,6 +404,8 @@ int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const
     if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), fn))) return rc;
     if (o.incremental != 0 && o.incremental != 1)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: incremental must be 0 or 1 (got %d)", fn, o.incremental);
+    if (o.cells_per_run < 0)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cells_per_run %d < 0 (0: automatic)", fn, o.cells_per_run);
     if (kind < 0 || kind >= (int32_t)CX_COUNT(KINDS))
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: unknown patch kind %d", fn, kind);
     const circuits_config *c = &ctx->model->cfg;
@@ -392,7 +426,7 @@ int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const
     sweep s = {.ctx = ctx, .fn = fn, .tokens = corrupted_tokens, .B = batch, .T = pos, .D = c->d_model,
                .KD = (int64_t)c->n_key_value_heads * c->d_head, .V = c->d_vocab_out, .L = c->n_layers,
                .hook = KINDS[kind].hook, .metric = metric, .incremental = o.incremental};
-    if (!(rc = metric_positions(&s)) && !(rc = sweep_alloc(&s)) && (!s.incremental || !(rc = base_run(&s))))
+    if (!(rc = metric_positions(&s)) && !(rc = sweep_alloc(&s, o.cells_per_run)) && !(rc = base_run(&s)))
         rc = sweep_grid(&s, kind, clean, out);
     sweep_free(&s);
     return rc;

@@ -366,6 +366,7 @@ class PatchOptions(Structure):
     _fields_ = [
         ("size", c_uint32),
         ("incremental", c_int32),
+        ("cells_per_run", c_int32),
     ]
 
 
