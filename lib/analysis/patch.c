@@ -17,6 +17,7 @@
 #include "context.h"
 #include "metric.h"
 
+#include <math.h>
 #include <string.h>
 
 /* Per kind: the hook patched and how the grid indexes it. */
@@ -165,6 +166,9 @@ typedef struct sweep {
     float *base_resid;        /* [L, B, T, D] the corrupted run's resid_pre (incremental) */
     float *base_k, *base_v;   /* [L, B, T, KD] its keys (rotated) and values (incremental) */
     float *base_logits;       /* [B, n, V] */
+    bool sparse;              /* LOGIT / LOGIT_DIFF and no hook on unembed.hook_out: the runs stop at
+                               * unembed.hook_in and compute the logits of the answer and wrong
+                               * tokens only (sparse_logits); logits / run_logits hold just those */
     int32_t *run_tokens;      /* [cells * B, T] whole re-runs: the tokens once per cell */
     float *input;             /* [cells * B, T, D] incremental: resid_pre rows >= P once per cell */
     circuits_kv_cache *kv;    /* [cells * B, T] incremental: positions < P */
@@ -214,6 +218,13 @@ static int metric_of(const sweep *s, const float *logits, float *value)
  * then read once for all of them: small runs are bound by reading the weights, not by
  * arithmetic), at most MAX_CELLS. */
 enum { ROWS_PER_RUN = 2048, MAX_CELLS = 256 };
+
+/* Incremental runs group cells whose first patched positions lie in a window [P, P + w): the
+ * smaller w, the fewer positions each runs, the larger, the more cells share a read of the
+ * weights. w is the smallest that gives a group about ROWS_PER_GROUP token rows (measured on GPT-2
+ * small, one core, resid_pre sweep of [1, 16] with the whole unembedding: 32 rows per group 5.9 s,
+ * 64 4.1 s, 128 3.6 s, all at P = 0 4.0 s). */
+enum { ROWS_PER_GROUP = 128 };
 
 static int sweep_alloc(sweep *s, int64_t cells_per_run)
 {
@@ -267,6 +278,63 @@ static int base_run(sweep *s)
     return rc;
 }
 
+/* What the sparse unembedding of one run needs. */
+typedef struct sparse_run {
+    const sweep *s;
+    int64_t R, Tn, P, first, m;
+    bool done;
+} sparse_run;
+
+/* The logits the metric reads, logit[b, u_i, tok] = x . W_U[:, tok] + b_U[tok] (soft-capped as
+ * the pass caps them), tok in answer[b], wrong[b], from unembed.hook_in's x [R, Tn, D], into
+ * run_logits [R, m, V] at those entries; then the run stops (no GEMM over the vocabulary: for
+ * GPT-2 small it costs as much as 5 blocks of the same rows). */
+static int sparse_logits(const circuits_tensor *t, void *user)
+{
+    sparse_run *sr = user;
+    const sweep *s = sr->s;
+    const circuits_model *mod = s->ctx->model;
+    const circuits_tensor *U = mod->W_U;
+    float cap = mod->cfg.output_logits_soft_cap;
+    for (int64_t r = 0; r < sr->R; r++) {
+        int64_t b = r % s->B;
+        int32_t toks[2] = {s->pm.answer[b], s->pm.wrong ? s->pm.wrong[b] : s->pm.answer[b]};
+        for (int64_t i = 0; i < sr->m; i++) {
+            const float *x = t->data + (r * sr->Tn + s->u[sr->first + i] - sr->P) * s->D;
+            for (int j = 0; j < 2; j++) {
+                double acc = 0.0;
+                for (int64_t d = 0; d < s->D; d++) acc += (double)x[d] * U->data[d * U->strides[0] + toks[j] * U->strides[1]];
+                float v = (float)acc + mod->b_U->data[toks[j]];
+                if (cap > 0.0f) v = cap * tanhf(v / cap);
+                s->run_logits[(r * sr->m + i) * s->V + toks[j]] = v;
+            }
+        }
+    }
+    sr->done = true;
+    return CIRCUITS_HOOK_STOP;
+}
+
+/* Cell k's logits [B, n, V] into s->logits: positions u_i < P (i < first) from the base run,
+ * the others from the run (rows k * B ..); sparse: only the entries the metric reads. */
+static void cell_logits(sweep *s, int64_t k, int64_t first, int64_t m)
+{
+    int64_t V = s->V, n = s->n;
+    for (int64_t b = 0; b < s->B; b++) {
+        if (!s->sparse) {
+            memcpy(s->logits + b * n * V, s->base_logits + b * n * V, (size_t)(first * V) * sizeof(float));
+            memcpy(s->logits + (b * n + first) * V, s->run_logits + (k * s->B + b) * m * V, (size_t)(m * V) * sizeof(float));
+            continue;
+        }
+        int32_t toks[2] = {s->pm.answer[b], s->pm.wrong ? s->pm.wrong[b] : s->pm.answer[b]};
+        for (int64_t i = 0; i < n; i++)
+            for (int j = 0; j < 2; j++) {
+                size_t at = (size_t)((b * n + i) * V + toks[j]);
+                s->logits[at] = i < first ? s->base_logits[at]
+                                          : s->run_logits[((k * s->B + b) * m + i - first) * V + toks[j]];
+            }
+    }
+}
+
 /* One run of cells[0 .. n) (same block, first positions >= P), and their metrics. Incremental:
  * from block l at positions P .. T-1, the earlier ones' keys and values in the KV cache; else
  * whole re-runs of the tokens. */
@@ -312,14 +380,18 @@ static int run_group(sweep *s, cell *cells, int64_t n, int64_t P)
         r.input = s->input;
         r.start = l;
     }
+    cx_edit edits[2] = {e, {-1, HK_UNEMBED_IN, sparse_logits, NULL}};
+    sparse_run sr = {s, R, r.pos, P, first, m, false};
+    if (s->sparse) {
+        edits[1].user_data = &sr;
+        r.edits = edits;
+        r.n_edits = 2;
+    }
     int rc = cx_context_run(ctx, &r);
+    if (rc == CIRCUITS_E_STOPPED && sr.done) rc = CIRCUITS_OK;
     if (rc) return rc;
-    size_t row = (size_t)s->V * sizeof(float);
     for (int64_t k = 0; k < n; k++) {
-        for (int64_t b = 0; b < B; b++) {
-            memcpy(s->logits + b * s->n * s->V, s->base_logits + b * s->n * s->V, (size_t)first * row);
-            memcpy(s->logits + (b * s->n + first) * s->V, s->run_logits + (k * B + b) * m * s->V, (size_t)m * row);
-        }
+        cell_logits(s, k, first, m);
         if ((rc = metric_of(s, s->logits, cells[k].out))) return rc;
     }
     return CIRCUITS_OK;
@@ -351,8 +423,7 @@ static int64_t grid_cells(const sweep *s, int32_t kind, const float *const *clea
 
 /* The grid: cells that cannot reach a position the metric reads get the base metric; the others
  * run in groups of the same block whose first patched positions lie in one window [P, P + w)
- * (w: enough cells per run to fill it; 1 when a position alone has that many, T for whole
- * re-runs, whose runs all start at position 0). */
+ * (ROWS_PER_GROUP; T for whole re-runs, whose runs all start at position 0). */
 static int sweep_grid(sweep *s, int32_t kind, const float *const *clean, float *out)
 {
     int64_t shape[4];
@@ -368,7 +439,7 @@ static int sweep_grid(sweep *s, int32_t kind, const float *const *clean, float *
     }
     int64_t n = grid_cells(s, kind, clean, out, cells), per_pos = n / (s->L * s->T), last = s->u[s->n - 1];
     if (per_pos < 1) per_pos = 1;
-    int64_t w = !s->incremental ? s->T : (s->max_cells / 2 + per_pos - 1) / per_pos;
+    int64_t w = !s->incremental ? s->T : (ROWS_PER_GROUP + per_pos * s->B * s->T - 1) / (per_pos * s->B * s->T);
     if (w < 1) w = 1;
     int rc = CIRCUITS_OK;
     for (int32_t l = 0; l < s->L && !rc; l++)
@@ -426,8 +497,13 @@ int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const
     sweep s = {.ctx = ctx, .fn = fn, .tokens = corrupted_tokens, .B = batch, .T = pos, .D = c->d_model,
                .KD = (int64_t)c->n_key_value_heads * c->d_head, .V = c->d_vocab_out, .L = c->n_layers,
                .hook = KINDS[kind].hook, .metric = metric, .incremental = o.incremental};
-    if (!(rc = metric_positions(&s)) && !(rc = sweep_alloc(&s, o.cells_per_run)) && !(rc = base_run(&s)))
+    if (!(rc = metric_positions(&s)) && !(rc = sweep_alloc(&s, o.cells_per_run)) && !(rc = base_run(&s))) {
+        /* a callback on unembed.hook_out must see the logits: then the whole unembedding runs */
+        int32_t k = s.pm.kind, uo = cx_hook_index(&ctx->hooks, -1, HK_UNEMBED_OUT);
+        s.sparse = (k == CIRCUITS_METRIC_LOGIT_DIFF || k == CIRCUITS_METRIC_LOGIT) &&
+                   (uo < 0 || ctx->hooks.points[uo].n_regs == 0);
         rc = sweep_grid(&s, kind, clean, out);
+    }
     sweep_free(&s);
     return rc;
 }
