@@ -3,9 +3,10 @@
  * A context is a model, its hook table (hooks.h) and the run memory its passes work in. A run
  * is described whole by a cx_run — what goes in (tokens or a residual stream), where it starts
  * and stops, which KV cache it continues, which activations it caches, which internal observer
- * watches it, which internal editors change it (ablation, patching), what comes out — and cx_context_run takes it through guard -> pass -> release.
- * The public runners (forward, run, forward_kv, run_with_cache, detect_heads,
- * induction_scores, generate) fill a cx_run and call the door; nothing about a run is kept in
+ * watches it, which internal editors change it (ablation, patching), what comes out — and
+ * cx_context_run takes it through guard -> pass -> release. The public runners (forward, run,
+ * forward_kv, run_with_cache, detect_heads, induction_scores, generate, run_ablated,
+ * activation_patch) fill a cx_run and call the door; nothing about a run is kept in
  * the context between or during runs except the run memory and the guard. */
 #ifndef CIRCUITS_CONTEXT_H
 #define CIRCUITS_CONTEXT_H
