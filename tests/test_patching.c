@@ -127,6 +127,54 @@ static void test_case(const char *cs)
     ref = NULL;
 }
 
+static int count_calls(const circuits_tensor *t, void *u)
+{
+    (void)t;
+    (*(int *)u)++;
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
+/* A callback on unembed.hook_out sees the logits of every patched run (no sparse unembedding
+ * then), and the grid is the same. */
+static void test_registered_hook(void)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tl_2l_lnpre_gelu.safetensors", REF_DIR);
+    if (cx_st_open_file(&ref, path)) exit(2);
+    circuits_model *m = load_case("tl_2l_lnpre_gelu");
+    circuits_context *ctx = make_ctx(m, 0);
+    const int32_t *corrupted = (const int32_t *)get("corrupted_tokens")->data;
+    circuits_cache *cache;
+    CHECK_OK(circuits_cache_create(&cache));
+    CHECK_OK(circuits_context_run_with_cache(ctx, (const int32_t *)get("clean_tokens")->data, B, T, NULL, 0, cache,
+                                             NULL, NULL, NULL));
+    const float *clean[2];
+    for (int l = 0; l < 2; l++) {
+        char name[64];
+        circuits_tensor t;
+        snprintf(name, sizeof name, "blocks.%d.hook_resid_pre", l);
+        CHECK_OK(circuits_cache_get(cache, name, &t));
+        clean[l] = t.data;
+    }
+    circuits_metric ld;
+    circuits_metric_init(&ld);
+    ld.answer = (const int32_t *)get("answer")->data;
+    ld.wrong = (const int32_t *)get("wrong")->data;
+    int calls = 0;
+    circuits_hook_id id;
+    CHECK_OK(circuits_context_add_hook(ctx, "unembed.hook_out", count_calls, &calls, &id));
+    float grid[2 * T];
+    CHECK_OK(circuits_context_activation_patch(ctx, CIRCUITS_PATCH_RESID_PRE, corrupted, B, T, clean, &ld, NULL, grid));
+    CHECK(calls > 0, "the hook on unembed.hook_out never ran");
+    const float *tl = (const float *)get("logit_diff.resid_pre")->data;
+    for (int i = 0; i < 2 * T; i++) CHECK(fabs(grid[i] - tl[i]) < 1e-4, "cell %d: %g vs TL %g", i, grid[i], tl[i]);
+    circuits_cache_free(cache);
+    circuits_context_free(ctx);
+    circuits_model_free(m);
+    cx_st_close(ref);
+    ref = NULL;
+}
+
 static void test_refusals(void)
 {
     circuits_model *m = load_case("tl_attn_only_2l_none");
@@ -185,6 +233,7 @@ int main(int argc, char **argv)
     test_case("tl_gqa_rotary_rms");
     test_case("tl_shortformer_relu");
     test_case("tl_attn_only_2l_none");
+    test_registered_hook();
     test_refusals();
     printf("largest |libcircuits - TL| / max(1, |grid|): %.3g; |incremental or batched - whole| / max(1, |grid|): %.3g\n", worst_tl,
            worst_incremental);

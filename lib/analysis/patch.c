@@ -216,8 +216,8 @@ static int metric_of(const sweep *s, const float *logits, float *value)
 
 /* Cells per run: as many as keep a run within about ROWS_PER_RUN token rows (the weights are
  * then read once for all of them: small runs are bound by reading the weights, not by
- * arithmetic), at most MAX_CELLS. */
-enum { ROWS_PER_RUN = 2048, MAX_CELLS = 256 };
+ * arithmetic) and its logits within LOGIT_FLOATS (64 MiB), at most MAX_CELLS; at least one. */
+enum { ROWS_PER_RUN = 2048, MAX_CELLS = 256, LOGIT_FLOATS = 16 << 20 };
 
 /* Incremental runs group cells whose first patched positions lie in a window [P, P + w): the
  * smaller w, the fewer positions each runs, the larger, the more cells share a read of the
@@ -229,6 +229,8 @@ enum { ROWS_PER_GROUP = 128 };
 static int sweep_alloc(sweep *s, int64_t cells_per_run)
 {
     int64_t per = cells_per_run > 0 ? cells_per_run : ROWS_PER_RUN / (s->B * s->T);
+    int64_t by_logits = LOGIT_FLOATS / (s->B * s->n * s->V); /* a metric of every position: few cells */
+    if (per > by_logits) per = by_logits;
     if (per > MAX_CELLS) per = MAX_CELLS;
     s->max_cells = per < 1 ? 1 : per;
     size_t lg = (size_t)(s->B * s->n * s->V) * sizeof(float), R = (size_t)(s->max_cells * s->B);
