@@ -495,17 +495,18 @@ typedef struct circuits_resid_options {
 
 CIRCUITS_API void circuits_resid_options_init(circuits_resid_options *opts);
 
-/* The shape of a stack: shape[4] = {n_components, batch, n_pos, d_model}. opts may be NULL. */
+/* `kind` is a circuits_resid_kind. The shape of a stack: shape [4] = {n_components, batch, n_pos,
+ * d_model}. opts may be NULL (the defaults). */
 CIRCUITS_API int circuits_resid_shape(const circuits_model *model, const circuits_cache *cache,
-                                      circuits_resid_kind kind, const circuits_resid_options *opts,
-                                      int64_t shape[4]);
+                                      int kind, const circuits_resid_options *opts,
+                                      int64_t *shape);
 /* The stack into out (out_len floats, at least the product of the shape). */
 CIRCUITS_API int circuits_resid_stack(const circuits_model *model, const circuits_cache *cache,
-                                      circuits_resid_kind kind, const circuits_resid_options *opts,
+                                      int kind, const circuits_resid_options *opts,
                                       float *out, size_t out_len);
 /* Component `index`'s label ("L0H1", "0_mlp_out", "embed", ..) into buf. */
 CIRCUITS_API int circuits_resid_label(const circuits_model *model, const circuits_cache *cache,
-                                      circuits_resid_kind kind, const circuits_resid_options *opts,
+                                      int kind, const circuits_resid_options *opts,
                                       int64_t index, char *buf, size_t buf_size);
 /* apply_ln_to_stack in place: stack [n_components, batch, n_pos, d_model] taken as the input of
  * opts->layer (ln1, or ln2 with mlp_input; ln_final at n_layers): centred (LN, LNPre) and divided
@@ -533,7 +534,7 @@ CIRCUITS_API int circuits_logit_lens(const circuits_model *model, const circuits
 /* Direct logit attribution in one call: the stack of `kind` (apply_ln ignored) through
  * circuits_resid_logit_attrs: out [n_components, batch, n_pos]. */
 CIRCUITS_API int circuits_direct_logit_attribution(const circuits_model *model, const circuits_cache *cache,
-                                                   circuits_resid_kind kind, const circuits_resid_options *opts,
+                                                   int kind, const circuits_resid_options *opts,
                                                    const int32_t *tokens, const int32_t *incorrect_tokens,
                                                    int64_t n_tokens, float *out, size_t out_len);
 

@@ -34,7 +34,7 @@ typedef struct rs {
     const circuits_model *m;
     const circuits_cache *cache;
     const circuits_config *c;
-    circuits_resid_kind kind;
+    int kind;
     circuits_resid_options o;
     int32_t layer;       /* resolved: 0..n_layers */
     int64_t B, T, D, P;  /* cache batch and positions, d_model, positions selected */
@@ -473,8 +473,8 @@ static int check_out(const rs *r, size_t need, size_t out_len, const void *out)
     return CIRCUITS_OK;
 }
 
-int circuits_resid_shape(const circuits_model *m, const circuits_cache *cache, circuits_resid_kind kind,
-                         const circuits_resid_options *opts, int64_t shape[4])
+int circuits_resid_shape(const circuits_model *m, const circuits_cache *cache, int kind,
+                         const circuits_resid_options *opts, int64_t *shape)
 {
     rs r;
     int64_t n = 0;
@@ -508,7 +508,7 @@ static int stack_into(rs *r, float *out, size_t out_len, int64_t *n_out)
     return rc;
 }
 
-int circuits_resid_stack(const circuits_model *m, const circuits_cache *cache, circuits_resid_kind kind,
+int circuits_resid_stack(const circuits_model *m, const circuits_cache *cache, int kind,
                          const circuits_resid_options *opts, float *out, size_t out_len)
 {
     rs r;
@@ -536,7 +536,7 @@ static int label_one(rs *r, int64_t i, const comp *k, void *argp)
     return CIRCUITS_OK;
 }
 
-int circuits_resid_label(const circuits_model *m, const circuits_cache *cache, circuits_resid_kind kind,
+int circuits_resid_label(const circuits_model *m, const circuits_cache *cache, int kind,
                          const circuits_resid_options *opts, int64_t index, char *buf, size_t buf_size)
 {
     rs r;
@@ -685,7 +685,7 @@ int circuits_logit_lens(const circuits_model *m, const circuits_cache *cache, co
     return rc;
 }
 
-int circuits_direct_logit_attribution(const circuits_model *m, const circuits_cache *cache, circuits_resid_kind kind,
+int circuits_direct_logit_attribution(const circuits_model *m, const circuits_cache *cache, int kind,
                                       const circuits_resid_options *opts, const int32_t *tokens,
                                       const int32_t *wrong, int64_t n_tokens, float *out, size_t out_len)
 {

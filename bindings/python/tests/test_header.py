@@ -113,6 +113,7 @@ STRUCT_CLASSES = {
     "circuits_encode_options": N.EncodeOptions,
     "circuits_run_options": N.RunOptions,
     "circuits_generate_options": N.GenerateOptions,
+    "circuits_resid_options": N.ResidOptions,
 }
 SCALARS = {
     "int": c_int,
