@@ -258,6 +258,122 @@ static void run_case(const char *cases_dir, const char *name, json_t *info)
     circuits_model_free(m);
 }
 
+/* Bad inputs: each a row of docs/errors.md ("residual stream"). */
+static void test_errors(const char *cases_dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tl_attn_only_2l_rmspre", cases_dir);
+    circuits_model *ao = NULL, *m = NULL;
+    CHECK_OK(circuits_model_load(&ao, path, NULL));
+    snprintf(path, sizeof path, "%s/tl_gated_swiglu_rms", cases_dir);
+    CHECK_OK(circuits_model_load(&m, path, NULL));
+    if (!ao || !m) return;
+    circuits_context *ctx = NULL, *actx = NULL;
+    CHECK_OK(circuits_context_create(&ctx, m, NULL));
+    CHECK_OK(circuits_context_create(&actx, ao, NULL));
+    const int32_t tok[6] = {1, 2, 3, 4, 5, 6};
+    circuits_cache *full = NULL, *afull = NULL, *part = NULL, *empty = NULL;
+    CHECK_OK(circuits_cache_create(&full));
+    CHECK_OK(circuits_cache_create(&afull));
+    CHECK_OK(circuits_cache_create(&part));
+    CHECK_OK(circuits_cache_create(&empty));
+    CHECK_OK(circuits_context_run_with_cache(ctx, tok, 2, 3, NULL, 0, full, NULL, NULL, NULL));
+    CHECK_OK(circuits_context_run_with_cache(actx, tok, 2, 3, NULL, 0, afull, NULL, NULL, NULL));
+    const char *filt[] = {"blocks.*.hook_resid_pre"};
+    CHECK_OK(circuits_context_run_with_cache(ctx, tok, 2, 3, filt, 1, part, NULL, NULL, NULL));
+    circuits_resid_options o;
+    circuits_resid_options_init(&o);
+    float out[4096], stack[2 * 2 * 3 * 16];
+    char buf[64];
+    int64_t shape[4];
+    memset(stack, 0, sizeof stack);
+    const int A = CIRCUITS_RESID_ACCUMULATED;
+
+    CALL_FAILS("resid_null_cache", circuits_resid_stack(m, NULL, A, &o, out, 4096), CIRCUITS_E_INVALID_ARGUMENT,
+               "model or cache is NULL");
+    CALL_FAILS("resid_unknown_kind", circuits_resid_stack(m, full, 9, &o, out, 4096), CIRCUITS_E_INVALID_ARGUMENT,
+               "unknown circuits_resid_kind 9");
+    o.size = 3;
+    CALL_FAILS("resid_options_size", circuits_resid_stack(m, full, A, &o, out, 4096), CIRCUITS_E_VERSION, "size");
+    circuits_resid_options_init(&o);
+    o.layer = 5;
+    CALL_FAILS("resid_layer_range", circuits_resid_stack(m, full, A, &o, out, 4096), CIRCUITS_E_RANGE,
+               "layer 5 is outside -1..n_layers = 2");
+    circuits_resid_options_init(&o);
+    o.mode = 7;
+    CALL_FAILS("resid_unknown_mode", circuits_resid_stack(m, full, CIRCUITS_RESID_DECOMPOSED, &o, out, 4096),
+               CIRCUITS_E_INVALID_ARGUMENT, "mode 7");
+    circuits_resid_options_init(&o);
+    o.mlp_input = 1;
+    CALL_FAILS("resid_mlp_input_at_unembed", circuits_resid_stack(m, full, CIRCUITS_RESID_FULL, &o, out, 4096),
+               CIRCUITS_E_INVALID_ARGUMENT, "mlp_input at layer n_layers");
+    circuits_resid_options_init(&o);
+    const int64_t far[1] = {9}, neg[1] = {-1}, big_neuron[1] = {40};
+    o.positions = far;
+    o.n_positions = 1;
+    CALL_FAILS("resid_position_range", circuits_resid_stack(m, full, A, &o, out, 4096), CIRCUITS_E_RANGE,
+               "position 9 is outside the cache's 3 positions");
+    o.positions = NULL;
+    CALL_FAILS("resid_positions_null", circuits_resid_stack(m, full, A, &o, out, 4096), CIRCUITS_E_INVALID_ARGUMENT,
+               "NULL index array");
+    circuits_resid_options_init(&o);
+    o.neurons = big_neuron;
+    o.n_neurons = 1;
+    CALL_FAILS("resid_neuron_range", circuits_resid_stack(m, full, CIRCUITS_RESID_NEURONS, &o, out, 4096),
+               CIRCUITS_E_RANGE, "neuron 40 is outside d_mlp = 40");
+    circuits_resid_options_init(&o);
+    CALL_FAILS("resid_attn_only_neurons", circuits_resid_stack(ao, afull, CIRCUITS_RESID_NEURONS, &o, out, 4096),
+               CIRCUITS_E_UNSUPPORTED, "attention-only");
+    CALL_FAILS("resid_missing_entry", circuits_resid_stack(m, part, A, &o, out, 4096), CIRCUITS_E_NOT_FOUND,
+               "the cache holds no 'blocks.1.hook_resid_post' (run_with_cache with it in names_filter)");
+    o.layer = 1;
+    o.apply_ln = 1;
+    CALL_FAILS("resid_missing_scale", circuits_resid_stack(m, part, A, &o, out, 4096), CIRCUITS_E_NOT_FOUND,
+               "blocks.1.ln1.hook_scale");
+    circuits_resid_options_init(&o);
+    CALL_FAILS("resid_empty_cache", circuits_resid_shape(m, empty, A, &o, shape), CIRCUITS_E_NOT_FOUND,
+               "no residual-stream activation");
+    CALL_FAILS("resid_out_too_small", circuits_resid_stack(m, full, A, &o, out, 10), CIRCUITS_E_SHAPE,
+               "out holds 10 floats, the result needs 288");
+    CALL_FAILS("resid_label_index", circuits_resid_label(m, full, A, &o, 3, buf, sizeof buf), CIRCUITS_E_RANGE,
+               "index 3 is outside the 3 components");
+    CALL_FAILS("resid_label_buffer", circuits_resid_label(m, full, A, &o, 2, buf, 4), CIRCUITS_E_RANGE,
+               "the label 'final_post' needs 11 bytes");
+    CALL_FAILS("resid_stack_positions", circuits_resid_apply_ln(m, full, &o, stack, 2, 2, 2), CIRCUITS_E_SHAPE,
+               "the stack has 2 positions, the positions selected 3");
+    CALL_FAILS("resid_stack_batch", circuits_resid_apply_ln(m, full, &o, stack, 2, 1, 3), CIRCUITS_E_SHAPE,
+               "the stack has 1 batch rows, the cache 2");
+    const int64_t bad_row[1] = {2};
+    o.batch_indices = bad_row;
+    o.n_batch_indices = 1;
+    CALL_FAILS("resid_batch_index_range", circuits_resid_apply_ln(m, full, &o, stack, 2, 1, 3), CIRCUITS_E_RANGE,
+               "batch index 2 is outside the cache's 2 rows");
+    circuits_resid_options_init(&o);
+    const int32_t far_token[1] = {50}, toks[3] = {1, 2, 3};
+    CALL_FAILS("resid_direction_token", circuits_model_residual_directions(m, far_token, 1, out), CIRCUITS_E_RANGE,
+               "token 50 is outside d_vocab_out = 50");
+    o.positions = neg;
+    o.n_positions = 1;
+    CALL_FAILS("resid_attrs_token_count", circuits_resid_logit_attrs(m, full, &o, stack, 2, 2, 1, toks, NULL, 3, out),
+               CIRCUITS_E_SHAPE, "3 tokens for 2 (batch, position) rows");
+    CALL_FAILS("resid_attrs_token_range", circuits_resid_logit_attrs(m, full, &o, stack, 2, 2, 1, toks, far_token, 1, out),
+               CIRCUITS_E_RANGE, "circuits_resid_logit_attrs: circuits_model_residual_directions: token 50");
+    CALL_FAILS("resid_lens_out_too_small", circuits_logit_lens(m, full, &o, out, 100), CIRCUITS_E_SHAPE,
+               "out holds 100 floats, the result needs 300");
+    CALL_FAILS("resid_dla_out_too_small",
+               circuits_direct_logit_attribution(m, full, CIRCUITS_RESID_DECOMPOSED, &o, toks, NULL, 1, out, 3),
+               CIRCUITS_E_SHAPE, "out holds 3 floats, the result needs 12");
+
+    circuits_cache_free(full);
+    circuits_cache_free(afull);
+    circuits_cache_free(part);
+    circuits_cache_free(empty);
+    circuits_context_free(ctx);
+    circuits_context_free(actx);
+    circuits_model_free(ao);
+    circuits_model_free(m);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -286,6 +402,7 @@ int main(int argc, char **argv)
         cx_st_close(ref);
         ref = NULL;
     }
+    test_errors(argv[2]);
     printf("all cases: max |diff| / max |reference| %.3g (max abs %.3g)\n", worst_rel, worst_abs);
     json_decref(index);
     return tu_finish("test_resid");
