@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
 import numpy as np
 
 from . import _native as N
-from .errors import ShapeError
+from .errors import RangeError, ShapeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Model
@@ -95,6 +95,8 @@ def _tokens(model: "Model", t: Any) -> np.ndarray:
     a = np.asarray(t)
     if not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"tokens must be a str, an int or integer ids, not {a.dtype}")
+    if a.size and (int(a.min()) < -(2**31) or int(a.max()) >= 2**31):
+        raise RangeError(f"token ids must fit in int32 (got {int(a.min())} .. {int(a.max())})")
     return a.astype(np.int32)
 
 
