@@ -221,6 +221,41 @@ static void run_call(const circuits_model *m, const circuits_cache *cache, const
     free_opts(&o);
 }
 
+/* circuits_direct_logit_attribution never forms the stack (one component at a time, a running sum
+ * for the remainder): it must equal circuits_resid_logit_attrs of the stack circuits_resid_stack
+ * forms, for every kind, remainders and every neuron included. */
+static void check_dla_streams(const circuits_model *m, const circuits_cache *cache, const circuits_config *cfg,
+                              int64_t B)
+{
+    const int32_t answers[2] = {3, 7}, wrong[2] = {5, 1};
+    int64_t last = -1;
+    for (int kind = CIRCUITS_RESID_ACCUMULATED; kind <= CIRCUITS_RESID_FULL; kind++) {
+        if (kind == CIRCUITS_RESID_NEURONS && cfg->attn_only) continue;
+        circuits_resid_options o;
+        circuits_resid_options_init(&o);
+        o.incl_remainder = 1;
+        o.incl_mid = !cfg->attn_only;
+        o.positions = &last;
+        o.n_positions = 1;
+        int64_t shape[4];
+        size_t numel;
+        float *st = stack_of(m, cache, kind, &o, shape, &numel);
+        size_t n = (size_t)(shape[0] * B);
+        float *want = malloc((n + 1) * sizeof *want), *got = malloc((n + 1) * sizeof *got);
+        CHECK_OK(circuits_resid_logit_attrs(m, cache, &o, st, shape[0], B, 1, answers, wrong, B, want));
+        CHECK_OK(circuits_direct_logit_attribution(m, cache, kind, &o, answers, wrong, B, got, n));
+        double d = 0, scale = 0;
+        for (size_t i = 0; i < n; i++) {
+            d = fmax(d, fabs(got[i] - want[i]));
+            scale = fmax(scale, fabs(want[i]));
+        }
+        CHECK(d <= 1e-6 * fmax(scale, 1), "kind %d: streamed attribution differs by %.3g (scale %.3g)", kind, d, scale);
+        free(st);
+        free(want);
+        free(got);
+    }
+}
+
 static void run_case(const char *cases_dir, const char *name, json_t *info)
 {
     char path[4096];
@@ -250,6 +285,7 @@ static void run_case(const char *cases_dir, const char *name, json_t *info)
     worst_rel = 0;
     json_t *calls = json_object_get(info, "calls");
     for (size_t i = 0; i < json_array_size(calls); i++) run_call(m, cache, &cfg, json_array_get(calls, i), B);
+    check_dla_streams(m, cache, &cfg, B);
     printf("%-26s %2zu calls, max rel diff %.3g\n", name, json_array_size(calls), worst_rel);
     worst_rel = fmax(worst_rel, before);
     free(tok);

@@ -275,8 +275,13 @@ static int enumerate(rs *r, comp_fn visit, void *arg, int64_t *count)
 /* ---- filling ---- */
 
 typedef struct fill_arg {
-    float *out;  /* [n, B, P, D] */
+    float *out;   /* [n, B, P, D]; streaming: [B, P, D], one component at a time */
     float *zrows; /* [B * P, d_head] scratch */
+    /* streaming (direct logit attribution): each component is handed to `done` once filled, and
+     * `sum` ([B, P, D], zeroed) accumulates them for a remainder */
+    int (*done)(const rs *r, int64_t i, float *component, void *u);
+    void *u;
+    float *sum;
 } fill_arg;
 
 /* dst [B, P, D] = entry [B, T, D] at the selected positions. */
@@ -370,21 +375,25 @@ static int fill_one(rs *r, int64_t i, const comp *k, void *argp)
 {
     fill_arg *a = argp;
     const size_t csize = (size_t)(r->B * r->P * r->D);
-    float *dst = a->out + (size_t)i * csize;
+    float *dst = a->done ? a->out : a->out + (size_t)i * csize;
+    int rc = CIRCUITS_OK;
     switch (k->kind) {
-    case COMP_ENTRY: return fill_entry(r, k->name, dst);
-    case COMP_HEAD: return fill_head(r, k->layer, k->index, dst, a->zrows);
-    case COMP_NEURON: return fill_neuron(r, k->layer, k->index, dst);
-    case COMP_BIAS: return fill_bias(r, dst);
-    case COMP_REMAINDER: {
-        int rc = fill_entry(r, k->name, dst);
-        if (rc) return rc;
-        for (int64_t j = 0; j < i; j++)
-            for (size_t e = 0; e < csize; e++) dst[e] -= a->out[(size_t)j * csize + e];
-        return CIRCUITS_OK;
+    case COMP_ENTRY: rc = fill_entry(r, k->name, dst); break;
+    case COMP_HEAD: rc = fill_head(r, k->layer, k->index, dst, a->zrows); break;
+    case COMP_NEURON: rc = fill_neuron(r, k->layer, k->index, dst); break;
+    case COMP_BIAS: rc = fill_bias(r, dst); break;
+    case COMP_REMAINDER: /* the entry minus every component before it */
+        if ((rc = fill_entry(r, k->name, dst))) break;
+        for (int64_t j = 0; j < (a->done ? 1 : i); j++) {
+            const float *prev = a->done ? a->sum : a->out + (size_t)j * csize;
+            for (size_t e = 0; e < csize; e++) dst[e] -= prev[e];
+        }
+        break;
     }
-    }
-    return CIRCUITS_OK;
+    if (rc || !a->done) return rc;
+    if (a->sum)
+        for (size_t e = 0; e < csize; e++) a->sum[e] += dst[e];
+    return a->done(r, i, dst, a->u);
 }
 
 /* ---- LayerNorm of a stack ---- */
@@ -499,7 +508,7 @@ static int stack_into(rs *r, float *out, size_t out_len, int64_t *n_out)
     if (rc) return rc;
     size_t need = (size_t)n * (size_t)(r->B * r->P * r->D);
     if ((rc = check_out(r, need, out_len, out))) return rc;
-    fill_arg a = {out, cx_malloc((size_t)(r->B * r->P * r->c->d_head + 1) * sizeof(float))};
+    fill_arg a = {out, cx_malloc((size_t)(r->B * r->P * r->c->d_head + 1) * sizeof(float)), NULL, NULL, NULL};
     if (!a.zrows) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", r->fn);
     rc = enumerate(r, fill_one, &a, &n);
     cx_free(a.zrows);
@@ -592,37 +601,47 @@ int circuits_model_residual_directions(const circuits_model *m, const int32_t *t
     return CIRCUITS_OK;
 }
 
-/* logit attributions of a stack r's positions already selected; `stack` is overwritten by its
- * LayerNorm'd self. */
-static int logit_attrs(const rs *r, float *stack, int64_t n, int64_t nb, const int64_t *rows, const int32_t *tokens,
-                       const int32_t *wrong, int64_t n_tokens, float *out)
+/* The residual directions of `tokens` minus those of `wrong` (may be NULL): *dir [n_tokens, D]
+ * (the caller frees it), checked against the rows of r. */
+static int logit_directions(const rs *r, int64_t R, const int32_t *tokens, const int32_t *wrong, int64_t n_tokens,
+                            float **dir)
 {
-    const int64_t D = r->D, R = nb * r->P;
+    const int64_t D = r->D;
+    *dir = NULL;
     if (!tokens) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: tokens is NULL", r->fn);
     if (n_tokens != 1 && n_tokens != R)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: %lld tokens for %lld (batch, position) rows (want 1 or %lld)", r->fn,
                        (long long)n_tokens, (long long)R, (long long)R);
-    float *dir = cx_malloc((size_t)(2 * n_tokens * D) * sizeof *dir);
-    if (!dir) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", r->fn);
-    int rc = circuits_model_residual_directions(r->m, tokens, n_tokens, dir);
-    if (!rc && wrong) rc = circuits_model_residual_directions(r->m, wrong, n_tokens, dir + n_tokens * D);
+    float *d = cx_malloc((size_t)(2 * n_tokens * D) * sizeof *d);
+    if (!d) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", r->fn);
+    int rc = circuits_model_residual_directions(r->m, tokens, n_tokens, d);
+    if (!rc && wrong) rc = circuits_model_residual_directions(r->m, wrong, n_tokens, d + n_tokens * D);
     if (rc) { /* name the caller, keep the reason */
         char why[256];
         snprintf(why, sizeof why, "%s", circuits_last_error());
-        cx_free(dir);
+        cx_free(d);
         return cx_fail(rc, "%s: %s", r->fn, why);
     }
     if (wrong)
-        for (int64_t e = 0; e < n_tokens * D; e++) dir[e] -= dir[n_tokens * D + e];
-    rc = ln_stack(r, stack, n, rows, nb, r->c->n_layers, false, false);
+        for (int64_t e = 0; e < n_tokens * D; e++) d[e] -= d[n_tokens * D + e];
+    *dir = d;
+    return CIRCUITS_OK;
+}
+
+/* out [n, nb * P] = apply_ln at the unembed of stack [n, nb, P, D] (overwritten), dotted with
+ * dir [1 or nb * P, D]. */
+static int logit_attrs(const rs *r, float *stack, int64_t n, int64_t nb, const int64_t *rows, const float *dir,
+                       int64_t n_dir, float *out)
+{
+    const int64_t D = r->D, R = nb * r->P;
+    int rc = ln_stack(r, stack, n, rows, nb, r->c->n_layers, false, false);
     for (int64_t i = 0; i < n && !rc; i++)
         for (int64_t j = 0; j < R; j++) {
-            const float *x = stack + (i * R + j) * D, *v = dir + (n_tokens == 1 ? 0 : j) * D;
-            double s = 0;
-            for (int64_t d = 0; d < D; d++) s += (double)x[d] * v[d];
-            out[i * R + j] = (float)s;
+            const float *x = stack + (i * R + j) * D, *v = dir + (n_dir == 1 ? 0 : j) * D;
+            double acc = 0;
+            for (int64_t d = 0; d < D; d++) acc += (double)x[d] * v[d];
+            out[i * R + j] = (float)acc;
         }
-    cx_free(dir);
     return rc;
 }
 
@@ -643,7 +662,10 @@ int circuits_resid_logit_attrs(const circuits_model *m, const circuits_cache *ca
         if (!tmp) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", r.fn);
         else if (sz) memcpy(tmp, stack, sz * sizeof *tmp);
     }
-    if (!rc) rc = logit_attrs(&r, tmp, n, nb, rows, tokens, wrong, n_tokens, out);
+    float *dir = NULL;
+    if (!rc) rc = logit_directions(&r, nb * np, tokens, wrong, n_tokens, &dir);
+    if (!rc) rc = logit_attrs(&r, tmp, n, nb, rows, dir, n_tokens, out);
+    cx_free(dir);
     cx_free(tmp);
     cx_free(rows);
     rs_end(&r);
@@ -685,19 +707,43 @@ int circuits_logit_lens(const circuits_model *m, const circuits_cache *cache, co
     return rc;
 }
 
+typedef struct dla_arg {
+    const float *dir;
+    int64_t n_dir;
+    float *out; /* [n, B * P] */
+} dla_arg;
+
+static int dla_one(const rs *r, int64_t i, float *component, void *u)
+{
+    dla_arg *a = u;
+    return logit_attrs(r, component, 1, r->B, NULL, a->dir, a->n_dir, a->out + i * r->B * r->P);
+}
+
+/* The stack is never formed: each component is filled, normalized and projected in turn, so the
+ * memory is one component's whatever the stack's size (every neuron of a model included). */
 int circuits_direct_logit_attribution(const circuits_model *m, const circuits_cache *cache, int kind,
                                       const circuits_resid_options *opts, const int32_t *tokens,
                                       const int32_t *wrong, int64_t n_tokens, float *out, size_t out_len)
 {
     rs r;
-    float *stack = NULL;
     int64_t n = 0;
+    float *dir = NULL, *buf = NULL;
     int rc = rs_begin(&r, "circuits_direct_logit_attribution", m, cache, kind, opts);
     if (!rc) rc = enumerate(&r, NULL, NULL, &n);
     if (!rc) rc = check_out(&r, (size_t)(n * r.B * r.P), out_len, out);
-    if (!rc) rc = scratch_stack(&r, &stack, &n);
-    if (!rc) rc = logit_attrs(&r, stack, n, r.B, NULL, tokens, wrong, n_tokens, out);
-    cx_free(stack);
+    if (!rc) rc = logit_directions(&r, r.B * r.P, tokens, wrong, n_tokens, &dir);
+    const size_t csize = (size_t)(r.B * r.P * r.D), zsize = (size_t)(r.B * r.P * (m ? m->cfg.d_head : 0));
+    if (!rc) { /* one block: the component, the running sum, the head scratch */
+        buf = cx_calloc(2 * csize + zsize + 1, sizeof *buf);
+        if (!buf) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", r.fn);
+    }
+    if (!rc) {
+        dla_arg d = {dir, n_tokens, out};
+        fill_arg a = {buf, buf + 2 * csize, dla_one, &d, buf + csize};
+        rc = enumerate(&r, fill_one, &a, &n);
+    }
+    cx_free(buf);
+    cx_free(dir);
     rs_end(&r);
     return rc;
 }
