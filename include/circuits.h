@@ -532,7 +532,8 @@ CIRCUITS_API int circuits_resid_logit_attrs(const circuits_model *model, const c
 CIRCUITS_API int circuits_logit_lens(const circuits_model *model, const circuits_cache *cache,
                                      const circuits_resid_options *opts, float *out, size_t out_len);
 /* Direct logit attribution in one call: the stack of `kind` (apply_ln ignored) through
- * circuits_resid_logit_attrs: out [n_components, batch, n_pos]. */
+ * circuits_resid_logit_attrs: out [n_components, batch, n_pos]. The stack is never formed (one
+ * component in memory at a time), so every neuron of a model costs no more memory than a head. */
 CIRCUITS_API int circuits_direct_logit_attribution(const circuits_model *model, const circuits_cache *cache,
                                                    int kind, const circuits_resid_options *opts,
                                                    const int32_t *tokens, const int32_t *incorrect_tokens,

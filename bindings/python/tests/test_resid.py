@@ -174,3 +174,18 @@ def test_errors():
         partial.accumulated_resid()
     with pytest.raises(TypeError):
         circuits.ActivationCache({}, model).accumulated_resid()
+
+
+def test_string_tokens():
+    """Tokens given as strings go through to_single_token, as in TransformerLens."""
+    model = circuits.Model.from_pretrained(REPO / "examples" / "models" / "tiny-random-gpt2")
+    if model.tokenizer is None:
+        pytest.skip("the bundled model has no tokenizer")
+    _, cache = model.run_with_cache(np.array([[1, 5, 9, 300, 42]]))
+    stack = cache.decompose_resid(pos_slice=-1)
+    the, a = model.to_single_token(" the"), model.to_single_token(" a")
+    np.testing.assert_array_equal(cache.logit_attrs(stack, " the", " a", pos_slice=-1),
+                                  cache.logit_attrs(stack, the, a, pos_slice=-1))
+    np.testing.assert_array_equal(model.tokens_to_residual_directions(" the"), model.W_U[:, the])
+    np.testing.assert_array_equal(cache.direct_logit_attribution(" the", " a", pos_slice=-1),
+                                  cache.logit_attrs(stack, the, a, pos_slice=-1))
