@@ -504,10 +504,12 @@ CIRCUITS_API int circuits_resid_shape(const circuits_model *model, const circuit
 CIRCUITS_API int circuits_resid_stack(const circuits_model *model, const circuits_cache *cache,
                                       int kind, const circuits_resid_options *opts,
                                       float *out, size_t out_len);
-/* Component `index`'s label ("L0H1", "0_mlp_out", "embed", ..) into buf. */
-CIRCUITS_API int circuits_resid_label(const circuits_model *model, const circuits_cache *cache,
-                                      int kind, const circuits_resid_options *opts,
-                                      int64_t index, char *buf, size_t buf_size);
+/* Every component's label ("L0H1", "0_mlp_out", "embed", ..), in order, each ending in a NUL,
+ * one after another into buf (buf_size bytes; too few is CIRCUITS_E_RANGE). *needed (may be NULL)
+ * receives the bytes they take; buf NULL only sets it. */
+CIRCUITS_API int circuits_resid_labels(const circuits_model *model, const circuits_cache *cache,
+                                       int kind, const circuits_resid_options *opts, char *buf,
+                                       size_t buf_size, size_t *needed);
 /* apply_ln_to_stack in place: stack [n_components, batch, n_pos, d_model] taken as the input of
  * opts->layer (ln1, or ln2 with mlp_input; ln_final at n_layers): centred (LN, LNPre) and divided
  * by the cached hook_scale of those positions and batch rows, or with recompute_ln at n_layers

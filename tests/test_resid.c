@@ -73,12 +73,18 @@ static void compare_labels(const char *what, const circuits_model *m, const circ
     if (!labels) return;
     CHECK((int64_t)json_array_size(labels) == n, "%s: %lld components, TransformerLens %zu labels", what, (long long)n,
           json_array_size(labels));
-    for (int64_t i = 0; i < n && i < (int64_t)json_array_size(labels); i++) {
-        char buf[64];
-        CHECK_OK(circuits_resid_label(m, cache, kind, o, i, buf, sizeof buf));
-        const char *want = json_string_value(json_array_get(labels, (size_t)i));
-        CHECK(strcmp(buf, want) == 0, "%s: label %lld is '%s', TransformerLens '%s'", what, (long long)i, buf, want);
+    size_t need = 0;
+    CHECK_OK(circuits_resid_labels(m, cache, kind, o, NULL, 0, &need));
+    char *buf = malloc(need + 1);
+    if (!buf) exit(2);
+    CHECK_OK(circuits_resid_labels(m, cache, kind, o, buf, need, NULL));
+    const char *p = buf;
+    for (size_t i = 0; i < json_array_size(labels) && p < buf + need; i++, p += strlen(p) + 1) {
+        const char *want = json_string_value(json_array_get(labels, i));
+        CHECK(strcmp(p, want) == 0, "%s: label %zu is '%s', TransformerLens '%s'", what, i, p, want);
     }
+    CHECK(p == buf + need, "%s: the labels take %zu bytes, TransformerLens's %td", what, need, p - buf);
+    free(buf);
 }
 
 static int kind_of(const char *s)
@@ -371,10 +377,8 @@ static void test_errors(const char *cases_dir)
                "no residual-stream activation");
     CALL_FAILS("resid_out_too_small", circuits_resid_stack(m, full, A, &o, out, 10), CIRCUITS_E_SHAPE,
                "out holds 10 floats, the result needs 288");
-    CALL_FAILS("resid_label_index", circuits_resid_label(m, full, A, &o, 3, buf, sizeof buf), CIRCUITS_E_RANGE,
-               "index 3 is outside the 3 components");
-    CALL_FAILS("resid_label_buffer", circuits_resid_label(m, full, A, &o, 2, buf, 4), CIRCUITS_E_RANGE,
-               "the label 'final_post' needs 11 bytes");
+    CALL_FAILS("resid_labels_buffer", circuits_resid_labels(m, full, A, &o, buf, 12, NULL), CIRCUITS_E_RANGE,
+               "the 3 labels need 23 bytes, buf has 12");
     CALL_FAILS("resid_stack_positions", circuits_resid_apply_ln(m, full, &o, stack, 2, 2, 2), CIRCUITS_E_SHAPE,
                "the stack has 2 positions, the positions selected 3");
     CALL_FAILS("resid_stack_batch", circuits_resid_apply_ln(m, full, &o, stack, 2, 1, 3), CIRCUITS_E_SHAPE,

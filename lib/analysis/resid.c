@@ -528,36 +528,40 @@ int circuits_resid_stack(const circuits_model *m, const circuits_cache *cache, i
 }
 
 typedef struct label_arg {
-    int64_t want;
-    char *buf;
-    size_t size;
-    int found;
+    char *buf;    /* NULL: count only */
+    size_t used;  /* bytes the labels take so far, NULs included */
 } label_arg;
 
 static int label_one(rs *r, int64_t i, const comp *k, void *argp)
 {
+    (void)r;
+    (void)i;
     label_arg *a = argp;
-    if (i != a->want) return CIRCUITS_OK;
-    if (strlen(k->label) >= a->size)
-        return cx_fail(CIRCUITS_E_RANGE, "%s: the label '%s' needs %zu bytes", r->fn, k->label, strlen(k->label) + 1);
-    strcpy(a->buf, k->label);
-    a->found = 1;
+    size_t n = strlen(k->label) + 1;
+    if (a->buf) memcpy(a->buf + a->used, k->label, n);
+    a->used += n;
     return CIRCUITS_OK;
 }
 
-int circuits_resid_label(const circuits_model *m, const circuits_cache *cache, int kind,
-                         const circuits_resid_options *opts, int64_t index, char *buf, size_t buf_size)
+int circuits_resid_labels(const circuits_model *m, const circuits_cache *cache, int kind,
+                          const circuits_resid_options *opts, char *buf, size_t buf_size, size_t *needed)
 {
     rs r;
     int64_t n = 0;
-    label_arg a = {index, buf, buf_size, 0};
-    int rc = buf ? rs_begin(&r, "circuits_resid_label", m, cache, kind, opts)
-                 : cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_resid_label: buf is NULL");
+    label_arg a = {NULL, 0};
+    int rc = rs_begin(&r, "circuits_resid_labels", m, cache, kind, opts);
     if (!rc) rc = enumerate(&r, label_one, &a, &n);
-    if (!rc && !a.found)
-        rc = cx_fail(CIRCUITS_E_RANGE, "circuits_resid_label: index %lld is outside the %lld components", (long long)index,
-                     (long long)n);
-    if (buf) rs_end(&r);
+    if (!rc && needed) *needed = a.used;
+    if (!rc && buf) {
+        if (buf_size < a.used) {
+            rc = cx_fail(CIRCUITS_E_RANGE, "circuits_resid_labels: the %lld labels need %zu bytes, buf has %zu",
+                         (long long)n, a.used, buf_size);
+        } else {
+            a = (label_arg){buf, 0};
+            rc = enumerate(&r, label_one, &a, &n);
+        }
+    }
+    rs_end(&r);
     return rc;
 }
 

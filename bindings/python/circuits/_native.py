@@ -454,7 +454,10 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_resid_options_init": (None, [POINTER(ResidOptions)]),
     "circuits_resid_shape": (c_int, [HANDLE, HANDLE, c_int, POINTER(ResidOptions), I64P]),
     "circuits_resid_stack": (c_int, [HANDLE, HANDLE, c_int, POINTER(ResidOptions), F32P, c_size_t]),
-    "circuits_resid_label": (c_int, [HANDLE, HANDLE, c_int, POINTER(ResidOptions), c_int64, c_char_p, c_size_t]),
+    "circuits_resid_labels": (
+        c_int,
+        [HANDLE, HANDLE, c_int, POINTER(ResidOptions), c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
     "circuits_resid_apply_ln": (c_int, [HANDLE, HANDLE, POINTER(ResidOptions), F32P, c_int64, c_int64, c_int64]),
     "circuits_model_residual_directions": (c_int, [HANDLE, I32P, c_int64, F32P]),
     "circuits_resid_logit_attrs": (

@@ -152,12 +152,14 @@ class ResidStreamMixin:
 
     def _labels(self, k: int, o: _Opts, n: int) -> List[str]:
         m, c = self._c()
-        buf = ctypes.create_string_buffer(64)
-        labels = []
-        for i in range(n):
-            N.check(lib.circuits_resid_label(m, c, k, o.ref, i, buf, len(buf)), "labels")
-            labels.append(buf.value.decode())
-        return labels
+        need = ctypes.c_size_t()
+        N.check(lib.circuits_resid_labels(m, c, k, o.ref, None, 0, ctypes.byref(need)), "labels")
+        buf = ctypes.create_string_buffer(max(need.value, 1))
+        N.check(lib.circuits_resid_labels(m, c, k, o.ref, buf, len(buf), ctypes.byref(need)), "labels")
+        labels = buf.raw[: need.value].split(b"\0")[:-1]
+        if len(labels) != n:
+            raise ShapeError(f"{len(labels)} labels for {n} components")
+        return [x.decode() for x in labels]
 
     def _squeeze(self, out: np.ndarray, squeeze_pos: bool) -> np.ndarray:
         """[n, batch, pos, ...] -> TransformerLens's shape: pos gone for an int pos_slice, batch

@@ -937,7 +937,7 @@ AUDIT = {
     "circuits_resid_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_resid_shape": ["size_resid_stacks"],
     "circuits_resid_stack": ["size_resid_stacks"],
-    "circuits_resid_label": ["size_resid_stacks"],
+    "circuits_resid_labels": ["size_resid_stacks"],
     "circuits_resid_apply_ln": ["size_resid_stacks"],
     "circuits_model_residual_directions": ["size_resid_stacks"],
     "circuits_resid_logit_attrs": ["size_resid_stacks"],
