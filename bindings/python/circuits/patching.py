@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _native as N
 from .cache import act_name
-from .errors import ShapeError
+from .errors import RangeError, ShapeError
 
 lib = N.lib
 
@@ -53,6 +53,18 @@ __all__ = [
 # ------------------------------------------------------------------------------------------
 
 
+def _ints(a: Any, dtype: Any, what: str, ndmin: int = 1) -> np.ndarray:
+    """An integer array as C reads it: refused (not wrapped) if a value does not fit."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be integers, got dtype {a.dtype}")
+    info = np.iinfo(dtype)
+    if a.size and (a.min() < info.min or a.max() > info.max):
+        raise RangeError(f"{what}: a value is outside the range of {np.dtype(dtype).name}")
+    a = a.reshape(-1) if ndmin == 1 else np.atleast_2d(a)
+    return np.ascontiguousarray(a, dtype)
+
+
 class BuiltinMetric:
     """A metric evaluated in C (``circuits_metric``): the mean over the batch of one value per
     row, read at each row's position (``pos``: an int or one per row, negative from the end;
@@ -63,12 +75,11 @@ class BuiltinMetric:
 
     def __init__(self, answer: Any = None, wrong: Any = None, pos: Any = None, tokens: Any = None,
                  attention_mask: Any = None):
-        self._answer = None if answer is None else np.ascontiguousarray(np.asarray(answer).reshape(-1), np.int32)
-        self._wrong = None if wrong is None else np.ascontiguousarray(np.asarray(wrong).reshape(-1), np.int32)
-        self._pos = pos
-        self._tokens = None if tokens is None else np.ascontiguousarray(np.atleast_2d(np.asarray(tokens)), np.int32)
-        self._mask = None if attention_mask is None else np.ascontiguousarray(np.atleast_2d(np.asarray(attention_mask)),
-                                                                              np.int32)
+        self._answer = None if answer is None else _ints(answer, np.int32, "answer")
+        self._wrong = None if wrong is None else _ints(wrong, np.int32, "wrong")
+        self._pos = None if pos is None else _ints(pos, np.int64, "pos")
+        self._tokens = None if tokens is None else _ints(tokens, np.int32, "tokens", 2)
+        self._mask = None if attention_mask is None else _ints(attention_mask, np.int32, "attention_mask", 2)
 
     def _struct(self, batch: int) -> Tuple[N.Metric, List[np.ndarray]]:
         """The circuits_metric for a batch of `batch` rows, and the arrays it points into (keep
@@ -91,7 +102,7 @@ class BuiltinMetric:
         m.answer = rows(self._answer, "answer")
         m.wrong = rows(self._wrong, "wrong")
         if self._pos is not None:
-            m.positions = rows(np.ascontiguousarray(np.asarray(self._pos, np.int64).reshape(-1)), "pos")
+            m.positions = rows(self._pos, "pos")
         for name, a in (("tokens", self._tokens), ("attention_mask", self._mask)):
             if a is not None:
                 if a.shape[0] != batch:
@@ -506,11 +517,11 @@ def run_ablated(model: Any, tokens: Any, ablations: Sequence[Ablation], return_t
         keep.append(hb)
         s.hook = ctypes.cast(ctypes.c_char_p(hb), ctypes.c_void_p).value
         if a.head is not None:
-            s.head = int(a.head)
+            s.head = N.check_int(a.head, ctypes.c_int32, "head")
         if a.neuron is not None:
-            s.neuron = int(a.neuron)
+            s.neuron = N.check_int(a.neuron, ctypes.c_int64, "neuron")
         if a.position is not None:
-            s.position = int(a.position)
+            s.position = N.check_int(a.position, ctypes.c_int64, "position")
         if a.kind != "zero":
             if a.values is None:
                 raise ValueError(f"a {a.kind} ablation needs values")

@@ -116,6 +116,7 @@ STRUCT_CLASSES = {
     "circuits_metric": N.Metric,
     "circuits_ablation": N.Ablation,
     "circuits_patch_options": N.PatchOptions,
+    "circuits_resid_options": N.ResidOptions,
 }
 SCALARS = {
     "int": c_int,
