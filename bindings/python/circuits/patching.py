@@ -134,31 +134,27 @@ class LogitDiff(BuiltinMetric):
         super().__init__(answer=answer, wrong=wrong, pos=pos)
 
 
-class Logit(BuiltinMetric):
+class _AnswerMetric(BuiltinMetric):
+    def __init__(self, answer: Any, pos: Any = None):
+        super().__init__(answer=answer, pos=pos)
+
+
+class Logit(_AnswerMetric):
     """mean_b logits[b, pos_b, answer[b]]."""
 
     _kind = N.CIRCUITS_METRIC_LOGIT
 
-    def __init__(self, answer: Any, pos: Any = None):
-        super().__init__(answer=answer, pos=pos)
 
-
-class Prob(BuiltinMetric):
+class Prob(_AnswerMetric):
     """mean_b softmax(logits[b, pos_b])[answer[b]]."""
 
     _kind = N.CIRCUITS_METRIC_PROB
 
-    def __init__(self, answer: Any, pos: Any = None):
-        super().__init__(answer=answer, pos=pos)
 
-
-class LogProb(BuiltinMetric):
+class LogProb(_AnswerMetric):
     """mean_b log_softmax(logits[b, pos_b])[answer[b]]."""
 
     _kind = N.CIRCUITS_METRIC_LOG_PROB
-
-    def __init__(self, answer: Any, pos: Any = None):
-        super().__init__(answer=answer, pos=pos)
 
 
 class Loss(BuiltinMetric):
