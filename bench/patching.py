@@ -128,7 +128,7 @@ def main() -> int:
         t = r["t"]
         tlc = f"{t['tl']:.2f} s" if "tl" in t else "-"
         ratio = f"**{t['tl'] / t['incremental, batched']:.0f}x**" if "tl" in t else "-"
-        diff = f"{r['vs_tl']:.1e} (grid max {r['scale']:.2f})" if "tl" in r else "-"
+        diff = f"{r['vs_tl']:.1e} (grid max {r['scale']:.2f})" if "vs_tl" in r else "-"
         print(f"| {r['sweep']} | {r['cells']} | {tlc} | " + " | ".join(f"{t[m]:.2f} s" for m, _ in modes) +
               f" | {t['py']:.2f} s | {ratio} | **{t['whole, 1 cell/run'] / t['incremental, 1 cell/run']:.2f}x** | "
               f"**{t['whole, batched'] / t['incremental, batched']:.2f}x** | {diff} |")
