@@ -44,6 +44,7 @@ from .errors import (
 from .factored import FactoredMatrix
 from .model import Config, HookedTransformer, HookHandle, HookPoint, HookViewWarning, Model, Output
 from .tokenizer import Tokenizer
+from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens's patching module
 
 __version__ = "0.5.0"
 

@@ -379,7 +379,9 @@ def _grid(setter: Callable, activation_name: str, axes: Tuple[str, ...], doc: st
         return generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metric, setter,
                                         activation_name, axes, incremental=incremental, cells_per_run=cells_per_run)
 
-    fn.__doc__ = doc
+    fn.__doc__ = (f"TransformerLens's ``patching.get_act_patch_*`` of '{activation_name}' (patch setter "
+                  f"``{setter.__name__}``): {doc}\n\n(model, corrupted_tokens [batch, pos], clean_cache, "
+                  "patching_metric) -> float32 grid; ``incremental``, ``cells_per_run``: see the module.")
     return fn
 
 
