@@ -428,31 +428,35 @@ def _pad_heads(a: np.ndarray, n: int) -> np.ndarray:
     return np.pad(a, pad)
 
 
+def _every_head(grids: Sequence[Callable], pattern_to_pos_head: bool, args: Tuple, kw: Dict[str, Any]) -> np.ndarray:
+    """z, q, k, v and pattern grids stacked as TransformerLens stacks them: k and v padded to
+    n_heads, the by-position pattern grid [layer, head, pos] transposed to [layer, pos, head]."""
+    out = [g(*args, **kw) for g in grids]
+    H = out[0].shape[-1]
+    out[2], out[3] = _pad_heads(out[2], H), _pad_heads(out[3], H)
+    if pattern_to_pos_head:
+        out[4] = np.ascontiguousarray(out[4].transpose(0, 2, 1))
+    return np.stack(out)
+
+
 def get_act_patch_attn_head_all_pos_every(model: Any, corrupted_tokens: Any, clean_cache: Any, metric: Callable, *,
                                           incremental: bool = True, cells_per_run: int = 0) -> np.ndarray:
     """[5, n_layers, n_heads]: z, q, k, v, pattern of every head over all positions."""
-    kw = dict(incremental=incremental, cells_per_run=cells_per_run)
-    out = [get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, metric, **kw),
-           get_act_patch_attn_head_q_all_pos(model, corrupted_tokens, clean_cache, metric, **kw)]
-    H = out[0].shape[-1]
-    out.append(_pad_heads(get_act_patch_attn_head_k_all_pos(model, corrupted_tokens, clean_cache, metric, **kw), H))
-    out.append(_pad_heads(get_act_patch_attn_head_v_all_pos(model, corrupted_tokens, clean_cache, metric, **kw), H))
-    out.append(get_act_patch_attn_head_pattern_all_pos(model, corrupted_tokens, clean_cache, metric, **kw))
-    return np.stack(out)
+    return _every_head((get_act_patch_attn_head_out_all_pos, get_act_patch_attn_head_q_all_pos,
+                        get_act_patch_attn_head_k_all_pos, get_act_patch_attn_head_v_all_pos,
+                        get_act_patch_attn_head_pattern_all_pos), False,
+                       (model, corrupted_tokens, clean_cache, metric),
+                       dict(incremental=incremental, cells_per_run=cells_per_run))
 
 
 def get_act_patch_attn_head_by_pos_every(model: Any, corrupted_tokens: Any, clean_cache: Any, metric: Callable, *,
                                          incremental: bool = True, cells_per_run: int = 0) -> np.ndarray:
     """[5, n_layers, pos, n_heads]: z, q, k, v and pattern (by dest) of every head by position."""
-    kw = dict(incremental=incremental, cells_per_run=cells_per_run)
-    out = [get_act_patch_attn_head_out_by_pos(model, corrupted_tokens, clean_cache, metric, **kw),
-           get_act_patch_attn_head_q_by_pos(model, corrupted_tokens, clean_cache, metric, **kw)]
-    H = out[0].shape[-1]
-    out.append(_pad_heads(get_act_patch_attn_head_k_by_pos(model, corrupted_tokens, clean_cache, metric, **kw), H))
-    out.append(_pad_heads(get_act_patch_attn_head_v_by_pos(model, corrupted_tokens, clean_cache, metric, **kw), H))
-    pattern = get_act_patch_attn_head_pattern_by_pos(model, corrupted_tokens, clean_cache, metric, **kw)
-    out.append(np.ascontiguousarray(pattern.transpose(0, 2, 1)))  # layer head pos -> layer pos head
-    return np.stack(out)
+    return _every_head((get_act_patch_attn_head_out_by_pos, get_act_patch_attn_head_q_by_pos,
+                        get_act_patch_attn_head_k_by_pos, get_act_patch_attn_head_v_by_pos,
+                        get_act_patch_attn_head_pattern_by_pos), True,
+                       (model, corrupted_tokens, clean_cache, metric),
+                       dict(incremental=incremental, cells_per_run=cells_per_run))
 
 
 def get_act_patch_block_every(model: Any, corrupted_tokens: Any, clean_cache: Any, metric: Callable, *,
