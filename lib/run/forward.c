@@ -728,6 +728,6 @@ int cx_forward(circuits_context *ctx, const cx_run *r)
     if (rc) return rc;
     if (r->kv) r->kv->len += T;
     if (r->loss || r->per_token_loss)
-        return cx_lm_loss(lg, r->tokens, NULL, B, T, c->d_vocab_out, r->per_token_loss, r->loss, r->fn);
+        return cx_lm_loss(lg, r->tokens, r->attention_mask, B, T, c->d_vocab_out, r->per_token_loss, r->loss, r->fn);
     return CIRCUITS_OK;
 }
