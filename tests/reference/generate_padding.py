@@ -9,7 +9,10 @@ For a few existing cases (standard positions, rotary, grouped-query rotary; thei
 cases/<name>/ are the inputs) it runs HookedTransformer 3.9 on a batch of rows of different
 lengths, padded on the left and on the right, with an explicit attention_mask, and writes to
 toolkit/padding/<case>.safetensors: the tokens and mask of each side, the logits, the mean and
-per-token loss (return_type="loss", attention_mask=...), and a few hooks (run_with_cache).
+per-token loss (return_type="loss", attention_mask=...), and a few hooks (run_with_cache). And
+for examples/models/tiny-random-gpt2 with its tokenizer, a list of strings through TL's own
+to_tokens / get_attention_mask / model(list) on both sides, with and without BOS (logits of
+the first 64 tokens of the vocabulary only, to stay small).
 bindings/python/tests/test_padding.py compares libcircuits with them. CPU, float32, fixed seed.
 """
 
@@ -33,6 +36,7 @@ sys.path.insert(0, HERE)
 from tl_export import load_tl_config  # noqa: E402
 
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
+from transformer_lens.utilities.tokenize_utils import get_attention_mask  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
 
@@ -74,9 +78,44 @@ def padded(rows: list, left: bool):
     return tokens, mask
 
 
+TEXT_MODEL = os.path.join(HERE, "..", "..", "examples", "models", "tiny-random-gpt2")
+TEXTS = ["Hello world, this is a test", "Hi", "The cat sat on"]
+
+
+def text_case() -> None:
+    """Strings through TransformerLens's own tokenization and masks: to_tokens of a list on either
+    side, with and without BOS (GPT-2: BOS = EOS = pad), get_attention_mask, and the model run on
+    the list of strings (TL builds a mask only for left padding)."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from generate import tl_from_hf
+
+    hf = GPT2LMHeadModel.from_pretrained(TEXT_MODEL).eval()
+    model = tl_from_hf(hf, hf.config, "GPT2LMHeadModel")
+    model.set_tokenizer(AutoTokenizer.from_pretrained(TEXT_MODEL))
+    out = {}
+    for side in ("left", "right"):
+        for bos in (True, False):
+            key = f"text:{side}:bos{int(bos)}"
+            with torch.no_grad():
+                tokens = model.to_tokens(TEXTS, prepend_bos=bos, padding_side=side)
+                mask = get_attention_mask(model.tokenizer, tokens, bos, padding_side=side)
+                logits, loss = model(TEXTS, return_type="both", prepend_bos=bos, padding_side=side)
+                ptl = model(TEXTS, return_type="loss", loss_per_token=True, prepend_bos=bos, padding_side=side)
+            out[f"{key}:tokens"] = tokens.to(torch.int32)
+            out[f"{key}:mask"] = mask.to(torch.int32)
+            out[f"{key}:logits[..., :64]"] = logits[..., :64].float().contiguous()  # KBs, not MBs
+            out[f"{key}:loss"] = loss.reshape(1).float()
+            out[f"{key}:per_token_loss"] = ptl.float().contiguous()
+    save_file(out, os.path.join(OUT, "text_tiny_random_gpt2.safetensors"),
+              metadata={"texts": json.dumps(TEXTS), "transformer_lens": "3.9.0"})
+    print(f"text_tiny_random_gpt2: {len(out)} tensors")
+
+
 def main() -> None:
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
+    text_case()
     for case in CASES:
         model = load(case)
         g = torch.Generator().manual_seed(1234)
