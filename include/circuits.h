@@ -708,7 +708,8 @@ CIRCUITS_API const circuits_tokenizer *circuits_model_tokenizer(const circuits_m
 /* ---------------------------------------------------------------------------------------- */
 
 /* A KV cache: every layer's keys and values (as hook_k / hook_v left them) for the positions
- * run so far, so that a continuation runs only its new positions. */
+ * run so far, and their attention mask (circuits_run_options.attention_mask; ones where a run
+ * gave none), so that a continuation runs only its new positions. */
 typedef struct circuits_kv_cache circuits_kv_cache;
 
 /* An empty cache for `batch` sequences of up to max_pos positions (0: n_ctx; at most n_ctx).

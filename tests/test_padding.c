@@ -26,6 +26,18 @@ static double diff(float a, float b)
 /* The row's first real column in the padded batch. */
 static int64_t first(int left, int64_t b) { return left ? T - LEN[b] : 0; }
 
+/* The rows [B, T] (row b's first LEN[b] tokens real) padded on one side with pad_id. */
+static void pad_batch(const int32_t *rows, int left, int32_t pad_id, int32_t *tokens, int32_t *mask)
+{
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            int64_t i = t - first(left, b);
+            bool real = i >= 0 && i < LEN[b];
+            tokens[b * T + t] = real ? rows[b * T + i] : pad_id;
+            mask[b * T + t] = real;
+        }
+}
+
 /* Compares one cache entry of the padded run (row b) with the same entry of the row alone. */
 static void compare_entry(const char *dir, const circuits_tensor *pad, const circuits_tensor *one, int64_t b, int64_t f,
                           int left)
@@ -58,13 +70,7 @@ static void check_side(const char *dir, const circuits_model *model, circuits_co
     CHECK_OK(circuits_model_config(model, &cfg));
     int64_t V = cfg.d_vocab_out;
     int32_t tokens[B * T], mask[B * T];
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++) {
-            int64_t i = t - first(left, b);
-            bool real = i >= 0 && i < LEN[b];
-            tokens[b * T + t] = real ? rows[b * T + i] : pad_id;
-            mask[b * T + t] = real;
-        }
+    pad_batch(rows, left, pad_id, tokens, mask);
     float *logits = malloc(sizeof(float) * B * T * V), *alone = malloc(sizeof(float) * T * V);
     float ptl[B * (T - 1)], ptl1[T - 1], loss = NAN;
     circuits_cache *cp = NULL, *c1 = NULL;
@@ -141,12 +147,7 @@ static void check_side(const char *dir, const circuits_model *model, circuits_co
 static void check_generate(const char *dir, circuits_context *ctx, const int32_t *rows, int32_t pad_id)
 {
     int32_t prompt[B * T], mask[B * T], out[B * (T + GEN)], one[T + GEN];
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++) {
-            int64_t i = t - (T - LEN[b]);
-            prompt[b * T + t] = i >= 0 ? rows[b * T + i] : pad_id;
-            mask[b * T + t] = i >= 0;
-        }
+    pad_batch(rows, 1, pad_id, prompt, mask);
     circuits_generate_options g;
     for (int kv = 0; kv < 2; kv++) {
         circuits_generate_options_init(&g);
@@ -178,12 +179,7 @@ static void check_detect(const char *dir, const circuits_model *model, circuits_
     float got[256], want[256] = {0}, one[256];
     if (LH > 256) return;
     int32_t tokens[B * T], mask[B * T];
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++) {
-            int64_t i = t - (T - LEN[b]);
-            tokens[b * T + t] = i >= 0 ? rows[b * T + i] : pad_id;
-            mask[b * T + t] = i >= 0;
-        }
+    pad_batch(rows, 1, pad_id, tokens, mask);
     circuits_detect_options d;
     circuits_detect_options_init(&d);
     d.exclude_bos = 1;
