@@ -1396,11 +1396,14 @@ class Model:
         return scores
 
     def _detect(self, tokens: Any, kind: int, custom: Optional[np.ndarray], error_measure: int,
-                exclude_bos: bool, exclude_current_token: bool) -> np.ndarray:
+                exclude_bos: bool, exclude_current_token: bool, attention_mask: Any = None) -> np.ndarray:
         tok = self._tokens(tokens)
         B, T = tok.shape
         opts = N.DetectOptions()
         lib.circuits_detect_options_init(ctypes.byref(opts))
+        mask = None if attention_mask is None else _pad.as_mask(attention_mask, tok.shape)
+        if mask is not None:
+            opts.attention_mask = mask.ctypes.data
         opts.error_measure = error_measure
         opts.exclude_bos = int(bool(exclude_bos))
         opts.exclude_current_token = int(bool(exclude_current_token))

@@ -145,3 +145,16 @@ def test_bad_masks_refused():
         m(toks, attention_mask=np.zeros(toks.shape, np.int64))
     with pytest.raises(ValueError, match="padding_side"):
         m.to_tokens(["a", "b"], padding_side="middle")
+
+
+def test_detect_head_list_is_one_padded_batch():
+    """A list of texts is scored as TransformerLens scores it (one by one, averaged), here in
+    one left-padded batch whose rows are scored as if alone."""
+    m = circuits.Model.from_pretrained_no_processing(TINY_GPT2)
+    texts = ["The cat sat on the mat and the cat sat", "Hi there Hi there", "A B C A B C D"]
+    for kind in ("previous_token_head", "duplicate_token_head", "induction_head"):
+        for measure in ("mul", "abs"):
+            got = circuits.detect_head(m, texts, kind, exclude_bos=True, error_measure=measure)
+            want = np.mean([circuits.detect_head(m, t, kind, exclude_bos=True, error_measure=measure)
+                            for t in texts], axis=0)
+            np.testing.assert_allclose(got, want, atol=1e-5)
