@@ -12,7 +12,7 @@ toolkit/padding/<case>.safetensors: the tokens and mask of each side, the logits
 per-token loss (return_type="loss", attention_mask=...), and a few hooks (run_with_cache). And
 for examples/models/tiny-random-gpt2 with its tokenizer, a list of strings through TL's own
 to_tokens / get_attention_mask / model(list) on both sides, with and without BOS (logits of
-the first 64 tokens of the vocabulary only, to stay small).
+the first 64 tokens of the vocabulary only, to stay small), and greedy generate of the list.
 bindings/python/tests/test_padding.py compares libcircuits with them. CPU, float32, fixed seed.
 """
 
@@ -107,6 +107,11 @@ def text_case() -> None:
             out[f"{key}:logits[..., :64]"] = logits[..., :64].float().contiguous()  # KBs, not MBs
             out[f"{key}:loss"] = loss.reshape(1).float()
             out[f"{key}:per_token_loss"] = ptl.float().contiguous()
+    # greedy generation of the list: TransformerLens pads it left and carries the mask (KV cache)
+    with torch.no_grad():
+        gen = model.generate(TEXTS, max_new_tokens=5, do_sample=False, stop_at_eos=False, return_type="tokens",
+                             verbose=False)
+    out["generate:tokens"] = gen.to(torch.int32)
     save_file(out, os.path.join(OUT, "text_tiny_random_gpt2.safetensors"),
               metadata={"texts": json.dumps(TEXTS), "transformer_lens": "3.9.0"})
     print(f"text_tiny_random_gpt2: {len(out)} tensors")

@@ -158,3 +158,31 @@ def test_detect_head_list_is_one_padded_batch():
             want = np.mean([circuits.detect_head(m, t, kind, exclude_bos=True, error_measure=measure)
                             for t in texts], axis=0)
             np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_generate_left_padded_as_transformer_lens():
+    """TransformerLens's greedy generate of a list of texts (left-padded, its mask carried through
+    the KV cache) equals circuits_context_generate with the batch's attention_mask."""
+    import ctypes
+
+    from circuits import _native as N
+
+    ref = safetensors_np.load(str(PADDING / "text_tiny_random_gpt2.safetensors"))
+    texts = json.loads(safetensors_np.metadata(str(PADDING / "text_tiny_random_gpt2.safetensors"))["texts"])
+    want = ref["generate:tokens"]
+    m = circuits.Model.from_pretrained_no_processing(TINY_GPT2)
+    prompt = m.to_tokens(texts, padding_side="left").astype(np.int32)
+    t = m.tokenizer
+    mask = circuits.padding.get_attention_mask(prompt, t.eos_token_id, t.bos_token_id, True, "left")
+    B, P = prompt.shape
+    n_new = want.shape[1] - P
+    for kv in (1, 0):
+        o = N.GenerateOptions()
+        N.lib.circuits_generate_options_init(ctypes.byref(o))
+        o.max_new_tokens, o.do_sample, o.stop_at_eos, o.use_kv_cache = n_new, 0, 0, kv
+        o.attention_mask = mask.ctypes.data
+        out = np.zeros((B, P + n_new), np.int32)
+        n = ctypes.c_int64()
+        m._call(N.lib.circuits_context_generate, prompt, B, P, ctypes.byref(o), out, ctypes.byref(n))
+        assert n.value == P + n_new
+        np.testing.assert_array_equal(out, want)
