@@ -5,7 +5,7 @@ the mask (position ids, W_pos, rotary, attention, loss); this module only decide
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -68,9 +68,3 @@ def as_mask(mask: Any, shape: Sequence[int], what: str = "tokens") -> np.ndarray
         raise ShapeError(f"attention_mask shape {list(m.shape)} does not match {what} shape {list(shape)}")
     return np.ascontiguousarray(m, dtype=np.int32)
 
-
-def real_rows(tokens: np.ndarray, mask: Optional[np.ndarray]) -> List[np.ndarray]:
-    """Each row's real tokens (all of them without a mask)."""
-    if mask is None:
-        return [r for r in tokens]
-    return [r[m.astype(bool)] for r, m in zip(tokens, mask)]
