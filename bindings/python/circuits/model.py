@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import json
 import os
 import sys
 import threading
@@ -517,8 +518,10 @@ class Model:
         N.check(lib.circuits_model_load(ctypes.byref(out), N.cstr(p), ctypes.byref(opts)))
         self = cls.__new__(cls)
         self._setup(_ModelHandle(out.value), p, use_attn_result)  # type: ignore[arg-type]
-        if default_padding_side is not None and self._tokenizer is not None:
-            self._tokenizer.padding_side = default_padding_side
+        if self._tokenizer is not None:  # TL: the argument, else the tokenizer's own, else 'right'
+            side = default_padding_side or _tokenizer_padding_side(p)
+            if side is not None:
+                self._tokenizer.padding_side = side
         return self
 
     @classmethod
@@ -1598,6 +1601,17 @@ class Model:
             return res
         strs = [self._tok().decode(row) for row in res]
         return strs[0] if isinstance(input, str) or (return_type == "str" and len(strs) == 1 and not is_text) else strs
+
+
+def _tokenizer_padding_side(path: str) -> Optional[str]:
+    """``padding_side`` of the directory's tokenizer_config.json (what Hugging Face's tokenizer, and
+    so TransformerLens, starts with), or None."""
+    try:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
+            side = json.load(f).get("padding_side")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return side if side in _pad.SIDES else None
 
 
 def _check_device(device: Optional[str]) -> None:

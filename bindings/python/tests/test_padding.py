@@ -186,3 +186,19 @@ def test_generate_left_padded_as_transformer_lens():
         m._call(N.lib.circuits_context_generate, prompt, B, P, ctypes.byref(o), out, ctypes.byref(n))
         assert n.value == P + n_new
         np.testing.assert_array_equal(out, want)
+
+
+def test_default_padding_side_from_tokenizer_config(tmp_path):
+    """TransformerLens: default_padding_side, else the tokenizer's own (tokenizer_config.json)."""
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(TINY_GPT2, d)
+    assert circuits.Model.from_pretrained(d).tokenizer.padding_side == "right"
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["padding_side"] = "left"
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert circuits.Model.from_pretrained(d).tokenizer.padding_side == "left"
+    assert circuits.Model.from_pretrained(d, default_padding_side="right").tokenizer.padding_side == "right"
+    with pytest.raises(ValueError):
+        circuits.Model.from_pretrained(d, default_padding_side="up")
