@@ -53,6 +53,8 @@ typedef struct scratch {
                       * local layers when linear scaling skips them */
     float *logits;   /* [B, n, V] (n: T or the chosen positions) when the caller passed no logits
                       * buffer or a hook reads them: hooks see only the run memory */
+    int32_t *pos_id; /* [B, T] position ids, with a mask only (after the logits: a run allocates
+                      * nothing else, so a generation step cannot fail half-way for memory) */
 } scratch;
 
 /* One pass: the run it carries out, its scratch, and its sizes (P: cached positions). */
@@ -65,7 +67,6 @@ typedef struct pass {
     const int32_t *mask; /* [B, P + T] with row stride mask_rs: every key's attention mask (cached
                           * ones first); NULL: no padding anywhere */
     int64_t mask_rs;
-    int32_t *pos_id;     /* [B, T] the new positions' position ids (with a mask only) */
 } pass;
 
 /* 1 if local layers rotate by other angles than global ones: TransformerLens applies linear
@@ -103,6 +104,8 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     size_t logits_n = 0;
     if (own_logits) ok &= cx_mul_size((size_t)logit_rows, (size_t)c->d_vocab_out, &logits_n);
     for (int i = 0; i < 16 && ok; i++) ok = total + sizes[i] >= total && (total += sizes[i], true);
+    _Static_assert(sizeof(int32_t) == sizeof(float), "position ids take float slots");
+    ok = ok && (!masked || (total + N >= total && (total += N, true)));
     ok = ok && total + logits_n >= total && (total += logits_n, true) && total < SIZE_MAX / sizeof(float);
     if (!ok) return cx_fail(CIRCUITS_E_RANGE, "a run of [%lld, %lld] tokens needs more memory than can be addressed",
                             (long long)B, (long long)T);
@@ -124,6 +127,7 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
         p += sizes[i];
     }
     s->logits = own_logits ? p : NULL;
+    s->pos_id = masked ? (int32_t *)(p + logits_n) : NULL;
     return CIRCUITS_OK;
 }
 
@@ -269,7 +273,7 @@ static int rotate_qk(pass *ps, int l)
 {
     const circuits_config *c = &ps->ctx->model->cfg;
     scratch *s = &ps->s;
-    int64_t half = c->rotary_dim / 2, rows = ps->pos_id ? ps->B * ps->T : ps->T; /* a table per row with a mask */
+    int64_t half = c->rotary_dim / 2, rows = ps->s.pos_id ? ps->B * ps->T : ps->T; /* a table per row with a mask */
     int which = cx_rope_layer_unscaled(c, l);
     float *cos_t = s->rope + which * 2 * rows * half, *sin_t = cos_t + rows * half;
     if (!ps->rope_ready[which]) {
@@ -279,13 +283,13 @@ static int rotate_qk(pass *ps, int l)
         circuits_config unscaled = *c;
         unscaled.rope_scaling = CIRCUITS_ROPE_NONE;
         cx_rope_inv_freq(which ? &unscaled : c, inv);
-        if (ps->pos_id) /* TL apply_rotary with a mask: the angles of each row's position ids */
-            for (int64_t n = 0; n < rows; n++) cx_rope_cos_sin(c, inv, ps->pos_id[n], 1, cos_t + n * half, sin_t + n * half);
+        if (ps->s.pos_id) /* TL apply_rotary with a mask: the angles of each row's position ids */
+            for (int64_t n = 0; n < rows; n++) cx_rope_cos_sin(c, inv, ps->s.pos_id[n], 1, cos_t + n * half, sin_t + n * half);
         else cx_rope_cos_sin(c, inv, ps->P, ps->T, cos_t, sin_t);
         if (inv != inv_small) cx_free(inv);
         ps->rope_ready[which] = true;
     }
-    if (ps->pos_id) {
+    if (ps->s.pos_id) {
         for (int64_t b = 0; b < ps->B; b++) {
             const float *cb = cos_t + b * ps->T * half, *sb = sin_t + b * ps->T * half;
             cx_rope_rotate(s->q + b * ps->T * c->n_heads * c->d_head, 1, ps->T, c->n_heads, c->d_head, c, cb, sb);
@@ -476,7 +480,7 @@ static int run(pass *ps, float *out)
      * padding (TL PosEmbed); shortformer needs it in every layer */
     const circuits_tensor *E = m->W_E, *Wp = m->W_pos;
     for (int64_t n = 0; n < N && Wp; n++) { /* rotary models have no W_pos (nor hook_pos_embed) */
-        int64_t b = n / T, t = n % T, p = ps->pos_id ? ps->pos_id[n] : ps->P + t;
+        int64_t b = n / T, t = n % T, p = ps->s.pos_id ? ps->s.pos_id[n] : ps->P + t;
         bool pad = ps->mask && !ps->mask[b * ps->mask_rs + ps->P + t];
         for (int64_t j = 0; j < D; j++) s->pos[n * D + j] = pad ? 0.0f : Wp->data[p * Wp->strides[0] + j * Wp->strides[1]];
     }
@@ -658,9 +662,8 @@ static int check_run(const circuits_context *ctx, const cx_run *r)
 
 /* The pass's view of the mask: every key's (a KV cache's held ones first: the run's own are
  * written after them, ones without a mask; they count only once the run succeeds), NULL when
- * nothing is padding, and the new positions' ids (TL get_offset_position_ids: cumsum - 1,
- * clamped at 0). */
-static int prepare_mask(pass *ps)
+ * nothing is padding. */
+static void prepare_mask(pass *ps)
 {
     const cx_run *r = ps->run;
     circuits_kv_cache *kv = r->kv;
@@ -677,22 +680,20 @@ static int prepare_mask(pass *ps)
     bool padded = false;
     for (int64_t b = 0; b < B && ps->mask && !padded; b++)
         for (int64_t t = 0; t < Tk && !padded; t++) padded = !ps->mask[b * ps->mask_rs + t];
-    if (!padded) {
-        ps->mask = NULL;
-        return CIRCUITS_OK;
-    }
-    ps->pos_id = cx_malloc((size_t)(B * T) * sizeof(int32_t));
-    if (!ps->pos_id)
-        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory: position ids of [%lld, %lld] tokens", (long long)B,
-                       (long long)T);
+    if (!padded) ps->mask = NULL;
+}
+
+/* The new positions' ids (TL get_offset_position_ids: cumsum(mask) - 1, clamped at 0). */
+static void position_ids(pass *ps)
+{
+    int64_t B = ps->B, T = ps->T, P = ps->P, Tk = P + T;
     for (int64_t b = 0; b < B; b++) {
         int32_t seen = 0;
         for (int64_t t = 0; t < Tk; t++) {
             seen += ps->mask[b * ps->mask_rs + t];
-            if (t >= P) ps->pos_id[b * T + t - P] = seen > 0 ? seen - 1 : 0;
+            if (t >= P) ps->s.pos_id[b * T + t - P] = seen > 0 ? seen - 1 : 0;
         }
     }
-    return CIRCUITS_OK;
 }
 
 /* The mask, the scratch and the pass; *lg: where the logits are. */
@@ -701,13 +702,13 @@ static int forward_pass(pass *ps, float **lg)
     circuits_context *ctx = ps->ctx;
     const cx_run *r = ps->run;
     int64_t B = ps->B, T = ps->T;
-    int rc = prepare_mask(ps);
-    if (rc) return rc;
+    prepare_mask(ps);
     int64_t logit_rows = B * (r->positions ? r->n_positions : T);
     /* hooks see only the run memory: logits a hook reads are made there and copied out after */
     bool own_logits = !r->stop_at_layer && (r->out == NULL || cx_hook_active(ctx, r, -1, HK_UNEMBED_OUT));
-    rc = prepare_scratch(ctx, B, T, ps->P + T, logit_rows, own_logits, ps->pos_id != NULL, &ps->s);
+    int rc = prepare_scratch(ctx, B, T, ps->P + T, logit_rows, own_logits, ps->mask != NULL, &ps->s);
     if (rc) return rc;
+    if (ps->mask) position_ids(ps);
     *lg = own_logits ? ps->s.logits : r->out;
     if ((rc = run(ps, r->stop_at_layer ? r->out : *lg))) return rc;
     if (own_logits && r->out)
@@ -724,7 +725,6 @@ int cx_forward(circuits_context *ctx, const cx_run *r)
     int64_t B = ps.B, T = ps.T;
     float *lg = NULL;
     rc = forward_pass(&ps, &lg);
-    cx_free(ps.pos_id);
     if (rc) return rc;
     if (r->kv) r->kv->len += T;
     if (r->loss || r->per_token_loss)
