@@ -252,7 +252,11 @@ static int sweep_alloc(sweep *s, int64_t cells_per_run)
     s->input = cx_malloc(R * (size_t)(s->T * s->D) * sizeof(float));
     if (!s->base_resid || !s->base_k || !s->base_v || !s->input)
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory for the incremental patching state", s->fn);
-    return circuits_kv_cache_create(&s->kv, s->ctx->model, (int64_t)R, s->T);
+    int rc = circuits_kv_cache_create(&s->kv, s->ctx->model, (int64_t)R, s->T);
+    if (rc) return rc;
+    /* no padding: every held position is a real token, whatever batch a run lays the cache out for */
+    for (size_t i = 0; i < R * (size_t)s->T; i++) s->kv->mask[i] = 1;
+    return CIRCUITS_OK;
 }
 
 /* The corrupted run: the logits the metric reads (a cell whose patch cannot reach them has the
