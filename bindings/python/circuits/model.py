@@ -158,6 +158,11 @@ class Config:
     dtype: str = "float32"
     tokenizer_name: Optional[str] = None
     default_prepend_bos: bool = True
+    # the optional hook points (set_use_split_qkv_input, ...; docs/hooks.md)
+    use_split_qkv_input: bool = False
+    use_attn_in: bool = False
+    use_hook_mlp_in: bool = False
+    use_hook_tokens: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -315,7 +320,11 @@ def _apply_return(act: np.ndarray, ret: Any, hp: HookPoint, fn: Any) -> None:
         raise HookReturnError(
             f"hook {_fn_name(fn)} at '{hp.name}' returned an array of shape {list(ret.shape)}; the activation has "
             f"shape {list(act.shape)} (a replacement must have the same shape)")
-    if ret.dtype != np.float32:
+    if act.dtype == np.int32 and ret.dtype.kind in "iu":  # hook_tokens: token ids (checked by libcircuits)
+        if ret.size and (ret.min() < 0 or ret.max() > np.iinfo(np.int32).max):
+            raise HookReturnError(f"hook {_fn_name(fn)} at '{hp.name}' returned token ids outside int32")
+        ret = ret.astype(np.int32)
+    elif ret.dtype != np.float32:
         raise HookReturnError(
             f"hook {_fn_name(fn)} at '{hp.name}' returned dtype {ret.dtype}; activations are float32 (return "
             f"arr.astype(np.float32) or edit the activation in place)")
@@ -336,7 +345,8 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
         hp = st.points.get(t.name)
         if hp is None:
             hp = HookPoint(N.decode(t.name), t.layer, t.head_axis)
-        holder = _Holder(t.data, tuple(t.shape[: t.ndim]), False, st.lease)
+        holder = _Holder(t.data, tuple(t.shape[: t.ndim]), False, st.lease,
+                         "<i4" if hp.name == _arrays.TOKENS_HOOK else "<f4")
         kept = _weakref(holder)
         st.lease.holders.append(kept)
         act = _asarray(holder)
@@ -397,10 +407,13 @@ class _ModelHandle:
         self.ptr: Optional[int] = ptr
         self.contexts: set = set()
 
-    def new_context(self, use_attn_result: bool) -> int:
+    def new_context(self, use_attn_result: bool, **flags: bool) -> int:
+        """A context with these ``circuits_context_options`` flags (the optional hook points)."""
         opts = N.ContextOptions()
         lib.circuits_context_options_init(ctypes.byref(opts))
         opts.use_attn_result = int(bool(use_attn_result))
+        for k, v in flags.items():
+            setattr(opts, k, int(bool(v)))
         out = ctypes.c_void_p()
         N.check(lib.circuits_context_create(ctypes.byref(out), self.ptr, ctypes.byref(opts)), "creating a context")
         self.contexts.add(out.value)
@@ -689,7 +702,7 @@ class Model:
         h.contexts.discard(ctx)  # _ModelHandle will not free it
         self._ctx = None
         try:
-            self._ctx = h.new_context(self._cfg.use_attn_result)
+            self._ctx = h.new_context(self._cfg.use_attn_result, **self._hook_flags())
             self._build_points()
             self._rebuild_hooks()
         except BaseException:
@@ -954,16 +967,57 @@ class Model:
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Turns ``blocks.{l}.attn.hook_result`` (per-head outputs, [batch, pos, n_heads,
         d_model]) on or off (a new C context; registered hooks are carried over)."""
+        self._set_context_flag("use_attn_result", use_attn_result)
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Turns ``blocks.{l}.hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` on or off:
+        each head's own copy of ``resid_pre`` ([batch, pos, n_heads, d_model]; the key and
+        value inputs have ``n_key_value_heads`` heads under grouped-query attention), ln1 then
+        applied per head, as TransformerLens. Registered hooks are carried over."""
+        self._set_context_flag("use_split_qkv_input", use_split_qkv_input)
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """Turns ``blocks.{l}.hook_attn_in`` ([batch, pos, n_heads, d_model]) on or off. Refused
+        under grouped-query attention (UnsupportedError), as TransformerLens refuses it."""
+        self._set_context_flag("use_attn_in", use_attn_in)
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Turns ``blocks.{l}.hook_mlp_in`` (the MLP's input before ln2, [batch, pos, d_model])
+        on or off. Refused on attention-only models, as TransformerLens refuses it."""
+        self._set_context_flag("use_hook_mlp_in", use_hook_mlp_in)
+
+    def set_use_hook_tokens(self, use_hook_tokens: bool) -> None:
+        """Turns ``hook_tokens`` on or off (TransformerLens sets ``cfg.use_hook_tokens`` when
+        the model is built; here it can change at any time). Its activation is the int32 token
+        ids [batch, pos]: a hook may edit them in place or return an integer array; the edited
+        ids feed the embedding and the loss."""
+        self._set_context_flag("use_hook_tokens", use_hook_tokens)
+
+    _HOOK_FLAGS = ("use_split_qkv_input", "use_attn_in", "use_hook_mlp_in", "use_hook_tokens")
+
+    def _hook_flags(self, **override: bool) -> Dict[str, bool]:
+        flags = {k: getattr(self._cfg, k) for k in self._HOOK_FLAGS}
+        flags.update(override)
+        return flags
+
+    def _set_context_flag(self, flag: str, value: bool) -> None:
+        """Moves the model to a new C context with one option changed (registered hooks are
+        carried over; any failure leaves the model as it was)."""
+        value = bool(value)
         with self._lock:
             self._check_open()
-            self._refuse_running("set_use_attn_result")
-            if bool(use_attn_result) == self.cfg.use_attn_result:
+            self._refuse_running("set_" + flag)
+            if value == getattr(self.cfg, flag):
                 return
             h = self._handle
             assert h is not None
             old_ctx, old_points, old_state_points = self._ctx, self._points, self._state.points
             old_hook_dict = self.hook_dict
-            self._ctx = h.new_context(use_attn_result)
+            if flag == "use_attn_result":
+                new_ctx = h.new_context(value, **self._hook_flags())
+            else:
+                new_ctx = h.new_context(self._cfg.use_attn_result, **self._hook_flags(**{flag: value}))
+            self._ctx = new_ctx
             try:
                 self._build_points()
                 self._rebuild_hooks()
@@ -976,7 +1030,7 @@ class Model:
                 self._rebuild_hooks()
                 raise
             h.free_context(old_ctx)
-            self._cfg = replace(self._cfg, use_attn_result=bool(use_attn_result))
+            self._cfg = replace(self._cfg, **{flag: value})
 
     # -- caching ----------------------------------------------------------------------------
 
