@@ -34,6 +34,7 @@ import numpy as np
 
 from . import _arrays
 from . import _native as N
+from . import modules
 from ._arrays import Handle, readonly, tensor_view
 from .cache import ActivationCache
 from .errors import (
@@ -829,6 +830,8 @@ class Model:
     def _select(self, target: NameOrPredicate) -> List[str]:
         if isinstance(target, str):
             return [target]  # exact, short name or pattern: resolved by libcircuits
+        if isinstance(target, HookPoint):  # model.blocks[0].attn.hook_pattern (circuits.modules)
+            return [target.name]
         if callable(target):
             return [p.name for p in self._points if target(p.name)]
         raise TypeError(f"a hook target is a hook name, short name, pattern or a predicate name -> bool, "
@@ -1122,6 +1125,41 @@ class Model:
             a = readonly(np.stack([self.get_weight(f"blocks.{l}.{leaf}") for l in range(self._dims.n_layers)]))
             self._stacked[leaf] = a
         return a
+
+    # -- the module tree (circuits/modules.py) ---------------------------------------------
+
+    @property
+    def embed(self) -> modules.Embed:
+        """``model.embed.W_E`` (TransformerLens's module tree: docs/python.md)."""
+        return modules.Embed(self, "embed")
+
+    @property
+    def pos_embed(self) -> modules.PosEmbed:
+        return modules.PosEmbed(self, "pos_embed")
+
+    @property
+    def unembed(self) -> modules.Unembed:
+        return modules.Unembed(self, "unembed")
+
+    @property
+    def ln_final(self) -> modules.LayerNorm:
+        return modules.LayerNorm(self, "ln_final")
+
+    @property
+    def blocks(self) -> modules.Blocks:
+        """``model.blocks[l].attn.W_Q``, ``.mlp.W_in``, ``.ln1.w``, ``.attn.hook_pattern``, ..."""
+        return modules.Blocks(self)
+
+    def _model_hook(self, name: str) -> HookPoint:
+        hp = self.hook_dict.get(name)
+        if hp is None:
+            raise AttributeError(f"'{name}' is not a hook point of this model (see hook_names())")
+        return hp
+
+    # the model-level hook points, as TransformerLens's attributes
+    hook_tokens = property(lambda self: self._model_hook("hook_tokens"), doc="needs set_use_hook_tokens(True)")
+    hook_embed = property(lambda self: self._model_hook("hook_embed"))
+    hook_pos_embed = property(lambda self: self._model_hook("hook_pos_embed"))
 
     @property
     def W_E(self) -> np.ndarray:
