@@ -19,6 +19,17 @@ and writes ``toolkit/optional_hooks/<case>.safetensors`` with, for the case's ``
   split:edit:tokens:loss  the loss with hook_tokens edited (TL computes it from the edited ids)
   attn_in:hook:<name>, attn_in:logits, attn_in:edit:attn_in   use_attn_in alone (not under
                       grouped-query attention: TL refuses set_use_attn_in there)
+  generate:greedy, generate:greedy_hooked   HookedTransformer.generate of the tokens, greedy
+                      (do_sample=False), 6 new tokens, no EOS stop (int32 [batch, pos + 6]);
+                      _hooked with head 1's hook_z zeroed in block 0 at every step (the Python
+                      binding's generate test, which runs with and without the KV cache).
+                      use_past_kv_cache=False: TL 3.9's KV-cache generation gives other tokens
+                      than its own full re-runs (and than a greedy loop over model(tokens)) on
+                      models with absolute position embeddings, from the second new token on,
+                      because it adds the position embedding of the wrong position to the new
+                      token (get_residual(all embeds, pos_offset=cached length), then the last
+                      row). This script checks that the greedy loop agrees with the no-cache
+                      generation, and prints whether the KV-cache one does.
 """
 
 from __future__ import annotations
@@ -76,6 +87,11 @@ def edit_attn_in(x, hook):  # blocks.1.hook_attn_in: head 2's input negated
     return x
 
 
+def zero_head_1(x, hook):  # blocks.0.attn.hook_z during generation
+    x[:, :, 1] = 0.0
+    return x
+
+
 EDITS = {
     "q_input": ("blocks.1.hook_q_input", edit_q_input),
     "k_input": ("blocks.0.hook_k_input", edit_k_input),
@@ -129,6 +145,18 @@ def main() -> None:
             out["attn_in:logits"] = logits
             out["attn_in:edit:attn_in"] = m.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_attn_in", edit_attn_in)])
             assert (out["attn_in:edit:attn_in"] - logits).abs().max() > 1e-2
+        m = build(case)
+        kw = dict(max_new_tokens=6, do_sample=False, stop_at_eos=False, use_past_kv_cache=False, verbose=False)
+        out["generate:greedy"] = m.generate(tokens, **kw).to(torch.int32)
+        loop = tokens
+        for _ in range(6):
+            loop = torch.cat([loop, m(loop)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        assert torch.equal(loop.to(torch.int32), out["generate:greedy"])
+        cached = m.generate(tokens, **{**kw, "use_past_kv_cache": True}).to(torch.int32)
+        print(case, "TL KV-cache generation equals its no-cache one:", torch.equal(cached, out["generate:greedy"]))
+        with m.hooks(fwd_hooks=[("blocks.0.attn.hook_z", zero_head_1)]):
+            out["generate:greedy_hooked"] = m.generate(tokens, **kw).to(torch.int32)
+        assert not torch.equal(out["generate:greedy"], out["generate:greedy_hooked"])
         out = {k: v.detach().contiguous().clone() for k, v in out.items()}
         save_file(out, os.path.join(OUT, case + ".safetensors"), metadata={"case": case, **G.versions()})
         print(case, len(out), "tensors")

@@ -587,7 +587,7 @@ class Model:
         if N.has("circuits_model_tokenizer"):
             tp = lib.circuits_model_tokenizer(handle.ptr)
             if tp:  # borrowed from the model: the wrapper keeps the model's memory alive
-                self._tokenizer = Tokenizer._wrap(tp, handle)
+                self._tokenizer = Tokenizer._wrap(tp, handle).with_bos()  # encode() prepends BOS, as TL's
 
     def _build_points(self) -> None:
         ctx = self._ctx
@@ -1387,7 +1387,11 @@ class Model:
         self._tokenizer = tok
 
     def set_tokenizer(self, tok: Tokenizer) -> None:
-        self.tokenizer = tok
+        """Sets the model's tokenizer as TransformerLens does: one that prepends BOS in
+        ``encode`` (``tok.with_bos()``; ``tok`` itself is unchanged)."""
+        if not isinstance(tok, Tokenizer):
+            raise TypeError(f"set_tokenizer takes a circuits.Tokenizer, not {type(tok).__name__}")
+        self.tokenizer = tok.with_bos()
 
     def _tok(self) -> Tokenizer:
         t = self.tokenizer
@@ -1450,7 +1454,7 @@ class Model:
 
     def to_single_token(self, string: str) -> int:
         """The id of a string that is exactly one token (ValueError otherwise)."""
-        ids = self._tok().encode(string)
+        ids = self._tok().encode(string, prepend_bos=False)
         if len(ids) != 1:
             raise ValueError(f"{string!r} is {len(ids)} tokens, not one")
         return int(ids[0])
@@ -1466,16 +1470,38 @@ class Model:
                  *, seed: int = 0) -> Any:
         """TransformerLens's ``generate`` (``circuits_context_generate``): continues ``input``
         (text, a list of texts, or token ids [batch, pos]) by up to ``max_new_tokens`` tokens,
-        firing the registered hooks at every step. ``return_type``: ``"input"`` (text for text
-        input, else tokens), ``"str"`` or ``"tokens"`` (int64 [batch, pos + new]). Sampling
-        (``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``freq_penalty``) is seeded by
-        ``seed``: the same seed gives the same tokens. ``use_past_kv_cache=True`` runs each step
-        on the new position only. ``verbose`` is accepted and ignored."""
+        firing the registered hooks at every step (with the KV cache, each step's hooks see the
+        new position only, as in TransformerLens). ``return_type``: ``"input"`` (``"str"`` for
+        text input, ``"tokens"`` for tokens), ``"str"`` (the text without BOS/EOS/pad tokens, as
+        TL's ``skip_special_tokens=True``; one str for batch 1, else a list) or ``"tokens"``
+        (int64 [batch, pos + new]). Greedy (``do_sample=False``) or sampled (``temperature``,
+        ``top_k``, ``top_p``, ``freq_penalty``, as TL's ``sample_logits``), seeded by ``seed``:
+        the same seed gives the same tokens (not torch's random stream). ``stop_at_eos``: a row
+        that emits ``eos_token_id`` (default: the tokenizer's EOS) pads with it, and generation
+        ends when every row has. A list of texts of different token lengths needs left padding
+        and an attention mask (TL forces them): refused until the binding has padding; a list
+        whose texts have the same length runs as TL runs it. ``verbose`` (a progress bar in TL)
+        is accepted and ignored."""
         if return_type not in ("input", "str", "tokens"):
             raise ValueError(f"return_type must be 'input', 'str' or 'tokens', not {return_type!r}")
+        if padding_side not in (None, "left", "right"):
+            raise ValueError(f"padding_side must be 'left', 'right' or None, not {padding_side!r}")
+        if isinstance(eos_token_id, (list, tuple)):
+            if len(eos_token_id) != 1:
+                raise NotImplementedError("several stop tokens (eos_token_id as a list) are not supported: "
+                                          "circuits_context_generate stops at one EOS id")
+            eos_token_id = eos_token_id[0]
         is_text = isinstance(input, str) or (isinstance(input, (list, tuple)) and bool(input)
                                              and isinstance(input[0], str))
         if is_text:
+            if not isinstance(input, str) and len(input) > 1:
+                lens = {len(self._tok().encode(t, prepend_bos=bool(self.cfg.default_prepend_bos if prepend_bos is None
+                                                                     else prepend_bos))) for t in input}
+                if len(lens) > 1:
+                    raise NotImplementedError(
+                        f"generate on a list of texts of different token lengths ({sorted(lens)}) needs left padding "
+                        "and an attention mask, which this binding does not pass to generation yet; generate each "
+                        "text on its own, or give texts of the same token length")
             tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side or "right")
         else:
             tokens = input
@@ -1529,8 +1555,8 @@ class Model:
         res = out[:, :n].astype(np.int64)
         if return_type == "tokens" or (return_type == "input" and not is_text):
             return res
-        strs = [self._tok().decode(row) for row in res]
-        return strs[0] if isinstance(input, str) or (return_type == "str" and len(strs) == 1 and not is_text) else strs
+        strs = [self._tok().decode(row, skip_special_tokens=True) for row in res]
+        return strs[0] if len(strs) == 1 else strs  # as TL: one text for batch 1
 
 
 def _mode(mode: str) -> int:
