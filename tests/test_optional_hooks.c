@@ -6,9 +6,12 @@
  * Also: the refusals (use_attn_in under grouped-query attention, use_hook_mlp_in attention-only,
  * flags other than 0/1), hook_tokens's int32 descriptor, an edited token out of the vocabulary,
  * and the 0.4-sized options struct still accepted.
- * Usage: test_optional_hooks CASES_DIR TOOLKIT_DIR */
+ * The refusals are named checks of the catalogue (docs/errors.md "Optional hook points").
+ * Usage: test_optional_hooks CASES_DIR TOOLKIT_DIR [-v] */
 #define TESTUTIL_API_HELPERS
 #include "testutil.h"
+
+#include "catalogue.h"
 
 #include "../lib/io/safetensors.h"
 #include "reference_get.h"
@@ -183,8 +186,12 @@ static void check_case(const char *toolkit, const char *name)
     /* an edited id outside the vocabulary: refused before the embedding reads it */
     int32_t bad = c.d_vocab;
     CHECK_OK(circuits_context_add_hook(ctx, "hook_tokens", edit_tokens, &bad, NULL));
-    CHECK_FAILS(circuits_context_forward(ctx, tokens, B, T, logits, NULL, NULL), CIRCUITS_E_RANGE,
-                "hook_tokens: a hook set token id");
+    if (c.n_key_value_heads == c.n_heads) /* one row for the catalogue */
+        CALL_FAILS("optional_hook_tokens_outside_vocab", circuits_context_forward(ctx, tokens, B, T, logits, NULL, NULL),
+                   CIRCUITS_E_RANGE, "hook_tokens: a hook set token id");
+    else
+        CHECK_FAILS(circuits_context_forward(ctx, tokens, B, T, logits, NULL, NULL), CIRCUITS_E_RANGE,
+                    "hook_tokens: a hook set token id");
     circuits_context_free(ctx);
 
     if (c.n_key_value_heads == c.n_heads) {
@@ -199,8 +206,8 @@ static void check_case(const char *toolkit, const char *name)
         circuits_context_options_init(&o);
         o.use_attn_in = 1;
         circuits_context *bad_ctx = NULL;
-        CHECK_FAILS(circuits_context_create(&bad_ctx, m, &o), CIRCUITS_E_UNSUPPORTED,
-                    "use_attn_in with grouped-query attention");
+        CALL_FAILS("optional_attn_in_gqa", circuits_context_create(&bad_ctx, m, &o), CIRCUITS_E_UNSUPPORTED,
+                   "use_attn_in with grouped-query attention");
     }
     free(logits);
     circuits_model_free(m);
@@ -218,26 +225,29 @@ static void check_options(void)
     circuits_context *ctx = NULL;
     circuits_context_options_init(&o);
     o.use_split_qkv_input = 2;
-    CHECK_FAILS(circuits_context_create(&ctx, m, &o), CIRCUITS_E_INVALID_ARGUMENT, "use_split_qkv_input must be 0 or 1");
+    CALL_FAILS("optional_split_qkv_input_2", circuits_context_create(&ctx, m, &o), CIRCUITS_E_INVALID_ARGUMENT,
+               "use_split_qkv_input must be 0 or 1");
     circuits_context_options_init(&o);
     o.use_hook_mlp_in = 1;
-    CHECK_FAILS(circuits_context_create(&ctx, m, &o), CIRCUITS_E_UNSUPPORTED, "use_hook_mlp_in on an attention-only");
+    CALL_FAILS("optional_hook_mlp_in_attn_only", circuits_context_create(&ctx, m, &o), CIRCUITS_E_UNSUPPORTED,
+               "use_hook_mlp_in on an attention-only");
     circuits_context_options_init(&o);
     o.size = 8; /* a 0.4 caller: the new flags read as 0 */
     o.use_split_qkv_input = 7; /* beyond its size: never read */
     CHECK_OK(circuits_context_create(&ctx, m, &o));
-    CHECK_FAILS(circuits_context_add_hook(ctx, "blocks.0.hook_q_input", edit_mlp_in, NULL, NULL), CIRCUITS_E_NOT_FOUND,
-                "set use_split_qkv_input");
-    CHECK_FAILS(circuits_context_add_hook(ctx, "hook_tokens", edit_mlp_in, NULL, NULL), CIRCUITS_E_NOT_FOUND,
-                "set use_hook_tokens");
+    CALL_FAILS("optional_q_input_without_option", circuits_context_add_hook(ctx, "blocks.0.hook_q_input", edit_mlp_in,
+               NULL, NULL), CIRCUITS_E_NOT_FOUND, "set use_split_qkv_input");
+    CALL_FAILS("optional_hook_tokens_without_option", circuits_context_add_hook(ctx, "hook_tokens", edit_mlp_in, NULL,
+               NULL), CIRCUITS_E_NOT_FOUND, "set use_hook_tokens");
     circuits_context_free(ctx);
     circuits_model_free(m);
 }
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) return 2;
+    if (argc < 3 || argc > 4) return 2;
     g_cases = argv[1];
+    cat_verbose = argc == 4 && strcmp(argv[3], "-v") == 0;
     check_case(argv[2], "tl_gelu_new_attn_result");
     check_case(argv[2], "tl_gqa_rotary_rms");
     check_options();
