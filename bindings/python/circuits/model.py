@@ -189,15 +189,25 @@ class HookPoint:
     """What a hook function receives as its second argument (TransformerLens's ``HookPoint``):
     ``hook.name`` (full hook name), ``hook.layer()`` (block index), ``hook.head_axis`` (the axis
     of the activation that indexes heads, or -1) and ``hook.ctx``, a dict that persists between
-    calls until ``reset_hooks(clear_contexts=True)``."""
+    calls until ``reset_hooks(clear_contexts=True)``. A model's hook points (``model.hook_dict``,
+    ``model.blocks[0].attn.hook_pattern``) also take ``hook.add_hook(fn)``, as TransformerLens's."""
 
-    __slots__ = ("name", "_layer", "head_axis", "ctx")
+    __slots__ = ("name", "_layer", "head_axis", "ctx", "_model")
 
-    def __init__(self, name: str, layer: int, head_axis: int):
+    def __init__(self, name: str, layer: int, head_axis: int, model: Optional["Model"] = None):
         self.name = name
         self._layer = int(layer)
         self.head_axis = int(head_axis)
         self.ctx: Dict[Any, Any] = {}
+        self._model = weakref.ref(model) if model is not None else None
+
+    def add_hook(self, hook: "HookFn", dir: str = "fwd", is_permanent: bool = False, level: Optional[int] = None,
+                 prepend: bool = False) -> "HookHandle":
+        """``model.add_hook(self.name, hook, ...)`` (TransformerLens's ``HookPoint.add_hook``)."""
+        m = self._model() if self._model is not None else None
+        if m is None:
+            raise InvalidArgumentError(f"hook point '{self.name}' belongs to no live model")
+        return m.add_hook(self.name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def layer(self) -> int:
         """The block index of this hook point (ValueError outside blocks, e.g. hook_embed)."""
@@ -597,7 +607,7 @@ class Model:
         by_addr: Dict[int, HookPoint] = {}
         for i in range(n):
             N.check(lib.circuits_context_hook_point(ctx, i, 1, 1, ctypes.byref(t)))
-            hp = HookPoint(N.decode(t.name), t.layer, t.head_axis)
+            hp = HookPoint(N.decode(t.name), t.layer, t.head_axis, self)
             by_addr[t.name] = hp
             pts.append(hp)
         self._state.points = by_addr

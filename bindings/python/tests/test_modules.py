@@ -76,6 +76,12 @@ def test_hook_points_as_attributes(circuits_mod, small):
     m(np.array([[1, 2, 3]]))
     assert seen == [("blocks.0.attn.hook_pattern", (1, m.cfg.n_heads, 3, 3))]
     m.reset_hooks()
+    seen.clear()
+    handle = m.blocks[1].ln2.hook_scale.add_hook(lambda x, h: seen.append(h.name))  # TL's HookPoint.add_hook
+    m(np.array([[1, 2, 3]]))
+    handle.remove()
+    m(np.array([[1, 2, 3]]))
+    assert seen == ["blocks.1.ln2.hook_scale"]
     zero = m.run_with_hooks(np.array([[1, 2, 3]]), fwd_hooks=[(m.blocks[1].hook_resid_post.name,
                                                                 lambda x, h: np.zeros_like(x))])
     assert np.allclose(zero[0, 0], zero[0, 1])  # the logits of a zero residual: the same everywhere
