@@ -1,6 +1,7 @@
 /* TransformerLens's optional hook points (context options use_split_qkv_input, use_attn_in,
- * use_hook_mlp_in, use_hook_tokens) against TransformerLens on two reference cases
- * (tests/reference/toolkit/optional_hooks/, written by generate_optional_hooks.py): the hooks'
+ * use_hook_mlp_in, use_hook_tokens) against TransformerLens on four reference cases
+ * (tests/reference/toolkit/optional_hooks/, written by generate_optional_hooks.py; GPT-2-like,
+ * GQA + rotary, shortformer, parallel attention + MLP): the hooks'
  * values (ln1 under per-head inputs as TL's cache keeps it: the value input's firing), the logits
  * and loss, and the logits after an edit at each new point, which must flow downstream as in TL.
  * Also: the refusals (use_attn_in under grouped-query attention, use_hook_mlp_in attention-only,
@@ -105,9 +106,10 @@ static int edit_k_input(const circuits_tensor *t, void *u) /* head 0 from positi
             for (int64_t j = 0; j < g_dims[3] / 2; j++) AT(t, b, p, 0, j) = -AT(t, b, p, 0, j);
     return CIRCUITS_HOOK_CONTINUE;
 }
-static int negate_head(const circuits_tensor *t, void *u) /* v_input head 1, attn_in head 2 */
+static int negate_head(const circuits_tensor *t, void *u) /* v_input head 1, attn_in the last (-1) */
 {
     int h = *(const int *)u;
+    if (h < 0) h += (int)t->shape[2];
     dims(t);
     for (int64_t b = 0; b < g_dims[0]; b++)
         for (int64_t p = 0; p < g_dims[1]; p++)
@@ -198,8 +200,8 @@ static void check_case(const char *toolkit, const char *name)
         ctx = context(m, 0, 1, 0, 0);
         check_hooks(ctx, "attn_in", logits, NULL);
         diff(logits, get("attn_in:logits"), (size_t)(B * T * V), "attn_in logits");
-        int two = 2;
-        check_edit(ctx, "blocks.1.hook_attn_in", negate_head, &two, "attn_in:edit:attn_in", V, logits);
+        int last = -1;
+        check_edit(ctx, "blocks.1.hook_attn_in", negate_head, &last, "attn_in:edit:attn_in", V, logits);
         circuits_context_free(ctx);
     } else {
         circuits_context_options o;
@@ -250,6 +252,8 @@ int main(int argc, char **argv)
     cat_verbose = argc == 4 && strcmp(argv[3], "-v") == 0;
     check_case(argv[2], "tl_gelu_new_attn_result");
     check_case(argv[2], "tl_gqa_rotary_rms");
+    check_case(argv[2], "tl_shortformer_relu"); /* W_pos on the per-head q/k inputs */
+    check_case(argv[2], "tl_parallel_ln");      /* hook_mlp_in on resid_pre */
     check_options();
     return tu_finish("test_optional_hooks");
 }

@@ -18,7 +18,7 @@ def zero_head_1(x, hook):
     x[:, :, 1] = 0.0
 
 
-@pytest.mark.parametrize("name", ("tl_gelu_new_attn_result", "tl_gqa_rotary_rms"))
+@pytest.mark.parametrize("name", ("tl_gelu_new_attn_result", "tl_gqa_rotary_rms", "tl_shortformer_relu", "tl_parallel_ln"))
 @pytest.mark.parametrize("kv", (True, False))
 def test_greedy_against_transformerlens(circuits_mod, name, kv):
     ref = safetensors_np.load(str(TOOLKIT / f"{name}.safetensors"))

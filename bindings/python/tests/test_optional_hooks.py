@@ -12,7 +12,7 @@ import safetensors_np
 from conftest import CASES_DIR, REPO, TOL_HOOK, TOL_LOSS, max_diff
 
 TOOLKIT = REPO / "tests" / "reference" / "toolkit" / "optional_hooks"
-CASES = ("tl_gelu_new_attn_result", "tl_gqa_rotary_rms")
+CASES = ("tl_gelu_new_attn_result", "tl_gqa_rotary_rms", "tl_shortformer_relu", "tl_parallel_ln")
 
 
 def edit_q_input(x, hook):
@@ -39,7 +39,7 @@ def edit_tokens(x, hook):  # returns a new integer array, as a TL hook returns a
 
 
 def edit_attn_in(x, hook):
-    x[:, :, 2] = -x[:, :, 2]
+    x[:, :, -1] = -x[:, :, -1]
 
 
 EDITS = {
