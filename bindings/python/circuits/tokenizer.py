@@ -36,7 +36,7 @@ class Tokenizer:
     ``model.tokenizer.encode("Hi")`` starts with BOS in both (docs/python.md "Tokenizer").
     """
 
-    __slots__ = ("_ptr", "_owner", "add_bos_token", "__weakref__")
+    __slots__ = ("_ptr", "_owner", "add_bos_token", "_padding_side", "__weakref__")
 
     def __init__(self, *args: Any, **kwargs: Any):
         raise TypeError("create a Tokenizer with Tokenizer.load(path), or use model.tokenizer")
@@ -57,6 +57,7 @@ class Tokenizer:
         self._ptr = ptr
         self._owner = owner
         self.add_bos_token = False
+        self._padding_side = "right"
         return self
 
     def with_bos(self) -> "Tokenizer":
@@ -66,7 +67,20 @@ class Tokenizer:
             return self
         t = Tokenizer._wrap(self._ptr, self._owner)
         t.add_bos_token = True
+        t._padding_side = self._padding_side
         return t
+
+    @property
+    def padding_side(self) -> str:
+        """Where ``Model.to_tokens`` pads a list of strings by default, and whether a model run
+        builds an attention mask (TransformerLens: ``model.tokenizer.padding_side``; 'right')."""
+        return self._padding_side
+
+    @padding_side.setter
+    def padding_side(self, side: str) -> None:
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', not {side!r}")
+        self._padding_side = side
 
     # -- properties -------------------------------------------------------------------------
 

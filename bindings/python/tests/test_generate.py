@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import safetensors_np
-from conftest import CASES_DIR, REPO
+from conftest import CASES_DIR, REPO, TINY_GPT2
 
 TOOLKIT = REPO / "tests" / "reference" / "toolkit" / "optional_hooks"
 GREEDY = dict(max_new_tokens=6, do_sample=False, stop_at_eos=False)
@@ -57,13 +57,28 @@ def test_stop_at_eos_and_text(circuits_mod, tiny):
     text = tiny.generate(prompt, max_new_tokens=6, do_sample=False, stop_at_eos=False)
     assert isinstance(text, str) and text == tiny.tokenizer.decode(greedy[0, 1:])  # BOS left out, as TL
     assert tiny.generate(greedy, max_new_tokens=0, return_type="str") == text
-    # a list of texts: the same token length runs as TL runs it; different lengths are refused
     two = tiny.generate([prompt, prompt], max_new_tokens=3, do_sample=False, stop_at_eos=False)
     assert isinstance(two, list) and two[0] == two[1] == tiny.generate(prompt, max_new_tokens=3, do_sample=False,
                                                                        stop_at_eos=False)
-    with pytest.raises(NotImplementedError, match="left padding"):
-        tiny.generate([prompt, "Hi"], max_new_tokens=3)
     with pytest.raises(ValueError, match="return_type"):
         tiny.generate(prompt, return_type="embeds")
     assert tiny.generate(prompt, max_new_tokens=2, do_sample=False, eos_token_id=[eos], return_type="tokens").shape[1] \
         <= T + 2
+
+
+@pytest.mark.parametrize("kv", (True, False))
+def test_list_of_texts_left_padded_as_transformer_lens(circuits_mod, kv):
+    """A list of texts of different lengths: left-padded with its mask, as TL's generate
+    (tests/reference/toolkit/padding/, written by generate_padding.py)."""
+    import json
+
+    path = REPO / "tests" / "reference" / "toolkit" / "padding" / "text_tiny_random_gpt2.safetensors"
+    want = safetensors_np.load(str(path))["generate:tokens"]
+    texts = json.loads(safetensors_np.metadata(str(path))["texts"])
+    with circuits_mod.Model.from_pretrained_no_processing(TINY_GPT2) as m:
+        P = m.to_tokens(texts, padding_side="left").shape[1]
+        kw = dict(max_new_tokens=want.shape[1] - P, do_sample=False, stop_at_eos=False, use_past_kv_cache=kv)
+        got = m.generate(texts, return_type="tokens", padding_side="right", **kw)  # left whatever is asked, as TL
+        assert np.array_equal(got, want)
+        text = m.generate(texts, **kw)  # return_type "input": a list of str, special tokens skipped
+        assert text == [m.tokenizer.decode(row, skip_special_tokens=True) for row in want]
