@@ -129,3 +129,20 @@ def test_hook_mlp_in_refused_attn_only(circuits_mod):
         with pytest.raises(circuits_mod.UnsupportedError, match="attention-only"):
             m.set_use_hook_mlp_in(True)
         assert not m.cfg.use_hook_mlp_in
+
+
+def test_with_padding(circuits_mod):
+    """The per-head path under an attention mask: a left-padded batch gives the logits of the
+    plain path, and each row those of the row alone."""
+    from conftest import TINY_GPT2
+
+    texts = ["Hello world, this is", "Hi"]
+    with circuits_mod.Model.from_pretrained_no_processing(TINY_GPT2) as m:
+        plain = m(texts, padding_side="left")
+        m.set_use_split_qkv_input(True)
+        m.set_use_hook_mlp_in(True)
+        m.set_use_hook_tokens(True)
+        split = m(texts, padding_side="left")
+        alone = m("Hi")
+        assert max_diff(split, plain) <= 1e-5
+        assert max_diff(split[1, -alone.shape[1]:], alone[0]) <= 1e-5
