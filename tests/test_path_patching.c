@@ -1,0 +1,270 @@
+/* Path patching (lib/analysis/path_patch.c) against plain TransformerLens hooks following ARENA's
+ * implementation (tests/reference/toolkit/path_patching/, written by
+ * tests/reference/generate_path_patching.py): the per-sender grids (receiver the logits, with MLPs
+ * recomputed and frozen; receivers every q / k / v head of the last layer) and explicit sender
+ * sets with mixed receivers, metric and logits. Invariants: no sender gives the clean run,
+ * corrupted == clean gives the clean metric in every cell, a sender after every receiver gives the
+ * clean metric, the caller's hooks stay registered and fire. Refusals are named checks
+ * (docs/errors.md, "Path patching").
+ * Usage: test_path_patching REFERENCE_DIR CASES_DIR */
+#include "catalogue.h"
+
+#include <jansson.h>
+#include <math.h>
+
+#include "../lib/io/safetensors.h"
+#include "reference_get.h"
+
+#define TOL 1e-5
+
+static double worst;
+
+static const int32_t *ints(const char *key)
+{
+    const cx_st_tensor *t = get(key);
+    if (t->dtype != CX_DT_I32) {
+        fprintf(stderr, "%s is not int32\n", key);
+        exit(2);
+    }
+    return (const int32_t *)(const void *)t->data;
+}
+
+static double diff_to(const char *key, const float *x, size_t n)
+{
+    const cx_st_tensor *t = get(key);
+    CHECK(t->numel == n, "%s has %zu values, want %zu", key, t->numel, n);
+    double d = 0;
+    for (size_t i = 0; i < n && i < t->numel; i++) d = fmax(d, fabs((double)x[i] - cx_st_read_f32(t, i)));
+    worst = fmax(worst, d);
+    CHECK(d <= TOL, "%s: max-abs diff %.3g (tol %.0e)", key, d, TOL);
+    return d;
+}
+
+static int input_of(const char *s) { return s[0] == 'q' ? CIRCUITS_READER_Q : s[0] == 'k' ? CIRCUITS_READER_K : CIRCUITS_READER_V; }
+
+/* [[layer, head, "q"], ...] (or [[layer, head], ...]) into heads; returns the count. */
+static int64_t heads_of(json_t *a, circuits_path_head *heads)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(a, i, e)
+    {
+        heads[i].layer = (int32_t)json_integer_value(json_array_get(e, 0));
+        heads[i].head = (int32_t)json_integer_value(json_array_get(e, 1));
+        json_t *in = json_array_get(e, 2);
+        heads[i].input = in ? input_of(json_string_value(in)) : 0;
+    }
+    return (int64_t)json_array_size(a);
+}
+
+typedef struct seen {
+    int calls;
+} seen;
+
+static int count_hook(const circuits_tensor *act, void *user)
+{
+    (void)act;
+    ((seen *)user)->calls++;
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
+static int stop_hook(const circuits_tensor *act, void *user)
+{
+    (void)act, (void)user;
+    return CIRCUITS_HOOK_STOP;
+}
+
+static void refusals(circuits_context *ctx, const int32_t *clean, const int32_t *corrupted, int64_t B, int64_t T,
+                     const circuits_metric *m, int32_t n_layers, int32_t n_heads, int32_t n_kv)
+{
+    float v = 0, grid[64];
+    circuits_path_patch_options o;
+    circuits_path_patch_options_init(&o);
+    circuits_path_head s[2] = {{0, 0, 0}, {0, 0, 0}};
+    circuits_path_head r = {n_layers - 1, n_kv, CIRCUITS_READER_K};
+    CALL_FAILS("path_patch_null", circuits_context_path_patch(ctx, NULL, corrupted, B, T, s, 1, m, NULL, &v, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "ctx, clean and corrupted must not be NULL");
+    CALL_FAILS("path_sweep_out_null", circuits_context_path_patch_sweep(ctx, clean, corrupted, B, T, m, NULL, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "out is NULL");
+    CALL_FAILS("path_patch_metric_null", circuits_context_path_patch(ctx, clean, corrupted, B, T, s, 1, NULL, NULL, &v, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "metric is NULL");
+    CALL_FAILS("path_patch_shape", circuits_context_path_patch(ctx, clean, corrupted, B, 0, s, 1, m, NULL, &v, NULL),
+               CIRCUITS_E_SHAPE, "batch and pos must be at least 1");
+    CALL_FAILS("path_patch_too_long", circuits_context_path_patch(ctx, clean, corrupted, B, 1 << 20, s, 1, m, NULL, &v, NULL),
+               CIRCUITS_E_RANGE, "exceed the model's n_ctx");
+    CALL_FAILS("path_patch_senders_null", circuits_context_path_patch(ctx, clean, corrupted, B, T, NULL, 1, m, NULL, &v, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "1 senders but the array is NULL");
+    CALL_FAILS("path_patch_senders_negative", circuits_context_path_patch(ctx, clean, corrupted, B, T, s, -1, m, NULL, &v, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "n_senders -1 is negative");
+    CALL_FAILS("path_patch_sender_repeated", circuits_context_path_patch(ctx, clean, corrupted, B, T, s, 2, m, NULL, &v, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "sender 1 repeats sender 0");
+    s[1].head = n_heads;
+    CALL_FAILS("path_patch_sender_outside", circuits_context_path_patch(ctx, clean, corrupted, B, T, s, 2, m, NULL, &v, NULL),
+               CIRCUITS_E_RANGE, "is outside");
+    o.receivers = &r;
+    o.n_receivers = 1;
+    CALL_FAILS("path_patch_receiver_outside", circuits_context_path_patch(ctx, clean, corrupted, B, T, s, 1, m, &o, &v, NULL),
+               CIRCUITS_E_RANGE, "receiver 0 (layer");
+    r.head = 0;
+    r.input = 7;
+    CALL_FAILS("path_patch_receiver_input", circuits_context_path_patch(ctx, clean, corrupted, B, T, s, 1, m, &o, &v, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "is not CIRCUITS_READER_Q, _K or _V");
+    o.receivers = NULL;
+    CALL_FAILS("path_patch_receivers_null", circuits_context_path_patch(ctx, clean, corrupted, B, T, s, 1, m, &o, &v, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "1 receivers but the array is NULL");
+    o.n_receivers = 0;
+    o.freeze_mlps = 2;
+    CALL_FAILS("path_patch_freeze_mlps", circuits_context_path_patch_sweep(ctx, clean, corrupted, B, T, m, &o, grid),
+               CIRCUITS_E_INVALID_ARGUMENT, "freeze_mlps must be 0 or 1");
+    o.freeze_mlps = 0;
+    o.size = 3;
+    CALL_FAILS("path_patch_options_size", circuits_context_path_patch_sweep(ctx, clean, corrupted, B, T, m, &o, grid),
+               CIRCUITS_E_VERSION, "options size 3");
+    /* a caller's hook that stops a run stops the operation; nothing stays registered */
+    circuits_hook_id id = 0;
+    CHECK_OK(circuits_context_add_hook(ctx, "blocks.0.hook_resid_pre", stop_hook, NULL, &id));
+    CALL_FAILS("path_patch_stopped", circuits_context_path_patch(ctx, clean, corrupted, B, T, s, 1, m, NULL, &v, NULL),
+               CIRCUITS_E_STOPPED, "run stopped by the hook callback");
+    CHECK_OK(circuits_context_remove_hook(ctx, id));
+}
+
+static void check_case(const char *ref_dir, const char *cases_dir, const char *name, json_t *meta)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.safetensors", ref_dir, name);
+    if (cx_st_open_file(&ref, path)) {
+        fprintf(stderr, "%s\n", circuits_last_error());
+        exit(2);
+    }
+    snprintf(path, sizeof path, "%s/%s", cases_dir, name);
+    circuits_load_options lo;
+    circuits_load_options_init(&lo);
+    lo.fold_ln = lo.center_writing_weights = lo.center_unembed = lo.fold_value_biases = 0;
+    circuits_model *model = NULL;
+    CHECK_OK(circuits_model_load(&model, path, &lo));
+    if (!model) exit(2);
+    circuits_config c = {.size = sizeof c};
+    circuits_model_config(model, &c);
+    circuits_context *ctx = NULL;
+    CHECK_OK(circuits_context_create(&ctx, model, NULL));
+    const int64_t B = json_integer_value(json_object_get(meta, "B")), T = json_integer_value(json_object_get(meta, "T"));
+    const int32_t L = c.n_layers, H = c.n_heads, V = c.d_vocab_out;
+    const int32_t *clean = ints("clean_tokens"), *corrupted = ints("corrupted_tokens");
+    circuits_metric m;
+    circuits_metric_init(&m);
+    m.answer = ints("answer");
+    m.wrong = ints("wrong");
+    size_t nl = (size_t)(B * T * V);
+    float *logits = malloc(nl * sizeof(float)), grid[64], v = 0;
+    if (!logits || L * H > 64) exit(2);
+    circuits_path_patch_options o;
+    circuits_path_patch_options_init(&o);
+
+    /* a caller's hook stays registered and fires in every run */
+    seen counted = {0};
+    circuits_hook_id id = 0;
+    CHECK_OK(circuits_context_add_hook(ctx, "blocks.0.hook_resid_pre", count_hook, &counted, &id));
+
+    CHECK_OK(circuits_context_path_patch_sweep(ctx, clean, corrupted, B, T, &m, &o, grid));
+    printf("%s sweep:logits                max-abs %.3g\n", name, diff_to("sweep:logits", grid, (size_t)(L * H)));
+    CHECK(counted.calls == 2 + H, "the caller's hook fired %d times (clean, corrupted, the %d layer-0 cells)",
+          counted.calls, H);
+    o.freeze_mlps = 1;
+    CHECK_OK(circuits_context_path_patch_sweep(ctx, clean, corrupted, B, T, &m, &o, grid));
+    printf("%s sweep:logits:freeze_mlps    max-abs %.3g\n", name,
+           diff_to("sweep:logits:freeze_mlps", grid, (size_t)(L * H)));
+    o.freeze_mlps = 0;
+    circuits_path_head recv[16], senders[16];
+    json_t *receivers = json_object_get(meta, "receivers");
+    static const char *const inputs[3] = {"q", "k", "v"};
+    for (int k = 0; k < 3; k++) {
+        o.receivers = recv;
+        o.n_receivers = heads_of(json_object_get(receivers, inputs[k]), recv);
+        CHECK_OK(circuits_context_path_patch_sweep(ctx, clean, corrupted, B, T, &m, &o, grid));
+        char key[64];
+        snprintf(key, sizeof key, "sweep:heads:%s", inputs[k]);
+        printf("%s %-28s max-abs %.3g\n", name, key, diff_to(key, grid, (size_t)(L * H)));
+    }
+
+    const char *sname;
+    json_t *s;
+    json_object_foreach(json_object_get(meta, "singles"), sname, s)
+    {
+        int64_t ns = heads_of(json_object_get(s, "senders"), senders);
+        json_t *r = json_object_get(s, "receivers");
+        o.receivers = json_is_null(r) ? NULL : recv;
+        o.n_receivers = json_is_null(r) ? 0 : heads_of(r, recv);
+        o.freeze_mlps = json_is_true(json_object_get(s, "freeze_mlps"));
+        CHECK_OK(circuits_context_path_patch(ctx, clean, corrupted, B, T, senders, ns, &m, &o, &v, logits));
+        char key[128];
+        snprintf(key, sizeof key, "single:%s:logits", sname);
+        double dl = diff_to(key, logits, nl);
+        snprintf(key, sizeof key, "single:%s:metric", sname);
+        printf("%s single:%-22s logits max-abs %.3g, metric max-abs %.3g\n", name, sname, dl, diff_to(key, &v, 1));
+        /* the metric alone (logits at the metric's positions only: a GEMM of other rows) */
+        float v2 = 0;
+        CHECK_OK(circuits_context_path_patch(ctx, clean, corrupted, B, T, senders, ns, &m, &o, &v2, NULL));
+        CHECK(fabs(v2 - v) <= 1e-6, "%s: metric alone %.9g, with the logits %.9g", sname, v2, v);
+    }
+
+    /* invariants: no sender is the clean run (every head frozen at the value it has);
+     * corrupted == clean is the clean metric everywhere; a sender after every receiver has no path */
+    float clean_metric = cx_st_read_f32(get("clean_metric"), 0);
+    circuits_path_head last_q = {L - 1, 0, CIRCUITS_READER_Q};
+    o.receivers = NULL;
+    o.n_receivers = 0;
+    for (int with_recv = 0; with_recv < 2; with_recv++) {
+        if (with_recv) o.receivers = &last_q, o.n_receivers = 1;
+        CHECK_OK(circuits_context_path_patch(ctx, clean, corrupted, B, T, NULL, 0, &m, &o, &v, logits));
+        diff_to("clean_logits", logits, nl);
+        CHECK(fabs(v - clean_metric) <= TOL, "no sender: %g, clean %g", v, clean_metric);
+        CHECK_OK(circuits_context_path_patch_sweep(ctx, clean, clean, B, T, &m, &o, grid));
+        for (int i = 0; i < L * H; i++)
+            CHECK(fabs(grid[i] - clean_metric) <= TOL, "corrupted == clean: cell %d is %g, clean %g", i, grid[i], clean_metric);
+        senders[0] = (circuits_path_head){L - 1, H - 1, 0};
+        CHECK_OK(circuits_context_path_patch(ctx, clean, corrupted, B, T, senders, 1, &m, &o, &v, NULL));
+        if (with_recv) CHECK(fabs(v - clean_metric) <= TOL, "no path: %g, clean %g", v, clean_metric);
+    }
+    circuits_path_head same_layer[2] = {{L - 1, 0, CIRCUITS_READER_Q}, {L - 1, 1, CIRCUITS_READER_V}};
+    o.receivers = same_layer;
+    o.n_receivers = 2;
+    CHECK_OK(circuits_context_path_patch(ctx, clean, corrupted, B, T, senders, 1, &m, &o, &v, NULL));
+    CHECK(fabs(v - clean_metric) <= TOL, "sender in the receivers' layer: %g, clean %g", v, clean_metric);
+
+    int n_kv = c.n_key_value_heads;
+    refusals(ctx, clean, corrupted, B, T, &m, L, H, n_kv);
+    CHECK_OK(circuits_context_remove_hook(ctx, id));
+    CHECK(circuits_context_resolve_hook_name(ctx, "blocks.*.attn.hook_z", 0, path, sizeof path, NULL) == CIRCUITS_OK,
+          "hook names resolve");
+    free(logits);
+    circuits_context_free(ctx);
+    circuits_model_free(model);
+    cx_st_close(ref);
+}
+
+int main(int argc, char **argv)
+{
+    int a = 1;
+    if (argc > 1 && strcmp(argv[1], "-v") == 0) cat_verbose = 1, a++;
+    if (argc - a != 2) return 2;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/case.json", argv[a]);
+    json_error_t err;
+    json_t *meta = json_load_file(path, 0, &err);
+    if (!meta) {
+        fprintf(stderr, "%s: %s\n", path, err.text);
+        return 2;
+    }
+    const char *name;
+    json_t *cm;
+    bool first = true;
+    json_object_foreach(json_object_get(meta, "cases"), name, cm)
+    {
+        if (!first) cat_verbose = 0; /* one catalogue row per check */
+        check_case(argv[a], argv[a + 1], name, cm);
+        first = false;
+    }
+    json_decref(meta);
+    printf("path patching vs TransformerLens (ARENA's hooks): max-abs %.3g over every grid, metric and logits\n", worst);
+    return tu_finish("test_path_patching");
+}
