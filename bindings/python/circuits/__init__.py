@@ -45,7 +45,7 @@ from .factored import FactoredMatrix
 from .model import Config, HookedTransformer, HookHandle, HookPoint, HookViewWarning, Model, Output
 from .tokenizer import Tokenizer
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 #: Path of the loaded libcircuits.so.0, and how it was found.
 library_path: str = _native.library_path
