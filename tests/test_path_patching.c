@@ -4,7 +4,8 @@
  * recomputed and frozen; receivers every q / k / v head of the last layer) and explicit sender
  * sets with mixed receivers, metric and logits. Invariants: no sender gives the clean run,
  * corrupted == clean gives the clean metric in every cell, a sender after every receiver gives the
- * clean metric, the caller's hooks stay registered and fire. Refusals are named checks
+ * clean metric, the caller's hooks stay registered and fire, on four more block structures (parallel
+ * attention and MLP, hook_result, attention only, Gemma 2's norms) too. Refusals are named checks
  * (docs/errors.md, "Path patching").
  * Usage: test_path_patching REFERENCE_DIR CASES_DIR */
 #include "catalogue.h"
@@ -242,6 +243,68 @@ static void check_case(const char *ref_dir, const char *cases_dir, const char *n
     cx_st_close(ref);
 }
 
+/* Other block structures, no reference: no sender is the clean run, corrupted == clean is the
+ * clean metric in every cell, and every sweep cell equals the single call with that sender. */
+static void check_invariants(const char *cases_dir, const char *name, int use_attn_result)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", cases_dir, name);
+    circuits_load_options lo;
+    circuits_load_options_init(&lo);
+    lo.fold_ln = lo.center_writing_weights = lo.center_unembed = lo.fold_value_biases = 0;
+    circuits_model *model = NULL;
+    CHECK_OK(circuits_model_load(&model, path, &lo));
+    if (!model) exit(2);
+    circuits_config c = {.size = sizeof c};
+    circuits_model_config(model, &c);
+    circuits_context_options co;
+    circuits_context_options_init(&co);
+    co.use_attn_result = use_attn_result;
+    circuits_context *ctx = NULL;
+    CHECK_OK(circuits_context_create(&ctx, model, &co));
+    enum { B = 2, T = 5 };
+    const int32_t L = c.n_layers, H = c.n_heads, V = c.d_vocab_out;
+    int32_t clean[B * T], corrupted[B * T], answer[B] = {1, 2}, wrong[B] = {3, 0};
+    for (int i = 0; i < B * T; i++) clean[i] = corrupted[i] = (int32_t)((i * 7 + 3) % c.d_vocab);
+    corrupted[1] = corrupted[T + 3] = (int32_t)(c.d_vocab - 1);
+    circuits_metric m;
+    circuits_metric_init(&m);
+    m.answer = answer;
+    m.wrong = wrong;
+    float *want = malloc((size_t)(B * T * V) * sizeof(float)), *got = malloc((size_t)(B * T * V) * sizeof(float));
+    float grid[64], v = 0, clean_metric = 0;
+    if (!want || !got || L * H > 64) exit(2);
+    CHECK_OK(circuits_context_forward(ctx, clean, B, T, want, NULL, NULL));
+    CHECK_OK(circuits_metric_eval(&m, want, B, T, V, &clean_metric));
+    circuits_path_head recv[2] = {{L - 1, 0, CIRCUITS_READER_Q}, {L - 1, 0, CIRCUITS_READER_V}};
+    circuits_path_patch_options o;
+    circuits_path_patch_options_init(&o);
+    double worst_inv = 0;
+    for (int variant = 0; variant < 4; variant++) {
+        o.freeze_mlps = variant & 1;
+        o.receivers = variant & 2 ? recv : NULL;
+        o.n_receivers = variant & 2 ? 2 : 0;
+        CHECK_OK(circuits_context_path_patch(ctx, clean, corrupted, B, T, NULL, 0, &m, &o, &v, got));
+        for (int i = 0; i < B * T * V; i++) worst_inv = fmax(worst_inv, fabs(got[i] - want[i]));
+        CHECK_OK(circuits_context_path_patch_sweep(ctx, clean, clean, B, T, &m, &o, grid));
+        for (int i = 0; i < L * H; i++) worst_inv = fmax(worst_inv, fabs(grid[i] - clean_metric));
+        CHECK_OK(circuits_context_path_patch_sweep(ctx, clean, corrupted, B, T, &m, &o, grid));
+        for (int32_t l = 0; l < L; l++)
+            for (int32_t h = 0; h < H; h++) {
+                circuits_path_head s = {l, h, 0};
+                CHECK_OK(circuits_context_path_patch(ctx, clean, corrupted, B, T, &s, 1, &m, &o, &v, NULL));
+                CHECK(fabs(v - grid[l * H + h]) <= 1e-6, "%s variant %d: cell (%d, %d) %g, single call %g", name,
+                      variant, l, h, grid[l * H + h], v);
+            }
+    }
+    printf("%s: invariants max-abs %.3g\n", name, worst_inv);
+    CHECK(worst_inv <= TOL, "%s: no sender / corrupted == clean differ from the clean run by %.3g", name, worst_inv);
+    free(want);
+    free(got);
+    circuits_context_free(ctx);
+    circuits_model_free(model);
+}
+
 int main(int argc, char **argv)
 {
     int a = 1;
@@ -265,6 +328,10 @@ int main(int argc, char **argv)
         first = false;
     }
     json_decref(meta);
+    check_invariants(argv[a + 1], "tl_parallel_ln", 0);
+    check_invariants(argv[a + 1], "tl_gelu_new_attn_result", 1);
+    check_invariants(argv[a + 1], "tl_attn_only_2l_none", 0);
+    check_invariants(argv[a + 1], "tl_gemma2_block", 0);
     printf("path patching vs TransformerLens (ARENA's hooks): max-abs %.3g over every grid, metric and logits\n", worst);
     return tu_finish("test_path_patching");
 }
