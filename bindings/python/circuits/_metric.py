@@ -9,7 +9,7 @@ from typing import Any, Callable, List, Optional, Union
 import numpy as np
 
 from . import _native as N
-from .errors import ShapeError
+from .errors import RangeError, ShapeError
 
 lib = N.lib
 
@@ -52,6 +52,8 @@ def _ids(x: Any, B: int, what: str) -> np.ndarray:
         a = np.full(B, a)
     if a.shape != (B,) or a.dtype.kind not in "iu":
         raise ShapeError(f"{what} must be an int or [batch] = [{B}] ints, got {a.dtype} {list(a.shape)}")
+    if a.size and (int(a.min()) < -(2**31) or int(a.max()) >= 2**31):
+        raise RangeError(f"{what} holds an id that does not fit in int32")
     return np.ascontiguousarray(a, dtype=np.int32)
 
 
@@ -84,7 +86,10 @@ def make_metric(metric: MetricSpec, B: int, T: int, *, answer_tokens: Any = None
         raise ValueError(f"metric must be a callable or one of {list(KINDS)}, not {metric!r}")
     m.kind = KINDS[metric]
     if metric == "loss":
-        m.tokens = mc.keep(np.ascontiguousarray(tokens, dtype=np.int32))
+        tok = np.ascontiguousarray(tokens, dtype=np.int32)
+        if tok.shape != (B, T):
+            raise ShapeError(f"the loss metric's tokens must be [batch, pos] = [{B}, {T}], got {list(tok.shape)}")
+        m.tokens = mc.keep(tok)
         if attention_mask is not None:
             mask = np.ascontiguousarray(attention_mask, dtype=np.int32)
             if mask.shape != (B, T):

@@ -104,7 +104,7 @@ def path_patch(model: Model, clean_tokens: Any, corrupted_tokens: Any, metric: M
     opts, keep = _options(receivers, receiver_input, freeze_mlps)
     s = _heads(list(senders), None)
     value = np.zeros(1, np.float32)
-    logits = np.empty((B, T, model.cfg.d_vocab_out), np.float32) if return_logits else None
+    logits = np.empty((B, T, model._dims.d_vocab_out), np.float32) if return_logits else None
     try:
         model._call(lib.circuits_context_path_patch, clean, corrupted, B, T, s, len(senders),
                     ctypes.byref(mc.struct), ctypes.byref(opts), value, logits)
@@ -128,7 +128,7 @@ def path_patch_sweep(model: Model, clean_tokens: Any, corrupted_tokens: Any, met
     mc = _metric_for(metric, clean, dict(answer_tokens=answer_tokens, wrong_tokens=wrong_tokens,
                                                 positions=positions, attention_mask=attention_mask))
     opts, keep = _options(receivers, receiver_input, freeze_mlps)
-    out = np.empty((model.cfg.n_layers, model.cfg.n_heads), np.float32)
+    out = np.empty((model._dims.n_layers, model._dims.n_heads), np.float32)  # sized as C reported
     try:
         model._call(lib.circuits_context_path_patch_sweep, clean, corrupted, B, T, ctypes.byref(mc.struct),
                     ctypes.byref(opts), out)
