@@ -129,6 +129,29 @@ static void refusals(circuits_context *ctx, const int32_t *clean, const int32_t 
     CHECK_OK(circuits_context_remove_hook(ctx, id));
 }
 
+/* The case's model, unprocessed (as the references run it), its config, and a context. */
+static circuits_model *load_case(const char *cases_dir, const char *name, int use_attn_result, circuits_config *c,
+                                 circuits_context **ctx)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", cases_dir, name);
+    circuits_load_options lo;
+    circuits_load_options_init(&lo);
+    lo.fold_ln = lo.center_writing_weights = lo.center_unembed = lo.fold_value_biases = 0;
+    circuits_model *model = NULL;
+    CHECK_OK(circuits_model_load(&model, path, &lo));
+    if (!model) exit(2);
+    *c = (circuits_config){.size = sizeof *c};
+    circuits_model_config(model, c);
+    circuits_context_options co;
+    circuits_context_options_init(&co);
+    co.use_attn_result = use_attn_result;
+    *ctx = NULL;
+    CHECK_OK(circuits_context_create(ctx, model, &co));
+    if (!*ctx) exit(2);
+    return model;
+}
+
 static void check_case(const char *ref_dir, const char *cases_dir, const char *name, json_t *meta)
 {
     char path[4096];
@@ -137,17 +160,9 @@ static void check_case(const char *ref_dir, const char *cases_dir, const char *n
         fprintf(stderr, "%s\n", circuits_last_error());
         exit(2);
     }
-    snprintf(path, sizeof path, "%s/%s", cases_dir, name);
-    circuits_load_options lo;
-    circuits_load_options_init(&lo);
-    lo.fold_ln = lo.center_writing_weights = lo.center_unembed = lo.fold_value_biases = 0;
-    circuits_model *model = NULL;
-    CHECK_OK(circuits_model_load(&model, path, &lo));
-    if (!model) exit(2);
-    circuits_config c = {.size = sizeof c};
-    circuits_model_config(model, &c);
-    circuits_context *ctx = NULL;
-    CHECK_OK(circuits_context_create(&ctx, model, NULL));
+    circuits_config c;
+    circuits_context *ctx;
+    circuits_model *model = load_case(cases_dir, name, 0, &c, &ctx);
     const int64_t B = json_integer_value(json_object_get(meta, "B")), T = json_integer_value(json_object_get(meta, "T"));
     const int32_t L = c.n_layers, H = c.n_heads, V = c.d_vocab_out;
     const int32_t *clean = ints("clean_tokens"), *corrupted = ints("corrupted_tokens");
@@ -247,21 +262,9 @@ static void check_case(const char *ref_dir, const char *cases_dir, const char *n
  * clean metric in every cell, and every sweep cell equals the single call with that sender. */
 static void check_invariants(const char *cases_dir, const char *name, int use_attn_result)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", cases_dir, name);
-    circuits_load_options lo;
-    circuits_load_options_init(&lo);
-    lo.fold_ln = lo.center_writing_weights = lo.center_unembed = lo.fold_value_biases = 0;
-    circuits_model *model = NULL;
-    CHECK_OK(circuits_model_load(&model, path, &lo));
-    if (!model) exit(2);
-    circuits_config c = {.size = sizeof c};
-    circuits_model_config(model, &c);
-    circuits_context_options co;
-    circuits_context_options_init(&co);
-    co.use_attn_result = use_attn_result;
-    circuits_context *ctx = NULL;
-    CHECK_OK(circuits_context_create(&ctx, model, &co));
+    circuits_config c;
+    circuits_context *ctx;
+    circuits_model *model = load_case(cases_dir, name, use_attn_result, &c, &ctx);
     enum { B = 2, T = 5 };
     const int32_t L = c.n_layers, H = c.n_heads, V = c.d_vocab_out;
     int32_t clean[B * T], corrupted[B * T], answer[B] = {1, 2}, wrong[B] = {3, 0};
