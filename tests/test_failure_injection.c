@@ -772,9 +772,8 @@ static void test_operations(fx *f)
         {"generate without KV cache", setup_forward, call_generate, put_out, free_state, NULL, 1, true},
         {"detect_heads", setup_forward, call_detect, digest_detect, free_state, NULL, 0, false},
         {"induction_scores", setup_forward, call_induction, digest_detect, free_state, NULL, 0, false},
-        /* path patching registers its edits as hooks for the call: their registration arrays grow */
-        {"path_patch", setup_forward, call_path_patch, put_out, free_state, NULL, 0, true},
-        {"path_patch_sweep", setup_forward, call_path_patch, put_out, free_state, NULL, 1, true},
+        {"path_patch", setup_forward, call_path_patch, put_out, free_state, NULL, 0, false},
+        {"path_patch_sweep", setup_forward, call_path_patch, put_out, free_state, NULL, 1, false},
         {"composition_scores Q", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_Q, false},
         {"composition_scores K", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_K, false},
         {"composition_scores V", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_V, false},

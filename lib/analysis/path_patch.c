@@ -3,13 +3,13 @@
  * value, MLPs recomputed or frozen; receivers the logits, or heads' q / k / v inputs recorded in
  * that run and patched into a clean one.
  *
- * Every run goes through the door (cx_context_run, the guard held for the whole operation);
- * the edits are hook callbacks registered on the context for the operation and removed after,
- * so they run after the caller's own hooks, as hooks added last do in TransformerLens. The clean
- * and corrupted runs happen once per call (step 1, their hook_z / hook_resid_post / hook_mlp_out
- * cached through cache_dst); every later run starts at its first changed layer from the cached
- * clean hook_resid_post of the layer before (exact: the layers before are clean), computes logits
- * only where the metric reads them, and step 2 stops at the last receiver input it records. */
+ * Every run goes through the door (cx_context_run, the guard held for the whole operation) with
+ * its edits as the run's editors (cx_edit: after the caller's own hooks, as hooks added last do in
+ * TransformerLens). The clean and corrupted runs happen once per call (step 1, their hook_z /
+ * hook_resid_post / hook_mlp_out cached through cache_dst); every later run starts at its first
+ * changed block from the cached clean hook_resid_post of the block before (exact: the blocks before
+ * are clean), computes logits only where the metric reads them, and step 2 stops at the last
+ * receiver input it records. */
 #include "context.h"
 #include "metric.h"
 
@@ -50,8 +50,7 @@ typedef struct pp {
     bool freeze_mlps;
     int32_t stop_layer, stop_kind; /* step 2 stops after recording this input (stop_kind: 0 q, 1 k, 2 v) */
     bool stopped;
-    circuits_hook_id ids[5];
-    int n_ids;
+    cx_edit *edits;            /* [5 * L]: the current run's editors */
 } pp;
 
 static size_t input_heads(const pp *p, int kind) { return kind == CIRCUITS_READER_Q ? (size_t)p->H : (size_t)p->KV; }
@@ -95,9 +94,7 @@ static int on_input(const circuits_tensor *act, pp *p, int kind)
             p->stopped = true; /* nothing after the last receiver input matters to step 2 */
             return CIRCUITS_HOOK_STOP;
         }
-    } else if (p->phase == PH_RECEIVERS) {
-        /* receivers before step 2's first block were not recorded: their input is the clean one */
-        if (act->layer < p->start) return CIRCUITS_HOOK_CONTINUE;
+    } else {
         for (int64_t i = 0; i < p->n_receivers; i++) {
             const circuits_path_head *r = &p->receivers[i];
             if (r->layer == act->layer && r->input == kind) copy_head(act->data, slot, rows, n_heads, (size_t)p->dh, r->head);
@@ -140,18 +137,10 @@ static int check_heads(const pp *p, const circuits_path_head *heads, int64_t n, 
 
 static void pp_release(pp *p)
 {
-    if (!p->ctx) return;
-    for (int i = 0; i < p->n_ids; i++) circuits_context_remove_hook(p->ctx, p->ids[i]);
     cx_free(p->block);
     cx_free(p->dst);
+    cx_free(p->edits);
     cx_free(p->pos_buf);
-}
-
-static int add(pp *p, const char *name, circuits_hook_fn f)
-{
-    int rc = circuits_context_add_hook(p->ctx, name, f, p, &p->ids[p->n_ids]);
-    if (!rc) p->n_ids++;
-    return rc;
 }
 
 /* Checks the call, allocates the caches and registers the edits. want_all: the caller wants the
@@ -218,7 +207,8 @@ static int pp_setup(pp *p, circuits_context *ctx, const char *fn, const int32_t 
                        fn, (long long)B, (long long)T);
     p->block = cx_malloc(floats * sizeof(float));
     p->dst = cx_calloc(ctx->hooks.n_points, sizeof(float *));
-    if (!p->block || !p->dst)
+    p->edits = cx_malloc(5 * L * sizeof(cx_edit));
+    if (!p->block || !p->dst || !p->edits)
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory (%zu MiB of caches)", fn, floats * sizeof(float) >> 20);
     float *q = p->block;
     p->clean_z = q, q += p->zn * L;
@@ -227,15 +217,31 @@ static int pp_setup(pp *p, circuits_context *ctx, const char *fn, const int32_t 
     p->clean_mlp = mlp ? q : NULL, q += mlp;
     p->logits = q, q += logits;
     for (int k = 0; k < 3; k++) p->recv[k] = recv[k] ? q : NULL, q += recv[k];
-
-    /* the edits, after the caller's hooks (refused from a callback of this context) */
-    static const char *const inputs[3] = {"blocks.*.attn.hook_q", "blocks.*.attn.hook_k", "blocks.*.attn.hook_v"};
-    static const circuits_hook_fn input_fns[3] = {on_q, on_k, on_v};
-    if ((rc = add(p, "blocks.*.attn.hook_z", on_z))) return rc;
-    if (p->freeze_mlps && (rc = add(p, "blocks.*.hook_mlp_out", on_mlp_out))) return rc;
-    for (int k = 0; k < 3; k++)
-        if (p->recv[k] && (rc = add(p, inputs[k], input_fns[k]))) return rc;
     return CIRCUITS_OK;
+}
+
+static bool receives(const pp *p, int32_t layer, int kind)
+{
+    for (int64_t i = 0; i < p->n_receivers; i++)
+        if (p->receivers[i].layer == layer && p->receivers[i].input == kind) return true;
+    return false;
+}
+
+/* The editors of the current phase, from block p->start on: step 2 freezes hook_z (and
+ * hook_mlp_out) and records the receivers' inputs, step 3 patches them; step 1 edits nothing. */
+static size_t pp_edits(pp *p)
+{
+    static const circuits_hook_fn input_fns[3] = {on_q, on_k, on_v};
+    size_t n = 0;
+    for (int32_t l = p->start; l < p->L && p->phase != PH_PLAIN; l++) {
+        if (p->phase == PH_SENDERS) {
+            p->edits[n++] = (cx_edit){l, HK_Z, on_z, p};
+            if (p->freeze_mlps) p->edits[n++] = (cx_edit){l, HK_MLP_OUT, on_mlp_out, p};
+        }
+        for (int k = 0; k < 3; k++)
+            if (receives(p, l, k)) p->edits[n++] = (cx_edit){l, (cx_hook_kind)(HK_Q + k), input_fns[k], p};
+    }
+    return n;
 }
 
 /* A run of `tokens` from block `start` (the clean residual stream before it), to the logits
@@ -245,6 +251,8 @@ static int pp_run(pp *p, const int32_t *tokens, int32_t start, float *const *cac
     cx_run run = cx_run_init(p->ctx, p->fn, tokens, p->B, p->T);
     run.held = true;
     run.cache_dst = cache_dst;
+    run.edits = p->edits;
+    run.n_edits = pp_edits(p);
     if (start > 0) {
         run.start = start;
         run.input = p->clean_post + (size_t)(start - 1) * p->rn;
