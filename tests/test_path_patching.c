@@ -75,6 +75,35 @@ static int stop_hook(const circuits_tensor *act, void *user)
     return CIRCUITS_HOOK_STOP;
 }
 
+/* Path patching called from a hook callback of the context it would run. */
+typedef struct reentry {
+    circuits_context *ctx;
+    const int32_t *clean;
+    int64_t B, T;
+    const circuits_metric *m;
+    int rc;
+} reentry;
+
+static int reenter_hook(const circuits_tensor *act, void *user)
+{
+    (void)act;
+    reentry *r = user;
+    float v = 0;
+    r->rc = circuits_context_path_patch(r->ctx, r->clean, r->clean, r->B, r->T, NULL, 0, r->m, NULL, &v, NULL);
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
+static int path_patch_from_callback(circuits_context *ctx, const int32_t *clean, int64_t B, int64_t T,
+                                    const circuits_metric *m)
+{
+    reentry r = {ctx, clean, B, T, m, CIRCUITS_OK};
+    circuits_hook_id id = 0;
+    CHECK_OK(circuits_context_add_hook(ctx, "blocks.0.hook_resid_pre", reenter_hook, &r, &id));
+    CHECK_OK(circuits_context_forward(ctx, clean, B, T, NULL, NULL, NULL));
+    CHECK_OK(circuits_context_remove_hook(ctx, id));
+    return r.rc;
+}
+
 static void refusals(circuits_context *ctx, const int32_t *clean, const int32_t *corrupted, int64_t B, int64_t T,
                      const circuits_metric *m, int32_t n_layers, int32_t n_heads, int32_t n_kv)
 {
@@ -121,7 +150,9 @@ static void refusals(circuits_context *ctx, const int32_t *clean, const int32_t 
     o.size = 3;
     CALL_FAILS("path_patch_options_size", circuits_context_path_patch_sweep(ctx, clean, corrupted, B, T, m, &o, grid),
                CIRCUITS_E_VERSION, "options size 3");
-    /* a caller's hook that stops a run stops the operation; nothing stays registered */
+    CALL_FAILS("path_patch_from_callback", path_patch_from_callback(ctx, clean, B, T, m), CIRCUITS_E_INVALID_ARGUMENT,
+               "called from a callback of the same context");
+    /* a caller's hook that stops a run stops the operation */
     circuits_hook_id id = 0;
     CHECK_OK(circuits_context_add_hook(ctx, "blocks.0.hook_resid_pre", stop_hook, NULL, &id));
     CALL_FAILS("path_patch_stopped", circuits_context_path_patch(ctx, clean, corrupted, B, T, s, 1, m, NULL, &v, NULL),
