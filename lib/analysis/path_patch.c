@@ -9,11 +9,16 @@
  * hook_resid_post / hook_mlp_out cached through cache_dst); every later run starts at its first
  * changed block from the cached clean hook_resid_post of the block before (exact: the blocks before
  * are clean), computes logits only where the metric reads them, and step 2 stops at the last
- * receiver input it records. */
+ * receiver input it records. A sweep runs several cells of one sender layer per run, each cell its
+ * own B rows of the batch (up to MAX_ROWS token rows): a small run is bound by reading the weights,
+ * so one read serves many cells. */
 #include "context.h"
 #include "metric.h"
 
 #include <string.h>
+
+enum { MAX_ROWS = 2048 };              /* token rows per run when cells share it */
+#define MAX_LOGIT_FLOATS ((size_t)1 << 24) /* logits of the cells sharing a run (64 MiB) */
 
 typedef enum pp_phase {
     PH_PLAIN,     /* step 1: the edits are idle */
@@ -32,8 +37,13 @@ typedef struct pp {
     float *clean_z, *corr_z;   /* [L][zn] */
     float *clean_post;         /* [L - 1][rn]: hook_resid_post of blocks 0 .. L-2 */
     float *clean_mlp;          /* [L][rn]: freeze_mlps only */
-    float *recv[3];            /* per input kind: [L][B, T, H or KV, dh] slots, receivers' layers only */
-    float *logits;             /* [B, n_pos, V]: the metric's positions (or every position) */
+    float *recv[3];            /* per input kind: [L][G_max][B, T, H or KV, dh] slots */
+    float *logits;             /* [G_max][B, n_pos, V]: the metric's positions (or every position) */
+    float *tiled_in;           /* [G_max][B, T, D]: a run's input, once per cell (G_max > 1) */
+    int32_t *tiled_tok;        /* [G_max][B, T]: the clean tokens, once per cell (G_max > 1) */
+    circuits_path_head *cells; /* [G_max]: a sweep run's senders, one per cell */
+    int64_t G_max, G;          /* cells per run: at most, and in the current run */
+    int64_t n_pos;             /* logit positions per row: n_positions, or T */
     float **dst;               /* [n_points] cache_dst of the clean / corrupted runs */
     circuits_metric metric;
     const int64_t *positions;  /* NULL: every position */
@@ -43,7 +53,7 @@ typedef struct pp {
     /* what the edits do in the current run */
     pp_phase phase;
     int32_t start;             /* the run's first block */
-    const circuits_path_head *senders;
+    const circuits_path_head *senders; /* [G][n_senders]: cell g's senders */
     int64_t n_senders;
     const circuits_path_head *receivers;
     int64_t n_receivers;
@@ -67,11 +77,14 @@ static int on_z(const circuits_tensor *act, void *user)
     pp *p = user;
     if (p->phase != PH_SENDERS) return CIRCUITS_HOOK_CONTINUE;
     size_t l = (size_t)act->layer;
-    memcpy(act->data, p->clean_z + l * p->zn, p->zn * sizeof(float));
-    for (int64_t i = 0; i < p->n_senders; i++)
-        if (p->senders[i].layer == act->layer)
-            copy_head(act->data, p->corr_z + l * p->zn, (size_t)(p->B * p->T), (size_t)p->H, (size_t)p->dh,
-                      p->senders[i].head);
+    for (int64_t g = 0; g < p->G; g++) {
+        float *z = act->data + (size_t)g * p->zn;
+        memcpy(z, p->clean_z + l * p->zn, p->zn * sizeof(float));
+        const circuits_path_head *s = p->senders + g * p->n_senders;
+        for (int64_t i = 0; i < p->n_senders; i++)
+            if (s[i].layer == act->layer)
+                copy_head(z, p->corr_z + l * p->zn, (size_t)(p->B * p->T), (size_t)p->H, (size_t)p->dh, s[i].head);
+    }
     return CIRCUITS_HOOK_CONTINUE;
 }
 
@@ -79,17 +92,18 @@ static int on_mlp_out(const circuits_tensor *act, void *user)
 {
     pp *p = user;
     if (p->phase == PH_SENDERS && p->freeze_mlps)
-        memcpy(act->data, p->clean_mlp + (size_t)act->layer * p->rn, p->rn * sizeof(float));
+        for (int64_t g = 0; g < p->G; g++)
+            memcpy(act->data + (size_t)g * p->rn, p->clean_mlp + (size_t)act->layer * p->rn, p->rn * sizeof(float));
     return CIRCUITS_HOOK_CONTINUE;
 }
 
 static int on_input(const circuits_tensor *act, pp *p, int kind)
 {
     size_t n_heads = input_heads(p, kind), rows = (size_t)(p->B * p->T), n = rows * n_heads * (size_t)p->dh;
-    float *slot = p->recv[kind] ? p->recv[kind] + (size_t)act->layer * n : NULL;
+    float *slot = p->recv[kind] ? p->recv[kind] + (size_t)act->layer * (size_t)p->G_max * n : NULL;
     if (!slot) return CIRCUITS_HOOK_CONTINUE;
     if (p->phase == PH_SENDERS) {
-        memcpy(slot, act->data, n * sizeof(float));
+        memcpy(slot, act->data, (size_t)p->G * n * sizeof(float));
         if (act->layer == p->stop_layer && kind == p->stop_kind) {
             p->stopped = true; /* nothing after the last receiver input matters to step 2 */
             return CIRCUITS_HOOK_STOP;
@@ -97,7 +111,9 @@ static int on_input(const circuits_tensor *act, pp *p, int kind)
     } else {
         for (int64_t i = 0; i < p->n_receivers; i++) {
             const circuits_path_head *r = &p->receivers[i];
-            if (r->layer == act->layer && r->input == kind) copy_head(act->data, slot, rows, n_heads, (size_t)p->dh, r->head);
+            if (r->layer == act->layer && r->input == kind)
+                for (int64_t g = 0; g < p->G; g++)
+                    copy_head(act->data + (size_t)g * n, slot + (size_t)g * n, rows, n_heads, (size_t)p->dh, r->head);
         }
     }
     return CIRCUITS_HOOK_CONTINUE;
@@ -141,13 +157,15 @@ static void pp_release(pp *p)
     cx_free(p->dst);
     cx_free(p->edits);
     cx_free(p->pos_buf);
+    cx_free(p->tiled_tok);
+    cx_free(p->cells);
 }
 
-/* Checks the call, allocates the caches and registers the edits. want_all: the caller wants the
- * logits at every position. */
+/* Checks the call and allocates the caches. want_all: the caller wants the logits at every
+ * position; sweep: cells may share runs. */
 static int pp_setup(pp *p, circuits_context *ctx, const char *fn, const int32_t *clean, const int32_t *corrupted,
                     int64_t B, int64_t T, const circuits_metric *metric, const circuits_path_patch_options *opts,
-                    circuits_path_patch_options *o, bool want_all)
+                    circuits_path_patch_options *o, bool want_all, bool sweep)
 {
     memset(p, 0, sizeof *p);
     p->ctx = ctx;
@@ -187,20 +205,29 @@ static int pp_setup(pp *p, circuits_context *ctx, const char *fn, const int32_t 
         p->n_positions = cx_metric_positions(&p->metric, B, T, p->pos_buf);
         p->positions = p->pos_buf;
     }
-    int64_t n_pos = p->positions ? p->n_positions : T;
+    int64_t n_pos = p->n_pos = p->positions ? p->n_positions : T;
+    /* cells per run: a sweep's cells of one layer share runs up to MAX_ROWS token rows */
+    size_t cell_logits = (size_t)B * (size_t)n_pos * (size_t)c->d_vocab_out; /* addressable: B * T * V is */
+    p->G_max = 1;
+    if (sweep) {
+        int64_t by_rows = MAX_ROWS / (B * T), by_logits = (int64_t)(MAX_LOGIT_FLOATS / cell_logits);
+        p->G_max = by_rows < by_logits ? by_rows : by_logits;
+        p->G_max = p->G_max < p->H ? p->G_max : p->H;
+        p->G_max = p->G_max > 1 ? p->G_max : 1;
+    }
+    size_t G = (size_t)p->G_max;
 
     /* sizes (B * T <= n_ctx * B is addressable: the tokens are) */
     size_t rows = (size_t)B * (size_t)T, L = (size_t)p->L, floats = 0;
     bool ok = cx_mul_size(rows, (size_t)p->H * (size_t)p->dh, &p->zn) && cx_mul_size(rows, (size_t)c->d_model, &p->rn);
-    size_t z2 = 0, post = 0, mlp = 0, logits = 0, recv[3] = {0, 0, 0};
+    size_t z2 = 0, post = 0, mlp = 0, logits = G * cell_logits, tiled = G > 1 ? G * p->rn : 0, recv[3] = {0, 0, 0};
     ok = ok && cx_mul_size(p->zn, 2 * L, &z2) && cx_mul_size(p->rn, L - 1, &post) &&
-         (!p->freeze_mlps || cx_mul_size(p->rn, L, &mlp)) &&
-         cx_mul_size((size_t)B * (size_t)n_pos, (size_t)c->d_vocab_out, &logits);
+         (!p->freeze_mlps || cx_mul_size(p->rn, L, &mlp));
     for (int64_t i = 0; i < p->n_receivers && ok; i++) {
         int k = p->receivers[i].input;
-        ok = recv[k] || cx_mul_size(rows * input_heads(p, k) * (size_t)p->dh, L, &recv[k]);
+        ok = recv[k] || cx_mul_size(rows * input_heads(p, k) * (size_t)p->dh, L * G, &recv[k]);
     }
-    size_t parts[] = {z2, post, mlp, logits, recv[0], recv[1], recv[2]};
+    size_t parts[] = {z2, post, mlp, logits, tiled, recv[0], recv[1], recv[2]};
     for (size_t i = 0; i < CX_COUNT(parts) && ok; i++) ok = floats + parts[i] >= floats && (floats += parts[i], true);
     if (!ok || floats >= SIZE_MAX / sizeof(float))
         return cx_fail(CIRCUITS_E_RANGE, "%s: a path patch of [%lld, %lld] tokens needs more memory than can be addressed",
@@ -208,7 +235,9 @@ static int pp_setup(pp *p, circuits_context *ctx, const char *fn, const int32_t 
     p->block = cx_malloc(floats * sizeof(float));
     p->dst = cx_calloc(ctx->hooks.n_points, sizeof(float *));
     p->edits = cx_malloc(5 * L * sizeof(cx_edit));
-    if (!p->block || !p->dst || !p->edits)
+    p->cells = cx_malloc(G * sizeof(circuits_path_head));
+    p->tiled_tok = G > 1 ? cx_malloc(G * rows * sizeof(int32_t)) : NULL;
+    if (!p->block || !p->dst || !p->edits || !p->cells || (G > 1 && !p->tiled_tok))
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory (%zu MiB of caches)", fn, floats * sizeof(float) >> 20);
     float *q = p->block;
     p->clean_z = q, q += p->zn * L;
@@ -216,7 +245,10 @@ static int pp_setup(pp *p, circuits_context *ctx, const char *fn, const int32_t 
     p->clean_post = q, q += post;
     p->clean_mlp = mlp ? q : NULL, q += mlp;
     p->logits = q, q += logits;
+    p->tiled_in = tiled ? q : NULL, q += tiled;
     for (int k = 0; k < 3; k++) p->recv[k] = recv[k] ? q : NULL, q += recv[k];
+    for (size_t g = 0; g < G && G > 1; g++) memcpy(p->tiled_tok + g * rows, clean, rows * sizeof(int32_t));
+    p->G = 1;
     return CIRCUITS_OK;
 }
 
@@ -244,18 +276,21 @@ static size_t pp_edits(pp *p)
     return n;
 }
 
-/* A run of `tokens` from block `start` (the clean residual stream before it), to the logits
- * (logits_out, or p->logits at the metric's positions) or, stop_at_layer, no further than needed. */
+/* A run of `tokens` (p->G cells of B rows each) from block `start` (the clean residual stream
+ * before it), to the logits (logits_out, or p->logits at the metric's positions) or, without
+ * to_logits, no further than needed. */
 static int pp_run(pp *p, const int32_t *tokens, int32_t start, float *const *cache_dst, bool to_logits, float *logits_out)
 {
-    cx_run run = cx_run_init(p->ctx, p->fn, tokens, p->B, p->T);
+    cx_run run = cx_run_init(p->ctx, p->fn, p->G > 1 ? p->tiled_tok : tokens, p->G * p->B, p->T);
     run.held = true;
     run.cache_dst = cache_dst;
     run.edits = p->edits;
     run.n_edits = pp_edits(p);
     if (start > 0) {
         run.start = start;
-        run.input = p->clean_post + (size_t)(start - 1) * p->rn;
+        const float *post = p->clean_post + (size_t)(start - 1) * p->rn;
+        for (int64_t g = 0; g < p->G && p->G > 1; g++) memcpy(p->tiled_in + (size_t)g * p->rn, post, p->rn * sizeof(float));
+        run.input = p->G > 1 ? p->tiled_in : post;
     }
     if (!to_logits) {
         run.stop_at_layer = true; /* run.out NULL: the residual stream is not wanted */
@@ -289,6 +324,7 @@ static int pp_step1(pp *p, float *logits_out)
         if (p->clean_mlp) p->dst[cx_hook_index(t, l, HK_MLP_OUT)] = p->clean_mlp + (size_t)l * p->rn;
     }
     p->phase = PH_PLAIN;
+    p->G = 1;
     int rc = pp_run(p, p->clean, 0, p->dst, true, logits_out);
     if (rc) return rc;
     memset(p->dst, 0, p->ctx->hooks.n_points * sizeof *p->dst);
@@ -298,15 +334,18 @@ static int pp_step1(pp *p, float *logits_out)
     return rc;
 }
 
-/* Steps 2 and 3 for senders (step 1 done): the patched logits into logits_out (every position)
- * or p->logits (the metric's). *no_path: the senders reach no receiver (nothing ran). */
-static int pp_cell(pp *p, const circuits_path_head *senders, int64_t n_senders, float *logits_out, bool *no_path)
+/* Steps 2 and 3 for G cells of n_senders senders each, senders [G][n_senders] (step 1 done): the
+ * patched logits into logits_out (one cell, every position) or p->logits (cell g's B rows from
+ * g * B * n_pos * V). *no_path: the senders reach no receiver (nothing ran). */
+static int pp_cells(pp *p, const circuits_path_head *senders, int64_t n_senders, int64_t G, float *logits_out,
+                    bool *no_path)
 {
     int32_t start = p->L;
-    for (int64_t i = 0; i < n_senders; i++) start = senders[i].layer < start ? senders[i].layer : start;
+    for (int64_t i = 0; i < G * n_senders; i++) start = senders[i].layer < start ? senders[i].layer : start;
     if (n_senders == 0) start = 0; /* no sender: every head frozen at its clean value from the first block */
     p->senders = senders;
     p->n_senders = n_senders;
+    p->G = G;
     p->start = start;
     *no_path = false;
     if (p->n_receivers == 0) {
@@ -346,7 +385,7 @@ int circuits_context_path_patch(circuits_context *ctx, const int32_t *clean, con
     static const char fn[] = "circuits_context_path_patch";
     pp p = {0};
     circuits_path_patch_options o;
-    int rc = pp_setup(&p, ctx, fn, clean, corrupted, batch, pos, metric, opts, &o, logits != NULL);
+    int rc = pp_setup(&p, ctx, fn, clean, corrupted, batch, pos, metric, opts, &o, logits != NULL, false);
     if (!rc) rc = check_heads(&p, senders, n_senders, false);
     if (!rc) rc = cx_context_enter(ctx, fn);
     if (rc) {
@@ -355,7 +394,7 @@ int circuits_context_path_patch(circuits_context *ctx, const int32_t *clean, con
     }
     float *lg = logits ? logits : p.logits;
     bool no_path = false;
-    if (!(rc = pp_step1(&p, logits)) && !(rc = pp_cell(&p, senders, n_senders, logits, &no_path)) && value)
+    if (!(rc = pp_step1(&p, logits)) && !(rc = pp_cells(&p, senders, n_senders, 1, logits, &no_path)) && value)
         rc = pp_value(&p, lg, value); /* no path: lg holds the clean run's logits */
     cx_context_leave(ctx);
     pp_release(&p);
@@ -369,7 +408,7 @@ int circuits_context_path_patch_sweep(circuits_context *ctx, const int32_t *clea
     static const char fn[] = "circuits_context_path_patch_sweep";
     pp p = {0};
     circuits_path_patch_options o;
-    int rc = out ? pp_setup(&p, ctx, fn, clean, corrupted, batch, pos, metric, opts, &o, false)
+    int rc = out ? pp_setup(&p, ctx, fn, clean, corrupted, batch, pos, metric, opts, &o, false, true)
                  : cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: out is NULL", fn);
     if (!rc) rc = cx_context_enter(ctx, fn);
     if (rc) {
@@ -378,14 +417,17 @@ int circuits_context_path_patch_sweep(circuits_context *ctx, const int32_t *clea
     }
     float clean_value = 0.0f;
     if (!(rc = pp_step1(&p, NULL))) rc = pp_value(&p, p.logits, &clean_value);
+    size_t cell_logits = (size_t)(p.B * p.n_pos) * (size_t)ctx->model->cfg.d_vocab_out;
     for (int32_t l = 0; l < p.L && !rc; l++)
-        for (int32_t h = 0; h < p.H && !rc; h++) {
-            circuits_path_head s = {l, h, 0};
+        for (int32_t h0 = 0; h0 < p.H && !rc; h0 += (int32_t)p.G_max) {
+            int64_t G = p.H - h0 < p.G_max ? p.H - h0 : p.G_max;
+            for (int64_t g = 0; g < G; g++) p.cells[g] = (circuits_path_head){l, h0 + (int32_t)g, 0};
             bool no_path = false;
-            float *cell = out + (size_t)l * (size_t)p.H + (size_t)h;
-            if (!(rc = pp_cell(&p, &s, 1, NULL, &no_path))) {
+            rc = pp_cells(&p, p.cells, 1, G, NULL, &no_path);
+            for (int64_t g = 0; g < G && !rc; g++) {
+                float *cell = out + (size_t)l * (size_t)p.H + (size_t)(h0 + g);
                 if (no_path) *cell = clean_value;
-                else rc = pp_value(&p, p.logits, cell);
+                else rc = pp_value(&p, p.logits + (size_t)g * cell_logits, cell);
             }
         }
     cx_context_leave(ctx);
