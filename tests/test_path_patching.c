@@ -122,6 +122,9 @@ static void refusals(circuits_context *ctx, const int32_t *clean, const int32_t 
                CIRCUITS_E_SHAPE, "batch and pos must be at least 1");
     CALL_FAILS("path_patch_too_long", circuits_context_path_patch(ctx, clean, corrupted, B, 1 << 20, s, 1, m, NULL, &v, NULL),
                CIRCUITS_E_RANGE, "exceed the model's n_ctx");
+    CALL_FAILS("path_patch_batch_too_large",
+               circuits_context_path_patch_sweep(ctx, clean, corrupted, INT64_MAX / 4, T, m, NULL, grid), CIRCUITS_E_RANGE,
+               "is too large");
     CALL_FAILS("path_patch_senders_null", circuits_context_path_patch(ctx, clean, corrupted, B, T, NULL, 1, m, NULL, &v, NULL),
                CIRCUITS_E_INVALID_ARGUMENT, "1 senders but the array is NULL");
     CALL_FAILS("path_patch_senders_negative", circuits_context_path_patch(ctx, clean, corrupted, B, T, s, -1, m, NULL, &v, NULL),

@@ -10,8 +10,8 @@
  * changed block from the cached clean hook_resid_post of the block before (exact: the blocks before
  * are clean), computes logits only where the metric reads them, and step 2 stops at the last
  * receiver input it records. A sweep runs several cells of one sender layer per run, each cell its
- * own B rows of the batch (up to MAX_ROWS token rows): a small run is bound by reading the weights,
- * so one read serves many cells. */
+ * own B rows of the batch (up to MAX_ROWS token rows): small runs are slower per row (the weights
+ * are read once per run), so one run serves many cells. */
 #include "context.h"
 #include "metric.h"
 
@@ -48,7 +48,6 @@ typedef struct pp {
     circuits_metric metric;
     const int64_t *positions;  /* NULL: every position */
     int64_t n_positions;
-    int64_t pos_buf_n;
     int64_t *pos_buf;
     /* what the edits do in the current run */
     pp_phase phase;
@@ -192,6 +191,8 @@ static int pp_setup(pp *p, circuits_context *ctx, const char *fn, const int32_t 
                        (long long)B, (long long)T);
     if (T > c->n_ctx)
         return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)T, c->n_ctx);
+    if (B > (int64_t)(SIZE_MAX / sizeof(float)) / T / c->d_vocab_out) /* no buffer of B x T logits could exist */
+        return cx_fail(CIRCUITS_E_RANGE, "%s: batch %lld is too large", fn, (long long)B);
     if ((rc = check_heads(p, o->receivers, o->n_receivers, true))) return rc;
     if ((rc = cx_metric_check(metric, &p->metric, B, T, c->d_vocab_out, fn))) return rc;
     p->receivers = o->receivers;
@@ -207,7 +208,7 @@ static int pp_setup(pp *p, circuits_context *ctx, const char *fn, const int32_t 
     }
     int64_t n_pos = p->n_pos = p->positions ? p->n_positions : T;
     /* cells per run: a sweep's cells of one layer share runs up to MAX_ROWS token rows */
-    size_t cell_logits = (size_t)B * (size_t)n_pos * (size_t)c->d_vocab_out; /* addressable: B * T * V is */
+    size_t cell_logits = (size_t)B * (size_t)n_pos * (size_t)c->d_vocab_out; /* B * T * V fits: checked above */
     p->G_max = 1;
     if (sweep) {
         int64_t by_rows = MAX_ROWS / (B * T), by_logits = (int64_t)(MAX_LOGIT_FLOATS / cell_logits);
@@ -217,11 +218,10 @@ static int pp_setup(pp *p, circuits_context *ctx, const char *fn, const int32_t 
     }
     size_t G = (size_t)p->G_max;
 
-    /* sizes (B * T <= n_ctx * B is addressable: the tokens are) */
     size_t rows = (size_t)B * (size_t)T, L = (size_t)p->L, floats = 0;
     bool ok = cx_mul_size(rows, (size_t)p->H * (size_t)p->dh, &p->zn) && cx_mul_size(rows, (size_t)c->d_model, &p->rn);
-    size_t z2 = 0, post = 0, mlp = 0, logits = G * cell_logits, tiled = G > 1 ? G * p->rn : 0, recv[3] = {0, 0, 0};
-    ok = ok && cx_mul_size(p->zn, 2 * L, &z2) && cx_mul_size(p->rn, L - 1, &post) &&
+    size_t z2 = 0, post = 0, mlp = 0, logits = 0, tiled = 0, recv[3] = {0, 0, 0};
+    ok = ok && cx_mul_size(cell_logits, G, &logits) && (G == 1 || cx_mul_size(p->rn, G, &tiled)) && cx_mul_size(p->zn, 2 * L, &z2) && cx_mul_size(p->rn, L - 1, &post) &&
          (!p->freeze_mlps || cx_mul_size(p->rn, L, &mlp));
     for (int64_t i = 0; i < p->n_receivers && ok; i++) {
         int k = p->receivers[i].input;
