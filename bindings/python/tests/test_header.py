@@ -114,6 +114,7 @@ STRUCT_CLASSES = {
     "circuits_run_options": N.RunOptions,
     "circuits_generate_options": N.GenerateOptions,
     "circuits_metric": N.Metric,
+    "circuits_resid_options": N.ResidOptions,
     "circuits_path_head": N.PathHead,
     "circuits_path_patch_options": N.PathPatchOptions,
 }
