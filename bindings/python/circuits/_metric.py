@@ -63,9 +63,15 @@ def make_metric(metric: MetricSpec, B: int, T: int, *, answer_tokens: Any = None
     """``metric``: a kind (``"logit_diff"``, ``"logit"``, ``"prob"``, ``"log_prob"``, ``"loss"``) with
     ``answer_tokens`` / ``wrong_tokens`` ([batch] or one int), ``positions`` ([batch] or one int,
     negative from the end; None: the last), ``tokens`` / ``attention_mask`` for ``"loss"``; or a
-    callable ``metric(logits) -> float`` on a copy of the logits [batch, pos, d_vocab_out]."""
+    callable ``metric(logits) -> float`` on a copy of the logits [batch, pos, d_vocab_out]; or an object
+    with ``_struct(batch) -> (circuits_metric, arrays to keep alive)`` (circuits.patching's metrics)."""
     mc = MetricCall()
     m = mc.struct
+    to_struct = getattr(metric, "_struct", None)
+    if to_struct is not None:  # a built-in metric object (circuits.patching's LogitDiff, Logit, ..., Loss)
+        mc.struct, keep = to_struct(B)
+        mc._keep.append(keep)
+        return mc
     if callable(metric):
         def trampoline(logits_p, b, t, v, value_p, user):  # noqa: ARG001
             try:

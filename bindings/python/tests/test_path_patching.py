@@ -122,3 +122,27 @@ def test_loss_metric_is_the_clean_loss_without_senders(case):
     clean, corrupted = ref["clean_tokens"], ref["corrupted_tokens"]
     got = path_patch(model, clean, corrupted, "loss", [])
     assert abs(got - model(clean, return_type="loss")) <= TOL
+
+
+def test_metric_object_with_struct(case):
+    """A built-in metric object (anything with _struct(batch), as circuits.patching's LogitDiff) is
+    evaluated in C, not called back."""
+    _, model, ref, _ = case
+    from circuits import _native as N
+    from circuits._metric import make_metric
+
+    class LogitDiffObject:
+        def __init__(self, answer, wrong):
+            self.answer, self.wrong = answer, wrong
+
+        def _struct(self, batch):
+            mc = make_metric("logit_diff", batch, 1, answer_tokens=self.answer, wrong_tokens=self.wrong)
+            assert mc.struct.kind == N.CIRCUITS_METRIC_LOGIT_DIFF
+            return mc.struct, mc
+
+        def __call__(self, logits):
+            raise AssertionError("a metric with _struct is evaluated in C")
+
+    grid = path_patch_sweep(model, ref["clean_tokens"], ref["corrupted_tokens"],
+                            LogitDiffObject(ref["answer"], ref["wrong"]))
+    np.testing.assert_allclose(grid, ref["sweep:logits"], atol=TOL, rtol=0)
