@@ -986,8 +986,9 @@ CIRCUITS_API int circuits_context_path_patch(circuits_context *ctx, const int32_
  * only sender. Step 1 runs once for the whole grid; each cell starts at layer l from the cached
  * clean residual stream (the layers before it are clean), so step 2 costs layers l .. the last
  * receiver's, step 3 the first receiver's layer .. the logits (receiver the logits: step 2 alone,
- * layers l .. the logits). Cells with no path (l at or after every receiver's layer) hold the
- * clean metric without running. */
+ * layers l .. the logits); the cells of one layer share runs (each its own batch rows, up to 2048
+ * token rows per run). Cells with no path (l at or after every receiver's layer) hold the clean
+ * metric without running. */
 CIRCUITS_API int circuits_context_path_patch_sweep(circuits_context *ctx, const int32_t *clean,
                                                    const int32_t *corrupted, int64_t batch, int64_t pos,
                                                    const circuits_metric *metric,
