@@ -1041,6 +1041,61 @@ CIRCUITS_API int circuits_context_activation_patch(circuits_context *ctx, int32_
                                                    int64_t batch, int64_t pos, const float *const *clean,
                                                    const circuits_metric *metric,
                                                    const circuits_patch_options *opts, float *out);
+/* Path patching (0.5.0; docs/path_patching.md)                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Path patching as in the IOI paper (Wang et al. 2022) and ARENA's implementation of it: the
+ * effect of the path from sender heads to receivers, on the metric. Step 1 runs the clean and the
+ * corrupted tokens once each (caching hook_z of every head, hook_resid_post, and hook_mlp_out
+ * with freeze_mlps). Step 2 runs the clean tokens with every head's hook_z frozen at its clean
+ * value except the senders', which take their corrupted value; MLPs are recomputed (they carry
+ * the senders' effect on, as in the IOI paper and ARENA), or with freeze_mlps frozen at their
+ * clean hook_mlp_out. Receiver = the logits: the metric of step 2's logits is the result.
+ * Receivers = heads: step 2 records the receivers' inputs (hook_q, hook_k or hook_v of that
+ * head), and step 3 runs the clean tokens with only those inputs replaced, everything else
+ * recomputed; the metric of step 3's logits is the result. Denoising (corrupted run, clean
+ * senders) is the same call with the token arrays swapped. The context's hooks fire in every run,
+ * before path patching's own. */
+
+/* A head: a sender (input ignored) or a receiver, whose input is CIRCUITS_READER_Q, _K or _V
+ * (hook_q, hook_k, hook_v; for K and V, head indexes the n_key_value_heads K/V heads). A fixed
+ * layout, like circuits_tensor. */
+typedef struct circuits_path_head {
+    int32_t layer;
+    int32_t head;
+    int32_t input;
+} circuits_path_head;
+
+typedef struct circuits_path_patch_options {
+    uint32_t size;                       /* sizeof(circuits_path_patch_options) */
+    const circuits_path_head *receivers; /* [n_receivers]; NULL / 0 (default): the logits */
+    int64_t n_receivers;
+    int32_t freeze_mlps;                 /* 0 (default): MLPs recomputed in step 2; 1: frozen at
+                                          * their clean value (only direct head-to-receiver paths) */
+} circuits_path_patch_options;
+
+/* Sets size and the defaults: receiver the logits, MLPs recomputed. */
+CIRCUITS_API void circuits_path_patch_options_init(circuits_path_patch_options *opts);
+
+/* Path patching of senders [n_senders] (distinct heads; none gives the clean run) on clean and
+ * corrupted tokens [batch, pos]: *value (may be NULL) the metric of the patched run, logits (may
+ * be NULL) its logits [batch, pos, d_vocab_out]. opts may be NULL for the defaults. */
+CIRCUITS_API int circuits_context_path_patch(circuits_context *ctx, const int32_t *clean, const int32_t *corrupted,
+                                             int64_t batch, int64_t pos, const circuits_path_head *senders,
+                                             int64_t n_senders, const circuits_metric *metric,
+                                             const circuits_path_patch_options *opts, float *value, float *logits);
+
+/* The IOI figure's grid: out [n_layers, n_heads], cell (l, h) the metric with head (l, h) as the
+ * only sender. Step 1 runs once for the whole grid; each cell starts at layer l from the cached
+ * clean residual stream (the layers before it are clean), so step 2 costs layers l .. the last
+ * receiver's, step 3 the first receiver's layer .. the logits (receiver the logits: step 2 alone,
+ * layers l .. the logits); the cells of one layer share runs (each its own batch rows, up to 2048
+ * token rows per run). Cells with no path (l at or after every receiver's layer) hold the clean
+ * metric without running. */
+CIRCUITS_API int circuits_context_path_patch_sweep(circuits_context *ctx, const int32_t *clean,
+                                                   const int32_t *corrupted, int64_t batch, int64_t pos,
+                                                   const circuits_metric *metric,
+                                                   const circuits_path_patch_options *opts, float *out);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Threads                                                                                    */

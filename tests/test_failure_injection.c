@@ -639,6 +639,33 @@ static int call_induction(fx *f)
     return circuits_context_induction_scores(f->ctx, tok, B, 9, 4, f->out, f->out + 20, f->out + 21);
 }
 
+/* path patching (tiny-random-gpt2: 5 layers, 4 heads): variant 0 one sender set with q / v
+ * receivers and the logits, 1 the per-sender grid with frozen MLPs */
+static int call_path_patch(fx *f)
+{
+    static const int32_t answer[B] = {5, 7}, wrong[B] = {9, 11};
+    int32_t corrupted[B * T];
+    for (int i = 0; i < B * T; i++) corrupted[i] = i % T == 2 ? (f->tokens[i] + 1) % VOCAB : f->tokens[i];
+    circuits_metric m;
+    circuits_metric_init(&m);
+    m.answer = answer;
+    m.wrong = wrong;
+    static const circuits_path_head senders[2] = {{0, 1, 0}, {2, 3, 0}};
+    static const circuits_path_head receivers[2] = {{3, 0, CIRCUITS_READER_Q}, {4, 2, CIRCUITS_READER_V}};
+    circuits_path_patch_options o;
+    circuits_path_patch_options_init(&o);
+    o.receivers = receivers;
+    o.n_receivers = 2;
+    if (f->op->variant == 0) {
+        f->out_n = (size_t)(B * T * VOCAB) + 1;
+        return circuits_context_path_patch(f->ctx, f->tokens, corrupted, B, T, senders, 2, &m, &o,
+                                           f->out + B * T * VOCAB, f->out);
+    }
+    o.freeze_mlps = 1;
+    f->out_n = 5 * 4;
+    return circuits_context_path_patch_sweep(f->ctx, f->tokens, corrupted, B, T, &m, &o, f->out);
+}
+
 /* ---- circuits of the model and factored matrices ---- */
 static int call_composition(fx *f)
 {
@@ -928,6 +955,10 @@ static void test_operations(fx *f)
         {"generate left-padded, no KV cache", setup_forward, call_generate, put_out, free_state, NULL, 3, true},
         {"detect_heads with attention_mask", setup_forward, call_detect_padded, digest_detect, free_state, NULL, 0, false},
         {"induction_scores", setup_forward, call_induction, digest_detect, free_state, NULL, 0, false},
+        {"path_patch", setup_forward, call_path_patch, put_out, free_state, NULL, 0, false},
+        /* a sweep's runs hold several cells (more rows than step 1): a failure at a later run leaves
+         * the context's run memory as the earlier runs grew it */
+        {"path_patch_sweep", setup_forward, call_path_patch, put_out, free_state, NULL, 1, true},
         {"composition_scores Q", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_Q, false},
         {"composition_scores K", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_K, false},
         {"composition_scores V", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_V, false},

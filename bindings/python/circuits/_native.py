@@ -410,6 +410,23 @@ class ResidOptions(Structure):
     ]
 
 
+class PathHead(Structure):
+    """``circuits_path_head``: a sender, or a receiver with its input (CIRCUITS_READER_Q/K/V)."""
+
+    _fields_ = [("layer", c_int32), ("head", c_int32), ("input", c_int32)]
+
+
+class PathPatchOptions(Structure):
+    """``circuits_path_patch_options`` (receivers as an address: the caller keeps the array alive)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("receivers", c_void_p),  # const circuits_path_head *
+        ("n_receivers", c_int64),
+        ("freeze_mlps", c_int32),
+    ]
+
+
 #: ``circuits_hook_fn``: int (*)(const circuits_tensor *act, void *user_data)
 HOOK_FN = CFUNCTYPE(c_int, POINTER(Tensor), c_void_p)
 #: ``circuits_generate_fn``: int (*)(int64_t step, const int32_t *tokens, const float *logits,
@@ -649,6 +666,17 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_context_activation_patch": (
         c_int,
         [HANDLE, c_int32, I32P, c_int64, c_int64, POINTER(c_void_p), POINTER(Metric), POINTER(PatchOptions), F32P],
+    ),
+    # path patching
+    "circuits_path_patch_options_init": (None, [POINTER(PathPatchOptions)]),
+    "circuits_context_path_patch": (
+        c_int,
+        [HANDLE, I32P, I32P, c_int64, c_int64, POINTER(PathHead), c_int64, POINTER(Metric),
+         POINTER(PathPatchOptions), F32P, F32P],
+    ),
+    "circuits_context_path_patch_sweep": (
+        c_int,
+        [HANDLE, I32P, I32P, c_int64, c_int64, POINTER(Metric), POINTER(PathPatchOptions), F32P],
     ),
     # threads
     "circuits_set_num_threads": (None, [c_int]),

@@ -142,7 +142,8 @@ def keep(a, hook):
 logits = m.run_with_hooks(TOK, fwd_hooks=[("unembed.hook_out", keep)])
 want = np.asarray(eval({expr!r}, {{"a": logits, "np": np}}))
 same(kept[0], want)
-churn(m)
+m(TOK_SAME % m.cfg.d_vocab)
+churn()
 same(kept[0], want)
 m.close(); del m; churn()
 same(kept[0], want)
@@ -228,7 +229,8 @@ def keep(a, hook):
 m.run_with_hooks(TOK, fwd_hooks=[(lambda n: True, keep)])
 assert len(kept) == len(m.hook_names()), (len(kept), len(m.hook_names()))
 ref = {k: np.array(v, copy=True) for k, v in kept.items()}
-churn(m)
+m(TOK_SAME % m.cfg.d_vocab)
+churn()
 m.close(); churn()
 for k in kept:
     same(kept[k], ref[k])
@@ -245,7 +247,8 @@ _, cache = m.run_with_cache(TOK, names_filter=f"blocks.{m.cfg.n_layers - 1}.hook
                             fwd_hooks=[("blocks.0.hook_resid_pre", lambda a, h: kept.append(a))])
 final = cache[f"blocks.{m.cfg.n_layers - 1}.hook_resid_post"]
 same(kept[0], final)
-churn(m)
+m(TOK_SAME % m.cfg.d_vocab)
+churn()
 same(kept[0], final)
 touch(kept[0])
 ok()
@@ -325,7 +328,8 @@ def stop(a, hook):
     raise circuits.HookStopped("enough")
 refused(lambda: m.run_with_hooks(TOK, fwd_hooks=[("blocks.2.hook_resid_pre", stop)]), circuits.HookStopped)
 snapshot = np.array(kept[0], copy=True)
-churn(m)
+m(TOK_SAME % m.cfg.d_vocab)
+churn()
 same(kept[0], snapshot)
 touch(kept[0])
 ok()
@@ -454,7 +458,8 @@ kept = []
 m.run_with_hooks(TOK, fwd_hooks=[("blocks.0.attn.hook_result", lambda a, h: kept.append(a))])
 ref = snap(kept)
 m.set_use_attn_result(False)     # frees the old context
-churn(m)
+m(TOK_SAME % m.cfg.d_vocab)
+churn()
 same(kept[0], ref[0]); touch(kept[0])
 ok()
 '''),
@@ -822,6 +827,51 @@ assert t.shape == (2, 11) and np.all(t[:, 0] == 3)
 refused(lambda: circuits.composition_baseline(0, 4, n_samples=2), CircuitsError)
 ok()
 '''),
+    "size_path_patch": ("size", '''
+from circuits.path_patching import path_patch, path_patch_sweep
+m = load(SMALL)
+TOK = TOK % m.cfg.d_vocab
+base = m(TOK)
+kw = dict(answer_tokens=[3], wrong_tokens=[4])
+grid = path_patch_sweep(m, TOK, TOK_SAME % m.cfg.d_vocab, "logit_diff", receivers=[(1, 0)], **kw)
+v, lg = path_patch(m, TOK, TOK_SAME % m.cfg.d_vocab, "logit_diff", [(0, 1)], [(1, 1, "v")], return_logits=True, **kw)
+for attr in ("n_layers", "n_heads", "d_vocab_out", "n_key_value_heads"):
+    if hasattr(m.cfg, attr):
+        object.__setattr__(m.cfg, attr, 1)      # forced: informational only; buffers are sized from C's numbers
+same(path_patch_sweep(m, TOK, TOK_SAME % m.cfg.d_vocab, "logit_diff", receivers=[(1, 0)], **kw), grid)
+v2, lg2 = path_patch(m, TOK, TOK_SAME % m.cfg.d_vocab, "logit_diff", [(0, 1)], [(1, 1, "v")], return_logits=True, **kw)
+same(lg2, lg)
+refused(lambda: path_patch(m, TOK, TOK, "logit_diff", [(0, 0)], answer_tokens=[1, 2], wrong_tokens=[1]), circuits.ShapeError)
+refused(lambda: path_patch(m, TOK, TOK[:, :-1], "logit", [(0, 0)], answer_tokens=1), circuits.ShapeError)
+refused(lambda: path_patch(m, TOK, TOK, "logit", [(2**32, 0)], answer_tokens=1), circuits.RangeError)
+refused(lambda: path_patch(m, TOK, TOK, "logit", [(0, 0)], answer_tokens=2**40), circuits.RangeError)
+refused(lambda: path_patch(m, TOK, TOK, "logit", [(0, 0)], answer_tokens=1, positions=[TOK.shape[1]]), circuits.RangeError)
+refused(lambda: path_patch(m, TOK, TOK, "logit", [(0, 0)], [(1, 5, "k")], answer_tokens=1), circuits.RangeError)
+refused(lambda: path_patch_sweep(m, TOK, TOK, "prob"), ValueError)
+same(m(TOK), base)
+ok()
+'''),
+    "kept_path_patch_metric_logits": ("kept", '''
+from circuits.path_patching import path_patch_sweep
+m = load(SMALL)
+TOK = TOK % m.cfg.d_vocab
+kept, snaps = [], []
+def metric(logits):                  # a copy of the C run's logits: the caller may keep it
+    kept.append(logits)
+    snaps.append(logits.copy())
+    return float(logits[0, -1, 0])
+grid = path_patch_sweep(m, TOK, TOK_SAME % m.cfg.d_vocab, metric)
+assert len(kept) == 1 + m.cfg.n_layers * m.cfg.n_heads   # the clean run, then every cell
+m(TOK_SAME % m.cfg.d_vocab)
+churn()
+m.close()
+del m
+gc.collect()
+for a, s in zip(kept, snaps):
+    same(a, s)
+    touch(a)
+ok()
+'''),
 }
 
 # One probe per config attribute: rebinding it is refused, and even forcing a new value into
@@ -1059,6 +1109,9 @@ AUDIT = {
     "circuits_lm_cross_entropy": ["size_attention_mask"],
     "circuits_metric_init": "not called by the binding yet (patching will: give it a size probe then)",
     "circuits_metric_eval": "not called by the binding yet (patching will: give it a size probe then)",
+    "circuits_path_patch_options_init": "a struct of the binding's, sized by ctypes",
+    "circuits_context_path_patch": ["size_path_patch", "kept_path_patch_metric_logits"],
+    "circuits_context_path_patch_sweep": ["size_path_patch", "kept_path_patch_metric_logits"],
     "circuits_set_num_threads": ["size_set_num_threads"],
     "circuits_get_num_threads": ["size_set_num_threads"],
 }

@@ -117,6 +117,8 @@ STRUCT_CLASSES = {
     "circuits_ablation": N.Ablation,
     "circuits_patch_options": N.PatchOptions,
     "circuits_resid_options": N.ResidOptions,
+    "circuits_path_head": N.PathHead,
+    "circuits_path_patch_options": N.PathPatchOptions,
 }
 SCALARS = {
     "int": c_int,

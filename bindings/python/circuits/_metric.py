@@ -1,0 +1,119 @@
+"""The metric of patching and path-patching runs as a ``circuits_metric`` (docs/api.md, "Losses and
+metrics"): a built-in kind computed in C, or a Python callable on the logits."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Callable, List, Optional, Union
+
+import numpy as np
+
+from . import _native as N
+from .errors import RangeError, ShapeError
+
+lib = N.lib
+
+KINDS = {
+    "logit_diff": N.CIRCUITS_METRIC_LOGIT_DIFF,
+    "logit": N.CIRCUITS_METRIC_LOGIT,
+    "prob": N.CIRCUITS_METRIC_PROB,
+    "log_prob": N.CIRCUITS_METRIC_LOG_PROB,
+    "loss": N.CIRCUITS_METRIC_LOSS,
+}
+
+MetricSpec = Union[str, Callable[[np.ndarray], Any]]
+
+
+class MetricCall:
+    """A ``circuits_metric`` and everything it points to, alive as long as this object. After a
+    C call that may have run the callback, :meth:`reraise` raises the callback's exception."""
+
+    def __init__(self) -> None:
+        self.struct = N.Metric()
+        lib.circuits_metric_init(ctypes.byref(self.struct))
+        self._keep: List[Any] = []
+        self.error: Optional[BaseException] = None
+
+    def keep(self, a: Optional[np.ndarray]) -> Optional[int]:
+        if a is None:
+            return None
+        self._keep.append(a)
+        return a.ctypes.data
+
+    def reraise(self) -> None:
+        exc, self.error = self.error, None
+        if exc is not None:
+            raise exc
+
+
+def _ids(x: Any, B: int, what: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim == 0:
+        a = np.full(B, a)
+    if a.shape != (B,) or a.dtype.kind not in "iu":
+        raise ShapeError(f"{what} must be an int or [batch] = [{B}] ints, got {a.dtype} {list(a.shape)}")
+    if a.size and (int(a.min()) < -(2**31) or int(a.max()) >= 2**31):
+        raise RangeError(f"{what} holds an id that does not fit in int32")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def make_metric(metric: MetricSpec, B: int, T: int, *, answer_tokens: Any = None, wrong_tokens: Any = None,
+                positions: Any = None, tokens: Optional[np.ndarray] = None,
+                attention_mask: Any = None) -> MetricCall:
+    """``metric``: a kind (``"logit_diff"``, ``"logit"``, ``"prob"``, ``"log_prob"``, ``"loss"``) with
+    ``answer_tokens`` / ``wrong_tokens`` ([batch] or one int), ``positions`` ([batch] or one int,
+    negative from the end; None: the last), ``tokens`` / ``attention_mask`` for ``"loss"``; or a
+    callable ``metric(logits) -> float`` on a copy of the logits [batch, pos, d_vocab_out]; or an object
+    with ``_struct(batch) -> (circuits_metric, arrays to keep alive)`` (circuits.patching's metrics)."""
+    mc = MetricCall()
+    m = mc.struct
+    to_struct = getattr(metric, "_struct", None)
+    if to_struct is not None:  # a built-in metric object (circuits.patching's LogitDiff, Logit, ..., Loss)
+        mc.struct, keep = to_struct(B)
+        mc._keep.append(keep)
+        return mc
+    if callable(metric):
+        def trampoline(logits_p, b, t, v, value_p, user):  # noqa: ARG001
+            try:
+                n = b * t * v
+                logits = np.ctypeslib.as_array((ctypes.c_float * n).from_address(logits_p)).reshape(b, t, v).copy()
+                value_p[0] = float(metric(logits))
+                return 0
+            except BaseException as e:  # noqa: BLE001 -- re-raised by reraise() after the C call
+                mc.error = e
+                return -1
+
+        fn = N.METRIC_FN(trampoline)
+        mc._keep.append(fn)
+        m.kind = N.CIRCUITS_METRIC_CALLBACK
+        m.fn = ctypes.cast(fn, ctypes.c_void_p).value
+        return mc
+    if metric not in KINDS:
+        raise ValueError(f"metric must be a callable or one of {list(KINDS)}, not {metric!r}")
+    m.kind = KINDS[metric]
+    if metric == "loss":
+        tok = np.ascontiguousarray(tokens, dtype=np.int32)
+        if tok.shape != (B, T):
+            raise ShapeError(f"the loss metric's tokens must be [batch, pos] = [{B}, {T}], got {list(tok.shape)}")
+        m.tokens = mc.keep(tok)
+        if attention_mask is not None:
+            mask = np.ascontiguousarray(attention_mask, dtype=np.int32)
+            if mask.shape != (B, T):
+                raise ShapeError(f"attention_mask must be [batch, pos] = [{B}, {T}], got {list(mask.shape)}")
+            m.attention_mask = mc.keep(mask)
+        return mc
+    if answer_tokens is None:
+        raise ValueError(f"metric {metric!r} needs answer_tokens")
+    m.answer = mc.keep(_ids(answer_tokens, B, "answer_tokens"))
+    if metric == "logit_diff":
+        if wrong_tokens is None:
+            raise ValueError("metric 'logit_diff' needs wrong_tokens")
+        m.wrong = mc.keep(_ids(wrong_tokens, B, "wrong_tokens"))
+    if positions is not None:
+        p = np.asarray(positions)
+        p = np.full(B, p) if p.ndim == 0 else p
+        if p.shape != (B,) or p.dtype.kind not in "iu":
+            raise ShapeError(f"positions must be an int or [batch] = [{B}] ints, got {list(p.shape)}")
+        m.positions = mc.keep(np.ascontiguousarray(p, dtype=np.int64))
+    return mc
+
