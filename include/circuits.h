@@ -752,6 +752,57 @@ CIRCUITS_API int circuits_context_generate(circuits_context *ctx, const int32_t 
                                            int32_t *out, int64_t *out_len);
 
 /* ---------------------------------------------------------------------------------------- */
+/* Losses and metrics (0.5.0; docs/analysis.md)                                             */
+/* ---------------------------------------------------------------------------------------- */
+
+/* TransformerLens's utils.lm_cross_entropy_loss: the loss of predicting each next token.
+ * logits [batch, pos, d_vocab], tokens [batch, pos] (every tokens[b, i >= 1] < d_vocab),
+ * attention_mask [batch, pos] of 0/1, or NULL for none. per_token (may be NULL) [batch, pos - 1]:
+ * -log_softmax(logits[b, i])[tokens[b, i + 1]], and 0 where the mask excludes position i or
+ * i + 1; loss (may be NULL): the mean over the pairs the mask includes (sums in double). A mask
+ * that includes no pair has no mean: CIRCUITS_E_SHAPE when loss is asked for. */
+CIRCUITS_API int circuits_lm_cross_entropy(const float *logits, const int32_t *tokens, const int32_t *attention_mask,
+                                           int64_t batch, int64_t pos, int64_t d_vocab, float *per_token,
+                                           float *loss);
+
+/* What a patching or ablation run measures: a scalar from the logits, the mean over the batch
+ * of one value per row (as TransformerLens metrics such as logits_to_ave_logit_diff), each row
+ * read at its own position p_b. */
+typedef enum circuits_metric_kind {
+    CIRCUITS_METRIC_LOGIT_DIFF = 0, /* logits[b, p_b, answer[b]] - logits[b, p_b, wrong[b]] */
+    CIRCUITS_METRIC_LOGIT = 1,      /* logits[b, p_b, answer[b]] */
+    CIRCUITS_METRIC_PROB = 2,       /* softmax(logits[b, p_b])[answer[b]] */
+    CIRCUITS_METRIC_LOG_PROB = 3,   /* log_softmax(logits[b, p_b])[answer[b]] */
+    CIRCUITS_METRIC_LOSS = 4,       /* circuits_lm_cross_entropy(logits, tokens, attention_mask):
+                                     * the mean over included pairs, not over rows */
+    CIRCUITS_METRIC_CALLBACK = 5    /* fn(logits of every position) */
+} circuits_metric_kind;
+
+/* A metric callback: logits [batch, pos, d_vocab] (read-only, valid during the call); writes the
+ * metric to *value and returns 0, or a negative value to fail (CIRCUITS_E_CALLBACK). */
+typedef int (*circuits_metric_fn)(const float *logits, int64_t batch, int64_t pos, int64_t d_vocab, float *value,
+                                  void *user_data);
+
+typedef struct circuits_metric {
+    uint32_t size;                 /* sizeof(circuits_metric) */
+    int32_t kind;                  /* circuits_metric_kind */
+    const int64_t *positions;      /* [batch]: p_b, negative counting from the end; NULL: the last */
+    const int32_t *answer;         /* [batch]: LOGIT_DIFF, LOGIT, PROB, LOG_PROB */
+    const int32_t *wrong;          /* [batch]: LOGIT_DIFF */
+    const int32_t *tokens;         /* [batch, pos]: LOSS */
+    const int32_t *attention_mask; /* [batch, pos] or NULL: LOSS */
+    circuits_metric_fn fn;         /* CALLBACK */
+    void *user_data;               /* passed to fn */
+} circuits_metric;
+
+/* Sets size; kind LOGIT_DIFF and every pointer NULL. */
+CIRCUITS_API void circuits_metric_init(circuits_metric *m);
+
+/* The metric of logits [batch, pos, d_vocab] into *value. Checks every index the metric reads. */
+CIRCUITS_API int circuits_metric_eval(const circuits_metric *m, const float *logits, int64_t batch, int64_t pos,
+                                      int64_t d_vocab, float *value);
+
+/* ---------------------------------------------------------------------------------------- */
 /* Threads                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 

@@ -73,6 +73,7 @@ if [ -n "$build" ]; then
             "$src/tests/reference/cases/tl_attn_only_1l_ln" -v
         "$build/tests/test_tokenizer" "$src/tests/tokenizer" -v
         "$build/tests/test_tokenizer_modern" "$src/tests/tokenizer" -v
+        "$build/tests/test_metric" -v
     } 2>/dev/null | grep '^|' >"$tmp/printed" || true
     python3 - "$tmp/doc_rows" "$tmp/printed" <<'PY' || status=1
 import re, sys

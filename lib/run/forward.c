@@ -20,6 +20,7 @@
  * between parallel sections. */
 #include "context.h"
 #include "kernels.h"
+#include "loss.h"
 #include "pool.h"
 #include "rope.h"
 
@@ -607,16 +608,7 @@ int cx_forward(circuits_context *ctx, const cx_run *r)
     if ((rc = run(&ps, r->stop_at_layer ? r->out : lg))) return rc;
     if (own_logits && r->out) memcpy(r->out, lg, (size_t)logit_rows * (size_t)c->d_vocab_out * sizeof(float));
     if (r->kv) r->kv->len += T;
-    if (r->loss || r->per_token_loss) {
-        int64_t V = c->d_vocab_out;
-        double total = 0.0;
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t i = 0; i + 1 < T; i++) {
-                double nll = cx_nll_row(lg + (b * T + i) * V, V, r->tokens[b * T + i + 1]);
-                if (r->per_token_loss) r->per_token_loss[b * (T - 1) + i] = (float)nll;
-                total += nll;
-            }
-        if (r->loss) *r->loss = (float)(total / (double)(B * (T - 1)));
-    }
+    if (r->loss || r->per_token_loss)
+        return cx_lm_loss(lg, r->tokens, NULL, B, T, c->d_vocab_out, r->per_token_loss, r->loss, r->fn);
     return CIRCUITS_OK;
 }

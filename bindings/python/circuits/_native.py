@@ -159,6 +159,14 @@ CIRCUITS_HEAD_CUSTOM = 3
 CIRCUITS_DETECT_MUL = 0
 CIRCUITS_DETECT_ABS = 1
 
+# metrics (patching, ablation)
+CIRCUITS_METRIC_LOGIT_DIFF = 0
+CIRCUITS_METRIC_LOGIT = 1
+CIRCUITS_METRIC_PROB = 2
+CIRCUITS_METRIC_LOG_PROB = 3
+CIRCUITS_METRIC_LOSS = 4
+CIRCUITS_METRIC_CALLBACK = 5
+
 # --------------------------------------------------------------------------------------------
 # Structs. Pointer fields are c_void_p (addresses as ints: cheap to read in hot paths).
 # --------------------------------------------------------------------------------------------
@@ -297,11 +305,31 @@ class GenerateOptions(Structure):
     ]
 
 
+class Metric(Structure):
+    """``circuits_metric`` (pointers as addresses: the caller keeps the arrays alive; ``fn`` as an
+    address: cast a :data:`METRIC_FN`)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("kind", c_int32),
+        ("positions", c_void_p),  # const int64_t *
+        ("answer", c_void_p),  # const int32_t *
+        ("wrong", c_void_p),  # const int32_t *
+        ("tokens", c_void_p),  # const int32_t *
+        ("attention_mask", c_void_p),  # const int32_t *
+        ("fn", c_void_p),  # circuits_metric_fn
+        ("user_data", c_void_p),
+    ]
+
+
 #: ``circuits_hook_fn``: int (*)(const circuits_tensor *act, void *user_data)
 HOOK_FN = CFUNCTYPE(c_int, POINTER(Tensor), c_void_p)
 #: ``circuits_generate_fn``: int (*)(int64_t step, const int32_t *tokens, const float *logits,
 #: int64_t batch, void *user_data)
 GENERATE_FN = CFUNCTYPE(c_int, c_int64, c_void_p, c_void_p, c_int64, c_void_p)
+#: ``circuits_metric_fn``: int (*)(const float *logits, int64_t batch, int64_t pos, int64_t d_vocab,
+#: float *value, void *user_data)
+METRIC_FN = CFUNCTYPE(c_int, c_void_p, c_int64, c_int64, c_int64, POINTER(c_float), c_void_p)
 
 
 def _ndptr(dtype, name: str):
@@ -493,6 +521,10 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
         c_int,
         [HANDLE, I32P, c_int64, c_int64, POINTER(GenerateOptions), I32P, POINTER(c_int64)],
     ),
+    # losses and metrics
+    "circuits_lm_cross_entropy": (c_int, [F32P, I32P, I32P, c_int64, c_int64, c_int64, F32P, F32P]),
+    "circuits_metric_init": (None, [POINTER(Metric)]),
+    "circuits_metric_eval": (c_int, [POINTER(Metric), F32P, c_int64, c_int64, c_int64, F32P]),
     # threads
     "circuits_set_num_threads": (None, [c_int]),
     "circuits_get_num_threads": (c_int, []),

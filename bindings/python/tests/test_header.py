@@ -113,6 +113,7 @@ STRUCT_CLASSES = {
     "circuits_encode_options": N.EncodeOptions,
     "circuits_run_options": N.RunOptions,
     "circuits_generate_options": N.GenerateOptions,
+    "circuits_metric": N.Metric,
 }
 SCALARS = {
     "int": c_int,
@@ -237,7 +238,7 @@ def test_status_classes_cover_every_status():
 
 
 _CT = {"uint32_t": c_uint32, "int32_t": c_int32, "int64_t": c_int64, "uint64_t": c_uint64, "float": c_float,
-       "circuits_generate_fn": c_void_p}  # function pointers as addresses
+       "circuits_generate_fn": c_void_p, "circuits_metric_fn": c_void_p}  # function pointers as addresses
 
 
 def test_every_struct_declared_or_skipped():

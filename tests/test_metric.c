@@ -1,0 +1,159 @@
+/* Losses and metrics (lib/run/loss.c, lib/analysis/metric.c) on hand-made logits: every value
+ * against a direct double-precision computation, TransformerLens's masking rule for the loss, and
+ * every refusal (named checks: docs/errors.md, "Losses and metrics"). */
+#include "catalogue.h"
+
+#include <math.h>
+#include <stdbool.h>
+
+enum { B = 2, T = 4, V = 5 };
+
+static float logits[B * T * V];
+static const int32_t tokens[B * T] = {1, 4, 0, 2, 3, 3, 1, 4};
+
+static double log_softmax_at(const float *row, int k)
+{
+    double mx = row[0], s = 0.0;
+    for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+    for (int j = 0; j < V; j++) s += exp(row[j] - mx);
+    return row[k] - mx - log(s);
+}
+
+static int cb_value(const float *lg, int64_t b, int64_t t, int64_t v, float *value, void *u)
+{
+    (void)u;
+    *value = (float)(lg[(b * t - 1) * v + 2] * 10.0 + (double)(b + t + v));
+    return 0;
+}
+static int cb_fail(const float *lg, int64_t b, int64_t t, int64_t v, float *value, void *u)
+{
+    (void)lg, (void)b, (void)t, (void)v, (void)value, (void)u;
+    return -7;
+}
+
+static void test_loss(void)
+{
+    float per[B * (T - 1)], loss = 0.0f;
+    CHECK_OK(circuits_lm_cross_entropy(logits, tokens, NULL, B, T, V, per, &loss));
+    double total = 0.0;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i + 1 < T; i++) {
+            double want = -log_softmax_at(logits + (b * T + i) * V, tokens[b * T + i + 1]);
+            CHECK(fabs(per[b * (T - 1) + i] - want) < 1e-6, "per-token [%d, %d]: %g vs %g", b, i, per[b * (T - 1) + i], want);
+            total += want;
+        }
+    CHECK(fabs(loss - total / (B * (T - 1))) < 1e-6, "loss %g", loss);
+
+    /* left padding in row 0, right padding in row 1: pairs with a masked end are 0 and not counted */
+    const int32_t mask[B * T] = {0, 1, 1, 1, 1, 1, 1, 0};
+    CHECK_OK(circuits_lm_cross_entropy(logits, tokens, mask, B, T, V, per, &loss));
+    double sum = 0.0;
+    int n = 0;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i + 1 < T; i++) {
+            bool in = mask[b * T + i] && mask[b * T + i + 1];
+            double want = in ? -log_softmax_at(logits + (b * T + i) * V, tokens[b * T + i + 1]) : 0.0;
+            CHECK(fabs(per[b * (T - 1) + i] - want) < 1e-6, "masked per-token [%d, %d]", b, i);
+            sum += want;
+            n += in;
+        }
+    CHECK(n == 4 && fabs(loss - sum / n) < 1e-6, "masked loss %g (n %d)", loss, n);
+
+    /* a mask with no pair: per-token losses are all 0, the mean is refused */
+    const int32_t none[B * T] = {1, 0, 1, 0, 0, 0, 0, 1};
+    CHECK_OK(circuits_lm_cross_entropy(logits, tokens, none, B, T, V, per, NULL));
+    for (int i = 0; i < B * (T - 1); i++) CHECK(per[i] == 0.0f, "no-pair per-token %d", i);
+    CALL_FAILS("loss_mask_without_pairs", circuits_lm_cross_entropy(logits, tokens, none, B, T, V, per, &loss),
+               CIRCUITS_E_SHAPE, "includes no (token, next token) pair");
+    const int32_t two[B * T] = {1, 1, 2, 1, 1, 1, 1, 1};
+    CALL_FAILS("loss_mask_value_2", circuits_lm_cross_entropy(logits, tokens, two, B, T, V, per, &loss),
+               CIRCUITS_E_INVALID_ARGUMENT, "attention_mask[0, 2] is 2");
+    const int32_t bad_tok[B * T] = {1, 4, 0, 5, 3, 3, 1, 4};
+    CALL_FAILS("loss_target_outside_vocab", circuits_lm_cross_entropy(logits, bad_tok, NULL, B, T, V, per, &loss),
+               CIRCUITS_E_RANGE, "target token 5 at [0, 3]");
+    CALL_FAILS("loss_one_position", circuits_lm_cross_entropy(logits, tokens, NULL, B, 1, V, per, &loss),
+               CIRCUITS_E_SHAPE, "at least 2 positions");
+    CALL_FAILS("loss_logits_null", circuits_lm_cross_entropy(NULL, tokens, NULL, B, T, V, per, &loss),
+               CIRCUITS_E_INVALID_ARGUMENT, "logits or tokens is NULL");
+    CALL_FAILS("loss_batch_0", circuits_lm_cross_entropy(logits, tokens, NULL, 0, T, V, per, &loss),
+               CIRCUITS_E_SHAPE, "every dimension must be at least 1");
+}
+
+static void test_metrics(void)
+{
+    const int64_t pos[B] = {-1, 1};
+    const int32_t ans[B] = {2, 0}, wrong[B] = {3, 4};
+    circuits_metric m;
+    circuits_metric_init(&m);
+    CHECK(m.size == sizeof m && m.kind == CIRCUITS_METRIC_LOGIT_DIFF && !m.answer, "init");
+    m.positions = pos, m.answer = ans, m.wrong = wrong;
+    const float *r0 = logits + (0 * T + 3) * V, *r1 = logits + (1 * T + 1) * V;
+    double want[4] = {
+        ((r0[2] - r0[3]) + (r1[0] - r1[4])) / 2.0,
+        (r0[2] + r1[0]) / 2.0,
+        (exp(log_softmax_at(r0, 2)) + exp(log_softmax_at(r1, 0))) / 2.0,
+        (log_softmax_at(r0, 2) + log_softmax_at(r1, 0)) / 2.0,
+    };
+    for (int k = 0; k < 4; k++) {
+        m.kind = k;
+        float v = NAN;
+        CHECK_OK(circuits_metric_eval(&m, logits, B, T, V, &v));
+        CHECK(fabs(v - want[k]) < 1e-6, "metric kind %d: %g vs %g", k, v, want[k]);
+    }
+    /* positions NULL: the last position of every row */
+    m.kind = CIRCUITS_METRIC_LOGIT, m.positions = NULL;
+    float v = 0.0f;
+    CHECK_OK(circuits_metric_eval(&m, logits, B, T, V, &v));
+    CHECK(fabs(v - (r0[2] + logits[(1 * T + 3) * V + 0]) / 2.0) < 1e-6, "last-position logit %g", v);
+
+    m.kind = CIRCUITS_METRIC_LOSS, m.tokens = tokens;
+    float loss = 0.0f;
+    CHECK_OK(circuits_lm_cross_entropy(logits, tokens, NULL, B, T, V, NULL, &loss));
+    CHECK_OK(circuits_metric_eval(&m, logits, B, T, V, &v));
+    CHECK(v == loss, "LOSS metric %g vs loss %g", v, loss);
+
+    m.kind = CIRCUITS_METRIC_CALLBACK, m.fn = cb_value;
+    CHECK_OK(circuits_metric_eval(&m, logits, B, T, V, &v));
+    CHECK(fabs(v - (logits[(B * T - 1) * V + 2] * 10.0 + B + T + V)) < 1e-4, "callback metric %g", v);
+
+    m.fn = cb_fail;
+    CALL_FAILS("metric_callback_fails", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_CALLBACK,
+               "the metric callback returned -7");
+    m.fn = NULL;
+    CALL_FAILS("metric_callback_null", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_INVALID_ARGUMENT,
+               "the CALLBACK metric's fn is NULL");
+    m.kind = 9;
+    CALL_FAILS("metric_kind_unknown", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_INVALID_ARGUMENT,
+               "unknown metric kind 9");
+    m.kind = CIRCUITS_METRIC_LOGIT_DIFF, m.wrong = NULL;
+    CALL_FAILS("metric_wrong_null", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_INVALID_ARGUMENT,
+               "needs wrong [batch]");
+    const int32_t big[B] = {2, 5};
+    m.wrong = wrong, m.answer = big;
+    CALL_FAILS("metric_answer_outside_vocab", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_RANGE,
+               "answer[1] = 5 is outside d_vocab_out = 5");
+    const int64_t far[B] = {-1, -5};
+    m.answer = ans, m.positions = far;
+    CALL_FAILS("metric_position_outside", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_RANGE,
+               "positions[1] = -5 is outside [-4, 4)");
+    m.positions = NULL, m.kind = CIRCUITS_METRIC_LOSS, m.tokens = NULL;
+    CALL_FAILS("metric_loss_without_tokens", circuits_metric_eval(&m, logits, B, T, V, &v),
+               CIRCUITS_E_INVALID_ARGUMENT, "needs tokens [batch, pos]");
+    m.size = 12;
+    CALL_FAILS("metric_size_unknown", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_VERSION, "size");
+    CALL_FAILS("metric_null", circuits_metric_eval(NULL, logits, B, T, V, &v), CIRCUITS_E_INVALID_ARGUMENT,
+               "metric is NULL");
+}
+
+int main(int argc, char **argv)
+{
+    cat_verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
+    uint64_t s = 12345;
+    for (int i = 0; i < B * T * V; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        logits[i] = (float)((double)(s >> 40) / (double)(1ull << 24) * 8.0 - 4.0);
+    }
+    test_loss();
+    test_metrics();
+    return tu_finish("test_metric");
+}
