@@ -803,6 +803,14 @@ class Model:
 
     __call__ = forward
 
+    def loss_fn(self, logits: Any, tokens: Any, attention_mask: Any = None, per_token: bool = False) -> Any:
+        """TransformerLens's ``loss_fn``: :func:`circuits.utils.lm_cross_entropy_loss` of
+        ``logits`` [batch, pos, d_vocab] against ``tokens`` [batch, pos]: the mean next-token
+        loss, or [batch, pos - 1] with ``per_token=True``; ``attention_mask`` skips padding."""
+        from .utils import lm_cross_entropy_loss
+
+        return lm_cross_entropy_loss(logits, tokens, attention_mask, per_token)
+
     # -- hooks ------------------------------------------------------------------------------
 
     def hook_points(self) -> List[HookPoint]:
