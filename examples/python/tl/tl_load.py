@@ -45,3 +45,24 @@ def load_tl(path: str, **processing) -> HookedTransformer:
     opts.update(processing)
     model.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), **opts)
     return model.eval()
+
+
+def load_tl_dir(path: str, **processing) -> HookedTransformer:
+    """``HookedTransformer.from_pretrained`` for a directory in TransformerLens layout
+    (tl_config.json + model.safetensors, e.g. examples/models/attn-only-2l): no tokenizer."""
+    import json
+
+    from safetensors.torch import load_file
+
+    with open(os.path.join(path, "tl_config.json")) as f:
+        d = json.load(f)
+    d.update(dtype=torch.float32, device="cpu", seed=None)
+    cfg = HookedTransformerConfig.from_dict(d)
+    model = HookedTransformer(cfg)
+    opts = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True,
+                refactor_factored_attn_matrices=False)
+    opts.update(processing)
+    # from_pretrained casts the stored weights (F16 in the checkpoints) to cfg.dtype before processing
+    state = {k: v.to(torch.float32) for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
+    model.load_and_process_state_dict(state, **opts)
+    return model.eval()
