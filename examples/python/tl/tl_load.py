@@ -66,3 +66,20 @@ def load_tl_dir(path: str, **processing) -> HookedTransformer:
     state = {k: v.to(torch.float32) for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
     model.load_and_process_state_dict(state, **opts)
     return model.eval()
+
+
+def byte_tokenizer():
+    """examples/train/tokenizer.json (the byte tokenizer of the bundled toy models) as the
+    Hugging Face tokenizer TransformerLens's set_tokenizer needs: loaded with from_pretrained
+    from a directory, with a pad token (NUL, id 0; libcircuits pads with 0 too), no BOS."""
+    import json
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp()
+    shutil.copy(os.path.join(REPO, "examples", "train", "tokenizer.json"), d)
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "\u0100", "add_bos_token": False}, f)
+    tok = AutoTokenizer.from_pretrained(d)
+    shutil.rmtree(d)
+    return tok
