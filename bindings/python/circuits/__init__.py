@@ -46,7 +46,7 @@ from .model import Config, HookedTransformer, HookHandle, HookPoint, HookViewWar
 from .tokenizer import Tokenizer
 from . import evals, utils  # noqa: E402  (TransformerLens's evals and utils modules)
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 #: Path of the loaded libcircuits.so.0, and how it was found.
 library_path: str = _native.library_path
