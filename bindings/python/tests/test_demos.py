@@ -29,6 +29,7 @@ NEEDS = {
     "logit_attribution": [(circuits.ActivationCache, "apply_ln_to_stack"), (circuits.ActivationCache, "accumulated_resid"),
                           (circuits.ActivationCache, "decompose_resid"), (circuits.ActivationCache, "stack_head_results"),
                           (circuits.Model, "unembed"), (circuits.Model, "blocks")],
+    "path_patching": [(circuits.Model, "blocks")],
 }
 
 
