@@ -447,6 +447,101 @@ CIRCUITS_API int circuits_cache_get(const circuits_cache *cache, const char *nam
 CIRCUITS_API size_t circuits_cache_nbytes(const circuits_cache *cache);
 
 /* ---------------------------------------------------------------------------------------- */
+/* The residual stream (TransformerLens ActivationCache); docs/analysis.md                   */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Added in 0.5.0. Stacks of residual-stream components read from a cache of the model's run:
+ * out [n_components, batch, n_pos, d_model] (n_pos = the positions selected), with a label per
+ * component. The cache must hold the hooks the call reads (a missing one is
+ * CIRCUITS_E_NOT_FOUND naming it): run_with_cache with no filter holds them all. */
+typedef enum circuits_resid_kind {
+    CIRCUITS_RESID_ACCUMULATED = 0, /* accumulated_resid: "0_pre", "0_mid", .., "final_post" */
+    CIRCUITS_RESID_DECOMPOSED = 1,  /* decompose_resid: "embed", "pos_embed", "0_attn_out", "0_mlp_out", .. */
+    CIRCUITS_RESID_HEADS = 2,       /* stack_head_results: "L0H0", .., ("remainder") */
+    CIRCUITS_RESID_NEURONS = 3,     /* stack_neuron_results: "L0N0", .., ("remainder") */
+    CIRCUITS_RESID_FULL = 4         /* get_full_resid_decomposition: heads, neurons (or
+                                     * "0_mlp_out", ..), "embed", "pos_embed", "bias" */
+} circuits_resid_kind;
+
+/* decompose_resid's mode */
+#define CIRCUITS_RESID_MODE_ALL 0
+#define CIRCUITS_RESID_MODE_MLP 1
+#define CIRCUITS_RESID_MODE_ATTN 2
+
+/* The arguments TransformerLens's methods take; each kind reads the ones its method has. */
+typedef struct circuits_resid_options {
+    uint32_t size;          /* sizeof(circuits_resid_options) */
+    int32_t layer;          /* -1 (default): n_layers, the input of the unembed; else 0..n_layers:
+                             * components up to the input of block `layer` */
+    int32_t incl_mid;       /* accumulated: also each earlier layer's resid_mid */
+    int32_t mlp_input;      /* accumulated, decomposed, full: the input of layer's MLP (ln2) */
+    int32_t apply_ln;       /* apply_ln_to_stack to the result (the cached scale) */
+    int32_t incl_embeds;    /* decomposed: embed and pos_embed first (default 1) */
+    int32_t mode;           /* decomposed: CIRCUITS_RESID_MODE_* */
+    int32_t incl_remainder; /* heads, neurons: a last component "remainder" = resid - the rest */
+    int32_t expand_neurons; /* full: one component per neuron (default 1), else per MLP */
+    int32_t recompute_ln;   /* apply_ln at layer n_layers: ln_final with statistics recomputed per
+                             * component (accumulated sets it itself, as TransformerLens does) */
+    int32_t unembed_bias;   /* logit lens: add b_U (default 1) */
+    const int64_t *positions; /* pos_slice: NULL every position, else n_positions indices into the
+                               * cache's positions (negative count from the end) */
+    int64_t n_positions;
+    const int64_t *neurons; /* neurons: neuron_slice, NULL every neuron, else n_neurons indices */
+    int64_t n_neurons;
+    const int64_t *batch_indices; /* apply_ln, logit attributions: batch_slice of the cached scale
+                                   * (NULL: every batch row) */
+    int64_t n_batch_indices;
+} circuits_resid_options;
+
+CIRCUITS_API void circuits_resid_options_init(circuits_resid_options *opts);
+
+/* `kind` is a circuits_resid_kind. The shape of a stack: shape [4] = {n_components, batch, n_pos,
+ * d_model}. opts may be NULL (the defaults). */
+CIRCUITS_API int circuits_resid_shape(const circuits_model *model, const circuits_cache *cache,
+                                      int kind, const circuits_resid_options *opts,
+                                      int64_t *shape);
+/* The stack into out (out_len floats, at least the product of the shape). */
+CIRCUITS_API int circuits_resid_stack(const circuits_model *model, const circuits_cache *cache,
+                                      int kind, const circuits_resid_options *opts,
+                                      float *out, size_t out_len);
+/* Every component's label ("L0H1", "0_mlp_out", "embed", ..), in order, each ending in a NUL,
+ * one after another into buf (buf_size bytes; too few is CIRCUITS_E_RANGE). *needed (may be NULL)
+ * receives the bytes they take; buf NULL only sets it. */
+CIRCUITS_API int circuits_resid_labels(const circuits_model *model, const circuits_cache *cache,
+                                       int kind, const circuits_resid_options *opts, char *buf,
+                                       size_t buf_size, size_t *needed);
+/* apply_ln_to_stack in place: stack [n_components, batch, n_pos, d_model] taken as the input of
+ * opts->layer (ln1, or ln2 with mlp_input; ln_final at n_layers): centred (LN, LNPre) and divided
+ * by the cached hook_scale of those positions and batch rows, or with recompute_ln at n_layers
+ * put through ln_final. Without normalization the stack is left as it is. */
+CIRCUITS_API int circuits_resid_apply_ln(const circuits_model *model, const circuits_cache *cache,
+                                         const circuits_resid_options *opts, float *stack,
+                                         int64_t n_components, int64_t batch, int64_t n_pos);
+/* W_U[:, tokens[i]] for n tokens: out [n, d_model] (tokens_to_residual_directions). */
+CIRCUITS_API int circuits_model_residual_directions(const circuits_model *model, const int32_t *tokens,
+                                                    int64_t n, float *out);
+/* logit_attrs: out [n_components, batch, n_pos] = apply_ln(stack, layer n_layers) . (W_U[:, t] -
+ * W_U[:, incorrect t]) (incorrect_tokens may be NULL). tokens has 1 entry (for every row) or
+ * batch * n_pos. Reads positions and batch_indices of opts (may be NULL). */
+CIRCUITS_API int circuits_resid_logit_attrs(const circuits_model *model, const circuits_cache *cache,
+                                            const circuits_resid_options *opts, const float *stack,
+                                            int64_t n_components, int64_t batch, int64_t n_pos,
+                                            const int32_t *tokens, const int32_t *incorrect_tokens,
+                                            int64_t n_tokens, float *out);
+/* The logit lens in one call: out [n_components, batch, n_pos, d_vocab_out] = ln_final(each
+ * accumulated residual, statistics recomputed) @ W_U (+ b_U); the components and labels are
+ * CIRCUITS_RESID_ACCUMULATED's for these opts (apply_ln is ignored). */
+CIRCUITS_API int circuits_logit_lens(const circuits_model *model, const circuits_cache *cache,
+                                     const circuits_resid_options *opts, float *out, size_t out_len);
+/* Direct logit attribution in one call: the stack of `kind` (apply_ln ignored) through
+ * circuits_resid_logit_attrs: out [n_components, batch, n_pos]. The stack is never formed (one
+ * component in memory at a time), so every neuron of a model costs no more memory than a head. */
+CIRCUITS_API int circuits_direct_logit_attribution(const circuits_model *model, const circuits_cache *cache,
+                                                   int kind, const circuits_resid_options *opts,
+                                                   const int32_t *tokens, const int32_t *incorrect_tokens,
+                                                   int64_t n_tokens, float *out, size_t out_len);
+
+/* ---------------------------------------------------------------------------------------- */
 /* Factored matrices (TransformerLens FactoredMatrix)                                        */
 /* ---------------------------------------------------------------------------------------- */
 

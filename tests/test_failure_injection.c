@@ -382,6 +382,79 @@ static int call_run_with_cache_all(fx *f)
     return circuits_context_run_with_cache(f->ctx, f->tokens, B, T, NULL, 0, f->cache, f->out, NULL, NULL);
 }
 
+/* ---- the residual stream of a cache (lib/analysis/resid.c) ---- */
+
+/* a cache of every hook point of a plain run (variant 1: with use_attn_result, so heads are read
+ * from hook_result) */
+static void setup_resid(fx *f)
+{
+    f->ctx = new_ctx(f->model, f->op->variant == 1);
+    CHECK_OK(circuits_cache_create(&f->cache));
+    CHECK_OK(circuits_context_run_with_cache(f->ctx, f->tokens, B, T, NULL, 0, f->cache, NULL, NULL, NULL));
+}
+
+static void resid_opts(circuits_resid_options *o, int32_t layer)
+{
+    static const int64_t positions[2] = {-1, 1};
+    circuits_resid_options_init(o);
+    o->layer = layer;
+    o->apply_ln = 1;
+    o->incl_remainder = 1;
+    o->positions = positions;
+    o->n_positions = 2;
+}
+
+static int call_resid_stack(fx *f)
+{
+    circuits_resid_options o;
+    resid_opts(&o, -1);
+    int64_t shape[4];
+    int rc = circuits_resid_shape(f->model, f->cache, CIRCUITS_RESID_FULL, &o, shape);
+    if (rc) return rc;
+    f->out_n = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
+    return circuits_resid_stack(f->model, f->cache, CIRCUITS_RESID_FULL, &o, f->out, OUT_FLOATS);
+}
+
+static int call_resid_apply_ln(fx *f)
+{
+    circuits_resid_options o;
+    resid_opts(&o, 2);
+    o.mlp_input = 1;
+    f->out_n = (size_t)(3 * B * 2 * 32);
+    for (size_t i = 0; i < f->out_n; i++) f->out[i] = (float)((i * 37) % 11) - 5.0f;
+    return circuits_resid_apply_ln(f->model, f->cache, &o, f->out, 3, B, 2);
+}
+
+static const int32_t ANSWERS[B * 2] = {3, 7, 11, 13}, WRONG[B * 2] = {5, 1, 2, 9};
+
+static int call_resid_logit_attrs(fx *f)
+{
+    circuits_resid_options o;
+    resid_opts(&o, -1);
+    float stack[4 * B * 2 * 32];
+    for (size_t i = 0; i < sizeof stack / sizeof *stack; i++) stack[i] = (float)((i * 13) % 7) - 3.0f;
+    f->out_n = 4 * B * 2;
+    return circuits_resid_logit_attrs(f->model, f->cache, &o, stack, 4, B, 2, ANSWERS, WRONG, B * 2, f->out);
+}
+
+static int call_logit_lens(fx *f)
+{
+    circuits_resid_options o;
+    resid_opts(&o, 3);
+    o.incl_mid = 1;
+    f->out_n = (size_t)(6 * B * 2 * VOCAB);
+    return circuits_logit_lens(f->model, f->cache, &o, f->out, OUT_FLOATS);
+}
+
+static int call_dla(fx *f)
+{
+    circuits_resid_options o;
+    resid_opts(&o, 4);
+    f->out_n = (size_t)((4 * 128 + 1) * B * 2);
+    return circuits_direct_logit_attribution(f->model, f->cache, CIRCUITS_RESID_NEURONS, &o, ANSWERS, WRONG, B * 2,
+                                             f->out, OUT_FLOATS);
+}
+
 /* ---- the KV cache and generation ---- */
 static int call_kv_create(fx *f)
 {
@@ -755,6 +828,12 @@ static void test_operations(fx *f)
         {"run_with_cache reused cache", setup_run_with_cache, call_run_with_cache, digest_run_with_cache, free_state, NULL, 1, false},
         {"run_with_cache growing cache", setup_run_with_cache, call_run_with_cache, digest_run_with_cache, free_state, NULL, 2, false},
         {"run_with_cache everything", setup_run_with_cache, call_run_with_cache_all, digest_run_with_cache, free_state, NULL, 0, false},
+        {"resid_stack full decomposition", setup_resid, call_resid_stack, put_out, free_state, NULL, 0, false},
+        {"resid_stack from hook_result", setup_resid, call_resid_stack, put_out, free_state, NULL, 1, false},
+        {"resid_apply_ln", setup_resid, call_resid_apply_ln, put_out, free_state, NULL, 0, false},
+        {"resid_logit_attrs", setup_resid, call_resid_logit_attrs, put_out, free_state, NULL, 0, false},
+        {"logit_lens", setup_resid, call_logit_lens, put_out, free_state, NULL, 0, false},
+        {"direct_logit_attribution", setup_resid, call_dla, put_out, free_state, NULL, 0, false},
         {"kv_cache_create", NULL, call_kv_create, digest_kv_made, NULL, NULL, 0, false},
         {"forward_kv", setup_forward_kv, call_forward_kv, digest_forward_kv, free_state, NULL, 0, false},
         {"generate with KV cache", setup_forward, call_generate, put_out, free_state, NULL, 0, false},

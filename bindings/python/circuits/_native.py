@@ -166,6 +166,15 @@ CIRCUITS_METRIC_PROB = 2
 CIRCUITS_METRIC_LOG_PROB = 3
 CIRCUITS_METRIC_LOSS = 4
 CIRCUITS_METRIC_CALLBACK = 5
+# the residual stream (circuits_resid_kind, decompose_resid's modes)
+CIRCUITS_RESID_ACCUMULATED = 0
+CIRCUITS_RESID_DECOMPOSED = 1
+CIRCUITS_RESID_HEADS = 2
+CIRCUITS_RESID_NEURONS = 3
+CIRCUITS_RESID_FULL = 4
+CIRCUITS_RESID_MODE_ALL = 0
+CIRCUITS_RESID_MODE_MLP = 1
+CIRCUITS_RESID_MODE_ATTN = 2
 
 # --------------------------------------------------------------------------------------------
 # Structs. Pointer fields are c_void_p (addresses as ints: cheap to read in hot paths).
@@ -322,6 +331,30 @@ class Metric(Structure):
     ]
 
 
+class ResidOptions(Structure):
+    """``circuits_resid_options`` (index arrays as addresses: the caller keeps them alive)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("layer", c_int32),
+        ("incl_mid", c_int32),
+        ("mlp_input", c_int32),
+        ("apply_ln", c_int32),
+        ("incl_embeds", c_int32),
+        ("mode", c_int32),
+        ("incl_remainder", c_int32),
+        ("expand_neurons", c_int32),
+        ("recompute_ln", c_int32),
+        ("unembed_bias", c_int32),
+        ("positions", c_void_p),  # const int64_t *
+        ("n_positions", c_int64),
+        ("neurons", c_void_p),  # const int64_t *
+        ("n_neurons", c_int64),
+        ("batch_indices", c_void_p),  # const int64_t *
+        ("n_batch_indices", c_int64),
+    ]
+
+
 #: ``circuits_hook_fn``: int (*)(const circuits_tensor *act, void *user_data)
 HOOK_FN = CFUNCTYPE(c_int, POINTER(Tensor), c_void_p)
 #: ``circuits_generate_fn``: int (*)(int64_t step, const int32_t *tokens, const float *logits,
@@ -444,6 +477,25 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_cache_at": (c_int, [HANDLE, c_size_t, POINTER(Tensor)]),
     "circuits_cache_get": (c_int, [HANDLE, c_char_p, POINTER(Tensor)]),
     "circuits_cache_nbytes": (c_size_t, [HANDLE]),
+    # the residual stream (ActivationCache's methods)
+    "circuits_resid_options_init": (None, [POINTER(ResidOptions)]),
+    "circuits_resid_shape": (c_int, [HANDLE, HANDLE, c_int, POINTER(ResidOptions), I64P]),
+    "circuits_resid_stack": (c_int, [HANDLE, HANDLE, c_int, POINTER(ResidOptions), F32P, c_size_t]),
+    "circuits_resid_labels": (
+        c_int,
+        [HANDLE, HANDLE, c_int, POINTER(ResidOptions), c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "circuits_resid_apply_ln": (c_int, [HANDLE, HANDLE, POINTER(ResidOptions), F32P, c_int64, c_int64, c_int64]),
+    "circuits_model_residual_directions": (c_int, [HANDLE, I32P, c_int64, F32P]),
+    "circuits_resid_logit_attrs": (
+        c_int,
+        [HANDLE, HANDLE, POINTER(ResidOptions), F32P, c_int64, c_int64, c_int64, I32P, I32P, c_int64, F32P],
+    ),
+    "circuits_logit_lens": (c_int, [HANDLE, HANDLE, POINTER(ResidOptions), F32P, c_size_t]),
+    "circuits_direct_logit_attribution": (
+        c_int,
+        [HANDLE, HANDLE, c_int, POINTER(ResidOptions), I32P, I32P, c_int64, F32P, c_size_t],
+    ),
     # factored matrices
     "circuits_factored_create": (c_int, [VOIDPP, F32P, F32P, c_int64, c_int64, c_int64, c_int64]),
     "circuits_factored_free": (None, [HANDLE]),

@@ -11,6 +11,7 @@ from . import _native as N
 from ._arrays import Handle, tensor_view
 from ._arrays import view as _view
 from .errors import NotFoundError, ShapeError
+from .resid import ResidStreamMixin
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Model
@@ -31,7 +32,7 @@ def act_name(name: str, layer: Optional[int] = None, layer_type: Optional[str] =
     return buf.value.decode()
 
 
-class ActivationCache:
+class ActivationCache(ResidStreamMixin):
     """The cached activations of a run: a read-mostly mapping from full hook names (in firing
     order) to NumPy arrays with TransformerLens shapes.
 
@@ -43,6 +44,12 @@ class ActivationCache:
     The arrays are zero-copy views of the C cache's own memory (writable, as TransformerLens's
     tensors are); the memory lives as long as any of the arrays or this object does, so arrays
     stay valid after the run, after the cache object is dropped and after the model is closed.
+
+    The residual-stream methods (accumulated_resid, decompose_resid, stack_head_results,
+    stack_neuron_results, get_full_resid_decomposition, compute_head_results, apply_ln_to_stack,
+    logit_attrs, logit_lens, direct_logit_attribution: circuits/resid.py) compute in C on the
+    cache's own memory (edits made in place to these arrays are seen; entries replaced in
+    ``cache_dict`` are not) and need the model open.
     """
 
     def __init__(self, cache_dict: Dict[str, np.ndarray], model: Optional["Model"] = None,

@@ -1364,6 +1364,13 @@ class Model:
             a = a[0]
         return tok.str_tokens(a.reshape(-1))
 
+    def tokens_to_residual_directions(self, tokens: Any) -> np.ndarray:
+        """``W_U[:, tokens]`` with d_model last: [d_model] for a str / int, [..., d_model] for an
+        array of ids (TransformerLens's method; ``circuits_model_residual_directions``)."""
+        from .resid import tokens_to_residual_directions
+
+        return tokens_to_residual_directions(self, tokens)
+
     def to_single_token(self, string: str) -> int:
         """The id of a string that is exactly one token (ValueError otherwise)."""
         ids = self._tok().encode(string)

@@ -855,6 +855,42 @@ assert m.W_Q.shape[0] == scores.shape[0]
 ok()
 ''')
 
+PROBES["size_resid_stacks"] = ("size", '''
+m = load(SMALL)
+T2 = TOK % m.cfg.d_vocab
+_, cache = m.run_with_cache(T2)
+L, D, V = m.cfg.n_layers, m.cfg.d_model, m.cfg.d_vocab_out
+st = cache.accumulated_resid()
+assert st.shape == (L + 1, 1, T2.shape[1], D)
+same(cache.logit_attrs(st.astype(np.float64), 3), cache.logit_attrs(st, 3))   # converted, not reinterpreted
+before = np.array(st, copy=True)
+cache.apply_ln_to_stack(st, layer=1)
+same(st, before)                                                              # the input is not written
+refused(lambda: cache.logit_attrs(st[:, :, :3], 3), CircuitsError)            # positions disagree with the cache
+refused(lambda: cache.logit_attrs(st, np.array([1.5])), TypeError)
+refused(lambda: cache.logit_attrs(st, np.zeros((5, 5), dtype=np.int64)), CircuitsError)
+refused(lambda: cache.apply_ln_to_stack(st[0, 0]), CircuitsError)
+refused(lambda: cache.stack_neuron_results(-1, neuron_slice=[10**6]), CircuitsError)
+refused(lambda: cache.accumulated_resid(pos_slice=[2**40]), CircuitsError)
+refused(lambda: cache.accumulated_resid(layer=2**40), CircuitsError)
+refused(lambda: m.tokens_to_residual_directions(np.array([2**40])), CircuitsError)  # no silent int32 wrap
+lens = cache.logit_lens(pos_slice=-1)
+dla = cache.direct_logit_attribution(3, 4, kind="full")
+assert lens.shape == (L + 1, 1, V) and dla.shape[1:] == (1, T2.shape[1])
+for attr in ("d_vocab_out", "d_model", "n_layers", "d_mlp", "n_heads"):
+    object.__setattr__(m.cfg, attr, 1)                                        # forced: sizes come from the library
+same(cache.logit_lens(pos_slice=-1), lens)
+same(cache.direct_logit_attribution(3, 4, kind="full"), dla)
+same(cache.accumulated_resid(), st)
+kept = cache.stack_head_results()
+m.close()
+refused(lambda: cache.accumulated_resid(), circuits.ClosedError)
+refused(lambda: m.tokens_to_residual_directions(3), circuits.ClosedError)
+churn()
+touch(kept); touch(lens)                                                      # results are NumPy's own
+ok()
+''')
+
 PROBES["size_set_num_threads"] = ("size", '''
 before = circuits.get_num_threads() if hasattr(circuits, "get_num_threads") else N.lib.circuits_get_num_threads()
 for n in (0, -3, 64, 1):
@@ -917,6 +953,15 @@ AUDIT = {
     "circuits_cache_at": ["owner_cache_dict_plain"],
     "circuits_cache_get": ["size_names_filter_and_cache_keys"],
     "circuits_cache_nbytes": ["owner_cache_after_close"],
+    "circuits_resid_options_init": "a struct of the binding's, sized by ctypes",
+    "circuits_resid_shape": ["size_resid_stacks"],
+    "circuits_resid_stack": ["size_resid_stacks"],
+    "circuits_resid_labels": ["size_resid_stacks"],
+    "circuits_resid_apply_ln": ["size_resid_stacks"],
+    "circuits_model_residual_directions": ["size_resid_stacks"],
+    "circuits_resid_logit_attrs": ["size_resid_stacks"],
+    "circuits_logit_lens": ["size_resid_stacks"],
+    "circuits_direct_logit_attribution": ["size_resid_stacks"],
     "circuits_factored_create": ["size_factored_dims_read_only"],
     "circuits_factored_free": ["owner_factors_after_drop"],
     "circuits_factored_shape": ["size_factored_dims_read_only"],

@@ -114,6 +114,7 @@ STRUCT_CLASSES = {
     "circuits_run_options": N.RunOptions,
     "circuits_generate_options": N.GenerateOptions,
     "circuits_metric": N.Metric,
+    "circuits_resid_options": N.ResidOptions,
 }
 SCALARS = {
     "int": c_int,
