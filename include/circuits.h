@@ -384,6 +384,16 @@ typedef struct circuits_run_options {
      * d_vocab_out]; unembed.hook_out then sees that shape too. */
     const int64_t *logit_positions;
     int64_t n_logit_positions;
+    /* Added in 0.5.0 (padding, docs/api.md "Padding and attention masks"). A 0.4.0 caller's struct
+     * ends above. */
+    /* NULL: every position is a real token. Else [batch, pos] of 1 (a real token) and 0 (padding),
+     * TransformerLens's attention_mask: no query attends to padding, position ids are
+     * cumsum(mask) - 1 (left padding starts each row at position 0), W_pos is 0 at padding, and
+     * a query with no real key to see gets a pattern row of zeros. Every row needs a real token.
+     * With kv_cache: the new positions' mask (the cache remembers the earlier ones). */
+    const int32_t *attention_mask;
+    /* NULL: none. Else continue this KV cache, as circuits_context_forward_kv. */
+    struct circuits_kv_cache *kv_cache;
 } circuits_run_options;
 
 /* Sets size and the defaults (a full run: no start or stop layer, every logit position). */
@@ -435,6 +445,20 @@ CIRCUITS_API int circuits_context_run_with_cache(circuits_context *ctx, const in
                                                  const char *const *names_filter, size_t n_filter,
                                                  circuits_cache *cache, float *logits, float *loss,
                                                  float *per_token_loss);
+
+/* circuits_context_run_with_cache with run options (0.5.0): start_at_layer / stop_at_layer,
+ * logit_positions, attention_mask, kv_cache as circuits_context_run takes them (opts may be
+ * NULL). Only the points the run reaches are cached (none of the blocks outside [start, stop),
+ * no embedding points with start_at_layer, no ln_final / unembed with stop_at_layer), each with
+ * the shape its hook saw. out: as circuits_context_run's (may be NULL). loss and
+ * per_token_loss (may be NULL; a run to the logits of every position, from tokens) skip
+ * padding as TransformerLens's lm_cross_entropy_loss does: per_token_loss is 0 at a pair whose
+ * position or next position is padding, loss the mean over the other pairs. */
+CIRCUITS_API int circuits_context_run_with_cache_opts(circuits_context *ctx, const circuits_run_options *opts,
+                                                      const int32_t *tokens, int64_t batch, int64_t pos,
+                                                      const char *const *names_filter, size_t n_filter,
+                                                      circuits_cache *cache, float *out, float *loss,
+                                                      float *per_token_loss);
 
 /* Entries in firing order. */
 CIRCUITS_API size_t circuits_cache_count(const circuits_cache *cache);
@@ -687,6 +711,11 @@ typedef struct circuits_detect_options {
     int32_t error_measure;         /* CIRCUITS_DETECT_MUL (default) or CIRCUITS_DETECT_ABS */
     int32_t exclude_bos;           /* ignore attention to position 0 */
     int32_t exclude_current_token; /* ignore attention to the diagonal */
+    /* Added in 0.5.0. A 0.4.0 caller's struct ends above. */
+    /* [batch, pos] of 0/1, or NULL: padding as in circuits_run_options; each row is then scored on
+     * its real positions only, as if it ran alone (its first real token is position 0 for
+     * exclude_bos; a custom pattern is read at real positions). */
+    const int32_t *attention_mask;
 } circuits_detect_options;
 
 CIRCUITS_API void circuits_detect_options_init(circuits_detect_options *opts);
@@ -782,7 +811,8 @@ CIRCUITS_API const circuits_tokenizer *circuits_model_tokenizer(const circuits_m
 /* ---------------------------------------------------------------------------------------- */
 
 /* A KV cache: every layer's keys and values (as hook_k / hook_v left them) for the positions
- * run so far, so that a continuation runs only its new positions. */
+ * run so far, and their attention mask (circuits_run_options.attention_mask; ones where a run
+ * gave none), so that a continuation runs only its new positions. */
 typedef struct circuits_kv_cache circuits_kv_cache;
 
 /* An empty cache for `batch` sequences of up to max_pos positions (0: n_ctx; at most n_ctx).
@@ -831,6 +861,11 @@ typedef struct circuits_generate_options {
     int32_t use_kv_cache;     /* 1 (default): each step runs the new position only; 0: the whole sequence */
     circuits_generate_fn on_step; /* may be NULL (default) */
     void *user_data;          /* passed to on_step */
+    /* Added in 0.5.0. A 0.4.0 caller's struct ends above. */
+    /* NULL (default): every prompt token is real. Else the prompt's [batch, prompt_len] mask of
+     * 0/1 (circuits_run_options.attention_mask): a batch of prompts of different lengths, padded
+     * on the left (a row ending in padding is refused); generated tokens are real. */
+    const int32_t *attention_mask;
 } circuits_generate_options;
 
 /* Fills *opts with the defaults, those of TransformerLens's HookedTransformer.generate. */

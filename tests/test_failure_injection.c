@@ -512,7 +512,9 @@ static void digest_forward_kv(fx *f, bytes *b)
     CHECK_OK(circuits_kv_cache_truncate(f->kv, 4));
 }
 
-/* variant 0: with the KV cache; 1: without */
+static const int32_t PROMPT_MASK[B * 4];
+
+/* variant bit 0: without the KV cache; bit 1: row 1 of the prompt left-padded (PROMPT_MASK) */
 static int call_generate(fx *f)
 {
     circuits_generate_options o;
@@ -520,7 +522,8 @@ static int call_generate(fx *f)
     o.max_new_tokens = 6;
     o.seed = 11;
     o.stop_at_eos = 0;
-    o.use_kv_cache = f->op->variant == 0;
+    o.use_kv_cache = !(f->op->variant & 1);
+    if (f->op->variant & 2) o.attention_mask = PROMPT_MASK;
     int32_t *out = (int32_t *)f->out;
     int64_t len = 0;
     int rc = circuits_context_generate(f->ctx, f->tokens, B, 4, &o, out, &len);
@@ -529,6 +532,35 @@ static int call_generate(fx *f)
 }
 
 static void digest_detect(fx *f, bytes *b) { put_out(f, b); }
+
+/* ---- padding: row 1 of the batch left-padded by 2 ---- */
+static const int32_t MASK[B * T] = {1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1};
+static const int32_t PROMPT_MASK[B * 4] = {1, 1, 1, 1, 0, 0, 1, 1}; /* call_generate's */
+
+/* without a cache (setup_forward): circuits_context_run with the mask; with one
+ * (setup_run_with_cache): circuits_context_run_with_cache_opts, and a loss */
+static int call_masked(fx *f)
+{
+    circuits_run_options o;
+    circuits_run_options_init(&o);
+    o.attention_mask = MASK;
+    if (!f->cache) {
+        f->out_n = (size_t)(B * T * VOCAB);
+        return circuits_context_run(f->ctx, &o, f->tokens, B, T, f->out);
+    }
+    f->out_n = (size_t)(B * T * VOCAB) + 1;
+    return circuits_context_run_with_cache_opts(f->ctx, &o, f->tokens, B, T, FILTER_SOME, 3, f->cache, f->out,
+                                                f->out + B * T * VOCAB, NULL);
+}
+
+static int call_detect_padded(fx *f)
+{
+    circuits_detect_options o;
+    circuits_detect_options_init(&o);
+    o.attention_mask = MASK;
+    f->out_n = 5 * 4;
+    return circuits_context_detect_heads(f->ctx, f->tokens, B, T, CIRCUITS_HEAD_PREVIOUS_TOKEN, NULL, &o, f->out);
+}
 
 static int call_detect(fx *f)
 {
@@ -839,6 +871,11 @@ static void test_operations(fx *f)
         {"generate with KV cache", setup_forward, call_generate, put_out, free_state, NULL, 0, false},
         {"generate without KV cache", setup_forward, call_generate, put_out, free_state, NULL, 1, true},
         {"detect_heads", setup_forward, call_detect, digest_detect, free_state, NULL, 0, false},
+        {"run with attention_mask", setup_forward, call_masked, put_out, free_state, NULL, 0, false},
+        {"run_with_cache_opts with attention_mask", setup_run_with_cache, call_masked, digest_run_with_cache, free_state, NULL, 0, false},
+        {"generate left-padded, KV cache", setup_forward, call_generate, put_out, free_state, NULL, 2, false},
+        {"generate left-padded, no KV cache", setup_forward, call_generate, put_out, free_state, NULL, 3, true},
+        {"detect_heads with attention_mask", setup_forward, call_detect_padded, digest_detect, free_state, NULL, 0, false},
         {"induction_scores", setup_forward, call_induction, digest_detect, free_state, NULL, 0, false},
         {"composition_scores Q", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_Q, false},
         {"composition_scores K", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_K, false},

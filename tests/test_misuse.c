@@ -821,6 +821,52 @@ static void rank_checks(void)
                "the largest logit is infinite");
 }
 
+/* ---- attention masks (padding) ---- */
+
+static void mask_checks(circuits_model *m, circuits_context *ctx)
+{
+    float logits[8 * 1000], loss = NAN;
+    circuits_run_options o;
+    circuits_run_options_init(&o);
+    const int32_t two[4] = {1, 2, 1, 1}, empty_row[8] = {1, 1, 1, 1, 0, 0, 0, 0}, no_pair[4] = {1, 0, 1, 0};
+    o.attention_mask = two;
+    CALL_FAILS("mask_value_not_0_or_1", circuits_context_run(ctx, &o, TOK, 1, 4, logits), CIRCUITS_E_INVALID_ARGUMENT,
+               "attention_mask[0, 1] is 2");
+    o.attention_mask = empty_row;
+    CALL_FAILS("mask_row_all_padding", circuits_context_run(ctx, &o, TOK, 2, 4, logits), CIRCUITS_E_INVALID_ARGUMENT,
+               "attention_mask row 1 has no real token");
+    circuits_cache *cache = NULL;
+    CHECK_OK(circuits_cache_create(&cache));
+    o.attention_mask = no_pair;
+    CALL_FAILS("mask_loss_no_pair",
+               circuits_context_run_with_cache_opts(ctx, &o, TOK, 1, 4, NULL, 0, cache, NULL, &loss, NULL),
+               CIRCUITS_E_SHAPE, "the loss needs two consecutive real tokens");
+    CALL_FAILS("null_run_with_cache_opts_cache",
+               circuits_context_run_with_cache_opts(ctx, &o, TOK, 1, 4, NULL, 0, NULL, NULL, NULL, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "ctx and cache must not be NULL");
+    circuits_cache_free(cache);
+    /* a row whose new positions are all padding is fine when the KV cache holds a real token of it */
+    circuits_kv_cache *kv = NULL;
+    CHECK_OK(circuits_kv_cache_create(&kv, m, 2, 8));
+    const int32_t first[4] = {1, 1, 1, 0}, more[2] = {1, 0};
+    o.kv_cache = kv;
+    o.attention_mask = first;
+    CHECK_OK(circuits_context_run(ctx, &o, TOK, 2, 2, logits));
+    o.attention_mask = more;
+    CHECK_OK(circuits_context_run(ctx, &o, TOK, 2, 1, logits));
+    CHECK(circuits_kv_cache_length(kv) == 3, "the KV cache holds %lld positions", (long long)circuits_kv_cache_length(kv));
+    circuits_kv_cache_free(kv);
+    /* generation continues each row after its last position */
+    circuits_generate_options go;
+    circuits_generate_options_init(&go);
+    const int32_t right[8] = {1, 1, 1, 1, 1, 1, 0, 0};
+    go.attention_mask = right;
+    int32_t out[2 * 14];
+    int64_t len = -1;
+    CALL_FAILS("generate_mask_right_padding", circuits_context_generate(ctx, TOK, 2, 4, &go, out, &len),
+               CIRCUITS_E_INVALID_ARGUMENT, "attention_mask row 1 ends in padding");
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -851,6 +897,7 @@ int main(int argc, char **argv)
     factored_checks();
     kv_checks(m, ctx);
     rank_checks();
+    mask_checks(m, ctx);
 
     /* after all that the context has no hooks left and gives bit-identical results */
     circuits_context_clear_hooks(ctx);

@@ -4,41 +4,48 @@
 #include "rng.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 typedef struct detect_run {
     const int32_t *tokens;
+    const int32_t *mask;   /* [B, T] attention mask, or NULL */
+    int64_t *real;         /* [T] scratch: the real positions of one row */
     int64_t B, T, H;
     int32_t kind, measure, excl_bos, excl_cur;
     const float *custom;   /* [T, T] for CIRCUITS_HEAD_CUSTOM */
     double *acc;           /* [L, H]: sum over the batch */
 } detect_run;
 
-/* The detection pattern of sequence b at (i, j), j <= i (all patterns are lower triangular). */
-static float det(const detect_run *r, int64_t b, int64_t i, int64_t j)
+/* The detection pattern of sequence b at (i, j), j <= i (all patterns are lower triangular), in
+ * the row's real positions: token i is t[real[i]]. */
+static float det(const detect_run *r, const int32_t *t, const int64_t *real, int64_t i, int64_t j)
 {
-    const int32_t *t = r->tokens + b * r->T;
     switch (r->kind) {
     case CIRCUITS_HEAD_PREVIOUS_TOKEN: return j == i - 1;
-    case CIRCUITS_HEAD_DUPLICATE_TOKEN: return j < i && t[j] == t[i];
-    case CIRCUITS_HEAD_INDUCTION: return j >= 1 && j <= i && t[j - 1] == t[i] && j - 1 != i;
+    case CIRCUITS_HEAD_DUPLICATE_TOKEN: return j < i && t[real[j]] == t[real[i]];
+    case CIRCUITS_HEAD_INDUCTION: return j >= 1 && j <= i && t[real[j - 1]] == t[real[i]] && j - 1 != i;
     default: return r->custom[i * r->T + j];
     }
 }
 
-/* pattern [B, H, T, T] */
+/* pattern [B, H, T, T]. With a mask each row is scored on its real positions only, as if run
+ * alone (batch invariance): position 0 is its first real token, T its number of real ones. */
 static int detect_hook(const circuits_tensor *p, void *user)
 {
     detect_run *r = user;
-    int64_t T = r->T;
-    for (int64_t b = 0; b < r->B; b++)
+    int64_t *real = r->real;
+    for (int64_t b = 0; b < r->B; b++) {
+        int64_t T = 0;
+        for (int64_t t = 0; t < r->T; t++)
+            if (!r->mask || r->mask[b * r->T + t]) real[T++] = t;
         for (int64_t h = 0; h < r->H; h++) {
             const float *P = p->data + b * p->strides[0] + h * p->strides[1];
             double num = 0, den = 0;
             for (int64_t i = 0; i < T; i++)
                 for (int64_t j = 0; j < T; j++) {
                     bool masked = (r->excl_bos && j == 0) || (r->excl_cur && i == j);
-                    double a = P[i * T + j], d = j <= i ? det(r, b, i, j) : 0.0;
+                    double a = P[real[i] * r->T + real[j]], d = j <= i ? det(r, r->tokens + b * r->T, real, i, j) : 0.0;
                     if (r->measure == CIRCUITS_DETECT_MUL) {
                         if (masked) continue;
                         num += a * d;
@@ -51,6 +58,7 @@ static int detect_hook(const circuits_tensor *p, void *user)
             double s = r->measure == CIRCUITS_DETECT_MUL ? num / den : 1.0 - num / (double)T;
             r->acc[p->layer * r->H + h] += s;
         }
+    }
     return CIRCUITS_HOOK_CONTINUE;
 }
 
@@ -71,7 +79,8 @@ int circuits_context_detect_heads(circuits_context *ctx, const int32_t *tokens, 
     const char *fn = "circuits_context_detect_heads";
     circuits_detect_options o;
     circuits_detect_options_init(&o);
-    static const size_t versions[] = {sizeof(circuits_detect_options)}; /* 0.1 */
+    static const size_t versions[] = {offsetof(circuits_detect_options, attention_mask), /* 0.1 */
+                                      sizeof(circuits_detect_options)};
     int rc;
     if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), fn))) return rc;
     if (kind < CIRCUITS_HEAD_PREVIOUS_TOKEN || kind > CIRCUITS_HEAD_CUSTOM)
@@ -93,14 +102,17 @@ int circuits_context_detect_heads(circuits_context *ctx, const int32_t *tokens, 
                                    (long long)i, (long long)j);
     const circuits_config *c = &ctx->model->cfg;
     size_t LH = (size_t)c->n_layers * (size_t)c->n_heads;
-    detect_run r = {tokens, batch, pos, c->n_heads, kind, o.error_measure, o.exclude_bos != 0, o.exclude_current_token != 0,
-                    custom_pattern, cx_calloc(LH, sizeof(double))};
-    if (!r.acc) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory detecting heads");
+    detect_run r = {tokens, o.attention_mask, cx_malloc((size_t)pos * sizeof(int64_t)), batch, pos, c->n_heads, kind,
+                    o.error_measure, o.exclude_bos != 0, o.exclude_current_token != 0, custom_pattern,
+                    cx_calloc(LH, sizeof(double))};
+    rc = !r.acc || !r.real ? cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory detecting heads") : CIRCUITS_OK;
     cx_run run = cx_run_init(ctx, fn, tokens, batch, pos);
     run.observer = (cx_observer){detect_hook, HK_PATTERN, &r};
-    rc = cx_context_run(ctx, &run);
+    run.attention_mask = o.attention_mask; /* the pass checks it before the observer reads it */
+    if (!rc) rc = cx_context_run(ctx, &run);
     if (!rc)
         for (size_t k = 0; k < LH; k++) out[k] = (float)(r.acc[k] / (double)batch);
+    cx_free(r.real);
     cx_free(r.acc);
     return rc;
 }

@@ -85,15 +85,24 @@ static int visit_mark(const circuits_context *ctx, size_t i, void *arg)
     return CIRCUITS_OK;
 }
 
-/* Lays the selected points out in cache and points dst[i] of each into its block. */
-static int cache_layout(circuits_context *ctx, const bool *sel, int64_t B, int64_t T, circuits_cache *cache, float **dst)
+/* The shape point p's hook sees in run r (the logits at the chosen positions only; attention
+ * over a KV cache's keys too). */
+static int point_shape(const circuits_context *ctx, const cx_run *r, const cx_hook_point *p, int64_t *shape,
+                       int32_t *head_axis)
+{
+    int64_t T = p->kind == HK_UNEMBED_OUT && r->positions ? r->n_positions : r->pos;
+    return cx_hook_shape(ctx, p, r->batch, T, r->kv ? r->kv->len : 0, shape, head_axis);
+}
+
+/* Lays the selected points run r reaches out in cache and points dst[i] of each into its block. */
+static int cache_layout(circuits_context *ctx, const bool *sel, const cx_run *r, circuits_cache *cache, float **dst)
 {
     size_t n = 0, floats = 0;
     for (size_t i = 0; i < ctx->hooks.n_points; i++) {
-        if (!sel[i]) continue;
+        if (!sel[i] || !cx_run_reaches(r, &ctx->hooks.points[i])) continue;
         int64_t shape[CIRCUITS_MAX_DIMS];
         int32_t ha;
-        int nd = cx_hook_shape(ctx, &ctx->hooks.points[i], B, T, 0, shape, &ha);
+        int nd = point_shape(ctx, r, &ctx->hooks.points[i], shape, &ha);
         size_t numel = 1;
         for (int d = 0; d < nd; d++)
             if (!cx_mul_size(numel, (size_t)shape[d], &numel)) return cx_fail(CIRCUITS_E_RANGE, "cache size overflows");
@@ -106,10 +115,10 @@ static int cache_layout(circuits_context *ctx, const bool *sel, int64_t B, int64
     float *p = cache->block;
     size_t k = 0;
     for (size_t i = 0; i < ctx->hooks.n_points; i++) {
-        if (!sel[i]) continue;
+        if (!sel[i] || !cx_run_reaches(r, &ctx->hooks.points[i])) continue;
         cx_cache_entry *e = &cache->entries[k++];
         if ((rc = entry_name(e, ctx->hooks.points[i].name))) return rc;
-        e->ndim = cx_hook_shape(ctx, &ctx->hooks.points[i], B, T, 0, e->shape, &e->head_axis);
+        e->ndim = point_shape(ctx, r, &ctx->hooks.points[i], e->shape, &e->head_axis);
         e->layer = ctx->hooks.points[i].layer;
         e->data = p;
         dst[i] = p;
@@ -122,9 +131,8 @@ static int cache_layout(circuits_context *ctx, const bool *sel, int64_t B, int64
     return CIRCUITS_OK;
 }
 
-static int run_with_cache(circuits_context *ctx, const int32_t *tokens, int64_t B, int64_t T,
-                          const char *const *names_filter, size_t n_filter, circuits_cache *cache, float *logits,
-                          float *loss, float *per_token_loss)
+static int run_with_cache(circuits_context *ctx, cx_run *r, const char *const *names_filter, size_t n_filter,
+                          circuits_cache *cache)
 {
     /* one allocation: dst [n_points] (where each cached point goes), then sel [n_points] */
     size_t n_points = ctx->hooks.n_points;
@@ -138,17 +146,38 @@ static int run_with_cache(circuits_context *ctx, const int32_t *tokens, int64_t 
     }
     if (!n_filter)
         for (size_t i = 0; i < ctx->hooks.n_points; i++) sel[i] = true;
-    if (!rc) rc = cache_layout(ctx, sel, B, T, cache, dst);
+    if (!rc) rc = cache_layout(ctx, sel, r, cache, dst);
     if (!rc) {
-        cx_run r = cx_run_init(ctx, "circuits_context_run_with_cache", tokens, B, T);
-        r.cache_dst = dst;
-        r.out = logits;
-        r.loss = loss;
-        r.per_token_loss = per_token_loss;
-        r.held = true; /* the guard was taken before the cache was touched */
-        rc = cx_context_run(ctx, &r);
+        r->cache_dst = dst;
+        r->held = true; /* the guard was taken before the cache was touched */
+        rc = cx_context_run(ctx, r);
     }
     cx_free(dst);
+    return rc;
+}
+
+/* Both public runners: the cache is refused outright, not touched, when the run cannot start
+ * (from a hook callback it may be the one the running pass is filling). */
+static int run_cached(circuits_context *ctx, cx_run *r, const char *const *names_filter, size_t n_filter,
+                      circuits_cache *cache)
+{
+    const char *fn = r->fn;
+    if (n_filter && !names_filter) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: names_filter is NULL", fn);
+    if (r->batch < 1 || r->pos < 1)
+        return cx_fail(CIRCUITS_E_SHAPE, "run_with_cache: batch and pos must be at least 1");
+    int rc = cx_context_enter(ctx, fn);
+    if (rc) return rc;
+    if (cache->filling) {
+        cx_context_leave(ctx);
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the cache is being filled by a run in progress", fn);
+    }
+    cache->filling = true;
+    rc = run_with_cache(ctx, r, names_filter, n_filter, cache);
+    cache->filling = false;
+    cx_context_leave(ctx);
+    /* A failed run leaves an empty cache holding no memory, as new, never a partial one: after an
+     * allocation failure the memory goes back at once, and nothing outlives what failed. */
+    if (rc) cache_release(cache);
     return rc;
 }
 
@@ -156,29 +185,29 @@ int circuits_context_run_with_cache(circuits_context *ctx, const int32_t *tokens
                                     const char *const *names_filter, size_t n_filter, circuits_cache *cache,
                                     float *logits, float *loss, float *per_token_loss)
 {
-    /* Refused outright: the cache is not touched (from a hook callback it may be the one the
-     * running pass is filling). */
     if (!ctx || !cache)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: ctx and cache must not be NULL");
-    if (n_filter && !names_filter)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run_with_cache: names_filter is NULL");
-    if (B < 1 || T < 1)
-        return cx_fail(CIRCUITS_E_SHAPE, "run_with_cache: batch and pos must be at least 1");
-    int rc = cx_context_enter(ctx, "circuits_context_run_with_cache");
+    cx_run r = cx_run_init(ctx, "circuits_context_run_with_cache", tokens, B, T);
+    r.out = logits;
+    r.loss = loss;
+    r.per_token_loss = per_token_loss;
+    return run_cached(ctx, &r, names_filter, n_filter, cache);
+}
+
+int circuits_context_run_with_cache_opts(circuits_context *ctx, const circuits_run_options *opts,
+                                         const int32_t *tokens, int64_t B, int64_t T,
+                                         const char *const *names_filter, size_t n_filter, circuits_cache *cache,
+                                         float *out, float *loss, float *per_token_loss)
+{
+    const char *fn = "circuits_context_run_with_cache_opts";
+    if (!ctx || !cache) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: ctx and cache must not be NULL", fn);
+    cx_run r;
+    int rc = cx_run_from_options(ctx, fn, opts, tokens, B, T, &r);
     if (rc) return rc;
-    if (cache->filling) {
-        cx_context_leave(ctx);
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
-                       "circuits_context_run_with_cache: the cache is being filled by a run in progress");
-    }
-    cache->filling = true;
-    rc = run_with_cache(ctx, tokens, B, T, names_filter, n_filter, cache, logits, loss, per_token_loss);
-    cache->filling = false;
-    cx_context_leave(ctx);
-    /* A failed run leaves an empty cache holding no memory, as new, never a partial one: after an
-     * allocation failure the memory goes back at once, and nothing outlives what failed. */
-    if (rc) cache_release(cache);
-    return rc;
+    r.out = out;
+    r.loss = loss;
+    r.per_token_loss = per_token_loss;
+    return run_cached(ctx, &r, names_filter, n_filter, cache);
 }
 
 size_t circuits_cache_count(const circuits_cache *c) { return c ? c->n : 0; }

@@ -1,6 +1,7 @@
 /* Run contexts: creation, hook registration, the run door and the plain runners. */
 #include "context.h"
 
+#include <stddef.h>
 #include <string.h>
 
 void circuits_context_options_init(circuits_context_options *opts)
@@ -255,13 +256,57 @@ void circuits_run_options_init(circuits_run_options *opts)
 }
 
 /* A layer index as TransformerLens takes it (negative from the end) into 0 .. n_layers. */
-static int resolve_layer(int32_t k, int32_t n_layers, const char *what, int32_t *out)
+static int resolve_layer(const char *fn, int32_t k, int32_t n_layers, const char *what, int32_t *out)
 {
     int64_t r = k < 0 ? (int64_t)k + n_layers : k;
     if (r < 0 || r > n_layers)
-        return cx_fail(CIRCUITS_E_RANGE, "circuits_context_run: %s %d is outside [-%d, %d]", what, k, n_layers,
+        return cx_fail(CIRCUITS_E_RANGE, "%s: %s %d is outside [-%d, %d]", fn, what, k, n_layers,
                        n_layers);
     *out = (int32_t)r;
+    return CIRCUITS_OK;
+}
+
+int cx_run_from_options(const circuits_context *ctx, const char *fn, const circuits_run_options *opts,
+                        const int32_t *tokens, int64_t batch, int64_t pos, cx_run *run)
+{
+    circuits_run_options o;
+    circuits_run_options_init(&o);
+    static const size_t versions[] = {offsetof(circuits_run_options, attention_mask), /* 0.2 */
+                                      sizeof(circuits_run_options)};
+    int rc;
+    if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), fn))) return rc;
+    int32_t L = ctx->model->cfg.n_layers;
+    cx_run spec = cx_run_init(ctx, fn, tokens, batch, pos);
+    spec.attention_mask = o.attention_mask;
+    spec.kv = o.kv_cache;
+    if (o.start_at_layer != CIRCUITS_LAYER_NONE) {
+        if ((rc = resolve_layer(fn, o.start_at_layer, L, "start_at_layer", &spec.start))) return rc;
+        if (!o.input)
+            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                           "%s: start_at_layer needs input, the residual stream [batch, pos, d_model]", fn);
+        spec.input = o.input;
+    } else if (o.input) {
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: input is set but start_at_layer is not", fn);
+    }
+    if (o.stop_at_layer != CIRCUITS_LAYER_NONE) {
+        if ((rc = resolve_layer(fn, o.stop_at_layer, L, "stop_at_layer", &spec.stop))) return rc;
+        spec.stop_at_layer = true;
+    }
+    if (spec.stop < spec.start)
+        return cx_fail(CIRCUITS_E_RANGE, "%s: stop_at_layer (block %d) comes before start_at_layer (block %d)", fn,
+                       spec.stop, spec.start);
+    if (o.logit_positions || o.n_logit_positions) {
+        if (!o.logit_positions || o.n_logit_positions < 1)
+            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                           "%s: logit_positions needs a non-NULL array and n_logit_positions >= 1 "
+                           "(got %lld)", fn, (long long)o.n_logit_positions);
+        if (spec.stop_at_layer)
+            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                           "%s: logit_positions and stop_at_layer exclude each other (no logits)", fn);
+        spec.positions = o.logit_positions;
+        spec.n_positions = o.n_logit_positions;
+    }
+    *run = spec;
     return CIRCUITS_OK;
 }
 
@@ -269,40 +314,9 @@ int circuits_context_run(circuits_context *ctx, const circuits_run_options *opts
                          int64_t batch, int64_t pos, float *out)
 {
     if (!ctx) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run: ctx is NULL");
-    circuits_run_options o;
-    circuits_run_options_init(&o);
-    static const size_t versions[] = {sizeof(circuits_run_options)}; /* 0.2 */
-    int rc;
-    if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), "circuits_context_run"))) return rc;
-    int32_t L = ctx->model->cfg.n_layers;
-    cx_run spec = cx_run_init(ctx, "circuits_context_run", tokens, batch, pos);
+    cx_run spec;
+    int rc = cx_run_from_options(ctx, "circuits_context_run", opts, tokens, batch, pos, &spec);
+    if (rc) return rc;
     spec.out = out;
-    if (o.start_at_layer != CIRCUITS_LAYER_NONE) {
-        if ((rc = resolve_layer(o.start_at_layer, L, "start_at_layer", &spec.start))) return rc;
-        if (!o.input)
-            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
-                           "circuits_context_run: start_at_layer needs input, the residual stream [batch, pos, d_model]");
-        spec.input = o.input;
-    } else if (o.input) {
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_run: input is set but start_at_layer is not");
-    }
-    if (o.stop_at_layer != CIRCUITS_LAYER_NONE) {
-        if ((rc = resolve_layer(o.stop_at_layer, L, "stop_at_layer", &spec.stop))) return rc;
-        spec.stop_at_layer = true;
-    }
-    if (spec.stop < spec.start)
-        return cx_fail(CIRCUITS_E_RANGE, "circuits_context_run: stop_at_layer (block %d) comes before start_at_layer (block %d)",
-                       spec.stop, spec.start);
-    if (o.logit_positions || o.n_logit_positions) {
-        if (!o.logit_positions || o.n_logit_positions < 1)
-            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
-                           "circuits_context_run: logit_positions needs a non-NULL array and n_logit_positions >= 1 "
-                           "(got %lld)", (long long)o.n_logit_positions);
-        if (spec.stop_at_layer)
-            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
-                           "circuits_context_run: logit_positions and stop_at_layer exclude each other (no logits)");
-        spec.positions = o.logit_positions;
-        spec.n_positions = o.n_logit_positions;
-    }
     return cx_context_run(ctx, &spec);
 }

@@ -29,6 +29,8 @@ struct circuits_kv_cache {
     const circuits_model *model;
     int64_t batch, cap, len; /* cap: positions allocated (<= n_ctx) */
     float *k, *v;            /* [n_layers, batch, cap, n_heads * d_head] */
+    int32_t *mask;           /* [batch, cap]: the attention mask of the positions held (1 where a
+                              * run gave none), as TransformerLens's cache appends it */
 };
 
 /* An internal reader of one hook kind (detectors): called at every point of that kind after
@@ -44,6 +46,10 @@ typedef struct cx_run {
     const char *fn;            /* the public function's name, for messages */
     const int32_t *tokens;     /* [batch, pos]; may be NULL when input is set */
     int64_t batch, pos;
+    const int32_t *attention_mask; /* [batch, pos] of 0/1 (1: a real token, 0: padding) for this
+                                * run's positions, TransformerLens's attention_mask; with a KV cache
+                                * the new positions only (the cache holds the earlier ones). NULL:
+                                * every position real */
     const float *input;        /* [batch, pos, d_model]: the residual stream before block `start`
                                 * (start_at_layer), replacing the embeddings; NULL: from the tokens */
     int32_t start, stop;       /* blocks start .. stop - 1 run */
@@ -65,6 +71,20 @@ typedef struct cx_run {
 
 /* A full run of tokens [batch, pos] to the logits, nothing else set. */
 cx_run cx_run_init(const circuits_context *ctx, const char *fn, const int32_t *tokens, int64_t batch, int64_t pos);
+
+/* The run circuits_context_run's options describe (checked as far as they go without running),
+ * into *run; fn names the public function in messages. Outputs are the caller's to set. */
+int cx_run_from_options(const circuits_context *ctx, const char *fn, const circuits_run_options *opts,
+                        const int32_t *tokens, int64_t batch, int64_t pos, cx_run *run);
+
+/* True if point p fires in run r: its block runs, or it is an embedding point of a run from the
+ * tokens, or a final one (ln_final, unembed) of a run to the logits. */
+static inline bool cx_run_reaches(const cx_run *r, const cx_hook_point *p)
+{
+    if (p->layer >= 0) return p->layer >= r->start && p->layer < r->stop;
+    if (p->kind == HK_EMBED || p->kind == HK_POS_EMBED) return r->input == NULL;
+    return !r->stop_at_layer;
+}
 
 /* The door: guard (refused from a callback of the same context) -> pass -> release. */
 int cx_context_run(circuits_context *ctx, const cx_run *run);

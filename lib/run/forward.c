@@ -15,6 +15,13 @@
  * Partial runs (cx_run): start_at_layer / stop_at_layer as in TransformerLens, and logits
  * at chosen positions only (the unembedding is a third of GPT-2 small's FLOPs).
  *
+ * Attention masks (padding), as TransformerLens 3 applies one: position ids are
+ * cumsum(mask) - 1 clamped at 0 (utils.get_offset_position_ids), so a left-padded row's first
+ * real token is position 0; W_pos is read at those ids and zeroed at padding (PosEmbed), rotary
+ * turns q and k by them (apply_rotary), and no query sees a padding key (apply_causal_mask); a
+ * query that sees no key at all (left padding) gets a pattern row of zeros (TL's NaN -> 0). A
+ * KV cache remembers the mask of the positions it holds. A mask of all ones is no mask.
+ *
  * Parallelism: GEMMs, LayerNorm, activations and softmax split over the pool inside their
  * kernels; attention splits over (batch, head) pairs here. Hooks fire on the calling thread,
  * between parallel sections. */
@@ -41,10 +48,13 @@ typedef struct scratch {
     float *branch;   /* [B, T, D] attn_out, then mlp_out */
     float *mlp;      /* [B, T, M] pre -> (mid -> ln) -> post in place */
     float *mlp_lin;  /* [B, T, M] gated MLP only: hook_pre_linear */
-    float *rope;     /* rotary only: cos [T, rd / 2], then sin [T, rd / 2] at positions P .. P+T-1;
-                      * a second pair for local layers when linear scaling skips them */
+    float *rope;     /* rotary only: cos [T, rd / 2], then sin [T, rd / 2] at positions P .. P+T-1
+                      * (with a mask [B, T, rd / 2] each, at the position ids); a second pair for
+                      * local layers when linear scaling skips them */
     float *logits;   /* [B, n, V] (n: T or the chosen positions) when the caller passed no logits
                       * buffer or a hook reads them: hooks see only the run memory */
+    int32_t *pos_id; /* [B, T] position ids, with a mask only (after the logits: a run allocates
+                      * nothing else, so a generation step cannot fail half-way for memory) */
 } scratch;
 
 /* One pass: the run it carries out, its scratch, and its sizes (P: cached positions). */
@@ -54,6 +64,9 @@ typedef struct pass {
     scratch s;
     int64_t B, T, P;
     bool rope_ready[2]; /* s.rope holds this pass's angles [global, local] (made when first needed) */
+    const int32_t *mask; /* [B, P + T] with row stride mask_rs: every key's attention mask (cached
+                          * ones first); NULL: no padding anywhere */
+    int64_t mask_rs;
 } pass;
 
 /* 1 if local layers rotate by other angles than global ones: TransformerLens applies linear
@@ -65,7 +78,7 @@ static int rope_tables(const circuits_config *c)
 
 /* Carves the scratch; returns CIRCUITS_E_OUT_OF_MEMORY (or RANGE on overflow) on failure. */
 static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t Tk, int64_t logit_rows, bool own_logits,
-                           scratch *s)
+                           bool masked, scratch *s)
 {
     const circuits_config *c = &ctx->model->cfg;
     size_t N = (size_t)B * (size_t)T, D = (size_t)c->d_model, HD = (size_t)c->n_heads * (size_t)c->d_head;
@@ -85,11 +98,14 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     ok &= cx_mul_size(N, (size_t)c->d_mlp, &sizes[13]);
     sizes[14] = 0;
     if (c->positional_embedding_type == CIRCUITS_POS_ROTARY)
-        ok &= cx_mul_size((size_t)T, (size_t)c->rotary_dim * (rope_tables(c) + 1), &sizes[14]);
+        ok &= cx_mul_size((size_t)T * (masked ? (size_t)B : 1), (size_t)c->rotary_dim * (rope_tables(c) + 1),
+                          &sizes[14]);
     sizes[15] = c->gated_mlp ? sizes[13] : 0;                  /* mlp_lin */
     size_t logits_n = 0;
     if (own_logits) ok &= cx_mul_size((size_t)logit_rows, (size_t)c->d_vocab_out, &logits_n);
     for (int i = 0; i < 16 && ok; i++) ok = total + sizes[i] >= total && (total += sizes[i], true);
+    _Static_assert(sizeof(int32_t) == sizeof(float), "position ids take float slots");
+    ok = ok && (!masked || (total + N >= total && (total += N, true)));
     ok = ok && total + logits_n >= total && (total += logits_n, true) && total < SIZE_MAX / sizeof(float);
     if (!ok) return cx_fail(CIRCUITS_E_RANGE, "a run of [%lld, %lld] tokens needs more memory than can be addressed",
                             (long long)B, (long long)T);
@@ -111,6 +127,7 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
         p += sizes[i];
     }
     s->logits = own_logits ? p : NULL;
+    s->pos_id = masked ? (int32_t *)(p + logits_n) : NULL;
     return CIRCUITS_OK;
 }
 
@@ -176,6 +193,8 @@ typedef struct attn_job {
     float scale;
     float cap;                  /* attention-score soft-cap (0: none) */
     int64_t window;             /* local attention window (0: global) */
+    const int32_t *mask;        /* [B, P + T] keys' attention mask, row stride mask_rs; NULL: none */
+    int64_t mask_rs;
     int steps;
     bool hooked;                /* a callback saw the scores or pattern: STEP_MIX checks the masked part */
 } attn_job;
@@ -227,6 +246,9 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
                     for (int64_t c = lo; c < hi; c++) row[c] /= j->scale;
                     if (j->cap > 0.0f) /* TL: cap * tanh(scores / cap) after the scale, before the mask */
                         for (int64_t c = lo; c < hi; c++) row[c] = j->cap * tanhf(row[c] / j->cap);
+                    if (j->mask) /* padding keys; a row left with none gets zeros from the softmax */
+                        for (int64_t c = lo; c < hi; c++)
+                            if (!j->mask[b * j->mask_rs + c]) row[c] = -INFINITY;
                     if (j->steps & STEP_SOFTMAX) { /* fused: only what pattern @ v reads below */
                         cx_softmax_row(row + lo, hi - lo);
                         for (int64_t c = k0; c < lo; c++) row[c] = 0.0f;
@@ -251,9 +273,9 @@ static int rotate_qk(pass *ps, int l)
 {
     const circuits_config *c = &ps->ctx->model->cfg;
     scratch *s = &ps->s;
-    int64_t half = c->rotary_dim / 2;
+    int64_t half = c->rotary_dim / 2, rows = ps->s.pos_id ? ps->B * ps->T : ps->T; /* a table per row with a mask */
     int which = cx_rope_layer_unscaled(c, l);
-    float *cos_t = s->rope + which * 2 * ps->T * half, *sin_t = cos_t + ps->T * half;
+    float *cos_t = s->rope + which * 2 * rows * half, *sin_t = cos_t + rows * half;
     if (!ps->rope_ready[which]) {
         /* the frequencies on the stack for every usual head size (rotary_dim <= 128) */
         double inv_small[64], *inv = half <= 64 ? inv_small : cx_malloc((size_t)half * sizeof(double));
@@ -261,12 +283,23 @@ static int rotate_qk(pass *ps, int l)
         circuits_config unscaled = *c;
         unscaled.rope_scaling = CIRCUITS_ROPE_NONE;
         cx_rope_inv_freq(which ? &unscaled : c, inv);
-        cx_rope_cos_sin(c, inv, ps->P, ps->T, cos_t, sin_t);
+        if (ps->s.pos_id) /* TL apply_rotary with a mask: the angles of each row's position ids */
+            for (int64_t n = 0; n < rows; n++) cx_rope_cos_sin(c, inv, ps->s.pos_id[n], 1, cos_t + n * half, sin_t + n * half);
+        else cx_rope_cos_sin(c, inv, ps->P, ps->T, cos_t, sin_t);
         if (inv != inv_small) cx_free(inv);
         ps->rope_ready[which] = true;
     }
-    cx_rope_rotate(s->q, ps->B, ps->T, c->n_heads, c->d_head, c, cos_t, sin_t);
-    cx_rope_rotate(s->k, ps->B, ps->T, c->n_key_value_heads, c->d_head, c, cos_t, sin_t);
+    if (ps->s.pos_id) {
+        for (int64_t b = 0; b < ps->B; b++) {
+            const float *cb = cos_t + b * ps->T * half, *sb = sin_t + b * ps->T * half;
+            cx_rope_rotate(s->q + b * ps->T * c->n_heads * c->d_head, 1, ps->T, c->n_heads, c->d_head, c, cb, sb);
+            cx_rope_rotate(s->k + b * ps->T * c->n_key_value_heads * c->d_head, 1, ps->T, c->n_key_value_heads,
+                           c->d_head, c, cb, sb);
+        }
+    } else {
+        cx_rope_rotate(s->q, ps->B, ps->T, c->n_heads, c->d_head, c, cos_t, sin_t);
+        cx_rope_rotate(s->k, ps->B, ps->T, c->n_key_value_heads, c->d_head, c, cos_t, sin_t);
+    }
     FIRE(l, HK_ROT_Q, s->q);
     FIRE(l, HK_ROT_K, s->k);
     return CIRCUITS_OK;
@@ -325,7 +358,8 @@ static int attention(pass *ps, int l)
          hook_pattern = cx_hook_active(ctx, ps->run, l, HK_PATTERN);
     attn_job job = {.s = s, .B = B, .T = T, .P = P, .H = H, .dh = dh, .group = H / KV, .keys = keys,
                     .vals = vals, .kv_rs = KD, .kv_bs = kv_bs, .scale = scale, .cap = c->attn_scores_soft_cap,
-                    .window = cx_layer_is_local(c, l) ? c->window_size : 0};
+                    .window = cx_layer_is_local(c, l) ? c->window_size : 0, .mask = ps->mask,
+                    .mask_rs = ps->mask_rs};
     if (!hook_scores && !hook_pattern) {
         job.steps = STEP_SCORES | STEP_SOFTMAX | STEP_MIX;
         cx_parallel_for(B * H, 1, attn_task, &job);
@@ -442,10 +476,14 @@ static int run(pass *ps, float *out)
     bool norm = nt != CIRCUITS_NORM_NONE, rms = nt == CIRCUITS_NORM_RMS || nt == CIRCUITS_NORM_RMSPRE;
     int rc;
 
-    /* pos[b, t] = W_pos[P + t] (P: cached positions); shortformer needs it in every layer */
+    /* pos[b, t] = W_pos[P + t] (P: cached positions), with a mask W_pos[pos_id[b, t]] and 0 at
+     * padding (TL PosEmbed); shortformer needs it in every layer */
     const circuits_tensor *E = m->W_E, *Wp = m->W_pos;
-    for (int64_t n = 0; n < N && Wp; n++) /* rotary models have no W_pos (nor hook_pos_embed) */
-        for (int64_t j = 0; j < D; j++) s->pos[n * D + j] = Wp->data[(ps->P + n % T) * Wp->strides[0] + j * Wp->strides[1]];
+    for (int64_t n = 0; n < N && Wp; n++) { /* rotary models have no W_pos (nor hook_pos_embed) */
+        int64_t b = n / T, t = n % T, p = ps->s.pos_id ? ps->s.pos_id[n] : ps->P + t;
+        bool pad = ps->mask && !ps->mask[b * ps->mask_rs + ps->P + t];
+        for (int64_t j = 0; j < D; j++) s->pos[n * D + j] = pad ? 0.0f : Wp->data[p * Wp->strides[0] + j * Wp->strides[1]];
+    }
     if (r->input) {
         /* start_at_layer: the caller's residual stream replaces the embeddings */
         memcpy(s->resid, r->input, (size_t)(N * D) * sizeof(float));
@@ -533,6 +571,37 @@ static int run(pass *ps, float *out)
     return CIRCUITS_OK;
 }
 
+/* The attention mask: 0/1 values, a real token in every row (counting the positions a KV cache
+ * holds: TransformerLens would give such a row NaN-free zeros, but nothing in it means
+ * anything), and for a loss at least one pair of consecutive real tokens to average over. */
+static int check_mask(const cx_run *r, bool want_loss)
+{
+    const int32_t *m = r->attention_mask;
+    const circuits_kv_cache *kv = r->kv;
+    int64_t B = r->batch, T = r->pos, held = kv ? kv->len : 0;
+    bool pair = false;
+    for (int64_t b = 0; b < B; b++) {
+        bool real = false;
+        for (int64_t t = 0; t < held; t++) real |= kv->mask[b * kv->cap + t] != 0;
+        for (int64_t t = 0; t < T; t++) {
+            int32_t v = m[b * T + t];
+            if (v != 0 && v != 1)
+                return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                               "forward: attention_mask[%lld, %lld] is %d: a mask holds 1 (a real token) or 0 (padding)",
+                               (long long)b, (long long)t, v);
+            real |= v;
+            pair |= t > 0 && v && m[b * T + t - 1];
+        }
+        if (!real)
+            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                           "forward: attention_mask row %lld has no real token (every position is padding)", (long long)b);
+    }
+    if (want_loss && !pair)
+        return cx_fail(CIRCUITS_E_SHAPE,
+                       "forward: the loss needs two consecutive real tokens in some row; the attention_mask has none");
+    return CIRCUITS_OK;
+}
+
 /* Checks every argument before anything runs. */
 static int check_run(const circuits_context *ctx, const cx_run *r)
 {
@@ -588,6 +657,62 @@ static int check_run(const circuits_context *ctx, const cx_run *r)
             if (r->positions[i] < -T || r->positions[i] >= T)
                 return cx_fail(CIRCUITS_E_RANGE, "run: logit position %lld (index %lld) is outside [-%lld, %lld)",
                                (long long)r->positions[i], (long long)i, (long long)T, (long long)T);
+    return r->attention_mask ? check_mask(r, want_loss) : CIRCUITS_OK;
+}
+
+/* The pass's view of the mask: every key's (a KV cache's held ones first: the run's own are
+ * written after them, ones without a mask; they count only once the run succeeds), NULL when
+ * nothing is padding. */
+static void prepare_mask(pass *ps)
+{
+    const cx_run *r = ps->run;
+    circuits_kv_cache *kv = r->kv;
+    int64_t B = ps->B, T = ps->T, P = ps->P, Tk = P + T;
+    ps->mask = r->attention_mask;
+    ps->mask_rs = T;
+    if (kv) {
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = 0; t < T; t++)
+                kv->mask[b * kv->cap + P + t] = r->attention_mask ? r->attention_mask[b * T + t] : 1;
+        ps->mask = kv->mask;
+        ps->mask_rs = kv->cap;
+    }
+    bool padded = false;
+    for (int64_t b = 0; b < B && ps->mask && !padded; b++)
+        for (int64_t t = 0; t < Tk && !padded; t++) padded = !ps->mask[b * ps->mask_rs + t];
+    if (!padded) ps->mask = NULL;
+}
+
+/* The new positions' ids (TL get_offset_position_ids: cumsum(mask) - 1, clamped at 0). */
+static void position_ids(pass *ps)
+{
+    int64_t B = ps->B, T = ps->T, P = ps->P, Tk = P + T;
+    for (int64_t b = 0; b < B; b++) {
+        int32_t seen = 0;
+        for (int64_t t = 0; t < Tk; t++) {
+            seen += ps->mask[b * ps->mask_rs + t];
+            if (t >= P) ps->s.pos_id[b * T + t - P] = seen > 0 ? seen - 1 : 0;
+        }
+    }
+}
+
+/* The mask, the scratch and the pass; *lg: where the logits are. */
+static int forward_pass(pass *ps, float **lg)
+{
+    circuits_context *ctx = ps->ctx;
+    const cx_run *r = ps->run;
+    int64_t B = ps->B, T = ps->T;
+    prepare_mask(ps);
+    int64_t logit_rows = B * (r->positions ? r->n_positions : T);
+    /* hooks see only the run memory: logits a hook reads are made there and copied out after */
+    bool own_logits = !r->stop_at_layer && (r->out == NULL || cx_hook_active(ctx, r, -1, HK_UNEMBED_OUT));
+    int rc = prepare_scratch(ctx, B, T, ps->P + T, logit_rows, own_logits, ps->mask != NULL, &ps->s);
+    if (rc) return rc;
+    if (ps->mask) position_ids(ps);
+    *lg = own_logits ? ps->s.logits : r->out;
+    if ((rc = run(ps, r->stop_at_layer ? r->out : *lg))) return rc;
+    if (own_logits && r->out)
+        memcpy(r->out, *lg, (size_t)logit_rows * (size_t)ctx->model->cfg.d_vocab_out * sizeof(float));
     return CIRCUITS_OK;
 }
 
@@ -598,17 +723,11 @@ int cx_forward(circuits_context *ctx, const cx_run *r)
     if (rc) return rc;
     pass ps = {.ctx = ctx, .run = r, .B = r->batch, .T = r->pos, .P = r->kv ? r->kv->len : 0};
     int64_t B = ps.B, T = ps.T;
-    bool to_logits = !r->stop_at_layer;
-    int64_t logit_rows = B * (r->positions ? r->n_positions : T);
-    /* hooks see only the run memory: logits a hook reads are made there and copied out after */
-    bool own_logits = to_logits && (r->out == NULL || cx_hook_active(ctx, r, -1, HK_UNEMBED_OUT));
-    rc = prepare_scratch(ctx, B, T, ps.P + T, logit_rows, own_logits, &ps.s);
+    float *lg = NULL;
+    rc = forward_pass(&ps, &lg);
     if (rc) return rc;
-    float *lg = own_logits ? ps.s.logits : r->out;
-    if ((rc = run(&ps, r->stop_at_layer ? r->out : lg))) return rc;
-    if (own_logits && r->out) memcpy(r->out, lg, (size_t)logit_rows * (size_t)c->d_vocab_out * sizeof(float));
     if (r->kv) r->kv->len += T;
     if (r->loss || r->per_token_loss)
-        return cx_lm_loss(lg, r->tokens, NULL, B, T, c->d_vocab_out, r->per_token_loss, r->loss, r->fn);
+        return cx_lm_loss(lg, r->tokens, r->attention_mask, B, T, c->d_vocab_out, r->per_token_loss, r->loss, r->fn);
     return CIRCUITS_OK;
 }

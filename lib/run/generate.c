@@ -12,6 +12,7 @@
 #include "rng.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,8 +39,9 @@ int circuits_kv_cache_create(circuits_kv_cache **out, const circuits_model *mode
     if (kv) {
         kv->k = cx_malloc(n * sizeof(float));
         kv->v = cx_malloc(n * sizeof(float));
+        kv->mask = cx_malloc((size_t)batch * (size_t)max_pos * sizeof(int32_t));
     }
-    if (!kv || !kv->k || !kv->v) {
+    if (!kv || !kv->k || !kv->v || !kv->mask) {
         circuits_kv_cache_free(kv);
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory: a KV cache of [%lld, %lld] positions needs %zu MiB",
                        (long long)batch, (long long)max_pos, 2 * n * sizeof(float) >> 20);
@@ -56,6 +58,7 @@ void circuits_kv_cache_free(circuits_kv_cache *kv)
     if (!kv) return;
     cx_free(kv->k);
     cx_free(kv->v);
+    cx_free(kv->mask);
     cx_free(kv);
 }
 
@@ -250,7 +253,8 @@ int circuits_context_generate(circuits_context *ctx, const int32_t *prompt, int6
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: ctx, prompt and out must not be NULL", fn);
     circuits_generate_options o;
     circuits_generate_options_init(&o);
-    static const size_t versions[] = {sizeof(circuits_generate_options)}; /* 0.1 */
+    static const size_t versions[] = {offsetof(circuits_generate_options, attention_mask), /* 0.1 */
+                                      sizeof(circuits_generate_options)};
     int rc;
     if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), fn))) return rc;
     const circuits_model *m = ctx->model;
@@ -268,6 +272,14 @@ int circuits_context_generate(circuits_context *ctx, const int32_t *prompt, int6
         if (prompt[i] < 0 || prompt[i] >= c->d_vocab)
             return cx_fail(CIRCUITS_E_RANGE, "%s: prompt token %d at [%lld, %lld] is outside the vocabulary [0, %d)", fn,
                            prompt[i], (long long)(i / P), (long long)(i % P), c->d_vocab);
+    /* each row goes on after its last position: padding there would be continued (the forward
+     * pass checks the mask's values and rows) */
+    const int32_t *pmask = o.attention_mask;
+    for (int64_t b = 0; pmask && b < B; b++)
+        if (pmask[b * P + P - 1] == 0)
+            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                           "%s: attention_mask row %lld ends in padding: pad prompts on the left to generate "
+                           "(TransformerLens's generate pads batches left)", fn, (long long)b);
     int64_t L = P + o.max_new_tokens, V = c->d_vocab_out;
     for (int64_t b = 0; b < B; b++) memcpy(out + b * L, prompt + b * P, (size_t)P * sizeof *out);
     if (out_len) *out_len = P;
@@ -280,7 +292,7 @@ int circuits_context_generate(circuits_context *ctx, const int32_t *prompt, int6
     size_t n_logits = 0, n_last = 0, n_seq = 0, n_counts = 0;
     bool ok = cx_mul_size((size_t)(B * run_T), (size_t)V, &n_logits) && cx_mul_size((size_t)B, (size_t)V, &n_last);
     ok = ok && n_logits < SIZE_MAX / sizeof(float) && n_last < SIZE_MAX / sizeof(float);
-    n_seq = o.use_kv_cache ? 0 : (size_t)(B * L);
+    n_seq = o.use_kv_cache ? 0 : (size_t)(B * L) * (pmask ? 2 : 1); /* the sequence, and its mask */
     n_counts = counting ? n_last : 0;
     if (!ok) return cx_fail(CIRCUITS_E_RANGE, "%s: [%lld, %lld] positions need more memory than can be addressed", fn,
                             (long long)B, (long long)L);
@@ -310,11 +322,17 @@ int circuits_context_generate(circuits_context *ctx, const int32_t *prompt, int6
         if (kv) {
             T = step == 0 ? P : 1;
             run = cx_run_init(ctx, fn, step == 0 ? prompt : col, B, T);
-            run.kv = kv;
+            run.kv = kv; /* it remembers the prompt's mask; the new tokens are real */
+            if (step == 0) run.attention_mask = pmask;
         } else {
             T = cur;
-            for (int64_t b = 0; b < B; b++) memcpy(seq + b * T, out + b * L, (size_t)T * sizeof *seq);
+            int32_t *seq_mask = seq + B * T;
+            for (int64_t b = 0; b < B; b++) {
+                memcpy(seq + b * T, out + b * L, (size_t)T * sizeof *seq);
+                for (int64_t t = 0; pmask && t < T; t++) seq_mask[b * T + t] = t < P ? pmask[b * P + t] : 1;
+            }
             run = cx_run_init(ctx, fn, seq, B, T);
+            if (pmask) run.attention_mask = seq_mask;
         }
         run.out = logits;
         run.held = true;

@@ -267,6 +267,7 @@ class DetectOptions(Structure):
         ("error_measure", c_int32),
         ("exclude_bos", c_int32),
         ("exclude_current_token", c_int32),
+        ("attention_mask", c_void_p),  # 0.5.0: const int32_t * [batch, pos]
     ]
 
 
@@ -280,6 +281,8 @@ class RunOptions(Structure):
         ("input", c_void_p),  # const float *
         ("logit_positions", c_void_p),  # const int64_t *
         ("n_logit_positions", c_int64),
+        ("attention_mask", c_void_p),  # 0.5.0: const int32_t * [batch, pos]
+        ("kv_cache", c_void_p),  # 0.5.0: circuits_kv_cache *
     ]
 
 
@@ -311,6 +314,7 @@ class GenerateOptions(Structure):
         ("use_kv_cache", c_int32),
         ("on_step", c_void_p),  # circuits_generate_fn
         ("user_data", c_void_p),
+        ("attention_mask", c_void_p),  # 0.5.0: const int32_t * [batch, prompt_len]
     ]
 
 
@@ -472,6 +476,10 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_context_run_with_cache": (
         c_int,
         [HANDLE, I32P, c_int64, c_int64, POINTER(c_char_p), c_size_t, HANDLE, F32P, F32P, F32P],
+    ),
+    "circuits_context_run_with_cache_opts": (
+        c_int,
+        [HANDLE, POINTER(RunOptions), I32P, c_int64, c_int64, POINTER(c_char_p), c_size_t, HANDLE, F32P, F32P, F32P],
     ),
     "circuits_cache_count": (c_size_t, [HANDLE]),
     "circuits_cache_at": (c_int, [HANDLE, c_size_t, POINTER(Tensor)]),

@@ -9,6 +9,7 @@ import numpy as np
 from . import _native as N
 from .errors import RangeError
 from .model import Model
+from .padding import pad_rows
 
 lib = N.lib
 
@@ -30,6 +31,7 @@ def detect_head(
     exclude_bos: bool = False,
     exclude_current_token: bool = False,
     error_measure: str = "mul",
+    attention_mask: Any = None,
 ) -> np.ndarray:
     """TransformerLens's ``head_detector.detect_head``: how much each head's attention pattern
     matches a detection pattern, [n_layers, n_heads] (mean over the batch). ``tokens``: token ids
@@ -41,12 +43,23 @@ def detect_head(
     * pos; unlike TransformerLens not rounded to 3 places).
     heads: restrict to these heads (a list of (layer, head) or {layer: [heads]}); the others
     are -1, as in TransformerLens. ``cache`` (a precomputed cache) is not supported: the
-    patterns are scored during a run.
+    patterns are scored during a run. ``attention_mask`` [batch, pos] (1 real, 0 padding): a
+    padded batch, each row scored on its real positions as if alone; a list of texts with a
+    named pattern runs as one left-padded batch that way (the scores TransformerLens's one by one
+    gives).
     """
     if isinstance(tokens, str):
         tokens = model.to_tokens(tokens)  # as TransformerLens: model.to_tokens(seq)
     elif isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
-        # TransformerLens scores a list of prompts one by one and averages
+        # TransformerLens scores a list of prompts one by one and averages: with a named pattern,
+        # one padded batch whose rows are scored as if alone gives that mean
+        if isinstance(detection_pattern, str) and attention_mask is None:
+            rows = [model.to_tokens(s)[0] for s in tokens]
+            toks = pad_rows(rows, 0, "left")
+            mask = (np.arange(toks.shape[1]) >= toks.shape[1] - np.array([[len(r)] for r in rows])).astype(np.int32)
+            return detect_head(model, toks, detection_pattern, heads, cache, exclude_bos=exclude_bos,
+                               exclude_current_token=exclude_current_token, error_measure=error_measure,
+                               attention_mask=mask)
         return np.mean([detect_head(model, s, detection_pattern, heads, cache, exclude_bos=exclude_bos,
                                     exclude_current_token=exclude_current_token, error_measure=error_measure)
                         for s in tokens], axis=0).astype(np.float32)
@@ -64,7 +77,8 @@ def detect_head(
     else:
         kind = N.CIRCUITS_HEAD_CUSTOM
         custom = np.ascontiguousarray(np.asarray(detection_pattern), dtype=np.float32)
-    scores = model._detect(tokens, kind, custom, ERROR_MEASURES[error_measure], exclude_bos, exclude_current_token)
+    scores = model._detect(tokens, kind, custom, ERROR_MEASURES[error_measure], exclude_bos, exclude_current_token,
+                           attention_mask)
     if heads is not None:
         keep = np.zeros(scores.shape, bool)
         items = heads.items() if isinstance(heads, dict) else ((l, [h]) for l, h in heads)

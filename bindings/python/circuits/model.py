@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import json
 import os
 import sys
 import threading
@@ -45,6 +46,7 @@ from .errors import (
     ShapeError,
 )
 from .factored import FactoredMatrix
+from . import padding as _pad
 from .tokenizer import Tokenizer
 
 lib = N.lib
@@ -427,6 +429,20 @@ class _ModelHandle:
 # ---------------------------------------------------------------------------------------------
 
 
+class _Run(NamedTuple):
+    """One run as ``Model._prepare`` checked it: the C options, the arrays they point into
+    (kept alive with them), the tokens and mask, and where the output goes."""
+
+    opts: Any
+    keep: List[Any]
+    tok: Optional[np.ndarray]
+    mask: Optional[np.ndarray]
+    B: int
+    T: int
+    out: Optional[np.ndarray]
+    plain: bool
+
+
 class Model:
     """A transformer loaded by libcircuits, with TransformerLens's ``HookedTransformer`` API:
     ``model(tokens)``, ``run_with_hooks``, ``run_with_cache``, ``hooks()``, ``add_hook``,
@@ -467,6 +483,7 @@ class Model:
         use_attn_result: bool = False,
         device: Optional[str] = None,
         dtype: Any = None,
+        default_padding_side: Optional[str] = None,
     ) -> "Model":
         """Loads the model in directory ``path`` (Hugging Face GPT-2: ``config.json`` +
         safetensors; or TransformerLens layout: ``tl_config.json`` + ``model.safetensors``) and
@@ -478,9 +495,10 @@ class Model:
         model is immune to the files changing.
         use_attn_result: compute ``blocks.{l}.attn.hook_result`` (see :meth:`set_use_attn_result`).
         device/dtype: only ``"cpu"`` / float32 exist; anything else is refused.
+        default_padding_side: 'left' or 'right' (``model.tokenizer.padding_side``; default 'right').
         """
-        if device not in (None, "cpu"):
-            raise ValueError(f"libcircuits runs on the CPU only (device={device!r})")
+        _check_device(device)
+        _pad.check_side(default_padding_side)
         if dtype is not None and np.dtype(str(dtype).replace("torch.", "")) != np.float32:
             raise ValueError(f"libcircuits computes in float32 only (dtype={dtype!r})")
         p = os.fspath(path)
@@ -500,6 +518,10 @@ class Model:
         N.check(lib.circuits_model_load(ctypes.byref(out), N.cstr(p), ctypes.byref(opts)))
         self = cls.__new__(cls)
         self._setup(_ModelHandle(out.value), p, use_attn_result)  # type: ignore[arg-type]
+        if self._tokenizer is not None:  # TL: the argument, else the tokenizer's own, else 'right'
+            side = default_padding_side or _tokenizer_padding_side(p)
+            if side is not None:
+                self._tokenizer.padding_side = side
         return self
 
     @classmethod
@@ -733,41 +755,114 @@ class Model:
             return Output(logits, lv)
         return None
 
-    def forward(self, tokens: Any = None, return_type: Optional[str] = "logits", loss_per_token: bool = False, *,
-                start_at_layer: Optional[int] = None, stop_at_layer: Optional[int] = None,
+    def _padding_side(self, padding_side: Optional[str]) -> str:
+        """TransformerLens's effective padding side: the argument, else the tokenizer's
+        (``model.tokenizer.padding_side``, 'right' unless set; ``default_padding_side``)."""
+        _pad.check_side(padding_side)
+        if padding_side is not None:
+            return padding_side
+        return getattr(self._tokenizer, "padding_side", "right") if self._tokenizer is not None else "right"
+
+    def _input_tokens(self, input: Any, prepend_bos: Optional[bool], padding_side: Optional[str],
+                      attention_mask: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """TransformerLens's ``input_to_embed`` up to the embedding: text is tokenized (a list
+        padded on the padding side), and a mask exists when one is passed or the padding side is
+        'left' (then built from the pad tokens as ``utils.get_attention_mask``)."""
+        side = self._padding_side(padding_side)
+        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
+            input = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=side)
+        tok = self._tokens(input)
+        if attention_mask is not None:
+            return tok, _pad.as_mask(attention_mask, tok.shape)
+        if side != "left":
+            return tok, None
+        if self._tokenizer is None:
+            raise ValueError("Cannot compute attention mask without a tokenizer: pass attention_mask")
+        t = self._tokenizer
+        bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        return tok, _pad.get_attention_mask(tok, self._pad_id(), t.bos_token_id, bool(bos), "left")
+
+    def _loss(self, logits: np.ndarray, tok: np.ndarray, mask: Optional[np.ndarray], loss_per_token: bool) -> Any:
+        """TransformerLens's ``loss_fn`` (``lm_cross_entropy_loss`` with the mask) in the library."""
+        from .utils import _cross_entropy
+
+        return _cross_entropy(logits, tok, mask, loss_per_token)
+
+    def forward(self, input: Any = None, return_type: Optional[str] = "logits", loss_per_token: bool = False,
+                prepend_bos: Optional[bool] = None, padding_side: Optional[str] = None,
+                start_at_layer: Optional[int] = None, tokens: Any = None, shortformer_pos_embed: Any = None,
+                attention_mask: Any = None, stop_at_layer: Optional[int] = None, past_kv_cache: Any = None, *,
                 residual: Any = None, logit_positions: Any = None) -> Any:
-        """Runs the model on ``tokens`` [batch, pos] (int; 1-D means batch 1), firing the
-        registered hooks.
+        """TransformerLens's ``HookedTransformer.forward``: runs ``input`` — token ids [batch,
+        pos] (1-D: batch 1), a string, or a list of strings (tokenized and padded, see
+        :meth:`to_tokens`) — firing the registered hooks.
 
         return_type: ``"logits"`` → [batch, pos, d_vocab_out]; ``"loss"`` → the mean
         next-token loss (np.float32), or [batch, pos - 1] with ``loss_per_token=True``;
         ``"both"`` → ``Output(logits, loss)``; ``None`` → None (run for the hooks' effects).
 
+        Padding (docs/python.md "Padding and attention masks"): ``attention_mask`` [batch, pos]
+        of 1 (real) / 0 (padding); without one, a mask is built from the pad tokens when the
+        padding side is 'left' (``padding_side``, else ``model.tokenizer.padding_side``), as
+        TransformerLens does. The loss skips padding.
+
         Partial runs, as TransformerLens: ``stop_at_layer=k`` (negative from the end, exclusive)
-        returns the residual stream before block k [batch, pos, d_model] (k = n_layers: after
-        the last block); ``start_at_layer=k`` (inclusive) starts at block k from ``residual``
-        [batch, pos, d_model] instead of the tokens (TransformerLens passes it as the input).
-        ``logit_positions`` (ints, negative from the end) returns the logits at those positions
-        only, [batch, len(logit_positions), d_vocab_out]: the unembedding of the others is
-        skipped. Neither combines with a loss."""
-        partial = start_at_layer is not None or stop_at_layer is not None or logit_positions is not None
-        if not partial:
-            if residual is not None:
-                raise ValueError("residual is the input of start_at_layer; pass start_at_layer too")
-            tok = self._tokens(tokens)
-            B, T = tok.shape
-            logits, loss, ptl = self._outputs(B, T, return_type, loss_per_token)
-            self._call(lib.circuits_context_forward, tok, B, T, logits, loss, ptl)
+        returns the residual stream before block k [batch, pos, d_model]; ``start_at_layer=k``
+        (inclusive) starts at block k from the residual stream [batch, pos, d_model] given as
+        ``input`` (or ``residual=``; then ``input``, else ``tokens=``, are the tokens a loss
+        needs). ``logit_positions`` (ints, negative from the end) returns the logits at those
+        positions only, [batch, len(logit_positions), d_vocab_out]."""
+        run = self._prepare(input, return_type, loss_per_token, prepend_bos, padding_side, start_at_layer, tokens,
+                            shortformer_pos_embed, attention_mask, stop_at_layer, past_kv_cache, residual,
+                            logit_positions)
+        return self._forward(run, return_type, loss_per_token)
+
+    @staticmethod
+    def _bind(input: Any = None, return_type: Optional[str] = "logits", loss_per_token: bool = False,
+              prepend_bos: Optional[bool] = None, padding_side: Optional[str] = None,
+              start_at_layer: Optional[int] = None, tokens: Any = None, shortformer_pos_embed: Any = None,
+              attention_mask: Any = None, stop_at_layer: Optional[int] = None, past_kv_cache: Any = None, *,
+              residual: Any = None, logit_positions: Any = None) -> Dict[str, Any]:
+        """``forward``'s arguments by name (run_with_cache / run_with_hooks pass theirs on)."""
+        return dict(locals())
+
+    def _forward(self, run: "_Run", return_type: Optional[str], loss_per_token: bool) -> Any:
+        if run.plain:  # the plain forward, as before 0.5.0 (and bit for bit the same)
+            logits, loss, ptl = self._outputs(run.B, run.T, return_type, loss_per_token)
+            self._call(lib.circuits_context_forward, run.tok, run.B, run.T, logits, loss, ptl)
             return self._result(return_type, logits, loss, ptl)
-        if return_type not in ("logits", None):
-            raise ValueError("start_at_layer / stop_at_layer / logit_positions give no loss: use return_type='logits' "
-                             "or None")
+        self._call(lib.circuits_context_run, ctypes.byref(run.opts), run.tok, run.B, run.T, run.out)
+        return self._finish(run, return_type, loss_per_token)
+
+    def _finish(self, run: "_Run", return_type: Optional[str], loss_per_token: bool) -> Any:
+        if return_type not in ("loss", "both"):
+            return None if return_type is None else run.out
+        lv = self._loss(run.out, run.tok, run.mask, loss_per_token)
+        return lv if return_type == "loss" else Output(run.out, lv)
+
+    def _prepare(self, input: Any, return_type: Optional[str], loss_per_token: bool, prepend_bos: Optional[bool],
+                 padding_side: Optional[str], start_at_layer: Optional[int], tokens: Any, shortformer_pos_embed: Any,
+                 attention_mask: Any, stop_at_layer: Optional[int], past_kv_cache: Any, residual: Any,
+                 logit_positions: Any) -> "_Run":
+        """The run ``forward``'s arguments describe, checked: its options and their arrays."""
+        if past_kv_cache is not None:
+            raise NotImplementedError("past_kv_cache: use model.generate (the C KV cache) for cached runs")
+        if shortformer_pos_embed is not None:
+            raise ValueError("shortformer_pos_embed is not needed: libcircuits adds W_pos to a shortformer model's "
+                             "query and key inputs itself (docs/differences.md)")
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
+        want_loss = return_type in ("loss", "both")
+        keep: List[Any] = []  # arrays whose addresses the options hold
         opts = N.RunOptions()
         lib.circuits_run_options_init(ctypes.byref(opts))
-        keep = []  # arrays whose addresses the options hold
         if start_at_layer is not None:
             if residual is None:
-                raise ValueError("start_at_layer needs residual, the residual stream [batch, pos, d_model]")
+                residual, tok_in = input, tokens
+            else:
+                tok_in = input if input is not None else tokens
+            if residual is None:
+                raise ValueError("start_at_layer needs the residual stream [batch, pos, d_model] as input")
             res = np.ascontiguousarray(residual, dtype=np.float32)
             if res.ndim == 2:
                 res = res[None]
@@ -777,18 +872,29 @@ class Model:
             opts.input = res.ctypes.data
             keep.append(res)
             B, T = res.shape[0], res.shape[1]
-            tok = None if tokens is None else self._tokens(tokens)
+            tok = None if tok_in is None else self._tokens(tok_in)
             if tok is not None and tok.shape != (B, T):
                 raise ShapeError(f"tokens {list(tok.shape)} and residual {list(res.shape)} disagree")
+            mask = None if attention_mask is None else _pad.as_mask(attention_mask, (B, T), "residual")
+            if want_loss and tok is None:
+                raise ValueError("a loss from start_at_layer needs the tokens: pass tokens=")
         else:
             if residual is not None:
                 raise ValueError("residual is the input of start_at_layer; pass start_at_layer too")
-            tok = self._tokens(tokens)
+            tok, mask = self._input_tokens(input if input is not None else tokens, prepend_bos, padding_side,
+                                           attention_mask)
             B, T = tok.shape
+        if mask is not None:
+            opts.attention_mask = mask.ctypes.data
+            keep.append(mask)
         if stop_at_layer is not None:
+            if want_loss:
+                raise ValueError("stop_at_layer returns the residual stream: no loss (use return_type='logits' or None)")
             opts.stop_at_layer = N.check_int(stop_at_layer, ctypes.c_int32, "stop_at_layer")
             out = np.empty((B, T, self._dims.d_model), np.float32)
         if logit_positions is not None:
+            if want_loss:
+                raise ValueError("logit_positions gives no loss (it needs the logits at every position)")
             lp = np.ascontiguousarray(np.atleast_1d(np.asarray(logit_positions)), dtype=np.int64)
             if lp.ndim != 1 or lp.size == 0:
                 raise ValueError("logit_positions must be a non-empty sequence of ints")
@@ -798,8 +904,8 @@ class Model:
         if stop_at_layer is None:
             n = len(keep[-1]) if logit_positions is not None else T
             out = np.empty((B, n, self._dims.d_vocab_out), np.float32)
-        self._call(lib.circuits_context_run, ctypes.byref(opts), tok, B, T, None if return_type is None else out)
-        return None if return_type is None else out
+        plain = start_at_layer is None and stop_at_layer is None and logit_positions is None and mask is None
+        return _Run(opts, keep, tok, mask, B, T, None if return_type is None and not want_loss else out, plain)
 
     __call__ = forward
 
@@ -945,19 +1051,23 @@ class Model:
                 for p in self._points:
                     p.ctx.clear()
 
-    def run_with_hooks(self, tokens: Any, fwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = (),
+    def run_with_hooks(self, *model_args: Any, fwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = (),
                        bwd_hooks: Sequence[Any] = (), reset_hooks_end: bool = True, clear_contexts: bool = False,
-                       return_type: Optional[str] = "logits", loss_per_token: bool = False) -> Any:
-        """``model(tokens, return_type=...)`` with ``fwd_hooks`` active for this run only.
+                       **model_kwargs: Any) -> Any:
+        """``model(*model_args, **model_kwargs)`` (every argument of :meth:`forward`: return_type,
+        attention_mask, padding_side, stop_at_layer, ...) with ``fwd_hooks`` active for this
+        run only.
 
         Each hook is ``fn(activation, hook)``: ``activation`` is a float32 NumPy array that is a
         zero-copy view of the live activation (copy what you keep: a kept array stays valid but
         reads what the run last wrote into its buffer, see docs/python.md "Memory safety");
         edit it in place, or return a float32 array of the same shape to replace it. An
         exception raised in a hook stops the run and is re-raised here as itself."""
+        a = self._bind(*model_args, **model_kwargs)
+        run = self._prepare(**a)
         with self._lock:  # atomic: another thread's run never sees these temporary hooks
             with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
-                return self.forward(tokens, return_type=return_type, loss_per_token=loss_per_token)
+                return self._forward(run, a["return_type"], a["loss_per_token"])
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Turns ``blocks.{l}.attn.hook_result`` (per-head outputs, [batch, pos, n_heads,
@@ -988,21 +1098,26 @@ class Model:
 
     # -- caching ----------------------------------------------------------------------------
 
-    def run_with_cache(self, tokens: Any, names_filter: NamesFilter = None, remove_batch_dim: bool = False,
-                       return_type: Optional[str] = "logits", loss_per_token: bool = False,
-                       return_cache_object: bool = True, incl_bwd: bool = False,
-                       fwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = ()) -> Tuple[Any, Any]:
-        """Runs the model and returns ``(output, cache)``; the cache holds a copy of every
-        activation ``names_filter`` selects, taken after the hooks at that point ran.
+    def run_with_cache(self, *model_args: Any, names_filter: NamesFilter = None, remove_batch_dim: bool = False,
+                       device: Optional[str] = None, return_cache_object: bool = True, incl_bwd: bool = False,
+                       fwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = (), **model_kwargs: Any) -> Tuple[Any, Any]:
+        """Runs the model as ``model(*model_args, **model_kwargs)`` (every argument of
+        :meth:`forward`: return_type, loss_per_token, attention_mask, padding_side, prepend_bos,
+        start_at_layer, stop_at_layer, ...) and returns ``(output, cache)``; the cache holds a
+        copy of every activation ``names_filter`` selects that the run reaches, taken after the
+        hooks at that point ran.
 
         names_filter: None (every hook point), a name / short name / ``*`` pattern, a list of
         them, or a predicate ``name -> bool``. remove_batch_dim: drop the batch dimension (batch
-        must be 1). return_cache_object=False returns a plain dict. ``fwd_hooks`` are active for
-        this run only (as ``run_with_hooks``)."""
+        must be 1). device: None or "cpu". return_cache_object=False returns a plain dict.
+        ``fwd_hooks`` are active for this run only (as ``run_with_hooks``)."""
         if incl_bwd:
             raise NotImplementedError("libcircuits has no backward pass")
-        tok = self._tokens(tokens)
-        B, T = tok.shape
+        _check_device(device)
+        a = self._bind(*model_args, **model_kwargs)
+        return_type, loss_per_token = a["return_type"], a["loss_per_token"]
+        run = self._prepare(**a)
+        B, T = run.B, run.T
         if remove_batch_dim and B != 1:
             raise ShapeError(f"remove_batch_dim=True needs batch size 1 (tokens have batch {B})")
         self._check_open()
@@ -1017,24 +1132,40 @@ class Model:
             for n in names:
                 if not isinstance(n, str):
                     raise TypeError(f"names_filter entries must be str, not {type(n).__name__}")
-        logits, loss, ptl = self._outputs(B, T, return_type, loss_per_token)
         out = ctypes.c_void_p()
         N.check(lib.circuits_cache_create(ctypes.byref(out)))
         handle = Handle(out.value, lib.circuits_cache_free)  # type: ignore[arg-type]
         with self._lock, self.hooks(fwd_hooks):
             if names is not None and not names:  # selects nothing: a plain run, an empty cache
-                self._call(lib.circuits_context_forward, tok, B, T, logits, loss, ptl)
+                result = self._forward(run, return_type, loss_per_token)
             else:
                 arr = None
                 if names is not None:
                     arr = (ctypes.c_char_p * len(names))(*[N.cstr(n) for n in names])
-                self._call(lib.circuits_context_run_with_cache, tok, B, T, arr, 0 if names is None else len(names),
-                           handle.ptr, logits, loss, ptl)
+                self._call(lib.circuits_context_run_with_cache_opts, ctypes.byref(run.opts), run.tok, B, T, arr,
+                           0 if names is None else len(names), handle.ptr, run.out, None, None)
+                result = self._finish(run, return_type, loss_per_token)
         cache = ActivationCache._from_c(handle, self)
         if remove_batch_dim:
             cache.remove_batch_dim()
-        result = self._result(return_type, logits, loss, ptl)
         return result, (cache if return_cache_object else dict(cache.cache_dict))
+
+    # -- device -----------------------------------------------------------------------------
+
+    def to(self, device_or_dtype: Any = None, print_details: bool = True) -> "Model":
+        """TransformerLens's ``model.to``: "cpu" (or float32) is where the model already is;
+        any other device or dtype is refused (libcircuits runs on the CPU in float32)."""
+        if isinstance(device_or_dtype, str) or device_or_dtype is None or type(device_or_dtype).__name__ == "device":
+            _check_device(None if device_or_dtype is None else str(device_or_dtype))
+        elif np.dtype(str(device_or_dtype).replace("torch.", "")) != np.float32:
+            raise ValueError(f"libcircuits computes in float32 only (dtype={device_or_dtype!r})")
+        return self
+
+    def cpu(self) -> "Model":
+        return self
+
+    def cuda(self, device: Any = None) -> "Model":
+        raise ValueError("libcircuits runs on the CPU only: model.cuda() is not available")
 
     # -- weights ----------------------------------------------------------------------------
 
@@ -1274,11 +1405,14 @@ class Model:
         return scores
 
     def _detect(self, tokens: Any, kind: int, custom: Optional[np.ndarray], error_measure: int,
-                exclude_bos: bool, exclude_current_token: bool) -> np.ndarray:
+                exclude_bos: bool, exclude_current_token: bool, attention_mask: Any = None) -> np.ndarray:
         tok = self._tokens(tokens)
         B, T = tok.shape
         opts = N.DetectOptions()
         lib.circuits_detect_options_init(ctypes.byref(opts))
+        mask = None if attention_mask is None else _pad.as_mask(attention_mask, tok.shape)
+        if mask is not None:
+            opts.attention_mask = mask.ctypes.data
         opts.error_measure = error_measure
         opts.exclude_bos = int(bool(exclude_bos))
         opts.exclude_current_token = int(bool(exclude_current_token))
@@ -1315,12 +1449,24 @@ class Model:
             raise ValueError(NO_MODEL_TOKENIZER)
         return t
 
+    def _pad_id(self) -> int:
+        """The pad token as TransformerLens sets it: the tokenizer's, else its EOS (set_tokenizer)."""
+        t = self._tok()
+        for i in (t.pad_token_id, t.eos_token_id):
+            if i is not None:
+                return int(i)
+        return 0
+
     def to_tokens(self, input: Union[str, Sequence[str]], prepend_bos: Optional[bool] = None,
-                  padding_side: str = "right", move_to_device: bool = True, truncate: bool = True) -> np.ndarray:
+                  padding_side: Optional[str] = None, move_to_device: bool = True, truncate: bool = True) -> np.ndarray:
         """Text → token ids [batch, pos] (int64), as TransformerLens's ``to_tokens``: the BOS token
-        first unless ``prepend_bos=False``; a list of strings is padded on ``padding_side`` with
-        the pad token (EOS, as TransformerLens pads GPT-2); ``truncate`` cuts to n_ctx."""
+        first unless ``prepend_bos=False`` (default ``cfg.default_prepend_bos``); a list of
+        strings is padded to its longest on ``padding_side`` (default
+        ``model.tokenizer.padding_side``, 'right') with the pad token (the tokenizer's, else EOS,
+        as TransformerLens pads GPT-2); ``truncate`` cuts each row to n_ctx. The mask of such a
+        batch: ``attention_mask`` of :meth:`forward`, or :func:`circuits.padding.get_attention_mask`."""
         tok = self._tok()
+        side = self._padding_side(padding_side)
         if prepend_bos is None:
             prepend_bos = self.cfg.default_prepend_bos
         if prepend_bos and tok.bos_token_id is None:
@@ -1329,17 +1475,7 @@ class Model:
         rows = [tok.encode(t, prepend_bos=bool(prepend_bos)) for t in texts]
         if truncate:
             rows = [r[: self._dims.n_ctx] for r in rows]
-        T = max((len(r) for r in rows), default=0)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        out = np.full((len(rows), T), pad, np.int64)
-        for i, r in enumerate(rows):
-            if padding_side == "right":
-                out[i, : len(r)] = r
-            elif padding_side == "left":
-                out[i, T - len(r):] = r
-            else:
-                raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
-        return out
+        return _pad.pad_rows(rows, self._pad_id(), side)
 
     def to_string(self, tokens: Any) -> Union[str, List[str]]:
         """Token ids → text: a str for an int or a 1-D array, a list of str for [batch, pos]."""
@@ -1349,14 +1485,17 @@ class Model:
             return [tok.decode(row) for row in a]
         return tok.decode(a.reshape(-1))
 
-    def to_str_tokens(self, input: Any, prepend_bos: Optional[bool] = None) -> Union[List[str], List[List[str]]]:
+    def to_str_tokens(self, input: Any, prepend_bos: Optional[bool] = None,
+                      padding_side: Optional[str] = None) -> Union[List[str], List[List[str]]]:
         """The text of each token: of a string (tokenized with ``to_tokens``), of a list of
-        strings (a list of lists), or of token ids (1-D, or [1, pos])."""
+        strings (a list of lists, each string on its own: no padding), or of token ids (1-D, or
+        [1, pos])."""
         tok = self._tok()
         if isinstance(input, str):
-            return tok.str_tokens(self.to_tokens(input, prepend_bos=prepend_bos)[0])
+            return tok.str_tokens(self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)[0])
         if isinstance(input, (list, tuple)) and input and isinstance(input[0], str):
-            return [self.to_str_tokens(s, prepend_bos=prepend_bos) for s in input]  # type: ignore[misc]
+            return [self.to_str_tokens(s, prepend_bos=prepend_bos, padding_side=padding_side)  # type: ignore[misc]
+                    for s in input]
         a = np.asarray(input)
         if a.ndim == 2:
             if a.shape[0] != 1:
@@ -1377,6 +1516,27 @@ class Model:
         if len(ids) != 1:
             raise ValueError(f"{string!r} is {len(ids)} tokens, not one")
         return int(ids[0])
+
+    def get_token_position(self, single_token: Union[str, int], input: Any, mode: str = "first",
+                           prepend_bos: Optional[bool] = None, padding_side: Optional[str] = None) -> int:
+        """TransformerLens's ``get_token_position``: the position of ``single_token`` (an id, or a
+        string that is one token) in ``input`` (a string, tokenized with ``to_tokens``; or ids
+        [pos] / [1, pos]); ``mode`` 'first' or 'last' match. ValueError if it does not occur."""
+        if mode not in ("first", "last"):
+            raise ValueError(f"mode must be 'first' or 'last', not {mode!r}")
+        if isinstance(input, str):
+            a = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
+        else:
+            a = np.asarray(input)
+        if a.ndim == 2:
+            if a.shape[0] != 1:
+                raise ShapeError(f"If tokens are rank two, they must have shape [1, seq_len], not {list(a.shape)}")
+            a = a[0]
+        tid = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
+        hits = np.flatnonzero(a.reshape(-1) == tid)
+        if hits.size == 0:
+            raise ValueError("The token does not occur in the prompt")
+        return int(hits[0] if mode == "first" else hits[-1])
 
     def to_single_str_token(self, int_token: int) -> str:
         return self._tok().token_str(int(int_token))
@@ -1454,6 +1614,22 @@ class Model:
             return res
         strs = [self._tok().decode(row) for row in res]
         return strs[0] if isinstance(input, str) or (return_type == "str" and len(strs) == 1 and not is_text) else strs
+
+
+def _tokenizer_padding_side(path: str) -> Optional[str]:
+    """``padding_side`` of the directory's tokenizer_config.json (what Hugging Face's tokenizer, and
+    so TransformerLens, starts with), or None."""
+    try:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
+            side = json.load(f).get("padding_side")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return side if side in _pad.SIDES else None
+
+
+def _check_device(device: Optional[str]) -> None:
+    if device is not None and str(device) != "cpu":
+        raise ValueError(f"libcircuits runs on the CPU only (device={device!r}); use 'cpu' or None")
 
 
 def _mode(mode: str) -> int:

@@ -31,7 +31,7 @@ class Tokenizer:
     model directory); a model's own tokenizer is ``model.tokenizer``. Read-only and thread-safe.
     """
 
-    __slots__ = ("_ptr", "_owner", "__weakref__")
+    __slots__ = ("_ptr", "_owner", "_padding_side", "__weakref__")
 
     def __init__(self, *args: Any, **kwargs: Any):
         raise TypeError("create a Tokenizer with Tokenizer.load(path), or use model.tokenizer")
@@ -51,7 +51,20 @@ class Tokenizer:
         self = cls.__new__(cls)
         self._ptr = ptr
         self._owner = owner
+        self._padding_side = "right"
         return self
+
+    @property
+    def padding_side(self) -> str:
+        """Where ``Model.to_tokens`` pads a list of strings by default, and whether a model run
+        builds an attention mask (TransformerLens: ``model.tokenizer.padding_side``; 'right')."""
+        return self._padding_side
+
+    @padding_side.setter
+    def padding_side(self, side: str) -> None:
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', not {side!r}")
+        self._padding_side = side
 
     # -- properties -------------------------------------------------------------------------
 

@@ -62,9 +62,18 @@ def lm_cross_entropy_loss(logits: Any, tokens: Any, attention_mask: Any = None,
             raise ShapeError(f"attention_mask must have the same shape as tokens, got {list(m.shape)} and "
                              f"{list(tok.shape)}")
         mask = np.ascontiguousarray(m != 0, dtype=np.int32)
-    ptl = np.empty((B, T - 1), np.float32) if per_token else None
+    return _cross_entropy(lg, tok32, mask, per_token)
+
+
+def _cross_entropy(logits: np.ndarray, tokens: np.ndarray, mask: Optional[np.ndarray],
+                   per_token: bool) -> Union[np.float32, np.ndarray]:
+    """``circuits_lm_cross_entropy`` on checked arrays: logits float32 [batch, pos, d_vocab],
+    tokens and mask (or None) int32 [batch, pos], all C-contiguous (the one call of the binding:
+    lm_cross_entropy_loss, loss_fn and the forward pass's masked loss)."""
+    B, T, V = logits.shape
+    ptl = np.empty((B, max(T - 1, 0)), np.float32) if per_token else None
     loss = None if per_token else np.empty(1, np.float32)
-    N.check(lib.circuits_lm_cross_entropy(lg, tok32, mask, B, T, V, ptl, loss), "lm_cross_entropy_loss")
+    N.check(lib.circuits_lm_cross_entropy(logits, tokens, mask, B, T, V, ptl, loss), "lm_cross_entropy_loss")
     return ptl if per_token else np.float32(loss[0])
 
 

@@ -701,6 +701,28 @@ refused(lambda: m.generate(TOK, max_new_tokens=2, eos_token_id=2**32 + 7), circu
 refused(lambda: m.tokenizer.token_bytes(2**32), Exception) if m.tokenizer is not None else None
 ok()
 '''),
+    "size_attention_mask": ("size", '''
+m = load()
+B, T = 2, TOK.shape[1]
+toks = np.concatenate([TOK, TOK])
+mask = np.ones((B, T), np.int64)
+mask[1, :3] = 0
+lg = m(toks, attention_mask=mask)
+assert lg.shape == (B, T, m.cfg.d_vocab_out)
+ptl = m(toks, return_type="loss", loss_per_token=True, attention_mask=mask)
+assert ptl.shape == (B, T - 1) and np.all(ptl[1, :3] == 0)
+_, c = m.run_with_cache(toks, attention_mask=mask, names_filter="*hook_pattern", stop_at_layer=1)
+assert c["pattern", 0].shape[:2] == (B, m.cfg.n_heads)
+# every crossing is sized by the binding: a mask of another shape, dtype or a transposed view
+refused(lambda: m(toks, attention_mask=mask[:, :-1]), circuits.ShapeError)
+refused(lambda: m(toks, attention_mask=mask.T), circuits.ShapeError)
+refused(lambda: m(toks, attention_mask=mask.astype(np.float32)), TypeError)
+same(m(toks, attention_mask=mask[:, ::-1][:, ::-1]), lg)
+refused(lambda: m(toks, attention_mask=mask * 2), CircuitsError)
+refused(lambda: m(toks, attention_mask=np.zeros((B, T), np.int32)), CircuitsError)
+refused(lambda: m(toks, start_at_layer=1, attention_mask=mask[:1]), Exception)
+ok()
+'''),
     "size_hook_returns_wrong": ("size", '''
 m = load()
 for bad in (lambda a, h: a[:, :-1].copy(), lambda a, h: a.astype(np.float64), lambda a, h: 3,
@@ -947,8 +969,9 @@ AUDIT = {
     "circuits_run_memory_free": ["kept_only_weakly_costs_nothing"],
     "circuits_cache_create": ["owner_cache_after_refill"],
     "circuits_cache_free": ["owner_cache_after_close", "owner_cache_object_dropped"],
-    "circuits_context_run_with_cache": ["kept_from_run_with_cache_hooks", "owner_cache_after_refill",
-                                        "size_names_filter_and_cache_keys"],
+    "circuits_context_run_with_cache_opts": ["kept_from_run_with_cache_hooks", "owner_cache_after_refill",
+                                             "size_names_filter_and_cache_keys", "size_attention_mask"],
+    "circuits_context_run_with_cache": "not called by the binding since 0.5.0 (run_with_cache goes through circuits_context_run_with_cache_opts)",
     "circuits_cache_count": ["owner_cache_dict_plain"],
     "circuits_cache_at": ["owner_cache_dict_plain"],
     "circuits_cache_get": ["size_names_filter_and_cache_keys"],
@@ -1009,7 +1032,7 @@ AUDIT = {
     "circuits_generate_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_context_generate": ["kept_generate_kv_cache", "kept_generate_no_kv_cache", "kept_generate_sampled_slices",
                                   "size_generate_bounds", "size_cfg_n_ctx_forced"],
-    "circuits_lm_cross_entropy": ["size_loss_and_rank"],
+    "circuits_lm_cross_entropy": ["size_attention_mask", "size_loss_and_rank"],
     "circuits_logits_rank": ["size_loss_and_rank"],
     "circuits_metric_init": "not called by the binding yet (patching will: give it a size probe then)",
     "circuits_metric_eval": "not called by the binding yet (patching will: give it a size probe then)",
