@@ -291,6 +291,19 @@ typedef struct circuits_context circuits_context;
 typedef struct circuits_context_options {
     uint32_t size;          /* sizeof(circuits_context_options) */
     int32_t use_attn_result; /* 1: compute and expose blocks.{l}.attn.hook_result (per head) */
+    /* Added in 0.5.0: TransformerLens's optional hook points (docs/hooks.md "Optional hook
+     * points"); each 0 or 1, default 0. */
+    int32_t use_split_qkv_input; /* blocks.{l}.hook_q_input [batch, pos, n_heads, d_model],
+                                  * hook_k_input / hook_v_input [batch, pos, n_key_value_heads,
+                                  * d_model]: each head's own copy of resid_pre, ln1 applied per
+                                  * head (TL's set_use_split_qkv_input) */
+    int32_t use_attn_in;         /* blocks.{l}.hook_attn_in [batch, pos, n_heads, d_model] (TL's
+                                  * set_use_attn_in; not with grouped-query attention, as TL) */
+    int32_t use_hook_mlp_in;     /* blocks.{l}.hook_mlp_in [batch, pos, d_model], the MLP's input
+                                  * before ln2 (TL's set_use_hook_mlp_in; not attention-only) */
+    int32_t use_hook_tokens;     /* hook_tokens [batch, pos]: the token ids before the embedding.
+                                  * Its descriptor's data holds int32_t, not float: read and edit
+                                  * it as (int32_t *)act->data (TL's cfg.use_hook_tokens) */
 } circuits_context_options;
 
 CIRCUITS_API void circuits_context_options_init(circuits_context_options *opts);
@@ -301,7 +314,7 @@ CIRCUITS_API int circuits_context_create(circuits_context **out, const circuits_
                                          const circuits_context_options *opts);
 CIRCUITS_API void circuits_context_free(circuits_context *ctx);
 
-/* Hook points of this context (depends on the model and on use_attn_result), in firing
+/* Hook points of this context (depends on the model and on the context options), in firing
  * order within a block. */
 CIRCUITS_API size_t circuits_context_hook_point_count(const circuits_context *ctx);
 /* Name and layer of hook point `index`; shape/strides/data are filled for a run of

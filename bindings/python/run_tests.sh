@@ -5,7 +5,7 @@
 #
 # BUILD_DIR (default: build/, relative to the repository root or absolute) must hold
 # lib/libcircuits.so.0; the tests load exactly that library (CIRCUITS_LIBRARY). Installs numpy
-# and pytest with pip if they are missing (no torch needed). A sanitizer build (build-asan/)
+# and pytest (and meson-python, for test_pip_install.py) with pip if missing (no torch needed). A sanitizer build (build-asan/)
 # works too: its runtime is preloaded and leak checking is left to the C suites (CPython's
 # own allocations would be reported as leaks at exit). Prints pytest's summary line last and
 # exits with pytest's status. PYTEST_TESTS (default: tests) names the test files or directories
@@ -26,6 +26,14 @@ PY="${PYTHON:-python3}"
 if ! "$PY" -c "import numpy, pytest" >/dev/null 2>&1; then
   echo "installing numpy and pytest for $PY ..."
   "$PY" -m pip install --quiet numpy pytest || { echo "run_tests.sh: pip install numpy pytest failed" >&2; exit 2; }
+fi
+
+# meson-python: tests/test_pip_install.py builds the package with it (`pip install .`). --no-deps:
+# the build uses the system's meson (PyPI's meson would shadow /usr/bin/meson on PATH).
+if ! "$PY" -c "import mesonpy" >/dev/null 2>&1; then
+  echo "installing meson-python for $PY ..."
+  "$PY" -m pip install --quiet --no-deps meson-python pyproject-metadata packaging tomli ||
+    echo "run_tests.sh: meson-python could not be installed: test_pip_install.py will be skipped" >&2
 fi
 
 export CIRCUITS_LIBRARY="$lib"

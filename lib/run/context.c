@@ -11,6 +11,29 @@ void circuits_context_options_init(circuits_context_options *opts)
     opts->size = sizeof *opts;
 }
 
+/* Every flag 0 or 1; the optional hook points where TransformerLens allows them. */
+static int check_options(const circuits_model *model, const circuits_context_options *o)
+{
+    const struct { int32_t v; const char *name; } flags[] = {
+        {o->use_attn_result, "use_attn_result"}, {o->use_split_qkv_input, "use_split_qkv_input"},
+        {o->use_attn_in, "use_attn_in"}, {o->use_hook_mlp_in, "use_hook_mlp_in"},
+        {o->use_hook_tokens, "use_hook_tokens"},
+    };
+    for (size_t i = 0; i < CX_COUNT(flags); i++)
+        if (flags[i].v != 0 && flags[i].v != 1)
+            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_create: %s must be 0 or 1 (got %d)",
+                           flags[i].name, (int)flags[i].v);
+    const circuits_config *c = &model->cfg;
+    if (o->use_attn_in && c->n_key_value_heads != c->n_heads)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "circuits_context_create: use_attn_in with grouped-query attention "
+                       "(%d query heads, %d key/value heads): use use_split_qkv_input instead, as TransformerLens says",
+                       c->n_heads, c->n_key_value_heads);
+    if (o->use_hook_mlp_in && c->attn_only)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "circuits_context_create: use_hook_mlp_in on an attention-only model "
+                       "(it has no MLP)");
+    return CIRCUITS_OK;
+}
+
 int circuits_context_create(circuits_context **out, const circuits_model *model, const circuits_context_options *opts)
 {
     if (!out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_create: out is NULL");
@@ -18,11 +41,10 @@ int circuits_context_create(circuits_context **out, const circuits_model *model,
     if (!model) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_create: model is NULL");
     circuits_context_options o;
     circuits_context_options_init(&o);
-    static const size_t versions[] = {sizeof(circuits_context_options)}; /* 0.1 */
+    static const size_t versions[] = {8, sizeof(circuits_context_options)}; /* 0.1, 0.5 */
     int rc;
     if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), "circuits_context_create"))) return rc;
-    if (o.use_attn_result != 0 && o.use_attn_result != 1)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_create: use_attn_result must be 0 or 1");
+    if ((rc = check_options(model, &o))) return rc;
     circuits_context *ctx = cx_calloc(1, sizeof *ctx);
     if (!ctx) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory creating a context");
     ctx->model = model;

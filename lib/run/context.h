@@ -98,9 +98,23 @@ int cx_forward(circuits_context *ctx, const cx_run *run);
 
 /* ---- firing (hooks.c) ---- */
 
+/* True if ln1 works on per-head inputs [batch, pos, heads, d_model] (use_split_qkv_input or
+ * use_attn_in), as TransformerLens's TransformerBlock then applies it: three times per layer
+ * (the query, key and value inputs). */
+static inline bool cx_split_heads(const circuits_context *ctx)
+{
+    return ctx->opts.use_split_qkv_input || ctx->opts.use_attn_in;
+}
+
 /* Runs the callbacks, the observer and the cache copy of hook (layer, kind) on data. */
 int cx_hook_fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data, int64_t batch,
                  int64_t pos);
+
+/* The same for a point fired several times per run with a head axis (ln1 under cx_split_heads:
+ * once per q/k/v input): data is [batch, pos, heads, ...]; only the firing with `cache` set is
+ * copied to run_with_cache (TransformerLens's cache keeps the last value a point saw). */
+int cx_hook_fire_heads(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data,
+                       int64_t batch, int64_t pos, int64_t heads, bool cache);
 
 /* True if a callback is registered at (layer, kind): it may change the activation. A point
  * that is only cached or observed is read, never changed. */

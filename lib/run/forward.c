@@ -53,6 +53,12 @@ typedef struct scratch {
                       * local layers when linear scaling skips them */
     float *logits;   /* [B, n, V] (n: T or the chosen positions) when the caller passed no logits
                       * buffer or a hook reads them: hooks see only the run memory */
+    /* the optional hook points (context options): */
+    float *heads_in; /* [3][B, T, H, D] use_split_qkv_input / use_attn_in: the query, key and value
+                      * inputs (key/value [B, T, KV, D] under split), ln1 applied in place */
+    float *attn_in;  /* [B, T, H, D] use_attn_in: hook_attn_in */
+    float *mlp_in;   /* [B, T, D] use_hook_mlp_in: hook_mlp_in */
+    int32_t *tokens; /* [B, T] use_hook_tokens: hook_tokens (the run memory, as floats are) */
     int32_t *pos_id; /* [B, T] position ids, with a mask only (after the logits: a run allocates
                       * nothing else, so a generation step cannot fail half-way for memory) */
 } scratch;
@@ -63,6 +69,7 @@ typedef struct pass {
     const cx_run *run;
     scratch s;
     int64_t B, T, P;
+    const int32_t *tokens; /* the run's tokens, as hook_tokens left them */
     bool rope_ready[2]; /* s.rope holds this pass's angles [global, local] (made when first needed) */
     const int32_t *mask; /* [B, P + T] with row stride mask_rs: every key's attention mask (cached
                           * ones first); NULL: no padding anywhere */
@@ -82,13 +89,15 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
 {
     const circuits_config *c = &ctx->model->cfg;
     size_t N = (size_t)B * (size_t)T, D = (size_t)c->d_model, HD = (size_t)c->n_heads * (size_t)c->d_head;
-    size_t sizes[16], total = 0;
+    enum { N_SLOTS = 20 };
+    size_t sizes[N_SLOTS], total = 0;
     bool ok = true;
     size_t tt;
     ok &= cx_mul_size(N, D, &sizes[0]);                        /* embed */
     sizes[1] = sizes[2] = sizes[3] = sizes[0];                 /* pos, resid, normed */
     sizes[4] = c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER ? sizes[0] : 0;
-    sizes[5] = N;                                              /* scale */
+    sizes[5] = N;                                              /* scale ([B, T, H] for per-head ln1) */
+    if (cx_split_heads(ctx)) ok &= cx_mul_size(N, (size_t)c->n_heads, &sizes[5]);
     ok &= cx_mul_size(N, HD, &sizes[6]);                       /* q */
     sizes[7] = sizes[8] = sizes[9] = sizes[6];                 /* k, v, z */
     ok &= cx_mul_size((size_t)T, (size_t)Tk, &tt) && cx_mul_size(tt, (size_t)B * (size_t)c->n_heads, &sizes[10]);
@@ -101,9 +110,15 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
         ok &= cx_mul_size((size_t)T * (masked ? (size_t)B : 1), (size_t)c->rotary_dim * (rope_tables(c) + 1),
                           &sizes[14]);
     sizes[15] = c->gated_mlp ? sizes[13] : 0;                  /* mlp_lin */
+    sizes[16] = sizes[17] = 0;                                 /* heads_in, attn_in */
+    if (cx_split_heads(ctx)) ok &= cx_mul_size(sizes[0], (size_t)c->n_heads, &sizes[17]) &&
+                                   cx_mul_size(sizes[17], 3, &sizes[16]);
+    if (!ctx->opts.use_attn_in) sizes[17] = 0;
+    sizes[18] = ctx->opts.use_hook_mlp_in ? sizes[0] : 0;      /* mlp_in */
+    sizes[19] = ctx->opts.use_hook_tokens ? N : 0;             /* tokens (int32, the size of a float) */
     size_t logits_n = 0;
     if (own_logits) ok &= cx_mul_size((size_t)logit_rows, (size_t)c->d_vocab_out, &logits_n);
-    for (int i = 0; i < 16 && ok; i++) ok = total + sizes[i] >= total && (total += sizes[i], true);
+    for (int i = 0; i < N_SLOTS && ok; i++) ok = total + sizes[i] >= total && (total += sizes[i], true);
     _Static_assert(sizeof(int32_t) == sizeof(float), "position ids take float slots");
     ok = ok && (!masked || (total + N >= total && (total += N, true)));
     ok = ok && total + logits_n >= total && (total += logits_n, true) && total < SIZE_MAX / sizeof(float);
@@ -119,13 +134,16 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
         ctx->scratch_floats = total;
     }
     float *p = ctx->scratch;
-    float **slots[16] = {&s->embed,  &s->pos,    &s->resid,  &s->normed, &s->qk_in, &s->scale,
-                         &s->q,      &s->k,      &s->v,      &s->z,      &s->scores, &s->result,
-                         &s->branch, &s->mlp,    &s->rope,   &s->mlp_lin};
-    for (int i = 0; i < 16; i++) {
+    float *tokens_slot;
+    float **slots[N_SLOTS] = {&s->embed,  &s->pos,    &s->resid,    &s->normed,  &s->qk_in,  &s->scale,
+                              &s->q,      &s->k,      &s->v,        &s->z,       &s->scores, &s->result,
+                              &s->branch, &s->mlp,    &s->rope,     &s->mlp_lin, &s->heads_in, &s->attn_in,
+                              &s->mlp_in, &tokens_slot};
+    for (int i = 0; i < N_SLOTS; i++) {
         *slots[i] = sizes[i] ? p : NULL;
         p += sizes[i];
     }
+    s->tokens = (int32_t *)tokens_slot; /* 4-byte slots: floats and int32 alike */
     s->logits = own_logits ? p : NULL;
     s->pos_id = masked ? (int32_t *)(p + logits_n) : NULL;
     return CIRCUITS_OK;
@@ -139,14 +157,25 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
         }                                                                             \
     } while (0)
 
-/* LayerNorm (or RMSNorm: rms) of x [N, width] into out, firing its scale and normalized hooks;
- * then w, b (as TransformerLens 3 does, after hook_normalized). The weight table decides which
- * exist: LN has w and b, RMS only w, LNPre and RMSPre (and folded models) neither. */
-static int layer_norm(const pass *ps, int layer, cx_hook_kind scale_kind, float *out, float *scale, const float *x,
-                      int64_t width, bool rms, const circuits_tensor *w, const circuits_tensor *b)
+#define FIRE_HEADS(layer, kind, buf, heads, cache)                                                      \
+    do {                                                                                                \
+        if (cx_hook_active(ps->ctx, ps->run, layer, kind)) {                                            \
+            int rc_ = cx_hook_fire_heads(ps->ctx, ps->run, layer, kind, buf, ps->B, ps->T, heads, cache); \
+            if (rc_) return rc_;                                                                        \
+        }                                                                                               \
+    } while (0)
+
+/* LayerNorm (or RMSNorm: rms) of x [N, heads, width] into out, firing its scale and normalized
+ * hooks; then w, b (as TransformerLens 3 does, after hook_normalized). The weight table decides
+ * which exist: LN has w and b, RMS only w, LNPre and RMSPre (and folded models) neither.
+ * heads 0: x is [N, width] (no head axis). `cache`: this firing is the one run_with_cache keeps
+ * (ln1 on per-head inputs fires three times per layer). */
+static int layer_norm_heads(const pass *ps, int layer, cx_hook_kind scale_kind, float *out, float *scale,
+                            const float *x, int64_t width, bool rms, const circuits_tensor *w, const circuits_tensor *b,
+                            int64_t heads, bool cache)
 {
     const circuits_context *ctx = ps->ctx;
-    int64_t N = ps->B * ps->T;
+    int64_t N = ps->B * ps->T * (heads > 0 ? heads : 1);
     const float *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
     if (!cx_hook_active(ctx, ps->run, layer, scale_kind) &&
         !cx_hook_active(ctx, ps->run, layer, (cx_hook_kind)(scale_kind + 1))) {
@@ -156,11 +185,17 @@ static int layer_norm(const pass *ps, int layer, cx_hook_kind scale_kind, float 
     }
     if (rms) cx_rms_scale(out, scale, x, N, width, ctx->model->cfg.eps);
     else cx_ln_center_scale(out, scale, x, N, width, ctx->model->cfg.eps);
-    FIRE(layer, scale_kind, scale);
+    FIRE_HEADS(layer, scale_kind, scale, heads, cache);
     cx_ln_divide(out, scale, N, width);
-    FIRE(layer, (cx_hook_kind)(scale_kind + 1), out); /* the *_NORMALIZED kind follows *_SCALE */
+    FIRE_HEADS(layer, (cx_hook_kind)(scale_kind + 1), out, heads, cache); /* *_NORMALIZED follows *_SCALE */
     if (wd || bd) cx_affine(out, wd, bd, N, width);
     return CIRCUITS_OK;
+}
+
+static int layer_norm(const pass *ps, int layer, cx_hook_kind scale_kind, float *out, float *scale, const float *x,
+                      int64_t width, bool rms, const circuits_tensor *w, const circuits_tensor *b)
+{
+    return layer_norm_heads(ps, layer, scale_kind, out, scale, x, width, rms, w, b, 0, true);
 }
 
 /* y[N, H*dh] = x[N, D] @ W [H, D, dh] + b [H, dh]: one GEMM when the heads sit side by side in
@@ -175,6 +210,73 @@ static void project_heads(float *y, const float *x, const circuits_tensor *W, co
     }
     for (int64_t h = 0; h < H; h++)
         cx_matmul(y + h * dh, H * dh, x, D, N, D, dh, W->data + h * st[0], st[1], st[2], b->data + h * dh, false);
+}
+
+/* The same with a head axis on the input: y[N, h, :] = x[N, h, :] @ W[h] + b[h] for x [N, H, D]
+ * (complex_attn_linear: each head reads its own input). */
+static void project_split_heads(float *y, const float *x, const circuits_tensor *W, const circuits_tensor *b,
+                                int64_t N, int64_t D, int64_t H, int64_t dh)
+{
+    const int64_t *st = W->strides;
+    for (int64_t h = 0; h < H; h++)
+        cx_matmul(y + h * dh, H * dh, x + h * D, H * D, N, D, dh, W->data + h * st[0], st[1], st[2],
+                  b->data + h * dh, false);
+}
+
+/* dst[n, h] = x[n] for h < heads: TransformerLens's repeat_along_head_dimension. */
+static void repeat_heads(float *dst, const float *x, int64_t N, int64_t heads, int64_t D)
+{
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t h = 0; h < heads; h++) memcpy(dst + (n * heads + h) * D, x + n * D, (size_t)D * sizeof(float));
+}
+
+/* q, k, v from per-head inputs (use_attn_in / use_split_qkv_input), as TransformerLens's
+ * TransformerBlock: hook_attn_in = resid_pre repeated over the heads; hook_q_input /
+ * hook_k_input / hook_v_input = resid_pre repeated over the query / key-value heads (under
+ * split these, not attn_in, feed the attention, as in TL); then ln1 on each input in turn
+ * (its hooks fire three times, with a head axis), shortformer's pos added to the query and key
+ * inputs, and each head projected from its own row. */
+static int split_head_qkv(pass *ps, int l)
+{
+    const circuits_context *ctx = ps->ctx;
+    const circuits_config *c = &ctx->model->cfg;
+    const cx_layer_weights *w = &ctx->model->layers[l];
+    scratch *s = &ps->s;
+    int64_t N = ps->B * ps->T, D = c->d_model, H = c->n_heads, dh = c->d_head;
+    bool split = ctx->opts.use_split_qkv_input != 0;
+    size_t per = (size_t)(N * H * D);
+    float *in[3] = {s->heads_in, s->heads_in + per, s->heads_in + 2 * per};
+    int64_t heads[3] = {H, split ? c->n_key_value_heads : H, split ? c->n_key_value_heads : H};
+    static const cx_hook_kind input_kinds[3] = {HK_Q_INPUT, HK_K_INPUT, HK_V_INPUT};
+    if (ctx->opts.use_attn_in) {
+        repeat_heads(s->attn_in, s->resid, N, H, D);
+        FIRE(l, HK_ATTN_IN, s->attn_in);
+    }
+    for (int i = 0; i < 3; i++) {
+        if (split) {
+            repeat_heads(in[i], s->resid, N, heads[i], D);
+            FIRE(l, input_kinds[i], in[i]);
+        } else {
+            memcpy(in[i], s->attn_in, per * sizeof(float)); /* ln1 applies to attn_in three times */
+        }
+    }
+    int nt = c->normalization_type;
+    bool rms = nt == CIRCUITS_NORM_RMS || nt == CIRCUITS_NORM_RMSPRE;
+    for (int i = 0; i < 3; i++) {
+        if (nt != CIRCUITS_NORM_NONE) {
+            int rc = layer_norm_heads(ps, l, HK_LN1_SCALE, in[i], s->scale, in[i], D, rms, w->ln1_w, w->ln1_b,
+                                      heads[i], i == 2);
+            if (rc) return rc;
+        }
+        if (i < 2 && c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER)
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t h = 0; h < heads[i]; h++)
+                    for (int64_t j = 0; j < D; j++) in[i][(n * heads[i] + h) * D + j] += s->pos[n * D + j];
+    }
+    project_split_heads(s->q, in[0], w->W_Q, w->b_Q, N, D, heads[0], dh);
+    project_split_heads(s->k, in[1], w->W_K, w->b_K, N, D, heads[1], dh);
+    project_split_heads(s->v, in[2], w->W_V, w->b_V, N, D, heads[2], dh);
+    return CIRCUITS_OK;
 }
 
 /* Attention for (batch, head) pairs [begin, end): the steps `steps` of scores -> pattern -> z.
@@ -315,14 +417,19 @@ static int attention(pass *ps, int l)
     int64_t B = ps->B, T = ps->T, N = B * T, D = c->d_model, H = c->n_heads, dh = c->d_head, HD = H * dh;
     int64_t KV = c->n_key_value_heads, KD = KV * dh; /* grouped-query attention: K/V heads */
     int64_t P = ps->P, Tk = P + T; /* cached positions, key positions */
-    const float *qk_in = s->normed;
-    if (c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER) {
-        for (int64_t i = 0; i < N * D; i++) s->qk_in[i] = s->normed[i] + s->pos[i];
-        qk_in = s->qk_in;
+    if (cx_split_heads(ctx)) {
+        int rc = split_head_qkv(ps, l);
+        if (rc) return rc;
+    } else {
+        const float *qk_in = s->normed;
+        if (c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER) {
+            for (int64_t i = 0; i < N * D; i++) s->qk_in[i] = s->normed[i] + s->pos[i];
+            qk_in = s->qk_in;
+        }
+        project_heads(s->q, qk_in, w->W_Q, w->b_Q, N, D, H, dh);
+        project_heads(s->k, qk_in, w->W_K, w->b_K, N, D, KV, dh);
+        project_heads(s->v, s->normed, w->W_V, w->b_V, N, D, KV, dh);
     }
-    project_heads(s->q, qk_in, w->W_Q, w->b_Q, N, D, H, dh);
-    project_heads(s->k, qk_in, w->W_K, w->b_K, N, D, KV, dh);
-    project_heads(s->v, s->normed, w->W_V, w->b_V, N, D, KV, dh);
     FIRE(l, HK_Q, s->q);
     FIRE(l, HK_K, s->k);
     FIRE(l, HK_V, s->v);
@@ -459,6 +566,44 @@ static int mlp(pass *ps, int l)
     return CIRCUITS_OK;
 }
 
+/* The MLP's input before ln2: the residual stream (resid_mid; resid_pre in parallel blocks), or
+ * with use_hook_mlp_in a copy of it at hook_mlp_in (TL: hook_mlp_in(resid.clone())): an edit
+ * there reaches the MLP only, not the residual stream. */
+static int mlp_input(pass *ps, int l, const float **src)
+{
+    scratch *s = &ps->s;
+    *src = s->resid;
+    if (!cx_hook_active(ps->ctx, ps->run, l, HK_MLP_IN)) return CIRCUITS_OK;
+    memcpy(s->mlp_in, s->resid, (size_t)(ps->B * ps->T * ps->ctx->model->cfg.d_model) * sizeof(float));
+    FIRE(l, HK_MLP_IN, s->mlp_in);
+    *src = s->mlp_in;
+    return CIRCUITS_OK;
+}
+
+/* hook_tokens: the token ids, copied into the run memory, where the hooks may edit them (as a
+ * TransformerLens hook may replace them); the edited ids feed the embedding and the loss, so
+ * they are checked again. The descriptor's data is int32_t (docs/hooks.md). */
+static int hook_tokens(pass *ps)
+{
+    const cx_run *r = ps->run;
+    const circuits_config *c = &ps->ctx->model->cfg;
+    int64_t N = ps->B * ps->T;
+    memcpy(ps->s.tokens, r->tokens, (size_t)N * sizeof(int32_t));
+    FIRE(-1, HK_TOKENS, (float *)ps->s.tokens);
+    bool want_loss = r->loss || r->per_token_loss;
+    for (int64_t i = 0; i < N; i++) {
+        int32_t t = ps->s.tokens[i];
+        if (t < 0 || t >= c->d_vocab)
+            return cx_fail(CIRCUITS_E_RANGE, "hook_tokens: a hook set token id %d at [%lld, %lld], outside the "
+                           "vocabulary [0, %d)", t, (long long)(i / ps->T), (long long)(i % ps->T), c->d_vocab);
+        if (want_loss && i % ps->T > 0 && t >= c->d_vocab_out)
+            return cx_fail(CIRCUITS_E_RANGE, "hook_tokens: a hook set target token %d at [%lld, %lld], outside "
+                           "d_vocab_out = %d", t, (long long)(i / ps->T), (long long)(i % ps->T), c->d_vocab_out);
+    }
+    ps->tokens = ps->s.tokens;
+    return CIRCUITS_OK;
+}
+
 static void add_into(float *dst, const float *src, size_t n)
 {
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
@@ -488,9 +633,11 @@ static int run(pass *ps, float *out)
         /* start_at_layer: the caller's residual stream replaces the embeddings */
         memcpy(s->resid, r->input, (size_t)(N * D) * sizeof(float));
     } else {
+        if (cx_hook_active(ctx, r, -1, HK_TOKENS) && (rc = hook_tokens(ps))) return rc;
         /* embed[b, t] = W_E[tokens[b, t]] */
+        const int32_t *tok = ps->tokens;
         for (int64_t n = 0; n < N; n++)
-            for (int64_t j = 0; j < D; j++) s->embed[n * D + j] = E->data[r->tokens[n] * E->strides[0] + j * E->strides[1]];
+            for (int64_t j = 0; j < D; j++) s->embed[n * D + j] = E->data[tok[n] * E->strides[0] + j * E->strides[1]];
         FIRE(-1, HK_EMBED, s->embed);
         FIRE(-1, HK_POS_EMBED, s->pos);
         memcpy(s->resid, s->embed, (size_t)(N * D) * sizeof(float));
@@ -500,7 +647,9 @@ static int run(pass *ps, float *out)
     for (int l = r->start; l < r->stop; l++) {
         const cx_layer_weights *w = &m->layers[l];
         FIRE(l, HK_RESID_PRE, s->resid);
-        if (norm) {
+        if (cx_split_heads(ctx)) {
+            /* ln1 runs on the per-head inputs, inside attention */
+        } else if (norm) {
             if ((rc = layer_norm(ps, l, HK_LN1_SCALE, s->normed, s->scale, s->resid, D, rms, w->ln1_w, w->ln1_b)))
                 return rc;
         } else {
@@ -510,8 +659,10 @@ static int run(pass *ps, float *out)
         if (c->parallel_attn_mlp) {
             /* NeoX / GPT-J: the MLP reads ln2(resid_pre); resid_post = (resid_pre + attn_out) +
              * mlp_out, in TL's order of additions; no hook_resid_mid */
-            if (!norm) memcpy(s->normed, s->resid, (size_t)(N * D) * sizeof(float));
-            else if ((rc = layer_norm(ps, l, HK_LN2_SCALE, s->normed, s->scale, s->resid, D, rms, w->ln2_w, w->ln2_b)))
+            const float *mlp_src;
+            if ((rc = mlp_input(ps, l, &mlp_src))) return rc;
+            if (!norm) memcpy(s->normed, mlp_src, (size_t)(N * D) * sizeof(float));
+            else if ((rc = layer_norm(ps, l, HK_LN2_SCALE, s->normed, s->scale, mlp_src, D, rms, w->ln2_w, w->ln2_b)))
                 return rc;
             add_into(s->resid, s->branch, (size_t)(N * D));
             if ((rc = mlp(ps, l))) return rc;
@@ -520,12 +671,14 @@ static int run(pass *ps, float *out)
             add_into(s->resid, s->branch, (size_t)(N * D));
             if (!c->attn_only) {
                 FIRE(l, HK_RESID_MID, s->resid);
+                const float *mlp_src;
+                if ((rc = mlp_input(ps, l, &mlp_src))) return rc;
                 if (norm) {
-                    if ((rc = layer_norm(ps, l, HK_LN2_SCALE, s->normed, s->scale, s->resid, D, rms, w->ln2_w,
+                    if ((rc = layer_norm(ps, l, HK_LN2_SCALE, s->normed, s->scale, mlp_src, D, rms, w->ln2_w,
                                          w->ln2_b)))
                         return rc;
                 } else {
-                    memcpy(s->normed, s->resid, (size_t)(N * D) * sizeof(float));
+                    memcpy(s->normed, mlp_src, (size_t)(N * D) * sizeof(float));
                 }
                 if ((rc = mlp(ps, l))) return rc;
                 add_into(s->resid, s->branch, (size_t)(N * D));
@@ -721,13 +874,13 @@ int cx_forward(circuits_context *ctx, const cx_run *r)
     const circuits_config *c = &ctx->model->cfg;
     int rc = check_run(ctx, r);
     if (rc) return rc;
-    pass ps = {.ctx = ctx, .run = r, .B = r->batch, .T = r->pos, .P = r->kv ? r->kv->len : 0};
+    pass ps = {.ctx = ctx, .run = r, .B = r->batch, .T = r->pos, .P = r->kv ? r->kv->len : 0, .tokens = r->tokens};
     int64_t B = ps.B, T = ps.T;
     float *lg = NULL;
     rc = forward_pass(&ps, &lg);
     if (rc) return rc;
     if (r->kv) r->kv->len += T;
-    if (r->loss || r->per_token_loss)
-        return cx_lm_loss(lg, r->tokens, r->attention_mask, B, T, c->d_vocab_out, r->per_token_loss, r->loss, r->fn);
+    if (r->loss || r->per_token_loss) /* the tokens as hook_tokens left them, as TL's loss reads them */
+        return cx_lm_loss(lg, ps.tokens, r->attention_mask, B, T, c->d_vocab_out, r->per_token_loss, r->loss, r->fn);
     return CIRCUITS_OK;
 }

@@ -8,9 +8,14 @@
 
 /* Name suffixes by kind: block kinds are prefixed with "blocks.{l}.". */
 static const char *const kind_names[HK_COUNT] = {
+    [HK_TOKENS] = "hook_tokens",
     [HK_EMBED] = "hook_embed",
     [HK_POS_EMBED] = "hook_pos_embed",
     [HK_RESID_PRE] = "hook_resid_pre",
+    [HK_ATTN_IN] = "hook_attn_in",
+    [HK_Q_INPUT] = "hook_q_input",
+    [HK_K_INPUT] = "hook_k_input",
+    [HK_V_INPUT] = "hook_v_input",
     [HK_LN1_SCALE] = "ln1.hook_scale",
     [HK_LN1_NORMALIZED] = "ln1.hook_normalized",
     [HK_Q] = "attn.hook_q",
@@ -26,6 +31,7 @@ static const char *const kind_names[HK_COUNT] = {
     [HK_LN1_POST_NORMALIZED] = "ln1_post.hook_normalized",
     [HK_ATTN_OUT] = "hook_attn_out",
     [HK_RESID_MID] = "hook_resid_mid",
+    [HK_MLP_IN] = "hook_mlp_in",
     [HK_LN2_SCALE] = "ln2.hook_scale",
     [HK_LN2_NORMALIZED] = "ln2.hook_normalized",
     [HK_MLP_PRE] = "mlp.hook_pre",
@@ -49,7 +55,12 @@ static bool kind_exists(const circuits_context *ctx, cx_hook_kind k)
 {
     const circuits_config *c = &ctx->model->cfg;
     bool norm = c->normalization_type != CIRCUITS_NORM_NONE, mlp = !c->attn_only;
+    const circuits_context_options *o = &ctx->opts;
     switch (k) {
+    case HK_TOKENS: return o->use_hook_tokens != 0;
+    case HK_ATTN_IN: return o->use_attn_in != 0;
+    case HK_Q_INPUT: case HK_K_INPUT: case HK_V_INPUT: return o->use_split_qkv_input != 0;
+    case HK_MLP_IN: return mlp && o->use_hook_mlp_in;
     case HK_LN1_SCALE: case HK_LN1_NORMALIZED: case HK_LNF_SCALE: case HK_LNF_NORMALIZED: return norm;
     case HK_RESULT: return ctx->opts.use_attn_result != 0;
     case HK_ROT_Q: case HK_ROT_K: return c->positional_embedding_type == CIRCUITS_POS_ROTARY;
@@ -89,7 +100,7 @@ int cx_hooks_build(circuits_context *ctx)
     if (!ctx->hooks.points || !ctx->hooks.point_of) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory creating a context");
     for (size_t i = 0; i < (L + 1) * HK_COUNT; i++) ctx->hooks.point_of[i] = -1;
     int rc = CIRCUITS_OK;
-    for (int k = HK_EMBED; k <= HK_POS_EMBED && !rc; k++)
+    for (int k = HK_TOKENS; k <= HK_POS_EMBED && !rc; k++)
         if (kind_exists(ctx, (cx_hook_kind)k)) rc = add_point(ctx, -1, (cx_hook_kind)k);
     for (size_t l = 0; l < L && !rc; l++)
         for (int k = HK_RESID_PRE; k <= HK_RESID_POST && !rc; k++)
@@ -116,6 +127,20 @@ int cx_hook_shape(const circuits_context *ctx, const cx_hook_point *p, int64_t B
     *head_axis = -1;
     s[0] = B;
     s[1] = T;
+    /* ln1 on per-head inputs: the shape of its last firing each layer, the value input's */
+    int64_t ln1_heads = !cx_split_heads(ctx) ? 0 : ctx->opts.use_split_qkv_input ? c->n_key_value_heads : c->n_heads;
+    switch (p->kind) {
+    case HK_TOKENS:
+        return 2;
+    case HK_ATTN_IN: case HK_Q_INPUT:
+        s[2] = c->n_heads; s[3] = c->d_model; *head_axis = 2; return 4;
+    case HK_K_INPUT: case HK_V_INPUT: /* grouped-query attention: the K/V heads (TransformerLens) */
+        s[2] = c->n_key_value_heads; s[3] = c->d_model; *head_axis = 2; return 4;
+    case HK_LN1_SCALE: case HK_LN1_NORMALIZED:
+        if (!ln1_heads) break;
+        s[2] = ln1_heads; s[3] = p->kind == HK_LN1_SCALE ? 1 : c->d_model; *head_axis = 2; return 4;
+    default: break;
+    }
     switch (p->kind) {
     case HK_LN1_SCALE: case HK_LN2_SCALE: case HK_LNF_SCALE: case HK_MLP_LN_SCALE:
     case HK_LN1_POST_SCALE: case HK_LN2_POST_SCALE:
@@ -248,6 +273,11 @@ int cx_hooks_select(const circuits_context *ctx, const char *name,
         if (strcmp(full, ctx->hooks.points[i].name) == 0) return visit(ctx, i, arg);
     const char *hint = "";
     if (strstr(full, "hook_result")) hint = " (set use_attn_result in circuits_context_options)";
+    else if (strstr(full, "hook_q_input") || strstr(full, "hook_k_input") || strstr(full, "hook_v_input"))
+        hint = " (set use_split_qkv_input in circuits_context_options)";
+    else if (strstr(full, "hook_attn_in")) hint = " (set use_attn_in in circuits_context_options)";
+    else if (strstr(full, "hook_mlp_in")) hint = " (set use_hook_mlp_in in circuits_context_options)";
+    else if (strcmp(full, "hook_tokens") == 0) hint = " (set use_hook_tokens in circuits_context_options)";
     else if (strstr(full, "ln1.") || strstr(full, "ln2.") || strstr(full, "ln_final."))
         hint = " (this model has no such LayerNorm)";
     if (strcmp(full, name) != 0)
@@ -289,16 +319,20 @@ static int callback_status(int r, const char *who, const char *name)
     return cx_fail(CIRCUITS_E_CALLBACK, "%s at '%s' failed (returned %d)", who, name, r);
 }
 
-int cx_hook_fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data, int64_t B,
-                 int64_t T)
+static int fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data, int64_t B,
+                int64_t T, int64_t heads, bool cache)
 {
     if (!cx_hook_active(ctx, run, layer, kind)) return CIRCUITS_OK;
     int32_t idx = cx_hook_index(&ctx->hooks, layer, kind);
     cx_hook_point *p = &ctx->hooks.points[idx];
-    float *dst = run->cache_dst ? run->cache_dst[idx] : NULL;
+    float *dst = run->cache_dst && cache ? run->cache_dst[idx] : NULL;
     bool observed = run->observer.fn && run->observer.kind == kind;
     circuits_tensor t;
     cx_hook_describe(ctx, p, B, T, run->kv ? run->kv->len : 0, data, &t);
+    if (heads > 0 && t.head_axis == 2 && t.shape[2] != heads) { /* this firing's own head count */
+        t.shape[2] = heads;
+        cx_contiguous_strides(t.ndim, t.shape, t.strides);
+    }
     int rc;
     for (size_t i = 0; i < p->n_regs; i++)
         if ((rc = callback_status(p->regs[i].fn(&t, p->regs[i].user_data), "hook callback", p->name))) return rc;
@@ -310,4 +344,16 @@ int cx_hook_fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_ki
         cx_parallel_for(numel, (int64_t)1 << 16, copy_task, &job); /* under 64 Ki floats: one chunk, inline */
     }
     return CIRCUITS_OK;
+}
+
+int cx_hook_fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data, int64_t B,
+                 int64_t T)
+{
+    return fire(ctx, run, layer, kind, data, B, T, 0, true);
+}
+
+int cx_hook_fire_heads(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data,
+                       int64_t B, int64_t T, int64_t heads, bool cache)
+{
+    return fire(ctx, run, layer, kind, data, B, T, heads, cache);
 }

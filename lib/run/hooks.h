@@ -7,12 +7,13 @@
 #include "internal.h"
 
 /* In firing order within the model, block-level kinds in firing order within a block. Every
- * *_SCALE kind is followed by its *_NORMALIZED kind (forward.c's layer_norm relies on it). */
+ * *_SCALE kind is followed by its *_NORMALIZED kind (forward.c's layer_norm relies on it).
+ * HK_TOKENS's data is int32_t token ids, not floats. */
 typedef enum cx_hook_kind {
-    HK_EMBED, HK_POS_EMBED,
-    HK_RESID_PRE, HK_LN1_SCALE, HK_LN1_NORMALIZED, HK_Q, HK_K, HK_V, HK_ROT_Q, HK_ROT_K, HK_ATTN_SCORES,
+    HK_TOKENS, HK_EMBED, HK_POS_EMBED,
+    HK_RESID_PRE, HK_ATTN_IN, HK_Q_INPUT, HK_K_INPUT, HK_V_INPUT, HK_LN1_SCALE, HK_LN1_NORMALIZED, HK_Q, HK_K, HK_V, HK_ROT_Q, HK_ROT_K, HK_ATTN_SCORES,
     HK_PATTERN, HK_Z, HK_RESULT, HK_LN1_POST_SCALE, HK_LN1_POST_NORMALIZED, HK_ATTN_OUT, HK_RESID_MID,
-    HK_LN2_SCALE, HK_LN2_NORMALIZED, HK_MLP_PRE, HK_MLP_PRE_LINEAR, HK_MLP_MID, HK_MLP_LN_SCALE,
+    HK_MLP_IN, HK_LN2_SCALE, HK_LN2_NORMALIZED, HK_MLP_PRE, HK_MLP_PRE_LINEAR, HK_MLP_MID, HK_MLP_LN_SCALE,
     HK_MLP_LN_NORMALIZED, HK_MLP_POST, HK_LN2_POST_SCALE, HK_LN2_POST_NORMALIZED, HK_MLP_OUT, HK_RESID_POST,
     HK_LNF_SCALE, HK_LNF_NORMALIZED, HK_UNEMBED_IN, HK_UNEMBED_OUT,
     HK_COUNT

@@ -20,15 +20,20 @@ from numpy.lib.stride_tricks import as_strided
 from . import _native as N
 
 
+#: hook_tokens holds int32 token ids where every other activation holds float32 (docs/hooks.md).
+TOKENS_HOOK = "hook_tokens"
+
+
 class _Holder:
-    """Exposes float32 memory at an address to NumPy, keeping ``owner`` alive."""
+    """Exposes float32 (or, with typestr "<i4", int32) memory at an address to NumPy, keeping
+    ``owner`` alive."""
 
     __slots__ = ("__array_interface__", "owner", "__weakref__")
 
-    def __init__(self, addr: int, shape: Tuple[int, ...], readonly: bool, owner: Any):
+    def __init__(self, addr: int, shape: Tuple[int, ...], readonly: bool, owner: Any, typestr: str = "<f4"):
         self.__array_interface__ = {
             "version": 3,
-            "typestr": "<f4",
+            "typestr": typestr,
             "data": (addr, readonly),
             "shape": shape,
         }

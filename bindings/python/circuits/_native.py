@@ -256,7 +256,10 @@ class LoadOptions(Structure):
 class ContextOptions(Structure):
     """``circuits_context_options``."""
 
-    _fields_ = [("size", c_uint32), ("use_attn_result", c_int32)]
+    _fields_ = [("size", c_uint32), ("use_attn_result", c_int32),
+                # 0.5.0: the optional hook points
+                ("use_split_qkv_input", c_int32), ("use_attn_in", c_int32), ("use_hook_mlp_in", c_int32),
+                ("use_hook_tokens", c_int32)]
 
 
 class DetectOptions(Structure):

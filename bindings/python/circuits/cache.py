@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple, Union
 import numpy as np
 
 from . import _native as N
-from ._arrays import Handle, tensor_view
+from ._arrays import TOKENS_HOOK, Handle, tensor_view
 from ._arrays import view as _view
 from .errors import NotFoundError, ShapeError
 from .resid import ResidStreamMixin
@@ -89,9 +89,12 @@ class ActivationCache(ResidStreamMixin):
                 d = {}
                 for i in range(n):
                     N.check(at(ptr, i, tp))
-                    d[N.decode(t.name)] = tensor_view(t, handle, readonly=False)
+                    a = tensor_view(t, handle, readonly=False)
+                    d[N.decode(t.name)] = a.view(np.int32) if N.decode(t.name) == TOKENS_HOOK else a
                 break
             d[name] = block[off : off + numel].reshape(shape)
+            if name == TOKENS_HOOK:  # int32 ids in the same 4-byte slots (docs/hooks.md)
+                d[name] = d[name].view(np.int32)
             off += numel
         return cls(d, model, True, handle, model._dims.n_layers)
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from . import _arrays
 from . import _native as N
+from . import modules
 from ._arrays import Handle, readonly, tensor_view
 from .cache import ActivationCache
 from .errors import (
@@ -160,6 +161,11 @@ class Config:
     dtype: str = "float32"
     tokenizer_name: Optional[str] = None
     default_prepend_bos: bool = True
+    # the optional hook points (set_use_split_qkv_input, ...; docs/hooks.md)
+    use_split_qkv_input: bool = False
+    use_attn_in: bool = False
+    use_hook_mlp_in: bool = False
+    use_hook_tokens: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -185,15 +191,25 @@ class HookPoint:
     """What a hook function receives as its second argument (TransformerLens's ``HookPoint``):
     ``hook.name`` (full hook name), ``hook.layer()`` (block index), ``hook.head_axis`` (the axis
     of the activation that indexes heads, or -1) and ``hook.ctx``, a dict that persists between
-    calls until ``reset_hooks(clear_contexts=True)``."""
+    calls until ``reset_hooks(clear_contexts=True)``. A model's hook points (``model.hook_dict``,
+    ``model.blocks[0].attn.hook_pattern``) also take ``hook.add_hook(fn)``, as TransformerLens's."""
 
-    __slots__ = ("name", "_layer", "head_axis", "ctx")
+    __slots__ = ("name", "_layer", "head_axis", "ctx", "_model")
 
-    def __init__(self, name: str, layer: int, head_axis: int):
+    def __init__(self, name: str, layer: int, head_axis: int, model: Optional["Model"] = None):
         self.name = name
         self._layer = int(layer)
         self.head_axis = int(head_axis)
         self.ctx: Dict[Any, Any] = {}
+        self._model = weakref.ref(model) if model is not None else None
+
+    def add_hook(self, hook: "HookFn", dir: str = "fwd", is_permanent: bool = False, level: Optional[int] = None,
+                 prepend: bool = False) -> "HookHandle":
+        """``model.add_hook(self.name, hook, ...)`` (TransformerLens's ``HookPoint.add_hook``)."""
+        m = self._model() if self._model is not None else None
+        if m is None:
+            raise InvalidArgumentError(f"hook point '{self.name}' belongs to no live model")
+        return m.add_hook(self.name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def layer(self) -> int:
         """The block index of this hook point (ValueError outside blocks, e.g. hook_embed)."""
@@ -317,7 +333,11 @@ def _apply_return(act: np.ndarray, ret: Any, hp: HookPoint, fn: Any) -> None:
         raise HookReturnError(
             f"hook {_fn_name(fn)} at '{hp.name}' returned an array of shape {list(ret.shape)}; the activation has "
             f"shape {list(act.shape)} (a replacement must have the same shape)")
-    if ret.dtype != np.float32:
+    if act.dtype == np.int32 and ret.dtype.kind in "iu":  # hook_tokens: token ids (checked by libcircuits)
+        if ret.size and (ret.min() < 0 or ret.max() > np.iinfo(np.int32).max):
+            raise HookReturnError(f"hook {_fn_name(fn)} at '{hp.name}' returned token ids outside int32")
+        ret = ret.astype(np.int32)
+    elif ret.dtype != np.float32:
         raise HookReturnError(
             f"hook {_fn_name(fn)} at '{hp.name}' returned dtype {ret.dtype}; activations are float32 (return "
             f"arr.astype(np.float32) or edit the activation in place)")
@@ -338,7 +358,8 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
         hp = st.points.get(t.name)
         if hp is None:
             hp = HookPoint(N.decode(t.name), t.layer, t.head_axis)
-        holder = _Holder(t.data, tuple(t.shape[: t.ndim]), False, st.lease)
+        holder = _Holder(t.data, tuple(t.shape[: t.ndim]), False, st.lease,
+                         "<i4" if hp.name == _arrays.TOKENS_HOOK else "<f4")
         kept = _weakref(holder)
         st.lease.holders.append(kept)
         act = _asarray(holder)
@@ -399,10 +420,13 @@ class _ModelHandle:
         self.ptr: Optional[int] = ptr
         self.contexts: set = set()
 
-    def new_context(self, use_attn_result: bool) -> int:
+    def new_context(self, use_attn_result: bool, **flags: bool) -> int:
+        """A context with these ``circuits_context_options`` flags (the optional hook points)."""
         opts = N.ContextOptions()
         lib.circuits_context_options_init(ctypes.byref(opts))
         opts.use_attn_result = int(bool(use_attn_result))
+        for k, v in flags.items():
+            setattr(opts, k, int(bool(v)))
         out = ctypes.c_void_p()
         N.check(lib.circuits_context_create(ctypes.byref(out), self.ptr, ctypes.byref(opts)), "creating a context")
         self.contexts.add(out.value)
@@ -595,7 +619,7 @@ class Model:
         if N.has("circuits_model_tokenizer"):
             tp = lib.circuits_model_tokenizer(handle.ptr)
             if tp:  # borrowed from the model: the wrapper keeps the model's memory alive
-                self._tokenizer = Tokenizer._wrap(tp, handle)
+                self._tokenizer = Tokenizer._wrap(tp, handle).with_bos()  # encode() prepends BOS, as TL's
 
     def _build_points(self) -> None:
         ctx = self._ctx
@@ -605,7 +629,7 @@ class Model:
         by_addr: Dict[int, HookPoint] = {}
         for i in range(n):
             N.check(lib.circuits_context_hook_point(ctx, i, 1, 1, ctypes.byref(t)))
-            hp = HookPoint(N.decode(t.name), t.layer, t.head_axis)
+            hp = HookPoint(N.decode(t.name), t.layer, t.head_axis, self)
             by_addr[t.name] = hp
             pts.append(hp)
         self._state.points = by_addr
@@ -711,7 +735,7 @@ class Model:
         h.contexts.discard(ctx)  # _ModelHandle will not free it
         self._ctx = None
         try:
-            self._ctx = h.new_context(self._cfg.use_attn_result)
+            self._ctx = h.new_context(self._cfg.use_attn_result, **self._hook_flags())
             self._build_points()
             self._rebuild_hooks()
         except BaseException:
@@ -930,6 +954,8 @@ class Model:
     def _select(self, target: NameOrPredicate) -> List[str]:
         if isinstance(target, str):
             return [target]  # exact, short name or pattern: resolved by libcircuits
+        if isinstance(target, HookPoint):  # model.blocks[0].attn.hook_pattern (circuits.modules)
+            return [target.name]
         if callable(target):
             return [p.name for p in self._points if target(p.name)]
         raise TypeError(f"a hook target is a hook name, short name, pattern or a predicate name -> bool, "
@@ -1072,16 +1098,57 @@ class Model:
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Turns ``blocks.{l}.attn.hook_result`` (per-head outputs, [batch, pos, n_heads,
         d_model]) on or off (a new C context; registered hooks are carried over)."""
+        self._set_context_flag("use_attn_result", use_attn_result)
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Turns ``blocks.{l}.hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` on or off:
+        each head's own copy of ``resid_pre`` ([batch, pos, n_heads, d_model]; the key and
+        value inputs have ``n_key_value_heads`` heads under grouped-query attention), ln1 then
+        applied per head, as TransformerLens. Registered hooks are carried over."""
+        self._set_context_flag("use_split_qkv_input", use_split_qkv_input)
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """Turns ``blocks.{l}.hook_attn_in`` ([batch, pos, n_heads, d_model]) on or off. Refused
+        under grouped-query attention (UnsupportedError), as TransformerLens refuses it."""
+        self._set_context_flag("use_attn_in", use_attn_in)
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Turns ``blocks.{l}.hook_mlp_in`` (the MLP's input before ln2, [batch, pos, d_model])
+        on or off. Refused on attention-only models, as TransformerLens refuses it."""
+        self._set_context_flag("use_hook_mlp_in", use_hook_mlp_in)
+
+    def set_use_hook_tokens(self, use_hook_tokens: bool) -> None:
+        """Turns ``hook_tokens`` on or off (TransformerLens sets ``cfg.use_hook_tokens`` when
+        the model is built; here it can change at any time). Its activation is the int32 token
+        ids [batch, pos]: a hook may edit them in place or return an integer array; the edited
+        ids feed the embedding and the loss."""
+        self._set_context_flag("use_hook_tokens", use_hook_tokens)
+
+    _HOOK_FLAGS = ("use_split_qkv_input", "use_attn_in", "use_hook_mlp_in", "use_hook_tokens")
+
+    def _hook_flags(self, **override: bool) -> Dict[str, bool]:
+        flags = {k: getattr(self._cfg, k) for k in self._HOOK_FLAGS}
+        flags.update(override)
+        return flags
+
+    def _set_context_flag(self, flag: str, value: bool) -> None:
+        """Moves the model to a new C context with one option changed (registered hooks are
+        carried over; any failure leaves the model as it was)."""
+        value = bool(value)
         with self._lock:
             self._check_open()
-            self._refuse_running("set_use_attn_result")
-            if bool(use_attn_result) == self.cfg.use_attn_result:
+            self._refuse_running("set_" + flag)
+            if value == getattr(self.cfg, flag):
                 return
             h = self._handle
             assert h is not None
             old_ctx, old_points, old_state_points = self._ctx, self._points, self._state.points
             old_hook_dict = self.hook_dict
-            self._ctx = h.new_context(use_attn_result)
+            if flag == "use_attn_result":
+                new_ctx = h.new_context(value, **self._hook_flags())
+            else:
+                new_ctx = h.new_context(self._cfg.use_attn_result, **self._hook_flags(**{flag: value}))
+            self._ctx = new_ctx
             try:
                 self._build_points()
                 self._rebuild_hooks()
@@ -1094,7 +1161,7 @@ class Model:
                 self._rebuild_hooks()
                 raise
             h.free_context(old_ctx)
-            self._cfg = replace(self._cfg, use_attn_result=bool(use_attn_result))
+            self._cfg = replace(self._cfg, **{flag: value})
 
     # -- caching ----------------------------------------------------------------------------
 
@@ -1207,6 +1274,41 @@ class Model:
             a = readonly(np.stack([self.get_weight(f"blocks.{l}.{leaf}") for l in range(self._dims.n_layers)]))
             self._stacked[leaf] = a
         return a
+
+    # -- the module tree (circuits/modules.py) ---------------------------------------------
+
+    @property
+    def embed(self) -> modules.Embed:
+        """``model.embed.W_E`` (TransformerLens's module tree: docs/python.md)."""
+        return modules.Embed(self, "embed")
+
+    @property
+    def pos_embed(self) -> modules.PosEmbed:
+        return modules.PosEmbed(self, "pos_embed")
+
+    @property
+    def unembed(self) -> modules.Unembed:
+        return modules.Unembed(self, "unembed")
+
+    @property
+    def ln_final(self) -> modules.LayerNorm:
+        return modules.LayerNorm(self, "ln_final")
+
+    @property
+    def blocks(self) -> modules.Blocks:
+        """``model.blocks[l].attn.W_Q``, ``.mlp.W_in``, ``.ln1.w``, ``.attn.hook_pattern``, ..."""
+        return modules.Blocks(self)
+
+    def _model_hook(self, name: str) -> HookPoint:
+        hp = self.hook_dict.get(name)
+        if hp is None:
+            raise AttributeError(f"'{name}' is not a hook point of this model (see hook_names())")
+        return hp
+
+    # the model-level hook points, as TransformerLens's attributes
+    hook_tokens = property(lambda self: self._model_hook("hook_tokens"), doc="needs set_use_hook_tokens(True)")
+    hook_embed = property(lambda self: self._model_hook("hook_embed"))
+    hook_pos_embed = property(lambda self: self._model_hook("hook_pos_embed"))
 
     @property
     def W_E(self) -> np.ndarray:
@@ -1437,7 +1539,11 @@ class Model:
         self._tokenizer = tok
 
     def set_tokenizer(self, tok: Tokenizer) -> None:
-        self.tokenizer = tok
+        """Sets the model's tokenizer as TransformerLens does: one that prepends BOS in
+        ``encode`` (``tok.with_bos()``; ``tok`` itself is unchanged)."""
+        if not isinstance(tok, Tokenizer):
+            raise TypeError(f"set_tokenizer takes a circuits.Tokenizer, not {type(tok).__name__}")
+        self.tokenizer = tok.with_bos()
 
     def _tok(self) -> Tokenizer:
         t = self.tokenizer
@@ -1512,7 +1618,7 @@ class Model:
 
     def to_single_token(self, string: str) -> int:
         """The id of a string that is exactly one token (ValueError otherwise)."""
-        ids = self._tok().encode(string)
+        ids = self._tok().encode(string, prepend_bos=False)
         if len(ids) != 1:
             raise ValueError(f"{string!r} is {len(ids)} tokens, not one")
         return int(ids[0])
@@ -1549,17 +1655,38 @@ class Model:
                  *, seed: int = 0) -> Any:
         """TransformerLens's ``generate`` (``circuits_context_generate``): continues ``input``
         (text, a list of texts, or token ids [batch, pos]) by up to ``max_new_tokens`` tokens,
-        firing the registered hooks at every step. ``return_type``: ``"input"`` (text for text
-        input, else tokens), ``"str"`` or ``"tokens"`` (int64 [batch, pos + new]). Sampling
-        (``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``freq_penalty``) is seeded by
-        ``seed``: the same seed gives the same tokens. ``use_past_kv_cache=True`` runs each step
-        on the new position only. ``verbose`` is accepted and ignored."""
+        firing the registered hooks at every step (with the KV cache, each step's hooks see the
+        new position only, as in TransformerLens). ``return_type``: ``"input"`` (``"str"`` for
+        text input, ``"tokens"`` for tokens), ``"str"`` (the text without BOS/EOS/pad tokens, as
+        TL's ``skip_special_tokens=True``; one str for batch 1, else a list) or ``"tokens"``
+        (int64 [batch, pos + new]). Greedy (``do_sample=False``) or sampled (``temperature``,
+        ``top_k``, ``top_p``, ``freq_penalty``, as TL's ``sample_logits``), seeded by ``seed``:
+        the same seed gives the same tokens (not torch's random stream). ``stop_at_eos``: a row
+        that emits ``eos_token_id`` (default: the tokenizer's EOS) pads with it, and generation
+        ends when every row has. A list of several texts is padded on the left with its attention
+        mask, whatever ``padding_side`` says, as TL forces it (the mask reaches every step and
+        the KV cache; ``circuits_generate_options.attention_mask``). ``verbose`` (a progress bar
+        in TL) is accepted and ignored."""
         if return_type not in ("input", "str", "tokens"):
             raise ValueError(f"return_type must be 'input', 'str' or 'tokens', not {return_type!r}")
+        if padding_side not in (None, "left", "right"):
+            raise ValueError(f"padding_side must be 'left', 'right' or None, not {padding_side!r}")
+        if isinstance(eos_token_id, (list, tuple)):
+            if len(eos_token_id) != 1:
+                raise NotImplementedError("several stop tokens (eos_token_id as a list) are not supported: "
+                                          "circuits_context_generate stops at one EOS id")
+            eos_token_id = eos_token_id[0]
         is_text = isinstance(input, str) or (isinstance(input, (list, tuple)) and bool(input)
                                              and isinstance(input[0], str))
+        mask = None
         if is_text:
-            tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side or "right")
+            if not isinstance(input, str) and len(input) > 1:
+                # TL: a batched list is left-padded, and its mask (utils.get_attention_mask) kept
+                tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side="left")
+                bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+                mask = _pad.get_attention_mask(tokens, self._pad_id(), self._tok().bos_token_id, bool(bos), "left")
+            else:
+                tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
         else:
             tokens = input
         tok = self._tokens(tokens)
@@ -1581,6 +1708,9 @@ class Model:
         opts.stop_at_eos = int(bool(stop_at_eos))
         opts.eos_token_id = -1 if eos_token_id is None else N.check_int(eos_token_id, ctypes.c_int32, "eos_token_id")
         opts.use_kv_cache = int(bool(use_past_kv_cache))
+        if mask is not None:
+            mask = np.ascontiguousarray(mask, dtype=np.int32)  # alive until the call returns
+            opts.attention_mask = mask.ctypes.data
         st = self._state
         ctx_box: List[Optional[int]] = [None]
 
@@ -1612,8 +1742,8 @@ class Model:
         res = out[:, :n].astype(np.int64)
         if return_type == "tokens" or (return_type == "input" and not is_text):
             return res
-        strs = [self._tok().decode(row) for row in res]
-        return strs[0] if isinstance(input, str) or (return_type == "str" and len(strs) == 1 and not is_text) else strs
+        strs = [self._tok().decode(row, skip_special_tokens=True) for row in res]
+        return strs[0] if len(strs) == 1 else strs  # as TL: one text for batch 1
 
 
 def _tokenizer_padding_side(path: str) -> Optional[str]:

@@ -29,9 +29,14 @@ class Tokenizer:
     """A byte-level BPE tokenizer (GPT-2, GPT-NeoX, ...): ``Tokenizer.load(path)`` reads
     tokenizer.json, vocab.json + merges.txt, encoder.json + vocab.bpe or a GGUF file (a file or a
     model directory); a model's own tokenizer is ``model.tokenizer``. Read-only and thread-safe.
+
+    ``add_bos_token`` (Hugging Face's name) is what :meth:`encode` does when not told: a loaded
+    tokenizer does not prepend BOS (as Hugging Face's GPT-2 tokenizer), while ``model.tokenizer``
+    does, as the tokenizer TransformerLens wraps with ``get_tokenizer_with_bos``:
+    ``model.tokenizer.encode("Hi")`` starts with BOS in both (docs/python.md "Tokenizer").
     """
 
-    __slots__ = ("_ptr", "_owner", "_padding_side", "__weakref__")
+    __slots__ = ("_ptr", "_owner", "add_bos_token", "_padding_side", "__weakref__")
 
     def __init__(self, *args: Any, **kwargs: Any):
         raise TypeError("create a Tokenizer with Tokenizer.load(path), or use model.tokenizer")
@@ -51,8 +56,19 @@ class Tokenizer:
         self = cls.__new__(cls)
         self._ptr = ptr
         self._owner = owner
+        self.add_bos_token = False
         self._padding_side = "right"
         return self
+
+    def with_bos(self) -> "Tokenizer":
+        """The same tokenizer with ``add_bos_token=True`` if it has a BOS token (TransformerLens's
+        ``utils.get_tokenizer_with_bos``); itself otherwise."""
+        if self.bos_token_id is None or self.add_bos_token:
+            return self
+        t = Tokenizer._wrap(self._ptr, self._owner)
+        t.add_bos_token = True
+        t._padding_side = self._padding_side
+        return t
 
     @property
     def padding_side(self) -> str:
@@ -94,11 +110,15 @@ class Tokenizer:
 
     # -- encoding ---------------------------------------------------------------------------
 
-    def encode(self, text: Union[str, bytes], prepend_bos: bool = False, add_prefix_space: Optional[bool] = None,
-               parse_special: bool = True) -> np.ndarray:
-        """Token ids (int32, 1-D) of ``text``. prepend_bos: the BOS token first (TransformerLens's
-        prepend_bos); add_prefix_space: None for the tokenizer's own setting; parse_special:
-        special-token text such as ``<|endoftext|>`` becomes its id."""
+    def encode(self, text: Union[str, bytes], prepend_bos: Optional[bool] = None,
+               add_prefix_space: Optional[bool] = None, parse_special: bool = True) -> np.ndarray:
+        """Token ids (int32, 1-D) of ``text``. prepend_bos: the BOS token first; None:
+        ``self.add_bos_token`` (True for ``model.tokenizer``, as TransformerLens's wrapped
+        tokenizer; False for a tokenizer from :meth:`load`); add_prefix_space: None for the
+        tokenizer's own setting; parse_special: special-token text such as ``<|endoftext|>``
+        becomes its id."""
+        if prepend_bos is None:
+            prepend_bos = self.add_bos_token
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         opts = N.EncodeOptions()
         lib.circuits_encode_options_init(ctypes.byref(opts))
@@ -136,8 +156,14 @@ class Tokenizer:
         N.check(rc, "decode")
         return b""
 
-    def decode(self, ids: Any) -> str:
-        """The text of the tokens (invalid UTF-8, e.g. a split character, becomes U+FFFD)."""
+    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
+        """The text of the tokens (invalid UTF-8, e.g. a split character, becomes U+FFFD).
+        skip_special_tokens: leave out the BOS, EOS and pad tokens (Hugging Face's option; the
+        other added special tokens are kept)."""
+        if skip_special_tokens:
+            special = [t for t in (self.bos_token_id, self.eos_token_id, self.pad_token_id) if t is not None]
+            a = np.asarray(ids).reshape(-1)
+            ids = a[~np.isin(a, special)]
         return self.decode_bytes(ids).decode("utf-8", "replace")
 
     def token_bytes(self, token_id: int) -> bytes:

@@ -211,7 +211,9 @@ def test_tokenizer(tiny):
     assert isinstance(tok, circuits.Tokenizer)
     assert tok.vocab_size == 1000 and tok.bos_token_id == 0 and tok.eos_token_id == 0
     for text, ids in HF_IDS.items():
-        assert tok.encode(text).tolist() == ids, text
+        # model.tokenizer prepends BOS, as TransformerLens's wrapped tokenizer (get_tokenizer_with_bos)
+        assert tok.add_bos_token and tok.encode(text).tolist() == [0] + ids, text
+        assert tok.encode(text, prepend_bos=False).tolist() == ids, text
         assert tiny.to_tokens(text).tolist() == [[0] + ids]  # TransformerLens prepends BOS
         assert tiny.to_tokens(text, prepend_bos=False).tolist() == [ids]
     assert tok.decode(HF_IDS["Hello world"]) == "Hello world"
@@ -237,13 +239,18 @@ def test_tokenizer(tiny):
     # a standalone tokenizer, from the same files
     t2 = circuits.Tokenizer.load(TINY_GPT2)
     assert t2.encode("Hello world", prepend_bos=True).tolist() == [0] + HF_IDS["Hello world"]
+    assert not t2.add_bos_token and t2.encode("Hello world").tolist() == HF_IDS["Hello world"]  # as HF's GPT-2
+    assert t2.with_bos().encode("Hello world").tolist() == [0] + HF_IDS["Hello world"]
+    tiny.set_tokenizer(t2)  # TransformerLens's set_tokenizer wraps it with BOS; t2 itself unchanged
+    assert tiny.tokenizer.add_bos_token and not t2.add_bos_token
+    assert tok.decode([0] + HF_IDS["Hello world"] + [0], skip_special_tokens=True) == "Hello world"
     with pytest.raises(circuits.CircuitsIOError):
         circuits.Tokenizer.load("/nonexistent")
     with pytest.raises(circuits.RangeError):
         tok.decode([5000])
     # the model's tokenizer keeps working while referenced, even after close
     tiny.close()
-    assert tok.encode("Hello").tolist() == [40, 416, 79]
+    assert tok.encode("Hello").tolist() == [0, 40, 416, 79]
 
 
 def test_model_without_tokenizer():
@@ -273,7 +280,8 @@ def test_generate_greedy_is_argmax_of_forward(tiny, kv):
     assert np.array_equal(a, b)
     if tiny.tokenizer is not None:
         s = tiny.generate("Hello", max_new_tokens=2, do_sample=False, stop_at_eos=False)
-        assert isinstance(s, str) and s.startswith(tiny.to_string(tiny.to_tokens("Hello")[0]))
+        # TL decodes with skip_special_tokens=True: the prompt's text without its BOS
+        assert isinstance(s, str) and s.startswith(tiny.to_string(tiny.to_tokens("Hello", prepend_bos=False)[0]))
     with pytest.raises(circuits.RangeError):
         tiny.generate(prompt, max_new_tokens=tiny.cfg.n_ctx)
 
