@@ -15,22 +15,12 @@ import runpy
 
 import pytest
 
-import circuits
 from conftest import REPO
 
 EXAMPLES = REPO / "examples" / "python"
 DEMOS = sorted(p.stem for p in (EXAMPLES / "expected").glob("*.txt"))
 NUMBER = re.compile(r"-?\d+(?:\.(\d+))?(?:e[-+]?\d+)?")
 TOL_DEMO = 2e-4
-
-# What each demo needs beyond what every demo uses, while parts of issue 14 are still being
-# merged: (object, attribute). A demo whose needs are missing is skipped, naming them.
-NEEDS = {
-    "logit_attribution": [(circuits.ActivationCache, "apply_ln_to_stack"), (circuits.ActivationCache, "accumulated_resid"),
-                          (circuits.ActivationCache, "decompose_resid"), (circuits.ActivationCache, "stack_head_results"),
-                          (circuits.Model, "unembed"), (circuits.Model, "blocks")],
-    "path_patching": [(circuits.Model, "blocks")],
-}
 
 
 def compare(got: str, want: str, tol: float = TOL_DEMO) -> list:
@@ -52,9 +42,6 @@ def compare(got: str, want: str, tol: float = TOL_DEMO) -> list:
 
 @pytest.mark.parametrize("demo", DEMOS)
 def test_demo_prints_transformerlens_numbers(demo):
-    missing = [f"{cls.__name__}.{attr}" for cls, attr in NEEDS.get(demo, []) if not hasattr(cls, attr)]
-    if missing:
-        pytest.skip(f"{demo} needs {', '.join(missing)} (not in this build yet)")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         runpy.run_path(str(EXAMPLES / f"{demo}.py"), run_name="__main__")
