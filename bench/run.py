@@ -291,6 +291,8 @@ def main():
     ap.add_argument("--no-tl-composition", action="store_true", help="skip TL's (slow) all_composition_scores")
     ap.add_argument("--no-composition", action="store_true")
     ap.add_argument("--no-cold", action="store_true", help="skip cold-page-cache loads")
+    ap.add_argument("--patching", action="store_true",
+                    help="also the activation-patching sweeps against TransformerLens (bench/patching.py, ~20 min)")
     ap.add_argument("--python", help="interpreter with torch, transformers, transformer_lens")
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build-bench"))
     ap.add_argument("--out", help="also write the Markdown to this file")
@@ -343,6 +345,12 @@ def main():
         comp = measure_composition(a, bin_dir, runner, py)
 
     md = report.render(a, m, gemm, fwd, load, comp)
+    if a.patching and py:
+        step("activation patching (bench/patching.py)")
+        env = dict(os.environ, CIRCUITS_LIBRARY=os.path.join(a.build_dir, "lib", "libcircuits.so.0"))
+        r = subprocess.run([py, os.path.join(HERE, "patching.py")] + (["--quick"] if a.quick else []),
+                           env=env, capture_output=True, text=True, check=True)
+        md += "\n## Activation patching\n" + r.stdout
     print(md)
     if a.out:
         open(a.out, "w").write(md)

@@ -946,6 +946,111 @@ CIRCUITS_API int circuits_metric_eval(const circuits_metric *m, const float *log
                                       int64_t d_vocab, float *value);
 
 /* ---------------------------------------------------------------------------------------- */
+/* Ablation and patching (0.5.0; docs/patching.md)                                          */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Ablation of a slice of one hook point during a run: zero, mean (values from
+ * circuits_context_mean_activations) or resample (values: another batch's activations of the
+ * point, each row replaced by a source row drawn with `seed`). The slice is every element of the
+ * point, narrowed by a position (the dest axis of attn_scores / pattern), a head (the point's
+ * head axis: hook_q/k/v/z/result/attn_scores/pattern) and a neuron (the last axis: hook_pre /
+ * hook_post for MLP neurons), each optional. */
+typedef enum circuits_ablation_kind {
+    CIRCUITS_ABLATE_ZERO = 0,
+    CIRCUITS_ABLATE_MEAN = 1,
+    CIRCUITS_ABLATE_RESAMPLE = 2
+} circuits_ablation_kind;
+
+/* circuits_ablation.position: every position (INT64_MIN) */
+#define CIRCUITS_ALL_POSITIONS (-9223372036854775807LL - 1)
+
+typedef struct circuits_ablation {
+    uint32_t size;          /* sizeof(circuits_ablation) */
+    int32_t kind;           /* circuits_ablation_kind */
+    const char *hook;       /* one hook point: full or short name ("z3", "blocks.3.attn.hook_z") */
+    int32_t head;           /* -1: every head */
+    int64_t neuron;         /* -1: every index of the last axis */
+    int64_t position;       /* CIRCUITS_ALL_POSITIONS, or a position (negative from the end) */
+    const float *values;    /* MEAN: the point's mean, its TL shape without the batch axis, for the
+                             * run's pos; RESAMPLE: [source_batch, <that shape>] */
+    int64_t source_batch;   /* RESAMPLE */
+    uint64_t seed;          /* RESAMPLE: row b takes source row splitmix64(seed)_b % source_batch */
+} circuits_ablation;
+
+/* Sets size; kind ZERO, head -1, neuron -1, position CIRCUITS_ALL_POSITIONS, the rest 0. */
+CIRCUITS_API void circuits_ablation_init(circuits_ablation *a);
+
+/* circuits_context_forward (logits [batch, pos, d_vocab_out] and the mean loss, each may be NULL)
+ * with n_ablations ablations applied, in order, after the registered hooks of their points. */
+CIRCUITS_API int circuits_context_run_ablated(circuits_context *ctx, const circuits_ablation *ablations,
+                                              size_t n_ablations, const int32_t *tokens, int64_t batch,
+                                              int64_t pos, float *logits, float *loss);
+
+/* The mean over n_rows rows of tokens [n_rows, pos] of each hook point hooks[i] (one point per
+ * name) into means[i] (its TL shape without the batch axis, e.g. [pos, d_model]), computed in
+ * one pass over batches of batch_size rows with running sums in double: memory is bounded by a
+ * batch's run and one row of each point. The pass stops after the last block it needs. */
+CIRCUITS_API int circuits_context_mean_activations(circuits_context *ctx, const char *const *hooks, size_t n_hooks,
+                                                   const int32_t *tokens, int64_t n_rows, int64_t pos,
+                                                   int64_t batch_size, float *const *means);
+
+/* Activation patching (TransformerLens's patching module): one run of the corrupted tokens per
+ * grid cell, with the cell's slice of one hook point replaced by the clean run's, as
+ * TransformerLens's patch setters do, and the metric of its logits in the cell. Grids (shape by
+ * circuits_patch_grid_shape; H = n_heads, n_key_value_heads for k and v):
+ *   RESID_PRE/MID/POST, ATTN_OUT, MLP_OUT       [n_layers, pos]        get_act_patch_resid_pre, ...
+ *   HEAD_{Z,Q,K,V}_BY_POS                       [n_layers, pos, H]     get_act_patch_attn_head_out_by_pos, ...
+ *   HEAD_PATTERN_BY_POS                         [n_layers, H, pos]     (dest positions)
+ *   HEAD_PATTERN_DEST_SRC                       [n_layers, H, pos, pos]
+ *   HEAD_{Z,Q,K,V,PATTERN}_ALL_POS              [n_layers, H]          get_act_patch_attn_head_out_all_pos, ... */
+typedef enum circuits_patch_kind {
+    CIRCUITS_PATCH_RESID_PRE = 0,
+    CIRCUITS_PATCH_RESID_MID = 1,
+    CIRCUITS_PATCH_RESID_POST = 2,
+    CIRCUITS_PATCH_ATTN_OUT = 3,
+    CIRCUITS_PATCH_MLP_OUT = 4,
+    CIRCUITS_PATCH_HEAD_Z_BY_POS = 5,
+    CIRCUITS_PATCH_HEAD_Q_BY_POS = 6,
+    CIRCUITS_PATCH_HEAD_K_BY_POS = 7,
+    CIRCUITS_PATCH_HEAD_V_BY_POS = 8,
+    CIRCUITS_PATCH_HEAD_PATTERN_BY_POS = 9,
+    CIRCUITS_PATCH_HEAD_PATTERN_DEST_SRC = 10,
+    CIRCUITS_PATCH_HEAD_Z_ALL_POS = 11,
+    CIRCUITS_PATCH_HEAD_Q_ALL_POS = 12,
+    CIRCUITS_PATCH_HEAD_K_ALL_POS = 13,
+    CIRCUITS_PATCH_HEAD_V_ALL_POS = 14,
+    CIRCUITS_PATCH_HEAD_PATTERN_ALL_POS = 15
+} circuits_patch_kind;
+
+typedef struct circuits_patch_options {
+    uint32_t size;       /* sizeof(circuits_patch_options) */
+    int32_t incremental; /* 1 (default): each patched run starts at the patched block from the
+                          * corrupted run's residual stream and runs only the positions from the
+                          * first patched one, the earlier ones' keys and values reused (same
+                          * results; docs/patching.md); 0: whole re-runs, as TransformerLens */
+    int32_t cells_per_run; /* 0 (default): several cells per run, as many as fill about 2048 token
+                            * rows (at most 256), each cell its own batch rows; 1: one cell per
+                            * run, as TransformerLens */
+} circuits_patch_options;
+
+CIRCUITS_API void circuits_patch_options_init(circuits_patch_options *opts);
+
+/* The grid's shape for tokens of `pos` positions into shape[0 .. *ndim) (room for 4). */
+CIRCUITS_API int circuits_patch_grid_shape(const circuits_model *model, int32_t kind, int64_t pos, int64_t *shape,
+                                           int32_t *ndim);
+
+/* The patching grid of `kind` into out (circuits_patch_grid_shape). corrupted_tokens [batch,
+ * pos]; clean[l] (l < n_layers): the clean run's activation of the patched hook point of block
+ * l, contiguous in its TL shape for [batch, pos] (e.g. a circuits_cache entry of the clean run).
+ * The context's registered hooks fire in every patched run (incremental runs cover only blocks
+ * >= the patched one and positions >= the first patched one, and a cell whose patch cannot
+ * reach a position the metric reads is not run). opts may be NULL. */
+CIRCUITS_API int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const int32_t *corrupted_tokens,
+                                                   int64_t batch, int64_t pos, const float *const *clean,
+                                                   const circuits_metric *metric,
+                                                   const circuits_patch_options *opts, float *out);
+
+/* ---------------------------------------------------------------------------------------- */
 /* Threads                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 

@@ -76,6 +76,8 @@ if [ -n "$build" ]; then
         "$build/tests/test_metric" -v
         "$build/tests/test_resid" "$src/tests/reference/toolkit/resid" "$src/tests/reference/cases" -v
         "$build/tests/test_optional_hooks" "$src/tests/reference/cases" "$src/tests/reference/toolkit/optional_hooks" -v
+        "$build/tests/test_patching" "$src/tests/reference/cases" "$src/tests/reference/toolkit/patching" -v
+        "$build/tests/test_ablation" "$src/tests/reference/cases" -v
     } 2>/dev/null | grep '^|' >"$tmp/printed" || true
     python3 - "$tmp/doc_rows" "$tmp/printed" <<'PY' || status=1
 import re, sys

@@ -455,6 +455,69 @@ static int call_dla(fx *f)
                                              f->out, OUT_FLOATS);
 }
 
+/* ---- ablation and patching (lib/analysis/ablate.c, patch.c) ---- */
+
+/* resid_pre (variant 0, incremental; 1, whole re-runs, one cell per run) or the pattern by dest
+ * with the loss (2: logits of every position, cells batched) patched from the cache of setup_resid
+ * into a run of the same tokens with two changed */
+static int call_patch(fx *f)
+{
+    static const char *const names[2] = {"blocks.%d.hook_resid_pre", "blocks.%d.attn.hook_pattern"};
+    int32_t corrupted[B * T];
+    memcpy(corrupted, f->tokens, sizeof corrupted);
+    corrupted[1] = (corrupted[1] + 1) % VOCAB;
+    corrupted[T + 3] = (corrupted[T + 3] + 5) % VOCAB;
+    const float *clean[5];
+    for (int l = 0; l < 5; l++) {
+        char name[64];
+        circuits_tensor t;
+        snprintf(name, sizeof name, names[f->op->variant == 2], l);
+        CHECK_OK(circuits_cache_get(f->cache, name, &t));
+        clean[l] = t.data;
+    }
+    circuits_metric m;
+    circuits_metric_init(&m);
+    m.answer = ANSWERS;
+    m.wrong = WRONG;
+    if (f->op->variant == 2) {
+        m.kind = CIRCUITS_METRIC_LOSS;
+        m.tokens = corrupted;
+    }
+    circuits_patch_options o;
+    circuits_patch_options_init(&o);
+    o.incremental = f->op->variant != 1;
+    o.cells_per_run = f->op->variant == 1;
+    int32_t kind = f->op->variant == 2 ? CIRCUITS_PATCH_HEAD_PATTERN_BY_POS : CIRCUITS_PATCH_RESID_PRE;
+    f->out_n = (size_t)(f->op->variant == 2 ? 5 * 4 * T : 5 * T);
+    return circuits_context_activation_patch(f->ctx, kind, corrupted, B, T, clean, &m, &o, f->out);
+}
+
+/* a mean ablation of a head (means over the tokens in batches of 1) and a resampled neuron */
+static int call_ablate(fx *f)
+{
+    const char *hooks[2] = {"blocks.1.attn.hook_z", "blocks.2.mlp.hook_post"};
+    float *means[2] = {f->out + B * T * VOCAB, f->out + B * T * VOCAB + T * 32};
+    int rc = circuits_context_mean_activations(f->ctx, hooks, 2, f->tokens, B, T, 1, means);
+    if (rc) return rc;
+    circuits_tensor src;
+    CHECK_OK(circuits_cache_get(f->cache, hooks[1], &src));
+    circuits_ablation a[2];
+    circuits_ablation_init(&a[0]);
+    a[0].kind = CIRCUITS_ABLATE_MEAN;
+    a[0].hook = hooks[0];
+    a[0].head = 2;
+    a[0].values = means[0];
+    circuits_ablation_init(&a[1]);
+    a[1].kind = CIRCUITS_ABLATE_RESAMPLE;
+    a[1].hook = hooks[1];
+    a[1].neuron = 7;
+    a[1].values = src.data;
+    a[1].source_batch = B;
+    a[1].seed = 3;
+    f->out_n = (size_t)(B * T * VOCAB + T * 32 + T * 128);
+    return circuits_context_run_ablated(f->ctx, a, 2, f->tokens, B, T, f->out, NULL);
+}
+
 /* ---- the KV cache and generation ---- */
 static int call_kv_create(fx *f)
 {
@@ -866,6 +929,10 @@ static void test_operations(fx *f)
         {"resid_logit_attrs", setup_resid, call_resid_logit_attrs, put_out, free_state, NULL, 0, false},
         {"logit_lens", setup_resid, call_logit_lens, put_out, free_state, NULL, 0, false},
         {"direct_logit_attribution", setup_resid, call_dla, put_out, free_state, NULL, 0, false},
+        {"activation_patch resid_pre incremental", setup_resid, call_patch, put_out, free_state, NULL, 0, true},
+        {"activation_patch resid_pre whole, one cell per run", setup_resid, call_patch, put_out, free_state, NULL, 1, true},
+        {"activation_patch pattern with the loss", setup_resid, call_patch, put_out, free_state, NULL, 2, true},
+        {"mean_activations and run_ablated", setup_resid, call_ablate, put_out, free_state, NULL, 0, true},
         {"kv_cache_create", NULL, call_kv_create, digest_kv_made, NULL, NULL, 0, false},
         {"forward_kv", setup_forward_kv, call_forward_kv, digest_forward_kv, free_state, NULL, 0, false},
         {"generate with KV cache", setup_forward, call_generate, put_out, free_state, NULL, 0, false},

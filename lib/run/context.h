@@ -3,9 +3,10 @@
  * A context is a model, its hook table (hooks.h) and the run memory its passes work in. A run
  * is described whole by a cx_run — what goes in (tokens or a residual stream), where it starts
  * and stops, which KV cache it continues, which activations it caches, which internal observer
- * watches it, what comes out — and cx_context_run takes it through guard -> pass -> release.
- * The public runners (forward, run, forward_kv, run_with_cache, detect_heads,
- * induction_scores, generate) fill a cx_run and call the door; nothing about a run is kept in
+ * watches it, which internal editors change it (ablation, patching), what comes out — and
+ * cx_context_run takes it through guard -> pass -> release. The public runners (forward, run,
+ * forward_kv, run_with_cache, detect_heads, induction_scores, generate, run_ablated,
+ * activation_patch) fill a cx_run and call the door; nothing about a run is kept in
  * the context between or during runs except the run memory and the guard. */
 #ifndef CIRCUITS_CONTEXT_H
 #define CIRCUITS_CONTEXT_H
@@ -41,6 +42,17 @@ typedef struct cx_observer {
     void *user_data;
 } cx_observer;
 
+/* An internal editor of one hook point (ablation, patching): called there after the registered
+ * callbacks (several at one point in the run's order) and before the observer and the cache
+ * copy, with the same descriptor; it may write
+ * (the pass treats the point as written, as it does a registered callback's). */
+typedef struct cx_edit {
+    int32_t layer;         /* -1 outside blocks */
+    cx_hook_kind kind;
+    circuits_hook_fn fn;
+    void *user_data;
+} cx_edit;
+
 /* Everything about one run. Start from cx_run_init. */
 typedef struct cx_run {
     const char *fn;            /* the public function's name, for messages */
@@ -62,6 +74,8 @@ typedef struct cx_run {
     float *const *cache_dst;   /* [n_points]: where to copy each point's activation (NULL entries:
                                 * not cached), or NULL (run_with_cache) */
     cx_observer observer;
+    const cx_edit *edits;      /* [n_edits] internal editors, or NULL */
+    size_t n_edits;
     float *out;                /* logits [batch, n_positions or pos, d_vocab_out], or with
                                 * stop_at_layer the residual stream [batch, pos, d_model]; may be NULL */
     float *loss;               /* mean next-token loss, or NULL */
@@ -116,12 +130,20 @@ int cx_hook_fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_ki
 int cx_hook_fire_heads(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data,
                        int64_t batch, int64_t pos, int64_t heads, bool cache);
 
-/* True if a callback is registered at (layer, kind): it may change the activation. A point
- * that is only cached or observed is read, never changed. */
-static inline bool cx_hook_may_write(const circuits_context *ctx, int layer, cx_hook_kind kind)
+/* The run's first editor at (layer, kind), or NULL. */
+static inline const cx_edit *cx_run_edit(const cx_run *run, int layer, cx_hook_kind kind)
+{
+    for (size_t i = 0; i < run->n_edits; i++)
+        if (run->edits[i].layer == layer && run->edits[i].kind == kind) return &run->edits[i];
+    return NULL;
+}
+
+/* True if a callback is registered at (layer, kind) or the run edits it: it may change the
+ * activation. A point that is only cached or observed is read, never changed. */
+static inline bool cx_hook_may_write(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)
 {
     int32_t i = cx_hook_index(&ctx->hooks, layer, kind);
-    return i >= 0 && ctx->hooks.points[i].n_regs > 0;
+    return i >= 0 && (ctx->hooks.points[i].n_regs > 0 || cx_run_edit(run, layer, kind));
 }
 
 /* True if anything reads (layer, kind) in this run: the pass must materialise it and fire. */
@@ -129,7 +151,7 @@ static inline bool cx_hook_active(const circuits_context *ctx, const cx_run *run
 {
     int32_t i = cx_hook_index(&ctx->hooks, layer, kind);
     return i >= 0 && (ctx->hooks.points[i].n_regs > 0 || (run->cache_dst && run->cache_dst[i]) ||
-                      (run->observer.fn && run->observer.kind == kind));
+                      (run->observer.fn && run->observer.kind == kind) || cx_run_edit(run, layer, kind));
 }
 
 #endif

@@ -479,11 +479,11 @@ static int attention(pass *ps, int l)
          * add exact zeros), and pattern @ v whole rows unless the masked part is still 0. Read-only
          * hooks: the mask is intact, and the softmax runs over each row's own keys (window too),
          * exactly as the fused path does. */
-        if (cx_hook_may_write(ctx, l, HK_ATTN_SCORES)) cx_softmax_rows(s->scores, B * H * T, Tk);
+        if (cx_hook_may_write(ctx, ps->run, l, HK_ATTN_SCORES)) cx_softmax_rows(s->scores, B * H * T, Tk);
         else cx_softmax_causal_window(s->scores, B * H, T, P, job.window);
         FIRE(l, HK_PATTERN, s->scores);
         job.steps = STEP_MIX;
-        job.hooked = cx_hook_may_write(ctx, l, HK_ATTN_SCORES) || cx_hook_may_write(ctx, l, HK_PATTERN);
+        job.hooked = cx_hook_may_write(ctx, ps->run, l, HK_ATTN_SCORES) || cx_hook_may_write(ctx, ps->run, l, HK_PATTERN);
         cx_parallel_for(B * H, 1, attn_task, &job);
     }
     FIRE(l, HK_Z, s->z);

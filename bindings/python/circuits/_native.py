@@ -176,6 +176,28 @@ CIRCUITS_RESID_MODE_ALL = 0
 CIRCUITS_RESID_MODE_MLP = 1
 CIRCUITS_RESID_MODE_ATTN = 2
 
+# ablation and patching
+CIRCUITS_ABLATE_ZERO = 0
+CIRCUITS_ABLATE_MEAN = 1
+CIRCUITS_ABLATE_RESAMPLE = 2
+CIRCUITS_ALL_POSITIONS = -9223372036854775808
+CIRCUITS_PATCH_RESID_PRE = 0
+CIRCUITS_PATCH_RESID_MID = 1
+CIRCUITS_PATCH_RESID_POST = 2
+CIRCUITS_PATCH_ATTN_OUT = 3
+CIRCUITS_PATCH_MLP_OUT = 4
+CIRCUITS_PATCH_HEAD_Z_BY_POS = 5
+CIRCUITS_PATCH_HEAD_Q_BY_POS = 6
+CIRCUITS_PATCH_HEAD_K_BY_POS = 7
+CIRCUITS_PATCH_HEAD_V_BY_POS = 8
+CIRCUITS_PATCH_HEAD_PATTERN_BY_POS = 9
+CIRCUITS_PATCH_HEAD_PATTERN_DEST_SRC = 10
+CIRCUITS_PATCH_HEAD_Z_ALL_POS = 11
+CIRCUITS_PATCH_HEAD_Q_ALL_POS = 12
+CIRCUITS_PATCH_HEAD_K_ALL_POS = 13
+CIRCUITS_PATCH_HEAD_V_ALL_POS = 14
+CIRCUITS_PATCH_HEAD_PATTERN_ALL_POS = 15
+
 # --------------------------------------------------------------------------------------------
 # Structs. Pointer fields are c_void_p (addresses as ints: cheap to read in hot paths).
 # --------------------------------------------------------------------------------------------
@@ -335,6 +357,32 @@ class Metric(Structure):
         ("attention_mask", c_void_p),  # const int32_t *
         ("fn", c_void_p),  # circuits_metric_fn
         ("user_data", c_void_p),
+    ]
+
+
+class Ablation(Structure):
+    """``circuits_ablation`` (``hook`` and ``values`` as addresses: the caller keeps them alive)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("kind", c_int32),
+        ("hook", c_void_p),  # const char *
+        ("head", c_int32),
+        ("neuron", c_int64),
+        ("position", c_int64),
+        ("values", c_void_p),  # const float *
+        ("source_batch", c_int64),
+        ("seed", c_uint64),
+    ]
+
+
+class PatchOptions(Structure):
+    """``circuits_patch_options``."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("incremental", c_int32),
+        ("cells_per_run", c_int32),
     ]
 
 
@@ -588,6 +636,22 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_lm_cross_entropy": (c_int, [F32P, I32P, I32P, c_int64, c_int64, c_int64, F32P, F32P]),
     "circuits_metric_init": (None, [POINTER(Metric)]),
     "circuits_metric_eval": (c_int, [POINTER(Metric), F32P, c_int64, c_int64, c_int64, F32P]),
+    # ablation and patching (circuits.patching)
+    "circuits_ablation_init": (None, [POINTER(Ablation)]),
+    "circuits_context_run_ablated": (
+        c_int,
+        [HANDLE, POINTER(Ablation), c_size_t, I32P, c_int64, c_int64, F32P, F32P],
+    ),
+    "circuits_context_mean_activations": (
+        c_int,
+        [HANDLE, POINTER(c_char_p), c_size_t, I32P, c_int64, c_int64, c_int64, POINTER(c_void_p)],
+    ),
+    "circuits_patch_options_init": (None, [POINTER(PatchOptions)]),
+    "circuits_patch_grid_shape": (c_int, [HANDLE, c_int32, c_int64, POINTER(c_int64), POINTER(c_int32)]),
+    "circuits_context_activation_patch": (
+        c_int,
+        [HANDLE, c_int32, I32P, c_int64, c_int64, POINTER(c_void_p), POINTER(Metric), POINTER(PatchOptions), F32P],
+    ),
     # threads
     "circuits_set_num_threads": (None, [c_int]),
     "circuits_get_num_threads": (c_int, []),

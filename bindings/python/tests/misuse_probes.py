@@ -933,6 +933,43 @@ ok()
 # ---------------------------------------------------------------------------------------------
 
 _SCALAR = "scalars, or a string the library copies: nothing sized, nothing kept"
+PROBES["size_patching_and_ablation"] = ("size", '''
+import circuits.patching as cp
+m = load(SMALL)
+T2 = TOK % m.cfg.d_vocab
+_, cache = m.run_with_cache(T2)
+metric = cp.LogitDiff([1], [2])
+g = cp.get_act_patch_resid_pre(m, T2, cache, metric)
+assert g.shape == (m.cfg.n_layers, T2.shape[1])
+bad = dict(cache.cache_dict)
+bad["blocks.1.hook_resid_pre"] = bad["blocks.1.hook_resid_pre"][:, :3]           # too short: refused, not read
+refused(lambda: cp.get_act_patch_resid_pre(m, T2, bad, metric), circuits.ShapeError)
+bad["blocks.1.hook_resid_pre"] = cache["blocks.1.hook_resid_pre"].astype(np.float64)  # converted
+same(cp.get_act_patch_resid_pre(m, T2, bad, metric), g)
+refused(lambda: cp.get_act_patch_resid_pre(m, T2, cache, cp.LogitDiff([1, 2], [2, 3])), circuits.ShapeError)
+refused(lambda: cp.get_act_patch_resid_pre(m, T2, cache, cp.LogitDiff([2**40], [2])), CircuitsError)
+refused(lambda: cp.get_act_patch_resid_pre(m, T2, cache, metric, cells_per_run=2**40), CircuitsError)
+kept = []
+def keeper(logits):                       # keeps every logits array it is given: copies, still valid
+    kept.append(logits)
+    return float(logits[0, -1, 1] - logits[0, -1, 2])
+g2 = cp.get_act_patch_resid_pre(m, T2, cache, keeper)
+gc.collect()
+assert all(np.isfinite(k).all() for k in kept) and np.allclose(g2, g, atol=1e-4)
+refused(lambda: cp.run_ablated(m, T2, [cp.Ablation("z0", "mean", values=np.zeros(3))]), circuits.ShapeError)
+refused(lambda: cp.run_ablated(m, T2, [cp.Ablation("z0", "resample", values=np.zeros((2, 3)))]), circuits.ShapeError)
+refused(lambda: cp.run_ablated(m, T2, [cp.Ablation("z0", head=2**40)]), CircuitsError)
+refused(lambda: cp.run_ablated(m, T2, [cp.Ablation("blocks.*.attn.hook_z")]), ValueError)
+means = cp.mean_activations(m, np.concatenate([T2, T2]), ["z0"], batch_size=1)
+out = cp.run_ablated(m, T2, [cp.Ablation("z0", "mean", values=means["blocks.0.attn.hook_z"])])
+assert out.shape == (1, T2.shape[1], m.cfg.d_vocab_out)
+refused(lambda: cp.mean_activations(m, T2, ["z0"], batch_size=0), CircuitsError)
+m.close()
+refused(lambda: cp.run_ablated(m, T2, []), circuits.ClosedError)
+ok()
+''')
+
+
 AUDIT = {
     "circuits_version_number": _SCALAR,
     "circuits_version_string": "a static string, decoded at once",
@@ -977,6 +1014,12 @@ AUDIT = {
     "circuits_cache_get": ["size_names_filter_and_cache_keys"],
     "circuits_cache_nbytes": ["owner_cache_after_close"],
     "circuits_resid_options_init": "a struct of the binding's, sized by ctypes",
+    "circuits_ablation_init": "a struct of the binding's, sized by ctypes",
+    "circuits_patch_options_init": "a struct of the binding's, sized by ctypes",
+    "circuits_patch_grid_shape": ["size_patching_and_ablation"],
+    "circuits_context_activation_patch": ["size_patching_and_ablation"],
+    "circuits_context_run_ablated": ["size_patching_and_ablation"],
+    "circuits_context_mean_activations": ["size_patching_and_ablation"],
     "circuits_resid_shape": ["size_resid_stacks"],
     "circuits_resid_stack": ["size_resid_stacks"],
     "circuits_resid_labels": ["size_resid_stacks"],

@@ -114,6 +114,8 @@ STRUCT_CLASSES = {
     "circuits_run_options": N.RunOptions,
     "circuits_generate_options": N.GenerateOptions,
     "circuits_metric": N.Metric,
+    "circuits_ablation": N.Ablation,
+    "circuits_patch_options": N.PatchOptions,
     "circuits_resid_options": N.ResidOptions,
 }
 SCALARS = {
@@ -151,6 +153,8 @@ def allowed(ctype: str):
         return {POINTER(c_char_p)}
     if stars == 1 and base == "float":
         return {F32P}
+    if stars == 2 and base == "float":  # (const) float *const *: arrays of addresses
+        return {POINTER(c_void_p)}
     if stars == 1 and base == "int32_t":
         return {I32P, POINTER(c_int32)}
     if stars == 1 and base == "int64_t":
