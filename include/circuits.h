@@ -751,6 +751,14 @@ CIRCUITS_API int circuits_context_induction_scores(circuits_context *ctx, const 
                                                    int64_t pos, int64_t seq_len, float *scores, float *loss_first,
                                                    float *loss_repeat);
 
+/* The ranked answer report of TransformerLens's utils.test_prompt on one row of logits
+ * [d_vocab] (Added in 0.5.0): the rank of `token` (the number of tokens with a larger logit,
+ * ties ranked by id) in rank_out and its softmax probability in prob_out (both may be NULL;
+ * token is then not read), and the k most probable tokens in descending order with their
+ * probabilities in top_ids / top_probs [k] (either may be NULL; k may be 0). */
+CIRCUITS_API int circuits_logits_rank(const float *logits, int64_t d_vocab, int32_t token, int32_t k, int64_t *rank_out,
+                                      float *prob_out, int32_t *top_ids, float *top_probs);
+
 /* ---------------------------------------------------------------------------------------- */
 /* Tokenizers                                                                                 */
 /* ---------------------------------------------------------------------------------------- */

@@ -685,6 +685,22 @@ static int call_baseline(fx *f)
     return circuits_composition_baseline(32, 8, 37, 6, 5, f->out, f->out + 1);
 }
 
+/* test_prompt's report: a failed call writes none of its outputs (out keeps its sentinels) */
+static int call_logits_rank(fx *f)
+{
+    static const float row[8] = {0.5f, -1.0f, 2.0f, 2.0f, 0.0f, 3.5f, -0.25f, 1.0f};
+    int64_t rank = -7;
+    int32_t ids[4] = {-7, -7, -7, -7};
+    f->out_n = 10;
+    for (int i = 0; i < 10; i++) f->out[i] = -7.0f;
+    int rc = circuits_logits_rank(row, 8, 2, 4, &rank, f->out, ids, f->out + 1);
+    f->out[5] = (float)rank;
+    for (int i = 0; i < 4; i++) f->out[6 + i] = (float)ids[i];
+    if (rc != CIRCUITS_OK)
+        for (int i = 0; i < 10; i++) CHECK(f->out[i] == -7.0f, "logits_rank wrote output %d on failure", i);
+    return rc;
+}
+
 static int call_copying(fx *f)
 {
     f->out_n = 5 * 4;
@@ -964,6 +980,7 @@ static void test_operations(fx *f)
         {"composition_scores V", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_V, false},
         {"mlp_composition_scores", NULL, call_mlp_composition, put_out, NULL, NULL, 0, false},
         {"composition_baseline", NULL, call_baseline, put_out, NULL, NULL, 0, false},
+        {"logits_rank", NULL, call_logits_rank, put_out, NULL, NULL, 0, false},
         {"copying_scores", NULL, call_copying, put_out, NULL, NULL, 0, false},
         {"copying_scores full", NULL, call_copying, put_out, NULL, NULL, 1, false},
         {"model_ov", NULL, call_ov, digest_factored, NULL, NULL, 0, false},

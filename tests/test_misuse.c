@@ -790,6 +790,37 @@ static void kv_checks(circuits_model *m, circuits_context *ctx)
 #undef GEN_OPT_FAILS
 }
 
+/* circuits_logits_rank: test_prompt's report on a known row, then its refusals. */
+static void rank_checks(void)
+{
+    const float row[5] = {1.0f, 3.0f, -2.0f, 3.0f, 0.5f};
+    int64_t rank = -1;
+    float prob = 0, probs[5];
+    int32_t ids[5];
+    CHECK_OK(circuits_logits_rank(row, 5, 3, 5, &rank, &prob, ids, probs));
+    CHECK(rank == 1, "rank %lld", (long long)rank); /* the tie with id 1 ranks first */
+    CHECK(ids[0] == 1 && ids[1] == 3 && ids[2] == 0 && ids[3] == 4 && ids[4] == 2, "top ids %d %d %d", ids[0], ids[1], ids[2]);
+    double z = exp(1.0) + 2 * exp(3.0) + exp(-2.0) + exp(0.5);
+    CHECK(fabs(prob - exp(3.0) / z) < 1e-6 && fabs(probs[4] - exp(-2.0) / z) < 1e-6, "prob %g", prob);
+    CHECK_OK(circuits_logits_rank(row, 5, -1, 2, NULL, NULL, ids, NULL)); /* no rank: token unread */
+    CALL_FAILS("rank_null_logits", circuits_logits_rank(NULL, 5, 0, 1, &rank, NULL, ids, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "logits is NULL");
+    CALL_FAILS("rank_d_vocab_0", circuits_logits_rank(row, 0, 0, 0, &rank, NULL, NULL, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "d_vocab 0 must be in [1, 2147483647]");
+    CALL_FAILS("rank_token_out_of_range", circuits_logits_rank(row, 5, 5, 0, &rank, NULL, NULL, NULL), CIRCUITS_E_RANGE,
+               "token 5 is outside the vocabulary [0, 5)");
+    CALL_FAILS("rank_k_too_large", circuits_logits_rank(row, 5, 0, 6, NULL, NULL, ids, NULL), CIRCUITS_E_RANGE,
+               "k 6 must be in [0, d_vocab = 5]");
+    CALL_FAILS("rank_k_no_outputs", circuits_logits_rank(row, 5, 0, 2, &rank, NULL, NULL, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "k is 2 but top_ids and top_probs are both NULL");
+    const float bad[3] = {0.0f, NAN, 1.0f};
+    CALL_FAILS("rank_nan_logit", circuits_logits_rank(bad, 3, 0, 1, &rank, NULL, ids, NULL), CIRCUITS_E_RANGE,
+               "logits[1] is NaN");
+    const float inf[2] = {INFINITY, 1.0f};
+    CALL_FAILS("rank_infinite_logit", circuits_logits_rank(inf, 2, 0, 1, &rank, NULL, ids, NULL), CIRCUITS_E_RANGE,
+               "the largest logit is infinite");
+}
+
 /* ---- attention masks (padding) ---- */
 
 static void mask_checks(circuits_model *m, circuits_context *ctx)
@@ -865,6 +896,7 @@ int main(int argc, char **argv)
     attn_only_checks();
     factored_checks();
     kv_checks(m, ctx);
+    rank_checks();
     mask_checks(m, ctx);
 
     /* after all that the context has no hooks left and gives bit-identical results */

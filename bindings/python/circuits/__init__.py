@@ -44,6 +44,7 @@ from .errors import (
 from .factored import FactoredMatrix
 from .model import Config, HookedTransformer, HookHandle, HookPoint, HookViewWarning, Model, Output
 from .tokenizer import Tokenizer
+from . import evals, utils  # noqa: E402  (TransformerLens's evals and utils modules)
 from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens's patching module
 
 __version__ = "0.5.0"
@@ -87,6 +88,8 @@ __all__ = [
     "ActivationCache",
     "FactoredMatrix",
     "Tokenizer",
+    "evals",
+    "utils",
     "act_name",
     "get_act_name",
     "detect_head",

@@ -627,6 +627,8 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
         c_int,
         [HANDLE, I32P, c_int64, c_int64, c_int64, F32P, F32P, F32P],
     ),
+    # test_prompt's ranked answer report (circuits.utils)
+    "circuits_logits_rank": (c_int, [F32P, c_int64, c_int32, c_int32, I64P, F32P, I32P, F32P]),
     # tokenizers
     "circuits_tokenizer_load": (c_int, [VOIDPP, c_char_p]),
     "circuits_tokenizer_free": (None, [HANDLE]),

@@ -808,11 +808,9 @@ class Model:
 
     def _loss(self, logits: np.ndarray, tok: np.ndarray, mask: Optional[np.ndarray], loss_per_token: bool) -> Any:
         """TransformerLens's ``loss_fn`` (``lm_cross_entropy_loss`` with the mask) in the library."""
-        B, T, V = logits.shape
-        ptl = np.empty((B, max(T - 1, 0)), np.float32) if loss_per_token else None
-        loss = None if loss_per_token else np.empty(1, np.float32)
-        N.check(lib.circuits_lm_cross_entropy(logits, tok, mask, B, T, V, ptl, loss))
-        return ptl if loss_per_token else np.float32(loss[0])
+        from .utils import _cross_entropy
+
+        return _cross_entropy(logits, tok, mask, loss_per_token)
 
     def forward(self, input: Any = None, return_type: Optional[str] = "logits", loss_per_token: bool = False,
                 prepend_bos: Optional[bool] = None, padding_side: Optional[str] = None,
@@ -934,6 +932,14 @@ class Model:
         return _Run(opts, keep, tok, mask, B, T, None if return_type is None and not want_loss else out, plain)
 
     __call__ = forward
+
+    def loss_fn(self, logits: Any, tokens: Any, attention_mask: Any = None, per_token: bool = False) -> Any:
+        """TransformerLens's ``loss_fn``: :func:`circuits.utils.lm_cross_entropy_loss` of
+        ``logits`` [batch, pos, d_vocab] against ``tokens`` [batch, pos]: the mean next-token
+        loss, or [batch, pos - 1] with ``per_token=True``; ``attention_mask`` skips padding."""
+        from .utils import lm_cross_entropy_loss
+
+        return lm_cross_entropy_loss(logits, tokens, attention_mask, per_token)
 
     # -- hooks ------------------------------------------------------------------------------
 

@@ -278,6 +278,15 @@ class ResidStreamMixin:
         (``pos_slice``, already applied to the stack) and batch rows (``batch_slice``, applied to
         both); with recompute_ln at n_layers, ln_final itself per component."""
         m, c = self._c()
+        st = np.asarray(residual_stack)
+        if has_batch_dim and st.ndim == 2 and batch_slice is None and st.shape[0] > 1:
+            # [batch, d_model], one component (the Exploratory Analysis Demo's
+            # final_token_residual_stream): TransformerLens broadcasts it against the cached
+            # scale [batch, 1], so its rows are the batch rows
+            t = N.Tensor()
+            N.check(lib.circuits_cache_at(c, 0, ctypes.byref(t)))
+            if int(t.shape[0]) == st.shape[0]:
+                return self.apply_ln_to_stack(st[None], layer, mlp_input, pos_slice, None, True, recompute_ln)[0]
         s, o, shape_out, squeeze_batch = self._stack_arg(residual_stack, pos_slice, batch_slice, has_batch_dim)
         o.s.layer = -1 if layer is None else N.check_int(layer, ctypes.c_int32, "layer")
         o.s.mlp_input = int(mlp_input)

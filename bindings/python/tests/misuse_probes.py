@@ -818,6 +818,25 @@ assert tok.token_str(0) == tok.decode([0])
 refused(lambda: tok.token_bytes(-1), CircuitsError)
 ok()
 '''),
+    "size_loss_and_rank": ("size", '''
+from circuits import utils
+m = load()
+logits = m(TOK)
+refused(lambda: utils.lm_cross_entropy_loss(logits, TOK[:, :5]), circuits.ShapeError)       # shorter tokens
+refused(lambda: utils.lm_cross_entropy_loss(logits[:, :, :10], TOK), CircuitsError)         # d_vocab too small
+refused(lambda: utils.lm_cross_entropy_loss(logits, TOK, np.ones((1, 3))), circuits.ShapeError)
+refused(lambda: utils.lm_cross_entropy_loss(logits, TOK, np.zeros(TOK.shape)), CircuitsError)  # no pair
+refused(lambda: utils.lm_cross_entropy_loss(logits, TOK.astype(np.float64)), TypeError)
+ptl = utils.lm_cross_entropy_loss(logits[:, ::-1][:, ::-1], TOK, per_token=True)            # strided view
+assert ptl.shape == (1, TOK.shape[1] - 1)
+row = logits[0, -1]
+refused(lambda: utils._rank(row, 10**6, 0), CircuitsError)                                  # token out of range
+refused(lambda: utils._rank(row, 2**40, 0), Exception)                                      # not an int32
+refused(lambda: utils._rank(row, 1, row.size + 1), CircuitsError)                           # k > d_vocab
+r, p, ids, probs = utils._rank(row, 1, row.size)
+assert ids.shape == probs.shape == (row.size,) and 0 <= r < row.size
+ok()
+'''),
     "size_repeated_tokens_and_baseline": ("size", '''
 refused(lambda: circuits.repeated_tokens(0, 5, 10), circuits.RangeError)
 refused(lambda: circuits.repeated_tokens(2, 5, 0), CircuitsError)
@@ -1106,7 +1125,8 @@ AUDIT = {
     "circuits_generate_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_context_generate": ["kept_generate_kv_cache", "kept_generate_no_kv_cache", "kept_generate_sampled_slices",
                                   "size_generate_bounds", "size_cfg_n_ctx_forced"],
-    "circuits_lm_cross_entropy": ["size_attention_mask"],
+    "circuits_lm_cross_entropy": ["size_attention_mask", "size_loss_and_rank"],
+    "circuits_logits_rank": ["size_loss_and_rank"],
     "circuits_metric_init": "not called by the binding yet (patching will: give it a size probe then)",
     "circuits_metric_eval": "not called by the binding yet (patching will: give it a size probe then)",
     "circuits_path_patch_options_init": "a struct of the binding's, sized by ctypes",

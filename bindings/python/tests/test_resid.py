@@ -189,3 +189,17 @@ def test_string_tokens():
     np.testing.assert_array_equal(model.tokens_to_residual_directions(" the"), model.W_U[:, the])
     np.testing.assert_array_equal(cache.direct_logit_attribution(" the", " a", pos_slice=-1),
                                   cache.logit_attrs(stack, the, a, pos_slice=-1))
+
+
+def test_apply_ln_to_a_batch_by_d_model_stack():
+    """The Exploratory Analysis Demo scales cache["resid_post", -1][:, -1, :], a [batch, d_model]
+    stack: TransformerLens broadcasts it against the scale [batch, 1], row b by scale b."""
+    model = circuits.HookedTransformer.from_pretrained(REPO / "examples" / "models" / "tiny-random-gpt2")
+    tok = np.array([[1, 5, 9, 300, 42], [7, 7, 100, 3, 2], [8, 9, 10, 11, 12]])
+    _, cache = model.run_with_cache(tok)
+    final = cache["resid_post", -1][:, -1, :]
+    got = cache.apply_ln_to_stack(final, layer=-1, pos_slice=-1)
+    scale = cache["ln_final.hook_scale"][:, -1]
+    want = (final - final.mean(-1, keepdims=True)) / scale
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got, cache.apply_ln_to_stack(final[None], layer=-1, pos_slice=-1)[0])
