@@ -125,6 +125,36 @@ static void test_mean(void)
     free(mz);
 }
 
+/* A point fired several times per run (ln1 on per-head inputs fires for the query, key and value
+ * inputs): its mean is that of the value run_with_cache keeps, the last firing, not their sum. */
+static void test_mean_split_heads(void)
+{
+    circuits_context_options o;
+    circuits_context_options_init(&o);
+    o.use_split_qkv_input = 1;
+    circuits_context *sctx;
+    CHECK_OK(circuits_context_create(&sctx, model, &o));
+    const char *hooks[1] = {"blocks.0.ln1.hook_scale"};
+    circuits_cache *cache;
+    CHECK_OK(circuits_cache_create(&cache));
+    CHECK_OK(circuits_context_run_with_cache(sctx, tokens, ROWS, T, hooks, 1, cache, NULL, NULL, NULL));
+    circuits_tensor t;
+    CHECK_OK(circuits_cache_get(cache, hooks[0], &t));
+    int64_t row = t.strides[0];
+    float *m = malloc((size_t)row * sizeof(float));
+    CHECK_OK(circuits_context_mean_activations(sctx, hooks, 1, tokens, ROWS, T, 3, &m));
+    double worst = 0;
+    for (int64_t i = 0; i < row; i++) {
+        double s = 0;
+        for (int r = 0; r < ROWS; r++) s += t.data[r * row + i];
+        worst = fmax(worst, fabs(s / ROWS - m[i]));
+    }
+    CHECK(worst < 1e-5, "ln1.hook_scale under use_split_qkv_input: streaming mean off by %g", worst);
+    free(m);
+    circuits_cache_free(cache);
+    circuits_context_free(sctx);
+}
+
 static void test_resample(void)
 {
     /* source: rows 2 .. 6 of the dataset, 5 rows */
@@ -215,6 +245,7 @@ int main(int argc, char **argv)
     make_tokens(tokens, ROWS * T, cfg.d_vocab, 7);
     test_zero();
     test_mean();
+    test_mean_split_heads();
     test_resample();
     test_refusals();
     circuits_context_free(ctx);

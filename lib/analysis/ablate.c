@@ -219,7 +219,7 @@ int circuits_context_mean_activations(circuits_context *ctx, const char *const *
         acc[i].row = t.strides[0];
         acc[i].sum = cx_calloc((size_t)acc[i].row, sizeof(double));
         if (!acc[i].sum) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
-        edits[i] = (cx_edit){p->layer, p->kind, accumulate, &acc[i]};
+        edits[i] = (cx_edit){p->layer, p->kind, accumulate, &acc[i], true}; /* the value a cache keeps */
         int32_t need = p->layer >= 0 ? p->layer + 1 : p->kind >= HK_LNF_SCALE ? c->n_layers + 1 : 0;
         if (need > stop) stop = need;
     }

@@ -51,6 +51,8 @@ typedef struct cx_edit {
     cx_hook_kind kind;
     circuits_hook_fn fn;
     void *user_data;
+    bool cached_only;      /* a reader of what run_with_cache keeps: at a point fired several times
+                            * per run (ln1 on per-head inputs) only the firing the cache copies */
 } cx_edit;
 
 /* Everything about one run. Start from cx_run_init. */
