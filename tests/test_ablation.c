@@ -231,6 +231,36 @@ static void test_refusals(void)
                CIRCUITS_E_INVALID_ARGUMENT, "must not be NULL");
 }
 
+/* ln1 on per-head inputs under grouped-query attention fires with n_heads (the query input) and
+ * n_key_value_heads (key, value) heads: mean or resample values of one shape fit only some of
+ * the firings (reading past them at the others), so they are refused; zero ablation fits all. */
+static void test_split_gqa_refusal(void)
+{
+    circuits_model *gm = load_case("tl_gqa_rotary_rms");
+    circuits_config gc = config_of(gm);
+    CHECK(gc.n_key_value_heads != gc.n_heads, "tl_gqa_rotary_rms is not grouped-query");
+    circuits_context_options o;
+    circuits_context_options_init(&o);
+    o.use_split_qkv_input = 1;
+    circuits_context *gctx;
+    CHECK_OK(circuits_context_create(&gctx, gm, &o));
+    int32_t toks[B * T];
+    make_tokens(toks, B * T, gc.d_vocab, 3);
+    size_t n = (size_t)T * (size_t)gc.n_heads * (size_t)gc.d_model * 4;
+    float *vals = calloc(n, sizeof(float));
+    circuits_ablation a;
+    circuits_ablation_init(&a);
+    a.hook = "blocks.0.ln1.hook_scale";
+    CHECK_OK(circuits_context_run_ablated(gctx, &a, 1, toks, B, T, NULL, NULL));
+    a.kind = CIRCUITS_ABLATE_MEAN;
+    a.values = vals;
+    CALL_FAILS("ablate_split_gqa_values", circuits_context_run_ablated(gctx, &a, 1, toks, B, T, NULL, NULL),
+               CIRCUITS_E_UNSUPPORTED, "key/value heads");
+    free(vals);
+    circuits_context_free(gctx);
+    circuits_model_free(gm);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -248,6 +278,7 @@ int main(int argc, char **argv)
     test_mean_split_heads();
     test_resample();
     test_refusals();
+    test_split_gqa_refusal();
     circuits_context_free(ctx);
     circuits_model_free(model);
     return tu_finish("ablation");
