@@ -261,6 +261,22 @@ static void test_split_gqa_refusal(void)
     circuits_model_free(gm);
 }
 
+/* hook_tokens holds int32_t ids: a float mean of their bits is not a mean of anything. */
+static void test_means_of_tokens(void)
+{
+    circuits_context_options o;
+    circuits_context_options_init(&o);
+    o.use_hook_tokens = 1;
+    circuits_context *tctx;
+    CHECK_OK(circuits_context_create(&tctx, model, &o));
+    const char *hooks[1] = {"hook_tokens"};
+    float m[T];
+    float *means[1] = {m};
+    CALL_FAILS("means_of_tokens", circuits_context_mean_activations(tctx, hooks, 1, tokens, ROWS, T, 3, means),
+               CIRCUITS_E_INVALID_ARGUMENT, "no mean");
+    circuits_context_free(tctx);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -279,6 +295,7 @@ int main(int argc, char **argv)
     test_resample();
     test_refusals();
     test_split_gqa_refusal();
+    test_means_of_tokens();
     circuits_context_free(ctx);
     circuits_model_free(model);
     return tu_finish("ablation");

@@ -224,6 +224,10 @@ int circuits_context_mean_activations(circuits_context *ctx, const char *const *
             rc = cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: means[%zu] is NULL", fn, i);
             break;
         }
+        if (p->kind == HK_TOKENS) { /* its data is int32_t ids: summed as floats it means nothing */
+            rc = cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: hooks[%zu] is hook_tokens, token ids, which have no mean", fn, i);
+            break;
+        }
         circuits_tensor t;
         cx_hook_describe(ctx, p, 1, pos, 0, NULL, &t);
         acc[i].row = t.strides[0];
