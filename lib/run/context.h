@@ -93,12 +93,12 @@ cx_run cx_run_init(const circuits_context *ctx, const char *fn, const int32_t *t
 int cx_run_from_options(const circuits_context *ctx, const char *fn, const circuits_run_options *opts,
                         const int32_t *tokens, int64_t batch, int64_t pos, cx_run *run);
 
-/* True if point p fires in run r: its block runs, or it is an embedding point of a run from the
- * tokens, or a final one (ln_final, unembed) of a run to the logits. */
+/* True if point p fires in run r: its block runs, or it is hook_tokens or an embedding point of a
+ * run from the tokens, or a final one (ln_final, unembed) of a run to the logits. */
 static inline bool cx_run_reaches(const cx_run *r, const cx_hook_point *p)
 {
     if (p->layer >= 0) return p->layer >= r->start && p->layer < r->stop;
-    if (p->kind == HK_EMBED || p->kind == HK_POS_EMBED) return r->input == NULL;
+    if (p->kind == HK_TOKENS || p->kind == HK_EMBED || p->kind == HK_POS_EMBED) return r->input == NULL;
     return !r->stop_at_layer;
 }
 
