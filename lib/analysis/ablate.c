@@ -149,7 +149,7 @@ static int prepare_ablation(const circuits_context *ctx, const circuits_ablation
         uint64_t st = a.seed;
         for (int64_t b = 0; b < B; b++) e->source_rows[b] = (int64_t)(cx_splitmix64(&st) % (uint64_t)a.source_batch);
     }
-    *edit = (cx_edit){p->layer, p->kind, ablate_edit, e};
+    *edit = (cx_edit){p->layer, p->kind, ablate_edit, e, false};
     return CIRCUITS_OK;
 }
 
