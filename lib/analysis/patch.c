@@ -372,6 +372,8 @@ static int run_group(sweep *s, cell *cells, int64_t n, int64_t P)
             circuits_kv_cache *kv = s->kv;
             kv->batch = R;
             kv->len = P;
+            kv->lo = l;
+            kv->hi = s->L;
             for (int32_t j = l; j < s->L; j++)
                 for (int64_t k = 0; k < n; k++)
                     for (int64_t b = 0; b < B; b++) {

@@ -32,6 +32,9 @@ struct circuits_kv_cache {
     float *k, *v;            /* [n_layers, batch, cap, n_heads * d_head] */
     int32_t *mask;           /* [batch, cap]: the attention mask of the positions held (1 where a
                               * run gave none), as TransformerLens's cache appends it */
+    int32_t lo, hi;          /* blocks lo .. hi-1: those whose keys and values every held position
+                              * has (a run from start_at_layer or to stop_at_layer appends only its
+                              * own blocks'); 0 .. n_layers when empty */
 };
 
 /* An internal reader of one hook kind (detectors): called at every point of that kind after
