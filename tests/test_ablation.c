@@ -125,6 +125,36 @@ static void test_mean(void)
     free(mz);
 }
 
+/* A point fired several times per run (ln1 on per-head inputs fires for the query, key and value
+ * inputs): its mean is that of the value run_with_cache keeps, the last firing, not their sum. */
+static void test_mean_split_heads(void)
+{
+    circuits_context_options o;
+    circuits_context_options_init(&o);
+    o.use_split_qkv_input = 1;
+    circuits_context *sctx;
+    CHECK_OK(circuits_context_create(&sctx, model, &o));
+    const char *hooks[1] = {"blocks.0.ln1.hook_scale"};
+    circuits_cache *cache;
+    CHECK_OK(circuits_cache_create(&cache));
+    CHECK_OK(circuits_context_run_with_cache(sctx, tokens, ROWS, T, hooks, 1, cache, NULL, NULL, NULL));
+    circuits_tensor t;
+    CHECK_OK(circuits_cache_get(cache, hooks[0], &t));
+    int64_t row = t.strides[0];
+    float *m = malloc((size_t)row * sizeof(float));
+    CHECK_OK(circuits_context_mean_activations(sctx, hooks, 1, tokens, ROWS, T, 3, &m));
+    double worst = 0;
+    for (int64_t i = 0; i < row; i++) {
+        double s = 0;
+        for (int r = 0; r < ROWS; r++) s += t.data[r * row + i];
+        worst = fmax(worst, fabs(s / ROWS - m[i]));
+    }
+    CHECK(worst < 1e-5, "ln1.hook_scale under use_split_qkv_input: streaming mean off by %g", worst);
+    free(m);
+    circuits_cache_free(cache);
+    circuits_context_free(sctx);
+}
+
 static void test_resample(void)
 {
     /* source: rows 2 .. 6 of the dataset, 5 rows */
@@ -201,6 +231,52 @@ static void test_refusals(void)
                CIRCUITS_E_INVALID_ARGUMENT, "must not be NULL");
 }
 
+/* ln1 on per-head inputs under grouped-query attention fires with n_heads (the query input) and
+ * n_key_value_heads (key, value) heads: mean or resample values of one shape fit only some of
+ * the firings (reading past them at the others), so they are refused; zero ablation fits all. */
+static void test_split_gqa_refusal(void)
+{
+    circuits_model *gm = load_case("tl_gqa_rotary_rms");
+    circuits_config gc = config_of(gm);
+    CHECK(gc.n_key_value_heads != gc.n_heads, "tl_gqa_rotary_rms is not grouped-query");
+    circuits_context_options o;
+    circuits_context_options_init(&o);
+    o.use_split_qkv_input = 1;
+    circuits_context *gctx;
+    CHECK_OK(circuits_context_create(&gctx, gm, &o));
+    int32_t toks[B * T];
+    make_tokens(toks, B * T, gc.d_vocab, 3);
+    size_t n = (size_t)T * (size_t)gc.n_heads * (size_t)gc.d_model * 4;
+    float *vals = calloc(n, sizeof(float));
+    circuits_ablation a;
+    circuits_ablation_init(&a);
+    a.hook = "blocks.0.ln1.hook_scale";
+    CHECK_OK(circuits_context_run_ablated(gctx, &a, 1, toks, B, T, NULL, NULL));
+    a.kind = CIRCUITS_ABLATE_MEAN;
+    a.values = vals;
+    CALL_FAILS("ablate_split_gqa_values", circuits_context_run_ablated(gctx, &a, 1, toks, B, T, NULL, NULL),
+               CIRCUITS_E_UNSUPPORTED, "key/value heads");
+    free(vals);
+    circuits_context_free(gctx);
+    circuits_model_free(gm);
+}
+
+/* hook_tokens holds int32_t ids: a float mean of their bits is not a mean of anything. */
+static void test_means_of_tokens(void)
+{
+    circuits_context_options o;
+    circuits_context_options_init(&o);
+    o.use_hook_tokens = 1;
+    circuits_context *tctx;
+    CHECK_OK(circuits_context_create(&tctx, model, &o));
+    const char *hooks[1] = {"hook_tokens"};
+    float m[T];
+    float *means[1] = {m};
+    CALL_FAILS("means_of_tokens", circuits_context_mean_activations(tctx, hooks, 1, tokens, ROWS, T, 3, means),
+               CIRCUITS_E_INVALID_ARGUMENT, "no mean");
+    circuits_context_free(tctx);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -215,8 +291,11 @@ int main(int argc, char **argv)
     make_tokens(tokens, ROWS * T, cfg.d_vocab, 7);
     test_zero();
     test_mean();
+    test_mean_split_heads();
     test_resample();
     test_refusals();
+    test_split_gqa_refusal();
+    test_means_of_tokens();
     circuits_context_free(ctx);
     circuits_model_free(model);
     return tu_finish("ablation");

@@ -754,6 +754,30 @@ static void kv_checks(circuits_model *m, circuits_context *ctx)
     circuits_model_free(m2);
     circuits_kv_cache_free(kv);
 
+    /* a run that skips blocks (stop_at_layer, start_at_layer) appends no keys or values of them:
+     * a later run needing them would read positions nothing wrote */
+    circuits_kv_cache *kv3 = NULL;
+    CHECK_OK(circuits_kv_cache_create(&kv3, m, 1, 8));
+    if (kv3) {
+        circuits_run_options ro;
+        circuits_run_options_init(&ro);
+        ro.kv_cache = kv3;
+        ro.stop_at_layer = 2;
+        CHECK_OK(circuits_context_run(ctx, &ro, TOK, 1, 2, NULL));
+        CHECK_OK(circuits_context_run(ctx, &ro, TOK, 1, 1, NULL)); /* the same blocks: continued */
+        ro.stop_at_layer = CIRCUITS_LAYER_NONE;
+        CALL_FAILS("kv_blocks_not_held", circuits_context_run(ctx, &ro, TOK, 1, 1, logits), CIRCUITS_E_INVALID_ARGUMENT,
+                   "holds keys and values of blocks 0 .. 1 only");
+        CALL_FAILS("kv_layer_not_held", circuits_kv_cache_layer(kv3, 3, &k, NULL), CIRCUITS_E_RANGE,
+                   "holds keys and values of blocks 0 .. 1 only");
+        CHECK(circuits_kv_cache_length(kv3) == 3, "a refused run changed the cache: length %lld",
+              (long long)circuits_kv_cache_length(kv3));
+        CHECK_OK(circuits_kv_cache_truncate(kv3, 0)); /* empty: any run again */
+        CHECK_OK(circuits_context_run(ctx, &ro, TOK, 1, 2, logits));
+        CHECK_OK(circuits_kv_cache_layer(kv3, 3, &k, NULL));
+    }
+    circuits_kv_cache_free(kv3);
+
     /* generation options */
     int32_t out[16];
     int64_t len = -1;

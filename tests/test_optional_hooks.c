@@ -245,6 +245,43 @@ static void check_options(void)
     circuits_model_free(m);
 }
 
+/* hook_tokens in partial runs (run_with_cache_opts): a run from start_at_layer embeds no tokens,
+ * so hook_tokens does not fire and the cache has no such entry (TL likewise); a run that stops at
+ * a layer embeds them, so it fires and the cache keeps the ids. */
+static void check_tokens_partial_runs(void)
+{
+    circuits_model *m = load_case("tl_2l_lnpre_gelu");
+    circuits_config c = config_of(m);
+    circuits_context *ctx = context(m, 0, 0, 0, 1);
+    enum { PB = 2, PT = 4 };
+    int32_t tok[PB * PT];
+    make_tokens(tok, PB * PT, c.d_vocab, 5);
+    float *resid = calloc((size_t)(PB * PT * c.d_model), sizeof(float));
+    const char *filter[1] = {"hook_tokens"};
+    circuits_cache *cache;
+    CHECK_OK(circuits_cache_create(&cache));
+    circuits_run_options o;
+    circuits_run_options_init(&o);
+    o.start_at_layer = 1;
+    o.input = resid;
+    CHECK_OK(circuits_context_run_with_cache_opts(ctx, &o, tok, PB, PT, filter, 1, cache, NULL, NULL, NULL));
+    circuits_tensor t;
+    CHECK(circuits_cache_get(cache, "hook_tokens", &t) != CIRCUITS_OK,
+          "start_at_layer: the cache holds hook_tokens, which never fired (its data uninitialised)");
+    circuits_clear_error();
+    circuits_run_options_init(&o);
+    o.stop_at_layer = 1;
+    CHECK_OK(circuits_context_run_with_cache_opts(ctx, &o, tok, PB, PT, filter, 1, cache, NULL, NULL, NULL));
+    CHECK(circuits_cache_get(cache, "hook_tokens", &t) == CIRCUITS_OK && t.ndim == 2 &&
+              memcmp(t.data, tok, sizeof tok) == 0,
+          "stop_at_layer: the cache lacks hook_tokens, though it fired");
+    circuits_clear_error();
+    circuits_cache_free(cache);
+    free(resid);
+    circuits_context_free(ctx);
+    circuits_model_free(m);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3 || argc > 4) return 2;
@@ -255,5 +292,6 @@ int main(int argc, char **argv)
     check_case(argv[2], "tl_shortformer_relu"); /* W_pos on the per-head q/k inputs */
     check_case(argv[2], "tl_parallel_ln");      /* hook_mlp_in on resid_pre */
     check_options();
+    check_tokens_partial_runs();
     return tu_finish("test_optional_hooks");
 }

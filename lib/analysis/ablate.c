@@ -59,6 +59,7 @@ typedef struct ablation_edit {
     int64_t want[CIRCUITS_MAX_DIMS]; /* per axis: the one index kept in the selection, or -1: all */
     const float *values;             /* MEAN: [...]; RESAMPLE: [source_batch, ...] */
     int64_t *source_rows;            /* RESAMPLE: [batch] */
+    int64_t row;                     /* floats of one batch row of the values (MEAN, RESAMPLE) */
 } ablation_edit;
 
 /* Replaces the selected elements of activation t [B, ...] by 0, the mean [...] or the row's
@@ -68,6 +69,7 @@ static int ablate_edit(const circuits_tensor *t, void *user)
     const ablation_edit *e = user;
     int32_t nd = t->ndim;
     int64_t row = t->strides[0], B = t->shape[0];
+    if (e->kind != CIRCUITS_ABLATE_ZERO && row != e->row) return -1; /* values of another shape: never read past them */
     for (int64_t b = 0; b < B; b++) {
         float *x = t->data + b * row;
         const float *src = e->kind == CIRCUITS_ABLATE_MEAN       ? e->values
@@ -128,6 +130,14 @@ static int prepare_ablation(const circuits_context *ctx, const circuits_ablation
     }
     e->kind = a.kind;
     e->values = a.values;
+    e->row = t.strides[0];
+    const circuits_config *c = &ctx->model->cfg;
+    if (a.kind != CIRCUITS_ABLATE_ZERO && (p->kind == HK_LN1_SCALE || p->kind == HK_LN1_NORMALIZED) &&
+        ctx->opts.use_split_qkv_input && c->n_key_value_heads != c->n_heads)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                       "%s: ablation %zu: '%s' fires with %d query heads and %d key/value heads (use_split_qkv_input "
+                       "under grouped-query attention): %s values of one shape fit only some firings", fn, i, p->name,
+                       c->n_heads, c->n_key_value_heads, a.kind == CIRCUITS_ABLATE_MEAN ? "mean" : "resample");
     if (a.kind != CIRCUITS_ABLATE_ZERO && !a.values)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: ablation %zu: %s ablation needs values", fn, i,
                        a.kind == CIRCUITS_ABLATE_MEAN ? "mean" : "resample");
@@ -139,7 +149,7 @@ static int prepare_ablation(const circuits_context *ctx, const circuits_ablation
         uint64_t st = a.seed;
         for (int64_t b = 0; b < B; b++) e->source_rows[b] = (int64_t)(cx_splitmix64(&st) % (uint64_t)a.source_batch);
     }
-    *edit = (cx_edit){p->layer, p->kind, ablate_edit, e};
+    *edit = (cx_edit){p->layer, p->kind, ablate_edit, e, false};
     return CIRCUITS_OK;
 }
 
@@ -214,12 +224,16 @@ int circuits_context_mean_activations(circuits_context *ctx, const char *const *
             rc = cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: means[%zu] is NULL", fn, i);
             break;
         }
+        if (p->kind == HK_TOKENS) { /* its data is int32_t ids: summed as floats it means nothing */
+            rc = cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: hooks[%zu] is hook_tokens, token ids, which have no mean", fn, i);
+            break;
+        }
         circuits_tensor t;
         cx_hook_describe(ctx, p, 1, pos, 0, NULL, &t);
         acc[i].row = t.strides[0];
         acc[i].sum = cx_calloc((size_t)acc[i].row, sizeof(double));
         if (!acc[i].sum) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
-        edits[i] = (cx_edit){p->layer, p->kind, accumulate, &acc[i]};
+        edits[i] = (cx_edit){p->layer, p->kind, accumulate, &acc[i], true}; /* the value a cache keeps */
         int32_t need = p->layer >= 0 ? p->layer + 1 : p->kind >= HK_LNF_SCALE ? c->n_layers + 1 : 0;
         if (need > stop) stop = need;
     }

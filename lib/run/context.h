@@ -32,6 +32,9 @@ struct circuits_kv_cache {
     float *k, *v;            /* [n_layers, batch, cap, n_heads * d_head] */
     int32_t *mask;           /* [batch, cap]: the attention mask of the positions held (1 where a
                               * run gave none), as TransformerLens's cache appends it */
+    int32_t lo, hi;          /* blocks lo .. hi-1: those whose keys and values every held position
+                              * has (a run from start_at_layer or to stop_at_layer appends only its
+                              * own blocks'); 0 .. n_layers when empty */
 };
 
 /* An internal reader of one hook kind (detectors): called at every point of that kind after
@@ -51,6 +54,8 @@ typedef struct cx_edit {
     cx_hook_kind kind;
     circuits_hook_fn fn;
     void *user_data;
+    bool cached_only;      /* a reader of what run_with_cache keeps: at a point fired several times
+                            * per run (ln1 on per-head inputs) only the firing the cache copies */
 } cx_edit;
 
 /* Everything about one run. Start from cx_run_init. */
@@ -91,12 +96,12 @@ cx_run cx_run_init(const circuits_context *ctx, const char *fn, const int32_t *t
 int cx_run_from_options(const circuits_context *ctx, const char *fn, const circuits_run_options *opts,
                         const int32_t *tokens, int64_t batch, int64_t pos, cx_run *run);
 
-/* True if point p fires in run r: its block runs, or it is an embedding point of a run from the
- * tokens, or a final one (ln_final, unembed) of a run to the logits. */
+/* True if point p fires in run r: its block runs, or it is hook_tokens or an embedding point of a
+ * run from the tokens, or a final one (ln_final, unembed) of a run to the logits. */
 static inline bool cx_run_reaches(const cx_run *r, const cx_hook_point *p)
 {
     if (p->layer >= 0) return p->layer >= r->start && p->layer < r->stop;
-    if (p->kind == HK_EMBED || p->kind == HK_POS_EMBED) return r->input == NULL;
+    if (p->kind == HK_TOKENS || p->kind == HK_EMBED || p->kind == HK_POS_EMBED) return r->input == NULL;
     return !r->stop_at_layer;
 }
 

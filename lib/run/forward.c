@@ -779,6 +779,10 @@ static int check_run(const circuits_context *ctx, const cx_run *r)
         if (kv->batch != B)
             return cx_fail(CIRCUITS_E_SHAPE, "forward: batch %lld, but the KV cache holds batch %lld", (long long)B,
                            (long long)kv->batch);
+        if (past > 0 && (r->start < kv->lo || r->stop > kv->hi))
+            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
+                           "forward: the KV cache holds keys and values of blocks %d .. %d only (an earlier run skipped "
+                           "the others); this run needs blocks %d .. %d", kv->lo, kv->hi - 1, r->start, r->stop - 1);
         if (T > kv->cap - past)
             return cx_fail(CIRCUITS_E_RANGE, "forward: %lld cached + %lld new positions exceed the KV cache's %lld",
                            (long long)past, (long long)T, (long long)kv->cap);
@@ -879,7 +883,11 @@ int cx_forward(circuits_context *ctx, const cx_run *r)
     float *lg = NULL;
     rc = forward_pass(&ps, &lg);
     if (rc) return rc;
-    if (r->kv) r->kv->len += T;
+    if (r->kv) { /* the held positions now have keys and values of this run's blocks only */
+        r->kv->len += T;
+        r->kv->lo = r->start;
+        r->kv->hi = r->stop;
+    }
     if (r->loss || r->per_token_loss) /* the tokens as hook_tokens left them, as TL's loss reads them */
         return cx_lm_loss(lg, ps.tokens, r->attention_mask, B, T, c->d_vocab_out, r->per_token_loss, r->loss, r->fn);
     return CIRCUITS_OK;

@@ -49,6 +49,7 @@ int circuits_kv_cache_create(circuits_kv_cache **out, const circuits_model *mode
     kv->model = model;
     kv->batch = batch;
     kv->cap = max_pos;
+    kv->hi = c->n_layers;
     *out = kv;
     return CIRCUITS_OK;
 }
@@ -71,6 +72,10 @@ int circuits_kv_cache_truncate(circuits_kv_cache *kv, int64_t length)
         return cx_fail(CIRCUITS_E_RANGE, "circuits_kv_cache_truncate: length %lld is outside [0, %lld]",
                        (long long)length, (long long)kv->len);
     kv->len = length;
+    if (length == 0) { /* empty: every block again */
+        kv->lo = 0;
+        kv->hi = kv->model->cfg.n_layers;
+    }
     return CIRCUITS_OK;
 }
 
@@ -101,6 +106,9 @@ int circuits_kv_cache_layer(const circuits_kv_cache *kv, int32_t layer, circuits
     if (layer < 0 || layer >= kv->model->cfg.n_layers)
         return cx_fail(CIRCUITS_E_RANGE, "circuits_kv_cache_layer: layer %d is outside [0, %d)", layer,
                        kv->model->cfg.n_layers);
+    if (kv->len > 0 && (layer < kv->lo || layer >= kv->hi))
+        return cx_fail(CIRCUITS_E_RANGE, "circuits_kv_cache_layer: the KV cache holds keys and values of blocks %d .. %d "
+                       "only (a run skipped the others); layer %d is not one of them", kv->lo, kv->hi - 1, layer);
     if (keys) kv_view(kv, layer, kv->k, "past_keys", keys);
     if (values) kv_view(kv, layer, kv->v, "past_values", values);
     return CIRCUITS_OK;

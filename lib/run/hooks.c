@@ -337,7 +337,7 @@ static int fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kin
     for (size_t i = 0; i < p->n_regs; i++)
         if ((rc = callback_status(p->regs[i].fn(&t, p->regs[i].user_data), "hook callback", p->name))) return rc;
     for (size_t i = 0; i < run->n_edits; i++) /* in the run's order */
-        if (run->edits[i].layer == layer && run->edits[i].kind == kind &&
+        if (run->edits[i].layer == layer && run->edits[i].kind == kind && (cache || !run->edits[i].cached_only) &&
             (rc = callback_status(run->edits[i].fn(&t, run->edits[i].user_data), "editor", p->name)))
             return rc;
     if (observed && (rc = callback_status(run->observer.fn(&t, run->observer.user_data), "observer", p->name)))
