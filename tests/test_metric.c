@@ -139,6 +139,13 @@ static void test_metrics(void)
     m.positions = NULL, m.kind = CIRCUITS_METRIC_LOSS, m.tokens = NULL;
     CALL_FAILS("metric_loss_without_tokens", circuits_metric_eval(&m, logits, B, T, V, &v),
                CIRCUITS_E_INVALID_ARGUMENT, "needs tokens [batch, pos]");
+    const int32_t no_pair[B * T] = {1, 0, 1, 0, 0, 0, 0, 1};
+    m.tokens = tokens, m.attention_mask = no_pair;
+    CALL_FAILS("metric_loss_mask_without_pairs", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_SHAPE,
+               "the LOSS metric's attention mask includes no (token, next token) pair");
+    m.tokens = NULL, m.attention_mask = NULL;
+    CALL_FAILS("metric_shape_too_large", circuits_metric_eval(&m, logits, INT64_MAX / 2, 4, V, &v), CIRCUITS_E_RANGE,
+               "is too large");
     m.size = 12;
     CALL_FAILS("metric_size_unknown", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_VERSION, "size");
     CALL_FAILS("metric_null", circuits_metric_eval(NULL, logits, B, T, V, &v), CIRCUITS_E_INVALID_ARGUMENT,

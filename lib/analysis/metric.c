@@ -62,7 +62,17 @@ int cx_metric_check(const circuits_metric *m, circuits_metric *out, int64_t B, i
     case CIRCUITS_METRIC_LOSS:
         if (!out->tokens)
             return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the LOSS metric needs tokens [batch, pos]; it is NULL", fn);
-        return cx_lm_loss_check(out->tokens, out->attention_mask, B, T, V, fn);
+        if ((rc = cx_lm_loss_check(out->tokens, out->attention_mask, B, T, V, fn))) return rc;
+        /* refused here, before a patching run has written anything, not at the first value */
+        if (out->attention_mask) {
+            bool pair = false;
+            for (int64_t i = 0; i < B * T && !pair; i++)
+                pair = i % T + 1 < T && out->attention_mask[i] && out->attention_mask[i + 1];
+            if (!pair)
+                return cx_fail(CIRCUITS_E_SHAPE,
+                               "%s: the LOSS metric's attention mask includes no (token, next token) pair", fn);
+        }
+        return CIRCUITS_OK;
     case CIRCUITS_METRIC_CALLBACK:
         if (!out->fn) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the CALLBACK metric's fn is NULL", fn);
         return CIRCUITS_OK;
@@ -129,6 +139,9 @@ int circuits_metric_eval(const circuits_metric *m, const float *logits, int64_t 
     if (batch < 1 || pos < 1 || d_vocab < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: shape [%lld, %lld, %lld]: every dimension must be at least 1", fn,
                        (long long)batch, (long long)pos, (long long)d_vocab);
+    if (batch > INT64_MAX / pos || batch * pos > (int64_t)(SIZE_MAX / sizeof(float)) / d_vocab)
+        return cx_fail(CIRCUITS_E_RANGE, "%s: shape [%lld, %lld, %lld] is too large", fn, (long long)batch,
+                       (long long)pos, (long long)d_vocab);
     circuits_metric mm;
     int rc = cx_metric_check(m, &mm, batch, pos, d_vocab, fn);
     if (rc) return rc;
