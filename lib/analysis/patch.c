@@ -14,6 +14,7 @@
  * and the logits the metric reads. A run appends its own keys and values at positions >= p of
  * blocks >= l into the cache; before the next cell they are restored from the base run where
  * that cell reads them (dirty[] tracks the first overwritten position per block). */
+#include "cells.h"
 #include "context.h"
 #include "metric.h"
 
@@ -214,10 +215,10 @@ static int metric_of(const sweep *s, const float *logits, float *value)
     return cx_metric_value(&s->pm, logits, s->B, s->T, s->V, s->all ? NULL : s->u, s->all ? 0 : s->n, value, s->fn);
 }
 
-/* Cells per run: as many as keep a run within about ROWS_PER_RUN token rows (the weights are
+/* Cells per run: as many as keep a run within about CX_CELL_ROWS token rows (the weights are
  * then read once for all of them: small runs are bound by reading the weights, not by
- * arithmetic) and its logits within LOGIT_FLOATS (64 MiB), at most MAX_CELLS; at least one. */
-enum { ROWS_PER_RUN = 2048, MAX_CELLS = 256, LOGIT_FLOATS = 16 << 20 };
+ * arithmetic) and its logits within CX_CELL_LOGIT_FLOATS (64 MiB), at most MAX_CELLS; at least one. */
+enum { MAX_CELLS = 256 };
 
 /* Incremental runs group cells whose first patched positions lie in a window [P, P + w): the
  * smaller w, the fewer positions each runs, the larger, the more cells share a read of the
@@ -228,8 +229,8 @@ enum { ROWS_PER_GROUP = 128 };
 
 static int sweep_alloc(sweep *s, int64_t cells_per_run)
 {
-    int64_t per = cells_per_run > 0 ? cells_per_run : ROWS_PER_RUN / (s->B * s->T);
-    int64_t by_logits = LOGIT_FLOATS / (s->B * s->n * s->V); /* a metric of every position: few cells */
+    int64_t per = cells_per_run > 0 ? cells_per_run : CX_CELL_ROWS / (s->B * s->T);
+    int64_t by_logits = CX_CELL_LOGIT_FLOATS / (s->B * s->n * s->V); /* a metric of every position: few cells */
     if (per > by_logits) per = by_logits;
     if (per > MAX_CELLS) per = MAX_CELLS;
     s->max_cells = per < 1 ? 1 : per;

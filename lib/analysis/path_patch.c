@@ -10,15 +10,14 @@
  * changed block from the cached clean hook_resid_post of the block before (exact: the blocks before
  * are clean), computes logits only where the metric reads them, and step 2 stops at the last
  * receiver input it records. A sweep runs several cells of one sender layer per run, each cell its
- * own B rows of the batch (up to MAX_ROWS token rows): small runs are slower per row (the weights
+ * own B rows of the batch (up to CX_CELL_ROWS token rows): small runs are slower per row (the weights
  * are read once per run), so one run serves many cells. */
+#include "cells.h"
 #include "context.h"
 #include "metric.h"
 
 #include <string.h>
 
-enum { MAX_ROWS = 2048 };              /* token rows per run when cells share it */
-#define MAX_LOGIT_FLOATS ((size_t)1 << 24) /* logits of the cells sharing a run (64 MiB) */
 
 typedef enum pp_phase {
     PH_PLAIN,     /* step 1: the edits are idle */
@@ -207,11 +206,11 @@ static int pp_setup(pp *p, circuits_context *ctx, const char *fn, const int32_t 
         p->positions = p->pos_buf;
     }
     int64_t n_pos = p->n_pos = p->positions ? p->n_positions : T;
-    /* cells per run: a sweep's cells of one layer share runs up to MAX_ROWS token rows */
+    /* cells per run: a sweep's cells of one layer share runs up to CX_CELL_ROWS token rows */
     size_t cell_logits = (size_t)B * (size_t)n_pos * (size_t)c->d_vocab_out; /* B * T * V fits: checked above */
     p->G_max = 1;
     if (sweep) {
-        int64_t by_rows = MAX_ROWS / (B * T), by_logits = (int64_t)(MAX_LOGIT_FLOATS / cell_logits);
+        int64_t by_rows = CX_CELL_ROWS / (B * T), by_logits = (int64_t)((size_t)CX_CELL_LOGIT_FLOATS / cell_logits);
         p->G_max = by_rows < by_logits ? by_rows : by_logits;
         p->G_max = p->G_max < p->H ? p->G_max : p->H;
         p->G_max = p->G_max > 1 ? p->G_max : 1;
