@@ -1044,12 +1044,15 @@ CIRCUITS_API int circuits_patch_grid_shape(const circuits_model *model, int32_t 
  * l, contiguous in its TL shape for [batch, pos] (e.g. a circuits_cache entry of the clean run).
  * The context's registered hooks fire in every patched run (incremental runs cover only blocks
  * >= the patched one and positions >= the first patched one, and a cell whose patch cannot
- * reach a position the metric reads is not run). opts may be NULL. */
+ * reach a position the metric reads is not run). opts may be NULL. On failure the contents of out
+ * are unspecified (cells computed before the failure are written). */
 CIRCUITS_API int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const int32_t *corrupted_tokens,
                                                    int64_t batch, int64_t pos, const float *const *clean,
                                                    const circuits_metric *metric,
                                                    const circuits_patch_options *opts, float *out);
-/* Path patching (0.5.0; docs/path_patching.md)                                              */
+
+/* ---------------------------------------------------------------------------------------- */
+/* Path patching (0.5.0; docs/patching.md)                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
 /* Path patching as in the IOI paper (Wang et al. 2022) and ARENA's implementation of it: the
@@ -1087,7 +1090,8 @@ CIRCUITS_API void circuits_path_patch_options_init(circuits_path_patch_options *
 
 /* Path patching of senders [n_senders] (distinct heads; none gives the clean run) on clean and
  * corrupted tokens [batch, pos]: *value (may be NULL) the metric of the patched run, logits (may
- * be NULL) its logits [batch, pos, d_vocab_out]. opts may be NULL for the defaults. */
+ * be NULL) its logits [batch, pos, d_vocab_out]. opts may be NULL for the defaults. On failure
+ * the contents of *value and logits are unspecified. */
 CIRCUITS_API int circuits_context_path_patch(circuits_context *ctx, const int32_t *clean, const int32_t *corrupted,
                                              int64_t batch, int64_t pos, const circuits_path_head *senders,
                                              int64_t n_senders, const circuits_metric *metric,
