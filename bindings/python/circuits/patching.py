@@ -317,7 +317,7 @@ def _c_patch(model: Any, kind: int, corrupted_tokens: Any, clean_cache: Any, pat
         m = cb.struct()
     try:
         model._call(lib.circuits_context_activation_patch, kind, tok, B, T, ptrs, ctypes.byref(m),
-                    ctypes.byref(opts), out)
+                    ctypes.byref(opts), out, multi_run=True)
     except BaseException:
         if cb is not None and cb.error is not None:
             raise cb.error from None
@@ -552,5 +552,6 @@ def mean_activations(model: Any, tokens: Any, hooks: Sequence[str], batch_size: 
     outs = [np.empty(_expected_shape(model, n, 1, T)[1:], np.float32) for n in names]
     cn = (ctypes.c_char_p * len(names))(*[N.cstr(n) for n in names])
     ptrs = (ctypes.c_void_p * len(outs))(*[o.ctypes.data for o in outs])
-    model._call(lib.circuits_context_mean_activations, cn, len(names), tok, R, T, int(batch_size), ptrs)
+    model._call(lib.circuits_context_mean_activations, cn, len(names), tok, R, T, int(batch_size), ptrs,
+                multi_run=True)
     return dict(zip(names, outs))

@@ -425,6 +425,73 @@ for k, r in zip(kept, ref):
     same(k, r); touch(k)
 ok(str(len(kept)))
 '''),
+    "kept_from_activation_patch": ("kept", '''
+# activation patching runs a clean base run, then larger batched runs, in one C call: a larger
+# run replaces the run memory, with no point in between where the binding could take it; the
+# hooks get copies (a kept array reads the hook's own values)
+from circuits import patching
+m = load()
+tok = np.tile(TOK, (2, 1)); tok[1] += 1
+_, clean = m.run_with_cache(tok)
+kept, ref = [], []
+def keep(a, h):
+    kept.append(a); ref.append(a.copy())
+m.add_hook("blocks.0.hook_resid_pre", keep)
+m.add_hook("unembed.hook_out", keep)
+patching.get_act_patch_resid_pre(m, tok[:, ::-1].copy(), clean, patching.LogitDiff(5, 9))
+patching.get_act_patch_attn_head_pattern_dest_src_pos(m, tok[:, ::-1].copy(), clean, lambda lg: float(lg[0, -1, 0]),
+                                                      cells_per_run=3)
+m.reset_hooks(); n = len(kept)
+churn(m); m.close(); churn()
+assert len(kept) == n
+assert len(kept) > 10
+for k, r in zip(kept, ref):
+    same(k, r); touch(k)
+ok(str(len(kept)))
+'''),
+    "kept_from_path_patch": ("kept", '''
+# path patching: the clean and corrupted runs, then larger cell runs, in one C call
+from circuits import path_patching
+m = load()
+tok = np.tile(TOK, (2, 1)); tok[1] += 1
+kept, ref = [], []
+def keep(a, h):
+    kept.append(a); ref.append(a.copy())
+m.add_hook("blocks.0.hook_resid_pre", keep)
+path_patching.path_patch_sweep(m, tok, tok[:, ::-1].copy(), "logit_diff", answer_tokens=5, wrong_tokens=9)
+path_patching.path_patch(m, tok, tok[:, ::-1].copy(), lambda lg: float(lg[0, -1, 0]), senders=[(0, 1), (1, 2)])
+m.reset_hooks(); n = len(kept)
+churn(m); m.close(); churn()
+assert len(kept) == n
+assert len(kept) > 2
+for k, r in zip(kept, ref):
+    same(k, r); touch(k)
+ok(str(len(kept)))
+'''),
+    "kept_from_metric_callback_rerun": ("kept", '''
+# an activation-patching metric (called between the C call's runs) that runs the model again,
+# larger: the patch runs' kept hook arrays must survive it
+from circuits import patching
+m = load()
+_, clean = m.run_with_cache(TOK)
+kept, ref, inner = [], [], [False]
+def keep(a, h):
+    if not inner[0]:  # the patch runs' arrays, not those of the metric's own run
+        kept.append(a); ref.append(a.copy())
+m.add_hook("blocks.1.hook_resid_post", keep)
+def metric(lg):
+    inner[0] = True
+    m(TOK_BIG)
+    inner[0] = False
+    return float(lg[0, -1, 0])
+patching.get_act_patch_resid_pre(m, TOK_SAME, clean, metric)
+m.reset_hooks(); n = len(kept)
+churn(m); m.close(); churn()
+assert len(kept) == n
+for k, r in zip(kept, ref):
+    same(k, r); touch(k)
+ok(str(len(kept)))
+'''),
     "kept_from_detect_head": ("kept", '''
 m = load()
 kept = []
