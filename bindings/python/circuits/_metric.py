@@ -24,6 +24,12 @@ KINDS = {
 MetricSpec = Union[str, Callable[[np.ndarray], Any]]
 
 
+def _scalar(v: Any) -> float:
+    """A metric's value as a float (a NumPy or torch scalar, a 1-element array, a number)."""
+    item = getattr(v, "item", None)
+    return float(item() if item is not None else v)
+
+
 class MetricCall:
     """A ``circuits_metric`` and everything it points to, alive as long as this object. After a
     C call that may have run the callback, :meth:`reraise` raises the callback's exception."""
@@ -77,7 +83,7 @@ def make_metric(metric: MetricSpec, B: int, T: int, *, answer_tokens: Any = None
             try:
                 n = b * t * v
                 logits = np.ctypeslib.as_array((ctypes.c_float * n).from_address(logits_p)).reshape(b, t, v).copy()
-                value_p[0] = float(metric(logits))
+                value_p[0] = _scalar(metric(logits))
                 return 0
             except BaseException as e:  # noqa: BLE001 -- re-raised by reraise() after the C call
                 mc.error = e
@@ -114,6 +120,8 @@ def make_metric(metric: MetricSpec, B: int, T: int, *, answer_tokens: Any = None
         p = np.full(B, p) if p.ndim == 0 else p
         if p.shape != (B,) or p.dtype.kind not in "iu":
             raise ShapeError(f"positions must be an int or [batch] = [{B}] ints, got {list(p.shape)}")
+        if p.size and (int(p.min()) < -(2**63) or int(p.max()) >= 2**63):
+            raise RangeError("positions holds a value that does not fit in int64")
         m.positions = mc.keep(np.ascontiguousarray(p, dtype=np.int64))
     return mc
 

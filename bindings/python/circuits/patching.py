@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _native as N
+from ._metric import _scalar, make_metric
 from .cache import act_name
 from .errors import RangeError, ShapeError
 
@@ -166,39 +167,6 @@ class Loss(BuiltinMetric):
         super().__init__(tokens=tokens, attention_mask=attention_mask)
 
 
-def _scalar(v: Any) -> float:
-    item = getattr(v, "item", None)
-    return float(item() if item is not None else v)
-
-
-class _CallbackMetric:
-    """A Python metric as a C callback: each call gets a copy of the logits (the C buffer is
-    valid only during the call); an exception is kept and re-raised after the C call."""
-
-    def __init__(self, fn: Callable[[np.ndarray], Any]):
-        self.fn = fn
-        self.error: Optional[BaseException] = None
-
-        def entry(logits_p: Any, batch: int, pos: int, d_vocab: int, value_p: Any, user: Any) -> int:
-            try:
-                n = batch * pos * d_vocab
-                lg = np.ctypeslib.as_array(ctypes.cast(logits_p, ctypes.POINTER(ctypes.c_float)), (n,))
-                value_p[0] = _scalar(self.fn(lg.reshape(batch, pos, d_vocab).copy()))
-                return 0
-            except BaseException as e:  # noqa: BLE001 -- must not escape into C
-                self.error = e
-                return -1
-
-        self.cfn = N.METRIC_FN(entry)
-
-    def struct(self) -> N.Metric:
-        m = N.Metric()
-        lib.circuits_metric_init(ctypes.byref(m))
-        m.kind = N.CIRCUITS_METRIC_CALLBACK
-        m.fn = ctypes.cast(self.cfn, ctypes.c_void_p).value
-        return m
-
-
 # ------------------------------------------------------------------------------------------
 # TransformerLens's patch setters (pure: they work on NumPy arrays as on torch tensors)
 # ------------------------------------------------------------------------------------------
@@ -308,21 +276,16 @@ def _c_patch(model: Any, kind: int, corrupted_tokens: Any, clean_cache: Any, pat
     lib.circuits_patch_options_init(ctypes.byref(opts))
     opts.incremental = int(bool(incremental))
     opts.cells_per_run = N.check_int(cells_per_run, ctypes.c_int32, "cells_per_run")
-    cb = None
-    keep: List[np.ndarray] = []
-    if isinstance(patching_metric, BuiltinMetric):
-        m, keep = patching_metric._struct(B)
-    else:
-        cb = _CallbackMetric(patching_metric)
-        m = cb.struct()
+    # the metric as circuits._metric makes it for path patching too: a BuiltinMetric, a
+    # callable (on a copy of the logits), or a kind name ("loss": of the corrupted tokens)
+    mc = make_metric(patching_metric, B, T, tokens=tok)
     try:
-        model._call(lib.circuits_context_activation_patch, kind, tok, B, T, ptrs, ctypes.byref(m),
+        model._call(lib.circuits_context_activation_patch, kind, tok, B, T, ptrs, ctypes.byref(mc.struct),
                     ctypes.byref(opts), out, multi_run=True)
     except BaseException:
-        if cb is not None and cb.error is not None:
-            raise cb.error from None
+        mc.reraise()  # the metric callback's own exception first
         raise
-    del keep, clean
+    del mc, clean
     return out
 
 
