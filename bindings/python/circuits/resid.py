@@ -63,6 +63,13 @@ def slice_indices(s: Any, n: int) -> Tuple[Optional[np.ndarray], bool]:
     return np.ascontiguousarray(a, dtype=np.int64), False
 
 
+#: the int32 flags of circuits_resid_options a caller may set (direct_logit_attribution's
+#: ``**options`` reach here: anything else, "size", "n_positions" or a pointer field included, is
+#: refused rather than written into the struct)
+_FLAGS = ("incl_mid", "mlp_input", "apply_ln", "incl_embeds", "mode", "incl_remainder", "expand_neurons",
+          "recompute_ln", "unembed_bias")
+
+
 class _Opts:
     """A ``circuits_resid_options`` and the index arrays it points to (kept alive with it)."""
 
@@ -74,11 +81,17 @@ class _Opts:
         for k, v in fields.items():
             if k in ("positions", "neurons", "batch_indices"):
                 if v is not None:
-                    self._keep.append(v)
-                    setattr(self.s, k, v.ctypes.data)
-                    setattr(self.s, "n_" + k, len(v))
+                    # int64 C-contiguous, its length the count C reads
+                    a = np.ascontiguousarray(v, dtype=np.int64).reshape(-1)
+                    self._keep.append(a)
+                    setattr(self.s, k, a.ctypes.data)
+                    setattr(self.s, "n_" + k, a.size)
+            elif k in _FLAGS:
+                if isinstance(v, (bool, np.bool_)):
+                    v = int(v)
+                setattr(self.s, k, N.check_int(v, ctypes.c_int32, k))
             else:
-                setattr(self.s, k, int(v))
+                raise TypeError(f"unknown residual-stream option {k!r} (options: {', '.join(_FLAGS)})")
 
     @property
     def ref(self) -> Any:

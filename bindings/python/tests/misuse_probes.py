@@ -1013,6 +1013,13 @@ refused(lambda: cache.stack_neuron_results(-1, neuron_slice=[10**6]), CircuitsEr
 refused(lambda: cache.accumulated_resid(pos_slice=[2**40]), CircuitsError)
 refused(lambda: cache.accumulated_resid(layer=2**40), CircuitsError)
 refused(lambda: m.tokens_to_residual_directions(np.array([2**40])), CircuitsError)  # no silent int32 wrap
+# direct_logit_attribution's **options are the C options' flags only: a count, the struct's size
+# or an index array of another dtype would make C read past an array
+refused(lambda: cache.direct_logit_attribution(3, pos_slice=[1], n_positions=4000), TypeError)
+refused(lambda: cache.direct_logit_attribution(3, size=4096), TypeError)
+refused(lambda: cache.direct_logit_attribution(3, incl_embeds=2**40), CircuitsError)
+same(cache.direct_logit_attribution(3, kind="decompose", batch_indices=np.zeros(1, np.int32)),
+     cache.direct_logit_attribution(3, kind="decompose"))                     # converted to int64, not reinterpreted
 lens = cache.logit_lens(pos_slice=-1)
 dla = cache.direct_logit_attribution(3, 4, kind="full")
 assert lens.shape == (L + 1, 1, V) and dla.shape[1:] == (1, T2.shape[1])
