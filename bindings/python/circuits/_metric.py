@@ -70,12 +70,12 @@ def make_metric(metric: MetricSpec, B: int, T: int, *, answer_tokens: Any = None
     ``answer_tokens`` / ``wrong_tokens`` ([batch] or one int), ``positions`` ([batch] or one int,
     negative from the end; None: the last), ``tokens`` / ``attention_mask`` for ``"loss"``; or a
     callable ``metric(logits) -> float`` on a copy of the logits [batch, pos, d_vocab_out]; or an object
-    with ``_struct(batch) -> (circuits_metric, arrays to keep alive)`` (circuits.patching's metrics)."""
+    with ``_struct(batch, pos) -> (circuits_metric, arrays to keep alive)`` (circuits.patching's metrics)."""
     mc = MetricCall()
     m = mc.struct
     to_struct = getattr(metric, "_struct", None)
     if to_struct is not None:  # a built-in metric object (circuits.patching's LogitDiff, Logit, ..., Loss)
-        mc.struct, keep = to_struct(B)
+        mc.struct, keep = to_struct(B, T)
         mc._keep.append(keep)
         return mc
     if callable(metric):

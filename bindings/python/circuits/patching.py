@@ -82,9 +82,9 @@ class BuiltinMetric:
         self._tokens = None if tokens is None else _ints(tokens, np.int32, "tokens", 2)
         self._mask = None if attention_mask is None else _ints(attention_mask, np.int32, "attention_mask", 2)
 
-    def _struct(self, batch: int) -> Tuple[N.Metric, List[np.ndarray]]:
-        """The circuits_metric for a batch of `batch` rows, and the arrays it points into (keep
-        them alive for as long as the struct is used)."""
+    def _struct(self, batch: int, pos: int) -> Tuple[N.Metric, List[np.ndarray]]:
+        """The circuits_metric for logits of `batch` rows and `pos` positions, and the arrays it
+        points into (keep them alive for as long as the struct is used)."""
         m = N.Metric()
         lib.circuits_metric_init(ctypes.byref(m))
         m.kind = self._kind
@@ -106,8 +106,9 @@ class BuiltinMetric:
             m.positions = rows(self._pos, "pos")
         for name, a in (("tokens", self._tokens), ("attention_mask", self._mask)):
             if a is not None:
-                if a.shape[0] != batch:
-                    raise ShapeError(f"the metric's {name} have batch {a.shape[0]}, the run {batch}")
+                if a.shape != (batch, pos):  # C reads [batch, pos] of them
+                    raise ShapeError(f"the metric's {name} have shape {list(a.shape)}; the logits are "
+                                     f"[batch, pos] = [{batch}, {pos}]")
                 keep.append(a)
                 setattr(m, name, a.ctypes.data)
         return m, keep
@@ -118,7 +119,7 @@ class BuiltinMetric:
             lg = lg[None]
         if lg.ndim != 3:
             raise ShapeError(f"logits must be [batch, pos, d_vocab], got shape {list(lg.shape)}")
-        m, keep = self._struct(lg.shape[0])
+        m, keep = self._struct(lg.shape[0], lg.shape[1])
         out = np.zeros(1, np.float32)
         N.check(lib.circuits_metric_eval(ctypes.byref(m), lg, *lg.shape, out))
         del keep

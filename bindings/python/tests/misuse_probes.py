@@ -1073,6 +1073,12 @@ same(cp.get_act_patch_resid_pre(m, T2, bad, metric), g)
 refused(lambda: cp.get_act_patch_resid_pre(m, T2, cache, cp.LogitDiff([1, 2], [2, 3])), circuits.ShapeError)
 refused(lambda: cp.get_act_patch_resid_pre(m, T2, cache, cp.LogitDiff([2**40], [2])), CircuitsError)
 refused(lambda: cp.get_act_patch_resid_pre(m, T2, cache, metric, cells_per_run=2**40), CircuitsError)
+# a Loss metric's tokens / attention_mask are read as [batch, pos] of the logits: shorter ones are refused
+refused(lambda: cp.get_act_patch_resid_pre(m, T2, cache, cp.Loss(T2[:, :2])), circuits.ShapeError)
+refused(lambda: cp.Loss(T2, attention_mask=np.ones((1, 2), int))(m(T2)), circuits.ShapeError)
+refused(lambda: cp.Loss(T2[:, :2])(m(T2)), circuits.ShapeError)
+from circuits.path_patching import path_patch_sweep
+refused(lambda: path_patch_sweep(m, T2, T2[:, ::-1].copy(), cp.Loss(T2[:, :2])), circuits.ShapeError)
 kept = []
 def keeper(logits):                       # keeps every logits array it is given: copies, still valid
     kept.append(logits)
