@@ -21,6 +21,7 @@ lib = N.lib
 
 __all__ = [
     "lm_cross_entropy_loss",
+    "lm_accuracy",
     "test_prompt",
     "get_act_name",
     "to_numpy",
@@ -63,6 +64,22 @@ def lm_cross_entropy_loss(logits: Any, tokens: Any, attention_mask: Any = None,
                              f"{list(tok.shape)}")
         mask = np.ascontiguousarray(m != 0, dtype=np.int32)
     return _cross_entropy(lg, tok32, mask, per_token)
+
+
+def lm_accuracy(logits: Any, tokens: Any, per_token: bool = False) -> Union[np.float32, np.ndarray]:
+    """TransformerLens's ``utils.lm_accuracy``: whether the top logit at position i is
+    tokens[:, i + 1]: bool [batch, pos - 1] with ``per_token=True``, else their mean (np.float32)."""
+    lg = np.asarray(logits)
+    tok = np.asarray(tokens)
+    if lg.ndim == 2 and tok.ndim == 1:  # one sequence without its batch axis
+        lg, tok = lg[None], tok[None]
+    if lg.ndim != 3 or tok.shape != lg.shape[:2]:
+        raise ShapeError(f"logits must be [batch, pos, d_vocab] and tokens [batch, pos]; got {list(lg.shape)} and "
+                         f"{list(tok.shape)}")
+    correct = lg.argmax(axis=-1)[:, :-1] == tok[:, 1:]
+    if per_token:
+        return correct
+    return np.float32(correct.sum() / correct.size) if correct.size else np.float32(np.nan)
 
 
 def _cross_entropy(logits: np.ndarray, tokens: np.ndarray, mask: Optional[np.ndarray],
