@@ -940,9 +940,12 @@ class Model:
         if logit_positions is not None:
             if want_loss:
                 raise ValueError("logit_positions gives no loss (it needs the logits at every position)")
-            lp = np.ascontiguousarray(np.atleast_1d(np.asarray(logit_positions)), dtype=np.int64)
-            if lp.ndim != 1 or lp.size == 0:
+            lp = np.atleast_1d(np.asarray(logit_positions))
+            if lp.ndim != 1 or lp.size == 0 or lp.dtype.kind not in "iu":
                 raise ValueError("logit_positions must be a non-empty sequence of ints")
+            if lp.dtype.kind == "u" and int(lp.max()) >= 2**63:  # would wrap to a negative position
+                raise RangeError(f"logit position {int(lp.max())} does not fit in int64")
+            lp = np.ascontiguousarray(lp, dtype=np.int64)
             opts.logit_positions = lp.ctypes.data
             opts.n_logit_positions = lp.size
             keep.append(lp)

@@ -766,6 +766,8 @@ refused(lambda: m(TOK, stop_at_layer=99), CircuitsError)
 refused(lambda: m(TOK, stop_at_layer=2**32), circuits.RangeError)
 refused(lambda: m(TOK, start_at_layer=2**32 + 1, residual=m(TOK, stop_at_layer=1)), circuits.RangeError)
 refused(lambda: m(TOK, logit_positions=[2**64]), Exception)
+refused(lambda: m(TOK, logit_positions=np.array([2**64 - 1], np.uint64)), circuits.RangeError)  # not -1
+refused(lambda: m(TOK, logit_positions=[1.7]), ValueError)                  # not truncated to 1
 refused(lambda: m.circuit("OV", 2**32, 0), Exception)
 refused(lambda: m.virtual_OV(0, 2**32, 1, 0), Exception)
 refused(lambda: m.generate(TOK, max_new_tokens=2, top_k=2**32), circuits.RangeError)
