@@ -60,6 +60,8 @@ def slice_indices(s: Any, n: int) -> Tuple[Optional[np.ndarray], bool]:
         return np.nonzero(a)[0].astype(np.int64), False
     if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"a slice must be None, an int, a tuple, a slice or a 1-D list of ints, not {s!r}")
+    if a.dtype.kind == "u" and a.size and int(a.max()) >= 2**63:  # would wrap to a negative index
+        raise RangeError(f"index {int(a.max())} does not fit in int64")
     return np.ascontiguousarray(a, dtype=np.int64), False
 
 

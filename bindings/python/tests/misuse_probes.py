@@ -1013,6 +1013,7 @@ refused(lambda: cache.logit_attrs(st, np.zeros((5, 5), dtype=np.int64)), Circuit
 refused(lambda: cache.apply_ln_to_stack(st[0, 0]), CircuitsError)
 refused(lambda: cache.stack_neuron_results(-1, neuron_slice=[10**6]), CircuitsError)
 refused(lambda: cache.accumulated_resid(pos_slice=[2**40]), CircuitsError)
+refused(lambda: cache.accumulated_resid(pos_slice=np.array([2**64 - 1], np.uint64)), CircuitsError)  # not -1
 refused(lambda: cache.accumulated_resid(layer=2**40), CircuitsError)
 refused(lambda: m.tokens_to_residual_directions(np.array([2**40])), CircuitsError)  # no silent int32 wrap
 # direct_logit_attribution's **options are the C options' flags only: a count, the struct's size
