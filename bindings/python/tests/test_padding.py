@@ -141,6 +141,8 @@ def test_bad_masks_refused():
         m(toks, attention_mask=np.ones((2, 1), np.int64))
     with pytest.raises(circuits.CircuitsError, match="is 2"):
         m(toks, attention_mask=np.full(toks.shape, 2))
+    with pytest.raises(circuits.RangeError):  # not wrapped to 0 (padding) by the int32 conversion
+        m(toks, attention_mask=np.full(toks.shape, 2**32, np.int64))
     with pytest.raises(circuits.CircuitsError, match="no real token"):
         m(toks, attention_mask=np.zeros(toks.shape, np.int64))
     with pytest.raises(ValueError, match="padding_side"):
