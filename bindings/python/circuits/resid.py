@@ -236,6 +236,33 @@ class ResidStreamMixin:
                           incl_remainder=incl_remainder, apply_ln=apply_ln)
         return self._project(out, project_output_onto)
 
+    def get_neuron_results(self, layer: int, neuron_slice: Any = None, pos_slice: Any = None,
+                           project_output_onto: Optional[np.ndarray] = None) -> np.ndarray:
+        """TransformerLens's ``get_neuron_results``: each neuron's write into the residual stream,
+        ``hook_post[..., n, None] * W_out[n]``: [(batch,) pos, neurons, d_model] (an int
+        ``pos_slice`` / ``neuron_slice`` drops its axis). With ``project_output_onto`` ([d_model]
+        or [d_model, k]) W_out is projected first: [..., neurons] or [..., neurons, k]. NumPy,
+        on the cached ``hook_post`` (edits to it are seen) and the model's W_out."""
+        acts = np.asarray(self[("post", layer)], dtype=np.float32)
+        w_out = np.asarray(self.model.blocks[layer].mlp.W_out, dtype=np.float32)  # [d_mlp, d_model]
+        pos, squeeze_pos = slice_indices(pos_slice, acts.shape[-2])
+        if pos is not None:
+            acts = np.take(acts, pos, axis=-2)
+            if squeeze_pos:
+                acts = acts[..., 0, :]
+        neurons, squeeze_n = slice_indices(neuron_slice, acts.shape[-1])
+        if neurons is not None:
+            acts = np.take(acts, neurons, axis=-1)
+            w_out = w_out[neurons]
+            if squeeze_n:
+                acts, w_out = acts[..., 0], w_out[0]
+        if project_output_onto is None:
+            return acts[..., None] * w_out
+        projected = w_out @ np.asarray(project_output_onto, dtype=np.float32)
+        if projected.ndim == w_out.ndim - 1:  # a [d_model] projection
+            return acts * projected
+        return acts[..., None] * projected
+
     def get_full_resid_decomposition(self, layer: Optional[int] = None, mlp_input: bool = False,
                                      expand_neurons: bool = True, apply_ln: bool = False, pos_slice: Any = None,
                                      return_labels: bool = False, project_output_onto: Optional[np.ndarray] = None):
