@@ -22,6 +22,7 @@ lib = N.lib
 __all__ = [
     "lm_cross_entropy_loss",
     "lm_accuracy",
+    "get_attention_mask",
     "test_prompt",
     "get_act_name",
     "to_numpy",
@@ -64,6 +65,25 @@ def lm_cross_entropy_loss(logits: Any, tokens: Any, attention_mask: Any = None,
                              f"{list(tok.shape)}")
         mask = np.ascontiguousarray(m != 0, dtype=np.int32)
     return _cross_entropy(lg, tok32, mask, per_token)
+
+
+def get_attention_mask(tokenizer: Any, tokens: Any, prepend_bos: bool, padding_side: Optional[str] = None) -> np.ndarray:
+    """TransformerLens's ``utils.get_attention_mask(tokenizer, tokens, prepend_bos, padding_side)``:
+    int64 [batch, pos], 0 at the trailing (right padding) or leading (left padding, the
+    tokenizer's side by default) pad tokens, 1 elsewhere; with left padding and ``prepend_bos`` a
+    BOS that is the pad token stays real. (:func:`circuits.padding.get_attention_mask` is the
+    same with explicit ids.)"""
+    from . import padding as _pad
+
+    t = np.asarray(tokens)
+    if tokenizer is None:
+        return np.ones(t.shape, np.int64)
+    side = padding_side if padding_side is not None else getattr(tokenizer, "padding_side", "right")
+    t2 = t[None] if t.ndim == 1 else t
+    pad = tokenizer.pad_token_id
+    bos = tokenizer.bos_token_id
+    mask = _pad.get_attention_mask(t2, pad, bos, bool(prepend_bos), "right" if side == "right" else "left")
+    return mask.reshape(t.shape).astype(np.int64)
 
 
 def lm_accuracy(logits: Any, tokens: Any, per_token: bool = False) -> Union[np.float32, np.ndarray]:
