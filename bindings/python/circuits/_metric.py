@@ -52,6 +52,18 @@ class MetricCall:
             raise exc
 
 
+def _ints(a: Any, dtype: Any, what: str, ndmin: int = 1) -> np.ndarray:
+    """An integer array as C reads it: refused (not wrapped) if a value does not fit."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be integers, got dtype {a.dtype}")
+    info = np.iinfo(dtype)
+    if a.size and (a.min() < info.min or a.max() > info.max):
+        raise RangeError(f"{what}: a value is outside the range of {np.dtype(dtype).name}")
+    a = a.reshape(-1) if ndmin == 1 else np.atleast_2d(a)
+    return np.ascontiguousarray(a, dtype)
+
+
 def _ids(x: Any, B: int, what: str) -> np.ndarray:
     a = np.asarray(x)
     if a.ndim == 0:
@@ -98,12 +110,15 @@ def make_metric(metric: MetricSpec, B: int, T: int, *, answer_tokens: Any = None
         raise ValueError(f"metric must be a callable or one of {list(KINDS)}, not {metric!r}")
     m.kind = KINDS[metric]
     if metric == "loss":
-        tok = np.ascontiguousarray(tokens, dtype=np.int32)
+        if tokens is None:
+            raise ValueError("metric 'loss' needs tokens")
+        tok = _ints(tokens, np.int32, "the loss metric's tokens", 2)  # refused, not wrapped or truncated
         if tok.shape != (B, T):
             raise ShapeError(f"the loss metric's tokens must be [batch, pos] = [{B}, {T}], got {list(tok.shape)}")
         m.tokens = mc.keep(tok)
         if attention_mask is not None:
-            mask = np.ascontiguousarray(attention_mask, dtype=np.int32)
+            mask = _ints(np.asarray(attention_mask).astype(np.int64) if np.asarray(attention_mask).dtype == bool
+                         else attention_mask, np.int32, "attention_mask", 2)
             if mask.shape != (B, T):
                 raise ShapeError(f"attention_mask must be [batch, pos] = [{B}, {T}], got {list(mask.shape)}")
             m.attention_mask = mc.keep(mask)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _native as N
-from ._metric import _scalar, make_metric
+from ._metric import _ints, _scalar, make_metric
 from .cache import act_name
 from .errors import RangeError, ShapeError
 
@@ -52,18 +52,6 @@ __all__ = [
 # ------------------------------------------------------------------------------------------
 # Metrics
 # ------------------------------------------------------------------------------------------
-
-
-def _ints(a: Any, dtype: Any, what: str, ndmin: int = 1) -> np.ndarray:
-    """An integer array as C reads it: refused (not wrapped) if a value does not fit."""
-    a = np.asarray(a)
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"{what} must be integers, got dtype {a.dtype}")
-    info = np.iinfo(dtype)
-    if a.size and (a.min() < info.min or a.max() > info.max):
-        raise RangeError(f"{what}: a value is outside the range of {np.dtype(dtype).name}")
-    a = a.reshape(-1) if ndmin == 1 else np.atleast_2d(a)
-    return np.ascontiguousarray(a, dtype)
 
 
 class BuiltinMetric:

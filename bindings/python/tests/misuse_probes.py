@@ -1082,6 +1082,8 @@ refused(lambda: cp.Loss(T2, attention_mask=np.ones((1, 2), int))(m(T2)), circuit
 refused(lambda: cp.Loss(T2[:, :2])(m(T2)), circuits.ShapeError)
 from circuits.path_patching import path_patch_sweep
 refused(lambda: path_patch_sweep(m, T2, T2[:, ::-1].copy(), cp.Loss(T2[:, :2])), circuits.ShapeError)
+refused(lambda: path_patch_sweep(m, T2, T2[:, ::-1].copy(), "loss", attention_mask=np.full(T2.shape, 2**32)),
+        circuits.RangeError)                                                   # not wrapped to 0
 kept = []
 def keeper(logits):                       # keeps every logits array it is given: copies, still valid
     kept.append(logits)
