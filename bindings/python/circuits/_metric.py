@@ -24,6 +24,12 @@ KINDS = {
 MetricSpec = Union[str, Callable[[np.ndarray], Any]]
 
 
+def _scalar(v: Any) -> float:
+    """A metric's value as a float (a NumPy or torch scalar, a 1-element array, a number)."""
+    item = getattr(v, "item", None)
+    return float(item() if item is not None else v)
+
+
 class MetricCall:
     """A ``circuits_metric`` and everything it points to, alive as long as this object. After a
     C call that may have run the callback, :meth:`reraise` raises the callback's exception."""
@@ -46,6 +52,18 @@ class MetricCall:
             raise exc
 
 
+def _ints(a: Any, dtype: Any, what: str, ndmin: int = 1) -> np.ndarray:
+    """An integer array as C reads it: refused (not wrapped) if a value does not fit."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be integers, got dtype {a.dtype}")
+    info = np.iinfo(dtype)
+    if a.size and (a.min() < info.min or a.max() > info.max):
+        raise RangeError(f"{what}: a value is outside the range of {np.dtype(dtype).name}")
+    a = a.reshape(-1) if ndmin == 1 else np.atleast_2d(a)
+    return np.ascontiguousarray(a, dtype)
+
+
 def _ids(x: Any, B: int, what: str) -> np.ndarray:
     a = np.asarray(x)
     if a.ndim == 0:
@@ -64,12 +82,12 @@ def make_metric(metric: MetricSpec, B: int, T: int, *, answer_tokens: Any = None
     ``answer_tokens`` / ``wrong_tokens`` ([batch] or one int), ``positions`` ([batch] or one int,
     negative from the end; None: the last), ``tokens`` / ``attention_mask`` for ``"loss"``; or a
     callable ``metric(logits) -> float`` on a copy of the logits [batch, pos, d_vocab_out]; or an object
-    with ``_struct(batch) -> (circuits_metric, arrays to keep alive)`` (circuits.patching's metrics)."""
+    with ``_struct(batch, pos) -> (circuits_metric, arrays to keep alive)`` (circuits.patching's metrics)."""
     mc = MetricCall()
     m = mc.struct
     to_struct = getattr(metric, "_struct", None)
     if to_struct is not None:  # a built-in metric object (circuits.patching's LogitDiff, Logit, ..., Loss)
-        mc.struct, keep = to_struct(B)
+        mc.struct, keep = to_struct(B, T)
         mc._keep.append(keep)
         return mc
     if callable(metric):
@@ -77,7 +95,7 @@ def make_metric(metric: MetricSpec, B: int, T: int, *, answer_tokens: Any = None
             try:
                 n = b * t * v
                 logits = np.ctypeslib.as_array((ctypes.c_float * n).from_address(logits_p)).reshape(b, t, v).copy()
-                value_p[0] = float(metric(logits))
+                value_p[0] = _scalar(metric(logits))
                 return 0
             except BaseException as e:  # noqa: BLE001 -- re-raised by reraise() after the C call
                 mc.error = e
@@ -92,12 +110,15 @@ def make_metric(metric: MetricSpec, B: int, T: int, *, answer_tokens: Any = None
         raise ValueError(f"metric must be a callable or one of {list(KINDS)}, not {metric!r}")
     m.kind = KINDS[metric]
     if metric == "loss":
-        tok = np.ascontiguousarray(tokens, dtype=np.int32)
+        if tokens is None:
+            raise ValueError("metric 'loss' needs tokens")
+        tok = _ints(tokens, np.int32, "the loss metric's tokens", 2)  # refused, not wrapped or truncated
         if tok.shape != (B, T):
             raise ShapeError(f"the loss metric's tokens must be [batch, pos] = [{B}, {T}], got {list(tok.shape)}")
         m.tokens = mc.keep(tok)
         if attention_mask is not None:
-            mask = np.ascontiguousarray(attention_mask, dtype=np.int32)
+            mask = _ints(np.asarray(attention_mask).astype(np.int64) if np.asarray(attention_mask).dtype == bool
+                         else attention_mask, np.int32, "attention_mask", 2)
             if mask.shape != (B, T):
                 raise ShapeError(f"attention_mask must be [batch, pos] = [{B}, {T}], got {list(mask.shape)}")
             m.attention_mask = mc.keep(mask)
@@ -114,6 +135,8 @@ def make_metric(metric: MetricSpec, B: int, T: int, *, answer_tokens: Any = None
         p = np.full(B, p) if p.ndim == 0 else p
         if p.shape != (B,) or p.dtype.kind not in "iu":
             raise ShapeError(f"positions must be an int or [batch] = [{B}] ints, got {list(p.shape)}")
+        if p.size and (int(p.min()) < -(2**63) or int(p.max()) >= 2**63):
+            raise RangeError("positions holds a value that does not fit in int64")
         m.positions = mc.keep(np.ascontiguousarray(p, dtype=np.int64))
     return mc
 

@@ -177,6 +177,9 @@ class ActivationCache(ResidStreamMixin):
         self.has_batch_dim = False
         return self
 
+    def toggle_autodiff(self, mode: bool = False) -> None:
+        """No-op (there are no gradients); for TransformerLens compatibility."""
+
     def to(self, device: Any = None, move_model: bool = False) -> "ActivationCache":
         """No-op (everything is on the CPU); for TransformerLens compatibility."""
         return self

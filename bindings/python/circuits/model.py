@@ -288,13 +288,18 @@ def _take_run_memory(ctx: int, lease: _Lease) -> None:
 class _RunState:
     """State shared by a model and its registrations (no reference back to the model)."""
 
-    __slots__ = ("points", "pending", "pending_point", "lease")
+    __slots__ = ("points", "pending", "pending_point", "lease", "copy_acts")
 
     def __init__(self) -> None:
         self.points: Dict[int, HookPoint] = {}  # name address -> HookPoint
         self.pending: Optional[BaseException] = None
         self.pending_point = ""
         self.lease: Optional[_Lease] = None  # of the run in progress
+        # True during a C call that runs several passes with no point between them where the
+        # binding could take the run memory (activation and path patching, mean_activations):
+        # a pass may replace the run memory (a larger run frees the smaller block), so hooks get
+        # a copy of the activation, copied back after the hook (Model._call(multi_run=True))
+        self.copy_acts = False
 
 
 class _Registration:
@@ -360,6 +365,18 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
             hp = HookPoint(N.decode(t.name), t.layer, t.head_axis)
         holder = _Holder(t.data, tuple(t.shape[: t.ndim]), False, st.lease,
                          "<i4" if hp.name == _arrays.TOKENS_HOOK else "<f4")
+        if st.copy_acts:
+            # a multi-pass C call: the hook's array is its own copy (a later pass of the same
+            # call may free this run memory before the binding could take it), and its edits
+            # (in place or returned) are copied back into the run
+            live = _asarray(holder)
+            act = live.copy()
+            ret = reg.fn(act, hp)
+            if ret is not None and ret is not act:
+                _apply_return(live, ret, hp, reg.fn)
+            else:
+                np.copyto(live, act)
+            return N.CIRCUITS_HOOK_CONTINUE
         kept = _weakref(holder)
         st.lease.holders.append(kept)
         act = _asarray(holder)
@@ -690,20 +707,24 @@ class Model:
 
     # -- running ----------------------------------------------------------------------------
 
-    def _call(self, fn: Callable[..., int], *args: Any) -> None:
+    def _call(self, fn: Callable[..., int], *args: Any, multi_run: bool = False) -> None:
         """Calls a C function that may run the model (and its hooks) under the model's lock,
-        then re-raises a hook's exception as itself, or raises the status's typed error."""
+        then re-raises a hook's exception as itself, or raises the status's typed error.
+        ``multi_run``: ``fn`` runs several passes with no callback between them where the run
+        memory could be taken (hooks then get copies: see _RunState.copy_acts)."""
         with self._lock:
             self._check_open()
             st = self._state
             st.pending = None
             ctx = self._ctx
             prev, st.lease = st.lease, _Lease()
+            prev_copy, st.copy_acts = st.copy_acts, bool(multi_run)
             self._running += 1
             try:
                 rc = fn(ctx, *args)
             finally:
                 self._running -= 1
+                st.copy_acts = prev_copy
                 lease, st.lease = st.lease, prev
                 if lease.kept():  # an array of this run outlived its hook call
                     try:
@@ -919,9 +940,12 @@ class Model:
         if logit_positions is not None:
             if want_loss:
                 raise ValueError("logit_positions gives no loss (it needs the logits at every position)")
-            lp = np.ascontiguousarray(np.atleast_1d(np.asarray(logit_positions)), dtype=np.int64)
-            if lp.ndim != 1 or lp.size == 0:
+            lp = np.atleast_1d(np.asarray(logit_positions))
+            if lp.ndim != 1 or lp.size == 0 or lp.dtype.kind not in "iu":
                 raise ValueError("logit_positions must be a non-empty sequence of ints")
+            if lp.dtype.kind == "u" and int(lp.max()) >= 2**63:  # would wrap to a negative position
+                raise RangeError(f"logit position {int(lp.max())} does not fit in int64")
+            lp = np.ascontiguousarray(lp, dtype=np.int64)
             opts.logit_positions = lp.ctypes.data
             opts.n_logit_positions = lp.size
             keep.append(lp)

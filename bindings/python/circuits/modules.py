@@ -84,15 +84,50 @@ class Embed(Module):
     _weights = ("W_E",)
     _tl_class = "Embed"
 
+    def __call__(self, tokens: Any) -> np.ndarray:
+        """TransformerLens's ``model.embed(tokens)``: ``W_E[tokens]``, [batch, pos, d_model] (a new
+        float32 array; text is tokenized as by the model)."""
+        tok = self._model._tokens(tokens)
+        return np.ascontiguousarray(self._weight("W_E")[tok], dtype=np.float32)
+
 
 class PosEmbed(Module):
     _weights = ("W_pos",)
     _tl_class = "PosEmbed"
 
+    def __call__(self, tokens: Any, past_kv_pos_offset: int = 0, attention_mask: Any = None) -> np.ndarray:
+        """TransformerLens's ``model.pos_embed(tokens)``: ``W_pos[offset : offset + pos]`` for every
+        row, [batch, pos, d_model] (a new float32 array). With left padding (attention_mask)
+        TransformerLens counts positions from each row's first real token: not provided."""
+        if attention_mask is not None:
+            raise NotImplementedError("pos_embed(attention_mask=...): run the model with the mask instead")
+        tok = self._model._tokens(tokens)
+        B, T = tok.shape
+        off = int(past_kv_pos_offset)
+        w = self._weight("W_pos")
+        if off < 0 or off + T > w.shape[0]:
+            raise IndexError(f"positions [{off}, {off + T}) exceed n_ctx = {w.shape[0]}")
+        return np.ascontiguousarray(np.broadcast_to(w[off:off + T], (B, T, w.shape[1])), dtype=np.float32)
+
 
 class Unembed(Module):
     _weights = ("W_U", "b_U")
     _tl_class = "Unembed"
+
+    def __call__(self, residual: Any) -> np.ndarray:
+        """TransformerLens's ``model.unembed(residual)``: ``residual @ W_U + b_U`` over the last
+        axis, [..., d_vocab_out] (float32; no final LayerNorm: apply it first, e.g.
+        ``cache.accumulated_resid(apply_ln=True)``, or use ``cache.logit_lens``)."""
+        r = np.asarray(residual, dtype=np.float32)
+        w = self._weight("W_U")
+        if r.ndim < 1 or r.shape[-1] != w.shape[0]:
+            raise ValueError(f"residual must be [..., d_model = {w.shape[0]}], got shape {list(r.shape)}")
+        out = r @ w
+        try:
+            out += self._weight("b_U")
+        except AttributeError:  # no unembedding bias
+            pass
+        return out
 
 
 class LayerNorm(Module):

@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .errors import ShapeError
+from .errors import RangeError, ShapeError
 
 SIDES = ("left", "right")
 
@@ -66,5 +66,7 @@ def as_mask(mask: Any, shape: Sequence[int], what: str = "tokens") -> np.ndarray
         m = m[None, :]
     if tuple(m.shape) != tuple(shape):
         raise ShapeError(f"attention_mask shape {list(m.shape)} does not match {what} shape {list(shape)}")
+    if m.size and (int(m.min()) < -(2**31) or int(m.max()) >= 2**31):  # int32 would wrap 2**32 to 0 (padding)
+        raise RangeError(f"attention_mask holds {int(m.max())} or {int(m.min())}: values are 0 or 1")
     return np.ascontiguousarray(m, dtype=np.int32)
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _native as N
+from ._metric import _ints, _scalar, make_metric
 from .cache import act_name
 from .errors import RangeError, ShapeError
 
@@ -53,18 +54,6 @@ __all__ = [
 # ------------------------------------------------------------------------------------------
 
 
-def _ints(a: Any, dtype: Any, what: str, ndmin: int = 1) -> np.ndarray:
-    """An integer array as C reads it: refused (not wrapped) if a value does not fit."""
-    a = np.asarray(a)
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"{what} must be integers, got dtype {a.dtype}")
-    info = np.iinfo(dtype)
-    if a.size and (a.min() < info.min or a.max() > info.max):
-        raise RangeError(f"{what}: a value is outside the range of {np.dtype(dtype).name}")
-    a = a.reshape(-1) if ndmin == 1 else np.atleast_2d(a)
-    return np.ascontiguousarray(a, dtype)
-
-
 class BuiltinMetric:
     """A metric evaluated in C (``circuits_metric``): the mean over the batch of one value per
     row, read at each row's position (``pos``: an int or one per row, negative from the end;
@@ -81,9 +70,9 @@ class BuiltinMetric:
         self._tokens = None if tokens is None else _ints(tokens, np.int32, "tokens", 2)
         self._mask = None if attention_mask is None else _ints(attention_mask, np.int32, "attention_mask", 2)
 
-    def _struct(self, batch: int) -> Tuple[N.Metric, List[np.ndarray]]:
-        """The circuits_metric for a batch of `batch` rows, and the arrays it points into (keep
-        them alive for as long as the struct is used)."""
+    def _struct(self, batch: int, pos: int) -> Tuple[N.Metric, List[np.ndarray]]:
+        """The circuits_metric for logits of `batch` rows and `pos` positions, and the arrays it
+        points into (keep them alive for as long as the struct is used)."""
         m = N.Metric()
         lib.circuits_metric_init(ctypes.byref(m))
         m.kind = self._kind
@@ -105,8 +94,9 @@ class BuiltinMetric:
             m.positions = rows(self._pos, "pos")
         for name, a in (("tokens", self._tokens), ("attention_mask", self._mask)):
             if a is not None:
-                if a.shape[0] != batch:
-                    raise ShapeError(f"the metric's {name} have batch {a.shape[0]}, the run {batch}")
+                if a.shape != (batch, pos):  # C reads [batch, pos] of them
+                    raise ShapeError(f"the metric's {name} have shape {list(a.shape)}; the logits are "
+                                     f"[batch, pos] = [{batch}, {pos}]")
                 keep.append(a)
                 setattr(m, name, a.ctypes.data)
         return m, keep
@@ -117,7 +107,7 @@ class BuiltinMetric:
             lg = lg[None]
         if lg.ndim != 3:
             raise ShapeError(f"logits must be [batch, pos, d_vocab], got shape {list(lg.shape)}")
-        m, keep = self._struct(lg.shape[0])
+        m, keep = self._struct(lg.shape[0], lg.shape[1])
         out = np.zeros(1, np.float32)
         N.check(lib.circuits_metric_eval(ctypes.byref(m), lg, *lg.shape, out))
         del keep
@@ -164,39 +154,6 @@ class Loss(BuiltinMetric):
 
     def __init__(self, tokens: Any, attention_mask: Any = None):
         super().__init__(tokens=tokens, attention_mask=attention_mask)
-
-
-def _scalar(v: Any) -> float:
-    item = getattr(v, "item", None)
-    return float(item() if item is not None else v)
-
-
-class _CallbackMetric:
-    """A Python metric as a C callback: each call gets a copy of the logits (the C buffer is
-    valid only during the call); an exception is kept and re-raised after the C call."""
-
-    def __init__(self, fn: Callable[[np.ndarray], Any]):
-        self.fn = fn
-        self.error: Optional[BaseException] = None
-
-        def entry(logits_p: Any, batch: int, pos: int, d_vocab: int, value_p: Any, user: Any) -> int:
-            try:
-                n = batch * pos * d_vocab
-                lg = np.ctypeslib.as_array(ctypes.cast(logits_p, ctypes.POINTER(ctypes.c_float)), (n,))
-                value_p[0] = _scalar(self.fn(lg.reshape(batch, pos, d_vocab).copy()))
-                return 0
-            except BaseException as e:  # noqa: BLE001 -- must not escape into C
-                self.error = e
-                return -1
-
-        self.cfn = N.METRIC_FN(entry)
-
-    def struct(self) -> N.Metric:
-        m = N.Metric()
-        lib.circuits_metric_init(ctypes.byref(m))
-        m.kind = N.CIRCUITS_METRIC_CALLBACK
-        m.fn = ctypes.cast(self.cfn, ctypes.c_void_p).value
-        return m
 
 
 # ------------------------------------------------------------------------------------------
@@ -308,21 +265,16 @@ def _c_patch(model: Any, kind: int, corrupted_tokens: Any, clean_cache: Any, pat
     lib.circuits_patch_options_init(ctypes.byref(opts))
     opts.incremental = int(bool(incremental))
     opts.cells_per_run = N.check_int(cells_per_run, ctypes.c_int32, "cells_per_run")
-    cb = None
-    keep: List[np.ndarray] = []
-    if isinstance(patching_metric, BuiltinMetric):
-        m, keep = patching_metric._struct(B)
-    else:
-        cb = _CallbackMetric(patching_metric)
-        m = cb.struct()
+    # the metric as circuits._metric makes it for path patching too: a BuiltinMetric, a
+    # callable (on a copy of the logits), or a kind name ("loss": of the corrupted tokens)
+    mc = make_metric(patching_metric, B, T, tokens=tok)
     try:
-        model._call(lib.circuits_context_activation_patch, kind, tok, B, T, ptrs, ctypes.byref(m),
-                    ctypes.byref(opts), out)
+        model._call(lib.circuits_context_activation_patch, kind, tok, B, T, ptrs, ctypes.byref(mc.struct),
+                    ctypes.byref(opts), out, multi_run=True)
     except BaseException:
-        if cb is not None and cb.error is not None:
-            raise cb.error from None
+        mc.reraise()  # the metric callback's own exception first
         raise
-    del keep, clean
+    del mc, clean
     return out
 
 
@@ -552,5 +504,6 @@ def mean_activations(model: Any, tokens: Any, hooks: Sequence[str], batch_size: 
     outs = [np.empty(_expected_shape(model, n, 1, T)[1:], np.float32) for n in names]
     cn = (ctypes.c_char_p * len(names))(*[N.cstr(n) for n in names])
     ptrs = (ctypes.c_void_p * len(outs))(*[o.ctypes.data for o in outs])
-    model._call(lib.circuits_context_mean_activations, cn, len(names), tok, R, T, int(batch_size), ptrs)
+    model._call(lib.circuits_context_mean_activations, cn, len(names), tok, R, T, int(batch_size), ptrs,
+                multi_run=True)
     return dict(zip(names, outs))

@@ -107,7 +107,7 @@ def path_patch(model: Model, clean_tokens: Any, corrupted_tokens: Any, metric: M
     logits = np.empty((B, T, model._dims.d_vocab_out), np.float32) if return_logits else None
     try:
         model._call(lib.circuits_context_path_patch, clean, corrupted, B, T, s, len(senders),
-                    ctypes.byref(mc.struct), ctypes.byref(opts), value, logits)
+                    ctypes.byref(mc.struct), ctypes.byref(opts), value, logits, multi_run=True)
     except Exception:
         mc.reraise()  # the metric callback's own exception first
         raise
@@ -131,7 +131,7 @@ def path_patch_sweep(model: Model, clean_tokens: Any, corrupted_tokens: Any, met
     out = np.empty((model._dims.n_layers, model._dims.n_heads), np.float32)  # sized as C reported
     try:
         model._call(lib.circuits_context_path_patch_sweep, clean, corrupted, B, T, ctypes.byref(mc.struct),
-                    ctypes.byref(opts), out)
+                    ctypes.byref(opts), out, multi_run=True)
     except Exception:
         mc.reraise()
         raise

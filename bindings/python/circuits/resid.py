@@ -60,7 +60,16 @@ def slice_indices(s: Any, n: int) -> Tuple[Optional[np.ndarray], bool]:
         return np.nonzero(a)[0].astype(np.int64), False
     if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"a slice must be None, an int, a tuple, a slice or a 1-D list of ints, not {s!r}")
+    if a.dtype.kind == "u" and a.size and int(a.max()) >= 2**63:  # would wrap to a negative index
+        raise RangeError(f"index {int(a.max())} does not fit in int64")
     return np.ascontiguousarray(a, dtype=np.int64), False
+
+
+#: the int32 flags of circuits_resid_options a caller may set (direct_logit_attribution's
+#: ``**options`` reach here: anything else, "size", "n_positions" or a pointer field included, is
+#: refused rather than written into the struct)
+_FLAGS = ("incl_mid", "mlp_input", "apply_ln", "incl_embeds", "mode", "incl_remainder", "expand_neurons",
+          "recompute_ln", "unembed_bias")
 
 
 class _Opts:
@@ -74,11 +83,17 @@ class _Opts:
         for k, v in fields.items():
             if k in ("positions", "neurons", "batch_indices"):
                 if v is not None:
-                    self._keep.append(v)
-                    setattr(self.s, k, v.ctypes.data)
-                    setattr(self.s, "n_" + k, len(v))
+                    # int64 C-contiguous, its length the count C reads
+                    a = np.ascontiguousarray(v, dtype=np.int64).reshape(-1)
+                    self._keep.append(a)
+                    setattr(self.s, k, a.ctypes.data)
+                    setattr(self.s, "n_" + k, a.size)
+            elif k in _FLAGS:
+                if isinstance(v, (bool, np.bool_)):
+                    v = int(v)
+                setattr(self.s, k, N.check_int(v, ctypes.c_int32, k))
             else:
-                setattr(self.s, k, int(v))
+                raise TypeError(f"unknown residual-stream option {k!r} (options: {', '.join(_FLAGS)})")
 
     @property
     def ref(self) -> Any:
@@ -220,6 +235,33 @@ class ResidStreamMixin:
         out = self._stack("neurons", pos_slice, return_labels, layer=layer, neurons=neurons,
                           incl_remainder=incl_remainder, apply_ln=apply_ln)
         return self._project(out, project_output_onto)
+
+    def get_neuron_results(self, layer: int, neuron_slice: Any = None, pos_slice: Any = None,
+                           project_output_onto: Optional[np.ndarray] = None) -> np.ndarray:
+        """TransformerLens's ``get_neuron_results``: each neuron's write into the residual stream,
+        ``hook_post[..., n, None] * W_out[n]``: [(batch,) pos, neurons, d_model] (an int
+        ``pos_slice`` / ``neuron_slice`` drops its axis). With ``project_output_onto`` ([d_model]
+        or [d_model, k]) W_out is projected first: [..., neurons] or [..., neurons, k]. NumPy,
+        on the cached ``hook_post`` (edits to it are seen) and the model's W_out."""
+        acts = np.asarray(self[("post", layer)], dtype=np.float32)
+        w_out = np.asarray(self.model.blocks[layer].mlp.W_out, dtype=np.float32)  # [d_mlp, d_model]
+        pos, squeeze_pos = slice_indices(pos_slice, acts.shape[-2])
+        if pos is not None:
+            acts = np.take(acts, pos, axis=-2)
+            if squeeze_pos:
+                acts = acts[..., 0, :]
+        neurons, squeeze_n = slice_indices(neuron_slice, acts.shape[-1])
+        if neurons is not None:
+            acts = np.take(acts, neurons, axis=-1)
+            w_out = w_out[neurons]
+            if squeeze_n:
+                acts, w_out = acts[..., 0], w_out[0]
+        if project_output_onto is None:
+            return acts[..., None] * w_out
+        projected = w_out @ np.asarray(project_output_onto, dtype=np.float32)
+        if projected.ndim == w_out.ndim - 1:  # a [d_model] projection
+            return acts * projected
+        return acts[..., None] * projected
 
     def get_full_resid_decomposition(self, layer: Optional[int] = None, mlp_input: bool = False,
                                      expand_neurons: bool = True, apply_ln: bool = False, pos_slice: Any = None,

@@ -166,6 +166,11 @@ class Tokenizer:
             ids = a[~np.isin(a, special)]
         return self.decode_bytes(ids).decode("utf-8", "replace")
 
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = False) -> List[str]:
+        """Hugging Face's ``batch_decode``: :meth:`decode` of each sequence (each row of a
+        [batch, pos] array)."""
+        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
+
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes of one token (possibly part of a UTF-8 character)."""
         n = ctypes.c_size_t()

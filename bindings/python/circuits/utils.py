@@ -21,6 +21,8 @@ lib = N.lib
 
 __all__ = [
     "lm_cross_entropy_loss",
+    "lm_accuracy",
+    "get_attention_mask",
     "test_prompt",
     "get_act_name",
     "to_numpy",
@@ -63,6 +65,41 @@ def lm_cross_entropy_loss(logits: Any, tokens: Any, attention_mask: Any = None,
                              f"{list(tok.shape)}")
         mask = np.ascontiguousarray(m != 0, dtype=np.int32)
     return _cross_entropy(lg, tok32, mask, per_token)
+
+
+def get_attention_mask(tokenizer: Any, tokens: Any, prepend_bos: bool, padding_side: Optional[str] = None) -> np.ndarray:
+    """TransformerLens's ``utils.get_attention_mask(tokenizer, tokens, prepend_bos, padding_side)``:
+    int64 [batch, pos], 0 at the trailing (right padding) or leading (left padding, the
+    tokenizer's side by default) pad tokens, 1 elsewhere; with left padding and ``prepend_bos`` a
+    BOS that is the pad token stays real. (:func:`circuits.padding.get_attention_mask` is the
+    same with explicit ids.)"""
+    from . import padding as _pad
+
+    t = np.asarray(tokens)
+    if tokenizer is None:
+        return np.ones(t.shape, np.int64)
+    side = padding_side if padding_side is not None else getattr(tokenizer, "padding_side", "right")
+    t2 = t[None] if t.ndim == 1 else t
+    pad = tokenizer.pad_token_id
+    bos = tokenizer.bos_token_id
+    mask = _pad.get_attention_mask(t2, pad, bos, bool(prepend_bos), "right" if side == "right" else "left")
+    return mask.reshape(t.shape).astype(np.int64)
+
+
+def lm_accuracy(logits: Any, tokens: Any, per_token: bool = False) -> Union[np.float32, np.ndarray]:
+    """TransformerLens's ``utils.lm_accuracy``: whether the top logit at position i is
+    tokens[:, i + 1]: bool [batch, pos - 1] with ``per_token=True``, else their mean (np.float32)."""
+    lg = np.asarray(logits)
+    tok = np.asarray(tokens)
+    if lg.ndim == 2 and tok.ndim == 1:  # one sequence without its batch axis
+        lg, tok = lg[None], tok[None]
+    if lg.ndim != 3 or tok.shape != lg.shape[:2]:
+        raise ShapeError(f"logits must be [batch, pos, d_vocab] and tokens [batch, pos]; got {list(lg.shape)} and "
+                         f"{list(tok.shape)}")
+    correct = lg.argmax(axis=-1)[:, :-1] == tok[:, 1:]
+    if per_token:
+        return correct
+    return np.float32(correct.sum() / correct.size) if correct.size else np.float32(np.nan)
 
 
 def _cross_entropy(logits: np.ndarray, tokens: np.ndarray, mask: Optional[np.ndarray],

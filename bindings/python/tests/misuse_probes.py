@@ -425,6 +425,73 @@ for k, r in zip(kept, ref):
     same(k, r); touch(k)
 ok(str(len(kept)))
 '''),
+    "kept_from_activation_patch": ("kept", '''
+# activation patching runs a clean base run, then larger batched runs, in one C call: a larger
+# run replaces the run memory, with no point in between where the binding could take it; the
+# hooks get copies (a kept array reads the hook's own values)
+from circuits import patching
+m = load()
+tok = np.tile(TOK, (2, 1)); tok[1] += 1
+_, clean = m.run_with_cache(tok)
+kept, ref = [], []
+def keep(a, h):
+    kept.append(a); ref.append(a.copy())
+m.add_hook("blocks.0.hook_resid_pre", keep)
+m.add_hook("unembed.hook_out", keep)
+patching.get_act_patch_resid_pre(m, tok[:, ::-1].copy(), clean, patching.LogitDiff(5, 9))
+patching.get_act_patch_attn_head_pattern_dest_src_pos(m, tok[:, ::-1].copy(), clean, lambda lg: float(lg[0, -1, 0]),
+                                                      cells_per_run=3)
+m.reset_hooks(); n = len(kept)
+churn(m); m.close(); churn()
+assert len(kept) == n
+assert len(kept) > 10
+for k, r in zip(kept, ref):
+    same(k, r); touch(k)
+ok(str(len(kept)))
+'''),
+    "kept_from_path_patch": ("kept", '''
+# path patching: the clean and corrupted runs, then larger cell runs, in one C call
+from circuits import path_patching
+m = load()
+tok = np.tile(TOK, (2, 1)); tok[1] += 1
+kept, ref = [], []
+def keep(a, h):
+    kept.append(a); ref.append(a.copy())
+m.add_hook("blocks.0.hook_resid_pre", keep)
+path_patching.path_patch_sweep(m, tok, tok[:, ::-1].copy(), "logit_diff", answer_tokens=5, wrong_tokens=9)
+path_patching.path_patch(m, tok, tok[:, ::-1].copy(), lambda lg: float(lg[0, -1, 0]), senders=[(0, 1), (1, 2)])
+m.reset_hooks(); n = len(kept)
+churn(m); m.close(); churn()
+assert len(kept) == n
+assert len(kept) > 2
+for k, r in zip(kept, ref):
+    same(k, r); touch(k)
+ok(str(len(kept)))
+'''),
+    "kept_from_metric_callback_rerun": ("kept", '''
+# an activation-patching metric (called between the C call's runs) that runs the model again,
+# larger: the patch runs' kept hook arrays must survive it
+from circuits import patching
+m = load()
+_, clean = m.run_with_cache(TOK)
+kept, ref, inner = [], [], [False]
+def keep(a, h):
+    if not inner[0]:  # the patch runs' arrays, not those of the metric's own run
+        kept.append(a); ref.append(a.copy())
+m.add_hook("blocks.1.hook_resid_post", keep)
+def metric(lg):
+    inner[0] = True
+    m(TOK_BIG)
+    inner[0] = False
+    return float(lg[0, -1, 0])
+patching.get_act_patch_resid_pre(m, TOK_SAME, clean, metric)
+m.reset_hooks(); n = len(kept)
+churn(m); m.close(); churn()
+assert len(kept) == n
+for k, r in zip(kept, ref):
+    same(k, r); touch(k)
+ok(str(len(kept)))
+'''),
     "kept_from_detect_head": ("kept", '''
 m = load()
 kept = []
@@ -699,6 +766,8 @@ refused(lambda: m(TOK, stop_at_layer=99), CircuitsError)
 refused(lambda: m(TOK, stop_at_layer=2**32), circuits.RangeError)
 refused(lambda: m(TOK, start_at_layer=2**32 + 1, residual=m(TOK, stop_at_layer=1)), circuits.RangeError)
 refused(lambda: m(TOK, logit_positions=[2**64]), Exception)
+refused(lambda: m(TOK, logit_positions=np.array([2**64 - 1], np.uint64)), circuits.RangeError)  # not -1
+refused(lambda: m(TOK, logit_positions=[1.7]), ValueError)                  # not truncated to 1
 refused(lambda: m.circuit("OV", 2**32, 0), Exception)
 refused(lambda: m.virtual_OV(0, 2**32, 1, 0), Exception)
 refused(lambda: m.generate(TOK, max_new_tokens=2, top_k=2**32), circuits.RangeError)
@@ -944,8 +1013,16 @@ refused(lambda: cache.logit_attrs(st, np.zeros((5, 5), dtype=np.int64)), Circuit
 refused(lambda: cache.apply_ln_to_stack(st[0, 0]), CircuitsError)
 refused(lambda: cache.stack_neuron_results(-1, neuron_slice=[10**6]), CircuitsError)
 refused(lambda: cache.accumulated_resid(pos_slice=[2**40]), CircuitsError)
+refused(lambda: cache.accumulated_resid(pos_slice=np.array([2**64 - 1], np.uint64)), CircuitsError)  # not -1
 refused(lambda: cache.accumulated_resid(layer=2**40), CircuitsError)
 refused(lambda: m.tokens_to_residual_directions(np.array([2**40])), CircuitsError)  # no silent int32 wrap
+# direct_logit_attribution's **options are the C options' flags only: a count, the struct's size
+# or an index array of another dtype would make C read past an array
+refused(lambda: cache.direct_logit_attribution(3, pos_slice=[1], n_positions=4000), TypeError)
+refused(lambda: cache.direct_logit_attribution(3, size=4096), TypeError)
+refused(lambda: cache.direct_logit_attribution(3, incl_embeds=2**40), CircuitsError)
+same(cache.direct_logit_attribution(3, kind="decompose", batch_indices=np.zeros(1, np.int32)),
+     cache.direct_logit_attribution(3, kind="decompose"))                     # converted to int64, not reinterpreted
 lens = cache.logit_lens(pos_slice=-1)
 dla = cache.direct_logit_attribution(3, 4, kind="full")
 assert lens.shape == (L + 1, 1, V) and dla.shape[1:] == (1, T2.shape[1])
@@ -999,6 +1076,14 @@ same(cp.get_act_patch_resid_pre(m, T2, bad, metric), g)
 refused(lambda: cp.get_act_patch_resid_pre(m, T2, cache, cp.LogitDiff([1, 2], [2, 3])), circuits.ShapeError)
 refused(lambda: cp.get_act_patch_resid_pre(m, T2, cache, cp.LogitDiff([2**40], [2])), CircuitsError)
 refused(lambda: cp.get_act_patch_resid_pre(m, T2, cache, metric, cells_per_run=2**40), CircuitsError)
+# a Loss metric's tokens / attention_mask are read as [batch, pos] of the logits: shorter ones are refused
+refused(lambda: cp.get_act_patch_resid_pre(m, T2, cache, cp.Loss(T2[:, :2])), circuits.ShapeError)
+refused(lambda: cp.Loss(T2, attention_mask=np.ones((1, 2), int))(m(T2)), circuits.ShapeError)
+refused(lambda: cp.Loss(T2[:, :2])(m(T2)), circuits.ShapeError)
+from circuits.path_patching import path_patch_sweep
+refused(lambda: path_patch_sweep(m, T2, T2[:, ::-1].copy(), cp.Loss(T2[:, :2])), circuits.ShapeError)
+refused(lambda: path_patch_sweep(m, T2, T2[:, ::-1].copy(), "loss", attention_mask=np.full(T2.shape, 2**32)),
+        circuits.RangeError)                                                   # not wrapped to 0
 kept = []
 def keeper(logits):                       # keeps every logits array it is given: copies, still valid
     kept.append(logits)

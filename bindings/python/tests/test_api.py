@@ -253,6 +253,13 @@ def test_tokenizer(tiny):
     assert tok.encode("Hello").tolist() == [0, 40, 416, 79]
 
 
+def test_tokenizer_batch_decode(tiny):
+    tok = tiny.tokenizer
+    rows = np.array([[5, 6], [7, 8]])
+    assert tok.batch_decode(rows) == [tok.decode(rows[0]), tok.decode(rows[1])]
+    assert tok.batch_decode([[5, 6], [7]]) == [tok.decode([5, 6]), tok.decode([7])]
+
+
 def test_model_without_tokenizer():
     with circuits.Model.from_pretrained(CASES_DIR / "tl_2l_lnpre_gelu") as m:
         assert m.tokenizer is None

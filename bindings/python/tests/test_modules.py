@@ -95,3 +95,32 @@ def test_hook_points_as_attributes(circuits_mod, small):
     m.close()
     with pytest.raises(circuits_mod.ClosedError):
         m.blocks[0].attn.W_Q
+
+
+def test_embed_pos_embed_unembed_are_callable(circuits_mod, tiny):
+    """model.embed(tokens), model.pos_embed(tokens), model.unembed(residual), as TransformerLens's
+    modules: checked against the run's own hook_embed, hook_pos_embed and logits."""
+    m = tiny
+    tok = np.array([[1, 5, 9, 300, 42, 7, 7, 100], [3, 4, 5, 6, 7, 8, 9, 10]])
+    logits, cache = m.run_with_cache(tok)
+    np.testing.assert_array_equal(m.embed(tok), cache["hook_embed"])
+    np.testing.assert_array_equal(m.pos_embed(tok), cache["hook_pos_embed"])
+    np.testing.assert_array_equal(m.pos_embed(tok[:, :3], past_kv_pos_offset=2)[1], m.W_pos[2:5])
+    with pytest.raises(IndexError):
+        m.pos_embed(tok, past_kv_pos_offset=m.cfg.n_ctx)
+    np.testing.assert_allclose(m.unembed(cache["ln_final.hook_normalized"]), logits, atol=1e-5, rtol=0)
+    assert m.unembed(cache["ln_final.hook_normalized"][0, 0]).shape == (m.cfg.d_vocab_out,)
+    with pytest.raises(ValueError):
+        m.unembed(np.zeros((2, 3)))
+
+
+def test_lm_accuracy(circuits_mod, tiny):
+    from circuits import utils
+
+    lg = np.zeros((2, 4, 10), np.float32)
+    tok = np.array([[0, 1, 2, 3], [0, 5, 5, 5]])
+    lg[0, 0, 1] = lg[0, 1, 2] = lg[0, 2, 9] = 1  # row 0: right, right, wrong
+    lg[1, :, 5] = 1                              # row 1: right three times
+    per = utils.lm_accuracy(lg, tok, per_token=True)
+    assert per.dtype == np.bool_ and per.tolist() == [[True, True, False], [True, True, True]]
+    assert utils.lm_accuracy(lg, tok) == np.float32(5 / 6)

@@ -141,6 +141,8 @@ def test_bad_masks_refused():
         m(toks, attention_mask=np.ones((2, 1), np.int64))
     with pytest.raises(circuits.CircuitsError, match="is 2"):
         m(toks, attention_mask=np.full(toks.shape, 2))
+    with pytest.raises(circuits.RangeError):  # not wrapped to 0 (padding) by the int32 conversion
+        m(toks, attention_mask=np.full(toks.shape, 2**32, np.int64))
     with pytest.raises(circuits.CircuitsError, match="no real token"):
         m(toks, attention_mask=np.zeros(toks.shape, np.int64))
     with pytest.raises(ValueError, match="padding_side"):
@@ -202,3 +204,30 @@ def test_default_padding_side_from_tokenizer_config(tmp_path):
     assert circuits.Model.from_pretrained(d, default_padding_side="right").tokenizer.padding_side == "right"
     with pytest.raises(ValueError):
         circuits.Model.from_pretrained(d, default_padding_side="up")
+
+
+def test_utils_get_attention_mask_as_transformerlens():
+    """circuits.utils.get_attention_mask(tokenizer, tokens, prepend_bos, padding_side): TL 3.9's
+    signature and values (recorded from TransformerLens on the same tokens)."""
+    from circuits import utils
+
+    m = circuits.Model.from_pretrained(TINY_GPT2)
+    texts = ["Hello world you", "Hi", "a b"]
+    left = m.to_tokens(texts, padding_side="left")
+    right = m.to_tokens(texts, padding_side="right")
+    ones = [[1] * 8] * 3
+    tl = {  # (tokens, prepend_bos, padding_side) -> TransformerLens's mask
+        ("left", True, "left"): [[1] * 8, [0] * 5 + [1] * 3, [0] * 5 + [1] * 3],
+        ("left", False, "left"): [[0] + [1] * 7, [0] * 6 + [1] * 2, [0] * 6 + [1] * 2],
+        ("left", True, "right"): ones,
+        ("right", True, "right"): [[1] * 8, [1] * 3 + [0] * 5, [1] * 3 + [0] * 5],
+        ("right", False, "left"): [[0] + [1] * 7] * 3,
+        ("right", False, None): [[1] * 8, [1] * 3 + [0] * 5, [1] * 3 + [0] * 5],  # the tokenizer's side: right
+    }
+    for (which, bos, side), want in tl.items():
+        tok = left if which == "left" else right
+        got = utils.get_attention_mask(m.tokenizer, tok, bos, side)
+        assert got.dtype == np.int64 and got.tolist() == want, (which, bos, side)
+    assert utils.get_attention_mask(m.tokenizer, left[0], True, "left").tolist() == [1] * 8
+    assert utils.get_attention_mask(None, left, True).tolist() == ones
+    m.close()

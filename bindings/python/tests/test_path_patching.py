@@ -125,7 +125,7 @@ def test_loss_metric_is_the_clean_loss_without_senders(case):
 
 
 def test_metric_object_with_struct(case):
-    """A built-in metric object (anything with _struct(batch), as circuits.patching's LogitDiff) is
+    """A built-in metric object (anything with _struct(batch, pos), as circuits.patching's LogitDiff) is
     evaluated in C, not called back."""
     _, model, ref, _ = case
     from circuits import _native as N
@@ -135,8 +135,8 @@ def test_metric_object_with_struct(case):
         def __init__(self, answer, wrong):
             self.answer, self.wrong = answer, wrong
 
-        def _struct(self, batch):
-            mc = make_metric("logit_diff", batch, 1, answer_tokens=self.answer, wrong_tokens=self.wrong)
+        def _struct(self, batch, pos):
+            mc = make_metric("logit_diff", batch, pos, answer_tokens=self.answer, wrong_tokens=self.wrong)
             assert mc.struct.kind == N.CIRCUITS_METRIC_LOGIT_DIFF
             return mc.struct, mc
 

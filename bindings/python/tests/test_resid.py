@@ -203,3 +203,21 @@ def test_apply_ln_to_a_batch_by_d_model_stack():
     want = (final - final.mean(-1, keepdims=True)) / scale
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got, cache.apply_ln_to_stack(final[None], layer=-1, pos_slice=-1)[0])
+
+
+def test_get_neuron_results_matches_stack_neuron_results():
+    """get_neuron_results (NumPy: hook_post * W_out) against the C stack_neuron_results rows of
+    the same layer; TransformerLens's shapes for int / list / tuple slices and projections."""
+    model, cache, ref = _setup("tl_gelu_new_attn_result")
+    d_mlp, L = model.cfg.d_mlp, 1
+    got = cache.get_neuron_results(L)                                   # [batch, pos, d_mlp, d_model]
+    stack = cache.stack_neuron_results(L + 1)                           # [L+1 layers * d_mlp, batch, pos, d_model]
+    np.testing.assert_allclose(np.moveaxis(got, 2, 0), stack[L * d_mlp:(L + 1) * d_mlp], atol=1e-5, rtol=1e-5)
+    B, T = cache["blocks.0.mlp.hook_post"].shape[:2]
+    assert cache.get_neuron_results(L, neuron_slice=3).shape == (B, T, model.cfg.d_model)
+    assert cache.get_neuron_results(L, neuron_slice=[1, 5], pos_slice=-1).shape == (B, 2, model.cfg.d_model)
+    assert cache.get_neuron_results(L, pos_slice=(1, 3)).shape == (B, 2, d_mlp, model.cfg.d_model)
+    p = np.ones((model.cfg.d_model, 2), np.float32)
+    np.testing.assert_allclose(cache.get_neuron_results(L, project_output_onto=p), got @ p, atol=1e-4, rtol=1e-4)
+    assert cache.get_neuron_results(L, project_output_onto=p[:, 0]).shape == (B, T, d_mlp)
+    cache.toggle_autodiff(False)  # a no-op, for TransformerLens code
