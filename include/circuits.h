@@ -1044,8 +1044,10 @@ CIRCUITS_API int circuits_patch_grid_shape(const circuits_model *model, int32_t 
  * l, contiguous in its TL shape for [batch, pos] (e.g. a circuits_cache entry of the clean run).
  * The context's registered hooks fire in every patched run (incremental runs cover only blocks
  * >= the patched one and positions >= the first patched one, and a cell whose patch cannot
- * reach a position the metric reads is not run). opts may be NULL. On failure the contents of out
- * are unspecified (cells computed before the failure are written). */
+ * reach a position the metric reads is not run). The context is held for the whole grid: a metric
+ * callback (called between runs) must not call into it (refused, CIRCUITS_E_INVALID_ARGUMENT).
+ * opts may be NULL. On failure the contents of out are unspecified (cells computed before the
+ * failure are written). */
 CIRCUITS_API int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const int32_t *corrupted_tokens,
                                                    int64_t batch, int64_t pos, const float *const *clean,
                                                    const circuits_metric *metric,

@@ -175,6 +175,55 @@ static void test_registered_hook(void)
     ref = NULL;
 }
 
+/* A metric callback runs between the grid's runs: the context is held for the whole grid, so a
+ * run of it from there is refused, and the grid fails cleanly (the context stays usable). */
+typedef struct {
+    circuits_context *ctx;
+    int rc;
+} rerun_state;
+static int metric_reruns(const float *lg, int64_t b, int64_t t, int64_t v, float *value, void *u)
+{
+    (void)b, (void)t, (void)v;
+    rerun_state *st = u;
+    int32_t tok[2] = {1, 2};
+    st->rc = circuits_context_forward(st->ctx, tok, 1, 2, NULL, NULL, NULL);
+    *value = lg[0];
+    return st->rc ? -1 : 0;
+}
+
+static void test_metric_callback_holds_context(void)
+{
+    circuits_model *m = load_case("tl_attn_only_2l_none");
+    circuits_context *ctx = make_ctx(m, 0);
+    circuits_config c = config_of(m);
+    int32_t tok[B * T];
+    make_tokens(tok, B * T, c.d_vocab, 7);
+    circuits_cache *cache;
+    CHECK_OK(circuits_cache_create(&cache));
+    CHECK_OK(circuits_context_run_with_cache(ctx, tok, B, T, NULL, 0, cache, NULL, NULL, NULL));
+    const float *clean[2];
+    for (int l = 0; l < 2; l++) {
+        char name[64];
+        circuits_tensor t;
+        snprintf(name, sizeof name, "blocks.%d.hook_resid_pre", l);
+        CHECK_OK(circuits_cache_get(cache, name, &t));
+        clean[l] = t.data;
+    }
+    rerun_state st = {ctx, 0};
+    circuits_metric mc;
+    circuits_metric_init(&mc);
+    mc.kind = CIRCUITS_METRIC_CALLBACK, mc.fn = metric_reruns, mc.user_data = &st;
+    float grid[2 * T];
+    CHECK(circuits_context_activation_patch(ctx, CIRCUITS_PATCH_RESID_PRE, tok, B, T, clean, &mc, NULL, grid) ==
+              CIRCUITS_E_CALLBACK,
+          "a metric that runs the context must fail the grid");
+    CHECK(st.rc == CIRCUITS_E_INVALID_ARGUMENT, "the run from the metric callback returned %d", st.rc);
+    CHECK_OK(circuits_context_forward(ctx, tok, B, T, NULL, NULL, NULL));
+    circuits_cache_free(cache);
+    circuits_context_free(ctx);
+    circuits_model_free(m);
+}
+
 static void test_refusals(void)
 {
     circuits_model *m = load_case("tl_attn_only_2l_none");
@@ -234,6 +283,7 @@ int main(int argc, char **argv)
     test_case("tl_shortformer_relu");
     test_case("tl_attn_only_2l_none");
     test_registered_hook();
+    test_metric_callback_holds_context();
     test_refusals();
     printf("largest |libcircuits - TL| / max(1, |grid|): %.3g; |incremental or batched - whole| / max(1, |grid|): %.3g\n", worst_tl,
            worst_incremental);

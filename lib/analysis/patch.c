@@ -280,6 +280,7 @@ static int base_run(sweep *s)
     r.positions = s->u;
     r.n_positions = s->n;
     r.out = s->base_logits;
+    r.held = true;
     int rc = cx_context_run(ctx, &r);
     cx_free(dst);
     return rc;
@@ -396,6 +397,7 @@ static int run_group(sweep *s, cell *cells, int64_t n, int64_t P)
         r.edits = edits;
         r.n_edits = 2;
     }
+    r.held = true;
     int rc = cx_context_run(ctx, &r);
     if (rc == CIRCUITS_E_STOPPED && sr.done) rc = CIRCUITS_OK;
     if (rc) return rc;
@@ -506,6 +508,9 @@ int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const
     sweep s = {.ctx = ctx, .fn = fn, .tokens = corrupted_tokens, .B = batch, .T = pos, .D = c->d_model,
                .KD = (int64_t)c->n_key_value_heads * c->d_head, .V = c->d_vocab_out, .L = c->n_layers,
                .hook = KINDS[kind].hook, .metric = metric, .incremental = o.incremental};
+    /* the grid is one operation: the guard is held from the base run to the last cell, so a metric
+     * callback (called between runs) cannot run this context or change its hooks mid-grid */
+    if ((rc = cx_context_enter(ctx, fn))) return rc;
     if (!(rc = metric_positions(&s)) && !(rc = sweep_alloc(&s, o.cells_per_run)) && !(rc = base_run(&s))) {
         /* a callback on unembed.hook_out must see the logits: then the whole unembedding runs */
         int32_t k = s.pm.kind, uo = cx_hook_index(&ctx->hooks, -1, HK_UNEMBED_OUT);
@@ -514,5 +519,6 @@ int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const
         rc = sweep_grid(&s, kind, clean, out);
     }
     sweep_free(&s);
+    cx_context_leave(ctx);
     return rc;
 }

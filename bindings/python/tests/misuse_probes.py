@@ -469,8 +469,9 @@ for k, r in zip(kept, ref):
 ok(str(len(kept)))
 '''),
     "kept_from_metric_callback_rerun": ("kept", '''
-# an activation-patching metric (called between the C call's runs) that runs the model again,
-# larger: the patch runs' kept hook arrays must survive it
+# an activation-patching metric (called between the C call's runs) that tries to run the model
+# again, larger: the library holds the context for the whole grid, so the run is refused (the
+# grid fails with that error), and the patch runs' kept hook arrays survive
 from circuits import patching
 m = load()
 _, clean = m.run_with_cache(TOK)
@@ -481,10 +482,14 @@ def keep(a, h):
 m.add_hook("blocks.1.hook_resid_post", keep)
 def metric(lg):
     inner[0] = True
-    m(TOK_BIG)
-    inner[0] = False
+    try:
+        m(TOK_BIG)
+    finally:
+        inner[0] = False
     return float(lg[0, -1, 0])
-patching.get_act_patch_resid_pre(m, TOK_SAME, clean, metric)
+e = refused(lambda: patching.get_act_patch_resid_pre(m, TOK_SAME, clean, metric), CircuitsError)
+assert "callback of the same context" in str(e), str(e)
+assert kept, "the base run fired no hook"
 m.reset_hooks(); n = len(kept)
 churn(m); m.close(); churn()
 assert len(kept) == n
