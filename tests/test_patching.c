@@ -136,6 +136,18 @@ static int count_calls(const circuits_tensor *t, void *u)
 
 /* A callback on unembed.hook_out sees the logits of every patched run (no sparse unembedding
  * then), and the grid is the same. */
+/* clean[l]: the cached blocks.l.hook_resid_pre of the two-layer models of these tests. */
+static void clean_resid_pre(const circuits_cache *cache, const float *clean[2])
+{
+    for (int l = 0; l < 2; l++) {
+        char name[64];
+        circuits_tensor t;
+        snprintf(name, sizeof name, "blocks.%d.hook_resid_pre", l);
+        CHECK_OK(circuits_cache_get(cache, name, &t));
+        clean[l] = t.data;
+    }
+}
+
 static void test_registered_hook(void)
 {
     char path[4096];
@@ -149,13 +161,7 @@ static void test_registered_hook(void)
     CHECK_OK(circuits_context_run_with_cache(ctx, (const int32_t *)get("clean_tokens")->data, B, T, NULL, 0, cache,
                                              NULL, NULL, NULL));
     const float *clean[2];
-    for (int l = 0; l < 2; l++) {
-        char name[64];
-        circuits_tensor t;
-        snprintf(name, sizeof name, "blocks.%d.hook_resid_pre", l);
-        CHECK_OK(circuits_cache_get(cache, name, &t));
-        clean[l] = t.data;
-    }
+    clean_resid_pre(cache, clean);
     circuits_metric ld;
     circuits_metric_init(&ld);
     ld.answer = (const int32_t *)get("answer")->data;
@@ -202,13 +208,7 @@ static void test_metric_callback_holds_context(void)
     CHECK_OK(circuits_cache_create(&cache));
     CHECK_OK(circuits_context_run_with_cache(ctx, tok, B, T, NULL, 0, cache, NULL, NULL, NULL));
     const float *clean[2];
-    for (int l = 0; l < 2; l++) {
-        char name[64];
-        circuits_tensor t;
-        snprintf(name, sizeof name, "blocks.%d.hook_resid_pre", l);
-        CHECK_OK(circuits_cache_get(cache, name, &t));
-        clean[l] = t.data;
-    }
+    clean_resid_pre(cache, clean);
     rerun_state st = {ctx, 0};
     circuits_metric mc;
     circuits_metric_init(&mc);

@@ -136,14 +136,9 @@ int circuits_metric_eval(const circuits_metric *m, const float *logits, int64_t 
 {
     static const char fn[] = "circuits_metric_eval";
     if (!logits || !value) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: logits or value is NULL", fn);
-    if (batch < 1 || pos < 1 || d_vocab < 1)
-        return cx_fail(CIRCUITS_E_SHAPE, "%s: shape [%lld, %lld, %lld]: every dimension must be at least 1", fn,
-                       (long long)batch, (long long)pos, (long long)d_vocab);
-    if (batch > INT64_MAX / pos || batch * pos > (int64_t)(SIZE_MAX / sizeof(float)) / d_vocab)
-        return cx_fail(CIRCUITS_E_RANGE, "%s: shape [%lld, %lld, %lld] is too large", fn, (long long)batch,
-                       (long long)pos, (long long)d_vocab);
-    circuits_metric mm;
-    int rc = cx_metric_check(m, &mm, batch, pos, d_vocab, fn);
+    int rc = cx_logits_shape_check(batch, pos, d_vocab, fn);
     if (rc) return rc;
+    circuits_metric mm;
+    if ((rc = cx_metric_check(m, &mm, batch, pos, d_vocab, fn))) return rc;
     return cx_metric_value(&mm, logits, batch, pos, d_vocab, NULL, 0, value, fn);
 }

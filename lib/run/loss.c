@@ -41,18 +41,24 @@ int cx_lm_loss(const float *logits, const int32_t *tokens, const int32_t *mask, 
     return CIRCUITS_OK;
 }
 
-int circuits_lm_cross_entropy(const float *logits, const int32_t *tokens, const int32_t *attention_mask, int64_t batch,
-                              int64_t pos, int64_t d_vocab, float *per_token, float *loss)
+int cx_logits_shape_check(int64_t batch, int64_t pos, int64_t d_vocab, const char *fn)
 {
-    static const char fn[] = "circuits_lm_cross_entropy";
-    if (!logits || !tokens) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: logits or tokens is NULL", fn);
     if (batch < 1 || pos < 1 || d_vocab < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: shape [%lld, %lld, %lld]: every dimension must be at least 1", fn,
                        (long long)batch, (long long)pos, (long long)d_vocab);
     if (batch > INT64_MAX / pos || batch * pos > (int64_t)(SIZE_MAX / sizeof(float)) / d_vocab)
         return cx_fail(CIRCUITS_E_RANGE, "%s: shape [%lld, %lld, %lld] is too large", fn, (long long)batch,
                        (long long)pos, (long long)d_vocab);
-    int rc = cx_lm_loss_check(tokens, attention_mask, batch, pos, d_vocab, fn);
+    return CIRCUITS_OK;
+}
+
+int circuits_lm_cross_entropy(const float *logits, const int32_t *tokens, const int32_t *attention_mask, int64_t batch,
+                              int64_t pos, int64_t d_vocab, float *per_token, float *loss)
+{
+    static const char fn[] = "circuits_lm_cross_entropy";
+    if (!logits || !tokens) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: logits or tokens is NULL", fn);
+    int rc = cx_logits_shape_check(batch, pos, d_vocab, fn);
     if (rc) return rc;
+    if ((rc = cx_lm_loss_check(tokens, attention_mask, batch, pos, d_vocab, fn))) return rc;
     return cx_lm_loss(logits, tokens, attention_mask, batch, pos, d_vocab, per_token, loss, fn);
 }

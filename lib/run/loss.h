@@ -11,6 +11,9 @@
 int cx_lm_loss(const float *logits, const int32_t *tokens, const int32_t *mask, int64_t B, int64_t T, int64_t V,
                float *per_token, float *loss, const char *fn);
 
+/* Logits [batch, pos, d_vocab] from a caller: every dimension >= 1 and the whole addressable. */
+int cx_logits_shape_check(int64_t batch, int64_t pos, int64_t d_vocab, const char *fn);
+
 /* Checks tokens[b, i >= 1] < V and mask values 0/1 for a loss over [B, T]. */
 int cx_lm_loss_check(const int32_t *tokens, const int32_t *mask, int64_t B, int64_t T, int64_t V, const char *fn);
 
