@@ -1045,6 +1045,47 @@ touch(kept); touch(lens)                                                      # 
 ok()
 ''')
 
+PROBES["owner_modules_after_close"] = ("owner", '''
+# the module tree's weights (model.embed.W_E, model.blocks[l].attn.W_Q, ...) outlive close(); a
+# module object read after close() is refused or gives valid memory, never freed memory
+m = load()
+arrs = [m.embed.W_E, m.pos_embed.W_pos, m.unembed.W_U, m.blocks[0].attn.W_Q, m.blocks[1].attn.W_O,
+        m.blocks[0].mlp.W_in, m.blocks[0].attn.b_Q]
+attn, hp = m.blocks[0].attn, m.blocks[0].attn.hook_pattern
+ref = snap(arrs)
+m.close(); del m; churn()
+for a, r in zip(arrs, ref):
+    same(a, r)
+    refused(lambda: a.__setitem__((0,) * a.ndim, 1.0), ValueError)   # read-only
+try:
+    late = attn.W_K
+except CircuitsError:
+    late = None
+if late is not None:
+    assert late.ndim == 3 and np.isfinite(late).all()
+    touch(late)
+assert hp.name == "blocks.0.attn.hook_pattern"
+touch(arrs[0])
+ok()
+''')
+PROBES["kept_hook_tokens"] = ("kept", '''
+# hook_tokens lends int32 ids: a kept view stays valid after later runs and close(); a return of the
+# wrong shape or dtype, or ids outside the vocabulary, are refused with an exception
+m = load()
+m.set_use_hook_tokens(True)
+kept = []
+m.add_hook("hook_tokens", lambda a, h: kept.append(a))
+m(TOK)
+assert kept and kept[0].dtype == np.int32 and kept[0].shape == TOK.shape, (kept[0].dtype, kept[0].shape)
+ref = snap(kept)
+m.reset_hooks()
+churn(m)
+for bad in (np.zeros((1, 3), np.int32), np.zeros(TOK.shape, np.float32), np.full(TOK.shape, 10**6, np.int32)):
+    refused(lambda: m.run_with_hooks(TOK, fwd_hooks=[("hook_tokens", lambda a, h, b=bad: b)]), Exception)
+m.close(); churn()
+same(kept[0], ref[0]); touch(kept[0])
+ok()
+''')
 PROBES["size_set_num_threads"] = ("size", '''
 before = circuits.get_num_threads() if hasattr(circuits, "get_num_threads") else N.lib.circuits_get_num_threads()
 for n in (0, -3, 64, 1):
