@@ -48,12 +48,12 @@ extern "C" {
 #endif
 
 #define CIRCUITS_VERSION_MAJOR 0
-#define CIRCUITS_VERSION_MINOR 5
+#define CIRCUITS_VERSION_MINOR 6
 #define CIRCUITS_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH, as zstd does. */
 #define CIRCUITS_VERSION_NUMBER \
     (CIRCUITS_VERSION_MAJOR * 10000 + CIRCUITS_VERSION_MINOR * 100 + CIRCUITS_VERSION_PATCH)
-#define CIRCUITS_VERSION_STRING "0.5.0"
+#define CIRCUITS_VERSION_STRING "0.6.0"
 /* The soname's number: libcircuits.so.CIRCUITS_ABI_VERSION. Bumped on any incompatible change. */
 #define CIRCUITS_ABI_VERSION 0
 
@@ -192,7 +192,8 @@ typedef struct circuits_config {
     int32_t normalization_type; /* circuits_norm_type */
     int32_t positional_embedding_type; /* circuits_pos_embed */
     int32_t attn_only;      /* 1: no MLPs, no ln2, no hook_resid_mid */
-    int32_t format;         /* circuits_model_format the model was loaded from */
+    int32_t format;         /* circuits_model_format the model was loaded from (a GGUF file: its
+                             * family's, e.g. CIRCUITS_FORMAT_HF_LLAMA for GGUF llama) */
     int32_t scale_attn_by_inverse_layer_idx; /* 1: scores also divided by (layer + 1) */
     float eps;              /* LayerNorm epsilon */
     float attn_scale;       /* scores = q.k / attn_scale; sqrt(d_head) unless configured */
@@ -244,7 +245,43 @@ typedef struct circuits_load_options {
      * kills the process with SIGBUS at its next run: docs/loading.md). 1: read the files into
      * memory (more memory and a slower load, but immune to the files changing afterwards). */
     int32_t read_into_memory;
+    /* Added in 0.6.0 (docs/quantization.md). 0: every weight becomes fp32 at load (quantized
+     * GGUF tensors dequantized, F16/BF16 widened): TransformerLens's numerics, and fp32 memory.
+     * 1: the weight matrices stay in their stored dtype (GGUF's quantized types, F16, BF16) and
+     * products dequantize blocks on the fly with fp32 accumulation, so the resident size stays
+     * near the file's; hooks still see fp32 activations. Such weights are read with
+     * circuits_model_weight_read (circuits_model_weight refuses them, CIRCUITS_E_DTYPE), and a
+     * weight-processing step that would rewrite them is refused by name. */
+    int32_t keep_stored_dtype;
 } circuits_load_options;
+
+/* Storage types of weights (added in 0.6.0), numbered as ggml numbers them (GGUF's tensor
+ * types), so that a GGUF file's type ids read as these. */
+typedef enum circuits_dtype {
+    CIRCUITS_DTYPE_F32 = 0,
+    CIRCUITS_DTYPE_F16 = 1,
+    CIRCUITS_DTYPE_Q4_0 = 2,
+    CIRCUITS_DTYPE_Q4_1 = 3,
+    CIRCUITS_DTYPE_Q5_0 = 6,
+    CIRCUITS_DTYPE_Q5_1 = 7,
+    CIRCUITS_DTYPE_Q8_0 = 8,
+    CIRCUITS_DTYPE_Q2_K = 10,
+    CIRCUITS_DTYPE_Q3_K = 11,
+    CIRCUITS_DTYPE_Q4_K = 12,
+    CIRCUITS_DTYPE_Q5_K = 13,
+    CIRCUITS_DTYPE_Q6_K = 14,
+    CIRCUITS_DTYPE_BF16 = 30
+} circuits_dtype;
+
+/* "Q4_K" for CIRCUITS_DTYPE_Q4_K ...; NULL for a number that is not a circuits_dtype. */
+CIRCUITS_API const char *circuits_dtype_name(int32_t dtype);
+/* Values per block and bytes per block of a dtype (1 and 4 for F32; 256 and 144 for Q4_K).
+ * CIRCUITS_E_DTYPE for a number that is not a circuits_dtype. Either output may be NULL. */
+CIRCUITS_API int circuits_dtype_block(int32_t dtype, int64_t *block_values, size_t *block_bytes);
+/* Dequantizes n values stored as dtype (src: src_bytes bytes, exactly n / block_values blocks)
+ * into dst[n], bit-identical to the gguf package's NumPy dequantizer (llama.cpp's gguf-py).
+ * n must be a multiple of the block (CIRCUITS_E_SHAPE), src_bytes its size (CIRCUITS_E_SHAPE). */
+CIRCUITS_API int circuits_dequantize(int32_t dtype, const void *src, size_t src_bytes, float *dst, size_t n);
 
 /* Fills *opts with the defaults (TransformerLens from_pretrained's processing). */
 CIRCUITS_API void circuits_load_options_init(circuits_load_options *opts);
@@ -252,7 +289,9 @@ CIRCUITS_API void circuits_load_options_init(circuits_load_options *opts);
 /* Loads a model from a directory: a Hugging Face GPT-2 (config.json + model.safetensors, or
  * model.safetensors.index.json + shards) or a TransformerLens-layout model (tl_config.json +
  * model.safetensors), then processes the weights as opts says (NULL: the defaults, i.e. as
- * TransformerLens's from_pretrained does). */
+ * TransformerLens's from_pretrained does). Since 0.6.0 path may also name a GGUF file (llama.cpp's
+ * format, v2 or v3: architectures llama, qwen2, gemma, gemma2, gptneox, gptj, gpt2; its tokenizer
+ * comes from the same file): docs/quantization.md. */
 CIRCUITS_API int circuits_model_load(circuits_model **out, const char *path,
                                      const circuits_load_options *opts);
 CIRCUITS_API void circuits_model_free(circuits_model *model);
@@ -265,6 +304,15 @@ CIRCUITS_API int circuits_model_config(const circuits_model *model, circuits_con
  * model is freed; its data must not be written (it may be a read-only file mapping). */
 CIRCUITS_API int circuits_model_weight(const circuits_model *model, const char *name,
                                        circuits_tensor *out);
+/* Added in 0.6.0. The dtype a weight is held in (circuits_dtype): CIRCUITS_DTYPE_F32 unless the
+ * model was loaded with keep_stored_dtype and the weight is a matrix stored quantized, F16 or BF16. */
+CIRCUITS_API int circuits_model_weight_dtype(const circuits_model *model, const char *name, int32_t *dtype);
+/* Added in 0.6.0. The weight `name` as fp32, written into the caller's buf (buf_len floats, at
+ * least the product of its shape: else CIRCUITS_E_RANGE); *out (may be NULL) describes it there,
+ * contiguous. Works for every weight of every model (a copy for fp32 ones; a dequantization for
+ * weights kept in their stored dtype). */
+CIRCUITS_API int circuits_model_weight_read(const circuits_model *model, const char *name, float *buf,
+                                            size_t buf_len, circuits_tensor *out);
 /* Enumerates every weight: index in [0, circuits_model_weight_count()). */
 CIRCUITS_API size_t circuits_model_weight_count(const circuits_model *model);
 CIRCUITS_API int circuits_model_weight_at(const circuits_model *model, size_t index,

@@ -73,6 +73,11 @@ struct circuits_model {
     const circuits_tensor *W_E, *W_pos, *ln_final_w, *ln_final_b, *W_U, *b_U;
     cx_layer_weights *layers;    /* [n_layers] */
     circuits_tokenizer *tokenizer; /* from the model directory, or NULL */
+    /* keep_stored_dtype (model/quant.h): [n_weights] matrices held in their stored dtype, or
+     * NULL when every weight is fp32. An entry with data NULL is an fp32 weight; one with data
+     * set has weights[i].data NULL: the weight is only readable through its cx_qmat. */
+    struct cx_qmat *stored;
+    int32_t *row_maps;           /* row maps the cx_qmats share (owned), or NULL */
 };
 
 /* Row-major strides (in elements) of a contiguous tensor of this shape. */

@@ -387,8 +387,8 @@ int circuits_model_load(circuits_model **out, const char *path, const circuits_l
     circuits_load_options_init(&o);
     /* the published sizes (docs/abi.md): 0.1-0.2.0's, then 0.3.0's (read_into_memory). Literal
      * sizes, as released: a later field's offset need not equal an older sizeof (tail padding). */
-    static const size_t versions[] = {24, 28};
-    _Static_assert(sizeof(circuits_load_options) == 28, "a new circuits_load_options version: list its size here");
+    static const size_t versions[] = {24, 28, 32};
+    _Static_assert(sizeof(circuits_load_options) == 32, "a new circuits_load_options version: list its size here");
     int rc;
     if (opts && (rc = cx_options_copy(&o, opts, versions, CX_COUNT(versions), "circuits_model_load"))) return rc;
     const int32_t flags[] = {o.fold_ln, o.center_writing_weights, o.center_unembed, o.fold_value_biases,
@@ -399,6 +399,9 @@ int circuits_model_load(circuits_model **out, const char *path, const circuits_l
     if (o.read_into_memory != 0 && o.read_into_memory != 1)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_load: read_into_memory %d must be 0 or 1",
                        (int)o.read_into_memory);
+    if (o.keep_stored_dtype != 0 && o.keep_stored_dtype != 1)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_load: keep_stored_dtype %d must be 0 or 1",
+                       (int)o.keep_stored_dtype);
     circuits_model *m = cx_calloc(1, sizeof *m);
     if (!m) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading %s", path);
     rc = load_into(m, path, o.read_into_memory ? CX_ST_READ : CX_ST_MAP);

@@ -6,7 +6,10 @@
 
 typedef enum cx_dtype {
     CX_DT_BOOL, CX_DT_U8, CX_DT_I8, CX_DT_F8_E5M2, CX_DT_F8_E4M3, CX_DT_I16, CX_DT_U16,
-    CX_DT_F16, CX_DT_BF16, CX_DT_I32, CX_DT_U32, CX_DT_F32, CX_DT_F64, CX_DT_I64, CX_DT_U64
+    CX_DT_F16, CX_DT_BF16, CX_DT_I32, CX_DT_U32, CX_DT_F32, CX_DT_F64, CX_DT_I64, CX_DT_U64,
+    /* GGUF's block types (model/quant.h: sizes per block, dequantization); cx_dtype_size() is 0 */
+    CX_DT_Q4_0, CX_DT_Q4_1, CX_DT_Q5_0, CX_DT_Q5_1, CX_DT_Q8_0, CX_DT_Q2_K, CX_DT_Q3_K, CX_DT_Q4_K, CX_DT_Q5_K,
+    CX_DT_Q6_K
 } cx_dtype;
 
 #define CX_ST_MAX_DIMS 8

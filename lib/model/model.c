@@ -1,5 +1,6 @@
 /* The public model object: config, weight views, lifetime. */
 #include "arch.h"
+#include "quant.h"
 #include "safetensors.h"
 
 #include <string.h>
@@ -14,6 +15,8 @@ void circuits_model_free(circuits_model *m)
     for (size_t i = 0; i < m->n_owned; i++) cx_free(m->owned[i]);
     cx_free(m->owned);
     cx_free(m->layers);
+    cx_free(m->stored);
+    cx_free(m->row_maps);
     cx_st_close(m->files);
     circuits_tokenizer_free(m->tokenizer);
     cx_free(m);
@@ -80,6 +83,53 @@ int circuits_model_weight(const circuits_model *m, const char *name, circuits_te
                        example, cx_weight_kinds[CX_W_EMBED].name);
     }
     *out = *t;
+    return CIRCUITS_OK;
+}
+
+int circuits_model_weight_dtype(const circuits_model *m, const char *name, int32_t *dtype)
+{
+    if (!m || !name || !dtype) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_weight_dtype: NULL argument");
+    circuits_tensor view;
+    const circuits_tensor *t = cx_model_find_weight(m, name);
+    if (!t) return circuits_model_weight(m, name, &view); /* its not-found message */
+    size_t i = (size_t)(t - m->weights);
+    *dtype = m->stored && m->stored[i].data ? cx_dtype_public(m->stored[i].dtype) : CIRCUITS_DTYPE_F32;
+    return CIRCUITS_OK;
+}
+
+int circuits_model_weight_read(const circuits_model *m, const char *name, float *buf, size_t buf_len,
+                               circuits_tensor *out)
+{
+    if (!m || !name || !buf) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_weight_read: NULL argument");
+    circuits_tensor view;
+    const circuits_tensor *t = cx_model_find_weight(m, name);
+    if (!t) return circuits_model_weight(m, name, &view);
+    size_t numel = 1;
+    for (int d = 0; d < t->ndim; d++) numel *= (size_t)t->shape[d];
+    if (buf_len < numel)
+        return cx_fail(CIRCUITS_E_RANGE, "circuits_model_weight_read: '%s' has %zu values, buf holds %zu", name, numel,
+                       buf_len);
+    size_t i = (size_t)(t - m->weights);
+    if (m->stored && m->stored[i].data) {
+        int rc = cx_qmat_read_weight(m, i, buf); /* dequantized into TransformerLens's layout */
+        if (rc) return rc;
+    } else {
+        int64_t sh[4] = {1, 1, 1, 1}, st[4] = {0, 0, 0, 0};
+        for (int d = 0; d < t->ndim; d++) {
+            sh[4 - t->ndim + d] = t->shape[d];
+            st[4 - t->ndim + d] = t->strides[d];
+        }
+        size_t k = 0;
+        for (int64_t a = 0; a < sh[0]; a++)
+            for (int64_t b = 0; b < sh[1]; b++)
+                for (int64_t c = 0; c < sh[2]; c++)
+                    for (int64_t d = 0; d < sh[3]; d++) buf[k++] = t->data[a * st[0] + b * st[1] + c * st[2] + d * st[3]];
+    }
+    if (out) {
+        *out = *t;
+        out->data = buf;
+        cx_contiguous_strides(t->ndim, t->shape, out->strides);
+    }
     return CIRCUITS_OK;
 }
 

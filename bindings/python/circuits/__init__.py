@@ -47,7 +47,7 @@ from .tokenizer import Tokenizer
 from . import evals, utils  # noqa: E402  (TransformerLens's evals and utils modules)
 from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens's patching module
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 #: Path of the loaded libcircuits.so.0, and how it was found.
 library_path: str = _native.library_path

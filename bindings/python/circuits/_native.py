@@ -54,7 +54,7 @@ CIRCUITS_VERSION_MAJOR = 0
 CIRCUITS_VERSION_MINOR = 5
 CIRCUITS_VERSION_PATCH = 0
 CIRCUITS_VERSION_NUMBER = CIRCUITS_VERSION_MAJOR * 10000 + CIRCUITS_VERSION_MINOR * 100 + CIRCUITS_VERSION_PATCH
-CIRCUITS_VERSION_STRING = "0.5.0"
+CIRCUITS_VERSION_STRING = "0.6.0"
 
 # circuits_status
 CIRCUITS_OK = 0
@@ -272,6 +272,7 @@ class LoadOptions(Structure):
         ("fold_value_biases", c_int32),
         ("refactor_factored_attn_matrices", c_int32),
         ("read_into_memory", c_int32),  # added in 0.3.0: 0 map the files, 1 read them into memory
+        ("keep_stored_dtype", c_int32),  # added in 0.6.0: 1 keep matrices quantized / F16 / BF16
     ]
 
 
