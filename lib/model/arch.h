@@ -140,6 +140,8 @@ typedef enum cx_map {
                           [(i qkv h)] -> [i, h]), as convert_neox_weights splits it */
     CX_MAP_NORM_PLUS1, /* Gemma's RMSNorm weight: stored w, the norm multiplies by 1 + w (in fp32) */
     CX_MAP_EMBED_SCALED, /* Gemma's embedding: stored W_E times (float)sqrt(d_model), in fp32 */
+    CX_MAP_PROJ_HEADS_PERMUTED, /* GGUF llama q/k: CX_MAP_PROJ_HEADS with llama.cpp's converter
+                          permutation of each head's rows (rotate-half pairs made adjacent) to undo */
 } cx_map;
 
 typedef struct cx_weight_source {
