@@ -45,7 +45,8 @@ def mapped(d) -> bool:
 def test_load_options_layout():
     # appended at the end; 0.2.0's struct ends where it begins
     assert N.LoadOptions.read_into_memory.offset == 24
-    assert ctypes.sizeof(N.LoadOptions) == 28
+    assert N.LoadOptions.keep_stored_dtype.offset == 28  # 0.6.0
+    assert ctypes.sizeof(N.LoadOptions) == 32
 
 
 @pytest.mark.parametrize("processing", [False, True])
