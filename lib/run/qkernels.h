@@ -12,8 +12,10 @@
  * blocks, or 256 F16 / BF16 / F32 values). */
 enum { CX_QCHUNK = 256 };
 
-/* True when this CPU runs the kernels below (AVX2, FMA, F16C). */
+/* True when this CPU runs the kernels below (AVX2, FMA, F16C) and they are not switched off. */
 bool cx_qk_available(void);
+/* Tests: off = true makes cx_qk_available() false (the portable path), false restores it. */
+void cx_qk_switch_off(bool off);
 
 /* dst[len] = values k0 .. k0+len-1 of a stored row of dt (k0 and len multiples of dt's block;
  * len <= CX_QCHUNK for the dot, any for tiles). Only when cx_qk_available(). */

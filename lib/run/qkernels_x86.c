@@ -14,9 +14,14 @@
 #define QK_TARGET __attribute__((target("avx2,fma,f16c")))
 #define QK_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 
+static bool switched_off;
+
+void cx_qk_switch_off(bool off) { switched_off = off; }
+
 bool cx_qk_available(void)
 {
     static int have = -1; /* benign race: every thread computes the same answer */
+    if (switched_off) return false;
     if (have < 0) {
         __builtin_cpu_init();
         have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -422,6 +427,19 @@ QK_TARGET void cx_qk_dot_rows(cx_dtype dt, const uint8_t *row, int64_t K, const 
 #else /* not x86-64 GCC / Clang: the portable path only */
 
 bool cx_qk_available(void) { return false; }
+
+void cx_qk_switch_off(bool off) { (void)off; }
+
+bool cx_qk_permuted(cx_dtype dt)
+{
+    (void)dt;
+    return false;
+}
+
+void cx_qk_permute(const float *x, int64_t ldx, int64_t M, int64_t K, float *xp)
+{
+    (void)x, (void)ldx, (void)M, (void)K, (void)xp;
+}
 
 void cx_qk_dequantize(cx_dtype dt, const uint8_t *row, int64_t k0, int64_t len, float *dst)
 {
