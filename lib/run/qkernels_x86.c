@@ -73,18 +73,12 @@ QK_TARGET static void dq_q4_0(const uint8_t *s, float *y)
     for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(d, q[i]));
 }
 
-/* The 6-bit scales and mins of Q4_K / Q5_K (as quant.c's scale_min_k4). */
+/* dl[j] = d * sc, ml[j] = dmin * m of the 8 sub-blocks of a Q4_K / Q5_K block */
 QK_INLINE void scales_k4(const uint8_t *b, float d, float dmin, float *dl, float *ml)
 {
     for (int j = 0; j < 8; j++) {
         int sc, m;
-        if (j < 4) {
-            sc = b[j] & 63;
-            m = b[j + 4] & 63;
-        } else {
-            sc = (b[j + 4] & 0x0f) | ((b[j - 4] >> 2) & 0x30);
-            m = (b[j + 4] >> 4) | ((b[j] >> 2) & 0x30);
-        }
+        cx_k4_scale_min(b, j, &sc, &m);
         dl[j] = d * (float)sc;
         ml[j] = dmin * (float)m;
     }
