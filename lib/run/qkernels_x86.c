@@ -14,19 +14,21 @@
 #define QK_TARGET __attribute__((target("avx2,fma,f16c")))
 #define QK_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 
-static bool switched_off;
+static int switched_off; /* atomics: any thread may ask while a test flips it */
 
-void cx_qk_switch_off(bool off) { switched_off = off; }
+void cx_qk_switch_off(bool off) { __atomic_store_n(&switched_off, off, __ATOMIC_RELAXED); }
 
 bool cx_qk_available(void)
 {
-    static int have = -1; /* benign race: every thread computes the same answer */
-    if (switched_off) return false;
-    if (have < 0) {
+    static int have = -1; /* every thread computes the same answer: relaxed is enough */
+    if (__atomic_load_n(&switched_off, __ATOMIC_RELAXED)) return false;
+    int h = __atomic_load_n(&have, __ATOMIC_RELAXED);
+    if (h < 0) {
         __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        h = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        __atomic_store_n(&have, h, __ATOMIC_RELAXED);
     }
-    return have;
+    return h;
 }
 
 /* an fp16 field: F16C's conversion is exact (NaN payloads aside, which no product keeps) */
@@ -73,7 +75,8 @@ QK_TARGET static void dq_q4_0(const uint8_t *s, float *y)
     for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(d, q[i]));
 }
 
-/* dl[j] = d * sc, ml[j] = dmin * m of the 8 sub-blocks of a Q4_K / Q5_K block */
+/* dl[j] = d * sc, ml[j] = dmin * m of the 8 sub-blocks of a Q4_K / Q5_K block (the tiles'
+ * dequantizers; cx_k4_scale_min's unpacking) */
 QK_INLINE void scales_k4(const uint8_t *b, float d, float dmin, float *dl, float *ml)
 {
     for (int j = 0; j < 8; j++) {
@@ -82,6 +85,26 @@ QK_INLINE void scales_k4(const uint8_t *b, float d, float dmin, float *dl, float
         dl[j] = d * (float)sc;
         ml[j] = dmin * (float)m;
     }
+}
+
+/* The same eight at once for the fused kernels, with mins negated: the 12 bytes as three words,
+ * every 6-bit field moved into a byte of its own (llama.cpp's kmask shuffle; the same fields as
+ * cx_k4_scale_min), widened and scaled as one vector each. Stored so that the kernels broadcast
+ * them from memory (a load, no shuffle). */
+QK_INLINE void scales_k4_vec(const uint8_t *b, float d, float dmin, float *dl, float *neg_ml)
+{
+    uint32_t u[4];
+    memcpy(u, b, 12);
+    const uint32_t k1 = 0x3f3f3f3fu, k2 = 0x0f0f0f0fu, k3 = 0x03030303u;
+    u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+    uint32_t mins_lo = u[1] & k1;
+    u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+    u[2] = mins_lo;
+    u[0] &= k1;
+    __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)u)));
+    __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(u + 2))));
+    _mm256_storeu_ps(dl, _mm256_mul_ps(_mm256_set1_ps(d), sc));
+    _mm256_storeu_ps(neg_ml, _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(_mm256_set1_ps(dmin), mn)));
 }
 
 /* Q4_K: x = (d * sc) * q - (dmin * m); sub-block 2h + s is nibble s of qs[32 h .. 32 h + 31] */
@@ -233,13 +256,13 @@ QK_INLINE void dot_q4_k(const uint8_t *row, int64_t K, const float *x, int64_t l
     for (int64_t b = 0; b < K / 256; b++, x += 256) {
         const uint8_t *s = row + 144 * b;
         PREFETCH_AHEAD(s, 144);
-        float dl[8], ml[8];
-        scales_k4(s + 4, half_of(s), half_of(s + 2), dl, ml);
+        float dl[8], nml[8];
+        scales_k4_vec(s + 4, half_of(s), half_of(s + 2), dl, nml);
         #pragma GCC unroll 8
         for (int h = 0; h < 4; h++) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(s + 16 + 32 * h));
-            __m256 d0 = _mm256_set1_ps(dl[2 * h]), m0 = _mm256_set1_ps(-ml[2 * h]);
-            __m256 d1 = _mm256_set1_ps(dl[2 * h + 1]), m1 = _mm256_set1_ps(-ml[2 * h + 1]);
+            __m256 d0 = _mm256_broadcast_ss(dl + 2 * h), m0 = _mm256_broadcast_ss(nml + 2 * h);
+            __m256 d1 = _mm256_broadcast_ss(dl + 2 * h + 1), m1 = _mm256_broadcast_ss(nml + 2 * h + 1);
             #pragma GCC unroll 8
             for (int k = 0; k < 4; k++) {
                 __m256i lo = _mm256_and_si256(_mm256_srli_epi32(v, 8 * k), m15);
@@ -259,13 +282,13 @@ QK_INLINE void dot_q5_k(const uint8_t *row, int64_t K, const float *x, int64_t l
     for (int64_t b = 0; b < K / 256; b++, x += 256) {
         const uint8_t *s = row + 176 * b;
         PREFETCH_AHEAD(s, 176);
-        float dl[8], ml[8];
-        scales_k4(s + 4, half_of(s), half_of(s + 2), dl, ml);
+        float dl[8], nml[8];
+        scales_k4_vec(s + 4, half_of(s), half_of(s + 2), dl, nml);
         __m256i qh = _mm256_loadu_si256((const __m256i *)(s + 16));
         #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(s + 48 + 32 * (j / 2)));
-            __m256 vd = _mm256_set1_ps(dl[j]), vm = _mm256_set1_ps(-ml[j]);
+            __m256 vd = _mm256_broadcast_ss(dl + j), vm = _mm256_broadcast_ss(nml + j);
             #pragma GCC unroll 8
             for (int k = 0; k < 4; k++) {
                 __m256i q = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(8 * k + 4 * (j % 2))), m15);
