@@ -246,7 +246,7 @@ QK_INLINE float hsum(__m256 v)
  * keep them all in the sixteen ymm registers */
 #define SLOTS(M) ((M) <= 2 ? 4 : 2)
 
-/* Q4_K, Q5_K, Q6_K and Q8_0 read 32 bytes of quants as eight 32-bit lanes: byte b of lane L is
+/* Q2_K .. Q6_K and Q8_0 read 32 bytes of quants as eight 32-bit lanes: byte b of lane L is
  * the quant of value 4 L + b of its 32-value group, taken out with shifts and masks (no
  * shuffles). The inputs are permuted to match once per product (cx_qk_permute):
  * xp[32 G + 8 b + L] = x[32 G + 4 L + b]. */
@@ -346,6 +346,73 @@ QK_INLINE void dot_q8_0(const uint8_t *row, int64_t K, const float *x, int64_t l
     }
 }
 
+/* Q2_K and Q3_K, in 32-bit lanes like Q6_K: value 128 h + 32 t + l is bits 2t.. of qs[32 h + l]
+ * (Q3_K: minus 4 unless bit 4h + t of hmask[l] is set); one scale per 16 values, so lanes 0..3
+ * take the group's first and 4..7 its second. Q2_K: fma(d*sc, q, -(dmin*m)) rounds once as
+ * fl(fl(d*sc*q) - dmin*m) (d*sc*q exact: 11 + 4 + 2 bits); Q3_K: (d*sc)*q exact. */
+QK_INLINE __m256 pair_scales(const float *v, int g)
+{
+    return _mm256_set_m128(_mm_broadcast_ss(v + g + 1), _mm_broadcast_ss(v + g));
+}
+
+QK_INLINE void dot_q2_k(const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M, __m256 acc[4][4])
+{
+    const __m256i m3 = _mm256_set1_epi32(3);
+    for (int64_t b = 0; b < K / 256; b++, x += 256) {
+        const uint8_t *s = row + 84 * b;
+        PREFETCH_AHEAD(s, 84);
+        float d = half_of(s + 80), dmin = half_of(s + 82), dl[16], nml[16];
+        for (int g = 0; g < 16; g++) {
+            dl[g] = d * (float)(s[g] & 0x0f);
+            nml[g] = -(dmin * (float)(s[g] >> 4));
+        }
+        #pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(s + 16 + 32 * h));
+            #pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                int g = 8 * h + 2 * t;
+                __m256 vd = pair_scales(dl, g), vm = pair_scales(nml, g);
+                #pragma GCC unroll 4
+                for (int k = 0; k < 4; k++) {
+                    __m256i q = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(8 * k + 2 * t)), m3);
+                    ACC(_mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(q), vm), 128 * h + 32 * t + 8 * k, k);
+                }
+            }
+        }
+    }
+}
+
+QK_INLINE void dot_q3_k(const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M, __m256 acc[4][4])
+{
+    const __m256i m3 = _mm256_set1_epi32(3), one = _mm256_set1_epi32(1);
+    for (int64_t b = 0; b < K / 256; b++, x += 256) {
+        const uint8_t *s = row + 110 * b, *sc = s + 96;
+        PREFETCH_AHEAD(s, 110);
+        float d = half_of(s + 108), dl[16];
+        for (int g = 0; g < 16; g++) {
+            int lo = (sc[g % 8] >> (4 * (g / 8))) & 0x0f, hi = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
+            dl[g] = d * (float)((int8_t)(lo | hi << 4) - 32);
+        }
+        __m256i hm = _mm256_loadu_si256((const __m256i *)s);
+        #pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(s + 32 + 32 * h));
+            #pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                __m256 vd = pair_scales(dl, 8 * h + 2 * t);
+                #pragma GCC unroll 4
+                for (int k = 0; k < 4; k++) {
+                    __m256i q = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(8 * k + 2 * t)), m3);
+                    __m256i hb = _mm256_and_si256(_mm256_srl_epi32(hm, _mm_cvtsi32_si128(8 * k + 4 * h + t)), one);
+                    q = _mm256_sub_epi32(q, _mm256_slli_epi32(_mm256_xor_si256(hb, one), 2));
+                    ACC(_mm256_mul_ps(vd, _mm256_cvtepi32_ps(q)), 128 * h + 32 * t + 8 * k, k);
+                }
+            }
+        }
+    }
+}
+
 /* Q4_0, Q4_1, Q5_0, Q5_1: 32 values per block in natural order (value l < 16: low nibble of
  * qs[l], value 16 + l: its high nibble; Q5: bit i of the 32-bit qh is value i's fifth bit).
  * One FMA gives each exact weight: d*q is exact (11 + 5 bits), so fma(d, q, c) with c = -8d,
@@ -386,7 +453,8 @@ QK_INLINE void dot_q45(const uint8_t *row, int64_t K, const float *x, int64_t ld
 
 bool cx_qk_permuted(cx_dtype dt)
 {
-    return dt == CX_DT_Q4_K || dt == CX_DT_Q5_K || dt == CX_DT_Q6_K || dt == CX_DT_Q8_0;
+    return dt == CX_DT_Q2_K || dt == CX_DT_Q3_K || dt == CX_DT_Q4_K || dt == CX_DT_Q5_K || dt == CX_DT_Q6_K ||
+           dt == CX_DT_Q8_0;
 }
 
 void cx_qk_permute(const float *x, int64_t ldx, int64_t M, int64_t K, float *xp)
@@ -420,7 +488,8 @@ QK_INLINE int64_t dot_plain(cx_dtype dt, const uint8_t *row, int64_t K, const fl
     return k;
 }
 
-/* The other types: each 256-value chunk dequantized into L1 first. */
+/* A type without a kernel of its own (none now; kept so that a new type is right before it is
+ * fast): each 256-value chunk dequantized into L1 first. */
 QK_INLINE void dot_chunked(cx_dtype dt, const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M,
                            __m256 acc[4][4])
 {
@@ -448,6 +517,8 @@ QK_INLINE void dot_rows_m(cx_dtype dt, const uint8_t *row, int64_t K, const floa
     case CX_DT_Q5_K: dot_q5_k(row, K, x, ldx, M, acc); break;
     case CX_DT_Q6_K: dot_q6_k(row, K, x, ldx, M, acc); break;
     case CX_DT_Q8_0: dot_q8_0(row, K, x, ldx, M, acc); break;
+    case CX_DT_Q2_K: dot_q2_k(row, K, x, ldx, M, acc); break;
+    case CX_DT_Q3_K: dot_q3_k(row, K, x, ldx, M, acc); break;
     case CX_DT_Q4_0: dot_q45(row, K, x, ldx, M, acc, 18, 0, 0); break;
     case CX_DT_Q4_1: dot_q45(row, K, x, ldx, M, acc, 20, 0, 1); break;
     case CX_DT_Q5_0: dot_q45(row, K, x, ldx, M, acc, 22, 1, 0); break;

@@ -2,8 +2,7 @@
  * are GGUF blocks, F16 or BF16. Two ways, both the fp32 product of the dequantized weights up
  * to fp32 rounding (tests/test_quant.c):
  *   - few input rows (M <= FUSED_M) on a CPU with AVX2/FMA/F16C (run/qkernels_x86.c): each
- *     stored row is dequantized in registers (every type but Q2_K and Q3_K, which go a chunk
- *     at a time through L1) and dotted with up to four input rows at once
+ *     stored row is dequantized in registers and dotted with up to four input rows at once
  *     (FMA), so the weights are read once and never written out (generation);
  *   - otherwise the rows of W are split over the pool; each task dequantizes tiles of its rows
  *     (up to 2048 rows x 512 values) into fp32 scratch (vectorized when the CPU allows) and
