@@ -1,8 +1,11 @@
-/* AVX2 + FMA + F16C kernels of the products with stored weights (qkernels.h). Each dequantizer
- * does what model/quant.c's scalar one does, eight values at a time, with the same fp32
- * operations in the same order (d * sc first, then * q, then - m; no contraction: the library
- * is built as ISO C, -ffp-contract=off), so a tile holds exactly the dequantized weights. Types
- * without a vector dequantizer here go through cx_dequantize_row block by block. */
+/* AVX2 + FMA + F16C kernels of the products with stored weights (qkernels.h), two kinds:
+ *   - block dequantizers for the tiles (cx_qk_dequantize): what model/quant.c's scalar code
+ *     does, eight values at a time, with the same fp32 operations in the same order (no
+ *     contraction: the library is built as ISO C, -ffp-contract=off), so a tile holds exactly
+ *     the dequantized weights (tests/test_quant.c compares them with gguf-py's); types without
+ *     one go through cx_dequantize_row;
+ *   - fused dequantize-and-dot kernels (cx_qk_dot_rows), one per type, whose weights are the
+ *     same exact values computed in registers (see ACC below) and whose sums use FMA. */
 #include "qkernels.h"
 
 #include <string.h>
