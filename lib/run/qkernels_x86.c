@@ -178,9 +178,16 @@ QK_TARGET static void dq_q6_k(const uint8_t *s, float *y)
 
 typedef void (*block_fn)(const uint8_t *s, float *y);
 
+static void dq_q4_1(const uint8_t *s, float *y);
+static void dq_q5_0(const uint8_t *s, float *y);
+static void dq_q5_1(const uint8_t *s, float *y);
+
 static block_fn block_kernel(cx_dtype dt)
 {
     switch (dt) {
+    case CX_DT_Q4_1: return dq_q4_1;
+    case CX_DT_Q5_0: return dq_q5_0;
+    case CX_DT_Q5_1: return dq_q5_1;
     case CX_DT_Q8_0: return dq_q8_0;
     case CX_DT_Q4_0: return dq_q4_0;
     case CX_DT_Q4_K: return dq_q4_k;
@@ -418,41 +425,69 @@ QK_INLINE void dot_q3_k(const uint8_t *row, int64_t K, const float *x, int64_t l
 
 /* Q4_0, Q4_1, Q5_0, Q5_1: 32 values per block in natural order (value l < 16: low nibble of
  * qs[l], value 16 + l: its high nibble; Q5: bit i of the 32-bit qh is value i's fifth bit).
- * One FMA gives each exact weight: d*q is exact (11 + 5 bits), so fma(d, q, c) with c = -8d,
- * -16d (exact) or m rounds once, as quant.c's d*(q - 8) or fl(d*q + m). */
-QK_INLINE void dot_q45(const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M, __m256 acc[4][4],
-                       const int bytes, const int five, const int with_min)
+ * Each weight is quant.c's value: d * (q - 8) or d * (q - 16) (exact products), and for
+ * Q4_1 / Q5_1 fma(d, q, m), which rounds once as fl(d*q + m) does since d*q is exact (11 + 5
+ * bits); infinite and NaN scales give what the scalar code gives. w[i] = values 8i ..
+ * 8i + 7. Shared by the fused kernel and the tiles' block dequantizers. */
+QK_INLINE void q45_weights(const uint8_t *s, const int five, const int with_min, __m256 w[4])
 {
     const __m256i m15 = _mm256_set1_epi32(0x0f), one = _mm256_set1_epi32(1);
-    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int64_t b = 0; b < K / 32; b++, x += 32) {
-        const uint8_t *s = row + (size_t)bytes * (size_t)b;
-        if (b % 4 == 0) PREFETCH_AHEAD(s, 64);
-        float d = half_of(s);
-        __m256 vd = _mm256_set1_ps(d);
-        __m256 vc = _mm256_set1_ps(with_min ? half_of(s + 2) : (five ? -16.0f : -8.0f) * d);
-        const uint8_t *q = s + 2 + (with_min ? 2 : 0) + (five ? 4 : 0);
-        __m256i hv = _mm256_setzero_si256();
+    __m256 vd = _mm256_set1_ps(half_of(s)), vm = _mm256_set1_ps(with_min ? half_of(s + 2) : 0.0f);
+    const __m256i off = _mm256_set1_epi32(with_min ? 0 : five ? 16 : 8);
+    const uint8_t *q = s + 2 + (with_min ? 2 : 0) + (five ? 4 : 0);
+    __m256i hv = _mm256_setzero_si256();
+    if (five) {
+        uint32_t qh;
+        memcpy(&qh, s + 2 + (with_min ? 2 : 0), 4);
+        hv = _mm256_set1_epi32((int)qh);
+    }
+    #pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * h)));
+        __m256i lo = _mm256_and_si256(v, m15), hi = _mm256_srli_epi32(v, 4);
         if (five) {
-            uint32_t qh;
-            memcpy(&qh, s + 2 + (with_min ? 2 : 0), 4);
-            hv = _mm256_set1_epi32((int)qh);
+            __m256i ilo = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            ilo = _mm256_add_epi32(ilo, _mm256_set1_epi32(8 * h));
+            __m256i ihi = _mm256_add_epi32(ilo, _mm256_set1_epi32(16));
+            lo = _mm256_or_si256(lo, _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(hv, ilo), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(hv, ihi), one), 4));
         }
-        #pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * h)));
-            __m256i lo = _mm256_and_si256(v, m15), hi = _mm256_srli_epi32(v, 4);
-            if (five) {
-                __m256i ilo = _mm256_add_epi32(idx, _mm256_set1_epi32(8 * h));
-                __m256i ihi = _mm256_add_epi32(ilo, _mm256_set1_epi32(16));
-                lo = _mm256_or_si256(lo, _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(hv, ilo), one), 4));
-                hi = _mm256_or_si256(hi, _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(hv, ihi), one), 4));
-            }
-            ACC(_mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(lo), vc), 8 * h, h);
-            ACC(_mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(hi), vc), 16 + 8 * h, 2 + h);
+        lo = _mm256_sub_epi32(lo, off);
+        hi = _mm256_sub_epi32(hi, off);
+        if (with_min) {
+            w[h] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(lo), vm);
+            w[2 + h] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(hi), vm);
+        } else {
+            w[h] = _mm256_mul_ps(vd, _mm256_cvtepi32_ps(lo));
+            w[2 + h] = _mm256_mul_ps(vd, _mm256_cvtepi32_ps(hi));
         }
     }
 }
+
+QK_INLINE void dot_q45(const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M, __m256 acc[4][4],
+                       const int five, const int with_min)
+{
+    const size_t bytes = 18 + 2 * (size_t)with_min + 4 * (size_t)five;
+    for (int64_t b = 0; b < K / 32; b++, x += 32) {
+        const uint8_t *s = row + bytes * (size_t)b;
+        if (b % 4 == 0) PREFETCH_AHEAD(s, 64);
+        __m256 w[4];
+        q45_weights(s, five, with_min, w);
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) ACC(w[i], 8 * i, i);
+    }
+}
+
+QK_INLINE void store_q45(const uint8_t *s, float *y, const int five, const int with_min)
+{
+    __m256 w[4];
+    q45_weights(s, five, with_min, w);
+    for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 8 * i, w[i]);
+}
+
+QK_TARGET static void dq_q4_1(const uint8_t *s, float *y) { store_q45(s, y, 0, 1); }
+QK_TARGET static void dq_q5_0(const uint8_t *s, float *y) { store_q45(s, y, 1, 0); }
+QK_TARGET static void dq_q5_1(const uint8_t *s, float *y) { store_q45(s, y, 1, 1); }
 
 bool cx_qk_permuted(cx_dtype dt)
 {
@@ -522,10 +557,10 @@ QK_INLINE void dot_rows_m(cx_dtype dt, const uint8_t *row, int64_t K, const floa
     case CX_DT_Q8_0: dot_q8_0(row, K, x, ldx, M, acc); break;
     case CX_DT_Q2_K: dot_q2_k(row, K, x, ldx, M, acc); break;
     case CX_DT_Q3_K: dot_q3_k(row, K, x, ldx, M, acc); break;
-    case CX_DT_Q4_0: dot_q45(row, K, x, ldx, M, acc, 18, 0, 0); break;
-    case CX_DT_Q4_1: dot_q45(row, K, x, ldx, M, acc, 20, 0, 1); break;
-    case CX_DT_Q5_0: dot_q45(row, K, x, ldx, M, acc, 22, 1, 0); break;
-    case CX_DT_Q5_1: dot_q45(row, K, x, ldx, M, acc, 24, 1, 1); break;
+    case CX_DT_Q4_0: dot_q45(row, K, x, ldx, M, acc, 0, 0); break;
+    case CX_DT_Q4_1: dot_q45(row, K, x, ldx, M, acc, 0, 1); break;
+    case CX_DT_Q5_0: dot_q45(row, K, x, ldx, M, acc, 1, 0); break;
+    case CX_DT_Q5_1: dot_q45(row, K, x, ldx, M, acc, 1, 1); break;
     case CX_DT_F16:
     case CX_DT_BF16:
     case CX_DT_F32: done = dot_plain(dt, row, K, x, ldx, M, acc); break;
