@@ -40,30 +40,20 @@ QK_INLINE float half_of(const uint8_t *p)
     return _cvtsh_ss((unsigned short)(p[0] | p[1] << 8));
 }
 
-/* 32 bytes (values 0 .. 255 or, signed, -128 .. 127) to 32 floats: four groups of 8 */
-QK_INLINE void u8_to_f32(__m256i v, __m256 out[4])
+/* 32 bytes to 32 floats, four groups of 8: unsigned (0 .. 255) or signed (-128 .. 127) */
+QK_INLINE void bytes_to_f32(__m256i v, __m256 out[4], const bool is_signed)
 {
-    __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
-    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
-}
-
-QK_INLINE void i8_to_f32(__m256i v, __m256 out[4])
-{
-    __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
-    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+    __m128i part[4] = {_mm256_castsi256_si128(v), _mm_srli_si128(_mm256_castsi256_si128(v), 8),
+                       _mm256_extracti128_si256(v, 1), _mm_srli_si128(_mm256_extracti128_si256(v, 1), 8)};
+    for (int i = 0; i < 4; i++)
+        out[i] = _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(part[i]) : _mm256_cvtepu8_epi32(part[i]));
 }
 
 /* Q8_0: x = q * d */
 QK_TARGET static void dq_q8_0(const uint8_t *s, float *y)
 {
     __m256 d = _mm256_set1_ps(half_of(s)), q[4];
-    i8_to_f32(_mm256_loadu_si256((const __m256i *)(s + 2)), q);
+    bytes_to_f32(_mm256_loadu_si256((const __m256i *)(s + 2)), q, true);
     for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(q[i], d));
 }
 
@@ -74,7 +64,7 @@ QK_TARGET static void dq_q4_0(const uint8_t *s, float *y)
     __m128i b = _mm_loadu_si128((const __m128i *)(s + 2)), m = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
     __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), eight), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), eight);
     __m256 q[4];
-    i8_to_f32(_mm256_set_m128i(hi, lo), q);
+    bytes_to_f32(_mm256_set_m128i(hi, lo), q, true);
     for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(d, q[i]));
 }
 
@@ -122,7 +112,7 @@ QK_TARGET static void dq_q4_k(const uint8_t *s, float *y)
         for (int t = 0; t < 2; t++) {
             int j = 2 * h + t;
             __m256 q[4], vd = _mm256_set1_ps(dl[j]), vm = _mm256_set1_ps(ml[j]);
-            u8_to_f32(nib[t], q);
+            bytes_to_f32(nib[t], q, false);
             for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 32 * j + 8 * i, _mm256_sub_ps(_mm256_mul_ps(vd, q[i]), vm));
         }
     }
@@ -143,7 +133,7 @@ QK_TARGET static void dq_q5_k(const uint8_t *s, float *y)
             __m256i hb = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j)), one);
             __m256i v = _mm256_or_si256(nib[t], _mm256_slli_epi16(hb, 4));
             __m256 q[4], vd = _mm256_set1_ps(dl[j]), vm = _mm256_set1_ps(ml[j]);
-            u8_to_f32(v, q);
+            bytes_to_f32(v, q, false);
             for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 32 * j + 8 * i, _mm256_sub_ps(_mm256_mul_ps(vd, q[i]), vm));
         }
     }
@@ -164,7 +154,7 @@ QK_TARGET static void dq_q6_k(const uint8_t *s, float *y)
             __m256i hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t)), m2);
             __m256i v = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), off);
             __m256 q[4];
-            i8_to_f32(v, q);
+            bytes_to_f32(v, q, true);
             int g = 8 * h + 2 * t;
             __m256 d0 = _mm256_set1_ps(d * (float)sc[g]), d1 = _mm256_set1_ps(d * (float)sc[g + 1]);
             float *o = y + 128 * h + 32 * t;
