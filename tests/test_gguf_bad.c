@@ -3,7 +3,9 @@
  * fail with its own status and message (docs/errors.md, "GGUF model files"), leave no model and
  * not crash. Positive controls: the valid file (F32, and with a Q8_0 matrix) loads and runs,
  * mapped and read into memory, as version 2 and 3, with keep_stored_dtype too.
- * Usage: test_gguf_bad [-v] (-v prints the catalogue rows). */
+ * Usage: test_gguf_bad [-v] (-v prints the catalogue rows), or test_gguf_bad --write-seeds DIR:
+ * writes the two valid files (ok.gguf, ok_q8.gguf) into DIR, the fuzz seeds of
+ * tests/fuzz/fuzz_gguf_model.c. */
 #include "catalogue.h"
 #include "gguf_write.h"
 
@@ -199,8 +201,6 @@ static void t_extra(gw_file *f) { gw_tensor(f, "blk.0.extra.weight", 1, (int64_t
 int main(int argc, char **argv)
 {
     cat_verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
-    if (!mkdtemp(g_root)) return 2;
-    cat_tmp = g_root;
     for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) vals[i] = 0.05f * sinf((float)i * 0.37f);
     for (int r = 0; r < F; r++) {
         q8[r * 34] = 0x00; /* f16 0x2C00 = 1/16, little-endian */
@@ -208,6 +208,22 @@ int main(int argc, char **argv)
         for (int j = 0; j < 32; j++) q8[r * 34 + 2 + j] = (uint8_t)(int8_t)((r * 7 + j * 13) % 255 - 127);
     }
     const variant plain = {0}, quant = {.quant = true};
+    if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) {
+        gw_file f;
+        char path[4096];
+        int rc = 0;
+        build(&f, &plain);
+        snprintf(path, sizeof path, "%s/ok.gguf", argv[2]);
+        rc |= gw_save(&f, path, f.len);
+        gw_free(&f);
+        build(&f, &quant);
+        snprintf(path, sizeof path, "%s/ok_q8.gguf", argv[2]);
+        rc |= gw_save(&f, path, f.len);
+        gw_free(&f);
+        return rc ? 1 : 0;
+    }
+    if (!mkdtemp(g_root)) return 2;
+    cat_tmp = g_root;
 
     /* positive controls */
     {
