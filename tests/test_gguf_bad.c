@@ -35,22 +35,34 @@ typedef struct variant {
     const char *rename_embd;          /* another name for token_embd.weight */
 } variant;
 
+/* "{arch}.suffix" for the architecture being built */
+static const char *g_arch = "llama";
+static const char *K(const char *suffix)
+{
+    static char buf[4][128];
+    static int i;
+    i = (i + 1) % 4;
+    snprintf(buf[i], sizeof buf[i], "%s.%s", g_arch, suffix);
+    return buf[i];
+}
+
 static void build(gw_file *f, const variant *v)
 {
     gw_init(f);
-    if (!v->arch || v->arch[0]) gw_kv_str(f, "general.architecture", v->arch ? v->arch : "llama");
+    g_arch = v->arch && v->arch[0] ? v->arch : "llama";
+    if (!v->arch || v->arch[0]) gw_kv_str(f, "general.architecture", g_arch);
     if (v->alignment_48) gw_kv_u32(f, "general.alignment", 48);
     if (v->alignment_f32) gw_kv_f32(f, "general.alignment", 32.0f);
-    gw_kv_u32(f, "llama.context_length", CTX);
-    gw_kv_u32(f, "llama.embedding_length", D);
-    if (!v->no_block_count) gw_kv_u32(f, "llama.block_count", 1);
-    if (v->dup_block_count) gw_kv_u32(f, "llama.block_count", 1);
-    gw_kv_u32(f, "llama.feed_forward_length", F);
-    gw_kv_u32(f, "llama.attention.head_count", NH);
-    gw_kv_u32(f, "llama.attention.head_count_kv", v->head_count_kv ? (uint32_t)v->head_count_kv : NKV);
-    if (v->eps_string) gw_kv_str(f, "llama.attention.layer_norm_rms_epsilon", "tiny");
-    else gw_kv_f32(f, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    gw_kv_f32(f, "llama.rope.freq_base", 10000.0f);
+    gw_kv_u32(f, K("context_length"), CTX);
+    gw_kv_u32(f, K("embedding_length"), D);
+    if (!v->no_block_count) gw_kv_u32(f, K("block_count"), 1);
+    if (v->dup_block_count) gw_kv_u32(f, K("block_count"), 1);
+    gw_kv_u32(f, K("feed_forward_length"), F);
+    gw_kv_u32(f, K("attention.head_count"), NH);
+    gw_kv_u32(f, K("attention.head_count_kv"), v->head_count_kv ? (uint32_t)v->head_count_kv : NKV);
+    if (v->eps_string) gw_kv_str(f, K("attention.layer_norm_rms_epsilon"), "tiny");
+    else gw_kv_f32(f, K("attention.layer_norm_rms_epsilon"), 1e-5f);
+    gw_kv_f32(f, K("rope.freq_base"), 10000.0f);
     if (v->more_kv) v->more_kv(f);
     if (v->quant) /* the embedding too: its view is the whole tensor in order (no gather) */
         gw_tensor(f, v->rename_embd ? v->rename_embd : "token_embd.weight", 2, (int64_t[]){D, V}, GW_Q8_0, q8, V * 34);
@@ -186,6 +198,7 @@ static void p_kv_type_unknown(gw_file *f) { gw_patch(f, f->kv[3].type_at, 77, 4)
 static void p_head_count_zero(gw_file *f) { gw_patch(f, f->kv[5].value_at, 0, 4); } /* attention.head_count */
 
 static void k_yarn(gw_file *f) { gw_kv_str(f, "llama.rope.scaling.type", "yarn"); }
+static void k_window(gw_file *f) { gw_kv_u32(f, K("attention.sliding_window"), 3); }
 static void k_experts(gw_file *f) { gw_kv_u32(f, "llama.expert_count", 8); }
 static void k_value_length(gw_file *f) { gw_kv_u32(f, "llama.attention.value_length", 4); }
 static void k_vocab_size(gw_file *f) { gw_kv_u32(f, "llama.vocab_size", 99); }
@@ -244,6 +257,15 @@ int main(int argc, char **argv)
         circuits_model_free(load_ok("ok keep_stored_dtype", path, &o));
         p_version2(&f);
         circuits_model_free(load_ok("ok v2", save(&f, "ok_v2", f.len), NULL));
+        gw_free(&f);
+        /* a llama file with a sliding window (Mistral's): every layer windowed */
+        build(&f, &(variant){.more_kv = k_window});
+        circuits_model *mw = load_ok("ok window", save(&f, "ok_window", f.len), NULL);
+        circuits_config cw = {.size = sizeof cw};
+        if (mw) CHECK_OK(circuits_model_config(mw, &cw));
+        CHECK(mw && cw.window_size == 3 && cw.local_attn == CIRCUITS_LOCAL_ATTN_ALL, "window %d, local_attn %d",
+              cw.window_size, cw.local_attn);
+        circuits_model_free(mw);
         gw_free(&f);
         /* a Q8_0 matrix: W_in is its dequantized rows, transposed */
         build(&f, &quant);
@@ -306,6 +328,8 @@ int main(int argc, char **argv)
     gguf_fails("gguf_head_count_zero", &plain, p_head_count_zero, 0, CIRCUITS_E_CONFIG, "out of range");
     gguf_fails("gguf_head_count_kv_3", &(variant){.head_count_kv = 3}, NULL, 0, CIRCUITS_E_CONFIG, "not a multiple");
     gguf_fails("gguf_rope_yarn", &(variant){.more_kv = k_yarn}, NULL, 0, CIRCUITS_E_UNSUPPORTED, "'yarn' is not supported");
+    gguf_fails("gguf_window_qwen2", &(variant){.arch = "qwen2", .more_kv = k_window}, NULL, 0, CIRCUITS_E_UNSUPPORTED,
+               "sliding window in this architecture");
     gguf_fails("gguf_experts", &(variant){.more_kv = k_experts}, NULL, 0, CIRCUITS_E_UNSUPPORTED, "mixture of experts");
     gguf_fails("gguf_value_length", &(variant){.more_kv = k_value_length}, NULL, 0, CIRCUITS_E_UNSUPPORTED,
            "value_length = 4 differs");

@@ -263,6 +263,16 @@ int cx_config_from_gguf(const cx_gguf *g, const cx_st_set *set, circuits_config 
         if (f->format == CIRCUITS_FORMAT_HF_GEMMA2) TRY(read_gemma2(&r, cfg));
         break;
     }
+    /* a sliding window outside gemma2: Mistral's, on every layer, in a llama file (llama.cpp's own
+     * converter does not write it, and its llama graph would ignore it); another family's
+     * pattern of windowed layers is not known, so refused */
+    const cx_gguf_kv *sw = key(&r, "attention.sliding_window", name, sizeof name);
+    if (sw && f->format == CIRCUITS_FORMAT_HF_LLAMA) {
+        TRY(get_int(&r, "attention.sliding_window", true, 0, 1, CX_MAX_DIM, &cfg->window_size));
+        cfg->local_attn = CIRCUITS_LOCAL_ATTN_ALL;
+    } else if (sw && f->format != CIRCUITS_FORMAT_HF_GEMMA2) {
+        return refuse(&r, name, "a sliding window in this architecture");
+    }
     if (cfg->rope_scaling == CIRCUITS_ROPE_LINEAR && cfg->local_attn != CIRCUITS_LOCAL_ATTN_NONE)
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: linear rope scaling with sliding-window layers is not supported",
                        g->path);
