@@ -21,11 +21,25 @@ static char sentinel_byte;
 
 static float vals[V * D * 4];
 
+/* attn_q's values for the F16 check: n/256, exact in F16 and F32 */
+static float q_vals[D * NH * DH];
+static uint16_t q_half[D * NH * DH];
+
+/* the F16 bits of a float that F16 holds exactly (0 or a normal number) */
+static uint16_t to_half(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) == 0) return (uint16_t)(u >> 16);
+    return (uint16_t)(((u >> 16) & 0x8000u) | ((((u >> 23) & 0xffu) - 112u) << 10) | ((u >> 13) & 0x3ffu));
+}
+
 /* Q8_0 blocks of ffn_up ([F, D]: F rows of one 32-value block): scale 1/16, quants varying */
 static uint8_t q8[F * 34];
 
 typedef struct variant {
     bool quant;                       /* token_embd and ffn_up as Q8_0 */
+    int q_dtype;                      /* 1: attn_q from q_vals as F16, 2: the same values as F32 */
     const char *arch;                 /* general.architecture (NULL: "llama"; "" : absent) */
     bool no_block_count, dup_block_count, alignment_48, alignment_f32, eps_string;
     int head_count_kv;                /* 0: 2 */
@@ -70,7 +84,9 @@ static void build(gw_file *f, const variant *v)
         gw_tensor(f, v->rename_embd ? v->rename_embd : "token_embd.weight", 2, (int64_t[]){D, V}, GW_F32, vals,
                   V * D * 4);
     gw_tensor(f, "blk.0.attn_norm.weight", 1, (int64_t[]){D}, GW_F32, vals, D * 4);
-    gw_tensor(f, "blk.0.attn_q.weight", 2, (int64_t[]){D, NH * DH}, GW_F32, vals, D * NH * DH * 4);
+    if (v->q_dtype == 1) gw_tensor(f, "blk.0.attn_q.weight", 2, (int64_t[]){D, NH * DH}, GW_F16, q_half, sizeof q_half);
+    else if (v->q_dtype == 2) gw_tensor(f, "blk.0.attn_q.weight", 2, (int64_t[]){D, NH * DH}, GW_F32, q_vals, sizeof q_vals);
+    else gw_tensor(f, "blk.0.attn_q.weight", 2, (int64_t[]){D, NH * DH}, GW_F32, vals, D * NH * DH * 4);
     gw_tensor(f, v->rename_k ? v->rename_k : "blk.0.attn_k.weight", 2, (int64_t[]){D, NKV * DH}, GW_F32, vals,
               D * NKV * DH * 4);
     gw_tensor(f, "blk.0.attn_v.weight", 2, (int64_t[]){D, NKV * DH}, GW_F32, vals, D * NKV * DH * 4);
@@ -225,6 +241,10 @@ int main(int argc, char **argv)
         for (int j = 0; j < 32; j++) q8[r * 34 + 2 + j] = (uint8_t)(int8_t)((r * 7 + j * 13) % 255 - 127);
     }
     const variant plain = {0}, quant = {.quant = true};
+    for (size_t i = 0; i < sizeof q_vals / sizeof q_vals[0]; i++) {
+        q_vals[i] = (float)((int)((i * 37) % 61) - 30) / 256.0f;
+        q_half[i] = to_half(q_vals[i]);
+    }
     if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) {
         gw_file f;
         char path[4096];
@@ -258,6 +278,30 @@ int main(int argc, char **argv)
         p_version2(&f);
         circuits_model_free(load_ok("ok v2", save(&f, "ok_v2", f.len), NULL));
         gw_free(&f);
+        /* an F16 attn_q (permuted rows, as llama.cpp stores them) reads as the same values in F32 */
+        circuits_model *mh = NULL, *mf = NULL;
+        circuits_load_options_init(&o);
+        o.fold_ln = o.center_writing_weights = o.center_unembed = o.fold_value_biases = 0;
+        build(&f, &(variant){.q_dtype = 1});
+        mh = load_ok("ok f16", save(&f, "ok_f16", f.len), &o);
+        gw_free(&f);
+        build(&f, &(variant){.q_dtype = 2});
+        mf = load_ok("ok f16 as f32", save(&f, "ok_f16_as_f32", f.len), &o);
+        gw_free(&f);
+        circuits_tensor th, tf;
+        size_t differ = 0;
+        if (mh && mf) {
+            CHECK_OK(circuits_model_weight(mh, "blocks.0.attn.W_Q", &th));
+            CHECK_OK(circuits_model_weight(mf, "blocks.0.attn.W_Q", &tf));
+            for (int64_t a = 0; a < NH; a++)
+                for (int64_t b = 0; b < D; b++)
+                    for (int64_t c = 0; c < DH; c++)
+                        differ += th.data[a * th.strides[0] + b * th.strides[1] + c * th.strides[2]] !=
+                               tf.data[a * tf.strides[0] + b * tf.strides[1] + c * tf.strides[2]];
+        }
+        CHECK(mh && mf && differ == 0, "W_Q from an F16 attn_q differs from the F32 one in %zu elements", differ);
+        circuits_model_free(mh);
+        circuits_model_free(mf);
         /* a llama file with a sliding window (Mistral's): every layer windowed */
         build(&f, &(variant){.more_kv = k_window});
         circuits_model *mw = load_ok("ok window", save(&f, "ok_window", f.len), NULL);
