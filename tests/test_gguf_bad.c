@@ -228,7 +228,17 @@ static void k_nested(gw_file *f)
     gw_le(b + 4, 0, 8);
     gw_put(&f->kvbuf, &f->kvlen, &f->kvcap, b, 12);
 }
+static const float freqs_alternating[DH / 2] = {1, 8, 1, 8}, freqs_llama3[DH / 2] = {1, 1, 2.5f, 8};
 static void t_rope_freqs(gw_file *f) { gw_tensor(f, "rope_freqs.weight", 1, (int64_t[]){DH / 2}, GW_F32, vals, DH / 2 * 4); }
+static void t_rope_freqs_alternating(gw_file *f)
+{
+    gw_tensor(f, "rope_freqs.weight", 1, (int64_t[]){DH / 2}, GW_F32, freqs_alternating, sizeof freqs_alternating);
+}
+static void t_rope_freqs_shape(gw_file *f) { gw_tensor(f, "rope_freqs.weight", 1, (int64_t[]){DH}, GW_F32, vals, DH * 4); }
+static void t_rope_freqs_llama3(gw_file *f)
+{
+    gw_tensor(f, "rope_freqs.weight", 1, (int64_t[]){DH / 2}, GW_F32, freqs_llama3, sizeof freqs_llama3);
+}
 static void t_extra(gw_file *f) { gw_tensor(f, "blk.0.extra.weight", 1, (int64_t[]){D}, GW_F32, vals, D * 4); }
 
 int main(int argc, char **argv)
@@ -302,6 +312,15 @@ int main(int argc, char **argv)
         CHECK(mh && mf && differ == 0, "W_Q from an F16 attn_q differs from the F32 one in %zu elements", differ);
         circuits_model_free(mh);
         circuits_model_free(mf);
+        /* Llama 3 rope factors (1, 1, a blend, 8): read as llama3 scaling that gives them again */
+        build(&f, &(variant){.more_tensors = t_rope_freqs_llama3});
+        circuits_model *m3 = load_ok("ok rope_freqs", save(&f, "ok_rope_freqs", f.len), NULL);
+        circuits_config c3 = {.size = sizeof c3};
+        if (m3) CHECK_OK(circuits_model_config(m3, &c3));
+        CHECK(m3 && c3.rope_scaling == CIRCUITS_ROPE_LLAMA3 && c3.rope_factor == 8.0f, "rope_scaling %d, factor %g",
+              c3.rope_scaling, (double)c3.rope_factor);
+        circuits_model_free(m3);
+        gw_free(&f);
         /* a llama file with a sliding window (Mistral's): every layer windowed */
         build(&f, &(variant){.more_kv = k_window});
         circuits_model *mw = load_ok("ok window", save(&f, "ok_window", f.len), NULL);
@@ -381,8 +400,12 @@ int main(int argc, char **argv)
     gguf_fails("gguf_rope_partial_llama", &(variant){.more_kv = k_rope_dim}, NULL, 0, CIRCUITS_E_UNSUPPORTED,
            "must equal the head size");
     gguf_fails("gguf_not_causal", &(variant){.more_kv = k_causal}, NULL, 0, CIRCUITS_E_UNSUPPORTED, "bidirectional");
-    gguf_fails("gguf_rope_freqs", &(variant){.more_tensors = t_rope_freqs}, NULL, 0, CIRCUITS_E_UNSUPPORTED,
-           "rope_freqs.weight");
+    gguf_fails("gguf_rope_freqs_below_1", &(variant){.more_tensors = t_rope_freqs}, NULL, 0, CIRCUITS_E_UNSUPPORTED,
+               "is not a Llama 3 rope factor");
+    gguf_fails("gguf_rope_freqs_not_llama3", &(variant){.more_tensors = t_rope_freqs_alternating}, NULL, 0,
+               CIRCUITS_E_UNSUPPORTED, "is not Llama 3's rope scaling");
+    gguf_fails("gguf_rope_freqs_shape", &(variant){.more_tensors = t_rope_freqs_shape}, NULL, 0, CIRCUITS_E_SHAPE,
+               "must be F32 [4]");
 
     /* tensor infos */
     gguf_fails("gguf_offset_outside", &plain, p_offset_outside, 0, CIRCUITS_E_FORMAT, "run past the data section");

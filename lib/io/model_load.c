@@ -469,11 +469,6 @@ static int load_gguf(circuits_model *m, const char *path, cx_st_mode mode)
     int rc = cx_gguf_open(&m->files, &g, path, mode);
     if (rc) return rc;
     rc = cx_config_from_gguf(&g, m->files, &m->cfg, &hf);
-    /* llama.cpp's converter writes Llama 3's rope scaling as per-frequency factors */
-    if (!rc && cx_st_find(m->files, "rope_freqs.weight"))
-        rc = cx_fail(CIRCUITS_E_UNSUPPORTED,
-                     "%s: GGUF tensor 'rope_freqs.weight' (per-frequency rope factors: Llama 3 rope scaling) is not supported",
-                     path);
     if (!rc) rc = build_weights(m, path, cx_arch_gguf_of(&m->cfg), &hf, true);
     /* the tokenizer of the same file, when it has one */
     if (!rc && cx_gguf_find(&g, "tokenizer.ggml.model")) rc = cx_tok_from_gguf(&m->tokenizer, &g);

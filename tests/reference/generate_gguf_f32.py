@@ -36,7 +36,7 @@ import gguf  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 # the cases llama.cpp's converter handles, and GPT-J (GGUFWriter)
-CONVERTED = ["hf_llama_gqa", "hf_mistral_window", "hf_qwen2_bias", "hf_gemma", "hf_gemma2", "hf_neox",
+CONVERTED = ["hf_llama_gqa", "hf_llama3_rope", "hf_mistral_window", "hf_qwen2_bias", "hf_gemma", "hf_gemma2", "hf_neox",
              "hf_tiny_random_gpt2"]
 WRITTEN = ["hf_gptj"]
 GGUF_DIR = HERE / "gguf"
