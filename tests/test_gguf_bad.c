@@ -4,7 +4,7 @@
  * not crash. Positive controls: the valid file (F32, and with Q8_0 matrices) loads and runs,
  * mapped and read into memory, as version 2 and 3, with keep_stored_dtype too.
  * Usage: test_gguf_bad [-v] (-v prints the catalogue rows), or test_gguf_bad --write-seeds DIR:
- * writes the two valid files (ok.gguf, ok_q8.gguf) into DIR, the fuzz seeds of
+ * writes valid files (ok.gguf, ok_q8.gguf, ok_rope_freqs.gguf) into DIR, the fuzz seeds of
  * tests/fuzz/fuzz_gguf_model.c. */
 #include "catalogue.h"
 #include "gguf_write.h"
@@ -265,6 +265,10 @@ int main(int argc, char **argv)
         gw_free(&f);
         build(&f, &quant);
         snprintf(path, sizeof path, "%s/ok_q8.gguf", argv[2]);
+        rc |= gw_save(&f, path, f.len);
+        gw_free(&f);
+        build(&f, &(variant){.more_tensors = t_rope_freqs_llama3});
+        snprintf(path, sizeof path, "%s/ok_rope_freqs.gguf", argv[2]);
         rc |= gw_save(&f, path, f.len);
         gw_free(&f);
         return rc ? 1 : 0;
