@@ -1,7 +1,9 @@
 /* The weight-name table (lib/model/arch.c) against the docs and against loaded models.
  *
  *   test_weight_names --markdown          prints the table as docs/loading.md holds it
- *   test_weight_names DOC CASE_DIR...     fails if
+ *   test_weight_names DOC [--model FILE] CASE_DIR...   fails if (--model: the next case is
+ *                                          loaded from FILE, e.g. its GGUF conversion, and held to
+ *                                          the case's references)
  *     - the generated region of DOC (between GEN_BEGIN and GEN_END) is not that text, or
  *     - a model, loaded unprocessed and with the default processing, does not list
  *       (circuits_model_weight_count / _at) exactly the table's weights for its config, in the
@@ -82,7 +84,30 @@ static void source_text(char *buf, size_t n, const cx_arch *a, cx_weight_kind k)
         break;
     case CX_MAP_NORM_PLUS1: snprintf(buf, n, "`%s` + 1 (fp32)", name); break;
     case CX_MAP_EMBED_SCALED: snprintf(buf, n, "`%s` × sqrt(d_model) (fp32)", name); break;
+    case CX_MAP_PROJ_HEADS_PERMUTED:
+        snprintf(buf, n, "`%s` [(n h), m] with each head's rows in llama.cpp's permutation, undone -> [n, m, h]", name);
+        break;
+    case CX_MAP_BIAS_HEADS_PERMUTED:
+        snprintf(buf, n, "`%s` [(n h)] with each head's entries in llama.cpp's permutation, undone -> [n, h]", name);
+        break;
+    case CX_MAP_FUSED_PROJ_HEADS:
+        snprintf(buf, n, "`%s` %s: the %s part", name,
+                 cx_weight_kinds[k].ndim == 3 ? "[Q; K; V] rows [(3 n h), m] -> [n, m, h]" : "[Q; K; V] [(3 n h)] -> [n, h]",
+                 third[s->part]);
+        break;
     default: snprintf(buf, n, "?"); break;
+    }
+}
+
+/* One architecture's rows: where it stores each kind some config of it has. */
+static void arch_rows(FILE *f, const cx_arch *a)
+{
+    for (int k = 0; k < CX_W_COUNT; k++) {
+        if (a->sources[k].map == CX_MAP_NEVER) continue;
+        char name[128], src[512];
+        with_l(name, sizeof name, cx_weight_kinds[k].name);
+        source_text(src, sizeof src, a, (cx_weight_kind)k);
+        fprintf(f, "| `%s` | %s |\n", name, src);
     }
 }
 
@@ -110,13 +135,12 @@ static char *markdown(void)
         const cx_arch *a = cx_arch_at(i);
         fprintf(f, "\n%s (prefix `%s`):\n\n| TransformerLens name | Hugging Face tensor |\n|---|---|\n", a->label,
                 a->prefix);
-        for (int k = 0; k < CX_W_COUNT; k++) {
-            if (a->sources[k].map == CX_MAP_NEVER) continue;
-            char name[128], src[512];
-            with_l(name, sizeof name, cx_weight_kinds[k].name);
-            source_text(src, sizeof src, a, (cx_weight_kind)k);
-            fprintf(f, "| `%s` | %s |\n", name, src);
-        }
+        arch_rows(f, a);
+    }
+    /* GGUF files: llama.cpp's names ("blk.{l}.attn_q.weight"), per general.architecture */
+    for (size_t i = 0; cx_arch_gguf_at(i); i++) {
+        fprintf(f, "\n%s:\n\n| TransformerLens name | GGUF tensor |\n|---|---|\n", cx_arch_gguf_at(i)->label);
+        arch_rows(f, cx_arch_gguf_at(i));
     }
     fclose(f);
     return text;
@@ -311,23 +335,30 @@ int main(int argc, char **argv)
     }
     check_doc(argv[1]);
     for (int i = 2; i < argc; i++) {
+        /* --model FILE CASE_DIR: FILE is loaded, CASE_DIR holds the references */
+        const char *model = argv[i], *dir = argv[i];
+        if (strcmp(argv[i], "--model") == 0 && i + 2 < argc) {
+            model = argv[i + 1];
+            dir = argv[i + 2];
+            i += 2;
+        }
         circuits_load_options raw, processed;
         circuits_load_options_init(&raw);
         circuits_load_options_init(&processed);
         raw.fold_ln = raw.center_writing_weights = raw.center_unembed = raw.fold_value_biases = 0;
         circuits_model *m = NULL;
-        CHECK_OK(circuits_model_load(&m, argv[i], &raw));
+        CHECK_OK(circuits_model_load(&m, model, &raw));
         if (m) {
-            check_model(argv[i], m, "unprocessed");
-            check_tl_names(argv[i], m);
-            check_tl_state(argv[i], m);
+            check_model(model, m, "unprocessed");
+            check_tl_names(dir, m);
+            check_tl_state(dir, m);
             /* fold_ln of a gated MLP after LN is refused (test_bad_input): the rest still applies */
             if (m->cfg.gated_mlp && m->cfg.normalization_type == CIRCUITS_NORM_LN) processed.fold_ln = 0;
         }
         circuits_model_free(m);
         m = NULL;
-        CHECK_OK(circuits_model_load(&m, argv[i], &processed));
-        if (m) check_model(argv[i], m, "processed");
+        CHECK_OK(circuits_model_load(&m, model, &processed));
+        if (m) check_model(model, m, "processed");
         circuits_model_free(m);
     }
     return tu_finish("weight_names");
