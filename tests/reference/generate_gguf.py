@@ -430,7 +430,7 @@ def reference_for(path: str, qtype: str, model, family: str, name: str, tokens: 
     types = sorted({t.tensor_type.name for t in gguf.GGUFReader(path).tensors})
     info["tensor_types"] = types
     save_file({k: v.detach().contiguous() for k, v in tens.items()},
-              os.path.join(os.path.dirname(path), qtype + ".safetensors"), metadata={"case": name, "type": qtype})
+              os.path.join(os.path.dirname(path), qtype + ".safetensors"), metadata={"case": f"{name} {qtype}"})  # one key: safetensors orders several at random
     return info
 
 
