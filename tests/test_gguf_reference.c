@@ -161,7 +161,7 @@ static void check_file(const char *dir, json_t *cj, json_t *fj, const mode *m)
         if (lc) {
             double d = max_diff(logits, lc), lt = llama_cpp_tol(type);
             CHECK(d <= lt, "%s %s: logits vs llama.cpp %.3g > %.3g", cname, type, d, lt);
-            printf("  llama.cpp %.2e (tol %.0e)", d, lt);
+            printf("  llama.cpp %.2e (tol %.2g)", d, lt);
         } else {
             printf("  llama.cpp n/a");
         }

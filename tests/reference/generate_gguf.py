@@ -59,17 +59,7 @@ def convert_child(hf_dir: str, out: str, model_name: str) -> None:
     vocab = hparams.get("vocab_size")
 
     def minimal_vocab(self):
-        w = self.gguf_writer
-        toks = minimal_tokens(vocab)
-        w.add_tokenizer_model("llama")
-        w.add_token_list(toks)
-        w.add_token_scores([0.0] * len(toks))
-        T = gguf.TokenType
-        w.add_token_types([T.UNKNOWN, T.CONTROL, T.CONTROL, T.BYTE] + [T.NORMAL] * (len(toks) - 4))
-        w.add_bos_token_id(1)
-        w.add_eos_token_id(2)
-        w.add_unk_token_id(0)
-        w.add_add_bos_token(False)
+        write_minimal_vocab(self.gguf_writer, vocab, gguf)
 
     cls.set_vocab = minimal_vocab
     # The converter reads config.json through transformers' AutoConfig, which (5.x) folds GPT-NeoX's
@@ -89,8 +79,19 @@ def convert_child(hf_dir: str, out: str, model_name: str) -> None:
     C.main()
 
 
-def minimal_tokens(n: int) -> list:
-    return ["<unk>", "<s>", "</s>", "<0x0A>"] + [f"\u2581t{i}" for i in range(4, n)]
+def write_minimal_vocab(w, n: int, gguf) -> None:
+    """A SentencePiece-style ('llama') vocabulary of n tokens for models without a tokenizer:
+    <unk> <s> </s> <0x0A> then \u2581t4 ... (gguf: the converter's vendored module or PyPI's)."""
+    toks = ["<unk>", "<s>", "</s>", "<0x0A>"] + [f"\u2581t{i}" for i in range(4, n)]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(toks)
+    w.add_token_scores([0.0] * len(toks))
+    T = gguf.TokenType
+    w.add_token_types([T.UNKNOWN, T.CONTROL, T.CONTROL, T.BYTE] + [T.NORMAL] * (len(toks) - 4))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(False)
 
 
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--convert":
@@ -239,12 +240,7 @@ def write_gptj(model, name: str, out: str) -> None:
     w.add_layer_norm_eps(c.layer_norm_epsilon)
     w.add_rope_dimension_count(c.rotary_dim)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    toks = minimal_tokens(c.vocab_size)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(toks)
-    w.add_token_scores([0.0] * len(toks))
-    T = gguf.TokenType
-    w.add_token_types([T.UNKNOWN, T.CONTROL, T.CONTROL, T.BYTE] + [T.NORMAL] * (len(toks) - 4))
+    write_minimal_vocab(w, c.vocab_size, gguf)
     tmap = gguf.get_tensor_name_map(arch, c.n_layer)
     for k, v in model.state_dict().items():
         if k.endswith((".attn.bias", ".attn.masked_bias")):
