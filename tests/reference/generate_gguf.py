@@ -546,6 +546,12 @@ def all_cases():
         "heads x 64 with q/k/v biases, SwiGLU d_mlp 256, vocab 48, tied embeddings.", 72, K_TYPES, B, T,
         num_attention_heads=4, num_key_value_heads=2, hidden_act="silu",
         **{**kq, "tie_word_embeddings": True})
+    C["gpt_neox_k"] = lambda: build_case(
+        "gpt_neox_k", "gpt_neox", "GPTNeoXForCausalLM for the K-quants: 1 layer, d_model 256, 4 heads x 64, "
+        "rotary_pct 0.25, parallel residual, fused qkv with biases, LayerNorm, d_mlp 256, vocab 48, untied.",
+        73, K_TYPES, B, T, num_attention_heads=4, hidden_act="gelu", use_parallel_residual=True,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.25),
+        attention_dropout=0.0, hidden_dropout=0.0, **kq)
     return C
 
 
