@@ -911,7 +911,7 @@ static void test_operations(fx *f)
             tok_toy[1024], gguf[1024], gguf_llama[1024], gguf_q8[1024];
     snprintf(hf, sizeof hf, "%s/hf_tiny_noprefix", g_cases);
     /* GGUF models: llama (permuted q/k, a tokenizer in the file), and one with a Q8_0 matrix */
-    snprintf(gguf_llama, sizeof gguf_llama, "%s/hf_llama_gqa/model.f32.gguf", g_cases);
+    snprintf(gguf_llama, sizeof gguf_llama, "%s/../gguf/hf_llama_gqa.f32.gguf", g_cases);
     snprintf(gguf_q8, sizeof gguf_q8, "%s/../../fuzz/corpus/gguf_model/ok_q8.gguf", g_cases);
     snprintf(tl, sizeof tl, "%s/tl_attn_only_1l_ln", g_cases);
     snprintf(tl2, sizeof tl2, "%s/tl_1l_solu_ln", g_cases);

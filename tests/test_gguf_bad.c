@@ -277,13 +277,13 @@ int main(int argc, char **argv)
     gguf_fails("gguf_n_kv_huge", &plain, p_n_kv_huge, 0, CIRCUITS_E_FORMAT, "key-value pairs (at most 65536)");
 
     /* key-values */
-    gguf_fails("gguf_kv_wrong_type", &plain, p_kv_type, 0, CIRCUITS_E_FORMAT, "is a f32, not an integer");
+    gguf_fails("gguf_kv_wrong_type", &plain, p_kv_type, 0, CIRCUITS_E_FORMAT, "is of type f32, not an integer");
     gguf_fails("gguf_kv_unknown_type", &plain, p_kv_type_unknown, 0, CIRCUITS_E_FORMAT, "unknown value type 77");
     gguf_fails("gguf_kv_duplicate", &(variant){.dup_block_count = true}, NULL, 0, CIRCUITS_E_FORMAT, "appears twice");
     gguf_fails("gguf_kv_nested_array", &(variant){.more_kv = k_nested}, NULL, 0, CIRCUITS_E_UNSUPPORTED, "array of arrays");
     gguf_fails("gguf_kv_eps_string", &(variant){.eps_string = true}, NULL, 0, CIRCUITS_E_FORMAT, "not a float");
     gguf_fails("gguf_alignment_48", &(variant){.alignment_48 = true}, NULL, 0, CIRCUITS_E_FORMAT, "not a power of two");
-    gguf_fails("gguf_alignment_f32", &(variant){.alignment_f32 = true}, NULL, 0, CIRCUITS_E_FORMAT, "not a u32");
+    gguf_fails("gguf_alignment_f32", &(variant){.alignment_f32 = true}, NULL, 0, CIRCUITS_E_FORMAT, "of type f32, not a u32");
 
     /* the config */
     gguf_fails("gguf_arch_missing", &(variant){.arch = ""}, NULL, 0, CIRCUITS_E_CONFIG, "'general.architecture' is missing");

@@ -21,7 +21,7 @@ WHOLE = ["hf_llama_gqa", "hf_qwen2_bias", "hf_gemma", "hf_gptj", "hf_tiny_random
 @pytest.mark.parametrize("as_path", [False, True])
 def test_gguf_file_is_the_directorys_model(name, processing, as_path):
     d = CASES_DIR / name
-    f = d / "model.f32.gguf"
+    f = CASES_DIR.parent / "gguf" / f"{name}.f32.gguf"
     load = circuits.Model.from_pretrained if processing else circuits.Model.from_pretrained_no_processing
     with load(str(d)) as hf, load(f if as_path else str(f), mmap=as_path) as gg:
         assert hf.cfg.n_layers == gg.cfg.n_layers and hf.cfg.d_vocab == gg.cfg.d_vocab
@@ -37,7 +37,7 @@ def test_gguf_file_is_the_directorys_model(name, processing, as_path):
 
 def test_gguf_errors_are_python_errors(tmp_path: Path):
     bad = tmp_path / "bad.gguf"
-    data = (CASES_DIR / "hf_llama_gqa" / "model.f32.gguf").read_bytes()
+    data = (CASES_DIR.parent / "gguf" / "hf_llama_gqa.f32.gguf").read_bytes()
     bad.write_bytes(data[:4] + (9).to_bytes(4, "little") + data[8:])  # version 9
     with pytest.raises(circuits.UnsupportedError, match="GGUF version 9 is not supported"):
         circuits.Model.from_pretrained(str(bad))
