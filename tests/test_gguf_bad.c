@@ -1,7 +1,7 @@
 /* Hostile GGUF model files (lib/io/gguf.c, io/config_gguf.c, io/model_load.c): a small valid
  * llama file is written (tests/gguf_write.h), then one field of it is broken per check; each must
  * fail with its own status and message (docs/errors.md, "GGUF model files"), leave no model and
- * not crash. Positive controls: the valid file (F32, and with a Q8_0 matrix) loads and runs,
+ * not crash. Positive controls: the valid file (F32, and with Q8_0 matrices) loads and runs,
  * mapped and read into memory, as version 2 and 3, with keep_stored_dtype too.
  * Usage: test_gguf_bad [-v] (-v prints the catalogue rows), or test_gguf_bad --write-seeds DIR:
  * writes the two valid files (ok.gguf, ok_q8.gguf) into DIR, the fuzz seeds of
@@ -25,7 +25,7 @@ static float vals[V * D * 4];
 static uint8_t q8[F * 34];
 
 typedef struct variant {
-    bool quant;                       /* ffn_up as Q8_0 */
+    bool quant;                       /* token_embd and ffn_up as Q8_0 */
     const char *arch;                 /* general.architecture (NULL: "llama"; "" : absent) */
     bool no_block_count, dup_block_count, alignment_48, alignment_f32, eps_string;
     int head_count_kv;                /* 0: 2 */
@@ -52,7 +52,11 @@ static void build(gw_file *f, const variant *v)
     else gw_kv_f32(f, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
     gw_kv_f32(f, "llama.rope.freq_base", 10000.0f);
     if (v->more_kv) v->more_kv(f);
-    gw_tensor(f, v->rename_embd ? v->rename_embd : "token_embd.weight", 2, (int64_t[]){D, V}, GW_F32, vals, V * D * 4);
+    if (v->quant) /* the embedding too: its view is the whole tensor in order (no gather) */
+        gw_tensor(f, v->rename_embd ? v->rename_embd : "token_embd.weight", 2, (int64_t[]){D, V}, GW_Q8_0, q8, V * 34);
+    else
+        gw_tensor(f, v->rename_embd ? v->rename_embd : "token_embd.weight", 2, (int64_t[]){D, V}, GW_F32, vals,
+                  V * D * 4);
     gw_tensor(f, "blk.0.attn_norm.weight", 1, (int64_t[]){D}, GW_F32, vals, D * 4);
     gw_tensor(f, "blk.0.attn_q.weight", 2, (int64_t[]){D, NH * DH}, GW_F32, vals, D * NH * DH * 4);
     gw_tensor(f, v->rename_k ? v->rename_k : "blk.0.attn_k.weight", 2, (int64_t[]){D, NKV * DH}, GW_F32, vals,
@@ -256,6 +260,15 @@ int main(int argc, char **argv)
             for (int c = 0; c < D; c++) bad += memcmp(&row[c], &w.data[c * w.strides[0] + r * w.strides[1]], 4) != 0;
         }
         CHECK(m && bad == 0, "W_in from a Q8_0 ffn_up differs from its dequantized rows in %zu elements", bad);
+        /* W_E [V, D]: token_embd's rows as they are */
+        if (m) CHECK_OK(circuits_model_weight(m, "embed.W_E", &w));
+        bad = 0;
+        for (int r = 0; m && r < V; r++) {
+            float row[D];
+            CHECK_OK(circuits_dequantize(CIRCUITS_DTYPE_Q8_0, q8 + r * 34, 34, row, D));
+            for (int c = 0; c < D; c++) bad += memcmp(&row[c], &w.data[r * w.strides[0] + c * w.strides[1]], 4) != 0;
+        }
+        CHECK(m && bad == 0, "W_E from a Q8_0 token_embd differs from its dequantized rows in %zu elements", bad);
         circuits_model_free(m);
         gw_free(&f);
     }
