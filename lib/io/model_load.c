@@ -12,6 +12,7 @@
 #include "arch.h"
 #include "config.h"
 #include "safetensors.h"
+#include "stored.h"
 #include "tokenizer.h"
 
 #include <math.h>
@@ -236,6 +237,18 @@ static int make_view(circuits_model *m, const cx_weight_entry *w, const source_v
     return CIRCUITS_OK;
 }
 
+/* keep_stored_dtype: weight i kept as stored tensor t (a cx_qmat, model/stored.c) where its
+ * layout allows; *kept false: make_view builds the fp32 view as without the option. */
+static int make_stored(circuits_model *m, const cx_arch *a, size_t i, const cx_weight_entry *w, cx_st_tensor *t,
+                       bool *kept)
+{
+    /* TransformerLens-layout files (no table) store W_E as is; their other matrices are [in, out] */
+    int map = a->sources ? (int)a->sources[w->kind].map : CX_MAP_SAME, part = a->sources ? a->sources[w->kind].part : 0;
+    *kept = false;
+    if (!m->stored) return CIRCUITS_OK;
+    return cx_stored_make(m, i, (int)w->kind, w->ndim, w->shape, map, part, t, kept);
+}
+
 static bool file_exists(const char *path)
 {
     struct stat st;
@@ -260,7 +273,7 @@ static int open_weights(const char *dir, cx_st_set **files, cx_st_mode mode)
     return cx_fail(CIRCUITS_E_IO, "%s: no model.safetensors or model.safetensors.index.json", dir);
 }
 
-static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
+static int load_into(circuits_model *m, const char *dir, cx_st_mode mode, bool keep_stored)
 {
     char path[4096];
     cx_hf_extra hf = {0};
@@ -301,7 +314,8 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
     m->weights = cx_calloc(n, sizeof *m->weights);
     m->exclusive = cx_calloc(n, sizeof *m->exclusive);
     m->kind = cx_calloc(n, sizeof *m->kind);
-    if (!m->weights || !m->exclusive || !m->kind) {
+    if (keep_stored) m->stored = cx_calloc(n, sizeof *m->stored);
+    if (!m->weights || !m->exclusive || !m->kind || (keep_stored && !m->stored)) {
         cx_free(specs);
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading %s", dir);
     }
@@ -320,7 +334,9 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
         if (!t && has_src && v.alt[0]) t = cx_st_find(m->files, v.alt);
         if (!t && !a->sources && (flags & CX_WF_KV)) t = tl_grouped_name(m, &v);
         if (t) {
-            rc = make_view(m, w, &v, t, out);
+            bool kept = false;
+            rc = make_stored(m, a, i, w, t, &kept);
+            if (!rc && !kept) rc = make_view(m, w, &v, t, out);
         } else if (!has_src || (!a->sources && (flags & CX_WF_BIAS))) {
             if (!zeros) {
                 size_t zlen = (size_t)c->d_model;
@@ -404,7 +420,7 @@ int circuits_model_load(circuits_model **out, const char *path, const circuits_l
                        (int)o.keep_stored_dtype);
     circuits_model *m = cx_calloc(1, sizeof *m);
     if (!m) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading %s", path);
-    rc = load_into(m, path, o.read_into_memory ? CX_ST_READ : CX_ST_MAP);
+    rc = load_into(m, path, o.read_into_memory ? CX_ST_READ : CX_ST_MAP, o.keep_stored_dtype == 1);
     if (!rc) rc = cx_process_weights(m, &o);
     if (rc) {
         circuits_model_free(m);
