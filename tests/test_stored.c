@@ -2,8 +2,8 @@
  *
  *   test_stored CASES_DIR TMP_DIR
  *
- * Each reference case below is rewritten into TMP_DIR with every F32 tensor stored as F16 (and,
- * for some, BF16): then the same files are loaded twice without processing, as fp32 (the
+ * Each reference case below is rewritten into TMP_DIR with every tensor stored as F16 (and, for
+ * some, BF16; tests/st_write.h): then the same files are loaded twice without processing, as fp32 (the
  * F16/BF16 values widened exactly) and with keep_stored_dtype = 1, and
  *   1. the weight matrices whose layout a stored matrix expresses report their stored dtype, the
  *      others F32; circuits_model_weight refuses the stored ones (CIRCUITS_E_DTYPE) and
@@ -23,6 +23,7 @@
 #include "testutil.h"
 
 #include "safetensors.h"
+#include "st_write.h"
 
 #include <errno.h>
 #include <math.h>
@@ -47,26 +48,6 @@ static void die(const char *what)
 
 /* ---- writing a case with its F32 tensors stored as F16 or BF16 ---- */
 
-static uint16_t to_f16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000u, man = x & 0x7fffffu;
-    int32_t e = (int32_t)((x >> 23) & 0xffu) - 127 + 15;
-    if (e <= 0) return (uint16_t)sign; /* tiny: flushed to zero (any F16 value serves) */
-    if (e >= 31) return (uint16_t)(sign | 0x7bffu);
-    uint32_t h = sign | (uint32_t)e << 10 | man >> 13;
-    if (man & 0x1000u) h++; /* round half up */
-    return (uint16_t)h;
-}
-
-static uint16_t to_bf16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    return (uint16_t)((x + 0x8000u) >> 16);
-}
-
 static void copy_file(const char *from, const char *to)
 {
     FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
@@ -87,11 +68,11 @@ static bool exists(const char *p)
 
 /* TMP/<case>_<dt>: the case's config and one model.safetensors with its F32 tensors as dt
  * (sharded cases become one file). */
-static void convert(const char *name, cx_dtype dt, char *out, size_t cap)
+static void convert(const char *name, st_dtype dt, char *out, size_t cap)
 {
     char src[4096], path[4200], to[4200];
     snprintf(src, sizeof src, "%s/%s", g_cases, name);
-    snprintf(out, cap, "%s/%s_%s", g_tmp, name, dt == CX_DT_F16 ? "f16" : "bf16");
+    snprintf(out, cap, "%s/%s_%s", g_tmp, name, dt == ST_F16 ? "f16" : "bf16");
     if (mkdir(out, 0700) != 0 && errno != EEXIST) die(out);
     const char *cfgs[] = {"config.json", "tl_config.json"};
     for (int i = 0; i < 2; i++) {
@@ -107,44 +88,22 @@ static void convert(const char *name, cx_dtype dt, char *out, size_t cap)
         fprintf(stderr, "test_stored: %s: %s\n", src, circuits_last_error());
         exit(2);
     }
-    size_t cap_h = 256 + set->n_tensors * 256, hl = 0, off = 0;
-    char *h = malloc(cap_h);
-    if (!h) die("malloc");
-    hl += (size_t)snprintf(h + hl, cap_h - hl, "{");
+    st_entry *e = calloc(set->n_tensors, sizeof *e);
+    if (!e) die("calloc");
     for (size_t i = 0; i < set->n_tensors; i++) {
         const cx_st_tensor *t = &set->tensors[i];
-        cx_dtype odt = t->dtype == CX_DT_F32 ? dt : t->dtype;
-        size_t nb = t->numel * cx_dtype_size(odt);
-        hl += (size_t)snprintf(h + hl, cap_h - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", i ? "," : "", t->name,
-                               cx_dtype_name(odt));
-        for (int d = 0; d < t->ndim; d++)
-            hl += (size_t)snprintf(h + hl, cap_h - hl, d ? ",%lld" : "%lld", (long long)t->shape[d]);
-        hl += (size_t)snprintf(h + hl, cap_h - hl, "],\"data_offsets\":[%zu,%zu]}", off, off + nb);
-        off += nb;
+        float *d = malloc(t->numel * sizeof *d);
+        if (!d || t->ndim > 3 || strlen(t->name) >= sizeof e[i].name) die(t->name);
+        for (size_t k = 0; k < t->numel; k++) d[k] = cx_st_read_f32(t, k);
+        snprintf(e[i].name, sizeof e[i].name, "%s", t->name);
+        e[i].ndim = t->ndim;
+        memcpy(e[i].shape, t->shape, (size_t)t->ndim * sizeof *t->shape);
+        e[i].data = d;
     }
-    hl += (size_t)snprintf(h + hl, cap_h - hl, "}");
-    while (hl % 8) h[hl++] = ' ';
     snprintf(to, sizeof to, "%s/model.safetensors", out);
-    FILE *fp = fopen(to, "wb");
-    if (!fp) die(to);
-    unsigned char len[8];
-    for (int i = 0; i < 8; i++) len[i] = (unsigned char)((uint64_t)hl >> (8 * i));
-    if (fwrite(len, 1, 8, fp) != 8 || fwrite(h, 1, hl, fp) != hl) die(to);
-    for (size_t i = 0; i < set->n_tensors; i++) {
-        const cx_st_tensor *t = &set->tensors[i];
-        if (t->dtype != CX_DT_F32) {
-            if (fwrite(t->data, 1, t->nbytes, fp) != t->nbytes) die(to);
-            continue;
-        }
-        for (size_t k = 0; k < t->numel; k++) {
-            float f = cx_st_read_f32(t, k);
-            uint16_t v = dt == CX_DT_F16 ? to_f16(f) : to_bf16(f);
-            unsigned char b2[2] = {(unsigned char)v, (unsigned char)(v >> 8)};
-            if (fwrite(b2, 1, 2, fp) != 2) die(to);
-        }
-    }
-    if (fclose(fp) != 0) die(to);
-    free(h);
+    st_write_as(to, e, (int)set->n_tensors, dt);
+    for (size_t i = 0; i < set->n_tensors; i++) free((void *)e[i].data);
+    free(e);
     cx_st_close(set);
 }
 
@@ -488,6 +447,34 @@ static void check_analyses(const char *what, const circuits_model *f, const circ
     free(la);
     free(lb);
 
+    /* activation patching with a logit-difference metric (whose sparse unembedding reads W_U
+     * columns: with a stored W_U the whole unembedding runs) */
+    circuits_metric ld;
+    circuits_metric_init(&ld);
+    int32_t ans[B] = {1, 2}, wrong[B] = {3, 0};
+    ld.answer = ans;
+    ld.wrong = wrong;
+    int32_t corrupted[B * T];
+    tokens_for(&c, corrupted, B * T, 77);
+    const float *clean[2][64];
+    for (int l = 0; l < c.n_layers && l < 64; l++) {
+        char name[64];
+        circuits_tensor t;
+        snprintf(name, sizeof name, "blocks.%d.hook_resid_pre", l);
+        CHECK_OK(circuits_cache_get(hf, name, &t));
+        clean[0][l] = t.data;
+        CHECK_OK(circuits_cache_get(hs, name, &t));
+        clean[1][l] = t.data;
+    }
+    size_t ng = (size_t)c.n_layers * T;
+    float *grid = malloc(2 * ng * sizeof *grid);
+    if (!grid) die("malloc");
+    CHECK_OK(circuits_context_activation_patch(cf, CIRCUITS_PATCH_RESID_PRE, corrupted, B, T, clean[0], &ld, NULL, grid));
+    CHECK_OK(circuits_context_activation_patch(cs, CIRCUITS_PATCH_RESID_PRE, corrupted, B, T, clean[1], &ld, NULL,
+                                               grid + ng));
+    close_enough(what, "activation patching grid", grid + ng, grid, ng);
+    free(grid);
+
     /* activation-based detectors run the model */
     int64_t seq = (c.n_ctx - 1) / 2 < 6 ? (c.n_ctx - 1) / 2 : 6, pos = 2 * seq + 1;
     int32_t *rep = malloc(sizeof(int32_t) * (size_t)(B * pos));
@@ -509,7 +496,7 @@ static void check_analyses(const char *what, const circuits_model *f, const circ
 
 typedef struct scase {
     const char *name;
-    cx_dtype dt;
+    st_dtype dt; /* ST_F32: the case is stored F16 / BF16 already */
     int min_kept; /* weights that must be kept stored (the layouts a cx_qmat expresses) */
     bool analyses, split;
 } scase;
@@ -517,7 +504,7 @@ typedef struct scase {
 static void run_case(const scase *k)
 {
     char dir[4096];
-    if (k->dt == CX_DT_F32) snprintf(dir, sizeof dir, "%s/%s", g_cases, k->name); /* already F16/BF16 */
+    if (k->dt == ST_F32) snprintf(dir, sizeof dir, "%s/%s", g_cases, k->name); /* already F16/BF16 */
     else convert(k->name, k->dt, dir, sizeof dir);
     circuits_model *f = load(dir, 0), *s = load(dir, 1);
     circuits_config c = config(f);
@@ -528,10 +515,18 @@ static void run_case(const scase *k)
     compare_generation(k->name, f, s);
     if (k->analyses) check_analyses(k->name, f, s);
     check_processing(k->name, dir, s, &c);
-    printf("%-22s %-9s %2d of %2zu weights kept stored\n", k->name, k->dt == CX_DT_BF16 ? "BF16" : k->dt == CX_DT_F16 ? "F16" : "as stored", kept,
+    printf("%-22s %-9s %2d of %2zu weights kept stored\n", k->name, k->dt == ST_BF16 ? "BF16" : k->dt == ST_F16 ? "F16" : "as stored", kept,
            circuits_model_weight_count(s));
     circuits_model_free(f);
     circuits_model_free(s);
+    if (k->dt == ST_F32) return;
+    const char *files[] = {"config.json", "tl_config.json", "model.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    if (rmdir(dir) != 0) die(dir);
 }
 
 int main(int argc, char **argv)
@@ -549,22 +544,23 @@ int main(int argc, char **argv)
      * W_in, (W_gate), W_out; plus W_E and W_U. GPT-2 keeps W_E and W_U only (Conv1D, fused
      * c_attn: converted to fp32); TransformerLens-layout files W_E only. */
     const scase cases[] = {
-        {"hf_llama_gqa", CX_DT_F16, 2 + 2 * 7, true, true},
-        {"hf_llama_gqa", CX_DT_BF16, 2 + 2 * 7, false, false},
-        {"hf_neox", CX_DT_F16, 2 + 2 * 6, true, true},
-        {"hf_gemma", CX_DT_F16, 2 + 2 * 7, true, true},
-        {"hf_gemma2", CX_DT_BF16, 2 + 2 * 7, false, true},
-        {"hf_gptj", CX_DT_F16, 2 + 2 * 6, false, true},
-        {"hf_qwen2_bias", CX_DT_F16, 2 + 2 * 7, false, true},
-        {"hf_mistral_window", CX_DT_F16, 2 + 2 * 7, false, false},
-        {"hf_mistral_sharded", CX_DT_BF16, 2 + 2 * 7, false, false},
-        {"hf_llama3_rope", CX_DT_F16, 2 + 2 * 7, false, false},
-        {"hf_qwen2_bf16", CX_DT_F32, 2 + 2 * 7, true, true},
-        {"hf_random_f16", CX_DT_F32, 2, false, true},
-        {"hf_random_bf16", CX_DT_F32, 2, false, false},
-        {"tl_f16", CX_DT_F32, 1, false, true},
+        {"hf_llama_gqa", ST_F16, 2 + 2 * 7, true, true},
+        {"hf_llama_gqa", ST_BF16, 2 + 2 * 7, false, false},
+        {"hf_neox", ST_F16, 2 + 2 * 6, true, true},
+        {"hf_gemma", ST_F16, 2 + 2 * 7, true, true},
+        {"hf_gemma2", ST_BF16, 2 + 2 * 7, false, true},
+        {"hf_gptj", ST_F16, 2 + 2 * 6, false, true},
+        {"hf_qwen2_bias", ST_F16, 2 + 2 * 7, false, true},
+        {"hf_mistral_window", ST_F16, 2 + 2 * 7, false, false},
+        {"hf_mistral_sharded", ST_BF16, 2 + 2 * 7, false, false},
+        {"hf_llama3_rope", ST_F16, 2 + 2 * 7, false, false},
+        {"hf_qwen2_bf16", ST_F32, 2 + 2 * 7, true, true},
+        {"hf_random_f16", ST_F32, 2, false, true},
+        {"hf_random_bf16", ST_F32, 2, false, false},
+        {"tl_f16", ST_F32, 1, false, true},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
+    if (rmdir(g_tmp) != 0) die(g_tmp);
     printf("largest relative difference, stored vs fp32: %.3g (%s)\n", g_worst, g_worst_at);
     return tu_finish("test_stored");
 }
