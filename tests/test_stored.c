@@ -1,6 +1,6 @@
 /* keep_stored_dtype (docs/loading.md#keep_stored_dtype): weights kept in their stored dtype.
  *
- *   test_stored CASES_DIR TMP_DIR
+ *   test_stored CASES_DIR TMP_DIR [-v]
  *
  * Each reference case below is rewritten into TMP_DIR with every tensor stored as F16 (and, for
  * some, BF16; tests/st_write.h): then the same files are loaded twice without processing, as fp32 (the
@@ -20,6 +20,7 @@
  *      (residual directions, logit lens, accumulated residual stack, induction scores) agree
  *      with the fp32 load.
  * The largest relative difference seen is printed (docs/loading.md quotes it). */
+#include "catalogue.h"
 #include "testutil.h"
 
 #include "safetensors.h"
@@ -492,6 +493,47 @@ static void check_analyses(const char *what, const circuits_model *f, const circ
     free(buf);
 }
 
+/* ---- the catalogue rows (docs/errors.md, "weights kept in their stored dtype") ---- */
+
+static void catalogue(void)
+{
+    char dir[4096];
+    convert("hf_llama_gqa", ST_F16, dir, sizeof dir);
+    circuits_model *m = load(dir, 1), *out = NULL;
+    circuits_tensor t;
+    float buf[64];
+    circuits_factored *fa = NULL;
+    circuits_load_options o;
+    circuits_load_options_init(&o);
+    o.keep_stored_dtype = 1;
+    CALL_FAILS("stored_weight_view", circuits_model_weight(m, "blocks.0.attn.W_Q", &t), CIRCUITS_E_DTYPE,
+               "circuits_model_weight_read");
+    CALL_FAILS("stored_weight_at", circuits_model_weight_at(m, 0, &t), CIRCUITS_E_DTYPE, "circuits_model_weight_read");
+    CALL_FAILS("stored_weight_read_short", circuits_model_weight_read(m, "blocks.0.attn.W_Q", buf, 64, NULL),
+               CIRCUITS_E_RANGE, "buf holds 64");
+    CALL_FAILS("stored_load_fold_ln", circuits_model_load(&out, dir, &o), CIRCUITS_E_UNSUPPORTED, "fold_ln = 0");
+    o.fold_ln = o.center_writing_weights = o.fold_value_biases = 0;
+    CALL_FAILS("stored_load_center_unembed", circuits_model_load(&out, dir, &o), CIRCUITS_E_UNSUPPORTED,
+               "center_unembed = 0");
+    o.center_unembed = 0;
+    o.refactor_factored_attn_matrices = 1;
+    CALL_FAILS("stored_load_refactor", circuits_model_load(&out, dir, &o), CIRCUITS_E_UNSUPPORTED,
+               "refactor_factored_attn_matrices = 0");
+    CALL_FAILS("stored_ov", circuits_model_ov(m, 0, 0, &fa), CIRCUITS_E_UNSUPPORTED, "without keep_stored_dtype");
+    CALL_FAILS("stored_composition_scores", circuits_model_composition_scores(m, CIRCUITS_COMPOSITION_Q, buf),
+               CIRCUITS_E_UNSUPPORTED, "without keep_stored_dtype");
+    CHECK(out == NULL && fa == NULL, "refused calls leave no object");
+    circuits_model_free(m);
+    /* center_writing_weights: an LN model (GPT-NeoX) */
+    convert("hf_neox", ST_F16, dir, sizeof dir);
+    circuits_load_options_init(&o);
+    o.keep_stored_dtype = 1;
+    o.fold_ln = o.center_unembed = o.fold_value_biases = 0;
+    CALL_FAILS("stored_load_center_writing_weights", circuits_model_load(&out, dir, &o), CIRCUITS_E_UNSUPPORTED,
+               "center_writing_weights = 0");
+    CHECK(out == NULL, "a refused load leaves *out NULL");
+}
+
 /* ---- one case ---- */
 
 typedef struct scase {
@@ -531,8 +573,9 @@ static void run_case(const scase *k)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: test_stored CASES_DIR TMP_DIR\n");
+    if (argc == 4 && strcmp(argv[3], "-v") == 0) cat_verbose = 1;
+    else if (argc != 3) {
+        fprintf(stderr, "usage: test_stored CASES_DIR TMP_DIR [-v]\n");
         return 2;
     }
     g_cases = argv[1];
@@ -540,6 +583,8 @@ int main(int argc, char **argv)
     snprintf(tmpl, sizeof tmpl, "%s/test_stored_XXXXXX", argv[2]);
     if (!mkdtemp(tmpl)) die(tmpl);
     g_tmp = tmpl;
+    cat_tmp = tmpl;
+    catalogue();
     /* 2 layers each (the analyses compose layer 0 with layer 1). Per layer: W_Q, W_K, W_V, W_O,
      * W_in, (W_gate), W_out; plus W_E and W_U. GPT-2 keeps W_E and W_U only (Conv1D, fused
      * c_attn: converted to fp32); TransformerLens-layout files W_E only. */
