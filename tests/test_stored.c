@@ -327,6 +327,16 @@ static void load_refused(const char *what, const char *dir, const circuits_load_
         CHECK(rc == CIRCUITS_E_UNSUPPORTED && m == NULL && strstr(circuits_last_error(), want),
               "%s: %s: -> %d (%s)", what, step, rc, circuits_last_error());
     else CHECK(rc == CIRCUITS_OK, "%s: %s touches no stored matrix, yet: %s", what, step, circuits_last_error());
+    if (m) { /* applied (to fp32 weights only): as on the fp32 load, the stored weights still in place */
+        circuits_load_options fo = *o;
+        fo.keep_stored_dtype = 0;
+        circuits_model *f = NULL;
+        CHECK_OK(circuits_model_load(&f, dir, &fo));
+        char label[160];
+        snprintf(label, sizeof label, "%s with %s", what, step);
+        if (f) compare_hooks(label, f, m, 0, 0);
+        circuits_model_free(f);
+    }
     circuits_model_free(m);
 }
 

@@ -124,6 +124,7 @@ static void drop_ln_weights(circuits_model *m)
         m->weights[k] = m->weights[i];
         m->exclusive[k] = m->exclusive[i];
         m->kind[k] = m->kind[i];
+        if (m->stored) m->stored[k] = m->stored[i]; /* parallel to weights (keep_stored_dtype) */
         k++;
     }
     m->n_weights = k;

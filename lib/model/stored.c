@@ -115,6 +115,9 @@ int cx_stored_make(circuits_model *m, size_t i, int kind, int ndim, const int64_
         if (rc) return rc;
         map_rows = map_perm ? perm : neox + (size_t)part * (size_t)c->n_heads * (size_t)dh;
     }
+    size_t n = cx_weight_list(c, NULL); /* m->n_weights counts the weights made so far */
+    if (!m->stored && !(m->stored = cx_calloc(n, sizeof *m->stored)))
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory keeping '%s' in its stored dtype", t->name);
     m->stored[i] = (cx_qmat){.dtype = t->dtype, .rows = rows, .cols = want[1], .data = t->data,
                              .row_bytes = row_bytes, .row_map = map_rows};
     if (kind == CX_W_EMBED && map == CX_MAP_EMBED_SCALED) m->embed_scale = (float)sqrt((double)D);

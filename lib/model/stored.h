@@ -25,7 +25,7 @@ void cx_weight_linear(const circuits_model *m, float *out, int64_t ldo, const fl
 /* The index of the first weight of m held as a cx_qmat, or m->n_weights if none is. */
 size_t cx_stored_first(const circuits_model *m);
 
-/* At load time, with keep_stored_dtype (m->stored allocated, [n_weights] zeros): weight i of m,
+/* At load time, with keep_stored_dtype (m->stored is allocated by the first call): weight i of m,
  * of this kind and TransformerLens shape, is kept as stored tensor t when t is not F32 and its layout is one a
  * cx_qmat expresses: `map` (a cx_map, arch.h) and `part` say how the TL view is cut from t.
  * Then m->stored[i] is set, m->weights[i] gets the TL shape (contiguous strides) with data NULL
