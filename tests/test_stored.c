@@ -548,15 +548,17 @@ static void catalogue(void)
 
 typedef struct scase {
     const char *name;
-    st_dtype dt; /* ST_F32: the case is stored F16 / BF16 already */
+    st_dtype dt; /* ST_F32: the case is stored F16 / BF16 already (or its GGUF file) */
     int min_kept; /* weights that must be kept stored (the layouts a cx_qmat expresses) */
     bool analyses, split;
+    bool gguf; /* the case's model.mixed.gguf (tests/reference/generate_gguf_stored.py) */
 } scase;
 
 static void run_case(const scase *k)
 {
     char dir[4096];
-    if (k->dt == ST_F32) snprintf(dir, sizeof dir, "%s/%s", g_cases, k->name); /* already F16/BF16 */
+    if (k->gguf) snprintf(dir, sizeof dir, "%s/%s/model.mixed.gguf", g_cases, k->name);
+    else if (k->dt == ST_F32) snprintf(dir, sizeof dir, "%s/%s", g_cases, k->name); /* already F16/BF16 */
     else convert(k->name, k->dt, dir, sizeof dir);
     circuits_model *f = load(dir, 0), *s = load(dir, 1);
     circuits_config c = config(f);
@@ -567,11 +569,11 @@ static void run_case(const scase *k)
     compare_generation(k->name, f, s);
     if (k->analyses) check_analyses(k->name, f, s);
     check_processing(k->name, dir, s, &c);
-    printf("%-22s %-9s %2d of %2zu weights kept stored\n", k->name, k->dt == ST_BF16 ? "BF16" : k->dt == ST_F16 ? "F16" : "as stored", kept,
+    printf("%-22s %-9s %2d of %2zu weights kept stored\n", k->name, k->gguf ? "GGUF" : k->dt == ST_BF16 ? "BF16" : k->dt == ST_F16 ? "F16" : "as stored", kept,
            circuits_model_weight_count(s));
     circuits_model_free(f);
     circuits_model_free(s);
-    if (k->dt == ST_F32) return;
+    if (k->dt == ST_F32) return; /* the committed files */
     const char *files[] = {"config.json", "tl_config.json", "model.safetensors"};
     for (int i = 0; i < 3; i++) {
         char p[4200];
@@ -595,24 +597,35 @@ int main(int argc, char **argv)
     g_tmp = tmpl;
     cat_tmp = tmpl;
     catalogue();
-    /* 2 layers each (the analyses compose layer 0 with layer 1). Per layer: W_Q, W_K, W_V, W_O,
-     * W_in, (W_gate), W_out; plus W_E and W_U. GPT-2 keeps W_E and W_U only (Conv1D, fused
-     * c_attn: converted to fp32); TransformerLens-layout files W_E only. */
+    /* 2 layers or more (the analyses compose layer 0 with layer 1). Per layer: W_Q, W_K, W_V, W_O,
+     * W_in, (W_gate), W_out; plus W_E and W_U. GPT-2's safetensors keep W_E and W_U only (Conv1D,
+     * fused c_attn: converted to fp32); TransformerLens-layout files W_E only. */
     const scase cases[] = {
-        {"hf_llama_gqa", ST_F16, 2 + 2 * 7, true, true},
-        {"hf_llama_gqa", ST_BF16, 2 + 2 * 7, false, false},
-        {"hf_neox", ST_F16, 2 + 2 * 6, true, true},
-        {"hf_gemma", ST_F16, 2 + 2 * 7, true, true},
-        {"hf_gemma2", ST_BF16, 2 + 2 * 7, false, true},
-        {"hf_gptj", ST_F16, 2 + 2 * 6, false, true},
-        {"hf_qwen2_bias", ST_F16, 2 + 2 * 7, false, true},
-        {"hf_mistral_window", ST_F16, 2 + 2 * 7, false, false},
-        {"hf_mistral_sharded", ST_BF16, 2 + 2 * 7, false, false},
-        {"hf_llama3_rope", ST_F16, 2 + 2 * 7, false, false},
-        {"hf_qwen2_bf16", ST_F32, 2 + 2 * 7, true, true},
-        {"hf_random_f16", ST_F32, 2, false, true},
-        {"hf_random_bf16", ST_F32, 2, false, false},
-        {"tl_f16", ST_F32, 1, false, true},
+        {"hf_llama_gqa", ST_F16, 2 + 2 * 7, true, true, false},
+        {"hf_llama_gqa", ST_BF16, 2 + 2 * 7, false, false, false},
+        {"hf_neox", ST_F16, 2 + 2 * 6, true, true, false},
+        {"hf_gemma", ST_F16, 2 + 2 * 7, true, true, false},
+        {"hf_gemma2", ST_BF16, 2 + 2 * 7, false, true, false},
+        {"hf_gptj", ST_F16, 2 + 2 * 6, false, true, false},
+        {"hf_qwen2_bias", ST_F16, 2 + 2 * 7, false, true, false},
+        {"hf_mistral_window", ST_F16, 2 + 2 * 7, false, false, false},
+        {"hf_mistral_sharded", ST_BF16, 2 + 2 * 7, false, false, false},
+        {"hf_llama3_rope", ST_F16, 2 + 2 * 7, false, false, false},
+        {"hf_qwen2_bf16", ST_F32, 2 + 2 * 7, true, true, false},
+        {"hf_random_f16", ST_F32, 2, false, true, false},
+        {"hf_random_bf16", ST_F32, 2, false, false, false},
+        {"tl_f16", ST_F32, 1, false, true, false},
+        /* GGUF files of mixed types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, F16, BF16): llama.cpp's permuted
+         * q/k rows (llama, mistral, qwen2, gemma) kept through a row map, the fused attn_qkv of
+         * GPT-NeoX and GPT-2 as row ranges */
+        {"hf_llama_gqa", ST_F32, 2 + 2 * 7, true, true, true},
+        {"hf_mistral_window", ST_F32, 2 + 2 * 7, false, false, true},
+        {"hf_qwen2_bias", ST_F32, 2 + 2 * 7, false, true, true},
+        {"hf_gemma", ST_F32, 2 + 2 * 7, true, true, true},
+        {"hf_gemma2", ST_F32, 2 + 3 * 7, false, true, true},
+        {"hf_neox", ST_F32, 2 + 2 * 6, true, true, true},
+        {"hf_gptj", ST_F32, 2 + 2 * 6, false, true, true},
+        {"hf_tiny_random_gpt2", ST_F32, 2 + 5 * 6, false, true, true}, /* fused attn_qkv: kept too */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
     if (rmdir(g_tmp) != 0) die(g_tmp);

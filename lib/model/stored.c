@@ -4,7 +4,8 @@
  *   W_E [d_vocab, d_model]          stored as is (CX_MAP_SAME; Gemma's scale at lookup time)
  *   W_Q/W_K/W_V [n, d_model, d_head]  q/k/v_proj [n·d_head, d_model] (CX_MAP_PROJ_HEADS); GGUF's
  *                                   permuted q/k rows and GPT-NeoX's interleaved query_key_value
- *                                   through a row map
+ *                                   through a row map; GGUF's fused attn_qkv [Q; K; V] (GPT-2,
+ *                                   GPT-NeoX) from the part's first row
  *   W_O [n, d_head, d_model]        o_proj [d_model, n·d_head] (CX_MAP_OUT_HEADS)
  *   W_in, W_gate, W_out, W_U        nn.Linear weights stored transposed (CX_MAP_TRANSPOSE)
  * GPT-2's Conv1D weights ([in, out]: the contracted dimension runs down the columns) and
@@ -55,11 +56,10 @@ static int row_maps(circuits_model *m, const int32_t **perm, const int32_t **neo
             return cx_fail(CIRCUITS_E_RANGE, "keep_stored_dtype: %lld query rows do not fit a row map", (long long)n);
         int32_t *r = cx_malloc((size_t)(4 * n) * sizeof *r);
         if (!r) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory making the stored weights' row maps");
-        int64_t half = dh / 2;
         for (int64_t h = 0; h < m->cfg.n_heads; h++)
             for (int64_t k = 0; k < dh; k++) {
-                int64_t j = k / half, i = k % half; /* dh odd: no permuted layout asks for this map */
-                r[h * dh + k] = (int32_t)(dh % 2 ? h * dh + k : h * dh + 2 * i + j);
+                /* dh odd: no permuted layout asks for this map */
+                r[h * dh + k] = (int32_t)(dh % 2 ? h * dh + k : cx_permuted_row(h * dh + k, dh));
                 for (int p = 0; p < 3; p++) r[(1 + p) * n + h * dh + k] = (int32_t)((3 * h + p) * dh + k);
             }
         m->row_maps = r;
@@ -77,7 +77,7 @@ int cx_stored_make(circuits_model *m, size_t i, int kind, int ndim, const int64_
     int64_t D = c->d_model, dh = c->d_head;
     if (t->dtype == CX_DT_F32 || cx_dtype_public(t->dtype) < 0 || t->ndim != 2) return CIRCUITS_OK;
     /* the stored [rows, cols] each layout implies, and the logical rows */
-    int64_t want[2] = {-1, -1}, rows = 0;
+    int64_t want[2] = {-1, -1}, rows = 0, first_row = 0;
     bool map_perm = false, map_neox = false;
     switch (kind) {
     case CX_W_EMBED:
@@ -91,7 +91,11 @@ int cx_stored_make(circuits_model *m, size_t i, int kind, int ndim, const int64_
         if (map == CX_MAP_PROJ_HEADS) want[0] = rows;
         else if (map == CX_MAP_PROJ_HEADS_PERMUTED && dh % 2 == 0) want[0] = rows, map_perm = true;
         else if (map == CX_MAP_NEOX_QKV && shape[0] == c->n_heads) want[0] = 3 * rows, map_neox = true;
-        else return CIRCUITS_OK;
+        else if (map == CX_MAP_FUSED_PROJ_HEADS) { /* [Q; K; V] rows: part `part` from its first row */
+            int64_t q = (int64_t)c->n_heads * dh, kv = (int64_t)c->n_key_value_heads * dh;
+            want[0] = q + 2 * kv;
+            first_row = part == 0 ? 0 : part == 1 ? q : q + kv;
+        } else return CIRCUITS_OK;
         break;
     case CX_W_O:
         if (map != CX_MAP_OUT_HEADS) return CIRCUITS_OK;
@@ -118,7 +122,8 @@ int cx_stored_make(circuits_model *m, size_t i, int kind, int ndim, const int64_
     size_t n = cx_weight_list(c, NULL); /* m->n_weights counts the weights made so far */
     if (!m->stored && !(m->stored = cx_calloc(n, sizeof *m->stored)))
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory keeping '%s' in its stored dtype", t->name);
-    m->stored[i] = (cx_qmat){.dtype = t->dtype, .rows = rows, .cols = want[1], .data = t->data,
+    m->stored[i] = (cx_qmat){.dtype = t->dtype, .rows = rows, .cols = want[1],
+                             .data = t->data + (size_t)first_row * row_bytes,
                              .row_bytes = row_bytes, .row_map = map_rows};
     if (kind == CX_W_EMBED && map == CX_MAP_EMBED_SCALED) m->embed_scale = (float)sqrt((double)D);
     circuits_tensor *out = &m->weights[i];
