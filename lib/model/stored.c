@@ -14,6 +14,7 @@
 #include "stored.h"
 #include "arch.h"
 #include "kernels.h"
+#include "pool.h"
 
 #include <math.h>
 #include <string.h>
@@ -24,6 +25,23 @@ void cx_weight_linear(const circuits_model *m, float *out, int64_t ldo, const fl
     const cx_qmat *q = cx_stored(m, W);
     if (q) cx_qmatmul(out, ldo, in, ldi, N, q, 0, W->shape[1], bias, false);
     else cx_matmul(out, ldo, in, ldi, N, W->shape[0], W->shape[1], W->data, W->strides[0], W->strides[1], bias, false);
+}
+
+typedef struct rows_job {
+    const cx_qmat *W;
+    float *dst;
+} rows_job;
+
+static void rows_task(void *arg, int64_t begin, int64_t end)
+{
+    const rows_job *j = arg;
+    for (int64_t r = begin; r < end; r++) cx_qmat_row(j->W, r, j->dst + r * j->W->cols);
+}
+
+void cx_qmat_rows(const cx_qmat *W, float *dst)
+{
+    rows_job j = {W, dst};
+    cx_parallel_for(W->rows, 16, rows_task, &j);
 }
 
 size_t cx_stored_first(const circuits_model *m)
@@ -146,13 +164,9 @@ int cx_qmat_read_weight(const circuits_model *m, size_t i, float *buf)
     const cx_qmat *q = &m->stored[i];
     int kind = m->kind[i];
     if (kind == CX_W_EMBED) {
-        float s = m->embed_scale;
-        for (int64_t r = 0; r < q->rows; r++) {
-            float *row = buf + r * q->cols;
-            cx_qmat_row(q, r, row);
-            if (s != 0.0f) /* as the fp32 load computes Gemma's W_E: stored value * (float)sqrt(d_model) */
-                for (int64_t k = 0; k < q->cols; k++) row[k] *= s;
-        }
+        cx_qmat_rows(q, buf);
+        if (m->embed_scale != 0.0f) /* as the fp32 load computes Gemma's W_E: stored value * (float)sqrt(d_model) */
+            for (int64_t k = 0; k < q->rows * q->cols; k++) buf[k] *= m->embed_scale;
         return CIRCUITS_OK;
     }
     float *row = cx_malloc((size_t)q->cols * sizeof *row);

@@ -22,6 +22,9 @@ static inline const cx_qmat *cx_stored(const circuits_model *m, const circuits_t
 void cx_weight_linear(const circuits_model *m, float *out, int64_t ldo, const float *in, int64_t ldi, int64_t N,
                       const circuits_tensor *W, const float *bias);
 
+/* dst[rows, cols] = every logical row of W, dequantized (split over the pool). */
+void cx_qmat_rows(const cx_qmat *W, float *dst);
+
 /* The index of the first weight of m held as a cx_qmat, or m->n_weights if none is. */
 size_t cx_stored_first(const circuits_model *m);
 

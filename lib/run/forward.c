@@ -511,7 +511,7 @@ static int attention(pass *ps, int l)
         /* result[b, t, h] = z[b, t, h] @ W_O[h]; attn_out = sum_h result + b_O. A stored W_O is
          * dequantized first ([D, H*dh] rows: head h's W_O[h] [dh, D] at columns h*dh with strides
          * (1, H*dh)): a head's share of a row is not a whole number of blocks */
-        for (int64_t j = 0; qo && j < D; j++) cx_qmat_row(qo, j, s->wo + j * HD);
+        if (qo) cx_qmat_rows(qo, s->wo);
         for (int64_t h = 0; h < H; h++)
             if (qo) cx_matmul(s->result + h * D, H * D, s->z + h * dh, HD, N, dh, D, s->wo + h * dh, 1, HD, NULL, false);
             else cx_matmul(s->result + h * D, H * D, s->z + h * dh, HD, N, dh, D, W_O->data + h * st[0], st[1], st[2],
