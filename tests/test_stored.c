@@ -551,13 +551,13 @@ typedef struct scase {
     st_dtype dt; /* ST_F32: the case is stored F16 / BF16 already (or its GGUF file) */
     int min_kept; /* weights that must be kept stored (the layouts a cx_qmat expresses) */
     bool analyses, split;
-    bool gguf; /* the case's model.mixed.gguf (tests/reference/generate_gguf_stored.py) */
+    bool gguf; /* tests/reference/gguf/<case>.mixed.gguf (tests/reference/generate_gguf_stored.py) */
 } scase;
 
 static void run_case(const scase *k)
 {
     char dir[4096];
-    if (k->gguf) snprintf(dir, sizeof dir, "%s/%s/model.mixed.gguf", g_cases, k->name);
+    if (k->gguf) snprintf(dir, sizeof dir, "%s/../gguf/%s.mixed.gguf", g_cases, k->name);
     else if (k->dt == ST_F32) snprintf(dir, sizeof dir, "%s/%s", g_cases, k->name); /* already F16/BF16 */
     else convert(k->name, k->dt, dir, sizeof dir);
     circuits_model *f = load(dir, 0), *s = load(dir, 1);

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Quantized GGUF files for keep_stored_dtype (tests/test_stored.c).
 
-For each case with an F32 GGUF (tests/reference/cases/<case>/model.f32.gguf, written by
+For each case with an F32 GGUF (tests/reference/gguf/<case>.f32.gguf, written by
 generate_gguf_f32.py with llama.cpp's converter: llama's permuted q/k rows, GPT-NeoX's fused
-qkv, ...), writes <case>/model.mixed.gguf: the same metadata and tensors, with each weight
+qkv, ...), writes tests/reference/gguf/<case>.mixed.gguf: the same metadata and tensors, with each weight
 matrix stored in a type chosen by its role so that one small file holds several of ggml's
 types (the block-32 ones: the cases' rows are 16 to 64 wide, too narrow for the 256-value
 K-quants), quantized by the gguf package's NumPy quantizer:
@@ -26,7 +26,7 @@ import numpy as np
 from gguf import quants
 
 HERE = Path(__file__).resolve().parent
-CASES = HERE / "cases"
+GGUF = HERE / "gguf"
 Q = gguf.GGMLQuantizationType
 
 ROLE = {
@@ -71,8 +71,8 @@ def convert(src: Path, dst: Path) -> None:
 
 
 def main() -> None:
-    for src in sorted(CASES.glob("*/model.f32.gguf")):
-        dst = src.with_name("model.mixed.gguf")
+    for src in sorted(GGUF.glob("*.f32.gguf")):
+        dst = src.with_name(src.name.replace(".f32.gguf", ".mixed.gguf"))
         convert(src, dst)
         print(f"{dst.relative_to(HERE)}: {dst.stat().st_size} bytes")
 
