@@ -3,7 +3,9 @@
  *   test_stored CASES_DIR TMP_DIR [-v]
  *
  * Each reference case below is rewritten into TMP_DIR with every tensor stored as F16 (and, for
- * some, BF16; tests/st_write.h): then the same files are loaded twice without processing, as fp32 (the
+ * some, BF16; tests/st_write.h); the committed F16/BF16 cases and GGUF files (mixed types,
+ * tests/reference/generate_gguf_stored.py; every family quantized to F16, Q4_0 .. Q8_0 and the
+ * K-quants, tests/reference/generate_gguf.py) are read as they are: then the same files are loaded twice without processing, as fp32 (the
  * F16/BF16 values widened exactly) and with keep_stored_dtype = 1, and
  *   1. the weight matrices whose layout a stored matrix expresses report their stored dtype, the
  *      others F32; circuits_model_weight refuses the stored ones (CIRCUITS_E_DTYPE) and
@@ -36,6 +38,8 @@
 #define BOUND 2e-5 /* |stored - fp32| <= BOUND * max |fp32| of the activation */
 #define B 2
 #define T 7
+
+#define CX_COUNT_T(a) (sizeof(a) / sizeof((a)[0]))
 
 static const char *g_cases, *g_tmp;
 static double g_worst;
@@ -552,24 +556,28 @@ typedef struct scase {
     int min_kept; /* weights that must be kept stored (the layouts a cx_qmat expresses) */
     bool analyses, split;
     bool gguf; /* tests/reference/gguf/<case>.mixed.gguf (tests/reference/generate_gguf_stored.py) */
+    const char *file; /* else a file under tests/reference/gguf/ (generate_gguf.py's quantizations) */
 } scase;
 
 static void run_case(const scase *k)
 {
     char dir[4096];
-    if (k->gguf) snprintf(dir, sizeof dir, "%s/../gguf/%s.mixed.gguf", g_cases, k->name);
+    if (k->file) snprintf(dir, sizeof dir, "%s/../gguf/%s", g_cases, k->file);
+    else if (k->gguf) snprintf(dir, sizeof dir, "%s/../gguf/%s.mixed.gguf", g_cases, k->name);
     else if (k->dt == ST_F32) snprintf(dir, sizeof dir, "%s/%s", g_cases, k->name); /* already F16/BF16 */
     else convert(k->name, k->dt, dir, sizeof dir);
     circuits_model *f = load(dir, 0), *s = load(dir, 1);
     circuits_config c = config(f);
     int kept = check_weights(k->name, f, s);
-    CHECK(kept >= k->min_kept, "%s: %d weights kept stored, want at least %d", k->name, kept, k->min_kept);
+    /* min_kept -1: every matrix (W_E, W_U and per layer W_Q, W_K, W_V, W_O, W_in, (W_gate), W_out) */
+    int want = k->min_kept >= 0 ? k->min_kept : 2 + c.n_layers * (6 + (c.gated_mlp ? 1 : 0) - (c.attn_only ? 3 : 0));
+    CHECK(kept >= want, "%s: %d weights kept stored, want at least %d", k->name, kept, want);
     compare_hooks(k->name, f, s, 0, 0);
     compare_hooks(k->name, f, s, 1, k->split);
     compare_generation(k->name, f, s);
     if (k->analyses) check_analyses(k->name, f, s);
     check_processing(k->name, dir, s, &c);
-    printf("%-22s %-9s %2d of %2zu weights kept stored\n", k->name, k->gguf ? "GGUF" : k->dt == ST_BF16 ? "BF16" : k->dt == ST_F16 ? "F16" : "as stored", kept,
+    printf("%-22s %-9s %2d of %2zu weights kept stored\n", k->name, k->file ? "GGUF file" : k->gguf ? "GGUF" : k->dt == ST_BF16 ? "BF16" : k->dt == ST_F16 ? "F16" : "as stored", kept,
            circuits_model_weight_count(s));
     circuits_model_free(f);
     circuits_model_free(s);
@@ -601,33 +609,49 @@ int main(int argc, char **argv)
      * W_in, (W_gate), W_out; plus W_E and W_U. GPT-2's safetensors keep W_E and W_U only (Conv1D,
      * fused c_attn: converted to fp32); TransformerLens-layout files W_E only. */
     const scase cases[] = {
-        {"hf_llama_gqa", ST_F16, 2 + 2 * 7, true, true, false},
-        {"hf_llama_gqa", ST_BF16, 2 + 2 * 7, false, false, false},
-        {"hf_neox", ST_F16, 2 + 2 * 6, true, true, false},
-        {"hf_gemma", ST_F16, 2 + 2 * 7, true, true, false},
-        {"hf_gemma2", ST_BF16, 2 + 2 * 7, false, true, false},
-        {"hf_gptj", ST_F16, 2 + 2 * 6, false, true, false},
-        {"hf_qwen2_bias", ST_F16, 2 + 2 * 7, false, true, false},
-        {"hf_mistral_window", ST_F16, 2 + 2 * 7, false, false, false},
-        {"hf_mistral_sharded", ST_BF16, 2 + 2 * 7, false, false, false},
-        {"hf_llama3_rope", ST_F16, 2 + 2 * 7, false, false, false},
-        {"hf_qwen2_bf16", ST_F32, 2 + 2 * 7, true, true, false},
-        {"hf_random_f16", ST_F32, 2, false, true, false},
-        {"hf_random_bf16", ST_F32, 2, false, false, false},
-        {"tl_f16", ST_F32, 1, false, true, false},
+        {"hf_llama_gqa", ST_F16, 2 + 2 * 7, true, true, false, NULL},
+        {"hf_llama_gqa", ST_BF16, 2 + 2 * 7, false, false, false, NULL},
+        {"hf_neox", ST_F16, 2 + 2 * 6, true, true, false, NULL},
+        {"hf_gemma", ST_F16, 2 + 2 * 7, true, true, false, NULL},
+        {"hf_gemma2", ST_BF16, 2 + 2 * 7, false, true, false, NULL},
+        {"hf_gptj", ST_F16, 2 + 2 * 6, false, true, false, NULL},
+        {"hf_qwen2_bias", ST_F16, 2 + 2 * 7, false, true, false, NULL},
+        {"hf_mistral_window", ST_F16, 2 + 2 * 7, false, false, false, NULL},
+        {"hf_mistral_sharded", ST_BF16, 2 + 2 * 7, false, false, false, NULL},
+        {"hf_llama3_rope", ST_F16, 2 + 2 * 7, false, false, false, NULL},
+        {"hf_qwen2_bf16", ST_F32, 2 + 2 * 7, true, true, false, NULL},
+        {"hf_random_f16", ST_F32, 2, false, true, false, NULL},
+        {"hf_random_bf16", ST_F32, 2, false, false, false, NULL},
+        {"tl_f16", ST_F32, 1, false, true, false, NULL},
         /* GGUF files of mixed types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, F16, BF16): llama.cpp's permuted
          * q/k rows (llama, mistral, qwen2, gemma) kept through a row map, the fused attn_qkv of
          * GPT-NeoX and GPT-2 as row ranges */
-        {"hf_llama_gqa", ST_F32, 2 + 2 * 7, true, true, true},
-        {"hf_mistral_window", ST_F32, 2 + 2 * 7, false, false, true},
-        {"hf_qwen2_bias", ST_F32, 2 + 2 * 7, false, true, true},
-        {"hf_gemma", ST_F32, 2 + 2 * 7, true, true, true},
-        {"hf_gemma2", ST_F32, 2 + 3 * 7, false, true, true},
-        {"hf_neox", ST_F32, 2 + 2 * 6, true, true, true},
-        {"hf_gptj", ST_F32, 2 + 2 * 6, false, true, true},
-        {"hf_tiny_random_gpt2", ST_F32, 2 + 5 * 6, false, true, true}, /* fused attn_qkv: kept too */
+        {"hf_llama_gqa", ST_F32, 2 + 2 * 7, true, true, true, NULL},
+        {"hf_mistral_window", ST_F32, 2 + 2 * 7, false, false, true, NULL},
+        {"hf_qwen2_bias", ST_F32, 2 + 2 * 7, false, true, true, NULL},
+        {"hf_gemma", ST_F32, 2 + 2 * 7, true, true, true, NULL},
+        {"hf_gemma2", ST_F32, 2 + 3 * 7, false, true, true, NULL},
+        {"hf_neox", ST_F32, 2 + 2 * 6, true, true, true, NULL},
+        {"hf_gptj", ST_F32, 2 + 2 * 6, false, true, true, NULL},
+        {"hf_tiny_random_gpt2", ST_F32, 2 + 5 * 6, false, true, true, NULL}, /* fused attn_qkv: kept too */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
+    /* llama.cpp's quantizations of every family (tests/reference/generate_gguf.py): the block-32
+     * types by gguf-py, the K-quants (rows of 256) by llama.cpp's quantizer; every matrix kept */
+    static const char *const families[] = {"llama", "mistral", "qwen2", "gemma", "gemma2", "gpt_neox", "gptj", "gpt2"};
+    static const char *const types[] = {"F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"};
+    static const char *const k_families[] = {"llama_k", "qwen2_k", "gpt_neox_k"};
+    static const char *const k_types[] = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"};
+    char files[CX_COUNT_T(families) * CX_COUNT_T(types) + CX_COUNT_T(k_families) * CX_COUNT_T(k_types)][64];
+    size_t nf = 0;
+    for (size_t i = 0; i < CX_COUNT_T(families); i++)
+        for (size_t j = 0; j < CX_COUNT_T(types); j++) snprintf(files[nf++], 64, "%s/%s.gguf", families[i], types[j]);
+    for (size_t i = 0; i < CX_COUNT_T(k_families); i++)
+        for (size_t j = 0; j < CX_COUNT_T(k_types); j++) snprintf(files[nf++], 64, "%s/%s.gguf", k_families[i], k_types[j]);
+    for (size_t i = 0; i < nf; i++) {
+        scase k = {files[i], ST_F32, -1, false, i % 7 == 0, true, files[i]};
+        run_case(&k);
+    }
     if (rmdir(g_tmp) != 0) die(g_tmp);
     printf("largest relative difference, stored vs fp32: %.3g (%s)\n", g_worst, g_worst_at);
     return tu_finish("test_stored");
