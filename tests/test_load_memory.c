@@ -16,6 +16,7 @@
  *      keep_stored_dtype 2 (keep_stored_dtype's memory bound: test_stored_memory.c).
  * The child runs first, before this process has started any thread (a fork of a process with
  * a running thread pool would leave the child waiting for threads it does not have). */
+#include "model_dir.h"
 #include "testutil.h"
 
 #include <errno.h>
@@ -30,35 +31,17 @@
 #define BATCH 2
 #define POS 12
 
-static void die(const char *what)
-{
-    fprintf(stderr, "test_load_memory: %s: %s\n", what, strerror(errno));
-    exit(2);
-}
-
-static void copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-    if (!in || !out) die(from);
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-        if (fwrite(buf, 1, n, out) != n) die(to);
-    if (ferror(in) || fclose(out) != 0) die(to);
-    fclose(in);
-}
-
 /* A fresh directory DIR/name holding the model's config.json and model.safetensors. */
 static void copy_model(char *out, size_t cap, const char *tmp, const char *name, const char *model)
 {
     char from[4096], to[4096 + 64];
     snprintf(out, cap, "%s/%s", tmp, name);
-    if (mkdir(out, 0700) != 0) die(out);
+    if (mkdir(out, 0700) != 0) md_die(out);
     const char *files[] = {"config.json", "model.safetensors"};
     for (int i = 0; i < 2; i++) {
         snprintf(from, sizeof from, "%s/%s", model, files[i]);
         snprintf(to, sizeof to, "%s/%s", out, files[i]);
-        copy_file(from, to);
+        md_copy_file(from, to);
     }
 }
 
@@ -67,7 +50,7 @@ static void resize(const char *dir, off_t size)
     char path[4096 + 64];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     int fd = open(path, O_WRONLY);
-    if (fd < 0 || ftruncate(fd, size) != 0) die(path);
+    if (fd < 0 || ftruncate(fd, size) != 0) md_die(path);
     close(fd);
 }
 
@@ -90,7 +73,7 @@ static float *forward(const circuits_model *m)
     cfg.size = sizeof cfg;
     CHECK_OK(circuits_model_config(m, &cfg));
     float *logits = malloc(sizeof(float) * BATCH * POS * (size_t)cfg.d_vocab_out);
-    if (!logits) die("malloc");
+    if (!logits) md_die("malloc");
     circuits_context *ctx = NULL;
     CHECK_OK(circuits_context_create(&ctx, m, NULL));
     if (!ctx) {
@@ -161,7 +144,7 @@ static void sigbus_child(const char *tmp, const char *model)
     copy_model(dir, sizeof dir, tmp, "mapped", model);
     fflush(NULL);
     pid_t pid = fork();
-    if (pid < 0) die("fork");
+    if (pid < 0) md_die("fork");
     if (pid == 0) {
         alarm(120); /* a hang is a failure, not a stuck test */
         /* the default action, even where a sanitizer installed a handler of its own */
@@ -181,7 +164,7 @@ static void sigbus_child(const char *tmp, const char *model)
     }
     int st;
     while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR) die("waitpid");
+        if (errno != EINTR) md_die("waitpid");
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGBUS,
           "a forward of a mapped model whose file was truncated: child %s %d, want killed by SIGBUS (%d)",
           WIFSIGNALED(st) ? "killed by signal" : "exited with", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
@@ -235,7 +218,7 @@ static void sizes(const char *tmp, const char *model)
     circuits_load_options o = opts(0, 0);
     o.size = (uint32_t)v020;
     unsigned char *old = malloc(v020);
-    if (!old) die("malloc");
+    if (!old) md_die("malloc");
     memcpy(old, &o, v020);
     circuits_model *m = NULL;
     CHECK_OK(circuits_model_load(&m, dir, (const circuits_load_options *)(void *)old));
@@ -261,7 +244,7 @@ static void sizes(const char *tmp, const char *model)
     o = opts(0, 1);
     o.size = (uint32_t)v030;
     old = malloc(v030);
-    if (!old) die("malloc");
+    if (!old) md_die("malloc");
     memcpy(old, &o, v030);
     CHECK_OK(circuits_model_load(&m, dir, (const circuits_load_options *)(void *)old));
     free(old);
@@ -310,7 +293,7 @@ int main(int argc, char **argv)
     const char *base = getenv("TMPDIR");
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s/test_load_memory.XXXXXX", base && *base ? base : "/tmp");
-    if (!mkdtemp(tmp)) die("mkdtemp");
+    if (!mkdtemp(tmp)) md_die("mkdtemp");
 
     sigbus_child(tmp, model); /* first: no thread of this process exists yet */
     read_survives_truncation(tmp, model, 0);

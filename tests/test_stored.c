@@ -23,6 +23,7 @@
  *      with the fp32 load.
  * The largest relative difference seen is printed (docs/loading.md quotes it). */
 #include "catalogue.h"
+#include "model_dir.h"
 #include "testutil.h"
 
 #include "safetensors.h"
@@ -45,26 +46,6 @@ static const char *g_cases, *g_tmp;
 static double g_worst;
 static char g_worst_at[160];
 
-static void die(const char *what)
-{
-    fprintf(stderr, "test_stored: %s: %s\n", what, strerror(errno));
-    exit(2);
-}
-
-/* ---- writing a case with its F32 tensors stored as F16 or BF16 ---- */
-
-static void copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-    if (!in || !out) die(from);
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-        if (fwrite(buf, 1, n, out) != n) die(to);
-    if (ferror(in) || fclose(out) != 0) die(to);
-    fclose(in);
-}
-
 static bool exists(const char *p)
 {
     struct stat st;
@@ -78,12 +59,12 @@ static void convert(const char *name, st_dtype dt, char *out, size_t cap)
     char src[4096], path[4200], to[4200];
     snprintf(src, sizeof src, "%s/%s", g_cases, name);
     snprintf(out, cap, "%s/%s_%s", g_tmp, name, dt == ST_F16 ? "f16" : "bf16");
-    if (mkdir(out, 0700) != 0 && errno != EEXIST) die(out);
+    if (mkdir(out, 0700) != 0 && errno != EEXIST) md_die(out);
     const char *cfgs[] = {"config.json", "tl_config.json"};
     for (int i = 0; i < 2; i++) {
         snprintf(path, sizeof path, "%s/%s", src, cfgs[i]);
         snprintf(to, sizeof to, "%s/%s", out, cfgs[i]);
-        if (exists(path)) copy_file(path, to);
+        if (exists(path)) md_copy_file(path, to);
     }
     cx_st_set *set = NULL;
     snprintf(path, sizeof path, "%s/model.safetensors", src);
@@ -94,11 +75,11 @@ static void convert(const char *name, st_dtype dt, char *out, size_t cap)
         exit(2);
     }
     st_entry *e = calloc(set->n_tensors, sizeof *e);
-    if (!e) die("calloc");
+    if (!e) md_die("calloc");
     for (size_t i = 0; i < set->n_tensors; i++) {
         const cx_st_tensor *t = &set->tensors[i];
         float *d = malloc(t->numel * sizeof *d);
-        if (!d || t->ndim > 3 || strlen(t->name) >= sizeof e[i].name) die(t->name);
+        if (!d || t->ndim > 3 || strlen(t->name) >= sizeof e[i].name) md_die(t->name);
         for (size_t k = 0; k < t->numel; k++) d[k] = cx_st_read_f32(t, k);
         snprintf(e[i].name, sizeof e[i].name, "%s", t->name);
         e[i].ndim = t->ndim;
@@ -133,7 +114,7 @@ static circuits_config config(const circuits_model *m)
 {
     circuits_config c;
     c.size = sizeof c;
-    if (circuits_model_config(m, &c)) die("config");
+    if (circuits_model_config(m, &c)) md_die("config");
     return c;
 }
 
@@ -188,7 +169,7 @@ static int check_weights(const char *what, const circuits_model *f, const circui
         }
         size_t k = numel(&tf);
         float *a = malloc(k * sizeof *a), *b = malloc(k * sizeof *b);
-        if (!a || !b) die("malloc");
+        if (!a || !b) md_die("malloc");
         CHECK_OK(circuits_model_weight_read(s, tf.name, a, k, &rs));
         CHECK_OK(circuits_model_weight_read(f, tf.name, b, k, &rf));
         CHECK(memcmp(a, b, k * sizeof *a) == 0, "%s: weight_read of %s differs from the fp32 load's", what, tf.name);
@@ -225,12 +206,12 @@ static void compare_hooks(const char *what, const circuits_model *f, const circu
     CHECK_OK(circuits_context_create(&cs, s, &co));
     CHECK_OK(circuits_cache_create(&hf));
     CHECK_OK(circuits_cache_create(&hs));
-    if (!cf || !cs || !hf || !hs) die("context");
+    if (!cf || !cs || !hf || !hs) md_die("context");
     int32_t tok[B * T];
     tokens_for(&c, tok, B * T, 11);
     size_t nl = (size_t)B * T * (size_t)c.d_vocab_out;
     float *lf = malloc(nl * sizeof *lf), *ls = malloc(nl * sizeof *ls);
-    if (!lf || !ls) die("malloc");
+    if (!lf || !ls) md_die("malloc");
     CHECK_OK(circuits_context_run_with_cache(cf, tok, B, T, NULL, 0, hf, lf, NULL, NULL));
     CHECK_OK(circuits_context_run_with_cache(cs, tok, B, T, NULL, 0, hs, ls, NULL, NULL));
     size_t n = circuits_cache_count(hf);
@@ -258,12 +239,12 @@ static void compare_generation(const char *what, const circuits_model *f, const 
     circuits_context *cf = NULL, *cs = NULL;
     CHECK_OK(circuits_context_create(&cf, f, NULL));
     CHECK_OK(circuits_context_create(&cs, s, NULL));
-    if (!cf || !cs) die("context");
+    if (!cf || !cs) md_die("context");
     int32_t tok[B * T];
     tokens_for(&c, tok, B * T, 5);
     size_t V = (size_t)c.d_vocab_out;
     float *lf = malloc(B * T * V * sizeof *lf), *ls = malloc(B * T * V * sizeof *ls);
-    if (!lf || !ls) die("malloc");
+    if (!lf || !ls) md_die("malloc");
     circuits_kv_cache *kf = NULL, *ks = NULL;
     CHECK_OK(circuits_kv_cache_create(&kf, f, B, T));
     CHECK_OK(circuits_kv_cache_create(&ks, s, B, T));
@@ -285,7 +266,7 @@ static void compare_generation(const char *what, const circuits_model *f, const 
     int64_t L = 3 + max_new;
     int32_t *out[3];
     for (int k = 0; k < 3; k++)
-        if (!(out[k] = calloc((size_t)(B * L), sizeof(int32_t)))) die("calloc");
+        if (!(out[k] = calloc((size_t)(B * L), sizeof(int32_t)))) md_die("calloc");
     circuits_generate_options o;
     circuits_generate_options_init(&o);
     o.max_new_tokens = max_new;
@@ -394,7 +375,7 @@ static void check_analyses(const char *what, const circuits_model *f, const circ
     circuits_config c = config(f);
     circuits_factored *fa = NULL;
     float *buf = malloc(sizeof(float) * 65536 * 4);
-    if (!buf) die("malloc");
+    if (!buf) md_die("malloc");
     /* those that read weight matrices refuse by name */
     REFUSES(circuits_model_ov(s, 0, 0, &fa));
     REFUSES(circuits_model_qk(s, 0, 0, &fa));
@@ -414,7 +395,7 @@ static void check_analyses(const char *what, const circuits_model *f, const circ
     int32_t toks[3] = {0, 1, c.d_vocab_out - 1};
     size_t D = (size_t)c.d_model;
     float *dirs = malloc(2 * 3 * D * sizeof *dirs);
-    if (!dirs) die("malloc");
+    if (!dirs) md_die("malloc");
     CHECK_OK(circuits_model_residual_directions(s, toks, 3, dirs));
     CHECK_OK(circuits_model_residual_directions(f, toks, 3, dirs + 3 * D));
     CHECK(memcmp(dirs, dirs + 3 * D, 3 * D * sizeof *dirs) == 0, "%s: residual directions differ", what);
@@ -434,7 +415,7 @@ static void check_analyses(const char *what, const circuits_model *f, const circ
     CHECK_OK(circuits_context_run_with_cache(cs, tok, B, T, NULL, 0, hs, NULL, NULL, NULL));
     size_t n_lens = (size_t)(2 * c.n_layers + 1) * B * T * (size_t)c.d_vocab_out;
     float *la = malloc(n_lens * sizeof *la), *lb = malloc(n_lens * sizeof *lb);
-    if (!la || !lb) die("malloc");
+    if (!la || !lb) md_die("malloc");
     CHECK_OK(circuits_logit_lens(f, hf, NULL, la, n_lens));
     CHECK_OK(circuits_logit_lens(s, hs, NULL, lb, n_lens));
     int64_t shape[4];
@@ -450,7 +431,7 @@ static void check_analyses(const char *what, const circuits_model *f, const circ
         CHECK_OK(circuits_resid_shape(s, hs, CIRCUITS_RESID_NEURONS, NULL, shape));
         size_t nn = (size_t)shape[0] * shape[1] * shape[2] * shape[3];
         float *nb = malloc(nn * sizeof *nb);
-        if (!nb) die("malloc");
+        if (!nb) md_die("malloc");
         REFUSES(circuits_resid_stack(s, hs, CIRCUITS_RESID_NEURONS, NULL, nb, nn));
         free(nb);
     }
@@ -483,7 +464,7 @@ static void check_analyses(const char *what, const circuits_model *f, const circ
     }
     size_t ng = (size_t)c.n_layers * T;
     float *grid = malloc(2 * ng * sizeof *grid);
-    if (!grid) die("malloc");
+    if (!grid) md_die("malloc");
     CHECK_OK(circuits_context_activation_patch(cf, CIRCUITS_PATCH_RESID_PRE, corrupted, B, T, clean[0], &ld, NULL, grid));
     CHECK_OK(circuits_context_activation_patch(cs, CIRCUITS_PATCH_RESID_PRE, corrupted, B, T, clean[1], &ld, NULL,
                                                grid + ng));
@@ -493,7 +474,7 @@ static void check_analyses(const char *what, const circuits_model *f, const circ
     /* activation-based detectors run the model */
     int64_t seq = (c.n_ctx - 1) / 2 < 6 ? (c.n_ctx - 1) / 2 : 6, pos = 2 * seq + 1;
     int32_t *rep = malloc(sizeof(int32_t) * (size_t)(B * pos));
-    if (!rep) die("malloc");
+    if (!rep) md_die("malloc");
     CHECK_OK(circuits_repeated_tokens(B, seq, c.d_vocab, 9, 0, rep));
     size_t LH = (size_t)c.n_layers * (size_t)c.n_heads;
     CHECK_OK(circuits_context_induction_scores(cf, rep, B, pos, seq, buf, NULL, NULL));
@@ -582,13 +563,8 @@ static void run_case(const scase *k)
     circuits_model_free(f);
     circuits_model_free(s);
     if (k->dt == ST_F32) return; /* the committed files */
-    const char *files[] = {"config.json", "tl_config.json", "model.safetensors"};
-    for (int i = 0; i < 3; i++) {
-        char p[4200];
-        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
-        unlink(p);
-    }
-    if (rmdir(dir) != 0) die(dir);
+    static const char *const files[] = {"config.json", "tl_config.json", "model.safetensors"};
+    md_remove(dir, files, 3);
 }
 
 int main(int argc, char **argv)
@@ -601,7 +577,7 @@ int main(int argc, char **argv)
     g_cases = argv[1];
     char tmpl[4096];
     snprintf(tmpl, sizeof tmpl, "%s/test_stored_XXXXXX", argv[2]);
-    if (!mkdtemp(tmpl)) die(tmpl);
+    if (!mkdtemp(tmpl)) md_die(tmpl);
     g_tmp = tmpl;
     cat_tmp = tmpl;
     catalogue();
@@ -652,7 +628,7 @@ int main(int argc, char **argv)
         scase k = {files[i], ST_F32, -1, false, i % 7 == 0, true, files[i]};
         run_case(&k);
     }
-    if (rmdir(g_tmp) != 0) die(g_tmp);
+    if (rmdir(g_tmp) != 0) md_die(g_tmp);
     printf("largest relative difference, stored vs fp32: %.3g (%s)\n", g_worst, g_worst_at);
     return tu_finish("test_stored");
 }

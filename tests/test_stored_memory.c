@@ -15,6 +15,7 @@
 #include "testutil.h"
 
 #include "fault.h"
+#include "model_dir.h"
 #include "st_write.h"
 
 #include <errno.h>
@@ -24,16 +25,10 @@
 
 enum { D = 256, H = 8, KV = 2, DH = 32, M = 512, L = 2, V = 4096, BATCH = 2, POS = 32 };
 
-static void die(const char *what)
-{
-    fprintf(stderr, "test_stored_memory: %s: %s\n", what, strerror(errno));
-    exit(2);
-}
-
 static float *randn(size_t n, uint32_t *seed, float scale)
 {
     float *p = malloc(n * sizeof *p);
-    if (!p) die("malloc");
+    if (!p) md_die("malloc");
     for (size_t i = 0; i < n; i++) {
         *seed = *seed * 1664525u + 1013904223u;
         p[i] = scale * ((float)(*seed >> 8) / 16777216.0f - 0.5f);
@@ -47,14 +42,14 @@ static long long write_model(const char *dir)
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *fp = fopen(path, "w");
-    if (!fp) die(path);
+    if (!fp) md_die(path);
     fprintf(fp, "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": %d, "
                 "\"intermediate_size\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"head_dim\": %d, "
                 "\"num_hidden_layers\": %d, \"vocab_size\": %d, \"max_position_embeddings\": 128, "
                 "\"hidden_act\": \"silu\", \"rms_norm_eps\": 1e-06, \"rope_theta\": 10000.0, "
                 "\"tie_word_embeddings\": false, \"attention_bias\": false, \"mlp_bias\": false}\n",
             D, M, H, KV, DH, L, V);
-    if (fclose(fp) != 0) die(path);
+    if (fclose(fp) != 0) md_die(path);
     st_entry e[3 + 9 * L];
     int n = 0;
     uint32_t seed = 1;
@@ -82,7 +77,7 @@ static long long write_model(const char *dir)
     st_write_as(path, e, n, ST_F16);
     for (int i = 0; i < n; i++) free((void *)e[i].data);
     struct stat st;
-    if (stat(path, &st) != 0) die(path);
+    if (stat(path, &st) != 0) md_die(path);
     return (long long)st.st_size;
 }
 
@@ -117,11 +112,11 @@ int main(int argc, char **argv)
     }
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/test_stored_memory_XXXXXX", argv[1]);
-    if (!mkdtemp(dir)) die(dir);
+    if (!mkdtemp(dir)) md_die(dir);
     long long file = write_model(dir);
     size_t nl = (size_t)BATCH * POS * V;
     float *ls = malloc(nl * sizeof *ls), *lf = malloc(nl * sizeof *lf);
-    if (!ls || !lf) die("malloc");
+    if (!ls || !lf) md_die("malloc");
     long long ms, rs, mf, rf;
     measure(dir, 1, &ms, &rs, ls);
     measure(dir, 0, &mf, &rf, lf);
@@ -140,11 +135,7 @@ int main(int argc, char **argv)
     CHECK(d <= 2e-5 * mag, "stored logits differ from fp32's by %g (max %g)", d, mag);
     free(ls);
     free(lf);
-    char p[4200];
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    unlink(p);
-    rmdir(dir);
+    static const char *const files[] = {"config.json", "model.safetensors"};
+    md_remove(dir, files, 2);
     return tu_finish("test_stored_memory");
 }
