@@ -506,6 +506,16 @@ static void catalogue(void)
     CALL_FAILS("stored_weight_at", circuits_model_weight_at(m, 0, &t), CIRCUITS_E_DTYPE, "circuits_model_weight_read");
     CALL_FAILS("stored_weight_read_short", circuits_model_weight_read(m, "blocks.0.attn.W_Q", buf, 64, NULL),
                CIRCUITS_E_RANGE, "buf holds 64");
+    CALL_FAILS("weight_read_null_buf", circuits_model_weight_read(m, "blocks.0.attn.W_Q", NULL, 1024, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "NULL argument");
+    CALL_FAILS("weight_read_unknown", circuits_model_weight_read(m, "blocks.0.attn.W_nope", buf, 64, NULL),
+               CIRCUITS_E_NOT_FOUND, "no weight named 'blocks.0.attn.W_nope'");
+    int32_t dt = -1;
+    CALL_FAILS("weight_dtype_null", circuits_model_weight_dtype(m, "blocks.0.attn.W_Q", NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "NULL argument");
+    CALL_FAILS("weight_dtype_unknown", circuits_model_weight_dtype(m, "blocks.9.attn.W_Q", &dt), CIRCUITS_E_NOT_FOUND,
+               "no weight named 'blocks.9.attn.W_Q'");
+    CHECK(dt == -1, "a refused weight_dtype leaves *dtype");
     CALL_FAILS("stored_load_fold_ln", circuits_model_load(&out, dir, &o), CIRCUITS_E_UNSUPPORTED, "fold_ln = 0");
     o.fold_ln = o.center_writing_weights = o.fold_value_biases = 0;
     CALL_FAILS("stored_load_center_unembed", circuits_model_load(&out, dir, &o), CIRCUITS_E_UNSUPPORTED,
