@@ -18,9 +18,10 @@
  *      steps) and greedy generation with and without it;
  *   3. weight processing: each step that would rewrite a stored matrix is refused by name, and
  *      fold_value_biases (which only reads W_O) gives what the fp32 load gives;
- *   4. the analyses: those that read weight matrices directly refuse by name, the others
- *      (residual directions, logit lens, accumulated residual stack, induction scores) agree
- *      with the fp32 load.
+ *   4. the analyses: the per-head circuits (OV, QK, full OV / QK, positional / rotary QK) read
+ *      the heads' dequantized rows and agree with the fp32 load's, as do residual directions,
+ *      the logit lens, residual stacks, direct logit attribution, activation patching and
+ *      induction scores; those that read whole weight matrices refuse by name.
  * The largest relative difference seen is printed (docs/loading.md quotes it). */
 #include "catalogue.h"
 #include "model_dir.h"
@@ -376,13 +377,35 @@ static void check_analyses(const char *what, const circuits_model *f, const circ
     circuits_factored *fa = NULL;
     float *buf = malloc(sizeof(float) * 65536 * 4);
     if (!buf) md_die("malloc");
-    /* those that read weight matrices refuse by name */
-    REFUSES(circuits_model_ov(s, 0, 0, &fa));
-    REFUSES(circuits_model_qk(s, 0, 0, &fa));
-    REFUSES(circuits_model_full_ov(s, 0, 0, &fa));
-    REFUSES(circuits_model_full_qk(s, 0, 0, &fa));
-    if (c.positional_embedding_type != CIRCUITS_POS_ROTARY) REFUSES(circuits_model_pos_qk(s, 0, 0, &fa));
-    else REFUSES(circuits_model_rotary_qk(s, 0, 0, 2, &fa));
+    /* the per-head circuits read the heads' dequantized rows: every layer and head */
+    static const char *const names[] = {"OV", "QK", "full OV", "full QK", "positional or rotary QK"};
+    for (int w = 0; w < 5; w++) {
+        circuits_factored *ff = NULL, *fs = NULL;
+        bool rot = w == 4 && c.positional_embedding_type == CIRCUITS_POS_ROTARY;
+        int (*build[4])(const circuits_model *, int32_t, int32_t, circuits_factored **) = {
+            circuits_model_ov, circuits_model_qk, circuits_model_full_ov, circuits_model_full_qk};
+        if (w < 4) {
+            CHECK_OK(build[w](f, -1, -1, &ff));
+            CHECK_OK(build[w](s, -1, -1, &fs));
+        } else if (rot) {
+            CHECK_OK(circuits_model_rotary_qk(f, 1, c.n_heads - 1, 3, &ff));
+            CHECK_OK(circuits_model_rotary_qk(s, 1, c.n_heads - 1, 3, &fs));
+        } else {
+            CHECK_OK(circuits_model_pos_qk(f, -1, -1, &ff));
+            CHECK_OK(circuits_model_pos_qk(s, -1, -1, &fs));
+        }
+        circuits_tensor a[2], b[2];
+        if (ff && fs && !circuits_factored_factors(ff, &a[0], &a[1]) && !circuits_factored_factors(fs, &b[0], &b[1]))
+            for (int i = 0; i < 2; i++) {
+                char label[64];
+                snprintf(label, sizeof label, "%s circuit, factor %c", names[w], "AB"[i]);
+                CHECK(numel(&a[i]) == numel(&b[i]), "%s: %s: shapes differ", what, label);
+                close_enough(what, label, b[i].data, a[i].data, numel(&a[i]));
+            }
+        circuits_factored_free(ff);
+        circuits_factored_free(fs);
+    }
+    /* those that read whole weight matrices refuse by name */
     REFUSES(circuits_model_composition_circuit(s, CIRCUITS_COMPOSITION_Q, 0, 0, 1, 0, &fa));
     REFUSES(circuits_model_virtual_ov(s, 0, 0, 1, 0, &fa));
     REFUSES(circuits_model_virtual_weights(s, CIRCUITS_WRITER_EMBED, 0, 0, CIRCUITS_READER_Q, 0, 0, &fa));
@@ -524,7 +547,8 @@ static void catalogue(void)
     o.refactor_factored_attn_matrices = 1;
     CALL_FAILS("stored_load_refactor", circuits_model_load(&out, dir, &o), CIRCUITS_E_UNSUPPORTED,
                "refactor_factored_attn_matrices = 0");
-    CALL_FAILS("stored_ov", circuits_model_ov(m, 0, 0, &fa), CIRCUITS_E_UNSUPPORTED, "without keep_stored_dtype");
+    CALL_FAILS("stored_virtual_ov", circuits_model_virtual_ov(m, 0, 0, 1, 0, &fa), CIRCUITS_E_UNSUPPORTED,
+               "without keep_stored_dtype");
     CALL_FAILS("stored_composition_scores", circuits_model_composition_scores(m, CIRCUITS_COMPOSITION_Q, buf),
                CIRCUITS_E_UNSUPPORTED, "without keep_stored_dtype");
     CHECK(out == NULL && fa == NULL, "refused calls leave no object");

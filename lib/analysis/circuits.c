@@ -68,7 +68,7 @@ static int build(const circuits_model *m, int32_t layer, int32_t head, which w, 
     *out = NULL;
     int64_t l0 = 0, nl = 0, h0 = 0, nh = 0;
     int rc = select_heads(m, layer, head, &l0, &nl, &h0, &nh);
-    if (rc || (rc = cx_require_fp32_weights(m, fn[w]))) return rc;
+    if (rc) return rc;
     const circuits_config *c = &m->cfg;
     if (w == POS_QK && !m->W_pos) /* TransformerLens has no pos_embed either */
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: a rotary model has no W_pos (its positions enter as rotations)",
@@ -86,37 +86,35 @@ static int build(const circuits_model *m, int32_t layer, int32_t head, which w, 
         circuits_factored_free(f);
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
     }
-    for (int64_t i = 0; i < nl; i++)
-        for (int64_t j = 0; j < nh; j++) {
+    /* weights kept in their stored dtype (keep_stored_dtype) are read through their dequantized
+     * rows (model/stored.h): the same matrices */
+    const cx_qmat *qu = cx_stored(m, m->W_U);
+    for (int64_t i = 0; i < nl && !rc; i++)
+        for (int64_t j = 0; j < nh && !rc; j++) {
             const cx_layer_weights *L = &m->layers[l0 + i];
             int64_t h = h0 + j, k = i * nh + j;
             float *A = f->A + k * l * dh, *B = f->B + k * dh * r;
             bool ov = w == OV || w == FULL_OV;
-            cx_head_matrix(a, ov ? L->W_V : L->W_Q, ov ? cx_kv_head(L, h) : h, false); /* [D, dh] */
-            cx_head_matrix(b, ov ? L->W_O : L->W_K, ov ? h : cx_kv_head(L, h), !ov); /* W_O [dh, D] or W_K^T */
+            if ((rc = cx_head_matrix_of(m, a, ov ? L->W_V : L->W_Q, ov ? cx_kv_head(L, h) : h, false)) || /* [D, dh] */
+                (rc = cx_head_matrix_of(m, b, ov ? L->W_O : L->W_K, ov ? h : cx_kv_head(L, h), !ov))) /* W_O [dh, D] or W_K^T */
+                break;
             if (w == OV || w == QK) {
                 memcpy(A, a, (size_t)(D * dh) * sizeof *A);
                 memcpy(B, b, (size_t)(dh * D) * sizeof *B);
             } else if (w == FULL_OV) {
-                cx_weight_times(A, m->W_E, a, dh);            /* W_E W_V      [V, dh] */
-                times_weight(B, b, m->W_U, dh);            /* W_O W_U      [dh, V] */
+                rc = cx_weight_times_of(m, A, m->W_E, a, dh);          /* W_E W_V      [V, dh] */
+                if (qu) cx_qmatmul(B, Vo, b, D, dh, qu, 0, Vo, NULL, false); /* W_O W_U [dh, V] */
+                else times_weight(B, b, m->W_U, dh);
             } else {
                 const circuits_tensor *E = w == POS_QK ? m->W_pos : m->W_E;
-                cx_weight_times(A, E, a, dh);                 /* E W_Q        [V, dh] */
+                if ((rc = cx_weight_times_of(m, A, E, a, dh))) break; /* E W_Q        [V, dh] */
                 /* W_K^T E^T = (E W_K)^T */
                 float *t = cx_malloc((size_t)(l * dh) * sizeof *t);
                 float *wk = cx_malloc((size_t)(D * dh) * sizeof *wk);
-                if (!t || !wk) {
-                    cx_free(t);
-                    cx_free(wk);
-                    cx_free(a);
-                    cx_free(b);
-                    circuits_factored_free(f);
-                    return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
-                }
-                cx_head_matrix(wk, L->W_K, cx_kv_head(L, h), false);
-                cx_weight_times(t, E, wk, dh);
-                for (int64_t p = 0; p < l; p++)
+                if (!t || !wk) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
+                if (!rc) rc = cx_head_matrix_of(m, wk, L->W_K, cx_kv_head(L, h), false);
+                if (!rc) rc = cx_weight_times_of(m, t, E, wk, dh);
+                for (int64_t p = 0; p < l && !rc; p++)
                     for (int64_t q = 0; q < dh; q++) B[q * l + p] = t[p * dh + q];
                 cx_free(t);
                 cx_free(wk);
@@ -124,6 +122,10 @@ static int build(const circuits_model *m, int32_t layer, int32_t head, which w, 
         }
     cx_free(a);
     cx_free(b);
+    if (rc) {
+        circuits_factored_free(f);
+        return rc;
+    }
     *out = f;
     return CIRCUITS_OK;
 }

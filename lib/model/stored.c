@@ -14,6 +14,7 @@
 #include "stored.h"
 #include "arch.h"
 #include "kernels.h"
+#include "linalg.h"
 #include "pool.h"
 
 #include <math.h>
@@ -42,6 +43,61 @@ void cx_qmat_rows(const cx_qmat *W, float *dst)
 {
     rows_job j = {W, dst};
     cx_parallel_for(W->rows, 16, rows_task, &j);
+}
+
+int cx_head_matrix_of(const circuits_model *m, float *dst, const circuits_tensor *W, int64_t h, bool transpose)
+{
+    const cx_qmat *q = cx_stored(m, W);
+    if (!q) {
+        cx_head_matrix(dst, W, h, transpose);
+        return CIRCUITS_OK;
+    }
+    float *row = cx_malloc((size_t)q->cols * sizeof *row);
+    if (!row) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory reading head %lld of '%s'", (long long)h, W->name);
+    int64_t dh = m->cfg.d_head;
+    if (m->kind[W - m->weights] == CX_W_O) {
+        /* W_O[h] [dh, D]: element (k, j) is stored row j, column h·dh + k */
+        int64_t D = q->rows;
+        for (int64_t j = 0; j < D; j++) {
+            cx_qmat_row(q, j, row);
+            for (int64_t k = 0; k < dh; k++) dst[transpose ? j * dh + k : k * D + j] = row[h * dh + k];
+        }
+    } else {
+        /* W_Q[h] [D, dh]: element (d, k) is stored row h·dh + k, column d */
+        int64_t D = q->cols;
+        for (int64_t k = 0; k < dh; k++) {
+            cx_qmat_row(q, h * dh + k, row);
+            for (int64_t d = 0; d < D; d++) dst[transpose ? k * D + d : d * dh + k] = row[d];
+        }
+    }
+    cx_free(row);
+    return CIRCUITS_OK;
+}
+
+int cx_weight_times_of(const circuits_model *m, float *C, const circuits_tensor *W, const float *X, int64_t n)
+{
+    const cx_qmat *q = cx_stored(m, W);
+    if (!q) {
+        cx_weight_times(C, W, X, n);
+        return CIRCUITS_OK;
+    }
+    /* (W X)^T = X^T W^T: the stored rows are W's rows */
+    int64_t R = q->rows, D = q->cols;
+    float *xt = cx_malloc((size_t)(n * D) * sizeof *xt), *ct = cx_malloc((size_t)(n * R) * sizeof *ct);
+    if (!xt || !ct) {
+        cx_free(xt);
+        cx_free(ct);
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory multiplying '%s'", W->name);
+    }
+    for (int64_t d = 0; d < D; d++)
+        for (int64_t j = 0; j < n; j++) xt[j * D + d] = X[d * n + j];
+    cx_qmatmul(ct, R, xt, D, n, q, 0, R, NULL, false);
+    float s = W == m->W_E && m->embed_scale != 0.0f ? m->embed_scale : 1.0f;
+    for (int64_t i = 0; i < R; i++)
+        for (int64_t j = 0; j < n; j++) C[i * n + j] = ct[j * R + i] * s;
+    cx_free(xt);
+    cx_free(ct);
+    return CIRCUITS_OK;
 }
 
 size_t cx_stored_first(const circuits_model *m)

@@ -38,6 +38,15 @@ size_t cx_stored_first(const circuits_model *m);
 int cx_stored_make(circuits_model *m, size_t i, int kind, int ndim, const int64_t *shape, int map, int part,
                    cx_st_tensor *t, bool *kept);
 
+/* The analyses' dense helpers (analysis/linalg.h) on a weight that may be stored: the same
+ * results from its fp32 view or its dequantized rows. cx_head_matrix_of: head h of W_Q, W_K,
+ * W_V ([D, d_head]) or W_O ([d_head, D]), or its transpose (a stored W_O is dequantized a row
+ * at a time: a head's columns are no whole blocks). cx_weight_times_of: C [rows, n] = W @ X for
+ * W_E or W_pos [rows, D] and X [D, n] (Gemma's W_E scale applied). CIRCUITS_E_OUT_OF_MEMORY for
+ * their scratch. (X @ W_U of a stored W_U is cx_qmatmul over its rows.) */
+int cx_head_matrix_of(const circuits_model *m, float *dst, const circuits_tensor *W, int64_t h, bool transpose);
+int cx_weight_times_of(const circuits_model *m, float *C, const circuits_tensor *W, const float *X, int64_t n);
+
 /* For the code that reads weights' fp32 data directly (the analyses: circuits, composition,
  * rotary, residual-stream decompositions, ...): CIRCUITS_OK when every weight of m is an fp32
  * view, else CIRCUITS_E_UNSUPPORTED naming fn and the first stored weight. */

@@ -93,9 +93,13 @@ def test_processing_refused_by_name():
     assert [k for k, on in m.cfg.processing.items() if on] == ["fold_value_biases"]
 
 
-def test_weight_analyses_refuse():
-    _, s = _pair(BF16_LLAMA)
+def test_weight_analyses():
+    f, s = _pair(BF16_LLAMA)
+    # the per-head circuits read the heads' dequantized rows
+    for name in ("OV", "QK"):
+        a, b = getattr(f, name), getattr(s, name)
+        _close(b.A, a.A)
+        _close(b.B, a.B)
+    # whole-matrix analyses refuse by name
     with pytest.raises(UnsupportedError, match="keep_stored_dtype"):
-        s.OV
-    with pytest.raises(UnsupportedError, match="keep_stored_dtype"):
-        s.QK
+        s.all_composition_scores("Q")
