@@ -153,13 +153,17 @@ int circuits_model_pos_qk(const circuits_model *m, int32_t layer, int32_t head, 
 
 /* ---- composition circuits, virtual heads, virtual weights ---- */
 
-/* A [rows, D] = E (strided [rows, D]) copy; used for W_E and W_pos. */
-static int dense_weight(const circuits_tensor *W, float **out)
+/* A contiguous copy of a 2-D weight (W_E, W_pos, W_out, W_in, W_U; a kept one read back). */
+static int dense_weight(const circuits_model *m, const circuits_tensor *W, float **out)
 {
     int64_t R = W->shape[0], C = W->shape[1];
     float *d = cx_malloc((size_t)(R * C) * sizeof *d);
     if (!d) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
-    cx_weight_dense(d, W);
+    int rc = cx_weight_dense_of(m, d, W);
+    if (rc) {
+        cx_free(d);
+        return rc;
+    }
     *out = d;
     return CIRCUITS_OK;
 }
@@ -169,8 +173,6 @@ int circuits_model_composition_circuit(const circuits_model *m, int32_t mode, in
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_composition_circuit: NULL argument");
     *out = NULL;
-    int rc0 = cx_require_fp32_weights(m, "circuits_model_composition_circuit");
-    if (rc0) return rc0;
     const circuits_config *c = &m->cfg;
     if (mode != CIRCUITS_COMPOSITION_Q && mode != CIRCUITS_COMPOSITION_K && mode != CIRCUITS_COMPOSITION_V)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "composition mode must be CIRCUITS_COMPOSITION_Q, _K or _V");
@@ -183,17 +185,16 @@ int circuits_model_composition_circuit(const circuits_model *m, int32_t mode, in
     size_t need = (size_t)(6 * D * dh + 2 * dh * dh + 2 * V * dh);
     float *buf = cx_malloc(need * sizeof *buf), *E = NULL;
     circuits_factored *f = NULL;
-    int rc = buf ? dense_weight(m->W_E, &E) : cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
+    int rc = buf ? dense_weight(m, m->W_E, &E) : cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
     if (!rc) rc = cx_factored_alloc(&f, 1, V, dh, r);
-    if (!rc) {
-        float *VA = buf, *OA = VA + D * dh, *QB = OA + dh * D, *KB = QB + D * dh, *VB = KB + D * dh, *OB = VB + D * dh;
+    float *VA = buf, *OA = NULL, *QB = NULL, *KB = NULL, *VB = NULL, *OB = NULL;
+    if (!rc) OA = VA + D * dh, QB = OA + dh * D, KB = QB + D * dh, VB = KB + D * dh, OB = VB + D * dh;
+    if (!rc && !(rc = cx_head_matrix_of(m, VA, A->W_V, cx_kv_head(A, head_a), false)) &&
+        !(rc = cx_head_matrix_of(m, OA, A->W_O, head_a, false)) && !(rc = cx_head_matrix_of(m, QB, B->W_Q, head_b, false)) &&
+        !(rc = cx_head_matrix_of(m, KB, B->W_K, cx_kv_head(B, head_b), false)) &&
+        !(rc = cx_head_matrix_of(m, VB, B->W_V, cx_kv_head(B, head_b), false)) &&
+        !(rc = cx_head_matrix_of(m, OB, B->W_O, head_b, false))) {
         float *C1 = OB + dh * D, *C2 = C1 + dh * dh, *T = C2 + dh * dh, *T2 = T + V * dh;
-        cx_head_matrix(VA, A->W_V, cx_kv_head(A, head_a), false);
-        cx_head_matrix(OA, A->W_O, head_a, false);
-        cx_head_matrix(QB, B->W_Q, head_b, false);
-        cx_head_matrix(KB, B->W_K, cx_kv_head(B, head_b), false);
-        cx_head_matrix(VB, B->W_V, cx_kv_head(B, head_b), false);
-        cx_head_matrix(OB, B->W_O, head_b, false);
         cx_mm(T, E, false, VA, false, V, D, dh); /* T = W_E W_V^A [V, dh] */
         if (mode == CIRCUITS_COMPOSITION_K) {
             /* W_E W_Q^B . (W_E W_V^A W_O^A W_K^B)^T */
@@ -213,7 +214,9 @@ int circuits_model_composition_circuit(const circuits_model *m, int32_t mode, in
             /* (W_E W_V^A W_O^A W_V^B) . (W_O^B W_U) */
             cx_mm(C1, OA, false, VB, false, dh, D, dh);
             cx_mm(f->A, T, false, C1, false, V, dh, dh);
-            times_weight(f->B, OB, m->W_U, dh);
+            const cx_qmat *qu = cx_stored(m, m->W_U);
+            if (qu) cx_qmatmul(f->B, r, OB, D, dh, qu, 0, r, NULL, false);
+            else times_weight(f->B, OB, m->W_U, dh);
         }
         (void)C2;
     }
@@ -232,8 +235,6 @@ int circuits_model_virtual_ov(const circuits_model *m, int32_t layer_a, int32_t 
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_virtual_ov: NULL argument");
     *out = NULL;
-    int rc0 = cx_require_fp32_weights(m, "circuits_model_virtual_ov");
-    if (rc0) return rc0;
     const circuits_config *c = &m->cfg;
     if (layer_a < 0 || layer_a >= c->n_layers || layer_b < 0 || layer_b >= c->n_layers || head_a < 0 ||
         head_a >= c->n_heads || head_b < 0 || head_b >= c->n_heads)
@@ -250,10 +251,14 @@ int circuits_model_virtual_ov(const circuits_model *m, int32_t layer_a, int32_t 
     }
     float *OA = buf, *VB = OA + dh * D, *OB = VB + D * dh, *C = OB + dh * D;
     /* OV^A OV^B = W_V^A . (W_O^A W_V^B W_O^B) */
-    cx_head_matrix(f->A, m->layers[layer_a].W_V, cx_kv_head(&m->layers[layer_a], head_a), false);
-    cx_head_matrix(OA, m->layers[layer_a].W_O, head_a, false);
-    cx_head_matrix(VB, m->layers[layer_b].W_V, cx_kv_head(&m->layers[layer_b], head_b), false);
-    cx_head_matrix(OB, m->layers[layer_b].W_O, head_b, false);
+    if ((rc = cx_head_matrix_of(m, f->A, m->layers[layer_a].W_V, cx_kv_head(&m->layers[layer_a], head_a), false)) ||
+        (rc = cx_head_matrix_of(m, OA, m->layers[layer_a].W_O, head_a, false)) ||
+        (rc = cx_head_matrix_of(m, VB, m->layers[layer_b].W_V, cx_kv_head(&m->layers[layer_b], head_b), false)) ||
+        (rc = cx_head_matrix_of(m, OB, m->layers[layer_b].W_O, head_b, false))) {
+        cx_free(buf);
+        circuits_factored_free(f);
+        return rc;
+    }
     cx_mm(C, OA, false, VB, false, dh, D, dh);
     cx_mm(f->B, C, false, OB, false, dh, dh, D);
     cx_free(buf);
@@ -280,12 +285,11 @@ static int writer_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
         *rows = c->d_head;
         *out = cx_malloc((size_t)(c->d_head * c->d_model) * sizeof **out);
         if (!*out) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory copying the writer's W_O");
-        cx_head_matrix(*out, m->layers[layer].W_O, head, false);
-        return CIRCUITS_OK;
+        return cx_head_matrix_of(m, *out, m->layers[layer].W_O, head, false); /* the caller frees *out */
     }
     if (!W) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "unknown writer kind %d", kind);
     *rows = W->shape[0];
-    return dense_weight(W, out);
+    return dense_weight(m, W, out);
 }
 
 /* The matrix through which a reader reads the residual stream, [D, cols]. */
@@ -296,7 +300,7 @@ static int reader_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
     if (kind == CIRCUITS_READER_UNEMBED) {
         const circuits_tensor *U = m->W_U;
         *cols = U->shape[1];
-        return dense_weight(U, out);
+        return dense_weight(m, U, out);
     }
     if (layer < 0 || layer >= c->n_layers) return cx_fail(CIRCUITS_E_RANGE, "reader layer %d out of range (model has %d)", layer,
                                                                c->n_layers);
@@ -305,7 +309,7 @@ static int reader_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
         if (c->attn_only)
             return cx_fail(CIRCUITS_E_UNSUPPORTED, "CIRCUITS_READER_MLP: the model is attention-only, it has no MLPs");
         *cols = c->d_mlp;
-        return dense_weight(L->W_in, out);
+        return dense_weight(m, L->W_in, out);
     }
     if (kind != CIRCUITS_READER_Q && kind != CIRCUITS_READER_K && kind != CIRCUITS_READER_V)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "unknown reader kind %d", kind);
@@ -313,9 +317,8 @@ static int reader_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
     *cols = c->d_head;
     *out = cx_malloc((size_t)(D * c->d_head) * sizeof **out);
     if (!*out) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory copying the reader's weight");
-    cx_head_matrix(*out, kind == CIRCUITS_READER_Q ? L->W_Q : kind == CIRCUITS_READER_K ? L->W_K : L->W_V,
-                   kind == CIRCUITS_READER_Q ? head : cx_kv_head(L, head), false);
-    return CIRCUITS_OK;
+    return cx_head_matrix_of(m, *out, kind == CIRCUITS_READER_Q ? L->W_Q : kind == CIRCUITS_READER_K ? L->W_K : L->W_V,
+                             kind == CIRCUITS_READER_Q ? head : cx_kv_head(L, head), false); /* the caller frees *out */
 }
 
 int circuits_model_virtual_weights(const circuits_model *m, int32_t writer, int32_t writer_layer, int32_t writer_head,
@@ -325,9 +328,7 @@ int circuits_model_virtual_weights(const circuits_model *m, int32_t writer, int3
     *out = NULL;
     float *W = NULL, *R = NULL;
     int64_t rows = 0, cols = 0, D = m->cfg.d_model;
-    int rc = cx_require_fp32_weights(m, "circuits_model_virtual_weights");
-    if (rc) return rc;
-    rc = writer_matrix(m, writer, writer_layer, writer_head, &W, &rows);
+    int rc = writer_matrix(m, writer, writer_layer, writer_head, &W, &rows);
     if (!rc) rc = reader_matrix(m, reader, reader_layer, reader_head, &R, &cols);
     circuits_factored *f = NULL;
     if (!rc) rc = cx_factored_alloc(&f, 1, rows, D, cols);

@@ -100,6 +100,15 @@ int cx_weight_times_of(const circuits_model *m, float *C, const circuits_tensor 
     return CIRCUITS_OK;
 }
 
+int cx_weight_dense_of(const circuits_model *m, float *dst, const circuits_tensor *W)
+{
+    if (!cx_stored(m, W)) {
+        cx_weight_dense(dst, W);
+        return CIRCUITS_OK;
+    }
+    return cx_qmat_read_weight(m, (size_t)(W - m->weights), dst);
+}
+
 size_t cx_stored_first(const circuits_model *m)
 {
     for (size_t i = 0; m->stored && i < m->n_weights; i++)

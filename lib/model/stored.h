@@ -46,6 +46,9 @@ int cx_stored_make(circuits_model *m, size_t i, int kind, int ndim, const int64_
  * their scratch. (X @ W_U of a stored W_U is cx_qmatmul over its rows.) */
 int cx_head_matrix_of(const circuits_model *m, float *dst, const circuits_tensor *W, int64_t h, bool transpose);
 int cx_weight_times_of(const circuits_model *m, float *C, const circuits_tensor *W, const float *X, int64_t n);
+/* dst = the 2-D weight W as a contiguous [rows, cols] copy (cx_weight_dense), or a kept one read
+ * back (cx_qmat_read_weight). */
+int cx_weight_dense_of(const circuits_model *m, float *dst, const circuits_tensor *W);
 
 /* For the code that reads weights' fp32 data directly (the analyses: circuits, composition,
  * rotary, residual-stream decompositions, ...): CIRCUITS_OK when every weight of m is an fp32

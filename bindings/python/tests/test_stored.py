@@ -95,11 +95,10 @@ def test_processing_refused_by_name():
 
 def test_weight_analyses():
     f, s = _pair(BF16_LLAMA)
-    # the per-head circuits read the heads' dequantized rows
+    # the analyses read the kept weights' dequantized rows
     for name in ("OV", "QK"):
         a, b = getattr(f, name), getattr(s, name)
         _close(b.A, a.A)
         _close(b.B, a.B)
-    # whole-matrix analyses refuse by name
-    with pytest.raises(UnsupportedError, match="keep_stored_dtype"):
-        s.all_composition_scores("Q")
+    for mode in ("Q", "K", "V"):
+        _close(s.all_composition_scores(mode), f.all_composition_scores(mode))
