@@ -42,6 +42,10 @@ typedef struct rs {
     int64_t *pos;        /* [P] resolved positions (owned) */
     bool ln_mlp_input;   /* apply_ln reads ln2: the kinds whose TL method passes mlp_input */
     bool ln_recompute;   /* apply_ln at n_layers through ln_final (accumulated_resid) */
+    /* keep_stored_dtype: the kept weight (a layer's W_O or W_out) last read back, in wbuf */
+    const circuits_tensor *wbuf_of;
+    float *wbuf;
+    size_t wbuf_cap;
 } rs;
 
 void circuits_resid_options_init(circuits_resid_options *o)
@@ -146,7 +150,37 @@ static int rs_begin(rs *r, const char *fn, const circuits_model *m, const circui
     return CIRCUITS_OK;
 }
 
-static void rs_end(rs *r) { cx_free(r->pos); }
+static void rs_end(rs *r)
+{
+    cx_free(r->pos);
+    cx_free(r->wbuf);
+}
+
+/* *view = weight W as an fp32 view: W itself, or (kept in its stored dtype) its copy read back
+ * into r->wbuf, once while the components of one layer are visited. */
+static int weight_view(rs *r, const circuits_tensor *W, circuits_tensor *view)
+{
+    *view = *W;
+    if (!cx_stored(r->m, W)) return CIRCUITS_OK;
+    if (r->wbuf_of != W) {
+        size_t n = 1;
+        for (int i = 0; i < W->ndim; i++) n *= (size_t)W->shape[i];
+        if (n > r->wbuf_cap) {
+            float *p = cx_malloc(n * sizeof *p);
+            if (!p) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory reading '%s'", r->fn, W->name);
+            cx_free(r->wbuf);
+            r->wbuf = p;
+            r->wbuf_cap = n;
+        }
+        r->wbuf_of = NULL;
+        int rc = cx_qmat_read_weight(r->m, (size_t)(W - r->m->weights), r->wbuf);
+        if (rc) return rc;
+        r->wbuf_of = W;
+    }
+    view->data = r->wbuf;
+    cx_contiguous_strides(W->ndim, W->shape, view->strides);
+    return CIRCUITS_OK;
+}
 
 /* ---- the components, in TransformerLens's order ---- */
 
@@ -297,7 +331,7 @@ static int fill_entry(const rs *r, const char *name, float *dst)
     return CIRCUITS_OK;
 }
 
-static int fill_head(const rs *r, int32_t l, int64_t h, float *dst, float *zrows)
+static int fill_head(rs *r, int32_t l, int64_t h, float *dst, float *zrows)
 {
     const int64_t H = r->c->n_heads, D = r->D, BP = r->B * r->P;
     char name[64];
@@ -316,9 +350,10 @@ static int fill_head(const rs *r, int32_t l, int64_t h, float *dst, float *zrows
     circuits_clear_error();
     /* compute_head_results: z [.., h, d_head] @ W_O[h] [d_head, d_model] */
     snprintf(name, sizeof name, "blocks.%d.attn.hook_z", l);
+    circuits_tensor wo;
     int rc = get_entry(r, name, -1, &t);
-    if (rc || (rc = cx_require_fp32_weights(r->m, r->fn))) return rc; /* hook_result (use_attn_result) does not */
-    const circuits_tensor *W_O = r->m->layers[l].W_O;
+    if (rc || (rc = weight_view(r, r->m->layers[l].W_O, &wo))) return rc;
+    const circuits_tensor *W_O = &wo;
     const int64_t dh = W_O->shape[1];
     if (t.ndim != 4 || t.shape[2] != H || t.shape[3] != dh)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: the cached '%s' is not [batch, pos, n_heads, d_head]", r->fn, name);
@@ -329,15 +364,16 @@ static int fill_head(const rs *r, int32_t l, int64_t h, float *dst, float *zrows
     return CIRCUITS_OK;
 }
 
-static int fill_neuron(const rs *r, int32_t l, int64_t q, float *dst)
+static int fill_neuron(rs *r, int32_t l, int64_t q, float *dst)
 {
     const int64_t D = r->D, dm = r->c->d_mlp;
     char name[64];
     circuits_tensor t;
     snprintf(name, sizeof name, "blocks.%d.mlp.hook_post", l);
+    circuits_tensor wout;
     int rc = get_entry(r, name, dm, &t);
-    if (rc || (rc = cx_require_fp32_weights(r->m, r->fn))) return rc;
-    const circuits_tensor *W = r->m->layers[l].W_out;
+    if (rc || (rc = weight_view(r, r->m->layers[l].W_out, &wout))) return rc;
+    const circuits_tensor *W = &wout;
     const float *w = W->data + q * W->strides[0];
     for (int64_t b = 0; b < r->B; b++)
         for (int64_t p = 0; p < r->P; p++) {

@@ -109,23 +109,6 @@ int cx_weight_dense_of(const circuits_model *m, float *dst, const circuits_tenso
     return cx_qmat_read_weight(m, (size_t)(W - m->weights), dst);
 }
 
-size_t cx_stored_first(const circuits_model *m)
-{
-    for (size_t i = 0; m->stored && i < m->n_weights; i++)
-        if (m->stored[i].data) return i;
-    return m->n_weights;
-}
-
-int cx_require_fp32_weights(const circuits_model *m, const char *fn)
-{
-    size_t i = cx_stored_first(m);
-    if (i == m->n_weights) return CIRCUITS_OK;
-    return cx_fail(CIRCUITS_E_UNSUPPORTED,
-                   "%s reads fp32 weight data, but '%s' is kept in its stored dtype %s (keep_stored_dtype): load the "
-                   "model without keep_stored_dtype to use %s", fn, m->weights[i].name,
-                   circuits_dtype_name(cx_dtype_public(m->stored[i].dtype)), fn);
-}
-
 /* The row maps every stored matrix of m shares, made on first need: [perm | neox q | neox k | neox v],
  * each n_heads·d_head long. perm undoes llama.cpp's Q/K permutation (convert_hf_to_gguf.py's
  * permute: rows (h, j, i) of HF's q_proj, j < 2, i < d_head/2, are stored at (h, i, j)): logical

@@ -1,6 +1,6 @@
 /* Weights kept in their stored dtype (load option keep_stored_dtype): which weights a cx_qmat
  * (model/quant.h) can hold, building them at load time, reading them back in TransformerLens's
- * layout, and the one check the code that reads fp32 weight data directly (the analyses) makes.
+ * layout, and reading them for the analyses (heads, products, dense copies).
  * File: model/stored.c. The products are run/qmatmul.c's. */
 #ifndef CIRCUITS_STORED_H
 #define CIRCUITS_STORED_H
@@ -25,9 +25,6 @@ void cx_weight_linear(const circuits_model *m, float *out, int64_t ldo, const fl
 /* dst[rows, cols] = every logical row of W, dequantized (split over the pool). */
 void cx_qmat_rows(const cx_qmat *W, float *dst);
 
-/* The index of the first weight of m held as a cx_qmat, or m->n_weights if none is. */
-size_t cx_stored_first(const circuits_model *m);
-
 /* At load time, with keep_stored_dtype (m->stored is allocated by the first call): weight i of m,
  * of this kind and TransformerLens shape, is kept as stored tensor t when t is not F32 and its layout is one a
  * cx_qmat expresses: `map` (a cx_map, arch.h) and `part` say how the TL view is cut from t.
@@ -49,10 +46,5 @@ int cx_weight_times_of(const circuits_model *m, float *C, const circuits_tensor 
 /* dst = the 2-D weight W as a contiguous [rows, cols] copy (cx_weight_dense), or a kept one read
  * back (cx_qmat_read_weight). */
 int cx_weight_dense_of(const circuits_model *m, float *dst, const circuits_tensor *W);
-
-/* For the code that reads weights' fp32 data directly (the analyses: circuits, composition,
- * rotary, residual-stream decompositions, ...): CIRCUITS_OK when every weight of m is an fp32
- * view, else CIRCUITS_E_UNSUPPORTED naming fn and the first stored weight. */
-int cx_require_fp32_weights(const circuits_model *m, const char *fn);
 
 #endif
