@@ -721,6 +721,48 @@ static int call_copying(fx *f)
     return circuits_model_copying_scores(f->model, f->op->variant, f->out);
 }
 
+/* keep_stored_dtype: a BF16 model loaded with its matrices kept, then analyses that read them
+ * through their dequantized rows (variant 0: the full OV circuits, 1: V-composition scores, 2:
+ * the residual stack of neurons; the load fails in turn too). Everything is freed in the call. */
+static int call_stored_analysis(fx *f)
+{
+    circuits_load_options o;
+    circuits_load_options_init(&o);
+    o.fold_ln = o.center_writing_weights = o.center_unembed = o.fold_value_biases = 0;
+    o.keep_stored_dtype = 1;
+    circuits_model *m = NULL;
+    circuits_context *ctx = NULL;
+    circuits_cache *cache = NULL;
+    circuits_factored *fa = NULL;
+    int rc = circuits_model_load(&m, f->op->arg, &o);
+    f->out_n = 0;
+    if (!rc && f->op->variant == 0 && !(rc = circuits_model_full_ov(m, -1, -1, &fa))) {
+        circuits_tensor fA, fB;
+        if (!(rc = circuits_factored_factors(fa, &fA, &fB))) {
+            f->out_n = 64;
+            memcpy(f->out, fA.data, 64 * sizeof *f->out);
+        }
+    } else if (!rc && f->op->variant == 1) {
+        f->out_n = 2 * 4 * 2 * 4; /* [L*H, L*H] of a 2-layer, 4-head model */
+        rc = circuits_model_composition_scores(m, CIRCUITS_COMPOSITION_V, f->out);
+    } else if (!rc && f->op->variant == 2) {
+        static const int32_t tok[3] = {1, 2, 3};
+        int64_t shape[4];
+        if (!(rc = circuits_context_create(&ctx, m, NULL)) && !(rc = circuits_cache_create(&cache)) &&
+            !(rc = circuits_context_run_with_cache(ctx, tok, 1, 3, NULL, 0, cache, NULL, NULL, NULL)) &&
+            !(rc = circuits_resid_shape(m, cache, CIRCUITS_RESID_NEURONS, NULL, shape))) {
+            f->out_n = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
+            rc = circuits_resid_stack(m, cache, CIRCUITS_RESID_NEURONS, NULL, f->out, OUT_FLOATS);
+        }
+    }
+    if (rc) f->out_n = 0;
+    circuits_factored_free(fa);
+    circuits_cache_free(cache);
+    circuits_context_free(ctx);
+    circuits_model_free(m);
+    return rc;
+}
+
 static int made_factored(fx *f, int rc, circuits_factored *made)
 {
     f->made = made;
@@ -948,6 +990,9 @@ static void test_operations(fx *f)
         {"model_load sharded read_into_memory", NULL, call_load, digest_model, NULL, sharded, LOAD_READ, false},
         {"model_load F16", NULL, call_load, digest_model, NULL, f16, LOAD_DEFAULT, false},
         {"model_load BF16 keep_stored_dtype", NULL, call_load, digest_model, NULL, bf16, LOAD_STORED, false},
+        {"keep_stored_dtype: full OV circuits", NULL, call_stored_analysis, put_out, NULL, bf16, 0, false},
+        {"keep_stored_dtype: composition scores", NULL, call_stored_analysis, put_out, NULL, bf16, 1, false},
+        {"keep_stored_dtype: neuron stack", NULL, call_stored_analysis, put_out, NULL, bf16, 2, false},
         {"model_load with tokenizer", NULL, call_load, digest_model, NULL, tokmodel, LOAD_DEFAULT, false},
         {"model_load GGUF", NULL, call_load, digest_model, NULL, gguf_llama, LOAD_DEFAULT, false},
         {"model_load GGUF raw read_into_memory", NULL, call_load, digest_model, NULL, gguf_llama, LOAD_RAW_READ, false},
