@@ -99,6 +99,18 @@ static void source_text(char *buf, size_t n, const cx_arch *a, cx_weight_kind k)
     }
 }
 
+/* One architecture's rows: where it stores each kind some config of it has. */
+static void arch_rows(FILE *f, const cx_arch *a)
+{
+    for (int k = 0; k < CX_W_COUNT; k++) {
+        if (a->sources[k].map == CX_MAP_NEVER) continue;
+        char name[128], src[512];
+        with_l(name, sizeof name, cx_weight_kinds[k].name);
+        source_text(src, sizeof src, a, (cx_weight_kind)k);
+        fprintf(f, "| `%s` | %s |\n", name, src);
+    }
+}
+
 /* The docs' table, in the table's order. */
 static char *markdown(void)
 {
@@ -123,25 +135,12 @@ static char *markdown(void)
         const cx_arch *a = cx_arch_at(i);
         fprintf(f, "\n%s (prefix `%s`):\n\n| TransformerLens name | Hugging Face tensor |\n|---|---|\n", a->label,
                 a->prefix);
-        for (int k = 0; k < CX_W_COUNT; k++) {
-            if (a->sources[k].map == CX_MAP_NEVER) continue;
-            char name[128], src[512];
-            with_l(name, sizeof name, cx_weight_kinds[k].name);
-            source_text(src, sizeof src, a, (cx_weight_kind)k);
-            fprintf(f, "| `%s` | %s |\n", name, src);
-        }
+        arch_rows(f, a);
     }
     /* GGUF files: llama.cpp's names ("blk.{l}.attn_q.weight"), per general.architecture */
     for (size_t i = 0; cx_arch_gguf_at(i); i++) {
-        const cx_arch *a = cx_arch_gguf_at(i);
-        fprintf(f, "\n%s:\n\n| TransformerLens name | GGUF tensor |\n|---|---|\n", a->label);
-        for (int k = 0; k < CX_W_COUNT; k++) {
-            if (a->sources[k].map == CX_MAP_NEVER) continue;
-            char name[128], src[512];
-            with_l(name, sizeof name, cx_weight_kinds[k].name);
-            source_text(src, sizeof src, a, (cx_weight_kind)k);
-            fprintf(f, "| `%s` | %s |\n", name, src);
-        }
+        fprintf(f, "\n%s:\n\n| TransformerLens name | GGUF tensor |\n|---|---|\n", cx_arch_gguf_at(i)->label);
+        arch_rows(f, cx_arch_gguf_at(i));
     }
     fclose(f);
     return text;

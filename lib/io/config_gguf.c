@@ -7,6 +7,7 @@
 #include "config.h"
 #include "gguf.h"
 #include "arch.h"
+#include "rope.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -182,6 +183,99 @@ static int read_gemma2(const reader *r, circuits_config *cfg)
     return CIRCUITS_OK;
 }
 
+/* Llama 3's rope scaling, which llama.cpp's converter writes as the tensor rope_freqs.weight: one
+ * divisor per rotated pair (1 for short wavelengths, `factor` for long ones, a blend between).
+ * The divisors depend on Hugging Face's parameters only through factor and the two band edges
+ * (original_max_position_embeddings / low_freq_factor and / high_freq_factor), so edges that
+ * reproduce every divisor give the same computation: they are solved from the blended pairs
+ * (exactly with two or more; within the bands' bounds otherwise), with n_ctx as the original
+ * context, and every divisor is checked to come out again (else refused: not Llama 3's form). */
+static int read_rope_freqs(const reader *r, const cx_st_set *set, circuits_config *cfg)
+{
+    cx_st_tensor *t = cx_st_find(set, "rope_freqs.weight");
+    if (!t || cfg->format != CIRCUITS_FORMAT_HF_LLAMA) return CIRCUITS_OK; /* others: unexpected */
+    int half = cfg->rotary_dim / 2;
+    if (t->dtype != CX_DT_F32 || t->ndim != 1 || t->shape[0] != half)
+        return cx_fail(CIRCUITS_E_SHAPE, "%s: GGUF tensor 'rope_freqs.weight' must be F32 [%d] (one factor per rotated pair)",
+                       r->g->path, half);
+    if (cfg->rope_scaling != CIRCUITS_ROPE_NONE)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: GGUF tensor 'rope_freqs.weight' with rope.scaling.type linear is not "
+                       "supported", r->g->path);
+    double *base = cx_malloc(2 * (size_t)half * sizeof *base);
+    if (!base) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory reading %s", r->g->path);
+    double *scaled = base + half;
+    int rc = CIRCUITS_OK;
+    cx_rope_inv_freq(cfg, base); /* unscaled */
+    double factor = 1.0, xl = 0.0, xh = INFINITY, xmax = 0.0;
+    for (int i = 0; i < half; i++) {
+        double v = cx_st_read_f32(t, (size_t)i);
+        if (!(v >= 1.0 - 1e-6 && v < 1e6)) {
+            rc = cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: rope_freqs.weight[%d] = %g is not a Llama 3 rope factor (1 or more)",
+                         r->g->path, i, v);
+            goto done;
+        }
+        if (v > factor) factor = v;
+        if (base[i] / (2 * M_PI) > xmax) xmax = base[i] / (2 * M_PI);
+    }
+    t->used = true;
+    if (factor <= 1.0 + 1e-6) goto done; /* nothing scaled */
+    /* x = 1 / wavelength of each pair; the blend s = (x - a) / (b - a) between the edges a, b */
+    int ns = 0;
+    double s1 = 0, x1 = 0, s2 = 0, x2 = 0;
+    for (int i = 0; i < half; i++) {
+        double v = cx_st_read_f32(t, (size_t)i), x = base[i] / (2 * M_PI);
+        if (fabs(v - factor) <= 1e-6 * factor) {
+            if (x > xl) xl = x; /* interpolated: below a */
+        } else if (fabs(v - 1.0) <= 1e-6) {
+            if (x < xh) xh = x; /* kept: above b */
+        } else {
+            double sv = (1.0 / v - 1.0 / factor) / (1.0 - 1.0 / factor);
+            if (ns == 0 || x < x1) {
+                if (ns) s2 = s1, x2 = x1;
+                s1 = sv, x1 = x;
+            } else if (ns == 1 || x > x2) {
+                s2 = sv, x2 = x;
+            }
+            ns++;
+        }
+    }
+    double a, b;
+    if (ns >= 2 && s2 != s1) {
+        double slope = (x2 - x1) / (s2 - s1);
+        a = x1 - s1 * slope;
+        b = a + slope;
+    } else if (ns >= 1) {
+        double room = x1 - xl;
+        if (isfinite(xh) && s1 < 1.0 && (xh - x1) * s1 / (1.0 - s1) < room) room = (xh - x1) * s1 / (1.0 - s1);
+        a = x1 - 0.5 * room;
+        b = a + (x1 - a) / s1;
+    } else {
+        double top = isfinite(xh) ? xh : 2.0 * xmax;
+        a = xl + (top - xl) / 3.0;
+        b = xl + 2.0 * (top - xl) / 3.0;
+    }
+    if (!(a > 0 && b > a)) {
+        rc = cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: rope_freqs.weight is not Llama 3's rope scaling", r->g->path);
+        goto done;
+    }
+    cfg->rope_scaling = CIRCUITS_ROPE_LLAMA3;
+    cfg->rope_factor = (float)factor;
+    cfg->rope_original_n_ctx = cfg->n_ctx;
+    cfg->rope_low_freq_factor = (float)(cfg->n_ctx * a);
+    cfg->rope_high_freq_factor = (float)(cfg->n_ctx * b);
+    cx_rope_inv_freq(cfg, scaled);
+    for (int i = 0; i < half && !rc; i++) {
+        double v = cx_st_read_f32(t, (size_t)i), got = base[i] / scaled[i];
+        if (!(fabs(got - v) <= 1e-5 * v))
+            rc = cx_fail(CIRCUITS_E_UNSUPPORTED,
+                         "%s: rope_freqs.weight is not Llama 3's rope scaling (factor %d: %g, the closest Llama 3 form gives %g)",
+                         r->g->path, i, v, got);
+    }
+done:
+    cx_free(base);
+    return rc;
+}
+
 int cx_config_from_gguf(const cx_gguf *g, const cx_st_set *set, circuits_config *cfg, cx_hf_extra *extra)
 {
     int rc;
@@ -260,8 +354,19 @@ int cx_config_from_gguf(const cx_gguf *g, const cx_st_set *set, circuits_config 
                           ? CIRCUITS_ACT_GELU_NEW
                           : CIRCUITS_ACT_SILU;
         TRY(read_rotary(&r, cfg, f->format == CIRCUITS_FORMAT_HF_LLAMA));
+        TRY(read_rope_freqs(&r, set, cfg));
         if (f->format == CIRCUITS_FORMAT_HF_GEMMA2) TRY(read_gemma2(&r, cfg));
         break;
+    }
+    /* a sliding window outside gemma2: Mistral's, on every layer, in a llama file (llama.cpp's own
+     * converter does not write it, and its llama graph would ignore it); another family's
+     * pattern of windowed layers is not known, so refused */
+    const cx_gguf_kv *sw = key(&r, "attention.sliding_window", name, sizeof name);
+    if (sw && f->format == CIRCUITS_FORMAT_HF_LLAMA) {
+        TRY(get_int(&r, "attention.sliding_window", true, 0, 1, CX_MAX_DIM, &cfg->window_size));
+        cfg->local_attn = CIRCUITS_LOCAL_ATTN_ALL;
+    } else if (sw && f->format != CIRCUITS_FORMAT_HF_GEMMA2) {
+        return refuse(&r, name, "a sliding window in this architecture");
     }
     if (cfg->rope_scaling == CIRCUITS_ROPE_LINEAR && cfg->local_attn != CIRCUITS_LOCAL_ATTN_NONE)
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: linear rope scaling with sliding-window layers is not supported",

@@ -201,7 +201,7 @@ const cx_gguf_kv *cx_gguf_find(const cx_gguf *g, const char *key)
 
 static int wrong_type(const cx_gguf *g, const cx_gguf_kv *k, const char *want)
 {
-    return cx_fail(CIRCUITS_E_FORMAT, "%s: GGUF key '%.*s' is a %s, not %s", g->path,
+    return cx_fail(CIRCUITS_E_FORMAT, "%s: GGUF key '%.*s' is of type %s, not %s", g->path,
                    (int)(k->key_len > 128 ? 128 : k->key_len), k->key, cx_gguf_type_name(k->type), want);
 }
 

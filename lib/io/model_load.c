@@ -278,11 +278,17 @@ static int make_view(circuits_model *m, const cx_weight_entry *w, const source_v
     /* quantized or permuted: a temporary fp32 copy of the stored tensor to gather from */
     float *staged = NULL;
     if ((!plain || v->unpermute) && (rc = stage_fp32(t, v, m->cfg.d_head, &staged))) return rc;
-    /* Convert to an owned contiguous fp32 buffer, gathering through the view. */
     size_t numel = 1;
     for (int i = 0; i < w->ndim; i++) numel *= (size_t)w->shape[i];
-    float *buf = cx_malloc(numel * sizeof *buf);
-    if (!buf || cx_model_own(m, buf)) {
+    /* a view that is the whole stored tensor in its own order keeps the staged copy itself */
+    int64_t contiguous[4];
+    cx_contiguous_strides(w->ndim, w->shape, contiguous);
+    bool identity = staged && v->offset == 0 && numel == t->numel;
+    for (int i = 0; identity && i < w->ndim; i++) identity = v->strides[i] == contiguous[i];
+    /* Convert to an owned contiguous fp32 buffer, gathering through the view. */
+    float *buf = identity ? staged : cx_malloc(numel * sizeof *buf);
+    if (identity) staged = NULL; /* buf now: the model's, already in place */
+    if (!buf || cx_model_own(m, buf)) { /* cx_model_own frees buf when it fails */
         cx_free(staged);
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory converting '%s' to fp32", t->name);
     }
@@ -293,7 +299,7 @@ static int make_view(circuits_model *m, const cx_weight_entry *w, const source_v
         st[4 - w->ndim + i] = v->strides[i];
     }
     size_t k = 0;
-    for (int64_t a = 0; a < sh[0]; a++)
+    for (int64_t a = 0; !identity && a < sh[0]; a++)
         for (int64_t b = 0; b < sh[1]; b++)
             for (int64_t c = 0; c < sh[2]; c++)
                 for (int64_t d = 0; d < sh[3]; d++) {
@@ -478,11 +484,6 @@ static int load_gguf(circuits_model *m, const char *path, cx_st_mode mode)
     int rc = cx_gguf_open(&m->files, &g, path, mode);
     if (rc) return rc;
     rc = cx_config_from_gguf(&g, m->files, &m->cfg, &hf);
-    /* llama.cpp's converter writes Llama 3's rope scaling as per-frequency factors */
-    if (!rc && cx_st_find(m->files, "rope_freqs.weight"))
-        rc = cx_fail(CIRCUITS_E_UNSUPPORTED,
-                     "%s: GGUF tensor 'rope_freqs.weight' (per-frequency rope factors: Llama 3 rope scaling) is not supported",
-                     path);
     if (!rc) rc = build_weights(m, path, cx_arch_gguf_of(&m->cfg), &hf, true);
     /* the tokenizer of the same file, when it has one */
     if (!rc && cx_gguf_find(&g, "tokenizer.ggml.model")) rc = cx_tok_from_gguf(&m->tokenizer, &g);

@@ -453,33 +453,41 @@ static const cx_weight_source gguf_gemma2_sources[CX_W_COUNT] = {
     [CX_LN2_POST_W] = G_("blk.%d.post_ffw_norm.weight", CX_MAP_SAME),
 };
 
-/* gptneox (GPTNeoXModel): query_key_value's interleaved (head, q/k/v) rows regrouped into
- * [Q; K; V] (each head-major) as attn_qkv. */
+/* gptneox (GPTNeoXModel) and gpt2 (GPT2Model): LayerNorm with biases, a fused attn_qkv. GPT-NeoX's
+ * converter regroups query_key_value's interleaved (head, q/k/v) rows into [Q; K; V] (each
+ * head-major); GPT-2's transposes the Conv1D weights, so every matrix is nn.Linear-shaped:
+ * attn_qkv [3·m, m] = [Q; K; V] rows, attn_output [m, m], ffn_up [d_mlp, m], ffn_down [m, d_mlp]. */
+#define GGUF_FUSED_QKV_COMMON_                                                                         \
+    [CX_W_EMBED] = G_("token_embd.weight", CX_MAP_SAME),                                               \
+    [CX_W_LN1_W] = G_("blk.%d.attn_norm.weight", CX_MAP_SAME),                                        \
+    [CX_W_LN1_B] = G_("blk.%d.attn_norm.bias", CX_MAP_SAME),                                          \
+    [CX_W_LN2_W] = G_("blk.%d.ffn_norm.weight", CX_MAP_SAME),                                         \
+    [CX_W_LN2_B] = G_("blk.%d.ffn_norm.bias", CX_MAP_SAME),                                           \
+    [CX_W_Q] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 0, NULL},                           \
+    [CX_W_K] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 1, NULL},                           \
+    [CX_W_V] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 2, NULL},                           \
+    [CX_B_Q] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 0, NULL},                             \
+    [CX_B_K] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 1, NULL},                             \
+    [CX_B_V] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 2, NULL},                             \
+    [CX_W_O] = G_("blk.%d.attn_output.weight", CX_MAP_OUT_HEADS),                                     \
+    [CX_B_O] = G_("blk.%d.attn_output.bias", CX_MAP_SAME),                                            \
+    [CX_W_IN] = G_("blk.%d.ffn_up.weight", CX_MAP_TRANSPOSE),                                         \
+    [CX_B_IN] = G_("blk.%d.ffn_up.bias", CX_MAP_SAME),                                                \
+    [CX_W_OUT] = G_("blk.%d.ffn_down.weight", CX_MAP_TRANSPOSE),                                      \
+    [CX_B_OUT] = G_("blk.%d.ffn_down.bias", CX_MAP_SAME),                                             \
+    [CX_W_GATE] = NEVER_, [CX_MLP_LN_W] = NEVER_, [CX_MLP_LN_B] = NEVER_,                             \
+    [CX_LN1_POST_W] = NEVER_, [CX_LN2_POST_W] = NEVER_,                                                \
+    [CX_LN_FINAL_W] = G_("output_norm.weight", CX_MAP_SAME),                                           \
+    [CX_LN_FINAL_B] = G_("output_norm.bias", CX_MAP_SAME),                                             \
+    [CX_W_U] = GGUF_OUTPUT_,                                                                           \
+    [CX_B_U] = ABSENT_
+
 static const cx_weight_source gguf_neox_sources[CX_W_COUNT] = {
-    [CX_W_EMBED] = G_("token_embd.weight", CX_MAP_SAME),
-    [CX_W_POS_EMBED] = NEVER_,
-    [CX_W_LN1_W] = G_("blk.%d.attn_norm.weight", CX_MAP_SAME),
-    [CX_W_LN1_B] = G_("blk.%d.attn_norm.bias", CX_MAP_SAME),
-    [CX_W_LN2_W] = G_("blk.%d.ffn_norm.weight", CX_MAP_SAME),
-    [CX_W_LN2_B] = G_("blk.%d.ffn_norm.bias", CX_MAP_SAME),
-    [CX_W_Q] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 0, NULL},
-    [CX_W_K] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 1, NULL},
-    [CX_W_V] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 2, NULL},
-    [CX_B_Q] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 0, NULL},
-    [CX_B_K] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 1, NULL},
-    [CX_B_V] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 2, NULL},
-    [CX_W_O] = G_("blk.%d.attn_output.weight", CX_MAP_OUT_HEADS),
-    [CX_B_O] = G_("blk.%d.attn_output.bias", CX_MAP_SAME),
-    [CX_W_IN] = G_("blk.%d.ffn_up.weight", CX_MAP_TRANSPOSE),
-    [CX_B_IN] = G_("blk.%d.ffn_up.bias", CX_MAP_SAME),
-    [CX_W_OUT] = G_("blk.%d.ffn_down.weight", CX_MAP_TRANSPOSE),
-    [CX_B_OUT] = G_("blk.%d.ffn_down.bias", CX_MAP_SAME),
-    [CX_W_GATE] = NEVER_, [CX_MLP_LN_W] = NEVER_, [CX_MLP_LN_B] = NEVER_,
-    [CX_LN1_POST_W] = NEVER_, [CX_LN2_POST_W] = NEVER_,
-    [CX_LN_FINAL_W] = G_("output_norm.weight", CX_MAP_SAME),
-    [CX_LN_FINAL_B] = G_("output_norm.bias", CX_MAP_SAME),
-    [CX_W_U] = GGUF_OUTPUT_,
-    [CX_B_U] = ABSENT_,
+    GGUF_FUSED_QKV_COMMON_, [CX_W_POS_EMBED] = NEVER_,
+};
+
+static const cx_weight_source gguf_gpt2_sources[CX_W_COUNT] = {
+    GGUF_FUSED_QKV_COMMON_, [CX_W_POS_EMBED] = G_("position_embd.weight", CX_MAP_SAME),
 };
 
 /* gptj (llama.cpp has no GPT-J converter; the gguf package's tensor_mapping names): one
@@ -507,36 +515,6 @@ static const cx_weight_source gguf_gptj_sources[CX_W_COUNT] = {
     [CX_LN_FINAL_B] = G_("output_norm.bias", CX_MAP_SAME),
     [CX_W_U] = GGUF_OUTPUT_,
     [CX_B_U] = G_("output.bias", CX_MAP_SAME),
-};
-
-/* gpt2 (GPT2Model): the Conv1D weights transposed by the converter, so nn.Linear-shaped:
- * attn_qkv [3·m, m] = [Q; K; V] rows, attn_output [m, m], ffn_up [d_mlp, m], ffn_down
- * [m, d_mlp]. */
-static const cx_weight_source gguf_gpt2_sources[CX_W_COUNT] = {
-    [CX_W_EMBED] = G_("token_embd.weight", CX_MAP_SAME),
-    [CX_W_POS_EMBED] = G_("position_embd.weight", CX_MAP_SAME),
-    [CX_W_LN1_W] = G_("blk.%d.attn_norm.weight", CX_MAP_SAME),
-    [CX_W_LN1_B] = G_("blk.%d.attn_norm.bias", CX_MAP_SAME),
-    [CX_W_LN2_W] = G_("blk.%d.ffn_norm.weight", CX_MAP_SAME),
-    [CX_W_LN2_B] = G_("blk.%d.ffn_norm.bias", CX_MAP_SAME),
-    [CX_W_Q] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 0, NULL},
-    [CX_W_K] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 1, NULL},
-    [CX_W_V] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 2, NULL},
-    [CX_B_Q] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 0, NULL},
-    [CX_B_K] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 1, NULL},
-    [CX_B_V] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 2, NULL},
-    [CX_W_O] = G_("blk.%d.attn_output.weight", CX_MAP_OUT_HEADS),
-    [CX_B_O] = G_("blk.%d.attn_output.bias", CX_MAP_SAME),
-    [CX_W_IN] = G_("blk.%d.ffn_up.weight", CX_MAP_TRANSPOSE),
-    [CX_B_IN] = G_("blk.%d.ffn_up.bias", CX_MAP_SAME),
-    [CX_W_OUT] = G_("blk.%d.ffn_down.weight", CX_MAP_TRANSPOSE),
-    [CX_B_OUT] = G_("blk.%d.ffn_down.bias", CX_MAP_SAME),
-    [CX_W_GATE] = NEVER_, [CX_MLP_LN_W] = NEVER_, [CX_MLP_LN_B] = NEVER_,
-    [CX_LN1_POST_W] = NEVER_, [CX_LN2_POST_W] = NEVER_,
-    [CX_LN_FINAL_W] = G_("output_norm.weight", CX_MAP_SAME),
-    [CX_LN_FINAL_B] = G_("output_norm.bias", CX_MAP_SAME),
-    [CX_W_U] = GGUF_OUTPUT_,
-    [CX_B_U] = ABSENT_,
 };
 
 /* A GGUF file holds weights only. */

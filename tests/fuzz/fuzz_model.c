@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "circuits.h"
+#include "fuzz_run_model.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -45,19 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         circuits_load_options o;
         circuits_load_options_init(&o);
         if (raw) o.fold_ln = o.center_writing_weights = o.center_unembed = o.fold_value_biases = 0;
-        circuits_model *m = NULL;
-        if (circuits_model_load(&m, dir, &o) != CIRCUITS_OK) continue;
-        circuits_config c = {.size = sizeof c};
-        circuits_model_config(m, &c);
-        circuits_context *ctx = NULL;
-        if (c.d_model * (int64_t)c.d_vocab_out < (1 << 22) && circuits_context_create(&ctx, m, NULL) == CIRCUITS_OK) {
-            int32_t tok[4] = {0, 1 % c.d_vocab, 2 % c.d_vocab, 0};
-            float loss;
-            int T = c.n_ctx < 4 ? c.n_ctx : 4;
-            circuits_context_forward(ctx, tok, 1, T, NULL, T > 1 ? &loss : NULL, NULL);
-        }
-        circuits_context_free(ctx);
-        circuits_model_free(m);
+        fuzz_load_and_run(dir, &o);
     }
     return 0;
 }

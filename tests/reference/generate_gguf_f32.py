@@ -36,7 +36,7 @@ import gguf  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 # the cases llama.cpp's converter handles, and GPT-J (GGUFWriter)
-CONVERTED = ["hf_llama_gqa", "hf_mistral_window", "hf_qwen2_bias", "hf_gemma", "hf_gemma2", "hf_neox",
+CONVERTED = ["hf_llama_gqa", "hf_llama3_rope", "hf_mistral_window", "hf_qwen2_bias", "hf_gemma", "hf_gemma2", "hf_neox",
              "hf_tiny_random_gpt2"]
 WRITTEN = ["hf_gptj"]
 GGUF_DIR = HERE / "gguf"
@@ -63,10 +63,10 @@ def write_minimal_vocab(writer, n_vocab):
     writer.add_eos_token_id(0)
 
 
-def convert(case):
+def convert(case, parent=CASES):
     from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
 
-    d = CASES / case
+    d = parent / case
     out = GGUF_DIR / f"{case}.f32.gguf"
     hparams = ModelBase.load_hparams(d, False)
     arch = get_model_architecture(hparams, ModelType.TEXT)
@@ -119,8 +119,31 @@ def write_gptj(case):
     return out
 
 
+def make_llama_attn_bias():
+    """A Llama with attention_bias true (no reference case has one): llama.cpp's converter permutes
+    the q/k biases like the weights. Written into gguf/hf_llama_attn_bias/ as a Hugging Face
+    directory, then converted like the cases; test_gguf_load compares the two loads."""
+    import transformers
+
+    d = GGUF_DIR / "hf_llama_attn_bias"
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                                   num_key_value_heads=2, head_dim=8, num_hidden_layers=1, vocab_size=64,
+                                   max_position_embeddings=64, attention_bias=True, tie_word_embeddings=False)
+    torch.manual_seed(15)
+    m = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0.0, 0.3)
+    m.save_pretrained(str(d))
+    (d / "generation_config.json").unlink(missing_ok=True)  # not read by anyone
+    return d
+
+
 def main():
     GGUF_DIR.mkdir(exist_ok=True)
+    make_llama_attn_bias()
+    out = convert("hf_llama_attn_bias", GGUF_DIR)
+    print(f"{out.relative_to(HERE)}: {out.stat().st_size} bytes")
     for case in CONVERTED:
         out = convert(case)
         print(f"{out.relative_to(HERE)}: {out.stat().st_size} bytes")

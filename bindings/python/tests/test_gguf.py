@@ -13,7 +13,7 @@ import circuits
 from conftest import CASES_DIR
 
 # the conversions that keep the whole computation (tests/test_gguf_load.c lists the others)
-WHOLE = ["hf_llama_gqa", "hf_qwen2_bias", "hf_gemma", "hf_gptj", "hf_tiny_random_gpt2"]
+WHOLE = ["hf_llama_gqa", "hf_llama3_rope", "hf_qwen2_bias", "hf_gemma", "hf_gptj", "hf_tiny_random_gpt2"]
 
 
 @pytest.mark.parametrize("name", WHOLE)
