@@ -689,6 +689,8 @@ int main(int argc, char **argv)
         {"hf_neox", ST_F32, 2 + 2 * 6, true, true, true, NULL},
         {"hf_gptj", ST_F32, 2 + 2 * 6, false, true, true, NULL},
         {"hf_tiny_random_gpt2", ST_F32, 2 + 5 * 6, false, true, true, NULL}, /* fused attn_qkv: kept too */
+        {"hf_llama3_rope", ST_F32, 2 + 2 * 7, false, true, true, NULL},
+        {"hf_llama_attn_bias", ST_F32, -1, true, true, true, NULL}, /* permuted q/k with biases */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
     /* llama.cpp's quantizations of every family (tests/reference/generate_gguf.py): the block-32
