@@ -22,6 +22,10 @@
  * query that sees no key at all (left padding) gets a pattern row of zeros (TL's NaN -> 0). A
  * KV cache remembers the mask of the positions it holds. A mask of all ones is no mask.
  *
+ * Weights kept in their stored dtype (keep_stored_dtype, model/stored.h): every product with a
+ * weight matrix checks cx_stored once and then goes through cx_qmatmul (blocks dequantized on the
+ * fly, fp32 sums), the embedding through cx_qmat_row; the hooks see the same fp32 activations.
+ *
  * Parallelism: GEMMs, LayerNorm, activations and softmax split over the pool inside their
  * kernels; attention splits over (batch, head) pairs here. Hooks fire on the calling thread,
  * between parallel sections. */
