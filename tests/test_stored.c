@@ -597,6 +597,28 @@ static void catalogue(void)
     CALL_FAILS("stored_load_refactor", circuits_model_load(&out, dir, &o), CIRCUITS_E_UNSUPPORTED,
                "refactor_factored_attn_matrices = 0");
     CHECK(out == NULL, "refused loads leave no object");
+    /* read_into_memory: the kept matrices point into the files' copies, the same values */
+    circuits_load_options_init(&o);
+    o.fold_ln = o.center_writing_weights = o.center_unembed = o.fold_value_biases = 0;
+    o.keep_stored_dtype = o.read_into_memory = 1;
+    CHECK_OK(circuits_model_load(&out, dir, &o));
+    if (out) {
+        int32_t kept = -1;
+        CHECK_OK(circuits_model_weight_dtype(out, "blocks.1.mlp.W_out", &kept));
+        CHECK(kept == CIRCUITS_DTYPE_F16, "read_into_memory: W_out held as %d", kept);
+        circuits_context *ca = NULL, *cb = NULL;
+        CHECK_OK(circuits_context_create(&ca, m, NULL));
+        CHECK_OK(circuits_context_create(&cb, out, NULL));
+        const int32_t tok[5] = {3, 1, 4, 1, 5};
+        float la[5 * 64], lb[5 * 64];
+        CHECK_OK(circuits_context_forward(ca, tok, 1, 5, la, NULL, NULL));
+        CHECK_OK(circuits_context_forward(cb, tok, 1, 5, lb, NULL, NULL));
+        CHECK(memcmp(la, lb, sizeof la) == 0, "read_into_memory: logits differ from the mapped load's");
+        circuits_context_free(ca);
+        circuits_context_free(cb);
+        circuits_model_free(out);
+        out = NULL;
+    }
     circuits_model_free(m);
     /* center_writing_weights: an LN model (GPT-NeoX) */
     convert("hf_neox", ST_F16, dir, sizeof dir);
