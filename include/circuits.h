@@ -301,7 +301,9 @@ CIRCUITS_API int circuits_model_config(const circuits_model *model, circuits_con
 
 /* A read-only view of a weight by its TransformerLens state-dict name ("embed.W_E",
  * "blocks.0.attn.W_Q", "unembed.W_U", ...) with TL's shape. The view stays valid until the
- * model is freed; its data must not be written (it may be a read-only file mapping). */
+ * model is freed; its data must not be written (it may be a read-only file mapping). A weight
+ * kept in its stored dtype (keep_stored_dtype) has no fp32 view: CIRCUITS_E_DTYPE, with *out
+ * naming it and giving its shape (data NULL); read it with circuits_model_weight_read. */
 CIRCUITS_API int circuits_model_weight(const circuits_model *model, const char *name,
                                        circuits_tensor *out);
 /* Added in 0.6.0. The dtype a weight is held in (circuits_dtype): CIRCUITS_DTYPE_F32 unless the
@@ -313,7 +315,8 @@ CIRCUITS_API int circuits_model_weight_dtype(const circuits_model *model, const 
  * weights kept in their stored dtype). */
 CIRCUITS_API int circuits_model_weight_read(const circuits_model *model, const char *name, float *buf,
                                             size_t buf_len, circuits_tensor *out);
-/* Enumerates every weight: index in [0, circuits_model_weight_count()). */
+/* Enumerates every weight: index in [0, circuits_model_weight_count()); a kept weight as
+ * circuits_model_weight gives it (CIRCUITS_E_DTYPE, *out filled, data NULL). */
 CIRCUITS_API size_t circuits_model_weight_count(const circuits_model *model);
 CIRCUITS_API int circuits_model_weight_at(const circuits_model *model, size_t index,
                                           circuits_tensor *out);

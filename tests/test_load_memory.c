@@ -11,10 +11,12 @@
  *      truncated to 0 bytes and again after it was re-extended with zeros, logits and weights
  *      bit-identical to a mapped load of the untouched original; with processing too;
  *   3. a mapped load shows the file in /proc/self/maps, a read-into-memory load does not;
- *   4. options sizes: 0.2.0's (offsetof read_into_memory) and this one's are accepted, a size
- *      that cuts read_into_memory in two is refused.
+ *   4. options sizes: 0.2.0's (offsetof read_into_memory), 0.3.0's (offsetof keep_stored_dtype)
+ *      and this one's are accepted, a size that cuts a field in two is refused, and so is
+ *      keep_stored_dtype 2 (keep_stored_dtype's memory bound: test_stored_memory.c).
  * The child runs first, before this process has started any thread (a fork of a process with
  * a running thread pool would leave the child waiting for threads it does not have). */
+#include "model_dir.h"
 #include "testutil.h"
 
 #include <errno.h>
@@ -29,35 +31,17 @@
 #define BATCH 2
 #define POS 12
 
-static void die(const char *what)
-{
-    fprintf(stderr, "test_load_memory: %s: %s\n", what, strerror(errno));
-    exit(2);
-}
-
-static void copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-    if (!in || !out) die(from);
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-        if (fwrite(buf, 1, n, out) != n) die(to);
-    if (ferror(in) || fclose(out) != 0) die(to);
-    fclose(in);
-}
-
 /* A fresh directory DIR/name holding the model's config.json and model.safetensors. */
 static void copy_model(char *out, size_t cap, const char *tmp, const char *name, const char *model)
 {
     char from[4096], to[4096 + 64];
     snprintf(out, cap, "%s/%s", tmp, name);
-    if (mkdir(out, 0700) != 0) die(out);
+    if (mkdir(out, 0700) != 0) md_die(out);
     const char *files[] = {"config.json", "model.safetensors"};
     for (int i = 0; i < 2; i++) {
         snprintf(from, sizeof from, "%s/%s", model, files[i]);
         snprintf(to, sizeof to, "%s/%s", out, files[i]);
-        copy_file(from, to);
+        md_copy_file(from, to);
     }
 }
 
@@ -66,7 +50,7 @@ static void resize(const char *dir, off_t size)
     char path[4096 + 64];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     int fd = open(path, O_WRONLY);
-    if (fd < 0 || ftruncate(fd, size) != 0) die(path);
+    if (fd < 0 || ftruncate(fd, size) != 0) md_die(path);
     close(fd);
 }
 
@@ -89,7 +73,7 @@ static float *forward(const circuits_model *m)
     cfg.size = sizeof cfg;
     CHECK_OK(circuits_model_config(m, &cfg));
     float *logits = malloc(sizeof(float) * BATCH * POS * (size_t)cfg.d_vocab_out);
-    if (!logits) die("malloc");
+    if (!logits) md_die("malloc");
     circuits_context *ctx = NULL;
     CHECK_OK(circuits_context_create(&ctx, m, NULL));
     if (!ctx) {
@@ -160,7 +144,7 @@ static void sigbus_child(const char *tmp, const char *model)
     copy_model(dir, sizeof dir, tmp, "mapped", model);
     fflush(NULL);
     pid_t pid = fork();
-    if (pid < 0) die("fork");
+    if (pid < 0) md_die("fork");
     if (pid == 0) {
         alarm(120); /* a hang is a failure, not a stuck test */
         /* the default action, even where a sanitizer installed a handler of its own */
@@ -180,7 +164,7 @@ static void sigbus_child(const char *tmp, const char *model)
     }
     int st;
     while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR) die("waitpid");
+        if (errno != EINTR) md_die("waitpid");
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGBUS,
           "a forward of a mapped model whose file was truncated: child %s %d, want killed by SIGBUS (%d)",
           WIFSIGNALED(st) ? "killed by signal" : "exited with", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
@@ -218,20 +202,23 @@ done:
     circuits_model_free(ref);
 }
 
-/* 3 and 4. Mapped loads map; 0.2.0's options size is accepted, a size cutting a field is not. */
+/* 3 and 4. Mapped loads map; 0.2.0's and 0.3.0's options sizes are accepted, a size cutting a
+ * field is not. */
 static void sizes(const char *tmp, const char *model)
 {
     char dir[4096];
     copy_model(dir, sizeof dir, tmp, "sizes", model);
-    size_t v020 = offsetof(circuits_load_options, read_into_memory);
-    CHECK(v020 == 24 && sizeof(circuits_load_options) == 28, "layout: read_into_memory at %zu, size %zu", v020,
+    size_t v020 = offsetof(circuits_load_options, read_into_memory),
+           v030 = offsetof(circuits_load_options, keep_stored_dtype);
+    CHECK(v020 == 24 && v030 == 28 && sizeof(circuits_load_options) == 32,
+          "layout: read_into_memory at %zu, keep_stored_dtype at %zu, size %zu", v020, v030,
           sizeof(circuits_load_options));
 
     /* 0.2.0's struct, in a block of exactly its size: accepted, and the file is mapped */
     circuits_load_options o = opts(0, 0);
     o.size = (uint32_t)v020;
     unsigned char *old = malloc(v020);
-    if (!old) die("malloc");
+    if (!old) md_die("malloc");
     memcpy(old, &o, v020);
     circuits_model *m = NULL;
     CHECK_OK(circuits_model_load(&m, dir, (const circuits_load_options *)(void *)old));
@@ -251,18 +238,33 @@ static void sizes(const char *tmp, const char *model)
     CHECK_OK(circuits_model_load(&m, dir, &o));
     CHECK(m && mapped(dir) == 0, "a read_into_memory load maps %s", dir);
     circuits_model_free(m);
+    m = NULL;
+
+    /* 0.3.0's struct (read_into_memory, no keep_stored_dtype), in a block of exactly its size */
+    o = opts(0, 1);
+    o.size = (uint32_t)v030;
+    old = malloc(v030);
+    if (!old) md_die("malloc");
+    memcpy(old, &o, v030);
+    CHECK_OK(circuits_model_load(&m, dir, (const circuits_load_options *)(void *)old));
+    free(old);
+    CHECK(m && mapped(dir) == 0, "a load with 0.3.0's options and read_into_memory maps %s", dir);
+    circuits_model_free(m);
 
     /* sizes that are not the end of a published version */
-    const uint32_t bad[] = {0, 4, (uint32_t)v020 - 4, (uint32_t)v020 + 2, (uint32_t)sizeof o + 4};
+    const uint32_t bad[] = {0, 4, (uint32_t)v020 - 4, (uint32_t)v020 + 2, (uint32_t)v030 + 2, (uint32_t)sizeof o + 4};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         o = opts(0, 1);
         o.size = bad[i];
         m = (circuits_model *)(void *)&o;
-        CHECK_FAILS(circuits_model_load(&m, dir, &o), CIRCUITS_E_VERSION, "is not one this library knows (24 or 28)");
+        CHECK_FAILS(circuits_model_load(&m, dir, &o), CIRCUITS_E_VERSION, "is not one this library knows (24 or 28 or 32)");
         CHECK(m == NULL, "size %u: *out not NULL", bad[i]);
     }
     o = opts(0, 2);
     CHECK_FAILS(circuits_model_load(&m, dir, &o), CIRCUITS_E_INVALID_ARGUMENT, "read_into_memory 2 must be 0 or 1");
+    o = opts(0, 0);
+    o.keep_stored_dtype = 2;
+    CHECK_FAILS(circuits_model_load(&m, dir, &o), CIRCUITS_E_INVALID_ARGUMENT, "keep_stored_dtype 2 must be 0 or 1");
 }
 
 static void remove_tree(const char *tmp)
@@ -291,7 +293,7 @@ int main(int argc, char **argv)
     const char *base = getenv("TMPDIR");
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s/test_load_memory.XXXXXX", base && *base ? base : "/tmp");
-    if (!mkdtemp(tmp)) die("mkdtemp");
+    if (!mkdtemp(tmp)) md_die("mkdtemp");
 
     sigbus_child(tmp, model); /* first: no thread of this process exists yet */
     read_survives_truncation(tmp, model, 0);

@@ -6,6 +6,7 @@
 #include "factored.h"
 #include "kernels.h"
 #include "linalg.h"
+#include "stored.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -85,37 +86,35 @@ static int build(const circuits_model *m, int32_t layer, int32_t head, which w, 
         circuits_factored_free(f);
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
     }
-    for (int64_t i = 0; i < nl; i++)
-        for (int64_t j = 0; j < nh; j++) {
+    /* weights kept in their stored dtype (keep_stored_dtype) are read through their dequantized
+     * rows (model/stored.h): the same matrices */
+    const cx_qmat *qu = cx_stored(m, m->W_U);
+    for (int64_t i = 0; i < nl && !rc; i++)
+        for (int64_t j = 0; j < nh && !rc; j++) {
             const cx_layer_weights *L = &m->layers[l0 + i];
             int64_t h = h0 + j, k = i * nh + j;
             float *A = f->A + k * l * dh, *B = f->B + k * dh * r;
             bool ov = w == OV || w == FULL_OV;
-            cx_head_matrix(a, ov ? L->W_V : L->W_Q, ov ? cx_kv_head(L, h) : h, false); /* [D, dh] */
-            cx_head_matrix(b, ov ? L->W_O : L->W_K, ov ? h : cx_kv_head(L, h), !ov); /* W_O [dh, D] or W_K^T */
+            if ((rc = cx_head_matrix_of(m, a, ov ? L->W_V : L->W_Q, ov ? cx_kv_head(L, h) : h, false)) || /* [D, dh] */
+                (rc = cx_head_matrix_of(m, b, ov ? L->W_O : L->W_K, ov ? h : cx_kv_head(L, h), !ov))) /* W_O [dh, D] or W_K^T */
+                break;
             if (w == OV || w == QK) {
                 memcpy(A, a, (size_t)(D * dh) * sizeof *A);
                 memcpy(B, b, (size_t)(dh * D) * sizeof *B);
             } else if (w == FULL_OV) {
-                cx_weight_times(A, m->W_E, a, dh);            /* W_E W_V      [V, dh] */
-                times_weight(B, b, m->W_U, dh);            /* W_O W_U      [dh, V] */
+                rc = cx_weight_times_of(m, A, m->W_E, a, dh);          /* W_E W_V      [V, dh] */
+                if (qu) cx_qmatmul(B, Vo, b, D, dh, qu, 0, Vo, NULL, false); /* W_O W_U [dh, V] */
+                else times_weight(B, b, m->W_U, dh);
             } else {
                 const circuits_tensor *E = w == POS_QK ? m->W_pos : m->W_E;
-                cx_weight_times(A, E, a, dh);                 /* E W_Q        [V, dh] */
+                if ((rc = cx_weight_times_of(m, A, E, a, dh))) break; /* E W_Q        [V, dh] */
                 /* W_K^T E^T = (E W_K)^T */
                 float *t = cx_malloc((size_t)(l * dh) * sizeof *t);
                 float *wk = cx_malloc((size_t)(D * dh) * sizeof *wk);
-                if (!t || !wk) {
-                    cx_free(t);
-                    cx_free(wk);
-                    cx_free(a);
-                    cx_free(b);
-                    circuits_factored_free(f);
-                    return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
-                }
-                cx_head_matrix(wk, L->W_K, cx_kv_head(L, h), false);
-                cx_weight_times(t, E, wk, dh);
-                for (int64_t p = 0; p < l; p++)
+                if (!t || !wk) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
+                if (!rc) rc = cx_head_matrix_of(m, wk, L->W_K, cx_kv_head(L, h), false);
+                if (!rc) rc = cx_weight_times_of(m, t, E, wk, dh);
+                for (int64_t p = 0; p < l && !rc; p++)
                     for (int64_t q = 0; q < dh; q++) B[q * l + p] = t[p * dh + q];
                 cx_free(t);
                 cx_free(wk);
@@ -123,6 +122,10 @@ static int build(const circuits_model *m, int32_t layer, int32_t head, which w, 
         }
     cx_free(a);
     cx_free(b);
+    if (rc) {
+        circuits_factored_free(f);
+        return rc;
+    }
     *out = f;
     return CIRCUITS_OK;
 }
@@ -150,13 +153,17 @@ int circuits_model_pos_qk(const circuits_model *m, int32_t layer, int32_t head, 
 
 /* ---- composition circuits, virtual heads, virtual weights ---- */
 
-/* A [rows, D] = E (strided [rows, D]) copy; used for W_E and W_pos. */
-static int dense_weight(const circuits_tensor *W, float **out)
+/* A contiguous copy of a 2-D weight (W_E, W_pos, W_out, W_in, W_U; a kept one read back). */
+static int dense_weight(const circuits_model *m, const circuits_tensor *W, float **out)
 {
     int64_t R = W->shape[0], C = W->shape[1];
     float *d = cx_malloc((size_t)(R * C) * sizeof *d);
     if (!d) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
-    cx_weight_dense(d, W);
+    int rc = cx_weight_dense_of(m, d, W);
+    if (rc) {
+        cx_free(d);
+        return rc;
+    }
     *out = d;
     return CIRCUITS_OK;
 }
@@ -178,17 +185,16 @@ int circuits_model_composition_circuit(const circuits_model *m, int32_t mode, in
     size_t need = (size_t)(6 * D * dh + 2 * dh * dh + 2 * V * dh);
     float *buf = cx_malloc(need * sizeof *buf), *E = NULL;
     circuits_factored *f = NULL;
-    int rc = buf ? dense_weight(m->W_E, &E) : cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
+    int rc = buf ? dense_weight(m, m->W_E, &E) : cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a circuit");
     if (!rc) rc = cx_factored_alloc(&f, 1, V, dh, r);
-    if (!rc) {
-        float *VA = buf, *OA = VA + D * dh, *QB = OA + dh * D, *KB = QB + D * dh, *VB = KB + D * dh, *OB = VB + D * dh;
+    float *VA = buf, *OA = NULL, *QB = NULL, *KB = NULL, *VB = NULL, *OB = NULL;
+    if (!rc) OA = VA + D * dh, QB = OA + dh * D, KB = QB + D * dh, VB = KB + D * dh, OB = VB + D * dh;
+    if (!rc && !(rc = cx_head_matrix_of(m, VA, A->W_V, cx_kv_head(A, head_a), false)) &&
+        !(rc = cx_head_matrix_of(m, OA, A->W_O, head_a, false)) && !(rc = cx_head_matrix_of(m, QB, B->W_Q, head_b, false)) &&
+        !(rc = cx_head_matrix_of(m, KB, B->W_K, cx_kv_head(B, head_b), false)) &&
+        !(rc = cx_head_matrix_of(m, VB, B->W_V, cx_kv_head(B, head_b), false)) &&
+        !(rc = cx_head_matrix_of(m, OB, B->W_O, head_b, false))) {
         float *C1 = OB + dh * D, *C2 = C1 + dh * dh, *T = C2 + dh * dh, *T2 = T + V * dh;
-        cx_head_matrix(VA, A->W_V, cx_kv_head(A, head_a), false);
-        cx_head_matrix(OA, A->W_O, head_a, false);
-        cx_head_matrix(QB, B->W_Q, head_b, false);
-        cx_head_matrix(KB, B->W_K, cx_kv_head(B, head_b), false);
-        cx_head_matrix(VB, B->W_V, cx_kv_head(B, head_b), false);
-        cx_head_matrix(OB, B->W_O, head_b, false);
         cx_mm(T, E, false, VA, false, V, D, dh); /* T = W_E W_V^A [V, dh] */
         if (mode == CIRCUITS_COMPOSITION_K) {
             /* W_E W_Q^B . (W_E W_V^A W_O^A W_K^B)^T */
@@ -208,7 +214,9 @@ int circuits_model_composition_circuit(const circuits_model *m, int32_t mode, in
             /* (W_E W_V^A W_O^A W_V^B) . (W_O^B W_U) */
             cx_mm(C1, OA, false, VB, false, dh, D, dh);
             cx_mm(f->A, T, false, C1, false, V, dh, dh);
-            times_weight(f->B, OB, m->W_U, dh);
+            const cx_qmat *qu = cx_stored(m, m->W_U);
+            if (qu) cx_qmatmul(f->B, r, OB, D, dh, qu, 0, r, NULL, false);
+            else times_weight(f->B, OB, m->W_U, dh);
         }
         (void)C2;
     }
@@ -243,10 +251,14 @@ int circuits_model_virtual_ov(const circuits_model *m, int32_t layer_a, int32_t 
     }
     float *OA = buf, *VB = OA + dh * D, *OB = VB + D * dh, *C = OB + dh * D;
     /* OV^A OV^B = W_V^A . (W_O^A W_V^B W_O^B) */
-    cx_head_matrix(f->A, m->layers[layer_a].W_V, cx_kv_head(&m->layers[layer_a], head_a), false);
-    cx_head_matrix(OA, m->layers[layer_a].W_O, head_a, false);
-    cx_head_matrix(VB, m->layers[layer_b].W_V, cx_kv_head(&m->layers[layer_b], head_b), false);
-    cx_head_matrix(OB, m->layers[layer_b].W_O, head_b, false);
+    if ((rc = cx_head_matrix_of(m, f->A, m->layers[layer_a].W_V, cx_kv_head(&m->layers[layer_a], head_a), false)) ||
+        (rc = cx_head_matrix_of(m, OA, m->layers[layer_a].W_O, head_a, false)) ||
+        (rc = cx_head_matrix_of(m, VB, m->layers[layer_b].W_V, cx_kv_head(&m->layers[layer_b], head_b), false)) ||
+        (rc = cx_head_matrix_of(m, OB, m->layers[layer_b].W_O, head_b, false))) {
+        cx_free(buf);
+        circuits_factored_free(f);
+        return rc;
+    }
     cx_mm(C, OA, false, VB, false, dh, D, dh);
     cx_mm(f->B, C, false, OB, false, dh, dh, D);
     cx_free(buf);
@@ -273,12 +285,11 @@ static int writer_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
         *rows = c->d_head;
         *out = cx_malloc((size_t)(c->d_head * c->d_model) * sizeof **out);
         if (!*out) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory copying the writer's W_O");
-        cx_head_matrix(*out, m->layers[layer].W_O, head, false);
-        return CIRCUITS_OK;
+        return cx_head_matrix_of(m, *out, m->layers[layer].W_O, head, false); /* the caller frees *out */
     }
     if (!W) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "unknown writer kind %d", kind);
     *rows = W->shape[0];
-    return dense_weight(W, out);
+    return dense_weight(m, W, out);
 }
 
 /* The matrix through which a reader reads the residual stream, [D, cols]. */
@@ -289,7 +300,7 @@ static int reader_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
     if (kind == CIRCUITS_READER_UNEMBED) {
         const circuits_tensor *U = m->W_U;
         *cols = U->shape[1];
-        return dense_weight(U, out);
+        return dense_weight(m, U, out);
     }
     if (layer < 0 || layer >= c->n_layers) return cx_fail(CIRCUITS_E_RANGE, "reader layer %d out of range (model has %d)", layer,
                                                                c->n_layers);
@@ -298,7 +309,7 @@ static int reader_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
         if (c->attn_only)
             return cx_fail(CIRCUITS_E_UNSUPPORTED, "CIRCUITS_READER_MLP: the model is attention-only, it has no MLPs");
         *cols = c->d_mlp;
-        return dense_weight(L->W_in, out);
+        return dense_weight(m, L->W_in, out);
     }
     if (kind != CIRCUITS_READER_Q && kind != CIRCUITS_READER_K && kind != CIRCUITS_READER_V)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "unknown reader kind %d", kind);
@@ -306,9 +317,8 @@ static int reader_matrix(const circuits_model *m, int32_t kind, int32_t layer, i
     *cols = c->d_head;
     *out = cx_malloc((size_t)(D * c->d_head) * sizeof **out);
     if (!*out) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory copying the reader's weight");
-    cx_head_matrix(*out, kind == CIRCUITS_READER_Q ? L->W_Q : kind == CIRCUITS_READER_K ? L->W_K : L->W_V,
-                   kind == CIRCUITS_READER_Q ? head : cx_kv_head(L, head), false);
-    return CIRCUITS_OK;
+    return cx_head_matrix_of(m, *out, kind == CIRCUITS_READER_Q ? L->W_Q : kind == CIRCUITS_READER_K ? L->W_K : L->W_V,
+                             kind == CIRCUITS_READER_Q ? head : cx_kv_head(L, head), false); /* the caller frees *out */
 }
 
 int circuits_model_virtual_weights(const circuits_model *m, int32_t writer, int32_t writer_layer, int32_t writer_head,

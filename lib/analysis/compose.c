@@ -16,6 +16,7 @@
 #include "factored.h"
 #include "kernels.h"
 #include "linalg.h"
+#include "stored.h"
 #include "rng.h"
 
 #include <cblas.h>
@@ -37,37 +38,41 @@ static double frob2(const float *x, size_t n)
 static int64_t core_dim(int64_t D, int64_t dh) { return dh < D ? dh : D; }
 
 /* The reader block Q_B [D, k] of one head for a mode (k = core_dim). Scratch: 3 * D * dh. */
-static int reader_block(const cx_layer_weights *L, int64_t h, int mode, int64_t D, int64_t dh, float *Q, float *tmp)
+static int reader_block(const circuits_model *m, const cx_layer_weights *L, int64_t h, int mode, int64_t D, int64_t dh,
+                        float *Q, float *tmp)
 {
     float *X = tmp, *Y = tmp + D * dh, *R = tmp + 2 * D * dh; /* R [k, dh] */
     int64_t k = core_dim(D, dh);
     int rc;
     if (mode == CIRCUITS_COMPOSITION_V) {
         /* R^B = W_V W_O: W_O = L Qo (LQ) with L = R(W_O^T)^T, so Q_B = W_V L */
-        cx_head_matrix(X, L->W_V, cx_kv_head(L, h), false);
-        cx_head_matrix(Y, L->W_O, h, true); /* W_O^T [D, dh] */
-        if ((rc = cx_qr_r(Y, D, dh, dh, R))) return rc;
+        if ((rc = cx_head_matrix_of(m, X, L->W_V, cx_kv_head(L, h), false)) ||
+            (rc = cx_head_matrix_of(m, Y, L->W_O, h, true)) || /* W_O^T [D, dh] */
+            (rc = cx_qr_r(Y, D, dh, dh, R)))
+            return rc;
         cx_mm(Q, X, false, R, true, D, dh, k);
     } else {
         /* Q: W_Q W_K^T -> W_Q R_K^T; K: W_K W_Q^T -> W_K R_Q^T */
         bool q = mode == CIRCUITS_COMPOSITION_Q;
-        cx_head_matrix(X, q ? L->W_Q : L->W_K, q ? h : cx_kv_head(L, h), false);
-        cx_head_matrix(Y, q ? L->W_K : L->W_Q, q ? cx_kv_head(L, h) : h, false);
-        if ((rc = cx_qr_r(Y, D, dh, dh, R))) return rc;
+        if ((rc = cx_head_matrix_of(m, X, q ? L->W_Q : L->W_K, q ? h : cx_kv_head(L, h), false)) ||
+            (rc = cx_head_matrix_of(m, Y, q ? L->W_K : L->W_Q, q ? cx_kv_head(L, h) : h, false)) ||
+            (rc = cx_qr_r(Y, D, dh, dh, R)))
+            return rc;
         cx_mm(Q, X, false, R, true, D, dh, k);
     }
     return CIRCUITS_OK;
 }
 
 /* The writer block P_A = R(W_V) W_O [k, D] of one head (k = core_dim). Scratch: 2 * D * dh + k * dh. */
-static int writer_block(const cx_layer_weights *L, int64_t h, int64_t D, int64_t dh, float *P, float *tmp)
+static int writer_block(const circuits_model *m, const cx_layer_weights *L, int64_t h, int64_t D, int64_t dh, float *P,
+                        float *tmp)
 {
     int64_t k = core_dim(D, dh);
     float *X = tmp, *R = tmp + D * dh, *O = tmp + D * dh + k * dh; /* R [k, dh] */
-    cx_head_matrix(X, L->W_V, cx_kv_head(L, h), false);
-    int rc = cx_qr_r(X, D, dh, dh, R);
-    if (rc) return rc;
-    cx_head_matrix(O, L->W_O, h, false);
+    int rc;
+    if ((rc = cx_head_matrix_of(m, X, L->W_V, cx_kv_head(L, h), false)) || (rc = cx_qr_r(X, D, dh, dh, R)) ||
+        (rc = cx_head_matrix_of(m, O, L->W_O, h, false)))
+        return rc;
     cx_mm(P, R, false, O, false, k, dh, D);
     return CIRCUITS_OK;
 }
@@ -115,7 +120,7 @@ static int all_readers(const circuits_model *m, int mode, float *Qall, double *n
     float *Q = cx_malloc((size_t)(D * kc) * sizeof *Q), *tmp = cx_malloc((size_t)(3 * D * dh) * sizeof *tmp);
     int rc = (!Q || !tmp) ? OOM() : CIRCUITS_OK;
     for (int64_t k = 0; k < LH && !rc; k++) {
-        if ((rc = reader_block(&m->layers[k / c->n_heads], k % c->n_heads, mode, D, dh, Q, tmp))) break;
+        if ((rc = reader_block(m, &m->layers[k / c->n_heads], k % c->n_heads, mode, D, dh, Q, tmp))) break;
         nQ[k] = sqrt(frob2(Q, (size_t)(D * kc)));
         for (int64_t i = 0; i < D; i++) memcpy(Qall + i * LH * kc + k * kc, Q + i * kc, (size_t)kc * sizeof *Q);
     }
@@ -137,7 +142,7 @@ int circuits_model_composition_scores(const circuits_model *m, int32_t mode, flo
     double *nP = cx_malloc((size_t)LH * sizeof *nP), *nQ = cx_malloc((size_t)LH * sizeof *nQ);
     if (!P || !Q || !tmp || !nP || !nQ) rc = OOM();
     for (int64_t k = 0; k < LH && !rc; k++) {
-        rc = writer_block(&m->layers[k / H], k % H, D, dh, P + k * kc * D, tmp);
+        if ((rc = writer_block(m, &m->layers[k / H], k % H, D, dh, P + k * kc * D, tmp))) break;
         nP[k] = sqrt(frob2(P + k * kc * D, (size_t)(kc * D)));
     }
     if (!rc) rc = all_readers(m, mode, Q, nQ);
@@ -173,8 +178,7 @@ int circuits_model_mlp_composition_scores(const circuits_model *m, int32_t mode,
     if (!P || !W || !Q || !nQ) rc = OOM();
     if (!rc) rc = all_readers(m, mode, Q, nQ);
     for (int64_t la = 0; la + 1 < L && !rc; la++) {
-        const circuits_tensor *Wo = m->layers[la].W_out;
-        cx_weight_dense(W, Wo);
+        if ((rc = cx_weight_dense_of(m, W, m->layers[la].W_out))) break;
         if (M >= D) {
             if ((rc = cx_qr_r(W, M, D, D, P))) break;
         } else {
@@ -285,19 +289,24 @@ int circuits_model_copying_scores(const circuits_model *m, int32_t full, float *
         /* G = W_U W_E [D, D]: then B·A of the full OV circuit is W_O G W_V */
         const circuits_tensor *U = m->W_U, *E = m->W_E;
         int64_t V = c->d_vocab;
-        float *Ec = cx_malloc((size_t)(V * D) * sizeof *Ec);
+        float *Ec = cx_malloc((size_t)(V * D) * sizeof *Ec), *Uc = NULL;
         G = cx_malloc((size_t)(D * D) * sizeof *G);
         if (!Ec || !G) rc = OOM();
-        else {
-            cx_weight_dense(Ec, E);
+        if (!rc) rc = cx_weight_dense_of(m, Ec, E);
+        if (!rc && cx_stored(m, U)) { /* kept in its stored dtype: read back [D, V] */
+            if (!(Uc = cx_malloc((size_t)(D * c->d_vocab_out) * sizeof *Uc))) rc = OOM();
+            if (!rc && !(rc = cx_weight_dense_of(m, Uc, U))) cx_mm(G, Uc, false, Ec, false, D, V, D);
+        } else if (!rc) {
             cx_weight_times(G, U, Ec, D);
         }
         cx_free(Ec);
+        cx_free(Uc);
     }
     for (int64_t k = 0; k < L * H && !rc; k++) {
         const cx_layer_weights *Lw = &m->layers[k / H];
-        cx_head_matrix(Wv, Lw->W_V, cx_kv_head(Lw, k % H), false);
-        cx_head_matrix(Wo, Lw->W_O, k % H, false);
+        if ((rc = cx_head_matrix_of(m, Wv, Lw->W_V, cx_kv_head(Lw, k % H), false)) ||
+            (rc = cx_head_matrix_of(m, Wo, Lw->W_O, k % H, false)))
+            break;
         if (full) {
             cx_mm(T, Wo, false, G, false, dh, D, D);
             cx_mm(BA, T, false, Wv, false, dh, D, dh);

@@ -6,6 +6,7 @@
  * (count, label, fill) by one enumerator, so the three can never disagree. */
 #include "internal.h"
 #include "kernels.h"
+#include "stored.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -41,6 +42,10 @@ typedef struct rs {
     int64_t *pos;        /* [P] resolved positions (owned) */
     bool ln_mlp_input;   /* apply_ln reads ln2: the kinds whose TL method passes mlp_input */
     bool ln_recompute;   /* apply_ln at n_layers through ln_final (accumulated_resid) */
+    /* keep_stored_dtype: the kept weight (a layer's W_O or W_out) last read back, in wbuf */
+    const circuits_tensor *wbuf_of;
+    float *wbuf;
+    size_t wbuf_cap;
 } rs;
 
 void circuits_resid_options_init(circuits_resid_options *o)
@@ -145,7 +150,37 @@ static int rs_begin(rs *r, const char *fn, const circuits_model *m, const circui
     return CIRCUITS_OK;
 }
 
-static void rs_end(rs *r) { cx_free(r->pos); }
+static void rs_end(rs *r)
+{
+    cx_free(r->pos);
+    cx_free(r->wbuf);
+}
+
+/* *view = weight W as an fp32 view: W itself, or (kept in its stored dtype) its copy read back
+ * into r->wbuf, once while the components of one layer are visited. */
+static int weight_view(rs *r, const circuits_tensor *W, circuits_tensor *view)
+{
+    *view = *W;
+    if (!cx_stored(r->m, W)) return CIRCUITS_OK;
+    if (r->wbuf_of != W) {
+        size_t n = 1;
+        for (int i = 0; i < W->ndim; i++) n *= (size_t)W->shape[i];
+        if (n > r->wbuf_cap) {
+            float *p = cx_malloc(n * sizeof *p);
+            if (!p) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory reading '%s'", r->fn, W->name);
+            cx_free(r->wbuf);
+            r->wbuf = p;
+            r->wbuf_cap = n;
+        }
+        r->wbuf_of = NULL;
+        int rc = cx_qmat_read_weight(r->m, (size_t)(W - r->m->weights), r->wbuf);
+        if (rc) return rc;
+        r->wbuf_of = W;
+    }
+    view->data = r->wbuf;
+    cx_contiguous_strides(W->ndim, W->shape, view->strides);
+    return CIRCUITS_OK;
+}
 
 /* ---- the components, in TransformerLens's order ---- */
 
@@ -296,7 +331,7 @@ static int fill_entry(const rs *r, const char *name, float *dst)
     return CIRCUITS_OK;
 }
 
-static int fill_head(const rs *r, int32_t l, int64_t h, float *dst, float *zrows)
+static int fill_head(rs *r, int32_t l, int64_t h, float *dst, float *zrows)
 {
     const int64_t H = r->c->n_heads, D = r->D, BP = r->B * r->P;
     char name[64];
@@ -315,9 +350,10 @@ static int fill_head(const rs *r, int32_t l, int64_t h, float *dst, float *zrows
     circuits_clear_error();
     /* compute_head_results: z [.., h, d_head] @ W_O[h] [d_head, d_model] */
     snprintf(name, sizeof name, "blocks.%d.attn.hook_z", l);
+    circuits_tensor wo;
     int rc = get_entry(r, name, -1, &t);
-    if (rc) return rc;
-    const circuits_tensor *W_O = r->m->layers[l].W_O;
+    if (rc || (rc = weight_view(r, r->m->layers[l].W_O, &wo))) return rc;
+    const circuits_tensor *W_O = &wo;
     const int64_t dh = W_O->shape[1];
     if (t.ndim != 4 || t.shape[2] != H || t.shape[3] != dh)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: the cached '%s' is not [batch, pos, n_heads, d_head]", r->fn, name);
@@ -328,15 +364,16 @@ static int fill_head(const rs *r, int32_t l, int64_t h, float *dst, float *zrows
     return CIRCUITS_OK;
 }
 
-static int fill_neuron(const rs *r, int32_t l, int64_t q, float *dst)
+static int fill_neuron(rs *r, int32_t l, int64_t q, float *dst)
 {
     const int64_t D = r->D, dm = r->c->d_mlp;
     char name[64];
     circuits_tensor t;
     snprintf(name, sizeof name, "blocks.%d.mlp.hook_post", l);
+    circuits_tensor wout;
     int rc = get_entry(r, name, dm, &t);
-    if (rc) return rc;
-    const circuits_tensor *W = r->m->layers[l].W_out;
+    if (rc || (rc = weight_view(r, r->m->layers[l].W_out, &wout))) return rc;
+    const circuits_tensor *W = &wout;
     const float *w = W->data + q * W->strides[0];
     for (int64_t b = 0; b < r->B; b++)
         for (int64_t p = 0; p < r->P; p++) {
@@ -600,8 +637,10 @@ int circuits_model_residual_directions(const circuits_model *m, const int32_t *t
         if (tokens[i] < 0 || tokens[i] >= V)
             return cx_fail(CIRCUITS_E_RANGE, "circuits_model_residual_directions: token %d is outside d_vocab_out = %lld",
                            tokens[i], (long long)V);
+    const cx_qmat *q = cx_stored(m, W); /* a stored W_U's row t is W_U[:, t] */
     for (int64_t i = 0; i < n; i++)
-        for (int64_t d = 0; d < D; d++) out[i * D + d] = W->data[d * W->strides[0] + tokens[i] * W->strides[1]];
+        if (q) cx_qmat_row(q, tokens[i], out + i * D);
+        else for (int64_t d = 0; d < D; d++) out[i * D + d] = W->data[d * W->strides[0] + tokens[i] * W->strides[1]];
     return CIRCUITS_OK;
 }
 
@@ -702,9 +741,8 @@ int circuits_logit_lens(const circuits_model *m, const circuits_cache *cache, co
     if (!rc) rc = scratch_stack(&r, &stack, &n);
     if (!rc) rc = ln_stack(&r, stack, n, NULL, r.B, r.c->n_layers, false, true);
     if (!rc && n * r.B * r.P > 0) {
-        const circuits_tensor *W = m->W_U;
         const float *bias = r.o.unembed_bias && m->b_U ? m->b_U->data : NULL;
-        cx_matmul(out, V, stack, r.D, n * r.B * r.P, r.D, V, W->data, W->strides[0], W->strides[1], bias, false);
+        cx_weight_linear(m, out, V, stack, r.D, n * r.B * r.P, m->W_U, bias);
     }
     cx_free(stack);
     rs_end(&r);

@@ -8,6 +8,7 @@
 #include "factored.h"
 #include "linalg.h"
 #include "rope.h"
+#include "stored.h"
 
 #include <math.h>
 #include <string.h>
@@ -43,9 +44,14 @@ int circuits_model_rotary_qk(const circuits_model *m, int32_t layer, int32_t hea
     circuits_config unscaled = *c;
     if (cx_rope_layer_unscaled(c, layer)) unscaled.rope_scaling = CIRCUITS_ROPE_NONE;
     cx_rope_inv_freq(&unscaled, inv);
-    /* offset 0 holds W_Q unrotated and W_K^T; every other offset starts from those copies */
-    cx_head_matrix(f->A, L->W_Q, head, false);                /* [D, dh] */
-    cx_head_matrix(f->B, L->W_K, cx_kv_head(L, head), true);  /* W_K^T [dh, D] */
+    /* offset 0 holds W_Q unrotated and W_K^T; every other offset starts from those copies (kept
+     * stored weights: read through their dequantized rows) */
+    if ((rc = cx_head_matrix_of(m, f->A, L->W_Q, head, false)) ||               /* [D, dh] */
+        (rc = cx_head_matrix_of(m, f->B, L->W_K, cx_kv_head(L, head), true))) { /* W_K^T [dh, D] */
+        cx_free(inv);
+        circuits_factored_free(f);
+        return rc;
+    }
     for (int64_t d = 1; d < n_offsets; d++) {
         float *A = f->A + d * D * dh;
         memcpy(A, f->A, (size_t)(D * dh) * sizeof *A);

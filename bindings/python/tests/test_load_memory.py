@@ -43,9 +43,10 @@ def mapped(d) -> bool:
 
 
 def test_load_options_layout():
-    # appended at the end; 0.2.0's struct ends where it begins
+    # appended at the end; 0.2.0's struct ends where read_into_memory begins, 0.3.0's where
+    # keep_stored_dtype (0.6.0) begins
     assert N.LoadOptions.read_into_memory.offset == 24
-    assert N.LoadOptions.keep_stored_dtype.offset == 28  # 0.6.0
+    assert N.LoadOptions.keep_stored_dtype.offset == 28
     assert ctypes.sizeof(N.LoadOptions) == 32
 
 
