@@ -1210,7 +1210,8 @@ typedef struct circuits_diff_entry {
     double max_abs;         /* max |a - b| */
     double cosine;          /* <a, b> / (||a||_F ||b||_F) over the flattened tensors (1 if both
                              * are 0, 0 if one is) */
-    double norm_a, norm_b;  /* ||a||_F, ||b||_F */
+    double norm_a;          /* ||a||_F */
+    double norm_b;          /* ||b||_F */
 } circuits_diff_entry;
 
 /* Entries in firing order, the logits last. */

@@ -117,5 +117,6 @@ int cmd_cache(int argc, char **argv);
 int cmd_heads(int argc, char **argv);
 int cmd_compose(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_diff(int argc, char **argv);
 
 #endif

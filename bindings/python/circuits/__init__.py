@@ -46,6 +46,7 @@ from .model import Config, HookedTransformer, HookHandle, HookPoint, HookViewWar
 from .tokenizer import Tokenizer
 from . import evals, utils  # noqa: E402  (TransformerLens's evals and utils modules)
 from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens's patching module
+from .diff import DiffResult, diff  # noqa: E402 -- comparing two models (docs/quantization.md)
 
 __version__ = "0.6.0"
 
@@ -95,6 +96,8 @@ __all__ = [
     "detect_head",
     "repeated_tokens",
     "composition_baseline",
+    "diff",
+    "DiffResult",
     "library_version",
     "set_num_threads",
     "get_num_threads",
