@@ -1124,6 +1124,35 @@ same(a.diff(a, TOK).by_layer()[1], np.zeros_like(grid))
 ok()
 ''')
 
+PROBES["size_dequantize"] = ("size", '''
+# circuits.dequantize sizes its output itself from n and checks n against the bytes in C: no
+# byte count or value count a caller passes can make the library read or write past a buffer.
+from circuits import quant
+raw = np.arange(144 * 3, dtype=np.uint16).astype(np.uint8)            # three Q4_K blocks
+want = circuits.dequantize("Q4_K", raw)
+assert want.shape == (768,)
+same(circuits.dequantize("Q4_K", raw.reshape(3, 144)[:, :].T.copy().T), want)  # any layout: its bytes, C order
+same(circuits.dequantize("Q4_K", raw[::-1][::-1]), want)
+same(circuits.dequantize("Q4_K", memoryview(raw.tobytes())), want)
+strided = np.zeros(2 * raw.size, np.uint8)
+strided[::2] = raw
+same(circuits.dequantize("Q4_K", strided[::2]), want)                 # non-contiguous: copied first
+for n in (0, 255, 257, 512, 1024, 2**40):
+    refused(lambda: circuits.dequantize("Q4_K", raw, n), circuits.ShapeError)
+refused(lambda: circuits.dequantize("Q4_K", raw, -1), ValueError)
+refused(lambda: circuits.dequantize("Q4_K", raw[:-1]), circuits.ShapeError)  # a partial block
+refused(lambda: circuits.dequantize(2**31, raw), Exception)           # ctypes refuses the int
+refused(lambda: circuits.dequantize(99, raw), circuits.DtypeError)
+# the raw C call: NULL buffers with n > 0 are refused, wrong sizes too
+out = np.empty(256, np.float32)
+assert N.lib.circuits_dequantize(N.CIRCUITS_DTYPE_Q4_K, None, 144, out, 256) == N.CIRCUITS_E_INVALID_ARGUMENT
+assert N.lib.circuits_dequantize(N.CIRCUITS_DTYPE_Q4_K, raw.ctypes.data, 143, out, 256) == N.CIRCUITS_E_SHAPE
+refused(lambda: N.lib.circuits_dequantize(N.CIRCUITS_DTYPE_Q4_K, raw.ctypes.data, 144, np.empty(256), 256),
+        Exception)                                                    # float64 out: ndpointer refuses it
+_c_read(want)
+ok()
+''')
+
 # ---------------------------------------------------------------------------------------------
 # The audit (issue 12): every bound C function, and where a size or a pointer crosses ctypes
 # through it, the probes that pin down the two classes of defect — a size the caller could
@@ -1297,4 +1326,7 @@ AUDIT = {
     "circuits_diff_count": ["size_model_diff"],
     "circuits_diff_at": ["size_model_diff"],
     "circuits_diff_free": ["size_model_diff"],
+    "circuits_dtype_name": _SCALAR,
+    "circuits_dtype_block": "two scalars written through ctypes.byref of the binding's own c_int64 / c_size_t",
+    "circuits_dequantize": ["size_dequantize"],
 }

@@ -1,0 +1,26 @@
+/* The vector kernels of the products with stored weights (run/qmatmul.c): x86-64 AVX2 + FMA +
+ * F16C, compiled with target attributes and used only when the CPU has them (checked once at
+ * run time); every other machine takes the portable path of qmatmul.c. The dequantized values
+ * are the same as cx_dequantize_row's (the same fp32 operations in the same order, without
+ * contraction); dot products accumulate in fp32 with FMA. Files: run/qkernels_x86.c. */
+#ifndef CIRCUITS_QKERNELS_H
+#define CIRCUITS_QKERNELS_H
+
+#include "quant.h"
+
+/* Values dequantized at once by the kernels: a chunk of a row (one K-quant block, eight 32-value
+ * blocks, or 256 F16 / BF16 / F32 values). */
+enum { CX_QCHUNK = 256 };
+
+/* True when this CPU runs the kernels below (AVX2, FMA, F16C). */
+bool cx_qk_available(void);
+
+/* dst[len] = values k0 .. k0+len-1 of a stored row of dt (k0 and len multiples of dt's block;
+ * len <= CX_QCHUNK for the dot, any for tiles). Only when cx_qk_available(). */
+void cx_qk_dequantize(cx_dtype dt, const uint8_t *row, int64_t k0, int64_t len, float *dst);
+
+/* sums[m] = sum_k x[m * ldx + k] * W[k] over the K values of one stored row, m < M <= 4, fp32
+ * accumulation (the row dequantized chunk by chunk into L1). Only when cx_qk_available(). */
+void cx_qk_dot_rows(cx_dtype dt, const uint8_t *row, int64_t K, const float *x, int64_t ldx, int M, float *sums);
+
+#endif
