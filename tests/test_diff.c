@@ -1,7 +1,8 @@
 /* Comparing two models (lib/analysis/diff.c): a model against itself and against a copy of its
  * weights is exactly equal at every hook point; against a copy with one weight of layer 1's MLP
  * changed it is equal up to blocks.1.mlp.hook_pre and differs from there on; every measure is
- * the one computed directly from two run_with_cache caches; the hook filter, the logits entry and
+ * the one computed directly from two run_with_cache caches; a Hugging Face directory and its GGUF
+ * conversion compare equal; the hook filter, the logits entry and
  * the attention mask; and the refusals (named checks: docs/errors.md, "Comparing two models").
  * Usage: test_diff CASES_DIR [-v] */
 #define TESTUTIL_API_HELPERS
@@ -204,6 +205,41 @@ int main(int argc, char **argv)
     check_equal(d, "a vs copy");
     check_direct(d, a, copy, tok, NULL);
     circuits_diff_free(d);
+
+    /* a Hugging Face directory against its GGUF conversion by llama.cpp's converter: the same
+     * model; processed (contiguous weights in both) exactly equal at every point */
+    {
+        char dir[600], gguf[640];
+        snprintf(dir, sizeof dir, "%s/hf_tiny_random_gpt2", argv[1]);
+        snprintf(gguf, sizeof gguf, "%s/model.f32.gguf", dir);
+        circuits_model *hf = NULL, *gg = NULL;
+        CHECK_OK(circuits_model_load(&hf, dir, NULL));
+        CHECK_OK(circuits_model_load(&gg, gguf, NULL));
+        int32_t t5[B * T];
+        for (int i = 0; i < B * T; i++) t5[i] = (i * 131 + 7) % 1000;
+        circuits_diff *dg = NULL;
+        if (hf && gg) CHECK_OK(circuits_model_diff(hf, gg, t5, B, T, NULL, &dg));
+        if (dg) check_equal(dg, "directory vs GGUF");
+        CHECK(circuits_diff_count(dg) == 5 * 17 + 7, "%zu entries", circuits_diff_count(dg));
+        circuits_diff_free(dg);
+        circuits_model_free(hf);
+        circuits_model_free(gg);
+        hf = load_plain(dir);
+        gg = load_plain(gguf);
+        dg = NULL;
+        if (hf && gg) CHECK_OK(circuits_model_diff(hf, gg, t5, B, T, NULL, &dg));
+        /* unprocessed, the GPT-2 directory's weights are used in place as strided views of its
+         * Conv1D layout and the GGUF file's as [out, in]: the same numbers through products of
+         * another layout, equal to fp32 rounding */
+        for (size_t i = 0; dg && i < circuits_diff_count(dg); i++) {
+            circuits_diff_entry e = entry_at(dg, i);
+            CHECK(e.rel_error < 1e-6 && e.cosine > 1 - 1e-12, "directory vs GGUF, unprocessed: %s rel %g", e.name,
+                  e.rel_error);
+        }
+        circuits_diff_free(dg);
+        circuits_model_free(hf);
+        circuits_model_free(gg);
+    }
 
     /* one weight of layer 1's MLP changed: equal before blocks.1.mlp.hook_pre, different from it on */
     d = diff_of(a, pert, tok, NULL);
