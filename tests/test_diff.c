@@ -211,7 +211,7 @@ int main(int argc, char **argv)
     {
         char dir[600], gguf[640];
         snprintf(dir, sizeof dir, "%s/hf_tiny_random_gpt2", argv[1]);
-        snprintf(gguf, sizeof gguf, "%s/model.f32.gguf", dir);
+        snprintf(gguf, sizeof gguf, "%s/../gguf/hf_tiny_random_gpt2.f32.gguf", argv[1]);
         circuits_model *hf = NULL, *gg = NULL;
         CHECK_OK(circuits_model_load(&hf, dir, NULL));
         CHECK_OK(circuits_model_load(&gg, gguf, NULL));

@@ -66,7 +66,7 @@ def main():
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**CONFIG)).eval()
     model.save_pretrained(tmp / "model")
-    g.CASES = tmp
+    g.CASES = g.GGUF_DIR = tmp
     f32 = g.convert("model")
     files = {"F32": f32}
     for q in QUANTS:
