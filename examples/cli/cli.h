@@ -96,6 +96,13 @@ void progress_end(progress *p);
 /* Registers a hook on every blocks.*.hook_resid_post that advances p by one per layer run. */
 int progress_hook_layers(circuits_context *ctx, progress *p);
 
+/* ---- pictures (util.c; built with cairo only) ---- */
+#ifdef CIRCUITS_CLI_CAIRO
+/* Frees cairo's and fontconfig's process-wide font caches, so that leak checkers (valgrind,
+ * LeakSanitizer) see a clean exit. Only after the last drawing. */
+void cli_release_fonts(void);
+#endif
+
 /* ---- tensor files (tensor_io.c) ---- */
 typedef struct named_tensor {
     const char *name;

@@ -213,7 +213,9 @@ int cmd_diff(int argc, char **argv)
     if (png) {
         char title[512];
         snprintf(title, sizeof title, "%s vs %s", c.model, model_b);
-        if ((rc = draw(png, title, &k, rel, L, hooks != NULL))) {
+        rc = draw(png, title, &k, rel, L, hooks != NULL);
+        cli_release_fonts();
+        if (rc) {
             free(e);
             goto done;
         }

@@ -11,7 +11,24 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef CIRCUITS_CLI_CAIRO
+#include <cairo.h>
+#ifdef CIRCUITS_CLI_FONTCONFIG
+#include <fontconfig/fontconfig.h>
+#endif
+#endif
+
 const char *cli_cmd = NULL;
+
+#ifdef CIRCUITS_CLI_CAIRO
+void cli_release_fonts(void)
+{
+    cairo_debug_reset_static_data();
+#ifdef CIRCUITS_CLI_FONTCONFIG
+    FcFini();
+#endif
+}
+#endif
 
 static void vmessage(const char *fmt, va_list ap)
 {
