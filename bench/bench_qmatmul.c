@@ -1,14 +1,17 @@
 /* Products with weights kept in a stored dtype (lib/run/qmatmul.c) against the fp32 product of
  * the same weights dequantized (cx_matmul: the pool's split single-threaded sgemms), on
  * Llama-7B-like shapes: out[M, N] = in[M, K] @ W[N, K]^T with K = 4096, N = 4096 and 11008.
- *   bench_qmatmul THREADS REPS [DTYPE ...] [-M m1,m2,...] [-N n1,n2,...]
+ *   bench_qmatmul THREADS REPS [DTYPE ...] [-M m1,m2,...] [-N n1,n2,...] [-copies C]
  * DTYPE: names as circuits_dtype_name gives them (default Q4_K Q8_0 F16 BF16); M default
  * 1,128,512. The two products of a shape alternate within each repetition (the machine is
  * shared: both see the same load), and each time is the median over REPS after a warm-up.
  * Prints one line per dtype, N and M: ms of the stored-dtype product, ms of fp32 sgemm, their
  * ratio, the same for the fastest repetition of each (robust on a loaded machine: other work
  * only adds time), and the largest difference between the two relative to sum |x w| (they must agree to fp32
- * rounding). Not a test: bench/README.md records its numbers. */
+ * rounding). -copies C: the stored-dtype product cycles through C copies of W (each its own
+ * memory), so that with C copies larger than the last-level cache every product reads its
+ * weights from DRAM as generation does (a model's layers are read once per token); the time
+ * is per product. Not a test: bench/README.md records its numbers. */
 #include "bench_util.h"
 
 #include <math.h>
@@ -75,12 +78,13 @@ int main(int argc, char **argv)
     }
     int threads = atoi(argv[1]), reps = atoi(argv[2]);
     const char *names[16];
-    int n_names = 0, n_m = 3, n_n = 2;
+    int n_names = 0, n_m = 3, n_n = 2, copies = 1;
     int64_t Ms[16] = {1, 128, 512}, Ns[16] = {4096, 11008};
     const int64_t K = 4096;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "-M") == 0 && i + 1 < argc) parse_list(argv[++i], Ms, &n_m);
         else if (strcmp(argv[i], "-N") == 0 && i + 1 < argc) parse_list(argv[++i], Ns, &n_n);
+        else if (strcmp(argv[i], "-copies") == 0 && i + 1 < argc) copies = atoi(argv[++i]) > 0 ? atoi(argv[i]) : 1;
         else if (n_names < 16) names[n_names++] = argv[i];
     }
     if (!n_names) {
@@ -88,7 +92,8 @@ int main(int argc, char **argv)
         for (int i = 0; i < 4; i++) names[n_names++] = def[i];
     }
     circuits_set_num_threads(threads);
-    printf("# bench_qmatmul: %d threads, K = %lld, median of %d\n", circuits_get_num_threads(), (long long)K, reps);
+    printf("# bench_qmatmul: %d threads, K = %lld, median of %d, %d copies of W\n", circuits_get_num_threads(),
+           (long long)K, reps, copies);
     printf("%-5s %6s %4s %10s %10s %6s %10s %10s %6s %9s\n", "dtype", "N", "M", "q ms", "f32 ms", "ratio", "q min",
            "f32 min", "ratio", "max err");
     int64_t maxM = 0;
@@ -108,9 +113,10 @@ int main(int argc, char **argv)
             int64_t N = Ns[ni];
             size_t row_bytes;
             cx_dtype_row_bytes(dt, K, &row_bytes);
-            uint8_t *data = malloc((size_t)N * row_bytes);
+            uint8_t *data = malloc((size_t)N * row_bytes * (size_t)copies);
             float *Wf = malloc((size_t)(N * K) * sizeof *Wf);
             fill_matrix(dt, data, (size_t)N * row_bytes);
+            for (int c = 1; c < copies; c++) memcpy(data + (size_t)c * N * row_bytes, data, (size_t)N * row_bytes);
             circuits_dequantize(pub, data, (size_t)N * row_bytes, Wf, (size_t)(N * K));
             cx_qmat W = {.dtype = dt, .rows = N, .cols = K, .data = data, .row_bytes = row_bytes, .row_map = NULL};
             for (int mi = 0; mi < n_m; mi++) {
@@ -119,11 +125,15 @@ int main(int argc, char **argv)
                 double *tq = malloc((size_t)reps * sizeof *tq), *tf = malloc((size_t)reps * sizeof *tf);
                 for (int r = -1; r < reps; r++) {
                     double t0 = bench_now_ms();
-                    cx_qmatmul(oq, N, in, K, M, &W, 0, N, NULL, false);
+                    for (int c = 0; c < copies; c++) {
+                        cx_qmat Wc = W;
+                        Wc.data = data + (size_t)c * N * row_bytes;
+                        cx_qmatmul(oq, N, in, K, M, &Wc, 0, N, NULL, false);
+                    }
                     double t1 = bench_now_ms();
                     cx_matmul(of, N, in, K, M, K, N, Wf, 1, K, NULL, false);
                     double t2 = bench_now_ms();
-                    if (r >= 0) tq[r] = t1 - t0, tf[r] = t2 - t1;
+                    if (r >= 0) tq[r] = (t1 - t0) / copies, tf[r] = t2 - t1;
                 }
                 double err = 0.0;
                 for (int64_t i = 0; i < M; i += M > 8 ? M / 8 : 1)

@@ -6,10 +6,12 @@
  *   I=/work/llama_sdist/llama_cpp_python-0.3.36/vendor/llama.cpp/ggml/include
  *   cc -O2 -o /tmp/peer_ggml_mulmat bench/peer_ggml_mulmat.c -I$I -L$L -lggml -lggml-base -lggml-cpu \
  *      -Wl,-rpath,$L -lm
- *   /tmp/peer_ggml_mulmat THREADS REPS [DTYPE ...] [-M 1,128,512] [-N 4096,11008]
+ *   /tmp/peer_ggml_mulmat THREADS REPS [DTYPE ...] [-M 1,128,512] [-N 4096,11008] [-copies C]
  * Weights are random floats quantized by ggml_quantize_chunk. A plain ggml context: no
  * repacked weight layouts (llama.cpp's CPU "extra" buffer types, which a model loaded by
- * llama.cpp may use for Q4_0/Q4_K/IQ4_NL), so this is llama.cpp's generic path. Prints the
+ * llama.cpp may use for Q4_0/Q4_K/IQ4_NL), so this is llama.cpp's generic path. -copies C: one
+ * graph of C products, each with its own copy of W (as bench_qmatmul's -copies; time per
+ * product). Prints the
  * median and the fastest ms of one product per dtype, N, M. */
 #include <ggml-cpu.h>
 #include <ggml.h>
@@ -50,12 +52,13 @@ int main(int argc, char **argv)
     }
     int threads = atoi(argv[1]), reps = atoi(argv[2]);
     const char *names[16];
-    int n_names = 0, n_m = 3, n_n = 2;
+    int n_names = 0, n_m = 3, n_n = 2, copies = 1;
     int64_t Ms[16] = {1, 128, 512}, Ns[16] = {4096, 11008};
     const int64_t K = 4096;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "-M") == 0 && i + 1 < argc) parse_list(argv[++i], Ms, &n_m);
         else if (strcmp(argv[i], "-N") == 0 && i + 1 < argc) parse_list(argv[++i], Ns, &n_n);
+        else if (strcmp(argv[i], "-copies") == 0 && i + 1 < argc) copies = atoi(argv[++i]) > 0 ? atoi(argv[i]) : 1;
         else if (n_names < 16) names[n_names++] = argv[i];
     }
     if (!n_names) {
@@ -63,8 +66,8 @@ int main(int argc, char **argv)
         for (int i = 0; i < 4; i++) names[n_names++] = def[i];
     }
     ggml_cpu_init();
-    printf("# peer_ggml_mulmat (llama.cpp ggml_mul_mat): %d threads, K = %lld, median of %d\n", threads, (long long)K,
-           reps);
+    printf("# peer_ggml_mulmat (llama.cpp ggml_mul_mat): %d threads, K = %lld, median of %d, %d copies of W\n",
+           threads, (long long)K, reps, copies);
     printf("%-5s %6s %4s %10s %10s\n", "dtype", "N", "M", "ggml ms", "ggml min");
     for (int t = 0; t < n_names; t++) {
         enum ggml_type type = GGML_TYPE_COUNT;
@@ -81,7 +84,7 @@ int main(int argc, char **argv)
             for (int mi = 0; mi < n_m; mi++) {
                 int64_t M = Ms[mi];
                 size_t wbytes = ggml_row_size(type, K) * (size_t)N;
-                size_t mem = wbytes + (size_t)(M * K + M * N) * 4 * 2 + ((size_t)64 << 20);
+                size_t mem = wbytes * (size_t)copies + (size_t)(M * K + M * N * copies) * 4 * 2 + ((size_t)64 << 20);
                 struct ggml_init_params ip = {.mem_size = mem, .mem_buffer = NULL, .no_alloc = false};
                 struct ggml_context *ctx = ggml_init(ip);
                 struct ggml_tensor *W = ggml_new_tensor_2d(ctx, type, K, N);
@@ -98,14 +101,20 @@ int main(int argc, char **argv)
                 float *xd = x->data;
                 for (int64_t i = 0; i < M * K; i++) xd[i] = src[i % (K * 64)];
                 free(src);
-                struct ggml_tensor *y = ggml_mul_mat(ctx, W, x);
                 struct ggml_cgraph *gf = ggml_new_graph(ctx);
-                ggml_build_forward_expand(gf, y);
+                for (int c = 0; c < copies; c++) {
+                    struct ggml_tensor *Wc = W;
+                    if (c) {
+                        Wc = ggml_new_tensor_2d(ctx, type, K, N);
+                        memcpy(Wc->data, W->data, wbytes);
+                    }
+                    ggml_build_forward_expand(gf, ggml_mul_mat(ctx, Wc, x));
+                }
                 double *tm = malloc((size_t)reps * sizeof *tm);
                 for (int r = -1; r < reps; r++) {
                     double t0 = now_ms();
                     ggml_graph_compute_with_ctx(ctx, gf, threads);
-                    if (r >= 0) tm[r] = now_ms() - t0;
+                    if (r >= 0) tm[r] = (now_ms() - t0) / copies;
                 }
                 qsort(tm, (size_t)reps, sizeof *tm, cmp);
                 double med = reps % 2 ? tm[reps / 2] : 0.5 * (tm[reps / 2 - 1] + tm[reps / 2]);

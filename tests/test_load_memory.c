@@ -11,8 +11,9 @@
  *      truncated to 0 bytes and again after it was re-extended with zeros, logits and weights
  *      bit-identical to a mapped load of the untouched original; with processing too;
  *   3. a mapped load shows the file in /proc/self/maps, a read-into-memory load does not;
- *   4. options sizes: 0.2.0's (offsetof read_into_memory) and this one's are accepted, a size
- *      that cuts read_into_memory in two is refused.
+ *   4. options sizes: 0.2.0's (offsetof read_into_memory), 0.3.0's (offsetof keep_stored_dtype)
+ *      and this one's are accepted, a size that cuts a field in two is refused, and so is
+ *      keep_stored_dtype 2 (keep_stored_dtype's memory bound: test_stored_memory.c).
  * The child runs first, before this process has started any thread (a fork of a process with
  * a running thread pool would leave the child waiting for threads it does not have). */
 #include "testutil.h"
@@ -218,13 +219,16 @@ done:
     circuits_model_free(ref);
 }
 
-/* 3 and 4. Mapped loads map; 0.2.0's options size is accepted, a size cutting a field is not. */
+/* 3 and 4. Mapped loads map; 0.2.0's and 0.3.0's options sizes are accepted, a size cutting a
+ * field is not. */
 static void sizes(const char *tmp, const char *model)
 {
     char dir[4096];
     copy_model(dir, sizeof dir, tmp, "sizes", model);
-    size_t v020 = offsetof(circuits_load_options, read_into_memory);
-    CHECK(v020 == 24 && sizeof(circuits_load_options) == 28, "layout: read_into_memory at %zu, size %zu", v020,
+    size_t v020 = offsetof(circuits_load_options, read_into_memory),
+           v030 = offsetof(circuits_load_options, keep_stored_dtype);
+    CHECK(v020 == 24 && v030 == 28 && sizeof(circuits_load_options) == 32,
+          "layout: read_into_memory at %zu, keep_stored_dtype at %zu, size %zu", v020, v030,
           sizeof(circuits_load_options));
 
     /* 0.2.0's struct, in a block of exactly its size: accepted, and the file is mapped */
@@ -251,18 +255,33 @@ static void sizes(const char *tmp, const char *model)
     CHECK_OK(circuits_model_load(&m, dir, &o));
     CHECK(m && mapped(dir) == 0, "a read_into_memory load maps %s", dir);
     circuits_model_free(m);
+    m = NULL;
+
+    /* 0.3.0's struct (read_into_memory, no keep_stored_dtype), in a block of exactly its size */
+    o = opts(0, 1);
+    o.size = (uint32_t)v030;
+    old = malloc(v030);
+    if (!old) die("malloc");
+    memcpy(old, &o, v030);
+    CHECK_OK(circuits_model_load(&m, dir, (const circuits_load_options *)(void *)old));
+    free(old);
+    CHECK(m && mapped(dir) == 0, "a load with 0.3.0's options and read_into_memory maps %s", dir);
+    circuits_model_free(m);
 
     /* sizes that are not the end of a published version */
-    const uint32_t bad[] = {0, 4, (uint32_t)v020 - 4, (uint32_t)v020 + 2, (uint32_t)sizeof o + 4};
+    const uint32_t bad[] = {0, 4, (uint32_t)v020 - 4, (uint32_t)v020 + 2, (uint32_t)v030 + 2, (uint32_t)sizeof o + 4};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         o = opts(0, 1);
         o.size = bad[i];
         m = (circuits_model *)(void *)&o;
-        CHECK_FAILS(circuits_model_load(&m, dir, &o), CIRCUITS_E_VERSION, "is not one this library knows (24 or 28)");
+        CHECK_FAILS(circuits_model_load(&m, dir, &o), CIRCUITS_E_VERSION, "is not one this library knows (24 or 28 or 32)");
         CHECK(m == NULL, "size %u: *out not NULL", bad[i]);
     }
     o = opts(0, 2);
     CHECK_FAILS(circuits_model_load(&m, dir, &o), CIRCUITS_E_INVALID_ARGUMENT, "read_into_memory 2 must be 0 or 1");
+    o = opts(0, 0);
+    o.keep_stored_dtype = 2;
+    CHECK_FAILS(circuits_model_load(&m, dir, &o), CIRCUITS_E_INVALID_ARGUMENT, "keep_stored_dtype 2 must be 0 or 1");
 }
 
 static void remove_tree(const char *tmp)

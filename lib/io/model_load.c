@@ -16,6 +16,7 @@
 #include "gguf.h"
 #include "quant.h"
 #include "safetensors.h"
+#include "stored.h"
 #include "tokenizer.h"
 
 #include <math.h>
@@ -311,6 +312,18 @@ static int make_view(circuits_model *m, const cx_weight_entry *w, const source_v
     return CIRCUITS_OK;
 }
 
+/* keep_stored_dtype: weight i kept as stored tensor t (a cx_qmat, model/stored.c) where its
+ * layout allows; *kept false: make_view builds the fp32 view as without the option. */
+static int make_stored(circuits_model *m, const cx_arch *a, size_t i, const cx_weight_entry *w, cx_st_tensor *t,
+                       bool *kept)
+{
+    /* TransformerLens-layout files (no table) store W_E as is; their other matrices are [in, out] */
+    int map = a->sources ? (int)a->sources[w->kind].map : CX_MAP_SAME, part = a->sources ? a->sources[w->kind].part : 0;
+    *kept = false;
+    if (!m->keep_stored_dtype) return CIRCUITS_OK;
+    return cx_stored_make(m, i, (int)w->kind, w->ndim, w->shape, map, part, t, kept);
+}
+
 static bool file_exists(const char *path)
 {
     struct stat st;
@@ -410,7 +423,9 @@ static int build_weights(circuits_model *m, const char *dir, const cx_arch *a, c
         if (!t && !a->sources && (flags & CX_WF_KV)) t = tl_grouped_name(m, &v);
         bool attn_bias = w->kind == CX_B_Q || w->kind == CX_B_K || w->kind == CX_B_V || w->kind == CX_B_O;
         if (t) {
-            rc = make_view(m, w, &v, t, out);
+            bool kept = false;
+            rc = make_stored(m, a, i, w, t, &kept);
+            if (!rc && !kept) rc = make_view(m, w, &v, t, out);
         } else if (!has_src || (!a->sources && (flags & CX_WF_BIAS)) || (gguf && attn_bias)) {
             if (!zeros) {
                 size_t zlen = (size_t)c->d_model;
@@ -515,6 +530,7 @@ int circuits_model_load(circuits_model **out, const char *path, const circuits_l
                        (int)o.keep_stored_dtype);
     circuits_model *m = cx_calloc(1, sizeof *m);
     if (!m) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading %s", path);
+    m->keep_stored_dtype = o.keep_stored_dtype == 1;
     rc = load_into(m, path, o.read_into_memory ? CX_ST_READ : CX_ST_MAP);
     if (!rc) rc = cx_process_weights(m, &o);
     if (rc) {

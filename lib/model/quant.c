@@ -299,12 +299,6 @@ void cx_qmat_row(const cx_qmat *W, int64_t r, float *dst)
     cx_dequantize_row(W->dtype, W->data + (size_t)sr * W->row_bytes, dst, W->cols);
 }
 
-int cx_qmat_read_weight(const circuits_model *m, size_t i, float *buf)
-{
-    (void)buf; /* WIP(helper stored): the layouts of the stored matrices */
-    return cx_fail(CIRCUITS_E_UNSUPPORTED, "reading the stored weight '%s' is not implemented", m->weights[i].name);
-}
-
 /* ---- public ---- */
 
 const char *circuits_dtype_name(int32_t dtype)

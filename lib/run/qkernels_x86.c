@@ -14,9 +14,14 @@
 #define QK_TARGET __attribute__((target("avx2,fma,f16c")))
 #define QK_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 
+static bool switched_off;
+
+void cx_qk_switch_off(bool off) { switched_off = off; }
+
 bool cx_qk_available(void)
 {
     static int have = -1; /* benign race: every thread computes the same answer */
+    if (switched_off) return false;
     if (have < 0) {
         __builtin_cpu_init();
         have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -69,7 +74,7 @@ QK_TARGET static void dq_q4_0(const uint8_t *s, float *y)
 }
 
 /* The 6-bit scales and mins of Q4_K / Q5_K (as quant.c's scale_min_k4). */
-static void scales_k4(const uint8_t *b, float d, float dmin, float *dl, float *ml)
+QK_INLINE void scales_k4(const uint8_t *b, float d, float dmin, float *dl, float *ml)
 {
     for (int j = 0; j < 8; j++) {
         int sc, m;
@@ -205,30 +210,207 @@ QK_INLINE float hsum(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* The dot products of one row with M (a constant after inlining) inputs: each chunk is
- * dequantized into w[] (L1), then every input multiplies it (two accumulators each). */
+/* The fused kernels keep four accumulators per input row (FMA latency) and produce each
+ * weight vector in registers, exactly the dequantized value: for Q4_K / Q5_K
+ * fma(d * sc, q, -(dmin * m)) is the correctly rounded d*sc*q - dmin*m, and d*sc*q is exact in
+ * fp32 (an fp16 scale of 11 significant bits times a 6-bit scale times a 5-bit q: at most 22
+ * bits), so it equals quant.c's two roundings fl(fl(d*sc*q) - dmin*m); Q6_K's and Q8_0's
+ * products are exact likewise (at most 24 and 19 bits). M is a constant after inlining. */
+#define ACC(wv, koff, slot)                                                                            \
+    _Pragma("GCC unroll 4") for (int m_ = 0; m_ < M; m_++)                                             \
+    acc[m_][(slot) % SLOTS(M)] = _mm256_fmadd_ps((wv), _mm256_loadu_ps(x + m_ * ldx + (koff)), acc[m_][(slot) % SLOTS(M)])
+/* The stored bytes stream from DRAM in generation (each weight read once per token): asking for
+ * the lines PREFETCH_DIST bytes ahead keeps enough misses in flight (measured: without it a
+ * thread read Q4_K at a third of the rate llama.cpp's kernel reaches). */
+#define PREFETCH_DIST 1536
+#define PREFETCH_AHEAD(p, nbytes)                                                                      \
+    for (int pf_ = 0; pf_ < (nbytes); pf_ += 64) _mm_prefetch((const char *)(p) + PREFETCH_DIST + pf_, _MM_HINT_T0)
+/* accumulators per input row: four hide the FMA latency; with three or four rows, two each
+ * keep them all in the sixteen ymm registers */
+#define SLOTS(M) ((M) <= 2 ? 4 : 2)
+
+/* Q4_K, Q5_K, Q6_K and Q8_0 read 32 bytes of quants as eight 32-bit lanes: byte b of lane L is
+ * the quant of value 4 L + b of its 32-value group, taken out with shifts and masks (no
+ * shuffles). The inputs are permuted to match once per product (cx_qk_permute):
+ * xp[32 G + 8 b + L] = x[32 G + 4 L + b]. */
+QK_INLINE void dot_q4_k(const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M, __m256 acc[4][4])
+{
+    const __m256i m15 = _mm256_set1_epi32(0x0f);
+    for (int64_t b = 0; b < K / 256; b++, x += 256) {
+        const uint8_t *s = row + 144 * b;
+        PREFETCH_AHEAD(s, 144);
+        float dl[8], ml[8];
+        scales_k4(s + 4, half_of(s), half_of(s + 2), dl, ml);
+        #pragma GCC unroll 8
+        for (int h = 0; h < 4; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(s + 16 + 32 * h));
+            __m256 d0 = _mm256_set1_ps(dl[2 * h]), m0 = _mm256_set1_ps(-ml[2 * h]);
+            __m256 d1 = _mm256_set1_ps(dl[2 * h + 1]), m1 = _mm256_set1_ps(-ml[2 * h + 1]);
+            #pragma GCC unroll 8
+            for (int k = 0; k < 4; k++) {
+                __m256i lo = _mm256_and_si256(_mm256_srli_epi32(v, 8 * k), m15);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi32(v, 8 * k + 4), m15);
+                __m256 w0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(lo), m0);
+                __m256 w1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(hi), m1);
+                ACC(w0, 64 * h + 8 * k, k);
+                ACC(w1, 64 * h + 32 + 8 * k, k);
+            }
+        }
+    }
+}
+
+QK_INLINE void dot_q5_k(const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M, __m256 acc[4][4])
+{
+    const __m256i m15 = _mm256_set1_epi32(0x0f), one = _mm256_set1_epi32(1);
+    for (int64_t b = 0; b < K / 256; b++, x += 256) {
+        const uint8_t *s = row + 176 * b;
+        PREFETCH_AHEAD(s, 176);
+        float dl[8], ml[8];
+        scales_k4(s + 4, half_of(s), half_of(s + 2), dl, ml);
+        __m256i qh = _mm256_loadu_si256((const __m256i *)(s + 16));
+        #pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(s + 48 + 32 * (j / 2)));
+            __m256 vd = _mm256_set1_ps(dl[j]), vm = _mm256_set1_ps(-ml[j]);
+            #pragma GCC unroll 8
+            for (int k = 0; k < 4; k++) {
+                __m256i q = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(8 * k + 4 * (j % 2))), m15);
+                __m256i hb = _mm256_and_si256(_mm256_srl_epi32(qh, _mm_cvtsi32_si128(8 * k + j)), one);
+                q = _mm256_or_si256(q, _mm256_slli_epi32(hb, 4));
+                __m256 w = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(q), vm);
+                ACC(w, 32 * j + 8 * k, k);
+            }
+        }
+    }
+}
+
+QK_INLINE void dot_q6_k(const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M, __m256 acc[4][4])
+{
+    const __m256i m15 = _mm256_set1_epi32(0x0f), m3 = _mm256_set1_epi32(3), off = _mm256_set1_epi32(32);
+    for (int64_t b = 0; b < K / 256; b++, x += 256) {
+        const uint8_t *s = row + 210 * b;
+        PREFETCH_AHEAD(s, 210);
+        const int8_t *sc = (const int8_t *)(s + 192);
+        float d = half_of(s + 208);
+        #pragma GCC unroll 8
+        for (int h = 0; h < 2; h++) {
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(s + 128 + 32 * h));
+            #pragma GCC unroll 8
+            for (int t = 0; t < 4; t++) {
+                __m256i ql = _mm256_loadu_si256((const __m256i *)(s + 64 * h + 32 * (t % 2)));
+                int g = 8 * h + 2 * t; /* lanes 0..3 hold values 0..15 of the group: scale g; 4..7: g + 1 */
+                __m256 vd = _mm256_set_m128(_mm_set1_ps(d * (float)sc[g + 1]), _mm_set1_ps(d * (float)sc[g]));
+                #pragma GCC unroll 8
+                for (int k = 0; k < 4; k++) {
+                    __m256i lo = _mm256_and_si256(_mm256_srl_epi32(ql, _mm_cvtsi32_si128(8 * k + 4 * (t / 2))), m15);
+                    __m256i hi = _mm256_and_si256(_mm256_srl_epi32(qh, _mm_cvtsi32_si128(8 * k + 2 * t)), m3);
+                    __m256i q = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), off);
+                    __m256 w = _mm256_mul_ps(vd, _mm256_cvtepi32_ps(q));
+                    ACC(w, 128 * h + 32 * t + 8 * k, k);
+                }
+            }
+        }
+    }
+}
+
+QK_INLINE void dot_q8_0(const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M, __m256 acc[4][4])
+{
+    for (int64_t b = 0; b < K / 32; b++, x += 32) {
+        const uint8_t *s = row + 34 * b;
+        if (b % 2 == 0) PREFETCH_AHEAD(s, 68);
+        __m256 d = _mm256_set1_ps(half_of(s));
+        __m256i v = _mm256_loadu_si256((const __m256i *)(s + 2));
+        #pragma GCC unroll 8
+        for (int k = 0; k < 4; k++) {
+            __m256i q = _mm256_srai_epi32(_mm256_slli_epi32(v, 24 - 8 * k), 24);
+            __m256 w = _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+            ACC(w, 8 * k, k);
+        }
+    }
+}
+
+bool cx_qk_permuted(cx_dtype dt)
+{
+    return dt == CX_DT_Q4_K || dt == CX_DT_Q5_K || dt == CX_DT_Q6_K || dt == CX_DT_Q8_0;
+}
+
+void cx_qk_permute(const float *x, int64_t ldx, int64_t M, int64_t K, float *xp)
+{
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < K; g += 32)
+            for (int b = 0; b < 4; b++)
+                for (int l = 0; l < 8; l++) xp[m * K + g + 8 * b + l] = x[m * ldx + g + 4 * l + b];
+}
+
+/* F16 / BF16 / F32: 32 values per step, the rest (K % 32) through the scalar dequantizer */
+QK_INLINE int64_t dot_plain(cx_dtype dt, const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M,
+                            __m256 acc[4][4])
+{
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32)
+        #pragma GCC unroll 8
+        for (int i = 0; i < 4; i++) {
+            int64_t kk = k + 8 * i;
+            __m256 w;
+            if (dt == CX_DT_F16) {
+                w = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 2 * kk)));
+            } else if (dt == CX_DT_BF16) {
+                __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + 2 * kk)));
+                w = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+            } else {
+                w = _mm256_loadu_ps((const float *)(const void *)(row + 4 * kk));
+            }
+            ACC(w, kk, i);
+        }
+    return k;
+}
+
+/* The other types: each 256-value chunk dequantized into L1 first. */
+QK_INLINE void dot_chunked(cx_dtype dt, const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M,
+                           __m256 acc[4][4])
+{
+    float w[CX_QCHUNK] __attribute__((aligned(32)));
+    for (int64_t k0 = 0; k0 < K; k0 += CX_QCHUNK) { /* K is whole blocks of 32 or 256 */
+        int64_t len = K - k0 < CX_QCHUNK ? K - k0 : CX_QCHUNK;
+        cx_qk_dequantize(dt, row, k0, len, w);
+        for (int64_t k = 0; k < len; k += 32)
+            #pragma GCC unroll 8
+            for (int i = 0; i < 4; i++) ACC(_mm256_load_ps(w + k + 8 * i), k0 + k + 8 * i, i);
+    }
+}
+
 QK_INLINE void dot_rows_m(cx_dtype dt, const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M,
                           float *sums)
 {
-    float w[CX_QCHUNK] __attribute__((aligned(32)));
-    __m256 acc[4][2];
-    float tail[4] = {0, 0, 0, 0};
-    for (int m = 0; m < M; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
-    for (int64_t k0 = 0; k0 < K; k0 += CX_QCHUNK) {
-        int64_t len = K - k0 < CX_QCHUNK ? K - k0 : CX_QCHUNK, k = 0;
-        cx_qk_dequantize(dt, row, k0, len, w);
-        for (; k + 16 <= len; k += 16) {
-            __m256 w0 = _mm256_load_ps(w + k), w1 = _mm256_load_ps(w + k + 8);
-            for (int m = 0; m < M; m++) {
-                const float *xm = x + m * ldx + k0 + k;
-                acc[m][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xm), acc[m][0]);
-                acc[m][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xm + 8), acc[m][1]);
-            }
-        }
-        for (; k < len; k++)
-            for (int m = 0; m < M; m++) tail[m] += w[k] * x[m * ldx + k0 + k];
+    __m256 acc[4][4];
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; m++)
+        #pragma GCC unroll 8
+        for (int i = 0; i < 4; i++) acc[m][i] = _mm256_setzero_ps();
+    int64_t done = K;
+    switch (dt) {
+    case CX_DT_Q4_K: dot_q4_k(row, K, x, ldx, M, acc); break;
+    case CX_DT_Q5_K: dot_q5_k(row, K, x, ldx, M, acc); break;
+    case CX_DT_Q6_K: dot_q6_k(row, K, x, ldx, M, acc); break;
+    case CX_DT_Q8_0: dot_q8_0(row, K, x, ldx, M, acc); break;
+    case CX_DT_F16:
+    case CX_DT_BF16:
+    case CX_DT_F32: done = dot_plain(dt, row, K, x, ldx, M, acc); break;
+    default: dot_chunked(dt, row, K, x, ldx, M, acc); break;
     }
-    for (int m = 0; m < M; m++) sums[m] = hsum(_mm256_add_ps(acc[m][0], acc[m][1])) + tail[m];
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; m++) {
+        __m256 a = _mm256_add_ps(acc[m][0], acc[m][1]);
+        if (SLOTS(M) == 4) a = _mm256_add_ps(a, _mm256_add_ps(acc[m][2], acc[m][3]));
+        sums[m] = hsum(a);
+    }
+    if (done < K) { /* the plain types' last K % 32 values */
+        float w[32];
+        cx_dequantize_row(dt, row + (size_t)done * (dt == CX_DT_F32 ? 4 : 2), w, K - done);
+        #pragma GCC unroll 8
+        for (int m = 0; m < M; m++)
+            for (int64_t k = done; k < K; k++) sums[m] += w[k - done] * x[m * ldx + k];
+    }
 }
 
 QK_TARGET void cx_qk_dot_rows(cx_dtype dt, const uint8_t *row, int64_t K, const float *x, int64_t ldx, int M,
@@ -246,6 +428,19 @@ QK_TARGET void cx_qk_dot_rows(cx_dtype dt, const uint8_t *row, int64_t K, const 
 
 bool cx_qk_available(void) { return false; }
 
+void cx_qk_switch_off(bool off) { (void)off; }
+
+bool cx_qk_permuted(cx_dtype dt)
+{
+    (void)dt;
+    return false;
+}
+
+void cx_qk_permute(const float *x, int64_t ldx, int64_t M, int64_t K, float *xp)
+{
+    (void)x, (void)ldx, (void)M, (void)K, (void)xp;
+}
+
 void cx_qk_dequantize(cx_dtype dt, const uint8_t *row, int64_t k0, int64_t len, float *dst)
 {
     int64_t bv;
@@ -257,10 +452,12 @@ void cx_qk_dequantize(cx_dtype dt, const uint8_t *row, int64_t k0, int64_t len, 
 void cx_qk_dot_rows(cx_dtype dt, const uint8_t *row, int64_t K, const float *x, int64_t ldx, int M, float *sums)
 {
     float w[CX_QCHUNK];
+    #pragma GCC unroll 8
     for (int m = 0; m < M; m++) sums[m] = 0.0f;
     for (int64_t k0 = 0; k0 < K; k0 += CX_QCHUNK) {
         int64_t len = K - k0 < CX_QCHUNK ? K - k0 : CX_QCHUNK;
         cx_qk_dequantize(dt, row, k0, len, w);
+        #pragma GCC unroll 8
         for (int m = 0; m < M; m++)
             for (int64_t k = 0; k < len; k++) sums[m] += w[k] * x[m * ldx + k0 + k];
     }

@@ -20,7 +20,7 @@
 
 enum {
     QTILE = 64, /* rows of W dequantized at once by a task (K = 4096: 1 MiB of fp32) */
-    FUSED_M = 4 /* at most this many input rows take the fused path */
+    FUSED_M = 8 /* at most this many input rows take the fused path (four at a time) */
 };
 
 typedef struct qjob {
@@ -29,6 +29,7 @@ typedef struct qjob {
     const float *in, *bias;
     const cx_qmat *W;
     bool accumulate, simd;
+    const float *xp; /* in, permuted for the fused kernel (cx_qk_permute), ld K; or NULL */
 } qjob;
 
 static const uint8_t *stored_row(const qjob *j, int64_t r)
@@ -51,11 +52,13 @@ static void fused_task(void *arg, int64_t begin, int64_t end)
 {
     const qjob *j = arg;
     float sums[4];
+    const float *x = j->xp ? j->xp : j->in;
+    int64_t ldx = j->xp ? j->W->cols : j->ldi;
     for (int64_t r = begin; r < end; r++) {
         const uint8_t *row = stored_row(j, r);
         for (int64_t i0 = 0; i0 < j->M; i0 += 4) {
             int m = j->M - i0 < 4 ? (int)(j->M - i0) : 4;
-            cx_qk_dot_rows(j->W->dtype, row, j->W->cols, j->in + i0 * j->ldi, j->ldi, m, sums);
+            cx_qk_dot_rows(j->W->dtype, row, j->W->cols, x + i0 * ldx, ldx, m, sums);
             finish(j, r, i0, m, sums);
         }
     }
@@ -121,6 +124,18 @@ void cx_qmatmul(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M
     if (M == 0 || n == 0) return;
     qjob j = {.out = out, .ldo = ldo, .ldi = ldi, .M = M, .r0 = r0, .in = in, .bias = bias, .W = W,
               .accumulate = accumulate, .simd = cx_qk_available()};
-    if (j.simd && M <= FUSED_M) cx_parallel_for(n, 16, fused_task, &j);
-    else cx_parallel_for(n, QTILE, tile_task, &j);
+    if (j.simd && M <= FUSED_M) {
+        float *xp = NULL;
+        if (cx_qk_permuted(W->dtype)) {
+            xp = cx_malloc((size_t)M * (size_t)W->cols * sizeof *xp);
+            if (xp) cx_qk_permute(in, ldi, M, W->cols, xp);
+        }
+        if (xp || !cx_qk_permuted(W->dtype)) { /* (no memory for the permuted inputs: tiles) */
+            j.xp = xp;
+            cx_parallel_for(n, 16, fused_task, &j);
+            cx_free(xp);
+            return;
+        }
+    }
+    cx_parallel_for(n, QTILE, tile_task, &j);
 }

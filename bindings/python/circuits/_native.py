@@ -562,6 +562,9 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_model_weight": (c_int, [HANDLE, c_char_p, POINTER(Tensor)]),
     "circuits_model_weight_count": (c_size_t, [HANDLE]),
     "circuits_model_weight_at": (c_int, [HANDLE, c_size_t, POINTER(Tensor)]),
+    # weights kept in their stored dtype (keep_stored_dtype, 0.6.0)
+    "circuits_model_weight_dtype": (c_int, [HANDLE, c_char_p, POINTER(c_int32)]),
+    "circuits_model_weight_read": (c_int, [HANDLE, c_char_p, F32P, c_size_t, POINTER(Tensor)]),
     # contexts and hooks
     "circuits_context_options_init": (None, [POINTER(ContextOptions)]),
     "circuits_context_create": (c_int, [VOIDPP, HANDLE, POINTER(ContextOptions)]),

@@ -1153,6 +1153,42 @@ _c_read(want)
 ok()
 ''')
 
+PROBES["owner_stored_weights"] = ("owner", '''
+import ctypes
+# keep_stored_dtype: the kept matrices have no float32 memory of the model's to view. Every access
+# path (properties, the module tree, state_dict, get_weight) gives read-only float32 copies that
+# outlive close(); the raw C view call refuses with data NULL; circuits_model_weight_read writes
+# at most buf_len floats (the binding passes its own array's size), NULL and float64 refused.
+BF16 = os.path.join(REPO, "tests", "reference", "cases", "hf_qwen2_bf16")
+m = circuits.Model.from_pretrained_no_processing(BF16, keep_stored_dtype=True)
+assert m.weight_dtype("blocks.0.attn.W_Q") == "BF16"
+sd = m.state_dict()
+arrs = [m.W_Q, m.W_K, m.blocks[1].attn.W_O, m.blocks[0].mlp.W_in, m.embed.W_E, m.unembed.W_U,
+        m.get_weight("blocks.1.mlp.W_out"), sd["blocks.0.attn.W_Q"], sd["blocks.0.ln1.w"]]
+ref = snap(arrs)
+t = N.Tensor()
+ptr = m._mptr()
+assert N.lib.circuits_model_weight(ptr, b"blocks.0.attn.W_Q", ctypes.byref(t)) == N.CIRCUITS_E_DTYPE
+assert not t.data and t.ndim == 3
+n = int(np.prod([t.shape[i] for i in range(t.ndim)]))
+buf = np.full(n + 8, 7.0, np.float32)
+assert N.lib.circuits_model_weight_read(ptr, b"blocks.0.attn.W_Q", buf, n - 1, None) == N.CIRCUITS_E_RANGE
+assert (buf == 7.0).all()                                  # refused before writing anything
+assert N.lib.circuits_model_weight_read(ptr, b"blocks.0.attn.W_Q", buf, n, None) == 0
+assert (buf[n:] == 7.0).all()                              # nothing past the product of the shape
+same(buf[:n].reshape(arrs[0].shape[1:]), arrs[0][0])
+assert N.lib.circuits_model_weight_read(ptr, b"blocks.0.attn.W_Q", None, n, None) == N.CIRCUITS_E_INVALID_ARGUMENT
+refused(lambda: N.lib.circuits_model_weight_read(ptr, b"blocks.0.attn.W_Q", np.empty(n), n, None), Exception)
+refused(lambda: m.weight_dtype("blocks.0.attn.W_nope"), CircuitsError)
+m(TOK_SMALL)
+m.close(); del m, sd; churn()
+for a, r in zip(arrs, ref):
+    same(a, r)
+    refused(lambda: a.__setitem__((0,) * a.ndim, 1.0), ValueError)   # read-only
+touch(arrs[0])
+ok()
+''')
+
 # ---------------------------------------------------------------------------------------------
 # The audit (issue 12): every bound C function, and where a size or a pointer crosses ctypes
 # through it, the probes that pin down the two classes of defect — a size the caller could
@@ -1220,7 +1256,9 @@ AUDIT = {
     "circuits_model_config": ["size_cfg_d_vocab_out_forced", "size_cfg_rebind_refused"],
     "circuits_model_weight": ["owner_weights_after_close"],
     "circuits_model_weight_count": ["owner_state_dict_after_close"],
-    "circuits_model_weight_at": ["owner_state_dict_after_close"],
+    "circuits_model_weight_at": ["owner_state_dict_after_close", "owner_stored_weights"],
+    "circuits_model_weight_dtype": ["owner_stored_weights"],
+    "circuits_model_weight_read": ["owner_stored_weights"],
     "circuits_context_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_context_create": ["kept_across_set_use_attn_result"],
     "circuits_context_free": ["kept_after_close", "kept_across_set_use_attn_result"],
