@@ -2,7 +2,9 @@
  * weights is exactly equal at every hook point; against a copy with one weight of layer 1's MLP
  * changed it is equal up to blocks.1.mlp.hook_pre and differs from there on; every measure is
  * the one computed directly from two run_with_cache caches; a Hugging Face directory and its GGUF
- * conversion compare equal; the hook filter, the logits entry and
+ * conversion compare equal; F32 against F16, Q8_0, Q5_1, Q4_0 of one model: the error grows as
+ * the bits shrink; a quantized file dequantized at load against the same file kept in its stored
+ * type: equal to fp32 rounding; the hook filter, the logits entry and
  * the attention mask; and the refusals (named checks: docs/errors.md, "Comparing two models").
  * Usage: test_diff CASES_DIR [-v] */
 #define TESTUTIL_API_HELPERS
@@ -239,6 +241,75 @@ int main(int argc, char **argv)
         circuits_diff_free(dg);
         circuits_model_free(hf);
         circuits_model_free(gg);
+    }
+
+    /* quantization as an intervention (tests/reference/gguf/gpt2: llama.cpp's F32 conversion of a
+     * random GPT-2 and gguf-py's quantizations of it): the fewer bits, the larger the error at the
+     * last residual stream and the logits; every point of the Q4_0 model differs */
+    {
+        static const char *const types[] = {"F16", "Q8_0", "Q5_1", "Q4_0"};
+        char path[700];
+        snprintf(path, sizeof path, "%s/../gguf/gpt2/F32.gguf", argv[1]);
+        circuits_model *f32 = load_plain(path);
+        circuits_config gc = {.size = sizeof gc};
+        if (f32) CHECK_OK(circuits_model_config(f32, &gc));
+        int32_t tq[B * T];
+        for (int i = 0; i < B * T; i++) tq[i] = (i * 37 + 5) % (gc.d_vocab > 0 ? gc.d_vocab : 1);
+        char last[64];
+        snprintf(last, sizeof last, "blocks.%d.hook_resid_post", gc.n_layers - 1);
+        double prev_logits = 0, prev_resid = 0;
+        for (size_t q = 0; f32 && q < sizeof types / sizeof *types; q++) {
+            snprintf(path, sizeof path, "%s/../gguf/gpt2/%s.gguf", argv[1], types[q]);
+            circuits_model *mq = load_plain(path);
+            circuits_diff *dq = NULL;
+            if (mq) CHECK_OK(circuits_model_diff(f32, mq, tq, B, T, NULL, &dq));
+            double lg = -1, rs = -1;
+            for (size_t i = 0; dq && i < circuits_diff_count(dq); i++) {
+                circuits_diff_entry e = entry_at(dq, i);
+                if (strcmp(e.name, "logits") == 0) lg = e.rel_error;
+                if (strcmp(e.name, last) == 0) rs = e.rel_error;
+                if (strcmp(types[q], "Q4_0") == 0) CHECK(e.rel_error > 0, "Q4_0: %s unchanged", e.name);
+            }
+            CHECK(lg > prev_logits && rs > prev_resid, "%s: logits error %g, %s %g; the type before: %g, %g",
+                  types[q], lg, last, rs, prev_logits, prev_resid);
+            prev_logits = lg;
+            prev_resid = rs;
+            circuits_diff_free(dq);
+            circuits_model_free(mq);
+        }
+        circuits_model_free(f32);
+    }
+
+    /* the same quantized file loaded both ways (dequantized at load, kept in its stored type):
+     * the same weights, products summed in another order: equal to fp32 rounding everywhere */
+    {
+        static const char *const files[] = {"gpt2/Q4_0.gguf", "llama_k/Q4_K.gguf"};
+        for (size_t f = 0; f < 2; f++) {
+            char path[700];
+            snprintf(path, sizeof path, "%s/../gguf/%s", argv[1], files[f]);
+            circuits_load_options lo;
+            circuits_load_options_init(&lo);
+            lo.fold_ln = lo.center_writing_weights = lo.center_unembed = lo.fold_value_biases = 0;
+            circuits_model *fp = NULL, *st = NULL;
+            CHECK_OK(circuits_model_load(&fp, path, &lo));
+            lo.keep_stored_dtype = 1;
+            CHECK_OK(circuits_model_load(&st, path, &lo));
+            int32_t dtype = -1;
+            if (st) CHECK_OK(circuits_model_weight_dtype(st, "blocks.0.attn.W_Q", &dtype));
+            CHECK(dtype == (f ? CIRCUITS_DTYPE_Q4_K : CIRCUITS_DTYPE_Q4_0), "%s: W_Q held as %d", files[f], dtype);
+            int32_t tk[B * T];
+            for (int i = 0; i < B * T; i++) tk[i] = (i * 13 + 2) % 32;
+            circuits_diff *ds = NULL;
+            if (fp && st) CHECK_OK(circuits_model_diff(fp, st, tk, B, T, NULL, &ds));
+            CHECK(circuits_diff_count(ds) > 20, "%s: %zu entries", files[f], circuits_diff_count(ds));
+            for (size_t i = 0; ds && i < circuits_diff_count(ds); i++) {
+                circuits_diff_entry e = entry_at(ds, i);
+                CHECK(e.rel_error < 1e-5, "%s stored vs fp32: %s rel %g", files[f], e.name, e.rel_error);
+            }
+            circuits_diff_free(ds);
+            circuits_model_free(fp);
+            circuits_model_free(st);
+        }
     }
 
     /* one weight of layer 1's MLP changed: equal before blocks.1.mlp.hook_pre, different from it on */
