@@ -112,3 +112,19 @@ def test_refusals():
     b.close()
     with pytest.raises(circuits.ClosedError):
         a.diff(b, TOK)
+
+
+def test_a_quantized_file_both_ways():
+    """The same Q4_K file dequantized at load and kept in its stored type: the same weights, the
+    products summed in another order, so equal to fp32 rounding at every hook point; against the
+    F32 file of another quantization the error is of the quantization's size."""
+    path = str(REPO / "tests" / "reference" / "gguf" / "llama_k" / "Q4_K.gguf")
+    a = circuits.Model.from_pretrained(path, **NO_PROCESSING)
+    b = circuits.Model.from_pretrained(path, keep_stored_dtype=True, **NO_PROCESSING)
+    tok = np.arange(2, 12)
+    d = a.diff(b, tok)
+    assert len(d) == len(a.hook_dict) + 1
+    assert max(e["rel_error"] for e in d) < 1e-5
+    q6 = circuits.Model.from_pretrained(str(REPO / "tests" / "reference" / "gguf" / "llama_k" / "Q6_K.gguf"),
+                                        **NO_PROCESSING)
+    assert q6.diff(a, tok).get("logits")["rel_error"] > 1e-2
