@@ -347,6 +347,13 @@ assert [x["name"] for x in d["entries"]] == ["hook_embed", "blocks.0.hook_resid_
 ' diff "$A" "$B" --tokens 1,2,3 --hooks 'embed,blocks.*.hook_resid_post' --json
 ok diff "$A" "$B" --tokens 1,2,3 --measure cos
 grep -q "cosine similarity by layer" "$tmp/out" || fail "diff --measure cos: title"
+Q=$src/tests/reference/gguf/gpt2/Q4_0.gguf   # one quantized file, dequantized at load against kept quantized
+py '
+e = d["entries"]
+assert len(e) > 30 and all(x["rel_error"] < 1e-5 for x in e) and any(x["rel_error"] > 0 for x in e)
+' diff "$Q" "$Q" --tokens 1,2,3,4,5,6,7,8 --stored-b --no-processing --json
+err 1 "fold_ln would rewrite 'blocks.0.attn.W_Q', kept in its stored dtype Q4_0" diff "$Q" "$Q" --tokens 1 --stored-a
+err 2 "option '--stored-b' takes no value" diff "$Q" "$Q" --tokens 1 --stored-b=1
 err 2 "needs two models: MODEL_A MODEL_B" diff "$A" --tokens 1
 err 2 "needs --prompt TEXT or --tokens IDS" diff "$A" "$B"
 err 2 "unexpected argument '$M'" diff "$A" "$B" "$M" --tokens 1

@@ -51,6 +51,7 @@ typedef struct common {
     const char *prompt;  /* --prompt TEXT */
     const char *tokens;  /* --tokens IDS */
     bool no_bos;         /* --no-bos */
+    bool keep_stored;    /* load with keep_stored_dtype (set by commands that offer it: diff) */
 } common;
 
 /* Handles --json, --no-processing, --no-mmap, and (when `input`) --prompt, --tokens, --no-bos. Returns 1

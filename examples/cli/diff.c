@@ -14,8 +14,8 @@
 static void usage(void)
 {
     printf("usage: circuits diff MODEL_A MODEL_B (--prompt TEXT | --tokens IDS) [--hooks FILTERS]\n"
-           "                     [--measure rel|max|cos] [--png FILE.png] [--no-bos] [--no-processing]\n"
-           "                     [--no-mmap] [--json]\n"
+           "                     [--measure rel|max|cos] [--png FILE.png] [--stored-a] [--stored-b]\n"
+           "                     [--no-bos] [--no-processing] [--no-mmap] [--json]\n"
            "\n"
            "Runs both models on the same tokens and compares every hook point's activation of\n"
            "MODEL_B with MODEL_A's: the relative error ||b - a|| / ||a|| (Frobenius), the largest\n"
@@ -32,6 +32,10 @@ static void usage(void)
            "  --png FILE.png   a line chart of log10 relative error against layer, one line per\n"
            "                   hook point kind (with --hooks: those selected; else the residual\n"
            "                   stream, attention and MLP outputs, hook_z and hook_pattern)\n"
+           "  --stored-a, --stored-b\n"
+           "                   load that model with its weight matrices kept in their stored type\n"
+           "                   (keep_stored_dtype; with --no-processing): e.g. one GGUF file as both\n"
+           "                   models, dequantized at load against kept quantized\n"
            "  --no-bos         do not prepend the BOS token to --prompt\n"
            "  --no-processing  load both models' weights as stored (from_pretrained_no_processing)\n"
            "  --no-mmap        read the weight files into memory instead of mapping them\n"
@@ -111,6 +115,7 @@ int cmd_diff(int argc, char **argv)
     common c = {0};
     const char *model_b = NULL, *hooks = NULL, *png = NULL;
     char measure = 'r';
+    bool stored_a = false, stored_b = false;
     args a = {argc, argv, 1};
     for (; a.i < argc; a.i++) {
         const char *v;
@@ -124,6 +129,10 @@ int cmd_diff(int argc, char **argv)
         } else if ((r = opt_value(&a, "--png", &v))) {
             if (r < 0) return EXIT_USAGE;
             png = v;
+        } else if ((r = opt_flag(&a, "--stored-a")) || (r = opt_flag(&a, "--stored-b"))) {
+            if (r < 0) return EXIT_USAGE;
+            if (strcmp(argv[a.i], "--stored-a") == 0) stored_a = true;
+            else stored_b = true;
         } else if ((r = opt_value(&a, "--measure", &v))) {
             if (r < 0) return EXIT_USAGE;
             if (strcmp(v, "rel") == 0 || strcmp(v, "max") == 0 || strcmp(v, "cos") == 0) measure = v[0];
@@ -150,9 +159,11 @@ int cmd_diff(int argc, char **argv)
     }
     circuits_model *ma = NULL, *mb = NULL;
     circuits_config cfg, cfg_b;
-    if ((rc = load_model(&c, &ma, &cfg))) return rc;
-    common cb = c;
+    common ca = c, cb = c;
+    ca.keep_stored = stored_a;
+    cb.keep_stored = stored_b;
     cb.model = model_b;
+    if ((rc = load_model(&ca, &ma, &cfg))) return rc;
     if ((rc = load_model(&cb, &mb, &cfg_b))) {
         circuits_model_free(ma);
         return rc;

@@ -212,6 +212,7 @@ int load_model(const common *c, circuits_model **m, circuits_config *cfg)
         o.fold_ln = o.center_writing_weights = o.center_unembed = o.fold_value_biases =
             o.refactor_factored_attn_matrices = 0;
     o.read_into_memory = c->no_mmap;
+    o.keep_stored_dtype = c->keep_stored;
     if (circuits_model_load(m, c->model, &o) != CIRCUITS_OK)
         return failure("cannot load model '%s': %s", c->model, circuits_last_error());
     cfg->size = sizeof *cfg;
