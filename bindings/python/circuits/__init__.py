@@ -47,7 +47,7 @@ from .tokenizer import Tokenizer
 from .quant import dequantize, dtype_block, dtype_name
 from . import evals, utils  # noqa: E402  (TransformerLens's evals and utils modules)
 from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens's patching module
-from .diff import DiffResult, diff  # noqa: E402 -- comparing two models (docs/quantization.md)
+from .compare import DiffResult, diff  # noqa: E402 -- comparing two models (docs/quantization.md)
 
 __version__ = "0.6.0"
 

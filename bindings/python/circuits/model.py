@@ -1584,7 +1584,7 @@ class Model:
              attention_mask: Any = None) -> Any:
         """``circuits.diff(self, other, tokens, ...)``: every hook point's error of ``other``
         against this model on the same tokens (docs/quantization.md)."""
-        from .diff import diff  # circuits.diff imports this module
+        from .compare import diff  # circuits.compare imports this module
 
         return diff(self, other, tokens, names, logits=logits, attention_mask=attention_mask)
 
