@@ -345,6 +345,10 @@ for l in (0, 1):
 py '
 assert [x["name"] for x in d["entries"]] == ["hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "logits"]
 ' diff "$A" "$B" --tokens 1,2,3 --hooks 'embed,blocks.*.hook_resid_post' --json
+ok diff "$A" "$A" --tokens 1,2,3 --png "$tmp/same.png"
+grep -q "no chart: no hook point of a block drawn differs" "$tmp/out" || fail "diff --png of equal models: says why no chart"
+checks=$((checks + 1))
+[ ! -e "$tmp/same.png" ] || fail "diff --png of equal models wrote an empty chart"
 ok diff "$A" "$B" --tokens 1,2,3 --measure cos
 grep -q "cosine similarity by layer" "$tmp/out" || fail "diff --measure cos: title"
 Q=$src/tests/reference/gguf/gpt2/Q4_0.gguf   # one quantized file, dequantized at load against kept quantized

@@ -31,7 +31,8 @@ static void usage(void)
            "  --measure M      the table's measure: rel (default), max (max |b - a|) or cos\n"
            "  --png FILE.png   a line chart of log10 relative error against layer, one line per\n"
            "                   hook point kind (with --hooks: those selected; else the residual\n"
-           "                   stream, attention and MLP outputs, hook_z and hook_pattern)\n"
+           "                   stream, attention and MLP outputs, hook_z and hook_pattern); no file\n"
+           "                   when none of them differs\n"
            "  --stored-a, --stored-b\n"
            "                   load that model with its weight matrices kept in their stored type\n"
            "                   (keep_stored_dtype; with --no-processing): e.g. one GGUF file as both\n"
@@ -84,8 +85,9 @@ static const char *const default_png_kinds[] = {"hook_resid_post", "hook_attn_ou
                                                 "attn.hook_pattern"};
 
 /* log10 of each drawn kind's relative error against layer (a zero error has no logarithm: the
- * line skips it). */
-static int draw(const char *path, const char *title, const kinds *k, const double *grid, int L, bool all_kinds)
+ * line skips it). *drawn: false when no drawn kind has a nonzero error (nothing to plot: no file). */
+static int draw(const char *path, const char *title, const kinds *k, const double *grid, int L, bool all_kinds,
+                bool *drawn)
 {
     plot_series *s = calloc(k->n ? k->n : 1, sizeof *s);
     float *x = malloc(sizeof(float) * (size_t)(L ? L : 1)), *y = malloc(sizeof(float) * (k->n * (size_t)L + 1));
@@ -95,16 +97,21 @@ static int draw(const char *path, const char *title, const kinds *k, const doubl
     }
     for (int l = 0; l < L; l++) x[l] = (float)l;
     int n = 0;
+    *drawn = false;
     for (size_t i = 0; i < k->n; i++) {
         bool wanted = all_kinds;
         for (size_t j = 0; !wanted && j < sizeof default_png_kinds / sizeof *default_png_kinds; j++)
             wanted = strcmp(k->name[i], default_png_kinds[j]) == 0;
         if (!wanted) continue;
         float *yi = y + (size_t)n * L;
-        for (int l = 0; l < L; l++) yi[l] = grid[i * (size_t)L + l] > 0 ? (float)log10(grid[i * (size_t)L + l]) : NAN;
+        for (int l = 0; l < L; l++) {
+            double v = grid[i * (size_t)L + l];
+            yi[l] = v > 0 && isfinite(v) ? (float)log10(v) : NAN;
+            *drawn = *drawn || yi[l] == yi[l];
+        }
         s[n++] = (plot_series){k->name[i], x, yi, L};
     }
-    int r = plot_lines(path, title, s, n, "layer", "log10 relative error ||b - a|| / ||a||");
+    int r = *drawn ? plot_lines(path, title, s, n, "layer", "log10 relative error ||b - a|| / ||a||") : 0;
     free(s), free(x), free(y);
     return r ? failure("cannot write the chart '%s'", path) : 0;
 }
@@ -116,6 +123,7 @@ int cmd_diff(int argc, char **argv)
     const char *model_b = NULL, *hooks = NULL, *png = NULL;
     char measure = 'r';
     bool stored_a = false, stored_b = false;
+    bool drawn = false; /* --png wrote its file */
     args a = {argc, argv, 1};
     for (; a.i < argc; a.i++) {
         const char *v;
@@ -224,7 +232,7 @@ int cmd_diff(int argc, char **argv)
     if (png) {
         char title[512];
         snprintf(title, sizeof title, "%s vs %s", c.model, model_b);
-        rc = draw(png, title, &k, rel, L, hooks != NULL);
+        rc = draw(png, title, &k, rel, L, hooks != NULL, &drawn);
         cli_release_fonts();
         if (rc) {
             free(e);
@@ -254,7 +262,7 @@ int cmd_diff(int argc, char **argv)
             printf("}");
         }
         printf("],\"png\":");
-        if (png) json_cstr(stdout, png);
+        if (drawn) json_cstr(stdout, png);
         else printf("null");
         printf("}\n");
     } else {
@@ -292,7 +300,8 @@ int cmd_diff(int argc, char **argv)
                 outside = true;
                 printf("%-*s  %10.3e  %10.3e  %10.6f\n", w, e[i].name, e[i].rel_error, e[i].max_abs, e[i].cosine);
             }
-        if (png) printf("\nwrote %s\n", png);
+        if (drawn) printf("\nwrote %s\n", png);
+        else if (png) printf("\nno chart: no hook point of a block drawn differs (every relative error 0 or not finite)\n");
     }
     free(e);
 done:
