@@ -1206,7 +1206,7 @@ typedef struct circuits_diff_entry {
     const char *kind;       /* the name without "blocks.L." ("attn.hook_z"): the same for every layer */
     int64_t numel;          /* elements compared: all but those that are the same infinity in
                              * both (the -inf of masked attention scores) */
-    double rel_error;       /* ||a - b||_F / ||a||_F (0 if both are 0; infinity if only a is) */
+    double rel_error;       /* ||a - b||_F / ||a||_F (0 if both are 0; infinity if a is 0 and b is not) */
     double max_abs;         /* max |a - b| */
     double cosine;          /* <a, b> / (||a||_F ||b||_F) over the flattened tensors (1 if both
                              * are 0, 0 if one is) */
