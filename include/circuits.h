@@ -1178,6 +1178,10 @@ typedef struct circuits_diff_options {
     const char *const *names;
     size_t n_names;
     int32_t logits;                 /* 1 (default): a last entry "logits" compares the logits */
+    /* 1: after the entry of each point with a head axis (hook_q, hook_k, hook_v, hook_z,
+     * hook_attn_scores, hook_pattern, hook_result ...), one entry per head over that head's slice
+     * (head >= 0; K/V heads for hook_k / hook_v under grouped-query attention). 0 (default): none. */
+    int32_t per_head;
 } circuits_diff_options;
 
 /* Sets size and the defaults: every hook point and the logits, no mask. */
@@ -1202,6 +1206,7 @@ CIRCUITS_API void circuits_diff_free(circuits_diff *diff);
 typedef struct circuits_diff_entry {
     uint32_t size;
     int32_t layer;          /* the block, or -1 (embeddings, ln_final, logits) */
+    int32_t head;           /* -1: the whole point; else one head's slice (per_head) */
     const char *name;       /* the full hook name ("blocks.3.attn.hook_z"), or "logits" */
     const char *kind;       /* the name without "blocks.L." ("attn.hook_z"): the same for every layer */
     int64_t numel;          /* elements compared: all but those that are the same infinity in
@@ -1214,7 +1219,7 @@ typedef struct circuits_diff_entry {
     double norm_b;          /* ||b||_F */
 } circuits_diff_entry;
 
-/* Entries in firing order, the logits last. */
+/* Entries in firing order (a point's per-head entries after it), the logits last. */
 CIRCUITS_API size_t circuits_diff_count(const circuits_diff *diff);
 /* Entry `index` into *out (CIRCUITS_E_RANGE past the end). */
 CIRCUITS_API int circuits_diff_at(const circuits_diff *diff, size_t index, circuits_diff_entry *out);

@@ -345,6 +345,14 @@ for l in (0, 1):
 py '
 assert [x["name"] for x in d["entries"]] == ["hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "logits"]
 ' diff "$A" "$B" --tokens 1,2,3 --hooks 'embed,blocks.*.hook_resid_post' --json
+py '
+e = d["entries"]
+heads = [x for x in e if x["head"] >= 0]
+assert len(heads) == 2 * 2 * 2 and all(x["name"].endswith(("hook_z", "hook_pattern")) for x in heads), heads
+assert [x["head"] for x in e[:3]] == [-1, 0, 1] and e[0]["name"] == e[1]["name"] == e[2]["name"]
+' diff "$A" "$B" --tokens 1,2,3 --hooks 'blocks.*.attn.hook_z,blocks.*.attn.hook_pattern' --per-head --json
+ok diff "$A" "$B" --tokens 1,2,3 --hooks 'blocks.*.attn.hook_z' --per-head
+grep -q "heads, largest relative error first (4 of 4):" "$tmp/out" || fail "diff --per-head: the heads list"
 ok diff "$A" "$A" --tokens 1,2,3 --png "$tmp/same.png"
 grep -q "no chart: no hook point of a block drawn differs" "$tmp/out" || fail "diff --png of equal models: says why no chart"
 checks=$((checks + 1))

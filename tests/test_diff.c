@@ -144,12 +144,15 @@ static void check_direct(const circuits_diff *d, const circuits_model *a, const 
     CHECK_OK(circuits_context_run_with_cache_opts(ca, &ro, tok, B, T, NULL, 0, xa, la, NULL, NULL));
     CHECK_OK(circuits_context_run_with_cache_opts(cb, &ro, tok, B, T, NULL, 0, xb, lb, NULL, NULL));
     size_t n = circuits_diff_count(d);
-    CHECK(n == circuits_cache_count(xa) + 1, "%zu entries for %zu cached points + the logits", n,
-          circuits_cache_count(xa));
+    size_t n_heads = 0; /* per-head entries */
+    for (size_t i = 0; i < n; i++) n_heads += entry_at(d, i).head >= 0;
+    CHECK(n == circuits_cache_count(xa) + n_heads + 1, "%zu entries for %zu cached points, %zu heads + the logits", n,
+          circuits_cache_count(xa), n_heads);
     for (size_t i = 0; i < n; i++) {
         circuits_diff_entry e = entry_at(d, i);
         const float *pa = la, *pb = lb;
         size_t numel = nl;
+        float *ga = NULL, *gb = NULL; /* one head's slice, gathered */
         if (i + 1 < n) {
             circuits_tensor ta, tb;
             CHECK_OK(circuits_cache_get(xa, e.name, &ta));
@@ -159,6 +162,22 @@ static void check_direct(const circuits_diff *d, const circuits_model *a, const 
             for (int k = 0; k < ta.ndim; k++) numel *= (size_t)ta.shape[k];
             pa = ta.data;
             pb = tb.data;
+            if (e.head >= 0) { /* [outer, heads, inner] around the head axis */
+                CHECK(ta.head_axis >= 0 && e.head < ta.shape[ta.head_axis], "%s: head %d", e.name, e.head);
+                size_t outer = 1, inner = 1, H = (size_t)ta.shape[ta.head_axis];
+                for (int k = 0; k < ta.head_axis; k++) outer *= (size_t)ta.shape[k];
+                for (int k = ta.head_axis + 1; k < ta.ndim; k++) inner *= (size_t)ta.shape[k];
+                ga = malloc(outer * inner * sizeof *ga);
+                gb = malloc(outer * inner * sizeof *gb);
+                if (!ga || !gb) st_fail("a head's slice");
+                for (size_t o = 0; o < outer; o++) {
+                    memcpy(ga + o * inner, ta.data + (o * H + (size_t)e.head) * inner, inner * sizeof *ga);
+                    memcpy(gb + o * inner, tb.data + (o * H + (size_t)e.head) * inner, inner * sizeof *gb);
+                }
+                pa = ga;
+                pb = gb;
+                numel = outer * inner;
+            }
         } else {
             CHECK(strcmp(e.name, "logits") == 0 && e.layer == -1, "the last entry is '%s'", e.name);
         }
@@ -166,6 +185,8 @@ static void check_direct(const circuits_diff *d, const circuits_model *a, const 
         size_t used = direct(pa, pb, numel, &rel, &mx, &cos);
         CHECK(e.numel == (int64_t)used, "%s: numel %lld, want %zu", e.name, (long long)e.numel, used);
         if (strstr(e.name, "attn_scores")) CHECK(used < numel, "%s: no masked score left out", e.name);
+        free(ga);
+        free(gb);
         CHECK(close_to(e.rel_error, rel) && close_to(e.max_abs, mx) && close_to(e.cosine, cos),
               "%s: diff rel %.17g max %.17g cos %.17g, direct %.17g %.17g %.17g", e.name, e.rel_error, e.max_abs,
               e.cosine, rel, mx, cos);
@@ -344,6 +365,25 @@ int main(int argc, char **argv)
     check_direct(d, a, pert, tok, mask);
     circuits_diff_free(d);
 
+    /* per head: every point with a head axis followed by one entry per head, each the direct
+     * computation over that head's slice; the layer-0 heads equal, the layer-1 heads too (the
+     * change is in layer 1's MLP, after attention) */
+    circuits_diff_options_init(&o);
+    o.per_head = 1;
+    d = diff_of(a, pert, tok, &o);
+    check_direct(d, a, pert, tok, NULL);
+    size_t heads_seen = 0;
+    for (size_t i = 0; i < circuits_diff_count(d); i++) {
+        circuits_diff_entry e = entry_at(d, i);
+        if (e.head < 0) continue;
+        heads_seen++;
+        circuits_diff_entry whole = entry_at(d, i - 1 - (size_t)e.head);
+        CHECK(whole.head == -1 && strcmp(whole.name, e.name) == 0, "%s head %d follows its point", e.name, e.head);
+        if (strstr(e.name, "attn.")) CHECK(e.rel_error == 0, "%s head %d: rel %g", e.name, e.head, e.rel_error);
+    }
+    CHECK(heads_seen == 2 * 6 * 2, "%zu per-head entries (2 layers x 6 points with heads x 2 heads)", heads_seen);
+    circuits_diff_free(d);
+
     /* a filter, no logits */
     const char *names[] = {"blocks.*.hook_resid_post", "embed"};
     circuits_diff_options_init(&o);
@@ -414,6 +454,10 @@ int main(int argc, char **argv)
     o.names = null_name;
     CALL_FAILS("diff_names_entry_null", circuits_model_diff(a, pert, tok, B, T, &o, &out), CIRCUITS_E_INVALID_ARGUMENT,
                "circuits_model_diff: names[0] is NULL");
+    circuits_diff_options_init(&o);
+    o.per_head = -1;
+    CALL_FAILS("diff_per_head_flag", circuits_model_diff(a, pert, tok, B, T, &o, &out), CIRCUITS_E_INVALID_ARGUMENT,
+               "circuits_model_diff: per_head must be 0 or 1 (got -1)");
     circuits_diff_options_init(&o);
     o.logits = 2;
     CALL_FAILS("diff_logits_flag", circuits_model_diff(a, pert, tok, B, T, &o, &out), CIRCUITS_E_INVALID_ARGUMENT,

@@ -14,7 +14,7 @@
 static void usage(void)
 {
     printf("usage: circuits diff MODEL_A MODEL_B (--prompt TEXT | --tokens IDS) [--hooks FILTERS]\n"
-           "                     [--measure rel|max|cos] [--png FILE.png] [--stored-a] [--stored-b]\n"
+           "                     [--measure rel|max|cos] [--png FILE.png] [--per-head] [--stored-a] [--stored-b]\n"
            "                     [--no-bos] [--no-processing] [--no-mmap] [--json]\n"
            "\n"
            "Runs both models on the same tokens and compares every hook point's activation of\n"
@@ -37,6 +37,9 @@ static void usage(void)
            "                   load that model with its weight matrices kept in their stored type\n"
            "                   (keep_stored_dtype; with --no-processing): e.g. one GGUF file as both\n"
            "                   models, dequantized at load against kept quantized\n"
+           "  --per-head       also compare each head's slice of the points with a head axis\n"
+           "                   (hook_q, hook_z, hook_pattern, ...): the JSON lists them all, the\n"
+           "                   table is followed by the 10 heads with the largest relative error\n"
            "  --no-bos         do not prepend the BOS token to --prompt\n"
            "  --no-processing  load both models' weights as stored (from_pretrained_no_processing)\n"
            "  --no-mmap        read the weight files into memory instead of mapping them\n"
@@ -117,12 +120,34 @@ static int draw(const char *path, const char *title, const kinds *k, const doubl
 }
 #endif
 
+static int by_rel_error(const void *x, const void *y)
+{
+    const circuits_diff_entry *a = *(const circuits_diff_entry *const *)x, *b = *(const circuits_diff_entry *const *)y;
+    if (a->rel_error != b->rel_error) return a->rel_error > b->rel_error ? -1 : 1;
+    return (a > b) - (a < b); /* ties: firing order */
+}
+
+/* The 10 per-head entries with the largest relative error. */
+static void print_heads(const circuits_diff_entry *e, size_t n)
+{
+    const circuits_diff_entry **h = malloc((n ? n : 1) * sizeof *h);
+    if (!h) return;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (e[i].head >= 0) h[m++] = &e[i];
+    qsort(h, m, sizeof *h, by_rel_error);
+    printf("\nheads, largest relative error first (%zu of %zu):\n", m < 10 ? m : 10, m);
+    for (size_t i = 0; i < m && i < 10; i++)
+        printf("  %-32s head %-3d  %10.3e  cosine %.6f\n", h[i]->name, h[i]->head, h[i]->rel_error, h[i]->cosine);
+    free(h);
+}
+
 int cmd_diff(int argc, char **argv)
 {
     common c = {0};
     const char *model_b = NULL, *hooks = NULL, *png = NULL;
     char measure = 'r';
-    bool stored_a = false, stored_b = false;
+    bool stored_a = false, stored_b = false, per_head = false;
     bool drawn = false; /* --png wrote its file */
     args a = {argc, argv, 1};
     for (; a.i < argc; a.i++) {
@@ -137,6 +162,9 @@ int cmd_diff(int argc, char **argv)
         } else if ((r = opt_value(&a, "--png", &v))) {
             if (r < 0) return EXIT_USAGE;
             png = v;
+        } else if ((r = opt_flag(&a, "--per-head"))) {
+            if (r < 0) return EXIT_USAGE;
+            per_head = true;
         } else if ((r = opt_flag(&a, "--stored-a")) || (r = opt_flag(&a, "--stored-b"))) {
             if (r < 0) return EXIT_USAGE;
             if (strcmp(argv[a.i], "--stored-a") == 0) stored_a = true;
@@ -194,6 +222,7 @@ int cmd_diff(int argc, char **argv)
         }
         o.names = (const char *const *)names;
     }
+    o.per_head = per_head;
     if (circuits_model_diff(ma, mb, ids, 1, T, &o, &d) != CIRCUITS_OK) {
         rc = lib_failure(NULL);
         goto done;
@@ -209,7 +238,7 @@ int cmd_diff(int argc, char **argv)
     for (size_t i = 0; i < n; i++) {
         e[i].size = sizeof e[i];
         circuits_diff_at(d, i, &e[i]); /* i < count: cannot fail */
-        if (e[i].layer >= 0) kind_index(&k, e[i].kind, true);
+        if (e[i].layer >= 0 && e[i].head < 0) kind_index(&k, e[i].kind, true);
     }
     /* grid [kinds, layers] of the table's measure, and of the relative error for the chart */
     grid = malloc(sizeof(double) * (2 * k.n * (size_t)L + 1));
@@ -222,7 +251,7 @@ int cmd_diff(int argc, char **argv)
     double *rel = grid + k.n * (size_t)L;
     for (size_t i = 0; i < 2 * k.n * (size_t)L; i++) grid[i] = NAN;
     for (size_t i = 0; i < n; i++)
-        if (e[i].layer >= 0) {
+        if (e[i].layer >= 0 && e[i].head < 0) {
             size_t r = kind_index(&k, e[i].kind, false);
             grid[r * L + (size_t)e[i].layer] = measure_of(&e[i], measure);
             rel[r * L + (size_t)e[i].layer] = e[i].rel_error;
@@ -253,7 +282,8 @@ int cmd_diff(int argc, char **argv)
             json_cstr(stdout, e[i].name);
             printf(",\"kind\":");
             json_cstr(stdout, e[i].kind);
-            printf(",\"layer\":%d,\"numel\":%lld,\"rel_error\":", e[i].layer, (long long)e[i].numel);
+            printf(",\"layer\":%d,\"head\":%d,\"numel\":%lld,\"rel_error\":", e[i].layer, e[i].head,
+                   (long long)e[i].numel);
             json_num(stdout, e[i].rel_error);
             printf(",\"max_abs\":");
             json_num(stdout, e[i].max_abs);
@@ -294,12 +324,13 @@ int cmd_diff(int argc, char **argv)
         }
         bool outside = false;
         for (size_t i = 0; i < n; i++)
-            if (e[i].layer < 0) {
+            if (e[i].layer < 0 && e[i].head < 0) {
                 if (!outside) printf("%s%-*s  %10s  %10s  %10s\n", k.n ? "\n" : "", w, "outside blocks", "rel error",
                                      "max |b-a|", "cosine");
                 outside = true;
                 printf("%-*s  %10.3e  %10.3e  %10.6f\n", w, e[i].name, e[i].rel_error, e[i].max_abs, e[i].cosine);
             }
+        if (per_head) print_heads(e, n);
         if (drawn) printf("\nwrote %s\n", png);
         else if (png) printf("\nno chart: no hook point of a block drawn differs (every relative error 0 or not finite)\n");
     }

@@ -13,6 +13,7 @@ typedef struct diff_stat {
     char *name;
     const char *kind; /* into name */
     int32_t layer;
+    int32_t head;  /* -1: the whole point */
     int64_t size;  /* elements of the activation */
     int64_t numel; /* elements compared */
     double aa, bb, ab, dd, max_abs;
@@ -23,10 +24,12 @@ struct circuits_diff {
     size_t n;
 };
 
-/* One selected point of a run: its entry, and where model a's activation is kept. */
+/* One selected point of a run: its entry (followed, with per_head, by one per head), and where
+ * model a's activation is kept. The activation is [outer, heads, inner] around its head axis. */
 typedef struct diff_slot {
     diff_stat *st;
     float *a;
+    int64_t outer, heads, inner; /* heads 0: no per-head entries */
 } diff_slot;
 
 void circuits_diff_options_init(circuits_diff_options *o)
@@ -73,6 +76,11 @@ static int compare_b(const circuits_tensor *t, void *user)
 {
     const diff_slot *s = user;
     accumulate(s->st, s->a, t->data, s->st->size);
+    for (int64_t o = 0; o < s->outer; o++)
+        for (int64_t h = 0; h < s->heads; h++) {
+            int64_t off = (o * s->heads + h) * s->inner;
+            accumulate(&s->st[1 + h], s->a + off, t->data + off, s->inner);
+        }
     return CIRCUITS_HOOK_CONTINUE;
 }
 
@@ -124,8 +132,9 @@ static int same_points(const circuits_context *ca, const circuits_context *cb, i
     return CIRCUITS_OK;
 }
 
-static int stat_name(diff_stat *st, const char *name, int32_t layer)
+static int stat_name(diff_stat *st, const char *name, int32_t layer, int32_t head)
 {
+    st->head = head;
     st->name = cx_strdup(name);
     if (!st->name) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory naming a diff entry");
     st->kind = st->name;
@@ -172,12 +181,13 @@ static void work_free(diff_work *w)
 static int diff_layout(diff_work *w, const circuits_diff_options *o, int64_t batch, int64_t pos, circuits_diff *d)
 {
     const cx_hook_table *t = &w->ca->hooks;
-    size_t n_sel = 0, floats = 0;
+    size_t n_sel = 0, floats = 0, n_heads = 0;
     for (size_t i = 0; i < t->n_points; i++) {
         if (!w->sel[i]) continue;
         int64_t shape[CIRCUITS_MAX_DIMS];
         int32_t ha;
         int nd = cx_hook_shape(w->ca, &t->points[i], batch, pos, 0, shape, &ha);
+        if (o->per_head && ha >= 0) n_heads += (size_t)shape[ha];
         size_t numel = 1;
         for (int k = 0; k < nd; k++)
             if (!cx_mul_size(numel, (size_t)shape[k], &numel))
@@ -187,7 +197,7 @@ static int diff_layout(diff_work *w, const circuits_diff_options *o, int64_t bat
         n_sel++;
     }
     w->n_sel = n_sel;
-    size_t n = n_sel + (o->logits != 0);
+    size_t n = n_sel + n_heads + (o->logits != 0);
     d->e = cx_calloc(n ? n : 1, sizeof *d->e);
     w->slots = cx_calloc(n_sel ? n_sel : 1, sizeof *w->slots);
     w->edits = cx_calloc(n_sel ? n_sel : 1, sizeof *w->edits);
@@ -197,26 +207,35 @@ static int diff_layout(diff_work *w, const circuits_diff_options *o, int64_t bat
                        floats * sizeof(float) >> 20);
     float *p = w->block;
     int rc;
+    size_t e = 0; /* entries made */
     for (size_t i = 0, k = 0; i < t->n_points; i++) {
         if (!w->sel[i]) continue;
         const cx_hook_point *hp = &t->points[i];
-        diff_stat *st = &d->e[k];
-        if ((rc = stat_name(st, hp->name, hp->layer))) return rc;
-        d->n = k + 1;
+        diff_stat *st = &d->e[e];
         int64_t shape[CIRCUITS_MAX_DIMS];
         int32_t ha;
         int nd = cx_hook_shape(w->ca, hp, batch, pos, 0, shape, &ha);
+        diff_slot *sl = &w->slots[k];
+        *sl = (diff_slot){st, p, 1, 0, 1};
+        if (o->per_head && ha >= 0) {
+            sl->heads = shape[ha];
+            for (int j = 0; j < ha; j++) sl->outer *= shape[j];
+            for (int j = ha + 1; j < nd; j++) sl->inner *= shape[j];
+        }
+        for (int64_t h = -1; h < sl->heads; h++) {
+            if ((rc = stat_name(&d->e[e], hp->name, hp->layer, (int32_t)h))) return rc;
+            d->n = ++e;
+        }
         st->size = 1;
         for (int j = 0; j < nd; j++) st->size *= shape[j];
-        w->slots[k] = (diff_slot){st, p};
         /* cached_only: at a point fired several times per run, the firing run_with_cache keeps */
-        w->edits[k] = (cx_edit){hp->layer, hp->kind, keep_a, &w->slots[k], true};
+        w->edits[k] = (cx_edit){hp->layer, hp->kind, keep_a, sl, true};
         p += st->size;
         k++;
     }
     if (o->logits) {
-        diff_stat *st = &d->e[n_sel];
-        if ((rc = stat_name(st, "logits", -1))) return rc;
+        diff_stat *st = &d->e[e];
+        if ((rc = stat_name(st, "logits", -1, -1))) return rc;
         d->n = n;
         int64_t V = w->ca->model->cfg.d_vocab_out;
         size_t nl, lf;
@@ -245,6 +264,8 @@ int circuits_model_diff(const circuits_model *a, const circuits_model *b, const 
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_diff: names is NULL with n_names %zu", o.n_names);
     if (o.logits != 0 && o.logits != 1)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_diff: logits must be 0 or 1 (got %d)", o.logits);
+    if (o.per_head != 0 && o.per_head != 1)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_diff: per_head must be 0 or 1 (got %d)", o.per_head);
     if ((rc = same_shapes(&a->cfg, &b->cfg))) return rc;
     if (batch < 1 || pos < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "circuits_model_diff: batch %lld and pos %lld must be at least 1",
@@ -320,6 +341,7 @@ int circuits_diff_at(const circuits_diff *d, size_t index, circuits_diff_entry *
     circuits_diff_entry e = {
         .size = (uint32_t)sizeof e,
         .layer = st->layer,
+        .head = st->head,
         .name = st->name,
         .kind = st->kind,
         .numel = st->numel,

@@ -453,6 +453,7 @@ class DiffOptions(Structure):
         ("names", c_void_p),  # const char *const *
         ("n_names", c_size_t),
         ("logits", c_int32),
+        ("per_head", c_int32),
     ]
 
 
@@ -462,6 +463,7 @@ class DiffEntry(Structure):
     _fields_ = [
         ("size", c_uint32),
         ("layer", c_int32),
+        ("head", c_int32),
         ("name", c_void_p),  # const char *
         ("kind", c_void_p),  # const char *
         ("numel", c_int64),

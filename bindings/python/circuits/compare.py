@@ -32,8 +32,9 @@ MEASURES = ("rel_error", "max_abs", "cosine", "norm_a", "norm_b")
 class DiffResult(List[Dict[str, Any]]):
     """The entries of a comparison, in firing order, the logits last: one dict per hook point
     with ``name``, ``kind`` (the name without ``blocks.L.``), ``layer`` (-1 outside blocks),
-    ``numel`` (elements compared), ``rel_error`` (||b - a|| / ||a||, Frobenius), ``max_abs``
-    (max |b - a|), ``cosine``, ``norm_a``, ``norm_b``."""
+    ``head`` (-1: the whole point; with ``per_head=True`` each point with a head axis is followed
+    by one entry per head), ``numel`` (elements compared), ``rel_error`` (||b - a|| / ||a||,
+    Frobenius), ``max_abs`` (max |b - a|), ``cosine``, ``norm_a``, ``norm_b``."""
 
     n_layers: int = 0
 
@@ -43,31 +44,40 @@ class DiffResult(List[Dict[str, Any]]):
         if measure not in MEASURES:
             raise ValueError(f"measure must be one of {list(MEASURES)}, not {measure!r}")
         kinds: List[str] = []
-        for e in self:
+        whole = [e for e in self if e["head"] < 0]
+        for e in whole:
             if e["layer"] >= 0 and e["kind"] not in kinds:
                 kinds.append(e["kind"])
         grid = np.full((len(kinds), self.n_layers), np.nan)
-        for e in self:
+        for e in whole:
             if e["layer"] >= 0:
                 grid[kinds.index(e["kind"]), e["layer"]] = e[measure]
         return kinds, grid
 
-    def get(self, name: str) -> Dict[str, Any]:
-        """The entry of hook point ``name`` (a full name, or ``"logits"``)."""
+    def get(self, name: str, head: int = -1) -> Dict[str, Any]:
+        """The entry of hook point ``name`` (a full name, or ``"logits"``); ``head``: one head's
+        entry (``per_head=True``)."""
         for e in self:
-            if e["name"] == name:
+            if e["name"] == name and e["head"] == head:
                 return e
-        raise KeyError(name)
+        raise KeyError((name, head) if head >= 0 else name)
+
+    def heads(self, name: str, measure: str = "rel_error") -> np.ndarray:
+        """``measure`` of each head of point ``name``, [n_heads] (``per_head=True``)."""
+        vals = [e[measure] for e in self if e["name"] == name and e["head"] >= 0]
+        if not vals:
+            raise KeyError(f"{name}: no per-head entries (per_head=True, a point with a head axis)")
+        return np.array(vals)
 
     def __str__(self) -> str:
         kinds, grid = self.by_layer()
-        w = max([16] + [len(k) for k in kinds] + [len(e["name"]) for e in self if e["layer"] < 0])
+        w = max([16] + [len(k) for k in kinds] + [len(e["name"]) for e in self if e["layer"] < 0 and e["head"] < 0])
         lines = ["relative error ||b - a|| / ||a|| by layer"]
         if kinds:
             lines.append(f"{'hook point':<{w}}" + "".join(f"  {'L%d' % l:>10}" for l in range(self.n_layers)))
             for k, row in zip(kinds, grid):
                 lines.append(f"{k:<{w}}" + "".join(f"  {'-':>10}" if np.isnan(v) else f"  {v:10.3e}" for v in row))
-        outside = [e for e in self if e["layer"] < 0]
+        outside = [e for e in self if e["layer"] < 0 and e["head"] < 0]
         if outside:
             lines.append(f"{'outside blocks':<{w}}  {'rel error':>10}  {'max |b-a|':>10}  {'cosine':>10}")
             for e in outside:
@@ -76,12 +86,13 @@ class DiffResult(List[Dict[str, Any]]):
 
 
 def diff(model_a: Model, model_b: Model, tokens: Any, names: Optional[Union[str, Sequence[str]]] = None, *,
-         logits: bool = True, attention_mask: Any = None) -> DiffResult:
+         logits: bool = True, per_head: bool = False, attention_mask: Any = None) -> DiffResult:
     """Runs ``model_a`` and ``model_b`` on the same ``tokens`` ([batch, pos] ids, 1-D, or text
     tokenized by model a) and compares every hook point's activation of b with a's
     (``circuits_model_diff``). ``names``: the hook points compared, names or patterns as
     ``run_with_cache``'s ``names_filter`` takes them (None: all). ``logits``: a last entry
-    ``"logits"``. ``attention_mask`` [batch, pos]: padding, for both runs. The models must agree on
+    ``"logits"``. ``per_head``: also one entry per head at points with a head axis.
+    ``attention_mask`` [batch, pos]: padding, for both runs. The models must agree on
     the shapes that make hook points correspond (``ConfigError`` naming the field)."""
     if not isinstance(model_a, Model) or not isinstance(model_b, Model):
         raise TypeError(f"diff compares two circuits.Model, not {type(model_a).__name__} and "
@@ -105,6 +116,7 @@ def diff(model_a: Model, model_b: Model, tokens: Any, names: Optional[Union[str,
         opts.names = ctypes.cast(arr, ctypes.c_void_p).value
         opts.n_names = len(enc)
     opts.logits = int(bool(logits))
+    opts.per_head = int(bool(per_head))
     out = N.HANDLE()
     # both models stay open for the call: their locks keep close() out (taken in one order)
     first, second = (model_a, model_b) if id(model_a) <= id(model_b) else (model_b, model_a)
@@ -120,7 +132,7 @@ def diff(model_a: Model, model_b: Model, tokens: Any, names: Optional[Union[str,
             e.size = ctypes.sizeof(e)
             N.check(lib.circuits_diff_at(out, i, ctypes.byref(e)))
             res.append({"name": N.decode(e.name), "kind": N.decode(e.kind), "layer": int(e.layer),
-                        "numel": int(e.numel), **{m: float(getattr(e, m)) for m in MEASURES}})
+                        "head": int(e.head), "numel": int(e.numel), **{m: float(getattr(e, m)) for m in MEASURES}})
     finally:
         lib.circuits_diff_free(out)
     return res

@@ -92,6 +92,26 @@ def test_filter_logits_and_mask(tmp_path):
         d.by_layer("bogus")
 
 
+def test_per_head(tmp_path):
+    """One entry per head at points with a head axis, each the measure of that head's slice."""
+    a = circuits.Model.from_pretrained(str(SMALL), **NO_PROCESSING)
+    b = _copy(tmp_path, "perturbed", "blocks.0.attn.W_V")  # element [0, 0, 0]: head 0's value
+    d = a.diff(b, TOK, ["z0", "pattern1"], per_head=True)
+    assert [(e["name"], e["head"]) for e in d[:3]] == [("blocks.0.attn.hook_z", h) for h in (-1, 0, 1)]
+    z = d.heads("blocks.0.attn.hook_z")
+    assert z[0] > 0 and z[1] == 0  # only head 0 reads the changed weight
+    _, ca = a.run_with_cache(TOK)
+    _, cb = b.run_with_cache(TOK)
+    for h in range(2):
+        rel, mx, cos, n = _measures(ca["blocks.1.attn.hook_pattern"][:, h], cb["blocks.1.attn.hook_pattern"][:, h])
+        e = d.get("blocks.1.attn.hook_pattern", h)
+        np.testing.assert_allclose([e["rel_error"], e["max_abs"], e["cosine"]], [rel, mx, cos], rtol=1e-9)
+        assert e["numel"] == n
+    assert d.by_layer()[1].shape == (2, 2)  # the whole points only
+    with pytest.raises(KeyError):
+        d.heads("logits")
+
+
 def test_refusals():
     a = circuits.Model.from_pretrained(str(SMALL), **NO_PROCESSING)
     other = circuits.Model.from_pretrained(str(TINY))
