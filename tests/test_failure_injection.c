@@ -681,7 +681,7 @@ static int call_path_patch(fx *f)
 }
 
 /* comparing two models (the model with itself): variant 0 a few points and the logits, 1 every
- * point with the padding mask */
+ * point and head with the padding mask */
 static int call_diff(fx *f)
 {
     static const char *const names[] = {"blocks.*.hook_resid_post", "blocks.1.*", "hook_embed"};
@@ -692,6 +692,7 @@ static int call_diff(fx *f)
         o.n_names = 3;
     } else {
         o.attention_mask = MASK;
+        o.per_head = 1;
     }
     circuits_diff *d = (circuits_diff *)&SENTINEL;
     int rc = circuits_model_diff(f->model, f->model, f->tokens, B, T, &o, &d);
@@ -710,6 +711,7 @@ static void digest_diff(fx *f, bytes *b)
         put_str(b, e.name);
         put_str(b, e.kind);
         put_i64(b, e.layer);
+        put_i64(b, e.head);
         put_i64(b, e.numel);
         put(b, &e.rel_error, 5 * sizeof(double)); /* rel_error .. norm_b */
     }
@@ -1035,7 +1037,7 @@ static void test_operations(fx *f)
          * the context's run memory as the earlier runs grew it */
         {"path_patch_sweep", setup_forward, call_path_patch, put_out, free_state, NULL, 1, true},
         {"model_diff some points", NULL, call_diff, digest_diff, NULL, NULL, 0, false},
-        {"model_diff every point, padded", NULL, call_diff, digest_diff, NULL, NULL, 1, false},
+        {"model_diff every point and head, padded", NULL, call_diff, digest_diff, NULL, NULL, 1, false},
         {"composition_scores Q", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_Q, false},
         {"composition_scores K", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_K, false},
         {"composition_scores V", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_V, false},
