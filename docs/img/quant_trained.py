@@ -6,8 +6,8 @@ Every weight matrix of the model is rounded through a GGUF block type with gguf-
 quantizer and dequantizer (gguf.quants.quantize / dequantize: blocks of 32 along the contracted
 dimension, as llama.cpp stores a matrix), and the rounded model, written as a TransformerLens-layout
 copy in a temporary directory, is compared with the original by circuits.diff on a repeated
-sentence. Printed: the relative error at a few hook points, and the mean loss on the first and
-the repeated half (induction predicts the repeat). Nothing is written to the repository.
+sentence. Printed: the relative error at a few hook points (the patterns also per head), and the
+mean loss on the first and the repeated half (induction predicts the repeat). Nothing is written to the repository.
 
     /opt/refenv/bin/python docs/img/quant_trained.py [BUILD_DIR]     (default: build)
 """
@@ -76,9 +76,11 @@ def main():
         save_file({k: rounded(v, k, q) if "W_" in k and v.ndim >= 2 else v for k, v in weights.items()},
                   str(d / "model.safetensors"))
         b = circuits.Model.from_pretrained(str(d), **NO_PROCESSING)
-        r = a.diff(b, tokens)
+        r = a.diff(b, tokens, per_head=True)
         f, rep = halves_loss(b, tokens)
         print(f"{q:6} " + " ".join(f"{r.get(n)['rel_error']:28.2e}" for n in names) + f" {f:10.3f} {rep:11.3f}")
+        for n in names[:2]:
+            print(f"       {n} per head: " + "  ".join(f"H{h} {v:.2e}" for h, v in enumerate(r.heads(n))))
         b.close()
     shutil.rmtree(tmp)
 
