@@ -1163,6 +1163,71 @@ CIRCUITS_API int circuits_context_path_patch_sweep(circuits_context *ctx, const 
                                                    const circuits_path_patch_options *opts, float *out);
 
 /* ---------------------------------------------------------------------------------------- */
+/* Comparing two models (0.6.0; docs/quantization.md)                                        */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Quantization as an intervention: two models with the same shapes (an F32 model and its
+ * Q4_K quantization, a model and a fine-tune, two weight processings) run on the same tokens,
+ * and every hook point's activation of model B is compared with model A's. */
+typedef struct circuits_diff circuits_diff;
+
+typedef struct circuits_diff_options {
+    uint32_t size;                  /* sizeof(circuits_diff_options) */
+    /* [batch, pos] of 0/1, or NULL: padding as in circuits_run_options, for both runs. The
+     * measures cover every position, padding included. */
+    const int32_t *attention_mask;
+    /* The hook points compared: n_names names or patterns as circuits_context_add_hook takes them
+     * (each must select a point); NULL / 0 (default): every hook point. */
+    const char *const *names;
+    size_t n_names;
+    int32_t logits;                 /* 1 (default): a last entry "logits" compares the logits */
+    /* 1: after the entry of each point with a head axis (hook_q, hook_k, hook_v, hook_z,
+     * hook_attn_scores, hook_pattern, hook_result ...), one entry per head over that head's slice
+     * (head >= 0; K/V heads for hook_k / hook_v under grouped-query attention). 0 (default): none. */
+    int32_t per_head;
+} circuits_diff_options;
+
+/* Sets size and the defaults: every hook point and the logits, no mask. */
+CIRCUITS_API void circuits_diff_options_init(circuits_diff_options *opts);
+
+/* Runs model a and model b on tokens [batch, pos] (each in a context of its own with the default
+ * context options) and measures at each selected hook point how far b's activation is from a's.
+ * The models must agree on what makes their hook points correspond: n_layers, d_model, n_heads,
+ * d_head, d_mlp, n_key_value_heads, d_vocab and d_vocab_out (else CIRCUITS_E_CONFIG naming the
+ * field), and the hook points themselves (names in order: the same normalization and block
+ * structure). Model a's selected activations are held for the length of the call (as a cache of
+ * them would be); model b's are compared as its run makes them, never stored. *out receives the
+ * result (free with circuits_diff_free); opts may be NULL for the defaults. */
+CIRCUITS_API int circuits_model_diff(const circuits_model *a, const circuits_model *b, const int32_t *tokens,
+                                     int64_t batch, int64_t pos, const circuits_diff_options *opts,
+                                     circuits_diff **out);
+CIRCUITS_API void circuits_diff_free(circuits_diff *diff);
+
+/* One hook point's comparison, over all its elements (a = model a's activation, b = model b's;
+ * sums in double). The caller sets size = sizeof(circuits_diff_entry); the library fills what
+ * fits. The strings belong to the diff. */
+typedef struct circuits_diff_entry {
+    uint32_t size;
+    int32_t layer;          /* the block, or -1 (embeddings, ln_final, logits) */
+    int32_t head;           /* -1: the whole point; else one head's slice (per_head) */
+    const char *name;       /* the full hook name ("blocks.3.attn.hook_z"), or "logits" */
+    const char *kind;       /* the name without "blocks.L." ("attn.hook_z"): the same for every layer */
+    int64_t numel;          /* elements compared: all but those that are the same infinity in
+                             * both (the -inf of masked attention scores) */
+    double rel_error;       /* ||a - b||_F / ||a||_F (0 if both are 0; infinity if a is 0 and b is not) */
+    double max_abs;         /* max |a - b| */
+    double cosine;          /* <a, b> / (||a||_F ||b||_F) over the flattened tensors (1 if both
+                             * are 0, 0 if one is) */
+    double norm_a;          /* ||a||_F */
+    double norm_b;          /* ||b||_F */
+} circuits_diff_entry;
+
+/* Entries in firing order (a point's per-head entries after it), the logits last. */
+CIRCUITS_API size_t circuits_diff_count(const circuits_diff *diff);
+/* Entry `index` into *out (CIRCUITS_E_RANGE past the end). */
+CIRCUITS_API int circuits_diff_at(const circuits_diff *diff, size_t index, circuits_diff_entry *out);
+
+/* ---------------------------------------------------------------------------------------- */
 /* Threads                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 

@@ -73,7 +73,7 @@ $code_py" "$tmp/out" 2>"$tmp/pyerr"; then
 }
 
 # ---- help and top level ----
-for cmd in info run cache heads compose generate; do
+for cmd in info run cache heads compose generate diff; do
     ok "$cmd" --help
     grep -q "usage: circuits $cmd" "$tmp/out" || fail "$cmd --help lacks its usage line"
     ok "$cmd" -h
@@ -315,6 +315,67 @@ err 1 "exceed the model's n_ctx = 512" generate "$M" --prompt hi --max-new 600
 err 1 "has no tokenizer" generate "$R" --prompt hi
 err 1 "outside the vocabulary" generate "$R" --tokens 60
 err 1 "cannot load model" generate "$tmp/none" --prompt hi
+
+# ---- diff ----
+A=$src/tests/reference/cases/tl_f16          # two models of the same shapes (2 layers, d_model 16)
+B=$src/tests/reference/cases/tl_attn_softcap
+py '
+e = d["entries"]
+assert len(e) == 5 * 17 + 7 and e[-1]["name"] == "logits" and e[-1]["layer"] == -1, len(e)
+assert all(x["rel_error"] == 0 and x["max_abs"] == 0 and abs(x["cosine"] - 1) < 1e-12 for x in e)
+assert d["tokens"] == [0, 40, 73, 5] and d["png"] is None
+' diff "$M" "$M" --tokens 0,40,73,5 --json
+ok diff "$A" "$B" --tokens 1,2,3,4,5 --png "$tmp/d.png"
+grep -q "relative error ||b - a|| / ||a|| by layer" "$tmp/out" || fail "diff: title"
+grep -qE "^hook_resid_post +[0-9.e+-]+ +[0-9.e+-]+$" "$tmp/out" || fail "diff: a row per hook point, a column per layer"
+grep -qE "^logits +[0-9.e+-]+ +[0-9.e+-]+ +-?[0-9.]+$" "$tmp/out" || fail "diff: logits row"
+grep -q "wrote $tmp/d.png" "$tmp/out" || fail "diff: names the PNG"
+checks=$((checks + 1))
+head -c 8 "$tmp/d.png" | od -An -c | grep -q "P   N   G" || fail "diff: $tmp/d.png is not a PNG"
+cp "$tmp/out" "$tmp/diff_table"
+py '
+import re
+e = {x["name"]: x for x in d["entries"]}
+assert all(x["rel_error"] > 0 for x in e.values() if x["name"] != "hook_tokens")
+table = open(sys.argv[1].rsplit("/", 1)[0] + "/diff_table").read()
+row = re.search(r"^hook_resid_post +(\S+) +(\S+)$", table, re.M)
+for l in (0, 1):
+    assert float(row.group(l + 1)) == float("%.3e" % e["blocks.%d.hook_resid_post" % l]["rel_error"])
+' diff "$A" "$B" --tokens 1,2,3,4,5 --json
+py '
+assert [x["name"] for x in d["entries"]] == ["hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "logits"]
+' diff "$A" "$B" --tokens 1,2,3 --hooks 'embed,blocks.*.hook_resid_post' --json
+py '
+e = d["entries"]
+heads = [x for x in e if x["head"] >= 0]
+assert len(heads) == 2 * 2 * 2 and all(x["name"].endswith(("hook_z", "hook_pattern")) for x in heads), heads
+assert [x["head"] for x in e[:3]] == [-1, 0, 1] and e[0]["name"] == e[1]["name"] == e[2]["name"]
+' diff "$A" "$B" --tokens 1,2,3 --hooks 'blocks.*.attn.hook_z,blocks.*.attn.hook_pattern' --per-head --json
+ok diff "$A" "$B" --tokens 1,2,3 --hooks 'blocks.*.attn.hook_z' --per-head
+grep -q "heads, largest relative error first (4 of 4):" "$tmp/out" || fail "diff --per-head: the heads list"
+ok diff "$A" "$A" --tokens 1,2,3 --png "$tmp/same.png"
+grep -q "no chart: no hook point of a block drawn differs" "$tmp/out" || fail "diff --png of equal models: says why no chart"
+checks=$((checks + 1))
+[ ! -e "$tmp/same.png" ] || fail "diff --png of equal models wrote an empty chart"
+ok diff "$A" "$B" --tokens 1,2,3 --measure cos
+grep -q "cosine similarity by layer" "$tmp/out" || fail "diff --measure cos: title"
+Q=$src/tests/reference/gguf/gpt2/Q4_0.gguf   # one quantized file, dequantized at load against kept quantized
+py '
+e = d["entries"]
+assert len(e) > 30 and all(x["rel_error"] < 1e-5 for x in e) and any(x["rel_error"] > 0 for x in e)
+' diff "$Q" "$Q" --tokens 1,2,3,4,5,6,7,8 --stored-b --no-processing --json
+err 1 "fold_ln would rewrite 'blocks.0.attn.W_Q', kept in its stored dtype Q4_0" diff "$Q" "$Q" --tokens 1 --stored-a
+err 2 "option '--stored-b' takes no value" diff "$Q" "$Q" --tokens 1 --stored-b=1
+err 2 "needs two models: MODEL_A MODEL_B" diff "$A" --tokens 1
+err 2 "needs --prompt TEXT or --tokens IDS" diff "$A" "$B"
+err 2 "unexpected argument '$M'" diff "$A" "$B" "$M" --tokens 1
+err 2 "--measure: 'x' is not rel, max or cos" diff "$A" "$B" --tokens 1 --measure x
+err 2 "--hooks: 'embed,' has an empty name" diff "$A" "$B" --tokens 1 --hooks embed,
+err 1 "the models differ in n_layers (5 and 2)" diff "$M" "$R" --tokens 1
+err 1 "matches no hook point" diff "$A" "$B" --tokens 1 --hooks 'blocks.*.hook_nothing'
+err 1 "outside the vocabulary" diff "$A" "$B" --tokens 60
+err 1 "cannot load model '$tmp/none'" diff "$A" "$tmp/none" --tokens 1
+err 1 "cannot write the chart" diff "$A" "$B" --tokens 1 --png "$tmp/no/dir/d.png"
 
 # ---- --no-mmap: the weight files read into memory; every command gives the same output ----
 same() { # ARGS...: stdout with --no-mmap equals stdout without it

@@ -680,6 +680,44 @@ static int call_path_patch(fx *f)
     return circuits_context_path_patch_sweep(f->ctx, f->tokens, corrupted, B, T, &m, &o, f->out);
 }
 
+/* comparing two models (the model with itself): variant 0 a few points and the logits, 1 every
+ * point and head with the padding mask */
+static int call_diff(fx *f)
+{
+    static const char *const names[] = {"blocks.*.hook_resid_post", "blocks.1.*", "hook_embed"};
+    circuits_diff_options o;
+    circuits_diff_options_init(&o);
+    if (f->op->variant == 0) {
+        o.names = names;
+        o.n_names = 3;
+    } else {
+        o.attention_mask = MASK;
+        o.per_head = 1;
+    }
+    circuits_diff *d = (circuits_diff *)&SENTINEL;
+    int rc = circuits_model_diff(f->model, f->model, f->tokens, B, T, &o, &d);
+    f->made = d;
+    return rc;
+}
+
+static void digest_diff(fx *f, bytes *b)
+{
+    circuits_diff *d = f->made;
+    size_t n = circuits_diff_count(d);
+    put_i64(b, (int64_t)n);
+    for (size_t i = 0; i < n; i++) {
+        circuits_diff_entry e = {.size = sizeof e};
+        CHECK_OK(circuits_diff_at(d, i, &e));
+        put_str(b, e.name);
+        put_str(b, e.kind);
+        put_i64(b, e.layer);
+        put_i64(b, e.head);
+        put_i64(b, e.numel);
+        put(b, &e.rel_error, 5 * sizeof(double)); /* rel_error .. norm_b */
+    }
+    circuits_diff_free(d);
+}
+
 /* ---- circuits of the model and factored matrices ---- */
 static int call_composition(fx *f)
 {
@@ -1045,6 +1083,8 @@ static void test_operations(fx *f)
         /* a sweep's runs hold several cells (more rows than step 1): a failure at a later run leaves
          * the context's run memory as the earlier runs grew it */
         {"path_patch_sweep", setup_forward, call_path_patch, put_out, free_state, NULL, 1, true},
+        {"model_diff some points", NULL, call_diff, digest_diff, NULL, NULL, 0, false},
+        {"model_diff every point and head, padded", NULL, call_diff, digest_diff, NULL, NULL, 1, false},
         {"composition_scores Q", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_Q, false},
         {"composition_scores K", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_K, false},
         {"composition_scores V", NULL, call_composition, put_out, NULL, NULL, CIRCUITS_COMPOSITION_V, false},

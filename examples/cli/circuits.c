@@ -6,6 +6,7 @@
  *   circuits heads MODEL      previous-token / induction / duplicate-token / copying scores
  *   circuits compose MODEL    Q/K/V composition scores (table and heatmap PNGs)
  *   circuits generate MODEL   continue a prompt (greedy or sampled, KV-cached)
+ *   circuits diff MODEL_A MODEL_B   each hook point's error of one model against another
  *
  * Exit status: 0 success, 1 failure (a model that does not load, a library error, a file that
  * cannot be written), 2 a bad command line. */
@@ -24,6 +25,7 @@ static const struct {
     {"heads", cmd_heads, "previous-token, induction, duplicate-token and copying scores of every head"},
     {"compose", cmd_compose, "Q/K/V composition scores between heads (table, heatmap PNG)"},
     {"generate", cmd_generate, "continue a prompt with the model (greedy or sampled)"},
+    {"diff", cmd_diff, "MODEL_A MODEL_B: each hook point's error of B against A by layer (quantization)"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -75,5 +77,5 @@ int main(int argc, char **argv)
             return commands[i].fn(argc - 1, argv + 1);
         }
     if (cmd[0] == '-') return usage_error("unknown option '%s' (a command comes first)", cmd);
-    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate)", cmd);
+    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff)", cmd);
 }

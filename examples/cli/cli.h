@@ -51,6 +51,7 @@ typedef struct common {
     const char *prompt;  /* --prompt TEXT */
     const char *tokens;  /* --tokens IDS */
     bool no_bos;         /* --no-bos */
+    bool keep_stored;    /* load with keep_stored_dtype (set by commands that offer it: diff) */
 } common;
 
 /* Handles --json, --no-processing, --no-mmap, and (when `input`) --prompt, --tokens, --no-bos. Returns 1
@@ -96,6 +97,13 @@ void progress_end(progress *p);
 /* Registers a hook on every blocks.*.hook_resid_post that advances p by one per layer run. */
 int progress_hook_layers(circuits_context *ctx, progress *p);
 
+/* ---- pictures (util.c; built with cairo only) ---- */
+#ifdef CIRCUITS_CLI_CAIRO
+/* Frees cairo's and fontconfig's process-wide font caches, so that leak checkers (valgrind,
+ * LeakSanitizer) see a clean exit. Only after the last drawing. */
+void cli_release_fonts(void);
+#endif
+
 /* ---- tensor files (tensor_io.c) ---- */
 typedef struct named_tensor {
     const char *name;
@@ -117,5 +125,6 @@ int cmd_cache(int argc, char **argv);
 int cmd_heads(int argc, char **argv);
 int cmd_compose(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_diff(int argc, char **argv);
 
 #endif

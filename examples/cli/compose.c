@@ -9,21 +9,6 @@
 
 #ifdef CIRCUITS_CLI_CAIRO
 #include "../plot.h"
-
-#include <cairo.h>
-#ifdef CIRCUITS_CLI_FONTCONFIG
-#include <fontconfig/fontconfig.h>
-#endif
-
-/* Frees cairo's and fontconfig's process-wide font caches, so that leak checkers (valgrind,
- * LeakSanitizer) see a clean exit. Only after the last drawing. */
-static void release_fonts(void)
-{
-    cairo_debug_reset_static_data();
-#ifdef CIRCUITS_CLI_FONTCONFIG
-    FcFini();
-#endif
-}
 #endif
 
 static void usage(void)
@@ -193,7 +178,7 @@ int cmd_compose(int argc, char **argv)
         if (rc) break;
         n_png++;
     }
-    if (png && L >= 2) release_fonts();
+    if (png && L >= 2) cli_release_fonts();
     if (rc) goto done;
 #endif
 

@@ -11,7 +11,24 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef CIRCUITS_CLI_CAIRO
+#include <cairo.h>
+#ifdef CIRCUITS_CLI_FONTCONFIG
+#include <fontconfig/fontconfig.h>
+#endif
+#endif
+
 const char *cli_cmd = NULL;
+
+#ifdef CIRCUITS_CLI_CAIRO
+void cli_release_fonts(void)
+{
+    cairo_debug_reset_static_data();
+#ifdef CIRCUITS_CLI_FONTCONFIG
+    FcFini();
+#endif
+}
+#endif
 
 static void vmessage(const char *fmt, va_list ap)
 {
@@ -195,6 +212,7 @@ int load_model(const common *c, circuits_model **m, circuits_config *cfg)
         o.fold_ln = o.center_writing_weights = o.center_unembed = o.fold_value_biases =
             o.refactor_factored_attn_matrices = 0;
     o.read_into_memory = c->no_mmap;
+    o.keep_stored_dtype = c->keep_stored;
     if (circuits_model_load(m, c->model, &o) != CIRCUITS_OK)
         return failure("cannot load model '%s': %s", c->model, circuits_last_error());
     cfg->size = sizeof *cfg;

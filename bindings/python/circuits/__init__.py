@@ -47,6 +47,7 @@ from .tokenizer import Tokenizer
 from .quant import dequantize, dtype_block, dtype_name
 from . import evals, utils  # noqa: E402  (TransformerLens's evals and utils modules)
 from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens's patching module
+from .compare import DiffResult, diff  # noqa: E402 -- comparing two models (docs/quantization.md)
 
 __version__ = "0.6.0"
 
@@ -96,6 +97,8 @@ __all__ = [
     "detect_head",
     "repeated_tokens",
     "composition_baseline",
+    "diff",
+    "DiffResult",
     "library_version",
     "set_num_threads",
     "get_num_threads",

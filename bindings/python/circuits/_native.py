@@ -27,6 +27,7 @@ from ctypes import (
     POINTER,
     Structure,
     c_char_p,
+    c_double,
     c_float,
     c_int,
     c_int32,
@@ -443,6 +444,37 @@ class PathPatchOptions(Structure):
     ]
 
 
+class DiffOptions(Structure):
+    """``circuits_diff_options`` (names as an address: the caller keeps the array alive)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("attention_mask", c_void_p),  # const int32_t * [batch, pos]
+        ("names", c_void_p),  # const char *const *
+        ("n_names", c_size_t),
+        ("logits", c_int32),
+        ("per_head", c_int32),
+    ]
+
+
+class DiffEntry(Structure):
+    """``circuits_diff_entry`` (the strings belong to the diff)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("layer", c_int32),
+        ("head", c_int32),
+        ("name", c_void_p),  # const char *
+        ("kind", c_void_p),  # const char *
+        ("numel", c_int64),
+        ("rel_error", c_double),
+        ("max_abs", c_double),
+        ("cosine", c_double),
+        ("norm_a", c_double),
+        ("norm_b", c_double),
+    ]
+
+
 #: ``circuits_hook_fn``: int (*)(const circuits_tensor *act, void *user_data)
 HOOK_FN = CFUNCTYPE(c_int, POINTER(Tensor), c_void_p)
 #: ``circuits_generate_fn``: int (*)(int64_t step, const int32_t *tokens, const float *logits,
@@ -699,6 +731,12 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
         c_int,
         [HANDLE, I32P, I32P, c_int64, c_int64, POINTER(Metric), POINTER(PathPatchOptions), F32P],
     ),
+    # comparing two models
+    "circuits_diff_options_init": (None, [POINTER(DiffOptions)]),
+    "circuits_model_diff": (c_int, [HANDLE, HANDLE, I32P, c_int64, c_int64, POINTER(DiffOptions), POINTER(HANDLE)]),
+    "circuits_diff_free": (None, [HANDLE]),
+    "circuits_diff_count": (c_size_t, [HANDLE]),
+    "circuits_diff_at": (c_int, [HANDLE, c_size_t, POINTER(DiffEntry)]),
     # storage types of weights (circuits.quant)
     "circuits_dtype_name": (c_char_p, [c_int32]),
     "circuits_dtype_block": (c_int, [c_int32, POINTER(c_int64), POINTER(c_size_t)]),

@@ -1580,6 +1580,14 @@ class Model:
         self._call(lib.circuits_context_detect_heads, tok, B, T, kind, custom, ctypes.byref(opts), out)
         return out
 
+    def diff(self, other: "Model", tokens: Any, names: Any = None, *, logits: bool = True, per_head: bool = False,
+             attention_mask: Any = None) -> Any:
+        """``circuits.diff(self, other, tokens, ...)``: every hook point's error of ``other``
+        against this model on the same tokens (docs/quantization.md)."""
+        from .compare import diff  # circuits.compare imports this module
+
+        return diff(self, other, tokens, names, logits=logits, per_head=per_head, attention_mask=attention_mask)
+
     # -- tokenizer --------------------------------------------------------------------------
 
     @property

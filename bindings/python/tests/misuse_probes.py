@@ -1097,6 +1097,33 @@ m(TOK_BIG)
 ok()
 ''')
 
+PROBES["size_model_diff"] = ("size", '''
+a = load()
+b = load(fold_ln=False)
+d = circuits.diff(a, b, TOK)
+kinds, grid = d.by_layer()
+assert grid.shape == (len(kinds), a.cfg.n_layers) and d[-1]["name"] == "logits"
+object.__setattr__(a.cfg, "n_layers", 1)          # forced: informational only; sizes come from C's numbers
+kinds2, grid2 = circuits.diff(a, b, TOK).by_layer()
+same(grid2, grid)
+refused(lambda: circuits.diff(a, b, TOK[None]), circuits.ShapeError)                       # 3-D tokens
+refused(lambda: circuits.diff(a, b, TOK + 1000), circuits.RangeError)                       # outside the vocabulary
+refused(lambda: circuits.diff(a, b, TOK, attention_mask=np.ones((1, 3), int)), circuits.ShapeError)
+refused(lambda: circuits.diff(a, b, TOK, attention_mask=np.full(TOK.shape, 2**32)), circuits.RangeError)
+refused(lambda: circuits.diff(a, b, TOK, names=[b"hook_embed"]), TypeError)
+refused(lambda: circuits.diff(a, b, TOK, names=["blocks.*.hook_nothing"]), circuits.NotFoundError)
+refused(lambda: circuits.diff(a, load(SMALL), TOK % 50), circuits.ConfigError)              # other shapes
+refused(lambda: circuits.diff(a, "b", TOK), TypeError)
+e = d.get("blocks.0.hook_resid_post")                # plain Python values: nothing points into C
+b.close()
+refused(lambda: circuits.diff(a, b, TOK), circuits.ClosedError)
+refused(lambda: b.diff(a, TOK), circuits.ClosedError)
+gc.collect()
+assert e["layer"] == 0 and isinstance(e["rel_error"], float) and str(d).startswith("relative error")
+same(a.diff(a, TOK).by_layer()[1], np.zeros_like(grid))
+ok()
+''')
+
 PROBES["size_dequantize"] = ("size", '''
 # circuits.dequantize sizes its output itself from n and checks n against the bytes in C: no
 # byte count or value count a caller passes can make the library read or write past a buffer.
@@ -1332,6 +1359,11 @@ AUDIT = {
     "circuits_context_path_patch_sweep": ["size_path_patch", "kept_path_patch_metric_logits"],
     "circuits_set_num_threads": ["size_set_num_threads"],
     "circuits_get_num_threads": ["size_set_num_threads"],
+    "circuits_diff_options_init": "a struct of the binding's, sized by ctypes",
+    "circuits_model_diff": ["size_model_diff"],
+    "circuits_diff_count": ["size_model_diff"],
+    "circuits_diff_at": ["size_model_diff"],
+    "circuits_diff_free": ["size_model_diff"],
     "circuits_dtype_name": _SCALAR,
     "circuits_dtype_block": "two scalars written through ctypes.byref of the binding's own c_int64 / c_size_t",
     "circuits_dequantize": ["size_dequantize"],

@@ -9,7 +9,7 @@ import ctypes
 import re
 import shutil
 import subprocess
-from ctypes import POINTER, c_char_p, c_float, c_int, c_int32, c_int64, c_size_t, c_uint, c_uint32, c_uint64, c_void_p
+from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_int32, c_int64, c_size_t, c_uint, c_uint32, c_uint64, c_void_p
 
 import pytest
 
@@ -102,7 +102,7 @@ def header_structs():
 HF = header_functions()
 
 F32P, I32P, I64P = N.F32P, N.I32P, N.I64P
-OPAQUE = ("circuits_model", "circuits_context", "circuits_cache", "circuits_factored", "circuits_tokenizer",
+OPAQUE = ("circuits_model", "circuits_diff", "circuits_context", "circuits_cache", "circuits_factored", "circuits_tokenizer",
           "circuits_kv_cache", "circuits_run_memory")
 STRUCT_CLASSES = {
     "circuits_tensor": N.Tensor,
@@ -119,6 +119,8 @@ STRUCT_CLASSES = {
     "circuits_resid_options": N.ResidOptions,
     "circuits_path_head": N.PathHead,
     "circuits_path_patch_options": N.PathPatchOptions,
+    "circuits_diff_options": N.DiffOptions,
+    "circuits_diff_entry": N.DiffEntry,
 }
 SCALARS = {
     "int": c_int,
@@ -245,6 +247,7 @@ def test_status_classes_cover_every_status():
 
 
 _CT = {"uint32_t": c_uint32, "int32_t": c_int32, "int64_t": c_int64, "uint64_t": c_uint64, "float": c_float,
+       "double": c_double, "size_t": c_size_t,
        "circuits_generate_fn": c_void_p, "circuits_metric_fn": c_void_p}  # function pointers as addresses
 
 
