@@ -28,6 +28,9 @@ typedef struct mode {
 static const mode MODES[] = {
     /* fp32 path: weights dequantized at load, every product in fp32, as the references compute */
     {"fp32", 0, 5e-5, 1e-4, 1e-4},
+    /* keep_stored_dtype: the matrices stay quantized and products dequantize blocks on the fly;
+     * the same references and bounds (the products differ from fp32 ones only in summation order) */
+    {"stored", 1, 5e-5, 1e-4, 1e-4},
 };
 
 /* llama.cpp vs ours, by the file's type: about twice the largest difference between llama.cpp and
@@ -103,6 +106,14 @@ static void check_file(const char *dir, json_t *cj, json_t *fj, const mode *m)
     }
     circuits_config cfg = {.size = sizeof cfg};
     CHECK_OK(circuits_model_config(model, &cfg));
+    /* the stored mode really keeps the file's matrices (an F32 file's stay fp32 views; llama.cpp's
+     * K-quant mixes store some matrices in a neighbouring type: Q2_K files hold ffn_down as Q3_K) */
+    int32_t dt = -1;
+    CHECK_OK(circuits_model_weight_dtype(model, "blocks.0.mlp.W_out", &dt));
+    const char *dt_name = circuits_dtype_name(dt);
+    bool kept = dt_name && dt != CIRCUITS_DTYPE_F32;
+    CHECK(m->keep_stored_dtype && strcmp(type, "F32") != 0 ? kept : dt == CIRCUITS_DTYPE_F32,
+          "%s (%s, mode %s): blocks.0.mlp.W_out held as %s", gpath, type, m->name, dt_name ? dt_name : "?");
     const cx_st_tensor *rl = want(ref, rpath, "logits");
     CHECK(rl->numel == (size_t)(B * T * cfg.d_vocab_out), "%s: vocab %d, the reference has %zu logits", gpath,
           cfg.d_vocab_out, rl->numel);
