@@ -2,7 +2,8 @@
  * (io/safetensors.h). Their sizes, their dequantization (bit-identical to the gguf package's
  * NumPy dequantizer, llama.cpp's gguf-py/gguf/quants.py), and matrices kept in them
  * (keep_stored_dtype): products that dequantize blocks on the fly and accumulate in fp32.
- * Files: model/quant.c (types, dequantization), run/qmatmul.c (products). */
+ * Files: model/quant.c (types, dequantization), run/qmatmul.c + run/qkernels_x86.c (products),
+ * model/stored.c (which weights a model keeps so, and reading them back). */
 #ifndef CIRCUITS_QUANT_H
 #define CIRCUITS_QUANT_H
 
@@ -51,7 +52,7 @@ typedef struct cx_qmat {
 } cx_qmat;
 
 /* Weight i of m, held as m->stored[i], dequantized into buf (its product of shape floats) in
- * TransformerLens's shape, contiguous: what its fp32 view would hold. */
+ * TransformerLens's shape, contiguous: what its fp32 view would hold. (model/stored.c) */
 int cx_qmat_read_weight(const circuits_model *m, size_t i, float *buf);
 
 /* dst[cols] = logical row r of W, dequantized (an embedding lookup). */
