@@ -259,7 +259,7 @@ def _c_patch(model: Any, kind: int, corrupted_tokens: Any, clean_cache: Any, pat
     ptrs = (ctypes.c_void_p * len(clean))(*[a.ctypes.data for a in clean])
     shape = (ctypes.c_int64 * 4)()
     nd = ctypes.c_int32()
-    N.check(lib.circuits_patch_grid_shape(model._mptr(), kind, T, shape, ctypes.byref(nd)))
+    N.check(lib.circuits_patch_grid_shape(model._live(), kind, T, shape, ctypes.byref(nd)))
     out = np.empty(tuple(shape[: nd.value]), np.float32)
     opts = N.PatchOptions()
     lib.circuits_patch_options_init(ctypes.byref(opts))

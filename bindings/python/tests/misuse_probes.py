@@ -1189,6 +1189,40 @@ touch(arrs[0])
 ok()
 ''')
 
+PROBES["owner_stored_weights_close_race"] = ("owner", '''
+# close() from one thread while another reads a stored model's weights (BF16, no tokenizer:
+# nothing else holds the model) or runs analyses on it outside the model's lock: each call must
+# hold the model's handle, not a pointer int taken from it, or close() frees the model under a
+# call that released the GIL (before the fix: segfaults, 'no weight named' from freed memory).
+BF16 = os.path.join(REPO, "tests", "reference", "cases", "hf_qwen2_bf16")
+import random, time
+random.seed(0)
+closed_seen = 0
+for it in range(60):
+    m = circuits.Model.from_pretrained_no_processing(BF16, keep_stored_dtype=True)
+    go = threading.Event(); errs = []
+    cache = m.run_with_cache(TOK_SMALL)[1]
+    def reader(m=m, cache=cache):
+        global closed_seen
+        go.set()
+        try:
+            while True:
+                m.state_dict(); m.get_weight("unembed.W_U"); m.weight_dtype("embed.W_E"); m.weight_names()
+                m.OV; m.all_composition_scores("Q"); m.copying_scores(); m.tokens_to_residual_directions(np.array([3, 4]))
+                cache.logit_lens(); cache.accumulated_resid(apply_ln=True); cache.decompose_resid()
+        except circuits.ClosedError:
+            closed_seen += 1
+        except BaseException as e:
+            errs.append(e)
+    t = threading.Thread(target=reader); t.start(); go.wait()
+    time.sleep(random.random() * 0.003)
+    m.close(); del m, cache
+    t.join()
+    assert not errs, errs
+assert closed_seen == 60
+ok()
+''')
+
 # ---------------------------------------------------------------------------------------------
 # The audit (issue 12): every bound C function, and where a size or a pointer crosses ctypes
 # through it, the probes that pin down the two classes of defect — a size the caller could
@@ -1257,8 +1291,8 @@ AUDIT = {
     "circuits_model_weight": ["owner_weights_after_close"],
     "circuits_model_weight_count": ["owner_state_dict_after_close"],
     "circuits_model_weight_at": ["owner_state_dict_after_close", "owner_stored_weights"],
-    "circuits_model_weight_dtype": ["owner_stored_weights"],
-    "circuits_model_weight_read": ["owner_stored_weights"],
+    "circuits_model_weight_dtype": ["owner_stored_weights", "owner_stored_weights_close_race"],
+    "circuits_model_weight_read": ["owner_stored_weights", "owner_stored_weights_close_race"],
     "circuits_context_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_context_create": ["kept_across_set_use_attn_result"],
     "circuits_context_free": ["kept_after_close", "kept_across_set_use_attn_result"],
@@ -1296,10 +1330,10 @@ AUDIT = {
     "circuits_context_run_ablated": ["size_patching_and_ablation"],
     "circuits_context_mean_activations": ["size_patching_and_ablation"],
     "circuits_resid_shape": ["size_resid_stacks"],
-    "circuits_resid_stack": ["size_resid_stacks"],
+    "circuits_resid_stack": ["size_resid_stacks", "owner_stored_weights_close_race"],
     "circuits_resid_labels": ["size_resid_stacks"],
     "circuits_resid_apply_ln": ["size_resid_stacks"],
-    "circuits_model_residual_directions": ["size_resid_stacks"],
+    "circuits_model_residual_directions": ["size_resid_stacks", "owner_stored_weights_close_race"],
     "circuits_resid_logit_attrs": ["size_resid_stacks"],
     "circuits_logit_lens": ["size_resid_stacks"],
     "circuits_direct_logit_attribution": ["size_resid_stacks"],
@@ -1320,7 +1354,7 @@ AUDIT = {
     "circuits_factored_diagonal": ["size_factored_dims_read_only"],
     "circuits_factored_topk": ["size_topk_huge_k"],
     "circuits_factored_materialize": ["size_factored_dims_read_only", "owner_factors_after_drop"],
-    "circuits_model_ov": ["owner_factors_after_drop"],
+    "circuits_model_ov": ["owner_factors_after_drop", "owner_stored_weights_close_race"],
     "circuits_model_qk": ["owner_factors_after_drop"],
     "circuits_model_full_ov": ["size_topk_huge_k"],
     "circuits_model_full_qk": "returns a FactoredMatrix: as circuits_model_full_ov",
@@ -1329,10 +1363,10 @@ AUDIT = {
     "circuits_model_composition_circuit": "returns a FactoredMatrix: as circuits_model_full_ov",
     "circuits_model_virtual_ov": "returns a FactoredMatrix: as circuits_model_full_ov",
     "circuits_model_virtual_weights": "returns a FactoredMatrix: as circuits_model_full_ov",
-    "circuits_model_composition_scores": ["size_cfg_n_layers_forced", "size_cfg_n_heads_forced"],
+    "circuits_model_composition_scores": ["size_cfg_n_layers_forced", "size_cfg_n_heads_forced", "owner_stored_weights_close_race"],
     "circuits_model_mlp_composition_scores": ["size_cfg_n_layers_forced"],
     "circuits_composition_baseline": ["size_repeated_tokens_and_baseline"],
-    "circuits_model_copying_scores": ["size_cfg_n_heads_forced"],
+    "circuits_model_copying_scores": ["size_cfg_n_heads_forced", "owner_stored_weights_close_race"],
     "circuits_detect_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_context_detect_heads": ["kept_from_detect_head", "size_detect_pattern_wrong", "size_cfg_n_heads_forced"],
     "circuits_repeated_tokens": ["size_repeated_tokens_and_baseline"],
