@@ -57,15 +57,20 @@ def dtype_block(dtype: Union[str, int]) -> Tuple[int, int]:
 def dequantize(dtype: Union[str, int], data: Any, n: Optional[int] = None) -> np.ndarray:
     """The values stored in ``data`` as ``dtype``, as a new 1-D float32 array.
 
-    data: bytes, bytearray, memoryview or any NumPy array holding whole blocks (its raw bytes
-    are read, C order; a GGUF tensor's data as gguf-py's reader returns it works as is). n: the
+    data: bytes, bytearray, memoryview (strided ones too) or any NumPy array holding whole
+    blocks (its raw bytes are read, C order: a float64 array given as "F32" is read as its
+    bytes, not converted; a GGUF tensor's data as gguf-py's reader returns it works as is). n: the
     number of values (default: what the bytes hold); it must be a multiple of the block and
     the bytes exactly its size (ShapeError otherwise)."""
     code = _code(dtype)
     if isinstance(data, np.ndarray):
         raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     else:
-        raw = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+        mv = memoryview(data)  # TypeError for an object with no buffer (str, list, ...)
+        if mv.c_contiguous:
+            raw = np.frombuffer(mv.cast("B"), dtype=np.uint8)
+        else:  # a strided view (memoryview(x)[::2]): its elements' bytes, copied in C order
+            raw = np.ascontiguousarray(np.asarray(mv)).reshape(-1).view(np.uint8)
     bv, bb = dtype_block(code)
     if n is None:
         n = -(-raw.size // bb) * bv  # a partial block: the library names the size it needs
