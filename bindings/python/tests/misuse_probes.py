@@ -1223,6 +1223,37 @@ assert closed_seen == 60
 ok()
 ''')
 
+PROBES["owner_gguf_after_close"] = ("owner", '''
+# GGUF files lend memory the directory loads do not: float32 weights viewed in the file's mapping
+# (mmap) or in buffers the load converted (llama.cpp's Q/K permutation undone, Gemma's norm
+# minus 1), the tokenizer read from the file, and with keep_stored_dtype a mixed model whose
+# kept matrices are copies while its norms are views. All of it must outlive close() + GC.
+G = os.path.join(REPO, "tests", "reference", "gguf")
+held = []
+for f, kw in (("hf_llama_gqa.f32.gguf", {}), ("hf_gemma.f32.gguf", {"mmap": False}),
+              ("hf_tiny_random_gpt2.f32.gguf", {}), ("hf_llama_gqa.mixed.gguf", {"keep_stored_dtype": True}),
+              ("hf_neox.mixed.gguf", {"keep_stored_dtype": True, "mmap": False})):
+    m = circuits.Model.from_pretrained_no_processing(os.path.join(G, f), **kw)
+    tok = m.tokenizer
+    ids = tok.encode("hello world") if tok is not None else None
+    kept = []
+    logits = m.run_with_hooks(TOK_SMALL % m.cfg.d_vocab,
+                              fwd_hooks=[("blocks.0.hook_resid_post", lambda a, hook: kept.append(a))])
+    arrs = [m.W_Q, m.get_weight("blocks.0.attn.W_Q"), m.blocks[0].ln1.w, m.embed.W_E, m.unembed.W_U,
+            m.state_dict()["blocks.0.ln2.w"], kept[0], logits]
+    held.append((f, arrs, snap(arrs), tok, ids))
+    m.close(); del m
+churn()
+for f, arrs, ref, tok, ids in held:
+    for a, r in zip(arrs, ref):
+        same(a, r)
+    for a in arrs:
+        touch(a)
+    if tok is not None:                        # the borrowed tokenizer keeps the model's memory
+        same(tok.encode("hello world"), ids); assert isinstance(tok.decode(ids), str)
+ok()
+''')
+
 # ---------------------------------------------------------------------------------------------
 # The audit (issue 12): every bound C function, and where a size or a pointer crosses ctypes
 # through it, the probes that pin down the two classes of defect — a size the caller could
@@ -1286,10 +1317,10 @@ AUDIT = {
     "circuits_clear_error": _SCALAR,
     "circuits_load_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_model_load": "the path is copied by the library; the model is owned by _ModelHandle",
-    "circuits_model_free": ["owner_weights_after_close", "owner_state_dict_after_close", "owner_tokenizer_after_close"],
+    "circuits_model_free": ["owner_weights_after_close", "owner_state_dict_after_close", "owner_tokenizer_after_close", "owner_gguf_after_close"],
     "circuits_model_config": ["size_cfg_d_vocab_out_forced", "size_cfg_rebind_refused"],
-    "circuits_model_weight": ["owner_weights_after_close"],
-    "circuits_model_weight_count": ["owner_state_dict_after_close"],
+    "circuits_model_weight": ["owner_weights_after_close", "owner_gguf_after_close"],
+    "circuits_model_weight_count": ["owner_state_dict_after_close", "owner_gguf_after_close"],
     "circuits_model_weight_at": ["owner_state_dict_after_close", "owner_stored_weights"],
     "circuits_model_weight_dtype": ["owner_stored_weights", "owner_stored_weights_close_race"],
     "circuits_model_weight_read": ["owner_stored_weights", "owner_stored_weights_close_race"],
