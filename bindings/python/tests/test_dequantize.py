@@ -57,6 +57,13 @@ def test_refusals():
         circuits.dequantize("Q4_K", bytes(144), 512)
     with pytest.raises(ValueError):
         circuits.dequantize("F16", bytes(4), -2)
+    # numbers past C's types: the library's exceptions, not ctypes.ArgumentError
+    with pytest.raises(circuits.DtypeError, match="not a storage type number"):
+        circuits.dequantize(2**32 + 8, bytes(34))  # would reach C as 8 (Q8_0) if wrapped
+    with pytest.raises(circuits.DtypeError):
+        circuits.dtype_block(-(2**31) - 1)
+    with pytest.raises(circuits.RangeError, match="does not fit in a C size_t"):
+        circuits.dequantize("Q8_0", bytes(34), 2**64 + 32)  # would reach C as 32 if wrapped
     with pytest.raises(circuits.DtypeError):
         circuits.dtype_block("nope")
     assert circuits.dtype_name(4) is None
