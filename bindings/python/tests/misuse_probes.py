@@ -1254,6 +1254,38 @@ for f, arrs, ref, tok, ids in held:
 ok()
 ''')
 
+PROBES["owner_context_close_race"] = ("owner", '''
+# close() from one thread while another is in the patching helpers that resolve hook names and
+# shapes on the model's context outside a run (_point_shape / _expected_shape: mean_activations,
+# run_ablated, the activation patching): before they took the model's lock, close() freed the
+# context under circuits_context_resolve_hook_name (ASan: heap-use-after-free in cx_hooks_select).
+import random, time
+from circuits import patching
+random.seed(1)
+closed_seen = 0
+hooks = [f"blocks.{l}.{p}" for l in range(2) for p in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook_z", "mlp.hook_post")] * 10
+for it in range(80):
+    m = load()
+    go = threading.Event(); errs = []
+    def reader(m=m):
+        global closed_seen
+        go.set()
+        try:
+            while True:
+                patching.mean_activations(m, TOK_SMALL, hooks)
+        except circuits.ClosedError:
+            closed_seen += 1
+        except BaseException as e:
+            errs.append(e)
+    t = threading.Thread(target=reader); t.start(); go.wait()
+    time.sleep(random.random() * 0.004)
+    m.close(); del m
+    t.join()
+    assert not errs, errs
+assert closed_seen == 80, closed_seen
+ok()
+''')
+
 # ---------------------------------------------------------------------------------------------
 # The audit (issue 12): every bound C function, and where a size or a pointer crosses ctypes
 # through it, the probes that pin down the two classes of defect — a size the caller could
@@ -1328,12 +1360,12 @@ AUDIT = {
     "circuits_context_create": ["kept_across_set_use_attn_result"],
     "circuits_context_free": ["kept_after_close", "kept_across_set_use_attn_result"],
     "circuits_context_hook_point_count": "names copied into HookPoint objects at load",
-    "circuits_context_hook_point": "names copied into HookPoint objects at load",
+    "circuits_context_hook_point": ["owner_context_close_race"],  # and at load: names copied into HookPoints
     "circuits_context_add_hook": ["size_names_filter_and_cache_keys", "kept_nested_model_in_hook"],
     "circuits_context_remove_hook": ["kept_after_bigger_run"],
     "circuits_context_clear_hooks": ["kept_across_set_use_attn_result"],
     "circuits_act_name": "a 256-byte buffer passed with its length",
-    "circuits_context_resolve_hook_name": "not called by the binding (the library resolves names itself)",
+    "circuits_context_resolve_hook_name": ["owner_context_close_race"],  # patching._point_shape
     "circuits_context_forward": ["kept_list_append", "size_tokens_wrong_dtype", "size_tokens_wrong_shape",
                                  "size_tokens_noncontiguous", "size_cfg_d_vocab_out_forced"],
     "circuits_run_options_init": "a struct of the binding's, sized by ctypes",
@@ -1359,7 +1391,7 @@ AUDIT = {
     "circuits_patch_grid_shape": ["size_patching_and_ablation"],
     "circuits_context_activation_patch": ["size_patching_and_ablation"],
     "circuits_context_run_ablated": ["size_patching_and_ablation"],
-    "circuits_context_mean_activations": ["size_patching_and_ablation"],
+    "circuits_context_mean_activations": ["size_patching_and_ablation", "owner_context_close_race"],
     "circuits_resid_shape": ["size_resid_stacks"],
     "circuits_resid_stack": ["size_resid_stacks", "owner_stored_weights_close_race"],
     "circuits_resid_labels": ["size_resid_stacks"],
