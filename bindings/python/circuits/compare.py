@@ -111,7 +111,9 @@ def diff(model_a: Model, model_b: Model, tokens: Any, names: Optional[Union[str,
         names = list(names)
         if not all(isinstance(n, str) for n in names):
             raise TypeError("names must be hook names (str)")
-        enc = [n.encode() for n in names]
+        if not names:  # the C call reads n_names 0 as "every point": an empty list is not that
+            raise ValueError("names is empty: None compares every hook point")
+        enc = [N.cstr(n) for n in names]  # refuses a NUL, which C would read as the name's end
         arr = (ctypes.c_char_p * max(len(enc), 1))(*enc)
         opts.names = ctypes.cast(arr, ctypes.c_void_p).value
         opts.n_names = len(enc)

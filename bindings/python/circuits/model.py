@@ -449,6 +449,12 @@ class _ModelHandle:
         self.contexts.add(out.value)
         return out.value  # type: ignore[return-value]
 
+    @property
+    def _as_parameter_(self) -> ctypes.c_void_p:
+        # ctypes passes the handle itself as the model pointer: the argument tuple keeps the
+        # handle, hence the C model, alive for the whole call (a ptr int taken out would not)
+        return ctypes.c_void_p(self.ptr)
+
     def free_context(self, ctx: Optional[int]) -> None:
         if ctx in self.contexts:
             self.contexts.discard(ctx)
@@ -709,6 +715,16 @@ class Model:
         if h is None:
             raise ClosedError("this model is closed")
         return h.ptr  # type: ignore[return-value]
+
+    def _live(self) -> _ModelHandle:
+        """The model's handle, for C calls on the model made outside the lock: the caller's
+        local reference keeps the C model alive until it returns, even if another thread
+        closes this Model meanwhile (close() only drops the Model's own reference; a bare
+        ``_mptr()`` int would not keep it, and the model would be freed under the call)."""
+        h = self._handle
+        if h is None:
+            raise ClosedError("this model is closed")
+        return h
 
     def _check_open(self) -> None:
         if self._handle is None:
@@ -1275,32 +1291,38 @@ class Model:
         zero-copy view (strided where the stored layout differs, e.g. GPT-2's fused c_attn) that
         keeps the model's memory alive. A weight kept in its stored dtype (keep_stored_dtype) has
         no float32 view: a read-only float32 copy, dequantized (circuits_model_weight_read)."""
+        h = self._live()
         t = N.Tensor()
-        rc = lib.circuits_model_weight(self._mptr(), N.cstr(name), ctypes.byref(t))
-        return self._weight_array(rc, t)
+        rc = lib.circuits_model_weight(h.ptr, N.cstr(name), ctypes.byref(t))
+        return self._weight_array(h, rc, t)
 
-    def _weight_array(self, rc: int, t: N.Tensor) -> np.ndarray:
-        """The array of a weight descriptor circuits_model_weight(_at) returned with status rc:
-        its view, or for a stored weight (CIRCUITS_E_DTYPE: name and shape filled, data NULL)
-        its dequantized copy."""
+    @staticmethod
+    def _weight_array(h: _ModelHandle, rc: int, t: N.Tensor) -> np.ndarray:
+        """The array of a weight descriptor circuits_model_weight(_at) returned with status rc
+        for the model of handle ``h`` (the one the caller holds, not ``self._handle``, which
+        another thread's close() may have dropped meanwhile): its view, owned by ``h``, or
+        for a stored weight (CIRCUITS_E_DTYPE: name and shape filled, data NULL) its
+        dequantized copy."""
         if rc != N.CIRCUITS_E_DTYPE:
             N.check(rc)
-            return tensor_view(t, self._handle, readonly=True)
+            return tensor_view(t, h, readonly=True)
         N.lib.circuits_clear_error()
         buf = np.empty(tuple(t.shape[: t.ndim]), dtype=np.float32)
-        N.check(lib.circuits_model_weight_read(self._mptr(), N.cstr(N.decode(t.name)), buf.reshape(-1), buf.size, None))
+        N.check(lib.circuits_model_weight_read(h.ptr, N.cstr(N.decode(t.name)), buf.reshape(-1), buf.size, None))
         return readonly(buf)
 
     def weight_dtype(self, name: str) -> str:
         """The dtype weight ``name`` is held in: "F32", or with keep_stored_dtype its stored one
         ("F16", "BF16", "Q4_K", ...) for the matrices a stored layout can hold."""
         code = ctypes.c_int32(-1)
-        N.check(lib.circuits_model_weight_dtype(self._mptr(), N.cstr(name), ctypes.byref(code)))
+        h = self._live()
+        N.check(lib.circuits_model_weight_dtype(h.ptr, N.cstr(name), ctypes.byref(code)))
         return lib.circuits_dtype_name(code.value).decode()
 
     def weight_names(self) -> List[str]:
         """Every weight's name, in TransformerLens ``state_dict()`` order."""
-        ptr = self._mptr()
+        h = self._live()
+        ptr = h.ptr
         t = N.Tensor()
         names = []
         for i in range(lib.circuits_model_weight_count(ptr)):
@@ -1313,12 +1335,13 @@ class Model:
     def state_dict(self) -> Dict[str, np.ndarray]:
         """{name: read-only zero-copy view} for every weight, in TransformerLens order (weights
         kept in their stored dtype: read-only float32 copies)."""
-        ptr = self._mptr()
+        h = self._live()
+        ptr = h.ptr
         t = N.Tensor()
         out: Dict[str, np.ndarray] = {}
         for i in range(lib.circuits_model_weight_count(ptr)):
             rc = lib.circuits_model_weight_at(ptr, i, ctypes.byref(t))
-            out[N.decode(t.name)] = self._weight_array(rc, t)
+            out[N.decode(t.name)] = self._weight_array(h, rc, t)
         return out
 
     def _stack(self, leaf: str, mlp: bool = False) -> np.ndarray:
@@ -1472,7 +1495,8 @@ class Model:
 
     def _factored(self, fn: Callable[..., int], *args: int) -> FactoredMatrix:
         out = ctypes.c_void_p()
-        N.check(fn(self._mptr(), *args, ctypes.byref(out)))
+        h = self._live()
+        N.check(fn(h.ptr, *args, ctypes.byref(out)))
         return FactoredMatrix._from_ptr(out.value)  # type: ignore[arg-type]
 
     @property
@@ -1525,7 +1549,8 @@ class Model:
         (writer, reader), zero unless layer(writer) < layer(reader). mode: "Q", "K" or "V"."""
         L, H = self._dims.n_layers, self._dims.n_heads
         out = np.empty((L, H, L, H), np.float32)
-        N.check(lib.circuits_model_composition_scores(self._mptr(), _mode(mode), out))
+        h = self._live()
+        N.check(lib.circuits_model_composition_scores(h.ptr, _mode(mode), out))
         return out
 
     def mlp_composition_scores(self, mode: str) -> np.ndarray:
@@ -1533,14 +1558,16 @@ class Model:
         n_layers (reader), n_heads]."""
         L, H = self._dims.n_layers, self._dims.n_heads
         out = np.empty((L, L, H), np.float32)
-        N.check(lib.circuits_model_mlp_composition_scores(self._mptr(), _mode(mode), out))
+        h = self._live()
+        N.check(lib.circuits_model_mlp_composition_scores(h.ptr, _mode(mode), out))
         return out
 
     def copying_scores(self, full: bool = False) -> np.ndarray:
         """Re(sum lambda) / sum |lambda| over the eigenvalues of each head's OV (or, with
         ``full=True``, of W_E OV W_U): [n_layers, n_heads]."""
         out = np.empty((self._dims.n_layers, self._dims.n_heads), np.float32)
-        N.check(lib.circuits_model_copying_scores(self._mptr(), int(bool(full)), out))
+        h = self._live()
+        N.check(lib.circuits_model_copying_scores(h.ptr, int(bool(full)), out))
         return out
 
     def induction_scores(self, tokens: Any, seq_len: Optional[int] = None,

@@ -229,11 +229,13 @@ def make_df_from_ranges(column_max_ranges: Sequence[int], column_names: Sequence
 
 
 def _expected_shape(model: Any, name: str, B: int, T: int) -> Tuple[int, ...]:
-    model._check_open()
-    idx = [p.name for p in model._points].index(name)
-    t = N.Tensor()
-    N.check(lib.circuits_context_hook_point(model._ctx, idx, B, T, ctypes.byref(t)))
-    return tuple(t.shape[: t.ndim])
+    # under the model's lock: close() (or set_use_*) from another thread frees the context
+    with model._lock:
+        model._check_open()
+        idx = [p.name for p in model._points].index(name)
+        t = N.Tensor()
+        N.check(lib.circuits_context_hook_point(model._ctx, idx, B, T, ctypes.byref(t)))
+        return tuple(t.shape[: t.ndim])
 
 
 def _clean_arrays(model: Any, clean_cache: Any, activation_name: str, B: int, T: int) -> List[np.ndarray]:
@@ -259,7 +261,7 @@ def _c_patch(model: Any, kind: int, corrupted_tokens: Any, clean_cache: Any, pat
     ptrs = (ctypes.c_void_p * len(clean))(*[a.ctypes.data for a in clean])
     shape = (ctypes.c_int64 * 4)()
     nd = ctypes.c_int32()
-    N.check(lib.circuits_patch_grid_shape(model._mptr(), kind, T, shape, ctypes.byref(nd)))
+    N.check(lib.circuits_patch_grid_shape(model._live(), kind, T, shape, ctypes.byref(nd)))
     out = np.empty(tuple(shape[: nd.value]), np.float32)
     opts = N.PatchOptions()
     lib.circuits_patch_options_init(ctypes.byref(opts))
@@ -445,10 +447,11 @@ class Ablation:
 
 def _point_shape(model: Any, hook: str, B: int, T: int) -> Tuple[str, Tuple[int, ...]]:
     """The full name of the one hook point `hook` names (full or short name), and its shape."""
-    model._check_open()
     buf = ctypes.create_string_buffer(256)
     count = ctypes.c_size_t(0)
-    N.check(lib.circuits_context_resolve_hook_name(model._ctx, N.cstr(hook), 0, buf, len(buf), ctypes.byref(count)))
+    with model._lock:  # as _expected_shape: the context must not be freed under the call
+        model._check_open()
+        N.check(lib.circuits_context_resolve_hook_name(model._ctx, N.cstr(hook), 0, buf, len(buf), ctypes.byref(count)))
     if count.value != 1:
         raise ValueError(f"'{hook}' selects {count.value} hook points; name exactly one")
     name = buf.value.decode()

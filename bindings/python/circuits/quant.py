@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import _native as N
-from .errors import DtypeError
+from .errors import DtypeError, RangeError
 
 lib = N.lib
 
@@ -38,7 +38,10 @@ def _code(dtype: Union[str, int]) -> int:
         return code
     if isinstance(dtype, (bool, np.bool_)) or not isinstance(dtype, (int, np.integer)):
         raise TypeError(f"dtype must be a name such as 'Q4_K' or a ggml type number, got {type(dtype).__name__}")
-    return int(dtype)  # a number the library does not know is refused by it (DtypeError)
+    code = int(dtype)
+    if not -(2**31) <= code < 2**31:  # ctypes would refuse it as an ArgumentError, naming no type
+        raise DtypeError(f"{code} is not a storage type number (circuits_dtype, an int32)")
+    return code  # a number the library does not know is refused by it (DtypeError)
 
 
 def dtype_name(dtype: Union[str, int]) -> Optional[str]:
@@ -57,21 +60,28 @@ def dtype_block(dtype: Union[str, int]) -> Tuple[int, int]:
 def dequantize(dtype: Union[str, int], data: Any, n: Optional[int] = None) -> np.ndarray:
     """The values stored in ``data`` as ``dtype``, as a new 1-D float32 array.
 
-    data: bytes, bytearray, memoryview or any NumPy array holding whole blocks (its raw bytes
-    are read, C order; a GGUF tensor's data as gguf-py's reader returns it works as is). n: the
+    data: bytes, bytearray, memoryview (strided ones too) or any NumPy array holding whole
+    blocks (its raw bytes are read, C order: a float64 array given as "F32" is read as its
+    bytes, not converted; a GGUF tensor's data as gguf-py's reader returns it works as is). n: the
     number of values (default: what the bytes hold); it must be a multiple of the block and
     the bytes exactly its size (ShapeError otherwise)."""
     code = _code(dtype)
     if isinstance(data, np.ndarray):
         raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     else:
-        raw = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+        mv = memoryview(data)  # TypeError for an object with no buffer (str, list, ...)
+        if mv.c_contiguous:
+            raw = np.frombuffer(mv.cast("B"), dtype=np.uint8)
+        else:  # a strided view (memoryview(x)[::2]): its elements' bytes, copied in C order
+            raw = np.ascontiguousarray(np.asarray(mv)).reshape(-1).view(np.uint8)
     bv, bb = dtype_block(code)
     if n is None:
         n = -(-raw.size // bb) * bv  # a partial block: the library names the size it needs
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     n = int(n)
+    if n >= 2**64:  # no size_t holds it: ctypes would refuse it as an ArgumentError
+        raise RangeError(f"n = {n} does not fit in a C size_t")
     # The output is allocated only for an n that the bytes hold (so at most 4 bytes per value
     # of the input's); any other n gets an empty buffer and the library's refusal, which
     # comes before any write.

@@ -121,7 +121,7 @@ def tokens_to_residual_directions(model: "Model", tokens: Any) -> np.ndarray:
     t = _tokens(model, tokens)
     flat = np.ascontiguousarray(t.reshape(-1))
     out = np.empty((flat.size, model._dims.d_model), dtype=np.float32)
-    N.check(lib.circuits_model_residual_directions(model._mptr(), flat, flat.size, out), "tokens_to_residual_directions")
+    N.check(lib.circuits_model_residual_directions(model._live(), flat, flat.size, out), "tokens_to_residual_directions")
     return out.reshape(t.shape + (model._dims.d_model,))
 
 
@@ -133,13 +133,15 @@ class ResidStreamMixin:
     has_batch_dim: bool
     cache_dict: dict
 
-    def _c(self) -> Tuple[int, int]:
+    def _c(self) -> Tuple[Any, int]:
         h = getattr(self, "_handle", None)
         if h is None or not h.ptr:
             raise TypeError("this ActivationCache has no C cache behind it (make it with model.run_with_cache)")
         if self.model is None:
             raise TypeError("the residual-stream methods need the cache's model")
-        return self.model._mptr(), h.ptr
+        # the model's handle, not its pointer: the caller's local keeps the model alive
+        # through its calls if another thread closes the Model meanwhile
+        return self.model._live(), h.ptr
 
     def _n_pos(self) -> int:
         ptr = self._c()[1]

@@ -1189,6 +1189,103 @@ touch(arrs[0])
 ok()
 ''')
 
+PROBES["owner_stored_weights_close_race"] = ("owner", '''
+# close() from one thread while another reads a stored model's weights (BF16, no tokenizer:
+# nothing else holds the model) or runs analyses on it outside the model's lock: each call must
+# hold the model's handle, not a pointer int taken from it, or close() frees the model under a
+# call that released the GIL (before the fix: segfaults, 'no weight named' from freed memory).
+BF16 = os.path.join(REPO, "tests", "reference", "cases", "hf_qwen2_bf16")
+import random, time
+random.seed(0)
+closed_seen = 0
+for it in range(60):
+    m = circuits.Model.from_pretrained_no_processing(BF16, keep_stored_dtype=True)
+    go = threading.Event(); errs = []
+    cache = m.run_with_cache(TOK_SMALL)[1]
+    def reader(m=m, cache=cache):
+        global closed_seen
+        go.set()
+        try:
+            while True:
+                m.state_dict(); m.get_weight("unembed.W_U"); m.weight_dtype("embed.W_E"); m.weight_names()
+                m.OV; m.all_composition_scores("Q"); m.copying_scores(); m.tokens_to_residual_directions(np.array([3, 4]))
+                cache.logit_lens(); cache.accumulated_resid(apply_ln=True); cache.decompose_resid()
+        except circuits.ClosedError:
+            closed_seen += 1
+        except BaseException as e:
+            errs.append(e)
+    t = threading.Thread(target=reader); t.start(); go.wait()
+    time.sleep(random.random() * 0.003)
+    m.close(); del m, cache
+    t.join()
+    assert not errs, errs
+assert closed_seen == 60
+ok()
+''')
+
+PROBES["owner_gguf_after_close"] = ("owner", '''
+# GGUF files lend memory the directory loads do not: float32 weights viewed in the file's mapping
+# (mmap) or in buffers the load converted (llama.cpp's Q/K permutation undone, Gemma's norm
+# minus 1), the tokenizer read from the file, and with keep_stored_dtype a mixed model whose
+# kept matrices are copies while its norms are views. All of it must outlive close() + GC.
+G = os.path.join(REPO, "tests", "reference", "gguf")
+held = []
+for f, kw in (("hf_llama_gqa.f32.gguf", {}), ("hf_gemma.f32.gguf", {"mmap": False}),
+              ("hf_tiny_random_gpt2.f32.gguf", {}), ("hf_llama_gqa.mixed.gguf", {"keep_stored_dtype": True}),
+              ("hf_neox.mixed.gguf", {"keep_stored_dtype": True, "mmap": False})):
+    m = circuits.Model.from_pretrained_no_processing(os.path.join(G, f), **kw)
+    tok = m.tokenizer
+    ids = tok.encode("hello world") if tok is not None else None
+    kept = []
+    logits = m.run_with_hooks(TOK_SMALL % m.cfg.d_vocab,
+                              fwd_hooks=[("blocks.0.hook_resid_post", lambda a, hook: kept.append(a))])
+    arrs = [m.W_Q, m.get_weight("blocks.0.attn.W_Q"), m.blocks[0].ln1.w, m.embed.W_E, m.unembed.W_U,
+            m.state_dict()["blocks.0.ln2.w"], kept[0], logits]
+    held.append((f, arrs, snap(arrs), tok, ids))
+    m.close(); del m
+churn()
+for f, arrs, ref, tok, ids in held:
+    for a, r in zip(arrs, ref):
+        same(a, r)
+    for a in arrs:
+        touch(a)
+    if tok is not None:                        # the borrowed tokenizer keeps the model's memory
+        same(tok.encode("hello world"), ids); assert isinstance(tok.decode(ids), str)
+ok()
+''')
+
+PROBES["owner_context_close_race"] = ("owner", '''
+# close() from one thread while another is in the patching helpers that resolve hook names and
+# shapes on the model's context outside a run (_point_shape / _expected_shape: mean_activations,
+# run_ablated, the activation patching): before they took the model's lock, close() freed the
+# context under circuits_context_resolve_hook_name (ASan: heap-use-after-free in cx_hooks_select).
+import random, time
+from circuits import patching
+random.seed(1)
+closed_seen = 0
+hooks = [f"blocks.{l}.{p}" for l in range(2) for p in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook_z", "mlp.hook_post")] * 10
+for it in range(80):
+    m = load()
+    go = threading.Event(); errs = []
+    def reader(m=m):
+        global closed_seen
+        go.set()
+        try:
+            while True:
+                patching.mean_activations(m, TOK_SMALL, hooks)
+        except circuits.ClosedError:
+            closed_seen += 1
+        except BaseException as e:
+            errs.append(e)
+    t = threading.Thread(target=reader); t.start(); go.wait()
+    time.sleep(random.random() * 0.004)
+    m.close(); del m
+    t.join()
+    assert not errs, errs
+assert closed_seen == 80, closed_seen
+ok()
+''')
+
 # ---------------------------------------------------------------------------------------------
 # The audit (issue 12): every bound C function, and where a size or a pointer crosses ctypes
 # through it, the probes that pin down the two classes of defect — a size the caller could
@@ -1252,23 +1349,23 @@ AUDIT = {
     "circuits_clear_error": _SCALAR,
     "circuits_load_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_model_load": "the path is copied by the library; the model is owned by _ModelHandle",
-    "circuits_model_free": ["owner_weights_after_close", "owner_state_dict_after_close", "owner_tokenizer_after_close"],
+    "circuits_model_free": ["owner_weights_after_close", "owner_state_dict_after_close", "owner_tokenizer_after_close", "owner_gguf_after_close"],
     "circuits_model_config": ["size_cfg_d_vocab_out_forced", "size_cfg_rebind_refused"],
-    "circuits_model_weight": ["owner_weights_after_close"],
-    "circuits_model_weight_count": ["owner_state_dict_after_close"],
+    "circuits_model_weight": ["owner_weights_after_close", "owner_gguf_after_close"],
+    "circuits_model_weight_count": ["owner_state_dict_after_close", "owner_gguf_after_close"],
     "circuits_model_weight_at": ["owner_state_dict_after_close", "owner_stored_weights"],
-    "circuits_model_weight_dtype": ["owner_stored_weights"],
-    "circuits_model_weight_read": ["owner_stored_weights"],
+    "circuits_model_weight_dtype": ["owner_stored_weights", "owner_stored_weights_close_race"],
+    "circuits_model_weight_read": ["owner_stored_weights", "owner_stored_weights_close_race"],
     "circuits_context_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_context_create": ["kept_across_set_use_attn_result"],
     "circuits_context_free": ["kept_after_close", "kept_across_set_use_attn_result"],
     "circuits_context_hook_point_count": "names copied into HookPoint objects at load",
-    "circuits_context_hook_point": "names copied into HookPoint objects at load",
+    "circuits_context_hook_point": ["owner_context_close_race"],  # and at load: names copied into HookPoints
     "circuits_context_add_hook": ["size_names_filter_and_cache_keys", "kept_nested_model_in_hook"],
     "circuits_context_remove_hook": ["kept_after_bigger_run"],
     "circuits_context_clear_hooks": ["kept_across_set_use_attn_result"],
     "circuits_act_name": "a 256-byte buffer passed with its length",
-    "circuits_context_resolve_hook_name": "not called by the binding (the library resolves names itself)",
+    "circuits_context_resolve_hook_name": ["owner_context_close_race"],  # patching._point_shape
     "circuits_context_forward": ["kept_list_append", "size_tokens_wrong_dtype", "size_tokens_wrong_shape",
                                  "size_tokens_noncontiguous", "size_cfg_d_vocab_out_forced"],
     "circuits_run_options_init": "a struct of the binding's, sized by ctypes",
@@ -1294,12 +1391,12 @@ AUDIT = {
     "circuits_patch_grid_shape": ["size_patching_and_ablation"],
     "circuits_context_activation_patch": ["size_patching_and_ablation"],
     "circuits_context_run_ablated": ["size_patching_and_ablation"],
-    "circuits_context_mean_activations": ["size_patching_and_ablation"],
+    "circuits_context_mean_activations": ["size_patching_and_ablation", "owner_context_close_race"],
     "circuits_resid_shape": ["size_resid_stacks"],
-    "circuits_resid_stack": ["size_resid_stacks"],
+    "circuits_resid_stack": ["size_resid_stacks", "owner_stored_weights_close_race"],
     "circuits_resid_labels": ["size_resid_stacks"],
     "circuits_resid_apply_ln": ["size_resid_stacks"],
-    "circuits_model_residual_directions": ["size_resid_stacks"],
+    "circuits_model_residual_directions": ["size_resid_stacks", "owner_stored_weights_close_race"],
     "circuits_resid_logit_attrs": ["size_resid_stacks"],
     "circuits_logit_lens": ["size_resid_stacks"],
     "circuits_direct_logit_attribution": ["size_resid_stacks"],
@@ -1320,7 +1417,7 @@ AUDIT = {
     "circuits_factored_diagonal": ["size_factored_dims_read_only"],
     "circuits_factored_topk": ["size_topk_huge_k"],
     "circuits_factored_materialize": ["size_factored_dims_read_only", "owner_factors_after_drop"],
-    "circuits_model_ov": ["owner_factors_after_drop"],
+    "circuits_model_ov": ["owner_factors_after_drop", "owner_stored_weights_close_race"],
     "circuits_model_qk": ["owner_factors_after_drop"],
     "circuits_model_full_ov": ["size_topk_huge_k"],
     "circuits_model_full_qk": "returns a FactoredMatrix: as circuits_model_full_ov",
@@ -1329,10 +1426,10 @@ AUDIT = {
     "circuits_model_composition_circuit": "returns a FactoredMatrix: as circuits_model_full_ov",
     "circuits_model_virtual_ov": "returns a FactoredMatrix: as circuits_model_full_ov",
     "circuits_model_virtual_weights": "returns a FactoredMatrix: as circuits_model_full_ov",
-    "circuits_model_composition_scores": ["size_cfg_n_layers_forced", "size_cfg_n_heads_forced"],
+    "circuits_model_composition_scores": ["size_cfg_n_layers_forced", "size_cfg_n_heads_forced", "owner_stored_weights_close_race"],
     "circuits_model_mlp_composition_scores": ["size_cfg_n_layers_forced"],
     "circuits_composition_baseline": ["size_repeated_tokens_and_baseline"],
-    "circuits_model_copying_scores": ["size_cfg_n_heads_forced"],
+    "circuits_model_copying_scores": ["size_cfg_n_heads_forced", "owner_stored_weights_close_race"],
     "circuits_detect_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_context_detect_heads": ["kept_from_detect_head", "size_detect_pattern_wrong", "size_cfg_n_heads_forced"],
     "circuits_repeated_tokens": ["size_repeated_tokens_and_baseline"],

@@ -57,8 +57,28 @@ def test_refusals():
         circuits.dequantize("Q4_K", bytes(144), 512)
     with pytest.raises(ValueError):
         circuits.dequantize("F16", bytes(4), -2)
+    # numbers past C's types: the library's exceptions, not ctypes.ArgumentError
+    with pytest.raises(circuits.DtypeError, match="not a storage type number"):
+        circuits.dequantize(2**32 + 8, bytes(34))  # would reach C as 8 (Q8_0) if wrapped
+    with pytest.raises(circuits.DtypeError):
+        circuits.dtype_block(-(2**31) - 1)
+    with pytest.raises(circuits.RangeError, match="does not fit in a C size_t"):
+        circuits.dequantize("Q8_0", bytes(34), 2**64 + 32)  # would reach C as 32 if wrapped
     with pytest.raises(circuits.DtypeError):
         circuits.dtype_block("nope")
     assert circuits.dtype_name(4) is None
     assert circuits.dequantize("Q6_K", b"").shape == (0,)
     assert N.lib.circuits_dequantize(N.CIRCUITS_DTYPE_F16, None, 4, None, 2) == N.CIRCUITS_E_INVALID_ARGUMENT
+
+
+def test_every_buffer_form_reads_its_bytes():
+    """A strided memoryview reads its elements' bytes in C order, as a strided NumPy array
+    does (memoryview.cast refused them); the byte count passed to C is the bytes read."""
+    vals = np.arange(-8, 8, dtype=np.float32)
+    want = vals[::2]
+    rows = vals.reshape(8, 2)[::2].reshape(-1)
+    for data, expect in ((memoryview(vals)[::2], want), (vals[::2], want), (memoryview(vals.reshape(8, 2))[::2], rows),
+                         (bytearray(want.tobytes()), want), (memoryview(want.tobytes()), want)):
+        assert np.array_equal(circuits.dequantize("F32", data), expect)
+    with pytest.raises(TypeError):
+        circuits.dequantize("F32", "abcd")  # a str is no buffer of bytes

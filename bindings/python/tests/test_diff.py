@@ -126,6 +126,10 @@ def test_refusals():
         circuits.diff(a, a, np.zeros((1, 33), np.int64))
     with pytest.raises(circuits.NotFoundError):
         circuits.diff(a, a, TOK, ["blocks.*.hook_nothing"])
+    with pytest.raises(ValueError, match="NUL"):  # C would read 'hook_embed' and compare it
+        circuits.diff(a, a, TOK, ["hook_embed\0blocks.0.hook_nothing"])
+    with pytest.raises(ValueError, match="names is empty"):  # not "every point", as C reads n_names 0
+        circuits.diff(a, a, TOK, [])
     with pytest.raises(TypeError):
         circuits.diff(a, None, TOK)
     b = circuits.Model.from_pretrained(str(SMALL), **NO_PROCESSING)
