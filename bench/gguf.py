@@ -139,6 +139,31 @@ def worker_llama(a):
     return ts, load_ms, out, {}
 
 
+def load_stored(circuits, path):
+    """The model with its weights as stored and no processing (folding would rewrite the
+    quantized matrices). Through Model.from_pretrained's keep_stored_dtype; a binding that does
+    not take that keyword yet gets the load option set directly (the C field exists since 0.6.0)."""
+    try:
+        return circuits.Model.from_pretrained_no_processing(path, keep_stored_dtype=True)
+    except TypeError as e:
+        if "keep_stored_dtype" not in str(e):
+            raise
+    import ctypes
+    from circuits import _native as N
+    from circuits import model as cm
+    opts = N.LoadOptions()
+    N.lib.circuits_load_options_init(ctypes.byref(opts))
+    for f in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
+              "refactor_factored_attn_matrices"):
+        setattr(opts, f, 0)
+    opts.keep_stored_dtype = 1
+    out = ctypes.c_void_p()
+    N.check(N.lib.circuits_model_load(ctypes.byref(out), N.cstr(path), ctypes.byref(opts)))
+    m = cm.Model.__new__(cm.Model)
+    m._setup(cm._ModelHandle(out.value), path, False)
+    return m
+
+
 def worker_circuits(a):
     import numpy as np
     sys.path.insert(0, os.path.join(ROOT, "bindings", "python"))
@@ -146,7 +171,7 @@ def worker_circuits(a):
     circuits.set_num_threads(a.threads)
     a.base_rss = rss_now_mb()
     t0 = time.perf_counter()
-    m = circuits.Model.from_pretrained_no_processing(a.model, keep_stored_dtype=True)
+    m = load_stored(circuits, a.model)
     load_ms = (time.perf_counter() - t0) * 1e3
     V = m.cfg.d_vocab
     T = a.T
@@ -361,7 +386,7 @@ def main() -> int:
                     help="comma list of: f16, q8_0, q4_k_m (the 1.1B-shaped files), 7b_q4_k")
     ap.add_argument("--tasks", default="pp128,pp512,gen")
     ap.add_argument("--tasks-7b", default="pp128,gen", help="tasks for the 7B (slow on 2 cores)")
-    ap.add_argument("--configs", default="none,hooks,cache")
+    ap.add_argument("--configs", default="none,hooks,cache", help="libcircuits' configurations ('' for none)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--reps-7b", type=int, default=1)
@@ -411,7 +436,7 @@ def main() -> int:
             T = 128 if task == "gen" else int(task[2:])
             rows = res["tasks"][task] = {}
             cands = [("llama.cpp", "none")] + [("libcircuits", c) for c in a.configs.split(",")
-                                               if not (c == "cache" and task == "gen")]
+                                               if c and not (c == "cache" and task == "gen")]
             for eng, cfg in cands:
                 outdir = os.path.join(tmp, key)
                 os.makedirs(outdir, exist_ok=True)
