@@ -79,6 +79,8 @@ if [ -n "$build" ]; then
         "$build/tests/test_patching" "$src/tests/reference/cases" "$src/tests/reference/toolkit/patching" -v
         "$build/tests/test_ablation" "$src/tests/reference/cases" -v
         "$build/tests/test_path_patching" -v "$src/tests/reference/toolkit/path_patching" "$src/tests/reference/cases"
+        "$build/tests/test_quant" "$src/tests/reference/quant" -v
+        "$build/tests/test_stored" "$src/tests/reference/cases" "${TMPDIR:-/tmp}" -v
     } 2>/dev/null | grep '^|' >"$tmp/printed" || true
     python3 - "$tmp/doc_rows" "$tmp/printed" <<'PY' || status=1
 import re, sys

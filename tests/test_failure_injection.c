@@ -146,7 +146,8 @@ static void put_forward(const circuits_model *m, bytes *b, const int32_t *tokens
 }
 
 /* ---- model and tokenizer loading ---- */
-enum { LOAD_DEFAULT, LOAD_RAW, LOAD_REFACTOR, LOAD_READ, LOAD_RAW_READ }; /* *_READ: read_into_memory */
+enum { LOAD_DEFAULT, LOAD_RAW, LOAD_REFACTOR, LOAD_READ, LOAD_RAW_READ, LOAD_STORED }; /* *_READ: read_into_memory;
+                                                                                 * STORED: raw, keep_stored_dtype */
 
 static int call_load(fx *f)
 {
@@ -154,10 +155,11 @@ static int call_load(fx *f)
     snprintf(path, sizeof path, "%s", f->op->arg);
     circuits_load_options o;
     circuits_load_options_init(&o);
-    if (f->op->variant == LOAD_RAW || f->op->variant == LOAD_RAW_READ)
+    if (f->op->variant == LOAD_RAW || f->op->variant == LOAD_RAW_READ || f->op->variant == LOAD_STORED)
         o.fold_ln = o.center_writing_weights = o.center_unembed = o.fold_value_biases = 0;
     if (f->op->variant == LOAD_REFACTOR) o.refactor_factored_attn_matrices = 1;
     if (f->op->variant == LOAD_READ || f->op->variant == LOAD_RAW_READ) o.read_into_memory = 1;
+    o.keep_stored_dtype = f->op->variant == LOAD_STORED;
     circuits_model *m = (circuits_model *)&SENTINEL;
     int rc = circuits_model_load(&m, path, &o);
     f->made = m;
@@ -188,8 +190,20 @@ static void digest_model(fx *f, bytes *b)
     size_t n = circuits_model_weight_count(m);
     for (size_t i = 0; i < n; i++) {
         circuits_tensor t;
-        CHECK_OK(circuits_model_weight_at(m, i, &t));
+        int rc = circuits_model_weight_at(m, i, &t);
+        if (rc != CIRCUITS_E_DTYPE) {
+            CHECK_OK(rc);
+            put_tensor(b, &t);
+            continue;
+        }
+        /* kept in its stored dtype (keep_stored_dtype): its fp32 copy */
+        size_t k = 1;
+        for (int d = 0; d < t.ndim; d++) k *= (size_t)t.shape[d];
+        float *buf = malloc(k * sizeof *buf);
+        if (!buf) abort();
+        CHECK_OK(circuits_model_weight_read(m, t.name, buf, k, &t));
         put_tensor(b, &t);
+        free(buf);
     }
     const circuits_tokenizer *tok = circuits_model_tokenizer(m);
     put_i64(b, tok != NULL);
@@ -907,13 +921,14 @@ static void remove_model_with_tokenizer(const char *dir)
 
 static void test_operations(fx *f)
 {
-    char hf[1024], tl[1024], tl2[1024], sharded[1024], f16[1024], tokmodel[64], tok_json[1024], tok_vm[1024],
+    char hf[1024], tl[1024], tl2[1024], sharded[1024], f16[1024], bf16[1024], tokmodel[64], tok_json[1024], tok_vm[1024],
             tok_toy[1024], gguf[1024];
     snprintf(hf, sizeof hf, "%s/hf_tiny_noprefix", g_cases);
     snprintf(tl, sizeof tl, "%s/tl_attn_only_1l_ln", g_cases);
     snprintf(tl2, sizeof tl2, "%s/tl_1l_solu_ln", g_cases);
     snprintf(sharded, sizeof sharded, "%s/hf_random_sharded", g_cases);
     snprintf(f16, sizeof f16, "%s/hf_random_f16", g_cases);
+    snprintf(bf16, sizeof bf16, "%s/hf_qwen2_bf16", g_cases);
     make_model_with_tokenizer(tokmodel);
     snprintf(tok_json, sizeof tok_json, "%s/tiny-random/tokenizer.json", g_tokdata);
     snprintf(tok_vm, sizeof tok_vm, "%s/tiny-random/vocab.json", g_tokdata);
@@ -929,6 +944,7 @@ static void test_operations(fx *f)
         {"model_load HF raw read_into_memory", NULL, call_load, digest_model, NULL, hf, LOAD_RAW_READ, false},
         {"model_load sharded read_into_memory", NULL, call_load, digest_model, NULL, sharded, LOAD_READ, false},
         {"model_load F16", NULL, call_load, digest_model, NULL, f16, LOAD_DEFAULT, false},
+        {"model_load BF16 keep_stored_dtype", NULL, call_load, digest_model, NULL, bf16, LOAD_STORED, false},
         {"model_load with tokenizer", NULL, call_load, digest_model, NULL, tokmodel, LOAD_DEFAULT, false},
         {"tokenizer_load tokenizer.json", NULL, call_tokenizer_load, digest_tokenizer, NULL, tok_json, 0, false},
         {"tokenizer_load vocab.json+merges", NULL, call_tokenizer_load, digest_tokenizer, NULL, tok_vm, 0, false},

@@ -1,7 +1,8 @@
 /* Compares libcircuits against reference outputs computed by TransformerLens and Hugging Face
  * transformers (tests/reference/generate.py): logits, loss, per-token loss, every hook value,
  * and the logits after three hook edits made the same way in TransformerLens.
- * Usage: test_reference CASE_DIR */
+ * Usage: test_reference CASE_DIR [MODEL]: MODEL (default CASE_DIR) is what is loaded, e.g. the
+ * case's GGUF conversion (tests/reference/generate_gguf_f32.py), held to the same references. */
 #include "testutil.h"
 
 #include <jansson.h>
@@ -108,11 +109,11 @@ static int int_field(json_t *o, const char *k) { return (int)json_integer_value(
 
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s CASE_DIR\n", argv[0]);
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: %s CASE_DIR [MODEL]\n", argv[0]);
         return 2;
     }
-    const char *dir = argv[1];
+    const char *dir = argv[1], *model_path = argc == 3 ? argv[2] : dir;
     char path[4096];
     snprintf(path, sizeof path, "%s/expected.safetensors", dir);
     if (cx_st_open_file(&expected, path)) {
@@ -129,7 +130,7 @@ int main(int argc, char **argv)
     circuits_load_options_init(&raw);
     raw.fold_ln = raw.center_writing_weights = raw.center_unembed = raw.fold_value_biases = 0;
     circuits_model *model = NULL;
-    CHECK_OK(circuits_model_load(&model, dir, &raw));
+    CHECK_OK(circuits_model_load(&model, model_path, &raw));
     if (!model) return tu_finish(dir);
     circuits_config cfg = {.size = sizeof cfg};
     CHECK_OK(circuits_model_config(model, &cfg));

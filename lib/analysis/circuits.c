@@ -6,6 +6,7 @@
 #include "factored.h"
 #include "kernels.h"
 #include "linalg.h"
+#include "stored.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -67,7 +68,7 @@ static int build(const circuits_model *m, int32_t layer, int32_t head, which w, 
     *out = NULL;
     int64_t l0 = 0, nl = 0, h0 = 0, nh = 0;
     int rc = select_heads(m, layer, head, &l0, &nl, &h0, &nh);
-    if (rc) return rc;
+    if (rc || (rc = cx_require_fp32_weights(m, fn[w]))) return rc;
     const circuits_config *c = &m->cfg;
     if (w == POS_QK && !m->W_pos) /* TransformerLens has no pos_embed either */
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: a rotary model has no W_pos (its positions enter as rotations)",
@@ -166,6 +167,8 @@ int circuits_model_composition_circuit(const circuits_model *m, int32_t mode, in
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_composition_circuit: NULL argument");
     *out = NULL;
+    int rc0 = cx_require_fp32_weights(m, "circuits_model_composition_circuit");
+    if (rc0) return rc0;
     const circuits_config *c = &m->cfg;
     if (mode != CIRCUITS_COMPOSITION_Q && mode != CIRCUITS_COMPOSITION_K && mode != CIRCUITS_COMPOSITION_V)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "composition mode must be CIRCUITS_COMPOSITION_Q, _K or _V");
@@ -227,6 +230,8 @@ int circuits_model_virtual_ov(const circuits_model *m, int32_t layer_a, int32_t 
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_virtual_ov: NULL argument");
     *out = NULL;
+    int rc0 = cx_require_fp32_weights(m, "circuits_model_virtual_ov");
+    if (rc0) return rc0;
     const circuits_config *c = &m->cfg;
     if (layer_a < 0 || layer_a >= c->n_layers || layer_b < 0 || layer_b >= c->n_layers || head_a < 0 ||
         head_a >= c->n_heads || head_b < 0 || head_b >= c->n_heads)
@@ -318,7 +323,9 @@ int circuits_model_virtual_weights(const circuits_model *m, int32_t writer, int3
     *out = NULL;
     float *W = NULL, *R = NULL;
     int64_t rows = 0, cols = 0, D = m->cfg.d_model;
-    int rc = writer_matrix(m, writer, writer_layer, writer_head, &W, &rows);
+    int rc = cx_require_fp32_weights(m, "circuits_model_virtual_weights");
+    if (rc) return rc;
+    rc = writer_matrix(m, writer, writer_layer, writer_head, &W, &rows);
     if (!rc) rc = reader_matrix(m, reader, reader_layer, reader_head, &R, &cols);
     circuits_factored *f = NULL;
     if (!rc) rc = cx_factored_alloc(&f, 1, rows, D, cols);

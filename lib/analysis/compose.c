@@ -16,6 +16,7 @@
 #include "factored.h"
 #include "kernels.h"
 #include "linalg.h"
+#include "stored.h"
 #include "rng.h"
 
 #include <cblas.h>
@@ -128,7 +129,7 @@ int circuits_model_composition_scores(const circuits_model *m, int32_t mode, flo
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_composition_scores: NULL argument");
     int rc = check_mode(mode);
-    if (rc) return rc;
+    if (rc || (rc = cx_require_fp32_weights(m, "circuits_model_composition_scores"))) return rc;
     const circuits_config *c = &m->cfg;
     int64_t L = c->n_layers, H = c->n_heads, D = c->d_model, dh = c->d_head, LH = L * H, kc = core_dim(D, dh);
     memset(out, 0, (size_t)(LH * LH) * sizeof *out);
@@ -161,7 +162,7 @@ int circuits_model_mlp_composition_scores(const circuits_model *m, int32_t mode,
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_mlp_composition_scores: NULL argument");
     int rc = check_mode(mode);
-    if (rc) return rc;
+    if (rc || (rc = cx_require_fp32_weights(m, "circuits_model_mlp_composition_scores"))) return rc;
     const circuits_config *c = &m->cfg;
     if (c->attn_only) return cx_fail(CIRCUITS_E_UNSUPPORTED, "this model is attention-only: it has no MLPs");
     int64_t L = c->n_layers, H = c->n_heads, D = c->d_model, M = c->d_mlp, LH = L * H, kc = core_dim(D, c->d_head);
@@ -272,6 +273,7 @@ int circuits_composition_baseline(int64_t d_model, int64_t d_head, int64_t d_mlp
 int circuits_model_copying_scores(const circuits_model *m, int32_t full, float *out)
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_copying_scores: NULL argument");
+    if (cx_require_fp32_weights(m, "circuits_model_copying_scores")) return CIRCUITS_E_UNSUPPORTED;
     const circuits_config *c = &m->cfg;
     int64_t L = c->n_layers, H = c->n_heads, D = c->d_model, dh = c->d_head;
     if (full && c->d_vocab != c->d_vocab_out)

@@ -17,6 +17,7 @@
 #include "cells.h"
 #include "context.h"
 #include "metric.h"
+#include "stored.h"
 
 #include <math.h>
 #include <string.h>
@@ -515,7 +516,8 @@ int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const
         /* a callback on unembed.hook_out must see the logits: then the whole unembedding runs */
         int32_t k = s.pm.kind, uo = cx_hook_index(&ctx->hooks, -1, HK_UNEMBED_OUT);
         s.sparse = (k == CIRCUITS_METRIC_LOGIT_DIFF || k == CIRCUITS_METRIC_LOGIT) &&
-                   (uo < 0 || ctx->hooks.points[uo].n_regs == 0);
+                   (uo < 0 || ctx->hooks.points[uo].n_regs == 0) &&
+                   !cx_stored(ctx->model, ctx->model->W_U); /* sparse_logits reads W_U's fp32 columns */
         rc = sweep_grid(&s, kind, clean, out);
     }
     sweep_free(&s);

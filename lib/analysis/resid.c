@@ -6,6 +6,7 @@
  * (count, label, fill) by one enumerator, so the three can never disagree. */
 #include "internal.h"
 #include "kernels.h"
+#include "stored.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -316,7 +317,7 @@ static int fill_head(const rs *r, int32_t l, int64_t h, float *dst, float *zrows
     /* compute_head_results: z [.., h, d_head] @ W_O[h] [d_head, d_model] */
     snprintf(name, sizeof name, "blocks.%d.attn.hook_z", l);
     int rc = get_entry(r, name, -1, &t);
-    if (rc) return rc;
+    if (rc || (rc = cx_require_fp32_weights(r->m, r->fn))) return rc; /* hook_result (use_attn_result) does not */
     const circuits_tensor *W_O = r->m->layers[l].W_O;
     const int64_t dh = W_O->shape[1];
     if (t.ndim != 4 || t.shape[2] != H || t.shape[3] != dh)
@@ -335,7 +336,7 @@ static int fill_neuron(const rs *r, int32_t l, int64_t q, float *dst)
     circuits_tensor t;
     snprintf(name, sizeof name, "blocks.%d.mlp.hook_post", l);
     int rc = get_entry(r, name, dm, &t);
-    if (rc) return rc;
+    if (rc || (rc = cx_require_fp32_weights(r->m, r->fn))) return rc;
     const circuits_tensor *W = r->m->layers[l].W_out;
     const float *w = W->data + q * W->strides[0];
     for (int64_t b = 0; b < r->B; b++)
@@ -600,8 +601,10 @@ int circuits_model_residual_directions(const circuits_model *m, const int32_t *t
         if (tokens[i] < 0 || tokens[i] >= V)
             return cx_fail(CIRCUITS_E_RANGE, "circuits_model_residual_directions: token %d is outside d_vocab_out = %lld",
                            tokens[i], (long long)V);
+    const cx_qmat *q = cx_stored(m, W); /* a stored W_U's row t is W_U[:, t] */
     for (int64_t i = 0; i < n; i++)
-        for (int64_t d = 0; d < D; d++) out[i * D + d] = W->data[d * W->strides[0] + tokens[i] * W->strides[1]];
+        if (q) cx_qmat_row(q, tokens[i], out + i * D);
+        else for (int64_t d = 0; d < D; d++) out[i * D + d] = W->data[d * W->strides[0] + tokens[i] * W->strides[1]];
     return CIRCUITS_OK;
 }
 
@@ -702,9 +705,8 @@ int circuits_logit_lens(const circuits_model *m, const circuits_cache *cache, co
     if (!rc) rc = scratch_stack(&r, &stack, &n);
     if (!rc) rc = ln_stack(&r, stack, n, NULL, r.B, r.c->n_layers, false, true);
     if (!rc && n * r.B * r.P > 0) {
-        const circuits_tensor *W = m->W_U;
         const float *bias = r.o.unembed_bias && m->b_U ? m->b_U->data : NULL;
-        cx_matmul(out, V, stack, r.D, n * r.B * r.P, r.D, V, W->data, W->strides[0], W->strides[1], bias, false);
+        cx_weight_linear(m, out, V, stack, r.D, n * r.B * r.P, m->W_U, bias);
     }
     cx_free(stack);
     rs_end(&r);

@@ -8,6 +8,7 @@
 #include "factored.h"
 #include "linalg.h"
 #include "rope.h"
+#include "stored.h"
 
 #include <math.h>
 #include <string.h>
@@ -17,6 +18,8 @@ int circuits_model_rotary_qk(const circuits_model *m, int32_t layer, int32_t hea
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_rotary_qk: model and out must not be NULL");
     *out = NULL;
+    int rc0 = cx_require_fp32_weights(m, "circuits_model_rotary_qk");
+    if (rc0) return rc0;
     const circuits_config *c = &m->cfg;
     if (c->positional_embedding_type != CIRCUITS_POS_ROTARY)
         return cx_fail(CIRCUITS_E_UNSUPPORTED,

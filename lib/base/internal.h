@@ -78,6 +78,8 @@ struct circuits_model {
      * set has weights[i].data NULL: the weight is only readable through its cx_qmat. */
     struct cx_qmat *stored;
     int32_t *row_maps;           /* row maps the cx_qmats share (owned), or NULL */
+    float embed_scale;           /* a stored W_E's rows are multiplied by this (Gemma: sqrt(d_model)); 0: 1 */
+    bool keep_stored_dtype;      /* the load option, read while loading (cx_stored_make) */
 };
 
 /* Row-major strides (in elements) of a contiguous tensor of this shape. */

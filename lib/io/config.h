@@ -57,4 +57,11 @@ int cx_jcfg_check_sizes(const cx_jcfg *c, const circuits_config *cfg);
  * model_type is model_type. Fills cfg (already zeroed, size set) and extra. */
 int cx_config_parse_hf_family(const cx_jcfg *c, const char *model_type, circuits_config *cfg, cx_hf_extra *extra);
 
+/* GGUF (io/config_gguf.c): from a parsed header (io/gguf.h) and its tensors (the vocabulary is
+ * token_embd.weight's rows); extra->tie_word_embeddings when there is no output.weight. */
+struct cx_gguf;
+struct cx_st_set;
+int cx_config_from_gguf(const struct cx_gguf *g, const struct cx_st_set *set, circuits_config *cfg,
+                        cx_hf_extra *extra);
+
 #endif

@@ -1,6 +1,6 @@
-/* Loading a model directory: config, safetensors, and the mapping from stored tensors to
- * TransformerLens-named weight views (which weights, their names and where each format stores
- * them: the tables of arch.c).
+/* Loading a model directory (config, safetensors) or a GGUF file (config_gguf.c, gguf.c), and
+ * the mapping from stored tensors to TransformerLens-named weight views (which weights, their
+ * names and where each format stores them: the tables of arch.c).
  *
  * Every weight is a strided view (circuits_tensor) with TL's shape. Where the stored tensor is
  * F32, 4-byte aligned and the view is just a re-striding of it (HF GPT-2's fused c_attn split
@@ -8,10 +8,15 @@
  * read-only file mapping and nothing is copied. F16/BF16 (or misaligned) tensors are
  * converted once into an owned, contiguous fp32 buffer, as are views computed from the stored
  * values (Gemma's norm weights + 1, its scaled embedding) and GPT-NeoX's interleaved q/k/v
- * biases (biases are read contiguous). */
+ * biases (biases are read contiguous). A GGUF tensor of a quantized type is dequantized
+ * (model/quant.h) and a llama.cpp-permuted q/k tensor put back in Hugging Face's row order in a
+ * temporary fp32 copy first, from which the view is gathered the same way. */
 #include "arch.h"
 #include "config.h"
+#include "gguf.h"
+#include "quant.h"
 #include "safetensors.h"
+#include "stored.h"
 #include "tokenizer.h"
 
 #include <math.h>
@@ -29,6 +34,7 @@ typedef struct source_view {
     int64_t strides[4];     /* of the TL-shaped view, in elements of the stored tensor */
     char alt[256];          /* another stored name of the tensor ("" if none) */
     int transform;          /* XF_*: computed from the stored values (then always a copy) */
+    bool unpermute;         /* rows stored in llama.cpp's q/k permutation (CX_MAP_*_PERMUTED) */
 } source_view;
 
 /* XF_CONTIGUOUS: a plain copy, for views the rest of the library must see contiguous (biases are
@@ -86,8 +92,31 @@ static bool arch_source(const cx_arch *a, const circuits_config *c, bool strip, 
     int64_t D = c->d_model, dh = c->d_head, n = w->shape[0];
     v->offset = 0;
     v->transform = s->map == CX_MAP_NORM_PLUS1 ? XF_PLUS_ONE : s->map == CX_MAP_EMBED_SCALED ? XF_SCALE_SQRT_D_MODEL : XF_NONE;
+    v->unpermute = s->map == CX_MAP_PROJ_HEADS_PERMUTED || s->map == CX_MAP_BIAS_HEADS_PERMUTED;
+    int64_t fused_rows = ((int64_t)c->n_heads + 2 * (int64_t)c->n_key_value_heads) * dh;
+    /* where part p of a fused [Q; K; V] starts: Q has n_heads heads, K and V n_key_value_heads */
+    int64_t part_row = s->part == 0 ? 0 : s->part == 1 ? (int64_t)c->n_heads * dh
+                                                       : ((int64_t)c->n_heads + c->n_key_value_heads) * dh;
     switch (s->map) {
+    case CX_MAP_FUSED_PROJ_HEADS:
+        if (w->ndim == 3) { /* rows part_row + i·dh + h of [(n + 2 n_kv)·h, m] */
+            v->offset = part_row * D;
+            v->src_ndim = 2;
+            v->src_shape[0] = fused_rows;
+            v->src_shape[1] = D;
+            v->strides[0] = dh * D;
+            v->strides[1] = 1;
+            v->strides[2] = D;
+        } else {
+            v->offset = part_row;
+            v->src_ndim = 1;
+            v->src_shape[0] = fused_rows;
+            v->strides[0] = dh;
+            v->strides[1] = 1;
+        }
+        break;
     case CX_MAP_PROJ_HEADS:
+    case CX_MAP_PROJ_HEADS_PERMUTED:
         /* nn.Linear [(n h), m] -> [n, m, h]: element (i, m, h) at (i·dh + h)·D + m */
         v->src_ndim = 2;
         v->src_shape[0] = n * dh;
@@ -97,6 +126,7 @@ static bool arch_source(const cx_arch *a, const circuits_config *c, bool strip, 
         v->strides[2] = D;
         break;
     case CX_MAP_BIAS_HEADS:
+    case CX_MAP_BIAS_HEADS_PERMUTED:
         v->src_ndim = 1;
         v->src_shape[0] = n * dh;
         v->strides[0] = dh;
@@ -179,40 +209,83 @@ static bool arch_source(const cx_arch *a, const circuits_config *c, bool strip, 
 
 /* ---- building one view ---- */
 
-static int make_view(circuits_model *m, const cx_weight_entry *w, const source_view *v, cx_st_tensor *t,
-                     circuits_tensor *out)
+/* The stored tensor t as fp32 in a new buffer (*out): quantized GGUF types dequantized row by
+ * row (model/quant.h), and the rows of a llama.cpp-permuted q/k tensor (the entries of a bias)
+ * put back in Hugging Face's order. */
+static int stage_fp32(const cx_st_tensor *t, const source_view *v, int64_t d_head, float **out)
+{
+    int64_t cols = t->ndim ? t->shape[t->ndim - 1] : 1;
+    size_t row_bytes = 0;
+    if (!cx_dtype_row_bytes(t->dtype, cols, &row_bytes) || t->numel == 0) /* gguf.c checked both */
+        return cx_fail(CIRCUITS_E_DTYPE, "%s: tensor '%s' cannot be read as fp32", t->file, t->name);
+    int64_t rows = (int64_t)(t->numel / (size_t)cols);
+    float *buf = cx_malloc(t->numel * sizeof *buf);
+    if (!buf) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory converting '%s' to fp32", t->name);
+    for (int64_t r = 0; r < rows; r++) cx_dequantize_row(t->dtype, t->data + (size_t)r * row_bytes, buf + r * cols, cols);
+    if (v->unpermute) {
+        /* a 2-D weight permutes rows of cols values, a bias single entries */
+        int64_t unit = t->ndim == 1 ? 1 : cols, units = (int64_t)t->numel / unit;
+        float *back = cx_malloc(t->numel * sizeof *back);
+        if (!back) {
+            cx_free(buf);
+            return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory converting '%s' to fp32", t->name);
+        }
+        for (int64_t r = 0; r < units; r++)
+            memcpy(back + r * unit, buf + cx_permuted_row(r, d_head) * unit, (size_t)unit * sizeof *back);
+        cx_free(buf);
+        buf = back;
+    }
+    *out = buf;
+    return CIRCUITS_OK;
+}
+
+/* The stored tensor's shape is the one the config implies for the view. */
+static int check_shape(const cx_weight_entry *w, const source_view *v, const cx_st_tensor *t)
 {
     char got[96], want[96];
-    if (t->dtype != CX_DT_F32 && t->dtype != CX_DT_F16 && t->dtype != CX_DT_BF16)
-        return cx_fail(CIRCUITS_E_DTYPE, "%s: tensor '%s' has dtype %s; weights must be F32, F16 or BF16",
-                       t->file, t->name, cx_dtype_name(t->dtype));
     const int64_t *src_shape = v->src_ndim < 0 ? w->shape : v->src_shape;
     int src_ndim = v->src_ndim < 0 ? w->ndim : v->src_ndim;
     bool same = t->ndim == src_ndim;
     for (int i = 0; same && i < src_ndim; i++) same = t->shape[i] == src_shape[i];
-    if (!same) {
-        shape_str(got, sizeof got, t->ndim, t->shape);
-        shape_str(want, sizeof want, src_ndim, src_shape);
-        return cx_fail(CIRCUITS_E_SHAPE, "%s: tensor '%s' has shape %s, but the config implies %s", t->file,
-                       t->name, got, want);
-    }
+    if (same) return CIRCUITS_OK;
+    shape_str(got, sizeof got, t->ndim, t->shape);
+    shape_str(want, sizeof want, src_ndim, src_shape);
+    return cx_fail(CIRCUITS_E_SHAPE, "%s: tensor '%s' has shape %s, but the config implies %s", t->file, t->name, got,
+                   want);
+}
+
+static int make_view(circuits_model *m, const cx_weight_entry *w, const source_view *v, cx_st_tensor *t,
+                     circuits_tensor *out)
+{
+    bool plain = t->dtype == CX_DT_F32 || t->dtype == CX_DT_F16 || t->dtype == CX_DT_BF16;
+    if (!plain && cx_dtype_public(t->dtype) < 0)
+        return cx_fail(CIRCUITS_E_DTYPE, "%s: tensor '%s' has dtype %s; weights must be F32, F16 or BF16",
+                       t->file, t->name, cx_dtype_name(t->dtype));
+    int rc = check_shape(w, v, t);
+    if (rc) return rc;
     t->used = true;
     memset(out, 0, sizeof *out);
     out->ndim = w->ndim;
     memcpy(out->shape, w->shape, sizeof out->shape);
     out->head = -1;
     out->head_axis = -1;
-    if (t->dtype == CX_DT_F32 && ((uintptr_t)t->data % sizeof(float)) == 0 && v->transform == XF_NONE) {
+    if (t->dtype == CX_DT_F32 && ((uintptr_t)t->data % sizeof(float)) == 0 && v->transform == XF_NONE &&
+        !v->unpermute) {
         out->data = (float *)(uintptr_t)t->data + v->offset; /* in place, read-only mapping */
         memcpy(out->strides, v->strides, sizeof out->strides);
         return CIRCUITS_OK;
     }
+    /* quantized or permuted: a temporary fp32 copy of the stored tensor to gather from */
+    float *staged = NULL;
+    if ((!plain || v->unpermute) && (rc = stage_fp32(t, v, m->cfg.d_head, &staged))) return rc;
     /* Convert to an owned contiguous fp32 buffer, gathering through the view. */
     size_t numel = 1;
     for (int i = 0; i < w->ndim; i++) numel *= (size_t)w->shape[i];
     float *buf = cx_malloc(numel * sizeof *buf);
-    if (!buf || cx_model_own(m, buf))
+    if (!buf || cx_model_own(m, buf)) {
+        cx_free(staged);
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory converting '%s' to fp32", t->name);
+    }
     m->exclusive[out - m->weights] = 1;
     int64_t sh[4] = {1, 1, 1, 1}, st[4] = {0, 0, 0, 0};
     for (int i = 0; i < w->ndim; i++) {
@@ -223,8 +296,11 @@ static int make_view(circuits_model *m, const cx_weight_entry *w, const source_v
     for (int64_t a = 0; a < sh[0]; a++)
         for (int64_t b = 0; b < sh[1]; b++)
             for (int64_t c = 0; c < sh[2]; c++)
-                for (int64_t d = 0; d < sh[3]; d++)
-                    buf[k++] = cx_st_read_f32(t, (size_t)(v->offset + a * st[0] + b * st[1] + c * st[2] + d * st[3]));
+                for (int64_t d = 0; d < sh[3]; d++) {
+                    size_t at = (size_t)(v->offset + a * st[0] + b * st[1] + c * st[2] + d * st[3]);
+                    buf[k++] = staged ? staged[at] : cx_st_read_f32(t, at);
+                }
+    cx_free(staged);
     /* as convert_gemma_weights computes them: w.float() + 1, and W_E * torch.tensor(d_model**0.5,
      * dtype=float32), both in fp32 */
     if (v->transform == XF_PLUS_ONE)
@@ -234,6 +310,18 @@ static int make_view(circuits_model *m, const cx_weight_entry *w, const source_v
     out->data = buf;
     cx_contiguous_strides(w->ndim, w->shape, out->strides);
     return CIRCUITS_OK;
+}
+
+/* keep_stored_dtype: weight i kept as stored tensor t (a cx_qmat, model/stored.c) where its
+ * layout allows; *kept false: make_view builds the fp32 view as without the option. */
+static int make_stored(circuits_model *m, const cx_arch *a, size_t i, const cx_weight_entry *w, cx_st_tensor *t,
+                       bool *kept)
+{
+    /* TransformerLens-layout files (no table) store W_E as is; their other matrices are [in, out] */
+    int map = a->sources ? (int)a->sources[w->kind].map : CX_MAP_SAME, part = a->sources ? a->sources[w->kind].part : 0;
+    *kept = false;
+    if (!m->keep_stored_dtype) return CIRCUITS_OK;
+    return cx_stored_make(m, i, (int)w->kind, w->ndim, w->shape, map, part, t, kept);
 }
 
 static bool file_exists(const char *path)
@@ -260,14 +348,19 @@ static int open_weights(const char *dir, cx_st_set **files, cx_st_mode mode)
     return cx_fail(CIRCUITS_E_IO, "%s: no model.safetensors or model.safetensors.index.json", dir);
 }
 
+static int build_weights(circuits_model *m, const char *dir, const cx_arch *a, const cx_hf_extra *hf_extra, bool gguf);
+static int load_gguf(circuits_model *m, const char *path, cx_st_mode mode);
+
 static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
 {
     char path[4096];
     cx_hf_extra hf = {0};
     int rc;
     struct stat st;
+    /* a regular file: a GGUF model (a directory keeps its files apart) */
+    if (stat(dir, &st) == 0 && S_ISREG(st.st_mode) && cx_gguf_is_file(dir)) return load_gguf(m, dir, mode);
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        return cx_fail(CIRCUITS_E_IO, "%s is not a model directory", dir);
+        return cx_fail(CIRCUITS_E_IO, "%s is not a model directory or a GGUF file", dir);
     if ((rc = join(path, sizeof path, dir, "tl_config.json"))) return rc;
     if (file_exists(path)) {
         rc = cx_config_load_tl(path, &m->cfg);
@@ -279,9 +372,18 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
     }
     if (rc) return rc;
     if ((rc = open_weights(dir, &m->files, mode))) return rc;
+    if ((rc = build_weights(m, dir, cx_arch_of(&m->cfg), &hf, false))) return rc;
+    return cx_tokenizer_load_optional(&m->tokenizer, dir);
+}
 
+/* The weight views of m (config read, files open) through architecture a's table; `where`
+ * names the model in messages; gguf: attention biases may be absent (zeros, as llama.cpp reads
+ * them as optional). */
+static int build_weights(circuits_model *m, const char *dir, const cx_arch *a, const cx_hf_extra *hf_extra, bool gguf)
+{
+    const cx_hf_extra hf = *hf_extra;
+    int rc;
     const circuits_config *c = &m->cfg;
-    const cx_arch *a = cx_arch_of(c);
     bool strip = false, untied = true;
     if (a->sources) {
         strip = !cx_st_find(m->files, a->sources[CX_W_EMBED].name);
@@ -319,9 +421,12 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
         cx_st_tensor *t = has_src ? cx_st_find(m->files, v.src) : NULL;
         if (!t && has_src && v.alt[0]) t = cx_st_find(m->files, v.alt);
         if (!t && !a->sources && (flags & CX_WF_KV)) t = tl_grouped_name(m, &v);
+        bool attn_bias = w->kind == CX_B_Q || w->kind == CX_B_K || w->kind == CX_B_V || w->kind == CX_B_O;
         if (t) {
-            rc = make_view(m, w, &v, t, out);
-        } else if (!has_src || (!a->sources && (flags & CX_WF_BIAS))) {
+            bool kept = false;
+            rc = make_stored(m, a, i, w, t, &kept);
+            if (!rc && !kept) rc = make_view(m, w, &v, t, out);
+        } else if (!has_src || (!a->sources && (flags & CX_WF_BIAS)) || (gguf && attn_bias)) {
             if (!zeros) {
                 size_t zlen = (size_t)c->d_model;
                 if ((size_t)c->d_vocab_out > zlen) zlen = (size_t)c->d_vocab_out;
@@ -361,7 +466,28 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
                        t->file, t->name, a->label, c->n_layers, c->attn_only ? ", attention-only" : "");
     }
     cx_model_link(m);
-    return cx_tokenizer_load_optional(&m->tokenizer, dir);
+    return CIRCUITS_OK;
+}
+
+/* A GGUF file: its metadata gives the config (config_gguf.c) and the tokenizer, its tensors the
+ * weights through the architecture's GGUF table (arch.c). Every weight becomes fp32. */
+static int load_gguf(circuits_model *m, const char *path, cx_st_mode mode)
+{
+    cx_gguf g;
+    cx_hf_extra hf;
+    int rc = cx_gguf_open(&m->files, &g, path, mode);
+    if (rc) return rc;
+    rc = cx_config_from_gguf(&g, m->files, &m->cfg, &hf);
+    /* llama.cpp's converter writes Llama 3's rope scaling as per-frequency factors */
+    if (!rc && cx_st_find(m->files, "rope_freqs.weight"))
+        rc = cx_fail(CIRCUITS_E_UNSUPPORTED,
+                     "%s: GGUF tensor 'rope_freqs.weight' (per-frequency rope factors: Llama 3 rope scaling) is not supported",
+                     path);
+    if (!rc) rc = build_weights(m, path, cx_arch_gguf_of(&m->cfg), &hf, true);
+    /* the tokenizer of the same file, when it has one */
+    if (!rc && cx_gguf_find(&g, "tokenizer.ggml.model")) rc = cx_tok_from_gguf(&m->tokenizer, &g);
+    cx_gguf_free(&g);
+    return rc;
 }
 
 void circuits_load_options_init(circuits_load_options *opts)
@@ -404,6 +530,7 @@ int circuits_model_load(circuits_model **out, const char *path, const circuits_l
                        (int)o.keep_stored_dtype);
     circuits_model *m = cx_calloc(1, sizeof *m);
     if (!m) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading %s", path);
+    m->keep_stored_dtype = o.keep_stored_dtype == 1;
     rc = load_into(m, path, o.read_into_memory ? CX_ST_READ : CX_ST_MAP);
     if (!rc) rc = cx_process_weights(m, &o);
     if (rc) {

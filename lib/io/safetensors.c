@@ -209,8 +209,9 @@ done:
     return rc;
 }
 
-/* Opens a regular file of at least 8 bytes for reading; *fd and m->size on success. */
-static int open_regular(const char *path, cx_st_map *m, int *fd_out)
+/* Opens a regular file of at least min bytes (the smallest `kind` file) for reading; *fd and
+ * m->size on success. */
+static int open_regular(const char *path, cx_st_map *m, int *fd_out, size_t min, const char *kind)
 {
     /* O_NONBLOCK: a FIFO (or device) in the model directory must be refused below, not block open() */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -225,18 +226,18 @@ static int open_regular(const char *path, cx_st_map *m, int *fd_out)
         return cx_fail(CIRCUITS_E_IO, "%s: %jd bytes cannot be addressed on this system", path, (intmax_t)st.st_size);
     }
     m->size = (size_t)st.st_size;
-    if (m->size < 8) {
+    if (m->size < min) {
         close(fd);
-        return cx_fail(CIRCUITS_E_FORMAT, "%s: truncated: %zu bytes, a safetensors file has at least 8",
-                       path, m->size);
+        return cx_fail(CIRCUITS_E_FORMAT, "%s: truncated: %zu bytes, a %s file has at least %zu", path, m->size,
+                       kind, min);
     }
     *fd_out = fd;
     return CIRCUITS_OK;
 }
 
-static int map_file(const char *path, cx_st_map *m)
+static int map_file(const char *path, cx_st_map *m, size_t min, const char *kind)
 {
-    int fd, rc = open_regular(path, m, &fd);
+    int fd, rc = open_regular(path, m, &fd, min, kind);
     if (rc) return rc;
     m->base = cx_mmap_read(m->size, fd);
     int map_errno = errno;
@@ -253,9 +254,9 @@ static int map_file(const char *path, cx_st_map *m)
 /* Reads the whole file into a buffer of the library's allocator (freed by cx_st_close, also on
  * failure). The size is fstat's: a file that ends sooner (it shrank since, or a file system
  * reporting a size it does not deliver) is refused rather than read as a shorter image. */
-static int read_file(const char *path, cx_st_map *m)
+static int read_file(const char *path, cx_st_map *m, size_t min, const char *kind)
 {
-    int fd, rc = open_regular(path, m, &fd);
+    int fd, rc = open_regular(path, m, &fd, min, kind);
     if (rc) return rc;
     m->base = cx_malloc(m->size);
     if (!m->base) {
@@ -287,8 +288,8 @@ static int read_file(const char *path, cx_st_map *m)
     return CIRCUITS_OK;
 }
 
-/* Maps (or reads) one more file into set and parses its header. */
-static int add_file(cx_st_set *set, const char *path, cx_st_mode mode)
+int cx_st_add_image(cx_st_set *set, const char *path, cx_st_mode mode, size_t min_size, const char *kind,
+                    const cx_st_map **out)
 {
     cx_st_map *maps = cx_realloc(set->maps, (set->n_maps + 1) * sizeof *maps);
     if (!maps) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory opening %s", path);
@@ -298,7 +299,17 @@ static int add_file(cx_st_set *set, const char *path, cx_st_mode mode)
     m->path = cx_strdup(path);
     if (!m->path) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory opening %s", path);
     set->n_maps++;
-    int rc = mode == CX_ST_READ ? read_file(path, m) : map_file(path, m);
+    int rc = mode == CX_ST_READ ? read_file(path, m, min_size, kind) : map_file(path, m, min_size, kind);
+    if (rc) return rc;
+    *out = m;
+    return CIRCUITS_OK;
+}
+
+/* Maps (or reads) one more file into set and parses its header. */
+static int add_file(cx_st_set *set, const char *path, cx_st_mode mode)
+{
+    const cx_st_map *m;
+    int rc = cx_st_add_image(set, path, mode, 8, "safetensors", &m);
     if (rc) return rc;
     return cx_st_parse_buffer(set, m->base, m->size, m->path);
 }

@@ -58,6 +58,11 @@ int cx_st_open(cx_st_set **out, const char *path, cx_st_mode mode);
 /* Opens model.safetensors.index.json and all the shards it names (in `dir`). */
 int cx_st_open_index(cx_st_set **out, const char *dir, const char *index_path, cx_st_mode mode);
 void cx_st_close(cx_st_set *set);
+/* Maps (or reads) the regular file at path, of at least min_size bytes (else refused as a
+ * truncated `kind` file), as one more image of set (*out; freed by cx_st_close). Its tensors are
+ * the caller's to add (a GGUF file: io/gguf.c). */
+int cx_st_add_image(cx_st_set *set, const char *path, cx_st_mode mode, size_t min_size, const char *kind,
+                    const cx_st_map **out);
 cx_st_tensor *cx_st_find(const cx_st_set *set, const char *name);
 
 /* Parses a header buffer (the JSON after the 8-byte length) for a data region of data_size

@@ -371,3 +371,196 @@ const cx_arch *cx_arch_at(size_t i)
     if (i == 0) return &arch_gpt2;
     return i - 1 < sizeof hf_archs / sizeof hf_archs[0] ? &hf_archs[i - 1] : NULL;
 }
+
+/* ---- GGUF: llama.cpp's tensor names (gguf-py/gguf/constants.py TENSOR_NAMES, as its
+ * convert_hf_to_gguf.py maps each Hugging Face tensor: gguf-py/gguf/tensor_mapping.py), and what
+ * its converters did to the tensors (the conversion folder). Every nn.Linear stays [out, in]. ---- */
+
+#define G_(name, map) {name, map, 0, NULL}
+#define GGUF_OUTPUT_ {"output.weight", CX_MAP_TRANSPOSE, 0, "token_embd.weight"}
+
+/* llama (Llama, Mistral: LlamaModel) and qwen2 (Qwen2Model): LlamaModel.permute reorders the
+ * rows of each q/k head (weights and biases) so that rotate-half pairs are adjacent, which the
+ * views undo; Qwen2 is not permuted (llama.cpp rotates its halves, NEOX-style). */
+#define GGUF_LLAMA_COMMON_                                                                             \
+    [CX_W_EMBED] = G_("token_embd.weight", CX_MAP_SAME),                                               \
+    [CX_W_POS_EMBED] = NEVER_,                                                                         \
+    [CX_W_LN1_W] = G_("blk.%d.attn_norm.weight", CX_MAP_SAME),                                        \
+    [CX_W_LN1_B] = NEVER_, [CX_W_LN2_B] = NEVER_,                                                      \
+    [CX_W_LN2_W] = G_("blk.%d.ffn_norm.weight", CX_MAP_SAME),                                         \
+    [CX_W_V] = G_("blk.%d.attn_v.weight", CX_MAP_PROJ_HEADS),                                         \
+    [CX_B_V] = G_("blk.%d.attn_v.bias", CX_MAP_BIAS_HEADS),                                           \
+    [CX_W_O] = G_("blk.%d.attn_output.weight", CX_MAP_OUT_HEADS),                                     \
+    [CX_W_IN] = G_("blk.%d.ffn_up.weight", CX_MAP_TRANSPOSE),                                         \
+    [CX_W_GATE] = G_("blk.%d.ffn_gate.weight", CX_MAP_TRANSPOSE),                                     \
+    [CX_W_OUT] = G_("blk.%d.ffn_down.weight", CX_MAP_TRANSPOSE),                                      \
+    [CX_B_IN] = ABSENT_, [CX_B_OUT] = ABSENT_, [CX_MLP_LN_W] = NEVER_, [CX_MLP_LN_B] = NEVER_,        \
+    [CX_LN1_POST_W] = NEVER_, [CX_LN2_POST_W] = NEVER_,                                                \
+    [CX_LN_FINAL_W] = G_("output_norm.weight", CX_MAP_SAME),                                           \
+    [CX_LN_FINAL_B] = NEVER_,                                                                          \
+    [CX_W_U] = GGUF_OUTPUT_,                                                                           \
+    [CX_B_U] = ABSENT_
+
+static const cx_weight_source gguf_llama_sources[CX_W_COUNT] = {
+    GGUF_LLAMA_COMMON_,
+    [CX_W_Q] = G_("blk.%d.attn_q.weight", CX_MAP_PROJ_HEADS_PERMUTED),
+    [CX_W_K] = G_("blk.%d.attn_k.weight", CX_MAP_PROJ_HEADS_PERMUTED),
+    [CX_B_Q] = G_("blk.%d.attn_q.bias", CX_MAP_BIAS_HEADS_PERMUTED),
+    [CX_B_K] = G_("blk.%d.attn_k.bias", CX_MAP_BIAS_HEADS_PERMUTED),
+    [CX_B_O] = G_("blk.%d.attn_output.bias", CX_MAP_SAME),
+};
+
+static const cx_weight_source gguf_qwen2_sources[CX_W_COUNT] = {
+    GGUF_LLAMA_COMMON_,
+    [CX_W_Q] = G_("blk.%d.attn_q.weight", CX_MAP_PROJ_HEADS),
+    [CX_W_K] = G_("blk.%d.attn_k.weight", CX_MAP_PROJ_HEADS),
+    [CX_B_Q] = G_("blk.%d.attn_q.bias", CX_MAP_BIAS_HEADS),
+    [CX_B_K] = G_("blk.%d.attn_k.bias", CX_MAP_BIAS_HEADS),
+    [CX_B_O] = ABSENT_,
+};
+
+/* gemma, gemma2 (GemmaModel, Gemma2Model): every norm weight stored with the 1 already added
+ * (data_torch + 1), so read as is; the embedding unscaled (llama.cpp scales it at run time, as
+ * TransformerLens's W_E does once, in fp32); no output.weight (tied). Gemma 2's
+ * pre_feedforward_layernorm is ffn_norm, post_attention_layernorm post_attention_norm. */
+#define GGUF_GEMMA_COMMON_                                                                             \
+    [CX_W_EMBED] = G_("token_embd.weight", CX_MAP_EMBED_SCALED),                                       \
+    [CX_W_POS_EMBED] = NEVER_,                                                                         \
+    [CX_W_LN1_W] = G_("blk.%d.attn_norm.weight", CX_MAP_SAME),                                        \
+    [CX_W_LN1_B] = NEVER_, [CX_W_LN2_B] = NEVER_,                                                      \
+    [CX_W_LN2_W] = G_("blk.%d.ffn_norm.weight", CX_MAP_SAME),                                         \
+    [CX_W_Q] = G_("blk.%d.attn_q.weight", CX_MAP_PROJ_HEADS),                                         \
+    [CX_W_K] = G_("blk.%d.attn_k.weight", CX_MAP_PROJ_HEADS),                                         \
+    [CX_W_V] = G_("blk.%d.attn_v.weight", CX_MAP_PROJ_HEADS),                                         \
+    [CX_W_O] = G_("blk.%d.attn_output.weight", CX_MAP_OUT_HEADS),                                     \
+    [CX_B_Q] = ABSENT_, [CX_B_K] = ABSENT_, [CX_B_V] = ABSENT_, [CX_B_O] = ABSENT_,                    \
+    [CX_W_IN] = G_("blk.%d.ffn_up.weight", CX_MAP_TRANSPOSE),                                         \
+    [CX_W_GATE] = G_("blk.%d.ffn_gate.weight", CX_MAP_TRANSPOSE),                                     \
+    [CX_W_OUT] = G_("blk.%d.ffn_down.weight", CX_MAP_TRANSPOSE),                                      \
+    [CX_B_IN] = ABSENT_, [CX_B_OUT] = ABSENT_, [CX_MLP_LN_W] = NEVER_, [CX_MLP_LN_B] = NEVER_,        \
+    [CX_LN_FINAL_W] = G_("output_norm.weight", CX_MAP_SAME),                                           \
+    [CX_LN_FINAL_B] = NEVER_,                                                                          \
+    [CX_W_U] = GGUF_OUTPUT_,                                                                           \
+    [CX_B_U] = ABSENT_
+
+static const cx_weight_source gguf_gemma_sources[CX_W_COUNT] = {
+    GGUF_GEMMA_COMMON_, [CX_LN1_POST_W] = NEVER_, [CX_LN2_POST_W] = NEVER_,
+};
+
+static const cx_weight_source gguf_gemma2_sources[CX_W_COUNT] = {
+    GGUF_GEMMA_COMMON_,
+    [CX_LN1_POST_W] = G_("blk.%d.post_attention_norm.weight", CX_MAP_SAME),
+    [CX_LN2_POST_W] = G_("blk.%d.post_ffw_norm.weight", CX_MAP_SAME),
+};
+
+/* gptneox (GPTNeoXModel): query_key_value's interleaved (head, q/k/v) rows regrouped into
+ * [Q; K; V] (each head-major) as attn_qkv. */
+static const cx_weight_source gguf_neox_sources[CX_W_COUNT] = {
+    [CX_W_EMBED] = G_("token_embd.weight", CX_MAP_SAME),
+    [CX_W_POS_EMBED] = NEVER_,
+    [CX_W_LN1_W] = G_("blk.%d.attn_norm.weight", CX_MAP_SAME),
+    [CX_W_LN1_B] = G_("blk.%d.attn_norm.bias", CX_MAP_SAME),
+    [CX_W_LN2_W] = G_("blk.%d.ffn_norm.weight", CX_MAP_SAME),
+    [CX_W_LN2_B] = G_("blk.%d.ffn_norm.bias", CX_MAP_SAME),
+    [CX_W_Q] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 0, NULL},
+    [CX_W_K] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 1, NULL},
+    [CX_W_V] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 2, NULL},
+    [CX_B_Q] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 0, NULL},
+    [CX_B_K] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 1, NULL},
+    [CX_B_V] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 2, NULL},
+    [CX_W_O] = G_("blk.%d.attn_output.weight", CX_MAP_OUT_HEADS),
+    [CX_B_O] = G_("blk.%d.attn_output.bias", CX_MAP_SAME),
+    [CX_W_IN] = G_("blk.%d.ffn_up.weight", CX_MAP_TRANSPOSE),
+    [CX_B_IN] = G_("blk.%d.ffn_up.bias", CX_MAP_SAME),
+    [CX_W_OUT] = G_("blk.%d.ffn_down.weight", CX_MAP_TRANSPOSE),
+    [CX_B_OUT] = G_("blk.%d.ffn_down.bias", CX_MAP_SAME),
+    [CX_W_GATE] = NEVER_, [CX_MLP_LN_W] = NEVER_, [CX_MLP_LN_B] = NEVER_,
+    [CX_LN1_POST_W] = NEVER_, [CX_LN2_POST_W] = NEVER_,
+    [CX_LN_FINAL_W] = G_("output_norm.weight", CX_MAP_SAME),
+    [CX_LN_FINAL_B] = G_("output_norm.bias", CX_MAP_SAME),
+    [CX_W_U] = GGUF_OUTPUT_,
+    [CX_B_U] = ABSENT_,
+};
+
+/* gptj (llama.cpp has no GPT-J converter; the gguf package's tensor_mapping names): one
+ * attn_norm read as ln1 and ln2, no attention biases, output with a bias. */
+static const cx_weight_source gguf_gptj_sources[CX_W_COUNT] = {
+    [CX_W_EMBED] = G_("token_embd.weight", CX_MAP_SAME),
+    [CX_W_POS_EMBED] = NEVER_,
+    [CX_W_LN1_W] = G_("blk.%d.attn_norm.weight", CX_MAP_SAME),
+    [CX_W_LN1_B] = G_("blk.%d.attn_norm.bias", CX_MAP_SAME),
+    [CX_W_LN2_W] = G_("blk.%d.attn_norm.weight", CX_MAP_SAME),
+    [CX_W_LN2_B] = G_("blk.%d.attn_norm.bias", CX_MAP_SAME),
+    [CX_W_Q] = G_("blk.%d.attn_q.weight", CX_MAP_PROJ_HEADS),
+    [CX_W_K] = G_("blk.%d.attn_k.weight", CX_MAP_PROJ_HEADS),
+    [CX_W_V] = G_("blk.%d.attn_v.weight", CX_MAP_PROJ_HEADS),
+    [CX_B_Q] = ABSENT_, [CX_B_K] = ABSENT_, [CX_B_V] = ABSENT_,
+    [CX_W_O] = G_("blk.%d.attn_output.weight", CX_MAP_OUT_HEADS),
+    [CX_B_O] = ABSENT_,
+    [CX_W_IN] = G_("blk.%d.ffn_up.weight", CX_MAP_TRANSPOSE),
+    [CX_B_IN] = G_("blk.%d.ffn_up.bias", CX_MAP_SAME),
+    [CX_W_OUT] = G_("blk.%d.ffn_down.weight", CX_MAP_TRANSPOSE),
+    [CX_B_OUT] = G_("blk.%d.ffn_down.bias", CX_MAP_SAME),
+    [CX_W_GATE] = NEVER_, [CX_MLP_LN_W] = NEVER_, [CX_MLP_LN_B] = NEVER_,
+    [CX_LN1_POST_W] = NEVER_, [CX_LN2_POST_W] = NEVER_,
+    [CX_LN_FINAL_W] = G_("output_norm.weight", CX_MAP_SAME),
+    [CX_LN_FINAL_B] = G_("output_norm.bias", CX_MAP_SAME),
+    [CX_W_U] = GGUF_OUTPUT_,
+    [CX_B_U] = G_("output.bias", CX_MAP_SAME),
+};
+
+/* gpt2 (GPT2Model): the Conv1D weights transposed by the converter, so nn.Linear-shaped:
+ * attn_qkv [3·m, m] = [Q; K; V] rows, attn_output [m, m], ffn_up [d_mlp, m], ffn_down
+ * [m, d_mlp]. */
+static const cx_weight_source gguf_gpt2_sources[CX_W_COUNT] = {
+    [CX_W_EMBED] = G_("token_embd.weight", CX_MAP_SAME),
+    [CX_W_POS_EMBED] = G_("position_embd.weight", CX_MAP_SAME),
+    [CX_W_LN1_W] = G_("blk.%d.attn_norm.weight", CX_MAP_SAME),
+    [CX_W_LN1_B] = G_("blk.%d.attn_norm.bias", CX_MAP_SAME),
+    [CX_W_LN2_W] = G_("blk.%d.ffn_norm.weight", CX_MAP_SAME),
+    [CX_W_LN2_B] = G_("blk.%d.ffn_norm.bias", CX_MAP_SAME),
+    [CX_W_Q] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 0, NULL},
+    [CX_W_K] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 1, NULL},
+    [CX_W_V] = {"blk.%d.attn_qkv.weight", CX_MAP_FUSED_PROJ_HEADS, 2, NULL},
+    [CX_B_Q] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 0, NULL},
+    [CX_B_K] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 1, NULL},
+    [CX_B_V] = {"blk.%d.attn_qkv.bias", CX_MAP_FUSED_PROJ_HEADS, 2, NULL},
+    [CX_W_O] = G_("blk.%d.attn_output.weight", CX_MAP_OUT_HEADS),
+    [CX_B_O] = G_("blk.%d.attn_output.bias", CX_MAP_SAME),
+    [CX_W_IN] = G_("blk.%d.ffn_up.weight", CX_MAP_TRANSPOSE),
+    [CX_B_IN] = G_("blk.%d.ffn_up.bias", CX_MAP_SAME),
+    [CX_W_OUT] = G_("blk.%d.ffn_down.weight", CX_MAP_TRANSPOSE),
+    [CX_B_OUT] = G_("blk.%d.ffn_down.bias", CX_MAP_SAME),
+    [CX_W_GATE] = NEVER_, [CX_MLP_LN_W] = NEVER_, [CX_MLP_LN_B] = NEVER_,
+    [CX_LN1_POST_W] = NEVER_, [CX_LN2_POST_W] = NEVER_,
+    [CX_LN_FINAL_W] = G_("output_norm.weight", CX_MAP_SAME),
+    [CX_LN_FINAL_B] = G_("output_norm.bias", CX_MAP_SAME),
+    [CX_W_U] = GGUF_OUTPUT_,
+    [CX_B_U] = ABSENT_,
+};
+
+/* A GGUF file holds weights only. */
+static bool gguf_ignorable(const char *name)
+{
+    (void)name;
+    return false;
+}
+
+static const cx_arch gguf_archs[] = {
+    {CIRCUITS_FORMAT_HF_LLAMA, "GGUF llama", "", gguf_llama_sources, gguf_ignorable},
+    {CIRCUITS_FORMAT_HF_QWEN2, "GGUF qwen2", "", gguf_qwen2_sources, gguf_ignorable},
+    {CIRCUITS_FORMAT_HF_GEMMA, "GGUF gemma", "", gguf_gemma_sources, gguf_ignorable},
+    {CIRCUITS_FORMAT_HF_GEMMA2, "GGUF gemma2", "", gguf_gemma2_sources, gguf_ignorable},
+    {CIRCUITS_FORMAT_HF_GPT_NEOX, "GGUF gptneox", "", gguf_neox_sources, gguf_ignorable},
+    {CIRCUITS_FORMAT_HF_GPTJ, "GGUF gptj", "", gguf_gptj_sources, gguf_ignorable},
+    {CIRCUITS_FORMAT_HF_GPT2, "GGUF gpt2", "", gguf_gpt2_sources, gguf_ignorable},
+};
+
+const cx_arch *cx_arch_gguf_of(const circuits_config *c)
+{
+    for (size_t i = 0; i < CX_COUNT(gguf_archs); i++)
+        if (gguf_archs[i].format == c->format) return &gguf_archs[i];
+    return NULL;
+}
+
+const cx_arch *cx_arch_gguf_at(size_t i) { return i < CX_COUNT(gguf_archs) ? &gguf_archs[i] : NULL; }

@@ -142,7 +142,21 @@ typedef enum cx_map {
     CX_MAP_EMBED_SCALED, /* Gemma's embedding: stored W_E times (float)sqrt(d_model), in fp32 */
     CX_MAP_PROJ_HEADS_PERMUTED, /* GGUF llama q/k: CX_MAP_PROJ_HEADS with llama.cpp's converter
                           permutation of each head's rows (rotate-half pairs made adjacent) to undo */
+    /* GGUF only: */
+    CX_MAP_BIAS_HEADS_PERMUTED, /* GGUF llama q/k bias: CX_MAP_BIAS_HEADS with the same permutation */
+    CX_MAP_FUSED_PROJ_HEADS, /* part `part` of a fused nn.Linear weight [Q; K; V] ([(n + 2 n_kv)·h, m]:
+                          Q's rows, then K's, then V's; GPT-2 and GPT-NeoX as llama.cpp's converters
+                          write attn_qkv) -> [n, m, h]; a bias [(n + 2 n_kv)·h] -> [n, h] */
 } cx_map;
+
+/* The row of a llama.cpp-permuted q/k weight (or bias entry) that holds logical row r of the
+ * Hugging Face nn.Linear weight: within each head of d_head rows, the converter stores row
+ * t·d_head/2 + j (t = 0, 1: the rotate-half halves) at 2j + t. */
+static inline int64_t cx_permuted_row(int64_t r, int64_t d_head)
+{
+    int64_t head = r / d_head, h = r % d_head, half = d_head / 2;
+    return head * d_head + 2 * (h % half) + h / half;
+}
 
 typedef struct cx_weight_source {
     const char *name; /* stored name, "%d" for the layer; NULL with CX_MAP_ABSENT, CX_MAP_NEVER */
@@ -168,5 +182,10 @@ typedef struct cx_arch {
 const cx_arch *cx_arch_of(const circuits_config *c);
 /* The Hugging Face architectures in turn (i = 0: GPT-2), NULL past the last (docs, tests). */
 const cx_arch *cx_arch_at(size_t i);
+/* The GGUF table of a config's format (llama.cpp's tensor names: token_embd.weight,
+ * blk.%d.attn_q.weight, ...; Mistral is GGUF llama), NULL for a format GGUF files do not have. */
+const cx_arch *cx_arch_gguf_of(const circuits_config *c);
+/* The GGUF architectures in turn, NULL past the last (docs, tests). */
+const cx_arch *cx_arch_gguf_at(size_t i);
 
 #endif

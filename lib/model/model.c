@@ -1,7 +1,7 @@
 /* The public model object: config, weight views, lifetime. */
 #include "arch.h"
-#include "quant.h"
 #include "safetensors.h"
+#include "stored.h"
 
 #include <string.h>
 
@@ -72,6 +72,18 @@ const circuits_tensor *cx_model_find_weight(const circuits_model *m, const char 
     return NULL;
 }
 
+/* *out = weight t's view; a weight kept in its stored dtype has no fp32 view: *out still gets
+ * its name and shape (data NULL), and the call fails naming circuits_model_weight_read. */
+static int weight_view(const circuits_model *m, const circuits_tensor *t, const char *fn, circuits_tensor *out)
+{
+    *out = *t;
+    const cx_qmat *q = cx_stored(m, t);
+    if (!q) return CIRCUITS_OK;
+    return cx_fail(CIRCUITS_E_DTYPE,
+                   "%s: '%s' is kept in its stored dtype %s (keep_stored_dtype) and has no fp32 view: read an fp32 "
+                   "copy with circuits_model_weight_read", fn, t->name, circuits_dtype_name(cx_dtype_public(q->dtype)));
+}
+
 int circuits_model_weight(const circuits_model *m, const char *name, circuits_tensor *out)
 {
     if (!m || !name || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_weight: NULL argument");
@@ -82,8 +94,7 @@ int circuits_model_weight(const circuits_model *m, const char *name, circuits_te
         return cx_fail(CIRCUITS_E_NOT_FOUND, "no weight named '%s' (TransformerLens names, e.g. '%s', '%s')", name,
                        example, cx_weight_kinds[CX_W_EMBED].name);
     }
-    *out = *t;
-    return CIRCUITS_OK;
+    return weight_view(m, t, "circuits_model_weight", out);
 }
 
 int circuits_model_weight_dtype(const circuits_model *m, const char *name, int32_t *dtype)
@@ -140,8 +151,7 @@ int circuits_model_weight_at(const circuits_model *m, size_t index, circuits_ten
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_weight_at: NULL argument");
     if (index >= m->n_weights)
         return cx_fail(CIRCUITS_E_RANGE, "weight index %zu out of range (model has %zu)", index, m->n_weights);
-    *out = m->weights[index];
-    return CIRCUITS_OK;
+    return weight_view(m, &m->weights[index], "circuits_model_weight_at", out);
 }
 
 const circuits_tokenizer *circuits_model_tokenizer(const circuits_model *m) { return m ? m->tokenizer : NULL; }

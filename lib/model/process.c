@@ -7,6 +7,7 @@
  * untouched ones stay zero-copy views. All sums over d_model accumulate in double. */
 #include "arch.h"
 #include "factored.h"
+#include "stored.h"
 
 #include <math.h>
 #include <string.h>
@@ -22,6 +23,8 @@ static int mutable(circuits_model *m, const circuits_tensor *ct)
 {
     size_t idx = (size_t)(ct - m->weights);
     circuits_tensor *t = &m->weights[idx];
+    if (cx_stored(m, t)) /* refused_step refuses each step first: this is the backstop */
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "weight processing cannot rewrite '%s', kept in its stored dtype", t->name);
     if (m->exclusive[idx]) return CIRCUITS_OK;
     size_t n = 1;
     for (int i = 0; i < t->ndim; i++) n *= (size_t)t->shape[i];
@@ -121,6 +124,7 @@ static void drop_ln_weights(circuits_model *m)
         m->weights[k] = m->weights[i];
         m->exclusive[k] = m->exclusive[i];
         m->kind[k] = m->kind[i];
+        if (m->stored) m->stored[k] = m->stored[i]; /* parallel to weights (keep_stored_dtype) */
         k++;
     }
     m->n_weights = k;
@@ -212,7 +216,8 @@ static int center_unembed(circuits_model *m)
 }
 
 /* b_O += sum_h b_V[h / group] W_O[h]; b_V = 0 (attention patterns sum to 1). Grouped-query
- * attention: query head h reads K/V head h / group (TL's repeat_interleave). */
+ * attention: query head h reads K/V head h / group (TL's repeat_interleave). A W_O kept in its
+ * stored dtype is only read: its row j (W_O[:, :, j], dequantized) at a time, the same sum. */
 static int fold_value_bias(circuits_model *m, const cx_layer_weights *L)
 {
     int rc;
@@ -220,12 +225,18 @@ static int fold_value_bias(circuits_model *m, const cx_layer_weights *L)
     MUT(L->b_V);
     const circuits_tensor *W = L->W_O, *bV = L->b_V;
     int64_t H = W->shape[0], dh = W->shape[1], D = W->shape[2], KV = bV->shape[0], group = H / KV;
+    const cx_qmat *q = cx_stored(m, W);
+    float *row = q ? cx_malloc((size_t)(H * dh) * sizeof *row) : NULL;
+    if (q && !row) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory folding the value biases");
     for (int64_t j = 0; j < D; j++) {
         double acc = 0;
+        if (q) cx_qmat_row(q, j, row);
         for (int64_t h = 0; h < H; h++)
-            for (int64_t d = 0; d < dh; d++) acc += (double)E2(bV, h / group, d) * E3(W, h, d, j);
+            for (int64_t d = 0; d < dh; d++)
+                acc += (double)E2(bV, h / group, d) * (q ? row[h * dh + d] : E3(W, h, d, j));
         E1(L->b_O, j) += (float)acc;
     }
+    cx_free(row);
     for (int64_t h = 0; h < KV; h++)
         for (int64_t d = 0; d < dh; d++) E2(bV, h, d) = 0.0f;
     return CIRCUITS_OK;
@@ -297,6 +308,22 @@ static int refactor(circuits_model *m)
     return rc;
 }
 
+/* keep_stored_dtype: a step that would rewrite a weight matrix kept in its stored dtype is
+ * refused by name (`kinds`: the cx_weight_kinds it rewrites; the rewritten fp32 matrix would
+ * cost the memory the option saves, and requantizing it would change the weights). */
+static int refused_step(const circuits_model *m, const char *step, uint32_t kinds)
+{
+    for (size_t i = 0; m->stored && i < m->n_weights; i++)
+        if (m->stored[i].data && (kinds >> m->kind[i] & 1u))
+            return cx_fail(CIRCUITS_E_UNSUPPORTED,
+                           "%s would rewrite '%s', kept in its stored dtype %s (keep_stored_dtype): load with %s = 0, "
+                           "or without keep_stored_dtype", step, m->weights[i].name,
+                           circuits_dtype_name(cx_dtype_public(m->stored[i].dtype)), step);
+    return CIRCUITS_OK;
+}
+
+#define KB(k) (1u << (k))
+
 int cx_process_weights(circuits_model *m, const circuits_load_options *o)
 {
     circuits_config *c = &m->cfg;
@@ -317,6 +344,11 @@ int cx_process_weights(circuits_model *m, const circuits_load_options *o)
                        "b_in is added after the gate); load with fold_ln = 0");
     int rc;
     uint32_t done = 0;
+    if ((fold && (rc = refused_step(m, "fold_ln", KB(CX_W_Q) | KB(CX_W_K) | KB(CX_W_V) | KB(CX_W_IN) | KB(CX_W_GATE) |
+                                                      KB(CX_W_OUT) | KB(CX_W_U)))) ||
+        (ref && (rc = refused_step(m, "refactor_factored_attn_matrices",
+                                   KB(CX_W_Q) | KB(CX_W_K) | KB(CX_W_V) | KB(CX_W_O)))))
+        return rc;
     if (fold) {
         if ((rc = fold_ln(m))) return rc;
         done |= CIRCUITS_PROCESSED_FOLD_LN;
@@ -326,6 +358,8 @@ int cx_process_weights(circuits_model *m, const circuits_load_options *o)
     if (c->normalization_type != CIRCUITS_NORM_LN && c->normalization_type != CIRCUITS_NORM_LNPRE) cw = false;
     /* nor with final_rms (TL's process_weights): ln_final, an RMSNorm, sees the mean */
     if (c->final_rms) cw = false;
+    if (cw && (rc = refused_step(m, "center_writing_weights", KB(CX_W_EMBED) | KB(CX_W_O) | KB(CX_W_OUT)))) return rc;
+    if (cu && (rc = refused_step(m, "center_unembed", KB(CX_W_U)))) return rc;
     if (cw) {
         if ((rc = center_writing_weights(m))) return rc;
         done |= CIRCUITS_PROCESSED_CENTER_WRITING_WEIGHTS;

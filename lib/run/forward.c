@@ -30,6 +30,7 @@
 #include "loss.h"
 #include "pool.h"
 #include "rope.h"
+#include "stored.h"
 
 #include <math.h>
 #include <string.h>
@@ -59,6 +60,8 @@ typedef struct scratch {
     float *attn_in;  /* [B, T, H, D] use_attn_in: hook_attn_in */
     float *mlp_in;   /* [B, T, D] use_hook_mlp_in: hook_mlp_in */
     int32_t *tokens; /* [B, T] use_hook_tokens: hook_tokens (the run memory, as floats are) */
+    float *wo;       /* [D, H * dh] use_attn_result with W_O kept in its stored dtype: one layer's W_O
+                      * dequantized (stored rows: block quantization cannot cut a head's columns) */
     int32_t *pos_id; /* [B, T] position ids, with a mask only (after the logits: a run allocates
                       * nothing else, so a generation step cannot fail half-way for memory) */
 } scratch;
@@ -89,7 +92,7 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
 {
     const circuits_config *c = &ctx->model->cfg;
     size_t N = (size_t)B * (size_t)T, D = (size_t)c->d_model, HD = (size_t)c->n_heads * (size_t)c->d_head;
-    enum { N_SLOTS = 20 };
+    enum { N_SLOTS = 21 };
     size_t sizes[N_SLOTS], total = 0;
     bool ok = true;
     size_t tt;
@@ -116,6 +119,9 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     if (!ctx->opts.use_attn_in) sizes[17] = 0;
     sizes[18] = ctx->opts.use_hook_mlp_in ? sizes[0] : 0;      /* mlp_in */
     sizes[19] = ctx->opts.use_hook_tokens ? N : 0;             /* tokens (int32, the size of a float) */
+    sizes[20] = 0;                                             /* wo */
+    for (int l = 0; l < c->n_layers && ctx->opts.use_attn_result && !sizes[20]; l++)
+        if (cx_stored(ctx->model, ctx->model->layers[l].W_O)) ok &= cx_mul_size(D, HD, &sizes[20]);
     size_t logits_n = 0;
     if (own_logits) ok &= cx_mul_size((size_t)logit_rows, (size_t)c->d_vocab_out, &logits_n);
     for (int i = 0; i < N_SLOTS && ok; i++) ok = total + sizes[i] >= total && (total += sizes[i], true);
@@ -138,7 +144,7 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     float **slots[N_SLOTS] = {&s->embed,  &s->pos,    &s->resid,    &s->normed,  &s->qk_in,  &s->scale,
                               &s->q,      &s->k,      &s->v,        &s->z,       &s->scores, &s->result,
                               &s->branch, &s->mlp,    &s->rope,     &s->mlp_lin, &s->heads_in, &s->attn_in,
-                              &s->mlp_in, &tokens_slot};
+                              &s->mlp_in, &tokens_slot, &s->wo};
     for (int i = 0; i < N_SLOTS; i++) {
         *slots[i] = sizes[i] ? p : NULL;
         p += sizes[i];
@@ -199,11 +205,17 @@ static int layer_norm(const pass *ps, int layer, cx_hook_kind scale_kind, float 
 }
 
 /* y[N, H*dh] = x[N, D] @ W [H, D, dh] + b [H, dh]: one GEMM when the heads sit side by side in
- * memory (HF's fused c_attn), else one GEMM per head. */
-static void project_heads(float *y, const float *x, const circuits_tensor *W, const circuits_tensor *b,
-                          int64_t N, int64_t D, int64_t H, int64_t dh)
+ * memory (HF's fused c_attn; a stored matrix's rows are the heads' columns in order), else one
+ * GEMM per head. */
+static void project_heads(const circuits_model *m, float *y, const float *x, const circuits_tensor *W,
+                          const circuits_tensor *b, int64_t N, int64_t D, int64_t H, int64_t dh)
 {
     const int64_t *st = W->strides;
+    const cx_qmat *q = cx_stored(m, W);
+    if (q) {
+        cx_qmatmul(y, H * dh, x, D, N, q, 0, H * dh, b->data, false);
+        return;
+    }
     if (st[2] == 1 && st[0] == dh) {
         cx_matmul(y, H * dh, x, D, N, D, H * dh, W->data, st[1], 1, b->data, false);
         return;
@@ -214,12 +226,15 @@ static void project_heads(float *y, const float *x, const circuits_tensor *W, co
 
 /* The same with a head axis on the input: y[N, h, :] = x[N, h, :] @ W[h] + b[h] for x [N, H, D]
  * (complex_attn_linear: each head reads its own input). */
-static void project_split_heads(float *y, const float *x, const circuits_tensor *W, const circuits_tensor *b,
-                                int64_t N, int64_t D, int64_t H, int64_t dh)
+static void project_split_heads(const circuits_model *m, float *y, const float *x, const circuits_tensor *W,
+                                const circuits_tensor *b, int64_t N, int64_t D, int64_t H, int64_t dh)
 {
     const int64_t *st = W->strides;
+    const cx_qmat *q = cx_stored(m, W);
     for (int64_t h = 0; h < H; h++)
-        cx_matmul(y + h * dh, H * dh, x + h * D, H * D, N, D, dh, W->data + h * st[0], st[1], st[2],
+        if (q) /* head h: rows h*dh .. of the stored matrix */
+            cx_qmatmul(y + h * dh, H * dh, x + h * D, H * D, N, q, h * dh, dh, b->data + h * dh, false);
+        else cx_matmul(y + h * dh, H * dh, x + h * D, H * D, N, D, dh, W->data + h * st[0], st[1], st[2],
                   b->data + h * dh, false);
 }
 
@@ -273,9 +288,10 @@ static int split_head_qkv(pass *ps, int l)
                 for (int64_t h = 0; h < heads[i]; h++)
                     for (int64_t j = 0; j < D; j++) in[i][(n * heads[i] + h) * D + j] += s->pos[n * D + j];
     }
-    project_split_heads(s->q, in[0], w->W_Q, w->b_Q, N, D, heads[0], dh);
-    project_split_heads(s->k, in[1], w->W_K, w->b_K, N, D, heads[1], dh);
-    project_split_heads(s->v, in[2], w->W_V, w->b_V, N, D, heads[2], dh);
+    const circuits_model *m = ctx->model;
+    project_split_heads(m, s->q, in[0], w->W_Q, w->b_Q, N, D, heads[0], dh);
+    project_split_heads(m, s->k, in[1], w->W_K, w->b_K, N, D, heads[1], dh);
+    project_split_heads(m, s->v, in[2], w->W_V, w->b_V, N, D, heads[2], dh);
     return CIRCUITS_OK;
 }
 
@@ -426,9 +442,9 @@ static int attention(pass *ps, int l)
             for (int64_t i = 0; i < N * D; i++) s->qk_in[i] = s->normed[i] + s->pos[i];
             qk_in = s->qk_in;
         }
-        project_heads(s->q, qk_in, w->W_Q, w->b_Q, N, D, H, dh);
-        project_heads(s->k, qk_in, w->W_K, w->b_K, N, D, KV, dh);
-        project_heads(s->v, s->normed, w->W_V, w->b_V, N, D, KV, dh);
+        project_heads(ctx->model, s->q, qk_in, w->W_Q, w->b_Q, N, D, H, dh);
+        project_heads(ctx->model, s->k, qk_in, w->W_K, w->b_K, N, D, KV, dh);
+        project_heads(ctx->model, s->v, s->normed, w->W_V, w->b_V, N, D, KV, dh);
     }
     FIRE(l, HK_Q, s->q);
     FIRE(l, HK_K, s->k);
@@ -490,11 +506,16 @@ static int attention(pass *ps, int l)
 
     const circuits_tensor *W_O = w->W_O;
     const int64_t *st = W_O->strides;
+    const cx_qmat *qo = cx_stored(ctx->model, W_O);
     if (ctx->opts.use_attn_result) {
-        /* result[b, t, h] = z[b, t, h] @ W_O[h]; attn_out = sum_h result + b_O */
+        /* result[b, t, h] = z[b, t, h] @ W_O[h]; attn_out = sum_h result + b_O. A stored W_O is
+         * dequantized first ([D, H*dh] rows: head h's W_O[h] [dh, D] at columns h*dh with strides
+         * (1, H*dh)): a head's share of a row is not a whole number of blocks */
+        if (qo) cx_qmat_rows(qo, s->wo);
         for (int64_t h = 0; h < H; h++)
-            cx_matmul(s->result + h * D, H * D, s->z + h * dh, HD, N, dh, D, W_O->data + h * st[0], st[1], st[2],
-                      NULL, false);
+            if (qo) cx_matmul(s->result + h * D, H * D, s->z + h * dh, HD, N, dh, D, s->wo + h * dh, 1, HD, NULL, false);
+            else cx_matmul(s->result + h * D, H * D, s->z + h * dh, HD, N, dh, D, W_O->data + h * st[0], st[1], st[2],
+                           NULL, false);
         FIRE(l, HK_RESULT, s->result);
         for (int64_t n = 0; n < N; n++)
             for (int64_t j = 0; j < D; j++) {
@@ -502,6 +523,8 @@ static int attention(pass *ps, int l)
                 for (int64_t h = 0; h < H; h++) acc += s->result[(n * H + h) * D + j];
                 s->branch[n * D + j] = acc + w->b_O->data[j];
             }
+    } else if (qo) {
+        cx_qmatmul(s->branch, D, s->z, HD, N, qo, 0, D, w->b_O->data, false);
     } else if (st[0] == dh * st[1]) {
         /* heads stacked along rows: W_O viewed as [H * dh, D] */
         cx_matmul(s->branch, D, s->z, HD, N, HD, D, W_O->data, st[1], st[2], w->b_O->data, false);
@@ -532,18 +555,16 @@ static int mlp(pass *ps, int l)
     scratch *s = &ps->s;
     int64_t N = ps->B * ps->T, D = c->d_model, M = c->d_mlp;
     if (c->gated_mlp) {
-        const circuits_tensor *G = w->W_gate, *I = w->W_in;
-        cx_matmul(s->mlp, M, s->normed, D, N, D, M, G->data, G->strides[0], G->strides[1], NULL, false);
+        cx_weight_linear(ctx->model, s->mlp, M, s->normed, D, N, w->W_gate, NULL);
         FIRE(l, HK_MLP_PRE, s->mlp);
-        cx_matmul(s->mlp_lin, M, s->normed, D, N, D, M, I->data, I->strides[0], I->strides[1], NULL, false);
+        cx_weight_linear(ctx->model, s->mlp_lin, M, s->normed, D, N, w->W_in, NULL);
         FIRE(l, HK_MLP_PRE_LINEAR, s->mlp_lin);
         cx_activation(s->mlp, (size_t)(N * M), c->act_fn);
         const float *b_in = w->b_in->data;
         for (int64_t n = 0; n < N; n++)
             for (int64_t j = 0; j < M; j++) s->mlp[n * M + j] = s->mlp[n * M + j] * s->mlp_lin[n * M + j] + b_in[j];
     } else {
-        cx_matmul(s->mlp, M, s->normed, D, N, D, M, w->W_in->data, w->W_in->strides[0], w->W_in->strides[1],
-                  w->b_in->data, false);
+        cx_weight_linear(ctx->model, s->mlp, M, s->normed, D, N, w->W_in, w->b_in->data);
         FIRE(l, HK_MLP_PRE, s->mlp);
         if (c->act_fn == CIRCUITS_ACT_SOLU_LN) {
             cx_solu(s->mlp, N, M);
@@ -556,8 +577,7 @@ static int mlp(pass *ps, int l)
         }
     }
     FIRE(l, HK_MLP_POST, s->mlp);
-    cx_matmul(s->branch, D, s->mlp, M, N, M, D, w->W_out->data, w->W_out->strides[0], w->W_out->strides[1],
-              w->b_out->data, false);
+    cx_weight_linear(ctx->model, s->branch, D, s->mlp, M, N, w->W_out, w->b_out->data);
     if (c->norm_before_and_after) {
         int rc = layer_norm(ps, l, HK_LN2_POST_SCALE, s->branch, s->scale, s->branch, D, true, w->ln2_post_w, NULL);
         if (rc) return rc;
@@ -636,8 +656,17 @@ static int run(pass *ps, float *out)
         if (cx_hook_active(ctx, r, -1, HK_TOKENS) && (rc = hook_tokens(ps))) return rc;
         /* embed[b, t] = W_E[tokens[b, t]] */
         const int32_t *tok = ps->tokens;
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t j = 0; j < D; j++) s->embed[n * D + j] = E->data[tok[n] * E->strides[0] + j * E->strides[1]];
+        const cx_qmat *qe = cx_stored(m, E);
+        for (int64_t n = 0; n < N; n++) {
+            float *e = s->embed + n * D;
+            if (!qe) {
+                for (int64_t j = 0; j < D; j++) e[j] = E->data[tok[n] * E->strides[0] + j * E->strides[1]];
+                continue;
+            }
+            cx_qmat_row(qe, tok[n], e); /* a stored W_E: Gemma's scale as the fp32 load applies it */
+            if (m->embed_scale != 0.0f)
+                for (int64_t j = 0; j < D; j++) e[j] *= m->embed_scale;
+        }
         FIRE(-1, HK_EMBED, s->embed);
         FIRE(-1, HK_POS_EMBED, s->pos);
         memcpy(s->resid, s->embed, (size_t)(N * D) * sizeof(float));
@@ -711,9 +740,7 @@ static int run(pass *ps, float *out)
             }
         final = s->branch;
     }
-    const circuits_tensor *U = m->W_U;
-    cx_matmul(out, c->d_vocab_out, final, D, B * n, D, c->d_vocab_out, U->data, U->strides[0], U->strides[1],
-              m->b_U->data, false);
+    cx_weight_linear(m, out, c->d_vocab_out, final, D, B * n, m->W_U, m->b_U->data);
     /* unembed.hook_out sees [B, n, V], before the soft-cap: TransformerLens caps the logits
      * unembed returns (apply_softcap in HookedTransformer.forward); the loss reads capped ones */
     if (cx_hook_active(ctx, r, -1, HK_UNEMBED_OUT) && (rc = cx_hook_fire(ps->ctx, r, -1, HK_UNEMBED_OUT, out, B, n)))

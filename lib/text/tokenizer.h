@@ -131,6 +131,9 @@ int cx_tok_load_hf_json(circuits_tokenizer **out, const char *path, const char *
 int cx_tok_load_vocab_merges(circuits_tokenizer **out, const char *vocab_path, const char *merges_path,
                              const char *dir);
 int cx_tok_load_gguf(circuits_tokenizer **out, const char *path);
+/* The tokenizer of a parsed GGUF header (io/gguf.h: a model file's own metadata). */
+struct cx_gguf;
+int cx_tok_from_gguf(circuits_tokenizer **out, const struct cx_gguf *g);
 /* Loads the tokenizer of a model directory if it has one: OK with *out NULL if it has none. */
 int cx_tokenizer_load_optional(circuits_tokenizer **out, const char *dir);
 

@@ -44,6 +44,7 @@ from .errors import (
 from .factored import FactoredMatrix
 from .model import Config, HookedTransformer, HookHandle, HookPoint, HookViewWarning, Model, Output
 from .tokenizer import Tokenizer
+from .quant import dequantize, dtype_block, dtype_name
 from . import evals, utils  # noqa: E402  (TransformerLens's evals and utils modules)
 from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens's patching module
 
@@ -98,6 +99,9 @@ __all__ = [
     "library_version",
     "set_num_threads",
     "get_num_threads",
+    "dequantize",
+    "dtype_block",
+    "dtype_name",
     "library_path",
     "library_source",
     "ABI_VERSION",

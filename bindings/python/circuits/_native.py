@@ -125,6 +125,21 @@ CIRCUITS_PROCESSED_CENTER_UNEMBED = 0x4
 CIRCUITS_PROCESSED_FOLD_VALUE_BIASES = 0x8
 CIRCUITS_PROCESSED_REFACTOR_FACTORED_ATTN_MATRICES = 0x10
 
+# circuits_dtype: storage types of weights, ggml's numbers (circuits.quant)
+CIRCUITS_DTYPE_F32 = 0
+CIRCUITS_DTYPE_F16 = 1
+CIRCUITS_DTYPE_Q4_0 = 2
+CIRCUITS_DTYPE_Q4_1 = 3
+CIRCUITS_DTYPE_Q5_0 = 6
+CIRCUITS_DTYPE_Q5_1 = 7
+CIRCUITS_DTYPE_Q8_0 = 8
+CIRCUITS_DTYPE_Q2_K = 10
+CIRCUITS_DTYPE_Q3_K = 11
+CIRCUITS_DTYPE_Q4_K = 12
+CIRCUITS_DTYPE_Q5_K = 13
+CIRCUITS_DTYPE_Q6_K = 14
+CIRCUITS_DTYPE_BF16 = 30
+
 # circuits_run_options: start_at_layer / stop_at_layer not set
 CIRCUITS_LAYER_NONE = -2147483648
 
@@ -517,6 +532,9 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_model_weight": (c_int, [HANDLE, c_char_p, POINTER(Tensor)]),
     "circuits_model_weight_count": (c_size_t, [HANDLE]),
     "circuits_model_weight_at": (c_int, [HANDLE, c_size_t, POINTER(Tensor)]),
+    # weights kept in their stored dtype (keep_stored_dtype, 0.6.0)
+    "circuits_model_weight_dtype": (c_int, [HANDLE, c_char_p, POINTER(c_int32)]),
+    "circuits_model_weight_read": (c_int, [HANDLE, c_char_p, F32P, c_size_t, POINTER(Tensor)]),
     # contexts and hooks
     "circuits_context_options_init": (None, [POINTER(ContextOptions)]),
     "circuits_context_create": (c_int, [VOIDPP, HANDLE, POINTER(ContextOptions)]),
@@ -681,6 +699,10 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
         c_int,
         [HANDLE, I32P, I32P, c_int64, c_int64, POINTER(Metric), POINTER(PathPatchOptions), F32P],
     ),
+    # storage types of weights (circuits.quant)
+    "circuits_dtype_name": (c_char_p, [c_int32]),
+    "circuits_dtype_block": (c_int, [c_int32, POINTER(c_int64), POINTER(c_size_t)]),
+    "circuits_dequantize": (c_int, [c_int32, c_void_p, c_size_t, F32P, c_size_t]),
     # threads
     "circuits_set_num_threads": (None, [c_int]),
     "circuits_get_num_threads": (c_int, []),

@@ -521,6 +521,7 @@ class Model:
         refactor_factored_attn_matrices: bool = False,
         *,
         mmap: bool = True,
+        keep_stored_dtype: bool = False,
         use_attn_result: bool = False,
         device: Optional[str] = None,
         dtype: Any = None,
@@ -534,6 +535,11 @@ class Model:
         place while the model is alive kills the process with SIGBUS at its next run (docs/loading.md).
         False reads them into memory (``read_into_memory``): costs their size in memory, and the
         model is immune to the files changing.
+        keep_stored_dtype: keep the weight matrices in their stored dtype (F16, BF16, GGUF's
+        quantized types; docs/loading.md#keep_stored_dtype): the model takes about the file's
+        memory, activations stay float32. The weights are then read as float32 copies (``W_Q``,
+        ``state_dict()``, ... dequantize), and a processing step that would rewrite a kept matrix
+        is refused: load with ``from_pretrained_no_processing`` (or those flags False).
         use_attn_result: compute ``blocks.{l}.attn.hook_result`` (see :meth:`set_use_attn_result`).
         device/dtype: only ``"cpu"`` / float32 exist; anything else is refused.
         default_padding_side: 'left' or 'right' (``model.tokenizer.padding_side``; default 'right').
@@ -551,7 +557,8 @@ class Model:
         opts.fold_value_biases = int(bool(fold_value_biases))
         opts.refactor_factored_attn_matrices = int(bool(refactor_factored_attn_matrices))
         opts.read_into_memory = int(not mmap)
-        if mmap:
+        opts.keep_stored_dtype = int(bool(keep_stored_dtype))
+        if mmap and not keep_stored_dtype:
             # the default needs no field past 0.2.0's struct: pass that size, which a 0.2.0
             # libcircuits.so.0 accepts too
             opts.size = N.LoadOptions.read_into_memory.offset
@@ -1264,10 +1271,30 @@ class Model:
         """The weight ``name`` in TransformerLens state-dict names (``"blocks.0.attn.W_Q"``,
         ``"embed.W_E"``, ``"unembed.W_U"``, ...) with TransformerLens's shape: a read-only
         zero-copy view (strided where the stored layout differs, e.g. GPT-2's fused c_attn) that
-        keeps the model's memory alive."""
+        keeps the model's memory alive. A weight kept in its stored dtype (keep_stored_dtype) has
+        no float32 view: a read-only float32 copy, dequantized (circuits_model_weight_read)."""
         t = N.Tensor()
-        N.check(lib.circuits_model_weight(self._mptr(), N.cstr(name), ctypes.byref(t)))
-        return tensor_view(t, self._handle, readonly=True)
+        rc = lib.circuits_model_weight(self._mptr(), N.cstr(name), ctypes.byref(t))
+        return self._weight_array(rc, t)
+
+    def _weight_array(self, rc: int, t: N.Tensor) -> np.ndarray:
+        """The array of a weight descriptor circuits_model_weight(_at) returned with status rc:
+        its view, or for a stored weight (CIRCUITS_E_DTYPE: name and shape filled, data NULL)
+        its dequantized copy."""
+        if rc != N.CIRCUITS_E_DTYPE:
+            N.check(rc)
+            return tensor_view(t, self._handle, readonly=True)
+        N.lib.circuits_clear_error()
+        buf = np.empty(tuple(t.shape[: t.ndim]), dtype=np.float32)
+        N.check(lib.circuits_model_weight_read(self._mptr(), N.cstr(N.decode(t.name)), buf.reshape(-1), buf.size, None))
+        return readonly(buf)
+
+    def weight_dtype(self, name: str) -> str:
+        """The dtype weight ``name`` is held in: "F32", or with keep_stored_dtype its stored one
+        ("F16", "BF16", "Q4_K", ...) for the matrices a stored layout can hold."""
+        code = ctypes.c_int32(-1)
+        N.check(lib.circuits_model_weight_dtype(self._mptr(), N.cstr(name), ctypes.byref(code)))
+        return lib.circuits_dtype_name(code.value).decode()
 
     def weight_names(self) -> List[str]:
         """Every weight's name, in TransformerLens ``state_dict()`` order."""
@@ -1275,18 +1302,21 @@ class Model:
         t = N.Tensor()
         names = []
         for i in range(lib.circuits_model_weight_count(ptr)):
-            N.check(lib.circuits_model_weight_at(ptr, i, ctypes.byref(t)))
+            rc = lib.circuits_model_weight_at(ptr, i, ctypes.byref(t))
+            if rc != N.CIRCUITS_E_DTYPE:  # a stored weight's descriptor names it too
+                N.check(rc)
             names.append(N.decode(t.name))
         return names
 
     def state_dict(self) -> Dict[str, np.ndarray]:
-        """{name: read-only zero-copy view} for every weight, in TransformerLens order."""
+        """{name: read-only zero-copy view} for every weight, in TransformerLens order (weights
+        kept in their stored dtype: read-only float32 copies)."""
         ptr = self._mptr()
         t = N.Tensor()
         out: Dict[str, np.ndarray] = {}
         for i in range(lib.circuits_model_weight_count(ptr)):
-            N.check(lib.circuits_model_weight_at(ptr, i, ctypes.byref(t)))
-            out[N.decode(t.name)] = tensor_view(t, self._handle, readonly=True)
+            rc = lib.circuits_model_weight_at(ptr, i, ctypes.byref(t))
+            out[N.decode(t.name)] = self._weight_array(rc, t)
         return out
 
     def _stack(self, leaf: str, mlp: bool = False) -> np.ndarray:

@@ -3,7 +3,8 @@
 
 Every weight is :meth:`Model.get_weight` of its TransformerLens state-dict name: a read-only
 zero-copy view of the model's own memory (strided where the stored layout differs), which keeps
-that memory alive after ``model.close()`` as long as the array lives. Two exceptions, computed
+that memory alive after ``model.close()`` as long as the array lives (a model loaded with
+``keep_stored_dtype=True``: its kept matrices are read-only float32 copies, dequantized). Two exceptions, computed
 as TransformerLens's properties compute them: under grouped-query attention ``attn.W_K`` /
 ``W_V`` / ``b_K`` / ``b_V`` are the stored K/V heads repeated over the query heads (a read-only
 copy; ``attn._W_K`` / ``_W_V`` / ``_b_K`` / ``_b_V`` are the views), and ``attn.OV`` / ``QK`` are

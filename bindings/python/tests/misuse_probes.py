@@ -1097,6 +1097,71 @@ m(TOK_BIG)
 ok()
 ''')
 
+PROBES["size_dequantize"] = ("size", '''
+# circuits.dequantize sizes its output itself from n and checks n against the bytes in C: no
+# byte count or value count a caller passes can make the library read or write past a buffer.
+from circuits import quant
+raw = np.arange(144 * 3, dtype=np.uint16).astype(np.uint8)            # three Q4_K blocks
+want = circuits.dequantize("Q4_K", raw)
+assert want.shape == (768,)
+same(circuits.dequantize("Q4_K", raw.reshape(3, 144)[:, :].T.copy().T), want)  # any layout: its bytes, C order
+same(circuits.dequantize("Q4_K", raw[::-1][::-1]), want)
+same(circuits.dequantize("Q4_K", memoryview(raw.tobytes())), want)
+strided = np.zeros(2 * raw.size, np.uint8)
+strided[::2] = raw
+same(circuits.dequantize("Q4_K", strided[::2]), want)                 # non-contiguous: copied first
+for n in (0, 255, 257, 512, 1024, 2**40):
+    refused(lambda: circuits.dequantize("Q4_K", raw, n), circuits.ShapeError)
+refused(lambda: circuits.dequantize("Q4_K", raw, -1), ValueError)
+refused(lambda: circuits.dequantize("Q4_K", raw[:-1]), circuits.ShapeError)  # a partial block
+refused(lambda: circuits.dequantize(2**31, raw), Exception)           # ctypes refuses the int
+refused(lambda: circuits.dequantize(99, raw), circuits.DtypeError)
+# the raw C call: NULL buffers with n > 0 are refused, wrong sizes too
+out = np.empty(256, np.float32)
+assert N.lib.circuits_dequantize(N.CIRCUITS_DTYPE_Q4_K, None, 144, out, 256) == N.CIRCUITS_E_INVALID_ARGUMENT
+assert N.lib.circuits_dequantize(N.CIRCUITS_DTYPE_Q4_K, raw.ctypes.data, 143, out, 256) == N.CIRCUITS_E_SHAPE
+refused(lambda: N.lib.circuits_dequantize(N.CIRCUITS_DTYPE_Q4_K, raw.ctypes.data, 144, np.empty(256), 256),
+        Exception)                                                    # float64 out: ndpointer refuses it
+_c_read(want)
+ok()
+''')
+
+PROBES["owner_stored_weights"] = ("owner", '''
+import ctypes
+# keep_stored_dtype: the kept matrices have no float32 memory of the model's to view. Every access
+# path (properties, the module tree, state_dict, get_weight) gives read-only float32 copies that
+# outlive close(); the raw C view call refuses with data NULL; circuits_model_weight_read writes
+# at most buf_len floats (the binding passes its own array's size), NULL and float64 refused.
+BF16 = os.path.join(REPO, "tests", "reference", "cases", "hf_qwen2_bf16")
+m = circuits.Model.from_pretrained_no_processing(BF16, keep_stored_dtype=True)
+assert m.weight_dtype("blocks.0.attn.W_Q") == "BF16"
+sd = m.state_dict()
+arrs = [m.W_Q, m.W_K, m.blocks[1].attn.W_O, m.blocks[0].mlp.W_in, m.embed.W_E, m.unembed.W_U,
+        m.get_weight("blocks.1.mlp.W_out"), sd["blocks.0.attn.W_Q"], sd["blocks.0.ln1.w"]]
+ref = snap(arrs)
+t = N.Tensor()
+ptr = m._mptr()
+assert N.lib.circuits_model_weight(ptr, b"blocks.0.attn.W_Q", ctypes.byref(t)) == N.CIRCUITS_E_DTYPE
+assert not t.data and t.ndim == 3
+n = int(np.prod([t.shape[i] for i in range(t.ndim)]))
+buf = np.full(n + 8, 7.0, np.float32)
+assert N.lib.circuits_model_weight_read(ptr, b"blocks.0.attn.W_Q", buf, n - 1, None) == N.CIRCUITS_E_RANGE
+assert (buf == 7.0).all()                                  # refused before writing anything
+assert N.lib.circuits_model_weight_read(ptr, b"blocks.0.attn.W_Q", buf, n, None) == 0
+assert (buf[n:] == 7.0).all()                              # nothing past the product of the shape
+same(buf[:n].reshape(arrs[0].shape[1:]), arrs[0][0])
+assert N.lib.circuits_model_weight_read(ptr, b"blocks.0.attn.W_Q", None, n, None) == N.CIRCUITS_E_INVALID_ARGUMENT
+refused(lambda: N.lib.circuits_model_weight_read(ptr, b"blocks.0.attn.W_Q", np.empty(n), n, None), Exception)
+refused(lambda: m.weight_dtype("blocks.0.attn.W_nope"), CircuitsError)
+m(TOK_SMALL)
+m.close(); del m, sd; churn()
+for a, r in zip(arrs, ref):
+    same(a, r)
+    refused(lambda: a.__setitem__((0,) * a.ndim, 1.0), ValueError)   # read-only
+touch(arrs[0])
+ok()
+''')
+
 # ---------------------------------------------------------------------------------------------
 # The audit (issue 12): every bound C function, and where a size or a pointer crosses ctypes
 # through it, the probes that pin down the two classes of defect — a size the caller could
@@ -1164,7 +1229,9 @@ AUDIT = {
     "circuits_model_config": ["size_cfg_d_vocab_out_forced", "size_cfg_rebind_refused"],
     "circuits_model_weight": ["owner_weights_after_close"],
     "circuits_model_weight_count": ["owner_state_dict_after_close"],
-    "circuits_model_weight_at": ["owner_state_dict_after_close"],
+    "circuits_model_weight_at": ["owner_state_dict_after_close", "owner_stored_weights"],
+    "circuits_model_weight_dtype": ["owner_stored_weights"],
+    "circuits_model_weight_read": ["owner_stored_weights"],
     "circuits_context_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_context_create": ["kept_across_set_use_attn_result"],
     "circuits_context_free": ["kept_after_close", "kept_across_set_use_attn_result"],
@@ -1265,4 +1332,7 @@ AUDIT = {
     "circuits_context_path_patch_sweep": ["size_path_patch", "kept_path_patch_metric_logits"],
     "circuits_set_num_threads": ["size_set_num_threads"],
     "circuits_get_num_threads": ["size_set_num_threads"],
+    "circuits_dtype_name": _SCALAR,
+    "circuits_dtype_block": "two scalars written through ctypes.byref of the binding's own c_int64 / c_size_t",
+    "circuits_dequantize": ["size_dequantize"],
 }
