@@ -69,6 +69,7 @@ if [ -n "$build" ]; then
     # the rows as the tests print them now
     {
         "$build/tests/test_bad_input" -v
+        "$build/tests/test_gguf_bad" -v
         "$build/tests/test_misuse" "$src/examples/models/tiny-random-gpt2" \
             "$src/tests/reference/cases/tl_attn_only_1l_ln" -v
         "$build/tests/test_tokenizer" "$src/tests/tokenizer" -v

@@ -101,6 +101,15 @@ grep -q "blocks.4.hook_resid_post  *\[1, 1, 32\]" "$tmp/out" || fail "info: hook
 ok info "$M" --no-processing --pos 7 --batch 2
 grep -q "processing none" "$tmp/out" || fail "info --no-processing"
 grep -q "blocks.0.attn.hook_pattern  *\[2, 4, 7, 7\]" "$tmp/out" || fail "info --pos 7 --batch 2 shapes"
+# a GGUF file is a MODEL too: the model of the directory it was converted from (whose losses and
+# top-k logits `run` prints; the file has its own minimal vocabulary, the directory none)
+G=$src/tests/reference/gguf/hf_tiny_random_gpt2.f32.gguf
+ok info "$G"
+grep -q "parameters 144264" "$tmp/out" || fail "info on a GGUF file: parameter count"
+ok run "$G" --tokens 1,2,3 --top-k 3 --no-bos
+sed -E "s/ *'.*'$//" "$tmp/out" >"$tmp/gguf_run"
+ok run "$src/tests/reference/cases/hf_tiny_random_gpt2" --tokens 1,2,3 --top-k 3 --no-bos
+sed -E "s/ *'.*'$//" "$tmp/out" | cmp -s - "$tmp/gguf_run" || fail "run on a GGUF file differs from its directory"
 py '
 assert d["config"]["n_layers"] == 5 and d["config"]["d_model"] == 32 and d["config"]["n_heads"] == 4
 assert d["config"]["d_vocab"] == 1000 and d["config"]["n_ctx"] == 512 and d["format"] == "hf_gpt2"

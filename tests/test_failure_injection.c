@@ -922,8 +922,11 @@ static void remove_model_with_tokenizer(const char *dir)
 static void test_operations(fx *f)
 {
     char hf[1024], tl[1024], tl2[1024], sharded[1024], f16[1024], bf16[1024], tokmodel[64], tok_json[1024], tok_vm[1024],
-            tok_toy[1024], gguf[1024];
+            tok_toy[1024], gguf[1024], gguf_llama[1024], gguf_q8[1024];
     snprintf(hf, sizeof hf, "%s/hf_tiny_noprefix", g_cases);
+    /* GGUF models: llama (permuted q/k, a tokenizer in the file), and one with a Q8_0 matrix */
+    snprintf(gguf_llama, sizeof gguf_llama, "%s/../gguf/hf_llama_gqa.f32.gguf", g_cases);
+    snprintf(gguf_q8, sizeof gguf_q8, "%s/../../fuzz/corpus/gguf_model/ok_q8.gguf", g_cases);
     snprintf(tl, sizeof tl, "%s/tl_attn_only_1l_ln", g_cases);
     snprintf(tl2, sizeof tl2, "%s/tl_1l_solu_ln", g_cases);
     snprintf(sharded, sizeof sharded, "%s/hf_random_sharded", g_cases);
@@ -946,6 +949,9 @@ static void test_operations(fx *f)
         {"model_load F16", NULL, call_load, digest_model, NULL, f16, LOAD_DEFAULT, false},
         {"model_load BF16 keep_stored_dtype", NULL, call_load, digest_model, NULL, bf16, LOAD_STORED, false},
         {"model_load with tokenizer", NULL, call_load, digest_model, NULL, tokmodel, LOAD_DEFAULT, false},
+        {"model_load GGUF", NULL, call_load, digest_model, NULL, gguf_llama, LOAD_DEFAULT, false},
+        {"model_load GGUF raw read_into_memory", NULL, call_load, digest_model, NULL, gguf_llama, LOAD_RAW_READ, false},
+        {"model_load GGUF Q8_0", NULL, call_load, digest_model, NULL, gguf_q8, LOAD_RAW, false},
         {"tokenizer_load tokenizer.json", NULL, call_tokenizer_load, digest_tokenizer, NULL, tok_json, 0, false},
         {"tokenizer_load vocab.json+merges", NULL, call_tokenizer_load, digest_tokenizer, NULL, tok_vm, 0, false},
         {"tokenizer_load dir", NULL, call_tokenizer_load, digest_tokenizer, NULL, tok_toy, 0, false},

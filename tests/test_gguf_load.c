@@ -1,5 +1,5 @@
 /* Loading GGUF files: the F32 GGUF conversions of the Hugging Face reference cases
- * (tests/reference/generate_gguf_f32.py: llama.cpp's own convert_hf_to_gguf.py code, GPT-J with
+ * (tests/reference/gguf/<case>.f32.gguf, written by tests/reference/generate_gguf_f32.py: llama.cpp's own convert_hf_to_gguf.py code, GPT-J with
  * the gguf package) against the same cases loaded from their Hugging Face directories:
  *   - the config, field by field: equal, except the fields the conversion does not carry (each
  *     listed below with the value llama.cpp's loader gives it instead, checked too);
@@ -140,7 +140,7 @@ int main(int argc, char **argv)
         const gguf_case *gc = &cases[c];
         char dir[4096], file[4200];
         snprintf(dir, sizeof dir, "%s/%s", argv[1], gc->name);
-        snprintf(file, sizeof file, "%s/model.f32.gguf", dir);
+        snprintf(file, sizeof file, "%s/../gguf/%s.f32.gguf", argv[1], gc->name);
         for (int processed = 0; processed < 2; processed++) {
             circuits_load_options o;
             circuits_load_options_init(&o);

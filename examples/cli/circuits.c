@@ -35,7 +35,7 @@ static void help(FILE *f)
             "Mechanistic interpretability of transformer language models (libcircuits %s).\n"
             "MODEL is a model directory: Hugging Face (config.json + model.safetensors or shards; model_type\n"
             "gpt2, gpt_neox, gptj, llama, mistral, qwen2, gemma, gemma2) or TransformerLens layout\n"
-            "(tl_config.json + model.safetensors).\n"
+            "(tl_config.json + model.safetensors), or a GGUF file (llama.cpp's format).\n"
             "\n"
             "commands:\n",
             circuits_version_string());

@@ -177,7 +177,7 @@ int common_positional(args *a, common *c)
 
 int common_check(const common *c, bool input)
 {
-    if (!c->model) return usage_error("missing MODEL (a model directory)");
+    if (!c->model) return usage_error("missing MODEL (a model directory or a GGUF file)");
     if (!input) return 0;
     if (c->prompt && c->tokens) return usage_error("give --prompt or --tokens, not both");
     if (!c->prompt && !c->tokens) return usage_error("needs --prompt TEXT or --tokens IDS");

@@ -275,6 +275,11 @@ int cx_config_from_gguf(const cx_gguf *g, const cx_st_set *set, circuits_config 
         return cx_fail(CIRCUITS_E_CONFIG, "%s: token_embd.weight has %lld rows (1 to %d)", g->path,
                        (long long)e->shape[0], CX_MAX_DIM);
     cfg->d_vocab = cfg->d_vocab_out = (int32_t)e->shape[0];
+    int32_t nv;
+    TRY(get_int(&r, "vocab_size", false, cfg->d_vocab, 1, INT32_MAX, &nv));
+    if (nv != cfg->d_vocab)
+        return cx_fail(CIRCUITS_E_CONFIG, "%s: GGUF key '%s.vocab_size' = %d, but token_embd.weight has %d rows", g->path,
+                       f->arch, nv, cfg->d_vocab);
     int64_t hd = (int64_t)cfg->n_heads * cfg->d_head;
     if (hd > CX_MAX_DIM)
         return cx_fail(CIRCUITS_E_CONFIG, "%s: n_heads * d_head = %lld is too large", g->path, (long long)hd);

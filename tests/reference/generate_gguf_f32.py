@@ -2,7 +2,8 @@
 """F32 GGUF files of the Hugging Face reference cases, written the way llama.cpp writes them.
 
 For each case directory tests/reference/cases/<case> (a transformers model: config.json +
-model.safetensors), writes <case>/model.f32.gguf:
+model.safetensors), writes tests/reference/gguf/<case>.f32.gguf (not into the case directory,
+whose loads would then find the file's vocabulary as the directory's tokenizer):
 
   - with llama.cpp's own converter (convert_hf_to_gguf.py's model classes, from the vendored
     llama.cpp: tensor renaming, the llama q/k permutation, Gemma's norm + 1, GPT-2's transposes,
@@ -38,7 +39,7 @@ from safetensors.numpy import load_file  # noqa: E402
 CONVERTED = ["hf_llama_gqa", "hf_mistral_window", "hf_qwen2_bias", "hf_gemma", "hf_gemma2", "hf_neox",
              "hf_tiny_random_gpt2"]
 WRITTEN = ["hf_gptj"]
-OUT_NAME = "model.f32.gguf"
+GGUF_DIR = HERE / "gguf"
 
 
 def tokens_for(n):
@@ -66,7 +67,7 @@ def convert(case):
     from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
 
     d = CASES / case
-    out = d / OUT_NAME
+    out = GGUF_DIR / f"{case}.f32.gguf"
     hparams = ModelBase.load_hparams(d, False)
     arch = get_model_architecture(hparams, ModelType.TEXT)
     cls = get_model_class(arch, mmproj=False)
@@ -92,7 +93,7 @@ def write_gptj(case):
     cfg = json.loads((d / "config.json").read_text())
     st = load_file(str(d / "model.safetensors"))
     n_layer, n_embd = cfg["n_layer"], cfg["n_embd"]
-    out = d / OUT_NAME
+    out = GGUF_DIR / f"{case}.f32.gguf"
     w = gguf.GGUFWriter(str(out), "gptj")
     w.add_context_length(cfg["n_positions"])
     w.add_embedding_length(n_embd)
@@ -119,6 +120,7 @@ def write_gptj(case):
 
 
 def main():
+    GGUF_DIR.mkdir(exist_ok=True)
     for case in CONVERTED:
         out = convert(case)
         print(f"{out.relative_to(HERE)}: {out.stat().st_size} bytes")

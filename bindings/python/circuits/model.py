@@ -527,9 +527,11 @@ class Model:
         dtype: Any = None,
         default_padding_side: Optional[str] = None,
     ) -> "Model":
-        """Loads the model in directory ``path`` (Hugging Face GPT-2: ``config.json`` +
-        safetensors; or TransformerLens layout: ``tl_config.json`` + ``model.safetensors``) and
-        processes the weights as TransformerLens's ``from_pretrained`` does with the same flags.
+        """Loads the model in directory ``path`` (Hugging Face: ``config.json`` + safetensors; or
+        TransformerLens layout: ``tl_config.json`` + ``model.safetensors``), or the GGUF file
+        ``path`` (llama.cpp's format: config, weights and tokenizer from the one file;
+        docs/loading.md), and processes the weights as TransformerLens's ``from_pretrained``
+        does with the same flags.
 
         mmap: True (the default) maps the weight files: no copy, but truncating or rewriting a file in
         place while the model is alive kills the process with SIGBUS at its next run (docs/loading.md).
