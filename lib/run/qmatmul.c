@@ -1,23 +1,68 @@
 /* Products with weights kept in their stored dtype (model/quant.h): out = in @ W^T where W's rows
- * are GGUF blocks, F16 or BF16. The rows of W are cut into tiles over the pool; each task
- * dequantizes its tile into fp32 scratch and multiplies it with one single-threaded sgemm, so
- * the arithmetic is the fp32 product of the dequantized weights. */
+ * are GGUF blocks, F16 or BF16. Two ways, both the fp32 product of the dequantized weights up
+ * to fp32 rounding (tests/test_quant.c):
+ *   - few input rows (M <= FUSED_M) on a CPU with AVX2/FMA/F16C (run/qkernels_x86.c): each
+ *     stored row is dequantized a chunk at a time into L1 and dotted with every input row at
+ *     once (FMA), so the weights are read once and never written out: generation's matrix-
+ *     vector products are bound by reading the stored bytes;
+ *   - otherwise the rows of W are cut into tiles over the pool; each task dequantizes its tile
+ *     into fp32 scratch (vectorized when the CPU allows) and multiplies it with one
+ *     single-threaded sgemm: prompt processing runs at sgemm's speed plus one dequantization
+ *     of W per product.
+ * bench/bench_qmatmul.c measures both against fp32 sgemm and llama.cpp (bench/README.md). */
 #include "kernels.h"
 #include "pool.h"
+#include "qkernels.h"
 #include "quant.h"
 
 #include <cblas.h>
 #include <string.h>
 
-enum { QTILE = 64 }; /* rows of W dequantized at once by a task */
+enum {
+    QTILE = 64, /* rows of W dequantized at once by a task (K = 4096: 1 MiB of fp32) */
+    FUSED_M = 8 /* at most this many input rows take the fused path (four at a time) */
+};
 
 typedef struct qjob {
     float *out;
     int64_t ldo, ldi, M, r0;
     const float *in, *bias;
     const cx_qmat *W;
-    bool accumulate;
+    bool accumulate, simd;
+    const float *xp; /* in, permuted for the fused kernel (cx_qk_permute), ld K; or NULL */
 } qjob;
+
+static const uint8_t *stored_row(const qjob *j, int64_t r)
+{
+    int64_t lr = j->r0 + r, sr = j->W->row_map ? j->W->row_map[lr] : lr;
+    return j->W->data + (size_t)sr * j->W->row_bytes;
+}
+
+/* out[i, r] = its start (bias, 0, or itself) + sums */
+static void finish(const qjob *j, int64_t r, int64_t i0, int m, const float *sums)
+{
+    for (int i = 0; i < m; i++) {
+        float *o = j->out + (i0 + i) * j->ldo + r;
+        *o = (j->accumulate ? *o : j->bias ? j->bias[r] : 0.0f) + sums[i];
+    }
+}
+
+/* Fused rows: dequantize-and-dot, four input rows at a time. */
+static void fused_task(void *arg, int64_t begin, int64_t end)
+{
+    const qjob *j = arg;
+    float sums[4];
+    const float *x = j->xp ? j->xp : j->in;
+    int64_t ldx = j->xp ? j->W->cols : j->ldi;
+    for (int64_t r = begin; r < end; r++) {
+        const uint8_t *row = stored_row(j, r);
+        for (int64_t i0 = 0; i0 < j->M; i0 += 4) {
+            int m = j->M - i0 < 4 ? (int)(j->M - i0) : 4;
+            cx_qk_dot_rows(j->W->dtype, row, j->W->cols, x + i0 * ldx, ldx, m, sums);
+            finish(j, r, i0, m, sums);
+        }
+    }
+}
 
 /* Rows t0 .. t0+nt of the output without a tile: each block of each row dequantized into 256
  * floats on the stack (a block holds at most 256 values). */
@@ -29,8 +74,7 @@ static void slow_rows(const qjob *j, int64_t t0, int64_t nt)
     cx_dtype_blocks(W->dtype, &bv, &bb);
     float blk[256];
     for (int64_t r = t0; r < t0 + nt; r++) {
-        int64_t lr = j->r0 + r, sr = W->row_map ? W->row_map[lr] : lr;
-        const uint8_t *row = W->data + (size_t)sr * W->row_bytes;
+        const uint8_t *row = stored_row(j, r);
         for (int64_t i = 0; i < j->M; i++) {
             float *o = j->out + i * j->ldo + r;
             if (!j->accumulate) *o = j->bias ? j->bias[r] : 0.0f;
@@ -47,7 +91,7 @@ static void slow_rows(const qjob *j, int64_t t0, int64_t nt)
     }
 }
 
-static void qtask(void *arg, int64_t begin, int64_t end)
+static void tile_task(void *arg, int64_t begin, int64_t end)
 {
     const qjob *j = arg;
     int64_t K = j->W->cols;
@@ -58,7 +102,10 @@ static void qtask(void *arg, int64_t begin, int64_t end)
             slow_rows(j, t0, nt);
             continue;
         }
-        for (int64_t r = 0; r < nt; r++) cx_qmat_row(j->W, j->r0 + t0 + r, tile + r * K);
+        for (int64_t r = 0; r < nt; r++) {
+            if (j->simd) cx_qk_dequantize(j->W->dtype, stored_row(j, t0 + r), 0, K, tile + r * K);
+            else cx_dequantize_row(j->W->dtype, stored_row(j, t0 + r), tile + r * K, K);
+        }
         float *o = j->out + t0;
         if (!j->accumulate)
             for (int64_t i = 0; i < j->M; i++) {
@@ -76,6 +123,19 @@ void cx_qmatmul(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M
 {
     if (M == 0 || n == 0) return;
     qjob j = {.out = out, .ldo = ldo, .ldi = ldi, .M = M, .r0 = r0, .in = in, .bias = bias, .W = W,
-              .accumulate = accumulate};
-    cx_parallel_for(n, QTILE, qtask, &j);
+              .accumulate = accumulate, .simd = cx_qk_available()};
+    if (j.simd && M <= FUSED_M) {
+        float *xp = NULL;
+        if (cx_qk_permuted(W->dtype)) {
+            xp = cx_malloc((size_t)M * (size_t)W->cols * sizeof *xp);
+            if (xp) cx_qk_permute(in, ldi, M, W->cols, xp);
+        }
+        if (xp || !cx_qk_permuted(W->dtype)) { /* (no memory for the permuted inputs: tiles) */
+            j.xp = xp;
+            cx_parallel_for(n, 16, fused_task, &j);
+            cx_free(xp);
+            return;
+        }
+    }
+    cx_parallel_for(n, QTILE, tile_task, &j);
 }
