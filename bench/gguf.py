@@ -131,7 +131,8 @@ def worker_llama(a):
             m.eval(tok)
             gen_tokens.clear()
             for _ in range(a.gen):
-                t = int(np.argmax(m.scores[m.n_tokens - 1]))
+                # logits_all=False: eval() keeps no scores; the last row is read from the context
+                t = int(np.argmax(np.ctypeslib.as_array(m._ctx.get_logits_ith(-1), shape=(V,))))
                 gen_tokens.append(t)
                 m.eval([t])
         ts = timed(run, a.reps, a.warmup)
@@ -447,7 +448,8 @@ def main() -> int:
                 rows[name] = r
                 if "error" in r:
                     continue
-                d.setdefault("library", r.get("library"))
+                if r.get("library"):
+                    d["library"] = r["library"]
                 r["n_tokens"] = n_gen if task == "gen" else T
                 r["rss_budget_mb"] = file_mb * 1.1 + activations_mb(s, T, cfg, task, n_gen, r.get("cache_mb", 0.0), eng)
                 print(f"  {task:6s} {name:20s} {r['median_ms']:10.1f} ms  peak RSS {r['peak_rss_mb']:.0f} MB",
