@@ -89,14 +89,24 @@ def rss_now_mb() -> float:
     return 0.0
 
 
+CPU_MS = []  # per timed run: the process's user + system CPU time (all threads), see worker()
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def timed(fn, reps: int, warmup: int):
     for _ in range(warmup):
         fn()
     ts = []
     for _ in range(reps):
+        c0 = cpu_s()
         t0 = time.perf_counter()
         fn()
         ts.append((time.perf_counter() - t0) * 1e3)
+        CPU_MS.append((cpu_s() - c0) * 1e3)
     return ts
 
 
@@ -219,8 +229,12 @@ def worker_circuits(a):
 def worker(a) -> int:
     import numpy as np
     fn = worker_llama if a.engine == "llama.cpp" else worker_circuits
+    load0 = os.getloadavg()[0]
     ts, load_ms, out, extra = fn(a)
+    # the machine's load while this task ran (1-minute average before and after), and CPU time:
+    # on a shared machine a wall time far above the CPU time / threads means the task waited
     row = dict(engine=a.engine, config=a.config, task=a.task, T=a.T, times_ms=ts, median_ms=statistics.median(ts),
+               cpu_ms=CPU_MS, median_cpu_ms=statistics.median(CPU_MS), loadavg=[load0, os.getloadavg()[0]],
                load_ms=load_ms, peak_rss_mb=peak_rss_mb(), base_rss_mb=a.base_rss, **extra)
     if "last_logits" in out:
         path = os.path.join(a.outdir, f"{a.engine}-{a.config}-{a.task}.npy")
@@ -305,7 +319,9 @@ def render(d) -> str:
                  f"engines; llama-cpp-python {m['llama_cpp_python']}, libcircuits {d.get('library', '?')}; load "
                  f"average at start {m['loadavg']:.1f}. Medians of {d['args']['reps']} runs after "
                  f"{d['args']['warmup']} warm-up(s) (7B: {d['args']['reps_7b']} after {d['args']['warmup_7b']}); "
-                 f"each (engine, configuration, task) in its own process.")
+                 f"each (engine, configuration, task) in its own process. CPU ms: the process's user + system "
+                 f"time during the run (all threads; llama.cpp's threads spin while waiting); load: the 1-minute "
+                 f"load average before / after the task.")
     for key, res in d["models"].items():
         s = res["shape"]
         lines.append("")
@@ -315,14 +331,14 @@ def render(d) -> str:
                      + ", ".join(f"{k} {v}" for k, v in s["tensor_bytes_by_type"].items()) + ")")
         lines.append("")
         lines.append("| task | engine / configuration | ms | tokens/s | vs llama.cpp | vs libcircuits none "
-                     "| peak RSS MB | RSS budget MB (file +10% + act.) | RSS / budget | check |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+                     "| CPU ms | load | peak RSS MB | RSS budget MB (file +10% + act.) | RSS / budget | check |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for task, rows in res["tasks"].items():
             ll = rows.get("llama.cpp/none", {})
             base = rows.get("libcircuits/none", {})
             for name, r in rows.items():
                 if "error" in r:
-                    lines.append(f"| {task} | {name} | failed: {r['error'].splitlines()[-1][:120]} | | | | | | | |")
+                    lines.append(f"| {task} | {name} | failed: {r['error'].splitlines()[-1][:120]} | | | | | | | | | |")
                     continue
                 ms = r["median_ms"]
                 n = r["n_tokens"]
@@ -335,7 +351,10 @@ def render(d) -> str:
                 vs_b = (f"{(ms / base['median_ms'] - 1) * 100:+.1f}%" if base.get("median_ms")
                         and name.startswith("libcircuits/") and name != "libcircuits/none" else "")
                 budget = r.get("rss_budget_mb")
-                lines.append(f"| {task} | {name} | {ms:.0f} | {tps_s} | {vs_ll} | {vs_b} | {r['peak_rss_mb']:.0f} | "
+                cpu = fmt(r.get("median_cpu_ms"), ".0f")
+                load = "/".join(f"{x:.1f}" for x in r["loadavg"]) if "loadavg" in r else "—"
+                lines.append(f"| {task} | {name} | {ms:.0f} | {tps_s} | {vs_ll} | {vs_b} | {cpu} | {load} | "
+                             f"{r['peak_rss_mb']:.0f} | "
                              f"{fmt(budget, '.0f')} | {fmt(r['peak_rss_mb'] / budget if budget else None, '.2f')} | "
                              f"{r.get('check', '')} |")
     lines.append("")
