@@ -331,14 +331,14 @@ def render(d) -> str:
                      + ", ".join(f"{k} {v}" for k, v in s["tensor_bytes_by_type"].items()) + ")")
         lines.append("")
         lines.append("| task | engine / configuration | ms | tokens/s | vs llama.cpp | vs libcircuits none "
-                     "| CPU ms | load | peak RSS MB | RSS budget MB (file +10% + act.) | RSS / budget | check |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+                     "| CPU ms | CPU vs llama.cpp | load | peak RSS MB | RSS budget MB (file +10% + act.) | RSS / budget | check |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for task, rows in res["tasks"].items():
             ll = rows.get("llama.cpp/none", {})
             base = rows.get("libcircuits/none", {})
             for name, r in rows.items():
                 if "error" in r:
-                    lines.append(f"| {task} | {name} | failed: {r['error'].splitlines()[-1][:120]} | | | | | | | | | |")
+                    lines.append(f"| {task} | {name} | failed: {r['error'].splitlines()[-1][:120]} | | | | | | | | | | |")
                     continue
                 ms = r["median_ms"]
                 n = r["n_tokens"]
@@ -353,7 +353,9 @@ def render(d) -> str:
                 budget = r.get("rss_budget_mb")
                 cpu = fmt(r.get("median_cpu_ms"), ".0f")
                 load = "/".join(f"{x:.1f}" for x in r["loadavg"]) if "loadavg" in r else "—"
-                lines.append(f"| {task} | {name} | {ms:.0f} | {tps_s} | {vs_ll} | {vs_b} | {cpu} | {load} | "
+                vs_cpu = (f"{r['median_cpu_ms'] / ll['median_cpu_ms']:.2f}×" if ll.get("median_cpu_ms")
+                          and r.get("median_cpu_ms") and name != "llama.cpp/none" else "")
+                lines.append(f"| {task} | {name} | {ms:.0f} | {tps_s} | {vs_ll} | {vs_b} | {cpu} | {vs_cpu} | {load} | "
                              f"{r['peak_rss_mb']:.0f} | "
                              f"{fmt(budget, '.0f')} | {fmt(r['peak_rss_mb'] / budget if budget else None, '.2f')} | "
                              f"{r.get('check', '')} |")
