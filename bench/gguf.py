@@ -375,15 +375,18 @@ def goals(d):
         for task, rows in res["tasks"].items():
             ll, base = rows.get("llama.cpp/none", {}), rows.get("libcircuits/none", {})
             hk = rows.get("libcircuits/hooks", {})
-            if ll.get("median_ms") and base.get("median_ms"):
-                lim = GOALS["gen"] if task == "gen" else GOALS["pp"]
-                r = base["median_ms"] / ll["median_ms"]
-                out.append(dict(model=key, goal=f"{task}: time / llama.cpp's ≤ {lim}×", measured=f"{r:.2f}×",
-                                verdict="met" if r <= lim else "**not met**"))
-            if base.get("median_ms") and hk.get("median_ms"):
-                o = hk["median_ms"] / base["median_ms"] - 1
-                out.append(dict(model=key, goal=f"{task}: one hook per layer ≤ +5%", measured=f"{o * 100:+.1f}%",
-                                verdict="met" if o <= GOALS["hooks"] else "**not met**"))
+            # each time goal judged on wall time (the measure) and on CPU time (user + system
+            # of the process: what the task cost, insensitive to waiting for a shared core)
+            for unit, k in (("wall", "median_ms"), ("CPU", "median_cpu_ms")):
+                if ll.get(k) and base.get(k):
+                    lim = GOALS["gen"] if task == "gen" else GOALS["pp"]
+                    r = base[k] / ll[k]
+                    out.append(dict(model=key, goal=f"{task}: {unit} time / llama.cpp's ≤ {lim}×", measured=f"{r:.2f}×",
+                                    verdict="met" if r <= lim else "**not met**"))
+                if base.get(k) and hk.get(k):
+                    o = hk[k] / base[k] - 1
+                    out.append(dict(model=key, goal=f"{task}: one hook per layer ≤ +5% ({unit} time)",
+                                    measured=f"{o * 100:+.1f}%", verdict="met" if o <= GOALS["hooks"] else "**not met**"))
             for name, r in rows.items():
                 if name.startswith("libcircuits/") and r.get("rss_budget_mb"):
                     q = r["peak_rss_mb"] / r["rss_budget_mb"]
@@ -426,7 +429,9 @@ def main() -> int:
         a.gen = a.gen
         return worker(a)
     if a.render:
-        print(render(json.load(open(a.render))))
+        d = json.load(open(a.render))
+        d["goals"] = goals(d)
+        print(render(d))
         return 0
 
     import numpy as np
