@@ -366,8 +366,14 @@ def render(d) -> str:
                 ms = r["median_ms"]
                 n = r["n_tokens"]
                 tps = n / ms * 1e3
-                if task == "gen" and "decode_tps" in r:
-                    tps_s = f"{tps:.1f} (decode {r['decode_tps']:.1f})"
+                dec = r.get("decode_tps")
+                pp = res["tasks"].get("pp128", {}).get(name, {})
+                if task == "gen" and d["args"]["threads"] == 1 and r.get("median_cpu_ms") and pp.get("median_cpu_ms"):
+                    # one thread: CPU times are the robust measure (wall time includes waiting for a core)
+                    dc = r["median_cpu_ms"] - pp["median_cpu_ms"]
+                    dec = n / dc * 1e3 if dc > 0 else None
+                if task == "gen" and dec:
+                    tps_s = f"{tps:.1f} (decode {dec:.1f})"
                 else:
                     tps_s = f"{tps:.1f}"
                 vs_ll = f"{ms / ll['median_ms']:.2f}×" if ll.get("median_ms") and name != "llama.cpp/none" else ""
