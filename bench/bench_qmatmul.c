@@ -2,8 +2,7 @@
  * the same weights dequantized (cx_matmul: the pool's split single-threaded sgemms), on
  * Llama-7B-like shapes: out[M, N] = in[M, K] @ W[N, K]^T with K = 4096, N = 4096 and 11008.
  *   bench_qmatmul THREADS REPS [DTYPE ...] [-M m1,m2,...] [-N n1,n2,...] [-copies C]
- * DTYPE: names as circuits_dtype_name gives them (default Q4_K Q8_0 F16 BF16); M default
- * 1,128,512. The two products of a shape alternate within each repetition (the machine is
+ * (qbench_args.h; DTYPE as circuits_dtype_name names it). The two products of a shape alternate within each repetition (the machine is
  * shared: both see the same load), and each time is the median over REPS after a warm-up.
  * Prints one line per dtype, N and M: ms of the stored-dtype product, ms of fp32 sgemm, their
  * ratio, the same for the fastest repetition of each (robust on a loaded machine: other work
@@ -13,6 +12,7 @@
  * weights from DRAM as generation does (a model's layers are read once per token); the time
  * is per product. Not a test: bench/README.md records its numbers. */
 #include "bench_util.h"
+#include "qbench_args.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -61,36 +61,13 @@ static void fill_matrix(cx_dtype dt, uint8_t *data, size_t bytes)
     free(pool);
 }
 
-static void parse_list(const char *s, int64_t *v, int *n)
-{
-    *n = 0;
-    while (*s && *n < 16) {
-        v[(*n)++] = strtoll(s, (char **)&s, 10);
-        if (*s == ',') s++;
-    }
-}
-
 int main(int argc, char **argv)
 {
-    if (argc < 3) {
-        fprintf(stderr, "usage: %s THREADS REPS [DTYPE ...] [-M m1,m2] [-N n1,n2]\n", argv[0]);
-        return 2;
-    }
-    int threads = atoi(argv[1]), reps = atoi(argv[2]);
-    const char *names[16];
-    int n_names = 0, n_m = 3, n_n = 2, copies = 1;
-    int64_t Ms[16] = {1, 128, 512}, Ns[16] = {4096, 11008};
-    const int64_t K = 4096;
-    for (int i = 3; i < argc; i++) {
-        if (strcmp(argv[i], "-M") == 0 && i + 1 < argc) parse_list(argv[++i], Ms, &n_m);
-        else if (strcmp(argv[i], "-N") == 0 && i + 1 < argc) parse_list(argv[++i], Ns, &n_n);
-        else if (strcmp(argv[i], "-copies") == 0 && i + 1 < argc) copies = atoi(argv[++i]) > 0 ? atoi(argv[i]) : 1;
-        else if (n_names < 16) names[n_names++] = argv[i];
-    }
-    if (!n_names) {
-        static const char *def[] = {"Q4_K", "Q8_0", "F16", "BF16"};
-        for (int i = 0; i < 4; i++) names[n_names++] = def[i];
-    }
+    qbench_args A;
+    if (!qbench_parse(argc, argv, &A)) return 2;
+    int threads = A.threads, reps = A.reps, copies = A.copies, n_names = A.n_names, n_m = A.n_m, n_n = A.n_n;
+    const char **names = A.names;
+    const int64_t *Ms = A.Ms, *Ns = A.Ns, K = 4096;
     circuits_set_num_threads(threads);
     printf("# bench_qmatmul: %d threads, K = %lld, median of %d, %d copies of W\n", circuits_get_num_threads(),
            (long long)K, reps, copies);

@@ -4,9 +4,10 @@
  * build it against an unpacked llama-cpp-python sdist and its installed libraries:
  *   L=/opt/refenv/lib/python3.11/site-packages/llama_cpp/lib
  *   I=/work/llama_sdist/llama_cpp_python-0.3.36/vendor/llama.cpp/ggml/include
- *   cc -O2 -o /tmp/peer_ggml_mulmat bench/peer_ggml_mulmat.c -I$I -L$L -lggml -lggml-base -lggml-cpu \
+ *   cc -O2 -o /tmp/peer_ggml_mulmat bench/peer_ggml_mulmat.c -Ibench -I$I -L$L -lggml -lggml-base -lggml-cpu \
  *      -Wl,-rpath,$L -lm
  *   /tmp/peer_ggml_mulmat THREADS REPS [DTYPE ...] [-M 1,128,512] [-N 4096,11008] [-copies C]
+ *   (qbench_args.h)
  * Weights are random floats quantized by ggml_quantize_chunk. A plain ggml context: no
  * repacked weight layouts (llama.cpp's CPU "extra" buffer types, which a model loaded by
  * llama.cpp may use for Q4_0/Q4_K/IQ4_NL), so this is llama.cpp's generic path. -copies C: one
@@ -16,55 +17,18 @@
 #include <ggml-cpu.h>
 #include <ggml.h>
 
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
+#include <strings.h>
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static void parse_list(const char *s, int64_t *v, int *n)
-{
-    *n = 0;
-    while (*s && *n < 16) {
-        v[(*n)++] = strtoll(s, (char **)&s, 10);
-        if (*s == ',') s++;
-    }
-}
+#include "bench_util.h"
+#include "qbench_args.h"
 
 int main(int argc, char **argv)
 {
-    if (argc < 3) {
-        fprintf(stderr, "usage: %s THREADS REPS [DTYPE ...] [-M m1,m2] [-N n1,n2]\n", argv[0]);
-        return 2;
-    }
-    int threads = atoi(argv[1]), reps = atoi(argv[2]);
-    const char *names[16];
-    int n_names = 0, n_m = 3, n_n = 2, copies = 1;
-    int64_t Ms[16] = {1, 128, 512}, Ns[16] = {4096, 11008};
-    const int64_t K = 4096;
-    for (int i = 3; i < argc; i++) {
-        if (strcmp(argv[i], "-M") == 0 && i + 1 < argc) parse_list(argv[++i], Ms, &n_m);
-        else if (strcmp(argv[i], "-N") == 0 && i + 1 < argc) parse_list(argv[++i], Ns, &n_n);
-        else if (strcmp(argv[i], "-copies") == 0 && i + 1 < argc) copies = atoi(argv[++i]) > 0 ? atoi(argv[i]) : 1;
-        else if (n_names < 16) names[n_names++] = argv[i];
-    }
-    if (!n_names) {
-        static const char *def[] = {"Q4_K", "Q8_0", "F16", "BF16"};
-        for (int i = 0; i < 4; i++) names[n_names++] = def[i];
-    }
+    qbench_args A;
+    if (!qbench_parse(argc, argv, &A)) return 2;
+    int threads = A.threads, reps = A.reps, copies = A.copies, n_names = A.n_names, n_m = A.n_m, n_n = A.n_n;
+    const char **names = A.names;
+    const int64_t *Ms = A.Ms, *Ns = A.Ns, K = 4096;
     ggml_cpu_init();
     printf("# peer_ggml_mulmat (llama.cpp ggml_mul_mat): %d threads, K = %lld, median of %d, %d copies of W\n",
            threads, (long long)K, reps, copies);
@@ -112,12 +76,11 @@ int main(int argc, char **argv)
                 }
                 double *tm = malloc((size_t)reps * sizeof *tm);
                 for (int r = -1; r < reps; r++) {
-                    double t0 = now_ms();
+                    double t0 = bench_now_ms();
                     ggml_graph_compute_with_ctx(ctx, gf, threads);
-                    if (r >= 0) tm[r] = (now_ms() - t0) / copies;
+                    if (r >= 0) tm[r] = (bench_now_ms() - t0) / copies;
                 }
-                qsort(tm, (size_t)reps, sizeof *tm, cmp);
-                double med = reps % 2 ? tm[reps / 2] : 0.5 * (tm[reps / 2 - 1] + tm[reps / 2]);
+                double med = bench_median(tm, reps); /* sorts tm */
                 printf("%-5s %6lld %4lld %10.3f %10.3f\n", names[t], (long long)N, (long long)M, med, tm[0]);
                 fflush(stdout);
                 free(tm);

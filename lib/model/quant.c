@@ -194,54 +194,28 @@ static void dq_q3_k(const uint8_t *s, float *y)
     }
 }
 
-/* The 6-bit scales and mins of Q4_K and Q5_K (gguf-py's Q4_K.get_scale_min): 8 of each in 12
- * bytes. j < 4: sc = b[j] & 63, m = b[j + 4] & 63; j >= 4: sc = (b[j + 4] & 15) | (b[j - 4] >> 2
- * & 0x30), m = (b[j + 4] >> 4) | (b[j] >> 2 & 0x30). */
-static void scale_min_k4(const uint8_t *b, int j, int *sc, int *m)
-{
-    if (j < 4) {
-        *sc = b[j] & 63;
-        *m = b[j + 4] & 63;
-    } else {
-        *sc = (b[j + 4] & 0x0f) | ((b[j - 4] >> 2) & 0x30);
-        *m = (b[j + 4] >> 4) | ((b[j] >> 2) & 0x30);
-    }
-}
-
-/* Q4_K: d, dmin (f16), 12 scale bytes, 128 bytes of nibbles. Value 64 h + 32 s + l is nibble s
- * of qs[32 h + l], in sub-block 2 h + s; x = (d * sc) * q - (dmin * m) */
-static void dq_q4_k(const uint8_t *s, float *y)
+/* Q4_K: d, dmin (f16), 12 scale bytes, 128 bytes of nibbles qs. Value 64 h + 32 s + l is nibble s
+ * of qs[32 h + l], in sub-block 2 h + s; x = (d * sc) * q - (dmin * m).
+ * Q5_K: the same with qh (32 bytes between the scales and qs): bit j of qh[l] is the fifth bit
+ * of value 32 j + l. qh is NULL for Q4_K. */
+static void dq_k4(const uint8_t *s, const uint8_t *qh, const uint8_t *qs, float *y)
 {
     float d = half(s), dmin = half(s + 2);
-    const uint8_t *qs = s + 16;
     for (int j = 0; j < 8; j++) {
         int sc, m;
-        scale_min_k4(s + 4, j, &sc, &m);
-        float dl = d * (float)sc, ml = dmin * (float)m;
-        const uint8_t *q = qs + 32 * (j / 2);
-        int sh = 4 * (j % 2);
-        for (int l = 0; l < 32; l++) y[32 * j + l] = sub_f(dl * (float)((q[l] >> sh) & 0x0f), ml);
-    }
-}
-
-/* Q5_K: Q4_K plus qh (32 bytes after the scales: bit j of qh[l] is the fifth bit of value
- * 32 j + l); x = (d * sc) * q - (dmin * m) */
-static void dq_q5_k(const uint8_t *s, float *y)
-{
-    float d = half(s), dmin = half(s + 2);
-    const uint8_t *qh = s + 16, *qs = s + 48;
-    for (int j = 0; j < 8; j++) {
-        int sc, m;
-        scale_min_k4(s + 4, j, &sc, &m);
+        cx_k4_scale_min(s + 4, j, &sc, &m);
         float dl = d * (float)sc, ml = dmin * (float)m;
         const uint8_t *q = qs + 32 * (j / 2);
         int sh = 4 * (j % 2);
         for (int l = 0; l < 32; l++) {
-            int v = ((q[l] >> sh) & 0x0f) | ((qh[l] >> j) & 1) << 4;
+            int v = ((q[l] >> sh) & 0x0f) | (qh ? ((qh[l] >> j) & 1) << 4 : 0);
             y[32 * j + l] = sub_f(dl * (float)v, ml);
         }
     }
 }
+
+static void dq_q4_k(const uint8_t *s, float *y) { dq_k4(s, NULL, s + 16, y); }
+static void dq_q5_k(const uint8_t *s, float *y) { dq_k4(s, s + 16, s + 48, y); }
 
 /* Q6_K: ql (128 bytes), qh (64), 16 int8 scales, d (f16). Value 128 h + 64 s + l (l < 64) has low
  * bits nibble s of ql[64 h + l]; value 128 h + 32 t + l (l < 32) has high bits 2t..2t+1 of

@@ -20,6 +20,21 @@ bool cx_dtype_blocks(cx_dtype dt, int64_t *block_values, size_t *block_bytes);
 /* Bytes holding n values of dt; false if dt is not a storage type, n is not a multiple of its
  * block, or the size overflows. */
 bool cx_dtype_row_bytes(cx_dtype dt, int64_t n, size_t *bytes);
+/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K or Q5_K block, from its 12 scale bytes
+ * (gguf-py's Q4_K.get_scale_min): j < 4: sc = b[j] & 63, m = b[j + 4] & 63; j >= 4:
+ * sc = (b[j + 4] & 15) | (b[j - 4] >> 2 & 0x30), m = (b[j + 4] >> 4) | (b[j] >> 2 & 0x30).
+ * Inline: the products' kernels (run/qkernels_x86.c) call it per block. */
+static inline void cx_k4_scale_min(const uint8_t *b, int j, int *sc, int *m)
+{
+    if (j < 4) {
+        *sc = b[j] & 63;
+        *m = b[j + 4] & 63;
+    } else {
+        *sc = (b[j + 4] & 0x0f) | ((b[j - 4] >> 2) & 0x30);
+        *m = (b[j + 4] >> 4) | ((b[j] >> 2) & 0x30);
+    }
+}
+
 /* dst[n] = the n values stored at src as dt (n a multiple of the block; the caller checked it). */
 void cx_dequantize_row(cx_dtype dt, const void *src, float *dst, int64_t n);
 

@@ -21,14 +21,13 @@ void cx_qk_switch_off(bool off);
  * len <= CX_QCHUNK for the dot, any for tiles). Only when cx_qk_available(). */
 void cx_qk_dequantize(cx_dtype dt, const uint8_t *row, int64_t k0, int64_t len, float *dst);
 
-/* Types whose fused kernel reads quants as 32-bit lanes (Q4_K, Q5_K, Q6_K, Q8_0) want their
+/* Types whose fused kernel reads quants as 32-bit lanes (the K-quants and Q8_0) want their
  * inputs permuted within every 32 values: xp[M, K] (ld K) = cx_qk_permute(x). */
 bool cx_qk_permuted(cx_dtype dt);
 void cx_qk_permute(const float *x, int64_t ldx, int64_t M, int64_t K, float *xp);
 
 /* sums[m] = sum_k x[m * ldx + k] * W[k] over the K values of one stored row, m < M <= 4, fp32
- * accumulation (FMA), each weight the dequantized value (computed in registers, or for the
- * less common types a chunk at a time in L1). x permuted by cx_qk_permute when
+ * accumulation (FMA), each weight the dequantized value computed in registers. x permuted by cx_qk_permute when
  * cx_qk_permuted(dt). Only when cx_qk_available(). */
 void cx_qk_dot_rows(cx_dtype dt, const uint8_t *row, int64_t K, const float *x, int64_t ldx, int M, float *sums);
 

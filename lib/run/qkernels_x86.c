@@ -1,8 +1,11 @@
-/* AVX2 + FMA + F16C kernels of the products with stored weights (qkernels.h). Each dequantizer
- * does what model/quant.c's scalar one does, eight values at a time, with the same fp32
- * operations in the same order (d * sc first, then * q, then - m; no contraction: the library
- * is built as ISO C, -ffp-contract=off), so a tile holds exactly the dequantized weights. Types
- * without a vector dequantizer here go through cx_dequantize_row block by block. */
+/* AVX2 + FMA + F16C kernels of the products with stored weights (qkernels.h), two kinds:
+ *   - block dequantizers for the tiles (cx_qk_dequantize): what model/quant.c's scalar code
+ *     does, eight values at a time, with the same fp32 operations in the same order (no
+ *     contraction: the library is built as ISO C, -ffp-contract=off), so a tile holds exactly
+ *     the dequantized weights (tests/test_quant.c compares them with gguf-py's); types without
+ *     one go through cx_dequantize_row;
+ *   - fused dequantize-and-dot kernels (cx_qk_dot_rows), one per type, whose weights are the
+ *     same exact values computed in registers (see ACC below) and whose sums use FMA. */
 #include "qkernels.h"
 
 #include <string.h>
@@ -14,19 +17,21 @@
 #define QK_TARGET __attribute__((target("avx2,fma,f16c")))
 #define QK_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 
-static bool switched_off;
+static int switched_off; /* atomics: any thread may ask while a test flips it */
 
-void cx_qk_switch_off(bool off) { switched_off = off; }
+void cx_qk_switch_off(bool off) { __atomic_store_n(&switched_off, off, __ATOMIC_RELAXED); }
 
 bool cx_qk_available(void)
 {
-    static int have = -1; /* benign race: every thread computes the same answer */
-    if (switched_off) return false;
-    if (have < 0) {
+    static int have = -1; /* every thread computes the same answer: relaxed is enough */
+    if (__atomic_load_n(&switched_off, __ATOMIC_RELAXED)) return false;
+    int h = __atomic_load_n(&have, __ATOMIC_RELAXED);
+    if (h < 0) {
         __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        h = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        __atomic_store_n(&have, h, __ATOMIC_RELAXED);
     }
-    return have;
+    return h;
 }
 
 /* an fp16 field: F16C's conversion is exact (NaN payloads aside, which no product keeps) */
@@ -35,30 +40,20 @@ QK_INLINE float half_of(const uint8_t *p)
     return _cvtsh_ss((unsigned short)(p[0] | p[1] << 8));
 }
 
-/* 32 bytes (values 0 .. 255 or, signed, -128 .. 127) to 32 floats: four groups of 8 */
-QK_INLINE void u8_to_f32(__m256i v, __m256 out[4])
+/* 32 bytes to 32 floats, four groups of 8: unsigned (0 .. 255) or signed (-128 .. 127) */
+QK_INLINE void bytes_to_f32(__m256i v, __m256 out[4], const bool is_signed)
 {
-    __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
-    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
-}
-
-QK_INLINE void i8_to_f32(__m256i v, __m256 out[4])
-{
-    __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
-    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+    __m128i part[4] = {_mm256_castsi256_si128(v), _mm_srli_si128(_mm256_castsi256_si128(v), 8),
+                       _mm256_extracti128_si256(v, 1), _mm_srli_si128(_mm256_extracti128_si256(v, 1), 8)};
+    for (int i = 0; i < 4; i++)
+        out[i] = _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(part[i]) : _mm256_cvtepu8_epi32(part[i]));
 }
 
 /* Q8_0: x = q * d */
 QK_TARGET static void dq_q8_0(const uint8_t *s, float *y)
 {
     __m256 d = _mm256_set1_ps(half_of(s)), q[4];
-    i8_to_f32(_mm256_loadu_si256((const __m256i *)(s + 2)), q);
+    bytes_to_f32(_mm256_loadu_si256((const __m256i *)(s + 2)), q, true);
     for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(q[i], d));
 }
 
@@ -69,25 +64,40 @@ QK_TARGET static void dq_q4_0(const uint8_t *s, float *y)
     __m128i b = _mm_loadu_si128((const __m128i *)(s + 2)), m = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
     __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), eight), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), eight);
     __m256 q[4];
-    i8_to_f32(_mm256_set_m128i(hi, lo), q);
+    bytes_to_f32(_mm256_set_m128i(hi, lo), q, true);
     for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(d, q[i]));
 }
 
-/* The 6-bit scales and mins of Q4_K / Q5_K (as quant.c's scale_min_k4). */
+/* dl[j] = d * sc, ml[j] = dmin * m of the 8 sub-blocks of a Q4_K / Q5_K block (the tiles'
+ * dequantizers; cx_k4_scale_min's unpacking) */
 QK_INLINE void scales_k4(const uint8_t *b, float d, float dmin, float *dl, float *ml)
 {
     for (int j = 0; j < 8; j++) {
         int sc, m;
-        if (j < 4) {
-            sc = b[j] & 63;
-            m = b[j + 4] & 63;
-        } else {
-            sc = (b[j + 4] & 0x0f) | ((b[j - 4] >> 2) & 0x30);
-            m = (b[j + 4] >> 4) | ((b[j] >> 2) & 0x30);
-        }
+        cx_k4_scale_min(b, j, &sc, &m);
         dl[j] = d * (float)sc;
         ml[j] = dmin * (float)m;
     }
+}
+
+/* The same eight at once for the fused kernels, with mins negated: the 12 bytes as three words,
+ * every 6-bit field moved into a byte of its own (llama.cpp's kmask shuffle; the same fields as
+ * cx_k4_scale_min), widened and scaled as one vector each. Stored so that the kernels broadcast
+ * them from memory (a load, no shuffle). */
+QK_INLINE void scales_k4_vec(const uint8_t *b, float d, float dmin, float *dl, float *neg_ml)
+{
+    uint32_t u[4];
+    memcpy(u, b, 12);
+    const uint32_t k1 = 0x3f3f3f3fu, k2 = 0x0f0f0f0fu, k3 = 0x03030303u;
+    u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+    uint32_t mins_lo = u[1] & k1;
+    u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+    u[2] = mins_lo;
+    u[0] &= k1;
+    __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)u)));
+    __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(u + 2))));
+    _mm256_storeu_ps(dl, _mm256_mul_ps(_mm256_set1_ps(d), sc));
+    _mm256_storeu_ps(neg_ml, _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(_mm256_set1_ps(dmin), mn)));
 }
 
 /* Q4_K: x = (d * sc) * q - (dmin * m); sub-block 2h + s is nibble s of qs[32 h .. 32 h + 31] */
@@ -102,7 +112,7 @@ QK_TARGET static void dq_q4_k(const uint8_t *s, float *y)
         for (int t = 0; t < 2; t++) {
             int j = 2 * h + t;
             __m256 q[4], vd = _mm256_set1_ps(dl[j]), vm = _mm256_set1_ps(ml[j]);
-            u8_to_f32(nib[t], q);
+            bytes_to_f32(nib[t], q, false);
             for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 32 * j + 8 * i, _mm256_sub_ps(_mm256_mul_ps(vd, q[i]), vm));
         }
     }
@@ -123,7 +133,7 @@ QK_TARGET static void dq_q5_k(const uint8_t *s, float *y)
             __m256i hb = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j)), one);
             __m256i v = _mm256_or_si256(nib[t], _mm256_slli_epi16(hb, 4));
             __m256 q[4], vd = _mm256_set1_ps(dl[j]), vm = _mm256_set1_ps(ml[j]);
-            u8_to_f32(v, q);
+            bytes_to_f32(v, q, false);
             for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 32 * j + 8 * i, _mm256_sub_ps(_mm256_mul_ps(vd, q[i]), vm));
         }
     }
@@ -144,7 +154,7 @@ QK_TARGET static void dq_q6_k(const uint8_t *s, float *y)
             __m256i hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t)), m2);
             __m256i v = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), off);
             __m256 q[4];
-            i8_to_f32(v, q);
+            bytes_to_f32(v, q, true);
             int g = 8 * h + 2 * t;
             __m256 d0 = _mm256_set1_ps(d * (float)sc[g]), d1 = _mm256_set1_ps(d * (float)sc[g + 1]);
             float *o = y + 128 * h + 32 * t;
@@ -158,9 +168,16 @@ QK_TARGET static void dq_q6_k(const uint8_t *s, float *y)
 
 typedef void (*block_fn)(const uint8_t *s, float *y);
 
+static void dq_q4_1(const uint8_t *s, float *y);
+static void dq_q5_0(const uint8_t *s, float *y);
+static void dq_q5_1(const uint8_t *s, float *y);
+
 static block_fn block_kernel(cx_dtype dt)
 {
     switch (dt) {
+    case CX_DT_Q4_1: return dq_q4_1;
+    case CX_DT_Q5_0: return dq_q5_0;
+    case CX_DT_Q5_1: return dq_q5_1;
     case CX_DT_Q8_0: return dq_q8_0;
     case CX_DT_Q4_0: return dq_q4_0;
     case CX_DT_Q4_K: return dq_q4_k;
@@ -229,7 +246,7 @@ QK_INLINE float hsum(__m256 v)
  * keep them all in the sixteen ymm registers */
 #define SLOTS(M) ((M) <= 2 ? 4 : 2)
 
-/* Q4_K, Q5_K, Q6_K and Q8_0 read 32 bytes of quants as eight 32-bit lanes: byte b of lane L is
+/* Q2_K .. Q6_K and Q8_0 read 32 bytes of quants as eight 32-bit lanes: byte b of lane L is
  * the quant of value 4 L + b of its 32-value group, taken out with shifts and masks (no
  * shuffles). The inputs are permuted to match once per product (cx_qk_permute):
  * xp[32 G + 8 b + L] = x[32 G + 4 L + b]. */
@@ -239,13 +256,13 @@ QK_INLINE void dot_q4_k(const uint8_t *row, int64_t K, const float *x, int64_t l
     for (int64_t b = 0; b < K / 256; b++, x += 256) {
         const uint8_t *s = row + 144 * b;
         PREFETCH_AHEAD(s, 144);
-        float dl[8], ml[8];
-        scales_k4(s + 4, half_of(s), half_of(s + 2), dl, ml);
+        float dl[8], nml[8];
+        scales_k4_vec(s + 4, half_of(s), half_of(s + 2), dl, nml);
         #pragma GCC unroll 8
         for (int h = 0; h < 4; h++) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(s + 16 + 32 * h));
-            __m256 d0 = _mm256_set1_ps(dl[2 * h]), m0 = _mm256_set1_ps(-ml[2 * h]);
-            __m256 d1 = _mm256_set1_ps(dl[2 * h + 1]), m1 = _mm256_set1_ps(-ml[2 * h + 1]);
+            __m256 d0 = _mm256_broadcast_ss(dl + 2 * h), m0 = _mm256_broadcast_ss(nml + 2 * h);
+            __m256 d1 = _mm256_broadcast_ss(dl + 2 * h + 1), m1 = _mm256_broadcast_ss(nml + 2 * h + 1);
             #pragma GCC unroll 8
             for (int k = 0; k < 4; k++) {
                 __m256i lo = _mm256_and_si256(_mm256_srli_epi32(v, 8 * k), m15);
@@ -265,13 +282,13 @@ QK_INLINE void dot_q5_k(const uint8_t *row, int64_t K, const float *x, int64_t l
     for (int64_t b = 0; b < K / 256; b++, x += 256) {
         const uint8_t *s = row + 176 * b;
         PREFETCH_AHEAD(s, 176);
-        float dl[8], ml[8];
-        scales_k4(s + 4, half_of(s), half_of(s + 2), dl, ml);
+        float dl[8], nml[8];
+        scales_k4_vec(s + 4, half_of(s), half_of(s + 2), dl, nml);
         __m256i qh = _mm256_loadu_si256((const __m256i *)(s + 16));
         #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(s + 48 + 32 * (j / 2)));
-            __m256 vd = _mm256_set1_ps(dl[j]), vm = _mm256_set1_ps(-ml[j]);
+            __m256 vd = _mm256_broadcast_ss(dl + j), vm = _mm256_broadcast_ss(nml + j);
             #pragma GCC unroll 8
             for (int k = 0; k < 4; k++) {
                 __m256i q = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(8 * k + 4 * (j % 2))), m15);
@@ -329,9 +346,143 @@ QK_INLINE void dot_q8_0(const uint8_t *row, int64_t K, const float *x, int64_t l
     }
 }
 
+/* Q2_K and Q3_K, in 32-bit lanes like Q6_K: value 128 h + 32 t + l is bits 2t.. of qs[32 h + l]
+ * (Q3_K: minus 4 unless bit 4h + t of hmask[l] is set); one scale per 16 values, so lanes 0..3
+ * take the group's first and 4..7 its second. Q2_K: fma(d*sc, q, -(dmin*m)) rounds once as
+ * fl(fl(d*sc*q) - dmin*m) (d*sc*q exact: 11 + 4 + 2 bits); Q3_K: (d*sc)*q exact. */
+QK_INLINE __m256 pair_scales(const float *v, int g)
+{
+    return _mm256_set_m128(_mm_broadcast_ss(v + g + 1), _mm_broadcast_ss(v + g));
+}
+
+QK_INLINE void dot_q2_k(const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M, __m256 acc[4][4])
+{
+    const __m256i m3 = _mm256_set1_epi32(3);
+    for (int64_t b = 0; b < K / 256; b++, x += 256) {
+        const uint8_t *s = row + 84 * b;
+        PREFETCH_AHEAD(s, 84);
+        float d = half_of(s + 80), dmin = half_of(s + 82), dl[16], nml[16];
+        for (int g = 0; g < 16; g++) {
+            dl[g] = d * (float)(s[g] & 0x0f);
+            nml[g] = -(dmin * (float)(s[g] >> 4));
+        }
+        #pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(s + 16 + 32 * h));
+            #pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                int g = 8 * h + 2 * t;
+                __m256 vd = pair_scales(dl, g), vm = pair_scales(nml, g);
+                #pragma GCC unroll 4
+                for (int k = 0; k < 4; k++) {
+                    __m256i q = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(8 * k + 2 * t)), m3);
+                    ACC(_mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(q), vm), 128 * h + 32 * t + 8 * k, k);
+                }
+            }
+        }
+    }
+}
+
+QK_INLINE void dot_q3_k(const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M, __m256 acc[4][4])
+{
+    const __m256i m3 = _mm256_set1_epi32(3), one = _mm256_set1_epi32(1);
+    for (int64_t b = 0; b < K / 256; b++, x += 256) {
+        const uint8_t *s = row + 110 * b, *sc = s + 96;
+        PREFETCH_AHEAD(s, 110);
+        float d = half_of(s + 108), dl[16];
+        for (int g = 0; g < 16; g++) {
+            int lo = (sc[g % 8] >> (4 * (g / 8))) & 0x0f, hi = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
+            dl[g] = d * (float)((int8_t)(lo | hi << 4) - 32);
+        }
+        __m256i hm = _mm256_loadu_si256((const __m256i *)s);
+        #pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(s + 32 + 32 * h));
+            #pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                __m256 vd = pair_scales(dl, 8 * h + 2 * t);
+                #pragma GCC unroll 4
+                for (int k = 0; k < 4; k++) {
+                    __m256i q = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(8 * k + 2 * t)), m3);
+                    __m256i hb = _mm256_and_si256(_mm256_srl_epi32(hm, _mm_cvtsi32_si128(8 * k + 4 * h + t)), one);
+                    q = _mm256_sub_epi32(q, _mm256_slli_epi32(_mm256_xor_si256(hb, one), 2));
+                    ACC(_mm256_mul_ps(vd, _mm256_cvtepi32_ps(q)), 128 * h + 32 * t + 8 * k, k);
+                }
+            }
+        }
+    }
+}
+
+/* Q4_0, Q4_1, Q5_0, Q5_1: 32 values per block in natural order (value l < 16: low nibble of
+ * qs[l], value 16 + l: its high nibble; Q5: bit i of the 32-bit qh is value i's fifth bit).
+ * Each weight is quant.c's value: d * (q - 8) or d * (q - 16) (exact products), and for
+ * Q4_1 / Q5_1 fma(d, q, m), which rounds once as fl(d*q + m) does since d*q is exact (11 + 5
+ * bits); infinite and NaN scales give what the scalar code gives. w[i] = values 8i ..
+ * 8i + 7. Shared by the fused kernel and the tiles' block dequantizers. */
+QK_INLINE void q45_weights(const uint8_t *s, const int five, const int with_min, __m256 w[4])
+{
+    const __m256i m15 = _mm256_set1_epi32(0x0f), one = _mm256_set1_epi32(1);
+    __m256 vd = _mm256_set1_ps(half_of(s)), vm = _mm256_set1_ps(with_min ? half_of(s + 2) : 0.0f);
+    const __m256i off = _mm256_set1_epi32(with_min ? 0 : five ? 16 : 8);
+    const uint8_t *q = s + 2 + (with_min ? 2 : 0) + (five ? 4 : 0);
+    __m256i hv = _mm256_setzero_si256();
+    if (five) {
+        uint32_t qh;
+        memcpy(&qh, s + 2 + (with_min ? 2 : 0), 4);
+        hv = _mm256_set1_epi32((int)qh);
+    }
+    #pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * h)));
+        __m256i lo = _mm256_and_si256(v, m15), hi = _mm256_srli_epi32(v, 4);
+        if (five) {
+            __m256i ilo = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            ilo = _mm256_add_epi32(ilo, _mm256_set1_epi32(8 * h));
+            __m256i ihi = _mm256_add_epi32(ilo, _mm256_set1_epi32(16));
+            lo = _mm256_or_si256(lo, _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(hv, ilo), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(hv, ihi), one), 4));
+        }
+        lo = _mm256_sub_epi32(lo, off);
+        hi = _mm256_sub_epi32(hi, off);
+        if (with_min) {
+            w[h] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(lo), vm);
+            w[2 + h] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(hi), vm);
+        } else {
+            w[h] = _mm256_mul_ps(vd, _mm256_cvtepi32_ps(lo));
+            w[2 + h] = _mm256_mul_ps(vd, _mm256_cvtepi32_ps(hi));
+        }
+    }
+}
+
+QK_INLINE void dot_q45(const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M, __m256 acc[4][4],
+                       const int five, const int with_min)
+{
+    const size_t bytes = 18 + 2 * (size_t)with_min + 4 * (size_t)five;
+    for (int64_t b = 0; b < K / 32; b++, x += 32) {
+        const uint8_t *s = row + bytes * (size_t)b;
+        if (b % 4 == 0) PREFETCH_AHEAD(s, 64);
+        __m256 w[4];
+        q45_weights(s, five, with_min, w);
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) ACC(w[i], 8 * i, i);
+    }
+}
+
+QK_INLINE void store_q45(const uint8_t *s, float *y, const int five, const int with_min)
+{
+    __m256 w[4];
+    q45_weights(s, five, with_min, w);
+    for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 8 * i, w[i]);
+}
+
+QK_TARGET static void dq_q4_1(const uint8_t *s, float *y) { store_q45(s, y, 0, 1); }
+QK_TARGET static void dq_q5_0(const uint8_t *s, float *y) { store_q45(s, y, 1, 0); }
+QK_TARGET static void dq_q5_1(const uint8_t *s, float *y) { store_q45(s, y, 1, 1); }
+
 bool cx_qk_permuted(cx_dtype dt)
 {
-    return dt == CX_DT_Q4_K || dt == CX_DT_Q5_K || dt == CX_DT_Q6_K || dt == CX_DT_Q8_0;
+    return dt == CX_DT_Q2_K || dt == CX_DT_Q3_K || dt == CX_DT_Q4_K || dt == CX_DT_Q5_K || dt == CX_DT_Q6_K ||
+           dt == CX_DT_Q8_0;
 }
 
 void cx_qk_permute(const float *x, int64_t ldx, int64_t M, int64_t K, float *xp)
@@ -365,7 +516,8 @@ QK_INLINE int64_t dot_plain(cx_dtype dt, const uint8_t *row, int64_t K, const fl
     return k;
 }
 
-/* The other types: each 256-value chunk dequantized into L1 first. */
+/* A type without a kernel of its own (none now; kept so that a new type is right before it is
+ * fast): each 256-value chunk dequantized into L1 first. */
 QK_INLINE void dot_chunked(cx_dtype dt, const uint8_t *row, int64_t K, const float *x, int64_t ldx, const int M,
                            __m256 acc[4][4])
 {
@@ -393,6 +545,12 @@ QK_INLINE void dot_rows_m(cx_dtype dt, const uint8_t *row, int64_t K, const floa
     case CX_DT_Q5_K: dot_q5_k(row, K, x, ldx, M, acc); break;
     case CX_DT_Q6_K: dot_q6_k(row, K, x, ldx, M, acc); break;
     case CX_DT_Q8_0: dot_q8_0(row, K, x, ldx, M, acc); break;
+    case CX_DT_Q2_K: dot_q2_k(row, K, x, ldx, M, acc); break;
+    case CX_DT_Q3_K: dot_q3_k(row, K, x, ldx, M, acc); break;
+    case CX_DT_Q4_0: dot_q45(row, K, x, ldx, M, acc, 0, 0); break;
+    case CX_DT_Q4_1: dot_q45(row, K, x, ldx, M, acc, 0, 1); break;
+    case CX_DT_Q5_0: dot_q45(row, K, x, ldx, M, acc, 1, 0); break;
+    case CX_DT_Q5_1: dot_q45(row, K, x, ldx, M, acc, 1, 1); break;
     case CX_DT_F16:
     case CX_DT_BF16:
     case CX_DT_F32: done = dot_plain(dt, row, K, x, ldx, M, acc); break;

@@ -2,13 +2,12 @@
  * are GGUF blocks, F16 or BF16. Two ways, both the fp32 product of the dequantized weights up
  * to fp32 rounding (tests/test_quant.c):
  *   - few input rows (M <= FUSED_M) on a CPU with AVX2/FMA/F16C (run/qkernels_x86.c): each
- *     stored row is dequantized a chunk at a time into L1 and dotted with every input row at
- *     once (FMA), so the weights are read once and never written out: generation's matrix-
- *     vector products are bound by reading the stored bytes;
- *   - otherwise the rows of W are cut into tiles over the pool; each task dequantizes its tile
- *     into fp32 scratch (vectorized when the CPU allows) and multiplies it with one
- *     single-threaded sgemm: prompt processing runs at sgemm's speed plus one dequantization
- *     of W per product.
+ *     stored row is dequantized in registers and dotted with up to four input rows at once
+ *     (FMA), so the weights are read once and never written out (generation);
+ *   - otherwise the rows of W are split over the pool; each task dequantizes tiles of its rows
+ *     (up to 2048 rows x 512 values) into fp32 scratch (vectorized when the CPU allows) and
+ *     adds their product with single-threaded sgemm: prompt processing runs near sgemm's
+ *     speed plus one dequantization of W per product.
  * bench/bench_qmatmul.c measures both against fp32 sgemm and llama.cpp (bench/README.md). */
 #include "kernels.h"
 #include "pool.h"
@@ -19,7 +18,6 @@
 #include <string.h>
 
 enum {
-    QTILE = 64, /* rows of W dequantized at once by a task (K = 4096: 1 MiB of fp32) */
     FUSED_M = 8 /* at most this many input rows take the fused path (four at a time) */
 };
 
@@ -91,20 +89,26 @@ static void slow_rows(const qjob *j, int64_t t0, int64_t nt)
     }
 }
 
+/* The tile path. OpenBLAS packs both operands of every sgemm call, so the input (M x K, shared
+ * by all tiles) is repacked once per call: tiles must be wide in rows of W. They are cut
+ * along K instead to bound the scratch: a tile is up to TILE_ROWS rows x KSLICE values, each
+ * call adds in[:, slice] @ tile^T to out (measured: 64-row tiles of whole rows left prompt
+ * products ~25% behind fp32 sgemm on the dequantized matrix at M = 512). */
+enum {
+    KSLICE = 512,    /* values of a row per tile (a multiple of every block) */
+    TILE_ROWS = 2048 /* rows per tile: 4 MiB of fp32 scratch per thread */
+};
+
 static void tile_task(void *arg, int64_t begin, int64_t end)
 {
     const qjob *j = arg;
-    int64_t K = j->W->cols;
-    float *tile = cx_malloc((size_t)QTILE * (size_t)K * sizeof *tile);
-    for (int64_t t0 = begin; t0 < end; t0 += QTILE) {
-        int64_t nt = end - t0 < QTILE ? end - t0 : QTILE;
+    int64_t K = j->W->cols, kslice = K < KSLICE ? K : KSLICE;
+    float *tile = cx_malloc((size_t)TILE_ROWS * (size_t)kslice * sizeof *tile);
+    for (int64_t t0 = begin; t0 < end; t0 += TILE_ROWS) {
+        int64_t nt = end - t0 < TILE_ROWS ? end - t0 : TILE_ROWS;
         if (!tile) { /* no scratch: block by block through a stack buffer (slow, correct) */
             slow_rows(j, t0, nt);
             continue;
-        }
-        for (int64_t r = 0; r < nt; r++) {
-            if (j->simd) cx_qk_dequantize(j->W->dtype, stored_row(j, t0 + r), 0, K, tile + r * K);
-            else cx_dequantize_row(j->W->dtype, stored_row(j, t0 + r), tile + r * K, K);
         }
         float *o = j->out + t0;
         if (!j->accumulate)
@@ -112,8 +116,19 @@ static void tile_task(void *arg, int64_t begin, int64_t end)
                 if (j->bias) memcpy(o + i * j->ldo, j->bias + t0, (size_t)nt * sizeof *o);
                 else memset(o + i * j->ldo, 0, (size_t)nt * sizeof *o);
             }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)j->M, (blasint)nt, (blasint)K, 1.0f, j->in,
-                    (blasint)j->ldi, tile, (blasint)K, 1.0f, o, (blasint)j->ldo);
+        int64_t bv = 1;
+        size_t bb = 0;
+        cx_dtype_blocks(j->W->dtype, &bv, &bb);
+        for (int64_t k0 = 0; k0 < K; k0 += kslice) {
+            int64_t len = K - k0 < kslice ? K - k0 : kslice;
+            for (int64_t r = 0; r < nt; r++) {
+                const uint8_t *row = stored_row(j, t0 + r);
+                if (j->simd) cx_qk_dequantize(j->W->dtype, row, k0, len, tile + r * len);
+                else cx_dequantize_row(j->W->dtype, row + (size_t)(k0 / bv) * bb, tile + r * len, len);
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)j->M, (blasint)nt, (blasint)len, 1.0f,
+                        j->in + k0, (blasint)j->ldi, tile, (blasint)len, 1.0f, o, (blasint)j->ldo);
+        }
     }
     cx_free(tile);
 }
@@ -137,5 +152,5 @@ void cx_qmatmul(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M
             return;
         }
     }
-    cx_parallel_for(n, QTILE, tile_task, &j);
+    cx_parallel_for(n, 64, tile_task, &j);
 }
