@@ -229,6 +229,30 @@ int main(int argc, char **argv)
     check_direct(d, a, copy, tok, NULL);
     circuits_diff_free(d);
 
+    /* a NaN in one element stays in max_abs: W_E[0][0] is NaN in the copy and token 0 comes only
+     * first, so hook_embed's first element differs by NaN and every later one by 0 (a finite
+     * difference after a NaN once replaced it: max_abs 0 beside a NaN rel_error) */
+    {
+        circuits_model *nan_m = write_copy(a, src, "nan_embed", "embed.W_E", NAN);
+        int32_t nt[B * T];
+        for (int i = 0; i < B * T; i++) nt[i] = i == 0 ? 0 : 1 + i % 40;
+        circuits_diff_options no;
+        circuits_diff_options_init(&no);
+        const char *embed[] = {"hook_embed"};
+        no.names = embed;
+        no.n_names = 1;
+        no.logits = 0;
+        circuits_diff *dn = nan_m ? diff_of(a, nan_m, nt, &no) : NULL;
+        CHECK(dn && circuits_diff_count(dn) == 1, "NaN diff: one entry");
+        if (dn && circuits_diff_count(dn) == 1) {
+            circuits_diff_entry e = entry_at(dn, 0);
+            CHECK(isnan(e.max_abs) && isnan(e.rel_error), "NaN diff: %s max_abs %g rel_error %g (both NaN)", e.name,
+                  e.max_abs, e.rel_error);
+        }
+        circuits_diff_free(dn);
+        circuits_model_free(nan_m);
+    }
+
     /* a Hugging Face directory against its GGUF conversion by llama.cpp's converter: the same
      * model; processed (contiguous weights in both) exactly equal at every point */
     {

@@ -42,6 +42,7 @@ typedef struct variant {
     int q_dtype;                      /* 1: attn_q from q_vals as F16, 2: the same values as F32 */
     const char *arch;                 /* general.architecture (NULL: "llama"; "" : absent) */
     bool no_block_count, dup_block_count, alignment_48, alignment_f32, eps_string;
+    bool alignment_1;                 /* general.alignment 1: tensors at any byte offset */
     int head_count_kv;                /* 0: 2 */
     void (*more_kv)(gw_file *f);      /* keys added after the model's */
     void (*more_tensors)(gw_file *f); /* tensors added after the model's */
@@ -67,6 +68,11 @@ static void build(gw_file *f, const variant *v)
     if (!v->arch || v->arch[0]) gw_kv_str(f, "general.architecture", g_arch);
     if (v->alignment_48) gw_kv_u32(f, "general.alignment", 48);
     if (v->alignment_f32) gw_kv_f32(f, "general.alignment", 32.0f);
+    if (v->alignment_1) {
+        gw_kv_u32(f, "general.alignment", 1);
+        gw_kv_str(f, "general.name", "odd"); /* an odd header length: the data at odd offsets */
+        f->alignment = 1;
+    }
     gw_kv_u32(f, K("context_length"), CTX);
     gw_kv_u32(f, K("embedding_length"), D);
     if (!v->no_block_count) gw_kv_u32(f, K("block_count"), 1);
@@ -316,6 +322,21 @@ int main(int argc, char **argv)
         CHECK(mh && mf && differ == 0, "W_Q from an F16 attn_q differs from the F32 one in %zu elements", differ);
         circuits_model_free(mh);
         circuits_model_free(mf);
+        /* general.alignment 1 (a power of two, so valid): F32, F16 and Q8_0 tensors at odd
+         * addresses, read as fp32 and kept stored (the sanitizer build checks every access) */
+        build(&f, &(variant){.quant = true, .q_dtype = 1, .alignment_1 = true});
+        size_t odd = 0;
+        for (size_t i = 0; i < f.n_t; i++) odd += f.t[i].data_at % 2;
+        CHECK(odd > 0, "alignment 1: no tensor at an odd offset");
+        const char *p1 = save(&f, "ok_alignment_1", f.len);
+        circuits_model_free(load_ok("ok alignment 1", p1, NULL));
+        circuits_load_options_init(&o);
+        o.fold_ln = o.center_writing_weights = o.center_unembed = o.fold_value_biases = 0;
+        o.keep_stored_dtype = 1;
+        circuits_model_free(load_ok("ok alignment 1 keep_stored_dtype", p1, &o));
+        o.read_into_memory = 1;
+        circuits_model_free(load_ok("ok alignment 1 keep_stored_dtype read", p1, &o));
+        gw_free(&f);
         /* Llama 3 rope factors (1, 1, a blend, 8): read as llama3 scaling that gives them again */
         build(&f, &(variant){.more_tensors = t_rope_freqs_llama3});
         circuits_model *m3 = load_ok("ok rope_freqs", save(&f, "ok_rope_freqs", f.len), NULL);

@@ -3,7 +3,8 @@
  * detection, composition scores and OV eigenvalues. Every result must be bit-identical
  * (memcmp) to the same job run serially beforehand — once with circuits_set_num_threads(1) and
  * once with the default thread count. Runs in the normal, ASan and ThreadSanitizer builds.
- * Usage: test_threads MODEL_DIR TOKENIZER_DIR
+ * Then the same with STORED_GGUF, a GGUF file of that model loaded with keep_stored_dtype.
+ * Usage: test_threads MODEL_DIR TOKENIZER_DIR [STORED_GGUF]
  *   MODEL_DIR: a GPT-2 with MLPs (tests/reference/cases/hf_tiny_random_gpt2), loaded with
  *   TransformerLens's default weight processing; TOKENIZER_DIR: a tokenizer of its vocabulary. */
 #include "testutil.h"
@@ -291,10 +292,29 @@ static void run_all(const char *label)
            N_THREADS, N_ROUNDS, identical, N_THREADS, ref[0].n);
 }
 
+/* Runs every job serially and then from N_THREADS threads on m, with one and with the default
+ * number of pool threads. */
+static void run_model(const circuits_model *m, const circuits_tokenizer *tok, const char *what)
+{
+    g_cfg.size = sizeof g_cfg;
+    CHECK_OK(circuits_model_config(m, &g_cfg));
+    CHECK(!g_cfg.attn_only && g_cfg.n_layers >= 4 && g_cfg.n_layers <= 64, "need a model with MLPs and 4..64 layers");
+    CHECK(circuits_tokenizer_vocab_size(tok) <= (size_t)g_cfg.d_vocab, "tokenizer larger than the vocabulary");
+    g_model = m;
+    g_tok = tok;
+    char label[160];
+    circuits_set_num_threads(1);
+    snprintf(label, sizeof label, "%s, circuits_set_num_threads(1)", what);
+    run_all(label);
+    circuits_set_num_threads(0);
+    snprintf(label, sizeof label, "%s, default thread count (%d)", what, circuits_get_num_threads());
+    run_all(label);
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s MODEL_DIR TOKENIZER_DIR\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s MODEL_DIR TOKENIZER_DIR [STORED_GGUF]\n", argv[0]);
         return 2;
     }
     circuits_model *m = NULL;
@@ -302,23 +322,35 @@ int main(int argc, char **argv)
     CHECK_OK(circuits_model_load(&m, argv[1], NULL)); /* TransformerLens's default processing */
     CHECK_OK(circuits_tokenizer_load(&tok, argv[2]));
     if (!m || !tok) return tu_finish("test_threads");
-    g_cfg.size = sizeof g_cfg;
-    CHECK_OK(circuits_model_config(m, &g_cfg));
-    CHECK(g_cfg.processing & CIRCUITS_PROCESSED_FOLD_LN, "the model was not processed (processing = %#x)",
-          g_cfg.processing);
-    CHECK(!g_cfg.attn_only && g_cfg.n_layers >= 4 && g_cfg.n_layers <= 64, "need a model with MLPs and 4..64 layers");
-    CHECK(circuits_tokenizer_vocab_size(tok) <= (size_t)g_cfg.d_vocab, "tokenizer larger than the vocabulary");
-    g_model = m;
-    g_tok = tok;
+    circuits_config c = {.size = sizeof c};
+    CHECK_OK(circuits_model_config(m, &c));
+    CHECK(c.processing & CIRCUITS_PROCESSED_FOLD_LN, "the model was not processed (processing = %#x)", c.processing);
+    run_model(m, tok, "processed fp32 model");
+    circuits_model_free(m);
+    m = NULL;
 
-    circuits_set_num_threads(1);
-    run_all("circuits_set_num_threads(1)");
-    circuits_set_num_threads(0);
-    char label[64];
-    snprintf(label, sizeof label, "default thread count (%d)", circuits_get_num_threads());
-    run_all(label);
+    /* STORED_GGUF: the same model as a GGUF file whose matrices stay in their stored types
+     * (keep_stored_dtype, no processing): the shared quantized matrices and row maps, the
+     * kernels' CPU check, the fused and tiled products, from every thread at once */
+    if (argc == 4) {
+        circuits_load_options o;
+        circuits_load_options_init(&o);
+        o.fold_ln = o.center_writing_weights = o.center_unembed = o.fold_value_biases = 0;
+        o.keep_stored_dtype = 1;
+        CHECK_OK(circuits_model_load(&m, argv[3], &o));
+        size_t kept = 0;
+        for (size_t i = 0; m && i < circuits_model_weight_count(m); i++) {
+            circuits_tensor t;
+            int32_t dt = CIRCUITS_DTYPE_F32;
+            if (circuits_model_weight_at(m, i, &t) == CIRCUITS_E_DTYPE && t.name)
+                CHECK_OK(circuits_model_weight_dtype(m, t.name, &dt));
+            kept += dt != CIRCUITS_DTYPE_F32;
+        }
+        CHECK(kept > 0, "%s: no weight kept in a stored dtype", argv[3]);
+        if (m) run_model(m, tok, "keep_stored_dtype model");
+        circuits_model_free(m);
+    }
 
     circuits_tokenizer_free(tok);
-    circuits_model_free(m);
     return tu_finish("test_threads");
 }

@@ -62,7 +62,8 @@ static void accumulate(diff_stat *st, const float *a, const float *b, int64_t n)
         bb += y * y;
         ab += x * y;
         dd += d * d;
-        if (!(d <= mx)) mx = d;
+        /* once NaN, stays NaN: a later finite d must not replace it (d <= NaN is false) */
+        if (!(d <= mx) && !isnan(mx)) mx = d;
     }
     st->aa += aa;
     st->bb += bb;

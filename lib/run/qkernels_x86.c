@@ -12,6 +12,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #define QK_TARGET __attribute__((target("avx2,fma,f16c")))
@@ -28,7 +29,12 @@ bool cx_qk_available(void)
     int h = __atomic_load_n(&have, __ATOMIC_RELAXED);
     if (h < 0) {
         __builtin_cpu_init();
-        h = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        /* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not know
+         * "f16c" (a compile error, so the clang fuzz build failed). The ymm state F16C needs
+         * saved by the OS is part of the "avx2" check. */
+        unsigned a, b, c, d;
+        bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+        h = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
         __atomic_store_n(&have, h, __ATOMIC_RELAXED);
     }
     return h;
