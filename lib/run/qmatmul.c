@@ -103,7 +103,8 @@ static void tile_task(void *arg, int64_t begin, int64_t end)
 {
     const qjob *j = arg;
     int64_t K = j->W->cols, kslice = K < KSLICE ? K : KSLICE;
-    float *tile = cx_malloc((size_t)TILE_ROWS * (size_t)kslice * sizeof *tile);
+    int64_t rows = end - begin < TILE_ROWS ? end - begin : TILE_ROWS; /* no more scratch than the task's rows */
+    float *tile = cx_malloc((size_t)rows * (size_t)kslice * sizeof *tile);
     for (int64_t t0 = begin; t0 < end; t0 += TILE_ROWS) {
         int64_t nt = end - t0 < TILE_ROWS ? end - t0 : TILE_ROWS;
         if (!tile) { /* no scratch: block by block through a stack buffer (slow, correct) */
