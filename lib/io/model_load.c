@@ -382,7 +382,7 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
     return cx_tokenizer_load_optional(&m->tokenizer, dir);
 }
 
-/* The weight views of m (config read, files open) through architecture a's table; `where`
+/* The weight views of m (config read, files open) through architecture a's table; `dir`
  * names the model in messages; gguf: attention biases may be absent (zeros, as llama.cpp reads
  * them as optional). */
 static int build_weights(circuits_model *m, const char *dir, const cx_arch *a, const cx_hf_extra *hf_extra, bool gguf)
@@ -476,7 +476,8 @@ static int build_weights(circuits_model *m, const char *dir, const cx_arch *a, c
 }
 
 /* A GGUF file: its metadata gives the config (config_gguf.c) and the tokenizer, its tensors the
- * weights through the architecture's GGUF table (arch.c). Every weight becomes fp32. */
+ * weights through the architecture's GGUF table (arch.c): fp32 views, or with keep_stored_dtype
+ * the matrices kept in the file's types (make_stored). */
 static int load_gguf(circuits_model *m, const char *path, cx_st_mode mode)
 {
     cx_gguf g;

@@ -1391,7 +1391,7 @@ class Model:
 
     @property
     def W_E(self) -> np.ndarray:
-        """[d_vocab, d_model] (zero-copy)."""
+        """[d_vocab, d_model] (zero-copy; a dequantized copy when kept stored: get_weight)."""
         return self.get_weight("embed.W_E")
 
     @property
@@ -1406,7 +1406,7 @@ class Model:
 
     @property
     def W_U(self) -> np.ndarray:
-        """[d_model, d_vocab_out] (zero-copy)."""
+        """[d_model, d_vocab_out] (zero-copy; a dequantized copy when kept stored: get_weight)."""
         return self.get_weight("unembed.W_U")
 
     @property
