@@ -48,12 +48,12 @@ extern "C" {
 #endif
 
 #define CIRCUITS_VERSION_MAJOR 0
-#define CIRCUITS_VERSION_MINOR 6
+#define CIRCUITS_VERSION_MINOR 7
 #define CIRCUITS_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH, as zstd does. */
 #define CIRCUITS_VERSION_NUMBER \
     (CIRCUITS_VERSION_MAJOR * 10000 + CIRCUITS_VERSION_MINOR * 100 + CIRCUITS_VERSION_PATCH)
-#define CIRCUITS_VERSION_STRING "0.6.0"
+#define CIRCUITS_VERSION_STRING "0.7.0"
 /* The soname's number: libcircuits.so.CIRCUITS_ABI_VERSION. Bumped on any incompatible change. */
 #define CIRCUITS_ABI_VERSION 0
 
@@ -969,13 +969,27 @@ typedef enum circuits_metric_kind {
     CIRCUITS_METRIC_LOG_PROB = 3,   /* log_softmax(logits[b, p_b])[answer[b]] */
     CIRCUITS_METRIC_LOSS = 4,       /* circuits_lm_cross_entropy(logits, tokens, attention_mask):
                                      * the mean over included pairs, not over rows */
-    CIRCUITS_METRIC_CALLBACK = 5    /* fn(logits of every position) */
+    CIRCUITS_METRIC_CALLBACK = 5,   /* fn(logits of every position) */
+    /* Added in 0.7.0 (docs/gradients.md): */
+    CIRCUITS_METRIC_TOKEN_LOSS = 6, /* the next-token loss at p_b: -log_softmax(logits[b, p_b])[tokens[b,
+                                     * p_b + 1]] (p_b < pos - 1), mean over rows */
+    CIRCUITS_METRIC_HOOK_LINEAR = 7, /* sum over every element of hook point `hook`'s activation times
+                                     * `direction` (the hook's TL shape for the run): gradient runs only
+                                     * (it reads no logits; circuits_metric_eval and patching refuse it) */
+    CIRCUITS_METRIC_GRAD_CALLBACK = 8 /* grad_fn(logits of every position): the value and its gradient
+                                     * with respect to the logits */
 } circuits_metric_kind;
 
 /* A metric callback: logits [batch, pos, d_vocab] (read-only, valid during the call); writes the
  * metric to *value and returns 0, or a negative value to fail (CIRCUITS_E_CALLBACK). */
 typedef int (*circuits_metric_fn)(const float *logits, int64_t batch, int64_t pos, int64_t d_vocab, float *value,
                                   void *user_data);
+
+/* A metric callback with its gradient (0.7.0): logits [batch, pos, d_vocab] (read-only); writes the
+ * metric to *value and d metric / d logits to grad [batch, pos, d_vocab] (zeroed before the call),
+ * returns 0, or a negative value to fail (CIRCUITS_E_CALLBACK). */
+typedef int (*circuits_metric_grad_fn)(const float *logits, int64_t batch, int64_t pos, int64_t d_vocab,
+                                       float *value, float *grad, void *user_data);
 
 typedef struct circuits_metric {
     uint32_t size;                 /* sizeof(circuits_metric) */
@@ -986,7 +1000,11 @@ typedef struct circuits_metric {
     const int32_t *tokens;         /* [batch, pos]: LOSS */
     const int32_t *attention_mask; /* [batch, pos] or NULL: LOSS */
     circuits_metric_fn fn;         /* CALLBACK */
-    void *user_data;               /* passed to fn */
+    void *user_data;               /* passed to fn and grad_fn */
+    /* Added in 0.7.0. A 0.5.0 caller's struct ends above. */
+    const char *hook;              /* HOOK_LINEAR: one hook point, full or short name */
+    const float *direction;        /* HOOK_LINEAR: the point's TL shape for the run's [batch, pos] */
+    circuits_metric_grad_fn grad_fn; /* GRAD_CALLBACK */
 } circuits_metric;
 
 /* Sets size; kind LOGIT_DIFF and every pointer NULL. */
@@ -1226,6 +1244,136 @@ typedef struct circuits_diff_entry {
 CIRCUITS_API size_t circuits_diff_count(const circuits_diff *diff);
 /* Entry `index` into *out (CIRCUITS_E_RANGE past the end). */
 CIRCUITS_API int circuits_diff_at(const circuits_diff *diff, size_t index, circuits_diff_entry *out);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Gradients (0.7.0; docs/gradients.md)                                                      */
+/* ---------------------------------------------------------------------------------------- */
+
+/* A gradient run is a forward pass (forward hooks fire as in circuits_context_run) and a backward
+ * pass from a scalar metric (circuits_metric: every kind but CALLBACK, whose gradient is unknown;
+ * GRAD_CALLBACK gives one) back through every hook point, in reverse firing order, to the
+ * embeddings (and, on request, to every weight), as PyTorch autograd through TransformerLens.
+ *
+ * The gradient at a point is d metric / d (the point's activation as the forward hooks left it),
+ * with the forward activation's name, shape and layout. A point used several times (ln1's output
+ * feeds q, k and v) gets the sum of every use's share; under use_split_qkv_input / use_attn_in,
+ * ln1's hooks fire once per input, and so do their backward hooks (the cache keeps the last,
+ * the query input's, as TransformerLens's does).
+ *
+ * A forward hook's edit is part of the computation the gradient goes through. A C callback is
+ * opaque, so the run says how its edit passes the gradient: */
+typedef enum circuits_edit_grad {
+    CIRCUITS_EDIT_GRAD_REPLACE = 0, /* an element a forward hook (or ablation / patching editor) changed
+                                     * is a constant: its gradient stops there (PyTorch's act[...] =
+                                     * value: ablation, patching); unchanged elements pass it on */
+    CIRCUITS_EDIT_GRAD_THROUGH = 1  /* every element passes the gradient on unchanged (PyTorch's act + v:
+                                     * steering). Any other Jacobian: a backward hook at the same point
+                                     * (it sees the gradient before this rule applies) */
+} circuits_edit_grad;
+
+/* Registers a backward hook: fn at every point `name` selects (as circuits_context_add_hook), called
+ * in the backward pass of a gradient run with act = the gradient at that point. It may read it, edit
+ * it in place (the edited gradient flows on to earlier points, as a TransformerLens backward hook's
+ * returned gradient; the cache keeps the value before the edit, as TL's), or return
+ * CIRCUITS_HOOK_STOP (the run returns CIRCUITS_E_STOPPED) or a negative value (CIRCUITS_E_CALLBACK).
+ * act->data is the context's memory, valid during the call. Ids are shared with forward hooks:
+ * circuits_context_remove_hook and circuits_context_clear_hooks remove either kind. Forward-only
+ * runs never call it. */
+CIRCUITS_API int circuits_context_add_backward_hook(circuits_context *ctx, const char *name,
+                                                    circuits_hook_fn fn, void *user_data,
+                                                    circuits_hook_id *out_id);
+
+typedef struct circuits_backward_options {
+    uint32_t size;                /* sizeof(circuits_backward_options) */
+    /* NULL: a full run from the tokens. Else its attention_mask, and start_at_layer with input (the
+     * gradient then reaches input_grad); stop_at_layer, logit_positions and kv_cache are refused. */
+    const circuits_run_options *run;
+    /* The points whose gradients (and activations, with cache_activations) go into the cache:
+     * names or patterns as circuits_context_add_hook takes them; NULL / 0: every point. */
+    const char *const *names_filter;
+    size_t n_filter;
+    int32_t cache_activations;    /* 1 (default): the cache holds the activations too (TransformerLens's
+                                   * run_with_cache(incl_bwd=True)); 0: the gradients only */
+    int32_t edit_grad;            /* circuits_edit_grad (default REPLACE) */
+    int32_t weight_grads;         /* 1: the weight gradients into weight_grads (TransformerLens's
+                                   * parameter names and shapes, as circuits_model_weight); default 0 */
+    float *input_grad;            /* NULL, or [batch, pos, d_model]: the gradient with respect to the
+                                   * residual stream the run starts from (embeddings summed, or
+                                   * run->input) */
+} circuits_backward_options;
+
+/* Sets size and the defaults above. */
+CIRCUITS_API void circuits_backward_options_init(circuits_backward_options *opts);
+
+/* One forward and backward pass of tokens [batch, pos] for `metric`. Outputs (each may be NULL):
+ * value, the metric; logits [batch, pos, d_vocab_out]; cache (emptied first): in firing order, each
+ * selected point's activation under its hook name (with cache_activations) and its gradient under
+ * name + "_grad", as TransformerLens's incl_bwd cache; weight_grads (emptied first): d metric / d
+ * every weight, under its TransformerLens name. Forward hooks fire in the forward pass, backward
+ * hooks in the backward pass. Models with weights kept in their stored dtype are refused (the
+ * backward needs fp32 weights). opts may be NULL. On failure the outputs are unspecified and the
+ * caches empty. */
+CIRCUITS_API int circuits_context_backward(circuits_context *ctx, const circuits_backward_options *opts,
+                                           const int32_t *tokens, int64_t batch, int64_t pos,
+                                           const circuits_metric *metric, float *value, float *logits,
+                                           circuits_cache *cache, circuits_cache *weight_grads);
+
+/* Attribution patching (Nanda 2023): the linear approximation of activation patching. For every
+ * cell of the grid of `kind` (circuits_patch_kind; the same grids and shapes as
+ * circuits_context_activation_patch), the sum over the cell's slice and the batch of
+ * (source - base) * d metric / d activation, the gradient taken in one forward and backward of
+ * `tokens` (the base run): an estimate of metric(base run with the cell patched from source) -
+ * metric(base run). source[l] (l < n_layers): as activation_patch's `clean`, the patched point's
+ * activation of block l from a run of the other tokens ([batch, pos] like tokens). value (may be
+ * NULL): the base run's metric. The context's hooks fire (forward and backward). Clean-to-corrupted
+ * (noising) attribution: tokens = clean, source = the corrupted run's activations; denoising
+ * swaps them. */
+CIRCUITS_API int circuits_context_attribution_patch(circuits_context *ctx, int32_t kind, const int32_t *tokens,
+                                                    int64_t batch, int64_t pos, const float *const *source,
+                                                    const circuits_metric *metric, float *value, float *out);
+
+/* Edge attribution patching (Syed et al. 2023) and EAP with integrated gradients (Hanna et al.
+ * 2024) over the graph of TransformerLens's EAP implementations: upstream nodes "input" (the
+ * embeddings), "a{l}.h{h}" (a head's output, hook_result) and "m{l}" (an MLP's output); downstream
+ * nodes "a{l}.h{h}<q>", "<k>", "<v>" (a head's query / key / value input, hook_q_input etc.; k and v
+ * per key-value head), "m{l}" (an MLP's input) and "logits" (ln_final's input). An edge runs from an
+ * upstream node to every downstream node after it (a head's output to its own layer's MLP, not in
+ * parallel blocks). score(u -> v) = sum over batch and positions of (a_u(corrupted) - a_u(clean)) .
+ * g_v, with g_v the gradient at v's input on the clean tokens (EAP), or its mean over ig_steps runs
+ * whose embeddings go from the corrupted to the clean ones (EAP-IG). */
+typedef struct circuits_eap_options {
+    uint32_t size;       /* sizeof(circuits_eap_options) */
+    int32_t ig_steps;    /* 0 (default): EAP; N > 0: EAP-IG with N interpolation steps */
+} circuits_eap_options;
+
+CIRCUITS_API void circuits_eap_options_init(circuits_eap_options *opts);
+
+/* The graph's node counts for a model. */
+CIRCUITS_API int circuits_eap_graph(const circuits_model *model, int64_t *n_upstream, int64_t *n_downstream);
+/* The name of upstream (downstream = 0) or downstream (1) node `index` into buf. */
+CIRCUITS_API int circuits_eap_node_name(const circuits_model *model, int32_t downstream, int64_t index, char *buf,
+                                        size_t buf_size);
+/* Edge scores [n_upstream, n_downstream] into scores (0 where no edge runs) for clean and corrupted
+ * tokens [batch, pos]. opts may be NULL. */
+CIRCUITS_API int circuits_context_edge_attribution(circuits_context *ctx, const int32_t *clean,
+                                                   const int32_t *corrupted, int64_t batch, int64_t pos,
+                                                   const circuits_metric *metric, const circuits_eap_options *opts,
+                                                   float *scores);
+/* The k edges of largest |score| (ties: lower upstream, then downstream index first) of scores
+ * [n_upstream, n_downstream]: their indices and scores, in that order; k <= the number of edges. */
+CIRCUITS_API int circuits_eap_top_edges(const float *scores, int64_t n_upstream, int64_t n_downstream, int64_t k,
+                                        int64_t *upstream, int64_t *downstream, float *top_scores);
+
+/* Integrated gradients (Sundararajan et al. 2017) at hook point `hook` (e.g. "hook_embed" for the
+ * input embeddings): the point's activation a on tokens and its baseline a0 (its activation on
+ * baseline_tokens, or zeros when that is NULL); the run is repeated `steps` times with the point set
+ * to a0 + alpha_k (a - a0), alpha_k = (k + 0.5) / steps, and attributions (the point's TL shape) =
+ * (a - a0) * the mean gradient. completeness (may be NULL): metric(a) - metric(a0) - sum of the
+ * attributions, the check that should be near 0 (it shrinks as steps grows). */
+CIRCUITS_API int circuits_context_integrated_gradients(circuits_context *ctx, const char *hook, const int32_t *tokens,
+                                                       const int32_t *baseline_tokens, int64_t batch, int64_t pos,
+                                                       int32_t steps, const circuits_metric *metric,
+                                                       float *attributions, float *completeness);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Threads                                                                                    */

@@ -25,4 +25,11 @@ int64_t cx_metric_positions(const circuits_metric *m, int64_t B, int64_t T, int6
 int cx_metric_value(const circuits_metric *m, const float *logits, int64_t B, int64_t T, int64_t V,
                     const int64_t *logit_pos, int64_t n_logit_pos, float *value, const char *fn);
 
+/* The metric (checked by cx_metric_check) of logits [B, T, V] into *value and its gradient d value /
+ * d logits into grad [B, T, V], written whole (0.7.0, gradient runs): every kind but CALLBACK (no
+ * gradient: refused) and HOOK_LINEAR (it reads no logits: grad is 0 and *value is left alone; the
+ * backward pass adds its gradient at the hook). GRAD_CALLBACK: grad zeroed, then grad_fn. */
+int cx_metric_grad(const circuits_metric *m, const float *logits, int64_t B, int64_t T, int64_t V, float *value,
+                   float *grad, const char *fn);
+
 #endif

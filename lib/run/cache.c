@@ -1,6 +1,7 @@
 /* Activation caches: run_with_cache stores copies of the selected activations. */
 #include "context.h"
 
+#include <stdio.h>
 #include <string.h>
 
 typedef struct cx_cache_entry {
@@ -208,6 +209,54 @@ int circuits_context_run_with_cache_opts(circuits_context *ctx, const circuits_r
     r.loss = loss;
     r.per_token_loss = per_token_loss;
     return run_cached(ctx, &r, names_filter, n_filter, cache);
+}
+
+int cx_cache_begin(circuits_cache *c, const char *fn)
+{
+    if (c->filling) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the cache is being filled by a run in progress", fn);
+    c->filling = true;
+    return CIRCUITS_OK;
+}
+
+void cx_cache_end(circuits_cache *c, int rc)
+{
+    c->filling = false;
+    if (rc) cache_release(c);
+}
+
+int cx_cache_layout(circuits_cache *c, const cx_cache_spec *specs, size_t n, float **data)
+{
+    size_t floats = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t numel = 1;
+        for (int d = 0; d < specs[i].ndim; d++)
+            if (!cx_mul_size(numel, (size_t)specs[i].shape[d], &numel)) return cx_fail(CIRCUITS_E_RANGE, "cache size overflows");
+        if (floats + numel < floats) return cx_fail(CIRCUITS_E_RANGE, "cache size overflows");
+        floats += numel;
+    }
+    int rc = cache_reserve(c, n, floats);
+    if (rc) return rc;
+    float *p = c->block;
+    for (size_t i = 0; i < n; i++) {
+        const cx_cache_spec *sp = &specs[i];
+        cx_cache_entry *e = &c->entries[i];
+        char name[288];
+        snprintf(name, sizeof name, "%s%s", sp->name, sp->suffix ? sp->suffix : "");
+        if ((rc = entry_name(e, name))) return rc;
+        e->ndim = sp->ndim;
+        e->head_axis = sp->head_axis;
+        e->layer = sp->layer;
+        memset(e->shape, 0, sizeof e->shape);
+        memcpy(e->shape, sp->shape, (size_t)sp->ndim * sizeof(int64_t));
+        e->data = p;
+        data[i] = p;
+        size_t numel = 1;
+        for (int d = 0; d < e->ndim; d++) numel *= (size_t)e->shape[d];
+        p += numel;
+    }
+    c->n = n;
+    c->floats = floats;
+    return CIRCUITS_OK;
 }
 
 size_t circuits_cache_count(const circuits_cache *c) { return c ? c->n : 0; }

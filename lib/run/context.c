@@ -164,6 +164,7 @@ typedef struct add_arg {
     void *user_data;
     circuits_hook_id id;
     bool commit;
+    bool backward; /* a backward hook: p->bregs */
 } add_arg;
 
 static int visit_add(const circuits_context *cctx, size_t i, void *arg)
@@ -171,33 +172,59 @@ static int visit_add(const circuits_context *cctx, size_t i, void *arg)
     circuits_context *ctx = (circuits_context *)cctx;
     add_arg *a = arg;
     cx_hook_point *p = &ctx->hooks.points[i];
+    cx_hook_reg **regs = a->backward ? &p->bregs : &p->regs;
+    size_t *n = a->backward ? &p->n_bregs : &p->n_regs, *cap = a->backward ? &p->cap_bregs : &p->cap_regs;
     if (!a->commit) {
-        if (p->n_regs < p->cap_regs) return CIRCUITS_OK;
-        size_t cap = p->cap_regs ? 2 * p->cap_regs : 4;
-        cx_hook_reg *r = cx_realloc(p->regs, cap * sizeof *r);
+        if (*n < *cap) return CIRCUITS_OK;
+        size_t c = *cap ? 2 * *cap : 4;
+        cx_hook_reg *r = cx_realloc(*regs, c * sizeof *r);
         if (!r) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory registering a hook at '%s'", p->name);
-        p->regs = r;
-        p->cap_regs = cap;
+        *regs = r;
+        *cap = c;
         return CIRCUITS_OK;
     }
-    p->regs[p->n_regs++] = (cx_hook_reg){a->id, a->fn, a->user_data};
+    (*regs)[(*n)++] = (cx_hook_reg){a->id, a->fn, a->user_data};
     return CIRCUITS_OK;
 }
 
-int circuits_context_add_hook(circuits_context *ctx, const char *name, circuits_hook_fn fn, void *user_data,
-                              circuits_hook_id *out_id)
+static int add_hook(circuits_context *ctx, const char *name, circuits_hook_fn fn, void *user_data,
+                    circuits_hook_id *out_id, bool backward, const char *fn_name)
 {
     if (!ctx || !name || !fn)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_context_add_hook: ctx, name and fn must not be NULL");
-    int rc = refuse_running(ctx, "circuits_context_add_hook");
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: ctx, name and fn must not be NULL", fn_name);
+    int rc = refuse_running(ctx, fn_name);
     if (rc) return rc;
-    add_arg a = {fn, user_data, ctx->hooks.next_id, false};
+    add_arg a = {fn, user_data, ctx->hooks.next_id, false, backward};
     if ((rc = cx_hooks_select(ctx, name, visit_add, &a))) return rc;
     a.commit = true;
     cx_hooks_select(ctx, name, visit_add, &a);
     ctx->hooks.next_id++;
     if (out_id) *out_id = a.id;
     return CIRCUITS_OK;
+}
+
+int circuits_context_add_hook(circuits_context *ctx, const char *name, circuits_hook_fn fn, void *user_data,
+                              circuits_hook_id *out_id)
+{
+    return add_hook(ctx, name, fn, user_data, out_id, false, "circuits_context_add_hook");
+}
+
+int circuits_context_add_backward_hook(circuits_context *ctx, const char *name, circuits_hook_fn fn, void *user_data,
+                                       circuits_hook_id *out_id)
+{
+    return add_hook(ctx, name, fn, user_data, out_id, true, "circuits_context_add_backward_hook");
+}
+
+/* Removes the registrations with `id` from regs[0 .. *n); returns how many. */
+static size_t remove_regs(cx_hook_reg *regs, size_t *n, circuits_hook_id id)
+{
+    size_t k = 0, removed = 0;
+    for (size_t j = 0; j < *n; j++) {
+        if (regs[j].id == id) removed++;
+        else regs[k++] = regs[j];
+    }
+    *n = k;
+    return removed;
 }
 
 int circuits_context_remove_hook(circuits_context *ctx, circuits_hook_id id)
@@ -208,12 +235,7 @@ int circuits_context_remove_hook(circuits_context *ctx, circuits_hook_id id)
     size_t removed = 0;
     for (size_t i = 0; i < ctx->hooks.n_points; i++) {
         cx_hook_point *p = &ctx->hooks.points[i];
-        size_t k = 0;
-        for (size_t j = 0; j < p->n_regs; j++) {
-            if (p->regs[j].id == id) removed++;
-            else p->regs[k++] = p->regs[j];
-        }
-        p->n_regs = k;
+        removed += remove_regs(p->regs, &p->n_regs, id) + remove_regs(p->bregs, &p->n_bregs, id);
     }
     if (!removed) return cx_fail(CIRCUITS_E_NOT_FOUND, "no hook registered with id %lld", (long long)id);
     return CIRCUITS_OK;
@@ -222,7 +244,7 @@ int circuits_context_remove_hook(circuits_context *ctx, circuits_hook_id id)
 void circuits_context_clear_hooks(circuits_context *ctx)
 {
     if (!ctx || ctx->running) return;
-    for (size_t i = 0; i < ctx->hooks.n_points; i++) ctx->hooks.points[i].n_regs = 0;
+    for (size_t i = 0; i < ctx->hooks.n_points; i++) ctx->hooks.points[i].n_regs = ctx->hooks.points[i].n_bregs = 0;
 }
 
 typedef struct resolve_arg {

@@ -86,6 +86,9 @@ typedef struct cx_run {
     float *loss;               /* mean next-token loss, or NULL */
     float *per_token_loss;     /* [batch, pos - 1], or NULL */
     bool held;                 /* the caller holds the guard already (a generation's steps) */
+    struct cx_tape *tape;      /* a gradient run's forward (backward.h): every point fires, and every
+                                * firing is recorded (before the callbacks where one may write, and
+                                * after); NULL: a plain run */
 } cx_run;
 
 /* A full run of tokens [batch, pos] to the logits, nothing else set. */
@@ -114,6 +117,31 @@ void cx_context_leave(circuits_context *ctx);
 
 /* The pass (forward.c): only the door calls it. */
 int cx_forward(circuits_context *ctx, const cx_run *run);
+
+/* ---- caches (cache.c) for runs that fill them with more than activations (gradients) ---- */
+
+/* One entry of a cache laid out by its filler: name (+ suffix, e.g. "_grad"), and the TL shape. */
+typedef struct cx_cache_spec {
+    const char *name, *suffix; /* suffix may be NULL */
+    int32_t layer, head_axis, ndim;
+    int64_t shape[CIRCUITS_MAX_DIMS];
+} cx_cache_spec;
+
+/* Marks the cache as being filled by the caller's run (refused if a run is filling it already:
+ * a callback of that run may hold it); cx_cache_end clears the mark, and on failure (rc != 0)
+ * empties the cache and frees its memory, as a failed run_with_cache leaves it. */
+int cx_cache_begin(circuits_cache *c, const char *fn);
+void cx_cache_end(circuits_cache *c, int rc);
+
+/* Lays the cache out as specs[0 .. n) in that order (contents unset): data[i] receives entry i's
+ * data (contiguous). */
+int cx_cache_layout(circuits_cache *c, const cx_cache_spec *specs, size_t n, float **data);
+
+/* ---- the tape of a gradient run (backward.c) ---- */
+
+/* Records one firing of point idx (data: numel values of its descriptor): `pre` before the
+ * callbacks, where one may write; else after all of them. The tape was sized before the run. */
+void cx_tape_record(struct cx_tape *tape, int32_t idx, bool pre, const float *data, size_t numel);
 
 /* ---- firing (hooks.c) ---- */
 
@@ -155,7 +183,7 @@ static inline bool cx_hook_may_write(const circuits_context *ctx, const cx_run *
 static inline bool cx_hook_active(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)
 {
     int32_t i = cx_hook_index(&ctx->hooks, layer, kind);
-    return i >= 0 && (ctx->hooks.points[i].n_regs > 0 || (run->cache_dst && run->cache_dst[i]) ||
+    return i >= 0 && (run->tape || ctx->hooks.points[i].n_regs > 0 || (run->cache_dst && run->cache_dst[i]) ||
                       (run->observer.fn && run->observer.kind == kind) || cx_run_edit(run, layer, kind));
 }
 

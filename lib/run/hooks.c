@@ -115,6 +115,7 @@ void cx_hooks_free(circuits_context *ctx)
     for (size_t i = 0; i < ctx->hooks.n_points; i++) {
         cx_free(ctx->hooks.points[i].name);
         cx_free(ctx->hooks.points[i].regs);
+        cx_free(ctx->hooks.points[i].bregs);
     }
     cx_free(ctx->hooks.points);
     cx_free(ctx->hooks.point_of);
@@ -334,6 +335,8 @@ static int fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kin
         cx_contiguous_strides(t.ndim, t.shape, t.strides);
     }
     int rc;
+    size_t numel = (size_t)(t.shape[0] * t.strides[0]);
+    if (run->tape && cx_hook_may_write(ctx, run, layer, kind)) cx_tape_record(run->tape, idx, true, data, numel);
     for (size_t i = 0; i < p->n_regs; i++)
         if ((rc = callback_status(p->regs[i].fn(&t, p->regs[i].user_data), "hook callback", p->name))) return rc;
     for (size_t i = 0; i < run->n_edits; i++) /* in the run's order */
@@ -343,10 +346,10 @@ static int fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kin
     if (observed && (rc = callback_status(run->observer.fn(&t, run->observer.user_data), "observer", p->name)))
         return rc;
     if (dst) {
-        int64_t numel = t.shape[0] * t.strides[0];
         copy_job job = {dst, data};
-        cx_parallel_for(numel, (int64_t)1 << 16, copy_task, &job); /* under 64 Ki floats: one chunk, inline */
+        cx_parallel_for((int64_t)numel, (int64_t)1 << 16, copy_task, &job); /* under 64 Ki floats: one chunk, inline */
     }
+    if (run->tape) cx_tape_record(run->tape, idx, false, data, numel);
     return CIRCUITS_OK;
 }
 

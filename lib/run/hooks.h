@@ -31,6 +31,8 @@ typedef struct cx_hook_point {
     cx_hook_kind kind;
     cx_hook_reg *regs; /* in registration order */
     size_t n_regs, cap_regs;
+    cx_hook_reg *bregs; /* backward hooks (gradient runs), in registration order */
+    size_t n_bregs, cap_bregs;
 } cx_hook_point;
 
 typedef struct cx_hook_table {

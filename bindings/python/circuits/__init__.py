@@ -49,7 +49,7 @@ from . import evals, utils  # noqa: E402  (TransformerLens's evals and utils mod
 from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens's patching module
 from .compare import DiffResult, diff  # noqa: E402 -- comparing two models (docs/quantization.md)
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 #: Path of the loaded libcircuits.so.0, and how it was found.
 library_path: str = _native.library_path

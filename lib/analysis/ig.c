@@ -1,0 +1,2 @@
+/* (being written: issue 16) */
+#include "internal.h"
