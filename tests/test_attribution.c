@@ -2,7 +2,8 @@
  * integrated gradients (ig.c):
  *  - against TransformerLens and torch autograd (tests/reference/attribution/,
  *    generate_attribution.py): attribution-patching grids of several kinds, EAP and EAP-IG (3
- *    steps) edge scores, IG at hook_embed and its completeness, within 1e-4 of each reference's
+ *    steps) edge scores, IG at hook_embed and its completeness on five cases (GPT-2, LayerNorm +
+ *    GELU, GQA + rotary + RMSNorm, attention-only, parallel blocks), within 1e-4 of each reference's
  *    scale (max |reference|; the largest error is printed);
  *  - against activation patching: a source a small step from the base activation, where the two
  *    agree to first order (the error shrinks with the step: checked at two steps);
@@ -554,6 +555,7 @@ int main(int argc, char **argv)
     test_case("tl_gqa_rotary_rms");
     test_case("tl_attn_only_2l_none");
     test_case("tl_parallel_ln");
+    test_case("hf_tiny_random_gpt2");
     test_against_activation_patching();
     test_eap_direct("tl_2l_lnpre_gelu");
     test_eap_direct("tl_parallel_ln");
