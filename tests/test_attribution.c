@@ -456,6 +456,29 @@ static void test_graph(void)
               i, (long long)up[i], (long long)down[i], top[i], (long long)want_flat[i]);
     CHECK_OK(circuits_eap_top_edges(s, 3, 4, 3, up, down, top));
     CHECK(up[0] == 2 && down[0] == 2 && up[1] == 0 && down[1] == 1 && up[2] == 1 && down[2] == 2, "top 3 edges");
+    /* many ties (scores in steps of 0.5), every k: the same order as a sort */
+    enum { NU = 9, ND = 13 };
+    float r[NU * ND];
+    int64_t order[NU * ND], tu[NU * ND], td[NU * ND];
+    float ts[NU * ND];
+    uint32_t x = 99;
+    for (int i = 0; i < NU * ND; i++) {
+        x = x * 1664525u + 1013904223u;
+        r[i] = (float)((int)(x >> 28) - 8) * 0.5f;
+        order[i] = i;
+    }
+    for (int i = 1; i < NU * ND; i++) /* insertion sort by |score| descending, then index */
+        for (int j = i; j > 0 && (fabsf(r[order[j]]) > fabsf(r[order[j - 1]])); j--) {
+            int64_t t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    for (int k = 0; k <= NU * ND; k += 7) {
+        CHECK_OK(circuits_eap_top_edges(r, NU, ND, k, tu, td, ts));
+        for (int i = 0; i < k; i++)
+            CHECK(tu[i] * ND + td[i] == order[i] && ts[i] == r[order[i]], "k %d: top edge %d is %lld, want %lld", k, i,
+                  (long long)(tu[i] * ND + td[i]), (long long)order[i]);
+    }
 }
 
 /* ---- refusals ---- */
