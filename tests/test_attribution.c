@@ -505,6 +505,15 @@ static void test_refusals(void)
                CIRCUITS_E_INVALID_ARGUMENT, "source[1]");
     CALL_FAILS("attr_bad_shape", circuits_context_attribution_patch(ctx, 0, tok, B, 0, src, &ld, NULL, out),
                CIRCUITS_E_SHAPE, "at least 1");
+    circuits_metric bad = ld;
+    int32_t bad_ans[B] = {1, 99};
+    bad.answer = bad_ans;
+    CALL_FAILS("attr_bad_metric", circuits_context_attribution_patch(ctx, 0, tok, B, T, src, &bad, NULL, out),
+               CIRCUITS_E_RANGE, "answer[1] = 99");
+    CALL_FAILS("eap_bad_metric", circuits_context_edge_attribution(ctx, tok, tok, B, T, &bad, NULL, out),
+               CIRCUITS_E_RANGE, "answer[1] = 99");
+    CALL_FAILS("ig_bad_metric", circuits_context_integrated_gradients(ctx, "hook_embed", tok, NULL, B, T, 4, &bad, out, NULL),
+               CIRCUITS_E_RANGE, "answer[1] = 99");
     CALL_FAILS("attr_too_long", circuits_context_attribution_patch(ctx, 0, tok, 1, 33, src, &ld, NULL, out),
                CIRCUITS_E_RANGE, "n_ctx");
 
