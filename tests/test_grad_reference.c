@@ -21,7 +21,7 @@
  * rounding noise, up to ~2e-8 in TransformerLens's own references against fp64 (manifest
  * "fp32_vs_fp64"); every other gradient here has a scale above 1e-3. */
 #define FLOOR 1e-3
-#define MAX_REPORTS 12 /* failing tensors printed per case (all are counted) */
+#define MAX_REPORTS 40 /* failing tensors printed per case (all are counted) */
 
 enum { S_LOSS, S_DIFF, S_WEIGHT, S_ZERO, S_HALVE, S_PAD, S_VALUE, N_SECTIONS };
 static const char *section_name[N_SECTIONS] = {"loss", "logit_diff", "wgrad", "zero_head", "halve_grad", "pad",
@@ -30,6 +30,7 @@ static const char *section_name[N_SECTIONS] = {"loss", "logit_diff", "wgrad", "z
 typedef struct stats {
     double worst[N_SECTIONS]; /* max relative error; NAN: section not run for the case */
     char where[N_SECTIONS][240];
+    double worst_scaled;      /* the same over tensors whose scale is at least FLOOR */
     size_t n_tensors, n_failed, n_nan_skipped;
 } stats;
 
@@ -88,8 +89,9 @@ static void compare(int s, const char *key, const circuits_tensor *got)
         fail("%s: shape differs from the reference", key);
         return;
     }
-    int64_t idx[CIRCUITS_MAX_DIMS] = {0};
+    int64_t idx[CIRCUITS_MAX_DIMS] = {0}, at[CIRCUITS_MAX_DIMS] = {0};
     double d = 0.0, scale = 0.0;
+    float at_got = 0.0f, at_ref = 0.0f;
     for (size_t i = 0; i < e->numel; i++) {
         int64_t off = 0;
         for (int k = 0; k < got->ndim; k++) off += idx[k] * got->strides[k];
@@ -99,7 +101,12 @@ static void compare(int s, const char *key, const circuits_tensor *got)
         } else {
             double dd = fabs((double)g - (double)r);
             if (isnan(dd) || isinf(dd)) dd = INFINITY;
-            if (dd > d) d = dd;
+            if (dd > d) {
+                d = dd;
+                memcpy(at, idx, sizeof at);
+                at_got = g;
+                at_ref = r;
+            }
             if (fabs(r) > scale) scale = fabs(r);
         }
         for (int k = got->ndim - 1; k >= 0; k--) {
@@ -109,7 +116,14 @@ static void compare(int s, const char *key, const circuits_tensor *got)
     }
     double rel = d / fmax(scale, FLOOR);
     note(s, rel, key);
-    if (!(rel <= TOL)) fail("%s: max-abs diff %.3g, reference scale %.3g", key, d, scale);
+    if (scale >= FLOOR && !(rel <= st.worst_scaled)) st.worst_scaled = rel;
+    if (!(rel <= TOL)) {
+        char where[96] = "";
+        for (int k = 0, o = 0; k < got->ndim && o < (int)sizeof where - 24; k++)
+            o += snprintf(where + o, sizeof where - (size_t)o, k ? ", %lld" : "%lld", (long long)at[k]);
+        fail("%s: max-abs diff %.3g at [%s] (got %.6g, reference %.6g), reference scale %.3g, relative %.3g", key, d,
+             where, at_got, at_ref, scale, rel);
+    }
 }
 
 static void compare_value(const char *key, float got)
@@ -385,10 +399,11 @@ int main(int argc, char **argv)
     }
     CHECK(n > 0, "no cases");
 
-    printf("max relative error per case: max|C - TL| / max(max|TL|, %.0e) over each tensor; limit %.0e\n", FLOOR, TOL);
+    printf("max relative error per case and section: max|C - TL| / max(max|TL|, %.0e) over each tensor, limit %.0e;\n"
+           "scale>=fl: the worst over the tensors whose scale max|TL| is at least %.0e\n", FLOOR, TOL, FLOOR);
     printf("%-28s", "case");
     for (int s = 0; s < N_SECTIONS; s++) printf(" %10s", section_name[s]);
-    printf(" %7s %6s  worst tensor\n", "tensors", "failed");
+    printf(" %9s %7s %6s  worst tensor\n", "scale>=fl", "tensors", "failed");
     double worst = 0.0;
     for (size_t i = 0; i < n; i++) {
         run_case(cases_dir, grads_dir, names[i], manifest);
@@ -399,7 +414,7 @@ int main(int argc, char **argv)
             else printf(" %10.2e", st.worst[s]);
             if (!isnan(st.worst[s]) && (ws < 0 || st.worst[s] > st.worst[ws])) ws = s;
         }
-        printf(" %7zu %6zu  %s", st.n_tensors, st.n_failed, ws >= 0 ? st.where[ws] : "(no run)");
+        printf(" %9.2e %7zu %6zu  %s", st.worst_scaled, st.n_tensors, st.n_failed, ws >= 0 ? st.where[ws] : "(no run)");
         if (st.n_nan_skipped) printf(" [%zu NaN reference elements not compared]", st.n_nan_skipped);
         printf("\n");
         fflush(stdout);
