@@ -5,13 +5,16 @@
  * left-padded loss, each tensor held to max |got - ref| <= 1e-4 * max(max |ref|, FLOOR).
  * Usage: test_grad_reference CASES_DIR GRADS_DIR [CASE ...]. Without CASE: every case directory
  * in CASES_DIR, each of which must have its reference (a case without one fails). Prints a table
- * of the worst relative errors. */
+ * of the worst relative errors (each case in a child process, so that one crash fails only its case). */
 #include "testutil.h"
 
 #include <dirent.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../lib/io/safetensors.h"
 
@@ -404,23 +407,57 @@ int main(int argc, char **argv)
     printf("%-28s", "case");
     for (int s = 0; s < N_SECTIONS; s++) printf(" %10s", section_name[s]);
     printf(" %9s %7s %6s  worst tensor\n", "scale>=fl", "tensors", "failed");
+    /* Each case runs in a child process: a case that crashes the library fails with its signal and
+     * the others still run. The children report through shared memory (the parent has no threads
+     * when it forks: it never calls the library). */
+    typedef struct result { double worst; int checks, failures; } result;
+    result *res = mmap(NULL, sizeof *res, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (res == MAP_FAILED) return 2;
     double worst = 0.0;
+    size_t crashed = 0;
     for (size_t i = 0; i < n; i++) {
-        run_case(cases_dir, grads_dir, names[i], manifest);
-        printf("%-28s", names[i]);
-        int ws = -1;
-        for (int s = 0; s < N_SECTIONS; s++) {
-            if (isnan(st.worst[s])) printf(" %10s", "-");
-            else printf(" %10.2e", st.worst[s]);
-            if (!isnan(st.worst[s]) && (ws < 0 || st.worst[s] > st.worst[ws])) ws = s;
-        }
-        printf(" %9.2e %7zu %6zu  %s", st.worst_scaled, st.n_tensors, st.n_failed, ws >= 0 ? st.where[ws] : "(no run)");
-        if (st.n_nan_skipped) printf(" [%zu NaN reference elements not compared]", st.n_nan_skipped);
-        printf("\n");
+        memset(res, 0, sizeof *res);
         fflush(stdout);
-        if (ws >= 0 && st.worst[ws] > worst) worst = st.worst[ws];
+        fflush(stderr);
+        pid_t pid = fork();
+        if (pid < 0) return 2;
+        if (pid == 0) {
+            tu_checks = tu_failures = 0;
+            run_case(cases_dir, grads_dir, names[i], manifest);
+            printf("%-28s", names[i]);
+            int ws = -1;
+            for (int s = 0; s < N_SECTIONS; s++) {
+                if (isnan(st.worst[s])) printf(" %10s", "-");
+                else printf(" %10.2e", st.worst[s]);
+                if (!isnan(st.worst[s]) && (ws < 0 || st.worst[s] > st.worst[ws])) ws = s;
+            }
+            printf(" %9.2e %7zu %6zu  %s", st.worst_scaled, st.n_tensors, st.n_failed, ws >= 0 ? st.where[ws] : "(no run)");
+            if (st.n_nan_skipped) printf(" [%zu NaN reference elements not compared]", st.n_nan_skipped);
+            printf("\n");
+            res->worst = ws >= 0 ? st.worst[ws] : 0.0;
+            res->checks = tu_checks;
+            res->failures = tu_failures;
+            fflush(stdout);
+            fflush(stderr);
+            _exit(0);
+        }
+        int status = 0;
+        waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            crashed++;
+            tu_failures++;
+            printf("%-28s crashed (%s %d): see the messages above\n", names[i],
+                   WIFSIGNALED(status) ? "signal" : "exit", WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+            fprintf(stderr, "FAIL %s: the case's run crashed\n", names[i]);
+        } else {
+            tu_checks += res->checks;
+            tu_failures += res->failures;
+            if (res->worst > worst) worst = res->worst;
+        }
         free(names[i]);
     }
+    munmap(res, sizeof *res);
+    if (crashed) printf("%zu case(s) crashed\n", crashed);
     printf("worst over every case: %.2e\n", worst);
     json_decref(manifest);
     return tu_finish("grad_reference");

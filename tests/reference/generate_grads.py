@@ -208,7 +208,8 @@ def case_grads(name: str) -> dict:
     at = f"blocks.{L}.hook_resid_mid"
     if at not in hooks:
         at = f"blocks.{L}.hook_resid_pre"
-    earlier = resid[: resid.index(at)]
+    # and at the hooked point itself: the gradient before the edit (what TL's incl_bwd cache keeps)
+    earlier = resid[: resid.index(at) + 1]
     v, gr, _ = run(model, tokens, mean_loss(tokens), earlier,
                    bwd_edits=[(at, lambda grad, hook: grad * 0.5)])
     out["halve_grad:value"] = v.reshape(())
@@ -216,6 +217,7 @@ def case_grads(name: str) -> dict:
         put(out, omitted, f"halve_grad:grad:{p}", gr[p])
     _, plain, _ = run(model, tokens, mean_loss(tokens), earlier)
     assert not torch.allclose(plain["hook_embed"], gr["hook_embed"]), "the backward hook had no effect"
+    assert torch.equal(plain[at], gr[at]), "the gradient at the hooked point is not the one before the edit"
     if at.endswith("hook_resid_pre") and L > 0:  # resid_post of the layer before = the edited gradient
         prev = f"blocks.{L - 1}.hook_resid_post"
         assert torch.equal(gr[prev], 0.5 * plain[prev]), "backward hook edit did not flow"
