@@ -607,12 +607,23 @@ static int backward_pass(bpass *bp)
 
 /* ---- memory: the tape and the gradient buffers, one block ---- */
 
-/* numel of point p's activation in this run (a head axis at its full count). */
-static size_t point_numel(const circuits_context *ctx, const cx_hook_point *p, int64_t B, int64_t T)
+/* The shape of point p's firing f in this run (ln1 on per-head inputs: the query input's firing 0
+ * has n_heads heads, the key and value inputs' n_key_value_heads under use_split_qkv_input);
+ * returns ndim. */
+static int firing_shape(const circuits_context *ctx, const cx_hook_point *p, int64_t B, int64_t T, int f,
+                        int64_t *shape, int32_t *head_axis)
+{
+    int nd = cx_hook_shape(ctx, p, B, T, 0, shape, head_axis);
+    if (cx_split_heads(ctx) && (p->kind == HK_LN1_SCALE || p->kind == HK_LN1_NORMALIZED) && *head_axis == 2)
+        shape[2] = f == 0 || !ctx->opts.use_split_qkv_input ? ctx->model->cfg.n_heads : ctx->model->cfg.n_key_value_heads;
+    return nd;
+}
+
+static size_t firing_numel(const circuits_context *ctx, const cx_hook_point *p, int64_t B, int64_t T, int f)
 {
     int64_t shape[CIRCUITS_MAX_DIMS];
     int32_t ha;
-    int nd = cx_hook_shape(ctx, p, B, T, 0, shape, &ha);
+    int nd = firing_shape(ctx, p, B, T, f, shape, &ha);
     size_t n = 1;
     for (int d = 0; d < nd; d++) n *= (size_t)shape[d];
     return n;
@@ -644,8 +655,8 @@ static int prepare_memory(bpass *bp)
         tp->firings = bp->split && (p->kind == HK_LN1_SCALE || p->kind == HK_LN1_NORMALIZED) ? 3 : 1;
         bool writes = cx_hook_may_write(ctx, r, p->layer, p->kind);
         bool post = needs_post(c, p->kind) || writes || (int32_t)i == bp->linear_idx;
-        size_t n = point_numel(ctx, p, bp->B, bp->T);
         for (int f = 0; f < tp->firings; f++) {
+            size_t n = firing_numel(ctx, p, bp->B, bp->T, f);
             tp->numel[f] = n;
             if (post) slots[k++] = (slot){&tp->post[f], n};
             if (writes) slots[k++] = (slot){&tp->pre[f], n};
@@ -719,6 +730,8 @@ static int layout_cache(bpass *bp, float **act_dst)
             specs[n++] = sp;
         }
         if (p->kind != HK_TOKENS) {
+            /* the gradient of the last backward firing: the query input's for ln1 on per-head inputs */
+            firing_shape(ctx, p, bp->B, bp->T, 0, sp.shape, &sp.head_axis);
             sp.suffix = "_grad";
             owner[n] = -1 - (int32_t)i;
             specs[n++] = sp;
@@ -732,7 +745,7 @@ static int layout_cache(bpass *bp, float **act_dst)
         }
         size_t i = (size_t)(-1 - owner[e]);
         bp->gdst[i] = data[e];
-        memset(data[e], 0, point_numel(ctx, &ctx->hooks.points[i], bp->B, bp->T) * sizeof(float));
+        memset(data[e], 0, firing_numel(ctx, &ctx->hooks.points[i], bp->B, bp->T, 0) * sizeof(float));
     }
     cx_free(specs);
     cx_free(data);
@@ -868,7 +881,7 @@ static int run_grad(bpass *bp)
     if ((rc = cx_metric_grad(&mm, bp->logits, bp->B, bp->T, bp->V, &value, bp->dlogits, fwd.fn))) goto done;
     if (bp->linear_idx >= 0) {
         const float *a = bp->tape.pt[bp->linear_idx].post[0];
-        size_t n = point_numel(ctx, &ctx->hooks.points[bp->linear_idx], bp->B, bp->T);
+        size_t n = firing_numel(ctx, &ctx->hooks.points[bp->linear_idx], bp->B, bp->T, 0);
         double acc = 0.0;
         for (size_t i = 0; i < n; i++) acc += (double)a[i] * (double)mm.direction[i];
         value = (float)acc;
