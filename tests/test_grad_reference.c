@@ -1,8 +1,9 @@
 /* Gradients against PyTorch autograd through TransformerLens (tests/reference/generate_grads.py,
  * README "Gradients"): for every reference case, loaded as test_reference.c loads it (unprocessed),
  * circuits_context_backward's gradient at every hook point (mean loss, logit difference), every
- * weight gradient, a head zeroed by a forward hook, a backward hook halving the gradient, and a
- * left-padded loss, each tensor held to max |got - ref| <= 1e-4 * max(max |ref|, FLOOR).
+ * weight gradient, a head zeroed by a forward hook, a backward hook halving the gradient, a
+ * left-padded loss and use_split_qkv_input (ln1's per-input firings), each tensor held to
+ * max |got - ref| <= 1e-4 * max(max |ref|, FLOOR).
  * Usage: test_grad_reference CASES_DIR GRADS_DIR [CASE ...]. Without CASE: every case directory
  * in CASES_DIR, each of which must have its reference (a case without one fails). Prints a table
  * of the worst relative errors (each case in a child process, so that one crash fails only its case). */
@@ -26,9 +27,9 @@
 #define FLOOR 1e-3
 #define MAX_REPORTS 40 /* failing tensors printed per case (all are counted) */
 
-enum { S_LOSS, S_DIFF, S_WEIGHT, S_ZERO, S_HALVE, S_PAD, S_VALUE, N_SECTIONS };
+enum { S_LOSS, S_DIFF, S_WEIGHT, S_ZERO, S_HALVE, S_PAD, S_SPLIT, S_VALUE, N_SECTIONS };
 static const char *section_name[N_SECTIONS] = {"loss", "logit_diff", "wgrad", "zero_head", "halve_grad", "pad",
-                                               "values"};
+                                               "split_qkv", "values"};
 
 typedef struct stats {
     double worst[N_SECTIONS]; /* max relative error; NAN: section not run for the case */
@@ -200,6 +201,42 @@ static int halve(const circuits_tensor *t, void *u)
     return CIRCUITS_HOOK_CONTINUE;
 }
 
+/* A backward hook keeping a copy of each call's gradient (ln1's per-input firings under
+ * use_split_qkv_input), in call order. */
+typedef struct firings {
+    int n;
+    circuits_tensor t[3];
+    float *data[3];
+} firings;
+
+static int record(const circuits_tensor *g, void *u)
+{
+    firings *f = u;
+    if (f->n >= 3) return -1; /* more firings than TransformerLens's three: CIRCUITS_E_CALLBACK */
+    size_t numel = 1;
+    for (int d = 0; d < g->ndim; d++) numel *= (size_t)g->shape[d];
+    circuits_tensor *t = &f->t[f->n];
+    *t = *g;
+    f->data[f->n] = t->data = malloc(numel * sizeof(float));
+    if (!t->data) return -1;
+    int64_t idx[CIRCUITS_MAX_DIMS] = {0}, stride = 1;
+    for (int d = g->ndim - 1; d >= 0; d--) { /* copied contiguous */
+        t->strides[d] = stride;
+        stride *= g->shape[d];
+    }
+    for (size_t i = 0; i < numel; i++) {
+        int64_t off = 0;
+        for (int d = 0; d < g->ndim; d++) off += idx[d] * g->strides[d];
+        t->data[i] = g->data[off];
+        for (int d = g->ndim - 1; d >= 0; d--) {
+            if (++idx[d] < g->shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+    f->n++;
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
 /* One gradient run; a failed call counts as one failure of the section and leaves the caches empty. */
 static bool backward(circuits_context *ctx, const circuits_backward_options *bo, const int32_t *tokens, int64_t B,
                      int64_t T, const circuits_metric *m, float *value, circuits_cache *cache, circuits_cache *wg,
@@ -343,6 +380,41 @@ static void run_case(const char *cases_dir, const char *grads_dir, const char *n
         }
         free(ptok);
         free(mask);
+    }
+    /* (f) use_split_qkv_input: every hook point (q/k/v inputs [batch, pos, heads, d_model]); ln1 fires
+     * once per input, each firing's backward hook call gets that input's gradient (in reverse firing
+     * order: v, k, q) and the cache keeps the query's */
+    json_t *split = json_object_get(info, "split");
+    if (split) {
+        circuits_context *sctx = NULL;
+        circuits_context_options sopt = copt;
+        sopt.use_split_qkv_input = 1;
+        CHECK_OK(circuits_context_create(&sctx, model, &sopt));
+        json_t *multi = json_object_get(split, "per_firing");
+        size_t nm = json_array_size(multi);
+        firings *rec = calloc(nm ? nm : 1, sizeof *rec);
+        for (size_t i = 0; sctx && i < nm; i++)
+            CHECK_OK(circuits_context_add_backward_hook(sctx, json_string_value(json_array_get(multi, i)), record, &rec[i],
+                                                        NULL));
+        circuits_backward_options_init(&bo);
+        bo.cache_activations = 0;
+        if (sctx && backward(sctx, &bo, tokens, B, T, &loss, &value, cache, NULL, "split_qkv")) {
+            compare_value("split:value", value);
+            compare_points(S_SPLIT, "split:grad:", json_object_get(split, "hooks"), cache, "_grad");
+            for (size_t i = 0; i < nm; i++) {
+                const char *hn = json_string_value(json_array_get(multi, i));
+                CHECK(rec[i].n == 3, "%s: the backward hook at %s ran %d times, want 3 (q, k, v inputs)", name, hn, rec[i].n);
+                for (int j = 0; j < rec[i].n && j < 3; j++) {
+                    char key[240];
+                    snprintf(key, sizeof key, "split:grad:%s#%d", hn, 2 - j);
+                    compare(S_SPLIT, key, &rec[i].t[j]);
+                }
+            }
+        }
+        for (size_t i = 0; i < nm; i++)
+            for (int j = 0; j < rec[i].n; j++) free(rec[i].data[j]);
+        free(rec);
+        circuits_context_free(sctx);
     }
     free(tokens);
     free(answer);

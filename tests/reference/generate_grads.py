@@ -44,6 +44,7 @@ OUT = os.path.join(HERE, "grads")
 MAX_NUMEL = 65536
 ANSWER_SEED = 2016  # answer / wrong tokens of the logit-difference metric
 PAD_CASES = {"tl_gelu_new_attn_result": 3, "hf_llama_gqa": 5}  # case -> left padding of row 1
+SPLIT_CASES = ("tl_gelu_new_attn_result", "tl_gqa_rotary_rms")  # (f) use_split_qkv_input
 
 
 def dtype_from(d: dict) -> dict:
@@ -123,6 +124,62 @@ def logit_diff(answer, wrong):
 def resid_points(hooks: List[str]) -> List[str]:
     return [h for h in hooks if h == "hook_embed" or h.endswith((".hook_resid_pre", ".hook_resid_mid",
                                                                   ".hook_resid_post"))]
+
+
+def per_firing(model, tokens, metric: Callable, names: List[str]):
+    """(value, {hook: [gradient of each firing, in forward firing order]}): a forward hook at every
+    point registers a tensor hook on what the point returns, so each firing's gradient is kept
+    apart (ln1 under use_split_qkv_input fires for q, k and v inputs of different shapes)."""
+    model.zero_grad(set_to_none=True)
+    grads: Dict[str, list] = {n: [] for n in names}
+
+    def fwd(act, hook):
+        slot = grads[hook.name]
+        slot.append(None)
+        i = len(slot) - 1
+
+        def keep(g, slot=slot, i=i):
+            slot[i] = g.detach().clone()
+
+        act.register_hook(keep)
+        return act
+
+    with model.hooks(fwd_hooks=[(n, fwd) for n in names]):
+        value = metric(model(tokens))
+        value.backward()
+    return value.detach(), grads
+
+
+def split_grads(model, tokens, hooks, out, omitted, info) -> None:
+    """(f) use_split_qkv_input: the loss's gradient at every hook point. ln1's hooks fire once per
+    input (q, k, v; with grouped-query attention k and v have n_key_value_heads heads) and each
+    firing's gradient is its own: split:grad:<ln1 hook> is the query firing's (what TL's incl_bwd
+    cache and libcircuits' cache keep), split:grad:<ln1 hook>#0/#1/#2 each firing's (q, k, v)."""
+    # the tensor-hook capture, checked against the backward-hook capture of (a) first
+    v, fg = per_firing(model, tokens, mean_loss(tokens), hooks)
+    for h in hooks:
+        total = sum(g for g in fg[h] if g is not None)
+        assert torch.allclose(total, out[f"loss:grad:{h}"], atol=1e-7, rtol=1e-6) or f"loss:grad:{h}" in omitted, h
+    model.set_use_split_qkv_input(True)
+    try:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens)
+        names = list(cache.keys())
+        v, fg = per_firing(model, tokens, mean_loss(tokens), names)
+    finally:
+        model.set_use_split_qkv_input(False)
+    out["split:value"] = v.reshape(())
+    multi = []
+    for n in names:
+        got = fg[n]
+        assert got and all(g is not None for g in got), f"split: no gradient at {n}"
+        put(out, omitted, f"split:grad:{n}", got[0])
+        if len(got) > 1:
+            assert len(got) == 3 and ".ln1." in n, (n, len(got))
+            multi.append(n)
+            for i, g in enumerate(got):
+                put(out, omitted, f"split:grad:{n}#{i}", g)
+    info["split"] = {"hooks": names, "per_firing": multi}
 
 
 def weight_name(n: str, ungrouped: bool) -> str:
@@ -244,6 +301,8 @@ def case_grads(name: str) -> dict:
         print(name, "NaN in padded gradients:", nan)
         info["pad"] = {"left_padding_row1": npad, "nan": sorted(nan)}
 
+    if name in SPLIT_CASES:
+        split_grads(model, tokens, hooks, out, omitted, info)
     info["fp32_vs_fp64"] = fp64_noise(name, out, hooks)
     info["omitted"] = omitted
     info["forward_logits_max_abs_vs_expected"] = d_fwd
@@ -288,6 +347,7 @@ KEYS = {
     "logit_diff:grad:<hook>": "its gradient at every hook point, summed over firings",
     "zero_head:value, zero_head:grad:<point>": "loss and its gradient at hook_embed and every resid_pre with blocks.{L}.attn.hook_z[:, :, h] = 0 in place by a forward hook (L last layer; manifest)",
     "halve_grad:value, halve_grad:grad:<point>": "loss and its gradient at hook_embed and every resid point before the hooked one, with a TL backward hook (dir='bwd') returning grad * 0.5 at the manifest's point",
+    "split:value, split:grad:<hook>, split:grad:<ln1 hook>#<i>": "use_split_qkv_input (manifest split.hooks): the loss and its gradient at every hook point; ln1's hooks fire per input (q, k, v), split:grad:<ln1 hook> is the query firing's, #0/#1/#2 each firing's",
     "pad:tokens, pad:mask, pad:value, pad:grad:<hook>": "left padding (row 1's first n positions masked, ids 0): loss over the pairs the mask includes (utils.lm_cross_entropy_loss) and its gradient at every hook point",
 }
 
