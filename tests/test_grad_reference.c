@@ -21,9 +21,10 @@
 
 #define TOL 1e-4
 /* Below this gradient scale the tolerance stops shrinking (absolute 1e-7). Gradients that are zero
- * in exact arithmetic (b_K's: softmax ignores a shift of a query's scores) come out of fp32 as
- * rounding noise, up to ~2e-8 in TransformerLens's own references against fp64 (manifest
- * "fp32_vs_fp64"); every other gradient here has a scale above 1e-3. */
+ * in exact arithmetic (b_K's without rotary: softmax ignores a shift of a query's scores) come out
+ * of fp32 as rounding noise, up to 2.3e-8 in TransformerLens's own references against fp64
+ * (manifest "fp32_vs_fp64"). The only other gradients below it are in the three shared GPT-2
+ * checkpoints with near-uniform attention; the test prints how they fare against their own scale. */
 #define FLOOR 1e-3
 #define MAX_REPORTS 40 /* failing tensors printed per case (all are counted) */
 
@@ -35,6 +36,8 @@ typedef struct stats {
     double worst[N_SECTIONS]; /* max relative error; NAN: section not run for the case */
     char where[N_SECTIONS][240];
     double worst_scaled;      /* the same over tensors whose scale is at least FLOOR */
+    double worst_own_small;   /* max |C - TL| / max |TL| over the tensors below FLOOR but b_K's (informative) */
+    size_t n_small;
     size_t n_tensors, n_failed, n_nan_skipped;
 } stats;
 
@@ -121,6 +124,12 @@ static void compare(int s, const char *key, const circuits_tensor *got)
     double rel = d / fmax(scale, FLOOR);
     note(s, rel, key);
     if (scale >= FLOOR && !(rel <= st.worst_scaled)) st.worst_scaled = rel;
+    size_t kl = strlen(key);
+    if (scale < FLOOR && !(kl >= 3 && strcmp(key + kl - 3, "b_K") == 0)) {
+        st.n_small++;
+        double own = scale > 0 ? d / scale : (d > 0 ? INFINITY : 0.0);
+        if (!(own <= st.worst_own_small)) st.worst_own_small = own;
+    }
     if (!(rel <= TOL)) {
         char where[96] = "";
         for (int k = 0, o = 0; k < got->ndim && o < (int)sizeof where - 24; k++)
@@ -482,11 +491,11 @@ int main(int argc, char **argv)
     /* Each case runs in a child process: a case that crashes the library fails with its signal and
      * the others still run. The children report through shared memory (the parent has no threads
      * when it forks: it never calls the library). */
-    typedef struct result { double worst; int checks, failures; } result;
+    typedef struct result { double worst, own_small; size_t n_small; int checks, failures; } result;
     result *res = mmap(NULL, sizeof *res, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (res == MAP_FAILED) return 2;
-    double worst = 0.0;
-    size_t crashed = 0;
+    double worst = 0.0, own_small = 0.0;
+    size_t crashed = 0, n_small = 0;
     for (size_t i = 0; i < n; i++) {
         memset(res, 0, sizeof *res);
         fflush(stdout);
@@ -507,6 +516,8 @@ int main(int argc, char **argv)
             if (st.n_nan_skipped) printf(" [%zu NaN reference elements not compared]", st.n_nan_skipped);
             printf("\n");
             res->worst = ws >= 0 ? st.worst[ws] : 0.0;
+            res->own_small = st.worst_own_small;
+            res->n_small = st.n_small;
             res->checks = tu_checks;
             res->failures = tu_failures;
             fflush(stdout);
@@ -525,12 +536,16 @@ int main(int argc, char **argv)
             tu_checks += res->checks;
             tu_failures += res->failures;
             if (res->worst > worst) worst = res->worst;
+            if (res->own_small > own_small) own_small = res->own_small;
+            n_small += res->n_small;
         }
         free(names[i]);
     }
     munmap(res, sizeof *res);
     if (crashed) printf("%zu case(s) crashed\n", crashed);
     printf("worst over every case: %.2e\n", worst);
+    printf("tensors below the floor, b_K's aside: %zu, worst max|C - TL| / max|TL| %.2e (informative)\n", n_small,
+           own_small);
     json_decref(manifest);
     return tu_finish("grad_reference");
 }
