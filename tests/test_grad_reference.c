@@ -2,7 +2,8 @@
  * README "Gradients"): for every reference case, loaded as test_reference.c loads it (unprocessed),
  * circuits_context_backward's gradient at every hook point (mean loss, logit difference), every
  * weight gradient, a head zeroed by a forward hook, a backward hook halving the gradient, a
- * left-padded loss and use_split_qkv_input (ln1's per-input firings), each tensor held to
+ * left-padded loss, use_split_qkv_input (ln1's per-input firings) and the processed model (the
+ * default load: fold_ln, centring, value-bias folding), each tensor held to
  * max |got - ref| <= 1e-4 * max(max |ref|, FLOOR).
  * Usage: test_grad_reference CASES_DIR GRADS_DIR [CASE ...]. Without CASE: every case directory
  * in CASES_DIR, each of which must have its reference (a case without one fails). Prints a table
@@ -28,9 +29,9 @@
 #define FLOOR 1e-3
 #define MAX_REPORTS 40 /* failing tensors printed per case (all are counted) */
 
-enum { S_LOSS, S_DIFF, S_WEIGHT, S_ZERO, S_HALVE, S_PAD, S_SPLIT, S_VALUE, N_SECTIONS };
+enum { S_LOSS, S_DIFF, S_WEIGHT, S_ZERO, S_HALVE, S_PAD, S_SPLIT, S_PROC, S_VALUE, N_SECTIONS };
 static const char *section_name[N_SECTIONS] = {"loss", "logit_diff", "wgrad", "zero_head", "halve_grad", "pad",
-                                               "split_qkv", "values"};
+                                               "split_qkv", "processed", "values"};
 
 typedef struct stats {
     double worst[N_SECTIONS]; /* max relative error; NAN: section not run for the case */
@@ -190,6 +191,24 @@ static void compare_points(int s, const char *prefix, json_t *points, const circ
     }
 }
 
+/* Every weight the model has, under the name circuits_model_weight_at gives, and no other. */
+static void compare_weights(int s, const char *prefix, json_t *weights, const circuits_model *model,
+                            const circuits_cache *wg)
+{
+    compare_points(s, prefix, weights, wg, "");
+    CHECK(circuits_cache_count(wg) == json_array_size(weights), "%s: %zu weight gradients, TransformerLens has %zu",
+          case_name, circuits_cache_count(wg), json_array_size(weights));
+    CHECK(circuits_model_weight_count(model) == json_array_size(weights), "%s: %zu weights, TransformerLens has %zu",
+          case_name, circuits_model_weight_count(model), json_array_size(weights));
+    for (size_t i = 0; i < circuits_model_weight_count(model); i++) {
+        circuits_tensor w;
+        circuits_model_weight_at(model, i, &w);
+        char key[240];
+        snprintf(key, sizeof key, "%s%s", prefix, w.name);
+        CHECK(cx_st_find(ref, key) || omitted(key), "%s: weight %s has no TransformerLens gradient", case_name, w.name);
+    }
+}
+
 /* ---- the edits ---- */
 static int zero_head(const circuits_tensor *z, void *u)
 {
@@ -315,20 +334,9 @@ static void run_case(const char *cases_dir, const char *grads_dir, const char *n
     if (backward(ctx, &bo, tokens, B, T, &loss, &value, cache, wg, "loss")) {
         compare_value("loss:value", value);
         compare_points(S_LOSS, "loss:grad:", hooks, cache, "_grad");
-        /* every weight the model has, under the name circuits_model_weight_at gives, and no other */
-        json_t *weights = json_object_get(info, "weights");
-        compare_points(S_WEIGHT, "loss:wgrad:", weights, wg, "");
-        CHECK(circuits_cache_count(wg) == json_array_size(weights), "%s: %zu weight gradients, TransformerLens has %zu",
-              name, circuits_cache_count(wg), json_array_size(weights));
-        CHECK(circuits_model_weight_count(model) == json_array_size(weights), "%s: %zu weights, TransformerLens has %zu",
-              name, circuits_model_weight_count(model), json_array_size(weights));
-        for (size_t i = 0; i < circuits_model_weight_count(model); i++) {
-            circuits_tensor w;
-            circuits_model_weight_at(model, i, &w);
-            char key[240];
-            snprintf(key, sizeof key, "loss:wgrad:%s", w.name);
-            CHECK(cx_st_find(ref, key) || omitted(key), "%s: weight %s has no TransformerLens gradient", name, w.name);
-        }
+        CHECK(circuits_cache_count(cache) == json_array_size(hooks), "%s: %zu gradients cached, %zu hook points",
+              name, circuits_cache_count(cache), json_array_size(hooks));
+        compare_weights(S_WEIGHT, "loss:wgrad:", json_object_get(info, "weights"), model, wg);
     }
     circuits_cache_free(wg);
     wg = NULL;
@@ -424,6 +432,29 @@ static void run_case(const char *cases_dir, const char *grads_dir, const char *n
             for (int j = 0; j < rec[i].n; j++) free(rec[i].data[j]);
         free(rec);
         circuits_context_free(sctx);
+    }
+    /* (g) the model processed by the default load (TransformerLens's from_pretrained): the loss's
+     * gradient at every hook point and every processed weight */
+    json_t *proc = json_object_get(info, "processed");
+    if (proc) {
+        circuits_model *pm = NULL;
+        circuits_context *pctx = NULL;
+        circuits_cache *pwg = NULL;
+        snprintf(path, sizeof path, "%s/%s", cases_dir, name);
+        CHECK_OK(circuits_model_load(&pm, path, NULL));
+        if (pm) CHECK_OK(circuits_context_create(&pctx, pm, &copt));
+        CHECK_OK(circuits_cache_create(&pwg));
+        circuits_backward_options_init(&bo);
+        bo.cache_activations = 0;
+        bo.weight_grads = 1;
+        if (pctx && pwg && backward(pctx, &bo, tokens, B, T, &loss, &value, cache, pwg, "processed")) {
+            compare_value("processed:value", value);
+            compare_points(S_PROC, "processed:grad:", json_object_get(proc, "hooks"), cache, "_grad");
+            compare_weights(S_PROC, "processed:wgrad:", json_object_get(proc, "weights"), pm, pwg);
+        }
+        circuits_cache_free(pwg);
+        circuits_context_free(pctx);
+        circuits_model_free(pm);
     }
     free(tokens);
     free(answer);

@@ -45,6 +45,9 @@ MAX_NUMEL = 65536
 ANSWER_SEED = 2016  # answer / wrong tokens of the logit-difference metric
 PAD_CASES = {"tl_gelu_new_attn_result": 3, "hf_llama_gqa": 5}  # case -> left padding of row 1
 SPLIT_CASES = ("tl_gelu_new_attn_result", "tl_gqa_rotary_rms")  # (f) use_split_qkv_input
+# (g) processed as from_pretrained does (fold_ln, centring, value-bias folding): LN + GPT-2, SoLU,
+# RMS + GQA + rotary, a parallel NeoX block, Gemma 2 (post-norms, soft-caps, no unembed centring)
+PROCESSED_CASES = ("hf_random_untied", "tl_1l_solu_ln", "tl_gqa_rotary_rms", "hf_neox", "hf_gemma2")
 
 
 def dtype_from(d: dict) -> dict:
@@ -182,6 +185,30 @@ def split_grads(model, tokens, hooks, out, omitted, info) -> None:
     info["split"] = {"hooks": names, "per_firing": multi}
 
 
+def processed_grads(name, tokens, exp, out, omitted, info) -> None:
+    """(g) the model processed as libcircuits' default load and TransformerLens's from_pretrained
+    process it (generate_circuits.py's load_processed, DEFAULT_FLAGS): the loss, its gradient at
+    every hook point and every weight (the processed parameters: no ln weights after fold_ln)."""
+    import generate_circuits as GC
+
+    model, _, applied = GC.load_processed(GC.CaseModel(name), GC.DEFAULT_FLAGS)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    names = list(cache.keys())
+    v, gr, wg = run(model, tokens, mean_loss(tokens), names, weights=True)
+    assert abs(v.item() - exp["loss"].item()) <= 1e-4
+    out["processed:value"] = v.reshape(())
+    for n in names:
+        put(out, omitted, f"processed:grad:{n}", gr[n])
+    ungrouped = model.cfg.n_key_value_heads in (None, model.cfg.n_heads)
+    for n, t in wg.items():
+        put(out, omitted, f"processed:wgrad:{weight_name(n, ungrouped)}", t)
+    info["processed"] = {"hooks": names, "weights": [weight_name(n, ungrouped) for n in wg],
+                         "applied": applied}
+
+
 def weight_name(n: str, ungrouped: bool) -> str:
     """libcircuits's name of TL parameter n: TransformerLens builds GroupedQueryAttention (attn._W_K,
     _W_V, _b_K, _b_V) whenever n_key_value_heads is given; libcircuits says W_K ... unless heads are
@@ -303,6 +330,8 @@ def case_grads(name: str) -> dict:
 
     if name in SPLIT_CASES:
         split_grads(model, tokens, hooks, out, omitted, info)
+    if name in PROCESSED_CASES:
+        processed_grads(name, tokens, exp, out, omitted, info)
     info["fp32_vs_fp64"] = fp64_noise(name, out, hooks)
     info["omitted"] = omitted
     info["forward_logits_max_abs_vs_expected"] = d_fwd
@@ -348,6 +377,7 @@ KEYS = {
     "zero_head:value, zero_head:grad:<point>": "loss and its gradient at hook_embed and every resid_pre with blocks.{L}.attn.hook_z[:, :, h] = 0 in place by a forward hook (L last layer; manifest)",
     "halve_grad:value, halve_grad:grad:<point>": "loss and its gradient at hook_embed and every resid point before the hooked one, with a TL backward hook (dir='bwd') returning grad * 0.5 at the manifest's point",
     "split:value, split:grad:<hook>, split:grad:<ln1 hook>#<i>": "use_split_qkv_input (manifest split.hooks): the loss and its gradient at every hook point; ln1's hooks fire per input (q, k, v), split:grad:<ln1 hook> is the query firing's, #0/#1/#2 each firing's",
+    "processed:value, processed:grad:<hook>, processed:wgrad:<param>": "the model processed as from_pretrained does (generate_circuits.py's load_processed with its DEFAULT_FLAGS; manifest processed.applied): the loss, its gradient at every hook point and every (processed) weight",
     "pad:tokens, pad:mask, pad:value, pad:grad:<hook>": "left padding (row 1's first n positions masked, ids 0): loss over the pairs the mask includes (utils.lm_cross_entropy_loss) and its gradient at every hook point",
 }
 
