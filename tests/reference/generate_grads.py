@@ -25,7 +25,7 @@ import generate as G  # noqa: E402  (offline env, 1 thread, deterministic algori
 
 import json  # noqa: E402
 import types  # noqa: E402
-from typing import Callable, Dict, List, Optional  # noqa: E402
+from typing import Callable, Dict, List, Tuple  # noqa: E402
 
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -228,7 +228,7 @@ def put(out: dict, omitted: list, key: str, t: torch.Tensor, nan_ok: bool = Fals
     out[key] = t.clone()
 
 
-def case_grads(name: str) -> dict:
+def case_grads(name: str) -> Tuple[Dict[str, torch.Tensor], dict]:
     model, cj = build(name)
     cfg = model.cfg
     exp = load_file(os.path.join(CASES_DIR, name, "expected.safetensors"))
