@@ -663,7 +663,8 @@ static int prepare_memory(bpass *bp)
             if (writes) slots[k++] = (slot){&tp->pre[f], n};
         }
     }
-    size_t big = D > H * D ? D : H * D; /* split heads: per-head inputs [N, H, D] */
+    size_t big = bp->split ? H * D : D; /* split heads: per-head inputs [N, H, D] */
+    size_t heads_d = bp->split || ctx->opts.use_attn_result ? H * D : 0; /* hook_result / one input's gradient */
     size_t rope = 0;
     if (c->positional_embedding_type == CIRCUITS_POS_ROTARY)
         rope = (r->attention_mask ? N : T) * (size_t)c->rotary_dim * (size_t)(1 + (c->rope_scaling == CIRCUITS_ROPE_LINEAR &&
@@ -672,7 +673,7 @@ static int prepare_memory(bpass *bp)
         {&bp->logits, N * (size_t)bp->V}, {&bp->dlogits, N * (size_t)bp->V}, {&bp->dres, N * D}, {&bp->dpost, N * D},
         {&bp->dbr, N * D}, {&bp->dx, N * big}, {&bp->xin, N * big}, {&bp->dpos, N * D}, {&bp->dscale, N * H},
         {&bp->dq, N * HD}, {&bp->dz, N * HD}, {&bp->dk, N * KD}, {&bp->dv, N * KD},
-        {&bp->dS, (size_t)bp->B * H * T * T}, {&bp->dres_h, N * big}, {&bp->dmlp, N * M}, {&bp->dmlp2, N * M},
+        {&bp->dS, (size_t)bp->B * H * T * T}, {&bp->dres_h, N * heads_d}, {&bp->dmlp, N * M}, {&bp->dmlp2, N * M},
         {&bp->actg, N * M}, {&bp->rope, rope},
     };
     for (size_t i = 0; i < CX_COUNT(bufs); i++) slots[k++] = bufs[i];
