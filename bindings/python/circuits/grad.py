@@ -4,12 +4,14 @@
     g = model.backward(tokens, "logit_diff", answer_tokens=a, wrong_tokens=w, weight_grads=True)
     g.value, g.logits, g.cache["blocks.0.hook_resid_post_grad"], g.weight_grads["blocks.0.attn.W_Q"]
 
-Memory: every array handed to a Python hook in a gradient run (forward hooks and backward hooks
-alike) is the hook's own float32 copy, copied back into the run after the hook returns (the
-forward's memory is reused by the backward pass, and gradients live in the library's memory for
-the call only): keeping one is safe and keeps that call's values. The outputs (logits, cache
-entries, weight gradients, input_grad) are arrays the caller owns or views of a C cache they keep
-alive.
+Memory: a gradient run is one run for the hook machinery of circuits.model. Its forward hooks get
+zero-copy views of the run memory, its backward hooks zero-copy views of the gradient buffers
+(the context's gradient memory, which ``circuits_context_take_run_memory`` hands over with the run
+memory): an array a hook keeps past its call makes the binding take that memory after the call,
+so it stays valid (reading what the run last wrote there; copy what you keep). The multi-pass
+attribution functions (circuits.attribution) give hooks copies instead, as activation patching
+does. The outputs (logits, cache entries, weight gradients, input_grad) are arrays the caller owns
+or views of a C cache they keep alive.
 """
 
 from __future__ import annotations
@@ -134,8 +136,7 @@ def backward_call(model: "Model", run: "_Run", mc: MetricCall, *, names: Optiona
     wh = _new_cache() if weight_grads else None
     try:
         model._call(lib.circuits_context_backward, ctypes.byref(opts), run.tok, run.B, run.T,
-                    ctypes.byref(mc.struct), value, run.out, ch.ptr if ch else None, wh.ptr if wh else None,
-                    multi_run=True)
+                    ctypes.byref(mc.struct), value, run.out, ch.ptr if ch else None, wh.ptr if wh else None)
     except BaseException:
         mc.reraise()  # the metric callback's own exception first
         raise

@@ -367,11 +367,10 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
             hp = HookPoint(N.decode(t.name), t.layer, t.head_axis)
         holder = _Holder(t.data, tuple(t.shape[: t.ndim]), False, st.lease,
                          "<i4" if hp.name == _arrays.TOKENS_HOOK else "<f4")
-        if st.copy_acts or reg.bwd:
-            # a multi-pass C call (and every gradient run, whose backward hooks always fire in
-            # one): the hook's array is its own copy (a later pass of the same call, or the
-            # backward pass, may free or replace this memory before the binding could take it),
-            # and its edits (in place or returned) are copied back into the run
+        if st.copy_acts:
+            # a multi-pass C call: the hook's array is its own copy (a later pass of the same
+            # call may free this run memory before the binding could take it), and its edits
+            # (in place or returned) are copied back into the run
             live = _asarray(holder)
             act = live.copy()
             ret = reg.fn(act, hp)
@@ -1094,8 +1093,9 @@ class Model:
         gradient run (:meth:`backward`, ``run_with_hooks(bwd_hooks=..., metric=...)``,
         ``run_with_cache(incl_bwd=True)``, circuits.attribution) with ``(grad, hook)``: grad is
         d metric / d the activation at that point, with the activation's shape. Edit it in place
-        or return a replacement: the edited gradient flows on to earlier points. grad is the
-        hook's own float32 copy (docs/gradients.md "Python"). Forward-only runs never call it."""
+        or return a replacement: the edited gradient flows on to earlier points. grad is a
+        zero-copy view of the library's gradient buffer, protected as a forward hook's activation
+        is (copy what you keep; docs/gradients.md "Python"). Forward-only runs never call it."""
         return HookHandle(self, self._register(name, hook, is_permanent, prepend, dir))
 
     def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False,
