@@ -185,7 +185,8 @@ class ActivationCache(ResidStreamMixin):
         return self
 
     def toggle_autodiff(self, mode: bool = False) -> None:
-        """No-op (there are no gradients); for TransformerLens compatibility."""
+        """No-op, for TransformerLens compatibility (gradients come from gradient runs:
+        Model.backward, run_with_cache(incl_bwd=True))."""
 
     def to(self, device: Any = None, move_model: bool = False) -> "ActivationCache":
         """No-op (everything is on the CPU); for TransformerLens compatibility."""
