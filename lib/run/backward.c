@@ -73,6 +73,7 @@ static bool needs_post(const circuits_config *c, cx_hook_kind k)
     case HK_MLP_PRE: case HK_MLP_PRE_LINEAR: case HK_MLP_POST: case HK_UNEMBED_IN:
         return true;
     case HK_ATTN_SCORES: return c->attn_scores_soft_cap > 0.0f;
+    case HK_POS_EMBED: return c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER; /* added to q and k inputs */
     case HK_RESID_PRE: case HK_RESID_MID: case HK_MLP_IN: case HK_ATTN_IN: case HK_Q_INPUT: case HK_K_INPUT:
     case HK_V_INPUT:
         return no_norm; /* the projections' input when no norm sits between */
@@ -607,12 +608,23 @@ static int backward_pass(bpass *bp)
 
 /* ---- memory: the tape and the gradient buffers, one block ---- */
 
-/* numel of point p's activation in this run (a head axis at its full count). */
-static size_t point_numel(const circuits_context *ctx, const cx_hook_point *p, int64_t B, int64_t T)
+/* The shape of point p's firing f in this run (ln1 on per-head inputs: the query input's firing 0
+ * has n_heads heads, the key and value inputs' n_key_value_heads under use_split_qkv_input);
+ * returns ndim. */
+static int firing_shape(const circuits_context *ctx, const cx_hook_point *p, int64_t B, int64_t T, int f,
+                        int64_t *shape, int32_t *head_axis)
+{
+    int nd = cx_hook_shape(ctx, p, B, T, 0, shape, head_axis);
+    if (cx_split_heads(ctx) && (p->kind == HK_LN1_SCALE || p->kind == HK_LN1_NORMALIZED) && *head_axis == 2)
+        shape[2] = f == 0 || !ctx->opts.use_split_qkv_input ? ctx->model->cfg.n_heads : ctx->model->cfg.n_key_value_heads;
+    return nd;
+}
+
+static size_t firing_numel(const circuits_context *ctx, const cx_hook_point *p, int64_t B, int64_t T, int f)
 {
     int64_t shape[CIRCUITS_MAX_DIMS];
     int32_t ha;
-    int nd = cx_hook_shape(ctx, p, B, T, 0, shape, &ha);
+    int nd = firing_shape(ctx, p, B, T, f, shape, &ha);
     size_t n = 1;
     for (int d = 0; d < nd; d++) n *= (size_t)shape[d];
     return n;
@@ -644,8 +656,8 @@ static int prepare_memory(bpass *bp)
         tp->firings = bp->split && (p->kind == HK_LN1_SCALE || p->kind == HK_LN1_NORMALIZED) ? 3 : 1;
         bool writes = cx_hook_may_write(ctx, r, p->layer, p->kind);
         bool post = needs_post(c, p->kind) || writes || (int32_t)i == bp->linear_idx;
-        size_t n = point_numel(ctx, p, bp->B, bp->T);
         for (int f = 0; f < tp->firings; f++) {
+            size_t n = firing_numel(ctx, p, bp->B, bp->T, f);
             tp->numel[f] = n;
             if (post) slots[k++] = (slot){&tp->post[f], n};
             if (writes) slots[k++] = (slot){&tp->pre[f], n};
@@ -654,7 +666,7 @@ static int prepare_memory(bpass *bp)
     size_t big = D > H * D ? D : H * D; /* split heads: per-head inputs [N, H, D] */
     size_t rope = 0;
     if (c->positional_embedding_type == CIRCUITS_POS_ROTARY)
-        rope = (bp->pos_id ? N : T) * (size_t)c->rotary_dim * (size_t)(1 + (c->rope_scaling == CIRCUITS_ROPE_LINEAR &&
+        rope = (r->attention_mask ? N : T) * (size_t)c->rotary_dim * (size_t)(1 + (c->rope_scaling == CIRCUITS_ROPE_LINEAR &&
                                                                              c->local_attn != CIRCUITS_LOCAL_ATTN_NONE));
     slot bufs[] = {
         {&bp->logits, N * (size_t)bp->V}, {&bp->dlogits, N * (size_t)bp->V}, {&bp->dres, N * D}, {&bp->dpost, N * D},
@@ -719,6 +731,8 @@ static int layout_cache(bpass *bp, float **act_dst)
             specs[n++] = sp;
         }
         if (p->kind != HK_TOKENS) {
+            /* the gradient of the last backward firing: the query input's for ln1 on per-head inputs */
+            firing_shape(ctx, p, bp->B, bp->T, 0, sp.shape, &sp.head_axis);
             sp.suffix = "_grad";
             owner[n] = -1 - (int32_t)i;
             specs[n++] = sp;
@@ -732,7 +746,7 @@ static int layout_cache(bpass *bp, float **act_dst)
         }
         size_t i = (size_t)(-1 - owner[e]);
         bp->gdst[i] = data[e];
-        memset(data[e], 0, point_numel(ctx, &ctx->hooks.points[i], bp->B, bp->T) * sizeof(float));
+        memset(data[e], 0, firing_numel(ctx, &ctx->hooks.points[i], bp->B, bp->T, 0) * sizeof(float));
     }
     cx_free(specs);
     cx_free(data);
@@ -810,8 +824,6 @@ static int check_grad_run(bpass *bp, circuits_metric *mm)
     if (g->edit_grad != CIRCUITS_EDIT_GRAD_REPLACE && g->edit_grad != CIRCUITS_EDIT_GRAD_THROUGH)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: edit_grad %d is neither CIRCUITS_EDIT_GRAD_REPLACE (0) nor "
                        "CIRCUITS_EDIT_GRAD_THROUGH (1)", fn, g->edit_grad);
-    if (g->cache && g->cache == g->weight_grads)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cache and weight_grads must be two caches", fn);
     if (g->metric.size == 0)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the metric is not set", fn);
     int rc = cx_metric_check(&g->metric, mm, r->batch, r->pos, m->cfg.d_vocab_out, fn);
@@ -868,7 +880,7 @@ static int run_grad(bpass *bp)
     if ((rc = cx_metric_grad(&mm, bp->logits, bp->B, bp->T, bp->V, &value, bp->dlogits, fwd.fn))) goto done;
     if (bp->linear_idx >= 0) {
         const float *a = bp->tape.pt[bp->linear_idx].post[0];
-        size_t n = point_numel(ctx, &ctx->hooks.points[bp->linear_idx], bp->B, bp->T);
+        size_t n = firing_numel(ctx, &ctx->hooks.points[bp->linear_idx], bp->B, bp->T, 0);
         double acc = 0.0;
         for (size_t i = 0; i < n; i++) acc += (double)a[i] * (double)mm.direction[i];
         value = (float)acc;
@@ -894,6 +906,8 @@ int cx_backward(circuits_context *ctx, cx_grad_run *g)
                 .split = cx_split_heads(ctx)};
     bp.N = bp.B * bp.T;
     int rc;
+    if (g->cache && g->cache == g->weight_grads)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cache and weight_grads must be two caches", fn);
     if (!g->fwd.held && (rc = cx_context_enter(ctx, fn))) return rc;
     if (g->cache && (rc = cx_cache_begin(g->cache, fn))) goto leave;
     if (g->weight_grads && (rc = cx_cache_begin(g->weight_grads, fn))) {
