@@ -331,14 +331,14 @@ def _fn_name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
-def _apply_return(act: np.ndarray, ret: Any, hp: HookPoint, fn: Any) -> None:
+def _apply_return(act: np.ndarray, ret: Any, hp: HookPoint, fn: Any, what: str = "activation") -> None:
     if not isinstance(ret, np.ndarray):
         raise HookReturnError(
             f"hook {_fn_name(fn)} at '{hp.name}' returned {type(ret).__name__}: a hook must return None, the "
-            f"activation, or a float32 numpy array of shape {list(act.shape)}")
+            f"{what}, or a float32 numpy array of shape {list(act.shape)}")
     if ret.shape != act.shape:
         raise HookReturnError(
-            f"hook {_fn_name(fn)} at '{hp.name}' returned an array of shape {list(ret.shape)}; the activation has "
+            f"hook {_fn_name(fn)} at '{hp.name}' returned an array of shape {list(ret.shape)}; the {what} has "
             f"shape {list(act.shape)} (a replacement must have the same shape)")
     if act.dtype == np.int32 and ret.dtype.kind in "iu":  # hook_tokens: token ids (checked by libcircuits)
         if ret.size and (ret.min() < 0 or ret.max() > np.iinfo(np.int32).max):
@@ -346,8 +346,8 @@ def _apply_return(act: np.ndarray, ret: Any, hp: HookPoint, fn: Any) -> None:
         ret = ret.astype(np.int32)
     elif ret.dtype != np.float32:
         raise HookReturnError(
-            f"hook {_fn_name(fn)} at '{hp.name}' returned dtype {ret.dtype}; activations are float32 (return "
-            f"arr.astype(np.float32) or edit the activation in place)")
+            f"hook {_fn_name(fn)} at '{hp.name}' returned dtype {ret.dtype}; {what}s are float32 (return "
+            f"arr.astype(np.float32) or edit the {what} in place)")
     np.copyto(act, ret)
 
 
@@ -375,7 +375,7 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
             act = live.copy()
             ret = reg.fn(act, hp)
             if ret is not None and ret is not act:
-                _apply_return(live, ret, hp, reg.fn)
+                _apply_return(live, ret, hp, reg.fn, "gradient" if reg.bwd else "activation")
             else:
                 np.copyto(live, act)
             return N.CIRCUITS_HOOK_CONTINUE
@@ -384,14 +384,15 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
         act = _asarray(holder)
         ret = reg.fn(act, hp)
         if ret is not None and ret is not act:
-            _apply_return(act, ret, hp, reg.fn)
+            _apply_return(act, ret, hp, reg.fn, "gradient" if reg.bwd else "activation")
         # with this frame's references gone, a live holder means the hook kept the array or a
         # view of it (a slice, reshape, transpose or memoryview references act; act.base is the
         # holder)
         ret = act = holder = None
         if kept() is not None:
             warnings.warn(
-                f"hook {_fn_name(reg.fn)} kept a reference to the activation at '{hp.name}' (or a view of it): it "
+                f"hook {_fn_name(reg.fn)} kept a reference to the {'gradient' if reg.bwd else 'activation'} at "
+                f"'{hp.name}' (or a view of it): it "
                 "stays valid, but the run reuses that buffer, so after the hook returns it reads what the run last "
                 "wrote there, not this hook's values; store act.copy() to keep them",
                 HookViewWarning, stacklevel=2)

@@ -297,9 +297,9 @@ def test_backward_hook_stops_and_raises(tiny):
 
     with pytest.raises(Boom):
         tiny.run_with_hooks(TOK, return_type="loss", bwd_hooks=[("hook_embed", boom)])
-    with pytest.raises(circuits.HookReturnError, match="shape"):
+    with pytest.raises(circuits.HookReturnError, match="the gradient has shape"):
         tiny.backward(TOK, bwd_hooks=[("resid_pre2", lambda g, h: g[:, :2])])
-    with pytest.raises(circuits.HookReturnError, match="dtype"):
+    with pytest.raises(circuits.HookReturnError, match="dtype float64; gradients are float32"):
         tiny.backward(TOK, bwd_hooks=[("resid_pre2", lambda g, h: g.astype(np.float64))])
     with pytest.raises(circuits.InvalidArgumentError, match="inside a hook"):
         tiny.backward(TOK, bwd_hooks=[("resid_pre2", lambda g, h: tiny.add_hook("hook_embed", lambda a, b: None))])
