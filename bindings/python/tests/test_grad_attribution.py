@@ -136,3 +136,40 @@ def test_integrated_gradients(tiny):
         tiny.integrated_gradients("hook_embed", tok, steps=2**40, metric=metric)
     with pytest.raises(circuits.CircuitsError):
         tiny.integrated_gradients("hook_embed", tok, steps=0, metric=metric)
+
+
+def test_callable_metrics(small):
+    """A callable (value, gradient) metric gives the built-in kind's results in every attribution
+    function; its exceptions reach the caller as themselves."""
+    tok = np.array([[1, 5, 9, 30, 42, 7]]) % small.cfg.d_vocab
+    corr = tok[:, ::-1].copy()
+    _, cc = small.run_with_cache(corr)
+
+    def ld(lg):
+        g = np.zeros_like(lg)
+        g[:, -1, 1], g[:, -1, 2] = 1.0 / lg.shape[0], -1.0 / lg.shape[0]
+        return (lg[:, -1, 1] - lg[:, -1, 2]).mean(), g
+
+    builtin = LogitDiff([1], [2])
+    np.testing.assert_allclose(small.attribution_patch("resid_pre", tok, cc, ld),
+                               small.attribution_patch("resid_pre", tok, cc, builtin), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(small.edge_attribution(tok, corr, ld).scores,
+                               small.edge_attribution(tok, corr, builtin).scores, rtol=1e-5, atol=1e-6)
+    a1, c1 = small.integrated_gradients("hook_embed", tok, steps=3, metric=ld)
+    a2, c2 = small.integrated_gradients("hook_embed", tok, steps=3, metric=builtin)
+    np.testing.assert_allclose(a1, a2, rtol=1e-5, atol=1e-6)
+
+    class Boom(Exception):
+        pass
+
+    def boom(lg):
+        raise Boom()
+
+    for call in (lambda m: small.attribution_patch("resid_pre", tok, cc, m),
+                 lambda m: small.edge_attribution(tok, corr, m, ig_steps=2),
+                 lambda m: small.integrated_gradients("hook_embed", tok, steps=2, metric=m)):
+        with pytest.raises(Boom):
+            call(boom)
+        with pytest.raises(circuits.CallbackError, match=r"returns \(value"):
+            call(lambda lg: 0.0)
+    assert np.isfinite(small(tok)).all()  # the model goes on
