@@ -16,7 +16,7 @@ registered on the model fire in them with their own copies of the activations an
 from __future__ import annotations
 
 import ctypes
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Tuple, Union
 
 import numpy as np
 

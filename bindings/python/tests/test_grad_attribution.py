@@ -79,7 +79,8 @@ def test_attribution_patch_layout(small):
     assert np.isclose(base, metric(small(tok)), rtol=1e-5, atol=1e-6)
     assert np.isfinite(act - base).all()
     # the C kind number works too
-    np.testing.assert_array_equal(A.attribution_patch(small, circuits._native.CIRCUITS_PATCH_RESID_PRE, tok, cc, metric), est)
+    by_number = A.attribution_patch(small, circuits._native.CIRCUITS_PATCH_RESID_PRE, tok, cc, metric)
+    np.testing.assert_array_equal(by_number, est)
     with pytest.raises(ValueError, match="kind"):
         A.attribution_patch(small, "resid_sideways", tok, cc, metric)
     with pytest.raises(circuits.ShapeError):
