@@ -20,6 +20,7 @@
  * half-way), the gradients averaged. */
 #include "backward.h"
 #include "kernels.h"
+#include "metric.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -310,6 +311,10 @@ int circuits_context_edge_attribution(circuits_context *ctx, const int32_t *clea
     if (pos > c->n_ctx)
         return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)pos,
                        c->n_ctx);
+    /* the caller's metric copied by its size and checked before any run */
+    circuits_metric pm;
+    if ((rc = cx_metric_check(metric, &pm, batch, pos, c->d_vocab_out, fn))) return rc;
+    metric = &pm;
     if ((rc = cx_context_enter(ctx, fn))) return rc;
     eap e = {.fn = fn, .g = graph_of(ctx->model), .B = batch, .T = pos, .D = c->d_model, .BT = batch * pos};
     circuits_context_options co = ctx->opts;
