@@ -163,6 +163,16 @@ static int bfire(bpass *bp, int layer, cx_hook_kind kind, int firing, float *g, 
     return CIRCUITS_OK;
 }
 
+/* True if anything reads or changes the gradient at (layer, kind), or a forward hook may have
+ * written the activation there: then it is computed whole, entries the forward's mask removed
+ * included. */
+static bool watched(const bpass *bp, int layer, cx_hook_kind kind)
+{
+    int32_t i = cx_hook_index(&bp->ctx->hooks, layer, kind);
+    return i >= 0 && (bp->ctx->hooks.points[i].n_bregs > 0 || (bp->gdst && bp->gdst[i]) || i == bp->linear_idx ||
+                      bp->tape.pt[i].pre[0] != NULL);
+}
+
 /* The weight gradient buffer of (layer, kind), or NULL (none asked for, or no such weight). */
 static float *wgrad(const bpass *bp, int layer, cx_weight_kind k)
 {
@@ -237,8 +247,39 @@ typedef struct attn_bjob {
     int step;
 } attn_bjob;
 
+/* The causal path, for one (b, h) when nothing reads or wrote the pattern or the scores: the
+ * pattern and the scores' gradient are 0 above the diagonal (p = 0 there), so per block of
+ * query rows [i0, i1) only keys [0, i1) are met, as in the forward: d pattern, dv, the softmax's
+ * backward row by row, the soft-cap and scale, dq and dk in one go. */
+static void attn_causal(const attn_bjob *j, const float *dz, const float *q, const float *k, const float *v,
+                        float *dv, float *dk, float *dq, float *dS, size_t off)
+{
+    bpass *bp = j->bp;
+    const int64_t T = bp->T, HD = bp->H * bp->dh, KD = bp->KV * bp->dh, dh = bp->dh, QB = 64;
+    for (int64_t i0 = 0; i0 < T; i0 += QB) {
+        int64_t i1 = i0 + QB < T ? i0 + QB : T, m = i1 - i0;
+        float *S = dS + i0 * T;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)i1, (blasint)dh, 1.0f, dz + i0 * HD,
+                    (blasint)HD, v, (blasint)KD, 0.0f, S, (blasint)T);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)i1, (blasint)dh, (blasint)m, 1.0f,
+                    j->P_u + off + i0 * T, (blasint)T, dz + i0 * HD, (blasint)HD, 1.0f, dv, (blasint)KD);
+        for (int64_t i = i0; i < i1; i++) {
+            float *row = dS + i * T;
+            cx_softmax_backward(row, row, j->P_f + off + i * T, 1, i + 1);
+            if (j->cap > 0.0f) cx_softcap_backward(row, row, j->S_f + off + i * T, (size_t)(i + 1), j->cap);
+            for (int64_t c = 0; c <= i; c++) row[c] /= j->scale;
+            for (int64_t c = i + 1; c < i1; c++) row[c] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)m, (blasint)dh, (blasint)i1, 1.0f, S, (blasint)T,
+                    k, (blasint)KD, 0.0f, dq + i0 * HD, (blasint)HD);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)i1, (blasint)dh, (blasint)m, 1.0f, S, (blasint)T,
+                    q + i0 * HD, (blasint)HD, 1.0f, dk, (blasint)KD);
+    }
+}
+
 /* Step 0, per (b, kvh): dS = dz @ v^T (d pattern, every entry: a hook may read it), dv += P^T dz.
- * Step 2: the soft-cap and scale on dS, dq = dS @ k, dk += dS^T q. */
+ * Step 2: the soft-cap and scale on dS, dq = dS @ k, dk += dS^T q. Step 1: both, causally
+ * (attn_causal). */
 static void attn_btask(void *arg, int64_t begin, int64_t end)
 {
     const attn_bjob *j = arg;
@@ -253,7 +294,9 @@ static void attn_btask(void *arg, int64_t begin, int64_t end)
             float *dS = bp->dS + off;
             const float *dz = bp->dz + b * T * HD + h * dh, *q = j->q + b * T * HD + h * dh;
             float *dq = bp->dq + b * T * HD + h * dh;
-            if (j->step == 0) {
+            if (j->step == 1) {
+                attn_causal(j, dz, q, k, v, dv, dk, dq, dS, off);
+            } else if (j->step == 0) {
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)T, (blasint)T, (blasint)dh, 1.0f, dz,
                             (blasint)HD, v, (blasint)KD, 0.0f, dS, (blasint)T);
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)T, (blasint)dh, (blasint)T, 1.0f,
@@ -414,13 +457,18 @@ static int attention_backward(bpass *bp, int l, float *dres_pre, bool *rope_made
                      .S_f = pre_of(bp, l, HK_ATTN_SCORES, 0), .scale = scale, .cap = c->attn_scores_soft_cap};
     memset(bp->dv, 0, (size_t)(N * KD) * sizeof(float));
     memset(bp->dk, 0, (size_t)(N * KD) * sizeof(float));
-    job.step = 0;
-    cx_parallel_for(B * KV, 1, attn_btask, &job);
-    BFIRE(l, HK_PATTERN, 0, bp->dS, 0);
-    cx_softmax_backward(bp->dS, bp->dS, job.P_f, B * H * T, T);
-    BFIRE(l, HK_ATTN_SCORES, 0, bp->dS, 0);
-    job.step = 2;
-    cx_parallel_for(B * KV, 1, attn_btask, &job);
+    if (!watched(bp, l, HK_PATTERN) && !watched(bp, l, HK_ATTN_SCORES)) {
+        job.step = 1;
+        cx_parallel_for(B * KV, 1, attn_btask, &job);
+    } else {
+        job.step = 0;
+        cx_parallel_for(B * KV, 1, attn_btask, &job);
+        BFIRE(l, HK_PATTERN, 0, bp->dS, 0);
+        cx_softmax_backward(bp->dS, bp->dS, job.P_f, B * H * T, T);
+        BFIRE(l, HK_ATTN_SCORES, 0, bp->dS, 0);
+        job.step = 2;
+        cx_parallel_for(B * KV, 1, attn_btask, &job);
+    }
     if (rotary) {
         BFIRE(l, HK_ROT_K, 0, bp->dk, 0);
         BFIRE(l, HK_ROT_Q, 0, bp->dq, 0);
