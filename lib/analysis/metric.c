@@ -31,7 +31,7 @@ int cx_metric_logits_check(const circuits_metric *m, const char *fn)
     if (m->kind == CIRCUITS_METRIC_HOOK_LINEAR)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
                        "%s: the HOOK_LINEAR metric reads a hook point's activation, not the logits: only gradient "
-                       "runs take it",
+                       "runs (circuits_context_backward, the attribution functions) take it",
                        fn);
     return CIRCUITS_OK;
 }
