@@ -287,7 +287,7 @@ static int loss_grad(const circuits_metric *m, const float *logits, int64_t B, i
     double *nll = cx_malloc((size_t)(B * T) * sizeof *nll);
     if (!nll) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory (the loss's rows)", fn);
     loss_grad_job j = {logits, m->tokens, m->attention_mask, T, V, 1.0 / (double)n, grad, nll};
-    cx_parallel_for(B * T, 1, loss_grad_task, &j);
+    cx_parallel_for(B * T, cx_rows_align(V), loss_grad_task, &j);
     double total = 0.0; /* in cx_lm_loss's order */
     for (int64_t r = 0; r < B * T; r++) total += nll[r];
     cx_free(nll);
