@@ -73,6 +73,7 @@ static bool needs_post(const circuits_config *c, cx_hook_kind k)
     case HK_MLP_PRE: case HK_MLP_PRE_LINEAR: case HK_MLP_POST: case HK_UNEMBED_IN:
         return true;
     case HK_ATTN_SCORES: return c->attn_scores_soft_cap > 0.0f;
+    case HK_POS_EMBED: return c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER; /* added to q and k inputs */
     case HK_RESID_PRE: case HK_RESID_MID: case HK_MLP_IN: case HK_ATTN_IN: case HK_Q_INPUT: case HK_K_INPUT:
     case HK_V_INPUT:
         return no_norm; /* the projections' input when no norm sits between */
@@ -665,7 +666,7 @@ static int prepare_memory(bpass *bp)
     size_t big = D > H * D ? D : H * D; /* split heads: per-head inputs [N, H, D] */
     size_t rope = 0;
     if (c->positional_embedding_type == CIRCUITS_POS_ROTARY)
-        rope = (bp->pos_id ? N : T) * (size_t)c->rotary_dim * (size_t)(1 + (c->rope_scaling == CIRCUITS_ROPE_LINEAR &&
+        rope = (r->attention_mask ? N : T) * (size_t)c->rotary_dim * (size_t)(1 + (c->rope_scaling == CIRCUITS_ROPE_LINEAR &&
                                                                              c->local_attn != CIRCUITS_LOCAL_ATTN_NONE));
     slot bufs[] = {
         {&bp->logits, N * (size_t)bp->V}, {&bp->dlogits, N * (size_t)bp->V}, {&bp->dres, N * D}, {&bp->dpost, N * D},
@@ -823,8 +824,6 @@ static int check_grad_run(bpass *bp, circuits_metric *mm)
     if (g->edit_grad != CIRCUITS_EDIT_GRAD_REPLACE && g->edit_grad != CIRCUITS_EDIT_GRAD_THROUGH)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: edit_grad %d is neither CIRCUITS_EDIT_GRAD_REPLACE (0) nor "
                        "CIRCUITS_EDIT_GRAD_THROUGH (1)", fn, g->edit_grad);
-    if (g->cache && g->cache == g->weight_grads)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cache and weight_grads must be two caches", fn);
     if (g->metric.size == 0)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the metric is not set", fn);
     int rc = cx_metric_check(&g->metric, mm, r->batch, r->pos, m->cfg.d_vocab_out, fn);
@@ -907,6 +906,8 @@ int cx_backward(circuits_context *ctx, cx_grad_run *g)
                 .split = cx_split_heads(ctx)};
     bp.N = bp.B * bp.T;
     int rc;
+    if (g->cache && g->cache == g->weight_grads)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cache and weight_grads must be two caches", fn);
     if (!g->fwd.held && (rc = cx_context_enter(ctx, fn))) return rc;
     if (g->cache && (rc = cx_cache_begin(g->cache, fn))) goto leave;
     if (g->weight_grads && (rc = cx_cache_begin(g->weight_grads, fn))) {
