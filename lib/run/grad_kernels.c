@@ -4,6 +4,7 @@
  * never depends on the thread count (every row's arithmetic is the same in any split). */
 #include "grad_kernels.h"
 #include "kernels.h"
+#include "fastmath.h"
 #include "rope.h"
 #include "pool.h"
 
@@ -119,12 +120,23 @@ void cx_ln_scale_backward(float *dx, const float *dcent, const float *dscale_f, 
 
 /* ---- activations ---- */
 
-/* d/dx of 0.5 x (1 + tanh(k (x + a x^3))): gelu_new (k = sqrt(2/pi)) and gelu_fast (k written
- * 0.7978845608, as its forward), a = 0.044715. */
-static inline float gelu_tanh_grad(float x, float k)
+/* d/dx of 0.5 x (1 + tanh(k x (1 + a x^2))): gelu_new (k = sqrt(2/pi)) and gelu_fast (k written
+ * 0.7978845608, as its forward), a = 0.044715; tanh as the forward computes it (tanh_poly). */
+CX_HOT static void gelu_tanh_grad_range(float *dx, const float *dy, const float *x, int64_t n, float k)
 {
-    float x2 = x * x, t = tanhf(k * x * (1.0f + 0.044715f * x2));
-    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x2);
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i], v2 = v * v, t = tanh_poly(k * v * (1.0f + 0.044715f * v2));
+        dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * v2));
+    }
+}
+
+/* s (1 + x (1 - s)), s = sigmoid(x) (exp_poly saturates: s -> 0 for very negative x, no inf) */
+CX_HOT static void silu_grad_range(float *dx, const float *dy, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float s = 1.0f / (1.0f + exp_poly(-x[i]));
+        dx[i] = dy[i] * (s * (1.0f + x[i] * (1.0f - s)));
+    }
 }
 
 static void act_grad_range(float *dx, const float *dy, const float *x, int64_t n, int act)
@@ -133,26 +145,17 @@ static void act_grad_range(float *dx, const float *dy, const float *x, int64_t n
     case CIRCUITS_ACT_RELU: /* torch's relu passes no gradient at 0 */
         for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
         break;
-    case CIRCUITS_ACT_GELU: /* Phi(x) + x phi(x) */
+    case CIRCUITS_ACT_GELU: /* Phi(x) + x phi(x); erf from libm, as the forward */
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
             float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
-            float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
+            float pdf = 0.39894228040143268f * exp_poly(-0.5f * v * v);
             dx[i] = dy[i] * (cdf + v * pdf);
         }
         break;
-    case CIRCUITS_ACT_GELU_NEW: /* also gelu_pytorch_tanh (config.c maps it here) */
-        for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * gelu_tanh_grad(x[i], 0.7978845608028654f);
-        break;
-    case CIRCUITS_ACT_GELU_FAST:
-        for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * gelu_tanh_grad(x[i], 0.7978845608f);
-        break;
-    case CIRCUITS_ACT_SILU: /* s (1 + x (1 - s)), s = sigmoid(x); expf(-x) = inf gives s = 0 */
-        for (int64_t i = 0; i < n; i++) {
-            float s = 1.0f / (1.0f + expf(-x[i]));
-            dx[i] = dy[i] * (s * (1.0f + x[i] * (1.0f - s)));
-        }
-        break;
+    case CIRCUITS_ACT_GELU_NEW: gelu_tanh_grad_range(dx, dy, x, n, 0.7978845608028654f); break; /* and gelu_pytorch_tanh */
+    case CIRCUITS_ACT_GELU_FAST: gelu_tanh_grad_range(dx, dy, x, n, 0.7978845608f); break;
+    case CIRCUITS_ACT_SILU: silu_grad_range(dx, dy, x, n); break;
     default: /* cx_activation leaves any other value unchanged: the identity */
         for (int64_t i = 0; i < n; i++) dx[i] = dy[i];
         break;
