@@ -235,7 +235,8 @@ int circuits_metric_eval(const circuits_metric *m, const float *logits, int64_t 
 /* ---- gradients (0.7.0) ---- */
 
 /* LOSS, row by row over the pool: each included pair's row gets (softmax - onehot(target)) / n, its
- * nll (cx_nll_row's arithmetic, so the value equals cx_lm_loss's) into nll[r]; other rows get 0. */
+ * nll (cx_nll_row's arithmetic via cx_lse_row, so the value equals cx_lm_loss's) into nll[r]; other
+ * rows get 0. */
 typedef struct loss_grad_job {
     const float *logits;
     const int32_t *tokens, *mask;
@@ -260,14 +261,8 @@ static void loss_grad_task(void *arg, int64_t r0, int64_t r1)
             continue;
         }
         int32_t t = j->tokens[r + 1];
-        float mx = -INFINITY;
-        for (int64_t c = 0; c < V; c++) mx = x[c] > mx ? x[c] : mx;
-        double sum = 0.0;
-        for (int64_t c = 0; c < V; c++) {
-            double e = exp((double)x[c] - mx);
-            g[c] = (float)e; /* kept for the second pass: one exp per logit */
-            sum += e;
-        }
+        float mx;
+        double sum = cx_lse_row(x, V, &mx, g); /* the exps kept in g for the second pass */
         j->nll[r] = -((double)x[t] - mx - log(sum));
         double k = j->inv_n / sum;
         for (int64_t c = 0; c < V; c++) g[c] = (float)(g[c] * k);

@@ -423,11 +423,44 @@ void cx_rope_rotate(float *x, int64_t B, int64_t T, int64_t nh, int64_t dh, cons
         }
 }
 
+/* The row's max, then e^(x - max) in double lanes (exp_poly_d: the row costs about as much as
+ * reading it, where libm's exp cost ~10 ns a logit), optionally stored as floats. */
+CX_HOT static double lse_lanes(const float *x, int64_t V, float *mx_out, float *e_out)
+{
+    float m[LANES];
+    for (int l = 0; l < LANES; l++) m[l] = -INFINITY;
+    int64_t j = 0;
+    for (; j + LANES <= V; j += LANES)
+        for (int l = 0; l < LANES; l++) m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
+    float mx = -INFINITY;
+    for (int l = 0; l < LANES; l++) mx = m[l] > mx ? m[l] : mx;
+    for (; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    double s[LANES] = {0};
+    for (j = 0; j + LANES <= V; j += LANES)
+        for (int l = 0; l < LANES; l++) {
+            double e = exp_poly_d((double)x[j + l] - mx);
+            if (e_out) e_out[j + l] = (float)e;
+            s[l] += e;
+        }
+    double sum = 0.0;
+    for (int l = 0; l < LANES; l++) sum += s[l];
+    for (; j < V; j++) {
+        double e = exp_poly_d((double)x[j] - mx);
+        if (e_out) e_out[j] = (float)e;
+        sum += e;
+    }
+    *mx_out = mx;
+    return sum;
+}
+
+double cx_lse_row(const float *logits, int64_t V, float *mx, float *e)
+{
+    return lse_lanes(logits, V, mx, e);
+}
+
 double cx_nll_row(const float *logits, int64_t V, int32_t target)
 {
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < V; j++) mx = logits[j] > mx ? logits[j] : mx;
-    double sum = 0.0;
-    for (int64_t j = 0; j < V; j++) sum += exp((double)logits[j] - mx);
+    float mx;
+    double sum = lse_lanes(logits, V, &mx, NULL);
     return -((double)logits[target] - mx - log(sum));
 }
