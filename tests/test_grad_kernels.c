@@ -1,6 +1,7 @@
 /* The backward kernels (lib/run/grad_kernels.h) and the metric gradients (cx_metric_grad) against
  * central finite differences of double-precision forwards written here, on random inputs
- * (tests/rng.h), several shapes each: width 1, masked rows, and sizes that split over the pool.
+ * (tests/rng.h), several shapes each: width 1, masked rows, and sizes that split over the pool;
+ * and the loss rows' double exp (cx_lse_row, exp_poly_d) against libm.
  *
  * Tolerance. Each analytic gradient is computed by the fp32 kernel from fp32 inputs; the finite
  * difference (f(x + h) - f(x - h)) / 2h, h = 1e-5, of the double forward at the same (fp32-exact)
@@ -18,6 +19,7 @@
 #include "rng.h"
 #include "../lib/run/grad_kernels.h"
 #include "../lib/run/kernels.h"
+#include "../lib/run/fastmath.h"
 #include "../lib/analysis/metric.h"
 
 #define TOL 2e-5
@@ -495,6 +497,50 @@ static void test_rope(int64_t B, int64_t T, int64_t nh, int64_t dh, int rd, bool
     free(cs), free(sn), free(x), free(dx), free(xd), free(rd_), free(y);
 }
 
+/* ---- the loss rows' exp: cx_lse_row (exp_poly_d) against libm in double ---- */
+
+static void test_lse_row(void)
+{
+    enum { V = 5003 };
+    float *x = xcalloc(V, 4), *e = xcalloc(V, 4), mx;
+    double worst = 0.0, worst_e = 0.0;
+    for (int trial = 0; trial < 6; trial++) {
+        double sd = trial == 0 ? 1.0 : trial == 1 ? 30.0 : trial == 2 ? 300.0 : 5.0;
+        fill(x, NULL, V, sd);
+        if (trial == 3)
+            for (int j = 0; j < V; j += 3) x[j] = -INFINITY; /* masked entries */
+        if (trial == 4) x[17] = 1e4f;                        /* one logit far above the rest: e^(< -708) = 0 */
+        if (trial == 5)
+            for (int j = 0; j < V; j++) x[j] = (float)(-700.0 + 1.4 * (double)(j % 10)); /* near underflow */
+        double sum = cx_lse_row(x, V, &mx, e), m = -INFINITY, want = 0.0;
+        for (int j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
+        for (int j = 0; j < V; j++) want += exp((double)x[j] - m);
+        CHECK(mx == (float)m, "lse max %g vs %g", mx, m);
+        double rel = fabs(sum - want) / want;
+        worst = rel > worst ? rel : worst;
+        for (int j = 0; j < V; j++) {
+            double ej = exp((double)x[j] - m), d = fabs(e[j] - ej);
+            CHECK(d <= 1e-7 * ej + 1e-38, "lse e[%d] = %g vs %g", j, e[j], ej);
+            worst_e = d / (ej > 1e-30 ? ej : 1.0) > worst_e ? d / (ej > 1e-30 ? ej : 1.0) : worst_e;
+        }
+    }
+    /* the sums differ in order only (8 lanes vs one running sum): at most V double ulp of a sum of
+     * positive terms, far below the half float ulp that would move a loss */
+    CHECK(worst <= V * 0x1p-53, "cx_lse_row sum off by %g relative", worst);
+    /* exp_poly_d itself: a few double ulp of libm's exp over (-708, 0], 0 from -708 down */
+    double worst_x = 0.0;
+    for (int i = 0; i < 200000; i++) { /* (-708, 0] */
+        double t = -708.0 * i / 200000.0, want = exp(t), got = exp_poly_d(t);
+        double rel = fabs(got - want) / want;
+        worst_x = rel > worst_x ? rel : worst_x;
+    }
+    CHECK(worst_x <= 8 * 0x1p-53, "exp_poly_d off by %g relative", worst_x);
+    CHECK(exp_poly_d(-709.0) == 0.0 && exp_poly_d(-INFINITY) == 0.0 && exp_poly_d(0.0) == 1.0, "exp_poly_d ends");
+    if (verbose) printf("  %-48s relative error %.2e\n", "exp_poly_d vs libm exp on (-708, 0]", worst_x);
+    if (verbose) printf("  %-48s relative error %.2e (e as floats %.2e)\n", "cx_lse_row vs libm exp", worst, worst_e);
+    free(x), free(e);
+}
+
 /* ---- metrics ---- */
 
 typedef struct metric_ctx {
@@ -769,6 +815,7 @@ int main(int argc, char **argv)
     test_rope(1, 4, 3, 10, 4, false); /* partial rotary: dims 4 .. 10 pass through */
     test_rope(1, 4, 3, 10, 6, true);
 
+    test_lse_row();
     test_metric_grads();
     return tu_finish("test_grad_kernels");
 }
