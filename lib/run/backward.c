@@ -391,11 +391,16 @@ static int attention_backward(bpass *bp, int l, float *dres_pre, bool *rope_made
             for (int64_t h = 0; h < H; h++) memcpy(bp->dres_h + (n * H + h) * D, bp->dbr + n * D, (size_t)D * sizeof(float));
         BFIRE(l, HK_RESULT, 0, bp->dres_h, 0);
     }
-    for (int64_t h = 0; h < H; h++) {
-        const float *dy = ctx->opts.use_attn_result ? bp->dres_h + h * D : bp->dbr;
-        int64_t ldy = ctx->opts.use_attn_result ? H * D : D;
-        linear_backward(bp->dz + h * dh, HD, false, dWO ? dWO + h * dh * D : NULL, D, dy, ldy, z + h * dh, HD, N, dh, D,
-                        W_O->data + h * so[0], so[1], so[2]);
+    if (!ctx->opts.use_attn_result && so[2] == 1 && so[0] == dh * so[1]) {
+        /* heads stacked along rows: W_O viewed as [H * dh, D], one product each way */
+        linear_backward(bp->dz, HD, false, dWO, D, bp->dbr, D, z, HD, N, HD, D, W_O->data, so[1], so[2]);
+    } else {
+        for (int64_t h = 0; h < H; h++) {
+            const float *dy = ctx->opts.use_attn_result ? bp->dres_h + h * D : bp->dbr;
+            int64_t ldy = ctx->opts.use_attn_result ? H * D : D;
+            linear_backward(bp->dz + h * dh, HD, false, dWO ? dWO + h * dh * D : NULL, D, dy, ldy, z + h * dh, HD, N, dh,
+                            D, W_O->data + h * so[0], so[1], so[2]);
+        }
     }
     BFIRE(l, HK_Z, 0, bp->dz, 0);
 
@@ -442,11 +447,19 @@ static int attention_backward(bpass *bp, int l, float *dres_pre, bool *rope_made
         if (i == 1 && shortformer) add_into(x, post_of(bp, -1, HK_POS_EMBED, 0), (size_t)(N * D)); /* k, q read ln1 + pos */
         const int64_t *st = Ws[i]->strides;
         float *dW = wgrad(bp, l, wk[i]);
+        bias_grad(wgrad(bp, l, bk[i]), dys[i], N, nh[i] * dh, ldy[i]); /* b [heads, dh]: one row of columns */
+        if (st[2] == 1 && st[0] == dh) { /* heads side by side: W viewed as [D, heads * dh], as the forward does */
+            cx_matmul(bp->dx, D, dys[i], ldy[i], N, nh[i] * dh, D, Ws[i]->data, 1, st[1], NULL, i > 0);
+            if (shortformer && i > 0) /* the same share reaches hook_pos_embed */
+                cx_matmul(bp->dpos, D, dys[i], ldy[i], N, nh[i] * dh, D, Ws[i]->data, 1, st[1], NULL, true);
+            for (int64_t h = 0; h < nh[i] && dW; h++)
+                cx_sgemm(true, false, D, dh, N, 1.0f, x, D, dys[i] + h * dh, ldy[i], 1.0f, dW + h * D * dh, dh);
+            continue;
+        }
         for (int64_t h = 0; h < nh[i]; h++) {
             bool first = i == 0 && h == 0;
             linear_backward(bp->dx, D, !first, dW ? dW + h * D * dh : NULL, dh, dys[i] + h * dh, ldy[i], x, D, N, D,
                             dh, Ws[i]->data + h * st[0], st[1], st[2]);
-            bias_grad(wgrad(bp, l, bk[i]) ? wgrad(bp, l, bk[i]) + h * dh : NULL, dys[i] + h * dh, N, dh, ldy[i]);
             if (shortformer && i > 0) /* the same share reaches hook_pos_embed */
                 cx_matmul(bp->dpos, D, dys[i] + h * dh, ldy[i], N, dh, D, Ws[i]->data + h * st[0], st[2], st[1], NULL,
                           true);
@@ -663,7 +676,8 @@ static int prepare_memory(bpass *bp)
             if (writes) slots[k++] = (slot){&tp->pre[f], n};
         }
     }
-    size_t big = D > H * D ? D : H * D; /* split heads: per-head inputs [N, H, D] */
+    size_t big = bp->split ? H * D : D; /* split heads: per-head inputs [N, H, D] */
+    size_t heads_d = bp->split || ctx->opts.use_attn_result ? H * D : 0; /* hook_result / one input's gradient */
     size_t rope = 0;
     if (c->positional_embedding_type == CIRCUITS_POS_ROTARY)
         rope = (r->attention_mask ? N : T) * (size_t)c->rotary_dim * (size_t)(1 + (c->rope_scaling == CIRCUITS_ROPE_LINEAR &&
@@ -672,7 +686,7 @@ static int prepare_memory(bpass *bp)
         {&bp->logits, N * (size_t)bp->V}, {&bp->dlogits, N * (size_t)bp->V}, {&bp->dres, N * D}, {&bp->dpost, N * D},
         {&bp->dbr, N * D}, {&bp->dx, N * big}, {&bp->xin, N * big}, {&bp->dpos, N * D}, {&bp->dscale, N * H},
         {&bp->dq, N * HD}, {&bp->dz, N * HD}, {&bp->dk, N * KD}, {&bp->dv, N * KD},
-        {&bp->dS, (size_t)bp->B * H * T * T}, {&bp->dres_h, N * big}, {&bp->dmlp, N * M}, {&bp->dmlp2, N * M},
+        {&bp->dS, (size_t)bp->B * H * T * T}, {&bp->dres_h, N * heads_d}, {&bp->dmlp, N * M}, {&bp->dmlp2, N * M},
         {&bp->actg, N * M}, {&bp->rope, rope},
     };
     for (size_t i = 0; i < CX_COUNT(bufs); i++) slots[k++] = bufs[i];
