@@ -6,6 +6,10 @@
 
 #include <stdint.h>
 
+/* Independent partial sums (or maxima) a hot loop keeps instead of one running value, so that it
+ * vectorises without -ffast-math reordering anything else. */
+#define LANES 8
+
 /* Hot loops get an x86-64-v3 (AVX2, FMA) clone next to the baseline x86-64 one; the loader picks by CPU. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) \
     && !defined(__SANITIZE_THREAD__) /* sanitizers instrument ifunc resolvers, which run before them */

@@ -216,20 +216,25 @@ void cx_solu_backward(float *dx, const float *dy, const float *x, int64_t N, int
 /* ---- softmax, soft-cap ---- */
 
 /* Entries with p = 0 (masked keys, fully masked rows) get ds = 0 and stay out of the sum, so a
- * non-finite gradient on a masked entry cannot reach the rest of the row. */
+ * non-finite gradient on a masked entry cannot reach the rest of the row. The sum in double lanes:
+ * attention runs this on [B * H * T, T]. */
+CX_HOT static void softmax_bwd_row(float *ds, const float *dp, const float *p, int64_t D)
+{
+    double s[LANES] = {0};
+    int64_t c = 0;
+    for (; c + LANES <= D; c += LANES)
+        for (int l = 0; l < LANES; l++) s[l] += p[c + l] != 0.0f ? (double)p[c + l] * dp[c + l] : 0.0;
+    double dot = 0.0;
+    for (int l = 0; l < LANES; l++) dot += s[l];
+    for (; c < D; c++) dot += p[c] != 0.0f ? (double)p[c] * dp[c] : 0.0;
+    float d = (float)dot;
+    for (c = 0; c < D; c++) ds[c] = p[c] != 0.0f ? p[c] * (dp[c] - d) : 0.0f;
+}
+
 static void softmax_bwd_task(void *arg, int64_t r0, int64_t r1)
 {
     const row_job *j = arg;
-    int64_t D = j->D;
-    for (int64_t n = r0; n < r1; n++) {
-        const float *p = j->in + n * D, *dp = j->g + n * D;
-        float *ds = j->out + n * D;
-        double dot = 0.0;
-        for (int64_t c = 0; c < D; c++)
-            if (p[c] != 0.0f) dot += (double)p[c] * dp[c];
-        float d = (float)dot;
-        for (int64_t c = 0; c < D; c++) ds[c] = p[c] != 0.0f ? p[c] * (dp[c] - d) : 0.0f;
-    }
+    for (int64_t n = r0; n < r1; n++) softmax_bwd_row(j->out + n * j->D, j->g + n * j->D, j->in + n * j->D, j->D);
 }
 
 void cx_softmax_backward(float *ds, const float *dp, const float *p, int64_t N, int64_t D)
@@ -244,18 +249,19 @@ typedef struct softcap_job {
     float inv_cap;
 } softcap_job;
 
+/* -inf (a masked score) gives 0: 1 - (y / cap)^2 would be -inf, and -inf * 0 NaN */
+CX_HOT static void softcap_bwd_range(float *dx, const float *dy, const float *y, int64_t n, float inv_cap)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float t = y[i] * inv_cap; /* tanh(x / cap) */
+        dx[i] = y[i] == -INFINITY ? 0.0f : dy[i] * (1.0f - t * t);
+    }
+}
+
 static void softcap_bwd_task(void *arg, int64_t b, int64_t e)
 {
     const softcap_job *j = arg;
-    for (int64_t i = b; i < e; i++) {
-        float y = j->y[i];
-        if (y == -INFINITY) {
-            j->dx[i] = 0.0f;
-            continue;
-        }
-        float t = y * j->inv_cap; /* tanh(x / cap) */
-        j->dx[i] = j->dy[i] * (1.0f - t * t);
-    }
+    softcap_bwd_range(j->dx + b, j->dy + b, j->y + b, e - b, j->inv_cap);
 }
 
 void cx_softcap_backward(float *dx, const float *dy, const float *y, size_t n, float cap)

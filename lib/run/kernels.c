@@ -15,8 +15,6 @@
 #include <math.h>
 #include <string.h>
 
-#define LANES 8
-
 /* ---- matrix products ---- */
 
 static void init_out(float *out, int64_t ldo, int64_t M, int64_t N, const float *bias, bool accumulate)
