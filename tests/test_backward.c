@@ -102,6 +102,26 @@ static double fd_case(const char *name, const char *opts, bool masked, int kind)
     float *logits = malloc(sizeof(float) * B * T * (size_t)c.d_vocab_out);
     CHECK_OK(circuits_context_backward(ctx, &bo, tok, B, T, &mt, &value, NULL, cache, NULL));
     double plain = metric_of(ctx, &mt, tok, B, T, ro.attention_mask, logits, c.d_vocab_out);
+    /* attention's causal path (nothing reads the pattern or scores: only the filtered points are
+     * cached) gives what the whole-matrix path (every point cached, above) gives */
+    {
+        const char *few[] = {"hook_embed", "blocks.0.hook_resid_pre"};
+        circuits_backward_options fo = bo;
+        fo.names_filter = few;
+        fo.n_filter = 2;
+        circuits_cache *small = NULL;
+        CHECK_OK(circuits_cache_create(&small));
+        CHECK_OK(circuits_context_backward(ctx, &fo, tok, B, T, &mt, NULL, NULL, small, NULL));
+        circuits_tensor full, part;
+        CHECK_OK(circuits_cache_get(cache, "blocks.0.hook_resid_pre_grad", &full));
+        CHECK_OK(circuits_cache_get(small, "blocks.0.hook_resid_pre_grad", &part));
+        double scale = 0.0;
+        for (size_t i = 0; i < numel(&full); i++) scale = fmax(scale, fabs(full.data[i]));
+        double d = max_abs_diff(full.data, part.data, numel(&full));
+        CHECK(d <= 1e-5 * scale + 1e-9, "%s [%s]: causal and whole-matrix attention backward differ by %g (scale %g)", name,
+              opts, d, scale);
+        circuits_cache_free(small);
+    }
     CHECK(fabs(plain - value) <= 1e-5 * (1.0 + fabs(plain)), "%s: backward's value %g, forward's %g", name, value, plain);
     double worst = 0.0;
     const char *worst_at = "";
