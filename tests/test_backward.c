@@ -424,7 +424,7 @@ static void semantics(void)
         CHECK(s == 0.0, "HOOK_LINEAR: no gradient after its point (%g)", s);
         lin.hook = "blocks.*.attn.hook_z";
         CHECK_FAILS(circuits_context_backward(ctx, NULL, tok, B, T, &lin, NULL, NULL, NULL, NULL),
-                    CIRCUITS_E_INVALID_ARGUMENT, "selects several hook points");
+                    CIRCUITS_E_INVALID_ARGUMENT, "name exactly one");
         free(dir);
     }
 

@@ -305,12 +305,8 @@ int circuits_context_edge_attribution(circuits_context *ctx, const int32_t *clea
     if (o.ig_steps < 0)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: ig_steps %d < 0 (0: EAP, N > 0: EAP-IG)", fn, o.ig_steps);
     const circuits_config *c = &ctx->model->cfg;
-    if (batch < 1 || pos < 1)
-        return cx_fail(CIRCUITS_E_SHAPE, "%s: tokens shape [%lld, %lld]: batch and pos must be at least 1", fn,
-                       (long long)batch, (long long)pos);
-    if (pos > c->n_ctx)
-        return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)pos,
-                       c->n_ctx);
+    int shape_rc = cx_tokens_shape_check(c, batch, pos, fn);
+    if (shape_rc) return shape_rc;
     /* the caller's metric copied by its size and checked before any run */
     circuits_metric pm;
     if ((rc = cx_metric_check(metric, &pm, batch, pos, c->d_vocab_out, fn))) return rc;

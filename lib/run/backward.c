@@ -855,14 +855,6 @@ static int layout_weight_grads(bpass *bp)
 
 /* ---- the run ---- */
 
-static int find_one(const circuits_context *ctx, size_t i, void *arg)
-{
-    (void)ctx;
-    int32_t *a = arg;
-    a[a[0] == -1 ? 0 : 1] = (int32_t)i;
-    return CIRCUITS_OK;
-}
-
 /* The checks a gradient run makes before anything runs. */
 static int check_grad_run(bpass *bp, circuits_metric *mm)
 {
@@ -895,17 +887,14 @@ static int check_grad_run(bpass *bp, circuits_metric *mm)
                        "CIRCUITS_METRIC_GRAD_CALLBACK, whose grad_fn returns d metric / d logits", fn);
     bp->linear_idx = -1;
     if (mm->kind == CIRCUITS_METRIC_HOOK_LINEAR) {
-        int32_t found[2] = {-1, -1};
-        if ((rc = cx_hooks_select(ctx, mm->hook, find_one, found))) return rc;
-        if (found[1] != -1)
-            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the HOOK_LINEAR metric's hook '%s' selects several hook "
-                           "points; name one", fn, mm->hook);
-        const cx_hook_point *p = &ctx->hooks.points[found[0]];
+        int32_t found;
+        if ((rc = cx_hook_one(ctx, fn, mm->hook, &found))) return rc;
+        const cx_hook_point *p = &ctx->hooks.points[found];
         if (p->kind == HK_TOKENS || !cx_run_reaches(r, p) ||
             (bp->split && (p->kind == HK_LN1_SCALE || p->kind == HK_LN1_NORMALIZED)))
             return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the HOOK_LINEAR metric cannot read '%s' (token ids, a "
                            "point this run does not reach, or ln1 fired once per head input)", fn, p->name);
-        bp->linear_idx = found[0];
+        bp->linear_idx = found;
     }
     return CIRCUITS_OK;
 }

@@ -102,6 +102,10 @@ cx_run cx_run_init(const circuits_context *ctx, const char *fn, const int32_t *t
 int cx_run_from_options(const circuits_context *ctx, const char *fn, const circuits_run_options *opts,
                         const int32_t *tokens, int64_t batch, int64_t pos, cx_run *run);
 
+/* The shape checks of a grid of runs over tokens [batch, pos] (patching, attribution): batch and pos
+ * at least 1 (CIRCUITS_E_SHAPE), pos within n_ctx (CIRCUITS_E_RANGE); fn names the caller. */
+int cx_tokens_shape_check(const circuits_config *c, int64_t batch, int64_t pos, const char *fn);
+
 /* True if point p fires in run r: its block runs, or it is hook_tokens or an embedding point of a
  * run from the tokens, or a final one (ln_final, unembed) of a run to the logits. */
 static inline bool cx_run_reaches(const cx_run *r, const cx_hook_point *p)
