@@ -194,12 +194,19 @@ static inline bool cx_hook_may_write(const circuits_context *ctx, const cx_run *
     return i >= 0 && (ctx->hooks.points[i].n_regs > 0 || cx_run_edit(run, layer, kind));
 }
 
-/* True if anything reads (layer, kind) in this run: the pass must materialise it and fire. */
-static inline bool cx_hook_active(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)
+/* True if a callback, editor, observer or cache copy reads (layer, kind) in this run. */
+static inline bool cx_hook_watched(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)
 {
     int32_t i = cx_hook_index(&ctx->hooks, layer, kind);
-    return i >= 0 && (run->tape || ctx->hooks.points[i].n_regs > 0 || (run->cache_dst && run->cache_dst[i]) ||
+    return i >= 0 && (ctx->hooks.points[i].n_regs > 0 || (run->cache_dst && run->cache_dst[i]) ||
                       (run->observer.fn && run->observer.kind == kind) || cx_run_edit(run, layer, kind));
+}
+
+/* True if anything reads (layer, kind) in this run (a gradient run's tape reads every point): the
+ * pass must materialise it and fire. */
+static inline bool cx_hook_active(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)
+{
+    return cx_hook_index(&ctx->hooks, layer, kind) >= 0 && (run->tape || cx_hook_watched(ctx, run, layer, kind));
 }
 
 #endif
