@@ -517,6 +517,15 @@ static void semantics(void)
     loss.tokens = bad;
     CHECK_FAILS(circuits_context_backward(ctx, NULL, bad, B, T, &loss, NULL, NULL, cache, NULL), CIRCUITS_E_RANGE, "");
     loss.tokens = tok;
+    /* longer than n_ctx: refused before the gradient memory is sized from pos (about 2^50 floats of
+     * patterns here), as the forward refuses it; a LOGIT metric reads no tokens */
+    circuits_metric lg;
+    circuits_metric_init(&lg);
+    lg.kind = CIRCUITS_METRIC_LOGIT;
+    int32_t ans1 = 1;
+    lg.answer = &ans1;
+    CHECK_FAILS(circuits_context_backward(ctx, NULL, tok, 1, (int64_t)1 << 24, &lg, NULL, NULL, NULL, NULL),
+                CIRCUITS_E_RANGE, "exceed the model's n_ctx");
 
     circuits_cache_free(ref);
     circuits_cache_free(cache);

@@ -875,6 +875,10 @@ static int check_grad_run(bpass *bp, circuits_metric *mm)
     if (r->batch < 1 || r->pos < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: tokens shape [%lld, %lld]: batch and pos must be at least 1", fn,
                        (long long)r->batch, (long long)r->pos);
+    /* before the gradient memory is sized from pos (the forward would refuse it only after that) */
+    if (r->pos > m->cfg.n_ctx)
+        return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)r->pos,
+                       m->cfg.n_ctx);
     if (g->edit_grad != CIRCUITS_EDIT_GRAD_REPLACE && g->edit_grad != CIRCUITS_EDIT_GRAD_THROUGH)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: edit_grad %d is neither CIRCUITS_EDIT_GRAD_REPLACE (0) nor "
                        "CIRCUITS_EDIT_GRAD_THROUGH (1)", fn, g->edit_grad);

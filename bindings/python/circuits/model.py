@@ -374,6 +374,8 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
             live = _asarray(holder)
             act = live.copy()
             ret = reg.fn(act, hp)
+            if reg.bwd and type(ret) is tuple and len(ret) == 1:
+                ret = ret[0]  # TransformerLens's backward hooks may return (grad,), PyTorch's form
             if ret is not None and ret is not act:
                 _apply_return(live, ret, hp, reg.fn, "gradient" if reg.bwd else "activation")
             else:
@@ -383,6 +385,8 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
         st.lease.holders.append(kept)
         act = _asarray(holder)
         ret = reg.fn(act, hp)
+        if reg.bwd and type(ret) is tuple and len(ret) == 1:
+            ret = ret[0]  # TransformerLens's backward hooks may return (grad,), PyTorch's form
         if ret is not None and ret is not act:
             _apply_return(act, ret, hp, reg.fn, "gradient" if reg.bwd else "activation")
         # with this frame's references gone, a live holder means the hook kept the array or a
