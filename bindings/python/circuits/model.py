@@ -9,6 +9,7 @@ integer key into a weak registry of :class:`_Registration` objects, which the mo
 from __future__ import annotations
 
 import ctypes
+import inspect
 import itertools
 import json
 import os
@@ -303,7 +304,7 @@ class _RunState:
 
 
 class _Registration:
-    __slots__ = ("key", "fn", "names", "permanent", "ids", "state", "bwd", "__weakref__")
+    __slots__ = ("key", "fn", "names", "permanent", "ids", "state", "bwd", "kw", "__weakref__")
 
     def __init__(self, key: int, fn: HookFn, names: List[str], permanent: bool, state: _RunState,
                  bwd: bool = False):
@@ -314,6 +315,7 @@ class _Registration:
         self.ids: List[int] = []
         self.state = state
         self.bwd = bwd  # a backward hook (dir="bwd"): called with the gradient at its points
+        self.kw = _takes_hook_keyword(fn)
 
 
 _REGISTRY: "weakref.WeakValueDictionary[int, _Registration]" = weakref.WeakValueDictionary()
@@ -325,6 +327,17 @@ _weakref = weakref.ref
 # run's lease, so every array derived from the activation keeps the lease alive.
 _Holder = _arrays._Holder
 _asarray = np.asarray
+
+
+def _takes_hook_keyword(fn: Any) -> bool:
+    """True if fn names a ``hook`` parameter: then it is called ``fn(act, hook=hp)``, as
+    TransformerLens calls hooks, so that ``def f(act, *, hook)`` and ``partial(f, clean=c)`` of
+    ``f(act, clean, hook)`` work; other callables (``lambda a, h: ...``) get hp positionally."""
+    try:
+        p = inspect.signature(fn).parameters.get("hook")
+    except (TypeError, ValueError):  # no signature (a builtin): positional
+        return False
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
 
 
 def _fn_name(fn: Any) -> str:
@@ -373,7 +386,7 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
             # (in place or returned) are copied back into the run
             live = _asarray(holder)
             act = live.copy()
-            ret = reg.fn(act, hp)
+            ret = reg.fn(act, hook=hp) if reg.kw else reg.fn(act, hp)
             if reg.bwd and type(ret) is tuple and len(ret) == 1:
                 ret = ret[0]  # TransformerLens's backward hooks may return (grad,), PyTorch's form
             if ret is not None and ret is not act:
@@ -384,7 +397,7 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
         kept = _weakref(holder)
         st.lease.holders.append(kept)
         act = _asarray(holder)
-        ret = reg.fn(act, hp)
+        ret = reg.fn(act, hook=hp) if reg.kw else reg.fn(act, hp)
         if reg.bwd and type(ret) is tuple and len(ret) == 1:
             ret = ret[0]  # TransformerLens's backward hooks may return (grad,), PyTorch's form
         if ret is not None and ret is not act:

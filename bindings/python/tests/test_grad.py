@@ -297,6 +297,30 @@ def test_backward_hook_edits_flow_upstream(tiny):
     np.testing.assert_allclose(d.input_grad, 2 * base.input_grad, rtol=1e-5, atol=1e-7)
 
 
+def test_hooks_get_hook_as_a_keyword_as_in_transformerlens(tiny):
+    """TransformerLens calls every hook fn(tensor, hook=hook_point): a hook whose `hook` parameter is
+    keyword-only, or comes after another one a partial binds (partial(f, clean=c) of f(act, clean,
+    hook)), works there; the binding passed the hook point positionally and such hooks raised
+    TypeError. Hooks without a `hook` parameter (lambda g, h: ...) still get it positionally."""
+    from functools import partial
+
+    seen = []
+
+    def bwd_kwonly(grad, *, hook):
+        seen.append(("bwd", hook.name, grad.shape))
+
+    def fwd_third(act, scale, hook):
+        seen.append(("fwd", hook.name, scale))
+
+    tiny.backward(TOK, cache=False, bwd_hooks=[("resid_pre2", bwd_kwonly), ("resid_pre1", lambda g, h: None)],
+                  fwd_hooks=[("resid_pre3", partial(fwd_third, scale=2.0))])
+    assert seen == [("fwd", "blocks.3.hook_resid_pre", 2.0), ("bwd", "blocks.2.hook_resid_pre", (1, 8, 32))]
+    half = tiny.backward(TOK, names_filter="hook_embed", bwd_hooks=[("resid_pre2", lambda grad, *, hook: grad * 0.5)])
+    base = tiny.backward(TOK, names_filter="hook_embed")
+    np.testing.assert_allclose(half.cache["hook_embed_grad"], 0.5 * base.cache["hook_embed_grad"], rtol=1e-5,
+                               atol=1e-8)
+
+
 def test_backward_hook_may_return_a_one_tuple(tiny):
     """TransformerLens's backward hooks may return PyTorch's form, (grad,) (HookPoint.add_hook wraps
     a bare tensor into one); the binding refused it with HookReturnError."""
