@@ -212,6 +212,13 @@ class HookPoint:
             raise InvalidArgumentError(f"hook point '{self.name}' belongs to no live model")
         return m.add_hook(self.name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
+    def add_perma_hook(self, hook: "HookFn", dir: str = "fwd") -> "HookHandle":
+        """TransformerLens's ``HookPoint.add_perma_hook``: a permanent hook at this point."""
+        return self.add_hook(hook, dir=dir, is_permanent=True)
+
+    def clear_context(self) -> None:
+        self.ctx.clear()
+
     def layer(self) -> int:
         """The block index of this hook point (ValueError outside blocks, e.g. hook_embed)."""
         if self._layer < 0:
@@ -1136,6 +1143,21 @@ class Model:
             if clear_contexts:
                 for p in self._points:
                     p.ctx.clear()
+
+    def add_perma_hook(self, name: NameOrPredicate, hook: HookFn, dir: str = "fwd") -> "HookHandle":
+        """TransformerLens's ``add_perma_hook``: :meth:`add_hook` with ``is_permanent=True``."""
+        return self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def remove_all_hook_fns(self, direction: str = "both", including_permanent: bool = False,
+                            level: Optional[int] = None) -> None:
+        """TransformerLens's ``remove_all_hook_fns``: :meth:`reset_hooks` without clearing contexts."""
+        self.reset_hooks(False, direction, including_permanent, level)
+
+    def clear_contexts(self) -> None:
+        """TransformerLens's ``clear_contexts``: empties every hook point's ``ctx``."""
+        self._check_open()
+        for p in self._points:
+            p.ctx.clear()
 
     @contextmanager
     def hooks(self, fwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = (), bwd_hooks: Sequence[Any] = (),

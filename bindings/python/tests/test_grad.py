@@ -321,6 +321,26 @@ def test_hooks_get_hook_as_a_keyword_as_in_transformerlens(tiny):
                                atol=1e-8)
 
 
+def test_permanent_backward_hooks_and_removal_by_direction(tiny):
+    """TransformerLens's add_perma_hook(name, fn, dir), HookPoint.add_perma_hook, remove_all_hook_fns(direction,
+    including_permanent) and clear_contexts: the binding had none of them (AttributeError)."""
+    seen = []
+    tiny.add_perma_hook("resid_pre2", lambda g, hook: seen.append(hook.name), dir="bwd")
+    tiny.hook_dict["blocks.1.hook_resid_pre"].add_perma_hook(lambda g, hook: seen.append(hook.name), dir="bwd")
+    tiny.add_perma_hook("resid_pre1", lambda a, hook: hook.ctx.update(n=1))
+    tiny.add_hook("resid_pre3", lambda g, hook: seen.append(hook.name), dir="bwd")
+    tiny.reset_hooks(clear_contexts=False)  # permanent hooks stay
+    tiny.backward(TOK, cache=False)
+    assert seen == ["blocks.2.hook_resid_pre", "blocks.1.hook_resid_pre"]
+    assert tiny.hook_dict["blocks.1.hook_resid_pre"].ctx == {"n": 1}
+    tiny.remove_all_hook_fns(direction="bwd", including_permanent=True)  # the forward one stays, contexts kept
+    assert [r.bwd for r in tiny._regs] == [False] and tiny.hook_dict["blocks.1.hook_resid_pre"].ctx == {"n": 1}
+    tiny.clear_contexts()
+    assert tiny.hook_dict["blocks.1.hook_resid_pre"].ctx == {}
+    tiny.remove_all_hook_fns(including_permanent=True)
+    assert not tiny._regs
+
+
 def test_backward_hook_may_return_a_one_tuple(tiny):
     """TransformerLens's backward hooks may return PyTorch's form, (grad,) (HookPoint.add_hook wraps
     a bare tensor into one); the binding refused it with HookReturnError."""
