@@ -483,6 +483,15 @@ static void test_graph(void)
 
 /* ---- refusals ---- */
 
+/* d metric / d logits[0, T - 1, 0]: a metric that reads no per-row arrays */
+static int grad_last(const float *logits, int64_t b, int64_t t, int64_t v, float *value, float *grad, void *ud)
+{
+    (void)ud;
+    *value = logits[(b * t - 1) * v];
+    grad[(b * t - 1) * v] = 1.0f;
+    return 0;
+}
+
 static void test_refusals(void)
 {
     circuits_model *m = load_case("tl_attn_only_2l_none");
@@ -568,6 +577,28 @@ static void test_refusals(void)
                CIRCUITS_E_SHAPE, "at least 1");
     CALL_FAILS("ig_too_long", circuits_context_integrated_gradients(ctx, "hook_embed", tok, NULL, 1, 33, 4, &ld, out, &comp),
                CIRCUITS_E_RANGE, "n_ctx");
+
+    /* circuits_context_backward checks [B, T] before it sizes the run (pos beyond n_ctx once sized a
+     * [B, H, T, T] block before the forward refused it; batch * pos overflowed): the tokens array is
+     * never read, the context still works after */
+    circuits_metric gm;
+    circuits_metric_init(&gm);
+    gm.kind = CIRCUITS_METRIC_GRAD_CALLBACK;
+    gm.grad_fn = grad_last;
+    float v = 0.0f, v0 = 0.0f;
+    CHECK_OK(circuits_context_backward(ctx, NULL, tok, 1, T, &gm, &v0, NULL, NULL, NULL));
+    CALL_FAILS("bwd_pos_over_n_ctx", circuits_context_backward(ctx, NULL, tok, 1, 100000000, &gm, &v, NULL, NULL, NULL),
+               CIRCUITS_E_RANGE, "positions exceed the model's n_ctx");
+    CALL_FAILS("bwd_batch_too_large", circuits_context_backward(ctx, NULL, tok, INT64_MAX, T, &gm, &v, NULL, NULL, NULL),
+               CIRCUITS_E_RANGE, "needs more memory than can be addressed");
+    CALL_FAILS("bwd_size_overflow", circuits_context_backward(ctx, NULL, tok, (int64_t)1 << 57, T, &gm, &v, NULL, NULL,
+                                                              NULL),
+               CIRCUITS_E_RANGE, "needs more memory than can be addressed");
+    CHECK_OK(circuits_context_backward(ctx, NULL, tok, 1, T, &gm, &v, NULL, NULL, NULL));
+    CHECK(v == v0, "the context works after the refusals: %g vs %g", v, v0);
+    /* an edge count beyond int64: refused, not wrapped (the loop over n edges read past scores) */
+    CALL_FAILS("eap_top_too_many", circuits_eap_top_edges(sc, (int64_t)1 << 32, (int64_t)1 << 32, 1, up, down, top),
+               CIRCUITS_E_RANGE, "too many edges");
     circuits_context_free(ctx);
     circuits_model_free(m);
 }

@@ -551,6 +551,70 @@ static void stored_refused(const char *gguf)
     circuits_model_free(m);
 }
 
+/* ---- review regressions (hostile inputs) ---- */
+
+typedef struct take_probe {
+    circuits_context *ctx;
+    int calls, rc;
+} take_probe;
+
+/* A grad_fn that tries to take the run memory (the logits it reads lie in it), then d/d logit 0. */
+static int grad_take_memory(const float *logits, int64_t B, int64_t T, int64_t V, float *value, float *grad, void *ud)
+{
+    take_probe *tp = ud;
+    circuits_run_memory *mem = NULL;
+    tp->calls++;
+    tp->rc = circuits_context_take_run_memory(tp->ctx, &mem);
+    circuits_run_memory_free(mem); /* frees what the run computes in, if it was wrongly handed over */
+    *value = logits[(B * T - 1) * V];
+    grad[(B * T - 1) * V] = 1.0f;
+    return 0;
+}
+
+static int grad_one(const float *logits, int64_t B, int64_t T, int64_t V, float *value, float *grad, void *ud)
+{
+    (void)ud;
+    *value = logits[(B * T - 1) * V];
+    grad[(B * T - 1) * V] = 1.0f;
+    return 0;
+}
+
+static void review_regressions(void)
+{
+    circuits_model *m = load_processed("tl_2l_lnpre_gelu");
+    circuits_config c = config_of(m);
+    circuits_context *ctx = make_ctx(m, 0);
+    enum { T = 4 };
+    int32_t tok[T];
+    make_tokens(tok, T, c.d_vocab, 11);
+    circuits_metric gm;
+    circuits_metric_init(&gm);
+    gm.kind = CIRCUITS_METRIC_GRAD_CALLBACK;
+    gm.grad_fn = grad_one;
+    float v = 0.0f, v_ref = 0.0f;
+    CHECK_OK(circuits_context_backward(ctx, NULL, tok, 1, T, &gm, &v_ref, NULL, NULL, NULL));
+
+    /* the grad_fn runs between the forward and the backward, reading the gradient run's memory:
+     * taking the run memory there must be refused as from a hook (it was handed over and the
+     * backward then computed in freed memory) */
+    take_probe tp = {ctx, 0, 0};
+    gm.grad_fn = grad_take_memory;
+    gm.user_data = &tp;
+    CHECK_OK(circuits_context_backward(ctx, NULL, tok, 1, T, &gm, &v, NULL, NULL, NULL));
+    CHECK(tp.calls == 1 && tp.rc == CIRCUITS_E_INVALID_ARGUMENT, "take_run_memory from a grad_fn: %d calls, rc %d",
+          tp.calls, tp.rc);
+    CHECK(v == v_ref, "the run is unharmed: %g vs %g", v, v_ref);
+    gm.grad_fn = grad_one;
+    gm.user_data = NULL;
+
+    /* (the [B, T] limits' refusals: test_attribution.c's catalogue checks bwd_pos_over_n_ctx etc.) */
+    /* and the context still works */
+    CHECK_OK(circuits_context_backward(ctx, NULL, tok, 1, T, &gm, &v, NULL, NULL, NULL));
+    CHECK(v == v_ref, "after the take: %g vs %g", v, v_ref);
+    circuits_context_free(ctx);
+    circuits_model_free(m);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -561,6 +625,7 @@ int main(int argc, char **argv)
     if (argc > 2 && strstr(argv[2], ".gguf")) {
         semantics();
         stored_refused(argv[2]);
+        review_regressions();
         return tu_finish("test_backward");
     }
     /* CASE or CASE:OPTS (optional hook points on, as fd_case reads them) */

@@ -387,6 +387,9 @@ int circuits_eap_top_edges(const float *scores, int64_t n_upstream, int64_t n_do
     if (n_upstream < 1 || n_downstream < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: scores shape [%lld, %lld]: both must be at least 1", fn,
                        (long long)n_upstream, (long long)n_downstream);
+    if (n_downstream > INT64_MAX / n_upstream)
+        return cx_fail(CIRCUITS_E_RANGE, "%s: scores shape [%lld, %lld]: too many edges", fn, (long long)n_upstream,
+                       (long long)n_downstream);
     int64_t n = n_upstream * n_downstream;
     if (k < 0 || k > n)
         return cx_fail(CIRCUITS_E_RANGE, "%s: k %lld out of range [0, %lld] (the number of edges)", fn, (long long)k,

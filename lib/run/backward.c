@@ -687,7 +687,8 @@ static size_t firing_numel(const circuits_context *ctx, const cx_hook_point *p, 
     int32_t ha;
     int nd = firing_shape(ctx, p, B, T, f, shape, &ha);
     size_t n = 1;
-    for (int d = 0; d < nd; d++) n *= (size_t)shape[d];
+    for (int d = 0; d < nd; d++)
+        if (!cx_mul_size(n, (size_t)shape[d], &n)) return SIZE_MAX; /* prepare_memory refuses it */
     return n;
 }
 
@@ -730,16 +731,23 @@ static int prepare_memory(bpass *bp)
     if (c->positional_embedding_type == CIRCUITS_POS_ROTARY)
         rope = (r->attention_mask ? N : T) * (size_t)c->rotary_dim * (size_t)(1 + (c->rope_scaling == CIRCUITS_ROPE_LINEAR &&
                                                                              c->local_attn != CIRCUITS_LOCAL_ATTN_NONE));
+    /* every product checked: [B, T] within n_ctx and addressable (check_grad_run) still lets
+     * N * V or B * H * T * T overflow */
+    bool ok = true;
+    size_t nV, nD, nbig, nH, nHD, nKD, nS, nhd, nM, BH;
+    ok &= cx_mul_size(N, (size_t)bp->V, &nV) && cx_mul_size(N, D, &nD) && cx_mul_size(N, big, &nbig);
+    ok &= cx_mul_size(N, H, &nH) && cx_mul_size(N, HD, &nHD) && cx_mul_size(N, KD, &nKD);
+    ok &= cx_mul_size((size_t)bp->B, H, &BH) && cx_mul_size(BH, T, &nS) && cx_mul_size(nS, T, &nS);
+    ok &= cx_mul_size(N, heads_d, &nhd) && cx_mul_size(N, M, &nM);
     slot bufs[] = {
-        {&bp->logits, N * (size_t)bp->V}, {&bp->dlogits, N * (size_t)bp->V}, {&bp->dres, N * D}, {&bp->dpost, N * D},
-        {&bp->dbr, N * D}, {&bp->dx, N * big}, {&bp->xin, N * big}, {&bp->dpos, N * D}, {&bp->dscale, N * H},
-        {&bp->dq, N * HD}, {&bp->dz, N * HD}, {&bp->dk, N * KD}, {&bp->dv, N * KD},
-        {&bp->dS, (size_t)bp->B * H * T * T}, {&bp->dres_h, N * heads_d}, {&bp->dmlp, N * M}, {&bp->dmlp2, N * M},
-        {&bp->actg, N * M}, {&bp->rope, rope},
+        {&bp->logits, nV}, {&bp->dlogits, nV}, {&bp->dres, nD}, {&bp->dpost, nD},
+        {&bp->dbr, nD}, {&bp->dx, nbig}, {&bp->xin, nbig}, {&bp->dpos, nD}, {&bp->dscale, nH},
+        {&bp->dq, nHD}, {&bp->dz, nHD}, {&bp->dk, nKD}, {&bp->dv, nKD},
+        {&bp->dS, nS}, {&bp->dres_h, nhd}, {&bp->dmlp, nM}, {&bp->dmlp2, nM},
+        {&bp->actg, nM}, {&bp->rope, rope},
     };
     for (size_t i = 0; i < CX_COUNT(bufs); i++) slots[k++] = bufs[i];
     size_t ids = r->attention_mask ? N : 0, total = ids;
-    bool ok = true;
     for (size_t i = 0; i < k && ok; i++) ok = total + slots[i].n >= total && (total += slots[i].n, true);
     ok = ok && total < SIZE_MAX / sizeof(float);
     if (!ok) {
@@ -883,6 +891,13 @@ static int check_grad_run(bpass *bp, circuits_metric *mm)
     if (r->batch < 1 || r->pos < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: tokens shape [%lld, %lld]: batch and pos must be at least 1", fn,
                        (long long)r->batch, (long long)r->pos);
+    /* before prepare_memory sizes the run by [B, T] (the forward checks these only after) */
+    if (r->pos > m->cfg.n_ctx)
+        return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)r->pos,
+                       m->cfg.n_ctx);
+    if (r->batch > (int64_t)(SIZE_MAX / sizeof(float)) / r->pos)
+        return cx_fail(CIRCUITS_E_RANGE, "%s: a gradient run of [%lld, %lld] needs more memory than can be addressed",
+                       fn, (long long)r->batch, (long long)r->pos);
     if (g->edit_grad != CIRCUITS_EDIT_GRAD_REPLACE && g->edit_grad != CIRCUITS_EDIT_GRAD_THROUGH)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: edit_grad %d is neither CIRCUITS_EDIT_GRAD_REPLACE (0) nor "
                        "CIRCUITS_EDIT_GRAD_THROUGH (1)", fn, g->edit_grad);
@@ -939,7 +954,11 @@ static int run_grad(bpass *bp)
     if ((rc = cx_context_run(ctx, &fwd))) goto done;
     if (bp->pos_id) cx_position_ids(fwd.attention_mask, bp->T, bp->B, bp->T, 0, bp->pos_id);
     float value = 0.0f;
-    if ((rc = cx_metric_grad(&mm, bp->logits, bp->B, bp->T, bp->V, &value, bp->dlogits, fwd.fn))) goto done;
+    /* from here the grad_fn and the backward hooks run on this memory: take_run_memory refuses */
+    ctx->in_pass = true;
+    rc = cx_metric_grad(&mm, bp->logits, bp->B, bp->T, bp->V, &value, bp->dlogits, fwd.fn);
+    ctx->in_pass = false;
+    if (rc) goto done;
     if (bp->linear_idx >= 0) {
         const float *a = bp->tape.pt[bp->linear_idx].post[0];
         size_t n = firing_numel(ctx, &ctx->hooks.points[bp->linear_idx], bp->B, bp->T, 0);
@@ -966,7 +985,7 @@ int cx_backward(circuits_context *ctx, cx_grad_run *g)
     bpass bp = {.ctx = ctx, .g = g, .B = g->fwd.batch, .T = g->fwd.pos, .D = c->d_model, .H = c->n_heads,
                 .KV = c->n_key_value_heads, .dh = c->d_head, .M = c->d_mlp, .V = c->d_vocab_out,
                 .split = cx_split_heads(ctx)};
-    bp.N = bp.B * bp.T;
+    bp.N = (int64_t)((uint64_t)bp.B * (uint64_t)bp.T); /* used once check_grad_run bounds it */
     int rc;
     if (g->cache && g->cache == g->weight_grads)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cache and weight_grads must be two caches", fn);
