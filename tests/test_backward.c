@@ -615,6 +615,98 @@ static void review_regressions(void)
     circuits_model_free(m);
 }
 
+/* Shortformer from start_at_layer: q and k still read W_pos (the forward builds the positional
+ * embedding unhooked, hook_pos_embed does not fire), so the backward reads it from W_pos, not from
+ * hook_pos_embed's record (it dereferenced NULL), and W_pos still gets that share of the gradient
+ * (it got none). Checked against the full run, with and without a mask: from block 1, input_grad
+ * is the full run's blocks.1.hook_resid_pre gradient; from block 0 on hook_embed's output, the
+ * value and W_pos's gradient are the full run's. */
+static void shortformer_start_at_layer(void)
+{
+    circuits_model *m = load_processed("tl_shortformer_relu");
+    circuits_config c = config_of(m);
+    CHECK(c.n_layers >= 2, "tl_shortformer_relu has %d layers", c.n_layers);
+    circuits_context *ctx = make_ctx(m, 0);
+    enum { B = 2, T = 5 };
+    int32_t tok[B * T], mask[B * T] = {0, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    make_tokens(tok, B * T, c.d_vocab, 21);
+    int32_t ans[B] = {1, 2}, wrong[B] = {3, 0};
+    circuits_metric ld;
+    circuits_metric_init(&ld);
+    ld.answer = ans;
+    ld.wrong = wrong;
+    size_t nres = (size_t)(B * T * c.d_model);
+    float *in = calloc(nres, sizeof(float)), *ig = calloc(nres, sizeof(float));
+    circuits_cache *full = NULL, *wg = NULL;
+    CHECK_OK(circuits_cache_create(&full));
+    CHECK_OK(circuits_cache_create(&wg));
+    for (int masked = 0; masked < 2; masked++) {
+        circuits_run_options ro;
+        circuits_run_options_init(&ro);
+        ro.attention_mask = masked ? mask : NULL;
+        circuits_backward_options bo;
+        circuits_backward_options_init(&bo);
+        bo.run = &ro;
+        const char *filter[] = {"blocks.1.hook_resid_pre"};
+        bo.names_filter = filter;
+        bo.n_filter = 1;
+        float v_full = 0.0f, v = 0.0f;
+        CHECK_OK(circuits_context_backward(ctx, &bo, tok, B, T, &ld, &v_full, NULL, full, NULL));
+        circuits_tensor a, g;
+        CHECK_OK(circuits_cache_get(full, "blocks.1.hook_resid_pre", &a));
+        CHECK_OK(circuits_cache_get(full, "blocks.1.hook_resid_pre_grad", &g));
+        memcpy(in, a.data, nres * sizeof(float));
+        ro.start_at_layer = 1;
+        ro.input = in;
+        bo.names_filter = NULL;
+        bo.n_filter = 0;
+        bo.input_grad = ig;
+        bo.weight_grads = 1;
+        CHECK_OK(circuits_context_backward(ctx, &bo, tok, B, T, &ld, &v, NULL, NULL, wg));
+        CHECK(v == v_full, "masked %d: the start run's metric %g is the full run's %g", masked, v, v_full);
+        CHECK(max_abs_diff(ig, g.data, nres) <= 1e-5 * (1.0 + max_abs_diff(g.data, g.data, 0)),
+              "masked %d: input_grad is the full run's blocks.1.hook_resid_pre gradient (max diff %g)", masked,
+              max_abs_diff(ig, g.data, nres));
+        circuits_tensor gwp, gwp_full;
+        CHECK_OK(circuits_cache_get(wg, "pos_embed.W_pos", &gwp));
+        double a1 = 0.0;
+        for (size_t i = 0; i < numel(&gwp); i++) a1 += fabs(gwp.data[i]);
+        CHECK(a1 > 0.0, "masked %d: W_pos gets a gradient from start_at_layer 1 (sum |.| %g)", masked, a1);
+        /* start_at_layer 0 from hook_embed's output (a shortformer's residual stream is the token
+         * embedding alone) is the full run: the same value, every layer's share of W_pos's gradient */
+        ro.start_at_layer = INT32_MIN;
+        ro.input = NULL;
+        bo.input_grad = NULL;
+        filter[0] = "hook_embed";
+        bo.names_filter = filter;
+        bo.n_filter = 1;
+        CHECK_OK(circuits_context_backward(ctx, &bo, tok, B, T, &ld, &v_full, NULL, full, wg));
+        CHECK_OK(circuits_cache_get(full, "hook_embed", &a));
+        memcpy(in, a.data, nres * sizeof(float));
+        CHECK_OK(circuits_cache_get(wg, "pos_embed.W_pos", &gwp_full));
+        size_t nwp = numel(&gwp_full);
+        float *wp_full = malloc(nwp * sizeof(float));
+        memcpy(wp_full, gwp_full.data, nwp * sizeof(float));
+        ro.start_at_layer = 0;
+        ro.input = in;
+        bo.names_filter = NULL;
+        bo.n_filter = 0;
+        CHECK_OK(circuits_context_backward(ctx, &bo, tok, B, T, &ld, &v, NULL, NULL, wg));
+        CHECK_OK(circuits_cache_get(wg, "pos_embed.W_pos", &gwp));
+        double d = max_abs_diff(gwp.data, wp_full, nwp), sc = 0.0;
+        for (size_t i = 0; i < nwp; i++) sc = fmax(sc, fabs(wp_full[i]));
+        CHECK(v == v_full && sc > 0.0 && d <= 1e-6 * sc, "masked %d: start_at_layer 0 from hook_embed: value %g vs %g, "
+              "W_pos's gradient off by %g of %g", masked, v, v_full, d, sc);
+        free(wp_full);
+    }
+    circuits_cache_free(full);
+    circuits_cache_free(wg);
+    free(in);
+    free(ig);
+    circuits_context_free(ctx);
+    circuits_model_free(m);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -626,6 +718,7 @@ int main(int argc, char **argv)
         semantics();
         stored_refused(argv[2]);
         review_regressions();
+        shortformer_start_at_layer();
         return tu_finish("test_backward");
     }
     /* CASE or CASE:OPTS (optional hook points on, as fd_case reads them) */

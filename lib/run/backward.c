@@ -102,6 +102,10 @@ typedef struct bpass {
     float *dx;       /* [N, max(D, H * D)] a norm's or projection's input gradient */
     float *xin;      /* [N, max(D, H * D)] a projection's recomputed input */
     float *dpos;     /* [N, D] shortformer: hook_pos_embed's gradient, summed over the layers */
+    const float *pos; /* [N, D] shortformer: the positional embedding q and k read (hook_pos_embed's
+                       * record; from start_at_layer, where that point does not fire, built as the
+                       * forward builds it, into pos_built) */
+    float *pos_built; /* [N, D] shortformer from start_at_layer */
     float *dscale;   /* [N * H] a norm's scale gradient */
     float *dq, *dz;  /* [N, H * dh] */
     float *dk, *dv;  /* [N, KV * dh] */
@@ -376,7 +380,7 @@ static int split_inputs_backward(bpass *bp, int l, float *dres_pre)
         if (i < 2 && shortformer)
             for (int64_t n = 0; n < N; n++)
                 for (int64_t h = 0; h < hh; h++)
-                    add_into(x + (n * hh + h) * D, post_of(bp, -1, HK_POS_EMBED, 0) + n * D, (size_t)D);
+                    add_into(x + (n * hh + h) * D, bp->pos + n * D, (size_t)D);
         float *dW = wgrad(bp, l, wk[i]);
         for (int64_t h = 0; h < hh; h++) {
             linear_backward(din + h * D, hh * D, false, dW ? dW + h * D * dh : NULL, dh, dys[i] + h * dh, ldy[i],
@@ -492,7 +496,7 @@ static int attention_backward(bpass *bp, int l, float *dres_pre, bool *rope_made
     int64_t nh[3] = {KV, KV, H}, ldy[3] = {KD, KD, HD};
     static const cx_weight_kind wk[3] = {CX_W_V, CX_W_K, CX_W_Q}, bk[3] = {CX_B_V, CX_B_K, CX_B_Q};
     for (int i = 0; i < 3; i++) {
-        if (i == 1 && shortformer) add_into(x, post_of(bp, -1, HK_POS_EMBED, 0), (size_t)(N * D)); /* k, q read ln1 + pos */
+        if (i == 1 && shortformer) add_into(x, bp->pos, (size_t)(N * D)); /* k, q read ln1 + pos */
         const int64_t *st = Ws[i]->strides;
         float *dW = wgrad(bp, l, wk[i]);
         bias_grad(wgrad(bp, l, bk[i]), dys[i], N, nh[i] * dh, ldy[i]); /* b [heads, dh]: one row of columns */
@@ -609,6 +613,18 @@ static int backward_pass(bpass *bp)
     bool rms = c->normalization_type == CIRCUITS_NORM_RMS || c->normalization_type == CIRCUITS_NORM_RMSPRE;
     bool rope_made[2] = {false, false};
     int rc;
+    if (c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER) {
+        bp->pos = post_of(bp, -1, HK_POS_EMBED, 0);
+        if (!bp->pos) { /* start_at_layer: the forward's W_pos[position id], 0 at padding, unhooked */
+            for (int64_t n = 0; n < N; n++) {
+                int64_t b = n / T, t = n % T, p = bp->pos_id ? bp->pos_id[n] : t;
+                bool pad = r->attention_mask && !r->attention_mask[b * T + t];
+                for (int64_t j = 0; j < D; j++)
+                    bp->pos_built[n * D + j] = pad ? 0.0f : m->W_pos->data[p * m->W_pos->strides[0] + j * m->W_pos->strides[1]];
+            }
+            bp->pos = bp->pos_built;
+        }
+    }
 
     /* the unembedding: logits = final @ W_U + b_U (unembed.hook_out), then the soft-cap */
     float cap = c->output_logits_soft_cap;
@@ -645,15 +661,16 @@ static int backward_pass(bpass *bp)
         BFIRE(l, HK_RESID_PRE, 0, bp->dres, 0);
     }
     if (bp->g->input_grad) memcpy(bp->g->input_grad, bp->dres, (size_t)(N * D) * sizeof(float));
-    if (r->input) return CIRCUITS_OK;
 
-    /* embeddings: resid = embed + pos (standard), embed alone (rotary, shortformer: pos feeds q, k) */
+    /* embeddings: resid = embed + pos (standard), embed alone (rotary, shortformer: pos feeds q, k;
+     * from start_at_layer too, so W_pos still gets that share) */
+    if (r->input && !(m->W_pos && c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER)) return CIRCUITS_OK;
     const int32_t *tok = r->tokens;
     int32_t it = cx_hook_index(&ctx->hooks, -1, HK_TOKENS);
     if (it >= 0) tok = (const int32_t *)bp->tape.pt[it].post[0]; /* as hook_tokens left them */
     if (m->W_pos) {
         if (c->positional_embedding_type == CIRCUITS_POS_STANDARD) add_into(bp->dpos, bp->dres, (size_t)(N * D));
-        BFIRE(-1, HK_POS_EMBED, 0, bp->dpos, 0);
+        if (!r->input) BFIRE(-1, HK_POS_EMBED, 0, bp->dpos, 0);
         float *dWp = wgrad(bp, -1, CX_W_POS_EMBED);
         for (int64_t n = 0; n < N && dWp; n++) {
             int64_t b = n / T, t = n % T, p = bp->pos_id ? bp->pos_id[n] : t;
@@ -661,6 +678,7 @@ static int backward_pass(bpass *bp)
             add_into(dWp + p * D, bp->dpos + n * D, (size_t)D);
         }
     }
+    if (r->input) return CIRCUITS_OK;
     BFIRE(-1, HK_EMBED, 0, bp->dres, 0);
     float *dWE = wgrad(bp, -1, CX_W_EMBED);
     for (int64_t n = 0; n < N && dWE; n++) add_into(dWE + (int64_t)tok[n] * D, bp->dres + n * D, (size_t)D);
@@ -745,6 +763,7 @@ static int prepare_memory(bpass *bp)
         {&bp->dq, nHD}, {&bp->dz, nHD}, {&bp->dk, nKD}, {&bp->dv, nKD},
         {&bp->dS, nS}, {&bp->dres_h, nhd}, {&bp->dmlp, nM}, {&bp->dmlp2, nM},
         {&bp->actg, nM}, {&bp->rope, rope},
+        {&bp->pos_built, c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER && r->input ? nD : 0},
     };
     for (size_t i = 0; i < CX_COUNT(bufs); i++) slots[k++] = bufs[i];
     size_t ids = r->attention_mask ? N : 0, total = ids;
