@@ -404,6 +404,31 @@ static void test_ig(void)
     CHECK(err <= 1e-6, "IG of a linear metric: max |attr - (a - a0) * direction| = %.3g", err);
     CHECK(fabsf(comp[0]) <= 1e-3, "IG of a linear metric: completeness %.3g", comp[0]);
     circuits_cache_free(cache);
+    /* at hook_attn_scores the causally masked entries are -inf in a and in a0: they stay masked
+     * on the whole path (their difference was NaN, the editor wrote NaN scores, and every
+     * attribution and the completeness were NaN); with the zero baseline the masked entries'
+     * gradient is 0 on the path and their attribution 0 */
+    size_t ns = (size_t)B * c.n_heads * T * T;
+    float *sattr = malloc(ns * sizeof(float));
+    for (int zero = 0; zero < 2; zero++)
+        for (int i = 0; i < 4; i += 3) {
+            CHECK_OK(circuits_context_integrated_gradients(ctx, "blocks.1.attn.hook_attn_scores", tok, zero ? NULL : base,
+                                                           B, T, steps[i], &ld, sattr, &comp[i]));
+            size_t bad = 0;
+            double sum = 0.0;
+            for (size_t j = 0; j < ns; j++) bad += !isfinite(sattr[j]), sum += fabs(sattr[j]);
+            CHECK(bad == 0 && isfinite(comp[i]) && sum > 0.0, "IG at attn_scores (%s baseline, %d steps): %zu "
+                  "non-finite attributions, completeness %g, sum |.| %g", zero ? "zero" : "token", steps[i], bad,
+                  comp[i], sum);
+            for (int b = 0; b < B && !zero; b++) /* masked (key after query): 0 */
+                for (int64_t h = 0; h < c.n_heads; h++)
+                    for (int q = 0; q < T; q++)
+                        for (int k = q + 1; k < T; k++)
+                            CHECK(sattr[((b * c.n_heads + h) * T + q) * T + k] == 0.0f, "masked score attribution");
+        }
+    CHECK(fabsf(comp[3]) < fabsf(comp[0]) || fabsf(comp[3]) <= 1e-5f, "IG completeness at attn_scores: %g (1 step), "
+          "%g (64)", comp[0], comp[3]);
+    free(sattr);
     free(dir);
     free(a);
     free(a0);
