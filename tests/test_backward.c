@@ -707,6 +707,63 @@ static void shortformer_start_at_layer(void)
     circuits_model_free(m);
 }
 
+/* A backward refused because weight_grads is being filled by a run in progress (here: a
+ * run_with_cache on another context, from its forward hook) leaves `cache` untouched, as the
+ * header says of a call refused before its run starts (it emptied cache). */
+typedef struct busy_arg {
+    circuits_context *other;
+    const int32_t *tok;
+    int64_t T;
+    const circuits_metric *metric;
+    circuits_cache *cache, *busy;
+    int calls, rc;
+    size_t entries_after;
+} busy_arg;
+
+static int call_backward_into_busy(const circuits_tensor *t, void *ud)
+{
+    (void)t;
+    busy_arg *a = ud;
+    if (a->calls++) return CIRCUITS_HOOK_CONTINUE;
+    circuits_backward_options bo;
+    circuits_backward_options_init(&bo);
+    bo.weight_grads = 1;
+    a->rc = circuits_context_backward(a->other, &bo, a->tok, 1, a->T, a->metric, NULL, NULL, a->cache, a->busy);
+    a->entries_after = circuits_cache_count(a->cache);
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
+static void busy_weight_grads_leave_cache(void)
+{
+    circuits_model *m = load_processed("tl_2l_lnpre_gelu");
+    circuits_config c = config_of(m);
+    circuits_context *ctx = make_ctx(m, 0), *other = make_ctx(m, 0);
+    enum { T = 4 };
+    int32_t tok[T];
+    make_tokens(tok, T, c.d_vocab, 5);
+    circuits_metric gm;
+    circuits_metric_init(&gm);
+    gm.kind = CIRCUITS_METRIC_GRAD_CALLBACK;
+    gm.grad_fn = grad_one;
+    circuits_cache *cache = NULL, *busy = NULL;
+    CHECK_OK(circuits_cache_create(&cache));
+    CHECK_OK(circuits_cache_create(&busy));
+    CHECK_OK(circuits_context_backward(other, NULL, tok, 1, T, &gm, NULL, NULL, cache, NULL));
+    size_t before = circuits_cache_count(cache);
+    CHECK(before > 0, "the cache holds %zu entries", before);
+    busy_arg a = {other, tok, T, &gm, cache, busy, 0, 0, 0};
+    CHECK_OK(circuits_context_add_hook(ctx, "blocks.0.hook_resid_pre", call_backward_into_busy, &a, NULL));
+    CHECK_OK(circuits_context_run_with_cache(ctx, tok, 1, T, NULL, 0, busy, NULL, NULL, NULL));
+    CHECK(a.calls == 1 && a.rc == CIRCUITS_E_INVALID_ARGUMENT, "backward into a busy weight_grads: %d calls, rc %d",
+          a.calls, a.rc);
+    CHECK(a.entries_after == before, "the refused call left the cache with %zu entries of %zu", a.entries_after, before);
+    circuits_cache_free(cache);
+    circuits_cache_free(busy);
+    circuits_context_free(ctx);
+    circuits_context_free(other);
+    circuits_model_free(m);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -719,6 +776,7 @@ int main(int argc, char **argv)
         stored_refused(argv[2]);
         review_regressions();
         shortformer_start_at_layer();
+        busy_weight_grads_leave_cache();
         return tu_finish("test_backward");
     }
     /* CASE or CASE:OPTS (optional hook points on, as fd_case reads them) */

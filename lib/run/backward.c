@@ -1011,7 +1011,7 @@ int cx_backward(circuits_context *ctx, cx_grad_run *g)
     if (!g->fwd.held && (rc = cx_context_enter(ctx, fn))) return rc;
     if (g->cache && (rc = cx_cache_begin(g->cache, fn))) goto leave;
     if (g->weight_grads && (rc = cx_cache_begin(g->weight_grads, fn))) {
-        if (g->cache) cx_cache_end(g->cache, rc);
+        if (g->cache) cx_cache_end(g->cache, CIRCUITS_OK); /* refused before the run: cache untouched */
         goto leave;
     }
     rc = run_grad(&bp);
