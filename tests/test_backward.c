@@ -608,6 +608,36 @@ static void review_regressions(void)
     gm.user_data = NULL;
 
     /* (the [B, T] limits' refusals: test_attribution.c's catalogue checks bwd_pos_over_n_ctx etc.) */
+    /* the gradient run's own refusals (edit_grad, [B, T], a HOOK_LINEAR point it cannot read)
+     * come before the caches are touched: the header's "refused before its run starts" (they
+     * emptied both caches) */
+    {
+        circuits_cache *cache = NULL, *wg = NULL;
+        CHECK_OK(circuits_cache_create(&cache));
+        CHECK_OK(circuits_cache_create(&wg));
+        circuits_backward_options bo;
+        circuits_backward_options_init(&bo);
+        bo.weight_grads = 1;
+        CHECK_OK(circuits_context_backward(ctx, &bo, tok, 1, T, &gm, &v, NULL, cache, wg));
+        size_t n_cache = circuits_cache_count(cache), n_wg = circuits_cache_count(wg);
+        bo.edit_grad = 7;
+        CHECK_ERR(circuits_context_backward(ctx, &bo, tok, 1, T, &gm, &v, NULL, cache, wg), CIRCUITS_E_INVALID_ARGUMENT);
+        bo.edit_grad = CIRCUITS_EDIT_GRAD_REPLACE;
+        CHECK_ERR(circuits_context_backward(ctx, &bo, tok, 1, (int64_t)c.n_ctx + 1, &gm, &v, NULL, cache, wg),
+                  CIRCUITS_E_RANGE);
+        circuits_metric hl;
+        circuits_metric_init(&hl);
+        hl.kind = CIRCUITS_METRIC_HOOK_LINEAR;
+        hl.hook = "hook_tokens_or_nothing";
+        float dir[1] = {0};
+        hl.direction = dir;
+        CHECK_ERR(circuits_context_backward(ctx, &bo, tok, 1, T, &hl, &v, NULL, cache, wg), CIRCUITS_E_NOT_FOUND);
+        CHECK(circuits_cache_count(cache) == n_cache && circuits_cache_count(wg) == n_wg && n_cache > 0 && n_wg > 0,
+              "refused calls left the caches with %zu of %zu and %zu of %zu entries", circuits_cache_count(cache),
+              n_cache, circuits_cache_count(wg), n_wg);
+        circuits_cache_free(cache);
+        circuits_cache_free(wg);
+    }
     /* and the context still works */
     CHECK_OK(circuits_context_backward(ctx, NULL, tok, 1, T, &gm, &v, NULL, NULL, NULL));
     CHECK(v == v_ref, "after the take: %g vs %g", v, v_ref);

@@ -944,14 +944,13 @@ static int check_grad_run(bpass *bp, circuits_metric *mm)
     return CIRCUITS_OK;
 }
 
-static int run_grad(bpass *bp)
+/* The run, once check_grad_run has passed (mm: the metric it checked). */
+static int run_grad(bpass *bp, circuits_metric mm)
 {
     circuits_context *ctx = bp->ctx;
     cx_grad_run *g = (cx_grad_run *)bp->g;
     const circuits_config *c = &ctx->model->cfg;
-    circuits_metric mm;
-    int rc = check_grad_run(bp, &mm);
-    if (rc) return rc;
+    int rc;
     size_t np = ctx->hooks.n_points;
     /* one allocation: the tape's records [np], act_dst [np], gdst [np], gw */
     size_t n_gw = (size_t)(c->n_layers + 1) * CX_W_COUNT;
@@ -1009,12 +1008,14 @@ int cx_backward(circuits_context *ctx, cx_grad_run *g)
     if (g->cache && g->cache == g->weight_grads)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cache and weight_grads must be two caches", fn);
     if (!g->fwd.held && (rc = cx_context_enter(ctx, fn))) return rc;
+    circuits_metric mm; /* refused before the run starts: the caches untouched */
+    if ((rc = check_grad_run(&bp, &mm))) goto leave;
     if (g->cache && (rc = cx_cache_begin(g->cache, fn))) goto leave;
     if (g->weight_grads && (rc = cx_cache_begin(g->weight_grads, fn))) {
         if (g->cache) cx_cache_end(g->cache, CIRCUITS_OK); /* refused before the run: cache untouched */
         goto leave;
     }
-    rc = run_grad(&bp);
+    rc = run_grad(&bp, mm);
     if (g->cache) cx_cache_end(g->cache, rc);
     if (g->weight_grads) cx_cache_end(g->weight_grads, rc);
 leave:
