@@ -621,6 +621,8 @@ static void test_refusals(void)
                CIRCUITS_E_RANGE, "needs more memory than can be addressed");
     CHECK_OK(circuits_context_backward(ctx, NULL, tok, 1, T, &gm, &v, NULL, NULL, NULL));
     CHECK(v == v0, "the context works after the refusals: %g vs %g", v, v0);
+    CALL_FAILS("eap_batch_too_large", circuits_context_edge_attribution(ctx, tok, tok, (int64_t)1 << 56, T, &gm, NULL, out),
+               CIRCUITS_E_RANGE, "need more memory than can be addressed");
     /* an edge count beyond int64: refused, not wrapped (the loop over n edges read past scores) */
     CALL_FAILS("eap_top_too_many", circuits_eap_top_edges(sc, (int64_t)1 << 32, (int64_t)1 << 32, 1, up, down, top),
                CIRCUITS_E_RANGE, "too many edges");

@@ -311,12 +311,18 @@ int circuits_context_edge_attribution(circuits_context *ctx, const int32_t *clea
     if (pos > c->n_ctx)
         return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)pos,
                        c->n_ctx);
+    /* the upstream activations [n_up, B, T, D] must be addressable (B * T and the sizes below
+     * would overflow) */
+    graph gr = graph_of(ctx->model);
+    if (batch > (int64_t)(SIZE_MAX / sizeof(float) / (size_t)pos / (size_t)c->d_model / (size_t)gr.n_up))
+        return cx_fail(CIRCUITS_E_RANGE, "%s: batch %lld: the activations of %lld upstream nodes need more memory than "
+                       "can be addressed", fn, (long long)batch, (long long)gr.n_up);
     /* the caller's metric copied by its size and checked before any run */
     circuits_metric pm;
     if ((rc = cx_metric_check(metric, &pm, batch, pos, c->d_vocab_out, fn))) return rc;
     metric = &pm;
     if ((rc = cx_context_enter(ctx, fn))) return rc;
-    eap e = {.fn = fn, .g = graph_of(ctx->model), .B = batch, .T = pos, .D = c->d_model, .BT = batch * pos};
+    eap e = {.fn = fn, .g = gr, .B = batch, .T = pos, .D = c->d_model, .BT = batch * pos};
     circuits_context_options co = ctx->opts;
     co.use_attn_result = 1;
     co.use_split_qkv_input = 1;
