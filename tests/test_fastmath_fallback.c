@@ -21,6 +21,8 @@ int main(void)
         float want = expf(x), got = exp_poly(x);
         if (fabsf(got - want) > 1e-6f * want) fails++, fprintf(stderr, "exp_poly(%g) = %g, want %g\n", x, got, want);
     }
+    if (!isnan(exp_poly_d(NAN))) fails++, fprintf(stderr, "exp_poly_d(NaN) = %g, want NaN\n", exp_poly_d(NAN));
+    if (exp_poly_d(-INFINITY) != 0.0) fails++, fprintf(stderr, "exp_poly_d(-inf) = %g, want 0\n", exp_poly_d(-INFINITY));
     printf("test_fastmath_fallback: %s\n", fails ? "FAILED" : "ok");
     return fails != 0;
 }
