@@ -26,7 +26,10 @@ static int interp_edit(const circuits_tensor *t, void *user)
     size_t n = 1;
     for (int32_t i = 0; i < t->ndim; i++) n *= (size_t)t->shape[i];
     if (n != s->numel) return -1; /* another firing's shape: never write past it */
-    for (size_t i = 0; i < n; i++) t->data[i] = s->a0[i] + s->alpha * (s->a[i] - s->a0[i]);
+    /* an element equal at both ends stays itself (a masked score, -inf at both, would become
+     * -inf - -inf = NaN); alpha 0 is the baseline itself (0 * -inf is NaN too) */
+    for (size_t i = 0; i < n; i++)
+        t->data[i] = s->a[i] == s->a0[i] || s->alpha == 0.0f ? s->a0[i] : s->a0[i] + s->alpha * (s->a[i] - s->a0[i]);
     return CIRCUITS_HOOK_CONTINUE;
 }
 
@@ -127,7 +130,8 @@ int circuits_context_integrated_gradients(circuits_context *ctx, const char *hoo
     if (rc) goto done;
     double total = 0.0;
     for (size_t i = 0; i < numel; i++) {
-        attributions[i] = (a[i] - a0[i]) * (gsum[i] / (float)steps);
+        /* no gradient anywhere on the path, or no path: 0 (a masked score is -inf, its gradient 0) */
+        attributions[i] = a[i] == a0[i] || gsum[i] == 0.0f ? 0.0f : (a[i] - a0[i]) * (gsum[i] / (float)steps);
         total += attributions[i];
     }
     if (completeness) *completeness = (float)((double)f - f0 - total);
