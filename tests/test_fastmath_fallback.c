@@ -23,6 +23,12 @@ int main(void)
     }
     if (!isnan(exp_poly_d(NAN))) fails++, fprintf(stderr, "exp_poly_d(NaN) = %g, want NaN\n", exp_poly_d(NAN));
     if (exp_poly_d(-INFINITY) != 0.0) fails++, fprintf(stderr, "exp_poly_d(-inf) = %g, want 0\n", exp_poly_d(-INFINITY));
+    /* the fp32 exp too (softmax, gelu's tanh): NaN propagates as libm's and torch's do */
+    if (!isnan(exp_poly(NAN))) fails++, fprintf(stderr, "exp_poly(NaN) = %g, want NaN\n", exp_poly(NAN));
+    if (exp_poly(-INFINITY) != 0.0f) fails++, fprintf(stderr, "exp_poly(-inf) = %g, want 0\n", exp_poly(-INFINITY));
+    if (exp_poly(-87.3f) != 0.0f || !(exp_poly(89.0f) > 1e38f))
+        fails++, fprintf(stderr, "exp_poly's clamps moved: %g, %g\n", exp_poly(-87.3f), exp_poly(89.0f));
+    if (!isnan(tanh_poly(NAN))) fails++, fprintf(stderr, "tanh_poly(NaN) = %g, want NaN\n", tanh_poly(NAN));
     printf("test_fastmath_fallback: %s\n", fails ? "FAILED" : "ok");
     return fails != 0;
 }

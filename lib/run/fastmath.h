@@ -24,8 +24,8 @@
 static inline __attribute__((always_inline)) float exp_poly(float x)
 {
     const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    float big = x < 88.3f ? x : 88.3f;
-    float xc = big > -87.3f ? big : -87.3f;
+    float big = x > 88.3f ? 88.3f : x; /* NaN stays NaN, and so does the result */
+    float xc = big < -87.3f ? -87.3f : big;
     float t = xc * 1.44269504088896341f + shifter;
     union { float f; int32_t i; } ts = {t}, scale;
     float n = t - shifter;
@@ -39,9 +39,9 @@ static inline __attribute__((always_inline)) float exp_poly(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    scale.i = (ni + 127) << 23;
+    scale.i = (int32_t)((uint32_t)(ni + 127) << 23); /* unsigned: a NaN's bits may shift out */
     float y = p * scale.f;
-    return x > -87.3f ? y : 0.0f;
+    return x <= -87.3f ? 0.0f : y;
 }
 
 /* tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|): no overflow, absolute error ~1e-7. */
@@ -81,7 +81,7 @@ static inline __attribute__((always_inline)) double exp_poly_d(double x)
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    scale.i = (ni + 1023) << 52;
+    scale.i = (int64_t)((uint64_t)(ni + 1023) << 52); /* unsigned: a NaN's bits may shift out */
     double y = p * scale.f;
     return x < -708.0 ? 0.0 : y;
 }
