@@ -486,7 +486,9 @@ typedef struct circuits_run_memory circuits_run_memory;
  * a hook callback while a pass is computing; allowed between the runs of a generation (its
  * on_step callback). */
 CIRCUITS_API int circuits_context_take_run_memory(circuits_context *ctx, circuits_run_memory **out);
-/* The block's first byte and its size in bytes (NULL and 0 for NULL). */
+/* The block's first byte and its size in bytes (NULL and 0 for NULL). A gradient run's memory
+ * (backward hook callbacks' data: circuits_context_backward) is a second block the run memory
+ * holds too, freed with it; these describe the activations' block. */
 CIRCUITS_API const void *circuits_run_memory_data(const circuits_run_memory *mem);
 CIRCUITS_API size_t circuits_run_memory_nbytes(const circuits_run_memory *mem);
 CIRCUITS_API void circuits_run_memory_free(circuits_run_memory *mem);

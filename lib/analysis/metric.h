@@ -10,10 +10,14 @@
  * the kind, the arrays it needs, positions in [-T, T), token ids in [0, V), the LOSS inputs. */
 int cx_metric_check(const circuits_metric *m, circuits_metric *out, int64_t B, int64_t T, int64_t V, const char *fn);
 
-/* True if the metric reads the logits at every position (LOSS, CALLBACK). */
+/* Refuses a metric that reads no logits (HOOK_LINEAR: gradient runs only), for circuits_metric_eval
+ * and the patching and ablation runs, right after cx_metric_check. */
+int cx_metric_logits_check(const circuits_metric *m, const char *fn);
+
+/* True if the metric reads the logits at every position (LOSS, CALLBACK, GRAD_CALLBACK). */
 bool cx_metric_reads_all(const circuits_metric *m);
 
-/* Row b's position, in [0, T). */
+/* Row b's position, in [0, T) (positions NULL: T - 1; TOKEN_LOSS: T - 2). */
 int64_t cx_metric_row_pos(const circuits_metric *m, int64_t b, int64_t T);
 
 /* The distinct positions the metric reads, ascending, into pos[] (room for B); returns how many.

@@ -196,6 +196,7 @@ static int metric_positions(sweep *s)
 {
     int64_t B = s->B, T = s->T;
     int rc = cx_metric_check(s->metric, &s->pm, B, T, s->V, s->fn);
+    if (!rc) rc = cx_metric_logits_check(&s->pm, s->fn);
     if (rc) return rc;
     s->u = cx_malloc((size_t)(B > T ? B : T) * sizeof(int64_t));
     s->local = cx_malloc((size_t)T * sizeof(int64_t));

@@ -194,6 +194,7 @@ static int pp_setup(pp *p, circuits_context *ctx, const char *fn, const int32_t 
         return cx_fail(CIRCUITS_E_RANGE, "%s: batch %lld is too large", fn, (long long)B);
     if ((rc = check_heads(p, o->receivers, o->n_receivers, true))) return rc;
     if ((rc = cx_metric_check(metric, &p->metric, B, T, c->d_vocab_out, fn))) return rc;
+    if ((rc = cx_metric_logits_check(&p->metric, fn))) return rc;
     p->receivers = o->receivers;
     p->n_receivers = o->n_receivers;
     p->freeze_mlps = o->freeze_mlps && !c->attn_only;

@@ -43,3 +43,20 @@ void cx_rope_cos_sin(const circuits_config *c, const double *inv_freq, int64_t p
             sin_t[t * half + i] = (float)sin((double)angle);
         }
 }
+
+int cx_rope_tables(const circuits_config *c, bool unscaled, const int32_t *pos_id, int64_t rows, int64_t p0,
+                   float *cos_t, float *sin_t)
+{
+    int64_t half = c->rotary_dim / 2;
+    /* the frequencies on the stack for every usual head size (rotary_dim <= 128) */
+    double inv_small[64], *inv = half <= 64 ? inv_small : cx_malloc((size_t)half * sizeof(double));
+    if (!inv) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory: rotary frequencies of %d dims", c->rotary_dim);
+    circuits_config plain = *c;
+    plain.rope_scaling = CIRCUITS_ROPE_NONE;
+    cx_rope_inv_freq(unscaled ? &plain : c, inv);
+    if (pos_id) /* TL apply_rotary with a mask: the angles of each row's position ids */
+        for (int64_t n = 0; n < rows; n++) cx_rope_cos_sin(c, inv, pos_id[n], 1, cos_t + n * half, sin_t + n * half);
+    else cx_rope_cos_sin(c, inv, p0, rows, cos_t, sin_t);
+    if (inv != inv_small) cx_free(inv);
+    return CIRCUITS_OK;
+}

@@ -16,6 +16,13 @@ void cx_rope_inv_freq(const circuits_config *c, double *inv_freq);
 void cx_rope_cos_sin(const circuits_config *c, const double *inv_freq, int64_t p0, int64_t n, float *cos_t,
                      float *sin_t);
 
+/* The tables a pass rotates q and k with in layers of kind `unscaled` (cx_rope_layer_unscaled):
+ * cos_t, sin_t [rows, rotary_dim / 2]; with pos_id the rows are those position ids (one per token of a
+ * padded batch), else rows consecutive positions from p0. CIRCUITS_E_OUT_OF_MEMORY only when
+ * rotary_dim > 128 (the frequencies then need the heap). The forward and backward passes share it. */
+int cx_rope_tables(const circuits_config *c, bool unscaled, const int32_t *pos_id, int64_t rows, int64_t p0,
+                   float *cos_t, float *sin_t);
+
 /* Which two dims of a head pair i rotates: (2i, 2i + 1) with rotary_adjacent_pairs (GPT-J),
  * else (i, i + rotary_dim / 2) (GPT-NeoX, LLaMA: "rotate half"). */
 static inline void cx_rope_pair(const circuits_config *c, int i, int *a, int *b)

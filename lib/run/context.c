@@ -64,6 +64,7 @@ void circuits_context_free(circuits_context *ctx)
     if (!ctx) return;
     cx_hooks_free(ctx);
     cx_free(ctx->scratch);
+    cx_free(ctx->grad_scratch);
     cx_free(ctx);
 }
 
@@ -122,6 +123,7 @@ int cx_context_run(circuits_context *ctx, const cx_run *run)
 struct circuits_run_memory {
     float *block;
     size_t floats;
+    float *grad_block; /* a gradient run's memory (backward hooks' data), or NULL */
 };
 
 int circuits_context_take_run_memory(circuits_context *ctx, circuits_run_memory **out)
@@ -133,13 +135,14 @@ int circuits_context_take_run_memory(circuits_context *ctx, circuits_run_memory 
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
                        "circuits_context_take_run_memory: a pass is computing in this memory (called from a hook "
                        "callback); take it after the run returns");
-    if (!ctx->scratch) return CIRCUITS_OK;
+    if (!ctx->scratch && !ctx->grad_scratch) return CIRCUITS_OK;
     circuits_run_memory *m = cx_malloc(sizeof *m);
     if (!m) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory taking the run memory");
     m->block = ctx->scratch;
     m->floats = ctx->scratch_floats;
-    ctx->scratch = NULL;
-    ctx->scratch_floats = 0;
+    m->grad_block = ctx->grad_scratch;
+    ctx->scratch = ctx->grad_scratch = NULL;
+    ctx->scratch_floats = ctx->grad_floats = 0;
     *out = m;
     return CIRCUITS_OK;
 }
@@ -152,6 +155,7 @@ void circuits_run_memory_free(circuits_run_memory *mem)
 {
     if (!mem) return;
     cx_free(mem->block);
+    cx_free(mem->grad_block);
     cx_free(mem);
 }
 

@@ -22,6 +22,9 @@ struct circuits_context {
     float *scratch;        /* the run memory: activations of one pass, grown as needed; every hook
                             * callback's data lies in it (circuits_context_take_run_memory) */
     size_t scratch_floats;
+    float *grad_scratch;   /* a gradient run's memory (backward.c): its tape and gradients, every backward
+                            * hook callback's data; handed over with the run memory, as scratch is */
+    size_t grad_floats;
 };
 
 /* A KV cache (generate.c): every layer's keys and values, as hook_k / hook_v left them, for
@@ -118,6 +121,10 @@ void cx_context_leave(circuits_context *ctx);
 /* The pass (forward.c): only the door calls it. */
 int cx_forward(circuits_context *ctx, const cx_run *run);
 
+/* Position ids of T new tokens after P held ones from the attention mask [B, P + T] (row stride
+ * mask_rs), TransformerLens's get_offset_position_ids: cumsum(mask) - 1, clamped at 0. */
+void cx_position_ids(const int32_t *mask, int64_t mask_rs, int64_t B, int64_t T, int64_t P, int32_t *pos_id);
+
 /* ---- caches (cache.c) for runs that fill them with more than activations (gradients) ---- */
 
 /* One entry of a cache laid out by its filler: name (+ suffix, e.g. "_grad"), and the TL shape. */
@@ -162,6 +169,10 @@ int cx_hook_fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_ki
  * copied to run_with_cache (TransformerLens's cache keeps the last value a point saw). */
 int cx_hook_fire_heads(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data,
                        int64_t batch, int64_t pos, int64_t heads, bool cache);
+
+/* A callback's return value as a status: CONTINUE -> OK, STOP -> CIRCUITS_E_STOPPED, negative ->
+ * CIRCUITS_E_CALLBACK, each with a message naming `who` ("hook callback") and the point. */
+int cx_callback_status(int r, const char *who, const char *name);
 
 /* The run's first editor at (layer, kind), or NULL. */
 static inline const cx_edit *cx_run_edit(const cx_run *run, int layer, cx_hook_kind kind)

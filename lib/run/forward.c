@@ -399,16 +399,8 @@ static int rotate_qk(pass *ps, int l)
     int which = cx_rope_layer_unscaled(c, l);
     float *cos_t = s->rope + which * 2 * rows * half, *sin_t = cos_t + rows * half;
     if (!ps->rope_ready[which]) {
-        /* the frequencies on the stack for every usual head size (rotary_dim <= 128) */
-        double inv_small[64], *inv = half <= 64 ? inv_small : cx_malloc((size_t)half * sizeof(double));
-        if (!inv) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory: rotary frequencies of %d dims", c->rotary_dim);
-        circuits_config unscaled = *c;
-        unscaled.rope_scaling = CIRCUITS_ROPE_NONE;
-        cx_rope_inv_freq(which ? &unscaled : c, inv);
-        if (ps->s.pos_id) /* TL apply_rotary with a mask: the angles of each row's position ids */
-            for (int64_t n = 0; n < rows; n++) cx_rope_cos_sin(c, inv, ps->s.pos_id[n], 1, cos_t + n * half, sin_t + n * half);
-        else cx_rope_cos_sin(c, inv, ps->P, ps->T, cos_t, sin_t);
-        if (inv != inv_small) cx_free(inv);
+        int rc = cx_rope_tables(c, which, ps->s.pos_id, rows, ps->P, cos_t, sin_t);
+        if (rc) return rc;
         ps->rope_ready[which] = true;
     }
     if (ps->s.pos_id) {
@@ -871,15 +863,13 @@ static void prepare_mask(pass *ps)
     if (!padded) ps->mask = NULL;
 }
 
-/* The new positions' ids (TL get_offset_position_ids: cumsum(mask) - 1, clamped at 0). */
-static void position_ids(pass *ps)
+void cx_position_ids(const int32_t *mask, int64_t mask_rs, int64_t B, int64_t T, int64_t P, int32_t *pos_id)
 {
-    int64_t B = ps->B, T = ps->T, P = ps->P, Tk = P + T;
     for (int64_t b = 0; b < B; b++) {
         int32_t seen = 0;
-        for (int64_t t = 0; t < Tk; t++) {
-            seen += ps->mask[b * ps->mask_rs + t];
-            if (t >= P) ps->s.pos_id[b * T + t - P] = seen > 0 ? seen - 1 : 0;
+        for (int64_t t = 0; t < P + T; t++) {
+            seen += mask[b * mask_rs + t];
+            if (t >= P) pos_id[b * T + t - P] = seen > 0 ? seen - 1 : 0;
         }
     }
 }
@@ -896,7 +886,7 @@ static int forward_pass(pass *ps, float **lg)
     bool own_logits = !r->stop_at_layer && (r->out == NULL || cx_hook_active(ctx, r, -1, HK_UNEMBED_OUT));
     int rc = prepare_scratch(ctx, B, T, ps->P + T, logit_rows, own_logits, ps->mask != NULL, &ps->s);
     if (rc) return rc;
-    if (ps->mask) position_ids(ps);
+    if (ps->mask) cx_position_ids(ps->mask, ps->mask_rs, B, T, ps->P, ps->s.pos_id);
     *lg = own_logits ? ps->s.logits : r->out;
     if ((rc = run(ps, r->stop_at_layer ? r->out : *lg))) return rc;
     if (own_logits && r->out)

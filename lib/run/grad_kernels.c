@@ -1,2 +1,286 @@
-/* (being written: issue 16) */
-#include "internal.h"
+/* The backward kernels (grad_kernels.h): plain loops, each the derivative of the forward kernel
+ * beside it in kernels.c, written from that kernel's formula. Row reductions run in double; the
+ * kernels that touch O(N * D) values split their rows over the pool (cx_parallel_for), so a result
+ * never depends on the thread count (every row's arithmetic is the same in any split). */
+#include "grad_kernels.h"
+#include "kernels.h"
+#include "rope.h"
+#include "pool.h"
+
+#include <math.h>
+
+/* ---- LayerNorm / RMSNorm ---- */
+
+/* The affine's weight gradients: columns in blocks of AFF_COLS, each block's sums over every row
+ * in double on the stack, so the column split over the pool needs no scratch allocation. */
+#define AFF_COLS 64
+
+typedef struct affine_job {
+    float *dx, *dw, *db;
+    const float *dout, *x, *w;
+    int64_t N, D;
+} affine_job;
+
+static void affine_wb_task(void *arg, int64_t c0, int64_t c1)
+{
+    const affine_job *j = arg;
+    for (int64_t b = c0; b < c1; b += AFF_COLS) {
+        int64_t e = b + AFF_COLS < c1 ? b + AFF_COLS : c1;
+        double sw[AFF_COLS] = {0}, sb[AFF_COLS] = {0};
+        for (int64_t n = 0; n < j->N; n++) {
+            const float *g = j->dout + n * j->D, *xr = j->x + n * j->D;
+            for (int64_t c = b; c < e; c++) {
+                sw[c - b] += (double)g[c] * xr[c];
+                sb[c - b] += g[c];
+            }
+        }
+        for (int64_t c = b; c < e; c++) {
+            if (j->dw) j->dw[c] += (float)sw[c - b];
+            if (j->db) j->db[c] += (float)sb[c - b];
+        }
+    }
+}
+
+static void affine_dx_task(void *arg, int64_t r0, int64_t r1)
+{
+    const affine_job *j = arg;
+    for (int64_t n = r0; n < r1; n++)
+        for (int64_t c = 0; c < j->D; c++) {
+            float g = j->dout[n * j->D + c];
+            j->dx[n * j->D + c] = j->w ? g * j->w[c] : g;
+        }
+}
+
+void cx_affine_backward(float *dx, float *dw, float *db, const float *dout, const float *x, const float *w, int64_t N,
+                        int64_t D)
+{
+    affine_job j = {dx, dw, db, dout, x, w, N, D};
+    /* the weight sums first: dx may overwrite dout */
+    if (dw || db) cx_parallel_for(D, AFF_COLS, affine_wb_task, &j);
+    if (dx) cx_parallel_for(N, cx_rows_align(D), affine_dx_task, &j);
+}
+
+typedef struct ln_bwd_job {
+    float *dcent, *dscale, *dx;
+    const float *dn, *n_f, *scale_u, *scale_f, *dscale_f;
+    int64_t D;
+    bool rms;
+} ln_bwd_job;
+
+static void ln_normalized_task(void *arg, int64_t r0, int64_t r1)
+{
+    const ln_bwd_job *j = arg;
+    for (int64_t n = r0; n < r1; n++) {
+        const float *g = j->dn + n * j->D, *nf = j->n_f + n * j->D;
+        float *dc = j->dcent + n * j->D, s = j->scale_u[n];
+        double dot = 0.0; /* before dc overwrites g */
+        for (int64_t c = 0; c < j->D; c++) dot += (double)g[c] * nf[c];
+        for (int64_t c = 0; c < j->D; c++) dc[c] = g[c] / s;
+        j->dscale[n] = (float)(-dot / s);
+    }
+}
+
+void cx_ln_normalized_backward(float *dcent, float *dscale_u, const float *dn, const float *n_f, const float *scale_u,
+                               int64_t N, int64_t D)
+{
+    ln_bwd_job j = {.dcent = dcent, .dscale = dscale_u, .dn = dn, .n_f = n_f, .scale_u = scale_u, .D = D};
+    cx_parallel_for(N, cx_rows_align(D), ln_normalized_task, &j);
+}
+
+static void ln_scale_task(void *arg, int64_t r0, int64_t r1)
+{
+    const ln_bwd_job *j = arg;
+    int64_t D = j->D;
+    for (int64_t n = r0; n < r1; n++) {
+        const float *dc = j->dcent + n * D, *nf = j->n_f + n * D;
+        float *dx = j->dx + n * D;
+        /* d scale_f / d centered_c = centered_c / (D scale_f), centered = n_f * scale_u */
+        double k = j->dscale_f ? (double)j->dscale_f[n] / ((double)D * j->scale_f[n]) : 0.0;
+        double su = j->scale_u[n], sum = 0.0;
+        for (int64_t c = 0; c < D; c++) {
+            double v = dc[c] + k * ((double)nf[c] * su);
+            dx[c] = (float)v;
+            sum += v;
+        }
+        if (j->rms) continue;
+        /* centered = x - mean(x): the Jacobian (I - 1/D) is symmetric, so dx = dcent - mean(dcent) */
+        float mean = (float)(sum / (double)D);
+        for (int64_t c = 0; c < D; c++) dx[c] -= mean;
+    }
+}
+
+void cx_ln_scale_backward(float *dx, const float *dcent, const float *dscale_f, const float *n_f,
+                          const float *scale_u, const float *scale_f, int64_t N, int64_t D, bool rms)
+{
+    ln_bwd_job j = {.dx = dx, .dcent = (float *)dcent, .dscale_f = dscale_f, .n_f = n_f, .scale_u = scale_u,
+                    .scale_f = scale_f, .D = D, .rms = rms};
+    cx_parallel_for(N, cx_rows_align(D), ln_scale_task, &j);
+}
+
+/* ---- activations ---- */
+
+/* d/dx of 0.5 x (1 + tanh(k (x + a x^3))): gelu_new (k = sqrt(2/pi)) and gelu_fast (k written
+ * 0.7978845608, as its forward), a = 0.044715. */
+static inline float gelu_tanh_grad(float x, float k)
+{
+    float x2 = x * x, t = tanhf(k * x * (1.0f + 0.044715f * x2));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x2);
+}
+
+static void act_grad_range(float *dx, const float *dy, const float *x, int64_t n, int act)
+{
+    switch (act) {
+    case CIRCUITS_ACT_RELU: /* torch's relu passes no gradient at 0 */
+        for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+        break;
+    case CIRCUITS_ACT_GELU: /* Phi(x) + x phi(x) */
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i];
+            float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+            float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
+            dx[i] = dy[i] * (cdf + v * pdf);
+        }
+        break;
+    case CIRCUITS_ACT_GELU_NEW: /* also gelu_pytorch_tanh (config.c maps it here) */
+        for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * gelu_tanh_grad(x[i], 0.7978845608028654f);
+        break;
+    case CIRCUITS_ACT_GELU_FAST:
+        for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * gelu_tanh_grad(x[i], 0.7978845608f);
+        break;
+    case CIRCUITS_ACT_SILU: /* s (1 + x (1 - s)), s = sigmoid(x); expf(-x) = inf gives s = 0 */
+        for (int64_t i = 0; i < n; i++) {
+            float s = 1.0f / (1.0f + expf(-x[i]));
+            dx[i] = dy[i] * (s * (1.0f + x[i] * (1.0f - s)));
+        }
+        break;
+    default: /* cx_activation leaves any other value unchanged: the identity */
+        for (int64_t i = 0; i < n; i++) dx[i] = dy[i];
+        break;
+    }
+}
+
+typedef struct act_bwd_job {
+    float *dx;
+    const float *dy, *x;
+    int act;
+} act_bwd_job;
+
+static void act_bwd_task(void *arg, int64_t b, int64_t e)
+{
+    const act_bwd_job *j = arg;
+    act_grad_range(j->dx + b, j->dy + b, j->x + b, e - b, j->act);
+}
+
+void cx_activation_backward(float *dx, const float *dy, const float *x, size_t n, int act_fn)
+{
+    act_bwd_job j = {dx, dy, x, act_fn};
+    cx_parallel_for((int64_t)n, 16384, act_bwd_task, &j);
+}
+
+/* y_k = x_k p_k, p = softmax(x): dx_k = p_k (dy_k (1 + x_k) - sum_j dy_j x_j p_j). p in double
+ * from the max-shifted exponentials, as cx_solu computes it. */
+typedef struct row_job {
+    float *out;
+    const float *g, *in;
+    int64_t D;
+} row_job;
+
+static void solu_bwd_task(void *arg, int64_t r0, int64_t r1)
+{
+    const row_job *j = arg;
+    int64_t D = j->D;
+    for (int64_t n = r0; n < r1; n++) {
+        const float *x = j->in + n * D, *dy = j->g + n * D;
+        float *dx = j->out + n * D;
+        float mx = -INFINITY;
+        for (int64_t c = 0; c < D; c++) mx = x[c] > mx ? x[c] : mx;
+        double sum = 0.0, s = 0.0;
+        for (int64_t c = 0; c < D; c++) sum += exp((double)x[c] - mx);
+        for (int64_t c = 0; c < D; c++) s += (double)dy[c] * x[c] * (exp((double)x[c] - mx) / sum);
+        for (int64_t c = 0; c < D; c++) {
+            double p = exp((double)x[c] - mx) / sum;
+            dx[c] = (float)(p * ((double)dy[c] * (1.0 + x[c]) - s));
+        }
+    }
+}
+
+void cx_solu_backward(float *dx, const float *dy, const float *x, int64_t N, int64_t D)
+{
+    row_job j = {dx, dy, x, D};
+    cx_parallel_for(N, cx_rows_align(D), solu_bwd_task, &j);
+}
+
+/* ---- softmax, soft-cap ---- */
+
+/* Entries with p = 0 (masked keys, fully masked rows) get ds = 0 and stay out of the sum, so a
+ * non-finite gradient on a masked entry cannot reach the rest of the row. */
+static void softmax_bwd_task(void *arg, int64_t r0, int64_t r1)
+{
+    const row_job *j = arg;
+    int64_t D = j->D;
+    for (int64_t n = r0; n < r1; n++) {
+        const float *p = j->in + n * D, *dp = j->g + n * D;
+        float *ds = j->out + n * D;
+        double dot = 0.0;
+        for (int64_t c = 0; c < D; c++)
+            if (p[c] != 0.0f) dot += (double)p[c] * dp[c];
+        float d = (float)dot;
+        for (int64_t c = 0; c < D; c++) ds[c] = p[c] != 0.0f ? p[c] * (dp[c] - d) : 0.0f;
+    }
+}
+
+void cx_softmax_backward(float *ds, const float *dp, const float *p, int64_t N, int64_t D)
+{
+    row_job j = {ds, dp, p, D};
+    cx_parallel_for(N, cx_rows_align(D), softmax_bwd_task, &j);
+}
+
+typedef struct softcap_job {
+    float *dx;
+    const float *dy, *y;
+    float inv_cap;
+} softcap_job;
+
+static void softcap_bwd_task(void *arg, int64_t b, int64_t e)
+{
+    const softcap_job *j = arg;
+    for (int64_t i = b; i < e; i++) {
+        float y = j->y[i];
+        if (y == -INFINITY) {
+            j->dx[i] = 0.0f;
+            continue;
+        }
+        float t = y * j->inv_cap; /* tanh(x / cap) */
+        j->dx[i] = j->dy[i] * (1.0f - t * t);
+    }
+}
+
+void cx_softcap_backward(float *dx, const float *dy, const float *y, size_t n, float cap)
+{
+    softcap_job j = {dx, dy, y, 1.0f / cap};
+    cx_parallel_for((int64_t)n, 16384, softcap_bwd_task, &j);
+}
+
+/* ---- rotary ---- */
+
+/* The forward turns (a, b) by +angle: (a c - b s, b c + a s); its transpose turns the gradient
+ * back by -angle: (da c + db s, db c - da s). */
+void cx_rope_rotate_backward(float *dx, int64_t B, int64_t T, int64_t nh, int64_t dh, const circuits_config *c,
+                             const float *cos_t, const float *sin_t)
+{
+    int half = c->rotary_dim / 2;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            const float *cs = cos_t + t * half, *sn = sin_t + t * half;
+            for (int64_t h = 0; h < nh; h++) {
+                float *r = dx + ((b * T + t) * nh + h) * dh;
+                for (int i = 0; i < half; i++) {
+                    int ia, ib;
+                    cx_rope_pair(c, i, &ia, &ib);
+                    float da = r[ia], db = r[ib];
+                    r[ia] = da * cs[i] + db * sn[i];
+                    r[ib] = db * cs[i] - da * sn[i];
+                }
+            }
+        }
+}

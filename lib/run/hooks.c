@@ -313,7 +313,7 @@ void cx_hook_describe(const circuits_context *ctx, const cx_hook_point *p, int64
     t->data = data;
 }
 
-static int callback_status(int r, const char *who, const char *name)
+int cx_callback_status(int r, const char *who, const char *name)
 {
     if (r == CIRCUITS_HOOK_CONTINUE) return CIRCUITS_OK;
     if (r == CIRCUITS_HOOK_STOP) return cx_fail(CIRCUITS_E_STOPPED, "run stopped by the %s at '%s'", who, name);
@@ -338,12 +338,12 @@ static int fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kin
     size_t numel = (size_t)(t.shape[0] * t.strides[0]);
     if (run->tape && cx_hook_may_write(ctx, run, layer, kind)) cx_tape_record(run->tape, idx, true, data, numel);
     for (size_t i = 0; i < p->n_regs; i++)
-        if ((rc = callback_status(p->regs[i].fn(&t, p->regs[i].user_data), "hook callback", p->name))) return rc;
+        if ((rc = cx_callback_status(p->regs[i].fn(&t, p->regs[i].user_data), "hook callback", p->name))) return rc;
     for (size_t i = 0; i < run->n_edits; i++) /* in the run's order */
         if (run->edits[i].layer == layer && run->edits[i].kind == kind && (cache || !run->edits[i].cached_only) &&
-            (rc = callback_status(run->edits[i].fn(&t, run->edits[i].user_data), "editor", p->name)))
+            (rc = cx_callback_status(run->edits[i].fn(&t, run->edits[i].user_data), "editor", p->name)))
             return rc;
-    if (observed && (rc = callback_status(run->observer.fn(&t, run->observer.user_data), "observer", p->name)))
+    if (observed && (rc = cx_callback_status(run->observer.fn(&t, run->observer.user_data), "observer", p->name)))
         return rc;
     if (dst) {
         copy_job job = {dst, data};

@@ -183,6 +183,8 @@ static int64_t rows_align(int64_t width)
     return a > 0 ? a : 1;
 }
 
+int64_t cx_rows_align(int64_t width) { return rows_align(width); }
+
 /* One row of LayerNorm, or of RMSNorm (rms: no centring, mean taken as 0; y = x exactly). */
 CX_HOT static void ln_row(float *y, float *scale, const float *x, int64_t D, float eps, const float *w,
                           const float *b, bool finish, bool rms)

@@ -24,6 +24,10 @@ void cx_matmul_ref(float *out, int64_t ldo, const float *in, int64_t ldi, int64_
 void cx_matmul_serial(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, int64_t K, int64_t N,
                       const float *W, int64_t w_rs, int64_t w_cs);
 
+/* How many rows of `width` values a parallel row loop hands a thread at least (cx_parallel_for's
+ * align): below about 16k values' work, waking a thread costs more than it saves. */
+int64_t cx_rows_align(int64_t width);
+
 /* LayerNorm in one pass per row: y[N, D] = (x - mean) / scale * w + b (w, b may be NULL),
  * scale[N] = sqrt(var + eps). The same arithmetic as the three pieces below, which the forward
  * uses instead when a hook must see the scale or the normalized value in between. */
