@@ -532,6 +532,66 @@ static int call_ablate(fx *f)
     return circuits_context_run_ablated(f->ctx, a, 2, f->tokens, B, T, f->out, NULL);
 }
 
+/* ---- attribution (lib/analysis/attribute.c, eap.c, ig.c) ---- */
+
+/* attribution patching of head z by position, the source the cache of setup_resid, the base a run
+ * of the same tokens with two changed */
+static int call_attribution_patch(fx *f)
+{
+    int32_t base[B * T];
+    memcpy(base, f->tokens, sizeof base);
+    base[1] = (base[1] + 1) % VOCAB;
+    base[T + 3] = (base[T + 3] + 5) % VOCAB;
+    const float *src[5];
+    for (int l = 0; l < 5; l++) {
+        char name[64];
+        circuits_tensor t;
+        snprintf(name, sizeof name, "blocks.%d.attn.hook_z", l);
+        CHECK_OK(circuits_cache_get(f->cache, name, &t));
+        src[l] = t.data;
+    }
+    circuits_metric m;
+    circuits_metric_init(&m);
+    m.answer = ANSWERS;
+    m.wrong = WRONG;
+    f->out_n = (size_t)(5 * T * 4 + 1);
+    return circuits_context_attribution_patch(f->ctx, CIRCUITS_PATCH_HEAD_Z_BY_POS, base, B, T, src, &m,
+                                              f->out + 5 * T * 4, f->out);
+}
+
+/* EAP (variant 0) or EAP-IG with 2 steps (1) between the tokens and two changed */
+static int call_edge_attribution(fx *f)
+{
+    int32_t corrupted[B * T];
+    memcpy(corrupted, f->tokens, sizeof corrupted);
+    corrupted[2] = (corrupted[2] + 3) % VOCAB;
+    circuits_metric m;
+    circuits_metric_init(&m);
+    m.answer = ANSWERS;
+    m.wrong = WRONG;
+    circuits_eap_options o;
+    circuits_eap_options_init(&o);
+    o.ig_steps = f->op->variant ? 2 : 0;
+    int64_t nu, nd;
+    CHECK_OK(circuits_eap_graph(f->model, &nu, &nd));
+    f->out_n = (size_t)(nu * nd);
+    return circuits_context_edge_attribution(f->ctx, f->tokens, corrupted, B, T, &m, &o, f->out);
+}
+
+/* integrated gradients at blocks.2.hook_resid_mid, 3 steps, baseline other tokens, completeness */
+static int call_integrated_gradients(fx *f)
+{
+    int32_t baseline[B * T];
+    for (int i = 0; i < B * T; i++) baseline[i] = (f->tokens[i] + 17) % VOCAB;
+    circuits_metric m;
+    circuits_metric_init(&m);
+    m.answer = ANSWERS;
+    m.wrong = WRONG;
+    f->out_n = (size_t)(B * T * 32 + 1);
+    return circuits_context_integrated_gradients(f->ctx, "blocks.2.hook_resid_mid", f->tokens, baseline, B, T, 3, &m,
+                                                 f->out, f->out + B * T * 32);
+}
+
 /* ---- the KV cache and generation ---- */
 static int call_kv_create(fx *f)
 {
@@ -1068,6 +1128,10 @@ static void test_operations(fx *f)
         {"activation_patch resid_pre whole, one cell per run", setup_resid, call_patch, put_out, free_state, NULL, 1, true},
         {"activation_patch pattern with the loss", setup_resid, call_patch, put_out, free_state, NULL, 2, true},
         {"mean_activations and run_ablated", setup_resid, call_ablate, put_out, free_state, NULL, 0, true},
+        {"attribution_patch head z by position", setup_resid, call_attribution_patch, put_out, free_state, NULL, 0, true},
+        {"edge_attribution EAP", setup_resid, call_edge_attribution, put_out, free_state, NULL, 0, true},
+        {"edge_attribution EAP-IG", setup_resid, call_edge_attribution, put_out, free_state, NULL, 1, true},
+        {"integrated_gradients", setup_resid, call_integrated_gradients, put_out, free_state, NULL, 0, true},
         {"kv_cache_create", NULL, call_kv_create, digest_kv_made, NULL, NULL, 0, false},
         {"forward_kv", setup_forward_kv, call_forward_kv, digest_forward_kv, free_state, NULL, 0, false},
         {"generate with KV cache", setup_forward, call_generate, put_out, free_state, NULL, 0, false},

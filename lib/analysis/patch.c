@@ -15,38 +15,13 @@
  * blocks >= l into the cache; before the next cell they are restored from the base run where
  * that cell reads them (dirty[] tracks the first overwritten position per block). */
 #include "cells.h"
+#include "grid.h"
 #include "context.h"
 #include "metric.h"
 #include "stored.h"
 
 #include <math.h>
 #include <string.h>
-
-/* Per kind: the hook patched and how the grid indexes it. */
-enum grid { G_LAYER_POS, G_LAYER_POS_HEAD, G_LAYER_HEAD, G_LAYER_HEAD_DEST, G_LAYER_HEAD_DEST_SRC };
-
-static const struct {
-    cx_hook_kind hook;
-    enum grid grid;
-    const char *name; /* TransformerLens's activation_name */
-} KINDS[] = {
-    [CIRCUITS_PATCH_RESID_PRE] = {HK_RESID_PRE, G_LAYER_POS, "resid_pre"},
-    [CIRCUITS_PATCH_RESID_MID] = {HK_RESID_MID, G_LAYER_POS, "resid_mid"},
-    [CIRCUITS_PATCH_RESID_POST] = {HK_RESID_POST, G_LAYER_POS, "resid_post"},
-    [CIRCUITS_PATCH_ATTN_OUT] = {HK_ATTN_OUT, G_LAYER_POS, "attn_out"},
-    [CIRCUITS_PATCH_MLP_OUT] = {HK_MLP_OUT, G_LAYER_POS, "mlp_out"},
-    [CIRCUITS_PATCH_HEAD_Z_BY_POS] = {HK_Z, G_LAYER_POS_HEAD, "z"},
-    [CIRCUITS_PATCH_HEAD_Q_BY_POS] = {HK_Q, G_LAYER_POS_HEAD, "q"},
-    [CIRCUITS_PATCH_HEAD_K_BY_POS] = {HK_K, G_LAYER_POS_HEAD, "k"},
-    [CIRCUITS_PATCH_HEAD_V_BY_POS] = {HK_V, G_LAYER_POS_HEAD, "v"},
-    [CIRCUITS_PATCH_HEAD_PATTERN_BY_POS] = {HK_PATTERN, G_LAYER_HEAD_DEST, "pattern"},
-    [CIRCUITS_PATCH_HEAD_PATTERN_DEST_SRC] = {HK_PATTERN, G_LAYER_HEAD_DEST_SRC, "pattern"},
-    [CIRCUITS_PATCH_HEAD_Z_ALL_POS] = {HK_Z, G_LAYER_HEAD, "z"},
-    [CIRCUITS_PATCH_HEAD_Q_ALL_POS] = {HK_Q, G_LAYER_HEAD, "q"},
-    [CIRCUITS_PATCH_HEAD_K_ALL_POS] = {HK_K, G_LAYER_HEAD, "k"},
-    [CIRCUITS_PATCH_HEAD_V_ALL_POS] = {HK_V, G_LAYER_HEAD, "v"},
-    [CIRCUITS_PATCH_HEAD_PATTERN_ALL_POS] = {HK_PATTERN, G_LAYER_HEAD, "pattern"},
-};
 
 void circuits_patch_options_init(circuits_patch_options *o)
 {
@@ -56,24 +31,17 @@ void circuits_patch_options_init(circuits_patch_options *o)
     o->incremental = 1;
 }
 
-/* Heads of the grid's head axis: k and v index key/value heads (TransformerLens likewise). */
-static int64_t grid_heads(const circuits_config *c, int32_t kind)
-{
-    cx_hook_kind h = KINDS[kind].hook;
-    return h == HK_K || h == HK_V ? c->n_key_value_heads : c->n_heads;
-}
-
 int circuits_patch_grid_shape(const circuits_model *model, int32_t kind, int64_t pos, int64_t *shape,
                               int32_t *ndim)
 {
     if (!model || !shape || !ndim)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_patch_grid_shape: model, shape and ndim must not be NULL");
-    if (kind < 0 || kind >= (int32_t)CX_COUNT(KINDS))
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_patch_grid_shape: unknown patch kind %d", kind);
+    const cx_patch_kind *pk = cx_patch_kind_of(kind);
+    if (!pk) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_patch_grid_shape: unknown patch kind %d", kind);
     if (pos < 1) return cx_fail(CIRCUITS_E_SHAPE, "circuits_patch_grid_shape: pos %lld < 1", (long long)pos);
     const circuits_config *c = &model->cfg;
-    int64_t L = c->n_layers, H = grid_heads(c, kind);
-    switch (KINDS[kind].grid) {
+    int64_t L = c->n_layers, H = cx_grid_heads(c, kind);
+    switch (pk->grid) {
     case G_LAYER_POS: *ndim = 2; shape[0] = L; shape[1] = pos; break;
     case G_LAYER_POS_HEAD: *ndim = 3; shape[0] = L; shape[1] = pos; shape[2] = H; break;
     case G_LAYER_HEAD: *ndim = 2; shape[0] = L; shape[1] = H; break;
@@ -83,50 +51,32 @@ int circuits_patch_grid_shape(const circuits_model *model, int32_t kind, int64_t
     return CIRCUITS_OK;
 }
 
-/* One cell: what the editor copies. Positions are absolute; the run's first position is P. */
+/* One cell: what the editor copies (grid.h's slice). Positions are absolute; the run's first
+ * position is P. */
 typedef struct cell {
-    enum grid grid;
-    bool pattern;       /* the point is hook_pattern [B, H, dest, src]; else [B, pos, ...] */
+    cx_grid_cell g;
     const float *clean; /* the clean activation [B, T, ...] (pattern: [B, H, T, T]) */
-    int64_t T, pos, head, src, P;
+    int64_t T, P;
     int32_t layer;      /* the patched block */
     int64_t first;      /* the first position the patch changes */
     float *out;         /* the grid's cell */
 } cell;
 
 /* TransformerLens's patch setters on the run's activation a [B, ...] (its new positions P ..
- * P+T'-1). */
+ * P+T'-1): the cell's slice, rows t >= P, from the clean activation. Rows are [rest] (non-pattern)
+ * or a head's source axis, of length T both (pattern [B, H, T', P + T']). */
 static void patch_cell(const cell *c, const circuits_tensor *a)
 {
+    const cx_grid_cell *g = &c->g;
     int64_t B = a->shape[0], T = c->T, P = c->P;
-    float *d = a->data;
-    for (int64_t b = 0; b < B; b++) {
-        if (!c->pattern) {
-            /* [B, T', rest]; rest = [H, dh] for heads */
-            int64_t rest = a->strides[1];
-            const float *src = c->clean + b * T * rest;
-            float *dst = d + b * a->strides[0];
-            if (c->grid == G_LAYER_POS) {
-                memcpy(dst + (c->pos - P) * rest, src + c->pos * rest, (size_t)rest * sizeof(float));
-            } else {
-                int64_t hs = a->strides[2], dh = a->shape[3];
-                int64_t t0 = c->grid == G_LAYER_HEAD ? P : c->pos, t1 = c->grid == G_LAYER_HEAD ? P + a->shape[1] : c->pos + 1;
-                for (int64_t t = t0; t < t1; t++)
-                    memcpy(dst + (t - P) * rest + c->head * hs, src + t * rest + c->head * hs, (size_t)dh * sizeof(float));
-            }
-        } else {
-            /* pattern [B, H, T', P + T'] against clean [B, H, T, T]: rows of length T both */
-            int64_t H = a->shape[1];
-            const float *src = c->clean + (b * H + c->head) * T * T;
-            float *dst = d + b * a->strides[0] + c->head * a->strides[1];
-            if (c->grid == G_LAYER_HEAD)
-                memcpy(dst, src + P * T, (size_t)(a->shape[2] * T) * sizeof(float));
-            else if (c->grid == G_LAYER_HEAD_DEST)
-                memcpy(dst + (c->pos - P) * T, src + c->pos * T, (size_t)T * sizeof(float));
-            else
-                dst[(c->pos - P) * T + c->src] = src[c->pos * T + c->src];
+    int64_t rest = g->pattern ? T : a->strides[1], H = g->pattern ? a->shape[1] : 1;
+    size_t len = (size_t)(g->hi - g->lo) * sizeof(float);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = g->t0 > P ? g->t0 : P; t < g->t1; t++) {
+            float *dst = a->data + b * a->strides[0] +
+                         (g->pattern ? g->head * a->strides[1] + (t - P) * a->strides[2] : (t - P) * a->strides[1]);
+            memcpy(dst + g->lo, c->clean + cx_grid_at(g, b, t, T, rest, H) + g->lo, len);
         }
-    }
 }
 
 /* A run of several cells at once: cell k patches batch rows [k * B, (k + 1) * B) of the run. */
@@ -410,27 +360,14 @@ static int run_group(sweep *s, cell *cells, int64_t n, int64_t P)
     return CIRCUITS_OK;
 }
 
-/* Every cell of the grid, in its row-major order. */
-static int64_t grid_cells(const sweep *s, int32_t kind, const float *const *clean, float *out, cell *cells)
+/* Every cell of the grid, in its row-major order (grid.h's cells gc[], made here). */
+static int64_t grid_cells(const sweep *s, int32_t kind, const float *const *clean, float *out, cx_grid_cell *gc,
+                          cell *cells)
 {
-    enum grid g = KINDS[kind].grid;
-    int64_t T = s->T, H = grid_heads(&s->ctx->model->cfg, kind), n = 0;
-    cell c = {.grid = g, .pattern = KINDS[kind].hook == HK_PATTERN, .T = T};
-    int64_t np = g == G_LAYER_HEAD ? 1 : T, nh = g == G_LAYER_POS ? 1 : H, ns = g == G_LAYER_HEAD_DEST_SRC ? T : 1;
-    bool head_major = g == G_LAYER_HEAD_DEST || g == G_LAYER_HEAD_DEST_SRC;
-    for (int32_t l = 0; l < s->L; l++)
-        for (int64_t i = 0; i < (head_major ? nh : np); i++)
-            for (int64_t j = 0; j < (head_major ? np : nh); j++)
-                for (int64_t k = 0; k < ns; k++) {
-                    c.layer = l;
-                    c.clean = clean[l];
-                    c.head = head_major ? i : j;
-                    c.pos = g == G_LAYER_HEAD ? 0 : head_major ? j : i;
-                    c.src = k;
-                    c.first = c.pos;
-                    c.out = out + n;
-                    cells[n++] = c;
-                }
+    int64_t n = cx_grid_cells(s->ctx->model, kind, s->T, gc);
+    for (int64_t i = 0; i < n; i++)
+        cells[i] = (cell){.g = gc[i], .clean = clean[gc[i].layer], .T = s->T, .layer = gc[i].layer,
+                          .first = gc[i].t0, .out = out + i};
     return n;
 }
 
@@ -445,12 +382,14 @@ static int sweep_grid(sweep *s, int32_t kind, const float *const *clean, float *
     int64_t total = 1;
     for (int32_t i = 0; i < nd; i++) total *= shape[i];
     cell *cells = cx_malloc((size_t)total * sizeof *cells), *todo = cx_malloc((size_t)total * sizeof *cells);
-    if (!cells || !todo) {
+    cx_grid_cell *gc = cx_malloc((size_t)total * sizeof *gc);
+    if (!cells || !todo || !gc) {
         cx_free(cells);
         cx_free(todo);
+        cx_free(gc);
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory for %lld cells", s->fn, (long long)total);
     }
-    int64_t n = grid_cells(s, kind, clean, out, cells), per_pos = n / (s->L * s->T), last = s->u[s->n - 1];
+    int64_t n = grid_cells(s, kind, clean, out, gc, cells), per_pos = n / (s->L * s->T), last = s->u[s->n - 1];
     if (per_pos < 1) per_pos = 1;
     int64_t w = !s->incremental ? s->T : (ROWS_PER_GROUP + per_pos * s->B * s->T - 1) / (per_pos * s->B * s->T);
     if (w < 1) w = 1;
@@ -470,6 +409,7 @@ static int sweep_grid(sweep *s, int32_t kind, const float *const *clean, float *
         }
     cx_free(cells);
     cx_free(todo);
+    cx_free(gc);
     return rc;
 }
 
@@ -490,8 +430,8 @@ int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: incremental must be 0 or 1 (got %d)", fn, o.incremental);
     if (o.cells_per_run < 0)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cells_per_run %d < 0 (0: automatic)", fn, o.cells_per_run);
-    if (kind < 0 || kind >= (int32_t)CX_COUNT(KINDS))
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: unknown patch kind %d", fn, kind);
+    const cx_patch_kind *pk = cx_patch_kind_of(kind);
+    if (!pk) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: unknown patch kind %d", fn, kind);
     const circuits_config *c = &ctx->model->cfg;
     if (batch < 1 || pos < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: tokens shape [%lld, %lld]: batch and pos must be at least 1", fn,
@@ -500,16 +440,16 @@ int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const
         return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)pos,
                        c->n_ctx);
     for (int32_t l = 0; l < c->n_layers; l++) {
-        if (cx_hook_index(&ctx->hooks, l, KINDS[kind].hook) < 0)
+        if (cx_hook_index(&ctx->hooks, l, pk->hook) < 0)
             return cx_fail(CIRCUITS_E_NOT_FOUND, "%s: this model has no hook '%s' in block %d to patch", fn,
-                           KINDS[kind].name, l);
+                           pk->name, l);
         if (!clean[l])
             return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: clean[%d] (the clean '%s' of block %d) is NULL", fn, l,
-                           KINDS[kind].name, l);
+                           pk->name, l);
     }
     sweep s = {.ctx = ctx, .fn = fn, .tokens = corrupted_tokens, .B = batch, .T = pos, .D = c->d_model,
                .KD = (int64_t)c->n_key_value_heads * c->d_head, .V = c->d_vocab_out, .L = c->n_layers,
-               .hook = KINDS[kind].hook, .metric = metric, .incremental = o.incremental};
+               .hook = pk->hook, .metric = metric, .incremental = o.incremental};
     /* the grid is one operation: the guard is held from the base run to the last cell, so a metric
      * callback (called between runs) cannot run this context or change its hooks mid-grid */
     if ((rc = cx_context_enter(ctx, fn))) return rc;
