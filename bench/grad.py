@@ -20,7 +20,9 @@ script with --worker), fed one command at a time so that the repetitions interle
 shared machine hits every contender alike. One warm-up per contender and task, then --reps
 repetitions; medians of wall time (the CPU time of each process is recorded too). Same thread
 count everywhere: CIRCUITS_NUM_THREADS + circuits_set_num_threads for libcircuits (OpenBLAS
-single-threaded inside its pool), torch.set_num_threads + OMP_NUM_THREADS for the peers.
+single-threaded inside its pool), torch.set_num_threads + OMP_NUM_THREADS for the peers, with
+OMP_WAIT_POLICY=PASSIVE unless set (torch's threads spinning at barriers on a shared machine
+made its forward at [1, 128] 2-3x slower than with PASSIVE; libcircuits' pool always sleeps).
 
 What each task computes (metric: the mean next-token loss over the T-1 pairs, as
 GPT2LMHeadModel(labels=tokens).loss, TransformerLens return_type="loss", CIRCUITS_METRIC_LOSS):
@@ -258,6 +260,9 @@ def make_model():
 def env_for(threads):
     return dict(os.environ, CIRCUITS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                 MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1", TQDM_DISABLE="1",
+                # torch's OpenMP threads sleep rather than spin between parallel regions: on a shared,
+                # oversubscribed machine spinning made its forward 2-3x slower (measured here)
+                OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
                 TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
 
 
@@ -384,6 +389,9 @@ def render(res):
     def rat(num, den):
         return f"**{num['median_ms'] / den['median_ms']:.2f}×**" if num and den else "—"
 
+    def cpu_rat(num, den):
+        return f"{num['median_cpu_ms'] / den['median_cpu_ms']:.2f}×" if num and den else "—"
+
     out = []
     m = res["machine"]
     out.append(f"GPT-2-small shape (random init, fp32, unprocessed), batch 1, {m['threads']} threads each; "
@@ -391,8 +399,9 @@ def render(res):
                f"{m['date']}, load average {m['load_start'][0]:.1f} at the start.\n")
     shapes = sorted({r["pos"] for r in rows if r["task"].startswith("bwd")})
     if shapes:
-        out.append("| task | T | libcircuits | PyTorch | TransformerLens | PyTorch / libcircuits | TL / libcircuits |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        out.append("| task | T | libcircuits ms | PyTorch ms | TransformerLens ms | PyTorch / libcircuits | "
+                   "TL / libcircuits | same, CPU time: PyTorch / lc, TL / lc |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     labels = {"fwd": "forward (no grad)", "bwd_w": "(a) fwd+bwd, loss + weight grads",
               "bwd_a": "(a') fwd+bwd, loss + activation grads (no weight grads)",
               "bwd_c": "(b) gradient at every hook point, cached (TL: incl_bwd, frozen weights)",
@@ -402,7 +411,8 @@ def render(res):
             c, t, tl = get(task, "circuits", T), get(task, "torch", T), get(task, "tl", T)
             if not (c or t or tl):
                 continue
-            out.append(f"| {labels[task]} | {T} | {med(c)} | {med(t)} | {med(tl)} | {rat(t, c)} | {rat(tl, c)} |")
+            out.append(f"| {labels[task]} | {T} | {med(c)} | {med(t)} | {med(tl)} | {rat(t, c)} | {rat(tl, c)} | "
+                       f"{cpu_rat(t, c)}, {cpu_rat(tl, c)} |")
     out.append("")
     checks = []
     for T in shapes:
@@ -489,7 +499,7 @@ def main():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     res = {"args": vars(a), "rows": [],
-           "machine": dict(cpu=cpu, cores=os.cpu_count(), threads=a.threads, kernel=platform.release(), commit=commit,
+           "machine": dict(omp_wait_policy=env_for(a.threads)["OMP_WAIT_POLICY"], cpu=cpu, cores=os.cpu_count(), threads=a.threads, kernel=platform.release(), commit=commit,
                            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
                            load_start=os.getloadavg())}
     out = a.out or os.path.join(HERE, "results", f"grad-{datetime.date.today().isoformat()}.json")
