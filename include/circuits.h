@@ -1314,7 +1314,8 @@ CIRCUITS_API void circuits_backward_options_init(circuits_backward_options *opts
  * every weight, under its TransformerLens name. Forward hooks fire in the forward pass, backward
  * hooks in the backward pass. Models with weights kept in their stored dtype are refused (the
  * backward needs fp32 weights). opts may be NULL. On failure the outputs are unspecified and the
- * caches empty. */
+ * caches empty, holding no memory (a call refused before its run starts — a bad argument, a cache
+ * being filled by a run in progress — leaves them untouched). */
 CIRCUITS_API int circuits_context_backward(circuits_context *ctx, const circuits_backward_options *opts,
                                            const int32_t *tokens, int64_t batch, int64_t pos,
                                            const circuits_metric *metric, float *value, float *logits,

@@ -2,7 +2,8 @@
  * integrated gradients (ig.c):
  *  - against TransformerLens and torch autograd (tests/reference/attribution/,
  *    generate_attribution.py): attribution-patching grids of several kinds, EAP and EAP-IG (3
- *    steps) edge scores, IG at hook_embed and its completeness, within 1e-4 of each reference's
+ *    steps) edge scores, IG at hook_embed and its completeness on five cases (GPT-2, LayerNorm +
+ *    GELU, GQA + rotary + RMSNorm, attention-only, parallel blocks), within 1e-4 of each reference's
  *    scale (max |reference|; the largest error is printed);
  *  - against activation patching: a source a small step from the base activation, where the two
  *    agree to first order (the error shrinks with the step: checked at two steps);
@@ -371,15 +372,15 @@ static void test_ig(void)
     size_t n = (size_t)B * T * c.d_model;
     float *attr = malloc(n * sizeof(float));
     /* completeness shrinks as the steps grow (midpoint rule: about 1/steps^2) */
-    const int steps[3] = {1, 4, 16};
-    float comp[3];
-    for (int i = 0; i < 3; i++)
+    const int steps[4] = {1, 4, 16, 64};
+    float comp[4];
+    for (int i = 0; i < 4; i++)
         CHECK_OK(circuits_context_integrated_gradients(ctx, "blocks.1.hook_resid_pre", tok, base, B, T, steps[i], &ld,
                                                        attr, &comp[i]));
-    printf("IG completeness at blocks.1.hook_resid_pre: %.3g (1 step), %.3g (4), %.3g (16)\n", comp[0], comp[1],
-           comp[2]);
-    CHECK(fabsf(comp[2]) < fabsf(comp[0]) && fabsf(comp[2]) <= 1e-2, "IG completeness does not shrink: %g %g %g",
-          comp[0], comp[1], comp[2]);
+    printf("IG completeness at blocks.1.hook_resid_pre: %.3g (1 step), %.3g (4), %.3g (16), %.3g (64)\n", comp[0],
+           comp[1], comp[2], comp[3]);
+    CHECK(fabsf(comp[3]) < fabsf(comp[2]) && fabsf(comp[2]) < fabsf(comp[0]) && fabsf(comp[3]) <= 2e-4,
+          "IG completeness does not shrink: %g %g %g %g", comp[0], comp[1], comp[2], comp[3]);
     /* a linear metric at the same point: the gradient is the direction, exactly */
     float *dir = malloc(n * sizeof(float)), *a = malloc(n * sizeof(float)), *a0 = malloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) dir[i] = (float)((int)(i % 7) - 3) * 0.25f;
@@ -455,6 +456,29 @@ static void test_graph(void)
               i, (long long)up[i], (long long)down[i], top[i], (long long)want_flat[i]);
     CHECK_OK(circuits_eap_top_edges(s, 3, 4, 3, up, down, top));
     CHECK(up[0] == 2 && down[0] == 2 && up[1] == 0 && down[1] == 1 && up[2] == 1 && down[2] == 2, "top 3 edges");
+    /* many ties (scores in steps of 0.5), every k: the same order as a sort */
+    enum { NU = 9, ND = 13 };
+    float r[NU * ND];
+    int64_t order[NU * ND], tu[NU * ND], td[NU * ND];
+    float ts[NU * ND];
+    uint32_t x = 99;
+    for (int i = 0; i < NU * ND; i++) {
+        x = x * 1664525u + 1013904223u;
+        r[i] = (float)((int)(x >> 28) - 8) * 0.5f;
+        order[i] = i;
+    }
+    for (int i = 1; i < NU * ND; i++) /* insertion sort by |score| descending, then index */
+        for (int j = i; j > 0 && (fabsf(r[order[j]]) > fabsf(r[order[j - 1]])); j--) {
+            int64_t t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    for (int k = 0; k <= NU * ND; k += 7) {
+        CHECK_OK(circuits_eap_top_edges(r, NU, ND, k, tu, td, ts));
+        for (int i = 0; i < k; i++)
+            CHECK(tu[i] * ND + td[i] == order[i] && ts[i] == r[order[i]], "k %d: top edge %d is %lld, want %lld", k, i,
+                  (long long)(tu[i] * ND + td[i]), (long long)order[i]);
+    }
 }
 
 /* ---- refusals ---- */
@@ -481,6 +505,15 @@ static void test_refusals(void)
                CIRCUITS_E_INVALID_ARGUMENT, "source[1]");
     CALL_FAILS("attr_bad_shape", circuits_context_attribution_patch(ctx, 0, tok, B, 0, src, &ld, NULL, out),
                CIRCUITS_E_SHAPE, "at least 1");
+    circuits_metric bad = ld;
+    int32_t bad_ans[B] = {1, 99};
+    bad.answer = bad_ans;
+    CALL_FAILS("attr_bad_metric", circuits_context_attribution_patch(ctx, 0, tok, B, T, src, &bad, NULL, out),
+               CIRCUITS_E_RANGE, "answer[1] = 99");
+    CALL_FAILS("eap_bad_metric", circuits_context_edge_attribution(ctx, tok, tok, B, T, &bad, NULL, out),
+               CIRCUITS_E_RANGE, "answer[1] = 99");
+    CALL_FAILS("ig_bad_metric", circuits_context_integrated_gradients(ctx, "hook_embed", tok, NULL, B, T, 4, &bad, out, NULL),
+               CIRCUITS_E_RANGE, "answer[1] = 99");
     CALL_FAILS("attr_too_long", circuits_context_attribution_patch(ctx, 0, tok, 1, 33, src, &ld, NULL, out),
                CIRCUITS_E_RANGE, "n_ctx");
 
@@ -554,6 +587,7 @@ int main(int argc, char **argv)
     test_case("tl_gqa_rotary_rms");
     test_case("tl_attn_only_2l_none");
     test_case("tl_parallel_ln");
+    test_case("hf_tiny_random_gpt2");
     test_against_activation_patching();
     test_eap_direct("tl_2l_lnpre_gelu");
     test_eap_direct("tl_parallel_ln");

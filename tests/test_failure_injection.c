@@ -78,6 +78,7 @@ typedef struct fx {
     int32_t tokens[B * T];
     circuits_context *ctx;     /* per attempt (setup) */
     circuits_cache *cache;
+    circuits_cache *wcache;    /* weight gradients (gradient runs) */
     circuits_kv_cache *kv;
     void *made;                /* the object a creating call made (NULL after a failure) */
     float *out;                /* [OUT_FLOATS]: dense results */
@@ -123,9 +124,11 @@ static void free_state(fx *f)
 {
     circuits_context_free(f->ctx);
     circuits_cache_free(f->cache);
+    circuits_cache_free(f->wcache);
     circuits_kv_cache_free(f->kv);
     f->ctx = NULL;
     f->cache = NULL;
+    f->wcache = NULL;
     f->kv = NULL;
 }
 
@@ -394,6 +397,59 @@ static int call_run_with_cache_all(fx *f)
 {
     f->out_n = (size_t)(B * T * VOCAB);
     return circuits_context_run_with_cache(f->ctx, f->tokens, B, T, NULL, 0, f->cache, f->out, NULL, NULL);
+}
+
+/* ---- gradient runs (lib/run/backward.c) ---- */
+
+/* setup_forward's hooks (a reader everywhere, two editors), a backward hook reading every point,
+ * and the two caches; variant 1: the per-head points on (use_attn_result), a mask, THROUGH. */
+static int bwd_read(const circuits_tensor *t, void *u)
+{
+    (void)u;
+    volatile float sink = t->data[0];
+    (void)sink;
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
+static void setup_backward(fx *f)
+{
+    setup_forward(f);
+    CHECK_OK(circuits_context_add_backward_hook(f->ctx, "*", bwd_read, NULL, NULL));
+    CHECK_OK(circuits_cache_create(&f->cache));
+    CHECK_OK(circuits_cache_create(&f->wcache));
+}
+
+static int call_backward(fx *f)
+{
+    static const int32_t mask[B * T] = {0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}; /* row 0 left-padded by two */
+    circuits_metric m;
+    circuits_metric_init(&m);
+    m.kind = CIRCUITS_METRIC_LOSS;
+    m.tokens = f->tokens;
+    circuits_run_options ro;
+    circuits_run_options_init(&ro);
+    circuits_backward_options o;
+    circuits_backward_options_init(&o);
+    o.weight_grads = 1;
+    if (f->op->variant == 1) {
+        ro.attention_mask = mask;
+        m.attention_mask = mask;
+        o.run = &ro;
+        o.edit_grad = CIRCUITS_EDIT_GRAD_THROUGH;
+    } else {
+        o.names_filter = FILTER_SOME;
+        o.n_filter = 3;
+    }
+    f->out_n = (size_t)(B * T * VOCAB) + 1;
+    return circuits_context_backward(f->ctx, &o, f->tokens, B, T, &m, f->out + B * T * VOCAB, f->out, f->cache,
+                                     f->wcache);
+}
+
+static void digest_backward(fx *f, bytes *b)
+{
+    put_out(f, b);
+    put_cache(f->cache, b);
+    put_cache(f->wcache, b);
 }
 
 /* ---- the residual stream of a cache (lib/analysis/resid.c) ---- */
@@ -1118,6 +1174,9 @@ static void test_operations(fx *f)
         {"run_with_cache reused cache", setup_run_with_cache, call_run_with_cache, digest_run_with_cache, free_state, NULL, 1, false},
         {"run_with_cache growing cache", setup_run_with_cache, call_run_with_cache, digest_run_with_cache, free_state, NULL, 2, false},
         {"run_with_cache everything", setup_run_with_cache, call_run_with_cache_all, digest_run_with_cache, free_state, NULL, 0, false},
+        /* a gradient run keeps its context's gradient memory, as a forward keeps the run memory */
+        {"backward with caches and weight gradients", setup_backward, call_backward, digest_backward, free_state, NULL, 0, true},
+        {"backward attn_result, masked, THROUGH", setup_backward, call_backward, digest_backward, free_state, NULL, 1, true},
         {"resid_stack full decomposition", setup_resid, call_resid_stack, put_out, free_state, NULL, 0, false},
         {"resid_stack from hook_result", setup_resid, call_resid_stack, put_out, free_state, NULL, 1, false},
         {"resid_apply_ln", setup_resid, call_resid_apply_ln, put_out, free_state, NULL, 0, false},

@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 enum { B = 2, T = 4, V = 5 };
 
@@ -29,6 +30,34 @@ static int cb_fail(const float *lg, int64_t b, int64_t t, int64_t v, float *valu
 {
     (void)lg, (void)b, (void)t, (void)v, (void)value, (void)u;
     return -7;
+}
+
+/* GRAD_CALLBACK: value 3 * logits[b = 1, t = 2, v = 4], its gradient 3 there */
+static int gcb_value(const float *lg, int64_t b, int64_t t, int64_t v, float *value, float *grad, void *u)
+{
+    (void)b, (void)u;
+    int64_t i = (1 * t + 2) * v + 4;
+    *value = 3.0f * lg[i];
+    grad[i] = 3.0f;
+    return 0;
+}
+static int gcb_fail(const float *lg, int64_t b, int64_t t, int64_t v, float *value, float *grad, void *u)
+{
+    (void)lg, (void)b, (void)t, (void)v, (void)value, (void)grad, (void)u;
+    return -3;
+}
+static int gcb_nan(const float *lg, int64_t b, int64_t t, int64_t v, float *value, float *grad, void *u)
+{
+    (void)lg, (void)b, (void)t, (void)v, (void)grad, (void)u;
+    *value = NAN;
+    return 0;
+}
+static int gcb_inf_grad(const float *lg, int64_t b, int64_t t, int64_t v, float *value, float *grad, void *u)
+{
+    (void)lg, (void)b, (void)u;
+    *value = 0.0f;
+    grad[(0 * t + 1) * v + 2] = -INFINITY;
+    return 0;
 }
 
 static void test_loss(void)
@@ -152,6 +181,96 @@ static void test_metrics(void)
                "metric is NULL");
 }
 
+/* The kinds added in 0.7.0 (gradient runs), and a 0.5.0 caller's shorter struct. */
+static void test_metrics_07(void)
+{
+    circuits_metric m;
+    float v = NAN;
+    /* TOKEN_LOSS: positions NULL is the second-to-last position (the loss of predicting the last token) */
+    circuits_metric_init(&m);
+    m.kind = CIRCUITS_METRIC_TOKEN_LOSS, m.tokens = tokens;
+    CHECK_OK(circuits_metric_eval(&m, logits, B, T, V, &v));
+    double want = 0.0;
+    for (int b = 0; b < B; b++) want -= log_softmax_at(logits + (b * T + T - 2) * V, tokens[b * T + T - 1]) / B;
+    CHECK(fabs(v - want) < 1e-6, "TOKEN_LOSS default %g vs %g", v, want);
+    float per[B * (T - 1)];
+    CHECK_OK(circuits_lm_cross_entropy(logits, tokens, NULL, B, T, V, per, NULL));
+    const int64_t pos[B] = {0, -3};
+    m.positions = pos;
+    CHECK_OK(circuits_metric_eval(&m, logits, B, T, V, &v));
+    CHECK(fabs(v - (per[0] + per[(T - 1) + 1]) / 2.0) < 1e-6, "TOKEN_LOSS at positions %g: the per-token losses", v);
+
+    const int64_t last[B] = {0, -1};
+    m.positions = last;
+    CALL_FAILS("metric_token_loss_last_position", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_RANGE,
+               "positions[1] = -1 is the last position: the TOKEN_LOSS metric needs a next token");
+    const int64_t outside[B] = {0, 4};
+    m.positions = outside;
+    CALL_FAILS("metric_token_loss_position_outside", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_RANGE,
+               "positions[1] = 4 is outside [-4, 4)");
+    const int32_t bad_tok[B * T] = {1, 4, 0, 2, 3, 3, 9, 4};
+    m.positions = pos, m.tokens = bad_tok;
+    CALL_FAILS("metric_token_loss_target_outside_vocab", circuits_metric_eval(&m, logits, B, T, V, &v),
+               CIRCUITS_E_RANGE, "target tokens[1, 2] = 9 is outside d_vocab_out = 5");
+    m.positions = NULL;
+    CALL_FAILS("metric_token_loss_one_position", circuits_metric_eval(&m, logits, B, 1, V, &v), CIRCUITS_E_SHAPE,
+               "the TOKEN_LOSS metric needs at least 2 positions (got 1)");
+    m.tokens = NULL;
+    CALL_FAILS("metric_token_loss_without_tokens", circuits_metric_eval(&m, logits, B, T, V, &v),
+               CIRCUITS_E_INVALID_ARGUMENT, "the TOKEN_LOSS metric needs tokens [batch, pos]; it is NULL");
+
+    /* HOOK_LINEAR reads an activation: checked, then refused by the evaluation of logits */
+    const float dir[1] = {1.0f};
+    circuits_metric_init(&m);
+    m.kind = CIRCUITS_METRIC_HOOK_LINEAR, m.direction = dir;
+    CALL_FAILS("metric_hook_linear_hook_null", circuits_metric_eval(&m, logits, B, T, V, &v),
+               CIRCUITS_E_INVALID_ARGUMENT, "the HOOK_LINEAR metric needs hook (a hook point name); it is NULL");
+    m.hook = "blocks.0.hook_resid_post", m.direction = NULL;
+    CALL_FAILS("metric_hook_linear_direction_null", circuits_metric_eval(&m, logits, B, T, V, &v),
+               CIRCUITS_E_INVALID_ARGUMENT, "the HOOK_LINEAR metric needs direction; it is NULL");
+    m.direction = dir;
+    v = 5.0f;
+    CALL_FAILS("metric_hook_linear_not_logits", circuits_metric_eval(&m, logits, B, T, V, &v),
+               CIRCUITS_E_INVALID_ARGUMENT, "reads a hook point's activation, not the logits: only gradient runs");
+    CHECK(v == 5.0f, "a refused HOOK_LINEAR wrote the value");
+
+    /* GRAD_CALLBACK: evaluable (its gradient into scratch, freed); its failures */
+    circuits_metric_init(&m);
+    m.kind = CIRCUITS_METRIC_GRAD_CALLBACK, m.grad_fn = gcb_value;
+    CHECK_OK(circuits_metric_eval(&m, logits, B, T, V, &v));
+    CHECK(v == 3.0f * logits[(1 * T + 2) * V + 4], "GRAD_CALLBACK value %g", v);
+    m.fn = cb_fail; /* fn is CALLBACK's: not called */
+    CHECK_OK(circuits_metric_eval(&m, logits, B, T, V, &v));
+    m.grad_fn = gcb_fail;
+    CALL_FAILS("metric_grad_callback_fails", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_CALLBACK,
+               "the metric's grad_fn returned -3");
+    m.grad_fn = gcb_nan;
+    CALL_FAILS("metric_grad_callback_nan_value", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_CALLBACK,
+               "the metric's grad_fn gave the value nan (not finite)");
+    m.grad_fn = gcb_inf_grad;
+    CALL_FAILS("metric_grad_callback_inf_grad", circuits_metric_eval(&m, logits, B, T, V, &v), CIRCUITS_E_CALLBACK,
+               "the metric's grad_fn gave grad[0, 1, 2] = -inf (not finite)");
+    m.grad_fn = NULL;
+    CALL_FAILS("metric_grad_callback_null", circuits_metric_eval(&m, logits, B, T, V, &v),
+               CIRCUITS_E_INVALID_ARGUMENT, "the GRAD_CALLBACK metric's grad_fn is NULL");
+
+    /* a 0.5.0 caller's struct ends before hook: accepted, the new fields read as NULL */
+    struct {
+        circuits_metric m;
+        char poison[64];
+    } old;
+    memset(&old, 0x5A, sizeof old);
+    circuits_metric_init(&m);
+    const int32_t ans[B] = {1, 2};
+    m.kind = CIRCUITS_METRIC_LOGIT, m.answer = ans;
+    memcpy(&old.m, &m, offsetof(circuits_metric, hook));
+    old.m.size = (uint32_t)offsetof(circuits_metric, hook);
+    CHECK_OK(circuits_metric_eval(&old.m, logits, B, T, V, &v));
+    CHECK(fabs(v - (logits[(0 * T + 3) * V + 1] + logits[(1 * T + 3) * V + 2]) / 2.0) < 1e-6, "0.5-sized metric %g", v);
+    old.m.kind = CIRCUITS_METRIC_HOOK_LINEAR; /* its hook is past the struct: NULL, not the poison */
+    CHECK_FAILS(circuits_metric_eval(&old.m, logits, B, T, V, &v), CIRCUITS_E_INVALID_ARGUMENT, "hook");
+}
+
 int main(int argc, char **argv)
 {
     cat_verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
@@ -162,5 +281,6 @@ int main(int argc, char **argv)
     }
     test_loss();
     test_metrics();
+    test_metrics_07();
     return tu_finish("test_metric");
 }

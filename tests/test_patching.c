@@ -261,6 +261,12 @@ static void test_refusals(void)
     ld.answer = bad_ans;
     CALL_FAILS("patch_bad_metric", circuits_context_activation_patch(ctx, 0, tok, B, T, clean, &ld, NULL, out),
                CIRCUITS_E_RANGE, "");
+    const float dir[1] = {1.0f};
+    circuits_metric hl;
+    circuits_metric_init(&hl);
+    hl.kind = CIRCUITS_METRIC_HOOK_LINEAR, hl.hook = "blocks.0.hook_resid_post", hl.direction = dir;
+    CALL_FAILS("patch_metric_hook_linear", circuits_context_activation_patch(ctx, 0, tok, B, T, clean, &hl, NULL, out),
+               CIRCUITS_E_INVALID_ARGUMENT, "the HOOK_LINEAR metric reads a hook point's activation, not the logits");
     int64_t shape[4];
     int32_t nd;
     CALL_FAILS("patch_grid_shape_kind", circuits_patch_grid_shape(m, -1, T, shape, &nd), CIRCUITS_E_INVALID_ARGUMENT,

@@ -118,6 +118,12 @@ static void refusals(circuits_context *ctx, const int32_t *clean, const int32_t 
                CIRCUITS_E_INVALID_ARGUMENT, "out is NULL");
     CALL_FAILS("path_patch_metric_null", circuits_context_path_patch(ctx, clean, corrupted, B, T, s, 1, NULL, NULL, &v, NULL),
                CIRCUITS_E_INVALID_ARGUMENT, "metric is NULL");
+    const float dir[1] = {1.0f};
+    circuits_metric hl;
+    circuits_metric_init(&hl);
+    hl.kind = CIRCUITS_METRIC_HOOK_LINEAR, hl.hook = "blocks.0.hook_resid_post", hl.direction = dir;
+    CALL_FAILS("path_patch_metric_hook_linear", circuits_context_path_patch(ctx, clean, corrupted, B, T, s, 1, &hl, NULL, &v, NULL),
+               CIRCUITS_E_INVALID_ARGUMENT, "the HOOK_LINEAR metric reads a hook point's activation, not the logits");
     CALL_FAILS("path_patch_shape", circuits_context_path_patch(ctx, clean, corrupted, B, 0, s, 1, m, NULL, &v, NULL),
                CIRCUITS_E_SHAPE, "batch and pos must be at least 1");
     CALL_FAILS("path_patch_too_long", circuits_context_path_patch(ctx, clean, corrupted, B, 1 << 20, s, 1, m, NULL, &v, NULL),

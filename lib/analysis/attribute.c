@@ -5,6 +5,7 @@
  * and gradient in every block. */
 #include "backward.h"
 #include "grid.h"
+#include "metric.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -47,10 +48,13 @@ int circuits_context_attribution_patch(circuits_context *ctx, int32_t kind, cons
             return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: source[%d] (the source '%s' of block %d) is NULL", fn, l,
                            pk->name, l);
     }
+    /* the caller's metric copied by its size and checked before any run */
+    circuits_metric pm;
+    int rc = cx_metric_check(metric, &pm, batch, pos, c->d_vocab_out, fn);
+    if (rc) return rc;
     int64_t shape[4], total = 1;
     int32_t nd;
-    int rc = circuits_patch_grid_shape(ctx->model, kind, pos, shape, &nd);
-    if (rc) return rc;
+    if ((rc = circuits_patch_grid_shape(ctx->model, kind, pos, shape, &nd))) return rc;
     for (int32_t i = 0; i < nd; i++) total *= shape[i];
 
     const cx_hook_table *ht = &ctx->hooks;
@@ -62,7 +66,7 @@ int circuits_context_attribution_patch(circuits_context *ctx, int32_t kind, cons
         goto done;
     }
     for (int32_t l = 0; l < c->n_layers; l++) sel[cx_hook_index(ht, l, pk->hook)] = true;
-    cx_grad_run g = cx_grad_run_init(ctx, fn, tokens, batch, pos, metric);
+    cx_grad_run g = cx_grad_run_init(ctx, fn, tokens, batch, pos, &pm);
     g.sel = sel;
     g.cache = cache;
     g.cache_activations = true;

@@ -20,6 +20,7 @@
  * half-way), the gradients averaged. */
 #include "backward.h"
 #include "kernels.h"
+#include "metric.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -131,32 +132,34 @@ int circuits_eap_node_name(const circuits_model *model, int32_t downstream, int6
     return CIRCUITS_OK;
 }
 
-/* The state of one edge attribution. Upstream activations up[BTD * n_up] laid out per point:
+/* The state of one edge attribution. The upstream differences diff[BTD * n_up] laid out per point:
  * input [B, T, D] at 0, block l's hook_result [B, T, H, D] at BTD (1 + l up_per), its mlp_out
- * [B, T, D] after; gradients grad[BTD * n_down]: block l's q_input [B, T, H, D], k_input and
- * v_input [B, T, K, D], mlp_in [B, T, D] from BTD l down_per, the last resid_post at BTD L down_per. */
+ * [B, T, D] after; a gradient run's downstream gradients are read from its cache (grad[n_down]:
+ * each node's point's entry). */
 typedef struct eap {
     const char *fn;
     circuits_context *ictx;
     graph g;
     int64_t B, T, D, BT;
-    float *corr, *clean;  /* upstream activations of the two runs; corr becomes the difference */
-    float *grad;          /* the summed gradients */
-    float *input;         /* [B, T, D] an interpolated residual stream (EAP-IG) */
-    float **dst;          /* [n_points] cache destinations of a forward */
+    float *diff;          /* the corrupted run's upstream activations, then minus the clean run's */
+    float *in0, *in1;     /* [B, T, D] EAP-IG: the corrupted and clean residual streams into block 0 */
+    float *input;         /* [B, T, D] EAP-IG: an interpolated one */
+    float **dst;          /* [n_points] cache destinations of the corrupted forward */
     bool *sel;            /* [n_points] the downstream points */
+    const float **grad;   /* [n_points] a gradient run's cached gradients (downstream points) */
     circuits_cache *cache;
     float *U, *G;         /* [n_up, D], [n_down, D]: one position's rows */
 } eap;
 
 static void eap_free(eap *e)
 {
-    cx_free(e->corr);
-    cx_free(e->clean);
-    cx_free(e->grad);
+    cx_free(e->diff);
+    cx_free(e->in0);
+    cx_free(e->in1);
     cx_free(e->input);
     cx_free(e->dst);
     cx_free(e->sel);
+    cx_free(e->grad);
     cx_free(e->U);
     cx_free(e->G);
     circuits_cache_free(e->cache);
@@ -168,68 +171,77 @@ static int point(const eap *e, int32_t layer, cx_hook_kind kind)
     return cx_hook_index(&e->ictx->hooks, layer, kind);
 }
 
-/* A forward of tokens caching the upstream points into up. */
-static int upstream_run(eap *e, const int32_t *tokens, float *up)
+/* Where upstream point (layer, kind)'s activation [B, T, ...] lies in diff. */
+static float *diff_of(const eap *e, int32_t layer, cx_hook_kind kind)
+{
+    size_t BTD = (size_t)(e->BT * e->D);
+    if (kind == HK_RESID_PRE) return e->diff;
+    float *at = e->diff + BTD * (size_t)(1 + layer * e->g.up_per);
+    return kind == HK_RESULT ? at : at + BTD * (size_t)e->g.H;
+}
+
+/* A reader (an editor that writes nothing) of the clean run's upstream points: subtracts the
+ * activation from the corrupted one's in diff; block 0's input is kept for EAP-IG. */
+typedef struct reader {
+    float *to;
+    float *copy; /* or NULL */
+} reader;
+
+static int subtract(const circuits_tensor *t, void *user)
+{
+    const reader *r = user;
+    size_t n = (size_t)(t->shape[0] * t->strides[0]);
+    for (size_t i = 0; i < n; i++) r->to[i] -= t->data[i];
+    if (r->copy) memcpy(r->copy, t->data, n * sizeof(float));
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
+/* diff = the corrupted run's upstream activations (cached) - the clean run's (readers). */
+static int upstream_runs(eap *e, const int32_t *clean, const int32_t *corrupted)
 {
     const graph *g = &e->g;
-    size_t BTD = (size_t)(e->BT * e->D);
-    memset(e->dst, 0, e->ictx->hooks.n_points * sizeof *e->dst);
-    e->dst[point(e, 0, HK_RESID_PRE)] = up;
-    for (int32_t l = 0; l < g->L; l++) {
-        float *at = up + BTD * (size_t)(1 + l * g->up_per);
-        e->dst[point(e, l, HK_RESULT)] = at;
-        if (g->M) e->dst[point(e, l, HK_MLP_OUT)] = at + BTD * (size_t)g->H;
+    int32_t L = (int32_t)g->L, n = 0;
+    cx_edit *edits = cx_malloc((size_t)(1 + 2 * L) * sizeof *edits);
+    reader *rd = cx_malloc((size_t)(1 + 2 * L) * sizeof *rd);
+    if (!edits || !rd) {
+        cx_free(edits);
+        cx_free(rd);
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", e->fn);
     }
-    cx_run r = cx_run_init(e->ictx, e->fn, tokens, e->B, e->T);
+    for (int32_t l = -1; l < L; l++)
+        for (int k = 0; k < 2; k++) {
+            cx_hook_kind kind = l < 0 ? HK_RESID_PRE : k == 0 ? HK_RESULT : HK_MLP_OUT;
+            if ((l < 0 && k == 1) || (kind == HK_MLP_OUT && !g->M)) continue;
+            int32_t layer = l < 0 ? 0 : l;
+            e->dst[point(e, layer, kind)] = diff_of(e, layer, kind);
+            rd[n] = (reader){diff_of(e, layer, kind), l < 0 ? e->in1 : NULL};
+            edits[n] = (cx_edit){layer, kind, subtract, &rd[n], false};
+            n++;
+        }
+    cx_run r = cx_run_init(e->ictx, e->fn, corrupted, e->B, e->T);
     r.cache_dst = e->dst;
-    return cx_context_run(e->ictx, &r);
-}
-
-/* Adds the cache's gradient of point idx (numel values) into dst. */
-static int add_grad(eap *e, int32_t idx, float *dst, size_t numel)
-{
-    char name[160];
-    snprintf(name, sizeof name, "%s_grad", e->ictx->hooks.points[idx].name);
-    circuits_tensor t;
-    int rc = circuits_cache_get(e->cache, name, &t);
-    if (rc) return rc;
-    for (size_t i = 0; i < numel; i++) dst[i] += t.data[i];
-    return CIRCUITS_OK;
-}
-
-/* One gradient run (from tokens, or from e->input when tokens is NULL), its downstream gradients
- * added into e->grad. */
-static int gradient_run(eap *e, const int32_t *tokens, const circuits_metric *metric)
-{
-    const graph *g = &e->g;
-    cx_grad_run r = cx_grad_run_init(e->ictx, e->fn, tokens, e->B, e->T, metric);
-    if (!tokens) r.fwd.input = e->input;
-    r.sel = e->sel;
-    r.cache = e->cache;
-    r.cache_activations = false;
-    int rc = cx_backward(e->ictx, &r);
-    size_t BTD = (size_t)(e->BT * e->D);
-    for (int32_t l = 0; l < g->L && !rc; l++) {
-        float *at = e->grad + BTD * (size_t)(l * g->down_per);
-        if ((rc = add_grad(e, point(e, l, HK_Q_INPUT), at, BTD * (size_t)g->H)) ||
-            (rc = add_grad(e, point(e, l, HK_K_INPUT), at + BTD * (size_t)g->H, BTD * (size_t)g->K)) ||
-            (rc = add_grad(e, point(e, l, HK_V_INPUT), at + BTD * (size_t)(g->H + g->K), BTD * (size_t)g->K)))
-            break;
-        if (g->M) rc = add_grad(e, point(e, l, HK_MLP_IN), at + BTD * (size_t)(g->H + 2 * g->K), BTD);
+    int rc = cx_context_run(e->ictx, &r);
+    if (!rc && e->in0) memcpy(e->in0, e->diff, (size_t)(e->BT * e->D) * sizeof(float));
+    if (!rc) {
+        r = cx_run_init(e->ictx, e->fn, clean, e->B, e->T);
+        r.edits = edits;
+        r.n_edits = (size_t)n;
+        rc = cx_context_run(e->ictx, &r);
     }
-    if (!rc) rc = add_grad(e, point(e, g->L - 1, HK_RESID_POST), e->grad + BTD * (size_t)(g->L * g->down_per), BTD);
+    cx_free(edits);
+    cx_free(rd);
     return rc;
 }
 
-/* Row of upstream node u (downstream v) at flat position bt, in corr (grad). */
+/* Row of upstream node u (downstream v) at flat position bt, in diff (in the gradient run's
+ * cache). */
 static const float *up_row(const eap *e, int64_t u, int64_t bt)
 {
     int64_t l, h;
     up_node(&e->g, u, &l, &h);
-    size_t BTD = (size_t)(e->BT * e->D);
-    if (l < 0) return e->corr + bt * e->D;
-    const float *at = e->corr + BTD * (size_t)(1 + l * e->g.up_per);
-    return h >= 0 ? at + (bt * e->g.H + h) * e->D : at + BTD * (size_t)e->g.H + bt * e->D;
+    if (l < 0) return diff_of(e, 0, HK_RESID_PRE) + bt * e->D;
+    if (h >= 0) return diff_of(e, (int32_t)l, HK_RESULT) + (bt * e->g.H + h) * e->D;
+    return diff_of(e, (int32_t)l, HK_MLP_OUT) + bt * e->D;
 }
 
 static const float *down_row(const eap *e, int64_t v, int64_t bt)
@@ -238,31 +250,43 @@ static const float *down_row(const eap *e, int64_t v, int64_t bt)
     int64_t l, h;
     char w;
     down_node(g, v, &l, &w, &h);
-    size_t BTD = (size_t)(e->BT * e->D);
-    const float *at = e->grad + BTD * (size_t)(l * g->down_per);
+    int32_t L = (int32_t)l;
     switch (w) {
-    case 'q': return at + (bt * g->H + h) * e->D;
-    case 'k': return at + BTD * (size_t)g->H + (bt * g->K + h) * e->D;
-    case 'v': return at + BTD * (size_t)(g->H + g->K) + (bt * g->K + h) * e->D;
-    case 'm': return at + BTD * (size_t)(g->H + 2 * g->K) + bt * e->D;
-    default: return at + bt * e->D; /* logits: block L's slot */
+    case 'q': return e->grad[point(e, L, HK_Q_INPUT)] + (bt * g->H + h) * e->D;
+    case 'k': return e->grad[point(e, L, HK_K_INPUT)] + (bt * g->K + h) * e->D;
+    case 'v': return e->grad[point(e, L, HK_V_INPUT)] + (bt * g->K + h) * e->D;
+    case 'm': return e->grad[point(e, L, HK_MLP_IN)] + bt * e->D;
+    default: return e->grad[point(e, (int32_t)g->L - 1, HK_RESID_POST)] + bt * e->D; /* logits */
     }
 }
 
-/* scores = sum over positions of U_bt G_bt^T (one GEMM per position), then 0 off the edges. */
-static void score(eap *e, float scale, float *scores)
+/* One gradient run (from tokens, or from e->input when tokens is NULL), then scores += scale *
+ * sum over positions of U_bt G_bt^T (one GEMM per position) with its gradients. */
+static int gradient_run(eap *e, const int32_t *tokens, const circuits_metric *metric, float scale, float *scores)
 {
     const graph *g = &e->g;
+    cx_grad_run r = cx_grad_run_init(e->ictx, e->fn, tokens, e->B, e->T, metric);
+    if (!tokens) r.fwd.input = e->input;
+    r.sel = e->sel;
+    r.cache = e->cache;
+    r.cache_activations = false;
+    int rc = cx_backward(e->ictx, &r);
+    const cx_hook_table *t = &e->ictx->hooks;
+    for (size_t i = 0; i < t->n_points && !rc; i++) {
+        if (!e->sel[i]) continue;
+        char name[160];
+        snprintf(name, sizeof name, "%s_grad", t->points[i].name);
+        circuits_tensor gt;
+        if (!(rc = circuits_cache_get(e->cache, name, &gt))) e->grad[i] = gt.data;
+    }
+    if (rc) return rc;
     size_t rowb = (size_t)e->D * sizeof(float);
-    memset(scores, 0, (size_t)(g->n_up * g->n_down) * sizeof(float));
     for (int64_t bt = 0; bt < e->BT; bt++) {
         for (int64_t u = 0; u < g->n_up; u++) memcpy(e->U + u * e->D, up_row(e, u, bt), rowb);
         for (int64_t v = 0; v < g->n_down; v++) memcpy(e->G + v * e->D, down_row(e, v, bt), rowb);
         cx_sgemm(false, true, g->n_up, g->n_down, e->D, scale, e->U, e->D, e->G, e->D, 1.0f, scores, g->n_down);
     }
-    for (int64_t u = 0; u < g->n_up; u++)
-        for (int64_t v = 0; v < g->n_down; v++)
-            if (!has_edge(g, u, v)) scores[u * g->n_down + v] = 0.0f;
+    return CIRCUITS_OK;
 }
 
 int circuits_context_edge_attribution(circuits_context *ctx, const int32_t *clean, const int32_t *corrupted,
@@ -287,6 +311,10 @@ int circuits_context_edge_attribution(circuits_context *ctx, const int32_t *clea
     if (pos > c->n_ctx)
         return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)pos,
                        c->n_ctx);
+    /* the caller's metric copied by its size and checked before any run */
+    circuits_metric pm;
+    if ((rc = cx_metric_check(metric, &pm, batch, pos, c->d_vocab_out, fn))) return rc;
+    metric = &pm;
     if ((rc = cx_context_enter(ctx, fn))) return rc;
     eap e = {.fn = fn, .g = graph_of(ctx->model), .B = batch, .T = pos, .D = c->d_model, .BT = batch * pos};
     circuits_context_options co = ctx->opts;
@@ -296,17 +324,21 @@ int circuits_context_edge_attribution(circuits_context *ctx, const int32_t *clea
     co.use_hook_mlp_in = e.g.M ? 1 : 0;
     if ((rc = circuits_context_create(&e.ictx, ctx->model, &co))) goto done;
     size_t BTD = (size_t)(e.BT * e.D), np = e.ictx->hooks.n_points;
-    e.corr = cx_malloc(BTD * (size_t)e.g.n_up * sizeof(float));
-    e.clean = cx_malloc(BTD * (size_t)e.g.n_up * sizeof(float));
-    e.grad = cx_calloc(BTD * (size_t)e.g.n_down, sizeof(float));
-    e.input = o.ig_steps ? cx_malloc(BTD * sizeof(float)) : NULL;
+    bool ig = o.ig_steps > 0;
+    e.diff = cx_malloc(BTD * (size_t)e.g.n_up * sizeof(float));
+    if (ig) {
+        e.in0 = cx_malloc(BTD * sizeof(float));
+        e.in1 = cx_malloc(BTD * sizeof(float));
+        e.input = cx_malloc(BTD * sizeof(float));
+    }
     e.dst = cx_calloc(np, sizeof *e.dst);
     e.sel = cx_calloc(np, sizeof *e.sel);
+    e.grad = cx_calloc(np, sizeof *e.grad);
     e.U = cx_malloc((size_t)(e.g.n_up * e.D) * sizeof(float));
     e.G = cx_malloc((size_t)(e.g.n_down * e.D) * sizeof(float));
-    if (!e.corr || !e.clean || !e.grad || (o.ig_steps && !e.input) || !e.dst || !e.sel || !e.U || !e.G) {
-        rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory for the activations and gradients of %lld x %lld "
-                     "nodes", fn, (long long)e.g.n_up, (long long)e.g.n_down);
+    if (!e.diff || (ig && (!e.in0 || !e.in1 || !e.input)) || !e.dst || !e.sel || !e.grad || !e.U || !e.G) {
+        rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory for the activations of %lld upstream nodes", fn,
+                     (long long)e.g.n_up);
         goto done;
     }
     if ((rc = circuits_cache_create(&e.cache))) goto done;
@@ -315,20 +347,22 @@ int circuits_context_edge_attribution(circuits_context *ctx, const int32_t *clea
         if (e.g.M) e.sel[point(&e, l, HK_MLP_IN)] = true;
     }
     e.sel[point(&e, (int32_t)e.g.L - 1, HK_RESID_POST)] = true;
-    if ((rc = upstream_run(&e, corrupted, e.corr)) || (rc = upstream_run(&e, clean, e.clean))) goto done;
-    if (!o.ig_steps) {
-        rc = gradient_run(&e, clean, metric);
+    if ((rc = upstream_runs(&e, clean, corrupted))) goto done;
+    memset(scores, 0, (size_t)(e.g.n_up * e.g.n_down) * sizeof(float));
+    if (!ig) {
+        rc = gradient_run(&e, clean, metric, 1.0f, scores);
     } else {
-        /* input (the residual stream block 0 starts from) at corr + alpha (clean - corr) */
+        /* the residual stream into block 0 at corrupted + alpha (clean - corrupted) */
         for (int32_t k = 0; k < o.ig_steps && !rc; k++) {
             float alpha = (float)((k + 0.5) / o.ig_steps);
-            for (size_t i = 0; i < BTD; i++) e.input[i] = e.corr[i] + alpha * (e.clean[i] - e.corr[i]);
-            rc = gradient_run(&e, NULL, metric);
+            for (size_t i = 0; i < BTD; i++) e.input[i] = e.in0[i] + alpha * (e.in1[i] - e.in0[i]);
+            rc = gradient_run(&e, NULL, metric, 1.0f / (float)o.ig_steps, scores);
         }
     }
     if (rc) goto done;
-    for (size_t i = 0; i < BTD * (size_t)e.g.n_up; i++) e.corr[i] -= e.clean[i];
-    score(&e, o.ig_steps ? 1.0f / (float)o.ig_steps : 1.0f, scores);
+    for (int64_t u = 0; u < e.g.n_up; u++)
+        for (int64_t v = 0; v < e.g.n_down; v++)
+            if (!has_edge(&e.g, u, v)) scores[u * e.g.n_down + v] = 0.0f;
 done:
     eap_free(&e);
     cx_context_leave(ctx);

@@ -7,6 +7,7 @@
  * Completeness, metric(a) - metric(a0) - sum(attributions), takes two more gradient runs' values
  * (any metric kind a gradient run takes, HOOK_LINEAR included). */
 #include "backward.h"
+#include "metric.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -49,7 +50,9 @@ static int ig_run(circuits_context *ctx, const char *fn, const cx_hook_point *p,
 {
     cx_grad_run g = cx_grad_run_init(ctx, fn, tokens, B, T, metric);
     g.fwd.held = true; /* the caller holds the guard for the whole operation */
-    cx_edit e = {p->layer, p->kind, interp_edit, edit, false};
+    /* cached_only: at a point fired several times per run (ln1 under split heads) the firing
+     * whose activation and gradient the cache keeps, so a, a0 and the gradient are one firing's */
+    cx_edit e = {p->layer, p->kind, interp_edit, edit, true};
     if (edit) {
         g.fwd.edits = &e;
         g.fwd.n_edits = 1;
@@ -91,8 +94,13 @@ int circuits_context_integrated_gradients(circuits_context *ctx, const char *hoo
     if (pos > c->n_ctx)
         return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)pos,
                        c->n_ctx);
+    /* the caller's metric copied by its size and checked before any run */
+    circuits_metric pm;
+    int rc = cx_metric_check(metric, &pm, batch, pos, c->d_vocab_out, fn);
+    if (rc) return rc;
+    metric = &pm;
     one_point o = {-1, 0};
-    int rc = cx_hooks_select(ctx, hook, visit_one, &o);
+    rc = cx_hooks_select(ctx, hook, visit_one, &o);
     if (rc) return rc;
     if (o.seen != 1)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: '%s' selects %zu hook points; name exactly one", fn, hook,

@@ -31,7 +31,7 @@ int cx_metric_logits_check(const circuits_metric *m, const char *fn)
     if (m->kind == CIRCUITS_METRIC_HOOK_LINEAR)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
                        "%s: the HOOK_LINEAR metric reads a hook point's activation, not the logits: only gradient "
-                       "runs take it",
+                       "runs (circuits_context_backward, the attribution functions) take it",
                        fn);
     return CIRCUITS_OK;
 }
@@ -235,7 +235,8 @@ int circuits_metric_eval(const circuits_metric *m, const float *logits, int64_t 
 /* ---- gradients (0.7.0) ---- */
 
 /* LOSS, row by row over the pool: each included pair's row gets (softmax - onehot(target)) / n, its
- * nll (cx_nll_row's arithmetic, so the value equals cx_lm_loss's) into nll[r]; other rows get 0. */
+ * nll (cx_nll_row's arithmetic via cx_lse_row, so the value equals cx_lm_loss's) into nll[r]; other
+ * rows get 0. */
 typedef struct loss_grad_job {
     const float *logits;
     const int32_t *tokens, *mask;
@@ -260,14 +261,8 @@ static void loss_grad_task(void *arg, int64_t r0, int64_t r1)
             continue;
         }
         int32_t t = j->tokens[r + 1];
-        float mx = -INFINITY;
-        for (int64_t c = 0; c < V; c++) mx = x[c] > mx ? x[c] : mx;
-        double sum = 0.0;
-        for (int64_t c = 0; c < V; c++) {
-            double e = exp((double)x[c] - mx);
-            g[c] = (float)e; /* kept for the second pass: one exp per logit */
-            sum += e;
-        }
+        float mx;
+        double sum = cx_lse_row(x, V, &mx, g); /* the exps kept in g for the second pass */
         j->nll[r] = -((double)x[t] - mx - log(sum));
         double k = j->inv_n / sum;
         for (int64_t c = 0; c < V; c++) g[c] = (float)(g[c] * k);
@@ -287,7 +282,7 @@ static int loss_grad(const circuits_metric *m, const float *logits, int64_t B, i
     double *nll = cx_malloc((size_t)(B * T) * sizeof *nll);
     if (!nll) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory (the loss's rows)", fn);
     loss_grad_job j = {logits, m->tokens, m->attention_mask, T, V, 1.0 / (double)n, grad, nll};
-    cx_parallel_for(B * T, 1, loss_grad_task, &j);
+    cx_parallel_for(B * T, cx_rows_align(V), loss_grad_task, &j);
     double total = 0.0; /* in cx_lm_loss's order */
     for (int64_t r = 0; r < B * T; r++) total += nll[r];
     cx_free(nll);

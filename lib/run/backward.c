@@ -73,6 +73,7 @@ static bool needs_post(const circuits_config *c, cx_hook_kind k)
     case HK_MLP_PRE: case HK_MLP_PRE_LINEAR: case HK_MLP_POST: case HK_UNEMBED_IN:
         return true;
     case HK_ATTN_SCORES: return c->attn_scores_soft_cap > 0.0f;
+    case HK_POS_EMBED: return c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER; /* added to q and k inputs */
     case HK_RESID_PRE: case HK_RESID_MID: case HK_MLP_IN: case HK_ATTN_IN: case HK_Q_INPUT: case HK_K_INPUT:
     case HK_V_INPUT:
         return no_norm; /* the projections' input when no norm sits between */
@@ -162,6 +163,16 @@ static int bfire(bpass *bp, int layer, cx_hook_kind kind, int firing, float *g, 
     return CIRCUITS_OK;
 }
 
+/* True if anything reads or changes the gradient at (layer, kind), or a forward hook may have
+ * written the activation there: then it is computed whole, entries the forward's mask removed
+ * included. */
+static bool watched(const bpass *bp, int layer, cx_hook_kind kind)
+{
+    int32_t i = cx_hook_index(&bp->ctx->hooks, layer, kind);
+    return i >= 0 && (bp->ctx->hooks.points[i].n_bregs > 0 || (bp->gdst && bp->gdst[i]) || i == bp->linear_idx ||
+                      bp->tape.pt[i].pre[0] != NULL);
+}
+
 /* The weight gradient buffer of (layer, kind), or NULL (none asked for, or no such weight). */
 static float *wgrad(const bpass *bp, int layer, cx_weight_kind k)
 {
@@ -236,8 +247,39 @@ typedef struct attn_bjob {
     int step;
 } attn_bjob;
 
+/* The causal path, for one (b, h) when nothing reads or wrote the pattern or the scores: the
+ * pattern and the scores' gradient are 0 above the diagonal (p = 0 there), so per block of
+ * query rows [i0, i1) only keys [0, i1) are met, as in the forward: d pattern, dv, the softmax's
+ * backward row by row, the soft-cap and scale, dq and dk in one go. */
+static void attn_causal(const attn_bjob *j, const float *dz, const float *q, const float *k, const float *v,
+                        float *dv, float *dk, float *dq, float *dS, size_t off)
+{
+    bpass *bp = j->bp;
+    const int64_t T = bp->T, HD = bp->H * bp->dh, KD = bp->KV * bp->dh, dh = bp->dh, QB = 64;
+    for (int64_t i0 = 0; i0 < T; i0 += QB) {
+        int64_t i1 = i0 + QB < T ? i0 + QB : T, m = i1 - i0;
+        float *S = dS + i0 * T;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)i1, (blasint)dh, 1.0f, dz + i0 * HD,
+                    (blasint)HD, v, (blasint)KD, 0.0f, S, (blasint)T);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)i1, (blasint)dh, (blasint)m, 1.0f,
+                    j->P_u + off + i0 * T, (blasint)T, dz + i0 * HD, (blasint)HD, 1.0f, dv, (blasint)KD);
+        for (int64_t i = i0; i < i1; i++) {
+            float *row = dS + i * T;
+            cx_softmax_backward(row, row, j->P_f + off + i * T, 1, i + 1);
+            if (j->cap > 0.0f) cx_softcap_backward(row, row, j->S_f + off + i * T, (size_t)(i + 1), j->cap);
+            for (int64_t c = 0; c <= i; c++) row[c] /= j->scale;
+            for (int64_t c = i + 1; c < i1; c++) row[c] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)m, (blasint)dh, (blasint)i1, 1.0f, S, (blasint)T,
+                    k, (blasint)KD, 0.0f, dq + i0 * HD, (blasint)HD);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)i1, (blasint)dh, (blasint)m, 1.0f, S, (blasint)T,
+                    q + i0 * HD, (blasint)HD, 1.0f, dk, (blasint)KD);
+    }
+}
+
 /* Step 0, per (b, kvh): dS = dz @ v^T (d pattern, every entry: a hook may read it), dv += P^T dz.
- * Step 2: the soft-cap and scale on dS, dq = dS @ k, dk += dS^T q. */
+ * Step 2: the soft-cap and scale on dS, dq = dS @ k, dk += dS^T q. Step 1: both, causally
+ * (attn_causal). */
 static void attn_btask(void *arg, int64_t begin, int64_t end)
 {
     const attn_bjob *j = arg;
@@ -252,7 +294,9 @@ static void attn_btask(void *arg, int64_t begin, int64_t end)
             float *dS = bp->dS + off;
             const float *dz = bp->dz + b * T * HD + h * dh, *q = j->q + b * T * HD + h * dh;
             float *dq = bp->dq + b * T * HD + h * dh;
-            if (j->step == 0) {
+            if (j->step == 1) {
+                attn_causal(j, dz, q, k, v, dv, dk, dq, dS, off);
+            } else if (j->step == 0) {
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)T, (blasint)T, (blasint)dh, 1.0f, dz,
                             (blasint)HD, v, (blasint)KD, 0.0f, dS, (blasint)T);
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)T, (blasint)dh, (blasint)T, 1.0f,
@@ -390,11 +434,16 @@ static int attention_backward(bpass *bp, int l, float *dres_pre, bool *rope_made
             for (int64_t h = 0; h < H; h++) memcpy(bp->dres_h + (n * H + h) * D, bp->dbr + n * D, (size_t)D * sizeof(float));
         BFIRE(l, HK_RESULT, 0, bp->dres_h, 0);
     }
-    for (int64_t h = 0; h < H; h++) {
-        const float *dy = ctx->opts.use_attn_result ? bp->dres_h + h * D : bp->dbr;
-        int64_t ldy = ctx->opts.use_attn_result ? H * D : D;
-        linear_backward(bp->dz + h * dh, HD, false, dWO ? dWO + h * dh * D : NULL, D, dy, ldy, z + h * dh, HD, N, dh, D,
-                        W_O->data + h * so[0], so[1], so[2]);
+    if (!ctx->opts.use_attn_result && so[2] == 1 && so[0] == dh * so[1]) {
+        /* heads stacked along rows: W_O viewed as [H * dh, D], one product each way */
+        linear_backward(bp->dz, HD, false, dWO, D, bp->dbr, D, z, HD, N, HD, D, W_O->data, so[1], so[2]);
+    } else {
+        for (int64_t h = 0; h < H; h++) {
+            const float *dy = ctx->opts.use_attn_result ? bp->dres_h + h * D : bp->dbr;
+            int64_t ldy = ctx->opts.use_attn_result ? H * D : D;
+            linear_backward(bp->dz + h * dh, HD, false, dWO ? dWO + h * dh * D : NULL, D, dy, ldy, z + h * dh, HD, N, dh,
+                            D, W_O->data + h * so[0], so[1], so[2]);
+        }
     }
     BFIRE(l, HK_Z, 0, bp->dz, 0);
 
@@ -408,13 +457,18 @@ static int attention_backward(bpass *bp, int l, float *dres_pre, bool *rope_made
                      .S_f = pre_of(bp, l, HK_ATTN_SCORES, 0), .scale = scale, .cap = c->attn_scores_soft_cap};
     memset(bp->dv, 0, (size_t)(N * KD) * sizeof(float));
     memset(bp->dk, 0, (size_t)(N * KD) * sizeof(float));
-    job.step = 0;
-    cx_parallel_for(B * KV, 1, attn_btask, &job);
-    BFIRE(l, HK_PATTERN, 0, bp->dS, 0);
-    cx_softmax_backward(bp->dS, bp->dS, job.P_f, B * H * T, T);
-    BFIRE(l, HK_ATTN_SCORES, 0, bp->dS, 0);
-    job.step = 2;
-    cx_parallel_for(B * KV, 1, attn_btask, &job);
+    if (!watched(bp, l, HK_PATTERN) && !watched(bp, l, HK_ATTN_SCORES)) {
+        job.step = 1;
+        cx_parallel_for(B * KV, 1, attn_btask, &job);
+    } else {
+        job.step = 0;
+        cx_parallel_for(B * KV, 1, attn_btask, &job);
+        BFIRE(l, HK_PATTERN, 0, bp->dS, 0);
+        cx_softmax_backward(bp->dS, bp->dS, job.P_f, B * H * T, T);
+        BFIRE(l, HK_ATTN_SCORES, 0, bp->dS, 0);
+        job.step = 2;
+        cx_parallel_for(B * KV, 1, attn_btask, &job);
+    }
     if (rotary) {
         BFIRE(l, HK_ROT_K, 0, bp->dk, 0);
         BFIRE(l, HK_ROT_Q, 0, bp->dq, 0);
@@ -441,11 +495,19 @@ static int attention_backward(bpass *bp, int l, float *dres_pre, bool *rope_made
         if (i == 1 && shortformer) add_into(x, post_of(bp, -1, HK_POS_EMBED, 0), (size_t)(N * D)); /* k, q read ln1 + pos */
         const int64_t *st = Ws[i]->strides;
         float *dW = wgrad(bp, l, wk[i]);
+        bias_grad(wgrad(bp, l, bk[i]), dys[i], N, nh[i] * dh, ldy[i]); /* b [heads, dh]: one row of columns */
+        if (st[2] == 1 && st[0] == dh) { /* heads side by side: W viewed as [D, heads * dh], as the forward does */
+            cx_matmul(bp->dx, D, dys[i], ldy[i], N, nh[i] * dh, D, Ws[i]->data, 1, st[1], NULL, i > 0);
+            if (shortformer && i > 0) /* the same share reaches hook_pos_embed */
+                cx_matmul(bp->dpos, D, dys[i], ldy[i], N, nh[i] * dh, D, Ws[i]->data, 1, st[1], NULL, true);
+            for (int64_t h = 0; h < nh[i] && dW; h++)
+                cx_sgemm(true, false, D, dh, N, 1.0f, x, D, dys[i] + h * dh, ldy[i], 1.0f, dW + h * D * dh, dh);
+            continue;
+        }
         for (int64_t h = 0; h < nh[i]; h++) {
             bool first = i == 0 && h == 0;
             linear_backward(bp->dx, D, !first, dW ? dW + h * D * dh : NULL, dh, dys[i] + h * dh, ldy[i], x, D, N, D,
                             dh, Ws[i]->data + h * st[0], st[1], st[2]);
-            bias_grad(wgrad(bp, l, bk[i]) ? wgrad(bp, l, bk[i]) + h * dh : NULL, dys[i] + h * dh, N, dh, ldy[i]);
             if (shortformer && i > 0) /* the same share reaches hook_pos_embed */
                 cx_matmul(bp->dpos, D, dys[i] + h * dh, ldy[i], N, dh, D, Ws[i]->data + h * st[0], st[2], st[1], NULL,
                           true);
@@ -662,16 +724,17 @@ static int prepare_memory(bpass *bp)
             if (writes) slots[k++] = (slot){&tp->pre[f], n};
         }
     }
-    size_t big = D > H * D ? D : H * D; /* split heads: per-head inputs [N, H, D] */
+    size_t big = bp->split ? H * D : D; /* split heads: per-head inputs [N, H, D] */
+    size_t heads_d = bp->split || ctx->opts.use_attn_result ? H * D : 0; /* hook_result / one input's gradient */
     size_t rope = 0;
     if (c->positional_embedding_type == CIRCUITS_POS_ROTARY)
-        rope = (bp->pos_id ? N : T) * (size_t)c->rotary_dim * (size_t)(1 + (c->rope_scaling == CIRCUITS_ROPE_LINEAR &&
+        rope = (r->attention_mask ? N : T) * (size_t)c->rotary_dim * (size_t)(1 + (c->rope_scaling == CIRCUITS_ROPE_LINEAR &&
                                                                              c->local_attn != CIRCUITS_LOCAL_ATTN_NONE));
     slot bufs[] = {
         {&bp->logits, N * (size_t)bp->V}, {&bp->dlogits, N * (size_t)bp->V}, {&bp->dres, N * D}, {&bp->dpost, N * D},
         {&bp->dbr, N * D}, {&bp->dx, N * big}, {&bp->xin, N * big}, {&bp->dpos, N * D}, {&bp->dscale, N * H},
         {&bp->dq, N * HD}, {&bp->dz, N * HD}, {&bp->dk, N * KD}, {&bp->dv, N * KD},
-        {&bp->dS, (size_t)bp->B * H * T * T}, {&bp->dres_h, N * big}, {&bp->dmlp, N * M}, {&bp->dmlp2, N * M},
+        {&bp->dS, (size_t)bp->B * H * T * T}, {&bp->dres_h, N * heads_d}, {&bp->dmlp, N * M}, {&bp->dmlp2, N * M},
         {&bp->actg, N * M}, {&bp->rope, rope},
     };
     for (size_t i = 0; i < CX_COUNT(bufs); i++) slots[k++] = bufs[i];
@@ -823,8 +886,6 @@ static int check_grad_run(bpass *bp, circuits_metric *mm)
     if (g->edit_grad != CIRCUITS_EDIT_GRAD_REPLACE && g->edit_grad != CIRCUITS_EDIT_GRAD_THROUGH)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: edit_grad %d is neither CIRCUITS_EDIT_GRAD_REPLACE (0) nor "
                        "CIRCUITS_EDIT_GRAD_THROUGH (1)", fn, g->edit_grad);
-    if (g->cache && g->cache == g->weight_grads)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cache and weight_grads must be two caches", fn);
     if (g->metric.size == 0)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the metric is not set", fn);
     int rc = cx_metric_check(&g->metric, mm, r->batch, r->pos, m->cfg.d_vocab_out, fn);
@@ -907,6 +968,8 @@ int cx_backward(circuits_context *ctx, cx_grad_run *g)
                 .split = cx_split_heads(ctx)};
     bp.N = bp.B * bp.T;
     int rc;
+    if (g->cache && g->cache == g->weight_grads)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cache and weight_grads must be two caches", fn);
     if (!g->fwd.held && (rc = cx_context_enter(ctx, fn))) return rc;
     if (g->cache && (rc = cx_cache_begin(g->cache, fn))) goto leave;
     if (g->weight_grads && (rc = cx_cache_begin(g->weight_grads, fn))) {

@@ -4,6 +4,7 @@
  * never depends on the thread count (every row's arithmetic is the same in any split). */
 #include "grad_kernels.h"
 #include "kernels.h"
+#include "fastmath.h"
 #include "rope.h"
 #include "pool.h"
 
@@ -119,12 +120,23 @@ void cx_ln_scale_backward(float *dx, const float *dcent, const float *dscale_f, 
 
 /* ---- activations ---- */
 
-/* d/dx of 0.5 x (1 + tanh(k (x + a x^3))): gelu_new (k = sqrt(2/pi)) and gelu_fast (k written
- * 0.7978845608, as its forward), a = 0.044715. */
-static inline float gelu_tanh_grad(float x, float k)
+/* d/dx of 0.5 x (1 + tanh(k x (1 + a x^2))): gelu_new (k = sqrt(2/pi)) and gelu_fast (k written
+ * 0.7978845608, as its forward), a = 0.044715; tanh as the forward computes it (tanh_poly). */
+CX_HOT static void gelu_tanh_grad_range(float *dx, const float *dy, const float *x, int64_t n, float k)
 {
-    float x2 = x * x, t = tanhf(k * x * (1.0f + 0.044715f * x2));
-    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x2);
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i], v2 = v * v, t = tanh_poly(k * v * (1.0f + 0.044715f * v2));
+        dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * v2));
+    }
+}
+
+/* s (1 + x (1 - s)), s = sigmoid(x) (exp_poly saturates: s -> 0 for very negative x, no inf) */
+CX_HOT static void silu_grad_range(float *dx, const float *dy, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float s = 1.0f / (1.0f + exp_poly(-x[i]));
+        dx[i] = dy[i] * (s * (1.0f + x[i] * (1.0f - s)));
+    }
 }
 
 static void act_grad_range(float *dx, const float *dy, const float *x, int64_t n, int act)
@@ -133,26 +145,17 @@ static void act_grad_range(float *dx, const float *dy, const float *x, int64_t n
     case CIRCUITS_ACT_RELU: /* torch's relu passes no gradient at 0 */
         for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
         break;
-    case CIRCUITS_ACT_GELU: /* Phi(x) + x phi(x) */
+    case CIRCUITS_ACT_GELU: /* Phi(x) + x phi(x); erf from libm, as the forward */
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
             float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
-            float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
+            float pdf = 0.39894228040143268f * exp_poly(-0.5f * v * v);
             dx[i] = dy[i] * (cdf + v * pdf);
         }
         break;
-    case CIRCUITS_ACT_GELU_NEW: /* also gelu_pytorch_tanh (config.c maps it here) */
-        for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * gelu_tanh_grad(x[i], 0.7978845608028654f);
-        break;
-    case CIRCUITS_ACT_GELU_FAST:
-        for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * gelu_tanh_grad(x[i], 0.7978845608f);
-        break;
-    case CIRCUITS_ACT_SILU: /* s (1 + x (1 - s)), s = sigmoid(x); expf(-x) = inf gives s = 0 */
-        for (int64_t i = 0; i < n; i++) {
-            float s = 1.0f / (1.0f + expf(-x[i]));
-            dx[i] = dy[i] * (s * (1.0f + x[i] * (1.0f - s)));
-        }
-        break;
+    case CIRCUITS_ACT_GELU_NEW: gelu_tanh_grad_range(dx, dy, x, n, 0.7978845608028654f); break; /* and gelu_pytorch_tanh */
+    case CIRCUITS_ACT_GELU_FAST: gelu_tanh_grad_range(dx, dy, x, n, 0.7978845608f); break;
+    case CIRCUITS_ACT_SILU: silu_grad_range(dx, dy, x, n); break;
     default: /* cx_activation leaves any other value unchanged: the identity */
         for (int64_t i = 0; i < n; i++) dx[i] = dy[i];
         break;
@@ -213,20 +216,25 @@ void cx_solu_backward(float *dx, const float *dy, const float *x, int64_t N, int
 /* ---- softmax, soft-cap ---- */
 
 /* Entries with p = 0 (masked keys, fully masked rows) get ds = 0 and stay out of the sum, so a
- * non-finite gradient on a masked entry cannot reach the rest of the row. */
+ * non-finite gradient on a masked entry cannot reach the rest of the row. The sum in double lanes:
+ * attention runs this on [B * H * T, T]. */
+CX_HOT static void softmax_bwd_row(float *ds, const float *dp, const float *p, int64_t D)
+{
+    double s[LANES] = {0};
+    int64_t c = 0;
+    for (; c + LANES <= D; c += LANES)
+        for (int l = 0; l < LANES; l++) s[l] += p[c + l] != 0.0f ? (double)p[c + l] * dp[c + l] : 0.0;
+    double dot = 0.0;
+    for (int l = 0; l < LANES; l++) dot += s[l];
+    for (; c < D; c++) dot += p[c] != 0.0f ? (double)p[c] * dp[c] : 0.0;
+    float d = (float)dot;
+    for (c = 0; c < D; c++) ds[c] = p[c] != 0.0f ? p[c] * (dp[c] - d) : 0.0f;
+}
+
 static void softmax_bwd_task(void *arg, int64_t r0, int64_t r1)
 {
     const row_job *j = arg;
-    int64_t D = j->D;
-    for (int64_t n = r0; n < r1; n++) {
-        const float *p = j->in + n * D, *dp = j->g + n * D;
-        float *ds = j->out + n * D;
-        double dot = 0.0;
-        for (int64_t c = 0; c < D; c++)
-            if (p[c] != 0.0f) dot += (double)p[c] * dp[c];
-        float d = (float)dot;
-        for (int64_t c = 0; c < D; c++) ds[c] = p[c] != 0.0f ? p[c] * (dp[c] - d) : 0.0f;
-    }
+    for (int64_t n = r0; n < r1; n++) softmax_bwd_row(j->out + n * j->D, j->g + n * j->D, j->in + n * j->D, j->D);
 }
 
 void cx_softmax_backward(float *ds, const float *dp, const float *p, int64_t N, int64_t D)
@@ -241,18 +249,19 @@ typedef struct softcap_job {
     float inv_cap;
 } softcap_job;
 
+/* -inf (a masked score) gives 0: 1 - (y / cap)^2 would be -inf, and -inf * 0 NaN */
+CX_HOT static void softcap_bwd_range(float *dx, const float *dy, const float *y, int64_t n, float inv_cap)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float t = y[i] * inv_cap; /* tanh(x / cap) */
+        dx[i] = y[i] == -INFINITY ? 0.0f : dy[i] * (1.0f - t * t);
+    }
+}
+
 static void softcap_bwd_task(void *arg, int64_t b, int64_t e)
 {
     const softcap_job *j = arg;
-    for (int64_t i = b; i < e; i++) {
-        float y = j->y[i];
-        if (y == -INFINITY) {
-            j->dx[i] = 0.0f;
-            continue;
-        }
-        float t = y * j->inv_cap; /* tanh(x / cap) */
-        j->dx[i] = j->dy[i] * (1.0f - t * t);
-    }
+    softcap_bwd_range(j->dx + b, j->dy + b, j->y + b, e - b, j->inv_cap);
 }
 
 void cx_softcap_backward(float *dx, const float *dy, const float *y, size_t n, float cap)

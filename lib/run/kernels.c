@@ -7,50 +7,13 @@
  * one running value, which lets the compiler use SIMD without -ffast-math (which would allow
  * it to reorder anything), and exp is a polynomial (exp_poly) instead of a libm call. */
 #include "kernels.h"
+#include "fastmath.h"
 #include "rope.h"
 #include "pool.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
-
-#define LANES 8
-
-/* Hot loops get an x86-64-v3 (AVX2, FMA) clone next to the baseline x86-64 one; the loader picks by CPU. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) \
-    && !defined(__SANITIZE_THREAD__) /* sanitizers instrument ifunc resolvers, which run before them */
-#define CX_HOT __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("O3", "no-trapping-math")))
-#else
-#define CX_HOT
-#endif
-
-/* ---- exp ---- */
-
-/* e^x for x <= 88.3 (Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial for e^r,
- * 2^n by exponent bits); max relative error about 2 ulp; 0 below -87.3 (where e^x underflows
- * to denormals) and for -inf. Written with plain arithmetic so that loops over it vectorise. */
-static inline __attribute__((always_inline)) float exp_poly(float x)
-{
-    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    float big = x < 88.3f ? x : 88.3f;
-    float xc = big > -87.3f ? big : -87.3f;
-    float t = xc * 1.44269504088896341f + shifter;
-    union { float f; int32_t i; } ts = {t}, scale;
-    float n = t - shifter;
-    int32_t ni = ts.i - 0x4B400000; /* the integer n */
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    scale.i = (ni + 127) << 23;
-    float y = p * scale.f;
-    return x > -87.3f ? y : 0.0f;
-}
 
 /* ---- matrix products ---- */
 
@@ -283,15 +246,6 @@ void cx_affine(float *x, const float *w, const float *b, int64_t N, int64_t D)
 
 /* ---- activations ---- */
 
-/* tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|): no overflow, absolute error ~1e-7. */
-static inline __attribute__((always_inline)) float tanh_poly(float u)
-{
-    float a = u < 0.0f ? -u : u;
-    float e = exp_poly(-2.0f * a);
-    float t = (1.0f - e) / (1.0f + e);
-    return u < 0.0f ? -t : t;
-}
-
 CX_HOT static void gelu_new_range(float *x, int64_t n)
 {
     const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
@@ -467,11 +421,44 @@ void cx_rope_rotate(float *x, int64_t B, int64_t T, int64_t nh, int64_t dh, cons
         }
 }
 
+/* The row's max, then e^(x - max) in double lanes (exp_poly_d: the row costs about as much as
+ * reading it, where libm's exp cost ~10 ns a logit), optionally stored as floats. */
+CX_HOT static double lse_lanes(const float *x, int64_t V, float *mx_out, float *e_out)
+{
+    float m[LANES];
+    for (int l = 0; l < LANES; l++) m[l] = -INFINITY;
+    int64_t j = 0;
+    for (; j + LANES <= V; j += LANES)
+        for (int l = 0; l < LANES; l++) m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
+    float mx = -INFINITY;
+    for (int l = 0; l < LANES; l++) mx = m[l] > mx ? m[l] : mx;
+    for (; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    double s[LANES] = {0};
+    for (j = 0; j + LANES <= V; j += LANES)
+        for (int l = 0; l < LANES; l++) {
+            double e = exp_poly_d((double)x[j + l] - mx);
+            if (e_out) e_out[j + l] = (float)e;
+            s[l] += e;
+        }
+    double sum = 0.0;
+    for (int l = 0; l < LANES; l++) sum += s[l];
+    for (; j < V; j++) {
+        double e = exp_poly_d((double)x[j] - mx);
+        if (e_out) e_out[j] = (float)e;
+        sum += e;
+    }
+    *mx_out = mx;
+    return sum;
+}
+
+double cx_lse_row(const float *logits, int64_t V, float *mx, float *e)
+{
+    return lse_lanes(logits, V, mx, e);
+}
+
 double cx_nll_row(const float *logits, int64_t V, int32_t target)
 {
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < V; j++) mx = logits[j] > mx ? logits[j] : mx;
-    double sum = 0.0;
-    for (int64_t j = 0; j < V; j++) sum += exp((double)logits[j] - mx);
+    float mx;
+    double sum = lse_lanes(logits, V, &mx, NULL);
     return -((double)logits[target] - mx - log(sum));
 }

@@ -73,7 +73,12 @@ void cx_softmax_causal_window(float *x, int64_t n, int64_t T, int64_t P, int64_t
 void cx_rope_rotate(float *x, int64_t B, int64_t T, int64_t nh, int64_t dh, const circuits_config *c,
                     const float *cos_t, const float *sin_t);
 
-/* -log_softmax(logits[t])[target] for one row of length V. */
+/* -log_softmax(logits[t])[target] for one row of length V: -(logits[target] - mx - log(sum)) with
+ * mx, sum from cx_lse_row. */
 double cx_nll_row(const float *logits, int64_t V, int32_t target);
+/* One row of length V: *mx = its max, returns sum_j e^(logits[j] - mx) in double (exp accurate to a
+ * few double ulp), e (may be NULL) [V] gets each e^(logits[j] - mx) as a float. The softmax of the
+ * loss and its gradient (metric.c) share it, so their values agree bit for bit. */
+double cx_lse_row(const float *logits, int64_t V, float *mx, float *e);
 
 #endif

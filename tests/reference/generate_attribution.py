@@ -6,7 +6,8 @@ Run with the reference venv (transformer_lens 3.x) from any directory:
 
     /opt/refenv/bin/python tests/reference/generate_attribution.py
 
-For each case of CASES it loads the case's unprocessed model (as generate_patching.py), makes clean
+For each case of CASES it loads the case's unprocessed model (as generate_patching.py; the GPT-2
+checkpoint hf_tiny_random_gpt2 as generate.py's tl_from_hf), makes clean
 and corrupted tokens [2, 5] (seeded) and writes ``attribution/<case>.safetensors`` with:
 
 * ``clean_tokens``, ``corrupted_tokens`` [B, T] int32; ``answer``, ``wrong`` [B] int32; the metric
@@ -47,7 +48,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa:
 from tl_export import load_tl_config  # noqa: E402
 
 OUT = os.path.join(HERE, "attribution")
-CASES = ("tl_2l_lnpre_gelu", "tl_gqa_rotary_rms", "tl_attn_only_2l_none", "tl_parallel_ln")
+CASES = ("tl_2l_lnpre_gelu", "tl_gqa_rotary_rms", "tl_attn_only_2l_none", "tl_parallel_ln", "hf_tiny_random_gpt2")
 B, T = 2, 5
 IG_STEPS = 3
 EMBED_STEPS = 4
@@ -69,10 +70,14 @@ KINDS = {
 
 def load_case(name: str, eap: bool = False) -> HookedTransformer:
     d = os.path.join(HERE, "cases", name)
-    model = HookedTransformer(HookedTransformerConfig.from_dict(load_tl_config(d))).eval()
-    model.load_and_process_state_dict(
-        load_file(os.path.join(d, "model.safetensors")),
-        fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
+    if name.startswith("hf_"):  # a GPT-2 checkpoint, unprocessed (from_pretrained_no_processing)
+        lm = G.load_hf_lm(d)
+        model = G.tl_from_hf(lm, lm.config, "GPT2LMHeadModel")
+    else:
+        model = HookedTransformer(HookedTransformerConfig.from_dict(load_tl_config(d))).eval()
+        model.load_and_process_state_dict(
+            load_file(os.path.join(d, "model.safetensors")),
+            fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
     if eap:
         model.set_use_split_qkv_input(True)
         model.set_use_attn_result(True)

@@ -48,6 +48,7 @@ from .quant import dequantize, dtype_block, dtype_name
 from . import evals, utils  # noqa: E402  (TransformerLens's evals and utils modules)
 from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens's patching module
 from .compare import DiffResult, diff  # noqa: E402 -- comparing two models (docs/quantization.md)
+from . import grad, attribution  # noqa: E402,F401 -- gradients (docs/gradients.md)
 
 __version__ = "0.7.0"
 
@@ -99,6 +100,8 @@ __all__ = [
     "composition_baseline",
     "diff",
     "DiffResult",
+    "grad",
+    "attribution",
     "library_version",
     "set_num_threads",
     "get_num_threads",

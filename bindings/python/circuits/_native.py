@@ -182,6 +182,12 @@ CIRCUITS_METRIC_PROB = 2
 CIRCUITS_METRIC_LOG_PROB = 3
 CIRCUITS_METRIC_LOSS = 4
 CIRCUITS_METRIC_CALLBACK = 5
+CIRCUITS_METRIC_TOKEN_LOSS = 6  # 0.7.0: gradient metrics (docs/gradients.md)
+CIRCUITS_METRIC_HOOK_LINEAR = 7
+CIRCUITS_METRIC_GRAD_CALLBACK = 8
+# circuits_edit_grad: how a forward hook's edit passes the gradient (0.7.0)
+CIRCUITS_EDIT_GRAD_REPLACE = 0
+CIRCUITS_EDIT_GRAD_THROUGH = 1
 # the residual stream (circuits_resid_kind, decompose_resid's modes)
 CIRCUITS_RESID_ACCUMULATED = 0
 CIRCUITS_RESID_DECOMPOSED = 1
@@ -374,6 +380,10 @@ class Metric(Structure):
         ("attention_mask", c_void_p),  # const int32_t *
         ("fn", c_void_p),  # circuits_metric_fn
         ("user_data", c_void_p),
+        # added in 0.7.0 (a 0.5.0 struct ends above)
+        ("hook", c_void_p),  # const char *: HOOK_LINEAR
+        ("direction", c_void_p),  # const float *: HOOK_LINEAR
+        ("grad_fn", c_void_p),  # circuits_metric_grad_fn: GRAD_CALLBACK
     ]
 
 
@@ -475,6 +485,27 @@ class DiffEntry(Structure):
     ]
 
 
+class BackwardOptions(Structure):
+    """``circuits_backward_options`` (0.7.0; pointers as addresses: the caller keeps them alive)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("run", c_void_p),  # const circuits_run_options *
+        ("names_filter", c_void_p),  # const char *const *
+        ("n_filter", c_size_t),
+        ("cache_activations", c_int32),
+        ("edit_grad", c_int32),
+        ("weight_grads", c_int32),
+        ("input_grad", c_void_p),  # float * [batch, pos, d_model]
+    ]
+
+
+class EapOptions(Structure):
+    """``circuits_eap_options`` (0.7.0)."""
+
+    _fields_ = [("size", c_uint32), ("ig_steps", c_int32)]
+
+
 #: ``circuits_hook_fn``: int (*)(const circuits_tensor *act, void *user_data)
 HOOK_FN = CFUNCTYPE(c_int, POINTER(Tensor), c_void_p)
 #: ``circuits_generate_fn``: int (*)(int64_t step, const int32_t *tokens, const float *logits,
@@ -483,6 +514,9 @@ GENERATE_FN = CFUNCTYPE(c_int, c_int64, c_void_p, c_void_p, c_int64, c_void_p)
 #: ``circuits_metric_fn``: int (*)(const float *logits, int64_t batch, int64_t pos, int64_t d_vocab,
 #: float *value, void *user_data)
 METRIC_FN = CFUNCTYPE(c_int, c_void_p, c_int64, c_int64, c_int64, POINTER(c_float), c_void_p)
+#: ``circuits_metric_grad_fn`` (0.7.0): int (*)(const float *logits, int64_t batch, int64_t pos,
+#: int64_t d_vocab, float *value, float *grad, void *user_data)
+METRIC_GRAD_FN = CFUNCTYPE(c_int, c_void_p, c_int64, c_int64, c_int64, POINTER(c_float), c_void_p, c_void_p)
 
 
 def _ndptr(dtype, name: str):
@@ -737,6 +771,29 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_diff_free": (None, [HANDLE]),
     "circuits_diff_count": (c_size_t, [HANDLE]),
     "circuits_diff_at": (c_int, [HANDLE, c_size_t, POINTER(DiffEntry)]),
+    # gradients (0.7.0; circuits.grad, circuits.attribution)
+    "circuits_context_add_backward_hook": (c_int, [HANDLE, c_char_p, HOOK_FN, c_void_p, POINTER(c_int64)]),
+    "circuits_backward_options_init": (None, [POINTER(BackwardOptions)]),
+    "circuits_context_backward": (
+        c_int,
+        [HANDLE, POINTER(BackwardOptions), I32P, c_int64, c_int64, POINTER(Metric), F32P, F32P, HANDLE, HANDLE],
+    ),
+    "circuits_context_attribution_patch": (
+        c_int,
+        [HANDLE, c_int32, I32P, c_int64, c_int64, POINTER(c_void_p), POINTER(Metric), F32P, F32P],
+    ),
+    "circuits_eap_options_init": (None, [POINTER(EapOptions)]),
+    "circuits_eap_graph": (c_int, [HANDLE, POINTER(c_int64), POINTER(c_int64)]),
+    "circuits_eap_node_name": (c_int, [HANDLE, c_int32, c_int64, c_char_p, c_size_t]),
+    "circuits_context_edge_attribution": (
+        c_int,
+        [HANDLE, I32P, I32P, c_int64, c_int64, POINTER(Metric), POINTER(EapOptions), F32P],
+    ),
+    "circuits_eap_top_edges": (c_int, [F32P, c_int64, c_int64, c_int64, I64P, I64P, F32P]),
+    "circuits_context_integrated_gradients": (
+        c_int,
+        [HANDLE, c_char_p, I32P, I32P, c_int64, c_int64, c_int32, POINTER(Metric), F32P, F32P],
+    ),
     # storage types of weights (circuits.quant)
     "circuits_dtype_name": (c_char_p, [c_int32]),
     "circuits_dtype_block": (c_int, [c_int32, POINTER(c_int64), POINTER(c_size_t)]),
@@ -768,11 +825,19 @@ SKIPPED: Dict[str, str] = {
 #: Public structs deliberately not declared (they belong to skipped functions).
 SKIPPED_STRUCTS: Dict[str, str] = {}
 
+#: The gradient functions (0.7.0): optional too, so that a 0.6 libcircuits.so.0 still loads;
+#: Model.backward, bwd hooks, incl_bwd and circuits.attribution then raise NotImplementedError.
+GRADIENT_FUNCTIONS = frozenset((
+    "circuits_context_add_backward_hook", "circuits_backward_options_init", "circuits_context_backward",
+    "circuits_context_attribution_patch", "circuits_eap_options_init", "circuits_eap_graph",
+    "circuits_eap_node_name", "circuits_context_edge_attribution", "circuits_eap_top_edges",
+    "circuits_context_integrated_gradients"))
+
 #: Bound functions that a libcircuits.so.0 built before they were added may lack (ABI 0 grows
 #: by addition). The binding loads without them; the features that need them (the tokenizer:
 #: Model.to_tokens, to_string, to_str_tokens, model("text")) then raise NotImplementedError.
 OPTIONAL = frozenset(n for n in FUNCTIONS if n.startswith("circuits_tokenizer_") or n in (
-    "circuits_encode_options_init", "circuits_model_tokenizer"))
+    "circuits_encode_options_init", "circuits_model_tokenizer") or n in GRADIENT_FUNCTIONS)
 
 #: OPTIONAL functions the loaded library does not export (filled at load).
 MISSING: set = set()
@@ -781,6 +846,13 @@ MISSING: set = set()
 def has(name: str) -> bool:
     """Whether the loaded library exports (and the binding declared) function ``name``."""
     return name in FUNCTIONS and name not in MISSING
+
+
+def require(name: str, what: str) -> None:
+    """NotImplementedError naming ``what`` if the loaded library lacks function ``name``."""
+    if not has(name):
+        raise NotImplementedError(f"{what} needs {name}, which {library_path} does not export (a libcircuits "
+                                  f"older than {CIRCUITS_VERSION_STRING}?)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -114,6 +114,13 @@ class ActivationCache(ResidStreamMixin):
             full = _expand_short(key)
             if full in self.cache_dict:
                 return full
+            if key.endswith("_grad") and len(key) > 5:  # a gradient entry under a short name ("resid_pre1_grad")
+                try:
+                    stem = self._resolve(key[:-5])
+                except NotFoundError:
+                    stem = _expand_short(key[:-5])
+                if stem + "_grad" in self.cache_dict:
+                    return stem + "_grad"
             raise NotFoundError(f"the cache holds no '{key}'" + (f" (read as '{full}')" if full != key else "")
                                 + f"; it has {len(self.cache_dict)} entries, e.g. {list(self.cache_dict)[:3]}")
         if isinstance(key, tuple) and 1 <= len(key) <= 3:
@@ -178,7 +185,8 @@ class ActivationCache(ResidStreamMixin):
         return self
 
     def toggle_autodiff(self, mode: bool = False) -> None:
-        """No-op (there are no gradients); for TransformerLens compatibility."""
+        """No-op, for TransformerLens compatibility (gradients come from gradient runs:
+        Model.backward, run_with_cache(incl_bwd=True))."""
 
     def to(self, device: Any = None, move_model: bool = False) -> "ActivationCache":
         """No-op (everything is on the CPU); for TransformerLens compatibility."""

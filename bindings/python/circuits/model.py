@@ -303,15 +303,17 @@ class _RunState:
 
 
 class _Registration:
-    __slots__ = ("key", "fn", "names", "permanent", "ids", "state", "__weakref__")
+    __slots__ = ("key", "fn", "names", "permanent", "ids", "state", "bwd", "__weakref__")
 
-    def __init__(self, key: int, fn: HookFn, names: List[str], permanent: bool, state: _RunState):
+    def __init__(self, key: int, fn: HookFn, names: List[str], permanent: bool, state: _RunState,
+                 bwd: bool = False):
         self.key = key
         self.fn = fn
         self.names = names
         self.permanent = permanent
         self.ids: List[int] = []
         self.state = state
+        self.bwd = bwd  # a backward hook (dir="bwd"): called with the gradient at its points
 
 
 _REGISTRY: "weakref.WeakValueDictionary[int, _Registration]" = weakref.WeakValueDictionary()
@@ -329,14 +331,14 @@ def _fn_name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
-def _apply_return(act: np.ndarray, ret: Any, hp: HookPoint, fn: Any) -> None:
+def _apply_return(act: np.ndarray, ret: Any, hp: HookPoint, fn: Any, what: str = "activation") -> None:
     if not isinstance(ret, np.ndarray):
         raise HookReturnError(
             f"hook {_fn_name(fn)} at '{hp.name}' returned {type(ret).__name__}: a hook must return None, the "
-            f"activation, or a float32 numpy array of shape {list(act.shape)}")
+            f"{what}, or a float32 numpy array of shape {list(act.shape)}")
     if ret.shape != act.shape:
         raise HookReturnError(
-            f"hook {_fn_name(fn)} at '{hp.name}' returned an array of shape {list(ret.shape)}; the activation has "
+            f"hook {_fn_name(fn)} at '{hp.name}' returned an array of shape {list(ret.shape)}; the {what} has "
             f"shape {list(act.shape)} (a replacement must have the same shape)")
     if act.dtype == np.int32 and ret.dtype.kind in "iu":  # hook_tokens: token ids (checked by libcircuits)
         if ret.size and (ret.min() < 0 or ret.max() > np.iinfo(np.int32).max):
@@ -344,8 +346,8 @@ def _apply_return(act: np.ndarray, ret: Any, hp: HookPoint, fn: Any) -> None:
         ret = ret.astype(np.int32)
     elif ret.dtype != np.float32:
         raise HookReturnError(
-            f"hook {_fn_name(fn)} at '{hp.name}' returned dtype {ret.dtype}; activations are float32 (return "
-            f"arr.astype(np.float32) or edit the activation in place)")
+            f"hook {_fn_name(fn)} at '{hp.name}' returned dtype {ret.dtype}; {what}s are float32 (return "
+            f"arr.astype(np.float32) or edit the {what} in place)")
     np.copyto(act, ret)
 
 
@@ -373,7 +375,7 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
             act = live.copy()
             ret = reg.fn(act, hp)
             if ret is not None and ret is not act:
-                _apply_return(live, ret, hp, reg.fn)
+                _apply_return(live, ret, hp, reg.fn, "gradient" if reg.bwd else "activation")
             else:
                 np.copyto(live, act)
             return N.CIRCUITS_HOOK_CONTINUE
@@ -382,14 +384,15 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
         act = _asarray(holder)
         ret = reg.fn(act, hp)
         if ret is not None and ret is not act:
-            _apply_return(act, ret, hp, reg.fn)
+            _apply_return(act, ret, hp, reg.fn, "gradient" if reg.bwd else "activation")
         # with this frame's references gone, a live holder means the hook kept the array or a
         # view of it (a slice, reshape, transpose or memoryview references act; act.base is the
         # holder)
         ret = act = holder = None
         if kept() is not None:
             warnings.warn(
-                f"hook {_fn_name(reg.fn)} kept a reference to the activation at '{hp.name}' (or a view of it): it "
+                f"hook {_fn_name(reg.fn)} kept a reference to the {'gradient' if reg.bwd else 'activation'} at "
+                f"'{hp.name}' (or a view of it): it "
                 "stays valid, but the run reuses that buffer, so after the hook returns it reads what the run last "
                 "wrote there, not this hook's values; store act.copy() to keep them",
                 HookViewWarning, stacklevel=2)
@@ -1017,11 +1020,11 @@ class Model:
     def _c_add(self, reg: _Registration) -> None:
         _REGISTRY[reg.key] = reg
         ids: List[int] = []
+        add = lib.circuits_context_add_backward_hook if reg.bwd else lib.circuits_context_add_hook
         try:
             for name in reg.names:
                 out = ctypes.c_int64()
-                N.check(lib.circuits_context_add_hook(self._ctx, N.cstr(name), _TRAMPOLINE, reg.key,
-                                                      ctypes.byref(out)))
+                N.check(add(self._ctx, N.cstr(name), _TRAMPOLINE, reg.key, ctypes.byref(out)))
                 ids.append(out.value)
         except BaseException:
             for i in ids:
@@ -1037,13 +1040,17 @@ class Model:
         _REGISTRY.pop(reg.key, None)
 
     def _register(self, target: NameOrPredicate, fn: HookFn, permanent: bool = False,
-                  prepend: bool = False) -> _Registration:
+                  prepend: bool = False, dir: str = "fwd") -> _Registration:
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"Invalid direction {dir!r}: a hook's dir is 'fwd' or 'bwd'")
         if not callable(fn):
             raise TypeError(f"a hook function is fn(activation, hook), not {type(fn).__name__}")
+        if dir == "bwd":
+            N.require("circuits_context_add_backward_hook", "a backward hook (dir='bwd')")
         with self._lock:
             self._check_open()
             self._refuse_running("adding a hook")
-            reg = _Registration(next(_KEYS), fn, self._select(target), permanent, self._state)
+            reg = _Registration(next(_KEYS), fn, self._select(target), permanent, self._state, dir == "bwd")
             if prepend:
                 self._regs.insert(0, reg)
                 try:
@@ -1081,21 +1088,30 @@ class Model:
         point. A string that selects nothing raises NotFoundError; a predicate that selects
         nothing adds nothing (as in TransformerLens). ``prepend=True`` runs it before the hooks
         already registered at the same points. Stays until :meth:`reset_hooks` (or, with
-        ``is_permanent=True``, ``reset_hooks(including_permanent=True)``)."""
-        if dir != "fwd":
-            raise NotImplementedError("libcircuits has forward hooks only (no backward pass)")
-        return HookHandle(self, self._register(name, hook, is_permanent, prepend))
+        ``is_permanent=True``, ``reset_hooks(including_permanent=True)``).
+
+        ``dir="bwd"``: a backward hook (TransformerLens's), called in the backward pass of every
+        gradient run (:meth:`backward`, ``run_with_hooks(bwd_hooks=..., metric=...)``,
+        ``run_with_cache(incl_bwd=True)``, circuits.attribution) with ``(grad, hook)``: grad is
+        d metric / d the activation at that point, with the activation's shape. Edit it in place
+        or return a replacement: the edited gradient flows on to earlier points. grad is a
+        zero-copy view of the library's gradient buffer, protected as a forward hook's activation
+        is (copy what you keep; docs/gradients.md "Python"). Forward-only runs never call it."""
+        return HookHandle(self, self._register(name, hook, is_permanent, prepend, dir))
 
     def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False,
                     level: Optional[int] = None) -> None:
         """Removes every hook added by :meth:`add_hook` (permanent ones too with
-        ``including_permanent=True``) and, with ``clear_contexts``, empties every ``hook.ctx``."""
+        ``including_permanent=True``) of ``direction`` ("fwd", "bwd" or "both") and, with
+        ``clear_contexts``, empties every ``hook.ctx``."""
+        if direction not in ("fwd", "bwd", "both"):
+            raise ValueError(f"Invalid direction {direction!r}: 'fwd', 'bwd' or 'both'")
         with self._lock:
             self._check_open()
             self._refuse_running("reset_hooks")
             keep = []
             for reg in self._regs:
-                if reg.permanent and not including_permanent:
+                if (reg.permanent and not including_permanent) or direction == ("fwd" if reg.bwd else "bwd"):
                     keep.append(reg)
                 else:
                     self._c_remove(reg)
@@ -1107,16 +1123,17 @@ class Model:
     @contextmanager
     def hooks(self, fwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = (), bwd_hooks: Sequence[Any] = (),
               reset_hooks_end: bool = True, clear_contexts: bool = False) -> Iterator["Model"]:
-        """Context manager: ``with model.hooks(fwd_hooks=[(name_or_predicate, fn), ...]):`` —
-        the hooks are active inside the block and removed at its end. Like every registered
-        hook they apply to all runs of this model meanwhile, from any thread (use
-        :meth:`run_with_hooks` for hooks that only one run sees)."""
-        if bwd_hooks:
-            raise NotImplementedError("libcircuits has forward hooks only (no backward pass)")
+        """Context manager: ``with model.hooks(fwd_hooks=[(name_or_predicate, fn), ...],
+        bwd_hooks=[...]):`` — the hooks are active inside the block and removed at its end. Like
+        every registered hook they apply to all runs of this model meanwhile, from any thread (use
+        :meth:`run_with_hooks` for hooks that only one run sees). Backward hooks fire in the
+        gradient runs made inside the block (:meth:`backward`, ...)."""
         added: List[_Registration] = []
         try:
             for target, fn in fwd_hooks:
                 added.append(self._register(target, fn))
+            for target, fn in bwd_hooks:
+                added.append(self._register(target, fn, dir="bwd"))
             yield self
         finally:
             if reset_hooks_end:
@@ -1127,7 +1144,8 @@ class Model:
                     p.ctx.clear()
 
     def run_with_hooks(self, *model_args: Any, fwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = (),
-                       bwd_hooks: Sequence[Any] = (), reset_hooks_end: bool = True, clear_contexts: bool = False,
+                       bwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = (), reset_hooks_end: bool = True,
+                       clear_contexts: bool = False, metric: Any = None, edit_grad: str = "replace",
                        **model_kwargs: Any) -> Any:
         """``model(*model_args, **model_kwargs)`` (every argument of :meth:`forward`: return_type,
         attention_mask, padding_side, stop_at_layer, ...) with ``fwd_hooks`` active for this
@@ -1137,8 +1155,23 @@ class Model:
         zero-copy view of the live activation (copy what you keep: a kept array stays valid but
         reads what the run last wrote into its buffer, see docs/python.md "Memory safety");
         edit it in place, or return a float32 array of the same shape to replace it. An
-        exception raised in a hook stops the run and is re-raised here as itself."""
+        exception raised in a hook stops the run and is re-raised here as itself.
+
+        ``bwd_hooks`` (or a ``metric``) make it a gradient run: the forward, then the backward
+        pass from ``metric`` (as :meth:`backward` takes it; default with return_type="loss": the
+        mean loss, what TransformerLens's ``loss.backward()`` differentiates), firing the backward
+        hooks ``fn(grad, hook)`` (see :meth:`add_hook`). It returns the forward's output as
+        usual. ``edit_grad``: how forward hooks' edits pass the gradient ("replace": edited
+        elements are constants; "through": identity). Unlike TransformerLens there is no separate
+        ``.backward()`` call, so ``reset_hooks_end=True`` does not lose the backward hooks."""
         a = self._bind(*model_args, **model_kwargs)
+        if bwd_hooks or metric is not None:
+            from . import grad as G
+
+            m = G.default_metric(metric, a["return_type"], a["loss_per_token"])
+            with self._lock:
+                with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+                    return G.run_grad(self, a, m, names=None, cache=False, edit_grad=edit_grad)[0]
         run = self._prepare(**a)
         with self._lock:  # atomic: another thread's run never sees these temporary hooks
             with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
@@ -1216,7 +1249,8 @@ class Model:
 
     def run_with_cache(self, *model_args: Any, names_filter: NamesFilter = None, remove_batch_dim: bool = False,
                        device: Optional[str] = None, return_cache_object: bool = True, incl_bwd: bool = False,
-                       fwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = (), **model_kwargs: Any) -> Tuple[Any, Any]:
+                       fwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = (), metric: Any = None,
+                       edit_grad: str = "replace", **model_kwargs: Any) -> Tuple[Any, Any]:
         """Runs the model as ``model(*model_args, **model_kwargs)`` (every argument of
         :meth:`forward`: return_type, loss_per_token, attention_mask, padding_side, prepend_bos,
         start_at_layer, stop_at_layer, ...) and returns ``(output, cache)``; the cache holds a
@@ -1226,28 +1260,35 @@ class Model:
         names_filter: None (every hook point), a name / short name / ``*`` pattern, a list of
         them, or a predicate ``name -> bool``. remove_batch_dim: drop the batch dimension (batch
         must be 1). device: None or "cpu". return_cache_object=False returns a plain dict.
-        ``fwd_hooks`` are active for this run only (as ``run_with_hooks``)."""
-        if incl_bwd:
-            raise NotImplementedError("libcircuits has no backward pass")
+        ``fwd_hooks`` are active for this run only (as ``run_with_hooks``).
+
+        ``incl_bwd=True`` (TransformerLens's): a gradient run; the cache also holds the gradient
+        of every selected point under ``"<name>_grad"`` (d metric / d the activation, its shape).
+        ``metric``: as :meth:`backward` takes it; default with return_type="loss": the mean loss
+        (TransformerLens calls ``.backward()`` on the output). ``edit_grad``: see run_with_hooks."""
+        from . import grad as G
+
         _check_device(device)
         a = self._bind(*model_args, **model_kwargs)
         return_type, loss_per_token = a["return_type"], a["loss_per_token"]
+        if incl_bwd:
+            metric = G.default_metric(metric, return_type, loss_per_token)
+            G.check_grad_run(a)
+        elif metric is not None:
+            raise ValueError("metric is the metric of a gradient run: pass incl_bwd=True too")
         run = self._prepare(**a)
         B, T = run.B, run.T
         if remove_batch_dim and B != 1:
             raise ShapeError(f"remove_batch_dim=True needs batch size 1 (tokens have batch {B})")
         self._check_open()
-        if names_filter is None:
-            names: Optional[List[str]] = None
-        elif isinstance(names_filter, str):
-            names = [names_filter]
-        elif callable(names_filter):
-            names = [p.name for p in self._points if names_filter(p.name)]
-        else:
-            names = list(names_filter)
-            for n in names:
-                if not isinstance(n, str):
-                    raise TypeError(f"names_filter entries must be str, not {type(n).__name__}")
+        names = G.names_from_filter(self, names_filter)
+        if incl_bwd:
+            with self._lock, self.hooks(fwd_hooks):
+                result, g = G.run_grad(self, a, metric, names=names, cache=True, edit_grad=edit_grad, run=run)
+            cache = g.cache if g.cache is not None else ActivationCache({}, self, True, None, self._dims.n_layers)
+            if remove_batch_dim:
+                cache.remove_batch_dim()
+            return result, (cache if return_cache_object else dict(cache.cache_dict))
         out = ctypes.c_void_p()
         N.check(lib.circuits_cache_create(ctypes.byref(out)))
         handle = Handle(out.value, lib.circuits_cache_free)  # type: ignore[arg-type]
@@ -1265,6 +1306,68 @@ class Model:
         if remove_batch_dim:
             cache.remove_batch_dim()
         return result, (cache if return_cache_object else dict(cache.cache_dict))
+
+    # -- gradients (circuits/grad.py, circuits/attribution.py; docs/gradients.md) ------------
+
+    def backward(self, input: Any = None, metric: Any = "loss", *, answer_tokens: Any = None,
+                 wrong_tokens: Any = None, positions: Any = None, hook: Optional[str] = None, direction: Any = None,
+                 names_filter: NamesFilter = None, cache: bool = True, cache_activations: bool = True,
+                 weight_grads: bool = False, input_grad: bool = False, edit_grad: str = "replace",
+                 fwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = (),
+                 bwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = (), attention_mask: Any = None,
+                 prepend_bos: Optional[bool] = None, padding_side: Optional[str] = None,
+                 start_at_layer: Optional[int] = None, tokens: Any = None, residual: Any = None) -> Any:
+        """One forward and backward pass of ``input`` (as :meth:`forward` takes it) for a scalar
+        ``metric`` (``circuits_context_backward``): returns :class:`circuits.grad.Gradients`
+        ``(value, logits, cache, weight_grads, input_grad)``.
+
+        metric: ``"loss"`` (default: the mean next-token loss, padding skipped), ``"logit_diff"``
+        (``answer_tokens``, ``wrong_tokens``), ``"logit"`` / ``"prob"`` / ``"log_prob"``
+        (``answer_tokens``), each read at ``positions`` (one per row or an int; default the last);
+        ``"token_loss"`` (the loss at ``positions``); ``"hook_linear"`` (``hook``, ``direction``:
+        sum(activation * direction)); a metric object (circuits.patching.LogitDiff, ..., TokenLoss,
+        circuits.grad.HookLinear); or a callable ``metric(logits) -> (value, d value / d logits)``
+        on a copy of the logits [batch, pos, d_vocab_out].
+
+        cache: the activations (``cache_activations``) and gradients (``"<name>_grad"``) of the
+        points ``names_filter`` selects (None: every point), as run_with_cache(incl_bwd=True).
+        weight_grads: {TransformerLens weight name: d metric / d weight}. input_grad: d metric / d
+        the residual stream the run starts from [batch, pos, d_model] (the embeddings summed, or
+        ``residual`` with ``start_at_layer``). edit_grad: "replace" (an element a forward hook
+        changed is a constant) or "through" (identity). ``fwd_hooks`` / ``bwd_hooks``: active for
+        this run only; backward hooks get ``(grad, hook)``, see :meth:`add_hook`."""
+        from . import grad as G
+
+        a = self._bind(input, "logits", False, prepend_bos, padding_side, start_at_layer, tokens, None,
+                       attention_mask, None, None, residual=residual)
+        kw = dict(answer_tokens=answer_tokens, wrong_tokens=wrong_tokens, positions=positions, hook=hook,
+                  direction=direction)
+        names = G.names_from_filter(self, names_filter) if cache else None
+        with self._lock, self.hooks(fwd_hooks, bwd_hooks):
+            return G.run_grad(self, a, metric, names=names, cache=cache, edit_grad=edit_grad, metric_kw=kw,
+                              cache_activations=cache_activations, weight_grads=weight_grads,
+                              input_grad=input_grad)[1]
+
+    def attribution_patch(self, kind: Any, tokens: Any, source: Any, metric: Any, **metric_kw: Any) -> np.ndarray:
+        """circuits.attribution.attribution_patch(self, ...): the linear estimate of activation
+        patching's grid of ``kind`` (docs/gradients.md)."""
+        from .attribution import attribution_patch
+
+        return attribution_patch(self, kind, tokens, source, metric, **metric_kw)
+
+    def edge_attribution(self, clean_tokens: Any, corrupted_tokens: Any, metric: Any, ig_steps: int = 0,
+                         **metric_kw: Any) -> Any:
+        """circuits.attribution.edge_attribution(self, ...): EAP (EAP-IG with ig_steps > 0)."""
+        from .attribution import edge_attribution
+
+        return edge_attribution(self, clean_tokens, corrupted_tokens, metric, ig_steps=ig_steps, **metric_kw)
+
+    def integrated_gradients(self, hook: str, tokens: Any, baseline_tokens: Any = None, steps: int = 20,
+                             metric: Any = "loss", **metric_kw: Any) -> Tuple[np.ndarray, float]:
+        """circuits.attribution.integrated_gradients(self, ...): (attributions, completeness)."""
+        from .attribution import integrated_gradients
+
+        return integrated_gradients(self, hook, tokens, baseline_tokens, steps=steps, metric=metric, **metric_kw)
 
     # -- device -----------------------------------------------------------------------------
 

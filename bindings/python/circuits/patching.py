@@ -33,7 +33,7 @@ from .errors import RangeError, ShapeError
 lib = N.lib
 
 __all__ = [
-    "LogitDiff", "Logit", "Prob", "LogProb", "Loss", "BuiltinMetric",
+    "LogitDiff", "Logit", "Prob", "LogProb", "Loss", "TokenLoss", "BuiltinMetric",
     "generic_activation_patch", "make_df_from_ranges",
     "layer_pos_patch_setter", "layer_pos_head_vector_patch_setter", "layer_head_vector_patch_setter",
     "layer_head_pattern_patch_setter", "layer_head_pos_pattern_patch_setter",
@@ -154,6 +154,16 @@ class Loss(BuiltinMetric):
 
     def __init__(self, tokens: Any, attention_mask: Any = None):
         super().__init__(tokens=tokens, attention_mask=attention_mask)
+
+
+class TokenLoss(BuiltinMetric):
+    """mean_b -log_softmax(logits[b, pos_b])[tokens[b, pos_b + 1]]: the next-token loss at one
+    position per row (``pos``: an int or one per row, negative from the end; pos_b < pos - 1)."""
+
+    _kind = N.CIRCUITS_METRIC_TOKEN_LOSS
+
+    def __init__(self, tokens: Any, pos: Any):
+        super().__init__(tokens=tokens, pos=pos)
 
 
 # ------------------------------------------------------------------------------------------

@@ -1465,3 +1465,10 @@ AUDIT = {
     "circuits_dtype_block": "two scalars written through ctypes.byref of the binding's own c_int64 / c_size_t",
     "circuits_dequantize": ["size_dequantize"],
 }
+
+# The gradient API's probes and audit entries (0.7.0) live in their own file.
+from misuse_probes_grad import GRAD_AUDIT, GRAD_PROBES  # noqa: E402
+
+assert not set(GRAD_PROBES) & set(PROBES) and not set(GRAD_AUDIT) & set(AUDIT)
+PROBES.update(GRAD_PROBES)
+AUDIT.update(GRAD_AUDIT)

@@ -121,6 +121,8 @@ STRUCT_CLASSES = {
     "circuits_path_patch_options": N.PathPatchOptions,
     "circuits_diff_options": N.DiffOptions,
     "circuits_diff_entry": N.DiffEntry,
+    "circuits_backward_options": N.BackwardOptions,
+    "circuits_eap_options": N.EapOptions,
 }
 SCALARS = {
     "int": c_int,
@@ -248,7 +250,8 @@ def test_status_classes_cover_every_status():
 
 _CT = {"uint32_t": c_uint32, "int32_t": c_int32, "int64_t": c_int64, "uint64_t": c_uint64, "float": c_float,
        "double": c_double, "size_t": c_size_t,
-       "circuits_generate_fn": c_void_p, "circuits_metric_fn": c_void_p}  # function pointers as addresses
+       "circuits_generate_fn": c_void_p, "circuits_metric_fn": c_void_p,
+       "circuits_metric_grad_fn": c_void_p}  # function pointers as addresses
 
 
 def test_every_struct_declared_or_skipped():
