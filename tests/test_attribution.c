@@ -404,6 +404,31 @@ static void test_ig(void)
     CHECK(err <= 1e-6, "IG of a linear metric: max |attr - (a - a0) * direction| = %.3g", err);
     CHECK(fabsf(comp[0]) <= 1e-3, "IG of a linear metric: completeness %.3g", comp[0]);
     circuits_cache_free(cache);
+    /* at hook_attn_scores the causally masked entries are -inf in a and in a0: they stay masked
+     * on the whole path (their difference was NaN, the editor wrote NaN scores, and every
+     * attribution and the completeness were NaN); with the zero baseline the masked entries'
+     * gradient is 0 on the path and their attribution 0 */
+    size_t ns = (size_t)B * c.n_heads * T * T;
+    float *sattr = malloc(ns * sizeof(float));
+    for (int zero = 0; zero < 2; zero++)
+        for (int i = 0; i < 4; i += 3) {
+            CHECK_OK(circuits_context_integrated_gradients(ctx, "blocks.1.attn.hook_attn_scores", tok, zero ? NULL : base,
+                                                           B, T, steps[i], &ld, sattr, &comp[i]));
+            size_t bad = 0;
+            double sum = 0.0;
+            for (size_t j = 0; j < ns; j++) bad += !isfinite(sattr[j]), sum += fabs(sattr[j]);
+            CHECK(bad == 0 && isfinite(comp[i]) && sum > 0.0, "IG at attn_scores (%s baseline, %d steps): %zu "
+                  "non-finite attributions, completeness %g, sum |.| %g", zero ? "zero" : "token", steps[i], bad,
+                  comp[i], sum);
+            for (int b = 0; b < B && !zero; b++) /* masked (key after query): 0 */
+                for (int64_t h = 0; h < c.n_heads; h++)
+                    for (int q = 0; q < T; q++)
+                        for (int k = q + 1; k < T; k++)
+                            CHECK(sattr[((b * c.n_heads + h) * T + q) * T + k] == 0.0f, "masked score attribution");
+        }
+    CHECK(fabsf(comp[3]) < fabsf(comp[0]) || fabsf(comp[3]) <= 1e-5f, "IG completeness at attn_scores: %g (1 step), "
+          "%g (64)", comp[0], comp[3]);
+    free(sattr);
     free(dir);
     free(a);
     free(a0);
@@ -482,6 +507,15 @@ static void test_graph(void)
 }
 
 /* ---- refusals ---- */
+
+/* d metric / d logits[0, T - 1, 0]: a metric that reads no per-row arrays */
+static int grad_last(const float *logits, int64_t b, int64_t t, int64_t v, float *value, float *grad, void *ud)
+{
+    (void)ud;
+    *value = logits[(b * t - 1) * v];
+    grad[(b * t - 1) * v] = 1.0f;
+    return 0;
+}
 
 static void test_refusals(void)
 {
@@ -568,6 +602,30 @@ static void test_refusals(void)
                CIRCUITS_E_SHAPE, "at least 1");
     CALL_FAILS("ig_too_long", circuits_context_integrated_gradients(ctx, "hook_embed", tok, NULL, 1, 33, 4, &ld, out, &comp),
                CIRCUITS_E_RANGE, "n_ctx");
+
+    /* circuits_context_backward checks [B, T] before it sizes the run (pos beyond n_ctx once sized a
+     * [B, H, T, T] block before the forward refused it; batch * pos overflowed): the tokens array is
+     * never read, the context still works after */
+    circuits_metric gm;
+    circuits_metric_init(&gm);
+    gm.kind = CIRCUITS_METRIC_GRAD_CALLBACK;
+    gm.grad_fn = grad_last;
+    float v = 0.0f, v0 = 0.0f;
+    CHECK_OK(circuits_context_backward(ctx, NULL, tok, 1, T, &gm, &v0, NULL, NULL, NULL));
+    CALL_FAILS("bwd_pos_over_n_ctx", circuits_context_backward(ctx, NULL, tok, 1, 100000000, &gm, &v, NULL, NULL, NULL),
+               CIRCUITS_E_RANGE, "positions exceed the model's n_ctx");
+    CALL_FAILS("bwd_batch_too_large", circuits_context_backward(ctx, NULL, tok, INT64_MAX, T, &gm, &v, NULL, NULL, NULL),
+               CIRCUITS_E_RANGE, "needs more memory than can be addressed");
+    CALL_FAILS("bwd_size_overflow", circuits_context_backward(ctx, NULL, tok, (int64_t)1 << 57, T, &gm, &v, NULL, NULL,
+                                                              NULL),
+               CIRCUITS_E_RANGE, "needs more memory than can be addressed");
+    CHECK_OK(circuits_context_backward(ctx, NULL, tok, 1, T, &gm, &v, NULL, NULL, NULL));
+    CHECK(v == v0, "the context works after the refusals: %g vs %g", v, v0);
+    CALL_FAILS("eap_batch_too_large", circuits_context_edge_attribution(ctx, tok, tok, (int64_t)1 << 56, T, &gm, NULL, out),
+               CIRCUITS_E_RANGE, "need more memory than can be addressed");
+    /* an edge count beyond int64: refused, not wrapped (the loop over n edges read past scores) */
+    CALL_FAILS("eap_top_too_many", circuits_eap_top_edges(sc, (int64_t)1 << 32, (int64_t)1 << 32, 1, up, down, top),
+               CIRCUITS_E_RANGE, "too many edges");
     circuits_context_free(ctx);
     circuits_model_free(m);
 }

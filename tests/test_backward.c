@@ -102,6 +102,26 @@ static double fd_case(const char *name, const char *opts, bool masked, int kind)
     float *logits = malloc(sizeof(float) * B * T * (size_t)c.d_vocab_out);
     CHECK_OK(circuits_context_backward(ctx, &bo, tok, B, T, &mt, &value, NULL, cache, NULL));
     double plain = metric_of(ctx, &mt, tok, B, T, ro.attention_mask, logits, c.d_vocab_out);
+    /* attention's causal path (nothing reads the pattern or scores: only the filtered points are
+     * cached) gives what the whole-matrix path (every point cached, above) gives */
+    {
+        const char *few[] = {"hook_embed", "blocks.0.hook_resid_pre"};
+        circuits_backward_options fo = bo;
+        fo.names_filter = few;
+        fo.n_filter = 2;
+        circuits_cache *small = NULL;
+        CHECK_OK(circuits_cache_create(&small));
+        CHECK_OK(circuits_context_backward(ctx, &fo, tok, B, T, &mt, NULL, NULL, small, NULL));
+        circuits_tensor full, part;
+        CHECK_OK(circuits_cache_get(cache, "blocks.0.hook_resid_pre_grad", &full));
+        CHECK_OK(circuits_cache_get(small, "blocks.0.hook_resid_pre_grad", &part));
+        double scale = 0.0;
+        for (size_t i = 0; i < numel(&full); i++) scale = fmax(scale, fabs(full.data[i]));
+        double d = max_abs_diff(full.data, part.data, numel(&full));
+        CHECK(d <= 1e-5 * scale + 1e-9, "%s [%s]: causal and whole-matrix attention backward differ by %g (scale %g)", name,
+              opts, d, scale);
+        circuits_cache_free(small);
+    }
     CHECK(fabs(plain - value) <= 1e-5 * (1.0 + fabs(plain)), "%s: backward's value %g, forward's %g", name, value, plain);
     double worst = 0.0;
     const char *worst_at = "";
@@ -404,7 +424,7 @@ static void semantics(void)
         CHECK(s == 0.0, "HOOK_LINEAR: no gradient after its point (%g)", s);
         lin.hook = "blocks.*.attn.hook_z";
         CHECK_FAILS(circuits_context_backward(ctx, NULL, tok, B, T, &lin, NULL, NULL, NULL, NULL),
-                    CIRCUITS_E_INVALID_ARGUMENT, "selects several hook points");
+                    CIRCUITS_E_INVALID_ARGUMENT, "name exactly one");
         free(dir);
     }
 
@@ -497,6 +517,15 @@ static void semantics(void)
     loss.tokens = bad;
     CHECK_FAILS(circuits_context_backward(ctx, NULL, bad, B, T, &loss, NULL, NULL, cache, NULL), CIRCUITS_E_RANGE, "");
     loss.tokens = tok;
+    /* longer than n_ctx: refused before the gradient memory is sized from pos (about 2^50 floats of
+     * patterns here), as the forward refuses it; a LOGIT metric reads no tokens */
+    circuits_metric lg;
+    circuits_metric_init(&lg);
+    lg.kind = CIRCUITS_METRIC_LOGIT;
+    int32_t ans1 = 1;
+    lg.answer = &ans1;
+    CHECK_FAILS(circuits_context_backward(ctx, NULL, tok, 1, (int64_t)1 << 24, &lg, NULL, NULL, NULL, NULL),
+                CIRCUITS_E_RANGE, "exceed the model's n_ctx");
 
     circuits_cache_free(ref);
     circuits_cache_free(cache);
@@ -531,6 +560,249 @@ static void stored_refused(const char *gguf)
     circuits_model_free(m);
 }
 
+/* ---- review regressions (hostile inputs) ---- */
+
+typedef struct take_probe {
+    circuits_context *ctx;
+    int calls, rc;
+} take_probe;
+
+/* A grad_fn that tries to take the run memory (the logits it reads lie in it), then d/d logit 0. */
+static int grad_take_memory(const float *logits, int64_t B, int64_t T, int64_t V, float *value, float *grad, void *ud)
+{
+    take_probe *tp = ud;
+    circuits_run_memory *mem = NULL;
+    tp->calls++;
+    tp->rc = circuits_context_take_run_memory(tp->ctx, &mem);
+    circuits_run_memory_free(mem); /* frees what the run computes in, if it was wrongly handed over */
+    *value = logits[(B * T - 1) * V];
+    grad[(B * T - 1) * V] = 1.0f;
+    return 0;
+}
+
+static int grad_one(const float *logits, int64_t B, int64_t T, int64_t V, float *value, float *grad, void *ud)
+{
+    (void)ud;
+    *value = logits[(B * T - 1) * V];
+    grad[(B * T - 1) * V] = 1.0f;
+    return 0;
+}
+
+static void review_regressions(void)
+{
+    circuits_model *m = load_processed("tl_2l_lnpre_gelu");
+    circuits_config c = config_of(m);
+    circuits_context *ctx = make_ctx(m, 0);
+    enum { T = 4 };
+    int32_t tok[T];
+    make_tokens(tok, T, c.d_vocab, 11);
+    circuits_metric gm;
+    circuits_metric_init(&gm);
+    gm.kind = CIRCUITS_METRIC_GRAD_CALLBACK;
+    gm.grad_fn = grad_one;
+    float v = 0.0f, v_ref = 0.0f;
+    CHECK_OK(circuits_context_backward(ctx, NULL, tok, 1, T, &gm, &v_ref, NULL, NULL, NULL));
+
+    /* the grad_fn runs between the forward and the backward, reading the gradient run's memory:
+     * taking the run memory there must be refused as from a hook (it was handed over and the
+     * backward then computed in freed memory) */
+    take_probe tp = {ctx, 0, 0};
+    gm.grad_fn = grad_take_memory;
+    gm.user_data = &tp;
+    CHECK_OK(circuits_context_backward(ctx, NULL, tok, 1, T, &gm, &v, NULL, NULL, NULL));
+    CHECK(tp.calls == 1 && tp.rc == CIRCUITS_E_INVALID_ARGUMENT, "take_run_memory from a grad_fn: %d calls, rc %d",
+          tp.calls, tp.rc);
+    CHECK(v == v_ref, "the run is unharmed: %g vs %g", v, v_ref);
+    gm.grad_fn = grad_one;
+    gm.user_data = NULL;
+
+    /* (the [B, T] limits' refusals: test_attribution.c's catalogue checks bwd_pos_over_n_ctx etc.) */
+    /* the gradient run's own refusals (edit_grad, [B, T], a HOOK_LINEAR point it cannot read)
+     * come before the caches are touched: the header's "refused before its run starts" (they
+     * emptied both caches) */
+    {
+        circuits_cache *cache = NULL, *wg = NULL;
+        CHECK_OK(circuits_cache_create(&cache));
+        CHECK_OK(circuits_cache_create(&wg));
+        circuits_backward_options bo;
+        circuits_backward_options_init(&bo);
+        bo.weight_grads = 1;
+        CHECK_OK(circuits_context_backward(ctx, &bo, tok, 1, T, &gm, &v, NULL, cache, wg));
+        size_t n_cache = circuits_cache_count(cache), n_wg = circuits_cache_count(wg);
+        bo.edit_grad = 7;
+        CHECK_ERR(circuits_context_backward(ctx, &bo, tok, 1, T, &gm, &v, NULL, cache, wg), CIRCUITS_E_INVALID_ARGUMENT);
+        bo.edit_grad = CIRCUITS_EDIT_GRAD_REPLACE;
+        CHECK_ERR(circuits_context_backward(ctx, &bo, tok, 1, (int64_t)c.n_ctx + 1, &gm, &v, NULL, cache, wg),
+                  CIRCUITS_E_RANGE);
+        circuits_metric hl;
+        circuits_metric_init(&hl);
+        hl.kind = CIRCUITS_METRIC_HOOK_LINEAR;
+        hl.hook = "hook_tokens_or_nothing";
+        float dir[1] = {0};
+        hl.direction = dir;
+        CHECK_ERR(circuits_context_backward(ctx, &bo, tok, 1, T, &hl, &v, NULL, cache, wg), CIRCUITS_E_NOT_FOUND);
+        CHECK(circuits_cache_count(cache) == n_cache && circuits_cache_count(wg) == n_wg && n_cache > 0 && n_wg > 0,
+              "refused calls left the caches with %zu of %zu and %zu of %zu entries", circuits_cache_count(cache),
+              n_cache, circuits_cache_count(wg), n_wg);
+        circuits_cache_free(cache);
+        circuits_cache_free(wg);
+    }
+    /* and the context still works */
+    CHECK_OK(circuits_context_backward(ctx, NULL, tok, 1, T, &gm, &v, NULL, NULL, NULL));
+    CHECK(v == v_ref, "after the take: %g vs %g", v, v_ref);
+    circuits_context_free(ctx);
+    circuits_model_free(m);
+}
+
+/* Shortformer from start_at_layer: q and k still read W_pos (the forward builds the positional
+ * embedding unhooked, hook_pos_embed does not fire), so the backward reads it from W_pos, not from
+ * hook_pos_embed's record (it dereferenced NULL), and W_pos still gets that share of the gradient
+ * (it got none). Checked against the full run, with and without a mask: from block 1, input_grad
+ * is the full run's blocks.1.hook_resid_pre gradient; from block 0 on hook_embed's output, the
+ * value and W_pos's gradient are the full run's. */
+static void shortformer_start_at_layer(void)
+{
+    circuits_model *m = load_processed("tl_shortformer_relu");
+    circuits_config c = config_of(m);
+    CHECK(c.n_layers >= 2, "tl_shortformer_relu has %d layers", c.n_layers);
+    circuits_context *ctx = make_ctx(m, 0);
+    enum { B = 2, T = 5 };
+    int32_t tok[B * T], mask[B * T] = {0, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    make_tokens(tok, B * T, c.d_vocab, 21);
+    int32_t ans[B] = {1, 2}, wrong[B] = {3, 0};
+    circuits_metric ld;
+    circuits_metric_init(&ld);
+    ld.answer = ans;
+    ld.wrong = wrong;
+    size_t nres = (size_t)(B * T * c.d_model);
+    float *in = calloc(nres, sizeof(float)), *ig = calloc(nres, sizeof(float));
+    circuits_cache *full = NULL, *wg = NULL;
+    CHECK_OK(circuits_cache_create(&full));
+    CHECK_OK(circuits_cache_create(&wg));
+    for (int masked = 0; masked < 2; masked++) {
+        circuits_run_options ro;
+        circuits_run_options_init(&ro);
+        ro.attention_mask = masked ? mask : NULL;
+        circuits_backward_options bo;
+        circuits_backward_options_init(&bo);
+        bo.run = &ro;
+        const char *filter[] = {"blocks.1.hook_resid_pre"};
+        bo.names_filter = filter;
+        bo.n_filter = 1;
+        float v_full = 0.0f, v = 0.0f;
+        CHECK_OK(circuits_context_backward(ctx, &bo, tok, B, T, &ld, &v_full, NULL, full, NULL));
+        circuits_tensor a, g;
+        CHECK_OK(circuits_cache_get(full, "blocks.1.hook_resid_pre", &a));
+        CHECK_OK(circuits_cache_get(full, "blocks.1.hook_resid_pre_grad", &g));
+        memcpy(in, a.data, nres * sizeof(float));
+        ro.start_at_layer = 1;
+        ro.input = in;
+        bo.names_filter = NULL;
+        bo.n_filter = 0;
+        bo.input_grad = ig;
+        bo.weight_grads = 1;
+        CHECK_OK(circuits_context_backward(ctx, &bo, tok, B, T, &ld, &v, NULL, NULL, wg));
+        CHECK(v == v_full, "masked %d: the start run's metric %g is the full run's %g", masked, v, v_full);
+        CHECK(max_abs_diff(ig, g.data, nres) <= 1e-5 * (1.0 + max_abs_diff(g.data, g.data, 0)),
+              "masked %d: input_grad is the full run's blocks.1.hook_resid_pre gradient (max diff %g)", masked,
+              max_abs_diff(ig, g.data, nres));
+        circuits_tensor gwp, gwp_full;
+        CHECK_OK(circuits_cache_get(wg, "pos_embed.W_pos", &gwp));
+        double a1 = 0.0;
+        for (size_t i = 0; i < numel(&gwp); i++) a1 += fabs(gwp.data[i]);
+        CHECK(a1 > 0.0, "masked %d: W_pos gets a gradient from start_at_layer 1 (sum |.| %g)", masked, a1);
+        /* start_at_layer 0 from hook_embed's output (a shortformer's residual stream is the token
+         * embedding alone) is the full run: the same value, every layer's share of W_pos's gradient */
+        ro.start_at_layer = INT32_MIN;
+        ro.input = NULL;
+        bo.input_grad = NULL;
+        filter[0] = "hook_embed";
+        bo.names_filter = filter;
+        bo.n_filter = 1;
+        CHECK_OK(circuits_context_backward(ctx, &bo, tok, B, T, &ld, &v_full, NULL, full, wg));
+        CHECK_OK(circuits_cache_get(full, "hook_embed", &a));
+        memcpy(in, a.data, nres * sizeof(float));
+        CHECK_OK(circuits_cache_get(wg, "pos_embed.W_pos", &gwp_full));
+        size_t nwp = numel(&gwp_full);
+        float *wp_full = malloc(nwp * sizeof(float));
+        memcpy(wp_full, gwp_full.data, nwp * sizeof(float));
+        ro.start_at_layer = 0;
+        ro.input = in;
+        bo.names_filter = NULL;
+        bo.n_filter = 0;
+        CHECK_OK(circuits_context_backward(ctx, &bo, tok, B, T, &ld, &v, NULL, NULL, wg));
+        CHECK_OK(circuits_cache_get(wg, "pos_embed.W_pos", &gwp));
+        double d = max_abs_diff(gwp.data, wp_full, nwp), sc = 0.0;
+        for (size_t i = 0; i < nwp; i++) sc = fmax(sc, fabs(wp_full[i]));
+        CHECK(v == v_full && sc > 0.0 && d <= 1e-6 * sc, "masked %d: start_at_layer 0 from hook_embed: value %g vs %g, "
+              "W_pos's gradient off by %g of %g", masked, v, v_full, d, sc);
+        free(wp_full);
+    }
+    circuits_cache_free(full);
+    circuits_cache_free(wg);
+    free(in);
+    free(ig);
+    circuits_context_free(ctx);
+    circuits_model_free(m);
+}
+
+/* A backward refused because weight_grads is being filled by a run in progress (here: a
+ * run_with_cache on another context, from its forward hook) leaves `cache` untouched, as the
+ * header says of a call refused before its run starts (it emptied cache). */
+typedef struct busy_arg {
+    circuits_context *other;
+    const int32_t *tok;
+    int64_t T;
+    const circuits_metric *metric;
+    circuits_cache *cache, *busy;
+    int calls, rc;
+    size_t entries_after;
+} busy_arg;
+
+static int call_backward_into_busy(const circuits_tensor *t, void *ud)
+{
+    (void)t;
+    busy_arg *a = ud;
+    if (a->calls++) return CIRCUITS_HOOK_CONTINUE;
+    circuits_backward_options bo;
+    circuits_backward_options_init(&bo);
+    bo.weight_grads = 1;
+    a->rc = circuits_context_backward(a->other, &bo, a->tok, 1, a->T, a->metric, NULL, NULL, a->cache, a->busy);
+    a->entries_after = circuits_cache_count(a->cache);
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
+static void busy_weight_grads_leave_cache(void)
+{
+    circuits_model *m = load_processed("tl_2l_lnpre_gelu");
+    circuits_config c = config_of(m);
+    circuits_context *ctx = make_ctx(m, 0), *other = make_ctx(m, 0);
+    enum { T = 4 };
+    int32_t tok[T];
+    make_tokens(tok, T, c.d_vocab, 5);
+    circuits_metric gm;
+    circuits_metric_init(&gm);
+    gm.kind = CIRCUITS_METRIC_GRAD_CALLBACK;
+    gm.grad_fn = grad_one;
+    circuits_cache *cache = NULL, *busy = NULL;
+    CHECK_OK(circuits_cache_create(&cache));
+    CHECK_OK(circuits_cache_create(&busy));
+    CHECK_OK(circuits_context_backward(other, NULL, tok, 1, T, &gm, NULL, NULL, cache, NULL));
+    size_t before = circuits_cache_count(cache);
+    CHECK(before > 0, "the cache holds %zu entries", before);
+    busy_arg a = {other, tok, T, &gm, cache, busy, 0, 0, 0};
+    CHECK_OK(circuits_context_add_hook(ctx, "blocks.0.hook_resid_pre", call_backward_into_busy, &a, NULL));
+    CHECK_OK(circuits_context_run_with_cache(ctx, tok, 1, T, NULL, 0, busy, NULL, NULL, NULL));
+    CHECK(a.calls == 1 && a.rc == CIRCUITS_E_INVALID_ARGUMENT, "backward into a busy weight_grads: %d calls, rc %d",
+          a.calls, a.rc);
+    CHECK(a.entries_after == before, "the refused call left the cache with %zu entries of %zu", a.entries_after, before);
+    circuits_cache_free(cache);
+    circuits_cache_free(busy);
+    circuits_context_free(ctx);
+    circuits_context_free(other);
+    circuits_model_free(m);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -541,6 +813,9 @@ int main(int argc, char **argv)
     if (argc > 2 && strstr(argv[2], ".gguf")) {
         semantics();
         stored_refused(argv[2]);
+        review_regressions();
+        shortformer_start_at_layer();
+        busy_weight_grads_leave_cache();
         return tu_finish("test_backward");
     }
     /* CASE or CASE:OPTS (optional hook points on, as fd_case reads them) */

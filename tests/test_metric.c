@@ -271,6 +271,29 @@ static void test_metrics_07(void)
     CHECK_FAILS(circuits_metric_eval(&old.m, logits, B, T, V, &v), CIRCUITS_E_INVALID_ARGUMENT, "hook");
 }
 
+/* A NaN logit makes its row's loss NaN, as libm's exp and torch's cross_entropy do (the
+ * vectorised exp_poly_d once returned 0 for NaN, and the loss came back finite, ignoring it);
+ * the other rows are untouched. Checked through circuits_lm_cross_entropy and the LOSS metric. */
+static void test_nan_logits(void)
+{
+    enum { NB = 1, NT = 3, NV = 20 };
+    float lg[NB * NT * NV];
+    for (int i = 0; i < NB * NT * NV; i++) lg[i] = (float)((i * 7) % 11) * 0.25f;
+    lg[0 * NV + 5] = NAN; /* row 0, not at its target */
+    int32_t tok[NB * NT] = {1, 2, 3};
+    float per[NB * (NT - 1)], loss = 0.0f;
+    CHECK_OK(circuits_lm_cross_entropy(lg, tok, NULL, NB, NT, NV, per, &loss));
+    CHECK(isnan(per[0]) && isfinite(per[1]) && isnan(loss), "NaN logit: per-token %g, %g, loss %g (want NaN, finite, "
+          "NaN)", per[0], per[1], loss);
+    circuits_metric m;
+    circuits_metric_init(&m);
+    m.kind = CIRCUITS_METRIC_LOSS;
+    m.tokens = tok;
+    float v = 0.0f;
+    CHECK_OK(circuits_metric_eval(&m, lg, NB, NT, NV, &v));
+    CHECK(isnan(v), "LOSS metric of a NaN logit: %g", v);
+}
+
 int main(int argc, char **argv)
 {
     cat_verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
@@ -282,5 +305,6 @@ int main(int argc, char **argv)
     test_loss();
     test_metrics();
     test_metrics_07();
+    test_nan_logits();
     return tu_finish("test_metric");
 }

@@ -19,31 +19,13 @@ void circuits_ablation_init(circuits_ablation *a)
 
 /* ---- one hook point by name ---- */
 
-typedef struct one_point {
-    int32_t index;
-    size_t seen;
-} one_point;
-
-static int visit_one(const circuits_context *ctx, size_t i, void *arg)
-{
-    (void)ctx;
-    one_point *o = arg;
-    if (o->seen++ == 0) o->index = (int32_t)i;
-    return CIRCUITS_OK;
-}
-
 /* The one hook point `name` names (full or short name); a pattern selecting several is refused. */
 static int resolve_point(const circuits_context *ctx, const char *fn, const char *name, const cx_hook_point **out)
 {
-    if (!name) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: a hook name is NULL", fn);
-    one_point o = {-1, 0};
-    int rc = cx_hooks_select(ctx, name, visit_one, &o);
-    if (rc) return rc;
-    if (o.seen != 1)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: '%s' selects %zu hook points; name exactly one", fn, name,
-                       o.seen);
-    *out = &ctx->hooks.points[o.index];
-    return CIRCUITS_OK;
+    int32_t i;
+    int rc = cx_hook_one(ctx, fn, name, &i);
+    if (!rc) *out = &ctx->hooks.points[i];
+    return rc;
 }
 
 /* The axis of a point's positions: dest for attention patterns and scores, else 1. */

@@ -305,18 +305,20 @@ int circuits_context_edge_attribution(circuits_context *ctx, const int32_t *clea
     if (o.ig_steps < 0)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: ig_steps %d < 0 (0: EAP, N > 0: EAP-IG)", fn, o.ig_steps);
     const circuits_config *c = &ctx->model->cfg;
-    if (batch < 1 || pos < 1)
-        return cx_fail(CIRCUITS_E_SHAPE, "%s: tokens shape [%lld, %lld]: batch and pos must be at least 1", fn,
-                       (long long)batch, (long long)pos);
-    if (pos > c->n_ctx)
-        return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)pos,
-                       c->n_ctx);
+    int shape_rc = cx_tokens_shape_check(c, batch, pos, fn);
+    if (shape_rc) return shape_rc;
+    /* the upstream activations [n_up, B, T, D] must be addressable (B * T and the sizes below
+     * would overflow) */
+    graph gr = graph_of(ctx->model);
+    if (batch > (int64_t)(SIZE_MAX / sizeof(float) / (size_t)pos / (size_t)c->d_model / (size_t)gr.n_up))
+        return cx_fail(CIRCUITS_E_RANGE, "%s: batch %lld: the activations of %lld upstream nodes need more memory than "
+                       "can be addressed", fn, (long long)batch, (long long)gr.n_up);
     /* the caller's metric copied by its size and checked before any run */
     circuits_metric pm;
     if ((rc = cx_metric_check(metric, &pm, batch, pos, c->d_vocab_out, fn))) return rc;
     metric = &pm;
     if ((rc = cx_context_enter(ctx, fn))) return rc;
-    eap e = {.fn = fn, .g = graph_of(ctx->model), .B = batch, .T = pos, .D = c->d_model, .BT = batch * pos};
+    eap e = {.fn = fn, .g = gr, .B = batch, .T = pos, .D = c->d_model, .BT = batch * pos};
     circuits_context_options co = ctx->opts;
     co.use_attn_result = 1;
     co.use_split_qkv_input = 1;
@@ -387,6 +389,9 @@ int circuits_eap_top_edges(const float *scores, int64_t n_upstream, int64_t n_do
     if (n_upstream < 1 || n_downstream < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: scores shape [%lld, %lld]: both must be at least 1", fn,
                        (long long)n_upstream, (long long)n_downstream);
+    if (n_downstream > INT64_MAX / n_upstream)
+        return cx_fail(CIRCUITS_E_RANGE, "%s: scores shape [%lld, %lld]: too many edges", fn, (long long)n_upstream,
+                       (long long)n_downstream);
     int64_t n = n_upstream * n_downstream;
     if (k < 0 || k > n)
         return cx_fail(CIRCUITS_E_RANGE, "%s: k %lld out of range [0, %lld] (the number of edges)", fn, (long long)k,

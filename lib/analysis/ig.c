@@ -12,18 +12,6 @@
 #include <stdio.h>
 #include <string.h>
 
-typedef struct one_point {
-    int32_t index;
-    size_t seen;
-} one_point;
-
-static int visit_one(const circuits_context *ctx, size_t i, void *arg)
-{
-    (void)ctx;
-    one_point *o = arg;
-    if (o->seen++ == 0) o->index = (int32_t)i;
-    return CIRCUITS_OK;
-}
 
 /* What the editor writes: a0 + alpha (a - a0) over the whole point (numel values). */
 typedef struct interp {
@@ -38,7 +26,10 @@ static int interp_edit(const circuits_tensor *t, void *user)
     size_t n = 1;
     for (int32_t i = 0; i < t->ndim; i++) n *= (size_t)t->shape[i];
     if (n != s->numel) return -1; /* another firing's shape: never write past it */
-    for (size_t i = 0; i < n; i++) t->data[i] = s->a0[i] + s->alpha * (s->a[i] - s->a0[i]);
+    /* an element equal at both ends stays itself (a masked score, -inf at both, would become
+     * -inf - -inf = NaN); alpha 0 is the baseline itself (0 * -inf is NaN too) */
+    for (size_t i = 0; i < n; i++)
+        t->data[i] = s->a[i] == s->a0[i] || s->alpha == 0.0f ? s->a0[i] : s->a0[i] + s->alpha * (s->a[i] - s->a0[i]);
     return CIRCUITS_HOOK_CONTINUE;
 }
 
@@ -88,24 +79,16 @@ int circuits_context_integrated_gradients(circuits_context *ctx, const char *hoo
                        fn);
     if (steps < 1) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: steps %d < 1", fn, steps);
     const circuits_config *c = &ctx->model->cfg;
-    if (batch < 1 || pos < 1)
-        return cx_fail(CIRCUITS_E_SHAPE, "%s: tokens shape [%lld, %lld]: batch and pos must be at least 1", fn,
-                       (long long)batch, (long long)pos);
-    if (pos > c->n_ctx)
-        return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)pos,
-                       c->n_ctx);
+    int shape_rc = cx_tokens_shape_check(c, batch, pos, fn);
+    if (shape_rc) return shape_rc;
     /* the caller's metric copied by its size and checked before any run */
     circuits_metric pm;
     int rc = cx_metric_check(metric, &pm, batch, pos, c->d_vocab_out, fn);
     if (rc) return rc;
     metric = &pm;
-    one_point o = {-1, 0};
-    rc = cx_hooks_select(ctx, hook, visit_one, &o);
-    if (rc) return rc;
-    if (o.seen != 1)
-        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: '%s' selects %zu hook points; name exactly one", fn, hook,
-                       o.seen);
-    const cx_hook_point *p = &ctx->hooks.points[o.index];
+    int32_t idx;
+    if ((rc = cx_hook_one(ctx, fn, hook, &idx))) return rc;
+    const cx_hook_point *p = &ctx->hooks.points[idx];
     if (p->kind == HK_TOKENS)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: hook_tokens holds token ids, which have no gradient", fn);
     int64_t shape[CIRCUITS_MAX_DIMS];
@@ -126,12 +109,12 @@ int circuits_context_integrated_gradients(circuits_context *ctx, const char *hoo
         goto done;
     }
     if ((rc = circuits_cache_create(&cache))) goto done;
-    sel[o.index] = true;
+    sel[idx] = true;
     float f = 0.0f, f0 = 0.0f;
     /* a and metric(a) */
     if ((rc = ig_run(ctx, fn, p, sel, cache, tokens, batch, pos, metric, NULL, a, NULL, numel, &f))) goto done;
     if (baseline_tokens) {
-        dst[o.index] = a0;
+        dst[idx] = a0;
         cx_run r = cx_run_init(ctx, fn, baseline_tokens, batch, pos);
         r.cache_dst = dst;
         r.held = true;
@@ -147,7 +130,8 @@ int circuits_context_integrated_gradients(circuits_context *ctx, const char *hoo
     if (rc) goto done;
     double total = 0.0;
     for (size_t i = 0; i < numel; i++) {
-        attributions[i] = (a[i] - a0[i]) * (gsum[i] / (float)steps);
+        /* no gradient anywhere on the path, or no path: 0 (a masked score is -inf, its gradient 0) */
+        attributions[i] = a[i] == a0[i] || gsum[i] == 0.0f ? 0.0f : (a[i] - a0[i]) * (gsum[i] / (float)steps);
         total += attributions[i];
     }
     if (completeness) *completeness = (float)((double)f - f0 - total);

@@ -433,12 +433,8 @@ int circuits_context_activation_patch(circuits_context *ctx, int32_t kind, const
     const cx_patch_kind *pk = cx_patch_kind_of(kind);
     if (!pk) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: unknown patch kind %d", fn, kind);
     const circuits_config *c = &ctx->model->cfg;
-    if (batch < 1 || pos < 1)
-        return cx_fail(CIRCUITS_E_SHAPE, "%s: tokens shape [%lld, %lld]: batch and pos must be at least 1", fn,
-                       (long long)batch, (long long)pos);
-    if (pos > c->n_ctx)
-        return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)pos,
-                       c->n_ctx);
+    int shape_rc = cx_tokens_shape_check(c, batch, pos, fn);
+    if (shape_rc) return shape_rc;
     for (int32_t l = 0; l < c->n_layers; l++) {
         if (cx_hook_index(&ctx->hooks, l, pk->hook) < 0)
             return cx_fail(CIRCUITS_E_NOT_FOUND, "%s: this model has no hook '%s' in block %d to patch", fn,

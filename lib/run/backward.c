@@ -102,6 +102,10 @@ typedef struct bpass {
     float *dx;       /* [N, max(D, H * D)] a norm's or projection's input gradient */
     float *xin;      /* [N, max(D, H * D)] a projection's recomputed input */
     float *dpos;     /* [N, D] shortformer: hook_pos_embed's gradient, summed over the layers */
+    const float *pos; /* [N, D] shortformer: the positional embedding q and k read (hook_pos_embed's
+                       * record; from start_at_layer, where that point does not fire, built as the
+                       * forward builds it, into pos_built) */
+    float *pos_built; /* [N, D] shortformer from start_at_layer */
     float *dscale;   /* [N * H] a norm's scale gradient */
     float *dq, *dz;  /* [N, H * dh] */
     float *dk, *dv;  /* [N, KV * dh] */
@@ -376,7 +380,7 @@ static int split_inputs_backward(bpass *bp, int l, float *dres_pre)
         if (i < 2 && shortformer)
             for (int64_t n = 0; n < N; n++)
                 for (int64_t h = 0; h < hh; h++)
-                    add_into(x + (n * hh + h) * D, post_of(bp, -1, HK_POS_EMBED, 0) + n * D, (size_t)D);
+                    add_into(x + (n * hh + h) * D, bp->pos + n * D, (size_t)D);
         float *dW = wgrad(bp, l, wk[i]);
         for (int64_t h = 0; h < hh; h++) {
             linear_backward(din + h * D, hh * D, false, dW ? dW + h * D * dh : NULL, dh, dys[i] + h * dh, ldy[i],
@@ -492,7 +496,7 @@ static int attention_backward(bpass *bp, int l, float *dres_pre, bool *rope_made
     int64_t nh[3] = {KV, KV, H}, ldy[3] = {KD, KD, HD};
     static const cx_weight_kind wk[3] = {CX_W_V, CX_W_K, CX_W_Q}, bk[3] = {CX_B_V, CX_B_K, CX_B_Q};
     for (int i = 0; i < 3; i++) {
-        if (i == 1 && shortformer) add_into(x, post_of(bp, -1, HK_POS_EMBED, 0), (size_t)(N * D)); /* k, q read ln1 + pos */
+        if (i == 1 && shortformer) add_into(x, bp->pos, (size_t)(N * D)); /* k, q read ln1 + pos */
         const int64_t *st = Ws[i]->strides;
         float *dW = wgrad(bp, l, wk[i]);
         bias_grad(wgrad(bp, l, bk[i]), dys[i], N, nh[i] * dh, ldy[i]); /* b [heads, dh]: one row of columns */
@@ -609,6 +613,18 @@ static int backward_pass(bpass *bp)
     bool rms = c->normalization_type == CIRCUITS_NORM_RMS || c->normalization_type == CIRCUITS_NORM_RMSPRE;
     bool rope_made[2] = {false, false};
     int rc;
+    if (c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER) {
+        bp->pos = post_of(bp, -1, HK_POS_EMBED, 0);
+        if (!bp->pos) { /* start_at_layer: the forward's W_pos[position id], 0 at padding, unhooked */
+            for (int64_t n = 0; n < N; n++) {
+                int64_t b = n / T, t = n % T, p = bp->pos_id ? bp->pos_id[n] : t;
+                bool pad = r->attention_mask && !r->attention_mask[b * T + t];
+                for (int64_t j = 0; j < D; j++)
+                    bp->pos_built[n * D + j] = pad ? 0.0f : m->W_pos->data[p * m->W_pos->strides[0] + j * m->W_pos->strides[1]];
+            }
+            bp->pos = bp->pos_built;
+        }
+    }
 
     /* the unembedding: logits = final @ W_U + b_U (unembed.hook_out), then the soft-cap */
     float cap = c->output_logits_soft_cap;
@@ -645,15 +661,16 @@ static int backward_pass(bpass *bp)
         BFIRE(l, HK_RESID_PRE, 0, bp->dres, 0);
     }
     if (bp->g->input_grad) memcpy(bp->g->input_grad, bp->dres, (size_t)(N * D) * sizeof(float));
-    if (r->input) return CIRCUITS_OK;
 
-    /* embeddings: resid = embed + pos (standard), embed alone (rotary, shortformer: pos feeds q, k) */
+    /* embeddings: resid = embed + pos (standard), embed alone (rotary, shortformer: pos feeds q, k;
+     * from start_at_layer too, so W_pos still gets that share) */
+    if (r->input && !(m->W_pos && c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER)) return CIRCUITS_OK;
     const int32_t *tok = r->tokens;
     int32_t it = cx_hook_index(&ctx->hooks, -1, HK_TOKENS);
     if (it >= 0) tok = (const int32_t *)bp->tape.pt[it].post[0]; /* as hook_tokens left them */
     if (m->W_pos) {
         if (c->positional_embedding_type == CIRCUITS_POS_STANDARD) add_into(bp->dpos, bp->dres, (size_t)(N * D));
-        BFIRE(-1, HK_POS_EMBED, 0, bp->dpos, 0);
+        if (!r->input) BFIRE(-1, HK_POS_EMBED, 0, bp->dpos, 0);
         float *dWp = wgrad(bp, -1, CX_W_POS_EMBED);
         for (int64_t n = 0; n < N && dWp; n++) {
             int64_t b = n / T, t = n % T, p = bp->pos_id ? bp->pos_id[n] : t;
@@ -661,6 +678,7 @@ static int backward_pass(bpass *bp)
             add_into(dWp + p * D, bp->dpos + n * D, (size_t)D);
         }
     }
+    if (r->input) return CIRCUITS_OK;
     BFIRE(-1, HK_EMBED, 0, bp->dres, 0);
     float *dWE = wgrad(bp, -1, CX_W_EMBED);
     for (int64_t n = 0; n < N && dWE; n++) add_into(dWE + (int64_t)tok[n] * D, bp->dres + n * D, (size_t)D);
@@ -687,7 +705,8 @@ static size_t firing_numel(const circuits_context *ctx, const cx_hook_point *p, 
     int32_t ha;
     int nd = firing_shape(ctx, p, B, T, f, shape, &ha);
     size_t n = 1;
-    for (int d = 0; d < nd; d++) n *= (size_t)shape[d];
+    for (int d = 0; d < nd; d++)
+        if (!cx_mul_size(n, (size_t)shape[d], &n)) return SIZE_MAX; /* prepare_memory refuses it */
     return n;
 }
 
@@ -730,16 +749,24 @@ static int prepare_memory(bpass *bp)
     if (c->positional_embedding_type == CIRCUITS_POS_ROTARY)
         rope = (r->attention_mask ? N : T) * (size_t)c->rotary_dim * (size_t)(1 + (c->rope_scaling == CIRCUITS_ROPE_LINEAR &&
                                                                              c->local_attn != CIRCUITS_LOCAL_ATTN_NONE));
+    /* every product checked: [B, T] within n_ctx and addressable (check_grad_run) still lets
+     * N * V or B * H * T * T overflow */
+    bool ok = true;
+    size_t nV, nD, nbig, nH, nHD, nKD, nS, nhd, nM, BH;
+    ok &= cx_mul_size(N, (size_t)bp->V, &nV) && cx_mul_size(N, D, &nD) && cx_mul_size(N, big, &nbig);
+    ok &= cx_mul_size(N, H, &nH) && cx_mul_size(N, HD, &nHD) && cx_mul_size(N, KD, &nKD);
+    ok &= cx_mul_size((size_t)bp->B, H, &BH) && cx_mul_size(BH, T, &nS) && cx_mul_size(nS, T, &nS);
+    ok &= cx_mul_size(N, heads_d, &nhd) && cx_mul_size(N, M, &nM);
     slot bufs[] = {
-        {&bp->logits, N * (size_t)bp->V}, {&bp->dlogits, N * (size_t)bp->V}, {&bp->dres, N * D}, {&bp->dpost, N * D},
-        {&bp->dbr, N * D}, {&bp->dx, N * big}, {&bp->xin, N * big}, {&bp->dpos, N * D}, {&bp->dscale, N * H},
-        {&bp->dq, N * HD}, {&bp->dz, N * HD}, {&bp->dk, N * KD}, {&bp->dv, N * KD},
-        {&bp->dS, (size_t)bp->B * H * T * T}, {&bp->dres_h, N * heads_d}, {&bp->dmlp, N * M}, {&bp->dmlp2, N * M},
-        {&bp->actg, N * M}, {&bp->rope, rope},
+        {&bp->logits, nV}, {&bp->dlogits, nV}, {&bp->dres, nD}, {&bp->dpost, nD},
+        {&bp->dbr, nD}, {&bp->dx, nbig}, {&bp->xin, nbig}, {&bp->dpos, nD}, {&bp->dscale, nH},
+        {&bp->dq, nHD}, {&bp->dz, nHD}, {&bp->dk, nKD}, {&bp->dv, nKD},
+        {&bp->dS, nS}, {&bp->dres_h, nhd}, {&bp->dmlp, nM}, {&bp->dmlp2, nM},
+        {&bp->actg, nM}, {&bp->rope, rope},
+        {&bp->pos_built, c->positional_embedding_type == CIRCUITS_POS_SHORTFORMER && r->input ? nD : 0},
     };
     for (size_t i = 0; i < CX_COUNT(bufs); i++) slots[k++] = bufs[i];
     size_t ids = r->attention_mask ? N : 0, total = ids;
-    bool ok = true;
     for (size_t i = 0; i < k && ok; i++) ok = total + slots[i].n >= total && (total += slots[i].n, true);
     ok = ok && total < SIZE_MAX / sizeof(float);
     if (!ok) {
@@ -855,14 +882,6 @@ static int layout_weight_grads(bpass *bp)
 
 /* ---- the run ---- */
 
-static int find_one(const circuits_context *ctx, size_t i, void *arg)
-{
-    (void)ctx;
-    int32_t *a = arg;
-    a[a[0] == -1 ? 0 : 1] = (int32_t)i;
-    return CIRCUITS_OK;
-}
-
 /* The checks a gradient run makes before anything runs. */
 static int check_grad_run(bpass *bp, circuits_metric *mm)
 {
@@ -883,6 +902,13 @@ static int check_grad_run(bpass *bp, circuits_metric *mm)
     if (r->batch < 1 || r->pos < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: tokens shape [%lld, %lld]: batch and pos must be at least 1", fn,
                        (long long)r->batch, (long long)r->pos);
+    /* before prepare_memory sizes the run by [B, T] (the forward checks these only after) */
+    if (r->pos > m->cfg.n_ctx)
+        return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)r->pos,
+                       m->cfg.n_ctx);
+    if (r->batch > (int64_t)(SIZE_MAX / sizeof(float)) / r->pos)
+        return cx_fail(CIRCUITS_E_RANGE, "%s: a gradient run of [%lld, %lld] needs more memory than can be addressed",
+                       fn, (long long)r->batch, (long long)r->pos);
     if (g->edit_grad != CIRCUITS_EDIT_GRAD_REPLACE && g->edit_grad != CIRCUITS_EDIT_GRAD_THROUGH)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: edit_grad %d is neither CIRCUITS_EDIT_GRAD_REPLACE (0) nor "
                        "CIRCUITS_EDIT_GRAD_THROUGH (1)", fn, g->edit_grad);
@@ -895,29 +921,25 @@ static int check_grad_run(bpass *bp, circuits_metric *mm)
                        "CIRCUITS_METRIC_GRAD_CALLBACK, whose grad_fn returns d metric / d logits", fn);
     bp->linear_idx = -1;
     if (mm->kind == CIRCUITS_METRIC_HOOK_LINEAR) {
-        int32_t found[2] = {-1, -1};
-        if ((rc = cx_hooks_select(ctx, mm->hook, find_one, found))) return rc;
-        if (found[1] != -1)
-            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the HOOK_LINEAR metric's hook '%s' selects several hook "
-                           "points; name one", fn, mm->hook);
-        const cx_hook_point *p = &ctx->hooks.points[found[0]];
+        int32_t found;
+        if ((rc = cx_hook_one(ctx, fn, mm->hook, &found))) return rc;
+        const cx_hook_point *p = &ctx->hooks.points[found];
         if (p->kind == HK_TOKENS || !cx_run_reaches(r, p) ||
             (bp->split && (p->kind == HK_LN1_SCALE || p->kind == HK_LN1_NORMALIZED)))
             return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the HOOK_LINEAR metric cannot read '%s' (token ids, a "
                            "point this run does not reach, or ln1 fired once per head input)", fn, p->name);
-        bp->linear_idx = found[0];
+        bp->linear_idx = found;
     }
     return CIRCUITS_OK;
 }
 
-static int run_grad(bpass *bp)
+/* The run, once check_grad_run has passed (mm: the metric it checked). */
+static int run_grad(bpass *bp, circuits_metric mm)
 {
     circuits_context *ctx = bp->ctx;
     cx_grad_run *g = (cx_grad_run *)bp->g;
     const circuits_config *c = &ctx->model->cfg;
-    circuits_metric mm;
-    int rc = check_grad_run(bp, &mm);
-    if (rc) return rc;
+    int rc;
     size_t np = ctx->hooks.n_points;
     /* one allocation: the tape's records [np], act_dst [np], gdst [np], gw */
     size_t n_gw = (size_t)(c->n_layers + 1) * CX_W_COUNT;
@@ -939,7 +961,11 @@ static int run_grad(bpass *bp)
     if ((rc = cx_context_run(ctx, &fwd))) goto done;
     if (bp->pos_id) cx_position_ids(fwd.attention_mask, bp->T, bp->B, bp->T, 0, bp->pos_id);
     float value = 0.0f;
-    if ((rc = cx_metric_grad(&mm, bp->logits, bp->B, bp->T, bp->V, &value, bp->dlogits, fwd.fn))) goto done;
+    /* from here the grad_fn and the backward hooks run on this memory: take_run_memory refuses */
+    ctx->in_pass = true;
+    rc = cx_metric_grad(&mm, bp->logits, bp->B, bp->T, bp->V, &value, bp->dlogits, fwd.fn);
+    ctx->in_pass = false;
+    if (rc) goto done;
     if (bp->linear_idx >= 0) {
         const float *a = bp->tape.pt[bp->linear_idx].post[0];
         size_t n = firing_numel(ctx, &ctx->hooks.points[bp->linear_idx], bp->B, bp->T, 0);
@@ -966,17 +992,19 @@ int cx_backward(circuits_context *ctx, cx_grad_run *g)
     bpass bp = {.ctx = ctx, .g = g, .B = g->fwd.batch, .T = g->fwd.pos, .D = c->d_model, .H = c->n_heads,
                 .KV = c->n_key_value_heads, .dh = c->d_head, .M = c->d_mlp, .V = c->d_vocab_out,
                 .split = cx_split_heads(ctx)};
-    bp.N = bp.B * bp.T;
+    bp.N = (int64_t)((uint64_t)bp.B * (uint64_t)bp.T); /* used once check_grad_run bounds it */
     int rc;
     if (g->cache && g->cache == g->weight_grads)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cache and weight_grads must be two caches", fn);
     if (!g->fwd.held && (rc = cx_context_enter(ctx, fn))) return rc;
+    circuits_metric mm; /* refused before the run starts: the caches untouched */
+    if ((rc = check_grad_run(&bp, &mm))) goto leave;
     if (g->cache && (rc = cx_cache_begin(g->cache, fn))) goto leave;
     if (g->weight_grads && (rc = cx_cache_begin(g->weight_grads, fn))) {
-        if (g->cache) cx_cache_end(g->cache, rc);
+        if (g->cache) cx_cache_end(g->cache, CIRCUITS_OK); /* refused before the run: cache untouched */
         goto leave;
     }
-    rc = run_grad(&bp);
+    rc = run_grad(&bp, mm);
     if (g->cache) cx_cache_end(g->cache, rc);
     if (g->weight_grads) cx_cache_end(g->weight_grads, rc);
 leave:

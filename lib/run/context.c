@@ -118,6 +118,17 @@ int cx_context_run(circuits_context *ctx, const cx_run *run)
     return rc;
 }
 
+int cx_tokens_shape_check(const circuits_config *c, int64_t batch, int64_t pos, const char *fn)
+{
+    if (batch < 1 || pos < 1)
+        return cx_fail(CIRCUITS_E_SHAPE, "%s: tokens shape [%lld, %lld]: batch and pos must be at least 1", fn,
+                       (long long)batch, (long long)pos);
+    if (pos > c->n_ctx)
+        return cx_fail(CIRCUITS_E_RANGE, "%s: %lld positions exceed the model's n_ctx = %d", fn, (long long)pos,
+                       c->n_ctx);
+    return CIRCUITS_OK;
+}
+
 /* ---- run memory ---- */
 
 struct circuits_run_memory {

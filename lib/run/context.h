@@ -102,6 +102,10 @@ cx_run cx_run_init(const circuits_context *ctx, const char *fn, const int32_t *t
 int cx_run_from_options(const circuits_context *ctx, const char *fn, const circuits_run_options *opts,
                         const int32_t *tokens, int64_t batch, int64_t pos, cx_run *run);
 
+/* The shape checks of a grid of runs over tokens [batch, pos] (patching, attribution): batch and pos
+ * at least 1 (CIRCUITS_E_SHAPE), pos within n_ctx (CIRCUITS_E_RANGE); fn names the caller. */
+int cx_tokens_shape_check(const circuits_config *c, int64_t batch, int64_t pos, const char *fn);
+
 /* True if point p fires in run r: its block runs, or it is hook_tokens or an embedding point of a
  * run from the tokens, or a final one (ln_final, unembed) of a run to the logits. */
 static inline bool cx_run_reaches(const cx_run *r, const cx_hook_point *p)
@@ -190,12 +194,19 @@ static inline bool cx_hook_may_write(const circuits_context *ctx, const cx_run *
     return i >= 0 && (ctx->hooks.points[i].n_regs > 0 || cx_run_edit(run, layer, kind));
 }
 
-/* True if anything reads (layer, kind) in this run: the pass must materialise it and fire. */
-static inline bool cx_hook_active(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)
+/* True if a callback, editor, observer or cache copy reads (layer, kind) in this run. */
+static inline bool cx_hook_watched(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)
 {
     int32_t i = cx_hook_index(&ctx->hooks, layer, kind);
-    return i >= 0 && (run->tape || ctx->hooks.points[i].n_regs > 0 || (run->cache_dst && run->cache_dst[i]) ||
+    return i >= 0 && (ctx->hooks.points[i].n_regs > 0 || (run->cache_dst && run->cache_dst[i]) ||
                       (run->observer.fn && run->observer.kind == kind) || cx_run_edit(run, layer, kind));
+}
+
+/* True if anything reads (layer, kind) in this run (a gradient run's tape reads every point): the
+ * pass must materialise it and fire. */
+static inline bool cx_hook_active(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)
+{
+    return cx_hook_index(&ctx->hooks, layer, kind) >= 0 && (run->tape || cx_hook_watched(ctx, run, layer, kind));
 }
 
 #endif

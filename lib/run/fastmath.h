@@ -16,38 +16,6 @@
 #define CX_HOT __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("O3", "no-trapping-math")))
 #else
 #define CX_HOT
-/* e^x in double for -708 <= x <= 0 (a softmax's shifted logits), 0 below: x = n ln2 + r,
- * |r| <= ln2 / 2, e^r by its Taylor series to degree 13 (truncation < 5e-18 relative), 2^n by
- * exponent bits; within about 2 double ulp of libm's exp, and a loop over it vectorises. */
-static inline __attribute__((always_inline)) double exp_poly_d(double x)
-{
-    const double shifter = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to an integer */
-    double xc = x > -708.0 ? x : -708.0;
-    double t = xc * 1.4426950408889634 + shifter;
-    union { double f; int64_t i; } ts = {t}, scale;
-    double n = t - shifter;
-    int64_t ni = ts.i - 0x4338000000000000LL; /* the integer n */
-    double r = xc - n * 6.93147180369123816490e-01;
-    r = r - n * 1.90821492927058770002e-10;
-    double p = 1.0 / 6227020800.0; /* 1 / 13! */
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    scale.i = (ni + 1023) << 52;
-    double y = p * scale.f;
-    return x > -708.0 ? y : 0.0;
-}
-
 #endif
 
 /* e^x for x <= 88.3 (Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial for e^r,
@@ -85,13 +53,14 @@ static inline __attribute__((always_inline)) float tanh_poly(float u)
     return u < 0.0f ? -t : t;
 }
 
-/* e^x in double for -708 <= x <= 0 (a softmax's shifted logits), 0 below: x = n ln2 + r,
+/* e^x in double for -708 <= x <= 0 (a softmax's shifted logits), 0 below, NaN for NaN (as libm:
+ * a NaN logit makes its loss NaN instead of being left out of the sum): x = n ln2 + r,
  * |r| <= ln2 / 2, e^r by its Taylor series to degree 13 (truncation < 5e-18 relative), 2^n by
  * exponent bits; within about 2 double ulp of libm's exp, and a loop over it vectorises. */
 static inline __attribute__((always_inline)) double exp_poly_d(double x)
 {
     const double shifter = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to an integer */
-    double xc = x > -708.0 ? x : -708.0;
+    double xc = x < -708.0 ? -708.0 : x; /* NaN stays NaN, and so does the result */
     double t = xc * 1.4426950408889634 + shifter;
     union { double f; int64_t i; } ts = {t}, scale;
     double n = t - shifter;
@@ -114,7 +83,7 @@ static inline __attribute__((always_inline)) double exp_poly_d(double x)
     p = p * r + 1.0;
     scale.i = (ni + 1023) << 52;
     double y = p * scale.f;
-    return x > -708.0 ? y : 0.0;
+    return x < -708.0 ? 0.0 : y;
 }
 
 #endif

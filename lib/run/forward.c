@@ -882,8 +882,9 @@ static int forward_pass(pass *ps, float **lg)
     int64_t B = ps->B, T = ps->T;
     prepare_mask(ps);
     int64_t logit_rows = B * (r->positions ? r->n_positions : T);
-    /* hooks see only the run memory: logits a hook reads are made there and copied out after */
-    bool own_logits = !r->stop_at_layer && (r->out == NULL || cx_hook_active(ctx, r, -1, HK_UNEMBED_OUT));
+    /* hooks see only the run memory: logits a hook reads are made there and copied out after (a
+     * gradient run's tape copies them where they are: its own buffer) */
+    bool own_logits = !r->stop_at_layer && (r->out == NULL || cx_hook_watched(ctx, r, -1, HK_UNEMBED_OUT));
     int rc = prepare_scratch(ctx, B, T, ps->P + T, logit_rows, own_logits, ps->mask != NULL, &ps->s);
     if (rc) return rc;
     if (ps->mask) cx_position_ids(ps->mask, ps->mask_rs, B, T, ps->P, ps->s.pos_id);

@@ -286,6 +286,32 @@ int cx_hooks_select(const circuits_context *ctx, const char *name,
     return cx_fail(CIRCUITS_E_NOT_FOUND, "no hook point named '%s'%s", name, hint);
 }
 
+typedef struct one_point {
+    int32_t index;
+    size_t seen;
+} one_point;
+
+static int visit_one(const circuits_context *ctx, size_t i, void *arg)
+{
+    (void)ctx;
+    one_point *o = arg;
+    if (o->seen++ == 0) o->index = (int32_t)i;
+    return CIRCUITS_OK;
+}
+
+int cx_hook_one(const circuits_context *ctx, const char *fn, const char *name, int32_t *index)
+{
+    if (!name) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: a hook name is NULL", fn);
+    one_point o = {-1, 0};
+    int rc = cx_hooks_select(ctx, name, visit_one, &o);
+    if (rc) return rc;
+    if (o.seen != 1)
+        return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: '%s' selects %zu hook points; name exactly one", fn, name,
+                       o.seen);
+    *index = o.index;
+    return CIRCUITS_OK;
+}
+
 /* ---- firing ---- */
 
 /* The cache copy, split over the pool: at long T one activation is hundreds of MB (attention

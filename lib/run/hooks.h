@@ -68,6 +68,11 @@ void cx_hook_describe(const circuits_context *ctx, const cx_hook_point *p, int64
 int cx_hooks_select(const circuits_context *ctx, const char *name,
                     int (*visit)(const circuits_context *, size_t, void *), void *arg);
 
+/* The one hook point `name` selects (full or short name, as cx_hooks_select reads it) into *index;
+ * NULL name or a pattern selecting several is CIRCUITS_E_INVALID_ARGUMENT, none NOT_FOUND; fn
+ * names the caller in messages. */
+int cx_hook_one(const circuits_context *ctx, const char *fn, const char *name, int32_t *index);
+
 /* Expands a short name ("pattern1", "resid_pre3", "k6a") to a full hook name. */
 int cx_expand_act_name(const char *s, char *buf, size_t n);
 

@@ -142,8 +142,18 @@ def backward_call(model: "Model", run: "_Run", mc: MetricCall, *, names: Optiona
         raise
     del keep
     c = ActivationCache._from_c(ch, model) if ch is not None else None
+    if c is not None:
+        _backward_order(c.cache_dict)
     wg = dict(ActivationCache._from_c(wh, model).cache_dict) if wh is not None else {}
     return Gradients(np.float32(value[0]), run.out, c, wg, ig)
+
+
+def _backward_order(d: Dict[str, np.ndarray]) -> None:
+    """TransformerLens's incl_bwd cache order, in place: the activations in firing order, then the
+    gradients in the order the backward pass reached them (the reverse). The C cache holds each
+    gradient right after its activation."""
+    for k in [k for k in d if k.endswith("_grad")][::-1]:
+        d[k] = d.pop(k)
 
 
 def names_from_filter(model: "Model", names_filter: Any) -> Optional[List[str]]:

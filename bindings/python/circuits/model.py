@@ -9,6 +9,7 @@ integer key into a weak registry of :class:`_Registration` objects, which the mo
 from __future__ import annotations
 
 import ctypes
+import inspect
 import itertools
 import json
 import os
@@ -211,6 +212,13 @@ class HookPoint:
             raise InvalidArgumentError(f"hook point '{self.name}' belongs to no live model")
         return m.add_hook(self.name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
+    def add_perma_hook(self, hook: "HookFn", dir: str = "fwd") -> "HookHandle":
+        """TransformerLens's ``HookPoint.add_perma_hook``: a permanent hook at this point."""
+        return self.add_hook(hook, dir=dir, is_permanent=True)
+
+    def clear_context(self) -> None:
+        self.ctx.clear()
+
     def layer(self) -> int:
         """The block index of this hook point (ValueError outside blocks, e.g. hook_embed)."""
         if self._layer < 0:
@@ -303,7 +311,7 @@ class _RunState:
 
 
 class _Registration:
-    __slots__ = ("key", "fn", "names", "permanent", "ids", "state", "bwd", "__weakref__")
+    __slots__ = ("key", "fn", "names", "permanent", "ids", "state", "bwd", "kw", "__weakref__")
 
     def __init__(self, key: int, fn: HookFn, names: List[str], permanent: bool, state: _RunState,
                  bwd: bool = False):
@@ -314,6 +322,7 @@ class _Registration:
         self.ids: List[int] = []
         self.state = state
         self.bwd = bwd  # a backward hook (dir="bwd"): called with the gradient at its points
+        self.kw = _takes_hook_keyword(fn)
 
 
 _REGISTRY: "weakref.WeakValueDictionary[int, _Registration]" = weakref.WeakValueDictionary()
@@ -325,6 +334,17 @@ _weakref = weakref.ref
 # run's lease, so every array derived from the activation keeps the lease alive.
 _Holder = _arrays._Holder
 _asarray = np.asarray
+
+
+def _takes_hook_keyword(fn: Any) -> bool:
+    """True if fn names a ``hook`` parameter: then it is called ``fn(act, hook=hp)``, as
+    TransformerLens calls hooks, so that ``def f(act, *, hook)`` and ``partial(f, clean=c)`` of
+    ``f(act, clean, hook)`` work; other callables (``lambda a, h: ...``) get hp positionally."""
+    try:
+        p = inspect.signature(fn).parameters.get("hook")
+    except (TypeError, ValueError):  # no signature (a builtin): positional
+        return False
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
 
 
 def _fn_name(fn: Any) -> str:
@@ -373,7 +393,9 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
             # (in place or returned) are copied back into the run
             live = _asarray(holder)
             act = live.copy()
-            ret = reg.fn(act, hp)
+            ret = reg.fn(act, hook=hp) if reg.kw else reg.fn(act, hp)
+            if reg.bwd and type(ret) is tuple and len(ret) == 1:
+                ret = ret[0]  # TransformerLens's backward hooks may return (grad,), PyTorch's form
             if ret is not None and ret is not act:
                 _apply_return(live, ret, hp, reg.fn, "gradient" if reg.bwd else "activation")
             else:
@@ -382,7 +404,9 @@ def _hook_entry(act_p: Any, key: Optional[int]) -> int:
         kept = _weakref(holder)
         st.lease.holders.append(kept)
         act = _asarray(holder)
-        ret = reg.fn(act, hp)
+        ret = reg.fn(act, hook=hp) if reg.kw else reg.fn(act, hp)
+        if reg.bwd and type(ret) is tuple and len(ret) == 1:
+            ret = ret[0]  # TransformerLens's backward hooks may return (grad,), PyTorch's form
         if ret is not None and ret is not act:
             _apply_return(act, ret, hp, reg.fn, "gradient" if reg.bwd else "activation")
         # with this frame's references gone, a live holder means the hook kept the array or a
@@ -1119,6 +1143,21 @@ class Model:
             if clear_contexts:
                 for p in self._points:
                     p.ctx.clear()
+
+    def add_perma_hook(self, name: NameOrPredicate, hook: HookFn, dir: str = "fwd") -> "HookHandle":
+        """TransformerLens's ``add_perma_hook``: :meth:`add_hook` with ``is_permanent=True``."""
+        return self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def remove_all_hook_fns(self, direction: str = "both", including_permanent: bool = False,
+                            level: Optional[int] = None) -> None:
+        """TransformerLens's ``remove_all_hook_fns``: :meth:`reset_hooks` without clearing contexts."""
+        self.reset_hooks(False, direction, including_permanent, level)
+
+    def clear_contexts(self) -> None:
+        """TransformerLens's ``clear_contexts``: empties every hook point's ``ctx``."""
+        self._check_open()
+        for p in self._points:
+            p.ctx.clear()
 
     @contextmanager
     def hooks(self, fwd_hooks: Sequence[Tuple[NameOrPredicate, HookFn]] = (), bwd_hooks: Sequence[Any] = (),

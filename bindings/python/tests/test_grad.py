@@ -71,12 +71,27 @@ def test_backward_outputs(tiny):
     np.testing.assert_allclose(g.input_grad, g.cache["blocks.0.hook_resid_pre_grad"], rtol=1e-5, atol=1e-7)
 
 
+def test_incl_bwd_cache_order_is_transformerlens(tiny):
+    """TransformerLens's run_with_cache(incl_bwd=True) fills its dict as hooks fire: every activation
+    in firing order, then every gradient as the backward pass reaches it (reverse firing order). The
+    binding listed each gradient right after its activation, so code that walks the cache's items
+    (e.g. stacking the "_grad" entries) saw another order than under TransformerLens."""
+    names = tiny.hook_names()
+    _, cache = tiny.run_with_cache(TOK, incl_bwd=True, return_type="loss")
+    assert list(cache) == names + [n + "_grad" for n in reversed(names)]
+    _, cache = tiny.run_with_cache(TOK, incl_bwd=True, return_type="loss", return_cache_object=False,
+                                   names_filter=lambda n: n.endswith("resid_pre"))
+    pre = [f"blocks.{l}.hook_resid_pre" for l in range(5)]
+    assert list(cache) == pre + [n + "_grad" for n in reversed(pre)]
+
+
 def test_cache_selection_and_short_names(tiny):
     g = tiny.backward(TOK, METRIC, names_filter=["resid_pre2", "blocks.1.attn.hook_pattern"])
-    assert list(g.cache) == ["blocks.1.attn.hook_pattern", "blocks.1.attn.hook_pattern_grad",
-                             "blocks.2.hook_resid_pre", "blocks.2.hook_resid_pre_grad"]
+    # TransformerLens's incl_bwd order: activations in firing order, then the gradients in backward order
+    assert list(g.cache) == ["blocks.1.attn.hook_pattern", "blocks.2.hook_resid_pre",
+                             "blocks.2.hook_resid_pre_grad", "blocks.1.attn.hook_pattern_grad"]
     g2 = tiny.backward(TOK, METRIC, names_filter=lambda n: n.endswith("hook_resid_post"), cache_activations=False)
-    assert list(g2.cache) == [f"blocks.{l}.hook_resid_post_grad" for l in range(5)]
+    assert list(g2.cache) == [f"blocks.{l}.hook_resid_post_grad" for l in reversed(range(5))]
     assert tiny.backward(TOK, METRIC, cache=False).cache is None
     assert len(tiny.backward(TOK, METRIC, names_filter=[]).cache or {}) == 0
     with pytest.raises(circuits.NotFoundError):
@@ -282,6 +297,72 @@ def test_backward_hook_edits_flow_upstream(tiny):
     np.testing.assert_allclose(d.input_grad, 2 * base.input_grad, rtol=1e-5, atol=1e-7)
 
 
+def test_hooks_get_hook_as_a_keyword_as_in_transformerlens(tiny):
+    """TransformerLens calls every hook fn(tensor, hook=hook_point): a hook whose `hook` parameter is
+    keyword-only, or comes after another one a partial binds (partial(f, clean=c) of f(act, clean,
+    hook)), works there; the binding passed the hook point positionally and such hooks raised
+    TypeError. Hooks without a `hook` parameter (lambda g, h: ...) still get it positionally."""
+    from functools import partial
+
+    seen = []
+
+    def bwd_kwonly(grad, *, hook):
+        seen.append(("bwd", hook.name, grad.shape))
+
+    def fwd_third(act, scale, hook):
+        seen.append(("fwd", hook.name, scale))
+
+    tiny.backward(TOK, cache=False, bwd_hooks=[("resid_pre2", bwd_kwonly), ("resid_pre1", lambda g, h: None)],
+                  fwd_hooks=[("resid_pre3", partial(fwd_third, scale=2.0))])
+    assert seen == [("fwd", "blocks.3.hook_resid_pre", 2.0), ("bwd", "blocks.2.hook_resid_pre", (1, 8, 32))]
+    half = tiny.backward(TOK, names_filter="hook_embed", bwd_hooks=[("resid_pre2", lambda grad, *, hook: grad * 0.5)])
+    base = tiny.backward(TOK, names_filter="hook_embed")
+    np.testing.assert_allclose(half.cache["hook_embed_grad"], 0.5 * base.cache["hook_embed_grad"], rtol=1e-5,
+                               atol=1e-8)
+
+
+def test_permanent_backward_hooks_and_removal_by_direction(tiny):
+    """TransformerLens's add_perma_hook(name, fn, dir), HookPoint.add_perma_hook, remove_all_hook_fns(direction,
+    including_permanent) and clear_contexts: the binding had none of them (AttributeError)."""
+    seen = []
+    tiny.add_perma_hook("resid_pre2", lambda g, hook: seen.append(hook.name), dir="bwd")
+    tiny.hook_dict["blocks.1.hook_resid_pre"].add_perma_hook(lambda g, hook: seen.append(hook.name), dir="bwd")
+    tiny.add_perma_hook("resid_pre1", lambda a, hook: hook.ctx.update(n=1))
+    tiny.add_hook("resid_pre3", lambda g, hook: seen.append(hook.name), dir="bwd")
+    tiny.reset_hooks(clear_contexts=False)  # permanent hooks stay
+    tiny.backward(TOK, cache=False)
+    assert seen == ["blocks.2.hook_resid_pre", "blocks.1.hook_resid_pre"]
+    assert tiny.hook_dict["blocks.1.hook_resid_pre"].ctx == {"n": 1}
+    tiny.remove_all_hook_fns(direction="bwd", including_permanent=True)  # the forward one stays, contexts kept
+    assert [r.bwd for r in tiny._regs] == [False] and tiny.hook_dict["blocks.1.hook_resid_pre"].ctx == {"n": 1}
+    tiny.clear_contexts()
+    assert tiny.hook_dict["blocks.1.hook_resid_pre"].ctx == {}
+    tiny.remove_all_hook_fns(including_permanent=True)
+    assert not tiny._regs
+
+
+def test_backward_hook_may_return_a_one_tuple(tiny):
+    """TransformerLens's backward hooks may return PyTorch's form, (grad,) (HookPoint.add_hook wraps
+    a bare tensor into one); the binding refused it with HookReturnError."""
+    base = tiny.backward(TOK, names_filter="hook_embed", input_grad=True)
+    for target in ("resid_pre2", "blocks.1.attn.hook_pattern"):
+        d = tiny.backward(TOK, names_filter="hook_embed", input_grad=True,
+                          bwd_hooks=[(target, lambda g, h: (np.zeros_like(g),))])
+        assert not d.input_grad.any() if target == "resid_pre2" else np.abs(d.input_grad - base.input_grad).max() > 0
+    d = tiny.backward(TOK, names_filter="hook_embed", input_grad=True, bwd_hooks=[("resid_pre2", lambda g, h: (g,))])
+    np.testing.assert_array_equal(d.input_grad, base.input_grad)
+    h = tiny.add_hook("resid_pre2", lambda g, h: (2 * g,), dir="bwd")
+    try:
+        d = tiny.backward(TOK, names_filter="hook_embed", input_grad=True)
+    finally:
+        h.remove()
+    np.testing.assert_allclose(d.input_grad, 2 * base.input_grad, rtol=1e-5, atol=1e-7)
+    with pytest.raises(circuits.HookReturnError):  # a forward hook's tuple, and longer tuples, stay refused
+        tiny.backward(TOK, fwd_hooks=[("resid_pre2", lambda a, h: (a,))])
+    with pytest.raises(circuits.HookReturnError):
+        tiny.backward(TOK, bwd_hooks=[("resid_pre2", lambda g, h: (g, g))])
+
+
 def test_backward_hook_stops_and_raises(tiny):
     def stop(g, hook):
         raise circuits.HookStopped("enough")
@@ -386,6 +467,21 @@ def test_refused(tiny):
     with pytest.raises(circuits.ShapeError):
         tiny.backward(residual=np.zeros((1, 8, 31), np.float32), start_at_layer=1, tokens=TOK)
     assert not tiny._regs
+
+
+def test_positions_beyond_n_ctx_refused_before_the_gradient_memory(tiny):
+    """A gradient run longer than n_ctx is refused as the forward refuses it (RangeError): the
+    library sized the gradient memory from pos first (for [1, 10^5] on the tiny model about 1 TB,
+    attention patterns [layers, heads, pos, pos]) and failed with OutOfMemoryError, or aborted
+    the process under AddressSanitizer."""
+    T = 100_000
+    long = np.zeros((1, T), np.int64)
+    for call in (lambda: tiny.backward(long, cache=False),
+                 lambda: tiny.run_with_cache(long, incl_bwd=True, return_type="loss"),
+                 lambda: tiny.backward(residual=np.zeros((1, T, 32), np.float32), start_at_layer=1, tokens=long,
+                                       cache=False)):
+        with pytest.raises(circuits.RangeError, match="n_ctx"):
+            call()
 
 
 def test_stored_weights_refused(tmp_path):
