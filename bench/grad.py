@@ -436,7 +436,9 @@ def render(res):
                    "patching / attribution (with source) | corr(attr, patch) |")
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for T in sorted({r["pos"] for r in attr}):
-            f, s = get("fwd", "circuits", T), get("src", "circuits", T)
+            # the forward measured beside the grids (the attribution step's own, the last one run)
+            f = [r for r in rows if r["task"] == "fwd" and r["who"] == "circuits" and r.get("pos") == T][-1]
+            s = get("src", "circuits", T)
             for kind in ("z_all", "z_pos"):
                 at = next((r for r in attr if r["task"] == "attr" and r["kind"] == kind and r["pos"] == T), None)
                 pa = next((r for r in attr if r["task"] == "patch" and r["kind"] == kind and r["pos"] == T), None)
