@@ -15,7 +15,8 @@
  *                  logits written; MODE w: + weight gradients (no cache); a: activation gradients
  *                  only (computed at every point, nothing stored); c: a full incl_bwd cache (every
  *                  point's activation and gradient); cw: c + weight gradients
- *   src T          run_with_cache of every blocks.L.attn.hook_z on the clean tokens: the source
+ *   src T          run_with_cache of every blocks.L.attn.hook_z on the clean tokens, stopping after the
+ *                  last block (no logits needed): the source
  *                  activations attribution and activation patching take
  *   attr KIND T [FILE]  circuits_context_attribution_patch of KIND (z_all: HEAD_Z_ALL_POS,
  *                  z_pos: HEAD_Z_BY_POS) on the corrupted tokens (the clean ones with positions
@@ -161,8 +162,13 @@ static int cmd_bwd(bench *b, int64_t T, const char *mode)
 static int cmd_src(bench *b, int64_t T)
 {
     static const char *const filter[] = {"blocks.*.attn.hook_z"};
+    /* the blocks only: hook_z needs no logits (stop_at_layer = n_layers skips the unembedding, a
+     * third of the forward) */
+    circuits_run_options o;
+    circuits_run_options_init(&o);
+    o.stop_at_layer = b->cfg.n_layers;
     timer t = timer_start();
-    if (circuits_context_run_with_cache(b->ctx, b->tokens, 1, T, filter, 1, b->src, NULL, NULL, NULL))
+    if (circuits_context_run_with_cache_opts(b->ctx, &o, b->tokens, 1, T, filter, 1, b->src, NULL, NULL, NULL))
         return fail("src");
     t = timer_stop(t);
     if (circuits_cache_count(b->src) != (size_t)b->cfg.n_layers) {

@@ -468,6 +468,57 @@ static void semantics(void)
         free(ig);
     }
 
+    /* a metric reading one position per row computes the logits there only when nothing else needs
+     * them (sparse): the same gradients and weight gradients as with every position's logits */
+    {
+        int32_t answer[B] = {1, 2}, wrong[B] = {3, 0};
+        int64_t at[B] = {-1, 2};
+        circuits_metric ld;
+        circuits_metric_init(&ld);
+        ld.kind = CIRCUITS_METRIC_LOGIT_DIFF;
+        ld.answer = answer;
+        ld.wrong = wrong;
+        ld.positions = at;
+        circuits_cache *c1 = NULL, *c2 = NULL, *w1 = NULL, *w2 = NULL;
+        CHECK_OK(circuits_cache_create(&c1));
+        CHECK_OK(circuits_cache_create(&c2));
+        CHECK_OK(circuits_cache_create(&w1));
+        CHECK_OK(circuits_cache_create(&w2));
+        const char *few[] = {"hook_embed", "blocks.0.hook_resid_post"};
+        circuits_backward_options so;
+        circuits_backward_options_init(&so);
+        so.names_filter = few;
+        so.n_filter = 2;
+        so.weight_grads = 1;
+        float v1 = 0.0f, v2 = 0.0f, *lg = malloc(sizeof(float) * B * T * (size_t)c.d_vocab_out);
+        CHECK_OK(circuits_context_backward(ctx, &so, tok, B, T, &ld, &v1, lg, c1, w1)); /* every position */
+        CHECK_OK(circuits_context_backward(ctx, &so, tok, B, T, &ld, &v2, NULL, c2, w2)); /* sparse */
+        CHECK(fabs(v1 - v2) <= 1e-5 * (1 + fabs(v1)), "sparse logits: value %g vs %g", v2, v1);
+        for (size_t e = 0; e < circuits_cache_count(c1); e++) {
+            circuits_tensor a, b;
+            CHECK_OK(circuits_cache_at(c1, e, &a));
+            CHECK_OK(circuits_cache_at(c2, e, &b));
+            double sc = 0.0;
+            for (size_t i = 0; i < numel(&a); i++) sc = fmax(sc, fabs(a.data[i]));
+            CHECK(max_abs_diff(a.data, b.data, numel(&a)) <= 1e-5 * sc + 1e-9, "sparse logits: %s differs", a.name);
+        }
+        CHECK(circuits_cache_count(w1) == circuits_cache_count(w2), "weight gradient counts");
+        for (size_t e = 0; e < circuits_cache_count(w1); e++) {
+            circuits_tensor a, b;
+            CHECK_OK(circuits_cache_at(w1, e, &a));
+            CHECK_OK(circuits_cache_at(w2, e, &b));
+            double sc = 0.0;
+            for (size_t i = 0; i < numel(&a); i++) sc = fmax(sc, fabs(a.data[i]));
+            CHECK(max_abs_diff(a.data, b.data, numel(&a)) <= 1e-5 * sc + 1e-9, "sparse logits: gradient of %s differs",
+                  a.name);
+        }
+        free(lg);
+        circuits_cache_free(c1);
+        circuits_cache_free(c2);
+        circuits_cache_free(w1);
+        circuits_cache_free(w2);
+    }
+
     /* refusals */
     circuits_run_options ro;
     circuits_run_options_init(&ro);

@@ -94,7 +94,9 @@ typedef struct bpass {
     int32_t linear_idx;         /* HOOK_LINEAR's point, or -1 */
     float **gw;                 /* [(n_layers + 1) * CX_W_COUNT]: weight gradients (row 0: outside blocks) */
     /* gradient buffers */
-    float *logits;   /* [N, V] the forward's logits (soft-capped) */
+    const int64_t *lpos; /* the positions the logits were computed at (sparse_logits), or NULL: all */
+    int64_t n_lpos;
+    float *logits;   /* [N, V] the forward's logits (soft-capped); [B, n_lpos, V] with lpos */
     float *dlogits;  /* [N, V] */
     float *dres;     /* [N, D] the residual stream's gradient, from the end */
     float *dpost;    /* [N, D] parallel blocks: resid_post's gradient, kept for the attention */
@@ -626,14 +628,30 @@ static int backward_pass(bpass *bp)
         }
     }
 
-    /* the unembedding: logits = final @ W_U + b_U (unembed.hook_out), then the soft-cap */
+    /* the unembedding: logits = final @ W_U + b_U (unembed.hook_out), then the soft-cap; with
+     * sparse logits, rows (b, lpos[k]) only: final's rows gathered, their gradient scattered */
     float cap = c->output_logits_soft_cap;
-    if (cap > 0.0f) cx_softcap_backward(bp->dlogits, bp->dlogits, bp->logits, (size_t)(N * V), cap);
-    BFIRE(-1, HK_UNEMBED_OUT, 0, bp->dlogits, 0);
+    int64_t rows = bp->lpos ? bp->B * bp->n_lpos : N;
+    if (cap > 0.0f) cx_softcap_backward(bp->dlogits, bp->dlogits, bp->logits, (size_t)(rows * V), cap);
+    if (!bp->lpos) BFIRE(-1, HK_UNEMBED_OUT, 0, bp->dlogits, 0); /* sparse: nothing watches it */
     const float *final = post_of(bp, -1, HK_UNEMBED_IN, 0);
-    bias_grad(wgrad(bp, -1, CX_B_U), bp->dlogits, N, V, V);
-    linear_backward(bp->dx, D, false, wgrad(bp, -1, CX_W_U), V, bp->dlogits, V, final, D, N, D, V, m->W_U->data,
+    float *dfinal = bp->dx;
+    if (bp->lpos) {
+        for (int64_t i = 0; i < rows; i++)
+            memcpy(bp->xin + i * D, final + ((i / bp->n_lpos) * T + bp->lpos[i % bp->n_lpos]) * D,
+                   (size_t)D * sizeof(float));
+        final = bp->xin;
+        dfinal = bp->dbr;
+    }
+    bias_grad(wgrad(bp, -1, CX_B_U), bp->dlogits, rows, V, V);
+    linear_backward(dfinal, D, false, wgrad(bp, -1, CX_W_U), V, bp->dlogits, V, final, D, rows, D, V, m->W_U->data,
                     m->W_U->strides[0], m->W_U->strides[1]);
+    if (bp->lpos) {
+        memset(bp->dx, 0, (size_t)(N * D) * sizeof(float));
+        for (int64_t i = 0; i < rows; i++)
+            memcpy(bp->dx + ((i / bp->n_lpos) * T + bp->lpos[i % bp->n_lpos]) * D, dfinal + i * D,
+                   (size_t)D * sizeof(float));
+    }
     BFIRE(-1, HK_UNEMBED_IN, 0, bp->dx, 0);
     if (norm && (rc = norm_backward(bp, -1, HK_LNF_SCALE, bp->dx, bp->dx, N, D, rms || c->final_rms, m->ln_final_w,
                                     CX_LN_FINAL_W, CX_LN_FINAL_B, 0, 0)))
@@ -882,6 +900,23 @@ static int layout_weight_grads(bpass *bp)
 
 /* ---- the run ---- */
 
+/* True if the run may compute the logits only where the metric reads them (one position per row:
+ * LOGIT_DIFF, LOGIT, PROB, LOG_PROB), as patching does: no logits asked for, and nothing reads,
+ * edits or caches unembed.hook_out. The unembedding is a third of GPT-2 small's forward, and as
+ * much again of its backward. */
+static bool sparse_logits(const bpass *bp, const circuits_metric *mm)
+{
+    const circuits_context *ctx = bp->ctx;
+    const cx_run *r = &bp->g->fwd;
+    if (mm->kind != CIRCUITS_METRIC_LOGIT_DIFF && mm->kind != CIRCUITS_METRIC_LOGIT &&
+        mm->kind != CIRCUITS_METRIC_PROB && mm->kind != CIRCUITS_METRIC_LOG_PROB)
+        return false;
+    int32_t i = cx_hook_index(&ctx->hooks, -1, HK_UNEMBED_OUT);
+    return !r->out && (i < 0 || (!cx_hook_watched(ctx, r, -1, HK_UNEMBED_OUT) && ctx->hooks.points[i].n_bregs == 0 &&
+                                 !(bp->gdst && bp->gdst[i])));
+}
+
+
 /* The checks a gradient run makes before anything runs. */
 static int check_grad_run(bpass *bp, circuits_metric *mm)
 {
@@ -941,9 +976,11 @@ static int run_grad(bpass *bp, circuits_metric mm)
     const circuits_config *c = &ctx->model->cfg;
     int rc;
     size_t np = ctx->hooks.n_points;
-    /* one allocation: the tape's records [np], act_dst [np], gdst [np], gw */
+    /* one allocation: the tape's records [np], act_dst [np], gdst [np], gw, then the logit positions
+     * and the metric's positions among them [2 * B] */
     size_t n_gw = (size_t)(c->n_layers + 1) * CX_W_COUNT;
-    void *tables = cx_calloc(1, np * (sizeof(tape_point) + 2 * sizeof(float *)) + n_gw * sizeof(float *));
+    size_t head = np * (sizeof(tape_point) + 2 * sizeof(float *)) + n_gw * sizeof(float *);
+    void *tables = cx_calloc(1, head + 2 * (size_t)bp->B * sizeof(int64_t));
     if (!tables) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory starting a gradient run");
     bp->tape.pt = tables;
     float **act_dst = (float **)(bp->tape.pt + np);
@@ -958,12 +995,27 @@ static int run_grad(bpass *bp, circuits_metric mm)
     if (g->cache && g->cache_activations) fwd.cache_dst = act_dst;
     if (g->weight_grads && (rc = layout_weight_grads(bp))) goto done;
     fwd.out = bp->logits;
+    circuits_metric on_rows = mm; /* the metric of the logits as computed */
+    int64_t T_logits = bp->T;
+    if (sparse_logits(bp, &mm)) {
+        int64_t *lpos = (int64_t *)((char *)tables + head), *rowpos = lpos + bp->B;
+        bp->n_lpos = cx_metric_positions(&mm, bp->B, bp->T, lpos);
+        for (int64_t b = 0; b < bp->B; b++) {
+            int64_t p = cx_metric_row_pos(&mm, b, bp->T), k = 0;
+            while (lpos[k] != p) k++;
+            rowpos[b] = k;
+        }
+        bp->lpos = fwd.positions = lpos;
+        fwd.n_positions = bp->n_lpos;
+        on_rows.positions = rowpos;
+        T_logits = bp->n_lpos;
+    }
     if ((rc = cx_context_run(ctx, &fwd))) goto done;
     if (bp->pos_id) cx_position_ids(fwd.attention_mask, bp->T, bp->B, bp->T, 0, bp->pos_id);
     float value = 0.0f;
     /* from here the grad_fn and the backward hooks run on this memory: take_run_memory refuses */
     ctx->in_pass = true;
-    rc = cx_metric_grad(&mm, bp->logits, bp->B, bp->T, bp->V, &value, bp->dlogits, fwd.fn);
+    rc = cx_metric_grad(&on_rows, bp->logits, bp->B, T_logits, bp->V, &value, bp->dlogits, fwd.fn);
     ctx->in_pass = false;
     if (rc) goto done;
     if (bp->linear_idx >= 0) {
