@@ -976,11 +976,10 @@ static int run_grad(bpass *bp, circuits_metric mm)
     const circuits_config *c = &ctx->model->cfg;
     int rc;
     size_t np = ctx->hooks.n_points;
-    /* one allocation: the tape's records [np], act_dst [np], gdst [np], gw, then the logit positions
-     * and the metric's positions among them [2 * B] */
+    /* one allocation: the tape's records [np], act_dst [np], gdst [np], gw */
     size_t n_gw = (size_t)(c->n_layers + 1) * CX_W_COUNT;
-    size_t head = np * (sizeof(tape_point) + 2 * sizeof(float *)) + n_gw * sizeof(float *);
-    void *tables = cx_calloc(1, head + 2 * (size_t)bp->B * sizeof(int64_t));
+    void *tables = cx_calloc(1, np * (sizeof(tape_point) + 2 * sizeof(float *)) + n_gw * sizeof(float *));
+    int64_t *lpos = NULL; /* sparse logits: the positions computed and each row's among them [2 * B] */
     if (!tables) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory starting a gradient run");
     bp->tape.pt = tables;
     float **act_dst = (float **)(bp->tape.pt + np);
@@ -997,8 +996,13 @@ static int run_grad(bpass *bp, circuits_metric mm)
     fwd.out = bp->logits;
     circuits_metric on_rows = mm; /* the metric of the logits as computed */
     int64_t T_logits = bp->T;
-    if (sparse_logits(bp, &mm)) {
-        int64_t *lpos = (int64_t *)((char *)tables + head), *rowpos = lpos + bp->B;
+    if (sparse_logits(bp, &mm)) { /* B is bounded now: prepare_memory sized [B, T, V] */
+        lpos = cx_malloc(2 * (size_t)bp->B * sizeof *lpos);
+        if (!lpos) {
+            rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory: the logit positions of %lld rows", (long long)bp->B);
+            goto done;
+        }
+        int64_t *rowpos = lpos + bp->B;
         bp->n_lpos = cx_metric_positions(&mm, bp->B, bp->T, lpos);
         for (int64_t b = 0; b < bp->B; b++) {
             int64_t p = cx_metric_row_pos(&mm, b, bp->T), k = 0;
@@ -1033,6 +1037,7 @@ static int run_grad(bpass *bp, circuits_metric mm)
     if (g->value) *g->value = value;
     if (g->fwd.out) memcpy(g->fwd.out, bp->logits, (size_t)(bp->N * bp->V) * sizeof(float));
 done:
+    cx_free(lpos);
     cx_free(tables);
     return rc;
 }
