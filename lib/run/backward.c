@@ -742,8 +742,6 @@ static int prepare_memory(bpass *bp)
     size_t np = ctx->hooks.n_points;
     size_t N = (size_t)bp->N, D = (size_t)bp->D, H = (size_t)bp->H, M = (size_t)bp->M;
     size_t HD = H * (size_t)bp->dh, KD = (size_t)bp->KV * (size_t)bp->dh, T = (size_t)bp->T;
-    /* the ranges were checked by the forward's checks (cx_forward's limits); the products below are
-     * bounded by the forward's own scratch, except [B, H, T, T] and [N, V], which it also holds */
     size_t n_slots = 6 * np + 24, k = 0;
     slot *slots = cx_calloc(n_slots, sizeof *slots);
     if (!slots) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory sizing a gradient run");
