@@ -185,11 +185,6 @@ static float *wgrad(const bpass *bp, int layer, cx_weight_kind k)
     return bp->gw ? bp->gw[(size_t)(layer + 1) * CX_W_COUNT + k] : NULL;
 }
 
-static void add_into(float *dst, const float *src, size_t n)
-{
-    for (size_t i = 0; i < n; i++) dst[i] += src[i];
-}
-
 /* db[cols] += the column sums of dy [rows, cols] (ld ldy). */
 static void bias_grad(float *db, const float *dy, int64_t rows, int64_t cols, int64_t ldy)
 {
@@ -382,7 +377,7 @@ static int split_inputs_backward(bpass *bp, int l, float *dres_pre)
         if (i < 2 && shortformer)
             for (int64_t n = 0; n < N; n++)
                 for (int64_t h = 0; h < hh; h++)
-                    add_into(x + (n * hh + h) * D, bp->pos + n * D, (size_t)D);
+                    cx_add_into(x + (n * hh + h) * D, bp->pos + n * D, (size_t)D);
         float *dW = wgrad(bp, l, wk[i]);
         for (int64_t h = 0; h < hh; h++) {
             linear_backward(din + h * D, hh * D, false, dW ? dW + h * D * dh : NULL, dh, dys[i] + h * dh, ldy[i],
@@ -391,7 +386,7 @@ static int split_inputs_backward(bpass *bp, int l, float *dres_pre)
         }
         if (i < 2 && shortformer)
             for (int64_t n = 0; n < N; n++)
-                for (int64_t h = 0; h < hh; h++) add_into(bp->dpos + n * D, din + (n * hh + h) * D, (size_t)D);
+                for (int64_t h = 0; h < hh; h++) cx_add_into(bp->dpos + n * D, din + (n * hh + h) * D, (size_t)D);
         if (norm) {
             int rc = norm_backward(bp, l, HK_LN1_SCALE, din, din, rows, D, rms, w->ln1_w, CX_W_LN1_W, CX_W_LN1_B, i, hh);
             if (rc) return rc;
@@ -399,9 +394,9 @@ static int split_inputs_backward(bpass *bp, int l, float *dres_pre)
         if (split) {
             BFIRE(l, input_kinds[i], 0, din, 0);
             for (int64_t n = 0; n < N; n++)
-                for (int64_t h = 0; h < hh; h++) add_into(dres_pre + n * D, din + (n * hh + h) * D, (size_t)D);
+                for (int64_t h = 0; h < hh; h++) cx_add_into(dres_pre + n * D, din + (n * hh + h) * D, (size_t)D);
         } else {
-            add_into(dattn_in, din, (size_t)(rows * D));
+            cx_add_into(dattn_in, din, (size_t)(rows * D));
         }
     }
     if (ctx->opts.use_attn_in) {
@@ -409,7 +404,7 @@ static int split_inputs_backward(bpass *bp, int l, float *dres_pre)
         BFIRE(l, HK_ATTN_IN, 0, dattn_in, 0);
         if (!split)
             for (int64_t n = 0; n < N; n++)
-                for (int64_t h = 0; h < H; h++) add_into(dres_pre + n * D, dattn_in + (n * H + h) * D, (size_t)D);
+                for (int64_t h = 0; h < H; h++) cx_add_into(dres_pre + n * D, dattn_in + (n * H + h) * D, (size_t)D);
     }
     return CIRCUITS_OK;
 }
@@ -498,7 +493,7 @@ static int attention_backward(bpass *bp, int l, float *dres_pre, bool *rope_made
     int64_t nh[3] = {KV, KV, H}, ldy[3] = {KD, KD, HD};
     static const cx_weight_kind wk[3] = {CX_W_V, CX_W_K, CX_W_Q}, bk[3] = {CX_B_V, CX_B_K, CX_B_Q};
     for (int i = 0; i < 3; i++) {
-        if (i == 1 && shortformer) add_into(x, bp->pos, (size_t)(N * D)); /* k, q read ln1 + pos */
+        if (i == 1 && shortformer) cx_add_into(x, bp->pos, (size_t)(N * D)); /* k, q read ln1 + pos */
         const int64_t *st = Ws[i]->strides;
         float *dW = wgrad(bp, l, wk[i]);
         bias_grad(wgrad(bp, l, bk[i]), dys[i], N, nh[i] * dh, ldy[i]); /* b [heads, dh]: one row of columns */
@@ -523,7 +518,7 @@ static int attention_backward(bpass *bp, int l, float *dres_pre, bool *rope_made
         rc = norm_backward(bp, l, HK_LN1_SCALE, bp->dx, bp->dx, N, D, rms, w->ln1_w, CX_W_LN1_W, CX_W_LN1_B, 0, 0);
         if (rc) return rc;
     }
-    add_into(dres_pre, bp->dx, (size_t)(N * D));
+    cx_add_into(dres_pre, bp->dx, (size_t)(N * D));
     return CIRCUITS_OK;
 }
 
@@ -598,7 +593,7 @@ static int mlp_backward(bpass *bp, int l, float *dsrc)
                                     0, 0)))
         return rc;
     BFIRE(l, HK_MLP_IN, 0, bp->dx, 0);
-    add_into(dsrc, bp->dx, (size_t)(N * D));
+    cx_add_into(dsrc, bp->dx, (size_t)(N * D));
     return CIRCUITS_OK;
 }
 
@@ -687,19 +682,19 @@ static int backward_pass(bpass *bp)
     int32_t it = cx_hook_index(&ctx->hooks, -1, HK_TOKENS);
     if (it >= 0) tok = (const int32_t *)bp->tape.pt[it].post[0]; /* as hook_tokens left them */
     if (m->W_pos) {
-        if (c->positional_embedding_type == CIRCUITS_POS_STANDARD) add_into(bp->dpos, bp->dres, (size_t)(N * D));
+        if (c->positional_embedding_type == CIRCUITS_POS_STANDARD) cx_add_into(bp->dpos, bp->dres, (size_t)(N * D));
         if (!r->input) BFIRE(-1, HK_POS_EMBED, 0, bp->dpos, 0);
         float *dWp = wgrad(bp, -1, CX_W_POS_EMBED);
         for (int64_t n = 0; n < N && dWp; n++) {
             int64_t b = n / T, t = n % T, p = bp->pos_id ? bp->pos_id[n] : t;
             if (r->attention_mask && !r->attention_mask[b * T + t]) continue; /* padding read zeros, not W_pos */
-            add_into(dWp + p * D, bp->dpos + n * D, (size_t)D);
+            cx_add_into(dWp + p * D, bp->dpos + n * D, (size_t)D);
         }
     }
     if (r->input) return CIRCUITS_OK;
     BFIRE(-1, HK_EMBED, 0, bp->dres, 0);
     float *dWE = wgrad(bp, -1, CX_W_EMBED);
-    for (int64_t n = 0; n < N && dWE; n++) add_into(dWE + (int64_t)tok[n] * D, bp->dres + n * D, (size_t)D);
+    for (int64_t n = 0; n < N && dWE; n++) cx_add_into(dWE + (int64_t)tok[n] * D, bp->dres + n * D, (size_t)D);
     return CIRCUITS_OK;
 }
 

@@ -620,11 +620,6 @@ static int hook_tokens(pass *ps)
     return CIRCUITS_OK;
 }
 
-static void add_into(float *dst, const float *src, size_t n)
-{
-    for (size_t i = 0; i < n; i++) dst[i] += src[i];
-}
-
 static int run(pass *ps, float *out)
 {
     const circuits_context *ctx = ps->ctx;
@@ -666,7 +661,7 @@ static int run(pass *ps, float *out)
         FIRE(-1, HK_EMBED, s->embed);
         FIRE(-1, HK_POS_EMBED, s->pos);
         memcpy(s->resid, s->embed, (size_t)(N * D) * sizeof(float));
-        if (c->positional_embedding_type == CIRCUITS_POS_STANDARD) add_into(s->resid, s->pos, (size_t)(N * D));
+        if (c->positional_embedding_type == CIRCUITS_POS_STANDARD) cx_add_into(s->resid, s->pos, (size_t)(N * D));
     }
 
     for (int l = r->start; l < r->stop; l++) {
@@ -689,11 +684,11 @@ static int run(pass *ps, float *out)
             if (!norm) memcpy(s->normed, mlp_src, (size_t)(N * D) * sizeof(float));
             else if ((rc = layer_norm(ps, l, HK_LN2_SCALE, s->normed, s->scale, mlp_src, D, rms, w->ln2_w, w->ln2_b)))
                 return rc;
-            add_into(s->resid, s->branch, (size_t)(N * D));
+            cx_add_into(s->resid, s->branch, (size_t)(N * D));
             if ((rc = mlp(ps, l))) return rc;
-            add_into(s->resid, s->branch, (size_t)(N * D));
+            cx_add_into(s->resid, s->branch, (size_t)(N * D));
         } else {
-            add_into(s->resid, s->branch, (size_t)(N * D));
+            cx_add_into(s->resid, s->branch, (size_t)(N * D));
             if (!c->attn_only) {
                 FIRE(l, HK_RESID_MID, s->resid);
                 const float *mlp_src;
@@ -706,7 +701,7 @@ static int run(pass *ps, float *out)
                     memcpy(s->normed, mlp_src, (size_t)(N * D) * sizeof(float));
                 }
                 if ((rc = mlp(ps, l))) return rc;
-                add_into(s->resid, s->branch, (size_t)(N * D));
+                cx_add_into(s->resid, s->branch, (size_t)(N * D));
             }
         }
         FIRE(l, HK_RESID_POST, s->resid);

@@ -272,24 +272,9 @@ void cx_softcap_backward(float *dx, const float *dy, const float *y, size_t n, f
 
 /* ---- rotary ---- */
 
-/* The forward turns (a, b) by +angle: (a c - b s, b c + a s); its transpose turns the gradient
- * back by -angle: (da c + db s, db c - da s). */
+/* The forward turns (a, b) by +angle; its transpose turns the gradient back by -angle. */
 void cx_rope_rotate_backward(float *dx, int64_t B, int64_t T, int64_t nh, int64_t dh, const circuits_config *c,
                              const float *cos_t, const float *sin_t)
 {
-    int half = c->rotary_dim / 2;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++) {
-            const float *cs = cos_t + t * half, *sn = sin_t + t * half;
-            for (int64_t h = 0; h < nh; h++) {
-                float *r = dx + ((b * T + t) * nh + h) * dh;
-                for (int i = 0; i < half; i++) {
-                    int ia, ib;
-                    cx_rope_pair(c, i, &ia, &ib);
-                    float da = r[ia], db = r[ib];
-                    r[ia] = da * cs[i] + db * sn[i];
-                    r[ib] = db * cs[i] - da * sn[i];
-                }
-            }
-        }
+    cx_rope_turn(dx, B, T, nh, dh, c, cos_t, sin_t, -1.0f);
 }

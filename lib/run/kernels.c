@@ -400,8 +400,8 @@ void cx_softmax_causal_past(float *x, int64_t n, int64_t T, int64_t P) { cx_soft
 
 void cx_softmax_causal(float *x, int64_t n, int64_t T) { cx_softmax_causal_past(x, n, T, 0); }
 
-void cx_rope_rotate(float *x, int64_t B, int64_t T, int64_t nh, int64_t dh, const circuits_config *c,
-                    const float *cos_t, const float *sin_t)
+void cx_rope_turn(float *x, int64_t B, int64_t T, int64_t nh, int64_t dh, const circuits_config *c,
+                  const float *cos_t, const float *sin_t, float dir)
 {
     int half = c->rotary_dim / 2;
     for (int64_t b = 0; b < B; b++)
@@ -413,12 +413,19 @@ void cx_rope_rotate(float *x, int64_t B, int64_t T, int64_t nh, int64_t dh, cons
                     int ia, ib;
                     cx_rope_pair(c, i, &ia, &ib);
                     /* TL: x * cos + rotate(x) * sin, each product rounded before the sum */
-                    float a = r[ia], bb = r[ib], as = a * sn[i], bs = bb * sn[i], ac = a * cs[i], bc = bb * cs[i];
+                    float s = sn[i] * dir; /* exact: dir is +1 or -1 */
+                    float a = r[ia], bb = r[ib], as = a * s, bs = bb * s, ac = a * cs[i], bc = bb * cs[i];
                     r[ia] = ac - bs;
                     r[ib] = bc + as;
                 }
             }
         }
+}
+
+void cx_rope_rotate(float *x, int64_t B, int64_t T, int64_t nh, int64_t dh, const circuits_config *c,
+                    const float *cos_t, const float *sin_t)
+{
+    cx_rope_turn(x, B, T, nh, dh, c, cos_t, sin_t, 1.0f);
 }
 
 /* The row's max, then e^(x - max) in double lanes (exp_poly_d: the row costs about as much as

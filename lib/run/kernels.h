@@ -81,4 +81,14 @@ double cx_nll_row(const float *logits, int64_t V, int32_t target);
  * loss and its gradient (metric.c) share it, so their values agree bit for bit. */
 double cx_lse_row(const float *logits, int64_t V, float *mx, float *e);
 
+/* cx_rope_rotate turning by dir * angle (dir +1 or -1: the inverse rotation, the backward's). */
+void cx_rope_turn(float *x, int64_t B, int64_t T, int64_t nh, int64_t dh, const circuits_config *c,
+                  const float *cos_t, const float *sin_t, float dir);
+
+/* dst[n] += src[n]: the residual stream's additions (forward and backward). */
+static inline void cx_add_into(float *dst, const float *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
 #endif
