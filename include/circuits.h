@@ -48,12 +48,12 @@ extern "C" {
 #endif
 
 #define CIRCUITS_VERSION_MAJOR 0
-#define CIRCUITS_VERSION_MINOR 7
+#define CIRCUITS_VERSION_MINOR 8
 #define CIRCUITS_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH, as zstd does. */
 #define CIRCUITS_VERSION_NUMBER \
     (CIRCUITS_VERSION_MAJOR * 10000 + CIRCUITS_VERSION_MINOR * 100 + CIRCUITS_VERSION_PATCH)
-#define CIRCUITS_VERSION_STRING "0.7.0"
+#define CIRCUITS_VERSION_STRING "0.8.0"
 /* The soname's number: libcircuits.so.CIRCUITS_ABI_VERSION. Bumped on any incompatible change. */
 #define CIRCUITS_ABI_VERSION 0
 
@@ -1378,6 +1378,275 @@ CIRCUITS_API int circuits_context_integrated_gradients(circuits_context *ctx, co
                                                        const int32_t *baseline_tokens, int64_t batch, int64_t pos,
                                                        int32_t steps, const circuits_metric *metric,
                                                        float *attributions, float *completeness);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Sparse autoencoders and transcoders (0.8.0; docs/saes.md)                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+/* An SAE or transcoder as SAELens saves it: a directory with cfg.json and
+ * sae_weights.safetensors (and, optionally, sparsity.safetensors). Read-only once loaded: any
+ * number of contexts and threads may use one at once. It must outlive the contexts it is
+ * attached to. */
+typedef struct circuits_sae circuits_sae;
+
+typedef enum circuits_sae_arch {
+    CIRCUITS_SAE_STANDARD = 0, /* "standard": relu(x W_enc + b_enc) */
+    CIRCUITS_SAE_GATED = 1,    /* "gated": (x W_enc + b_gate > 0) * relu(x (W_enc * exp(r_mag)) + b_mag) */
+    CIRCUITS_SAE_JUMPRELU = 2, /* "jumprelu": relu(h) * (h > threshold), h = x W_enc + b_enc */
+    CIRCUITS_SAE_TOPK = 3      /* "topk": the k largest of h per row kept (relu), the rest 0 */
+} circuits_sae_arch;
+
+typedef enum circuits_sae_norm {
+    CIRCUITS_SAE_NORM_NONE = 0,
+    CIRCUITS_SAE_NORM_EXPECTED_AVERAGE = 1, /* "expected_average_only_in": nothing at run time (SAELens
+                                             * folds the factor into the weights before saving) */
+    CIRCUITS_SAE_NORM_CONSTANT_NORM_RESCALE = 2, /* each row scaled to norm sqrt(d_in) in, back out */
+    CIRCUITS_SAE_NORM_LAYER_NORM = 3        /* each row centred and divided by (std + 1e-5) in, back out */
+} circuits_sae_norm;
+
+/* What cfg.json said, filled by circuits_sae_get_info. Strings stay valid while the SAE lives. */
+typedef struct circuits_sae_info {
+    uint32_t size;                /* sizeof(circuits_sae_info), set by the caller */
+    int32_t architecture;         /* circuits_sae_arch */
+    int32_t is_transcoder;        /* 1: reads hook_name, writes hook_name_out */
+    int32_t has_skip;             /* transcoders with W_skip (SAELens's skip transcoders) */
+    int64_t d_in, d_sae, d_out;   /* d_out: d_in for an SAE, the output width for a transcoder */
+    int32_t apply_b_dec_to_input;
+    int32_t normalize_activations; /* circuits_sae_norm */
+    int32_t reshape_hook_z;       /* reshape_activations "hook_z": [.., n_heads, d_head] read flat */
+    int32_t k;                    /* topk: latents kept per row; else 0 */
+    int32_t rescale_acts_by_decoder_norm; /* topk */
+    int32_t hook_layer;           /* the block of hook_name, -1 outside blocks */
+    const char *hook_name;        /* metadata.hook_name, e.g. "blocks.3.hook_resid_pre" */
+    const char *hook_name_out;    /* metadata.hook_name_out; hook_name for an SAE */
+    const char *architecture_name; /* as cfg.json spells it */
+    int32_t has_sparsity;         /* a sparsity file was loaded (weight "log_feature_sparsity") */
+} circuits_sae_info;
+
+/* Loads the directory `path`. A tensor whose shape disagrees with cfg.json is CIRCUITS_E_SHAPE,
+ * an architecture or setting libcircuits does not implement is CIRCUITS_E_UNSUPPORTED naming it;
+ * F32, F16 and BF16 tensors are read into fp32. */
+CIRCUITS_API int circuits_sae_load(circuits_sae **out, const char *path);
+CIRCUITS_API void circuits_sae_free(circuits_sae *sae);
+CIRCUITS_API int circuits_sae_get_info(const circuits_sae *sae, circuits_sae_info *info);
+/* A parameter by SAELens's name: "W_enc" [d_in, d_sae], "W_dec" [d_sae, d_out], "b_enc" [d_sae],
+ * "b_dec" [d_out], "b_gate", "b_mag", "r_mag", "threshold" [d_sae] where the architecture has
+ * them, "W_skip" [d_out, d_in] (skip transcoders), "log_feature_sparsity" [d_sae] (with a sparsity
+ * file). The view (name, shape, data) stays valid while the SAE lives; it must not be written. */
+CIRCUITS_API int circuits_sae_weight(const circuits_sae *sae, const char *name, circuits_tensor *out);
+/* SAELens's sae.encode on rows x [n, d_in]: acts_post [n, d_sae] (may be NULL), and acts_pre
+ * [n, d_sae] (may be NULL): what hook_sae_acts_pre sees (gated: the magnitude path). */
+CIRCUITS_API int circuits_sae_encode(const circuits_sae *sae, const float *x, int64_t n, float *acts_pre,
+                                     float *acts_post);
+/* sae.decode: out [n, d_out] from acts [n, d_sae]. x [n, d_in], the rows acts were encoded from,
+ * is needed (else CIRCUITS_E_INVALID_ARGUMENT) when decoding depends on them: per-row
+ * normalization (constant_norm_rescale, layer_norm) and skip transcoders; NULL otherwise. */
+CIRCUITS_API int circuits_sae_decode(const circuits_sae *sae, const float *acts, int64_t n, const float *x,
+                                     float *out);
+
+/* Splicing (SAELens's HookedSAETransformer.add_sae): the SAE replaces its output hook point
+ * (hook_name_out) in this context's runs. That point's name is then no longer a hook point; in
+ * its place fire, in this order,
+ *   <name>.hook_sae_input      [batch, pos, d_in]    the input (hook_z read flat)
+ *   <name>.hook_sae_acts_pre   [batch, pos, d_sae]
+ *   <name>.hook_sae_acts_post  [batch, pos, d_sae]
+ *   <name>.hook_sae_recons     [batch, pos, d_out]   acts_post W_dec + b_dec (before the output
+ *                                                    normalization)
+ *   <name>.hook_sae_error      the point's shape     only with use_error_term: the input minus
+ *                                                    the SAE's output computed without hooks
+ *   <name>.hook_sae_output     the point's shape     what the model goes on with
+ * each hookable, cacheable and resolvable (patterns too) like the model's own. A transcoder
+ * reads its input at hook_name (which stays a hook point; the value after its callbacks) and
+ * fires the points above at hook_name_out. An SAE already attached at the same hook_name is
+ * replaced (as SAELens). Refused: a point of another width (CIRCUITS_E_SHAPE), a point that is
+ * not [batch, pos, d] (hook_z with reshape_hook_z excepted), callbacks registered at the point
+ * it replaces (remove them first), a point another attachment already replaces. Gradient runs
+ * and edge attribution refuse a context with SAEs attached (CIRCUITS_E_UNSUPPORTED). */
+CIRCUITS_API int circuits_context_add_sae(circuits_context *ctx, const circuits_sae *sae, int32_t use_error_term);
+/* Detaches the SAE attached at hook name `hook_name` (its input hook; NULL: every SAE, SAELens's
+ * reset_saes). The replaced point comes back; callbacks registered at the SAE's points go with
+ * them. Not attached is CIRCUITS_E_NOT_FOUND. */
+CIRCUITS_API int circuits_context_remove_sae(circuits_context *ctx, const char *hook_name);
+/* SAEs attached, in attachment order; circuits_context_sae_at gives one (and its error-term
+ * setting, may be NULL). */
+CIRCUITS_API size_t circuits_context_sae_count(const circuits_context *ctx);
+CIRCUITS_API int circuits_context_sae_at(const circuits_context *ctx, size_t index, const circuits_sae **sae,
+                                         int32_t *use_error_term);
+
+/* Feature statistics over a token dataset, in one streaming pass with bounded memory: per latent
+ * the number of tokens it fired on (acts_post > threshold), the mean activation over all tokens,
+ * the maximum, and the top_k activating contexts (the token windows around them). Feed batches
+ * with circuits_context_feature_stats_add; the model runs only as far as the SAE's hook point. */
+typedef struct circuits_feature_stats circuits_feature_stats;
+
+typedef struct circuits_feature_stats_options {
+    uint32_t size;           /* sizeof(circuits_feature_stats_options) */
+    int32_t top_k;           /* contexts kept per latent (default 10; 0: none) */
+    int32_t context_left;    /* tokens kept before the activating one (default 8) */
+    int32_t context_right;   /* and after it (default 2) */
+    float threshold;         /* a latent fires where acts_post > threshold (default 0) */
+    int32_t skip_positions;  /* the first positions of each row not counted (default 0; 1 skips BOS) */
+} circuits_feature_stats_options;
+
+CIRCUITS_API void circuits_feature_stats_options_init(circuits_feature_stats_options *opts);
+CIRCUITS_API int circuits_feature_stats_create(circuits_feature_stats **out, const circuits_sae *sae,
+                                               const circuits_feature_stats_options *opts);
+CIRCUITS_API void circuits_feature_stats_free(circuits_feature_stats *st);
+/* Runs the model on tokens [batch, pos] (the context's hooks fire; the SAE need not be attached)
+ * and adds their latents to st. Rows are numbered in the order they are added. */
+CIRCUITS_API int circuits_context_feature_stats_add(circuits_context *ctx, circuits_feature_stats *st,
+                                                    const int32_t *tokens, int64_t batch, int64_t pos);
+/* n_tokens counted so far; d_sae; top_k and the window width (left + 1 + right). */
+CIRCUITS_API int circuits_feature_stats_dims(const circuits_feature_stats *st, int64_t *n_tokens, int64_t *d_sae,
+                                             int32_t *top_k, int32_t *window);
+/* Per latent [d_sae] (each may be NULL): frequency (fires / n_tokens), mean, max. */
+CIRCUITS_API int circuits_feature_stats_get(const circuits_feature_stats *st, float *frequency, float *mean,
+                                            float *max);
+/* The top contexts of one latent, largest first: values [top_k], rows [top_k], positions [top_k],
+ * windows [top_k, window] (tokens, -1 outside the row; the activating token at index
+ * context_left); *count (may be NULL) how many are filled. Any output may be NULL. */
+CIRCUITS_API int circuits_feature_stats_top(const circuits_feature_stats *st, int64_t latent, float *values,
+                                            int64_t *rows, int64_t *positions, int32_t *windows, int32_t *count);
+/* The documented file (docs/saes.md "Feature statistics file"): safetensors with the arrays and
+ * the options as metadata. Loading checks it as any hostile file. */
+CIRCUITS_API int circuits_feature_stats_save(const circuits_feature_stats *st, const char *path);
+CIRCUITS_API int circuits_feature_stats_load(circuits_feature_stats **out, const char *path);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Steering vectors and control vectors (0.8.0; docs/steering.md)                             */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct circuits_steering_options {
+    uint32_t size;              /* sizeof(circuits_steering_options) */
+    float scale;                /* the vector is added times scale (default 1) */
+    /* NULL: every position. Else n_positions positions counted from the sequence's start (a KV
+     * cache's held positions included: generation steers the positions it reaches); negative
+     * counts from the end of each run's positions (-1: each run's last). */
+    const int64_t *positions;
+    int64_t n_positions;
+} circuits_steering_options;
+
+CIRCUITS_API void circuits_steering_options_init(circuits_steering_options *opts);
+
+/* Adds scale * vector [dim] at every point `name` selects (as circuits_context_add_hook; the
+ * point's last axis must be dim) at the chosen positions, as a forward hook: *out_id removes it
+ * (circuits_context_remove_hook). The vector is copied. */
+CIRCUITS_API int circuits_context_add_steering(circuits_context *ctx, const char *name, const float *vector,
+                                               int64_t dim, const circuits_steering_options *opts,
+                                               circuits_hook_id *out_id);
+
+/* llama.cpp's control vectors: a GGUF file (general.architecture "controlvector") with one
+ * direction per layer, tensor "direction.{N}" [n_embd] added to the residual stream after block
+ * N - 1 (N = 1 .. n_layers; blocks.{N-1}.hook_resid_post), as llama.cpp applies it. */
+/* Reads path into directions [n_layers, d_model] (zeros for layers the file has none for);
+ * a d_model other than the file's is CIRCUITS_E_SHAPE, a layer beyond n_layers CIRCUITS_E_RANGE. */
+CIRCUITS_API int circuits_control_vector_load(const char *path, int32_t n_layers, int64_t d_model,
+                                              float *directions);
+/* Writes directions [n_layers, d_model] (all-zero layers omitted, as llama.cpp's tools write
+ * them); model_hint (may be NULL) is controlvector.model_hint. */
+CIRCUITS_API int circuits_control_vector_save(const char *path, const float *directions, int32_t n_layers,
+                                              int64_t d_model, const char *model_hint);
+/* Registers directions [n_layers, d_model] * opts->scale at every blocks.{l}.hook_resid_post
+ * with a non-zero direction, under one id (opts may be NULL: scale 1, every position). */
+CIRCUITS_API int circuits_context_add_control_vector(circuits_context *ctx, const float *directions,
+                                                     int32_t n_layers, int64_t d_model,
+                                                     const circuits_steering_options *opts,
+                                                     circuits_hook_id *out_id);
+
+#define CIRCUITS_CONTRAST_LAST 0 /* the activation at each row's last real token */
+#define CIRCUITS_CONTRAST_MEAN 1 /* the mean over each row's real tokens */
+
+typedef struct circuits_contrast_options {
+    uint32_t size;              /* sizeof(circuits_contrast_options) */
+    int32_t reduce;             /* CIRCUITS_CONTRAST_* (default LAST) */
+    const int32_t *positive_mask; /* [batch, pos] attention masks of the two sides (left or right */
+    const int32_t *negative_mask; /* padding), NULL: every token real */
+} circuits_contrast_options;
+
+CIRCUITS_API void circuits_contrast_options_init(circuits_contrast_options *opts);
+
+/* A contrastive steering vector: the mean over the batch of act(positive row) - act(negative row)
+ * at every point `name` selects, reduced over positions as opts->reduce says: out [n_points, dim]
+ * (n_points from circuits_context_resolve_hook_name; out_len floats at least that), the points in
+ * firing order. One run per side; the context's hooks fire. */
+CIRCUITS_API int circuits_context_contrastive_vector(circuits_context *ctx, const char *name,
+                                                     const int32_t *positive, const int32_t *negative,
+                                                     int64_t batch, int64_t pos,
+                                                     const circuits_contrast_options *opts, float *out,
+                                                     size_t out_len);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Linear probes (0.8.0; docs/probes.md)                                                      */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct circuits_probe circuits_probe;
+
+typedef enum circuits_probe_kind {
+    CIRCUITS_PROBE_LINEAR = 0,   /* least squares (ridge with l2 > 0): y [n, n_targets] */
+    CIRCUITS_PROBE_LOGISTIC = 1  /* logistic regression with an L2 penalty (scikit-learn's
+                                  * LogisticRegression, C = 1 / l2): y [n] class labels 0 .. K-1
+                                  * as floats; binary (K = 2) or multinomial */
+} circuits_probe_kind;
+
+typedef struct circuits_probe_options {
+    uint32_t size;              /* sizeof(circuits_probe_options) */
+    int32_t kind;               /* circuits_probe_kind (default LOGISTIC) */
+    float l2;                   /* penalty on the weights, not the intercept (default 1: sklearn's C = 1;
+                                 * LINEAR: 0, plain least squares) */
+    int32_t fit_intercept;      /* default 1 */
+    int32_t max_iter;           /* Newton steps at most (default 50) */
+    float tol;                  /* stop when the step's max-abs change is below tol (default 1e-6) */
+    const char *hook_name;      /* the hook point the rows came from (may be NULL): a monitor reads it */
+} circuits_probe_options;
+
+CIRCUITS_API void circuits_probe_options_init(circuits_probe_options *opts);
+
+/* Fits a probe to X [n, d] (rows of cached activations) and y (see the kinds); n_targets: LINEAR's
+ * outputs (y [n, n_targets]); LOGISTIC: 1. */
+CIRCUITS_API int circuits_probe_fit(circuits_probe **out, const float *X, int64_t n, int64_t d, const float *y,
+                                    int64_t n_targets, const circuits_probe_options *opts);
+CIRCUITS_API void circuits_probe_free(circuits_probe *probe);
+
+typedef struct circuits_probe_info {
+    uint32_t size;              /* sizeof(circuits_probe_info), set by the caller */
+    int32_t kind;
+    int64_t d;                  /* input width */
+    int64_t n_outputs;          /* LINEAR: n_targets; LOGISTIC: K classes */
+    float l2;
+    int32_t fit_intercept;
+    int32_t n_iter;             /* Newton steps taken (LINEAR: 0) */
+    const char *hook_name;      /* "" when none; valid while the probe lives */
+} circuits_probe_info;
+
+CIRCUITS_API int circuits_probe_get_info(const circuits_probe *probe, circuits_probe_info *info);
+/* Weights W [n_coef, d] and intercepts b [n_coef] (n_coef: n_targets, 1 for a binary logistic probe
+ * (scikit-learn's coef_ shape), K for multinomial); views valid while the probe lives. */
+CIRCUITS_API int circuits_probe_weights(const circuits_probe *probe, circuits_tensor *W, circuits_tensor *b);
+/* out [n, n_outputs]: LINEAR the predictions, LOGISTIC the class probabilities (predict_proba). */
+CIRCUITS_API int circuits_probe_predict(const circuits_probe *probe, const float *X, int64_t n, float *out);
+/* Held-out evaluation: LOGISTIC accuracy and mean log-loss; LINEAR the coefficient of
+ * determination R^2 (scikit-learn's score, averaged over targets) and the mean squared error. */
+typedef struct circuits_probe_score {
+    uint32_t size;              /* sizeof(circuits_probe_score), set by the caller */
+    double accuracy, log_loss;  /* LOGISTIC */
+    double r2, mse;             /* LINEAR */
+} circuits_probe_score;
+CIRCUITS_API int circuits_probe_evaluate(const circuits_probe *probe, const float *X, int64_t n, const float *y,
+                                         circuits_probe_score *score);
+/* A safetensors file (W, b; kind, l2, hook name as metadata: docs/probes.md). */
+CIRCUITS_API int circuits_probe_save(const circuits_probe *probe, const char *path);
+CIRCUITS_API int circuits_probe_load(circuits_probe **out, const char *path);
+
+/* A probe as a monitor: at every run of the context (each step of a generation too) fn gets the
+ * probe's output at hook point `name` (NULL: the probe's hook_name) for the run's positions:
+ * out [batch, pos, n_outputs], first_position the first one's position in the sequence (a KV
+ * cache's held positions counted). Return values as a hook callback's. The probe must outlive the
+ * registration; *out_id removes it. */
+typedef int (*circuits_probe_fn)(const float *out, int64_t batch, int64_t pos, int64_t n_outputs,
+                                 int64_t first_position, void *user_data);
+CIRCUITS_API int circuits_context_add_probe_monitor(circuits_context *ctx, const circuits_probe *probe,
+                                                    const char *name, circuits_probe_fn fn, void *user_data,
+                                                    circuits_hook_id *out_id);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Threads                                                                                    */

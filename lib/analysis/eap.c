@@ -297,6 +297,9 @@ int circuits_context_edge_attribution(circuits_context *ctx, const int32_t *clea
     if (!ctx || !clean || !corrupted || !metric || !scores)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: ctx, clean, corrupted, metric and scores must not be NULL",
                        fn);
+    if (ctx->n_saes)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: edge attribution with attached SAEs is not implemented (detach "
+                       "them: circuits_context_remove_sae)", fn);
     circuits_eap_options o;
     circuits_eap_options_init(&o);
     static const size_t versions[] = {sizeof(circuits_eap_options)}; /* 0.7 */

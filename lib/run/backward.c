@@ -1046,6 +1046,9 @@ int cx_backward(circuits_context *ctx, cx_grad_run *g)
     int rc;
     if (g->cache && g->cache == g->weight_grads)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cache and weight_grads must be two caches", fn);
+    if (ctx->n_saes)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: gradients through attached SAEs are not implemented (detach them: "
+                       "circuits_context_remove_sae)", fn);
     if (!g->fwd.held && (rc = cx_context_enter(ctx, fn))) return rc;
     circuits_metric mm; /* refused before the run starts: the caches untouched */
     if ((rc = check_grad_run(&bp, &mm))) goto leave;

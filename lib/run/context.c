@@ -49,20 +49,34 @@ int circuits_context_create(circuits_context **out, const circuits_model *model,
     if (!ctx) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory creating a context");
     ctx->model = model;
     ctx->opts = o;
-    ctx->hooks.next_id = 1;
     rc = cx_hooks_build(ctx);
     if (rc) {
         circuits_context_free(ctx);
         return rc;
     }
+    ctx->hooks.next_id = 1;
     *out = ctx;
     return CIRCUITS_OK;
+}
+
+/* Releases the data owned for registration `id` (every one with all). */
+static void release_owned(circuits_context *ctx, circuits_hook_id id, bool all)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < ctx->n_owned; i++) {
+        if (all || ctx->owned[i].id == id) ctx->owned[i].release(ctx->owned[i].data);
+        else ctx->owned[k++] = ctx->owned[i];
+    }
+    ctx->n_owned = k;
 }
 
 void circuits_context_free(circuits_context *ctx)
 {
     if (!ctx) return;
     cx_hooks_free(ctx);
+    release_owned(ctx, 0, true);
+    cx_free(ctx->owned);
+    cx_free(ctx->saes);
     cx_free(ctx->scratch);
     cx_free(ctx->grad_scratch);
     cx_free(ctx);
@@ -252,6 +266,7 @@ int circuits_context_remove_hook(circuits_context *ctx, circuits_hook_id id)
         cx_hook_point *p = &ctx->hooks.points[i];
         removed += remove_regs(p->regs, &p->n_regs, id) + remove_regs(p->bregs, &p->n_bregs, id);
     }
+    release_owned(ctx, id, false); /* an owned registration whose points an SAE took away has none left */
     if (!removed) return cx_fail(CIRCUITS_E_NOT_FOUND, "no hook registered with id %lld", (long long)id);
     return CIRCUITS_OK;
 }
@@ -260,6 +275,31 @@ void circuits_context_clear_hooks(circuits_context *ctx)
 {
     if (!ctx || ctx->running) return;
     for (size_t i = 0; i < ctx->hooks.n_points; i++) ctx->hooks.points[i].n_regs = ctx->hooks.points[i].n_bregs = 0;
+    release_owned(ctx, 0, true);
+}
+
+int cx_context_add_owned_hook(circuits_context *ctx, const char *fn_name, const char *name, circuits_hook_fn fn,
+                              void *data, void (*release)(void *), circuits_hook_id *out_id)
+{
+    int rc;
+    if (ctx->n_owned == ctx->cap_owned) {
+        size_t c = ctx->cap_owned ? 2 * ctx->cap_owned : 4;
+        cx_owned *o = cx_realloc(ctx->owned, c * sizeof *o);
+        if (!o) {
+            release(data);
+            return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory registering a hook", fn_name);
+        }
+        ctx->owned = o;
+        ctx->cap_owned = c;
+    }
+    circuits_hook_id id;
+    if ((rc = add_hook(ctx, name, fn, data, &id, false, fn_name))) {
+        release(data);
+        return rc;
+    }
+    ctx->owned[ctx->n_owned++] = (cx_owned){id, data, release};
+    if (out_id) *out_id = id;
+    return CIRCUITS_OK;
 }
 
 typedef struct resolve_arg {

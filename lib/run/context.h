@@ -25,7 +25,28 @@ struct circuits_context {
     float *grad_scratch;   /* a gradient run's memory (backward.c): its tape and gradients, every backward
                             * hook callback's data; handed over with the run memory, as scratch is */
     size_t grad_floats;
+    struct cx_sae_attach *saes; /* SAEs attached (lib/sae/splice.c), in attachment order */
+    size_t n_saes;
+    float *sae_mem;        /* this pass's SAE working memory, in the run memory (NULL: no SAE attached) */
+    int64_t run_past;      /* positions a KV cache held before this pass's (0 without one): hooks that
+                            * count positions from the sequence's start (steering, monitors) read it */
+    struct cx_owned *owned; /* user data the context owns for registrations made by the library
+                            * (steering vectors, probe monitors): freed with their hook id */
+    size_t n_owned, cap_owned;
 };
+
+/* A registration's data owned by the context (cx_context_add_owned_hook). */
+typedef struct cx_owned {
+    circuits_hook_id id;
+    void *data;
+    void (*release)(void *data);
+} cx_owned;
+
+/* circuits_context_add_hook for a registration the library makes with data it allocated: the
+ * context owns data (release(data) when the id is removed or cleared, or the context freed; on
+ * failure at once). fn_name names the public function in messages. */
+int cx_context_add_owned_hook(circuits_context *ctx, const char *fn_name, const char *name, circuits_hook_fn fn,
+                              void *data, void (*release)(void *), circuits_hook_id *out_id);
 
 /* A KV cache (generate.c): every layer's keys and values, as hook_k / hook_v left them, for
  * positions 0 .. len-1 of `batch` sequences; a run continuing it appends its own. */
@@ -111,7 +132,7 @@ int cx_tokens_shape_check(const circuits_config *c, int64_t batch, int64_t pos, 
 static inline bool cx_run_reaches(const cx_run *r, const cx_hook_point *p)
 {
     if (p->layer >= 0) return p->layer >= r->start && p->layer < r->stop;
-    if (p->kind == HK_TOKENS || p->kind == HK_EMBED || p->kind == HK_POS_EMBED) return r->input == NULL;
+    if (p->base == HK_TOKENS || p->base == HK_EMBED || p->base == HK_POS_EMBED) return r->input == NULL;
     return !r->stop_at_layer;
 }
 
@@ -174,6 +195,20 @@ int cx_hook_fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_ki
 int cx_hook_fire_heads(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data,
                        int64_t batch, int64_t pos, int64_t heads, bool cache);
 
+/* Fires point idx alone (callbacks, cache copy; a replaced point's editors and observer at its
+ * hook_sae_output): the SAE splice's points. */
+int cx_hook_fire_index(circuits_context *ctx, const cx_run *run, int32_t idx, float *data, int64_t B, int64_t T);
+
+/* ---- SAE splicing (lib/sae/splice.c) ---- */
+
+/* The run memory an attached SAE needs for N rows (floats; 0 without SAEs); false on overflow. */
+bool cx_sae_scratch_floats(const circuits_context *ctx, size_t N, size_t *floats);
+/* Runs the SAE whose first point is idx in place of the point it replaces: data is that point's
+ * activation, rewritten with the SAE's output. */
+int cx_sae_splice(circuits_context *ctx, const cx_run *run, int32_t idx, float *data, int64_t B, int64_t T);
+/* Keeps a transcoder's input (attachment a) until its output point fires. */
+void cx_sae_capture(circuits_context *ctx, int32_t a, const float *data, size_t numel);
+
 /* A callback's return value as a status: CONTINUE -> OK, STOP -> CIRCUITS_E_STOPPED, negative ->
  * CIRCUITS_E_CALLBACK, each with a message naming `who` ("hook callback") and the point. */
 int cx_callback_status(int r, const char *who, const char *name);
@@ -191,14 +226,15 @@ static inline const cx_edit *cx_run_edit(const cx_run *run, int layer, cx_hook_k
 static inline bool cx_hook_may_write(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)
 {
     int32_t i = cx_hook_index(&ctx->hooks, layer, kind);
-    return i >= 0 && (ctx->hooks.points[i].n_regs > 0 || cx_run_edit(run, layer, kind));
+    return i >= 0 && (ctx->hooks.points[i].n_regs > 0 || ctx->hooks.points[i].sae >= 0 || cx_run_edit(run, layer, kind));
 }
 
 /* True if a callback, editor, observer or cache copy reads (layer, kind) in this run. */
 static inline bool cx_hook_watched(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)
 {
     int32_t i = cx_hook_index(&ctx->hooks, layer, kind);
-    return i >= 0 && (ctx->hooks.points[i].n_regs > 0 || (run->cache_dst && run->cache_dst[i]) ||
+    return i >= 0 && (ctx->hooks.points[i].n_regs > 0 || ctx->hooks.points[i].sae >= 0 ||
+                      ctx->hooks.points[i].capture >= 0 || (run->cache_dst && run->cache_dst[i]) ||
                       (run->observer.fn && run->observer.kind == kind) || cx_run_edit(run, layer, kind));
 }
 

@@ -126,12 +126,14 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     sizes[20] = 0;                                             /* wo */
     for (int l = 0; l < c->n_layers && ctx->opts.use_attn_result && !sizes[20]; l++)
         if (cx_stored(ctx->model, ctx->model->layers[l].W_O)) ok &= cx_mul_size(D, HD, &sizes[20]);
-    size_t logits_n = 0;
+    size_t logits_n = 0, sae_n = 0;
     if (own_logits) ok &= cx_mul_size((size_t)logit_rows, (size_t)c->d_vocab_out, &logits_n);
+    ok &= cx_sae_scratch_floats(ctx, N, &sae_n);                /* attached SAEs' working memory */
     for (int i = 0; i < N_SLOTS && ok; i++) ok = total + sizes[i] >= total && (total += sizes[i], true);
     _Static_assert(sizeof(int32_t) == sizeof(float), "position ids take float slots");
     ok = ok && (!masked || (total + N >= total && (total += N, true)));
-    ok = ok && total + logits_n >= total && (total += logits_n, true) && total < SIZE_MAX / sizeof(float);
+    ok = ok && total + logits_n >= total && (total += logits_n, true);
+    ok = ok && total + sae_n >= total && (total += sae_n, true) && total < SIZE_MAX / sizeof(float);
     if (!ok) return cx_fail(CIRCUITS_E_RANGE, "a run of [%lld, %lld] tokens needs more memory than can be addressed",
                             (long long)B, (long long)T);
     if (total > ctx->scratch_floats) {
@@ -156,6 +158,7 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     s->tokens = (int32_t *)tokens_slot; /* 4-byte slots: floats and int32 alike */
     s->logits = own_logits ? p : NULL;
     s->pos_id = masked ? (int32_t *)(p + logits_n) : NULL;
+    ctx->sae_mem = sae_n ? p + logits_n + (masked ? N : 0) : NULL;
     return CIRCUITS_OK;
 }
 
@@ -896,6 +899,7 @@ int cx_forward(circuits_context *ctx, const cx_run *r)
     int rc = check_run(ctx, r);
     if (rc) return rc;
     pass ps = {.ctx = ctx, .run = r, .B = r->batch, .T = r->pos, .P = r->kv ? r->kv->len : 0, .tokens = r->tokens};
+    ctx->run_past = ps.P;
     int64_t B = ps.B, T = ps.T;
     float *lg = NULL;
     rc = forward_pass(&ps, &lg);

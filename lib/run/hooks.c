@@ -1,6 +1,7 @@
 /* The hook table (hooks.h), TransformerLens name resolution, and firing (context.h). */
 #include "context.h"
 #include "pool.h"
+#include "sae.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -77,48 +78,98 @@ static bool kind_exists(const circuits_context *ctx, cx_hook_kind k)
     }
 }
 
-static int add_point(circuits_context *ctx, int layer, cx_hook_kind k)
+void cx_hook_kind_name(int layer, cx_hook_kind k, char *buf, size_t n)
 {
-    char name[96];
-    if (layer >= 0) snprintf(name, sizeof name, "blocks.%d.%s", layer, kind_names[k]);
-    else snprintf(name, sizeof name, "%s", kind_names[k]);
-    cx_hook_point *p = &ctx->hooks.points[ctx->hooks.n_points];
+    if (layer >= 0) snprintf(buf, n, "blocks.%d.%s", layer, kind_names[k]);
+    else snprintf(buf, n, "%s", kind_names[k]);
+}
+
+static const char *const sae_point_names[] = {"hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post",
+                                              "hook_sae_recons", "hook_sae_error", "hook_sae_output"};
+
+static int push_point(cx_hook_table *t, const char *name, int layer, cx_hook_kind kind, cx_hook_kind base, int32_t sae)
+{
+    cx_hook_point *p = &t->points[t->n_points];
     memset(p, 0, sizeof *p);
-    if (!(p->name = cx_strdup(name))) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory creating a context");
+    if (!(p->name = cx_strdup(name))) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a hook table");
     p->layer = layer;
-    p->kind = k;
-    ctx->hooks.point_of[(size_t)(layer + 1) * HK_COUNT + k] = (int32_t)ctx->hooks.n_points;
-    ctx->hooks.n_points++;
+    p->kind = kind;
+    p->base = base;
+    p->sae = sae;
+    p->capture = -1;
+    t->n_points++;
     return CIRCUITS_OK;
+}
+
+/* The model's point (layer, k), or in its place the points of the SAE that replaces it. */
+static int add_point(const cx_sae_attach *saes, size_t n_saes, cx_hook_table *t, int layer, cx_hook_kind k)
+{
+    char name[96], sub[160];
+    cx_hook_kind_name(layer, k, name, sizeof name);
+    size_t first = t->n_points;
+    int rc;
+    for (size_t a = 0; a < n_saes; a++) {
+        if (saes[a].out_layer != layer || saes[a].out_kind != (int32_t)k) continue;
+        for (int j = 0; j < 6; j++) {
+            if (HK_SAE_INPUT + j == HK_SAE_ERROR && !saes[a].error_term) continue;
+            snprintf(sub, sizeof sub, "%s.%s", name, sae_point_names[j]);
+            if ((rc = push_point(t, sub, layer, (cx_hook_kind)(HK_SAE_INPUT + j), k, (int32_t)a))) return rc;
+        }
+        t->point_of[(size_t)(layer + 1) * HK_COUNT + k] = (int32_t)first;
+        return CIRCUITS_OK;
+    }
+    if ((rc = push_point(t, name, layer, k, k, -1))) return rc;
+    for (size_t a = 0; a < n_saes; a++)
+        if (saes[a].sae->transcoder && saes[a].in_layer == layer && saes[a].in_kind == (int32_t)k)
+            t->points[first].capture = (int32_t)a;
+    t->point_of[(size_t)(layer + 1) * HK_COUNT + k] = (int32_t)first;
+    return CIRCUITS_OK;
+}
+
+void cx_hook_table_free(cx_hook_table *t)
+{
+    for (size_t i = 0; i < t->n_points; i++) {
+        cx_free(t->points[i].name);
+        cx_free(t->points[i].regs);
+        cx_free(t->points[i].bregs);
+    }
+    cx_free(t->points);
+    cx_free(t->point_of);
+    memset(t, 0, sizeof *t);
+}
+
+int cx_hooks_build_table(const circuits_context *ctx, const cx_sae_attach *saes, size_t n_saes, cx_hook_table *t)
+{
+    size_t L = (size_t)ctx->model->cfg.n_layers;
+    memset(t, 0, sizeof *t);
+    /* each SAE puts at most 6 points where there was 1 */
+    t->points = cx_calloc((L + 1) * HK_COUNT + 5 * n_saes, sizeof *t->points);
+    t->point_of = cx_malloc((L + 1) * HK_COUNT * sizeof *t->point_of);
+    if (!t->points || !t->point_of) {
+        cx_hook_table_free(t);
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory building a hook table");
+    }
+    for (size_t i = 0; i < (L + 1) * HK_COUNT; i++) t->point_of[i] = -1;
+    int rc = CIRCUITS_OK;
+    for (int k = HK_TOKENS; k <= HK_POS_EMBED && !rc; k++)
+        if (kind_exists(ctx, (cx_hook_kind)k)) rc = add_point(saes, n_saes, t, -1, (cx_hook_kind)k);
+    for (size_t l = 0; l < L && !rc; l++)
+        for (int k = HK_RESID_PRE; k <= HK_RESID_POST && !rc; k++)
+            if (kind_exists(ctx, (cx_hook_kind)k)) rc = add_point(saes, n_saes, t, (int)l, (cx_hook_kind)k);
+    for (int k = HK_LNF_SCALE; k < HK_COUNT && !rc; k++)
+        if (kind_exists(ctx, (cx_hook_kind)k)) rc = add_point(saes, n_saes, t, -1, (cx_hook_kind)k);
+    if (rc) cx_hook_table_free(t);
+    return rc;
 }
 
 int cx_hooks_build(circuits_context *ctx)
 {
-    size_t L = (size_t)ctx->model->cfg.n_layers;
-    ctx->hooks.points = cx_calloc((L + 1) * HK_COUNT, sizeof *ctx->hooks.points);
-    ctx->hooks.point_of = cx_malloc((L + 1) * HK_COUNT * sizeof *ctx->hooks.point_of);
-    if (!ctx->hooks.points || !ctx->hooks.point_of) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory creating a context");
-    for (size_t i = 0; i < (L + 1) * HK_COUNT; i++) ctx->hooks.point_of[i] = -1;
-    int rc = CIRCUITS_OK;
-    for (int k = HK_TOKENS; k <= HK_POS_EMBED && !rc; k++)
-        if (kind_exists(ctx, (cx_hook_kind)k)) rc = add_point(ctx, -1, (cx_hook_kind)k);
-    for (size_t l = 0; l < L && !rc; l++)
-        for (int k = HK_RESID_PRE; k <= HK_RESID_POST && !rc; k++)
-            if (kind_exists(ctx, (cx_hook_kind)k)) rc = add_point(ctx, (int)l, (cx_hook_kind)k);
-    for (int k = HK_LNF_SCALE; k < HK_COUNT && !rc; k++)
-        if (kind_exists(ctx, (cx_hook_kind)k)) rc = add_point(ctx, -1, (cx_hook_kind)k);
-    return rc;
+    return cx_hooks_build_table(ctx, NULL, 0, &ctx->hooks);
 }
 
 void cx_hooks_free(circuits_context *ctx)
 {
-    for (size_t i = 0; i < ctx->hooks.n_points; i++) {
-        cx_free(ctx->hooks.points[i].name);
-        cx_free(ctx->hooks.points[i].regs);
-        cx_free(ctx->hooks.points[i].bregs);
-    }
-    cx_free(ctx->hooks.points);
-    cx_free(ctx->hooks.point_of);
+    cx_hook_table_free(&ctx->hooks);
 }
 
 int cx_hook_shape(const circuits_context *ctx, const cx_hook_point *p, int64_t B, int64_t T, int64_t past,
@@ -128,6 +179,20 @@ int cx_hook_shape(const circuits_context *ctx, const cx_hook_point *p, int64_t B
     *head_axis = -1;
     s[0] = B;
     s[1] = T;
+    if (p->sae >= 0) {
+        const circuits_sae *sae = ctx->saes[p->sae].sae;
+        switch (p->kind) {
+        case HK_SAE_INPUT: s[2] = sae->d_in; return 3;
+        case HK_SAE_ACTS_PRE: case HK_SAE_ACTS_POST: s[2] = sae->d_sae; return 3;
+        case HK_SAE_RECONS: s[2] = sae->d_out; return 3;
+        default: { /* error, output: the shape of the point replaced */
+            cx_hook_point base = *p;
+            base.kind = p->base;
+            base.sae = -1;
+            return cx_hook_shape(ctx, &base, B, T, past, s, head_axis);
+        }
+        }
+    }
     /* ln1 on per-head inputs: the shape of its last firing each layer, the value input's */
     int64_t ln1_heads = !cx_split_heads(ctx) ? 0 : ctx->opts.use_split_qkv_input ? c->n_key_value_heads : c->n_heads;
     switch (p->kind) {
@@ -253,6 +318,17 @@ static bool glob_match(const char *pat, const char *s)
     return *pat == '\0';
 }
 
+/* A hint when `full` names a point an attached SAE replaces. */
+static const char *sae_hint(const circuits_context *ctx, const char *full)
+{
+    size_t fl = strlen(full);
+    for (size_t i = 0; i < ctx->hooks.n_points; i++)
+        if (ctx->hooks.points[i].sae >= 0 && strncmp(ctx->hooks.points[i].name, full, fl) == 0 &&
+            strncmp(ctx->hooks.points[i].name + fl, ".hook_sae_", 10) == 0)
+            return " (an attached SAE replaces it: its points are '<name>.hook_sae_*')";
+    return "";
+}
+
 int cx_hooks_select(const circuits_context *ctx, const char *name,
                     int (*visit)(const circuits_context *, size_t, void *), void *arg)
 {
@@ -272,8 +348,9 @@ int cx_hooks_select(const circuits_context *ctx, const char *name,
         return cx_fail(CIRCUITS_E_NOT_FOUND, "no hook point named '%s'", name);
     for (size_t i = 0; i < ctx->hooks.n_points; i++)
         if (strcmp(full, ctx->hooks.points[i].name) == 0) return visit(ctx, i, arg);
-    const char *hint = "";
-    if (strstr(full, "hook_result")) hint = " (set use_attn_result in circuits_context_options)";
+    const char *hint = sae_hint(ctx, full);
+    if (*hint) (void)0;
+    else if (strstr(full, "hook_result")) hint = " (set use_attn_result in circuits_context_options)";
     else if (strstr(full, "hook_q_input") || strstr(full, "hook_k_input") || strstr(full, "hook_v_input"))
         hint = " (set use_split_qkv_input in circuits_context_options)";
     else if (strstr(full, "hook_attn_in")) hint = " (set use_attn_in in circuits_context_options)";
@@ -346,14 +423,17 @@ int cx_callback_status(int r, const char *who, const char *name)
     return cx_fail(CIRCUITS_E_CALLBACK, "%s at '%s' failed (returned %d)", who, name, r);
 }
 
-static int fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data, int64_t B,
-                int64_t T, int64_t heads, bool cache)
+/* Callbacks, editors, observer, cache copy and tape of point idx (model point (layer, kind), or an
+ * SAE's point: editors and the observer of a replaced point see its hook_sae_output). */
+static int fire_point(circuits_context *ctx, const cx_run *run, int32_t idx, float *data, int64_t B, int64_t T,
+                      int64_t heads, bool cache)
 {
-    if (!cx_hook_active(ctx, run, layer, kind)) return CIRCUITS_OK;
-    int32_t idx = cx_hook_index(&ctx->hooks, layer, kind);
     cx_hook_point *p = &ctx->hooks.points[idx];
+    int layer = p->layer;
+    cx_hook_kind kind = p->base;
+    bool model_point = p->sae < 0 || p->kind == HK_SAE_OUTPUT; /* edits and observers of the model's point */
     float *dst = run->cache_dst && cache ? run->cache_dst[idx] : NULL;
-    bool observed = run->observer.fn && run->observer.kind == kind;
+    bool observed = model_point && run->observer.fn && run->observer.kind == kind;
     circuits_tensor t;
     cx_hook_describe(ctx, p, B, T, run->kv ? run->kv->len : 0, data, &t);
     if (heads > 0 && t.head_axis == 2 && t.shape[2] != heads) { /* this firing's own head count */
@@ -365,7 +445,7 @@ static int fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kin
     if (run->tape && cx_hook_may_write(ctx, run, layer, kind)) cx_tape_record(run->tape, idx, true, data, numel);
     for (size_t i = 0; i < p->n_regs; i++)
         if ((rc = cx_callback_status(p->regs[i].fn(&t, p->regs[i].user_data), "hook callback", p->name))) return rc;
-    for (size_t i = 0; i < run->n_edits; i++) /* in the run's order */
+    for (size_t i = 0; model_point && i < run->n_edits; i++) /* in the run's order */
         if (run->edits[i].layer == layer && run->edits[i].kind == kind && (cache || !run->edits[i].cached_only) &&
             (rc = cx_callback_status(run->edits[i].fn(&t, run->edits[i].user_data), "editor", p->name)))
             return rc;
@@ -376,7 +456,22 @@ static int fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kin
         cx_parallel_for((int64_t)numel, (int64_t)1 << 16, copy_task, &job); /* under 64 Ki floats: one chunk, inline */
     }
     if (run->tape) cx_tape_record(run->tape, idx, false, data, numel);
+    if (p->capture >= 0) cx_sae_capture(ctx, p->capture, data, numel);
     return CIRCUITS_OK;
+}
+
+int cx_hook_fire_index(circuits_context *ctx, const cx_run *run, int32_t idx, float *data, int64_t B, int64_t T)
+{
+    return fire_point(ctx, run, idx, data, B, T, 0, true);
+}
+
+static int fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data, int64_t B,
+                int64_t T, int64_t heads, bool cache)
+{
+    if (!cx_hook_active(ctx, run, layer, kind)) return CIRCUITS_OK;
+    int32_t idx = cx_hook_index(&ctx->hooks, layer, kind);
+    if (ctx->hooks.points[idx].sae >= 0) return cx_sae_splice(ctx, run, idx, data, B, T);
+    return fire_point(ctx, run, idx, data, B, T, heads, cache);
 }
 
 int cx_hook_fire(circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind, float *data, int64_t B,

@@ -16,7 +16,10 @@ typedef enum cx_hook_kind {
     HK_MLP_IN, HK_LN2_SCALE, HK_LN2_NORMALIZED, HK_MLP_PRE, HK_MLP_PRE_LINEAR, HK_MLP_MID, HK_MLP_LN_SCALE,
     HK_MLP_LN_NORMALIZED, HK_MLP_POST, HK_LN2_POST_SCALE, HK_LN2_POST_NORMALIZED, HK_MLP_OUT, HK_RESID_POST,
     HK_LNF_SCALE, HK_LNF_NORMALIZED, HK_UNEMBED_IN, HK_UNEMBED_OUT,
-    HK_COUNT
+    HK_COUNT,
+    /* the points an attached SAE fires in place of the point it replaces (lib/sae/splice.c), in
+     * their firing order; never in point_of: the replaced (layer, kind) maps to HK_SAE_INPUT */
+    HK_SAE_INPUT = HK_COUNT, HK_SAE_ACTS_PRE, HK_SAE_ACTS_POST, HK_SAE_RECONS, HK_SAE_ERROR, HK_SAE_OUTPUT
 } cx_hook_kind;
 
 typedef struct cx_hook_reg {
@@ -29,6 +32,10 @@ typedef struct cx_hook_point {
     char *name;
     int32_t layer;     /* -1 outside blocks */
     cx_hook_kind kind;
+    cx_hook_kind base; /* the model's kind this point fires in place of: kind itself, or for the
+                        * HK_SAE_* points the kind of the point their SAE replaces */
+    int32_t sae;       /* HK_SAE_* points: their attachment (ctx->saes index); else -1 */
+    int32_t capture;   /* a transcoder (ctx->saes index) reads this point's value; else -1 */
     cx_hook_reg *regs; /* in registration order */
     size_t n_regs, cap_regs;
     cx_hook_reg *bregs; /* backward hooks (gradient runs), in registration order */
@@ -42,9 +49,17 @@ typedef struct cx_hook_table {
     circuits_hook_id next_id;
 } cx_hook_table;
 
-/* Builds ctx->hooks for ctx->model and ctx->opts. */
+struct cx_sae_attach;
+
+/* Builds ctx->hooks for ctx->model and ctx->opts (no SAEs attached). */
 int cx_hooks_build(circuits_context *ctx);
 void cx_hooks_free(circuits_context *ctx);
+/* Builds a table for ctx's model and options with saes[0 .. n) attached into *t (registrations
+ * empty); on failure *t holds nothing. */
+int cx_hooks_build_table(const circuits_context *ctx, const struct cx_sae_attach *saes, size_t n, cx_hook_table *t);
+void cx_hook_table_free(cx_hook_table *t);
+/* The name of the model's own point (layer, kind) ("blocks.3.hook_resid_pre") into buf. */
+void cx_hook_kind_name(int layer, cx_hook_kind kind, char *buf, size_t n);
 
 /* The index of hook (layer, kind) in t->points, or -1 if this model has none. */
 static inline int32_t cx_hook_index(const cx_hook_table *t, int layer, cx_hook_kind kind)

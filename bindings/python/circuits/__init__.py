@@ -50,7 +50,7 @@ from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens'
 from .compare import DiffResult, diff  # noqa: E402 -- comparing two models (docs/quantization.md)
 from . import grad, attribution  # noqa: E402,F401 -- gradients (docs/gradients.md)
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 #: Path of the loaded libcircuits.so.0, and how it was found.
 library_path: str = _native.library_path
