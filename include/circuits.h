@@ -1410,7 +1410,9 @@ typedef struct circuits_sae_info {
     int32_t architecture;         /* circuits_sae_arch */
     int32_t is_transcoder;        /* 1: reads hook_name, writes hook_name_out */
     int32_t has_skip;             /* transcoders with W_skip (SAELens's skip transcoders) */
-    int64_t d_in, d_sae, d_out;   /* d_out: d_in for an SAE, the output width for a transcoder */
+    int64_t d_in;
+    int64_t d_sae;
+    int64_t d_out;                /* d_in for an SAE, the output width for a transcoder */
     int32_t apply_b_dec_to_input;
     int32_t normalize_activations; /* circuits_sae_norm */
     int32_t reshape_hook_z;       /* reshape_activations "hook_z": [.., n_heads, d_head] read flat */
@@ -1628,8 +1630,10 @@ CIRCUITS_API int circuits_probe_predict(const circuits_probe *probe, const float
  * determination R^2 (scikit-learn's score, averaged over targets) and the mean squared error. */
 typedef struct circuits_probe_score {
     uint32_t size;              /* sizeof(circuits_probe_score), set by the caller */
-    double accuracy, log_loss;  /* LOGISTIC */
-    double r2, mse;             /* LINEAR */
+    double accuracy;            /* LOGISTIC */
+    double log_loss;            /* LOGISTIC */
+    double r2;                  /* LINEAR */
+    double mse;                 /* LINEAR */
 } circuits_probe_score;
 CIRCUITS_API int circuits_probe_evaluate(const circuits_probe *probe, const float *X, int64_t n, const float *y,
                                          circuits_probe_score *score);

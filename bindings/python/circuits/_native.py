@@ -188,6 +188,21 @@ CIRCUITS_METRIC_GRAD_CALLBACK = 8
 # circuits_edit_grad: how a forward hook's edit passes the gradient (0.7.0)
 CIRCUITS_EDIT_GRAD_REPLACE = 0
 CIRCUITS_EDIT_GRAD_THROUGH = 1
+# circuits_sae_arch, circuits_sae_norm (0.8.0; docs/saes.md)
+CIRCUITS_SAE_STANDARD = 0
+CIRCUITS_SAE_GATED = 1
+CIRCUITS_SAE_JUMPRELU = 2
+CIRCUITS_SAE_TOPK = 3
+CIRCUITS_SAE_NORM_NONE = 0
+CIRCUITS_SAE_NORM_EXPECTED_AVERAGE = 1
+CIRCUITS_SAE_NORM_CONSTANT_NORM_RESCALE = 2
+CIRCUITS_SAE_NORM_LAYER_NORM = 3
+# contrastive vectors' reductions (0.8.0; docs/steering.md)
+CIRCUITS_CONTRAST_LAST = 0
+CIRCUITS_CONTRAST_MEAN = 1
+# circuits_probe_kind (0.8.0; docs/probes.md)
+CIRCUITS_PROBE_LINEAR = 0
+CIRCUITS_PROBE_LOGISTIC = 1
 # the residual stream (circuits_resid_kind, decompose_resid's modes)
 CIRCUITS_RESID_ACCUMULATED = 0
 CIRCUITS_RESID_DECOMPOSED = 1
@@ -506,6 +521,106 @@ class EapOptions(Structure):
     _fields_ = [("size", c_uint32), ("ig_steps", c_int32)]
 
 
+class SaeInfo(Structure):
+    """``circuits_sae_info`` (0.8.0; strings as addresses, valid while the SAE lives)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("architecture", c_int32),
+        ("is_transcoder", c_int32),
+        ("has_skip", c_int32),
+        ("d_in", c_int64),
+        ("d_sae", c_int64),
+        ("d_out", c_int64),
+        ("apply_b_dec_to_input", c_int32),
+        ("normalize_activations", c_int32),
+        ("reshape_hook_z", c_int32),
+        ("k", c_int32),
+        ("rescale_acts_by_decoder_norm", c_int32),
+        ("hook_layer", c_int32),
+        ("hook_name", c_void_p),  # const char *
+        ("hook_name_out", c_void_p),  # const char *
+        ("architecture_name", c_void_p),  # const char *
+        ("has_sparsity", c_int32),
+    ]
+
+
+class FeatureStatsOptions(Structure):
+    """``circuits_feature_stats_options`` (0.8.0)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("top_k", c_int32),
+        ("context_left", c_int32),
+        ("context_right", c_int32),
+        ("threshold", c_float),
+        ("skip_positions", c_int32),
+    ]
+
+
+class SteeringOptions(Structure):
+    """``circuits_steering_options`` (0.8.0)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("scale", c_float),
+        ("positions", c_void_p),  # const int64_t *
+        ("n_positions", c_int64),
+    ]
+
+
+class ContrastOptions(Structure):
+    """``circuits_contrast_options`` (0.8.0)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("reduce", c_int32),
+        ("positive_mask", c_void_p),  # const int32_t * [batch, pos]
+        ("negative_mask", c_void_p),  # const int32_t * [batch, pos]
+    ]
+
+
+class ProbeOptions(Structure):
+    """``circuits_probe_options`` (0.8.0)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("kind", c_int32),
+        ("l2", c_float),
+        ("fit_intercept", c_int32),
+        ("max_iter", c_int32),
+        ("tol", c_float),
+        ("hook_name", c_void_p),  # const char *
+    ]
+
+
+class ProbeInfo(Structure):
+    """``circuits_probe_info`` (0.8.0)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("kind", c_int32),
+        ("d", c_int64),
+        ("n_outputs", c_int64),
+        ("l2", c_float),
+        ("fit_intercept", c_int32),
+        ("n_iter", c_int32),
+        ("hook_name", c_void_p),  # const char *
+    ]
+
+
+class ProbeScore(Structure):
+    """``circuits_probe_score`` (0.8.0)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("accuracy", c_double),
+        ("log_loss", c_double),
+        ("r2", c_double),
+        ("mse", c_double),
+    ]
+
+
 #: ``circuits_hook_fn``: int (*)(const circuits_tensor *act, void *user_data)
 HOOK_FN = CFUNCTYPE(c_int, POINTER(Tensor), c_void_p)
 #: ``circuits_generate_fn``: int (*)(int64_t step, const int32_t *tokens, const float *logits,
@@ -514,6 +629,9 @@ GENERATE_FN = CFUNCTYPE(c_int, c_int64, c_void_p, c_void_p, c_int64, c_void_p)
 #: ``circuits_metric_fn``: int (*)(const float *logits, int64_t batch, int64_t pos, int64_t d_vocab,
 #: float *value, void *user_data)
 METRIC_FN = CFUNCTYPE(c_int, c_void_p, c_int64, c_int64, c_int64, POINTER(c_float), c_void_p)
+#: ``circuits_probe_fn`` (0.8.0): int (*)(const float *out, int64_t batch, int64_t pos, int64_t n_outputs,
+#: int64_t first_position, void *user_data)
+PROBE_FN = CFUNCTYPE(c_int, c_void_p, c_int64, c_int64, c_int64, c_int64, c_void_p)
 #: ``circuits_metric_grad_fn`` (0.7.0): int (*)(const float *logits, int64_t batch, int64_t pos,
 #: int64_t d_vocab, float *value, float *grad, void *user_data)
 METRIC_GRAD_FN = CFUNCTYPE(c_int, c_void_p, c_int64, c_int64, c_int64, POINTER(c_float), c_void_p, c_void_p)
@@ -798,6 +916,61 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_dtype_name": (c_char_p, [c_int32]),
     "circuits_dtype_block": (c_int, [c_int32, POINTER(c_int64), POINTER(c_size_t)]),
     "circuits_dequantize": (c_int, [c_int32, c_void_p, c_size_t, F32P, c_size_t]),
+    # SAEs, feature statistics, steering, probes (0.8.0; circuits.sae, circuits.steering, circuits.probe)
+    "circuits_sae_load": (c_int, [POINTER(HANDLE), c_char_p]),
+    "circuits_sae_free": (None, [HANDLE]),
+    "circuits_sae_get_info": (c_int, [HANDLE, POINTER(SaeInfo)]),
+    "circuits_sae_weight": (c_int, [HANDLE, c_char_p, POINTER(Tensor)]),
+    "circuits_sae_encode": (c_int, [HANDLE, F32P, c_int64, F32P, F32P]),
+    "circuits_sae_decode": (c_int, [HANDLE, F32P, c_int64, F32P, F32P]),
+    "circuits_context_add_sae": (c_int, [HANDLE, HANDLE, c_int32]),
+    "circuits_context_remove_sae": (c_int, [HANDLE, c_char_p]),
+    "circuits_context_sae_count": (c_size_t, [HANDLE]),
+    "circuits_context_sae_at": (c_int, [HANDLE, c_size_t, POINTER(HANDLE), POINTER(c_int32)]),
+    "circuits_feature_stats_options_init": (None, [POINTER(FeatureStatsOptions)]),
+    "circuits_feature_stats_create": (c_int, [POINTER(HANDLE), HANDLE, POINTER(FeatureStatsOptions)]),
+    "circuits_feature_stats_free": (None, [HANDLE]),
+    "circuits_context_feature_stats_add": (c_int, [HANDLE, HANDLE, I32P, c_int64, c_int64]),
+    "circuits_feature_stats_dims": (
+        c_int,
+        [HANDLE, POINTER(c_int64), POINTER(c_int64), POINTER(c_int32), POINTER(c_int32)],
+    ),
+    "circuits_feature_stats_get": (c_int, [HANDLE, F32P, F32P, F32P]),
+    "circuits_feature_stats_top": (
+        c_int,
+        [HANDLE, c_int64, F32P, I64P, I64P, I32P, POINTER(c_int32)],
+    ),
+    "circuits_feature_stats_save": (c_int, [HANDLE, c_char_p]),
+    "circuits_feature_stats_load": (c_int, [POINTER(HANDLE), c_char_p]),
+    "circuits_steering_options_init": (None, [POINTER(SteeringOptions)]),
+    "circuits_context_add_steering": (
+        c_int,
+        [HANDLE, c_char_p, F32P, c_int64, POINTER(SteeringOptions), POINTER(c_int64)],
+    ),
+    "circuits_control_vector_load": (c_int, [c_char_p, c_int32, c_int64, F32P]),
+    "circuits_control_vector_save": (c_int, [c_char_p, F32P, c_int32, c_int64, c_char_p]),
+    "circuits_context_add_control_vector": (
+        c_int,
+        [HANDLE, F32P, c_int32, c_int64, POINTER(SteeringOptions), POINTER(c_int64)],
+    ),
+    "circuits_contrast_options_init": (None, [POINTER(ContrastOptions)]),
+    "circuits_context_contrastive_vector": (
+        c_int,
+        [HANDLE, c_char_p, I32P, I32P, c_int64, c_int64, POINTER(ContrastOptions), F32P, c_size_t],
+    ),
+    "circuits_probe_options_init": (None, [POINTER(ProbeOptions)]),
+    "circuits_probe_fit": (c_int, [POINTER(HANDLE), F32P, c_int64, c_int64, F32P, c_int64, POINTER(ProbeOptions)]),
+    "circuits_probe_free": (None, [HANDLE]),
+    "circuits_probe_get_info": (c_int, [HANDLE, POINTER(ProbeInfo)]),
+    "circuits_probe_weights": (c_int, [HANDLE, POINTER(Tensor), POINTER(Tensor)]),
+    "circuits_probe_predict": (c_int, [HANDLE, F32P, c_int64, F32P]),
+    "circuits_probe_evaluate": (c_int, [HANDLE, F32P, c_int64, F32P, POINTER(ProbeScore)]),
+    "circuits_probe_save": (c_int, [HANDLE, c_char_p]),
+    "circuits_probe_load": (c_int, [POINTER(HANDLE), c_char_p]),
+    "circuits_context_add_probe_monitor": (
+        c_int,
+        [HANDLE, HANDLE, c_char_p, PROBE_FN, c_void_p, POINTER(c_int64)],
+    ),
     # threads
     "circuits_set_num_threads": (None, [c_int]),
     "circuits_get_num_threads": (c_int, []),
@@ -833,11 +1006,22 @@ GRADIENT_FUNCTIONS = frozenset((
     "circuits_eap_node_name", "circuits_context_edge_attribution", "circuits_eap_top_edges",
     "circuits_context_integrated_gradients"))
 
+#: The SAE, steering and probe functions (0.8.0): optional, so that a 0.7 libcircuits.so.0 still
+#: loads; circuits.SAE, steering and probes then raise NotImplementedError.
+SAE_FUNCTIONS = frozenset(n for n in FUNCTIONS if n.startswith((
+    "circuits_sae_", "circuits_feature_stats_", "circuits_steering_", "circuits_control_vector_",
+    "circuits_contrast_", "circuits_probe_")) or n in (
+    "circuits_context_add_sae", "circuits_context_remove_sae", "circuits_context_sae_count",
+    "circuits_context_sae_at", "circuits_context_feature_stats_add", "circuits_context_add_steering",
+    "circuits_context_add_control_vector", "circuits_context_contrastive_vector",
+    "circuits_context_add_probe_monitor"))
+
 #: Bound functions that a libcircuits.so.0 built before they were added may lack (ABI 0 grows
 #: by addition). The binding loads without them; the features that need them (the tokenizer:
 #: Model.to_tokens, to_string, to_str_tokens, model("text")) then raise NotImplementedError.
 OPTIONAL = frozenset(n for n in FUNCTIONS if n.startswith("circuits_tokenizer_") or n in (
-    "circuits_encode_options_init", "circuits_model_tokenizer") or n in GRADIENT_FUNCTIONS)
+    "circuits_encode_options_init", "circuits_model_tokenizer") or n in GRADIENT_FUNCTIONS or
+    n in SAE_FUNCTIONS)
 
 #: OPTIONAL functions the loaded library does not export (filled at load).
 MISSING: set = set()

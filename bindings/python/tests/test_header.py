@@ -103,7 +103,7 @@ HF = header_functions()
 
 F32P, I32P, I64P = N.F32P, N.I32P, N.I64P
 OPAQUE = ("circuits_model", "circuits_diff", "circuits_context", "circuits_cache", "circuits_factored", "circuits_tokenizer",
-          "circuits_kv_cache", "circuits_run_memory")
+          "circuits_kv_cache", "circuits_run_memory", "circuits_sae", "circuits_feature_stats", "circuits_probe")
 STRUCT_CLASSES = {
     "circuits_tensor": N.Tensor,
     "circuits_config": N.ConfigStruct,
@@ -123,6 +123,13 @@ STRUCT_CLASSES = {
     "circuits_diff_entry": N.DiffEntry,
     "circuits_backward_options": N.BackwardOptions,
     "circuits_eap_options": N.EapOptions,
+    "circuits_sae_info": N.SaeInfo,
+    "circuits_feature_stats_options": N.FeatureStatsOptions,
+    "circuits_steering_options": N.SteeringOptions,
+    "circuits_contrast_options": N.ContrastOptions,
+    "circuits_probe_options": N.ProbeOptions,
+    "circuits_probe_info": N.ProbeInfo,
+    "circuits_probe_score": N.ProbeScore,
 }
 SCALARS = {
     "int": c_int,
@@ -135,6 +142,7 @@ SCALARS = {
     "float": c_float,
     "circuits_hook_id": c_int64,
     "circuits_hook_fn": N.HOOK_FN,
+    "circuits_probe_fn": N.PROBE_FN,
 }
 
 
