@@ -668,16 +668,19 @@ static void test_hostile(void)
     s.arch = "fancy_sae";
     reset_dir(&s, NULL);
     LOAD_FAILS("sae_arch_unknown", CIRCUITS_E_UNSUPPORTED, "architecture 'fancy_sae' is not supported");
-    const char *refused[][2] = {{"batchtopk", "sae_arch_batchtopk"}, {"matryoshka_batchtopk", "sae_arch_matryoshka"},
-                                {"abstopk", "sae_arch_abstopk"}, {"temporal", "sae_arch_temporal"},
-                                {"matching_pursuit", "sae_arch_matching_pursuit"}};
-    for (int i = 0; i < 5; i++) {
-        s.arch = refused[i][0];
-        reset_dir(&s, NULL);
-        char needle[96];
-        snprintf(needle, sizeof needle, "architecture '%s' is not supported", refused[i][0]);
-        LOAD_FAILS(refused[i][1], CIRCUITS_E_UNSUPPORTED, needle);
-    }
+    /* the architectures SAELens has that libcircuits refuses, each by name */
+#define ARCH_FAILS(check, arch_name)                                                                    \
+    do {                                                                                             \
+        s.arch = arch_name;                                                                          \
+        reset_dir(&s, NULL);                                                                         \
+        LOAD_FAILS(check, CIRCUITS_E_UNSUPPORTED, "architecture '" arch_name "' is not supported");  \
+    } while (0)
+    ARCH_FAILS("sae_arch_batchtopk", "batchtopk");
+    ARCH_FAILS("sae_arch_matryoshka", "matryoshka_batchtopk");
+    ARCH_FAILS("sae_arch_abstopk", "abstopk");
+    ARCH_FAILS("sae_arch_temporal", "temporal");
+    ARCH_FAILS("sae_arch_matching_pursuit", "matching_pursuit");
+#undef ARCH_FAILS
 
     /* sizes */
     const char *m = "\"metadata\": {\"sae_lens_version\": \"6.54.12\", \"hook_name\": \"blocks.0.hook_resid_pre\"}";
