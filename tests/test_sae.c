@@ -6,7 +6,8 @@
  * gates are moved away from every row's value, and topk's k-th and (k+1)-th values are checked to
  * be apart. Then F16 / BF16 files, the info and weight views, and hostile directories through
  * CALL_FAILS (docs/errors.md "SAE directories").
- * Usage: test_sae [-v] (-v prints the catalogue rows). */
+ * Usage: test_sae [-v] (-v prints the catalogue rows), or test_sae --write-seeds DIR: writes the
+ * seed corpus of tests/fuzz/fuzz_sae.c into DIR. */
 #include "catalogue.h"
 #include "rng.h"
 #include "st_write.h"
@@ -823,11 +824,85 @@ static void test_hostile(void)
     free_weights(&g_w);
 }
 
+/* ---- fuzz seeds (tests/fuzz/fuzz_sae.c's input format) ---- */
+
+static unsigned char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) st_fail(path);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *p = malloc(len > 0 ? (size_t)len : 1);
+    if (!p || fread(p, 1, (size_t)len, f) != (size_t)len) st_fail(path);
+    fclose(f);
+    *n = (size_t)len;
+    return p;
+}
+
+/* [c: 2 bytes][s: 2 bytes][cfg.json][sparsity.safetensors][sae_weights.safetensors] */
+static void write_seed(const char *out_dir, const char *name, const spec *s, bool sparsity)
+{
+    char dir[512], path[700];
+    make_dir(dir, sizeof dir, name);
+    weights w = make_weights(s, 3);
+    write_cfg(dir, s, NULL);
+    write_weights(dir, s, &w, ST_F32, NULL);
+    if (sparsity) {
+        float sp[64] = {0};
+        st_entry e = {"sparsity", 1, {s->d_sae}, sp};
+        snprintf(path, sizeof path, "%s/sparsity.safetensors", dir);
+        st_write(path, &e, 1);
+    }
+    size_t nc, ns = 0, nw;
+    snprintf(path, sizeof path, "%s/cfg.json", dir);
+    unsigned char *c = slurp(path, &nc), *sp = NULL;
+    if (sparsity) {
+        snprintf(path, sizeof path, "%s/sparsity.safetensors", dir);
+        sp = slurp(path, &ns);
+    }
+    snprintf(path, sizeof path, "%s/sae_weights.safetensors", dir);
+    unsigned char *wt = slurp(path, &nw);
+    snprintf(path, sizeof path, "%s/%s", out_dir, name);
+    FILE *f = fopen(path, "wb");
+    unsigned char hdr[4] = {(unsigned char)nc, (unsigned char)(nc >> 8), (unsigned char)ns, (unsigned char)(ns >> 8)};
+    if (!f || fwrite(hdr, 1, 4, f) != 4 || fwrite(c, 1, nc, f) != nc || (ns && fwrite(sp, 1, ns, f) != ns) ||
+        fwrite(wt, 1, nw, f) != nw || fclose(f) != 0)
+        st_fail(path);
+    free(c);
+    free(sp);
+    free(wt);
+    free_weights(&w);
+}
+
+static void write_seeds(const char *out_dir)
+{
+    const char *R = "blocks.0.hook_resid_pre";
+    spec a = {"standard", 4, 6, 0, true, "none", NULL, 0, false, R, NULL};
+    write_seed(out_dir, "standard", &a, true);
+    spec g = {"gated", 4, 6, 0, true, "layer_norm", NULL, 0, false, R, NULL};
+    write_seed(out_dir, "gated_layer_norm", &g, false);
+    spec j = {"jumprelu", 4, 6, 0, false, "constant_norm_rescale", NULL, 0, false, R, NULL};
+    write_seed(out_dir, "jumprelu", &j, false);
+    spec t = {"topk", 4, 6, 0, true, "none", NULL, 2, true, R, NULL};
+    write_seed(out_dir, "topk_rescale", &t, false);
+    spec k = {"jumprelu_skip_transcoder", 4, 6, 3, false, "layer_norm", NULL, 0, false, R, "blocks.0.hook_mlp_out"};
+    write_seed(out_dir, "jumprelu_skip_transcoder", &k, false);
+    spec z = {"standard", 4, 6, 0, true, "expected_average_only_in", "hook_z", 0, false, "blocks.0.attn.hook_z", NULL};
+    write_seed(out_dir, "hook_z", &z, false);
+}
+
 int main(int argc, char **argv)
 {
     cat_verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
     if (!mkdtemp(g_root)) return 2;
     cat_tmp = g_root;
+    if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) {
+        write_seeds(argv[2]);
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", g_root);
+        return system(cmd) != 0;
+    }
     test_architectures();
     test_dtypes_info_views();
     test_hostile();
