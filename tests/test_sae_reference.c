@@ -474,10 +474,8 @@ static void run_case(const char *cases_dir, const char *saes_dir, const char *na
         if (is_skip(arch) && strstr(run, ":skip_err")) continue; /* compared under the ":errN" run's entry */
         char ref_run[200];
         snprintf(ref_run, sizeof ref_run, "%s", run);
-        if (is_skip(arch)) {
-            char *e = strstr(ref_run, ":err");
-            if (e) snprintf(ref_run, sizeof ref_run, "%.*s:skip_err%s", (int)(e - ref_run), run, e + 4);
-        }
+        const char *e = is_skip(arch) ? strstr(run, ":err") : NULL;
+        if (e) snprintf(ref_run, sizeof ref_run, "%.*s:skip_err%s", (int)(e - run), run, e + 4);
         run_one(model, man, run, r, saes, n_saes, tokens, B, T, row, ref_run);
     }
     for (size_t i = 0; i < n_saes; i++) circuits_sae_free(saes[i].sae);
