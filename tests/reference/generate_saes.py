@@ -133,6 +133,11 @@ def sae_specs(a: int, b: int) -> List[dict]:
         spec("jumprelu_skip_transcoder", "jumprelu_skip_transcoder", f"blocks.{a}.ln2.hook_normalized",
              f"blocks.{a}.hook_mlp_out", apply_b_dec=False, seed=14),
         spec("standard_bf16", "standard", f"blocks.{b}.hook_resid_post", dtype="bfloat16", seed=15),
+        # SAELens normalizes a transcoder's input but does not undo it on the output
+        spec("transcoder_cnr", "transcoder", f"blocks.{b}.ln2.hook_normalized", f"blocks.{b}.hook_mlp_out",
+             apply_b_dec=False, norm="constant_norm_rescale", seed=16),
+        # few latents per row (libcircuits decodes sparsely below 1/16 density), saved in F16
+        spec("topk_k4_f16", "topk", f"blocks.{a}.hook_resid_pre", k=4, dtype="float16", seed=17),
     ]
 
 
