@@ -10,7 +10,8 @@
  *     for the edit runs) through circuits_context_run_with_cache: the logits and every hook_sae_*
  *     value, and the cache's key list and order (SAELens's, without the blocks.L.mlp.hook_in
  *     points HookedSAETransformer adds; the replaced point absent).
- * Each tensor is held to max |C - SAELens| <= 1e-4 * max(max |ref|, 1e-3). Skip transcoders'
+ * Each tensor is held to max |C - SAELens| <= 2e-5 * max(max |ref|, 1e-3) (the issue asks 1e-4; the
+ * worst measured is 1.8e-6, and every input is >= 2e-3 from a jump). Skip transcoders'
  * spliced runs are compared with ":skip_errN" (W_skip kept, as SkipTranscoder.forward computes):
  * SAELens's HookedSAETransformer leaves W_skip out (its ":errN" runs; README). Prints the worst
  * error per architecture and value.
@@ -25,7 +26,7 @@
 #include "../lib/io/safetensors.h"
 #include "reference_get.h"
 
-#define TOL 1e-4
+#define TOL 2e-5
 #define FLOOR 1e-3
 #define MAX_REPORTS 40
 
