@@ -584,6 +584,73 @@ static void test_dtypes_info_views(void)
     circuits_sae_free(NULL);
 }
 
+/* ---- configs written before SAELens 6 (handle_pre_6_0_config) ---- */
+
+/* A pre-6 cfg.json (cfg) over the weights of spec s must load as the SAELens 6 one does: the
+ * same info and bit-identical encode / decode. */
+static void check_pre6(const char *name, const spec *s, const char *cfg)
+{
+    char dir6[512], dir5[512], path[600];
+    char n6[96];
+    snprintf(n6, sizeof n6, "%s_v6", name);
+    make_dir(dir6, sizeof dir6, n6);
+    make_dir(dir5, sizeof dir5, name);
+    weights w = make_weights(s, 77);
+    write_cfg(dir6, s, NULL);
+    write_weights(dir6, s, &w, ST_F32, NULL);
+    write_weights(dir5, s, &w, ST_F32, NULL);
+    snprintf(path, sizeof path, "%s/cfg.json", dir5);
+    write_text(path, cfg);
+    circuits_sae *a = NULL, *b = NULL;
+    CHECK_OK(circuits_sae_load(&a, dir6));
+    CHECK_OK(circuits_sae_load(&b, dir5));
+    if (a && b) {
+        circuits_sae_info ia = {.size = sizeof ia}, ib = {.size = sizeof ib};
+        CHECK_OK(circuits_sae_get_info(a, &ia));
+        CHECK_OK(circuits_sae_get_info(b, &ib));
+        CHECK(ia.architecture == ib.architecture && ia.k == ib.k && ia.normalize_activations == ib.normalize_activations &&
+                  ia.apply_b_dec_to_input == ib.apply_b_dec_to_input && ia.reshape_hook_z == ib.reshape_hook_z &&
+                  strcmp(ia.hook_name, ib.hook_name) == 0 && ia.hook_layer == ib.hook_layer,
+              "%s: info differs from the SAELens 6 config's", name);
+        enum { N = 4 };
+        float x[N * 16], pa[N * 40], pb[N * 40], oa[N * 16], ob[N * 16];
+        for (int i = 0; i < N * s->d_in; i++) x[i] = (float)sin(1.3 * i);
+        CHECK_OK(circuits_sae_encode(a, x, N, NULL, pa));
+        CHECK_OK(circuits_sae_encode(b, x, N, NULL, pb));
+        CHECK_OK(circuits_sae_decode(a, pa, N, x, oa));
+        CHECK_OK(circuits_sae_decode(b, pb, N, x, ob));
+        CHECK(memcmp(pa, pb, sizeof(float) * (size_t)(N * s->d_sae)) == 0 &&
+                  memcmp(oa, ob, sizeof(float) * (size_t)(N * s->d_in)) == 0,
+              "%s: encode / decode differ from the SAELens 6 config's", name);
+    }
+    circuits_sae_free(a);
+    circuits_sae_free(b);
+    free_weights(&w);
+}
+
+static void test_pre6(void)
+{
+    /* SAELens 2-3 (jbloom's GPT-2 small residual SAEs): hook_point, torch dtype, training fields */
+    spec s = {"standard", 12, 40, 0, true, "none", NULL, 0, false, "blocks.2.hook_resid_pre", NULL};
+    check_pre6("pre6_jb", &s,
+               "{\"model_name\": \"gpt2-small\", \"hook_point\": \"blocks.2.hook_resid_pre\", \"hook_point_layer\": 2, "
+               "\"hook_point_head_index\": null, \"d_in\": 12, \"d_sae\": 40, \"dtype\": \"torch.float32\", "
+               "\"device\": \"mps\", \"b_dec_init_method\": \"geometric_median\", \"expansion_factor\": 32, "
+               "\"l1_coefficient\": 8e-05, \"context_size\": 128}");
+    /* SAELens 4-5: topk through activation_fn_kwargs, normalize_activations as a boolean */
+    spec t = {"topk", 12, 40, 0, false, "expected_average_only_in", NULL, 3, false, "blocks.1.hook_resid_post", NULL};
+    check_pre6("pre6_topk", &t,
+               "{\"architecture\": \"standard\", \"d_in\": 12, \"d_sae\": 40, \"dtype\": \"float32\", "
+               "\"hook_name\": \"blocks.1.hook_resid_post\", \"hook_layer\": 1, \"activation_fn\": \"topk\", "
+               "\"activation_fn_kwargs\": {\"k\": 3}, \"apply_b_dec_to_input\": false, \"normalize_activations\": true, "
+               "\"finetuning_scaling_factor\": false, \"sae_lens_training_version\": \"4.3.0\"}");
+    /* hook_z when the hook name says so */
+    spec z = {"jumprelu", 16, 40, 0, true, "none", "hook_z", 0, false, "blocks.0.attn.hook_z", NULL};
+    check_pre6("pre6_hook_z", &z,
+               "{\"architecture\": \"jumprelu\", \"d_in\": 16, \"d_sae\": 40, \"hook_name\": \"blocks.0.attn.hook_z\", "
+               "\"activation_fn\": \"relu\", \"normalize_activations\": null, \"sae_lens_version\": \"5.10.2\"}");
+}
+
 /* ---- hostile directories ---- */
 
 static char g_dir[512];
@@ -654,13 +721,16 @@ static void test_hostile(void)
     LOAD_FAILS("sae_cfg_bad_json", CIRCUITS_E_FORMAT, "not valid JSON");
     cfg_text("[1, 2]");
     LOAD_FAILS("sae_cfg_not_object", CIRCUITS_E_FORMAT, "not a JSON object");
-    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"architecture\": \"standard\"}");
+    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"architecture\": \"standard\", \"sae_lens_version\": \"6.1.0\"}");
     LOAD_FAILS("sae_cfg_no_metadata", CIRCUITS_E_CONFIG, "missing object 'metadata'");
-    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"architecture\": \"standard\", \"metadata\": {\"hook_name\": \"blocks.0.hook_resid_pre\"}}");
-    LOAD_FAILS("sae_cfg_pre_6", CIRCUITS_E_UNSUPPORTED, "before SAELens 6");
-    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"architecture\": \"standard\", \"metadata\": {\"sae_lens_version\": \"5.9.1\", "
-             "\"hook_name\": \"blocks.0.hook_resid_pre\"}}");
-    LOAD_FAILS("sae_cfg_version_5", CIRCUITS_E_UNSUPPORTED, "sae_lens_version '5.9.1'");
+    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"architecture\": \"standard\", \"metadata\": [1]}");
+    LOAD_FAILS("sae_cfg_metadata_not_object", CIRCUITS_E_CONFIG, "'metadata' must be an object");
+    /* before SAELens 6 (no version, or < 6): the hook name at the top level */
+    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"metadata\": {\"hook_name\": \"blocks.0.hook_resid_pre\"}}");
+    LOAD_FAILS("sae_pre6_no_hook", CIRCUITS_E_CONFIG, "hook_name (or hook_point: a config from before SAELens 6) is missing");
+    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"sae_lens_version\": \"3.2.1\", \"hook_point\": \"blocks.0.hook_resid_pre\", "
+             "\"activation_fn_str\": \"tanh-relu\"}");
+    LOAD_FAILS("sae_pre6_activation_fn", CIRCUITS_E_UNSUPPORTED, "activation_fn_str 'tanh-relu'");
     cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"metadata\": {\"sae_lens_version\": \"6.54.12\", \"hook_name\": \"blocks.0.hook_resid_pre\"}}");
     LOAD_FAILS("sae_cfg_no_architecture", CIRCUITS_E_CONFIG, "'architecture'");
 
@@ -905,6 +975,7 @@ int main(int argc, char **argv)
     }
     test_architectures();
     test_dtypes_info_views();
+    test_pre6();
     test_hostile();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_root);
