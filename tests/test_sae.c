@@ -911,12 +911,16 @@ static unsigned char *slurp(const char *path, size_t *n)
 }
 
 /* [c: 2 bytes][s: 2 bytes][cfg.json][sparsity.safetensors][sae_weights.safetensors] */
-static void write_seed(const char *out_dir, const char *name, const spec *s, bool sparsity)
+static void write_seed(const char *out_dir, const char *name, const spec *s, bool sparsity, const char *cfg)
 {
     char dir[512], path[700];
     make_dir(dir, sizeof dir, name);
     weights w = make_weights(s, 3);
     write_cfg(dir, s, NULL);
+    if (cfg) {
+        snprintf(path, sizeof path, "%s/cfg.json", dir);
+        write_text(path, cfg);
+    }
     write_weights(dir, s, &w, ST_F32, NULL);
     if (sparsity) {
         float sp[64] = {0};
@@ -949,17 +953,21 @@ static void write_seeds(const char *out_dir)
 {
     const char *R = "blocks.0.hook_resid_pre";
     spec a = {"standard", 4, 6, 0, true, "none", NULL, 0, false, R, NULL};
-    write_seed(out_dir, "standard", &a, true);
+    write_seed(out_dir, "standard", &a, true, NULL);
     spec g = {"gated", 4, 6, 0, true, "layer_norm", NULL, 0, false, R, NULL};
-    write_seed(out_dir, "gated_layer_norm", &g, false);
+    write_seed(out_dir, "gated_layer_norm", &g, false, NULL);
     spec j = {"jumprelu", 4, 6, 0, false, "constant_norm_rescale", NULL, 0, false, R, NULL};
-    write_seed(out_dir, "jumprelu", &j, false);
+    write_seed(out_dir, "jumprelu", &j, false, NULL);
     spec t = {"topk", 4, 6, 0, true, "none", NULL, 2, true, R, NULL};
-    write_seed(out_dir, "topk_rescale", &t, false);
+    write_seed(out_dir, "topk_rescale", &t, false, NULL);
     spec k = {"jumprelu_skip_transcoder", 4, 6, 3, false, "layer_norm", NULL, 0, false, R, "blocks.0.hook_mlp_out"};
-    write_seed(out_dir, "jumprelu_skip_transcoder", &k, false);
+    write_seed(out_dir, "jumprelu_skip_transcoder", &k, false, NULL);
     spec z = {"standard", 4, 6, 0, true, "expected_average_only_in", "hook_z", 0, false, "blocks.0.attn.hook_z", NULL};
-    write_seed(out_dir, "hook_z", &z, false);
+    write_seed(out_dir, "hook_z", &z, false, NULL);
+    spec p = {"topk", 4, 6, 0, true, "none", NULL, 2, false, R, NULL};
+    write_seed(out_dir, "pre6_topk", &p, false,
+               "{\"d_in\": 4, \"d_sae\": 6, \"hook_point\": \"blocks.0.hook_resid_pre\", \"dtype\": \"torch.float32\", "
+               "\"activation_fn\": \"topk\", \"activation_fn_kwargs\": {\"k\": 2}, \"normalize_activations\": false}");
 }
 
 int main(int argc, char **argv)
