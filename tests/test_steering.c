@@ -516,10 +516,10 @@ static void test_refusals(void)
         size_t n = f ? fread(img, 1, sizeof img, f) : 0;
         if (f) fclose(f);
         write_bytes(BAD("truncated"), img, n - 40);
-        CALL_FAILS("cv_truncated", circuits_control_vector_load(p, 5, D, buf), CIRCUITS_E_FORMAT, "truncated");
-        /* a NaN in the data */
+        CALL_FAILS("cv_truncated", circuits_control_vector_load(p, 5, D, buf), CIRCUITS_E_FORMAT, "run past the data section");
+        /* a NaN in the data: direction.3[2] (the data blocks are the last 4 x 64 bytes) */
         float nan = NAN;
-        memcpy(img + n - 32 * 4 + 8, &nan, 4); /* inside direction.1's data block */
+        memcpy(img + n - 64 * 2 + 8, &nan, 4);
         write_bytes(BAD("nan"), img, n);
         CALL_FAILS("cv_not_finite", circuits_control_vector_load(p, 5, D, buf), CIRCUITS_E_FORMAT, "is not finite");
     }
@@ -637,6 +637,7 @@ int main(int argc, char **argv)
         return 2;
     }
     cat_tmp = g_root;
+    cat_data = g_cv;
     model = load_case("tl_2l_lnpre_gelu");
     ctx = make_ctx(model, 0);
     cfg = config_of(model);

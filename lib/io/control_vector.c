@@ -156,7 +156,7 @@ static int write_file(const char *fn, const char *path, const uint8_t *p, size_t
     int rc = CIRCUITS_OK;
     FILE *f = fopen(tmp, "wb");
     if (!f) {
-        rc = cx_fail(CIRCUITS_E_IO, "%s: cannot create %s: %s", fn, tmp, strerror(errno));
+        rc = cx_fail(CIRCUITS_E_IO, "%s: cannot create a temporary file next to %s: %s", fn, path, strerror(errno));
     } else {
         bool ok = fwrite(p, 1, n, f) == n;
         int err = errno;
@@ -164,7 +164,7 @@ static int write_file(const char *fn, const char *path, const uint8_t *p, size_t
             ok = false;
             err = errno;
         }
-        if (!ok) rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s: %s", fn, tmp, strerror(err));
+        if (!ok) rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s: %s", fn, path, strerror(err));
         else if (rename(tmp, path) != 0) rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s: %s", fn, path, strerror(errno));
         if (rc) remove(tmp);
     }
