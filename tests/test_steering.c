@@ -463,6 +463,7 @@ static void bad_file(const char *path, const char *arch, const char *const *name
     gw_file f;
     gw_init(&f);
     if (arch) gw_kv_str(&f, "general.architecture", arch);
+    gw_kv_u32(&f, "controlvector.layer_count", (uint32_t)n); /* (a key-value section never empty) */
     for (size_t i = 0; i < n; i++) {
         for (int64_t j = 0; j < D; j++) data[i][j] = (float)(i + 1) + (float)j / 8.0f;
         int64_t ne[2] = {D, 1};
