@@ -15,8 +15,10 @@
 #define TESTUTIL_API_HELPERS
 #include "catalogue.h"
 #include "gguf_write.h"
+#include "st_write.h"
 
 #include <jansson.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum { B = 2, T = 6 };
@@ -443,6 +445,84 @@ static void test_contrastive(void)
     free(na);
 }
 
+/* ---- with an SAE attached (lib/sae/splice.c) ---- */
+
+/* A standard SAE (SAELens's layout) of 8 latents at blocks.1.hook_resid_post: feature steering at
+ * its hook_sae_acts_post equals a hand-written hook; a control vector for the block it replaces
+ * and a contrastive vector of its points are refused. */
+static void test_with_sae(void)
+{
+    enum { S = 8 };
+    int64_t D = cfg.d_model;
+    char dir[4096], p[4200];
+    snprintf(dir, sizeof dir, "%s/sae", g_root);
+    CHECK(mkdir(dir, 0700) == 0, "mkdir %s", dir);
+    snprintf(p, sizeof p, "%s/cfg.json", dir);
+    FILE *f = fopen(p, "w");
+    if (!f) return;
+    fprintf(f, "{\"d_in\": %lld, \"d_sae\": %d, \"dtype\": \"float32\", \"device\": \"cpu\", "
+               "\"apply_b_dec_to_input\": true, \"normalize_activations\": \"none\", \"reshape_activations\": "
+               "\"none\", \"metadata\": {\"sae_lens_version\": \"6.54.12\", \"hook_name\": "
+               "\"blocks.1.hook_resid_post\"}, \"architecture\": \"standard\"}", (long long)D, S);
+    fclose(f);
+    float *We = malloc(sizeof(float) * (size_t)(D * S)), *Wd = malloc(sizeof(float) * (size_t)(S * D));
+    float be[S], *bd = malloc(sizeof(float) * (size_t)D);
+    random_vec(We, (size_t)(D * S), 41);
+    random_vec(Wd, (size_t)(S * D), 42);
+    random_vec(be, S, 43);
+    random_vec(bd, (size_t)D, 44);
+    st_entry t[4] = {{"W_dec", 2, {S, D}, Wd}, {"W_enc", 2, {D, S}, We}, {"b_dec", 1, {D}, bd}, {"b_enc", 1, {S}, be}};
+    snprintf(p, sizeof p, "%s/sae_weights.safetensors", dir);
+    st_write(p, t, 4);
+    circuits_sae *sae = NULL;
+    CHECK_OK(circuits_sae_load(&sae, dir));
+    circuits_context *sctx = make_ctx(model, 0);
+    if (sae) CHECK_OK(circuits_context_add_sae(sctx, sae, 0));
+    /* feature steering: latents 2 and 5 pushed up at the last position */
+    float v[S] = {0};
+    v[2] = 1.5f;
+    v[5] = -0.75f;
+    const char *acts = "blocks.1.hook_resid_post.hook_sae_acts_post";
+    size_t n = (size_t)B * T * cfg.d_vocab_out;
+    float *plain = malloc(n * sizeof(float)), *got = malloc(n * sizeof(float)), *want = malloc(n * sizeof(float));
+    CHECK_OK(circuits_context_forward(sctx, tokens, B, T, plain, NULL, NULL));
+    int64_t last[1] = {-1}, last_abs[1] = {T - 1};
+    circuits_steering_options o;
+    circuits_steering_options_init(&o);
+    o.scale = 2.0f;
+    o.positions = last;
+    o.n_positions = 1;
+    circuits_hook_id id;
+    CHECK_OK(circuits_context_add_steering(sctx, acts, v, S, &o, &id));
+    CHECK_OK(circuits_context_forward(sctx, tokens, B, T, got, NULL, NULL));
+    CHECK_OK(circuits_context_remove_hook(sctx, id));
+    float sv[S];
+    for (int i = 0; i < S; i++) sv[i] = 2.0f * v[i];
+    manual m = {sv, S, last_abs, 1};
+    CHECK_OK(circuits_context_add_hook(sctx, acts, manual_add, &m, &id));
+    CHECK_OK(circuits_context_forward(sctx, tokens, B, T, want, NULL, NULL));
+    CHECK_OK(circuits_context_remove_hook(sctx, id));
+    CHECK(max_abs_diff(got, want, n) == 0.0, "feature steering differs from the hook's by %g", max_abs_diff(got, want, n));
+    CHECK(max_abs_diff(got, plain, n) > 1e-4, "feature steering changed nothing");
+    float *dirs = calloc((size_t)(cfg.n_layers * D), sizeof(float));
+    dirs[1 * D + 3] = 1.0f;
+    CALL_FAILS("cvec_sae_replaced", circuits_context_add_control_vector(sctx, dirs, cfg.n_layers, D, NULL, NULL),
+               CIRCUITS_E_NOT_FOUND, "blocks.1.hook_resid_post");
+    float out[64];
+    CALL_FAILS("contrast_sae_point",
+               circuits_context_contrastive_vector(sctx, acts, tokens, tokens, B, T, NULL, out, 64),
+               CIRCUITS_E_UNSUPPORTED, "an attached SAE's point");
+    free(dirs);
+    free(plain);
+    free(got);
+    free(want);
+    circuits_context_free(sctx);
+    circuits_sae_free(sae);
+    free(We);
+    free(Wd);
+    free(bd);
+}
+
 /* ---- refusals ---- */
 
 static void write_bytes(const char *path, const void *p, size_t n)
@@ -650,6 +730,7 @@ int main(int argc, char **argv)
     test_save_layout();
     test_add_control_vector();
     test_contrastive();
+    test_with_sae();
     test_refusals();
     circuits_context_free(ctx);
     circuits_model_free(model);
