@@ -3,9 +3,9 @@
  * it fired on, the sum (for the mean over all counted tokens) and maximum of its activation, and
  * its top_k activating contexts with the token window around each.
  *
- * Each batch runs through the one door only as far as the SAE's hook point needs; an internal
- * editor that only reads copies the point's activation (the value run_with_cache keeps) into a
- * buffer of the batch's size, and after the run the rows are encoded with SAELens's pieces
+ * Each row of a batch runs through the one door alone (see the add) and only as far as the SAE's
+ * hook point needs; an internal editor that only reads copies the point's activation (the value
+ * run_with_cache keeps) into a buffer of the batch's size, and after the runs the rows are encoded with SAELens's pieces
  * (cx_sae_input, cx_sae_pre, cx_sae_post) a chunk at a time into buffers sized by the chunk. So
  * a failed run (a callback stopping it) leaves the statistics as they were, and memory does not
  * grow with the dataset.
@@ -26,7 +26,7 @@
 #include "context.h"
 #include "pool.h"
 #include "sae.h"
-#include "st_write.h"
+#include "st_save.h"
 
 #include <errno.h>
 #include <math.h>
@@ -308,33 +308,40 @@ int circuits_context_feature_stats_add(circuits_context *ctx, circuits_feature_s
         rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
         goto done;
     }
-    grab g = {acts, numel};
+    /* One pass per row: BLAS products give a row bits that depend on how many rows share the
+     * product, so a row always runs alone (and is encoded in chunks that start at its first
+     * counted position), and the statistics do not depend on how the dataset is batched. The
+     * activations of all rows are kept until every pass has succeeded: a failed add changes
+     * nothing. */
+    size_t row_numel = numel / (size_t)batch;
+    grab g = {acts, row_numel};
     cx_edit edit = {p->layer, p->kind, grab_point, &g, true}; /* the value run_with_cache keeps */
-    cx_run r = cx_run_init(ctx, fn, tokens, batch, pos);
-    r.edits = &edit;
-    r.n_edits = 1;
     /* the blocks the point needs: up to its own; all of them for a point after the last block */
     int32_t stop = p->layer >= 0 ? p->layer + 1 : p->kind >= HK_LNF_SCALE ? c->n_layers + 1 : 0;
-    if (stop <= c->n_layers) {
-        r.stop = stop;
-        r.stop_at_layer = true;
+    for (int64_t b = 0; b < batch && !rc; b++) {
+        cx_run r = cx_run_init(ctx, fn, tokens + b * pos, 1, pos);
+        r.edits = &edit;
+        r.n_edits = 1;
+        if (stop <= c->n_layers) {
+            r.stop = stop;
+            r.stop_at_layer = true;
+        }
+        g.dst = acts + (size_t)b * row_numel;
+        rc = cx_context_run(ctx, &r);
     }
-    if ((rc = cx_context_run(ctx, &r))) goto done;
+    if (rc) goto done;
     /* encode the counted tokens a chunk at a time, in the dataset's order */
-    int64_t *cb = bt, *ct = bt + CH, n = 0, done_rows = 0;
+    int64_t *cb = bt, *ct = bt + CH;
     for (int64_t b = 0; b < batch && !rc; b++)
-        for (int64_t t = skip; t < pos && !rc; t++) {
-            memcpy(x + n * s->d_in, acts + (b * pos + t) * s->d_in, (size_t)s->d_in * sizeof(float));
-            cb[n] = b;
-            ct[n] = t;
-            if (++n < CH && done_rows + n < counted) continue;
+        for (int64_t t0 = skip; t0 < pos && !rc; t0 += CH) {
+            int64_t n = pos - t0 < CH ? pos - t0 : CH;
+            memcpy(x, acts + (size_t)(b * pos + t0) * s->d_in, (size_t)(n * s->d_in) * sizeof(float));
+            for (int64_t i = 0; i < n; i++) cb[i] = b, ct[i] = t0 + i;
             if (!(rc = cx_sae_input(s, x, n, coeff)) && !(rc = cx_sae_pre(s, x, n, pre)) &&
                 !(rc = cx_sae_post(s, x, pre, n, post))) {
                 chunk_job job = {st, post, n, cb, ct, tokens, pos, st->n_rows};
                 cx_parallel_for(s->d_sae, 64, chunk_task, &job);
             }
-            done_rows += n;
-            n = 0;
         }
     if (rc) {
         /* the encoder's pieces compute on buffers given to them and have no failure this can

@@ -2,8 +2,8 @@
  * __metadata__ object of a file read back (the reader, safetensors.h, validates the header but
  * keeps no metadata). Data little-endian, tensors in the order given, the header padded with
  * spaces to a multiple of 8 as the reference implementation writes it. */
-#ifndef CIRCUITS_ST_WRITE_H
-#define CIRCUITS_ST_WRITE_H
+#ifndef CIRCUITS_ST_SAVE_H
+#define CIRCUITS_ST_SAVE_H
 
 #include "safetensors.h"
 

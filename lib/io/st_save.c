@@ -1,5 +1,5 @@
-/* Writing safetensors files, and reading back their metadata (st_write.h). */
-#include "st_write.h"
+/* Writing safetensors files, and reading back their metadata (st_save.h). */
+#include "st_save.h"
 #include "json_load.h"
 
 #include <stdio.h>
