@@ -375,6 +375,19 @@ int circuits_feature_stats_dims(const circuits_feature_stats *st, int64_t *n_tok
     return CIRCUITS_OK;
 }
 
+int circuits_feature_stats_get_options(const circuits_feature_stats *st, circuits_feature_stats_options *out)
+{
+    const char *fn = "circuits_feature_stats_get_options";
+    if (!st || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: st and out must not be NULL", fn);
+    int rc = cx_struct_size_check(out->size, options_versions, CX_COUNT(options_versions), fn, true);
+    if (rc) return rc;
+    uint32_t size = out->size;
+    size_t n = size < sizeof st->o ? size : sizeof st->o;
+    memcpy(out, &st->o, n);
+    out->size = (uint32_t)n;
+    return CIRCUITS_OK;
+}
+
 int circuits_feature_stats_get(const circuits_feature_stats *st, float *frequency, float *mean, float *max)
 {
     if (!st) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_feature_stats_get: st is NULL");
