@@ -265,7 +265,13 @@ static int sae_point(const circuits_context *ctx, const circuits_sae *s, const c
     int nd = cx_hook_shape(ctx, p, 1, 1, 0, sh, &ha);
     if (p->kind == HK_TOKENS)
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: '%s' holds token ids, not activations", fn, p->name);
-    if (s->reshape_hook_z ? p->kind != HK_Z || sh[2] * sh[3] != s->d_in : nd != 3 || sh[2] != s->d_in)
+    if (!s->reshape_hook_z && nd != 3)
+        return cx_fail(CIRCUITS_E_SHAPE, "%s: '%s' has %d axes; an SAE reads [batch, pos, d] points (hook_z with "
+                       "reshape_activations 'hook_z' excepted)", fn, p->name, nd);
+    if (s->reshape_hook_z && p->kind != HK_Z)
+        return cx_fail(CIRCUITS_E_SHAPE, "%s: reshape_activations 'hook_z' at '%s' (SAELens allows it at attn.hook_z "
+                       "only)", fn, p->name);
+    if (s->reshape_hook_z ? sh[2] * sh[3] != s->d_in : sh[2] != s->d_in)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: the SAE reads %lld values per token at '%s'%s, which has %lld", fn,
                        (long long)s->d_in, p->name, s->reshape_hook_z ? " (hook_z read flat)" : "",
                        (long long)(nd == 4 ? sh[2] * sh[3] : nd == 3 ? sh[2] : 0));

@@ -1472,3 +1472,10 @@ from misuse_probes_grad import GRAD_AUDIT, GRAD_PROBES  # noqa: E402
 assert not set(GRAD_PROBES) & set(PROBES) and not set(GRAD_AUDIT) & set(AUDIT)
 PROBES.update(GRAD_PROBES)
 AUDIT.update(GRAD_AUDIT)
+
+# The feature statistics' probes and audit entries (0.8.0) live in their own file.
+from misuse_probes_features import FEATURES_AUDIT, FEATURES_PROBES  # noqa: E402
+
+assert not set(FEATURES_PROBES) & set(PROBES) and not set(FEATURES_AUDIT) & set(AUDIT)
+PROBES.update(FEATURES_PROBES)
+AUDIT.update(FEATURES_AUDIT)
