@@ -65,6 +65,15 @@ static const char *write_sae(const char *name, const char *arch, const char *hoo
     return dir;
 }
 
+/* A callback that changes the activation: the statistics must see its result. */
+static int double_it(const circuits_tensor *t, void *u)
+{
+    (void)u;
+    int64_t n = t->shape[0] * t->strides[0];
+    for (int64_t i = 0; i < n; i++) t->data[i] *= 2.0f;
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
 /* ---- the brute-force statistics ---- */
 
 typedef struct firing {
@@ -412,6 +421,14 @@ int main(int argc, char **argv)
     const char *z_dir = write_sae("z", "standard", "blocks.1.attn.hook_z", NULL, D,
                                   "\"reshape_activations\": \"hook_z\", ");
     check_sae(ctx, "hook_z", z_dir, &o, "blocks.1.attn.hook_z");
+    /* blocks.L.hook_resid_pre is read at blocks.(L-1).hook_resid_post when nothing is registered
+     * at it; with a callback there, at the point itself after the callback */
+    const char *pre_dir = write_sae("pre", "standard", "blocks.1.hook_resid_pre", NULL, D, "");
+    check_sae(ctx, "resid_pre", pre_dir, &o, "blocks.1.hook_resid_pre");
+    circuits_hook_id hid;
+    CHECK_OK(circuits_context_add_hook(ctx, "blocks.1.hook_resid_pre", double_it, NULL, &hid));
+    check_sae(ctx, "resid_pre_hooked", pre_dir, &o, "blocks.1.hook_resid_pre");
+    CHECK_OK(circuits_context_remove_hook(ctx, hid));
     const char *tc_dir = write_sae("tc", "transcoder", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", D, "");
     check_sae(ctx, "transcoder", tc_dir, &o, "blocks.0.ln2.hook_normalized");
 

@@ -324,6 +324,14 @@ int circuits_context_feature_stats_add(circuits_context *ctx, circuits_feature_s
     cx_edit edit = {p->layer, p->kind, grab_point, &g, true}; /* the value run_with_cache keeps */
     /* the blocks the point needs: up to its own; all of them for a point after the last block */
     int32_t stop = p->layer >= 0 ? p->layer + 1 : p->kind >= HK_LNF_SCALE ? c->n_layers + 1 : 0;
+    /* blocks.L.hook_resid_pre with nothing registered there is the value blocks.(L-1).hook_resid_post
+     * passed on (after its callbacks, or its SAE's output): read that, and block L need not run */
+    int32_t prev = p->kind == HK_RESID_PRE && p->layer > 0 ? cx_hook_index(&ctx->hooks, p->layer - 1, HK_RESID_POST) : -1;
+    if (prev >= 0 && p->n_regs == 0 && p->sae < 0) {
+        edit.layer = p->layer - 1;
+        edit.kind = HK_RESID_POST;
+        stop = p->layer;
+    }
     for (int64_t b = 0; b < batch && !rc; b++) {
         cx_run r = cx_run_init(ctx, fn, tokens + b * pos, 1, pos);
         r.edits = &edit;
