@@ -418,6 +418,9 @@ int main(int argc, char **argv)
     o2.context_right = 4;
     const char *topk_dir = write_sae("topk", "topk", "blocks.1.hook_mlp_out", NULL, D, "\"k\": 6, ");
     check_sae(ctx, "topk_threshold_skip", topk_dir, &o2, "blocks.1.hook_mlp_out");
+    circuits_feature_stats_options o0 = o; /* no contexts kept: counts, sums and maxima only */
+    o0.top_k = 0;
+    check_sae(ctx, "no_top", std_dir, &o0, "blocks.0.hook_resid_post");
     const char *z_dir = write_sae("z", "standard", "blocks.1.attn.hook_z", NULL, D,
                                   "\"reshape_activations\": \"hook_z\", ");
     check_sae(ctx, "hook_z", z_dir, &o, "blocks.1.attn.hook_z");
