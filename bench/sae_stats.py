@@ -121,14 +121,14 @@ class CircuitsWorker:
         tok = tokens_np(rows, pos, self.vocab)
         m = self.model
         if task == "stats":
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             st = m.feature_stats(self.sae, tok, batch_size=batch, top_k=TOP_K, context_left=LEFT, context_right=RIGHT)
             freq, mean, mx = st.frequency, st.mean, st.max
-            core_ms = (time.perf_counter() - t0) * 1e3  # the checks' reading of every latent's top below is not timed
+            core_ms, core_cpu = (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3  # not the checks' reading below
             tops = [st.top(j) for j in range(D_SAE)]
             top1 = [(int(t.rows[0]), int(t.positions[0])) if len(t.values) else None for t in tops]
-            return {"core_ms": core_ms, "result": {"freq": freq.tolist(), "mean": mean.tolist(), "max": mx.tolist(),
-                                                   "top1": top1}}
+            return {"core_ms": core_ms, "core_cpu_ms": core_cpu,
+                    "result": {"freq": freq.tolist(), "mean": mean.tolist(), "max": mx.tolist(), "top1": top1}}
         for r0 in range(0, rows, batch):
             if task == "fwd_point":
                 m(tok[r0:r0 + batch], stop_at_layer=LAYER)
@@ -160,7 +160,7 @@ class SaelensWorker:
                     else:
                         m(tok[r0:r0 + batch], return_type="loss")
                 return {}
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fires = torch.zeros(D_SAE, dtype=torch.int64)
             total = torch.zeros(D_SAE, dtype=torch.float64)
             mx = torch.full((D_SAE,), -float("inf"))
@@ -188,11 +188,11 @@ class SaelensWorker:
             windows = torch.where(ok, flat[(row[..., None] * pos + at.clamp(0, pos - 1)).clamp(0)], -1)
             n = rows * pos
             freq, mean = fires.double() / n, total / n
-            core_ms = (time.perf_counter() - t0) * 1e3  # the checks' reading of the results below is not timed
+            core_ms, core_cpu = (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3  # not the checks below
             top1 = [(int(row[0, j]), int(p[0, j])) if top_v[0, j] > -float("inf") else None for j in range(D_SAE)]
             del windows
-        return {"core_ms": core_ms, "result": {"freq": freq.tolist(), "mean": mean.tolist(), "max": mx.tolist(),
-                                               "top1": top1}}
+        return {"core_ms": core_ms, "core_cpu_ms": core_cpu,
+                "result": {"freq": freq.tolist(), "mean": mean.tolist(), "max": mx.tolist(), "top1": top1}}
 
 
 def worker_main(peer, threads):
@@ -211,6 +211,7 @@ def worker_main(peer, threads):
         rec.update(info)
         if "core_ms" in rec:  # the statistics alone; ms includes reading every result back for the checks
             rec["total_ms"], rec["ms"] = rec["ms"], rec["core_ms"]
+            rec["total_cpu_ms"], rec["cpu_ms"] = rec["cpu_ms"], rec["core_cpu_ms"]
         print(json.dumps(rec), flush=True)
 
 
@@ -275,7 +276,7 @@ def run(a):
         recs = {}
         for p in peers_:
             recs[p.name] = p.ask(cmd)
-            print(f"{task:10s} {p.name:9s} {recs[p.name]['ms'] / 1e3:8.1f} s wall (call: {recs[p.name]['cpu_ms'] / 1e3:.1f} s cpu)",
+            print(f"{task:10s} {p.name:9s} {recs[p.name]['ms'] / 1e3:8.1f} s wall {recs[p.name]['cpu_ms'] / 1e3:8.1f} s cpu",
                   flush=True)
         if task == "stats":
             res["agreement"] = compare(recs["circuits"].pop("result"), recs["saelens"].pop("result"))
@@ -285,6 +286,12 @@ def run(a):
         p.close()
     t = res["tasks"]
     ms = lambda task, who: t[task][who]["ms"]
+    cpu = lambda task, who: t[task][who]["cpu_ms"]
+    res["cpu_ratios"] = {
+        "ours_stats_over_ours_fwd_point": cpu("stats", "circuits") / cpu("fwd_point", "circuits"),
+        "saelens_stats_over_ours_stats": cpu("stats", "saelens") / cpu("stats", "circuits"),
+        "saelens_stats_over_saelens_fwd_point": cpu("stats", "saelens") / cpu("fwd_point", "saelens"),
+    }
     res["ratios"] = {
         "ours_stats_over_ours_fwd_point": ms("stats", "circuits") / ms("fwd_point", "circuits"),
         "ours_stats_over_ours_fwd_full": ms("stats", "circuits") / ms("fwd_full", "circuits"),
@@ -314,17 +321,22 @@ def render(res):
         f"latents at {res['hook']}, top {res['top_k']}, window {res['window']}; threads {res['threads']}; load average "
         f"{res['load_average_before'][0]:.1f} before, {res['load_average_after'][0]:.1f} after",
         "",
-        "| task | libcircuits s | SAELens s | SAELens / libcircuits |",
+        "| task | libcircuits s wall (cpu) | SAELens s wall (cpu) | SAELens / libcircuits wall (cpu) |",
         "|---|---:|---:|---:|",
     ]
+    c = lambda task, who: t[task][who]["cpu_ms"] / 1e3
     for task, label in (("fwd_point", "forward to the SAE's point (stop_at_layer 6)"),
                         ("fwd_full", "forward to the logits"), ("stats", "feature statistics")):
-        lines.append(f"| {label} | {s(task, 'circuits'):.1f} | {s(task, 'saelens'):.1f} | "
-                     f"{s(task, 'saelens') / s(task, 'circuits'):.2f} |")
+        lines.append(f"| {label} | {s(task, 'circuits'):.1f} ({c(task, 'circuits'):.1f}) | {s(task, 'saelens'):.1f} "
+                     f"({c(task, 'saelens'):.1f}) | {s(task, 'saelens') / s(task, 'circuits'):.2f} "
+                     f"({c(task, 'saelens') / c(task, 'circuits'):.2f}) |")
+    cr = res.get("cpu_ratios")
     lines += ["",
-              f"statistics / the forward they need: libcircuits {r['ours_stats_over_ours_fwd_point']:.2f}, SAELens "
-              f"{r['saelens_stats_over_saelens_fwd_point']:.2f}; libcircuits statistics / its forward to the logits "
-              f"{r['ours_stats_over_ours_fwd_full']:.2f}",
+              f"statistics / the forward they need, wall: libcircuits {r['ours_stats_over_ours_fwd_point']:.2f}, SAELens "
+              f"{r['saelens_stats_over_saelens_fwd_point']:.2f}"
+              + (f"; cpu: libcircuits {cr['ours_stats_over_ours_fwd_point']:.2f}, SAELens "
+                 f"{cr['saelens_stats_over_saelens_fwd_point']:.2f}" if cr else "")
+              + f"; libcircuits statistics / its forward to the logits {r['ours_stats_over_ours_fwd_full']:.2f} (wall)",
               f"agreement: {g['latents_fired']} latents fired, L0 {g['mean_L0']:.1f}; frequencies equal for "
               f"{100 * g['freq_equal_fraction']:.2f}% of latents (max |diff| {g['freq_max_abs_diff']:.2g}), means within "
               f"{g['mean_max_abs_diff']:.2g}, maxima within {g['max_max_abs_diff']:.2g}, the same top context for "
