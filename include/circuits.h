@@ -1504,6 +1504,10 @@ CIRCUITS_API int circuits_context_feature_stats_add(circuits_context *ctx, circu
 /* n_tokens counted so far; d_sae; top_k and the window width (left + 1 + right). */
 CIRCUITS_API int circuits_feature_stats_dims(const circuits_feature_stats *st, int64_t *n_tokens, int64_t *d_sae,
                                              int32_t *top_k, int32_t *window);
+/* The options the statistics were made with (or read from a file with): out->size set by the
+ * caller, filled up to it (docs/abi.md). */
+CIRCUITS_API int circuits_feature_stats_get_options(const circuits_feature_stats *st,
+                                                    circuits_feature_stats_options *out);
 /* Per latent [d_sae] (each may be NULL): frequency (fires / n_tokens), mean, max. */
 CIRCUITS_API int circuits_feature_stats_get(const circuits_feature_stats *st, float *frequency, float *mean,
                                             float *max);

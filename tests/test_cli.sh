@@ -478,5 +478,75 @@ ok info "$src/tests/reference/text/gemma_sp"
 grep -q "key/value heads" "$tmp/out" || fail "info gemma: GQA"
 grep -q "rotary     8 of 8 dims" "$tmp/out" || fail "info gemma: rotary"
 
+# ---- SAEs: sae-stats, sae-show, run/cache --sae (docs/saes.md "The command line") ----
+# an SAE for tiny-random-gpt2 (d_model 32) as SAELens saves it, a token file and a text, with the stdlib
+python3 - "$tmp" <<'EOF' || fail "sae: writing the fixtures"
+import json, os, random, struct, sys
+d = sys.argv[1]
+os.makedirs(d + "/sae")
+json.dump({"d_in": 32, "d_sae": 64, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+           "normalize_activations": "none", "architecture": "standard",
+           "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.1.hook_resid_post"}},
+          open(d + "/sae/cfg.json", "w"))
+rng = random.Random(5)
+ts = [("W_dec", [64, 32]), ("W_enc", [32, 64]), ("b_dec", [32]), ("b_enc", [64])]
+hdr, data, off = {}, b"", 0
+for name, shape in ts:
+    n = 1
+    for x in shape:
+        n *= x
+    blob = struct.pack("<%df" % n, *[rng.uniform(-0.5, 0.5) for _ in range(n)])
+    hdr[name] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + len(blob)]}
+    data += blob
+    off += len(blob)
+h = json.dumps(hdr).encode()
+h += b" " * (-len(h) % 8)
+open(d + "/sae/sae_weights.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + data)
+rows, pos = 6, 10
+head = "{'descr': '<i4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, pos)
+head += " " * (-(len(head) + 11) % 64) + "\n"
+ids = [(i * 37 + 11) % 1000 for i in range(rows * pos)]
+open(d + "/tok.npy", "wb").write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(head)) + head.encode() +
+                                  struct.pack("<%di" % len(ids), *ids))
+open(d + "/text.txt", "w").write("The quick brown fox jumps over the lazy dog. " * 8)
+EOF
+ok sae-stats "$M" "$tmp/sae" "$tmp/tok.npy" --batch 4 --top-k 3 -o "$tmp/st.safetensors"
+grep -q "^60 tokens (6 rows of 10), 64 latents" "$tmp/out" || fail "sae-stats: summary"
+grep -q "wrote $tmp/st.safetensors" "$tmp/out" || fail "sae-stats: names the file"
+ok sae-stats "$M" "$tmp/sae" "$tmp/tok.npy" --batch 1 --top-k 3 -o "$tmp/st1.safetensors"
+checks=$((checks + 1))
+cmp -s "$tmp/st.safetensors" "$tmp/st1.safetensors" || fail "sae-stats: --batch 1 and --batch 4 wrote different files"
+ok sae-stats "$M" "$tmp/sae" --text "$tmp/text.txt" --pos 8 --skip-positions 1 --threshold 0.01
+grep -q "rows of 8)" "$tmp/out" || fail "sae-stats --text: rows of --pos tokens"
+ok sae-show "$tmp/st.safetensors"
+grep -q "60 tokens, 64 latents, top 3 contexts of 11 tokens" "$tmp/out" || fail "sae-show: header"
+grep -q "log10 firing frequency" "$tmp/out" && grep -q "densest latents" "$tmp/out" || fail "sae-show: histogram and densest"
+ok sae-show "$tmp/st.safetensors" --model "$M" --latent 0,1 --latent 2 --top 2
+grep -q "^latent 2: frequency" "$tmp/out" && grep -q ">>" "$tmp/out" || fail "sae-show --latent: contexts with the activating token"
+ok sae-show "$tmp/st.safetensors" --latent 5
+grep -q "row [0-9]* pos [0-9]*:  *[0-9]" "$tmp/out" || fail "sae-show without a model: token ids"
+ok sae-show "$tmp/st.safetensors" --png "$tmp/h.png"
+checks=$((checks + 1))
+head -c 8 "$tmp/h.png" | od -An -c | grep -q "P   N   G" || fail "sae-show: $tmp/h.png is not a PNG"
+ok sae-stats --help
+ok sae-show --help
+err 2 "needs MODEL and SAE_DIR" sae-stats "$M"
+err 2 "needs the tokens" sae-stats "$M" "$tmp/sae"
+err 2 "needs the tokens" sae-stats "$M" "$tmp/sae" "$tmp/tok.npy" --text "$tmp/text.txt"
+err 2 "unknown option '--bogus'" sae-stats "$M" "$tmp/sae" "$tmp/tok.npy" --bogus
+err 2 "--batch" sae-stats "$M" "$tmp/sae" "$tmp/tok.npy" --batch 0
+err 1 "is not a NumPy .npy file" sae-stats "$M" "$tmp/sae" "$tmp/sae/cfg.json"
+err 1 "cannot load the SAE" sae-stats "$M" "$tmp/nowhere" "$tmp/tok.npy"
+err 1 "cannot read" sae-show "$tmp/tok.npy"
+err 2 "needs STATS" sae-show
+err 2 "--latent 9999: the statistics have latents 0 .. 63" sae-show "$tmp/st.safetensors" --latent 9999
+err 1 "cannot write the picture" sae-show "$tmp/st.safetensors" --png "$tmp/no/dir/h.png"
+ok run "$M" --tokens 1,2,3,4 --sae "$tmp/sae"
+ok run "$M" --tokens 1,2,3,4 --sae "$tmp/sae" --sae-error-term
+ok cache "$M" --tokens 1,2,3 --sae "$tmp/sae" --names blocks.1.hook_resid_post.hook_sae_acts_post --out "$tmp/acts.npy"
+grep -q "blocks.1.hook_resid_post.hook_sae_acts_post *\[1, 3, 64\]" "$tmp/out" || fail "cache --sae: the SAE's point"
+err 2 "--sae-error-term needs --sae" run "$M" --tokens 1 --sae-error-term
+err 1 "cannot load the SAE" cache "$M" --tokens 1 --sae "$tmp/nowhere" --names embed --out "$tmp/x.npy"
+
 echo "test_cli: $checks checks, $fails failed"
 [ $fails -eq 0 ]

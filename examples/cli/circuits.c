@@ -9,6 +9,8 @@
  *   circuits diff MODEL_A MODEL_B   each hook point's error of one model against another
  *   circuits steer-vector MODEL   a contrastive steering vector from pairs of prompts (.npy or
  *                                 a llama.cpp control vector)
+ *   circuits sae-stats MODEL SAE_DIR TOKENS.npy   feature statistics of an SAE over a dataset
+ *   circuits sae-show STATS   a feature statistics file as text and a picture
  *
  * Exit status: 0 success, 1 failure (a model that does not load, a library error, a file that
  * cannot be written), 2 a bad command line. */
@@ -29,6 +31,8 @@ static const struct {
     {"generate", cmd_generate, "continue a prompt with the model (greedy or sampled)"},
     {"diff", cmd_diff, "MODEL_A MODEL_B: each hook point's error of B against A by layer (quantization)"},
     {"steer-vector", cmd_steer_vector, "a contrastive steering vector from pairs of prompts (.npy, control vector)"},
+    {"sae-stats", cmd_sae_stats, "MODEL SAE_DIR TOKENS.npy: an SAE's feature statistics over a dataset"},
+    {"sae-show", cmd_sae_show, "STATS: feature statistics as text (top contexts) and a histogram PNG"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -80,5 +84,5 @@ int main(int argc, char **argv)
             return commands[i].fn(argc - 1, argv + 1);
         }
     if (cmd[0] == '-') return usage_error("unknown option '%s' (a command comes first)", cmd);
-    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff, steer-vector)", cmd);
+    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff, steer-vector, sae-stats, sae-show)", cmd);
 }

@@ -143,5 +143,14 @@ int cmd_compose(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
 int cmd_steer_vector(int argc, char **argv);
+int cmd_sae_stats(int argc, char **argv);
+int cmd_sae_show(int argc, char **argv);
+
+/* ---- SAEs (sae.c) ---- */
+/* --sae DIR ... [--sae-error-term] of run and cache: loads each SAE into (*saes)[i] (calloc'ed,
+ * n entries) and attaches it to ctx (circuits_context_add_sae). 0 or EXIT_FAIL; free_saes after
+ * the context in either case. */
+int attach_saes(circuits_context *ctx, char *const *dirs, size_t n, bool error_term, circuits_sae ***saes);
+void free_saes(circuits_sae **saes, size_t n);
 
 #endif

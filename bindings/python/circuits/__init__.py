@@ -50,6 +50,7 @@ from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens'
 from .compare import DiffResult, diff  # noqa: E402 -- comparing two models (docs/quantization.md)
 from . import grad, attribution  # noqa: E402,F401 -- gradients (docs/gradients.md)
 from . import steering  # noqa: E402,F401 -- steering and control vectors (docs/steering.md)
+from .features import FeatureStats, TopContexts  # noqa: E402 -- SAE feature statistics (docs/saes.md)
 
 __version__ = "0.8.0"
 
@@ -104,6 +105,8 @@ __all__ = [
     "grad",
     "attribution",
     "steering",
+    "FeatureStats",
+    "TopContexts",
     "library_version",
     "set_num_threads",
     "get_num_threads",

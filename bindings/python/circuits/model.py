@@ -1425,6 +1425,16 @@ class Model:
 
     # -- device -----------------------------------------------------------------------------
 
+    def feature_stats(self, sae: Any, tokens: Any, batch_size: int = 8, top_k: int = 10, context_left: int = 8,
+                      context_right: int = 2, threshold: float = 0.0, skip_positions: int = 0) -> Any:
+        """Feature statistics of ``sae`` over ``tokens`` [n_rows, pos] (a NumPy array, streamed
+        ``batch_size`` rows per call): a :class:`circuits.FeatureStats` (docs/saes.md "Feature
+        statistics")."""
+        from .features import feature_stats
+
+        return feature_stats(self, sae, tokens, batch_size=batch_size, top_k=top_k, context_left=context_left,
+                             context_right=context_right, threshold=threshold, skip_positions=skip_positions)
+
     def to(self, device_or_dtype: Any = None, print_details: bool = True) -> "Model":
         """TransformerLens's ``model.to``: "cpu" (or float32) is where the model already is;
         any other device or dtype is refused (libcircuits runs on the CPU in float32)."""
