@@ -252,7 +252,7 @@ static void check_monitor(void)
     CALL_FAILS("probe_monitor_not_found", circuits_context_add_probe_monitor(ctx, p, "blocks.9.hook_resid_post", on_probe, &s, NULL),
                CIRCUITS_E_NOT_FOUND, "blocks.9.hook_resid_post");
     CALL_FAILS("probe_monitor_pattern", circuits_context_add_probe_monitor(ctx, p, "blocks.*.hook_resid_post", on_probe, &s, NULL),
-               CIRCUITS_E_INVALID_ARGUMENT, "");
+               CIRCUITS_E_INVALID_ARGUMENT, "selects 2 hook points; name exactly one");
     CALL_FAILS("probe_monitor_width", circuits_context_add_probe_monitor(ctx, narrow, "blocks.1.hook_resid_post", on_probe, &s, NULL),
                CIRCUITS_E_SHAPE, "has 128 values per position; the probe reads d = 10");
     CALL_FAILS("probe_monitor_pattern_width", circuits_context_add_probe_monitor(ctx, p, "blocks.0.attn.hook_pattern", on_probe, &s, NULL),
@@ -342,7 +342,7 @@ static void bad_files(void)
     write_file(path, "{" META("logistic", "1", "0", "2") "," W23 "," B1 "}", data, 16);
     CALL_FAILS("probe_load_intercept_without_fit", circuits_probe_load(&q, path), CIRCUITS_E_FORMAT, "b is not zero but fit_intercept is 0");
     write_file(path, "{" META("logistic", "1", "1", "2") "," W23 ",\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[12,20]}}", data, 16);
-    CALL_FAILS("probe_load_truncated", circuits_probe_load(&q, path), CIRCUITS_E_FORMAT, "");
+    CALL_FAILS("probe_load_truncated", circuits_probe_load(&q, path), CIRCUITS_E_FORMAT, "outside the data section");
     CHECK(q == NULL, "a failed load set *out");
     remove(path);
 }

@@ -52,21 +52,19 @@ static int header_json(const circuits_probe *p, char **out, size_t *len)
         bad |= json_object_set_new(root, "b", b);
         b = NULL;
     }
-    char *s = bad ? NULL : json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
+    /* the size first, then into our own buffer (json_dumps's would be jansson's allocator's) */
+    size_t n = bad ? 0 : json_dumpb(root, NULL, 0, JSON_COMPACT | JSON_SORT_KEYS), padded = (n + 7) & ~(size_t)7;
+    char *h = n ? cx_malloc(padded) : NULL;
+    if (h && json_dumpb(root, h, n, JSON_COMPACT | JSON_SORT_KEYS) != n) {
+        cx_free(h);
+        h = NULL;
+    }
     json_decref(root);
     json_decref(meta);
     json_decref(W);
     json_decref(b);
-    if (!s) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory writing the header", fn);
-    size_t n = strlen(s), padded = (n + 7) & ~(size_t)7;
-    char *h = cx_malloc(padded);
-    if (!h) {
-        free(s);
-        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory writing the header", fn);
-    }
-    memcpy(h, s, n);
+    if (!h) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory writing the header", fn);
     memset(h + n, ' ', padded - n);
-    free(s);
     *out = h;
     *len = padded;
     return CIRCUITS_OK;
