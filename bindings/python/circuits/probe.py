@@ -44,7 +44,7 @@ def _rows(X: Any, d: Optional[int], what: str) -> np.ndarray:
         a = a.reshape(1, d)
     if a.ndim < 2:
         raise ShapeError(f"{what} must be [n, d] rows (or [..., d]), not shape {list(a.shape)}")
-    a = a.reshape(-1, a.shape[-1])
+    a = a.reshape(int(np.prod(a.shape[:-1])), a.shape[-1])
     if d is not None and a.shape[1] != d:
         raise ShapeError(f"{what} has {a.shape[1]} columns; the probe reads d = {d}")
     return np.ascontiguousarray(a)

@@ -1472,3 +1472,10 @@ from misuse_probes_grad import GRAD_AUDIT, GRAD_PROBES  # noqa: E402
 assert not set(GRAD_PROBES) & set(PROBES) and not set(GRAD_AUDIT) & set(AUDIT)
 PROBES.update(GRAD_PROBES)
 AUDIT.update(GRAD_AUDIT)
+
+# Linear probes' probes and audit entries (0.8.0) live in their own file.
+from misuse_probes_probe import PROBE_AUDIT, PROBE_PROBES  # noqa: E402
+
+assert not set(PROBE_PROBES) & set(PROBES) and not set(PROBE_AUDIT) & set(AUDIT)
+PROBES.update(PROBE_PROBES)
+AUDIT.update(PROBE_AUDIT)
