@@ -7,6 +7,7 @@
  *   circuits compose MODEL    Q/K/V composition scores (table and heatmap PNGs)
  *   circuits generate MODEL   continue a prompt (greedy or sampled, KV-cached)
  *   circuits diff MODEL_A MODEL_B   each hook point's error of one model against another
+ *   circuits probe-fit        fit a linear probe on activations (.npy, or a model's run) and labels
  *
  * Exit status: 0 success, 1 failure (a model that does not load, a library error, a file that
  * cannot be written), 2 a bad command line. */
@@ -26,6 +27,7 @@ static const struct {
     {"compose", cmd_compose, "Q/K/V composition scores between heads (table, heatmap PNG)"},
     {"generate", cmd_generate, "continue a prompt with the model (greedy or sampled)"},
     {"diff", cmd_diff, "MODEL_A MODEL_B: each hook point's error of B against A by layer (quantization)"},
+    {"probe-fit", cmd_probe_fit, "fit a linear probe (logistic or least squares) on activations and labels"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -77,5 +79,5 @@ int main(int argc, char **argv)
             return commands[i].fn(argc - 1, argv + 1);
         }
     if (cmd[0] == '-') return usage_error("unknown option '%s' (a command comes first)", cmd);
-    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff)", cmd);
+    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff, probe-fit)", cmd);
 }

@@ -118,6 +118,10 @@ int write_npy(const char *path, const named_tensor *t);
  * (n_meta pairs); 0 or EXIT_FAIL. */
 int write_safetensors(const char *path, const named_tensor *t, size_t n, const char *const *meta, size_t n_meta);
 
+/* A NumPy .npy file (float32/64, int32/64, bool, uint8; C order; at most 4 dims) as float32:
+ * *out malloc'ed, *ndim and shape set; 0 or EXIT_FAIL. */
+int read_npy(const char *path, float **out, int *ndim, int64_t shape[4]);
+
 /* ---- subcommands ---- */
 int cmd_info(int argc, char **argv);
 int cmd_run(int argc, char **argv);
@@ -126,5 +130,6 @@ int cmd_heads(int argc, char **argv);
 int cmd_compose(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
+int cmd_probe_fit(int argc, char **argv);
 
 #endif
