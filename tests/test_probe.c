@@ -7,8 +7,8 @@
  * Tolerances. sklearn's fits are exact to ~1e-10 (newton-cholesky, tol 1e-12, in float64); ours
  * solve the same objective in double (Newton to a step below tol = 1e-6: quadratic convergence
  * puts the error near 1e-12) and store float32 coefficients (relative rounding 6e-8). So a
- * coefficient may differ by about 1e-7 of the largest; we allow 2e-6 of max |coef| (plus 1e-6 of
- * the condition the least-squares problems on activations have: the measured worst is printed).
+ * coefficient or intercept may differ by about 6e-8 of the largest of them; we allow 5e-7 of that
+ * (the measured worst is printed: 5.2e-8; under valgrind's arithmetic 6.5e-8).
  * Probabilities are computed from float32 coefficients and rows: |dz| <= sum |w x| * 1.2e-7,
  * about 1e-5 for these rows, so 2e-5 on a probability (|dp| <= |dz| / 4). Scores: 1e-5. */
 #include <jansson.h>
@@ -85,12 +85,16 @@ static void check_case(json_t *c)
     CHECK(W.ndim == 2 && W.shape[0] == n_coef && W.shape[1] == d && b.shape[0] == n_coef, "%s: W [%lld, %lld]", name,
           (long long)W.shape[0], (long long)W.shape[1]);
     double cmax = 0, cerr = 0;
+    /* relative to the largest coefficient or intercept: each is stored as float32 */
     for (int64_t i = 0; i < n_coef * d; i++) cmax = fmax(cmax, fabs(cref[i]));
+    for (int64_t i = 0; i < n_coef; i++) cmax = fmax(cmax, fabs(bref[i]));
     for (int64_t i = 0; i < n_coef * d && W.shape[0] == n_coef; i++) cerr = fmax(cerr, fabs(W.data[i] - cref[i]));
     for (int64_t i = 0; i < n_coef; i++) cerr = fmax(cerr, fabs(b.data[i] - bref[i]));
     double rel = cerr / cmax;
+    if (getenv("PROBE_VERBOSE")) printf("  %-20s coef %.3g\n", name, rel);
     worst_coef = fmax(worst_coef, rel);
-    CHECK(rel < 2e-6, "%s: coefficients differ from sklearn's by %g (max |coef| %g: %g relative)", name, cerr, cmax, rel);
+    CHECK(rel < 5e-7, "%s: coefficients differ from sklearn's by %g (max |coef|, |b| %g: %g relative)", name, cerr, cmax,
+          rel);
     circuits_probe_info info = {.size = sizeof info};
     CHECK_OK(circuits_probe_get_info(p, &info));
     int64_t n_out = logistic ? (n_coef == 1 ? 2 : n_coef) : nt;
@@ -488,7 +492,7 @@ int main(int argc, char **argv)
     json_t *c;
     json_array_foreach(cases, i, c) check_case(c);
     CHECK(json_array_size(cases) >= 10, "%zu cases", json_array_size(cases));
-    printf("%zu sklearn cases: worst coefficient error %.3g (of max |coef|), prediction %.3g, score %.3g\n",
+    printf("%zu sklearn cases: worst coefficient error %.3g (of max |coef|, |b|), prediction %.3g, score %.3g\n",
            json_array_size(cases), worst_coef, worst_pred, worst_score);
     json_decref(j);
     small_cases();

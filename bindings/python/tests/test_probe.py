@@ -1,6 +1,6 @@
 """circuits.Probe (docs/probes.md) against scikit-learn 1.9.1 (tests/reference/probes/, made by
 tests/reference/generate_probes.py), the file round trip, monitors during generation, refusals.
-Tolerances as tests/test_probe.c explains: coefficients 2e-6 of the largest, probabilities 2e-5."""
+Tolerances as tests/test_probe.c explains: coefficients 5e-7 of the largest, probabilities 2e-5."""
 
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def test_against_sklearn(ref, name, tmp_path):
     p = circuits.Probe.fit(X, y, kind=c["kind"], l2=c["l2"], fit_intercept=c["fit_intercept"], hook_name=HOOK)
     coef, icpt = t[name + ".coef64"], t[name + ".intercept64"]
     assert p.coef_.shape == coef.shape and p.intercept_.shape == icpt.shape
-    scale = np.abs(coef).max()
-    assert np.abs(p.coef_ - coef).max() < 2e-6 * scale
-    assert np.abs(p.intercept_ - icpt).max() < 2e-6 * scale
+    scale = max(np.abs(coef).max(), np.abs(icpt).max())  # both stored as float32
+    assert np.abs(p.coef_ - coef).max() < 5e-7 * scale
+    assert np.abs(p.intercept_ - icpt).max() < 5e-7 * scale
     pred = t[name + ".pred"]
     if logistic:
         got = p.predict_proba(Xt)
