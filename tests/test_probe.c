@@ -403,6 +403,9 @@ static void bad_fits(void)
     o.size = 12;
     CALL_FAILS("probe_fit_options_size", circuits_probe_fit(&p, X, 4, 3, y, 1, &o), CIRCUITS_E_VERSION, "circuits_probe_fit");
     circuits_probe_options_init(&o);
+    o.hook_name = "blocks.0.hook_\xc3\xa9";
+    CALL_FAILS("probe_fit_hook_name", circuits_probe_fit(&p, X, 4, 3, y, 1, &o), CIRCUITS_E_INVALID_ARGUMENT, "hook_name must be printable ASCII");
+    o.hook_name = NULL;
     float *big = calloc(2 * 5000, sizeof(float));
     CALL_FAILS("probe_fit_newton_too_big", circuits_probe_fit(&p, big, 2, 5000, y, 1, &o), CIRCUITS_E_UNSUPPORTED, "exceeds 4096 unknowns");
     free(big);

@@ -133,7 +133,19 @@ int circuits_probe_fit(circuits_probe **out, const float *X, int64_t n, int64_t 
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: max_iter must be >= 1, not %d", fn, (int)o.max_iter);
     if (!isfinite(o.tol) || o.tol <= 0)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: tol = %g must be finite and > 0", fn, (double)o.tol);
+    if (o.hook_name) {
+        size_t len = strlen(o.hook_name);
+        for (size_t i = 0; i < len; i++)
+            if ((unsigned char)o.hook_name[i] >= 0x80 || (unsigned char)o.hook_name[i] < 0x20)
+                return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: hook_name must be printable ASCII (a hook point's name)",
+                               fn);
+        if (len > 4096) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: hook_name is longer than 4096 bytes", fn);
+    }
     if ((rc = rows_check(X, n, d, fn))) return rc;
+    /* LAPACK and CBLAS take 32-bit sizes */
+    if (n > INT32_MAX || d > INT32_MAX || n_targets > INT32_MAX)
+        return cx_fail(CIRCUITS_E_RANGE, "%s: [%lld, %lld] rows (%lld targets) exceed LAPACK's 32-bit sizes", fn,
+                       (long long)n, (long long)d, (long long)n_targets);
     int64_t n_out;
     if (o.kind == CIRCUITS_PROBE_LINEAR) {
         size_t nt;
@@ -163,7 +175,7 @@ int circuits_probe_fit(circuits_probe **out, const float *X, int64_t n, int64_t 
                            "%s: class %lld has no rows (labels are 0 .. K-1 with every class present; K = %lld)", fn,
                            (long long)absent, (long long)n_out);
         int64_t n_coef = n_out == 2 ? 1 : n_out;
-        if (n_coef > CX_PROBE_MAX_NEWTON || (d + o.fit_intercept) * n_coef > CX_PROBE_MAX_NEWTON)
+        if (n_coef > CX_PROBE_MAX_NEWTON || d + o.fit_intercept > CX_PROBE_MAX_NEWTON / n_coef)
             return cx_fail(CIRCUITS_E_UNSUPPORTED,
                            "%s: the Newton system of %lld classes x %lld inputs exceeds %d unknowns (a dense "
                            "Hessian); reduce d (e.g. PCA) or the classes",

@@ -28,8 +28,9 @@ int cx_probe_fit_linear(circuits_probe *p, const float *X, int64_t n, const floa
 {
     const int64_t d = p->d, T = p->n_outputs;
     const int64_t rows = n > d ? n : d;
-    size_t nd = (size_t)n * (size_t)d, nb = (size_t)rows * (size_t)T, dd;
-    if (!cx_mul_size((size_t)d, (size_t)d, &dd) || dd > SIZE_MAX / sizeof(double) / 2 || nb > SIZE_MAX / sizeof(double))
+    size_t nd = (size_t)n * (size_t)d, nb, dd;
+    if (!cx_mul_size((size_t)d, (size_t)d, &dd) || dd > SIZE_MAX / sizeof(double) / 2 ||
+        !cx_mul_size((size_t)rows, (size_t)T, &nb) || nb > SIZE_MAX / sizeof(double))
         return cx_fail(CIRCUITS_E_RANGE, "circuits_probe_fit: d = %lld is too large", (long long)d);
     double *A = cx_malloc(nd * sizeof(double)), *B = cx_calloc(nb, sizeof(double));
     double *mx = cx_calloc((size_t)d, sizeof(double)), *my = cx_calloc((size_t)T, sizeof(double));
