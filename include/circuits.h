@@ -1401,7 +1401,8 @@ typedef enum circuits_sae_norm {
     CIRCUITS_SAE_NORM_EXPECTED_AVERAGE = 1, /* "expected_average_only_in": nothing at run time (SAELens
                                              * folds the factor into the weights before saving) */
     CIRCUITS_SAE_NORM_CONSTANT_NORM_RESCALE = 2, /* each row scaled to norm sqrt(d_in) in, back out */
-    CIRCUITS_SAE_NORM_LAYER_NORM = 3        /* each row centred and divided by (std + 1e-5) in, back out */
+    CIRCUITS_SAE_NORM_LAYER_NORM = 3        /* each row centred and divided by (std + 1e-5) in (torch's
+                                             * unbiased std), back out (SAEs; transcoders: in only) */
 } circuits_sae_norm;
 
 /* What cfg.json said, filled by circuits_sae_get_info. Strings stay valid while the SAE lives. */
@@ -1440,9 +1441,11 @@ CIRCUITS_API int circuits_sae_weight(const circuits_sae *sae, const char *name, 
  * [n, d_sae] (may be NULL): what hook_sae_acts_pre sees (gated: the magnitude path). */
 CIRCUITS_API int circuits_sae_encode(const circuits_sae *sae, const float *x, int64_t n, float *acts_pre,
                                      float *acts_post);
-/* sae.decode: out [n, d_out] from acts [n, d_sae]. x [n, d_in], the rows acts were encoded from,
- * is needed (else CIRCUITS_E_INVALID_ARGUMENT) when decoding depends on them: per-row
- * normalization (constant_norm_rescale, layer_norm) and skip transcoders; NULL otherwise. */
+/* sae.decode: out [n, d_out] from acts [n, d_sae]; skip transcoders add x W_skip^T
+ * (SkipTranscoder.forward). x [n, d_in], the rows acts were encoded from, is needed (else
+ * CIRCUITS_E_INVALID_ARGUMENT) when decoding depends on them: an SAE's per-row normalization
+ * (constant_norm_rescale, layer_norm; a transcoder's is not undone) and skip transcoders; it
+ * may be NULL otherwise. */
 CIRCUITS_API int circuits_sae_decode(const circuits_sae *sae, const float *acts, int64_t n, const float *x,
                                      float *out);
 
@@ -1538,14 +1541,18 @@ CIRCUITS_API int circuits_context_add_steering(circuits_context *ctx, const char
                                                circuits_hook_id *out_id);
 
 /* llama.cpp's control vectors: a GGUF file (general.architecture "controlvector") with one
- * direction per layer, tensor "direction.{N}" [n_embd] added to the residual stream after block
- * N - 1 (N = 1 .. n_layers; blocks.{N-1}.hook_resid_post), as llama.cpp applies it. */
+ * direction per layer, F32 tensor "direction.{N}" [n_embd] added to the output of block N
+ * (N = 1 .. n_layers - 1; blocks.{N}.hook_resid_post), as llama.cpp applies it
+ * (llama_adapter_cvec: block il gets direction.il; block 0 never has one). directions arrays
+ * below are [n_layers, d_model], row N = direction.N, row 0 zero. */
 /* Reads path into directions [n_layers, d_model] (zeros for layers the file has none for);
- * a d_model other than the file's is CIRCUITS_E_SHAPE, a layer beyond n_layers CIRCUITS_E_RANGE. */
+ * a d_model other than the file's is CIRCUITS_E_SHAPE, a direction.N with N >= n_layers
+ * CIRCUITS_E_RANGE. */
 CIRCUITS_API int circuits_control_vector_load(const char *path, int32_t n_layers, int64_t d_model,
                                               float *directions);
-/* Writes directions [n_layers, d_model] (all-zero layers omitted, as llama.cpp's tools write
- * them); model_hint (may be NULL) is controlvector.model_hint. */
+/* Writes directions [n_layers, d_model] as llama.cpp's cvector-generator writes its files
+ * (direction.1 .. direction.{n_layers-1}, controlvector.layer_count = n_layers - 1; row 0 must
+ * be zero); model_hint (may be NULL: not written) is controlvector.model_hint. */
 CIRCUITS_API int circuits_control_vector_save(const char *path, const float *directions, int32_t n_layers,
                                               int64_t d_model, const char *model_hint);
 /* Registers directions [n_layers, d_model] * opts->scale at every blocks.{l}.hook_resid_post

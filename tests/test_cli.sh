@@ -73,7 +73,7 @@ $code_py" "$tmp/out" 2>"$tmp/pyerr"; then
 }
 
 # ---- help and top level ----
-for cmd in info run cache heads compose generate diff probe-fit; do
+for cmd in info run cache heads compose generate diff steer-vector probe-fit; do
     ok "$cmd" --help
     grep -q "usage: circuits $cmd" "$tmp/out" || fail "$cmd --help lacks its usage line"
     ok "$cmd" -h
@@ -315,6 +315,62 @@ err 1 "exceed the model's n_ctx = 512" generate "$M" --prompt hi --max-new 600
 err 1 "has no tokenizer" generate "$R" --prompt hi
 err 1 "outside the vocabulary" generate "$R" --tokens 60
 err 1 "cannot load model" generate "$tmp/none" --prompt hi
+
+# ---- steering: steer-vector, generate --steer / --control-vector (docs/steering.md) ----
+printf 'I love this movie\n\nWhat a great day\n' >"$tmp/pos.txt"
+printf 'I hate this movie\nWhat an awful day\n' >"$tmp/neg.txt"
+py '
+assert d["pairs"] == 2 and d["format"] == "npy" and d["d"] == 32 and len(d["points"]) == 1
+assert d["points"][0]["name"] == "blocks.2.hook_resid_post" and d["points"][0]["norm"] > 0
+' steer-vector "$M" --positive-file "$tmp/pos.txt" --negative-file "$tmp/neg.txt" --hook resid_post2 \
+    --out "$tmp/v.npy" --json
+checks=$((checks + 1))
+python3 - "$tmp/v.npy" <<'PY' || fail "steer-vector --out: not a float32 (32,) .npy"
+import ast, struct, sys
+b = open(sys.argv[1], "rb").read()
+assert b[:6] == b"\x93NUMPY"
+n = struct.unpack("<H", b[8:10])[0]
+h = ast.literal_eval(b[10:10 + n].decode())
+assert h["descr"] == "<f4" and h["shape"] == (32,) and not h["fortran_order"] and len(b) == 10 + n + 4 * 32
+PY
+ok steer-vector "$M" --positive "I love it" --negative "I hate it" --reduce mean --normalize --out "$tmp/all.npy"
+grep -q "5 points x 32 (mean over 1 pair, normalized)" "$tmp/out" || fail "steer-vector: summary line"
+py '
+p = d["points"]
+assert d["format"] == "control-vector-gguf" and len(p) == 5 and not p[0]["written"] and all(x["written"] for x in p[1:])
+' steer-vector "$M" --positive "I love it" --negative "I hate it" --gguf "$tmp/cv.gguf" --model-hint gpt2 --json
+checks=$((checks + 1))
+head -c 4 "$tmp/cv.gguf" | grep -q GGUF || fail "steer-vector --gguf: not a GGUF file"
+ok generate "$M" --prompt "Hello world" --max-new 10 --greedy --no-eos --json
+cp "$tmp/out" "$tmp/plain.json"
+py '
+a = json.load(open(sys.argv[1].rsplit("/", 1)[0] + "/plain.json"))
+assert d["samples"][0]["tokens"] != a["samples"][0]["tokens"], "--steer changed nothing"
+' generate "$M" --prompt "Hello world" --max-new 10 --greedy --no-eos --json --steer "blocks.2.hook_resid_post=$tmp/v.npy:40"
+cp "$tmp/out" "$tmp/steered.json"
+py '
+a = json.load(open(sys.argv[1].rsplit("/", 1)[0] + "/steered.json"))
+assert d["samples"][0]["tokens"] == a["samples"][0]["tokens"], "steering with and without the KV cache differ"
+' generate "$M" --prompt "Hello world" --max-new 10 --greedy --no-eos --json --no-cache --steer="resid_post2=$tmp/v.npy:40"
+py '
+a = json.load(open(sys.argv[1].rsplit("/", 1)[0] + "/plain.json"))
+assert d["samples"][0]["tokens"] != a["samples"][0]["tokens"], "--control-vector changed nothing"
+' generate "$M" --prompt "Hello world" --max-new 10 --greedy --no-eos --json --control-vector "$tmp/cv.gguf:30"
+err 2 "--steer: 'v.npy' is not HOOK=VECTOR.npy[:SCALE]" generate "$M" --prompt hi --steer v.npy
+err 2 "--steer: 'resid_post2=:3' names no file" generate "$M" --prompt hi --steer resid_post2=:3
+err 1 "cannot open '$tmp/none.npy'" generate "$M" --prompt hi --steer "resid_post2=$tmp/none.npy"
+err 1 "has a last axis of 128, the vector 32" generate "$M" --prompt hi --steer "blocks.0.mlp.hook_post=$tmp/v.npy"
+err 1 "is not a NumPy .npy file" generate "$M" --prompt hi --steer "resid_post2=$tmp/cv.gguf"
+err 1 "a steering vector is one-dimensional" generate "$M" --prompt hi --steer "resid_post2=$tmp/all.npy"
+err 1 "is not a control vector" generate "$M" --prompt hi --control-vector "$src/tests/reference/gguf/hf_llama_gqa.f32.gguf"
+err 1 "the model's d_model is 32" generate "$M" --prompt hi --control-vector "$src/tests/reference/control_vectors/full.gguf"
+err 2 "needs one of --out VECTOR.npy and --gguf FILE.gguf" steer-vector "$M" --positive a --negative b
+err 2 "1 positive and 0 negative prompts" steer-vector "$M" --positive a --out "$tmp/x.npy"
+err 2 "--reduce: 'max' is not last or mean" steer-vector "$M" --positive a --negative b --out "$tmp/x.npy" --reduce max
+err 2 "--hook is for --out" steer-vector "$M" --positive a --negative b --gguf "$tmp/x.gguf" --hook resid_post1
+err 1 "cannot open '$tmp/none.txt'" steer-vector "$M" --positive-file "$tmp/none.txt" --negative b --out "$tmp/x.npy"
+err 1 "has no tokenizer" steer-vector "$R" --positive a --negative b --out "$tmp/x.npy"
+err 1 "is not [batch, pos, d] activations" steer-vector "$M" --positive a --negative b --out "$tmp/x.npy" --hook q0
 
 # ---- diff ----
 A=$src/tests/reference/cases/tl_f16          # two models of the same shapes (2 layers, d_model 16)

@@ -589,6 +589,61 @@ static int call_ablate(fx *f)
     return circuits_context_run_ablated(f->ctx, a, 2, f->tokens, B, T, f->out, NULL);
 }
 
+/* ---- steering (lib/analysis/steer.c, lib/io/control_vector.c) ---- */
+
+static float steer_values(int i) { return 0.125f * (float)(i % 7) - 0.375f * (float)(i % 3); }
+
+/* a steering vector at every resid_pre at positions 1 and -1 */
+static int call_add_steering(fx *f)
+{
+    float v[32];
+    for (int i = 0; i < 32; i++) v[i] = steer_values(i);
+    int64_t pos[2] = {1, -1};
+    circuits_steering_options o;
+    circuits_steering_options_init(&o);
+    o.scale = 2.0f;
+    o.positions = pos;
+    o.n_positions = 2;
+    return circuits_context_add_steering(f->ctx, "blocks.*.hook_resid_pre", v, 32, &o, NULL);
+}
+
+/* a control vector of every block but the first */
+static int call_add_control_vector(fx *f)
+{
+    float d[5 * 32] = {0};
+    for (int i = 32; i < 5 * 32; i++) d[i] = steer_values(i);
+    return circuits_context_add_control_vector(f->ctx, d, 5, 32, NULL, NULL);
+}
+
+/* a contrastive vector of every resid_post, positive left-padded */
+static int call_contrastive(fx *f)
+{
+    static const int32_t pmask[B * T] = {0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    int32_t neg[B * T];
+    for (int i = 0; i < B * T; i++) neg[i] = (f->tokens[i] + 3) % VOCAB;
+    circuits_contrast_options o;
+    circuits_contrast_options_init(&o);
+    o.reduce = CIRCUITS_CONTRAST_MEAN;
+    o.positive_mask = pmask;
+    f->out_n = 5 * 32;
+    return circuits_context_contrastive_vector(f->ctx, "blocks.*.hook_resid_post", f->tokens, neg, B, T, &o, f->out,
+                                               OUT_FLOATS);
+}
+
+/* a control vector saved then read back */
+static int call_control_vector_file(fx *f)
+{
+    float d[5 * 32] = {0};
+    for (int i = 32; i < 5 * 32; i++) d[i] = steer_values(i);
+    char p[256];
+    snprintf(p, sizeof p, "%s/circuits_fi_cv_%ld.gguf", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (long)getpid());
+    int rc = circuits_control_vector_save(p, d, 5, 32, "gpt2");
+    if (!rc) rc = circuits_control_vector_load(p, 5, 32, f->out);
+    remove(p);
+    f->out_n = 5 * 32;
+    return rc;
+}
+
 /* ---- attribution (lib/analysis/attribute.c, eap.c, ig.c) ---- */
 
 /* attribution patching of head z by position, the source the cache of setup_resid, the base a run
@@ -1358,6 +1413,10 @@ static void test_operations(fx *f)
         {"activation_patch resid_pre whole, one cell per run", setup_resid, call_patch, put_out, free_state, NULL, 1, true},
         {"activation_patch pattern with the loss", setup_resid, call_patch, put_out, free_state, NULL, 2, true},
         {"mean_activations and run_ablated", setup_resid, call_ablate, put_out, free_state, NULL, 0, true},
+        {"add_steering pattern, positions", setup_ctx, call_add_steering, digest_forward_of_ctx, free_state, NULL, 0, true},
+        {"add_control_vector", setup_ctx, call_add_control_vector, digest_forward_of_ctx, free_state, NULL, 0, true},
+        {"contrastive_vector", setup_forward, call_contrastive, put_out, free_state, NULL, 0, true},
+        {"control_vector save and load", NULL, call_control_vector_file, put_out, NULL, NULL, 0, false},
         {"attribution_patch head z by position", setup_resid, call_attribution_patch, put_out, free_state, NULL, 0, true},
         {"edge_attribution EAP", setup_resid, call_edge_attribution, put_out, free_state, NULL, 0, true},
         {"edge_attribution EAP-IG", setup_resid, call_edge_attribution, put_out, free_state, NULL, 1, true},

@@ -11,6 +11,7 @@ static void usage(void)
     printf("usage: circuits generate MODEL (--prompt TEXT | --tokens IDS) [--max-new N] [--greedy]\n"
            "                               [--temperature T] [--top-k K] [--top-p P] [--freq-penalty F]\n"
            "                               [--seed S] [--samples N] [--eos ID] [--no-eos] [--no-cache]\n"
+           "                               [--steer HOOK=VECTOR.npy[:SCALE]]... [--control-vector FILE.gguf[:SCALE]]...\n"
            "                               [--no-bos] [--no-processing] [--no-mmap] [--json]\n"
            "                               [--probe FILE [--probe-hook NAME]]\n"
            "\n"
@@ -32,6 +33,11 @@ static void usage(void)
            "  --eos ID            the end-of-text token (default: the tokenizer's)\n"
            "  --no-eos            do not stop at EOS\n"
            "  --no-cache          recompute the whole sequence at each step (no KV cache; slower)\n"
+           "  --steer HOOK=VECTOR.npy[:SCALE]\n"
+           "                      add SCALE (default 1) times the float32 [d] vector at every position of\n"
+           "                      hook point HOOK (a name, short name or * pattern; repeatable)\n"
+           "  --control-vector FILE.gguf[:SCALE]\n"
+           "                      a llama.cpp control vector: direction.N added after block N (repeatable)\n"
            "  --no-bos            do not prepend the BOS token to --prompt\n"
            "  --no-processing     load the weights as stored (from_pretrained_no_processing)\n"
            "  --no-mmap           read the weight files into memory instead of mapping them\n"
@@ -121,6 +127,8 @@ int cmd_generate(int argc, char **argv)
     long long max_new = 20, top_k = 0, seed = 0, samples = 1, eos_opt = -1;
     double temperature = 1.0, top_p = 0.0, freq = 0.0;
     bool greedy = false, no_eos = false, no_cache = false;
+    steer_spec steers[32];
+    size_t n_steers = 0;
     const char *probe_path = NULL, *probe_hook = NULL;
     args a = {argc, argv, 1};
     for (; a.i < argc; a.i++) {
@@ -146,6 +154,14 @@ int cmd_generate(int argc, char **argv)
             if (r < 0 || parse_int("--samples", v, 1, 4096, &samples)) return EXIT_USAGE;
         } else if ((r = opt_value(&a, "--eos", &v))) {
             if (r < 0 || parse_int("--eos", v, 0, INT32_MAX, &eos_opt)) return EXIT_USAGE;
+        } else if ((r = opt_value(&a, "--steer", &v))) {
+            if (r < 0 || steer_parse("--steer", v)) return EXIT_USAGE;
+            if (n_steers == sizeof steers / sizeof steers[0]) return usage_error("at most 32 --steer / --control-vector");
+            steers[n_steers++] = (steer_spec){v, false};
+        } else if ((r = opt_value(&a, "--control-vector", &v))) {
+            if (r < 0 || steer_parse("--control-vector", v)) return EXIT_USAGE;
+            if (n_steers == sizeof steers / sizeof steers[0]) return usage_error("at most 32 --steer / --control-vector");
+            steers[n_steers++] = (steer_spec){v, true};
         } else if ((r = opt_value(&a, "--probe", &probe_path)) || (r = opt_value(&a, "--probe-hook", &probe_hook))) {
             if (r < 0) return EXIT_USAGE;
         } else if ((r = opt_flag(&a, "--greedy"))) {
@@ -202,6 +218,7 @@ int cmd_generate(int argc, char **argv)
         rc = lib_failure("context");
         goto done;
     }
+    if ((rc = steer_apply(ctx, &cfg, steers, n_steers))) goto done;
     if (probe) {
         pl = (probe_log){calloc((size_t)(B * L * pinfo.n_outputs), sizeof(float)), L, pinfo.n_outputs, B};
         if (!pl.out) {

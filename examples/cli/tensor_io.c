@@ -121,19 +121,100 @@ int write_safetensors(const char *path, const named_tensor *t, size_t n, const c
     return finish(f, path, ok);
 }
 
-/* ---- reading .npy ---- */
+/* ---- reading a .npy vector (--steer) ---- */
 
-/* The value text after 'key': in a .npy header dict, or NULL. */
-static const char *npy_field(const char *h, const char *key)
+/* The value of key ('descr', 'fortran_order', 'shape') in the header dict, or NULL. */
+static const char *dict_value(const char *dict, const char *key)
 {
-    char k[32];
-    snprintf(k, sizeof k, "'%s'", key);
-    const char *p = strstr(h, k);
+    char q[32];
+    snprintf(q, sizeof q, "'%s':", key);
+    const char *p = strstr(dict, q);
     if (!p) return NULL;
-    p += strlen(k);
-    while (*p == ' ' || *p == ':') p++;
+    p += strlen(q);
+    while (*p == ' ') p++;
     return p;
 }
+
+int read_npy_vector(const char *path, float **data, int64_t *n)
+{
+    *data = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return failure("cannot open '%s': %s", path, strerror(errno));
+    unsigned char head[12];
+    char *dict = NULL;
+    int rc = 0;
+    size_t hlen = 0;
+    if (fread(head, 1, 10, f) != 10 || memcmp(head, "\x93NUMPY", 6) != 0 || head[6] < 1 || head[6] > 3) {
+        rc = failure("'%s' is not a NumPy .npy file", path);
+        goto done;
+    }
+    hlen = (size_t)head[8] | (size_t)head[9] << 8;
+    if (head[6] >= 2) { /* a 4-byte header length */
+        if (fread(head + 10, 1, 2, f) != 2) {
+            rc = failure("'%s': truncated .npy header", path);
+            goto done;
+        }
+        hlen |= (size_t)head[10] << 16 | (size_t)head[11] << 24;
+    }
+    if (hlen > (1u << 20) || !(dict = malloc(hlen + 1)) || fread(dict, 1, hlen, f) != hlen) {
+        rc = failure("'%s': bad or truncated .npy header", path);
+        goto done;
+    }
+    dict[hlen] = '\0';
+    const char *descr = dict_value(dict, "descr"), *fo = dict_value(dict, "fortran_order"),
+               *shape = dict_value(dict, "shape");
+    bool f8 = descr && strncmp(descr, "'<f8'", 5) == 0;
+    if (!descr || (strncmp(descr, "'<f4'", 5) != 0 && !f8)) {
+        rc = failure("'%s': a steering vector must be float32 ('<f4') or float64 ('<f8')", path);
+        goto done;
+    }
+    if (!fo || strncmp(fo, "False", 5) != 0) {
+        rc = failure("'%s': Fortran order is not supported", path);
+        goto done;
+    }
+    long long len = -1, extra = -1;
+    if (!shape || sscanf(shape, "(%lld,%lld", &len, &extra) < 1 || extra >= 0 || len < 1 || len > (1LL << 31)) {
+        rc = failure("'%s': a steering vector is one-dimensional, shape (d,)", path);
+        goto done;
+    }
+    size_t es = f8 ? 8 : 4;
+    unsigned char *raw = malloc((size_t)len * es);
+    *data = malloc((size_t)len * sizeof(float));
+    if (!raw || !*data) {
+        free(raw);
+        rc = failure("out of memory");
+        goto done;
+    }
+    if (fread(raw, es, (size_t)len, f) != (size_t)len || fgetc(f) != EOF) {
+        free(raw);
+        rc = failure("'%s': the data is not %lld values", path, len);
+        goto done;
+    }
+    for (long long i = 0; i < len; i++) { /* little-endian whatever the host */
+        uint64_t u = 0;
+        for (size_t b = 0; b < es; b++) u |= (uint64_t)raw[i * (long long)es + (long long)b] << (8 * b);
+        if (f8) {
+            double d;
+            memcpy(&d, &u, 8);
+            (*data)[i] = (float)d;
+        } else {
+            uint32_t w = (uint32_t)u;
+            memcpy(&(*data)[i], &w, 4);
+        }
+    }
+    free(raw);
+    *n = len;
+done:
+    if (rc) {
+        free(*data);
+        *data = NULL;
+    }
+    free(dict);
+    fclose(f);
+    return rc;
+}
+
+/* ---- reading a .npy array (probe-fit) ---- */
 
 int read_npy(const char *path, float **out, int *ndim, int64_t shape[4])
 {
@@ -160,7 +241,7 @@ int read_npy(const char *path, float **out, int *ndim, int64_t shape[4])
         rc = failure("'%s': a bad or truncated header", path);
         goto done;
     }
-    const char *descr = npy_field(h, "descr"), *fo = npy_field(h, "fortran_order"), *sh = npy_field(h, "shape");
+    const char *descr = dict_value(h, "descr"), *fo = dict_value(h, "fortran_order"), *sh = dict_value(h, "shape");
     if (!descr || !fo || !sh || *sh != '(') {
         rc = failure("'%s': the header lacks descr, fortran_order or shape", path);
         goto done;

@@ -325,6 +325,18 @@ class _Registration:
         self.kw = _takes_hook_keyword(fn)
 
 
+class _OwnedRegistration(_Registration):
+    """A registration the library makes with data it owns (circuits.steering): ``c_add(ctx)``
+    registers it on a context and returns its hook ids; removed like any hook."""
+
+    __slots__ = ("c_add",)
+
+    def __init__(self, key: int, c_add: Callable[[int], List[int]], names: List[str], permanent: bool,
+                 state: _RunState):
+        super().__init__(key, c_add, names, permanent, state)
+        self.c_add = c_add
+
+
 _REGISTRY: "weakref.WeakValueDictionary[int, _Registration]" = weakref.WeakValueDictionary()
 _KEYS = itertools.count(1)
 _weakref = weakref.ref
@@ -1042,6 +1054,9 @@ class Model:
             raise InvalidArgumentError(f"{what} from inside a hook of the same model")
 
     def _c_add(self, reg: _Registration) -> None:
+        if isinstance(reg, _OwnedRegistration):  # steering: the library holds its data
+            reg.ids = reg.c_add(self._ctx)
+            return
         _REGISTRY[reg.key] = reg
         ids: List[int] = []
         if hasattr(reg, "c_add"):  # a registration the library makes (circuits.probe's monitors)
@@ -1999,6 +2014,34 @@ class Model:
 
         return _probe.add_probe_monitor(self, probe, fn, hook)
 
+
+    # -- steering (circuits.steering; docs/steering.md) ---------------------------------------
+
+    def add_steering(self, hook: str, vector: Any, scale: float = 1.0, positions: Any = None,
+                     is_permanent: bool = False) -> HookHandle:
+        """Adds ``scale * vector`` at the points ``hook`` selects: :func:`circuits.steering.add_steering`."""
+        from . import steering
+
+        return steering.add_steering(self, hook, vector, scale, positions, is_permanent)
+
+    def steering(self, hook: str, vector: Any, scale: float = 1.0, positions: Any = None) -> Any:
+        """``with model.steering(hook, vector, scale=...):``: :func:`circuits.steering.steering`."""
+        from . import steering
+
+        return steering.steering(self, hook, vector, scale, positions)
+
+    def add_control_vector(self, directions: Any, scale: float = 1.0, positions: Any = None,
+                           is_permanent: bool = False) -> HookHandle:
+        """A llama.cpp control vector (array or file): :func:`circuits.steering.add_control_vector`."""
+        from . import steering
+
+        return steering.add_control_vector(self, directions, scale, positions, is_permanent)
+
+    def contrastive_vector(self, positive: Any, negative: Any, hook: str, reduce: str = "last", **kw: Any) -> np.ndarray:
+        """Mean act(positive) - act(negative): :func:`circuits.steering.contrastive_vector`."""
+        from . import steering
+
+        return steering.contrastive_vector(self, positive, negative, hook, reduce, **kw)
 
 def _tokenizer_padding_side(path: str) -> Optional[str]:
     """``padding_side`` of the directory's tokenizer_config.json (what Hugging Face's tokenizer, and

@@ -1473,6 +1473,12 @@ assert not set(GRAD_PROBES) & set(PROBES) and not set(GRAD_AUDIT) & set(AUDIT)
 PROBES.update(GRAD_PROBES)
 AUDIT.update(GRAD_AUDIT)
 
+# Steering, control vectors and contrastive vectors (0.8.0) live in their own file.
+from misuse_probes_steer import STEER_AUDIT, STEER_PROBES  # noqa: E402
+
+assert not set(STEER_PROBES) & set(PROBES) and not set(STEER_AUDIT) & set(AUDIT)
+PROBES.update(STEER_PROBES)
+AUDIT.update(STEER_AUDIT)
 # Linear probes' probes and audit entries (0.8.0) live in their own file.
 from misuse_probes_probe import PROBE_AUDIT, PROBE_PROBES  # noqa: E402
 
