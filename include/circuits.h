@@ -1604,11 +1604,13 @@ typedef enum circuits_probe_kind {
 typedef struct circuits_probe_options {
     uint32_t size;              /* sizeof(circuits_probe_options) */
     int32_t kind;               /* circuits_probe_kind (default LOGISTIC) */
-    float l2;                   /* penalty on the weights, not the intercept (default 1: sklearn's C = 1;
-                                 * LINEAR: 0, plain least squares) */
+    float l2;                   /* penalty on the weights, not the intercept (default 1: LOGISTIC
+                                 * sklearn's C = 1 / l2; LINEAR Ridge's alpha, 0 plain least squares) */
     int32_t fit_intercept;      /* default 1 */
     int32_t max_iter;           /* Newton steps at most (default 50) */
-    float tol;                  /* stop when the step's max-abs change is below tol (default 1e-6) */
+    float tol;                  /* LOGISTIC: stop when a step's max-abs change is below tol; LINEAR with
+                                 * l2 = 0: singular values below tol x the largest count as zero
+                                 * (LinearRegression's tol) (default 1e-6) */
     const char *hook_name;      /* the hook point the rows came from (may be NULL): a monitor reads it */
 } circuits_probe_options;
 

@@ -85,6 +85,7 @@ if [ -n "$build" ]; then
         "$build/tests/test_stored" "$src/tests/reference/cases" "${TMPDIR:-/tmp}" -v
         "$build/tests/test_attribution" "$src/tests/reference/cases" "$src/tests/reference/attribution" -v
         "$build/tests/test_steering" "$src/tests/reference/cases" "$src/tests/reference/control_vectors" -v
+        "$build/tests/test_probe" "$src/tests/reference/probes" "$src/examples/models/mlp-2l" -v
         "$build/tests/test_sae_splice" "$src/examples/models/mlp-2l" -v
         "$build/tests/test_sae" -v
         "$build/tests/test_features" "$src/examples/models/mlp-2l" -v

@@ -73,7 +73,7 @@ $code_py" "$tmp/out" 2>"$tmp/pyerr"; then
 }
 
 # ---- help and top level ----
-for cmd in info run cache heads compose generate diff steer-vector; do
+for cmd in info run cache heads compose generate diff steer-vector probe-fit; do
     ok "$cmd" --help
     grep -q "usage: circuits $cmd" "$tmp/out" || fail "$cmd --help lacks its usage line"
     ok "$cmd" -h
@@ -547,6 +547,77 @@ ok cache "$M" --tokens 1,2,3 --sae "$tmp/sae" --names blocks.1.hook_resid_post.h
 grep -q "blocks.1.hook_resid_post.hook_sae_acts_post *\[1, 3, 64\]" "$tmp/out" || fail "cache --sae: the SAE's point"
 err 2 "--sae-error-term needs --sae" run "$M" --tokens 1 --sae-error-term
 err 1 "cannot load the SAE" cache "$M" --tokens 1 --sae "$tmp/nowhere" --names embed --out "$tmp/x.npy"
+# ---- probe-fit and generate --probe (docs/probes.md) ----
+# npy FILE DTYPE SHAPE VALUES...: a .npy file written with Python's struct (no NumPy needed)
+npy() {
+    python3 - "$@" <<'PY'
+import struct, sys
+path, descr, shape, vals = sys.argv[1], sys.argv[2], tuple(int(x) for x in sys.argv[3].split(",")), sys.argv[4:]
+h = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, repr(shape))
+h += " " * (63 - (10 + len(h)) % 64) + "\n"
+fmt = {"<f4": "f", "<i8": "q"}[descr]
+with open(path, "wb") as f:
+    f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h.encode())
+    f.write(struct.pack("<%d%s" % (len(vals), fmt), *[float(v) if fmt == "f" else int(v) for v in vals]))
+PY
+}
+PP="Hello world, hello again and again"
+ok cache "$M" --prompt "$PP" --names resid_post1 --out "$tmp/acts.npy"
+T=$(python3 -c 'import sys, ast; h = open(sys.argv[1], "rb").read(128).decode("latin1"); print(ast.literal_eval(h[h.index("{"):h.index("}") + 1])["shape"][1])' "$tmp/acts.npy")
+labels=$(python3 -c "print(' '.join(str(i % 2) for i in range($T)))")
+targets=$(python3 -c "print(' '.join(str(0.1 * i) + ' ' + str(i % 3) for i in range($T)))")
+npy "$tmp/lab.npy" "<i8" "$T" $labels
+npy "$tmp/lab_short.npy" "<i8" "3" 0 1 0
+npy "$tmp/lab_frac.npy" "<f4" "$T" $(python3 -c "print(' '.join('0.5' for i in range($T)))")
+npy "$tmp/reg.npy" "<f4" "$T,2" $targets
+py "
+assert d['kind'] == 'logistic' and d['n'] == $T and d['n_outputs'] == 2 and d['hook_name'] == 'blocks.1.hook_resid_post'
+assert d['n_iter'] >= 1 and 0.5 <= d['train']['accuracy'] <= 1 and d['train']['log_loss'] > 0
+" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/p.probe" --hook blocks.1.hook_resid_post --l2 0.5 --json
+cp "$tmp/out" "$tmp/fit_acts.json"
+checks=$((checks + 1))
+[ -s "$tmp/p.probe" ] || fail "probe-fit: no probe file"
+py '
+a = json.load(open(sys.argv[1].rsplit("/", 1)[0] + "/fit_acts.json"))
+assert d["n"] == a["n"] and d["n_iter"] == a["n_iter"] and d["train"] == a["train"], "a model run and its cached .npy fit alike"
+' probe-fit "$M" --hook resid_post1 --prompt "$PP" --labels "$tmp/lab.npy" -o "$tmp/p2.probe" --l2 0.5 --json
+py "assert d['kind'] == 'linear' and d['n_outputs'] == 2 and d['n_iter'] == 0 and d['train']['r2'] > 0.5" \
+    probe-fit --acts "$tmp/acts.npy" --labels "$tmp/reg.npy" --kind linear --l2 0 -o "$tmp/r.probe" --json
+ok probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/p3.probe" --no-intercept --max-iter 5 --tol 1e-4
+grep -q "logistic probe: $T rows" "$tmp/out" || fail "probe-fit: summary"
+py '
+s = d["samples"][0]
+assert len(s["probe"]) == len(s["tokens"]) == 4
+assert all(len(r) == 2 and abs(sum(r) - 1) < 1e-5 and min(r) >= 0 for r in s["probe"])
+' generate "$M" --prompt "$PP" --max-new 4 --greedy --no-eos --probe "$tmp/p.probe" --json
+ok generate "$M" --prompt "$PP" --max-new 4 --greedy --no-eos --probe "$tmp/p.probe"
+grep -q "probe .*p.probe at blocks.1.hook_resid_post (class probabilities, 2 outputs)" "$tmp/out" || fail "generate --probe: table"
+[ "$(grep -cE '^ +[0-9]+  ' "$tmp/out")" -eq 4 ] || fail "generate --probe: one row per generated token"
+ok generate "$M" --prompt "$PP" --max-new 3 --samples 2 --seed 1 --probe "$tmp/r.probe" --probe-hook resid_post1
+grep -q "(linear, 2 outputs)" "$tmp/out" || fail "generate --probe linear: table"
+err 2 "needs --labels Y.npy" probe-fit --acts "$tmp/acts.npy" -o "$tmp/x.probe"
+err 2 "needs -o OUT" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy"
+err 2 "give --acts or a MODEL, not both" probe-fit "$M" --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+err 2 "needs --acts X.npy, or a MODEL" probe-fit --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+err 2 "a MODEL needs --hook NAME" probe-fit "$M" --prompt hi --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+err 2 "--kind: 'svm' is not 'logistic' or 'linear'" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe" --kind svm
+err 2 "--l2: -1 is out of range" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe" --l2 -1
+err 2 "--max-iter: 0 is out of range" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe" --max-iter 0
+err 2 "--prompt / --tokens need a MODEL" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe" --prompt hi
+err 1 "must be [$T], one per row" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab_short.npy" -o "$tmp/x.probe"
+err 1 "is not a class label" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab_frac.npy" -o "$tmp/x.probe"
+err 1 "unpenalised logistic regression" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe" --l2 0
+err 1 "is not a .npy file" probe-fit --acts "$tmp/p.probe" --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+err 1 "must be [n, d]" probe-fit --acts "$tmp/lab.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+err 1 "cannot open" probe-fit --acts "$tmp/none.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+err 1 "cannot write" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/no/such/dir/x.probe"
+err 1 "no hook point" probe-fit "$M" --hook blocks.99.hook_resid_post --prompt hi --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+checks=$((checks + 1))
+[ ! -e "$tmp/x.probe" ] || fail "probe-fit: a failed fit wrote a file"
+err 2 "--probe-hook needs --probe FILE" generate "$M" --prompt hi --probe-hook resid_post1
+err 1 "--probe" generate "$M" --prompt hi --probe "$tmp/none.probe"
+err 1 "--probe" generate "$M" --prompt hi --probe "$tmp/acts.npy"
+err 1 "values per position" generate "$M" --prompt hi --probe "$tmp/p.probe" --probe-hook blocks.0.mlp.hook_post
 
 echo "test_cli: $checks checks, $fails failed"
 [ $fails -eq 0 ]

@@ -1072,6 +1072,75 @@ static int call_corner_diag(fx *f)
 static bool same(const bytes *a, const bytes *b) { return a->n == b->n && memcmp(a->p, b->p, a->n) == 0; }
 
 /* Runs o with the k-th allocation failing for k = 0, 1, ... Returns the number of sites. */
+/* ---- linear probes: fits of every solver and a probe file's load ---- */
+enum { PROBE_N = 40, PROBE_D = 6 };
+
+/* X [40, 6] at out, labels (3 classes) at out + 240, two regression targets at out + 280 */
+static void setup_probe_data(fx *f)
+{
+    for (int i = 0; i < PROBE_N * PROBE_D; i++) f->out[i] = (float)sin((double)i * 0.61) + (float)(i % 7) * 0.1f;
+    for (int i = 0; i < PROBE_N; i++) {
+        f->out[240 + i] = (float)(i % 3);
+        f->out[280 + 2 * i] = f->out[i * PROBE_D] - 2 * f->out[i * PROBE_D + 3] + 0.1f * (float)(i % 5);
+        f->out[280 + 2 * i + 1] = (float)(i % 4);
+    }
+}
+
+static int call_probe_fit(fx *f)
+{
+    circuits_probe_options o;
+    circuits_probe_options_init(&o);
+    o.hook_name = "blocks.0.hook_resid_post";
+    circuits_probe *p = (circuits_probe *)&SENTINEL;
+    int rc;
+    if (f->op->variant == 0) {
+        rc = circuits_probe_fit(&p, f->out, PROBE_N, PROBE_D, f->out + 240, 1, &o);
+    } else {
+        o.kind = CIRCUITS_PROBE_LINEAR;
+        o.l2 = f->op->variant == 1 ? 0.5f : 0.0f;
+        rc = circuits_probe_fit(&p, f->out, PROBE_N, PROBE_D, f->out + 280, 2, &o);
+    }
+    f->made = p;
+    return rc;
+}
+
+static void digest_probe(fx *f, bytes *b)
+{
+    circuits_tensor W, bt;
+    CHECK_OK(circuits_probe_weights(f->made, &W, &bt));
+    put_tensor(b, &W);
+    put_tensor(b, &bt);
+    circuits_probe_info info = {.size = sizeof info};
+    CHECK_OK(circuits_probe_get_info(f->made, &info));
+    put(b, &info.n_iter, sizeof info.n_iter);
+    put_str(b, info.hook_name);
+    circuits_probe_free(f->made);
+}
+
+static char g_probe_path[64];
+
+static void setup_probe_file(fx *f)
+{
+    if (g_probe_path[0]) return;
+    setup_probe_data(f);
+    circuits_probe_options o;
+    circuits_probe_options_init(&o);
+    o.hook_name = "hook_embed";
+    circuits_probe *p = NULL;
+    CHECK_OK(circuits_probe_fit(&p, f->out, PROBE_N, PROBE_D, f->out + 240, 1, &o));
+    snprintf(g_probe_path, sizeof g_probe_path, "/tmp/circuits_fi_probe_%d.safetensors", (int)getpid());
+    CHECK_OK(circuits_probe_save(p, g_probe_path));
+    circuits_probe_free(p);
+}
+
+static int call_probe_load(fx *f)
+{
+    circuits_probe *p = (circuits_probe *)&SENTINEL;
+    int rc = circuits_probe_load(&p, g_probe_path);
+    f->made = p;
+    return rc;
+}
+
 static long run_op(fx *f, const op *o, bool once)
 {
     const long max_sites = 200000;
@@ -1539,6 +1608,10 @@ static void test_operations(fx *f)
         {"factored_materialize", NULL, call_materialize, put_out, NULL, NULL, 0, false},
         {"factored_matvec+vecmat", NULL, call_matvec, put_out, NULL, NULL, 0, false},
         {"factored_corner+diagonal", NULL, call_corner_diag, put_out, NULL, NULL, 0, false},
+        {"probe_fit logistic multinomial", setup_probe_data, call_probe_fit, digest_probe, NULL, NULL, 0, false},
+        {"probe_fit linear ridge", setup_probe_data, call_probe_fit, digest_probe, NULL, NULL, 1, false},
+        {"probe_fit linear least squares", setup_probe_data, call_probe_fit, digest_probe, NULL, NULL, 2, false},
+        {"probe_load", setup_probe_file, call_probe_load, digest_probe, NULL, NULL, 0, false},
     };
     long total = 0;
     printf("%-36s %10s %10s\n", "operation", "sites", "(from k on)");
@@ -1552,6 +1625,7 @@ static void test_operations(fx *f)
     }
     printf("%zu operations, %ld allocation sites failed in turn (twice each)\n", sizeof ops / sizeof ops[0], total);
     remove_model_with_tokenizer(tokmodel);
+    if (g_probe_path[0]) remove(g_probe_path);
     circuits_sae_free(g_sae);
     g_sae = NULL;
     remove_sae_dir(sae_gated);

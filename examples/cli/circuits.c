@@ -11,6 +11,7 @@
  *                                 a llama.cpp control vector)
  *   circuits sae-stats MODEL SAE_DIR TOKENS.npy   feature statistics of an SAE over a dataset
  *   circuits sae-show STATS   a feature statistics file as text and a picture
+ *   circuits probe-fit        fit a linear probe on activations (.npy, or a model's run) and labels
  *
  * Exit status: 0 success, 1 failure (a model that does not load, a library error, a file that
  * cannot be written), 2 a bad command line. */
@@ -33,6 +34,7 @@ static const struct {
     {"steer-vector", cmd_steer_vector, "a contrastive steering vector from pairs of prompts (.npy, control vector)"},
     {"sae-stats", cmd_sae_stats, "MODEL SAE_DIR TOKENS.npy: an SAE's feature statistics over a dataset"},
     {"sae-show", cmd_sae_show, "STATS: feature statistics as text (top contexts) and a histogram PNG"},
+    {"probe-fit", cmd_probe_fit, "fit a linear probe (logistic or least squares) on activations and labels"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -84,5 +86,5 @@ int main(int argc, char **argv)
             return commands[i].fn(argc - 1, argv + 1);
         }
     if (cmd[0] == '-') return usage_error("unknown option '%s' (a command comes first)", cmd);
-    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff, steer-vector, sae-stats, sae-show)", cmd);
+    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff, steer-vector, sae-stats, sae-show, probe-fit)", cmd);
 }

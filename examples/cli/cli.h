@@ -133,6 +133,9 @@ typedef struct steer_spec {
 int steer_parse(const char *opt, const char *arg);
 /* Registers every spec on ctx; 0 or EXIT_FAIL. */
 int steer_apply(circuits_context *ctx, const circuits_config *cfg, const steer_spec *specs, size_t n);
+/* A NumPy .npy file (float32/64, int32/64, bool, uint8; C order; at most 4 dims) as float32:
+ * *out malloc'ed, *ndim and shape set; 0 or EXIT_FAIL. */
+int read_npy(const char *path, float **out, int *ndim, int64_t shape[4]);
 
 /* ---- subcommands ---- */
 int cmd_info(int argc, char **argv);
@@ -152,5 +155,6 @@ int cmd_sae_show(int argc, char **argv);
  * the context in either case. */
 int attach_saes(circuits_context *ctx, char *const *dirs, size_t n, bool error_term, circuits_sae ***saes);
 void free_saes(circuits_sae **saes, size_t n);
+int cmd_probe_fit(int argc, char **argv);
 
 #endif

@@ -51,6 +51,7 @@ from .compare import DiffResult, diff  # noqa: E402 -- comparing two models (doc
 from . import grad, attribution  # noqa: E402,F401 -- gradients (docs/gradients.md)
 from . import steering  # noqa: E402,F401 -- steering and control vectors (docs/steering.md)
 from .features import FeatureStats, TopContexts  # noqa: E402 -- SAE feature statistics (docs/saes.md)
+from .probe import Probe  # noqa: E402 -- linear probes (docs/probes.md)
 
 __version__ = "0.8.0"
 

@@ -1059,6 +1059,13 @@ class Model:
             return
         _REGISTRY[reg.key] = reg
         ids: List[int] = []
+        if hasattr(reg, "c_add"):  # a registration the library makes (circuits.probe's monitors)
+            try:
+                reg.ids = reg.c_add(self._ctx)  # type: ignore[attr-defined]
+            except BaseException:
+                _REGISTRY.pop(reg.key, None)
+                raise
+            return
         add = lib.circuits_context_add_backward_hook if reg.bwd else lib.circuits_context_add_hook
         try:
             for name in reg.names:
@@ -2002,6 +2009,20 @@ class Model:
             return res
         strs = [self._tok().decode(row, skip_special_tokens=True) for row in res]
         return strs[0] if len(strs) == 1 else strs  # as TL: one text for batch 1
+
+    # -- probes (docs/probes.md) --------------------------------------------------------------
+
+    def add_probe_monitor(self, probe: Any, fn: Callable[[np.ndarray, int], Any],
+                          hook: Optional[str] = None) -> HookHandle:
+        """Runs ``probe`` (a :class:`circuits.Probe`) at hook point ``hook`` (default: the probe's
+        hook_name) in every run of this model, generation steps included: ``fn(outputs,
+        first_position)`` gets the probe's outputs [batch, pos, n_outputs] (a copy) for the run's
+        positions, first_position counting a KV cache's held positions (so each generation step
+        reports its new position). Raise HookStopped to stop the run. Removed by the handle's
+        ``remove()`` or :meth:`reset_hooks`."""
+        from . import probe as _probe
+
+        return _probe.add_probe_monitor(self, probe, fn, hook)
 
 
     # -- steering (circuits.steering; docs/steering.md) ---------------------------------------

@@ -1485,3 +1485,9 @@ from misuse_probes_features import FEATURES_AUDIT, FEATURES_PROBES  # noqa: E402
 assert not set(FEATURES_PROBES) & set(PROBES) and not set(FEATURES_AUDIT) & set(AUDIT)
 PROBES.update(FEATURES_PROBES)
 AUDIT.update(FEATURES_AUDIT)
+# Linear probes' probes and audit entries (0.8.0) live in their own file.
+from misuse_probes_probe import PROBE_AUDIT, PROBE_PROBES  # noqa: E402
+
+assert not set(PROBE_PROBES) & set(PROBES) and not set(PROBE_AUDIT) & set(AUDIT)
+PROBES.update(PROBE_PROBES)
+AUDIT.update(PROBE_AUDIT)
