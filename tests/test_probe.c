@@ -406,8 +406,8 @@ static void bad_fits(void)
     o.hook_name = "blocks.0.hook_\xc3\xa9";
     CALL_FAILS("probe_fit_hook_name", circuits_probe_fit(&p, X, 4, 3, y, 1, &o), CIRCUITS_E_INVALID_ARGUMENT, "hook_name must be printable ASCII");
     o.hook_name = NULL;
-    float *big = calloc(2 * 5000, sizeof(float));
-    CALL_FAILS("probe_fit_newton_too_big", circuits_probe_fit(&p, big, 2, 5000, y, 1, &o), CIRCUITS_E_UNSUPPORTED, "exceeds 4096 unknowns");
+    float *big = calloc(2 * 20000, sizeof(float));
+    CALL_FAILS("probe_fit_newton_too_big", circuits_probe_fit(&p, big, 2, 20000, y, 1, &o), CIRCUITS_E_UNSUPPORTED, "exceeds 16384 unknowns");
     free(big);
     o.kind = CIRCUITS_PROBE_LINEAR;
     CALL_FAILS("probe_fit_linear_targets", circuits_probe_fit(&p, X, 4, 3, y, 0, &o), CIRCUITS_E_SHAPE, "n_targets >= 1");

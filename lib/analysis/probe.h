@@ -7,8 +7,9 @@
 #include "internal.h"
 
 /* The Newton system of a logistic fit holds (n_coef * (d + 1))^2 doubles: refused above this
- * many unknowns (128 MiB of Hessian). */
-#define CX_PROBE_MAX_NEWTON 4096
+ * many unknowns (2 GiB of Hessian: a binary probe on a residual stream of up to 16383 dimensions,
+ * three classes at d_model 4096). */
+#define CX_PROBE_MAX_NEWTON 16384
 
 struct circuits_probe {
     int32_t kind;          /* circuits_probe_kind */
