@@ -433,7 +433,7 @@ static void bad_fits(void)
     CALL_FAILS("probe_info_size", circuits_probe_get_info(p, &info), CIRCUITS_E_VERSION, "circuits_probe_get_info");
     CALL_FAILS("probe_weights_null", circuits_probe_weights(p, NULL, NULL), CIRCUITS_E_INVALID_ARGUMENT, "NULL argument");
     CALL_FAILS("probe_save_null", circuits_probe_save(p, NULL), CIRCUITS_E_INVALID_ARGUMENT, "NULL argument");
-    CALL_FAILS("probe_save_bad_dir", circuits_probe_save(p, "/nonexistent/dir/x.probe"), CIRCUITS_E_IO, "cannot write /nonexistent/dir/x.probe");
+    CALL_FAILS("probe_save_bad_dir", circuits_probe_save(p, "/nonexistent/dir/x.probe"), CIRCUITS_E_IO, "cannot create /nonexistent/dir/x.probe");
     circuits_probe_free(p);
     circuits_probe_free(NULL);
 }

@@ -1,7 +1,7 @@
 /* A probe's file (docs/probes.md "File"): safetensors with W F32 [n_coef, d] and b F32 [n_coef],
  * and string metadata {"format": "libcircuits-probe", "version": "1", "kind": "linear" |
- * "logistic", "l2", "fit_intercept", "n_outputs", "n_iter", "hook_name"}. Saved through a
- * temporary file renamed into place (a failed save leaves no file); loaded as hostile input: the
+ * "logistic", "l2", "fit_intercept", "n_outputs", "n_iter", "hook_name"}, written by cx_st_write
+ * (st_save.h: a failed save leaves no file); loaded as hostile input: the
  * safetensors layer validates the container, this file every tensor, shape and metadata value. */
 #include <errno.h>
 #include <math.h>
@@ -13,110 +13,28 @@
 #include "probe.h"
 #include "json_load.h"
 #include "safetensors.h"
+#include "st_save.h"
 
 #define PROBE_FORMAT "libcircuits-probe"
 #define PROBE_VERSION "1"
 
 static const char *kind_name(int32_t kind) { return kind == CIRCUITS_PROBE_LINEAR ? "linear" : "logistic"; }
 
-/* The header JSON (padded with spaces to a multiple of 8) into *out (cx_malloc'd), length *len. */
-static int header_json(const circuits_probe *p, char **out, size_t *len)
-{
-    static const char *fn = "circuits_probe_save";
-    char num[64];
-    json_t *root = json_object(), *meta = json_object(), *W = json_object(), *b = json_object();
-    size_t nw = (size_t)p->n_coef * (size_t)p->d * sizeof(float), nb = (size_t)p->n_coef * sizeof(float);
-    int bad = !root || !meta || !W || !b;
-    if (!bad) {
-        bad |= json_object_set_new(W, "dtype", json_string("F32"));
-        bad |= json_object_set_new(W, "shape", json_pack("[II]", (json_int_t)p->n_coef, (json_int_t)p->d));
-        bad |= json_object_set_new(W, "data_offsets", json_pack("[II]", (json_int_t)0, (json_int_t)nw));
-        bad |= json_object_set_new(b, "dtype", json_string("F32"));
-        bad |= json_object_set_new(b, "shape", json_pack("[I]", (json_int_t)p->n_coef));
-        bad |= json_object_set_new(b, "data_offsets", json_pack("[II]", (json_int_t)nw, (json_int_t)(nw + nb)));
-        bad |= json_object_set_new(meta, "format", json_string(PROBE_FORMAT));
-        bad |= json_object_set_new(meta, "version", json_string(PROBE_VERSION));
-        bad |= json_object_set_new(meta, "kind", json_string(kind_name(p->kind)));
-        snprintf(num, sizeof num, "%.9g", (double)p->l2);
-        bad |= json_object_set_new(meta, "l2", json_string(num));
-        bad |= json_object_set_new(meta, "fit_intercept", json_string(p->fit_intercept ? "1" : "0"));
-        snprintf(num, sizeof num, "%lld", (long long)p->n_outputs);
-        bad |= json_object_set_new(meta, "n_outputs", json_string(num));
-        snprintf(num, sizeof num, "%d", (int)p->n_iter);
-        bad |= json_object_set_new(meta, "n_iter", json_string(num));
-        bad |= json_object_set_new(meta, "hook_name", json_string(p->hook_name));
-        bad |= json_object_set_new(root, "__metadata__", meta);
-        meta = NULL;
-        bad |= json_object_set_new(root, "W", W);
-        W = NULL;
-        bad |= json_object_set_new(root, "b", b);
-        b = NULL;
-    }
-    /* the size first, then into our own buffer (json_dumps's would be jansson's allocator's) */
-    size_t n = bad ? 0 : json_dumpb(root, NULL, 0, JSON_COMPACT | JSON_SORT_KEYS), padded = (n + 7) & ~(size_t)7;
-    char *h = n ? cx_malloc(padded) : NULL;
-    if (h && json_dumpb(root, h, n, JSON_COMPACT | JSON_SORT_KEYS) != n) {
-        cx_free(h);
-        h = NULL;
-    }
-    json_decref(root);
-    json_decref(meta);
-    json_decref(W);
-    json_decref(b);
-    if (!h) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory writing the header", fn);
-    memset(h + n, ' ', padded - n);
-    *out = h;
-    *len = padded;
-    return CIRCUITS_OK;
-}
-
 int circuits_probe_save(const circuits_probe *p, const char *path)
 {
     static const char *fn = "circuits_probe_save";
     if (!p || !path) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: NULL argument", fn);
-    char *h = NULL;
-    size_t hl = 0;
-    int rc = header_json(p, &h, &hl);
-    if (rc) return rc;
-    size_t pl = strlen(path);
-    char *tmp = cx_malloc(pl + 16);
-    if (!tmp) {
-        cx_free(h);
-        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
-    }
-    snprintf(tmp, pl + 16, "%s.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
-    if (!f) {
-        rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s: %s", fn, path, strerror(errno));
-        if (fd >= 0) {
-            close(fd);
-            remove(tmp);
-        }
-        goto done;
-    }
-    unsigned char len8[8];
-    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hl >> (8 * i));
-    size_t nw = (size_t)p->n_coef * (size_t)p->d, nb = (size_t)p->n_coef;
-    bool ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h, 1, hl, f) == hl && fwrite(p->W, sizeof(float), nw, f) == nw &&
-              fwrite(p->b, sizeof(float), nb, f) == nb;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok) {
-        rc = cx_fail(CIRCUITS_E_IO, "%s: writing %s failed: %s", fn, tmp, strerror(errno));
-        remove(tmp);
-        goto done;
-    }
-    if (rename(tmp, path) != 0) {
-        rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s: %s", fn, path, strerror(errno));
-        remove(tmp);
-    }
-done:
-    cx_free(h);
-    cx_free(tmp);
-    return rc;
+    char l2[64], n_out[32], n_iter[32];
+    snprintf(l2, sizeof l2, "%.9g", (double)p->l2);
+    snprintf(n_out, sizeof n_out, "%lld", (long long)p->n_outputs);
+    snprintf(n_iter, sizeof n_iter, "%d", (int)p->n_iter);
+    const char *const meta[] = {"format", PROBE_FORMAT, "version", PROBE_VERSION, "kind", kind_name(p->kind),
+                                "l2", l2, "fit_intercept", p->fit_intercept ? "1" : "0", "n_outputs", n_out,
+                                "n_iter", n_iter, "hook_name", p->hook_name};
+    const cx_st_out t[2] = {{"W", CX_DT_F32, 2, {p->n_coef, p->d}, p->W}, {"b", CX_DT_F32, 1, {p->n_coef}, p->b}};
+    return cx_st_write(path, t, 2, meta, CX_COUNT(meta) / 2, fn);
 }
 
-/* Metadata string `key` of meta (a JSON object) into *out, or a FORMAT failure. */
 static int meta_str(json_t *meta, const char *key, const char *path, const char **out)
 {
     json_t *v = json_object_get(meta, key);

@@ -2,8 +2,11 @@
 #include "st_save.h"
 #include "json_load.h"
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static bool little_endian(void)
 {
@@ -78,10 +81,23 @@ int cx_st_write(const char *path, const cx_st_out *tensors, size_t n, const char
         cx_free(bytes);
         return rc;
     }
-    size_t len = strlen(json), padded = (len + 7) / 8 * 8;
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        rc = cx_fail(CIRCUITS_E_IO, "%s: cannot create %s", fn, path);
+    size_t len = strlen(json), padded = (len + 7) / 8 * 8, pl = strlen(path);
+    /* written beside path and renamed over it: a failure leaves no file and an older one intact */
+    char *tmp = cx_malloc(pl + 8);
+    int fd = -1;
+    if (tmp) {
+        snprintf(tmp, pl + 8, "%s.XXXXXX", path);
+        fd = mkstemp(tmp);
+    }
+    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    if (!tmp) {
+        rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
+    } else if (!f) {
+        rc = cx_fail(CIRCUITS_E_IO, "%s: cannot create %s: %s", fn, path, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            remove(tmp);
+        }
     } else {
         uint64_t hl = padded;
         bool ok = write_le(f, &hl, 1, 8) && fwrite(json, 1, len, f) == len;
@@ -91,11 +107,12 @@ int cx_st_write(const char *path, const cx_st_out *tensors, size_t n, const char
             ok = write_le(f, tensors[i].data, bytes[i] / es, es);
         }
         if (fclose(f) != 0) ok = false;
-        if (!ok) {
-            remove(path);
-            rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s", fn, path);
+        if (!ok || rename(tmp, path) != 0) {
+            rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s: %s", fn, path, strerror(errno));
+            remove(tmp);
         }
     }
+    cx_free(tmp);
     cx_free(json); /* json_dumps allocates through jansson's allocator: cx_malloc (alloc.c) */
     cx_free(bytes);
     return rc;
