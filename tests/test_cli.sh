@@ -610,7 +610,7 @@ err 1 "unpenalised logistic regression" probe-fit --acts "$tmp/acts.npy" --label
 err 1 "is not a .npy file" probe-fit --acts "$tmp/p.probe" --labels "$tmp/lab.npy" -o "$tmp/x.probe"
 err 1 "must be [n, d]" probe-fit --acts "$tmp/lab.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe"
 err 1 "cannot open" probe-fit --acts "$tmp/none.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe"
-err 1 "cannot write" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/no/such/dir/x.probe"
+err 1 "cannot create" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/no/such/dir/x.probe"
 err 1 "no hook point" probe-fit "$M" --hook blocks.99.hook_resid_post --prompt hi --labels "$tmp/lab.npy" -o "$tmp/x.probe"
 checks=$((checks + 1))
 [ ! -e "$tmp/x.probe" ] || fail "probe-fit: a failed fit wrote a file"
