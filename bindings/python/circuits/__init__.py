@@ -49,6 +49,9 @@ from . import evals, utils  # noqa: E402  (TransformerLens's evals and utils mod
 from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens's patching module
 from .compare import DiffResult, diff  # noqa: E402 -- comparing two models (docs/quantization.md)
 from . import grad, attribution  # noqa: E402,F401 -- gradients (docs/gradients.md)
+from .sae import SAE  # noqa: E402 -- SAEs and transcoders (docs/saes.md)
+
+HookedSAETransformer = Model  # SAELens's name: Model has add_sae, run_with_saes, ... (docs/saes.md "Python")
 
 __version__ = "0.8.0"
 
@@ -105,6 +108,8 @@ __all__ = [
     "library_version",
     "set_num_threads",
     "get_num_threads",
+    "SAE",
+    "HookedSAETransformer",
     "dequantize",
     "dtype_block",
     "dtype_name",
