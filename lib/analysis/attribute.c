@@ -61,7 +61,7 @@ int circuits_context_attribution_patch(circuits_context *ctx, int32_t kind, cons
         if (!rc) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory for %lld cells", fn, (long long)total);
         goto done;
     }
-    for (int32_t l = 0; l < c->n_layers; l++) sel[cx_hook_index(ht, l, pk->hook)] = true;
+    for (int32_t l = 0; l < c->n_layers; l++) sel[cx_hook_value_index(ht, l, pk->hook)] = true;
     cx_grad_run g = cx_grad_run_init(ctx, fn, tokens, batch, pos, &pm);
     g.sel = sel;
     g.cache = cache;
@@ -71,7 +71,7 @@ int circuits_context_attribution_patch(circuits_context *ctx, int32_t kind, cons
 
     int64_t n = cx_grid_cells(ctx->model, kind, pos, cells), i = 0;
     for (int32_t l = 0; l < c->n_layers && !rc; l++) {
-        const char *name = ht->points[cx_hook_index(ht, l, pk->hook)].name;
+        const char *name = ht->points[cx_hook_value_index(ht, l, pk->hook)].name;
         char gname[160];
         snprintf(gname, sizeof gname, "%s_grad", name);
         circuits_tensor a, d;

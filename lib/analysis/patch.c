@@ -223,9 +223,9 @@ static int base_run(sweep *s)
     bool rotary = ctx->model->cfg.positional_embedding_type == CIRCUITS_POS_ROTARY;
     size_t LR = (size_t)(s->B * s->T * s->D), LK = (size_t)(s->B * s->T * s->KD);
     for (int32_t l = 0; l < s->L && s->incremental; l++) {
-        dst[cx_hook_index(t, l, HK_RESID_PRE)] = s->base_resid + l * LR;
-        dst[cx_hook_index(t, l, rotary ? HK_ROT_K : HK_K)] = s->base_k + l * LK;
-        dst[cx_hook_index(t, l, HK_V)] = s->base_v + l * LK;
+        dst[cx_hook_value_index(t, l, HK_RESID_PRE)] = s->base_resid + l * LR;
+        dst[cx_hook_value_index(t, l, rotary ? HK_ROT_K : HK_K)] = s->base_k + l * LK;
+        dst[cx_hook_value_index(t, l, HK_V)] = s->base_v + l * LK;
     }
     cx_run r = cx_run_init(ctx, s->fn, s->tokens, s->B, s->T);
     r.cache_dst = s->incremental ? dst : NULL;

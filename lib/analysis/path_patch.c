@@ -319,16 +319,16 @@ static int pp_step1(pp *p, float *logits_out)
 {
     const cx_hook_table *t = &p->ctx->hooks;
     for (int32_t l = 0; l < p->L; l++) {
-        p->dst[cx_hook_index(t, l, HK_Z)] = p->clean_z + (size_t)l * p->zn;
-        if (l + 1 < p->L) p->dst[cx_hook_index(t, l, HK_RESID_POST)] = p->clean_post + (size_t)l * p->rn;
-        if (p->clean_mlp) p->dst[cx_hook_index(t, l, HK_MLP_OUT)] = p->clean_mlp + (size_t)l * p->rn;
+        p->dst[cx_hook_value_index(t, l, HK_Z)] = p->clean_z + (size_t)l * p->zn;
+        if (l + 1 < p->L) p->dst[cx_hook_value_index(t, l, HK_RESID_POST)] = p->clean_post + (size_t)l * p->rn;
+        if (p->clean_mlp) p->dst[cx_hook_value_index(t, l, HK_MLP_OUT)] = p->clean_mlp + (size_t)l * p->rn;
     }
     p->phase = PH_PLAIN;
     p->G = 1;
     int rc = pp_run(p, p->clean, 0, p->dst, true, logits_out);
     if (rc) return rc;
     memset(p->dst, 0, p->ctx->hooks.n_points * sizeof *p->dst);
-    for (int32_t l = 0; l < p->L; l++) p->dst[cx_hook_index(t, l, HK_Z)] = p->corr_z + (size_t)l * p->zn;
+    for (int32_t l = 0; l < p->L; l++) p->dst[cx_hook_value_index(t, l, HK_Z)] = p->corr_z + (size_t)l * p->zn;
     rc = pp_run(p, p->corrupted, 0, p->dst, false, NULL);
     memset(p->dst, 0, p->ctx->hooks.n_points * sizeof *p->dst);
     return rc;

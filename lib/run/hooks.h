@@ -67,6 +67,16 @@ static inline int32_t cx_hook_index(const cx_hook_table *t, int layer, cx_hook_k
     return t->point_of[(size_t)(layer + 1) * HK_COUNT + kind];
 }
 
+/* The index of the point whose value the model goes on with at (layer, kind): the point itself,
+ * or the hook_sae_output of an SAE replacing it (what patching caches and writes there); -1 if none. */
+static inline int32_t cx_hook_value_index(const cx_hook_table *t, int layer, cx_hook_kind kind)
+{
+    int32_t i = cx_hook_index(t, layer, kind);
+    if (i < 0 || t->points[i].sae < 0) return i;
+    while (t->points[i].kind != HK_SAE_OUTPUT) i++;
+    return i;
+}
+
 /* The TL shape of hook point p for a run of [batch, pos] new positions after `past` cached ones
  * (KV-cache runs: attn_scores / pattern have past + pos keys); returns ndim; head axis in
  * *head_axis. */
