@@ -714,3 +714,22 @@ def test_library_list_agrees(tmp_path, fresh):
     assert library() == binding() and len(library()) == 1
     with pytest.raises(circuits.RangeError):
         N.check(N.lib.circuits_context_sae_at(m._ctx, 1, ctypes.byref(ctypes.c_void_p()), None))
+
+
+def test_context_change_that_removes_the_point_is_refused(tmp_path, fresh):
+    """An SAE at an optional point (hook_mlp_in): turning the point off is refused and changes
+    nothing; the SAE keeps working."""
+    m = fresh
+    m.set_use_hook_mlp_in(True)
+    path, p = write_sae(tmp_path, "mlp_in", hook="blocks.2.hook_mlp_in")
+    sae = SAE.load_from_disk(path)
+    m.add_sae(sae)
+    before = m(TOK)
+    with pytest.raises(circuits.NotFoundError):
+        m.set_use_hook_mlp_in(False)
+    assert m.cfg.use_hook_mlp_in and m.acts_to_saes == {"blocks.2.hook_mlp_in": sae}
+    assert "blocks.2.hook_mlp_in.hook_sae_acts_post" in m.hook_names()
+    close(m(TOK), before, 0)
+    m.reset_saes()
+    m.set_use_hook_mlp_in(False)
+    assert "blocks.2.hook_mlp_in" not in m.hook_names()
