@@ -85,6 +85,7 @@ if [ -n "$build" ]; then
         "$build/tests/test_stored" "$src/tests/reference/cases" "${TMPDIR:-/tmp}" -v
         "$build/tests/test_attribution" "$src/tests/reference/cases" "$src/tests/reference/attribution" -v
         "$build/tests/test_sae_splice" "$src/examples/models/mlp-2l" -v
+        "$build/tests/test_sae" -v
     } 2>/dev/null | grep '^|' >"$tmp/printed" || true
     python3 - "$tmp/doc_rows" "$tmp/printed" <<'PY' || status=1
 import re, sys

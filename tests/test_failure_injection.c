@@ -16,6 +16,7 @@
  *
  * usage: test_failure_injection <tests/reference/cases> <examples/models> <tests/tokenizer/data> */
 #include "fault.h"
+#include "st_write.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -1083,6 +1084,101 @@ static long run_op(fx *f, const op *o, bool once)
     return k;
 }
 
+/* ---- SAEs (lib/sae): loading, and the public encode / decode (which allocate their working
+ * copies); the directories are written here (a gated SAE with layer_norm and a sparsity file,
+ * a topk SAE with rescale_acts_by_decoder_norm) ---- */
+static circuits_sae *g_sae; /* the gated one, for encode / decode */
+enum { SAE_IN = 8, SAE_LAT = 16, SAE_ROWS = 5 };
+
+static void write_sae_dir(const char *dir, bool topk)
+{
+    static float w[SAE_IN * SAE_LAT * 2 + 4 * SAE_LAT + SAE_IN];
+    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) w[i] = (float)sin(0.37 * (double)i + (topk ? 1.0 : 0.0));
+    const float *W_enc = w, *W_dec = w + SAE_IN * SAE_LAT, *v = W_dec + SAE_IN * SAE_LAT;
+    st_entry e[6] = {{"W_enc", 2, {SAE_IN, SAE_LAT}, W_enc}, {"W_dec", 2, {SAE_LAT, SAE_IN}, W_dec},
+                     {"b_dec", 1, {SAE_IN}, v}};
+    int n = 3;
+    if (topk) {
+        e[n++] = (st_entry){"b_enc", 1, {SAE_LAT}, v + SAE_IN};
+    } else {
+        e[n++] = (st_entry){"b_gate", 1, {SAE_LAT}, v + SAE_IN};
+        e[n++] = (st_entry){"b_mag", 1, {SAE_LAT}, v + SAE_IN + SAE_LAT};
+        e[n++] = (st_entry){"r_mag", 1, {SAE_LAT}, v + SAE_IN + 2 * SAE_LAT};
+    }
+    char path[1100], cfg[1024];
+    snprintf(path, sizeof path, "%s/sae_weights.safetensors", dir);
+    st_write(path, e, n);
+    snprintf(cfg, sizeof cfg,
+             "{\"d_in\": %d, \"d_sae\": %d, \"dtype\": \"float32\", \"apply_b_dec_to_input\": true, "
+             "\"normalize_activations\": \"%s\", \"reshape_activations\": \"none\", \"metadata\": "
+             "{\"sae_lens_version\": \"6.54.12\", \"hook_name\": \"blocks.0.hook_resid_pre\"}, %s\"architecture\": \"%s\"}",
+             SAE_IN, SAE_LAT, topk ? "constant_norm_rescale" : "layer_norm",
+             topk ? "\"k\": 3, \"rescale_acts_by_decoder_norm\": true, " : "", topk ? "topk" : "gated");
+    snprintf(path, sizeof path, "%s/cfg.json", dir);
+    FILE *fp = fopen(path, "w");
+    CHECK(fp && fputs(cfg, fp) >= 0 && fclose(fp) == 0, "cannot write %s", path);
+    if (!topk) {
+        st_entry sp = {"sparsity", 1, {SAE_LAT}, v + SAE_IN + 3 * SAE_LAT};
+        snprintf(path, sizeof path, "%s/sparsity.safetensors", dir);
+        st_write(path, &sp, 1);
+    }
+}
+
+static void remove_sae_dir(const char *dir)
+{
+    const char *files[] = {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors"};
+    for (size_t i = 0; i < 3; i++) {
+        char p[1100];
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+static float sae_x[SAE_ROWS * SAE_IN];
+
+static void put_sae(const circuits_sae *s, bytes *b, float *out)
+{
+    circuits_sae_info info = {.size = sizeof info};
+    CHECK_OK(circuits_sae_get_info(s, &info));
+    put_i64(b, info.architecture);
+    put_i64(b, info.d_sae);
+    put_str(b, info.hook_name);
+    static const char *const names[] = {"W_enc", "W_dec", "b_enc", "b_dec", "b_gate", "b_mag", "r_mag",
+                                        "log_feature_sparsity"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        circuits_tensor t;
+        if (circuits_sae_weight(s, names[i], &t) == CIRCUITS_OK) put_tensor(b, &t);
+    }
+    CHECK_OK(circuits_sae_encode(s, sae_x, SAE_ROWS, out, out + SAE_ROWS * SAE_LAT));
+    CHECK_OK(circuits_sae_decode(s, out + SAE_ROWS * SAE_LAT, SAE_ROWS, sae_x, out + 2 * SAE_ROWS * SAE_LAT));
+    put(b, out, (size_t)(2 * SAE_ROWS * SAE_LAT + SAE_ROWS * SAE_IN) * sizeof(float));
+}
+
+static int call_sae_load(fx *f)
+{
+    circuits_sae *s = (circuits_sae *)&SENTINEL;
+    int rc = circuits_sae_load(&s, f->op->arg);
+    f->made = s;
+    return rc;
+}
+
+static void digest_sae(fx *f, bytes *b)
+{
+    put_sae(f->made, b, f->out);
+    circuits_sae_free(f->made);
+}
+
+/* variant 0: encode (acts_pre NULL: the call allocates it too); 1: decode */
+static int call_sae_code(fx *f)
+{
+    for (int i = 0; i < SAE_ROWS * SAE_IN; i++) sae_x[i] = (float)cos(0.9 * i) + 0.2f;
+    f->out_n = f->op->variant ? SAE_ROWS * SAE_IN : SAE_ROWS * SAE_LAT;
+    if (!f->op->variant) return circuits_sae_encode(g_sae, sae_x, SAE_ROWS, NULL, f->out);
+    for (int i = 0; i < SAE_ROWS * SAE_LAT; i++) f->out[OUT_FLOATS / 2 + i] = (float)(i % 3);
+    return circuits_sae_decode(g_sae, f->out + OUT_FLOATS / 2, SAE_ROWS, sae_x, f->out);
+}
+
 /* A model directory with a tokenizer, small enough to fail each of its allocations in turn:
  * hf_tiny_noprefix (1 layer, vocab 21) with the toy tokenizer's files, linked into a new
  * directory. */
@@ -1130,6 +1226,12 @@ static void test_operations(fx *f)
     snprintf(f16, sizeof f16, "%s/hf_random_f16", g_cases);
     snprintf(bf16, sizeof bf16, "%s/hf_qwen2_bf16", g_cases);
     make_model_with_tokenizer(tokmodel);
+    char sae_gated[] = "/tmp/circuits-fault-sae-XXXXXX", sae_topk[] = "/tmp/circuits-fault-sae-XXXXXX";
+    CHECK(mkdtemp(sae_gated) && mkdtemp(sae_topk), "mkdtemp failed");
+    write_sae_dir(sae_gated, false);
+    write_sae_dir(sae_topk, true);
+    for (int i = 0; i < SAE_ROWS * SAE_IN; i++) sae_x[i] = (float)cos(0.9 * i) + 0.2f;
+    CHECK_OK(circuits_sae_load(&g_sae, sae_gated));
     snprintf(tok_json, sizeof tok_json, "%s/tiny-random/tokenizer.json", g_tokdata);
     snprintf(tok_vm, sizeof tok_vm, "%s/tiny-random/vocab.json", g_tokdata);
     snprintf(tok_toy, sizeof tok_toy, "%s/toy", g_tokdata);
@@ -1191,6 +1293,10 @@ static void test_operations(fx *f)
         {"edge_attribution EAP", setup_resid, call_edge_attribution, put_out, free_state, NULL, 0, true},
         {"edge_attribution EAP-IG", setup_resid, call_edge_attribution, put_out, free_state, NULL, 1, true},
         {"integrated_gradients", setup_resid, call_integrated_gradients, put_out, free_state, NULL, 0, true},
+        {"sae_load gated, layer_norm, sparsity", NULL, call_sae_load, digest_sae, NULL, sae_gated, 0, false},
+        {"sae_load topk rescale", NULL, call_sae_load, digest_sae, NULL, sae_topk, 0, false},
+        {"sae_encode", NULL, call_sae_code, put_out, NULL, NULL, 0, false},
+        {"sae_decode layer_norm", NULL, call_sae_code, put_out, NULL, NULL, 1, false},
         {"kv_cache_create", NULL, call_kv_create, digest_kv_made, NULL, NULL, 0, false},
         {"forward_kv", setup_forward_kv, call_forward_kv, digest_forward_kv, free_state, NULL, 0, false},
         {"generate with KV cache", setup_forward, call_generate, put_out, free_state, NULL, 0, false},
@@ -1251,6 +1357,10 @@ static void test_operations(fx *f)
     }
     printf("%zu operations, %ld allocation sites failed in turn (twice each)\n", sizeof ops / sizeof ops[0], total);
     remove_model_with_tokenizer(tokmodel);
+    circuits_sae_free(g_sae);
+    g_sae = NULL;
+    remove_sae_dir(sae_gated);
+    remove_sae_dir(sae_topk);
 }
 
 /* ---- hooks that fail or stop in the middle ---- */

@@ -65,7 +65,7 @@ static const char *write_sae(const char *name, const sae_w *w, const char *hook,
     if (hook_out)
         fprintf(f, "{\"d_in\": %lld, \"d_sae\": %lld, \"d_out\": %lld, \"dtype\": \"float32\", \"device\": \"cpu\", "
                 "\"apply_b_dec_to_input\": false, \"normalize_activations\": \"none\", \"reshape_activations\": "
-                "\"none\", \"metadata\": {\"hook_name\": \"%s\", \"hook_name_out\": \"%s\"}, \"architecture\": "
+                "\"none\", \"metadata\": {\"sae_lens_version\": \"6.54.12\", \"hook_name\": \"%s\", \"hook_name_out\": \"%s\"}, \"architecture\": "
                 "\"transcoder\"}", (long long)d_in_cfg, (long long)S, (long long)w->d_out, hook, hook_out);
     else
         fprintf(f, "{\"d_in\": %lld, \"d_sae\": %lld, \"dtype\": \"float32\", \"device\": \"cpu\", "
@@ -333,6 +333,7 @@ int main(int argc, char **argv)
     {
         circuits_metric mt = {.size = sizeof mt};
         mt.kind = CIRCUITS_METRIC_LOSS;
+        mt.tokens = tokens;
         float v;
         CALL_FAILS("sae_backward", circuits_context_backward(ctx, NULL, tokens, B, T, &mt, &v, NULL, NULL, NULL),
                    CIRCUITS_E_UNSUPPORTED, "gradients through attached SAEs are not implemented");
@@ -343,11 +344,35 @@ int main(int argc, char **argv)
     circuits_hook_id kid;
     CHECK_OK(circuits_context_add_hook(ctx, "blocks.1.hook_resid_pre", record, &keep, &kid));
     CHECK_OK(circuits_context_add_sae(ctx, s1, 0));
-    CALL_FAILS("sae_transcoder_output_taken", circuits_context_add_sae(ctx, st, 0), CIRCUITS_E_INVALID_ARGUMENT,
-               "is replaced already");
-    CHECK_OK(circuits_context_remove_sae(ctx, "blocks.1.hook_mlp_out"));
-    CHECK_OK(circuits_context_remove_sae(ctx, R0));
-    CHECK_OK(circuits_context_add_sae(ctx, st, 0));
+    {
+        circuits_sae *sln = NULL, *smo = NULL;
+        CHECK_OK(circuits_sae_load(&sln, write_sae("ln2", &w0, "blocks.0.ln2.hook_normalized", NULL, D)));
+        CHECK_OK(circuits_sae_load(&smo, write_sae("mlpout", &w0, "blocks.0.hook_mlp_out", NULL, D)));
+        circuits_sae *sy = NULL;
+        CHECK_OK(circuits_sae_load(&sy, write_sae("y", &wt, "blocks.0.hook_resid_mid", "blocks.0.ln2.hook_normalized", D)));
+        if (sln && smo && sy) {
+            /* keyed by the input hook, as SAELens: the transcoder reading ln2's output replaces the SAE there */
+            CHECK_OK(circuits_context_add_sae(ctx, sln, 0));
+            CHECK_OK(circuits_context_add_sae(ctx, st, 0));
+            const circuits_sae *at = NULL;
+            CHECK(circuits_context_sae_count(ctx) == 3 && circuits_context_sae_at(ctx, 2, &at, NULL) == 0 && at == st,
+                  "the transcoder took the ln2 SAE's place");
+            CALL_FAILS("sae_writes_transcoder_input", circuits_context_add_sae(ctx, sy, 0), CIRCUITS_E_INVALID_ARGUMENT,
+                       "'blocks.0.ln2.hook_normalized' is the input of the transcoder writing 'blocks.0.hook_mlp_out'");
+            CHECK_OK(circuits_context_remove_sae(ctx, "blocks.0.ln2.hook_normalized"));
+            CHECK_OK(circuits_context_add_sae(ctx, sy, 0));
+            CALL_FAILS("sae_transcoder_input_replaced", circuits_context_add_sae(ctx, st, 0),
+                       CIRCUITS_E_INVALID_ARGUMENT, "the transcoder reads 'blocks.0.ln2.hook_normalized', which the SAE");
+            CHECK_OK(circuits_context_remove_sae(ctx, "blocks.0.hook_resid_mid"));
+            CHECK_OK(circuits_context_remove_sae(ctx, "blocks.1.hook_mlp_out"));
+            CHECK_OK(circuits_context_remove_sae(ctx, R0));
+            CHECK_OK(circuits_context_add_sae(ctx, st, 0));
+            CALL_FAILS("sae_output_taken", circuits_context_add_sae(ctx, smo, 0), CIRCUITS_E_INVALID_ARGUMENT,
+                       "'blocks.0.hook_mlp_out' is replaced already by the SAE reading 'blocks.0.ln2.hook_normalized'");
+        }
+        circuits_sae_free(sy);
+        circuits_sae_free(sln), circuits_sae_free(smo);
+    }
     CHECK_OK(circuits_context_add_sae(ctx, s1, 1));
     CHECK(circuits_context_sae_count(ctx) == 2, "two attached");
     const circuits_sae *got = NULL;

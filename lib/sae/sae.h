@@ -53,10 +53,13 @@ int cx_sae_post(const circuits_sae *s, const float *x, const float *pre, int64_t
 int cx_sae_decode(const circuits_sae *s, const float *post, int64_t n, float *out);
 int cx_sae_output(const circuits_sae *s, float *out, int64_t n, const float *coeff, const float *x_raw);
 
-/* True if decode needs the input rows (per-row normalization or a skip connection). */
+/* True if decode needs the input rows: an SAE's per-row normalization (undone on the output;
+ * SAELens's transcoders normalize their input only) or a skip connection. */
 static inline bool cx_sae_needs_input(const circuits_sae *s)
 {
-    return s->norm == CIRCUITS_SAE_NORM_CONSTANT_NORM_RESCALE || s->norm == CIRCUITS_SAE_NORM_LAYER_NORM || s->skip;
+    return (!s->transcoder &&
+            (s->norm == CIRCUITS_SAE_NORM_CONSTANT_NORM_RESCALE || s->norm == CIRCUITS_SAE_NORM_LAYER_NORM)) ||
+           s->skip;
 }
 
 /* ---- attachments (splice.c) ---- */
