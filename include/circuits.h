@@ -1401,7 +1401,8 @@ typedef enum circuits_sae_norm {
     CIRCUITS_SAE_NORM_EXPECTED_AVERAGE = 1, /* "expected_average_only_in": nothing at run time (SAELens
                                              * folds the factor into the weights before saving) */
     CIRCUITS_SAE_NORM_CONSTANT_NORM_RESCALE = 2, /* each row scaled to norm sqrt(d_in) in, back out */
-    CIRCUITS_SAE_NORM_LAYER_NORM = 3        /* each row centred and divided by (std + 1e-5) in, back out */
+    CIRCUITS_SAE_NORM_LAYER_NORM = 3        /* each row centred and divided by (std + 1e-5) in (torch's
+                                             * unbiased std), back out (SAEs; transcoders: in only) */
 } circuits_sae_norm;
 
 /* What cfg.json said, filled by circuits_sae_get_info. Strings stay valid while the SAE lives. */
@@ -1440,9 +1441,11 @@ CIRCUITS_API int circuits_sae_weight(const circuits_sae *sae, const char *name, 
  * [n, d_sae] (may be NULL): what hook_sae_acts_pre sees (gated: the magnitude path). */
 CIRCUITS_API int circuits_sae_encode(const circuits_sae *sae, const float *x, int64_t n, float *acts_pre,
                                      float *acts_post);
-/* sae.decode: out [n, d_out] from acts [n, d_sae]. x [n, d_in], the rows acts were encoded from,
- * is needed (else CIRCUITS_E_INVALID_ARGUMENT) when decoding depends on them: per-row
- * normalization (constant_norm_rescale, layer_norm) and skip transcoders; NULL otherwise. */
+/* sae.decode: out [n, d_out] from acts [n, d_sae]; skip transcoders add x W_skip^T
+ * (SkipTranscoder.forward). x [n, d_in], the rows acts were encoded from, is needed (else
+ * CIRCUITS_E_INVALID_ARGUMENT) when decoding depends on them: an SAE's per-row normalization
+ * (constant_norm_rescale, layer_norm; a transcoder's is not undone) and skip transcoders; it
+ * may be NULL otherwise. */
 CIRCUITS_API int circuits_sae_decode(const circuits_sae *sae, const float *acts, int64_t n, const float *x,
                                      float *out);
 

@@ -6,7 +6,8 @@
  * gates are moved away from every row's value, and topk's k-th and (k+1)-th values are checked to
  * be apart. Then F16 / BF16 files, the info and weight views, and hostile directories through
  * CALL_FAILS (docs/errors.md "SAE directories").
- * Usage: test_sae [-v] (-v prints the catalogue rows). */
+ * Usage: test_sae [-v] (-v prints the catalogue rows), or test_sae --write-seeds DIR: writes the
+ * seed corpus of tests/fuzz/fuzz_sae.c into DIR. */
 #include "catalogue.h"
 #include "rng.h"
 #include "st_write.h"
@@ -583,6 +584,73 @@ static void test_dtypes_info_views(void)
     circuits_sae_free(NULL);
 }
 
+/* ---- configs written before SAELens 6 (handle_pre_6_0_config) ---- */
+
+/* A pre-6 cfg.json (cfg) over the weights of spec s must load as the SAELens 6 one does: the
+ * same info and bit-identical encode / decode. */
+static void check_pre6(const char *name, const spec *s, const char *cfg)
+{
+    char dir6[512], dir5[512], path[600];
+    char n6[96];
+    snprintf(n6, sizeof n6, "%s_v6", name);
+    make_dir(dir6, sizeof dir6, n6);
+    make_dir(dir5, sizeof dir5, name);
+    weights w = make_weights(s, 77);
+    write_cfg(dir6, s, NULL);
+    write_weights(dir6, s, &w, ST_F32, NULL);
+    write_weights(dir5, s, &w, ST_F32, NULL);
+    snprintf(path, sizeof path, "%s/cfg.json", dir5);
+    write_text(path, cfg);
+    circuits_sae *a = NULL, *b = NULL;
+    CHECK_OK(circuits_sae_load(&a, dir6));
+    CHECK_OK(circuits_sae_load(&b, dir5));
+    if (a && b) {
+        circuits_sae_info ia = {.size = sizeof ia}, ib = {.size = sizeof ib};
+        CHECK_OK(circuits_sae_get_info(a, &ia));
+        CHECK_OK(circuits_sae_get_info(b, &ib));
+        CHECK(ia.architecture == ib.architecture && ia.k == ib.k && ia.normalize_activations == ib.normalize_activations &&
+                  ia.apply_b_dec_to_input == ib.apply_b_dec_to_input && ia.reshape_hook_z == ib.reshape_hook_z &&
+                  strcmp(ia.hook_name, ib.hook_name) == 0 && ia.hook_layer == ib.hook_layer,
+              "%s: info differs from the SAELens 6 config's", name);
+        enum { N = 4 };
+        float x[N * 16], pa[N * 40], pb[N * 40], oa[N * 16], ob[N * 16];
+        for (int i = 0; i < N * s->d_in; i++) x[i] = (float)sin(1.3 * i);
+        CHECK_OK(circuits_sae_encode(a, x, N, NULL, pa));
+        CHECK_OK(circuits_sae_encode(b, x, N, NULL, pb));
+        CHECK_OK(circuits_sae_decode(a, pa, N, x, oa));
+        CHECK_OK(circuits_sae_decode(b, pb, N, x, ob));
+        CHECK(memcmp(pa, pb, sizeof(float) * (size_t)(N * s->d_sae)) == 0 &&
+                  memcmp(oa, ob, sizeof(float) * (size_t)(N * s->d_in)) == 0,
+              "%s: encode / decode differ from the SAELens 6 config's", name);
+    }
+    circuits_sae_free(a);
+    circuits_sae_free(b);
+    free_weights(&w);
+}
+
+static void test_pre6(void)
+{
+    /* SAELens 2-3 (jbloom's GPT-2 small residual SAEs): hook_point, torch dtype, training fields */
+    spec s = {"standard", 12, 40, 0, true, "none", NULL, 0, false, "blocks.2.hook_resid_pre", NULL};
+    check_pre6("pre6_jb", &s,
+               "{\"model_name\": \"gpt2-small\", \"hook_point\": \"blocks.2.hook_resid_pre\", \"hook_point_layer\": 2, "
+               "\"hook_point_head_index\": null, \"d_in\": 12, \"d_sae\": 40, \"dtype\": \"torch.float32\", "
+               "\"device\": \"mps\", \"b_dec_init_method\": \"geometric_median\", \"expansion_factor\": 32, "
+               "\"l1_coefficient\": 8e-05, \"context_size\": 128}");
+    /* SAELens 4-5: topk through activation_fn_kwargs, normalize_activations as a boolean */
+    spec t = {"topk", 12, 40, 0, false, "expected_average_only_in", NULL, 3, false, "blocks.1.hook_resid_post", NULL};
+    check_pre6("pre6_topk", &t,
+               "{\"architecture\": \"standard\", \"d_in\": 12, \"d_sae\": 40, \"dtype\": \"float32\", "
+               "\"hook_name\": \"blocks.1.hook_resid_post\", \"hook_layer\": 1, \"activation_fn\": \"topk\", "
+               "\"activation_fn_kwargs\": {\"k\": 3}, \"apply_b_dec_to_input\": false, \"normalize_activations\": true, "
+               "\"finetuning_scaling_factor\": false, \"sae_lens_training_version\": \"4.3.0\"}");
+    /* hook_z when the hook name says so */
+    spec z = {"jumprelu", 16, 40, 0, true, "none", "hook_z", 0, false, "blocks.0.attn.hook_z", NULL};
+    check_pre6("pre6_hook_z", &z,
+               "{\"architecture\": \"jumprelu\", \"d_in\": 16, \"d_sae\": 40, \"hook_name\": \"blocks.0.attn.hook_z\", "
+               "\"activation_fn\": \"relu\", \"normalize_activations\": null, \"sae_lens_version\": \"5.10.2\"}");
+}
+
 /* ---- hostile directories ---- */
 
 static char g_dir[512];
@@ -653,13 +721,16 @@ static void test_hostile(void)
     LOAD_FAILS("sae_cfg_bad_json", CIRCUITS_E_FORMAT, "not valid JSON");
     cfg_text("[1, 2]");
     LOAD_FAILS("sae_cfg_not_object", CIRCUITS_E_FORMAT, "not a JSON object");
-    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"architecture\": \"standard\"}");
+    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"architecture\": \"standard\", \"sae_lens_version\": \"6.1.0\"}");
     LOAD_FAILS("sae_cfg_no_metadata", CIRCUITS_E_CONFIG, "missing object 'metadata'");
-    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"architecture\": \"standard\", \"metadata\": {\"hook_name\": \"blocks.0.hook_resid_pre\"}}");
-    LOAD_FAILS("sae_cfg_pre_6", CIRCUITS_E_UNSUPPORTED, "before SAELens 6");
-    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"architecture\": \"standard\", \"metadata\": {\"sae_lens_version\": \"5.9.1\", "
-             "\"hook_name\": \"blocks.0.hook_resid_pre\"}}");
-    LOAD_FAILS("sae_cfg_version_5", CIRCUITS_E_UNSUPPORTED, "sae_lens_version '5.9.1'");
+    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"architecture\": \"standard\", \"metadata\": [1]}");
+    LOAD_FAILS("sae_cfg_metadata_not_object", CIRCUITS_E_CONFIG, "'metadata' must be an object");
+    /* before SAELens 6 (no version, or < 6): the hook name at the top level */
+    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"metadata\": {\"hook_name\": \"blocks.0.hook_resid_pre\"}}");
+    LOAD_FAILS("sae_pre6_no_hook", CIRCUITS_E_CONFIG, "hook_name (or hook_point: a config from before SAELens 6) is missing");
+    cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"sae_lens_version\": \"3.2.1\", \"hook_point\": \"blocks.0.hook_resid_pre\", "
+             "\"activation_fn_str\": \"tanh-relu\"}");
+    LOAD_FAILS("sae_pre6_activation_fn", CIRCUITS_E_UNSUPPORTED, "activation_fn_str 'tanh-relu'");
     cfg_text("{\"d_in\": 4, \"d_sae\": 6, \"metadata\": {\"sae_lens_version\": \"6.54.12\", \"hook_name\": \"blocks.0.hook_resid_pre\"}}");
     LOAD_FAILS("sae_cfg_no_architecture", CIRCUITS_E_CONFIG, "'architecture'");
 
@@ -823,13 +894,96 @@ static void test_hostile(void)
     free_weights(&g_w);
 }
 
+/* ---- fuzz seeds (tests/fuzz/fuzz_sae.c's input format) ---- */
+
+static unsigned char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) st_fail(path);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *p = malloc(len > 0 ? (size_t)len : 1);
+    if (!p || fread(p, 1, (size_t)len, f) != (size_t)len) st_fail(path);
+    fclose(f);
+    *n = (size_t)len;
+    return p;
+}
+
+/* [c: 2 bytes][s: 2 bytes][cfg.json][sparsity.safetensors][sae_weights.safetensors] */
+static void write_seed(const char *out_dir, const char *name, const spec *s, bool sparsity, const char *cfg)
+{
+    char dir[512], path[700];
+    make_dir(dir, sizeof dir, name);
+    weights w = make_weights(s, 3);
+    write_cfg(dir, s, NULL);
+    if (cfg) {
+        snprintf(path, sizeof path, "%s/cfg.json", dir);
+        write_text(path, cfg);
+    }
+    write_weights(dir, s, &w, ST_F32, NULL);
+    if (sparsity) {
+        float sp[64] = {0};
+        st_entry e = {"sparsity", 1, {s->d_sae}, sp};
+        snprintf(path, sizeof path, "%s/sparsity.safetensors", dir);
+        st_write(path, &e, 1);
+    }
+    size_t nc, ns = 0, nw;
+    snprintf(path, sizeof path, "%s/cfg.json", dir);
+    unsigned char *c = slurp(path, &nc), *sp = NULL;
+    if (sparsity) {
+        snprintf(path, sizeof path, "%s/sparsity.safetensors", dir);
+        sp = slurp(path, &ns);
+    }
+    snprintf(path, sizeof path, "%s/sae_weights.safetensors", dir);
+    unsigned char *wt = slurp(path, &nw);
+    snprintf(path, sizeof path, "%s/%s", out_dir, name);
+    FILE *f = fopen(path, "wb");
+    unsigned char hdr[4] = {(unsigned char)nc, (unsigned char)(nc >> 8), (unsigned char)ns, (unsigned char)(ns >> 8)};
+    if (!f || fwrite(hdr, 1, 4, f) != 4 || fwrite(c, 1, nc, f) != nc || (ns && fwrite(sp, 1, ns, f) != ns) ||
+        fwrite(wt, 1, nw, f) != nw || fclose(f) != 0)
+        st_fail(path);
+    free(c);
+    free(sp);
+    free(wt);
+    free_weights(&w);
+}
+
+static void write_seeds(const char *out_dir)
+{
+    const char *R = "blocks.0.hook_resid_pre";
+    spec a = {"standard", 4, 6, 0, true, "none", NULL, 0, false, R, NULL};
+    write_seed(out_dir, "standard", &a, true, NULL);
+    spec g = {"gated", 4, 6, 0, true, "layer_norm", NULL, 0, false, R, NULL};
+    write_seed(out_dir, "gated_layer_norm", &g, false, NULL);
+    spec j = {"jumprelu", 4, 6, 0, false, "constant_norm_rescale", NULL, 0, false, R, NULL};
+    write_seed(out_dir, "jumprelu", &j, false, NULL);
+    spec t = {"topk", 4, 6, 0, true, "none", NULL, 2, true, R, NULL};
+    write_seed(out_dir, "topk_rescale", &t, false, NULL);
+    spec k = {"jumprelu_skip_transcoder", 4, 6, 3, false, "layer_norm", NULL, 0, false, R, "blocks.0.hook_mlp_out"};
+    write_seed(out_dir, "jumprelu_skip_transcoder", &k, false, NULL);
+    spec z = {"standard", 4, 6, 0, true, "expected_average_only_in", "hook_z", 0, false, "blocks.0.attn.hook_z", NULL};
+    write_seed(out_dir, "hook_z", &z, false, NULL);
+    spec p = {"topk", 4, 6, 0, true, "none", NULL, 2, false, R, NULL};
+    write_seed(out_dir, "pre6_topk", &p, false,
+               "{\"d_in\": 4, \"d_sae\": 6, \"hook_point\": \"blocks.0.hook_resid_pre\", \"dtype\": \"torch.float32\", "
+               "\"activation_fn\": \"topk\", \"activation_fn_kwargs\": {\"k\": 2}, \"normalize_activations\": false}");
+}
+
 int main(int argc, char **argv)
 {
     cat_verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
     if (!mkdtemp(g_root)) return 2;
     cat_tmp = g_root;
+    if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) {
+        write_seeds(argv[2]);
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", g_root);
+        return system(cmd) != 0;
+    }
     test_architectures();
     test_dtypes_info_views();
+    test_pre6();
     test_hostile();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_root);

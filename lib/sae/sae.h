@@ -45,8 +45,12 @@ struct circuits_sae {
  *   topk keeps k per row). pre is not written.
  * cx_sae_decode: out [n, d_out] = post W_dec + b_dec (topk with rescale: as SAELens), what
  *   hook_sae_recons sees.
- * cx_sae_output: out [n, d_out] in place: the output normalization undone with coeff, then skip
- *   transcoders add x_raw W_skip^T (x_raw [n, d_in]: the input as hook_name gave it). */
+ * cx_sae_output: out [n, d_out] in place: the output normalization undone with coeff (SAEs only:
+ *   SAELens's Transcoder.decode does not undo it), then skip transcoders add x_raw W_skip^T
+ *   (x_raw [n, d_in]: the input as hook_name gave it, neither hooked nor normalized, as
+ *   SkipTranscoder.forward reads its x). Note: SAELens 6.54.12's HookedSAETransformer splices
+ *   encode + decode only, leaving W_skip out (docs/saes.md "Architectures").
+ * None of them allocates; coeff may be NULL only when s->norm needs no per-row factors. */
 int cx_sae_input(const circuits_sae *s, float *x, int64_t n, float *coeff);
 int cx_sae_pre(const circuits_sae *s, const float *x, int64_t n, float *pre);
 int cx_sae_post(const circuits_sae *s, const float *x, const float *pre, int64_t n, float *post);

@@ -1,6 +1,7 @@
 /* Loading an SAE or transcoder from a directory as SAELens 6 saves it (SAE.save_model /
  * save_inference_model): cfg.json (the SAEConfig's fields, metadata.hook_name / hook_name_out,
- * "architecture"), sae_weights.safetensors (the state dict by parameter name) and, optionally,
+ * "architecture"; a config from before SAELens 6 is read as its handle_pre_6_0_config converts it),
+ * sae_weights.safetensors (the state dict by parameter name) and, optionally,
  * sparsity.safetensors (tensor "sparsity": log10 feature sparsity, as SAELens's loaders read it).
  * Both files are hostile input: every field is type- and range-checked, every tensor's dtype and
  * shape checked against the config, a missing or extra tensor refused, and every architecture or
@@ -106,21 +107,36 @@ static int parse_cfg(const cx_jcfg *c, circuits_sae *s)
 {
     int rc;
     const char *str;
-    /* metadata (SAELens 6): hook names, version */
+    /* the version: SAELens 6 keeps it (and the hook names) in metadata; a config without one
+     * or from before 6 is converted as SAELens's handle_pre_6_0_config does */
     json_t *md = json_object_get(c->root, "metadata");
-    if (!md || !json_is_object(md))
-        return cx_fail(CIRCUITS_E_CONFIG, "%s: missing object 'metadata' (SAELens 6 keeps hook_name there)", c->path);
-    cx_jcfg m = {md, c->path};
-    const char *version;
-    if ((rc = cx_jcfg_str(&m, "sae_lens_version", &version))) return rc;
+    if (md && !json_is_null(md) && !json_is_object(md))
+        return cx_fail(CIRCUITS_E_CONFIG, "%s: 'metadata' must be an object", c->path);
+    cx_jcfg m = {md && json_is_object(md) ? md : NULL, c->path};
+    const char *version = NULL;
+    if (m.root && (rc = cx_jcfg_str(&m, "sae_lens_version", &version))) return rc;
     if (!version && (rc = cx_jcfg_str(c, "sae_lens_version", &version))) return rc;
-    if (major_version(version) < 6)
-        return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: sae_lens_version %s%s%s: a config written before SAELens 6 is not "
-                       "supported (load it with SAELens 6 and save it again with save_model)", c->path,
-                       version ? "'" : "", version ? version : "absent", version ? "'" : "");
-    /* architecture */
+    bool pre6 = major_version(version) < 6;
+    if (!pre6 && !m.root)
+        return cx_fail(CIRCUITS_E_CONFIG, "%s: missing object 'metadata' (SAELens 6 keeps hook_name there)", c->path);
+    if (pre6) m.root = c->root; /* hook names at the top level */
+    /* architecture (pre-6: "standard" unless absent, topk from activation_fn "topk" with k) */
     if ((rc = cx_jcfg_str(c, "architecture", &str))) return rc;
-    if (!str) return cx_fail(CIRCUITS_E_CONFIG, "%s: missing required field 'architecture'", c->path);
+    if (!str && !pre6) return cx_fail(CIRCUITS_E_CONFIG, "%s: missing required field 'architecture'", c->path);
+    if (!str) str = "standard";
+    int32_t pre6_k = -1;
+    if (pre6) {
+        const char *act, *act_key = cx_jcfg_absent(c, "activation_fn") ? "activation_fn_str" : "activation_fn";
+        if ((rc = cx_jcfg_str(c, act_key, &act))) return rc;
+        json_t *kw = json_object_get(c->root, "activation_fn_kwargs");
+        if (act && strcmp(act, "topk") == 0 && kw && json_is_object(kw) && !cx_jcfg_absent(&(cx_jcfg){kw, c->path}, "k")) {
+            if ((rc = cx_jcfg_int(&(cx_jcfg){kw, c->path}, "k", true, 0, 0, CX_MAX_DIM, &pre6_k))) return rc;
+            str = "topk";
+        } else if (act && strcmp(act, "relu") != 0) {
+            return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: %s '%s' (a config from before SAELens 6) is not supported (SAELens 6 "
+                           "computes relu whatever it says)", c->path, act_key, act);
+        }
+    }
     const struct arch_row *a = NULL;
     for (size_t i = 0; i < CX_COUNT(archs); i++)
         if (strcmp(str, archs[i].name) == 0) a = &archs[i];
@@ -164,7 +180,11 @@ static int parse_cfg(const cx_jcfg *c, circuits_sae *s)
         return cx_fail(CIRCUITS_E_CONFIG, "%s: apply_b_dec_to_input must be false for a transcoder ('%s'; SAELens "
                        "refuses it too: b_dec is d_out wide)", c->path, s->arch_name);
     /* normalize_activations */
-    if ((rc = cx_jcfg_str(c, "normalize_activations", &str))) return rc;
+    json_t *na = json_object_get(c->root, "normalize_activations");
+    if (pre6 && na && json_is_boolean(na)) /* before 6: a boolean for expected_average_only_in */
+        str = json_is_true(na) ? "expected_average_only_in" : "none";
+    else if ((rc = cx_jcfg_str(c, "normalize_activations", &str)))
+        return rc;
     if (!str || strcmp(str, "none") == 0) s->norm = CIRCUITS_SAE_NORM_NONE;
     else if (strcmp(str, "expected_average_only_in") == 0) s->norm = CIRCUITS_SAE_NORM_EXPECTED_AVERAGE;
     else if (strcmp(str, "constant_norm_rescale") == 0) s->norm = CIRCUITS_SAE_NORM_CONSTANT_NORM_RESCALE;
@@ -178,13 +198,19 @@ static int parse_cfg(const cx_jcfg *c, circuits_sae *s)
                        "expected_average_only_in, constant_norm_rescale, layer_norm)", c->path, str);
     /* reshape_activations */
     if ((rc = cx_jcfg_str(c, "reshape_activations", &str))) return rc;
+    if (!str && pre6) { /* before 6: hook_z when the hook name says so */
+        const char *h = NULL;
+        if ((rc = cx_jcfg_str(c, cx_jcfg_absent(c, "hook_name") ? "hook_point" : "hook_name", &h))) return rc;
+        str = h && strstr(h, "hook_z") ? "hook_z" : "none";
+    }
     if (str && strcmp(str, "hook_z") == 0) s->reshape_hook_z = true;
     else if (str && strcmp(str, "none") != 0)
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: reshape_activations '%s' is not supported (none, hook_z)", c->path,
                        str);
     /* topk */
     if (s->arch == CIRCUITS_SAE_TOPK) {
-        if ((rc = cx_jcfg_int(c, "k", false, 100, 0, CX_MAX_DIM, &s->k))) return rc;
+        if (pre6_k >= 0) s->k = pre6_k;
+        else if ((rc = cx_jcfg_int(c, "k", false, 100, 0, CX_MAX_DIM, &s->k))) return rc;
         if (s->k > s->d_sae)
             return cx_fail(CIRCUITS_E_CONFIG, "%s: k = %d is larger than d_sae = %lld", c->path, (int)s->k,
                            (long long)s->d_sae);
@@ -196,9 +222,11 @@ static int parse_cfg(const cx_jcfg *c, circuits_sae *s)
     if (fsf)
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: finetuning_scaling_factor true is not supported", c->path);
     /* hook names */
-    if ((rc = cx_jcfg_str(&m, "hook_name", &str))) return rc;
+    const char *hook_key = pre6 && cx_jcfg_absent(c, "hook_name") ? "hook_point" : "hook_name";
+    if ((rc = cx_jcfg_str(&m, hook_key, &str))) return rc;
     if (!str || !*str)
-        return cx_fail(CIRCUITS_E_CONFIG, "%s: metadata.hook_name is missing (the hook point the SAE reads)", c->path);
+        return cx_fail(CIRCUITS_E_CONFIG, "%s: %s is missing (the hook point the SAE reads)", c->path,
+                       pre6 ? "hook_name (or hook_point: a config from before SAELens 6)" : "metadata.hook_name");
     if ((rc = dup_str(str, &s->hook_name))) return rc;
     s->hook_layer = layer_of(s->hook_name);
     if ((rc = cx_jcfg_str(&m, "hook_name_out", &str))) return rc;

@@ -187,6 +187,12 @@ int cx_sae_post(const circuits_sae *s, const float *x, const float *pre, int64_t
 
 /* ---- decoder ---- */
 
+/* o += v w (distinct arrays: vectorized) */
+static inline void axpy(float *restrict o, float v, const float *restrict w, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) o[i] += v * w[i];
+}
+
 /* out rows = b_dec + sum over the row's nonzero activations of act * W_dec[latent] (topk's
  * rescale: act * (1 / |W_dec[latent]|), as SAELens's act_times_W_dec). */
 static void sparse_decode_rows(void *arg, int64_t begin, int64_t end)
@@ -201,11 +207,9 @@ static void sparse_decode_rows(void *arg, int64_t begin, int64_t end)
         memset(o, 0, (size_t)D * sizeof *o);
         for (int64_t l = 0; l < ds; l++) {
             if (a[l] == 0.0f) continue;
-            float v = norm ? a[l] * (1.0f / norm[l]) : a[l];
-            const float *w = s->W_dec + l * D;
-            for (int64_t i = 0; i < D; i++) o[i] += v * w[i];
+            axpy(o, norm ? a[l] * (1.0f / norm[l]) : a[l], s->W_dec + l * D, D);
         }
-        for (int64_t i = 0; i < D; i++) o[i] += s->b_dec[i];
+        axpy(o, 1.0f, s->b_dec, D);
     }
 }
 
