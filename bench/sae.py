@@ -4,7 +4,8 @@
 same run.
 
     /opt/refenv/bin/python bench/sae.py [--threads N] [--reps 3] [--shapes 1:128,8:128,1:1024]
-                                        [--tasks fwd,saes,cache_sae,cache_all] [--out bench/results/sae-DATE.json]
+                                        [--tasks fwd,saes,cache_sae,cache_all] [--saes sparse,dense]
+                                        [--out bench/results/sae-DATE.json]
     /opt/refenv/bin/python bench/sae.py --render bench/results/sae-DATE.json
 
 Model: the GPT-2-small-shaped random model of bench/run.py (bench/.cache/gpt2-small-random,
@@ -234,10 +235,10 @@ class Peer:
         self.p.wait()
 
 
-def configs(shapes, tasks):
+def configs(shapes, tasks, variants):
     for B, T in shapes:
         for task in tasks:
-            for variant in (("sparse", "dense") if task == "saes" else ("sparse",)):
+            for variant in ([v for v in variants if v in SAE_DIRS] if task == "saes" else ("sparse",)):
                 for err in ((0,) if task == "fwd" else (0, 1)):
                     yield task, B, T, err, ("-" if task == "fwd" else variant)
 
@@ -250,7 +251,7 @@ def run(a):
     peers_ = [Peer("circuits", a.threads), Peer("saelens", a.threads)]
     clock = "cpu_ms" if a.threads == 1 else "ms"
     results = []
-    for cfg in configs(shapes, tasks):
+    for cfg in configs(shapes, tasks, a.saes.split(",")):
         cmd = "%s %d %d %d %s" % cfg
         recs = {p.name: [] for p in peers_}
         for p in peers_:  # warm-up
@@ -312,6 +313,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--shapes", default="1:128,8:128,1:1024")
     ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--saes", default="sparse,dense", help="the SAEs of the saes task")
     ap.add_argument("--out")
     ap.add_argument("--worker", choices=["circuits", "saelens"])
     ap.add_argument("--render")
