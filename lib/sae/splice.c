@@ -17,6 +17,13 @@
 
 #include <string.h>
 
+/* True if attachment a reads its input at another point than the one it replaces (a transcoder;
+ * one whose hook_name_out is its hook_name reads the replaced point's value, as an SAE). */
+static bool captures_input(const cx_sae_attach *a)
+{
+    return a->sae->transcoder && (a->in_layer != a->out_layer || a->in_kind != a->out_kind);
+}
+
 /* ---- the working memory of one pass: [captures][sae_in][pre][post][recons][err][coeff] ---- */
 
 typedef struct sae_mem {
@@ -43,7 +50,7 @@ static bool sizes(const cx_sae_attach *saes, size_t n, size_t N, size_t *capture
     *captures = 0;
     for (size_t i = 0; i < n; i++) {
         const circuits_sae *s = saes[i].sae;
-        if (s->transcoder && !add_size(captures, N, (size_t)s->d_in)) return false;
+        if (captures_input(&saes[i]) && !add_size(captures, N, (size_t)s->d_in)) return false;
         if ((size_t)s->d_in > d_in) d_in = (size_t)s->d_in;
         if ((size_t)s->d_sae > d_sae) d_sae = (size_t)s->d_sae;
         if ((size_t)s->d_out > d_out) d_out = (size_t)s->d_out;
@@ -65,7 +72,7 @@ static float *capture_of(const circuits_context *ctx, int32_t a, size_t N)
 {
     float *p = ctx->sae_mem;
     for (int32_t i = 0; i < a; i++)
-        if (ctx->saes[i].sae->transcoder) p += N * (size_t)ctx->saes[i].sae->d_in;
+        if (captures_input(&ctx->saes[i])) p += N * (size_t)ctx->saes[i].sae->d_in;
     return p;
 }
 
@@ -106,7 +113,7 @@ int cx_sae_splice(circuits_context *ctx, const cx_run *run, int32_t idx, float *
     int64_t n = (int64_t)N;
     sae_mem m;
     layout(ctx, N, &m);
-    const float *x_raw = s->transcoder ? capture_of(ctx, a, N) : data;
+    const float *x_raw = captures_input(att) ? capture_of(ctx, a, N) : data;
     int rc;
     /* SAELens: reshape, hook_sae_input, the input normalization and - b_dec, then the encoder's
      * pre-activation (hook_sae_acts_pre), its activation (hook_sae_acts_post), the decoder
