@@ -49,9 +49,12 @@ from . import evals, utils  # noqa: E402  (TransformerLens's evals and utils mod
 from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens's patching module
 from .compare import DiffResult, diff  # noqa: E402 -- comparing two models (docs/quantization.md)
 from . import grad, attribution  # noqa: E402,F401 -- gradients (docs/gradients.md)
+from .sae import SAE  # noqa: E402 -- SAEs and transcoders (docs/saes.md)
 from . import steering  # noqa: E402,F401 -- steering and control vectors (docs/steering.md)
 from .features import FeatureStats, TopContexts  # noqa: E402 -- SAE feature statistics (docs/saes.md)
 from .probe import Probe  # noqa: E402 -- linear probes (docs/probes.md)
+
+HookedSAETransformer = Model  # SAELens's name: Model has add_sae, run_with_saes, ... (docs/saes.md "Python")
 
 __version__ = "0.8.0"
 
@@ -111,6 +114,8 @@ __all__ = [
     "library_version",
     "set_num_threads",
     "get_num_threads",
+    "SAE",
+    "HookedSAETransformer",
     "dequantize",
     "dtype_block",
     "dtype_name",

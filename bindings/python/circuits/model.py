@@ -821,6 +821,7 @@ class Model:
         self._ctx = None
         try:
             self._ctx = h.new_context(self._cfg.use_attn_result, **self._hook_flags())
+            self._sae_reattach()
             self._build_points()
             self._rebuild_hooks()
         except BaseException:
@@ -1293,6 +1294,7 @@ class Model:
                 new_ctx = h.new_context(self._cfg.use_attn_result, **self._hook_flags(**{flag: value}))
             self._ctx = new_ctx
             try:
+                self._sae_reattach()  # the SAEs attached come along (refused if the change removes their point)
                 self._build_points()
                 self._rebuild_hooks()
             except BaseException:
@@ -2009,6 +2011,99 @@ class Model:
             return res
         strs = [self._tok().decode(row, skip_special_tokens=True) for row in res]
         return strs[0] if len(strs) == 1 else strs  # as TL: one text for batch 1
+
+    # -- SAEs and transcoders (circuits/sae.py; docs/saes.md "Python") ----------------------
+    # HookedSAETransformer's calls. An SAE attached applies to every run of this model
+    # (forward, run_with_cache, run_with_hooks, generate, the analyses); its
+    # <hook>.hook_sae_* points are ordinary hook points while it is attached.
+
+    def add_sae(self, sae: Any, use_error_term: Optional[bool] = None) -> None:
+        """HookedSAETransformer's ``add_sae``: splices ``sae`` (a :class:`circuits.SAE`) into
+        every run of this model at ``sae.cfg.metadata.hook_name`` (a transcoder: reading that
+        point, replacing ``hook_name_out``) until :meth:`reset_saes`; an SAE already attached at
+        the same hook is replaced. ``use_error_term``: None takes ``sae.use_error_term``; True
+        adds ``hook_sae_error`` (the input minus the SAE's output without hooks) so the model's
+        output is unchanged unless a hook edits a latent. Refused: a point that does not exist
+        (NotFoundError; SAELens only logs a warning and skips), of another width (ShapeError),
+        with hooks registered at the point the SAE replaces (InvalidArgumentError: remove them
+        first), from inside a hook of this model."""
+        from . import sae as S
+
+        S.add_sae(self, sae, use_error_term)
+
+    def reset_saes(self, act_names: Union[None, str, Sequence[str]] = None) -> None:
+        """HookedSAETransformer's ``reset_saes``: detaches the SAEs at ``act_names`` (hook names,
+        their ``hook_name``; None: every SAE); the replaced points come back, and hooks registered
+        at the SAEs' points leave with them. A name with no SAE warns and is skipped."""
+        from . import sae as S
+
+        S.reset_saes(self, act_names)
+
+    @property
+    def acts_to_saes(self) -> Dict[str, Any]:
+        """{hook_name: SAE} of the SAEs attached, in attachment order."""
+        from . import sae as S
+
+        return S.acts_to_saes(self)
+
+    def saes(self, saes: Any = (), reset_saes_end: bool = True, use_error_term: Optional[bool] = None,
+             exclude_special_tokens: Any = False) -> Any:
+        """Context manager (HookedSAETransformer's ``saes``): ``with model.saes(saes=[sae]):``
+        attaches the SAEs (``use_error_term`` for all of them; None: each SAE's own) and, with
+        ``reset_saes_end``, removes them at the end, restoring any SAE they replaced.
+        ``exclude_special_tokens`` is not supported (False only)."""
+        from . import sae as S
+
+        return S.saes(self, saes, reset_saes_end, use_error_term, exclude_special_tokens)
+
+    def run_with_saes(self, *model_args: Any, saes: Any = (), reset_saes_end: bool = True,
+                      use_error_term: Optional[bool] = None, exclude_special_tokens: Any = False,
+                      **model_kwargs: Any) -> Any:
+        """``model(*model_args, **model_kwargs)`` with ``saes`` attached for this call (as
+        :meth:`saes`); atomic with respect to other threads' runs, as :meth:`run_with_hooks`."""
+        from . import sae as S
+
+        return S.run_with_saes(self, *model_args, saes=saes, reset_saes_end=reset_saes_end,
+                               use_error_term=use_error_term, exclude_special_tokens=exclude_special_tokens,
+                               **model_kwargs)
+
+    def run_with_cache_with_saes(self, *model_args: Any, saes: Any = (), reset_saes_end: bool = True,
+                                 use_error_term: Optional[bool] = None, exclude_special_tokens: Any = False,
+                                 return_cache_object: bool = True, remove_batch_dim: bool = False,
+                                 **kwargs: Any) -> Tuple[Any, Any]:
+        """:meth:`run_with_cache` with ``saes`` attached for this call: the cache holds the SAEs'
+        points too (``"blocks.3.hook_resid_pre.hook_sae_acts_post"``, ...; ``names_filter``
+        selects among them as among the model's own)."""
+        from . import sae as S
+
+        return S.run_with_cache_with_saes(self, *model_args, saes=saes, reset_saes_end=reset_saes_end,
+                                          use_error_term=use_error_term,
+                                          exclude_special_tokens=exclude_special_tokens,
+                                          return_cache_object=return_cache_object,
+                                          remove_batch_dim=remove_batch_dim, **kwargs)
+
+    def run_with_hooks_with_saes(self, *model_args: Any, saes: Any = (), reset_saes_end: bool = True,
+                                 exclude_special_tokens: Any = False, fwd_hooks: Sequence[Any] = (),
+                                 bwd_hooks: Sequence[Any] = (), reset_hooks_end: bool = True,
+                                 clear_contexts: bool = False, use_error_term: Optional[bool] = None,
+                                 **model_kwargs: Any) -> Any:
+        """:meth:`run_with_hooks` with ``saes`` attached for this call: ``fwd_hooks`` may name
+        the SAEs' points (``("blocks.3.hook_resid_pre.hook_sae_acts_post", fn)``)."""
+        from . import sae as S
+
+        return S.run_with_hooks_with_saes(self, *model_args, saes=saes, reset_saes_end=reset_saes_end,
+                                          exclude_special_tokens=exclude_special_tokens, fwd_hooks=fwd_hooks,
+                                          bwd_hooks=bwd_hooks, reset_hooks_end=reset_hooks_end,
+                                          clear_contexts=clear_contexts, use_error_term=use_error_term,
+                                          **model_kwargs)
+
+    def _sae_reattach(self) -> None:
+        """Attaches this model's SAEs to a fresh context (set_use_* options, an abandoned
+        context): called before the new context's hook points are read."""
+        if self.__dict__.get("_sae_attached"):
+            from . import sae as S
+
+            S.reattach(self)
 
     # -- probes (docs/probes.md) --------------------------------------------------------------
 

@@ -1473,6 +1473,12 @@ assert not set(GRAD_PROBES) & set(PROBES) and not set(GRAD_AUDIT) & set(AUDIT)
 PROBES.update(GRAD_PROBES)
 AUDIT.update(GRAD_AUDIT)
 
+# The SAE API's probes and audit entries (0.8.0) live in their own file.
+from misuse_probes_sae import SAE_AUDIT, SAE_PROBES  # noqa: E402
+
+assert not set(SAE_PROBES) & set(PROBES) and not set(SAE_AUDIT) & set(AUDIT)
+PROBES.update(SAE_PROBES)
+AUDIT.update(SAE_AUDIT)
 # Steering, control vectors and contrastive vectors (0.8.0) live in their own file.
 from misuse_probes_steer import STEER_AUDIT, STEER_PROBES  # noqa: E402
 

@@ -52,3 +52,32 @@ def metadata(path: str) -> Dict[str, str]:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
     return header.get("__metadata__", {})
+
+
+_NAMES = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<i8"): "I64",
+          np.dtype("<i4"): "I32", np.dtype("<i2"): "I16", np.dtype("i1"): "I8", np.dtype("u1"): "U8",
+          np.dtype("?"): "BOOL"}
+
+
+def save(path: str, tensors: Dict[str, np.ndarray], metadata: Dict[str, str] = None) -> None:
+    """Writes {name: array} as safetensors (little-endian, C order, tensors in name order), as
+    the safetensors package does; SAE directories in the tests are written with it."""
+    header: Dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    blobs = []
+    off = 0
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        raw = a.tobytes()
+        header[name] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for raw in blobs:
+            f.write(raw)

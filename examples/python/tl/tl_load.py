@@ -26,8 +26,9 @@ torch.set_grad_enabled(False)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-def load_tl(path: str, **processing) -> HookedTransformer:
-    """``HookedTransformer.from_pretrained(path)`` for a local GPT-2 directory."""
+def load_tl(path: str, model_class=HookedTransformer, **processing) -> HookedTransformer:
+    """``HookedTransformer.from_pretrained(path)`` for a local GPT-2 directory (``model_class``:
+    a subclass, e.g. SAELens's HookedSAETransformer)."""
     hf = GPT2LMHeadModel.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
     c = hf.config
     cfg = HookedTransformerConfig(
@@ -39,7 +40,7 @@ def load_tl(path: str, **processing) -> HookedTransformer:
         original_architecture="GPT2LMHeadModel", device="cpu", dtype=torch.float32,
         default_prepend_bos=True,
     )
-    model = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(path))
+    model = model_class(cfg, tokenizer=AutoTokenizer.from_pretrained(path))
     opts = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True,
                 refactor_factored_attn_matrices=False)
     opts.update(processing)
