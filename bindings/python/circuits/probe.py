@@ -120,16 +120,19 @@ class Probe:
 
     def save(self, path: "str | os.PathLike[str]") -> None:
         """Writes the probe as a safetensors file (W, b and metadata; docs/probes.md)."""
-        N.check(lib.circuits_probe_save(self._ptr, N.cstr(os.fspath(path))), "Probe.save")
+        h = self._live()
+        N.check(lib.circuits_probe_save(h.ptr, N.cstr(os.fspath(path))), "Probe.save")
 
     # -- the C object ---------------------------------------------------------------------
 
-    @property
-    def _ptr(self) -> int:
-        p = self._h.ptr
-        if not p:
+    def _live(self) -> Handle:
+        """The probe's handle, held by the caller (a local) for the length of its C call:
+        another thread's close() only drops this object's reference, so the C probe is not
+        freed under the call (a bare pointer taken out of the handle would not keep it)."""
+        h = self._h
+        if not h.ptr:
             raise InvalidArgumentError("the probe was closed")
-        return p
+        return h
 
     def close(self) -> None:
         """Lets go of the C probe: freed now unless arrays from coef_ / intercept_ or a monitor
@@ -140,7 +143,8 @@ class Probe:
     def _info(self) -> N.ProbeInfo:
         info = N.ProbeInfo()
         info.size = ctypes.sizeof(info)
-        N.check(lib.circuits_probe_get_info(self._ptr, ctypes.byref(info)))
+        h = self._live()
+        N.check(lib.circuits_probe_get_info(h.ptr, ctypes.byref(info)))
         return info
 
     @property
@@ -187,8 +191,9 @@ class Probe:
 
     def _views(self):
         W, b = N.Tensor(), N.Tensor()
-        N.check(lib.circuits_probe_weights(self._ptr, ctypes.byref(W), ctypes.byref(b)))
-        return tensor_view(W, self._h, readonly=True), tensor_view(b, self._h, readonly=True)
+        h = self._live()  # the views' owner is the handle whose memory they view
+        N.check(lib.circuits_probe_weights(h.ptr, ctypes.byref(W), ctypes.byref(b)))
+        return tensor_view(W, h, readonly=True), tensor_view(b, h, readonly=True)
 
     @property
     def coef_(self) -> np.ndarray:
@@ -206,7 +211,8 @@ class Probe:
     def _outputs(self, X: Any) -> np.ndarray:
         Xa = _rows(X, self._d, "X")
         out = np.empty((Xa.shape[0], self._n_out), np.float32)
-        N.check(lib.circuits_probe_predict(self._ptr, Xa, Xa.shape[0], out), "Probe.predict")
+        h = self._live()
+        N.check(lib.circuits_probe_predict(h.ptr, Xa, Xa.shape[0], out), "Probe.predict")
         return out
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -237,7 +243,8 @@ class Probe:
         ya = np.ascontiguousarray(ya.reshape(-1), dtype=np.float32)
         s = N.ProbeScore()
         s.size = ctypes.sizeof(s)
-        N.check(lib.circuits_probe_evaluate(self._ptr, Xa, n, ya, ctypes.byref(s)), "Probe.evaluate")
+        h = self._live()
+        N.check(lib.circuits_probe_evaluate(h.ptr, Xa, n, ya, ctypes.byref(s)), "Probe.evaluate")
         if self._kind == N.CIRCUITS_PROBE_LOGISTIC:
             return {"accuracy": float(s.accuracy), "log_loss": float(s.log_loss)}
         return {"r2": float(s.r2), "mse": float(s.mse)}
@@ -297,7 +304,7 @@ def add_probe_monitor(model: Any, probe: Probe, fn: Callable[[np.ndarray, int], 
         raise TypeError(f"add_probe_monitor needs a circuits.Probe, not {type(probe).__name__}")
     if not callable(fn):
         raise TypeError(f"a probe monitor is fn(outputs, first_position), not {type(fn).__name__}")
-    probe._ptr  # noqa: B018 -- a closed probe is refused here
+    probe_handle = probe._live()  # a closed probe is refused here
     name = hook if hook is not None else probe.hook_name
     if name is None:
         raise InvalidArgumentError("the probe has no hook_name: pass hook=")
@@ -305,7 +312,7 @@ def add_probe_monitor(model: Any, probe: Probe, fn: Callable[[np.ndarray, int], 
         model._check_open()
         model._refuse_running("adding a probe monitor")
         reg = _MonitorRegistration(next(_KEYS), fn, [name], False, model._state)
-        reg.probe = probe._h  # the C monitor reads the probe: its handle lives as long as the registration
+        reg.probe = probe_handle  # the C monitor reads the probe: its handle lives as long as the registration
         model._c_add(reg)
         model._regs.append(reg)
     return HookHandle(model, reg)

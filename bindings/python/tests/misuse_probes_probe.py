@@ -31,6 +31,48 @@ for a, s in zip([W, b, W2], after):
 assert not W.flags.writeable
 ok()
 '''),
+    "owner_probe_close_races": ("owner", _DATA + '''
+# probe.close() from one thread while another predicts, evaluates, reads coef_ or saves: each
+# call holds the probe's handle for its C call (and a view's owner is the handle the call used),
+# so the C probe is never freed under a call; the other thread then gets InvalidArgumentError
+import random, time, tempfile
+random.seed(3)
+d = 512
+X = rng.normal(size=(64, d)).astype(np.float32)
+big = rng.normal(size=(4000, d)).astype(np.float32)
+path = os.path.join(tempfile.mkdtemp(), "race.probe")
+circuits.Probe.fit(X, X[:, :4].sum(1), kind="linear", l2=1.0).save(path)
+yb = (big[:, 0] > 0).astype(np.float32)
+seen = {"closed": 0}
+views = []
+for it in range(40):
+    p = circuits.Probe.load(path)
+    go = threading.Event(); errs = []
+    def worker(p=p, it=it):
+        go.set()
+        try:
+            while True:
+                p.predict(big)
+                p.evaluate(big, yb)
+                views.append(p.coef_)
+                if it % 4 == 0:
+                    p.save(path + f".{it}")
+        except circuits.InvalidArgumentError:
+            seen["closed"] += 1
+        except BaseException as e:
+            errs.append(e)
+    th = threading.Thread(target=worker); th.start(); go.wait()
+    time.sleep(random.random() * 0.004)
+    p.close()
+    del p
+    gc.collect()
+    th.join()
+    assert not errs, errs
+assert seen["closed"] == 40, seen
+for v in views[-50:]:
+    touch(v)
+ok()
+'''),
     "owner_probe_monitor_outlives_probe": ("owner", _DATA + '''
 # a monitor registration keeps the C probe alive: the probe object closed and dropped, the
 # monitor still computes what a copy loaded from the probe's file predicts
@@ -121,10 +163,11 @@ ok()
 PROBE_AUDIT = {
     "circuits_probe_options_init": "a struct of the binding's, sized by ctypes",
     "circuits_probe_fit": ["size_probe_inputs", "owner_probe_coef_after_close"],
-    "circuits_probe_free": ["owner_probe_coef_after_close", "owner_probe_monitor_outlives_probe"],
+    "circuits_probe_free": ["owner_probe_coef_after_close", "owner_probe_monitor_outlives_probe",
+                            "owner_probe_close_races"],
     "circuits_probe_get_info": ["size_probe_inputs", "owner_probe_coef_after_close"],
     "circuits_probe_weights": ["owner_probe_coef_after_close"],
-    "circuits_probe_predict": ["size_probe_inputs", "owner_probe_monitor_outlives_probe"],
+    "circuits_probe_predict": ["size_probe_inputs", "owner_probe_monitor_outlives_probe", "owner_probe_close_races"],
     "circuits_probe_evaluate": ["size_probe_inputs"],
     "circuits_probe_save": ["size_probe_files_and_hooks"],
     "circuits_probe_load": ["size_probe_files_and_hooks", "owner_probe_monitor_outlives_probe"],
