@@ -455,6 +455,38 @@ int main(int argc, char **argv)
         circuits_sae_free(ss);
     }
 
+    /* a transcoder reads its input in the same pass: one whose input the pass reaches after the
+     * point it writes is refused, and a run that starts after its input (start_at_layer) fails
+     * rather than read what an earlier pass left in the capture buffer */
+    {
+        circuits_sae *sb = NULL, *sc = NULL;
+        CHECK_OK(circuits_sae_load(&sb, write_sae("tback", &wt, "blocks.1.ln2.hook_normalized", "blocks.0.hook_mlp_out",
+                                                  D)));
+        CHECK_OK(circuits_sae_load(&sc, write_sae("tcross", &wt, "blocks.0.hook_resid_mid", "blocks.1.hook_mlp_out", D)));
+        if (sb && sc) {
+            CALL_FAILS("sae_transcoder_input_after_output", circuits_context_add_sae(ctx, sb, 0),
+                       CIRCUITS_E_INVALID_ARGUMENT, "the transcoder reads 'blocks.1.ln2.hook_normalized', which a "
+                       "forward pass reaches after 'blocks.0.hook_mlp_out'");
+            CHECK(circuits_context_sae_count(ctx) == 0, "the refusal attached nothing");
+            CHECK_OK(circuits_context_add_sae(ctx, sc, 0));
+            float *resid = malloc(sizeof(float) * B * T * D), *la = malloc(sizeof(float) * B * T * V);
+            circuits_run_options ro;
+            circuits_run_options_init(&ro);
+            ro.stop_at_layer = 1;
+            CHECK_OK(circuits_context_run(ctx, &ro, tokens, B, T, resid));
+            CHECK_OK(circuits_context_forward(ctx, tokens, B, T, la, NULL, NULL)); /* a full run: captured */
+            circuits_run_options_init(&ro);
+            ro.start_at_layer = 1;
+            ro.input = resid;
+            CHECK_FAILS(circuits_context_run(ctx, &ro, NULL, B, T, logits), CIRCUITS_E_UNSUPPORTED,
+                        "the run did not reach 'blocks.0.hook_resid_mid', the input of the transcoder");
+            CHECK_OK(circuits_context_remove_sae(ctx, "blocks.0.hook_resid_mid"));
+            CHECK_OK(circuits_context_run(ctx, &ro, NULL, B, T, logits)); /* detached: the run goes */
+            free(resid), free(la);
+        }
+        circuits_sae_free(sb), circuits_sae_free(sc);
+    }
+
     /* without the error term the spliced model is the model with the reconstruction written in */
     CHECK_OK(circuits_context_add_sae(ctx, s0, 0));
     CHECK_OK(circuits_context_forward(ctx, tokens, B, T, logits, NULL, NULL));

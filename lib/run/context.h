@@ -208,6 +208,9 @@ bool cx_sae_scratch_floats(const circuits_context *ctx, size_t N, size_t *floats
 int cx_sae_splice(circuits_context *ctx, const cx_run *run, int32_t idx, float *data, int64_t B, int64_t T);
 /* Keeps a transcoder's input (attachment a) until its output point fires. */
 void cx_sae_capture(circuits_context *ctx, int32_t a, const float *data, size_t numel);
+/* At the start of every pass: no transcoder input captured yet (cx_sae_splice refuses to read a
+ * capture this pass did not make). */
+void cx_sae_pass_start(circuits_context *ctx);
 
 /* A callback's return value as a status: CONTINUE -> OK, STOP -> CIRCUITS_E_STOPPED, negative ->
  * CIRCUITS_E_CALLBACK, each with a message naming `who` ("hook callback") and the point. */

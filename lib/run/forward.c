@@ -159,6 +159,7 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     s->logits = own_logits ? p : NULL;
     s->pos_id = masked ? (int32_t *)(p + logits_n) : NULL;
     ctx->sae_mem = sae_n ? p + logits_n + (masked ? N : 0) : NULL;
+    cx_sae_pass_start(ctx);
     return CIRCUITS_OK;
 }
 

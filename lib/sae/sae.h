@@ -74,6 +74,7 @@ typedef struct cx_sae_attach {
     bool error_term;
     int32_t in_layer, out_layer;   /* the input and output points' blocks (-1 outside) */
     int32_t in_kind, out_kind;     /* cx_hook_kind of hook_name and hook_name_out */
+    bool captured;                 /* a transcoder's input was captured in the current pass */
 } cx_sae_attach;
 
 #endif

@@ -99,6 +99,12 @@ void cx_sae_capture(circuits_context *ctx, int32_t a, const float *data, size_t 
 {
     size_t N = numel / (size_t)ctx->saes[a].sae->d_in;
     memcpy(capture_of(ctx, a, N), data, numel * sizeof(float));
+    ctx->saes[a].captured = true;
+}
+
+void cx_sae_pass_start(circuits_context *ctx)
+{
+    for (size_t i = 0; i < ctx->n_saes; i++) ctx->saes[i].captured = false;
 }
 
 /* ---- the splice ---- */
@@ -113,6 +119,12 @@ int cx_sae_splice(circuits_context *ctx, const cx_run *run, int32_t idx, float *
     int64_t n = (int64_t)N;
     sae_mem m;
     layout(ctx, N, &m);
+    /* the capture buffer holds what an earlier pass left there unless this pass reached the input
+     * point (a run that starts after it: start_at_layer) */
+    if (captures_input(att) && !att->captured)
+        return cx_fail(CIRCUITS_E_UNSUPPORTED, "the run did not reach '%s', the input of the transcoder writing '%s' "
+                       "(a run that starts after it, start_at_layer): detach the transcoder or start before its input",
+                       s->hook_name, s->hook_name_out);
     const float *x_raw = captures_input(att) ? capture_of(ctx, a, N) : data;
     int rc;
     /* SAELens: reshape, hook_sae_input, the input normalization and - b_dec, then the encoder's
@@ -260,7 +272,11 @@ int circuits_context_add_sae(circuits_context *ctx, const circuits_sae *sae, int
         !(rc = model_point(&t0, fn, "hook_name_out", sae->hook_name_out, &out)) &&
         !(rc = check_point(ctx, &t0.points[out], sae, true, fn)) && sae->transcoder)
         rc = check_point(ctx, &t0.points[in], sae, false, fn);
-    cx_sae_attach att = {sae, use_error_term != 0, -1, -1, -1, -1};
+    /* the table is in firing order: a transcoder's input must be reached before the point it writes */
+    if (!rc && sae->transcoder && in > out)
+        rc = cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the transcoder reads '%s', which a forward pass reaches after "
+                     "'%s', the point it writes", fn, sae->hook_name, sae->hook_name_out);
+    cx_sae_attach att = {sae, use_error_term != 0, -1, -1, -1, -1, false};
     if (!rc) {
         att.in_layer = t0.points[in].layer, att.in_kind = t0.points[in].kind;
         att.out_layer = t0.points[out].layer, att.out_kind = t0.points[out].kind;

@@ -596,6 +596,29 @@ def test_transcoder(tmp_path, model):
     close(cache[tout + ".hook_sae_error"].reshape(-1, D), xout.reshape(-1, D) - out)
 
 
+def test_transcoder_input_must_come_first(tmp_path, fresh):
+    """A transcoder reads its input in the same pass: one whose input a pass reaches after the point
+    it writes is refused, and a start_at_layer run that skips its input fails instead of reading
+    what an earlier run left in the capture buffer (the same input gave other logits each time)."""
+    back, _ = write_sae(tmp_path, "back", arch="transcoder", hook="blocks.2.ln2.hook_normalized",
+                        hook_out="blocks.1.hook_mlp_out", d_out=D)
+    with pytest.raises(circuits.InvalidArgumentError, match="reaches after 'blocks.1.hook_mlp_out'"):
+        fresh.add_sae(SAE.load_from_disk(back))
+    assert fresh.acts_to_saes == {}
+    cross, _ = write_sae(tmp_path, "cross", arch="transcoder", hook="blocks.0.hook_resid_mid",
+                         hook_out="blocks.1.hook_mlp_out", d_out=D)
+    tc = SAE.load_from_disk(cross)
+    fresh.add_sae(tc)
+    resid = fresh(TOK, stop_at_layer=1)
+    full = fresh(TOK)
+    with pytest.raises(circuits.UnsupportedError, match="the run did not reach 'blocks.0.hook_resid_mid'"):
+        fresh(resid, start_at_layer=1)
+    fresh(TOK2)
+    close(fresh(TOK), full, 0)  # full runs are unaffected
+    fresh.reset_saes()
+    fresh(resid, start_at_layer=1)
+
+
 def test_hook_z_sae_splice(tmp_path, model):
     path, p = write_sae(tmp_path, "z", hook="blocks.1.attn.hook_z", reshape="hook_z")
     sae = SAE.load_from_disk(path)
