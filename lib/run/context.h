@@ -206,6 +206,9 @@ bool cx_sae_scratch_floats(const circuits_context *ctx, size_t N, size_t *floats
 /* Runs the SAE whose first point is idx in place of the point it replaces: data is that point's
  * activation, rewritten with the SAE's output. */
 int cx_sae_splice(circuits_context *ctx, const cx_run *run, int32_t idx, float *data, int64_t B, int64_t T);
+/* Refuses a run that reaches a transcoder's output point but not its input point (start_at_layer
+ * past it, or an input given in place of the embeddings it reads). */
+int cx_sae_check_run(const circuits_context *ctx, const cx_run *run);
 /* Keeps a transcoder's input (attachment a) until its output point fires. */
 void cx_sae_capture(circuits_context *ctx, int32_t a, const float *data, size_t numel);
 

@@ -120,7 +120,7 @@ static int add_point(const cx_sae_attach *saes, size_t n_saes, cx_hook_table *t,
     }
     if ((rc = push_point(t, name, layer, k, k, -1))) return rc;
     for (size_t a = 0; a < n_saes; a++)
-        if (saes[a].sae->transcoder && saes[a].in_layer == layer && saes[a].in_kind == (int32_t)k)
+        if (cx_sae_captures(&saes[a]) && saes[a].in_layer == layer && saes[a].in_kind == (int32_t)k)
             t->points[first].capture = (int32_t)a;
     t->point_of[(size_t)(layer + 1) * HK_COUNT + k] = (int32_t)first;
     return CIRCUITS_OK;
