@@ -490,6 +490,39 @@ int main(int argc, char **argv)
         circuits_sae_free(ss), circuits_sae_free(sb), circuits_sae_free(sl), circuits_sae_free(se);
     }
 
+    /* ---- the library's editors at an SAE's points: ablating a latent, its mean ---- */
+    {
+        CHECK_OK(circuits_context_add_sae(ctx, s0, 1));
+        float *zeroed = malloc(sizeof(float) * B * T * V);
+        circuits_hook_id zid2;
+        CHECK_OK(circuits_context_add_hook(ctx, "blocks.0.hook_resid_post.hook_sae_acts_post", zero_latent_3, NULL, &zid2));
+        CHECK_OK(circuits_context_run_with_cache(ctx, tokens, B, T, NULL, 0, cache, zeroed, NULL, NULL));
+        CHECK_OK(circuits_context_remove_hook(ctx, zid2));
+        CHECK(max_diff(zeroed, logits0, (size_t)(B * T * V)) > 1e-4f, "zeroing latent 3 changes the logits");
+        circuits_ablation ab;
+        circuits_ablation_init(&ab);
+        ab.hook = "blocks.0.hook_resid_post.hook_sae_acts_post";
+        ab.neuron = 3;
+        CHECK_OK(circuits_context_run_ablated(ctx, &ab, 1, tokens, B, T, logits, NULL));
+        CHECK(max_diff(logits, zeroed, (size_t)(B * T * V)) < 1e-5f, "run_ablated at hook_sae_acts_post zeroes the latent "
+              "as a hook does (%.3g from it)", max_diff(logits, zeroed, (size_t)(B * T * V)));
+        float *mean = malloc(sizeof(float) * T * S);
+        const char *mh[] = {"blocks.0.hook_resid_post.hook_sae_acts_post"};
+        float *means[] = {mean};
+        CHECK_OK(circuits_context_run_with_cache(ctx, tokens, B, T, NULL, 0, cache, NULL, NULL, NULL));
+        const float *post = cache_data(cache, mh[0], NULL);
+        CHECK_OK(circuits_context_mean_activations(ctx, mh, 1, tokens, B, T, 1, means));
+        double e = 0;
+        for (int64_t i = 0; post && i < T * S; i++) {
+            double sum = 0;
+            for (int64_t b = 0; b < B; b++) sum += post[b * T * S + i];
+            e = fmax(e, fabs(sum / B - mean[i]));
+        }
+        CHECK(post && e < 1e-6, "mean_activations at hook_sae_acts_post (%.3g from the cache's)", e);
+        CHECK_OK(circuits_context_remove_sae(ctx, NULL));
+        free(zeroed), free(mean);
+    }
+
     circuits_context_free(ctx);
     circuits_sae_free(s0), circuits_sae_free(s1), circuits_sae_free(st);
     circuits_cache_free(plain), circuits_cache_free(cache);

@@ -143,6 +143,8 @@ int cx_sae_splice(circuits_context *ctx, const cx_run *run, int32_t idx, float *
          * SAE's points the hooked output is that output. */
         bool hooked = false;
         for (int j = 0; j < 4; j++) hooked |= pts[idx + j].n_regs > 0;
+        for (size_t i = 0; i < run->n_edits; i++) /* an editor of one of them (ablation of a latent) */
+            hooked |= run->edits[i].sae_point > idx && run->edits[i].sae_point <= idx + 4;
         const float *clean = m.recons;
         if (hooked) {
             memcpy(m.sae_in, x_raw, n_in * sizeof(float));
