@@ -1504,6 +1504,10 @@ CIRCUITS_API int circuits_context_feature_stats_add(circuits_context *ctx, circu
 /* n_tokens counted so far; d_sae; top_k and the window width (left + 1 + right). */
 CIRCUITS_API int circuits_feature_stats_dims(const circuits_feature_stats *st, int64_t *n_tokens, int64_t *d_sae,
                                              int32_t *top_k, int32_t *window);
+/* The options the statistics were made with (or read from a file with): out->size set by the
+ * caller, filled up to it (docs/abi.md). */
+CIRCUITS_API int circuits_feature_stats_get_options(const circuits_feature_stats *st,
+                                                    circuits_feature_stats_options *out);
 /* Per latent [d_sae] (each may be NULL): frequency (fires / n_tokens), mean, max. */
 CIRCUITS_API int circuits_feature_stats_get(const circuits_feature_stats *st, float *frequency, float *mean,
                                             float *max);
@@ -1541,14 +1545,18 @@ CIRCUITS_API int circuits_context_add_steering(circuits_context *ctx, const char
                                                circuits_hook_id *out_id);
 
 /* llama.cpp's control vectors: a GGUF file (general.architecture "controlvector") with one
- * direction per layer, tensor "direction.{N}" [n_embd] added to the residual stream after block
- * N - 1 (N = 1 .. n_layers; blocks.{N-1}.hook_resid_post), as llama.cpp applies it. */
+ * direction per layer, F32 tensor "direction.{N}" [n_embd] added to the output of block N
+ * (N = 1 .. n_layers - 1; blocks.{N}.hook_resid_post), as llama.cpp applies it
+ * (llama_adapter_cvec: block il gets direction.il; block 0 never has one). directions arrays
+ * below are [n_layers, d_model], row N = direction.N, row 0 zero. */
 /* Reads path into directions [n_layers, d_model] (zeros for layers the file has none for);
- * a d_model other than the file's is CIRCUITS_E_SHAPE, a layer beyond n_layers CIRCUITS_E_RANGE. */
+ * a d_model other than the file's is CIRCUITS_E_SHAPE, a direction.N with N >= n_layers
+ * CIRCUITS_E_RANGE. */
 CIRCUITS_API int circuits_control_vector_load(const char *path, int32_t n_layers, int64_t d_model,
                                               float *directions);
-/* Writes directions [n_layers, d_model] (all-zero layers omitted, as llama.cpp's tools write
- * them); model_hint (may be NULL) is controlvector.model_hint. */
+/* Writes directions [n_layers, d_model] as llama.cpp's cvector-generator writes its files
+ * (direction.1 .. direction.{n_layers-1}, controlvector.layer_count = n_layers - 1; row 0 must
+ * be zero); model_hint (may be NULL: not written) is controlvector.model_hint. */
 CIRCUITS_API int circuits_control_vector_save(const char *path, const float *directions, int32_t n_layers,
                                               int64_t d_model, const char *model_hint);
 /* Registers directions [n_layers, d_model] * opts->scale at every blocks.{l}.hook_resid_post
@@ -1596,11 +1604,13 @@ typedef enum circuits_probe_kind {
 typedef struct circuits_probe_options {
     uint32_t size;              /* sizeof(circuits_probe_options) */
     int32_t kind;               /* circuits_probe_kind (default LOGISTIC) */
-    float l2;                   /* penalty on the weights, not the intercept (default 1: sklearn's C = 1;
-                                 * LINEAR: 0, plain least squares) */
+    float l2;                   /* penalty on the weights, not the intercept (default 1: LOGISTIC
+                                 * sklearn's C = 1 / l2; LINEAR Ridge's alpha, 0 plain least squares) */
     int32_t fit_intercept;      /* default 1 */
     int32_t max_iter;           /* Newton steps at most (default 50) */
-    float tol;                  /* stop when the step's max-abs change is below tol (default 1e-6) */
+    float tol;                  /* LOGISTIC: stop when a step's max-abs change is below tol; LINEAR with
+                                 * l2 = 0: singular values below tol x the largest count as zero
+                                 * (LinearRegression's tol) (default 1e-6) */
     const char *hook_name;      /* the hook point the rows came from (may be NULL): a monitor reads it */
 } circuits_probe_options;
 

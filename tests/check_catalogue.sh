@@ -84,8 +84,11 @@ if [ -n "$build" ]; then
         "$build/tests/test_quant" "$src/tests/reference/quant" -v
         "$build/tests/test_stored" "$src/tests/reference/cases" "${TMPDIR:-/tmp}" -v
         "$build/tests/test_attribution" "$src/tests/reference/cases" "$src/tests/reference/attribution" -v
+        "$build/tests/test_steering" "$src/tests/reference/cases" "$src/tests/reference/control_vectors" -v
+        "$build/tests/test_probe" "$src/tests/reference/probes" "$src/examples/models/mlp-2l" -v
         "$build/tests/test_sae_splice" "$src/examples/models/mlp-2l" -v
         "$build/tests/test_sae" -v
+        "$build/tests/test_features" "$src/examples/models/mlp-2l" -v
     } 2>/dev/null | grep '^|' >"$tmp/printed" || true
     python3 - "$tmp/doc_rows" "$tmp/printed" <<'PY' || status=1
 import re, sys

@@ -73,7 +73,7 @@ $code_py" "$tmp/out" 2>"$tmp/pyerr"; then
 }
 
 # ---- help and top level ----
-for cmd in info run cache heads compose generate diff; do
+for cmd in info run cache heads compose generate diff steer-vector probe-fit; do
     ok "$cmd" --help
     grep -q "usage: circuits $cmd" "$tmp/out" || fail "$cmd --help lacks its usage line"
     ok "$cmd" -h
@@ -316,6 +316,62 @@ err 1 "has no tokenizer" generate "$R" --prompt hi
 err 1 "outside the vocabulary" generate "$R" --tokens 60
 err 1 "cannot load model" generate "$tmp/none" --prompt hi
 
+# ---- steering: steer-vector, generate --steer / --control-vector (docs/steering.md) ----
+printf 'I love this movie\n\nWhat a great day\n' >"$tmp/pos.txt"
+printf 'I hate this movie\nWhat an awful day\n' >"$tmp/neg.txt"
+py '
+assert d["pairs"] == 2 and d["format"] == "npy" and d["d"] == 32 and len(d["points"]) == 1
+assert d["points"][0]["name"] == "blocks.2.hook_resid_post" and d["points"][0]["norm"] > 0
+' steer-vector "$M" --positive-file "$tmp/pos.txt" --negative-file "$tmp/neg.txt" --hook resid_post2 \
+    --out "$tmp/v.npy" --json
+checks=$((checks + 1))
+python3 - "$tmp/v.npy" <<'PY' || fail "steer-vector --out: not a float32 (32,) .npy"
+import ast, struct, sys
+b = open(sys.argv[1], "rb").read()
+assert b[:6] == b"\x93NUMPY"
+n = struct.unpack("<H", b[8:10])[0]
+h = ast.literal_eval(b[10:10 + n].decode())
+assert h["descr"] == "<f4" and h["shape"] == (32,) and not h["fortran_order"] and len(b) == 10 + n + 4 * 32
+PY
+ok steer-vector "$M" --positive "I love it" --negative "I hate it" --reduce mean --normalize --out "$tmp/all.npy"
+grep -q "5 points x 32 (mean over 1 pair, normalized)" "$tmp/out" || fail "steer-vector: summary line"
+py '
+p = d["points"]
+assert d["format"] == "control-vector-gguf" and len(p) == 5 and not p[0]["written"] and all(x["written"] for x in p[1:])
+' steer-vector "$M" --positive "I love it" --negative "I hate it" --gguf "$tmp/cv.gguf" --model-hint gpt2 --json
+checks=$((checks + 1))
+head -c 4 "$tmp/cv.gguf" | grep -q GGUF || fail "steer-vector --gguf: not a GGUF file"
+ok generate "$M" --prompt "Hello world" --max-new 10 --greedy --no-eos --json
+cp "$tmp/out" "$tmp/plain.json"
+py '
+a = json.load(open(sys.argv[1].rsplit("/", 1)[0] + "/plain.json"))
+assert d["samples"][0]["tokens"] != a["samples"][0]["tokens"], "--steer changed nothing"
+' generate "$M" --prompt "Hello world" --max-new 10 --greedy --no-eos --json --steer "blocks.2.hook_resid_post=$tmp/v.npy:40"
+cp "$tmp/out" "$tmp/steered.json"
+py '
+a = json.load(open(sys.argv[1].rsplit("/", 1)[0] + "/steered.json"))
+assert d["samples"][0]["tokens"] == a["samples"][0]["tokens"], "steering with and without the KV cache differ"
+' generate "$M" --prompt "Hello world" --max-new 10 --greedy --no-eos --json --no-cache --steer="resid_post2=$tmp/v.npy:40"
+py '
+a = json.load(open(sys.argv[1].rsplit("/", 1)[0] + "/plain.json"))
+assert d["samples"][0]["tokens"] != a["samples"][0]["tokens"], "--control-vector changed nothing"
+' generate "$M" --prompt "Hello world" --max-new 10 --greedy --no-eos --json --control-vector "$tmp/cv.gguf:30"
+err 2 "--steer: 'v.npy' is not HOOK=VECTOR.npy[:SCALE]" generate "$M" --prompt hi --steer v.npy
+err 2 "--steer: 'resid_post2=:3' names no file" generate "$M" --prompt hi --steer resid_post2=:3
+err 1 "cannot open '$tmp/none.npy'" generate "$M" --prompt hi --steer "resid_post2=$tmp/none.npy"
+err 1 "has a last axis of 128, the vector 32" generate "$M" --prompt hi --steer "blocks.0.mlp.hook_post=$tmp/v.npy"
+err 1 "is not a NumPy .npy file" generate "$M" --prompt hi --steer "resid_post2=$tmp/cv.gguf"
+err 1 "a steering vector is one-dimensional" generate "$M" --prompt hi --steer "resid_post2=$tmp/all.npy"
+err 1 "is not a control vector" generate "$M" --prompt hi --control-vector "$src/tests/reference/gguf/hf_llama_gqa.f32.gguf"
+err 1 "the model's d_model is 32" generate "$M" --prompt hi --control-vector "$src/tests/reference/control_vectors/full.gguf"
+err 2 "needs one of --out VECTOR.npy and --gguf FILE.gguf" steer-vector "$M" --positive a --negative b
+err 2 "1 positive and 0 negative prompts" steer-vector "$M" --positive a --out "$tmp/x.npy"
+err 2 "--reduce: 'max' is not last or mean" steer-vector "$M" --positive a --negative b --out "$tmp/x.npy" --reduce max
+err 2 "--hook is for --out" steer-vector "$M" --positive a --negative b --gguf "$tmp/x.gguf" --hook resid_post1
+err 1 "cannot open '$tmp/none.txt'" steer-vector "$M" --positive-file "$tmp/none.txt" --negative b --out "$tmp/x.npy"
+err 1 "has no tokenizer" steer-vector "$R" --positive a --negative b --out "$tmp/x.npy"
+err 1 "is not [batch, pos, d] activations" steer-vector "$M" --positive a --negative b --out "$tmp/x.npy" --hook q0
+
 # ---- diff ----
 A=$src/tests/reference/cases/tl_f16          # two models of the same shapes (2 layers, d_model 16)
 B=$src/tests/reference/cases/tl_attn_softcap
@@ -421,6 +477,147 @@ ok generate "$src/tests/reference/text/gemma_sp" --prompt "The quick brown fox" 
 ok info "$src/tests/reference/text/gemma_sp"
 grep -q "key/value heads" "$tmp/out" || fail "info gemma: GQA"
 grep -q "rotary     8 of 8 dims" "$tmp/out" || fail "info gemma: rotary"
+
+# ---- SAEs: sae-stats, sae-show, run/cache --sae (docs/saes.md "The command line") ----
+# an SAE for tiny-random-gpt2 (d_model 32) as SAELens saves it, a token file and a text, with the stdlib
+python3 - "$tmp" <<'EOF' || fail "sae: writing the fixtures"
+import json, os, random, struct, sys
+d = sys.argv[1]
+os.makedirs(d + "/sae")
+json.dump({"d_in": 32, "d_sae": 64, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+           "normalize_activations": "none", "architecture": "standard",
+           "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.1.hook_resid_post"}},
+          open(d + "/sae/cfg.json", "w"))
+rng = random.Random(5)
+ts = [("W_dec", [64, 32]), ("W_enc", [32, 64]), ("b_dec", [32]), ("b_enc", [64])]
+hdr, data, off = {}, b"", 0
+for name, shape in ts:
+    n = 1
+    for x in shape:
+        n *= x
+    blob = struct.pack("<%df" % n, *[rng.uniform(-0.5, 0.5) for _ in range(n)])
+    hdr[name] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + len(blob)]}
+    data += blob
+    off += len(blob)
+h = json.dumps(hdr).encode()
+h += b" " * (-len(h) % 8)
+open(d + "/sae/sae_weights.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + data)
+rows, pos = 6, 10
+head = "{'descr': '<i4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, pos)
+head += " " * (-(len(head) + 11) % 64) + "\n"
+ids = [(i * 37 + 11) % 1000 for i in range(rows * pos)]
+open(d + "/tok.npy", "wb").write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(head)) + head.encode() +
+                                  struct.pack("<%di" % len(ids), *ids))
+open(d + "/text.txt", "w").write("The quick brown fox jumps over the lazy dog. " * 8)
+EOF
+ok sae-stats "$M" "$tmp/sae" "$tmp/tok.npy" --batch 4 --top-k 3 -o "$tmp/st.safetensors"
+grep -q "^60 tokens (6 rows of 10), 64 latents" "$tmp/out" || fail "sae-stats: summary"
+grep -q "wrote $tmp/st.safetensors" "$tmp/out" || fail "sae-stats: names the file"
+ok sae-stats "$M" "$tmp/sae" "$tmp/tok.npy" --batch 1 --top-k 3 -o "$tmp/st1.safetensors"
+checks=$((checks + 1))
+cmp -s "$tmp/st.safetensors" "$tmp/st1.safetensors" || fail "sae-stats: --batch 1 and --batch 4 wrote different files"
+ok sae-stats "$M" "$tmp/sae" --text "$tmp/text.txt" --pos 8 --skip-positions 1 --threshold 0.01
+grep -q "rows of 8)" "$tmp/out" || fail "sae-stats --text: rows of --pos tokens"
+ok sae-show "$tmp/st.safetensors"
+grep -q "60 tokens, 64 latents, top 3 contexts of 11 tokens" "$tmp/out" || fail "sae-show: header"
+grep -q "log10 firing frequency" "$tmp/out" && grep -q "densest latents" "$tmp/out" || fail "sae-show: histogram and densest"
+ok sae-show "$tmp/st.safetensors" --model "$M" --latent 0,1 --latent 2 --top 2
+grep -q "^latent 2: frequency" "$tmp/out" && grep -q ">>" "$tmp/out" || fail "sae-show --latent: contexts with the activating token"
+ok sae-show "$tmp/st.safetensors" --latent 5
+grep -q "row [0-9]* pos [0-9]*:  *[0-9]" "$tmp/out" || fail "sae-show without a model: token ids"
+ok sae-show "$tmp/st.safetensors" --png "$tmp/h.png"
+checks=$((checks + 1))
+head -c 8 "$tmp/h.png" | od -An -c | grep -q "P   N   G" || fail "sae-show: $tmp/h.png is not a PNG"
+ok sae-stats --help
+ok sae-show --help
+err 2 "needs MODEL and SAE_DIR" sae-stats "$M"
+err 2 "needs the tokens" sae-stats "$M" "$tmp/sae"
+err 2 "needs the tokens" sae-stats "$M" "$tmp/sae" "$tmp/tok.npy" --text "$tmp/text.txt"
+err 2 "unknown option '--bogus'" sae-stats "$M" "$tmp/sae" "$tmp/tok.npy" --bogus
+err 2 "--batch" sae-stats "$M" "$tmp/sae" "$tmp/tok.npy" --batch 0
+err 1 "is not a NumPy .npy file" sae-stats "$M" "$tmp/sae" "$tmp/sae/cfg.json"
+err 1 "cannot load the SAE" sae-stats "$M" "$tmp/nowhere" "$tmp/tok.npy"
+err 1 "cannot read" sae-show "$tmp/tok.npy"
+err 2 "needs STATS" sae-show
+err 2 "--latent 9999: the statistics have latents 0 .. 63" sae-show "$tmp/st.safetensors" --latent 9999
+err 1 "cannot write the picture" sae-show "$tmp/st.safetensors" --png "$tmp/no/dir/h.png"
+ok run "$M" --tokens 1,2,3,4 --sae "$tmp/sae"
+ok run "$M" --tokens 1,2,3,4 --sae "$tmp/sae" --sae-error-term
+ok cache "$M" --tokens 1,2,3 --sae "$tmp/sae" --names blocks.1.hook_resid_post.hook_sae_acts_post --out "$tmp/acts.npy"
+grep -q "blocks.1.hook_resid_post.hook_sae_acts_post *\[1, 3, 64\]" "$tmp/out" || fail "cache --sae: the SAE's point"
+err 2 "--sae-error-term needs --sae" run "$M" --tokens 1 --sae-error-term
+err 1 "cannot load the SAE" cache "$M" --tokens 1 --sae "$tmp/nowhere" --names embed --out "$tmp/x.npy"
+# ---- probe-fit and generate --probe (docs/probes.md) ----
+# npy FILE DTYPE SHAPE VALUES...: a .npy file written with Python's struct (no NumPy needed)
+npy() {
+    python3 - "$@" <<'PY'
+import struct, sys
+path, descr, shape, vals = sys.argv[1], sys.argv[2], tuple(int(x) for x in sys.argv[3].split(",")), sys.argv[4:]
+h = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, repr(shape))
+h += " " * (63 - (10 + len(h)) % 64) + "\n"
+fmt = {"<f4": "f", "<i8": "q"}[descr]
+with open(path, "wb") as f:
+    f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h.encode())
+    f.write(struct.pack("<%d%s" % (len(vals), fmt), *[float(v) if fmt == "f" else int(v) for v in vals]))
+PY
+}
+PP="Hello world, hello again and again"
+ok cache "$M" --prompt "$PP" --names resid_post1 --out "$tmp/acts.npy"
+T=$(python3 -c 'import sys, ast; h = open(sys.argv[1], "rb").read(128).decode("latin1"); print(ast.literal_eval(h[h.index("{"):h.index("}") + 1])["shape"][1])' "$tmp/acts.npy")
+labels=$(python3 -c "print(' '.join(str(i % 2) for i in range($T)))")
+targets=$(python3 -c "print(' '.join(str(0.1 * i) + ' ' + str(i % 3) for i in range($T)))")
+npy "$tmp/lab.npy" "<i8" "$T" $labels
+npy "$tmp/lab_short.npy" "<i8" "3" 0 1 0
+npy "$tmp/lab_frac.npy" "<f4" "$T" $(python3 -c "print(' '.join('0.5' for i in range($T)))")
+npy "$tmp/reg.npy" "<f4" "$T,2" $targets
+py "
+assert d['kind'] == 'logistic' and d['n'] == $T and d['n_outputs'] == 2 and d['hook_name'] == 'blocks.1.hook_resid_post'
+assert d['n_iter'] >= 1 and 0.5 <= d['train']['accuracy'] <= 1 and d['train']['log_loss'] > 0
+" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/p.probe" --hook blocks.1.hook_resid_post --l2 0.5 --json
+cp "$tmp/out" "$tmp/fit_acts.json"
+checks=$((checks + 1))
+[ -s "$tmp/p.probe" ] || fail "probe-fit: no probe file"
+py '
+a = json.load(open(sys.argv[1].rsplit("/", 1)[0] + "/fit_acts.json"))
+assert d["n"] == a["n"] and d["n_iter"] == a["n_iter"] and d["train"] == a["train"], "a model run and its cached .npy fit alike"
+' probe-fit "$M" --hook resid_post1 --prompt "$PP" --labels "$tmp/lab.npy" -o "$tmp/p2.probe" --l2 0.5 --json
+py "assert d['kind'] == 'linear' and d['n_outputs'] == 2 and d['n_iter'] == 0 and d['train']['r2'] > 0.5" \
+    probe-fit --acts "$tmp/acts.npy" --labels "$tmp/reg.npy" --kind linear --l2 0 -o "$tmp/r.probe" --json
+ok probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/p3.probe" --no-intercept --max-iter 5 --tol 1e-4
+grep -q "logistic probe: $T rows" "$tmp/out" || fail "probe-fit: summary"
+py '
+s = d["samples"][0]
+assert len(s["probe"]) == len(s["tokens"]) == 4
+assert all(len(r) == 2 and abs(sum(r) - 1) < 1e-5 and min(r) >= 0 for r in s["probe"])
+' generate "$M" --prompt "$PP" --max-new 4 --greedy --no-eos --probe "$tmp/p.probe" --json
+ok generate "$M" --prompt "$PP" --max-new 4 --greedy --no-eos --probe "$tmp/p.probe"
+grep -q "probe .*p.probe at blocks.1.hook_resid_post (class probabilities, 2 outputs)" "$tmp/out" || fail "generate --probe: table"
+[ "$(grep -cE '^ +[0-9]+  ' "$tmp/out")" -eq 4 ] || fail "generate --probe: one row per generated token"
+ok generate "$M" --prompt "$PP" --max-new 3 --samples 2 --seed 1 --probe "$tmp/r.probe" --probe-hook resid_post1
+grep -q "(linear, 2 outputs)" "$tmp/out" || fail "generate --probe linear: table"
+err 2 "needs --labels Y.npy" probe-fit --acts "$tmp/acts.npy" -o "$tmp/x.probe"
+err 2 "needs -o OUT" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy"
+err 2 "give --acts or a MODEL, not both" probe-fit "$M" --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+err 2 "needs --acts X.npy, or a MODEL" probe-fit --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+err 2 "a MODEL needs --hook NAME" probe-fit "$M" --prompt hi --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+err 2 "--kind: 'svm' is not 'logistic' or 'linear'" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe" --kind svm
+err 2 "--l2: -1 is out of range" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe" --l2 -1
+err 2 "--max-iter: 0 is out of range" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe" --max-iter 0
+err 2 "--prompt / --tokens need a MODEL" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe" --prompt hi
+err 1 "must be [$T], one per row" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab_short.npy" -o "$tmp/x.probe"
+err 1 "is not a class label" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab_frac.npy" -o "$tmp/x.probe"
+err 1 "unpenalised logistic regression" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe" --l2 0
+err 1 "is not a .npy file" probe-fit --acts "$tmp/p.probe" --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+err 1 "must be [n, d]" probe-fit --acts "$tmp/lab.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+err 1 "cannot open" probe-fit --acts "$tmp/none.npy" --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+err 1 "cannot write" probe-fit --acts "$tmp/acts.npy" --labels "$tmp/lab.npy" -o "$tmp/no/such/dir/x.probe"
+err 1 "no hook point" probe-fit "$M" --hook blocks.99.hook_resid_post --prompt hi --labels "$tmp/lab.npy" -o "$tmp/x.probe"
+checks=$((checks + 1))
+[ ! -e "$tmp/x.probe" ] || fail "probe-fit: a failed fit wrote a file"
+err 2 "--probe-hook needs --probe FILE" generate "$M" --prompt hi --probe-hook resid_post1
+err 1 "--probe" generate "$M" --prompt hi --probe "$tmp/none.probe"
+err 1 "--probe" generate "$M" --prompt hi --probe "$tmp/acts.npy"
+err 1 "values per position" generate "$M" --prompt hi --probe "$tmp/p.probe" --probe-hook blocks.0.mlp.hook_post
 
 echo "test_cli: $checks checks, $fails failed"
 [ $fails -eq 0 ]

@@ -589,6 +589,61 @@ static int call_ablate(fx *f)
     return circuits_context_run_ablated(f->ctx, a, 2, f->tokens, B, T, f->out, NULL);
 }
 
+/* ---- steering (lib/analysis/steer.c, lib/io/control_vector.c) ---- */
+
+static float steer_values(int i) { return 0.125f * (float)(i % 7) - 0.375f * (float)(i % 3); }
+
+/* a steering vector at every resid_pre at positions 1 and -1 */
+static int call_add_steering(fx *f)
+{
+    float v[32];
+    for (int i = 0; i < 32; i++) v[i] = steer_values(i);
+    int64_t pos[2] = {1, -1};
+    circuits_steering_options o;
+    circuits_steering_options_init(&o);
+    o.scale = 2.0f;
+    o.positions = pos;
+    o.n_positions = 2;
+    return circuits_context_add_steering(f->ctx, "blocks.*.hook_resid_pre", v, 32, &o, NULL);
+}
+
+/* a control vector of every block but the first */
+static int call_add_control_vector(fx *f)
+{
+    float d[5 * 32] = {0};
+    for (int i = 32; i < 5 * 32; i++) d[i] = steer_values(i);
+    return circuits_context_add_control_vector(f->ctx, d, 5, 32, NULL, NULL);
+}
+
+/* a contrastive vector of every resid_post, positive left-padded */
+static int call_contrastive(fx *f)
+{
+    static const int32_t pmask[B * T] = {0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    int32_t neg[B * T];
+    for (int i = 0; i < B * T; i++) neg[i] = (f->tokens[i] + 3) % VOCAB;
+    circuits_contrast_options o;
+    circuits_contrast_options_init(&o);
+    o.reduce = CIRCUITS_CONTRAST_MEAN;
+    o.positive_mask = pmask;
+    f->out_n = 5 * 32;
+    return circuits_context_contrastive_vector(f->ctx, "blocks.*.hook_resid_post", f->tokens, neg, B, T, &o, f->out,
+                                               OUT_FLOATS);
+}
+
+/* a control vector saved then read back */
+static int call_control_vector_file(fx *f)
+{
+    float d[5 * 32] = {0};
+    for (int i = 32; i < 5 * 32; i++) d[i] = steer_values(i);
+    char p[256];
+    snprintf(p, sizeof p, "%s/circuits_fi_cv_%ld.gguf", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (long)getpid());
+    int rc = circuits_control_vector_save(p, d, 5, 32, "gpt2");
+    if (!rc) rc = circuits_control_vector_load(p, 5, 32, f->out);
+    remove(p);
+    f->out_n = 5 * 32;
+    return rc;
+}
+
 /* ---- attribution (lib/analysis/attribute.c, eap.c, ig.c) ---- */
 
 /* attribution patching of head z by position, the source the cache of setup_resid, the base a run
@@ -1017,6 +1072,75 @@ static int call_corner_diag(fx *f)
 static bool same(const bytes *a, const bytes *b) { return a->n == b->n && memcmp(a->p, b->p, a->n) == 0; }
 
 /* Runs o with the k-th allocation failing for k = 0, 1, ... Returns the number of sites. */
+/* ---- linear probes: fits of every solver and a probe file's load ---- */
+enum { PROBE_N = 40, PROBE_D = 6 };
+
+/* X [40, 6] at out, labels (3 classes) at out + 240, two regression targets at out + 280 */
+static void setup_probe_data(fx *f)
+{
+    for (int i = 0; i < PROBE_N * PROBE_D; i++) f->out[i] = (float)sin((double)i * 0.61) + (float)(i % 7) * 0.1f;
+    for (int i = 0; i < PROBE_N; i++) {
+        f->out[240 + i] = (float)(i % 3);
+        f->out[280 + 2 * i] = f->out[i * PROBE_D] - 2 * f->out[i * PROBE_D + 3] + 0.1f * (float)(i % 5);
+        f->out[280 + 2 * i + 1] = (float)(i % 4);
+    }
+}
+
+static int call_probe_fit(fx *f)
+{
+    circuits_probe_options o;
+    circuits_probe_options_init(&o);
+    o.hook_name = "blocks.0.hook_resid_post";
+    circuits_probe *p = (circuits_probe *)&SENTINEL;
+    int rc;
+    if (f->op->variant == 0) {
+        rc = circuits_probe_fit(&p, f->out, PROBE_N, PROBE_D, f->out + 240, 1, &o);
+    } else {
+        o.kind = CIRCUITS_PROBE_LINEAR;
+        o.l2 = f->op->variant == 1 ? 0.5f : 0.0f;
+        rc = circuits_probe_fit(&p, f->out, PROBE_N, PROBE_D, f->out + 280, 2, &o);
+    }
+    f->made = p;
+    return rc;
+}
+
+static void digest_probe(fx *f, bytes *b)
+{
+    circuits_tensor W, bt;
+    CHECK_OK(circuits_probe_weights(f->made, &W, &bt));
+    put_tensor(b, &W);
+    put_tensor(b, &bt);
+    circuits_probe_info info = {.size = sizeof info};
+    CHECK_OK(circuits_probe_get_info(f->made, &info));
+    put(b, &info.n_iter, sizeof info.n_iter);
+    put_str(b, info.hook_name);
+    circuits_probe_free(f->made);
+}
+
+static char g_probe_path[64];
+
+static void setup_probe_file(fx *f)
+{
+    if (g_probe_path[0]) return;
+    setup_probe_data(f);
+    circuits_probe_options o;
+    circuits_probe_options_init(&o);
+    o.hook_name = "hook_embed";
+    circuits_probe *p = NULL;
+    CHECK_OK(circuits_probe_fit(&p, f->out, PROBE_N, PROBE_D, f->out + 240, 1, &o));
+    snprintf(g_probe_path, sizeof g_probe_path, "/tmp/circuits_fi_probe_%d.safetensors", (int)getpid());
+    CHECK_OK(circuits_probe_save(p, g_probe_path));
+    circuits_probe_free(p);
+}
+
+static int call_probe_load(fx *f)
+{
+    circuits_probe *p = (circuits_probe *)&SENTINEL;
+    int rc = circuits_probe_load(&p, g_probe_path);
+    f->made = p;
+    return rc;
+}
+
 static long run_op(fx *f, const op *o, bool once)
 {
     const long max_sites = 200000;
@@ -1277,6 +1401,138 @@ static void remove_model_with_tokenizer(const char *dir)
     rmdir(dir);
 }
 
+/* ---- SAE feature statistics (lib/sae/features.c) ---- */
+
+static circuits_sae *g_fs_sae;        /* a standard SAE of 24 latents at blocks.1.hook_resid_post */
+static circuits_feature_stats *g_fs;  /* the statistics an add works on (setup_fs_add) */
+static char g_fs_dir[] = "/tmp/circuits_fi_sae_XXXXXX", g_fs_file[128];
+
+static void fs_options(circuits_feature_stats_options *o)
+{
+    circuits_feature_stats_options_init(o);
+    o->top_k = 3;
+    o->context_left = 2;
+    o->context_right = 1;
+    o->skip_positions = 1;
+}
+
+/* Writes and loads the SAE, and a statistics file of one add for the load scenario. */
+static void fs_prepare(fx *f)
+{
+    if (!mkdtemp(g_fs_dir)) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    enum { D = 32, S = 24 };
+    static float W_enc[D * S], W_dec[S * D], b_enc[S], b_dec[D];
+    for (int i = 0; i < D * S; i++) W_enc[i] = (float)((i * 7919 % 1000) - 500) / 1000.0f, W_dec[i] = W_enc[i] / 3;
+    for (int i = 0; i < S; i++) b_enc[i] = (float)(i % 5) / 10.0f - 0.2f;
+    for (int i = 0; i < D; i++) b_dec[i] = (float)(i % 3) / 20.0f;
+    char path[256];
+    snprintf(path, sizeof path, "%s/cfg.json", g_fs_dir);
+    FILE *c = fopen(path, "w");
+    if (!c) exit(2);
+    fprintf(c, "{\"d_in\": %d, \"d_sae\": %d, \"dtype\": \"float32\", \"apply_b_dec_to_input\": true, "
+            "\"normalize_activations\": \"none\", \"architecture\": \"standard\", \"metadata\": {\"sae_lens_version\": "
+            "\"6.54.12\", \"hook_name\": \"blocks.1.hook_resid_post\"}}", D, S);
+    fclose(c);
+    st_entry t[4] = {{"W_dec", 2, {S, D}, W_dec}, {"W_enc", 2, {D, S}, W_enc}, {"b_dec", 1, {D}, b_dec},
+                     {"b_enc", 1, {S}, b_enc}};
+    snprintf(path, sizeof path, "%s/sae_weights.safetensors", g_fs_dir);
+    st_write(path, t, 4);
+    CHECK_OK(circuits_sae_load(&g_fs_sae, g_fs_dir));
+    circuits_feature_stats_options o;
+    fs_options(&o);
+    circuits_feature_stats *st = NULL;
+    circuits_context *ctx = new_ctx(f->model, 0);
+    CHECK_OK(circuits_feature_stats_create(&st, g_fs_sae, &o));
+    CHECK_OK(circuits_context_feature_stats_add(ctx, st, f->tokens, B, T));
+    snprintf(g_fs_file, sizeof g_fs_file, "%s/stats.safetensors", g_fs_dir);
+    CHECK_OK(circuits_feature_stats_save(st, g_fs_file));
+    circuits_feature_stats_free(st);
+    circuits_context_free(ctx);
+}
+
+static void fs_cleanup(void)
+{
+    circuits_sae_free(g_fs_sae);
+    g_fs_sae = NULL;
+    char path[256];
+    const char *names[] = {"cfg.json", "sae_weights.safetensors", "stats.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", g_fs_dir, names[i]);
+        unlink(path);
+    }
+    rmdir(g_fs_dir);
+}
+
+/* Everything a statistics object holds, as bytes. */
+static void put_fs(const circuits_feature_stats *st, bytes *b)
+{
+    int64_t n, d;
+    int32_t k, w, cnt;
+    CHECK_OK(circuits_feature_stats_dims(st, &n, &d, &k, &w));
+    put_i64(b, n), put_i64(b, d), put_i64(b, k), put_i64(b, w);
+    float fr[64], mean[64], mx[64], vals[8];
+    int64_t rows[8], pos[8];
+    int32_t win[64];
+    if (d > 64 || k > 8 || k * w > 64) return;
+    CHECK_OK(circuits_feature_stats_get(st, fr, mean, mx));
+    put(b, fr, sizeof(float) * (size_t)d), put(b, mean, sizeof(float) * (size_t)d), put(b, mx, sizeof(float) * (size_t)d);
+    for (int64_t j = 0; j < d; j++) {
+        CHECK_OK(circuits_feature_stats_top(st, j, vals, rows, pos, win, &cnt));
+        put(b, vals, sizeof(float) * (size_t)k), put(b, rows, sizeof(int64_t) * (size_t)k);
+        put(b, pos, sizeof(int64_t) * (size_t)k), put(b, win, sizeof(int32_t) * (size_t)(k * w));
+    }
+}
+
+static int call_fs_create(fx *f)
+{
+    circuits_feature_stats_options o;
+    fs_options(&o);
+    circuits_feature_stats *st = (circuits_feature_stats *)&SENTINEL;
+    int rc = circuits_feature_stats_create(&st, g_fs_sae, &o);
+    f->made = st;
+    return rc;
+}
+
+static int call_fs_load(fx *f)
+{
+    circuits_feature_stats *st = (circuits_feature_stats *)&SENTINEL;
+    int rc = circuits_feature_stats_load(&st, g_fs_file);
+    f->made = st;
+    return rc;
+}
+
+static void digest_fs_made(fx *f, bytes *b)
+{
+    put_fs(f->made, b);
+    circuits_feature_stats_free(f->made);
+}
+
+/* an add to statistics that hold one add already: a failed add must leave them as they were */
+static void setup_fs_add(fx *f)
+{
+    f->ctx = new_ctx(f->model, 0);
+    circuits_feature_stats_options o;
+    fs_options(&o);
+    CHECK_OK(circuits_feature_stats_create(&g_fs, g_fs_sae, &o));
+    int32_t other[B * T];
+    for (int i = 0; i < B * T; i++) other[i] = (f->tokens[i] + 17) % VOCAB;
+    CHECK_OK(circuits_context_feature_stats_add(f->ctx, g_fs, other, B, T));
+}
+
+static int call_fs_add(fx *f) { return circuits_context_feature_stats_add(f->ctx, g_fs, f->tokens, B, T); }
+
+static void digest_fs_add(fx *f, bytes *b) { put_fs(g_fs, b); }
+
+static void teardown_fs_add(fx *f)
+{
+    circuits_feature_stats_free(g_fs);
+    g_fs = NULL;
+    free_state(f);
+}
+
 static void test_operations(fx *f)
 {
     char hf[1024], tl[1024], tl2[1024], sharded[1024], f16[1024], bf16[1024], tokmodel[64], tok_json[1024], tok_vm[1024],
@@ -1361,6 +1617,14 @@ static void test_operations(fx *f)
         {"activation_patch resid_pre whole, one cell per run", setup_resid, call_patch, put_out, free_state, NULL, 1, true},
         {"activation_patch pattern with the loss", setup_resid, call_patch, put_out, free_state, NULL, 2, true},
         {"mean_activations and run_ablated", setup_resid, call_ablate, put_out, free_state, NULL, 0, true},
+        {"add_steering pattern, positions", setup_ctx, call_add_steering, digest_forward_of_ctx, free_state, NULL, 0, true},
+        {"add_control_vector", setup_ctx, call_add_control_vector, digest_forward_of_ctx, free_state, NULL, 0, true},
+        {"contrastive_vector", setup_forward, call_contrastive, put_out, free_state, NULL, 0, true},
+        {"control_vector save and load", NULL, call_control_vector_file, put_out, NULL, NULL, 0, false},
+        {"feature_stats_create", NULL, call_fs_create, digest_fs_made, NULL, NULL, 0, false},
+        /* an add runs the model: a failure at a later pass leaves the run memory as it grew */
+        {"feature_stats_add", setup_fs_add, call_fs_add, digest_fs_add, teardown_fs_add, NULL, 0, true},
+        {"feature_stats_load", NULL, call_fs_load, digest_fs_made, NULL, NULL, 0, false},
         {"attribution_patch head z by position", setup_resid, call_attribution_patch, put_out, free_state, NULL, 0, true},
         {"edge_attribution EAP", setup_resid, call_edge_attribution, put_out, free_state, NULL, 0, true},
         {"edge_attribution EAP-IG", setup_resid, call_edge_attribution, put_out, free_state, NULL, 1, true},
@@ -1420,6 +1684,10 @@ static void test_operations(fx *f)
         {"factored_materialize", NULL, call_materialize, put_out, NULL, NULL, 0, false},
         {"factored_matvec+vecmat", NULL, call_matvec, put_out, NULL, NULL, 0, false},
         {"factored_corner+diagonal", NULL, call_corner_diag, put_out, NULL, NULL, 0, false},
+        {"probe_fit logistic multinomial", setup_probe_data, call_probe_fit, digest_probe, NULL, NULL, 0, false},
+        {"probe_fit linear ridge", setup_probe_data, call_probe_fit, digest_probe, NULL, NULL, 1, false},
+        {"probe_fit linear least squares", setup_probe_data, call_probe_fit, digest_probe, NULL, NULL, 2, false},
+        {"probe_load", setup_probe_file, call_probe_load, digest_probe, NULL, NULL, 0, false},
     };
     long total = 0;
     printf("%-36s %10s %10s\n", "operation", "sites", "(from k on)");
@@ -1433,6 +1701,7 @@ static void test_operations(fx *f)
     }
     printf("%zu operations, %ld allocation sites failed in turn (twice each)\n", sizeof ops / sizeof ops[0], total);
     remove_model_with_tokenizer(tokmodel);
+    if (g_probe_path[0]) remove(g_probe_path);
     circuits_sae_free(g_sae);
     g_sae = NULL;
     remove_sae_dir(sae_gated);
@@ -1771,7 +2040,9 @@ int main(int argc, char **argv)
     test_cache_in_use(&f);
     test_hook_failures(&f);
     test_generate_failures(&f);
+    fs_prepare(&f);
     test_operations(&f);
+    fs_cleanup();
 
     circuits_factored_free(f.ov);
     circuits_factored_free(f.qk);

@@ -463,6 +463,39 @@ static void test_architectures(void)
     check_case("topk_wide", &bigk, 508);
 }
 
+/* topk's ties: all of a row's pre-activations equal (W_enc 0): exactly k kept, the first k by
+ * index (torch leaves the order of ties unspecified; docs/saes.md says which); a NaN row keeps k
+ * NaNs (torch.topk ranks NaN above everything) */
+static void test_topk_ties(void)
+{
+    spec s = {"topk", 4, 32, 0, false, "none", NULL, 5, false, "blocks.0.hook_resid_pre", NULL};
+    weights w = make_weights(&s, 9);
+    memset(w.W_enc, 0, sizeof(float) * 4 * 32);
+    for (int j = 0; j < 32; j++) w.b_enc[j] = j == 30 ? 0.75f : 0.5f;
+    char dir[512];
+    make_dir(dir, sizeof dir, "topk_ties");
+    write_cfg(dir, &s, NULL);
+    write_weights(dir, &s, &w, ST_F32, NULL);
+    circuits_sae *sae = NULL;
+    CHECK_OK(circuits_sae_load(&sae, dir));
+    if (sae) {
+        float x[2 * 4] = {1, 2, 3, 4, NAN, 0, 0, 0}, post[2 * 32];
+        CHECK_OK(circuits_sae_encode(sae, x, 2, NULL, post));
+        bool ok = post[30] == 0.75f;
+        for (int j = 0; j < 32; j++)
+            if (j != 30) ok = ok && post[j] == (j < 4 ? 0.5f : 0.0f);
+        CHECK(ok, "topk ties: latent 30 and the first 4 of the tied ones");
+        int nans = 0, zeros = 0;
+        for (int j = 0; j < 32; j++) {
+            nans += isnan(post[32 + j]);
+            zeros += post[32 + j] == 0.0f;
+        }
+        CHECK(nans == 5 && zeros == 27, "topk NaN row: %d NaN, %d zeros", nans, zeros);
+        circuits_sae_free(sae);
+    }
+    free_weights(&w);
+}
+
 /* ---- F16 / BF16, info, weight views, sparsity ---- */
 
 static void test_dtypes_info_views(void)
@@ -982,6 +1015,7 @@ int main(int argc, char **argv)
         return system(cmd) != 0;
     }
     test_architectures();
+    test_topk_ties();
     test_dtypes_info_views();
     test_pre6();
     test_hostile();

@@ -434,6 +434,27 @@ int main(int argc, char **argv)
     CHECK_OK(circuits_context_remove_hook(ctx, kid));
     CHECK_OK(circuits_context_remove_sae(ctx, NULL)); /* reset with none attached: nothing to do */
 
+    /* a transcoder whose hook_name_out is its hook_name reads the point it replaces */
+    {
+        circuits_sae *ss = NULL;
+        CHECK_OK(circuits_sae_load(&ss, write_sae("tsame", &wt, "blocks.1.hook_resid_pre", "blocks.1.hook_resid_pre", D)));
+        if (ss) {
+            CHECK_OK(circuits_context_add_sae(ctx, ss, 0));
+            CHECK_OK(circuits_context_run_with_cache(ctx, tokens, B, T, NULL, 0, cache, NULL, NULL, NULL));
+            size_t n;
+            const float *x = cache_data(plain, "blocks.1.hook_resid_pre", &n),
+                        *out = cache_data(cache, "blocks.1.hook_resid_pre.hook_sae_output", NULL);
+            double e = 0, dpre[64], dpost[64], dout[256];
+            for (int64_t r = 0; x && out && r < B * T; r++) {
+                ref_sae(&wt, false, x + r * D, dpre, dpost, dout, -1);
+                for (int64_t k = 0; k < D; k++) e = fmax(e, fabs(out[r * D + k] - dout[k]));
+            }
+            CHECK(x && out && e < 2e-5, "transcoder on one point: %.3g", e);
+            CHECK_OK(circuits_context_remove_sae(ctx, "blocks.1.hook_resid_pre"));
+        }
+        circuits_sae_free(ss);
+    }
+
     /* without the error term the spliced model is the model with the reconstruction written in */
     CHECK_OK(circuits_context_add_sae(ctx, s0, 0));
     CHECK_OK(circuits_context_forward(ctx, tokens, B, T, logits, NULL, NULL));

@@ -4,8 +4,8 @@
 #   bash bindings/python/run_tests.sh [BUILD_DIR] [pytest args...]
 #
 # BUILD_DIR (default: build/, relative to the repository root or absolute) must hold
-# lib/libcircuits.so.0; the tests load exactly that library (CIRCUITS_LIBRARY). Installs numpy
-# and pytest (and meson-python, for test_pip_install.py) with pip if missing (no torch needed). A sanitizer build (build-asan/)
+# lib/libcircuits.so.0; the tests load exactly that library (CIRCUITS_LIBRARY). Installs numpy,
+# pytest and gguf (and meson-python, for test_pip_install.py) with pip if missing (no torch needed). A sanitizer build (build-asan/)
 # works too: its runtime is preloaded and leak checking is left to the C suites (CPython's
 # own allocations would be reported as leaks at exit). Prints pytest's summary line last and
 # exits with pytest's status. PYTEST_TESTS (default: tests) names the test files or directories
@@ -26,6 +26,13 @@ PY="${PYTHON:-python3}"
 if ! "$PY" -c "import numpy, pytest" >/dev/null 2>&1; then
   echo "installing numpy and pytest for $PY ..."
   "$PY" -m pip install --quiet numpy pytest || { echo "run_tests.sh: pip install numpy pytest failed" >&2; exit 2; }
+fi
+
+# gguf (llama.cpp's GGUF library, pure Python): tests/test_steering.py reads our control-vector
+# files with it (the interop proof of docs/steering.md); required, never skipped.
+if ! "$PY" -c "import gguf" >/dev/null 2>&1; then
+  echo "installing gguf for $PY ..."
+  "$PY" -m pip install --quiet gguf || { echo "run_tests.sh: pip install gguf failed" >&2; exit 2; }
 fi
 
 # meson-python: tests/test_pip_install.py builds the package with it (`pip install .`). --no-deps:

@@ -7,7 +7,7 @@
 static void usage(void)
 {
     printf("usage: circuits cache MODEL (--prompt TEXT | --tokens IDS) --names PATTERN... --out FILE\n"
-           "                            [--no-bos] [--no-processing] [--no-mmap]\n"
+           "                            [--sae SAE_DIR ... [--sae-error-term]] [--no-bos] [--no-processing] [--no-mmap]\n"
            "\n"
            "Runs the model on one sequence and saves the activations the patterns select (batch 1,\n"
            "TransformerLens shapes, fp32). FILE.npy holds exactly one tensor; FILE.safetensors any\n"
@@ -20,6 +20,9 @@ static void usage(void)
            "  --prompt TEXT       text, tokenized with the model's tokenizer (BOS first unless --no-bos)\n"
            "  --tokens IDS        token ids instead, e.g. 464,3290,318\n"
            "  --no-bos            do not prepend the BOS token to --prompt\n"
+           "  --sae SAE_DIR       splice this SAE into the run (HookedSAETransformer.add_sae; repeat for\n"
+           "                      several): its points, <hook>.hook_sae_acts_post etc., can be saved\n"
+           "  --sae-error-term    the SAEs keep their error term (use_error_term)\n"
            "  --no-processing     load the weights as stored (from_pretrained_no_processing)\n"
            "  --no-mmap           read the weight files into memory instead of mapping them\n");
 }
@@ -35,9 +38,16 @@ int cmd_cache(int argc, char **argv)
     common c = {0};
     const char *out = NULL;
     char **names = calloc((size_t)argc + 1, sizeof *names); /* each a strdup'ed piece */
-    size_t n_names = 0;
+    size_t n_names = 0, n_saes = 0;
+    char **sae_dirs = calloc((size_t)argc, sizeof *sae_dirs);
+    circuits_sae **saes = NULL;
+    bool sae_error = false;
     int rc = 0;
-    if (!names) return failure("out of memory");
+    if (!names || !sae_dirs) {
+        free(names);
+        free(sae_dirs);
+        return failure("out of memory");
+    }
     args a = {argc, argv, 1};
     for (; a.i < argc && !rc; a.i++) {
         int r;
@@ -51,6 +61,12 @@ int cmd_cache(int argc, char **argv)
         } else if ((r = opt_value(&a, "--out", &v))) {
             if (r < 0) rc = EXIT_USAGE;
             else out = v;
+        } else if ((r = opt_value(&a, "--sae", &v))) {
+            if (r < 0) rc = EXIT_USAGE;
+            else sae_dirs[n_saes++] = (char *)v;
+        } else if ((r = opt_flag(&a, "--sae-error-term"))) {
+            if (r < 0) rc = EXIT_USAGE;
+            sae_error = true;
         } else if ((r = opt_value(&a, "--names", &v))) {
             if (r < 0) {
                 rc = EXIT_USAGE;
@@ -83,6 +99,10 @@ int cmd_cache(int argc, char **argv)
     }
     if (rc) goto done;
     if ((rc = common_check(&c, true))) goto done;
+    if (sae_error && !n_saes) {
+        rc = usage_error("--sae-error-term needs --sae SAE_DIR");
+        goto done;
+    }
     if (!n_names) {
         rc = usage_error("needs --names PATTERN... (which activations to save)");
         goto done;
@@ -117,6 +137,7 @@ int cmd_cache(int argc, char **argv)
         rc = lib_failure("context");
         goto done_model;
     }
+    if (n_saes && (rc = attach_saes(ctx, sae_dirs, n_saes, sae_error, &saes))) goto done_model;
     progress pg;
     progress_begin(&pg, "cache", cfg.n_layers);
     progress_hook_layers(ctx, &pg);
@@ -176,8 +197,10 @@ done_model:
     free(ids);
     circuits_cache_free(cache);
     circuits_context_free(ctx);
+    free_saes(saes, n_saes);
     circuits_model_free(m);
 done:
+    free(sae_dirs);
     for (size_t i = 0; i < n_names; i++) free(names[i]);
     free(names);
     return rc;

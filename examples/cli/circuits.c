@@ -7,6 +7,11 @@
  *   circuits compose MODEL    Q/K/V composition scores (table and heatmap PNGs)
  *   circuits generate MODEL   continue a prompt (greedy or sampled, KV-cached)
  *   circuits diff MODEL_A MODEL_B   each hook point's error of one model against another
+ *   circuits steer-vector MODEL   a contrastive steering vector from pairs of prompts (.npy or
+ *                                 a llama.cpp control vector)
+ *   circuits sae-stats MODEL SAE_DIR TOKENS.npy   feature statistics of an SAE over a dataset
+ *   circuits sae-show STATS   a feature statistics file as text and a picture
+ *   circuits probe-fit        fit a linear probe on activations (.npy, or a model's run) and labels
  *
  * Exit status: 0 success, 1 failure (a model that does not load, a library error, a file that
  * cannot be written), 2 a bad command line. */
@@ -26,6 +31,10 @@ static const struct {
     {"compose", cmd_compose, "Q/K/V composition scores between heads (table, heatmap PNG)"},
     {"generate", cmd_generate, "continue a prompt with the model (greedy or sampled)"},
     {"diff", cmd_diff, "MODEL_A MODEL_B: each hook point's error of B against A by layer (quantization)"},
+    {"steer-vector", cmd_steer_vector, "a contrastive steering vector from pairs of prompts (.npy, control vector)"},
+    {"sae-stats", cmd_sae_stats, "MODEL SAE_DIR TOKENS.npy: an SAE's feature statistics over a dataset"},
+    {"sae-show", cmd_sae_show, "STATS: feature statistics as text (top contexts) and a histogram PNG"},
+    {"probe-fit", cmd_probe_fit, "fit a linear probe (logistic or least squares) on activations and labels"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -41,7 +50,7 @@ static void help(FILE *f)
             "\n"
             "commands:\n",
             circuits_version_string());
-    for (size_t i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].summary);
+    for (size_t i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\n"
                "'circuits COMMAND --help' describes a command's options. Exit status: 0 success,\n"
                "1 failure, 2 bad command line. docs/cli.md has examples.\n");
@@ -77,5 +86,5 @@ int main(int argc, char **argv)
             return commands[i].fn(argc - 1, argv + 1);
         }
     if (cmd[0] == '-') return usage_error("unknown option '%s' (a command comes first)", cmd);
-    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff)", cmd);
+    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff, steer-vector, sae-stats, sae-show, probe-fit)", cmd);
 }

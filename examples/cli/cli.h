@@ -118,6 +118,25 @@ int write_npy(const char *path, const named_tensor *t);
  * (n_meta pairs); 0 or EXIT_FAIL. */
 int write_safetensors(const char *path, const named_tensor *t, size_t n, const char *const *meta, size_t n_meta);
 
+/* A NumPy .npy file of one vector (shape (d,), '<f4' or '<f8', C order) into a malloc'ed float
+ * array; 0 or EXIT_FAIL. */
+int read_npy_vector(const char *path, float **data, int64_t *n);
+
+/* ---- steering (steer.c) ---- */
+/* --steer HOOK=FILE.npy[:SCALE] and --control-vector FILE.gguf[:SCALE] of `generate`: parsed
+ * while reading the command line, registered on the context once the model is loaded. */
+typedef struct steer_spec {
+    const char *arg;   /* the option's value as given */
+    bool control;      /* --control-vector */
+} steer_spec;
+/* Checks the syntax of one value (exit EXIT_USAGE with a message if malformed). */
+int steer_parse(const char *opt, const char *arg);
+/* Registers every spec on ctx; 0 or EXIT_FAIL. */
+int steer_apply(circuits_context *ctx, const circuits_config *cfg, const steer_spec *specs, size_t n);
+/* A NumPy .npy file (float32/64, int32/64, bool, uint8; C order; at most 4 dims) as float32:
+ * *out malloc'ed, *ndim and shape set; 0 or EXIT_FAIL. */
+int read_npy(const char *path, float **out, int *ndim, int64_t shape[4]);
+
 /* ---- subcommands ---- */
 int cmd_info(int argc, char **argv);
 int cmd_run(int argc, char **argv);
@@ -126,5 +145,16 @@ int cmd_heads(int argc, char **argv);
 int cmd_compose(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
+int cmd_steer_vector(int argc, char **argv);
+int cmd_sae_stats(int argc, char **argv);
+int cmd_sae_show(int argc, char **argv);
+
+/* ---- SAEs (sae.c) ---- */
+/* --sae DIR ... [--sae-error-term] of run and cache: loads each SAE into (*saes)[i] (calloc'ed,
+ * n entries) and attaches it to ctx (circuits_context_add_sae). 0 or EXIT_FAIL; free_saes after
+ * the context in either case. */
+int attach_saes(circuits_context *ctx, char *const *dirs, size_t n, bool error_term, circuits_sae ***saes);
+void free_saes(circuits_sae **saes, size_t n);
+int cmd_probe_fit(int argc, char **argv);
 
 #endif

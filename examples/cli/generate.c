@@ -11,7 +11,9 @@ static void usage(void)
     printf("usage: circuits generate MODEL (--prompt TEXT | --tokens IDS) [--max-new N] [--greedy]\n"
            "                               [--temperature T] [--top-k K] [--top-p P] [--freq-penalty F]\n"
            "                               [--seed S] [--samples N] [--eos ID] [--no-eos] [--no-cache]\n"
+           "                               [--steer HOOK=VECTOR.npy[:SCALE]]... [--control-vector FILE.gguf[:SCALE]]...\n"
            "                               [--no-bos] [--no-processing] [--no-mmap] [--json]\n"
+           "                               [--probe FILE [--probe-hook NAME]]\n"
            "\n"
            "Continues the prompt as TransformerLens's generate does: each step samples the next\n"
            "token from softmax(logits / T) after the frequency penalty, restricted to the top K\n"
@@ -31,10 +33,19 @@ static void usage(void)
            "  --eos ID            the end-of-text token (default: the tokenizer's)\n"
            "  --no-eos            do not stop at EOS\n"
            "  --no-cache          recompute the whole sequence at each step (no KV cache; slower)\n"
+           "  --steer HOOK=VECTOR.npy[:SCALE]\n"
+           "                      add SCALE (default 1) times the float32 [d] vector at every position of\n"
+           "                      hook point HOOK (a name, short name or * pattern; repeatable)\n"
+           "  --control-vector FILE.gguf[:SCALE]\n"
+           "                      a llama.cpp control vector: direction.N added after block N (repeatable)\n"
            "  --no-bos            do not prepend the BOS token to --prompt\n"
            "  --no-processing     load the weights as stored (from_pretrained_no_processing)\n"
            "  --no-mmap           read the weight files into memory instead of mapping them\n"
-           "  --json              one JSON object on stdout\n");
+           "  --json              one JSON object on stdout\n"
+           "  --probe FILE        a probe file (circuits probe-fit): after the text, the probe's output\n"
+           "                      at each position that chose a generated token (its hook point's\n"
+           "                      activation there), per generated token; with --json a \"probe\" array\n"
+           "  --probe-hook NAME   the hook point to run it at (default: the one stored in the probe)\n");
 }
 
 typedef struct stream {
@@ -82,6 +93,22 @@ static int on_step(int64_t step, const int32_t *tokens, const float *logits, int
     return CIRCUITS_HOOK_CONTINUE;
 }
 
+/* A probe monitor's outputs: out[b, position, k], every position of every row a run computes. */
+typedef struct probe_log {
+    float *out;
+    int64_t L, K, B;
+} probe_log;
+
+static int on_probe(const float *out, int64_t batch, int64_t pos, int64_t n_outputs, int64_t first, void *user)
+{
+    probe_log *pl = user;
+    if (batch != pl->B || n_outputs != pl->K || first + pos > pl->L) return -1;
+    for (int64_t b = 0; b < batch; b++)
+        memcpy(pl->out + ((size_t)b * (size_t)pl->L + (size_t)first) * (size_t)pl->K,
+               out + (size_t)b * (size_t)pos * (size_t)pl->K, sizeof(float) * (size_t)(pos * pl->K));
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
 /* The generated tokens of one row up to (not including) its first EOS, as text. */
 static char *decode(const circuits_tokenizer *tok, const int32_t *ids, int64_t n)
 {
@@ -100,6 +127,9 @@ int cmd_generate(int argc, char **argv)
     long long max_new = 20, top_k = 0, seed = 0, samples = 1, eos_opt = -1;
     double temperature = 1.0, top_p = 0.0, freq = 0.0;
     bool greedy = false, no_eos = false, no_cache = false;
+    steer_spec steers[32];
+    size_t n_steers = 0;
+    const char *probe_path = NULL, *probe_hook = NULL;
     args a = {argc, argv, 1};
     for (; a.i < argc; a.i++) {
         const char *v;
@@ -124,6 +154,16 @@ int cmd_generate(int argc, char **argv)
             if (r < 0 || parse_int("--samples", v, 1, 4096, &samples)) return EXIT_USAGE;
         } else if ((r = opt_value(&a, "--eos", &v))) {
             if (r < 0 || parse_int("--eos", v, 0, INT32_MAX, &eos_opt)) return EXIT_USAGE;
+        } else if ((r = opt_value(&a, "--steer", &v))) {
+            if (r < 0 || steer_parse("--steer", v)) return EXIT_USAGE;
+            if (n_steers == sizeof steers / sizeof steers[0]) return usage_error("at most 32 --steer / --control-vector");
+            steers[n_steers++] = (steer_spec){v, false};
+        } else if ((r = opt_value(&a, "--control-vector", &v))) {
+            if (r < 0 || steer_parse("--control-vector", v)) return EXIT_USAGE;
+            if (n_steers == sizeof steers / sizeof steers[0]) return usage_error("at most 32 --steer / --control-vector");
+            steers[n_steers++] = (steer_spec){v, true};
+        } else if ((r = opt_value(&a, "--probe", &probe_path)) || (r = opt_value(&a, "--probe-hook", &probe_hook))) {
+            if (r < 0) return EXIT_USAGE;
         } else if ((r = opt_flag(&a, "--greedy"))) {
             if (r < 0) return EXIT_USAGE;
             greedy = true;
@@ -139,6 +179,7 @@ int cmd_generate(int argc, char **argv)
     }
     int rc = common_check(&c, true);
     if (rc) return rc;
+    if (probe_hook && !probe_path) return usage_error("--probe-hook needs --probe FILE");
     if (c.tokens) {
         int32_t *ids;
         int64_t n;
@@ -152,6 +193,13 @@ int cmd_generate(int argc, char **argv)
     int32_t *ids = NULL, *prompt = NULL, *out = NULL;
     int64_t P = 0;
     circuits_context *ctx = NULL;
+    circuits_probe *probe = NULL;
+    probe_log pl = {0};
+    circuits_probe_info pinfo = {.size = sizeof pinfo};
+    if (probe_path && (circuits_probe_load(&probe, probe_path) || circuits_probe_get_info(probe, &pinfo))) {
+        rc = lib_failure("--probe");
+        goto done;
+    }
     if ((rc = input_tokens(&c, m, &ids, &P))) goto done;
     if (P + max_new > cfg.n_ctx) {
         rc = failure("the prompt's %lld tokens + --max-new %lld exceed the model's n_ctx = %d", (long long)P, max_new,
@@ -169,6 +217,18 @@ int cmd_generate(int argc, char **argv)
     if (circuits_context_create(&ctx, m, NULL) != CIRCUITS_OK) {
         rc = lib_failure("context");
         goto done;
+    }
+    if ((rc = steer_apply(ctx, &cfg, steers, n_steers))) goto done;
+    if (probe) {
+        pl = (probe_log){calloc((size_t)(B * L * pinfo.n_outputs), sizeof(float)), L, pinfo.n_outputs, B};
+        if (!pl.out) {
+            rc = failure("out of memory");
+            goto done;
+        }
+        if (circuits_context_add_probe_monitor(ctx, probe, probe_hook, on_probe, &pl, NULL) != CIRCUITS_OK) {
+            rc = lib_failure("--probe");
+            goto done;
+        }
     }
     int32_t eos = eos_opt >= 0 ? (int32_t)eos_opt : circuits_tokenizer_eos_id(tok);
     circuits_generate_options o;
@@ -236,7 +296,20 @@ int cmd_generate(int argc, char **argv)
             printf("],\"text\":");
             if (text) json_cstr(stdout, text);
             else printf("null");
-            printf(",\"finished\":%s}", finished ? "true" : "false");
+            printf(",\"finished\":%s", finished ? "true" : "false");
+            if (probe) { /* row t: the output at position P - 1 + t, which chose generated token t */
+                printf(",\"probe\":[");
+                for (int64_t i = 0; i < ng; i++) {
+                    printf("%s[", i ? "," : "");
+                    for (int64_t k = 0; k < pl.K; k++) {
+                        printf("%s", k ? "," : "");
+                        json_num(stdout, pl.out[((size_t)b * (size_t)L + (size_t)(P - 1 + i)) * (size_t)pl.K + (size_t)k]);
+                    }
+                    printf("]");
+                }
+                printf("]");
+            }
+            printf("}");
         } else if (!streaming) {
             printf("--- sample %lld%s\n", (long long)(b + 1), finished ? " (EOS)" : "");
             if (c.prompt) fputs(c.prompt, stdout);
@@ -248,13 +321,33 @@ int cmd_generate(int argc, char **argv)
             putchar('\n');
         }
         free(text);
+        if (probe && !c.json) {
+            printf("probe %s at %s (%s, %lld outputs), at the position that chose each generated token%s:\n",
+                   probe_path, probe_hook ? probe_hook : pinfo.hook_name,
+                   pinfo.kind == CIRCUITS_PROBE_LOGISTIC ? "class probabilities" : "linear",
+                   (long long)pinfo.n_outputs, B > 1 ? " (this sample)" : "");
+            printf("  %5s  %-12s", "pos", "generated");
+            for (int64_t k = 0; k < pl.K; k++) printf("  %9s%-3lld", "out", (long long)k);
+            putchar('\n');
+            for (int64_t i = 0; i < n - P; i++) {
+                char shown[64];
+                token_display(tok, gen[i], shown, sizeof shown);
+                printf("  %5lld  %-12s", (long long)(P - 1 + i), shown);
+                for (int64_t k = 0; k < pl.K; k++)
+                    printf("  %12.6f", (double)pl.out[((size_t)b * (size_t)L + (size_t)(P - 1 + i)) * (size_t)pl.K + (size_t)k]);
+                putchar('\n');
+            }
+        }
     }
     if (c.json) printf("]}\n");
 done:
+    circuits_context_free(ctx);
+    ctx = NULL;
+    circuits_probe_free(probe);
+    free(pl.out);
     free(out);
     free(prompt);
     free(ids);
-    circuits_context_free(ctx);
     circuits_model_free(m);
     return rc;
 }

@@ -8,7 +8,7 @@
 static void usage(void)
 {
     printf("usage: circuits run MODEL (--prompt TEXT | --tokens IDS) [--top-k K] [--no-bos]\n"
-           "                          [--no-processing] [--no-mmap] [--json]\n"
+           "                          [--sae SAE_DIR ... [--sae-error-term]] [--no-processing] [--no-mmap] [--json]\n"
            "\n"
            "Runs the model on one sequence and prints each token with the loss of predicting it,\n"
            "the mean loss, and the K most likely next tokens after the last position.\n"
@@ -18,6 +18,9 @@ static void usage(void)
            "  --tokens IDS     token ids instead, e.g. 464,3290,318 (no BOS is added)\n"
            "  --top-k K        next tokens to list (default 5)\n"
            "  --no-bos         do not prepend the BOS token to --prompt\n"
+           "  --sae SAE_DIR    splice this SAE (SAELens's saved format) into the run at its hook point,\n"
+           "                   as HookedSAETransformer.add_sae (repeat for several)\n"
+           "  --sae-error-term the SAEs keep their error term (use_error_term: the output is unchanged)\n"
            "  --no-processing  load the weights as stored (from_pretrained_no_processing)\n"
            "  --no-mmap        read the weight files into memory instead of mapping them\n"
            "  --json           one JSON object on stdout\n");
@@ -39,30 +42,42 @@ int cmd_run(int argc, char **argv)
 {
     common c = {0};
     long long top_k = 5;
+    char **sae_dirs = calloc((size_t)argc, sizeof *sae_dirs);
+    size_t n_saes = 0;
+    bool sae_error = false;
+    if (!sae_dirs) return failure("out of memory");
     args a = {argc, argv, 1};
     for (; a.i < argc; a.i++) {
         const char *v;
         int r;
-        if (is_help(argv[a.i])) return usage(), 0;
+        if (is_help(argv[a.i])) return free(sae_dirs), usage(), 0;
         if ((r = common_opt(&a, &c, true))) {
-            if (r < 0) return EXIT_USAGE;
+            if (r < 0) return free(sae_dirs), EXIT_USAGE;
         } else if ((r = opt_value(&a, "--top-k", &v))) {
-            if (r < 0 || parse_int("--top-k", v, 1, 1000000, &top_k)) return EXIT_USAGE;
+            if (r < 0 || parse_int("--top-k", v, 1, 1000000, &top_k)) return free(sae_dirs), EXIT_USAGE;
+        } else if ((r = opt_value(&a, "--sae", &v))) {
+            if (r < 0) return free(sae_dirs), EXIT_USAGE;
+            sae_dirs[n_saes++] = (char *)v;
+        } else if ((r = opt_flag(&a, "--sae-error-term"))) {
+            if (r < 0) return free(sae_dirs), EXIT_USAGE;
+            sae_error = true;
         } else if (common_positional(&a, &c) < 0) {
-            return EXIT_USAGE;
+            return free(sae_dirs), EXIT_USAGE;
         }
     }
     int rc = common_check(&c, true);
-    if (rc) return rc;
+    if (!rc && sae_error && !n_saes) rc = usage_error("--sae-error-term needs --sae SAE_DIR");
+    if (rc) return free(sae_dirs), rc;
     if (c.tokens) { /* a malformed list is a usage error, found before loading anything */
         int32_t *ids;
         int64_t n;
-        if ((rc = parse_ids("--tokens", c.tokens, &ids, &n))) return rc;
+        if ((rc = parse_ids("--tokens", c.tokens, &ids, &n))) return free(sae_dirs), rc;
         free(ids);
     }
     circuits_model *m;
     circuits_config cfg;
-    if ((rc = load_model(&c, &m, &cfg))) return rc;
+    circuits_sae **saes = NULL;
+    if ((rc = load_model(&c, &m, &cfg))) return free(sae_dirs), rc;
     int32_t *ids = NULL;
     int64_t T = 0;
     circuits_context *ctx = NULL;
@@ -82,6 +97,7 @@ int cmd_run(int argc, char **argv)
         rc = lib_failure("context");
         goto done;
     }
+    if (n_saes && (rc = attach_saes(ctx, sae_dirs, n_saes, sae_error, &saes))) goto done;
     progress pg;
     progress_begin(&pg, "run", cfg.n_layers);
     if (progress_hook_layers(ctx, &pg) != CIRCUITS_OK) {
@@ -154,6 +170,8 @@ done:
     free(logits);
     free(ids);
     circuits_context_free(ctx);
+    free_saes(saes, n_saes);
+    free(sae_dirs);
     circuits_model_free(m);
     return rc;
 }

@@ -14,8 +14,8 @@
  *   input x, not the hooked or normalized one)                                     cx_sae_output
  *
  * None allocates: they run inside a forward pass on the run memory. TopK's selection works in
- * place in the output row (a quickselect on a copy of the row's keys, then the row rewritten
- * from pre). The GEMMs go through cx_matmul (split over the pool); the row loops through
+ * place in the output row (a min-heap of the k largest keys in its first k floats, then the row
+ * rewritten from pre). The GEMMs go through cx_matmul (split over the pool); the row loops through
  * cx_parallel_for. The decoder skips zero activations when few are nonzero (topk, trained
  * SAEs): a row's output is then b_dec plus the nonzero latents' W_dec rows, the same sum as the
  * GEMM's in another order. */
@@ -97,35 +97,60 @@ static inline float relu(float v) { return v < 0.0f ? 0.0f : v; }
 /* topk's selection key: torch.topk orders NaN above everything */
 static inline float topk_key(float v) { return isnan(v) ? INFINITY : v; }
 
-/* The value of rank k-1 (0-based, descending) among a[0..n), by quickselect; a is reordered. */
-static float kth_largest(float *a, int64_t n, int64_t k)
+/* Min-heap of k floats (h[0] the smallest): restores the heap below i. */
+static inline void sift_down(float *h, int64_t k, int64_t i)
 {
-    int64_t lo = 0, hi = n - 1, want = k - 1;
-    while (lo < hi) {
-        /* median of three as the pivot, descending partition (Hoare) */
-        int64_t mid = lo + (hi - lo) / 2;
-        float p0 = a[lo], p1 = a[mid], p2 = a[hi], piv;
-        if ((p0 >= p1) == (p1 >= p2)) piv = p1;
-        else if ((p1 >= p0) == (p0 >= p2)) piv = p0;
-        else piv = p2;
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] > piv) i++;
-            while (a[j] < piv) j--;
-            if (i <= j) {
-                float t = a[i];
-                a[i] = a[j];
-                a[j] = t;
-                i++;
-                j--;
-            }
-        }
-        /* now a[lo..j] >= piv, a[i..hi] <= piv, a[j+1..i-1] == piv */
-        if (want <= j) hi = j;
-        else if (want >= i) lo = i;
-        else return piv;
+    float v = h[i];
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= k) break;
+        if (c + 1 < k && h[c + 1] < h[c]) c++;
+        if (h[c] >= v) break;
+        h[i] = h[c];
+        i = c;
     }
-    return a[want];
+    h[i] = v;
+}
+/* One row of topk: post = relu of the k largest of h = pre (* norm), 0 elsewhere. Called with
+ * norm NULL or not, each call specialized when inlined. */
+static inline void topk_row(const float *pre, const float *norm, float *post, int64_t D, int64_t k)
+{
+#define H(i) (norm ? pre[i] * norm[i] : pre[i])
+    if (k >= D) {
+        for (int64_t i = 0; i < D; i++) post[i] = relu(H(i));
+        return;
+    }
+    if (k == 0) {
+        memset(post, 0, (size_t)D * sizeof *post);
+        return;
+    }
+    /* the k-th largest key t: a min-heap of the k largest seen, kept in post[0..k) (post is
+     * rewritten below from pre); most values fail the one comparison with its root (a NaN
+     * passes it: torch.topk ranks NaN above everything) */
+    for (int64_t i = 0; i < k; i++) post[i] = topk_key(H(i));
+    for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(post, k, i);
+    for (int64_t i = k; i < D; i++) {
+        float v = H(i);
+        if (!(v <= post[0])) {
+            post[0] = topk_key(v);
+            sift_down(post, k, 0);
+        }
+    }
+    float t = post[0];
+    /* keys above t are kept, and of those equal to t the first ones by index up to k */
+    int64_t above = 0, equal = 0;
+    for (int64_t i = 0; i < D; i++) {
+        float h = H(i), key = topk_key(h);
+        above += key > t;
+        equal += key == t;
+        post[i] = key >= t ? relu(h) : 0.0f;
+    }
+    for (int64_t i = D - 1, drop = above + equal - k; i >= 0 && drop > 0; i--)
+        if (topk_key(H(i)) == t) {
+            post[i] = 0.0f;
+            drop--;
+        }
+#undef H
 }
 
 static void post_rows(void *arg, int64_t begin, int64_t end)
@@ -146,31 +171,10 @@ static void post_rows(void *arg, int64_t begin, int64_t end)
         case CIRCUITS_SAE_GATED: /* post holds the gate's pre-activation */
             for (int64_t i = 0; i < D; i++) post[i] = (post[i] > 0.0f ? 1.0f : 0.0f) * relu(pre[i]);
             break;
-        case CIRCUITS_SAE_TOPK: {
-            const float *norm = s->rescale_acts_by_decoder_norm ? s->W_dec_norm : NULL;
-            int64_t k = s->k;
-#define H(i) (norm ? pre[i] * norm[i] : pre[i])
-            if (k >= D) {
-                for (int64_t i = 0; i < D; i++) post[i] = relu(H(i));
-                break;
-            }
-            if (k == 0) {
-                memset(post, 0, (size_t)D * sizeof *post);
-                break;
-            }
-            for (int64_t i = 0; i < D; i++) post[i] = topk_key(H(i));
-            float t = kth_largest(post, D, k);
-            int64_t above = 0;
-            for (int64_t i = 0; i < D; i++) above += post[i] > t;
-            int64_t ties = k - above; /* of the values equal to t, the first ones by index */
-            for (int64_t i = 0; i < D; i++) {
-                float h = H(i), key = topk_key(h);
-                if (key > t || (key == t && ties-- > 0)) post[i] = relu(h);
-                else post[i] = 0.0f;
-            }
-#undef H
+        case CIRCUITS_SAE_TOPK:
+            if (s->rescale_acts_by_decoder_norm) topk_row(pre, s->W_dec_norm, post, D, s->k);
+            else topk_row(pre, NULL, post, D, s->k);
             break;
-        }
         default: break;
         }
     }

@@ -49,6 +49,9 @@ from . import evals, utils  # noqa: E402  (TransformerLens's evals and utils mod
 from . import patching  # noqa: E402,F401 -- circuits.patching: TransformerLens's patching module
 from .compare import DiffResult, diff  # noqa: E402 -- comparing two models (docs/quantization.md)
 from . import grad, attribution  # noqa: E402,F401 -- gradients (docs/gradients.md)
+from . import steering  # noqa: E402,F401 -- steering and control vectors (docs/steering.md)
+from .features import FeatureStats, TopContexts  # noqa: E402 -- SAE feature statistics (docs/saes.md)
+from .probe import Probe  # noqa: E402 -- linear probes (docs/probes.md)
 
 __version__ = "0.8.0"
 
@@ -102,6 +105,9 @@ __all__ = [
     "DiffResult",
     "grad",
     "attribution",
+    "steering",
+    "FeatureStats",
+    "TopContexts",
     "library_version",
     "set_num_threads",
     "get_num_threads",

@@ -935,6 +935,7 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
         c_int,
         [HANDLE, POINTER(c_int64), POINTER(c_int64), POINTER(c_int32), POINTER(c_int32)],
     ),
+    "circuits_feature_stats_get_options": (c_int, [HANDLE, POINTER(FeatureStatsOptions)]),
     "circuits_feature_stats_get": (c_int, [HANDLE, F32P, F32P, F32P]),
     "circuits_feature_stats_top": (
         c_int,

@@ -325,6 +325,18 @@ class _Registration:
         self.kw = _takes_hook_keyword(fn)
 
 
+class _OwnedRegistration(_Registration):
+    """A registration the library makes with data it owns (circuits.steering): ``c_add(ctx)``
+    registers it on a context and returns its hook ids; removed like any hook."""
+
+    __slots__ = ("c_add",)
+
+    def __init__(self, key: int, c_add: Callable[[int], List[int]], names: List[str], permanent: bool,
+                 state: _RunState):
+        super().__init__(key, c_add, names, permanent, state)
+        self.c_add = c_add
+
+
 _REGISTRY: "weakref.WeakValueDictionary[int, _Registration]" = weakref.WeakValueDictionary()
 _KEYS = itertools.count(1)
 _weakref = weakref.ref
@@ -1042,8 +1054,18 @@ class Model:
             raise InvalidArgumentError(f"{what} from inside a hook of the same model")
 
     def _c_add(self, reg: _Registration) -> None:
+        if isinstance(reg, _OwnedRegistration):  # steering: the library holds its data
+            reg.ids = reg.c_add(self._ctx)
+            return
         _REGISTRY[reg.key] = reg
         ids: List[int] = []
+        if hasattr(reg, "c_add"):  # a registration the library makes (circuits.probe's monitors)
+            try:
+                reg.ids = reg.c_add(self._ctx)  # type: ignore[attr-defined]
+            except BaseException:
+                _REGISTRY.pop(reg.key, None)
+                raise
+            return
         add = lib.circuits_context_add_backward_hook if reg.bwd else lib.circuits_context_add_hook
         try:
             for name in reg.names:
@@ -1409,6 +1431,16 @@ class Model:
         return integrated_gradients(self, hook, tokens, baseline_tokens, steps=steps, metric=metric, **metric_kw)
 
     # -- device -----------------------------------------------------------------------------
+
+    def feature_stats(self, sae: Any, tokens: Any, batch_size: int = 8, top_k: int = 10, context_left: int = 8,
+                      context_right: int = 2, threshold: float = 0.0, skip_positions: int = 0) -> Any:
+        """Feature statistics of ``sae`` over ``tokens`` [n_rows, pos] (a NumPy array, streamed
+        ``batch_size`` rows per call): a :class:`circuits.FeatureStats` (docs/saes.md "Feature
+        statistics")."""
+        from .features import feature_stats
+
+        return feature_stats(self, sae, tokens, batch_size=batch_size, top_k=top_k, context_left=context_left,
+                             context_right=context_right, threshold=threshold, skip_positions=skip_positions)
 
     def to(self, device_or_dtype: Any = None, print_details: bool = True) -> "Model":
         """TransformerLens's ``model.to``: "cpu" (or float32) is where the model already is;
@@ -1978,6 +2010,48 @@ class Model:
         strs = [self._tok().decode(row, skip_special_tokens=True) for row in res]
         return strs[0] if len(strs) == 1 else strs  # as TL: one text for batch 1
 
+    # -- probes (docs/probes.md) --------------------------------------------------------------
+
+    def add_probe_monitor(self, probe: Any, fn: Callable[[np.ndarray, int], Any],
+                          hook: Optional[str] = None) -> HookHandle:
+        """Runs ``probe`` (a :class:`circuits.Probe`) at hook point ``hook`` (default: the probe's
+        hook_name) in every run of this model, generation steps included: ``fn(outputs,
+        first_position)`` gets the probe's outputs [batch, pos, n_outputs] (a copy) for the run's
+        positions, first_position counting a KV cache's held positions (so each generation step
+        reports its new position). Raise HookStopped to stop the run. Removed by the handle's
+        ``remove()`` or :meth:`reset_hooks`."""
+        from . import probe as _probe
+
+        return _probe.add_probe_monitor(self, probe, fn, hook)
+
+
+    # -- steering (circuits.steering; docs/steering.md) ---------------------------------------
+
+    def add_steering(self, hook: str, vector: Any, scale: float = 1.0, positions: Any = None,
+                     is_permanent: bool = False) -> HookHandle:
+        """Adds ``scale * vector`` at the points ``hook`` selects: :func:`circuits.steering.add_steering`."""
+        from . import steering
+
+        return steering.add_steering(self, hook, vector, scale, positions, is_permanent)
+
+    def steering(self, hook: str, vector: Any, scale: float = 1.0, positions: Any = None) -> Any:
+        """``with model.steering(hook, vector, scale=...):``: :func:`circuits.steering.steering`."""
+        from . import steering
+
+        return steering.steering(self, hook, vector, scale, positions)
+
+    def add_control_vector(self, directions: Any, scale: float = 1.0, positions: Any = None,
+                           is_permanent: bool = False) -> HookHandle:
+        """A llama.cpp control vector (array or file): :func:`circuits.steering.add_control_vector`."""
+        from . import steering
+
+        return steering.add_control_vector(self, directions, scale, positions, is_permanent)
+
+    def contrastive_vector(self, positive: Any, negative: Any, hook: str, reduce: str = "last", **kw: Any) -> np.ndarray:
+        """Mean act(positive) - act(negative): :func:`circuits.steering.contrastive_vector`."""
+        from . import steering
+
+        return steering.contrastive_vector(self, positive, negative, hook, reduce, **kw)
 
 def _tokenizer_padding_side(path: str) -> Optional[str]:
     """``padding_side`` of the directory's tokenizer_config.json (what Hugging Face's tokenizer, and

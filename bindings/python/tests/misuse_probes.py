@@ -1472,3 +1472,22 @@ from misuse_probes_grad import GRAD_AUDIT, GRAD_PROBES  # noqa: E402
 assert not set(GRAD_PROBES) & set(PROBES) and not set(GRAD_AUDIT) & set(AUDIT)
 PROBES.update(GRAD_PROBES)
 AUDIT.update(GRAD_AUDIT)
+
+# Steering, control vectors and contrastive vectors (0.8.0) live in their own file.
+from misuse_probes_steer import STEER_AUDIT, STEER_PROBES  # noqa: E402
+
+assert not set(STEER_PROBES) & set(PROBES) and not set(STEER_AUDIT) & set(AUDIT)
+PROBES.update(STEER_PROBES)
+AUDIT.update(STEER_AUDIT)
+# The feature statistics' probes and audit entries (0.8.0) live in their own file.
+from misuse_probes_features import FEATURES_AUDIT, FEATURES_PROBES  # noqa: E402
+
+assert not set(FEATURES_PROBES) & set(PROBES) and not set(FEATURES_AUDIT) & set(AUDIT)
+PROBES.update(FEATURES_PROBES)
+AUDIT.update(FEATURES_AUDIT)
+# Linear probes' probes and audit entries (0.8.0) live in their own file.
+from misuse_probes_probe import PROBE_AUDIT, PROBE_PROBES  # noqa: E402
+
+assert not set(PROBE_PROBES) & set(PROBES) and not set(PROBE_AUDIT) & set(AUDIT)
+PROBES.update(PROBE_PROBES)
+AUDIT.update(PROBE_AUDIT)

@@ -30,7 +30,10 @@ def test_gguf_file_is_the_directorys_model(name, processing, as_path):
         tokens = np.arange(6, dtype=np.int64)[None, :] % hf.cfg.d_vocab
         a, cache_a = hf.run_with_cache(tokens)
         b, cache_b = gg.run_with_cache(tokens)
-        np.testing.assert_array_equal(a, b)
+        # the same weights at other addresses (a mapped file, a copy): OpenBLAS's kernels may sum in
+        # another order for other alignments (seen: 5.8e-6 on a machine whose kernels do), so equal
+        # to float rounding, not bit for bit
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(np.abs(b).max()))
         assert list(cache_a.keys()) == list(cache_b.keys())
         assert gg.tokenizer is not None and gg.tokenizer.vocab_size == gg.cfg.d_vocab
 

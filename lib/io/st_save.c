@@ -1,0 +1,120 @@
+/* Writing safetensors files, and reading back their metadata (st_save.h). */
+#include "st_save.h"
+#include "json_load.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static bool little_endian(void)
+{
+    const uint16_t one = 1;
+    return *(const uint8_t *)&one == 1;
+}
+
+/* n elements of `size` bytes, little-endian whatever the host. */
+static bool write_le(FILE *f, const void *data, size_t n, size_t size)
+{
+    if (little_endian()) return fwrite(data, size, n, f) == n;
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char b[8];
+        for (size_t j = 0; j < size; j++) b[j] = p[i * size + size - 1 - j];
+        if (fwrite(b, 1, size, f) != size) return false;
+    }
+    return true;
+}
+
+/* The header JSON (compact) for tensors of these byte sizes. */
+static int header(const cx_st_out *t, const size_t *bytes, size_t n, const char *const *meta, size_t n_meta,
+                  char **out, const char *fn)
+{
+    json_t *root = json_object(), *md = n_meta ? json_object() : NULL;
+    bool ok = root && (!n_meta || md);
+    size_t off = 0;
+    for (size_t i = 0; i < n && ok; i++) {
+        json_t *e = json_object(), *shape = json_array(), *offs = json_array();
+        ok = e && shape && offs;
+        for (int d = 0; d < t[i].ndim && ok; d++) ok = json_array_append_new(shape, json_integer(t[i].shape[d])) == 0;
+        ok = ok && json_array_append_new(offs, json_integer((json_int_t)off)) == 0 &&
+             json_array_append_new(offs, json_integer((json_int_t)(off + bytes[i]))) == 0;
+        off += bytes[i];
+        if (ok) {
+            ok = json_object_set_new(e, "dtype", json_string(cx_dtype_name(t[i].dtype))) == 0 &&
+                 json_object_set_new(e, "shape", shape) == 0;
+            shape = NULL;
+            ok = ok && json_object_set_new(e, "data_offsets", offs) == 0;
+            offs = NULL;
+            ok = ok && json_object_set_new(root, t[i].name, e) == 0;
+            e = NULL;
+        }
+        json_decref(e);
+        json_decref(shape);
+        json_decref(offs);
+    }
+    for (size_t i = 0; i < n_meta && ok; i++) ok = json_object_set_new(md, meta[2 * i], json_string(meta[2 * i + 1])) == 0;
+    if (ok && md) {
+        ok = json_object_set_new(root, "__metadata__", md) == 0;
+        md = NULL;
+    }
+    *out = ok ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(md);
+    json_decref(root);
+    return *out ? CIRCUITS_OK : cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
+}
+
+int cx_st_write(const char *path, const cx_st_out *tensors, size_t n, const char *const *meta, size_t n_meta,
+                const char *fn)
+{
+    size_t *bytes = cx_calloc(n ? n : 1, sizeof *bytes);
+    if (!bytes) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
+    for (size_t i = 0; i < n; i++) {
+        size_t numel = 1;
+        for (int d = 0; d < tensors[i].ndim; d++) numel *= (size_t)tensors[i].shape[d]; /* sizes the caller holds */
+        bytes[i] = numel * cx_dtype_size(tensors[i].dtype);
+    }
+    char *json = NULL;
+    int rc = header(tensors, bytes, n, meta, n_meta, &json, fn);
+    if (rc) {
+        cx_free(bytes);
+        return rc;
+    }
+    size_t len = strlen(json), padded = (len + 7) / 8 * 8;
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        rc = cx_fail(CIRCUITS_E_IO, "%s: cannot create %s", fn, path);
+    } else {
+        uint64_t hl = padded;
+        bool ok = write_le(f, &hl, 1, 8) && fwrite(json, 1, len, f) == len;
+        for (size_t i = len; i < padded && ok; i++) ok = fputc(' ', f) != EOF;
+        for (size_t i = 0; i < n && ok; i++) {
+            size_t es = cx_dtype_size(tensors[i].dtype);
+            ok = write_le(f, tensors[i].data, bytes[i] / es, es);
+        }
+        if (fclose(f) != 0) ok = false;
+        if (!ok) {
+            remove(path);
+            rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s", fn, path);
+        }
+    }
+    cx_free(json); /* json_dumps allocates through jansson's allocator: cx_malloc (alloc.c) */
+    cx_free(bytes);
+    return rc;
+}
+
+int cx_st_metadata(const cx_st_map *map, json_t **out, const char *fn)
+{
+    *out = NULL;
+    const unsigned char *p = map->base;
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | p[i]; /* validated by the reader: 8 + hl <= size */
+    json_error_t err;
+    bool oom;
+    json_t *root = cx_json_loadb((const char *)p + 8, (size_t)hl, JSON_REJECT_DUPLICATES, &err, &oom);
+    if (!root)
+        return oom ? cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory reading %s", fn, map->path)
+                   : cx_fail(CIRCUITS_E_FORMAT, "%s: %s: header is not valid JSON", fn, map->path);
+    json_t *md = json_object_get(root, "__metadata__");
+    if (md) *out = json_incref(md);
+    json_decref(root);
+    return CIRCUITS_OK;
+}
