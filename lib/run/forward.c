@@ -835,6 +835,8 @@ static int check_run(const circuits_context *ctx, const cx_run *r)
             if (r->positions[i] < -T || r->positions[i] >= T)
                 return cx_fail(CIRCUITS_E_RANGE, "run: logit position %lld (index %lld) is outside [-%lld, %lld)",
                                (long long)r->positions[i], (long long)i, (long long)T, (long long)T);
+    int rc = cx_sae_check_run(ctx, r);
+    if (rc) return rc;
     return r->attention_mask ? check_mask(r, want_loss) : CIRCUITS_OK;
 }
 

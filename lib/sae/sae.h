@@ -76,4 +76,12 @@ typedef struct cx_sae_attach {
     int32_t in_kind, out_kind;     /* cx_hook_kind of hook_name and hook_name_out */
 } cx_sae_attach;
 
+/* True if the attachment reads another point than it writes (a transcoder with hook_name_out
+ * != hook_name): its input is captured where it fires. A transcoder whose hook_name_out is its
+ * hook_name (or absent) reads the point it replaces, as SAELens's wrapper does then. */
+static inline bool cx_sae_captures(const cx_sae_attach *a)
+{
+    return a->sae->transcoder && (a->in_layer != a->out_layer || a->in_kind != a->out_kind);
+}
+
 #endif
