@@ -1248,6 +1248,72 @@ static void write_sae_dir(const char *dir, bool topk)
     }
 }
 
+/* SAEs on the fixture model (d_model 32) for attaching: variant 0 a standard SAE at
+ * blocks.1.hook_resid_pre, 1 a transcoder from blocks.2.ln2.hook_normalized to blocks.2.hook_mlp_out */
+static circuits_sae *g_msae[2];
+
+static void write_model_sae_dir(const char *dir, bool transcoder)
+{
+    enum { DM = 32, L = 16 };
+    static float w[2 * DM * L + L + DM];
+    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) w[i] = 0.3f * (float)sin(0.71 * (double)i + (transcoder ? 2.0 : 0.0));
+    st_entry e[4] = {{"W_enc", 2, {DM, L}, w}, {"W_dec", 2, {L, DM}, w + DM * L}, {"b_enc", 1, {L}, w + 2 * DM * L},
+                     {"b_dec", 1, {DM}, w + 2 * DM * L + L}};
+    char path[1100], cfg[1024];
+    snprintf(path, sizeof path, "%s/sae_weights.safetensors", dir);
+    st_write(path, e, 4);
+    snprintf(cfg, sizeof cfg,
+             "{\"d_in\": %d, \"d_sae\": %d, \"d_out\": %d, \"dtype\": \"float32\", \"apply_b_dec_to_input\": %s, "
+             "\"normalize_activations\": \"none\", \"metadata\": {\"sae_lens_version\": \"6.54.12\", \"hook_name\": "
+             "\"%s\"%s}, \"architecture\": \"%s\"}", DM, L, DM, transcoder ? "false" : "true",
+             transcoder ? "blocks.2.ln2.hook_normalized" : "blocks.1.hook_resid_pre",
+             transcoder ? ", \"hook_name_out\": \"blocks.2.hook_mlp_out\"" : "", transcoder ? "transcoder" : "standard");
+    snprintf(path, sizeof path, "%s/cfg.json", dir);
+    FILE *fp = fopen(path, "w");
+    CHECK(fp && fputs(cfg, fp) >= 0 && fclose(fp) == 0, "cannot write %s", path);
+}
+
+/* A context with hooks (one at a point the SAEs add) and, for remove_sae and runs, both SAEs. */
+static void setup_sae_ctx(fx *f)
+{
+    f->ctx = new_ctx(f->model, 0);
+    CHECK_OK(circuits_context_add_hook(f->ctx, "blocks.*.hook_resid_post", hook_read, f, NULL));
+    CHECK_OK(circuits_context_add_hook(f->ctx, "pattern1", hook_edit, f, NULL));
+    if (f->op->variant >= 2) {
+        CHECK_OK(circuits_context_add_sae(f->ctx, g_msae[0], 1));
+        CHECK_OK(circuits_context_add_sae(f->ctx, g_msae[1], 0));
+        CHECK_OK(circuits_context_add_hook(f->ctx, "blocks.1.hook_resid_pre.hook_sae_acts_post", hook_edit, f, NULL));
+    } else {
+        CHECK_OK(circuits_context_add_sae(f->ctx, g_msae[1 - f->op->variant], 0));
+    }
+}
+
+/* variant 0, 1: attach g_msae[variant] (the other attached); 2: detach the SAE; 3: the run */
+static int call_sae_ctx(fx *f)
+{
+    if (f->op->variant < 2) return circuits_context_add_sae(f->ctx, g_msae[f->op->variant], 1);
+    if (f->op->variant == 2) return circuits_context_remove_sae(f->ctx, "blocks.1.hook_resid_pre");
+    f->out_n = (size_t)(B * T * VOCAB);
+    return circuits_context_run_with_cache(f->ctx, f->tokens, B, T, NULL, 0, f->cache, f->out, NULL, NULL);
+}
+
+static void setup_sae_run(fx *f)
+{
+    setup_sae_ctx(f);
+    CHECK_OK(circuits_cache_create(&f->cache));
+}
+
+static void digest_sae_ctx(fx *f, bytes *b)
+{
+    put_i64(b, (int64_t)circuits_context_sae_count(f->ctx));
+    put_i64(b, (int64_t)circuits_context_hook_point_count(f->ctx));
+    if (f->cache) {
+        put_out(f, b);
+        put_cache(f->cache, b);
+    }
+    digest_forward_of_ctx(f, b);
+}
+
 static void remove_sae_dir(const char *dir)
 {
     const char *files[] = {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors"};
@@ -1488,6 +1554,12 @@ static void test_operations(fx *f)
     write_sae_dir(sae_topk, true);
     for (int i = 0; i < SAE_ROWS * SAE_IN; i++) sae_x[i] = (float)cos(0.9 * i) + 0.2f;
     CHECK_OK(circuits_sae_load(&g_sae, sae_gated));
+    char sae_m0[] = "/tmp/circuits-fault-sae-XXXXXX", sae_m1[] = "/tmp/circuits-fault-sae-XXXXXX";
+    CHECK(mkdtemp(sae_m0) && mkdtemp(sae_m1), "mkdtemp failed");
+    write_model_sae_dir(sae_m0, false);
+    write_model_sae_dir(sae_m1, true);
+    CHECK_OK(circuits_sae_load(&g_msae[0], sae_m0));
+    CHECK_OK(circuits_sae_load(&g_msae[1], sae_m1));
     snprintf(tok_json, sizeof tok_json, "%s/tiny-random/tokenizer.json", g_tokdata);
     snprintf(tok_vm, sizeof tok_vm, "%s/tiny-random/vocab.json", g_tokdata);
     snprintf(tok_toy, sizeof tok_toy, "%s/toy", g_tokdata);
@@ -1561,6 +1633,10 @@ static void test_operations(fx *f)
         {"sae_load topk rescale", NULL, call_sae_load, digest_sae, NULL, sae_topk, 0, false},
         {"sae_encode", NULL, call_sae_code, put_out, NULL, NULL, 0, false},
         {"sae_decode layer_norm", NULL, call_sae_code, put_out, NULL, NULL, 1, false},
+        {"context_add_sae", setup_sae_ctx, call_sae_ctx, digest_sae_ctx, free_state, NULL, 0, false},
+        {"context_add_sae transcoder", setup_sae_ctx, call_sae_ctx, digest_sae_ctx, free_state, NULL, 1, false},
+        {"context_remove_sae", setup_sae_ctx, call_sae_ctx, digest_sae_ctx, free_state, NULL, 2, false},
+        {"run_with_cache with SAEs", setup_sae_run, call_sae_ctx, digest_sae_ctx, free_state, NULL, 3, false},
         {"kv_cache_create", NULL, call_kv_create, digest_kv_made, NULL, NULL, 0, false},
         {"forward_kv", setup_forward_kv, call_forward_kv, digest_forward_kv, free_state, NULL, 0, false},
         {"generate with KV cache", setup_forward, call_generate, put_out, free_state, NULL, 0, false},
@@ -1630,6 +1706,10 @@ static void test_operations(fx *f)
     g_sae = NULL;
     remove_sae_dir(sae_gated);
     remove_sae_dir(sae_topk);
+    circuits_sae_free(g_msae[0]), circuits_sae_free(g_msae[1]);
+    g_msae[0] = g_msae[1] = NULL;
+    remove_sae_dir(sae_m0);
+    remove_sae_dir(sae_m1);
 }
 
 /* ---- hooks that fail or stop in the middle ---- */

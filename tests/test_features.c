@@ -198,13 +198,19 @@ static size_t snapshot(const circuits_feature_stats *st, unsigned char **out)
     memcpy(q, &n_tokens, sizeof n_tokens), q += sizeof n_tokens;
     CHECK_OK(circuits_feature_stats_get(st, (float *)q, (float *)q + d, (float *)q + 2 * d));
     q += 3 * (size_t)d * sizeof(float);
+    /* each latent's top contexts into aligned buffers, then their bytes one after another */
+    float *v = calloc((size_t)k + 1, sizeof *v);
+    int64_t *r = calloc((size_t)k + 1, sizeof *r), *ps = calloc((size_t)k + 1, sizeof *ps);
+    int32_t *w = calloc((size_t)k * W + 1, sizeof *w), cnt = 0;
     for (int64_t j = 0; j < d; j++) {
-        float *v = (float *)q;
-        int64_t *r = (int64_t *)(v + k), *ps = r + k;
-        int32_t *w = (int32_t *)(ps + k), *cnt = w + (size_t)k * W;
-        CHECK_OK(circuits_feature_stats_top(st, j, v, r, ps, w, cnt));
-        q += per;
+        CHECK_OK(circuits_feature_stats_top(st, j, v, r, ps, w, &cnt));
+        memcpy(q, v, (size_t)k * sizeof *v), q += (size_t)k * sizeof *v;
+        memcpy(q, r, (size_t)k * sizeof *r), q += (size_t)k * sizeof *r;
+        memcpy(q, ps, (size_t)k * sizeof *ps), q += (size_t)k * sizeof *ps;
+        memcpy(q, w, (size_t)k * W * sizeof *w), q += (size_t)k * W * sizeof *w;
+        memcpy(q, &cnt, sizeof cnt), q += sizeof cnt;
     }
+    free(v), free(r), free(ps), free(w);
     *out = p;
     return n;
 }

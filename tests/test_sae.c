@@ -279,6 +279,13 @@ static void ref_free(ref_out *r)
 }
 
 /* max |a - b| / (1 + |b|) */
+/* fp32 against double over sums of `terms` products: the rounding grows with the length (a BLAS
+ * kernel may sum in blocks of any order; valgrind's forced SSE kernels measured 1.2e-5 at 512) */
+static double tol_for(int terms)
+{
+    return 1e-5 * (terms > 128 ? terms / 128.0 : 1.0);
+}
+
 static double rel_err(const float *a, const double *b, size_t n)
 {
     double m = 0;
@@ -363,14 +370,14 @@ static void check_case(const char *name, const spec *s, uint64_t seed)
     float *pre = calloc((size_t)n * ds, sizeof(float)), *post = calloc((size_t)n * ds, sizeof(float)),
           *out = calloc((size_t)n * dout, sizeof(float)), *post2 = calloc((size_t)n * ds, sizeof(float));
     CHECK_OK(circuits_sae_encode(sae, x, n, pre, post));
-    CHECK(rel_err(pre, r.pre, (size_t)n * ds) < 1e-5, "%s: acts_pre off by %g", name, rel_err(pre, r.pre, (size_t)n * ds));
-    CHECK(rel_err(post, r.post, (size_t)n * ds) < 1e-5, "%s: acts_post off by %g", name,
+    CHECK(rel_err(pre, r.pre, (size_t)n * ds) < tol_for(di), "%s: acts_pre off by %g", name, rel_err(pre, r.pre, (size_t)n * ds));
+    CHECK(rel_err(post, r.post, (size_t)n * ds) < tol_for(di), "%s: acts_post off by %g", name,
           rel_err(post, r.post, (size_t)n * ds));
     /* acts_post alone (acts_pre NULL) is the same */
     CHECK_OK(circuits_sae_encode(sae, x, n, NULL, post2));
     CHECK(memcmp(post, post2, (size_t)n * ds * sizeof(float)) == 0, "%s: encode without acts_pre differs", name);
     CHECK_OK(circuits_sae_decode(sae, post, n, x, out));
-    CHECK(rel_err(out, r.out, (size_t)n * dout) < 1e-5, "%s: decode off by %g", name,
+    CHECK(rel_err(out, r.out, (size_t)n * dout) < tol_for(ds), "%s: decode off by %g", name,
           rel_err(out, r.out, (size_t)n * dout));
     if (is_topk(s)) {
         int bad = 0;
@@ -391,7 +398,7 @@ static void check_case(const char *name, const spec *s, uint64_t seed)
     for (int row = 0; row < n; row++)
         ref_decode_row(s, &w, acts_d + (size_t)row * ds, x + (size_t)row * di, r.coeff + 2 * row, y + (size_t)row * dout);
     CHECK_OK(circuits_sae_decode(sae, acts, n, x, out));
-    CHECK(rel_err(out, y, (size_t)n * dout) < 1e-5, "%s: dense decode off by %g", name, rel_err(out, y, (size_t)n * dout));
+    CHECK(rel_err(out, y, (size_t)n * dout) < tol_for(ds), "%s: dense decode off by %g", name, rel_err(out, y, (size_t)n * dout));
     /* sparse activations (one latent per row) take the row loop: the same */
     memset(acts, 0, (size_t)n * ds * sizeof(float));
     for (int i = 0; i < n * ds; i++) acts_d[i] = 0;
@@ -399,7 +406,7 @@ static void check_case(const char *name, const spec *s, uint64_t seed)
     for (int row = 0; row < n; row++)
         ref_decode_row(s, &w, acts_d + (size_t)row * ds, x + (size_t)row * di, r.coeff + 2 * row, y + (size_t)row * dout);
     CHECK_OK(circuits_sae_decode(sae, acts, n, x, out));
-    CHECK(rel_err(out, y, (size_t)n * dout) < 1e-5, "%s: sparse decode off by %g", name, rel_err(out, y, (size_t)n * dout));
+    CHECK(rel_err(out, y, (size_t)n * dout) < tol_for(ds), "%s: sparse decode off by %g", name, rel_err(out, y, (size_t)n * dout));
     free(acts);
     free(acts_d);
     free(y);

@@ -455,43 +455,94 @@ int main(int argc, char **argv)
         circuits_sae_free(ss);
     }
 
-    /* a transcoder reads its input in the same pass: one whose input the pass reaches after the
-     * point it writes is refused, and a run that starts after its input (start_at_layer) fails
-     * rather than read what an earlier pass left in the capture buffer */
-    {
-        circuits_sae *sb = NULL, *sc = NULL;
-        CHECK_OK(circuits_sae_load(&sb, write_sae("tback", &wt, "blocks.1.ln2.hook_normalized", "blocks.0.hook_mlp_out",
-                                                  D)));
-        CHECK_OK(circuits_sae_load(&sc, write_sae("tcross", &wt, "blocks.0.hook_resid_mid", "blocks.1.hook_mlp_out", D)));
-        if (sb && sc) {
-            CALL_FAILS("sae_transcoder_input_after_output", circuits_context_add_sae(ctx, sb, 0),
-                       CIRCUITS_E_INVALID_ARGUMENT, "the transcoder reads 'blocks.1.ln2.hook_normalized', which a "
-                       "forward pass reaches after 'blocks.0.hook_mlp_out'");
-            CHECK(circuits_context_sae_count(ctx) == 0, "the refusal attached nothing");
-            CHECK_OK(circuits_context_add_sae(ctx, sc, 0));
-            float *resid = malloc(sizeof(float) * B * T * D), *la = malloc(sizeof(float) * B * T * V);
-            circuits_run_options ro;
-            circuits_run_options_init(&ro);
-            ro.stop_at_layer = 1;
-            CHECK_OK(circuits_context_run(ctx, &ro, tokens, B, T, resid));
-            CHECK_OK(circuits_context_forward(ctx, tokens, B, T, la, NULL, NULL)); /* a full run: captured */
-            circuits_run_options_init(&ro);
-            ro.start_at_layer = 1;
-            ro.input = resid;
-            CHECK_FAILS(circuits_context_run(ctx, &ro, NULL, B, T, logits), CIRCUITS_E_UNSUPPORTED,
-                        "the run did not reach 'blocks.0.hook_resid_mid', the input of the transcoder");
-            CHECK_OK(circuits_context_remove_sae(ctx, "blocks.0.hook_resid_mid"));
-            CHECK_OK(circuits_context_run(ctx, &ro, NULL, B, T, logits)); /* detached: the run goes */
-            free(resid), free(la);
-        }
-        circuits_sae_free(sb), circuits_sae_free(sc);
-    }
-
     /* without the error term the spliced model is the model with the reconstruction written in */
     CHECK_OK(circuits_context_add_sae(ctx, s0, 0));
     CHECK_OK(circuits_context_forward(ctx, tokens, B, T, logits, NULL, NULL));
     CHECK(memcmp(logits, l_sae, sizeof(float) * B * T * V) == 0, "the same SAE spliced again gives the same logits");
     CHECK_OK(circuits_context_remove_sae(ctx, R0));
+
+    /* ---- transcoders and the points they read ---- */
+    {
+        /* hook_name_out equal to hook_name: it reads the point it replaces (SAELens's wrapper
+         * then encodes the point's own value) */
+        circuits_sae *ss = NULL, *sb = NULL, *sl = NULL, *se = NULL;
+        CHECK_OK(circuits_sae_load(&ss, write_sae("tcsame", &wt, R0, R0, D)));
+        CHECK_OK(circuits_sae_load(&sb, write_sae("tcback", &wt, "blocks.1.hook_resid_pre", "blocks.0.hook_mlp_out", D)));
+        CHECK_OK(circuits_sae_load(&sl, write_sae("tclate", &wt, "blocks.0.ln2.hook_normalized", "blocks.1.hook_mlp_out", D)));
+        CHECK_OK(circuits_sae_load(&se, write_sae("tcembed", &wt, "hook_embed", "blocks.0.hook_resid_pre", D)));
+        if (ss && sb && sl && se) {
+            CHECK_OK(circuits_context_add_sae(ctx, ss, 0));
+            CHECK_OK(circuits_context_run_with_cache(ctx, tokens, B, T, NULL, 0, cache, logits, NULL, NULL));
+            size_t n;
+            const float *x = cache_data(plain, R0, &n), *out = cache_data(cache, "blocks.0.hook_resid_post.hook_sae_output", NULL);
+            double e = 0, dpre[64], dpost[64], dout[256];
+            for (int64_t r = 0; x && out && r < B * T; r++) {
+                ref_sae(&wt, false, x + r * D, dpre, dpost, dout, -1);
+                for (int64_t k = 0; k < D; k++) e = fmax(e, fabs(out[r * D + k] - dout[k]));
+            }
+            CHECK(x && out && e < 2e-5, "a transcoder writing the point it reads encodes that point's value (%.3g)", e);
+            CHECK_OK(circuits_context_remove_sae(ctx, NULL));
+            /* an output point the forward computes before the input point: nothing to read yet */
+            CALL_FAILS("sae_transcoder_order", circuits_context_add_sae(ctx, sb, 0), CIRCUITS_E_INVALID_ARGUMENT,
+                       "the transcoder writes 'blocks.0.hook_mlp_out', which the forward pass computes before");
+            CHECK(circuits_context_sae_count(ctx) == 0, "refused: nothing attached");
+            /* a run that skips the input point but reaches the output point */
+            float *resid = calloc((size_t)(B * T * D), sizeof(float));
+            circuits_run_options ro;
+            circuits_run_options_init(&ro);
+            ro.start_at_layer = 1;
+            ro.input = resid;
+            CHECK_OK(circuits_context_add_sae(ctx, sl, 0));
+            CALL_FAILS("sae_transcoder_input_skipped", circuits_context_run(ctx, &ro, NULL, B, T, logits),
+                       CIRCUITS_E_INVALID_ARGUMENT, "reads 'blocks.0.ln2.hook_normalized', which this run does not compute");
+            ro.start_at_layer = CIRCUITS_LAYER_NONE, ro.input = NULL, ro.stop_at_layer = 1;
+            CHECK_OK(circuits_context_run(ctx, &ro, tokens, B, T, resid)); /* the output point is not reached */
+            CHECK_OK(circuits_context_remove_sae(ctx, NULL));
+            CHECK_OK(circuits_context_add_sae(ctx, se, 0));
+            circuits_run_options_init(&ro);
+            ro.start_at_layer = 0;
+            ro.input = resid;
+            CHECK_FAILS(circuits_context_run(ctx, &ro, NULL, B, T, logits), CIRCUITS_E_INVALID_ARGUMENT,
+                        "reads 'hook_embed', which this run does not compute");
+            CHECK_OK(circuits_context_run(ctx, NULL, tokens, B, T, logits));
+            CHECK_OK(circuits_context_remove_sae(ctx, NULL));
+            free(resid);
+        }
+        circuits_sae_free(ss), circuits_sae_free(sb), circuits_sae_free(sl), circuits_sae_free(se);
+    }
+
+    /* ---- the library's editors at an SAE's points: ablating a latent, its mean ---- */
+    {
+        CHECK_OK(circuits_context_add_sae(ctx, s0, 1));
+        float *zeroed = malloc(sizeof(float) * B * T * V);
+        circuits_hook_id zid2;
+        CHECK_OK(circuits_context_add_hook(ctx, "blocks.0.hook_resid_post.hook_sae_acts_post", zero_latent_3, NULL, &zid2));
+        CHECK_OK(circuits_context_run_with_cache(ctx, tokens, B, T, NULL, 0, cache, zeroed, NULL, NULL));
+        CHECK_OK(circuits_context_remove_hook(ctx, zid2));
+        CHECK(max_diff(zeroed, logits0, (size_t)(B * T * V)) > 1e-4f, "zeroing latent 3 changes the logits");
+        circuits_ablation ab;
+        circuits_ablation_init(&ab);
+        ab.hook = "blocks.0.hook_resid_post.hook_sae_acts_post";
+        ab.neuron = 3;
+        CHECK_OK(circuits_context_run_ablated(ctx, &ab, 1, tokens, B, T, logits, NULL));
+        CHECK(max_diff(logits, zeroed, (size_t)(B * T * V)) < 1e-5f, "run_ablated at hook_sae_acts_post zeroes the latent "
+              "as a hook does (%.3g from it)", max_diff(logits, zeroed, (size_t)(B * T * V)));
+        float *mean = malloc(sizeof(float) * T * S);
+        const char *mh[] = {"blocks.0.hook_resid_post.hook_sae_acts_post"};
+        float *means[] = {mean};
+        CHECK_OK(circuits_context_run_with_cache(ctx, tokens, B, T, NULL, 0, cache, NULL, NULL, NULL));
+        const float *post = cache_data(cache, mh[0], NULL);
+        CHECK_OK(circuits_context_mean_activations(ctx, mh, 1, tokens, B, T, 1, means));
+        double e = 0;
+        for (int64_t i = 0; post && i < T * S; i++) {
+            double sum = 0;
+            for (int64_t b = 0; b < B; b++) sum += post[b * T * S + i];
+            e = fmax(e, fabs(sum / B - mean[i]));
+        }
+        CHECK(post && e < 1e-6, "mean_activations at hook_sae_acts_post (%.3g from the cache's)", e);
+        CHECK_OK(circuits_context_remove_sae(ctx, NULL));
+        free(zeroed), free(mean);
+    }
 
     circuits_context_free(ctx);
     circuits_sae_free(s0), circuits_sae_free(s1), circuits_sae_free(st);

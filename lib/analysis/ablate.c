@@ -131,7 +131,8 @@ static int prepare_ablation(const circuits_context *ctx, const circuits_ablation
         uint64_t st = a.seed;
         for (int64_t b = 0; b < B; b++) e->source_rows[b] = (int64_t)(cx_splitmix64(&st) % (uint64_t)a.source_batch);
     }
-    *edit = (cx_edit){p->layer, p->kind, ablate_edit, e, false};
+    *edit = (cx_edit){p->layer, p->kind, ablate_edit, e, false, 0};
+    cx_edit_point(ctx, p, edit);
     return CIRCUITS_OK;
 }
 
@@ -215,8 +216,9 @@ int circuits_context_mean_activations(circuits_context *ctx, const char *const *
         acc[i].row = t.strides[0];
         acc[i].sum = cx_calloc((size_t)acc[i].row, sizeof(double));
         if (!acc[i].sum) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
-        edits[i] = (cx_edit){p->layer, p->kind, accumulate, &acc[i], true}; /* the value a cache keeps */
-        int32_t need = p->layer >= 0 ? p->layer + 1 : p->kind >= HK_LNF_SCALE ? c->n_layers + 1 : 0;
+        edits[i] = (cx_edit){p->layer, p->kind, accumulate, &acc[i], true, 0}; /* the value a cache keeps */
+        cx_edit_point(ctx, p, &edits[i]);
+        int32_t need = p->layer >= 0 ? p->layer + 1 : p->base >= HK_LNF_SCALE ? c->n_layers + 1 : 0;
         if (need > stop) stop = need;
     }
     for (int64_t r0 = 0; r0 < n_rows && !rc; r0 += batch_size) {

@@ -230,7 +230,8 @@ static int diff_layout(diff_work *w, const circuits_diff_options *o, int64_t bat
         st->size = 1;
         for (int j = 0; j < nd; j++) st->size *= shape[j];
         /* cached_only: at a point fired several times per run, the firing run_with_cache keeps */
-        w->edits[k] = (cx_edit){hp->layer, hp->kind, keep_a, sl, true};
+        w->edits[k] = (cx_edit){hp->layer, hp->kind, keep_a, sl, true, 0};
+        cx_edit_point(w->ca, hp, &w->edits[k]);
         p += st->size;
         k++;
     }

@@ -215,7 +215,7 @@ static int upstream_runs(eap *e, const int32_t *clean, const int32_t *corrupted)
             int32_t layer = l < 0 ? 0 : l;
             e->dst[point(e, layer, kind)] = diff_of(e, layer, kind);
             rd[n] = (reader){diff_of(e, layer, kind), l < 0 ? e->in1 : NULL};
-            edits[n] = (cx_edit){layer, kind, subtract, &rd[n], false};
+            edits[n] = (cx_edit){layer, kind, subtract, &rd[n], false, 0};
             n++;
         }
     cx_run r = cx_run_init(e->ictx, e->fn, corrupted, e->B, e->T);

@@ -43,7 +43,7 @@ static int ig_run(circuits_context *ctx, const char *fn, const cx_hook_point *p,
     g.fwd.held = true; /* the caller holds the guard for the whole operation */
     /* cached_only: at a point fired several times per run (ln1 under split heads) the firing
      * whose activation and gradient the cache keeps, so a, a0 and the gradient are one firing's */
-    cx_edit e = {p->layer, p->kind, interp_edit, edit, true};
+    cx_edit e = {p->layer, p->kind, interp_edit, edit, true, 0};
     if (edit) {
         g.fwd.edits = &e;
         g.fwd.n_edits = 1;

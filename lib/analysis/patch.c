@@ -305,7 +305,7 @@ static int run_group(sweep *s, cell *cells, int64_t n, int64_t P)
     int64_t B = s->B, T = s->T, R = n * B, Tn = T - P, D = s->D, KD = s->KD;
     for (int64_t k = 0; k < n; k++) cells[k].P = P;
     group g = {cells, n, B};
-    cx_edit e = {l, s->hook, patch_edit, &g, false};
+    cx_edit e = {l, s->hook, patch_edit, &g, false, 0};
     int64_t first = 0; /* logit rows at positions >= P are computed; those before are the base run's */
     while (first < s->n && s->u[first] < P) first++;
     int64_t m = s->n - first;
@@ -342,7 +342,7 @@ static int run_group(sweep *s, cell *cells, int64_t n, int64_t P)
         r.input = s->input;
         r.start = l;
     }
-    cx_edit edits[2] = {e, {-1, HK_UNEMBED_IN, sparse_logits, NULL, false}};
+    cx_edit edits[2] = {e, {-1, HK_UNEMBED_IN, sparse_logits, NULL, false, 0}};
     sparse_run sr = {s, R, r.pos, P, first, m, false};
     if (s->sparse) {
         edits[1].user_data = &sr;

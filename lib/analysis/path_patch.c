@@ -267,11 +267,11 @@ static size_t pp_edits(pp *p)
     size_t n = 0;
     for (int32_t l = p->start; l < p->L && p->phase != PH_PLAIN; l++) {
         if (p->phase == PH_SENDERS) {
-            p->edits[n++] = (cx_edit){l, HK_Z, on_z, p, false};
-            if (p->freeze_mlps) p->edits[n++] = (cx_edit){l, HK_MLP_OUT, on_mlp_out, p, false};
+            p->edits[n++] = (cx_edit){l, HK_Z, on_z, p, false, 0};
+            if (p->freeze_mlps) p->edits[n++] = (cx_edit){l, HK_MLP_OUT, on_mlp_out, p, false, 0};
         }
         for (int k = 0; k < 3; k++)
-            if (receives(p, l, k)) p->edits[n++] = (cx_edit){l, (cx_hook_kind)(HK_Q + k), input_fns[k], p, false};
+            if (receives(p, l, k)) p->edits[n++] = (cx_edit){l, (cx_hook_kind)(HK_Q + k), input_fns[k], p, false, 0};
     }
     return n;
 }

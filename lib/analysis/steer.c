@@ -303,7 +303,8 @@ static int run_side(circuits_context *ctx, const char *fn, const collect_arg *pt
     for (size_t k = 0; k < pts->n; k++) {
         const cx_hook_point *p = &ctx->hooks.points[pts->idx[k]];
         acc[k].mask = mask;
-        edits[k] = (cx_edit){p->layer, p->kind, contrast_edit, &acc[k], true};
+        edits[k] = (cx_edit){p->layer, p->kind, contrast_edit, &acc[k], true, 0};
+        cx_edit_point(ctx, p, &edits[k]);
         int32_t need = p->layer >= 0 ? p->layer + 1 : p->kind >= HK_LNF_SCALE ? c->n_layers + 1 : 0;
         if (need > stop) stop = need;
     }

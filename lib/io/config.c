@@ -127,6 +127,7 @@ int cx_jcfg_open(const char *path, const char *buf, size_t len, cx_jcfg *c)
     }
     if (!json_is_object(c->root)) {
         json_decref(c->root);
+        c->root = NULL; /* the caller frees c->root on every path: not a second time */
         return cx_fail(CIRCUITS_E_FORMAT, "%s: not a JSON object", path);
     }
     return CIRCUITS_OK;

@@ -80,7 +80,16 @@ typedef struct cx_edit {
     void *user_data;
     bool cached_only;      /* a reader of what run_with_cache keeps: at a point fired several times
                             * per run (ln1 on per-head inputs) only the firing the cache copies */
+    int32_t sae_point;     /* 0: the model's point (layer, kind) (an SAE replacing it: at its
+                            * hook_sae_output). Else an attached SAE's point, by its index + 1
+                            * (cx_edit_point): (layer, kind) cannot tell two SAEs' points apart */
 } cx_edit;
+
+/* Sets e->sae_point for an editor of point p of ctx's table (any point a name resolves to). */
+static inline void cx_edit_point(const circuits_context *ctx, const cx_hook_point *p, cx_edit *e)
+{
+    e->sae_point = p->sae >= 0 ? (int32_t)(p - ctx->hooks.points) + 1 : 0;
+}
 
 /* Everything about one run. Start from cx_run_init. */
 typedef struct cx_run {
@@ -206,11 +215,11 @@ bool cx_sae_scratch_floats(const circuits_context *ctx, size_t N, size_t *floats
 /* Runs the SAE whose first point is idx in place of the point it replaces: data is that point's
  * activation, rewritten with the SAE's output. */
 int cx_sae_splice(circuits_context *ctx, const cx_run *run, int32_t idx, float *data, int64_t B, int64_t T);
+/* Refuses a run that reaches a transcoder's output point but not its input point (start_at_layer
+ * past it, or an input given in place of the embeddings it reads). */
+int cx_sae_check_run(const circuits_context *ctx, const cx_run *run);
 /* Keeps a transcoder's input (attachment a) until its output point fires. */
 void cx_sae_capture(circuits_context *ctx, int32_t a, const float *data, size_t numel);
-/* At the start of every pass: no transcoder input captured yet (cx_sae_splice refuses to read a
- * capture this pass did not make). */
-void cx_sae_pass_start(circuits_context *ctx);
 
 /* A callback's return value as a status: CONTINUE -> OK, STOP -> CIRCUITS_E_STOPPED, negative ->
  * CIRCUITS_E_CALLBACK, each with a message naming `who` ("hook callback") and the point. */

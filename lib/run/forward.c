@@ -159,7 +159,6 @@ static int prepare_scratch(circuits_context *ctx, int64_t B, int64_t T, int64_t 
     s->logits = own_logits ? p : NULL;
     s->pos_id = masked ? (int32_t *)(p + logits_n) : NULL;
     ctx->sae_mem = sae_n ? p + logits_n + (masked ? N : 0) : NULL;
-    cx_sae_pass_start(ctx);
     return CIRCUITS_OK;
 }
 
@@ -836,6 +835,8 @@ static int check_run(const circuits_context *ctx, const cx_run *r)
             if (r->positions[i] < -T || r->positions[i] >= T)
                 return cx_fail(CIRCUITS_E_RANGE, "run: logit position %lld (index %lld) is outside [-%lld, %lld)",
                                (long long)r->positions[i], (long long)i, (long long)T, (long long)T);
+    int rc = cx_sae_check_run(ctx, r);
+    if (rc) return rc;
     return r->attention_mask ? check_mask(r, want_loss) : CIRCUITS_OK;
 }
 

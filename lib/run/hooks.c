@@ -120,7 +120,7 @@ static int add_point(const cx_sae_attach *saes, size_t n_saes, cx_hook_table *t,
     }
     if ((rc = push_point(t, name, layer, k, k, -1))) return rc;
     for (size_t a = 0; a < n_saes; a++)
-        if (saes[a].sae->transcoder && saes[a].in_layer == layer && saes[a].in_kind == (int32_t)k)
+        if (cx_sae_captures(&saes[a]) && saes[a].in_layer == layer && saes[a].in_kind == (int32_t)k)
             t->points[first].capture = (int32_t)a;
     t->point_of[(size_t)(layer + 1) * HK_COUNT + k] = (int32_t)first;
     return CIRCUITS_OK;
@@ -445,10 +445,13 @@ static int fire_point(circuits_context *ctx, const cx_run *run, int32_t idx, flo
     if (run->tape && cx_hook_may_write(ctx, run, layer, kind)) cx_tape_record(run->tape, idx, true, data, numel);
     for (size_t i = 0; i < p->n_regs; i++)
         if ((rc = cx_callback_status(p->regs[i].fn(&t, p->regs[i].user_data), "hook callback", p->name))) return rc;
-    for (size_t i = 0; model_point && i < run->n_edits; i++) /* in the run's order */
-        if (run->edits[i].layer == layer && run->edits[i].kind == kind && (cache || !run->edits[i].cached_only) &&
-            (rc = cx_callback_status(run->edits[i].fn(&t, run->edits[i].user_data), "editor", p->name)))
+    for (size_t i = 0; i < run->n_edits; i++) { /* in the run's order */
+        const cx_edit *e = &run->edits[i];
+        bool here = e->sae_point ? e->sae_point == idx + 1 : model_point && e->layer == layer && e->kind == kind;
+        if (here && (cache || !e->cached_only) &&
+            (rc = cx_callback_status(e->fn(&t, e->user_data), "editor", p->name)))
             return rc;
+    }
     if (observed && (rc = cx_callback_status(run->observer.fn(&t, run->observer.user_data), "observer", p->name)))
         return rc;
     if (dst) {

@@ -321,7 +321,8 @@ int circuits_context_feature_stats_add(circuits_context *ctx, circuits_feature_s
      * nothing. */
     size_t row_numel = numel / (size_t)batch;
     grab g = {acts, row_numel};
-    cx_edit edit = {p->layer, p->kind, grab_point, &g, true}; /* the value run_with_cache keeps */
+    cx_edit edit = {p->layer, p->kind, grab_point, &g, true, 0}; /* the value run_with_cache keeps */
+    cx_edit_point(ctx, p, &edit);
     /* the blocks the point needs: up to its own; all of them for a point after the last block */
     int32_t stop = p->layer >= 0 ? p->layer + 1 : p->kind >= HK_LNF_SCALE ? c->n_layers + 1 : 0;
     /* blocks.L.hook_resid_pre with nothing registered there is the value blocks.(L-1).hook_resid_post

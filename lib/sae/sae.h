@@ -74,7 +74,14 @@ typedef struct cx_sae_attach {
     bool error_term;
     int32_t in_layer, out_layer;   /* the input and output points' blocks (-1 outside) */
     int32_t in_kind, out_kind;     /* cx_hook_kind of hook_name and hook_name_out */
-    bool captured;                 /* a transcoder's input was captured in the current pass */
 } cx_sae_attach;
+
+/* True if the attachment reads another point than it writes (a transcoder with hook_name_out
+ * != hook_name): its input is captured where it fires. A transcoder whose hook_name_out is its
+ * hook_name (or absent) reads the point it replaces, as SAELens's wrapper does then. */
+static inline bool cx_sae_captures(const cx_sae_attach *a)
+{
+    return a->sae->transcoder && (a->in_layer != a->out_layer || a->in_kind != a->out_kind);
+}
 
 #endif

@@ -17,13 +17,6 @@
 
 #include <string.h>
 
-/* True if attachment a reads its input at another point than the one it replaces (a transcoder;
- * one whose hook_name_out is its hook_name reads the replaced point's value, as an SAE). */
-static bool captures_input(const cx_sae_attach *a)
-{
-    return a->sae->transcoder && (a->in_layer != a->out_layer || a->in_kind != a->out_kind);
-}
-
 /* ---- the working memory of one pass: [captures][sae_in][pre][post][recons][err][coeff] ---- */
 
 typedef struct sae_mem {
@@ -50,7 +43,7 @@ static bool sizes(const cx_sae_attach *saes, size_t n, size_t N, size_t *capture
     *captures = 0;
     for (size_t i = 0; i < n; i++) {
         const circuits_sae *s = saes[i].sae;
-        if (captures_input(&saes[i]) && !add_size(captures, N, (size_t)s->d_in)) return false;
+        if (cx_sae_captures(&saes[i]) && !add_size(captures, N, (size_t)s->d_in)) return false;
         if ((size_t)s->d_in > d_in) d_in = (size_t)s->d_in;
         if ((size_t)s->d_sae > d_sae) d_sae = (size_t)s->d_sae;
         if ((size_t)s->d_out > d_out) d_out = (size_t)s->d_out;
@@ -72,7 +65,7 @@ static float *capture_of(const circuits_context *ctx, int32_t a, size_t N)
 {
     float *p = ctx->sae_mem;
     for (int32_t i = 0; i < a; i++)
-        if (captures_input(&ctx->saes[i])) p += N * (size_t)ctx->saes[i].sae->d_in;
+        if (cx_sae_captures(&ctx->saes[i])) p += N * (size_t)ctx->saes[i].sae->d_in;
     return p;
 }
 
@@ -99,12 +92,21 @@ void cx_sae_capture(circuits_context *ctx, int32_t a, const float *data, size_t 
 {
     size_t N = numel / (size_t)ctx->saes[a].sae->d_in;
     memcpy(capture_of(ctx, a, N), data, numel * sizeof(float));
-    ctx->saes[a].captured = true;
 }
 
-void cx_sae_pass_start(circuits_context *ctx)
+int cx_sae_check_run(const circuits_context *ctx, const cx_run *run)
 {
-    for (size_t i = 0; i < ctx->n_saes; i++) ctx->saes[i].captured = false;
+    for (size_t a = 0; a < ctx->n_saes; a++) {
+        const cx_sae_attach *att = &ctx->saes[a];
+        if (!cx_sae_captures(att)) continue;
+        const cx_hook_point *in = &ctx->hooks.points[cx_hook_index(&ctx->hooks, att->in_layer, (cx_hook_kind)att->in_kind)];
+        const cx_hook_point *out = &ctx->hooks.points[cx_hook_index(&ctx->hooks, att->out_layer, (cx_hook_kind)att->out_kind)];
+        if (cx_run_reaches(run, out) && !cx_run_reaches(run, in))
+            return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the transcoder writing '%s' reads '%s', which this run "
+                           "does not compute (start_at_layer / input): detach it or start the run earlier",
+                           run->fn ? run->fn : "run", att->sae->hook_name_out, in->name);
+    }
+    return CIRCUITS_OK;
 }
 
 /* ---- the splice ---- */
@@ -119,13 +121,7 @@ int cx_sae_splice(circuits_context *ctx, const cx_run *run, int32_t idx, float *
     int64_t n = (int64_t)N;
     sae_mem m;
     layout(ctx, N, &m);
-    /* the capture buffer holds what an earlier pass left there unless this pass reached the input
-     * point (a run that starts after it: start_at_layer) */
-    if (captures_input(att) && !att->captured)
-        return cx_fail(CIRCUITS_E_UNSUPPORTED, "the run did not reach '%s', the input of the transcoder writing '%s' "
-                       "(a run that starts after it, start_at_layer): detach the transcoder or start before its input",
-                       s->hook_name, s->hook_name_out);
-    const float *x_raw = captures_input(att) ? capture_of(ctx, a, N) : data;
+    const float *x_raw = cx_sae_captures(att) ? capture_of(ctx, a, N) : data;
     int rc;
     /* SAELens: reshape, hook_sae_input, the input normalization and - b_dec, then the encoder's
      * pre-activation (hook_sae_acts_pre), its activation (hook_sae_acts_post), the decoder
@@ -147,6 +143,8 @@ int cx_sae_splice(circuits_context *ctx, const cx_run *run, int32_t idx, float *
          * SAE's points the hooked output is that output. */
         bool hooked = false;
         for (int j = 0; j < 4; j++) hooked |= pts[idx + j].n_regs > 0;
+        for (size_t i = 0; i < run->n_edits; i++) /* an editor of one of them (ablation of a latent) */
+            hooked |= run->edits[i].sae_point > idx && run->edits[i].sae_point <= idx + 4;
         const float *clean = m.recons;
         if (hooked) {
             memcpy(m.sae_in, x_raw, n_in * sizeof(float));
@@ -272,11 +270,12 @@ int circuits_context_add_sae(circuits_context *ctx, const circuits_sae *sae, int
         !(rc = model_point(&t0, fn, "hook_name_out", sae->hook_name_out, &out)) &&
         !(rc = check_point(ctx, &t0.points[out], sae, true, fn)) && sae->transcoder)
         rc = check_point(ctx, &t0.points[in], sae, false, fn);
-    /* the table is in firing order: a transcoder's input must be reached before the point it writes */
-    if (!rc && sae->transcoder && in > out)
-        rc = cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the transcoder reads '%s', which a forward pass reaches after "
-                     "'%s', the point it writes", fn, sae->hook_name, sae->hook_name_out);
-    cx_sae_attach att = {sae, use_error_term != 0, -1, -1, -1, -1, false};
+    /* a transcoder's output point must fire after its input point (the table is in firing order):
+     * else it would read the input of the previous run, or none */
+    if (!rc && sae->transcoder && out < in)
+        rc = cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: the transcoder writes '%s', which the forward pass computes "
+                     "before '%s', the point it reads", fn, sae->hook_name_out, sae->hook_name);
+    cx_sae_attach att = {sae, use_error_term != 0, -1, -1, -1, -1};
     if (!rc) {
         att.in_layer = t0.points[in].layer, att.in_kind = t0.points[in].kind;
         att.out_layer = t0.points[out].layer, att.out_kind = t0.points[out].kind;

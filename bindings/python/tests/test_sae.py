@@ -602,7 +602,8 @@ def test_transcoder_input_must_come_first(tmp_path, fresh):
     what an earlier run left in the capture buffer (the same input gave other logits each time)."""
     back, _ = write_sae(tmp_path, "back", arch="transcoder", hook="blocks.2.ln2.hook_normalized",
                         hook_out="blocks.1.hook_mlp_out", d_out=D)
-    with pytest.raises(circuits.InvalidArgumentError, match="reaches after 'blocks.1.hook_mlp_out'"):
+    with pytest.raises(circuits.InvalidArgumentError, match="writes 'blocks.1.hook_mlp_out', which the forward pass "
+                       "computes before"):
         fresh.add_sae(SAE.load_from_disk(back))
     assert fresh.acts_to_saes == {}
     cross, _ = write_sae(tmp_path, "cross", arch="transcoder", hook="blocks.0.hook_resid_mid",
@@ -611,7 +612,8 @@ def test_transcoder_input_must_come_first(tmp_path, fresh):
     fresh.add_sae(tc)
     resid = fresh(TOK, stop_at_layer=1)
     full = fresh(TOK)
-    with pytest.raises(circuits.UnsupportedError, match="the run did not reach 'blocks.0.hook_resid_mid'"):
+    with pytest.raises(circuits.InvalidArgumentError, match="reads 'blocks.0.hook_resid_mid', which this run does "
+                       "not compute"):
         fresh(resid, start_at_layer=1)
     fresh(TOK2)
     close(fresh(TOK), full, 0)  # full runs are unaffected
