@@ -206,12 +206,15 @@ def worker_main(peer, threads):
 
 
 class Peer:
-    def __init__(self, name, threads):
+    """A worker process running `script` (this file by default; bench/sae_stats.py passes its own)."""
+
+    def __init__(self, name, threads, script=None):
         env = dict(os.environ)
         env["CIRCUITS_NUM_THREADS"] = str(threads)
         env["OMP_NUM_THREADS"] = str(threads)
         self.name = name
-        self.p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", name, "--threads", str(threads)],
+        self.p = subprocess.Popen([sys.executable, script or os.path.abspath(__file__), "--worker", name, "--threads",
+                                   str(threads)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.ready = self.read()
 

@@ -44,33 +44,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+from sae import Peer, load_hooked_sae_transformer, tokens_np  # noqa: E402  (one copy: bench/sae.py)
 MODEL = os.path.join(HERE, ".cache", "gpt2-small-random")
 SAE_DIR = os.path.join(HERE, ".cache", "sae-gpt2-small-L6-24576-sparse")
 HOOK, LAYER, D_SAE, TOP_K, LEFT, RIGHT = "blocks.6.hook_resid_pre", 6, 24576, 10, 8, 2
-
-
-def tokens_np(rows, pos, vocab):
-    import numpy as np
-    i = np.arange(rows * pos, dtype=np.int64)
-    return ((i * 2654435761) % 2**32 % vocab).reshape(rows, pos)
-
-
-def load_hooked_sae_transformer(path):
-    """TransformerLens's from_pretrained steps for the local checkpoint (no hub), default
-    processing, as a HookedSAETransformer (the construction of bench/sae.py, from bench/peers.py)."""
-    import gc
-    import peers
-    from sae_lens import HookedSAETransformer
-    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
-    hf = peers.load_hf(path)
-    cfg = peers.tl_config(hf.config)
-    sd = convert_gpt2_weights(hf, cfg)
-    model = HookedSAETransformer(cfg, tokenizer=None, move_to_device=False)
-    model.load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True, center_unembed=True,
-                                      fold_value_biases=True)
-    del hf, sd
-    gc.collect()
-    return model.eval()
 
 
 def make_sae():
@@ -218,36 +195,6 @@ def worker_main(peer, threads):
 # ------------------------------------------------------------------------------ driver
 
 
-class Peer:
-    def __init__(self, name, threads):
-        env = dict(os.environ)
-        env["CIRCUITS_NUM_THREADS"] = str(threads)
-        env["OMP_NUM_THREADS"] = str(threads)
-        self.name = name
-        self.p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", name, "--threads", str(threads)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.ready = self.read()
-
-    def read(self):
-        line = self.p.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.name} died")
-        return json.loads(line)
-
-    def ask(self, cmd):
-        self.p.stdin.write(cmd + "\n")
-        self.p.stdin.flush()
-        return self.read()
-
-    def close(self):
-        try:
-            self.p.stdin.write("quit\n")
-            self.p.stdin.flush()
-        except BrokenPipeError:
-            pass
-        self.p.wait()
-
-
 def compare(c, s):
     import numpy as np
     fc, fs = np.array(c["freq"]), np.array(s["freq"])
@@ -266,7 +213,7 @@ def run(a):
     make_sae()
     rows = max(1, a.tokens // a.pos)
     load_before = os.getloadavg()
-    peers_ = [Peer("circuits", a.threads), Peer("saelens", a.threads)]
+    peers_ = [Peer(n, a.threads, script=os.path.abspath(__file__)) for n in ("circuits", "saelens")]
     warm = "%s %d %d %d" % ("{}", a.batch, a.pos, a.batch)
     res = {"tasks": {}}
     for task in ("fwd_point", "fwd_full", "stats"):
