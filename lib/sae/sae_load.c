@@ -394,10 +394,7 @@ int circuits_sae_load(circuits_sae **out, const char *path)
         goto done;
     }
     TRY(join(path, "cfg.json", &cfg_path));
-    if ((rc = cx_jcfg_open(cfg_path, NULL, 0, &c))) {
-        c.root = NULL; /* cx_jcfg_open released it (a valid JSON that is not an object) */
-        goto done;
-    }
+    TRY(cx_jcfg_open(cfg_path, NULL, 0, &c));
     TRY(parse_cfg(&c, s));
     TRY(read_weights(path, s));
     TRY(read_sparsity(path, s));

@@ -36,28 +36,32 @@ static bool add_size(size_t *total, size_t a, size_t b)
     return true;
 }
 
-/* Floats of the captures (transcoders' inputs, one each) and of the shared buffers for N rows. */
-static bool sizes(const cx_sae_attach *saes, size_t n, size_t N, size_t *captures, size_t *total)
+/* The widest SAE's widths and the floats of the captures (transcoders' inputs, one each). */
+typedef struct widths {
+    size_t d_in, d_sae, d_out, captures;
+} widths;
+
+/* The widths of saes[0 .. n) for N rows, and *total: the captures plus the shared buffers. */
+static bool sizes(const cx_sae_attach *saes, size_t n, size_t N, widths *w, size_t *total)
 {
-    size_t d_in = 0, d_sae = 0, d_out = 0;
-    *captures = 0;
+    *w = (widths){0};
     for (size_t i = 0; i < n; i++) {
         const circuits_sae *s = saes[i].sae;
-        if (cx_sae_captures(&saes[i]) && !add_size(captures, N, (size_t)s->d_in)) return false;
-        if ((size_t)s->d_in > d_in) d_in = (size_t)s->d_in;
-        if ((size_t)s->d_sae > d_sae) d_sae = (size_t)s->d_sae;
-        if ((size_t)s->d_out > d_out) d_out = (size_t)s->d_out;
+        if (cx_sae_captures(&saes[i]) && !add_size(&w->captures, N, (size_t)s->d_in)) return false;
+        if ((size_t)s->d_in > w->d_in) w->d_in = (size_t)s->d_in;
+        if ((size_t)s->d_sae > w->d_sae) w->d_sae = (size_t)s->d_sae;
+        if ((size_t)s->d_out > w->d_out) w->d_out = (size_t)s->d_out;
     }
-    *total = *captures;
+    *total = w->captures;
     if (!n) return true;
-    return add_size(total, N, d_in) && add_size(total, N, d_sae) && add_size(total, N, d_sae) &&
-           add_size(total, N, d_out) && add_size(total, N, d_out) && add_size(total, N, 2);
+    return add_size(total, N, w->d_in) && add_size(total, N, w->d_sae) && add_size(total, N, w->d_sae) &&
+           add_size(total, N, w->d_out) && add_size(total, N, w->d_out) && add_size(total, N, 2);
 }
 
 bool cx_sae_scratch_floats(const circuits_context *ctx, size_t N, size_t *floats)
 {
-    size_t captures;
-    return sizes(ctx->saes, ctx->n_saes, N, &captures, floats);
+    widths w;
+    return sizes(ctx->saes, ctx->n_saes, N, &w, floats);
 }
 
 /* Transcoder a's capture buffer: transcoders before it hold N * d_in each. */
@@ -71,21 +75,15 @@ static float *capture_of(const circuits_context *ctx, int32_t a, size_t N)
 
 static void layout(const circuits_context *ctx, size_t N, sae_mem *m)
 {
-    size_t captures, total, d_in = 0, d_sae = 0, d_out = 0;
-    sizes(ctx->saes, ctx->n_saes, N, &captures, &total); /* checked by prepare_scratch */
-    for (size_t i = 0; i < ctx->n_saes; i++) {
-        const circuits_sae *s = ctx->saes[i].sae;
-        if ((size_t)s->d_in > d_in) d_in = (size_t)s->d_in;
-        if ((size_t)s->d_sae > d_sae) d_sae = (size_t)s->d_sae;
-        if ((size_t)s->d_out > d_out) d_out = (size_t)s->d_out;
-    }
-    float *p = ctx->sae_mem + captures;
-    m->sae_in = p;
-    m->pre = m->sae_in + N * d_in;
-    m->post = m->pre + N * d_sae;
-    m->recons = m->post + N * d_sae;
-    m->err = m->recons + N * d_out;
-    m->coeff = m->err + N * d_out;
+    widths w;
+    size_t total;
+    sizes(ctx->saes, ctx->n_saes, N, &w, &total); /* checked by prepare_scratch */
+    m->sae_in = ctx->sae_mem + w.captures;
+    m->pre = m->sae_in + N * w.d_in;
+    m->post = m->pre + N * w.d_sae;
+    m->recons = m->post + N * w.d_sae;
+    m->err = m->recons + N * w.d_out;
+    m->coeff = m->err + N * w.d_out;
 }
 
 void cx_sae_capture(circuits_context *ctx, int32_t a, const float *data, size_t numel)
