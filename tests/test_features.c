@@ -257,6 +257,14 @@ static void check_sae(circuits_context *ctx, const char *what, const char *dir, 
     if (back) {
         size_t n1 = snapshot(back, &s1);
         CHECK(n1 == n0 && memcmp(s0, s1, n0) == 0, "%s: the file read back differs", what);
+        /* the options the statistics were made with, from the object and from the file */
+        circuits_feature_stats_options a = {.size = sizeof a}, b = {.size = sizeof b};
+        CHECK_OK(circuits_feature_stats_get_options(whole, &a));
+        CHECK_OK(circuits_feature_stats_get_options(back, &b));
+        CHECK(a.size == sizeof a && memcmp(&a, &b, sizeof a) == 0, "%s: options read back differ", what);
+        CHECK(a.top_k == o->top_k && a.context_left == o->context_left && a.context_right == o->context_right &&
+                  a.threshold == o->threshold && a.skip_positions == o->skip_positions,
+              "%s: get_options is not what create was given", what);
         free(s1);
         circuits_feature_stats_free(back);
     }
