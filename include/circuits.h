@@ -48,12 +48,12 @@ extern "C" {
 #endif
 
 #define CIRCUITS_VERSION_MAJOR 0
-#define CIRCUITS_VERSION_MINOR 8
+#define CIRCUITS_VERSION_MINOR 9
 #define CIRCUITS_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH, as zstd does. */
 #define CIRCUITS_VERSION_NUMBER \
     (CIRCUITS_VERSION_MAJOR * 10000 + CIRCUITS_VERSION_MINOR * 100 + CIRCUITS_VERSION_PATCH)
-#define CIRCUITS_VERSION_STRING "0.8.0"
+#define CIRCUITS_VERSION_STRING "0.9.0"
 /* The soname's number: libcircuits.so.CIRCUITS_ABI_VERSION. Bumped on any incompatible change. */
 #define CIRCUITS_ABI_VERSION 0
 
@@ -83,7 +83,9 @@ typedef enum circuits_status {
     CIRCUITS_E_RANGE = -12,            /* token id out of vocabulary, too many positions, ... */
     CIRCUITS_E_CALLBACK = -13,         /* a hook callback returned an error */
     CIRCUITS_E_STOPPED = -14,          /* a hook callback asked to stop the run */
-    CIRCUITS_E_VERSION = -15           /* an options struct of an unknown size */
+    CIRCUITS_E_VERSION = -15,          /* an options struct of an unknown size */
+    CIRCUITS_E_PROVENANCE = -16        /* (0.9.0) job outputs whose records disagree: another model,
+                                        * dataset, library, hook semantics or job parameters */
 } circuits_status;
 
 /* Static text naming a status ("CIRCUITS_E_SHAPE: shape mismatch"); never NULL. */
@@ -1664,6 +1666,143 @@ typedef int (*circuits_probe_fn)(const float *out, int64_t batch, int64_t pos, i
 CIRCUITS_API int circuits_context_add_probe_monitor(circuits_context *ctx, const circuits_probe *probe,
                                                     const char *name, circuits_probe_fn fn, void *user_data,
                                                     circuits_hook_id *out_id);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Datasets and dataset-scale jobs (0.9.0; docs/jobs.md, docs/scale-out.md)                  */
+/* ---------------------------------------------------------------------------------------- */
+
+/* The version of the hook semantics: hook names, shapes, firing order and the values at each
+ * point. It changes when any of them changes; job outputs record it (with the library version)
+ * and a job refuses to resume or merge outputs made under another. */
+#define CIRCUITS_HOOK_SEMANTICS_VERSION 1
+
+/* A token dataset: rows of `pos` token ids ("tokens" [n_rows, pos]) and optional per-row
+ * columns a job reads ("corrupted" [n_rows, pos]; "answer", "wrong", "position" [n_rows, 1]).
+ * Read-only once made: any number of jobs and threads may use one at once. */
+typedef struct circuits_dataset circuits_dataset;
+
+typedef struct circuits_dataset_options {
+    uint32_t size;                        /* sizeof(circuits_dataset_options) */
+    const char *tensor;                   /* .safetensors: the token tensor (default "tokens") */
+    const circuits_tokenizer *tokenizer;  /* text (.txt: one document per line; .jsonl: one JSON
+                                           * object per line, its `column`): required */
+    const char *column;                   /* .jsonl: the text field (default "text") */
+    int64_t seq_len;                      /* text: tokens per row, BOS included (default 128) */
+    int32_t prepend_bos;                  /* text: 1 (default): every row starts with BOS, as
+                                           * TransformerLens's tokenize_and_concatenate */
+    int64_t max_rows;                     /* 0 (default): every row; else at most this many */
+} circuits_dataset_options;
+
+CIRCUITS_API void circuits_dataset_options_init(circuits_dataset_options *opts);
+
+/* Opens a dataset by extension: .npy (a 2-D array of any integer dtype), .safetensors (the token
+ * tensor and any of the named columns present), .txt / .jsonl (documents tokenized one at a
+ * time, joined by EOS, cut into rows of seq_len - 1 tokens after a BOS; the last partial row is
+ * dropped). Token ids are checked against nothing here (a job checks them against its model). */
+CIRCUITS_API int circuits_dataset_open(circuits_dataset **out, const char *path, const circuits_dataset_options *opts);
+/* A dataset of tokens [n_rows, pos] (copied). */
+CIRCUITS_API int circuits_dataset_from_tokens(circuits_dataset **out, const int32_t *tokens, int64_t n_rows,
+                                              int64_t pos);
+CIRCUITS_API void circuits_dataset_free(circuits_dataset *ds);
+/* Sets (adds or replaces) a column: values [n_rows, width] (copied); n_rows must be the
+ * dataset's. "tokens" cannot be replaced. */
+CIRCUITS_API int circuits_dataset_set_column(circuits_dataset *ds, const char *name, const int32_t *values,
+                                             int64_t n_rows, int64_t width);
+/* Reads a column from a .npy file or a .safetensors file (its tensor `tensor`, NULL: `name`). */
+CIRCUITS_API int circuits_dataset_load_column(circuits_dataset *ds, const char *name, const char *path,
+                                              const char *tensor);
+CIRCUITS_API int circuits_dataset_dims(const circuits_dataset *ds, int64_t *n_rows, int64_t *pos);
+/* A column's values (valid while ds lives) and width; "tokens" is always there. */
+CIRCUITS_API int circuits_dataset_column(const circuits_dataset *ds, const char *name, const int32_t **values,
+                                         int64_t *width);
+/* SHA-256 of the dataset's contents (every column, names and shapes included) as 64 hex digits
+ * and a NUL into out[65]. */
+CIRCUITS_API int circuits_dataset_digest(const circuits_dataset *ds, char *out);
+
+/* What a job computes. A unit is `unit_rows` consecutive rows (the last may be shorter): the
+ * piece that is distributed, checkpointed and reduced, always in unit order. */
+typedef enum circuits_job_kind {
+    CIRCUITS_JOB_MEAN_ACTIVATIONS = 0, /* the mean over the rows of each hook point (its TL shape
+                                        * without the batch axis): circuits_context_mean_activations */
+    CIRCUITS_JOB_FEATURE_STATS = 1,    /* an SAE's feature statistics (sae_path, feature_stats) */
+    CIRCUITS_JOB_EXPORT = 2,           /* the hook points' activations, one safetensors shard a unit */
+    CIRCUITS_JOB_PATCH_SWEEP = 3,      /* per row: a patching grid (patch_kind) of the clean row
+                                        * ("tokens") into its "corrupted" row, and the metric */
+    CIRCUITS_JOB_ABLATION_SWEEP = 4    /* per row: the metric with each head's hook_z ablated in
+                                        * turn (ablation_kind ZERO, or MEAN from ablation_means) */
+} circuits_job_kind;
+
+/* Progress: units done (of this process's share, resumed ones included) of total. Return 0 to
+ * go on, anything else to stop the job (CIRCUITS_E_STOPPED; finished units stay checkpointed). */
+typedef int (*circuits_job_progress_fn)(int64_t done, int64_t total, void *user_data);
+
+typedef struct circuits_job_options {
+    uint32_t size;                /* sizeof(circuits_job_options) */
+    int32_t kind;                 /* circuits_job_kind */
+    /* What is computed (recorded in the provenance): */
+    const char *const *hooks;     /* MEAN_ACTIVATIONS, EXPORT: hook names or patterns */
+    size_t n_hooks;
+    int64_t unit_rows;            /* rows per unit (default 16) */
+    uint64_t seed;                /* recorded (no job kind draws from it yet) */
+    int32_t patch_kind;           /* PATCH_SWEEP: circuits_patch_kind */
+    int32_t ablation_kind;        /* ABLATION_SWEEP: CIRCUITS_ABLATE_ZERO or _MEAN */
+    const char *ablation_means;   /* ABLATION_SWEEP MEAN: a MEAN_ACTIVATIONS job's output file
+                                   * holding every block's hook_z (its digest is recorded) */
+    int32_t metric_kind;          /* sweeps: LOGIT_DIFF (default), LOGIT, PROB, LOG_PROB, LOSS,
+                                   * TOKEN_LOSS, read with the dataset's "answer", "wrong" and
+                                   * "position" columns (positions default to the last) */
+    const char *sae_path;         /* FEATURE_STATS: an SAELens directory (its files' digest recorded) */
+    const circuits_feature_stats_options *feature_stats; /* FEATURE_STATS: NULL for the defaults */
+    /* How it runs (not recorded: never changes a bit of any output): */
+    int64_t batch_size;           /* rows per forward pass (default 8) */
+    int32_t shard_index;          /* this process computes the units u with u % shard_count == */
+    int32_t shard_count;          /* shard_index (default 0 of 1: every unit) */
+    circuits_job_progress_fn progress; /* may be NULL */
+    void *progress_data;
+} circuits_job_options;
+
+CIRCUITS_API void circuits_job_options_init(circuits_job_options *opts);
+
+typedef struct circuits_job circuits_job;
+
+/* A job of `model` over `ds` whose checkpoints live in directory `dir` (created if absent; NULL:
+ * no directory, for ranks that only compute and send their units elsewhere). The provenance
+ * (circuits_job_provenance) is computed here: the model's files' SHA-256, the library and hook
+ * semantics versions, the dataset's digest, the recorded options. A directory already holding a
+ * job with another provenance is CIRCUITS_E_PROVENANCE (its units are never mixed); with the
+ * same provenance its finished units are kept (a resume). model and ds must outlive the job. */
+CIRCUITS_API int circuits_job_create(circuits_job **out, const circuits_model *model, const circuits_dataset *ds,
+                                     const circuits_job_options *opts, const char *dir);
+CIRCUITS_API void circuits_job_free(circuits_job *job);
+/* The provenance as canonical JSON (valid while the job lives). */
+CIRCUITS_API const char *circuits_job_provenance(const circuits_job *job);
+/* Units in the whole job, finished (checkpointed in dir), and this process's share of the total. */
+CIRCUITS_API int circuits_job_status(const circuits_job *job, int64_t *n_units, int64_t *n_done, int64_t *n_mine);
+/* Whether one unit is checkpointed. */
+CIRCUITS_API int circuits_job_unit_done(const circuits_job *job, int64_t unit, int32_t *done);
+/* Computes this process's share of the units not yet checkpointed, several at once on the thread
+ * pool (each unit on one thread: the bits never depend on the thread count), checkpointing each
+ * as it finishes (write-beside and rename: a killed job leaves whole units or none). */
+CIRCUITS_API int circuits_job_run(circuits_job *job);
+
+/* The unit's result as bytes (the checkpoint file's image) to on_unit, valid during the call. */
+typedef int (*circuits_job_unit_fn)(int64_t unit, const void *bytes, size_t n_bytes, void *user_data);
+/* For distributed drivers (the CLI's MPI one): computes units[0 .. n_units) on the pool without
+ * storing them; on_unit runs on the calling thread, in the order of `units`. A non-zero return
+ * stops (CIRCUITS_E_CALLBACK). */
+CIRCUITS_API int circuits_job_compute(circuits_job *job, const int64_t *units, size_t n_units,
+                                      circuits_job_unit_fn on_unit, void *user_data);
+/* Checkpoints a unit computed elsewhere: the bytes are validated as hostile input and must carry
+ * this job's provenance and the unit's index (else CIRCUITS_E_PROVENANCE). Needs a directory. */
+CIRCUITS_API int circuits_job_store(circuits_job *job, int64_t unit, const void *bytes, size_t n_bytes);
+
+/* Reduces every unit of the job directories dirs[0 .. n_dirs) in unit order (a fixed reduction:
+ * the same bits for any number of ranks, shards, threads and batch sizes) and writes the result
+ * to out: a safetensors file with the provenance as metadata (docs/jobs.md "Output files"), or for
+ * EXPORT a directory of shards and an index.json. The directories' provenances must agree and
+ * together hold every unit (CIRCUITS_E_PROVENANCE, CIRCUITS_E_NOT_FOUND naming the first missing
+ * unit); one directory is the plain finish of a single-process job. Needs no model. */
+CIRCUITS_API int circuits_job_merge(const char *const *dirs, size_t n_dirs, const char *out);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Threads                                                                                    */

@@ -28,6 +28,7 @@ const char *circuits_status_string(int status)
     case CIRCUITS_E_CALLBACK: return "CIRCUITS_E_CALLBACK: hook callback failed";
     case CIRCUITS_E_STOPPED: return "CIRCUITS_E_STOPPED: run stopped by a hook callback";
     case CIRCUITS_E_VERSION: return "CIRCUITS_E_VERSION: unknown options struct size";
+    case CIRCUITS_E_PROVENANCE: return "CIRCUITS_E_PROVENANCE: outputs whose provenance records disagree";
     default: return "unknown circuits status";
     }
 }

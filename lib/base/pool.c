@@ -51,6 +51,12 @@ static struct {
 };
 
 static _Thread_local bool in_pool_task; /* a task that calls cx_parallel_for runs it inline */
+static _Thread_local int serial_depth;   /* cx_pool_serial: loops on this thread are one chunk */
+
+void cx_pool_serial(bool on)
+{
+    serial_depth += on ? 1 : -1;
+}
 
 /* Busy-wait budget before sleeping: about 50 us of pause instructions. */
 #define SPIN_ITERATIONS 2000
@@ -170,7 +176,7 @@ void cx_parallel_for(int64_t n, int64_t align, cx_task_fn fn, void *arg)
     if (n <= 0) return;
     pthread_once(&openblas_once, configure_openblas);
     if (align < 1) align = 1;
-    int chunks = pool_threads();
+    int chunks = serial_depth > 0 ? 1 : pool_threads();
     int64_t units = (n + align - 1) / align; /* chunks hold whole multiples of align */
     if (units < chunks) chunks = (int)units;
     job j = {.fn = fn, .arg = arg, .n = n, .per = (units + chunks - 1) / chunks * align, .chunks = chunks};

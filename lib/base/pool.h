@@ -17,4 +17,10 @@ typedef void (*cx_task_fn)(void *arg, int64_t begin, int64_t end);
  * nested, one after another on the caller. Returns when every chunk is done. */
 void cx_parallel_for(int64_t n, int64_t align, cx_task_fn fn, void *arg);
 
+/* Serial mode for the calling thread (nestable: each on needs an off): while on, every loop it
+ * starts is one chunk run inline, exactly as with a configured thread count of 1. Dataset jobs run
+ * each unit so (lib/job/job.h): a unit's bits are then the one-thread bits whatever the pool's
+ * size. */
+void cx_pool_serial(bool on);
+
 #endif

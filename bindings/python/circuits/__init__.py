@@ -34,6 +34,7 @@ from .errors import (
     LibraryNotFoundError,
     NotFoundError,
     OutOfMemoryError,
+    ProvenanceError,
     RangeError,
     ShapeError,
     TensorMissingError,

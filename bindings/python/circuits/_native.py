@@ -52,10 +52,10 @@ from .errors import ABIMismatchError, CircuitsError, LibraryNotFoundError, Range
 #: The ABI this binding was written for (CIRCUITS_ABI_VERSION of the header it follows).
 CIRCUITS_ABI_VERSION = 0
 CIRCUITS_VERSION_MAJOR = 0
-CIRCUITS_VERSION_MINOR = 8
+CIRCUITS_VERSION_MINOR = 9
 CIRCUITS_VERSION_PATCH = 0
 CIRCUITS_VERSION_NUMBER = CIRCUITS_VERSION_MAJOR * 10000 + CIRCUITS_VERSION_MINOR * 100 + CIRCUITS_VERSION_PATCH
-CIRCUITS_VERSION_STRING = "0.8.0"
+CIRCUITS_VERSION_STRING = "0.9.0"
 
 # circuits_status
 CIRCUITS_OK = 0
@@ -74,6 +74,7 @@ CIRCUITS_E_RANGE = -12
 CIRCUITS_E_CALLBACK = -13
 CIRCUITS_E_STOPPED = -14
 CIRCUITS_E_VERSION = -15
+CIRCUITS_E_PROVENANCE = -16
 
 CIRCUITS_MAX_DIMS = 4
 
@@ -203,6 +204,13 @@ CIRCUITS_CONTRAST_MEAN = 1
 # circuits_probe_kind (0.8.0; docs/probes.md)
 CIRCUITS_PROBE_LINEAR = 0
 CIRCUITS_PROBE_LOGISTIC = 1
+# circuits_job_kind and the hook semantics a job records (0.9.0; docs/jobs.md)
+CIRCUITS_HOOK_SEMANTICS_VERSION = 1
+CIRCUITS_JOB_MEAN_ACTIVATIONS = 0
+CIRCUITS_JOB_FEATURE_STATS = 1
+CIRCUITS_JOB_EXPORT = 2
+CIRCUITS_JOB_PATCH_SWEEP = 3
+CIRCUITS_JOB_ABLATION_SWEEP = 4
 # the residual stream (circuits_resid_kind, decompose_resid's modes)
 CIRCUITS_RESID_ACCUMULATED = 0
 CIRCUITS_RESID_DECOMPOSED = 1
@@ -621,6 +629,50 @@ class ProbeScore(Structure):
     ]
 
 
+class DatasetOptions(Structure):
+    """``circuits_dataset_options`` (0.9.0)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("tensor", c_void_p),     # const char *
+        ("tokenizer", c_void_p),  # const circuits_tokenizer *
+        ("column", c_void_p),     # const char *
+        ("seq_len", c_int64),
+        ("prepend_bos", c_int32),
+        ("max_rows", c_int64),
+    ]
+
+
+#: ``circuits_job_progress_fn`` (0.9.0): int (*)(int64_t done, int64_t total, void *user_data)
+JOB_PROGRESS_FN = CFUNCTYPE(c_int, c_int64, c_int64, c_void_p)
+#: ``circuits_job_unit_fn`` (0.9.0): int (*)(int64_t unit, const void *bytes, size_t n_bytes, void *user_data)
+JOB_UNIT_FN = CFUNCTYPE(c_int, c_int64, c_void_p, c_size_t, c_void_p)
+
+
+class JobOptions(Structure):
+    """``circuits_job_options`` (0.9.0)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("kind", c_int32),
+        ("hooks", c_void_p),           # const char *const *
+        ("n_hooks", c_size_t),
+        ("unit_rows", c_int64),
+        ("seed", c_uint64),
+        ("patch_kind", c_int32),
+        ("ablation_kind", c_int32),
+        ("ablation_means", c_void_p),  # const char *
+        ("metric_kind", c_int32),
+        ("sae_path", c_void_p),        # const char *
+        ("feature_stats", c_void_p),   # const circuits_feature_stats_options *
+        ("batch_size", c_int64),
+        ("shard_index", c_int32),
+        ("shard_count", c_int32),
+        ("progress", c_void_p),        # circuits_job_progress_fn (a JOB_PROGRESS_FN kept alive by the caller)
+        ("progress_data", c_void_p),
+    ]
+
+
 #: ``circuits_hook_fn``: int (*)(const circuits_tensor *act, void *user_data)
 HOOK_FN = CFUNCTYPE(c_int, POINTER(Tensor), c_void_p)
 #: ``circuits_generate_fn``: int (*)(int64_t step, const int32_t *tokens, const float *logits,
@@ -972,6 +1024,26 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
         c_int,
         [HANDLE, HANDLE, c_char_p, PROBE_FN, c_void_p, POINTER(c_int64)],
     ),
+    # datasets and jobs (0.9.0; docs/jobs.md)
+    "circuits_dataset_options_init": (None, [POINTER(DatasetOptions)]),
+    "circuits_dataset_open": (c_int, [POINTER(HANDLE), c_char_p, POINTER(DatasetOptions)]),
+    "circuits_dataset_from_tokens": (c_int, [POINTER(HANDLE), I32P, c_int64, c_int64]),
+    "circuits_dataset_free": (None, [HANDLE]),
+    "circuits_dataset_set_column": (c_int, [HANDLE, c_char_p, I32P, c_int64, c_int64]),
+    "circuits_dataset_load_column": (c_int, [HANDLE, c_char_p, c_char_p, c_char_p]),
+    "circuits_dataset_dims": (c_int, [HANDLE, POINTER(c_int64), POINTER(c_int64)]),
+    "circuits_dataset_column": (c_int, [HANDLE, c_char_p, POINTER(c_void_p), POINTER(c_int64)]),
+    "circuits_dataset_digest": (c_int, [HANDLE, c_char_p]),
+    "circuits_job_options_init": (None, [POINTER(JobOptions)]),
+    "circuits_job_create": (c_int, [POINTER(HANDLE), HANDLE, HANDLE, POINTER(JobOptions), c_char_p]),
+    "circuits_job_free": (None, [HANDLE]),
+    "circuits_job_provenance": (c_char_p, [HANDLE]),
+    "circuits_job_status": (c_int, [HANDLE, POINTER(c_int64), POINTER(c_int64), POINTER(c_int64)]),
+    "circuits_job_unit_done": (c_int, [HANDLE, c_int64, POINTER(c_int32)]),
+    "circuits_job_run": (c_int, [HANDLE]),
+    "circuits_job_compute": (c_int, [HANDLE, I64P, c_size_t, JOB_UNIT_FN, c_void_p]),
+    "circuits_job_store": (c_int, [HANDLE, c_int64, c_void_p, c_size_t]),
+    "circuits_job_merge": (c_int, [POINTER(c_char_p), c_size_t, c_char_p]),
     # threads
     "circuits_set_num_threads": (None, [c_int]),
     "circuits_get_num_threads": (c_int, []),
@@ -1017,12 +1089,16 @@ SAE_FUNCTIONS = frozenset(n for n in FUNCTIONS if n.startswith((
     "circuits_context_add_control_vector", "circuits_context_contrastive_vector",
     "circuits_context_add_probe_monitor"))
 
+#: The dataset and job functions (0.9.0): optional, so that a 0.8 libcircuits.so.0 still loads;
+#: circuits.Dataset and circuits.Job then raise NotImplementedError.
+JOB_FUNCTIONS = frozenset(n for n in FUNCTIONS if n.startswith(("circuits_dataset_", "circuits_job_")))
+
 #: Bound functions that a libcircuits.so.0 built before they were added may lack (ABI 0 grows
 #: by addition). The binding loads without them; the features that need them (the tokenizer:
 #: Model.to_tokens, to_string, to_str_tokens, model("text")) then raise NotImplementedError.
 OPTIONAL = frozenset(n for n in FUNCTIONS if n.startswith("circuits_tokenizer_") or n in (
     "circuits_encode_options_init", "circuits_model_tokenizer") or n in GRADIENT_FUNCTIONS or
-    n in SAE_FUNCTIONS)
+    n in SAE_FUNCTIONS or n in JOB_FUNCTIONS)
 
 #: OPTIONAL functions the loaded library does not export (filled at load).
 MISSING: set = set()

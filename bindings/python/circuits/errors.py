@@ -39,6 +39,7 @@ __all__ = [
     "CallbackError",
     "HookStopped",
     "VersionError",
+    "ProvenanceError",
     "HookReturnError",
     "ClosedError",
     "LibraryNotFoundError",
@@ -178,6 +179,13 @@ class VersionError(CircuitsError):
     status, status_name = -15, "CIRCUITS_E_VERSION"
 
 
+class ProvenanceError(CircuitsError, ValueError):
+    """CIRCUITS_E_PROVENANCE (0.9.0): job outputs whose provenance records disagree (another
+    model, dataset, library, hook semantics or job parameters): never resumed or merged."""
+
+    status, status_name = -16, "CIRCUITS_E_PROVENANCE"
+
+
 class HookReturnError(CallbackError, TypeError):
     """A Python hook returned something other than None, the activation itself, or a float32
     NumPy array of exactly the activation's shape. Raised after the (stopped) run."""
@@ -213,6 +221,7 @@ _BY_STATUS: Dict[int, Type[CircuitsError]] = {
         CallbackError,
         HookStopped,
         VersionError,
+        ProvenanceError,
     )
 }
 _STATUS_NAMES: Dict[int, str] = {s: c.status_name for s, c in _BY_STATUS.items()}  # type: ignore[misc]

@@ -103,7 +103,8 @@ HF = header_functions()
 
 F32P, I32P, I64P = N.F32P, N.I32P, N.I64P
 OPAQUE = ("circuits_model", "circuits_diff", "circuits_context", "circuits_cache", "circuits_factored", "circuits_tokenizer",
-          "circuits_kv_cache", "circuits_run_memory", "circuits_sae", "circuits_feature_stats", "circuits_probe")
+          "circuits_kv_cache", "circuits_run_memory", "circuits_sae", "circuits_feature_stats", "circuits_probe",
+          "circuits_dataset", "circuits_job")
 STRUCT_CLASSES = {
     "circuits_tensor": N.Tensor,
     "circuits_config": N.ConfigStruct,
@@ -130,6 +131,8 @@ STRUCT_CLASSES = {
     "circuits_probe_options": N.ProbeOptions,
     "circuits_probe_info": N.ProbeInfo,
     "circuits_probe_score": N.ProbeScore,
+    "circuits_dataset_options": N.DatasetOptions,
+    "circuits_job_options": N.JobOptions,
 }
 SCALARS = {
     "int": c_int,
@@ -143,6 +146,8 @@ SCALARS = {
     "circuits_hook_id": c_int64,
     "circuits_hook_fn": N.HOOK_FN,
     "circuits_probe_fn": N.PROBE_FN,
+    "circuits_job_unit_fn": N.JOB_UNIT_FN,
+    "circuits_job_progress_fn": N.JOB_PROGRESS_FN,
 }
 
 
@@ -168,6 +173,8 @@ def allowed(ctype: str):
     if stars == 1 and base == "float":
         return {F32P}
     if stars == 2 and base == "float":  # (const) float *const *: arrays of addresses
+        return {POINTER(c_void_p)}
+    if stars == 2 and base == "int32_t":  # const int32_t **: an address written back
         return {POINTER(c_void_p)}
     if stars == 1 and base == "int32_t":
         return {I32P, POINTER(c_int32)}
@@ -259,7 +266,7 @@ def test_status_classes_cover_every_status():
 _CT = {"uint32_t": c_uint32, "int32_t": c_int32, "int64_t": c_int64, "uint64_t": c_uint64, "float": c_float,
        "double": c_double, "size_t": c_size_t,
        "circuits_generate_fn": c_void_p, "circuits_metric_fn": c_void_p,
-       "circuits_metric_grad_fn": c_void_p}  # function pointers as addresses
+       "circuits_metric_grad_fn": c_void_p, "circuits_job_progress_fn": c_void_p}  # function pointers as addresses
 
 
 def test_every_struct_declared_or_skipped():
