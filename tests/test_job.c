@@ -209,14 +209,16 @@ static void check_means(const char *out, const char *prov)
         float *const means[] = {want};
         const char *const names[] = {h};
         CHECK_OK(circuits_context_mean_activations(ctx, names, 1, tokens, ROWS, T, 4, means));
-        double worst = 0;
+        double worst = 0, mag = 0;
         for (size_t j = 0; j < t->numel; j++) {
             float got;
             memcpy(&got, t->data + 4 * j, 4);
-            double d = fabs((double)got - want[j]) / (1e-3 + fabs(want[j]));
+            mag += fabs(got);
+            double d = fabs((double)got - want[j]) / (1e-6 + fabs(want[j]));
             if (d > worst) worst = d;
         }
-        CHECK(worst < 1e-5, "%s: relative error %g against circuits_context_mean_activations", h, worst);
+        CHECK(worst < 1e-6, "%s: relative error %g against circuits_context_mean_activations", h, worst);
+        CHECK(mag > 0, "%s: every mean is 0", h);
         if (strstr(h, "hook_z")) CHECK(t->ndim == 3 && t->shape[0] == T && t->shape[1] == 4, "%s: shape", h);
         free(want);
     }
