@@ -85,6 +85,8 @@ struct circuits_model {
      * files; or the GGUF file) and the load options. */
     char **src_files;
     size_t n_src_files;
+    char *src_sha256;            /* [n_src_files * 65]: their SHA-256 in hex, each "" until the first
+                                  * job of the model hashes it (job.c, under its lock) */
     circuits_load_options load_opts;
 };
 

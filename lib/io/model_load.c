@@ -362,7 +362,8 @@ static int record_sources(circuits_model *m, const char *config)
 {
     size_t n = (config ? 1 : 0) + m->files->n_maps;
     m->src_files = cx_calloc(n, sizeof *m->src_files);
-    if (!m->src_files) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading a model");
+    m->src_sha256 = cx_calloc(n, 65);
+    if (!m->src_files || !m->src_sha256) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading a model");
     for (size_t i = 0; i < n; i++) {
         const char *p = config && i == 0 ? config : m->files->maps[i - (config ? 1 : 0)].path;
         if (!(m->src_files[i] = cx_strdup(p))) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading a model");

@@ -164,10 +164,13 @@ int cx_job_check_unit(const cx_st_map *map, const char *prov, int64_t u, const c
     return rc;
 }
 
+static pthread_mutex_t hash_lock = PTHREAD_MUTEX_INITIALIZER; /* the models' src_sha256 records */
+
 /* The model's part of the provenance: its files (name, size, SHA-256) and the load options
  * that change its weights. */
 static json_t *model_record(const circuits_model *m, const char *fn, int *rc)
 {
+    *rc = CIRCUITS_OK;
     json_t *files = json_array();
     if (!files) {
         *rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
@@ -187,7 +190,13 @@ static json_t *model_record(const circuits_model *m, const char *fn, int *rc)
             *rc = cx_fail(CIRCUITS_E_IO, "%s: the model's file %s: %s", fn, path, strerror(errno));
             return NULL;
         }
-        if ((*rc = cx_sha256_file(path, hex, fn))) {
+        /* hashed once per model: the first job's creation fills the model's record */
+        char *known = &m->src_sha256[65 * i];
+        pthread_mutex_lock(&hash_lock);
+        if (!known[0] && !(*rc = cx_sha256_file(path, hex, fn))) memcpy(known, hex, 65);
+        else if (known[0]) memcpy(hex, known, 65);
+        pthread_mutex_unlock(&hash_lock);
+        if (*rc) {
             json_decref(files);
             return NULL;
         }

@@ -21,6 +21,7 @@ void circuits_model_free(circuits_model *m)
     circuits_tokenizer_free(m->tokenizer);
     for (size_t i = 0; i < m->n_src_files; i++) cx_free(m->src_files[i]);
     cx_free(m->src_files);
+    cx_free(m->src_sha256);
     cx_free(m);
 }
 
