@@ -4,6 +4,7 @@
 #include "job.h"
 #include "npy.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* The columns a job reads, and the widths they must have (0: the dataset's pos). */
@@ -37,6 +38,16 @@ void circuits_dataset_free(circuits_dataset *ds)
     }
     cx_free(ds->cols);
     cx_free(ds);
+}
+
+/* A failure of a shared reader (the file mapping, the safetensors parser) with fn in front. */
+static int named(int rc, const char *fn)
+{
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", circuits_last_error());
+    size_t n = strlen(fn);
+    if (strncmp(msg, fn, n) == 0 && msg[n] == ':') return rc;
+    return cx_fail(rc, "%s: %s", fn, msg);
 }
 
 /* A dataset owning tokens [n_rows, pos] (freed here on failure). */
@@ -133,6 +144,7 @@ static int npy_to_i32(const char *path, bool allow_1d, int64_t max_rows, int32_t
     const cx_st_map *m;
     cx_npy a;
     int rc = cx_st_add_image(set, path, CX_ST_MAP, 10, ".npy", &m);
+    if (rc) rc = named(rc, fn);
     if (!rc) rc = cx_npy_parse(&a, m->base, m->size, path, fn);
     if (!rc && a.fortran_order && a.ndim > 1)
         rc = cx_fail(CIRCUITS_E_UNSUPPORTED, "%s: %s is Fortran-ordered (fortran_order True): save it in C order "
@@ -238,7 +250,7 @@ static int open_safetensors(circuits_dataset **out, const char *path, const circ
 {
     cx_st_set *set;
     int rc = cx_st_open(&set, path, CX_ST_MAP);
-    if (rc) return rc;
+    if (rc) return named(rc, fn);
     const char *name = o->tensor ? o->tensor : "tokens";
     const cx_st_tensor *t = cx_st_find(set, name);
     int32_t *tok = NULL;
@@ -348,7 +360,7 @@ int circuits_dataset_load_column(circuits_dataset *ds, const char *name, const c
         snprintf(what, sizeof what, "%s", path);
     } else if (ends_with(path, ".safetensors")) {
         cx_st_set *set;
-        if ((rc = cx_st_open(&set, path, CX_ST_MAP))) return rc;
+        if ((rc = cx_st_open(&set, path, CX_ST_MAP))) return named(rc, fn);
         const char *tn = tensor ? tensor : name;
         const cx_st_tensor *t = cx_st_find(set, tn);
         if (!t) rc = cx_fail(CIRCUITS_E_TENSOR_MISSING, "%s: %s has no tensor '%s'", fn, path, tn);

@@ -75,6 +75,29 @@ def tl_rows(docs, seq_len, prepend_bos):
     return np.asarray(out["tokens"], dtype=np.int64)
 
 
+def legacy_tl_rows(tok, docs, seq_len, prepend_bos, batch=1000):
+    """TransformerLens before 3.x (utils.tokenize_and_concatenate up to 2.x), re-enacted here as its
+    source read: per map batch of 1000 documents, the texts joined by the EOS *string*, cut into
+    20 pieces of equal character length, each piece tokenized alone (tokens can change at the
+    19 cuts), pad tokens removed, cut into rows, a BOS column prepended."""
+    rows = []
+    width = seq_len - 1 if prepend_bos else seq_len
+    for b in range(0, len(docs), batch):
+        full = tok.eos_token.join(docs[b:b + batch])
+        if not full.strip():
+            continue
+        n_chunks = 20
+        length = (len(full) - 1) // n_chunks + 1
+        chunks = [full[i * length:(i + 1) * length] for i in range(n_chunks)]
+        ids = [t for c in chunks for t in tok(c, add_special_tokens=False)["input_ids"]]
+        n = len(ids) // width
+        r = np.asarray(ids[: n * width], dtype=np.int64).reshape(n, width)
+        if prepend_bos:
+            r = np.concatenate([np.full((n, 1), tok.bos_token_id), r], axis=1)
+        rows.append(r)
+    return np.concatenate(rows) if rows else np.zeros((0, seq_len), dtype=np.int64)
+
+
 def compare(ours, theirs):
     n = min(len(ours), len(theirs))
     differ = int(sum(1 for i in range(n) if not np.array_equal(ours[i], theirs[i])))
@@ -142,15 +165,16 @@ def main():
     # TransformerLens: the corpus as it is (one map batch), and repeated past datasets' map batch
     # of 1000 documents, where TL joins and cuts each batch on its own
     comparison = {"tokenizer": "examples/models/tiny-random-gpt2", "transformer_lens": None, "cases": {}}
-    import transformer_lens
+    from importlib.metadata import version
 
-    comparison["transformer_lens"] = getattr(transformer_lens, "__version__", "unknown")
+    comparison["transformer_lens"] = version("transformer_lens")
     for label, dd, seq_len, bos in (("corpus_s32_bos", docs, 32, 1), ("corpus_s17_nobos", docs, 17, 0),
                                      ("corpus_x40_s32_bos", docs * 40, 32, 1)):
         ours = rule_rows(tok, dd, seq_len, bos)
         theirs = tl_rows(dd, seq_len, bos)
         comparison["cases"][label] = {"documents": len(dd), "seq_len": seq_len, "prepend_bos": bos,
-                                      **compare(ours, theirs)}
+                                      **compare(ours, theirs),
+                                      "legacy_20_chunks": compare(ours, legacy_tl_rows(tok, dd, seq_len, bos))}
         print(label, comparison["cases"][label])
     with open(os.path.join(OUT, "tl_comparison.json"), "w") as f:
         json.dump(comparison, f, indent=1)
