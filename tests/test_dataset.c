@@ -123,6 +123,8 @@ static void test_sha256(void)
                "absent");
 }
 
+static void check_column(const circuits_dataset *ds, const char *name, const int64_t *want, int64_t n, int64_t width);
+
 /* ---- .npy files numpy wrote ---- */
 static int32_t want_value(bool is_signed, int64_t r, int64_t c) { return (int32_t)((r * 5 + c) * 3 - (is_signed ? 7 : 0)); }
 
@@ -151,6 +153,18 @@ static void test_npy_numpy(void)
         circuits_dataset *ds = NULL;
         CHECK_OK(circuits_dataset_open(&ds, data_path(name), NULL));
         if (ds) check_formula(ds, files[i][0] == 'i', files[i]);
+        circuits_dataset_free(ds);
+    }
+    { /* max_rows: the first rows */
+        circuits_dataset_options o;
+        circuits_dataset_options_init(&o);
+        o.max_rows = 2;
+        circuits_dataset *ds = NULL;
+        CHECK_OK(circuits_dataset_open(&ds, data_path("npy/i4_be.npy"), &o));
+        int64_t want[10];
+        for (int i = 0; i < 10; i++) want[i] = want_value(true, i / 5, i % 5);
+        CHECK(ds && ds->n_rows == 2, "npy max_rows 2: %lld rows", ds ? (long long)ds->n_rows : -1LL);
+        if (ds) check_column(ds, "tokens", want, 10, 5);
         circuits_dataset_free(ds);
     }
     /* the parser's view: versions and byte orders as numpy wrote them */
