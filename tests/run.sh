@@ -21,7 +21,7 @@ setup build || { echo "build failed"; exit 1; }
 setup build-asan -Db_sanitize=address,undefined -Db_lundef=false || { echo "sanitizer build failed"; exit 1; }
 # ThreadSanitizer: only the programs of the suites it runs are built, as meson lists them (the
 # api suite is six programs, tests/meson.build)
-tsan_suites=(threads api kernels)
+tsan_suites=(threads api kernels jobs)
 tsan_programs() { # the build-tsan targets of the tests in tsan_suites, one a line
   meson introspect build-tsan --tests | python3 -c '
 import json, os, sys
