@@ -315,6 +315,12 @@ static int reduce(const cx_job_reader *r, const char *out)
         return cx_fail(CIRCUITS_E_PROVENANCE, "%s: the provenance of an export job lacks its hooks and shapes "
                        "(job.hooks, job.shapes)", fn);
     if (strlen(out) > 4000) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: out '%.200s...' is too long", fn, out);
+    char trimmed[4096]; /* "dir/" names dir: the new directory goes beside it, not into it */
+    size_t len = strlen(out);
+    while (len > 1 && out[len - 1] == '/') len--;
+    snprintf(trimmed, sizeof trimmed, "%.*s", (int)len, out);
+    out = trimmed;
+    if (!len) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: out is empty", fn);
     bool exists;
     int rc = check_old(out, &exists, fn);
     for (int64_t u = 0; u < r->n_units && !rc; u++) rc = check_unit(r, u, hooks, shapes, fn);

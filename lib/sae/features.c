@@ -615,10 +615,13 @@ static int check_contents(const circuits_feature_stats *st, const char *path, co
             if (!(v > st->o.threshold) || !(v <= st->max[j]) || !ordered)
                 return cx_fail(CIRCUITS_E_FORMAT, "%s: %s: top_values[%lld, %d] = %g is not above the threshold, at most "
                                "act_max and in order", fn, path, (long long)j, (int)i, (double)v);
-            if (r < st->row_base || r - st->row_base >= st->n_rows || p < st->o.skip_positions || p > INT32_MAX)
+            if (r < st->row_base || r - st->row_base >= st->n_rows || p < st->o.skip_positions || p > INT32_MAX) {
+                char rows[64] = ""; /* a unit's rows do not start at 0: say where they start */
+                if (st->row_base) snprintf(rows, sizeof rows, " from row %lld", (long long)st->row_base);
                 return cx_fail(CIRCUITS_E_FORMAT, "%s: %s: top context %d of latent %lld is at row %lld position %lld, "
-                               "outside the %lld rows from %lld and the positions counted", fn, path, (int)i,
-                               (long long)j, (long long)r, (long long)p, (long long)st->n_rows, (long long)st->row_base);
+                               "outside the %lld rows%s and the positions counted", fn, path, (int)i, (long long)j,
+                               (long long)r, (long long)p, (long long)st->n_rows, rows);
+            }
             for (int32_t q = 0; q < W; q++)
                 if (st->top_win[at * W + q] < -1)
                     return cx_fail(CIRCUITS_E_FORMAT, "%s: %s: top_windows[%lld, %d, %d] = %d is neither a token id "
