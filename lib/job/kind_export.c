@@ -326,7 +326,7 @@ static int reduce(const cx_job_reader *r, const char *out)
     for (int64_t u = 0; u < r->n_units && !rc; u++) rc = check_unit(r, u, hooks, shapes, fn);
     if (rc) return rc;
     /* the new directory beside out (the same filesystem: it can be renamed there) */
-    char tmp[4096], path[4352];
+    char tmp[4160], path[4352];
     snprintf(tmp, sizeof tmp, "%s.partial-XXXXXX", out);
     if (!mkdtemp(tmp)) return cx_fail(CIRCUITS_E_IO, "%s: cannot create a directory beside %s: %s", fn, out, strerror(errno));
     for (int64_t u = 0; u < r->n_units && !rc; u++) {
@@ -340,7 +340,7 @@ static int reduce(const cx_job_reader *r, const char *out)
     if (!rc && exists) {
         /* swap the two directories at once; where the filesystem cannot, the old one moves aside first */
         if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out, RENAME_EXCHANGE) != 0) {
-            char old[4096];
+            char old[4160];
             snprintf(old, sizeof old, "%s.old-XXXXXX", out);
             if (!mkdtemp(old)) {
                 rc = cx_fail(CIRCUITS_E_IO, "%s: cannot replace %s: %s", fn, out, strerror(errno));
