@@ -232,7 +232,7 @@ static void remove_export_dir(const char *dir)
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;
-    char path[4352];
+    char path[4500];
     while ((e = readdir(d)))
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
             snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
