@@ -13,6 +13,7 @@
 #include "catalogue.h"
 
 #include "../lib/io/st_save.h"
+#include "../lib/job/job.h"
 #include "../lib/sae/sae.h"
 
 #include <dirent.h>
@@ -267,7 +268,16 @@ static void test_features_job(void)
                       json_is_string(json_object_get(files, "sae_weights.safetensors")) &&
                       strlen(json_string_value(json_object_get(files, "cfg.json"))) == 64,
                   "the provenance lacks the SAE files' digests");
-            CHECK(json_object_get(files, "sparsity.safetensors") == NULL, "a digest of an absent sparsity file");
+            const char *names[] = {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors"};
+            for (int i = 0; i < 3; i++) {
+                char path[700], hex[65] = "";
+                snprintf(path, sizeof path, "%s/%s", sae_dir, names[i]);
+                CHECK_OK(cx_sha256_file(path, hex, "test"));
+                json_t *got = json_object_get(files, names[i]);
+                CHECK(json_is_string(got) && strcmp(json_string_value(got), hex) == 0,
+                      "the provenance's digest of %s is not its SHA-256", names[i]);
+            }
+            CHECK(json_object_size(files) == 3, "the provenance digests files the SAE directory lacks");
             CHECK(json_is_string(json_object_get(json_object_get(job, "sae"), "hook_name")) &&
                       strcmp(json_string_value(json_object_get(json_object_get(job, "sae"), "hook_name")),
                              "blocks.1.hook_resid_pre") == 0,
@@ -427,6 +437,34 @@ static void test_export_job(void)
     circuits_context_free(ctx);
 }
 
+/* Rewrites unit file `path` with tensor `name`'s element `at` (int64) set to v, the metadata kept:
+ * a unit from elsewhere that carries the right provenance but wrong contents. */
+static void tamper_i64(const char *path, const char *name, size_t at, int64_t v)
+{
+    cx_st_set *set = NULL;
+    json_t *md = NULL;
+    CHECK_OK(cx_st_open(&set, path, CX_ST_READ));
+    if (!set) return;
+    CHECK_OK(cx_st_metadata(&set->maps[0], &md, "test"));
+    cx_st_out t[32];
+    void *copies[32] = {0};
+    size_t n = set->n_tensors < 32 ? set->n_tensors : 32;
+    for (size_t i = 0; i < n; i++) {
+        const cx_st_tensor *x = &set->tensors[i];
+        copies[i] = malloc(x->nbytes ? x->nbytes : 1);
+        memcpy(copies[i], x->data, x->nbytes);
+        if (strcmp(x->name, name) == 0) memcpy((char *)copies[i] + 8 * at, &v, 8);
+        t[i] = (cx_st_out){x->name, x->dtype, x->ndim, {0}, copies[i]};
+        memcpy(t[i].shape, x->shape, sizeof t[i].shape);
+    }
+    const char *meta[4] = {"circuits_job", json_string_value(json_object_get(md, "circuits_job")), "unit",
+                           json_string_value(json_object_get(md, "unit"))};
+    CHECK_OK(cx_st_write(path, t, n, meta, 2, "test"));
+    cx_st_close(set); /* after: the names are its */
+    for (size_t i = 0; i < n; i++) free(copies[i]);
+    json_decref(md);
+}
+
 /* ---- bad input ---- */
 
 static int create_fails(const circuits_job_options *o, const circuits_model *m)
@@ -457,21 +495,25 @@ static void test_bad_input(const char *wide_dir)
                "circuits_job_create: top_k -1 is not in 0 .. 4096");
     o.feature_stats = NULL;
     circuits_model *wide = NULL;
+    circuits_dataset *small = NULL; /* token ids within its vocabulary of 256 */
+    int32_t few[2 * T];
+    for (int i = 0; i < 2 * T; i++) few[i] = tokens[i] % 256;
     CHECK_OK(circuits_model_load(&wide, wide_dir, NULL));
+    CHECK_OK(circuits_dataset_from_tokens(&small, few, 2, T));
+    circuits_dataset *keep = g_ds;
+    g_ds = small;
     CALL_FAILS("job_features_sae_width", create_fails(&o, wide), CIRCUITS_E_SHAPE, "the SAE reads 32 values per token");
+    g_ds = keep;
+    circuits_dataset_free(small);
     circuits_model_free(wide);
 
     circuits_job_options_init(&o);
     o.kind = CIRCUITS_JOB_EXPORT;
     CALL_FAILS("job_export_no_hooks", create_fails(&o, g_model), CIRCUITS_E_INVALID_ARGUMENT,
                "an EXPORT job needs hooks");
-    const char *tok[] = {"hook_tokens"};
-    o.hooks = tok;
-    o.n_hooks = 1;
-    CALL_FAILS("job_export_hook_tokens", create_fails(&o, g_model), CIRCUITS_E_INVALID_ARGUMENT,
-               "holds the token ids");
     const char *none[] = {"blocks.9.*"};
     o.hooks = none;
+    o.n_hooks = 1;
     CALL_FAILS("job_export_hook_none", create_fails(&o, g_model), CIRCUITS_E_NOT_FOUND, "blocks.9.*");
 
     /* merges into an out that is a file, or a directory holding other files */
@@ -496,6 +538,29 @@ static void test_bad_input(const char *wide_dir)
     CALL_FAILS("job_export_out_foreign", circuits_job_merge(dirs, 1, other), CIRCUITS_E_INVALID_ARGUMENT,
                "holds 'notes.txt', which no export writes");
     CHECK(access(tmp_path("export_other/notes.txt"), F_OK) == 0, "the refused directory was touched");
+    /* unit files with the job's provenance but wrong contents */
+    CHECK_OK(circuits_job_merge(dirs, 1, tmp_path("export_good")));
+    tamper_i64(tmp_path("bad_export_job/units/u000000001.safetensors"), "rows", 0, 3);
+    CALL_FAILS("job_export_unit_rows", circuits_job_merge(dirs, 1, tmp_path("export_good")), CIRCUITS_E_FORMAT,
+               "rows[0] is 3, not row 8 of unit 1");
+    CHECK(access(tmp_path("export_good/index.json"), F_OK) == 0, "a failed merge removed the export it would replace");
+
+    circuits_job_options_init(&o);
+    o.kind = CIRCUITS_JOB_FEATURE_STATS;
+    o.sae_path = sae_dir;
+    o.unit_rows = 8;
+    const char *fdir = tmp_path("bad_features_job");
+    CHECK_OK(circuits_job_create(&job, g_model, g_ds, &o, fdir));
+    CHECK_OK(circuits_job_run(job));
+    circuits_job_free(job);
+    const char *fdirs[] = {fdir};
+    tamper_i64(tmp_path("bad_features_job/units/u000000001.safetensors"), "top_rows", 0, 2);
+    CALL_FAILS("job_features_unit_rows", circuits_job_merge(fdirs, 1, tmp_path("features_bad.safetensors")),
+               CIRCUITS_E_FORMAT, "top context 0 of latent 0 is at row 2");
+    CHECK(access(tmp_path("features_bad.safetensors"), F_OK) != 0, "a failed merge left an output");
+    tamper_i64(tmp_path("bad_features_job/units/u000000001.safetensors"), "n_tokens", 0, 1);
+    CALL_FAILS("job_features_unit_tokens", circuits_job_merge(fdirs, 1, tmp_path("features_bad.safetensors")),
+               CIRCUITS_E_FORMAT, "unit 1 holds 5 rows and 1 tokens, not 5 and 55");
 }
 
 int main(int argc, char **argv)
