@@ -302,10 +302,18 @@ static void test_features_job(void)
 
 /* ---- export ---- */
 
-static const char *const export_hooks[] = {"hook_embed", "blocks.0.attn.hook_pattern", "blocks.1.hook_resid_post"};
+static const char *const export_hooks[] = {"hook_embed", "blocks.0.attn.hook_pattern", "blocks.1.hook_resid_post",
+                                           "ln_final.hook_normalized"};
 
-/* Checks an export directory against the cache of the whole dataset; returns the shard count. */
-static int64_t check_export(const char *out, const circuits_cache *cache, int64_t unit_rows, const char *prov)
+/* run_with_cache of each row alone: ref[i] [ROWS, ...] for export_hooks[i], its shape (batch ROWS). */
+typedef struct export_ref {
+    float *ref[4];
+    size_t row[4];
+    circuits_tensor t[4]; /* one row's descriptor (data NULL) */
+} export_ref;
+
+/* Checks an export directory against the rows' caches; returns the shard count. */
+static int64_t check_export(const char *out, const export_ref *er, int64_t unit_rows, const char *prov)
 {
     char path[700];
     snprintf(path, sizeof path, "%s/index.json", out);
@@ -322,8 +330,7 @@ static int64_t check_export(const char *out, const circuits_cache *cache, int64_
     CHECK(json_array_size(hooks) == CX_COUNT(export_hooks), "index hooks");
     for (size_t i = 0; i < CX_COUNT(export_hooks) && i < json_array_size(hooks); i++) {
         CHECK(strcmp(json_string_value(json_array_get(hooks, i)), export_hooks[i]) == 0, "index hooks[%zu]", i);
-        circuits_tensor t;
-        CHECK_OK(circuits_cache_get(cache, export_hooks[i], &t));
+        circuits_tensor t = er->t[i];
         json_t *sh = json_object_get(shapes, export_hooks[i]);
         bool ok = (int)json_array_size(sh) == t.ndim - 1;
         for (int d = 1; ok && d < t.ndim; d++) ok = json_integer_value(json_array_get(sh, d - 1)) == t.shape[d];
@@ -358,12 +365,10 @@ static int64_t check_export(const char *out, const circuits_cache *cache, int64_
                   memcmp(toks->data, tokens + row0 * T, (size_t)(n * T) * 4) == 0,
               "shard %lld tokens", (long long)u);
         for (size_t i = 0; i < CX_COUNT(export_hooks); i++) {
-            circuits_tensor t;
-            circuits_cache_get(cache, export_hooks[i], &t);
             const cx_st_tensor *x = cx_st_find(set, export_hooks[i]);
-            size_t row = (size_t)t.strides[0];
+            size_t row = er->row[i];
             CHECK(x && x->dtype == CX_DT_F32 && x->shape[0] == n && x->numel == row * (size_t)n &&
-                      memcmp(x->data, t.data + row0 * (int64_t)row, row * (size_t)n * 4) == 0,
+                      memcmp(x->data, er->ref[i] + (size_t)row0 * row, row * (size_t)n * 4) == 0,
                   "shard %lld %s differs from run_with_cache", (long long)u, export_hooks[i]);
         }
         json_t *md = metadata_of(path);
@@ -383,8 +388,21 @@ static void test_export_job(void)
     circuits_cache *cache = NULL;
     CHECK_OK(circuits_context_create(&ctx, g_model, NULL));
     CHECK_OK(circuits_cache_create(&cache));
-    CHECK_OK(circuits_context_run_with_cache(ctx, tokens, ROWS, T, export_hooks, CX_COUNT(export_hooks), cache, NULL,
-                                             NULL, NULL));
+    export_ref er;
+    memset(&er, 0, sizeof er);
+    for (int64_t r = 0; r < ROWS; r++) { /* each row alone: the bits a row has in any batch size */
+        CHECK_OK(circuits_context_run_with_cache(ctx, tokens + r * T, 1, T, export_hooks, CX_COUNT(export_hooks), cache,
+                                                 NULL, NULL, NULL));
+        for (size_t i = 0; i < CX_COUNT(export_hooks); i++) {
+            circuits_tensor t;
+            CHECK_OK(circuits_cache_get(cache, export_hooks[i], &t));
+            er.row[i] = (size_t)t.strides[0];
+            if (!er.ref[i]) er.ref[i] = malloc(er.row[i] * ROWS * sizeof(float));
+            memcpy(er.ref[i] + (size_t)r * er.row[i], t.data, er.row[i] * sizeof(float));
+            er.t[i] = t;
+            er.t[i].data = NULL;
+        }
+    }
     circuits_job_options o;
     circuits_job_options_init(&o);
     o.kind = CIRCUITS_JOB_EXPORT;
@@ -400,7 +418,7 @@ static void test_export_job(void)
             CHECK(0, "export job %s failed", variants[v].tag);
             continue;
         }
-        int64_t n_units = check_export(out, cache, UNIT, prov);
+        int64_t n_units = check_export(out, &er, UNIT, prov);
         if (!first[0]) {
             snprintf(first, sizeof first, "%s", out);
         } else {
@@ -424,7 +442,7 @@ static void test_export_job(void)
     char *prov = NULL;
     const char *out = tmp_path("export_t1_b8_s1");
     CHECK(run_variant(&o8, &variants[0], "export8", out, &prov) == 0, "re-merge failed");
-    CHECK(check_export(out, cache, 8, prov) == 2, "re-merged export");
+    CHECK(check_export(out, &er, 8, prov) == 2, "re-merged export");
     CHECK(access(tmp_path("export_t1_b8_s1/activations-000002.safetensors"), F_OK) != 0,
           "a shard of the old export is left in the new one");
     free(prov);
@@ -433,6 +451,7 @@ static void test_export_job(void)
     struct dirent *e;
     while (d && (e = readdir(d))) CHECK(!strstr(e->d_name, ".partial-") && !strstr(e->d_name, ".old-"), "%s left behind", e->d_name);
     if (d) closedir(d);
+    for (size_t i = 0; i < CX_COUNT(export_hooks); i++) free(er.ref[i]);
     circuits_cache_free(cache);
     circuits_context_free(ctx);
 }

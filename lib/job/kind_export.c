@@ -3,9 +3,9 @@
  *
  * A unit's result is the shard itself: "<hook>" F32 [rows, ...the point's TL shape without the
  * batch...] for each hook (the value run_with_cache keeps), "tokens" I32 [rows, pos] and "rows"
- * I64 [rows] (the rows' numbers in the dataset). The rows run in forward batches of batch_size
- * through the door, the cache copy of each point landing in place in the unit's tensors, the
- * pass stopping after the last block a point is in.
+ * I64 [rows] (the rows' numbers in the dataset). Each row runs through the door alone (see
+ * unit), the cache copy of each point landing in place in the unit's tensors, the pass stopping
+ * after the last block a point is in.
  *
  * The reduction checks every unit file and makes the output directory beside `out`, the unit
  * files hard-linked into it as out/activations-%06d.safetensors (copied when the link fails:
@@ -69,7 +69,7 @@ static int unit(circuits_job *job, circuits_context *ctx, int64_t row0, int64_t 
 {
     const char *fn = "circuits_job_run";
     const circuits_config *c = &ctx->model->cfg;
-    int64_t pos = job->ds->pos, bs = job->o.batch_size > 0 ? job->o.batch_size : 8;
+    int64_t pos = job->ds->pos;
     const int32_t *tokens = job->ds->cols[0].values + row0 * pos;
     size_t n_points = ctx->hooks.n_points;
     float **dst = cx_calloc(n_points, sizeof *dst);       /* where the cache copy of each point goes */
@@ -97,10 +97,12 @@ static int unit(circuits_job *job, circuits_context *ctx, int64_t row0, int64_t 
         int32_t need = p->layer >= 0 ? p->layer + 1 : p->base >= HK_LNF_SCALE ? c->n_layers + 1 : 0;
         if (need > stop) stop = need;
     }
-    for (int64_t r0 = 0; r0 < n && !rc; r0 += bs) {
-        int64_t b = n - r0 < bs ? n - r0 : bs;
+    /* One pass per row, as feature statistics run: OpenBLAS's AVX2 kernels (Haswell, Zen) give a
+     * row bits that depend on how many rows share a product, so only a row alone has the same bits
+     * whatever the batch size (tests/test_job_kinds.c runs under OPENBLAS_CORETYPE=Haswell too). */
+    for (int64_t r0 = 0; r0 < n && !rc; r0++) {
         for (size_t i = 0; i < job->n_hooks; i++) dst[idx[i]] = base[i] + (size_t)r0 * row_numel[i];
-        cx_run r = cx_run_init(ctx, fn, tokens + r0 * pos, b, pos);
+        cx_run r = cx_run_init(ctx, fn, tokens + r0 * pos, 1, pos);
         r.cache_dst = dst; /* the value run_with_cache keeps, straight into the unit's tensors */
         if (stop <= c->n_layers) { /* no logits needed: stop after the last block a point is in */
             r.stop = stop;
