@@ -245,13 +245,13 @@ static int check_old(const char *out, bool *exists, const char *fn)
 {
     struct stat sb;
     *exists = false;
-    if (stat(out, &sb) != 0) {
+    if (lstat(out, &sb) != 0) { /* a symbolic link is not replaced: it would be swapped, not its directory */
         if (errno == ENOENT) return CIRCUITS_OK;
         return cx_fail(CIRCUITS_E_IO, "%s: %s: %s", fn, out, strerror(errno));
     }
     if (!S_ISDIR(sb.st_mode))
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: out '%s' exists and is not a directory (an EXPORT job writes a "
-                       "directory of shards)", fn, out);
+                       "directory of shards; a symbolic link is not followed)", fn, out);
     DIR *d = opendir(out);
     if (!d) return cx_fail(CIRCUITS_E_IO, "%s: cannot read directory %s: %s", fn, out, strerror(errno));
     struct dirent *e;
