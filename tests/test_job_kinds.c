@@ -382,6 +382,16 @@ static int64_t check_export(const char *out, const export_ref *er, int64_t unit_
     return n_units;
 }
 
+/* No directory an export merge builds beside its out, or moves aside, is left. */
+static void nothing_beside(void)
+{
+    DIR *d = opendir(g_root);
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        CHECK(!strstr(e->d_name, ".partial-") && !strstr(e->d_name, ".old-"), "%s left behind", e->d_name);
+    if (d) closedir(d);
+}
+
 static void test_export_job(void)
 {
     circuits_context *ctx = NULL;
@@ -446,11 +456,7 @@ static void test_export_job(void)
     CHECK(access(tmp_path("export_t1_b8_s1/activations-000002.safetensors"), F_OK) != 0,
           "a shard of the old export is left in the new one");
     free(prov);
-    /* nothing left beside it (the directory built beside and swapped in, the old one removed) */
-    DIR *d = opendir(g_root);
-    struct dirent *e;
-    while (d && (e = readdir(d))) CHECK(!strstr(e->d_name, ".partial-") && !strstr(e->d_name, ".old-"), "%s left behind", e->d_name);
-    if (d) closedir(d);
+    nothing_beside(); /* the directory built beside and swapped in, the old one removed */
     for (size_t i = 0; i < CX_COUNT(export_hooks); i++) free(er.ref[i]);
     circuits_cache_free(cache);
     circuits_context_free(ctx);
@@ -563,6 +569,7 @@ static void test_bad_input(const char *wide_dir)
     CALL_FAILS("job_export_unit_rows", circuits_job_merge(dirs, 1, tmp_path("export_good")), CIRCUITS_E_FORMAT,
                "rows[0] is 3, not row 8 of unit 1");
     CHECK(access(tmp_path("export_good/index.json"), F_OK) == 0, "a failed merge removed the export it would replace");
+    nothing_beside();
 
     circuits_job_options_init(&o);
     o.kind = CIRCUITS_JOB_FEATURE_STATS;
