@@ -2,6 +2,7 @@
  *
  * File map:
  *   io/dataset.c     circuits_dataset: token rows and per-row columns (.npy, .safetensors, text)
+ *   io/dataset_text.c  text datasets (.txt, .jsonl) tokenized in a stream; io/npy.c: .npy parsing
  *   base/digest.c    SHA-256 (OpenSSL's libcrypto: the model files' and datasets' digests)
  *   job/job.c        the engine: options, provenance, the job directory, units on the pool,
  *                    circuits_job_run / _compute / _store
