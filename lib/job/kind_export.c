@@ -67,7 +67,7 @@ static void release(circuits_job *job) { (void)job; }
 
 static int unit(circuits_job *job, circuits_context *ctx, int64_t row0, int64_t n, cx_job_result *res)
 {
-    const char *fn = "circuits_job_run";
+    const char *fn = job->fn; /* run or compute */
     const circuits_config *c = &ctx->model->cfg;
     int64_t pos = job->ds->pos;
     const int32_t *tokens = job->ds->cols[0].values + row0 * pos;

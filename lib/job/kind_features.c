@@ -121,7 +121,7 @@ static int serialize(const circuits_feature_stats *st, int64_t n_tokens, int64_t
 
 static int unit(circuits_job *job, circuits_context *ctx, int64_t row0, int64_t n, cx_job_result *res)
 {
-    const char *fn = "circuits_job_run";
+    const char *fn = job->fn; /* run or compute */
     fstate *s = job->kstate;
     const int32_t *tokens = job->ds->cols[0].values;
     int64_t pos = job->ds->pos, bs = job->o.batch_size > 0 ? job->o.batch_size : 8;
