@@ -446,6 +446,33 @@ static void test_export_job(void)
         }
         free(prov);
     }
+    /* the shards are the unit files hard-linked (same filesystem) ... */
+    struct stat sb;
+    CHECK(stat(tmp_path("export_t1_b8_s1/activations-000000.safetensors"), &sb) == 0 && sb.st_nlink == 2,
+          "a shard on the job directory's filesystem is not a hard link of its unit file");
+    /* ... or copied from another filesystem: a job directory in /dev/shm (tmpfs) */
+    char shm[] = "/dev/shm/circuits_job_kinds_XXXXXX";
+    struct stat a_st, b_st;
+    if (mkdtemp(shm) && stat(shm, &a_st) == 0 && stat(g_root, &b_st) == 0 && a_st.st_dev != b_st.st_dev) {
+        char jdir[700];
+        snprintf(jdir, sizeof jdir, "%s/job", shm);
+        circuits_job *job = NULL;
+        CHECK_OK(circuits_job_create(&job, g_model, g_ds, &o, jdir));
+        CHECK_OK(circuits_job_run(job));
+        circuits_job_free(job);
+        const char *dirs[] = {jdir};
+        const char *out = tmp_path("export_copied");
+        CHECK_OK(circuits_job_merge(dirs, 1, out));
+        for (int64_t u = 0; u < (ROWS + UNIT - 1) / UNIT; u++) {
+            char x[700], y[700];
+            snprintf(x, sizeof x, "%s/activations-%06lld.safetensors", out, (long long)u);
+            snprintf(y, sizeof y, "%s/activations-%06lld.safetensors", first, (long long)u);
+            CHECK(same_bytes(x, y) && stat(x, &sb) == 0 && sb.st_nlink == 1, "copied shard %lld", (long long)u);
+        }
+    } else {
+        printf("test_job_kinds: NOTE: /dev/shm is not another filesystem here: the copy of shards is not tested\n");
+    }
+    rm_rf(shm);
     /* a merge into an existing export replaces it whole: 4 shards, then 2 (unit_rows 8) */
     circuits_job_options o8 = o;
     o8.unit_rows = 8;
