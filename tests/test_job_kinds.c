@@ -7,13 +7,16 @@
  * - an EXPORT job's shards against run_with_cache bit for bit, its index.json;
  * - both kinds' outputs byte-identical for 1 or 2 threads, batch sizes 1, 4 and 8, one process or
  *   two shards merged (unit_rows fixed);
- * - re-merging an export into its directory, and the bad input (docs/errors.md "Job kinds").
+ * - re-merging an export into its directory, and the bad input (docs/errors.md "Job kinds");
+ * - every allocation of create, run and merge of both kinds failed in turn (lib/base/fault.h): the
+ *   status says so, nothing leaks or is left half-made, and the output is then the same bytes.
  * Usage: test_job_kinds MODEL_DIR SAE_DIR WIDE_MODEL_DIR [-v] (examples/models/tiny-random-gpt2,
  * tests/reference/saes/hf_tiny_random_gpt2, examples/models/mlp-2l). */
 #include "catalogue.h"
 
 #include "../lib/io/st_save.h"
 #include "../lib/job/job.h"
+#include "fault.h"
 #include "../lib/sae/sae.h"
 
 #include <dirent.h>
@@ -517,6 +520,100 @@ static void tamper_i64(const char *path, const char *name, size_t at, int64_t v)
     json_decref(md);
 }
 
+/* ---- every allocation failed in turn ---- */
+
+/* Entries of g_root whose name holds `part` (a directory an export merge builds beside out). */
+static int count_beside(const char *part)
+{
+    int n = 0;
+    DIR *d = opendir(g_root);
+    struct dirent *e;
+    while (d && (e = readdir(d))) n += strstr(e->d_name, part) != NULL;
+    if (d) closedir(d);
+    return n;
+}
+
+/* create, run and merge of the job o describes, each allocation of each failed in turn: the
+ * status says so, nothing leaks, nothing half-made is left, and the job then gives `want`. */
+static void fault_kind(const circuits_job_options *o, const char *tag, const char *want, bool is_dir)
+{
+    char dir[700], out[700];
+    snprintf(dir, sizeof dir, "%s/fault_%s", g_root, tag);
+    snprintf(out, sizeof out, "%s/fault_%s_out%s", g_root, tag, is_dir ? "" : ".safetensors");
+    long k;
+    for (k = 0;; k++) {
+        long live = cx_live_allocations();
+        circuits_job *job = NULL;
+        cx_fault_fail_after(k, true);
+        int rc = circuits_job_create(&job, g_model, g_ds, o, dir);
+        cx_fault_disarm();
+        if (rc == CIRCUITS_OK) {
+            circuits_job_free(job);
+            break;
+        }
+        CHECK(rc == CIRCUITS_E_OUT_OF_MEMORY, "%s create, allocation %ld: %d (%s)", tag, k, rc, circuits_last_error());
+        CHECK(cx_live_allocations() == live, "%s create, allocation %ld: %ld leaked", tag, k, cx_live_allocations() - live);
+    }
+    printf("%s circuits_job_create: %ld allocation sites\n", tag, k);
+    for (k = 0;; k++) {
+        rm_rf(dir);
+        circuits_job *job = NULL;
+        CHECK_OK(circuits_job_create(&job, g_model, g_ds, o, dir));
+        long live = cx_live_allocations();
+        cx_fault_fail_after(k, true);
+        int rc = circuits_job_run(job);
+        cx_fault_disarm();
+        CHECK(cx_live_allocations() == live, "%s run, allocation %ld: %ld leaked", tag, k, cx_live_allocations() - live);
+        if (rc) CHECK(rc == CIRCUITS_E_OUT_OF_MEMORY, "%s run, allocation %ld: %d (%s)", tag, k, rc, circuits_last_error());
+        if (rc) CHECK_OK(circuits_job_run(job)); /* the resume finishes it */
+        circuits_job_free(job);
+        if (rc == CIRCUITS_OK) break;
+    }
+    printf("%s circuits_job_run: %ld allocation sites\n", tag, k);
+    const char *dirs[] = {dir};
+    for (k = 0;; k++) {
+        long live = cx_live_allocations();
+        cx_fault_fail_after(k, true);
+        int rc = circuits_job_merge(dirs, 1, out);
+        cx_fault_disarm();
+        if (rc == CIRCUITS_OK) break;
+        CHECK(rc == CIRCUITS_E_OUT_OF_MEMORY, "%s merge, allocation %ld: %d (%s)", tag, k, rc, circuits_last_error());
+        CHECK(cx_live_allocations() == live, "%s merge, allocation %ld: %ld leaked", tag, k, cx_live_allocations() - live);
+        CHECK(access(out, F_OK) != 0 && count_beside(".partial-") == 0, "%s merge, allocation %ld: left a partial output",
+              tag, k);
+    }
+    printf("%s circuits_job_merge: %ld allocation sites\n", tag, k);
+    char a[800], b[800];
+    snprintf(a, sizeof a, "%s%s", out, is_dir ? "/activations-000001.safetensors" : "");
+    snprintf(b, sizeof b, "%s%s", want, is_dir ? "/activations-000001.safetensors" : "");
+    CHECK(same_bytes(a, b), "%s: the output after the failures differs", tag);
+}
+
+static void test_faults(void)
+{
+    char sae_dir[600];
+    snprintf(sae_dir, sizeof sae_dir, "%s/standard", g_sae_root);
+    circuits_feature_stats_options fo;
+    circuits_feature_stats_options_init(&fo);
+    fo.top_k = 5;
+    fo.skip_positions = 1;
+    fo.context_left = 3;
+    fo.context_right = 2;
+    circuits_job_options o;
+    circuits_job_options_init(&o);
+    o.kind = CIRCUITS_JOB_FEATURE_STATS;
+    o.sae_path = sae_dir;
+    o.feature_stats = &fo;
+    o.unit_rows = UNIT;
+    fault_kind(&o, "features", tmp_path("features_t1_b8_s1.safetensors"), false);
+    circuits_job_options_init(&o);
+    o.kind = CIRCUITS_JOB_EXPORT;
+    o.hooks = export_hooks;
+    o.n_hooks = CX_COUNT(export_hooks);
+    o.unit_rows = UNIT;
+    fault_kind(&o, "export", tmp_path("export_t2_b1_s1"), true);
+}
+
 /* ---- bad input ---- */
 
 static int create_fails(const circuits_job_options *o, const circuits_model *m)
@@ -647,6 +744,7 @@ int main(int argc, char **argv)
         test_features_job();
         test_export_job();
         test_bad_input(argv[3]);
+        test_faults();
     }
     circuits_dataset_free(g_ds);
     circuits_model_free(g_model);

@@ -12,6 +12,7 @@
  * another filesystem), index.json last; then swaps it in for `out` (renameat2 RENAME_EXCHANGE:
  * a reader sees the old directory or the new one, never a mixture) and removes the old. */
 #include "job.h"
+#include "st_save.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -286,13 +287,8 @@ static int write_index(const cx_job_reader *r, const char *dir, json_t *hooks, j
     if (!text) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
     char path[4352];
     snprintf(path, sizeof path, "%s/index.json", dir);
-    FILE *f = rc ? NULL : fopen(path, "wx");
-    if (!rc && !f) rc = cx_fail(CIRCUITS_E_IO, "%s: cannot create %s: %s", fn, path, strerror(errno));
-    if (f) {
-        bool w = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-        if (fclose(f) != 0 || !w) rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s: %s", fn, path, strerror(errno));
-    }
-    free(text); /* jansson's allocator */
+    if (!rc) rc = cx_write_atomic(path, text, strlen(text), fn);
+    cx_free(text); /* json_dumps allocates through cx_malloc (alloc.c) */
     json_decref(idx);
     return rc;
 }

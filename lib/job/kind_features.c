@@ -70,12 +70,20 @@ static int prepare_state(circuits_job *job, json_t *params)
     if (rc) return rc;
     const circuits_sae *sae = s->sae;
     json_t *files = json_object(), *js = json_object(), *jo = json_object();
-    if (!files || !js || !jo || json_object_set_new(params, "sae", js) ||
-        json_object_set_new(params, "feature_stats", jo)) {
-        json_decref(files);
+    if (!files || !js || !jo) {
+        json_decref(files), json_decref(js), json_decref(jo);
         return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
     }
-    if (json_object_set_new(js, "files", files)) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
+    /* json_object_set_new takes the value even when it fails: each one is owned by params or freed */
+    if (json_object_set_new(js, "files", files)) {
+        json_decref(js), json_decref(jo);
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
+    }
+    if (json_object_set_new(params, "sae", js)) {
+        json_decref(jo);
+        return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
+    }
+    if (json_object_set_new(params, "feature_stats", jo)) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
     if ((rc = digest_sae(job->o.sae_path, files, fn))) return rc;
     const circuits_feature_stats_options *o = &s->o;
     if (json_object_set_new(js, "hook_name", json_string(sae->hook_name)) ||
