@@ -8,6 +8,7 @@
 #define CIRCUITS_SAE_H
 
 #include "internal.h"
+#include "st_save.h"
 
 struct circuits_sae {
     int32_t arch;                  /* circuits_sae_arch */
@@ -83,5 +84,37 @@ static inline bool cx_sae_captures(const cx_sae_attach *a)
 {
     return a->sae->transcoder && (a->in_layer != a->out_layer || a->in_kind != a->out_kind);
 }
+
+/* ---- feature statistics (features.c): the pieces a dataset job (lib/job/kind_features.c) builds on ---- */
+
+/* The tensors of the feature statistics file, in its order (docs/saes.md "Feature statistics file"). */
+enum { CX_FEATURE_STATS_TENSORS = 8 };
+
+/* opts (NULL: the defaults) copied by its size into *o and checked, as create does. */
+int cx_feature_stats_options_resolve(circuits_feature_stats_options *o, const circuits_feature_stats_options *opts,
+                                     const char *fn);
+/* Empty statistics with no SAE (nothing can be added to them: they are merged into) for d_sae
+ * latents of an SAE at hook_name, options o (checked). */
+int cx_feature_stats_make(circuits_feature_stats **out, int64_t d_sae, const circuits_feature_stats_options *o,
+                          const char *hook_name, const char *architecture, bool transcoder, const char *fn);
+/* Rows added from now on are numbered from row0 (before any row is added): a job unit's rows
+ * carry their numbers in the dataset. */
+int cx_feature_stats_set_row_base(circuits_feature_stats *st, int64_t row0, const char *fn);
+/* The SAE's point in ctx as an add checks it: the model's own, as wide as the SAE reads. */
+int cx_feature_stats_check_point(const circuits_context *ctx, const circuits_sae *s, const char *fn);
+/* The statistics as the file's tensors t[CX_FEATURE_STATS_TENSORS] (pointing into st). */
+void cx_feature_stats_tensors(const circuits_feature_stats *st, cx_st_out *t);
+/* Reads the file's tensors from set (each with exactly the dtype and shape st's dimensions
+ * imply; marked used) into st, made empty with those dimensions, with n_tokens and n_rows rows
+ * numbered from row_base; then checks the contents as a load does. */
+int cx_feature_stats_read(circuits_feature_stats *st, const cx_st_set *set, const char *path, int64_t n_tokens,
+                          int64_t n_rows, int64_t row_base, const char *fn);
+/* Adds src, whose rows follow dst's, to dst: counts and sums added, maxima, and the top contexts
+ * merged in their total order (value, then row, position): exactly those one pass over dst's
+ * rows and then src's would keep. The sums are added in another order than one pass's. */
+int cx_feature_stats_merge(circuits_feature_stats *dst, const circuits_feature_stats *src, const char *fn);
+/* circuits_feature_stats_save's file with the metadata pairs extra[0 .. 2 n_extra) added. */
+int cx_feature_stats_write(const circuits_feature_stats *st, const char *path, const char *const *extra,
+                           size_t n_extra, const char *fn);
 
 #endif
