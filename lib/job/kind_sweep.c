@@ -374,23 +374,18 @@ static int patch_unit(circuits_job *job, circuits_context *ctx, int64_t row0, in
         (rc = cx_job_result_add(res, "clean_metric", CX_DT_F32, 1, &n, &clean_m)) ||
         (rc = cx_job_result_add(res, "corrupted_metric", CX_DT_F32, 1, &n, &corr_m)))
         return rc;
-    /* the clean activation of the patched point of every block, [1, TL shape] each */
+    /* the clean activation of the patched point of every block (prepare checked that each block
+     * has it), [1, its TL shape] each, one block's size apart */
     circuits_tensor t;
-    int32_t idx0 = cx_hook_index(&ctx->hooks, 0, s->hook);
-    cx_hook_describe(ctx, &ctx->hooks.points[idx0], 1, T, 0, NULL, &t);
+    cx_hook_describe(ctx, &ctx->hooks.points[cx_hook_index(&ctx->hooks, 0, s->hook)], 1, T, 0, NULL, &t);
     size_t row = (size_t)t.strides[0];
     float **dst = cx_calloc(ctx->hooks.n_points, sizeof *dst);
     const float **clean = cx_calloc((size_t)L, sizeof *clean);
     float *acts = cx_malloc((size_t)L * row * sizeof(float)), *logits = cx_malloc((size_t)(T * V) * sizeof(float));
     if (!dst || !clean || !acts || !logits) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", FN_RUN);
     for (int32_t l = 0; l < L && !rc; l++) {
-        int32_t i = cx_hook_index(&ctx->hooks, l, s->hook);
-        if (i < 0) {
-            rc = cx_fail(CIRCUITS_E_NOT_FOUND, "%s: block %d has no hook point to patch", FN_RUN, l);
-            break;
-        }
-        dst[i] = acts + (size_t)l * row;
-        clean[l] = dst[i];
+        dst[cx_hook_index(&ctx->hooks, l, s->hook)] = acts + (size_t)l * row;
+        clean[l] = acts + (size_t)l * row;
     }
     for (int64_t i = 0; i < n && !rc; i++)
         rc = patch_row(ctx, s, ds, row0 + i, dst, clean, logits, (float *)grid + (size_t)i * s->cells,
