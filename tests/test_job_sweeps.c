@@ -2,7 +2,8 @@
  * attention-only model with an induction dataset (each clean row six distinct letters repeated, its
  * corrupted row the same second half after six other letters), every row's grid equals the
  * public function on that row alone, bit for bit (circuits_context_activation_patch on the
- * clean row's cache; circuits_context_run_ablated head by head), and so do its clean / corrupted /
+ * clean row's cache; circuits_context_run_ablated on one head, for every head, though the kind
+ * batches a block's heads), and so do its clean / corrupted /
  * baseline metrics; the reduction's mean and normalised grids equal this test's own computation;
  * the output file is byte-identical for every unit size and thread count. And the refusals
  * (docs/errors.md, "Patching and ablation sweeps"). */
@@ -648,6 +649,8 @@ int main(int argc, char **argv)
     check_zero_denominator();
     check_ablation(&t, CIRCUITS_ABLATE_ZERO, CIRCUITS_METRIC_LOGIT_DIFF);
     check_ablation(&t, CIRCUITS_ABLATE_MEAN, CIRCUITS_METRIC_LOGIT);
+    check_ablation(&t, CIRCUITS_ABLATE_ZERO, CIRCUITS_METRIC_LOSS);         /* logits of every position */
+    check_ablation(&nopos, CIRCUITS_ABLATE_MEAN, CIRCUITS_METRIC_TOKEN_LOSS);
     check_refusals();
 
     circuits_model_free(M);

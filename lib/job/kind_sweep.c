@@ -4,6 +4,8 @@
  * (circuits_context_run_ablated), the metric built from the row's columns. Every run is one row
  * (batch 1): each row has its own grid, and its bits are those of the public functions on that
  * row alone, whatever unit, batch size or thread count it ran in. */
+#include "cells.h"
+#include "context.h"
 #include "grid.h"
 #include "job.h"
 #include "metric.h"
@@ -547,6 +549,30 @@ static int ablation_prepare(circuits_job *job, json_t *params)
     return rc;
 }
 
+/* A run of one row replicated over the batch, batch row b with head h0 + b of block `layer`
+ * ablated (every position of hook_z's slice [:, :, h, :]). One block per run: every row of a
+ * run has the same edited point, as circuits_context_run_ablated's run on one head has. */
+typedef struct head_batch {
+    const ablation_state *s;
+    int32_t layer;
+    int64_t h0;
+} head_batch;
+
+static int ablate_heads(const circuits_tensor *a, void *user)
+{
+    const head_batch *hb = user;
+    const ablation_state *s = hb->s;
+    int64_t B = a->shape[0], T = a->shape[1], H = a->shape[2], dh = a->shape[3];
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            int64_t h = hb->h0 + b;
+            float *x = a->data + b * a->strides[0] + t * a->strides[1] + h * a->strides[2];
+            if (s->kind == CIRCUITS_ABLATE_ZERO) memset(x, 0, (size_t)dh * sizeof(float));
+            else memcpy(x, s->means + (size_t)hb->layer * s->mean_row + (size_t)((t * H + h) * dh), (size_t)dh * sizeof(float));
+        }
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
 static int ablation_unit(circuits_job *job, circuits_context *ctx, int64_t row0, int64_t n, cx_job_result *res)
 {
     const ablation_state *s = job->kstate;
@@ -559,29 +585,47 @@ static int ablation_unit(circuits_job *job, circuits_context *ctx, int64_t row0,
     if ((rc = cx_job_result_add(res, "grid", CX_DT_F32, 3, gshape, &grid)) ||
         (rc = cx_job_result_add(res, "baseline_metric", CX_DT_F32, 1, &n, &base)))
         return rc;
-    float *logits = cx_malloc((size_t)(T * V) * sizeof(float));
-    if (!logits) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", FN_RUN);
-    /* one head per run: the bits of circuits_context_run_ablated on that head alone */
+    /* heads per run: a block's heads, as many as keep a run within the patching grids' limits
+     * (the logits computed only at the metric's position, unless it reads all: LOSS) */
+    bool all = s->rm.kind == CIRCUITS_METRIC_LOSS;
+    int64_t TL = all ? T : 1, per = H, by_rows = CX_CELL_ROWS / T, by_logits = CX_CELL_LOGIT_FLOATS / (TL * V);
+    if (per > by_rows) per = by_rows;
+    if (per > by_logits) per = by_logits;
+    if (per < 1) per = 1;
+    float *logits = cx_malloc((size_t)((per * TL > T ? per * TL : T) * V) * sizeof(float)); /* and the baseline's */
+    int32_t *tokens = cx_malloc((size_t)(per * T) * sizeof(int32_t));
+    if (!logits || !tokens) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", FN_RUN);
     for (int64_t i = 0; i < n && !rc; i++) {
         int64_t r = row0 + i, p;
-        const int32_t *tokens = ds->cols[0].values + r * T;
-        circuits_metric m;
+        const int32_t *row = ds->cols[0].values + r * T;
+        for (int64_t b = 0; b < per; b++) memcpy(tokens + b * T, row, (size_t)T * sizeof(int32_t));
+        circuits_metric m, pm;
         metric_of_row(&s->rm, r, &p, &m);
-        rc = circuits_context_run_ablated(ctx, NULL, 0, tokens, 1, T, logits, NULL);
+        rc = circuits_context_run_ablated(ctx, NULL, 0, row, 1, T, logits, NULL);
         if (!rc) rc = circuits_metric_eval(&m, logits, 1, T, V, (float *)base + i);
-        for (int64_t l = 0; l < L && !rc; l++)
-            for (int64_t h = 0; h < H && !rc; h++) {
-                circuits_ablation a;
-                circuits_ablation_init(&a);
-                a.kind = s->kind;
-                a.hook = s->hooks[l];
-                a.head = (int32_t)h;
-                if (s->kind == CIRCUITS_ABLATE_MEAN) a.values = s->means + (size_t)l * s->mean_row;
-                rc = circuits_context_run_ablated(ctx, &a, 1, tokens, 1, T, logits, NULL);
-                if (!rc) rc = circuits_metric_eval(&m, logits, 1, T, V, (float *)grid + (i * L + l) * H + h);
+        if (!rc) rc = cx_metric_check(&m, &pm, 1, T, V, FN_RUN);
+        int64_t at = cx_metric_row_pos(&pm, 0, T); /* the one position the logits are computed at */
+        for (int32_t l = 0; l < L && !rc; l++)
+            for (int64_t h0 = 0; h0 < H && !rc; h0 += per) {
+                int64_t g = H - h0 < per ? H - h0 : per;
+                head_batch hb = {s, l, h0};
+                cx_edit e = {l, HK_Z, ablate_heads, &hb, false, 0};
+                cx_run run = cx_run_init(ctx, FN_RUN, tokens, g, T);
+                run.edits = &e;
+                run.n_edits = 1;
+                run.out = logits;
+                if (!all) {
+                    run.positions = &at;
+                    run.n_positions = 1;
+                }
+                rc = cx_context_run(ctx, &run);
+                for (int64_t b = 0; b < g && !rc; b++)
+                    rc = cx_metric_value(&pm, logits + b * TL * V, 1, T, V, all ? NULL : &at, all ? 0 : 1,
+                                         (float *)grid + (i * L + l) * H + h0 + b, FN_RUN);
             }
     }
     cx_free(logits);
+    cx_free(tokens);
     return rc;
 }
 
