@@ -5,8 +5,11 @@
  * clean row's cache; circuits_context_run_ablated on one head, for every head, though the kind
  * batches a block's heads), and so do its clean / corrupted /
  * baseline metrics; the reduction's mean and normalised grids equal this test's own computation;
- * the output file is byte-identical for every unit size and thread count. And the refusals
- * (docs/errors.md, "Patching and ablation sweeps"). */
+ * the output file is byte-identical for every unit size and thread count. Then through the
+ * engine (circuits_job_create / run / merge): the same tensors as the units run directly, and the
+ * same output bytes for 1 or 2 threads, batch sizes 1 / 3 / 8 and two shards merged; a mean
+ * ablation reading a mean-activations job's output. And the refusals (docs/errors.md, "Patching
+ * and ablation sweeps (jobs)"). */
 #define TESTUTIL_API_HELPERS
 #include "catalogue.h"
 #include "job.h"
@@ -15,6 +18,8 @@
 #include <math.h>
 #include <openssl/evp.h>
 #include <stdint.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum { ROWS = 5, T = 12, HALF = 6 };
@@ -490,20 +495,175 @@ static void check_ablation(const test_ds *t, int32_t akind, int32_t metric)
     cx_job_ablation_sweep.release(&job);
 }
 
+/* ---- through the engine: circuits_job_create / run / merge ---- */
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+static void rm_rf(const char *p) { nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
+
+/* The dataset through the public API: tokens and the four columns of t. */
+static circuits_dataset *public_ds(const test_ds *t, bool position)
+{
+    circuits_dataset *ds = NULL;
+    CHECK_OK(circuits_dataset_from_tokens(&ds, t->tokens, ROWS, T));
+    if (!ds) return NULL;
+    CHECK_OK(circuits_dataset_set_column(ds, "corrupted", t->corrupted, ROWS, T));
+    CHECK_OK(circuits_dataset_set_column(ds, "answer", t->answer, ROWS, 1));
+    CHECK_OK(circuits_dataset_set_column(ds, "wrong", t->wrong, ROWS, 1));
+    if (position) CHECK_OK(circuits_dataset_set_column(ds, "position", t->position, ROWS, 1));
+    return ds;
+}
+
+/* create + run into dir (shard i of n), then free. */
+static int engine_run(const circuits_dataset *ds, const circuits_job_options *base, int64_t unit_rows,
+                      int64_t batch, int32_t shard, int32_t shards, const char *dir)
+{
+    circuits_job_options o = *base;
+    o.unit_rows = unit_rows;
+    o.batch_size = batch;
+    o.shard_index = shard;
+    o.shard_count = shards;
+    circuits_job *job = NULL;
+    int rc = circuits_job_create(&job, M, ds, &o, dir);
+    if (!rc) rc = circuits_job_run(job);
+    circuits_job_free(job);
+    return rc;
+}
+
+/* The same tensors (names, shapes, bytes) in two output files; metadata aside. */
+static bool same_tensors(const char *a, const char *b)
+{
+    cx_st_set *x = NULL, *y = NULL;
+    bool same = cx_st_open(&x, a, CX_ST_READ) == 0 && cx_st_open(&y, b, CX_ST_READ) == 0 && x->n_tensors == y->n_tensors;
+    for (size_t i = 0; same && i < x->n_tensors; i++) {
+        const cx_st_tensor *u = &x->tensors[i], *v = cx_st_find(y, u->name);
+        same = v && u->dtype == v->dtype && u->ndim == v->ndim && u->nbytes == v->nbytes &&
+               memcmp(u->shape, v->shape, sizeof u->shape) == 0 && memcmp(u->data, v->data, u->nbytes) == 0;
+    }
+    cx_st_close(x);
+    cx_st_close(y);
+    return same;
+}
+
+/* One job kind end to end: the output of one process (unit_rows 2, batch 8, default threads)
+ * has the tensors of the kind's units run directly (vtable), and its bytes are the same for
+ * 1 / 2 threads, batch sizes 1 and 3, and two shards merged; unit_rows 5 the same tensors (its
+ * provenance records unit_rows). */
+static void check_engine(const circuits_dataset *ds, const circuits_job_options *o, const char *direct,
+                         const char *what)
+{
+    char dir[600], out[600], other[600], dir2[600];
+    snprintf(dir, sizeof dir, "%s/%s_job", g_root, what);
+    snprintf(out, sizeof out, "%s/%s_out.safetensors", g_root, what);
+    CHECK_OK(engine_run(ds, o, 2, 8, 0, 1, dir));
+    const char *dirs[2] = {dir, dir2};
+    CHECK_OK(circuits_job_merge(dirs, 1, out));
+    CHECK(same_tensors(out, direct), "%s: the engine's output differs from the units run directly", what);
+    rm_rf(dir);
+    snprintf(other, sizeof other, "%s/%s_other.safetensors", g_root, what);
+    static const struct { int threads; int64_t batch; } runs[] = {{1, 1}, {2, 3}, {1, 3}, {2, 1}};
+    for (size_t i = 0; i < CX_COUNT(runs); i++) {
+        circuits_set_num_threads(runs[i].threads);
+        CHECK_OK(engine_run(ds, o, 2, runs[i].batch, 0, 1, dir));
+        CHECK_OK(circuits_job_merge(dirs, 1, other));
+        CHECK(same_file(out, other), "%s: %d threads, batch %lld: another output", what, runs[i].threads,
+              (long long)runs[i].batch);
+        rm_rf(dir);
+        unlink(other);
+    }
+    circuits_set_num_threads(0);
+    snprintf(dir2, sizeof dir2, "%s/%s_job2", g_root, what);
+    CHECK_OK(engine_run(ds, o, 2, 8, 0, 2, dir));
+    CHECK_OK(engine_run(ds, o, 2, 8, 1, 2, dir2));
+    CHECK_OK(circuits_job_merge(dirs, 2, other));
+    CHECK(same_file(out, other), "%s: two shards merged: another output", what);
+    rm_rf(dir);
+    rm_rf(dir2);
+    unlink(other);
+    CHECK_OK(engine_run(ds, o, 5, 8, 0, 1, dir));
+    CHECK_OK(circuits_job_merge(dirs, 1, other));
+    CHECK(same_tensors(out, other), "%s: unit_rows 5: other tensors", what);
+    rm_rf(dir);
+    unlink(other);
+    unlink(out);
+}
+
+static void check_engine_jobs(const test_ds *t)
+{
+    circuits_dataset *ds = public_ds(t, true);
+    if (!ds) return;
+    /* patching: resid_pre with the logit difference, against the vtable's units */
+    circuits_job job;
+    job_init(&job, t, CIRCUITS_JOB_PATCH_SWEEP, CIRCUITS_METRIC_LOGIT_DIFF);
+    json_t *params = json_object();
+    CHECK_OK(cx_job_patch_sweep.prepare(&job, params));
+    json_decref(params);
+    char direct[600];
+    snprintf(direct, sizeof direct, "%s/direct.safetensors", g_root);
+    CHECK_OK(run_job(&cx_job_patch_sweep, &job, 2, "direct", direct));
+    cx_job_patch_sweep.release(&job);
+    circuits_job_options o;
+    circuits_job_options_init(&o);
+    o.kind = CIRCUITS_JOB_PATCH_SWEEP;
+    o.patch_kind = CIRCUITS_PATCH_RESID_PRE;
+    check_engine(ds, &o, direct, "patch");
+    /* the provenance records the sweep's parameters by name */
+    circuits_job *pj = NULL;
+    CHECK_OK(circuits_job_create(&pj, M, ds, &o, NULL));
+    const char *prov = pj ? circuits_job_provenance(pj) : "";
+    CHECK(strstr(prov, "\"patch_kind\":\"resid_pre\"") && strstr(prov, "\"metric\":\"logit_diff\"") &&
+              strstr(prov, "\"kind\":\"patch_sweep\""),
+          "provenance: %s", prov);
+    circuits_job_free(pj);
+    unlink(direct);
+
+    /* mean ablation from a mean-activations job's own output file */
+    char mdir[600], means[600];
+    snprintf(mdir, sizeof mdir, "%s/means_job", g_root);
+    snprintf(means, sizeof means, "%s/means.safetensors", g_root);
+    const char *hooks[] = {"blocks.*.attn.hook_z"};
+    circuits_job_options mo;
+    circuits_job_options_init(&mo);
+    mo.kind = CIRCUITS_JOB_MEAN_ACTIVATIONS;
+    mo.hooks = hooks;
+    mo.n_hooks = 1;
+    CHECK_OK(engine_run(ds, &mo, 2, 8, 0, 1, mdir));
+    const char *md[1] = {mdir};
+    CHECK_OK(circuits_job_merge(md, 1, means));
+    rm_rf(mdir);
+    job_init(&job, t, CIRCUITS_JOB_ABLATION_SWEEP, CIRCUITS_METRIC_LOGIT_DIFF);
+    job.o.ablation_kind = CIRCUITS_ABLATE_MEAN;
+    job.o.ablation_means = means;
+    params = json_object();
+    CHECK_OK(cx_job_ablation_sweep.prepare(&job, params));
+    json_decref(params);
+    if (job.kstate) {
+        CHECK_OK(run_job(&cx_job_ablation_sweep, &job, 2, "direct", direct));
+        cx_job_ablation_sweep.release(&job);
+        circuits_job_options_init(&o);
+        o.kind = CIRCUITS_JOB_ABLATION_SWEEP;
+        o.ablation_kind = CIRCUITS_ABLATE_MEAN;
+        o.ablation_means = means;
+        check_engine(ds, &o, direct, "ablation");
+        unlink(direct);
+    }
+    unlink(means);
+    circuits_dataset_free(ds);
+}
+
 /* ---- refusals ---- */
 
-/* The kind's prepare as the engine calls it (circuits_job_create); a failure leaves no state. */
+/* circuits_job_create of the sweep on t's dataset (no directory); a failure leaves no job. */
 static int try_create(const test_ds *t, const circuits_job_options *o)
 {
-    circuits_job job;
-    job_init(&job, t, o->kind, o->metric_kind);
-    job.o = *o;
-    const cx_job_kind *k = o->kind == CIRCUITS_JOB_PATCH_SWEEP ? &cx_job_patch_sweep : &cx_job_ablation_sweep;
-    json_t *params = json_object();
-    int rc = k->prepare(&job, params);
-    json_decref(params);
-    if (rc) CHECK(job.kstate == NULL, "a failed prepare leaves no state");
-    else k->release(&job);
+    circuits_job *job = NULL;
+    int rc = circuits_job_create(&job, M, &t->ds, o, NULL);
+    if (rc) CHECK(job == NULL, "a failed create leaves no job");
+    circuits_job_free(job);
     return rc;
 }
 
@@ -526,13 +686,19 @@ static void check_refusals(void)
     static test_ds t;
     make_ds(&t);
     circuits_job_options o;
-    memset(&o, 0, sizeof o);
-    o.size = sizeof o;
+    circuits_job_options_init(&o);
     o.kind = CIRCUITS_JOB_PATCH_SWEEP;
-    o.unit_rows = 2;
     o.patch_kind = 16;
     CALL_FAILS("job_sweep_patch_kind", try_create(&t, &o), CIRCUITS_E_INVALID_ARGUMENT,
                "patch_kind 16 is no circuits_patch_kind");
+    o.patch_kind = CIRCUITS_PATCH_RESID_PRE;
+    const char *hooks[] = {"blocks.0.hook_resid_pre"};
+    o.hooks = hooks;
+    o.n_hooks = 1;
+    CALL_FAILS("job_sweep_hooks", try_create(&t, &o), CIRCUITS_E_INVALID_ARGUMENT,
+               "hooks (n_hooks 1) are not read by a patching sweep");
+    o.hooks = NULL;
+    o.n_hooks = 0;
     o.patch_kind = CIRCUITS_PATCH_RESID_MID;
     CALL_FAILS("job_sweep_patch_no_hook", try_create(&t, &o), CIRCUITS_E_NOT_FOUND,
                "patch_kind resid_mid: this model has no hook point 'blocks.0.hook_resid_mid'");
@@ -584,7 +750,7 @@ static void check_refusals(void)
     o.ablation_kind = CIRCUITS_ABLATE_MEAN;
     CALL_FAILS("job_ablation_means_null", try_create(&t, &o), CIRCUITS_E_INVALID_ARGUMENT,
                "ablation_kind MEAN needs ablation_means");
-    char path[512];
+    char path[1024];
     snprintf(path, sizeof path, "%s/bad_means.safetensors", g_root);
     o.ablation_kind = CIRCUITS_ABLATE_ZERO;
     o.ablation_means = path;
@@ -602,20 +768,31 @@ static void check_refusals(void)
                "'blocks.0.attn.hook_z' is not [pos 12, n_heads 4, d_head 32]");
     unlink(path);
 
-    /* a unit file without the kind's tensors (another kind's, or damaged) */
-    snprintf(path, sizeof path, "%s/unit0.safetensors", g_root);
-    float x[ROWS] = {0};
-    cx_st_out u = {.name = "baseline_metric", .dtype = CX_DT_F32, .ndim = 1, .shape = {ROWS}, .data = x};
-    const char *meta[4] = {"circuits_job", PROV, "unit", "0"};
-    CHECK_OK(cx_st_write(path, &u, 1, meta, 2, "test"));
-    char *pp[1] = {path};
-    cx_job_reader r = {.prov_text = PROV, .n_units = 1, .n_rows = ROWS, .pos = T, .unit_rows = ROWS, .unit_paths = pp};
-    char out[512];
+    /* a unit file that carries the job's record but not the kind's tensors (damaged, or written
+     * by a program of its own): unit 1 of a patching job rewritten with an ablation's tensors */
+    o = (circuits_job_options){0};
+    circuits_job_options_init(&o);
+    o.kind = CIRCUITS_JOB_PATCH_SWEEP;
+    o.unit_rows = 2;
+    char dir[512], out[512];
+    snprintf(dir, sizeof dir, "%s/damaged_job", g_root);
     snprintf(out, sizeof out, "%s/merged.safetensors", g_root);
-    CALL_FAILS("job_sweep_unit_tensors", cx_job_patch_sweep.reduce(&r, out), CIRCUITS_E_FORMAT,
-               "has no F32 tensor 'grid' of 5 rows");
-    CHECK(access(out, F_OK) != 0, "a failed reduction leaves no output file");
-    unlink(path);
+    circuits_job *job = NULL;
+    CHECK_OK(circuits_job_create(&job, M, &t.ds, &o, dir));
+    if (job) {
+        CHECK_OK(circuits_job_run(job));
+        float x[2] = {0};
+        cx_st_out u = {.name = "baseline_metric", .dtype = CX_DT_F32, .ndim = 1, .shape = {2}, .data = x};
+        const char *meta[4] = {"circuits_job", circuits_job_provenance(job), "unit", "1"};
+        snprintf(path, sizeof path, "%s/units/u%09d.safetensors", dir, 1);
+        CHECK_OK(cx_st_write(path, &u, 1, meta, 2, "test"));
+        const char *dirs[1] = {dir};
+        CALL_FAILS("job_sweep_unit_tensors", circuits_job_merge(dirs, 1, out), CIRCUITS_E_FORMAT,
+                   "has no F32 tensor 'grid' of 2 rows");
+        CHECK(access(out, F_OK) != 0, "a failed merge leaves no output file");
+        circuits_job_free(job);
+    }
+    rm_rf(dir);
 }
 
 int main(int argc, char **argv)
@@ -651,6 +828,7 @@ int main(int argc, char **argv)
     check_ablation(&t, CIRCUITS_ABLATE_MEAN, CIRCUITS_METRIC_LOGIT);
     check_ablation(&t, CIRCUITS_ABLATE_ZERO, CIRCUITS_METRIC_LOSS);         /* logits of every position */
     check_ablation(&nopos, CIRCUITS_ABLATE_MEAN, CIRCUITS_METRIC_TOKEN_LOSS);
+    check_engine_jobs(&t);
     check_refusals();
 
     circuits_model_free(M);

@@ -15,8 +15,13 @@
 #include <stdio.h>
 #include <string.h>
 
-static const char *const FN_CREATE = "circuits_job_create", *const FN_RUN = "circuits_job_run",
-                         *const FN_MERGE = "circuits_job_merge";
+static const char *const FN_CREATE = "circuits_job_create", *const FN_MERGE = "circuits_job_merge";
+
+/* The public function computing a unit now (circuits_job_run or _compute), for messages. */
+static const char *fn_of(const circuits_job *job)
+{
+    return job->fn ? job->fn : "circuits_job_run";
+}
 
 /* Names the provenance records (readable, stable: changing one changes every provenance). */
 static const char *const METRIC_NAMES[] = {
@@ -45,6 +50,29 @@ static const char *const PATCH_NAMES[] = {
     [CIRCUITS_PATCH_HEAD_V_ALL_POS] = "head_v_all_pos",
     [CIRCUITS_PATCH_HEAD_PATTERN_ALL_POS] = "head_pattern_all_pos",
 };
+
+/* The kind's recorded parameters (the provenance's "job" object). */
+static int set_int(json_t *params, const char *key, json_int_t v)
+{
+    return json_object_set_new(params, key, json_integer(v)) ? cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory",
+                                                                       FN_CREATE)
+                                                             : CIRCUITS_OK;
+}
+
+static int set_str(json_t *params, const char *key, const char *v)
+{
+    return json_object_set_new(params, key, json_string(v)) ? cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory",
+                                                                      FN_CREATE)
+                                                            : CIRCUITS_OK;
+}
+
+/* A sweep reads no hook list (the engine would record it): refused rather than ignored. */
+static int no_hooks(const circuits_job *job, const char *kind)
+{
+    if (!job->o.n_hooks) return CIRCUITS_OK;
+    return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: hooks (n_hooks %zu) are not read by %s; leave them empty",
+                   FN_CREATE, job->o.n_hooks, kind);
+}
 
 /* ---- the metric of one row, from the dataset's columns ---- */
 
@@ -113,10 +141,8 @@ static int metric_prepare(const circuits_job *job, row_metric *rm, json_t *param
     m.positions = rm->positions;
     m.tokens = rm->tokens;
     rc = cx_metric_check(&m, &checked, ds->n_rows, ds->pos, job->model->cfg.d_vocab_out, FN_CREATE);
-    if (!rc && (json_object_set_new(params, "metric", json_string(name)) ||
-                json_object_set_new(params, "metric_position",
-                                    json_string(!reads_position ? "every" : p ? "column" : "default"))))
-        rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", FN_CREATE);
+    if (!rc && !(rc = set_str(params, "metric", name)))
+        rc = set_str(params, "metric_position", !reads_position ? "every" : p ? "column" : "default");
     if (rc) {
         cx_free(rm->positions);
         rm->positions = NULL;
@@ -155,20 +181,6 @@ static int check_hooks(const circuits_model *model, cx_hook_kind kind, const cha
         }
     circuits_context_free(ctx);
     return rc;
-}
-
-static int set_int(json_t *params, const char *key, json_int_t v)
-{
-    return json_object_set_new(params, key, json_integer(v)) ? cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory",
-                                                                       FN_CREATE)
-                                                             : CIRCUITS_OK;
-}
-
-static int set_str(json_t *params, const char *key, const char *v)
-{
-    return json_object_set_new(params, key, json_string(v)) ? cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory",
-                                                                      FN_CREATE)
-                                                            : CIRCUITS_OK;
 }
 
 /* ---- reduction helpers ---- */
@@ -291,6 +303,8 @@ static int patch_prepare(circuits_job *job, json_t *params)
 {
     const circuits_dataset *ds = job->ds;
     const circuits_config *c = &job->model->cfg;
+    int rc = no_hooks(job, "a patching sweep");
+    if (rc) return rc;
     const cx_patch_kind *pk = cx_patch_kind_of(job->o.patch_kind);
     if (!pk)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: patch_kind %d is no circuits_patch_kind", FN_CREATE,
@@ -311,8 +325,7 @@ static int patch_prepare(circuits_job *job, json_t *params)
                            FN_CREATE, (long long)(i / ds->pos), (long long)(i % ds->pos), cc->values[i], c->d_vocab);
     char what[64];
     snprintf(what, sizeof what, "patch_kind %s", PATCH_NAMES[job->o.patch_kind]);
-    int rc = check_hooks(job->model, pk->hook, what);
-    if (rc) return rc;
+    if ((rc = check_hooks(job->model, pk->hook, what))) return rc;
     patch_state *s = cx_calloc(1, sizeof *s);
     if (!s) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", FN_CREATE);
     s->kind = job->o.patch_kind;
@@ -340,7 +353,7 @@ static int patch_prepare(circuits_job *job, json_t *params)
 
 /* Row r: the clean run caching the patched point of every block (and its logits: the clean
  * metric), the corrupted run (its metric), and the grid. */
-static int patch_row(circuits_context *ctx, const patch_state *s, const circuits_dataset *ds, int64_t r,
+static int patch_row(circuits_context *ctx, const char *fn, const patch_state *s, const circuits_dataset *ds, int64_t r,
                      float *const *dst, const float *const *clean, float *logits, float *grid, float *clean_metric,
                      float *corrupted_metric)
 {
@@ -349,7 +362,7 @@ static int patch_row(circuits_context *ctx, const patch_state *s, const circuits
     int64_t p;
     circuits_metric m;
     metric_of_row(&s->rm, r, &p, &m);
-    cx_run run = cx_run_init(ctx, FN_RUN, tokens, 1, T);
+    cx_run run = cx_run_init(ctx, fn, tokens, 1, T);
     run.cache_dst = dst;
     run.out = logits;
     int rc = cx_context_run(ctx, &run);
@@ -384,13 +397,13 @@ static int patch_unit(circuits_job *job, circuits_context *ctx, int64_t row0, in
     float **dst = cx_calloc(ctx->hooks.n_points, sizeof *dst);
     const float **clean = cx_calloc((size_t)L, sizeof *clean);
     float *acts = cx_malloc((size_t)L * row * sizeof(float)), *logits = cx_malloc((size_t)(T * V) * sizeof(float));
-    if (!dst || !clean || !acts || !logits) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", FN_RUN);
+    if (!dst || !clean || !acts || !logits) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn_of(job));
     for (int32_t l = 0; l < L && !rc; l++) {
         dst[cx_hook_index(&ctx->hooks, l, s->hook)] = acts + (size_t)l * row;
         clean[l] = acts + (size_t)l * row;
     }
     for (int64_t i = 0; i < n && !rc; i++)
-        rc = patch_row(ctx, s, ds, row0 + i, dst, clean, logits, (float *)grid + (size_t)i * s->cells,
+        rc = patch_row(ctx, fn_of(job), s, ds, row0 + i, dst, clean, logits, (float *)grid + (size_t)i * s->cells,
                        (float *)clean_m + i, (float *)corr_m + i);
     cx_free(dst);
     cx_free(clean);
@@ -517,6 +530,8 @@ static int ablation_prepare(circuits_job *job, json_t *params)
 {
     const circuits_config *c = &job->model->cfg;
     int32_t k = job->o.ablation_kind;
+    int rc = no_hooks(job, "an ablation sweep");
+    if (rc) return rc;
     if (k == CIRCUITS_ABLATE_RESAMPLE)
         return cx_fail(CIRCUITS_E_UNSUPPORTED,
                        "%s: ablation_kind RESAMPLE: an ablation sweep takes ZERO or MEAN (a resampled row would "
@@ -531,8 +546,7 @@ static int ablation_prepare(circuits_job *job, json_t *params)
     if (k == CIRCUITS_ABLATE_ZERO && job->o.ablation_means)
         return cx_fail(CIRCUITS_E_INVALID_ARGUMENT,
                        "%s: ablation_means is set but ablation_kind is ZERO (it would be ignored; set MEAN)", FN_CREATE);
-    int rc = check_hooks(job->model, HK_Z, "an ablation sweep");
-    if (rc) return rc;
+    if ((rc = check_hooks(job->model, HK_Z, "an ablation sweep"))) return rc;
     ablation_state *s = cx_calloc(1, sizeof *s);
     if (s) s->hooks = cx_calloc((size_t)c->n_layers, sizeof *s->hooks);
     if (!s || !s->hooks) {
@@ -594,7 +608,7 @@ static int ablation_unit(circuits_job *job, circuits_context *ctx, int64_t row0,
     if (per < 1) per = 1;
     float *logits = cx_malloc((size_t)((per * TL > T ? per * TL : T) * V) * sizeof(float)); /* and the baseline's */
     int32_t *tokens = cx_malloc((size_t)(per * T) * sizeof(int32_t));
-    if (!logits || !tokens) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", FN_RUN);
+    if (!logits || !tokens) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn_of(job));
     for (int64_t i = 0; i < n && !rc; i++) {
         int64_t r = row0 + i, p;
         const int32_t *row = ds->cols[0].values + r * T;
@@ -603,14 +617,14 @@ static int ablation_unit(circuits_job *job, circuits_context *ctx, int64_t row0,
         metric_of_row(&s->rm, r, &p, &m);
         rc = circuits_context_run_ablated(ctx, NULL, 0, row, 1, T, logits, NULL);
         if (!rc) rc = circuits_metric_eval(&m, logits, 1, T, V, (float *)base + i);
-        if (!rc) rc = cx_metric_check(&m, &pm, 1, T, V, FN_RUN);
+        if (!rc) rc = cx_metric_check(&m, &pm, 1, T, V, fn_of(job));
         int64_t at = cx_metric_row_pos(&pm, 0, T); /* the one position the logits are computed at */
         for (int32_t l = 0; l < L && !rc; l++)
             for (int64_t h0 = 0; h0 < H && !rc; h0 += per) {
                 int64_t g = H - h0 < per ? H - h0 : per;
                 head_batch hb = {s, l, h0};
                 cx_edit e = {l, HK_Z, ablate_heads, &hb, false, 0};
-                cx_run run = cx_run_init(ctx, FN_RUN, tokens, g, T);
+                cx_run run = cx_run_init(ctx, fn_of(job), tokens, g, T);
                 run.edits = &e;
                 run.n_edits = 1;
                 run.out = logits;
@@ -621,7 +635,7 @@ static int ablation_unit(circuits_job *job, circuits_context *ctx, int64_t row0,
                 rc = cx_context_run(ctx, &run);
                 for (int64_t b = 0; b < g && !rc; b++)
                     rc = cx_metric_value(&pm, logits + b * TL * V, 1, T, V, all ? NULL : &at, all ? 0 : 1,
-                                         (float *)grid + (i * L + l) * H + h0 + b, FN_RUN);
+                                         (float *)grid + (i * L + l) * H + h0 + b, fn_of(job));
             }
     }
     cx_free(logits);
