@@ -44,7 +44,7 @@ def write_tokens(path, rows, pos, vocab):
 
 
 def run_once(cmd, env):
-    """(wall s, CPU s of the process tree, units, units' s, stdout) of one command."""
+    """(wall s, CPU s of the process tree, units, units' s, units' CPU s, stdout) of one command."""
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -52,11 +52,11 @@ def run_once(cmd, env):
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stdout}\n{p.stderr}")
-    m = re.search(r"computed: (\d+) units.* in ([0-9.]+) s", p.stdout)
+    m = re.search(r"computed: (\d+) units.* in ([0-9.]+) s \(CPU ([0-9.]+) s\)", p.stdout)
     if not m:
         sys.exit(f"no 'computed:' line from {' '.join(cmd)}:\n{p.stdout}")
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    return wall, cpu, int(m.group(1)), float(m.group(2)), p.stdout
+    return wall, cpu, int(m.group(1)), float(m.group(2)), float(m.group(3)), p.stdout
 
 
 def unit_sizes(job_dir):
@@ -87,10 +87,11 @@ def measure(a):
         for rep in range(a.reps):
             for name, make in configs.items():
                 out = os.path.join(tmp, f"{name}-{rep}.out")
-                wall, cpu, units, secs, _ = run_once(make(out), env)
-                runs[name].append(dict(wall_s=wall, cpu_s=cpu, units=units, units_s=secs, units_per_s=units / secs))
-                print(f"[jobs] {name} rep {rep}: {units} units in {secs:.3f} s ({units / secs:.3f}/s), "
-                      f"wall {wall:.2f} s, CPU {cpu:.2f} s", file=sys.stderr, flush=True)
+                wall, cpu, units, secs, ucpu, _ = run_once(make(out), env)
+                runs[name].append(dict(wall_s=wall, cpu_s=cpu, units=units, units_s=secs, units_per_s=units / secs,
+                                       units_cpu_s=ucpu, cpu_s_per_unit=ucpu / units))
+                print(f"[jobs] {name} rep {rep}: {units} units in {secs:.3f} s ({units / secs:.3f}/s, CPU "
+                      f"{ucpu:.2f} s), wall {wall:.2f} s, CPU {cpu:.2f} s", file=sys.stderr, flush=True)
                 if not sizes:
                     sizes = unit_sizes(out + ".job")
                 first = os.path.join(tmp, f"{name}-0.out")
@@ -108,7 +109,8 @@ def measure(a):
         med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
         single = med["single"]
         ratios = {k: dict(units_per_s=m["units_per_s"] / single["units_per_s"], wall=m["wall_s"] / single["wall_s"],
-                          cpu=m["cpu_s"] / single["cpu_s"]) for k, m in med.items()}
+                          cpu=m["cpu_s"] / single["cpu_s"],
+                          cpu_per_unit=m["cpu_s_per_unit"] / single["cpu_s_per_unit"]) for k, m in med.items()}
         return dict(runs=runs, median=med, vs_single=ratios, identical=same, unit_bytes=sizes[:1] + sizes[-1:])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -120,15 +122,19 @@ def render(d):
              f"{a['unit_rows']} rows a unit, --batch {a['batch']}, {a['cores']} cores in total, median of {a['reps']} "
              f"(load average {d['machine']['load_before'][0]:.1f} before, {d['machine']['load_after'][0]:.1f} after).",
              "",
-             "| run | units/s | units' time s | wall s | CPU s | units/s vs single | wall vs single | same bits |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| run | units/s | units' wall s | units' CPU s per unit | whole command: wall s | CPU s | units/s vs single "
+             "| CPU per unit vs single | wall vs single | same bits |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for k, m in d["median"].items():
         r = d["vs_single"][k]
-        lines.append(f"| {k} | {m['units_per_s']:.3f} | {m['units_s']:.2f} | {m['wall_s']:.2f} | {m['cpu_s']:.2f} | "
-                     f"{r['units_per_s']:.3f} | {r['wall']:.3f} | {'yes' if d['identical'][k] else 'NO'} |")
+        lines.append(f"| {k} | {m['units_per_s']:.3f} | {m['units_s']:.2f} | {m['cpu_s_per_unit']:.3f} | {m['wall_s']:.2f} | "
+                     f"{m['cpu_s']:.2f} | {r['units_per_s']:.3f} | {r['cpu_per_unit']:.3f} | {r['wall']:.3f} | "
+                     f"{'yes' if d['identical'][k] else 'NO'} |")
     c = a["cores"]
     ov = 1 - d["vs_single"][f"mpi1x{c}"]["units_per_s"]
-    lines += ["", f"MPI layer's overhead (mpi1x{c} against single, units/s): {100 * ov:+.1f} % (goal <= 3 %). "
+    ovc = d["vs_single"][f"mpi1x{c}"]["cpu_per_unit"] - 1
+    lines += ["", f"MPI layer's overhead (mpi1x{c} against single): units/s {100 * ov:+.1f} %, CPU per unit "
+              f"{100 * ovc:+.1f} % (goal <= 3 %). "
               f"Unit file: {d['unit_bytes'][0]} bytes (the last, shorter unit: {d['unit_bytes'][-1]})."]
     return "\n".join(lines)
 

@@ -84,6 +84,8 @@ void json_num(FILE *f, double x);
 /* ---- progress bar (util.c) ---- */
 /* Seconds on the monotonic clock. */
 double cli_now(void);
+/* CPU seconds of this process (every thread). */
+double cli_cpu_now(void);
 
 /* Drawn on stderr only when stderr is a terminal and the work has taken more than a second
  * (CIRCUITS_PROGRESS=always / never overrides); erased when done. */

@@ -418,9 +418,9 @@ static int run_local(job_args *a)
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-    double t0 = cli_now();
+    double t0 = cli_now(), c0 = cli_cpu_now();
     int jr = circuits_job_run(job);
-    double secs = cli_now() - t0;
+    double secs = cli_now() - t0, cpu = cli_cpu_now() - c0;
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     progress_end(&lp.bar);
@@ -434,7 +434,7 @@ static int run_local(job_args *a)
         rc = failure("%s", circuits_last_error());
         goto done;
     }
-    printf("%scomputed: %lld units in %.3f s\n", who, (long long)(n_mine - mine_done), secs);
+    printf("%scomputed: %lld units in %.3f s (CPU %.3f s)\n", who, (long long)(n_mine - mine_done), secs, cpu);
     if (sharded) {
         printf("%sdone in '%s'; when every shard is done: circuits merge OUT DIR...\n", who, a->dir);
         goto done;

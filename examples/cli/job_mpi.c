@@ -1,9 +1,12 @@
 /* `circuits job` under mpirun (built with MPI only; docs/scale-out.md). The library knows nothing
  * of MPI: every rank opens the model and the dataset and makes the job (rank 0 with the job
  * directory, the others with none); rank 0 lists the units not yet checkpointed and broadcasts
- * them; they are dealt round-robin over the ranks; each rank computes its own with
- * circuits_job_compute (its thread pool inside the rank) and sends each unit's bytes to rank 0,
- * which checkpoints them (circuits_job_store) between waves of its own share, then merges.
+ * them. Rank 0 computes the missing units u with u % ranks == 0 with circuits_job_run (the
+ * engine's own scheduler and checkpoints, as in one process), and between its units (in the
+ * progress callback) receives and checkpoints what the others sent (circuits_job_store). The
+ * other missing units are dealt round-robin over ranks 1 .. R-1, which compute them with
+ * circuits_job_compute (their thread pool inside the rank) and send each unit's bytes to rank 0
+ * (non-blocking, a bounded number in flight). Rank 0 merges once every unit is in.
  *
  * Messages: one per unit, tag TAG_UNIT, an 8-byte unit index then the unit file's image. A
  * failure before the units start is agreed on by every rank (an allreduce) and ends them all
@@ -27,7 +30,7 @@ typedef struct mpi_state {
     MPI_Request req[MAX_OUTSTANDING];
     unsigned char *buf[MAX_OUTSTANDING];
     /* rank 0: units checkpointed so far, of all; a receive buffer */
-    int64_t stored, to_store;
+    int64_t stored, own_reported; /* own_reported: rank 0's own units done, as last reported */
     unsigned char *rbuf;
     size_t rcap;
     progress bar;
@@ -104,21 +107,23 @@ static void drain(mpi_state *s, bool block)
     }
 }
 
-/* circuits_job_compute's callback: rank 0 stores its own unit and takes in what has arrived;
- * the others send the unit to rank 0. */
+/* Rank 0's circuits_job_run progress: after each of its own units, take in what has arrived. */
+static int rank0_progress(int64_t done, int64_t total, void *user)
+{
+    (void)total;
+    mpi_state *s = user;
+    s->stored += done - s->own_reported;
+    s->own_reported = done;
+    progress_set(&s->bar, s->stored);
+    drain(s, false);
+    return 0;
+}
+
+/* circuits_job_compute's callback on ranks > 0: the unit goes to rank 0. */
 static int on_unit(int64_t unit, const void *bytes, size_t n_bytes, void *user)
 {
     mpi_state *s = user;
     char what[512];
-    if (s->rank == 0) {
-        if (circuits_job_store(s->job, unit, bytes, n_bytes) != CIRCUITS_OK) {
-            snprintf(what, sizeof what, "cannot checkpoint unit %lld: %s", (long long)unit, circuits_last_error());
-            die(s, what);
-        }
-        progress_set(&s->bar, ++s->stored);
-        drain(s, false);
-        return 0;
-    }
     if (n_bytes > (size_t)INT32_MAX - sizeof unit) {
         snprintf(what, sizeof what, "unit %lld is %zu bytes, more than one MPI message carries: use fewer --unit-rows",
                  (long long)unit, n_bytes);
@@ -161,6 +166,12 @@ int job_mpi_run(job_args *a)
     if (s.size > 1) cli_cmd = label; /* every message names its rank */
     circuits_set_num_threads(a->threads ? (int)a->threads : default_threads());
 
+    if (s.rank == 0) { /* rank 0's own share: units u % R == 0, through the engine's scheduler */
+        a->o.shard_index = 0;
+        a->o.shard_count = s.size;
+        a->o.progress = rank0_progress;
+        a->o.progress_data = &s;
+    }
     job_inputs in;
     int64_t *units = NULL, n_missing = 0, n_units = 0, n_done = 0, n_mine = 0;
     char *prov0 = NULL;
@@ -202,38 +213,55 @@ int job_mpi_run(job_args *a)
     if ((rc = agree(rc))) goto done;
     MPI_Bcast(units, (int)n_missing, MPI_INT64_T, 0, MPI_COMM_WORLD);
 
-    /* this rank's share, dealt round-robin (in place) */
+    /* ranks > 0: the missing units u % R != 0, dealt round-robin over ranks 1 .. R-1 (in place) */
     size_t mine = 0;
-    for (int64_t i = s.rank; i < n_missing; i += s.size) units[mine++] = units[i];
+    int64_t others = 0;
+    for (int64_t i = 0; i < n_missing; i++) {
+        if (units[i] % s.size == 0) continue;
+        if (s.rank > 0 && others % (s.size - 1) == s.rank - 1) units[mine++] = units[i];
+        others++;
+    }
     if (s.rank == 0) {
         s.stored = n_units - n_missing;
+        for (int64_t u = 0; u < n_units; u += s.size) {
+            int32_t d = 0;
+            circuits_job_unit_done(s.job, u, &d);
+            s.own_reported += d;
+        }
         job_print_resumed("", s.stored, n_units);
         fflush(stdout);
         progress_begin(&s.bar, "job", n_units);
         progress_counted(&s.bar, "units", s.stored, a->progress);
     }
     MPI_Barrier(MPI_COMM_WORLD); /* the units' time starts when every rank is ready */
-    double t0 = cli_now();
-    /* waves of a few units per thread: rank 0 takes in the others' units between them */
+    double t0 = cli_now(), c0 = cli_cpu_now(), cpu = 0;
+    if (s.rank == 0 && circuits_job_run(s.job) != CIRCUITS_OK) {
+        char what[1024];
+        snprintf(what, sizeof what, "%s", circuits_last_error());
+        die(&s, what);
+    }
+    /* ranks > 0: waves of a few units per thread, each unit sent as it is handed over */
     size_t wave = (size_t)circuits_get_num_threads() * 2;
     for (size_t i = 0; i < mine; i += wave) {
         size_t n = mine - i < wave ? mine - i : wave;
         if (circuits_job_compute(s.job, units + i, n, on_unit, &s) != CIRCUITS_OK) {
-            char what[512];
+            char what[1024];
             snprintf(what, sizeof what, "units %lld ..: %s", (long long)units[i], circuits_last_error());
             die(&s, what);
         }
     }
+    if (s.rank == 0) while (s.stored < n_units) drain(&s, true);
+    else MPI_Waitall(MAX_OUTSTANDING, s.req, MPI_STATUSES_IGNORE);
+    double my_cpu = cli_cpu_now() - c0; /* the units' CPU time of every rank, summed on rank 0 */
+    MPI_Reduce(&my_cpu, &cpu, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
     if (s.rank == 0) {
-        while (s.stored < n_units) drain(&s, true);
         progress_end(&s.bar);
-        printf("computed: %lld units on %d ranks in %.3f s\n", (long long)n_missing, s.size, cli_now() - t0);
+        printf("computed: %lld units on %d ranks in %.3f s (CPU %.3f s)\n", (long long)n_missing, s.size,
+               cli_now() - t0, cpu);
         const char *dirs[1] = {a->dir};
         if ((st = circuits_job_merge(dirs, 1, a->out)) != CIRCUITS_OK)
             rc = failure("cannot merge '%s' into '%s': %s%s", a->dir, a->out, circuits_last_error(), job_hint(st));
         else printf("wrote %s (%lld units)\n", a->out, (long long)n_units);
-    } else {
-        MPI_Waitall(MAX_OUTSTANDING, s.req, MPI_STATUSES_IGNORE);
     }
     MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD); /* every rank exits with rank 0's status */
 done:

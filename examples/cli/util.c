@@ -346,6 +346,13 @@ void json_num(FILE *f, double x)
 
 /* ---- progress ---- */
 
+double cli_cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 double cli_now(void)
 {
     struct timespec ts;
