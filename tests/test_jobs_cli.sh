@@ -153,6 +153,16 @@ for k in 0 1 2 3; do
     same_out "$tmp/$name.ref" "$tmp/$name.merged" "$name shards 0/2 1/2 + merge"
 done
 
+# ---- a text dataset (.jsonl, --column, --seq-len: tokenized with the model's tokenizer) ----
+for i in $(seq 1 40); do echo "{\"body\": \"document $i: the quick brown fox $((i * 7)) jumps over the lazy dog\"}"; done >"$tmp/text.jsonl"
+TEXT=(mean "$M" "$tmp/text.jsonl" --column body --seq-len 12 --hooks hook_embed,blocks.0.hook_resid_post --unit-rows 3)
+ok job "${TEXT[@]}" --out "$tmp/text.ref"
+check $(grep -q "resumed: 0 of" "$tmp/out" && [ -s "$tmp/text.ref" ]; echo $?) "text dataset: a job over a .jsonl"
+for i in 0 1; do ok job "${TEXT[@]}" --shard $i/2 --dir "$tmp/text.sh$i"; done
+ok merge "$tmp/text.merged" "$tmp/text.sh0" "$tmp/text.sh1"
+same "$tmp/text.ref" "$tmp/text.merged" "text dataset: shards + merge"
+err 1 "column" job mean "$M" "$tmp/text.jsonl" --column nope --seq-len 12 --hooks hook_embed --out "$tmp/x.st"
+
 # ---- shards in separate processes, then merge ----
 for i in 0 1 2; do
     ok job mean "$M" "$S" --hooks "$HOOKS" --unit-rows 4 --shard $i/3 --dir "$tmp/sh$i"
@@ -259,6 +269,9 @@ for k in 0 1 2 3; do
         same_out "$tmp/$name.ref" "$tmp/$name.mpi$np" "$name: mpirun -np $np"
     done
 done
+"${MPIRUN[@]}" -np 2 "$bin" job "${TEXT[@]}" --out "$tmp/text.mpi2" >"$tmp/out" 2>"$tmp/err"
+check $? "text dataset: mpirun -np 2"
+same "$tmp/text.ref" "$tmp/text.mpi2" "text dataset: mpirun -np 2"
 # --threads per rank and --batch change no bit
 "${MPIRUN[@]}" -np 2 "$bin" job mean "$M" "$S" --hooks "$HOOKS" --unit-rows 4 --threads 1 --batch 1 --out "$tmp/mpib.st" >"$tmp/out" 2>"$tmp/err"
 check $? "mpirun -np 2 --threads 1 --batch 1"
