@@ -293,6 +293,8 @@ def main():
     ap.add_argument("--no-cold", action="store_true", help="skip cold-page-cache loads")
     ap.add_argument("--patching", action="store_true",
                     help="also the activation-patching sweeps against TransformerLens (bench/patching.py, ~20 min)")
+    ap.add_argument("--jobs", action="store_true",
+                    help="also dataset jobs: one process against mpirun ranks at equal cores (bench/jobs.py, ~2 min)")
     ap.add_argument("--python", help="interpreter with torch, transformers, transformer_lens")
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build-bench"))
     ap.add_argument("--out", help="also write the Markdown to this file")
@@ -351,6 +353,14 @@ def main():
         r = subprocess.run([py, os.path.join(HERE, "patching.py")] + (["--quick"] if a.quick else []),
                            env=env, capture_output=True, text=True, check=True)
         md += "\n## Activation patching\n" + r.stdout
+    if a.jobs:
+        step("dataset jobs: one process, MPI ranks (bench/jobs.py)")
+        subprocess.run(["meson", "compile", "-C", a.build_dir, "examples/circuits"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        r = subprocess.run([sys.executable, os.path.join(HERE, "jobs.py"), "--exe",
+                            os.path.join(a.build_dir, "examples", "circuits"), "--model", MODEL]
+                           + (["--reps", "1"] if a.quick else []), capture_output=True, text=True, check=True)
+        md += "\n## Dataset jobs (one process, MPI ranks)\n" + r.stdout
     print(md)
     if a.out:
         open(a.out, "w").write(md)

@@ -73,7 +73,7 @@ $code_py" "$tmp/out" 2>"$tmp/pyerr"; then
 }
 
 # ---- help and top level ----
-for cmd in info run cache heads compose generate diff steer-vector probe-fit; do
+for cmd in info run cache heads compose generate diff steer-vector probe-fit job merge; do
     ok "$cmd" --help
     grep -q "usage: circuits $cmd" "$tmp/out" || fail "$cmd --help lacks its usage line"
     ok "$cmd" -h

@@ -12,6 +12,8 @@
  *   circuits sae-stats MODEL SAE_DIR TOKENS.npy   feature statistics of an SAE over a dataset
  *   circuits sae-show STATS   a feature statistics file as text and a picture
  *   circuits probe-fit        fit a linear probe on activations (.npy, or a model's run) and labels
+ *   circuits job KIND MODEL DATASET --out OUT   a dataset-scale job (one process, --shard, mpirun)
+ *   circuits merge OUT JOBDIR...  merge job directories (shards) into the output
  *
  * Exit status: 0 success, 1 failure (a model that does not load, a library error, a file that
  * cannot be written), 2 a bad command line. */
@@ -35,6 +37,8 @@ static const struct {
     {"sae-stats", cmd_sae_stats, "MODEL SAE_DIR TOKENS.npy: an SAE's feature statistics over a dataset"},
     {"sae-show", cmd_sae_show, "STATS: feature statistics as text (top contexts) and a histogram PNG"},
     {"probe-fit", cmd_probe_fit, "fit a linear probe (logistic or least squares) on activations and labels"},
+    {"job", cmd_job, "KIND MODEL DATASET: a dataset-scale job (mean, features, export, patch, ablate; mpirun)"},
+    {"merge", cmd_merge, "OUT JOBDIR...: merge a job's directories (shards) into its output"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -86,5 +90,5 @@ int main(int argc, char **argv)
             return commands[i].fn(argc - 1, argv + 1);
         }
     if (cmd[0] == '-') return usage_error("unknown option '%s' (a command comes first)", cmd);
-    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff, steer-vector, sae-stats, sae-show, probe-fit)", cmd);
+    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff, steer-vector, sae-stats, sae-show, probe-fit, job, merge)", cmd);
 }

@@ -82,6 +82,11 @@ void json_cstr(FILE *f, const char *s);
 void json_num(FILE *f, double x);
 
 /* ---- progress bar (util.c) ---- */
+/* Seconds on the monotonic clock. */
+double cli_now(void);
+/* CPU seconds of this process (every thread). */
+double cli_cpu_now(void);
+
 /* Drawn on stderr only when stderr is a terminal and the work has taken more than a second
  * (CIRCUITS_PROGRESS=always / never overrides); erased when done. */
 typedef struct progress {
@@ -89,9 +94,15 @@ typedef struct progress {
     int64_t total, done;
     double start, last, delay; /* delay: seconds before the bar appears */
     bool enabled, drawn;
+    const char *unit;  /* progress_counted: "units": shows done/total, rate and ETA */
+    int64_t base;      /* done already at the start (not counted in the rate) */
+    bool lines;        /* plain lines (stderr not a terminal), one every few seconds, kept */
 } progress;
 
 void progress_begin(progress *p, const char *label, int64_t total);
+/* Counts `unit`s (done/total, rate, ETA), base of them done before the start. `force` (--progress):
+ * shown even when stderr is not a terminal, as plain lines then. */
+void progress_counted(progress *p, const char *unit, int64_t base, bool force);
 void progress_set(progress *p, int64_t done);
 void progress_end(progress *p);
 /* Registers a hook on every blocks.*.hook_resid_post that advances p by one per layer run. */
@@ -156,5 +167,7 @@ int cmd_sae_show(int argc, char **argv);
 int attach_saes(circuits_context *ctx, char *const *dirs, size_t n, bool error_term, circuits_sae ***saes);
 void free_saes(circuits_sae **saes, size_t n);
 int cmd_probe_fit(int argc, char **argv);
+int cmd_job(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 
 #endif

@@ -30,12 +30,16 @@ void cli_release_fonts(void)
 }
 #endif
 
+/* One write per message, so that the lines of processes sharing stderr (MPI ranks) do not mix. */
 static void vmessage(const char *fmt, va_list ap)
 {
-    if (cli_cmd) fprintf(stderr, "circuits %s: ", cli_cmd);
-    else fprintf(stderr, "circuits: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    char buf[4096];
+    int n = snprintf(buf, sizeof buf, "circuits%s%s: ", cli_cmd ? " " : "", cli_cmd ? cli_cmd : "");
+    if (n < 0 || (size_t)n >= sizeof buf) n = 0;
+    vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+    strcat(buf, "\n");
+    fputs(buf, stderr);
+    fflush(stderr);
 }
 
 int usage_error(const char *fmt, ...)
@@ -342,7 +346,14 @@ void json_num(FILE *f, double x)
 
 /* ---- progress ---- */
 
-static double now(void)
+double cli_cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double cli_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -355,7 +366,7 @@ void progress_begin(progress *p, const char *label, int64_t total)
     memset(p, 0, sizeof *p);
     p->label = label;
     p->total = total > 0 ? total : 1;
-    p->start = now();
+    p->start = cli_now();
     p->delay = 1.0;
     p->enabled = isatty(2);
     if (env && strcmp(env, "never") == 0) p->enabled = false;
@@ -365,14 +376,42 @@ void progress_begin(progress *p, const char *label, int64_t total)
     }
 }
 
+void progress_counted(progress *p, const char *unit, int64_t base, bool force)
+{
+    const char *env = getenv("CIRCUITS_PROGRESS");
+    p->unit = unit;
+    p->base = p->done = base;
+    if (force && !(env && strcmp(env, "never") == 0)) {
+        p->enabled = true;
+        p->lines = !isatty(2);
+        p->delay = 0.0;
+    }
+}
+
+/* "12/100 units, 3.4/s, ETA 26s" into buf. */
+static void counted(const progress *p, double t, char *buf, size_t cap)
+{
+    double el = t - p->start, rate = el > 0 ? (double)(p->done - p->base) / el : 0;
+    int n = snprintf(buf, cap, "%lld/%lld %s, %.3g/s", (long long)p->done, (long long)p->total, p->unit, rate);
+    if (n > 0 && (size_t)n < cap && p->done < p->total && rate > 0)
+        snprintf(buf + n, cap - (size_t)n, ", ETA %.0fs", (double)(p->total - p->done) / rate);
+}
+
 static void draw(progress *p, double t)
 {
     const int width = 30;
     int64_t done = p->done < p->total ? p->done : p->total;
     int fill = (int)(width * done / p->total);
-    fprintf(stderr, "\r%s [", p->label);
-    for (int i = 0; i < width; i++) fputc(i < fill ? '#' : '.', stderr);
-    fprintf(stderr, "] %3d%% %.1fs", (int)(100 * done / p->total), t - p->start);
+    char extra[96] = "";
+    if (p->unit) counted(p, t, extra, sizeof extra);
+    if (p->lines) {
+        fprintf(stderr, "%s: %s\n", p->label, extra);
+    } else {
+        fprintf(stderr, "\r%s [", p->label);
+        for (int i = 0; i < width; i++) fputc(i < fill ? '#' : '.', stderr);
+        if (p->unit) fprintf(stderr, "] %s\033[K", extra);
+        else fprintf(stderr, "] %3d%% %.1fs", (int)(100 * done / p->total), t - p->start);
+    }
     fflush(stderr);
     p->drawn = true;
     p->last = t;
@@ -382,16 +421,17 @@ void progress_set(progress *p, int64_t done)
 {
     p->done = done;
     if (!p->enabled) return;
-    double t = now();
-    if (t - p->start < p->delay || (p->drawn && t - p->last < 0.1 && done < p->total)) return;
+    double t = cli_now();
+    double every = p->lines ? 5.0 : 0.1;
+    if (t - p->start < p->delay || (p->drawn && t - p->last < every && done < p->total)) return;
     draw(p, t);
 }
 
 void progress_end(progress *p)
 {
-    if (p->drawn) {
+    if (p->drawn && !p->lines) {
         p->done = p->total;
-        draw(p, now());
+        draw(p, cli_now());
         fprintf(stderr, "\r\033[K"); /* erase the line */
         fflush(stderr);
     }

@@ -13,6 +13,8 @@
  * count; which thread runs a chunk (taken from an atomic counter) does not change any result. */
 #include "pool.h"
 
+#include <stdint.h>
+
 #include <cblas.h>
 #include <pthread.h>
 #include <sched.h>
@@ -108,12 +110,14 @@ static void run_chunks(job *j)
     }
 }
 
-static void *worker_main(void *unused)
+/* arg: the generation current when the worker was created. A worker that reads it itself, once
+ * scheduled, may already see the generation of the loop that started it, and sleep through that
+ * loop (then its caller runs every chunk alone: one whole circuits_job_run on one thread). */
+static void *worker_main(void *arg)
 {
-    (void)unused;
     in_pool_task = true;
     pthread_mutex_lock(&pool.m);
-    unsigned long seen = pool.generation;
+    unsigned long seen = (unsigned long)(uintptr_t)arg;
     for (;;) {
         pthread_mutex_unlock(&pool.m);
         for (int i = 0; i < SPIN_ITERATIONS && atomic_load_explicit(&pool.generation, memory_order_acquire) == seen; i++)
@@ -143,7 +147,7 @@ static void start_workers(void)
     if (pool.threads == 0) pool.threads = default_threads();
     pool.quit = false;
     while (pool.workers < pool.threads - 1) {
-        if (pthread_create(&pool.tid[pool.workers], NULL, worker_main, NULL) != 0) break;
+        if (pthread_create(&pool.tid[pool.workers], NULL, worker_main, (void *)(uintptr_t)pool.generation) != 0) break;
         pool.workers++;
     }
     pthread_mutex_unlock(&pool.m);
