@@ -74,6 +74,7 @@ def main(argv: Sequence[str] = ()) -> str:
     p.add_argument("--out", default="means.safetensors")
     args = p.parse_args(list(argv) or None)
     workdir = args.workdir or tempfile.mkdtemp(prefix="job_shards.")
+    os.makedirs(workdir, exist_ok=True)  # a job makes its own directory, not its parents
     if args.tokens is None:
         args.tokens = os.path.join(workdir, "tokens.npy")
         np.save(args.tokens, np.random.default_rng(0).integers(0, 1000, size=(64, 16), dtype=np.int32))

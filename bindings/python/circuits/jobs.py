@@ -100,18 +100,19 @@ class _DatasetHandle:
     ``jobs`` counts the live jobs reading it (columns are fixed while it is non-zero); ``lock``
     serialises the calls that read or change columns."""
 
-    __slots__ = ("ptr", "jobs", "lock", "keep", "__weakref__")
+    __slots__ = ("ptr", "jobs", "lock", "keep", "_free", "__weakref__")
 
     def __init__(self, ptr: int, keep: Any = None):
         self.ptr: Optional[int] = ptr
         self.jobs = 0
         self.lock = threading.RLock()  # re-entrant: a job's finalizer may run inside a locked call (GC)
         self.keep = keep  # the tokenizer's owner, if the dataset was tokenized from text
+        self._free = lib.circuits_dataset_free  # held: module globals may be gone at interpreter exit
 
     def close(self) -> None:
         p, self.ptr = self.ptr, None
         if p:
-            lib.circuits_dataset_free(p)
+            self._free(p)
 
     def __del__(self) -> None:
         self.close()
@@ -315,11 +316,12 @@ class JobStatus(NamedTuple):
 class _JobState:
     """What the progress trampoline reaches through the job's key (no reference to the job)."""
 
-    __slots__ = ("fn", "pending", "__weakref__")
+    __slots__ = ("fn", "pending", "lock", "__weakref__")
 
     def __init__(self) -> None:
         self.fn: Optional[Callable[[int, int], Any]] = None
         self.pending: Optional[BaseException] = None
+        self.lock = threading.Lock()  # one progress call at a time, should the pool's threads report
 
 
 _STATES: "weakref.WeakValueDictionary[int, _JobState]" = weakref.WeakValueDictionary()
@@ -343,15 +345,19 @@ def _progress_entry(done: int, total: int, key: Optional[int]) -> int:
     """The C progress callback of every Python job: calls the running call's progress function.
     Never lets an exception into C: it is stored for the caller and the job is stopped."""
     st = _STATES.get(key) if key else None
-    if st is None or st.fn is None:
+    if st is None:
         return 0
-    try:
-        with _in_callback(key):
-            r = st.fn(int(done), int(total))
-        return 1 if (r is not None and r is not False and r != 0) else 0
-    except BaseException as e:  # noqa: BLE001 -- must reach the caller, not C
-        st.pending = e
-        return 1
+    with st.lock:
+        fn = st.fn
+        if st.pending is not None or fn is None:  # stopping already: the first exception wins
+            return 1 if st.pending is not None else 0
+        try:
+            with _in_callback(key):
+                r = fn(int(done), int(total))
+            return 1 if (r is not None and r is not False and r != 0) else 0
+        except BaseException as e:  # noqa: BLE001 -- must reach the caller, not C
+            st.pending = e
+            return 1
 
 
 #: The one C function pointer for every job's progress (module-level: alive while C can call it).
@@ -362,18 +368,19 @@ class _JobHandle:
     """Owns a ``circuits_job`` and everything it points to: the model's and dataset's handles
     (freed after the job), the option buffers. Frees the job exactly once."""
 
-    __slots__ = ("ptr", "model", "dataset", "keep", "__weakref__")
+    __slots__ = ("ptr", "model", "dataset", "keep", "_free", "__weakref__")
 
     def __init__(self, ptr: int, model: Any, dataset: _DatasetHandle, keep: List[Any]):
         self.ptr: Optional[int] = ptr
         self.model = model
         self.dataset = dataset
         self.keep = keep
+        self._free = lib.circuits_job_free
 
     def close(self) -> None:
         p, self.ptr = self.ptr, None
         if p:
-            lib.circuits_job_free(p)
+            self._free(p)
             ds = self.dataset
             if ds is not None:
                 with ds.lock:
@@ -551,9 +558,10 @@ class Job:
                 raise InvalidArgumentError(f"Job.{what}: called from inside a callback of the same job")
             yield
 
-    def _call(self, what: str, fn: Callable[..., int], *args: Any, progress: Any = None) -> None:
+    def _call(self, what: str, fn: Callable[..., int], *args: Any, progress: Any = None) -> _JobHandle:
         """One C call on the job: under the job's lock, never from inside the job's own callback,
-        holding the handle for the call; a callback's exception is re-raised as itself."""
+        holding the handle for the call; a callback's exception is re-raised as itself. Returns
+        the handle used (alive, even if the job was closed meanwhile)."""
         with self._guard(what):
             h = self._live()
             st = self._state
@@ -571,6 +579,7 @@ class Job:
                 finally:
                     exc = None
             N.check(rc, f"Job.{what}")
+            return h
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -589,10 +598,13 @@ class Job:
         return json.loads(self.provenance_json)
 
     def status(self) -> JobStatus:
-        n, d, m = ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64()
         with self._guard("status"):
-            h = self._live()
-            N.check(lib.circuits_job_status(h.ptr, ctypes.byref(n), ctypes.byref(d), ctypes.byref(m)), "Job.status")
+            return self._status(self._live())
+
+    @staticmethod
+    def _status(h: _JobHandle) -> JobStatus:
+        n, d, m = ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64()
+        N.check(lib.circuits_job_status(h.ptr, ctypes.byref(n), ctypes.byref(d), ctypes.byref(m)), "Job.status")
         return JobStatus(n.value, d.value, m.value)
 
     def unit_done(self, unit: int) -> bool:
@@ -610,12 +622,13 @@ class Job:
         ``progress``: True for a text bar on stderr, or ``fn(done, total)`` called as units
         finish; raising (e.g. circuits.HookStopped) or returning a true value stops the job
         (finished units stay checkpointed; the raised exception, or HookStopped, reaches the
-        caller). Returns :meth:`status`."""
+        caller). Returns the job's :meth:`status` after the run."""
         fn = _TextBar() if progress is True else (progress or None)
         if fn is not None and not callable(fn):
             raise TypeError(f"progress must be True, None or a callable fn(done, total), not {type(fn).__name__}")
-        self._call("run", lib.circuits_job_run, progress=fn)
-        return self.status()
+        h = self._call("run", lib.circuits_job_run, progress=fn)
+        with self._guard("run"):
+            return self._status(h)  # h: the job's status even if a callback closed the Job
 
     def compute(self, units: Any, on_unit: Optional[Callable[[int, bytes], Any]] = None) -> List[Tuple[int, bytes]]:
         """Computes ``units`` without storing them (``circuits_job_compute``): each unit's
