@@ -419,9 +419,13 @@ def _enum(value: Any, names: Dict[str, int], what: str) -> int:
 
 
 def _patch_kinds() -> Dict[str, int]:
-    from .attribution import KINDS  # circuits.patching's get_act_patch_<name> names
+    """The provenance's names ("resid_pre", "head_z_by_pos": CIRCUITS_PATCH_* in lower case)
+    and circuits.patching's get_act_patch_<name> names ("attn_head_out_by_pos")."""
+    from .attribution import KINDS
 
-    return {name: kind for name, (kind, _) in KINDS.items()}
+    names = {k[len("CIRCUITS_PATCH_"):].lower(): v for k, v in vars(N).items() if k.startswith("CIRCUITS_PATCH_")}
+    names.update((name, kind) for name, (kind, _) in KINDS.items())
+    return names
 
 
 def _metric_kinds() -> Dict[str, int]:
@@ -744,19 +748,24 @@ def _read_safetensors(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]
 def load_job_output(path: PathLike) -> Dict[str, Any]:
     """A merged job output: the tensors of the safetensors file ``path`` by name (NumPy
     arrays) and ``"provenance"``, the parsed provenance it records (metadata "circuits_job").
-    An export job's output directory: ``"index"`` (its index.json), ``"shards"`` (the shard
-    files' paths, in order) and ``"provenance"``."""
+    An export job's output directory: each tensor of its shards concatenated in row order (every
+    hook's activations, ``"tokens"``, ``"rows"``: the whole export in memory), ``"index"`` (its
+    index.json), ``"shards"`` (the shard files' paths, in order) and ``"provenance"``."""
     p = os.fspath(path)
     if os.path.isdir(p):
         with open(os.path.join(p, "index.json"), encoding="utf-8") as f:
             index = json.load(f)
-        shards = sorted(os.path.join(p, n) for n in os.listdir(p) if n.endswith(".safetensors"))
-        prov = index.get("circuits_job") if isinstance(index, dict) else None
-        if prov is None and shards:
-            prov = _read_safetensors(shards[0])[1].get("circuits_job")
-        if isinstance(prov, str):
-            prov = json.loads(prov)
-        return {"index": index, "shards": shards, "provenance": prov}
+        if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+            raise FormatError(f"{p}/index.json: not an export index (no \"shards\" list)")
+        shards = [os.path.join(p, str(s["file"])) for s in index["shards"]]
+        parts: Dict[str, List[np.ndarray]] = {}
+        for f in shards:  # in row order: the index lists the shards so
+            for name, a in _read_safetensors(f)[0].items():
+                parts.setdefault(name, []).append(a)
+        res = {name: np.concatenate(a) for name, a in parts.items()}
+        prov = index.get("circuits_job")
+        res.update(index=index, shards=shards, provenance=json.loads(prov) if isinstance(prov, str) else prov)
+        return res
     tensors, meta = _read_safetensors(p)
     res: Dict[str, Any] = dict(tensors)
     prov = meta.get("circuits_job")

@@ -361,3 +361,108 @@ def test_example_job_shards_equals_a_single_process_job(model, tmp_path):
     single.run()
     want = single.merge(tmp_path / "single.safetensors")
     assert _bytes(out) == _bytes(want)
+
+
+# -- the other kinds equal their direct calls ----------------------------------------------
+
+SAE_DIR = REPO / "tests" / "reference" / "saes" / "hf_tiny_random_gpt2" / "standard"
+
+
+def _sweep_dataset(n=6, pos=7, seed=2):
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(0, 1000, size=(n, pos), dtype=np.int32)
+    corrupted = clean.copy()
+    corrupted[:, 2] = (clean[:, 2] + 17) % 1000
+    answer, wrong = rng.integers(0, 1000, size=n), rng.integers(0, 1000, size=n)
+    ds = circuits.Dataset.from_tokens(clean)
+    ds.set_column("corrupted", corrupted).set_column("answer", answer).set_column("wrong", wrong)
+    return ds, clean, corrupted, answer, wrong
+
+
+def test_patch_sweep_rows_equal_the_patching_functions(model, tmp_path):
+    from circuits import patching
+
+    ds, clean, corrupted, answer, wrong = _sweep_dataset()
+    job = circuits.Job(model, ds, kind="patch_sweep", patch_kind="resid_pre", metric="logit_diff", unit_rows=4,
+                       dir=str(tmp_path / "j"))
+    job.run()
+    res = circuits.load_job_output(job.merge(tmp_path / "out.safetensors"))
+    assert res["provenance"]["job"]["patch_kind"] == "resid_pre"
+    assert res["grid"].shape == (6, model.cfg.n_layers, 7)
+    for r in range(6):
+        metric = patching.LogitDiff(answer[r:r + 1], wrong[r:r + 1])
+        _, cache = model.run_with_cache(clean[r:r + 1])
+        want = patching.get_act_patch_resid_pre(model, corrupted[r:r + 1], cache, metric)
+        assert np.array_equal(res["grid"][r], want), r
+        assert res["clean_metric"][r] == np.float32(metric(model(clean[r:r + 1])))
+        assert res["corrupted_metric"][r] == np.float32(metric(model(corrupted[r:r + 1])))
+    assert np.allclose(res["mean_grid"], res["grid"].astype(np.float64).mean(0), rtol=1e-6, atol=1e-7)
+    # the C name and circuits.patching's name of a kind are the same job
+    same = circuits.Job(model, ds, kind="patch", patch_kind="head_z_by_pos", unit_rows=4)
+    tl = circuits.Job(model, ds, kind="patch_sweep", patch_kind="attn_head_out_by_pos", unit_rows=4)
+    assert same.provenance == tl.provenance
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_ablation_sweep_rows_equal_run_ablated(model, tmp_path, ablation):
+    from circuits import patching
+
+    ds, clean, _, answer, wrong = _sweep_dataset(n=5)
+    kw = {}
+    means = None
+    if ablation == "mean":
+        mj = circuits.Job(model, ds, kind="mean", hooks=["blocks.*.attn.hook_z"], unit_rows=2, dir=str(tmp_path / "m"))
+        mj.run()
+        kw["means"] = mj.merge(tmp_path / "means.safetensors")
+        means = circuits.load_job_output(kw["means"])
+    job = circuits.Job(model, ds, kind="ablation_sweep", ablation=ablation, unit_rows=2, dir=str(tmp_path / "j"), **kw)
+    job.run()
+    res = circuits.load_job_output(job.merge(tmp_path / "out.safetensors"))
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    assert res["grid"].shape == (5, L, H)
+    for r in range(5):
+        metric = patching.LogitDiff(answer[r:r + 1], wrong[r:r + 1])
+        assert res["baseline_metric"][r] == np.float32(metric(model(clean[r:r + 1])))
+        for layer in range(L):
+            for head in range(H):
+                hook = f"blocks.{layer}.attn.hook_z"
+                a = patching.Ablation(hook, ablation, head=head, values=None if means is None else means[hook])
+                got = metric(patching.run_ablated(model, clean[r:r + 1], [a]))
+                assert res["grid"][r, layer, head] == np.float32(got), (r, layer, head)
+
+
+def test_feature_stats_job_equals_model_feature_stats(model, tokens, tmp_path):
+    sae = circuits.SAE.load_from_disk(SAE_DIR)
+    job = circuits.Job(model, tokens, kind="feature_stats", sae=sae, top_k=4, context_left=2, context_right=1,
+                       skip_positions=1, unit_rows=UNIT, dir=str(tmp_path / "j"))
+    job.run()
+    out = job.merge(tmp_path / "stats.safetensors")
+    got = circuits.FeatureStats.load(out)
+    want = model.feature_stats(sae, tokens, top_k=4, context_left=2, context_right=1, skip_positions=1)
+    assert got.n_tokens == want.n_tokens and got.options == want.options
+    assert np.array_equal(got.frequency, want.frequency) and np.array_equal(got.max, want.max)
+    assert np.allclose(got.mean, want.mean, rtol=1e-6, atol=1e-7)
+    for j in range(0, got.d_sae, max(1, got.d_sae // 16)):
+        g, w = got.top(j), want.top(j)
+        assert np.array_equal(g.values, w.values) and np.array_equal(g.rows, w.rows), j
+        assert np.array_equal(g.positions, w.positions) and np.array_equal(g.windows, w.windows), j
+    assert circuits.load_job_output(out)["provenance"]["job"]["kind"] == "feature_stats"
+    # a path names the same SAE: the same provenance
+    assert circuits.Job(model, tokens, kind="feature_stats", sae=str(SAE_DIR), top_k=4, context_left=2,
+                        context_right=1, skip_positions=1, unit_rows=UNIT).provenance == job.provenance
+
+
+def test_export_job_equals_run_with_cache_of_each_row(model, tokens, tmp_path):
+    hooks = ["hook_embed", "blocks.1.attn.hook_pattern", "blocks.3.hook_resid_post"]
+    rows = tokens[:13]
+    job = circuits.Job(model, rows, kind="export", hooks=hooks, unit_rows=4, batch_size=3, dir=str(tmp_path / "j"))
+    job.run()
+    out = job.merge(tmp_path / "export")
+    res = circuits.load_job_output(out)
+    assert os.path.isdir(out) and len(res["shards"]) == 4 and res["index"]["n_rows"] == 13
+    assert res["provenance"] == job.provenance
+    assert np.array_equal(res["tokens"], rows) and np.array_equal(res["rows"], np.arange(13))
+    for r in range(13):
+        _, cache = model.run_with_cache(rows[r:r + 1], names_filter=lambda n: n in hooks)
+        for h in hooks:
+            assert np.array_equal(res[h][r], cache[h][0]), (r, h)
