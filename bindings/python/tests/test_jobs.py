@@ -132,6 +132,15 @@ def test_dataset_open_text_with_the_models_tokenizer(model, tmp_path):
     assert rows.shape[0] == len(joined_after) // (seq - 1) or rows.shape[0] == len(joined_between) // (seq - 1)
     with_tok = circuits.Dataset.open(tmp_path / "d.txt", tokenizer=model.tokenizer, seq_len=seq)
     assert np.array_equal(with_tok.tokens, rows)
+    import json
+
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"id": i, "body": d}) + "\n" for i, d in enumerate(docs)))
+    jl = circuits.Dataset.open(tmp_path / "d.jsonl", model=model, seq_len=seq, column="body")
+    assert np.array_equal(jl.tokens, rows)
+    assert circuits.Dataset.open(tmp_path / "d.jsonl", model=model, seq_len=seq, column="body", max_rows=1).shape \
+        == (1, seq)
+    with pytest.raises(circuits.CircuitsError):
+        circuits.Dataset.open(tmp_path / "d.jsonl", model=model, seq_len=seq)  # no "text" field
 
 
 # -- jobs equal the direct calls -----------------------------------------------------------
