@@ -1732,8 +1732,10 @@ typedef enum circuits_job_kind {
                                         * turn (ablation_kind ZERO, or MEAN from ablation_means) */
 } circuits_job_kind;
 
-/* Progress: units done (of this process's share, resumed ones included) of total. Return 0 to
- * go on, anything else to stop the job (CIRCUITS_E_STOPPED; finished units stay checkpointed). */
+/* Progress: units done (of this process's share, resumed ones included) of total; called by
+ * circuits_job_run on its calling thread only (at the start, after each unit that thread
+ * finishes, at the end), never concurrently. Return 0 to go on, anything else to stop the job
+ * (CIRCUITS_E_STOPPED; finished units stay checkpointed). */
 typedef int (*circuits_job_progress_fn)(int64_t done, int64_t total, void *user_data);
 
 typedef struct circuits_job_options {

@@ -89,6 +89,8 @@ if [ -n "$build" ]; then
         "$build/tests/test_sae_splice" "$src/examples/models/mlp-2l" -v
         "$build/tests/test_sae" -v
         "$build/tests/test_features" "$src/examples/models/mlp-2l" -v
+        "$build/tests/test_dataset" "$src/tests/reference/datasets" "$src/examples/models/tiny-random-gpt2" -v
+        "$build/tests/test_job" "$src/examples/models" -v
     } 2>/dev/null | grep '^|' >"$tmp/printed" || true
     python3 - "$tmp/doc_rows" "$tmp/printed" <<'PY' || status=1
 import re, sys

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs build dependencies, builds, and runs the whole C suite twice: a
 # normal build (build/) and an AddressSanitizer + UndefinedBehaviorSanitizer build
-# (build-asan/); the threads, api and kernels (thread pool) suites a third time under
+# (build-asan/); the threads, api, kernels and jobs (thread pool) suites a third time under
 # ThreadSanitizer (build-tsan/); then the C test programs under Valgrind memcheck (meson setup
 # "valgrind", tests/meson.build); then a build without cairo (build-nocairo/,
 # tests/check_nocairo.sh); then every fuzz harness for FUZZ_SECONDS (default 35) each

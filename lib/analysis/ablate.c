@@ -1,7 +1,7 @@
 /* Ablation: zero, mean and resample ablation of a slice of a hook point (a head, a neuron, a
  * position, or all of it), as editors of one run through the door; and the means of hook points
  * over a dataset, in one streaming pass of batches with running sums. */
-#include "context.h"
+#include "ablate.h"
 #include "rng.h"
 
 #include <string.h>
@@ -184,6 +184,40 @@ static int accumulate(const circuits_tensor *t, void *user)
     return CIRCUITS_HOOK_CONTINUE;
 }
 
+int cx_activation_sums(circuits_context *ctx, const int32_t *points, size_t n_points, const int32_t *tokens,
+                       int64_t n_rows, int64_t pos, int64_t batch_size, double *const *sums, const char *fn)
+{
+    const circuits_config *c = &ctx->model->cfg;
+    cx_edit *edits = cx_calloc(n_points, sizeof *edits);
+    mean_acc *acc = cx_calloc(n_points, sizeof *acc);
+    int rc = edits && acc ? CIRCUITS_OK : cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
+    int32_t stop = 0; /* blocks the pass needs: up to the last point's; all with a point after them */
+    for (size_t i = 0; i < n_points && !rc; i++) {
+        const cx_hook_point *p = &ctx->hooks.points[points[i]];
+        circuits_tensor t;
+        cx_hook_describe(ctx, p, 1, pos, 0, NULL, &t);
+        acc[i] = (mean_acc){sums[i], t.strides[0]};
+        edits[i] = (cx_edit){p->layer, p->kind, accumulate, &acc[i], true, 0}; /* the value a cache keeps */
+        cx_edit_point(ctx, p, &edits[i]);
+        int32_t need = p->layer >= 0 ? p->layer + 1 : p->base >= HK_LNF_SCALE ? c->n_layers + 1 : 0;
+        if (need > stop) stop = need;
+    }
+    for (int64_t r0 = 0; r0 < n_rows && !rc; r0 += batch_size) {
+        int64_t b = n_rows - r0 < batch_size ? n_rows - r0 : batch_size;
+        cx_run r = cx_run_init(ctx, fn, tokens + r0 * pos, b, pos);
+        r.edits = edits;
+        r.n_edits = n_points;
+        if (stop <= c->n_layers) { /* no logits needed: stop after the last block a point is in */
+            r.stop = stop;
+            r.stop_at_layer = true;
+        }
+        rc = cx_context_run(ctx, &r);
+    }
+    cx_free(acc);
+    cx_free(edits);
+    return rc;
+}
+
 int circuits_context_mean_activations(circuits_context *ctx, const char *const *hooks, size_t n_hooks,
                                       const int32_t *tokens, int64_t n_rows, int64_t pos, int64_t batch_size,
                                       float *const *means)
@@ -195,14 +229,13 @@ int circuits_context_mean_activations(circuits_context *ctx, const char *const *
     if (n_rows < 1 || pos < 1 || batch_size < 1)
         return cx_fail(CIRCUITS_E_SHAPE, "%s: n_rows %lld, pos %lld and batch_size %lld must be at least 1", fn,
                        (long long)n_rows, (long long)pos, (long long)batch_size);
-    const circuits_config *c = &ctx->model->cfg;
-    cx_edit *edits = cx_calloc(n_hooks, sizeof *edits);
-    mean_acc *acc = cx_calloc(n_hooks, sizeof *acc);
-    int rc = edits && acc ? CIRCUITS_OK : cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
-    int32_t stop = 0; /* blocks the pass needs: up to the last point's; all with a point after them */
+    int32_t *points = cx_calloc(n_hooks, sizeof *points);
+    double **sums = cx_calloc(n_hooks, sizeof *sums);
+    int64_t *rows = cx_calloc(n_hooks, sizeof *rows);
+    int rc = points && sums && rows ? CIRCUITS_OK : cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
     for (size_t i = 0; i < n_hooks && !rc; i++) {
-        const cx_hook_point *p;
-        if ((rc = resolve_point(ctx, fn, hooks[i], &p))) break;
+        if ((rc = cx_hook_one(ctx, fn, hooks[i], &points[i]))) break;
+        const cx_hook_point *p = &ctx->hooks.points[points[i]];
         if (!means[i]) {
             rc = cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: means[%zu] is NULL", fn, i);
             break;
@@ -213,29 +246,16 @@ int circuits_context_mean_activations(circuits_context *ctx, const char *const *
         }
         circuits_tensor t;
         cx_hook_describe(ctx, p, 1, pos, 0, NULL, &t);
-        acc[i].row = t.strides[0];
-        acc[i].sum = cx_calloc((size_t)acc[i].row, sizeof(double));
-        if (!acc[i].sum) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
-        edits[i] = (cx_edit){p->layer, p->kind, accumulate, &acc[i], true, 0}; /* the value a cache keeps */
-        cx_edit_point(ctx, p, &edits[i]);
-        int32_t need = p->layer >= 0 ? p->layer + 1 : p->base >= HK_LNF_SCALE ? c->n_layers + 1 : 0;
-        if (need > stop) stop = need;
+        rows[i] = t.strides[0];
+        sums[i] = cx_calloc((size_t)rows[i], sizeof(double));
+        if (!sums[i]) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
     }
-    for (int64_t r0 = 0; r0 < n_rows && !rc; r0 += batch_size) {
-        int64_t b = n_rows - r0 < batch_size ? n_rows - r0 : batch_size;
-        cx_run r = cx_run_init(ctx, fn, tokens + r0 * pos, b, pos);
-        r.edits = edits;
-        r.n_edits = n_hooks;
-        if (stop <= c->n_layers) { /* no logits needed: stop after the last block a point is in */
-            r.stop = stop;
-            r.stop_at_layer = true;
-        }
-        rc = cx_context_run(ctx, &r);
-    }
+    if (!rc) rc = cx_activation_sums(ctx, points, n_hooks, tokens, n_rows, pos, batch_size, sums, fn);
     for (size_t i = 0; i < n_hooks && !rc; i++)
-        for (int64_t j = 0; j < acc[i].row; j++) means[i][j] = (float)(acc[i].sum[j] / (double)n_rows);
-    for (size_t i = 0; acc && i < n_hooks; i++) cx_free(acc[i].sum);
-    cx_free(acc);
-    cx_free(edits);
+        for (int64_t j = 0; j < rows[i]; j++) means[i][j] = (float)(sums[i][j] / (double)n_rows);
+    for (size_t i = 0; sums && i < n_hooks; i++) cx_free(sums[i]);
+    cx_free(sums);
+    cx_free(rows);
+    cx_free(points);
     return rc;
 }

@@ -80,6 +80,14 @@ struct circuits_model {
     int32_t *row_maps;           /* row maps the cx_qmats share (owned), or NULL */
     float embed_scale;           /* a stored W_E's rows are multiplied by this (Gemma: sqrt(d_model)); 0: 1 */
     bool keep_stored_dtype;      /* the load option, read while loading (cx_stored_make) */
+    /* What it was loaded from (model_load.c), recorded in a job's provenance (job/job.c): the
+     * files that decide its weights (the config, tl_config.json or config.json, then the weight
+     * files; or the GGUF file) and the load options. */
+    char **src_files;
+    size_t n_src_files;
+    char *src_sha256;            /* [n_src_files * 65]: their SHA-256 in hex, each "" until the first
+                                  * job of the model hashes it (job.c, under its lock) */
+    circuits_load_options load_opts;
 };
 
 /* Row-major strides (in elements) of a contiguous tensor of this shape. */

@@ -19,6 +19,7 @@
  * writer of exactly this layout (GGUF v3, alignment 32) into memory, then a temporary file
  * renamed over path, so that a failure leaves no file behind. */
 #include "gguf.h"
+#include "st_save.h"
 
 #include <errno.h>
 #include <math.h>
@@ -147,31 +148,6 @@ static void put_pad(wbuf *w, size_t align)
 }
 
 /* Writes the image to path through a temporary file in the same directory. */
-static int write_file(const char *fn, const char *path, const uint8_t *p, size_t n)
-{
-    size_t pl = strlen(path);
-    char *tmp = cx_malloc(pl + 16);
-    if (!tmp) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
-    snprintf(tmp, pl + 16, "%s.tmp%ld", path, (long)getpid());
-    int rc = CIRCUITS_OK;
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        rc = cx_fail(CIRCUITS_E_IO, "%s: cannot create a temporary file next to %s: %s", fn, path, strerror(errno));
-    } else {
-        bool ok = fwrite(p, 1, n, f) == n;
-        int err = errno;
-        if (fclose(f) != 0 && ok) {
-            ok = false;
-            err = errno;
-        }
-        if (!ok) rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s: %s", fn, path, strerror(err));
-        else if (rename(tmp, path) != 0) rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s: %s", fn, path, strerror(errno));
-        if (rc) remove(tmp);
-    }
-    cx_free(tmp);
-    return rc;
-}
-
 int circuits_control_vector_save(const char *path, const float *directions, int32_t n_layers, int64_t d_model,
                                  const char *model_hint)
 {
@@ -242,7 +218,7 @@ int circuits_control_vector_save(const char *path, const float *directions, int3
         }
         put_pad(&w, 32);
     }
-    int rc = write_file(fn, path, w.p, w.len);
+    int rc = cx_write_atomic(path, w.p, w.len, fn);
     cx_free(w.p);
     return rc;
 }

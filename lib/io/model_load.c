@@ -357,6 +357,21 @@ static int open_weights(const char *dir, cx_st_set **files, cx_st_mode mode)
 static int build_weights(circuits_model *m, const char *dir, const cx_arch *a, const cx_hf_extra *hf_extra, bool gguf);
 static int load_gguf(circuits_model *m, const char *path, cx_st_mode mode);
 
+/* Records the files that decide m's weights: config (NULL for GGUF) and every file m->files holds. */
+static int record_sources(circuits_model *m, const char *config)
+{
+    size_t n = (config ? 1 : 0) + m->files->n_maps;
+    m->src_files = cx_calloc(n, sizeof *m->src_files);
+    m->src_sha256 = cx_calloc(n, 65);
+    if (!m->src_files || !m->src_sha256) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading a model");
+    for (size_t i = 0; i < n; i++) {
+        const char *p = config && i == 0 ? config : m->files->maps[i - (config ? 1 : 0)].path;
+        if (!(m->src_files[i] = cx_strdup(p))) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading a model");
+        m->n_src_files = i + 1;
+    }
+    return CIRCUITS_OK;
+}
+
 static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
 {
     char path[4096];
@@ -379,6 +394,7 @@ static int load_into(circuits_model *m, const char *dir, cx_st_mode mode)
     if (rc) return rc;
     if ((rc = open_weights(dir, &m->files, mode))) return rc;
     if ((rc = build_weights(m, dir, cx_arch_of(&m->cfg), &hf, false))) return rc;
+    if ((rc = record_sources(m, path))) return rc;
     return cx_tokenizer_load_optional(&m->tokenizer, dir);
 }
 
@@ -486,6 +502,7 @@ static int load_gguf(circuits_model *m, const char *path, cx_st_mode mode)
     if (rc) return rc;
     rc = cx_config_from_gguf(&g, m->files, &m->cfg, &hf);
     if (!rc) rc = build_weights(m, path, cx_arch_gguf_of(&m->cfg), &hf, true);
+    if (!rc) rc = record_sources(m, NULL);
     /* the tokenizer of the same file, when it has one */
     if (!rc && cx_gguf_find(&g, "tokenizer.ggml.model")) rc = cx_tok_from_gguf(&m->tokenizer, &g);
     cx_gguf_free(&g);
@@ -533,6 +550,7 @@ int circuits_model_load(circuits_model **out, const char *path, const circuits_l
     circuits_model *m = cx_calloc(1, sizeof *m);
     if (!m) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory loading %s", path);
     m->keep_stored_dtype = o.keep_stored_dtype == 1;
+    m->load_opts = o;
     rc = load_into(m, path, o.read_into_memory ? CX_ST_READ : CX_ST_MAP);
     if (!rc) rc = cx_process_weights(m, &o);
     if (rc) {

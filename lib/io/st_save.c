@@ -14,17 +14,16 @@ static bool little_endian(void)
     return *(const uint8_t *)&one == 1;
 }
 
-/* n elements of `size` bytes, little-endian whatever the host. */
-static bool write_le(FILE *f, const void *data, size_t n, size_t size)
+/* n elements of `size` bytes at dst, little-endian whatever the host. */
+static void put_le(unsigned char *dst, const void *data, size_t n, size_t size)
 {
-    if (little_endian()) return fwrite(data, size, n, f) == n;
-    const unsigned char *p = data;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char b[8];
-        for (size_t j = 0; j < size; j++) b[j] = p[i * size + size - 1 - j];
-        if (fwrite(b, 1, size, f) != size) return false;
+    if (little_endian()) {
+        memcpy(dst, data, n * size);
+        return;
     }
-    return true;
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < size; j++) dst[i * size + j] = p[i * size + size - 1 - j];
 }
 
 /* The header JSON (compact) for tensors of these byte sizes. */
@@ -41,14 +40,14 @@ static int header(const cx_st_out *t, const size_t *bytes, size_t n, const char 
         ok = ok && json_array_append_new(offs, json_integer((json_int_t)off)) == 0 &&
              json_array_append_new(offs, json_integer((json_int_t)(off + bytes[i]))) == 0;
         off += bytes[i];
-        if (ok) {
-            ok = json_object_set_new(e, "dtype", json_string(cx_dtype_name(t[i].dtype))) == 0 &&
-                 json_object_set_new(e, "shape", shape) == 0;
-            shape = NULL;
-            ok = ok && json_object_set_new(e, "data_offsets", offs) == 0;
-            offs = NULL;
-            ok = ok && json_object_set_new(root, t[i].name, e) == 0;
-            e = NULL;
+        if (ok) { /* each json_object_set_new takes its value, also when it fails: call them all */
+            ok = (json_object_set_new(e, "dtype", json_string(cx_dtype_name(t[i].dtype))) == 0) &
+                 (json_object_set_new(e, "shape", shape) == 0) & (json_object_set_new(e, "data_offsets", offs) == 0);
+            shape = offs = NULL;
+            if (ok) {
+                ok = json_object_set_new(root, t[i].name, e) == 0;
+                e = NULL;
+            }
         }
         json_decref(e);
         json_decref(shape);
@@ -65,56 +64,86 @@ static int header(const cx_st_out *t, const size_t *bytes, size_t n, const char 
     return *out ? CIRCUITS_OK : cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
 }
 
-int cx_st_write(const char *path, const cx_st_out *tensors, size_t n, const char *const *meta, size_t n_meta,
-                const char *fn)
+int cx_st_image(const cx_st_out *tensors, size_t n, const char *const *meta, size_t n_meta, unsigned char **out,
+                size_t *size, const char *fn)
 {
+    *out = NULL;
+    *size = 0;
     size_t *bytes = cx_calloc(n ? n : 1, sizeof *bytes);
     if (!bytes) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
+    size_t data = 0;
     for (size_t i = 0; i < n; i++) {
         size_t numel = 1;
         for (int d = 0; d < tensors[i].ndim; d++) numel *= (size_t)tensors[i].shape[d]; /* sizes the caller holds */
         bytes[i] = numel * cx_dtype_size(tensors[i].dtype);
+        data += bytes[i];
     }
     char *json = NULL;
     int rc = header(tensors, bytes, n, meta, n_meta, &json, fn);
-    if (rc) {
-        cx_free(bytes);
-        return rc;
+    size_t len = json ? strlen(json) : 0, padded = (len + 7) / 8 * 8;
+    unsigned char *p = rc ? NULL : cx_malloc(8 + padded + data);
+    if (!rc && !p) rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory (%zu bytes)", fn, 8 + padded + data);
+    if (!rc) {
+        uint64_t hl = padded;
+        put_le(p, &hl, 1, 8);
+        memcpy(p + 8, json, len);
+        memset(p + 8 + len, ' ', padded - len);
+        size_t off = 8 + padded;
+        for (size_t i = 0; i < n; i++) {
+            size_t es = cx_dtype_size(tensors[i].dtype);
+            put_le(p + off, tensors[i].data, bytes[i] / es, es);
+            off += bytes[i];
+        }
+        *out = p;
+        *size = off;
     }
-    size_t len = strlen(json), padded = (len + 7) / 8 * 8, pl = strlen(path);
-    /* written beside path and renamed over it: a failure leaves no file and an older one intact */
+    cx_free(json); /* json_dumps allocates through jansson's allocator: cx_malloc (alloc.c) */
+    cx_free(bytes);
+    return rc;
+}
+
+int cx_write_atomic(const char *path, const void *bytes, size_t n, const char *fn)
+{
+    size_t pl = strlen(path);
     char *tmp = cx_malloc(pl + 8);
-    int fd = -1;
-    if (tmp) {
-        snprintf(tmp, pl + 8, "%s.XXXXXX", path);
-        fd = mkstemp(tmp);
-    }
+    if (!tmp) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
+    snprintf(tmp, pl + 8, "%s.XXXXXX", path);
+    int rc = CIRCUITS_OK, fd = mkstemp(tmp);
     FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
-    if (!tmp) {
-        rc = cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
-    } else if (!f) {
+    if (!f) {
         rc = cx_fail(CIRCUITS_E_IO, "%s: cannot create %s: %s", fn, path, strerror(errno));
         if (fd >= 0) {
             close(fd);
             remove(tmp);
         }
     } else {
-        uint64_t hl = padded;
-        bool ok = write_le(f, &hl, 1, 8) && fwrite(json, 1, len, f) == len;
-        for (size_t i = len; i < padded && ok; i++) ok = fputc(' ', f) != EOF;
-        for (size_t i = 0; i < n && ok; i++) {
-            size_t es = cx_dtype_size(tensors[i].dtype);
-            ok = write_le(f, tensors[i].data, bytes[i] / es, es);
+        bool ok = fwrite(bytes, 1, n, f) == n;
+        int err = errno;
+        if (fclose(f) != 0 && ok) {
+            ok = false;
+            err = errno;
         }
-        if (fclose(f) != 0) ok = false;
-        if (!ok || rename(tmp, path) != 0) {
-            rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s: %s", fn, path, strerror(errno));
+        if (ok && rename(tmp, path) != 0) {
+            ok = false;
+            err = errno;
+        }
+        if (!ok) {
+            rc = cx_fail(CIRCUITS_E_IO, "%s: cannot write %s: %s", fn, path, strerror(err));
             remove(tmp);
         }
     }
     cx_free(tmp);
-    cx_free(json); /* json_dumps allocates through jansson's allocator: cx_malloc (alloc.c) */
-    cx_free(bytes);
+    return rc;
+}
+
+int cx_st_write(const char *path, const cx_st_out *tensors, size_t n, const char *const *meta, size_t n_meta,
+                const char *fn)
+{
+    unsigned char *img;
+    size_t size;
+    int rc = cx_st_image(tensors, n, meta, n_meta, &img, &size, fn);
+    if (!rc) rc = cx_write_atomic(path, img, size, fn);
+    cx_free(img);
     return rc;
 }
 

@@ -18,9 +18,16 @@ typedef struct cx_st_out {
     const void *data;
 } cx_st_out;
 
-/* Writes tensors[0 .. n) and the string pairs meta[0 .. 2 n_meta) (key, value, key, value, ...)
- * to path. On failure nothing is left at path (a partial file is removed); fn names the public
- * function in messages. */
+/* The file image (*out, cx_malloc'd, *size bytes) of tensors[0 .. n) and the string pairs
+ * meta[0 .. 2 n_meta) (key, value, key, value, ...): the one serializer (job units travel as it). */
+int cx_st_image(const cx_st_out *tensors, size_t n, const char *const *meta, size_t n_meta, unsigned char **out,
+                size_t *size, const char *fn);
+
+/* Writes bytes to a temporary file beside path and renames it over path: a failure (or a killed
+ * process) leaves no partial file at path and an older one intact. fn names the public function. */
+int cx_write_atomic(const char *path, const void *bytes, size_t n, const char *fn);
+
+/* cx_st_image written to path with cx_write_atomic. */
 int cx_st_write(const char *path, const cx_st_out *tensors, size_t n, const char *const *meta, size_t n_meta,
                 const char *fn);
 

@@ -2,6 +2,7 @@
  *
  * File map:
  *   io/dataset.c     circuits_dataset: token rows and per-row columns (.npy, .safetensors, text)
+ *   io/dataset_text.c  text datasets (.txt, .jsonl) tokenized in a stream; io/npy.c: .npy parsing
  *   base/digest.c    SHA-256 (OpenSSL's libcrypto: the model files' and datasets' digests)
  *   job/job.c        the engine: options, provenance, the job directory, units on the pool,
  *                    circuits_job_run / _compute / _store
@@ -87,6 +88,7 @@ struct circuits_job {
     char *provenance;                /* canonical JSON */
     int64_t n_units;
     uint8_t *done;                   /* [n_units] checkpointed in dir */
+    const char *fn;                  /* the public function computing now (run, compute), for messages */
 };
 
 /* Rows of unit u: [*row0, *row0 + *n). */
@@ -103,16 +105,29 @@ typedef struct cx_job_reader {
 /* Opens unit u's file (validated; its provenance and index checked): *out, closed by cx_st_close. */
 int cx_job_reader_open(const cx_job_reader *r, int64_t u, cx_st_set **out, const char *fn);
 
+/* ---- records (job.c) ---- */
+/* The first field at which two provenance records differ ("job.unit_rows": a top-level key, one
+ * level further down when both are objects) into out. */
+void cx_job_prov_diff(const char *a, size_t na, const char *b, size_t nb, char *out, size_t n);
+/* A unit image's metadata must carry provenance prov and unit index u: else CIRCUITS_E_PROVENANCE
+ * naming map->path and the first differing field. */
+int cx_job_check_unit(const cx_st_map *map, const char *prov, int64_t u, const char *fn);
+/* Reads a job.json whole (at most 64 MiB) as *set's one image *map (freed by cx_st_close). */
+int cx_job_read_small(const char *path, cx_st_set **set, const cx_st_map **map, const char *fn);
+
 /* ---- one job kind (kind_*.c) ---- */
 typedef struct cx_job_kind {
     const char *name; /* "mean_activations", as the provenance records it */
     /* Checks job->o against the model and dataset (specific errors naming the option), resolves
      * what it needs into job->kstate, and adds the kind's recorded parameters to params (the
-     * provenance's "job" object). */
+     * provenance's "job" object). On failure it leaves nothing behind: release is called only
+     * for a job whose prepare succeeded (when the job is freed). */
     int (*prepare)(circuits_job *job, json_t *params);
     void (*release)(circuits_job *job);
     /* One unit: rows [row0, row0 + n) with ctx, a context of the job's model private to this
-     * thread (no hooks registered; the kind may register and must remove its own). */
+     * thread (no hooks registered; the kind may register and must remove its own), batches of
+     * job->o.batch_size rows; the pool in serial mode. Units run concurrently: job is shared
+     * (read-only, but for the kind's own thread-safe use of kstate). */
     int (*unit)(circuits_job *job, circuits_context *ctx, int64_t row0, int64_t n, cx_job_result *res);
     /* The reduction: every unit through r in unit order, the result written to out (a file
      * through cx_st_write with the provenance as metadata key "circuits_job", or a directory). */

@@ -19,6 +19,9 @@ void circuits_model_free(circuits_model *m)
     cx_free(m->row_maps);
     cx_st_close(m->files);
     circuits_tokenizer_free(m->tokenizer);
+    for (size_t i = 0; i < m->n_src_files; i++) cx_free(m->src_files[i]);
+    cx_free(m->src_files);
+    cx_free(m->src_sha256);
     cx_free(m);
 }
 

@@ -13,7 +13,7 @@
 static char fuzz_dir_path[64];
 static const char *const fuzz_dir_names[] = {"tokenizer.json", "vocab.json", "merges.txt", "encoder.json",
                                              "vocab.bpe", "tokenizer_config.json", "special_tokens_map.json",
-                                             "t.gguf"};
+                                             "t.gguf", "d.txt", "d.jsonl"};
 
 static inline void fuzz_dir_path_of(char *out, size_t cap, const char *name)
 {
