@@ -54,6 +54,7 @@ from .sae import SAE  # noqa: E402 -- SAEs and transcoders (docs/saes.md)
 from . import steering  # noqa: E402,F401 -- steering and control vectors (docs/steering.md)
 from .features import FeatureStats, TopContexts  # noqa: E402 -- SAE feature statistics (docs/saes.md)
 from .probe import Probe  # noqa: E402 -- linear probes (docs/probes.md)
+from .jobs import Dataset, Job, JobStatus, load_job_output, merge  # noqa: E402 -- jobs (docs/jobs.md)
 
 HookedSAETransformer = Model  # SAELens's name: Model has add_sae, run_with_saes, ... (docs/saes.md "Python")
 
@@ -116,6 +117,11 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "SAE",
+    "Dataset",
+    "Job",
+    "JobStatus",
+    "merge",
+    "load_job_output",
     "HookedSAETransformer",
     "dequantize",
     "dtype_block",

@@ -1497,3 +1497,9 @@ from misuse_probes_probe import PROBE_AUDIT, PROBE_PROBES  # noqa: E402
 assert not set(PROBE_PROBES) & set(PROBES) and not set(PROBE_AUDIT) & set(AUDIT)
 PROBES.update(PROBE_PROBES)
 AUDIT.update(PROBE_AUDIT)
+# Datasets and jobs (0.9.0) live in their own file.
+from misuse_probes_jobs import JOB_AUDIT, JOB_PROBES  # noqa: E402
+
+assert not set(JOB_PROBES) & set(PROBES) and not set(JOB_AUDIT) & set(AUDIT)
+PROBES.update(JOB_PROBES)
+AUDIT.update(JOB_AUDIT)
