@@ -24,7 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { ROWS = 23, T = 12, UNIT = 5, N_UNITS = 5 };
+enum { ROWS = 23, T = 11, UNIT = 5, N_UNITS = 5 }; /* T: not a multiple of OpenBLAS kernels' row unrolls (2, 12), where batches line rows up alike */
 static char g_root[] = "/tmp/circuits_job_XXXXXX";
 static circuits_model *M, *M2; /* tiny-random-gpt2; attn-only-2l (another model) */
 static circuits_dataset *DS;
@@ -209,15 +209,20 @@ static void check_means(const char *out, const char *prov)
         float *const means[] = {want};
         const char *const names[] = {h};
         CHECK_OK(circuits_context_mean_activations(ctx, names, 1, tokens, ROWS, T, 4, means));
-        double worst = 0, mag = 0;
+        /* to rounding, relative to the largest mean: the job runs each row's products alone
+         * (kernels.h cx_gemm_per_sequence), mean_activations one product over each batch, and
+         * OpenBLAS's bits depend on a row's place in a product (3e-5 of single means, 1e-6 of
+         * the largest, on its Haswell kernels) */
+        double worst = 0, mag = 0, top = 0;
+        for (size_t j = 0; j < t->numel; j++) top = fmax(top, fabs(want[j]));
         for (size_t j = 0; j < t->numel; j++) {
             float got;
             memcpy(&got, t->data + 4 * j, 4);
             mag += fabs(got);
-            double d = fabs((double)got - want[j]) / (1e-6 + fabs(want[j]));
+            double d = fabs((double)got - want[j]) / top;
             if (d > worst) worst = d;
         }
-        CHECK(worst < 1e-6, "%s: relative error %g against circuits_context_mean_activations", h, worst);
+        CHECK(worst < 1e-5, "%s: error %g of the largest mean against circuits_context_mean_activations", h, worst);
         CHECK(mag > 0, "%s: every mean is 0", h);
         if (strstr(h, "hook_z")) CHECK(t->ndim == 3 && t->shape[0] == T && t->shape[1] == 4, "%s: shape", h);
         free(want);
@@ -474,11 +479,17 @@ static void test_resume(void)
         if (threads == 1)
             CALL_FAILS("job_run_stopped", circuits_job_run(job), CIRCUITS_E_STOPPED,
                        "circuits_job_run: stopped by the progress callback with 2 of 5 units done");
-        else CHECK_FAILS(circuits_job_run(job), CIRCUITS_E_STOPPED, "stopped by the progress callback");
+        int rc2 = threads == 1 ? CIRCUITS_E_STOPPED : circuits_job_run(job);
+        /* on two threads the other one may finish every unit left before the calling thread
+         * reports the second: then the job is done and says so */
+        if (rc2 != CIRCUITS_OK)
+            CHECK(rc2 == CIRCUITS_E_STOPPED && strstr(circuits_last_error(), "stopped by the progress callback"),
+                  "two threads: %d (%s)", rc2, circuits_last_error());
         circuits_job_free(job);
         int units, other;
         count_units(sd, &units, &other);
-        CHECK(units >= 2 && units < N_UNITS && other == 0, "stopped: %d units, %d other files", units, other);
+        CHECK(units >= 2 && (rc2 ? units < N_UNITS : units == N_UNITS) && other == 0, "stopped: %d units, %d other files",
+              units, other);
         t.progress = NULL;
         CHECK_OK(make(&t, sd, &job));
         CHECK_OK(circuits_job_status(job, &n_units, &n_done, &n_mine));

@@ -13,6 +13,7 @@
 #define TESTUTIL_API_HELPERS
 #include "catalogue.h"
 #include "job.h"
+#include "pool.h"
 #include "st_save.h"
 
 #include <math.h>
@@ -116,7 +117,9 @@ static int run_job(const cx_job_kind *k, circuits_job *job, int64_t unit_rows, c
         circuits_context *ctx;
         if ((rc = circuits_context_create(&ctx, M, NULL))) break;
         cx_job_result res = {0};
+        cx_pool_serial(true); /* as the engine runs a unit (job.c one_unit) */
         rc = k->unit(job, ctx, row0, n, &res);
+        cx_pool_serial(false);
         circuits_context_free(ctx);
         snprintf(paths[u], sizeof paths[u], "%s/%s_u%lld.safetensors", g_root, tag, (long long)u);
         pp[u] = paths[u];

@@ -485,11 +485,63 @@ static void test_pool(void)
     free(o2);
 }
 
+/* A dataset job's products (kernels.c "products"): in serial mode with cx_gemm_sequences(S), each
+ * sequence's rows of a product over S sequences in per-sequence mode have the bits of a product
+ * over that sequence alone run normally (on the pool's threads), for cx_matmul and cx_sgemm, shapes on both sides
+ * of every switch (one slice or many, columns or rows, transposed B, OpenBLAS's small-matrix
+ * size). OpenBLAS alone fails this on most CPUs (measured: edge kernels, row positions). */
+static void check_sequences(int64_t T, int64_t K, int64_t N, bool trans, bool gemm)
+{
+    enum { S_MAX = 7 };
+    int64_t M = S_MAX * T;
+    float *in = malloc(sizeof(float) * (size_t)(M * K)), *W = malloc(sizeof(float) * (size_t)(K * N));
+    float *b = malloc(sizeof(float) * (size_t)N), *alone = malloc(sizeof(float) * (size_t)(M * N));
+    float *batched = malloc(sizeof(float) * (size_t)(M * N));
+    fill(in, (size_t)(M * K)), fill(W, (size_t)(K * N)), fill(b, (size_t)N);
+    int64_t rs = trans ? 1 : N, cs = trans ? K : 1;
+    for (int64_t i = 0; i < S_MAX; i++) { /* each sequence alone, the pool as configured */
+        if (gemm) cx_sgemm(false, trans, T, N, K, 1.0f, in + i * T * K, K, W, trans ? K : N, 0.0f, alone + i * T * N, N);
+        else cx_matmul(alone + i * T * N, N, in + i * T * K, K, T, K, N, W, rs, cs, b, false);
+    }
+    const int64_t seqs[] = {2, 3, S_MAX};
+    for (size_t r = 0; r < sizeof seqs / sizeof *seqs; r++) {
+        int64_t S = seqs[r];
+        cx_pool_serial(true);
+        cx_gemm_per_sequence(true);
+        int64_t prev = cx_gemm_sequences(S);
+        if (gemm) cx_sgemm(false, trans, S * T, N, K, 1.0f, in, K, W, trans ? K : N, 0.0f, batched, N);
+        else cx_matmul(batched, N, in, K, S * T, K, N, W, rs, cs, b, false);
+        cx_gemm_sequences(prev);
+        cx_gemm_per_sequence(false);
+        cx_pool_serial(false);
+        CHECK(!memcmp(batched, alone, sizeof(float) * (size_t)(S * T * N)),
+              "%s T=%lld K=%lld N=%lld trans=%d: %lld sequences in one product (serial mode) have the bits of "
+              "each alone", gemm ? "cx_sgemm" : "cx_matmul", (long long)T, (long long)K, (long long)N, trans,
+              (long long)S);
+    }
+    free(in), free(W), free(b), free(alone), free(batched);
+}
+
+static void test_sequences(void)
+{
+    const int64_t shapes[][3] = {{11, 32, 32}, {11, 32, 1000}, {37, 768, 64}, {11, 768, 768}, {5, 64, 2048},
+                                 {1, 100, 2000}, {130, 96, 40}, {64, 3072, 96}};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+        for (int t = 0; t < 2; t++)
+            for (int gm = 0; gm < 2; gm++) check_sequences(shapes[i][0], shapes[i][1], shapes[i][2], t, gm);
+}
+
 int main(void)
 {
+    const char *core = getenv("OPENBLAS_CORETYPE"); /* meson test kernels_haswell */
+    if (core && !strcmp(core, "Haswell") && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) {
+        printf("test_kernels: OpenBLAS's Haswell kernels need AVX2 and FMA, which this CPU lacks: skipped\n");
+        return 77; /* meson's skip */
+    }
     test_pool();
     test_softmax_causal();
     test_matmul();
+    test_sequences();
     test_softmax();
     test_layernorm();
     test_rmsnorm();

@@ -5,6 +5,7 @@
  * what an ablation sweep's MEAN ablation reads (its "blocks.L.attn.hook_z" [pos, n_heads, d_head]). */
 #include "ablate.h"
 #include "job.h"
+#include "kernels.h"
 #include "st_save.h"
 
 #include <stdio.h>
@@ -31,9 +32,12 @@ static int mean_unit(circuits_job *job, circuits_context *ctx, int64_t row0, int
         snprintf(name, sizeof name, "sum.%s", job->hooks[i]);
         rc = cx_job_result_add(res, name, CX_DT_F64, (int)t.ndim - 1, t.shape + 1, (void **)&sums[i]);
     }
-    if (!rc)
+    if (!rc) {
+        cx_gemm_per_sequence(true); /* a row's bits whatever the batch size (kernels.h) */
         rc = cx_activation_sums(ctx, points, job->n_hooks, job->ds->cols[0].values + row0 * job->ds->pos, n,
                                 job->ds->pos, job->o.batch_size, sums, job->fn);
+        cx_gemm_per_sequence(false);
+    }
     cx_free(sums);
     cx_free(points);
     return rc;

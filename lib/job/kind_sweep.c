@@ -8,6 +8,7 @@
 #include "context.h"
 #include "grid.h"
 #include "job.h"
+#include "kernels.h"
 #include "metric.h"
 #include "st_save.h"
 
@@ -632,7 +633,9 @@ static int ablation_unit(circuits_job *job, circuits_context *ctx, int64_t row0,
                     run.positions = &at;
                     run.n_positions = 1;
                 }
+                cx_gemm_per_sequence(true); /* each head's products as run_ablated's on one head (kernels.h) */
                 rc = cx_context_run(ctx, &run);
+                cx_gemm_per_sequence(false);
                 for (int64_t b = 0; b < g && !rc; b++)
                     rc = cx_metric_value(&pm, logits + b * TL * V, 1, T, V, all ? NULL : &at, all ? 0 : 1,
                                          (float *)grid + (i * L + l) * H + h0 + b, fn_of(job));

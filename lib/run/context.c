@@ -1,5 +1,6 @@
 /* Run contexts: creation, hook registration, the run door and the plain runners. */
 #include "context.h"
+#include "kernels.h"
 
 #include <stddef.h>
 #include <string.h>
@@ -126,7 +127,9 @@ int cx_context_run(circuits_context *ctx, const cx_run *run)
     int rc;
     if (!run->held && (rc = cx_context_enter(ctx, run->fn))) return rc;
     ctx->in_pass = true;
+    int64_t seqs = cx_gemm_sequences(run->batch); /* a job's rows: per-sequence products (kernels.h) */
     rc = cx_forward(ctx, run);
+    cx_gemm_sequences(seqs);
     ctx->in_pass = false;
     if (!run->held) cx_context_leave(ctx);
     return rc;

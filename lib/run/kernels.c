@@ -38,7 +38,19 @@ void cx_matmul_ref(float *out, int64_t ldo, const float *in, int64_t ldi, int64_
         }
 }
 
-/* One sgemm split into column blocks (or row blocks when C is tall and narrow). */
+/* ---- products: the same sgemm calls whatever the thread count or batch ----
+ * OpenBLAS's value for a row or column depends on more than its inputs: measured with 0.3.21
+ * (tests/test_kernels.c), its Haswell/Zen kernels give a row other bits at another position mod
+ * 12 of the call and a column other bits when the call has other columns beside it; every
+ * kernel switches path with M (small-matrix kernels at M*N*K <= 100^3, edge kernels for the
+ * last rows, M == 1). So:
+ * - a product is cut into slices (64 columns, or 64 rows when C is tall) chosen from its shape
+ *   alone, each one sgemm call; the pool hands out whole slices, so the calls, and the bits,
+ *   are the same for any thread count;
+ * - in per-sequence mode (a dataset job's kinds, around runs that batch rows) a product whose
+ *   rows are the pass's sequences (cx_gemm_sequences) runs each sequence's rows as their own
+ *   product: the calls a batch of one makes, so a job's rows have the same bits whatever its
+ *   batch size. Off elsewhere: one product over the batch is faster. */
 typedef struct gemm_job {
     bool ta, tb;
     int64_t M, N, K;
@@ -47,17 +59,17 @@ typedef struct gemm_job {
     int64_t lda, ldb, ldc;
     float *C;
     bool by_rows;
+    int64_t slice;      /* columns (rows if by_rows) per sgemm call */
     const float *bias;  /* cx_matmul: C = bias first (beta 1) */
     bool init;          /* cx_matmul without accumulate: write bias or zeros first */
 } gemm_job;
 
-/* Columns (or rows) at multiples of 64: tiles of OpenBLAS's kernels line up the same way in
- * every split, and each slice is still wide enough to run its kernel at full speed. */
+/* Slices at multiples of 64: tiles of OpenBLAS's kernels line up the same way in every slice,
+ * and each is still wide enough to run its kernel at full speed. */
 #define GEMM_ALIGN 64
 
-static void gemm_task(void *arg, int64_t b, int64_t e)
+static void gemm_slice(const gemm_job *g, int64_t b, int64_t e)
 {
-    const gemm_job *g = arg;
     const float *A = g->A, *B = g->B;
     float *C = g->C;
     int64_t M = g->M, N = g->N;
@@ -76,13 +88,48 @@ static void gemm_task(void *arg, int64_t b, int64_t e)
                 (blasint)g->ldc);
 }
 
-static void gemm_run(gemm_job *g)
+static void gemm_task(void *arg, int64_t b, int64_t e)
 {
-    /* Split the longer side; a product too small to be worth a second thread runs as one. */
+    const gemm_job *g = arg;
+    for (int64_t s = b; s < e; s += g->slice) gemm_slice(g, s, e - s < g->slice ? e : s + g->slice);
+}
+
+static void gemm_one(gemm_job *g)
+{
+    /* Split the longer side; a product too small to be worth a second thread is one slice. */
     g->by_rows = g->M >= 2 * g->N || g->M >= 4096;
     double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K;
     int64_t n = g->by_rows ? g->M : g->N;
-    cx_parallel_for(n, flops < 4e6 ? n : GEMM_ALIGN, gemm_task, g);
+    g->slice = flops < 4e6 ? n : GEMM_ALIGN;
+    cx_parallel_for(n, g->slice, gemm_task, g);
+}
+
+static _Thread_local int64_t pass_sequences; /* cx_gemm_sequences */
+static _Thread_local int per_sequence;       /* cx_gemm_per_sequence depth */
+
+int64_t cx_gemm_sequences(int64_t n)
+{
+    int64_t prev = pass_sequences;
+    pass_sequences = n;
+    return prev;
+}
+
+void cx_gemm_per_sequence(bool on) { per_sequence += on ? 1 : -1; }
+
+static void gemm_run(gemm_job *g)
+{
+    int64_t S = pass_sequences, M = g->M;
+    if (g->ta || S < 2 || M % S || per_sequence <= 0) {
+        gemm_one(g);
+        return;
+    }
+    gemm_job q = *g; /* sequence by sequence: rows of C are rows of A */
+    q.M = M / S;
+    for (int64_t i = 0; i < S; i++) {
+        q.A = g->A + i * q.M * g->lda;
+        q.C = g->C + i * q.M * g->ldc;
+        gemm_one(&q);
+    }
 }
 
 void cx_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,

@@ -12,6 +12,14 @@
 void cx_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
               int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
+/* Per-sequence products on the calling thread (nestable: each on needs an off). While on, a
+ * product whose rows are the current pass's sequences (cx_gemm_sequences: the run door sets the
+ * pass's batch, and returns the previous value to restore) runs each sequence's rows as their
+ * own product, the sgemm calls a batch of one makes. A dataset job's kinds turn it on around
+ * runs that batch rows, so a row's bits do not depend on the batch size (kernels.c "products"). */
+void cx_gemm_per_sequence(bool on);
+int64_t cx_gemm_sequences(int64_t n);
+
 /* out[M, N] (ld ldo) = bias[N] (or 0, or out itself if accumulate) + in[M, K] (ld ldi) @ W[K, N].
  * Uses CBLAS (split over the pool) when W has a unit stride, else the reference kernel. */
 void cx_matmul(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, int64_t K, int64_t N,
