@@ -44,9 +44,9 @@ void cx_matmul_ref(float *out, int64_t ldo, const float *in, int64_t ldi, int64_
  * 12 of the call and a column other bits when the call has other columns beside it; every
  * kernel switches path with M (small-matrix kernels at M*N*K <= 100^3, edge kernels for the
  * last rows, M == 1). So:
- * - a product is cut into slices (64 columns, or 64 rows when C is tall) chosen from its shape
- *   alone, each one sgemm call; the pool hands out whole slices, so the calls, and the bits,
- *   are the same for any thread count;
+ * - a product is cut into slices (at most GEMM_SLICES, multiples of 64 columns, or rows when C
+ *   is tall) chosen from its shape alone, each one sgemm call; the pool hands out whole
+ *   slices, so the calls, and the bits, are the same for any thread count;
  * - in per-sequence mode (a dataset job's kinds, around runs that batch rows) a product whose
  *   rows are the pass's sequences (cx_gemm_sequences) runs each sequence's rows as their own
  *   product: the calls a batch of one makes, so a job's rows have the same bits whatever its
@@ -67,6 +67,10 @@ typedef struct gemm_job {
 /* Slices at multiples of 64: tiles of OpenBLAS's kernels line up the same way in every slice,
  * and each is still wide enough to run its kernel at full speed. */
 #define GEMM_ALIGN 64
+/* Slices per product at most: enough for this many threads to share it, few enough that
+ * OpenBLAS packs the other operand only that many times (64-column slices measured slower on
+ * GPT-2 small at short prompts). */
+#define GEMM_SLICES 8
 
 static void gemm_slice(const gemm_job *g, int64_t b, int64_t e)
 {
@@ -100,7 +104,8 @@ static void gemm_one(gemm_job *g)
     g->by_rows = g->M >= 2 * g->N || g->M >= 4096;
     double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K;
     int64_t n = g->by_rows ? g->M : g->N;
-    g->slice = flops < 4e6 ? n : GEMM_ALIGN;
+    int64_t eighth = (n / GEMM_SLICES + GEMM_ALIGN - 1) / GEMM_ALIGN * GEMM_ALIGN;
+    g->slice = flops < 4e6 ? n : eighth > GEMM_ALIGN ? eighth : GEMM_ALIGN;
     cx_parallel_for(n, g->slice, gemm_task, g);
 }
 
