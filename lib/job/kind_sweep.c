@@ -1,9 +1,11 @@
 /* Job kinds "patch_sweep" and "ablation_sweep" (docs/jobs.md, "Patching sweep" and "Ablation
  * sweep"): per dataset row, a patching grid of the clean row ("tokens") into its "corrupted" row
  * (circuits_context_activation_patch), or the metric with each head's hook_z ablated in turn
- * (circuits_context_run_ablated), the metric built from the row's columns. Every run is one row
- * (batch 1): each row has its own grid, and its bits are those of the public functions on that
- * row alone, whatever unit, batch size or thread count it ran in. */
+ * (circuits_context_run_ablated), the metric built from the row's columns. Each row has its own
+ * grid, the same bits whatever unit, batch size or thread count it ran in: a patching grid is
+ * the public functions' on that row alone, bit for bit; an ablation grid runs a block's heads as
+ * the batch rows of one run in per-sequence mode (kernels.h), equal to run_ablated head by head
+ * to float32 rounding (the logits at one position, not all). */
 #include "cells.h"
 #include "context.h"
 #include "grid.h"

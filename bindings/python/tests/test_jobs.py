@@ -437,7 +437,10 @@ def test_ablation_sweep_rows_equal_run_ablated(model, tmp_path, ablation):
                 hook = f"blocks.{layer}.attn.hook_z"
                 a = patching.Ablation(hook, ablation, head=head, values=None if means is None else means[hook])
                 got = metric(patching.run_ablated(model, clean[r:r + 1], [a]))
-                assert res["grid"][r, layer, head] == np.float32(got), (r, layer, head)
+                # to rounding: the sweep computes the logits at the metric's position only,
+                # run_ablated at every position, and OpenBLAS's bits for a row depend on its
+                # place in the product (lib/run/kernels.c "products")
+                assert abs(res["grid"][r, layer, head] - np.float32(got)) <= 1e-5 * max(1.0, abs(got)), (r, layer, head)
 
 
 def test_feature_stats_job_equals_model_feature_stats(model, tokens, tmp_path):
