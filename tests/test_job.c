@@ -802,6 +802,50 @@ static void test_faults(void)
     CHECK(same_bytes(out, g_base), "merge after the failures: output differs");
 }
 
+/* A model kept quantized (Q4_0 GGUF, keep_stored_dtype): its products dequantize tiles through
+ * their own path (run/qmatmul.c), a sequence at a time in per-sequence mode as well: the same
+ * output bytes for batch sizes 1, 3, 8 and 1 or 2 threads. */
+static void test_quantized(const char *models_dir)
+{
+    char p[700];
+    snprintf(p, sizeof p, "%s/../../tests/reference/gguf/llama/Q4_0.gguf", models_dir);
+    circuits_load_options lo;
+    circuits_load_options_init(&lo);
+    lo.keep_stored_dtype = 1;
+    lo.fold_ln = 0; /* it would rewrite the quantized matrices */
+    lo.center_writing_weights = 0;
+    lo.center_unembed = 0;
+    lo.fold_value_biases = 0;
+    circuits_model *q = NULL;
+    CHECK_OK(circuits_model_load(&q, p, &lo));
+    if (!q) return;
+    circuits_config c;
+    CHECK_OK(circuits_model_config(q, &c));
+    int32_t qt[ROWS * T];
+    for (int i = 0; i < ROWS * T; i++) qt[i] = tokens[i] % c.d_vocab;
+    circuits_dataset *ds = NULL;
+    CHECK_OK(circuits_dataset_from_tokens(&ds, qt, ROWS, T));
+    static const char *const qh[] = {"blocks.*.hook_resid_post", "blocks.0.attn.hook_z"};
+    char first[700] = "";
+    const int64_t batches[] = {1, 3, 8};
+    for (int ti = 1; ti <= 2; ti++)
+        for (int bi = 0; bi < 3 && ds; bi++) {
+            circuits_set_num_threads(ti);
+            spec s = {q, ds, qh, 2, UNIT, batches[bi], 0, 1, NULL, NULL};
+            char name[64], out[700];
+            snprintf(name, sizeof name, "q4_t%d_b%lld", ti, (long long)batches[bi]);
+            const char *dir = path_of(name);
+            snprintf(out, sizeof out, "%s.safetensors", dir);
+            CHECK_OK(run_dir(&s, dir));
+            CHECK_OK(merge1(dir, out));
+            if (!first[0]) snprintf(first, sizeof first, "%s", out);
+            else CHECK(same_bytes(out, first), "Q4_0 %s: output differs from threads 1, batch 1", name);
+        }
+    circuits_set_num_threads(2);
+    circuits_dataset_free(ds);
+    circuits_model_free(q);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -833,6 +877,7 @@ int main(int argc, char **argv)
     test_provenance();
     test_merge_refusals();
     test_bad_options();
+    test_quantized(argv[1]);
     spec s = base_spec();
     s.n_hooks = 2;
     CHECK_OK(run_dir(&s, path_of("fault_ref")));

@@ -121,16 +121,22 @@ int64_t cx_gemm_sequences(int64_t n)
 
 void cx_gemm_per_sequence(bool on) { per_sequence += on ? 1 : -1; }
 
+int64_t cx_gemm_group_rows(int64_t M)
+{
+    int64_t S = pass_sequences;
+    return per_sequence > 0 && S > 1 && M % S == 0 ? M / S : M;
+}
+
 static void gemm_run(gemm_job *g)
 {
-    int64_t S = pass_sequences, M = g->M;
-    if (g->ta || S < 2 || M % S || per_sequence <= 0) {
+    int64_t rows = cx_gemm_group_rows(g->M);
+    if (g->ta || rows == g->M) {
         gemm_one(g);
         return;
     }
     gemm_job q = *g; /* sequence by sequence: rows of C are rows of A */
-    q.M = M / S;
-    for (int64_t i = 0; i < S; i++) {
+    q.M = rows;
+    for (int64_t i = 0; i < g->M / rows; i++) {
         q.A = g->A + i * q.M * g->lda;
         q.C = g->C + i * q.M * g->ldc;
         gemm_one(&q);

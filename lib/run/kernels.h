@@ -18,6 +18,9 @@ void cx_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
  * own product, the sgemm calls a batch of one makes. A dataset job's kinds turn it on around
  * runs that batch rows, so a row's bits do not depend on the batch size (kernels.c "products"). */
 void cx_gemm_per_sequence(bool on);
+/* The rows of a product of M rows that run as one product: M / the pass's sequences in
+ * per-sequence mode (when they divide M), else M. */
+int64_t cx_gemm_group_rows(int64_t M);
 int64_t cx_gemm_sequences(int64_t n);
 
 /* out[M, N] (ld ldo) = bias[N] (or 0, or out itself if accumulate) + in[M, K] (ld ldi) @ W[K, N].

@@ -134,10 +134,9 @@ static void tile_task(void *arg, int64_t begin, int64_t end)
     cx_free(tile);
 }
 
-void cx_qmatmul(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, const cx_qmat *W, int64_t r0,
-                int64_t n, const float *bias, bool accumulate)
+static void qmatmul_rows(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, const cx_qmat *W,
+                         int64_t r0, int64_t n, const float *bias, bool accumulate)
 {
-    if (M == 0 || n == 0) return;
     qjob j = {.out = out, .ldo = ldo, .ldi = ldi, .M = M, .r0 = r0, .in = in, .bias = bias, .W = W,
               .accumulate = accumulate, .simd = cx_qk_available()};
     if (j.simd && M <= FUSED_M) {
@@ -154,4 +153,13 @@ void cx_qmatmul(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M
         }
     }
     cx_parallel_for(n, 64, tile_task, &j);
+}
+
+void cx_qmatmul(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, const cx_qmat *W, int64_t r0,
+                int64_t n, const float *bias, bool accumulate)
+{
+    if (M == 0 || n == 0) return;
+    int64_t rows = cx_gemm_group_rows(M); /* per-sequence mode (kernels.h): a sequence at a time */
+    for (int64_t i = 0; i < M; i += rows)
+        qmatmul_rows(out + i * ldo, ldo, in + i * ldi, ldi, rows, W, r0, n, bias, accumulate);
 }
