@@ -9,6 +9,7 @@
  * file. Named checks: docs/errors.md "Dataset-scale jobs".
  * Usage: test_job EXAMPLES_MODELS_DIR [-v] */
 #include "catalogue.h"
+#include "files.h"
 #include "fault.h"
 
 #include "../lib/io/safetensors.h"
@@ -33,52 +34,6 @@ static const char *const HOOKS[] = {"blocks.*.attn.hook_z", "resid_pre0", "block
                                     "ln_final.hook_normalized"};
 
 /* ---- files ---- */
-
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    *n = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *p = malloc(sz > 0 ? (size_t)sz : 1);
-    if (p && fread(p, 1, (size_t)sz, f) != (size_t)sz) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    *n = (size_t)sz;
-    return p;
-}
-
-static bool same_bytes(const char *a, const char *b)
-{
-    size_t na, nb;
-    unsigned char *pa = slurp(a, &na), *pb = slurp(b, &nb);
-    bool same = pa && pb && na == nb && memcmp(pa, pb, na) == 0;
-    free(pa);
-    free(pb);
-    return same;
-}
-
-static void spit(const char *path, const void *p, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(p, 1, n, f) != n) {
-        perror(path);
-        exit(2);
-    }
-    fclose(f);
-}
-
-static int rm_one(const char *p, const struct stat *s, int flag, struct FTW *ftw)
-{
-    (void)s, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static void rm_rf(const char *p) { nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
 
 static const char *path_of(const char *name)
 {

@@ -13,6 +13,7 @@
  * Usage: test_job_kinds MODEL_DIR SAE_DIR WIDE_MODEL_DIR [-v] (examples/models/tiny-random-gpt2,
  * tests/reference/saes/hf_tiny_random_gpt2, examples/models/mlp-2l). */
 #include "catalogue.h"
+#include "files.h"
 
 #include "../lib/io/st_save.h"
 #include "../lib/job/job.h"
@@ -42,37 +43,6 @@ static char *tmp_path(const char *name)
     char *b = bufs[next++ % 16];
     snprintf(b, 600, "%s/%s", g_root, name);
     return b;
-}
-
-/* A whole file, malloc'd (NULL if unreadable). */
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(sz > 0 ? (size_t)sz : 1);
-    *n = fread(b, 1, (size_t)sz, f);
-    fclose(f);
-    return b;
-}
-
-static bool same_bytes(const char *a, const char *b)
-{
-    size_t na = 0, nb = 0;
-    unsigned char *x = slurp(a, &na), *y = slurp(b, &nb);
-    bool same = x && y && na == nb && memcmp(x, y, na) == 0;
-    free(x);
-    free(y);
-    return same;
-}
-
-static void rm_rf(const char *path)
-{
-    char cmd[1400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
-    if (system(cmd) != 0) fprintf(stderr, "warning: %s failed\n", cmd);
 }
 
 /* ---- the merge of feature statistics ---- */

@@ -12,6 +12,7 @@
  * and ablation sweeps (jobs)"). */
 #define TESTUTIL_API_HELPERS
 #include "catalogue.h"
+#include "files.h"
 #include "job.h"
 #include "pool.h"
 #include "st_save.h"
@@ -145,29 +146,6 @@ static int run_job(const cx_job_kind *k, circuits_job *job, int64_t unit_rows, c
     return rc;
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)len + 1);
-    *n = b ? fread(b, 1, (size_t)len, f) : 0;
-    fclose(f);
-    return b;
-}
-
-static bool same_file(const char *a, const char *b)
-{
-    size_t na, nb;
-    unsigned char *x = slurp(a, &na), *y = slurp(b, &nb);
-    bool same = x && y && na == nb && memcmp(x, y, na) == 0;
-    free(x);
-    free(y);
-    return same;
-}
-
 static const float *tensor(const cx_st_set *s, const char *name, int ndim, const int64_t *shape)
 {
     const cx_st_tensor *t = cx_st_find(s, name);
@@ -209,7 +187,7 @@ static void check_invariance(const cx_job_kind *k, circuits_job *job, const char
             char out[512];
             snprintf(out, sizeof out, "%s/inv.safetensors", g_root);
             CHECK_OK(run_job(k, job, sizes[i], "inv", out));
-            CHECK(same_file(ref, out), "%s: unit_rows %lld, %d threads: the output differs", k->name,
+            CHECK(same_bytes(ref, out), "%s: unit_rows %lld, %d threads: the output differs", k->name,
                   (long long)sizes[i], threads);
             unlink(out);
         }
@@ -503,14 +481,6 @@ static void check_ablation(const test_ds *t, int32_t akind, int32_t metric)
 
 /* ---- through the engine: circuits_job_create / run / merge ---- */
 
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static void rm_rf(const char *p) { nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
-
 /* The dataset through the public API: tokens and the four columns of t. */
 static circuits_dataset *public_ds(const test_ds *t, bool position)
 {
@@ -576,7 +546,7 @@ static void check_engine(const circuits_dataset *ds, const circuits_job_options 
         circuits_set_num_threads(runs[i].threads);
         CHECK_OK(engine_run(ds, o, 2, runs[i].batch, 0, 1, dir));
         CHECK_OK(circuits_job_merge(dirs, 1, other));
-        CHECK(same_file(out, other), "%s: %d threads, batch %lld: another output", what, runs[i].threads,
+        CHECK(same_bytes(out, other), "%s: %d threads, batch %lld: another output", what, runs[i].threads,
               (long long)runs[i].batch);
         rm_rf(dir);
         unlink(other);
@@ -586,7 +556,7 @@ static void check_engine(const circuits_dataset *ds, const circuits_job_options 
     CHECK_OK(engine_run(ds, o, 2, 8, 0, 2, dir));
     CHECK_OK(engine_run(ds, o, 2, 8, 1, 2, dir2));
     CHECK_OK(circuits_job_merge(dirs, 2, other));
-    CHECK(same_file(out, other), "%s: two shards merged: another output", what);
+    CHECK(same_bytes(out, other), "%s: two shards merged: another output", what);
     rm_rf(dir);
     rm_rf(dir2);
     unlink(other);
