@@ -269,13 +269,15 @@ static int check_old(const char *out, bool *exists, const char *fn)
 /* index.json of the export (canonical: keys sorted, indented). */
 static int write_index(const cx_job_reader *r, const char *dir, json_t *hooks, json_t *shapes, const char *fn)
 {
+    /* idx takes references of its own (json_object_set): prov and shards stay ours to release,
+     * whichever set failed (json_object_set_new would take them even when it fails) */
     json_t *idx = json_object(), *shards = json_array(), *prov = json_deep_copy(r->prov);
     int rc = CIRCUITS_OK;
-    bool ok = idx && shards && prov && !json_object_set_new(idx, "circuits_job", prov) &&
+    bool ok = idx && shards && prov && !json_object_set(idx, "circuits_job", prov) &&
               !json_object_set(idx, "hooks", hooks) && !json_object_set(idx, "shapes", shapes) &&
               !json_object_set_new(idx, "n_rows", json_integer(r->n_rows)) &&
-              !json_object_set_new(idx, "pos", json_integer(r->pos)) && !json_object_set_new(idx, "shards", shards);
-    if (!ok) json_decref(prov), json_decref(shards);
+              !json_object_set_new(idx, "pos", json_integer(r->pos)) && !json_object_set(idx, "shards", shards);
+    json_decref(prov);
     for (int64_t u = 0; ok && u < r->n_units; u++) {
         char name[64];
         snprintf(name, sizeof name, SHARD_FMT, (long long)u);
@@ -289,6 +291,7 @@ static int write_index(const cx_job_reader *r, const char *dir, json_t *hooks, j
     snprintf(path, sizeof path, "%s/index.json", dir);
     if (!rc) rc = cx_write_atomic(path, text, strlen(text), fn);
     cx_free(text); /* json_dumps allocates through cx_malloc (alloc.c) */
+    json_decref(shards);
     json_decref(idx);
     return rc;
 }
