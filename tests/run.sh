@@ -42,10 +42,12 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print
 # ThreadSanitizer on the suites that share objects between threads. No suppressions: it reports
 # no race, in libcircuits or in OpenBLAS (which is not instrumented). Kernels with 32 bits of
 # mmap randomisation break TSan's memory layout, so ASLR is turned off for the run when setarch can.
+# TSan runs code 5-15x slower: the timeouts are 4x (grad_kernels took over its 30 s on a slower
+# machine).
 no_aslr=()
 if setarch "$(uname -m)" -R true 2>/dev/null; then no_aslr=(setarch "$(uname -m)" -R); fi
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-  "${no_aslr[@]}" meson test -C build-tsan --no-rebuild "${tsan_suites[@]/#/--suite=}" --print-errorlogs || status=1
+  "${no_aslr[@]}" meson test -C build-tsan --no-rebuild --timeout-multiplier 4 "${tsan_suites[@]/#/--suite=}" --print-errorlogs || status=1
 
 # Valgrind memcheck over the C test programs of the normal build (not the shell-script suites)
 meson test -C build --setup valgrind --print-errorlogs || status=1
