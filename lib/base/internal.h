@@ -100,5 +100,8 @@ void cx_model_link(circuits_model *m);
 int cx_model_own(circuits_model *m, void *p);
 /* TransformerLens's weight processing (process.c), applied at the end of loading. */
 int cx_process_weights(circuits_model *m, const circuits_load_options *o);
+/* After a weight was copied out of m's files from p: gives the pages of the stored tensor holding
+ * p back to the system if no weight reads it in place any more (model_load.c). */
+void cx_model_release_source(circuits_model *m, const void *p);
 
 #endif

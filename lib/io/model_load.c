@@ -207,6 +207,64 @@ static bool arch_source(const cx_arch *a, const circuits_config *c, bool strip, 
     return true;
 }
 
+/* ---- giving back the file pages a loaded model does not read ----
+ * A weight copied out of the mapping (converted at load, or rewritten by processing) leaves its
+ * stored tensor's pages resident unless told otherwise: the mapped file would stay in RSS next
+ * to the copies. Each tensor is released once no weight reads it in place any more, so a load's
+ * peak is the copies plus the tensor being copied; a last sweep gives back the rest (headers,
+ * norms folded away, tensors nothing reads). */
+
+/* Whether a weight of m reads t in place: a zero-copy fp32 view, or a weight kept in its stored
+ * dtype (every such view starts inside its tensor). */
+static bool tensor_read(const circuits_model *m, const cx_st_tensor *t)
+{
+    const unsigned char *lo = t->data, *hi = t->data + t->nbytes;
+    for (size_t i = 0; i < m->n_weights; i++) {
+        const unsigned char *p = m->stored && m->stored[i].data ? m->stored[i].data
+                                 : m->exclusive[i]             ? NULL
+                                                               : (const unsigned char *)m->weights[i].data;
+        if (p && p >= lo && p < hi) return true;
+    }
+    return false;
+}
+
+static void release_if_unread(circuits_model *m, const cx_st_tensor *t)
+{
+    if (t && !tensor_read(m, t)) cx_st_release(m->files, t->data, t->nbytes);
+}
+
+void cx_model_release_source(circuits_model *m, const void *p)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; m->files && i < m->files->n_tensors; i++) {
+        const cx_st_tensor *t = &m->files->tensors[i];
+        if (b >= t->data && b < t->data + t->nbytes) {
+            release_if_unread(m, t);
+            return;
+        }
+    }
+}
+
+/* Every byte of every mapped image outside the tensors m reads in place. */
+static void release_unread(circuits_model *m)
+{
+    cx_st_set *set = m->files;
+    for (size_t i = 0; i < set->n_tensors; i++) set->tensors[i].live = tensor_read(m, &set->tensors[i]);
+    for (size_t k = 0; k < set->n_maps; k++) {
+        const unsigned char *at = set->maps[k].base, *end = at + set->maps[k].size;
+        while (at && at < end) { /* the gap before the next live tensor */
+            const cx_st_tensor *next = NULL;
+            for (size_t i = 0; i < set->n_tensors; i++) {
+                const cx_st_tensor *t = &set->tensors[i];
+                if (t->live && t->data + t->nbytes > at && t->data < end && (!next || t->data < next->data)) next = t;
+            }
+            const unsigned char *stop = next ? (next->data > at ? next->data : at) : end;
+            cx_st_release(set, at, (size_t)(stop - at));
+            at = next ? next->data + next->nbytes : end;
+        }
+    }
+}
+
 /* ---- building one view ---- */
 
 /* The stored tensor t as fp32 in a new buffer (*out): quantized GGUF types dequantized row by
@@ -432,6 +490,7 @@ static int build_weights(circuits_model *m, const char *dir, const cx_arch *a, c
     /* One shared zero buffer backs every absent bias (b_U of GPT-2, biases of bias-free files);
      * allocated on first need, after the shapes before it have been checked. */
     float *zeros = NULL;
+    cx_st_tensor *copied = NULL; /* the last tensor a view was copied from, released when done */
     for (size_t i = 0; i < n; i++) {
         const cx_weight_entry *w = &specs[i];
         unsigned flags = cx_weight_kinds[w->kind].flags;
@@ -444,10 +503,15 @@ static int build_weights(circuits_model *m, const char *dir, const cx_arch *a, c
         if (!t && has_src && v.alt[0]) t = cx_st_find(m->files, v.alt);
         if (!t && !a->sources && (flags & CX_WF_KV)) t = tl_grouped_name(m, &v);
         bool attn_bias = w->kind == CX_B_Q || w->kind == CX_B_K || w->kind == CX_B_V || w->kind == CX_B_O;
+        if (copied && copied != t) { /* the views of a tensor follow each other (W_Q, W_K, W_V of c_attn) */
+            release_if_unread(m, copied);
+            copied = NULL;
+        }
         if (t) {
             bool kept = false;
             rc = make_stored(m, a, i, w, t, &kept);
             if (!rc && !kept) rc = make_view(m, w, &v, t, out);
+            if (!rc && m->exclusive[i]) copied = t;
         } else if (!has_src || (!a->sources && (flags & CX_WF_BIAS)) || (gguf && attn_bias)) {
             if (!zeros) {
                 size_t zlen = (size_t)c->d_model;
@@ -481,6 +545,7 @@ static int build_weights(circuits_model *m, const char *dir, const cx_arch *a, c
     }
     cx_free(specs);
     if (rc) return rc;
+    release_if_unread(m, copied);
     for (size_t i = 0; i < m->files->n_tensors; i++) {
         cx_st_tensor *t = &m->files->tensors[i];
         if (t->used || a->ignorable(t->name)) continue;
@@ -553,6 +618,7 @@ int circuits_model_load(circuits_model **out, const char *path, const circuits_l
     m->load_opts = o;
     rc = load_into(m, path, o.read_into_memory ? CX_ST_READ : CX_ST_MAP);
     if (!rc) rc = cx_process_weights(m, &o);
+    if (!rc) release_unread(m);
     if (rc) {
         circuits_model_free(m);
         return rc;

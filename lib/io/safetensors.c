@@ -58,6 +58,20 @@ void cx_st_close(cx_st_set *set)
     cx_free(set);
 }
 
+void cx_st_release(const cx_st_set *set, const void *p, size_t n)
+{
+    uintptr_t lo = (uintptr_t)p, hi = lo + n, page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (size_t i = 0; i < set->n_maps; i++) {
+        const cx_st_map *m = &set->maps[i];
+        uintptr_t base = (uintptr_t)m->base;
+        if (m->owned || !m->base || lo < base || hi > base + m->size) continue;
+        uintptr_t a = (lo + page - 1) / page * page, b = hi / page * page;
+        /* advice only: a failure leaves the pages resident, as before */
+        if (a < b) (void)madvise((void *)a, b - a, MADV_DONTNEED);
+        return;
+    }
+}
+
 cx_st_tensor *cx_st_find(const cx_st_set *set, const char *name)
 {
     for (size_t i = 0; i < set->n_tensors; i++)

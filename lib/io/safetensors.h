@@ -26,6 +26,7 @@ typedef struct cx_st_tensor {
     size_t nbytes;
     const char *file;          /* path of the file holding it (for messages) */
     bool used;                 /* consumed by the loader (to find unexpected tensors) */
+    bool live;                 /* a loaded model still reads it in place (model_load.c's release sweep) */
 } cx_st_tensor;
 
 /* One file's image: a read-only mapping, or (CX_ST_READ) a buffer of the library's allocator. */
@@ -64,6 +65,12 @@ void cx_st_close(cx_st_set *set);
 int cx_st_add_image(cx_st_set *set, const char *path, cx_st_mode mode, size_t min_size, const char *kind,
                     const cx_st_map **out);
 cx_st_tensor *cx_st_find(const cx_st_set *set, const char *name);
+/* Gives the pages of [p, p + n) back to the system where they belong to a mapped image: its
+ * page-aligned interior (the pages at either end may hold a neighbour's bytes). A later read
+ * faults them in again from the file (a private read-only mapping), so this only costs time if
+ * they are read again. Nothing for an image read into memory (CX_ST_READ): its pages are the
+ * only copy. */
+void cx_st_release(const cx_st_set *set, const void *p, size_t n);
 
 /* Parses a header buffer (the JSON after the 8-byte length) for a data region of data_size
  * bytes starting at data. Exposed for the tests and fuzzers. */

@@ -26,6 +26,7 @@ static int mutable(circuits_model *m, const circuits_tensor *ct)
     if (cx_stored(m, t)) /* refused_step refuses each step first: this is the backstop */
         return cx_fail(CIRCUITS_E_UNSUPPORTED, "weight processing cannot rewrite '%s', kept in its stored dtype", t->name);
     if (m->exclusive[idx]) return CIRCUITS_OK;
+    const float *src = t->data;
     size_t n = 1;
     for (int i = 0; i < t->ndim; i++) n *= (size_t)t->shape[i];
     float *buf = cx_malloc(n * sizeof *buf);
@@ -52,6 +53,7 @@ static int mutable(circuits_model *m, const circuits_tensor *ct)
     t->data = buf;
     memcpy(t->strides, st, sizeof st);
     m->exclusive[idx] = 1;
+    cx_model_release_source(m, src); /* the file's pages, once no other view reads them */
     return CIRCUITS_OK;
 }
 

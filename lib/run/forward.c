@@ -883,8 +883,13 @@ static int forward_pass(pass *ps, float **lg)
     prepare_mask(ps);
     int64_t logit_rows = B * (r->positions ? r->n_positions : T);
     /* hooks see only the run memory: logits a hook reads are made there and copied out after (a
-     * gradient run's tape copies them where they are: its own buffer) */
-    bool own_logits = !r->stop_at_layer && (r->out == NULL || cx_hook_watched(ctx, r, -1, HK_UNEMBED_OUT));
+     * gradient run's tape copies them where they are: its own buffer). A cache copy hands no
+     * pointer to anyone: it copies them from the caller's buffer (no third [B, T, V] in memory). */
+    int32_t lg_at = cx_hook_index(&ctx->hooks, -1, HK_UNEMBED_OUT);
+    bool cache_only = lg_at >= 0 && r->cache_dst && r->cache_dst[lg_at] && ctx->hooks.points[lg_at].capture < 0 &&
+                      !cx_hook_may_write(ctx, r, -1, HK_UNEMBED_OUT) &&
+                      !(r->observer.fn && r->observer.kind == HK_UNEMBED_OUT);
+    bool own_logits = !r->stop_at_layer && (r->out == NULL || (!cache_only && cx_hook_watched(ctx, r, -1, HK_UNEMBED_OUT)));
     int rc = prepare_scratch(ctx, B, T, ps->P + T, logit_rows, own_logits, ps->mask != NULL, &ps->s);
     if (rc) return rc;
     if (ps->mask) cx_position_ids(ps->mask, ps->mask_rs, B, T, ps->P, ps->s.pos_id);
