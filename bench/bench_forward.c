@@ -147,6 +147,39 @@ static size_t layer_bytes(const circuits_context *ctx, int64_t batch, int64_t po
     return total;
 }
 
+static int by_start(const void *a, const void *b)
+{
+    const uintptr_t *x = a, *y = b;
+    return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+/* The bytes of weights the loaded model holds: the union of its weights' extents (processed or
+ * converted copies, the zeros of absent biases once, and the parts of the mapped file it reads in
+ * place, e.g. GPT-2's fused c_attn once for W_Q, W_K and W_V). Weights kept in a stored dtype
+ * (data NULL) are not counted: no mode of this driver keeps them. 0 if it cannot be counted. */
+static size_t model_weight_bytes(const circuits_model *m)
+{
+    size_t n = circuits_model_weight_count(m), k = 0, total = 0;
+    uintptr_t *r = calloc(2 * (n ? n : 1), sizeof *r), end = 0;
+    if (!r) return 0;
+    for (size_t i = 0; i < n; i++) {
+        circuits_tensor t;
+        if (circuits_model_weight_at(m, i, &t) != CIRCUITS_OK || !t.data) continue;
+        uintptr_t last = 0;
+        for (int d = 0; d < t.ndim; d++) last += (uintptr_t)((t.shape[d] - 1) * t.strides[d]);
+        r[2 * k] = (uintptr_t)t.data;
+        r[2 * k++ + 1] = (uintptr_t)t.data + (last + 1) * sizeof(float);
+    }
+    qsort(r, k, 2 * sizeof *r, by_start);
+    for (size_t i = 0; i < k; i++) {
+        uintptr_t lo = r[2 * i] > end ? r[2 * i] : end;
+        if (r[2 * i + 1] > lo) total += r[2 * i + 1] - lo;
+        if (r[2 * i + 1] > end) end = r[2 * i + 1];
+    }
+    free(r);
+    return total;
+}
+
 static int run_forward(const forward_job *j)
 {
     if (j->mode == MODE_CACHE)
@@ -164,7 +197,7 @@ static int run_forward(const forward_job *j)
 }
 
 static int bench_shape(const bench_options *o, circuits_context *ctx, const circuits_config *c, const char *shape,
-                       int first_after_cold)
+                       int first_after_cold, size_t weight_bytes)
 {
     int B, T;
     if (sscanf(shape, "%d:%d", &B, &T) != 2 || B < 1 || T < 1) return usage("bench_forward");
@@ -203,10 +236,12 @@ static int bench_shape(const bench_options *o, circuits_context *ctx, const circ
     printf("{\"what\": \"forward\", \"mode\": \"%s\", \"raw\": %d, \"threads\": %d, \"batch\": %d, \"pos\": %d, "
            "\"reps\": %d, \"median_ms\": %.3f, \"min_ms\": %.3f, \"max_ms\": %.3f, \"tokens_per_s\": %.1f, "
            "\"hook_calls\": %ld, \"cache_entries\": %zu, \"cache_bytes\": %zu, \"logits_bytes\": %zu, "
-           "\"layer_bytes\": %zu, \"peak_rss_kb\": %ld, \"logits_probe\": [%.6g, %.6g, %.6g, %.6g]}\n",
+           "\"layer_bytes\": %zu, \"model_weight_bytes\": %zu, \"peak_rss_kb\": %ld, "
+           "\"logits_probe\": [%.6g, %.6g, %.6g, %.6g]}\n",
            MODE_NAMES[o->mode], o->raw, circuits_get_num_threads(), B, T, o->reps, med, t[0], t[o->reps - 1],
            B * T / (med / 1e3), hook_calls, j.cache ? circuits_cache_count(j.cache) : 0,
-           j.cache ? circuits_cache_nbytes(j.cache) : 0, logits_bytes, layer_bytes(ctx, B, T), bench_peak_rss_kb(),
+           j.cache ? circuits_cache_nbytes(j.cache) : 0, logits_bytes, layer_bytes(ctx, B, T),
+           weight_bytes, bench_peak_rss_kb(),
            last[0], last[1], last[2], last[3]);
     fflush(stdout);
     free(t);
@@ -226,13 +261,14 @@ int main(int argc, char **argv)
     circuits_config c = {.size = sizeof c};
     circuits_context *ctx;
     if (circuits_model_config(m, &c) || circuits_context_create(&ctx, m, NULL)) return fail("context");
+    size_t weight_bytes = model_weight_bytes(m);
     if (o.mode == MODE_HOOKS) {
         long n = add_hook_everywhere(ctx, noop_hook);
         if (n < 0) return fail("add_hook");
         printf("{\"what\": \"hooks\", \"registered\": %ld}\n", n);
     }
     for (int i = 0; i < o.n_shapes; i++)
-        if (bench_shape(&o, ctx, &c, o.shapes[i], o.cold && i == 0)) return 1;
+        if (bench_shape(&o, ctx, &c, o.shapes[i], o.cold && i == 0, weight_bytes)) return 1;
     printf("{\"what\": \"process\", \"peak_rss_kb\": %ld}\n", bench_peak_rss_kb());
     circuits_context_free(ctx);
     circuits_model_free(m);

@@ -29,7 +29,10 @@ def rss_mb(rec):
 
 
 def memory_budget(rec, weight_bytes):
-    """Weights + cached bytes + one layer's activations + the logits the caller asked for."""
+    """Weights + cached bytes + one layer's activations + the logits the caller asked for. The
+    weights: the bytes the loaded model holds (its processed copies and the mapped tensors it
+    reads in place: model_weight_bytes of bench_forward), else the file's size."""
+    weight_bytes = (rec or {}).get("model_weight_bytes") or weight_bytes
     if not rec or not weight_bytes:
         return None
     return (weight_bytes + rec["cache_bytes"] + rec["layer_bytes"] + rec["logits_bytes"]) / MB

@@ -199,9 +199,8 @@ def measure_forward(a, bin_dir, runner, py, gemm):
         res[("circuits", "cache", key)] = runner.run([fwd, MODEL, s, "--cache"] + common)
         if not a.no_tl:
             res[("tl", "cache", key)] = peer("tl", "cache", s)
-    # zero-copy weights: the memory target's "weights (mapped)" at the largest shape
-    big = max(shapes_of(a), key=lambda s: s[0] * s[1])
-    res[("circuits", "cache_raw", big)] = runner.run([fwd, MODEL, f"{big[0]}:{big[1]}", "--cache", "--raw"] + common)
+        # the memory target in both load modes: weights as stored (zero-copy mapping) too
+        res[("circuits", "cache_raw", key)] = runner.run([fwd, MODEL, s, "--cache", "--raw"] + common)
     return {k: forward_record(v) for k, v in res.items()}
 
 
