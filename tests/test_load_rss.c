@@ -55,8 +55,9 @@ static void write_gpt2(const char *dir, st_dtype dt)
     st_entry e[4 + 12 * L];
     int n = 0;
     uint32_t seed = 7;
-#define ADD(nm, nd, a, b, sc) (snprintf(e[n].name, sizeof e[n].name, "%s", nm), e[n].ndim = (nd), e[n].shape[0] = (a), \
-                               e[n].shape[1] = (b), e[n].data = randn((size_t)(a) * (size_t)((nd) == 2 ? (b) : 1), &seed, sc), n++)
+#define ADD(nm, nd, a, b, sc)                                                                     \
+    (snprintf(e[n].name, sizeof e[n].name, "%s", nm), e[n].ndim = (nd), e[n].shape[0] = (a), e[n].shape[1] = (b), \
+     e[n].data = randn((size_t)(a) * (size_t)((nd) == 2 ? (b) : 1), &seed, sc), n++)
     ADD("wte.weight", 2, V, D, 0.2f);
     ADD("wpe.weight", 2, CTX, D, 0.2f);
     for (int l = 0; l < L; l++) {
@@ -162,7 +163,9 @@ static long long file_rss(const char *file, range *maps, int cap, int *n_maps)
         unsigned long lo, hi;
         char path[4096] = "";
         long kb;
-        if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %4095[^\n]", &lo, &hi, path) >= 2 && strchr(line, '-') < strchr(line, ' ')) {
+        /* a mapping's header: "lo-hi perms offset dev inode [path]"; else a field such as "Rss:" */
+        bool header = strchr(line, '-') && strchr(line, ' ') && strchr(line, '-') < strchr(line, ' ');
+        if (header && sscanf(line, "%lx-%lx %*s %*s %*s %*s %4095[^\n]", &lo, &hi, path) >= 2) {
             in = strcmp(path, real) == 0;
             if (in && *n_maps < cap) maps[(*n_maps)++] = (range){lo, hi};
         } else if (in && sscanf(line, "Rss: %ld kB", &kb) == 1) {

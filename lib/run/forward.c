@@ -889,7 +889,8 @@ static int forward_pass(pass *ps, float **lg)
     bool cache_only = lg_at >= 0 && r->cache_dst && r->cache_dst[lg_at] && ctx->hooks.points[lg_at].capture < 0 &&
                       !cx_hook_may_write(ctx, r, -1, HK_UNEMBED_OUT) &&
                       !(r->observer.fn && r->observer.kind == HK_UNEMBED_OUT);
-    bool own_logits = !r->stop_at_layer && (r->out == NULL || (!cache_only && cx_hook_watched(ctx, r, -1, HK_UNEMBED_OUT)));
+    bool own_logits =
+        !r->stop_at_layer && (r->out == NULL || (!cache_only && cx_hook_watched(ctx, r, -1, HK_UNEMBED_OUT)));
     int rc = prepare_scratch(ctx, B, T, ps->P + T, logit_rows, own_logits, ps->mask != NULL, &ps->s);
     if (rc) return rc;
     if (ps->mask) cx_position_ids(ps->mask, ps->mask_rs, B, T, ps->P, ps->s.pos_id);
