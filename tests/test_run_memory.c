@@ -133,6 +133,41 @@ static void untaken_memory_is_reused(const char *dir)
     circuits_model_free(m);
 }
 
+/* A cache that records the logits copies them from the caller's buffer: no callback sees them,
+ * so the run memory holds no [B, T, V] copy of its own (it would be a third one, next to the
+ * caller's and the cache's): run_with_cache's run memory is a plain forward's. */
+static void cached_logits_need_no_run_copy(const char *dir)
+{
+    circuits_model *m;
+    circuits_context *ctx;
+    CHECK_OK(circuits_model_load(&m, dir, NULL));
+    CHECK_OK(circuits_context_create(&ctx, m, NULL));
+    circuits_config c = {.size = sizeof c};
+    CHECK_OK(circuits_model_config(m, &c));
+    int32_t tok[2 * 6];
+    tokens_for(tok, 12, c.d_vocab, 3);
+    float *lg = malloc(sizeof *lg * 12 * (size_t)c.d_vocab_out);
+    circuits_cache *cache = NULL;
+    circuits_run_memory *plain = NULL, *cached = NULL;
+    CHECK_OK(circuits_cache_create(&cache));
+    CHECK_OK(circuits_context_forward(ctx, tok, 2, 6, lg, NULL, NULL));
+    CHECK_OK(circuits_context_take_run_memory(ctx, &plain));
+    CHECK_OK(circuits_context_run_with_cache(ctx, tok, 2, 6, NULL, 0, cache, lg, NULL, NULL));
+    CHECK_OK(circuits_context_take_run_memory(ctx, &cached));
+    CHECK(plain && cached && circuits_run_memory_nbytes(cached) == circuits_run_memory_nbytes(plain),
+          "run_with_cache's run memory %zu bytes, a forward's %zu", circuits_run_memory_nbytes(cached),
+          circuits_run_memory_nbytes(plain));
+    circuits_tensor t;
+    CHECK_OK(circuits_cache_get(cache, "unembed.hook_out", &t));
+    CHECK(t.data && memcmp(t.data, lg, sizeof *lg * 12 * (size_t)c.d_vocab_out) == 0, "the cached logits differ");
+    circuits_run_memory_free(plain);
+    circuits_run_memory_free(cached);
+    circuits_cache_free(cache);
+    free(lg);
+    circuits_context_free(ctx);
+    circuits_model_free(m);
+}
+
 typedef struct take_in_hook {
     circuits_context *ctx;
     int rc;
@@ -379,6 +414,7 @@ int main(int argc, char **argv)
     }
     kept_views_outlive_everything(argv[1]);
     untaken_memory_is_reused(argv[1]);
+    cached_logits_need_no_run_copy(argv[1]);
     take_refused_during_a_pass(argv[1]);
     logit_edits_reach_the_caller(argv[1]);
     generation_lends_per_step(argv[1]);
