@@ -9,6 +9,8 @@
  *     --cold         evict the weight files from the page cache first (checked with mincore),
  *                    time one load and the first forward after it (which faults mapped pages in)
  *     --hooks        a no-op callback at every hook point of the context
+ *     --hooks-no-attn  the same at every point except attn.hook_attn_scores / attn.hook_pattern
+ *                    (a callback there puts [B, H, T, T] in memory: the issue's two goals)
  *     --cache        run_with_cache of every hook point, into one cache reused across reps
  *     --last         logits at the last position only (circuits_context_run, logit_positions)
  *
@@ -22,8 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { MODE_PLAIN, MODE_HOOKS, MODE_CACHE, MODE_LAST } run_mode;
-static const char *const MODE_NAMES[] = {"plain", "hooks", "cache", "last"};
+typedef enum { MODE_PLAIN, MODE_HOOKS, MODE_HOOKS_NO_ATTN, MODE_CACHE, MODE_LAST } run_mode;
+static const char *const MODE_NAMES[] = {"plain", "hooks", "hooks_no_attn", "cache", "last"};
 
 typedef struct {
     const char *model_dir;
@@ -47,7 +49,7 @@ typedef struct {
 static int usage(const char *argv0)
 {
     fprintf(stderr, "usage: %s MODEL_DIR [--reps N] [--warmup N] [--threads N] [--raw] [--load-reps N] [--cold] "
-                    "[--hooks | --cache | --last] B:T [B:T ...]\n", argv0);
+                    "[--hooks | --hooks-no-attn | --cache | --last] B:T [B:T ...]\n", argv0);
     return 2;
 }
 
@@ -65,6 +67,7 @@ static int parse_options(int argc, char **argv, bench_options *o)
         else if (!strcmp(a, "--raw")) o->raw = 1;
         else if (!strcmp(a, "--cold")) o->cold = 1;
         else if (!strcmp(a, "--hooks")) o->mode = MODE_HOOKS;
+        else if (!strcmp(a, "--hooks-no-attn")) o->mode = MODE_HOOKS_NO_ATTN;
         else if (!strcmp(a, "--cache")) o->mode = MODE_CACHE;
         else if (!strcmp(a, "--last")) o->mode = MODE_LAST;
         else if (a[0] == '-') return -1;
@@ -120,16 +123,26 @@ static int counting_hook(const circuits_tensor *act, void *user_data)
     return CIRCUITS_HOOK_CONTINUE;
 }
 
-/* Registers fn at every hook point, one registration per point; returns the count or -1. */
-static long add_hook_everywhere(circuits_context *ctx, circuits_hook_fn fn)
+/* The attention scores and pattern: the points whose callback keeps [B, H, T, T] in memory. */
+static int is_attention_square(const char *name)
+{
+    return strstr(name, ".hook_attn_scores") || strstr(name, ".hook_pattern");
+}
+
+/* Registers fn at every hook point (but the attention squares with MODE_HOOKS_NO_ATTN), one
+ * registration per point; returns the count or -1. */
+static long add_hook_everywhere(circuits_context *ctx, circuits_hook_fn fn, run_mode mode)
 {
     size_t n = circuits_context_hook_point_count(ctx);
+    long added = 0;
     for (size_t i = 0; i < n; i++) {
         circuits_tensor t;
-        if (circuits_context_hook_point(ctx, i, 1, 1, &t) || circuits_context_add_hook(ctx, t.name, fn, NULL, NULL))
-            return -1;
+        if (circuits_context_hook_point(ctx, i, 1, 1, &t)) return -1;
+        if (mode == MODE_HOOKS_NO_ATTN && is_attention_square(t.name)) continue;
+        if (circuits_context_add_hook(ctx, t.name, fn, NULL, NULL)) return -1;
+        added++;
     }
-    return (long)n;
+    return added;
 }
 
 /* Bytes of one block's activations at [batch, pos]: the hook points of layer 0 (an estimate
@@ -196,6 +209,31 @@ static int run_forward(const forward_job *j)
     return circuits_context_forward(j->ctx, j->tokens, j->batch, j->pos, j->logits, NULL, NULL);
 }
 
+/* The cache goal's yardstick: one memcpy of the cache's bytes (its block: the entries lie in it
+ * one after another) into a buffer of the same size, faulted in first; the median of reps. Run
+ * after the forward line, whose peak RSS this buffer must not count in. */
+static int cache_copy(const bench_options *o, const circuits_cache *cache)
+{
+    circuits_tensor first;
+    if (circuits_cache_at(cache, 0, &first)) return fail("cache_at");
+    size_t bytes = circuits_cache_nbytes(cache);
+    char *dst = malloc(bytes);
+    double *t = calloc((size_t)o->reps, sizeof *t);
+    if (!dst || !t) return fail("malloc");
+    memcpy(dst, first.data, bytes);
+    for (int r = 0; r < o->reps; r++) {
+        double t0 = bench_now_ms();
+        memcpy(dst, first.data, bytes);
+        t[r] = bench_now_ms() - t0;
+    }
+    printf("{\"what\": \"cache_copy\", \"bytes\": %zu, \"reps\": %d, \"median_ms\": %.3f, \"probe\": %d}\n", bytes,
+           o->reps, bench_median(t, o->reps), dst[bytes - 1]);
+    fflush(stdout);
+    free(t);
+    free(dst);
+    return 0;
+}
+
 static int bench_shape(const bench_options *o, circuits_context *ctx, const circuits_config *c, const char *shape,
                        int first_after_cold, size_t weight_bytes)
 {
@@ -215,12 +253,12 @@ static int bench_shape(const bench_options *o, circuits_context *ctx, const circ
         printf("{\"what\": \"first_forward\", \"batch\": %d, \"pos\": %d, \"ms\": %.3f}\n", B, T, bench_now_ms() - t0);
     }
     hook_calls = 0;
-    if (o->mode == MODE_HOOKS) { /* count the calls one forward makes, untimed */
+    if (o->mode == MODE_HOOKS || o->mode == MODE_HOOKS_NO_ATTN) { /* count the calls one forward makes, untimed */
         circuits_context_clear_hooks(ctx);
-        if (add_hook_everywhere(ctx, counting_hook) < 0) return fail("add_hook");
+        if (add_hook_everywhere(ctx, counting_hook, o->mode) < 0) return fail("add_hook");
         if (run_forward(&j)) return fail("forward");
         circuits_context_clear_hooks(ctx);
-        if (add_hook_everywhere(ctx, noop_hook) < 0) return fail("add_hook");
+        if (add_hook_everywhere(ctx, noop_hook, o->mode) < 0) return fail("add_hook");
     }
     for (int r = 0; r < o->warmup; r++)
         if (run_forward(&j)) return fail("forward");
@@ -244,6 +282,7 @@ static int bench_shape(const bench_options *o, circuits_context *ctx, const circ
            weight_bytes, bench_peak_rss_kb(),
            last[0], last[1], last[2], last[3]);
     fflush(stdout);
+    if (j.cache && circuits_cache_count(j.cache) && cache_copy(o, j.cache)) return 1;
     free(t);
     free(tok);
     free(j.logits);
@@ -262,8 +301,8 @@ int main(int argc, char **argv)
     circuits_context *ctx;
     if (circuits_model_config(m, &c) || circuits_context_create(&ctx, m, NULL)) return fail("context");
     size_t weight_bytes = model_weight_bytes(m);
-    if (o.mode == MODE_HOOKS) {
-        long n = add_hook_everywhere(ctx, noop_hook);
+    if (o.mode == MODE_HOOKS || o.mode == MODE_HOOKS_NO_ATTN) {
+        long n = add_hook_everywhere(ctx, noop_hook, o.mode);
         if (n < 0) return fail("add_hook");
         printf("{\"what\": \"hooks\", \"registered\": %ld}\n", n);
     }

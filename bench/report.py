@@ -79,23 +79,31 @@ def render(a, m, gemm, fwd, load, comp):
         out += ["", f"TransformerLens with autograd on (its default, no inference_mode) at B=1 T=128: "
                     f"{f(ms(autograd))} ms, peak RSS {f(rss_mb(autograd), '.0f')} MB."]
 
-    # hooks
+    # hooks (issue 19's goals: <= 5% with a callback everywhere, <= 2% everywhere but the two
+    # attention squares, whose callback keeps [B, H, T, T] in memory)
     rows = []
     for s in shapes:
-        c0, c, t0, t = (get("circuits", "plain", s), get("circuits", "hooks", s), get("tl", "plain", s),
-                        get("tl", "hooks", s))
+        c0, c, cn, t0, t = (get("circuits", "plain", s), get("circuits", "hooks", s),
+                            get("circuits", "hooks_no_attn", s), get("tl", "plain", s), get("tl", "hooks", s))
         over = ratio(ms(c), ms(c0))
+        over_n = ratio(ms(cn), ms(c0))
         tover = ratio(ms(t), ms(t0))
         rows.append(f"| {s[0]}×{s[1]} | {f(c and c.get('registered'), 'd')} / {f(c and c['hook_calls'], 'd')} | "
                     f"{f(t and t.get('registered'), 'd')} / {f(t and t['hook_calls'], 'd')} | {f(ms(c))} | "
-                    f"{f(over and 100 * (over - 1), '+.1f', '%')} | {f(ms(t))} | {f(tover and 100 * (tover - 1), '+.1f', '%')} | "
-                    f"{f(ratio(ms(t), ms(c)), '.2f', '×')} |")
+                    f"{f(over and 100 * (over - 1), '+.1f', '%')} | {f(ms(cn))} | "
+                    f"{f(over_n and 100 * (over_n - 1), '+.1f', '%')} | {f(ms(t))} | "
+                    f"{f(tover and 100 * (tover - 1), '+.1f', '%')} | {f(ratio(ms(t), ms(c)), '.2f', '×')} |")
         target(f"no-op hooks at every point, overhead, B={s[0]} T={s[1]}", f(over and 100 * (over - 1), "+.1f", "%"),
-               "≤ 1%", over and over <= 1.01, not over or over >= 0.97)
+               "≤ 5%", over and over <= 1.05, not over or over >= 0.97)
+        if cn:
+            target(f"no-op hooks at every point but attn_scores / pattern, overhead, B={s[0]} T={s[1]}",
+                   f(over_n and 100 * (over_n - 1), "+.1f", "%"), "≤ 2%", over_n and over_n <= 1.02,
+                   not over_n or over_n >= 0.97)
     out += ["", "### A no-op hook at every hook point", "",
             "| B×T | lc hooks registered / called | TL hooks registered / called | libcircuits ms | vs lc forward "
-            "| TL run_with_hooks ms | vs TL forward | speed-up vs TL |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"] + rows
+            "| lc, all but attn_scores / pattern, ms | vs lc forward | TL run_with_hooks ms | vs TL forward "
+            "| speed-up vs TL |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] + rows
 
     # cache
     rows = []
@@ -112,6 +120,10 @@ def render(a, m, gemm, fwd, load, comp):
             if over is not None:
                 target(f"cache of every activation, overhead, B={s[0]} T={s[1]}", f(100 * (over - 1), "+.1f", "%"),
                        "≤ 5%", over <= 1.05, over >= 0.97)
+            if over is not None and c.get("copy_ms"):  # issue 19: within the time of copying its bytes
+                extra = ms(c) - ms(c0)
+                target(f"cache of every activation, time over the forward vs one memcpy of its bytes, B={s[0]} T={s[1]}",
+                       f"{extra:.1f} ms / {c['copy_ms']:.1f} ms", "≤ 1×", extra <= c["copy_ms"], extra >= -0.03 * ms(c0))
             if budget and c:
                 target(f"cache peak RSS vs weights + cache + one layer + logits, B={s[0]} T={s[1]}, {label}",
                        f"{rss_mb(c):.0f} MB / {budget:.0f} MB", f"≤ {MEMORY_SLACK:.2f}×", rss_mb(c) <= budget * MEMORY_SLACK)

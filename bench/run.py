@@ -194,6 +194,7 @@ def measure_forward(a, bin_dir, runner, py, gemm):
             if key == (1, 128):  # autograd keeps every activation: only the smallest shape
                 res[("tl", "autograd", key)] = peer("tl", "autograd", s)
         res[("circuits", "hooks", key)] = runner.run([fwd, MODEL, s, "--hooks"] + common)
+        res[("circuits", "hooks_no_attn", key)] = runner.run([fwd, MODEL, s, "--hooks-no-attn"] + common)
         if not a.no_tl:
             res[("tl", "hooks", key)] = peer("tl", "hooks", s)
         res[("circuits", "cache", key)] = runner.run([fwd, MODEL, s, "--cache"] + common)
@@ -205,11 +206,15 @@ def measure_forward(a, bin_dir, runner, py, gemm):
 
 
 def forward_record(rows):
-    """The forward line of a run, with the hook count its driver printed (if any)."""
+    """The forward line of a run, with the hook count and the cache's memcpy time its driver
+    printed (if any)."""
     rec = next((r for r in rows if r["what"] == "forward"), None)
     hooks = next((r for r in rows if r["what"] == "hooks"), None)
+    copy = next((r for r in rows if r["what"] == "cache_copy"), None)
     if rec and hooks:
         rec.setdefault("registered", hooks["registered"])
+    if rec and copy:
+        rec.setdefault("copy_ms", copy["median_ms"])
     return rec
 
 

@@ -141,9 +141,77 @@ static void test_cache(void)
     json_decref(cj);
 }
 
+static int hook_noop(const circuits_tensor *t, void *u)
+{
+    (void)t;
+    (void)u;
+    return CIRCUITS_HOOK_CONTINUE;
+}
+
+/* When only the cache reads attn_scores / pattern the attention stays fused and writes the
+ * cache's rows itself (forward.c); a callback at every point makes the pass materialise both
+ * tensors and fire. The two caches, and the logits, must be the same bit for bit: causal,
+ * windowed and soft-capped attention, a left-padded row, and a KV cache's held keys. */
+static void test_cache_fused_attention(void)
+{
+    static const char *const cases[] = {"hf_tiny_random_gpt2", "tl_local_all", "tl_attn_softcap",
+                                        "hf_mistral_window"};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        circuits_model *m = load_case(cases[k]);
+        circuits_config c = config_of(m);
+        circuits_context *ctx = make_ctx(m, 0);
+        enum { B = 2, T = 7, HELD = 3 };
+        int32_t tok[B * T], mask[B * T];
+        make_tokens(tok, B * T, c.d_vocab, 31 + (uint32_t)k);
+        for (int i = 0; i < B * T; i++) mask[i] = i >= T || i % T >= 2; /* row 0: two pads on the left */
+        size_t nl = (size_t)B * T * (size_t)c.d_vocab_out;
+        float *lg[2] = {malloc(nl * sizeof(float)), malloc(nl * sizeof(float))};
+        for (int kv = 0; kv < 2; kv++) {
+            circuits_cache *cache[2];
+            circuits_kv_cache *held[2] = {NULL, NULL};
+            for (int hooked = 0; hooked < 2; hooked++) {
+                CHECK_OK(circuits_cache_create(&cache[hooked]));
+                circuits_run_options ro;
+                circuits_run_options_init(&ro);
+                ro.attention_mask = mask;
+                if (kv) { /* HELD positions first (unmasked), then the run continues them */
+                    CHECK_OK(circuits_kv_cache_create(&held[hooked], m, B, HELD + T));
+                    CHECK_OK(circuits_context_forward_kv(ctx, held[hooked], tok, B, HELD, NULL));
+                    ro.kv_cache = held[hooked];
+                }
+                if (hooked) CHECK_OK(circuits_context_add_hook(ctx, "*", hook_noop, NULL, NULL));
+                CHECK_OK(circuits_context_run_with_cache_opts(ctx, &ro, tok, B, T, NULL, 0, cache[hooked], lg[hooked],
+                                                              NULL, NULL));
+                circuits_context_clear_hooks(ctx);
+            }
+            CHECK(memcmp(lg[0], lg[1], nl * sizeof(float)) == 0, "%s kv %d: logits differ with callbacks", cases[k], kv);
+            CHECK(circuits_cache_count(cache[0]) == circuits_cache_count(cache[1]) &&
+                      circuits_cache_nbytes(cache[0]) == circuits_cache_nbytes(cache[1]),
+                  "%s kv %d: the caches differ in layout", cases[k], kv);
+            for (size_t i = 0; i < circuits_cache_count(cache[0]); i++) {
+                circuits_tensor a, b;
+                CHECK_OK(circuits_cache_at(cache[0], i, &a));
+                CHECK_OK(circuits_cache_at(cache[1], i, &b));
+                CHECK(strcmp(a.name, b.name) == 0 && numel(&a) == numel(&b) &&
+                          memcmp(a.data, b.data, numel(&a) * sizeof(float)) == 0,
+                      "%s kv %d: '%s' differs between the fused and the materialised attention", cases[k], kv, a.name);
+            }
+            for (int h = 0; h < 2; h++) {
+                circuits_cache_free(cache[h]);
+                circuits_kv_cache_free(held[h]);
+            }
+        }
+        free(lg[0]);
+        free(lg[1]);
+        circuits_context_free(ctx);
+        circuits_model_free(m);
+    }
+}
+
 int main(int argc, char **argv)
 {
     tu_cases_arg(argc, argv);
     test_cache();
+    test_cache_fused_attention();
     return tu_finish("test_cache");
 }

@@ -385,6 +385,41 @@ static void test_softmax_causal(void)
     CHECK(memcmp(a, b, sizeof a) == 0, "causal softmax differs from the whole-row softmax");
 }
 
+/* Scores a hook may have written (forward.c's split attention): rows whose masked part is still
+ * -inf take the windowed causal softmax bit for bit; a row written in its masked part (a finite
+ * value before the window, after the diagonal, or a NaN) the whole-row softmax. P cached keys. */
+static void test_softmax_masked(void)
+{
+    enum { N = 2, T = 29, P = 5, TK = P + T, W = 9 };
+    static float a[N * T * TK], b[N * T * TK], c[N * T * TK];
+    unsigned x = 777;
+    for (int m = 0; m < N; m++)
+        for (int i = 0; i < T; i++)
+            for (int j = 0; j < TK; j++) {
+                x = x * 1103515245u + 12345u;
+                bool seen = j <= P + i && j > P + i - W;
+                float v = seen ? ((float)(x >> 8) / 16777216.0f - 0.5f) * 20.0f : -INFINITY;
+                a[(m * T + i) * TK + j] = b[(m * T + i) * TK + j] = c[(m * T + i) * TK + j] = v;
+            }
+    /* written rows: row 3 of matrix 0 after its diagonal, row 20 before its window, row 7 of
+     * matrix 1 with a NaN in its masked part */
+    int64_t w0 = (0 * T + 3) * TK + P + 3 + 2, w1 = (0 * T + 20) * TK + P + 20 - W - 1, w2 = (1 * T + 7) * TK + TK - 1;
+    b[w0] = c[w0] = 1.5f;
+    b[w1] = c[w1] = -0.25f;
+    b[w2] = c[w2] = NAN;
+    cx_softmax_causal_window(a, N, T, P, W);
+    cx_softmax_masked(b, N, T, P, W);
+    for (int r = 0; r < N * T; r++) { /* the reference: whole rows where written */
+        float *row = c + (int64_t)r * TK;
+        bool written = row == c + w0 / TK * TK || row == c + w1 / TK * TK || row == c + w2 / TK * TK;
+        if (written) cx_softmax_rows(row, 1, TK);
+        else memcpy(row, a + (int64_t)r * TK, TK * sizeof *row);
+    }
+    CHECK(memcmp(b, c, sizeof b) == 0, "masked softmax differs from causal rows / whole written rows");
+    CHECK(b[w0] > 0.0f && b[w1] > 0.0f, "a written masked entry got no weight");
+    for (int j = 0; j < TK; j++) CHECK(c[w2 / TK * TK + j] == 0.0f, "a NaN row is not zeros at %d", j);
+}
+
 /* ---- the pool (lib/base/pool.c) ---- */
 
 typedef struct cover_arg { int *hits; int64_t align, n; int bad_bounds; } cover_arg;
@@ -540,6 +575,7 @@ int main(void)
     }
     test_pool();
     test_softmax_causal();
+    test_softmax_masked();
     test_matmul();
     test_sequences();
     test_softmax();

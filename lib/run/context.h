@@ -250,6 +250,21 @@ static inline bool cx_hook_watched(const circuits_context *ctx, const cx_run *ru
                       (run->observer.fn && run->observer.kind == kind) || cx_run_edit(run, layer, kind));
 }
 
+/* Where run_with_cache copies (layer, kind) when that copy is the point's only reader in this run
+ * (no callback, editor, observer, SAE, capture or tape): the pass may then write the value
+ * there itself, from inside a fused kernel, instead of materialising it and firing. NULL
+ * otherwise. */
+static inline float *cx_hook_cache_only(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)
+{
+    int32_t i = cx_hook_index(&ctx->hooks, layer, kind);
+    if (i < 0 || !run->cache_dst || !run->cache_dst[i] || run->tape) return NULL;
+    const cx_hook_point *p = &ctx->hooks.points[i];
+    if (p->n_regs > 0 || p->sae >= 0 || p->capture >= 0 || (run->observer.fn && run->observer.kind == kind) ||
+        cx_run_edit(run, layer, kind))
+        return NULL;
+    return run->cache_dst[i];
+}
+
 /* True if anything reads (layer, kind) in this run (a gradient run's tape reads every point): the
  * pass must materialise it and fire. */
 static inline bool cx_hook_active(const circuits_context *ctx, const cx_run *run, int layer, cx_hook_kind kind)

@@ -322,7 +322,18 @@ typedef struct attn_job {
     int64_t mask_rs;
     int steps;
     bool hooked;                /* a callback saw the scores or pattern: STEP_MIX checks the masked part */
+    float *cache_scores, *cache_pattern; /* fused steps: run_with_cache's copies of the scores and
+                                 * pattern [B, H, T, Tk], written row by row (NULL: not cached) */
 } attn_job;
+
+/* Row i of a cached scores or pattern matrix: the keys query i sees [lo, hi) from the working row,
+ * `fill` (-inf: scores, 0: pattern) elsewhere, as the materialised tensor holds them. */
+static void cache_row(float *dst, const float *row, int64_t lo, int64_t hi, int64_t Tk, float fill)
+{
+    for (int64_t c = 0; c < lo; c++) dst[c] = fill;
+    memcpy(dst + lo, row + lo, (size_t)(hi - lo) * sizeof *dst);
+    for (int64_t c = hi; c < Tk; c++) dst[c] = fill;
+}
 
 /* The first key query i sees. */
 static inline int64_t first_key(const attn_job *j, int64_t i)
@@ -375,7 +386,9 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
                         for (int64_t c = lo; c < hi; c++)
                             if (!j->mask[b * j->mask_rs + c]) row[c] = -INFINITY;
                     if (j->steps & STEP_SOFTMAX) { /* fused: only what pattern @ v reads below */
+                        if (j->cache_scores) cache_row(j->cache_scores + (bh * T + i) * Tk, row, lo, hi, Tk, -INFINITY);
                         cx_softmax_row(row + lo, hi - lo);
+                        if (j->cache_pattern) cache_row(j->cache_pattern + (bh * T + i) * Tk, row, lo, hi, Tk, 0.0f);
                         for (int64_t c = k0; c < lo; c++) row[c] = 0.0f;
                         for (int64_t c = hi; c < k1; c++) row[c] = 0.0f;
                     } else {
@@ -431,7 +444,7 @@ static int attention(pass *ps, int l)
     circuits_kv_cache *kv = ps->run->kv;
     int64_t B = ps->B, T = ps->T, N = B * T, D = c->d_model, H = c->n_heads, dh = c->d_head, HD = H * dh;
     int64_t KV = c->n_key_value_heads, KD = KV * dh; /* grouped-query attention: K/V heads */
-    int64_t P = ps->P, Tk = P + T; /* cached positions, key positions */
+    int64_t P = ps->P; /* cached positions */
     if (cx_split_heads(ctx)) {
         int rc = split_head_qkv(ps, l);
         if (rc) return rc;
@@ -476,25 +489,31 @@ static int attention(pass *ps, int l)
      * or pattern the three steps run fused per block of queries. */
     float scale = c->attn_scale;
     if (c->scale_attn_by_inverse_layer_idx) scale = (float)((double)c->attn_scale * (l + 1));
-    bool hook_scores = cx_hook_active(ctx, ps->run, l, HK_ATTN_SCORES),
-         hook_pattern = cx_hook_active(ctx, ps->run, l, HK_PATTERN);
+    /* Points only run_with_cache reads stay fused: each task writes its rows of the cache's copy
+     * (the tensor never lands in the run memory, and the copy runs on the pool). */
+    float *cache_scores = cx_hook_cache_only(ctx, ps->run, l, HK_ATTN_SCORES),
+          *cache_pattern = cx_hook_cache_only(ctx, ps->run, l, HK_PATTERN);
+    bool hook_scores = !cache_scores && cx_hook_active(ctx, ps->run, l, HK_ATTN_SCORES),
+         hook_pattern = !cache_pattern && cx_hook_active(ctx, ps->run, l, HK_PATTERN);
     attn_job job = {.s = s, .B = B, .T = T, .P = P, .H = H, .dh = dh, .group = H / KV, .keys = keys,
                     .vals = vals, .kv_rs = KD, .kv_bs = kv_bs, .scale = scale, .cap = c->attn_scores_soft_cap,
                     .window = cx_layer_is_local(c, l) ? c->window_size : 0, .mask = ps->mask,
                     .mask_rs = ps->mask_rs};
     if (!hook_scores && !hook_pattern) {
+        job.cache_scores = cache_scores;
+        job.cache_pattern = cache_pattern;
         job.steps = STEP_SCORES | STEP_SOFTMAX | STEP_MIX;
         cx_parallel_for(B * H, 1, attn_task, &job);
     } else {
         job.steps = STEP_SCORES;
         cx_parallel_for(B * H, 1, attn_task, &job);
         FIRE(l, HK_ATTN_SCORES, s->scores);
-        /* a hook may write anywhere in a row: then softmax takes whole rows, as TransformerLens
-         * does (on untouched rows that is bit-identical to the causal softmax: the masked -inf
-         * add exact zeros), and pattern @ v whole rows unless the masked part is still 0. Read-only
-         * hooks: the mask is intact, and the softmax runs over each row's own keys (window too),
-         * exactly as the fused path does. */
-        if (cx_hook_may_write(ctx, ps->run, l, HK_ATTN_SCORES)) cx_softmax_rows(s->scores, B * H * T, Tk);
+        /* a hook may write anywhere in a row: a row it wrote outside the keys its query sees takes
+         * the whole-row softmax, as TransformerLens does; a row whose masked part is still -inf
+         * (every row of a no-op hook) the softmax over its own keys, as the fused path does (the
+         * same value, bit for bit the plain run's, at half the exps). pattern @ v then takes whole
+         * rows unless the masked part is still 0. Read-only hooks: the mask is intact. */
+        if (cx_hook_may_write(ctx, ps->run, l, HK_ATTN_SCORES)) cx_softmax_masked(s->scores, B * H, T, P, job.window);
         else cx_softmax_causal_window(s->scores, B * H, T, P, job.window);
         FIRE(l, HK_PATTERN, s->scores);
         job.steps = STEP_MIX;
@@ -882,22 +901,17 @@ static int forward_pass(pass *ps, float **lg)
     int64_t B = ps->B, T = ps->T;
     prepare_mask(ps);
     int64_t logit_rows = B * (r->positions ? r->n_positions : T);
-    /* hooks see only the run memory: logits a hook reads are made there and copied out after (a
-     * gradient run's tape copies them where they are: its own buffer). A cache copy hands no
-     * pointer to anyone: it copies them from the caller's buffer (no third [B, T, V] in memory). */
-    int32_t lg_at = cx_hook_index(&ctx->hooks, -1, HK_UNEMBED_OUT);
-    bool cache_only = lg_at >= 0 && r->cache_dst && r->cache_dst[lg_at] && ctx->hooks.points[lg_at].capture < 0 &&
-                      !cx_hook_may_write(ctx, r, -1, HK_UNEMBED_OUT) &&
-                      !(r->observer.fn && r->observer.kind == HK_UNEMBED_OUT);
-    bool own_logits =
-        !r->stop_at_layer && (r->out == NULL || (!cache_only && cx_hook_watched(ctx, r, -1, HK_UNEMBED_OUT)));
+    /* callbacks see only the run memory: logits a callback or editor reads are made there and
+     * copied out after. Readers that copy what they read (a cache, a transcoder's capture, a
+     * gradient run's tape) and the observer take them where they are: the caller's buffer. */
+    bool own_logits = !r->stop_at_layer && (r->out == NULL || cx_hook_may_write(ctx, r, -1, HK_UNEMBED_OUT));
     int rc = prepare_scratch(ctx, B, T, ps->P + T, logit_rows, own_logits, ps->mask != NULL, &ps->s);
     if (rc) return rc;
     if (ps->mask) cx_position_ids(ps->mask, ps->mask_rs, B, T, ps->P, ps->s.pos_id);
     *lg = own_logits ? ps->s.logits : r->out;
     if ((rc = run(ps, r->stop_at_layer ? r->out : *lg))) return rc;
-    if (own_logits && r->out)
-        memcpy(r->out, *lg, (size_t)logit_rows * (size_t)ctx->model->cfg.d_vocab_out * sizeof(float));
+    if (own_logits && r->out) /* 26 MB at [1, 128]: on the pool, as a cache copy is */
+        cx_copy_floats(r->out, *lg, (size_t)logit_rows * (size_t)ctx->model->cfg.d_vocab_out);
     return CIRCUITS_OK;
 }
 

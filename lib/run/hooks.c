@@ -1,6 +1,6 @@
 /* The hook table (hooks.h), TransformerLens name resolution, and firing (context.h). */
 #include "context.h"
-#include "pool.h"
+#include "kernels.h"
 #include "sae.h"
 
 #include <ctype.h>
@@ -391,19 +391,6 @@ int cx_hook_one(const circuits_context *ctx, const char *fn, const char *name, i
 
 /* ---- firing ---- */
 
-/* The cache copy, split over the pool: at long T one activation is hundreds of MB (attention
- * scores and pattern), and one core does not saturate the memory bus. */
-typedef struct copy_job {
-    float *dst;
-    const float *src;
-} copy_job;
-
-static void copy_task(void *arg, int64_t begin, int64_t end)
-{
-    const copy_job *j = arg;
-    memcpy(j->dst + begin, j->src + begin, (size_t)(end - begin) * sizeof(float));
-}
-
 void cx_hook_describe(const circuits_context *ctx, const cx_hook_point *p, int64_t B, int64_t T, int64_t past,
                       float *data, circuits_tensor *t)
 {
@@ -454,10 +441,7 @@ static int fire_point(circuits_context *ctx, const cx_run *run, int32_t idx, flo
     }
     if (observed && (rc = cx_callback_status(run->observer.fn(&t, run->observer.user_data), "observer", p->name)))
         return rc;
-    if (dst) {
-        copy_job job = {dst, data};
-        cx_parallel_for((int64_t)numel, (int64_t)1 << 16, copy_task, &job); /* under 64 Ki floats: one chunk, inline */
-    }
+    if (dst) cx_copy_floats(dst, data, numel);
     if (run->tape) cx_tape_record(run->tape, idx, false, data, numel);
     if (p->capture >= 0) cx_sae_capture(ctx, p->capture, data, numel);
     return CIRCUITS_OK;

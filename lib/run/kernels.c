@@ -285,21 +285,61 @@ void cx_rms_norm(float *y, float *scale, const float *x, int64_t N, int64_t D, f
     cx_parallel_for(N, rows_align(D), ln_task, &j);
 }
 
+/* The halves a hooked LayerNorm runs between its hooks, on the pool like the one-pass kernel (on
+ * one core they made a hook at every point cost more than the split needs). Same arithmetic per
+ * value as ln_row's finish, so the bits do not depend on the split. */
+static void divide_task(void *arg, int64_t b, int64_t e)
+{
+    const ln_job *j = arg;
+    for (int64_t i = b; i < e; i++) {
+        float *x = j->y + i * j->D, sc = j->scale[i];
+        for (int64_t c = 0; c < j->D; c++) x[c] /= sc;
+    }
+}
+
 void cx_ln_divide(float *x, const float *scale, int64_t N, int64_t D)
 {
-    for (int64_t i = 0; i < N; i++)
-        for (int64_t j = 0; j < D; j++) x[i * D + j] /= scale[i];
+    ln_job j = {.y = x, .scale = (float *)scale, .D = D};
+    cx_parallel_for(N, rows_align(D), divide_task, &j);
+}
+
+static void affine_task(void *arg, int64_t b, int64_t e)
+{
+    const ln_job *j = arg;
+    for (int64_t i = b; i < e; i++) {
+        float *x = j->y + i * j->D;
+        for (int64_t c = 0; c < j->D; c++) {
+            float v = x[c];
+            if (j->w) v *= j->w[c];
+            if (j->b) v += j->b[c];
+            x[c] = v;
+        }
+    }
 }
 
 void cx_affine(float *x, const float *w, const float *b, int64_t N, int64_t D)
 {
-    for (int64_t i = 0; i < N; i++)
-        for (int64_t j = 0; j < D; j++) {
-            float v = x[i * D + j];
-            if (w) v *= w[j];
-            if (b) v += b[j];
-            x[i * D + j] = v;
-        }
+    ln_job j = {.y = x, .w = w, .b = b, .D = D};
+    cx_parallel_for(N, rows_align(D), affine_task, &j);
+}
+
+/* ---- copies ---- */
+
+typedef struct copy_job {
+    float *dst;
+    const float *src;
+} copy_job;
+
+static void copy_task(void *arg, int64_t begin, int64_t end)
+{
+    const copy_job *j = arg;
+    memcpy(j->dst + begin, j->src + begin, (size_t)(end - begin) * sizeof(float));
+}
+
+void cx_copy_floats(float *dst, const float *src, size_t n)
+{
+    copy_job j = {dst, src};
+    cx_parallel_for((int64_t)n, (int64_t)1 << 16, copy_task, &j); /* under 64 Ki floats: one chunk, inline */
 }
 
 /* ---- activations ---- */
@@ -422,17 +462,26 @@ typedef struct softmax_job {
     float *x;
     int64_t D, T, P; /* T > 0: causal [T, P + T] blocks, row i over columns 0 .. P + i */
     int64_t W;       /* > 0: a sliding window, row i over columns P + i - W + 1 .. P + i */
+    bool checked;    /* causal rows only where the masked columns are all -inf, else whole rows */
 } softmax_job;
+
+/* True if row[c] is -inf for every c in [lo, hi). */
+static bool all_neg_inf(const float *row, int64_t lo, int64_t hi)
+{
+    int bad = 0;
+    for (int64_t c = lo; c < hi; c++) bad |= row[c] != -INFINITY;
+    return !bad;
+}
 
 static void softmax_task(void *arg, int64_t b, int64_t e)
 {
     const softmax_job *j = arg;
     for (int64_t r = b; r < e; r++) {
         float *row = j->x + r * j->D;
-        if (j->T > 0) {
+        int64_t valid = j->P + (j->T > 0 ? r % j->T : 0) + 1, lo = j->W > 0 && valid > j->W ? valid - j->W : 0;
+        if (j->T > 0 && (!j->checked || (all_neg_inf(row, 0, lo) && all_neg_inf(row, valid, j->D)))) {
             /* over exactly the keys the row sees, as the fused attention does: the same sums in
              * the same order, so a run with read-only hooks is bit-identical to a plain one */
-            int64_t valid = j->P + r % j->T + 1, lo = j->W > 0 && valid > j->W ? valid - j->W : 0;
             cx_softmax_row(row + lo, valid - lo);
             memset(row, 0, (size_t)lo * sizeof *row);
             memset(row + valid, 0, (size_t)(j->D - valid) * sizeof *row);
@@ -444,14 +493,20 @@ static void softmax_task(void *arg, int64_t b, int64_t e)
 
 void cx_softmax_rows(float *x, int64_t N, int64_t D)
 {
-    softmax_job j = {x, D, 0, 0, 0};
+    softmax_job j = {x, D, 0, 0, 0, false};
     cx_parallel_for(N, rows_align(D), softmax_task, &j);
 }
 
 void cx_softmax_causal_window(float *x, int64_t n, int64_t T, int64_t P, int64_t window)
 {
-    softmax_job j = {x, P + T, T, P, window};
+    softmax_job j = {x, P + T, T, P, window, false};
     cx_parallel_for(n * T, rows_align(P + T / 2 + 1), softmax_task, &j);
+}
+
+void cx_softmax_masked(float *x, int64_t n, int64_t T, int64_t P, int64_t window)
+{
+    softmax_job j = {x, P + T, T, P, window, true};
+    cx_parallel_for(n * T, rows_align(P + T), softmax_task, &j);
 }
 
 void cx_softmax_causal_past(float *x, int64_t n, int64_t T, int64_t P) { cx_softmax_causal_window(x, n, T, P, 0); }

@@ -57,6 +57,11 @@ void cx_ln_divide(float *x, const float *scale, int64_t N, int64_t D);
 /* x[N, D] = x * w[D] + b[D] (either may be NULL). */
 void cx_affine(float *x, const float *w, const float *b, int64_t N, int64_t D);
 
+/* dst[n] = src[n] (no overlap), split over the pool from 64 Ki floats on: one core does not
+ * saturate the memory bus, and the copies a run makes for its hooks and caches (the logits, the
+ * attention tensors: hundreds of MB at long T) are pure bandwidth. */
+void cx_copy_floats(float *dst, const float *src, size_t n);
+
 /* Elementwise activation in place over n values (not SOLU_LN: see cx_solu). */
 void cx_activation(float *x, size_t n, int act_fn);
 /* x[N, D] = x * softmax(x) per row. */
@@ -76,6 +81,11 @@ void cx_softmax_causal_past(float *x, int64_t n, int64_t T, int64_t P);
 /* The same with a sliding window of `window` keys (0: none): row i over keys
  * max(0, P + i - window + 1) .. P + i, the rest 0. */
 void cx_softmax_causal_window(float *x, int64_t n, int64_t T, int64_t P, int64_t window);
+/* Attention scores a hook may have written: a row whose masked columns (outside the window's
+ * keys) are all still -inf takes cx_softmax_causal_window's softmax over its own keys (the
+ * whole-row softmax TransformerLens takes, bit for bit the fused path's, at half the exps); any
+ * other row the whole-row softmax of cx_softmax_rows. */
+void cx_softmax_masked(float *x, int64_t n, int64_t T, int64_t P, int64_t window);
 
 /* Rotary position embedding in place, as TransformerLens's apply_rotary: x [B, T, nh, dh]; pair i
  * of the first rotary_dim dims of every head (cx_rope_pair: (i, i + rd/2) or (2i, 2i + 1)) at
