@@ -316,6 +316,7 @@ typedef struct attn_job {
     const float *keys, *vals;   /* [B, *, KV, dh], row stride kv_rs, batch stride kv_bs */
     int64_t kv_rs, kv_bs;
     float scale;
+    float inv_scale;            /* 1 / scale when that is exact (scale a power of two), else 0 */
     float cap;                  /* attention-score soft-cap (0: none) */
     int64_t window;             /* local attention window (0: global) */
     const int32_t *mask;        /* [B, P + T] keys' attention mask, row stride mask_rs; NULL: none */
@@ -364,11 +365,14 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
             int64_t i1 = i0 + QB < T ? i0 + QB : T, k0 = first_key(j, i0), k1 = P + i1; /* keys [k0, k1) */
             if (j->steps & STEP_SCORES) {
                 /* S[i0:i1, k0:k1] = q[i0:i1] @ k[k0:k1]^T */
-                cx_matmul_serial(S + i0 * Tk + k0, Tk, q + i0 * HD, HD, i1 - i0, dh, k1 - k0, k + k0 * rs, 1, rs);
+                cx_attn_scores(S + i0 * Tk + k0, Tk, q + i0 * HD, HD, k + k0 * rs, rs, i1 - i0, k1 - k0, dh);
                 for (int64_t i = i0; i < i1; i++) {
                     float *row = S + i * Tk;
                     int64_t lo = first_key(j, i), hi = P + i + 1; /* the keys query i sees: [lo, hi) */
-                    for (int64_t c = lo; c < hi; c++) row[c] /= j->scale;
+                    if (j->inv_scale != 0.0f) /* the same bits as the division, without its cost */
+                        for (int64_t c = lo; c < hi; c++) row[c] *= j->inv_scale;
+                    else
+                        for (int64_t c = lo; c < hi; c++) row[c] /= j->scale;
                     if (j->cap > 0.0f) /* TL: cap * tanh(scores / cap) after the scale, before the mask */
                         for (int64_t c = lo; c < hi; c++) row[c] = j->cap * tanhf(row[c] / j->cap);
                     if (j->mask) /* padding keys; a row left with none gets zeros from the softmax */
@@ -385,9 +389,9 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
                 }
             }
             if ((j->steps & STEP_MIX) && !whole_rows) /* z[i0:i1] = pattern[i0:i1, k0:k1] @ v[k0:k1] */
-                cx_matmul_serial(z + i0 * HD, HD, S + i0 * Tk + k0, Tk, i1 - i0, k1 - k0, dh, v + k0 * rs, rs, 1);
+                cx_attn_mix(z + i0 * HD, HD, S + i0 * Tk + k0, Tk, v + k0 * rs, rs, i1 - i0, k1 - k0, dh);
         }
-        if (whole_rows) cx_matmul_serial(z, HD, S, Tk, T, Tk, dh, v, rs, 1);
+        if (whole_rows) cx_attn_mix(z, HD, S, Tk, v, rs, T, Tk, dh);
     }
 }
 
@@ -478,8 +482,11 @@ static int attention(pass *ps, int l)
     if (c->scale_attn_by_inverse_layer_idx) scale = (float)((double)c->attn_scale * (l + 1));
     bool hook_scores = cx_hook_active(ctx, ps->run, l, HK_ATTN_SCORES),
          hook_pattern = cx_hook_active(ctx, ps->run, l, HK_PATTERN);
+    int scale_exp;
+    float inv_scale = frexpf(scale, &scale_exp) == 0.5f ? ldexpf(1.0f, 1 - scale_exp) : 0.0f; /* 2^-k */
     attn_job job = {.s = s, .B = B, .T = T, .P = P, .H = H, .dh = dh, .group = H / KV, .keys = keys,
-                    .vals = vals, .kv_rs = KD, .kv_bs = kv_bs, .scale = scale, .cap = c->attn_scores_soft_cap,
+                    .vals = vals, .kv_rs = KD, .kv_bs = kv_bs, .scale = scale, .inv_scale = inv_scale,
+                    .cap = c->attn_scores_soft_cap,
                     .window = cx_layer_is_local(c, l) ? c->window_size : 0, .mask = ps->mask,
                     .mask_rs = ps->mask_rs};
     if (!hook_scores && !hook_pattern) {

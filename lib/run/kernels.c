@@ -71,6 +71,11 @@ typedef struct gemm_job {
  * OpenBLAS packs the other operand only that many times (64-column slices measured slower on
  * GPT-2 small at short prompts). */
 #define GEMM_SLICES 8
+/* A slice this wide at least, when the product has room for two: each slice packs the whole other
+ * operand again, and a narrow one reuses it too little (one thread, SkylakeX kernels:
+ * [1024, 3072] . [3072, 768] in 6 slices of 128 columns 52 ms, in 2 of 384 42 ms;
+ * [1024, 768] . [768, 768] 14.1 ms in 6, 10.5 ms in 3; docs/performance.md, round two). */
+#define GEMM_MIN_SLICE 384
 
 static void gemm_slice(const gemm_job *g, int64_t b, int64_t e)
 {
@@ -104,8 +109,12 @@ static void gemm_one(gemm_job *g)
     g->by_rows = g->M >= 2 * g->N || g->M >= 4096;
     double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K;
     int64_t n = g->by_rows ? g->M : g->N;
-    int64_t eighth = (n / GEMM_SLICES + GEMM_ALIGN - 1) / GEMM_ALIGN * GEMM_ALIGN;
-    g->slice = flops < 4e6 ? n : eighth > GEMM_ALIGN ? eighth : GEMM_ALIGN;
+    /* an even count (two threads share it evenly), 2 .. GEMM_SLICES, slices >= GEMM_MIN_SLICE
+     * where n allows */
+    int64_t count = n / GEMM_MIN_SLICE;
+    count = count < 2 ? 2 : count > GEMM_SLICES ? GEMM_SLICES : count & ~(int64_t)1;
+    int64_t width = ((n + count - 1) / count + GEMM_ALIGN - 1) / GEMM_ALIGN * GEMM_ALIGN;
+    g->slice = flops < 4e6 ? n : width;
     cx_parallel_for(n, g->slice, gemm_task, g);
 }
 
