@@ -551,8 +551,8 @@ static void check_attn(int64_t M, int64_t N, int64_t dh)
         bool kern = cx_attn_kernels(dh);
         for (size_t i = 0; i < (size_t)(M * lds); i++) S[i] = SENTINEL;
         for (size_t i = 0; i < (size_t)(M * ldz); i++) z[i] = SENTINEL;
-        cx_attn_scores(S, lds, q, ldq, k, ldk, M, N, dh);
-        cx_attn_mix(z, ldz, p, ldp, v, ldk, M, N, dh);
+        cx_attn_scores(S, lds, q, ldq, k, ldk, M, N, dh, N);
+        cx_attn_mix(z, ldz, p, ldp, v, ldk, M, N, dh, N);
         double worst = 0.0;
         bool pad_ok = true;
         for (int64_t i = 0; i < M; i++) {
@@ -584,16 +584,31 @@ static void check_attn(int64_t M, int64_t N, int64_t dh)
         /* a block: rows r0.., keys c0.. of the same product */
         int64_t r0 = M / 3, c0 = N / 2, rm = M - r0, cn = N - c0;
         memcpy(S2, S, sizeof(float) * (size_t)(M * lds));
-        cx_attn_scores(S2 + r0 * lds + c0, lds, q + r0 * ldq, ldq, k + c0 * ldk, ldk, rm, cn, dh);
+        cx_attn_scores(S2 + r0 * lds + c0, lds, q + r0 * ldq, ldq, k + c0 * ldk, ldk, rm, cn, dh, cn);
         CHECK(!memcmp(S, S2, sizeof(float) * (size_t)(M * lds)), "scores M=%lld N=%lld dh=%lld: a block has the "
               "bits of the whole product", (long long)M, (long long)N, (long long)dh);
         memcpy(z2, z, sizeof(float) * (size_t)(M * ldz));
-        cx_attn_mix(z2 + r0 * ldz, ldz, p + r0 * ldp, ldp, v, ldk, rm, N, dh);
+        cx_attn_mix(z2 + r0 * ldz, ldz, p + r0 * ldp, ldp, v, ldk, rm, N, dh, N);
         for (int64_t i = 0; i < M; i++) /* masked columns: zeros after N */
             for (int64_t j = N; j < ldp; j++) p[i * ldp + j] = 0.0f;
-        cx_attn_mix(z2, ldz, p, ldp, v, ldk, M, N + extra, dh);
+        cx_attn_mix(z2, ldz, p, ldp, v, ldk, M, N + extra, dh, N + extra);
         CHECK(!memcmp(z, z2, sizeof(float) * (size_t)(M * ldz)), "mix M=%lld N=%lld dh=%lld: a block, and zero "
               "columns after N, give the bits of the product", (long long)M, (long long)N, (long long)dh);
+        /* causal (diag): the scores a row sees, and the mix of a pattern zero after them, have the
+         * bits of the whole products */
+        int64_t diag = N - M > 0 ? N - M : 0;
+        memcpy(S2, S, sizeof(float) * (size_t)(M * lds));
+        cx_attn_scores(S2, lds, q, ldq, k, ldk, M, N, dh, diag);
+        bool seen_same = true;
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N && j <= diag + i; j++) seen_same &= !memcmp(&S[i * lds + j], &S2[i * lds + j], sizeof(float));
+        fill(p, (size_t)(M * ldp));
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = diag + i + 1; j < N; j++) p[i * ldp + j] = 0.0f;
+        cx_attn_mix(z, ldz, p, ldp, v, ldk, M, N, dh, N);
+        cx_attn_mix(z2, ldz, p, ldp, v, ldk, M, N, dh, diag);
+        CHECK(seen_same && !memcmp(z, z2, sizeof(float) * (size_t)(M * ldz)), "causal M=%lld N=%lld dh=%lld diag=%lld: "
+              "the bits of the whole products", (long long)M, (long long)N, (long long)dh, (long long)diag);
         fill(p, (size_t)(M * ldp));
     }
     cx_attn_switch_off(false);
@@ -603,7 +618,7 @@ static void check_attn(int64_t M, int64_t N, int64_t dh)
 static void test_attn(void)
 {
     const int64_t shapes[][3] = {{1, 1, 16}, {7, 5, 64}, {64, 100, 64}, {13, 33, 48}, {9, 70, 128},
-                                 {20, 17, 80}, {65, 129, 64}, {3, 40, 256}, {5, 9, 24}};
+                                 {20, 17, 80}, {65, 129, 64}, {3, 40, 256}, {5, 9, 24}, {300, 300, 64}, {40, 300, 64}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) check_attn(shapes[i][0], shapes[i][1], shapes[i][2]);
 }
 

@@ -107,13 +107,13 @@ AK_INLINE void scores_block(float *S, int64_t lds, const float *q, int64_t ldq, 
 }
 
 AK_TARGET static void scores_avx512(float *S, int64_t lds, const float *q, int64_t ldq, const float *k, int64_t ldk,
-                                    int64_t M, int64_t N, int64_t dh)
+                                    int64_t M, int64_t N, int64_t dh, int64_t diag)
 {
     float kp[CX_ATTN_MAX_DH * PANEL] __attribute__((aligned(64)));
     for (int64_t j0 = 0; j0 < N; j0 += PANEL) {
         int64_t nj = N - j0 < PANEL ? N - j0 : PANEL;
         pack_keys(kp, k + j0 * ldk, ldk, nj, dh);
-        int64_t i = 0;
+        int64_t i = j0 - diag > 0 ? j0 - diag : 0; /* the first row that sees a key of the panel */
         for (; i + SROWS <= M; i += SROWS) scores_block(S + i * lds + j0, lds, q + i * ldq, ldq, kp, nj, dh, SROWS);
         switch (M - i) { /* constant row counts: the blocks unroll */
         case 7: scores_block(S + i * lds + j0, lds, q + i * ldq, ldq, kp, nj, dh, 7); break;
@@ -159,7 +159,7 @@ enum { MIX_KEYS = 128 };
             int64_t nj = N - j0 < MIX_KEYS ? N - j0 : MIX_KEYS;                                         \
             const float *pj = p + j0, *vj = v + j0 * ldv + c;                                           \
             bool first = j0 == 0;                                                                       \
-            int64_t i = 0;                                                                              \
+            int64_t i = j0 - diag > 0 ? j0 - diag : 0; /* rows that see none of these keys: done */     \
             for (; i + MROWS <= M; i += MROWS)                                                          \
                 mix_block(z + i * ldz + c, ldz, pj + i * ldp, ldp, vj, ldv, nj, MROWS, NZ, first);      \
             switch (M - i) {                                                                            \
@@ -174,7 +174,7 @@ enum { MIX_KEYS = 128 };
     } while (0)
 
 AK_TARGET static void mix_avx512(float *z, int64_t ldz, const float *p, int64_t ldp, const float *v, int64_t ldv,
-                                 int64_t M, int64_t N, int64_t dh)
+                                 int64_t M, int64_t N, int64_t dh, int64_t diag)
 {
     for (int64_t c = 0; c < dh; c += 64) {
         switch ((dh - c) >= 64 ? 4 : (int)((dh - c) / 16)) {
@@ -191,24 +191,30 @@ AK_TARGET static void mix_avx512(float *z, int64_t ldz, const float *p, int64_t 
 void cx_attn_switch_off(bool off) { (void)off; }
 static bool available(int64_t dh) { (void)dh; return false; }
 static void scores_avx512(float *S, int64_t lds, const float *q, int64_t ldq, const float *k, int64_t ldk, int64_t M,
-                          int64_t N, int64_t dh) { (void)S, (void)lds, (void)q, (void)ldq, (void)k, (void)ldk, (void)M, (void)N, (void)dh; }
+                          int64_t N, int64_t dh, int64_t diag)
+{
+    (void)S, (void)lds, (void)q, (void)ldq, (void)k, (void)ldk, (void)M, (void)N, (void)dh, (void)diag;
+}
 static void mix_avx512(float *z, int64_t ldz, const float *p, int64_t ldp, const float *v, int64_t ldv, int64_t M,
-                       int64_t N, int64_t dh) { (void)z, (void)ldz, (void)p, (void)ldp, (void)v, (void)ldv, (void)M, (void)N, (void)dh; }
+                       int64_t N, int64_t dh, int64_t diag)
+{
+    (void)z, (void)ldz, (void)p, (void)ldp, (void)v, (void)ldv, (void)M, (void)N, (void)dh, (void)diag;
+}
 
 #endif
 
 bool cx_attn_kernels(int64_t dh) { return available(dh); }
 
 void cx_attn_scores(float *S, int64_t lds, const float *q, int64_t ldq, const float *k, int64_t ldk, int64_t M,
-                    int64_t N, int64_t dh)
+                    int64_t N, int64_t dh, int64_t diag)
 {
     if (M <= 0 || N <= 0) return;
-    if (available(dh)) scores_avx512(S, lds, q, ldq, k, ldk, M, N, dh);
+    if (available(dh)) scores_avx512(S, lds, q, ldq, k, ldk, M, N, dh, diag < 0 ? 0 : diag);
     else cx_matmul_serial(S, lds, q, ldq, M, dh, N, k, 1, ldk);
 }
 
 void cx_attn_mix(float *z, int64_t ldz, const float *p, int64_t ldp, const float *v, int64_t ldv, int64_t M,
-                 int64_t N, int64_t dh)
+                 int64_t N, int64_t dh, int64_t diag)
 {
     if (M <= 0) return;
     if (N <= 0) { /* an empty sum (no key seen) */
@@ -216,6 +222,6 @@ void cx_attn_mix(float *z, int64_t ldz, const float *p, int64_t ldp, const float
             for (int64_t c = 0; c < dh; c++) z[i * ldz + c] = 0.0f;
         return;
     }
-    if (available(dh)) mix_avx512(z, ldz, p, ldp, v, ldv, M, N, dh);
+    if (available(dh)) mix_avx512(z, ldz, p, ldp, v, ldv, M, N, dh, diag < 0 ? 0 : diag);
     else cx_matmul_serial(z, ldz, p, ldp, M, N, dh, v, ldv, 1);
 }

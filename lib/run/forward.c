@@ -352,7 +352,10 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
 {
     const attn_job *j = arg;
     const int64_t T = j->T, P = j->P, Tk = P + T, H = j->H, dh = j->dh, HD = H * dh, rs = j->kv_rs;
-    const int64_t QB = 64; /* query rows per block */
+    /* query rows per block: the kernels skip what a block's rows do not see, so larger blocks
+     * cost no masked work and pack each key panel once per 256 queries; OpenBLAS computes the
+     * whole block (and a short window wastes the rest of a large one) */
+    const int64_t QB = cx_attn_kernels(dh) && (j->window == 0 || j->window >= 256) ? 256 : 64;
     for (int64_t bh = begin; bh < end; bh++) {
         int64_t b = bh / H, h = bh % H, kvh = h / j->group; /* TL's repeat_interleave of K and V */
         float *S = j->s->scores + bh * T * Tk;                    /* [T, Tk] */
@@ -365,7 +368,8 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
             int64_t i1 = i0 + QB < T ? i0 + QB : T, k0 = first_key(j, i0), k1 = P + i1; /* keys [k0, k1) */
             if (j->steps & STEP_SCORES) {
                 /* S[i0:i1, k0:k1] = q[i0:i1] @ k[k0:k1]^T */
-                cx_attn_scores(S + i0 * Tk + k0, Tk, q + i0 * HD, HD, k + k0 * rs, rs, i1 - i0, k1 - k0, dh);
+                cx_attn_scores(S + i0 * Tk + k0, Tk, q + i0 * HD, HD, k + k0 * rs, rs, i1 - i0, k1 - k0, dh,
+                               P + i0 - k0);
                 for (int64_t i = i0; i < i1; i++) {
                     float *row = S + i * Tk;
                     int64_t lo = first_key(j, i), hi = P + i + 1; /* the keys query i sees: [lo, hi) */
@@ -389,9 +393,9 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
                 }
             }
             if ((j->steps & STEP_MIX) && !whole_rows) /* z[i0:i1] = pattern[i0:i1, k0:k1] @ v[k0:k1] */
-                cx_attn_mix(z + i0 * HD, HD, S + i0 * Tk + k0, Tk, v + k0 * rs, rs, i1 - i0, k1 - k0, dh);
+                cx_attn_mix(z + i0 * HD, HD, S + i0 * Tk + k0, Tk, v + k0 * rs, rs, i1 - i0, k1 - k0, dh, P + i0 - k0);
         }
-        if (whole_rows) cx_attn_mix(z, HD, S, Tk, v, rs, T, Tk, dh);
+        if (whole_rows) cx_attn_mix(z, HD, S, Tk, v, rs, T, Tk, dh, Tk);
     }
 }
 
