@@ -20,8 +20,13 @@
 
 /* O3 whatever the build's level: the register blocks below must unroll (-O2 keeps them as loops
  * over arrays in memory, measured 2x slower than OpenBLAS) */
-#define AK_TARGET __attribute__((target("avx512f"), optimize("O3")))
-#define AK_INLINE static inline __attribute__((always_inline, target("avx512f"), optimize("O3")))
+#ifdef __clang__ /* no optimize attribute; clang unrolls these at -O2 */
+#define AK_OPT
+#else
+#define AK_OPT optimize("O3")
+#endif
+#define AK_TARGET __attribute__((target("avx512f"), AK_OPT))
+#define AK_INLINE static inline __attribute__((always_inline, target("avx512f"), AK_OPT))
 
 static int switched_off; /* atomics: any thread may ask while a test flips it */
 
