@@ -1,6 +1,7 @@
 /* The numerical kernels (lib/run/kernels.h) against plain double-precision computations:
  * cx_matmul (CBLAS paths and the strided fallback) against cx_matmul_ref and an independent
- * loop, softmax with masked and NaN rows, LayerNorm pieces, activations, SoLU, NLL. */
+ * loop, softmax with masked and NaN rows, LayerNorm pieces, activations, SoLU, NLL, attention's
+ * per-head products (both paths: AVX-512 kernels where the CPU has them, and OpenBLAS). */
 #include "testutil.h"
 
 #include <math.h>
@@ -566,6 +567,96 @@ static void test_sequences(void)
             for (int gm = 0; gm < 2; gm++) check_sequences(shapes[i][0], shapes[i][1], shapes[i][2], t, gm);
 }
 
+
+/* cx_attn_scores / cx_attn_mix against double precision, on both paths, with tails in every
+ * dimension and padded leading dimensions (left untouched); on the kernel path also the claim the
+ * forward relies on: a block of a product has the bits of the whole product, and zero pattern
+ * columns beyond N (the causal mask) leave the mix's bits unchanged. */
+static void check_attn(int64_t M, int64_t N, int64_t dh)
+{
+    int64_t ldq = dh + 3, ldk = dh + 5, lds = N + 7, ldz = dh + 2, extra = 9, ldp = N + extra;
+    float *q = malloc(sizeof(float) * (size_t)(M * ldq)), *k = malloc(sizeof(float) * (size_t)((N + extra) * ldk));
+    float *S = malloc(sizeof(float) * (size_t)(M * lds)), *z = malloc(sizeof(float) * (size_t)(M * ldz));
+    float *p = malloc(sizeof(float) * (size_t)(M * ldp)), *z2 = malloc(sizeof(float) * (size_t)(M * ldz));
+    float *S2 = malloc(sizeof(float) * (size_t)(M * lds));
+    fill(q, (size_t)(M * ldq)), fill(k, (size_t)((N + extra) * ldk)), fill(p, (size_t)(M * ldp));
+    const float *v = k; /* [N + extra, dh] with row stride ldk */
+    for (int pass = 0; pass < 2; pass++) {
+        cx_attn_switch_off(pass == 1);
+        bool kern = cx_attn_kernels(dh);
+        for (size_t i = 0; i < (size_t)(M * lds); i++) S[i] = SENTINEL;
+        for (size_t i = 0; i < (size_t)(M * ldz); i++) z[i] = SENTINEL;
+        cx_attn_scores(S, lds, q, ldq, k, ldk, M, N, dh, N);
+        cx_attn_mix(z, ldz, p, ldp, v, ldk, M, N, dh, N);
+        double worst = 0.0;
+        bool pad_ok = true;
+        for (int64_t i = 0; i < M; i++) {
+            for (int64_t j = 0; j < N; j++) {
+                double acc = 0.0, mag = 0.0;
+                for (int64_t d = 0; d < dh; d++) {
+                    acc += (double)q[i * ldq + d] * k[j * ldk + d];
+                    mag += fabs((double)q[i * ldq + d] * k[j * ldk + d]);
+                }
+                double e = fabs(S[i * lds + j] - acc) / (mag + 1e-30);
+                worst = e > worst ? e : worst;
+            }
+            for (int64_t d = 0; d < dh; d++) {
+                double acc = 0.0, mag = 0.0;
+                for (int64_t j = 0; j < N; j++) {
+                    acc += (double)p[i * ldp + j] * v[j * ldk + d];
+                    mag += fabs((double)p[i * ldp + j] * v[j * ldk + d]);
+                }
+                double e = fabs(z[i * ldz + d] - acc) / (mag + 1e-30);
+                worst = e > worst ? e : worst;
+            }
+            for (int64_t j = N; j < lds; j++) pad_ok &= S[i * lds + j] == SENTINEL;
+            for (int64_t d = dh; d < ldz; d++) pad_ok &= z[i * ldz + d] == SENTINEL;
+        }
+        CHECK(worst < 1e-5 && pad_ok, "attention products M=%lld N=%lld dh=%lld (%s): worst relative error %.3g, "
+              "padding untouched %d", (long long)M, (long long)N, (long long)dh, kern ? "AVX-512" : "OpenBLAS", worst,
+              pad_ok);
+        if (!kern) continue;
+        /* a block: rows r0.., keys c0.. of the same product */
+        int64_t r0 = M / 3, c0 = N / 2, rm = M - r0, cn = N - c0;
+        memcpy(S2, S, sizeof(float) * (size_t)(M * lds));
+        cx_attn_scores(S2 + r0 * lds + c0, lds, q + r0 * ldq, ldq, k + c0 * ldk, ldk, rm, cn, dh, cn);
+        CHECK(!memcmp(S, S2, sizeof(float) * (size_t)(M * lds)), "scores M=%lld N=%lld dh=%lld: a block has the "
+              "bits of the whole product", (long long)M, (long long)N, (long long)dh);
+        memcpy(z2, z, sizeof(float) * (size_t)(M * ldz));
+        cx_attn_mix(z2 + r0 * ldz, ldz, p + r0 * ldp, ldp, v, ldk, rm, N, dh, N);
+        for (int64_t i = 0; i < M; i++) /* masked columns: zeros after N */
+            for (int64_t j = N; j < ldp; j++) p[i * ldp + j] = 0.0f;
+        cx_attn_mix(z2, ldz, p, ldp, v, ldk, M, N + extra, dh, N + extra);
+        CHECK(!memcmp(z, z2, sizeof(float) * (size_t)(M * ldz)), "mix M=%lld N=%lld dh=%lld: a block, and zero "
+              "columns after N, give the bits of the product", (long long)M, (long long)N, (long long)dh);
+        /* causal (diag): the scores a row sees, and the mix of a pattern zero after them, have the
+         * bits of the whole products */
+        int64_t diag = N - M > 0 ? N - M : 0;
+        memcpy(S2, S, sizeof(float) * (size_t)(M * lds));
+        cx_attn_scores(S2, lds, q, ldq, k, ldk, M, N, dh, diag);
+        bool seen_same = true;
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N && j <= diag + i; j++) seen_same &= !memcmp(&S[i * lds + j], &S2[i * lds + j], sizeof(float));
+        fill(p, (size_t)(M * ldp));
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = diag + i + 1; j < N; j++) p[i * ldp + j] = 0.0f;
+        cx_attn_mix(z, ldz, p, ldp, v, ldk, M, N, dh, N);
+        cx_attn_mix(z2, ldz, p, ldp, v, ldk, M, N, dh, diag);
+        CHECK(seen_same && !memcmp(z, z2, sizeof(float) * (size_t)(M * ldz)), "causal M=%lld N=%lld dh=%lld diag=%lld: "
+              "the bits of the whole products", (long long)M, (long long)N, (long long)dh, (long long)diag);
+        fill(p, (size_t)(M * ldp));
+    }
+    cx_attn_switch_off(false);
+    free(q), free(k), free(S), free(z), free(p), free(z2), free(S2);
+}
+
+static void test_attn(void)
+{
+    const int64_t shapes[][3] = {{1, 1, 16}, {7, 5, 64}, {64, 100, 64}, {13, 33, 48}, {9, 70, 128},
+                                 {20, 17, 80}, {65, 129, 64}, {3, 40, 256}, {5, 9, 24}, {300, 300, 64}, {40, 300, 64}};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) check_attn(shapes[i][0], shapes[i][1], shapes[i][2]);
+}
+
 int main(void)
 {
     const char *core = getenv("OPENBLAS_CORETYPE"); /* meson test kernels_haswell */
@@ -578,6 +669,7 @@ int main(void)
     test_softmax_masked();
     test_matmul();
     test_sequences();
+    test_attn();
     test_softmax();
     test_layernorm();
     test_rmsnorm();

@@ -316,6 +316,7 @@ typedef struct attn_job {
     const float *keys, *vals;   /* [B, *, KV, dh], row stride kv_rs, batch stride kv_bs */
     int64_t kv_rs, kv_bs;
     float scale;
+    float inv_scale;            /* 1 / scale when that is exact (scale a power of two), else 0 */
     float cap;                  /* attention-score soft-cap (0: none) */
     int64_t window;             /* local attention window (0: global) */
     const int32_t *mask;        /* [B, P + T] keys' attention mask, row stride mask_rs; NULL: none */
@@ -362,7 +363,10 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
 {
     const attn_job *j = arg;
     const int64_t T = j->T, P = j->P, Tk = P + T, H = j->H, dh = j->dh, HD = H * dh, rs = j->kv_rs;
-    const int64_t QB = 64; /* query rows per block */
+    /* query rows per block: the kernels skip what a block's rows do not see, so larger blocks
+     * cost no masked work and pack each key panel once per 256 queries; OpenBLAS computes the
+     * whole block (and a short window wastes the rest of a large one) */
+    const int64_t QB = cx_attn_kernels(dh) && (j->window == 0 || j->window >= 256) ? 256 : 64;
     for (int64_t bh = begin; bh < end; bh++) {
         int64_t b = bh / H, h = bh % H, kvh = h / j->group; /* TL's repeat_interleave of K and V */
         float *S = j->s->scores + bh * T * Tk;                    /* [T, Tk] */
@@ -375,11 +379,15 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
             int64_t i1 = i0 + QB < T ? i0 + QB : T, k0 = first_key(j, i0), k1 = P + i1; /* keys [k0, k1) */
             if (j->steps & STEP_SCORES) {
                 /* S[i0:i1, k0:k1] = q[i0:i1] @ k[k0:k1]^T */
-                cx_matmul_serial(S + i0 * Tk + k0, Tk, q + i0 * HD, HD, i1 - i0, dh, k1 - k0, k + k0 * rs, 1, rs);
+                cx_attn_scores(S + i0 * Tk + k0, Tk, q + i0 * HD, HD, k + k0 * rs, rs, i1 - i0, k1 - k0, dh,
+                               P + i0 - k0);
                 for (int64_t i = i0; i < i1; i++) {
                     float *row = S + i * Tk;
                     int64_t lo = first_key(j, i), hi = P + i + 1; /* the keys query i sees: [lo, hi) */
-                    for (int64_t c = lo; c < hi; c++) row[c] /= j->scale;
+                    if (j->inv_scale != 0.0f) /* the same bits as the division, without its cost */
+                        for (int64_t c = lo; c < hi; c++) row[c] *= j->inv_scale;
+                    else
+                        for (int64_t c = lo; c < hi; c++) row[c] /= j->scale;
                     if (j->cap > 0.0f) /* TL: cap * tanh(scores / cap) after the scale, before the mask */
                         for (int64_t c = lo; c < hi; c++) row[c] = j->cap * tanhf(row[c] / j->cap);
                     if (j->mask) /* padding keys; a row left with none gets zeros from the softmax */
@@ -398,9 +406,9 @@ static void attn_task(void *arg, int64_t begin, int64_t end)
                 }
             }
             if ((j->steps & STEP_MIX) && !whole_rows) /* z[i0:i1] = pattern[i0:i1, k0:k1] @ v[k0:k1] */
-                cx_matmul_serial(z + i0 * HD, HD, S + i0 * Tk + k0, Tk, i1 - i0, k1 - k0, dh, v + k0 * rs, rs, 1);
+                cx_attn_mix(z + i0 * HD, HD, S + i0 * Tk + k0, Tk, v + k0 * rs, rs, i1 - i0, k1 - k0, dh, P + i0 - k0);
         }
-        if (whole_rows) cx_matmul_serial(z, HD, S, Tk, T, Tk, dh, v, rs, 1);
+        if (whole_rows) cx_attn_mix(z, HD, S, Tk, v, rs, T, Tk, dh, Tk);
     }
 }
 
@@ -495,8 +503,11 @@ static int attention(pass *ps, int l)
           *cache_pattern = cx_hook_cache_only(ctx, ps->run, l, HK_PATTERN);
     bool hook_scores = !cache_scores && cx_hook_active(ctx, ps->run, l, HK_ATTN_SCORES),
          hook_pattern = !cache_pattern && cx_hook_active(ctx, ps->run, l, HK_PATTERN);
+    int scale_exp;
+    float inv_scale = frexpf(scale, &scale_exp) == 0.5f ? ldexpf(1.0f, 1 - scale_exp) : 0.0f; /* 2^-k */
     attn_job job = {.s = s, .B = B, .T = T, .P = P, .H = H, .dh = dh, .group = H / KV, .keys = keys,
-                    .vals = vals, .kv_rs = KD, .kv_bs = kv_bs, .scale = scale, .cap = c->attn_scores_soft_cap,
+                    .vals = vals, .kv_rs = KD, .kv_bs = kv_bs, .scale = scale, .inv_scale = inv_scale,
+                    .cap = c->attn_scores_soft_cap,
                     .window = cx_layer_is_local(c, l) ? c->window_size : 0, .mask = ps->mask,
                     .mask_rs = ps->mask_rs};
     if (!hook_scores && !hook_pattern) {

@@ -71,6 +71,11 @@ typedef struct gemm_job {
  * OpenBLAS packs the other operand only that many times (64-column slices measured slower on
  * GPT-2 small at short prompts). */
 #define GEMM_SLICES 8
+/* A slice this wide at least, when the product has room for two: each slice packs the whole other
+ * operand again, and a narrow one reuses it too little (one thread, SkylakeX kernels:
+ * [1024, 3072] . [3072, 768] in 6 slices of 128 columns 52 ms, in 2 of 384 42 ms;
+ * [1024, 768] . [768, 768] 14.1 ms in 6, 10.5 ms in 3; docs/performance.md, round two). */
+#define GEMM_MIN_SLICE 384
 
 static void gemm_slice(const gemm_job *g, int64_t b, int64_t e)
 {
@@ -104,8 +109,12 @@ static void gemm_one(gemm_job *g)
     g->by_rows = g->M >= 2 * g->N || g->M >= 4096;
     double flops = 2.0 * (double)g->M * (double)g->N * (double)g->K;
     int64_t n = g->by_rows ? g->M : g->N;
-    int64_t eighth = (n / GEMM_SLICES + GEMM_ALIGN - 1) / GEMM_ALIGN * GEMM_ALIGN;
-    g->slice = flops < 4e6 ? n : eighth > GEMM_ALIGN ? eighth : GEMM_ALIGN;
+    /* an even count (two threads share it evenly), 2 .. GEMM_SLICES, slices >= GEMM_MIN_SLICE
+     * where n allows */
+    int64_t count = n / GEMM_MIN_SLICE;
+    count = count < 2 ? 2 : count > GEMM_SLICES ? GEMM_SLICES : count & ~(int64_t)1;
+    int64_t width = ((n + count - 1) / count + GEMM_ALIGN - 1) / GEMM_ALIGN * GEMM_ALIGN;
+    g->slice = flops < 4e6 ? n : width;
     cx_parallel_for(n, g->slice, gemm_task, g);
 }
 
@@ -413,30 +422,46 @@ void cx_solu(float *x, int64_t N, int64_t D)
 
 /* ---- softmax ---- */
 
+/* A float's bits as an int32 ordered as the floats are (-0 just below +0; NaNs beyond the
+ * infinities, on the side of their sign bit), and back. */
+static inline __attribute__((always_inline)) int32_t float_key(float x)
+{
+    union { float f; int32_t i; } u = {x};
+    return u.i ^ ((u.i >> 31) & INT32_MAX);
+}
+
+static inline __attribute__((always_inline)) float key_float(int32_t k)
+{
+    union { int32_t i; float f; } u = {k ^ ((k >> 31) & INT32_MAX)};
+    return u.f;
+}
+
+#define KEY_INF 0x7F800000 /* float_key(+inf) */
+
 CX_HOT void cx_softmax_row(float *r, int64_t D)
 {
-    float m[LANES];
-    int bad[LANES] = {0}; /* NaN seen */
-    for (int l = 0; l < LANES; l++) m[l] = -INFINITY;
+    /* The max as an integer max of order keys (float_key), which vectorises (a float max with
+     * its NaN rules stays scalar: measured 1.5 ns per value for the whole softmax, round two of
+     * docs/performance.md): a NaN with its sign bit clear counts as +inf (the row becomes zeros,
+     * as before), one with it set as below -inf, and shows in the sum below instead. */
+    int32_t m[LANES];
+    for (int l = 0; l < LANES; l++) m[l] = INT32_MIN;
     int64_t j = 0;
     for (; j + LANES <= D; j += LANES)
         for (int l = 0; l < LANES; l++) {
-            m[l] = r[j + l] > m[l] ? r[j + l] : m[l];
-            bad[l] |= r[j + l] != r[j + l];
+            int32_t k = float_key(r[j + l]);
+            m[l] = k > m[l] ? k : m[l];
         }
-    float mx = -INFINITY;
-    int nan = 0;
-    for (int l = 0; l < LANES; l++) {
-        mx = m[l] > mx ? m[l] : mx;
-        nan |= bad[l];
-    }
+    int32_t mk = INT32_MIN;
+    for (int l = 0; l < LANES; l++) mk = m[l] > mk ? m[l] : mk;
     for (; j < D; j++) {
-        mx = r[j] > mx ? r[j] : mx;
-        nan |= r[j] != r[j];
+        int32_t k = float_key(r[j]);
+        mk = k > mk ? k : mk;
     }
+    float mx = key_float(mk > KEY_INF ? KEY_INF : mk);
     /* All -inf (fully masked), a NaN, or +inf: torch's softmax gives NaN (or, masked, NaN too)
      * and TransformerLens's where(isnan) turns the row into zeros. */
-    if (nan || mx == -INFINITY || mx == INFINITY) {
+    if (mx == -INFINITY || mx == INFINITY) {
         memset(r, 0, (size_t)D * sizeof *r);
         return;
     }
@@ -454,6 +479,10 @@ CX_HOT void cx_softmax_row(float *r, int64_t D)
     }
     float sum = 0.0f;
     for (int l = 0; l < LANES; l++) sum += s[l];
+    if (sum != sum) { /* a NaN in the row (mx is finite, so e^(x - mx) is NaN only for x NaN) */
+        memset(r, 0, (size_t)D * sizeof *r);
+        return;
+    }
     float inv = 1.0f / sum;
     for (j = 0; j < D; j++) r[j] *= inv;
 }

@@ -35,6 +35,24 @@ void cx_matmul_ref(float *out, int64_t ldo, const float *in, int64_t ldi, int64_
 void cx_matmul_serial(float *out, int64_t ldo, const float *in, int64_t ldi, int64_t M, int64_t K, int64_t N,
                       const float *W, int64_t w_rs, int64_t w_cs);
 
+/* Attention's two products for one head, on the calling thread (inside the forward's per-(batch,
+ * head) tasks; run/attn_x86.c):
+ *   cx_attn_scores: S[M, N] (ld lds) = q[M, dh] (ld ldq) @ k[N, dh]^T (ld ldk)
+ *   cx_attn_mix:    z[M, dh] (ld ldz) = p[M, N] (ld ldp) @ v[N, dh] (ld ldv)
+ * Row i uses keys 0 .. diag + i only (causal; diag >= N - 1: all): the scores after those may be
+ * left unwritten, and the mix may skip p's entries there, which must be 0. AVX-512F kernels when
+ * the CPU has them and dh is a multiple of 16 up to CX_ATTN_MAX_DH (cx_attn_kernels), each
+ * element then one FMA chain in a fixed order, so a block of a product has the bits of the whole
+ * product and zero pattern entries add exact zeros; else cx_matmul_serial over everything. */
+#define CX_ATTN_MAX_DH 256
+void cx_attn_scores(float *S, int64_t lds, const float *q, int64_t ldq, const float *k, int64_t ldk, int64_t M,
+                    int64_t N, int64_t dh, int64_t diag);
+void cx_attn_mix(float *z, int64_t ldz, const float *p, int64_t ldp, const float *v, int64_t ldv, int64_t M,
+                 int64_t N, int64_t dh, int64_t diag);
+bool cx_attn_kernels(int64_t dh);
+/* Tests: off = true makes cx_attn_kernels() false (the OpenBLAS path), false restores it. */
+void cx_attn_switch_off(bool off);
+
 /* How many rows of `width` values a parallel row loop hands a thread at least (cx_parallel_for's
  * align): below about 16k values' work, waking a thread costs more than it saves. */
 int64_t cx_rows_align(int64_t width);
