@@ -226,7 +226,9 @@ typedef struct scores_job {
     float *out;             /* out[a * LH + b] for writer a */
 } scores_job;
 
-#define TILE_ROWS 1024 /* a tile is about TILE_ROWS x TILE_COLS: big enough for sgemm's full rate */
+/* A tile: whole writers, about TILE_ROWS rows, against whole readers, about TILE_COLS columns:
+ * big enough for sgemm's full rate, and C stays 4 MB per slot even at 7B shapes. */
+#define TILE_ROWS 1024
 #define TILE_COLS 1024
 
 static int64_t col_tiles(const scores_job *j, int64_t g)
