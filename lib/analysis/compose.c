@@ -168,7 +168,13 @@ static int reader_block(const heads_job *j, int64_t k, float *tmp)
         return rc;
     float *Qk = j->Q + k * kc;
     int64_t ldq = j->LH * kc;
-    cx_sgemm(false, true, D, kc, dh, 1.0f, X, dh, R, dh, 0.0f, Qk, ldq); /* X R^T */
+    if (kc == dh) { /* R square upper triangular: X R^T in place at half a GEMM's work */
+        cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasTrans, CblasNonUnit, (blasint)D, (blasint)dh, 1.0f, R,
+                    (blasint)dh, X, (blasint)dh);
+        for (int64_t i = 0; i < D; i++) memcpy(Qk + i * ldq, X + i * dh, (size_t)dh * sizeof *X);
+    } else {
+        cx_sgemm(false, true, D, kc, dh, 1.0f, X, dh, R, dh, 0.0f, Qk, ldq); /* X R^T */
+    }
     double s = 0;
     for (int64_t i = 0; i < D; i++) s += frob2(Qk + i * ldq, (size_t)kc);
     j->nQ[k] = sqrt(s);
@@ -184,9 +190,14 @@ static int writer_block(const heads_job *j, int64_t k, float *tmp)
     float *P = j->P + k * kc * D;
     int rc;
     if ((rc = cx_head_matrix_of(j->m, X, L->W_V, cx_kv_head(L, h), true)) ||
-        (rc = cx_qr_r_cm(X, D, dh, R, work, j->n_qr)) || (rc = cx_head_matrix_of(j->m, O, L->W_O, h, false)))
+        (rc = cx_qr_r_cm(X, D, dh, R, work, j->n_qr)) ||
+        (rc = cx_head_matrix_of(j->m, kc == dh ? P : O, L->W_O, h, false)))
         return rc;
-    cx_mm(P, R, false, O, false, kc, dh, D);
+    if (kc == dh) /* R square upper triangular: R W_O in place at half a GEMM's work */
+        cblas_strmm(CblasRowMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, (blasint)dh, (blasint)D, 1.0f,
+                    R, (blasint)dh, P, (blasint)D);
+    else
+        cx_mm(P, R, false, O, false, kc, dh, D);
     j->nP[k] = sqrt(frob2(P, (size_t)(kc * D)));
     return CIRCUITS_OK;
 }
