@@ -134,7 +134,7 @@ static int run_slots(slots *s, int64_t n, item_fn fn, void *arg)
 typedef struct heads_job {
     const circuits_model *m;
     int mode;
-    int64_t D, dh, kc, LH, n_qr;
+    int64_t D, dh, kc, LH;
     float *P;   /* [LH * kc, D], or NULL: no writer blocks */
     double *nP; /* [LH] */
     float *Q;   /* [D, LH * kc]: head-major columns */
@@ -142,7 +142,7 @@ typedef struct heads_job {
 } heads_job;
 
 /* Scratch of one slot in floats. */
-static int64_t heads_scratch(int64_t D, int64_t dh, int64_t n_qr) { return 2 * D * dh + core_dim(D, dh) * dh + n_qr; }
+static int64_t heads_scratch(int64_t D, int64_t dh) { return 2 * D * dh + core_dim(D, dh) * dh + cx_qr_work(D, dh); }
 
 /* The reader block Q_B of head k of a mode, written into columns k kc.. of Q. */
 static int reader_block(const heads_job *j, int64_t k, float *tmp)
@@ -164,7 +164,7 @@ static int reader_block(const heads_job *j, int64_t k, float *tmp)
     }
     int rc;
     if ((rc = cx_head_matrix_of(j->m, X, x, hx, false)) || (rc = cx_head_matrix_of(j->m, Y, y, hy, ty)) ||
-        (rc = cx_qr_r_cm(Y, D, dh, R, work, j->n_qr)))
+        (rc = cx_qr_r_cm(Y, D, dh, R, work)))
         return rc;
     float *Qk = j->Q + k * kc;
     int64_t ldq = j->LH * kc;
@@ -190,7 +190,7 @@ static int writer_block(const heads_job *j, int64_t k, float *tmp)
     float *P = j->P + k * kc * D;
     int rc;
     if ((rc = cx_head_matrix_of(j->m, X, L->W_V, cx_kv_head(L, h), true)) ||
-        (rc = cx_qr_r_cm(X, D, dh, R, work, j->n_qr)) ||
+        (rc = cx_qr_r_cm(X, D, dh, R, work)) ||
         (rc = cx_head_matrix_of(j->m, kc == dh ? P : O, L->W_O, h, false)))
         return rc;
     if (kc == dh) /* R square upper triangular: R W_O in place at half a GEMM's work */
@@ -213,9 +213,9 @@ static int reduce_heads(heads_job *j)
 {
     const circuits_config *c = &j->m->cfg;
     j->D = c->d_model, j->dh = c->d_head, j->kc = core_dim(j->D, j->dh);
-    j->LH = (int64_t)c->n_layers * c->n_heads, j->n_qr = cx_qr_work(j->D, j->dh);
+    j->LH = (int64_t)c->n_layers * c->n_heads;
     slots s;
-    int rc = slots_init(&s, j->P ? 2 * j->LH : j->LH, heads_scratch(j->D, j->dh, j->n_qr));
+    int rc = slots_init(&s, j->P ? 2 * j->LH : j->LH, heads_scratch(j->D, j->dh));
     if (!rc) rc = run_slots(&s, j->P ? 2 * j->LH : j->LH, head_item, j);
     slots_free(&s);
     return rc;

@@ -269,10 +269,9 @@ int64_t cx_qr_work(int64_t rows, int64_t n)
     return k * k + k * n; /* sgeqrt's T [k, k] and work [k, n] */
 }
 
-int cx_qr_r_cm(float *A, int64_t rows, int64_t n, float *R, float *work, int64_t n_work)
+int cx_qr_r_cm(float *A, int64_t rows, int64_t n, float *R, float *work)
 {
     int64_t k = rows < n ? rows : n;
-    if (k == 0 || n_work < cx_qr_work(rows, n)) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "QR of an empty matrix");
     /* sgeqrt with one block of all k columns: LAPACK's recursive, GEMM-rich Householder QR
      * (sgeqrf leaves matrices under 128 columns to its level-2 loop, several times slower);
      * column-major in, so LAPACKE neither transposes nor allocates. */
@@ -293,7 +292,7 @@ int cx_qr_r(const float *X, int64_t rows, int64_t n, int64_t ld, float *R)
     if (!rc) {
         for (int64_t i = 0; i < rows; i++) /* column-major copy */
             for (int64_t j = 0; j < n; j++) W[i + j * rows] = X[i * ld + j];
-        rc = cx_qr_r_cm(W, rows, n, R, work, nw);
+        rc = cx_qr_r_cm(W, rows, n, R, work);
     }
     cx_free(W);
     cx_free(work);

@@ -31,7 +31,7 @@ int cx_qr_r(const float *X, int64_t rows, int64_t n, int64_t ld, float *R);
  * caller's workspace of cx_qr_work(rows, n) floats: no allocation, so it can run in pool tasks
  * with scratch allocated up front. */
 int64_t cx_qr_work(int64_t rows, int64_t n);
-int cx_qr_r_cm(float *A, int64_t rows, int64_t n, float *R, float *work, int64_t n_work);
+int cx_qr_r_cm(float *A, int64_t rows, int64_t n, float *R, float *work);
 
 /* The error for a non-zero LAPACKE info from `what`: CIRCUITS_E_OUT_OF_MEMORY when LAPACKE could
  * not allocate its workspace (it uses plain malloc, which tests cannot fail), else
