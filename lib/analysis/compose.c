@@ -18,90 +18,271 @@
 #include "linalg.h"
 #include "stored.h"
 #include "rng.h"
+#include "pool.h"
 
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
 #define OOM() cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "out of memory computing composition scores")
 
+/* Sum of squares: blocks of 64 squares summed in float over 8 lanes (8 terms each: a relative
+ * error of a few 1e-7, below the scores' own from the fp32 products), the blocks in double. A
+ * fixed order the compiler vectorises: summing all in one double serialises on the add. */
 static double frob2(const float *x, size_t n)
 {
     double s = 0;
-    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        float p[8] = {0};
+        for (size_t b = 0; b < 64; b += 8)
+            for (int l = 0; l < 8; l++) p[l] += x[i + b + l] * x[i + b + l];
+        s += (((double)p[0] + p[4]) + ((double)p[1] + p[5])) + (((double)p[2] + p[6]) + ((double)p[3] + p[7]));
+    }
+    for (; i < n; i++) s += (double)x[i] * x[i];
     return s;
 }
 
 /* k = min(d_model, d_head): the width of every reduced factor. */
 static int64_t core_dim(int64_t D, int64_t dh) { return dh < D ? dh : D; }
 
-/* The reader block Q_B [D, k] of one head for a mode (k = core_dim). Scratch: 3 * D * dh. */
-static int reader_block(const circuits_model *m, const cx_layer_weights *L, int64_t h, int mode, int64_t D, int64_t dh,
-                        float *Q, float *tmp)
-{
-    float *X = tmp, *Y = tmp + D * dh, *R = tmp + 2 * D * dh; /* R [k, dh] */
-    int64_t k = core_dim(D, dh);
+/* Both phases run on the pool as `slots` tasks (at most the thread count), each with its own
+ * scratch allocated before the loop, claiming items (heads, then score tiles) from a counter.
+ * Which slot computes an item does not change its bits: every item is computed by the same
+ * calls on the same shapes whatever the thread count, and writes only its own outputs. */
+typedef struct slots {
+    float *scratch; /* per_slot floats per slot */
+    int64_t per_slot, n;
+    atomic_llong next;
+    atomic_bool stop;
+    pthread_mutex_t m;
+    int64_t failed; /* the lowest failed item (its error is the one reported), or -1 */
     int rc;
-    if (mode == CIRCUITS_COMPOSITION_V) {
-        /* R^B = W_V W_O: W_O = L Qo (LQ) with L = R(W_O^T)^T, so Q_B = W_V L */
-        if ((rc = cx_head_matrix_of(m, X, L->W_V, cx_kv_head(L, h), false)) ||
-            (rc = cx_head_matrix_of(m, Y, L->W_O, h, true)) || /* W_O^T [D, dh] */
-            (rc = cx_qr_r(Y, D, dh, dh, R)))
-            return rc;
-        cx_mm(Q, X, false, R, true, D, dh, k);
+    char msg[512];
+} slots;
+
+static int slots_init(slots *s, int64_t items, int64_t per_slot)
+{
+    int64_t t = circuits_get_num_threads();
+    s->n = items < t ? items : t;
+    if (s->n < 1) s->n = 1;
+    s->per_slot = per_slot;
+    s->scratch = cx_malloc((size_t)(s->n * per_slot) * sizeof *s->scratch);
+    s->failed = -1;
+    s->rc = CIRCUITS_OK;
+    pthread_mutex_init(&s->m, NULL);
+    return s->scratch ? CIRCUITS_OK : OOM();
+}
+
+static void slots_free(slots *s)
+{
+    cx_free(s->scratch);
+    pthread_mutex_destroy(&s->m);
+}
+
+static void slot_fail(slots *s, int64_t item, int rc)
+{
+    pthread_mutex_lock(&s->m);
+    if (s->failed < 0 || item < s->failed) {
+        s->failed = item;
+        s->rc = rc;
+        snprintf(s->msg, sizeof s->msg, "%s", circuits_last_error()); /* this thread's message */
+    }
+    pthread_mutex_unlock(&s->m);
+    atomic_store(&s->stop, true);
+}
+
+/* Runs fn(arg, item, scratch) for items [0, n) over s's slots; the lowest failed item's error,
+ * re-raised on the calling thread. */
+typedef int (*item_fn)(void *arg, int64_t item, float *scratch);
+typedef struct slot_loop {
+    slots *s;
+    int64_t n;
+    item_fn fn;
+    void *arg;
+} slot_loop;
+
+static void slot_task(void *arg, int64_t begin, int64_t end)
+{
+    slot_loop *l = arg;
+    for (int64_t slot = begin; slot < end; slot++) {
+        float *scratch = l->s->scratch + slot * l->s->per_slot;
+        while (!atomic_load(&l->s->stop)) {
+            int64_t i = atomic_fetch_add(&l->s->next, 1);
+            if (i >= l->n) break;
+            int rc = l->fn(l->arg, i, scratch);
+            if (rc) slot_fail(l->s, i, rc);
+        }
+    }
+}
+
+static int run_slots(slots *s, int64_t n, item_fn fn, void *arg)
+{
+    slot_loop l = {s, n, fn, arg};
+    atomic_init(&s->next, 0);
+    atomic_init(&s->stop, false);
+    cx_parallel_for(s->n, 1, slot_task, &l);
+    return s->rc ? cx_fail(s->rc, "%s", s->msg) : CIRCUITS_OK;
+}
+
+/* ---- phase 1: each head reduced to its [k, D] writer block P_A and/or [D, k] reader block Q_B ---- */
+
+typedef struct heads_job {
+    const circuits_model *m;
+    int mode;
+    int64_t D, dh, kc, LH;
+    float *P;   /* [LH * kc, D], or NULL: no writer blocks */
+    double *nP; /* [LH] */
+    float *Q;   /* [D, LH * kc]: head-major columns */
+    double *nQ; /* [LH] */
+} heads_job;
+
+/* Scratch of one slot in floats. */
+static int64_t heads_scratch(int64_t D, int64_t dh) { return 2 * D * dh + core_dim(D, dh) * dh + cx_qr_work(D, dh); }
+
+/* The reader block Q_B of head k of a mode, written into columns k kc.. of Q. */
+static int reader_block(const heads_job *j, int64_t k, float *tmp)
+{
+    int64_t D = j->D, dh = j->dh, kc = j->kc, H = j->m->cfg.n_heads, h = k % H;
+    const cx_layer_weights *L = &j->m->layers[k / H];
+    float *X = tmp, *Y = tmp + D * dh, *R = Y + D * dh, *work = R + kc * dh; /* Y column-major [D, dh] */
+    const circuits_tensor *x, *y;
+    int64_t hx, hy;
+    bool ty;
+    if (j->mode == CIRCUITS_COMPOSITION_V) {
+        /* R^B = W_V W_O: W_O = L Qo (LQ) with L = R(W_O^T)^T, so Q_B = W_V L = W_V R(W_O^T)^T */
+        x = L->W_V, hx = cx_kv_head(L, h), y = L->W_O, hy = h, ty = false; /* W_O [dh, D] = (W_O^T) column-major */
     } else {
         /* Q: W_Q W_K^T -> W_Q R_K^T; K: W_K W_Q^T -> W_K R_Q^T */
-        bool q = mode == CIRCUITS_COMPOSITION_Q;
-        if ((rc = cx_head_matrix_of(m, X, q ? L->W_Q : L->W_K, q ? h : cx_kv_head(L, h), false)) ||
-            (rc = cx_head_matrix_of(m, Y, q ? L->W_K : L->W_Q, q ? cx_kv_head(L, h) : h, false)) ||
-            (rc = cx_qr_r(Y, D, dh, dh, R)))
-            return rc;
-        cx_mm(Q, X, false, R, true, D, dh, k);
+        bool q = j->mode == CIRCUITS_COMPOSITION_Q;
+        x = q ? L->W_Q : L->W_K, hx = q ? h : cx_kv_head(L, h);
+        y = q ? L->W_K : L->W_Q, hy = q ? cx_kv_head(L, h) : h, ty = true; /* W^T [dh, D] = W column-major */
     }
-    return CIRCUITS_OK;
-}
-
-/* The writer block P_A = R(W_V) W_O [k, D] of one head (k = core_dim). Scratch: 2 * D * dh + k * dh. */
-static int writer_block(const circuits_model *m, const cx_layer_weights *L, int64_t h, int64_t D, int64_t dh, float *P,
-                        float *tmp)
-{
-    int64_t k = core_dim(D, dh);
-    float *X = tmp, *R = tmp + D * dh, *O = tmp + D * dh + k * dh; /* R [k, dh] */
     int rc;
-    if ((rc = cx_head_matrix_of(m, X, L->W_V, cx_kv_head(L, h), false)) || (rc = cx_qr_r(X, D, dh, dh, R)) ||
-        (rc = cx_head_matrix_of(m, O, L->W_O, h, false)))
+    if ((rc = cx_head_matrix_of(j->m, X, x, hx, false)) || (rc = cx_head_matrix_of(j->m, Y, y, hy, ty)) ||
+        (rc = cx_qr_r_cm(Y, D, dh, R, work)))
         return rc;
-    cx_mm(P, R, false, O, false, k, dh, D);
+    float *Qk = j->Q + k * kc;
+    int64_t ldq = j->LH * kc;
+    if (kc == dh) { /* R square upper triangular: X R^T in place at half a GEMM's work */
+        cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasTrans, CblasNonUnit, (blasint)D, (blasint)dh, 1.0f, R,
+                    (blasint)dh, X, (blasint)dh);
+        for (int64_t i = 0; i < D; i++) memcpy(Qk + i * ldq, X + i * dh, (size_t)dh * sizeof *X);
+    } else {
+        cx_sgemm(false, true, D, kc, dh, 1.0f, X, dh, R, dh, 0.0f, Qk, ldq); /* X R^T */
+    }
+    double s = 0;
+    for (int64_t i = 0; i < D; i++) s += frob2(Qk + i * ldq, (size_t)kc);
+    j->nQ[k] = sqrt(s);
     return CIRCUITS_OK;
 }
 
-/* out[a, b] (ld ldo) = ||P_a Q_b||_F / (nP[a] nQ[b]) for blocks of `wr` writer rows and dh
- * reader columns (dh = the reader core width k here): C = P [na*wr, D] @ Q [D, nb*dh] (row
- * stride ldq: Q may be the later columns of a wider matrix), in column chunks. */
-static int block_scores(const float *P, const double *nP, int64_t na, int64_t wr, const float *Q, int64_t ldq,
-                        const double *nQ, int64_t nb, int64_t dh, int64_t D, float *out, int64_t ldo)
+/* The writer block P_A = R(W_V) W_O [k, D] of head k. */
+static int writer_block(const heads_job *j, int64_t k, float *tmp)
 {
-    const int64_t chunk_heads = nb < 64 ? nb : 64;
-    float *C = cx_malloc((size_t)(na * wr * chunk_heads * dh) * sizeof *C);
-    if (!C) return OOM();
-    for (int64_t b0 = 0; b0 < nb; b0 += chunk_heads) {
-        int64_t cb = nb - b0 < chunk_heads ? nb - b0 : chunk_heads, N = cb * dh;
-        cx_sgemm(false, false, (na * wr), N, D, 1.0f, P, D, Q + b0 * dh, ldq, 0.0f, C, N);
-        for (int64_t a = 0; a < na; a++)
-            for (int64_t b = 0; b < cb; b++) {
-                double s = 0;
-                for (int64_t i = 0; i < wr; i++)
-                    for (int64_t j = 0; j < dh; j++) {
-                        double v = C[(a * wr + i) * N + b * dh + j];
-                        s += v * v;
-                    }
-                out[a * ldo + b0 + b] = (float)(sqrt(s) / (nP[a] * nQ[b0 + b]));
-            }
-    }
-    cx_free(C);
+    int64_t D = j->D, dh = j->dh, kc = j->kc, H = j->m->cfg.n_heads, h = k % H;
+    const cx_layer_weights *L = &j->m->layers[k / H];
+    float *X = tmp, *O = tmp + D * dh, *R = O + D * dh, *work = R + kc * dh; /* X column-major [D, dh] */
+    float *P = j->P + k * kc * D;
+    int rc;
+    if ((rc = cx_head_matrix_of(j->m, X, L->W_V, cx_kv_head(L, h), true)) ||
+        (rc = cx_qr_r_cm(X, D, dh, R, work)) ||
+        (rc = cx_head_matrix_of(j->m, kc == dh ? P : O, L->W_O, h, false)))
+        return rc;
+    if (kc == dh) /* R square upper triangular: R W_O in place at half a GEMM's work */
+        cblas_strmm(CblasRowMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, (blasint)dh, (blasint)D, 1.0f,
+                    R, (blasint)dh, P, (blasint)D);
+    else
+        cx_mm(P, R, false, O, false, kc, dh, D);
+    j->nP[k] = sqrt(frob2(P, (size_t)(kc * D)));
     return CIRCUITS_OK;
+}
+
+/* Items: the readers [0, LH), then (with P) the writers [LH, 2 LH). */
+static int head_item(void *arg, int64_t i, float *scratch)
+{
+    const heads_job *j = arg;
+    return i < j->LH ? reader_block(j, i, scratch) : writer_block(j, i - j->LH, scratch);
+}
+
+static int reduce_heads(heads_job *j)
+{
+    const circuits_config *c = &j->m->cfg;
+    j->D = c->d_model, j->dh = c->d_head, j->kc = core_dim(j->D, j->dh);
+    j->LH = (int64_t)c->n_layers * c->n_heads;
+    slots s;
+    int rc = slots_init(&s, j->P ? 2 * j->LH : j->LH, heads_scratch(j->D, j->dh));
+    if (!rc) rc = run_slots(&s, j->P ? 2 * j->LH : j->LH, head_item, j);
+    slots_free(&s);
+    return rc;
+}
+
+/* ---- phase 2: the scores, by tiles of C = P Q ---- */
+
+/* Writers come in groups g = 0 .. n_groups - 1 of `per_group` writers (a layer's heads, or one
+ * MLP), each writer wr rows of P; group g is scored against the reader heads of the later
+ * layers, [(g + 1) H, LH). A tile is a block of whole writers of a group against a block of
+ * whole readers, so each score is one tile's sum; the tiling depends only on the shapes. */
+typedef struct scores_job {
+    const float *P, *Q;
+    const double *nP, *nQ;
+    int64_t wr, kc, D, H, LH, per_group, n_groups;
+    int64_t g0;             /* the first group's layer: P, nP start at writer g0 per_group */
+    int64_t wa, tb;         /* writers, reader heads per tile */
+    int64_t row_tiles, tiles_of_group0; /* row tiles per group; tiles of group 0 (later groups have fewer) */
+    float *out;             /* out[a * LH + b] for writer a */
+} scores_job;
+
+/* A tile: whole writers, about TILE_ROWS rows, against whole readers, about TILE_COLS columns:
+ * big enough for sgemm's full rate, and C stays 4 MB per slot even at 7B shapes. */
+#define TILE_ROWS 1024
+#define TILE_COLS 1024
+
+static int64_t col_tiles(const scores_job *j, int64_t g)
+{
+    return (j->LH - (j->g0 + g + 1) * j->H + j->tb - 1) / j->tb;
+}
+
+static int score_tile(void *arg, int64_t t, float *C)
+{
+    const scores_job *j = arg;
+    int64_t g = 0;
+    while (t >= j->row_tiles * col_tiles(j, g)) t -= j->row_tiles * col_tiles(j, g++);
+    int64_t ct = col_tiles(j, g), rt = t / ct, cb = t % ct;
+    int64_t a0 = g * j->per_group + rt * j->wa, na = j->per_group - rt * j->wa; /* a0: in P's numbering */
+    int64_t b0 = (j->g0 + g + 1) * j->H + cb * j->tb, nb = j->LH - b0, row = j->g0 * j->per_group + a0;
+    if (na > j->wa) na = j->wa;
+    if (nb > j->tb) nb = j->tb;
+    int64_t wr = j->wr, kc = j->kc, N = nb * kc;
+    cx_matmul_serial(C, N, j->P + a0 * wr * j->D, j->D, na * wr, j->D, N, j->Q + b0 * kc, j->LH * kc, 1);
+    for (int64_t a = 0; a < na; a++)
+        for (int64_t b = 0; b < nb; b++) {
+            double s = 0;
+            for (int64_t i = 0; i < wr; i++) s += frob2(C + (a * wr + i) * N + b * kc, (size_t)kc);
+            j->out[(row + a) * j->LH + b0 + b] = (float)(sqrt(s) / (j->nP[a0 + a] * j->nQ[b0 + b]));
+        }
+    return CIRCUITS_OK;
+}
+
+static int all_scores(scores_job *j)
+{
+    j->wa = TILE_ROWS / j->wr, j->tb = TILE_COLS / j->kc;
+    if (j->wa < 1) j->wa = 1;
+    if (j->wa > j->per_group) j->wa = j->per_group;
+    if (j->tb < 1) j->tb = 1;
+    j->row_tiles = (j->per_group + j->wa - 1) / j->wa;
+    int64_t n = 0;
+    for (int64_t g = 0; g < j->n_groups; g++) n += j->row_tiles * col_tiles(j, g);
+    if (!n) return CIRCUITS_OK;
+    slots s;
+    int rc = slots_init(&s, n, j->wa * j->wr * j->tb * j->kc);
+    if (!rc) rc = run_slots(&s, n, score_tile, j);
+    slots_free(&s);
+    return rc;
 }
 
 static int check_mode(int mode)
@@ -111,53 +292,27 @@ static int check_mode(int mode)
     return CIRCUITS_OK;
 }
 
-/* Reader blocks of every head: Q_all [D, L*H*kc] (head-major columns, kc = core_dim) and
- * their norms. */
-static int all_readers(const circuits_model *m, int mode, float *Qall, double *nQ)
-{
-    const circuits_config *c = &m->cfg;
-    int64_t D = c->d_model, dh = c->d_head, LH = (int64_t)c->n_layers * c->n_heads, kc = core_dim(D, dh);
-    float *Q = cx_malloc((size_t)(D * kc) * sizeof *Q), *tmp = cx_malloc((size_t)(3 * D * dh) * sizeof *tmp);
-    int rc = (!Q || !tmp) ? OOM() : CIRCUITS_OK;
-    for (int64_t k = 0; k < LH && !rc; k++) {
-        if ((rc = reader_block(m, &m->layers[k / c->n_heads], k % c->n_heads, mode, D, dh, Q, tmp))) break;
-        nQ[k] = sqrt(frob2(Q, (size_t)(D * kc)));
-        for (int64_t i = 0; i < D; i++) memcpy(Qall + i * LH * kc + k * kc, Q + i * kc, (size_t)kc * sizeof *Q);
-    }
-    cx_free(Q);
-    cx_free(tmp);
-    return rc;
-}
-
 int circuits_model_composition_scores(const circuits_model *m, int32_t mode, float *out)
 {
     if (!m || !out) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "circuits_model_composition_scores: NULL argument");
     int rc = check_mode(mode);
     if (rc) return rc;
     const circuits_config *c = &m->cfg;
-    int64_t L = c->n_layers, H = c->n_heads, D = c->d_model, dh = c->d_head, LH = L * H, kc = core_dim(D, dh);
+    int64_t L = c->n_layers, H = c->n_heads, D = c->d_model, LH = L * H, kc = core_dim(D, c->d_head);
     memset(out, 0, (size_t)(LH * LH) * sizeof *out);
-    float *P = cx_malloc((size_t)(LH * kc * D) * sizeof *P), *Q = cx_malloc((size_t)(D * LH * kc) * sizeof *Q);
-    float *tmp = cx_malloc((size_t)(2 * D * dh + kc * dh) * sizeof *tmp);
-    double *nP = cx_malloc((size_t)LH * sizeof *nP), *nQ = cx_malloc((size_t)LH * sizeof *nQ);
-    if (!P || !Q || !tmp || !nP || !nQ) rc = OOM();
-    for (int64_t k = 0; k < LH && !rc; k++) {
-        if ((rc = writer_block(m, &m->layers[k / H], k % H, D, dh, P + k * kc * D, tmp))) break;
-        nP[k] = sqrt(frob2(P + k * kc * D, (size_t)(kc * D)));
-    }
-    if (!rc) rc = all_readers(m, mode, Q, nQ);
-    /* Only layer(A) < layer(B) is scored (TransformerLens's mask); one GEMM per writer layer
-     * against the reader columns of all later layers. */
-    for (int64_t la = 0; la + 1 < L && !rc; la++) {
-        int64_t first = (la + 1) * H, nb = LH - first;
-        rc = block_scores(P + la * H * kc * D, nP + la * H, H, kc, Q + first * kc, LH * kc, nQ + first, nb, kc, D,
-                          out + la * H * LH + first, LH);
-    }
-    cx_free(P);
-    cx_free(Q);
-    cx_free(tmp);
-    cx_free(nP);
-    cx_free(nQ);
+    heads_job hj = {.m = m, .mode = mode};
+    hj.P = cx_malloc((size_t)(LH * kc * D) * sizeof *hj.P), hj.Q = cx_malloc((size_t)(D * LH * kc) * sizeof *hj.Q);
+    hj.nP = cx_malloc((size_t)LH * sizeof *hj.nP), hj.nQ = cx_malloc((size_t)LH * sizeof *hj.nQ);
+    if (!hj.P || !hj.Q || !hj.nP || !hj.nQ) rc = OOM();
+    if (!rc) rc = reduce_heads(&hj);
+    /* Only layer(A) < layer(B) is scored (TransformerLens's mask). */
+    scores_job sj = {.P = hj.P, .Q = hj.Q, .nP = hj.nP, .nQ = hj.nQ, .wr = kc, .kc = kc, .D = D, .H = H, .LH = LH,
+                     .per_group = H, .n_groups = L - 1, .out = out};
+    if (!rc) rc = all_scores(&sj);
+    cx_free(hj.P);
+    cx_free(hj.Q);
+    cx_free(hj.nP);
+    cx_free(hj.nQ);
     if (rc) memset(out, 0, (size_t)(LH * LH) * sizeof *out);
     return rc;
 }
@@ -173,10 +328,11 @@ int circuits_model_mlp_composition_scores(const circuits_model *m, int32_t mode,
     int64_t wr = M < D ? M : D; /* W_out [M, D] = Q R: ||W_out Y|| = ||R Y||, R [min(M, D), D] */
     memset(out, 0, (size_t)(L * LH) * sizeof *out);
     float *P = cx_malloc((size_t)(wr * D) * sizeof *P), *W = cx_malloc((size_t)(M * D) * sizeof *W);
-    float *Q = cx_malloc((size_t)(D * LH * kc) * sizeof *Q);
-    double *nQ = cx_malloc((size_t)LH * sizeof *nQ);
-    if (!P || !W || !Q || !nQ) rc = OOM();
-    if (!rc) rc = all_readers(m, mode, Q, nQ);
+    heads_job hj = {.m = m, .mode = mode};
+    hj.Q = cx_malloc((size_t)(D * LH * kc) * sizeof *hj.Q);
+    hj.nQ = cx_malloc((size_t)LH * sizeof *hj.nQ);
+    if (!P || !W || !hj.Q || !hj.nQ) rc = OOM();
+    if (!rc) rc = reduce_heads(&hj);
     for (int64_t la = 0; la + 1 < L && !rc; la++) {
         if ((rc = cx_weight_dense_of(m, W, m->layers[la].W_out))) break;
         if (M >= D) {
@@ -185,13 +341,14 @@ int circuits_model_mlp_composition_scores(const circuits_model *m, int32_t mode,
             memcpy(P, W, (size_t)(M * D) * sizeof *P);
         }
         double nP = sqrt(frob2(P, (size_t)(wr * D)));
-        int64_t first = (la + 1) * H, nb = LH - first;
-        rc = block_scores(P, &nP, 1, wr, Q + first * kc, LH * kc, nQ + first, nb, kc, D, out + la * LH + first, LH);
+        scores_job sj = {.P = P, .Q = hj.Q, .nP = &nP, .nQ = hj.nQ, .wr = wr, .kc = kc, .D = D, .H = H, .LH = LH,
+                         .per_group = 1, .n_groups = 1, .g0 = la, .out = out};
+        rc = all_scores(&sj);
     }
     cx_free(P);
     cx_free(W);
-    cx_free(Q);
-    cx_free(nQ);
+    cx_free(hj.Q);
+    cx_free(hj.nQ);
     if (rc) memset(out, 0, (size_t)(L * LH) * sizeof *out);
     return rc;
 }

@@ -263,26 +263,39 @@ int circuits_factored_vecmat(const float *x, const circuits_factored *f, float *
     return CIRCUITS_OK;
 }
 
+int64_t cx_qr_work(int64_t rows, int64_t n)
+{
+    int64_t k = rows < n ? rows : n;
+    return k * k + k * n; /* sgeqrt's T [k, k] and work [k, n] */
+}
+
+int cx_qr_r_cm(float *A, int64_t rows, int64_t n, float *R, float *work)
+{
+    int64_t k = rows < n ? rows : n;
+    /* sgeqrt with one block of all k columns: LAPACK's recursive, GEMM-rich Householder QR
+     * (sgeqrf leaves matrices under 128 columns to its level-2 loop, several times slower);
+     * column-major in, so LAPACKE neither transposes nor allocates. */
+    lapack_int info = LAPACKE_sgeqrt_work(LAPACK_COL_MAJOR, (lapack_int)rows, (lapack_int)n, (lapack_int)k, A,
+                                          (lapack_int)rows, work, (lapack_int)k, work + k * k);
+    if (info != 0) return cx_lapack_fail((int)info, "QR factorisation");
+    /* R [k, n]: upper triangular, or upper trapezoidal when rows < n; R(i, j) = A[i + j rows] */
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t j = 0; j < n; j++) R[i * n + j] = j >= i ? A[i + j * rows] : 0.0f;
+    return CIRCUITS_OK;
+}
+
 int cx_qr_r(const float *X, int64_t rows, int64_t n, int64_t ld, float *R)
 {
-    float *W = cx_malloc((size_t)(rows * n) * sizeof *W), *tau = cx_malloc((size_t)n * sizeof *tau);
-    int rc = CIRCUITS_OK;
-    if (!W || !tau) {
-        rc = FAIL_OOM();
-        goto done;
+    int64_t nw = cx_qr_work(rows, n);
+    float *W = cx_malloc((size_t)(rows * n) * sizeof *W), *work = cx_malloc((size_t)nw * sizeof *work);
+    int rc = (!W || !work) ? FAIL_OOM() : CIRCUITS_OK;
+    if (!rc) {
+        for (int64_t i = 0; i < rows; i++) /* column-major copy */
+            for (int64_t j = 0; j < n; j++) W[i + j * rows] = X[i * ld + j];
+        rc = cx_qr_r_cm(W, rows, n, R, work);
     }
-    for (int64_t i = 0; i < rows; i++) memcpy(W + i * n, X + i * ld, (size_t)n * sizeof *W);
-    lapack_int info = LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, (lapack_int)rows, (lapack_int)n, W, (lapack_int)n, tau);
-    if (info != 0) {
-        rc = cx_lapack_fail((int)info, "QR factorisation");
-        goto done;
-    }
-    /* R [min(rows, n), n]: upper triangular, or upper trapezoidal when rows < n */
-    for (int64_t i = 0; i < (rows < n ? rows : n); i++)
-        for (int64_t j = 0; j < n; j++) R[i * n + j] = j >= i ? W[i * n + j] : 0.0f;
-done:
     cx_free(W);
-    cx_free(tau);
+    cx_free(work);
     return rc;
 }
 

@@ -27,6 +27,12 @@ int cx_factored_svd1(const float *A, const float *B, int64_t l, int64_t m, int64
  * X = Q R with Q^T Q = I, whatever the rank of X. */
 int cx_qr_r(const float *X, int64_t rows, int64_t n, int64_t ld, float *R);
 
+/* The same for a column-major A [rows, n] (leading dimension rows), which it overwrites, with a
+ * caller's workspace of cx_qr_work(rows, n) floats: no allocation, so it can run in pool tasks
+ * with scratch allocated up front. */
+int64_t cx_qr_work(int64_t rows, int64_t n);
+int cx_qr_r_cm(float *A, int64_t rows, int64_t n, float *R, float *work);
+
 /* The error for a non-zero LAPACKE info from `what`: CIRCUITS_E_OUT_OF_MEMORY when LAPACKE could
  * not allocate its workspace (it uses plain malloc, which tests cannot fail), else
  * CIRCUITS_E_RANGE (no convergence). */
