@@ -70,7 +70,10 @@ peer() {
     return 0
   fi
   local why
-  why=$(grep -m1 -E 'CMake Error|error:|ERROR:|Cannot install|conflict' "$log" | cut -c1-160)
+  # the most specific line: cmake's error (and the line after it), else the compiler's, else pip's
+  why=$(grep -m1 -A4 'CMake Error' "$log" | tr -s ' \n' ' ' | cut -c1-200)
+  [ -n "$why" ] || why=$(grep -m1 -E ' error: |Cannot install|conflict|No matching distribution' "$log" | cut -c1-200)
+  [ -n "$why" ] || why=$(grep -m1 -E '^ERROR:' "$log" | cut -c1-200)
   echo "${why:-see the log}" >"$log.failed"
   echo "$mod: $what could not be installed: ${why:-see the log} ($log)" >>"$status"
 }
