@@ -35,9 +35,12 @@ while (($#)); do
 done
 
 has_base() { "$1" -c "import torch, transformers, transformer_lens, safetensors" 2>/dev/null; }
-if [ -z "$py" ]; then
+base=0  # 1: $py imports the peers' base (importing torch + transformer_lens takes ~10 s: once)
+if [ -n "$py" ]; then
+  has_base "$py" && base=1
+else
   for cand in /opt/refenv/bin/python bench/.venv/bin/python; do
-    if [ -x "$cand" ] && has_base "$cand"; then py=$cand; break; fi
+    if [ -x "$cand" ] && has_base "$cand"; then py=$cand base=1; break; fi
   done
 fi
 if [ -z "$py" ]; then
@@ -45,7 +48,7 @@ if [ -z "$py" ]; then
   { [ -x bench/.venv/bin/python ] || python3 -m venv bench/.venv; } &&
     bench/.venv/bin/pip install -q torch transformers safetensors 'transformer_lens==3.9.0'
   py=bench/.venv/bin/python
-  has_base "$py" || echo "bench/run.sh: bench/.venv has no torch + transformer_lens: the peers' columns will be empty" >&2
+  has_base "$py" && base=1 || echo "bench/run.sh: bench/.venv has no torch + transformer_lens: the peers' columns will be empty" >&2
 fi
 
 mkdir -p bench/.cache
@@ -83,5 +86,5 @@ peer llama_cpp "llama-cpp-python (builds llama.cpp from source with cmake)" 'lla
 if [ -s "$status" ]; then sed 's/^/bench\/run.sh: not installed: /' "$status" >&2; fi
 
 ((install_only)) && exit 0
-has_base "$py" || py=python3
+((base)) || py=python3
 exec "$py" bench/run.py --python "$py" "${args[@]}"
