@@ -113,12 +113,14 @@ def main_rows(ctx):
         c, t, tl = (fwd.get((w, "plain", s)) for w in ("circuits", "torch", "tl"))
         ms = lambda r: r["median_ms"] / 1e3 if r else None
         shp = f"[{s[0]}, {s[1]}]"
+        why = lambda r: "" if r else ("no interpreter with torch + transformer_lens" if not ctx.py else
+                                      "its process failed (build-bench/bench-log.jsonl)")
         rows.append(row("GPT-2 small (main tables)", f"forward {shp}", ms(c), "PyTorch eager", ms(t), "≥ 1.4× at [1, 128]",
-                        at_least(ms(t) / ms(c), 1.4) if ms(t) and ms(c) and s == (1, 128) else None))
-        rows.append(row("GPT-2 small (main tables)", f"forward {shp}", ms(c), "TransformerLens", ms(tl)))
+                        at_least(ms(t) / ms(c), 1.4) if ms(t) and ms(c) and s == (1, 128) else None, why(t)))
+        rows.append(row("GPT-2 small (main tables)", f"forward {shp}", ms(c), "TransformerLens", ms(tl), note=why(tl)))
         h, th = fwd.get(("circuits", "hooks", s)), fwd.get(("tl", "hooks", s))
         rows.append(row("GPT-2 small (main tables)", f"no-op hook at every point {shp}", ms(h), "TransformerLens "
-                        "run_with_hooks", ms(th)))
+                        "run_with_hooks", ms(th), note=why(th)))
     q = next((r for r in comp if r["what"] == "composition" and r["mode"] == "Q"), None)
     tlq = next((r for r in comp if r["what"] == "tl_composition" and r["mode"] == "Q"), None)
     if q and tlq:
@@ -419,8 +421,9 @@ def render_summary(rows, header):
             verdict = f"**{r['note']}**" if r["note"] else "—"
         else:
             verdict = {True: "met", False: "**not met**", None: "—"}[r["ok"]]
-            if r["peer_t"] is None and r["lc"] is not None and r["note"]:
-                verdict = f"peer not measured: {r['note']}"
+            if r["lc"] is None or r["peer_t"] is None:  # never a silent gap
+                side = "peer" if r["peer_t"] is None else "libcircuits"
+                verdict = f"{side} not measured: {r['note'] or 'see the tables below and build-bench/sections/log.txt'}"
             elif r["note"]:
                 verdict += f" ({r['note']})"
         out.append(f"| {r['cap']} | {r['what']} | {fmt_s(r['lc'])} | {r['peer']} | {fmt_s(r['peer_t'])} | "
