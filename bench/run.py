@@ -56,7 +56,8 @@ def choose_coretype(bin_dir):
     inherits, when OpenBLAS fell back to old kernels on an AVX2 / AVX-512 CPU (Debian 12's
     0.3.21 picks Prescott on CPUs newer than itself: 4.5x slower sgemm). The note for the report."""
     if os.environ.get("OPENBLAS_CORETYPE"):
-        return os.environ.get("BENCH_CORETYPE_NOTE") or f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} set by the caller"
+        os.environ.setdefault("BENCH_CORETYPE_NOTE", f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} set by the caller")
+        return os.environ["BENCH_CORETYPE_NOTE"]
     p = subprocess.run([os.path.join(bin_dir, "bench_gemm"), "1", "1"], input="", capture_output=True, text=True,
                        env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
     core = next((json.loads(l)["corename"] for l in p.stdout.splitlines() if '"openblas"' in l), "?")
