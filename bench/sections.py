@@ -247,7 +247,8 @@ def gguf(ctx):
             c, ll = rs.get("libcircuits/none", {}), rs.get("llama.cpp/none", {})
             lim = 1.3 if task == "gen" else 1.2
             cs, ls = c.get("median_ms"), ll.get("median_ms")
-            note = "; ".join(f"{n} failed: {r['error'].strip().splitlines()[-1][:120]}" for n, r in rs.items() if "error" in r)
+            note = "; ".join(f"{n} failed: {(r['error'].strip().splitlines() or ['?'])[-1][:120]}" for n, r in rs.items()
+                             if "error" in r)
             rows.append(row("GGUF", f"{key}{' (tiny)' if ctx.quick else ''} {task}", cs and cs / 1e3, "llama.cpp",
                             ls and ls / 1e3, f"≥ {1 / lim:.2f}× (time ≤ {lim}× llama.cpp's)",
                             at_least(ls / cs, 1 / lim) if cs and ls else None, note))
