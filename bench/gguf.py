@@ -324,7 +324,8 @@ def run_worker(py, args, env):
                        cwd=ROOT)
     rows = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
     if p.returncode or not rows:
-        tail = "\n".join(p.stderr.strip().splitlines()[-6:])
+        tail = "\n".join(p.stderr.strip().splitlines()[-6:]) or (  # a crash may print nothing
+            f"no error output, exit {p.returncode}" + (f" (signal {-p.returncode})" if p.returncode < 0 else ""))
         print(f"  FAILED ({p.returncode}): {' '.join(args)}\n{tail}", file=sys.stderr, flush=True)
         return dict(error=tail[-600:], returncode=p.returncode)
     return rows[-1]

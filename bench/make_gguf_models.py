@@ -43,8 +43,11 @@ import time
 
 import numpy as np
 
-import gguf
-from gguf import GGMLQuantizationType as QT
+# the sibling bench/gguf.py would shadow gguf-py's package while bench/ is on sys.path (as it is
+# for this script): take bench/ off first, as gguf.py does
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import gguf  # noqa: E402
+from gguf import GGMLQuantizationType as QT  # noqa: E402
 
 DEFAULT_OUT = "/tmp/circuits-bench-gguf"
 

@@ -23,6 +23,7 @@ difference printed). One thread each by default: the clock is then the process's
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -56,6 +57,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--no-tl", action="store_true")
     ap.add_argument("--quick", action="store_true", help="resid_pre only")
+    ap.add_argument("--json", help="also write the rows to this file (bench/run.py's summary reads it)")
     a = ap.parse_args()
     os.environ["OPENBLAS_NUM_THREADS"] = str(a.threads)
     circuits.set_num_threads(a.threads) if hasattr(circuits, "set_num_threads") else \
@@ -134,6 +136,9 @@ def main() -> int:
               f"**{t['whole, batched'] / t['incremental, batched']:.2f}x** | {diff} |")
     print(f"\nevery libcircuits grid vs whole re-runs of one cell, max |difference|: "
           f"{max(r['vs_whole'] for r in rows):.1e}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(dict(pos=T, threads=a.threads, reps=a.reps, clock="cpu" if a.threads == 1 else "wall", rows=rows), f)
     model.close()
     return 0
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import sys
 import time
@@ -239,6 +240,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-tl", action="store_true", help="skip TransformerLens (no torch needed)")
     ap.add_argument("--no-big", action="store_true", help="skip the GPT-2-small-shaped model")
+    ap.add_argument("--json", help="also write the measurements to this file (bench/run.py's summary reads it)")
     a = ap.parse_args()
     use_tl = not a.no_tl
     circuits.set_num_threads(a.threads)
@@ -313,6 +315,12 @@ def main() -> int:
             line += (f" | {r['tl_forward']:.2f} | {r['tl_cache']:.2f} | {r['tl_cache_pattern']:.2f} | "
                      f"{r['tl_cache'] / r['lc_cache']:.1f}x | {r['max_diff']:.1e}")
         print(line + " |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(dict(threads=a.threads, reps=a.reps, hook_points=n, per_call_us={k: per(k) for k in h if k != "none"
+                                                                                      and not k.startswith("tl_")},
+                           tl_per_call_us={k: per(k, "tl_none") for k in h if k.startswith("tl_") and k != "tl_none"},
+                           cache=[dict(r, shape=list(r["shape"])) for r in rows]), f)
     return 0
 
 

@@ -28,6 +28,11 @@ def rss_mb(rec):
     return rec["peak_rss_kb"] / 1024 if rec and rec.get("peak_rss_kb") else None
 
 
+def coretype(m):
+    """The header's note when the run set OPENBLAS_CORETYPE (bench/run.py choose_coretype)."""
+    return f" — {m['coretype_note']}" if m.get("coretype_note") else ""
+
+
 def memory_budget(rec, weight_bytes):
     """Weights + cached bytes + one layer's activations + the logits the caller asked for. The
     weights: the bytes the loaded model holds (its processed copies and the mapped tensors it
@@ -192,7 +197,7 @@ def render(a, m, gemm, fwd, load, comp):
 
     ob = m.get("openblas", {})
     head = [f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), {m['threads']} threads for every contender; "
-            f"OpenBLAS core {ob.get('corename', '?')} ({ob.get('config', '?')}); sgemm peak "
+            f"OpenBLAS core {ob.get('corename', '?')} ({ob.get('config', '?')}){coretype(m)}; sgemm peak "
             f"{gemm['peak_gflops']:.0f} GFLOP/s ({a.peak_n}² square); load average at start "
             f"{m['load'][0]:.1f}. Medians of {a.reps} runs after {a.warmup} warm-up(s); each configuration in its "
             f"own process.", "",
@@ -254,7 +259,7 @@ def render_family(a, m, gemm, fwd, lc_load):
             f"{f(loads['torch'] and loads['torch'] / 1e3, '.1f')} s, TransformerLens's steps "
             f"{f(loads['tl'] and loads['tl'] / 1e3, '.1f')} s.", "",
             f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), {m['threads']} threads for every contender; "
-            f"OpenBLAS core {ob.get('corename', '?')} ({ob.get('config', '?')}); sgemm peak "
+            f"OpenBLAS core {ob.get('corename', '?')} ({ob.get('config', '?')}){coretype(m)}; sgemm peak "
             f"{gemm['peak_gflops']:.0f} GFLOP/s ({a.peak_n}² square); load average at start {m['load'][0]:.1f}. "
             f"Medians of {a.reps} runs after {a.warmup} warm-up(s); {procs}.", "",
             "#### Goals (issue 13)", "", "| goal | measured | target | |", "|---|---:|---:|---|"]

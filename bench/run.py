@@ -32,6 +32,7 @@ sys.path.insert(0, HERE)
 import families  # noqa: E402
 import gemm_limit  # noqa: E402
 import report  # noqa: E402
+import sections  # noqa: E402
 
 MODEL = os.path.join(HERE, ".cache", "gpt2-small-random")
 TARGETS = ["bench/bench_forward", "bench/bench_gemm", "bench/bench_compose", "bench/bench_pagecache"]
@@ -43,6 +44,31 @@ def build(build_dir):
                        stdout=subprocess.DEVNULL)
     subprocess.run(["meson", "compile", "-C", build_dir] + TARGETS, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return os.path.join(build_dir, "bench")
+
+
+# OpenBLAS's kernel sets older than Haswell: on a CPU with AVX2 one of these means OpenBLAS did not
+# know the CPU and fell back (docs/performance.md, "OpenBLAS kernels")
+OLD_CORES = {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "katmai", "coppermine", "northwood", "banias"}
+
+
+def choose_coretype(bin_dir):
+    """Sets OPENBLAS_CORETYPE in this process's environment, which every process of the run
+    inherits, when OpenBLAS fell back to old kernels on an AVX2 / AVX-512 CPU (Debian 12's
+    0.3.21 picks Prescott on CPUs newer than itself: 4.5x slower sgemm). The note for the report."""
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        os.environ.setdefault("BENCH_CORETYPE_NOTE", f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} set by the caller")
+        return os.environ["BENCH_CORETYPE_NOTE"]
+    p = subprocess.run([os.path.join(bin_dir, "bench_gemm"), "1", "1"], input="", capture_output=True, text=True,
+                       env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    core = next((json.loads(l)["corename"] for l in p.stdout.splitlines() if '"openblas"' in l), "?")
+    flags = set(next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), []))
+    if core.lower() not in OLD_CORES or "avx2" not in flags:
+        return ""
+    os.environ["OPENBLAS_CORETYPE"] = ct = "SkylakeX" if "avx512f" in flags else "Haswell"
+    os.environ["BENCH_CORETYPE_NOTE"] = note = (
+        f"OpenBLAS picked its {core} kernels on this CPU, which it does not know (it has "
+        f"{'AVX-512F' if ct == 'SkylakeX' else 'AVX2'}): OPENBLAS_CORETYPE={ct} is set for every process of this run")
+    return note
 
 
 def find_python(explicit):
@@ -82,7 +108,7 @@ def machine(bin_dir, runner, threads):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     blas = runner.run([os.path.join(bin_dir, "bench_gemm"), str(threads), "1"], stdin="")
     return dict(cpu=cpu, cores=os.cpu_count(), threads=threads, kernel=platform.release(),
-                openblas=blas[0] if blas else {}, load=os.getloadavg(),
+                openblas=blas[0] if blas else {}, load=os.getloadavg(), coretype_note=os.environ.get("BENCH_CORETYPE_NOTE", ""),
                 date=datetime.datetime.now().isoformat(timespec="minutes"))
 
 
@@ -295,10 +321,11 @@ def main():
     ap.add_argument("--no-tl-composition", action="store_true", help="skip TL's (slow) all_composition_scores")
     ap.add_argument("--no-composition", action="store_true")
     ap.add_argument("--no-cold", action="store_true", help="skip cold-page-cache loads")
-    ap.add_argument("--patching", action="store_true",
-                    help="also the activation-patching sweeps against TransformerLens (bench/patching.py, ~20 min)")
-    ap.add_argument("--jobs", action="store_true",
-                    help="also dataset jobs: one process against mpirun ranks at equal cores (bench/jobs.py, ~2 min)")
+    ap.add_argument("--sections", default="all",
+                    help="capability sections after the main suite, comma-separated, 'all' or 'none': " +
+                         ",".join(s[0] for s in sections.SECTIONS))
+    ap.add_argument("--section-timeout", type=int, default=None,
+                    help="seconds a section may take before it is stopped and reported (default 1800; --quick 900)")
     ap.add_argument("--python", help="interpreter with torch, transformers, transformer_lens")
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build-bench"))
     ap.add_argument("--out", help="also write the Markdown to this file")
@@ -312,6 +339,8 @@ def main():
             print(report.render_family(argparse.Namespace(**d["args"]), d["machine"], unjsonable(d["gemm"]),
                                        unjsonable(d["forward"]), d["lc_load"]))
             return 0
+        if d.get("summary"):
+            print(sections.render_summary(d["summary"], f"{d['machine']['cpu']} (saved run)"))
         print(report.render(argparse.Namespace(**d["args"]), d["machine"], unjsonable(d["gemm"]),
                             unjsonable(d["forward"]), unjsonable(d["load"]), d["composition"]))
         return 0
@@ -322,6 +351,9 @@ def main():
     a.shapes = a.shapes or ("1:128" if a.quick else default_shapes)
 
     bin_dir = build(a.build_dir)
+    coretype_note = choose_coretype(bin_dir)
+    if coretype_note:
+        print(f"[bench] {coretype_note}", file=sys.stderr)
     py = find_python(a.python)
     if not py:
         print("no interpreter with torch + transformers + transformer_lens: measuring libcircuits alone "
@@ -351,26 +383,27 @@ def main():
         comp = measure_composition(a, bin_dir, runner, py)
 
     md = report.render(a, m, gemm, fwd, load, comp)
-    if a.patching and py:
-        step("activation patching (bench/patching.py)")
-        env = dict(os.environ, CIRCUITS_LIBRARY=os.path.join(a.build_dir, "lib", "libcircuits.so.0"))
-        r = subprocess.run([py, os.path.join(HERE, "patching.py")] + (["--quick"] if a.quick else []),
-                           env=env, capture_output=True, text=True, check=True)
-        md += "\n## Activation patching\n" + r.stdout
-    if a.jobs:
-        step("dataset jobs: one process, MPI ranks (bench/jobs.py)")
-        subprocess.run(["meson", "compile", "-C", a.build_dir, "examples/circuits"], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
-        r = subprocess.run([sys.executable, os.path.join(HERE, "jobs.py"), "--exe",
-                            os.path.join(a.build_dir, "examples", "circuits"), "--model", MODEL]
-                           + (["--reps", "1"] if a.quick else []), capture_output=True, text=True, check=True)
-        md += "\n## Dataset jobs (one process, MPI ranks)\n" + r.stdout
+    names = {"all": [s[0] for s in sections.SECTIONS], "none": []}.get(a.sections, a.sections.split(","))
+    unknown = set(names) - {s[0] for s in sections.SECTIONS}
+    if unknown:
+        sys.exit(f"--sections: unknown {', '.join(sorted(unknown))}")
+    a.section_timeout = a.section_timeout or (900 if a.quick else 1800)
+    ctx = sections.Ctx(a, py, a.build_dir, runner.env, dict(forward=fwd, composition=comp))
+    srows, smd = sections.run_all(ctx, names)
+    ob = m.get("openblas", {})
+    md = (sections.render_summary(srows, f"{m['cpu']}, {m['threads']} threads; OpenBLAS core {ob.get('corename', '?')}"
+                                  + (f" ({m['coretype_note']})" if m.get("coretype_note") else "") + "; "
+                                  + ("--quick: small sizes, to check that everything runs (not for the numbers). "
+                                     if a.quick else "") + "Times: each script's own clock (medians or best of its "
+                                  "repetitions; the sections below say which).")
+          + "\n## GPT-2 small: libcircuits, PyTorch eager, TransformerLens\n\n" + md
+          + ("\n## Capability sections\n\n" + smd if smd else ""))
     print(md)
     if a.out:
         open(a.out, "w").write(md)
     if a.json:
-        json.dump(jsonable(dict(args=vars(a), machine=m, gemm=gemm, forward=fwd, load=load, composition=comp)),
-                  open(a.json, "w"), indent=1)
+        json.dump(jsonable(dict(args=vars(a), machine=m, gemm=gemm, forward=fwd, load=load, composition=comp,
+                                summary=srows)), open(a.json, "w"), indent=1)
     return 0
 
 

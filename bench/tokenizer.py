@@ -102,6 +102,7 @@ def main():
     ap.add_argument("--lib", default=os.path.join(ROOT, "build", "lib", "libcircuits.so.0"))
     ap.add_argument("--mb", type=float, default=8.0)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", help="also write the rows to this file (bench/run.py's summary reads it)")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tokenizers import Tokenizer
@@ -146,6 +147,10 @@ def main():
     print(f"{'vocab':<5} {'input':<10} {'implementation':<12} {'tokens':>9} {'seconds':>8} {'Mtok/s':>7} {'MB/s':>6}")
     for name, mode, impl, n, t in rows:
         print(f"{name:<5} {mode:<10} {impl:<12} {n:>9} {t:>8.3f} {n / t / 1e6:>7.2f} {len(data) / t / 1e6:>6.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(mb=len(data) / 1e6, repeat=args.repeat, rows=[dict(vocab=name, input=mode, impl=impl, tokens=n,
+                                                                             seconds=t) for name, mode, impl, n, t in rows]), f)
 
 
 if __name__ == "__main__":
