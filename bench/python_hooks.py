@@ -99,8 +99,17 @@ def replace(act, hook):
     return act * np.float32(1.0)
 
 
-def as_array_view(addr, shape, owner=None, readonly=False):
-    return np.ctypeslib.as_array(ctypes.cast(addr, ctypes.POINTER(ctypes.c_float)), shape)
+class _AsArrayHolder:
+    """Stands in for the binding's _Holder: keeps what the hook array needs to be made with
+    np.ctypeslib.as_array instead (the cost the binding's __array_interface__ view avoids)."""
+    __slots__ = ("addr", "shape", "owner")
+
+    def __init__(self, addr, shape, readonly, owner, typestr="<f4"):
+        self.addr, self.shape, self.owner = addr, shape, owner
+
+
+def as_array_view(holder):
+    return np.ctypeslib.as_array(ctypes.cast(holder.addr, ctypes.POINTER(ctypes.c_float)), holder.shape)
 
 
 def hook_variants(tok):
@@ -122,13 +131,13 @@ def hook_variants(tok):
         out[name] = (lambda mm=mm: mm(tok))
     ma = model("noop_as_array")
     ma.add_hook(lambda _: True, noop)
-    saved = cm._view
+    saved = (cm._Holder, cm._asarray)
 
-    def set_as_array():
-        cm._view = as_array_view
+    def set_as_array():  # the hook trampoline makes its array from _Holder through _asarray
+        cm._Holder, cm._asarray = _AsArrayHolder, as_array_view
 
     def restore():
-        cm._view = saved
+        cm._Holder, cm._asarray = saved
 
     out["noop_as_array"] = (lambda: ma(tok), set_as_array, restore)
     # the floor: a bare ctypes callback returning 0, registered at every point through C
