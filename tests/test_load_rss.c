@@ -29,17 +29,6 @@
 enum { D = 256, H = 4, M = 1024, L = 2, V = 8192, CTX = 256, BATCH = 2, POS = 16 };
 enum { GD = 256, GH = 4, GKV = 2, GDH = 64, GF = 512, GV = 4096 };
 
-static float *randn(size_t n, uint32_t *seed, float scale)
-{
-    float *p = malloc(n * sizeof *p);
-    if (!p) md_die("malloc");
-    for (size_t i = 0; i < n; i++) {
-        *seed = *seed * 1664525u + 1013904223u;
-        p[i] = scale * ((float)(*seed >> 8) / 16777216.0f - 0.5f);
-    }
-    return p;
-}
-
 /* dir/config.json and dir/model.safetensors (as dt) of a GPT-2 with tied embeddings */
 static void write_gpt2(const char *dir, st_dtype dt)
 {
@@ -57,7 +46,7 @@ static void write_gpt2(const char *dir, st_dtype dt)
     uint32_t seed = 7;
 #define ADD(nm, nd, a, b, sc)                                                                     \
     (snprintf(e[n].name, sizeof e[n].name, "%s", nm), e[n].ndim = (nd), e[n].shape[0] = (a), e[n].shape[1] = (b), \
-     e[n].data = randn((size_t)(a) * (size_t)((nd) == 2 ? (b) : 1), &seed, sc), n++)
+     e[n].data = md_randn((size_t)(a) * (size_t)((nd) == 2 ? (b) : 1), &seed, sc), n++)
     ADD("wte.weight", 2, V, D, 0.2f);
     ADD("wpe.weight", 2, CTX, D, 0.2f);
     for (int l = 0; l < L; l++) {
@@ -122,7 +111,7 @@ static void write_gguf(const char *path)
     uint32_t seed = 11;
     for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
         size_t n = (size_t)mats[i].ne0 * (size_t)mats[i].ne1;
-        float *x = randn(n, &seed, 0.2f);
+        float *x = md_randn(n, &seed, 0.2f);
         uint8_t *q = malloc(n / 32 * 34);
         if (!q) md_die("malloc");
         q8_0(x, n, q);
@@ -131,7 +120,7 @@ static void write_gguf(const char *path)
         keep[nk++] = q;
     }
     for (size_t i = 0; i < 3; i++) {
-        float *w = randn(GD, &seed, 2.0f);
+        float *w = md_randn(GD, &seed, 2.0f);
         gw_tensor(&f, norms[i], 1, (int64_t[]){GD}, GW_F32, w, GD * sizeof *w);
         keep[nk++] = w;
     }

@@ -25,17 +25,6 @@
 
 enum { D = 256, H = 8, KV = 2, DH = 32, M = 512, L = 2, V = 4096, BATCH = 2, POS = 32 };
 
-static float *randn(size_t n, uint32_t *seed, float scale)
-{
-    float *p = malloc(n * sizeof *p);
-    if (!p) md_die("malloc");
-    for (size_t i = 0; i < n; i++) {
-        *seed = *seed * 1664525u + 1013904223u;
-        p[i] = scale * ((float)(*seed >> 8) / 16777216.0f - 0.5f);
-    }
-    return p;
-}
-
 /* dir/config.json and dir/model.safetensors (F16); returns the weight file's size. */
 static long long write_model(const char *dir)
 {
@@ -54,9 +43,9 @@ static long long write_model(const char *dir)
     int n = 0;
     uint32_t seed = 1;
 #define ADD1(nm, a) (snprintf(e[n].name, sizeof e[n].name, "%s", nm), e[n].ndim = 1, e[n].shape[0] = (a), \
-                     e[n].data = randn((size_t)(a), &seed, 2.0f), n++)
+                     e[n].data = md_randn((size_t)(a), &seed, 2.0f), n++)
 #define ADD2(nm, a, b) (snprintf(e[n].name, sizeof e[n].name, "%s", nm), e[n].ndim = 2, e[n].shape[0] = (a), \
-                        e[n].shape[1] = (b), e[n].data = randn((size_t)(a) * (size_t)(b), &seed, 0.1f), n++)
+                        e[n].shape[1] = (b), e[n].data = md_randn((size_t)(a) * (size_t)(b), &seed, 0.1f), n++)
     ADD2("model.embed_tokens.weight", V, D);
     ADD2("lm_head.weight", V, D);
     ADD1("model.norm.weight", D);
