@@ -102,7 +102,7 @@ def replace(act, hook):
 class _AsArrayHolder:
     """Stands in for the binding's _Holder: keeps what the hook array needs to be made with
     np.ctypeslib.as_array instead (the cost the binding's __array_interface__ view avoids)."""
-    __slots__ = ("addr", "shape", "owner")
+    __slots__ = ("addr", "shape", "owner", "__weakref__")
 
     def __init__(self, addr, shape, readonly, owner, typestr="<f4"):
         self.addr, self.shape, self.owner = addr, shape, owner
