@@ -14,6 +14,9 @@
  *   circuits probe-fit        fit a linear probe on activations (.npy, or a model's run) and labels
  *   circuits job KIND MODEL DATASET --out OUT   a dataset-scale job (one process, --shard, mpirun)
  *   circuits merge OUT JOBDIR...  merge job directories (shards) into the output
+ *   circuits attn MODEL       attention patterns of heads on a prompt (table, PNG, HTML)
+ *   circuits lens MODEL       logit lens / direct logit attribution by position (table, PNG, HTML)
+ *   circuits patch MODEL      activation patching grid of a clean and a corrupted prompt (PNG, HTML)
  *
  * Exit status: 0 success, 1 failure (a model that does not load, a library error, a file that
  * cannot be written), 2 a bad command line. */
@@ -39,6 +42,9 @@ static const struct {
     {"probe-fit", cmd_probe_fit, "fit a linear probe (logistic or least squares) on activations and labels"},
     {"job", cmd_job, "KIND MODEL DATASET: a dataset-scale job (mean, features, export, patch, ablate; mpirun)"},
     {"merge", cmd_merge, "OUT JOBDIR...: merge a job's directories (shards) into its output"},
+    {"attn", cmd_attn, "attention patterns of heads on a prompt, tokens on the axes (PNG, HTML view)"},
+    {"lens", cmd_lens, "logit lens or direct logit attribution by layer and position (PNG, HTML view)"},
+    {"patch", cmd_patch, "activation patching grid: layer x position or layer x head (PNG, HTML view)"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -90,5 +96,5 @@ int main(int argc, char **argv)
             return commands[i].fn(argc - 1, argv + 1);
         }
     if (cmd[0] == '-') return usage_error("unknown option '%s' (a command comes first)", cmd);
-    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff, steer-vector, sae-stats, sae-show, probe-fit, job, merge)", cmd);
+    return usage_error("unknown command '%s' (commands: info, run, cache, heads, compose, generate, diff, steer-vector, sae-stats, sae-show, probe-fit, job, merge, attn, lens, patch)", cmd);
 }

@@ -69,6 +69,11 @@ int load_model(const common *c, circuits_model **m, circuits_config *cfg);
 /* The input tokens from --prompt (the model's tokenizer; BOS first unless --no-bos, as
  * TransformerLens's to_tokens) or --tokens; *ids malloc'ed. 0 or EXIT_FAIL. */
 int input_tokens(const common *c, const circuits_model *m, int32_t **ids, int64_t *n);
+/* text tokenized by tok (BOS first when bos and the tokenizer has one); *ids malloc'ed. opt names
+ * the option in messages, ids_opt the one that gives ids instead (tok NULL: the model has no
+ * tokenizer). 0 or EXIT_FAIL. */
+int tokenize_text(const circuits_tokenizer *tok, const char *model, const char *opt, const char *ids_opt,
+                  const char *text, bool bos, int32_t **ids, int64_t *n);
 /* A token's bytes for display: printable, with \n, \t, \xNN escapes ("?" without a tokenizer). */
 void token_display(const circuits_tokenizer *tok, int32_t id, char *buf, size_t cap);
 /* The raw bytes of a token into buf (NUL-terminated, possibly part of a UTF-8 character). */
@@ -115,6 +120,35 @@ int progress_hook_layers(circuits_context *ctx, progress *p);
 void cli_release_fonts(void);
 #endif
 
+/* ---- the picture commands attn, lens, patch (pictures.c) ---- */
+typedef struct picture_opts {
+    const char *png;       /* --png FILE */
+    const char *html;      /* --html FILE */
+    const char *tokenizer; /* --tokenizer FILE: instead of the model's (the bundled byte-level models have none) */
+} picture_opts;
+/* --png, --html, --tokenizer: 1 / 0 / -1 as common_opt. */
+int picture_opt(args *a, picture_opts *p);
+/* Before any work: --png needs cairo, and the directories of --png / --html must exist. 0 or an exit code. */
+int picture_check(const picture_opts *p);
+/* The tokenizer: the model's, or --tokenizer's loaded into *owned (free it after use). 0 or EXIT_FAIL. */
+int picture_tokenizer(const picture_opts *p, const circuits_model *m, circuits_tokenizer **owned,
+                      const circuits_tokenizer **tok);
+/* Tokens from text (option text_opt, tokenized, BOS first when bos) or else ids_text (option
+ * ids_opt), every id inside d_vocab and at most n_ctx of them; *ids malloc'ed. 0 or an exit code. */
+int picture_tokens(const char *model, const circuits_config *cfg, const circuits_tokenizer *tok, bool bos,
+                   const char *text_opt, const char *text, const char *ids_opt, const char *ids_text, int32_t **ids,
+                   int64_t *n);
+/* Each token's bytes as a NUL-terminated string (the id in decimal without a tokenizer); NULL when
+ * out of memory. free_texts frees them. */
+char **token_texts(const circuits_tokenizer *tok, const int32_t *ids, int64_t n);
+void free_texts(char **s, int64_t n);
+/* attn-only-2l, "The cat sat..." (24 tokens): the model's directory name and the input (text NULL: ids). */
+void picture_subtitle(char *buf, size_t cap, const char *model, const char *text, int64_t n_tokens);
+/* A token for tables: token_display's text in quotes ('the'), or the id without a tokenizer. */
+void quoted(const circuits_tokenizer *tok, int32_t id, char *buf, size_t cap);
+/* FILE.png -> FILE-SUFFIX.png (suffix NULL: the path itself). */
+void picture_path(char *buf, size_t cap, const char *path, const char *suffix);
+
 /* ---- tensor files (tensor_io.c) ---- */
 typedef struct named_tensor {
     const char *name;
@@ -159,6 +193,9 @@ int cmd_diff(int argc, char **argv);
 int cmd_steer_vector(int argc, char **argv);
 int cmd_sae_stats(int argc, char **argv);
 int cmd_sae_show(int argc, char **argv);
+int cmd_attn(int argc, char **argv);
+int cmd_lens(int argc, char **argv);
+int cmd_patch(int argc, char **argv);
 
 /* ---- SAEs (sae.c) ---- */
 /* --sae DIR ... [--sae-error-term] of run and cache: loads each SAE into (*saes)[i] (calloc'ed,

@@ -228,33 +228,40 @@ int load_model(const common *c, circuits_model **m, circuits_config *cfg)
     return 0;
 }
 
+int tokenize_text(const circuits_tokenizer *tok, const char *model, const char *opt, const char *ids_opt,
+                  const char *text, bool bos, int32_t **ids, int64_t *n)
+{
+    if (!tok)
+        return failure("the model '%s' has no tokenizer (tokenizer.json, vocab.json + merges.txt, ...), so %s "
+                       "cannot be used; pass %s IDS instead",
+                       model, opt, ids_opt);
+    char what[64];
+    snprintf(what, sizeof what, "tokenize %s", opt);
+    circuits_encode_options eo;
+    size_t need = 0, len = strlen(text);
+    circuits_encode_options_init(&eo);
+    eo.prepend_bos = bos && circuits_tokenizer_bos_id(tok) >= 0;
+    int rc = circuits_tokenizer_encode(tok, text, len, &eo, NULL, 0, &need);
+    if (rc != CIRCUITS_OK && rc != CIRCUITS_E_RANGE) return lib_failure(what);
+    if (need == 0) return failure("%s: the text gives no tokens", opt);
+    *ids = malloc(need * sizeof **ids);
+    if (!*ids) return failure("out of memory");
+    if (circuits_tokenizer_encode(tok, text, len, &eo, *ids, need, &need) != CIRCUITS_OK) {
+        free(*ids);
+        *ids = NULL;
+        return lib_failure(what);
+    }
+    *n = (int64_t)need;
+    return 0;
+}
+
 int input_tokens(const common *c, const circuits_model *m, int32_t **ids, int64_t *n)
 {
     if (c->tokens) {
         int rc = parse_ids("--tokens", c->tokens, ids, n);
         return rc ? rc : 0;
     }
-    const circuits_tokenizer *tok = circuits_model_tokenizer(m);
-    if (!tok)
-        return failure("the model '%s' has no tokenizer (tokenizer.json, vocab.json + merges.txt, ...), so --prompt "
-                       "cannot be used; pass --tokens IDS instead",
-                       c->model);
-    circuits_encode_options eo;
-    size_t need = 0, len = strlen(c->prompt);
-    circuits_encode_options_init(&eo);
-    eo.prepend_bos = !c->no_bos && circuits_tokenizer_bos_id(tok) >= 0;
-    int rc = circuits_tokenizer_encode(tok, c->prompt, len, &eo, NULL, 0, &need);
-    if (rc != CIRCUITS_OK && rc != CIRCUITS_E_RANGE) return lib_failure("tokenize --prompt");
-    if (need == 0) return failure("--prompt: the text gives no tokens");
-    *ids = malloc(need * sizeof **ids);
-    if (!*ids) return failure("out of memory");
-    if (circuits_tokenizer_encode(tok, c->prompt, len, &eo, *ids, need, &need) != CIRCUITS_OK) {
-        free(*ids);
-        *ids = NULL;
-        return lib_failure("tokenize --prompt");
-    }
-    *n = (int64_t)need;
-    return 0;
+    return tokenize_text(circuits_model_tokenizer(m), c->model, "--prompt", "--tokens", c->prompt, !c->no_bos, ids, n);
 }
 
 size_t token_bytes(const circuits_tokenizer *tok, int32_t id, char *buf, size_t cap)

@@ -1,0 +1,151 @@
+/* What the picture commands (attn, lens, patch) share: --png / --html / --tokenizer, the input
+ * tokens as strings for axes and views, the subtitle naming model and input, output paths, and
+ * the HTML page that holds several views. */
+#include "cli.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int picture_opt(args *a, picture_opts *p)
+{
+    int r;
+    if ((r = opt_value(a, "--png", &p->png))) return r;
+    if ((r = opt_value(a, "--html", &p->html))) return r;
+    if ((r = opt_value(a, "--tokenizer", &p->tokenizer))) return r;
+    return 0;
+}
+
+/* The directory path would be written into exists, checked before the work so that a long run
+ * does not end in a file that cannot be written. */
+static int out_dir(const char *opt, const char *path)
+{
+    if (!*path) return usage_error("%s: the file name is empty", opt);
+    const char *slash = strrchr(path, '/');
+    if (!slash) return 0;
+    char dir[4096];
+    size_t n = slash == path ? 1 : (size_t)(slash - path);
+    if (n >= sizeof dir) return failure("%s: the path '%s' is too long", opt, path);
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+    struct stat st;
+    if (stat(dir, &st) != 0) return failure("%s: the directory '%s' does not exist (writing '%s')", opt, dir, path);
+    if (!S_ISDIR(st.st_mode)) return failure("%s: '%s' is not a directory (writing '%s')", opt, dir, path);
+    return 0;
+}
+
+int picture_check(const picture_opts *p)
+{
+    int rc;
+#ifndef CIRCUITS_CLI_CAIRO
+    if (p->png) return failure("--png: built without cairo: PNG output unavailable; install libcairo2-dev and rebuild");
+#endif
+    if (p->png && (rc = out_dir("--png", p->png))) return rc;
+    if (p->html && (rc = out_dir("--html", p->html))) return rc;
+    return 0;
+}
+
+int picture_tokenizer(const picture_opts *p, const circuits_model *m, circuits_tokenizer **owned,
+                      const circuits_tokenizer **tok)
+{
+    *owned = NULL;
+    *tok = circuits_model_tokenizer(m);
+    if (!p->tokenizer) return 0;
+    if (circuits_tokenizer_load(owned, p->tokenizer) != CIRCUITS_OK)
+        return failure("--tokenizer: cannot load '%s': %s", p->tokenizer, circuits_last_error());
+    *tok = *owned;
+    return 0;
+}
+
+int picture_tokens(const char *model, const circuits_config *cfg, const circuits_tokenizer *tok, bool bos,
+                   const char *text_opt, const char *text, const char *ids_opt, const char *ids_text, int32_t **ids,
+                   int64_t *n)
+{
+    int rc = text ? tokenize_text(tok, model, text_opt, ids_opt, text, bos, ids, n)
+                  : parse_ids(ids_opt, ids_text, ids, n);
+    if (rc) return rc;
+    const char *opt = text ? text_opt : ids_opt;
+    for (int64_t i = 0; i < *n; i++)
+        if ((*ids)[i] >= cfg->d_vocab) {
+            rc = failure("%s: token id %d at position %lld is outside the vocabulary [0, %d)", opt, (*ids)[i],
+                         (long long)i, cfg->d_vocab);
+            break;
+        }
+    if (!rc && *n > cfg->n_ctx)
+        rc = failure("%s: %lld tokens, more than the model's n_ctx %d", opt, (long long)*n, cfg->n_ctx);
+    if (rc) {
+        free(*ids);
+        *ids = NULL;
+    }
+    return rc;
+}
+
+char **token_texts(const circuits_tokenizer *tok, const int32_t *ids, int64_t n)
+{
+    char **s = calloc((size_t)n, sizeof *s);
+    for (int64_t i = 0; s && i < n; i++) {
+        char raw[256];
+        size_t k = tok ? token_bytes(tok, ids[i], raw, sizeof raw) : (size_t)snprintf(raw, sizeof raw, "%d", ids[i]);
+        if (!(s[i] = malloc(k + 1))) {
+            free_texts(s, n);
+            return NULL;
+        }
+        memcpy(s[i], raw, k);
+        s[i][k] = '\0';
+    }
+    return s;
+}
+
+void free_texts(char **s, int64_t n)
+{
+    for (int64_t i = 0; s && i < n; i++) free(s[i]);
+    free(s);
+}
+
+void picture_subtitle(char *buf, size_t cap, const char *model, const char *text, int64_t n_tokens)
+{
+    /* the model's directory name, without the path before it */
+    size_t len = strlen(model);
+    while (len > 1 && model[len - 1] == '/') len--;
+    size_t start = len;
+    while (start > 0 && model[start - 1] != '/') start--;
+    int k = snprintf(buf, cap, "%.*s, ", (int)(len - start), model + start);
+    if (k < 0 || (size_t)k >= cap) return;
+    if (!text) {
+        snprintf(buf + k, cap - (size_t)k, "%lld tokens given as ids", (long long)n_tokens);
+        return;
+    }
+    /* the text in quotes, control bytes as spaces, cut at a character boundary after 60 bytes */
+    size_t i = 0, o = (size_t)k, max = 60;
+    if (o + 4 < cap) buf[o++] = '"';
+    for (; text[i] && o + 8 < cap; i++) {
+        unsigned char ch = (unsigned char)text[i];
+        if (i >= max && (ch & 0xC0) != 0x80) break;
+        buf[o++] = ch < 0x20 ? ' ' : (char)ch;
+    }
+    if (text[i] && o + 8 < cap) {
+        memcpy(buf + o, "\xe2\x80\xa6", 3); /* … */
+        o += 3;
+    }
+    snprintf(buf + o, cap - o, "\" (%lld tokens)", (long long)n_tokens);
+}
+
+void picture_path(char *buf, size_t cap, const char *path, const char *suffix)
+{
+    if (!suffix) {
+        snprintf(buf, cap, "%s", path);
+        return;
+    }
+    const char *dot = strrchr(path, '.');
+    const char *slash = strrchr(path, '/');
+    if (!dot || (slash && dot < slash)) dot = path + strlen(path);
+    snprintf(buf, cap, "%.*s-%s%s", (int)(dot - path), path, suffix, dot);
+}
+
+void quoted(const circuits_tokenizer *tok, int32_t id, char *buf, size_t cap)
+{
+    char shown[256];
+    if (tok) token_display(tok, id, shown, sizeof shown);
+    else snprintf(shown, sizeof shown, "%d", id);
+    snprintf(buf, cap, tok ? "'%s'" : "%s", shown);
+}
