@@ -73,7 +73,7 @@ $code_py" "$tmp/out" 2>"$tmp/pyerr"; then
 }
 
 # ---- help and top level ----
-for cmd in info run cache heads compose generate diff steer-vector probe-fit job merge; do
+for cmd in info run cache heads compose generate diff steer-vector probe-fit job merge attn lens patch; do
     ok "$cmd" --help
     grep -q "usage: circuits $cmd" "$tmp/out" || fail "$cmd --help lacks its usage line"
     ok "$cmd" -h
@@ -618,6 +618,116 @@ err 2 "--probe-hook needs --probe FILE" generate "$M" --prompt hi --probe-hook r
 err 1 "--probe" generate "$M" --prompt hi --probe "$tmp/none.probe"
 err 1 "--probe" generate "$M" --prompt hi --probe "$tmp/acts.npy"
 err 1 "values per position" generate "$M" --prompt hi --probe "$tmp/p.probe" --probe-hook blocks.0.mlp.hook_post
+
+# ---- attn, lens, patch: the picture commands (docs/cli.md; their numbers against the binding's:
+# bindings/python/tests/test_cli_pictures.py) ----
+P2="The cat sat on the mat. The cat sat on the mat."
+# png_size FILE MINW MINH: a PNG whose IHDR size is at least MINW x MINH and at most 4000 x 4000
+png_size() {
+    checks=$((checks + 1))
+    python3 - "$@" <<'PY' || fail "$1: not a PNG of a sane size"
+import struct, sys
+b = open(sys.argv[1], "rb").read(32)
+assert b[:8] == b"\x89PNG\r\n\x1a\n" and b[12:16] == b"IHDR", b[:16]
+w, h = struct.unpack(">II", b[16:24])
+assert int(sys.argv[2]) <= w <= 4000 and int(sys.argv[3]) <= h <= 4000, (w, h)
+PY
+}
+# the attention of chosen heads is the cached hook_pattern of those heads
+ok cache "$M" --prompt "$P2" --names blocks.1.attn.hook_pattern --out "$tmp/pat.npy"
+export PIC="$tmp/pat.npy"
+py '
+import ast, os, struct
+b = open(os.environ["PIC"], "rb").read()
+n = struct.unpack("<H", b[8:10])[0]
+shape = ast.literal_eval(b[10:10 + n].decode("latin1"))["shape"]
+x = struct.unpack("<%df" % (len(b[10 + n:]) // 4), b[10 + n:])
+T = shape[2]
+assert d["layer"] == 1 and d["heads"] == [3, 1] and len(d["tokens"]) == T and d["png"] == [] and d["html"] is None
+for k, h in enumerate(d["heads"]):
+    for q in range(T):
+        row = d["patterns"][k][q]
+        assert abs(sum(row) - 1) < 1e-5 and all(v == 0 for v in row[q + 1:])
+        for j in range(T):
+            assert abs(row[j] - x[(h * T + q) * T + j]) < 1e-6, (h, q, j)
+' attn "$M" --prompt "$P2" --layer 1 --head 3 --head 1 --json
+ok attn "$M" --prompt "$P2" --layer 0
+[ "$(grep -c '^L0H' "$tmp/out")" -eq 4 ] || fail "attn: every head of the layer by default"
+grep -q "query  token" "$tmp/out" || fail "attn: table"
+# the logit lens's last row is the model's own prediction: minus `run`'s loss of each token
+ok run "$M" --prompt "$P2" --json
+cp "$tmp/out" "$tmp/run.json"
+export PIC="$tmp/run.json"
+py '
+import os
+r = json.load(open(os.environ["PIC"]))
+assert d["kind"] == "logit_lens" and d["components"][0] == "0_pre" and d["components"][-1] == "final_post"
+assert [t["id"] for t in d["tokens"]] == [t["id"] for t in r["tokens"]]
+last = d["values"][-1]
+assert len(last) == len(r["tokens"]) - 1
+for p, v in enumerate(last):
+    assert abs(v + r["tokens"][p + 1]["loss"]) < 1e-4, (p, v)
+assert all(v <= 0 for row in d["values"] for v in row)
+' lens "$M" --prompt "$P2" --json
+# direct logit attribution: the components add up to the logit of the next token (GPT-2 has no b_U)
+ok cache "$M" --prompt "$P2" --names unembed.hook_out --out "$tmp/logits.npy"
+export PIC="$tmp/logits.npy"
+py '
+import ast, os, struct
+b = open(os.environ["PIC"], "rb").read()
+n = struct.unpack("<H", b[8:10])[0]
+_, T, V = ast.literal_eval(b[10:10 + n].decode("latin1"))["shape"]
+x = struct.unpack("<%df" % (T * V), b[10 + n:])
+ids = [t["id"] for t in d["tokens"]]
+assert d["kind"] == "dla" and d["components"][:2] == ["embed", "pos_embed"] and len(d["components"]) == 12
+for p in range(T - 1):
+    s = sum(row[p] for row in d["values"])
+    assert abs(s - x[p * V + ids[p + 1]]) < 1e-3 * max(1, abs(s)), (p, s)
+' lens "$M" --prompt "$P2" --dla --json
+# patching resid_pre of layer 0 at the one position where the prompts differ makes the corrupted
+# run the clean one (1); at the others it changes nothing (0)
+CL=0,52,195,212,300,17
+CO=0,52,7,212,300,17
+py '
+assert d["shape"] == [5, 6] and d["kind"] == "resid_pre" and d["clean_tokens"] == [0, 52, 195, 212, 300, 17]
+row = d["values"][0]
+assert abs(row[2] - 1) < 1e-3 and all(abs(row[j]) < 1e-3 for j in (0, 1, 3, 4, 5)), row
+assert abs(d["logit_diff"][0][2] - d["clean_logit_diff"]) < 1e-4 and d["answer"]["id"] == 3 and d["wrong"]["id"] == 4
+assert d["col_labels"][2].count("/") == 1 and d["png"] is None and d["html"] is None
+' patch "$M" --clean-tokens $CL --corrupt-tokens $CO --answer-id 3 --wrong-id 4 --json
+py 'assert d["shape"] == [5, 4] and d["col_labels"] == ["H0", "H1", "H2", "H3"] and d["rows"] == "layer"' \
+    patch "$M" --clean-tokens $CL --corrupt-tokens $CO --answer-id 3 --wrong-id 4 --kind heads --json
+ok patch "$M" --clean-tokens $CL --corrupt-tokens $CO --answer-id 3 --wrong-id 4 --kind mlp_out
+grep -q "(patched - corrupted) / (clean - corrupted)" "$tmp/out" || fail "patch: says what a cell is"
+# text arguments: --answer is one token of the tokenizer
+ok patch "$M" --clean "The cat sat" --corrupt "The dog sat" --answer " on" --wrong " in"
+err 1 "--answer: ' on the mat' is not one token of the vocabulary" \
+    patch "$M" --clean "The cat sat" --corrupt "The dog sat" --answer " on the mat" --wrong " in"
+# errors
+err 2 "needs --layer L" attn "$M" --prompt hi
+err 1 "--layer 5: the model has 5 layers (0 .. 4)" attn "$M" --prompt hi --layer 5
+err 1 "--head 4: layer 0 has 4 heads (0 .. 3)" attn "$M" --prompt hi --layer 0 --head 4
+err 2 "--head: 'x' is not an integer" attn "$M" --prompt hi --layer 0 --head x
+err 1 "--tokens: token id 99999 at position 1 is outside the vocabulary [0, 1000)" attn "$M" --tokens 5,99999 --layer 0
+err 1 "so --prompt cannot be used; pass --tokens IDS instead" attn "$R" --prompt hi --layer 0
+err 1 "--tokenizer: cannot load '$tmp/none.json'" attn "$M" --prompt hi --layer 0 --tokenizer "$tmp/none.json"
+err 1 "--png: the directory '$tmp/no/dir' does not exist" attn "$M" --prompt hi --layer 0 --png "$tmp/no/dir/a.png"
+err 1 "--html: the directory '$tmp/no/dir' does not exist" lens "$M" --prompt hi --html "$tmp/no/dir/a.html"
+err 1 "--png: '$tmp/run.json' is not a directory" patch "$M" --clean-tokens 1,2 --corrupt-tokens 1,3 --answer-id 3 \
+    --wrong-id 4 --png "$tmp/run.json/p.png"
+err 2 "--png: the file name is empty" lens "$M" --prompt hi --png ""
+err 1 "one token has no next token to predict" lens "$M" --tokens 5
+err 2 "option '--dla' takes no value" lens "$M" --prompt hi --dla=1
+err 2 "needs --prompt TEXT or --tokens IDS" lens "$M"
+err 2 "needs --corrupt or --corrupt-tokens" patch "$M" --clean hi --answer-id 3 --wrong-id 4
+err 2 "give --answer or --answer-id, not both" patch "$M" --clean hi --corrupt ho --answer a --answer-id 3 --wrong-id 4
+err 2 "--kind: 'mlp' is not resid_pre, attn_out, mlp_out or heads" patch "$M" --clean hi --corrupt ho --answer-id 3 --wrong-id 4 --kind mlp
+err 1 "the clean prompt has 3 tokens and the corrupted one 2" patch "$M" --clean-tokens 1,2,3 --corrupt-tokens 1,2 --answer-id 3 --wrong-id 4
+err 1 "--answer and --wrong are the same token (3)" patch "$M" --clean-tokens 1,2 --corrupt-tokens 1,3 --answer-id 3 --wrong-id 3
+err 1 "--answer-id: 1000 is outside the vocabulary [0, 1000)" patch "$M" --clean-tokens 1,2 --corrupt-tokens 1,3 --answer-id 1000 --wrong-id 3
+err 1 "nothing to recover" patch "$M" --clean-tokens 1,2 --corrupt-tokens 1,2 --answer-id 3 --wrong-id 4
+err 1 "--kind mlp_out: the model '$src/examples/models/attn-only-2l' is attention-only" \
+    patch "$src/examples/models/attn-only-2l" --clean-tokens 1,2 --corrupt-tokens 1,3 --answer-id 3 --wrong-id 4 --kind mlp_out
 
 echo "test_cli: $checks checks, $fails failed"
 [ $fails -eq 0 ]

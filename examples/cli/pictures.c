@@ -20,7 +20,6 @@ int picture_opt(args *a, picture_opts *p)
  * does not end in a file that cannot be written. */
 static int out_dir(const char *opt, const char *path)
 {
-    if (!*path) return usage_error("%s: the file name is empty", opt);
     const char *slash = strrchr(path, '/');
     if (!slash) return 0;
     char dir[4096];
@@ -37,6 +36,8 @@ static int out_dir(const char *opt, const char *path)
 int picture_check(const picture_opts *p)
 {
     int rc;
+    if (p->png && !*p->png) return usage_error("--png: the file name is empty");
+    if (p->html && !*p->html) return usage_error("--html: the file name is empty");
 #ifndef CIRCUITS_CLI_CAIRO
     if (p->png) return failure("--png: built without cairo: PNG output unavailable; install libcairo2-dev and rebuild");
 #endif

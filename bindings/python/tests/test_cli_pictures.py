@@ -1,0 +1,136 @@
+"""`circuits attn`, `circuits lens [--dla]` and `circuits patch` (docs/cli.md): the numbers they
+print with --json against the binding computing the same thing its own way on the same model
+and tokens: the cached attention pattern, ActivationCache.logit_lens and
+direct_logit_attribution (and the model's logits), and patching.get_act_patch_* with a
+LogitDiff metric. The files and the error paths are tests/test_cli_pictures.sh's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import circuits
+from circuits import patching
+from conftest import REPO, TINY_GPT2
+
+BYTES = REPO / "examples" / "models" / "attn-only-2l"          # byte-level, no tokenizer of its own
+BYTE_TOKENIZER = REPO / "examples" / "train" / "tokenizer.json"
+TEXT = "The cat sat on the mat. The cat sat on the mat."
+
+
+def _cli() -> Path:
+    """The `circuits` of the build whose library the binding loads (run_tests.sh's BUILD_DIR)."""
+    lib = os.environ.get("CIRCUITS_LIBRARY")
+    build = Path(lib).resolve().parent.parent if lib else REPO / "build"
+    exe = build / "examples" / "circuits"
+    assert exe.is_file(), f"{exe} is not built"
+    return exe
+
+
+def cli_json(*args) -> dict:
+    p = subprocess.run([str(_cli()), *map(str, args), "--json"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    return json.loads(p.stdout)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+# (model directory, extra CLI options): a GPT-2 with its tokenizer, and the trained byte-level
+# induction model with --tokenizer
+MODELS = [(TINY_GPT2, ()), (BYTES, ("--tokenizer", BYTE_TOKENIZER))]
+
+
+@pytest.fixture(scope="module", params=MODELS, ids=["tiny-random-gpt2", "attn-only-2l"])
+def subject(request):
+    path, extra = request.param
+    model = circuits.Model.from_pretrained(path)
+    yield model, path, extra
+    model.close()
+
+
+def test_attn_is_the_cached_pattern(subject):
+    model, path, extra = subject
+    d = cli_json("attn", path, "--prompt", TEXT, "--layer", 1, "--head", 2, "--head", 0, *extra)
+    ids = np.array([[t["id"] for t in d["tokens"]]])
+    if not extra:  # the model's own tokenizer, BOS first, as to_tokens
+        np.testing.assert_array_equal(ids, model.to_tokens(TEXT))
+    else:
+        assert ids[0].tolist() == list(TEXT.encode())
+    assert d["layer"] == 1 and d["heads"] == [2, 0]
+    _, cache = model.run_with_cache(ids)
+    want = cache["blocks.1.attn.hook_pattern"][0, [2, 0]]
+    got = np.array(d["patterns"], dtype=np.float64)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-7, rtol=1e-6)
+
+
+def test_lens_is_the_logit_lens(subject):
+    model, path, extra = subject
+    d = cli_json("lens", path, "--prompt", TEXT, *extra)
+    ids = np.array([[t["id"] for t in d["tokens"]]])
+    T = ids.shape[1]
+    logits, cache = model.run_with_cache(ids)
+    lens, labels = cache.logit_lens(return_labels=True)        # [components, batch, pos, vocab]
+    assert d["kind"] == "logit_lens" and d["components"] == list(labels)
+    want = np.take_along_axis(log_softmax(lens[:, 0, :T - 1]), ids[0, 1:, None][None], -1)[..., 0]
+    np.testing.assert_allclose(np.array(d["values"]), want, atol=2e-5, rtol=1e-5)
+    # the last row is the model's own prediction: minus its loss on each token
+    loss = -np.take_along_axis(log_softmax(logits[0, :T - 1]), ids[0, 1:, None], -1)[:, 0]
+    np.testing.assert_allclose(np.array(d["values"][-1]), -loss, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose([t["loss"] for t in d["tokens"][1:]], loss, atol=2e-5, rtol=1e-5)
+    assert d["tokens"][0]["loss"] is None
+
+
+def test_lens_dla_is_direct_logit_attribution(subject):
+    model, path, extra = subject
+    d = cli_json("lens", path, "--prompt", TEXT, "--dla", *extra)
+    ids = np.array([[t["id"] for t in d["tokens"]]])
+    T = ids.shape[1]
+    logits, cache = model.run_with_cache(ids)
+    want, labels = cache.direct_logit_attribution(ids[:, 1:], pos_slice=np.arange(T - 1), return_labels=True)
+    want = want.reshape(len(labels), T - 1)
+    got = np.array(d["values"])
+    assert d["kind"] == "dla" and d["components"] == list(labels)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+    # the components add up to the next token's logit, less the unembedding's bias
+    nxt = ids[0, 1:]
+    b_U = model.b_U if getattr(model, "b_U", None) is not None else np.zeros(logits.shape[-1])
+    np.testing.assert_allclose(got.sum(0), logits[0, np.arange(T - 1), nxt] - b_U[nxt], atol=2e-4, rtol=1e-4)
+
+
+PATCH = dict(clean="The cat sat on the mat. The cat sat on the m", corrupt="The cat sat on the mud. The cat sat on the m",
+             answer="a", wrong="u")
+
+
+@pytest.mark.parametrize("kind,fn", [("resid_pre", "resid_pre"), ("attn_out", "attn_out"),
+                                     ("heads", "attn_head_out_all_pos")])
+def test_patch_is_activation_patching(kind, fn):
+    model = circuits.Model.from_pretrained(BYTES)
+    try:
+        d = cli_json("patch", BYTES, "--tokenizer", BYTE_TOKENIZER, "--kind", kind,
+                     *(x for k, v in PATCH.items() for x in (f"--{k}", v)))
+        clean = np.array([list(PATCH["clean"].encode())])
+        corrupt = np.array([list(PATCH["corrupt"].encode())])
+        assert d["clean_tokens"] == clean[0].tolist() and d["corrupt_tokens"] == corrupt[0].tolist()
+        assert d["answer"] == {"id": ord("a"), "text": "a"} and d["wrong"] == {"id": ord("u"), "text": "u"}
+        metric = patching.LogitDiff([ord("a")], [ord("u")])
+        ld_clean, ld_corrupt = metric(model(clean)), metric(model(corrupt))
+        assert d["clean_logit_diff"] == pytest.approx(ld_clean, abs=1e-4)
+        assert d["corrupt_logit_diff"] == pytest.approx(ld_corrupt, abs=1e-4)
+        _, cache = model.run_with_cache(clean)
+        raw = getattr(patching, "get_act_patch_" + fn)(model, corrupt, cache, metric)
+        np.testing.assert_allclose(np.array(d["logit_diff"]), raw, atol=1e-4, rtol=1e-5)
+        np.testing.assert_allclose(np.array(d["values"]), (raw - ld_corrupt) / (ld_clean - ld_corrupt), atol=1e-4)
+        assert d["shape"] == list(raw.shape)
+    finally:
+        model.close()
