@@ -227,28 +227,85 @@ int main(int argc, char **argv)
     printf("\nPCA of per-token loss vectors: PC1 %.0f%%, PC2 %.0f%% of the variance\n", 100 * S[0] * S[0] / total,
            kmin > 1 ? 100 * S[1] * S[1] / total : 0.0);
 
-    char file[4096];
-    plot_series tr = {"checkpoints", pc1, pc2, n};
+    /* the phase change: the steepest rise (per training step) of the largest induction score of any
+     * head between consecutive checkpoints; marked at the middle of that interval */
+    int pc = -1;
+    double best_rate = 0;
+    float *mx = xcalloc((size_t)n, sizeof *mx);
+    for (int k = 0; k < n; k++) {
+        mx[k] = -INFINITY;
+        for (int h = 0; h < LH; h++) mx[k] = fmaxf(mx[k], ind[(size_t)k * LH + h]);
+    }
+    for (int k = 0; k + 1 < n; k++) {
+        double rate = xs[k + 1] > xs[k] ? (mx[k + 1] - mx[k]) / (xs[k + 1] - xs[k]) : 0;
+        if (rate > best_rate) best_rate = rate, pc = k;
+    }
+    char pc_label[96];
+    plot_vline phase = {0, pc_label};
+    if (pc >= 0) {
+        phase.x = (xs[pc] + xs[pc + 1]) / 2;
+        snprintf(pc_label, sizeof pc_label, "phase change (steps %.0f-%.0f)", xs[pc], xs[pc + 1]);
+        printf("Phase change: the largest induction score of any head rises fastest between %s and %s "
+               "(%.2f -> %.2f, %+.3f per 100 steps)\n",
+               names[pc], names[pc + 1], mx[pc], mx[pc + 1], 100 * best_rate);
+    } else {
+        printf("Phase change: none (the largest induction score of any head never rises)\n");
+    }
+    int n_phase = pc >= 0;
+
+    char file[4096], sub[1024];
+    const char *model = strrchr(dir, '/') && strrchr(dir, '/')[1] ? strrchr(dir, '/') + 1 : dir;
+    const char *text_name = strrchr(text_path, '/') ? strrchr(text_path, '/') + 1 : text_path;
+    char **steps = xcalloc((size_t)n, sizeof *steps);
+    for (int k = 0; k < n; k++) {
+        steps[k] = xcalloc(24, 1);
+        snprintf(steps[k], 24, "%.0f", xs[k]);
+    }
+    plot_series tr = {.label = "checkpoint (step)", .x = pc1, .y = pc2, .n = n, .point_labels = (const char *const *)steps};
+    snprintf(sub, sizeof sub, "%s, %d checkpoints; per-token loss on %d x %d bytes of %s", model, n, B, T, text_name);
+    char pc_axis[2][48];
+    snprintf(pc_axis[0], sizeof pc_axis[0], "PC1 (%.0f%% of the variance)", 100 * S[0] * S[0] / total);
+    double v2 = kmin > 1 ? 100 * S[1] * S[1] / total : 0.0;
+    snprintf(pc_axis[1], sizeof pc_axis[1], "PC2 (%.*f%%)", v2 < 1 ? 1 : 0, v2);
+    plot_lines_spec trs = {.title = "Training trajectory: PCA of the per-token loss vectors", .subtitle = sub,
+                           .series = &tr, .n_series = 1, .x_label = pc_axis[0], .y_label = pc_axis[1]};
+    /* not to scale: PC2 holds a small share of the variance, and at equal aspect the trajectory
+     * would be a flat line with its checkpoints on top of each other */
     snprintf(file, sizeof file, "%s/pca_trajectory.png", out);
-    plot_lines(file, "Per-token loss vectors of each checkpoint, PCA", &tr, 1, "PC1", "PC2");
-    plot_series ls[2] = {{"validation loss", xs, vl, n}, {"ICL score", xs, icl, n}};
+    plot_lines(file, &trs);
+
+    char icl_label[96];
+    snprintf(icl_label, sizeof icl_label, "ICL score (loss at token %d - at token %d)", late, early);
+    plot_series lv = {.label = "validation loss", .x = xs, .y = vl, .n = n};
+    plot_series is_ = {.label = icl_label, .x = xs, .y = icl, .n = n};
+    plot_lines_spec panels[2] = {
+        {.series = &lv, .n_series = 1, .y_label = "loss (nats)", .vlines = &phase, .n_vlines = n_phase},
+        {.series = &is_, .n_series = 1, .y_label = "ICL score (nats)", .x_label = "training step"}};
     snprintf(file, sizeof file, "%s/loss_and_icl.png", out);
-    plot_lines(file, "Loss and in-context learning score across training", ls, 2, "training step", "nats");
-    plot_series *is = xcalloc((size_t)LH, sizeof *is);
+    plot_panels(file, "Loss and in-context learning across training", sub, panels, 2);
+
+    plot_series *is = xcalloc((size_t)LH + 1, sizeof *is);
     char **lab = xcalloc((size_t)LH, sizeof *lab);
     float *col = xcalloc((size_t)LH * n, sizeof *col);
     for (int h = 0; h < LH; h++) {
         lab[h] = xcalloc(24, 1);
         snprintf(lab[h], 24, "L%dH%d", h / H, h % H);
         for (int k = 0; k < n; k++) col[(size_t)h * n + k] = ind[(size_t)k * LH + h];
-        is[h] = (plot_series){lab[h], xs, col + (size_t)h * n, n};
+        is[h] = (plot_series){.label = lab[h], .x = xs, .y = col + (size_t)h * n, .n = n};
     }
+    snprintf(sub, sizeof sub, "%s, %d checkpoints; %d random tokens%s%s%s repeated twice", model, n, L,
+             n_alpha ? " from \"" : "", n_alpha ? alphabet : "", n_alpha ? "\"" : "");
+    plot_lines_spec iss = {.title = "Induction score of each head across training", .subtitle = sub, .series = is,
+                           .n_series = LH, .x_label = "training step", .y_label = "induction score",
+                           .vlines = &phase, .n_vlines = n_phase};
     snprintf(file, sizeof file, "%s/induction_scores.png", out);
-    plot_lines(file, "Induction score of each head across training", is, LH, "training step", "induction score");
+    plot_lines(file, &iss);
     if (plot_available())
         printf("Pictures: %s/loss_and_icl.png, %s/induction_scores.png, %s/pca_trajectory.png\n", out, out, out);
     else
         printf("Pictures: none (%s)\n", PLOT_NO_CAIRO);
+    for (int k = 0; k < n; k++) free(steps[k]);
+    free(steps), free(mx);
     for (int k = 0; k < n; k++) free(names[k]);
     for (int h = 0; h < LH; h++) free(lab[h]);
     free(lab), free(is), free(col), free(tok), free(rep), free(ptl), free(bypos), free(loss_vec), free(xs), free(icl);

@@ -261,26 +261,62 @@ int main(int argc, char **argv)
     }
 
     /* ---------------- pictures ---------------- */
-    char file[4096];
+    char file[4096], sub[512];
+    const char *model = strrchr(path, '/') && strrchr(path, '/')[1] ? strrchr(path, '/') + 1 : path;
     patterns pat = {xcalloc((size_t)NL * H * T * T, sizeof(float)), H, T};
     TRY(circuits_context_add_hook(ctx, "blocks.*.attn.hook_pattern", keep_pattern, &pat, &id), "hook");
     TRY(circuits_context_forward(ctx, tok, 1, T, NULL, NULL, ptl), "forward");
     circuits_context_remove_hook(ctx, id);
+    /* sequence 0's tokens as axis labels: the tokenizer's when the model has one, else the byte
+     * (byte-level models), else the id */
+    circuits_tokenizer *tz = NULL;
+    if (circuits_tokenizer_load(&tz, path) != CIRCUITS_OK) tz = NULL;
+    char **tl = xcalloc((size_t)T, sizeof *tl);
+    for (int i = 0; i < T; i++) {
+        char raw[64];
+        size_t got;
+        if (tz && circuits_tokenizer_token(tz, tok[i], raw, sizeof raw, &got) == CIRCUITS_OK) raw[got] = 0;
+        else if (c.d_vocab <= 256) raw[0] = (char)tok[i], raw[1] = 0;
+        else snprintf(raw, sizeof raw, "#%d", tok[i]);
+        tl[i] = xcalloc(64, 1);
+        plot_token_label(tl[i], 64, raw);
+    }
+    circuits_tokenizer_free(tz);
+    char input[160];
+    snprintf(input, sizeof input, "%d random tokens%s%s%s repeated twice", L, n_alpha ? " from \"" : "",
+             n_alpha ? alphabet : "", n_alpha ? "\"" : "");
     int key[2] = {pt, ih};
     const char *role[2] = {"previous-token head", "induction head"};
     for (int q = 0; q < 2; q++) {
         char title[128];
-        snprintf(title, sizeof title, "%s attention (%s), repeated random tokens", label[key[q]], role[q]);
+        snprintf(title, sizeof title, "Attention pattern of %s (%s)", label[key[q]], role[q]);
+        snprintf(sub, sizeof sub, "%s; sequence 1 of %d: %s (seed %llu)", model, B, input, seed);
         snprintf(file, sizeof file, "%s/pattern_%s.png", out, label[key[q]]);
-        if (plot_heatmap(file, title, pat.data + (size_t)key[q] * T * T, T, T, 0.0f, 1.0f, NULL, NULL, "key position",
-                         "query position") && plot_available())
-            fprintf(stderr, "circuits-induction: cannot write %s\n", file);
+        plot_heatmap_spec hs = {.title = title, .subtitle = sub, .data = pat.data + (size_t)key[q] * T * T, .rows = T,
+                                .cols = T, .row_labels = (const char *const *)tl, .col_labels = (const char *const *)tl,
+                                .x_label = "key (source) token", .y_label = "query (destination) token",
+                                .value_label = "attention", .scale = PLOT_SCALE_SEQUENTIAL, .has_range = 1, .vmin = 0,
+                                .vmax = 1, .mask_upper = 1};
+        if (plot_heatmap(file, &hs) && plot_available()) fprintf(stderr, "circuits-induction: cannot write %s\n", file);
     }
-    float vmax = 0;
-    for (int k = 0; k < LH * LH; k++) vmax = fmaxf(vmax, comp[k]);
+    /* K-composition: writers in layers 0..NL-2 down, readers in layers 1..NL-1 across; pairs that
+     * cannot compose (the reader not in a later layer) are NaN; white at the random baseline */
+    int nw = (NL - 1) * H;
+    float *kg = xcalloc((size_t)nw * nw + 1, sizeof *kg);
+    for (int i = 0; i < nw; i++)
+        for (int j = 0; j < nw; j++)
+            kg[(size_t)i * nw + j] = i / H < 1 + j / H ? comp[(size_t)i * LH + H + j] : NAN;
+    char mark_label[64];
+    snprintf(mark_label, sizeof mark_label, "random baseline %.3f", base);
+    snprintf(sub, sizeof sub, "%s, from the weights; white: the score of random matrices of the same shapes", model);
     snprintf(file, sizeof file, "%s/k_composition.png", out);
-    plot_heatmap(file, "K-composition score (writer row -> reader column)", comp, LH, LH, 0.0f, vmax,
-                 (const char *const *)label, (const char *const *)label, "reader head (later layer)", "writer head");
+    plot_heatmap_spec ks = {.title = "K-composition scores between heads", .subtitle = sub, .data = kg, .rows = nw,
+                            .cols = nw, .row_labels = (const char *const *)label,
+                            .col_labels = (const char *const *)label + H, .x_label = "reader head (later layer)",
+                            .y_label = "writer head", .value_label = "K-composition score",
+                            .scale = PLOT_SCALE_DIVERGING, .centre = base, .has_mark = 1, .mark = base,
+                            .mark_label = mark_label};
+    if (NL >= 2) plot_heatmap(file, &ks);
     /* per-position loss on the repeated tokens, with and without the induction head */
     TRY(circuits_context_forward(ctx, tok, B, T, NULL, NULL, ptl), "forward");
     float *xs = xcalloc((size_t)T, sizeof *xs), *y0 = xcalloc((size_t)T, sizeof *y0), *y1 = xcalloc((size_t)T, sizeof *y1);
@@ -298,16 +334,23 @@ int main(int argc, char **argv)
         for (int b = 0; b < B; b++) y1[i] += ptl[b * (T - 1) + i] / B;
     char lab[64];
     snprintf(lab, sizeof lab, "%s zero-ablated", label[ih]);
-    plot_series series[2] = {{"model", xs, y0, T - 1}, {lab, xs, y1, T - 1}};
+    plot_series series[2] = {{.label = "model", .x = xs, .y = y0, .n = T - 1},
+                             {.label = lab, .x = xs, .y = y1, .n = T - 1}};
+    plot_vline rep_start = {(float)L, "the repeat begins"};
+    snprintf(sub, sizeof sub, "%s; mean over %d sequences of %s", model, B, input);
     snprintf(file, sizeof file, "%s/loss_by_position.png", out);
-    plot_lines(file, "Loss per position on random tokens repeated twice", series, 2, "position of the predicted token",
-               "loss (nats)");
+    plot_lines_spec lsp = {.title = "Loss per position", .subtitle = sub, .series = series, .n_series = 2,
+                           .x_label = "position of the predicted token", .y_label = "loss (nats)",
+                           .vlines = &rep_start, .n_vlines = 1};
+    plot_lines(file, &lsp);
     if (plot_available())
         printf("\nPictures: %s/pattern_%s.png, %s/pattern_%s.png, %s/k_composition.png, %s/loss_by_position.png\n", out,
                label[pt], out, label[ih], out, out);
     else
         printf("\nPictures: none (%s)\n", PLOT_NO_CAIRO);
 
+    for (int i = 0; i < T; i++) free(tl[i]);
+    free(tl), free(kg);
     for (int k = 0; k < LH; k++) free(label[k]);
     free(label), free(tok), free(ind), free(prev), free(comp), free(copy), free(pqm), free(diag), free(row), free(x);
     free(zm.acc), free(ptl), free(dz), free(pat.data), free(xs), free(y0), free(y1);

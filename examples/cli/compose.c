@@ -62,7 +62,11 @@ static void png_path(char *buf, size_t n, const char *path, const char *mode, bo
     snprintf(buf, n, "%.*s-%s%s", (int)(dot - path), path, mode, dot);
 }
 
-static int heatmap(const char *path, const char *model, const char *mode, const float *s, const circuits_config *cfg)
+/* writer heads (layers 0 .. L-2) down, reader heads (layers 1 .. L-1) across; pairs that cannot
+ * compose (the reader not in a later layer) are NaN (grey). With a baseline: white at its mean,
+ * red above, blue below, and the cells above it outlined. */
+static int heatmap(const char *path, const char *model, const char *mode, const float *s, const circuits_config *cfg,
+                   float base, long long samples)
 {
     int L = cfg->n_layers, H = cfg->n_heads, n = (L - 1) * H;
     float *grid = malloc(sizeof(float) * (size_t)n * (size_t)n);
@@ -72,26 +76,39 @@ static int heatmap(const char *path, const char *model, const char *mode, const 
         free(labels);
         return failure("out of memory");
     }
-    float vmax = 0;
     for (int i = 0; i < n; i++)     /* writer: layers 0 .. L-2 */
         for (int j = 0; j < n; j++) { /* reader: layers 1 .. L-1 */
             int la = i / H, ha = i % H, lb = 1 + j / H, hb = j % H;
-            float v = s[(((size_t)la * H + ha) * L + lb) * H + hb];
-            grid[(size_t)i * n + j] = v;
-            vmax = v > vmax ? v : vmax;
+            grid[(size_t)i * n + j] = la < lb ? s[(((size_t)la * H + ha) * L + lb) * H + hb] : NAN;
         }
-    bool labelled = n <= 48;
+    bool labelled = true;
     for (int i = 0; labelled && i < n; i++) {
-        labels[i] = malloc(16);
-        labels[n + i] = malloc(16);
-        if (labels[i]) snprintf(labels[i], 16, "L%dH%d", i / H, i % H);
-        if (labels[n + i]) snprintf(labels[n + i], 16, "L%dH%d", 1 + i / H, i % H);
+        labels[i] = malloc(32);
+        labels[n + i] = malloc(32);
+        if (!labels[i] || !labels[n + i]) labelled = false;
+        else {
+            snprintf(labels[i], 32, "L%dH%d", i / H, i % H);
+            snprintf(labels[n + i], 32, "L%dH%d", 1 + i / H, i % H);
+        }
     }
-    char title[512];
-    snprintf(title, sizeof title, "%s-composition scores: %s", mode, model);
-    int r = plot_heatmap(path, title, grid, n, n, 0.0f, vmax > 0 ? vmax : 1.0f,
-                         labelled ? (const char *const *)labels : NULL, labelled ? (const char *const *)labels + n : NULL,
-                         "reader head (later layer)", "writer head");
+    char title[64], sub[512], mark[96], value[64];
+    snprintf(title, sizeof title, "%s-composition scores between heads", mode[0] == 'q' ? "Q" : mode[0] == 'k' ? "K" : "V");
+    snprintf(value, sizeof value, "%s-composition score", mode[0] == 'q' ? "Q" : mode[0] == 'k' ? "K" : "V");
+    snprintf(mark, sizeof mark, "random baseline %.3f (%lld samples)", (double)base, samples);
+    if (samples > 0)
+        snprintf(sub, sizeof sub, "%s, from the weights; white: the score of random matrices of the same shapes", model);
+    else snprintf(sub, sizeof sub, "%s, from the weights", model);
+    plot_heatmap_spec hs = {.title = title, .subtitle = sub, .data = grid, .rows = n, .cols = n,
+                            .row_labels = labelled ? (const char *const *)labels : NULL,
+                            .col_labels = labelled ? (const char *const *)labels + n : NULL,
+                            .x_label = "reader head (later layer)", .y_label = "writer head", .value_label = value};
+    if (samples > 0) {
+        hs.scale = PLOT_SCALE_DIVERGING, hs.centre = base;
+        hs.has_mark = 1, hs.mark = base, hs.mark_label = mark;
+    } else {
+        hs.scale = PLOT_SCALE_SEQUENTIAL;
+    }
+    int r = plot_heatmap(path, &hs);
     for (int i = 0; i < 2 * n; i++) free(labels[i]);
     free(labels);
     free(grid);
@@ -174,7 +191,7 @@ int cmd_compose(int argc, char **argv)
 #ifdef CIRCUITS_CLI_CAIRO
     for (int md = first; png && L >= 2 && md <= last; md++) {
         png_path(pngs[n_png], sizeof pngs[n_png], png, mode_names[md], first != last);
-        rc = heatmap(pngs[n_png], c.model, mode_names[md], scores[md], &cfg);
+        rc = heatmap(pngs[n_png], c.model, mode_names[md], scores[md], &cfg, mean, samples);
         if (rc) break;
         n_png++;
     }

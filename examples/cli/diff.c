@@ -89,16 +89,20 @@ static const char *const default_png_kinds[] = {"hook_resid_post", "hook_attn_ou
 
 /* log10 of each drawn kind's relative error against layer (a zero error has no logarithm: the
  * line skips it). *drawn: false when no drawn kind has a nonzero error (nothing to plot: no file). */
-static int draw(const char *path, const char *title, const kinds *k, const double *grid, int L, bool all_kinds,
-                bool *drawn)
+static int draw(const char *path, const char *title, const char *subtitle, const kinds *k, const double *grid, int L,
+                bool all_kinds, bool *drawn)
 {
     plot_series *s = calloc(k->n ? k->n : 1, sizeof *s);
     float *x = malloc(sizeof(float) * (size_t)(L ? L : 1)), *y = malloc(sizeof(float) * (k->n * (size_t)L + 1));
-    if (!s || !x || !y) {
-        free(s), free(x), free(y);
+    char **layer = calloc((size_t)(L ? L : 1), sizeof *layer);
+    bool ok = s && x && y && layer;
+    for (int l = 0; ok && l < L; l++) ok = (layer[l] = malloc(16)) != NULL;
+    if (!ok) {
+        for (int l = 0; layer && l < L; l++) free(layer[l]);
+        free(s), free(x), free(y), free(layer);
         return failure("out of memory");
     }
-    for (int l = 0; l < L; l++) x[l] = (float)l;
+    for (int l = 0; l < L; l++) x[l] = (float)l, snprintf(layer[l], 16, "%d", l);
     int n = 0;
     *drawn = false;
     for (size_t i = 0; i < k->n; i++) {
@@ -112,10 +116,15 @@ static int draw(const char *path, const char *title, const kinds *k, const doubl
             yi[l] = v > 0 && isfinite(v) ? (float)log10(v) : NAN;
             *drawn = *drawn || yi[l] == yi[l];
         }
-        s[n++] = (plot_series){k->name[i], x, yi, L};
+        s[n++] = (plot_series){.label = k->name[i], .x = x, .y = yi, .n = L};
     }
-    int r = *drawn ? plot_lines(path, title, s, n, "layer", "log10 relative error ||b - a|| / ||a||") : 0;
-    free(s), free(x), free(y);
+    /* the layers as categories (0, 1, ..), so that no tick falls between two layers */
+    plot_lines_spec spec = {.title = title, .subtitle = subtitle, .series = s, .n_series = n, .x_label = "layer",
+                            .y_label = "log10 relative error ||b - a|| / ||a||",
+                            .x_tick_labels = (const char *const *)layer, .n_x_tick_labels = L};
+    int r = *drawn ? plot_lines(path, &spec) : 0;
+    for (int l = 0; l < L; l++) free(layer[l]);
+    free(s), free(x), free(y), free(layer);
     return r ? failure("cannot write the chart '%s'", path) : 0;
 }
 #endif
@@ -259,9 +268,9 @@ int cmd_diff(int argc, char **argv)
         }
 #ifdef CIRCUITS_CLI_CAIRO
     if (png) {
-        char title[512];
-        snprintf(title, sizeof title, "%s vs %s", c.model, model_b);
-        rc = draw(png, title, &k, rel, L, hooks != NULL, &drawn);
+        char sub[1024];
+        snprintf(sub, sizeof sub, "a: %s, b: %s; %lld tokens", c.model, model_b, (long long)T);
+        rc = draw(png, "Relative error of each hook point, by layer", sub, &k, rel, L, hooks != NULL, &drawn);
         cli_release_fonts();
         if (rc) {
             free(e);

@@ -514,11 +514,13 @@ int cmd_sae_show(int argc, char **argv)
             x[b] = (float)(LOG_LO + (LOG_HI - LOG_LO) * (b + 0.5) / BINS);
             y[b] = (float)counts[b];
         }
-        plot_series s = {"latents", x, y, BINS};
+        plot_series s = {.label = "latents", .x = x, .y = y, .n = BINS};
         char title[512];
-        snprintf(title, sizeof title, "firing frequency of %lld latents over %lld tokens (%lld dead)", (long long)d,
+        snprintf(title, sizeof title, "Firing frequency of %lld latents over %lld tokens (%lld dead)", (long long)d,
                  (long long)n_tokens, (long long)dead);
-        int r = plot_lines(png, title, &s, 1, "log10 firing frequency", "latents");
+        plot_lines_spec spec = {.title = title, .subtitle = path, .series = &s, .n_series = 1,
+                                .x_label = "log10 firing frequency", .y_label = "latents"};
+        int r = plot_lines(png, &spec);
         cli_release_fonts();
         if (r) {
             rc = failure("cannot write the picture '%s'", png);
