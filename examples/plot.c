@@ -343,16 +343,16 @@ int plot_heatmap(const char *path, const plot_heatmap_spec *sp)
     double lo, hi;
     int div;
     heat_range(sp, &lo, &hi, &div);
-    /* cells: the larger side about 600 px, each cell 2..48 px */
-    double cell = 600.0 / (R > C ? R : C);
-    cell = cell > 48 ? 48 : cell < 2 ? 2 : cell;
-    cell = floor(cell);
-    double pw = cell * C, ph = cell * R;
+    /* cells: each side about 600 px, each cell 2..48 px and at most 3 times as long as wide (a
+     * grid of 3 layers x 46 positions is not 40 px high) */
+    double cw = floor(fmin(48, fmax(2, 600.0 / C))), ch = floor(fmin(48, fmax(2, 600.0 / R)));
+    cw = fmin(cw, 3 * ch), ch = fmin(ch, 3 * cw);
+    double pw = cw * C, ph = ch * R;
     double bar_h = ph < 160 ? 160 : ph;
 
     canvas m;
     if (canvas_open(&m, 1, 1)) return -1;
-    cat_axis ya = cat_layout(m.cr, sp->row_labels, R, cell, 0), xa = cat_layout(m.cr, sp->col_labels, C, cell, 1);
+    cat_axis ya = cat_layout(m.cr, sp->row_labels, R, ch, 0), xa = cat_layout(m.cr, sp->col_labels, C, cw, 1);
     double ticks[32];
     int dec, nt = plot_nice_ticks(lo, hi, 5, ticks, 32, &dec);
     double tw = 0;
@@ -392,7 +392,7 @@ int plot_heatmap(const char *path, const plot_heatmap_spec *sp)
             double v = sp->data[(size_t)i * C + j], rgb[3];
             colour_at(isnan(v) ? v : (v - lo) / (hi - lo), div, rgb);
             cairo_set_source_rgb(cr, rgb[0], rgb[1], rgb[2]);
-            cairo_rectangle(cr, left + j * cell, top + i * cell, cell + 0.5, cell + 0.5);
+            cairo_rectangle(cr, left + j * cw, top + i * ch, cw + 0.5, ch + 0.5);
             cairo_fill(cr);
         }
     if (sp->has_mark) /* outline the cells above the mark */
@@ -401,8 +401,8 @@ int plot_heatmap(const char *path, const plot_heatmap_spec *sp)
                 double v = sp->data[(size_t)i * C + j];
                 if ((sp->mask_upper && j > i) || !(v > sp->mark)) continue;
                 cairo_set_source_rgb(cr, 0, 0, 0);
-                cairo_set_line_width(cr, cell >= 12 ? 1.5 : 1.0);
-                cairo_rectangle(cr, left + j * cell + 1, top + i * cell + 1, cell - 2, cell - 2);
+                cairo_set_line_width(cr, fmin(cw, ch) >= 12 ? 1.5 : 1.0);
+                cairo_rectangle(cr, left + j * cw + 1, top + i * ch + 1, cw - 2, ch - 2);
                 cairo_stroke(cr);
             }
     cairo_set_source_rgb(cr, 0.2, 0.2, 0.2);
@@ -414,7 +414,7 @@ int plot_heatmap(const char *path, const plot_heatmap_spec *sp)
     font(cr, TICK_PX, 0);
     char num[16];
     for (int i = 0; i < R; i += ya.k) {
-        double y = top + (i + 0.5) * cell;
+        double y = top + (i + 0.5) * ch;
         cairo_set_source_rgb(cr, 0.2, 0.2, 0.2);
         cairo_move_to(cr, left - 4, y);
         cairo_line_to(cr, left - 0.5, y);
@@ -423,7 +423,7 @@ int plot_heatmap(const char *path, const plot_heatmap_spec *sp)
         put(cr, left - 6, y, cat_label(num, sizeof num, sp->row_labels, i), 1, 0.5, 0);
     }
     for (int j = 0; j < C; j += xa.k) {
-        double x = left + (j + 0.5) * cell, y = top + ph + 0.5;
+        double x = left + (j + 0.5) * cw, y = top + ph + 0.5;
         cairo_set_source_rgb(cr, 0.2, 0.2, 0.2);
         cairo_move_to(cr, x, y);
         cairo_line_to(cr, x, y + 4);
