@@ -93,6 +93,10 @@ static int logit_diff(circuits_context *ctx, const circuits_metric *mt, const in
 static int draw(const char *path, const char *title, const char *subtitle, const float *grid, int rows, int cols,
                 const char *const *row_labels, char *const *col_texts, bool heads)
 {
+    /* 1 (all of the clean logit diff) is the full colour unless a cell goes beyond */
+    float lim = 1.0f;
+    for (int i = 0; i < rows * cols; i++)
+        if (isfinite(grid[i])) lim = fmaxf(lim, fabsf(grid[i]));
     char **labels = calloc((size_t)cols, sizeof *labels);
     int rc = labels ? 0 : failure("out of memory");
     for (int i = 0; !rc && i < cols; i++) {
@@ -103,9 +107,9 @@ static int draw(const char *path, const char *title, const char *subtitle, const
     if (!rc) {
         plot_heatmap_spec s = {.title = title, .subtitle = subtitle, .data = grid, .rows = rows, .cols = cols,
                                .row_labels = row_labels, .col_labels = (const char *const *)labels,
-                               .x_label = heads ? "head" : "position (clean token / corrupted token where they differ)",
+                               .x_label = heads ? "head" : "position (clean/corrupted token)",
                                .y_label = "layer", .value_label = "logit diff recovered",
-                               .scale = PLOT_SCALE_DIVERGING};
+                               .scale = PLOT_SCALE_DIVERGING, .has_range = 1, .vmin = -lim, .vmax = lim};
         if (plot_heatmap(path, &s)) rc = failure("cannot write the heatmap '%s'", path);
     }
     free_texts(labels, cols);
@@ -258,7 +262,7 @@ int cmd_patch(int argc, char **argv)
     }
     for (int i = 0; i < rows * cols; i++) grid[i] = (raw[i] - ld_corrupt) / (ld_clean - ld_corrupt);
 
-    char subtitle[1100], clean_sub[512], title[512];
+    char subtitle[600], clean_sub[512], title[512];
     picture_subtitle(clean_sub, sizeof clean_sub, c.model, clean, T);
     char ans_s[128], wr_s[128];
     token_display(tok, ans, ans_s, sizeof ans_s);
@@ -266,13 +270,9 @@ int cmd_patch(int argc, char **argv)
     if (!tok) snprintf(ans_s, sizeof ans_s, "%d", ans), snprintf(wr_s, sizeof wr_s, "%d", wr);
     snprintf(title, sizeof title, "Activation patching of %s: logit diff '%s' - '%s' recovered", kinds[kd].name, ans_s,
              wr_s);
-    if (clean && corrupt) {
-        char corrupt_sub[512];
-        picture_subtitle(corrupt_sub, sizeof corrupt_sub, "", corrupt, T);
-        snprintf(subtitle, sizeof subtitle, "%s, corrupted %s", clean_sub, corrupt_sub + 2);
-    } else {
-        snprintf(subtitle, sizeof subtitle, "%s (clean and corrupted)", clean_sub);
-    }
+    int n_diff = 0;
+    for (int64_t i = 0; i < T; i++) n_diff += cl[i] != co[i];
+    snprintf(subtitle, sizeof subtitle, "%s clean, corrupted at %d position%s", clean_sub, n_diff, n_diff == 1 ? "" : "s");
     bool drawn = false;
 #ifdef CIRCUITS_CLI_CAIRO
     if (po.png) {
