@@ -48,12 +48,12 @@ extern "C" {
 #endif
 
 #define CIRCUITS_VERSION_MAJOR 0
-#define CIRCUITS_VERSION_MINOR 9
+#define CIRCUITS_VERSION_MINOR 10
 #define CIRCUITS_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH, as zstd does. */
 #define CIRCUITS_VERSION_NUMBER \
     (CIRCUITS_VERSION_MAJOR * 10000 + CIRCUITS_VERSION_MINOR * 100 + CIRCUITS_VERSION_PATCH)
-#define CIRCUITS_VERSION_STRING "0.9.0"
+#define CIRCUITS_VERSION_STRING "0.10.0"
 /* The soname's number: libcircuits.so.CIRCUITS_ABI_VERSION. Bumped on any incompatible change. */
 #define CIRCUITS_ABI_VERSION 0
 
@@ -1805,6 +1805,50 @@ CIRCUITS_API int circuits_job_store(circuits_job *job, int64_t unit, const void 
  * together hold every unit (CIRCUITS_E_PROVENANCE, CIRCUITS_E_NOT_FOUND naming the first missing
  * unit); one directory is the plain finish of a single-process job. Needs no model. */
 CIRCUITS_API int circuits_job_merge(const char *const *dirs, size_t n_dirs, const char *out);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Interactive views (0.10.0; docs/pictures.md)                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Self-contained HTML in the spirit of CircuitsVis: inline CSS and JavaScript, no external URL,
+ * no fetch. The data travel as JSON inside <script> with `<`, `>`, `&`, U+2028 and U+2029 escaped,
+ * and tokens reach the page only through textContent, so no token can inject markup or script.
+ * Invalid UTF-8 in a string becomes U+FFFD; non-finite values are JSON null, shown grey / "nan".
+ * The DOM each view builds (class and data- names tests and tools rely on) is in docs/pictures.md. */
+typedef struct circuits_vis_options {
+    uint32_t size;        /* sizeof(circuits_vis_options) */
+    const char *title;    /* heading above the view (NULL: none) */
+    const char *subtitle; /* a line under it: model and input (NULL: none) */
+    int32_t fragment;     /* 0 (default): a whole HTML document; 1: one <div> with its own style
+                           * and script, for embedding (a notebook cell); its ids are unique per call */
+} circuits_vis_options;
+CIRCUITS_API void circuits_vis_options_init(circuits_vis_options *opts);
+/* Each function below returns the text in *html (NUL-terminated, free with circuits_vis_free) and
+ * its length in bytes in *len (len may be NULL); on failure *html is NULL. opts NULL: defaults. */
+/* pattern [n_heads, n_tokens, n_tokens] contiguous (query, key) as hook_pattern's [head, q, k] of one
+ * sequence; tokens: n_tokens UTF-8 strings; head_names NULL ("L?H?" not known: "Head 0", ..) or n_heads.
+ * Keys after the query are drawn blank (a causal pattern's zeros). */
+CIRCUITS_API int circuits_vis_attention_patterns(char **html, size_t *len, const char *const *tokens,
+                                                 int64_t n_tokens, const float *pattern, int64_t n_heads,
+                                                 const char *const *head_names, const circuits_vis_options *opts);
+/* values [n_series, n_tokens]: tokens coloured by a value (loss, attribution, a neuron or SAE
+ * feature); series_names NULL ("Series 0", ..) or n_series; signed values (some below 0, some
+ * above) diverging (centred at 0), else sequential from the least to the greatest */
+CIRCUITS_API int circuits_vis_colored_tokens(char **html, size_t *len, const char *const *tokens,
+                                             int64_t n_tokens, const float *values, int64_t n_series,
+                                             const char *const *series_names, const circuits_vis_options *opts);
+/* values [rows, cols] (a patching grid: layer x position, head x layer ...), with labels per row and
+ * column (NULL: numbered), axis titles and the value's name (NULL: none); hover shows the value;
+ * coloured as circuits_vis_colored_tokens */
+CIRCUITS_API int circuits_vis_grid(char **html, size_t *len, const float *values, int64_t rows, int64_t cols,
+                                   const char *const *row_labels, const char *const *col_labels,
+                                   const char *row_title, const char *col_title, const char *value_title,
+                                   const circuits_vis_options *opts);
+/* frees what the functions above returned (NULL is fine) */
+CIRCUITS_API void circuits_vis_free(char *html);
+/* writes html (len bytes) to path (replacing it whole, or leaving it as it was);
+ * CIRCUITS_E_IO naming the path on failure */
+CIRCUITS_API int circuits_vis_save(const char *html, size_t len, const char *path);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Threads                                                                                    */

@@ -58,7 +58,7 @@ from .jobs import Dataset, Job, JobStatus, load_job_output, merge  # noqa: E402 
 
 HookedSAETransformer = Model  # SAELens's name: Model has add_sae, run_with_saes, ... (docs/saes.md "Python")
 
-__version__ = "0.8.0"
+__version__ = "0.10.0"
 
 #: Path of the loaded libcircuits.so.0, and how it was found.
 library_path: str = _native.library_path

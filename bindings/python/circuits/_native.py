@@ -52,10 +52,10 @@ from .errors import ABIMismatchError, CircuitsError, LibraryNotFoundError, Range
 #: The ABI this binding was written for (CIRCUITS_ABI_VERSION of the header it follows).
 CIRCUITS_ABI_VERSION = 0
 CIRCUITS_VERSION_MAJOR = 0
-CIRCUITS_VERSION_MINOR = 9
+CIRCUITS_VERSION_MINOR = 10
 CIRCUITS_VERSION_PATCH = 0
 CIRCUITS_VERSION_NUMBER = CIRCUITS_VERSION_MAJOR * 10000 + CIRCUITS_VERSION_MINOR * 100 + CIRCUITS_VERSION_PATCH
-CIRCUITS_VERSION_STRING = "0.9.0"
+CIRCUITS_VERSION_STRING = "0.10.0"
 
 # circuits_status
 CIRCUITS_OK = 0
@@ -643,6 +643,17 @@ class DatasetOptions(Structure):
     ]
 
 
+class VisOptions(Structure):
+    """``circuits_vis_options`` (0.10.0)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("title", c_void_p),     # const char *
+        ("subtitle", c_void_p),  # const char *
+        ("fragment", c_int32),
+    ]
+
+
 #: ``circuits_job_progress_fn`` (0.9.0): int (*)(int64_t done, int64_t total, void *user_data)
 JOB_PROGRESS_FN = CFUNCTYPE(c_int, c_int64, c_int64, c_void_p)
 #: ``circuits_job_unit_fn`` (0.9.0): int (*)(int64_t unit, const void *bytes, size_t n_bytes, void *user_data)
@@ -1044,6 +1055,20 @@ FUNCTIONS: Dict[str, Tuple[object, List[object]]] = {
     "circuits_job_compute": (c_int, [HANDLE, I64P, c_size_t, JOB_UNIT_FN, c_void_p]),
     "circuits_job_store": (c_int, [HANDLE, c_int64, c_void_p, c_size_t]),
     "circuits_job_merge": (c_int, [POINTER(c_char_p), c_size_t, c_char_p]),
+    # interactive views (0.10.0; circuits.vis, docs/pictures.md): the text comes back as an address
+    # (c_void_p) so that the binding copies it and then frees it with circuits_vis_free
+    "circuits_vis_options_init": (None, [POINTER(VisOptions)]),
+    "circuits_vis_attention_patterns": (
+        c_int, [POINTER(c_void_p), POINTER(c_size_t), POINTER(c_char_p), c_int64, F32P, c_int64, POINTER(c_char_p),
+                POINTER(VisOptions)]),
+    "circuits_vis_colored_tokens": (
+        c_int, [POINTER(c_void_p), POINTER(c_size_t), POINTER(c_char_p), c_int64, F32P, c_int64, POINTER(c_char_p),
+                POINTER(VisOptions)]),
+    "circuits_vis_grid": (
+        c_int, [POINTER(c_void_p), POINTER(c_size_t), F32P, c_int64, c_int64, POINTER(c_char_p), POINTER(c_char_p),
+                c_char_p, c_char_p, c_char_p, POINTER(VisOptions)]),
+    "circuits_vis_free": (None, [c_void_p]),
+    "circuits_vis_save": (c_int, [c_char_p, c_size_t, c_char_p]),
     # threads
     "circuits_set_num_threads": (None, [c_int]),
     "circuits_get_num_threads": (c_int, []),
@@ -1093,12 +1118,16 @@ SAE_FUNCTIONS = frozenset(n for n in FUNCTIONS if n.startswith((
 #: circuits.Dataset and circuits.Job then raise NotImplementedError.
 JOB_FUNCTIONS = frozenset(n for n in FUNCTIONS if n.startswith(("circuits_dataset_", "circuits_job_")))
 
+#: The interactive views (0.10.0): optional, so that a 0.9 libcircuits.so.0 still loads; circuits.vis
+#: then raises NotImplementedError.
+VIS_FUNCTIONS = frozenset(n for n in FUNCTIONS if n.startswith("circuits_vis_"))
+
 #: Bound functions that a libcircuits.so.0 built before they were added may lack (ABI 0 grows
 #: by addition). The binding loads without them; the features that need them (the tokenizer:
 #: Model.to_tokens, to_string, to_str_tokens, model("text")) then raise NotImplementedError.
 OPTIONAL = frozenset(n for n in FUNCTIONS if n.startswith("circuits_tokenizer_") or n in (
     "circuits_encode_options_init", "circuits_model_tokenizer") or n in GRADIENT_FUNCTIONS or
-    n in SAE_FUNCTIONS or n in JOB_FUNCTIONS)
+    n in SAE_FUNCTIONS or n in JOB_FUNCTIONS or n in VIS_FUNCTIONS)
 
 #: OPTIONAL functions the loaded library does not export (filled at load).
 MISSING: set = set()

@@ -132,6 +132,7 @@ STRUCT_CLASSES = {
     "circuits_probe_info": N.ProbeInfo,
     "circuits_probe_score": N.ProbeScore,
     "circuits_dataset_options": N.DatasetOptions,
+    "circuits_vis_options": N.VisOptions,
     "circuits_job_options": N.JobOptions,
 }
 SCALARS = {
@@ -166,8 +167,10 @@ def allowed(ctype: str):
         return {POINTER(c_void_p)}
     if stars == 1 and base in STRUCT_CLASSES:
         return {POINTER(STRUCT_CLASSES[base])}
-    if stars == 1 and base == "char":
-        return {c_char_p}
+    if stars == 1 and base == "char":  # (a char * the library allocated goes back as an address)
+        return {c_char_p} if "const" in ctype else {c_char_p, c_void_p}
+    if stars == 2 and base == "char" and "const" not in ctype:  # char **: a string the library allocates
+        return {POINTER(c_void_p)}
     if stars == 2 and base == "char":  # const char *const *
         return {POINTER(c_char_p)}
     if stars == 1 and base == "float":
