@@ -703,6 +703,42 @@ grep -q "(patched - corrupted) / (clean - corrupted)" "$tmp/out" || fail "patch:
 ok patch "$M" --clean "The cat sat" --corrupt "The dog sat" --answer " on" --wrong " in"
 err 1 "--answer: ' on the mat' is not one token of the vocabulary" \
     patch "$M" --clean "The cat sat" --corrupt "The dog sat" --answer " on the mat" --wrong " in"
+# the pictures: PNGs of a sane size, pages that are self-contained and hold the views' roots
+# (docs/pictures.md's DOM contract)
+html_ok() {
+    checks=$((checks + 1))
+    python3 - "$@" <<'PY' || fail "$1: not a self-contained page with the views ${*:2}"
+import re, sys
+h = open(sys.argv[1], encoding="utf-8").read()
+assert h.startswith("<!DOCTYPE html>") and h.rstrip().endswith("</html>")
+assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", h, re.I), "an external URL"
+assert not re.search(r"<script[^>]*\ssrc=|<link\b|@import|\bfetch\(|XMLHttpRequest", h, re.I), "fetches something"
+roots = re.findall(r'<div[^>]*class="cv-view[^"]*"[^>]*data-view="(\w+)"', h)
+assert roots == sys.argv[2:], roots
+PY
+}
+ok attn "$M" --prompt "$P2" --layer 1 --head 0 --head 2 --png "$tmp/at.png" --html "$tmp/at.html"
+grep -q "wrote $tmp/at-L1H0.png" "$tmp/out" && grep -q "wrote $tmp/at-L1H2.png" "$tmp/out" &&
+    grep -q "wrote $tmp/at.html" "$tmp/out" || fail "attn: names the files it wrote"
+png_size "$tmp/at-L1H0.png" 400 400
+png_size "$tmp/at-L1H2.png" 400 400
+html_ok "$tmp/at.html" attention
+grep -q '"L1H2"' "$tmp/at.html" || fail "attn --html: the head names"
+py 'assert d["png"] == [sys.argv[1].rsplit("/", 1)[0] + "/one.png"] and d["html"] is None' \
+    attn "$M" --prompt "$P2" --layer 0 --head 1 --png "$tmp/one.png" --json
+png_size "$tmp/one.png" 400 400
+ok lens "$M" --prompt "$P2" --png "$tmp/lens.png" --html "$tmp/lens.html"
+png_size "$tmp/lens.png" 500 200
+html_ok "$tmp/lens.html" grid tokens
+py 'assert d["png"].endswith("/dla.png") and d["html"].endswith("/dla.html")' \
+    lens "$M" --prompt "$P2" --dla --png "$tmp/dla.png" --html "$tmp/dla.html" --json
+png_size "$tmp/dla.png" 500 200
+html_ok "$tmp/dla.html" grid tokens
+ok patch "$M" --clean-tokens $CL --corrupt-tokens $CO --answer-id 3 --wrong-id 4 --png "$tmp/pa.png" --html "$tmp/pa.html"
+png_size "$tmp/pa.png" 300 150
+html_ok "$tmp/pa.html" grid
+ok patch "$M" --clean-tokens $CL --corrupt-tokens $CO --answer-id 3 --wrong-id 4 --kind heads --png "$tmp/ph.png"
+png_size "$tmp/ph.png" 300 150
 # errors
 err 2 "needs --layer L" attn "$M" --prompt hi
 err 1 "--layer 5: the model has 5 layers (0 .. 4)" attn "$M" --prompt hi --layer 5

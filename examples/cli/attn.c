@@ -152,6 +152,27 @@ int cmd_attn(int argc, char **argv)
     if (rc) goto done;
 #endif
 
+    if (po.html) {
+        char **names = calloc((size_t)n_heads, sizeof *names);
+        for (int k = 0; names && k < n_heads; k++)
+            if ((names[k] = malloc(32))) snprintf(names[k], 32, "L%lldH%d", layer, heads[k]);
+        char title[96];
+        snprintf(title, sizeof title, "Attention patterns of layer %lld", layer);
+        circuits_vis_options vo;
+        circuits_vis_options_init(&vo);
+        vo.title = title;
+        vo.subtitle = subtitle;
+        char *html = NULL;
+        size_t len = 0;
+        if (!names) rc = failure("out of memory");
+        else if (circuits_vis_attention_patterns(&html, &len, (const char *const *)texts, T, pat, n_heads,
+                                                 (const char *const *)names, &vo) != CIRCUITS_OK)
+            rc = lib_failure("--html");
+        else rc = write_page(po.html, html, len);
+        free_texts(names, names ? n_heads : 0);
+        if (rc) goto done;
+    }
+
     char shown[512], shown2[512];
     if (c.json) {
         printf("{\"model\":");

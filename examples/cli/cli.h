@@ -146,6 +146,10 @@ void free_texts(char **s, int64_t n);
 void picture_subtitle(char *buf, size_t cap, const char *model, const char *text, int64_t n_tokens);
 /* A token for tables: token_display's text in quotes ('the'), or the id without a tokenizer. */
 void quoted(const circuits_tokenizer *tok, int32_t id, char *buf, size_t cap);
+/* Saves a page a circuits_vis_* function made (circuits_vis_save) and frees it. 0 or EXIT_FAIL. */
+int write_page(const char *path, char *html, size_t len);
+/* One HTML document holding n views made with circuits_vis_options.fragment = 1. 0 or EXIT_FAIL. */
+int write_views(const char *path, const char *title, char *const *fragments, const size_t *lens, int n);
 /* FILE.png -> FILE-SUFFIX.png (suffix NULL: the path itself). */
 void picture_path(char *buf, size_t cap, const char *path, const char *suffix);
 

@@ -79,6 +79,45 @@ static int draw(const char *path, bool dla, const char *subtitle, const float *g
 }
 #endif
 
+/* The page: the grid, and the tokens coloured by the model's loss on each (the first has none). */
+static int page(const char *path, bool dla, const char *model, const char *subtitle, const float *grid, int64_t rows,
+                int64_t cols, const char *const *row_labels, char *const *texts, int64_t T, const float *ptl)
+{
+    float *loss = malloc(sizeof(float) * (size_t)T);
+    if (!loss) return failure("out of memory");
+    loss[0] = NAN;
+    memcpy(loss + 1, ptl, sizeof(float) * (size_t)(T - 1));
+    circuits_vis_options vo;
+    circuits_vis_options_init(&vo);
+    vo.fragment = 1;
+    vo.subtitle = subtitle;
+    char *views[2] = {NULL, NULL}, title[512];
+    size_t lens[2] = {0, 0};
+    const char *series[] = {"loss"};
+    int rc = 0;
+    vo.title = dla ? "Direct logit attribution to the next token" : "Logit lens: log-prob of the next token";
+    if (circuits_vis_grid(&views[0], &lens[0], grid, rows, cols, row_labels, (const char *const *)texts + 1,
+                          dla ? "component" : "residual stream", "next token (the one predicted)",
+                          dla ? "logit contribution" : "log-prob", &vo) != CIRCUITS_OK)
+        rc = lib_failure("--html");
+    vo.title = "Loss of each token (predicting it from the ones before)";
+    if (!rc && circuits_vis_colored_tokens(&views[1], &lens[1], (const char *const *)texts, T, loss, 1, series, &vo) !=
+                   CIRCUITS_OK)
+        rc = lib_failure("--html");
+    if (!rc) {
+        size_t len = strlen(model);
+        while (len > 1 && model[len - 1] == '/') len--;
+        const char *slash = memrchr(model, '/', len);
+        snprintf(title, sizeof title, "%s: %.*s", dla ? "Direct logit attribution" : "Logit lens",
+                 (int)(len - (slash ? (size_t)(slash + 1 - model) : 0)), slash ? slash + 1 : model);
+        rc = write_views(path, title, views, lens, 2);
+    }
+    circuits_vis_free(views[0]);
+    circuits_vis_free(views[1]);
+    free(loss);
+    return rc;
+}
+
 int cmd_lens(int argc, char **argv)
 {
     common c = {0};
@@ -190,6 +229,8 @@ int cmd_lens(int argc, char **argv)
         drawn = true;
     }
 #endif
+
+    if (po.html && (rc = page(po.html, dla, c.model, subtitle, grid, n_comp, P, labels, texts, T, ptl))) goto done;
 
     const char *what = dla ? "direct logit attribution" : "log_prob";
     char shown[512];

@@ -283,6 +283,21 @@ int cmd_patch(int argc, char **argv)
     }
 #endif
 
+    if (po.html) {
+        circuits_vis_options vo;
+        circuits_vis_options_init(&vo);
+        vo.title = title;
+        vo.subtitle = subtitle;
+        char *html = NULL;
+        size_t len = 0;
+        if (circuits_vis_grid(&html, &len, grid, rows, cols, (const char *const *)row_texts,
+                              (const char *const *)col_texts, "layer", heads ? "head" : "position (clean/corrupted token)",
+                              "logit diff recovered", &vo) != CIRCUITS_OK)
+            rc = lib_failure("--html");
+        else rc = write_page(po.html, html, len);
+        if (rc) goto done;
+    }
+
     if (c.json) {
         printf("{\"model\":");
         json_cstr(stdout, c.model);

@@ -150,3 +150,45 @@ void quoted(const circuits_tokenizer *tok, int32_t id, char *buf, size_t cap)
     else snprintf(shown, sizeof shown, "%d", id);
     snprintf(buf, cap, tok ? "'%s'" : "%s", shown);
 }
+
+int write_page(const char *path, char *html, size_t len)
+{
+    int rc = circuits_vis_save(html, len, path) == CIRCUITS_OK ? 0 : lib_failure("--html");
+    circuits_vis_free(html);
+    return rc;
+}
+
+/* s with & < > " as entities (a page title) */
+static void put_escaped(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '&') fputs("&amp;", f);
+        else if (*s == '<') fputs("&lt;", f);
+        else if (*s == '>') fputs("&gt;", f);
+        else if (*s == '"') fputs("&quot;", f);
+        else fputc(*s, f);
+    }
+}
+
+int write_views(const char *path, const char *title, char *const *fragments, const size_t *lens, int n)
+{
+    char *page = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&page, &len);
+    if (!f) return failure("out of memory");
+    fputs("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>", f);
+    put_escaped(f, title);
+    fputs("</title>\n</head>\n<body>\n", f);
+    for (int i = 0; i < n; i++) {
+        fwrite(fragments[i], 1, lens[i], f);
+        fputc('\n', f);
+    }
+    fputs("</body>\n</html>\n", f);
+    if (fclose(f) != 0 || !page) {
+        free(page);
+        return failure("out of memory");
+    }
+    int rc = circuits_vis_save(page, len, path) == CIRCUITS_OK ? 0 : lib_failure("--html");
+    free(page);
+    return rc;
+}
