@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---------------- round ticks (both builds) ---------------- */
@@ -29,8 +30,11 @@ int plot_nice_ticks(double lo, double hi, int target, double *out, int max_ticks
             if (k1 - k0 + 1 > max_ticks) continue;
             int n = 0;
             for (double k = k0; k <= k1; k++) {
-                /* k x mult x 10^e computed so that the result is the double nearest the decimal */
-                double v = e >= 0 ? k * mult[m] * pow(10.0, e) : k * mult[m] / pow(10.0, -e);
+                /* k x mult x 10^e as the double nearest the decimal: strtod rounds correctly,
+                 * where pow(10, e) is inexact beyond 10^22 */
+                char dec[48];
+                snprintf(dec, sizeof dec, "%.0fe%d", k * mult[m], e);
+                double v = strtod(dec, NULL);
                 out[n++] = v == 0 ? 0.0 : v; /* no -0 */
             }
             if (decimals) *decimals = e < 0 ? -e : 0;
@@ -215,10 +219,19 @@ static double title_w(cairo_t *cr, const char *s, double px, int bold)
     return e.x_advance;
 }
 
+/* a tick as "%.*f" with its decimals, or for very small or large values in the shortest
+ * exponent form that reads back as the same double */
 static void fmt_tick(char *buf, size_t n, double v, int decimals)
 {
+    if (v != 0 && (decimals > 6 || fabs(v) >= 1e9)) {
+        for (int p = 0; p <= 16; p++) {
+            snprintf(buf, n, "%.*e", p, v);
+            if (strtod(buf, NULL) == v) break;
+        }
+        return;
+    }
     snprintf(buf, n, "%.*f", decimals, v);
-    if (strcmp(buf, "-0") == 0 || (buf[0] == '-' && strspn(buf + 1, "0.") == strlen(buf + 1))) memmove(buf, buf + 1, strlen(buf));
+    if (buf[0] == '-' && strspn(buf + 1, "0.") == strlen(buf + 1)) memmove(buf, buf + 1, strlen(buf)); /* no "-0" */
 }
 
 /* A surface for measuring text before the real one's size is known. */
@@ -286,16 +299,18 @@ static cat_axis cat_layout(cairo_t *cr, const char *const *labels, int n, double
     font(cr, TICK_PX, 0);
     cairo_font_extents_t fe;
     cairo_font_extents(cr, &fe);
+    cairo_text_extents_t ink;
+    cairo_text_extents(cr, "Ag", &ink); /* a label's ink: cap height and descender */
     double h = fe.ascent + fe.descent, wmax = 0;
     char num[16];
     for (int i = 0; i < n; i++) wmax = fmax(wmax, text_w(cr, cat_label(num, sizeof num, labels, i)));
-    /* labels a line apart may touch but never overlap: 0.9 of the font's line height */
-    int k_up = thin(slot, 0.9 * h + 1, n);
+    /* labels one above the other need their ink's height and a pixel between them */
+    int k_up = thin(slot, ink.height + 1, n);
     if (!x_axis) {
         a.k = k_up, a.extent = wmax;
         return a;
     }
-    int k_flat = thin(slot, wmax + 6, n);
+    int k_flat = thin(slot, wmax + 3, n);
     if (k_flat <= k_up) { /* horizontal, when that shows as many labels as upright would */
         a.k = k_flat, a.extent = h;
         return a;
