@@ -94,6 +94,7 @@ if [ -n "$build" ]; then
         "$build/tests/test_dataset" "$src/tests/reference/datasets" "$src/examples/models/tiny-random-gpt2" -v
         "$build/tests/test_job" "$src/examples/models" -v
         "$build/tests/test_job_sweeps" "$src/examples/models/attn-only-2l" -v
+        "$build/tests/test_vis" -v
     } 2>/dev/null | grep '^|' >"$tmp/printed" || true
     python3 - "$tmp/doc_rows" "$tmp/printed" <<'PY' || status=1
 import re, sys
