@@ -39,13 +39,13 @@ static void usage(void)
 }
 
 static const struct {
-    const char *name, *hook;
+    const char *name, *hook, *what;
     int kind;
 } kinds[] = {
-    {"resid_pre", "blocks.%d.hook_resid_pre", CIRCUITS_PATCH_RESID_PRE},
-    {"attn_out", "blocks.%d.hook_attn_out", CIRCUITS_PATCH_ATTN_OUT},
-    {"mlp_out", "blocks.%d.hook_mlp_out", CIRCUITS_PATCH_MLP_OUT},
-    {"heads", "blocks.%d.attn.hook_z", CIRCUITS_PATCH_HEAD_Z_ALL_POS},
+    {"resid_pre", "blocks.%d.hook_resid_pre", "the residual stream (resid_pre)", CIRCUITS_PATCH_RESID_PRE},
+    {"attn_out", "blocks.%d.hook_attn_out", "attention outputs (attn_out)", CIRCUITS_PATCH_ATTN_OUT},
+    {"mlp_out", "blocks.%d.hook_mlp_out", "MLP outputs (mlp_out)", CIRCUITS_PATCH_MLP_OUT},
+    {"heads", "blocks.%d.attn.hook_z", "head outputs (z, every position)", CIRCUITS_PATCH_HEAD_Z_ALL_POS},
 };
 
 /* One token from --answer TEXT (tokenized without BOS: exactly one token) or --answer-id ID. */
@@ -268,8 +268,7 @@ int cmd_patch(int argc, char **argv)
     token_display(tok, ans, ans_s, sizeof ans_s);
     token_display(tok, wr, wr_s, sizeof wr_s);
     if (!tok) snprintf(ans_s, sizeof ans_s, "%d", ans), snprintf(wr_s, sizeof wr_s, "%d", wr);
-    snprintf(title, sizeof title, "Activation patching of %s: logit diff '%s' - '%s' recovered", kinds[kd].name, ans_s,
-             wr_s);
+    snprintf(title, sizeof title, "Patching %s: logit diff '%s' - '%s' recovered", kinds[kd].what, ans_s, wr_s);
     int n_diff = 0;
     for (int64_t i = 0; i < T; i++) n_diff += cl[i] != co[i];
     snprintf(subtitle, sizeof subtitle, "%s clean, corrupted at %d position%s", clean_sub, n_diff, n_diff == 1 ? "" : "s");
