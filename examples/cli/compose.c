@@ -49,19 +49,6 @@ static int by_score(const void *a, const void *b)
 static const char *const mode_names[] = {"q", "k", "v"};
 
 #ifdef CIRCUITS_CLI_CAIRO
-/* FILE.png -> FILE-q.png when several modes are drawn */
-static void png_path(char *buf, size_t n, const char *path, const char *mode, bool several)
-{
-    if (!several) {
-        snprintf(buf, n, "%s", path);
-        return;
-    }
-    const char *dot = strrchr(path, '.');
-    const char *slash = strrchr(path, '/');
-    if (!dot || (slash && dot < slash)) dot = path + strlen(path);
-    snprintf(buf, n, "%.*s-%s%s", (int)(dot - path), path, mode, dot);
-}
-
 /* writer heads (layers 0 .. L-2) down, reader heads (layers 1 .. L-1) across; pairs that cannot
  * compose (the reader not in a later layer) are NaN (grey). With a baseline: white at its mean,
  * red above, blue below, and the cells above it outlined. */
@@ -190,7 +177,7 @@ int cmd_compose(int argc, char **argv)
     int n_png = 0;
 #ifdef CIRCUITS_CLI_CAIRO
     for (int md = first; png && L >= 2 && md <= last; md++) {
-        png_path(pngs[n_png], sizeof pngs[n_png], png, mode_names[md], first != last);
+        picture_path(pngs[n_png], sizeof pngs[n_png], png, first != last ? mode_names[md] : NULL);
         rc = heatmap(pngs[n_png], c.model, mode_names[md], scores[md], &cfg, mean, samples);
         if (rc) break;
         n_png++;
