@@ -203,17 +203,22 @@ int cmd_lens(int argc, char **argv)
             goto done;
         }
     } else {
-        size_t n_lens = (size_t)(n_comp * P * V);
+        /* one position at a time: the logits of every component at every position would be
+         * n_comp x P x d_vocab floats (a quarter of a GB for GPT-2 on 100 tokens) */
+        size_t n_lens = (size_t)(n_comp * V);
         if (!(lens = malloc(sizeof(float) * n_lens))) {
             rc = failure("out of memory");
             goto done;
         }
-        if (circuits_logit_lens(m, cache, &ro, lens, n_lens) != CIRCUITS_OK) {
-            rc = lib_failure("logit lens");
-            goto done;
+        ro.n_positions = 1;
+        for (int64_t p = 0; p < P; p++) {
+            ro.positions = positions + p;
+            if (circuits_logit_lens(m, cache, &ro, lens, n_lens) != CIRCUITS_OK) {
+                rc = lib_failure("logit lens");
+                goto done;
+            }
+            for (int64_t k = 0; k < n_comp; k++) grid[k * P + p] = log_prob(lens + (size_t)k * V, V, ids[p + 1]);
         }
-        for (int64_t k = 0; k < n_comp; k++)
-            for (int64_t p = 0; p < P; p++) grid[k * P + p] = log_prob(lens + (size_t)(k * P + p) * V, V, ids[p + 1]);
     }
     circuits_cache_free(cache); /* the run's activations are no longer needed */
     cache = NULL;
