@@ -8,14 +8,12 @@ not pixel equality). Also: hostile tokens show literally and run nothing; two fr
 page (a notebook) work independently; 512 tokens wrap and scale.
 
 Needs selenium (pip; run_tests.sh installs it), chromium and chromium-driver (apt; .ci/install-deps
-installs them): missing, the tests FAIL saying what to install. Selenium never downloads a driver:
-the driver's path is given and SE_OFFLINE is set. CIRCUITS_CHROMIUM / CIRCUITS_CHROMEDRIVER
-override /usr/bin/chromium and /usr/bin/chromedriver."""
+installs them): missing, the tests FAIL saying what to install. Selenium never downloads a driver
+(tests/browser.py: the driver's path is given and SE_OFFLINE is set)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 import zlib
@@ -27,46 +25,31 @@ import pytest
 
 import circuits.vis as cv
 
-CHROMIUM = os.environ.get("CIRCUITS_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("CIRCUITS_CHROMEDRIVER", "/usr/bin/chromedriver")
+import browser as _browser
 
 
 # --------------------------------------------------------------------------------------------
 # The browser
 # --------------------------------------------------------------------------------------------
 
-def _missing() -> list:
-    out = []
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        out.append("the Python package selenium (pip install selenium; bindings/python/run_tests.sh installs it)")
-    for path, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not os.access(path, os.X_OK):
-            out.append(f"{path} (apt-get install --no-install-recommends {pkg} fonts-dejavu-core; .ci/install-deps "
-                       f"installs it)")
-    return out
-
-
 def make_driver(scale: float = 1.0):
-    """Headless Chromium with the browser console captured, at a device scale factor."""
-    missing = _missing()
-    if missing:
-        pytest.fail("the browser tests need " + " and ".join(missing))
-    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must not fetch anything
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    """Headless Chromium (tests/browser.py); the test FAILS saying what to install when chromium,
+    chromium-driver or selenium is missing."""
+    lack = _browser.missing()
+    if lack:
+        pytest.fail("the browser tests need " + " and ".join(lack))
+    return _browser.chrome(scale)
 
-    opts = webdriver.ChromeOptions()
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1300,1100",
-              f"--force-device-scale-factor={scale}", "--hide-scrollbars", "--disable-extensions",
-              "--disable-background-networking", "--no-first-run", "--lang=en-US"):
-        opts.add_argument(a)
-    opts.binary_location = CHROMIUM
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # a sanitizer build's runtime (run_tests.sh preloads it into Python) is not Chromium's
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
-    return webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=opts)
+
+def test_missing_browser_is_a_failure_that_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(_browser, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setattr(_browser, "CHROMEDRIVER", "/nonexistent/chromedriver")
+    lack = " ".join(_browser.missing())
+    assert "apt-get install --no-install-recommends chromium " in lack and "chromium-driver" in lack
+    with pytest.raises(RuntimeError, match="needs /nonexistent/chromium"):
+        _browser.chrome()
+    with pytest.raises(pytest.fail.Exception, match="install"):
+        make_driver()
 
 
 @pytest.fixture(scope="module")
