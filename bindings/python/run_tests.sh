@@ -5,7 +5,7 @@
 #
 # BUILD_DIR (default: build/, relative to the repository root or absolute) must hold
 # lib/libcircuits.so.0; the tests load exactly that library (CIRCUITS_LIBRARY). Installs numpy,
-# pytest and gguf (and meson-python, for test_pip_install.py) with pip if missing (no torch needed). A sanitizer build (build-asan/)
+# pytest, gguf and selenium (and meson-python, for test_pip_install.py) with pip if missing (no torch needed). A sanitizer build (build-asan/)
 # works too: its runtime is preloaded and leak checking is left to the C suites (CPython's
 # own allocations would be reported as leaks at exit). Prints pytest's summary line last and
 # exits with pytest's status. PYTEST_TESTS (default: tests) names the test files or directories
@@ -33,6 +33,14 @@ fi
 if ! "$PY" -c "import gguf" >/dev/null 2>&1; then
   echo "installing gguf for $PY ..."
   "$PY" -m pip install --quiet gguf || { echo "run_tests.sh: pip install gguf failed" >&2; exit 2; }
+fi
+
+# selenium: tests/test_vis_browser.py drives Debian's chromium through chromedriver with it (the
+# driver's path is given and SE_OFFLINE set: selenium never downloads a browser or driver);
+# required, never skipped (the test fails saying what is missing).
+if ! "$PY" -c "import selenium" >/dev/null 2>&1; then
+  echo "installing selenium for $PY ..."
+  "$PY" -m pip install --quiet selenium || { echo "run_tests.sh: pip install selenium failed" >&2; exit 2; }
 fi
 
 # meson-python: tests/test_pip_install.py builds the package with it (`pip install .`). --no-deps:

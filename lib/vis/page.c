@@ -49,7 +49,7 @@ static const char css[] =
     "    max-width: none; max-height: 14em; }\n"
     "& td.cv-cell { min-width: 34px; height: 20px; padding: 0 3px; text-align: center; border: 1px solid #fff;\n"
     "    font-variant-numeric: tabular-nums; cursor: default; }\n"
-    "& table.cv-compact td.cv-cell { min-width: 12px; height: 12px; padding: 0; }\n"
+    "& table.cv-compact td.cv-cell { min-width: 16px; height: 18px; padding: 0; }\n"
     "& td.cv-cell.cv-hovered { outline: 2px solid #e08214; outline-offset: -1px; }\n";
 
 /* The shared script: colour scales, how a token is shown, small DOM builders. */

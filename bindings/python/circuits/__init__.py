@@ -55,6 +55,7 @@ from . import steering  # noqa: E402,F401 -- steering and control vectors (docs/
 from .features import FeatureStats, TopContexts  # noqa: E402 -- SAE feature statistics (docs/saes.md)
 from .probe import Probe  # noqa: E402 -- linear probes (docs/probes.md)
 from .jobs import Dataset, Job, JobStatus, load_job_output, merge  # noqa: E402 -- jobs (docs/jobs.md)
+from . import vis  # noqa: E402,F401 -- interactive views, CircuitsVis's names (docs/pictures.md)
 
 HookedSAETransformer = Model  # SAELens's name: Model has add_sae, run_with_saes, ... (docs/saes.md "Python")
 
@@ -111,6 +112,7 @@ __all__ = [
     "grad",
     "attribution",
     "steering",
+    "vis",
     "FeatureStats",
     "TopContexts",
     "library_version",

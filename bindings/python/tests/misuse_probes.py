@@ -1506,3 +1506,9 @@ from misuse_probes_jobs import JOB_AUDIT, JOB_PROBES  # noqa: E402
 assert not set(JOB_PROBES) & set(PROBES) and not set(JOB_AUDIT) & set(AUDIT)
 PROBES.update(JOB_PROBES)
 AUDIT.update(JOB_AUDIT)
+# The interactive views (0.10.0) live in their own file.
+from misuse_probes_vis import VIS_AUDIT, VIS_PROBES  # noqa: E402
+
+assert not set(VIS_PROBES) & set(PROBES) and not set(VIS_AUDIT) & set(AUDIT)
+PROBES.update(VIS_PROBES)
+AUDIT.update(VIS_AUDIT)
