@@ -306,6 +306,11 @@ static cat_axis cat_layout(cairo_t *cr, const char *const *labels, int n, double
     for (int i = 0; i < n; i++) wmax = fmax(wmax, text_w(cr, cat_label(num, sizeof num, labels, i)));
     /* labels one above the other need their ink's height and a pixel between them */
     int k_up = thin(slot, ink.height + 1, n);
+    if (!labels) { /* numbers: sparser, and never turned */
+        a.k = x_axis ? thin(slot, wmax + 14, n) : thin(slot, 2.5 * ink.height, n);
+        a.extent = x_axis ? h : wmax;
+        return a;
+    }
     if (!x_axis) {
         a.k = k_up, a.extent = wmax;
         return a;
@@ -358,9 +363,12 @@ int plot_heatmap(const char *path, const plot_heatmap_spec *sp)
     double lo, hi;
     int div;
     heat_range(sp, &lo, &hi, &div);
-    /* cells: each side about 600 px, each cell 2..48 px and at most 3 times as long as wide (a
-     * grid of 3 layers x 46 positions is not 40 px high) */
-    double cw = floor(fmin(48, fmax(2, 600.0 / C))), ch = floor(fmin(48, fmax(2, 600.0 / R)));
+    /* cells: each side about 600 px, each cell at most 48 px and at most 3 times as long as wide
+     * (a grid of 3 layers x 46 positions is not 40 px high); whole pixels down to 2 px, fractions
+     * below (a long axis stays 600 px, its labels thinned) */
+    double cw = fmin(48, 600.0 / C), ch = fmin(48, 600.0 / R);
+    cw = cw >= 2 ? floor(cw) : cw;
+    ch = ch >= 2 ? floor(ch) : ch;
     cw = fmin(cw, 3 * ch), ch = fmin(ch, 3 * cw);
     double pw = cw * C, ph = ch * R;
     double bar_h = ph < 160 ? 160 : ph;
@@ -583,6 +591,18 @@ static double legend_w(cairo_t *cr, const plot_lines_spec *sp)
     return w > 0 ? w + 34 : 0;
 }
 
+/* series 0-7 solid, 8-15 dashed, 16-23 dotted, .. (the palette has eight colours) */
+static void series_dash(cairo_t *cr, int k)
+{
+    static const double dashed[] = {6, 3}, dotted[] = {1.5, 2.5}, dashdot[] = {6, 2.5, 1.5, 2.5};
+    switch ((k / 8) % 4) {
+    case 1: cairo_set_dash(cr, dashed, 2, 0); break;
+    case 2: cairo_set_dash(cr, dotted, 2, 0); break;
+    case 3: cairo_set_dash(cr, dashdot, 4, 0); break;
+    default: cairo_set_dash(cr, NULL, 0, 0);
+    }
+}
+
 /* boxes of placed point labels, so that the next one avoids them */
 typedef struct placed {
     double x0, y0, x1, y1;
@@ -738,6 +758,7 @@ static void draw_panel(cairo_t *cr, const panel_box *b, const plot_lines_spec *s
         if (!s->markers_only) {
             cairo_set_line_width(cr, 1.8);
             cairo_set_line_join(cr, CAIRO_LINE_JOIN_ROUND);
+            series_dash(cr, k);
             int pen = 0;
             for (int i = 0; i < s->n; i++) {
                 if (!finite_pt(s, i)) {
@@ -750,6 +771,7 @@ static void draw_panel(cairo_t *cr, const panel_box *b, const plot_lines_spec *s
                 pen = 1;
             }
             cairo_stroke(cr);
+            cairo_set_dash(cr, NULL, 0, 0);
         }
         if (s->markers_only || s->n <= 60)
             for (int i = 0; i < s->n; i++)
@@ -770,9 +792,11 @@ static void draw_panel(cairo_t *cr, const panel_box *b, const plot_lines_spec *s
         cairo_set_source_rgb(cr, col[0], col[1], col[2]);
         cairo_set_line_width(cr, 2);
         if (!sp->series[k].markers_only) {
+            series_dash(cr, k);
             cairo_move_to(cr, legend_x, ly);
             cairo_line_to(cr, legend_x + 22, ly);
             cairo_stroke(cr);
+            cairo_set_dash(cr, NULL, 0, 0);
         }
         cairo_arc(cr, legend_x + 11, ly, 2.8, 0, 2 * PI);
         cairo_fill(cr);
@@ -807,6 +831,8 @@ static int draw_figure(const char *path, const char *title, const char *subtitle
     for (int p = 0; p < np; p++) r[p].x0 = x0, r[p].x1 = x1;
 
     double pw = 640, ph = np > 1 ? 200 : 360;
+    for (int p = 0; p < np; p++) /* tall enough for the legend beside it */
+        ph = fmax(ph, 17.0 * panels[p].n_series + 12);
     canvas m;
     if (canvas_open(&m, 1, 1)) {
         free(r), free(bx);
