@@ -2,7 +2,8 @@
 print with --json against the binding computing the same thing its own way on the same model
 and tokens: the cached attention pattern, ActivationCache.logit_lens and
 direct_logit_attribution (and the model's logits), and patching.get_act_patch_* with a
-LogitDiff metric. The files and the error paths are tests/test_cli_pictures.sh's."""
+LogitDiff metric; and one page `patch --html` writes, in headless Chromium with the browser tests'
+fixture (test_vis_browser.py). The files and the error paths are tests/test_cli.sh's."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 import circuits
 from circuits import patching
 from conftest import REPO, TINY_GPT2
+from test_vis_browser import Page, browser, data_of, fmt, label  # noqa: F401 (browser: the fixture)
 
 BYTES = REPO / "examples" / "models" / "attn-only-2l"          # byte-level, no tokenizer of its own
 BYTE_TOKENIZER = REPO / "examples" / "train" / "tokenizer.json"
@@ -134,3 +136,26 @@ def test_patch_is_activation_patching(kind, fn):
         assert d["shape"] == list(raw.shape)
     finally:
         model.close()
+
+
+def test_patch_page_in_a_browser(browser, tmp_path):
+    """`circuits patch --html`: the page loads with a clean console, holds one cell per grid value
+    with the head and layer labels, and hovering a cell writes its value into div.cv-info."""
+    page = tmp_path / "patch.html"
+    d = cli_json("patch", BYTES, "--tokenizer", BYTE_TOKENIZER, "--kind", "heads", "--html", page,
+                 *(x for k, v in PATCH.items() for x in (f"--{k}", v)))
+    assert d["html"] == str(page)
+    sent = data_of(page.read_text(encoding="utf-8"))["values"]
+    np.testing.assert_allclose(np.array(sent, dtype=np.float64), d["values"], atol=1e-6)
+    pg = Page(browser, page)
+    root = pg.one("div.cv-view[data-view=grid]")
+    rows, cols = d["shape"]
+    assert len(pg.all("td.cv-cell", root)) == rows * cols
+    assert [th.text for th in pg.all("th.cv-col", root)] == [label(t) for t in d["col_labels"]] == ["H0", "H1", "H2", "H3"]
+    assert [th.text for th in pg.all("th.cv-row", root)] == [str(l) for l in range(rows)]
+    info = pg.one("div.cv-info", root)
+    for r, c in ((1, 0), (0, 3)):
+        cell = pg.one(f"td.cv-cell[data-row='{r}'][data-col='{c}']", root)
+        pg.hover(cell)
+        assert info.text == f"{r}, H{c}: {fmt(sent[r][c])}"
+    pg.console_clean()
