@@ -383,7 +383,10 @@ int plot_heatmap(const char *path, const plot_heatmap_spec *sp)
         tw = fmax(tw, text_w(m.cr, buf));
     }
     double wt = fmax(title_w(m.cr, sp->title, TITLE_PX, 1), title_w(m.cr, sp->subtitle, SUBTITLE_PX, 0));
-    double wnote = sp->has_mark ? title_w(m.cr, sp->mark_label, TICK_PX, 0) + 260 : 0;
+    char note[512]; /* under the picture, what the mark and the outlines are */
+    snprintf(note, sizeof note, "cells above the %s (the black line on the colour bar)",
+             sp->mark_label ? sp->mark_label : "mark");
+    double wnote = sp->has_mark ? TICK_PX + 6 + title_w(m.cr, note, TICK_PX, 0) : 0;
     canvas_close(&m, NULL);
 
     double top = 14 + TITLE_PX + 6 + (sp->subtitle ? SUBTITLE_PX + 6 : 0) + 14;
@@ -502,9 +505,6 @@ int plot_heatmap(const char *path, const plot_heatmap_spec *sp)
         cairo_rectangle(cr, x + 0.75, y + 0.75, TICK_PX - 1, TICK_PX - 1);
         cairo_stroke(cr);
         font(cr, TICK_PX, 0);
-        char note[512];
-        snprintf(note, sizeof note, "cells above the %s (the black line on the colour bar)",
-                 sp->mark_label ? sp->mark_label : "mark");
         put_full(cr, x + TICK_PX + 6, y - 1, note, TICK_PX, 0, 0.0, 0);
     }
     return canvas_close(&c, path);
