@@ -386,7 +386,10 @@ int plot_heatmap(const char *path, const plot_heatmap_spec *sp)
         tw = fmax(tw, text_w(m.cr, buf));
     }
     double wt = fmax(title_w(m.cr, sp->title, TITLE_PX, 1), title_w(m.cr, sp->subtitle, SUBTITLE_PX, 0));
-    double wnote = sp->has_mark ? title_w(m.cr, sp->mark_label, TICK_PX, 0) + 260 : 0;
+    char note[512]; /* under the picture, what the mark and the outlines are */
+    snprintf(note, sizeof note, "cells above the %s (the black line on the colour bar)",
+             sp->mark_label ? sp->mark_label : "mark");
+    double wnote = sp->has_mark ? TICK_PX + 6 + title_w(m.cr, note, TICK_PX, 0) : 0;
     canvas_close(&m, NULL);
 
     double top = 14 + TITLE_PX + 6 + (sp->subtitle ? SUBTITLE_PX + 6 : 0) + 14;
@@ -505,9 +508,6 @@ int plot_heatmap(const char *path, const plot_heatmap_spec *sp)
         cairo_rectangle(cr, x + 0.75, y + 0.75, TICK_PX - 1, TICK_PX - 1);
         cairo_stroke(cr);
         font(cr, TICK_PX, 0);
-        char note[512];
-        snprintf(note, sizeof note, "cells above the %s (the black line on the colour bar)",
-                 sp->mark_label ? sp->mark_label : "mark");
         put_full(cr, x + TICK_PX + 6, y - 1, note, TICK_PX, 0, 0.0, 0);
     }
     return canvas_close(&c, path);
@@ -662,10 +662,11 @@ static void draw_point_labels(cairo_t *cr, const panel_box *b, const plot_series
     free(p);
 }
 
-/* One panel: grid, axes with round ticks (x tick labels when show_x), series, vlines (labels when
- * label_vlines), point labels. The legend goes right of the box at legend_x. */
+/* One panel: grid, axes with round ticks (x tick labels when show_x; the x axis is xsp's, the
+ * bottom panel's), series, vlines (labels when label_vlines), point labels. The legend goes right
+ * of the box at legend_x. */
 static void draw_panel(cairo_t *cr, const panel_box *b, const plot_lines_spec *sp, const plot_vline *vl, int nvl,
-                       int show_x, int label_vlines, double legend_x, const cat_axis *xa)
+                       int show_x, int label_vlines, double legend_x, const plot_lines_spec *xsp, const cat_axis *xa)
 {
     double t[64];
     int dec, n;
@@ -689,8 +690,8 @@ static void draw_panel(cairo_t *cr, const panel_box *b, const plot_lines_spec *s
         put(cr, b->left - 6, y, buf, 1, 0.5, 0);
     }
     /* x ticks: positions labelled by tokens, or round numbers */
-    if (sp->x_tick_labels) {
-        for (int j = 0; j < sp->n_x_tick_labels; j += xa->k) {
+    if (xsp->x_tick_labels) {
+        for (int j = 0; j < xsp->n_x_tick_labels; j += xa->k) {
             double x = floor(xmap(b, j)) + 0.5, y = b->top + b->ph;
             cairo_set_source_rgb(cr, 0.2, 0.2, 0.2);
             cairo_move_to(cr, x, y);
@@ -698,7 +699,7 @@ static void draw_panel(cairo_t *cr, const panel_box *b, const plot_lines_spec *s
             cairo_stroke(cr);
             if (!show_x) continue;
             cairo_set_source_rgb(cr, 0, 0, 0);
-            const char *s = sp->x_tick_labels[j] ? sp->x_tick_labels[j] : "";
+            const char *s = xsp->x_tick_labels[j] ? xsp->x_tick_labels[j] : "";
             if (xa->angle == 0) put(cr, x, y + 6, s, 0.5, 0, 0);
             else if (xa->angle > 1.5) put(cr, x, y + 6, s, 1, 0.5, xa->angle);
             else put(cr, x + 3, y + 6, s, 1, 0.5, xa->angle);
@@ -887,7 +888,7 @@ static int draw_figure(const char *path, const char *title, const char *subtitle
     for (int p = 0; p < np; p++) {
         bx[p] = (panel_box){left, top + p * (ph + gap), pw, ph, r[p]};
         draw_panel(cr, &bx[p], &panels[p], panels[0].vlines, panels[0].n_vlines, p == np - 1, p == 0, left + pw + 18,
-                   &xa);
+                   last, &xa);
         if (panels[p].y_label) {
             font(cr, LABEL_PX, 0);
             cairo_set_source_rgb(cr, 0, 0, 0);
