@@ -746,6 +746,8 @@ err 1 "--head 4: layer 0 has 4 heads (0 .. 3)" attn "$M" --prompt hi --layer 0 -
 err 2 "--head: 'x' is not an integer" attn "$M" --prompt hi --layer 0 --head x
 err 1 "--tokens: token id 99999 at position 1 is outside the vocabulary [0, 1000)" attn "$M" --tokens 5,99999 --layer 0
 err 1 "so --prompt cannot be used; pass --tokens IDS instead" attn "$R" --prompt hi --layer 0
+err 1 "--tokens: 33 tokens, more than the model's n_ctx 32" attn "$R" --tokens "$(seq -s, 1 33)" --layer 0
+err 1 "so --clean cannot be used; pass --clean-tokens IDS instead" patch "$R" --clean hi --corrupt ho --answer-id 1 --wrong-id 2
 err 1 "--tokenizer: cannot load '$tmp/none.json'" attn "$M" --prompt hi --layer 0 --tokenizer "$tmp/none.json"
 err 1 "--png: the directory '$tmp/no/dir' does not exist" attn "$M" --prompt hi --layer 0 --png "$tmp/no/dir/a.png"
 err 1 "--html: the directory '$tmp/no/dir' does not exist" lens "$M" --prompt hi --html "$tmp/no/dir/a.html"
