@@ -248,9 +248,10 @@ static void test_pictures(const char *dir)
     CHECK(count_colour(&h, 0.993248, 0.906157, 0.143936) > 48 * 40, "the heatmap has no cell of viridis' top");
     CHECK(count_colour(&h, 0.267004, 0.004874, 0.329415) > 48 * 40, "the heatmap has no cell of viridis' bottom");
     CHECK(count_colour(&h, 0.86, 0.86, 0.86) > 48 * 40, "the NaN cell is not grey");
-    /* diverging and centred at 0: -2 is the bluest end, +1 only half way to red; the mark outlines 2 cells */
-    CHECK(count_colour(&d, 0.019608, 0.188235, 0.380392) > 48 * 40, "no cell at the blue end");
-    CHECK(count_colour(&d, 0.403922, 0.0, 0.121569) < 48 * 10, "a cell reaches the red end (the scale is not centred)");
+    /* diverging and centred at 0 (red low, blue high): -2 is the reddest end, +1 only half way to blue;
+     * the mark outlines 2 cells */
+    CHECK(count_colour(&d, 0.403922, 0.0, 0.121569) > 48 * 40, "no cell at the red end");
+    CHECK(count_colour(&d, 0.019608, 0.188235, 0.380392) < 48 * 10, "a cell reaches the blue end (the scale is not centred)");
     CHECK(count_colour(&d, 0.968627, 0.968627, 0.968627) > 48 * 40, "the 0 cell is not white");
     CHECK(count_colour(&d, 0, 0, 0) > 4 * 40, "no outline or mark");
     /* lines: both series' colours, and the panels figure is taller than one chart */
