@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static bool little_endian(void)
@@ -102,6 +103,19 @@ int cx_st_image(const cx_st_out *tensors, size_t n, const char *const *meta, siz
     return rc;
 }
 
+/* The process's umask, read without changing it (umask(2) can only set it, which would race with
+ * other threads creating files): Linux shows it in /proc/self/status. 022 when that is unreadable. */
+static mode_t current_umask(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    unsigned mask = 022;
+    char line[128];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Umask: %o", &mask) == 1) break;
+    if (f) fclose(f);
+    return (mode_t)(mask & 0777);
+}
+
 int cx_write_atomic(const char *path, const void *bytes, size_t n, const char *fn)
 {
     size_t pl = strlen(path);
@@ -109,6 +123,12 @@ int cx_write_atomic(const char *path, const void *bytes, size_t n, const char *f
     if (!tmp) return cx_fail(CIRCUITS_E_OUT_OF_MEMORY, "%s: out of memory", fn);
     snprintf(tmp, pl + 8, "%s.XXXXXX", path);
     int rc = CIRCUITS_OK, fd = mkstemp(tmp);
+    /* mkstemp creates 0600; the file gets the mode fopen would give it (0666 less the umask) */
+    if (fd >= 0 && fchmod(fd, 0666 & ~current_umask()) != 0) {
+        close(fd);
+        remove(tmp);
+        fd = -1;
+    }
     FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (!f) {
         rc = cx_fail(CIRCUITS_E_IO, "%s: cannot create %s: %s", fn, path, strerror(errno));
