@@ -6,12 +6,13 @@
 /* cvAttention(root, data): data {tokens, heads, pattern[head][query][key <= query]}. Head buttons,
  * the token boxes, the pattern on a canvas with the tokens on its axes (query rows, key columns),
  * the legend. Hovering token q colours every token by the attention q pays to it (CircuitsVis's
- * attention_patterns); hovering a cell shows its value; a head button redraws both. */
+ * attention_patterns); clicking a token keeps it as the query (until clicked again) while the
+ * mouse moves on; hovering a cell shows its value; a head button redraws both. */
 static const char attention_js[] =
     "function cvAttention(root, d) {\n"
-    "  var n = d.tokens.length, head = 0, query = -1, key = -1;\n"
+    "  var n = d.tokens.length, head = 0, query = -1, key = -1, locked = -1;\n"
     "  var SCALE = { kind: 'sequential', lo: 0, hi: 1 };\n"
-    "  var idle = 'Hover a token to colour the tokens by the attention it pays to each; hover the pattern for one value.';\n"
+    "  var idle = 'Hover a token to colour the tokens by the attention it pays to each (click: keep it); hover the pattern for one value.';\n"
     "  var heads = cvButtons('cv-head', 'head', d.heads.map(cvShow), function (h) { head = h; heads.select(h); update(); });\n"
     "  heads.select(0);\n"
     "  root.appendChild(heads.bar);\n"
@@ -23,10 +24,11 @@ static const char attention_js[] =
     "    s.setAttribute('data-pos', i);\n"
     "    s.title = 'position ' + i;\n"
     "    s.addEventListener('mouseenter', function () { query = i; key = -1; update(); });\n"
+    "    s.addEventListener('click', function () { locked = locked === i ? -1 : i; query = i; key = -1; update(); });\n"
     "    toks.appendChild(s);\n"
     "    return s;\n"
     "  });\n"
-    "  toks.addEventListener('mouseleave', function () { query = -1; update(); });\n"
+    "  toks.addEventListener('mouseleave', function () { query = locked; key = -1; update(); });\n"
     "  root.appendChild(toks);\n"
     "  var plot = cvEl('div', 'cv-plot'), cv = cvEl('canvas', 'cv-pattern');\n"
     "  plot.appendChild(cv);\n"
@@ -115,6 +117,7 @@ static const char attention_js[] =
     "    var row = query >= 0 ? d.pattern[head][query] : null;\n"
     "    spans.forEach(function (s, k) {\n"
     "      s.classList.toggle('cv-hovered', k === query);\n"
+    "      s.classList.toggle('cv-locked', k === locked);\n"
     "      if (row && k <= query) cvPaint(s, cvColor(SCALE, row[k]));\n"
     "      else { s.style.background = ''; s.style.color = ''; }\n"
     "    });\n"
@@ -130,10 +133,10 @@ static const char attention_js[] =
     "  cv.addEventListener('mousemove', function (e) {\n"
     "    var r = cv.getBoundingClientRect();\n"
     "    var k = Math.floor((e.clientX - r.left - L) / cell), q = Math.floor((e.clientY - r.top - T) / cell);\n"
-    "    if (q < 0 || q >= n || k < 0 || k >= n) q = k = -1;\n"
+    "    if (q < 0 || q >= n || k < 0 || k >= n) { q = locked; k = -1; }\n"
     "    if (q !== query || k !== key) { query = q; key = k; update(); }\n"
     "  });\n"
-    "  cv.addEventListener('mouseleave', function () { query = key = -1; update(); });\n"
+    "  cv.addEventListener('mouseleave', function () { query = locked; key = -1; update(); });\n"
     "  draw();\n"
     "}\n";
 

@@ -31,6 +31,7 @@ static const char css[] =
     "    border: 1px solid #d8d8d8; border-radius: 3px; line-height: 1.45; cursor: default; color: #222;\n"
     "    font-family: 'DejaVu Sans Mono', ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }\n"
     "& .cv-token.cv-hovered { outline: 2px solid #e08214; outline-offset: 0; }\n"
+    "& .cv-token.cv-locked { border-color: #2166ac; box-shadow: 0 0 0 1px #2166ac; }\n"
     "& .cv-plot { overflow-x: auto; max-width: 100%; }\n"
     "& canvas.cv-pattern { display: block; cursor: crosshair; }\n"
     "& .cv-legend { display: flex; align-items: center; gap: 6px; margin: 6px 0 2px; font-size: 11px; color: #444; }\n"

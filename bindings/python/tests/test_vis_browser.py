@@ -367,6 +367,32 @@ def test_attention_hover_token_colours_by_attention(browser, tmp_path):
     pg.console_clean()
 
 
+def test_attention_click_keeps_the_query(browser, tmp_path):
+    p = patterns(len(TOKS))
+    html = cv.attention_patterns(TOKS, p).html
+    pg = load(browser, tmp_path, html)
+    info, spans = pg.one("div.cv-info"), pg.all("span.cv-token")
+    idle = info.text
+    pg.hover(spans[5])
+    spans[5].click()
+    kept = info.text
+    assert kept.startswith('query 5 " went"') and "cv-locked" in spans[5].get_attribute("class").split()
+    pg.away()  # the mouse gone: query 5 stays, its colours too
+    assert info.text == kept and close(pg.bg(spans[4]), colour(p[0, 5, 4]))
+    pg.hover(spans[2])  # another token while one is kept: that one shown, then back to the kept one
+    assert info.text.startswith('query 2 " Mary"')
+    pg.away()
+    assert info.text == kept
+    pg.one("button.cv-head[data-head='1']").click()  # another head: the kept query on it
+    assert info.text.startswith('query 5 " went" \u2192 key 0 ') and close(pg.bg(spans[0]), colour(p[1, 5, 0]))
+    pg.hover(spans[5])
+    spans[5].click()  # clicked again: released
+    pg.away()
+    assert info.text == idle and "cv-locked" not in spans[5].get_attribute("class").split()
+    assert all(pg.bg(s) is None for s in spans)
+    pg.console_clean()
+
+
 def test_attention_hover_cell_and_nan(browser, tmp_path):
     html = cv.attention_patterns(TOKS, patterns(len(TOKS))).html
     sent = data_of(html)["pattern"]
