@@ -371,8 +371,11 @@ int plot_heatmap(const char *path, const plot_heatmap_spec *sp)
     cw = cw >= 2 ? floor(cw) : cw;
     ch = ch >= 2 ? floor(ch) : ch;
     cw = fmin(cw, 3 * ch), ch = fmin(ch, 3 * cw);
+    /* a map of few rows grows its cells (still at most 3 times as tall as wide) towards the colour
+     * bar's 160 px, so the bar does not hang below it */
+    if (ch * R < 160) ch = fmax(ch, fmin(floor(160.0 / R), 3 * cw));
     double pw = cw * C, ph = ch * R;
-    double bar_h = ph < 160 ? 160 : ph;
+    double bar_h = ph < 120 ? 120 : ph;
 
     canvas m;
     if (canvas_open(&m, 1, 1)) return -1;

@@ -5,6 +5,7 @@ TypeError of wrong input raised before any C call. Needs no torch: a tensor is s
 object with torch's detach().cpu().numpy(). The browser tests are test_vis_browser.py."""
 
 from __future__ import annotations
+import os
 
 import json
 import re
@@ -143,6 +144,17 @@ def test_save(tmp_path: Path):
     assert p == str(tmp_path / "grid.html") and Path(p).read_text(encoding="utf-8") == v.html
     with pytest.raises(circuits.CircuitsIOError, match="no_such_dir"):
         v.save(tmp_path / "no_such_dir" / "g.html")
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_save_mode_follows_the_umask(tmp_path: Path, mask: int, mode: int):
+    # a saved page is readable as any file the user creates (cx_write_atomic's mkstemp made 0600)
+    old = os.umask(mask)
+    try:
+        p = cv.grid(np.eye(2)).save(tmp_path / f"g{mask:o}.html")
+    finally:
+        os.umask(old)
+    assert os.stat(p).st_mode & 0o777 == mode
 
 
 class _NoLibrary:
