@@ -381,6 +381,19 @@ static void test_colored_tokens(void)
         json_decref(d);
     }
     circuits_vis_free(html);
+    /* values that differ only past 6 significant digits: the scale's ends must still differ as
+     * the page reads them, or the colour of (v - lo) / (hi - lo) is NaN and the script throws */
+    float close[2] = {1.0000001f, 1.0000002f};
+    CHECK_OK(circuits_vis_colored_tokens(&html, NULL, t3, 2, close, 1, NULL, NULL));
+    d = html ? data_json(html) : NULL;
+    if (d) {
+        json_t *sc = json_array_get(json_object_get(d, "scales"), 0);
+        double lo = json_number_value(json_object_get(sc, "lo")), hi = json_number_value(json_object_get(sc, "hi"));
+        CHECK(lo < hi && (float)lo == close[0] && (float)hi == close[1],
+              "close values: the scale %.9g..%.9g, want the floats %.9g..%.9g", lo, hi, (double)close[0], (double)close[1]);
+        json_decref(d);
+    }
+    circuits_vis_free(html);
     free(v);
 }
 

@@ -231,6 +231,10 @@ int cx_vis_end(cx_vis_page *pg, const char *view_js, const char *entry, char **h
     return CIRCUITS_OK;
 }
 
+/* A scale's end with every digit of the float (%.9g reads back as the same float): ends that differ
+ * past the values' 6 digits stay apart in the page, where lo == hi would make every colour NaN. */
+static void scale_end(cx_html *b, float v) { cx_html_printf(b, "%.9g", (double)v); }
+
 void cx_vis_json_scale(cx_html *b, const float *v, size_t n)
 {
     float lo = INFINITY, hi = -INFINITY;
@@ -244,9 +248,9 @@ void cx_vis_json_scale(cx_html *b, const float *v, size_t n)
     } else if (lo < 0 && hi > 0) {
         float m = fmaxf(-lo, hi);
         cx_html_puts(b, "{\"kind\":\"diverging\",\"lo\":");
-        cx_html_json_number(b, -m);
+        scale_end(b, -m);
         cx_html_puts(b, ",\"hi\":");
-        cx_html_json_number(b, m);
+        scale_end(b, m);
         cx_html_puts(b, "}");
         return;
     } else if (lo == hi) { /* one value: a range from 0 to it (0 alone: 0..1) */
@@ -255,9 +259,9 @@ void cx_vis_json_scale(cx_html *b, const float *v, size_t n)
         else hi = 1;
     }
     cx_html_puts(b, "{\"kind\":\"sequential\",\"lo\":");
-    cx_html_json_number(b, lo);
+    scale_end(b, lo);
     cx_html_puts(b, ",\"hi\":");
-    cx_html_json_number(b, hi);
+    scale_end(b, hi);
     cx_html_puts(b, "}");
 }
 

@@ -59,7 +59,8 @@ void cx_vis_begin(cx_vis_page *pg, const char *view);
 int cx_vis_end(cx_vis_page *pg, const char *view_js, const char *entry, char **html, size_t *len);
 /* The colour scale of values as JSON {"kind":"diverging"|"sequential","lo":..,"hi":..}: diverging
  * over [-m, m] (m the greatest |v|) when some value is below 0 and some above, else sequential from
- * the least to the greatest finite value (lo == hi widened; none finite: 0..1) */
+ * the least to the greatest finite value (lo == hi widened; none finite: 0..1); the ends with all
+ * of the float's digits, so that they differ in the page whenever they differ here */
 void cx_vis_json_scale(cx_html *b, const float *v, size_t n);
 
 #endif
