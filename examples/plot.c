@@ -27,7 +27,9 @@ int plot_nice_ticks(double lo, double hi, int target, double *out, int max_ticks
             double step = mult[m] * pow(10.0, e);
             if (step < raw / 1.5 && tries == 0) continue;
             double k0 = ceil(lo / step - 1e-9), k1 = floor(hi / step + 1e-9);
-            if (k1 - k0 + 1 > max_ticks) continue;
+            /* k counts in whole numbers only below 2^52: beyond, k++ stands still (a range
+             * narrower than the doubles around it) and the loop would write past out */
+            if (k1 - k0 + 1 > max_ticks || fmax(fabs(k0), fabs(k1)) > 0x1p52) continue;
             int n = 0;
             for (double k = k0; k <= k1; k++) {
                 /* k x mult x 10^e as the double nearest the decimal: strtod rounds correctly,

@@ -119,6 +119,17 @@ static void test_ticks(void)
     n = plot_nice_ticks(0, 1, 10, t, 3, &dec);
     CHECK(n >= 1 && n <= 3 && round_step(n > 1 ? t[1] - t[0] : 1), "max_ticks 3: %d ticks", n);
     CHECK(plot_nice_ticks(0, 1, 5, t, 64, NULL) == 6, "decimals may be NULL");
+    /* ranges a few doubles wide (a flat series padded by nothing): at most max_ticks, increasing,
+     * inside the range; the multiples of the step once counted past 2^53 and wrote past out */
+    const double narrow[][2] = {{1, 1 + 0x1p-52}, {1e17, 1e17 + 64}, {-1e17 - 64, -1e17}, {0.3, 0.3 + 4 * 0x1p-54}};
+    for (size_t r = 0; r < sizeof narrow / sizeof narrow[0]; r++) {
+        double lo = narrow[r][0], hi = narrow[r][1];
+        n = plot_nice_ticks(lo, hi, 5, t, 8, &dec);
+        CHECK(n >= 0 && n <= 8, "[%.17g, %.17g]: %d ticks for at most 8", lo, hi, n);
+        for (int i = 0; i < n && i < 8; i++)
+            CHECK(t[i] >= lo && t[i] <= hi && (i == 0 || t[i] > t[i - 1]), "[%.17g, %.17g]: tick %d is %.17g", lo, hi, i,
+                  t[i]);
+    }
 }
 
 /* ---------------- labels ---------------- */
