@@ -39,12 +39,8 @@ static void usage(void)
 static int draw(const char *path, const char *title, const char *subtitle, const float *pat, int64_t T,
                 char *const *texts)
 {
-    char **labels = calloc((size_t)T, sizeof *labels);
+    char **labels = picture_labels(texts, T);
     int rc = labels ? 0 : failure("out of memory");
-    for (int64_t i = 0; !rc && i < T; i++) {
-        if (!(labels[i] = malloc(64))) rc = failure("out of memory");
-        else plot_token_label(labels[i], 64, texts[i]);
-    }
     if (!rc) {
         plot_heatmap_spec s = {.title = title, .subtitle = subtitle, .data = pat, .rows = (int)T, .cols = (int)T,
                                .row_labels = (const char *const *)labels, .col_labels = (const char *const *)labels,
@@ -53,7 +49,7 @@ static int draw(const char *path, const char *title, const char *subtitle, const
                                .vmin = 0.0f, .vmax = 1.0f, .mask_upper = 1};
         if (plot_heatmap(path, &s)) rc = failure("cannot write the heatmap '%s'", path);
     }
-    free_texts(labels, T);
+    free_texts(labels, labels ? T : 0);
     return rc;
 }
 #endif
@@ -188,16 +184,8 @@ int cmd_attn(int argc, char **argv)
         }
         printf("],\"patterns\":[");
         for (int k = 0; k < n_heads; k++) {
-            printf("%s[", k ? "," : "");
-            for (int64_t q = 0; q < T; q++) {
-                printf("%s[", q ? "," : "");
-                for (int64_t j = 0; j < T; j++) {
-                    if (j) putchar(',');
-                    json_num(stdout, pat[((size_t)k * T + q) * T + j]);
-                }
-                printf("]");
-            }
-            printf("]");
+            if (k) putchar(',');
+            json_grid(pat + (size_t)k * T * T, T, T);
         }
         printf("],\"png\":[");
         for (int i = 0; i < n_png; i++) {

@@ -142,6 +142,9 @@ int picture_tokens(const char *model, const circuits_config *cfg, const circuits
  * out of memory. free_texts frees them. */
 char **token_texts(const circuits_tokenizer *tok, const int32_t *ids, int64_t n);
 void free_texts(char **s, int64_t n);
+/* The model's directory name (the path's last part, trailing slashes ignored): its length, *name
+ * where it starts in model. */
+int picture_model_name(const char *model, const char **name);
 /* attn-only-2l, "The cat sat..." (24 tokens): the model's directory name and the input (text NULL: ids). */
 void picture_subtitle(char *buf, size_t cap, const char *model, const char *text, int64_t n_tokens);
 /* A token for tables: token_display's text in quotes ('the'), or the id without a tokenizer. */
@@ -152,6 +155,15 @@ int write_page(const char *path, char *html, size_t len);
 int write_views(const char *path, const char *title, char *const *fragments, const size_t *lens, int n);
 /* FILE.png -> FILE-SUFFIX.png (suffix NULL: the path itself). */
 void picture_path(char *buf, size_t cap, const char *path, const char *suffix);
+/* rows x cols floats as a JSON array of rows on stdout (json_num: non-finite as null). */
+void json_grid(const float *v, int64_t rows, int64_t cols);
+/* ,"png":FILE or null,"html":FILE or null} closing a picture command's JSON object. */
+void json_outputs(const char *png, const char *html);
+#ifdef CIRCUITS_CLI_CAIRO
+/* n axis labels for plot.h: each text made printable by plot_token_label; NULL when out of
+ * memory. free_texts frees them. */
+char **picture_labels(char *const *texts, int64_t n);
+#endif
 
 /* ---- tensor files (tensor_io.c) ---- */
 typedef struct named_tensor {

@@ -59,12 +59,8 @@ static const char **split_labels(char *buf, int64_t n)
 static int draw(const char *path, bool dla, const char *subtitle, const float *grid, int64_t rows, int64_t cols,
                 const char *const *row_labels, char *const *next_texts)
 {
-    char **labels = calloc((size_t)cols, sizeof *labels);
+    char **labels = picture_labels(next_texts, cols);
     int rc = labels ? 0 : failure("out of memory");
-    for (int64_t i = 0; !rc && i < cols; i++) {
-        if (!(labels[i] = malloc(64))) rc = failure("out of memory");
-        else plot_token_label(labels[i], 64, next_texts[i]);
-    }
     if (!rc) {
         plot_heatmap_spec s = {
             .title = dla ? "Direct logit attribution to the next token" : "Logit lens: log-prob of the next token",
@@ -74,7 +70,7 @@ static int draw(const char *path, bool dla, const char *subtitle, const float *g
             .scale = dla ? PLOT_SCALE_DIVERGING : PLOT_SCALE_SEQUENTIAL};
         if (plot_heatmap(path, &s)) rc = failure("cannot write the heatmap '%s'", path);
     }
-    free_texts(labels, cols);
+    free_texts(labels, labels ? cols : 0);
     return rc;
 }
 #endif
@@ -105,11 +101,9 @@ static int page(const char *path, bool dla, const char *model, const char *subti
                    CIRCUITS_OK)
         rc = lib_failure("--html");
     if (!rc) {
-        size_t len = strlen(model);
-        while (len > 1 && model[len - 1] == '/') len--;
-        const char *slash = memrchr(model, '/', len);
-        snprintf(title, sizeof title, "%s: %.*s", dla ? "Direct logit attribution" : "Logit lens",
-                 (int)(len - (slash ? (size_t)(slash + 1 - model) : 0)), slash ? slash + 1 : model);
+        const char *name;
+        int name_len = picture_model_name(model, &name);
+        snprintf(title, sizeof title, "%s: %.*s", dla ? "Direct logit attribution" : "Logit lens", name_len, name);
         rc = write_views(path, title, views, lens, 2);
     }
     circuits_vis_free(views[0]);
@@ -259,22 +253,9 @@ int cmd_lens(int argc, char **argv)
         }
         printf("],\"positions\":[");
         for (int64_t p = 0; p < P; p++) printf("%s%lld", p ? "," : "", (long long)p);
-        printf("],\"values\":[");
-        for (int64_t k = 0; k < n_comp; k++) {
-            printf("%s[", k ? "," : "");
-            for (int64_t p = 0; p < P; p++) {
-                if (p) putchar(',');
-                json_num(stdout, grid[k * P + p]);
-            }
-            printf("]");
-        }
-        printf("],\"png\":");
-        if (drawn) json_cstr(stdout, po.png);
-        else printf("null");
-        printf(",\"html\":");
-        if (po.html) json_cstr(stdout, po.html);
-        else printf("null");
-        printf("}\n");
+        printf("],\"values\":");
+        json_grid(grid, n_comp, P);
+        json_outputs(drawn ? po.png : NULL, po.html);
     } else {
         printf("%s of the next token at each position (%lld positions), by %s\n", what, (long long)P,
                dla ? "component" : "layer (the residual stream before it; final_post: after the last)");

@@ -97,13 +97,8 @@ static int draw(const char *path, const char *title, const char *subtitle, const
     float lim = 1.0f;
     for (int i = 0; i < rows * cols; i++)
         if (isfinite(grid[i])) lim = fmaxf(lim, fabsf(grid[i]));
-    char **labels = calloc((size_t)cols, sizeof *labels);
+    char **labels = picture_labels(col_texts, cols); /* head names "H0".. print as they are */
     int rc = labels ? 0 : failure("out of memory");
-    for (int i = 0; !rc && i < cols; i++) {
-        if (!(labels[i] = malloc(160))) rc = failure("out of memory");
-        else if (heads) snprintf(labels[i], 160, "%s", col_texts[i]);
-        else plot_token_label(labels[i], 160, col_texts[i]);
-    }
     if (!rc) {
         plot_heatmap_spec s = {.title = title, .subtitle = subtitle, .data = grid, .rows = rows, .cols = cols,
                                .row_labels = row_labels, .col_labels = (const char *const *)labels,
@@ -112,7 +107,7 @@ static int draw(const char *path, const char *title, const char *subtitle, const
                                .scale = PLOT_SCALE_DIVERGING, .has_range = 1, .vmin = -lim, .vmax = lim};
         if (plot_heatmap(path, &s)) rc = failure("cannot write the heatmap '%s'", path);
     }
-    free_texts(labels, cols);
+    free_texts(labels, labels ? cols : 0);
     return rc;
 }
 #endif
@@ -320,31 +315,11 @@ int cmd_patch(int argc, char **argv)
             if (j) putchar(',');
             json_cstr(stdout, col_texts[j]);
         }
-        printf("],\"shape\":[%d,%d],\"values\":[", rows, cols);
-        for (int l = 0; l < rows; l++) {
-            printf("%s[", l ? "," : "");
-            for (int j = 0; j < cols; j++) {
-                if (j) putchar(',');
-                json_num(stdout, grid[l * cols + j]);
-            }
-            printf("]");
-        }
-        printf("],\"logit_diff\":[");
-        for (int l = 0; l < rows; l++) {
-            printf("%s[", l ? "," : "");
-            for (int j = 0; j < cols; j++) {
-                if (j) putchar(',');
-                json_num(stdout, raw[l * cols + j]);
-            }
-            printf("]");
-        }
-        printf("],\"png\":");
-        if (drawn) json_cstr(stdout, po.png);
-        else printf("null");
-        printf(",\"html\":");
-        if (po.html) json_cstr(stdout, po.html);
-        else printf("null");
-        printf("}\n");
+        printf("],\"shape\":[%d,%d],\"values\":", rows, cols);
+        json_grid(grid, rows, cols);
+        printf(",\"logit_diff\":");
+        json_grid(raw, rows, cols);
+        json_outputs(drawn ? po.png : NULL, po.html);
     } else {
         printf("activation patching of %s, %lld positions: logit diff '%s' - '%s' at the last position\n",
                kinds[kd].name, (long long)T, ans_s, wr_s);

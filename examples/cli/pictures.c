@@ -7,6 +7,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#ifdef CIRCUITS_CLI_CAIRO
+#include "../plot.h"
+#endif
+
 int picture_opt(args *a, picture_opts *p)
 {
     int r;
@@ -103,14 +107,21 @@ void free_texts(char **s, int64_t n)
     free(s);
 }
 
-void picture_subtitle(char *buf, size_t cap, const char *model, const char *text, int64_t n_tokens)
+int picture_model_name(const char *model, const char **name)
 {
-    /* the model's directory name, without the path before it */
     size_t len = strlen(model);
     while (len > 1 && model[len - 1] == '/') len--;
     size_t start = len;
     while (start > 0 && model[start - 1] != '/') start--;
-    int k = snprintf(buf, cap, "%.*s, ", (int)(len - start), model + start);
+    *name = model + start;
+    return (int)(len - start);
+}
+
+void picture_subtitle(char *buf, size_t cap, const char *model, const char *text, int64_t n_tokens)
+{
+    const char *name;
+    int name_len = picture_model_name(model, &name);
+    int k = snprintf(buf, cap, "%.*s, ", name_len, name);
     if (k < 0 || (size_t)k >= cap) return;
     if (!text) {
         snprintf(buf + k, cap - (size_t)k, "%lld tokens given as ids", (long long)n_tokens);
@@ -142,6 +153,47 @@ void picture_path(char *buf, size_t cap, const char *path, const char *suffix)
     if (!dot || (slash && dot < slash)) dot = path + strlen(path);
     snprintf(buf, cap, "%.*s-%s%s", (int)(dot - path), path, suffix, dot);
 }
+
+void json_grid(const float *v, int64_t rows, int64_t cols)
+{
+    putchar('[');
+    for (int64_t r = 0; r < rows; r++) {
+        printf("%s[", r ? "," : "");
+        for (int64_t j = 0; j < cols; j++) {
+            if (j) putchar(',');
+            json_num(stdout, v[r * cols + j]);
+        }
+        putchar(']');
+    }
+    putchar(']');
+}
+
+void json_outputs(const char *png, const char *html)
+{
+    printf(",\"png\":");
+    if (png) json_cstr(stdout, png);
+    else printf("null");
+    printf(",\"html\":");
+    if (html) json_cstr(stdout, html);
+    else printf("null");
+    printf("}\n");
+}
+
+#ifdef CIRCUITS_CLI_CAIRO
+char **picture_labels(char *const *texts, int64_t n)
+{
+    enum { CAP = 160 }; /* plot.c cuts what it shows to 40 bytes; the escapes may take 4 per byte */
+    char **labels = calloc((size_t)n, sizeof *labels);
+    for (int64_t i = 0; labels && i < n; i++) {
+        if (!(labels[i] = malloc(CAP))) {
+            free_texts(labels, n);
+            return NULL;
+        }
+        plot_token_label(labels[i], CAP, texts[i]);
+    }
+    return labels;
+}
+#endif
 
 void quoted(const circuits_tokenizer *tok, int32_t id, char *buf, size_t cap)
 {
