@@ -150,8 +150,14 @@ int cmd_attn(int argc, char **argv)
 
     if (po.html) {
         char **names = calloc((size_t)n_heads, sizeof *names);
-        for (int k = 0; names && k < n_heads; k++)
-            if ((names[k] = malloc(32))) snprintf(names[k], 32, "L%lldH%d", layer, heads[k]);
+        for (int k = 0; names && k < n_heads; k++) {
+            if (!(names[k] = malloc(32))) { /* else the library would call names[k] a NULL argument */
+                free_texts(names, n_heads);
+                names = NULL;
+                break;
+            }
+            snprintf(names[k], 32, "L%lldH%d", layer, heads[k]);
+        }
         char title[96];
         snprintf(title, sizeof title, "Attention patterns of layer %lld", layer);
         circuits_vis_options vo;
