@@ -59,7 +59,7 @@ int cmd_attn(int argc, char **argv)
     common c = {0};
     picture_opts po = {0};
     long long layer = -1;
-    int heads[256], n_heads = 0;
+    int given[256], *heads = given, n_heads = 0;
     args a = {argc, argv, 1};
     for (; a.i < argc; a.i++) {
         const char *v;
@@ -72,7 +72,7 @@ int cmd_attn(int argc, char **argv)
             if (r < 0 || parse_int("--layer", v, 0, INT_MAX, &layer)) return EXIT_USAGE;
         } else if ((r = opt_value(&a, "--head", &v))) {
             if (r < 0 || parse_int("--head", v, 0, INT_MAX, &h)) return EXIT_USAGE;
-            if (n_heads == (int)(sizeof heads / sizeof heads[0])) return usage_error("--head: at most 256 heads");
+            if (n_heads == (int)(sizeof given / sizeof given[0])) return usage_error("--head: at most 256 heads");
             heads[n_heads++] = (int)h;
         } else if (common_positional(&a, &c) < 0) {
             return EXIT_USAGE;
@@ -105,8 +105,14 @@ int cmd_attn(int argc, char **argv)
                          cfg.n_heads - 1);
             goto done;
         }
-    if (n_heads == 0)
-        for (int h = 0; h < cfg.n_heads && h < 256; h++) heads[n_heads++] = h;
+    if (n_heads == 0) { /* every head of the layer, however many */
+        if (!(heads = malloc(sizeof *heads * (size_t)cfg.n_heads))) {
+            heads = given;
+            rc = failure("out of memory");
+            goto done;
+        }
+        for (int h = 0; h < cfg.n_heads; h++) heads[n_heads++] = h;
+    }
     if ((rc = picture_tokenizer(&po, m, &own_tok, &tok)) ||
         (rc = picture_tokens(c.model, &cfg, tok, !c.no_bos, "--prompt", c.prompt, "--tokens", c.tokens, &ids, &T)))
         goto done;
@@ -221,6 +227,7 @@ int cmd_attn(int argc, char **argv)
         if (po.html) printf("wrote %s\n", po.html);
     }
 done:
+    if (heads != given) free(heads);
     free(pngs);
     free(pat);
     free_texts(texts, T);

@@ -159,3 +159,40 @@ def test_patch_page_in_a_browser(browser, tmp_path):
         pg.hover(cell)
         assert info.text == f"{r}, H{c}: {fmt(sent[r][c])}"
     pg.console_clean()
+
+
+def _gpt2_dir(path: Path, n_heads: int, d_vocab: int = 16, n_ctx: int = 8) -> Path:
+    """A one-layer GPT-2 directory of random weights with n_heads heads of one dimension each."""
+    import struct
+
+    d = n_heads
+    rng = np.random.default_rng(0)
+    shapes = {"wte.weight": (d_vocab, d), "wpe.weight": (n_ctx, d), "h.0.attn.c_attn.weight": (d, 3 * d),
+              "h.0.attn.c_attn.bias": (3 * d,), "h.0.attn.c_proj.weight": (d, d), "h.0.attn.c_proj.bias": (d,),
+              "h.0.mlp.c_fc.weight": (d, 4 * d), "h.0.mlp.c_fc.bias": (4 * d,), "h.0.mlp.c_proj.weight": (4 * d, d),
+              "h.0.mlp.c_proj.bias": (d,)}
+    for ln in ("h.0.ln_1", "h.0.ln_2", "ln_f"):
+        shapes[ln + ".weight"] = shapes[ln + ".bias"] = (d,)
+    header, blobs, off = {}, [], 0
+    for name, shape in shapes.items():
+        a = (np.ones(shape) if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight"
+             else rng.normal(0, 0.1, shape)).astype(np.float32).tobytes()
+        header["transformer." + name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + len(a)]}
+        blobs.append(a)
+        off += len(a)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    path.mkdir()
+    (path / "model.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    config = json.loads((TINY_GPT2 / "config.json").read_text())
+    config.update(n_embd=d, n_head=n_heads, n_layer=1, vocab_size=d_vocab, n_ctx=n_ctx, n_positions=n_ctx)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_attn_shows_every_head_of_a_wide_layer(tmp_path):
+    """Without --head, every head of the layer: 257 of them (the default once stopped at 256)."""
+    model = _gpt2_dir(tmp_path / "wide", 257)
+    d = cli_json("attn", model, "--tokens", "1,2,3", "--layer", 0, "--html", tmp_path / "a.html")
+    assert d["heads"] == list(range(257)) and len(d["patterns"]) == 257
+    assert (tmp_path / "a.html").read_text().count("L0H256") == 1
