@@ -145,18 +145,15 @@ int circuits_vis_attention_patterns(char **html, size_t *len, const char *const 
                                     const circuits_vis_options *opts)
 {
     const char *fn = "circuits_vis_attention_patterns";
-    if (!html) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: html is NULL", fn);
-    *html = NULL;
-    if (len) *len = 0;
-    if (n_tokens < 1) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: n_tokens is %lld; it must be at least 1", fn, (long long)n_tokens);
-    if (n_heads < 1) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: n_heads is %lld; it must be at least 1", fn, (long long)n_heads);
+    int rc = cx_vis_start(html, len, n_tokens, "n_tokens", n_heads, "n_heads", fn);
+    if (rc) return rc;
     size_t cells;
     if (!cx_mul_size((size_t)n_tokens, (size_t)n_tokens, &cells) || !cx_mul_size(cells, (size_t)n_heads, &cells) ||
         cells > SIZE_MAX / 32) /* each value takes up to 14 bytes of text */
         return cx_fail(CIRCUITS_E_RANGE, "%s: %lld heads x %lld x %lld tokens is too large", fn, (long long)n_heads,
                        (long long)n_tokens, (long long)n_tokens);
     if (!pattern) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: pattern is NULL", fn);
-    int rc = cx_vis_check_names(tokens, n_tokens, false, "tokens", fn);
+    rc = cx_vis_check_names(tokens, n_tokens, false, "tokens", fn);
     if (!rc) rc = cx_vis_check_names(head_names, n_heads, true, "head_names", fn);
     cx_vis_page pg;
     if (!rc) rc = cx_vis_options(&pg, opts, fn);

@@ -67,16 +67,13 @@ int circuits_vis_grid(char **html, size_t *len, const float *values, int64_t row
                       const char *col_title, const char *value_title, const circuits_vis_options *opts)
 {
     const char *fn = "circuits_vis_grid";
-    if (!html) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: html is NULL", fn);
-    *html = NULL;
-    if (len) *len = 0;
-    if (rows < 1) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: rows is %lld; it must be at least 1", fn, (long long)rows);
-    if (cols < 1) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: cols is %lld; it must be at least 1", fn, (long long)cols);
+    int rc = cx_vis_start(html, len, rows, "rows", cols, "cols", fn);
+    if (rc) return rc;
     size_t cells;
     if (!cx_mul_size((size_t)rows, (size_t)cols, &cells) || cells > SIZE_MAX / 32)
         return cx_fail(CIRCUITS_E_RANGE, "%s: %lld x %lld cells is too large", fn, (long long)rows, (long long)cols);
     if (!values) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: values is NULL", fn);
-    int rc = cx_vis_check_names(row_labels, rows, true, "row_labels", fn);
+    rc = cx_vis_check_names(row_labels, rows, true, "row_labels", fn);
     if (!rc) rc = cx_vis_check_names(col_labels, cols, true, "col_labels", fn);
     cx_vis_page pg;
     if (!rc) rc = cx_vis_options(&pg, opts, fn);

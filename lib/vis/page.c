@@ -163,6 +163,16 @@ int cx_vis_options(cx_vis_page *pg, const circuits_vis_options *opts, const char
     return CIRCUITS_OK;
 }
 
+int cx_vis_start(char **html, size_t *len, int64_t a, const char *a_name, int64_t b, const char *b_name, const char *fn)
+{
+    if (!html) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: html is NULL", fn);
+    *html = NULL;
+    if (len) *len = 0;
+    if (a < 1) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: %s is %lld; it must be at least 1", fn, a_name, (long long)a);
+    if (b < 1) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: %s is %lld; it must be at least 1", fn, b_name, (long long)b);
+    return CIRCUITS_OK;
+}
+
 int cx_vis_check_names(const char *const *names, int64_t n, bool optional, const char *what, const char *fn)
 {
     if (!names) return optional ? CIRCUITS_OK : cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: %s is NULL", fn, what);

@@ -48,17 +48,14 @@ int circuits_vis_colored_tokens(char **html, size_t *len, const char *const *tok
                                 const circuits_vis_options *opts)
 {
     const char *fn = "circuits_vis_colored_tokens";
-    if (!html) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: html is NULL", fn);
-    *html = NULL;
-    if (len) *len = 0;
-    if (n_tokens < 1) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: n_tokens is %lld; it must be at least 1", fn, (long long)n_tokens);
-    if (n_series < 1) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: n_series is %lld; it must be at least 1", fn, (long long)n_series);
+    int rc = cx_vis_start(html, len, n_tokens, "n_tokens", n_series, "n_series", fn);
+    if (rc) return rc;
     size_t cells;
     if (!cx_mul_size((size_t)n_tokens, (size_t)n_series, &cells) || cells > SIZE_MAX / 32)
         return cx_fail(CIRCUITS_E_RANGE, "%s: %lld series x %lld tokens is too large", fn, (long long)n_series,
                        (long long)n_tokens);
     if (!values) return cx_fail(CIRCUITS_E_INVALID_ARGUMENT, "%s: values is NULL", fn);
-    int rc = cx_vis_check_names(tokens, n_tokens, false, "tokens", fn);
+    rc = cx_vis_check_names(tokens, n_tokens, false, "tokens", fn);
     if (!rc) rc = cx_vis_check_names(series_names, n_series, true, "series_names", fn);
     cx_vis_page pg;
     if (!rc) rc = cx_vis_options(&pg, opts, fn);

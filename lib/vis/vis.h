@@ -47,6 +47,9 @@ typedef struct cx_vis_page {
     const char *fn;
 } cx_vis_page;
 
+/* What every view checks first: html not NULL (then *html = NULL and *len = 0, so that every
+ * failure leaves them so), and its two counts a and b (named so in messages) at least 1 */
+int cx_vis_start(char **html, size_t *len, int64_t a, const char *a_name, int64_t b, const char *b_name, const char *fn);
 /* opts (NULL: defaults) checked and copied into pg->o; nothing allocated */
 int cx_vis_options(cx_vis_page *pg, const circuits_vis_options *opts, const char *fn);
 /* names NULL or n strings none of which is NULL (what: the argument's name) */
