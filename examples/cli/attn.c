@@ -39,18 +39,11 @@ static void usage(void)
 static int draw(const char *path, const char *title, const char *subtitle, const float *pat, int64_t T,
                 char *const *texts)
 {
-    char **labels = picture_labels(texts, T);
-    int rc = labels ? 0 : failure("out of memory");
-    if (!rc) {
-        plot_heatmap_spec s = {.title = title, .subtitle = subtitle, .data = pat, .rows = (int)T, .cols = (int)T,
-                               .row_labels = (const char *const *)labels, .col_labels = (const char *const *)labels,
-                               .x_label = "key (attended to)", .y_label = "query (attending)",
-                               .value_label = "attention", .scale = PLOT_SCALE_SEQUENTIAL, .has_range = 1,
-                               .vmin = 0.0f, .vmax = 1.0f, .mask_upper = 1};
-        if (plot_heatmap(path, &s)) rc = failure("cannot write the heatmap '%s'", path);
-    }
-    free_texts(labels, labels ? T : 0);
-    return rc;
+    plot_heatmap_spec s = {.title = title, .subtitle = subtitle, .data = pat, .rows = (int)T, .cols = (int)T,
+                           .x_label = "key (attended to)", .y_label = "query (attending)",
+                           .value_label = "attention", .scale = PLOT_SCALE_SEQUENTIAL, .has_range = 1,
+                           .vmin = 0.0f, .vmax = 1.0f, .mask_upper = 1};
+    return picture_heatmap(path, &s, texts, true);
 }
 #endif
 

@@ -160,9 +160,10 @@ void json_grid(const float *v, int64_t rows, int64_t cols);
 /* ,"png":FILE or null,"html":FILE or null} closing a picture command's JSON object. */
 void json_outputs(const char *png, const char *html);
 #ifdef CIRCUITS_CLI_CAIRO
-/* n axis labels for plot.h: each text made printable by plot_token_label; NULL when out of
- * memory. free_texts frees them. */
-char **picture_labels(char *const *texts, int64_t n);
+struct plot_heatmap_spec;
+/* plot_heatmap of s with its column labels (and, rows_too, its row labels: a square map) made from
+ * col_texts by plot_token_label. 0 or EXIT_FAIL naming path. */
+int picture_heatmap(const char *path, struct plot_heatmap_spec *s, char *const *col_texts, bool rows_too);
 #endif
 
 /* ---- tensor files (tensor_io.c) ---- */

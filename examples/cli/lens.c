@@ -59,19 +59,13 @@ static const char **split_labels(char *buf, int64_t n)
 static int draw(const char *path, bool dla, const char *subtitle, const float *grid, int64_t rows, int64_t cols,
                 const char *const *row_labels, char *const *next_texts)
 {
-    char **labels = picture_labels(next_texts, cols);
-    int rc = labels ? 0 : failure("out of memory");
-    if (!rc) {
-        plot_heatmap_spec s = {
-            .title = dla ? "Direct logit attribution to the next token" : "Logit lens: log-prob of the next token",
-            .subtitle = subtitle, .data = grid, .rows = (int)rows, .cols = (int)cols, .row_labels = row_labels,
-            .col_labels = (const char *const *)labels, .x_label = "next token (the one predicted)",
-            .y_label = dla ? "component" : "residual stream", .value_label = dla ? "logit contribution" : "log-prob",
-            .scale = dla ? PLOT_SCALE_DIVERGING : PLOT_SCALE_SEQUENTIAL};
-        if (plot_heatmap(path, &s)) rc = failure("cannot write the heatmap '%s'", path);
-    }
-    free_texts(labels, labels ? cols : 0);
-    return rc;
+    plot_heatmap_spec s = {
+        .title = dla ? "Direct logit attribution to the next token" : "Logit lens: log-prob of the next token",
+        .subtitle = subtitle, .data = grid, .rows = (int)rows, .cols = (int)cols, .row_labels = row_labels,
+        .x_label = "next token (the one predicted)", .y_label = dla ? "component" : "residual stream",
+        .value_label = dla ? "logit contribution" : "log-prob",
+        .scale = dla ? PLOT_SCALE_DIVERGING : PLOT_SCALE_SEQUENTIAL};
+    return picture_heatmap(path, &s, next_texts, false);
 }
 #endif
 

@@ -97,18 +97,11 @@ static int draw(const char *path, const char *title, const char *subtitle, const
     float lim = 1.0f;
     for (int i = 0; i < rows * cols; i++)
         if (isfinite(grid[i])) lim = fmaxf(lim, fabsf(grid[i]));
-    char **labels = picture_labels(col_texts, cols); /* head names "H0".. print as they are */
-    int rc = labels ? 0 : failure("out of memory");
-    if (!rc) {
-        plot_heatmap_spec s = {.title = title, .subtitle = subtitle, .data = grid, .rows = rows, .cols = cols,
-                               .row_labels = row_labels, .col_labels = (const char *const *)labels,
-                               .x_label = heads ? "head" : "position (clean/corrupted token)",
-                               .y_label = "layer", .value_label = "logit diff recovered",
-                               .scale = PLOT_SCALE_DIVERGING, .has_range = 1, .vmin = -lim, .vmax = lim};
-        if (plot_heatmap(path, &s)) rc = failure("cannot write the heatmap '%s'", path);
-    }
-    free_texts(labels, labels ? cols : 0);
-    return rc;
+    plot_heatmap_spec s = {.title = title, .subtitle = subtitle, .data = grid, .rows = rows, .cols = cols,
+                           .row_labels = row_labels, .x_label = heads ? "head" : "position (clean/corrupted token)",
+                           .y_label = "layer", .value_label = "logit diff recovered",
+                           .scale = PLOT_SCALE_DIVERGING, .has_range = 1, .vmin = -lim, .vmax = lim};
+    return picture_heatmap(path, &s, col_texts, false); /* head names "H0".. print as they are */
 }
 #endif
 

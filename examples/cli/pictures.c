@@ -180,7 +180,8 @@ void json_outputs(const char *png, const char *html)
 }
 
 #ifdef CIRCUITS_CLI_CAIRO
-char **picture_labels(char *const *texts, int64_t n)
+/* n axis labels, each text made printable by plot_token_label; NULL when out of memory */
+static char **picture_labels(char *const *texts, int64_t n)
 {
     enum { CAP = 160 }; /* plot.c cuts what it shows to 40 bytes; the escapes may take 4 per byte */
     char **labels = calloc((size_t)n, sizeof *labels);
@@ -192,6 +193,17 @@ char **picture_labels(char *const *texts, int64_t n)
         plot_token_label(labels[i], CAP, texts[i]);
     }
     return labels;
+}
+
+int picture_heatmap(const char *path, plot_heatmap_spec *s, char *const *col_texts, bool rows_too)
+{
+    char **labels = picture_labels(col_texts, s->cols);
+    if (!labels) return failure("out of memory");
+    s->col_labels = (const char *const *)labels;
+    if (rows_too) s->row_labels = s->col_labels;
+    int rc = plot_heatmap(path, s) ? failure("cannot write the heatmap '%s'", path) : 0;
+    free_texts(labels, s->cols);
+    return rc;
 }
 #endif
 
