@@ -272,7 +272,7 @@ int main(int argc, char **argv)
     /* not to scale: PC2 holds a small share of the variance, and at equal aspect the trajectory
      * would be a flat line with its checkpoints on top of each other */
     snprintf(file, sizeof file, "%s/pca_trajectory.png", out);
-    plot_lines(file, &trs);
+    int failed = plot_written(plot_lines(file, &trs), "circuits-icl", file);
 
     char icl_label[96];
     snprintf(icl_label, sizeof icl_label, "ICL score (loss at token %d - at token %d)", late, early);
@@ -282,7 +282,8 @@ int main(int argc, char **argv)
         {.series = &lv, .n_series = 1, .y_label = "loss (nats)", .vlines = &phase, .n_vlines = n_phase},
         {.series = &is_, .n_series = 1, .y_label = "ICL score (nats)", .x_label = "training step"}};
     snprintf(file, sizeof file, "%s/loss_and_icl.png", out);
-    plot_panels(file, "Loss and in-context learning across training", sub, panels, 2);
+    failed |= plot_written(plot_panels(file, "Loss and in-context learning across training", sub, panels, 2),
+                           "circuits-icl", file);
 
     plot_series *is = xcalloc((size_t)LH + 1, sizeof *is);
     char **lab = xcalloc((size_t)LH, sizeof *lab);
@@ -299,16 +300,16 @@ int main(int argc, char **argv)
                            .n_series = LH, .x_label = "training step", .y_label = "induction score",
                            .vlines = &phase, .n_vlines = n_phase};
     snprintf(file, sizeof file, "%s/induction_scores.png", out);
-    plot_lines(file, &iss);
-    if (plot_available())
-        printf("Pictures: %s/loss_and_icl.png, %s/induction_scores.png, %s/pca_trajectory.png\n", out, out, out);
-    else
+    failed |= plot_written(plot_lines(file, &iss), "circuits-icl", file);
+    if (!plot_available())
         printf("Pictures: none (%s)\n", PLOT_NO_CAIRO);
+    else if (!failed) /* else each picture not written was named on stderr */
+        printf("Pictures: %s/loss_and_icl.png, %s/induction_scores.png, %s/pca_trajectory.png\n", out, out, out);
     for (int k = 0; k < n; k++) free(steps[k]);
     free(steps), free(mx);
     for (int k = 0; k < n; k++) free(names[k]);
     for (int h = 0; h < LH; h++) free(lab[h]);
     free(lab), free(is), free(col), free(tok), free(rep), free(ptl), free(bypos), free(loss_vec), free(xs), free(icl);
     free(vl), free(ind), free(X), free(S), free(U), free(Vt), free(sup), free(pc1), free(pc2);
-    return 0;
+    return failed ? 1 : 0;
 }

@@ -285,7 +285,7 @@ int main(int argc, char **argv)
     char input[160];
     snprintf(input, sizeof input, "%d random tokens%s%s%s repeated twice", L, n_alpha ? " from \"" : "",
              n_alpha ? alphabet : "", n_alpha ? "\"" : "");
-    int key[2] = {pt, ih};
+    int key[2] = {pt, ih}, failed = 0;
     const char *role[2] = {"previous-token head", "induction head"};
     for (int q = 0; q < 2; q++) {
         char title[128];
@@ -297,7 +297,7 @@ int main(int argc, char **argv)
                                 .x_label = "key (source) token", .y_label = "query (destination) token",
                                 .value_label = "attention", .scale = PLOT_SCALE_SEQUENTIAL, .has_range = 1, .vmin = 0,
                                 .vmax = 1, .mask_upper = 1};
-        if (plot_heatmap(file, &hs) && plot_available()) fprintf(stderr, "circuits-induction: cannot write %s\n", file);
+        failed |= plot_written(plot_heatmap(file, &hs), "circuits-induction", file);
     }
     /* K-composition: writers in layers 0..NL-2 down, readers in layers 1..NL-1 across; pairs that
      * cannot compose (the reader not in a later layer) are NaN; white at the random baseline */
@@ -316,7 +316,7 @@ int main(int argc, char **argv)
                             .y_label = "writer head", .value_label = "K-composition score",
                             .scale = PLOT_SCALE_DIVERGING, .centre = base, .has_mark = 1, .mark = base,
                             .mark_label = mark_label};
-    if (NL >= 2) plot_heatmap(file, &ks);
+    if (NL >= 2) failed |= plot_written(plot_heatmap(file, &ks), "circuits-induction", file);
     /* per-position loss on the repeated tokens, with and without the induction head */
     TRY(circuits_context_forward(ctx, tok, B, T, NULL, NULL, ptl), "forward");
     float *xs = xcalloc((size_t)T, sizeof *xs), *y0 = xcalloc((size_t)T, sizeof *y0), *y1 = xcalloc((size_t)T, sizeof *y1);
@@ -342,12 +342,12 @@ int main(int argc, char **argv)
     plot_lines_spec lsp = {.title = "Loss per position", .subtitle = sub, .series = series, .n_series = 2,
                            .x_label = "position of the predicted token", .y_label = "loss (nats)",
                            .vlines = &rep_start, .n_vlines = 1};
-    plot_lines(file, &lsp);
-    if (plot_available())
+    failed |= plot_written(plot_lines(file, &lsp), "circuits-induction", file);
+    if (!plot_available())
+        printf("\nPictures: none (%s)\n", PLOT_NO_CAIRO);
+    else if (!failed) /* else each picture not written was named on stderr */
         printf("\nPictures: %s/pattern_%s.png, %s/pattern_%s.png, %s/k_composition.png, %s/loss_by_position.png\n", out,
                label[pt], out, label[ih], out, out);
-    else
-        printf("\nPictures: none (%s)\n", PLOT_NO_CAIRO);
 
     for (int i = 0; i < T; i++) free(tl[i]);
     free(tl), free(kg);
@@ -358,5 +358,5 @@ int main(int argc, char **argv)
     circuits_factored_free(kc);
     circuits_context_free(ctx);
     circuits_model_free(m);
-    return 0;
+    return failed ? 1 : 0;
 }

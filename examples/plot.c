@@ -47,6 +47,13 @@ int plot_nice_ticks(double lo, double hi, int target, double *out, int max_ticks
     return 0;
 }
 
+int plot_written(int rc, const char *prog, const char *path)
+{
+    if (rc == 0 || !plot_available()) return 0;
+    fprintf(stderr, "%s: cannot write %s\n", prog, path);
+    return 1;
+}
+
 /* ---------------- printable labels (both builds) ---------------- */
 
 /* the length of the valid UTF-8 sequence at s (1-4), or 0 when it is not one */

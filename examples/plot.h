@@ -77,6 +77,11 @@ int plot_lines(const char *path, const plot_lines_spec *spec);
 int plot_panels(const char *path, const char *title, const char *subtitle, const plot_lines_spec *panels,
                 int n_panels);
 
+/* rc of a plot_* call that was to write path: 0 when it did (or when built without cairo, where
+ * nothing is written by design); else 1 after "PROG: cannot write PATH" on stderr. For programs
+ * writing several pictures: failed |= plot_written(plot_lines(file, &s), "prog", file). */
+int plot_written(int rc, const char *prog, const char *path);
+
 /* Round tick values for [lo, hi]: about `target` ticks at multiples of 1, 2 or 5 x 10^k inside the
  * range; writes at most max_ticks into out, returns how many (0 for an empty or non-finite range).
  * *decimals receives the number of decimals that prints them exactly ("%.*f"). Exposed for tests. */
