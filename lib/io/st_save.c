@@ -125,9 +125,11 @@ int cx_write_atomic(const char *path, const void *bytes, size_t n, const char *f
     int rc = CIRCUITS_OK, fd = mkstemp(tmp);
     /* mkstemp creates 0600; the file gets the mode fopen would give it (0666 less the umask) */
     if (fd >= 0 && fchmod(fd, 0666 & ~current_umask()) != 0) {
+        int e = errno; /* the message below reports fchmod's error, not close's or remove's */
         close(fd);
         remove(tmp);
         fd = -1;
+        errno = e;
     }
     FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (!f) {
