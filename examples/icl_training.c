@@ -311,5 +311,6 @@ int main(int argc, char **argv)
     for (int h = 0; h < LH; h++) free(lab[h]);
     free(lab), free(is), free(col), free(tok), free(rep), free(ptl), free(bypos), free(loss_vec), free(xs), free(icl);
     free(vl), free(ind), free(X), free(S), free(U), free(Vt), free(sup), free(pc1), free(pc2);
+    plot_release_fonts();
     return failed ? 1 : 0;
 }

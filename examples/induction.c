@@ -358,5 +358,6 @@ int main(int argc, char **argv)
     circuits_factored_free(kc);
     circuits_context_free(ctx);
     circuits_model_free(m);
+    plot_release_fonts();
     return failed ? 1 : 0;
 }

@@ -100,9 +100,20 @@ int plot_token_label(char *out, size_t n, const char *token)
 #ifdef CIRCUITS_HAVE_CAIRO
 
 #include <cairo.h>
+#ifdef CIRCUITS_HAVE_FONTCONFIG
+#include <fontconfig/fontconfig.h>
+#endif
 #include <stdlib.h>
 
 int plot_available(void) { return 1; }
+
+void plot_release_fonts(void)
+{
+    cairo_debug_reset_static_data();
+#ifdef CIRCUITS_HAVE_FONTCONFIG
+    FcFini();
+#endif
+}
 
 /* ---------------- style ---------------- */
 
@@ -933,6 +944,8 @@ int plot_panels(const char *path, const char *title, const char *subtitle, const
 #else /* built without cairo */
 
 int plot_available(void) { return 0; }
+
+void plot_release_fonts(void) {}
 
 static int unavailable(const char *path)
 {

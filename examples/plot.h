@@ -82,6 +82,10 @@ int plot_panels(const char *path, const char *title, const char *subtitle, const
  * writing several pictures: failed |= plot_written(plot_lines(file, &s), "prog", file). */
 int plot_written(int rc, const char *prog, const char *path);
 
+/* Frees cairo's and fontconfig's process-wide font caches, so that leak checkers (valgrind,
+ * LeakSanitizer) see a clean exit. Call once, after the last picture; a no-op without cairo. */
+void plot_release_fonts(void);
+
 /* Round tick values for [lo, hi]: about `target` ticks at multiples of 1, 2 or 5 x 10^k inside the
  * range; writes at most max_ticks into out, returns how many (0 for an empty or non-finite range).
  * *decimals receives the number of decimals that prints them exactly ("%.*f"). Exposed for tests. */

@@ -15,9 +15,6 @@
 
 #ifdef CIRCUITS_HAVE_CAIRO
 #include <cairo.h>
-#ifdef CIRCUITS_HAVE_FONTCONFIG
-#include <fontconfig/fontconfig.h>
-#endif
 #endif
 
 static int failures, checks;
@@ -281,10 +278,7 @@ static void test_pictures(const char *dir)
           "bad line arguments accepted");
     CHECK(plot_heatmap(bad, &hs) == -1 && plot_lines(bad, &ls) == -1 && !exists(bad), "an unwritable path is not -1");
     remove(heat), remove(div), remove(lines), remove(panels);
-    cairo_debug_reset_static_data();
-#ifdef CIRCUITS_HAVE_FONTCONFIG
-    FcFini();
-#endif
+    plot_release_fonts();
 #else
     CHECK(plot_available() == 0, "a build without cairo says PNGs are available");
     CHECK(rh == -1 && rd == -1 && rl == -1 && rp == -1, "plots without cairo: %d %d %d %d", rh, rd, rl, rp);

@@ -143,7 +143,7 @@ int cmd_attn(int argc, char **argv)
         if ((rc = draw(pngs[n_png], title, subtitle, pat + (size_t)k * T * T, T, texts))) break;
         n_png++;
     }
-    if (po.png) cli_release_fonts();
+    if (po.png) plot_release_fonts();
     if (rc) goto done;
 #endif
 

@@ -114,11 +114,6 @@ void progress_end(progress *p);
 int progress_hook_layers(circuits_context *ctx, progress *p);
 
 /* ---- pictures (util.c; built with cairo only) ---- */
-#ifdef CIRCUITS_CLI_CAIRO
-/* Frees cairo's and fontconfig's process-wide font caches, so that leak checkers (valgrind,
- * LeakSanitizer) see a clean exit. Only after the last drawing. */
-void cli_release_fonts(void);
-#endif
 
 /* ---- the picture commands attn, lens, patch (pictures.c) ---- */
 typedef struct picture_opts {

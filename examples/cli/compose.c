@@ -182,7 +182,7 @@ int cmd_compose(int argc, char **argv)
         if (rc) break;
         n_png++;
     }
-    if (png && L >= 2) cli_release_fonts();
+    if (png && L >= 2) plot_release_fonts();
     if (rc) goto done;
 #endif
 

@@ -271,7 +271,7 @@ int cmd_diff(int argc, char **argv)
         char sub[1024];
         snprintf(sub, sizeof sub, "a: %s, b: %s; %lld tokens", c.model, model_b, (long long)T);
         rc = draw(png, "Relative error of each hook point, by layer", sub, &k, rel, L, hooks != NULL, &drawn);
-        cli_release_fonts();
+        plot_release_fonts();
         if (rc) {
             free(e);
             goto done;

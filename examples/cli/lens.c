@@ -217,7 +217,7 @@ int cmd_lens(int argc, char **argv)
 #ifdef CIRCUITS_CLI_CAIRO
     if (po.png) {
         rc = draw(po.png, dla, subtitle, grid, n_comp, P, labels, texts + 1);
-        cli_release_fonts();
+        plot_release_fonts();
         if (rc) goto done;
         drawn = true;
     }

@@ -264,7 +264,7 @@ int cmd_patch(int argc, char **argv)
 #ifdef CIRCUITS_CLI_CAIRO
     if (po.png) {
         rc = draw(po.png, title, subtitle, grid, rows, cols, (const char *const *)row_texts, col_texts, heads);
-        cli_release_fonts();
+        plot_release_fonts();
         if (rc) goto done;
         drawn = true;
     }

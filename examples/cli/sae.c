@@ -521,7 +521,7 @@ int cmd_sae_show(int argc, char **argv)
         plot_lines_spec spec = {.title = title, .subtitle = path, .series = &s, .n_series = 1,
                                 .x_label = "log10 firing frequency", .y_label = "latents"};
         int r = plot_lines(png, &spec);
-        cli_release_fonts();
+        plot_release_fonts();
         if (r) {
             rc = failure("cannot write the picture '%s'", png);
             goto done;

@@ -11,24 +11,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifdef CIRCUITS_CLI_CAIRO
-#include <cairo.h>
-#ifdef CIRCUITS_CLI_FONTCONFIG
-#include <fontconfig/fontconfig.h>
-#endif
-#endif
 
 const char *cli_cmd = NULL;
 
-#ifdef CIRCUITS_CLI_CAIRO
-void cli_release_fonts(void)
-{
-    cairo_debug_reset_static_data();
-#ifdef CIRCUITS_CLI_FONTCONFIG
-    FcFini();
-#endif
-}
-#endif
 
 /* One write per message, so that the lines of processes sharing stderr (MPI ranks) do not mix. */
 static void vmessage(const char *fmt, va_list ap)
